@@ -1,0 +1,37 @@
+"""The `vethguard` command line: one entry point, subcommands registered by their modules."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vethguard",
+        description="Kubernetes NetworkPolicy enforced in the kernel with tc BPF programs on pod veths.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    from controller import agent, demo
+    from controller.lab import cli as lab_cli
+
+    agent.register(sub)
+    lab_cli.register(sub)
+    demo.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
