@@ -1,0 +1,98 @@
+"""Desired BPF map contents for one node, computed purely from the cluster model.
+
+The types here are the hand-off between the policy compiler (controller.policy) and the
+datapath sync layer (controller.datapath.sync). See docs/INTERNALS.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DIR_INGRESS = 0  # traffic entering the pod (tc egress on the host-side veth)
+DIR_EGRESS = 1  # traffic leaving the pod (tc ingress on the host-side veth)
+
+ID_ANY = 0
+ID_HOST = 1
+ID_WORLD = 2
+ID_REMOTE_NODE = 3
+POD_ID_MIN = 256
+CIDR_ID_MIN = 1 << 24
+CIDR_ID_MAX = (1 << 25) - 1
+
+VERDICT_ALLOW = 1
+VERDICT_DENY = 2
+
+
+@dataclass(frozen=True, order=True)
+class PolicyEntryKey:
+    """A policy map key without the endpoint id."""
+
+    direction: int
+    identity: int  # peer identity, ID_ANY = any peer
+    proto: int  # 0 = any protocol (then port == 0 and port_plen == 0)
+    port: int  # host byte order; 0 when port_plen == 0
+    port_plen: int  # 0..16; 16 = one exact port
+
+
+@dataclass(frozen=True)
+class PolicyEntryValue:
+    verdict: int
+    precedence: int
+    rule_ref: int
+
+
+@dataclass(frozen=True)
+class RuleRef:
+    namespace: str
+    policy: str
+    direction: int
+    index: int  # index of the rule in spec.ingress / spec.egress
+
+    def __str__(self) -> str:
+        d = "ingress" if self.direction == DIR_INGRESS else "egress"
+        return f"{self.namespace}/{self.policy} {d}[{self.index}]"
+
+
+@dataclass(frozen=True)
+class IdentityInfo:
+    identity: int
+    kind: str  # "pod", "cidr", "reserved"
+    namespace: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    cidr: str | None = None
+    name: str | None = None  # reserved identity name
+
+
+@dataclass(frozen=True)
+class EndpointDesired:
+    pod: str  # "ns/name"
+    identity: int
+    ingress_isolated: bool
+    egress_isolated: bool
+    ipv4: str | None
+    ipv6: str | None
+    entries: Mapping[PolicyEntryKey, PolicyEntryValue]
+    policies: Sequence[str] = ()  # "ns/name" of the policies that select this pod
+
+
+@dataclass(frozen=True)
+class PolicyError:
+    object: str  # e.g. "NetworkPolicy x/deny-all"
+    field: str  # e.g. "spec.ingress[0].ports[1].port"
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.object}: {self.field}: {self.message}"
+
+
+@dataclass(frozen=True)
+class NodeDesired:
+    endpoints: Mapping[str, EndpointDesired]
+    ipcache: Mapping[IPNetwork, tuple[int, int]]  # prefix -> (identity, cidr_identity)
+    rules: Mapping[int, RuleRef]
+    identities: Mapping[int, IdentityInfo]
+    errors: Sequence[PolicyError] = ()
