@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Installs everything vethguard needs on Debian 12 (bookworm), as root:
+#   system packages (bcc, kernel headers, iperf3, sockperf, iproute2 ...), the kernel-headers
+#   link bcc looks for, bpffs, and the vethguard package with its Python dependencies in a
+#   virtualenv at /opt/vethguard/venv (linked as /usr/local/bin/vethguard).
+# Used by README.md, .ci/run and the Dockerfile, so CI proves the image's install steps.
+#   --image   building a container image: skip host-only steps (headers link, bpffs mount)
+set -euo pipefail
+
+image=0
+[ "${1:-}" = "--image" ] && image=1
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=/opt/vethguard/venv
+
+if [ "$(id -u)" != 0 ]; then
+  echo "install.sh: run as root (it installs system packages and mounts bpffs)" >&2
+  exit 1
+fi
+
+echo "==> system packages"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends \
+  python3 python3-venv python3-pip python3-bpfcc libbpfcc \
+  linux-headers-amd64 gcc libc6-dev \
+  iproute2 util-linux procps iperf3 sockperf iptables ipset ca-certificates >/dev/null
+
+if [ "$image" = 0 ]; then
+  echo "==> kernel headers for bcc"
+  kver=$(uname -r)
+  if [ -e "/lib/modules/$kver/build/include/linux/kconfig.h" ]; then
+    echo "    /lib/modules/$kver/build already has headers"
+  else
+    hdr=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1)
+    common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n 1)
+    if [ -z "$hdr" ] || [ -z "$common" ]; then
+      echo "install.sh: linux-headers-amd64 installed no /usr/src/linux-headers-*-amd64 and -common" >&2
+      exit 1
+    fi
+    mkdir -p "/lib/modules/$kver"
+    ln -sfn "$hdr" "/lib/modules/$kver/build"
+    ln -sfn "$common" "/lib/modules/$kver/source"
+    echo "    linked /lib/modules/$kver/{build,source} -> $hdr, $common"
+  fi
+  echo "==> bpffs"
+  if ! mountpoint -q /sys/fs/bpf; then
+    mount -t bpf bpf /sys/fs/bpf
+  fi
+fi
+
+echo "==> vethguard in $venv"
+if [ ! -x "$venv/bin/python" ]; then
+  # Debian's python3 with system site packages: bcc's Python bindings come from python3-bpfcc.
+  /usr/bin/python3 -m venv --system-site-packages "$venv"
+fi
+"$venv/bin/pip" install -q --upgrade pip >/dev/null
+"$venv/bin/pip" install -q "$repo[test]"
+ln -sfn "$venv/bin/vethguard" /usr/local/bin/vethguard
+"$venv/bin/python" -c "import bcc, pyroute2, kubernetes, controller" \
+  || { echo "install.sh: the virtualenv cannot import its dependencies" >&2; exit 1; }
+echo "==> done: $(command -v vethguard)"
