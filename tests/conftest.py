@@ -18,7 +18,8 @@ REQUIRE_ROOT = os.environ.get("VETHGUARD_REQUIRE_ROOT") == "1"
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     outcome = yield
     report = outcome.get_result()
-    if REQUIRE_ROOT and report.skipped and (item.get_closest_marker("root") or item.get_closest_marker("lab")):
+    needs_root = item.get_closest_marker("root") or item.get_closest_marker("lab")
+    if REQUIRE_ROOT and report.skipped and needs_root:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"root test skipped under VETHGUARD_REQUIRE_ROOT=1: {reason}"

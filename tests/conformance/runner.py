@@ -1,0 +1,393 @@
+"""Replay conformance scenarios (../shared/conformance/*.yaml) through the lab CLI and score them.
+
+The format is described in ../shared/conformance/README.md. Everything goes through the
+`vethguard lab ...` command line exactly as an outside harness would drive it: the runner
+never imports the lab or the agent.
+
+    python tests/conformance/runner.py [--family 4|6] [--only ID ...] FILE...
+
+prints one line per scenario and closes with "N passed, N failed".
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import ipaddress
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ORDER = ["x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c"]
+PLACEHOLDER = re.compile(r"\{\{\s*ip\s+([^|}\s]+)\s*(?:\|\s*(host|net\s+\d+)\s*)?\}\}")
+
+
+def shared_conformance_dir() -> Path:
+    return Path(__file__).resolve().parents[3] / "shared" / "conformance"
+
+
+def vethguard_command() -> list[str]:
+    """The installed CLI when present, else this checkout's module (same code)."""
+    exe = shutil.which("vethguard")
+    return [exe] if exe else [sys.executable, "-m", "controller.cli"]
+
+
+class LabError(RuntimeError):
+    pass
+
+
+@dataclass
+class Lab:
+    name: str
+    nodes: int = 1
+    cmd: list[str] = field(default_factory=vethguard_command)
+
+    def run(self, *args: str, stdin: str | None = None, timeout: float = 300) -> str:
+        argv = [*self.cmd, "lab", *args, "--name", self.name]
+        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise LabError(f"{' '.join(argv[len(self.cmd):])} failed ({proc.returncode}): "
+                           f"{proc.stderr.strip() or proc.stdout.strip()}")
+        return proc.stdout
+
+    def up(self, manifests: list[dict[str, Any]]) -> None:
+        path = Path(f"/tmp/vethguard-conformance-{self.name}.yaml")
+        path.write_text(yaml.safe_dump_all(manifests, sort_keys=False))
+        try:
+            self.run("up", "-f", str(path), "--nodes", str(self.nodes), timeout=600)
+        finally:
+            path.unlink(missing_ok=True)
+
+    def apply(self, manifests: list[dict[str, Any]]) -> None:
+        self.run("apply", "-f", "-", stdin=yaml.safe_dump_all(manifests, sort_keys=False))
+
+    def delete(self, manifests: list[dict[str, Any]]) -> None:
+        self.run("delete", "-f", "-", stdin=yaml.safe_dump_all(manifests, sort_keys=False))
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.run("status", "-o", "json"))
+
+    def probe(self, port: int, protocol: str, family: int, sources: Sequence[str],
+              targets: Sequence[str]) -> dict[tuple[str, str], bool]:
+        args = ["probe", "--port", str(port), "--protocol", protocol, "--family", str(family), "-o", "json"]
+        for s in sources:
+            args += ["--from", s]
+        for t in targets:
+            args += ["--to", t]
+        out = json.loads(self.run(*args))
+        return {(r["from"], r["to"]): bool(r["connected"]) for r in out["results"]}
+
+    def down(self) -> None:
+        subprocess.run([*self.cmd, "lab", "down", "--name", self.name], capture_output=True, timeout=300)
+
+
+# ---------------------------------------------------------------------------------------------
+# models
+
+
+def default_model() -> dict[str, Any]:
+    ports = [{"port": p, "protocol": proto, "name": f"serve-{p}-{proto.lower()}"}
+             for p in (80, 81) for proto in ("TCP", "UDP", "SCTP")]
+    return {
+        "namespaces": [{"name": n, "labels": {"ns": n}} for n in "xyz"],
+        "pods": [{"namespace": n, "name": p, "labels": {"pod": p}, "ports": ports}
+                 for n in "xyz" for p in "abc"],
+        "externals": [],
+    }
+
+
+def namespace_manifest(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": dict(labels)}}
+
+
+def pod_manifest(pod: dict[str, Any], labels: dict[str, str] | None = None) -> dict[str, Any]:
+    containers = []
+    for i, port in enumerate(pod.get("ports") or []):
+        proto = port.get("protocol", "TCP")
+        spec: dict[str, Any] = {"containerPort": port["port"], "protocol": proto}
+        if port.get("name"):
+            spec["name"] = port["name"]
+        containers.append({"name": f"cont-{port['port']}-{proto.lower()}-{i}", "image": "agnhost",
+                           "ports": [spec]})
+    if not containers:
+        containers = [{"name": "main", "image": "agnhost"}]
+    manifest: dict[str, Any] = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod["name"], "namespace": pod["namespace"],
+                     "labels": dict(pod.get("labels") or {} if labels is None else labels)},
+        "spec": {"containers": containers},
+    }
+    if pod.get("node"):
+        manifest["spec"]["nodeName"] = pod["node"]
+    return manifest
+
+
+def external_manifest(ext: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "lab.vethguard.dev/v1alpha1", "kind": "ExternalHost",
+            "metadata": {"name": ext["name"]},
+            "spec": {"ip": ext["ip"], "ports": list(ext.get("ports") or [])}}
+
+
+def model_manifests(model: dict[str, Any]) -> list[dict[str, Any]]:
+    docs = [namespace_manifest(n["name"], n.get("labels") or {}) for n in model["namespaces"]]
+    docs += [pod_manifest(p) for p in model["pods"]]
+    docs += [external_manifest(e) for e in model.get("externals") or []]
+    return docs
+
+
+# ---------------------------------------------------------------------------------------------
+# placeholders
+
+
+def pod_ip(status: dict[str, Any], pod: str, family: int) -> str:
+    for ip in status["pods"][pod]["ips"]:
+        if ipaddress.ip_address(ip).version == family:
+            return str(ip)
+    raise LabError(f"pod {pod} has no IPv{family} address in lab status")
+
+
+def substitute(obj: Any, status: dict[str, Any], family: int) -> Any:
+    if isinstance(obj, str):
+        def repl(m: re.Match[str]) -> str:
+            ip = pod_ip(status, m.group(1), family)
+            mod = (m.group(2) or "").split()
+            if not mod:
+                return ip
+            if mod[0] == "host":
+                return f"{ip}/{32 if family == 4 else 128}"
+            return str(ipaddress.ip_network(f"{ip}/{mod[1]}", strict=False))
+        return PLACEHOLDER.sub(repl, obj)
+    if isinstance(obj, list):
+        return [substitute(v, status, family) for v in obj]
+    if isinstance(obj, dict):
+        return {k: substitute(v, status, family) for k, v in obj.items()}
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# scoring
+
+
+@dataclass
+class Outcome:
+    scenario: str
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def parse_matrix(text: str) -> dict[tuple[str, str], bool]:
+    rows = [line.split() for line in text.strip().splitlines() if line.strip()]
+    if len(rows) != 9 or any(len(r) != 9 for r in rows):
+        raise ValueError("expect matrix must be 9 rows of 9 cells")
+    return {(ORDER[i], ORDER[j]): cell == "." for i, row in enumerate(rows) for j, cell in enumerate(row)}
+
+
+def render_matrix(cells: dict[tuple[str, str], bool], names: Sequence[str]) -> str:
+    width = max(len(n) for n in names)
+    lines = [" " * width + " " + " ".join(names)]
+    for s in names:
+        lines.append(s.ljust(width) + " " + " ".join(
+            ("." if cells.get((s, d)) else "X").center(len(d)) for d in names))
+    return "\n".join(lines)
+
+
+class Runner:
+    """Replays scenarios; keeps one lab for the default 9-pod model and resets it between scenarios."""
+
+    def __init__(self, family: int = 4, nodes: int = 1, prefix: str = "conf", retries: int = 2,
+                 log: Any = print) -> None:
+        self.family = family
+        self.nodes = nodes
+        self.prefix = prefix
+        self.retries = retries
+        self.log = log
+        self.default_lab: Lab | None = None
+        self.default_model = default_model()
+        self._dirty_policies: set[tuple[str, str]] = set()
+        self._dirty_labels = False
+
+    def close(self) -> None:
+        if self.default_lab is not None:
+            self.default_lab.down()
+            self.default_lab = None
+
+    # -- lab lifecycle --------------------------------------------------------------------
+
+    def _lab_for(self, scenario: dict[str, Any]) -> tuple[Lab, dict[str, Any], bool]:
+        if scenario.get("model") is None:
+            if self.default_lab is None:
+                lab = Lab(f"{self.prefix}{os.getpid() % 10000}d", nodes=self.nodes)
+                lab.down()
+                lab.up(model_manifests(self.default_model))
+                self.default_lab = lab
+            else:
+                self._reset_default()
+            return self.default_lab, self.default_model, False
+        model = copy.deepcopy(scenario["model"])
+        model.setdefault("externals", [])
+        lab = Lab(f"{self.prefix}{os.getpid() % 10000}s", nodes=self.nodes)
+        lab.down()
+        lab.up(model_manifests(model))
+        return lab, model, True
+
+    def _reset_default(self) -> None:
+        assert self.default_lab is not None
+        if self._dirty_policies:
+            self.default_lab.delete([
+                {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                 "metadata": {"namespace": ns, "name": name}} for ns, name in sorted(self._dirty_policies)])
+        if self._dirty_labels:
+            self.default_lab.apply(
+                [namespace_manifest(n["name"], n["labels"]) for n in self.default_model["namespaces"]]
+                + [pod_manifest(p) for p in self.default_model["pods"]])
+        self._dirty_policies.clear()
+        self._dirty_labels = False
+
+    # -- one scenario ---------------------------------------------------------------------
+
+    def run_scenario(self, scenario: dict[str, Any]) -> Outcome:
+        start = time.monotonic()
+        out = Outcome(scenario["id"], passed=True)
+        lab, model, own = self._lab_for(scenario)
+        try:
+            status = lab.status()
+            for n, step in enumerate(scenario.get("steps") or [], start=1):
+                self._act(lab, model, step, status)
+                if "probe" in step:
+                    self._score_matrix(lab, step["probe"], n, out)
+                for check in step.get("checks") or []:
+                    self._score_check(lab, check, n, out)
+        except Exception as exc:  # a broken lab or CLI is a failed scenario, with the reason
+            out.passed = False
+            out.failures.append(f"error: {exc}")
+        finally:
+            if own:
+                lab.down()
+        out.seconds = time.monotonic() - start
+        out.passed = out.passed and not out.failures
+        return out
+
+    def _act(self, lab: Lab, model: dict[str, Any], step: dict[str, Any], status: dict[str, Any]) -> None:
+        if step.get("delete"):
+            docs = []
+            for ref in step["delete"]:
+                api = "networking.k8s.io/v1" if ref["kind"] == "NetworkPolicy" else "v1"
+                meta = {"name": ref["name"]}
+                if ref.get("namespace"):
+                    meta["namespace"] = ref["namespace"]
+                docs.append({"apiVersion": api, "kind": ref["kind"], "metadata": meta})
+                self._dirty_policies.discard((ref.get("namespace", ""), ref["name"]))
+            lab.delete(docs)
+        if step.get("apply"):
+            docs = substitute(step["apply"], status, self.family)
+            for d in docs:
+                if d.get("kind") == "NetworkPolicy":
+                    meta = d["metadata"]
+                    self._dirty_policies.add((meta.get("namespace", "default"), meta["name"]))
+            lab.apply(docs)
+        if step.get("label"):
+            lab.apply([self._relabel(model, step["label"])])
+            self._dirty_labels = True
+
+    @staticmethod
+    def _relabel(model: dict[str, Any], label: dict[str, Any]) -> dict[str, Any]:
+        labels = dict(label.get("labels") or {})
+        if label["kind"] == "Namespace":
+            return namespace_manifest(label["name"], labels)
+        for pod in model["pods"]:
+            if pod["namespace"] == label["namespace"] and pod["name"] == label["name"]:
+                return pod_manifest(pod, labels)
+        raise LabError(f"label step names unknown pod {label['namespace']}/{label['name']}")
+
+    def _probe_until_stable(self, lab: Lab, port: int, protocol: str, expect: dict[tuple[str, str], bool],
+                            scored: Iterable[tuple[str, str]]) -> dict[tuple[str, str], bool]:
+        """Probe, then re-probe only cells that look like packet loss (expected connected, got blocked)."""
+        pairs = list(expect)
+        sources = sorted({s for s, _ in pairs})
+        targets = sorted({t for _, t in pairs})
+        got = lab.probe(port, protocol, self.family, sources, targets)
+        scored = set(scored)
+        for _ in range(self.retries):
+            lost = [(s, t) for (s, t) in scored if expect[(s, t)] and not got.get((s, t), False)]
+            if not lost:
+                break
+            for s, t in lost:
+                got.update(lab.probe(port, protocol, self.family, [s], [t]))
+        return got
+
+    def _score_matrix(self, lab: Lab, probe: dict[str, Any], step: int, out: Outcome) -> None:
+        expect = parse_matrix(probe["expect"])
+        scored = [k for k in expect if k[0] != k[1]]
+        got = self._probe_until_stable(lab, probe["port"], probe["protocol"], expect, scored)
+        wrong = [k for k in scored if got.get(k) != expect[k]]
+        diag = [k for k in expect if k[0] == k[1] and got.get(k) != expect[k]]
+        if diag:
+            out.notes.append(f"step {step}: diagonal differs (not scored): {', '.join(s for s, _ in diag)}")
+        if wrong:
+            out.failures.append(
+                f"step {step} {probe['protocol']}/{probe['port']}: {len(wrong)} cells wrong: "
+                + ", ".join(f"{s}->{t} expected {'.' if expect[(s, t)] else 'X'}" for s, t in wrong)
+                + "\n" + render_matrix(got, ORDER))
+
+    def _score_check(self, lab: Lab, check: dict[str, Any], step: int, out: Outcome) -> None:
+        key = (check["from"], check["to"])
+        if self.family == 6 and any(x.startswith("ext/") for x in key):
+            out.notes.append(f"step {step}: {key[0]}->{key[1]} skipped on IPv6 (external host is IPv4 only)")
+            return
+        expect = {key: bool(check["connected"])}
+        got = self._probe_until_stable(lab, check["port"], check.get("protocol", "TCP"), expect, [key])
+        if got.get(key) != expect[key]:
+            out.failures.append(
+                f"step {step}: {key[0]} -> {key[1]} {check.get('protocol', 'TCP')}/{check['port']} "
+                f"expected {'connected' if expect[key] else 'blocked'}, got "
+                f"{'connected' if got.get(key) else 'blocked'}")
+
+
+def load_scenarios(files: Iterable[Path]) -> list[dict[str, Any]]:
+    scenarios: list[dict[str, Any]] = []
+    for f in files:
+        scenarios += yaml.safe_load(Path(f).read_text()) or []
+    return scenarios
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("files", nargs="*", type=Path)
+    ap.add_argument("--family", type=int, choices=(4, 6), default=4)
+    ap.add_argument("--nodes", type=int, default=1)
+    ap.add_argument("--only", action="append", default=[])
+    args = ap.parse_args(argv)
+    files = args.files or sorted(shared_conformance_dir().glob("*.yaml"))
+    scenarios = [s for s in load_scenarios(files) if not args.only or s["id"] in args.only]
+    runner = Runner(family=args.family, nodes=args.nodes)
+    passed = failed = 0
+    try:
+        for sc in scenarios:
+            res = runner.run_scenario(sc)
+            print(f"{'PASS' if res.passed else 'FAIL'} {res.scenario} ({res.seconds:.1f}s)", flush=True)
+            for line in res.notes:
+                print(f"    note: {line}")
+            for line in res.failures:
+                print("    " + line.replace("\n", "\n    "))
+            passed += res.passed
+            failed += not res.passed
+    finally:
+        runner.close()
+    print(f"{passed} passed, {failed} failed")
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

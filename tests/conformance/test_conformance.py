@@ -1,0 +1,37 @@
+"""Every scenario of ../shared/conformance replayed through the lab CLI (runner.py) on IPv4."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conformance.runner import Runner, load_scenarios, shared_conformance_dir
+
+pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.slow]
+
+FILES = sorted(shared_conformance_dir().glob("*.yaml"))
+SCENARIOS = load_scenarios(FILES) if FILES else []
+
+
+@pytest.fixture(scope="module")
+def runner() -> Iterator[Runner]:
+    if os.geteuid() != 0:
+        pytest.skip("conformance replay needs root (it builds a network-namespace lab)")
+    r = Runner(family=4, prefix="ct")
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def test_the_shared_conformance_files_are_present() -> None:
+    assert FILES, f"no scenario files in {shared_conformance_dir()}"
+    assert len(SCENARIOS) >= 28
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s["id"] for s in SCENARIOS])
+def test_scenario_passes_through_the_lab_cli(runner: Runner, scenario: dict) -> None:
+    outcome = runner.run_scenario(scenario)
+    assert outcome.passed, "\n".join(outcome.failures)
