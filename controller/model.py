@@ -1,0 +1,701 @@
+"""Typed, validated cluster objects built from raw Kubernetes API JSON (pure, no I/O).
+
+`ClusterState.from_objects(namespaces, pods, policies, nodes)` never raises on bad input:
+every problem becomes a `PolicyError(object, field, message)` in `ClusterState.errors` (and,
+for policies, in `NetworkPolicy.errors`), e.g.
+`NetworkPolicy x/allow-web: spec.ingress[0].ports[1].endPort: must be >= port (80)`.
+
+Fail-closed rules for invalid NetworkPolicies (DESIGN.md "Policy semantics"):
+
+- A rule (one element of spec.ingress / spec.egress) with ANY invalid part (peer, selector,
+  ipBlock, port, protocol, endPort, wrong type) is dropped whole: a partially understood rule
+  could allow more than intended (dropping one peer or one port of a rule would be safe, but
+  dropping a bad `except` would not, so the rule is the unit). The remaining rules keep their
+  original indices, so rule references still name the right element.
+- The policy still selects its pods and isolates them for its policyTypes; valid rules apply.
+- An invalid spec.podSelector: the policy selects EVERY pod of its namespace (for its
+  policyTypes, with no rules at all, since the author's intent for those pods is unknown).
+  A missing podSelector is the API default `{}` (all pods of the namespace), not an error.
+- An invalid spec.policyTypes (not a list, or an entry other than Ingress/Egress): the policy
+  isolates BOTH directions with its valid rules.
+- spec.ingress / spec.egress that is not a list: error, no rules for that direction (the
+  direction's isolation is unchanged; for defaulted policyTypes a non-empty egress value
+  still counts as "has egress rules").
+- A spec that is not an object: the policy selects every pod of its namespace and isolates
+  both directions with no rules.
+
+Other objects: a Pod or Namespace or Node without a usable name is skipped (error recorded);
+invalid labels, IPs, container ports or node addresses are dropped individually (error
+recorded). Pods in phase Succeeded/Failed are kept in `pods` but are not `active` (their IPs
+may already belong to a new pod); hostNetwork pods are not `active` either (their IP is the
+node's, and NetworkPolicy does not apply to them).
+
+Decisions where the API is loose: `ipBlock.cidr` may have host bits set (normalised, as the
+API server accepts it); every `except` must be a strict subset of `cidr` (same family);
+a string `port` is a port name (IANA_SVC_NAME rules), never a number in disguise; protocol
+names are case-sensitive (TCP, UDP, SCTP), as the API server requires.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, TypedDict
+
+from controller.mapstate import PolicyError
+from controller.selectors import LabelSelector, SelectorError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+NS_NAME_LABEL = "kubernetes.io/metadata.name"
+PROTOCOLS: Mapping[str, int] = {"TCP": 6, "UDP": 17, "SCTP": 132}
+INGRESS = "Ingress"
+EGRESS = "Egress"
+_PORT_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw API JSON shapes (documentation for readers and mypy; nothing is trusted to match them)
+# ---------------------------------------------------------------------------------------------
+
+
+class RawMetadata(TypedDict, total=False):
+    name: str
+    namespace: str
+    labels: dict[str, str]
+    resourceVersion: str
+
+
+class RawContainerPort(TypedDict, total=False):
+    name: str
+    containerPort: int
+    protocol: str
+
+
+class RawContainer(TypedDict, total=False):
+    name: str
+    ports: list[RawContainerPort]
+
+
+class RawPodSpec(TypedDict, total=False):
+    nodeName: str
+    hostNetwork: bool
+    containers: list[RawContainer]
+
+
+class RawPodIP(TypedDict):
+    ip: str
+
+
+class RawPodStatus(TypedDict, total=False):
+    phase: str
+    podIP: str
+    podIPs: list[RawPodIP]
+
+
+class RawPod(TypedDict, total=False):
+    metadata: RawMetadata
+    spec: RawPodSpec
+    status: RawPodStatus
+
+
+class RawNamespace(TypedDict, total=False):
+    metadata: RawMetadata
+
+
+class RawNodeAddress(TypedDict):
+    type: str
+    address: str
+
+
+class RawNodeStatus(TypedDict, total=False):
+    addresses: list[RawNodeAddress]
+
+
+class RawNode(TypedDict, total=False):
+    metadata: RawMetadata
+    status: RawNodeStatus
+
+
+class RawIPBlock(TypedDict, total=False):
+    cidr: str
+    # "except" is a Python keyword: the key is read as raw["except"]
+
+
+class RawPeer(TypedDict, total=False):
+    podSelector: dict[str, Any]
+    namespaceSelector: dict[str, Any]
+    ipBlock: RawIPBlock
+
+
+class RawPolicyPort(TypedDict, total=False):
+    protocol: str
+    port: int | str
+    endPort: int
+
+
+class RawIngressRule(TypedDict, total=False):
+    # "from" is a keyword: read as raw["from"]
+    ports: list[RawPolicyPort]
+
+
+class RawEgressRule(TypedDict, total=False):
+    to: list[RawPeer]
+    ports: list[RawPolicyPort]
+
+
+class RawPolicySpec(TypedDict, total=False):
+    podSelector: dict[str, Any]
+    policyTypes: list[str]
+    ingress: list[RawIngressRule]
+    egress: list[RawEgressRule]
+
+
+class RawNetworkPolicy(TypedDict, total=False):
+    metadata: RawMetadata
+    spec: RawPolicySpec
+
+
+# ---------------------------------------------------------------------------------------------
+# Typed objects
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Namespace:
+    name: str
+    labels: Mapping[str, str]  # always includes kubernetes.io/metadata.name=<name>
+
+
+class ContainerPort(NamedTuple):
+    name: str | None
+    port: int
+    protocol: str  # TCP / UDP / SCTP
+
+
+@dataclass(frozen=True)
+class Pod:
+    namespace: str
+    name: str
+    labels: Mapping[str, str]
+    node: str | None
+    ips: tuple[str, ...]  # canonical strings; at most one IPv4 and one IPv6
+    ports: tuple[ContainerPort, ...] = ()
+    host_network: bool = False
+    phase: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def ipv4(self) -> str | None:
+        return next((ip for ip in self.ips if ":" not in ip), None)
+
+    @property
+    def ipv6(self) -> str | None:
+        return next((ip for ip in self.ips if ":" in ip), None)
+
+    @property
+    def active(self) -> bool:
+        """A pod policy applies to and that can be a peer: not hostNetwork, not terminated."""
+        return not self.host_network and self.phase not in ("Succeeded", "Failed")
+
+    @property
+    def named_ports(self) -> tuple[tuple[str, int, str], ...]:
+        return tuple((p.name, p.port, p.protocol) for p in self.ports if p.name)
+
+    def resolve_named_port(self, name: str, protocol: str) -> tuple[int, ...]:
+        """Container port numbers with this name and protocol (usually zero or one)."""
+        return tuple(sorted({p.port for p in self.ports if p.name == name and p.protocol == protocol}))
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    addresses: tuple[str, ...]  # InternalIP addresses, canonical strings
+
+
+@dataclass(frozen=True)
+class IPBlock:
+    cidr: IPNetwork
+    excepts: tuple[IPNetwork, ...] = ()
+
+    def contains(self, addr: IPAddress) -> bool:
+        if addr.version != self.cidr.version or addr not in self.cidr:
+            return False
+        return not any(addr in e for e in self.excepts)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One element of from/to. Exactly one of: ip_block, or at least one selector."""
+
+    pod_selector: LabelSelector | None = None  # None = not given
+    namespace_selector: LabelSelector | None = None  # None = not given (= policy's namespace)
+    ip_block: IPBlock | None = None
+
+
+@dataclass(frozen=True)
+class PolicyPort:
+    protocol: str = "TCP"
+    port: int | str | None = None  # None = every port of the protocol; str = named port
+    end_port: int | None = None
+
+    @property
+    def is_named(self) -> bool:
+        return isinstance(self.port, str)
+
+
+@dataclass(frozen=True)
+class Rule:
+    index: int  # index in spec.ingress / spec.egress
+    peers: tuple[Peer, ...] = ()  # empty = every peer
+    ports: tuple[PolicyPort, ...] = ()  # empty = every protocol and port
+
+    @property
+    def has_named_ports(self) -> bool:
+        return any(p.is_named for p in self.ports)
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+    namespace: str
+    name: str
+    pod_selector: LabelSelector
+    policy_types: frozenset[str]  # subset of {"Ingress", "Egress"}, after defaulting
+    ingress: tuple[Rule, ...] = ()
+    egress: tuple[Rule, ...] = ()
+    errors: tuple[PolicyError, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def isolates_ingress(self) -> bool:
+        return INGRESS in self.policy_types
+
+    @property
+    def isolates_egress(self) -> bool:
+        return EGRESS in self.policy_types
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> NetworkPolicy:
+        """Parse one policy; problems land in `.errors` (fail closed). Raises ValueError without a name."""
+        pol = _parse_policy(raw)
+        if pol is None:
+            raise ValueError("NetworkPolicy: metadata.name and metadata.namespace are required")
+        return pol
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    namespaces: Mapping[str, Namespace]
+    pods: Mapping[str, Pod]  # by "ns/name"
+    policies: Mapping[str, NetworkPolicy]  # by "ns/name"
+    nodes: Mapping[str, Node]
+    errors: tuple[PolicyError, ...] = ()
+    # Scratch space for derived data (the compiler caches its node-independent work here).
+    cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_objects(
+        cls,
+        namespaces: Iterable[dict[str, Any]],
+        pods: Iterable[dict[str, Any]],
+        policies: Iterable[dict[str, Any]],
+        nodes: Iterable[dict[str, Any]],
+    ) -> ClusterState:
+        errors: list[PolicyError] = []
+        ns_map: dict[str, Namespace] = {}
+        for raw in namespaces:
+            ns = _parse_namespace(raw, errors)
+            if ns is not None:
+                ns_map[ns.name] = ns
+        pod_map: dict[str, Pod] = {}
+        for raw in pods:
+            pod = _parse_pod(raw, errors)
+            if pod is not None:
+                pod_map[pod.key] = pod
+        pol_map: dict[str, NetworkPolicy] = {}
+        for raw in policies:
+            pol = _parse_policy(raw)
+            if pol is None:
+                errors.append(
+                    PolicyError("NetworkPolicy ?", "metadata.name", "missing name or namespace; skipped")
+                )
+                continue
+            errors.extend(pol.errors)
+            pol_map[pol.key] = pol
+        node_map: dict[str, Node] = {}
+        for raw in nodes:
+            node = _parse_node(raw, errors)
+            if node is not None:
+                node_map[node.name] = node
+        return cls(ns_map, pod_map, pol_map, node_map, tuple(errors))
+
+    def namespace_labels(self, name: str) -> Mapping[str, str]:
+        ns = self.namespaces.get(name)
+        return ns.labels if ns is not None else {NS_NAME_LABEL: name}
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+# ---------------------------------------------------------------------------------------------
+
+
+class _Invalid(Exception):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _meta(raw: Any) -> Mapping[str, Any]:
+    if not isinstance(raw, Mapping):
+        return {}
+    m = raw.get("metadata")
+    return m if isinstance(m, Mapping) else {}
+
+
+def _labels(raw: Any, obj: str, fld: str, errors: list[PolicyError]) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        errors.append(PolicyError(obj, fld, "must be a map of string to string"))
+        return {}
+    out: dict[str, str] = {}
+    for k, v in raw.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            errors.append(PolicyError(obj, f"{fld}.{k}", "label keys and values must be strings; dropped"))
+            continue
+        out[k] = v
+    return out
+
+
+def _parse_namespace(raw: Any, errors: list[PolicyError]) -> Namespace | None:
+    meta = _meta(raw)
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        errors.append(PolicyError("Namespace ?", "metadata.name", "missing or not a string; skipped"))
+        return None
+    labels = _labels(meta.get("labels"), f"Namespace {name}", "metadata.labels", errors)
+    labels[NS_NAME_LABEL] = name
+    return Namespace(name, labels)
+
+
+def _parse_ip(s: Any) -> IPAddress | None:
+    if not isinstance(s, str):
+        return None
+    try:
+        return ipaddress.ip_address(s)
+    except ValueError:
+        return None
+
+
+def _parse_pod(raw: Any, errors: list[PolicyError]) -> Pod | None:
+    meta = _meta(raw)
+    name = meta.get("name")
+    namespace = meta.get("namespace", "default")
+    if not isinstance(name, str) or not name or not isinstance(namespace, str) or not namespace:
+        errors.append(PolicyError("Pod ?", "metadata.name", "missing name or namespace; skipped"))
+        return None
+    obj = f"Pod {namespace}/{name}"
+    labels = _labels(meta.get("labels"), obj, "metadata.labels", errors)
+    spec = raw.get("spec") if isinstance(raw.get("spec"), Mapping) else {}
+    status = raw.get("status") if isinstance(raw.get("status"), Mapping) else {}
+    node = spec.get("nodeName")
+    if node is not None and not isinstance(node, str):
+        errors.append(PolicyError(obj, "spec.nodeName", "must be a string"))
+        node = None
+    # IPs: status.podIPs[].ip, fallback status.podIP; at most one per family, first wins.
+    candidates: list[tuple[str, Any]] = []
+    pod_ips = status.get("podIPs")
+    if isinstance(pod_ips, list) and pod_ips:
+        for i, e in enumerate(pod_ips):
+            candidates.append((f"status.podIPs[{i}].ip", e.get("ip") if isinstance(e, Mapping) else e))
+    elif status.get("podIP"):
+        candidates.append(("status.podIP", status.get("podIP")))
+    ips: list[str] = []
+    families: set[int] = set()
+    for fld, value in candidates:
+        addr = _parse_ip(value)
+        if addr is None:
+            errors.append(PolicyError(obj, fld, f"invalid IP address {value!r}; ignored"))
+            continue
+        if addr.version in families:
+            continue
+        families.add(addr.version)
+        ips.append(str(addr))
+    ports: list[ContainerPort] = []
+    containers = spec.get("containers") or []
+    if not isinstance(containers, list):
+        errors.append(PolicyError(obj, "spec.containers", "must be a list"))
+        containers = []
+    for ci, c in enumerate(containers):
+        if not isinstance(c, Mapping):
+            continue
+        cports = c.get("ports") or []
+        if not isinstance(cports, list):
+            errors.append(PolicyError(obj, f"spec.containers[{ci}].ports", "must be a list"))
+            continue
+        for pi, p in enumerate(cports):
+            fld = f"spec.containers[{ci}].ports[{pi}]"
+            if not isinstance(p, Mapping):
+                errors.append(PolicyError(obj, fld, "must be an object"))
+                continue
+            num: int = p.get("containerPort")  # type: ignore[assignment]
+            proto = p.get("protocol") or "TCP"
+            pname = p.get("name")
+            if not _is_int(num) or not 1 <= num <= 65535:
+                errors.append(
+                    PolicyError(obj, f"{fld}.containerPort", f"must be 1..65535, got {num!r}; ignored")
+                )
+                continue
+            if proto not in PROTOCOLS:
+                errors.append(PolicyError(obj, f"{fld}.protocol", f"unknown protocol {proto!r}; ignored"))
+                continue
+            if pname is not None and not isinstance(pname, str):
+                errors.append(PolicyError(obj, f"{fld}.name", "must be a string; name ignored"))
+                pname = None
+            ports.append(ContainerPort(pname or None, num, proto))
+    phase = status.get("phase")
+    return Pod(
+        namespace=namespace,
+        name=name,
+        labels=labels,
+        node=node or None,
+        ips=tuple(ips),
+        ports=tuple(ports),
+        host_network=bool(spec.get("hostNetwork", False)),
+        phase=phase if isinstance(phase, str) else None,
+    )
+
+
+def _parse_node(raw: Any, errors: list[PolicyError]) -> Node | None:
+    meta = _meta(raw)
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        errors.append(PolicyError("Node ?", "metadata.name", "missing or not a string; skipped"))
+        return None
+    status = raw.get("status") if isinstance(raw.get("status"), Mapping) else {}
+    addrs: list[str] = []
+    raw_addrs = status.get("addresses") or []
+    if not isinstance(raw_addrs, list):
+        raw_addrs = []
+    for i, a in enumerate(raw_addrs):
+        if not isinstance(a, Mapping) or a.get("type") != "InternalIP":
+            continue
+        addr = _parse_ip(a.get("address"))
+        if addr is None:
+            errors.append(
+                PolicyError(f"Node {name}", f"status.addresses[{i}].address", "invalid IP address; ignored")
+            )
+            continue
+        if str(addr) not in addrs:
+            addrs.append(str(addr))
+    return Node(name, tuple(addrs))
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _parse_network(value: Any, fld: str) -> IPNetwork:
+    if not isinstance(value, str) or "/" not in value:
+        raise _Invalid(fld, f"must be a CIDR such as 10.0.0.0/24, got {value!r}")
+    try:
+        return ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError as e:
+        raise _Invalid(fld, f"invalid CIDR {value!r}: {e}") from None
+
+
+def _parse_ip_block(raw: Any, fld: str) -> IPBlock:
+    if not isinstance(raw, Mapping):
+        raise _Invalid(fld, "must be an object with cidr and optional except")
+    cidr = _parse_network(raw.get("cidr"), f"{fld}.cidr")
+    ex_raw = raw.get("except")
+    excepts: list[IPNetwork] = []
+    if ex_raw is not None:
+        if not isinstance(ex_raw, list):
+            raise _Invalid(f"{fld}.except", "must be a list of CIDRs")
+        for i, e in enumerate(ex_raw):
+            net = _parse_network(e, f"{fld}.except[{i}]")
+            if net.version != cidr.version or not net.subnet_of(cidr) or net.prefixlen <= cidr.prefixlen:  # type: ignore[arg-type]
+                raise _Invalid(f"{fld}.except[{i}]", f"{net} is not a strict subset of cidr {cidr}")
+            excepts.append(net)
+    return IPBlock(cidr, tuple(sorted(set(excepts), key=lambda n: (n.network_address, n.prefixlen))))
+
+
+def _parse_selector(raw: Any, fld: str) -> LabelSelector:
+    try:
+        return LabelSelector.parse(raw)
+    except SelectorError as e:
+        raise _Invalid(f"{fld}.{e.field}" if e.field else fld, e.message) from None
+
+
+def _parse_peer(raw: Any, fld: str) -> Peer:
+    if not isinstance(raw, Mapping):
+        raise _Invalid(fld, "must be an object (podSelector, namespaceSelector or ipBlock)")
+    unknown = set(raw) - {"podSelector", "namespaceSelector", "ipBlock"}
+    if unknown:
+        raise _Invalid(f"{fld}.{sorted(unknown)[0]}", "unknown peer field")
+    has_pod = raw.get("podSelector") is not None
+    has_ns = raw.get("namespaceSelector") is not None
+    has_ip = raw.get("ipBlock") is not None
+    if has_ip and (has_pod or has_ns):
+        raise _Invalid(fld, "ipBlock may not be combined with podSelector or namespaceSelector")
+    if not (has_ip or has_pod or has_ns):
+        raise _Invalid(fld, "must specify podSelector, namespaceSelector or ipBlock")
+    if has_ip:
+        return Peer(ip_block=_parse_ip_block(raw["ipBlock"], f"{fld}.ipBlock"))
+    return Peer(
+        pod_selector=_parse_selector(raw["podSelector"], f"{fld}.podSelector") if has_pod else None,
+        namespace_selector=_parse_selector(raw["namespaceSelector"], f"{fld}.namespaceSelector")
+        if has_ns
+        else None,
+    )
+
+
+def _parse_port(raw: Any, fld: str) -> PolicyPort:
+    if not isinstance(raw, Mapping):
+        raise _Invalid(fld, "must be an object with protocol, port and endPort")
+    proto = raw.get("protocol")
+    if proto is None:
+        proto = "TCP"
+    if proto not in PROTOCOLS:
+        raise _Invalid(f"{fld}.protocol", f"unknown protocol {proto!r}; expected TCP, UDP or SCTP")
+    port = raw.get("port")
+    end = raw.get("endPort")
+    if port is not None:
+        if _is_int(port):
+            if not 1 <= port <= 65535:
+                raise _Invalid(f"{fld}.port", f"must be between 1 and 65535, got {port}")
+        elif isinstance(port, str):
+            if not port or len(port) > 15 or not _PORT_NAME_RE.match(port) or "--" in port:
+                raise _Invalid(f"{fld}.port", f"invalid port name {port!r} (IANA service name: 1-15 a-z0-9-)")
+            if not re.search(r"[a-z]", port):
+                raise _Invalid(
+                    f"{fld}.port",
+                    f"port name {port!r} must contain a letter (write numeric ports as numbers, not strings)",
+                )
+        else:
+            raise _Invalid(f"{fld}.port", f"must be a number or a port name, not {type(port).__name__}")
+    if end is not None:
+        if not _is_int(end):
+            raise _Invalid(f"{fld}.endPort", f"must be a number, not {type(end).__name__}")
+        if port is None or not _is_int(port):
+            raise _Invalid(f"{fld}.endPort", "needs a numeric port")
+        if end < port:
+            raise _Invalid(f"{fld}.endPort", f"must be >= port ({port}), got {end}")
+        if end > 65535:
+            raise _Invalid(f"{fld}.endPort", f"must be <= 65535, got {end}")
+    return PolicyPort(proto, port, end)
+
+
+def _parse_rule(raw: Any, index: int, fld: str, peer_key: str) -> Rule:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise _Invalid(fld, "must be an object")
+    peers_raw = raw.get(peer_key)
+    peers: list[Peer] = []
+    if peers_raw is not None:
+        if not isinstance(peers_raw, list):
+            raise _Invalid(f"{fld}.{peer_key}", "must be a list")
+        for i, p in enumerate(peers_raw):
+            peers.append(_parse_peer(p, f"{fld}.{peer_key}[{i}]"))
+    ports_raw = raw.get("ports")
+    ports: list[PolicyPort] = []
+    if ports_raw is not None:
+        if not isinstance(ports_raw, list):
+            raise _Invalid(f"{fld}.ports", "must be a list")
+        for i, p in enumerate(ports_raw):
+            ports.append(_parse_port(p, f"{fld}.ports[{i}]"))
+    return Rule(index, tuple(peers), tuple(ports))
+
+
+def _parse_rules(raw: Any, fld: str, peer_key: str, obj: str, errors: list[PolicyError]) -> tuple[Rule, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        errors.append(PolicyError(obj, fld, "must be a list of rules; no rules used for this direction"))
+        return ()
+    rules: list[Rule] = []
+    for i, r in enumerate(raw):
+        try:
+            rules.append(_parse_rule(r, i, f"{fld}[{i}]", peer_key))
+        except _Invalid as e:
+            errors.append(PolicyError(obj, e.field, f"{e.message}; rule {fld}[{i}] ignored (fail closed)"))
+    return tuple(rules)
+
+
+def _parse_policy(raw: Any) -> NetworkPolicy | None:
+    meta = _meta(raw)
+    name = meta.get("name")
+    namespace = meta.get("namespace", "default")
+    if not isinstance(name, str) or not name or not isinstance(namespace, str) or not namespace:
+        return None
+    obj = f"NetworkPolicy {namespace}/{name}"
+    errors: list[PolicyError] = []
+    spec = raw.get("spec") if isinstance(raw, Mapping) else None
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, Mapping):
+        errors.append(PolicyError(obj, "spec", "must be an object; isolating every pod of the namespace"))
+        return NetworkPolicy(
+            namespace, name, LabelSelector.EVERYTHING, frozenset({INGRESS, EGRESS}), errors=tuple(errors)
+        )
+    sel_ok = True
+    try:
+        pod_selector = (
+            LabelSelector.EVERYTHING
+            if spec.get("podSelector") is None
+            else _parse_selector(spec["podSelector"], "spec.podSelector")
+        )
+    except _Invalid as e:
+        errors.append(
+            PolicyError(
+                obj, e.field, f"{e.message}; the policy isolates every pod of {namespace} with no rules"
+            )
+        )
+        pod_selector = LabelSelector.EVERYTHING
+        sel_ok = False
+
+    ingress_raw = spec.get("ingress")
+    egress_raw = spec.get("egress")
+    types_raw = spec.get("policyTypes")
+    types: set[str]
+    if types_raw is None or types_raw == []:
+        types = {INGRESS}
+        if egress_raw:  # upstream defaulting: Egress when egress rules are present
+            types.add(EGRESS)
+    elif not isinstance(types_raw, list) or any(t not in (INGRESS, EGRESS) for t in types_raw):
+        errors.append(
+            PolicyError(
+                obj,
+                "spec.policyTypes",
+                f"must be a list of Ingress/Egress, got {types_raw!r}; isolating both directions",
+            )
+        )
+        types = {INGRESS, EGRESS}
+    else:
+        types = set(types_raw)
+
+    ingress = _parse_rules(ingress_raw, "spec.ingress", "from", obj, errors)
+    egress = _parse_rules(egress_raw, "spec.egress", "to", obj, errors)
+    if not sel_ok:
+        ingress, egress = (), ()
+    return NetworkPolicy(
+        namespace=namespace,
+        name=name,
+        pod_selector=pod_selector,
+        policy_types=frozenset(types),
+        ingress=ingress,
+        egress=egress,
+        errors=tuple(errors),
+    )
