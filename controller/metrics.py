@@ -1,0 +1,87 @@
+"""Prometheus metrics of the agent, on a dedicated registry (served at /metrics).
+
+Names follow vethguard_<subsystem>_<name>_{seconds,bytes,total}.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_COMPUTE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """Every metric the agent exports. One instance per agent (tests create their own)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.policy_compute_seconds = Histogram(
+            "vethguard_policy_compute_seconds",
+            "Time to rebuild the cluster model and compute the node's desired map state.",
+            buckets=_COMPUTE_BUCKETS,
+            registry=r,
+        )
+        self.map_sync_seconds = Histogram(
+            "vethguard_datapath_map_sync_seconds",
+            "Time to attach programs and sync the BPF maps to the desired state.",
+            buckets=_COMPUTE_BUCKETS,
+            registry=r,
+        )
+        self.sync_operations_total = Counter(
+            "vethguard_datapath_sync_operations_total",
+            "Datapath sync operations, by kind (incremental: triggered by events or interface changes; "
+            "full: periodic resync) and result (ok, error).",
+            ["kind", "result"],
+            registry=r,
+        )
+        self.watch_restarts_total = Counter(
+            "vethguard_sources_watch_restarts_total",
+            "Watch restarts by kind and reason (expired: 410 Gone -> relist; timeout; closed; error).",
+            ["kind", "reason"],
+            registry=r,
+        )
+        self.watch_events_total = Counter(
+            "vethguard_sources_watch_events_total",
+            "Watch events received, by kind and type.",
+            ["kind", "type"],
+            registry=r,
+        )
+        self.relists_total = Counter(
+            "vethguard_sources_relists_total",
+            "Full lists (initial and after 410 Gone), by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.realized_generation = Gauge(
+            "vethguard_agent_realized_generation",
+            "Cluster resourceVersion the node's maps reflect (minimum over the watched kinds).",
+            registry=r,
+        )
+        self.endpoints = Gauge(
+            "vethguard_agent_endpoints",
+            "Local pod endpoints in the desired state.",
+            registry=r,
+        )
+        self.attached = Gauge(
+            "vethguard_agent_attached_interfaces",
+            "Pod veths the agent has attached its programs to.",
+            registry=r,
+        )
+        self.policy_errors = Gauge(
+            "vethguard_policy_errors",
+            "Invalid or unsupported objects/fields in the current cluster state.",
+            registry=r,
+        )
+        self.agent_errors_total = Counter(
+            "vethguard_agent_errors_total",
+            "Failures inside the agent loop, by stage (compute, discover, attach, detach, sync).",
+            ["stage"],
+            registry=r,
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,632 @@
+"""Informers: list+watch of the cluster objects the agent needs, kept as raw API JSON dicts.
+
+One `Informer` per kind (Namespaces, Pods, NetworkPolicies, Nodes) runs a tiny loop in a thread:
+
+    list (paginated)  ->  replace the cache, emit the diff as events, remember resourceVersion
+    watch from that resourceVersion (allowWatchBookmarks)  ->  apply events to the cache
+      ERROR 410 / ApiException 410     -> relist (the diff of old vs new cache gives the events)
+      server closed / timeout          -> re-watch from the last resourceVersion at once
+      connection or API error          -> back off (full jitter, capped) and re-watch
+
+The cache is never dropped on a disconnect, so the agent keeps enforcing the last known state.
+Every kind tracks the last resourceVersion it has seen (from events and BOOKMARKs); the agent's
+realized_generation is derived from those (docs/INTERNALS.md).
+
+All informers feed one thread-safe `queue.Queue[Event]`. Requests go through the official
+kubernetes client (CoreV1Api / NetworkingV1Api) with `_preload_content=False`, so objects stay
+raw dicts and no model deserialization cost is paid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypedDict
+
+from controller.log import get_logger
+from controller.metrics import Metrics
+
+log = get_logger("vethguard.sources")
+
+
+# --------------------------------------------------------------------------------------------
+# Raw API JSON shapes (only the fields this module reads)
+
+
+class ObjectMeta(TypedDict, total=False):
+    name: str
+    namespace: str
+    resourceVersion: str
+    uid: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+
+
+class KubeObject(TypedDict, total=False):
+    apiVersion: str
+    kind: str
+    metadata: ObjectMeta
+    spec: dict[str, Any]
+    status: dict[str, Any]
+
+
+class ListMeta(TypedDict, total=False):
+    resourceVersion: str
+    # `continue` is a keyword: read it with .get("continue")
+
+
+class KubeList(TypedDict, total=False):
+    apiVersion: str
+    kind: str
+    metadata: ListMeta
+    items: list[KubeObject]
+
+
+class WatchEventJSON(TypedDict):
+    type: str  # ADDED MODIFIED DELETED BOOKMARK ERROR
+    object: dict[str, Any]
+
+
+EventType = Literal["ADDED", "MODIFIED", "DELETED", "BOOKMARK", "SYNCED"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """One change in an informer cache.
+
+    SYNCED is emitted after every (re)list has replaced the cache (after the diff events).
+    """
+
+    kind: str  # "Namespace", "Pod", "NetworkPolicy", "Node"
+    type: EventType
+    key: str  # "ns/name" for namespaced kinds, "name" otherwise; "" for BOOKMARK/SYNCED
+    obj: KubeObject | None
+    resource_version: str
+
+
+@dataclass(frozen=True)
+class KindSnapshot:
+    objects: tuple[KubeObject, ...]
+    resource_version: str
+    content_version: int  # bumps on every cache content change (not on bookmarks)
+    synced: bool
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A consistent view of every cache (each kind read atomically)."""
+
+    kinds: Mapping[str, KindSnapshot]
+
+    @property
+    def namespaces(self) -> tuple[KubeObject, ...]:
+        return self.kinds["Namespace"].objects
+
+    @property
+    def pods(self) -> tuple[KubeObject, ...]:
+        return self.kinds["Pod"].objects
+
+    @property
+    def policies(self) -> tuple[KubeObject, ...]:
+        return self.kinds["NetworkPolicy"].objects
+
+    @property
+    def nodes(self) -> tuple[KubeObject, ...]:
+        return self.kinds["Node"].objects
+
+    @property
+    def content_versions(self) -> tuple[int, ...]:
+        return tuple(self.kinds[k].content_version for k in sorted(self.kinds))
+
+    @property
+    def generation(self) -> int | None:
+        """min over kinds of the last resourceVersion seen, or None if one is not an integer."""
+        return generation_of(k.resource_version for k in self.kinds.values())
+
+
+def generation_of(resource_versions: Iterable[str]) -> int | None:
+    values: list[int] = []
+    for rv in resource_versions:
+        try:
+            values.append(int(rv))
+        except (TypeError, ValueError):
+            return None
+    return min(values) if values else None
+
+
+def object_key(obj: Mapping[str, Any], namespaced: bool) -> str:
+    meta = obj.get("metadata") or {}
+    name = str(meta.get("name", ""))
+    if namespaced:
+        return f"{meta.get('namespace', '')}/{name}"
+    return name
+
+
+def _rv_of(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("resourceVersion", "") or "")
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+class WatchExpired(Exception):
+    """The server no longer has history for our resourceVersion (HTTP 410 Gone): relist."""
+
+
+class WatchFailed(Exception):
+    """An ERROR event other than 410 on the watch stream."""
+
+
+def _is_gone(exc: BaseException) -> bool:
+    return getattr(exc, "status", None) == 410
+
+
+# --------------------------------------------------------------------------------------------
+# The kinds and how to reach them with the official client
+
+ListFn = Callable[..., Any]  # kubernetes client list_* method (kwargs in, urllib3 response out)
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    kind: str
+    api_version: str
+    namespaced: bool
+    list_fn_of: Callable[[Any], ListFn]  # ApiClient -> bound list method
+
+
+def _core(api_client: Any) -> Any:
+    from kubernetes import client
+
+    return client.CoreV1Api(api_client)
+
+
+def _networking(api_client: Any) -> Any:
+    from kubernetes import client
+
+    return client.NetworkingV1Api(api_client)
+
+
+KINDS: tuple[KindSpec, ...] = (
+    KindSpec("Namespace", "v1", False, lambda a: _core(a).list_namespace),
+    KindSpec("Pod", "v1", True, lambda a: _core(a).list_pod_for_all_namespaces),
+    KindSpec(
+        "NetworkPolicy",
+        "networking.k8s.io/v1",
+        True,
+        lambda a: _networking(a).list_network_policy_for_all_namespaces,
+    ),
+    KindSpec("Node", "v1", False, lambda a: _core(a).list_node),
+)
+
+
+def load_api_client(kubeconfig: str | None = None) -> Any:
+    """ApiClient from --kubeconfig, else $KUBECONFIG, else in-cluster config, else ~/.kube/config."""
+    from kubernetes import client, config
+    from kubernetes.config.config_exception import ConfigException
+
+    from controller.errors import VethguardError
+
+    cfg = client.Configuration()
+    explicit = kubeconfig or os.environ.get("KUBECONFIG")
+    try:
+        if explicit:
+            config.load_kube_config(config_file=explicit, client_configuration=cfg)
+        else:
+            try:
+                config.load_incluster_config(client_configuration=cfg)
+            except ConfigException:
+                default = os.path.expanduser("~/.kube/config")
+                if not os.path.exists(default):
+                    raise VethguardError(
+                        "no Kubernetes configuration: pass --kubeconfig, set $KUBECONFIG, run in a pod "
+                        f"with a service account, or create {default}"
+                    ) from None
+                config.load_kube_config(config_file=default, client_configuration=cfg)
+    except (ConfigException, OSError, ValueError) as exc:
+        where = explicit or "default locations"
+        raise VethguardError(f"cannot load Kubernetes configuration ({where}): {exc}") from exc
+    return client.ApiClient(cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming helpers
+
+
+def _iter_lines(resp: Any) -> Iterator[bytes]:
+    buf = b""
+    for chunk in resp.stream(amt=None, decode_content=False):
+        if isinstance(chunk, str):
+            chunk = chunk.encode()
+        buf += chunk
+        while True:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                break
+            line, buf = buf[:nl], buf[nl + 1 :]
+            if line.strip():
+                yield line
+    if buf.strip():
+        yield buf
+
+
+def _abort_response(resp: Any) -> None:
+    """Unblock a thread reading `resp` (used by stop())."""
+    with contextlib.suppress(Exception):
+        shutdown = getattr(resp, "shutdown", None)
+        if callable(shutdown):
+            shutdown()
+            return
+    with contextlib.suppress(Exception):
+        conn = getattr(resp, "connection", None) or getattr(resp, "_connection", None)
+        sock = getattr(conn, "sock", None)
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _close_response(resp: Any) -> None:
+    with contextlib.suppress(Exception):
+        resp.close()
+    with contextlib.suppress(Exception):
+        resp.release_conn()
+
+
+def full_jitter(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """AWS-style full jitter: uniform(0, min(cap, base * 2**attempt))."""
+    r = rng or random
+    return r.uniform(0.0, min(cap, base * (2 ** min(attempt, 30))))
+
+
+# --------------------------------------------------------------------------------------------
+# Informer
+
+
+@dataclass
+class InformerOptions:
+    watch_timeout_seconds: tuple[int, int] = (300, 600)  # server-side timeout, picked at random
+    connect_timeout: float = 10.0
+    read_slack: float = 30.0  # client read timeout = server timeout + slack (dead peer detection)
+    page_size: int = 500
+    backoff_base: float = 0.2
+    backoff_cap: float = 10.0
+
+
+class Informer:
+    """List+watch of one kind into a cache of raw objects, events into `out`."""
+
+    def __init__(
+        self,
+        spec: KindSpec,
+        list_fn: ListFn,
+        out: queue.Queue[Event],
+        metrics: Metrics | None = None,
+        options: InformerOptions | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.spec = spec
+        self.kind = spec.kind
+        self._list_fn = list_fn
+        self._out = out
+        self._metrics = metrics
+        self._opts = options or InformerOptions()
+        self._rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self._cache: dict[str, KubeObject] = {}
+        self._rv = ""
+        self._content_version = 0
+        self._synced = threading.Event()
+        self._stop = threading.Event()
+        self._resp: Any = None
+        self._thread: threading.Thread | None = None
+        self.lists = 0  # number of completed (re)lists, for tests and status
+        self.last_error: str | None = None
+
+    # ---- public
+
+    @property
+    def resource_version(self) -> str:
+        with self._lock:
+            return self._rv
+
+    @property
+    def has_synced(self) -> bool:
+        return self._synced.is_set()
+
+    def wait_synced(self, timeout: float | None = None) -> bool:
+        return self._synced.wait(timeout)
+
+    def snapshot(self) -> KindSnapshot:
+        with self._lock:
+            return KindSnapshot(
+                objects=tuple(self._cache.values()),
+                resource_version=self._rv,
+                content_version=self._content_version,
+                synced=self._synced.is_set(),
+            )
+
+    def get(self, key: str) -> KubeObject | None:
+        with self._lock:
+            return self._cache.get(key)
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return sorted(self._cache)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name=f"informer-{self.kind}", daemon=True)
+        self._thread.start()
+
+    def stop(self, join_timeout: float = 5.0) -> None:
+        self._stop.set()
+        resp = self._resp
+        if resp is not None:
+            _abort_response(resp)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(join_timeout)
+
+    # ---- the loop
+
+    def run(self) -> None:
+        need_list = True
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                if need_list:
+                    self._relist()
+                    need_list = False
+                    attempt = 0
+                started = time.monotonic()
+                progressed = self._watch_once()
+                # The server ended the stream (its timeout, or a close): re-watch from the last RV.
+                self._restart("closed")
+                if progressed:
+                    attempt = 0
+                elif time.monotonic() - started < 1.0:
+                    # An empty stream that ends at once: do not hammer the server.
+                    self._stop.wait(self._backoff(attempt))
+                    attempt += 1
+            except WatchExpired as exc:
+                if self._stop.is_set():
+                    break
+                log.info("watch expired, relisting", kind=self.kind, error=str(exc), rv=self._rv)
+                self._restart("expired")
+                need_list = True
+            except Exception as exc:
+                if self._stop.is_set():
+                    break
+                if _is_gone(exc):
+                    log.info("resourceVersion gone, relisting", kind=self.kind, resource_version=self._rv)
+                    self._restart("expired")
+                    need_list = True
+                    continue
+                if _is_read_timeout(exc):
+                    self._restart("timeout")
+                    continue
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                delay = self._backoff(attempt)
+                attempt += 1
+                log.warning(
+                    "watch failed, keeping the cache and retrying",
+                    kind=self.kind,
+                    error=self.last_error,
+                    retry_in=round(delay, 3),
+                    relist=need_list,
+                )
+                self._restart("error")
+                self._stop.wait(delay)
+
+    def _backoff(self, attempt: int) -> float:
+        return full_jitter(attempt, self._opts.backoff_base, self._opts.backoff_cap, self._rng)
+
+    def _restart(self, reason: str) -> None:
+        if self._metrics is not None and not self._stop.is_set():
+            self._metrics.watch_restarts_total.labels(kind=self.kind, reason=reason).inc()
+
+    def _relist(self) -> None:
+        items: dict[str, KubeObject] = {}
+        list_rv = ""
+        cont: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {
+                "_preload_content": False,
+                "_request_timeout": (self._opts.connect_timeout, 60.0),
+            }
+            if self._opts.page_size:
+                kwargs["limit"] = self._opts.page_size
+            if cont:
+                kwargs["_continue"] = cont
+            resp = self._list_fn(**kwargs)
+            try:
+                body: KubeList = json.loads(resp.data)
+            finally:
+                _close_response(resp)
+            meta = body.get("metadata") or {}
+            if not list_rv:
+                list_rv = str(meta.get("resourceVersion", "") or "")
+            for item in body.get("items") or []:
+                item.setdefault("kind", self.kind)
+                item.setdefault("apiVersion", self.spec.api_version)
+                items[object_key(item, self.spec.namespaced)] = item
+            cont = meta.get("continue")  # type: ignore[assignment]
+            if not cont:
+                break
+
+        events: list[Event] = []
+        with self._lock:
+            old = self._cache
+            for key, obj in items.items():
+                prev = old.get(key)
+                if prev is None:
+                    events.append(Event(self.kind, "ADDED", key, obj, _rv_of(obj)))
+                elif prev != obj:
+                    events.append(Event(self.kind, "MODIFIED", key, obj, _rv_of(obj)))
+            for key, prev in old.items():
+                if key not in items:
+                    events.append(Event(self.kind, "DELETED", key, prev, _rv_of(prev)))
+            self._cache = items
+            self._rv = list_rv
+            if events:
+                self._content_version += 1
+            self.lists += 1
+            self.last_error = None
+            first = not self._synced.is_set()
+            self._synced.set()
+        if self._metrics is not None:
+            self._metrics.relists_total.labels(kind=self.kind).inc()
+        log.info(
+            "listed" if first else "relisted",
+            kind=self.kind,
+            objects=len(items),
+            changes=len(events),
+            resource_version=list_rv,
+        )
+        for ev in events:
+            self._out.put(ev)
+        self._out.put(Event(self.kind, "SYNCED", "", None, list_rv))
+
+    def _watch_once(self) -> bool:
+        """One watch request, until the server ends it. Returns whether any event arrived."""
+        lo, hi = self._opts.watch_timeout_seconds
+        server_timeout = self._rng.randint(lo, hi) if hi > lo else lo
+        resp = self._list_fn(
+            watch=True,
+            resource_version=self._rv or None,
+            allow_watch_bookmarks=True,
+            timeout_seconds=server_timeout,
+            _preload_content=False,
+            _request_timeout=(self._opts.connect_timeout, server_timeout + self._opts.read_slack),
+        )
+        self._resp = resp
+        progressed = False
+        try:
+            if self._stop.is_set():
+                return progressed
+            for line in _iter_lines(resp):
+                self._handle_line(line)
+                progressed = True
+                if self._stop.is_set():
+                    break
+        finally:
+            self._resp = None
+            _close_response(resp)
+        return progressed
+
+    def _handle_line(self, line: bytes) -> None:
+        try:
+            ev: WatchEventJSON = json.loads(line)
+            etype = ev["type"]
+            obj = ev["object"]
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring malformed watch line", kind=self.kind, error=str(exc), line=line[:200])
+            return
+        if self._metrics is not None:
+            self._metrics.watch_events_total.labels(kind=self.kind, type=etype).inc()
+        if etype == "ERROR":
+            code = obj.get("code")
+            msg = f"{obj.get('reason', '')}: {obj.get('message', '')}"
+            if code == 410:
+                raise WatchExpired(msg)
+            raise WatchFailed(f"watch ERROR {code} {msg}")
+        rv = _rv_of(obj)
+        if etype == "BOOKMARK":
+            with self._lock:
+                if rv:
+                    self._rv = rv
+            self._out.put(Event(self.kind, "BOOKMARK", "", None, rv))
+            return
+        if etype not in ("ADDED", "MODIFIED", "DELETED"):
+            log.warning("ignoring unknown watch event type", kind=self.kind, type=etype)
+            return
+        obj.setdefault("kind", self.kind)
+        obj.setdefault("apiVersion", self.spec.api_version)
+        kobj: KubeObject = obj  # type: ignore[assignment]
+        key = object_key(kobj, self.spec.namespaced)
+        with self._lock:
+            if etype == "DELETED":
+                self._cache.pop(key, None)
+            else:
+                self._cache[key] = kobj
+            if rv:
+                self._rv = rv
+            self._content_version += 1
+        self._out.put(Event(self.kind, etype, key, kobj, rv))  # type: ignore[arg-type]
+
+
+def _is_read_timeout(exc: BaseException) -> bool:
+    try:
+        from urllib3.exceptions import ProtocolError, ReadTimeoutError
+    except ImportError:  # pragma: no cover
+        return False
+    if isinstance(exc, ReadTimeoutError):
+        return True
+    # urllib3 wraps a socket timeout during streaming in ProtocolError/ReadTimeoutError
+    return isinstance(exc, ProtocolError) and isinstance(exc.__context__, TimeoutError)
+
+
+# --------------------------------------------------------------------------------------------
+# All kinds together
+
+
+@dataclass
+class Sources:
+    """The informers of every kind the agent watches, feeding one event queue."""
+
+    informers: dict[str, Informer]
+    events: queue.Queue[Event] = field(default_factory=queue.Queue)
+
+    @classmethod
+    def from_api_client(
+        cls,
+        api_client: Any,
+        metrics: Metrics | None = None,
+        options: InformerOptions | None = None,
+        kinds: Iterable[KindSpec] = KINDS,
+    ) -> Sources:
+        q: queue.Queue[Event] = queue.Queue()
+        informers = {
+            spec.kind: Informer(spec, spec.list_fn_of(api_client), q, metrics, options) for spec in kinds
+        }
+        return cls(informers=informers, events=q)
+
+    def start(self) -> None:
+        for inf in self.informers.values():
+            inf.start()
+
+    def stop(self) -> None:
+        for inf in self.informers.values():
+            inf._stop.set()
+            if inf._resp is not None:
+                _abort_response(inf._resp)
+        for inf in self.informers.values():
+            inf.stop()
+
+    @property
+    def has_synced(self) -> bool:
+        return all(inf.has_synced for inf in self.informers.values())
+
+    def wait_synced(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for inf in self.informers.values():
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not inf.wait_synced(left):
+                return False
+        return True
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot({kind: inf.snapshot() for kind, inf in self.informers.items()})
+
+    def resource_versions(self) -> dict[str, str]:
+        return {kind: inf.resource_version for kind, inf in self.informers.items()}
+
+    def generation(self) -> int | None:
+        return generation_of(self.resource_versions().values())
