@@ -1,0 +1,150 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * vethguard tc programs, attached to the host side of every pod veth (clsact, direct-action):
+ *
+ *   from_pod    tc ingress: traffic leaving the pod  (the pod's EGRESS,  DIR_EGRESS)
+ *   to_pod      tc egress:  traffic entering the pod (the pod's INGRESS, DIR_INGRESS)
+ *   passthrough returns TC_ACT_OK; the floor for benchmarks
+ *
+ * One compiled set per node; per-endpoint behaviour comes from maps keyed by ifindex.
+ * Order of decisions for a packet at endpoint E, direction d:
+ *   1. no endpoint entry                        -> DROP_NO_ENDPOINT (fail closed)
+ *   2. non-IP                                   -> ALLOW_NON_IP
+ *   3. truncated / unparsable                   -> DROP_MALFORMED if d is isolated, else pass
+ *   4. ICMPv6 ND / router / MLD                 -> ALLOW_ICMP6_CTRL
+ *   5. peer identity HOST                       -> ALLOW_HOST
+ *   6. non-first fragment: ports from vg_frag   (unknown -> DROP_FRAG_UNKNOWN if isolated)
+ *   7. conntrack hit                            -> ALLOW_CT / ALLOW_REPLY / DROP_REVOKED
+ *   8. new flow: isolation + policy             -> ALLOW_NOT_ISOLATED / ALLOW_POLICY /
+ *                                                  DROP_POLICY / DROP_PENDING, CT entry created
+ */
+#include "lib/common.h"
+#include "lib/maps.h"
+#include "lib/parse.h"
+#include "lib/policy.h"
+#include "lib/conntrack.h"
+#include "lib/events.h"
+
+/* Count, maybe emit an event, and turn the reason into a tc verdict. */
+static __always_inline int vg_finish(struct __sk_buff *skb, __u32 ep_id, __u8 dir, __u8 reason,
+				     const struct vg_pkt *p, const struct ipcache_value *peer, __u32 rule_ref,
+				     int new_flow, __u64 now)
+{
+	vg_count(ep_id, reason, dir, skb->len);
+	if (new_flow || REASON_IS_DROP(reason))
+		vg_emit(p, ep_id, dir, reason, peer, rule_ref, now);
+	return REASON_IS_DROP(reason) ? TC_ACT_SHOT : TC_ACT_OK;
+}
+
+static __always_inline void vg_frag_key(struct frag_key *k, const struct vg_pkt *p)
+{
+	vg_copy16(k->saddr, p->saddr);
+	vg_copy16(k->daddr, p->daddr);
+	k->id = p->frag_id;
+	k->proto = p->proto;
+	k->family = p->family;
+	k->pad = 0;
+}
+
+static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir)
+{
+	__u32 ifindex = skb->ifindex;
+	__u32 len = skb->len;
+	__u64 now = bpf_ktime_get_ns();
+	struct vg_pkt p = {};
+	struct ipcache_value peer = {};
+	struct endpoint_info *ep;
+	struct config *cfg;
+	struct ct_key k = {};
+	struct ct_value *v;
+	__u32 zero = 0, revision = 0, rule_ref = 0;
+	int isolated, ret;
+	__u8 reason;
+
+	ep = vg_endpoints.lookup(&ifindex);
+	if (!ep)
+		return vg_finish(skb, ifindex, dir, DROP_NO_ENDPOINT, &p, &peer, 0, 0, now);
+	isolated = vg_dir_isolated(ep, dir);
+
+	ret = vg_parse(skb, &p);
+	if (ret == PARSE_NON_IP)
+		return vg_finish(skb, ep->ep_id, dir, ALLOW_NON_IP, &p, &peer, 0, 0, now);
+	if (ret != PARSE_OK)
+		return vg_finish(skb, ep->ep_id, dir, isolated ? DROP_MALFORMED : ALLOW_NOT_ISOLATED, &p, &peer,
+				 0, 0, now);
+	if (vg_is_icmp6_ctrl(&p))
+		return vg_finish(skb, ep->ep_id, dir, ALLOW_ICMP6_CTRL, &p, &peer, 0, 0, now);
+
+	vg_ipcache_lookup(p.family, dir == DIR_EGRESS ? p.daddr : p.saddr, &peer);
+	if (peer.identity == ID_HOST)
+		return vg_finish(skb, ep->ep_id, dir, ALLOW_HOST, &p, &peer, 0, 0, now);
+
+	if (p.frag == VG_FRAG_LATER) {
+		struct frag_key fk;
+		struct frag_value *fv;
+
+		vg_frag_key(&fk, &p);
+		fv = vg_frag.lookup(&fk);
+		if (!fv || fv->expires_ns < now)
+			return vg_finish(skb, ep->ep_id, dir, isolated ? DROP_FRAG_UNKNOWN : ALLOW_NOT_ISOLATED,
+					 &p, &peer, 0, 0, now);
+		p.sport = fv->sport;
+		p.dport = fv->dport;
+	}
+
+	cfg = vg_config.lookup(&zero);
+	if (cfg)
+		revision = cfg->revision;
+
+	/* Forward entry (established flow), then reverse entry (reply), else a new flow. */
+	vg_ct_fill(&k, &p, ep->ep_id, dir, 0);
+	v = vg_ct.lookup(&k);
+	if (v && v->expires_ns > now) {
+		reason = vg_ct_hit(ep, &k, v, &p, 0, revision, len, now, &rule_ref);
+	} else {
+		vg_ct_fill(&k, &p, ep->ep_id, dir, 1);
+		v = vg_ct.lookup(&k);
+		if (v && v->expires_ns > now) {
+			reason = vg_ct_hit(ep, &k, v, &p, 1, revision, len, now, &rule_ref);
+		} else {
+			reason = vg_policy_verdict(ep, dir, p.proto, p.dport, &peer, &rule_ref);
+			if (REASON_IS_DROP(reason))
+				return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, 0, 0, now);
+			/* Track every allowed flow so its replies pass an isolated direction. */
+			vg_ct_fill(&k, &p, ep->ep_id, dir, 0);
+			if (vg_ct_create(&k, &p, revision, rule_ref, len, now) != 0 && isolated)
+				return vg_finish(skb, ep->ep_id, dir, DROP_CT_FULL, &p, &peer, 0, 0, now);
+			if (p.frag == VG_FRAG_NONE)
+				return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, rule_ref, 1, now);
+		}
+	}
+
+	if (!REASON_IS_DROP(reason)) {
+		if (p.frag == VG_FRAG_FIRST) {
+			/* Remember the ports so the later fragments of this datagram can be judged. */
+			struct frag_key fk;
+			struct frag_value fv = {.sport = p.sport, .dport = p.dport, .expires_ns = now + FRAG_TIMEOUT};
+
+			vg_frag_key(&fk, &p);
+			vg_frag.update(&fk, &fv);
+		} else if (p.frag == VG_FRAG_LATER) {
+			reason = ALLOW_FRAG;
+		}
+	}
+	return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, rule_ref, 0, now);
+}
+
+int from_pod(struct __sk_buff *skb)
+{
+	return vg_handle(skb, DIR_EGRESS);
+}
+
+int to_pod(struct __sk_buff *skb)
+{
+	return vg_handle(skb, DIR_INGRESS);
+}
+
+int passthrough(struct __sk_buff *skb)
+{
+	return TC_ACT_OK;
+}

@@ -1,0 +1,51 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Constants and tiny helpers shared by every part of the tc programs. */
+#ifndef VG_COMMON_H
+#define VG_COMMON_H
+
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+#include <uapi/linux/in.h>
+
+#include "structs.h"
+#include "reasons.h"
+
+#ifndef __always_inline
+#define __always_inline inline __attribute__((always_inline))
+#endif
+
+#define VG_ETH_HLEN 14
+#define VG_ETH_P_IP 0x0800
+#define VG_ETH_P_IPV6 0x86DD
+#define VG_ETH_P_8021Q 0x8100
+#define VG_ETH_P_8021AD 0x88A8
+
+#define VG_NSEC_PER_SEC 1000000000ULL
+
+/* Conntrack timeouts (see docs/INTERNALS.md). */
+#define CT_TIMEOUT_TCP_SYN (60ULL * VG_NSEC_PER_SEC)        /* before the reply was seen */
+#define CT_TIMEOUT_TCP_EST (6ULL * 3600 * VG_NSEC_PER_SEC)  /* after the reply was seen */
+#define CT_TIMEOUT_TCP_CLOSE (10ULL * VG_NSEC_PER_SEC)      /* after FIN or RST */
+#define CT_TIMEOUT_OTHER (60ULL * VG_NSEC_PER_SEC)          /* UDP, SCTP, ICMP, ... */
+/* Refresh a CT deadline only when it moves by more than this: no map write per packet. */
+#define CT_REFRESH_SLACK VG_NSEC_PER_SEC
+/* Linux keeps reassembly queues for 30 s (net.ipv4.ipfrag_time); so do we. */
+#define FRAG_TIMEOUT (30ULL * VG_NSEC_PER_SEC)
+
+static __always_inline __u32 vg_isolated_flag(__u8 dir)
+{
+	return dir == DIR_EGRESS ? EP_F_EGRESS_ISOLATED : EP_F_INGRESS_ISOLATED;
+}
+
+/* A pending endpoint counts as isolated in both directions: fail closed until realized. */
+static __always_inline int vg_dir_isolated(const struct endpoint_info *ep, __u8 dir)
+{
+	return (ep->flags & (vg_isolated_flag(dir) | EP_F_PENDING)) != 0;
+}
+
+static __always_inline void vg_copy16(__u8 *dst, const __u8 *src)
+{
+	__builtin_memcpy(dst, src, 16);
+}
+
+#endif /* VG_COMMON_H */

@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Every map of the datapath, next to the struct it stores (structs.h).
+ *
+ * All maps are pinned under PIN_DIR (given at compile time by the loader, e.g.
+ * -DPIN_DIR="\"/sys/fs/bpf/vethguard/node-1\"") so an agent restart or a program swap reuses
+ * endpoints, policy and conntrack: bcc opens a pinned map when it exists and creates + pins it
+ * otherwise.
+ *
+ * User space includes this file only for the struct layouts (the map definitions need bcc).
+ */
+#ifndef VG_MAPS_H
+#define VG_MAPS_H
+
+#include "structs.h"
+
+/* bcc pre-includes its helpers.h, which defines BPF_TABLE; plain user-space compilers do not. */
+#ifdef BPF_TABLE
+
+#ifndef PIN_DIR
+#error "PIN_DIR must be defined by the loader (-DPIN_DIR=\"\\\"/sys/fs/bpf/vethguard/<node>\\\"\")"
+#endif
+
+#define VG_PIN(name) PIN_DIR "/" #name
+
+#ifndef VG_MAX_ENDPOINTS
+#define VG_MAX_ENDPOINTS 4096
+#endif
+#ifndef VG_MAX_IPCACHE
+#define VG_MAX_IPCACHE 65536
+#endif
+#ifndef VG_MAX_POLICY
+#define VG_MAX_POLICY 262144
+#endif
+#ifndef VG_MAX_CT
+#define VG_MAX_CT 65536
+#endif
+#ifndef VG_MAX_FRAG
+#define VG_MAX_FRAG 8192
+#endif
+#ifndef VG_MAX_COUNTERS
+#define VG_MAX_COUNTERS 16384
+#endif
+#ifndef VG_EVENTS_PAGES
+#define VG_EVENTS_PAGES 64 /* 256 KiB */
+#endif
+
+/* ifindex of the host-side veth -> endpoint */
+BPF_TABLE_PINNED7("hash", __u32, struct endpoint_info, vg_endpoints, VG_MAX_ENDPOINTS,
+		  VG_PIN(vg_endpoints), 0);
+
+/* peer address -> (identity, cidr identity), longest prefix match */
+BPF_TABLE_PINNED7("lpm_trie", struct ipcache4_key, struct ipcache_value, vg_ipcache4, VG_MAX_IPCACHE,
+		  VG_PIN(vg_ipcache4), BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED7("lpm_trie", struct ipcache6_key, struct ipcache_value, vg_ipcache6, VG_MAX_IPCACHE,
+		  VG_PIN(vg_ipcache6), BPF_F_NO_PREALLOC);
+
+/* (ep, peer identity, dir, proto, dport prefix) -> verdict */
+BPF_TABLE_PINNED7("lpm_trie", struct policy_key, struct policy_value, vg_policy, VG_MAX_POLICY,
+		  VG_PIN(vg_policy), BPF_F_NO_PREALLOC);
+
+/* conntrack: per endpoint and hook direction */
+BPF_TABLE_PINNED7("lru_hash", struct ct_key, struct ct_value, vg_ct, VG_MAX_CT, VG_PIN(vg_ct), 0);
+
+/* ports of fragmented datagrams, from their first fragment */
+BPF_TABLE_PINNED7("lru_hash", struct frag_key, struct frag_value, vg_frag, VG_MAX_FRAG, VG_PIN(vg_frag), 0);
+
+/* [0]: policy revision */
+BPF_TABLE_PINNED7("array", __u32, struct config, vg_config, 1, VG_PIN(vg_config), 0);
+
+/* per-CPU packet/byte counters by (ep, reason, dir) */
+BPF_TABLE_PINNED7("percpu_hash", struct counter_key, struct counter_value, vg_counters, VG_MAX_COUNTERS,
+		  VG_PIN(vg_counters), 0);
+
+/* per-CPU token bucket for vg_events */
+BPF_TABLE_PINNED7("percpu_array", __u32, struct evrate_state, vg_evrate, 1, VG_PIN(vg_evrate), 0);
+
+/*
+ * Flow/drop events. bcc 0.26 has no pinned variant of BPF_RINGBUF_OUTPUT; its front end
+ * accepts the "maps/<type>:<pin path>" section convention for every map type, so this is
+ * BPF_RINGBUF_OUTPUT with a pin path, letting `vethguard observe` open the pinned ring.
+ */
+struct vg_events_table_t {
+	int key;
+	u32 leaf;
+	int (*ringbuf_output)(void *, u64, u64);
+	void *(*ringbuf_reserve)(u64);
+	void (*ringbuf_discard)(void *, u64);
+	void (*ringbuf_submit)(void *, u64);
+	u32 max_entries;
+};
+__attribute__((section("maps/ringbuf:" VG_PIN(vg_events))))
+struct vg_events_table_t vg_events = {.max_entries = ((VG_EVENTS_PAGES) * PAGE_SIZE)};
+
+#endif /* BPF_TABLE */
+
+#endif /* VG_MAPS_H */

@@ -1,0 +1,282 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Packet parsing. Every read goes through bpf_skb_load_bytes() after an explicit check that
+ * the header fits in skb->len ("check that a header fits before reading it"). Loading into the
+ * stack keeps the verifier happy with variable offsets (IPv4 options, IPv6 extension headers)
+ * and works on non-linear skbs, where direct packet access would need bpf_skb_pull_data().
+ */
+#ifndef VG_PARSE_H
+#define VG_PARSE_H
+
+#include "common.h"
+
+#define VG_FRAG_NONE 0
+#define VG_FRAG_FIRST 1 /* offset 0, more fragments follow: carries the L4 header */
+#define VG_FRAG_LATER 2 /* offset != 0: no L4 header; ports come from vg_frag */
+
+enum vg_parse_result {
+	PARSE_OK = 0,
+	PARSE_NON_IP = 1,
+	PARSE_MALFORMED = 2,
+};
+
+/* IPv6 extension headers walked before the upper-layer header. */
+#define VG_NEXTHDR_HOP 0
+#define VG_NEXTHDR_ROUTING 43
+#define VG_NEXTHDR_FRAGMENT 44
+#define VG_NEXTHDR_AUTH 51
+#define VG_NEXTHDR_DEST 60
+#define VG_MAX_EXT_HDRS 8
+
+#define VG_IPPROTO_ICMPV6 58
+#define VG_IPPROTO_SCTP 132
+
+#define VG_TCP_FIN 0x01
+#define VG_TCP_RST 0x04
+
+struct vg_pkt {
+	__u8 saddr[16]; /* IPv4: first 4 bytes */
+	__u8 daddr[16];
+	__be16 sport; /* ICMP echo: identifier */
+	__be16 dport;
+	__u32 frag_id;
+	__u32 l4_off;
+	__u8 family; /* 4 / 6, 0 = not IP */
+	__u8 proto;
+	__u8 frag; /* VG_FRAG_* */
+	__u8 tcp_flags;
+	__u8 icmp_type;
+	__u8 pad[3];
+};
+
+/* The fixed IPv4 header, read as bytes to avoid bitfield layouts. */
+struct vg_ip4 {
+	__u8 ver_ihl;
+	__u8 tos;
+	__be16 tot_len;
+	__be16 id;
+	__be16 frag_off;
+	__u8 ttl;
+	__u8 proto;
+	__be16 check;
+	__be32 saddr;
+	__be32 daddr;
+};
+
+struct vg_ip6 {
+	__be32 ver_tc_flow;
+	__be16 payload_len;
+	__u8 nexthdr;
+	__u8 hop_limit;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+struct vg_ip6_frag {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off; /* offset in 8-byte units << 3 | M flag */
+	__be32 id;
+};
+
+/* Does [off, off + n) lie within the packet? */
+static __always_inline int vg_fits(const struct __sk_buff *skb, __u32 off, __u32 n)
+{
+	return off + n <= skb->len;
+}
+
+static __always_inline int vg_parse_ip4(struct __sk_buff *skb, struct vg_pkt *p)
+{
+	struct vg_ip4 ip;
+	__u32 ihl;
+	__u16 frag_off;
+
+	if (!vg_fits(skb, VG_ETH_HLEN, sizeof(ip)) ||
+	    bpf_skb_load_bytes(skb, VG_ETH_HLEN, &ip, sizeof(ip)) < 0)
+		return PARSE_MALFORMED;
+	if ((ip.ver_ihl >> 4) != 4)
+		return PARSE_MALFORMED;
+	ihl = ip.ver_ihl & 0x0f;
+	if (ihl < 5) /* a header shorter than 20 bytes cannot be valid */
+		return PARSE_MALFORMED;
+	/* Options are skipped by trusting IHL, never by assuming 20 bytes. */
+	p->l4_off = VG_ETH_HLEN + ihl * 4;
+	if (!vg_fits(skb, p->l4_off, 0))
+		return PARSE_MALFORMED;
+
+	p->family = 4;
+	p->proto = ip.proto;
+	__builtin_memcpy(p->saddr, &ip.saddr, 4);
+	__builtin_memcpy(p->daddr, &ip.daddr, 4);
+	p->frag_id = bpf_ntohs(ip.id);
+	frag_off = bpf_ntohs(ip.frag_off);
+	if (frag_off & 0x1fff)
+		p->frag = VG_FRAG_LATER;
+	else if (frag_off & 0x2000)
+		p->frag = VG_FRAG_FIRST;
+	return PARSE_OK;
+}
+
+static __always_inline int vg_parse_ip6(struct __sk_buff *skb, struct vg_pkt *p)
+{
+	struct vg_ip6 ip;
+	__u32 off = VG_ETH_HLEN + sizeof(struct vg_ip6);
+	__u8 nh;
+	int i;
+
+	if (!vg_fits(skb, VG_ETH_HLEN, sizeof(ip)) ||
+	    bpf_skb_load_bytes(skb, VG_ETH_HLEN, &ip, sizeof(ip)) < 0)
+		return PARSE_MALFORMED;
+	if ((bpf_ntohl(ip.ver_tc_flow) >> 28) != 6)
+		return PARSE_MALFORMED;
+	p->family = 6;
+	vg_copy16(p->saddr, ip.saddr);
+	vg_copy16(p->daddr, ip.daddr);
+	nh = ip.nexthdr;
+
+	/*
+	 * Walk the extension header chain to the upper-layer header. Verifier workaround: the
+	 * loop is fully unrolled with a fixed bound so it also loads on kernels without bounded
+	 * loop support (< 5.3); a chain longer than VG_MAX_EXT_HDRS is treated as malformed
+	 * (fail closed) rather than guessed at.
+	 */
+#pragma unroll
+	for (i = 0; i < VG_MAX_EXT_HDRS; i++) {
+		__u8 hdr[2];
+
+		if (nh == VG_NEXTHDR_FRAGMENT) {
+			struct vg_ip6_frag fh;
+			__u16 fo;
+
+			if (!vg_fits(skb, off, sizeof(fh)) ||
+			    bpf_skb_load_bytes(skb, off, &fh, sizeof(fh)) < 0)
+				return PARSE_MALFORMED;
+			fo = bpf_ntohs(fh.frag_off);
+			p->frag_id = bpf_ntohl(fh.id);
+			nh = fh.nexthdr;
+			off += sizeof(fh);
+			if (fo & 0xfff8) {
+				/* A later fragment: its payload is not a header, stop here. */
+				p->frag = VG_FRAG_LATER;
+				p->proto = nh;
+				p->l4_off = off;
+				return PARSE_OK;
+			}
+			if (fo & 1)
+				p->frag = VG_FRAG_FIRST;
+			/* offset 0 without M is an atomic fragment: an ordinary packet. */
+			continue;
+		}
+		if (nh != VG_NEXTHDR_HOP && nh != VG_NEXTHDR_ROUTING && nh != VG_NEXTHDR_DEST &&
+		    nh != VG_NEXTHDR_AUTH)
+			break;
+		if (!vg_fits(skb, off, sizeof(hdr)) || bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0)
+			return PARSE_MALFORMED;
+		if (nh == VG_NEXTHDR_AUTH)
+			off += ((__u32)hdr[1] + 2) * 4; /* AH length is in 4-byte units minus 2 */
+		else
+			off += ((__u32)hdr[1] + 1) * 8; /* others: 8-byte units, not counting the first */
+		nh = hdr[0];
+	}
+	if (nh == VG_NEXTHDR_HOP || nh == VG_NEXTHDR_ROUTING || nh == VG_NEXTHDR_DEST ||
+	    nh == VG_NEXTHDR_AUTH || nh == VG_NEXTHDR_FRAGMENT)
+		return PARSE_MALFORMED; /* chain too long to follow */
+	if (!vg_fits(skb, off, 0))
+		return PARSE_MALFORMED;
+	p->proto = nh;
+	p->l4_off = off;
+	return PARSE_OK;
+}
+
+static __always_inline int vg_is_icmp_echo(const struct vg_pkt *p)
+{
+	if (p->proto == IPPROTO_ICMP)
+		return p->icmp_type == 8 || p->icmp_type == 0;
+	if (p->proto == VG_IPPROTO_ICMPV6)
+		return p->icmp_type == 128 || p->icmp_type == 129;
+	return 0;
+}
+
+/* Ports (or the ICMP echo identifier) from the L4 header; requires the whole fixed header. */
+static __always_inline int vg_parse_l4(struct __sk_buff *skb, struct vg_pkt *p)
+{
+	__u32 off = p->l4_off;
+	__be16 ports[2];
+
+	switch (p->proto) {
+	case IPPROTO_TCP: {
+		__u8 flags;
+
+		if (!vg_fits(skb, off, 20) || bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0 ||
+		    bpf_skb_load_bytes(skb, off + 13, &flags, 1) < 0)
+			return PARSE_MALFORMED;
+		p->tcp_flags = flags;
+		break;
+	}
+	case IPPROTO_UDP:
+	case IPPROTO_UDPLITE:
+		if (!vg_fits(skb, off, 8) || bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0)
+			return PARSE_MALFORMED;
+		break;
+	case VG_IPPROTO_SCTP:
+		if (!vg_fits(skb, off, 12) || bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0)
+			return PARSE_MALFORMED;
+		break;
+	case IPPROTO_ICMP:
+	case VG_IPPROTO_ICMPV6: {
+		__u8 type;
+
+		if (!vg_fits(skb, off, 4) || bpf_skb_load_bytes(skb, off, &type, 1) < 0)
+			return PARSE_MALFORMED;
+		p->icmp_type = type;
+		if (vg_is_icmp_echo(p)) {
+			__be16 id;
+
+			if (!vg_fits(skb, off, 8) || bpf_skb_load_bytes(skb, off + 4, &id, 2) < 0)
+				return PARSE_MALFORMED;
+			p->sport = id;
+			p->dport = id;
+		}
+		return PARSE_OK;
+	}
+	default:
+		return PARSE_OK; /* no ports: policy port 0 */
+	}
+	p->sport = ports[0];
+	p->dport = ports[1];
+	return PARSE_OK;
+}
+
+/* Fill *p from the frame; the caller decides what MALFORMED means for its direction. */
+static __always_inline int vg_parse(struct __sk_buff *skb, struct vg_pkt *p)
+{
+	int ret;
+
+	if (skb->protocol == bpf_htons(VG_ETH_P_IP))
+		ret = vg_parse_ip4(skb, p);
+	else if (skb->protocol == bpf_htons(VG_ETH_P_IPV6))
+		ret = vg_parse_ip6(skb, p);
+	else if (skb->protocol == bpf_htons(VG_ETH_P_8021Q) || skb->protocol == bpf_htons(VG_ETH_P_8021AD))
+		return PARSE_MALFORMED; /* a tagged frame could hide IP from us: not "non-IP" */
+	else
+		return PARSE_NON_IP;
+	if (ret != PARSE_OK || p->frag == VG_FRAG_LATER)
+		return ret;
+	return vg_parse_l4(skb, p);
+}
+
+/* Port used for policy lookups: ICMP identifiers are not ports. */
+static __always_inline __be16 vg_policy_port(__u8 proto, __be16 dport)
+{
+	return (proto == IPPROTO_ICMP || proto == VG_IPPROTO_ICMPV6) ? 0 : dport;
+}
+
+/* IPv6 neighbour discovery, router messages and MLD (130-137, 143) always pass. */
+static __always_inline int vg_is_icmp6_ctrl(const struct vg_pkt *p)
+{
+	if (p->family != 6 || p->proto != VG_IPPROTO_ICMPV6 || p->frag == VG_FRAG_LATER)
+		return 0;
+	return (p->icmp_type >= 130 && p->icmp_type <= 137) || p->icmp_type == 143;
+}
+
+#endif /* VG_PARSE_H */

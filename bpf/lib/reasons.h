@@ -1,0 +1,30 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The one table of verdict reasons (docs/INTERNALS.md), mirrored by
+ * controller/datapath/maps.py:Reason. Codes < 64 pass the packet, codes >= 64 drop it.
+ */
+#ifndef VG_REASONS_H
+#define VG_REASONS_H
+
+enum vg_reason {
+	ALLOW_POLICY = 0,       /* new flow allowed by a policy entry */
+	ALLOW_CT = 1,           /* established flow (forward) */
+	ALLOW_REPLY = 2,        /* reply of a tracked allowed flow */
+	ALLOW_NOT_ISOLATED = 3, /* direction not isolated */
+	ALLOW_HOST = 4,         /* pod <-> its own node */
+	ALLOW_NON_IP = 5,       /* ARP and other non-IP */
+	ALLOW_ICMP6_CTRL = 6,   /* IPv6 neighbour discovery / router / MLD messages */
+	ALLOW_FRAG = 7,         /* non-first fragment of a tracked flow */
+
+	DROP_POLICY = 64,       /* no policy entry allows it */
+	DROP_MALFORMED = 65,    /* truncated or unparsable headers from/to an isolated pod */
+	DROP_FRAG_UNKNOWN = 66, /* non-first fragment with no tracked first fragment */
+	DROP_REVOKED = 67,      /* established flow whose policy no longer allows it */
+	DROP_PENDING = 68,      /* endpoint's policy not realized yet */
+	DROP_NO_ENDPOINT = 69,  /* program attached to an interface with no endpoint entry */
+	DROP_CT_FULL = 70,      /* conntrack insert failed */
+};
+
+#define REASON_IS_DROP(r) ((r) >= 64)
+
+#endif /* VG_REASONS_H */

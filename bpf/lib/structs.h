@@ -1,0 +1,172 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Map key/value layouts shared by the tc programs and user space.
+ *
+ * This file is the single source of the layouts in docs/INTERNALS.md. It must stay includable
+ * by a plain user-space C compiler (tests/unit/test_map_layout.py compiles it with gcc and
+ * compares sizeof/offsetof with the ctypes mirrors in controller/datapath/maps.py), so it only
+ * uses fixed-width UAPI types and no BPF-only constructs.
+ */
+#ifndef VG_STRUCTS_H
+#define VG_STRUCTS_H
+
+#include <linux/types.h>
+
+/* Directions, as seen from the pod. */
+#define DIR_INGRESS 0 /* to the pod: tc egress on the host-side veth */
+#define DIR_EGRESS  1 /* from the pod: tc ingress on the host-side veth */
+
+/* Reserved identities. */
+#define ID_ANY         0
+#define ID_HOST        1
+#define ID_WORLD       2
+#define ID_REMOTE_NODE 3
+
+#define EP_F_INGRESS_ISOLATED (1 << 0)
+#define EP_F_EGRESS_ISOLATED  (1 << 1)
+#define EP_F_AUDIT            (1 << 2) /* reserved: log would-be drops, let them pass */
+#define EP_F_PENDING          (1 << 3) /* policy not yet realized: drop all but always-allowed */
+
+#define VERDICT_ALLOW 1
+#define VERDICT_DENY  2 /* reserved for tiers */
+
+#define CT_ALLOWED 1
+#define CT_DENIED  2 /* revoked tombstone */
+
+#define CT_SEEN_REPLY 1
+#define CT_SEEN_FIN   2
+#define CT_SEEN_RST   4
+
+/* LPM prefix lengths of the policy key, counted over the bytes after `prefixlen`. */
+#define POLICY_PLEN_ANY_PROTO 72 /* ep_id + identity + dir */
+#define POLICY_PLEN_ANY_PORT  80 /* ... + proto */
+#define POLICY_PLEN_FULL      96 /* ... + 16-bit dport */
+
+/* vg_endpoints: __u32 ifindex -> endpoint_info */
+struct endpoint_info {
+	__u32 ep_id;    /* == host-side veth ifindex */
+	__u32 identity; /* the pod's identity */
+	__u32 flags;    /* EP_F_* */
+	__be32 ipv4;    /* pod IPv4 (0 if none) */
+	__u8 ipv6[16];  /* pod IPv6 (zero if none) */
+};
+
+/* vg_ipcache4 / vg_ipcache6 (LPM tries) */
+struct ipcache4_key {
+	__u32 prefixlen;
+	__be32 addr;
+};
+
+struct ipcache6_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+struct ipcache_value {
+	__u32 identity;      /* pod identity, HOST, REMOTE_NODE or WORLD */
+	__u32 cidr_identity; /* longest policy prefix containing the address, 0 if none */
+};
+
+/* vg_policy (LPM trie) */
+struct policy_key {
+	__u32 prefixlen; /* 72 any proto/port, 80 proto any port, 80+n port prefix /n */
+	__u32 ep_id;
+	__u32 identity; /* peer identity, 0 = any peer */
+	__u8 dir;       /* DIR_* */
+	__u8 proto;     /* IPPROTO_* */
+	__be16 dport;   /* network order so the prefix covers the high bits first */
+};
+
+struct policy_value {
+	__u8 verdict; /* VERDICT_* */
+	__u8 flags;
+	__u16 precedence; /* reserved for tiers */
+	__u32 rule_ref;   /* names the rule in events */
+};
+
+/* vg_ct (LRU hash) */
+struct ct_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport; /* ICMP echo: the identifier in both */
+	__be16 dport;
+	__u32 ep_id;
+	__u8 proto;
+	__u8 dir; /* the hook direction where the flow was first seen */
+	__u8 family; /* 4 or 6 */
+	__u8 pad;
+};
+
+struct ct_value {
+	__u64 expires_ns; /* bpf_ktime_get_ns() deadline */
+	__u64 packets;
+	__u64 bytes;
+	__u32 revision; /* config revision the verdict was computed at */
+	__u32 rule_ref;
+	__u8 state; /* CT_ALLOWED / CT_DENIED */
+	__u8 seen;  /* CT_SEEN_* */
+	__u16 pad;
+	__u32 pad2;
+};
+
+/* vg_frag (LRU hash): ports of a fragmented datagram, recorded from its first fragment. */
+struct frag_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u32 id; /* IPv4 id (16 bits, host order) or IPv6 fragment id */
+	__u8 proto;
+	__u8 family;
+	__u16 pad;
+};
+
+struct frag_value {
+	__be16 sport;
+	__be16 dport;
+	__u32 pad;
+	__u64 expires_ns;
+};
+
+/* vg_config (array[1]) */
+struct config {
+	__u32 revision; /* bumped by every sync that changed a map */
+	__u32 flags;
+	__u64 reserved;
+};
+
+/* vg_counters (per-CPU hash) */
+struct counter_key {
+	__u32 ep_id; /* ifindex for DROP_NO_ENDPOINT */
+	__u8 reason; /* REASON_* (reasons.h) */
+	__u8 dir;
+	__u16 pad;
+};
+
+struct counter_value {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* vg_events (ring buffer): new flows and drops only, rate limited per CPU. */
+struct flow_event {
+	__u64 ts_ns; /* bpf_ktime_get_ns() */
+	__u32 ep_id;
+	__u32 peer_identity;
+	__u32 peer_cidr_identity;
+	__u32 rule_ref; /* 0 unless allowed by a policy entry */
+	__u8 dir;
+	__u8 reason;
+	__u8 family;
+	__u8 proto;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+};
+
+/* vg_evrate (per-CPU array[1]): token bucket that rate-limits vg_events. Internal. */
+struct evrate_state {
+	__u64 last_ns;
+	__u64 tokens;
+};
+
+#endif /* VG_STRUCTS_H */
