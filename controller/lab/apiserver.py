@@ -1,0 +1,583 @@
+"""A small Kubernetes API server over the lab's object store (JSON over plain http).
+
+It serves what the official Kubernetes client needs to list and watch the kinds the agent reads
+(Pods, Namespaces, Nodes, NetworkPolicies) plus the lab's ExternalHost kind: discovery
+(/version, /api, /apis), list with a resourceVersion, GET of one object, create (POST), replace
+(PUT), merge patch (PATCH) and DELETE, and watches streamed as newline-delimited JSON events.
+
+Watch semantics follow kube-apiserver: no resourceVersion (or "0") starts with an ADDED event per
+existing object; a resourceVersion older than the retained window gets one ERROR event carrying a
+410 Gone Status (reason Expired). The lab adds one thing: with allowWatchBookmarks=true, every open
+watch receives a BOOKMARK with the current global resourceVersion after every write (and when it
+starts, and every few seconds), whatever kind was written. Agents use these to report
+`realized_generation` (see docs/INTERNALS.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import socketserver
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from controller.lab.store import (
+    RESOURCES,
+    ApiError,
+    Expired,
+    Obj,
+    Resource,
+    Store,
+    WatchEvent,
+    status_object,
+)
+
+KUBE_VERSION = {
+    "major": "1",
+    "minor": "30",
+    "gitVersion": "v1.30.0-vethguard-lab",
+    "gitCommit": "0000000000000000000000000000000000000000",
+    "gitTreeState": "clean",
+    "buildDate": "2024-01-01T00:00:00Z",
+    "goVersion": "go1.22",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
+DEFAULT_WATCH_TIMEOUT = 1800.0
+BOOKMARK_INTERVAL = 5.0
+
+# A handler for the lab's own endpoints (/lab/...): (method, path, body) -> (code, json body).
+LabHandler = Callable[[str, str, Any], tuple[int, Any]]
+
+
+# --- selectors ------------------------------------------------------------------------------
+
+_SET_RE = re.compile(r"^\s*(!?)\s*([A-Za-z0-9_./-]+)\s*(?:(notin|in)\s*\(([^)]*)\))?\s*$")
+_EQ_RE = re.compile(r"^\s*([A-Za-z0-9_./-]+)\s*(==|=|!=)\s*([A-Za-z0-9_.-]*)\s*$")
+Requirement = Callable[[dict[str, str]], bool]
+
+
+def _split_selector(text: str) -> list[str]:
+    parts, depth, current = [], 0, ""
+    for char in text:
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    if current.strip():
+        parts.append(current)
+    return parts
+
+
+def _requirement(term: str) -> Requirement:
+    match = _EQ_RE.match(term)
+    if match:
+        key, op, value = match.groups()
+        if op == "!=":
+            return lambda labels: labels.get(key) != value
+        return lambda labels: labels.get(key) == value
+    match = _SET_RE.match(term)
+    if not match:
+        raise ApiError(400, "BadRequest", f"unable to parse requirement: {term!r}")
+    negate, key, op, values_text = match.groups()
+    if op is None:
+        if negate:
+            return lambda labels: key not in labels
+        return lambda labels: key in labels
+    if negate:
+        raise ApiError(400, "BadRequest", f"unable to parse requirement: {term!r}")
+    values = {v.strip() for v in values_text.split(",") if v.strip()}
+    if op == "in":
+        return lambda labels: labels.get(key) in values
+    return lambda labels: labels.get(key) not in values
+
+
+def parse_label_selector(text: str | None) -> list[Requirement]:
+    return [_requirement(term) for term in _split_selector(text or "")]
+
+
+def _field_value(obj: Obj, path: str) -> str:
+    node: Any = obj
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return "" if node is None else str(node)
+
+
+def parse_field_selector(text: str | None) -> list[Callable[[Obj], bool]]:
+    requirements: list[Callable[[Obj], bool]] = []
+    for term in _split_selector(text or ""):
+        match = re.match(r"^\s*([A-Za-z0-9_.]+)\s*(==|=|!=)\s*(.*?)\s*$", term)
+        if not match:
+            raise ApiError(400, "BadRequest", f"invalid field selector: {term!r}")
+        path, op, value = match.groups()
+        requirements.append(_field_requirement(path, value, negate=op == "!="))
+    return requirements
+
+
+def _field_requirement(path: str, value: str, negate: bool) -> Callable[[Obj], bool]:
+    def check(obj: Obj) -> bool:
+        return (_field_value(obj, path) == value) != negate
+
+    return check
+
+
+@dataclass(frozen=True)
+class Filter:
+    namespace: str | None
+    labels: list[Requirement]
+    fields: list[Callable[[Obj], bool]]
+
+    def matches(self, obj: Obj | None) -> bool:
+        if obj is None:
+            return False
+        meta = obj.get("metadata", {})
+        if self.namespace is not None and meta.get("namespace") != self.namespace:
+            return False
+        labels = meta.get("labels") or {}
+        return all(r(labels) for r in self.labels) and all(f(obj) for f in self.fields)
+
+
+# --- routing --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Route:
+    resource: Resource
+    namespace: str | None  # None = all namespaces (or cluster-scoped)
+    name: str | None
+
+
+def _groups() -> dict[str, list[Resource]]:
+    groups: dict[str, list[Resource]] = {}
+    for resource in RESOURCES.values():
+        groups.setdefault(resource.api_version, []).append(resource)
+    return groups
+
+
+def parse_resource_path(path: str) -> Route | None:
+    parts = [urllib.parse.unquote(p) for p in path.strip("/").split("/")]
+    if parts[:2] == ["api", "v1"]:
+        api_version, rest = "v1", parts[2:]
+    elif len(parts) >= 3 and parts[0] == "apis":
+        api_version, rest = f"{parts[1]}/{parts[2]}", parts[3:]
+    else:
+        return None
+    namespace: str | None = None
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        namespace, rest = rest[1], rest[2:]
+    if not rest or len(rest) > 2:
+        return None
+    resource = RESOURCES.get(rest[0])
+    if resource is None or resource.api_version != api_version:
+        return None
+    if namespace is not None and not resource.namespaced:
+        return None
+    return Route(resource, namespace, rest[1] if len(rest) == 2 else None)
+
+
+def discovery(path: str) -> Any | None:
+    path = "/" + path.strip("/")
+    groups = _groups()
+    if path == "/version":
+        return KUBE_VERSION
+    if path == "/api":
+        return {
+            "kind": "APIVersions",
+            "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "10.244.0.1:6443"}],
+        }
+    if path == "/apis":
+        return {
+            "kind": "APIGroupList",
+            "apiVersion": "v1",
+            "groups": [
+                {
+                    "name": group_version.split("/")[0],
+                    "versions": [{"groupVersion": group_version, "version": group_version.split("/")[1]}],
+                    "preferredVersion": {
+                        "groupVersion": group_version,
+                        "version": group_version.split("/")[1],
+                    },
+                }
+                for group_version in groups
+                if "/" in group_version
+            ],
+        }
+    group_version = path.removeprefix("/api/").removeprefix("/apis/")
+    if group_version in groups and path in (f"/api/{group_version}", f"/apis/{group_version}"):
+        return {
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": group_version,
+            "resources": [
+                {
+                    "name": r.plural,
+                    "singularName": r.kind.lower(),
+                    "namespaced": r.namespaced,
+                    "kind": r.kind,
+                    "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+                }
+                for r in groups[group_version]
+            ],
+        }
+    return None
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch (also used for strategic merge patches of plain fields)."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+# --- the HTTP handler -----------------------------------------------------------------------
+
+
+class ApiHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "vethguard-lab-apiserver"
+    server: ApiHTTPServer | ApiUnixServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: the daemon logs errors itself
+        return
+
+    def address_string(self) -> str:
+        return str(self.client_address[0]) if self.client_address else "unix"
+
+    # --- plumbing ---
+
+    def _send_json(self, code: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_text(self, code: int, text: str) -> None:
+        data = text.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _read_body(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ApiError(400, "BadRequest", f"the request body is not valid JSON: {exc}") from exc
+
+    def _dispatch(self, method: str) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
+        try:
+            self._route(method, url.path, query)
+        except ApiError as err:
+            self._send_json(err.code, err.status())
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception as exc:
+            self._send_json(500, status_object(500, "InternalError", f"{type(exc).__name__}: {exc}"))
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    # --- routes ---
+
+    def _route(self, method: str, path: str, query: dict[str, str]) -> None:
+        if path in ("/livez", "/readyz", "/healthz"):
+            self._send_text(200, "ok")
+            return
+        if path.startswith("/lab/"):
+            self._lab(method, path)
+            return
+        if method == "GET":
+            doc = discovery(path)
+            if doc is not None:
+                self._send_json(200, doc)
+                return
+        route = parse_resource_path(path)
+        if route is None:
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+        store = self.server.store
+        resource, namespace, name = route.resource, route.namespace, route.name
+        if method == "GET" and name is None:
+            if query.get("watch") in ("true", "1"):
+                self._watch(route, query)
+            else:
+                self._list(route, query)
+        elif method == "GET":
+            obj = store.get(resource.plural, namespace or "", name or "")
+            if obj is None:
+                raise ApiError(404, "NotFound", f'{resource.plural} "{name}" not found')
+            self._send_json(200, obj)
+        elif method == "POST" and name is None:
+            self._send_json(201, store.create(resource.plural, self._read_body(), namespace))
+        elif method == "PUT" and name is not None:
+            self._send_json(200, store.replace(resource.plural, self._read_body(), namespace, name))
+        elif method == "PATCH" and name is not None:
+            self._patch(route)
+        elif method == "DELETE" and name is not None:
+            self._send_json(200, store.delete(resource.plural, namespace or "", name))
+        else:
+            raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on {path}")
+
+    def _lab(self, method: str, path: str) -> None:
+        handler = self.server.lab_handler
+        if handler is None:
+            raise ApiError(404, "NotFound", f"no lab endpoint {path}")
+        code, body = handler(method, path, self._read_body() if method != "GET" else None)
+        self._send_json(code, body)
+
+    def _patch(self, route: Route) -> None:
+        store = self.server.store
+        content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+        if content_type == "application/json-patch+json":
+            raise ApiError(415, "UnsupportedMediaType", "the lab API server supports merge patches only")
+        body = self._read_body()
+        for _ in range(5):
+            current = store.get(route.resource.plural, route.namespace or "", route.name or "")
+            if current is None:
+                raise ApiError(404, "NotFound", f'{route.resource.plural} "{route.name}" not found')
+            patched = merge_patch(current, body)
+            patched.setdefault("metadata", {})["resourceVersion"] = current["metadata"]["resourceVersion"]
+            try:
+                self._send_json(
+                    200, store.replace(route.resource.plural, patched, route.namespace, route.name)
+                )
+                return
+            except ApiError as err:
+                if err.code != 409:
+                    raise
+        raise ApiError(409, "Conflict", "the object keeps changing; try again")
+
+    def _filter(self, route: Route, query: dict[str, str]) -> Filter:
+        return Filter(
+            route.namespace,
+            parse_label_selector(query.get("labelSelector")),
+            parse_field_selector(query.get("fieldSelector")),
+        )
+
+    def _list(self, route: Route, query: dict[str, str]) -> None:
+        selector = self._filter(route, query)
+        items, rv = self.server.store.list(route.resource.plural, route.namespace)
+        for item in items:
+            item.pop("kind", None)
+            item.pop("apiVersion", None)
+        self._send_json(
+            200,
+            {
+                "kind": f"{route.resource.kind}List",
+                "apiVersion": route.resource.api_version,
+                "metadata": {"resourceVersion": str(rv)},
+                "items": [item for item in items if selector.matches(item)],
+            },
+        )
+
+    # --- watch ---
+
+    def _start_stream(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+    def _emit(self, event_type: str, obj: Obj) -> None:
+        data = json.dumps({"type": event_type, "object": obj}).encode() + b"\n"
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def _end_stream(self) -> None:
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _bookmark(self, resource: Resource, rv: int) -> None:
+        self._emit(
+            "BOOKMARK",
+            {
+                "kind": resource.kind,
+                "apiVersion": resource.api_version,
+                "metadata": {"resourceVersion": str(rv)},
+            },
+        )
+
+    def _watch(self, route: Route, query: dict[str, str]) -> None:
+        store = self.server.store
+        resource = route.resource
+        selector = self._filter(route, query)
+        bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
+        timeout = float(query.get("timeoutSeconds") or DEFAULT_WATCH_TIMEOUT)
+        deadline = time.monotonic() + timeout
+        requested = query.get("resourceVersion") or "0"
+        try:
+            since = int(requested)
+        except ValueError as exc:
+            raise ApiError(400, "BadRequest", f"invalid resourceVersion {requested!r}") from exc
+        self._start_stream()
+        self.close_connection = True
+        if since == 0:
+            items, since = store.list(resource.plural, route.namespace)
+            for item in items:
+                if selector.matches(item):
+                    self._emit("ADDED", item)
+        last_bookmark = float("-inf")  # the first pass sends one: the watch is at the current version
+        while not self.server.stopping.is_set():
+            try:
+                events, current = store.events_since(since)
+            except Expired as exc:
+                self._emit("ERROR", status_object(410, "Expired", str(exc)))
+                break
+            for event in events:
+                self._send_event(resource, selector, event)
+            if bookmarks and (current > since or time.monotonic() - last_bookmark >= BOOKMARK_INTERVAL):
+                self._bookmark(resource, current)
+                last_bookmark = time.monotonic()
+            since = current
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            store.wait_for_change(since, min(remaining, BOOKMARK_INTERVAL, 1.0))
+        self._end_stream()
+
+    def _send_event(self, resource: Resource, selector: Filter, event: WatchEvent) -> None:
+        if event.resource != resource.plural:
+            return
+        now_matches = event.type != "DELETED" and selector.matches(event.obj)
+        was_matching = selector.matches(event.old)
+        if event.type == "DELETED":
+            if was_matching:
+                self._emit("DELETED", event.obj)
+        elif now_matches and (was_matching or event.type == "ADDED"):
+            self._emit(event.type, event.obj)
+        elif now_matches:
+            self._emit("ADDED", event.obj)
+        elif was_matching:
+            self._emit("DELETED", event.obj)
+
+
+# --- servers --------------------------------------------------------------------------------
+
+
+class _ApiServerMixin:
+    store: Store
+    lab_handler: LabHandler | None
+    stopping: threading.Event
+
+
+class ApiHTTPServer(_ApiServerMixin, ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, sock: socket.socket, store: Store, lab_handler: LabHandler | None = None) -> None:
+        super().__init__(sock.getsockname()[:2], ApiHandler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+        self.store = store
+        self.lab_handler = lab_handler
+        self.stopping = threading.Event()
+
+
+class ApiUnixServer(_ApiServerMixin, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, path: Path, store: Store, lab_handler: LabHandler | None = None) -> None:
+        if path.exists() or path.is_symlink():
+            path.unlink()
+        super().__init__(str(path), ApiHandler)
+        os.chmod(path, 0o600)
+        self.store = store
+        self.lab_handler = lab_handler
+        self.stopping = threading.Event()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        request, _ = self.socket.accept()
+        return request, ("unix", 0)
+
+
+def tcp_listener(host: str, port: int) -> socket.socket:
+    """A listening TCP socket, bound in the calling thread's network namespace."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    return sock
+
+
+class ServerThread:
+    """Runs one server's serve_forever in a daemon thread; stop() ends watches and the loop."""
+
+    def __init__(self, server: ApiHTTPServer | ApiUnixServer) -> None:
+        self.server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True
+        )
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.stopping.set()
+        self.server.store.notify()
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=5)
+
+
+def serve_tcp(
+    store: Store, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None
+) -> ServerThread:
+    return ServerThread(ApiHTTPServer(sock or tcp_listener(host, port), store)).start()
+
+
+def kubeconfig_text(server_url: str, name: str = "vethguard-lab") -> str:
+    """A kubeconfig for an unauthenticated plain-http API server."""
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": name, "cluster": {"server": server_url}}],
+            "users": [{"name": name, "user": {}}],
+            "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
+            "current-context": name,
+            "preferences": {},
+        },
+        indent=2,
+    )

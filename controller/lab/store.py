@@ -1,0 +1,402 @@
+"""In-memory Kubernetes object store with one global resourceVersion and a window of watch events.
+
+Every write (create, replace, delete) takes the next value of a single cluster-wide counter, as
+etcd's revision does for a real API server. The last `window` events are kept so that a watch can
+resume from any resourceVersion inside the window; older ones get 410 Gone (reason Expired).
+The objects and the counter are persisted to a JSON file after every write, so a restarted lab
+daemon serves the same objects and versions (its event window starts empty, as a restarted
+kube-apiserver's watch cache does).
+"""
+
+from __future__ import annotations
+
+import builtins
+import copy
+import datetime
+import json
+import os
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+Obj = dict[str, Any]
+Key = tuple[str, str]  # (namespace or "", name)
+
+
+@dataclass(frozen=True)
+class Resource:
+    plural: str
+    kind: str
+    group: str  # "" for the core group
+    version: str
+    namespaced: bool
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+
+RESOURCES: dict[str, Resource] = {
+    r.plural: r
+    for r in (
+        Resource("namespaces", "Namespace", "", "v1", namespaced=False),
+        Resource("nodes", "Node", "", "v1", namespaced=False),
+        Resource("pods", "Pod", "", "v1", namespaced=True),
+        Resource("networkpolicies", "NetworkPolicy", "networking.k8s.io", "v1", namespaced=True),
+        Resource("externalhosts", "ExternalHost", "lab.vethguard.dev", "v1alpha1", namespaced=False),
+    )
+}
+BY_KIND: dict[str, Resource] = {r.kind: r for r in RESOURCES.values()}
+
+
+class ApiError(Exception):
+    """A failure reported to API clients as a Kubernetes Status object."""
+
+    def __init__(self, code: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+
+    def status(self) -> Obj:
+        return status_object(self.code, self.reason, self.message)
+
+
+def status_object(code: int, reason: str, message: str) -> Obj:
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success" if code < 400 else "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+
+
+def not_found(resource: Resource, name: str) -> ApiError:
+    return ApiError(404, "NotFound", f'{resource.plural} "{name}" not found')
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    rv: int
+    resource: str
+    type: str  # ADDED | MODIFIED | DELETED
+    obj: Obj
+    old: Obj | None
+
+
+class Expired(Exception):
+    """The requested resourceVersion is older than the retained event window."""
+
+    def __init__(self, requested: int, oldest: int) -> None:
+        super().__init__(f"too old resource version: {requested} ({oldest})")
+        self.requested = requested
+        self.oldest = oldest
+
+
+class Admission(Protocol):
+    """Hooks the lab daemon uses to build pod namespaces before a Pod is written, and so on."""
+
+    def admit(self, op: str, resource: Resource, obj: Obj, old: Obj | None) -> Obj: ...
+
+    def committed(self, op: str, resource: Resource, obj: Obj, old: Obj | None) -> None: ...
+
+
+def now_timestamp() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def object_key(resource: Resource, obj: Obj) -> Key:
+    meta = obj.get("metadata") or {}
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        raise ApiError(422, "Invalid", f"{resource.kind}: metadata.name: Required value")
+    namespace = ""
+    if resource.namespaced:
+        namespace = meta.get("namespace") or "default"
+        if not isinstance(namespace, str):
+            raise ApiError(422, "Invalid", f"{resource.kind} {name}: metadata.namespace must be a string")
+    return namespace, name
+
+
+def key_name(key: Key) -> str:
+    return f"{key[0]}/{key[1]}" if key[0] else key[1]
+
+
+def _spec_of(obj: Obj) -> Any:
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status", "kind", "apiVersion")}
+
+
+# --- defaulting, as kube-apiserver does it for the fields agents read --------------------------
+
+
+def _default_policy(obj: Obj) -> None:
+    spec = obj.setdefault("spec", {})
+    if not isinstance(spec, dict):
+        return
+    if spec.get("podSelector") is None:
+        spec["podSelector"] = {}
+    for direction in ("ingress", "egress"):
+        for rule in spec.get(direction) or []:
+            if not isinstance(rule, dict):
+                continue
+            for port in rule.get("ports") or []:
+                if isinstance(port, dict) and port.get("protocol") is None:
+                    port["protocol"] = "TCP"
+    if not spec.get("policyTypes"):
+        types = ["Ingress"]
+        if spec.get("egress"):
+            types.append("Egress")
+        spec["policyTypes"] = types
+
+
+def _default_pod(obj: Obj) -> None:
+    spec = obj.setdefault("spec", {})
+    if not isinstance(spec, dict):
+        return
+    containers = spec.setdefault("containers", [])
+    for index, container in enumerate(containers or []):
+        if not isinstance(container, dict):
+            continue
+        container.setdefault("name", f"c{index}")
+        for port in container.get("ports") or []:
+            if isinstance(port, dict) and port.get("protocol") is None:
+                port["protocol"] = "TCP"
+
+
+def _default_namespace(obj: Obj) -> None:
+    meta = obj["metadata"]
+    labels = meta.get("labels") or {}
+    labels["kubernetes.io/metadata.name"] = meta["name"]
+    meta["labels"] = labels
+    obj.setdefault("spec", {"finalizers": ["kubernetes"]})
+    obj["status"] = {"phase": "Active"}
+
+
+DEFAULTERS: dict[str, Callable[[Obj], None]] = {
+    "networkpolicies": _default_policy,
+    "pods": _default_pod,
+    "namespaces": _default_namespace,
+}
+
+
+class Store:
+    """Objects by resource and (namespace, name); one resourceVersion counter for all of them."""
+
+    def __init__(self, path: Path | None = None, window: int = 5000) -> None:
+        self._path = path
+        self._window = window
+        self._objects: dict[str, dict[Key, Obj]] = {plural: {} for plural in RESOURCES}
+        self._events: deque[WatchEvent] = deque(maxlen=window)
+        self._rv = 0
+        self._oldest_watchable = 0  # a watch from rv >= this value can resume
+        self._cond = threading.Condition()
+        self._write_lock = threading.RLock()
+        self.admission: Admission | None = None
+        if path is not None and path.exists():
+            self._load(path)
+
+    # --- reads -----------------------------------------------------------------------------
+
+    @property
+    def resource_version(self) -> int:
+        with self._cond:
+            return self._rv
+
+    def list(self, plural: str, namespace: str | None = None) -> tuple[list[Obj], int]:
+        with self._cond:
+            items = [
+                copy.deepcopy(obj)
+                for (ns, _name), obj in sorted(self._objects[plural].items())
+                if namespace is None or ns == namespace
+            ]
+            return items, self._rv
+
+    def get(self, plural: str, namespace: str, name: str) -> Obj | None:
+        with self._cond:
+            obj = self._objects[plural].get((namespace, name))
+            return copy.deepcopy(obj) if obj is not None else None
+
+    def events_since(self, rv: int) -> tuple[builtins.list[WatchEvent], int]:
+        """Events with resourceVersion > rv, and the current resourceVersion; Expired if gone."""
+        with self._cond:
+            if rv < self._oldest_watchable:
+                raise Expired(rv, self._oldest_watchable)
+            return [e for e in self._events if e.rv > rv], self._rv
+
+    def wait_for_change(self, rv: int, timeout: float) -> int:
+        """Block until the resourceVersion passes rv (or timeout); return the current one."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._rv > rv, timeout=timeout)
+            return self._rv
+
+    def notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    # --- writes ----------------------------------------------------------------------------
+
+    def create(self, plural: str, obj: Obj, namespace: str | None = None) -> Obj:
+        resource = RESOURCES[plural]
+        obj = self._normalize(resource, obj, namespace)
+        key = object_key(resource, obj)
+        with self._write_lock:
+            if self.get(plural, *key) is not None:
+                raise ApiError(409, "AlreadyExists", f'{plural} "{key[1]}" already exists')
+            self._check_namespace(resource, key)
+            if self.admission is not None:
+                obj = self.admission.admit("create", resource, obj, None)
+            meta = obj["metadata"]
+            meta["uid"] = str(uuid.uuid4())
+            meta["creationTimestamp"] = now_timestamp()
+            meta["generation"] = 1
+            stored = self._commit(resource, key, "ADDED", obj, None)
+            if self.admission is not None:
+                self.admission.committed("create", resource, stored, None)
+            return stored
+
+    def replace(self, plural: str, obj: Obj, namespace: str | None = None, name: str | None = None) -> Obj:
+        resource = RESOURCES[plural]
+        obj = self._normalize(resource, obj, namespace)
+        key = object_key(resource, obj)
+        if name is not None and name != key[1]:
+            raise ApiError(
+                400, "BadRequest", f"the name of the object ({key[1]}) does not match the URL ({name})"
+            )
+        with self._write_lock:
+            old = self.get(plural, *key)
+            if old is None:
+                raise not_found(resource, key[1])
+            wanted_rv = obj["metadata"].get("resourceVersion")
+            if wanted_rv and str(wanted_rv) != old["metadata"]["resourceVersion"]:
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {plural} "{key[1]}": the object has been modified; '
+                    "please apply your changes to the latest version and try again",
+                )
+            if self.admission is not None:
+                obj = self.admission.admit("replace", resource, obj, old)
+            meta = obj["metadata"]
+            for field in ("uid", "creationTimestamp"):
+                meta[field] = old["metadata"][field]
+            generation = int(old["metadata"].get("generation", 1))
+            meta["generation"] = generation + 1 if _spec_of(obj) != _spec_of(old) else generation
+            if resource.plural != "namespaces" and "status" not in obj and "status" in old:
+                obj["status"] = old["status"]
+            stored = self._commit(resource, key, "MODIFIED", obj, old)
+            if self.admission is not None:
+                self.admission.committed("replace", resource, stored, old)
+            return stored
+
+    def delete(self, plural: str, namespace: str, name: str) -> Obj:
+        resource = RESOURCES[plural]
+        key = (namespace if resource.namespaced else "", name)
+        with self._write_lock:
+            old = self.get(plural, *key)
+            if old is None:
+                raise not_found(resource, name)
+            if plural == "namespaces":
+                self._delete_namespace_contents(name)
+            if self.admission is not None:
+                self.admission.admit("delete", resource, old, old)
+            stored = self._commit(resource, key, "DELETED", old, old)
+            if self.admission is not None:
+                self.admission.committed("delete", resource, stored, old)
+            return stored
+
+    def _delete_namespace_contents(self, namespace: str) -> None:
+        for plural, resource in RESOURCES.items():
+            if not resource.namespaced:
+                continue
+            for ns, name in [k for k in list(self._objects[plural]) if k[0] == namespace]:
+                self.delete(plural, ns, name)
+
+    def _check_namespace(self, resource: Resource, key: Key) -> None:
+        if resource.namespaced and self.get("namespaces", "", key[0]) is None:
+            raise ApiError(404, "NotFound", f'namespaces "{key[0]}" not found')
+
+    def _normalize(self, resource: Resource, obj: Obj, namespace: str | None) -> Obj:
+        if not isinstance(obj, dict):
+            raise ApiError(400, "BadRequest", f"{resource.kind}: the body must be a JSON object")
+        obj = copy.deepcopy(obj)
+        kind = obj.get("kind")
+        if kind not in (None, resource.kind):
+            raise ApiError(400, "BadRequest", f"kind {kind} does not match the resource {resource.plural}")
+        obj["kind"] = resource.kind
+        obj["apiVersion"] = resource.api_version
+        meta = obj.get("metadata")
+        if not isinstance(meta, dict):
+            raise ApiError(422, "Invalid", f"{resource.kind}: metadata: Required value")
+        if resource.namespaced:
+            body_ns = meta.get("namespace")
+            if namespace is not None and body_ns not in (None, namespace):
+                raise ApiError(
+                    400,
+                    "BadRequest",
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                )
+            meta["namespace"] = body_ns or namespace or "default"
+        else:
+            meta.pop("namespace", None)
+        object_key(resource, obj)
+        for field in ("labels", "annotations"):
+            value = meta.get(field)
+            if value is not None and not (
+                isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+            ):
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    f"{resource.kind} {meta['name']}: metadata.{field} must map strings to strings",
+                )
+        defaulter = DEFAULTERS.get(resource.plural)
+        if defaulter is not None:
+            defaulter(obj)
+        return obj
+
+    def _commit(self, resource: Resource, key: Key, event_type: str, obj: Obj, old: Obj | None) -> Obj:
+        with self._cond:
+            self._rv += 1
+            stored = copy.deepcopy(obj)
+            stored["metadata"]["resourceVersion"] = str(self._rv)
+            if event_type == "DELETED":
+                del self._objects[resource.plural][key]
+            else:
+                self._objects[resource.plural][key] = stored
+            if len(self._events) == self._window:
+                self._oldest_watchable = self._events[0].rv
+            self._events.append(WatchEvent(self._rv, resource.plural, event_type, stored, old))
+            self._save()
+            self._cond.notify_all()
+            return copy.deepcopy(stored)
+
+    # --- persistence -----------------------------------------------------------------------
+
+    def _save(self) -> None:
+        if self._path is None:
+            return
+        data = {
+            "resourceVersion": self._rv,
+            "objects": {plural: list(objs.values()) for plural, objs in self._objects.items()},
+        }
+        tmp = self._path.with_name(self._path.name + ".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self._path)
+
+    def _load(self, path: Path) -> None:
+        data = json.loads(path.read_text())
+        self._rv = int(data["resourceVersion"])
+        self._oldest_watchable = self._rv  # the event window starts empty after a restart
+        for plural, items in data.get("objects", {}).items():
+            resource = RESOURCES.get(plural)
+            if resource is None:
+                continue
+            for obj in items:
+                self._objects[plural][object_key(resource, obj)] = obj

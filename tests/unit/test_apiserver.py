@@ -1,0 +1,298 @@
+"""The lab API server, driven with the official Kubernetes python client on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config, watch
+from kubernetes.client.rest import ApiException
+
+from controller.lab.apiserver import ServerThread, kubeconfig_text, merge_patch, serve_tcp
+from controller.lab.store import Store
+
+
+def server_address(thread: ServerThread) -> tuple[str, int]:
+    address: Any = thread.server.server_address
+    return str(address[0]), int(address[1])
+
+
+@pytest.fixture
+def store() -> Store:
+    return Store(window=50)
+
+
+@pytest.fixture
+def server(store: Store) -> Iterator[ServerThread]:
+    thread = serve_tcp(store)
+    try:
+        yield thread
+    finally:
+        thread.stop()
+
+
+@pytest.fixture
+def api_client(server: ServerThread, tmp_path: Path) -> Iterator[client.ApiClient]:
+    host, port = server_address(server)
+    path = tmp_path / "kubeconfig"
+    path.write_text(kubeconfig_text(f"http://{host}:{port}"))
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(path), client_configuration=configuration)
+    api = client.ApiClient(configuration)
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+def core_api(api_client: client.ApiClient) -> Any:
+    return core_api(api_client)
+
+
+def net_api(api_client: client.ApiClient) -> Any:
+    return net_api(api_client)
+
+
+def namespace(name: str, **labels: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+
+
+def pod(ns: str, name: str, node: str = "node-1", **labels: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "c", "ports": [{"containerPort": 80, "name": "http"}]}],
+        },
+    }
+
+
+def policy(ns: str, name: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec if spec is not None else {"podSelector": {}, "ingress": []},
+    }
+
+
+def test_version_and_discovery_are_served(api_client: client.ApiClient) -> None:
+    assert client.VersionApi(api_client).get_code().git_version.startswith("v1.")
+    groups = client.ApisApi(api_client).get_api_versions()
+    assert "networking.k8s.io" in [g.name for g in groups.groups]
+    resources = net_api(api_client).get_api_resources()
+    assert [r.name for r in resources.resources] == ["networkpolicies"]
+
+
+def test_lists_carry_kind_and_the_global_resource_version(store: Store, api_client: client.ApiClient) -> None:
+    store.create("namespaces", namespace("x", ns="x"))
+    store.create("pods", pod("x", "a", pod="a"))
+    core = core_api(api_client)
+    namespaces = core.list_namespace()
+    assert [n.metadata.name for n in namespaces.items] == ["x"]
+    assert namespaces.metadata.resource_version == "2"
+    assert namespaces.items[0].metadata.labels == {"ns": "x", "kubernetes.io/metadata.name": "x"}
+    pods = core.list_pod_for_all_namespaces()
+    assert pods.items[0].spec.containers[0].ports[0].protocol == "TCP"
+    raw = json.loads(core.list_namespaced_pod("x", _preload_content=False).data)
+    assert raw["kind"] == "PodList"
+    assert raw["apiVersion"] == "v1"
+    assert raw["metadata"]["resourceVersion"] == "2"
+
+
+def test_objects_get_uid_timestamp_generation_and_resource_version(
+    store: Store, api_client: client.ApiClient
+) -> None:
+    store.create("namespaces", namespace("x"))
+    net = net_api(api_client)
+    created = net.create_namespaced_network_policy("x", policy("x", "deny"))
+    assert created.metadata.uid
+    assert created.metadata.creation_timestamp is not None
+    assert created.metadata.generation == 1
+    assert created.spec.policy_types == ["Ingress"]
+    body = policy("x", "deny", {"podSelector": {"matchLabels": {"a": "b"}}, "egress": [{}]})
+    replaced = net.replace_namespaced_network_policy("deny", "x", body)
+    assert replaced.metadata.generation == 2
+    assert replaced.metadata.uid == created.metadata.uid
+    assert replaced.spec.policy_types == ["Ingress", "Egress"]
+    assert int(replaced.metadata.resource_version) > int(created.metadata.resource_version)
+
+
+def test_get_of_a_missing_object_is_a_404_status(store: Store, api_client: client.ApiClient) -> None:
+    store.create("namespaces", namespace("x"))
+    with pytest.raises(ApiException) as info:
+        core_api(api_client).read_namespaced_pod("nope", "x")
+    assert info.value.status == 404
+    assert json.loads(info.value.body or "{}")["reason"] == "NotFound"
+
+
+def test_creating_in_a_missing_namespace_is_refused(api_client: client.ApiClient) -> None:
+    with pytest.raises(ApiException) as info:
+        net_api(api_client).create_namespaced_network_policy("ghost", policy("ghost", "p"))
+    assert info.value.status == 404
+
+
+def test_creating_twice_is_a_conflict(store: Store, api_client: client.ApiClient) -> None:
+    store.create("namespaces", namespace("x"))
+    with pytest.raises(ApiException) as info:
+        core_api(api_client).create_namespace(namespace("x"))
+    assert info.value.status == 409
+
+
+def test_label_and_field_selectors_filter_lists(store: Store, api_client: client.ApiClient) -> None:
+    store.create("namespaces", namespace("x"))
+    store.create("pods", pod("x", "a", pod="a", tier="web"))
+    store.create("pods", pod("x", "b", node="node-2", pod="b"))
+    core = core_api(api_client)
+    names = lambda result: [p.metadata.name for p in result.items]  # noqa: E731
+    assert names(core.list_namespaced_pod("x", label_selector="pod in (a, c),tier")) == ["a"]
+    assert names(core.list_namespaced_pod("x", label_selector="!tier")) == ["b"]
+    assert names(core.list_pod_for_all_namespaces(field_selector="spec.nodeName=node-2")) == ["b"]
+
+
+def test_a_watch_sees_create_replace_and_delete_with_bookmarks(
+    store: Store, api_client: client.ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("controller.lab.apiserver.BOOKMARK_INTERVAL", 0.2)
+    store.create("namespaces", namespace("x"))
+    net = net_api(api_client)
+    start = net.list_network_policy_for_all_namespaces().metadata.resource_version
+    seen: list[tuple[str, str]] = []
+    done = threading.Event()
+
+    def writer() -> None:
+        net.create_namespaced_network_policy("x", policy("x", "p"))
+        net.replace_namespaced_network_policy("p", "x", policy("x", "p", {"podSelector": {}}))
+        core_api(api_client).create_namespace(namespace("y"))
+        net.delete_namespaced_network_policy("p", "x")
+        done.set()
+
+    stream = watch.Watch()
+    thread = threading.Thread(target=writer)
+    for event in stream.stream(
+        net.list_network_policy_for_all_namespaces,
+        resource_version=start,
+        allow_watch_bookmarks=True,
+        timeout_seconds=10,
+    ):
+        if event["type"] == "BOOKMARK":
+            seen.append(("BOOKMARK", event["raw_object"]["metadata"]["resourceVersion"]))
+            if not thread.is_alive() and not done.is_set():
+                thread.start()
+        else:
+            seen.append((event["type"], event["object"].metadata.resource_version))
+        if done.is_set() and seen[-1][0] == "BOOKMARK" and int(seen[-1][1]) == store.resource_version:
+            stream.stop()
+    thread.join()
+    kinds = [kind for kind, _ in seen if kind != "BOOKMARK"]
+    assert kinds == ["ADDED", "MODIFIED", "DELETED"]
+    bookmark_versions = [int(v) for kind, v in seen if kind == "BOOKMARK"]
+    assert 4 in bookmark_versions  # the namespace write reached the policy watch as a bookmark
+    assert bookmark_versions == sorted(bookmark_versions)
+    assert stream.resource_version == str(store.resource_version)
+
+
+def test_a_watch_without_resource_version_starts_with_the_current_objects(
+    store: Store, api_client: client.ApiClient
+) -> None:
+    store.create("namespaces", namespace("x"))
+    store.create("namespaces", namespace("y"))
+    core = core_api(api_client)
+    events = list(watch.Watch().stream(core.list_namespace, timeout_seconds=1))
+    assert [(e["type"], e["object"].metadata.name) for e in events] == [("ADDED", "x"), ("ADDED", "y")]
+
+
+def test_a_label_change_out_of_a_watched_selector_is_a_deleted_event(
+    store: Store, api_client: client.ApiClient
+) -> None:
+    store.create("namespaces", namespace("x"))
+    store.create("pods", pod("x", "a", pod="a"))
+    rv = str(store.resource_version)
+    changed = store.get("pods", "x", "a")
+    assert changed is not None
+    changed["metadata"]["labels"] = {"pod": "z"}
+    store.replace("pods", changed)
+    core = core_api(api_client)
+    events = list(
+        watch.Watch().stream(
+            core.list_namespaced_pod, "x", label_selector="pod=a", resource_version=rv, timeout_seconds=1
+        )
+    )
+    assert [e["type"] for e in events] == ["DELETED"]
+
+
+def test_a_watch_from_an_expired_resource_version_gets_410_gone(api_client: client.ApiClient) -> None:
+    store = Store(window=3)
+    thread = serve_tcp(store)
+    try:
+        host, port = server_address(thread)
+        api_client.configuration.host = f"http://{host}:{port}"
+        for name in "abcdef":
+            store.create("namespaces", namespace(name))
+        core = core_api(api_client)
+        raw: Any = core.list_namespace(
+            watch=True, resource_version="1", timeout_seconds=1, _preload_content=False
+        )
+        events = [json.loads(line) for line in raw.data.decode().splitlines() if line]
+        assert events[0]["type"] == "ERROR"
+        assert events[0]["object"]["code"] == 410
+        assert events[0]["object"]["reason"] == "Expired"
+        with pytest.raises(ApiException) as info:
+            for _ in watch.Watch().stream(core.list_namespace, resource_version="1", timeout_seconds=1):
+                pass
+        assert info.value.status == 410
+        recent = list(watch.Watch().stream(core.list_namespace, resource_version="4", timeout_seconds=1))
+        assert [e["object"].metadata.name for e in recent] == ["e", "f"]
+    finally:
+        thread.stop()
+
+
+def test_a_merge_patch_replaces_labels(store: Store, api_client: client.ApiClient) -> None:
+    store.create("namespaces", namespace("x", a="1"))
+    patched = core_api(api_client).patch_namespace("x", {"metadata": {"labels": {"a": None, "b": "2"}}})
+    assert patched.metadata.labels == {"b": "2", "kubernetes.io/metadata.name": "x"}
+
+
+def test_deleting_a_namespace_deletes_what_it_contains(store: Store, api_client: client.ApiClient) -> None:
+    store.create("namespaces", namespace("x"))
+    store.create("pods", pod("x", "a"))
+    store.create("networkpolicies", policy("x", "p"))
+    core_api(api_client).delete_namespace("x")
+    assert store.list("pods")[0] == []
+    assert store.list("networkpolicies")[0] == []
+
+
+def test_a_reloaded_store_keeps_objects_and_the_resource_version(tmp_path: Path) -> None:
+    path = tmp_path / "store.json"
+    first = Store(path)
+    first.create("namespaces", namespace("x"))
+    first.create("pods", pod("x", "a"))
+    second = Store(path)
+    assert second.resource_version == 2
+    assert second.get("pods", "x", "a") is not None
+    second.create("namespaces", namespace("y"))
+    assert second.resource_version == 3
+
+
+def test_a_restarted_server_answers_old_watches_with_410(tmp_path: Path) -> None:
+    path = tmp_path / "store.json"
+    Store(path).create("namespaces", namespace("x"))
+    Store(path).create("namespaces", namespace("y"))
+    restarted = Store(path)
+    from controller.lab.store import Expired
+
+    with pytest.raises(Expired):
+        restarted.events_since(1)
+    assert restarted.events_since(2) == ([], 2)
+
+
+def test_merge_patch_removes_null_fields_and_merges_maps() -> None:
+    assert merge_patch({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": None, "e": 4}, "d": None}) == {
+        "a": {"c": 2, "e": 4}
+    }
