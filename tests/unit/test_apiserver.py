@@ -50,11 +50,11 @@ def api_client(server: ServerThread, tmp_path: Path) -> Iterator[client.ApiClien
 
 
 def core_api(api_client: client.ApiClient) -> Any:
-    return core_api(api_client)
+    return client.CoreV1Api(api_client)
 
 
 def net_api(api_client: client.ApiClient) -> Any:
-    return net_api(api_client)
+    return client.NetworkingV1Api(api_client)
 
 
 def namespace(name: str, **labels: str) -> dict[str, Any]:
