@@ -9,6 +9,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from controller.model import ClusterState
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -96,3 +100,12 @@ class NodeDesired:
     rules: Mapping[int, RuleRef]
     identities: Mapping[int, IdentityInfo]
     errors: Sequence[PolicyError] = ()
+
+
+def compute(cluster: ClusterState, node: str) -> NodeDesired:
+    """Desired map contents for `node`: its endpoints (active pods on it with an IP), the
+    ipcache and the rule/identity tables. Pure; node-independent work is cached on `cluster`,
+    so computing every node of one ClusterState costs little more than one."""
+    from controller.policy import compile_cluster
+
+    return compile_cluster(cluster).node_desired(node)

@@ -1,0 +1,218 @@
+"""A Python model of the datapath's policy verdict over NodeDesired (pure).
+
+It mirrors the tc programs' new-flow decision (bpf/, docs/INTERNALS.md), without conntrack:
+
+At a hook of endpoint E, direction d (INGRESS = to the pod, EGRESS = from the pod), peer
+address P, protocol `proto`, destination port `port`:
+
+1. (identity, cidr_identity) = LPM of P in the ipcache of E's node (vg_ipcache4/6); no match
+   (cannot happen: 0.0.0.0/0 and ::/0 are always present) = (WORLD, 0).
+2. identity == HOST (P is an address of E's own node) -> ALLOW_HOST.
+3. E not isolated for d -> ALLOW_NOT_ISOLATED.
+4. For peer id in (identity, cidr_identity if non-zero, ANY): LPM on vg_policy with key
+   (E, id, d, proto, port): the longest of (proto, port/16 .. port/0) and then the
+   (any protocol) entry. The first identity level with a match decides by its verdict
+   (ALLOW_POLICY, or DROP_POLICY for a DENY verdict, reserved for tiers).
+5. No match at any level -> DROP_POLICY.
+
+`verdict(src_desired, dst_desired, src, dst, proto, port)` decides a new connection A -> B:
+allowed iff A's EGRESS allows it on A's node (peer = B's address, looked up in A's node
+ipcache) AND B's INGRESS allows it on B's node (peer = A's address in B's node ipcache).
+`src` / `dst` are endpoint keys "ns/name" (resolved in src_desired / dst_desired) or IP
+address strings (an address of an endpoint of that NodeDesired is treated as that endpoint;
+any other address is outside enforcement on that side, e.g. an external host, and that half
+is "NOT_ENFORCED" = allowed). Pass None for a side's NodeDesired when it is not an endpoint.
+A pod and itself, and both pods on one node, work the same way (pass the same NodeDesired).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from controller.mapstate import (
+    DIR_EGRESS,
+    DIR_INGRESS,
+    ID_ANY,
+    ID_HOST,
+    ID_WORLD,
+    VERDICT_ALLOW,
+    EndpointDesired,
+    NodeDesired,
+    PolicyEntryKey,
+    PolicyEntryValue,
+    RuleRef,
+)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+PROTO_NUMBERS: Mapping[str, int] = {"ICMP": 1, "TCP": 6, "UDP": 17, "ICMPV6": 58, "SCTP": 132}
+
+ALLOW_POLICY = "ALLOW_POLICY"
+ALLOW_NOT_ISOLATED = "ALLOW_NOT_ISOLATED"
+ALLOW_HOST = "ALLOW_HOST"
+DROP_POLICY = "DROP_POLICY"
+NOT_ENFORCED = "NOT_ENFORCED"  # not a datapath reason: the side is not an endpoint at all
+
+
+@dataclass(frozen=True)
+class HalfVerdict:
+    """One hook's decision (the egress hook of the source or the ingress hook of the destination)."""
+
+    allowed: bool
+    reason: str  # a reason name of the datapath's table, or NOT_ENFORCED
+    direction: int
+    endpoint: str | None  # "ns/name", None when not enforced
+    peer: str  # the peer address
+    peer_identity: int = ID_WORLD
+    peer_cidr_identity: int = 0
+    matched: PolicyEntryKey | None = None
+    rule: RuleRef | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    egress: HalfVerdict  # at the source
+    ingress: HalfVerdict  # at the destination
+
+    @property
+    def deciding(self) -> HalfVerdict:
+        """The half that dropped it (egress first), or the ingress half when allowed."""
+        if not self.egress.allowed:
+            return self.egress
+        return self.ingress
+
+
+def parse_proto(proto: int | str) -> int:
+    if isinstance(proto, int):
+        return proto
+    try:
+        return PROTO_NUMBERS[proto.upper()]
+    except KeyError:
+        raise ValueError(f"unknown protocol {proto!r}") from None
+
+
+def ipcache_lookup(desired: NodeDesired, addr: IPAddress | str) -> tuple[int, int]:
+    """LPM of addr in the node's ipcache -> (identity, cidr_identity)."""
+    a = ipaddress.ip_address(addr) if isinstance(addr, str) else addr
+    for plen in range(a.max_prefixlen, -1, -1):
+        net = ipaddress.ip_network(f"{a}/{plen}", strict=False)
+        hit = desired.ipcache.get(net)
+        if hit is not None:
+            return hit
+    return (ID_WORLD, 0)
+
+
+def policy_lpm(
+    entries: Mapping[PolicyEntryKey, PolicyEntryValue], direction: int, identity: int, proto: int, port: int
+) -> tuple[PolicyEntryKey, PolicyEntryValue] | None:
+    """Longest-prefix match on (proto, port) for one peer identity, as the vg_policy LPM trie does."""
+    for plen in range(16, -1, -1):
+        mask = (0xFFFF << (16 - plen)) & 0xFFFF
+        key = PolicyEntryKey(direction, identity, proto, port & mask, plen)
+        v = entries.get(key)
+        if v is not None:
+            return key, v
+    key = PolicyEntryKey(direction, identity, 0, 0, 0)
+    v = entries.get(key)
+    if v is not None:
+        return key, v
+    return None
+
+
+def endpoint_verdict(
+    desired: NodeDesired, endpoint: str, direction: int, peer: IPAddress | str, proto: int | str, port: int
+) -> HalfVerdict:
+    """The decision of one endpoint's hook for a new flow with `peer` (see the module docstring)."""
+    ep = desired.endpoints.get(endpoint)
+    if ep is None:
+        raise LookupError(f"{endpoint} is not an endpoint of this node")
+    p = parse_proto(proto)
+    addr = ipaddress.ip_address(peer) if isinstance(peer, str) else peer
+    ident, cidr_ident = ipcache_lookup(desired, addr)
+
+    def half(
+        allowed: bool, reason: str, matched: PolicyEntryKey | None = None, rule: RuleRef | None = None
+    ) -> HalfVerdict:
+        return HalfVerdict(allowed, reason, direction, endpoint, str(addr), ident, cidr_ident, matched, rule)
+
+    if ident == ID_HOST:
+        return half(True, ALLOW_HOST)
+    isolated = ep.ingress_isolated if direction == DIR_INGRESS else ep.egress_isolated
+    if not isolated:
+        return half(True, ALLOW_NOT_ISOLATED)
+    levels = [ident]
+    if cidr_ident and cidr_ident not in levels:
+        levels.append(cidr_ident)
+    if ID_ANY not in levels:
+        levels.append(ID_ANY)
+    for level in levels:
+        hit = policy_lpm(ep.entries, direction, level, p, port)
+        if hit is not None:
+            key, value = hit
+            allowed = value.verdict == VERDICT_ALLOW
+            return half(
+                allowed, ALLOW_POLICY if allowed else DROP_POLICY, key, desired.rules.get(value.rule_ref)
+            )
+    return half(False, DROP_POLICY)
+
+
+def _resolve(desired: NodeDesired | None, who: str, family: int) -> tuple[EndpointDesired | None, IPAddress]:
+    """(endpoint or None, address) of a side given as "ns/name" or an IP address."""
+    try:
+        addr = ipaddress.ip_address(who)
+    except ValueError:
+        addr = None
+    if addr is None:
+        if desired is None or who not in desired.endpoints:
+            raise LookupError(f"{who} is not an endpoint of the given NodeDesired")
+        ep = desired.endpoints[who]
+        ip = ep.ipv4 if family == 4 else ep.ipv6
+        if ip is None:
+            raise LookupError(f"{who} has no IPv{family} address")
+        return ep, ipaddress.ip_address(ip)
+    if desired is not None:
+        for ep in desired.endpoints.values():
+            if str(addr) in (ep.ipv4, ep.ipv6):
+                return ep, addr
+    return None, addr
+
+
+def verdict(
+    src_desired: NodeDesired | None,
+    dst_desired: NodeDesired | None,
+    src: str,
+    dst: str,
+    proto: int | str,
+    port: int,
+    family: int | None = None,
+) -> Verdict:
+    """Would a new connection src -> dst:port/proto be allowed? (module docstring has the rules)
+
+    `family` (4 or 6) picks the pods' addresses; default: the family of an IP given as src or
+    dst, else 4.
+    """
+    if family is None:
+        family = 4
+        for who in (src, dst):
+            try:
+                family = ipaddress.ip_address(who).version
+                break
+            except ValueError:
+                continue
+    src_ep, src_addr = _resolve(src_desired, src, family)
+    dst_ep, dst_addr = _resolve(dst_desired, dst, family)
+    if src_addr.version != dst_addr.version:
+        raise ValueError(f"address families differ: {src_addr} -> {dst_addr}")
+    if src_ep is not None and src_desired is not None:
+        eg = endpoint_verdict(src_desired, src_ep.pod, DIR_EGRESS, dst_addr, proto, port)
+    else:
+        eg = HalfVerdict(True, NOT_ENFORCED, DIR_EGRESS, None, str(dst_addr))
+    if dst_ep is not None and dst_desired is not None:
+        ing = endpoint_verdict(dst_desired, dst_ep.pod, DIR_INGRESS, src_addr, proto, port)
+    else:
+        ing = HalfVerdict(True, NOT_ENFORCED, DIR_INGRESS, None, str(src_addr))
+    return Verdict(eg.allowed and ing.allowed, eg, ing)
