@@ -1,0 +1,413 @@
+"""The agent loop with fake sources, compute, discovery and datapath (no root, no kernel)."""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from controller import agent as agent_mod
+from controller.agent import Agent, AgentConfig
+from controller.endpoints import Discovered
+from controller.mapstate import EndpointDesired, NodeDesired, PolicyError
+from controller.metrics import Metrics
+from controller.sources import Event, KindSnapshot, Snapshot
+
+KINDS = ("Namespace", "Pod", "NetworkPolicy", "Node")
+
+
+class FakeSources:
+    def __init__(self) -> None:
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.objects: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
+        self.rv = {k: "1" for k in KINDS}
+        self.cv = {k: 0 for k in KINDS}
+        self.synced = True
+        self.started = self.stopped = False
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    @property
+    def has_synced(self) -> bool:
+        return self.synced
+
+    def snapshot(self) -> Snapshot:
+        with self.lock:
+            return Snapshot(
+                {
+                    k: KindSnapshot(tuple(self.objects[k].values()), self.rv[k], self.cv[k], self.synced)
+                    for k in KINDS
+                }
+            )
+
+    def put(self, kind: str, key: str, obj: dict[str, Any] | None, rv: int) -> None:
+        with self.lock:
+            if obj is None:
+                self.objects[kind].pop(key, None)
+            else:
+                self.objects[kind][key] = obj
+            self.cv[kind] += 1
+            for k in KINDS:  # the lab bookmarks every watch after each write
+                self.rv[k] = str(rv)
+        self.events.put(Event(kind, "DELETED" if obj is None else "ADDED", key, obj, str(rv)))  # type: ignore[arg-type]
+
+    def bookmark(self, rv: int) -> None:
+        with self.lock:
+            for k in KINDS:
+                self.rv[k] = str(rv)
+        self.events.put(Event("Pod", "BOOKMARK", "", None, str(rv)))
+
+
+def pod(name: str, ip: str, node: str = "node-1", ns: str = "x") -> dict[str, Any]:
+    return {"metadata": {"namespace": ns, "name": name}, "spec": {"nodeName": node}, "status": {"podIP": ip}}
+
+
+class FakeCluster:
+    def __init__(self, ns: Sequence[Any], pods: Sequence[Any], pols: Sequence[Any], nodes: Sequence[Any]):
+        self.pods = list(pods)
+        self.policies = list(pols)
+        self.errors = [
+            PolicyError(f"NetworkPolicy x/{p['metadata']['name']}", "spec.ingress[0]", "bad")
+            for p in pols
+            if p.get("bad")
+        ]
+
+
+def fake_compute(calls: list[str]) -> Callable[[Any, str], NodeDesired]:
+    def compute(cluster: FakeCluster, node: str) -> NodeDesired:
+        calls.append(node)
+        if any(p.get("explode") for p in cluster.policies):
+            raise RuntimeError("compiler bug")
+        eps = {
+            f"{p['metadata']['namespace']}/{p['metadata']['name']}": EndpointDesired(
+                pod=f"{p['metadata']['namespace']}/{p['metadata']['name']}",
+                identity=256,
+                ingress_isolated=bool(cluster.policies),
+                egress_isolated=False,
+                ipv4=p["status"]["podIP"],
+                ipv6=None,
+                entries={},
+            )
+            for p in cluster.pods
+            if p["spec"]["nodeName"] == node
+        }
+        return NodeDesired(endpoints=eps, ipcache={}, rules={}, identities={})
+
+    return compute
+
+
+class FakeDiscovery:
+    def __init__(self) -> None:
+        self.routes: dict[str, int] = {}
+        self.fail = False
+
+    def discover(self, pod_ips: Mapping[str, Sequence[str]]) -> Discovered:
+        if self.fail:
+            raise OSError("netlink down")
+        out = Discovered()
+        for p, ips in sorted(pod_ips.items()):
+            idx = next((self.routes[i] for i in ips if i in self.routes), None)
+            if idx is None:
+                out.missing.append(p)
+            else:
+                out.pod_ifindex[p] = idx
+        return out
+
+
+class FakeDatapath:
+    def __init__(self) -> None:
+        self.attached: set[int] = set()
+        self.calls: list[tuple[str, Any]] = []
+        self.syncs: list[tuple[NodeDesired, dict[str, int]]] = []
+        self.fail_sync = False
+        self.closed = False
+
+    def attach(self, ifindex: int) -> None:
+        self.calls.append(("attach", ifindex))
+        self.attached.add(ifindex)
+
+    def detach(self, ifindex: int) -> None:
+        self.calls.append(("detach", ifindex))
+        self.attached.discard(ifindex)
+
+    def sync(self, desired: NodeDesired, pod_ifindex: Mapping[str, int]) -> dict[str, int]:
+        if self.fail_sync:
+            raise OSError("map update failed: E2BIG")
+        self.syncs.append((desired, dict(pod_ifindex)))
+        return {"added": len(desired.endpoints)}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Rig:
+    def __init__(self, **cfg: Any) -> None:
+        self.sources = FakeSources()
+        self.dp = FakeDatapath()
+        self.disc = FakeDiscovery()
+        self.compute_calls: list[str] = []
+        self.metrics = Metrics()
+        self.factory_failures = 0
+        config = AgentConfig(node="node-1", health_addr=None, **cfg)
+        self.agent = Agent(
+            config,
+            self.sources,
+            datapath_factory=self._factory,
+            build_cluster=FakeCluster,
+            compute=fake_compute(self.compute_calls),
+            discovery=self.disc,
+            metrics=self.metrics,
+        )
+        self.agent.interface_exists = lambda ifindex: True
+        self.thread: threading.Thread | None = None
+
+    def _factory(self, node: str, pin_root: str) -> FakeDatapath:
+        if self.factory_failures:
+            self.factory_failures -= 1
+            raise RuntimeError("bcc: kernel headers not found")
+        return self.dp
+
+    def open(self) -> Agent:
+        assert self.agent._open_datapath()
+        return self.agent
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self.agent.run, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.agent.stop()
+        if self.thread:
+            self.thread.join(5)
+            assert not self.thread.is_alive()
+        self.agent.close()
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.01)
+    raise AssertionError("condition not reached in time")
+
+
+@pytest.fixture
+def rig() -> Rig:
+    return Rig()
+
+
+def test_a_pass_attaches_local_pod_veths_syncs_and_publishes_the_generation(rig: Rig):
+    rig.sources.put("Pod", "x/a", pod("a", "10.244.1.2"), 5)
+    rig.sources.put("Pod", "x/b", pod("b", "10.244.2.2", node="node-2"), 6)
+    rig.disc.routes = {"10.244.1.2": 11}
+    agent = rig.open()
+    assert agent.reconcile(full=True)
+    assert rig.dp.attached == {11}
+    desired, pod_ifindex = rig.dp.syncs[-1]
+    assert list(desired.endpoints) == ["x/a"] and pod_ifindex == {"x/a": 11}
+    st = agent.status()
+    assert st["ready"] and st["realized_generation"] == 6 and st["endpoints"] == 1 and st["attached"] == 1
+    assert st["node"] == "node-1" and st["errors"] == [] and st["last_sync_seconds"] is not None
+
+
+def test_the_generation_is_the_minimum_over_kinds_of_what_the_caches_held(rig: Rig):
+    rig.sources.put("Pod", "x/a", pod("a", "10.244.1.2"), 9)
+    rig.sources.rv["Node"] = "7"  # the Node watch has not caught up yet
+    agent = rig.open()
+    agent.reconcile()
+    assert agent.realized_generation == 7
+
+
+def test_a_failed_sync_does_not_advance_the_generation_and_is_retried(rig: Rig):
+    agent = rig.open()
+    rig.sources.put("Pod", "x/a", pod("a", "10.244.1.2"), 3)
+    assert agent.reconcile()
+    rig.dp.fail_sync = True
+    rig.sources.put("Pod", "x/b", pod("b", "10.244.1.3"), 4)
+    assert not agent.reconcile()
+    st = agent.status()
+    assert st["realized_generation"] == 3
+    assert st["errors"][0]["field"] == "sync" and "E2BIG" in st["errors"][0]["message"]
+    assert rig.metrics.sync_operations_total.labels(kind="incremental", result="error")._value.get() == 1
+    rig.dp.fail_sync = False
+    assert agent.reconcile()
+    assert agent.status()["realized_generation"] == 4 and agent.status()["errors"] == []
+
+
+def test_a_bookmark_alone_advances_the_generation_without_recompute_or_sync(rig: Rig):
+    agent = rig.open()
+    rig.sources.put("Pod", "x/a", pod("a", "10.244.1.2"), 3)
+    agent.reconcile()
+    computes, syncs = len(rig.compute_calls), len(rig.dp.syncs)
+    rig.sources.bookmark(8)
+    agent.reconcile()
+    assert agent.realized_generation == 8
+    assert (len(rig.compute_calls), len(rig.dp.syncs)) == (computes, syncs)
+
+
+def test_a_veth_that_appears_later_is_attached_and_synced(rig: Rig):
+    agent = rig.open()
+    rig.sources.put("Pod", "x/a", pod("a", "10.244.1.2"), 3)
+    agent.reconcile()
+    assert rig.dp.attached == set() and agent.status()["pods_without_veth"] == ["x/a"]
+    rig.disc.routes = {"10.244.1.2": 12}
+    agent.reconcile()
+    assert rig.dp.attached == {12} and rig.dp.syncs[-1][1] == {"x/a": 12}
+
+
+def test_the_veth_of_a_deleted_pod_is_detached(rig: Rig):
+    agent = rig.open()
+    rig.sources.put("Pod", "x/a", pod("a", "10.244.1.2"), 3)
+    rig.disc.routes = {"10.244.1.2": 12}
+    agent.reconcile()
+    rig.sources.put("Pod", "x/a", None, 4)
+    agent.reconcile()
+    assert ("detach", 12) in rig.dp.calls and agent.status()["attached"] == 0
+
+
+def test_a_full_resync_reattaches_every_veth_and_syncs_even_without_changes(rig: Rig):
+    agent = rig.open()
+    rig.sources.put("Pod", "x/a", pod("a", "10.244.1.2"), 3)
+    rig.disc.routes = {"10.244.1.2": 12}
+    agent.reconcile()
+    syncs = len(rig.dp.syncs)
+    agent.reconcile()
+    assert len(rig.dp.syncs) == syncs  # nothing changed: no sync
+    agent.reconcile(full=True)
+    assert rig.dp.calls.count(("attach", 12)) == 2 and len(rig.dp.syncs) == syncs + 1
+
+
+def test_a_compute_failure_is_reported_and_the_last_state_stays_enforced(rig: Rig):
+    agent = rig.open()
+    rig.sources.put("Pod", "x/a", pod("a", "10.244.1.2"), 3)
+    agent.reconcile()
+    rig.sources.put("NetworkPolicy", "x/p", {"metadata": {"name": "p"}, "explode": True}, 4)
+    assert not agent.reconcile()
+    st = agent.status()
+    assert st["realized_generation"] == 3 and st["errors"][0]["field"] == "compute"
+    assert ("detach", 12) not in rig.dp.calls
+    rig.sources.put("NetworkPolicy", "x/p", None, 5)
+    assert agent.reconcile() and agent.status()["realized_generation"] == 5
+
+
+def test_invalid_objects_are_reported_with_object_and_field_and_counted(rig: Rig):
+    agent = rig.open()
+    rig.sources.put("NetworkPolicy", "x/p", {"metadata": {"name": "p"}, "bad": True}, 4)
+    assert agent.reconcile()  # a bad policy never stops enforcement
+    st = agent.status()
+    assert st["errors"] == [{"object": "NetworkPolicy x/p", "field": "spec.ingress[0]", "message": "bad"}]
+    assert st["policy_errors"] == 1
+    assert rig.metrics.policy_errors._value.get() == 1
+
+
+def test_a_discovery_failure_is_retried_without_losing_attachments(rig: Rig):
+    agent = rig.open()
+    rig.sources.put("Pod", "x/a", pod("a", "10.244.1.2"), 3)
+    rig.disc.routes = {"10.244.1.2": 12}
+    agent.reconcile()
+    rig.disc.fail = True
+    assert not agent.reconcile()
+    assert rig.dp.attached == {12} and agent.status()["errors"][0]["field"] == "discover"
+
+
+def test_the_loop_coalesces_events_and_stops_without_detaching(rig: Rig):
+    rig.sources.put("Pod", "x/a", pod("a", "10.244.1.2"), 2)
+    rig.disc.routes = {"10.244.1.2": 12, "10.244.1.3": 13}
+    rig.start()
+    wait_for(lambda: rig.agent.status()["ready"])
+    syncs = len(rig.dp.syncs)
+    for i in range(20):  # a burst
+        rig.sources.put("Pod", f"x/p{i}", pod(f"p{i}", f"10.244.9.{i}"), 10 + i)
+    rig.sources.put("Pod", "x/b", pod("b", "10.244.1.3"), 40)
+    wait_for(lambda: rig.agent.status()["realized_generation"] == 40)
+    assert len(rig.dp.syncs) - syncs <= 3
+    assert rig.dp.attached == {12, 13}
+    rig.stop()
+    assert rig.dp.closed and rig.sources.stopped
+    assert not any(c[0] == "detach" for c in rig.dp.calls)
+
+
+def test_the_loop_rescans_routes_so_a_late_veth_is_attached_within_a_second():
+    rig = Rig(rescan_seconds=0.1)
+    rig.sources.put("Pod", "x/a", pod("a", "10.244.1.2"), 2)
+    rig.start()
+    wait_for(lambda: rig.agent.status()["ready"])
+    rig.disc.routes = {"10.244.1.2": 12}
+    wait_for(lambda: rig.dp.attached == {12}, timeout=2)
+    rig.stop()
+
+
+def test_the_loop_runs_a_periodic_full_resync():
+    rig = Rig(resync_seconds=0.2)
+    rig.sources.put("Pod", "x/a", pod("a", "10.244.1.2"), 2)
+    rig.disc.routes = {"10.244.1.2": 12}
+    rig.start()
+    wait_for(lambda: rig.dp.calls.count(("attach", 12)) >= 3, timeout=3)
+    assert rig.metrics.sync_operations_total.labels(kind="full", result="ok")._value.get() >= 3
+    rig.stop()
+
+
+def test_the_loop_waits_for_the_initial_list_before_the_first_sync():
+    rig = Rig()
+    rig.sources.synced = False
+    rig.start()
+    time.sleep(0.2)
+    assert rig.dp.syncs == [] and not rig.agent.status()["ready"]
+    assert rig.agent.live()
+    rig.sources.synced = True
+    wait_for(lambda: rig.agent.status()["ready"])
+    rig.stop()
+
+
+def test_a_datapath_that_fails_to_load_is_retried_and_reported(monkeypatch):
+    rig = Rig()
+    rig.factory_failures = 1
+    rig.start()
+    wait_for(lambda: any(e["field"] == "datapath" for e in rig.agent.status()["errors"]), timeout=2)
+    assert not rig.agent.status()["ready"]
+    wait_for(lambda: rig.agent.status()["ready"], timeout=5)
+    assert rig.agent.status()["errors"] == []
+    rig.stop()
+
+
+def test_a_failing_sync_in_the_loop_is_retried_with_backoff_and_recovers():
+    rig = Rig(rescan_seconds=0.05)
+    rig.dp.fail_sync = True
+    rig.sources.put("Pod", "x/a", pod("a", "10.244.1.2"), 2)
+    rig.start()
+    wait_for(lambda: rig.metrics.agent_errors_total.labels(stage="sync")._value.get() >= 2, timeout=3)
+    assert not rig.agent.status()["ready"]
+    rig.dp.fail_sync = False
+    wait_for(lambda: rig.agent.status()["ready"], timeout=5)
+    rig.stop()
+
+
+def test_the_agent_subcommand_registers_its_options_and_a_func():
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    agent_mod.register(sub)
+    args = parser.parse_args(["agent", "--node", "node-1", "--resync-seconds", "5"])
+    assert args.func is agent_mod.run_cli
+    assert args.node == "node-1" and args.resync_seconds == 5.0
+    assert args.pin_root == "/sys/fs/bpf/vethguard" and args.health_addr == "127.0.0.1:9890"
+    assert args.kubeconfig is None
+
+
+def test_the_agent_command_without_a_node_exits_with_a_clear_message(capsys, monkeypatch):
+    monkeypatch.delenv("NODE_NAME", raising=False)
+    parser = argparse.ArgumentParser()
+    agent_mod.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["agent"])
+    assert agent_mod.run_cli(args) == 2
+    assert "--node" in capsys.readouterr().err
