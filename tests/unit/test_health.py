@@ -1,0 +1,125 @@
+"""The health/status HTTP server."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from controller.errors import VethguardError
+from controller.health import HealthProbes, HealthServer, parse_addr
+from controller.metrics import Metrics
+
+
+class State:
+    def __init__(self) -> None:
+        self.live = True
+        self.ready = False
+        self.metrics = Metrics()
+        self.metrics.realized_generation.set(42)
+        self.metrics.watch_restarts_total.labels(kind="Pod", reason="expired").inc()
+        self.status: dict[str, Any] = {
+            "node": "node-1",
+            "ready": False,
+            "realized_generation": 0,
+            "endpoints": 0,
+            "attached": 0,
+            "errors": [],
+            "last_sync_seconds": None,
+        }
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[State, str]]:
+    st = State()
+    probes = HealthProbes(
+        live=lambda: st.live, ready=lambda: st.ready, status=lambda: st.status, metrics=st.metrics.exposition
+    )
+    srv = HealthServer("127.0.0.1:0", probes).start()
+    host, port = srv.address
+    yield st, f"http://{host}:{port}"
+    srv.stop()
+
+
+def get(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.headers.get("Content-Type", ""), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type", ""), e.read().decode()
+
+
+def test_livez_is_200_while_the_loop_is_alive_and_503_when_it_stalls(served):
+    st, url = served
+    assert get(url + "/livez")[0] == 200
+    st.live = False
+    assert get(url + "/livez")[0] == 503
+
+
+def test_readyz_is_503_until_the_first_sync_then_200(served):
+    st, url = served
+    assert get(url + "/readyz")[0] == 503
+    st.ready = True
+    assert get(url + "/readyz")[0] == 200
+
+
+def test_status_is_the_documented_json(served):
+    st, url = served
+    st.status.update(ready=True, realized_generation=7, endpoints=3, attached=3)
+    st.status["errors"] = [{"object": "NetworkPolicy x/p", "field": "spec.ingress[0]", "message": "bad"}]
+    code, ctype, body = get(url + "/status")
+    assert code == 200 and ctype == "application/json"
+    doc = json.loads(body)
+    assert {"node", "ready", "realized_generation", "endpoints", "attached", "errors"} <= set(doc)
+    assert doc["realized_generation"] == 7 and doc["errors"][0]["field"] == "spec.ingress[0]"
+
+
+def test_metrics_are_the_prometheus_exposition_of_the_dedicated_registry(served):
+    _, url = served
+    code, ctype, body = get(url + "/metrics")
+    assert code == 200 and ctype.startswith("text/plain")
+    assert "vethguard_agent_realized_generation 42.0" in body
+    assert 'vethguard_sources_watch_restarts_total{kind="Pod",reason="expired"} 1.0' in body
+    assert "vethguard_policy_compute_seconds_bucket" in body
+    assert "python_gc" not in body  # not the global default registry
+
+
+def test_an_unknown_path_is_404(served):
+    _, url = served
+    assert get(url + "/nope")[0] == 404
+
+
+def test_a_probe_that_raises_gives_500_and_the_server_keeps_serving():
+    def boom() -> bool:
+        raise RuntimeError("probe bug")
+
+    probes = HealthProbes(live=boom, ready=lambda: True, status=dict, metrics=lambda: b"")
+    srv = HealthServer("127.0.0.1:0", probes).start()
+    try:
+        url = "http://{}:{}".format(*srv.address)
+        assert get(url + "/livez")[0] == 500
+        assert get(url + "/readyz")[0] == 200
+    finally:
+        srv.stop()
+
+
+def test_health_addresses_parse_and_bad_ones_are_clear_errors():
+    assert parse_addr("127.0.0.1:9890") == ("127.0.0.1", 9890)
+    assert parse_addr("[::1]:9890") == ("::1", 9890)
+    assert parse_addr(":9890") == ("127.0.0.1", 9890)
+    with pytest.raises(VethguardError, match="HOST:PORT"):
+        parse_addr("localhost")
+
+
+def test_a_busy_port_is_a_clear_error():
+    probes = HealthProbes(live=lambda: True, ready=lambda: True, status=dict, metrics=lambda: b"")
+    first = HealthServer("127.0.0.1:0", probes)
+    try:
+        with pytest.raises(VethguardError, match="cannot serve"):
+            HealthServer(f"127.0.0.1:{first.address[1]}", probes)
+    finally:
+        first.stop()
