@@ -1,0 +1,207 @@
+"""Compile and load the tc programs once per node with bcc, maps pinned under the node's dir.
+
+Environment checks come first and fail with a message that says exactly what to do: kernel
+headers (bcc needs /lib/modules/$(uname -r)/build), bpffs at /sys/fs/bpf, and bcc itself.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from controller.datapath import maps
+from controller.datapath.sources import bpf_source_dir
+from controller.errors import VethguardError
+
+BPFFS = "/sys/fs/bpf"
+PROGRAMS = ("from_pod", "to_pod", "passthrough")
+_NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+# Expected (key_size, value_size) of every pinned map; an older layout must not be reused.
+EXPECTED_LAYOUT: dict[str, tuple[int, int]] = {
+    "vg_endpoints": (4, ctypes.sizeof(maps.EndpointInfo)),
+    "vg_ipcache4": (ctypes.sizeof(maps.Ipcache4Key), ctypes.sizeof(maps.IpcacheValue)),
+    "vg_ipcache6": (ctypes.sizeof(maps.Ipcache6Key), ctypes.sizeof(maps.IpcacheValue)),
+    "vg_policy": (ctypes.sizeof(maps.PolicyKey), ctypes.sizeof(maps.PolicyValue)),
+    "vg_ct": (ctypes.sizeof(maps.CtKey), ctypes.sizeof(maps.CtValue)),
+    "vg_frag": (ctypes.sizeof(maps.FragKey), ctypes.sizeof(maps.FragValue)),
+    "vg_config": (4, ctypes.sizeof(maps.Config)),
+    "vg_counters": (ctypes.sizeof(maps.CounterKey), ctypes.sizeof(maps.CounterValue)),
+    "vg_evrate": (4, ctypes.sizeof(maps.EvrateState)),
+}
+
+
+def import_bcc() -> ModuleType:
+    """Debian ships bcc for the system python only; a venv reaches it through dist-packages."""
+    try:
+        import bcc
+    except ImportError:
+        dist = "/usr/lib/python3/dist-packages"
+        if dist not in sys.path:
+            sys.path.append(dist)
+        try:
+            import bcc
+        except ImportError as e:
+            raise VethguardError(
+                "bcc is not importable: install it with `apt-get install python3-bpfcc` "
+                f"(looked in sys.path and {dist}): {e}"
+            ) from e
+    return bcc
+
+
+def check_kernel_headers(release: str | None = None, modules_root: str = "/lib/modules") -> Path:
+    """Return the kernel build dir bcc will use, or explain how to provide one."""
+    release = release or os.uname().release
+    build = Path(modules_root) / release / "build"
+    if (build / "include").is_dir() or (build / "arch").is_dir():
+        return build
+    candidates = sorted(glob.glob("/usr/src/linux-headers-*-amd64")) or sorted(
+        glob.glob("/usr/src/linux-headers-*")
+    )
+    if candidates:
+        hdr = candidates[-1]
+        raise VethguardError(
+            f"kernel headers for {release} are missing: {build} does not exist. bcc needs them to "
+            f"compile the tc programs. Headers from {hdr} work (the programs use UAPI headers only); "
+            f"link them with:\n  mkdir -p {build.parent} && ln -sfn {hdr} {build} && "
+            f"ln -sfn {hdr} {build.parent / 'source'}"
+        )
+    raise VethguardError(
+        f"kernel headers for {release} are missing: {build} does not exist and no "
+        "/usr/src/linux-headers-* is installed. Install Debian's headers with "
+        "`apt-get install linux-headers-amd64` and link them: "
+        f"ln -sfn /usr/src/linux-headers-<version>-amd64 {build} (and the same for "
+        f"{build.parent / 'source'})"
+    )
+
+
+def check_bpffs(path: str = BPFFS) -> None:
+    """Pinning needs a bpf filesystem mounted at /sys/fs/bpf in this mount namespace."""
+    try:
+        with open("/proc/self/mounts") as f:
+            mounts = [line.split() for line in f]
+    except OSError as e:
+        raise VethguardError(f"cannot read /proc/self/mounts: {e}") from e
+    if not any(len(m) > 2 and m[1] == path and m[2] == "bpf" for m in mounts):
+        raise VethguardError(
+            f"no bpf filesystem is mounted at {path}; pinned maps need it. Mount it with "
+            f"`mount -t bpf bpf {path}` (in Kubernetes: a hostPath volume of {path} with "
+            "mountPropagation: Bidirectional)"
+        )
+
+
+def pin_dir_for(node: str, pin_root: str) -> Path:
+    if not _NODE_RE.match(node):
+        raise VethguardError(f"node name {node!r} cannot name a pin directory (use [A-Za-z0-9._-])")
+    return Path(pin_root) / node
+
+
+_INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+
+
+def inline_sources(entry: Path, search: Path) -> str:
+    """Paste local #include "..." files into one text.
+
+    bcc only rewrites map method calls (vg_ct.lookup(...)) in the main file, not in included
+    headers, so the lib/*.h helpers must become part of the main file. #line directives keep
+    compiler and verifier messages pointing at the real file and line.
+    """
+    seen: set[Path] = set()
+    out: list[str] = []
+
+    def visit(path: Path) -> None:
+        path = path.resolve()
+        if path in seen:
+            return
+        seen.add(path)
+        out.append(f'#line 1 "{path}"')
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            m = _INCLUDE_RE.match(line)
+            if not m:
+                out.append(line)
+                continue
+            target = path.parent / m.group(1)
+            if not target.is_file():
+                target = search / m.group(1)
+            if not target.is_file():
+                raise VethguardError(f"{path}:{n}: include {m.group(1)!r} not found")
+            visit(target)
+            out.append(f'#line {n + 1} "{path}"')
+
+    visit(entry)
+    return "\n".join(out) + "\n"
+
+
+def check_pinned_layout(pin_dir: Path) -> None:
+    """Refuse to reuse pinned maps whose layout differs from this build's (silent corruption)."""
+    for name, (ks, vs) in EXPECTED_LAYOUT.items():
+        path = pin_dir / name
+        if not path.exists():
+            continue
+        m = maps.BpfMap.open_pinned(str(path))
+        try:
+            if (m.key_size, m.value_size) != (ks, vs):
+                raise VethguardError(
+                    f"pinned map {path} has key/value sizes {m.key_size}/{m.value_size}, this version "
+                    f"needs {ks}/{vs} (map layout changed). Remove the old pins with `rm -r {pin_dir}` "
+                    "(established connections of this node will be re-evaluated as new flows)"
+                )
+        finally:
+            m.close()
+
+
+@dataclass
+class Loaded:
+    """The compiled program set of one node."""
+
+    bpf: Any  # bcc.BPF
+    pin_dir: Path
+    prog_fds: dict[str, int]
+    maps: dict[str, maps.BpfMap] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for m in self.maps.values():
+            m.close()
+        self.maps.clear()
+        self.bpf.cleanup()
+
+
+def load(node: str, pin_root: str = "/sys/fs/bpf/vethguard", extra_cflags: tuple[str, ...] = ()) -> Loaded:
+    """Compile once with bcc, pin/reuse the node's maps, load the three SCHED_CLS programs."""
+    bcc = import_bcc()
+    check_kernel_headers()
+    check_bpffs()
+    pin_dir = pin_dir_for(node, pin_root)
+    pin_dir.mkdir(parents=True, exist_ok=True)
+    check_pinned_layout(pin_dir)
+
+    src_dir = bpf_source_dir()
+    text = inline_sources(src_dir / "vethguard.c", src_dir)
+    cflags = [
+        f'-DPIN_DIR="{pin_dir}"',
+        f"-I{src_dir}",
+        "-Wno-unused-function",
+        *extra_cflags,
+    ]
+    try:
+        b = bcc.BPF(text=text, cflags=cflags)
+    except Exception as e:  # bcc raises bare Exception with the compiler output on stderr
+        raise VethguardError(f"compiling the tc programs failed (see compiler output above): {e}") from e
+    try:
+        fds = {name: b.load_func(name, bcc.BPF.SCHED_CLS).fd for name in PROGRAMS}
+    except Exception as e:
+        b.cleanup()
+        raise VethguardError(f"the kernel refused the tc programs (verifier log above): {e}") from e
+    loaded = Loaded(bpf=b, pin_dir=pin_dir, prog_fds=fds)
+    for name in maps.MAP_NAMES:
+        if name == "vg_events":
+            continue  # a ring buffer has no elements to read through bpf(2) map ops
+        loaded.maps[name] = maps.BpfMap.open_pinned(str(pin_dir / name))
+    return loaded

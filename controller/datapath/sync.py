@@ -1,0 +1,257 @@
+"""Turn NodeDesired into concrete map contents and apply the difference to the kernel.
+
+Ordering is what keeps allowed traffic flowing during an update:
+  1. adds and updates, dependencies first (ipcache, policy, then endpoints: an endpoint only
+     becomes isolated once the entries that allow its traffic are present);
+  2. deletes, dependents first (endpoints, policy, ipcache);
+  3. bump vg_config.revision, so established flows re-check against the final state only.
+An allowed flow therefore never sees an intermediate state that is narrower than both the old
+and the new policy. Everything up to `plan()` is pure and tested without root.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from controller.datapath import maps
+from controller.mapstate import NodeDesired, PolicyEntryKey, PolicyEntryValue
+
+log = logging.getLogger(__name__)
+
+# Maps managed by sync, in dependency order (what must exist before what refers to it).
+SYNCED_MAPS = ("vg_ipcache4", "vg_ipcache6", "vg_policy", "vg_endpoints")
+
+OpKind = Literal["add", "update", "delete"]
+
+
+@dataclass(frozen=True)
+class Op:
+    kind: OpKind
+    map: str
+    key: bytes
+    value: bytes | None = None
+
+
+KV = Mapping[bytes, bytes]
+
+
+def diff(map_name: str, desired: KV, current: KV) -> tuple[list[Op], list[Op]]:
+    """(adds+updates, deletes) turning `current` into `desired` for one map; sorted for determinism."""
+    upserts: list[Op] = []
+    deletes: list[Op] = []
+    for k in sorted(desired):
+        v = desired[k]
+        old = current.get(k)
+        if old is None:
+            upserts.append(Op("add", map_name, k, v))
+        elif old != v:
+            upserts.append(Op("update", map_name, k, v))
+    for k in sorted(current):
+        if k not in desired:
+            deletes.append(Op("delete", map_name, k))
+    return upserts, deletes
+
+
+def plan(desired: Mapping[str, KV], current: Mapping[str, KV]) -> list[Op]:
+    """All operations for all synced maps, in the safe order (see module doc)."""
+    upserts: list[Op] = []
+    deletes: list[Op] = []
+    per_map = {name: diff(name, desired.get(name, {}), current.get(name, {})) for name in SYNCED_MAPS}
+    for name in SYNCED_MAPS:
+        upserts += per_map[name][0]
+    for name in reversed(SYNCED_MAPS):
+        deletes += per_map[name][1]
+    return upserts + deletes
+
+
+def endpoint_flags(ingress_isolated: bool, egress_isolated: bool) -> int:
+    return (maps.EP_F_INGRESS_ISOLATED if ingress_isolated else 0) | (
+        maps.EP_F_EGRESS_ISOLATED if egress_isolated else 0
+    )
+
+
+# A pod with a veth but no computed policy yet: drop everything but the always-allowed classes.
+PENDING_FLAGS = maps.EP_F_PENDING | maps.EP_F_INGRESS_ISOLATED | maps.EP_F_EGRESS_ISOLATED
+
+
+def desired_maps(desired: NodeDesired, pod_ifindex: Mapping[str, int]) -> dict[str, dict[bytes, bytes]]:
+    """Concrete key/value bytes per map. Endpoints are keyed by ifindex, with ep_id == ifindex.
+
+    Pods of `desired` without an ifindex (no veth yet) are skipped; pods with an ifindex but no
+    desired entry get a PENDING endpoint (fail closed until their policy is computed).
+    """
+    out: dict[str, dict[bytes, bytes]] = {name: {} for name in SYNCED_MAPS}
+    for pod, ifindex in pod_ifindex.items():
+        ep = desired.endpoints.get(pod)
+        if ep is None:
+            k, v = maps.encode_endpoint(ifindex, 0, PENDING_FLAGS, None, None)
+            out["vg_endpoints"][k] = v
+            continue
+        k, v = maps.encode_endpoint(
+            ifindex,
+            ep.identity,
+            endpoint_flags(ep.ingress_isolated, ep.egress_isolated),
+            ep.ipv4,
+            ep.ipv6,
+        )
+        out["vg_endpoints"][k] = v
+        for pk, pv in ep.entries.items():
+            kb, vb = maps.encode_policy(ifindex, pk, pv)
+            out["vg_policy"][kb] = vb
+    for net, (identity, cidr_identity) in desired.ipcache.items():
+        kb, vb = maps.encode_ipcache(net, identity, cidr_identity)
+        out["vg_ipcache4" if net.version == 4 else "vg_ipcache6"][kb] = vb
+    return out
+
+
+class MapLike(Protocol):
+    def items(self) -> dict[bytes, bytes]: ...
+    def update(self, key: bytes, value: bytes, flags: int = ...) -> None: ...
+    def delete(self, key: bytes) -> bool: ...
+    def keys(self) -> Iterable[bytes]: ...
+    def lookup(self, key: bytes) -> bytes | None: ...
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    adds: int
+    updates: int
+    deletes: int
+    revision: int  # vg_config revision after the sync
+    ct_deleted: int = 0  # conntrack entries of removed endpoints
+    ops: tuple[Op, ...] = field(default=(), repr=False)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.adds or self.updates or self.deletes)
+
+
+def read_revision(config: MapLike) -> int:
+    raw = config.lookup(maps.u32_key(0))
+    return maps.Config.from_bytes(raw).revision if raw else 0
+
+
+def bump_revision(config: MapLike) -> int:
+    raw = config.lookup(maps.u32_key(0))
+    cfg = maps.Config.from_bytes(raw) if raw else maps.Config()
+    cfg.revision = (cfg.revision + 1) & 0xFFFFFFFF or 1  # 0 is "never synced"
+    config.update(maps.u32_key(0), bytes(cfg))
+    return int(cfg.revision)
+
+
+def _ep_id_of_ct_key(kb: bytes) -> int:
+    return int(maps.CtKey.from_bytes(kb).ep_id)
+
+
+def _ep_id_of_counter_key(kb: bytes) -> int:
+    return int(maps.CounterKey.from_bytes(kb).ep_id)
+
+
+def apply(
+    desired: Mapping[str, KV], kernel: Mapping[str, MapLike], *, cleanup_removed: bool = True
+) -> SyncResult:
+    """Diff against what the kernel maps hold now and apply in the safe order."""
+    current = {name: kernel[name].items() for name in SYNCED_MAPS}
+    ops = plan(desired, current)
+    for op in ops:
+        m = kernel[op.map]
+        if op.kind == "delete":
+            m.delete(op.key)
+        else:
+            assert op.value is not None
+            m.update(op.key, op.value)
+    removed_eps = {
+        maps.EndpointInfo.from_bytes(current["vg_endpoints"][op.key]).ep_id
+        for op in ops
+        if op.kind == "delete" and op.map == "vg_endpoints"
+    }
+    revision = bump_revision(kernel["vg_config"]) if ops else read_revision(kernel["vg_config"])
+    ct_deleted = 0
+    if removed_eps and cleanup_removed:
+        # Flows of a deleted pod must not be matched if its ifindex is reused by a new pod.
+        if "vg_ct" in kernel:
+            for kb in kernel["vg_ct"].keys():
+                if _ep_id_of_ct_key(kb) in removed_eps:
+                    ct_deleted += kernel["vg_ct"].delete(kb)
+        if "vg_counters" in kernel:
+            for kb in kernel["vg_counters"].keys():
+                if _ep_id_of_counter_key(kb) in removed_eps:
+                    kernel["vg_counters"].delete(kb)
+    result = SyncResult(
+        adds=sum(op.kind == "add" for op in ops),
+        updates=sum(op.kind == "update" for op in ops),
+        deletes=sum(op.kind == "delete" for op in ops),
+        revision=revision,
+        ct_deleted=ct_deleted,
+        ops=tuple(ops),
+    )
+    if result.changed:
+        log.info(
+            "datapath sync: %d adds, %d updates, %d deletes, revision %d, %d ct entries removed",
+            result.adds,
+            result.updates,
+            result.deletes,
+            result.revision,
+            result.ct_deleted,
+        )
+    return result
+
+
+@dataclass(frozen=True)
+class KernelState:
+    """What the maps hold, decoded."""
+
+    revision: int
+    endpoints: dict[int, maps.Endpoint]  # by ifindex
+    ipcache: dict[maps.IPNetwork, tuple[int, int]]
+    policy: dict[tuple[int, PolicyEntryKey], PolicyEntryValue]  # (ep_id, key) -> value
+    ct: list[maps.CtEntry]
+
+
+def dump(kernel: Mapping[str, MapLike]) -> KernelState:
+    endpoints = {}
+    for kb, vb in kernel["vg_endpoints"].items().items():
+        ep = maps.decode_endpoint(kb, vb)
+        endpoints[ep.ifindex] = ep
+    ipcache: dict[maps.IPNetwork, tuple[int, int]] = {}
+    for name in ("vg_ipcache4", "vg_ipcache6"):
+        for kb, vb in kernel[name].items().items():
+            net, val = maps.decode_ipcache(kb, vb)
+            ipcache[net] = val
+    policy = {}
+    for kb, vb in kernel["vg_policy"].items().items():
+        ep_id, pk, pv = maps.decode_policy(kb, vb)
+        policy[(ep_id, pk)] = pv
+    ct = [maps.decode_ct(kb, vb) for kb, vb in kernel["vg_ct"].items().items()]
+    return KernelState(
+        revision=read_revision(kernel["vg_config"]),
+        endpoints=endpoints,
+        ipcache=ipcache,
+        policy=policy,
+        ct=ct,
+    )
+
+
+def counters(counter_map: maps.BpfMap) -> dict[tuple[int, int, int], tuple[int, int]]:
+    """(ep_id, reason, dir) -> (packets, bytes), summed over CPUs."""
+    out: dict[tuple[int, int, int], tuple[int, int]] = {}
+    for kb in counter_map.keys():
+        per_cpu = counter_map.lookup_percpu(kb)
+        if per_cpu is None:
+            continue
+        k = maps.CounterKey.from_bytes(kb)
+        pk = by = 0
+        for raw in per_cpu:
+            v = maps.CounterValue.from_bytes(raw)
+            pk += v.packets
+            by += v.bytes
+        out[(int(k.ep_id), int(k.reason), int(k.dir))] = (pk, by)
+    return out
+
+
+def ipnet(s: str) -> maps.IPNetwork:
+    return ipaddress.ip_network(s, strict=False)
