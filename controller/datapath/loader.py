@@ -191,11 +191,11 @@ def load(node: str, pin_root: str = "/sys/fs/bpf/vethguard", extra_cflags: tuple
         *extra_cflags,
     ]
     try:
-        b = bcc.BPF(text=text, cflags=cflags)
+        b = bcc.BPF(text=text.encode(), cflags=cflags)
     except Exception as e:  # bcc raises bare Exception with the compiler output on stderr
         raise VethguardError(f"compiling the tc programs failed (see compiler output above): {e}") from e
     try:
-        fds = {name: b.load_func(name, bcc.BPF.SCHED_CLS).fd for name in PROGRAMS}
+        fds = {name: b.load_func(name.encode(), bcc.BPF.SCHED_CLS).fd for name in PROGRAMS}
     except Exception as e:
         b.cleanup()
         raise VethguardError(f"the kernel refused the tc programs (verifier log above): {e}") from e

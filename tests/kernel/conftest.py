@@ -1,0 +1,147 @@
+"""Fixtures for kernel tests: one compiled Datapath per session under a unique test pin dir,
+maps emptied before every test, BPF_PROG_TEST_RUN against ifindex 1 (lo, resolved in this
+process's netns) so one endpoint keyed by 1 sees every test packet."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from controller.datapath import Datapath, maps, sync
+from controller.datapath.testrun import run
+from controller.mapstate import PolicyEntryKey, PolicyEntryValue
+
+TC_ACT_OK = 0
+TC_ACT_SHOT = 2
+EP = 1  # lo: the endpoint every test packet is run against
+
+POD_A = "10.244.1.10"  # the endpoint
+POD_A6 = "fd00:10:244:1::10"
+NODE_IP = "10.244.1.1"
+NODE_IP6 = "fd00:10:244:1::1"
+POD_B = "10.244.1.20"
+POD_B6 = "fd00:10:244:1::20"
+POD_C = "10.244.2.30"
+POD_C6 = "fd00:10:244:2::30"
+ID_A, ID_B, ID_C = 256, 257, 258
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "kernel tests need root (bpf(2), bpffs, tc)"
+    try:
+        from controller.datapath.loader import import_bcc
+
+        import_bcc()
+    except Exception as e:
+        return f"bcc is not available: {e}"
+    if not os.path.ismount("/sys/fs/bpf"):
+        return "bpffs is not mounted at /sys/fs/bpf"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = _skip_reason()
+    for item in items:
+        if "root" in item.keywords and reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def dp() -> Iterator[Datapath]:
+    node = f"test-dp-{uuid.uuid4().hex[:10]}"
+    try:
+        d = Datapath(node=node, pin_root="/sys/fs/bpf/vethguard")
+    except BaseException:
+        Datapath.remove_pins(node)
+        raise
+    try:
+        yield d
+    finally:
+        d.close()
+        Datapath.remove_pins(node)
+
+
+@dataclass
+class Harness:
+    dp: Datapath
+
+    # -- map setup
+    def endpoint(
+        self,
+        *,
+        ingress_isolated: bool = False,
+        egress_isolated: bool = False,
+        pending: bool = False,
+        identity: int = ID_A,
+        ifindex: int = EP,
+    ) -> None:
+        flags = sync.endpoint_flags(ingress_isolated, egress_isolated) | (maps.EP_F_PENDING if pending else 0)
+        k, v = maps.encode_endpoint(ifindex, identity, flags, POD_A, POD_A6)
+        self.dp.maps["vg_endpoints"].update(k, v)
+
+    def ipcache(self, prefix: str, identity: int, cidr_identity: int = 0) -> None:
+        k, v = maps.encode_ipcache(sync.ipnet(prefix), identity, cidr_identity)
+        name = "vg_ipcache4" if ":" not in prefix else "vg_ipcache6"
+        self.dp.maps[name].update(k, v)
+
+    def allow(
+        self,
+        direction: int,
+        identity: int,
+        proto: int = 0,
+        port: int = 0,
+        port_plen: int | None = None,
+        rule_ref: int = 4242,
+    ) -> bytes:
+        plen = port_plen if port_plen is not None else (16 if port else 0)
+        key = PolicyEntryKey(direction=direction, identity=identity, proto=proto, port=port, port_plen=plen)
+        k, v = maps.encode_policy(EP, key, PolicyEntryValue(verdict=1, precedence=0, rule_ref=rule_ref))
+        self.dp.maps["vg_policy"].update(k, v)
+        return k
+
+    def bump(self) -> int:
+        return sync.bump_revision(self.dp.maps["vg_config"])
+
+    # -- running packets
+    def from_pod(self, frame: bytes, ifindex: int = EP) -> int:
+        """The pod sends `frame` (tc ingress of the host veth). Returns the tc verdict."""
+        return run(self.dp.prog_fd("from_pod"), frame, ifindex=ifindex).retval
+
+    def to_pod(self, frame: bytes, ifindex: int = EP) -> int:
+        """`frame` is delivered to the pod (tc egress of the host veth)."""
+        return run(self.dp.prog_fd("to_pod"), frame, ifindex=ifindex).retval
+
+    def counters(self) -> dict[tuple[int, int, int], tuple[int, int]]:
+        return self.dp.counters()
+
+    def count(self, reason: maps.Reason, direction: int) -> int:
+        return self.counters().get((EP, int(reason), direction), (0, 0))[0]
+
+
+@pytest.fixture
+def h(dp: Datapath) -> Harness:
+    for name, m in dp.maps.items():
+        if name == "vg_evrate":
+            continue
+        if name == "vg_config":
+            m.update(maps.u32_key(0), bytes(maps.Config()))
+        else:
+            m.clear()
+    harness = Harness(dp)
+    # The node itself and the peers every test uses.
+    harness.ipcache(f"{NODE_IP}/32", 1)
+    harness.ipcache(f"{NODE_IP6}/128", 1)
+    harness.ipcache(f"{POD_A}/32", ID_A)
+    harness.ipcache(f"{POD_A6}/128", ID_A)
+    harness.ipcache(f"{POD_B}/32", ID_B)
+    harness.ipcache(f"{POD_B6}/128", ID_B)
+    harness.ipcache(f"{POD_C}/32", ID_C)
+    harness.ipcache(f"{POD_C6}/128", ID_C)
+    harness.ipcache("0.0.0.0/0", 2)
+    harness.ipcache("::/0", 2)
+    return harness
