@@ -1,0 +1,154 @@
+"""Conntrack: replies, established fast path, revocation by revision, timeouts."""
+
+from __future__ import annotations
+
+import pytest
+
+from controller.datapath.maps import CT_ALLOWED, CT_SEEN_FIN, CT_SEEN_REPLY, DIR_EGRESS, DIR_INGRESS, Reason
+from tests.kernel import packets as P
+from tests.kernel.conftest import ID_B, POD_A, POD_A6, POD_B, POD_B6, POD_C, TC_ACT_OK, TC_ACT_SHOT, Harness
+
+pytestmark = pytest.mark.root
+
+
+def a_to_b(sport: int, dport: int, flags: int = P.SYN) -> bytes:
+    return P.ipv4(POD_A, POD_B, P.TCP, P.tcp(sport, dport, flags))
+
+
+def b_to_a(sport: int, dport: int, flags: int = P.SYN | P.ACK) -> bytes:
+    return P.ipv4(POD_B, POD_A, P.TCP, P.tcp(sport, dport, flags))
+
+
+def test_a_reply_of_an_allowed_flow_passes_into_an_isolated_pod(h: Harness) -> None:
+    h.endpoint(ingress_isolated=True)  # egress open: the pod may connect out
+    assert h.from_pod(a_to_b(40000, 80)) == TC_ACT_OK
+    assert h.to_pod(b_to_a(80, 40000)) == TC_ACT_OK
+    assert h.count(Reason.ALLOW_REPLY, DIR_INGRESS) == 1
+    # The same peer cannot open a new connection into the isolated pod.
+    assert h.to_pod(b_to_a(80, 40001, P.SYN)) == TC_ACT_SHOT
+
+
+def test_a_reply_of_an_allowed_ingress_flow_passes_out_of_an_egress_isolated_pod(h: Harness) -> None:
+    h.endpoint(ingress_isolated=True, egress_isolated=True)
+    h.allow(DIR_INGRESS, ID_B, P.TCP, 80)
+    assert h.to_pod(b_to_a(40000, 80, P.SYN)) == TC_ACT_OK
+    assert h.from_pod(a_to_b(80, 40000, P.SYN | P.ACK)) == TC_ACT_OK
+    assert h.count(Reason.ALLOW_REPLY, DIR_EGRESS) == 1
+
+
+def test_established_packets_take_the_conntrack_path_and_are_counted_in_the_entry(h: Harness) -> None:
+    h.endpoint(ingress_isolated=True)
+    h.allow(DIR_INGRESS, ID_B, P.TCP, 80)
+    for _ in range(3):
+        assert h.to_pod(b_to_a(40000, 80, P.ACK)) == TC_ACT_OK
+    assert h.from_pod(a_to_b(80, 40000, P.ACK)) == TC_ACT_OK
+    assert h.count(Reason.ALLOW_POLICY, DIR_INGRESS) == 1
+    assert h.count(Reason.ALLOW_CT, DIR_INGRESS) == 2
+    (entry,) = h.dp.dump().ct
+    assert (entry.saddr, entry.daddr, entry.sport, entry.dport) == (POD_B, POD_A, 40000, 80)
+    assert entry.dir == DIR_INGRESS and entry.state == CT_ALLOWED
+    assert entry.packets == 4 and entry.seen & CT_SEEN_REPLY
+    assert entry.rule_ref == 4242
+
+
+def test_a_revoked_flow_is_dropped_in_both_directions_after_the_revision_bump(h: Harness) -> None:
+    h.endpoint(ingress_isolated=True, egress_isolated=True)
+    key = h.allow(DIR_INGRESS, ID_B, P.TCP, 80)
+    h.bump()
+    assert h.to_pod(b_to_a(40000, 80, P.SYN)) == TC_ACT_OK
+    assert h.from_pod(a_to_b(80, 40000, P.SYN | P.ACK)) == TC_ACT_OK
+    h.dp.maps["vg_policy"].delete(key)
+    # Without a revision bump the flow is still judged by its stored verdict.
+    assert h.to_pod(b_to_a(40000, 80, P.ACK)) == TC_ACT_OK
+    h.bump()
+    assert h.to_pod(b_to_a(40000, 80, P.ACK)) == TC_ACT_SHOT
+    assert h.from_pod(a_to_b(80, 40000, P.ACK)) == TC_ACT_SHOT
+    assert h.count(Reason.DROP_REVOKED, DIR_INGRESS) == 1
+    assert h.count(Reason.DROP_REVOKED, DIR_EGRESS) == 1
+
+
+def test_a_revoked_reply_is_dropped_even_where_the_direction_is_not_isolated(h: Harness) -> None:
+    h.endpoint(ingress_isolated=True)  # egress open: only the tombstone stops the replies
+    key = h.allow(DIR_INGRESS, ID_B, P.TCP, 80)
+    assert h.to_pod(b_to_a(40000, 80, P.SYN)) == TC_ACT_OK
+    h.dp.maps["vg_policy"].delete(key)
+    h.bump()
+    assert h.from_pod(a_to_b(80, 40000, P.ACK)) == TC_ACT_SHOT
+    assert h.count(Reason.DROP_REVOKED, DIR_EGRESS) == 1
+
+
+def test_a_flow_that_stays_allowed_is_never_interrupted_by_a_revision_bump(h: Harness) -> None:
+    h.endpoint(ingress_isolated=True)
+    h.allow(DIR_INGRESS, ID_B, P.TCP, 80)
+    assert h.to_pod(b_to_a(40000, 80, P.SYN)) == TC_ACT_OK
+    h.allow(DIR_INGRESS, ID_B, P.UDP, 53)  # unrelated change
+    h.bump()
+    assert h.to_pod(b_to_a(40000, 80, P.ACK)) == TC_ACT_OK
+    assert h.count(Reason.ALLOW_CT, DIR_INGRESS) == 1
+
+
+def test_a_revoked_flow_resumes_when_the_policy_allows_it_again(h: Harness) -> None:
+    h.endpoint(ingress_isolated=True)
+    key = h.allow(DIR_INGRESS, ID_B, P.TCP, 80)
+    assert h.to_pod(b_to_a(40000, 80, P.SYN)) == TC_ACT_OK
+    h.dp.maps["vg_policy"].delete(key)
+    h.bump()
+    assert h.to_pod(b_to_a(40000, 80, P.ACK)) == TC_ACT_SHOT
+    h.allow(DIR_INGRESS, ID_B, P.TCP, 80)
+    h.bump()
+    assert h.to_pod(b_to_a(40000, 80, P.ACK)) == TC_ACT_OK
+
+
+def test_an_expired_entry_is_a_miss(h: Harness) -> None:
+    from controller.datapath import maps
+
+    h.endpoint(ingress_isolated=True)
+    key = h.allow(DIR_INGRESS, ID_B, P.TCP, 80)
+    assert h.to_pod(b_to_a(40000, 80, P.SYN)) == TC_ACT_OK
+    ct = h.dp.maps["vg_ct"]
+    (kb,) = list(ct.keys())
+    v = maps.CtValue.from_bytes(ct.lookup(kb) or b"")
+    v.expires_ns = 1
+    ct.update(kb, bytes(v))
+    h.dp.maps["vg_policy"].delete(key)
+    # Expired: judged as a new flow, no longer allowed (no bump needed).
+    assert h.to_pod(b_to_a(40000, 80, P.ACK)) == TC_ACT_SHOT
+    assert h.count(Reason.DROP_POLICY, DIR_INGRESS) == 1
+
+
+def test_a_fin_shortens_the_tcp_timeout(h: Harness) -> None:
+    h.endpoint()
+    assert h.from_pod(a_to_b(40000, 80, P.SYN)) == TC_ACT_OK
+    assert h.to_pod(b_to_a(80, 40000, P.SYN | P.ACK)) == TC_ACT_OK
+    (est,) = h.dp.dump().ct
+    assert h.from_pod(a_to_b(40000, 80, P.FIN | P.ACK)) == TC_ACT_OK
+    (fin,) = h.dp.dump().ct
+    assert fin.seen & CT_SEEN_FIN
+    # 6 h after the reply, 10 s after FIN.
+    assert est.expires_ns - fin.expires_ns > 5 * 3600 * 10**9
+
+
+def test_an_icmp_echo_reply_passes_through_conntrack_by_identifier(h: Harness) -> None:
+    h.endpoint(ingress_isolated=True)
+    assert h.from_pod(P.ipv4(POD_A, POD_B, P.ICMP, P.icmp_echo(77))) == TC_ACT_OK
+    assert h.to_pod(P.ipv4(POD_B, POD_A, P.ICMP, P.icmp_echo(77, request=False))) == TC_ACT_OK
+    assert h.to_pod(P.ipv4(POD_B, POD_A, P.ICMP, P.icmp_echo(78, request=False))) == TC_ACT_SHOT
+    assert h.count(Reason.ALLOW_REPLY, DIR_INGRESS) == 1
+
+
+def test_an_ipv6_reply_passes_into_an_isolated_pod(h: Harness) -> None:
+    h.endpoint(ingress_isolated=True)
+    assert h.from_pod(P.ipv6(POD_A6, POD_B6, P.UDP, P.udp(5000, 53))) == TC_ACT_OK
+    assert h.to_pod(P.ipv6(POD_B6, POD_A6, P.UDP, P.udp(53, 5000))) == TC_ACT_OK
+    assert h.to_pod(P.ipv6(POD_B6, POD_A6, P.UDP, P.udp(53, 5001))) == TC_ACT_SHOT
+
+
+def test_conntrack_entries_are_per_endpoint(h: Harness) -> None:
+    # A flow tracked for another endpoint id does not open this one.
+    from controller.datapath import maps
+
+    h.endpoint(ingress_isolated=True)
+    kb = maps.encode_ct_key(99, DIR_EGRESS, P.TCP, POD_A, POD_C, 40000, 80)
+    v = maps.CtValue(expires_ns=2**63, state=CT_ALLOWED)
+    h.dp.maps["vg_ct"].update(kb, bytes(v))
+    assert h.to_pod(P.ipv4(POD_C, POD_A, P.TCP, P.tcp(80, 40000, P.ACK))) == TC_ACT_SHOT
