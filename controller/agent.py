@@ -80,10 +80,9 @@ def _default_compute() -> Compute:
 
 
 def _default_datapath_factory(node: str, pin_root: str) -> DatapathLike:
-    import importlib
+    from controller.datapath import Datapath
 
-    datapath_cls = importlib.import_module("controller.datapath").Datapath
-    return datapath_cls(node=node, pin_root=pin_root)
+    return Datapath(node=node, pin_root=pin_root)
 
 
 @dataclass
@@ -359,8 +358,22 @@ class Agent:
             self._fail("datapath", exc, pin_root=self.config.pin_root)
             return False
         self._clear("datapath")
-        log.info("datapath ready", node=self.node, pin_root=self.config.pin_root)
+        self._adopt_previous_attachments()
+        log.info("datapath ready", node=self.node, pin_root=self.config.pin_root, adopted=len(self._attached))
         return True
+
+    def _adopt_previous_attachments(self) -> None:
+        """After a restart the pinned endpoints map names the veths a previous agent attached to;
+        adopt them so that those whose pod is gone get detached by the first pass."""
+        dump = getattr(self.dp, "dump", None)
+        if dump is None:
+            return
+        try:
+            endpoints = getattr(dump(), "endpoints", {}) or {}
+        except Exception as exc:
+            log.warning("cannot read the pinned endpoints map", error=str(exc))
+            return
+        self._attached |= {int(i) for i in endpoints if isinstance(i, int) and self.interface_exists(i)}
 
     def _backoff(self) -> float:
         self._failures += 1
@@ -455,14 +468,18 @@ def _drain(q: queue.Queue[Event]) -> bool:
 
 
 def _summarize(result: Any) -> Any:
+    """The scalar fields of a SyncResult-like object, for the log line (never its op list)."""
     if result is None:
         return None
     if dataclasses.is_dataclass(result) and not isinstance(result, type):
-        return {
-            k: v
-            for k, v in dataclasses.asdict(result).items()
-            if isinstance(v, (int, float, str, bool)) or v is None
-        }
+        out = {}
+        for f in dataclasses.fields(result):
+            v = getattr(result, f.name)
+            if isinstance(v, (int, float, str, bool)) or v is None:
+                out[f.name] = v
+        return out
+    if isinstance(result, Mapping):
+        return {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
     return str(result)[:200]
 
 
@@ -499,13 +516,13 @@ def register(sub: Any) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level)
     if not args.node:
         print("vethguard agent: --node NAME is required (or set $NODE_NAME)", file=sys.stderr)
         return 2
     if args.resync_seconds <= 0:
         print("vethguard agent: --resync-seconds must be positive", file=sys.stderr)
         return 2
+    configure_logging(args.log_level)
     metrics = Metrics()
     try:
         api = load_api_client(args.kubeconfig)

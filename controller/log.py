@@ -9,12 +9,25 @@ from typing import Any, TextIO
 import structlog
 
 
+class _CurrentStdout:
+    """Writes to whatever sys.stdout is at the time of the write (it may be swapped later)."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+    def isatty(self) -> bool:
+        return sys.stdout.isatty()
+
+
 def configure(level: str = "info", *, json: bool | None = None, stream: TextIO | None = None) -> None:
     """Configure structlog (and route stdlib logging through the same output).
 
     json=None picks JSON unless the stream is a TTY.
     """
-    out = stream if stream is not None else sys.stdout
+    out: Any = stream if stream is not None else _CurrentStdout()
     if json is None:
         json = not (hasattr(out, "isatty") and out.isatty())
     lvl = logging.getLevelName(level.upper())

@@ -411,3 +411,49 @@ def test_the_agent_command_without_a_node_exits_with_a_clear_message(capsys, mon
     args = parser.parse_args(["agent"])
     assert agent_mod.run_cli(args) == 2
     assert "--node" in capsys.readouterr().err
+
+
+def test_after_a_restart_veths_of_pods_gone_meanwhile_are_detached_and_live_ones_kept(rig: Rig):
+    class Dump:
+        endpoints = {12: object(), 30: object()}  # what the pinned map says a previous agent attached
+
+    rig.dp.dump = lambda: Dump()  # type: ignore[attr-defined]
+    rig.sources.put("Pod", "x/a", pod("a", "10.244.1.2"), 3)
+    rig.disc.routes = {"10.244.1.2": 12}
+    agent = rig.open()
+    assert agent.reconcile(full=True)
+    assert ("detach", 30) in rig.dp.calls and ("detach", 12) not in rig.dp.calls
+    assert agent.status()["attached"] == 1
+
+
+def test_the_synced_log_line_summarizes_a_sync_result_without_its_operations():
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class Result:
+        adds: int
+        deletes: int
+        ops: tuple[Any, ...] = field(default=())
+
+    assert agent_mod._summarize(Result(3, 1, ops=(1, 2, 3))) == {"adds": 3, "deletes": 1}
+    assert agent_mod._summarize(None) is None
+
+
+def test_logs_are_json_lines_when_stdout_is_not_a_terminal():
+    import io
+    import json
+
+    import structlog
+
+    from controller.log import configure, get_logger
+
+    buf = io.StringIO()
+    try:
+        configure("info", stream=buf)
+        get_logger("t").info("synced", endpoints=3, duration_ms=1.5)
+        get_logger("t").debug("hidden")
+        line = json.loads(buf.getvalue().strip())
+        assert line["event"] == "synced" and line["endpoints"] == 3 and line["level"] == "info"
+        assert "timestamp" in line and buf.getvalue().count("\n") == 1
+    finally:
+        structlog.reset_defaults()
