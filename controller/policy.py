@@ -175,7 +175,9 @@ class CompiledCluster:
         exact = self._resolve_egress_named_ports()
         self._build_cidr_identities(exact)
         self._build_ipcache_base()
-        self._rule_cache: dict[tuple[Any, ...], Entries] = {}
+        self._rule_cache: dict[tuple[Any, ...], dict[PolicyEntryKey, PolicyEntryValue]] = {}
+        self._templates: dict[tuple[Any, ...], dict[PolicyEntryKey, None]] = {}
+        self._keys: dict[tuple[int, int, int, int, int], PolicyEntryKey] = {}
         self._merge_cache: dict[tuple[Any, ...], Entries] = {}
         self._block_cache: dict[IPBlock, frozenset[int]] = {}
         self.rules: dict[int, RuleRef] = {}
@@ -267,31 +269,72 @@ class CompiledCluster:
 
     # -- egress named ports -------------------------------------------------------------------
 
-    def _egress_destinations(
-        self, pol: NetworkPolicy, rule: Rule
-    ) -> tuple[set[int], list[tuple[Pod, list[IPAddress]]]]:
-        """(identities reached via selectors/any, [(pod, addresses)] reached via ipBlocks)."""
-        idents: set[int] = set()
-        block_pods: dict[str, tuple[Pod, list[IPAddress]]] = {}
-        if not rule.peers:
-            idents = set(self.pods_by_identity)
-        for peer in rule.peers:
-            if peer.ip_block is None:
-                idents |= self.peer_identities(pol.namespace, peer)
+    def _named_by_identity(self, name: str, protocol: str) -> dict[int, tuple[int, ...] | None]:
+        """identity -> the port numbers all its pods (with IPs) give `name`; None = they differ.
+
+        Identities whose pods lack the name are absent."""
+        key = (name, protocol)
+        hit = self._named_cache.get(key)
+        if hit is not None:
+            return hit
+        res: dict[int, tuple[int, ...] | None] = {}
+        for ident, pods in self.pods_by_identity.items():
+            resolved = {p.resolve_named_port(name, protocol) for p in pods if p.ips}
+            if len(resolved) > 1:
+                res[ident] = None
+            elif resolved:
+                nums = next(iter(resolved))
+                if nums:
+                    res[ident] = nums
+        self._named_cache[key] = res
+        return res
+
+    def _named_targets(
+        self,
+        idents: frozenset[int],
+        blocks: tuple[IPBlock, ...],
+        name: str,
+        protocol: str,
+        exact: set[IPNetwork],
+    ) -> tuple[tuple[_Target, int, int], ...]:
+        """Destinations of one egress named port: (target, proto, port) triples."""
+        proto = PROTOCOLS[protocol]
+        by_ident = self._named_by_identity(name, protocol)
+        out: list[tuple[_Target, int, int]] = []
+        for ident in sorted(idents.intersection(by_ident)):
+            nums = by_ident[ident]
+            if nums is not None:
+                out.extend((_Target(identity=ident), proto, n) for n in nums)
                 continue
-            for pods in self.pods_by_identity.values():
-                for pod in pods:
+            for pod in self.pods_by_identity[ident]:
+                pod_nums = pod.resolve_named_port(name, protocol)
+                for ip in pod.ips if pod_nums else ():
+                    pfx = host_prefix(ipaddress.ip_address(ip))
+                    exact.add(pfx)
+                    out.extend((_Target(prefix=pfx), proto, n) for n in pod_nums)
+        if blocks:
+            for ident in sorted(by_ident):
+                for pod in self.pods_by_identity[ident]:
+                    pod_nums = pod.resolve_named_port(name, protocol)
+                    if not pod_nums:
+                        continue
                     for ip in pod.ips:
                         addr = ipaddress.ip_address(ip)
-                        if peer.ip_block.contains(addr):
-                            entry = block_pods.setdefault(pod.key, (pod, []))
-                            if addr not in entry[1]:
-                                entry[1].append(addr)
-        return idents, list(block_pods.values())
+                        if any(b.contains(addr) for b in blocks):
+                            pfx = host_prefix(addr)
+                            exact.add(pfx)
+                            out.extend((_Target(prefix=pfx), proto, n) for n in pod_nums)
+        return tuple(out)
 
     def _resolve_egress_named_ports(self) -> set[IPNetwork]:
-        """Resolve named ports of egress rules; returns the exact per-pod prefixes needed."""
-        self.egress_named: dict[tuple[str, int], list[tuple[_Target, int, int]]] = {}
+        """Resolve named ports of egress rules; returns the exact per-pod prefixes needed.
+
+        Each distinct (destination identities, ipBlocks, name, protocol) is resolved once and
+        numbered (a token); `egress_named[(policy, rule index)]` holds the rule's tokens."""
+        self.egress_named: dict[tuple[str, int], tuple[int, ...]] = {}
+        self.named_targets: list[tuple[tuple[_Target, int, int], ...]] = []
+        self._named_cache: dict[tuple[str, str], dict[int, tuple[int, ...] | None]] = {}
+        token_of: dict[tuple[Any, ...], int] = {}
         exact: set[IPNetwork] = set()
         for pol in self.policies:
             if not pol.isolates_egress:
@@ -299,33 +342,29 @@ class CompiledCluster:
             for rule in pol.egress:
                 if not rule.has_named_ports:
                     continue
-                idents, block_pods = self._egress_destinations(pol, rule)
-                out: list[tuple[_Target, int, int]] = []
+                if not rule.peers:
+                    idents: frozenset[int] = frozenset(self.pods_by_identity)
+                else:
+                    acc: set[int] = set()
+                    for peer in rule.peers:
+                        if peer.ip_block is None:
+                            acc |= self.peer_identities(pol.namespace, peer)
+                    idents = frozenset(acc)
+                blocks = tuple(peer.ip_block for peer in rule.peers if peer.ip_block is not None)
+                tokens: list[int] = []
                 for pport in rule.ports:
                     if not isinstance(pport.port, str):
                         continue
-                    name, proto_name = pport.port, pport.protocol
-                    proto = PROTOCOLS[proto_name]
-                    for ident in sorted(idents):
-                        pods = [p for p in self.pods_by_identity.get(ident, []) if p.ips]
-                        resolved = [p.resolve_named_port(name, proto_name) for p in pods]
-                        if not resolved:
-                            continue
-                        if all(r == resolved[0] for r in resolved):
-                            out.extend((_Target(identity=ident), proto, n) for n in resolved[0])
-                            continue
-                        for pod, nums in zip(pods, resolved, strict=True):
-                            for ip in pod.ips if nums else ():
-                                pfx = host_prefix(ipaddress.ip_address(ip))
-                                exact.add(pfx)
-                                out.extend((_Target(prefix=pfx), proto, n) for n in nums)
-                    for pod, addrs in block_pods:
-                        nums = pod.resolve_named_port(name, proto_name)
-                        for addr in addrs if nums else ():
-                            pfx = host_prefix(addr)
-                            exact.add(pfx)
-                            out.extend((_Target(prefix=pfx), proto, n) for n in nums)
-                self.egress_named[(pol.key, rule.index)] = out
+                    tkey = (idents, blocks, pport.port, pport.protocol)
+                    tok = token_of.get(tkey)
+                    if tok is None:
+                        tok = len(self.named_targets)
+                        token_of[tkey] = tok
+                        self.named_targets.append(
+                            self._named_targets(idents, blocks, pport.port, pport.protocol, exact)
+                        )
+                    tokens.append(tok)
+                self.egress_named[(pol.key, rule.index)] = tuple(tokens)
         return exact
 
     # -- CIDR identities and the ipcache ----------------------------------------------------
@@ -408,10 +447,21 @@ class CompiledCluster:
                 out |= self.peer_identities(pol.namespace, peer)
         return out
 
+    def _key(self, direction: int, ident: int, proto: int, port: int, plen: int) -> PolicyEntryKey:
+        """Interned PolicyEntryKey: equal keys are one object, so dict merges compare by identity."""
+        t = (direction, ident, proto, port, plen)
+        k = self._keys.get(t)
+        if k is None:
+            k = PolicyEntryKey(direction, ident, proto, port, plen)
+            self._keys[t] = k
+        return k
+
     def _rule_entries(
         self, pol: NetworkPolicy, direction: int, rule: Rule, named: tuple[PortSpec, ...]
-    ) -> Entries:
-        """Entries of one rule; `named` = ingress named ports resolved on the endpoint."""
+    ) -> dict[PolicyEntryKey, PolicyEntryValue]:
+        """Entries of one rule; `named` = ingress named ports resolved on the endpoint.
+
+        The returned dict is cached and shared: never mutate it."""
         key = (pol.key, direction, rule.index, named)
         hit = self._rule_cache.get(key)
         if hit is not None:
@@ -419,23 +469,28 @@ class CompiledCluster:
         value = PolicyEntryValue(
             VERDICT_ALLOW, DEFAULT_PRECEDENCE, rule_ref(pol.namespace, pol.name, direction, rule.index)
         )
-        specs = numeric_port_specs(rule) + list(named)
-        out: dict[PolicyEntryKey, PolicyEntryValue] = {}
-        if specs:
-            for ident in sorted(self.rule_peer_identities(pol, rule)):
+        specs = tuple(numeric_port_specs(rule)) + named
+        peer_ids = frozenset(self.rule_peer_identities(pol, rule)) if specs else frozenset()
+        tokens = self.egress_named.get((pol.key, rule.index), ()) if direction == DIR_EGRESS else ()
+        tkey = (direction, peer_ids, specs, tokens)
+        template = self._templates.get(tkey)
+        if template is None:
+            template = {}
+            for ident in sorted(peer_ids):
                 for proto, port, plen in specs:
-                    out[PolicyEntryKey(direction, ident, proto, port, plen)] = value
-        if direction == DIR_EGRESS:
-            for target, proto, port in self.egress_named.get((pol.key, rule.index), ()):
-                if target.identity is not None:
-                    dest = target.identity
-                else:
-                    assert target.prefix is not None
-                    dest = self.cidr_identity[target.prefix]
-                out.setdefault(PolicyEntryKey(direction, dest, proto, port, 16), value)
-        frozen = MappingProxyType(out)
-        self._rule_cache[key] = frozen
-        return frozen
+                    template[self._key(direction, ident, proto, port, plen)] = None
+            for tok in tokens:
+                for target, proto, port in self.named_targets[tok]:
+                    if target.identity is not None:
+                        dest = target.identity
+                    else:
+                        assert target.prefix is not None
+                        dest = self.cidr_identity[target.prefix]
+                    template[self._key(direction, dest, proto, port, 16)] = None
+            self._templates[tkey] = template
+        out = dict.fromkeys(template, value)  # reuses the template's stored hashes
+        self._rule_cache[key] = out
+        return out
 
     @staticmethod
     def _ingress_named(rule: Rule, pod: Pod) -> tuple[PortSpec, ...]:
@@ -465,16 +520,13 @@ class CompiledCluster:
         if merged is None:
             maps = [self._rule_entries(pol, d, r, named) for pol, d, r, named in parts]
             maps = [m for m in maps if m]
-            if not maps:
-                merged = MappingProxyType({})
-            elif len(maps) == 1:
-                merged = maps[0]
+            if len(maps) == 1:
+                merged = MappingProxyType(maps[0])
             else:
-                acc: dict[PolicyEntryKey, PolicyEntryValue] = dict(maps[0])
-                for m in maps[1:]:
-                    for k, v in m.items():
-                        if k not in acc:
-                            acc[k] = v
+                # Earlier rules win on equal keys: update in reverse order (C speed, no re-hashing).
+                acc: dict[PolicyEntryKey, PolicyEntryValue] = {}
+                for m in reversed(maps):
+                    acc.update(m)
                 merged = MappingProxyType(acc)
             self._merge_cache[mkey] = merged
         return ingress_iso, egress_iso, merged, [p.key for p in pols]
