@@ -3,8 +3,9 @@ and keep the pinned maps equal to the desired state. See docs/INTERNALS.md (Data
 
 from __future__ import annotations
 
+import ctypes
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ class Datapath:
         self.pin_root = pin_root
         self._loaded = loader.load(node, pin_root, extra_cflags)
         self._attacher = Attacher()
+        self._event_cb: Callable[[object, int, int], None] | None = None
+        self._event_sink: Callable[[maps.Event], None] | None = None
 
     # -- properties used by tests, benchmarks and the event reader
     @property
@@ -48,6 +51,25 @@ class Datapath:
     def bcc(self) -> Any:
         """The bcc BPF object (e.g. bcc["vg_events"].open_ring_buffer(callback))."""
         return self._loaded.bpf
+
+    def open_events(self, callback: Callable[[maps.Event], None]) -> None:
+        """Deliver vg_events records (new flows and drops) to callback from poll_events().
+
+        The ring is opened once; a later call only replaces the callback.
+        """
+        self._event_sink = callback
+        if self._event_cb is not None:
+            return
+
+        def _raw(_ctx: object, data: int, size: int) -> None:
+            if self._event_sink is not None:
+                self._event_sink(maps.decode_event(ctypes.string_at(data, size)))
+
+        self._event_cb = _raw  # bcc keeps only a weak reference to the callback
+        self._loaded.bpf["vg_events"].open_ring_buffer(_raw)
+
+    def poll_events(self, timeout_ms: int = 0) -> None:
+        self._loaded.bpf.ring_buffer_poll(timeout_ms)
 
     # -- the API of docs/INTERNALS.md
     def attach(self, ifindex: int) -> None:
