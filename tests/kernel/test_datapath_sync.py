@@ -1,0 +1,78 @@
+"""Datapath.sync against the real maps: contents, idempotence, revision, CT cleanup."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from controller.datapath import Datapath, maps
+from controller.mapstate import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue
+from tests.kernel import packets as P
+from tests.kernel.conftest import EP, ID_B, POD_A, POD_B, TC_ACT_OK, TC_ACT_SHOT, Harness
+
+pytestmark = pytest.mark.root
+
+ALLOW = PolicyEntryValue(verdict=1, precedence=0, rule_ref=99)
+
+
+def _desired(entries: dict[PolicyEntryKey, PolicyEntryValue], pods: tuple[str, ...] = ("x/a",)) -> NodeDesired:
+    eps = {
+        pod: EndpointDesired(
+            pod=pod, identity=256, ingress_isolated=True, egress_isolated=False,
+            ipv4=POD_A, ipv6=None, entries=entries,
+        )
+        for pod in pods
+    }
+    return NodeDesired(
+        endpoints=eps,
+        ipcache={
+            ipaddress.ip_network(f"{POD_B}/32"): (ID_B, 0),
+            ipaddress.ip_network(f"{POD_A}/32"): (256, 0),
+            ipaddress.ip_network("0.0.0.0/0"): (2, 0),
+        },
+        rules={},
+        identities={},
+    )
+
+
+def _empty(dp: Datapath) -> None:
+    for name in ("vg_endpoints", "vg_policy", "vg_ipcache4", "vg_ipcache6", "vg_ct", "vg_counters"):
+        dp.maps[name].clear()
+
+
+def test_sync_writes_the_desired_state_and_a_second_sync_changes_nothing(h: Harness) -> None:
+    _empty(h.dp)
+    want = _desired({PolicyEntryKey(0, ID_B, P.TCP, 80, 16): ALLOW})
+    first = h.dp.sync(want, {"x/a": EP})
+    assert (first.adds, first.updates, first.deletes) == (5, 0, 0)
+    state = h.dp.dump()
+    assert state.revision == first.revision
+    assert state.endpoints[EP].flags == maps.EP_F_INGRESS_ISOLATED
+    assert state.policy == {(EP, PolicyEntryKey(0, ID_B, P.TCP, 80, 16)): ALLOW}
+    assert state.ipcache[ipaddress.ip_network(f"{POD_B}/32")] == (ID_B, 0)
+    again = h.dp.sync(want, {"x/a": EP})
+    assert not again.changed and again.revision == first.revision
+
+
+def test_a_synced_policy_is_enforced_and_a_synced_removal_revokes_the_flow(h: Harness) -> None:
+    _empty(h.dp)
+    h.dp.sync(_desired({PolicyEntryKey(0, ID_B, P.TCP, 80, 16): ALLOW}), {"x/a": EP})
+    syn = P.ipv4(POD_B, POD_A, P.TCP, P.tcp(40000, 80))
+    assert h.to_pod(syn) == TC_ACT_OK
+    result = h.dp.sync(_desired({PolicyEntryKey(0, ID_B, P.TCP, 443, 16): ALLOW}), {"x/a": EP})
+    assert (result.adds, result.updates, result.deletes) == (1, 0, 1)
+    assert h.to_pod(P.ipv4(POD_B, POD_A, P.TCP, P.tcp(40000, 80, P.ACK))) == TC_ACT_SHOT
+    assert h.to_pod(P.ipv4(POD_B, POD_A, P.TCP, P.tcp(40001, 443))) == TC_ACT_OK
+
+
+def test_removing_an_endpoint_deletes_its_conntrack_entries(h: Harness) -> None:
+    _empty(h.dp)
+    h.dp.sync(_desired({PolicyEntryKey(0, ID_B, P.TCP, 80, 16): ALLOW}), {"x/a": EP})
+    assert h.to_pod(P.ipv4(POD_B, POD_A, P.TCP, P.tcp(40000, 80))) == TC_ACT_OK
+    assert len(h.dp.dump().ct) == 1
+    result = h.dp.sync(_desired({}, pods=()), {})
+    assert result.ct_deleted == 1
+    state = h.dp.dump()
+    assert state.ct == [] and state.endpoints == {} and state.policy == {}
+    assert h.dp.counters() == {}
