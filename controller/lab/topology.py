@@ -177,7 +177,8 @@ class Topology:
         node, fabric = self.names.node(index), self.names.fabric
         _fresh(node, ROUTER_SYSCTLS)
         outer = f"node{index}"
-        netns.ip(fabric, "link", "del", outer) if _link_exists(fabric, outer) else None
+        if _link_exists(fabric, outer):
+            netns.ip(fabric, "link", "del", outer)
         netns.ip(fabric, "link", "add", outer, "type", "veth", "peer", "name", "eth0", "netns", node)
         address4, address6 = node_addresses(index)
         netns.ip_batch(node, _inner_side([address4], [address6]))

@@ -1,0 +1,538 @@
+"""`vethguard lab ...`: build a namespace cluster, change it, probe it, tear it down.
+
+The contract is DESIGN.md "Lab contract". The CLI talks to the lab daemon over
+/run/vethguard/labs/<lab>/api.sock with the Kubernetes API (writes) and /lab/v1/status; probes
+and exec run from the CLI process itself, inside the lab's namespaces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from controller.errors import VethguardError
+from controller.lab import manifests as manifest_io
+from controller.lab import netns, probe, topology
+from controller.lab.manifests import Manifest
+from controller.lab.state import (
+    DAEMON_MODULE,
+    LabConfig,
+    LabPaths,
+    check_name,
+    daemon_pid,
+    is_agent,
+    read_pid,
+    terminate,
+)
+from controller.lab.store import Resource
+
+DAEMON_START_TIMEOUT = 30.0
+POLL_INTERVAL = 0.1
+
+
+# --- talking to the daemon ------------------------------------------------------------------
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(str(self._path))
+        self.sock = sock
+
+
+class LabClient:
+    """Requests to one lab's daemon over its unix socket."""
+
+    def __init__(self, paths: LabPaths) -> None:
+        self.paths = paths
+
+    def request(self, method: str, path: str, body: Any = None, timeout: float = 60.0) -> tuple[int, Any]:
+        conn = _UnixConnection(self.paths.socket, timeout)
+        try:
+            data = json.dumps(body).encode() if body is not None else None
+            headers = {"Content-Type": "application/json"} if data is not None else {}
+            conn.request(method, path, body=data, headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+        except OSError as exc:
+            raise VethguardError(f"lab {self.paths.lab!r}: cannot reach its daemon ({exc})") from exc
+        finally:
+            conn.close()
+        try:
+            return response.status, json.loads(raw) if raw else None
+        except ValueError:
+            return response.status, raw.decode(errors="replace")
+
+    def alive(self) -> bool:
+        try:
+            status, _ = self.request("GET", "/livez", timeout=2.0)
+        except VethguardError:
+            return False
+        return status == 200
+
+    def status(self) -> dict[str, Any]:
+        code, body = self.request("GET", "/lab/v1/status")
+        if code != 200 or not isinstance(body, dict):
+            raise VethguardError(f"lab {self.paths.lab!r}: status request failed ({code}): {body}")
+        return body
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "\n".join(f"    {line}" for line in text)
+
+
+def start_daemon(paths: LabPaths) -> None:
+    """Start the lab daemon detached from this process; return once its API answers."""
+    log = open(paths.daemon_log, "ab")  # noqa: SIM115 - handed to the child
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", DAEMON_MODULE, "--name", paths.lab],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd="/",
+        )
+    finally:
+        log.close()
+    client = LabClient(paths)
+    deadline = time.monotonic() + DAEMON_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise VethguardError(
+                f"lab {paths.lab!r}: the daemon exited with {proc.returncode} while starting:\n"
+                f"{_log_tail(paths.daemon_log)}"
+            )
+        if paths.socket.exists() and client.alive():
+            return
+        time.sleep(POLL_INTERVAL)
+    raise VethguardError(f"lab {paths.lab!r}: the daemon did not serve within {DAEMON_START_TIMEOUT:.0f}s")
+
+
+def connect(lab: str) -> LabClient:
+    """A client for a running lab; a lab whose daemon died is resumed from its saved state."""
+    paths = LabPaths(check_name(lab))
+    if not paths.config.exists():
+        raise VethguardError(
+            f"lab {lab!r} is not running (start it with: vethguard lab up --name {lab} -f MODEL)"
+        )
+    client = LabClient(paths)
+    if daemon_pid(paths) is not None and client.alive():
+        return client
+    print(f"lab {lab!r}: its daemon was not running; starting it again from the saved state", file=sys.stderr)
+    start_daemon(paths)
+    return client
+
+
+# --- apply / delete and waiting for the agents ---------------------------------------------
+
+
+def collection_path(resource: Resource, namespace: str) -> str:
+    base = "/api/v1" if not resource.group else f"/apis/{resource.group}/{resource.version}"
+    if resource.namespaced:
+        return f"{base}/namespaces/{namespace}/{resource.plural}"
+    return f"{base}/{resource.plural}"
+
+
+def object_path(manifest: Manifest) -> str:
+    return f"{collection_path(manifest.resource, manifest.namespace)}/{manifest.name}"
+
+
+def _message(body: Any) -> str:
+    if isinstance(body, dict) and body.get("message"):
+        return str(body["message"])
+    return str(body)
+
+
+def _write_one(client: LabClient, manifest: Manifest) -> tuple[str, int]:
+    """Create or replace one object; return (verb, resourceVersion)."""
+    obj = json.loads(json.dumps(manifest.obj))
+    obj.setdefault("metadata", {}).pop("resourceVersion", None)
+    code, current = client.request("GET", object_path(manifest))
+    if code == 404:
+        code, body = client.request("POST", collection_path(manifest.resource, manifest.namespace), obj)
+        verb = "created"
+    elif code == 200:
+        code, body = client.request("PUT", object_path(manifest), obj)
+        verb = "configured"
+    else:
+        raise VethguardError(f"{manifest.display}: {_message(current)}")
+    if code not in (200, 201):
+        raise VethguardError(f"{manifest.display} ({manifest.origin}): {_message(body)}")
+    return verb, int(body["metadata"]["resourceVersion"])
+
+
+def apply_manifests(
+    client: LabClient, manifests: list[Manifest], quiet: bool = False
+) -> tuple[int, list[str]]:
+    """Write every manifest (kind order); return the last resourceVersion written and the errors."""
+    last, errors = 0, []
+    for manifest in manifest_io.apply_order(manifests):
+        try:
+            verb, rv = _write_one(client, manifest)
+        except VethguardError as exc:
+            errors.append(str(exc))
+            continue
+        last = max(last, rv)
+        if not quiet:
+            print(f"{manifest.display} {verb}")
+    return last, errors
+
+
+def delete_manifests(
+    client: LabClient, manifests: list[Manifest], ignore_not_found: bool
+) -> tuple[int, list[str]]:
+    last, errors = 0, []
+    for manifest in manifest_io.delete_order(manifests):
+        code, body = client.request("DELETE", object_path(manifest))
+        if code == 404 and ignore_not_found:
+            continue
+        if code != 200:
+            errors.append(f"{manifest.display}: {_message(body)}")
+            continue
+        last = max(last, int(body["metadata"]["resourceVersion"]))
+        print(f"{manifest.display} deleted")
+    return last, errors
+
+
+def _lagging(status: dict[str, Any], target: int) -> list[str]:
+    lagging = []
+    for node, agent in sorted(status.get("agents", {}).items()):
+        realized = agent.get("realized_generation")
+        if agent.get("healthy") and isinstance(realized, int) and realized >= target:
+            continue
+        state = (
+            "healthy"
+            if agent.get("healthy")
+            else ("running, not ready" if agent.get("running") else "not running")
+        )
+        lagging.append(
+            f"{node} ({state}, realized_generation {realized}, restarts {agent.get('restarts', 0)})"
+        )
+    return lagging
+
+
+def _agent_log_excerpt(paths: LabPaths, node: str) -> str:
+    return f"  {paths.agent_log(node)}:\n{_log_tail(paths.agent_log(node), 8)}"
+
+
+def wait_realized(client: LabClient, target: int, timeout: float) -> None:
+    """Return once every agent is healthy and reports realized_generation >= target."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = client.status()
+        if not status.get("agentsEnabled", True):
+            return
+        lagging = _lagging(status, target)
+        if not lagging:
+            return
+        if time.monotonic() >= deadline:
+            logs = "\n".join(_agent_log_excerpt(client.paths, line.split()[0]) for line in lagging)
+            raise VethguardError(
+                f"timed out after {timeout:.0f}s waiting for the agents to realize resourceVersion {target}: "
+                f"{'; '.join(lagging)}\n{logs}"
+            )
+        time.sleep(POLL_INTERVAL)
+
+
+def _fail_if(errors: list[str]) -> None:
+    if errors:
+        raise VethguardError("\n".join(errors))
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    lab = check_name(args.name)
+    paths = LabPaths(lab)
+    models = manifest_io.load(args.file)
+    if args.cni != "routed":
+        raise VethguardError(f"--cni {args.cni}: only 'routed' is implemented so far")
+    if not 1 <= args.nodes <= topology.MAX_NODES:
+        raise VethguardError(f"--nodes must be between 1 and {topology.MAX_NODES}")
+    if paths.root.exists() or topology.LabNames(lab).owned():
+        raise VethguardError(f"lab {lab!r} already exists (remove it with: vethguard lab down --name {lab})")
+    paths.write_config(LabConfig(lab, args.nodes, args.cni, agents=not args.no_agents))
+    try:
+        start_daemon(paths)
+        client = LabClient(paths)
+        rv, errors = apply_manifests(client, models, quiet=True)
+        _fail_if(errors)
+        wait_realized(client, max(rv, client.status()["resourceVersion"]), args.timeout)
+        status = client.status()
+    except BaseException:
+        teardown(lab)
+        raise
+    print(
+        f"lab {lab} is up: {len(status['nodes'])} node(s), {len(status['pods'])} pod(s), "
+        f"{len(status['externals'])} external host(s); API {status['api']['url']} "
+        f"(kubeconfig {status['api']['kubeconfig']})"
+    )
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    models = manifest_io.load([args.file])
+    client = connect(args.name)
+    rv, errors = apply_manifests(client, models)
+    if rv:
+        wait_realized(client, rv, args.timeout)
+    _fail_if(errors)
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    models = manifest_io.load([args.file])
+    client = connect(args.name)
+    rv, errors = delete_manifests(client, models, args.ignore_not_found)
+    if rv:
+        wait_realized(client, rv, args.timeout)
+    _fail_if(errors)
+    return 0
+
+
+def _targets(status: dict[str, Any]) -> dict[str, probe.Target]:
+    targets = {
+        name: probe.Target(name, pod["netns"], tuple(pod["ips"]))
+        for name, pod in sorted(status["pods"].items())
+    }
+    for name, ext in sorted(status["externals"].items()):
+        targets[f"ext/{name}"] = probe.Target(f"ext/{name}", ext["netns"], tuple(ext["ips"]))
+    return targets
+
+
+def _pick(
+    targets: dict[str, probe.Target], names: list[str] | None, default: list[str]
+) -> list[probe.Target]:
+    chosen = names or default
+    unknown = [n for n in chosen if n not in targets]
+    if unknown:
+        raise VethguardError(
+            f"unknown probe endpoint(s) {', '.join(unknown)}; known: {', '.join(targets) or 'none'}"
+        )
+    return [targets[n] for n in dict.fromkeys(chosen)]
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    if not 1 <= args.port <= 65535:
+        raise VethguardError("--port must be between 1 and 65535")
+    status = connect(args.name).status()
+    targets = _targets(status)
+    pods = sorted(status["pods"])
+    sources = _pick(targets, args.sources, pods)
+    destinations = _pick(targets, args.destinations, list(targets))
+    results = probe.run(sources, destinations, args.protocol, args.port, args.family, args.timeout)
+    if args.output == "json":
+        doc = {
+            "port": args.port,
+            "protocol": args.protocol,
+            "family": args.family,
+            "results": [{"from": r.source, "to": r.destination, "connected": r.connected} for r in results],
+        }
+        print(json.dumps(doc))
+    else:
+        title = f"{args.protocol}/{args.port} IPv{args.family}"
+        print(probe.matrix_text(results, [s.name for s in sources], [d.name for d in destinations], title))
+    return 0
+
+
+def _status_text(status: dict[str, Any]) -> str:
+    lines = [f"lab {status['name']} (cni {status['cni']}, resourceVersion {status['resourceVersion']})"]
+    lines.append(f"API: {status['api']['url']}  kubeconfig: {status['api']['kubeconfig']}")
+    lines.append("NODES")
+    for name, node in status["nodes"].items():
+        agent = status["agents"].get(name)
+        if agent is None:
+            state = "agent: disabled"
+        else:
+            state = (
+                f"agent pid {agent['pid']} healthy={str(agent['healthy']).lower()} "
+                f"realized_generation={agent['realized_generation']} restarts={agent['restarts']}"
+            )
+        lines.append(f"  {name:<10} {' '.join(node['ips']):<34} {state}")
+    lines.append("PODS")
+    for name, pod in status["pods"].items():
+        ports = ",".join(f"{p['port']}/{p['protocol']}" for p in pod["ports"])
+        lines.append(f"  {name:<28} {pod['node']:<8} {' '.join(pod['ips']):<34} {ports}")
+    if status["externals"]:
+        lines.append("EXTERNAL HOSTS")
+        for name, ext in status["externals"].items():
+            ports = ",".join(f"{p['port']}/{p['protocol']}" for p in ext["ports"])
+            lines.append(f"  ext/{name:<24} {' '.join(ext['ips']):<43} {ports}")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = connect(args.name).status()
+    print(json.dumps(status, indent=2) if args.output == "json" else _status_text(status))
+    return 0
+
+
+def exec_netns(lab: str, target: str) -> str:
+    names = topology.LabNames(check_name(lab))
+    kind, _, rest = target.partition("/")
+    if kind == "ext" and rest:
+        ns_name = names.ext(rest)
+    elif kind == "node" and topology.node_index(rest) is not None:
+        ns_name = names.node(topology.node_index(rest) or 1)
+    elif rest and "/" not in rest:
+        ns_name = names.pod(kind, rest)
+    else:
+        raise VethguardError(f"{target!r}: name a pod as NAMESPACE/POD (or ext/NAME, node/node-N)")
+    if not netns.exists(ns_name):
+        raise VethguardError(f"{target!r} is not in lab {lab!r} (no network namespace {ns_name})")
+    return ns_name
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise VethguardError("lab exec: give a command after --, e.g. vethguard lab exec x/a -- ip addr")
+    ns_name = exec_netns(args.name, args.target)
+    sys.stdout.flush()
+    os.execvp("nsenter", ["nsenter", f"--net={netns.netns_path(ns_name)}", "--", *command])
+    return 127  # not reached
+
+
+def teardown(lab: str) -> list[str]:
+    """Remove every process, namespace, pinned object and file of a lab; works without its daemon."""
+    paths = LabPaths(lab)
+    removed: list[str] = []
+    pid = daemon_pid(paths)
+    if pid is not None:
+        terminate(pid)
+        removed.append(f"daemon (pid {pid})")
+    for pid_file in sorted(paths.root.glob("agent-*.pid")) if paths.root.exists() else []:
+        node = pid_file.name.removeprefix("agent-").removesuffix(".pid")
+        agent = read_pid(pid_file)
+        if agent is not None and is_agent(agent, node):
+            terminate(agent)
+            removed.append(f"agent {node} (pid {agent})")
+    names = topology.LabNames(lab)
+    for leftover in netns.pids_in(names.owned()):
+        if leftover != os.getpid():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(leftover, signal.SIGKILL)
+            removed.append(f"process {leftover}")
+    removed.extend(f"namespace {n}" for n in topology.Topology(lab).delete_all())
+    if paths.pin_root.exists():
+        shutil.rmtree(paths.pin_root, ignore_errors=True)
+        removed.append(str(paths.pin_root))
+    if paths.root.exists():
+        shutil.rmtree(paths.root, ignore_errors=True)
+        removed.append(str(paths.root))
+    return removed
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    lab = check_name(args.name)
+    removed = teardown(lab)
+    leftovers = topology.LabNames(lab).owned()
+    if leftovers:
+        raise VethguardError(f"lab {lab!r}: could not remove {', '.join(leftovers)}")
+    print(
+        f"lab {lab} removed ({len(removed)} items)"
+        if removed
+        else f"lab {lab} was not running; nothing to remove"
+    )
+    return 0
+
+
+# --- argument parsing -----------------------------------------------------------------------
+
+
+def _with_name(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--name", default="default", help="lab name (default: %(default)s)")
+    return parser
+
+
+def _run(func: Any) -> Any:
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return int(func(args))
+        except VethguardError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+
+    return wrapped
+
+
+def register(subparsers: Any) -> None:
+    lab = subparsers.add_parser(
+        "lab", help="a namespace cluster on this machine, served over the Kubernetes API"
+    )
+    sub = lab.add_subparsers(dest="lab_command", required=True, metavar="SUBCOMMAND")
+
+    up = _with_name(sub.add_parser("up", help="create a lab from manifests"))
+    up.add_argument(
+        "-f", "--file", action="append", required=True, help="manifest file or directory (repeatable)"
+    )
+    up.add_argument("--nodes", type=int, default=1, help="number of nodes (default: %(default)s)")
+    up.add_argument(
+        "--cni", default="routed", choices=["routed", "bridge"], help="pod networking (default: routed)"
+    )
+    up.add_argument(
+        "--timeout", type=float, default=180.0, help="seconds to wait for the agents (default: 180)"
+    )
+    up.add_argument("--no-agents", action="store_true", help=argparse.SUPPRESS)
+    up.set_defaults(func=_run(cmd_up))
+
+    for verb, func, text in (
+        ("apply", cmd_apply, "create or replace objects, then wait until every agent realized them"),
+        ("delete", cmd_delete, "delete the objects named in manifests, then wait for the agents"),
+    ):
+        parser = _with_name(sub.add_parser(verb, help=text))
+        parser.add_argument("-f", "--file", required=True, help="manifest file, directory, or - for stdin")
+        parser.add_argument(
+            "--timeout", type=float, default=60.0, help="seconds to wait for the agents (default: 60)"
+        )
+        if verb == "delete":
+            parser.add_argument(
+                "--ignore-not-found", action="store_true", help="objects already gone are fine"
+            )
+        parser.set_defaults(func=_run(func))
+
+    pr = _with_name(sub.add_parser("probe", help="try connections from sources to destinations in parallel"))
+    pr.add_argument("--port", type=int, required=True)
+    pr.add_argument("--protocol", choices=["TCP", "UDP", "SCTP"], default="TCP", type=str.upper)
+    pr.add_argument("--family", type=int, choices=[4, 6], default=4)
+    pr.add_argument("--from", dest="sources", action="extend", nargs="+", metavar="NS/POD|ext/NAME")
+    pr.add_argument("--to", dest="destinations", action="extend", nargs="+", metavar="NS/POD|ext/NAME")
+    pr.add_argument("--timeout", type=float, default=1.0, help="seconds per probe (default: %(default)s)")
+    pr.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    pr.set_defaults(func=_run(cmd_probe))
+
+    st = _with_name(sub.add_parser("status", help="nodes, pods, external hosts and agents"))
+    st.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    st.set_defaults(func=_run(cmd_status))
+
+    ex = _with_name(sub.add_parser("exec", help="run a command inside a pod's network namespace"))
+    ex.add_argument("target", metavar="NS/POD", help="NAMESPACE/POD, ext/NAME or node/node-N")
+    ex.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    ex.set_defaults(func=_run(cmd_exec))
+
+    down = _with_name(sub.add_parser("down", help="remove everything the lab created"))
+    down.set_defaults(func=_run(cmd_down))

@@ -1,0 +1,563 @@
+"""The lab daemon: one per lab, detached from the CLI.
+
+It owns the lab's API server (10.244.0.1:6443 in the fabric namespace, and a unix socket for the
+CLI), the object store, the responders and the agents. Admission hooks build a pod's namespace
+and veth before the Pod is written, and remove them after it is deleted. Agents run one per node
+inside the node namespace, supervised like a kubelet would: one that exits is started again
+within a second with the same node name and pin root.
+
+Run as `python -m controller.lab.daemon --name LAB` (the CLI does it); state in
+/run/vethguard/labs/<lab>/ (see controller.lab.state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from controller.lab import netns, topology
+from controller.lab.apiserver import (
+    ApiHTTPServer,
+    ApiUnixServer,
+    ServerThread,
+    kubeconfig_text,
+    tcp_listener,
+)
+from controller.lab.manifests import external_addresses
+from controller.lab.responders import Port, Responders
+from controller.lab.state import LabConfig, LabPaths, is_agent, read_pid, terminate
+from controller.lab.store import ApiError, Obj, Resource, Store
+
+log = logging.getLogger("vethguard.lab.daemon")
+
+AGENT_STATUS_PORT = 9890
+SUPERVISE_INTERVAL = 0.2
+
+
+def pod_ports(pod: Obj) -> list[Port]:
+    ports: list[Port] = []
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for port in container.get("ports") or []:
+            ports.append((int(port["containerPort"]), str(port.get("protocol") or "TCP")))
+    return sorted(set(ports))
+
+
+def _port_signature(pod: Obj) -> list[tuple[int, str, str]]:
+    result = []
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for port in container.get("ports") or []:
+            result.append(
+                (int(port["containerPort"]), str(port.get("protocol") or "TCP"), port.get("name") or "")
+            )
+    return sorted(result)
+
+
+def external_ports(ext: Obj) -> list[Port]:
+    spec = ext.get("spec") or {}
+    return sorted({(int(p["port"]), str(p.get("protocol") or "TCP")) for p in spec.get("ports") or []})
+
+
+def _pod_key(pod: Obj) -> str:
+    return f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+
+
+class LabAdmission:
+    """Store admission hooks: the lab's network follows the Pods and ExternalHosts written."""
+
+    def __init__(
+        self, config: LabConfig, store: Store, topo: topology.Topology, responders: Responders
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.topo = topo
+        self.responders = responders
+
+    # --- Admission protocol ---
+
+    def admit(self, op: str, resource: Resource, obj: Obj, old: Obj | None) -> Obj:
+        if resource.plural == "pods":
+            return self._admit_pod(op, obj, old)
+        if resource.plural == "externalhosts":
+            return self._admit_external(op, obj, old)
+        if resource.plural == "nodes" and op != "replace":
+            raise ApiError(
+                405, "MethodNotAllowed", "lab nodes are fixed when the lab is created (lab up --nodes N)"
+            )
+        return obj
+
+    def committed(self, op: str, resource: Resource, obj: Obj, old: Obj | None) -> None:
+        if op != "delete":
+            return
+        meta = obj["metadata"]
+        if resource.plural == "pods":
+            self.responders.remove(_pod_key(obj))
+            self.topo.delete_pod(meta["namespace"], meta["name"])
+        elif resource.plural == "externalhosts":
+            self.responders.remove(f"ext/{meta['name']}")
+            self.topo.delete_external(meta["name"])
+
+    # --- pods ---
+
+    def _admit_pod(self, op: str, obj: Obj, old: Obj | None) -> Obj:
+        if op == "create":
+            return self._create_pod(obj)
+        if op == "replace" and old is not None:
+            return self._replace_pod(obj, old)
+        return obj
+
+    def _replace_pod(self, obj: Obj, old: Obj) -> Obj:
+        where = f"Pod {_pod_key(old)}"
+        spec = obj.setdefault("spec", {})
+        node = spec.get("nodeName")
+        if node not in (None, old["spec"]["nodeName"]):
+            raise ApiError(
+                422, "Invalid", f"{where}: spec.nodeName is fixed once created ({old['spec']['nodeName']})"
+            )
+        spec["nodeName"] = old["spec"]["nodeName"]
+        if _port_signature(obj) != _port_signature(old):
+            raise ApiError(
+                422,
+                "Invalid",
+                f"{where}: spec.containers[].ports are fixed once created (only labels and annotations "
+                "may change); delete the pod and create it again",
+            )
+        obj["status"] = old["status"]
+        return obj
+
+    def _pick_node(self, pod: Obj) -> int:
+        requested = (pod.get("spec") or {}).get("nodeName")
+        if requested:
+            index = topology.node_index(requested)
+            if index is None or not 1 <= index <= self.config.nodes:
+                names = ", ".join(topology.node_name(i) for i in range(1, self.config.nodes + 1))
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    f"Pod {_pod_key(pod)}: spec.nodeName {requested!r} is not a lab node ({names})",
+                )
+            return index
+        counts = dict.fromkeys(range(1, self.config.nodes + 1), 0)
+        for existing in self.store.list("pods")[0]:
+            index = topology.node_index(existing["spec"].get("nodeName", ""))
+            if index in counts:
+                counts[index] += 1
+        return min(counts, key=lambda i: (counts[i], i))
+
+    def _free_host(self, node: int) -> int:
+        used = set()
+        for existing in self.store.list("pods")[0]:
+            for entry in existing.get("status", {}).get("podIPs") or []:
+                parts = entry["ip"].split(".")
+                if len(parts) == 4 and parts[2] == str(node):
+                    used.add(int(parts[3]))
+        for host in range(2, 2 + topology.MAX_PODS_PER_NODE):
+            if host not in used:
+                return host
+        raise ApiError(422, "Invalid", f"node-{node} has no free pod address left")
+
+    def _create_pod(self, pod: Obj) -> Obj:
+        node = self._pick_node(pod)
+        address4, address6 = topology.pod_addresses(node, self._free_host(node))
+        meta = pod["metadata"]
+        try:
+            self.topo.create_pod(meta["namespace"], meta["name"], node, address4, address6)
+            self.responders.add(
+                _pod_key(pod), self.topo.names.pod(meta["namespace"], meta["name"]), pod_ports(pod)
+            )
+        except Exception as exc:
+            self.responders.remove(_pod_key(pod))
+            self.topo.delete_pod(meta["namespace"], meta["name"])
+            raise ApiError(
+                500, "InternalError", f"Pod {_pod_key(pod)}: building its network failed: {exc}"
+            ) from exc
+        pod["spec"]["nodeName"] = topology.node_name(node)
+        pod["status"] = pod_status(node, address4, address6)
+        return pod
+
+    # --- external hosts ---
+
+    def _admit_external(self, op: str, obj: Obj, old: Obj | None) -> Obj:
+        name = obj["metadata"]["name"]
+        if op == "replace" and old is not None:
+            if external_addresses(obj) != external_addresses(old) or external_ports(obj) != external_ports(
+                old
+            ):
+                raise ApiError(
+                    422, "Invalid", f"ExternalHost {name}: spec.ip and spec.ports are fixed once created"
+                )
+            return obj
+        if op != "create":
+            return obj
+        try:
+            addresses = external_addresses(obj)
+            for address in addresses:
+                topology.check_external_address(address)
+        except ValueError as exc:
+            raise ApiError(422, "Invalid", f"ExternalHost {name}: spec.ip: {exc}") from exc
+        self._check_unused(name, addresses)
+        try:
+            self.topo.create_external(name, addresses)
+            self.responders.add(f"ext/{name}", self.topo.names.ext(name), external_ports(obj))
+        except Exception as exc:
+            self.responders.remove(f"ext/{name}")
+            self.topo.delete_external(name)
+            raise ApiError(
+                500, "InternalError", f"ExternalHost {name}: building its network failed: {exc}"
+            ) from exc
+        return obj
+
+    def _check_unused(self, name: str, addresses: list[str]) -> None:
+        for other in self.store.list("externalhosts")[0]:
+            clash = set(addresses) & set(external_addresses(other))
+            if clash:
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    f"ExternalHost {name}: {', '.join(sorted(clash))} already belongs to "
+                    f"{other['metadata']['name']}",
+                )
+
+    # --- restart ---
+
+    def restore(self) -> None:
+        """After a daemon restart: rebuild what is missing and serve every declared port again."""
+        for pod in self.store.list("pods")[0]:
+            meta = pod["metadata"]
+            ns_name = self.topo.names.pod(meta["namespace"], meta["name"])
+            if not netns.exists(ns_name):
+                ips = [entry["ip"] for entry in pod["status"]["podIPs"]]
+                node = topology.node_index(pod["spec"]["nodeName"]) or 1
+                self.topo.create_pod(meta["namespace"], meta["name"], node, ips[0], ips[1])
+            self.responders.add(_pod_key(pod), ns_name, pod_ports(pod))
+        for ext in self.store.list("externalhosts")[0]:
+            name = ext["metadata"]["name"]
+            if not netns.exists(self.topo.names.ext(name)):
+                self.topo.create_external(name, external_addresses(ext))
+            self.responders.add(f"ext/{name}", self.topo.names.ext(name), external_ports(ext))
+
+
+def pod_status(node: int, address4: str, address6: str) -> Obj:
+    host4, host6 = topology.node_addresses(node)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return {
+        "phase": "Running",
+        "hostIP": host4,
+        "hostIPs": [{"ip": host4}, {"ip": host6}],
+        "podIP": address4,
+        "podIPs": [{"ip": address4}, {"ip": address6}],
+        "startTime": now,
+        "conditions": [
+            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+            {"type": "Ready", "status": "True", "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+        ],
+    }
+
+
+def node_object(index: int) -> Obj:
+    name = topology.node_name(index)
+    address4, address6 = topology.node_addresses(index)
+    cidr4, cidr6 = topology.node_cidrs(index)
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"},
+        },
+        "spec": {"podCIDR": cidr4, "podCIDRs": [cidr4, cidr6]},
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": address4},
+                {"type": "InternalIP", "address": address6},
+                {"type": "Hostname", "address": name},
+            ],
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+
+
+# --- agents ---------------------------------------------------------------------------------
+
+
+class AgentSupervisor:
+    """Starts one agent per node inside its namespace and restarts any that exits."""
+
+    def __init__(self, config: LabConfig, paths: LabPaths, topo: topology.Topology) -> None:
+        self.config = config
+        self.paths = paths
+        self.topo = topo
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.restarts: dict[str, int] = {}
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="agents", daemon=True)
+
+    @property
+    def nodes(self) -> list[str]:
+        return [topology.node_name(i) for i in range(1, self.config.nodes + 1)]
+
+    def command(self, node: str) -> list[str]:
+        index = topology.node_index(node) or 1
+        return [
+            "nsenter",
+            f"--net={netns.netns_path(self.topo.names.node(index))}",
+            "--",
+            sys.executable,
+            "-m",
+            "controller.cli",
+            "agent",
+            "--node",
+            node,
+            "--kubeconfig",
+            str(self.paths.kubeconfig),
+            "--pin-root",
+            str(self.paths.pin_root),
+        ]
+
+    def start(self) -> AgentSupervisor:
+        for node in self.nodes:
+            self._kill_stale(node)
+            self._spawn(node)
+        self._thread.start()
+        return self
+
+    def _kill_stale(self, node: str) -> None:
+        pid = read_pid(self.paths.agent_pid(node))
+        if pid is not None and is_agent(pid, node):
+            terminate(pid)
+
+    def _spawn(self, node: str) -> None:
+        log_file = open(self.paths.agent_log(node), "ab")  # noqa: SIM115 - handed to the child
+        try:
+            proc = subprocess.Popen(
+                self.command(node),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd="/",
+            )
+        finally:
+            log_file.close()
+        self.procs[node] = proc
+        self.paths.agent_pid(node).write_text(f"{proc.pid}\n")
+        log.info("agent %s started (pid %d)", node, proc.pid)
+
+    def _loop(self) -> None:
+        while not self._stopping.wait(SUPERVISE_INTERVAL):
+            for node, proc in list(self.procs.items()):
+                code = proc.poll()
+                if code is None or self._stopping.is_set():
+                    continue
+                self.restarts[node] = self.restarts.get(node, 0) + 1
+                log.warning("agent %s exited with %s; starting it again", node, code)
+                self._spawn(node)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+        for node, proc in self.procs.items():
+            terminate(proc.pid)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=1)
+            self.paths.agent_pid(node).unlink(missing_ok=True)
+
+    def status(self, node: str) -> dict[str, Any]:
+        proc = self.procs.get(node)
+        alive = proc is not None and proc.poll() is None
+        report = query_agent(self.topo.names.node(topology.node_index(node) or 1)) if alive else None
+        realized = report.get("realized_generation") if report else None
+        return {
+            "pid": proc.pid if proc is not None else None,
+            "running": alive,
+            "healthy": bool(alive and report and report.get("ready")),
+            "realized_generation": realized if isinstance(realized, int) else None,
+            "restarts": self.restarts.get(node, 0),
+            "errors": (report or {}).get("errors") or [],
+        }
+
+
+def query_agent(node_netns: str, timeout: float = 1.0) -> dict[str, Any] | None:
+    """GET /status from the agent on 127.0.0.1:9890 inside the node's namespace."""
+
+    def fetch() -> dict[str, Any] | None:
+        conn = http.client.HTTPConnection("127.0.0.1", AGENT_STATUS_PORT, timeout=timeout)
+        try:
+            conn.request("GET", "/status")
+            response = conn.getresponse()
+            body = response.read()
+            if response.status != 200:
+                return None
+            data = json.loads(body)
+            return data if isinstance(data, dict) else None
+        except (OSError, ValueError, http.client.HTTPException):
+            return None
+        finally:
+            conn.close()
+
+    try:
+        return netns.run_in_netns(node_netns, fetch)
+    except netns.NetnsError:
+        return None
+
+
+# --- the daemon -----------------------------------------------------------------------------
+
+
+class LabDaemon:
+    def __init__(self, lab: str) -> None:
+        self.paths = LabPaths(lab)
+        self.config = self.paths.read_config()
+        self.topo = topology.Topology(lab)
+        self.store = Store(self.paths.store)
+        self.responders = Responders()
+        self.admission = LabAdmission(self.config, self.store, self.topo, self.responders)
+        self.servers: list[ServerThread] = []
+        self.agents: AgentSupervisor | None = None
+        self.stopped = threading.Event()
+
+    def start(self) -> None:
+        self.paths.daemon_pid.write_text(f"{os.getpid()}\n")
+        self.responders.start()
+        fresh = self.store.resource_version == 0
+        self._build_network(fresh)
+        if fresh:
+            for index in range(1, self.config.nodes + 1):
+                self.store.create("nodes", node_object(index))
+            self.store.create(
+                "namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}
+            )
+        self.store.admission = self.admission
+        if not fresh:
+            self.admission.restore()
+        self._serve()
+        self.paths.kubeconfig.write_text(
+            kubeconfig_text(f"http://{topology.API_ADDRESS}:{topology.API_PORT}")
+        )
+        if self.config.agents:
+            self.paths.pin_root.mkdir(parents=True, exist_ok=True)
+            self.agents = AgentSupervisor(self.config, self.paths, self.topo).start()
+        log.info("lab %s serving (resourceVersion %d)", self.config.name, self.store.resource_version)
+
+    def _build_network(self, fresh: bool) -> None:
+        nodes = range(1, self.config.nodes + 1)
+        names = self.topo.names
+        if not fresh and netns.exists(names.fabric) and all(netns.exists(names.node(i)) for i in nodes):
+            return
+        self.topo.create_fabric()
+        for index in nodes:
+            self.topo.create_node(index)
+
+    def _serve(self) -> None:
+        fabric = self.topo.names.fabric
+        sock = netns.run_in_netns(fabric, lambda: tcp_listener(topology.API_ADDRESS, topology.API_PORT))
+        self.servers.append(ServerThread(ApiHTTPServer(sock, self.store, self.lab_endpoint)).start())
+        unix = ApiUnixServer(self.paths.socket, self.store, self.lab_endpoint)
+        self.servers.append(ServerThread(unix).start())
+
+    def lab_endpoint(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        if method == "GET" and path == "/lab/v1/status":
+            return 200, self.status()
+        return 404, {"kind": "Status", "code": 404, "message": f"no lab endpoint {method} {path}"}
+
+    def status(self) -> dict[str, Any]:
+        pods = {}
+        for pod in self.store.list("pods")[0]:
+            meta = pod["metadata"]
+            pods[_pod_key(pod)] = {
+                "node": pod["spec"].get("nodeName"),
+                "ips": [entry["ip"] for entry in pod.get("status", {}).get("podIPs") or []],
+                "netns": self.topo.names.pod(meta["namespace"], meta["name"]),
+                "ports": [{"port": p, "protocol": proto} for p, proto in pod_ports(pod)],
+            }
+        externals = {}
+        for ext in self.store.list("externalhosts")[0]:
+            name = ext["metadata"]["name"]
+            externals[name] = {
+                "ips": external_addresses(ext),
+                "netns": self.topo.names.ext(name),
+                "ports": [{"port": p, "protocol": proto} for p, proto in external_ports(ext)],
+            }
+        nodes = {}
+        for index in range(1, self.config.nodes + 1):
+            nodes[topology.node_name(index)] = {
+                "ips": list(topology.node_addresses(index)),
+                "podCIDRs": list(topology.node_cidrs(index)),
+                "netns": self.topo.names.node(index),
+            }
+        agents = {}
+        if self.agents is not None:
+            threads = {}
+            results: dict[str, dict[str, Any]] = {}
+            for node in self.agents.nodes:
+                threads[node] = threading.Thread(
+                    target=lambda n=node: results.__setitem__(n, self.agents.status(n) if self.agents else {})
+                )
+                threads[node].start()
+            for node, thread in threads.items():
+                thread.join()
+                agents[node] = results[node]
+        return {
+            "name": self.config.name,
+            "cni": self.config.cni,
+            "resourceVersion": self.store.resource_version,
+            "api": {
+                "url": f"http://{topology.API_ADDRESS}:{topology.API_PORT}",
+                "kubeconfig": str(self.paths.kubeconfig),
+            },
+            "agentsEnabled": self.config.agents,
+            "nodes": nodes,
+            "pods": pods,
+            "externals": externals,
+            "agents": agents,
+        }
+
+    def stop(self) -> None:
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        if self.agents is not None:
+            self.agents.stop()
+        for server in self.servers:
+            server.stop()
+        self.responders.close()
+        self.paths.socket.unlink(missing_ok=True)
+        self.paths.daemon_pid.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vethguard-lab-daemon")
+    parser.add_argument("--name", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    daemon = LabDaemon(args.name)
+    done = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda *_: done.set())
+    try:
+        daemon.start()
+        while not done.wait(1.0):
+            pass
+    except Exception:
+        log.exception("lab daemon failed")
+        return 1
+    finally:
+        daemon.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    os.umask(0o022)
+    sys.exit(main())

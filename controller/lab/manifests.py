@@ -1,0 +1,181 @@
+"""Lab manifests: multi-document YAML files, directories of them, or standard input.
+
+Kinds: Namespace (v1), Pod (v1), NetworkPolicy (networking.k8s.io/v1) and the lab's
+ExternalHost (lab.vethguard.dev/v1alpha1: metadata.name, spec.ip one or a list, spec.ports
+[{port, protocol}]). `kind: List` documents are flattened. Errors name the file and document.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from controller.errors import VethguardError
+from controller.lab.store import BY_KIND, Resource
+from controller.lab.topology import check_external_address
+
+APPLY_ORDER = ("Namespace", "ExternalHost", "Pod", "NetworkPolicy")
+SUFFIXES = (".yaml", ".yml", ".json")
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+
+
+class ManifestError(VethguardError):
+    """A manifest cannot be used; the message names the file, document and field."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    resource: Resource
+    obj: dict[str, Any]
+    origin: str  # "file.yaml#2"
+
+    @property
+    def namespace(self) -> str:
+        if not self.resource.namespaced:
+            return ""
+        return str(self.obj["metadata"].get("namespace") or "default")
+
+    @property
+    def name(self) -> str:
+        return str(self.obj["metadata"]["name"])
+
+    @property
+    def display(self) -> str:
+        qualified = f"{self.namespace}/{self.name}" if self.namespace else self.name
+        return f"{self.resource.kind.lower()}/{qualified}"
+
+
+def _read_sources(path: str) -> list[tuple[str, str]]:
+    if path == "-":
+        return [("<stdin>", sys.stdin.read())]
+    target = Path(path)
+    if target.is_dir():
+        files = sorted(p for p in target.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
+        if not files:
+            raise ManifestError(f"{path}: no .yaml, .yml or .json files in this directory")
+        return [(str(p), p.read_text()) for p in files]
+    if not target.exists():
+        raise ManifestError(f"{path}: no such file or directory")
+    return [(path, target.read_text())]
+
+
+def _documents(origin: str, text: str) -> list[tuple[str, Any]]:
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{origin}: invalid YAML: {exc}") from exc
+    result: list[tuple[str, Any]] = []
+    for index, doc in enumerate(docs, start=1):
+        if doc is None:
+            continue
+        if isinstance(doc, dict) and doc.get("kind") == "List":
+            items = doc.get("items") or []
+            result.extend((f"{origin}#{index}.{i}", item) for i, item in enumerate(items, start=1))
+        else:
+            result.append((f"{origin}#{index}", doc))
+    return result
+
+
+def _check_ports(where: str, ports: Any, port_key: str) -> None:
+    if ports is None:
+        return
+    if not isinstance(ports, list):
+        raise ManifestError(f"{where}: ports must be a list")
+    for port in ports:
+        if not isinstance(port, dict):
+            raise ManifestError(f"{where}: each port must be a mapping")
+        number = port.get(port_key)
+        if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= 65535:
+            raise ManifestError(f"{where}: {port_key} must be a number from 1 to 65535, got {number!r}")
+        protocol = port.get("protocol", "TCP")
+        if protocol not in PROTOCOLS:
+            raise ManifestError(f"{where}: protocol must be TCP, UDP or SCTP, got {protocol!r}")
+
+
+def _check_pod(where: str, obj: dict[str, Any]) -> None:
+    spec = obj.get("spec") or {}
+    if not isinstance(spec, dict):
+        raise ManifestError(f"{where}: spec must be a mapping")
+    containers = spec.get("containers") or []
+    if not isinstance(containers, list):
+        raise ManifestError(f"{where}: spec.containers must be a list")
+    for index, container in enumerate(containers):
+        if not isinstance(container, dict):
+            raise ManifestError(f"{where}: spec.containers[{index}] must be a mapping")
+        _check_ports(f"{where}: spec.containers[{index}].ports", container.get("ports"), "containerPort")
+    node = spec.get("nodeName")
+    if node is not None and not isinstance(node, str):
+        raise ManifestError(f"{where}: spec.nodeName must be a string")
+
+
+def external_addresses(obj: dict[str, Any]) -> list[str]:
+    spec = obj.get("spec") or {}
+    value = spec.get("ip")
+    values = value if isinstance(value, list) else [value]
+    return [str(ipaddress.ip_address(str(v))) for v in values]
+
+
+def _check_external(where: str, obj: dict[str, Any]) -> None:
+    spec = obj.get("spec")
+    if not isinstance(spec, dict) or not spec.get("ip"):
+        raise ManifestError(f"{where}: spec.ip is required (one address or a list)")
+    values = spec["ip"] if isinstance(spec["ip"], list) else [spec["ip"]]
+    for value in values:
+        try:
+            check_external_address(str(value))
+        except ValueError as exc:
+            raise ManifestError(f"{where}: spec.ip: {exc}") from exc
+    _check_ports(f"{where}: spec.ports", spec.get("ports"), "port")
+
+
+def parse(origin: str, doc: Any) -> Manifest:
+    if not isinstance(doc, dict):
+        raise ManifestError(f"{origin}: a manifest must be a mapping, got {type(doc).__name__}")
+    kind = doc.get("kind")
+    resource = BY_KIND.get(kind) if isinstance(kind, str) else None
+    if resource is None or kind == "Node":
+        supported = ", ".join(APPLY_ORDER)
+        raise ManifestError(f"{origin}: unknown kind {kind!r} (the lab supports {supported})")
+    if doc.get("apiVersion") != resource.api_version:
+        raise ManifestError(
+            f"{origin}: {kind} must have apiVersion {resource.api_version}, got {doc.get('apiVersion')!r}"
+        )
+    meta = doc.get("metadata")
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
+        raise ManifestError(f"{origin}: {kind}: metadata.name is required")
+    where = f"{origin}: {kind} {meta['name']}"
+    labels = meta.get("labels")
+    if labels is not None and not (
+        isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())
+    ):
+        raise ManifestError(f"{where}: metadata.labels must map names to strings (quote numbers)")
+    if kind == "Pod":
+        _check_pod(where, doc)
+    elif kind == "ExternalHost":
+        _check_external(where, doc)
+    return Manifest(resource, doc, origin)
+
+
+def load(paths: list[str]) -> list[Manifest]:
+    """Every manifest of the given files, directories or '-' (stdin), validated."""
+    manifests: list[Manifest] = []
+    for path in paths:
+        for origin, text in _read_sources(path):
+            manifests.extend(parse(where, doc) for where, doc in _documents(origin, text))
+    if not manifests:
+        raise ManifestError(f"{', '.join(paths)}: no manifests found")
+    return manifests
+
+
+def apply_order(manifests: list[Manifest]) -> list[Manifest]:
+    """Namespaces first, then external hosts, pods, policies (stable within a kind)."""
+    return sorted(manifests, key=lambda m: APPLY_ORDER.index(m.resource.kind))
+
+
+def delete_order(manifests: list[Manifest]) -> list[Manifest]:
+    return list(reversed(apply_order(manifests)))
