@@ -96,7 +96,11 @@ class Sim:
                     }
                 }
             self.pods[key] = {
-                "metadata": {"namespace": p["namespace"], "name": p["name"], "labels": dict(p.get("labels") or {})},
+                "metadata": {
+                    "namespace": p["namespace"],
+                    "name": p["name"],
+                    "labels": dict(p.get("labels") or {}),
+                },
                 "spec": {
                     "nodeName": node,
                     "containers": [
@@ -243,7 +247,9 @@ def test_the_conformance_scenarios_are_present() -> None:
 
 @pytest.mark.skipif(not SCENARIOS, reason=f"conformance scenarios not found at {CONFORMANCE_DIR}")
 @pytest.mark.parametrize(("scenario", "family"), _ids())
-def test_every_conformance_scenario_passes_through_the_pure_compiler(scenario: dict[str, Any], family: int) -> None:
+def test_every_conformance_scenario_passes_through_the_pure_compiler(
+    scenario: dict[str, Any], family: int
+) -> None:
     model = scenario.get("model") or _default_model()
     sim = Sim(model, family)
     failures: list[str] = []
