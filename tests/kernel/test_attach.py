@@ -1,0 +1,164 @@
+"""Attach/detach with pyroute2 in network namespaces we create, and real traffic through them."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import subprocess
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import pytest
+
+from controller.datapath import Datapath, maps, sync
+from controller.datapath.maps import DIR_INGRESS, Reason
+from controller.mapstate import PolicyEntryKey, PolicyEntryValue
+
+pytestmark = pytest.mark.root
+
+T = TypeVar("T")
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def in_netns(name: str, fn: Callable[[], T]) -> T:
+    """Run fn in a thread that entered netns `name` (setns affects only the calling thread)."""
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+        try:
+            if _libc.setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns failed")
+            box["result"] = fn()
+        except BaseException as e:
+            box["error"] = e
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["result"]  # type: ignore[return-value]
+
+
+def sh(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), check=True, capture_output=True, text=True)
+
+
+@pytest.fixture
+def lab() -> Iterator[dict[str, object]]:
+    """node ns <-> pod ns over a veth pair; host side 'vgh0' in the node ns."""
+    tag = uuid.uuid4().hex[:6]
+    node, pod = f"vgt-dp-node-{tag}", f"vgt-dp-pod-{tag}"
+    created: list[str] = []
+    try:
+        for ns in (node, pod):
+            sh("ip", "netns", "add", ns)
+            created.append(ns)
+        sh("ip", "-n", node, "link", "add", "vgh0", "type", "veth", "peer", "name", "eth0", "netns", pod)
+        sh("ip", "-n", node, "addr", "add", "10.99.0.1/24", "dev", "vgh0")
+        sh("ip", "-n", pod, "addr", "add", "10.99.0.2/24", "dev", "eth0")
+        for ns, dev in ((node, "vgh0"), (pod, "eth0")):
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        ifindex = int(sh("ip", "netns", "exec", node, "cat", "/sys/class/net/vgh0/ifindex").stdout)
+        yield {"node": node, "pod": pod, "ifindex": ifindex}
+    finally:
+        for ns in created:
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def _filters(ns: str, hook: str) -> str:
+    return sh("tc", "-n", ns, "filter", "show", "dev", "vgh0", hook).stdout
+
+
+def _qdiscs(ns: str) -> str:
+    return sh("tc", "-n", ns, "qdisc", "show", "dev", "vgh0").stdout
+
+
+def test_attach_is_idempotent_and_detach_removes_our_filters_and_our_clsact(
+    dp: Datapath, lab: dict[str, object]
+) -> None:
+    ns, ifindex = str(lab["node"]), int(str(lab["ifindex"]))
+    in_netns(ns, lambda: dp.attach(ifindex))
+    in_netns(ns, lambda: dp.attach(ifindex))
+    assert in_netns(ns, lambda: dp.attached(ifindex))
+    assert _filters(ns, "ingress").count("vethguard-from-pod") == 1
+    assert _filters(ns, "egress").count("vethguard-to-pod") == 1
+    assert "direct-action" in _filters(ns, "ingress")
+    in_netns(ns, lambda: dp.detach(ifindex))
+    in_netns(ns, lambda: dp.detach(ifindex))
+    assert "vethguard" not in _filters(ns, "ingress") + _filters(ns, "egress")
+    assert "clsact" not in _qdiscs(ns)
+
+
+def test_detach_never_removes_a_clsact_it_did_not_create(dp: Datapath, lab: dict[str, object]) -> None:
+    ns, ifindex = str(lab["node"]), int(str(lab["ifindex"]))
+    sh("tc", "-n", ns, "qdisc", "add", "dev", "vgh0", "clsact")
+    in_netns(ns, lambda: dp.attach(ifindex))
+    in_netns(ns, lambda: dp.detach(ifindex))
+    assert "clsact" in _qdiscs(ns)
+
+
+def _listen(ns: str, addr: str, port: int) -> socket.socket:
+    """A TCP listener created in netns `ns` (a socket stays in the netns it was created in)."""
+
+    def make() -> socket.socket:
+        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind((addr, port))
+        srv.listen(8)
+        return srv
+
+    return in_netns(ns, make)
+
+
+def _connects(ns: str, addr: str, port: int) -> bool:
+    def attempt() -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as c:
+            c.settimeout(1.0)
+            try:
+                c.connect((addr, port))
+            except OSError:
+                return False
+            return True
+
+    return in_netns(ns, attempt)
+
+
+def test_real_traffic_is_enforced_on_an_attached_veth(dp: Datapath, lab: dict[str, object]) -> None:
+    ns, pod, ifindex = str(lab["node"]), str(lab["pod"]), int(str(lab["ifindex"]))
+    peer_id = 4000
+    for m in ("vg_ct", "vg_counters", "vg_policy"):
+        dp.maps[m].clear()
+    # The node-side address plays another pod's role (identity 4000), so policy applies to it.
+    k, v = maps.encode_ipcache(sync.ipnet("10.99.0.1/32"), peer_id, 0)
+    dp.maps["vg_ipcache4"].update(k, v)
+    k, v = maps.encode_endpoint(ifindex, 256, maps.EP_F_INGRESS_ISOLATED, "10.99.0.2", None)
+    dp.maps["vg_endpoints"].update(k, v)
+    listeners = [_listen(ns, "10.99.0.1", 7000), _listen(pod, "10.99.0.2", 7001)]
+    try:
+        in_netns(ns, lambda: dp.attach(ifindex))
+        assert _connects(pod, "10.99.0.1", 7000), "the pod's own connection and its replies must pass"
+        assert not _connects(ns, "10.99.0.2", 7001), "an isolated pod must not be reachable without a rule"
+        c = dp.counters()
+        assert c[(ifindex, int(Reason.ALLOW_REPLY), DIR_INGRESS)][0] >= 1
+        assert c[(ifindex, int(Reason.DROP_POLICY), DIR_INGRESS)][0] >= 1
+        assert c[(ifindex, int(Reason.ALLOW_NON_IP), DIR_INGRESS)][0] >= 1  # ARP
+        pk, pv = maps.encode_policy(
+            ifindex, PolicyEntryKey(DIR_INGRESS, peer_id, 6, 7001, 16), PolicyEntryValue(1, 0, 5)
+        )
+        dp.maps["vg_policy"].update(pk, pv)
+        assert _connects(ns, "10.99.0.2", 7001), "an allow entry must open the pod"
+    finally:
+        for srv in listeners:
+            srv.close()
+        in_netns(ns, lambda: dp.detach(ifindex))
+        dp.maps["vg_endpoints"].delete(maps.u32_key(ifindex))
+        dp.maps["vg_ipcache4"].clear()
