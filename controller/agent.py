@@ -199,9 +199,9 @@ class Agent:
         with self._lock:
             self._agent_errors[stage] = AgentError(f"agent {self.node}", stage, msg)
         self.metrics.agent_errors_total.labels(stage=stage).inc()
-        if isinstance(exc, BaseException):
+        if isinstance(exc, BaseException) and not isinstance(exc, VethguardError):
             log.error(f"{stage} failed", node=self.node, error=msg, exc_info=exc, **context)
-        else:
+        else:  # a VethguardError already explains itself: no traceback
             log.error(f"{stage} failed", node=self.node, error=msg, **context)
 
     def _clear(self, stage: str) -> None:
