@@ -12,9 +12,11 @@
  *   2. non-IP                                   -> ALLOW_NON_IP
  *   3. truncated / unparsable                   -> DROP_MALFORMED if d is isolated, else pass
  *   4. ICMPv6 ND / router / MLD                 -> ALLOW_ICMP6_CTRL
- *   5. peer identity HOST                       -> ALLOW_HOST
- *   6. non-first fragment: ports from vg_frag   (unknown -> DROP_FRAG_UNKNOWN if isolated)
- *   7. conntrack hit                            -> ALLOW_CT / ALLOW_REPLY / DROP_REVOKED
+ *   5. non-first fragment: ports from vg_frag   (unknown -> ALLOW_HOST for the node, else
+ *                                                  DROP_FRAG_UNKNOWN if isolated)
+ *   6. conntrack hit                            -> ALLOW_CT / ALLOW_REPLY / DROP_REVOKED
+ *   7. peer identity HOST (ipcache lookup only   -> ALLOW_HOST
+ *      on a CT miss: host flows are never tracked)
  *   8. new flow: isolation + policy             -> ALLOW_NOT_ISOLATED / ALLOW_POLICY /
  *                                                  DROP_POLICY / DROP_PENDING, CT entry created
  */
@@ -75,19 +77,19 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir)
 	if (vg_is_icmp6_ctrl(&p))
 		return vg_finish(skb, ep->ep_id, dir, ALLOW_ICMP6_CTRL, &p, &peer, 0, 0, now);
 
-	vg_ipcache_lookup(p.family, dir == DIR_EGRESS ? p.daddr : p.saddr, &peer);
-	if (peer.identity == ID_HOST)
-		return vg_finish(skb, ep->ep_id, dir, ALLOW_HOST, &p, &peer, 0, 0, now);
-
 	if (p.frag == VG_FRAG_LATER) {
 		struct frag_key fk;
 		struct frag_value *fv;
 
 		vg_frag_key(&fk, &p);
 		fv = vg_frag.lookup(&fk);
-		if (!fv || fv->expires_ns < now)
+		if (!fv || fv->expires_ns < now) {
+			vg_ipcache_lookup(p.family, dir == DIR_EGRESS ? p.daddr : p.saddr, &peer);
+			if (peer.identity == ID_HOST)
+				return vg_finish(skb, ep->ep_id, dir, ALLOW_HOST, &p, &peer, 0, 0, now);
 			return vg_finish(skb, ep->ep_id, dir, isolated ? DROP_FRAG_UNKNOWN : ALLOW_NOT_ISOLATED,
 					 &p, &peer, 0, 0, now);
+		}
 		p.sport = fv->sport;
 		p.dport = fv->dport;
 	}
@@ -107,6 +109,13 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir)
 		if (v && v->expires_ns > now) {
 			reason = vg_ct_hit(ep, &k, v, &p, 1, revision, len, now, &rule_ref);
 		} else {
+			/*
+			 * The peer identity is needed only here: established packets skip the
+			 * ipcache LPM lookup. Host traffic is never tracked, so it always gets here.
+			 */
+			vg_ipcache_lookup(p.family, dir == DIR_EGRESS ? p.daddr : p.saddr, &peer);
+			if (peer.identity == ID_HOST)
+				return vg_finish(skb, ep->ep_id, dir, ALLOW_HOST, &p, &peer, 0, 0, now);
 			reason = vg_policy_verdict(ep, dir, p.proto, p.dport, &peer, &rule_ref);
 			if (REASON_IS_DROP(reason))
 				return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, 0, 0, now);
@@ -131,6 +140,8 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir)
 			reason = ALLOW_FRAG;
 		}
 	}
+	if (REASON_IS_DROP(reason)) /* a revoked flow: name the peer in the drop event */
+		vg_ipcache_lookup(p.family, dir == DIR_EGRESS ? p.daddr : p.saddr, &peer);
 	return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, rule_ref, 0, now);
 }
 
