@@ -11,6 +11,7 @@ from typing import Any
 
 from controller.datapath import loader, maps, sync
 from controller.datapath.attach import Attacher
+from controller.datapath.maps import Event
 from controller.datapath.sync import KernelState, SyncResult
 from controller.mapstate import NodeDesired
 
@@ -32,7 +33,7 @@ class Datapath:
         self._loaded = loader.load(node, pin_root, extra_cflags)
         self._attacher = Attacher()
         self._event_cb: Callable[[object, int, int], None] | None = None
-        self._event_sink: Callable[[maps.Event], None] | None = None
+        self._event_sink: Callable[[Event], None] | None = None
 
     # -- properties used by tests, benchmarks and the event reader
     @property
@@ -52,7 +53,7 @@ class Datapath:
         """The bcc BPF object (e.g. bcc["vg_events"].open_ring_buffer(callback))."""
         return self._loaded.bpf
 
-    def open_events(self, callback: Callable[[maps.Event], None]) -> None:
+    def open_events(self, callback: Callable[[Event], None]) -> None:
         """Deliver vg_events records (new flows and drops) to callback from poll_events().
 
         The ring is opened once; a later call only replaces the callback.

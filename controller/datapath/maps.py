@@ -11,7 +11,6 @@ import ctypes
 import errno
 import ipaddress
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 from functools import cache
@@ -663,8 +662,8 @@ class BpfMap:
             raise
         return True
 
-    def keys(self) -> Iterator[bytes]:
-        """All keys. Collected first, so deleting while iterating is safe."""
+    def key_list(self) -> list[bytes]:
+        """All keys, collected first so deleting while iterating is safe."""
         out: list[bytes] = []
         nb = ctypes.create_string_buffer(self.key_size)
         attr = _MapElemAttr(map_fd=self.fd, key=0, value=ctypes.addressof(nb))
@@ -678,11 +677,11 @@ class BpfMap:
             out.append(nb.raw)
             kb = ctypes.create_string_buffer(nb.raw, self.key_size)
             attr = _MapElemAttr(map_fd=self.fd, key=ctypes.addressof(kb), value=ctypes.addressof(nb))
-        return iter(out)
+        return out
 
     def items(self) -> dict[bytes, bytes]:
         out: dict[bytes, bytes] = {}
-        for k in self.keys():
+        for k in self.key_list():
             v = self.lookup(k)
             if v is not None:  # may vanish between the two calls (LRU eviction)
                 out[k] = v
@@ -690,6 +689,6 @@ class BpfMap:
 
     def clear(self) -> int:
         n = 0
-        for k in self.keys():
+        for k in self.key_list():
             n += self.delete(k)
         return n

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -112,7 +112,7 @@ class MapLike(Protocol):
     def items(self) -> dict[bytes, bytes]: ...
     def update(self, key: bytes, value: bytes, flags: int = ...) -> None: ...
     def delete(self, key: bytes) -> bool: ...
-    def keys(self) -> Iterable[bytes]: ...
+    def key_list(self) -> list[bytes]: ...
     def lookup(self, key: bytes) -> bytes | None: ...
 
 
@@ -174,11 +174,11 @@ def apply(
     if removed_eps and cleanup_removed:
         # Flows of a deleted pod must not be matched if its ifindex is reused by a new pod.
         if "vg_ct" in kernel:
-            for kb in kernel["vg_ct"].keys():
+            for kb in kernel["vg_ct"].key_list():
                 if _ep_id_of_ct_key(kb) in removed_eps:
                     ct_deleted += kernel["vg_ct"].delete(kb)
         if "vg_counters" in kernel:
-            for kb in kernel["vg_counters"].keys():
+            for kb in kernel["vg_counters"].key_list():
                 if _ep_id_of_counter_key(kb) in removed_eps:
                     kernel["vg_counters"].delete(kb)
     result = SyncResult(
@@ -239,7 +239,7 @@ def dump(kernel: Mapping[str, MapLike]) -> KernelState:
 def counters(counter_map: maps.BpfMap) -> dict[tuple[int, int, int], tuple[int, int]]:
     """(ep_id, reason, dir) -> (packets, bytes), summed over CPUs."""
     out: dict[tuple[int, int, int], tuple[int, int]] = {}
-    for kb in counter_map.keys():
+    for kb in counter_map.key_list():
         per_cpu = counter_map.lookup_percpu(kb)
         if per_cpu is None:
             continue

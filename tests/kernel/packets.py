@@ -108,4 +108,6 @@ def ipv6(src: str, dst: str, nexthdr: int, payload: bytes) -> bytes:
 
 
 def arp() -> bytes:
-    return eth(ETH_P_ARP, struct.pack("!HHBBH", 1, ETH_P_IP, 6, 4, 1) + _MAC_A + bytes(4) + bytes(6) + bytes(4))
+    return eth(
+        ETH_P_ARP, struct.pack("!HHBBH", 1, ETH_P_IP, 6, 4, 1) + _MAC_A + bytes(4) + bytes(6) + bytes(4)
+    )

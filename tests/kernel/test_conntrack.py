@@ -106,7 +106,7 @@ def test_an_expired_entry_is_a_miss(h: Harness) -> None:
     key = h.allow(DIR_INGRESS, ID_B, P.TCP, 80)
     assert h.to_pod(b_to_a(40000, 80, P.SYN)) == TC_ACT_OK
     ct = h.dp.maps["vg_ct"]
-    (kb,) = list(ct.keys())
+    (kb,) = list(ct.key_list())
     v = maps.CtValue.from_bytes(ct.lookup(kb) or b"")
     v.expires_ns = 1
     ct.update(kb, bytes(v))

@@ -14,12 +14,15 @@ from tests.kernel.conftest import EP, ID_B, NODE_IP, POD_A, POD_A6, POD_B, POD_B
 pytestmark = pytest.mark.root
 
 
-SCENARIOS: dict[Reason, tuple[int, Callable[[Harness], None]]] = {
+SCENARIOS: dict[Reason, tuple[int, Callable[[Harness], object]]] = {
     Reason.ALLOW_POLICY: (DIR_INGRESS, lambda h: h.to_pod(P.ipv4(POD_B, POD_A, P.TCP, P.tcp(1, 80)))),
     Reason.ALLOW_NOT_ISOLATED: (DIR_EGRESS, lambda h: h.from_pod(P.ipv4(POD_A, POD_C, P.TCP, P.tcp(1, 9)))),
     Reason.ALLOW_HOST: (DIR_INGRESS, lambda h: h.to_pod(P.ipv4(NODE_IP, POD_A, P.TCP, P.tcp(1, 9)))),
     Reason.ALLOW_NON_IP: (DIR_INGRESS, lambda h: h.to_pod(P.arp())),
-    Reason.ALLOW_ICMP6_CTRL: (DIR_INGRESS, lambda h: h.to_pod(P.ipv6(POD_B6, POD_A6, P.ICMPV6, P.icmp6(135)))),
+    Reason.ALLOW_ICMP6_CTRL: (
+        DIR_INGRESS,
+        lambda h: h.to_pod(P.ipv6(POD_B6, POD_A6, P.ICMPV6, P.icmp6(135))),
+    ),
     Reason.DROP_POLICY: (DIR_INGRESS, lambda h: h.to_pod(P.ipv4(POD_C, POD_A, P.TCP, P.tcp(1, 80)))),
     Reason.DROP_MALFORMED: (DIR_INGRESS, lambda h: h.to_pod(P.ipv4(POD_B, POD_A, P.UDP, b"\x00"))),
     Reason.DROP_FRAG_UNKNOWN: (
@@ -92,14 +95,20 @@ def test_new_flows_and_drops_produce_events_but_established_packets_do_not(h: Ha
     assert [e.reason for e in events] == [Reason.ALLOW_POLICY, Reason.DROP_POLICY]
     new, drop = events
     assert (new.saddr, new.daddr, new.sport, new.dport, new.proto) == (POD_B, POD_A, 40000, 80, P.TCP)
-    assert (new.ep_id, new.dir, new.peer_identity, new.rule_ref, new.family) == (EP, DIR_INGRESS, ID_B, 777, 4)
+    assert (new.ep_id, new.dir, new.peer_identity, new.rule_ref, new.family) == (
+        EP,
+        DIR_INGRESS,
+        ID_B,
+        777,
+        4,
+    )
     assert (drop.saddr, drop.dport, drop.rule_ref) == (POD_C, 22, 0)
 
 
 def test_events_are_rate_limited_per_cpu(h: Harness) -> None:
     events = _collect(h)
     # A fresh bucket: tokens refill to the burst size from the last event time.
-    for k in list(h.dp.maps["vg_evrate"].keys()):
+    for k in list(h.dp.maps["vg_evrate"].key_list()):
         h.dp.maps["vg_evrate"].update(k, bytes(maps.EvrateState()))
     h.endpoint(ingress_isolated=True)
     from controller.datapath.testrun import run

@@ -16,11 +16,18 @@ pytestmark = pytest.mark.root
 ALLOW = PolicyEntryValue(verdict=1, precedence=0, rule_ref=99)
 
 
-def _desired(entries: dict[PolicyEntryKey, PolicyEntryValue], pods: tuple[str, ...] = ("x/a",)) -> NodeDesired:
+def _desired(
+    entries: dict[PolicyEntryKey, PolicyEntryValue], pods: tuple[str, ...] = ("x/a",)
+) -> NodeDesired:
     eps = {
         pod: EndpointDesired(
-            pod=pod, identity=256, ingress_isolated=True, egress_isolated=False,
-            ipv4=POD_A, ipv6=None, entries=entries,
+            pod=pod,
+            identity=256,
+            ingress_isolated=True,
+            egress_isolated=False,
+            ipv4=POD_A,
+            ipv6=None,
+            entries=entries,
         )
         for pod in pods
     }

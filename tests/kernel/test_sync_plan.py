@@ -71,8 +71,10 @@ def test_policy_keys_use_the_documented_prefix_lengths_and_network_order_ports()
         PolicyEntryKey(1, 257, 6, 443, 16): ALLOW,
     }
     got = desired_maps(_node(entries), {"x/a": 7})["vg_policy"]
-    keys = sorted((k.prefixlen, k.ep_id, k.identity, k.dir, k.proto, bytes(k.dport))
-                  for k in map(maps.PolicyKey.from_bytes, got))
+    keys = sorted(
+        (k.prefixlen, k.ep_id, k.identity, k.dir, k.proto, bytes(k.dport))
+        for k in map(maps.PolicyKey.from_bytes, got)
+    )
     assert keys == [
         (72, 7, 0, 0, 0, b"\x00\x00"),
         (80, 7, 257, 0, 17, b"\x00\x00"),

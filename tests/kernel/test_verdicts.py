@@ -92,7 +92,9 @@ def test_a_protocol_entry_without_port_allows_every_port_of_that_protocol(h: Har
     assert h.to_pod(to_a(POD_B, 1, 65535)) == TC_ACT_SHOT
 
 
-@pytest.mark.parametrize(("port", "allowed"), [(7999, False), (8000, True), (8042, True), (8080, True), (8081, False)])
+@pytest.mark.parametrize(
+    ("port", "allowed"), [(7999, False), (8000, True), (8042, True), (8080, True), (8081, False)]
+)
 def test_a_port_range_is_matched_through_lpm_prefixes(h: Harness, port: int, allowed: bool) -> None:
     h.endpoint(ingress_isolated=True)
     for p, plen in range_to_prefixes(8000, 8080):
