@@ -425,7 +425,7 @@ class LabDaemon:
         self.responders = Responders()
         self.admission = LabAdmission(self.config, self.store, self.topo, self.responders)
         self.servers: list[ServerThread] = []
-        self.agents: AgentSupervisor | None = None
+        self.agents = AgentSupervisor(self.config, self.paths, self.topo) if self.config.agents else None
         self.stopped = threading.Event()
 
     def start(self) -> None:
@@ -446,9 +446,9 @@ class LabDaemon:
         self.paths.kubeconfig.write_text(
             kubeconfig_text(f"http://{topology.API_ADDRESS}:{topology.API_PORT}")
         )
-        if self.config.agents:
+        if self.agents is not None:
             self.paths.pin_root.mkdir(parents=True, exist_ok=True)
-            self.agents = AgentSupervisor(self.config, self.paths, self.topo).start()
+            self.agents.start()
         log.info("lab %s serving (resourceVersion %d)", self.config.name, self.store.resource_version)
 
     def _build_network(self, fresh: bool) -> None:
