@@ -273,9 +273,10 @@ def test_every_conformance_scenario_passes_through_the_pure_compiler(
                     want = rows[i][j] == "."
                     got = sim.connected(src, dst, int(probe["port"]), probe["protocol"])
                     if got != want:
+                        word = {True: "connected", False: "blocked"}
                         failures.append(
                             f"step {si} probe {probe['port']}/{probe['protocol']}: {src} -> {dst}: "
-                            f"expected {'connected' if want else 'blocked'}, got {'connected' if got else 'blocked'}"
+                            f"expected {word[want]}, got {word[got]}"
                         )
         for check in step.get("checks") or []:
             src, dst = check["from"], check["to"]

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import ipaddress
+from random import Random
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -39,7 +41,7 @@ def test_pods_with_the_same_namespace_and_labels_share_an_identity() -> None:
 
 
 @given(pod_keys, st.randoms())
-def test_pod_identity_allocation_depends_only_on_the_set_of_keys(raw: list, rnd) -> None:  # type: ignore[no-untyped-def]
+def test_pod_identity_allocation_depends_only_on_the_set_of_keys(raw: list[Any], rnd: Random) -> None:
     keys = [pod_identity_key(ns, labels) for ns, labels in raw]
     shuffled = list(keys)
     rnd.shuffle(shuffled)

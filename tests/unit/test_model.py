@@ -243,8 +243,8 @@ def test_nodes_keep_only_internal_ip_addresses(k8s: Any) -> None:
 
 def test_from_objects_never_raises_and_collects_every_error(k8s: Any) -> None:
     c = ClusterState.from_objects(
-        [{"metadata": {}}, "junk"],
-        [{"metadata": {"name": "p"}}, 42],
+        [{"metadata": {}}, "junk"],  # type: ignore[list-item]
+        [{"metadata": {"name": "p"}}, 42],  # type: ignore[list-item]
         [
             k8s.policy("x/bad", {"podSelector": {}, "ingress": [{"ports": [{"port": -1}]}]}),
             {"metadata": {}},
