@@ -11,6 +11,21 @@ that appears after its pod is attached within a second), and /livez /readyz /met
 --health-addr. A bad object or a failed step is logged, counted and retried; the loop never dies
 on it and keeps enforcing the last synced state. SIGTERM/SIGINT stop the agent WITHOUT detaching
 anything: programs stay attached and maps stay pinned, so enforcement continues across restarts.
+
+realized_generation: each informer records the last resourceVersion it has seen (list, events,
+BOOKMARKs) atomically with its cache contents. A pass snapshots all caches, and only after
+Datapath.sync succeeded (or was unnecessary because neither the cache contents nor the pod ->
+ifindex map changed since the last successful sync) publishes min(int(rv) over the four kinds) of
+that snapshot. A failed pass never advances it.
+
+/status JSON (docs/INTERNALS.md fields first, then extras):
+  node, ready, realized_generation, endpoints (local pods in the desired state), attached (veths
+  with our programs), errors ([{object, field, message}]: agent failures by stage, then invalid
+  objects), last_sync_seconds (duration of the last successful sync), last_sync_at (unix time),
+  syncs, pod_ifindex, pods_without_veth, policy_errors (count), resource_versions (per kind).
+
+After a restart the agent adopts the veths listed in the pinned endpoints map, so veths of pods
+deleted while it was down are detached by the first pass.
 """
 
 from __future__ import annotations
