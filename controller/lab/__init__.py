@@ -1,0 +1,52 @@
+"""The vethguard lab: a small Kubernetes-like cluster made of network namespaces on one machine.
+
+Contract: shared DESIGN.md "Lab contract"; addressing: docs/INTERNALS.md "Lab addressing".
+What this package decided where those are silent:
+
+Commands (`vethguard lab SUBCOMMAND --name LAB`, default `default`; errors exit 1 with a message):
+  up -f MODEL... [--nodes N] [--cni routed] [--timeout 180]   (hidden: --no-agents)
+  apply -f FILE|DIR|- [--timeout 60]        create or replace, then wait for the agents
+  delete -f FILE|DIR|- [--timeout 60] [--ignore-not-found]
+  probe --port P --protocol TCP|UDP|SCTP [--family 4|6] [--from X ...] [--to Y ...]
+        [--timeout 1.0] [-o json]           default: all pods -> all pods and ext/NAME hosts
+  status [-o json]                          nodes, pods, externals, agents, resourceVersion
+  exec NS/POD|ext/NAME|node/node-N -- CMD   nsenter --net into it; exit code passed through
+  down                                      works without the daemon; idempotent
+
+Lab names: 1-24 of [a-z0-9_] (no '-', so `vg-<lab>-` prefixes never overlap between labs).
+
+Pieces:
+  store.py      objects + one global resourceVersion + watch window; persisted to store.json
+  apiserver.py  the Kubernetes API over http (list/get/create/replace/merge-patch/delete/watch,
+                BOOKMARK after every write on every open watch, 410 Expired on old versions)
+  topology.py   namespaces and veths (routed, Calico-like); netns.py: setns/ip/sysctl helpers
+  daemon.py     one per lab (python -m controller.lab.daemon --name LAB, detached): API server on
+                10.244.0.1:6443 in vg-<lab>-fabric and on <state>/api.sock; admission hooks that
+                build a Pod's namespace/veth/routes/responders BEFORE it is written (and remove
+                them after it is deleted); agent supervisor; GET /lab/v1/status
+  responders.py TCP accept, UDP echo, SCTP INIT -> INIT-ACK (raw sockets; sctp.py) per namespace
+  probe.py      parallel probes from threads that setns into the source namespace
+  manifests.py  YAML/directory/stdin loading and validation; cli.py: the commands
+
+State: /run/vethguard/labs/<lab>/ {lab.json, store.json, api.sock, kubeconfig, daemon.pid,
+daemon.log, agent-node-<i>.pid, agent-node-<i>.log}; pins: /sys/fs/bpf/vethguard/lab-<lab>/.
+If the daemon dies, the next CLI command (not `down`) starts it again from lab.json/store.json;
+its watch window starts empty, so agents get 410 and relist, as after a kube-apiserver restart.
+
+Agents: per node, `nsenter --net=/run/netns/vg-<lab>-node-<i> -- <python> -m controller.cli agent
+--node node-<i> --kubeconfig <state>/kubeconfig --pin-root /sys/fs/bpf/vethguard/lab-<lab>`;
+an agent that exits is started again within 0.2 s. The daemon reads each agent's /status from
+127.0.0.1:9890 inside the node namespace. `healthy` = process running and /status says ready.
+`up`, `apply` and `delete` return once every agent is healthy with realized_generation >= the
+resourceVersion of the last write (or fail after --timeout naming the lagging agents, with the
+tail of their logs). `up` removes the half-built lab when it fails.
+
+API-server behaviour worth knowing: namespaces get kubernetes.io/metadata.name; pods get
+spec.nodeName (given, or the node with the fewest pods), status.podIP(s) (IPv4 first), hostIP(s),
+phase Running; NetworkPolicies get the kube-apiserver defaults (podSelector {}, port protocol TCP,
+policyTypes); generation is bumped when anything but metadata/status changes; deleting a
+Namespace deletes what it contains. Pods: labels and annotations may change, ports and nodeName
+may not (422); a replace without spec.containers keeps the stored spec. ExternalHosts are stored
+as lab.vethguard.dev/v1alpha1 externalhosts (cluster-scoped); their addresses must not fall in
+10.244.0.0/16, fd00:10:244::/56, link-local, loopback or multicast ranges.
+"""

@@ -118,6 +118,8 @@ class LabAdmission:
     def _replace_pod(self, obj: Obj, old: Obj) -> Obj:
         where = f"Pod {_pod_key(old)}"
         spec = obj.setdefault("spec", {})
+        if not spec.get("containers"):  # a metadata-only manifest (e.g. a relabel) keeps the spec
+            spec = obj["spec"] = old["spec"]
         node = spec.get("nodeName")
         if node not in (None, old["spec"]["nodeName"]):
             raise ApiError(

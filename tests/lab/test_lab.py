@@ -115,6 +115,20 @@ spec:
 """
 
 
+def test_a_metadata_only_pod_manifest_changes_labels_and_keeps_the_ports(lab: Lab) -> None:
+    lab.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin="apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: y, labels: {k: v}}\n",
+    )
+    code, pod = LabClient(LabPaths(lab.name)).request("GET", "/api/v1/namespaces/y/pods/a")
+    assert code == 200
+    assert pod["metadata"]["labels"] == {"k": "v"}
+    assert len(pod["spec"]["containers"][0]["ports"]) == 3
+    assert lab.status()["pods"]["y/a"]["ports"]
+
+
 def test_changing_the_ports_of_an_existing_pod_is_a_clear_error(lab: Lab) -> None:
     manifest = POD_MANIFEST.format(labels="{pod: b}").replace(
         "containerPort: 80, protocol: TCP", "containerPort: 90"
