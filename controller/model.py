@@ -300,7 +300,8 @@ class ClusterState:
     nodes: Mapping[str, Node]
     errors: tuple[PolicyError, ...] = ()
     # Scratch space for derived data (the compiler caches its node-independent work here).
-    cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # init=False: dataclasses.replace() starts a fresh cache instead of sharing a stale one.
+    cache: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @classmethod
     def from_objects(

@@ -561,7 +561,7 @@ class CompiledCluster:
 def compile_cluster(cluster: ClusterState) -> CompiledCluster:
     """Node-independent compilation, cached on the (immutable) ClusterState."""
     compiled = cluster.cache.get("compiled")
-    if not isinstance(compiled, CompiledCluster):
+    if not isinstance(compiled, CompiledCluster) or compiled.cluster is not cluster:
         compiled = CompiledCluster(cluster)
         cluster.cache["compiled"] = compiled
     return compiled

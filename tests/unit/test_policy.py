@@ -647,3 +647,224 @@ def test_a_ten_thousand_pod_cluster_compiles_in_seconds(capsys: pytest.CaptureFi
             f"{len(d.ipcache)} ipcache, {len(d.identities)} identities"
         )
     assert len(d.endpoints) == 1000 and not c.errors
+
+
+def test_a_replaced_cluster_state_is_compiled_afresh() -> None:
+    import dataclasses
+
+    c = K.cluster(three_pods(), [K.policy("x/deny", {"podSelector": {}, "ingress": []})])
+    assert compute(c, "node-1").endpoints["x/a"].ingress_isolated
+    c2 = dataclasses.replace(c, policies={})
+    assert not compute(c2, "node-1").endpoints["x/a"].ingress_isolated
+
+
+# -- differential: compiled maps + lookup vs a direct reading of the API semantics ------------
+
+LBL = st.dictionaries(st.sampled_from(["app", "tier"]), st.sampled_from(["a", "b"]), max_size=2)
+SEL: st.SearchStrategy[dict[str, Any]] = st.one_of(
+    st.just({}),
+    st.fixed_dictionaries({"matchLabels": LBL}),
+    st.fixed_dictionaries(
+        {
+            "matchExpressions": st.lists(
+                st.one_of(
+                    st.fixed_dictionaries(
+                        {
+                            "key": st.sampled_from(["app", "tier"]),
+                            "operator": st.sampled_from(["In", "NotIn"]),
+                            "values": st.lists(st.sampled_from(["a", "b"]), min_size=1, max_size=2),
+                        }
+                    ),
+                    st.fixed_dictionaries(
+                        {
+                            "key": st.sampled_from(["app", "tier"]),
+                            "operator": st.sampled_from(["Exists", "DoesNotExist"]),
+                        }
+                    ),
+                ),
+                max_size=2,
+            )
+        }
+    ),
+)
+CIDRS = ["10.244.0.0/16", "10.244.1.0/24", "10.244.1.10/32", "10.244.2.0/24", "0.0.0.0/0", "203.0.113.0/24"]
+IP_BLOCK = st.builds(
+    lambda c, ex: {"ipBlock": {"cidr": c, "except": [e for e in ex if _strict_subnet(e, c)]}},
+    st.sampled_from(CIDRS[:2] + CIDRS[4:5]),
+    st.lists(st.sampled_from(CIDRS[1:4]), min_size=1, max_size=2),
+)
+PEER = st.one_of(
+    IP_BLOCK,
+    st.fixed_dictionaries({"podSelector": SEL}),
+    st.fixed_dictionaries({"namespaceSelector": SEL}),
+    st.fixed_dictionaries({"podSelector": SEL, "namespaceSelector": SEL}),
+    st.builds(
+        lambda c, ex: {"ipBlock": {"cidr": c, "except": [e for e in ex if _strict_subnet(e, c)]}},
+        st.sampled_from(CIDRS),
+        st.lists(st.sampled_from(CIDRS), max_size=2),
+    ),
+)
+PORT = st.one_of(
+    st.fixed_dictionaries(
+        {"port": st.sampled_from([80, 81, 8080])}, optional={"protocol": st.sampled_from(["TCP", "UDP"])}
+    ),
+    st.fixed_dictionaries({"protocol": st.sampled_from(["TCP", "UDP"])}),
+    st.fixed_dictionaries(
+        {"port": st.sampled_from(["http", "metrics"])}, optional={"protocol": st.sampled_from(["TCP", "UDP"])}
+    ),
+    st.fixed_dictionaries({"port": st.just(79), "endPort": st.sampled_from([80, 81, 9000])}),
+)
+RULE = st.fixed_dictionaries(
+    {}, optional={"peers": st.lists(PEER, max_size=2), "ports": st.lists(PORT, max_size=2)}
+)
+POLICY = st.fixed_dictionaries(
+    {
+        "ns": st.sampled_from(["x", "y"]),
+        "podSelector": SEL,
+        "types": st.sampled_from([None, ["Ingress"], ["Egress"], ["Ingress", "Egress"]]),
+        "ingress": st.lists(RULE, max_size=2),
+        "egress": st.lists(RULE, max_size=2),
+    }
+)
+POD_PORTS = st.lists(
+    st.tuples(
+        st.sampled_from(["http", "metrics", None]),
+        st.sampled_from([80, 81, 8080]),
+        st.sampled_from(["TCP", "UDP"]),
+    ),
+    max_size=3,
+    unique_by=lambda t: (t[1], t[2]),
+)
+
+
+def _strict_subnet(e: str, c: str) -> bool:
+    en, cn = ipaddress.ip_network(e), ipaddress.ip_network(c)
+    return en.subnet_of(cn) and en.prefixlen > cn.prefixlen  # type: ignore[arg-type]
+
+
+def _raw_rules(rules: list[dict[str, Any]], peer_key: str) -> list[dict[str, Any]]:
+    out = []
+    for r in rules:
+        raw: dict[str, Any] = {}
+        if "peers" in r:
+            raw[peer_key] = r["peers"]
+        if "ports" in r:
+            raw["ports"] = r["ports"]
+        out.append(raw)
+    return out
+
+
+def reference_allowed(c: ClusterState, src: str, dst: str, proto: str, port: int) -> bool:
+    """NetworkPolicy semantics read straight off the model, independent of identities and maps."""
+    from controller.model import Pod
+
+    def addr(who: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        return ipaddress.ip_address(c.pods[who].ips[0] if who in c.pods else who)
+
+    def peer_ok(pol: Any, rule: Any, peer_who: str) -> bool:
+        if not rule.peers:
+            return True
+        pod = c.pods.get(peer_who)
+        for p in rule.peers:
+            if p.ip_block is not None:
+                if p.ip_block.contains(addr(peer_who)):
+                    return True
+                continue
+            if pod is None:
+                continue
+            ns_ok = (
+                pod.namespace == pol.namespace
+                if p.namespace_selector is None
+                else p.namespace_selector.matches(c.namespace_labels(pod.namespace))
+            )
+            if ns_ok and (p.pod_selector is None or p.pod_selector.matches(pod.labels)):
+                return True
+        return False
+
+    def port_ok(rule: Any, dst_pod: Pod | None) -> bool:
+        if not rule.ports:
+            return True
+        for p in rule.ports:
+            if p.protocol != proto:
+                continue
+            if p.port is None:
+                return True
+            if isinstance(p.port, int) and p.port <= port <= (p.end_port or p.port):
+                return True
+            if (
+                isinstance(p.port, str)
+                and dst_pod is not None
+                and port in dst_pod.resolve_named_port(p.port, proto)
+            ):
+                return True
+        return False
+
+    def side_ok(pod_key: str, direction: str, peer_who: str) -> bool:
+        pod = c.pods.get(pod_key)
+        if pod is None:
+            return True
+        pols = [
+            p
+            for p in c.policies.values()
+            if p.namespace == pod.namespace
+            and p.pod_selector.matches(pod.labels)
+            and direction in p.policy_types
+        ]
+        if not pols:
+            return True
+        dst_pod = c.pods.get(dst)
+        for pol in pols:
+            for rule in pol.ingress if direction == "Ingress" else pol.egress:
+                if peer_ok(pol, rule, peer_who) and port_ok(rule, dst_pod):
+                    return True
+        return False
+
+    return side_ok(src, "Egress", dst) and side_ok(dst, "Ingress", src)
+
+
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+@given(
+    pod_labels=st.lists(LBL, min_size=4, max_size=4),
+    pod_ports=st.lists(POD_PORTS, min_size=4, max_size=4),
+    ns_labels=st.lists(LBL, min_size=2, max_size=2),
+    policies=st.lists(POLICY, min_size=1, max_size=3),
+)
+def test_random_policies_agree_with_a_direct_reading_of_the_api_semantics(
+    pod_labels: list[dict[str, str]],
+    pod_ports: list[list[tuple[str | None, int, str]]],
+    ns_labels: list[dict[str, str]],
+    policies: list[dict[str, Any]],
+) -> None:
+    keys = ["x/a", "x/b", "y/a", "y/b"]
+    ips = ["10.244.1.10", "10.244.2.10", "10.244.1.11", "10.244.2.11"]
+    pods = [
+        K.pod(k, pod_labels[i], [ip], f"node-{1 + i % 2}", ports=pod_ports[i])
+        for i, (k, ip) in enumerate(zip(keys, ips, strict=True))
+    ]
+    raw_pols = []
+    for i, p in enumerate(policies):
+        spec: dict[str, Any] = {
+            "podSelector": p["podSelector"],
+            "ingress": _raw_rules(p["ingress"], "from"),
+            "egress": _raw_rules(p["egress"], "to"),
+        }
+        if p["types"] is not None:
+            spec["policyTypes"] = p["types"]
+        raw_pols.append(K.policy(f"{p['ns']}/p{i}", spec))
+    nss = [K.ns("x", **ns_labels[0]), K.ns("y", **ns_labels[1])]
+    c, d = run(pods, raw_pols, namespaces=nss)
+    assert not c.errors, [str(e) for e in c.errors]
+    who = [*keys, "203.0.113.7", "198.51.100.1"]
+    for s in who:
+        for t in who:
+            if s == t or (s not in c.pods and t not in c.pods):
+                continue
+            for proto, port in (("TCP", 80), ("UDP", 81), ("TCP", 8080), ("TCP", 79)):
+                assert ok(d, c, s, t, port, proto) == reference_allowed(c, s, t, proto, port), (
+                    s,
+                    t,
+                    proto,
+                    port,
+                )
