@@ -71,8 +71,9 @@ class Lab:
     def apply(self, manifests: list[dict[str, Any]]) -> None:
         self.run("apply", "-f", "-", stdin=yaml.safe_dump_all(manifests, sort_keys=False))
 
-    def delete(self, manifests: list[dict[str, Any]]) -> None:
-        self.run("delete", "-f", "-", stdin=yaml.safe_dump_all(manifests, sort_keys=False))
+    def delete(self, manifests: list[dict[str, Any]], ignore_not_found: bool = False) -> None:
+        extra = ["--ignore-not-found"] if ignore_not_found else []
+        self.run("delete", "-f", "-", *extra, stdin=yaml.safe_dump_all(manifests, sort_keys=False))
 
     def status(self) -> dict[str, Any]:
         return json.loads(self.run("status", "-o", "json"))
@@ -247,7 +248,8 @@ class Runner:
         if self._dirty_policies:
             self.default_lab.delete([
                 {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-                 "metadata": {"namespace": ns, "name": name}} for ns, name in sorted(self._dirty_policies)])
+                 "metadata": {"namespace": ns, "name": name}} for ns, name in sorted(self._dirty_policies)],
+                ignore_not_found=True)
         if self._dirty_labels:
             self.default_lab.apply(
                 [namespace_manifest(n["name"], n["labels"]) for n in self.default_model["namespaces"]]
@@ -275,6 +277,9 @@ class Runner:
         finally:
             if own:
                 lab.down()
+                # what that scenario applied lives and dies with its own lab
+                self._dirty_policies.clear()
+                self._dirty_labels = False
         out.seconds = time.monotonic() - start
         out.passed = out.passed and not out.failures
         return out
