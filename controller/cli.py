@@ -14,12 +14,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from controller import agent, demo
-    from controller.lab import cli as lab_cli
+    from controller.agent import register as register_agent
+    from controller.demo import register as register_demo
+    from controller.lab.cli import register as register_lab
 
-    agent.register(sub)
-    lab_cli.register(sub)
-    demo.register(sub)
+    register_agent(sub)
+    register_lab(sub)
+    register_demo(sub)
     return parser
 
 

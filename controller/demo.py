@@ -32,21 +32,41 @@ PODS = [
 
 
 def _policy(ingress: list[dict[str, Any]] | None) -> dict[str, Any]:
-    spec: dict[str, Any] = {"podSelector": {"matchLabels": {"app": "webapp", "role": "backend"}},
-                            "ingress": ingress or []}
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": {"name": "backend-policy", "namespace": "development"}, "spec": spec}
+    spec: dict[str, Any] = {
+        "podSelector": {"matchLabels": {"app": "webapp", "role": "backend"}},
+        "ingress": ingress or [],
+    }
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "backend-policy", "namespace": "development"},
+        "spec": spec,
+    }
 
 
 FRONTEND = {"matchLabels": {"app": "webapp", "role": "frontend"}}
 STAGES: list[tuple[str, dict[str, Any] | None]] = [
     ("1. No policy: every pod reaches the backend", None),
     ("2. Deny all inbound traffic to the backend", _policy(None)),
-    ("3. Allow only pods labelled app=webapp,role=frontend (any namespace)",
-     _policy([{"from": [{"namespaceSelector": {}, "podSelector": FRONTEND}]}])),
-    ("4. Allow only frontend pods in namespaces labelled purpose=development",
-     _policy([{"from": [{"namespaceSelector": {"matchLabels": {"purpose": "development"}},
-                         "podSelector": FRONTEND}]}])),
+    (
+        "3. Allow only pods labelled app=webapp,role=frontend (any namespace)",
+        _policy([{"from": [{"namespaceSelector": {}, "podSelector": FRONTEND}]}]),
+    ),
+    (
+        "4. Allow only frontend pods in namespaces labelled purpose=development",
+        _policy(
+            [
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": {"matchLabels": {"purpose": "development"}},
+                            "podSelector": FRONTEND,
+                        }
+                    ]
+                }
+            ]
+        ),
+    ),
 ]
 
 
@@ -56,12 +76,22 @@ def model_manifests() -> list[dict[str, Any]]:
         for n, labels in NAMESPACES
     ]
     for ns, name, labels in PODS:
-        docs.append({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"namespace": ns, "name": name, "labels": labels},
-            "spec": {"containers": [{"name": "web", "image": "nginx",
-                                     "ports": [{"containerPort": 80, "protocol": "TCP", "name": "http"}]}]},
-        })
+        docs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"namespace": ns, "name": name, "labels": labels},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "web",
+                            "image": "nginx",
+                            "ports": [{"containerPort": 80, "protocol": "TCP", "name": "http"}],
+                        }
+                    ]
+                },
+            }
+        )
     return docs
 
 
@@ -74,8 +104,11 @@ def _lab(args: argparse.Namespace, *cmd: str, stdin: str | None = None) -> str:
 
 
 def _down(args: argparse.Namespace) -> None:
-    subprocess.run([sys.executable, "-m", "controller.cli", "lab", "down", "--name", args.name],
-                   capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, "-m", "controller.cli", "lab", "down", "--name", args.name],
+        capture_output=True,
+        text=True,
+    )
 
 
 def render_table(results: list[dict[str, Any]], pods: list[str]) -> str:
@@ -115,9 +148,16 @@ def run(args: argparse.Namespace) -> int:
             results = json.loads(_lab(args, *cmd))["results"]
             print(render_table(results, pods))
             to_backend = {r["from"]: r["connected"] for r in results if r["to"] == "development/backend"}
-            print("   to development/backend: " + ", ".join(
-                f"{src} {'connected' if ok else 'blocked'}" for src, ok in to_backend.items()
-                if src != "development/backend") + "\n", flush=True)
+            print(
+                "   to development/backend: "
+                + ", ".join(
+                    f"{src} {'connected' if ok else 'blocked'}"
+                    for src, ok in to_backend.items()
+                    if src != "development/backend"
+                )
+                + "\n",
+                flush=True,
+            )
     except (RuntimeError, KeyError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
@@ -129,9 +169,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("demo", help="walk through the AKS network-policy scenario in a lab",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="walk through the AKS network-policy scenario in a lab",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--name", default="demo", help="lab name (default: demo)")
     p.add_argument("--keep", action="store_true", help="leave the lab running at the end")
     p.set_defaults(func=run)
