@@ -7,6 +7,14 @@ One `Informer` per kind (Namespaces, Pods, NetworkPolicies, Nodes) runs a tiny l
       ERROR 410 / ApiException 410     -> relist (the diff of old vs new cache gives the events)
       server closed / timeout          -> re-watch from the last resourceVersion at once
       connection or API error          -> back off (full jitter, capped) and re-watch
+      stalled server (accepts, then sends nothing) -> the client read timeout fires: re-watch
+
+A stall is noticed because every request carries a client-side read timeout (_request_timeout):
+a watch asks the server to end it after timeoutSeconds (a healthy server does, or sends BOOKMARKs
+meanwhile) and reads with a timeout of timeoutSeconds + read_slack, so a silent connection is
+given up within that bound; a list reads with list_read_timeout. urllib3's own retries are
+switched off (`retries=False`) so a timeout surfaces at once instead of after 3 silent retries.
+Malformed objects (not a JSON object, no metadata) are skipped with a warning, never raised.
 
 The cache is never dropped on a disconnect, so the agent keeps enforcing the last known state.
 Every kind tracks the last resourceVersion it has seen (from events and BOOKMARKs); the agent's
@@ -151,8 +159,16 @@ def object_key(obj: Mapping[str, Any], namespaced: bool) -> str:
 
 
 def _rv_of(obj: Mapping[str, Any]) -> str:
-    meta = obj.get("metadata") or {}
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping):
+        return ""
     return str(meta.get("resourceVersion", "") or "")
+
+
+def _has_name(obj: Any) -> bool:
+    """Whether a raw object can be keyed at all (everything else is left to the model)."""
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    return isinstance(meta, dict) and isinstance(meta.get("name"), str) and bool(meta["name"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,6 +234,9 @@ def load_api_client(kubeconfig: str | None = None) -> Any:
     from controller.errors import VethguardError
 
     cfg = client.Configuration()
+    # The informer loop does its own retrying with backoff; urllib3's default Retry(3) would turn
+    # one stall into four read timeouts in a row before the informer even notices.
+    cfg.retries = False
     explicit = kubeconfig or os.environ.get("KUBECONFIG")
     try:
         if explicit:
@@ -293,9 +312,12 @@ def full_jitter(attempt: int, base: float, cap: float, rng: random.Random | None
 
 @dataclass
 class InformerOptions:
-    watch_timeout_seconds: tuple[int, int] = (300, 600)  # server-side timeout, picked at random
+    # Server-side watch timeout, picked at random per watch so informers do not re-watch in step.
+    # Short enough that a stalled connection is noticed within hi + read_slack seconds.
+    watch_timeout_seconds: tuple[int, int] = (60, 90)
     connect_timeout: float = 10.0
-    read_slack: float = 30.0  # client read timeout = server timeout + slack (dead peer detection)
+    read_slack: float = 15.0  # client read timeout = server timeout + slack (dead peer detection)
+    list_read_timeout: float = 30.0  # a list whose server goes silent this long is retried
     page_size: int = 500
     backoff_base: float = 0.2
     backoff_cap: float = 10.0
@@ -410,6 +432,15 @@ class Informer:
                     need_list = True
                     continue
                 if _is_read_timeout(exc):
+                    # A stalled server: it accepted the request, then went silent past our read
+                    # timeout. The cache stays; ask again (a list if one was due, else a watch).
+                    self.last_error = f"stalled: {exc}"
+                    log.warning(
+                        "API server stalled, retrying",
+                        kind=self.kind,
+                        request="list" if need_list else "watch",
+                        resource_version=self._rv,
+                    )
                     self._restart("timeout")
                     continue
                 self.last_error = f"{type(exc).__name__}: {exc}"
@@ -439,7 +470,7 @@ class Informer:
         while True:
             kwargs: dict[str, Any] = {
                 "_preload_content": False,
-                "_request_timeout": (self._opts.connect_timeout, 60.0),
+                "_request_timeout": (self._opts.connect_timeout, self._opts.list_read_timeout),
             }
             if self._opts.page_size:
                 kwargs["limit"] = self._opts.page_size
@@ -450,10 +481,18 @@ class Informer:
                 body: KubeList = json.loads(resp.data)
             finally:
                 _close_response(resp)
-            meta = body.get("metadata") or {}
+            meta = body.get("metadata") if isinstance(body, dict) else None
+            if not isinstance(meta, dict):
+                meta = {}
             if not list_rv:
                 list_rv = str(meta.get("resourceVersion", "") or "")
-            for item in body.get("items") or []:
+            raw_items = body.get("items") if isinstance(body, dict) else None
+            for item in raw_items if isinstance(raw_items, list) else []:
+                if not _has_name(item):
+                    log.warning(
+                        "ignoring a listed object without metadata.name", kind=self.kind, item=str(item)[:200]
+                    )
+                    continue
                 item.setdefault("kind", self.kind)
                 item.setdefault("apiVersion", self.spec.api_version)
                 items[object_key(item, self.spec.namespaced)] = item
@@ -526,6 +565,8 @@ class Informer:
             ev: WatchEventJSON = json.loads(line)
             etype = ev["type"]
             obj = ev["object"]
+            if not isinstance(obj, dict) or not isinstance(etype, str):
+                raise TypeError("a watch event needs a string type and an object")
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring malformed watch line", kind=self.kind, error=str(exc), line=line[:200])
             return
@@ -547,6 +588,9 @@ class Informer:
         if etype not in ("ADDED", "MODIFIED", "DELETED"):
             log.warning("ignoring unknown watch event type", kind=self.kind, type=etype)
             return
+        if not _has_name(obj):
+            log.warning("ignoring a watch event without metadata.name", kind=self.kind, type=etype)
+            return
         obj.setdefault("kind", self.kind)
         obj.setdefault("apiVersion", self.spec.api_version)
         kobj: KubeObject = obj  # type: ignore[assignment]
@@ -564,9 +608,11 @@ class Informer:
 
 def _is_read_timeout(exc: BaseException) -> bool:
     try:
-        from urllib3.exceptions import ProtocolError, ReadTimeoutError
+        from urllib3.exceptions import MaxRetryError, ProtocolError, ReadTimeoutError
     except ImportError:  # pragma: no cover
         return False
+    if isinstance(exc, MaxRetryError):  # a client built with retries enabled wraps the timeout
+        return isinstance(exc.reason, ReadTimeoutError)
     if isinstance(exc, ReadTimeoutError):
         return True
     # urllib3 wraps a socket timeout during streaming in ProtocolError/ReadTimeoutError
