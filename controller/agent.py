@@ -2,7 +2,7 @@
 
     informers (controller.sources) --events--> coalesce (<= 1 pass per 50 ms)
       -> ClusterState.from_objects(caches) -> mapstate.compute(cluster, node)    [pure]
-      -> host-route discovery of local pod veths (controller.endpoints)
+      -> discovery of local pod veths: host routes, or neighbours + bridge FDB (controller.endpoints)
       -> Datapath.attach(new veths) / detach(gone veths) -> Datapath.sync(desired, pod_ifindex)
       -> realized_generation = min over kinds of the resourceVersion the caches held at compute time
 
@@ -42,9 +42,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from controller.endpoints import Discovered, Discovery, RouteDiscovery, interface_exists
+from controller import endpoints as endpoints_mod
+from controller.endpoints import Discovered, Discovery, interface_exists
 from controller.errors import VethguardError
 from controller.health import HealthProbes, HealthServer
+from controller.linkwatch import LinkWatch
 from controller.log import configure as configure_logging
 from controller.log import get_logger
 from controller.metrics import Metrics
@@ -63,6 +65,13 @@ class DatapathLike(Protocol):
     def detach(self, ifindex: int) -> Any: ...
     def sync(self, desired: Any, pod_ifindex: Mapping[str, int]) -> Any: ...
     def close(self) -> Any: ...
+
+
+class LinkWatchLike(Protocol):
+    def start(self) -> Any: ...
+    def stop(self) -> None: ...
+    def new_veths(self) -> dict[int, float]: ...
+    def appeared_at(self, ifindex: int) -> float | None: ...
 
 
 class SourcesLike(Protocol):
@@ -94,6 +103,13 @@ def _default_compute() -> Compute:
     return fn
 
 
+def _default_discovery() -> Discovery:
+    # Route + bridge discovery where controller.endpoints has it, host routes otherwise.
+    factory = getattr(endpoints_mod, "NodeDiscovery", None) or endpoints_mod.RouteDiscovery
+    found: Discovery = factory()
+    return found
+
+
 def _default_datapath_factory(node: str, pin_root: str) -> DatapathLike:
     from controller.datapath import Datapath
 
@@ -109,6 +125,8 @@ class AgentConfig:
     rescan_seconds: float = 1.0
     coalesce_seconds: float = 0.05
     retry_cap_seconds: float = 10.0
+    fail_closed: bool = True
+    datapath_metrics_seconds: float = 10.0  # map entry counts and drop counters refresh period
 
 
 @dataclass(frozen=True)
@@ -122,6 +140,83 @@ class AgentError:
 
 
 _WAKE = Event("agent", "SYNCED", "", None, "")  # put on the queue to wake the loop (stop)
+_LINK = Event("netlink", "SYNCED", "", None, "")  # a link/route/neighbour changed: run a pass
+UNCLAIMED = "(unclaimed)/"  # pod_ifindex key prefix of a veth no known pod claims (PENDING)
+EP_F_PENDING = 1 << 3  # docs/INTERNALS.md endpoint flags (no datapath import: it pulls in bcc)
+IPCACHE_MAPS = {4: "vg_ipcache4", 6: "vg_ipcache6"}
+RESERVED_IDENTITIES = frozenset({1, 2, 3})  # HOST, WORLD, REMOTE_NODE: kept first when trimming
+
+
+@dataclass(frozen=True)
+class Overflow:
+    pod: str
+    map: str
+    needed: int
+    capacity: int
+
+
+@dataclass
+class Fit:
+    desired: Any
+    pod_ifindex: dict[str, int]
+    overflow: dict[str, Overflow]
+
+
+def fit_capacity(
+    desired: Any,
+    pod_ifindex: Mapping[str, int],
+    capacity: Mapping[str, int],
+    prefer: frozenset[str] = frozenset(),
+) -> Fit:
+    """Fit the desired entries into the maps' capacities (pure).
+
+    - vg_policy: endpoints are admitted in a stable order (those synced before first, then by
+      name) while their entries fit; the others lose their EndpointDesired, so the sync writes
+      them as PENDING (fail closed: nothing but always-allowed traffic).
+    - vg_endpoints: pods beyond its capacity get no entry at all; their veth still carries the
+      programs, which drop everything for an unknown endpoint (DROP_NO_ENDPOINT).
+    - vg_ipcache4/6: a full ipcache could widen an ipBlock rule (a missing except prefix), so every
+      endpoint fails closed and the ipcache keeps the node/world entries that fit.
+    """
+    overflow: dict[str, Overflow] = {}
+    endpoints = dict(desired.endpoints)
+    ipcache = dict(desired.ipcache)
+    pods = dict(pod_ifindex)
+    cap_eps = capacity.get("vg_endpoints")
+    if cap_eps is not None and len(pods) > cap_eps:
+        order = sorted(pods, key=lambda p: (p not in prefer, p.startswith(UNCLAIMED), p))
+        for pod in order[cap_eps:]:
+            overflow[pod] = Overflow(pod, "vg_endpoints", len(pod_ifindex), cap_eps)
+            pods.pop(pod)
+            endpoints.pop(pod, None)
+    for version, name in IPCACHE_MAPS.items():
+        cap = capacity.get(name)
+        nets = [n for n in ipcache if n.version == version]
+        if cap is None or len(nets) <= cap:
+            continue
+        for pod in pods:
+            overflow.setdefault(pod, Overflow(pod, name, len(nets), cap))
+        endpoints = {}
+        nets.sort(key=lambda n: (ipcache[n][0] not in RESERVED_IDENTITIES, -n.prefixlen, str(n)))
+        for net in nets[cap:]:
+            del ipcache[net]
+    cap_pol = capacity.get("vg_policy")
+    if cap_pol is not None:
+        with_veth = [p for p in endpoints if p in pods]
+        needed = sum(len(endpoints[p].entries) for p in with_veth)
+        if needed > cap_pol:
+            used = 0
+            for pod in sorted(with_veth, key=lambda p: (p not in prefer, p)):
+                n = len(endpoints[pod].entries)
+                if used + n <= cap_pol:
+                    used += n
+                    continue
+                overflow[pod] = Overflow(pod, "vg_policy", needed, cap_pol)
+                del endpoints[pod]
+    if not overflow:
+        return Fit(desired, dict(pod_ifindex), {})
+    fitted = dataclasses.replace(desired, endpoints=endpoints, ipcache=ipcache)
+    return Fit(fitted, pods, overflow)
 
 
 class Agent:
@@ -135,6 +230,7 @@ class Agent:
         compute: Compute | None = None,
         discovery: Discovery | None = None,
         metrics: Metrics | None = None,
+        linkwatch: LinkWatchLike | None = None,
     ) -> None:
         self.config = config
         self.node = config.node
@@ -143,19 +239,25 @@ class Agent:
         self._datapath_factory = datapath_factory
         self._build_cluster = build_cluster
         self._compute = compute
-        self.discovery: Discovery = discovery or RouteDiscovery()
+        self.discovery: Discovery = discovery or _default_discovery()
         self.interface_exists: Callable[[int], bool] = interface_exists
+        self.linkwatch = linkwatch
+        self.fail_closed = config.fail_closed
         self.dp: DatapathLike | None = None
+        self.fatal: VethguardError | None = None  # set when the agent must exit (exit code 1)
         self.stop_event = threading.Event()
         self._lock = threading.Lock()  # guards what /status reads
 
         # state of the last successful steps
         self._desired: Any = None
+        self._cluster: Any = None
         self._desired_versions: tuple[int, ...] | None = None
         self._synced_versions: tuple[int, ...] | None = None
         self._synced_pod_ifindex: dict[str, int] | None = None
         self._last_sync_ok = False
         self._attached: set[int] = set()
+        self._attach_failed: set[int] = set()
+        self._adopted_pending: set[int] = set()  # PENDING endpoints found in the pinned map at start
         self._discovered = Discovered()
         self.realized_generation = 0
         self.ready = False
@@ -168,31 +270,59 @@ class Agent:
         self._logged_policy_errors: set[AgentError] = set()
         self._failures = 0
         self._retry_at = 0.0
+        self._overflow: dict[str, Overflow] = {}
+        self._capacity: dict[str, int] | None = None
+        self._policies: dict[str, dict[str, Any]] = {}
+        self._arrivals: list[float] = []  # arrival times of cluster events not realized yet
+        self._attach_reported: set[int] = set()
+        self._enforce_reported: set[int] = set()
+        self._counter_totals: dict[tuple[int, int, int], int] = {}
 
     # ------------------------------------------------------------------ status
 
     def live(self) -> bool:
         return not self.stop_event.is_set() and time.monotonic() - self._heartbeat < LIVENESS_STALL_SECONDS
 
+    def is_ready(self) -> bool:
+        """Synced (informers listed), attached (every discovered veth) and reconciled (last pass ok)."""
+        return (
+            self.ready
+            and not self.stop_event.is_set()
+            and self.sources.has_synced
+            and self._last_sync_ok
+            and not self._attach_failed
+        )
+
     def status(self) -> dict[str, Any]:
         with self._lock:
             errors = [e.as_dict() for e in self._agent_errors.values()]
+            errors += [
+                AgentError(f"Pod {o.pod}", f"map {o.map}", _overflow_message(o)).as_dict()
+                for o in sorted(self._overflow.values(), key=lambda o: o.pod)
+            ]
             errors += [e.as_dict() for e in self._policy_errors[:MAX_ERRORS_REPORTED]]
             endpoints = len(self._desired.endpoints) if self._desired is not None else 0
             snap_rvs: dict[str, str] = {}
             informers = getattr(self.sources, "informers", None)
             if isinstance(informers, dict):
                 snap_rvs = {k: inf.resource_version for k, inf in informers.items()}
+            pod_ifindex = dict(self._synced_pod_ifindex or {})
             return {
                 "node": self.node,
-                "ready": self.ready,
+                "ready": self.is_ready(),
                 "realized_generation": self.realized_generation,
                 "endpoints": endpoints,
                 "attached": len(self._attached),
-                "pod_ifindex": dict(self._synced_pod_ifindex or {}),
+                "pod_ifindex": pod_ifindex,
+                "pending_interfaces": sorted(i for p, i in pod_ifindex.items() if _is_placeholder(p)),
                 "pods_without_veth": list(self._discovered.missing),
                 "errors": errors,
                 "policy_errors": len(self._policy_errors),
+                "policies": {k: dict(v) for k, v in self._policies.items()},
+                "overflow": [
+                    dataclasses.asdict(o) for o in sorted(self._overflow.values(), key=lambda o: o.pod)
+                ],
+                "fail_closed": self.fail_closed,
                 "last_sync_seconds": self.last_sync_seconds,
                 "last_sync_at": self.last_sync_at,
                 "syncs": self.syncs,
@@ -202,7 +332,7 @@ class Agent:
     def probes(self) -> HealthProbes:
         return HealthProbes(
             live=self.live,
-            ready=lambda: self.ready and not self.stop_event.is_set(),
+            ready=self.is_ready,
             status=self.status,
             metrics=self.metrics.exposition,
         )
@@ -247,10 +377,18 @@ class Agent:
 
     def reconcile(self, full: bool = False) -> bool:
         """Bring the datapath to the state of the caches. Returns whether the maps now reflect them."""
+        ok = self._reconcile(full)
+        if not ok:
+            with self._lock:
+                self.ready = False
+        return ok
+
+    def _reconcile(self, full: bool) -> bool:
         dp = self.dp
         if dp is None:
             return False
         kind = "full" if full else "incremental"
+        pass_started = time.monotonic()
         snap = self.sources.snapshot()
         versions = snap.content_versions
 
@@ -269,12 +407,13 @@ class Agent:
             self._clear("compute")
             with self._lock:
                 self._desired = desired
+                self._cluster = cluster
             self._desired_versions = versions
             self._record_policy_errors([*getattr(cluster, "errors", ()), *getattr(desired, "errors", ())])
             self.metrics.endpoints.set(len(desired.endpoints))
         desired = self._desired
 
-        # 2. discover the local pods' veths
+        # 2. discover the local pods' veths (+ new veths no pod claims yet: failed closed)
         pod_ips = {pod: [ip for ip in (ep.ipv4, ep.ipv6) if ip] for pod, ep in desired.endpoints.items()}
         try:
             found = self.discovery.discover(pod_ips)
@@ -287,38 +426,21 @@ class Agent:
         if found.missing != self._discovered.missing and found.missing:
             log.info("local pods without a host route yet", pods=found.missing)
         self._discovered = found
-        pod_ifindex = dict(found.pod_ifindex)
+        pod_ifindex = self._attachments(found)
 
-        # 3. attach new veths (all of them on a full resync: catches filters removed behind our back)
+        # 3. fit the desired entries into the maps (endpoints that do not fit fail closed)
+        fit = fit_capacity(
+            desired, pod_ifindex, self._capacities(), frozenset(self._synced_pod_ifindex or ())
+        )
+        self._note_overflow(fit.overflow, pod_ifindex)
+
+        # 4. attach new veths (all of them on a full resync: catches filters removed behind our back)
         t0 = time.perf_counter()
-        want = set(pod_ifindex.values())
-        attach_failed: list[int] = []
-        for ifindex in sorted(want if full else want - self._attached):
-            try:
-                dp.attach(ifindex)
-            except Exception as exc:
-                attach_failed.append(ifindex)
-                self._fail("attach", exc, ifindex=ifindex)
-                continue
-            if ifindex not in self._attached:
-                log.info(
-                    "attached", ifindex=ifindex, pods=[p for p, i in pod_ifindex.items() if i == ifindex]
-                )
-            self._attached.add(ifindex)
-        if not attach_failed:
-            self._clear("attach")
-        for ifindex in sorted(self._attached - want):
-            if self.interface_exists(ifindex):
-                try:
-                    dp.detach(ifindex)
-                except Exception as exc:
-                    self._fail("detach", exc, ifindex=ifindex)
-                    continue
-                log.info("detached", ifindex=ifindex)
-            self._attached.discard(ifindex)
-        self.metrics.attached.set(len(self._attached))
+        if not self._attach_detach(dp, pod_ifindex, full):
+            pass  # failures are recorded; the sync still runs for what is attached
+        attached_at = time.monotonic()
 
-        # 4. sync the maps when anything they depend on changed (always on a full resync)
+        # 5. sync the maps when anything they depend on changed (always on a full resync)
         if (
             full
             or not self._last_sync_ok
@@ -326,10 +448,12 @@ class Agent:
             or pod_ifindex != self._synced_pod_ifindex
         ):
             try:
-                result = dp.sync(desired, pod_ifindex)
+                result = dp.sync(fit.desired, fit.pod_ifindex)
             except Exception as exc:
                 self._last_sync_ok = False
                 self.metrics.sync_operations_total.labels(kind=kind, result="error").inc()
+                if type(exc).__name__ == "MapFullError":
+                    self._note_map_full(exc)
                 self._fail("sync", exc)
                 return False
             elapsed = time.perf_counter() - t0
@@ -353,22 +477,249 @@ class Agent:
                 duration_ms=round(elapsed * 1000, 2),
                 result=_summarize(result),
             )
+        done = time.monotonic()
+        self._observe_latencies(fit, attached_at, done)
 
-        # 5. the maps reflect this snapshot: publish its generation
+        # 6. the maps reflect this snapshot: publish its generation and the policies' status
         gen = snap.generation
+        policies = self._policy_status(snap, fit)
         with self._lock:
             if gen is not None and gen > self.realized_generation:
                 self.realized_generation = gen
+            self._policies = policies
             self.ready = True
         self.metrics.realized_generation.set(self.realized_generation)
+        self._observe_realized(pass_started, done)
         self._failures = 0
         return True
+
+    def _attachments(self, found: Discovered) -> dict[str, int]:
+        """pod -> ifindex to attach and sync, with a placeholder key for each veth that must be
+        failed closed because no known pod claims it yet (the datapath makes it PENDING)."""
+        attachments = getattr(found, "attachments", None)
+        pod_ifindex = dict(attachments()) if callable(attachments) else dict(found.pod_ifindex)
+        if not self.fail_closed:
+            return {p: i for p, i in pod_ifindex.items() if not _is_placeholder(p)}
+        claimed = set(pod_ifindex.values())
+        candidates = set(self._adopted_pending)
+        if self.linkwatch is not None:
+            candidates |= set(self.linkwatch.new_veths())
+        for ifindex in sorted(candidates - claimed):
+            if self.interface_exists(ifindex):
+                pod_ifindex[unclaimed_key(ifindex)] = ifindex
+            else:
+                self._adopted_pending.discard(ifindex)
+        pending = sum(1 for p in pod_ifindex if _is_placeholder(p))
+        self.metrics.pending_interfaces.set(pending)
+        return pod_ifindex
+
+    def _attach_detach(self, dp: DatapathLike, pod_ifindex: Mapping[str, int], full: bool) -> bool:
+        want = set(pod_ifindex.values())
+        failed: set[int] = set()
+        for ifindex in sorted(want if full else want - self._attached):
+            try:
+                dp.attach(ifindex)
+            except Exception as exc:
+                failed.add(ifindex)
+                self._fail("attach", exc, ifindex=ifindex)
+                continue
+            if ifindex not in self._attached:
+                log.info(
+                    "attached", ifindex=ifindex, pods=[p for p, i in pod_ifindex.items() if i == ifindex]
+                )
+            self._attached.add(ifindex)
+        self._attach_failed = failed
+        if not failed:
+            self._clear("attach")
+        for ifindex in sorted(self._attached - want):
+            if self.interface_exists(ifindex):
+                try:
+                    dp.detach(ifindex)
+                except Exception as exc:
+                    self._fail("detach", exc, ifindex=ifindex)
+                    continue
+                log.info("detached", ifindex=ifindex)
+            self._attached.discard(ifindex)
+            self._attach_reported.discard(ifindex)
+            self._enforce_reported.discard(ifindex)
+        self.metrics.attached.set(len(self._attached))
+        return not failed
+
+    # ------------------------------------------------------------------ capacity
+
+    def _capacities(self) -> dict[str, int]:
+        """max_entries per map from the datapath (capacity(), else the open maps); {} if unknown."""
+        if self._capacity is not None:
+            return self._capacity
+        dp = self.dp
+        caps: dict[str, int] = {}
+        try:
+            capacity = getattr(dp, "capacity", None)
+            if callable(capacity):
+                caps = {str(k): int(v) for k, v in capacity().items()}
+            else:
+                maps = getattr(dp, "maps", None)
+                if isinstance(maps, Mapping):
+                    caps = {str(k): int(m.max_entries) for k, m in maps.items() if hasattr(m, "max_entries")}
+        except Exception as exc:
+            log.warning("cannot read map capacities; not fitting entries", error=str(exc))
+            return {}
+        self._capacity = caps  # a map's size is fixed once created (pins keep their size)
+        for name, cap in caps.items():
+            self.metrics.map_capacity.labels(map=name).set(cap)
+        return caps
+
+    def _note_overflow(self, overflow: Mapping[str, Overflow], pod_ifindex: Mapping[str, int]) -> None:
+        for pod, o in sorted(overflow.items()):
+            if pod not in self._overflow or self._overflow[pod].map != o.map:
+                self.metrics.map_overflow_total.labels(map=o.map).inc()
+                log.error(
+                    "map full: endpoint fails closed until there is room",
+                    endpoint=pod,
+                    ifindex=pod_ifindex.get(pod),
+                    map=o.map,
+                    needed=o.needed,
+                    capacity=o.capacity,
+                )
+        for pod in sorted(set(self._overflow) - set(overflow)):
+            log.info("map has room again: endpoint enforced", endpoint=pod, map=self._overflow[pod].map)
+        with self._lock:
+            self._overflow = dict(overflow)
+        self.metrics.overflowed_endpoints.set(len(overflow))
+
+    def _note_map_full(self, exc: BaseException) -> None:
+        """The datapath found a map full anyway (e.g. adds before deletes): it left the affected
+        endpoints PENDING; the retry completes them once deletes made room."""
+        map_name = str(getattr(exc, "map_name", "?"))
+        pods = tuple(getattr(exc, "endpoints", ()) or ())
+        overflow = dict(self._overflow)
+        for pod in pods:
+            overflow.setdefault(
+                pod, Overflow(str(pod), map_name, -1, (self._capacity or {}).get(map_name, -1))
+            )
+        self._note_overflow(overflow, self._synced_pod_ifindex or {})
+
+    # ------------------------------------------------------------------ observations
+
+    def _observe_latencies(self, fit: Fit, attached_at: float, done: float) -> None:
+        """veth appeared (netlink event) -> attached, and -> its pod's policy synced."""
+        lw = self.linkwatch
+        if lw is None:
+            return
+        for pod, ifindex in sorted(fit.pod_ifindex.items()):
+            appeared = lw.appeared_at(ifindex)
+            if appeared is None:
+                continue
+            if ifindex in self._attached and ifindex not in self._attach_reported:
+                self._attach_reported.add(ifindex)
+                self.metrics.endpoint_attach_latency_seconds.observe(max(0.0, attached_at - appeared))
+            if pod in fit.desired.endpoints and ifindex not in self._enforce_reported and self._last_sync_ok:
+                self._enforce_reported.add(ifindex)
+                latency = max(0.0, done - appeared)
+                self.metrics.endpoint_enforce_latency_seconds.observe(latency)
+                log.info(
+                    "endpoint enforced",
+                    pod=pod,
+                    ifindex=ifindex,
+                    veth_to_attached_ms=round(max(0.0, attached_at - appeared) * 1000, 1),
+                    veth_to_enforced_ms=round(latency * 1000, 1),
+                )
+
+    def note_event(self, ev: Event, now: float | None = None) -> None:
+        """Remember when a cluster event arrived (realization lag is measured from it)."""
+        if ev is _WAKE or ev is _LINK or ev.type == "BOOKMARK":
+            return
+        if len(self._arrivals) < 100_000:  # bounded: a stuck agent must not grow without end
+            self._arrivals.append(time.monotonic() if now is None else now)
+
+    def _observe_realized(self, pass_started: float, done: float) -> None:
+        # Events that arrived before this pass's snapshot are in the caches it realized.
+        realized = [t for t in self._arrivals if t <= pass_started]
+        if not realized:
+            return
+        self._arrivals = [t for t in self._arrivals if t > pass_started]
+        for t in realized:
+            self.metrics.realization_lag_seconds.observe(max(0.0, done - t))
+
+    def _policy_status(self, snap: Snapshot, fit: Fit) -> dict[str, dict[str, Any]]:
+        """Per policy: generation realized, local pods selected, its errors (and overflow)."""
+        cluster = self._cluster
+        pols = getattr(cluster, "policies", None)
+        pods = getattr(cluster, "pods", None)
+        if not isinstance(pols, Mapping) or not isinstance(pods, Mapping):
+            return {}
+        generations: dict[str, Any] = {}
+        for raw in snap.policies:
+            meta = raw.get("metadata") if isinstance(raw, Mapping) else None
+            if isinstance(meta, Mapping):
+                key = f"{meta.get('namespace', 'default')}/{meta.get('name', '')}"
+                gen = meta.get("generation")
+                generations[key] = gen if isinstance(gen, int) else None
+        errors: dict[str, list[dict[str, str]]] = {}
+        for e in self._policy_errors:
+            if e.object.startswith("NetworkPolicy "):
+                errors.setdefault(e.object.removeprefix("NetworkPolicy "), []).append(
+                    {"field": e.field, "message": e.message}
+                )
+        local = [
+            p for p in pods.values() if getattr(p, "node", None) == self.node and getattr(p, "active", True)
+        ]
+        out: dict[str, dict[str, Any]] = {}
+        for key, pol in sorted(pols.items()):
+            try:
+                selected = [
+                    p.key
+                    for p in local
+                    if p.namespace == pol.namespace and pol.pod_selector.matches(p.labels)
+                ]
+            except Exception:  # a policy the model could not make sense of selects nothing we can count
+                selected = []
+            errs = list(errors.get(key, []))
+            for pod in selected:
+                o = fit.overflow.get(pod)
+                if o is not None:
+                    errs.append({"field": f"map {o.map}", "message": f"pod {pod}: {_overflow_message(o)}"})
+            out[key] = {"generation": generations.get(key), "selected_pods": len(selected), "errors": errs}
+        return out
+
+    def refresh_datapath_metrics(self) -> None:
+        """Map entries per map and drops by reason (kept monotonic across endpoint removal)."""
+        dp = self.dp
+        if dp is None:
+            return
+        try:
+            counts_fn = getattr(dp, "entry_counts", None)
+            if callable(counts_fn):
+                for name, n in counts_fn().items():
+                    self.metrics.map_entries.labels(map=name).set(n)
+            counters_fn = getattr(dp, "counters", None)
+            if callable(counters_fn):
+                self._account_drops(counters_fn())
+        except Exception as exc:
+            log.warning("cannot read datapath statistics", error=str(exc))
+
+    def _account_drops(self, counters: Mapping[tuple[int, int, int], tuple[int, int]]) -> None:
+        for key, (packets, _bytes) in counters.items():
+            reason = key[1]
+            if reason < 64:
+                continue
+            before = self._counter_totals.get(key, 0)
+            # a smaller value means the key was deleted and re-created (endpoint gone, index reused)
+            delta = packets - before if packets >= before else packets
+            if delta:
+                self.metrics.drops_total.labels(reason=_reason_name(reason)).inc(delta)
+        self._counter_totals = {k: v[0] for k, v in counters.items() if k[1] >= 64}
 
     # ------------------------------------------------------------------ the loop
 
     def _open_datapath(self) -> bool:
         try:
             self.dp = self._datapath_factory(self.node, self.config.pin_root)
+        except VethguardError as exc:
+            # Missing kernel headers, bpffs, bcc or privileges: retrying cannot fix these.
+            self.fatal = exc
+            self._fail("datapath", exc, pin_root=self.config.pin_root)
+            return False
         except Exception as exc:
             self._fail("datapath", exc, pin_root=self.config.pin_root)
             return False
@@ -379,7 +730,8 @@ class Agent:
 
     def _adopt_previous_attachments(self) -> None:
         """After a restart the pinned endpoints map names the veths a previous agent attached to;
-        adopt them so that those whose pod is gone get detached by the first pass."""
+        adopt them so that those whose pod is gone get detached by the first pass, and those that
+        were still PENDING stay failed closed until a pod claims them."""
         dump = getattr(self.dp, "dump", None)
         if dump is None:
             return
@@ -388,7 +740,12 @@ class Agent:
         except Exception as exc:
             log.warning("cannot read the pinned endpoints map", error=str(exc))
             return
-        self._attached |= {int(i) for i in endpoints if isinstance(i, int) and self.interface_exists(i)}
+        for ifindex, ep in endpoints.items():
+            if not isinstance(ifindex, int) or not self.interface_exists(ifindex):
+                continue
+            self._attached.add(ifindex)
+            if int(getattr(ep, "flags", 0) or 0) & EP_F_PENDING:
+                self._adopted_pending.add(ifindex)
 
     def _backoff(self) -> float:
         self._failures += 1
@@ -403,12 +760,20 @@ class Agent:
         self.stop_event.set()
         self.sources.events.put(_WAKE)
 
+    def wake(self) -> None:
+        """Run a pass now (called from the netlink thread when links/routes/neighbours change)."""
+        self.sources.events.put(_LINK)
+
     def run(self) -> None:
         cfg = self.config
         stop = self.stop_event
         self.sources.start()
+        if self.linkwatch is not None:
+            self.linkwatch.start()
         # open the datapath (compile + load) while the informers list
         while not stop.is_set() and not self._open_datapath():
+            if self.fatal is not None:
+                return
             if self._wait(self._backoff()):
                 return
         self._failures = 0
@@ -417,11 +782,12 @@ class Agent:
         if stop.is_set():
             return
         log.info("informers synced", node=self.node, generation=self.sources.snapshot().generation)
-        _drain(self.sources.events)
+        self._drain_events()
 
         now = time.monotonic()
         next_full = now  # the first pass is a full one
         next_rescan = now + cfg.rescan_seconds
+        next_stats = now
         last_pass = 0.0
         pending = False
         while not stop.is_set():
@@ -432,9 +798,10 @@ class Agent:
                 due = min(due, last_pass + cfg.coalesce_seconds)
             try:
                 ev = self.sources.events.get(timeout=max(0.0, due - now))
+                self.note_event(ev)
                 if ev is not _WAKE:
                     pending = True
-                pending = _drain(self.sources.events) or pending
+                pending = self._drain_events() or pending
             except queue.Empty:
                 pass
             if stop.is_set():
@@ -454,14 +821,31 @@ class Agent:
                     ran = True
             if now >= next_rescan:
                 next_rescan = now + cfg.rescan_seconds
+            if now >= next_stats:
+                self.refresh_datapath_metrics()
+                next_stats = now + cfg.datapath_metrics_seconds
             if ran:
                 pending = False
                 last_pass = time.monotonic()
                 if not ok:
                     self._retry_at = last_pass + self._backoff()
 
+    def _drain_events(self) -> bool:
+        """Empty the queue, noting arrivals. Returns whether it held a real event (not a stop wake-up)."""
+        got = False
+        while True:
+            try:
+                ev = self.sources.events.get_nowait()
+            except queue.Empty:
+                return got
+            self.note_event(ev)
+            if ev is not _WAKE:
+                got = True
+
     def close(self) -> None:
         """Release resources WITHOUT detaching programs (enforcement continues across restarts)."""
+        if self.linkwatch is not None:
+            self.linkwatch.stop()
         self.sources.stop()
         if self.dp is not None:
             try:
@@ -470,16 +854,28 @@ class Agent:
                 log.warning("datapath close failed", error=str(exc))
 
 
-def _drain(q: queue.Queue[Event]) -> bool:
-    """Empty the queue. Returns whether it held a real event (not just a wake-up)."""
-    got = False
-    while True:
-        try:
-            ev = q.get_nowait()
-        except queue.Empty:
-            return got
-        if ev is not _WAKE:
-            got = True
+def _overflow_message(o: Overflow) -> str:
+    needed = f"needs {o.needed} entries, " if o.needed >= 0 else ""
+    return f"failed closed (pending): map {o.map} is full ({needed}capacity {o.capacity})"
+
+
+def _is_placeholder(pod: str) -> bool:
+    return pod.startswith(UNCLAIMED)
+
+
+def unclaimed_key(ifindex: int) -> str:
+    """Placeholder endpoint name of a veth no pod claims yet (same form as controller.endpoints':
+    no Kubernetes namespace contains parentheses, so it never names a pod)."""
+    return f"{UNCLAIMED}{ifindex}"
+
+
+def _reason_name(code: int) -> str:
+    try:
+        from controller.datapath.maps import Reason
+
+        return Reason(code).name
+    except (ImportError, ValueError):
+        return str(code)
 
 
 def _summarize(result: Any) -> Any:
@@ -524,10 +920,41 @@ def register(sub: Any) -> None:
         help=f"HOST:PORT for /livez /readyz /metrics /status (default {DEFAULT_HEALTH_ADDR})",
     )
     p.add_argument(
-        "--resync-seconds", type=float, default=30.0, help="full re-attach + sync period (default 30)"
+        "--resync-seconds",
+        type=float,
+        default=_env_float("VETHGUARD_RESYNC_SECONDS", 30.0),
+        help="full re-attach + sync period, repairs drift of the kernel maps "
+        "(default: $VETHGUARD_RESYNC_SECONDS or 30)",
+    )
+    p.add_argument(
+        "--no-fail-closed",
+        dest="fail_closed",
+        action="store_false",
+        help="let a new veth pass traffic until its pod's policy is known (default: a veth no known "
+        "pod claims yet carries a PENDING endpoint: only ARP/ND and node traffic pass)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run_cli)
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def _preflight(pin_root: str) -> None:
+    """controller.preflight's checks (headers, bpffs, capabilities) when this build has them."""
+    import importlib
+
+    try:
+        preflight = importlib.import_module("controller.preflight")
+    except ImportError:
+        return  # the datapath loader's own VethguardErrors still stop the agent (see Agent.fatal)
+    check = getattr(preflight, "check_agent", None) or getattr(preflight, "run_checks", None)
+    if callable(check):
+        check(pin_root=pin_root)
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -540,6 +967,7 @@ def run_cli(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     metrics = Metrics()
     try:
+        _preflight(args.pin_root)
         api = load_api_client(args.kubeconfig)
         sources = Sources.from_api_client(api, metrics=metrics)
         agent = Agent(
@@ -548,10 +976,12 @@ def run_cli(args: argparse.Namespace) -> int:
                 pin_root=args.pin_root,
                 health_addr=args.health_addr,
                 resync_seconds=args.resync_seconds,
+                fail_closed=getattr(args, "fail_closed", True),
             ),
             sources,
             metrics=metrics,
         )
+        agent.linkwatch = LinkWatch(agent.wake)
         health = HealthServer(args.health_addr, agent.probes()).start()
     except VethguardError as exc:
         print(f"vethguard agent: {exc}", file=sys.stderr)
@@ -569,6 +999,7 @@ def run_cli(args: argparse.Namespace) -> int:
         pin_root=args.pin_root,
         health_addr=args.health_addr,
         resync_seconds=args.resync_seconds,
+        fail_closed=getattr(args, "fail_closed", True),
         pid=os.getpid(),
     )
     try:
@@ -576,5 +1007,9 @@ def run_cli(args: argparse.Namespace) -> int:
     finally:
         health.stop()
         agent.close()
+    if agent.fatal is not None:
+        print(f"vethguard agent: {agent.fatal}", file=sys.stderr)
+        log.error("agent cannot run, exiting", node=args.node, error=str(agent.fatal))
+        return 1
     log.info("agent stopped", node=args.node, realized_generation=agent.realized_generation)
     return 0

@@ -10,6 +10,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 _COMPUTE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
+# Event -> kernel latencies: the agent aims at well under 100 ms, so resolve that range finely.
+_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -80,6 +83,63 @@ class Metrics:
             "vethguard_agent_errors_total",
             "Failures inside the agent loop, by stage (compute, discover, attach, detach, sync).",
             ["stage"],
+            registry=r,
+        )
+
+        self.realization_lag_seconds = Histogram(
+            "vethguard_agent_realization_lag_seconds",
+            "Seconds from a cluster event's arrival at the agent to the end of the sync that realized it.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.endpoint_attach_latency_seconds = Histogram(
+            "vethguard_endpoint_attach_latency_seconds",
+            "Seconds from the netlink event of a new pod veth to our programs attached to it "
+            "(pending or enforcing).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.endpoint_enforce_latency_seconds = Histogram(
+            "vethguard_endpoint_enforce_latency_seconds",
+            "Seconds from the netlink event of a new pod veth to the end of the sync that wrote its "
+            "pod's real policy (before that it is failed closed when --fail-closed).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.pending_interfaces = Gauge(
+            "vethguard_agent_pending_interfaces",
+            "New veths attached failed closed (pending) because no known pod claims them yet.",
+            registry=r,
+        )
+        self.map_overflow_total = Counter(
+            "vethguard_datapath_map_overflow_total",
+            "Endpoints that had to fail closed (pending) because a map had no room for their entries, "
+            "by map.",
+            ["map"],
+            registry=r,
+        )
+        self.overflowed_endpoints = Gauge(
+            "vethguard_datapath_overflowed_endpoints",
+            "Endpoints currently failed closed because a map is full.",
+            registry=r,
+        )
+        self.map_entries = Gauge(
+            "vethguard_datapath_map_entries",
+            "Entries currently in each BPF map.",
+            ["map"],
+            registry=r,
+        )
+        self.map_capacity = Gauge(
+            "vethguard_datapath_map_capacity",
+            "max_entries of each BPF map.",
+            ["map"],
+            registry=r,
+        )
+        self.drops_total = Counter(
+            "vethguard_datapath_drops_total",
+            "Packets dropped by the tc programs, by reason (sum of vg_counters over endpoints, directions "
+            "and CPUs; kept monotonic across endpoint removal).",
+            ["reason"],
             registry=r,
         )
 
