@@ -22,6 +22,15 @@
 
 #define VG_NSEC_PER_SEC 1000000000ULL
 
+/*
+ * Written into every new conntrack entry (ct_value.marker). Normal builds leave it 0; an upgrade
+ * test builds with VETHGUARD_EXTRA_CFLAGS=-DVG_UPGRADE_MARKER=2 to get a program with different
+ * code (a different tag) whose new flows are recognisable in vg_ct.
+ */
+#ifndef VG_UPGRADE_MARKER
+#define VG_UPGRADE_MARKER 0
+#endif
+
 /* Conntrack timeouts (see docs/INTERNALS.md). */
 #define CT_TIMEOUT_TCP_SYN (60ULL * VG_NSEC_PER_SEC)        /* before the reply was seen */
 #define CT_TIMEOUT_TCP_EST (6ULL * 3600 * VG_NSEC_PER_SEC)  /* after the reply was seen */

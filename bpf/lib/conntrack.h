@@ -125,6 +125,8 @@ static __always_inline int vg_ct_create(const struct ct_key *k, const struct vg_
 	v.revision = revision;
 	v.rule_ref = rule_ref;
 	v.state = CT_ALLOWED;
+	/* A compile-time constant (0 unless a test build sets it): a store, no extra lookup. */
+	v.marker = VG_UPGRADE_MARKER;
 	return vg_ct.update((struct ct_key *)k, &v);
 }
 

@@ -106,7 +106,8 @@ struct ct_value {
 	__u8 state; /* CT_ALLOWED / CT_DENIED */
 	__u8 seen;  /* CT_SEEN_* */
 	__u16 pad;
-	__u32 pad2;
+	__u32 marker; /* VG_UPGRADE_MARKER of the program that created the entry (0 in normal
+		       * builds): lets upgrade tests tell flows of the old and new program apart */
 };
 
 /* vg_frag (LRU hash): ports of a fragmented datagram, recorded from its first fragment. */

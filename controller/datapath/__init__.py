@@ -11,11 +11,14 @@ from typing import Any
 
 from controller.datapath import loader, maps, sync
 from controller.datapath.attach import Attacher
-from controller.datapath.maps import Event
-from controller.datapath.sync import KernelState, SyncResult
+from controller.datapath.maps import Event, ProgId
+from controller.datapath.sync import KernelState, MapFullError, SyncResult
 from controller.mapstate import NodeDesired
 
-__all__ = ["Datapath", "KernelState", "SyncResult"]
+__all__ = ["Datapath", "KernelState", "MapFullError", "ProgId", "SyncResult"]
+
+# Maps whose fill level means something (arrays are always "full"; the ring buffer has no keys).
+SIZED_MAPS = ("vg_endpoints", "vg_ipcache4", "vg_ipcache6", "vg_policy", "vg_ct", "vg_frag", "vg_counters")
 
 
 class Datapath:
@@ -47,6 +50,14 @@ class Datapath:
     def prog_fd(self, name: str) -> int:
         """fd of "from_pod", "to_pod" or "passthrough"."""
         return self._loaded.prog_fds[name]
+
+    def prog_id(self, name: str) -> ProgId:
+        """Kernel id and tag of "from_pod", "to_pod" or "passthrough" as loaded by this object."""
+        return maps.prog_id(self.prog_fd(name))
+
+    def attached_progs(self, ifindex: int) -> dict[str, int | None]:
+        """Program ids our filters on ifindex run now: {"from_pod": id, "to_pod": id} (None: absent)."""
+        return self._attacher.attached_prog_ids(ifindex)
 
     @property
     def bcc(self) -> Any:
@@ -85,8 +96,29 @@ class Datapath:
         return self._attacher.attached(ifindex)
 
     def sync(self, desired: NodeDesired, pod_ifindex: Mapping[str, int]) -> SyncResult:
-        """Diff desired vs kernel, add/update before delete, then bump the revision."""
-        return sync.apply(sync.desired_maps(desired, pod_ifindex), self._loaded.maps)
+        """Diff desired vs kernel, add/update before delete, then bump the revision.
+
+        Raises MapFullError when an insert found its map full: everything that fitted is
+        applied, the affected endpoints are left PENDING (failed closed), and calling sync
+        again later (the agent's retry) completes them once there is room.
+        """
+        result = sync.apply(sync.desired_maps(desired, pod_ifindex), self._loaded.maps)
+        if result.full:
+            by_ifindex: dict[int, list[str]] = {}
+            for pod, ifindex in pod_ifindex.items():
+                by_ifindex.setdefault(ifindex, []).append(pod)
+            pods = tuple(sorted(p for ep in result.full for p in by_ifindex.get(ep, [f"ifindex {ep}"])))
+            map_name = min(result.full.values())  # deterministic when several maps overflowed
+            raise MapFullError(map_name, pods[0] if pods else None, pods, result)
+        return result
+
+    def capacity(self) -> dict[str, int]:
+        """max_entries of every sized map, as the kernel has it (a reused pin keeps its size)."""
+        return {name: int(self._loaded.maps[name].max_entries) for name in SIZED_MAPS}
+
+    def entry_counts(self) -> dict[str, int]:
+        """Current number of entries of every sized map (walks the keys: ~1 us per entry)."""
+        return {name: self._loaded.maps[name].count() for name in SIZED_MAPS}
 
     def dump(self) -> KernelState:
         return sync.dump(self._loaded.maps)

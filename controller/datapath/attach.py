@@ -7,6 +7,7 @@ newly loaded program is atomic (no window without a program) and attaching twice
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,17 @@ FILTER_NAME = {PARENT_INGRESS: "vethguard-from-pod", PARENT_EGRESS: "vethguard-t
 ENOENT = 2
 EEXIST = 17
 EINVAL = 22
+TCA_BPF_ID = 11  # the attached program's id; pyroute2 0.9 does not decode it (an UNKNOWN nla)
+
+
+def _nla_prog_id(opts: Any) -> int | None:
+    """TCA_BPF_ID of a bpf filter's TCA_OPTIONS, read from the raw attribute."""
+    for name, value in opts["attrs"]:
+        if name != "UNKNOWN" or value["header"]["type"] != TCA_BPF_ID:
+            continue
+        start = value.offset + 4  # skip the nla header (length, type)
+        return int.from_bytes(value.data[start : start + 4], sys.byteorder)
+    return None
 
 
 @dataclass
@@ -87,6 +99,18 @@ class Attacher:
                 return all(self._our_filters(ipr, ifindex, p) for p in (PARENT_INGRESS, PARENT_EGRESS))
             except NetlinkError:
                 return False
+
+    def attached_prog_ids(self, ifindex: int) -> dict[str, int | None]:
+        """{"from_pod": id, "to_pod": id} of the programs our filters on ifindex run (None: no filter)."""
+        out: dict[str, int | None] = {}
+        with IPRoute() as ipr:
+            for key, parent in (("from_pod", PARENT_INGRESS), ("to_pod", PARENT_EGRESS)):
+                try:
+                    ours = self._our_filters(ipr, ifindex, parent)
+                except NetlinkError:
+                    ours = []
+                out[key] = _nla_prog_id(ours[0].get_attr("TCA_OPTIONS")) if len(ours) == 1 else None
+        return out
 
     def detach(self, ifindex: int) -> None:
         """Remove our filters (identified by handle, prio and name); idempotent."""

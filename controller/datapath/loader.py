@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import logging
 import os
 import re
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +22,16 @@ from controller.datapath import maps
 from controller.datapath.sources import bpf_source_dir
 from controller.errors import VethguardError
 
+log = logging.getLogger(__name__)
+
 BPFFS = "/sys/fs/bpf"
 PROGRAMS = ("from_pod", "to_pod", "passthrough")
+# The programs attached to pod veths are also pinned, as <pin dir>/prog_<name>, so tools
+# (bpftool, `vethguard` debug commands) can tell which program a veth's filter runs.
+PINNED_PROGRAMS = ("from_pod", "to_pod")
+# Extra compiler flags from the environment (e.g. -DVG_MAX_POLICY=64 for a tiny map,
+# -DVG_UPGRADE_MARKER=2 for a program with different code in upgrade tests).
+ENV_EXTRA_CFLAGS = "VETHGUARD_EXTRA_CFLAGS"
 _NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 # Expected (key_size, value_size) of every pinned map; an older layout must not be reused.
@@ -139,8 +149,20 @@ def inline_sources(entry: Path, search: Path) -> str:
     return "\n".join(out) + "\n"
 
 
+def env_cflags() -> tuple[str, ...]:
+    """Compiler flags from $VETHGUARD_EXTRA_CFLAGS (shell-quoted words)."""
+    return tuple(shlex.split(os.environ.get(ENV_EXTRA_CFLAGS, "")))
+
+
 def check_pinned_layout(pin_dir: Path) -> None:
-    """Refuse to reuse pinned maps whose layout differs from this build's (silent corruption)."""
+    """Refuse to reuse pinned maps whose layout differs from this build's (silent corruption).
+
+    Upgrades keep the pinned maps (that is what keeps conntrack and enforcement across the swap),
+    so a build that changes a struct must not run against them. We refuse rather than migrate:
+    the old programs stay attached and keep enforcing the last synced state with the old maps
+    until an operator removes the pins, which is the only moment connections can be disturbed.
+    A different max_entries is not a layout change: the pinned map (and its size) is kept.
+    """
     for name, (ks, vs) in EXPECTED_LAYOUT.items():
         path = pin_dir / name
         if not path.exists():
@@ -150,11 +172,31 @@ def check_pinned_layout(pin_dir: Path) -> None:
             if (m.key_size, m.value_size) != (ks, vs):
                 raise VethguardError(
                     f"pinned map {path} has key/value sizes {m.key_size}/{m.value_size}, this version "
-                    f"needs {ks}/{vs} (map layout changed). Remove the old pins with `rm -r {pin_dir}` "
-                    "(established connections of this node will be re-evaluated as new flows)"
+                    f"needs {ks}/{vs} (map layout changed). The programs already attached keep "
+                    f"enforcing with the old maps. To switch, remove the old pins with `rm -r {pin_dir}` "
+                    "and restart the agent (established connections of this node will then be "
+                    "re-evaluated as new flows; replies into isolated pods may be dropped)"
                 )
         finally:
             m.close()
+
+
+def pin_programs(pin_dir: Path, prog_fds: dict[str, int]) -> None:
+    """Pin (or re-pin) the attached programs as <pin_dir>/prog_<name>.
+
+    Pinned under a temporary name first, then renamed over the old pin, so a reader never
+    finds the path missing. The old program stays alive as long as a filter uses it.
+    """
+    for name in PINNED_PROGRAMS:
+        final = pin_dir / f"prog_{name}"
+        tmp = pin_dir / f"tmp_prog_{name}_{os.getpid()}"  # bpffs rejects names with dots
+        tmp.unlink(missing_ok=True)
+        try:
+            maps.obj_pin(prog_fds[name], str(tmp))
+            os.rename(tmp, final)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise VethguardError(f"cannot pin program {name} at {final}: {e}") from e
 
 
 @dataclass
@@ -189,7 +231,10 @@ def load(node: str, pin_root: str = "/sys/fs/bpf/vethguard", extra_cflags: tuple
         f"-I{src_dir}",
         "-Wno-unused-function",
         *extra_cflags,
+        *env_cflags(),
     ]
+    if len(cflags) > 3:
+        log.info("compiling with extra flags: %s", " ".join(cflags[3:]))
     try:
         b = bcc.BPF(text=text.encode(), cflags=cflags)
     except Exception as e:  # bcc raises bare Exception with the compiler output on stderr
@@ -200,6 +245,11 @@ def load(node: str, pin_root: str = "/sys/fs/bpf/vethguard", extra_cflags: tuple
         b.cleanup()
         raise VethguardError(f"the kernel refused the tc programs (verifier log above): {e}") from e
     loaded = Loaded(bpf=b, pin_dir=pin_dir, prog_fds=fds)
+    try:
+        pin_programs(pin_dir, fds)
+    except VethguardError:
+        b.cleanup()
+        raise
     for name in maps.MAP_NAMES:
         if name == "vg_events":
             continue  # a ring buffer has no elements to read through bpf(2) map ops

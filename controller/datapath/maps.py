@@ -167,7 +167,7 @@ class CtValue(_Struct):
         ("state", ctypes.c_uint8),
         ("seen", ctypes.c_uint8),
         ("pad", ctypes.c_uint16),
-        ("pad2", ctypes.c_uint32),
+        ("marker", ctypes.c_uint32),
     ]
 
 
@@ -406,6 +406,7 @@ class CtEntry:
     rule_ref: int
     state: int
     seen: int
+    marker: int = 0  # VG_UPGRADE_MARKER of the program that created the entry
 
 
 def encode_ct_key(
@@ -439,6 +440,7 @@ def decode_ct(kb: bytes, vb: bytes) -> CtEntry:
         rule_ref=v.rule_ref,
         state=v.state,
         seen=v.seen,
+        marker=v.marker,
     )
 
 
@@ -487,6 +489,7 @@ BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
+BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
 BPF_OBJ_GET_INFO_BY_FD = 15
@@ -555,6 +558,52 @@ class BpfMapInfo(ctypes.Structure):
         ("map_flags", ctypes.c_uint32),
         ("name", ctypes.c_char * 16),
     ]
+
+
+class BpfProgInfo(ctypes.Structure):
+    """The leading fields of struct bpf_prog_info (UAPI): enough to name a program."""
+
+    _fields_: ClassVar = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32),
+        ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64),
+        ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64),
+        ("created_by_uid", ctypes.c_uint32),
+        ("nr_map_ids", ctypes.c_uint32),
+        ("map_ids", ctypes.c_uint64),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
+@dataclass(frozen=True)
+class ProgId:
+    """A loaded program: kernel id (unique while loaded) and tag (hash of its instructions)."""
+
+    id: int
+    tag: str  # 16 hex digits, as `bpftool prog` and tc show it
+
+
+def prog_id(fd: int) -> ProgId:
+    info = BpfProgInfo()
+    obj_info(fd, info)
+    return ProgId(id=int(info.id), tag=bytes(info.tag).hex())
+
+
+def map_id(fd: int) -> int:
+    info = BpfMapInfo()
+    obj_info(fd, info)
+    return int(info.id)
+
+
+def obj_pin(fd: int, path: str) -> None:
+    """Pin a map or program fd at path (which must not exist)."""
+    raw = ctypes.create_string_buffer(os.fsencode(path))
+    attr = _ObjGetAttr(pathname=ctypes.addressof(raw), bpf_fd=fd)
+    bpf(BPF_OBJ_PIN, attr)
 
 
 def obj_get(path: str) -> int:
@@ -678,6 +727,22 @@ class BpfMap:
             kb = ctypes.create_string_buffer(nb.raw, self.key_size)
             attr = _MapElemAttr(map_fd=self.fd, key=ctypes.addressof(kb), value=ctypes.addressof(nb))
         return out
+
+    def count(self) -> int:
+        """Number of keys (one GET_NEXT_KEY per key, two buffers swapped: nothing collected)."""
+        bufs = (ctypes.create_string_buffer(self.key_size), ctypes.create_string_buffer(self.key_size))
+        attr = _MapElemAttr(map_fd=self.fd, key=0, value=ctypes.addressof(bufs[0]))
+        n = 0
+        while True:
+            try:
+                bpf(BPF_MAP_GET_NEXT_KEY, attr)
+            except BpfError as e:
+                if e.errno == errno.ENOENT:
+                    return n
+                raise
+            n += 1
+            attr.key = attr.value  # the key just returned is where the next walk starts
+            attr.value = ctypes.addressof(bufs[n % 2])
 
     def items(self) -> dict[bytes, bytes]:
         out: dict[bytes, bytes] = {}

@@ -11,13 +11,16 @@ and the new policy. Everything up to `plan()` is pure and tested without root.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from controller.datapath import maps
+from controller.errors import VethguardError
 from controller.mapstate import NodeDesired, PolicyEntryKey, PolicyEntryValue
 
 log = logging.getLogger(__name__)
@@ -124,10 +127,41 @@ class SyncResult:
     revision: int  # vg_config revision after the sync
     ct_deleted: int = 0  # conntrack entries of removed endpoints
     ops: tuple[Op, ...] = field(default=(), repr=False)
+    # Endpoints left failed closed (PENDING) because a map was full: ep_id -> map name.
+    full: dict[int, str] = field(default_factory=dict)
+    # Operations not applied because their map was full (or their endpoint had already failed).
+    skipped: int = 0
 
     @property
     def changed(self) -> bool:
         return bool(self.adds or self.updates or self.deletes)
+
+
+# bpf(2) update errors that mean "no room": hash maps (E2BIG), LPM tries (ENOSPC),
+# non-preallocated maps whose element allocation failed (ENOMEM).
+MAP_FULL_ERRNOS = frozenset({errno.E2BIG, errno.ENOSPC, errno.ENOMEM})
+
+
+class MapFullError(VethguardError):
+    """A sync could not insert into `map_name`; the affected endpoints were left failed closed.
+
+    `endpoint` is the first affected pod ("ns/name"); `endpoints` all of them. A full ipcache
+    concerns every endpoint of the node (a missing except-prefix could widen an ipBlock rule),
+    so all of them are named. Everything that fitted was applied; the affected endpoints carry
+    EP_F_PENDING (drop all but always-allowed traffic) until a later sync finds room, which
+    needs nothing special: the next sync's diff simply retries the missing entries.
+    """
+
+    def __init__(self, map_name: str, endpoint: str | None, endpoints: tuple[str, ...], result: SyncResult):
+        self.map_name = map_name
+        self.endpoint = endpoint
+        self.endpoints = endpoints
+        self.result = result
+        names = ", ".join(endpoints[:5]) + (f" and {len(endpoints) - 5} more" if len(endpoints) > 5 else "")
+        super().__init__(
+            f"BPF map {map_name} is full: endpoint(s) {names or '(none)'} left failed closed (pending) "
+            f"until there is room; {result.skipped} map operations were not applied"
+        )
 
 
 def read_revision(config: MapLike) -> int:
@@ -151,19 +185,97 @@ def _ep_id_of_counter_key(kb: bytes) -> int:
     return int(maps.CounterKey.from_bytes(kb).ep_id)
 
 
+def _op_ep_id(op: Op) -> int | None:
+    """The endpoint an operation belongs to (None: ipcache, shared by the node)."""
+    if op.map == "vg_policy":
+        return int(maps.PolicyKey.from_bytes(op.key).ep_id)
+    if op.map == "vg_endpoints":
+        return int.from_bytes(op.key[:4], sys.byteorder)
+    return None
+
+
+def pending_value(endpoint_value: bytes) -> bytes:
+    """The endpoint with its identity and addresses kept but failed closed (PENDING)."""
+    info = maps.EndpointInfo.from_bytes(endpoint_value)
+    info.flags = PENDING_FLAGS
+    return bytes(info)
+
+
+class _FullTracker:
+    """Which endpoints must stay failed closed because an insert found its map full."""
+
+    def __init__(self, desired_endpoints: KV, endpoints_map: MapLike) -> None:
+        self.desired_endpoints = desired_endpoints
+        self.endpoints_map = endpoints_map
+        self.failed: dict[int, str] = {}
+        self.node_wide: str | None = None
+        self.skipped = 0
+
+    def is_failed(self, ep_id: int | None) -> bool:
+        return self.node_wide is not None or (ep_id is not None and ep_id in self.failed)
+
+    def fail(self, map_name: str, ep_id: int | None) -> None:
+        """Record the failure and close the endpoint(s) at once, before any further operation."""
+        if ep_id is None:
+            self.node_wide = self.node_wide or map_name
+            targets = [int.from_bytes(k[:4], sys.byteorder) for k in self.desired_endpoints]
+        else:
+            targets = [ep_id]
+        for ep in targets:
+            self.failed.setdefault(ep, map_name)
+            self._close(ep)
+
+    def _close(self, ep_id: int) -> None:
+        key = maps.u32_key(ep_id)
+        value = self.desired_endpoints.get(key)
+        if value is None:
+            return
+        try:
+            self.endpoints_map.update(key, pending_value(value))
+        except maps.BpfError as e:
+            # No room for the endpoint itself: an attached veth without an endpoint entry
+            # drops everything (DROP_NO_ENDPOINT), which is failed closed as well.
+            if e.errno not in MAP_FULL_ERRNOS:
+                raise
+
+
+def _apply_upsert(op: Op, m: MapLike, full: _FullTracker) -> None:
+    assert op.value is not None
+    ep_id = _op_ep_id(op)
+    value = op.value
+    if op.map == "vg_endpoints" and full.is_failed(ep_id):
+        value = pending_value(value)  # never lift PENDING of an endpoint whose entries are missing
+    elif op.map == "vg_policy" and full.is_failed(ep_id) and full.node_wide is None:
+        full.skipped += 1  # its map is full already: do not spend syscalls failing again
+        return
+    try:
+        m.update(op.key, value)
+    except maps.BpfError as e:
+        if e.errno not in MAP_FULL_ERRNOS:
+            raise
+        full.skipped += 1
+        full.fail(op.map, ep_id)
+
+
 def apply(
     desired: Mapping[str, KV], kernel: Mapping[str, MapLike], *, cleanup_removed: bool = True
 ) -> SyncResult:
-    """Diff against what the kernel maps hold now and apply in the safe order."""
+    """Diff against what the kernel maps hold now and apply in the safe order.
+
+    An insert that finds its map full never leaves an endpoint half-applied and open: the
+    endpoint is rewritten PENDING immediately (ipcache: every endpoint), the remaining
+    operations still run (deletes free room for the next attempt), and result.full says who
+    was closed. Datapath.sync turns that into MapFullError.
+    """
     current = {name: kernel[name].items() for name in SYNCED_MAPS}
     ops = plan(desired, current)
+    full = _FullTracker(desired.get("vg_endpoints", {}), kernel["vg_endpoints"])
     for op in ops:
         m = kernel[op.map]
         if op.kind == "delete":
             m.delete(op.key)
         else:
-            assert op.value is not None
-            m.update(op.key, op.value)
+            _apply_upsert(op, m, full)
     removed_eps = {
         maps.EndpointInfo.from_bytes(current["vg_endpoints"][op.key]).ep_id
         for op in ops
@@ -188,6 +300,8 @@ def apply(
         revision=revision,
         ct_deleted=ct_deleted,
         ops=tuple(ops),
+        full=dict(full.failed),
+        skipped=full.skipped,
     )
     if result.changed:
         log.info(

@@ -1,0 +1,156 @@
+"""Map overflow: a sync that cannot fit an endpoint's entries leaves that endpoint failed closed
+(PENDING), raises MapFullError naming map and pod, and the next sync with room recovers it.
+
+The maps are built tiny with compiler flags (VG_MAX_POLICY, VG_MAX_IPCACHE) on a node of their own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from controller.datapath import Datapath, MapFullError, maps
+from controller.datapath.maps import Reason
+from controller.datapath.testrun import run
+from controller.mapstate import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue
+from tests.kernel import packets as P
+from tests.kernel.conftest import EP, ID_B, POD_A, POD_B, TC_ACT_OK, TC_ACT_SHOT
+
+pytestmark = pytest.mark.root
+
+POLICY_MAX = 64
+IPCACHE_MAX = 16
+OTHER = 2  # a second endpoint's ifindex (never sees packets here)
+ALLOW = PolicyEntryValue(verdict=1, precedence=0, rule_ref=7)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Iterator[Datapath]:
+    node = f"test-full-{uuid.uuid4().hex[:10]}"
+    try:
+        d = Datapath(
+            node=node, extra_cflags=(f"-DVG_MAX_POLICY={POLICY_MAX}", f"-DVG_MAX_IPCACHE={IPCACHE_MAX}")
+        )
+    except BaseException:
+        Datapath.remove_pins(node)
+        raise
+    try:
+        yield d
+    finally:
+        d.close()
+        Datapath.remove_pins(node)
+
+
+@pytest.fixture
+def dp(tiny: Datapath) -> Datapath:
+    for name in ("vg_endpoints", "vg_policy", "vg_ipcache4", "vg_ipcache6", "vg_ct", "vg_counters"):
+        tiny.maps[name].clear()
+    return tiny
+
+
+def _ports(n: int, first: int = 1000) -> dict[PolicyEntryKey, PolicyEntryValue]:
+    """n exact-port ingress entries from peer B (80 is always the first)."""
+    keys = [PolicyEntryKey(0, ID_B, P.TCP, 80, 16)]
+    keys += [PolicyEntryKey(0, ID_B, P.TCP, first + i, 16) for i in range(n - 1)]
+    return dict.fromkeys(keys, ALLOW)
+
+
+def _desired(a_entries: int, b_entries: int = 5, extra_prefixes: int = 0) -> NodeDesired:
+    def ep(pod: str, n: int) -> EndpointDesired:
+        return EndpointDesired(pod, 256, True, False, POD_A, None, _ports(n, 1000 if pod == "x/a" else 2000))
+
+    ipcache: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, tuple[int, int]] = {
+        ipaddress.ip_network(f"{POD_B}/32"): (ID_B, 0),
+        ipaddress.ip_network(f"{POD_A}/32"): (256, 0),
+        ipaddress.ip_network("0.0.0.0/0"): (2, 0),
+    }
+    for i in range(extra_prefixes):
+        ipcache[ipaddress.ip_network(f"198.18.{i}.0/24")] = (2, (1 << 24) + i)
+    return NodeDesired(
+        endpoints={"x/a": ep("x/a", a_entries), "x/b": ep("x/b", b_entries)},
+        ipcache=ipcache,
+        rules={},
+        identities={},
+    )
+
+
+PODS = {"x/a": EP, "x/b": OTHER}
+
+
+def _flags(d: Datapath) -> dict[int, int]:
+    return {i: e.flags for i, e in d.dump().endpoints.items()}
+
+
+def _syn(sport: int, dport: int = 80) -> bytes:
+    return P.ipv4(POD_B, POD_A, P.TCP, P.tcp(sport, dport))
+
+
+def test_capacity_reports_the_kernel_max_entries_and_entry_counts_the_fill(dp: Datapath) -> None:
+    cap = dp.capacity()
+    assert cap["vg_policy"] == POLICY_MAX and cap["vg_ipcache4"] == IPCACHE_MAX
+    assert cap["vg_endpoints"] == dp.maps["vg_endpoints"].max_entries > 0
+    dp.sync(_desired(10), PODS)
+    counts = dp.entry_counts()
+    assert set(counts) == set(cap)
+    assert counts["vg_policy"] == 15 and counts["vg_endpoints"] == 2 and counts["vg_ipcache4"] == 3
+
+
+def test_an_endpoint_whose_entries_do_not_fit_is_left_pending_and_the_others_are_untouched(
+    dp: Datapath,
+) -> None:
+    dp.sync(_desired(10), PODS)
+    assert run(dp.prog_fd("to_pod"), _syn(40000), ifindex=EP).retval == TC_ACT_OK  # established below
+    with pytest.raises(MapFullError) as info:
+        dp.sync(_desired(POLICY_MAX + 10), PODS)
+    err = info.value
+    assert (err.map_name, err.endpoint, err.endpoints) == ("vg_policy", "x/a", ("x/a",))
+    assert "vg_policy is full" in str(err) and err.result.skipped > 0
+    flags = _flags(dp)
+    assert flags[EP] & maps.EP_F_PENDING, "the endpoint that did not fit fails closed"
+    assert not flags[OTHER] & maps.EP_F_PENDING, "an endpoint whose entries fitted keeps its policy"
+    assert dp.entry_counts()["vg_policy"] <= POLICY_MAX
+    # Neither new flows nor the flow established before get through a pending endpoint.
+    assert run(dp.prog_fd("to_pod"), _syn(40001), ifindex=EP).retval == TC_ACT_SHOT
+    ack = P.ipv4(POD_B, POD_A, P.TCP, P.tcp(40000, 80, P.ACK))
+    assert run(dp.prog_fd("to_pod"), ack, ifindex=EP).retval == TC_ACT_SHOT
+    counters = dp.counters()
+    assert counters[(EP, int(Reason.DROP_PENDING), 0)][0] == 1
+    assert counters[(EP, int(Reason.DROP_REVOKED), 0)][0] == 1
+
+
+def test_a_retry_that_still_does_not_fit_keeps_the_endpoint_pending(dp: Datapath) -> None:
+    dp.sync(_desired(10), PODS)
+    for _ in range(2):
+        with pytest.raises(MapFullError):
+            dp.sync(_desired(POLICY_MAX + 10), PODS)
+        assert _flags(dp)[EP] & maps.EP_F_PENDING
+
+
+def test_the_endpoint_recovers_when_its_entries_fit_again_and_its_flow_resumes(dp: Datapath) -> None:
+    dp.sync(_desired(10), PODS)
+    assert run(dp.prog_fd("to_pod"), _syn(40000), ifindex=EP).retval == TC_ACT_OK
+    with pytest.raises(MapFullError):
+        dp.sync(_desired(POLICY_MAX + 10), PODS)
+    result = dp.sync(_desired(40), PODS)
+    assert not result.full
+    assert _flags(dp) == {EP: maps.EP_F_INGRESS_ISOLATED, OTHER: maps.EP_F_INGRESS_ISOLATED}
+    assert dp.entry_counts()["vg_policy"] == 45
+    ack = P.ipv4(POD_B, POD_A, P.TCP, P.tcp(40000, 80, P.ACK))
+    assert run(dp.prog_fd("to_pod"), ack, ifindex=EP).retval == TC_ACT_OK, "the revoked flow is allowed again"
+    assert run(dp.prog_fd("to_pod"), _syn(40002, 1038), ifindex=EP).retval == TC_ACT_OK
+    assert run(dp.prog_fd("to_pod"), _syn(40003, 1039), ifindex=EP).retval == TC_ACT_SHOT
+
+
+def test_a_full_ipcache_fails_every_endpoint_closed_until_the_prefixes_fit(dp: Datapath) -> None:
+    """A missing except-prefix could widen an ipBlock rule of any endpoint: all fail closed."""
+    dp.sync(_desired(3), PODS)
+    with pytest.raises(MapFullError) as info:
+        dp.sync(_desired(3, extra_prefixes=IPCACHE_MAX), PODS)
+    assert info.value.map_name == "vg_ipcache4" and info.value.endpoints == ("x/a", "x/b")
+    assert all(f & maps.EP_F_PENDING for f in _flags(dp).values())
+    dp.sync(_desired(3, extra_prefixes=4), PODS)
+    assert not any(f & maps.EP_F_PENDING for f in _flags(dp).values())
+    assert run(dp.prog_fd("to_pod"), _syn(40010), ifindex=EP).retval == TC_ACT_OK
