@@ -18,7 +18,6 @@ happens to be a veth, as in kind, is not put in PENDING).
 from __future__ import annotations
 
 import contextlib
-import select
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +44,7 @@ class LinkWatch:
         self._appeared: dict[int, float] = {}  # new veths: ifindex -> first RTM_NEWLINK time
         self._neighbours: set[tuple[int, str]] = set()
         self._stop = threading.Event()
+        self._ipr: Any = None
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self.events = 0
@@ -60,6 +60,10 @@ class LinkWatch:
 
     def stop(self) -> None:
         self._stop.set()
+        ipr = self._ipr
+        if ipr is not None:
+            with contextlib.suppress(Exception):
+                ipr.close()
         if self._thread is not None:
             self._thread.join(2)
 
@@ -91,7 +95,7 @@ class LinkWatch:
         while not self._stop.is_set():
             ipr = None
             try:
-                ipr = IPRoute()
+                ipr = self._ipr = IPRoute()
                 # Subscribe before the baseline dump: a veth created in between is then seen
                 # twice (dump + event), never zero times.
                 ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_NEIGH)
@@ -113,19 +117,23 @@ class LinkWatch:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
+                self._ipr = None
                 if ipr is not None:
                     with contextlib.suppress(Exception):
                         ipr.close()
 
     def _read(self, ipr: Any) -> None:
-        fd = ipr.fileno()
+        # Blocking get(): pyroute2 buffers messages it has read from the socket, so polling the fd
+        # with select() would miss them. stop() closes the socket, which ends get() with [].
         while not self._stop.is_set():
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if not ready:
-                continue
+            msgs = ipr.get()
+            if not msgs:
+                if self._stop.is_set():
+                    return
+                raise ConnectionError("netlink socket closed")
             now = self._clock()
             changed = False
-            for msg in ipr.get():
+            for msg in msgs:
                 changed = self._handle(msg, now) or changed
             if changed:
                 self._wake()
