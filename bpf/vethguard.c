@@ -19,6 +19,8 @@
  *      on a CT miss: host flows are never tracked)
  *   8. new flow: isolation + policy             -> ALLOW_NOT_ISOLATED / ALLOW_POLICY /
  *                                                  DROP_POLICY / DROP_PENDING, CT entry created
+ *                                                  (ALLOW_AUDIT instead of DROP_POLICY when only
+ *                                                  audit-mode policies isolate the direction)
  */
 #include "lib/common.h"
 #include "lib/maps.h"

@@ -7,25 +7,27 @@ import sys
 from collections.abc import Sequence
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "vethguard") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="vethguard",
+        prog=prog,
         description="Kubernetes NetworkPolicy enforced in the kernel with tc BPF programs on pod veths.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from controller.agent import register as register_agent
+    from controller.debug.cli import register as register_debug
     from controller.demo import register as register_demo
     from controller.lab.cli import register as register_lab
 
     register_agent(sub)
     register_lab(sub)
     register_demo(sub)
+    register_debug(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, prog: str = "vethguard") -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
         rc = args.func(args)

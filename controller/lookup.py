@@ -13,7 +13,8 @@ address P, protocol `proto`, destination port `port`:
    (E, id, d, proto, port): the longest of (proto, port/16 .. port/0) and then the
    (any protocol) entry. The first identity level with a match decides by its verdict
    (ALLOW_POLICY, or DROP_POLICY for a DENY verdict, reserved for tiers).
-5. No match at any level -> DROP_POLICY.
+5. No match at any level -> DROP_POLICY, or ALLOW_AUDIT when only audit-mode policies isolate
+   E for d (EndpointDesired.ingress_audit / egress_audit).
 
 `verdict(src_desired, dst_desired, src, dst, proto, port)` decides a new connection A -> B:
 allowed iff A's EGRESS allows it on A's node (peer = B's address, looked up in A's node
@@ -54,6 +55,7 @@ ALLOW_POLICY = "ALLOW_POLICY"
 ALLOW_NOT_ISOLATED = "ALLOW_NOT_ISOLATED"
 ALLOW_HOST = "ALLOW_HOST"
 DROP_POLICY = "DROP_POLICY"
+ALLOW_AUDIT = "ALLOW_AUDIT"  # a would-be DROP_POLICY passed because only audit-mode policies isolate
 NOT_ENFORCED = "NOT_ENFORCED"  # not a datapath reason: the side is not an endpoint at all
 
 
@@ -157,15 +159,19 @@ def endpoint_verdict(
             return half(
                 allowed, ALLOW_POLICY if allowed else DROP_POLICY, key, desired.rules.get(value.rule_ref)
             )
+    if ep.ingress_audit if direction == DIR_INGRESS else ep.egress_audit:
+        return half(True, ALLOW_AUDIT)
     return half(False, DROP_POLICY)
 
 
 def _resolve(desired: NodeDesired | None, who: str, family: int) -> tuple[EndpointDesired | None, IPAddress]:
     """(endpoint or None, address) of a side given as "ns/name" or an IP address."""
-    try:
-        addr = ipaddress.ip_address(who)
-    except ValueError:
-        addr = None
+    addr: IPAddress | None = None
+    if "/" not in who:  # endpoint keys always hold a "/", addresses never: skip a failing parse
+        try:
+            addr = ipaddress.ip_address(who)
+        except ValueError:
+            addr = None
     if addr is None:
         if desired is None or who not in desired.endpoints:
             raise LookupError(f"{who} is not an endpoint of the given NodeDesired")

@@ -81,6 +81,10 @@ class EndpointDesired:
     ipv6: str | None
     entries: Mapping[PolicyEntryKey, PolicyEntryValue]
     policies: Sequence[str] = ()  # "ns/name" of the policies that select this pod
+    # Isolated in that direction only by audit-mode policies (annotation vethguard.dev/audit:
+    # "true"): would-be policy drops pass and are reported as ALLOW_AUDIT.
+    ingress_audit: bool = False
+    egress_audit: bool = False
 
 
 @dataclass(frozen=True)

@@ -270,6 +270,7 @@ class NetworkPolicy:
     ingress: tuple[Rule, ...] = ()
     egress: tuple[Rule, ...] = ()
     errors: tuple[PolicyError, ...] = ()
+    audit: bool = False  # annotation vethguard.dev/audit: "true": report would-be drops, do not drop
 
     @property
     def key(self) -> str:
@@ -699,4 +700,17 @@ def _parse_policy(raw: Any) -> NetworkPolicy | None:
         ingress=ingress,
         egress=egress,
         errors=tuple(errors),
+        audit=_audit_annotation(meta),
     )
+
+
+AUDIT_ANNOTATION = "vethguard.dev/audit"
+
+
+def _audit_annotation(meta: Mapping[str, Any]) -> bool:
+    """Audit mode is opt-in and exact: only the string "true" (any case) turns it on."""
+    annotations = meta.get("annotations")
+    if not isinstance(annotations, Mapping):
+        return False
+    value = annotations.get(AUDIT_ANNOTATION)
+    return isinstance(value, str) and value.strip().lower() == "true"

@@ -531,6 +531,14 @@ class CompiledCluster:
             self._merge_cache[mkey] = merged
         return ingress_iso, egress_iso, merged, [p.key for p in pols]
 
+    def _audit_only(self, policy_keys: Sequence[str]) -> tuple[bool, bool]:
+        """Per direction: every policy that isolates it is in audit mode (vacuously true if none)."""
+        pols = [self.cluster.policies[k] for k in policy_keys]
+        return (
+            all(p.audit for p in pols if p.isolates_ingress),
+            all(p.audit for p in pols if p.isolates_egress),
+        )
+
     # -- per node -----------------------------------------------------------------------------
 
     def node_desired(self, node: str) -> NodeDesired:
@@ -539,6 +547,7 @@ class CompiledCluster:
             if pod.node != node or not pod.active or not pod.ips:
                 continue
             ing, egr, entries, pols = self.endpoint_entries(pod)
+            ing_audit, egr_audit = self._audit_only(pols)
             endpoints[pod.key] = EndpointDesired(
                 pod=pod.key,
                 identity=self.pod_identity[pod.key],
@@ -548,6 +557,8 @@ class CompiledCluster:
                 ipv6=pod.ipv6,
                 entries=entries,
                 policies=tuple(pols),
+                ingress_audit=ing and ing_audit,
+                egress_audit=egr and egr_audit,
             )
         return NodeDesired(
             endpoints=endpoints,

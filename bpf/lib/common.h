@@ -46,6 +46,11 @@ static __always_inline __u32 vg_isolated_flag(__u8 dir)
 	return dir == DIR_EGRESS ? EP_F_EGRESS_ISOLATED : EP_F_INGRESS_ISOLATED;
 }
 
+static __always_inline __u32 vg_audit_flag(__u8 dir)
+{
+	return dir == DIR_EGRESS ? EP_F_EGRESS_AUDIT : EP_F_INGRESS_AUDIT;
+}
+
 /* A pending endpoint counts as isolated in both directions: fail closed until realized. */
 static __always_inline int vg_dir_isolated(const struct endpoint_info *ep, __u8 dir)
 {

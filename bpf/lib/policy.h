@@ -73,6 +73,9 @@ static __always_inline __u8 vg_policy_verdict(const struct endpoint_info *ep, __
 		return ALLOW_POLICY;
 	if (vg_policy_try(&k, ID_ANY, rule_ref))
 		return ALLOW_POLICY;
+	/* Audit mode: the flow is tracked like an allowed one, so only its first packet is reported. */
+	if (ep->flags & vg_audit_flag(dir))
+		return ALLOW_AUDIT;
 	return DROP_POLICY;
 }
 

@@ -15,6 +15,8 @@ enum vg_reason {
 	ALLOW_NON_IP = 5,       /* ARP and other non-IP */
 	ALLOW_ICMP6_CTRL = 6,   /* IPv6 neighbour discovery / router / MLD messages */
 	ALLOW_FRAG = 7,         /* non-first fragment of a tracked flow */
+	ALLOW_AUDIT = 8,        /* would be DROP_POLICY, but the direction is isolated only by
+	                         * audit-mode policies (vethguard.dev/audit): passed and reported */
 
 	DROP_POLICY = 64,       /* no policy entry allows it */
 	DROP_MALFORMED = 65,    /* truncated or unparsable headers from/to an isolated pod */

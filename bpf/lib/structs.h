@@ -26,6 +26,9 @@
 #define EP_F_EGRESS_ISOLATED  (1 << 1)
 #define EP_F_AUDIT            (1 << 2) /* reserved: log would-be drops, let them pass */
 #define EP_F_PENDING          (1 << 3) /* policy not yet realized: drop all but always-allowed */
+/* The direction is isolated only by audit-mode policies: would-be policy drops pass (ALLOW_AUDIT). */
+#define EP_F_INGRESS_AUDIT    (1 << 4)
+#define EP_F_EGRESS_AUDIT     (1 << 5)
 
 #define VERDICT_ALLOW 1
 #define VERDICT_DENY  2 /* reserved for tiers */

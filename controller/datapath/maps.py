@@ -28,6 +28,8 @@ EP_F_INGRESS_ISOLATED = 1 << 0
 EP_F_EGRESS_ISOLATED = 1 << 1
 EP_F_AUDIT = 1 << 2
 EP_F_PENDING = 1 << 3
+EP_F_INGRESS_AUDIT = 1 << 4  # isolated only by audit-mode policies: would-be drops pass
+EP_F_EGRESS_AUDIT = 1 << 5
 
 VERDICT_ALLOW = 1
 VERDICT_DENY = 2
@@ -67,6 +69,7 @@ class Reason(IntEnum):
     ALLOW_NON_IP = 5
     ALLOW_ICMP6_CTRL = 6
     ALLOW_FRAG = 7
+    ALLOW_AUDIT = 8  # a would-be DROP_POLICY passed in audit mode
     DROP_POLICY = 64
     DROP_MALFORMED = 65
     DROP_FRAG_UNKNOWN = 66

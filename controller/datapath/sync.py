@@ -71,9 +71,14 @@ def plan(desired: Mapping[str, KV], current: Mapping[str, KV]) -> list[Op]:
     return upserts + deletes
 
 
-def endpoint_flags(ingress_isolated: bool, egress_isolated: bool) -> int:
-    return (maps.EP_F_INGRESS_ISOLATED if ingress_isolated else 0) | (
-        maps.EP_F_EGRESS_ISOLATED if egress_isolated else 0
+def endpoint_flags(
+    ingress_isolated: bool, egress_isolated: bool, ingress_audit: bool = False, egress_audit: bool = False
+) -> int:
+    return (
+        (maps.EP_F_INGRESS_ISOLATED if ingress_isolated else 0)
+        | (maps.EP_F_EGRESS_ISOLATED if egress_isolated else 0)
+        | (maps.EP_F_INGRESS_AUDIT if ingress_audit else 0)
+        | (maps.EP_F_EGRESS_AUDIT if egress_audit else 0)
     )
 
 
@@ -97,7 +102,7 @@ def desired_maps(desired: NodeDesired, pod_ifindex: Mapping[str, int]) -> dict[s
         k, v = maps.encode_endpoint(
             ifindex,
             ep.identity,
-            endpoint_flags(ep.ingress_isolated, ep.egress_isolated),
+            endpoint_flags(ep.ingress_isolated, ep.egress_isolated, ep.ingress_audit, ep.egress_audit),
             ep.ipv4,
             ep.ipv6,
         )

@@ -1,0 +1,270 @@
+"""`vethguard bpf ...`: the maps of a node as rows, numbers translated through the compiled
+view of the cluster (pure: a KernelState in, dict rows out; text columns are chosen by cli).
+
+Policy entry counters come from conntrack, not from the datapath: every allowed new flow gets a
+CT entry holding its packets and bytes (both directions, as seen at that endpoint's hooks), and
+each CT entry is attributed to the policy entry the same longest-prefix lookup selects. So the
+figures cover the flows tracked right now (entries expire: TCP 6 h after the reply, 10 s after
+FIN/RST, others 60 s idle), and cost the datapath nothing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from typing import Any
+
+from controller.datapath import maps
+from controller.datapath.sync import KernelState
+from controller.debug.render import port_range, proto_name
+from controller.debug.view import DIRECTION_NAMES, ClusterView
+from controller.lookup import policy_lpm
+from controller.mapstate import DIR_EGRESS, ID_ANY, ID_WORLD, PolicyEntryKey, PolicyEntryValue
+
+Row = dict[str, Any]
+
+FLAG_NAMES = (
+    (maps.EP_F_INGRESS_ISOLATED, "ingress-isolated"),
+    (maps.EP_F_EGRESS_ISOLATED, "egress-isolated"),
+    (maps.EP_F_INGRESS_AUDIT, "ingress-audit"),
+    (maps.EP_F_EGRESS_AUDIT, "egress-audit"),
+    (maps.EP_F_AUDIT, "audit"),
+    (maps.EP_F_PENDING, "pending"),
+)
+SEEN_NAMES = ((maps.CT_SEEN_REPLY, "reply"), (maps.CT_SEEN_FIN, "fin"), (maps.CT_SEEN_RST, "rst"))
+
+
+def flag_names(flags: int) -> list[str]:
+    return [name for bit, name in FLAG_NAMES if flags & bit]
+
+
+def reason_name(code: int) -> str:
+    try:
+        return maps.Reason(code).name
+    except ValueError:
+        return f"REASON_{code}"
+
+
+def endpoint_pods(view: ClusterView, state: KernelState) -> dict[int, str]:
+    """ep_id -> pod key, by the addresses stored in the endpoint entries."""
+    out: dict[int, str] = {}
+    for ep in state.endpoints.values():
+        for ip in (ep.ipv4, ep.ipv6):
+            pod = view.pod_by_ip(ip) if ip else None
+            if pod is not None:
+                out[ep.ep_id] = pod.key
+                break
+    return out
+
+
+def _ep_name(pods: Mapping[int, str], ep_id: int) -> str:
+    return pods.get(ep_id, f"ep{ep_id}")
+
+
+def rule_text(view: ClusterView, ref: int) -> tuple[str | None, str | None]:
+    """(policy ns/name, rule like ingress[0]) of a rule reference; (None, None) for 0/unknown."""
+    if not ref:
+        return None, None
+    rule = view.rule(ref)
+    if rule is None:
+        return None, f"unknown-rule({ref:#x})"
+    return f"{rule.namespace}/{rule.policy}", f"{DIRECTION_NAMES[rule.direction]}[{rule.index}]"
+
+
+def endpoint_rows(view: ClusterView, node: str, state: KernelState) -> list[Row]:
+    pods = endpoint_pods(view, state)
+    entries: dict[int, int] = {}
+    for ep_id, _ in state.policy:
+        entries[ep_id] = entries.get(ep_id, 0) + 1
+    rows = []
+    for ifindex, ep in sorted(state.endpoints.items()):
+        pod = pods.get(ep.ep_id)
+        rows.append(
+            {
+                "node": node,
+                "ifindex": ifindex,
+                "pod": pod,
+                "identity": ep.identity,
+                "labels": view.identity_text(ep.identity) if ep.identity else None,
+                "flags": flag_names(ep.flags),
+                "ipv4": ep.ipv4,
+                "ipv6": ep.ipv6,
+                "policy_entries": entries.get(ep.ep_id, 0),
+                "isolated_ingress_by": view.isolating(pod, 0) if pod else [],
+                "isolated_egress_by": view.isolating(pod, 1) if pod else [],
+            }
+        )
+    return rows
+
+
+def identity_rows(view: ClusterView, node: str, state: KernelState) -> list[Row]:
+    in_ipcache: set[int] = set()
+    for ident, cidr in state.ipcache.values():
+        in_ipcache.add(ident)
+        if cidr:
+            in_ipcache.add(cidr)
+    refs: dict[int, int] = {}
+    for _, key in state.policy:
+        refs[key.identity] = refs.get(key.identity, 0) + 1
+    idents = sorted(set(view.compiled.identities) | in_ipcache | set(refs) | {ID_ANY})
+    rows = []
+    for ident in idents:
+        info = view.compiled.identities.get(ident)
+        rows.append(
+            {
+                "node": node,
+                "identity": ident,
+                "kind": info.kind if info else "unknown",
+                "meaning": view.identity_text(ident),
+                "pods": view.identity_pods(ident),
+                "in_ipcache": ident in in_ipcache,
+                "policy_entries": refs.get(ident, 0),
+            }
+        )
+    return rows
+
+
+def ipcache_rows(view: ClusterView, node: str, state: KernelState) -> list[Row]:
+    rows = []
+    for net, (ident, cidr) in sorted(state.ipcache.items(), key=lambda kv: (kv[0].version, kv[0])):
+        single = net.prefixlen == net.max_prefixlen
+        rows.append(
+            {
+                "node": node,
+                "prefix": str(net),
+                "identity": ident,
+                "meaning": view.who(str(net.network_address)) if single else view.identity_text(ident),
+                "labels": view.identity_text(ident),
+                "cidr_identity": cidr,
+                "cidr": view.identity_text(cidr) if cidr else None,
+            }
+        )
+    return rows
+
+
+def _ipcache_lpm(ipcache: Mapping[maps.IPNetwork, tuple[int, int]], addr: str) -> tuple[int, int]:
+    a = ipaddress.ip_address(addr)
+    for plen in range(a.max_prefixlen, -1, -1):
+        hit = ipcache.get(ipaddress.ip_network(f"{a}/{plen}", strict=False))
+        if hit is not None:
+            return hit
+    return (ID_WORLD, 0)
+
+
+def ct_attribution(state: KernelState, now_ns: int) -> dict[tuple[int, PolicyEntryKey], tuple[int, int, int]]:
+    """(ep_id, policy key) -> (flows, packets, bytes) of the live CT entries each entry allowed."""
+    per_ep: dict[int, dict[PolicyEntryKey, PolicyEntryValue]] = {}
+    for (ep_id, key), value in state.policy.items():
+        per_ep.setdefault(ep_id, {})[key] = value
+    out: dict[tuple[int, PolicyEntryKey], tuple[int, int, int]] = {}
+    for ct in state.ct:
+        if ct.state != maps.CT_ALLOWED or not ct.rule_ref or ct.expires_ns <= now_ns:
+            continue
+        entries = per_ep.get(ct.ep_id)
+        if not entries:
+            continue
+        peer = ct.daddr if ct.dir == DIR_EGRESS else ct.saddr
+        ident, cidr = _ipcache_lpm(state.ipcache, peer)
+        port = 0 if ct.proto in (1, 58) else ct.dport
+        for level in (ident, *([cidr] if cidr else []), ID_ANY):
+            hit = policy_lpm(entries, ct.dir, level, ct.proto, port)
+            if hit is not None:
+                k = (ct.ep_id, hit[0])
+                flows, pk, by = out.get(k, (0, 0, 0))
+                out[k] = (flows + 1, pk + ct.packets, by + ct.bytes)
+                break
+    return out
+
+
+def policy_rows(
+    view: ClusterView, node: str, state: KernelState, now_ns: int, pod: str | None = None
+) -> list[Row]:
+    pods = endpoint_pods(view, state)
+    counts = ct_attribution(state, now_ns)
+    rows = []
+    for (ep_id, key), value in sorted(
+        state.policy.items(), key=lambda kv: (_ep_name(pods, kv[0][0]), kv[0][1])
+    ):
+        name = _ep_name(pods, ep_id)
+        if pod is not None and name != pod:
+            continue
+        policy, rule = rule_text(view, value.rule_ref)
+        flows, packets, nbytes = counts.get((ep_id, key), (0, 0, 0))
+        rows.append(
+            {
+                "node": node,
+                "pod": name,
+                "direction": DIRECTION_NAMES.get(key.direction, str(key.direction)),
+                "peer_identity": key.identity,
+                "peer": view.identity_text(key.identity),
+                "protocol": proto_name(key.proto),
+                "ports": port_range(key.port, key.port_plen) if key.proto else "*",
+                "verdict": {maps.VERDICT_ALLOW: "allow", maps.VERDICT_DENY: "deny"}.get(
+                    value.verdict, str(value.verdict)
+                ),
+                "policy": policy,
+                "rule": rule,
+                "rule_ref": value.rule_ref,
+                "flows": flows,
+                "packets": packets,
+                "bytes": nbytes,
+            }
+        )
+    return rows
+
+
+def ct_rows(view: ClusterView, node: str, state: KernelState, now_ns: int) -> list[Row]:
+    pods = endpoint_pods(view, state)
+    rows = []
+    for ct in sorted(state.ct, key=lambda c: (c.ep_id, c.dir, c.saddr, c.sport, c.daddr, c.dport)):
+        policy, rule = rule_text(view, ct.rule_ref)
+        rows.append(
+            {
+                "node": node,
+                "pod": _ep_name(pods, ct.ep_id),
+                "direction": DIRECTION_NAMES.get(ct.dir, str(ct.dir)),
+                "protocol": proto_name(ct.proto),
+                "from": view.who(ct.saddr),
+                "src": f"{_hostport(ct.saddr, ct.sport)}",
+                "to": view.who(ct.daddr),
+                "dst": f"{_hostport(ct.daddr, ct.dport)}",
+                # An expired entry stays in the LRU map until reused; the datapath ignores it.
+                "state": "expired"
+                if ct.expires_ns <= now_ns
+                else {maps.CT_ALLOWED: "allowed", maps.CT_DENIED: "revoked"}.get(ct.state, str(ct.state)),
+                "seen": [n for bit, n in SEEN_NAMES if ct.seen & bit],
+                "expires_in_s": round((ct.expires_ns - now_ns) / 1e9, 1),
+                "packets": ct.packets,
+                "bytes": ct.bytes,
+                "policy": policy,
+                "rule": rule,
+                "revision": ct.revision,
+            }
+        )
+    return rows
+
+
+def counter_rows(
+    view: ClusterView, node: str, state: KernelState, counters: Mapping[tuple[int, int, int], tuple[int, int]]
+) -> list[Row]:
+    pods = endpoint_pods(view, state)
+    rows = []
+    for (ep_id, reason, direction), (packets, nbytes) in sorted(
+        counters.items(), key=lambda kv: (_ep_name(pods, kv[0][0]), kv[0][2], kv[0][1])
+    ):
+        rows.append(
+            {
+                "node": node,
+                "pod": _ep_name(pods, ep_id),
+                "direction": DIRECTION_NAMES.get(direction, str(direction)),
+                "reason": reason_name(reason),
+                "drop": reason >= 64,
+                "packets": packets,
+                "bytes": nbytes,
+            }
+        )
+    return rows
+
+
+def _hostport(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"

@@ -1,0 +1,490 @@
+"""Registration and wiring of the debug commands (bpf, get, describe, explain, observe,
+reachability). The pure work lives in bpfview/netpol/explain/observe/reach; this module fetches
+the inputs (source.py, kernel.py, ringbuf.py) and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from controller.debug import bpfview, netpol, observe, reach
+from controller.debug import explain as explain_mod
+from controller.debug.kernel import LiveHalf, NodeMaps
+from controller.debug.render import dump, table
+from controller.debug.source import DEFAULT_AGENT, DEFAULT_PIN_ROOT, LabTarget, LocalTarget, NodeRef, Target
+from controller.debug.view import ClusterView
+from controller.errors import VethguardError
+
+EXIT_MISMATCH = 3  # explain / reachability --probe: the kernel disagrees with the compiled state
+
+
+# -- common arguments ------------------------------------------------------------------------
+
+
+def _target_args(p: argparse.ArgumentParser, output: Sequence[str] = ("json",)) -> None:
+    g = p.add_argument_group("where")
+    g.add_argument("--lab", metavar="NAME", help="act on every node of this lab instead of the local node")
+    g.add_argument(
+        "--node", metavar="NAME", help="node name (local: default $NODE_NAME or the hostname; lab: one node)"
+    )
+    g.add_argument(
+        "--pin-root",
+        default=DEFAULT_PIN_ROOT,
+        help=f"bpffs directory of the agent (default {DEFAULT_PIN_ROOT})",
+    )
+    g.add_argument("--kubeconfig", help="kubeconfig (default: $KUBECONFIG, in-cluster, ~/.kube/config)")
+    g.add_argument(
+        "--agent", default=DEFAULT_AGENT, help=f"the local agent's status address (default {DEFAULT_AGENT})"
+    )
+    p.add_argument("-o", "--output", choices=list(output), help="output format")
+
+
+def make_target(args: argparse.Namespace) -> Target:
+    if args.lab:
+        return LabTarget(args.lab, args.node)
+    return LocalTarget(args.node, args.pin_root, args.kubeconfig, args.agent)
+
+
+def _agents(target: Target, nodes: Sequence[NodeRef]) -> dict[str, dict[str, Any] | None]:
+    return {n.name: target.agent_status(n) for n in nodes}
+
+
+def _behind(view: ClusterView, agents: dict[str, dict[str, Any] | None]) -> dict[str, str]:
+    """node -> why its maps may not reflect what the API says right now."""
+    want = view.raw.resource_version
+    out = {}
+    for node, status in agents.items():
+        if status is None:
+            out[node] = f"the agent of {node} does not answer /status"
+            continue
+        gen = status.get("realized_generation")
+        if want is not None and isinstance(gen, int) and gen < want:
+            out[node] = (
+                f"the agent of {node} realized generation {gen}, the API is at {want}: not caught up yet"
+            )
+    return out
+
+
+# -- bpf -------------------------------------------------------------------------------------
+
+BPF_COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "endpoints": [
+        ("NODE", "node"),
+        ("IFINDEX", "ifindex"),
+        ("POD", "pod"),
+        ("IDENTITY", "identity"),
+        ("FLAGS", "flags"),
+        ("IPV4", "ipv4"),
+        ("IPV6", "ipv6"),
+        ("ENTRIES", "policy_entries"),
+    ],
+    "identities": [
+        ("NODE", "node"),
+        ("IDENTITY", "identity"),
+        ("KIND", "kind"),
+        ("MEANING", "meaning"),
+        ("PODS", "pods"),
+        ("IN-IPCACHE", "in_ipcache"),
+        ("POLICY-ENTRIES", "policy_entries"),
+    ],
+    "ipcache": [
+        ("NODE", "node"),
+        ("PREFIX", "prefix"),
+        ("IDENTITY", "identity"),
+        ("MEANING", "meaning"),
+        ("CIDR-IDENTITY", "cidr_identity"),
+        ("CIDR", "cidr"),
+    ],
+    "policy": [
+        ("NODE", "node"),
+        ("POD", "pod"),
+        ("DIR", "direction"),
+        ("PEER-ID", "peer_identity"),
+        ("PEER", "peer"),
+        ("PROTO", "protocol"),
+        ("PORTS", "ports"),
+        ("VERDICT", "verdict"),
+        ("POLICY", "policy"),
+        ("RULE", "rule"),
+        ("FLOWS", "flows"),
+        ("PACKETS", "packets"),
+        ("BYTES", "bytes"),
+    ],
+    "ct": [
+        ("NODE", "node"),
+        ("POD", "pod"),
+        ("DIR", "direction"),
+        ("PROTO", "protocol"),
+        ("FROM", "from"),
+        ("SRC", "src"),
+        ("TO", "to"),
+        ("DST", "dst"),
+        ("STATE", "state"),
+        ("SEEN", "seen"),
+        ("EXPIRES", "expires_in_s"),
+        ("PACKETS", "packets"),
+        ("BYTES", "bytes"),
+        ("RULE", "rule"),
+    ],
+    "counters": [
+        ("NODE", "node"),
+        ("POD", "pod"),
+        ("DIR", "direction"),
+        ("REASON", "reason"),
+        ("PACKETS", "packets"),
+        ("BYTES", "bytes"),
+    ],
+}
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "-"
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def bpf_rows(what: str, view: ClusterView, node: NodeRef, pod: str | None) -> list[dict[str, Any]]:
+    with NodeMaps(node.pin_dir) as nm:
+        state = nm.dump()
+        if what == "endpoints":
+            return bpfview.endpoint_rows(view, node.name, state)
+        if what == "identities":
+            return bpfview.identity_rows(view, node.name, state)
+        if what == "ipcache":
+            return bpfview.ipcache_rows(view, node.name, state)
+        if what == "policy":
+            return bpfview.policy_rows(view, node.name, state, time.monotonic_ns(), pod)
+        if what == "ct":
+            rows = bpfview.ct_rows(view, node.name, state, time.monotonic_ns())
+            return [r for r in rows if pod is None or pod in (r["pod"], r["from"], r["to"])]
+        rows = bpfview.counter_rows(view, node.name, state, nm.counters())
+        return [r for r in rows if pod is None or r["pod"] == pod]
+
+
+def cmd_bpf(args: argparse.Namespace) -> int:
+    target = make_target(args)
+    view = ClusterView(target.objects())
+    pod = getattr(args, "pod", None)
+    if pod is not None and pod not in view.cluster.pods:
+        raise VethguardError(f"{pod}: no such pod")
+    rows: list[dict[str, Any]] = []
+    for node in target.nodes():
+        rows += bpf_rows(args.what, view, node, pod)
+    if args.output == "json":
+        dump({"kind": f"vethguard.bpf.{args.what}", "items": rows}, "json")
+        return 0
+    cols = BPF_COLUMNS[args.what]
+    print(table([c for c, _ in cols], [[_cell(r[k]) for _, k in cols] for r in rows]))
+    if args.what == "policy":
+        print("(FLOWS/PACKETS/BYTES: conntrack entries alive now that each entry allowed; both directions)")
+    return 0
+
+
+# -- get / describe ----------------------------------------------------------------------------
+
+NETPOL_NAMES = ("netpol", "netpols", "networkpolicy", "networkpolicies", "networkpolicy.networking.k8s.io")
+
+
+def _policies(view: ClusterView, namespace: str | None) -> list[dict[str, Any]]:
+    return [
+        dict(p)
+        for p in view.raw.policies
+        if namespace is None or (p.get("metadata") or {}).get("namespace") == namespace
+    ]
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    target = make_target(args)
+    view = ClusterView(target.objects())
+    nodes = target.nodes()
+    agents = _agents(target, nodes)
+    ns = None if args.all_namespaces else args.namespace
+    pols = _policies(view, ns)
+    if args.output in ("json", "yaml"):
+        dump({"apiVersion": "v1", "kind": "List", "items": sorted(pols, key=netpol.key)}, args.output)
+        return 0
+    rows = netpol.get_rows(view, pols, [n.name for n in nodes], agents)
+    if not rows and ns is not None:
+        print(f"No resources found in {ns} namespace.", file=sys.stderr)
+        return 0
+    print(netpol.get_text(rows, all_namespaces=args.all_namespaces, wide=args.output == "wide"))
+    return 0
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    target = make_target(args)
+    view = ClusterView(target.objects())
+    nodes = target.nodes()
+    agents = _agents(target, nodes)
+    pols = [
+        p for p in _policies(view, args.namespace) if args.name is None or p["metadata"]["name"] == args.name
+    ]
+    if not pols:
+        raise VethguardError(
+            f'networkpolicies.networking.k8s.io "{args.name}" not found in namespace {args.namespace}'
+        )
+    texts = [
+        netpol.describe_text(view, p, [n.name for n in nodes], agents) for p in sorted(pols, key=netpol.key)
+    ]
+    print("\n\n".join(texts))
+    return 0
+
+
+# -- explain -----------------------------------------------------------------------------------
+
+
+def live_lookup(
+    nodes: dict[str, NodeRef],
+) -> tuple[Callable[[str, str, int, str, int, int], LiveHalf | None], Callable[[], None]]:
+    opened: dict[str, NodeMaps] = {}
+
+    def live(node: str, ep_ip: str, direction: int, peer: str, proto: int, port: int) -> LiveHalf | None:
+        ref = nodes.get(node)
+        if ref is None:
+            return None  # another node's maps are not visible from here
+        nm = opened.get(node)
+        if nm is None:
+            nm = opened[node] = NodeMaps(ref.pin_dir)
+        ep = nm.endpoint_by_ip(ep_ip)
+        if ep is None:
+            raise VethguardError(f"no endpoint entry for {ep_ip} in {ref.pin_dir}/vg_endpoints")
+        return nm.verdict(ep, direction, peer, proto, port)
+
+    def close() -> None:
+        for nm in opened.values():
+            nm.close()
+
+    return live, close
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    target = make_target(args)
+    view = ClusterView(target.objects())
+    nodes = {n.name: n for n in target.nodes()}
+    live, close = (None, lambda: None) if args.no_kernel else live_lookup(nodes)
+    try:
+        behind = {} if args.no_kernel else _behind(view, _agents(target, list(nodes.values())))
+        e = explain_mod.explain(
+            view, args.source, args.destination, args.port, args.protocol, args.family, live, behind
+        )
+    finally:
+        close()
+    if args.output == "json":
+        dump(e.as_json(), "json")
+    else:
+        print(explain_mod.explain_text(e))
+    if e.mismatches:
+        for m in e.mismatches:
+            print(f"vethguard explain: KERNEL MISMATCH: {m}", file=sys.stderr)
+        return EXIT_MISMATCH
+    return 0
+
+
+# -- observe -----------------------------------------------------------------------------------
+
+
+def cmd_observe(args: argparse.Namespace) -> int:
+    from controller.debug.ringbuf import RingBuffer, wait_any
+
+    target = make_target(args)
+    view = ClusterView(target.objects())
+    refreshed = time.monotonic()
+    rings: list[tuple[str, RingBuffer]] = []
+    try:
+        for node in target.nodes():
+            try:
+                rings.append((node.name, RingBuffer(str(node.pin_dir / "vg_events"))))
+            except OSError as exc:
+                raise VethguardError(f"cannot open {node.pin_dir / 'vg_events'}: {exc} (needs root)") from exc
+        offset = time.time_ns() - time.monotonic_ns()
+        deadline = None if args.timeout is None else time.monotonic() + args.timeout
+        shown = 0
+        while True:
+            batch: list[observe.RawEvent] = []
+            for name, ring in rings:
+                batch += [observe.decode(name, data) for data in ring.read()]
+            batch.sort(key=lambda ev: ev.ts_ns)
+            for ev in batch:
+                rec = observe.record(view, ev, offset)
+                if (
+                    rec["endpoint"] == (ev.saddr if ev.dir == 1 else ev.daddr)
+                    and time.monotonic() - refreshed > 1
+                ):
+                    # A pod the view does not know yet (created after we listed): list again.
+                    view, refreshed = ClusterView(target.objects()), time.monotonic()
+                    rec = observe.record(view, ev, offset)
+                if not observe.matches(rec, args.pod or [], args.verdict or []):
+                    continue
+                print(json.dumps(rec) if args.output == "json" else observe.line(rec), flush=True)
+                shown += 1
+                if args.count is not None and shown >= args.count:
+                    return 0
+            if not args.follow:
+                return 0
+            if deadline is not None and time.monotonic() >= deadline:
+                return 0
+            wait_any(
+                [r for _, r in rings],
+                0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic())),
+            )
+    finally:
+        for _, ring in rings:
+            ring.close()
+
+
+# -- reachability ------------------------------------------------------------------------------
+
+
+def cmd_reachability(args: argparse.Namespace) -> int:
+    target = make_target(args)
+    view = ClusterView(target.objects())
+    pods = view.pods(args.namespace)
+    if not pods:
+        raise VethguardError(
+            "no pods with an address" + (f" in namespace {args.namespace}" if args.namespace else "")
+        )
+    results = reach.matrix(view, pods, args.port, args.protocol, args.family)
+    disagree: list[dict[str, Any]] = []
+    if args.probe:
+        if not isinstance(target, LabTarget):
+            raise VethguardError("--probe needs --lab NAME (it sends real packets between lab pods)")
+        results = reach.compare(
+            results, _probe(target, pods, args.port, args.protocol, args.family, args.probe_timeout)
+        )
+        disagree = [r for r in results if not r["agrees"]]
+    if args.output == "json":
+        dump(
+            {"port": args.port, "protocol": args.protocol, "family": args.family, "results": results}, "json"
+        )
+    else:
+        title = f"{args.protocol}/{args.port}"
+        print(reach.matrix_text(results, pods, title))
+        print(
+            "'.' allowed  'X' denied"
+            + ("  '!' the kernel disagreed (shown: what the probe saw)" if args.probe else "")
+        )
+        for r in disagree:
+            print(
+                f"MISMATCH: {r['from']} -> {r['to']}: policy says {'allowed' if r['allowed'] else 'denied'}, "
+                f"probe {'connected' if r['probed'] else 'did not connect'}"
+            )
+    return EXIT_MISMATCH if disagree else 0
+
+
+def _probe(
+    target: LabTarget, pods: Sequence[str], port: int, protocol: str, family: int, timeout: float
+) -> dict[tuple[str, str], bool]:
+    from controller.lab import probe
+
+    status = target.lab_status()["pods"]
+    targets = [probe.Target(p, status[p]["netns"], tuple(status[p]["ips"])) for p in pods if p in status]
+    results = probe.run(targets, targets, protocol, port, family, timeout)
+    return {(r.source, r.destination): r.connected for r in results}
+
+
+# -- registration ------------------------------------------------------------------------------
+
+
+def _run(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return int(func(args))
+        except VethguardError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except BrokenPipeError:  # `vethguard observe -f | head`
+            return 0
+
+    return wrapped
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("bpf", help="show the BPF maps of a node, translated into pods, labels and policies")
+    what = p.add_subparsers(dest="what", required=True, metavar="MAP")
+    for name, desc in (
+        ("endpoints", "endpoints map: veth ifindex -> pod, identity, isolation flags"),
+        ("identities", "identities: pod label sets, CIDRs and reserved ones, with their pods"),
+        ("ipcache", "ipcache LPM tries: prefix -> identity"),
+        ("policy", "policy entries with the policy and rule that produced them and conntrack counts"),
+        ("ct", "conntrack entries"),
+        ("counters", "per endpoint / reason / direction packet counters"),
+    ):
+        q = what.add_parser(name, help=desc, description=desc)
+        if name in ("policy", "ct", "counters"):
+            q.add_argument("pod", nargs="?", metavar="NS/POD", help="only this pod")
+        _target_args(q)
+        q.set_defaults(func=_run(cmd_bpf))
+
+    p = sub.add_parser("get", help="list NetworkPolicies like kubectl, with selected pods and realization")
+    p.add_argument("kind", choices=NETPOL_NAMES, metavar="netpol")
+    p.add_argument("-n", "--namespace", default="default")
+    p.add_argument("-A", "--all-namespaces", action="store_true")
+    _target_args(p, ("wide", "json", "yaml"))
+    p.set_defaults(func=_run(cmd_get))
+
+    p = sub.add_parser(
+        "describe", help="describe NetworkPolicies like kubectl, plus what vethguard made of them"
+    )
+    p.add_argument("kind", choices=NETPOL_NAMES, metavar="netpol")
+    p.add_argument("name", nargs="?")
+    p.add_argument("-n", "--namespace", default="default")
+    _target_args(p, ())
+    p.set_defaults(func=_run(cmd_describe))
+
+    p = sub.add_parser(
+        "explain",
+        help="why is FROM -> TO allowed or denied: deciding policies and rules, checked in the live maps",
+    )
+    p.add_argument("source", metavar="FROM", help="NS/POD or an IP address")
+    p.add_argument("destination", metavar="TO", help="NS/POD or an IP address")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument(
+        "--protocol", default="TCP", type=str.upper, choices=["TCP", "UDP", "SCTP", "ICMP", "ICMPV6"]
+    )
+    p.add_argument(
+        "--family", type=int, choices=[4, 6], help="address family of pods (default 4, or the IP's)"
+    )
+    p.add_argument("--no-kernel", action="store_true", help="skip the cross-check against the live maps")
+    _target_args(p)
+    p.set_defaults(func=_run(cmd_explain))
+
+    p = sub.add_parser(
+        "observe", help="flow and drop events from the kernel, with the policy that decided them"
+    )
+    p.add_argument(
+        "--pod", action="append", metavar="NS/POD", help="only flows from or to this pod (repeatable)"
+    )
+    p.add_argument("--verdict", action="append", choices=["allowed", "denied", "audit"])
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    p.add_argument("--timeout", type=float, help="with --follow: stop after this many seconds")
+    p.add_argument("--count", type=int, help="stop after this many events")
+    _target_args(p)
+    p.set_defaults(func=_run(cmd_observe))
+
+    p = sub.add_parser(
+        "reachability", help="the pod-to-pod matrix the policies imply (--probe: and what the kernel does)"
+    )
+    p.add_argument("-n", "--namespace", help="only pods of this namespace (default: all)")
+    p.add_argument("--port", type=int, default=80)
+    p.add_argument("--protocol", default="TCP", type=str.upper, choices=["TCP", "UDP", "SCTP"])
+    p.add_argument("--family", type=int, choices=[4, 6], default=4)
+    p.add_argument("--probe", action="store_true", help="lab only: also try every cell for real")
+    p.add_argument("--probe-timeout", type=float, default=1.0)
+    _target_args(p)
+    p.set_defaults(func=_run(cmd_reachability))
+
+
+def kubectl_main() -> int:
+    """`kubectl vethguard ...`: kubectl runs the kubectl-vethguard executable with the rest of the line."""
+    from controller.cli import main
+
+    return main(sys.argv[1:], prog="kubectl vethguard")

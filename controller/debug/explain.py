@@ -1,0 +1,289 @@
+"""`vethguard explain FROM TO --port P`: the verdict of a new connection in both directions,
+with the deciding policies and rules, from the compiled state of the cluster (controller.lookup)
+and cross-checked against the same lookup made in the node's live maps (pure here: the live
+lookup is passed in as a function).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller import lookup
+from controller.debug.kernel import LiveHalf
+from controller.debug.render import port_range, proto_name
+from controller.debug.view import DIRECTION_NAMES, ClusterView
+from controller.errors import VethguardError
+from controller.policy import rule_ref
+
+# (node, endpoint address, direction, peer address, proto, port) -> the live maps' answer
+LiveLookup = Callable[[str, str, int, str, int, int], LiveHalf | None]
+
+
+@dataclass(frozen=True)
+class Side:
+    spec: str  # as given
+    name: str  # pod key or the IP
+    pod: str | None
+    address: str
+    node: str | None
+
+
+@dataclass
+class Half:
+    direction: int
+    endpoint: str | None
+    node: str | None
+    allowed: bool
+    reason: str
+    policies: list[str]  # the deciding policies
+    rule: str | None  # "ns/name ingress[0]" of an allowing rule
+    rule_ref: int
+    isolated_by: list[str]
+    peer: str
+    peer_identity: int
+    peer_labels: str
+    text: str
+    kernel: LiveHalf | None = None
+    kernel_error: str | None = None
+    mismatch: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "direction": DIRECTION_NAMES[self.direction],
+            "endpoint": self.endpoint,
+            "node": self.node,
+            "allowed": self.allowed,
+            "reason": self.reason,
+            "policies": self.policies,
+            "rule": self.rule,
+            "isolated_by": self.isolated_by,
+            "peer": self.peer,
+            "peer_identity": self.peer_identity,
+            "peer_labels": self.peer_labels,
+            "kernel": None
+            if self.kernel is None
+            else {
+                "allowed": self.kernel.allowed,
+                "reason": self.kernel.reason,
+                "rule_ref": self.kernel.rule_ref,
+            },
+            "kernel_error": self.kernel_error,
+            "mismatch": self.mismatch,
+        }
+
+
+@dataclass
+class Explanation:
+    src: Side
+    dst: Side
+    protocol: str
+    port: int
+    family: int
+    egress: Half
+    ingress: Half
+    same_pod: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def allowed(self) -> bool:
+        return self.egress.allowed and self.ingress.allowed
+
+    @property
+    def mismatches(self) -> list[str]:
+        return [h.mismatch for h in (self.egress, self.ingress) if h.mismatch]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "from": self.src.name,
+            "to": self.dst.name,
+            "from_ip": self.src.address,
+            "to_ip": self.dst.address,
+            "protocol": self.protocol,
+            "port": self.port,
+            "family": self.family,
+            "allowed": self.allowed,
+            "egress": self.egress.as_json(),
+            "ingress": self.ingress.as_json(),
+            "same_pod": self.same_pod,
+            "kernel_agrees": not self.mismatches,
+            "notes": self.notes,
+        }
+
+
+def resolve(view: ClusterView, spec: str, family: int | None) -> Side:
+    try:
+        addr = ipaddress.ip_address(spec)
+    except ValueError:
+        addr = None
+    if addr is not None:
+        pod = view.pod_by_ip(str(addr))
+        if pod is not None:
+            return Side(spec, pod.key, pod.key, str(addr), pod.node)
+        return Side(spec, str(addr), None, str(addr), None)
+    pod = view.cluster.pods.get(spec)
+    if pod is None or not pod.active:
+        raise VethguardError(f"{spec}: no such pod (give NAMESPACE/POD or an IP address)")
+    fam = family or 4
+    ip = pod.ipv4 if fam == 4 else pod.ipv6
+    if ip is None:
+        raise VethguardError(f"{spec} has no IPv{fam} address")
+    return Side(spec, pod.key, pod.key, ip, pod.node)
+
+
+def _join(names: list[str]) -> str:
+    if len(names) <= 1:
+        return "".join(names)
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _half(view: ClusterView, hv: lookup.HalfVerdict, node: str | None, proto: int, port: int) -> Half:
+    direction = hv.direction
+    pod = hv.endpoint
+    isolated = view.isolating(pod, direction) if pod else []
+    dname = DIRECTION_NAMES[direction]
+    peer_labels = view.identity_text(hv.peer_identity)
+    policies: list[str] = []
+    rule = None
+    ref = 0
+    if hv.reason == lookup.NOT_ENFORCED:
+        text = "not enforced: no pod of this cluster on this side"
+    elif hv.reason == lookup.ALLOW_HOST:
+        text = "allowed: the peer is this pod's own node (always allowed)"
+    elif hv.reason == lookup.ALLOW_NOT_ISOLATED:
+        text = (
+            f"allowed: not isolated for {dname} "
+            f"(no policy selects {pod} with policyType {dname.capitalize()})"
+        )
+    elif hv.reason == lookup.ALLOW_POLICY and hv.rule is not None:
+        policies = [f"{hv.rule.namespace}/{hv.rule.policy}"]
+        rule = str(hv.rule)
+        ref = rule_ref(hv.rule.namespace, hv.rule.policy, hv.rule.direction, hv.rule.index)
+        m = hv.matched
+        what = "any port and protocol"
+        if m is not None and m.proto:
+            what = f"{proto_name(m.proto)} {port_range(m.port, m.port_plen)}"
+        peer = "any peer" if m is not None and m.identity == 0 else view.identity_text(m.identity if m else 0)
+        text = f"allowed by {rule} (peer {peer}, {what})"
+    elif hv.reason == lookup.ALLOW_AUDIT:
+        policies = list(isolated)
+        text = f"allowed in AUDIT mode: would be denied: isolated by {_join(isolated)} and no rule matches"
+    else:
+        policies = list(isolated)
+        text = f"denied: isolated by {_join(isolated)} and no rule matches"
+    return Half(
+        direction=direction,
+        endpoint=pod,
+        node=node if pod else None,
+        allowed=hv.allowed,
+        reason=hv.reason,
+        policies=policies,
+        rule=rule,
+        rule_ref=ref,
+        isolated_by=isolated,
+        peer=view.who(hv.peer),
+        peer_identity=hv.peer_identity,
+        peer_labels=peer_labels,
+        text=text,
+    )
+
+
+def explain(
+    view: ClusterView,
+    src_spec: str,
+    dst_spec: str,
+    port: int,
+    protocol: str = "TCP",
+    family: int | None = None,
+    live: LiveLookup | None = None,
+    agents_behind: dict[str, str] | None = None,
+) -> Explanation:
+    """Explain a new connection src -> dst:port. `live` adds the kernel cross-check; agents_behind
+    (node -> why) is quoted in mismatch messages when an agent has not realized the API state."""
+    proto = lookup.parse_proto(protocol)
+    fam = family
+    for spec in (src_spec, dst_spec):
+        try:
+            fam = fam or ipaddress.ip_address(spec).version
+        except ValueError:
+            continue
+    fam = fam or 4
+    src = resolve(view, src_spec, fam)
+    dst = resolve(view, dst_spec, fam)
+    src_desired = view.desired(src.node) if src.pod and src.node else None
+    dst_desired = view.desired(dst.node) if dst.pod and dst.node else None
+    v = lookup.verdict(
+        src_desired, dst_desired, src.pod or src.address, dst.pod or dst.address, proto, port, fam
+    )
+    eg = _half(view, v.egress, src.node, proto, port)
+    ing = _half(view, v.ingress, dst.node, proto, port)
+    result = Explanation(
+        src, dst, proto_name(proto), port, fam, eg, ing, same_pod=bool(src.pod and src.pod == dst.pod)
+    )
+    if result.same_pod:
+        result.notes.append(
+            "a pod connecting to itself: the packets stay on its loopback and never reach its veth, "
+            "so the datapath does not see them (policy is shown for completeness)"
+        )
+    if live is not None:
+        for half, me, peer in ((eg, src, dst), (ing, dst, src)):
+            if half.endpoint is None or me.node is None:
+                continue
+            try:
+                answer = live(me.node, me.address, half.direction, peer.address, proto, port)
+            except Exception as exc:  # a missing pin or endpoint is itself worth reporting
+                half.kernel_error = str(exc)
+                where = f"{DIRECTION_NAMES[half.direction]} of {half.endpoint} on {me.node}"
+                half.mismatch = f"{where}: live lookup failed: {exc}"
+                continue
+            if answer is None:
+                result.notes.append(
+                    f"the maps of {me.node} are not visible from here: {half.endpoint} not checked"
+                )
+                continue
+            half.kernel = answer
+            _compare(view, half, me.node, (agents_behind or {}).get(me.node))
+    return result
+
+
+def _compare(view: ClusterView, half: Half, node: str, behind: str | None) -> None:
+    k = half.kernel
+    assert k is not None
+    if (k.allowed, k.reason, k.rule_ref) == (half.allowed, half.reason, half.rule_ref):
+        return
+    krule = view.rule(k.rule_ref)
+    ktext = f"{k.reason} {krule}" if krule else k.reason
+    msg = (
+        f"{DIRECTION_NAMES[half.direction]} of {half.endpoint} on {node}: compiled state says "
+        f"{'allowed' if half.allowed else 'denied'} ({half.reason}{' ' + half.rule if half.rule else ''}), "
+        f"live maps say {'allowed' if k.allowed else 'denied'} ({ktext})"
+    )
+    if behind:
+        msg += f" [{behind}]"
+    half.mismatch = msg
+
+
+def explain_text(e: Explanation) -> str:
+    lines = [
+        f"{e.src.name} -> {e.dst.name}  {e.protocol} port {e.port}  "
+        f"(IPv{e.family} {e.src.address} -> {e.dst.address})"
+    ]
+    for label, half in (("egress ", e.egress), ("ingress", e.ingress)):
+        where = f"{half.endpoint} ({half.node})" if half.endpoint else "-"
+        lines.append(f"  {label} at {where}: {half.text}")
+    lines.append(f"verdict: {'ALLOWED' if e.allowed else 'DENIED'}")
+    checked = [h for h in (e.egress, e.ingress) if h.kernel is not None]
+    if e.mismatches:
+        for m in e.mismatches:
+            lines.append(f"KERNEL MISMATCH: {m}")
+    elif checked:
+        detail = "; ".join(
+            f"{h.node} {DIRECTION_NAMES[h.direction]} {h.kernel.reason}" for h in checked if h.kernel
+        )
+        lines.append(f"kernel: agrees ({detail})")
+    else:
+        lines.append("kernel: not checked")
+    lines += [f"note: {n}" for n in e.notes]
+    return "\n".join(lines)

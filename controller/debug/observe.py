@@ -1,0 +1,136 @@
+"""`vethguard observe`: flow events of the vg_events ring buffers, translated (pure part).
+
+The datapath emits an event for the first packet of every new flow and for every drop
+(rate limited per CPU: 1000/s, burst 1000); established packets emit nothing. One connection
+between two isolated pods therefore shows up twice when allowed, once per hook (the source's
+egress, the destination's ingress), each naming the rule that allowed that half.
+
+The deciding policy of a drop is the policy that isolates the endpoint in that direction (no
+rule of any selecting policy matched): `policy` names the first of them and `policies` lists
+all. Audit events (ALLOW_AUDIT) name the audit-mode policies the same way.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from controller.datapath import maps
+from controller.debug.bpfview import reason_name
+from controller.debug.render import proto_name
+from controller.debug.view import DIRECTION_NAMES, ClusterView
+from controller.mapstate import DIR_EGRESS
+
+AUDIT_REASONS = {"ALLOW_AUDIT"}
+NO_PORTS = {1, 58}  # ICMP / ICMPv6: the "ports" are the echo identifier
+
+
+@dataclass(frozen=True)
+class RawEvent:
+    """A decoded flow_event with the reason kept as a number (an unknown code must not crash)."""
+
+    node: str
+    ts_ns: int
+    ep_id: int
+    dir: int
+    reason: int
+    family: int
+    proto: int
+    saddr: str
+    daddr: str
+    sport: int
+    dport: int
+    peer_identity: int
+    peer_cidr_identity: int
+    rule_ref: int
+
+
+def decode(node: str, data: bytes) -> RawEvent:
+    e = maps.FlowEvent.from_bytes(data[: ctypes.sizeof(maps.FlowEvent)])
+    fam = int(e.family) or 4
+    return RawEvent(
+        node=node,
+        ts_ns=int(e.ts_ns),
+        ep_id=int(e.ep_id),
+        dir=int(e.dir),
+        reason=int(e.reason),
+        family=int(e.family),
+        proto=int(e.proto),
+        saddr=maps.addr_from16(e.saddr, fam),
+        daddr=maps.addr_from16(e.daddr, fam),
+        sport=maps.from_be16(e.sport),
+        dport=maps.from_be16(e.dport),
+        peer_identity=int(e.peer_identity),
+        peer_cidr_identity=int(e.peer_cidr_identity),
+        rule_ref=int(e.rule_ref),
+    )
+
+
+def record(view: ClusterView, ev: RawEvent, boot_offset_ns: int) -> dict[str, Any]:
+    """One JSON-able observe record. boot_offset_ns: wall clock minus CLOCK_MONOTONIC."""
+    reason = reason_name(ev.reason)
+    verdict = "denied" if ev.reason >= 64 else ("audit" if reason in AUDIT_REASONS else "allowed")
+    endpoint_ip = ev.saddr if ev.dir == DIR_EGRESS else ev.daddr
+    endpoint = view.who(endpoint_ip)
+    rule = view.rule(ev.rule_ref)
+    policies: list[str] = []
+    policy: str | None = None
+    rule_text = None
+    if rule is not None:
+        policy = f"{rule.namespace}/{rule.policy}"
+        policies = [policy]
+        rule_text = str(rule)
+    elif verdict in ("denied", "audit") and view.pod_by_ip(endpoint_ip) is not None:
+        policies = view.isolating(endpoint, ev.dir)
+        policy = policies[0] if policies else None
+    when = datetime.fromtimestamp((ev.ts_ns + boot_offset_ns) / 1e9, UTC)
+    has_ports = ev.proto not in NO_PORTS
+    return {
+        "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "node": ev.node,
+        "direction": DIRECTION_NAMES.get(ev.dir, str(ev.dir)),
+        "endpoint": endpoint,
+        "from": view.who(ev.saddr),
+        "to": view.who(ev.daddr),
+        "src_ip": ev.saddr,
+        "dst_ip": ev.daddr,
+        "sport": ev.sport if has_ports else None,
+        "port": ev.dport if has_ports else None,
+        "protocol": proto_name(ev.proto),
+        "verdict": verdict,
+        "reason": reason,
+        "policy": policy,
+        "policies": policies,
+        "rule": rule_text,
+        "rule_ref": ev.rule_ref,
+        "peer_identity": ev.peer_identity,
+        "peer_labels": view.identity_text(ev.peer_identity),
+    }
+
+
+def matches(rec: dict[str, Any], pods: Sequence[str], verdicts: Sequence[str]) -> bool:
+    if pods and rec["from"] not in pods and rec["to"] not in pods:
+        return False
+    return not verdicts or rec["verdict"] in verdicts
+
+
+def line(rec: dict[str, Any]) -> str:
+    """One human line, hubble-like: time node from -> to proto verdict (reason, where) policy."""
+
+    def hp(who: str, port: int | None) -> str:
+        return who if port is None else f"{who}:{port}"
+
+    t = rec["time"][11:23]
+    where = f"{rec['direction']} of {rec['endpoint']}"
+    text = (
+        f"{t}  {rec['node']}  {hp(rec['from'], rec['sport'])} -> {hp(rec['to'], rec['port'])}  "
+        f"{rec['protocol']}  {rec['verdict'].upper()}  ({rec['reason']} at {where})"
+    )
+    if rec["rule"]:
+        text += f"  by {rec['rule']}"
+    elif rec["policies"]:
+        text += f"  isolated by {', '.join(rec['policies'])}"
+    return text

@@ -1,0 +1,89 @@
+"""Output helpers shared by the debug commands: aligned tables, JSON/YAML, ages, port prefixes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import yaml
+
+PROTO_NAMES: Mapping[int, str] = {0: "ANY", 1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP"}
+
+
+def proto_name(proto: int) -> str:
+    return PROTO_NAMES.get(proto, str(proto))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """kubectl-style columns: left-aligned, three spaces apart, no trailing blanks."""
+    cells = [[str(h) for h in headers], *[["" if c is None else str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def dump(doc: Any, fmt: str, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    if fmt == "yaml":
+        out.write(yaml.safe_dump(doc, sort_keys=False, default_flow_style=False))
+    else:
+        out.write(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+
+
+def port_range(port: int, plen: int) -> str:
+    """A dport prefix as the ports it covers: 80, 8080-8095, or * for any."""
+    if plen == 0:
+        return "*"
+    if plen == 16:
+        return str(port)
+    span = 1 << (16 - plen)
+    return f"{port}-{port + span - 1}"
+
+
+def age(created: str | None, now: datetime | None = None) -> str:
+    """kubectl's short age: 45s, 12m, 3h, 5d (<unknown> without a timestamp)."""
+    if not created:
+        return "<unknown>"
+    try:
+        then = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        return "<unknown>"
+    seconds = int(((now or datetime.now(UTC)) - then).total_seconds())
+    if seconds < 120:
+        return f"{max(seconds, 0)}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 2 * 86400:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+def labels_text(labels: Mapping[str, str] | None) -> str:
+    if not labels:
+        return "<none>"
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def selector_text(sel: Mapping[str, Any] | None) -> str:
+    """A LabelSelector as kubectl prints it (matchLabels a=b, expressions `k in (v1,v2)`)."""
+    if not sel:
+        return "<none>"
+    parts = [f"{k}={v}" for k, v in sorted((sel.get("matchLabels") or {}).items())]
+    for expr in sel.get("matchExpressions") or []:
+        op = str(expr.get("operator", ""))
+        key = expr.get("key", "")
+        values = ",".join(str(v) for v in expr.get("values") or [])
+        if op == "In":
+            parts.append(f"{key} in ({values})")
+        elif op == "NotIn":
+            parts.append(f"{key} notin ({values})")
+        elif op == "Exists":
+            parts.append(str(key))
+        elif op == "DoesNotExist":
+            parts.append(f"!{key}")
+        else:
+            parts.append(f"{key} {op} ({values})")
+    return ",".join(parts) if parts else "<none>"

@@ -1,0 +1,181 @@
+"""Where the debug commands get their inputs: cluster objects from the API, the nodes' pinned
+maps and the agents' /status, either for the local node (a real cluster) or for every node of
+a lab (`--lab NAME`).
+
+Local node: objects through the official client (--kubeconfig / $KUBECONFIG / in-cluster),
+maps under <pin-root>/<node>/, agent status from http://127.0.0.1:9890/status (the agent runs
+with hostNetwork, so the node's loopback is ours).
+Lab: objects over the lab's unix socket (/run/vethguard/labs/<lab>/api.sock, the same
+Kubernetes protocol), maps under /sys/fs/bpf/vethguard/lab-<lab>/node-<i>/ (bpffs is not
+per network namespace), agent status fetched inside each node's network namespace.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from controller.debug.view import RawObjects
+from controller.errors import VethguardError
+
+DEFAULT_PIN_ROOT = "/sys/fs/bpf/vethguard"
+DEFAULT_AGENT = "127.0.0.1:9890"
+
+# (field of RawObjects, API path) of the kinds the agent watches.
+LIST_PATHS = (
+    ("namespaces", "/api/v1/namespaces"),
+    ("pods", "/api/v1/pods"),
+    ("policies", "/apis/networking.k8s.io/v1/networkpolicies"),
+    ("nodes", "/api/v1/nodes"),
+)
+LIST_KINDS = {"namespaces": "Namespace", "pods": "Pod", "policies": "NetworkPolicy", "nodes": "Node"}
+
+
+@dataclass(frozen=True)
+class NodeRef:
+    name: str
+    pin_dir: Path
+    netns: str | None = None  # the lab node's network namespace (None on a real node)
+
+
+def _items(kind_field: str, body: Any) -> tuple[list[dict[str, Any]], int | None]:
+    if not isinstance(body, Mapping) or not isinstance(body.get("items"), list):
+        raise VethguardError(f"listing {kind_field}: unexpected answer {str(body)[:200]}")
+    items = []
+    for item in body["items"]:
+        # List items carry no kind; the model does not need it, `get -o yaml` prints it.
+        item = dict(item)
+        item.setdefault("kind", LIST_KINDS[kind_field])
+        items.append(item)
+    rv = (body.get("metadata") or {}).get("resourceVersion")
+    return items, int(rv) if isinstance(rv, str) and rv.isdigit() else None
+
+
+def _raw_objects(lists: Mapping[str, tuple[list[dict[str, Any]], int | None]]) -> RawObjects:
+    versions = [rv for _, rv in lists.values() if rv is not None]
+    return RawObjects(
+        namespaces=lists["namespaces"][0],
+        pods=lists["pods"][0],
+        policies=lists["policies"][0],
+        nodes=lists["nodes"][0],
+        resource_version=min(versions) if versions else None,
+    )
+
+
+class Target:
+    """Inputs of one invocation. Subclasses: LocalTarget, LabTarget."""
+
+    lab: str | None = None
+
+    def objects(self) -> RawObjects:
+        raise NotImplementedError
+
+    def nodes(self) -> list[NodeRef]:
+        raise NotImplementedError
+
+    def agent_status(self, node: NodeRef) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+
+class LocalTarget(Target):
+    def __init__(self, node: str | None, pin_root: str, kubeconfig: str | None, agent: str) -> None:
+        self.node = node or os.environ.get("NODE_NAME") or socket.gethostname()
+        self.pin_root = pin_root
+        self.kubeconfig = kubeconfig
+        self.agent = agent
+
+    def objects(self) -> RawObjects:
+        from controller.sources import KINDS, load_api_client
+
+        api = load_api_client(self.kubeconfig)
+        fields = {"Namespace": "namespaces", "Pod": "pods", "NetworkPolicy": "policies", "Node": "nodes"}
+        lists = {}
+        for spec in KINDS:
+            resp = spec.list_fn_of(api)(_preload_content=False)
+            lists[fields[spec.kind]] = _items(fields[spec.kind], json.loads(resp.data))
+        return _raw_objects(lists)
+
+    def nodes(self) -> list[NodeRef]:
+        return [NodeRef(self.node, Path(self.pin_root) / self.node)]
+
+    def agent_status(self, node: NodeRef) -> dict[str, Any] | None:
+        host, _, port = self.agent.rpartition(":")
+        return fetch_status(host or "127.0.0.1", int(port))
+
+
+class LabTarget(Target):
+    def __init__(self, lab: str, node: str | None = None) -> None:
+        from controller.lab.cli import connect
+        from controller.lab.state import LabPaths
+
+        self.lab = lab
+        self.paths = LabPaths(lab)
+        self.client = connect(lab)
+        self._status: dict[str, Any] | None = None
+        self.only_node = node
+
+    def lab_status(self) -> dict[str, Any]:
+        if self._status is None:
+            self._status = self.client.status()
+        return self._status
+
+    def objects(self) -> RawObjects:
+        lists = {}
+        for kind_field, path in LIST_PATHS:
+            code, body = self.client.request("GET", path)
+            if code != 200:
+                raise VethguardError(f"lab {self.lab}: GET {path} failed ({code}): {body}")
+            lists[kind_field] = _items(kind_field, body)
+        return _raw_objects(lists)
+
+    def nodes(self) -> list[NodeRef]:
+        nodes = self.lab_status().get("nodes") or {}
+        names = sorted(nodes, key=_node_sort_key)
+        if self.only_node is not None:
+            if self.only_node not in nodes:
+                raise VethguardError(
+                    f"lab {self.lab} has no node {self.only_node!r} (nodes: {', '.join(names)})"
+                )
+            names = [self.only_node]
+        return [NodeRef(n, self.paths.pin_root / n, nodes[n].get("netns")) for n in names]
+
+    def agent_status(self, node: NodeRef) -> dict[str, Any] | None:
+        from controller.lab import netns
+
+        if node.netns is None:
+            return None
+        try:
+            return netns.run_in_netns(node.netns, lambda: fetch_status("127.0.0.1", 9890))
+        except netns.NetnsError:
+            return None
+
+    def pod_netns(self) -> dict[str, str]:
+        return {k: v["netns"] for k, v in (self.lab_status().get("pods") or {}).items()}
+
+
+def _node_sort_key(name: str) -> tuple[str, int]:
+    base, _, num = name.rpartition("-")
+    return (base, int(num)) if num.isdigit() else (name, 0)
+
+
+def fetch_status(host: str, port: int, timeout: float = 2.0) -> dict[str, Any] | None:
+    """The agent's /status document, or None when it does not answer."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", "/status")
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            return None
+        data = json.loads(body)
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
