@@ -274,7 +274,7 @@ class Agent:
         self._capacity: dict[str, int] | None = None
         self._policies: dict[str, dict[str, Any]] = {}
         self._arrivals: list[float] = []  # arrival times of cluster events not realized yet
-        self._attach_reported: set[int] = set()
+        self._attach_reported: dict[int, float] = {}  # ifindex -> when its programs were attached
         self._enforce_reported: set[int] = set()
         self._counter_totals: dict[tuple[int, int, int], int] = {}
 
@@ -540,7 +540,7 @@ class Agent:
                     continue
                 log.info("detached", ifindex=ifindex)
             self._attached.discard(ifindex)
-            self._attach_reported.discard(ifindex)
+            self._attach_reported.pop(ifindex, None)
             self._enforce_reported.discard(ifindex)
         self.metrics.attached.set(len(self._attached))
         return not failed
@@ -611,7 +611,7 @@ class Agent:
             if appeared is None:
                 continue
             if ifindex in self._attached and ifindex not in self._attach_reported:
-                self._attach_reported.add(ifindex)
+                self._attach_reported[ifindex] = attached_at
                 self.metrics.endpoint_attach_latency_seconds.observe(max(0.0, attached_at - appeared))
             if pod in fit.desired.endpoints and ifindex not in self._enforce_reported and self._last_sync_ok:
                 self._enforce_reported.add(ifindex)
@@ -621,7 +621,9 @@ class Agent:
                     "endpoint enforced",
                     pod=pod,
                     ifindex=ifindex,
-                    veth_to_attached_ms=round(max(0.0, attached_at - appeared) * 1000, 1),
+                    veth_to_attached_ms=round(
+                        max(0.0, self._attach_reported.get(ifindex, attached_at) - appeared) * 1000, 1
+                    ),
                     veth_to_enforced_ms=round(latency * 1000, 1),
                 )
 
@@ -944,7 +946,7 @@ def _env_float(name: str, default: float) -> float:
         return default
 
 
-def _preflight(pin_root: str) -> None:
+def _preflight() -> None:
     """controller.preflight's checks (headers, bpffs, capabilities) when this build has them."""
     import importlib
 
@@ -952,9 +954,9 @@ def _preflight(pin_root: str) -> None:
         preflight = importlib.import_module("controller.preflight")
     except ImportError:
         return  # the datapath loader's own VethguardErrors still stop the agent (see Agent.fatal)
-    check = getattr(preflight, "check_agent", None) or getattr(preflight, "run_checks", None)
-    if callable(check):
-        check(pin_root=pin_root)
+    require = getattr(preflight, "require", None)
+    if callable(require):
+        require()  # raises one VethguardError listing every problem and its fix
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -967,7 +969,7 @@ def run_cli(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     metrics = Metrics()
     try:
-        _preflight(args.pin_root)
+        _preflight()
         api = load_api_client(args.kubeconfig)
         sources = Sources.from_api_client(api, metrics=metrics)
         agent = Agent(
