@@ -28,7 +28,10 @@ apt-get install -y -qq --no-install-recommends \
 if [ "$image" = 0 ]; then
   echo "==> kernel headers for bcc"
   kver=$(uname -r)
-  if [ -e "/lib/modules/$kver/build/include/linux/kconfig.h" ]; then
+  mods=/lib/modules/$kver
+  # Debian splits headers: generated ones in build (-amd64), kconfig.h and the rest in source (-common)
+  if [ -e "$mods/build/include/generated/autoconf.h" ] \
+     && { [ -e "$mods/build/include/linux/kconfig.h" ] || [ -e "$mods/source/include/linux/kconfig.h" ]; }; then
     echo "    /lib/modules/$kver/build already has headers"
   else
     hdr=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1)
@@ -54,7 +57,17 @@ if [ ! -x "$venv/bin/python" ]; then
   /usr/bin/python3 -m venv --system-site-packages "$venv"
 fi
 "$venv/bin/pip" install -q --upgrade pip >/dev/null
-"$venv/bin/pip" install -q "$repo[test]"
+# The image needs only the agent; a host (README, CI) also gets the test tools.
+extras="[test]"
+[ "$image" = 1 ] && extras=""
+# A developer's editable install of this same checkout stays editable: re-running is harmless.
+mode=()
+if "$venv/bin/python" - "$repo" 2>/dev/null <<'EOF'; then mode=(-e); fi
+import importlib.metadata as md, json, sys
+url = json.loads(md.distribution("vethguard").read_text("direct_url.json") or "{}")
+sys.exit(0 if url.get("dir_info", {}).get("editable") and url.get("url") == "file://" + sys.argv[1] else 1)
+EOF
+"$venv/bin/pip" install -q "${mode[@]}" "$repo$extras"
 ln -sfn "$venv/bin/vethguard" /usr/local/bin/vethguard
 "$venv/bin/python" -c "import bcc, pyroute2, kubernetes, controller" \
   || { echo "install.sh: the virtualenv cannot import its dependencies" >&2; exit 1; }

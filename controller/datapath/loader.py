@@ -7,7 +7,6 @@ headers (bcc needs /lib/modules/$(uname -r)/build), bpffs at /sys/fs/bpf, and bc
 from __future__ import annotations
 
 import ctypes
-import glob
 import logging
 import os
 import re
@@ -67,29 +66,16 @@ def import_bcc() -> ModuleType:
 
 
 def check_kernel_headers(release: str | None = None, modules_root: str = "/lib/modules") -> Path:
-    """Return the kernel build dir bcc will use, or explain how to provide one."""
-    release = release or os.uname().release
-    build = Path(modules_root) / release / "build"
-    if (build / "include").is_dir() or (build / "arch").is_dir():
-        return build
-    candidates = sorted(glob.glob("/usr/src/linux-headers-*-amd64")) or sorted(
-        glob.glob("/usr/src/linux-headers-*")
-    )
-    if candidates:
-        hdr = candidates[-1]
-        raise VethguardError(
-            f"kernel headers for {release} are missing: {build} does not exist. bcc needs them to "
-            f"compile the tc programs. Headers from {hdr} work (the programs use UAPI headers only); "
-            f"link them with:\n  mkdir -p {build.parent} && ln -sfn {hdr} {build} && "
-            f"ln -sfn {hdr} {build.parent / 'source'}"
-        )
-    raise VethguardError(
-        f"kernel headers for {release} are missing: {build} does not exist and no "
-        "/usr/src/linux-headers-* is installed. Install Debian's headers with "
-        "`apt-get install linux-headers-amd64` and link them: "
-        f"ln -sfn /usr/src/linux-headers-<version>-amd64 {build} (and the same for "
-        f"{build.parent / 'source'})"
-    )
+    """Return the kernel headers bcc will compile with, or explain exactly what is missing.
+
+    /lib/modules/<release>/build first, then the host's headers mounted under /host (DaemonSet),
+    then Debian's /usr/src/linux-headers-*-amd64 (+ -common) as in the image; a fallback is
+    handed to bcc through BCC_KERNEL_SOURCE. The search lives in controller.preflight.
+    """
+    from controller import preflight
+
+    env = preflight.Environment(modules_root=Path(modules_root), release=release or os.uname().release)
+    return preflight.use_kernel_headers(env)
 
 
 def check_bpffs(path: str = BPFFS) -> None:
