@@ -97,12 +97,33 @@ def parse_proto(proto: int | str) -> int:
         raise ValueError(f"unknown protocol {proto!r}") from None
 
 
+# ipcache -> per family, (prefix length, {network as int: value}) longest first. Built once per
+# ipcache mapping (NodeDesired is a value: its ipcache is not mutated after compute), so a
+# lookup costs one dict probe per distinct prefix length instead of building 129 networks.
+_LpmIndex = dict[int, list[tuple[int, dict[int, tuple[int, int]]]]]
+_LPM_INDEXES: dict[int, tuple[Mapping[IPNetwork, tuple[int, int]], int, _LpmIndex]] = {}
+
+
+def _lpm_index(ipcache: Mapping[IPNetwork, tuple[int, int]]) -> _LpmIndex:
+    hit = _LPM_INDEXES.get(id(ipcache))
+    if hit is not None and hit[0] is ipcache and hit[1] == len(ipcache):
+        return hit[2]
+    by_len: dict[int, dict[int, dict[int, tuple[int, int]]]] = {4: {}, 6: {}}
+    for net, value in ipcache.items():
+        by_len[net.version].setdefault(net.prefixlen, {})[int(net.network_address)] = value
+    index = {v: sorted(lens.items(), reverse=True) for v, lens in by_len.items()}
+    if len(_LPM_INDEXES) >= 32:  # a handful of live NodeDesired at a time; never grow unbounded
+        _LPM_INDEXES.clear()
+    _LPM_INDEXES[id(ipcache)] = (ipcache, len(ipcache), index)
+    return index
+
+
 def ipcache_lookup(desired: NodeDesired, addr: IPAddress | str) -> tuple[int, int]:
     """LPM of addr in the node's ipcache -> (identity, cidr_identity)."""
     a = ipaddress.ip_address(addr) if isinstance(addr, str) else addr
-    for plen in range(a.max_prefixlen, -1, -1):
-        net = ipaddress.ip_network(f"{a}/{plen}", strict=False)
-        hit = desired.ipcache.get(net)
+    bits, value = a.max_prefixlen, int(a)
+    for plen, nets in _lpm_index(desired.ipcache)[a.version]:
+        hit = nets.get(value & (((1 << plen) - 1) << (bits - plen)))
         if hit is not None:
             return hit
     return (ID_WORLD, 0)

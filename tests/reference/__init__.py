@@ -1,0 +1,6 @@
+"""An independent reading of Kubernetes NetworkPolicy, for differential tests.
+
+`evaluator` answers "is this connection allowed?" straight from raw API objects;
+`cases` generates clusters and policies (Hypothesis strategies) and turns them into raw
+objects. Neither imports anything from `controller`: they must not share a bug with it.
+"""

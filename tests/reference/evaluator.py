@@ -1,0 +1,307 @@
+"""Reference evaluator of networking.k8s.io/v1 NetworkPolicy, written from the API documentation.
+
+Sources, restated (the API reference of NetworkPolicy and the "Network Policies" concept
+page, as ../../../shared/DESIGN.md "Policy semantics" summarises them):
+
+- A pod is isolated for ingress (egress) when at least one NetworkPolicy in ITS namespace
+  selects it (spec.podSelector; `{}` = every pod of the namespace) and lists Ingress (Egress)
+  in its policyTypes. An isolated direction allows only what some rule of such a policy
+  allows; a non-isolated direction allows everything. Policies are additive.
+- policyTypes omitted (or empty): Ingress always, plus Egress when spec.egress has at least
+  one rule.
+- A connection src -> dst is allowed when src's egress allows it and dst's ingress allows it
+  (each side judged only when that side is a pod).
+- A rule matches when one of its peers matches (from/to omitted or empty: every peer) and one
+  of its ports matches (ports omitted or empty: every port of every protocol).
+- Peers: podSelector alone = pods of the policy's namespace; namespaceSelector alone = every
+  pod of the matching namespaces; both = matching pods in matching namespaces; ipBlock =
+  any address inside cidr and outside every except (pod addresses included). Selector peers
+  never match an address that is not a pod's.
+- Ports: protocol defaults to TCP; port omitted = every port of that protocol; a number,
+  optionally with endPort (inclusive range); a name = the destination pod's container port
+  with that name and protocol (for ingress the selected pod, for egress the pod the traffic
+  goes to; an address that is not a pod has no named ports).
+- Label selectors: matchLabels k: v = label k equals v; matchExpressions In (key present,
+  value listed), NotIn (key absent or value not listed), Exists, DoesNotExist; all ANDed.
+- Namespaces carry the label kubernetes.io/metadata.name=<name> (set by the API server).
+
+Only valid objects are evaluated: what the API server would reject (an except that is not
+a strict subset of its cidr, endPort below port or with a named port, a port outside
+1..65535, an unknown protocol, ipBlock mixed with selectors) raises InvalidPolicy.
+Pods are running pods with their addresses in status.podIPs (hostNetwork and finished pods
+are out of scope and rejected). A pod talking to itself never crosses the datapath and is
+not a question this evaluator answers.
+
+Deliberately plain: no indexes, no caching beyond parsing, nothing shared with controller/.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+# Protocols without ports: only a rule without a ports list allows them.
+PORTLESS = ("ICMP", "ICMPv6")
+
+
+class InvalidPolicy(ValueError):
+    """The API server would have rejected this object."""
+
+
+@dataclass(frozen=True)
+class RefPod:
+    namespace: str
+    name: str
+    labels: Mapping[str, str]
+    addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]
+    container_ports: tuple[tuple[str, int, str], ...]  # (name, number, protocol), named ones only
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def address(self, family: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        for a in self.addresses:
+            if a.version == family:
+                return a
+        return None
+
+
+def labels_match_selector(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """metav1.LabelSelector semantics; `{}` matches every label set."""
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+        present = key in labels
+        if op == "In":
+            ok = present and labels[key] in values
+        elif op == "NotIn":
+            ok = not present or labels[key] not in values
+        elif op == "Exists":
+            ok = present
+        elif op == "DoesNotExist":
+            ok = not present
+        else:
+            raise InvalidPolicy(f"unknown selector operator {op!r}")
+        if not ok:
+            return False
+    return True
+
+
+def _parse_pod(raw: Mapping[str, Any]) -> RefPod:
+    meta = raw["metadata"]
+    spec = raw.get("spec") or {}
+    status = raw.get("status") or {}
+    if spec.get("hostNetwork") or status.get("phase") in ("Succeeded", "Failed"):
+        raise InvalidPolicy(f"pod {meta['name']}: hostNetwork and finished pods are out of scope")
+    addresses = tuple(ipaddress.ip_address(e["ip"]) for e in status.get("podIPs") or [])
+    ports: list[tuple[str, int, str]] = []
+    for container in spec.get("containers") or []:
+        for p in container.get("ports") or []:
+            if p.get("name"):
+                ports.append((p["name"], int(p["containerPort"]), p.get("protocol") or "TCP"))
+    return RefPod(
+        meta.get("namespace", "default"),
+        meta["name"],
+        dict(meta.get("labels") or {}),
+        addresses,
+        tuple(ports),
+    )
+
+
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(text, strict=False)
+
+
+def _validate_policy(raw: Mapping[str, Any]) -> None:
+    spec = raw.get("spec") or {}
+    for direction, peer_key in (("ingress", "from"), ("egress", "to")):
+        for rule in spec.get(direction) or []:
+            for peer in rule.get(peer_key) or []:
+                block = peer.get("ipBlock")
+                if block is None:
+                    continue
+                if "podSelector" in peer or "namespaceSelector" in peer:
+                    raise InvalidPolicy("ipBlock cannot be combined with selectors")
+                cidr = _network(block["cidr"])
+                for e in block.get("except") or []:
+                    ex = _network(e)
+                    if (
+                        ex.version != cidr.version
+                        or not _contains(cidr, ex)
+                        or ex.prefixlen <= cidr.prefixlen
+                    ):
+                        raise InvalidPolicy(f"except {e} must be a strict subset of cidr {block['cidr']}")
+            for port in rule.get("ports") or []:
+                if port.get("protocol", "TCP") not in PROTOCOLS:
+                    raise InvalidPolicy(f"unknown protocol {port.get('protocol')!r}")
+                number, end = port.get("port"), port.get("endPort")
+                if isinstance(number, int) and not 1 <= number <= 65535:
+                    raise InvalidPolicy(f"port {number} outside 1..65535")
+                if end is not None and (not isinstance(number, int) or end < number or end > 65535):
+                    raise InvalidPolicy(f"endPort {end} needs a numeric port <= it (port {number!r})")
+
+
+def _contains(
+    outer: ipaddress.IPv4Network | ipaddress.IPv6Network, inner: ipaddress.IPv4Network | ipaddress.IPv6Network
+) -> bool:
+    """inner ⊆ outer, by comparing address ranges (no library subset helper)."""
+    return int(outer.network_address) <= int(inner.network_address) and int(inner.broadcast_address) <= int(
+        outer.broadcast_address
+    )
+
+
+class Evaluator:
+    """Answers allowed(src, dst, port, protocol, family) for one cluster snapshot."""
+
+    def __init__(
+        self,
+        namespaces: Iterable[Mapping[str, Any]],
+        pods: Iterable[Mapping[str, Any]],
+        policies: Iterable[Mapping[str, Any]],
+    ) -> None:
+        self.namespace_labels: dict[str, dict[str, str]] = {}
+        for ns in namespaces:
+            name = ns["metadata"]["name"]
+            self.namespace_labels[name] = {**(ns["metadata"].get("labels") or {}), NAMESPACE_NAME_LABEL: name}
+        self.pods: dict[str, RefPod] = {}
+        for raw in pods:
+            pod = _parse_pod(raw)
+            self.pods[pod.key] = pod
+            self.namespace_labels.setdefault(pod.namespace, {NAMESPACE_NAME_LABEL: pod.namespace})
+        self.policies: list[Mapping[str, Any]] = []
+        for raw in policies:
+            _validate_policy(raw)
+            self.policies.append(raw)
+
+    # -- who is who -------------------------------------------------------------------------
+
+    def _address(self, who: str, family: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        pod = self.pods.get(who)
+        if pod is not None:
+            return pod.address(family)
+        addr = ipaddress.ip_address(who)
+        return addr if addr.version == family else None
+
+    def _pod_at(self, who: str) -> RefPod | None:
+        """The pod `who` names, by key or by one of its addresses."""
+        if who in self.pods:
+            return self.pods[who]
+        addr = ipaddress.ip_address(who)
+        for pod in self.pods.values():
+            if addr in pod.addresses:
+                return pod
+        return None
+
+    # -- policy semantics -------------------------------------------------------------------
+
+    @staticmethod
+    def policy_types(raw: Mapping[str, Any]) -> list[str]:
+        spec = raw.get("spec") or {}
+        types = spec.get("policyTypes")
+        if types:
+            return list(types)
+        return ["Ingress", "Egress"] if spec.get("egress") else ["Ingress"]
+
+    def _selecting(self, pod: RefPod, policy_type: str) -> list[Mapping[str, Any]]:
+        out = []
+        for raw in self.policies:
+            if raw["metadata"].get("namespace", "default") != pod.namespace:
+                continue
+            if policy_type not in self.policy_types(raw):
+                continue
+            if labels_match_selector((raw.get("spec") or {}).get("podSelector") or {}, pod.labels):
+                out.append(raw)
+        return out
+
+    def _peer_matches(self, peer: Mapping[str, Any], policy_ns: str, who: str, family: int) -> bool:
+        if "ipBlock" in peer:
+            addr = self._address(who, family)
+            block = peer["ipBlock"]
+            cidr = _network(block["cidr"])
+            if addr is None or addr.version != cidr.version or addr not in cidr:
+                return False
+            return not any(addr in _network(e) for e in block.get("except") or [])
+        pod = self._pod_at(who)
+        if pod is None:
+            return False
+        if "namespaceSelector" in peer:
+            if not labels_match_selector(peer["namespaceSelector"], self.namespace_labels[pod.namespace]):
+                return False
+        elif pod.namespace != policy_ns:
+            return False
+        if "podSelector" in peer:
+            return labels_match_selector(peer["podSelector"], pod.labels)
+        return True
+
+    @staticmethod
+    def _port_matches(
+        ports: list[Mapping[str, Any]] | None, destination: RefPod | None, port: int, protocol: str
+    ) -> bool:
+        if not ports:
+            return True
+        for p in ports:
+            if p.get("protocol", "TCP") != protocol:
+                continue
+            number = p.get("port")
+            if number is None:
+                return True
+            if isinstance(number, int):
+                end = p.get("endPort")
+                if (number == port) if end is None else (number <= port <= end):
+                    return True
+                continue
+            if destination is not None and (number, port, protocol) in destination.container_ports:
+                return True
+        return False
+
+    def _direction_allows(
+        self,
+        pod: RefPod,
+        policy_type: str,
+        peer: str,
+        destination: RefPod | None,
+        port: int,
+        protocol: str,
+        family: int,
+    ) -> bool:
+        policies = self._selecting(pod, policy_type)
+        if not policies:
+            return True  # not isolated in this direction
+        rules_key, peers_key = ("ingress", "from") if policy_type == "Ingress" else ("egress", "to")
+        for raw in policies:
+            ns = raw["metadata"].get("namespace", "default")
+            for rule in (raw.get("spec") or {}).get(rules_key) or []:
+                peers = rule.get(peers_key)
+                if peers and not any(self._peer_matches(p, ns, peer, family) for p in peers):
+                    continue
+                if self._port_matches(rule.get("ports"), destination, port, protocol):
+                    return True
+        return False
+
+    def allowed(self, src: str, dst: str, port: int, protocol: str, family: int) -> bool:
+        """Is a new connection src -> dst:port/protocol over IPv<family> allowed?
+
+        src / dst: a pod as "namespace/name", or an IP address (of a pod or an outside host).
+        protocol: TCP, UDP, SCTP, or ICMP / ICMPv6 (port ignored: only port-less rules match).
+        """
+        if self._address(src, family) is None or self._address(dst, family) is None:
+            raise ValueError(f"{src} -> {dst}: no IPv{family} address on one side")
+        if protocol in PORTLESS:
+            protocol, port = f"<{protocol}>", 0  # matches no ports entry, only port-less rules
+        src_pod, dst_pod = self._pod_at(src), self._pod_at(dst)
+        if src_pod is not None and src_pod is dst_pod:
+            raise ValueError(f"{src} -> {dst}: a pod talking to itself does not cross the datapath")
+        if src_pod is not None and not self._direction_allows(
+            src_pod, "Egress", dst, dst_pod, port, protocol, family
+        ):
+            return False
+        return dst_pod is None or self._direction_allows(
+            dst_pod, "Ingress", src, dst_pod, port, protocol, family
+        )
