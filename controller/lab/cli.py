@@ -380,6 +380,19 @@ def _status_text(status: dict[str, Any]) -> str:
         for name, ext in status["externals"].items():
             ports = ",".join(f"{p['port']}/{p['protocol']}" for p in ext["ports"])
             lines.append(f"  ext/{name:<24} {' '.join(ext['ips']):<43} {ports}")
+    policy_rows = [
+        (policy, node, st)
+        for node, agent in sorted(status["agents"].items())
+        for policy, st in sorted((agent.get("policies") or {}).items())
+    ]
+    if policy_rows:
+        lines.append("POLICIES (per node: generation realized, local pods selected, errors)")
+        for policy, node, st in policy_rows:
+            errors = "; ".join(f"{e.get('field')}: {e.get('message')}" for e in st.get("errors") or [])
+            lines.append(
+                f"  {policy:<28} {node:<8} generation={st.get('generation')} "
+                f"selected_pods={st.get('selected_pods')}{'  errors: ' + errors if errors else ''}"
+            )
     return "\n".join(lines)
 
 

@@ -388,6 +388,7 @@ class AgentSupervisor:
             "realized_generation": realized if isinstance(realized, int) else None,
             "restarts": self.restarts.get(node, 0),
             "errors": (report or {}).get("errors") or [],
+            "policies": (report or {}).get("policies") or {},  # per policy: generation, selected pods
         }
 
 
