@@ -106,6 +106,8 @@ class Environment:
     host_root: Path = field(default_factory=_host_root_default)
     bpffs: str = BPFFS
     release: str = field(default_factory=lambda: os.uname().release)
+    # an operator's explicit choice for bcc, honoured when it holds complete headers
+    bcc_kernel_source: str | None = field(default_factory=lambda: os.environ.get("BCC_KERNEL_SOURCE"))
     memlock: Callable[[], tuple[int, int]] = field(
         default=lambda: resource.getrlimit(resource.RLIMIT_MEMLOCK)
     )
@@ -205,6 +207,11 @@ def _packaged_headers(usr_src: Path, release: str) -> tuple[KernelHeaders | None
 def find_kernel_headers(env: Environment) -> KernelHeaders | Problem:
     """The header set bcc should compile with, or a Problem naming every place looked at."""
     looked: list[str] = []
+    if env.bcc_kernel_source:
+        given = Path(env.bcc_kernel_source)
+        if _complete([given]):
+            return KernelHeaders((given,), native=False, origin="$BCC_KERNEL_SOURCE")
+        looked.append(f"$BCC_KERNEL_SOURCE={given}: incomplete (no {KCONFIG_H} or {AUTOCONF_H}), ignored")
     found, why = _modules_dir_headers(env.modules_root, env.release, root=None)
     if found:
         return found

@@ -11,7 +11,7 @@ import sys
 import textwrap
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,8 @@ from controller.preflight import Environment, KernelHeaders, Problem
 RELEASE = "6.18.44-test"
 ALL_CAPS = "000001ffffffffff"
 REPO = Path(__file__).resolve().parents[2]
+# subprocesses search headers themselves, whatever this process's environment says
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k != "BCC_KERNEL_SOURCE"}
 
 
 def cap_mask(*caps: preflight.Capability) -> str:
@@ -54,6 +56,7 @@ class FakeNode:
             return object()
 
         return Environment(
+            bcc_kernel_source=None,
             proc_self=proc,
             modules_root=self.root / "lib/modules",
             usr_src=self.root / "usr/src",
@@ -206,6 +209,25 @@ def test_use_kernel_headers_points_bcc_at_a_fallback_and_leaves_native_headers_a
     node.link_modules(env.modules_root, str(amd64), str(amd64.with_name("linux-headers-6.1.0-56-common")))
     assert preflight.use_kernel_headers(env, merged_root=tmp_path / "merged") == amd64
     assert "BCC_KERNEL_SOURCE" not in os.environ
+
+
+def test_an_operators_complete_bcc_kernel_source_is_honoured_and_an_incomplete_one_reported(
+    node: FakeNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BCC_KERNEL_SOURCE", raising=False)  # use_kernel_headers sets it: undone after
+    env = node.env()
+    own = tmp_path / "own-headers"
+    (own / "include/linux").mkdir(parents=True)
+    (own / "include/linux/kconfig.h").write_text("")
+    found = preflight.find_kernel_headers(replace(env, bcc_kernel_source=str(own)))
+    assert isinstance(found, Problem)
+    assert f"$BCC_KERNEL_SOURCE={own}: incomplete" in found.message
+    (own / "include/generated").mkdir()
+    (own / "include/generated/autoconf.h").write_text("")
+    found = preflight.find_kernel_headers(replace(env, bcc_kernel_source=str(own)))
+    assert isinstance(found, KernelHeaders)
+    assert found.dirs == (own,)
+    assert preflight.use_kernel_headers(replace(env, bcc_kernel_source=str(own)), tmp_path / "m") == own
 
 
 def test_use_kernel_headers_raises_the_problem_message_when_nothing_is_found(node: FakeNode) -> None:
@@ -397,7 +419,7 @@ def test_with_lib_modules_hidden_the_packaged_headers_compile_the_real_programs(
         out = subprocess.run(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
              sys.executable, COMPILE, pin_dir],
-            capture_output=True, text=True, check=False, cwd=REPO, timeout=300,
+            capture_output=True, text=True, check=False, cwd=REPO, timeout=300, env=CLEAN_ENV,
         )
     finally:
         subprocess.run(["rm", "-rf", pin_dir], check=False)
@@ -437,7 +459,7 @@ class CapLab:
             ["nsenter", f"--net=/run/netns/{self.netns}", "--",
              "setpriv", "--inh-caps=-all", f"--bounding-set=-all,{caps}", "--",
              sys.executable, "-c", CAPS_SCRIPT, self.pin_root, "n1"],
-            capture_output=True, text=True, check=False, cwd=REPO, timeout=300,
+            capture_output=True, text=True, check=False, cwd=REPO, timeout=300, env=CLEAN_ENV,
         )
 
 
