@@ -1,25 +1,61 @@
 """Find the host-side veth of every local pod in the current network namespace.
 
-Strategy "routes" (routed CNIs: Calico, kindnet, Cilium in native routing, the vethguard lab):
-the CNI installs a host route to each pod IP (/32 or /128) via the pod's host-side veth, so the
-route's output interface is the veth. The pure part (`match_routes`) works on plain `Route`
-records and is unit-testable; `RouteDiscovery` reads the kernel tables with pyroute2.
+Two strategies, chosen per pod by `NodeDiscovery` (what the agent uses):
 
-Bridge CNIs (flannel, bridge plugin) need another strategy (neighbour table + bridge fdb ->
-bridge port); it plugs in as another `Discovery` implementation.
+route (routed CNIs: Calico, kindnet, Cilium in native routing, the lab's `--cni routed`): the CNI
+installs a host route to each pod IP (/32 or /128) via the pod's host-side veth, so the route's
+output interface is the veth (`match_routes`).
+
+bridge (flannel's cni0, the bridge plugin, the lab's `--cni bridge`): pod IPs are on-link behind a
+bridge, there is no per-pod route. The pod's MAC comes from the node's neighbour table on the
+bridge (pod IP -> MAC), the port from the bridge FDB (MAC -> port ifindex; learned entries only,
+never the permanent entries of the node's own interfaces) (`match_bridge`). A pod with a host
+route to a veth uses the route strategy; every other pod the bridge strategy.
+
+The agent cannot exec into pods, so it relies on frames the pod sent: a neighbour entry exists once
+the pod and the node exchanged a packet, an FDB entry while the pod sent a frame within the
+bridge's ageing time (300 s by default). So:
+- a binding found once (IPs, MAC, port) is remembered while the port is still a veth of a bridge
+  and no fresh evidence contradicts it (the MAC learned on another port, or the pod's IPs
+  changed), so an idle pod keeps its port after its FDB entry aged out;
+- when a local pod is still unknown and some veth port of a bridge is unclaimed, the node
+  triggers resolution: one empty UDP datagram (discard port 9) from this namespace to each of
+  the pod's IPs, at most once per `probe_interval` per IP. Sending makes the kernel resolve the
+  address (ARP / neighbour solicitation, or a unicast to a stale MAC that the bridge floods); the
+  pod's answer teaches the bridge its port. Discovery then re-reads the tables for up to
+  `probe_wait` seconds. No traffic is sent when nothing is unknown;
+- fail closed: veth ports that no pod claims, of a bridge whose subnet holds local pods (cni0,
+  not a docker0 beside the CNI), are reported in `Discovered.unclaimed`;
+  the agent attaches its programs to them with a PENDING endpoint (IP traffic dropped, ARP/ND
+  and node traffic pass, so the pod's MAC can still be learned) until their pod is known.
+A port that two pods' addresses resolve to (a stale or spoofed neighbour entry) is given to
+neither: both are reported in `conflicts` and the port stays unclaimed (pending).
+
+The pure parts (`match_routes`, `pod_bridges`, `match_bridge`, `probe_targets`) work on plain records and are
+unit-tested; `NodeTables.read` reads the kernel with pyroute2.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
+import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
+# neighbour states (linux/neighbour.h)
+NUD_INCOMPLETE = 0x01
+NUD_REACHABLE = 0x02
+NUD_STALE = 0x04
+NUD_FAILED = 0x20
+NUD_NOARP = 0x40
+NUD_PERMANENT = 0x80
+PROBE_PORT = 9  # discard
 
 
 @dataclass(frozen=True)
@@ -38,6 +74,37 @@ class Link:
     index: int
     name: str
     kind: str | None  # "veth", "bridge", ... (IFLA_INFO_KIND); None when the kernel gives none
+    master: int | None = None  # IFLA_MASTER: the bridge a port belongs to
+    address: str | None = None  # MAC (lower case)
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A neighbour table entry (IPv4 ARP or IPv6 ND)."""
+
+    ip: str
+    ifindex: int
+    mac: str | None  # None while unresolved
+    state: int = NUD_STALE
+
+
+@dataclass(frozen=True)
+class FdbEntry:
+    """A bridge forwarding database entry: `mac` was seen on (or belongs to) port `port`."""
+
+    mac: str
+    port: int
+    master: int | None  # the bridge (NDA_MASTER); None for a device's own (self) entries
+    state: int = NUD_REACHABLE  # NUD_PERMANENT for the node's own addresses and static entries
+
+
+@dataclass(frozen=True)
+class PortBinding:
+    """What the bridge strategy learned about a pod: its addresses, MAC and bridge port."""
+
+    ips: tuple[str, ...]
+    mac: str
+    port: int
 
 
 @dataclass
@@ -47,6 +114,25 @@ class Discovered:
     pod_ifindex: dict[str, int] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)  # local pods with no host route (yet)
     conflicts: dict[str, list[int]] = field(default_factory=dict)  # pod -> distinct ifindexes seen
+    unclaimed: list[int] = field(default_factory=list)  # veth ports of a bridge no pod claims (yet)
+    strategy: dict[str, str] = field(default_factory=dict)  # pod -> "route" | "bridge"
+    bindings: dict[str, PortBinding] = field(default_factory=dict)  # bridge-strategy pods
+
+    def attachments(self) -> dict[str, int]:
+        """What the agent attaches and syncs: pod -> ifindex, plus one placeholder key per
+        unclaimed bridge port. The datapath gives a key without a desired endpoint a PENDING
+        endpoint, so an unknown pod's veth is failed closed (IP dropped; ARP/ND and traffic with
+        its node pass, so its MAC can still be learned) until discovery knows its pod."""
+        out = dict(self.pod_ifindex)
+        for ifindex in self.unclaimed:
+            out[unclaimed_key(ifindex)] = ifindex
+        return out
+
+
+def unclaimed_key(ifindex: int) -> str:
+    """Placeholder endpoint name of an unclaimed bridge port (no Kubernetes namespace contains
+    parentheses, so it never names a pod)."""
+    return f"(unclaimed)/{ifindex}"
 
 
 class Discovery(Protocol):
@@ -102,8 +188,200 @@ def match_routes(
         best = max(counts.values())
         chosen = next(i for i in found if counts[i] == best)
         out.pod_ifindex[pod] = chosen
+        out.strategy[pod] = "route"
         if len(counts) > 1:
             out.conflicts[pod] = sorted(counts)
+    return out
+
+
+def _canonical(addr: str) -> str | None:
+    hp = _host_prefix(addr)
+    return hp[0] if hp is not None else None
+
+
+def _pod_key_ips(ips: Sequence[str]) -> tuple[str, ...]:
+    return tuple(c for c in (_canonical(ip) for ip in ips) if c is not None)
+
+
+def bridge_ports(links: Mapping[int, Link]) -> dict[int, int]:
+    """Veth ports of bridges: port ifindex -> bridge ifindex (pure)."""
+    bridges = {i for i, link in links.items() if link.kind == "bridge"}
+    return {
+        i: link.master for i, link in links.items() if link.master in bridges and link.kind in ("veth", None)
+    }
+
+
+def learned_macs(fdb: Iterable[FdbEntry], links: Mapping[int, Link]) -> dict[tuple[int, str], set[int]]:
+    """(bridge, MAC) -> ports the bridge learned it on, for veth ports (pure).
+
+    Permanent entries (the node's own port and bridge addresses, static entries) and the MACs of
+    the node's own interfaces never identify a pod."""
+    ports = bridge_ports(links)
+    own = {link.address.lower() for link in links.values() if link.address}
+    out: dict[tuple[int, str], set[int]] = {}
+    for entry in fdb:
+        bridge = ports.get(entry.port)
+        mac = entry.mac.lower()
+        if bridge is None or entry.master not in (None, bridge) or entry.state & NUD_PERMANENT:
+            continue
+        if mac in own or _is_multicast_mac(mac):
+            continue
+        out.setdefault((bridge, mac), set()).add(entry.port)
+    return out
+
+
+def _is_multicast_mac(mac: str) -> bool:
+    try:
+        return bool(int(mac.split(":")[0], 16) & 1)
+    except ValueError:
+        return True
+
+
+def pod_bridges(
+    pod_ips: Mapping[str, Sequence[str]], routes: Iterable[Route], links: Mapping[int, Link]
+) -> set[int]:
+    """Bridges that carry pods: a subnet route through the bridge covers a local pod's IP (cni0's
+    10.244.1.0/24 does, docker0's 172.17.0.0/16 does not) (pure)."""
+    bridges = {i for i, link in links.items() if link.kind == "bridge"}
+    addresses = [ipaddress.ip_address(c) for ips in pod_ips.values() for c in _pod_key_ips(ips)]
+    out: set[int] = set()
+    for r in routes:
+        if r.oif not in bridges or r.type != RTN_UNICAST or not r.dst or r.table != RT_TABLE_MAIN:
+            continue
+        try:
+            network = ipaddress.ip_network(f"{r.dst}/{r.dst_len}", strict=False)
+        except ValueError:
+            continue
+        if any(a.version == network.version and a in network for a in addresses):
+            out.add(r.oif)
+    return out
+
+
+def match_bridge(
+    pod_ips: Mapping[str, Sequence[str]],
+    neighbours: Iterable[Neighbour],
+    fdb: Iterable[FdbEntry],
+    links: Mapping[int, Link],
+    remembered: Mapping[str, PortBinding] | None = None,
+    carrying_pods: set[int] | None = None,
+) -> Discovered:
+    """Map pods to bridge ports: pod IP -> MAC (neighbour on a bridge) -> port (FDB) (pure).
+
+    A neighbour entry counts when it has a MAC and is not FAILED/INCOMPLETE, on a bridge that has
+    veth ports; its MAC must be learned on exactly one veth port of that same bridge. A pod with
+    no such evidence keeps its `remembered` binding while it is still consistent: same IPs, the
+    port is still a veth port of a bridge, and the MAC is not learned on another port. A port that
+    several pods resolve to goes to none of them (`conflicts`, fail closed). `unclaimed` lists the
+    veth ports no pod was given of the bridges in `carrying_pods` (default: every bridge), so
+    that a non-pod bridge (docker0 beside a CNI) is never failed closed.
+    """
+    ports = bridge_ports(links)
+    bridges = set(ports.values())
+    macs = learned_macs(fdb, links)
+    by_ip: dict[str, list[tuple[int, str]]] = {}
+    for n in neighbours:
+        ip = _canonical(n.ip)
+        if ip is None or n.mac is None or n.ifindex not in bridges or n.state & (NUD_INCOMPLETE | NUD_FAILED):
+            continue
+        by_ip.setdefault(ip, []).append((n.ifindex, n.mac.lower()))
+
+    claims: dict[str, PortBinding] = {}
+    out = Discovered()
+    for pod, ips in sorted(pod_ips.items()):
+        key_ips = _pod_key_ips(ips)
+        found: list[tuple[int, str]] = []  # (port, mac) per address with evidence
+        for ip in key_ips:
+            for bridge, mac in by_ip.get(ip, ()):
+                seen_on = macs.get((bridge, mac), set())
+                if len(seen_on) == 1:
+                    found.append((next(iter(seen_on)), mac))
+        binding = _choose(pod, key_ips, found, out)
+        if binding is None:
+            binding = _recall((remembered or {}).get(pod), key_ips, ports, macs)
+        if binding is None:
+            out.missing.append(pod)
+        else:
+            claims[pod] = binding
+
+    owners: dict[int, list[str]] = {}
+    for pod, binding in claims.items():
+        owners.setdefault(binding.port, []).append(pod)
+    for port, pods in owners.items():
+        if len(pods) > 1:
+            for pod in pods:
+                out.conflicts[pod] = sorted({*out.conflicts.get(pod, []), port})
+                out.missing.append(pod)
+            continue
+        pod = pods[0]
+        out.pod_ifindex[pod] = port
+        out.bindings[pod] = claims[pod]
+        out.strategy[pod] = "bridge"
+    out.missing.sort()
+    eligible = {p for p, b in ports.items() if carrying_pods is None or b in carrying_pods}
+    out.unclaimed = sorted(eligible - set(out.pod_ifindex.values()))
+    return out
+
+
+def _choose(
+    pod: str, ips: tuple[str, ...], found: list[tuple[int, str]], out: Discovered
+) -> PortBinding | None:
+    """The port most of the pod's addresses resolve to (ties: the first address's)."""
+    if not found:
+        return None
+    counts = Counter(port for port, _ in found)
+    best = max(counts.values())
+    port, mac = next((p, m) for p, m in found if counts[p] == best)
+    if len(counts) > 1:
+        out.conflicts[pod] = sorted(counts)
+    return PortBinding(ips, mac, port)
+
+
+def _recall(
+    binding: PortBinding | None,
+    ips: tuple[str, ...],
+    ports: Mapping[int, int],
+    macs: Mapping[tuple[int, str], set[int]],
+) -> PortBinding | None:
+    """A remembered binding, if nothing since contradicts it."""
+    if binding is None or binding.ips != ips or binding.port not in ports:
+        return None
+    seen_on = macs.get((ports[binding.port], binding.mac), set())
+    if seen_on and seen_on != {binding.port}:
+        return None
+    return binding
+
+
+def merge(route: Discovered, bridge: Discovered) -> Discovered:
+    """Route-strategy results first; the bridge strategy covers the pods routes did not find.
+    A veth port claimed through a host route is not unclaimed."""
+    out = Discovered(
+        pod_ifindex={**bridge.pod_ifindex, **route.pod_ifindex},
+        missing=sorted(p for p in bridge.missing if p not in route.pod_ifindex),
+        conflicts={**bridge.conflicts, **route.conflicts},
+        strategy={**bridge.strategy, **route.strategy},
+        bindings={p: b for p, b in bridge.bindings.items() if p not in route.pod_ifindex},
+    )
+    claimed = set(out.pod_ifindex.values())
+    out.unclaimed = [i for i in bridge.unclaimed if i not in claimed]
+    return out
+
+
+def probe_targets(
+    found: Discovered,
+    pod_ips: Mapping[str, Sequence[str]],
+    last_probe: Mapping[str, float],
+    now: float,
+    interval: float,
+) -> list[str]:
+    """Addresses to probe: those of still-missing pods, only while some bridge port is unclaimed
+    (a probe could not help otherwise), each at most once per `interval` (pure)."""
+    if not found.unclaimed:
+        return []
+    out = []
+    for pod in found.missing:
+        for ip in _pod_key_ips(pod_ips.get(pod, ())):
+            if now - last_probe.get(ip, float("-inf")) >= interval:
+                out.append(ip)
     return out
 
 
@@ -121,7 +399,31 @@ def _route_from_msg(msg: Any) -> Route:
 def _link_from_msg(msg: Any) -> Link:
     info = msg.get_attr("IFLA_LINKINFO")
     kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
-    return Link(index=int(msg["index"]), name=str(msg.get_attr("IFLA_IFNAME") or ""), kind=kind)
+    master = msg.get_attr("IFLA_MASTER")
+    address = msg.get_attr("IFLA_ADDRESS")
+    return Link(
+        index=int(msg["index"]),
+        name=str(msg.get_attr("IFLA_IFNAME") or ""),
+        kind=kind,
+        master=int(master) if master else None,
+        address=str(address).lower() if address else None,
+    )
+
+
+def _neighbour_from_msg(msg: Any) -> Neighbour | None:
+    dst = msg.get_attr("NDA_DST")
+    if not dst:
+        return None
+    mac = msg.get_attr("NDA_LLADDR")
+    return Neighbour(str(dst), int(msg["ifindex"]), str(mac).lower() if mac else None, int(msg["state"]))
+
+
+def _fdb_from_msg(msg: Any) -> FdbEntry | None:
+    mac = msg.get_attr("NDA_LLADDR")
+    if not mac:
+        return None
+    master = msg.get_attr("NDA_MASTER")
+    return FdbEntry(str(mac).lower(), int(msg["ifindex"]), int(master) if master else None, int(msg["state"]))
 
 
 class RouteDiscovery:
@@ -145,6 +447,145 @@ class RouteDiscovery:
     def discover(self, pod_ips: Mapping[str, Sequence[str]]) -> Discovered:
         routes, links = self.read()
         return match_routes(pod_ips, routes, links, table=self.table)
+
+
+@dataclass
+class NodeTables:
+    """What discovery reads from the kernel: routes and links, and (only when needed) the
+    neighbour table and the bridge FDB."""
+
+    routes: list[Route] = field(default_factory=list)
+    links: dict[int, Link] = field(default_factory=dict)
+    neighbours: list[Neighbour] = field(default_factory=list)
+    fdb: list[FdbEntry] = field(default_factory=list)
+
+
+class TableReader(Protocol):
+    def read(self, neighbours: bool) -> NodeTables: ...
+    def read_bridge(self) -> tuple[list[Neighbour], list[FdbEntry]]: ...
+
+
+class NetlinkReader:
+    """Reads the current network namespace with pyroute2 (netlink dumps)."""
+
+    def __init__(self, table: int = RT_TABLE_MAIN) -> None:
+        self.table = table
+
+    def read(self, neighbours: bool) -> NodeTables:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            routes = [
+                _route_from_msg(m)
+                for family in (socket.AF_INET, socket.AF_INET6)
+                for m in ipr.get_routes(family=family, table=self.table)
+            ]
+            links = {link.index: link for link in (_link_from_msg(m) for m in ipr.get_links())}
+            tables = NodeTables(routes, links)
+            if neighbours:
+                tables.neighbours, tables.fdb = self._bridge(ipr)
+        return tables
+
+    def read_bridge(self) -> tuple[list[Neighbour], list[FdbEntry]]:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            return self._bridge(ipr)
+
+    @staticmethod
+    def _bridge(ipr: Any) -> tuple[list[Neighbour], list[FdbEntry]]:
+        neighbours = [
+            n
+            for family in (socket.AF_INET, socket.AF_INET6)
+            for n in (_neighbour_from_msg(m) for m in ipr.get_neighbours(family=family))
+            if n is not None
+        ]
+        fdb = [e for e in (_fdb_from_msg(m) for m in ipr.get_neighbours(family=socket.AF_BRIDGE)) if e]
+        return neighbours, fdb
+
+
+def send_probes(addresses: Iterable[str]) -> None:
+    """One empty UDP datagram to the discard port of each address, from this namespace: the
+    kernel resolves the address first (ARP / ND), and the answer teaches the bridge the port."""
+    for address in addresses:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
+            sock.setblocking(False)
+            sock.sendto(b"", (address, PROBE_PORT))
+
+
+class NodeDiscovery:
+    """Route strategy for pods with a host route to a veth, bridge strategy for the others
+    (module docstring). Keeps the bridge bindings it found between passes."""
+
+    def __init__(
+        self,
+        table: int = RT_TABLE_MAIN,
+        *,
+        probe: bool = True,
+        probe_interval: float = 1.0,
+        probe_wait: float = 0.3,
+        reader: TableReader | None = None,
+        prober: Callable[[list[str]], None] = send_probes,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.table = table
+        self.probe = probe
+        self.probe_interval = probe_interval
+        self.probe_wait = probe_wait
+        self.reader: TableReader = reader or NetlinkReader(table)
+        self.prober = prober
+        self.clock = clock
+        self.sleep = sleep
+        self.memory: dict[str, PortBinding] = {}
+        self._last_probe: dict[str, float] = {}
+        self.probes_sent = 0
+
+    def discover(self, pod_ips: Mapping[str, Sequence[str]]) -> Discovered:
+        first = self.reader.read(neighbours=False)
+        route = match_routes(pod_ips, first.routes, first.links, table=self.table)
+        if not bridge_ports(first.links):  # no bridge with veth ports: routed node, done
+            self.memory.clear()
+            return route
+        rest = {pod: pod_ips[pod] for pod in route.missing}
+        carrying = pod_bridges(pod_ips, first.routes, first.links)
+        neighbours, fdb = self.reader.read_bridge()
+        found = merge(route, match_bridge(rest, neighbours, fdb, first.links, self.memory, carrying))
+        targets = self._targets(found, pod_ips) if self.probe else []
+        if targets:
+            self.prober(targets)
+            self.probes_sent += len(targets)
+            found = self._wait_for(targets, route, rest, first.links, carrying)
+        self.memory = dict(found.bindings)
+        self._last_probe = {ip: t for ip, t in self._last_probe.items() if self.clock() - t < 60}
+        return found
+
+    def _targets(self, found: Discovered, pod_ips: Mapping[str, Sequence[str]]) -> list[str]:
+        now = self.clock()
+        targets = probe_targets(found, pod_ips, self._last_probe, now, self.probe_interval)
+        for ip in targets:
+            self._last_probe[ip] = now
+        return targets
+
+    def _wait_for(
+        self,
+        targets: list[str],
+        route: Discovered,
+        rest: Mapping[str, Sequence[str]],
+        links: Mapping[int, Link],
+        carrying: set[int],
+    ) -> Discovered:
+        """Re-read the bridge tables until the probed pods are found or probe_wait passed."""
+        deadline = self.clock() + self.probe_wait
+        probed = set(targets)
+        while True:
+            self.sleep(0.02)
+            neighbours, fdb = self.reader.read_bridge()
+            found = merge(route, match_bridge(rest, neighbours, fdb, links, self.memory, carrying))
+            waiting = [p for p in found.missing if probed & set(_pod_key_ips(rest.get(p, ())))]
+            if not waiting or self.clock() >= deadline:
+                return found
 
 
 def interface_exists(ifindex: int) -> bool:

@@ -4,7 +4,7 @@ Contract: shared DESIGN.md "Lab contract"; addressing: docs/INTERNALS.md "Lab ad
 What this package decided where those are silent:
 
 Commands (`vethguard lab SUBCOMMAND --name LAB`, default `default`; errors exit 1 with a message):
-  up -f MODEL... [--nodes N] [--cni routed] [--timeout 180]   (hidden: --no-agents)
+  up -f MODEL... [--nodes N] [--cni routed|bridge] [--timeout 180]   (hidden: --no-agents)
   apply -f FILE|DIR|- [--timeout 60]        create or replace, then wait for the agents
   delete -f FILE|DIR|- [--timeout 60] [--ignore-not-found]
   probe --port P --protocol TCP|UDP|SCTP [--family 4|6] [--from X ...] [--to Y ...]
@@ -19,7 +19,8 @@ Pieces:
   store.py      objects + one global resourceVersion + watch window; persisted to store.json
   apiserver.py  the Kubernetes API over http (list/get/create/replace/merge-patch/delete/watch,
                 BOOKMARK after every write on every open watch, 410 Expired on old versions)
-  topology.py   namespaces and veths (routed, Calico-like); netns.py: setns/ip/sysctl helpers
+  topology.py   namespaces and veths (routed, Calico-like, or a cni0 bridge per node,
+                flannel-like); netns.py: setns/ip/sysctl helpers
   daemon.py     one per lab (python -m controller.lab.daemon --name LAB, detached): API server on
                 10.244.0.1:6443 in vg-<lab>-fabric and on <state>/api.sock; admission hooks that
                 build a Pod's namespace/veth/routes/responders BEFORE it is written (and remove

@@ -267,8 +267,6 @@ def cmd_up(args: argparse.Namespace) -> int:
     lab = check_name(args.name)
     paths = LabPaths(lab)
     models = manifest_io.load(args.file)
-    if args.cni != "routed":
-        raise VethguardError(f"--cni {args.cni}: only 'routed' is implemented so far")
     if not 1 <= args.nodes <= topology.MAX_NODES:
         raise VethguardError(f"--nodes must be between 1 and {topology.MAX_NODES}")
     if paths.root.exists() or topology.LabNames(lab).owned():
@@ -505,7 +503,11 @@ def register(subparsers: Any) -> None:
     )
     up.add_argument("--nodes", type=int, default=1, help="number of nodes (default: %(default)s)")
     up.add_argument(
-        "--cni", default="routed", choices=["routed", "bridge"], help="pod networking (default: routed)"
+        "--cni",
+        default="routed",
+        choices=list(topology.CNI_MODES),
+        help="pod networking: routed (host routes to /32 and /128 pod addresses, like Calico or "
+        "kindnet) or bridge (a cni0 bridge per node, like flannel) (default: routed)",
     )
     up.add_argument(
         "--timeout", type=float, default=180.0, help="seconds to wait for the agents (default: 180)"

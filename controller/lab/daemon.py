@@ -349,6 +349,7 @@ class AgentSupervisor:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 cwd="/",
+                env=agent_env(self.paths),
             )
         finally:
             log_file.close()
@@ -392,6 +393,24 @@ class AgentSupervisor:
         }
 
 
+AGENT_ENV_FILE = "agent.env"
+
+
+def agent_env(paths: LabPaths) -> dict[str, str]:
+    """The daemon's environment plus KEY=VALUE lines of <lab dir>/agent.env, read at every
+    (re)start: lets a test restart agents as a "newer version" (VETHGUARD_EXTRA_CFLAGS=...)."""
+    env = dict(os.environ)
+    try:
+        text = (paths.root / AGENT_ENV_FILE).read_text()
+    except FileNotFoundError:
+        return env
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key and not key.startswith("#"):
+            env[key.strip()] = value.strip()
+    return env
+
+
 def query_agent(node_netns: str, timeout: float = 1.0) -> dict[str, Any] | None:
     """GET /status from the agent on 127.0.0.1:9890 inside the node's namespace."""
 
@@ -423,7 +442,7 @@ class LabDaemon:
     def __init__(self, lab: str) -> None:
         self.paths = LabPaths(lab)
         self.config = self.paths.read_config()
-        self.topo = topology.Topology(lab)
+        self.topo = topology.Topology(lab, self.config.cni)
         self.store = Store(self.paths.store)
         self.responders = Responders()
         self.admission = LabAdmission(self.config, self.store, self.topo, self.responders)

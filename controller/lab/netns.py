@@ -105,6 +105,11 @@ def ip(name: str, *args: str) -> str:
     return _run(["ip", "-n", name, *args])
 
 
+def run_bridge(name: str, *args: str) -> str:
+    """Run one `bridge` (iproute2) command inside the named namespace."""
+    return _run(["bridge", "-n", name, *args])
+
+
 def ip_batch(name: str, commands: Iterable[str]) -> None:
     """Run `ip` commands (one per line, without the leading `ip`) inside the named namespace."""
     script = "\n".join(commands) + "\n"

@@ -4,7 +4,7 @@ The format is described in ../shared/conformance/README.md. Everything goes thro
 `vethguard lab ...` command line exactly as an outside harness would drive it: the runner
 never imports the lab or the agent.
 
-    python tests/conformance/runner.py [--family 4|6] [--only ID ...] FILE...
+    python tests/conformance/runner.py [--family 4|6] [--nodes N] [--cni routed|bridge] [--only ID ...] FILE...
 
 prints one line per scenario and closes with "N passed, N failed".
 """
@@ -50,6 +50,7 @@ class LabError(RuntimeError):
 class Lab:
     name: str
     nodes: int = 1
+    cni: str = "routed"
     cmd: list[str] = field(default_factory=vethguard_command)
 
     def run(self, *args: str, stdin: str | None = None, timeout: float = 300) -> str:
@@ -64,7 +65,7 @@ class Lab:
         path = Path(f"/tmp/vethguard-conformance-{self.name}.yaml")
         path.write_text(yaml.safe_dump_all(manifests, sort_keys=False))
         try:
-            self.run("up", "-f", str(path), "--nodes", str(self.nodes), timeout=600)
+            self.run("up", "-f", str(path), "--nodes", str(self.nodes), "--cni", self.cni, timeout=600)
         finally:
             path.unlink(missing_ok=True)
 
@@ -208,9 +209,10 @@ class Runner:
     """Replays scenarios; keeps one lab for the default 9-pod model and resets it between scenarios."""
 
     def __init__(self, family: int = 4, nodes: int = 1, prefix: str = "conf", retries: int = 2,
-                 log: Any = print) -> None:
+                 log: Any = print, cni: str = "routed") -> None:
         self.family = family
         self.nodes = nodes
+        self.cni = cni
         self.prefix = prefix
         self.retries = retries
         self.log = log
@@ -229,7 +231,7 @@ class Runner:
     def _lab_for(self, scenario: dict[str, Any]) -> tuple[Lab, dict[str, Any], bool]:
         if scenario.get("model") is None:
             if self.default_lab is None:
-                lab = Lab(f"{self.prefix}{os.getpid() % 10000}d", nodes=self.nodes)
+                lab = Lab(f"{self.prefix}{os.getpid() % 10000}d", nodes=self.nodes, cni=self.cni)
                 lab.down()
                 lab.up(model_manifests(self.default_model))
                 self.default_lab = lab
@@ -238,7 +240,7 @@ class Runner:
             return self.default_lab, self.default_model, False
         model = copy.deepcopy(scenario["model"])
         model.setdefault("externals", [])
-        lab = Lab(f"{self.prefix}{os.getpid() % 10000}s", nodes=self.nodes)
+        lab = Lab(f"{self.prefix}{os.getpid() % 10000}s", nodes=self.nodes, cni=self.cni)
         lab.down()
         lab.up(model_manifests(model))
         return lab, model, True
@@ -372,11 +374,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("files", nargs="*", type=Path)
     ap.add_argument("--family", type=int, choices=(4, 6), default=4)
     ap.add_argument("--nodes", type=int, default=1)
+    ap.add_argument("--cni", choices=("routed", "bridge"), default="routed",
+                    help="the lab's pod networking (vethguard lab up --cni)")
     ap.add_argument("--only", action="append", default=[])
     args = ap.parse_args(argv)
     files = args.files or sorted(shared_conformance_dir().glob("*.yaml"))
     scenarios = [s for s in load_scenarios(files) if not args.only or s["id"] in args.only]
-    runner = Runner(family=args.family, nodes=args.nodes)
+    runner = Runner(family=args.family, nodes=args.nodes, cni=args.cni)
     passed = failed = 0
     try:
         for sc in scenarios:

@@ -1,8 +1,28 @@
-"""Veth discovery from host routes: the pure matcher, and a read of the current namespace."""
+"""Veth discovery: host routes and bridge neighbours/FDB (pure matchers with fixture tables), the
+stateful NodeDiscovery with a fake kernel, and reads of the current namespace."""
 
 from __future__ import annotations
 
-from controller.endpoints import Link, Route, RouteDiscovery, match_routes
+from controller.endpoints import (
+    NUD_FAILED,
+    NUD_INCOMPLETE,
+    NUD_PERMANENT,
+    Discovered,
+    FdbEntry,
+    Link,
+    Neighbour,
+    NodeDiscovery,
+    NodeTables,
+    PortBinding,
+    Route,
+    RouteDiscovery,
+    match_bridge,
+    match_routes,
+    merge,
+    pod_bridges,
+    probe_targets,
+    unclaimed_key,
+)
 
 LINKS = {
     1: Link(1, "lo", None),
@@ -62,3 +82,205 @@ def test_reading_the_current_namespace_needs_no_root_and_finds_no_unknown_pods()
     assert 1 in links and links[1].name == "lo"
     assert all(isinstance(r.dst_len, int) for r in routes)
     assert RouteDiscovery().discover({"x/a": ["192.0.2.254"]}).pod_ifindex == {}
+
+
+# --- bridge strategy (flannel-like cni0): neighbour table + bridge FDB ----------------------
+
+
+MAC_A, MAC_B, MAC_OLD = "aa:00:00:00:00:0a", "aa:00:00:00:00:0b", "aa:00:00:00:00:99"
+BRIDGED = {
+    1: Link(1, "lo", None),
+    2: Link(2, "eth0", "veth", address="02:00:00:00:00:02"),
+    3: Link(3, "cni0", "bridge", address="02:76:67:00:00:01"),
+    4: Link(4, "vethA", "veth", master=3, address="06:00:00:00:00:04"),
+    5: Link(5, "vethB", "veth", master=3, address="06:00:00:00:00:05"),
+    6: Link(6, "vethC", "veth", master=3, address="06:00:00:00:00:06"),
+}
+FDB = [
+    FdbEntry(MAC_A, 4, 3),
+    FdbEntry(MAC_B, 5, 3),
+    # the node's own entries are never pods
+    FdbEntry("06:00:00:00:00:04", 4, 3, NUD_PERMANENT),
+    FdbEntry("02:76:67:00:00:01", 3, 3, NUD_PERMANENT),
+    FdbEntry("33:33:00:00:00:01", 4, None, NUD_PERMANENT),
+]
+PODS = {"x/a": ["10.244.1.2", "fd00:10:244:1::2"], "x/b": ["10.244.1.3", "fd00:10:244:1::3"]}
+
+
+def test_a_bridged_pod_maps_to_the_port_where_the_bridge_learned_the_mac_of_its_ip():
+    neighbours = [
+        Neighbour("10.244.1.2", 3, MAC_A),
+        Neighbour("fd00:10:244:1:0::2", 3, MAC_A.upper()),
+        Neighbour("10.244.1.3", 3, MAC_B),
+    ]
+    got = match_bridge(PODS, neighbours, FDB, BRIDGED)
+    assert got.pod_ifindex == {"x/a": 4, "x/b": 5}
+    assert got.bindings["x/a"] == PortBinding(("10.244.1.2", "fd00:10:244:1::2"), MAC_A, 4)
+    assert got.strategy == {"x/a": "bridge", "x/b": "bridge"}
+    assert got.missing == [] and got.conflicts == {}
+    assert got.unclaimed == [6]  # a veth port nobody claims: the agent fails it closed
+
+
+def test_unresolved_failed_or_foreign_neighbours_and_unlearned_macs_identify_nothing():
+    neighbours = [
+        Neighbour("10.244.1.2", 3, None, NUD_INCOMPLETE),
+        Neighbour("fd00:10:244:1::2", 3, MAC_A, NUD_FAILED),
+        Neighbour("10.244.1.3", 2, MAC_B),  # on eth0, not on a bridge
+        Neighbour("fd00:10:244:1::3", 3, MAC_OLD),  # a MAC the bridge never learned
+    ]
+    got = match_bridge(PODS, neighbours, FDB, BRIDGED)
+    assert got.pod_ifindex == {}
+    assert got.missing == ["x/a", "x/b"]
+    assert got.unclaimed == [4, 5, 6]
+
+
+def test_the_nodes_own_mac_on_a_port_is_not_a_pod():
+    # a neighbour pointing at a MAC the node owns (permanent FDB entry of the port itself)
+    got = match_bridge(
+        {"x/a": ["10.244.1.2"]}, [Neighbour("10.244.1.2", 3, "06:00:00:00:00:04")], FDB, BRIDGED
+    )
+    assert got.pod_ifindex == {} and got.missing == ["x/a"]
+
+
+def test_a_reused_address_follows_the_mac_the_bridge_knows_not_a_stale_neighbour():
+    # x/a's IPv6 entry still holds a deleted pod's MAC; its IPv4 entry was refreshed
+    neighbours = [Neighbour("10.244.1.2", 3, MAC_A), Neighbour("fd00:10:244:1::2", 3, MAC_OLD)]
+    got = match_bridge({"x/a": PODS["x/a"]}, neighbours, FDB, BRIDGED)
+    assert got.pod_ifindex == {"x/a": 4} and got.conflicts == {}
+
+
+def test_a_port_two_pods_resolve_to_goes_to_neither_and_stays_unclaimed():
+    neighbours = [Neighbour("10.244.1.2", 3, MAC_A), Neighbour("10.244.1.3", 3, MAC_A)]
+    got = match_bridge(PODS, neighbours, FDB, BRIDGED)
+    assert got.pod_ifindex == {}
+    assert got.conflicts == {"x/a": [4], "x/b": [4]}
+    assert got.missing == ["x/a", "x/b"]
+    assert 4 in got.unclaimed
+
+
+def test_a_remembered_binding_survives_the_fdb_entry_ageing_out_until_contradicted():
+    remembered = {"x/a": PortBinding(("10.244.1.2",), MAC_A, 4)}
+    aged_out: list[FdbEntry] = []
+    got = match_bridge({"x/a": ["10.244.1.2"]}, [], aged_out, BRIDGED, remembered)
+    assert got.pod_ifindex == {"x/a": 4} and got.bindings == remembered
+    # the MAC now learned on another port: the memory is wrong
+    moved = [FdbEntry(MAC_A, 5, 3)]
+    assert match_bridge({"x/a": ["10.244.1.2"]}, [], moved, BRIDGED, remembered).missing == ["x/a"]
+    # the port left the bridge (pod deleted) or the pod's addresses changed
+    gone = {i: link for i, link in BRIDGED.items() if i != 4}
+    assert match_bridge({"x/a": ["10.244.1.2"]}, [], [], gone, remembered).missing == ["x/a"]
+    assert match_bridge({"x/a": ["10.244.1.9"]}, [], [], BRIDGED, remembered).missing == ["x/a"]
+
+
+def test_host_routes_win_and_their_veths_are_never_unclaimed():
+    routes = Discovered(pod_ifindex={"x/a": 6}, strategy={"x/a": "route"})
+    bridge = match_bridge({"x/b": PODS["x/b"]}, [Neighbour("10.244.1.3", 3, MAC_B)], FDB, BRIDGED)
+    got = merge(routes, bridge)
+    assert got.pod_ifindex == {"x/a": 6, "x/b": 5}
+    assert got.strategy == {"x/a": "route", "x/b": "bridge"}
+    assert got.unclaimed == [4]
+
+
+def test_attachments_add_a_placeholder_per_unclaimed_port_that_names_no_pod():
+    found = Discovered(pod_ifindex={"x/a": 4}, unclaimed=[6])
+    assert found.attachments() == {"x/a": 4, unclaimed_key(6): 6}
+    assert "/" in unclaimed_key(6) and "(" in unclaimed_key(6).split("/")[0]
+
+
+def test_probes_go_to_missing_pods_only_while_a_port_is_unclaimed_and_not_too_often():
+    found = Discovered(missing=["x/a"], unclaimed=[6])
+    assert probe_targets(found, PODS, {}, 10.0, 1.0) == ["10.244.1.2", "fd00:10:244:1::2"]
+    assert probe_targets(found, PODS, {"10.244.1.2": 9.5}, 10.0, 1.0) == ["fd00:10:244:1::2"]
+    assert probe_targets(Discovered(missing=["x/a"]), PODS, {}, 10.0, 1.0) == []
+
+
+CNI0_ROUTES = [Route("10.244.1.0", 24, 3), Route("fd00:10:244:1::", 64, 3)]  # connected routes
+
+
+def test_only_bridges_whose_subnet_holds_local_pods_have_their_unclaimed_ports_failed_closed():
+    links = {**BRIDGED, 7: Link(7, "docker0", "bridge"), 8: Link(8, "vethD", "veth", master=7)}
+    routes = [*CNI0_ROUTES, Route("172.17.0.0", 16, 7), Route("", 0, 7)]
+    carrying = pod_bridges(PODS, routes, links)
+    assert carrying == {3}
+    got = match_bridge(PODS, [], [], links, carrying_pods=carrying)
+    assert got.unclaimed == [4, 5, 6]  # not docker0's vethD
+    assert match_bridge(PODS, [], [], links).unclaimed == [4, 5, 6, 8]
+
+
+def test_a_bridge_without_pods_gets_no_probes_and_no_pending_ports():
+    reader = FakeReader(NodeTables([Route("172.17.0.0", 16, 3)], BRIDGED, [], []), ([], []))
+    sent: list[list[str]] = []
+    got = _discovery(reader, sent).discover({"x/a": ["10.244.1.2"]})
+    assert got.missing == ["x/a"] and got.unclaimed == [] and sent == []
+
+
+class FakeReader:
+    """Tables as a kernel would show them; a probe makes `learn` appear (the pod answered)."""
+
+    def __init__(self, tables: NodeTables, learn: tuple[list[Neighbour], list[FdbEntry]]) -> None:
+        self.tables = tables
+        self.learn = learn
+        self.probed = False
+
+    def read(self, neighbours: bool) -> NodeTables:
+        base = NodeTables(self.tables.routes, self.tables.links)
+        if neighbours:
+            base.neighbours, base.fdb = self.read_bridge()
+        return base
+
+    def read_bridge(self) -> tuple[list[Neighbour], list[FdbEntry]]:
+        if self.probed:
+            return self.tables.neighbours + self.learn[0], self.tables.fdb + self.learn[1]
+        return self.tables.neighbours, self.tables.fdb
+
+
+def _discovery(reader: FakeReader, sent: list[list[str]]) -> NodeDiscovery:
+    def prober(addresses: list[str]) -> None:
+        sent.append(addresses)
+        reader.probed = True
+
+    now = [100.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    return NodeDiscovery(reader=reader, prober=prober, clock=lambda: now[0], sleep=sleep)
+
+
+def test_an_unknown_bridged_pod_is_probed_from_the_node_and_found_in_the_same_pass():
+    reader = FakeReader(
+        NodeTables(CNI0_ROUTES, BRIDGED, [], [FdbEntry(MAC_B, 5, 3)]),
+        ([Neighbour("10.244.1.2", 3, MAC_A)], [FdbEntry(MAC_A, 4, 3)]),
+    )
+    sent: list[list[str]] = []
+    discovery = _discovery(reader, sent)
+    got = discovery.discover({"x/a": PODS["x/a"]})
+    assert sent == [["10.244.1.2", "fd00:10:244:1::2"]]
+    assert got.pod_ifindex == {"x/a": 4} and got.missing == []
+    # later passes: remembered, no more probes even once the FDB entry aged out
+    reader.learn = ([], [])
+    assert discovery.discover({"x/a": PODS["x/a"]}).pod_ifindex == {"x/a": 4}
+    assert len(sent) == 1
+
+
+def test_a_pod_that_never_answers_stays_missing_its_port_unclaimed_and_probes_are_rate_limited():
+    reader = FakeReader(NodeTables(CNI0_ROUTES, BRIDGED, [], []), ([], []))
+    sent: list[list[str]] = []
+    discovery = _discovery(reader, sent)
+    first = discovery.discover({"x/a": ["10.244.1.2"]})
+    assert first.missing == ["x/a"] and first.unclaimed == [4, 5, 6]
+    discovery.discover({"x/a": ["10.244.1.2"]})  # 0.3 s later (the fake clock): not again yet
+    assert sent == [["10.244.1.2"]]
+
+
+def test_a_routed_node_reads_no_bridge_tables_and_sends_no_probes():
+    reader = FakeReader(NodeTables([Route("10.244.1.2", 32, 5)], LINKS, [], []), ([], []))
+    sent: list[list[str]] = []
+    got = _discovery(reader, sent).discover({"x/a": ["10.244.1.2"], "x/b": ["10.244.1.3"]})
+    assert got.pod_ifindex == {"x/a": 5} and got.missing == ["x/b"] and got.unclaimed == []
+    assert sent == []
+
+
+def test_node_discovery_reads_the_current_namespace_without_root():
+    got = NodeDiscovery(probe=False).discover({"x/a": ["192.0.2.254"]})
+    assert got.pod_ifindex == {} and got.missing == ["x/a"]
