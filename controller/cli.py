@@ -15,6 +15,7 @@ def build_parser(prog: str = "vethguard") -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from controller.agent import register as register_agent
+    from controller.bench.cli import register as register_bench
     from controller.debug.cli import register as register_debug
     from controller.demo import register as register_demo
     from controller.lab.cli import register as register_lab
@@ -23,6 +24,7 @@ def build_parser(prog: str = "vethguard") -> argparse.ArgumentParser:
     register_lab(sub)
     register_demo(sub)
     register_debug(sub)
+    register_bench(sub)
     return parser
 
 

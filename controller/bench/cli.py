@@ -1,0 +1,111 @@
+"""`vethguard bench datapath|control-plane [--quick] [-o json] [--results DIR]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from controller.bench import control_plane, datapath_bench, report
+from controller.bench.common import log, results_dir, write_json
+from controller.errors import VethguardError
+
+
+def _write(
+    doc: dict[str, Any],
+    out: Path,
+    name: str,
+    markdown: str,
+    plots: Callable[[dict[str, Any], Path], list[Path]],
+) -> None:
+    write_json(out / f"{name}.json", doc)
+    (out / f"{name}.md").write_text(markdown)
+    try:
+        written = plots(doc, out)
+    except ImportError as exc:  # matplotlib missing: the JSON and the table are still useful
+        log(f"no plots ({exc}); install python3-matplotlib")
+        written = []
+    doc["files"] = [str(out / f"{name}.json"), str(out / f"{name}.md"), *map(str, written)]
+
+
+def _finish(args: argparse.Namespace, doc: dict[str, Any], markdown: str) -> int:
+    if args.output == "json":
+        print(json.dumps(doc, indent=2))
+    else:
+        print(markdown)
+        print("files: " + ", ".join(doc["files"]))
+    return 0
+
+
+def cmd_datapath(args: argparse.Namespace) -> int:
+    settings = datapath_bench.Settings.quick() if args.quick else datapath_bench.Settings()
+    if args.nodes is not None:
+        settings.nodes = args.nodes
+    if args.rounds is not None:
+        settings.rounds = args.rounds
+    out = results_dir(args.results, "datapath")
+    doc = datapath_bench.run(settings)
+    doc["command"] = _command(args)
+    markdown = report.datapath_markdown(doc)
+    _write(doc, out, "datapath", markdown, report.datapath_plots)
+    return _finish(args, doc, markdown)
+
+
+def cmd_control_plane(args: argparse.Namespace) -> int:
+    settings = control_plane.Settings.quick() if args.quick else control_plane.Settings()
+    out = results_dir(args.results, "control-plane")
+    doc = control_plane.run(settings)
+    doc["command"] = _command(args)
+    markdown = report.control_plane_markdown(doc)
+    _write(doc, out, "control-plane", markdown, report.control_plane_plots)
+    return _finish(args, doc, markdown)
+
+
+def _command(args: argparse.Namespace) -> str:
+    parts = ["vethguard", "bench", args.bench_command]
+    if args.quick:
+        parts.append("--quick")
+    for flag in ("nodes", "rounds"):
+        if getattr(args, flag, None) is not None:
+            parts += [f"--{flag}", str(getattr(args, flag))]
+    return " ".join(parts)
+
+
+def _run(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def wrapped(args: argparse.Namespace) -> int:
+        if os.geteuid() != 0:
+            print("vethguard bench: run as root (labs, BPF programs, iptables in lab namespaces)")
+            return 1
+        try:
+            return func(args)
+        except VethguardError as exc:
+            print(f"vethguard bench: {exc}")
+            return 1
+
+    return wrapped
+
+
+def register(subparsers: Any) -> None:
+    bench = subparsers.add_parser(
+        "bench", help="datapath and control-plane benchmarks (figures, plots, tables)"
+    )
+    sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
+    dp = sub.add_parser(
+        "datapath", help="throughput/latency vs baseline, pass-through and iptables; per-packet cost"
+    )
+    dp.add_argument("--nodes", type=int, choices=[1, 2], help="2 adds a cross-node pair (default 1)")
+    dp.add_argument("--rounds", type=int, help="rounds of every configuration (default 5, --quick 1)")
+    dp.set_defaults(func=_run(cmd_datapath))
+    cp = sub.add_parser("control-plane", help="compile time, event latency, RSS, map memory; lab realization")
+    cp.set_defaults(func=_run(cmd_control_plane))
+    for parser in (dp, cp):
+        parser.add_argument("--quick", action="store_true", help="small configuration, about a minute (CI)")
+        parser.add_argument(
+            "-o", "--output", choices=["text", "json"], default="text", help="json: figures on stdout"
+        )
+        parser.add_argument(
+            "--results", metavar="DIR", help="results directory (default results/<timestamp>-<benchmark>/)"
+        )

@@ -1,0 +1,410 @@
+"""`vethguard bench control-plane`: compile time, event -> map-updated latency, agent memory and
+map sizes on synthetic clusters, and realization latency through a 3-node lab.
+
+Per cluster size a fresh worker process (`python -m controller.bench.control_plane --worker`):
+  * builds the synthetic cluster (controller.bench.synth.control_plane_cluster: 500 namespaces,
+    1,000 policies of five shapes, 100 pods per node) as raw API objects;
+  * full compile = ClusterState.from_objects + mapstate.compute for node-1, timed separately;
+  * runs the real controller.agent.Agent reconcile pass (build + compute + fit + Datapath.sync)
+    against a real Datapath whose maps are pinned in a throwaway directory. The informers are
+    replaced by an in-memory snapshot and veth discovery by a fixed pod -> ifindex table: the
+    synthetic pods have no veths, so attach/detach are skipped (a real agent attaches once per
+    new veth, not per event). Event latency = one reconcile after the change (the agent's 50 ms
+    coalescing window is not included);
+  * RSS of that process (VmRSS after the events, VmHWM peak): the agent's footprint with bcc, the
+    compiled cluster and the maps, minus the kubernetes client's informer caches;
+  * map memory = sum of the kernel's `memlock` of every map (/proc/self/fdinfo).
+Realization: a 3-node lab with agents; a deny-all policy is applied and deleted alternately
+through the lab API (in-process client); apply->realized is the time until every agent reports the
+new resourceVersion, apply->probe the time until a cross-node TCP probe sees the new verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from controller.bench import synth
+from controller.bench.common import lab_cli, lab_name, lab_status, loadavg, log, machine, median, percentile
+
+
+@dataclass
+class Settings:
+    sizes: tuple[int, ...] = (1000, 10000)
+    namespaces: int = 500
+    policies: int = 1000
+    events: int = 10  # per event kind and size
+    realization_rounds: int = 10
+
+    @classmethod
+    def quick(cls) -> Settings:
+        return cls(sizes=(200, 1000), namespaces=50, policies=100, events=3, realization_rounds=2)
+
+
+# --- the worker ------------------------------------------------------------------------------
+
+
+class _Snapshot:
+    """Stands in for controller.sources.Snapshot: the four kinds' objects and content versions."""
+
+    def __init__(self, kinds: dict[str, list[Any]], versions: dict[str, int], generation: int) -> None:
+        self._kinds = kinds
+        self._versions = versions
+        self.generation = generation
+
+    @property
+    def namespaces(self) -> list[Any]:
+        return self._kinds["Namespace"]
+
+    @property
+    def pods(self) -> list[Any]:
+        return self._kinds["Pod"]
+
+    @property
+    def policies(self) -> list[Any]:
+        return self._kinds["NetworkPolicy"]
+
+    @property
+    def nodes(self) -> list[Any]:
+        return self._kinds["Node"]
+
+    @property
+    def content_versions(self) -> tuple[int, ...]:
+        return tuple(self._versions[k] for k in sorted(self._versions))
+
+
+class MemorySources:
+    """In-memory informer caches: change() replaces a kind's objects and bumps its version."""
+
+    has_synced = True
+
+    def __init__(self, cluster: synth.Cluster) -> None:
+        self.kinds: dict[str, list[Any]] = {
+            "Namespace": list(cluster.namespaces),
+            "Pod": list(cluster.pods),
+            "NetworkPolicy": list(cluster.policies),
+            "Node": list(cluster.nodes),
+        }
+        self.versions = dict.fromkeys(self.kinds, 1)
+        self.generation = 1
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def change(self, kind: str, objects: list[Any]) -> None:
+        self.kinds[kind] = objects
+        self.versions[kind] += 1
+        self.generation += 1
+
+    def snapshot(self) -> _Snapshot:
+        return _Snapshot({k: list(v) for k, v in self.kinds.items()}, dict(self.versions), self.generation)
+
+
+@dataclass
+class FixedDiscovery:
+    """Every local pod 'has' a veth with a made-up ifindex (stable per pod)."""
+
+    table: dict[str, int]
+
+    def discover(self, pod_ips: Mapping[str, Sequence[str]]) -> Any:
+        from controller.endpoints import Discovered
+
+        for pod in pod_ips:
+            self.table.setdefault(pod, 100000 + len(self.table))
+        return Discovered(pod_ifindex={p: self.table[p] for p in pod_ips})
+
+
+class Unattached:
+    """A real Datapath whose attach/detach are skipped (the synthetic pods have no veths)."""
+
+    def __init__(self, dp: Any) -> None:
+        self.dp = dp
+
+    def attach(self, ifindex: int) -> None:
+        pass
+
+    def detach(self, ifindex: int) -> None:
+        pass
+
+    def sync(self, desired: Any, pod_ifindex: Mapping[str, int]) -> Any:
+        return self.dp.sync(desired, pod_ifindex)
+
+    def capacity(self) -> dict[str, int]:
+        return dict(self.dp.capacity())
+
+    def close(self) -> None:
+        self.dp.close()
+
+
+def rss_kb() -> dict[str, int]:
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key = line.split(":", 1)[0]
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(line.split()[1])
+    return out
+
+
+def map_memory(dp: Any) -> dict[str, int]:
+    """Kernel memlock bytes of every map the Datapath opened (from /proc/self/fdinfo)."""
+    out = {}
+    for name, m in dp.maps.items():
+        for line in Path(f"/proc/self/fdinfo/{m.fd}").read_text().splitlines():
+            if line.startswith("memlock:"):
+                out[name] = int(line.split()[1])
+    return out
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _events(
+    sources: MemorySources, reconcile: Callable[[], bool], settings: Settings, pods: int
+) -> dict[str, Any]:
+    """p50/p99 of change -> reconcile done, per event kind."""
+    namespaces, nodes = settings.namespaces, max(1, pods // 100)
+    lat: dict[str, list[float]] = {"pod_add": [], "label_change": [], "policy_add": [], "policy_delete": []}
+    for k in range(settings.events):
+        # a new pod on node-1 (index chosen so i % nodes == 0 puts it there)
+        new = synth.cp_pod(pods + k * nodes, namespaces, nodes)
+        sources.change("Pod", [*sources.kinds["Pod"], new])
+        lat["pod_add"].append(_timed(reconcile))
+        # relabel a pod of node-1
+        victim = (k * nodes) % pods
+        relabeled = synth.cp_pod(victim, namespaces, nodes, app_offset=k + 1)
+        pod_list = list(sources.kinds["Pod"])
+        pod_list[victim] = relabeled
+        sources.change("Pod", pod_list)
+        lat["label_change"].append(_timed(reconcile))
+        # add, then delete, a policy (every fifth shape is default-deny: pick a selecting one)
+        pol = synth.cp_policy(settings.policies + 5 * k, namespaces)
+        before = list(sources.kinds["NetworkPolicy"])
+        sources.change("NetworkPolicy", [*before, pol])
+        lat["policy_add"].append(_timed(reconcile))
+        sources.change("NetworkPolicy", before)
+        lat["policy_delete"].append(_timed(reconcile))
+    return {
+        kind: {
+            "p50_ms": round(percentile(v, 50) * 1000, 1),
+            "p99_ms": round(percentile(v, 99) * 1000, 1),
+            "n": len(v),
+        }
+        for kind, v in lat.items()
+    }
+
+
+def worker(pods: int, settings: Settings) -> dict[str, Any]:
+    from controller import mapstate
+    from controller.agent import Agent, AgentConfig
+    from controller.datapath import Datapath
+    from controller.model import ClusterState
+
+    cluster = synth.control_plane_cluster(pods, settings.namespaces, settings.policies)
+    t0 = time.perf_counter()
+    state = ClusterState.from_objects(cluster.namespaces, cluster.pods, cluster.policies, cluster.nodes)
+    t1 = time.perf_counter()
+    desired = mapstate.compute(state, "node-1")
+    t2 = time.perf_counter()
+    entries = [len(ep.entries) for ep in desired.endpoints.values()]
+    out: dict[str, Any] = {
+        "pods": pods,
+        "namespaces": settings.namespaces,
+        "policies": settings.policies,
+        "nodes": len(cluster.nodes),
+        "build_s": round(t1 - t0, 3),
+        "compute_s": round(t2 - t1, 3),
+        "full_compile_s": round(t2 - t0, 3),
+        "local_endpoints": len(entries),
+        "policy_entries": sum(entries),
+        "entries_per_endpoint_mean": round(sum(entries) / max(1, len(entries)), 1),
+        "entries_per_endpoint_max": max(entries, default=0),
+        "ipcache_entries": len(desired.ipcache),
+    }
+    node = f"bench-cp-{uuid.uuid4().hex[:8]}"
+    pin_root = "/sys/fs/bpf/vethguard"
+    dp = Datapath(node=node, pin_root=pin_root, extra_cflags=(f"-DVG_MAX_IPCACHE={max(65536, 2 * pods)}",))
+    try:
+        sources = MemorySources(cluster)
+        agent = Agent(
+            AgentConfig(node="node-1", pin_root=pin_root, health_addr=None),
+            sources,  # type: ignore[arg-type]  # duck-typed like the informers
+            datapath_factory=lambda _n, _p: Unattached(dp),
+            discovery=FixedDiscovery({}),
+        )
+        agent.interface_exists = lambda _i: False
+        if not agent._open_datapath():
+            raise RuntimeError(f"agent could not open the datapath: {agent.status()['errors']}")
+        out["first_sync_s"] = round(_timed(lambda: agent.reconcile(full=True)), 3)
+        if not agent.ready:
+            raise RuntimeError(f"first reconcile failed: {agent.status()['errors']}")
+        out["events"] = _events(sources, agent.reconcile, settings, pods)
+        counts = dp.entry_counts()
+        out["map_entries"] = {k: v for k, v in counts.items() if v}
+        memory = map_memory(dp)
+        out["map_memory_bytes"] = sum(memory.values())
+        out["map_memory_by_map"] = memory
+        rss = rss_kb()
+        out["rss_mb"] = round(rss.get("VmRSS", 0) / 1024, 1)
+        out["peak_rss_mb"] = round(rss.get("VmHWM", 0) / 1024, 1)
+    finally:
+        dp.close()
+        Datapath.remove_pins(node, pin_root)
+    return out
+
+
+def run_worker(pods: int, settings: Settings) -> dict[str, Any]:
+    args = [
+        sys.executable,
+        "-m",
+        "controller.bench.control_plane",
+        "--worker",
+        str(pods),
+        "--settings",
+        json.dumps(asdict(settings)),
+    ]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=3600, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"control-plane worker for {pods} pods failed:\n{proc.stderr[-3000:]}")
+    doc: dict[str, Any] = json.loads(proc.stdout)
+    return doc
+
+
+# --- realization through a lab ---------------------------------------------------------------
+
+REALIZE_MODEL = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: rz}
+"""
+REALIZE_POD = """---
+apiVersion: v1
+kind: Pod
+metadata: {{name: p{i}, namespace: rz, labels: {{app: p{i}}}}}
+spec:
+  nodeName: node-{node}
+  containers: [{{name: c, ports: [{{containerPort: 80, protocol: TCP}}]}}]
+"""
+DENY = {
+    "apiVersion": "networking.k8s.io/v1",
+    "kind": "NetworkPolicy",
+    "metadata": {"name": "deny-all", "namespace": "rz"},
+    "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+}
+
+
+def _probe_until(source_ns: str, address: str, want: bool, timeout: float = 30.0) -> float:
+    from controller.lab import netns, probe
+
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        # the start of the attempt that saw it: a refused/dropped probe spends its whole timeout
+        started = time.perf_counter()
+        if netns.run_in_netns(source_ns, lambda: probe.probe_tcp(address, 80, 0.2)) == want:
+            return started
+    raise RuntimeError(f"probe never saw connected={want} within {timeout}s")
+
+
+def realization(settings: Settings) -> dict[str, Any]:
+    from controller.lab import manifests, topology
+    from controller.lab.cli import apply_manifests, connect, delete_manifests, teardown, wait_realized
+
+    lab = lab_name("rz")
+    model = REALIZE_MODEL + "".join(REALIZE_POD.format(i=i, node=1 + i % 3) for i in range(6))
+    apply_s: list[float] = []
+    probe_s: list[float] = []
+    try:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+            f.write(model)
+            f.flush()
+            log(f"lab {lab}: 3 nodes with agents")
+            lab_cli("up", "--name", lab, "-f", f.name, "--nodes", "3", timeout=600)
+        status = lab_status(lab)
+        target = next(ip for ip in status["pods"]["rz/p1"]["ips"] if ":" not in ip)  # on node-2
+        source_ns = topology.LabNames(lab).pod("rz", "p0")  # on node-1
+        client = connect(lab)
+        deny = manifests.parse("bench", DENY)
+        for rnd in range(settings.realization_rounds * 2):
+            adding = rnd % 2 == 0
+            t0 = time.perf_counter()
+            if adding:
+                rv, errors = apply_manifests(client, [deny], quiet=True)
+            else:
+                import contextlib
+                import io
+
+                with contextlib.redirect_stdout(io.StringIO()):
+                    rv, errors = delete_manifests(client, [deny], ignore_not_found=False)
+            if errors:
+                raise RuntimeError("; ".join(errors))
+            wait_realized(client, rv, 60)
+            t1 = time.perf_counter()
+            t2 = _probe_until(source_ns, target, want=not adding)
+            apply_s.append(t1 - t0)
+            probe_s.append(t2 - t0)
+    finally:
+        teardown(lab)
+    return {
+        "nodes": 3,
+        "changes": len(apply_s),
+        "apply_to_all_realized_ms": {
+            "p50": round(median(apply_s) * 1000, 1),
+            "p99": round(percentile(apply_s, 99) * 1000, 1),
+        },
+        "apply_to_probe_ms": {
+            "p50": round(median(probe_s) * 1000, 1),
+            "p99": round(percentile(probe_s, 99) * 1000, 1),
+        },
+        "note": "lab API write -> every agent's realized_generation (polled every 0.1 s) "
+        "-> cross-node TCP probe",
+    }
+
+
+def run(settings: Settings) -> dict[str, Any]:
+    doc: dict[str, Any] = {"benchmark": "control-plane", "machine": machine(), "settings": asdict(settings)}
+    doc["sizes"] = []
+    for pods in settings.sizes:
+        log(f"control plane: {pods} pods, {settings.namespaces} namespaces, {settings.policies} policies")
+        doc["sizes"].append(run_worker(pods, settings))
+        log(f"  -> {json.dumps({k: v for k, v in doc['sizes'][-1].items() if k != 'map_memory_by_map'})}")
+    doc["realization"] = realization(settings)
+    log(f"realization: {doc['realization']}")
+    doc["machine"]["loadavg_end"] = loadavg()
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="control-plane benchmark worker (used by `vethguard bench`)")
+    ap.add_argument("--worker", type=int, required=True, metavar="PODS")
+    ap.add_argument("--settings", default="{}")
+    args = ap.parse_args(argv)
+    raw = json.loads(args.settings)
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    settings = replace(Settings(), **fields)
+    # The agent's log lines go to stdout; keep stdout for the one JSON document.
+    real_stdout = sys.stdout
+    sys.stdout = sys.stderr
+    try:
+        doc = worker(args.worker, settings)
+    finally:
+        sys.stdout = real_stdout
+    print(json.dumps(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,220 @@
+"""Markdown tables and PNG plots of benchmark results (the JSON documents the runs produce)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _r(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def machine_line(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    return (
+        f"{m['nproc']} CPUs ({m['cpu'] or 'unknown CPU'}), kernel {m['kernel']}, {m['memory_gb']} GB; "
+        f"load average {m['loadavg_start']} at the start, {m.get('loadavg_end', '?')} at the end"
+    )
+
+
+def _row(cells: list[Any]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+DATAPATH_HEADER = ["path", "config", "rules", "ipcache pods", "Gbit/s", "x base", "x ipt"]
+DATAPATH_HEADER += ["p50 us", "x base", "x ipt", "p99 us", "x base", "x ipt"]
+
+
+def datapath_markdown(doc: dict[str, Any]) -> str:
+    s = doc["settings"]
+    lines = [
+        f"Datapath: {s['rounds']} rounds, {s['seconds']} s per iperf3/sockperf run, medians. "
+        "Ratios: x baseline (no program) and x iptables (kube-router-style rules, same policies).",
+        "",
+        _row(DATAPATH_HEADER),
+        "|---|---|" + "---:|" * (len(DATAPATH_HEADER) - 2),
+    ]
+    for r in doc["results"]:
+        cells: list[Any] = [r["path"], r["config"], r["rules"] or "-", r["ipcache_pods"] or "-"]
+        for key, fmt in (("throughput_gbps", "{:.2f}"), ("p50_us", "{:.1f}"), ("p99_us", "{:.1f}")):
+            cells += [fmt.format(r[key]), _r(r[f"{key}_vs_baseline"]), _r(r[f"{key}_vs_iptables"])]
+        lines.append(_row(cells))
+    lines += ["", "Per-packet program cost (kernel BPF stats, BPF_PROG_TEST_RUN), ns per packet:", ""]
+    lines += [
+        "| maps loaded | passthrough | established | x pass | new flow | x pass |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, c in doc["per_packet_cost"].items():
+        what = f"{label.replace('_', ' ')} ({c['rules']} rules, {c['ipcache_pods']} ipcache pods)"
+        figures = [f"{c[k]:.1f}" for k in ("passthrough_ns", "established_ns")]
+        figures += [f"{c['established_ratio']:.2f}", f"{c['new_flow_ns']:.1f}", f"{c['new_flow_ratio']:.2f}"]
+        lines.append(_row([what, *figures]))
+    lines += [
+        "",
+        "Programming the rules (one node):",
+        "",
+        "| rules | vethguard compute s | vethguard map sync s | ipset restore s | iptables-restore s |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for lv in doc["levels"]:
+        ipt = doc["programming"].get(f"iptables-{lv['rules']}", {}).get("iptables_restore_s_node1")
+        cells = [lv["rules"], lv["compute_s"], lv["vethguard_sync_s_node1"], lv["ipset_restore_s_node1"]]
+        lines.append(_row([*cells, ipt if ipt is not None else "-"]))
+    lines += ["", f"Machine: {machine_line(doc)}."]
+    return "\n".join(lines) + "\n"
+
+
+CP_HEADER = [
+    "pods",
+    "namespaces",
+    "policies",
+    "full compile s",
+    "pod add p50/p99 ms",
+    "label change p50/p99 ms",
+]
+CP_HEADER += ["policy add p50/p99 ms", "policy delete p50/p99 ms", "RSS MB (peak)", "entries/endpoint (max)"]
+CP_HEADER += ["map memory MB"]
+
+
+def control_plane_markdown(doc: dict[str, Any]) -> str:
+    lines = [_row(CP_HEADER), "|---:|---:|---:|---:|---|---|---|---|---|---|---:|"]
+    for s in doc["sizes"]:
+        ev = s["events"]
+        events = [
+            f"{ev[k]['p50_ms']:.0f} / {ev[k]['p99_ms']:.0f}"
+            for k in ("pod_add", "label_change", "policy_add", "policy_delete")
+        ]
+        cells = [s["pods"], s["namespaces"], s["policies"], f"{s['full_compile_s']:.2f}", *events]
+        cells += [f"{s['rss_mb']:.0f} ({s['peak_rss_mb']:.0f})"]
+        cells += [f"{s['entries_per_endpoint_mean']} ({s['entries_per_endpoint_max']})"]
+        cells += [f"{s['map_memory_bytes'] / 2**20:.1f}"]
+        lines.append(_row(cells))
+    rz = doc["realization"]
+    applied, probed = rz["apply_to_all_realized_ms"], rz["apply_to_probe_ms"]
+    lines += [
+        "",
+        f"Realization through a {rz['nodes']}-node lab ({rz['changes']} policy changes): "
+        f"apply -> every agent realized p50 {applied['p50']:.0f} ms, p99 {applied['p99']:.0f} ms; "
+        f"apply -> probe sees it p50 {probed['p50']:.0f} ms, p99 {probed['p99']:.0f} ms.",
+        "",
+        f"Machine: {machine_line(doc)}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --- plots --------------------------------------------------------------------------------------
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def datapath_plots(doc: dict[str, Any], out: Path) -> list[Path]:
+    plt = _pyplot()
+    written = []
+    for path in sorted({r["path"] for r in doc["results"]}):
+        rows = [r for r in doc["results"] if r["path"] == path]
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+        for ax, key, label in zip(
+            axes,
+            ("throughput_gbps", "p50_us", "p99_us"),
+            ("throughput (Gbit/s)", "latency p50 (us, RTT)", "latency p99 (us, RTT)"),
+            strict=True,
+        ):
+            for engine, style in (("vethguard", "o-"), ("iptables", "s--")):
+                pts = sorted((r["rules"], r[key]) for r in rows if r["engine"] == engine)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=engine)
+            for config, color in (("baseline", "black"), ("passthrough", "grey")):
+                ref = next((r[key] for r in rows if r["config"] == config), None)
+                if ref is not None:
+                    ax.axhline(ref, color=color, linestyle=":", label=f"{config} (no rules)")
+            ax.set_xscale("log")
+            ticks = sorted({r["rules"] for r in rows if r["rules"]})
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.minorticks_off()
+            ax.set_xlabel("policy rules selecting the server")
+            ax.set_title(label)
+            ax.set_ylim(bottom=0)
+            ax.grid(True, alpha=0.3)
+        axes[0].legend(loc="lower left", fontsize=8)
+        fig.suptitle(f"pod -> pod ({path}): vethguard vs kube-router-style iptables+ipset")
+        fig.tight_layout()
+        target = out / f"datapath-{path}.png"
+        fig.savefig(target, dpi=100)
+        plt.close(fig)
+        written.append(target)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    cost = doc["per_packet_cost"]
+    labels = list(cost)
+    kinds = (
+        ("passthrough_ns", "passthrough"),
+        ("established_ns", "established flow"),
+        ("new_flow_ns", "new flow"),
+    )
+    width = 0.8 / len(kinds)
+    for i, (key, name) in enumerate(kinds):
+        xs = [j + i * width for j in range(len(labels))]
+        bars = ax.bar(xs, [cost[label][key] for label in labels], width, label=name)
+        ax.bar_label(bars, fmt="%.0f", fontsize=8)
+    ax.set_xticks([j + width for j in range(len(labels))])
+    ax.set_xticklabels(
+        [
+            f"{label.replace('_', ' ')}\n{cost[label]['rules']} rules, {cost[label]['ipcache_pods']} ipcache"
+            for label in labels
+        ]
+    )
+    ax.set_ylabel("ns per packet (kernel BPF stats)")
+    ax.set_title("per-packet program cost")
+    ax.legend()
+    fig.tight_layout()
+    target = out / "per-packet-cost.png"
+    fig.savefig(target, dpi=100)
+    plt.close(fig)
+    written.append(target)
+    return written
+
+
+def control_plane_plots(doc: dict[str, Any], out: Path) -> list[Path]:
+    plt = _pyplot()
+    sizes = doc["sizes"]
+    pods = [s["pods"] for s in sizes]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    ax = axes[0]
+    ax.plot(pods, [s["full_compile_s"] * 1000 for s in sizes], "k^-", label="full compile")
+    for kind, color in zip(
+        ("pod_add", "label_change", "policy_add", "policy_delete"), ("C0", "C1", "C2", "C3"), strict=True
+    ):
+        ax.plot(pods, [s["events"][kind]["p50_ms"] for s in sizes], "o-", color=color, label=f"{kind} p50")
+        ax.plot(pods, [s["events"][kind]["p99_ms"] for s in sizes], "x:", color=color, label=f"{kind} p99")
+    ax.set_xscale("log")
+    ax.set_xlabel("pods in the cluster")
+    ax.set_ylabel("ms")
+    ax.set_title("event -> maps updated (agent reconcile)")
+    ax.set_xticks(pods, [str(p) for p in pods])
+    ax.minorticks_off()
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    ax.plot(pods, [s["rss_mb"] for s in sizes], "o-", label="agent RSS")
+    ax.plot(pods, [s["peak_rss_mb"] for s in sizes], "x:", label="agent peak RSS")
+    ax.plot(pods, [s["map_memory_bytes"] / 2**20 for s in sizes], "s--", label="BPF map memory")
+    ax.set_xscale("log")
+    ax.set_xlabel("pods in the cluster")
+    ax.set_ylabel("MB")
+    ax.set_title("memory")
+    ax.set_xticks(pods, [str(p) for p in pods])
+    ax.minorticks_off()
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    target = out / "control-plane.png"
+    fig.savefig(target, dpi=100)
+    plt.close(fig)
+    return [target]

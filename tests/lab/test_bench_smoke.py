@@ -1,0 +1,122 @@
+"""CI smoke run of both benchmarks (--quick): the JSON has its shape and every figure is positive.
+
+Speed figures are never asserted beyond "measured and positive": this machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.lab.cli import teardown
+
+pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.slow]
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not math.isnan(value) and value > 0
+
+
+def _bench(kind: str, results: Path, lab_prefixes: tuple[str, ...]) -> dict[str, Any]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "controller.cli",
+            "bench",
+            kind,
+            "--quick",
+            "-o",
+            "json",
+            "--results",
+            str(results),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for prefix in lab_prefixes:  # the labs are named after the bench process (common.lab_name)
+            teardown(f"{prefix}{proc.pid}"[:24])
+    assert proc.returncode == 0, err[-3000:]
+    doc: dict[str, Any] = json.loads(out)
+    return doc
+
+
+@pytest.fixture
+def needs_root() -> Iterator[None]:
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("benchmarks need root")
+    yield
+
+
+def test_quick_datapath_benchmark_reports_every_configuration_with_positive_figures(
+    needs_root: None, tmp_path: Path
+) -> None:
+    doc = _bench("datapath", tmp_path, ("bdp",))
+    configs = {r["config"] for r in doc["results"]}
+    assert {"baseline", "passthrough"} <= configs
+    assert any(c.startswith("vethguard-") for c in configs) and any(
+        c.startswith("iptables-") for c in configs
+    )
+    for row in doc["results"]:
+        for key in (
+            "throughput_gbps",
+            "p50_us",
+            "p99_us",
+            "throughput_gbps_vs_baseline",
+            "p50_us_vs_baseline",
+        ):
+            assert _positive(row[key]), (row["config"], key, row[key])
+        if row["engine"] == "vethguard":
+            assert _positive(row["throughput_gbps_vs_iptables"])
+    for cost in doc["per_packet_cost"].values():
+        for key in ("passthrough_ns", "established_ns", "new_flow_ns", "established_ratio", "new_flow_ratio"):
+            assert _positive(cost[key]), key
+    for level in doc["levels"]:
+        assert level["policy_entries_node1"] >= level["rules"]
+        assert level["iptables_rules_node1"] >= 2 * level["rules"]
+    names = {Path(f).name for f in doc["files"]}
+    assert {"datapath.json", "datapath.md", "datapath-same-node.png", "per-packet-cost.png"} <= names
+    assert json.loads((tmp_path / "datapath.json").read_text())["results"] == doc["results"]
+
+
+def test_quick_control_plane_benchmark_reports_every_size_and_event_kind_with_positive_figures(
+    needs_root: None, tmp_path: Path
+) -> None:
+    doc = _bench("control-plane", tmp_path, ("brz",))
+    assert len(doc["sizes"]) == len(doc["settings"]["sizes"])
+    for size in doc["sizes"]:
+        for key in (
+            "full_compile_s",
+            "rss_mb",
+            "peak_rss_mb",
+            "map_memory_bytes",
+            "ipcache_entries",
+            "local_endpoints",
+        ):
+            assert _positive(size[key]), key
+        assert set(size["events"]) == {"pod_add", "label_change", "policy_add", "policy_delete"}
+        for figures in size["events"].values():
+            assert _positive(figures["p50_ms"]) and figures["p99_ms"] >= figures["p50_ms"]
+    rz = doc["realization"]
+    assert rz["changes"] > 0
+    assert _positive(rz["apply_to_all_realized_ms"]["p50"])
+    assert rz["apply_to_probe_ms"]["p50"] >= 0
+    assert {"control-plane.json", "control-plane.md", "control-plane.png"} <= {
+        Path(f).name for f in doc["files"]
+    }

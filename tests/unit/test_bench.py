@@ -1,0 +1,245 @@
+"""Pure parts of the benchmarks: synthetic clusters, the kube-router-style iptables peer,
+statistics, sockperf parsing, tables and plots (no root, no kernel)."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller import mapstate
+from controller.bench import common, datapath_bench, report, synth
+from controller.bench.iptables import build_ruleset
+from controller.model import ClusterState
+
+PAIRS = [("client", "10.244.1.2", "server", "10.244.1.3")]
+NODES = [("client", "node-1"), ("server", "node-1")]
+
+
+def state(c: synth.Cluster) -> ClusterState:
+    return ClusterState.from_objects(c.namespaces, c.pods, c.policies, c.nodes)
+
+
+def test_datapath_cluster_gives_the_server_one_entry_per_synthetic_rule_plus_the_allowing_ports() -> None:
+    desired = mapstate.compute(state(synth.datapath_cluster(30, 300, PAIRS, NODES)), "node-1")
+    server = desired.endpoints["bench/server"]
+    assert server.ingress_isolated
+    assert len(server.entries) == 30 + 2
+    assert not desired.endpoints["bench/client"].entries
+    synthetic = [
+        n
+        for n in desired.ipcache
+        if n.prefixlen == 32 and n.network_address in ipaddress.ip_network("10.100.0.0/15")
+    ]
+    assert len(synthetic) == 300
+
+
+def test_only_the_allowing_policy_admits_the_client_on_the_measured_ports() -> None:
+    desired = mapstate.compute(state(synth.datapath_cluster(20, 100, PAIRS, NODES)), "node-1")
+    client_id = desired.endpoints["bench/client"].identity
+    ports = sorted(k.port for k in desired.endpoints["bench/server"].entries if k.identity == client_id)
+    assert ports == [synth.IPERF_PORT, synth.SOCKPERF_PORT]
+
+
+def test_control_plane_cluster_has_the_requested_shape_and_compiles_without_errors() -> None:
+    c = synth.control_plane_cluster(400, namespaces=20, policies=50)
+    assert (len(c.pods), len(c.namespaces), len(c.policies), len(c.nodes)) == (400, 20, 50, 4)
+    cs = state(c)
+    assert not cs.errors
+    desired = mapstate.compute(cs, "node-1")
+    assert len(desired.endpoints) == 100
+    assert sum(len(e.entries) for e in desired.endpoints.values()) > 0
+
+
+def test_iptables_peer_has_one_mark_and_return_pair_per_rule_and_port_and_ipsets_of_the_selected_pods() -> (
+    None
+):
+    rs = build_ruleset(state(synth.datapath_cluster(10, 100, PAIRS, NODES)), "node-1")
+    policy_rules = [
+        r for chain, rules in rs.chains.items() if chain.startswith("KUBE-NWPLCY-") for r in rules
+    ]
+    assert len(policy_rules) == 2 * (10 + 2)
+    pod_chains = [c for c in rs.chains if c.startswith("KUBE-POD-FW-")]
+    assert len(pod_chains) == 1  # only the server is selected
+    assert rs.chains[pod_chains[0]][0] == "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+    members = {ip for _, (kind, m) in rs.ipsets.items() if kind == "hash:ip" for ip in m}
+    assert "10.244.1.2" in members and "10.244.1.3" in members
+    assert rs.ipset_members == 100 + 1 + 2  # synthetic pods, the client, the server in two DST sets
+
+
+def test_iptables_peer_renders_ipblock_excepts_as_nomatch_and_port_ranges() -> None:
+    c = synth.Cluster(
+        namespaces=[synth.namespace("a", {})],
+        pods=[synth.pod("a", "p", {"x": "y"}, "10.244.1.5", "node-1")],
+        policies=[
+            synth.policy(
+                "a",
+                "blk",
+                {
+                    "podSelector": {},
+                    "ingress": [
+                        {
+                            "from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}],
+                            "ports": [{"port": 1000, "endPort": 2000}],
+                        }
+                    ],
+                },
+            )
+        ],
+    )
+    rs = build_ruleset(state(c), "node-1")
+    nets = [m for kind, m in rs.ipsets.values() if kind == "hash:net"]
+    assert nets == [["10.0.0.0/8", "10.1.0.0/16 nomatch"]]
+    assert any("--dport 1000:2000" in r for rules in rs.chains.values() for r in rules)
+    text = rs.iptables_restore()
+    assert text.startswith("*filter\n") and text.endswith("COMMIT\n")
+
+
+def test_salted_rulesets_never_share_a_set_or_chain_name() -> None:
+    cs = state(synth.datapath_cluster(10, 50, PAIRS, NODES))
+    a, b = build_ruleset(cs, "node-1", salt="10"), build_ruleset(cs, "node-1", salt="1000")
+    assert not set(a.ipsets) & set(b.ipsets)
+    assert set(a.chains) & set(b.chains) == {"KUBE-ROUTER-FORWARD"}
+
+
+def test_percentile_is_nearest_rank_and_ratio_guards_zero_and_missing() -> None:
+    assert common.percentile([5, 1, 3, 2, 4], 50) == 3
+    assert common.percentile(list(range(1, 11)), 99) == 10
+    assert common.ratio(3.0, 2.0) == 1.5
+    assert common.ratio(3.0, 0.0) is None
+    assert common.ratio(None, 2.0) is None
+
+
+SOCKPERF_TAIL = """
+sockperf: ====> avg-rtt=31.776 (std-dev=11.311)
+sockperf: ---> <MAX> observation =  470.322
+sockperf: ---> percentile 99.999 =  470.322
+sockperf: ---> percentile 99.000 =   81.598
+sockperf: ---> percentile 90.000 =   41.214
+sockperf: ---> percentile 50.000 =   29.048
+sockperf: ---> <MIN> observation =   19.510
+"""
+
+
+def test_sockperf_summary_parses_to_p50_and_p99() -> None:
+    assert datapath_bench.parse_sockperf(SOCKPERF_TAIL) == (29.048, 81.598)
+
+
+def test_sockperf_without_percentiles_is_an_error_naming_it() -> None:
+    with pytest.raises(Exception, match="percentiles"):
+        datapath_bench.parse_sockperf("sockperf: no server")
+
+
+def test_rounds_rotate_the_configuration_order() -> None:
+    configs = datapath_bench.configs_for(datapath_bench.QUICK_LEVELS)
+    assert configs[:2] == ["baseline", "passthrough"]
+    assert datapath_bench.rotated(configs, 1)[0] == configs[1]
+    assert sorted(datapath_bench.rotated(configs, 3)) == sorted(configs)
+
+
+def _samples(tput: float, p50: float) -> datapath_bench.Sample:
+    return datapath_bench.Sample([tput, tput + 2, tput - 2], [p50] * 3, [p50 * 3] * 3)
+
+
+def test_summary_gives_ratios_to_the_baseline_and_to_iptables_at_the_same_rule_count() -> None:
+    levels = (datapath_bench.Level(10, 100),)
+    samples = {
+        "same-node": {
+            "baseline": _samples(10, 20),
+            "passthrough": _samples(9, 21),
+            "vethguard-10": _samples(8, 22),
+            "iptables-10": _samples(4, 44),
+        }
+    }
+    rows = {r["config"]: r for r in datapath_bench.summarize(samples, levels)}
+    assert rows["vethguard-10"]["throughput_gbps"] == 8
+    assert rows["vethguard-10"]["throughput_gbps_vs_baseline"] == 0.8
+    assert rows["vethguard-10"]["throughput_gbps_vs_iptables"] == 2.0
+    assert rows["vethguard-10"]["p50_us_vs_iptables"] == 0.5
+    assert rows["iptables-10"]["throughput_gbps_vs_iptables"] is None
+    assert rows["vethguard-10"]["ipcache_pods"] == 100
+
+
+def _datapath_doc() -> dict[str, Any]:
+    levels = (datapath_bench.Level(10, 100), datapath_bench.Level(1000, 1000))
+    samples = {
+        "same-node": {
+            "baseline": _samples(10, 20),
+            "passthrough": _samples(9, 21),
+            "vethguard-10": _samples(8, 22),
+            "vethguard-1000": _samples(8, 22),
+            "iptables-10": _samples(7, 30),
+            "iptables-1000": _samples(5, 40),
+        }
+    }
+    cost = {
+        "rules": 10,
+        "ipcache_pods": 100,
+        "passthrough_ns": 30.0,
+        "established_ns": 60.0,
+        "new_flow_ns": 300.0,
+        "established_ratio": 2.0,
+        "new_flow_ratio": 10.0,
+    }
+    return {
+        "machine": {
+            "nproc": 2,
+            "cpu": "x",
+            "kernel": "6",
+            "memory_gb": 1,
+            "loadavg_start": [1, 1, 1],
+            "loadavg_end": [1, 1, 1],
+        },
+        "settings": {"rounds": 3, "seconds": 1},
+        "results": datapath_bench.summarize(samples, levels),
+        "per_packet_cost": {"small_maps": cost, "large_maps": {**cost, "rules": 1000}},
+        "levels": [
+            {"rules": 10, "compute_s": 0.1, "vethguard_sync_s_node1": 0.1, "ipset_restore_s_node1": 0.1},
+            {"rules": 1000, "compute_s": 1, "vethguard_sync_s_node1": 1, "ipset_restore_s_node1": 1},
+        ],
+        "programming": {"iptables-10": {"iptables_restore_s_node1": 0.2}},
+    }
+
+
+def test_datapath_table_has_a_row_per_configuration_and_the_cost_ratios(tmp_path: Path) -> None:
+    md = report.datapath_markdown(_datapath_doc())
+    assert md.count("| same-node |") == 6
+    assert "| 60.0 | 2.00 | 300.0 | 10.00 |" in md
+    written = report.datapath_plots(_datapath_doc(), tmp_path)
+    assert [p.name for p in written] == ["datapath-same-node.png", "per-packet-cost.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in written)
+
+
+def test_control_plane_table_and_plot_cover_every_size(tmp_path: Path) -> None:
+    events = {
+        k: {"p50_ms": 10.0, "p99_ms": 20.0, "n": 3}
+        for k in ("pod_add", "label_change", "policy_add", "policy_delete")
+    }
+    size = {
+        "pods": 100,
+        "namespaces": 5,
+        "policies": 5,
+        "full_compile_s": 0.5,
+        "events": events,
+        "rss_mb": 150.0,
+        "peak_rss_mb": 160.0,
+        "entries_per_endpoint_mean": 2.0,
+        "entries_per_endpoint_max": 4,
+        "map_memory_bytes": 2**21,
+    }
+    doc = {
+        "machine": {"nproc": 2, "cpu": "x", "kernel": "6", "memory_gb": 1, "loadavg_start": [1, 1, 1]},
+        "sizes": [size, {**size, "pods": 1000}],
+        "realization": {
+            "nodes": 3,
+            "changes": 4,
+            "apply_to_all_realized_ms": {"p50": 100, "p99": 200},
+            "apply_to_probe_ms": {"p50": 150, "p99": 250},
+        },
+    }
+    md = report.control_plane_markdown(doc)
+    assert "| 1000 | 5 | 5 | 0.50 | 10 / 20 |" in md and "2.0 |" in md
+    assert "p50 150 ms" in md
+    assert report.control_plane_plots(doc, tmp_path)[0].read_bytes()[:4] == b"\x89PNG"
