@@ -10,10 +10,13 @@
  * Order of decisions for a packet at endpoint E, direction d:
  *   1. no endpoint entry                        -> DROP_NO_ENDPOINT (fail closed)
  *   2. non-IP                                   -> ALLOW_NON_IP
- *   3. truncated / unparsable                   -> DROP_MALFORMED if d is isolated, else pass
+ *   3. from the pod with a source address that  -> DROP_SPOOFED (IPv6 link-local and :: exempt)
+ *      is not the pod's own
+ *   3b. truncated / unparsable                  -> DROP_MALFORMED if d is isolated, else pass
  *   4. ICMPv6 ND / router / MLD                 -> ALLOW_ICMP6_CTRL
  *   5. non-first fragment: ports from vg_frag   (unknown -> ALLOW_HOST for the node, else
  *                                                  DROP_FRAG_UNKNOWN if isolated)
+ *   5b. ICMP error about a tracked allowed flow -> ALLOW_RELATED
  *   6. conntrack hit                            -> ALLOW_CT / ALLOW_REPLY / DROP_REVOKED
  *   7. peer identity HOST (ipcache lookup only   -> ALLOW_HOST
  *      on a CT miss: host flows are never tracked)
@@ -73,6 +76,9 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir)
 	ret = vg_parse(skb, &p);
 	if (ret == PARSE_NON_IP)
 		return vg_finish(skb, ep->ep_id, dir, ALLOW_NON_IP, &p, &peer, 0, 0, now);
+	/* No pod may borrow another's identity, isolated or not, well-formed or not. */
+	if (dir == DIR_EGRESS && p.family && !vg_source_is_own(ep, &p))
+		return vg_finish(skb, ep->ep_id, dir, DROP_SPOOFED, &p, &peer, 0, 0, now);
 	if (ret != PARSE_OK)
 		return vg_finish(skb, ep->ep_id, dir, isolated ? DROP_MALFORMED : ALLOW_NOT_ISOLATED, &p, &peer,
 				 0, 0, now);
@@ -99,6 +105,10 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir)
 	cfg = vg_config.lookup(&zero);
 	if (cfg)
 		revision = cfg->revision;
+
+	/* An ICMP error about a tracked allowed flow passes wherever the flow itself would. */
+	if (p.icmp_err && vg_ct_related(ep, &p, dir, revision, now, &k, &rule_ref))
+		return vg_finish(skb, ep->ep_id, dir, ALLOW_RELATED, &p, &peer, rule_ref, 0, now);
 
 	/* Forward entry (established flow), then reverse entry (reply), else a new flow. */
 	vg_ct_fill(&k, &p, ep->ep_id, dir, 0);

@@ -700,6 +700,19 @@ class Agent:
         except Exception as exc:
             log.warning("cannot read datapath statistics", error=str(exc))
 
+    def collect_conntrack(self) -> None:
+        """Free expired conntrack/fragment entries (an LRU map never drops them by deadline)."""
+        gc_fn = getattr(self.dp, "gc_conntrack", None)
+        if not callable(gc_fn):
+            return
+        try:
+            result = gc_fn()
+        except Exception as exc:
+            log.warning("cannot collect expired conntrack entries", error=str(exc))
+            return
+        if result.ct_deleted or result.frag_deleted:
+            log.info("expired conntrack entries removed", ct=result.ct_deleted, frag=result.frag_deleted)
+
     def _account_drops(self, counters: Mapping[tuple[int, int, int], tuple[int, int]]) -> None:
         for key, (packets, _bytes) in counters.items():
             reason = key[1]
@@ -815,6 +828,7 @@ class Agent:
                 ok = self.reconcile(full=True)
                 ran = True
                 next_full = now + cfg.resync_seconds
+                self.collect_conntrack()
             else:
                 coalesced = pending and now >= last_pass + cfg.coalesce_seconds
                 rescan = now >= next_rescan and (not self._failures or now >= self._retry_at)

@@ -75,7 +75,41 @@ static __always_inline int vg_ct_recheck(const struct endpoint_info *ep, const s
 }
 
 /*
- * Established-flow handling for a CT hit. Returns ALLOW_CT / ALLOW_REPLY / DROP_REVOKED.
+ * Bring a tracked flow's verdict up to the config revision: after any policy change the ORIGINAL
+ * direction is judged again and the result stored (ALLOWED, or the DENIED tombstone that stops
+ * both directions). Returns whether the flow is allowed now.
+ */
+static __always_inline int vg_ct_current(const struct endpoint_info *ep, const struct ct_key *k,
+					 struct ct_value *v, __u32 revision)
+{
+	if (v->revision != revision) {
+		__u32 ref = 0;
+
+		v->state = vg_ct_recheck(ep, k, &ref) ? CT_ALLOWED : CT_DENIED;
+		v->rule_ref = ref;
+		v->seen &= ~CT_SEEN_REPLY_OK;
+		v->revision = revision;
+	}
+	return v->state == CT_ALLOWED;
+}
+
+/* A reply on a MIDSTREAM entry: does the reply direction's own policy allow it? */
+static __always_inline int vg_ct_reply_allowed(const struct endpoint_info *ep, const struct ct_key *k,
+					       const struct vg_pkt *p)
+{
+	struct ipcache_value peer;
+	__u32 ref = 0;
+	__u8 rdir = !k->dir;
+
+	vg_ipcache_lookup(k->family, rdir == DIR_EGRESS ? p->daddr : p->saddr, &peer);
+	if (peer.identity == ID_HOST)
+		return 1;
+	return !REASON_IS_DROP(vg_policy_verdict(ep, rdir, p->proto, p->dport, &peer, &ref));
+}
+
+/*
+ * Established-flow handling for a CT hit. Returns ALLOW_CT / ALLOW_REPLY / DROP_REVOKED, or
+ * DROP_POLICY for a reply its own direction does not allow on a MIDSTREAM entry.
  */
 static __always_inline __u8 vg_ct_hit(const struct endpoint_info *ep, const struct ct_key *k,
 				      struct ct_value *v, const struct vg_pkt *p, int reply, __u32 revision,
@@ -84,16 +118,21 @@ static __always_inline __u8 vg_ct_hit(const struct endpoint_info *ep, const stru
 	__u8 seen, old_seen;
 	__u64 deadline;
 
-	if (v->revision != revision) {
-		__u32 ref = 0;
-
-		v->state = vg_ct_recheck(ep, k, &ref) ? CT_ALLOWED : CT_DENIED;
-		v->rule_ref = ref;
-		v->revision = revision;
+	if (!vg_ct_current(ep, k, v, revision)) {
+		*rule_ref = v->rule_ref;
+		return DROP_REVOKED;
 	}
 	*rule_ref = v->rule_ref;
-	if (v->state != CT_ALLOWED)
-		return DROP_REVOKED;
+	if (reply && (v->seen & (CT_SEEN_MIDSTREAM | CT_SEEN_REPLY_OK)) == CT_SEEN_MIDSTREAM) {
+		/*
+		 * Without this, a flow whose tombstone was evicted (or expired) could be revived by
+		 * the protected pod's own retransmission: it creates an entry in its open direction
+		 * and the peer's packets would pass as its replies, bypassing the revoked direction.
+		 */
+		if (!vg_ct_reply_allowed(ep, k, p))
+			return DROP_POLICY;
+		v->seen |= CT_SEEN_REPLY_OK;
+	}
 
 	__sync_fetch_and_add(&v->packets, 1);
 	__sync_fetch_and_add(&v->bytes, len);
@@ -112,6 +151,45 @@ static __always_inline __u8 vg_ct_hit(const struct endpoint_info *ep, const stru
 	return reply ? ALLOW_REPLY : ALLOW_CT;
 }
 
+/*
+ * An ICMP error (p->icmp_err) about a tracked allowed flow of this endpoint: the embedded packet
+ * went through this endpoint in the other hook direction, so it is the forward key
+ * (ep, !dir, inner tuple) or the reverse key (ep, dir, swapped inner tuple). The error must go
+ * back to the embedded packet's sender. Returns 1 (rule_ref set) when related; uses *k as scratch.
+ */
+static __always_inline int vg_ct_related(const struct endpoint_info *ep, const struct vg_pkt *p, __u8 dir,
+					 __u32 revision, __u64 now, struct ct_key *k, __u32 *rule_ref)
+{
+	struct ct_value *v;
+
+	if (!vg_addr_eq(p->inner_saddr, p->daddr))
+		return 0;
+	vg_copy16(k->saddr, p->inner_saddr);
+	vg_copy16(k->daddr, p->inner_daddr);
+	k->sport = p->inner_sport;
+	k->dport = p->inner_dport;
+	k->ep_id = ep->ep_id;
+	k->proto = p->inner_proto;
+	k->dir = !dir;
+	k->family = p->family;
+	k->pad = 0;
+	v = vg_ct.lookup(k);
+	if (!v || v->expires_ns <= now) {
+		vg_copy16(k->saddr, p->inner_daddr);
+		vg_copy16(k->daddr, p->inner_saddr);
+		k->sport = p->inner_dport;
+		k->dport = p->inner_sport;
+		k->dir = dir;
+		v = vg_ct.lookup(k);
+		if (!v || v->expires_ns <= now)
+			return 0;
+	}
+	if (!vg_ct_current(ep, k, v, revision))
+		return 0;
+	*rule_ref = v->rule_ref;
+	return 1;
+}
+
 /* Create the entry of a new allowed flow. Returns 0 on success. */
 static __always_inline int vg_ct_create(const struct ct_key *k, const struct vg_pkt *p, __u32 revision,
 					__u32 rule_ref, __u32 len, __u64 now)
@@ -119,6 +197,9 @@ static __always_inline int vg_ct_create(const struct ct_key *k, const struct vg_
 	struct ct_value v = {};
 
 	v.seen = vg_tcp_seen(p);
+	/* Only a SYN opens a TCP connection; anything else starts tracking in the middle of one. */
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (VG_TCP_SYN | VG_TCP_ACK)) != VG_TCP_SYN)
+		v.seen |= CT_SEEN_MIDSTREAM;
 	v.expires_ns = now + vg_ct_timeout(p->proto, v.seen);
 	v.packets = 1;
 	v.bytes = len;

@@ -1,9 +1,17 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Packet parsing. Every read goes through bpf_skb_load_bytes() after an explicit check that
- * the header fits in skb->len ("check that a header fits before reading it"). Loading into the
- * stack keeps the verifier happy with variable offsets (IPv4 options, IPv6 extension headers)
- * and works on non-linear skbs, where direct packet access would need bpf_skb_pull_data().
+ * the header fits ("check that a header fits before reading it"). Loading into the stack keeps
+ * the verifier happy with variable offsets (IPv4 options, IPv6 extension headers) and works on
+ * non-linear skbs, where direct packet access would need bpf_skb_pull_data().
+ *
+ * "Fits" means within the IP datagram, not within the frame: a frame may carry link-layer
+ * padding after the datagram (Ethernet pads to 60 bytes; a pod can append anything), and bytes
+ * read from there would make a truncated L4 header look complete, while the node trims the frame
+ * to its IP length and forwards the truncated header. So the fixed IP header is bounded by
+ * skb->len, and everything after it by p->end = 14 + IPv4 total length / 14 + 40 + IPv6 payload
+ * length, which must itself lie within the frame. (IPv6 jumbograms and BIG TCP GSO packets, whose
+ * length fields are 0, are therefore malformed: neither is enabled on pod veths by default.)
  */
 #ifndef VG_PARSE_H
 #define VG_PARSE_H
@@ -32,7 +40,9 @@ enum vg_parse_result {
 #define VG_IPPROTO_SCTP 132
 
 #define VG_TCP_FIN 0x01
+#define VG_TCP_SYN 0x02
 #define VG_TCP_RST 0x04
+#define VG_TCP_ACK 0x10
 
 struct vg_pkt {
 	__u8 saddr[16]; /* IPv4: first 4 bytes */
@@ -46,7 +56,14 @@ struct vg_pkt {
 	__u8 frag; /* VG_FRAG_* */
 	__u8 tcp_flags;
 	__u8 icmp_type;
-	__u8 pad[3];
+	__u8 icmp_err;    /* an ICMP error whose embedded header was parsed into inner_* */
+	__u8 inner_proto; /* the embedded packet: the one this error answers */
+	__u8 pad;
+	__u32 end; /* offset just past the IP datagram: every read after the IP header stays below */
+	__be16 inner_sport;
+	__be16 inner_dport;
+	__u8 inner_saddr[16];
+	__u8 inner_daddr[16];
 };
 
 /* The fixed IPv4 header, read as bytes to avoid bitfield layouts. */
@@ -79,10 +96,16 @@ struct vg_ip6_frag {
 	__be32 id;
 };
 
-/* Does [off, off + n) lie within the packet? */
-static __always_inline int vg_fits(const struct __sk_buff *skb, __u32 off, __u32 n)
+/* Does [off, off + n) lie within the frame? Only for the fixed IP header itself. */
+static __always_inline int vg_fits_frame(const struct __sk_buff *skb, __u32 off, __u32 n)
 {
 	return off + n <= skb->len;
+}
+
+/* Does [off, off + n) lie within the IP datagram (p->end, set by the IP header parser)? */
+static __always_inline int vg_fits(const struct vg_pkt *p, __u32 off, __u32 n)
+{
+	return off + n <= p->end;
 }
 
 static __always_inline int vg_parse_ip4(struct __sk_buff *skb, struct vg_pkt *p)
@@ -91,23 +114,28 @@ static __always_inline int vg_parse_ip4(struct __sk_buff *skb, struct vg_pkt *p)
 	__u32 ihl;
 	__u16 frag_off;
 
-	if (!vg_fits(skb, VG_ETH_HLEN, sizeof(ip)) ||
+	__u32 tot;
+
+	if (!vg_fits_frame(skb, VG_ETH_HLEN, sizeof(ip)) ||
 	    bpf_skb_load_bytes(skb, VG_ETH_HLEN, &ip, sizeof(ip)) < 0)
 		return PARSE_MALFORMED;
 	if ((ip.ver_ihl >> 4) != 4)
 		return PARSE_MALFORMED;
+	/* Addresses first: the anti-spoofing check also judges packets that turn out malformed. */
+	p->family = 4;
+	__builtin_memcpy(p->saddr, &ip.saddr, 4);
+	__builtin_memcpy(p->daddr, &ip.daddr, 4);
 	ihl = ip.ver_ihl & 0x0f;
 	if (ihl < 5) /* a header shorter than 20 bytes cannot be valid */
 		return PARSE_MALFORMED;
+	tot = bpf_ntohs(ip.tot_len);
+	if (tot < ihl * 4 || VG_ETH_HLEN + tot > skb->len)
+		return PARSE_MALFORMED;
+	p->end = VG_ETH_HLEN + tot;
 	/* Options are skipped by trusting IHL, never by assuming 20 bytes. */
 	p->l4_off = VG_ETH_HLEN + ihl * 4;
-	if (!vg_fits(skb, p->l4_off, 0))
-		return PARSE_MALFORMED;
 
-	p->family = 4;
 	p->proto = ip.proto;
-	__builtin_memcpy(p->saddr, &ip.saddr, 4);
-	__builtin_memcpy(p->daddr, &ip.daddr, 4);
 	p->frag_id = bpf_ntohs(ip.id);
 	frag_off = bpf_ntohs(ip.frag_off);
 	if (frag_off & 0x1fff)
@@ -124,7 +152,7 @@ static __always_inline int vg_parse_ip6(struct __sk_buff *skb, struct vg_pkt *p)
 	__u8 nh;
 	int i;
 
-	if (!vg_fits(skb, VG_ETH_HLEN, sizeof(ip)) ||
+	if (!vg_fits_frame(skb, VG_ETH_HLEN, sizeof(ip)) ||
 	    bpf_skb_load_bytes(skb, VG_ETH_HLEN, &ip, sizeof(ip)) < 0)
 		return PARSE_MALFORMED;
 	if ((bpf_ntohl(ip.ver_tc_flow) >> 28) != 6)
@@ -132,6 +160,9 @@ static __always_inline int vg_parse_ip6(struct __sk_buff *skb, struct vg_pkt *p)
 	p->family = 6;
 	vg_copy16(p->saddr, ip.saddr);
 	vg_copy16(p->daddr, ip.daddr);
+	p->end = off + bpf_ntohs(ip.payload_len);
+	if (p->end > skb->len)
+		return PARSE_MALFORMED;
 	nh = ip.nexthdr;
 
 	/*
@@ -148,7 +179,7 @@ static __always_inline int vg_parse_ip6(struct __sk_buff *skb, struct vg_pkt *p)
 			struct vg_ip6_frag fh;
 			__u16 fo;
 
-			if (!vg_fits(skb, off, sizeof(fh)) ||
+			if (!vg_fits(p, off, sizeof(fh)) ||
 			    bpf_skb_load_bytes(skb, off, &fh, sizeof(fh)) < 0)
 				return PARSE_MALFORMED;
 			fo = bpf_ntohs(fh.frag_off);
@@ -170,7 +201,7 @@ static __always_inline int vg_parse_ip6(struct __sk_buff *skb, struct vg_pkt *p)
 		if (nh != VG_NEXTHDR_HOP && nh != VG_NEXTHDR_ROUTING && nh != VG_NEXTHDR_DEST &&
 		    nh != VG_NEXTHDR_AUTH)
 			break;
-		if (!vg_fits(skb, off, sizeof(hdr)) || bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0)
+		if (!vg_fits(p, off, sizeof(hdr)) || bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0)
 			return PARSE_MALFORMED;
 		if (nh == VG_NEXTHDR_AUTH)
 			off += ((__u32)hdr[1] + 2) * 4; /* AH length is in 4-byte units minus 2 */
@@ -181,7 +212,7 @@ static __always_inline int vg_parse_ip6(struct __sk_buff *skb, struct vg_pkt *p)
 	if (nh == VG_NEXTHDR_HOP || nh == VG_NEXTHDR_ROUTING || nh == VG_NEXTHDR_DEST ||
 	    nh == VG_NEXTHDR_AUTH || nh == VG_NEXTHDR_FRAGMENT)
 		return PARSE_MALFORMED; /* chain too long to follow */
-	if (!vg_fits(skb, off, 0))
+	if (!vg_fits(p, off, 0))
 		return PARSE_MALFORMED;
 	p->proto = nh;
 	p->l4_off = off;
@@ -197,6 +228,87 @@ static __always_inline int vg_is_icmp_echo(const struct vg_pkt *p)
 	return 0;
 }
 
+static __always_inline int vg_is_icmp_error(const struct vg_pkt *p)
+{
+	if (p->proto == IPPROTO_ICMP) /* destination unreachable (incl. fragmentation needed), time
+				       * exceeded, parameter problem */
+		return p->icmp_type == 3 || p->icmp_type == 11 || p->icmp_type == 12;
+	if (p->proto == VG_IPPROTO_ICMPV6) /* destination unreachable, packet too big, time exceeded,
+					    * parameter problem */
+		return p->icmp_type >= 1 && p->icmp_type <= 4;
+	return 0;
+}
+
+/*
+ * The packet an ICMP error answers: its IP header and the first 8 bytes of its L4 header follow
+ * the 8-byte ICMP header. Fills p->inner_* and sets p->icmp_err when the embedded packet is a
+ * TCP/UDP/SCTP segment or an ICMP echo of the same family (ports / identifier readable, not a
+ * later fragment, no IPv6 extension headers); otherwise the error is judged like any other ICMP.
+ */
+static __always_inline void vg_parse_icmp_error(struct __sk_buff *skb, struct vg_pkt *p)
+{
+	__u32 off = p->l4_off + 8;
+	__u32 l4;
+	__u8 proto;
+	__be16 ports[2];
+
+	if (p->family == 4) {
+		struct vg_ip4 ip;
+		__u32 ihl;
+
+		if (!vg_fits(p, off, sizeof(ip)) || bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
+			return;
+		ihl = ip.ver_ihl & 0x0f;
+		if ((ip.ver_ihl >> 4) != 4 || ihl < 5 || (bpf_ntohs(ip.frag_off) & 0x1fff))
+			return;
+		proto = ip.proto;
+		l4 = off + ihl * 4;
+		__builtin_memcpy(p->inner_saddr, &ip.saddr, 4);
+		__builtin_memcpy(p->inner_daddr, &ip.daddr, 4);
+	} else {
+		struct vg_ip6 ip;
+
+		if (!vg_fits(p, off, sizeof(ip)) || bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
+			return;
+		if ((bpf_ntohl(ip.ver_tc_flow) >> 28) != 6)
+			return;
+		proto = ip.nexthdr;
+		l4 = off + sizeof(ip);
+		vg_copy16(p->inner_saddr, ip.saddr);
+		vg_copy16(p->inner_daddr, ip.daddr);
+	}
+	if (!vg_fits(p, l4, 8) || bpf_skb_load_bytes(skb, l4, ports, sizeof(ports)) < 0)
+		return;
+	switch (proto) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+	case IPPROTO_UDPLITE:
+	case VG_IPPROTO_SCTP:
+		p->inner_sport = ports[0];
+		p->inner_dport = ports[1];
+		break;
+	case IPPROTO_ICMP:
+	case VG_IPPROTO_ICMPV6: {
+		/* An echo request/reply: type in the first byte, identifier at +4 (both ends). */
+		__u8 type = ((__u8 *)ports)[0];
+		__be16 id;
+
+		if (p->family == 4 ? (proto != IPPROTO_ICMP || (type != 8 && type != 0))
+				   : (proto != VG_IPPROTO_ICMPV6 || (type != 128 && type != 129)))
+			return;
+		if (bpf_skb_load_bytes(skb, l4 + 4, &id, 2) < 0)
+			return;
+		p->inner_sport = id;
+		p->inner_dport = id;
+		break;
+	}
+	default:
+		return;
+	}
+	p->inner_proto = proto;
+	p->icmp_err = 1;
+}
+
 /* Ports (or the ICMP echo identifier) from the L4 header; requires the whole fixed header. */
 static __always_inline int vg_parse_l4(struct __sk_buff *skb, struct vg_pkt *p)
 {
@@ -207,7 +319,7 @@ static __always_inline int vg_parse_l4(struct __sk_buff *skb, struct vg_pkt *p)
 	case IPPROTO_TCP: {
 		__u8 flags;
 
-		if (!vg_fits(skb, off, 20) || bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0 ||
+		if (!vg_fits(p, off, 20) || bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0 ||
 		    bpf_skb_load_bytes(skb, off + 13, &flags, 1) < 0)
 			return PARSE_MALFORMED;
 		p->tcp_flags = flags;
@@ -215,27 +327,29 @@ static __always_inline int vg_parse_l4(struct __sk_buff *skb, struct vg_pkt *p)
 	}
 	case IPPROTO_UDP:
 	case IPPROTO_UDPLITE:
-		if (!vg_fits(skb, off, 8) || bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0)
+		if (!vg_fits(p, off, 8) || bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0)
 			return PARSE_MALFORMED;
 		break;
 	case VG_IPPROTO_SCTP:
-		if (!vg_fits(skb, off, 12) || bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0)
+		if (!vg_fits(p, off, 12) || bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0)
 			return PARSE_MALFORMED;
 		break;
 	case IPPROTO_ICMP:
 	case VG_IPPROTO_ICMPV6: {
 		__u8 type;
 
-		if (!vg_fits(skb, off, 4) || bpf_skb_load_bytes(skb, off, &type, 1) < 0)
+		if (!vg_fits(p, off, 4) || bpf_skb_load_bytes(skb, off, &type, 1) < 0)
 			return PARSE_MALFORMED;
 		p->icmp_type = type;
 		if (vg_is_icmp_echo(p)) {
 			__be16 id;
 
-			if (!vg_fits(skb, off, 8) || bpf_skb_load_bytes(skb, off + 4, &id, 2) < 0)
+			if (!vg_fits(p, off, 8) || bpf_skb_load_bytes(skb, off + 4, &id, 2) < 0)
 				return PARSE_MALFORMED;
 			p->sport = id;
 			p->dport = id;
+		} else if (vg_is_icmp_error(p) && p->frag == VG_FRAG_NONE) {
+			vg_parse_icmp_error(skb, p);
 		}
 		return PARSE_OK;
 	}
@@ -277,6 +391,36 @@ static __always_inline int vg_is_icmp6_ctrl(const struct vg_pkt *p)
 	if (p->family != 6 || p->proto != VG_IPPROTO_ICMPV6 || p->frag == VG_FRAG_LATER)
 		return 0;
 	return (p->icmp_type >= 130 && p->icmp_type <= 137) || p->icmp_type == 143;
+}
+
+/*
+ * Anti-spoofing: may a packet leaving endpoint `ep` carry this source address? Only the pod's
+ * own address of that family, plus what IPv6 needs before and besides a global address: the
+ * unspecified address (duplicate address detection) and link-local fe80::/10 (neighbour and
+ * router discovery, MLD). Link-local packets are never routed beyond the node, so they cannot
+ * borrow another pod's identity; what they may reach on the node is still judged by policy.
+ * IPv4 has no exemption (no DHCP in a pod; 0.0.0.0 is dropped too). A family the pod has no
+ * address of (zero in the endpoint entry) has no valid source at all.
+ */
+static __always_inline int vg_source_is_own(const struct endpoint_info *ep, const struct vg_pkt *p)
+{
+	if (p->family == 4) {
+		__be32 src;
+
+		__builtin_memcpy(&src, p->saddr, 4);
+		return ep->ipv4 && src == ep->ipv4;
+	}
+	if (p->saddr[0] == 0xfe && (p->saddr[1] & 0xc0) == 0x80)
+		return 1;
+	{
+		__u64 s0, s1;
+
+		__builtin_memcpy(&s0, p->saddr, 8);
+		__builtin_memcpy(&s1, p->saddr + 8, 8);
+		if (!s0 && !s1) /* :: */
+			return 1;
+	}
+	return vg_addr_eq(p->saddr, ep->ipv6);
 }
 
 #endif /* VG_PARSE_H */

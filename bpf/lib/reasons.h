@@ -17,6 +17,8 @@ enum vg_reason {
 	ALLOW_FRAG = 7,         /* non-first fragment of a tracked flow */
 	ALLOW_AUDIT = 8,        /* would be DROP_POLICY, but the direction is isolated only by
 	                         * audit-mode policies (vethguard.dev/audit): passed and reported */
+	ALLOW_RELATED = 9,      /* ICMP error about a tracked allowed flow (port unreachable,
+	                         * fragmentation needed / packet too big, time exceeded ...) */
 
 	DROP_POLICY = 64,       /* no policy entry allows it */
 	DROP_MALFORMED = 65,    /* truncated or unparsable headers from/to an isolated pod */
@@ -25,6 +27,7 @@ enum vg_reason {
 	DROP_PENDING = 68,      /* endpoint's policy not realized yet */
 	DROP_NO_ENDPOINT = 69,  /* program attached to an interface with no endpoint entry */
 	DROP_CT_FULL = 70,      /* conntrack insert failed */
+	DROP_SPOOFED = 71,      /* from a pod with a source address that is not the pod's own */
 };
 
 #define REASON_IS_DROP(r) ((r) >= 64)

@@ -39,6 +39,11 @@
 #define CT_SEEN_REPLY 1
 #define CT_SEEN_FIN   2
 #define CT_SEEN_RST   4
+/* Created by a TCP packet other than a SYN (the entry was lost: evicted, expired, or the flow
+ * predates the program): who opened the connection is unknown, so packets in the other direction
+ * are not replies until that direction's own policy allows them (CT_SEEN_REPLY_OK). */
+#define CT_SEEN_MIDSTREAM 8
+#define CT_SEEN_REPLY_OK  16 /* MIDSTREAM entry: reply direction allowed at `revision` */
 
 /* LPM prefix lengths of the policy key, counted over the bytes after `prefixlen`. */
 #define POLICY_PLEN_ANY_PROTO 72 /* ep_id + identity + dir */

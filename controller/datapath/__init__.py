@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import shutil
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,10 @@ from typing import Any
 from controller.datapath import loader, maps, sync
 from controller.datapath.attach import Attacher
 from controller.datapath.maps import Event, ProgId
-from controller.datapath.sync import KernelState, MapFullError, SyncResult
+from controller.datapath.sync import GcResult, KernelState, MapFullError, SyncResult
 from controller.mapstate import NodeDesired
 
-__all__ = ["Datapath", "KernelState", "MapFullError", "ProgId", "SyncResult"]
+__all__ = ["Datapath", "GcResult", "KernelState", "MapFullError", "ProgId", "SyncResult"]
 
 # Maps whose fill level means something (arrays are always "full"; the ring buffer has no keys).
 SIZED_MAPS = ("vg_endpoints", "vg_ipcache4", "vg_ipcache6", "vg_policy", "vg_ct", "vg_frag", "vg_counters")
@@ -122,6 +123,15 @@ class Datapath:
 
     def dump(self) -> KernelState:
         return sync.dump(self._loaded.maps)
+
+    def gc_conntrack(self, now_ns: int | None = None) -> GcResult:
+        """Delete expired vg_ct / vg_frag entries (the agent calls this on every full resync).
+
+        `now_ns` defaults to CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns(). Walks the maps
+        (~1-2 us per entry); expired entries are already misses for the programs, so this only
+        frees room before the LRU would evict live flows to make it.
+        """
+        return sync.collect_expired(self._loaded.maps, time.monotonic_ns() if now_ns is None else now_ns)
 
     def counters(self) -> dict[tuple[int, int, int], tuple[int, int]]:
         """(ep_id, reason, dir) -> (packets, bytes), summed over CPUs."""

@@ -39,6 +39,8 @@ CT_DENIED = 2
 CT_SEEN_REPLY = 1
 CT_SEEN_FIN = 2
 CT_SEEN_RST = 4
+CT_SEEN_MIDSTREAM = 8  # created by a TCP packet other than a SYN: replies judged by their own policy
+CT_SEEN_REPLY_OK = 16  # a MIDSTREAM entry whose reply direction was allowed at its revision
 
 POLICY_PLEN_ANY_PROTO = 72
 POLICY_PLEN_ANY_PORT = 80
@@ -70,6 +72,7 @@ class Reason(IntEnum):
     ALLOW_ICMP6_CTRL = 6
     ALLOW_FRAG = 7
     ALLOW_AUDIT = 8  # a would-be DROP_POLICY passed in audit mode
+    ALLOW_RELATED = 9  # ICMP error about a tracked allowed flow
     DROP_POLICY = 64
     DROP_MALFORMED = 65
     DROP_FRAG_UNKNOWN = 66
@@ -77,6 +80,7 @@ class Reason(IntEnum):
     DROP_PENDING = 68
     DROP_NO_ENDPOINT = 69
     DROP_CT_FULL = 70
+    DROP_SPOOFED = 71  # source address is not the pod's own
 
     @property
     def is_drop(self) -> bool:

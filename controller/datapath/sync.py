@@ -374,3 +374,41 @@ def counters(counter_map: maps.BpfMap) -> dict[tuple[int, int, int], tuple[int, 
 
 def ipnet(s: str) -> maps.IPNetwork:
     return ipaddress.ip_network(s, strict=False)
+
+
+@dataclass(frozen=True)
+class GcResult:
+    ct_deleted: int
+    frag_deleted: int
+    ct_left: int
+
+
+def _expires_ns(map_name: str, value: bytes) -> int:
+    if map_name == "vg_ct":
+        return int(maps.CtValue.from_bytes(value).expires_ns)
+    return int(maps.FragValue.from_bytes(value).expires_ns)
+
+
+def collect_expired(kernel: Mapping[str, MapLike], now_ns: int) -> GcResult:
+    """Delete vg_ct and vg_frag entries whose deadline (bpf_ktime_get_ns, CLOCK_MONOTONIC) passed.
+
+    The programs already treat an expired entry as a miss, so this only returns the memory (an
+    LRU map evicts by age of use, not by deadline). Each entry is read again right before its
+    delete and kept if a packet refreshed it meanwhile; the remaining race (a packet re-creating
+    the entry between that read and the delete) only makes that flow's next packet new again,
+    judged by policy: it can end a flow early, never let one in.
+    """
+    deleted = {"vg_ct": 0, "vg_frag": 0}
+    kept = {"vg_ct": 0, "vg_frag": 0}
+    for name in deleted:
+        if name not in kernel:
+            continue
+        m = kernel[name]
+        for kb, vb in m.items().items():
+            if _expires_ns(name, vb) <= now_ns:
+                again = m.lookup(kb)
+                if again is not None and _expires_ns(name, again) <= now_ns and m.delete(kb):
+                    deleted[name] += 1
+                    continue
+            kept[name] += 1
+    return GcResult(ct_deleted=deleted["vg_ct"], frag_deleted=deleted["vg_frag"], ct_left=kept["vg_ct"])

@@ -21,8 +21,9 @@ the same raw way arrives, one to a denied port does not (DROP_POLICY), and a lat
 an allowed first fragment arrives (ALLOW_FRAG), so the fragment cases are not vacuous.
 
 Padded variants ((i): a truncated TCP header / too-short first fragment followed by
-link-layer padding after the IP datagram's end) expose a datapath bug at the from_pod hook and
-are marked xfail(strict) there (see PADDING_BUG); at to_pod the node has already trimmed them.
+link-layer padding after the IP datagram's end) check that the parser bounds its reads by the IP
+datagram, not the frame (regression: it once read the padding as the rest of the TCP header and
+passed them at src's from_pod); at dst's to_pod the node has already trimmed them.
 
 Each frame is recognised at dst by its bytes from the EtherType on (TTL / hop limit and the IPv4
 header checksum, which the node rewrites when forwarding, are masked; a frame the node trims to
@@ -509,13 +510,6 @@ def _i_first_fragment_too_short_behind_link_padding(e: Env) -> list[bytes]:
     return [e.frame(ETH_P_IP, packet)]
 
 
-PADDING_BUG = (
-    "datapath bug: the parser bounds headers by skb->len, not by the IP total length / IPv6 "
-    "payload length, so L4 bytes read from link-layer padding make a truncated TCP header look "
-    "complete (ALLOW_POLICY instead of DROP_MALFORMED at src's from_pod); the node then trims the "
-    "frame to its IP length and forwards the truncated TCP header to dst"
-)
-
 CASES = [
     Case("a_ipv4_header_truncated", _a_ipv4_header_truncated, Reason.DROP_MALFORMED, node_drops_first=True),
     Case("b_ipv4_ihl15_options_cut", _b_ipv4_options_cut, Reason.DROP_MALFORMED, node_drops_first=True),
@@ -554,12 +548,8 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_a_malformed_frame_does_not_get_past_the_isolated_direction(
-    env: Env, phase: Phase, case: Case, request: pytest.FixtureRequest
+    env: Env, phase: Phase, case: Case
 ) -> None:
-    if case.padded and phase.isolated_is_src:
-        # At dst's to_pod the node has already trimmed the frame to its IP length, so only
-        # src's from_pod sees the padding.
-        request.applymarker(pytest.mark.xfail(strict=True, reason=PADDING_BUG))
     frames = case.build(env)
     before = hook_counts(env, phase.ep, phase.direction)
     send(env, frames)
