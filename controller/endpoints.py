@@ -26,8 +26,8 @@ bridge's ageing time (300 s by default). So:
   `probe_wait` seconds. No traffic is sent when nothing is unknown;
 - fail closed: veth ports that no pod claims, of a bridge whose subnet holds local pods (cni0,
   not a docker0 beside the CNI), are reported in `Discovered.unclaimed`;
-  the agent attaches its programs to them with a PENDING endpoint (IP traffic dropped, ARP/ND
-  and node traffic pass, so the pod's MAC can still be learned) until their pod is known.
+  the agent attaches its programs to them with a PENDING endpoint (IP traffic dropped; ARP/ND
+  pass, so the pod's MAC can still be learned) until their pod is known.
 A port that two pods' addresses resolve to (a stale or spoofed neighbour entry) is given to
 neither: both are reported in `conflicts` and the port stays unclaimed (pending).
 
@@ -121,8 +121,8 @@ class Discovered:
     def attachments(self) -> dict[str, int]:
         """What the agent attaches and syncs: pod -> ifindex, plus one placeholder key per
         unclaimed bridge port. The datapath gives a key without a desired endpoint a PENDING
-        endpoint, so an unknown pod's veth is failed closed (IP dropped; ARP/ND and traffic with
-        its node pass, so its MAC can still be learned) until discovery knows its pod."""
+        endpoint, so an unknown pod's veth is failed closed (IP dropped; ARP/ND pass, so its MAC
+        can still be learned) until discovery knows its pod."""
         out = dict(self.pod_ifindex)
         for ifindex in self.unclaimed:
             out[unclaimed_key(ifindex)] = ifindex
