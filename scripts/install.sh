@@ -23,7 +23,8 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   python3 python3-venv python3-pip python3-bpfcc libbpfcc \
   linux-headers-amd64 gcc libc6-dev \
-  iproute2 util-linux procps iperf3 sockperf iptables ipset ca-certificates >/dev/null
+  iproute2 util-linux procps iperf3 sockperf iptables ipset ca-certificates \
+  dnsmasq-base curl wget >/dev/null
 if [ "$image" = 0 ]; then
   # `vethguard bench` draws its PNG plots with matplotlib (host only: the image runs the agent)
   apt-get install -y -qq --no-install-recommends python3-matplotlib >/dev/null

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import ipaddress
 import json
 import os
 import shutil
@@ -22,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from controller.errors import VethguardError
+from controller.lab import dns, netns, probe, topology
 from controller.lab import manifests as manifest_io
-from controller.lab import netns, probe, topology
 from controller.lab.manifests import Manifest
 from controller.lab.state import (
     DAEMON_MODULE,
@@ -271,7 +272,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise VethguardError(f"--nodes must be between 1 and {topology.MAX_NODES}")
     if paths.root.exists() or topology.LabNames(lab).owned():
         raise VethguardError(f"lab {lab!r} already exists (remove it with: vethguard lab down --name {lab})")
-    paths.write_config(LabConfig(lab, args.nodes, args.cni, agents=not args.no_agents))
+    paths.write_config(LabConfig(lab, args.nodes, args.cni, agents=not args.no_agents, dns=args.dns))
     try:
         start_daemon(paths)
         client = LabClient(paths)
@@ -317,7 +318,19 @@ def _targets(status: dict[str, Any]) -> dict[str, probe.Target]:
     }
     for name, ext in sorted(status["externals"].items()):
         targets[f"ext/{name}"] = probe.Target(f"ext/{name}", ext["netns"], tuple(ext["ips"]))
+    for name, svc in sorted((status.get("services") or {}).items()):
+        if svc.get("clusterIP"):  # the netns of a Service is never used: it is only a destination
+            targets[f"svc/{name}"] = probe.Target(f"svc/{name}", "", (svc["clusterIP"],))
     return targets
+
+
+def _address_targets(names: list[str] | None) -> dict[str, probe.Target]:
+    """Destinations given as plain addresses (a node address with a NodePort, a ClusterIP)."""
+    found = {}
+    for name in names or []:
+        with contextlib.suppress(ValueError):
+            found[name] = probe.Target(name, "", (str(ipaddress.ip_address(name)),))
+    return found
 
 
 def _pick(
@@ -339,7 +352,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     targets = _targets(status)
     pods = sorted(status["pods"])
     sources = _pick(targets, args.sources, pods)
-    destinations = _pick(targets, args.destinations, list(targets))
+    defaults = [t for t in targets if not t.startswith("svc/")]  # Services only when named
+    destinations = _pick({**targets, **_address_targets(args.destinations)}, args.destinations, defaults)
     results = probe.run(sources, destinations, args.protocol, args.port, args.family, args.timeout)
     if args.output == "json":
         doc = {
@@ -424,6 +438,10 @@ def cmd_exec(args: argparse.Namespace) -> int:
         raise VethguardError("lab exec: give a command after --, e.g. vethguard lab exec x/a -- ip addr")
     ns_name = exec_netns(args.name, args.target)
     sys.stdout.flush()
+    if (dns.NETNS_ETC / ns_name / "resolv.conf").exists():
+        # the pod's resolv.conf (cluster DNS): `ip netns exec` bind-mounts /etc/netns/<ns>/* over
+        # /etc for this command only, in a mount namespace of its own
+        os.execvp("ip", ["ip", "netns", "exec", ns_name, *command])
     os.execvp("nsenter", ["nsenter", f"--net={netns.netns_path(ns_name)}", "--", *command])
     return 127  # not reached
 
@@ -449,6 +467,7 @@ def teardown(lab: str) -> list[str]:
                 os.kill(leftover, signal.SIGKILL)
             removed.append(f"process {leftover}")
     removed.extend(f"namespace {n}" for n in topology.Topology(lab).delete_all())
+    removed.extend(dns.remove_all_resolv_confs(names.prefix))
     if paths.pin_root.exists():
         shutil.rmtree(paths.pin_root, ignore_errors=True)
         removed.append(str(paths.pin_root))
@@ -512,6 +531,12 @@ def register(subparsers: Any) -> None:
     up.add_argument(
         "--timeout", type=float, default=180.0, help="seconds to wait for the agents (default: 180)"
     )
+    up.add_argument(
+        "--dns",
+        action="store_true",
+        help="cluster DNS: a dnsmasq pod kube-system/kube-dns behind the Service kube-dns "
+        "(10.245.0.10); pods resolve Service names in `lab exec`",
+    )
     up.add_argument("--no-agents", action="store_true", help=argparse.SUPPRESS)
     up.set_defaults(func=_run(cmd_up))
 
@@ -535,7 +560,9 @@ def register(subparsers: Any) -> None:
     pr.add_argument("--protocol", choices=["TCP", "UDP", "SCTP"], default="TCP", type=str.upper)
     pr.add_argument("--family", type=int, choices=[4, 6], default=4)
     pr.add_argument("--from", dest="sources", action="extend", nargs="+", metavar="NS/POD|ext/NAME")
-    pr.add_argument("--to", dest="destinations", action="extend", nargs="+", metavar="NS/POD|ext/NAME")
+    pr.add_argument(
+        "--to", dest="destinations", action="extend", nargs="+", metavar="NS/POD|ext/NAME|svc/NS/NAME|IP"
+    )
     pr.add_argument("--timeout", type=float, default=1.0, help="seconds per probe (default: %(default)s)")
     pr.add_argument("-o", "--output", choices=["text", "json"], default="text")
     pr.set_defaults(func=_run(cmd_probe))

@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any
 
-from controller.lab import netns, topology
+from controller.lab import dns, netns, topology
 from controller.lab.apiserver import (
     ApiHTTPServer,
     ApiUnixServer,
@@ -37,11 +37,18 @@ from controller.lab.manifests import external_addresses
 from controller.lab.responders import Port, Responders
 from controller.lab.state import LabConfig, LabPaths, is_agent, read_pid, terminate
 from controller.lab.store import ApiError, Obj, Resource, Store
+from controller.lab.svc import ServiceController
 
 log = logging.getLogger("vethguard.lab.daemon")
 
 AGENT_STATUS_PORT = 9890
 SUPERVISE_INTERVAL = 0.2
+
+
+def responder_ports(pod: Obj) -> list[Port]:
+    """The ports the lab's responders serve for a pod (none when a real server owns them)."""
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    return [] if annotations.get(dns.NO_RESPONDERS_ANNOTATION) == "true" else pod_ports(pod)
 
 
 def pod_ports(pod: Obj) -> list[Port]:
@@ -75,12 +82,18 @@ class LabAdmission:
     """Store admission hooks: the lab's network follows the Pods and ExternalHosts written."""
 
     def __init__(
-        self, config: LabConfig, store: Store, topo: topology.Topology, responders: Responders
+        self,
+        config: LabConfig,
+        store: Store,
+        topo: topology.Topology,
+        responders: Responders,
+        services: ServiceController | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.topo = topo
         self.responders = responders
+        self.services = services
 
     # --- Admission protocol ---
 
@@ -89,6 +102,8 @@ class LabAdmission:
             return self._admit_pod(op, obj, old)
         if resource.plural == "externalhosts":
             return self._admit_external(op, obj, old)
+        if resource.plural == "services" and self.services is not None:
+            return self.services.admit(op, obj, old)
         if resource.plural == "nodes" and op != "replace":
             raise ApiError(
                 405, "MethodNotAllowed", "lab nodes are fixed when the lab is created (lab up --nodes N)"
@@ -96,12 +111,17 @@ class LabAdmission:
         return obj
 
     def committed(self, op: str, resource: Resource, obj: Obj, old: Obj | None) -> None:
+        meta = obj["metadata"]
+        if resource.plural == "pods" and op == "create" and self.config.dns:
+            dns.write_resolv_conf(self.topo.names.pod(meta["namespace"], meta["name"]), meta["namespace"])
+        if self.services is not None:
+            self.services.committed(resource, obj)
         if op != "delete":
             return
-        meta = obj["metadata"]
         if resource.plural == "pods":
             self.responders.remove(_pod_key(obj))
             self.topo.delete_pod(meta["namespace"], meta["name"])
+            dns.remove_resolv_conf(self.topo.names.pod(meta["namespace"], meta["name"]))
         elif resource.plural == "externalhosts":
             self.responders.remove(f"ext/{meta['name']}")
             self.topo.delete_external(meta["name"])
@@ -174,7 +194,7 @@ class LabAdmission:
         try:
             self.topo.create_pod(meta["namespace"], meta["name"], node, address4, address6)
             self.responders.add(
-                _pod_key(pod), self.topo.names.pod(meta["namespace"], meta["name"]), pod_ports(pod)
+                _pod_key(pod), self.topo.names.pod(meta["namespace"], meta["name"]), responder_ports(pod)
             )
         except Exception as exc:
             self.responders.remove(_pod_key(pod))
@@ -240,7 +260,9 @@ class LabAdmission:
                 ips = [entry["ip"] for entry in pod["status"]["podIPs"]]
                 node = topology.node_index(pod["spec"]["nodeName"]) or 1
                 self.topo.create_pod(meta["namespace"], meta["name"], node, ips[0], ips[1])
-            self.responders.add(_pod_key(pod), ns_name, pod_ports(pod))
+            self.responders.add(_pod_key(pod), ns_name, responder_ports(pod))
+            if self.config.dns:
+                dns.write_resolv_conf(ns_name, meta["namespace"])
         for ext in self.store.list("externalhosts")[0]:
             name = ext["metadata"]["name"]
             if not netns.exists(self.topo.names.ext(name)):
@@ -445,7 +467,17 @@ class LabDaemon:
         self.topo = topology.Topology(lab, self.config.cni)
         self.store = Store(self.paths.store)
         self.responders = Responders()
-        self.admission = LabAdmission(self.config, self.store, self.topo, self.responders)
+        self.dns = (
+            dns.DnsServer(self.paths.root / "dns", self.topo.names.pod(dns.NAMESPACE, dns.NAME),
+                          self.paths.root / "dns.log")
+            if self.config.dns else None
+        )
+        self.services = ServiceController(
+            self.store,
+            lambda: [self.topo.names.node(i) for i in range(1, self.config.nodes + 1)],
+            self.dns.update if self.dns is not None else None,
+        )
+        self.admission = LabAdmission(self.config, self.store, self.topo, self.responders, self.services)
         self.servers: list[ServerThread] = []
         self.agents = AgentSupervisor(self.config, self.paths, self.topo) if self.config.agents else None
         self.stopped = threading.Event()
@@ -464,6 +496,12 @@ class LabDaemon:
         self.store.admission = self.admission
         if not fresh:
             self.admission.restore()
+        self.services.last_script = ""  # node tables may be gone (a rebuilt lab): write them again
+        self.services.realize()
+        if self.dns is not None:
+            if fresh:
+                self._create_dns_objects()
+            self.dns.start()
         self._serve()
         self.paths.kubeconfig.write_text(
             kubeconfig_text(f"http://{topology.API_ADDRESS}:{topology.API_PORT}")
@@ -472,6 +510,13 @@ class LabDaemon:
             self.paths.pin_root.mkdir(parents=True, exist_ok=True)
             self.agents.start()
         log.info("lab %s serving (resourceVersion %d)", self.config.name, self.store.resource_version)
+
+    def _create_dns_objects(self) -> None:
+        plurals = {"Namespace": "namespaces", "Pod": "pods", "Service": "services"}
+        for obj in dns.objects():
+            if self.store.get(plurals[obj["kind"]], obj["metadata"].get("namespace", ""),
+                              obj["metadata"]["name"]) is None:
+                self.store.create(plurals[obj["kind"]], obj)
 
     def _build_network(self, fresh: bool) -> None:
         nodes = range(1, self.config.nodes + 1)
@@ -531,9 +576,23 @@ class LabDaemon:
             for node, thread in threads.items():
                 thread.join()
                 agents[node] = results[node]
+        svcs = {}
+        for service in self.store.list("services")[0]:
+            meta, spec = service["metadata"], service["spec"]
+            svcs[f"{meta['namespace']}/{meta['name']}"] = {
+                "type": spec.get("type"),
+                "clusterIP": spec.get("clusterIP"),
+                "ports": [
+                    {"name": p.get("name") or "", "port": p["port"], "protocol": p["protocol"],
+                     "targetPort": p.get("targetPort"), "nodePort": p.get("nodePort")}
+                    for p in spec.get("ports") or []
+                ],
+            }
         return {
             "name": self.config.name,
             "cni": self.config.cni,
+            "dns": self.config.dns,
+            "services": svcs,
             "resourceVersion": self.store.resource_version,
             "api": {
                 "url": f"http://{topology.API_ADDRESS}:{topology.API_PORT}",
@@ -550,6 +609,8 @@ class LabDaemon:
         if self.stopped.is_set():
             return
         self.stopped.set()
+        if self.dns is not None:
+            self.dns.stop()
         if self.agents is not None:
             self.agents.stop()
         for server in self.servers:

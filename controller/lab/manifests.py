@@ -1,6 +1,7 @@
 """Lab manifests: multi-document YAML files, directories of them, or standard input.
 
-Kinds: Namespace (v1), Pod (v1), NetworkPolicy (networking.k8s.io/v1) and the lab's
+Kinds: Namespace (v1), Pod (v1), Service (v1: ClusterIP or NodePort with a selector),
+NetworkPolicy (networking.k8s.io/v1) and the lab's
 ExternalHost (lab.vethguard.dev/v1alpha1: metadata.name, spec.ip one or a list, spec.ports
 [{port, protocol}]). `kind: List` documents are flattened. Errors name the file and document.
 """
@@ -18,8 +19,9 @@ import yaml
 from controller.errors import VethguardError
 from controller.lab.store import BY_KIND, Resource
 from controller.lab.topology import check_external_address
+from controller.services import ServiceError, parse_service
 
-APPLY_ORDER = ("Namespace", "ExternalHost", "Pod", "NetworkPolicy")
+APPLY_ORDER = ("Namespace", "ExternalHost", "Pod", "Service", "NetworkPolicy")
 SUFFIXES = (".yaml", ".yml", ".json")
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 
@@ -138,7 +140,7 @@ def parse(origin: str, doc: Any) -> Manifest:
         raise ManifestError(f"{origin}: a manifest must be a mapping, got {type(doc).__name__}")
     kind = doc.get("kind")
     resource = BY_KIND.get(kind) if isinstance(kind, str) else None
-    if resource is None or kind == "Node":
+    if resource is None or kind in ("Node", "EndpointSlice"):  # the lab manages both
         supported = ", ".join(APPLY_ORDER)
         raise ManifestError(f"{origin}: unknown kind {kind!r} (the lab supports {supported})")
     if doc.get("apiVersion") != resource.api_version:
@@ -158,6 +160,11 @@ def parse(origin: str, doc: Any) -> Manifest:
         _check_pod(where, doc)
     elif kind == "ExternalHost":
         _check_external(where, doc)
+    elif kind == "Service":
+        try:
+            parse_service(doc)
+        except ServiceError as exc:
+            raise ManifestError(f"{origin}: {exc}") from exc
     return Manifest(resource, doc, origin)
 
 

@@ -2,7 +2,8 @@
 
 Sockets are created on a short-lived thread inside the target namespace and keep that
 namespace for their whole life, so a single loop in the lab daemon serves every namespace:
-TCP accepts and closes, UDP echoes (replying from the address the datagram was sent to), and
+TCP accepts, answers an HTTP request with 200 and closes, UDP echoes (replying from the address
+the datagram was sent to), and
 SCTP INITs are answered with an INIT-ACK (or an ABORT for an undeclared port) over raw sockets,
 for IPv4 and IPv6. Everything binds to the wildcard address, so every address of the namespace
 answers.
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 Port = tuple[int, str]  # (port, protocol)
-Handler = Callable[[socket.socket], None]
+Handler = Callable[[socket.socket], object]
 
 
 @dataclass
@@ -88,10 +89,34 @@ def open_sockets(ports: Iterable[Port]) -> list[socket.socket]:
 # --- per-packet handlers ----------------------------------------------------------------------
 
 
-def _accept(sock: socket.socket) -> None:
+HTTP_METHODS = (b"GET ", b"HEAD ", b"POST ", b"PUT ", b"DELETE ", b"OPTIONS ")
+HTTP_BODY = b"vethguard lab responder\n"
+HTTP_RESPONSE = (
+    b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+    % (len(HTTP_BODY), HTTP_BODY)
+)
+
+
+def _accept(sock: socket.socket) -> socket.socket | None:
+    """Accept one connection; the loop then waits for its first bytes (`_answer_tcp`)."""
     with contextlib.suppress(BlockingIOError, InterruptedError, ConnectionAbortedError):
         conn, _ = sock.accept()
-        conn.close()
+        conn.setblocking(False)
+        return conn
+    return None
+
+
+def _answer_tcp(conn: socket.socket) -> None:
+    """First bytes of a connection: an HTTP request gets a small 200 answer (so curl and wget
+    work against any declared TCP port); anything else, or EOF, just closes it."""
+    with contextlib.suppress(OSError):
+        data = conn.recv(65535)
+        if data.startswith(HTTP_METHODS):
+            conn.setblocking(True)
+            conn.settimeout(1.0)
+            conn.sendall(HTTP_RESPONSE)
+            conn.shutdown(socket.SHUT_WR)
+    conn.close()
 
 
 def _echo_udp(sock: socket.socket) -> None:
@@ -212,6 +237,10 @@ class Responders:
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
 
+    def _track(self, conn: socket.socket | None) -> None:
+        if conn is not None:
+            self._selector.register(conn, selectors.EVENT_READ, _answer_tcp)
+
     def _loop(self) -> None:
         while not self._stopping:
             try:
@@ -228,6 +257,12 @@ class Responders:
                     if not isinstance(sock, socket.socket) or sock.fileno() < 0:
                         continue
                     try:
-                        key.data(sock)
+                        if key.data is _accept:
+                            self._track(_accept(sock))
+                        elif key.data is _answer_tcp:
+                            self._selector.unregister(sock)
+                            _answer_tcp(sock)
+                        else:
+                            key.data(sock)
                     except Exception:
                         log.exception("responder error on %s", sock)

@@ -34,6 +34,7 @@ class LabConfig:
     nodes: int = 1
     cni: str = "routed"
     agents: bool = True
+    dns: bool = False  # cluster DNS (controller.lab.dns): dnsmasq pod + kube-dns Service
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,8 @@ RESOURCES: dict[str, Resource] = {
         Resource("pods", "Pod", "", "v1", namespaced=True),
         Resource("networkpolicies", "NetworkPolicy", "networking.k8s.io", "v1", namespaced=True),
         Resource("externalhosts", "ExternalHost", "lab.vethguard.dev", "v1alpha1", namespaced=False),
+        Resource("services", "Service", "", "v1", namespaced=True),
+        Resource("endpointslices", "EndpointSlice", "discovery.k8s.io", "v1", namespaced=True),
     )
 }
 BY_KIND: dict[str, Resource] = {r.kind: r for r in RESOURCES.values()}
@@ -179,7 +181,21 @@ def _default_namespace(obj: Obj) -> None:
     obj["status"] = {"phase": "Active"}
 
 
+def _default_service(obj: Obj) -> None:
+    spec = obj.setdefault("spec", {})
+    if not isinstance(spec, dict):
+        return
+    spec.setdefault("type", "ClusterIP")
+    spec.setdefault("sessionAffinity", "None")
+    for port in spec.get("ports") or []:
+        if isinstance(port, dict):
+            if port.get("protocol") is None:
+                port["protocol"] = "TCP"
+            port.setdefault("targetPort", port.get("port"))
+
+
 DEFAULTERS: dict[str, Callable[[Obj], None]] = {
+    "services": _default_service,
     "networkpolicies": _default_policy,
     "pods": _default_pod,
     "namespaces": _default_namespace,

@@ -75,7 +75,11 @@ def test_external_addresses_accept_one_or_a_list() -> None:
     ("text", "message"),
     [
         ("kind: [\n", "invalid YAML"),
-        ("apiVersion: v1\nkind: Service\nmetadata: {name: s}\n", "unknown kind 'Service'"),
+        (
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s}\n",
+            "unknown kind 'EndpointSlice'",
+        ),
+        ("apiVersion: v1\nkind: Service\nmetadata: {name: s}\n", "spec.ports: at least one port"),
         ("- just a list\n", "must be a mapping"),
         ("apiVersion: v2\nkind: Pod\nmetadata: {name: a}\n", "must have apiVersion v1"),
         ("apiVersion: v1\nkind: Namespace\nmetadata: {}\n", "metadata.name is required"),

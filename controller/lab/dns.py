@@ -1,0 +1,179 @@
+"""Cluster DNS for a lab created with `lab up --dns`: a real dnsmasq in the pod kube-system/kube-dns,
+behind the Service kube-system/kube-dns (ClusterIP 10.245.0.10, like kubelet's --cluster-dns).
+
+dnsmasq answers NAME.NAMESPACE.svc.cluster.local from a hosts directory the daemon rewrites when
+Services change (dnsmasq rereads it through inotify), answers NXDOMAIN for any other name under
+cluster.local and forwards nothing (the lab has no upstream). The pod is an ordinary lab pod: its
+traffic crosses its veth like any other, so NetworkPolicies apply to DNS as in a cluster.
+
+Pods get a resolv.conf the way kubelet writes it (search <ns>.svc.cluster.local svc.cluster.local
+cluster.local, ndots:5), kept at /etc/netns/<pod netns>/resolv.conf: `ip netns exec` (used by
+`lab exec`) bind-mounts it over /etc/resolv.conf for the command only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+from controller import services
+from controller.lab import netns
+
+log = logging.getLogger("vethguard.lab.dns")
+
+NAMESPACE = "kube-system"
+NAME = "kube-dns"
+DOMAIN = "cluster.local"
+LABELS = {"k8s-app": "kube-dns"}
+NO_RESPONDERS_ANNOTATION = "lab.vethguard.dev/no-responders"  # dnsmasq owns port 53
+NETNS_ETC = Path("/etc/netns")
+SUPERVISE_INTERVAL = 0.5
+
+
+def objects() -> list[dict[str, Any]]:
+    """The Namespace, Pod and Service that make up cluster DNS (applied at `lab up --dns`)."""
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": NAME,
+                "namespace": NAMESPACE,
+                "labels": dict(LABELS),
+                "annotations": {NO_RESPONDERS_ANNOTATION: "true"},
+            },
+            "spec": {
+                "nodeName": "node-1",
+                "containers": [{
+                    "name": "dnsmasq",
+                    "ports": [
+                        {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                        {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
+                    ],
+                }],
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": NAME, "namespace": NAMESPACE, "labels": dict(LABELS)},
+            "spec": {
+                "clusterIP": services.DNS_CLUSTER_IP,
+                "selector": dict(LABELS),
+                "ports": [
+                    {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": "dns"},
+                    {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": "dns-tcp"},
+                ],
+            },
+        },
+    ]
+
+
+def resolv_conf(namespace: str) -> str:
+    return (
+        f"search {namespace}.svc.{DOMAIN} svc.{DOMAIN} {DOMAIN}\n"
+        f"nameserver {services.DNS_CLUSTER_IP}\n"
+        "options ndots:5\n"
+    )
+
+
+def write_resolv_conf(pod_netns: str, namespace: str) -> None:
+    directory = NETNS_ETC / pod_netns
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "resolv.conf").write_text(resolv_conf(namespace))
+
+
+def remove_resolv_conf(pod_netns: str) -> None:
+    shutil.rmtree(NETNS_ETC / pod_netns, ignore_errors=True)
+
+
+def remove_all_resolv_confs(prefix: str) -> list[str]:
+    removed = []
+    if NETNS_ETC.is_dir():
+        for entry in NETNS_ETC.iterdir():
+            if entry.name.startswith(prefix):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(str(entry))
+    return removed
+
+
+def hosts_text(all_services: list[dict[str, Any]]) -> str:
+    lines = []
+    for obj in sorted(all_services, key=lambda s: (s["metadata"]["namespace"], s["metadata"]["name"])):
+        address = (obj.get("spec") or {}).get("clusterIP")
+        if address and address != "None":
+            meta = obj["metadata"]
+            lines.append(f"{address} {meta['name']}.{meta['namespace']}.svc.{DOMAIN}")
+    return "\n".join(lines) + "\n"
+
+
+class DnsServer:
+    """dnsmasq inside the kube-dns pod's namespace, restarted when it exits."""
+
+    def __init__(self, directory: Path, pod_netns: str, log_path: Path) -> None:
+        self.hosts_dir = directory / "hosts.d"
+        self.pod_netns = pod_netns
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="dns", daemon=True)
+
+    def update(self, all_services: list[dict[str, Any]]) -> None:
+        self.hosts_dir.mkdir(parents=True, exist_ok=True)
+        target = self.hosts_dir / "services"
+        text = hosts_text(all_services)
+        with contextlib.suppress(FileNotFoundError):
+            if target.read_text() == text:
+                return
+        tmp = self.hosts_dir.parent / "services.tmp"  # outside the watched directory
+        tmp.write_text(text)
+        os.replace(tmp, target)
+
+    def command(self) -> list[str]:
+        return [
+            "nsenter", f"--net={netns.netns_path(self.pod_netns)}", "--",
+            "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+            f"--hostsdir={self.hosts_dir}", f"--local=/{DOMAIN}/", "--user=root", "--group=root",
+            f"--pid-file={self.hosts_dir.parent / 'dnsmasq.pid'}", "--log-facility=-", "--port=53",
+        ]
+
+    def start(self) -> DnsServer:
+        self.hosts_dir.mkdir(parents=True, exist_ok=True)
+        self._spawn()
+        self._thread.start()
+        return self
+
+    def _spawn(self) -> None:
+        log_file = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.proc = subprocess.Popen(
+                self.command(), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                start_new_session=True, cwd="/",
+            )
+        finally:
+            log_file.close()
+        log.info("dnsmasq started in %s (pid %d)", self.pod_netns, self.proc.pid)
+
+    def _loop(self) -> None:
+        while not self._stopping.wait(SUPERVISE_INTERVAL):
+            if self.proc is not None and self.proc.poll() is not None and netns.exists(self.pod_netns):
+                log.warning("dnsmasq exited with %s; starting it again", self.proc.returncode)
+                self._spawn()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=2)
+            if self.proc.poll() is None:
+                self.proc.kill()

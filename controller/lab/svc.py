@@ -1,0 +1,143 @@
+"""The lab's Service machinery: ClusterIP/NodePort allocation, the EndpointSlice controller and a
+kube-proxy (nftables, iptables-mode semantics) in every node namespace.
+
+It runs inside the lab daemon's store hooks: a Service write is admitted (addresses allocated),
+and every committed Pod or Service change recomputes the namespace's EndpointSlices, writes the
+ones that changed through the store (so agents and clients see them over list/watch) and
+replaces the nftables table of every node (`nft -f`, atomic per node). The DNS server's hosts
+file follows the Services too (controller.lab.dns).
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+from controller import services
+from controller.lab import netns
+from controller.lab.store import ApiError, Obj, Resource, Store
+
+log = logging.getLogger("vethguard.lab.svc")
+
+
+def _spec(obj: Obj) -> dict[str, Any]:
+    spec = obj.setdefault("spec", {})
+    return spec if isinstance(spec, dict) else {}
+
+
+class ServiceController:
+    def __init__(self, store: Store, node_namespaces: Callable[[], list[str]],
+                 on_services: Callable[[list[Obj]], None] | None = None) -> None:
+        self.store = store
+        self.node_namespaces = node_namespaces
+        self.on_services = on_services  # e.g. the DNS server's hosts file
+        self.last_script = ""
+
+    # --- admission ---
+
+    def admit(self, op: str, obj: Obj, old: Obj | None) -> Obj:
+        if op not in ("create", "replace"):
+            return obj
+        where = f"Service {obj['metadata'].get('namespace')}/{obj['metadata']['name']}"
+        spec = _spec(obj)
+        try:
+            services.parse_service(obj)
+            others = [
+                s for s in self.store.list("services")[0]
+                if old is None or s["metadata"]["uid"] != old["metadata"]["uid"]
+            ]
+            self._cluster_ip(spec, old, others)
+            self._node_ports(spec, old, others)
+        except services.ServiceError as exc:
+            raise ApiError(422, "Invalid", f"{where}: {exc}") from exc
+        return obj
+
+    @staticmethod
+    def _cluster_ip(spec: dict[str, Any], old: Obj | None, others: list[Obj]) -> None:
+        previous = (old or {}).get("spec", {}).get("clusterIP")
+        requested = spec.get("clusterIP")
+        if previous:
+            if requested not in (None, "", previous):
+                raise services.ServiceError(f"spec.clusterIP is immutable ({previous})")
+            address = previous
+        else:
+            used = [s["spec"].get("clusterIP") for s in others if s["spec"].get("clusterIP")]
+            address = services.allocate_cluster_ip(used, requested or None)
+        spec["clusterIP"] = address
+        spec["clusterIPs"] = [address]
+        spec["ipFamilies"] = ["IPv4"]
+        spec["ipFamilyPolicy"] = "SingleStack"
+
+    @staticmethod
+    def _node_ports(spec: dict[str, Any], old: Obj | None, others: list[Obj]) -> None:
+        if spec.get("type") != "NodePort":
+            for port in spec.get("ports") or []:
+                port.pop("nodePort", None)
+            return
+        used = {int(p["nodePort"]) for s in others for p in s["spec"].get("ports") or [] if p.get("nodePort")}
+        previous = {
+            (p.get("name") or "", p.get("protocol")): p.get("nodePort")
+            for p in ((old or {}).get("spec") or {}).get("ports") or []
+        }
+        for port in spec.get("ports") or []:
+            requested = port.get("nodePort") or previous.get((port.get("name") or "", port.get("protocol")))
+            port["nodePort"] = services.allocate_node_port(used, requested)
+            used.add(port["nodePort"])
+
+    # --- after a commit ---
+
+    def committed(self, resource: Resource, obj: Obj) -> None:
+        if resource.plural not in ("pods", "services"):
+            return
+        namespace = obj["metadata"].get("namespace") or "default"
+        self.reconcile_slices(namespace)
+        self.realize()
+
+    def reconcile_slices(self, namespace: str) -> None:
+        if self.store.get("namespaces", "", namespace) is None:
+            return  # the namespace is being deleted with everything in it
+        pods = self.store.list("pods", namespace)[0]
+        wanted: dict[str, Obj] = {}
+        for service in self.store.list("services", namespace)[0]:
+            for item in services.endpoint_slices(service, pods):
+                wanted[item["metadata"]["name"]] = item
+        current = {
+            s["metadata"]["name"]: s
+            for s in self.store.list("endpointslices", namespace)[0]
+            if (s["metadata"].get("labels") or {}).get(services.MANAGED_BY_LABEL) == services.MANAGED_BY
+        }
+        for name, item in wanted.items():
+            have = current.get(name)
+            if have is None:
+                self.store.create("endpointslices", item, namespace)
+            elif (have.get("endpoints"), have.get("ports")) != (item["endpoints"], item["ports"]):
+                self.store.replace("endpointslices", item, namespace, name)
+        for name in current.keys() - wanted.keys():
+            self.store.delete("endpointslices", namespace, name)
+
+    def realize(self) -> None:
+        """Replace the nftables table of every node with the current Services' DNAT rules."""
+        all_services = self.store.list("services")[0]
+        table = services.service_table(all_services, self.store.list("endpointslices")[0])
+        script = services.render_nft(table)
+        if self.on_services is not None:
+            self.on_services(all_services)
+        if script == self.last_script or (not table and not self.last_script):
+            return  # unchanged, or still no Services (no table, so no conntrack in the nodes)
+        for name in self.node_namespaces():
+            apply_nft(name, script)
+        self.last_script = script
+
+
+def apply_nft(namespace: str, script: str) -> None:
+    """Run an nft script inside a lab namespace (never the caller's)."""
+    if not netns.exists(namespace):
+        raise netns.NetnsError(f"network namespace {namespace} does not exist")
+    proc = subprocess.run(
+        ["nsenter", f"--net={netns.netns_path(namespace)}", "--", "nft", "-f", "-"],
+        input=script, capture_output=True, text=True, check=False,
+    )
+    if proc.returncode != 0:
+        raise netns.NetnsError(f"nft in {namespace} failed: {proc.stderr.strip()}")
