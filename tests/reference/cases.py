@@ -38,7 +38,7 @@ POD_LABEL_SETS: tuple[dict[str, str], ...] = (
     {"tier": "a"},
 )
 NS_LABEL_SETS: tuple[dict[str, str], ...] = ({}, {"team": "a"}, {"team": "b"}, {"team": "a", "env": "prod"})
-PORT_NAMES = ("http", "dns", "metrics")
+PORT_NAMES = ("http", "dns")
 MISSING_PORT_NAME = "nosuchport"  # a name no pod declares
 CONTAINER_PORTS = (53, 80, 81, 8080, 65535)
 PROTOCOLS = ("TCP", "UDP", "SCTP")
@@ -132,26 +132,29 @@ NS_VALUES = st.sampled_from(("a", "b", "prod", "x", "y", "z"))
 def selectors(
     keys: st.SearchStrategy[str], values: st.SearchStrategy[str]
 ) -> st.SearchStrategy[dict[str, Any]]:
-    expression = st.one_of(
-        st.fixed_dictionaries(
-            {
-                "key": keys,
-                "operator": st.sampled_from(("In", "NotIn")),
-                "values": st.lists(values, min_size=1, max_size=2, unique=True),
-            }
-        ),
-        st.fixed_dictionaries({"key": keys, "operator": st.sampled_from(("Exists", "DoesNotExist"))}),
+    expression = st.sampled_from(("In", "NotIn", "Exists", "DoesNotExist")).flatmap(
+        lambda op: st.fixed_dictionaries(
+            {"key": keys, "operator": st.just(op)}
+            | (
+                {"values": st.lists(values, min_size=1, max_size=2, unique=True)}
+                if op in ("In", "NotIn")
+                else {}
+            )
+        )
     )
-    return st.one_of(
-        st.just({}),
-        st.fixed_dictionaries({"matchLabels": st.dictionaries(keys, values, min_size=1, max_size=2)}),
-        st.fixed_dictionaries({"matchExpressions": st.lists(expression, min_size=1, max_size=2)}),
-        st.fixed_dictionaries(
-            {
-                "matchLabels": st.dictionaries(keys, values, min_size=1, max_size=1),
-                "matchExpressions": st.lists(expression, min_size=1, max_size=1),
-            }
-        ),
+    match_labels = st.dictionaries(keys, values, min_size=1, max_size=2)
+    expressions = st.lists(expression, min_size=1, max_size=2)
+    return st.sampled_from(("everything", "labels", "expressions", "both")).flatmap(
+        lambda form: (
+            st.just({})
+            if form == "everything"
+            else st.fixed_dictionaries(
+                {
+                    **({"matchLabels": match_labels} if form in ("labels", "both") else {}),
+                    **({"matchExpressions": expressions} if form in ("expressions", "both") else {}),
+                }
+            )
+        )
     )
 
 
@@ -159,32 +162,51 @@ POD_SELECTORS = selectors(POD_KEYS, POD_VALUES)
 NS_SELECTORS = selectors(NS_KEYS, NS_VALUES)
 
 
+POD_PREFIX_LENGTHS = {4: (32, 31, 28, 24, 16), 6: (128, 127, 124, 64, 56)}
+
+
 @st.composite
-def cidrs(draw: st.DrawFn, pod_keys: tuple[str, ...]) -> str:
-    family = draw(st.sampled_from((4, 6)))
-    pod_relative: bool = draw(st.booleans())
+def cidrs(draw: st.DrawFn, pod_keys: tuple[str, ...], family: int, longer_than: int = -1) -> str:
+    """A literal CIDR, or a placeholder for the network of some length around a pod's address."""
+    pod_relative = draw(st.booleans())
     if pod_keys and pod_relative:
-        plen = draw(st.sampled_from((32, 31, 28, 24) if family == 4 else (128, 127, 124, 64)))
-        return f"pod:{draw(st.sampled_from(pod_keys))}:{family}:{plen}"
-    return draw(st.sampled_from(LITERAL_CIDRS[family]))
+        lengths = [n for n in POD_PREFIX_LENGTHS[family] if n > longer_than] or [
+            POD_PREFIX_LENGTHS[family][0]
+        ]
+        return f"pod:{draw(st.sampled_from(pod_keys))}:{family}:{draw(st.sampled_from(lengths))}"
+    literal = [c for c in LITERAL_CIDRS[family] if int(c.split("/")[1]) > longer_than] or [
+        LITERAL_CIDRS[family][-1]
+    ]
+    return draw(st.sampled_from(literal))
+
+
+def _prefixlen(text: str) -> int:
+    return int(text.rsplit(":" if text.startswith("pod:") else "/", 1)[1])
 
 
 @st.composite
 def ip_block_peers(draw: st.DrawFn, pod_keys: tuple[str, ...]) -> dict[str, Any]:
-    block: dict[str, Any] = {"cidr": draw(cidrs(pod_keys))}
-    # Excepts that turn out not to be strict subsets are dropped by materialize(), so draw freely.
-    if draw(st.booleans()):
-        block["except"] = draw(st.lists(cidrs(pod_keys), max_size=3))
+    family = draw(st.sampled_from((4, 6)))
+    block: dict[str, Any] = {"cidr": draw(cidrs(pod_keys, family))}
+    if draw(st.sampled_from((True, True, False))):
+        # Longer prefixes of the same family, so that most are inside the cidr; the ones that
+        # turn out not to be strict subsets are dropped by materialize() (the API rejects them).
+        longer = _prefixlen(block["cidr"])
+        block["except"] = draw(st.lists(cidrs(pod_keys, family, longer), max_size=3))
     return {"ipBlock": block}
 
 
-def peers(pod_keys: tuple[str, ...]) -> st.SearchStrategy[dict[str, Any]]:
-    return st.one_of(
-        st.fixed_dictionaries({"podSelector": POD_SELECTORS}),
-        st.fixed_dictionaries({"namespaceSelector": NS_SELECTORS}),
-        st.fixed_dictionaries({"podSelector": POD_SELECTORS, "namespaceSelector": NS_SELECTORS}),
-        ip_block_peers(pod_keys),
-    )
+@st.composite
+def peers(draw: st.DrawFn, pod_keys: tuple[str, ...]) -> dict[str, Any]:
+    form = draw(st.sampled_from(("pod", "namespace", "both", "ipBlock", "ipBlock")))
+    if form == "ipBlock":
+        return draw(ip_block_peers(pod_keys))
+    peer: dict[str, Any] = {}
+    if form in ("pod", "both"):
+        peer["podSelector"] = draw(POD_SELECTORS)
+    if form in ("namespace", "both"):
+        peer["namespaceSelector"] = draw(NS_SELECTORS)
+    return peer
 
 
 PROTOCOL_FIELD = {"protocol": st.sampled_from(PROTOCOLS)}
@@ -198,29 +220,54 @@ def ranges(draw: st.DrawFn) -> tuple[int, int]:
     return lo, hi
 
 
-POLICY_PORT_FORMS = st.one_of(
-    st.just({}),  # protocol TCP, every port
-    st.fixed_dictionaries(PROTOCOL_FIELD),
-    st.fixed_dictionaries({"port": st.sampled_from(POLICY_PORTS)}, optional=PROTOCOL_FIELD),
-    st.fixed_dictionaries(
-        {"port": st.sampled_from((*PORT_NAMES, MISSING_PORT_NAME))}, optional=PROTOCOL_FIELD
-    ),
-    st.builds(
-        lambda r, extra: {"port": r[0], "endPort": r[1], **extra},
-        ranges(),
-        st.fixed_dictionaries({}, optional=PROTOCOL_FIELD),
-    ),
-)
+@st.composite
+def policy_ports(draw: st.DrawFn) -> dict[str, Any]:
+    form = draw(st.sampled_from(("{}", "protocol", "number", "number", "name", "name", "range", "range")))
+    protocol = draw(st.sampled_from((None, "TCP", "UDP", "SCTP")))  # None: the field is omitted
+    port: dict[str, Any] = {}
+    if form == "{}":
+        return port  # protocol TCP, every port
+    if protocol is not None or form == "protocol":
+        port["protocol"] = protocol or "UDP"
+    if form == "number":
+        port["port"] = draw(st.sampled_from(POLICY_PORTS))
+    elif form == "name":
+        port["port"] = draw(st.sampled_from((*PORT_NAMES, MISSING_PORT_NAME)))
+    elif form == "range":
+        port["port"], port["endPort"] = draw(ranges())
+    return port
 
 
-def rules(peer_key: str, pod_keys: tuple[str, ...]) -> st.SearchStrategy[dict[str, Any]]:
-    peer_list = st.one_of(st.just([]), st.lists(peers(pod_keys), min_size=1, max_size=3))
-    port_list = st.one_of(st.just([]), st.lists(POLICY_PORT_FORMS, min_size=1, max_size=3))
-    return st.fixed_dictionaries({}, optional={peer_key: peer_list, "ports": port_list})
+POLICY_PORT_FORMS = policy_ports()
 
 
-def rule_lists(peer_key: str, pod_keys: tuple[str, ...]) -> st.SearchStrategy[list[dict[str, Any]]]:
-    return st.one_of(st.just([]), st.just([{}]), st.lists(rules(peer_key, pod_keys), min_size=1, max_size=3))
+# Hypothesis favours the simplest branch of one_of / optional keys, which left most generated
+# rules without peers or ports; shapes are therefore drawn with sampled_from (uniform), and
+# the rich shapes are listed more than once to weigh them up.
+@st.composite
+def rules(draw: st.DrawFn, peer_key: str, pod_keys: tuple[str, ...]) -> dict[str, Any]:
+    rule: dict[str, Any] = {}
+    peer_shape = draw(st.sampled_from(("omitted", "empty", "list", "list", "list", "list")))
+    if peer_shape != "omitted":
+        rule[peer_key] = (
+            [] if peer_shape == "empty" else draw(st.lists(peers(pod_keys), min_size=1, max_size=3))
+        )
+    port_shape = draw(st.sampled_from(("omitted", "empty", "list", "list", "list")))
+    if port_shape != "omitted":
+        rule["ports"] = (
+            [] if port_shape == "empty" else draw(st.lists(POLICY_PORT_FORMS, min_size=1, max_size=3))
+        )
+    return rule
+
+
+@st.composite
+def rule_lists(draw: st.DrawFn, peer_key: str, pod_keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    shape = draw(st.sampled_from(("deny", "allow-all", "rules", "rules", "rules", "rules")))
+    if shape == "deny":
+        return []
+    if shape == "allow-all":
+        return [{}]
+    return draw(st.lists(rules(peer_key, pod_keys), min_size=1, max_size=3))
 
 
 @st.composite
@@ -232,7 +279,7 @@ def policies(
     if types is not None:
         spec["policyTypes"] = types
     for direction, peer_key in (("ingress", "from"), ("egress", "to")):
-        if draw(st.booleans()):
+        if draw(st.sampled_from((True, True, False))):  # False: the key is omitted
             spec[direction] = draw(rule_lists(peer_key, pod_keys))
     return {
         "apiVersion": "networking.k8s.io/v1",
@@ -244,9 +291,11 @@ def policies(
 
 CONTAINER_PORT_LISTS = st.lists(
     st.tuples(
-        st.sampled_from((*PORT_NAMES, None)), st.sampled_from(CONTAINER_PORTS), st.sampled_from(PROTOCOLS)
+        st.sampled_from((*PORT_NAMES, *PORT_NAMES, None)),
+        st.sampled_from(CONTAINER_PORTS),
+        st.sampled_from(PROTOCOLS),
     ),
-    max_size=4,
+    max_size=5,
     unique_by=(lambda t: (t[1], t[2]), lambda t: (t[0], t[2]) if t[0] else (None, t[1], t[2])),
 )
 

@@ -34,7 +34,7 @@ from tests.reference.cases import (
 )
 from tests.reference.evaluator import Evaluator
 
-EXAMPLES = int(os.environ.get("VETHGUARD_DIFF_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("VETHGUARD_DIFF_EXAMPLES", "40"))
 
 
 @dataclass
