@@ -4,13 +4,16 @@ Contract: shared DESIGN.md "Lab contract"; addressing: docs/INTERNALS.md "Lab ad
 What this package decided where those are silent:
 
 Commands (`vethguard lab SUBCOMMAND --name LAB`, default `default`; errors exit 1 with a message):
-  up -f MODEL... [--nodes N] [--cni routed|bridge] [--timeout 180]   (hidden: --no-agents)
+  up -f MODEL... [--nodes N] [--cni routed|bridge] [--dns] [--timeout 180]  (hidden: --no-agents)
   apply -f FILE|DIR|- [--timeout 60]        create or replace, then wait for the agents
   delete -f FILE|DIR|- [--timeout 60] [--ignore-not-found]
   probe --port P --protocol TCP|UDP|SCTP [--family 4|6] [--from X ...] [--to Y ...]
-        [--timeout 1.0] [-o json]           default: all pods -> all pods and ext/NAME hosts
+        [--timeout 1.0] [-o json]           default: all pods -> all pods and ext/NAME hosts;
+                                            --to also takes svc/NS/NAME (its ClusterIP) or an IP
   status [-o json]                          nodes, pods, externals, agents, resourceVersion
   exec NS/POD|ext/NAME|node/node-N -- CMD   nsenter --net into it; exit code passed through
+                                            (`ip netns exec` for pods when the lab has --dns, so
+                                            the pod's resolv.conf is bind-mounted over /etc's)
   down                                      works without the daemon; idempotent
 
 Lab names: 1-24 of [a-z0-9_] (no '-', so `vg-<lab>-` prefixes never overlap between labs).
@@ -28,6 +31,17 @@ Pieces:
   responders.py TCP accept, UDP echo, SCTP INIT -> INIT-ACK (raw sockets; sctp.py) per namespace
   probe.py      parallel probes from threads that setns into the source namespace
   manifests.py  YAML/directory/stdin loading and validation; cli.py: the commands
+  svc.py        Services: ClusterIPs from 10.245.0.0/16 (reserved: no ExternalHost may use it),
+                NodePorts 30000-32767, EndpointSlices (discovery.k8s.io/v1) written through the
+                store on every Pod/Service change, and an nftables table `ip vethguard_svc` in
+                every NODE namespace with kube-proxy iptables-mode semantics (random backend,
+                NodePort on any local address + masquerade, hairpin masquerade, reject without
+                endpoints); no table at all while there are no Services (controller.services)
+  dns.py        `up --dns`: dnsmasq in pod kube-system/kube-dns (node-1) behind the Service
+                kube-dns 10.245.0.10; answers NAME.NS.svc.cluster.local from the Services, NXDOMAIN
+                for other cluster.local names, forwards nothing; pods' resolv.conf (search
+                NS.svc.cluster.local svc.cluster.local cluster.local, ndots:5) in /etc/netns/<pod netns>/
+                Egress to a ClusterIP is still judged on the ClusterIP by from_pod (before DNAT).
 
 State: /run/vethguard/labs/<lab>/ {lab.json, store.json, api.sock, kubeconfig, daemon.pid,
 daemon.log, agent-node-<i>.pid, agent-node-<i>.log}; pins: /sys/fs/bpf/vethguard/lab-<lab>/.

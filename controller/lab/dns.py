@@ -17,8 +17,10 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -146,9 +148,30 @@ class DnsServer:
 
     def start(self) -> DnsServer:
         self.hosts_dir.mkdir(parents=True, exist_ok=True)
+        self._stop_stale()
         self._spawn()
         self._thread.start()
         return self
+
+    def _stop_stale(self) -> None:
+        """A dnsmasq left by a daemon that was killed would hold port 53: stop it first."""
+        pid_file = self.hosts_dir.parent / "dnsmasq.pid"
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return
+        try:
+            running = Path(f"/proc/{pid}/comm").read_text().strip() == "dnsmasq"
+        except OSError:
+            running = False
+        if running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            for _ in range(50):
+                if not Path(f"/proc/{pid}").exists():
+                    break
+                time.sleep(0.05)
+        pid_file.unlink(missing_ok=True)
 
     def _spawn(self) -> None:
         log_file = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child

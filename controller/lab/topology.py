@@ -55,9 +55,11 @@ NODE_PREFIX4, NODE_PREFIX6 = 24, 64  # a node's pod networks; on-link for bridge
 ANNOUNCE_PORT = 9  # discard: the datagram a new bridge-mode pod sends to its gateway
 MAX_NODES = 254
 MAX_PODS_PER_NODE = 253  # host indexes 2..254
+SERVICE_CIDR4 = ipaddress.IPv4Network("10.245.0.0/16")  # ClusterIPs (controller.services)
 RESERVED_NETWORKS = (
     POD_CIDR4,
     POD_CIDR6,
+    SERVICE_CIDR4,
     ipaddress.IPv4Network("169.254.0.0/16"),
     ipaddress.IPv4Network("127.0.0.0/8"),
     ipaddress.IPv4Network("0.0.0.0/8"),

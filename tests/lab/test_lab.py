@@ -157,7 +157,8 @@ def test_a_policy_is_stored_with_api_server_defaults(lab: Lab) -> None:
     ("stdin", "message"),
     [
         ("kind: [\n", "invalid YAML"),
-        ("apiVersion: v1\nkind: Service\nmetadata: {name: s}\n", "unknown kind 'Service'"),
+        ("apiVersion: v1\nkind: ReplicaSet\nmetadata: {name: s}\n", "unknown kind 'ReplicaSet'"),
+        ("apiVersion: v1\nkind: Service\nmetadata: {name: s}\n", "spec.ports: at least one port"),
         (
             "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: ghost}\n",
             'namespaces "ghost" not found',

@@ -257,3 +257,17 @@ spec:
         assert out.returncode == 0
     finally:
         lab.cli("delete", "-f", "-", stdin=policy)
+
+
+def test_a_killed_daemon_comes_back_with_services_and_dns(lab: Lab) -> None:
+    pid = int(Path(f"/run/vethguard/labs/{lab.name}/daemon.pid").read_text())
+    os.kill(pid, 9)
+    for _ in range(100):
+        if not Path(f"/proc/{pid}").exists():
+            break
+        time.sleep(0.05)
+    status = lab.status()  # the CLI starts the daemon again from the saved state
+    assert status["services"]["development/backend"]["clusterIP"].startswith("10.245.")
+    out = lab_exec(lab, "development/remote", "wget", "-q", "-T", "5", "-t", "2", "-O-",
+                   "http://backend.development:8080/")
+    assert out.returncode == 0 and "vethguard lab responder" in out.stdout, out.stderr
