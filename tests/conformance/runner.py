@@ -4,7 +4,8 @@ The format is described in ../shared/conformance/README.md. Everything goes thro
 `vethguard lab ...` command line exactly as an outside harness would drive it: the runner
 never imports the lab or the agent.
 
-    python tests/conformance/runner.py [--family 4|6] [--nodes N] [--cni routed|bridge] [--only ID ...] FILE...
+    python tests/conformance/runner.py [--family 4|6] [--nodes N] [--cni routed|bridge]
+                                       [--only ID ...] FILE...
 
 prints one line per scenario and closes with "N passed, N failed".
 """
