@@ -88,6 +88,19 @@ class FakeNode:
             (modules / self.release / "source").symlink_to(source)
 
 
+@pytest.fixture(autouse=True)
+def _keep_bcc_kernel_source() -> Iterator[None]:
+    """use_kernel_headers() sets BCC_KERNEL_SOURCE for this process: put it back after each test,
+    so later tests in the same run (the kernel tests compile with bcc) see the real environment.
+    monkeypatch.delenv of an absent variable records nothing to undo, hence this fixture."""
+    saved = os.environ.get("BCC_KERNEL_SOURCE")
+    yield
+    if saved is None:
+        os.environ.pop("BCC_KERNEL_SOURCE", None)
+    else:
+        os.environ["BCC_KERNEL_SOURCE"] = saved
+
+
 @pytest.fixture
 def node(tmp_path: Path) -> FakeNode:
     return FakeNode(tmp_path)
