@@ -115,11 +115,11 @@ def render_table(results: list[dict[str, Any]], pods: list[str]) -> str:
     """Rows are sources, columns destinations; '.' connected, 'X' blocked, '-' a pod to itself."""
     got = {(r["from"], r["to"]): r["connected"] for r in results}
     width = max(len(p) for p in pods)
-    head = " " * (width + 2) + "  ".join(f"{i + 1}" for i in range(len(pods)))
+    head = " " * (width + 4) + "  ".join(f"{i + 1}" for i in range(len(pods)))
     lines = ["  to: " + ", ".join(f"{i + 1}={p}" for i, p in enumerate(pods)), head]
     for src in pods:
         cells = ["-" if src == dst else ("." if got.get((src, dst)) else "X") for dst in pods]
-        lines.append(f"  {src.ljust(width)}" + "  ".join(cells))
+        lines.append(f"  {src.ljust(width)}  " + "  ".join(cells))
     return "\n".join(lines)
 
 
