@@ -362,6 +362,7 @@ def test_the_loop_runs_a_pass_as_soon_as_netlink_wakes_it():
     finally:
         agent.stop()
         thread.join(5)
+        agent.close()  # stops the informer threads too
 
 
 # ------------------------------------------------------------------------------------------ operations
