@@ -2,54 +2,19 @@
 
 from __future__ import annotations
 
-import ctypes
-import os
 import socket
 import subprocess
-import threading
 import uuid
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from collections.abc import Iterator
 
 import pytest
 
 from controller.datapath import Datapath, maps, sync
 from controller.datapath.maps import DIR_INGRESS, Reason
 from controller.mapstate import PolicyEntryKey, PolicyEntryValue
+from tests.kernel.netns_util import in_netns, sh
 
 pytestmark = pytest.mark.root
-
-T = TypeVar("T")
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def in_netns(name: str, fn: Callable[[], T]) -> T:
-    """Run fn in a thread that entered netns `name` (setns affects only the calling thread)."""
-    box: dict[str, object] = {}
-
-    def target() -> None:
-        fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns failed")
-            box["result"] = fn()
-        except BaseException as e:
-            box["error"] = e
-        finally:
-            os.close(fd)
-
-    t = threading.Thread(target=target)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["result"]  # type: ignore[return-value]
-
-
-def sh(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(args), check=True, capture_output=True, text=True)
-
 
 @pytest.fixture
 def lab() -> Iterator[dict[str, object]]:
