@@ -6,6 +6,7 @@ Served on --health-addr (default 127.0.0.1:9890, inside the node's network names
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import threading
 from collections.abc import Callable
@@ -107,3 +108,20 @@ class HealthServer:
         if self._thread.is_alive():
             self._httpd.shutdown()
         self._httpd.server_close()
+
+
+def fetch_status(host: str, port: int, timeout: float = 2.0) -> dict[str, Any] | None:
+    """GET an agent's /status document (the client side of this module); None when it does not answer."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", "/status")
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            return None
+        data = json.loads(body)
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()

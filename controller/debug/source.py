@@ -12,7 +12,6 @@ per network namespace), agent status fetched inside each node's network namespac
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
@@ -23,6 +22,7 @@ from typing import Any
 
 from controller.debug.view import RawObjects
 from controller.errors import VethguardError
+from controller.health import fetch_status
 
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/vethguard"
 DEFAULT_AGENT = "127.0.0.1:9890"
@@ -164,18 +164,3 @@ def _node_sort_key(name: str) -> tuple[str, int]:
     return (base, int(num)) if num.isdigit() else (name, 0)
 
 
-def fetch_status(host: str, port: int, timeout: float = 2.0) -> dict[str, Any] | None:
-    """The agent's /status document, or None when it does not answer."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request("GET", "/status")
-        response = conn.getresponse()
-        body = response.read()
-        if response.status != 200:
-            return None
-        data = json.loads(body)
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError, http.client.HTTPException):
-        return None
-    finally:
-        conn.close()

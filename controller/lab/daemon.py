@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
-import json
 import logging
 import os
 import signal
@@ -25,6 +23,7 @@ import threading
 import time
 from typing import Any
 
+from controller.health import fetch_status
 from controller.lab import dns, netns, topology
 from controller.lab.apiserver import (
     ApiHTTPServer,
@@ -435,24 +434,8 @@ def agent_env(paths: LabPaths) -> dict[str, str]:
 
 def query_agent(node_netns: str, timeout: float = 1.0) -> dict[str, Any] | None:
     """GET /status from the agent on 127.0.0.1:9890 inside the node's namespace."""
-
-    def fetch() -> dict[str, Any] | None:
-        conn = http.client.HTTPConnection("127.0.0.1", AGENT_STATUS_PORT, timeout=timeout)
-        try:
-            conn.request("GET", "/status")
-            response = conn.getresponse()
-            body = response.read()
-            if response.status != 200:
-                return None
-            data = json.loads(body)
-            return data if isinstance(data, dict) else None
-        except (OSError, ValueError, http.client.HTTPException):
-            return None
-        finally:
-            conn.close()
-
     try:
-        return netns.run_in_netns(node_netns, fetch)
+        return netns.run_in_netns(node_netns, lambda: fetch_status("127.0.0.1", AGENT_STATUS_PORT, timeout))
     except netns.NetnsError:
         return None
 
