@@ -44,7 +44,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
+
+from controller import rtnl
 
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
@@ -385,64 +387,86 @@ def probe_targets(
     return out
 
 
-def _route_from_msg(msg: Any) -> Route:
-    table = msg.get_attr("RTA_TABLE")
+# rtnetlink attribute numbers (linux/if_link.h, rtnetlink.h, neighbour.h)
+IFLA_ADDRESS = 1
+IFLA_IFNAME = 3
+IFLA_MASTER = 10
+IFLA_LINKINFO = 18
+IFLA_INFO_KIND = 1
+RTA_DST = 1
+RTA_OIF = 4
+RTA_TABLE = 15
+NDA_DST = 1
+NDA_LLADDR = 2
+NDA_MASTER = 9
+
+
+def route_from_msg(msg: rtnl.Message) -> Route:
+    _family, dst_len, _src, _tos, table, _proto, _scope, rtype, _flags = rtnl.RTMSG.unpack(msg.header)
+    attrs = msg.attributes()
+    rta_table = rtnl.as_u32(attrs.get(RTA_TABLE))
     return Route(
-        dst=msg.get_attr("RTA_DST") or "",
-        dst_len=int(msg["dst_len"]),
-        oif=msg.get_attr("RTA_OIF"),
-        table=int(table if table is not None else msg["table"]),
-        type=int(msg["type"]),
+        dst=rtnl.as_ip(attrs.get(RTA_DST)) or "",
+        dst_len=dst_len,
+        oif=rtnl.as_u32(attrs.get(RTA_OIF)),
+        table=rta_table if rta_table is not None else table,
+        type=rtype,
     )
 
 
-def _link_from_msg(msg: Any) -> Link:
-    info = msg.get_attr("IFLA_LINKINFO")
-    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
-    master = msg.get_attr("IFLA_MASTER")
-    address = msg.get_attr("IFLA_ADDRESS")
+def link_from_msg(msg: rtnl.Message) -> Link:
+    _family, _type, index, _flags, _change = rtnl.IFINFOMSG.unpack(msg.header)
+    attrs = msg.attributes()
+    info = attrs.get(IFLA_LINKINFO)
+    master = rtnl.as_u32(attrs.get(IFLA_MASTER))
     return Link(
-        index=int(msg["index"]),
-        name=str(msg.get_attr("IFLA_IFNAME") or ""),
-        kind=kind,
-        master=int(master) if master else None,
-        address=str(address).lower() if address else None,
+        index=index,
+        name=rtnl.as_str(attrs.get(IFLA_IFNAME)) or "",
+        kind=rtnl.as_str(rtnl.parse_attrs(info).get(IFLA_INFO_KIND)) if info is not None else None,
+        master=master or None,
+        address=rtnl.as_mac(attrs.get(IFLA_ADDRESS)),
     )
 
 
-def _neighbour_from_msg(msg: Any) -> Neighbour | None:
-    dst = msg.get_attr("NDA_DST")
+def neighbour_from_msg(msg: rtnl.Message) -> Neighbour | None:
+    _family, ifindex, state, _flags, _type = rtnl.NDMSG.unpack(msg.header)
+    attrs = msg.attributes()
+    dst = rtnl.as_ip(attrs.get(NDA_DST))
     if not dst:
         return None
-    mac = msg.get_attr("NDA_LLADDR")
-    return Neighbour(str(dst), int(msg["ifindex"]), str(mac).lower() if mac else None, int(msg["state"]))
+    return Neighbour(dst, ifindex, rtnl.as_mac(attrs.get(NDA_LLADDR)), state)
 
 
-def _fdb_from_msg(msg: Any) -> FdbEntry | None:
-    mac = msg.get_attr("NDA_LLADDR")
+def fdb_from_msg(msg: rtnl.Message) -> FdbEntry | None:
+    _family, ifindex, state, _flags, _type = rtnl.NDMSG.unpack(msg.header)
+    attrs = msg.attributes()
+    mac = rtnl.as_mac(attrs.get(NDA_LLADDR))
     if not mac:
         return None
-    master = msg.get_attr("NDA_MASTER")
-    return FdbEntry(str(mac).lower(), int(msg["ifindex"]), int(master) if master else None, int(msg["state"]))
+    master = rtnl.as_u32(attrs.get(NDA_MASTER))
+    return FdbEntry(mac, ifindex, master or None, state)
+
+
+def read_routes_links(nl: rtnl.Rtnl, table: int) -> tuple[list[Route], dict[int, Link]]:
+    routes = [
+        r
+        for family in (socket.AF_INET, socket.AF_INET6)
+        for r in (route_from_msg(m) for m in nl.routes(family))
+        if r.table == table
+    ]
+    links = {link.index: link for link in (link_from_msg(m) for m in nl.links())}
+    return routes, links
 
 
 class RouteDiscovery:
-    """Reads routes and links of the current network namespace with pyroute2 (netlink dump)."""
+    """Reads routes and links of the current network namespace (rtnetlink dumps)."""
 
     def __init__(self, table: int = RT_TABLE_MAIN) -> None:
         self.table = table
 
     def read(self) -> tuple[list[Route], dict[int, Link]]:
-        from pyroute2 import IPRoute
-
-        with IPRoute() as ipr:
-            routes = [
-                _route_from_msg(m)
-                for family in (socket.AF_INET, socket.AF_INET6)
-                for m in ipr.get_routes(family=family, table=self.table)
-            ]
-            links = {link.index: link for link in (_link_from_msg(m) for m in ipr.get_links())}
-        return routes, links
+        with rtnl.Rtnl() as nl:
+            return read_routes_links(nl, self.table)
 
     def discover(self, pod_ips: Mapping[str, Sequence[str]]) -> Discovered:
         routes, links = self.read()
@@ -466,41 +490,32 @@ class TableReader(Protocol):
 
 
 class NetlinkReader:
-    """Reads the current network namespace with pyroute2 (netlink dumps)."""
+    """Reads the current network namespace with rtnetlink dumps (controller.rtnl: a few
+    attributes decoded straight from the bytes; pyroute2 took ~45 ms for 20 pods' tables)."""
 
     def __init__(self, table: int = RT_TABLE_MAIN) -> None:
         self.table = table
 
     def read(self, neighbours: bool) -> NodeTables:
-        from pyroute2 import IPRoute
-
-        with IPRoute() as ipr:
-            routes = [
-                _route_from_msg(m)
-                for family in (socket.AF_INET, socket.AF_INET6)
-                for m in ipr.get_routes(family=family, table=self.table)
-            ]
-            links = {link.index: link for link in (_link_from_msg(m) for m in ipr.get_links())}
-            tables = NodeTables(routes, links)
+        with rtnl.Rtnl() as nl:
+            tables = NodeTables(*read_routes_links(nl, self.table))
             if neighbours:
-                tables.neighbours, tables.fdb = self._bridge(ipr)
+                tables.neighbours, tables.fdb = self._bridge(nl)
         return tables
 
     def read_bridge(self) -> tuple[list[Neighbour], list[FdbEntry]]:
-        from pyroute2 import IPRoute
-
-        with IPRoute() as ipr:
-            return self._bridge(ipr)
+        with rtnl.Rtnl() as nl:
+            return self._bridge(nl)
 
     @staticmethod
-    def _bridge(ipr: Any) -> tuple[list[Neighbour], list[FdbEntry]]:
+    def _bridge(nl: rtnl.Rtnl) -> tuple[list[Neighbour], list[FdbEntry]]:
         neighbours = [
             n
             for family in (socket.AF_INET, socket.AF_INET6)
-            for n in (_neighbour_from_msg(m) for m in ipr.get_neighbours(family=family))
+            for n in (neighbour_from_msg(m) for m in nl.neighbours(family))
             if n is not None
         ]
-        fdb = [e for e in (_fdb_from_msg(m) for m in ipr.get_neighbours(family=socket.AF_BRIDGE)) if e]
+        fdb = [e for e in (fdb_from_msg(m) for m in nl.neighbours(socket.AF_BRIDGE)) if e]
         return neighbours, fdb
 
 

@@ -1,4 +1,5 @@
-"""Attach the tc programs to a host-side veth with pyroute2, in the current network namespace.
+"""Attach the tc programs to a host-side veth, in the current network namespace (the attach, on
+the path of every new pod, with controller.rtnl; the rest with pyroute2).
 
 clsact is added only when absent (and only a clsact we added may be removed again); our
 filters have a fixed handle and priority and are installed with "replace", so swapping in a
@@ -7,6 +8,7 @@ newly loaded program is atomic (no window without a program) and attaching twice
 
 from __future__ import annotations
 
+import socket
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from controller import rtnl
 from controller.errors import VethguardError
 
 PARENT_INGRESS = "ffff:fff2"  # tc ingress hook of clsact: packets leaving the pod
@@ -27,8 +30,43 @@ FILTER_NAME = {PARENT_INGRESS: "vethguard-from-pod", PARENT_EGRESS: "vethguard-t
 
 ENOENT = 2
 EEXIST = 17
+ENODEV = 19
 EINVAL = 22
 TCA_BPF_ID = 11  # the attached program's id; pyroute2 0.9 does not decode it (an UNKNOWN nla)
+# linux/rtnetlink.h, pkt_sched.h, pkt_cls.h, if_ether.h
+TCA_KIND = 1
+TCA_OPTIONS = 2
+TCA_BPF_CLASSID = 3
+TCA_BPF_FD = 6
+TCA_BPF_NAME = 7
+TCA_BPF_FLAGS = 8
+TCA_BPF_FLAG_ACT_DIRECT = 1
+TC_H_CLSACT = 0xFFFFFFF1
+CLSACT_HANDLE = 0xFFFF0000
+ETH_P_ALL = 0x0003
+
+
+def _clsact_msg(ifindex: int) -> bytes:
+    return rtnl.TCMSG.pack(socket.AF_UNSPEC, ifindex, CLSACT_HANDLE, TC_H_CLSACT, 0) + rtnl.attr(
+        TCA_KIND, rtnl.asciiz("clsact")
+    )
+
+
+def _filter_msg(ifindex: int, parent: str, fd: int) -> bytes:
+    """`tc filter replace dev IF parent P handle 1 prio 10 protocol all bpf da fd FD name N
+    classid 1`, as pyroute2 and tc send it (the same protocol: a replace of either's filter)."""
+    options = (
+        rtnl.attr(TCA_BPF_CLASSID, rtnl.u32(1))
+        + rtnl.attr(TCA_BPF_FD, rtnl.u32(fd))
+        + rtnl.attr(TCA_BPF_NAME, rtnl.asciiz(FILTER_NAME[parent]))
+        + rtnl.attr(TCA_BPF_FLAGS, rtnl.u32(TCA_BPF_FLAG_ACT_DIRECT))
+    )
+    info = (FILTER_PRIO << 16) | socket.htons(ETH_P_ALL)
+    return (
+        rtnl.TCMSG.pack(socket.AF_UNSPEC, ifindex, FILTER_HANDLE, _PARENT_IDS[parent], info)
+        + rtnl.attr(TCA_KIND, rtnl.asciiz("bpf"))
+        + rtnl.attr(TCA_OPTIONS, options)
+    )
 
 
 def _nla_prog_id(opts: Any) -> int | None:
@@ -47,37 +85,32 @@ class Attacher:
 
     created_clsact: set[int] = field(default_factory=set)
 
-    def _has_clsact(self, ipr: Any, ifindex: int) -> bool:
-        return any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index=ifindex))
-
     def attach(self, ifindex: int, from_pod_fd: int, to_pod_fd: int) -> None:
-        with IPRoute() as ipr:
+        """Three acknowledged netlink requests on a fresh socket (~0.3 ms; pyroute2 took ~7 ms):
+        add clsact exclusively (EEXIST: someone, maybe us earlier, has one), replace both filters."""
+        with rtnl.Rtnl() as nl:
             try:
-                ipr.link("get", index=ifindex)
-            except NetlinkError as e:
-                raise VethguardError(f"no interface with ifindex {ifindex} in this network namespace") from e
-            if not self._has_clsact(ipr, ifindex):
-                try:
-                    ipr.tc("add", "clsact", ifindex)
-                    self.created_clsact.add(ifindex)
-                except NetlinkError as e:
-                    if e.code != EEXIST:  # lost a race with another adder: fine
-                        raise VethguardError(f"cannot add clsact on ifindex {ifindex}: {e}") from e
+                nl.request(rtnl.RTM_NEWQDISC, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL, _clsact_msg(ifindex))
+                self.created_clsact.add(ifindex)
+            except rtnl.NetlinkError as e:
+                if e.code == ENODEV:
+                    raise VethguardError(
+                        f"no interface with ifindex {ifindex} in this network namespace"
+                    ) from e
+                if e.code != EEXIST:  # EEXIST: already there (or lost a race with another adder)
+                    raise VethguardError(f"cannot add clsact on ifindex {ifindex}: {e}") from e
             for parent, fd in ((PARENT_INGRESS, from_pod_fd), (PARENT_EGRESS, to_pod_fd)):
                 try:
-                    ipr.tc(
-                        "replace-filter",
-                        "bpf",
-                        ifindex,
-                        f":{FILTER_HANDLE}",
-                        fd=fd,
-                        name=FILTER_NAME[parent],
-                        parent=parent,
-                        classid=1,
-                        direct_action=True,
-                        prio=FILTER_PRIO,
+                    nl.request(
+                        rtnl.RTM_NEWTFILTER,
+                        rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE,
+                        _filter_msg(ifindex, parent, fd),
                     )
-                except NetlinkError as e:
+                except rtnl.NetlinkError as e:
+                    if e.code == ENODEV:
+                        raise VethguardError(
+                            f"no interface with ifindex {ifindex} in this network namespace"
+                        ) from e
                     raise VethguardError(
                         f"cannot install the {FILTER_NAME[parent]} filter on ifindex {ifindex}: {e}"
                     ) from e

@@ -8,13 +8,17 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from pyroute2 import IPRoute
 
 from controller.datapath import Datapath, maps, sync
+from controller.datapath.attach import FILTER_NAME, FILTER_PRIO, PARENT_INGRESS
 from controller.datapath.maps import DIR_INGRESS, Reason
+from controller.errors import VethguardError
 from controller.mapstate import PolicyEntryKey, PolicyEntryValue
 from tests.kernel.netns_util import in_netns, sh
 
 pytestmark = pytest.mark.root
+
 
 @pytest.fixture
 def lab() -> Iterator[dict[str, object]]:
@@ -69,6 +73,49 @@ def test_detach_never_removes_a_clsact_it_did_not_create(dp: Datapath, lab: dict
     in_netns(ns, lambda: dp.attach(ifindex))
     in_netns(ns, lambda: dp.detach(ifindex))
     assert "clsact" in _qdiscs(ns)
+
+
+def test_attach_replaces_the_filter_an_older_agent_installed_with_our_handle_and_prio_not_adds_one(
+    dp: Datapath, lab: dict[str, object]
+) -> None:
+    # An older agent (pyroute2) left our filter: the raw netlink attach must
+    # address the same filter (protocol all, prio 10, handle 1), or the kernel would refuse a
+    # second protocol at that prio or leave two programs running.
+    ns, ifindex = str(lab["node"]), int(str(lab["ifindex"]))
+    sh("tc", "-n", ns, "qdisc", "add", "dev", "vgh0", "clsact")
+    passthrough = dp.prog_id("passthrough").id
+
+    def older_agent() -> None:  # what the agent did before it spoke raw netlink
+        with IPRoute() as ipr:
+            ipr.tc(
+                "replace-filter",
+                "bpf",
+                ifindex,
+                ":1",
+                fd=dp.prog_fd("passthrough"),
+                name=FILTER_NAME[PARENT_INGRESS],
+                parent=PARENT_INGRESS,
+                classid=1,
+                direct_action=True,
+                prio=FILTER_PRIO,
+            )
+
+    in_netns(ns, older_agent)
+    assert in_netns(ns, lambda: dp.attached_progs(ifindex))["from_pod"] == passthrough
+    in_netns(ns, lambda: dp.attach(ifindex))
+    progs = in_netns(ns, lambda: dp.attached_progs(ifindex))
+    assert progs == {"from_pod": dp.prog_id("from_pod").id, "to_pod": dp.prog_id("to_pod").id}
+    assert _filters(ns, "ingress").count("handle 0x1") == 1
+    in_netns(ns, lambda: dp.detach(ifindex))
+    assert "clsact" in _qdiscs(ns)  # it was tc's, not ours
+
+
+def test_attaching_to_a_missing_interface_is_an_error_that_names_it(
+    dp: Datapath, lab: dict[str, object]
+) -> None:
+    ns = str(lab["node"])
+    with pytest.raises(VethguardError, match="no interface with ifindex 999999"):
+        in_netns(ns, lambda: dp.attach(999999))
 
 
 def _listen(ns: str, addr: str, port: int) -> socket.socket:

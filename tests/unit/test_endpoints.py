@@ -1,12 +1,28 @@
 """Veth discovery: host routes and bridge neighbours/FDB (pure matchers with fixture tables), the
-stateful NodeDiscovery with a fake kernel, and reads of the current namespace."""
+stateful NodeDiscovery with a fake kernel, and reads of the current namespace
+(raw rtnetlink messages decoded by hand)."""
 
 from __future__ import annotations
 
+import socket
+import struct
+
+from controller import rtnl
 from controller.endpoints import (
+    IFLA_ADDRESS,
+    IFLA_IFNAME,
+    IFLA_LINKINFO,
+    IFLA_MASTER,
+    NDA_DST,
+    NDA_LLADDR,
+    NDA_MASTER,
     NUD_FAILED,
     NUD_INCOMPLETE,
     NUD_PERMANENT,
+    NUD_REACHABLE,
+    RTA_DST,
+    RTA_OIF,
+    RTA_TABLE,
     Discovered,
     FdbEntry,
     Link,
@@ -16,11 +32,15 @@ from controller.endpoints import (
     PortBinding,
     Route,
     RouteDiscovery,
+    fdb_from_msg,
+    link_from_msg,
     match_bridge,
     match_routes,
     merge,
+    neighbour_from_msg,
     pod_bridges,
     probe_targets,
+    route_from_msg,
     unclaimed_key,
 )
 
@@ -284,3 +304,67 @@ def test_a_routed_node_reads_no_bridge_tables_and_sends_no_probes():
 def test_node_discovery_reads_the_current_namespace_without_root():
     got = NodeDiscovery(probe=False).discover({"x/a": ["192.0.2.254"]})
     assert got.pod_ifindex == {} and got.missing == ["x/a"]
+
+
+# ---- decoding rtnetlink messages (controller.rtnl: only the attributes discovery uses)
+
+
+def _msg(header: bytes, *attrs: tuple[int, bytes]) -> rtnl.Message:
+    return rtnl.Message(0, header, b"".join(rtnl.attr(k, v) for k, v in attrs))
+
+
+def test_a_route_message_gives_its_destination_output_interface_and_the_table_attribute_over_the_header():
+    header = rtnl.RTMSG.pack(socket.AF_INET6, 128, 0, 0, 252, 3, 0, 1, 0)
+    msg = _msg(
+        header,
+        (RTA_DST, socket.inet_pton(socket.AF_INET6, "fd00:10:244:1:0:0:0:2")),
+        (RTA_OIF, struct.pack("=I", 7)),
+        (RTA_TABLE, struct.pack("=I", 254)),
+    )
+    assert route_from_msg(msg) == Route("fd00:10:244:1::2", 128, 7, table=254, type=1)
+    default = _msg(rtnl.RTMSG.pack(socket.AF_INET, 0, 0, 0, 254, 3, 0, 1, 0))  # multipath: no RTA_OIF
+    assert route_from_msg(default) == Route("", 0, None, table=254, type=1)
+
+
+def test_a_link_message_gives_name_kind_from_the_nested_link_info_master_and_mac():
+    header = rtnl.IFINFOMSG.pack(socket.AF_UNSPEC, 1, 12, 0, 0)
+    info = rtnl.attr(2, b"\x00" * 8) + rtnl.attr(1, b"veth\0")  # IFLA_INFO_DATA first, then KIND
+    msg = _msg(
+        header,
+        (IFLA_IFNAME, b"vgabc\0"),
+        (IFLA_ADDRESS, bytes.fromhex("0AFE00000001")),
+        (IFLA_MASTER, struct.pack("=I", 4)),
+        (IFLA_LINKINFO, info),
+    )
+    assert link_from_msg(msg) == Link(12, "vgabc", "veth", 4, "0a:fe:00:00:00:01")
+    bare = _msg(header, (IFLA_IFNAME, b"lo\0"), (IFLA_MASTER, struct.pack("=I", 0)))
+    assert link_from_msg(bare) == Link(12, "lo", None, None, None)
+
+
+def test_neighbour_and_fdb_messages_give_address_mac_port_bridge_and_state():
+    neigh = _msg(
+        rtnl.NDMSG.pack(socket.AF_INET, 3, NUD_REACHABLE, 0, 1),
+        (NDA_DST, socket.inet_aton("10.244.1.2")),
+        (NDA_LLADDR, bytes.fromhex("aabbccddeeff")),
+    )
+    assert neighbour_from_msg(neigh) == Neighbour("10.244.1.2", 3, "aa:bb:cc:dd:ee:ff", NUD_REACHABLE)
+    unresolved = _msg(
+        rtnl.NDMSG.pack(socket.AF_INET, 3, NUD_INCOMPLETE, 0, 1), (NDA_DST, socket.inet_aton("10.0.0.9"))
+    )
+    assert neighbour_from_msg(unresolved) == Neighbour("10.0.0.9", 3, None, NUD_INCOMPLETE)
+    fdb = _msg(
+        rtnl.NDMSG.pack(socket.AF_BRIDGE, 8, NUD_PERMANENT, 2, 0),
+        (NDA_LLADDR, bytes.fromhex("020000000001")),
+        (NDA_MASTER, struct.pack("=I", 4)),
+    )
+    assert fdb_from_msg(fdb) == FdbEntry("02:00:00:00:00:01", 8, 4, NUD_PERMANENT)
+    assert fdb_from_msg(_msg(rtnl.NDMSG.pack(socket.AF_BRIDGE, 8, 0, 0, 0))) is None
+
+
+def test_the_raw_dumps_of_the_current_namespace_list_its_loopback_and_end_without_root():
+    with rtnl.Rtnl() as nl:
+        links = [link_from_msg(m) for m in nl.links()]
+        routes = [route_from_msg(m) for m in nl.routes(socket.AF_INET)]
+        nl.neighbours(socket.AF_INET)  # may be empty; must terminate
+    assert any(link.name == "lo" and link.index == 1 for link in links)
+    assert all(isinstance(r.dst_len, int) for r in routes)
