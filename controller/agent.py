@@ -275,6 +275,9 @@ class Agent:
         self._policies: dict[str, dict[str, Any]] = {}
         self._arrivals: list[float] = []  # arrival times of cluster events not realized yet
         self._attach_reported: dict[int, float] = {}  # ifindex -> when its programs were attached
+        self._attach_times: dict[int, float] = {}  # ifindex -> when this agent attached its programs
+        self._early_tried: set[int] = set()  # new veths attach_new_veths() tried (once each)
+        self._claim_waiting = False  # a Pod event of this node came while a new veth was PENDING
         self._enforce_reported: set[int] = set()
         self._counter_totals: dict[tuple[int, int, int], int] = {}
 
@@ -513,6 +516,33 @@ class Agent:
         self.metrics.pending_interfaces.set(pending)
         return pod_ifindex
 
+    def attach_new_veths(self) -> bool:
+        """Attach the veths netlink saw appear that no pass attached yet, before the rest of a pass
+        (compute, discovery) runs: a burst of new pods then waits on nothing but the attach (~0.3 ms
+        each). Only when failing closed: until the pass that follows writes their endpoint (PENDING,
+        or their pod's), the programs drop every packet of the unknown endpoint. Each veth is tried
+        once here; a failure is left to the pass, which records and retries it.
+        Returns whether there was a new veth (the caller then runs a pass without coalescing)."""
+        dp, lw = self.dp, self.linkwatch
+        if dp is None or lw is None or not self.fail_closed:
+            return False
+        appeared = lw.new_veths()
+        self._early_tried &= set(appeared)
+        fresh = sorted(set(appeared) - self._attached - self._early_tried)
+        for ifindex in fresh:
+            self._early_tried.add(ifindex)
+            try:
+                dp.attach(ifindex)
+            except Exception as exc:  # gone already, or a real failure: the pass decides
+                log.debug("early attach failed, left to the pass", ifindex=ifindex, error=str(exc))
+                continue
+            self._attach_times[ifindex] = time.monotonic()
+            self._attached.add(ifindex)
+            log.info("attached", ifindex=ifindex, pods=[], before_discovery=True)
+        if fresh:
+            self.metrics.attached.set(len(self._attached))
+        return bool(fresh)
+
     def _attach_detach(self, dp: DatapathLike, pod_ifindex: Mapping[str, int], full: bool) -> bool:
         want = set(pod_ifindex.values())
         failed: set[int] = set()
@@ -524,6 +554,7 @@ class Agent:
                 self._fail("attach", exc, ifindex=ifindex)
                 continue
             if ifindex not in self._attached:
+                self._attach_times[ifindex] = time.monotonic()
                 log.info(
                     "attached", ifindex=ifindex, pods=[p for p, i in pod_ifindex.items() if i == ifindex]
                 )
@@ -541,6 +572,8 @@ class Agent:
                 log.info("detached", ifindex=ifindex)
             self._attached.discard(ifindex)
             self._attach_reported.pop(ifindex, None)
+            self._attach_times.pop(ifindex, None)
+            self._early_tried.discard(ifindex)
             self._enforce_reported.discard(ifindex)
         self.metrics.attached.set(len(self._attached))
         return not failed
@@ -611,8 +644,9 @@ class Agent:
             if appeared is None:
                 continue
             if ifindex in self._attached and ifindex not in self._attach_reported:
-                self._attach_reported[ifindex] = attached_at
-                self.metrics.endpoint_attach_latency_seconds.observe(max(0.0, attached_at - appeared))
+                at = self._attach_times.get(ifindex, attached_at)
+                self._attach_reported[ifindex] = at
+                self.metrics.endpoint_attach_latency_seconds.observe(max(0.0, at - appeared))
             if pod in fit.desired.endpoints and ifindex not in self._enforce_reported and self._last_sync_ok:
                 self._enforce_reported.add(ifindex)
                 latency = max(0.0, done - appeared)
@@ -814,6 +848,7 @@ class Agent:
             try:
                 ev = self.sources.events.get(timeout=max(0.0, due - now))
                 self.note_event(ev)
+                self._note_claim(ev)
                 if ev is not _WAKE:
                     pending = True
                 pending = self._drain_events() or pending
@@ -821,6 +856,8 @@ class Agent:
                 pass
             if stop.is_set():
                 break
+            new_veth = self.attach_new_veths()
+            pending = pending or new_veth
             now = time.monotonic()
             ran = False
             ok = True
@@ -830,7 +867,9 @@ class Agent:
                 next_full = now + cfg.resync_seconds
                 self.collect_conntrack()
             else:
-                coalesced = pending and now >= last_pass + cfg.coalesce_seconds
+                # a new veth's endpoint (PENDING, then its pod's) is written without coalescing
+                urgent = new_veth or self._claim_waiting
+                coalesced = pending and (urgent or now >= last_pass + cfg.coalesce_seconds)
                 rescan = now >= next_rescan and (not self._failures or now >= self._retry_at)
                 if coalesced or rescan:
                     ok = self.reconcile()
@@ -842,6 +881,7 @@ class Agent:
                 next_stats = now + cfg.datapath_metrics_seconds
             if ran:
                 pending = False
+                self._claim_waiting = False
                 last_pass = time.monotonic()
                 if not ok:
                     self._retry_at = last_pass + self._backoff()
@@ -855,8 +895,19 @@ class Agent:
             except queue.Empty:
                 return got
             self.note_event(ev)
+            self._note_claim(ev)
             if ev is not _WAKE:
                 got = True
+
+    def _note_claim(self, ev: Event) -> None:
+        """A Pod of this node was added or changed while a new veth waits PENDING for its pod: the
+        pass that can claim the veth and write the pod's policy runs without coalescing."""
+        if self._claim_waiting or ev.kind != "Pod" or ev.type not in ("ADDED", "MODIFIED"):
+            return
+        spec = ev.obj.get("spec") if isinstance(ev.obj, Mapping) else None
+        if not isinstance(spec, Mapping) or spec.get("nodeName") != self.node:
+            return
+        self._claim_waiting = any(_is_placeholder(p) for p in self._synced_pod_ifindex or ())
 
     def close(self) -> None:
         """Release resources WITHOUT detaching programs (enforcement continues across restarts)."""

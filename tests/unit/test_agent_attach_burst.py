@@ -1,0 +1,182 @@
+"""New veths are attached as soon as netlink reports them, before the pass computes or discovers
+anything, and the pass that writes their endpoint runs without waiting for the coalescing window.
+Real model and compiler, fake kernel (the fakes of test_agent_limits)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
+
+from controller.agent import unclaimed_key
+from controller.endpoints import Discovered
+from controller.sources import Event, KubeObject
+from tests.unit.test_agent_limits import (
+    FakeDatapath,
+    FakeLinkWatch,
+    Routes,
+    StaticApi,
+    make_agent,
+    metric,
+    pod,
+    relist,
+)
+
+
+class CountingDatapath(FakeDatapath):
+    def __init__(self, gone: frozenset[int] = frozenset()) -> None:
+        super().__init__()
+        self.attach_calls: list[int] = []
+        self.gone = gone
+
+    def attach(self, ifindex: int) -> None:
+        self.attach_calls.append(ifindex)
+        if ifindex in self.gone:
+            raise OSError(f"no interface with ifindex {ifindex}")
+        super().attach(ifindex)
+
+
+class WatchingRoutes(Routes):
+    """Records what the datapath had attached each time discovery ran."""
+
+    def __init__(self, dp: FakeDatapath, by_ip: dict[str, int] | None = None) -> None:
+        super().__init__(by_ip)
+        self.dp = dp
+        self.seen_attached: list[set[int]] = []
+
+    def discover(self, pod_ips: Mapping[str, Sequence[str]]) -> Discovered:
+        self.seen_attached.append(set(self.dp.attached))
+        return super().discover(pod_ips)
+
+
+def test_a_burst_of_new_veths_is_attached_before_discovery_and_each_veth_only_once():
+    api = StaticApi()
+    api.items["Pod"] = [pod("x", "a", "10.244.1.2")]
+    dp = CountingDatapath()
+    routes = WatchingRoutes(dp, {"10.244.1.2": 2})
+    lw = FakeLinkWatch()
+    agent = make_agent(api, dp, routes, lw)
+    assert agent.reconcile()
+    for ifindex in range(10, 30):  # 20 pods' veths, their pods not in the API yet
+        lw.appeared[ifindex] = 0.0
+    assert agent.attach_new_veths()
+    assert dp.attached == {2, *range(10, 30)}
+    assert agent.reconcile()
+    assert routes.seen_attached[-1] >= set(range(10, 30))
+    assert sorted(dp.attach_calls) == [2, *range(10, 30)]  # the pass did not attach them again
+    _desired, pod_ifindex = dp.last
+    assert {unclaimed_key(i) for i in range(10, 30)} <= set(pod_ifindex)  # PENDING until claimed
+    assert metric(agent, "vethguard_endpoint_attach_latency_seconds_count") == 20
+    assert not agent.attach_new_veths()  # nothing new: the loop keeps coalescing
+
+
+def test_without_fail_closed_new_veths_are_not_attached_before_their_pod_is_known():
+    api = StaticApi()
+    dp = CountingDatapath()
+    lw = FakeLinkWatch()
+    agent = make_agent(api, dp, Routes(), lw, fail_closed=False)
+    lw.appeared[9] = 0.0
+    assert not agent.attach_new_veths()
+    assert dp.attach_calls == []
+
+
+def test_a_veth_that_vanished_before_the_early_attach_is_tried_once_and_left_to_the_pass():
+    api = StaticApi()
+    dp = CountingDatapath(gone=frozenset({7}))
+    lw = FakeLinkWatch()
+    agent = make_agent(api, dp, Routes(), lw)
+    lw.appeared[7] = 0.0
+    assert agent.attach_new_veths()
+    assert not agent.attach_new_veths()
+    assert dp.attach_calls == [7] and 7 not in dp.attached
+    agent.interface_exists = lambda ifindex: ifindex != 7
+    assert agent.reconcile()  # the pass sees it gone: no placeholder, no error, ready
+    assert unclaimed_key(7) not in dp.last[1] and agent.is_ready()
+
+
+def test_the_pass_after_a_new_veth_does_not_wait_for_the_coalescing_window():
+    api = StaticApi()
+    dp = CountingDatapath()
+    lw = FakeLinkWatch()
+    # an hour of coalescing and no rescan: only the new-veth path can sync its endpoint
+    agent = make_agent(api, dp, Routes(), lw, coalesce_seconds=3600, rescan_seconds=3600, resync_seconds=3600)
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(500):
+            if dp.synced:
+                break
+            threading.Event().wait(0.01)
+        assert dp.synced
+        lw.appeared[5] = 0.0
+        agent.wake()
+        for _ in range(500):
+            if unclaimed_key(5) in dp.last[1]:
+                break
+            threading.Event().wait(0.01)
+        assert unclaimed_key(5) in dp.last[1] and 5 in dp.attached
+    finally:
+        agent.stop()
+        thread.join(5)
+        agent.close()
+
+
+def test_the_pod_event_that_claims_a_pending_veth_is_realized_without_the_coalescing_window():
+    api = StaticApi()
+    api.items["Pod"] = [pod("x", "a", "10.244.1.2")]
+    dp = CountingDatapath()
+    routes = Routes({"10.244.1.2": 2})
+    lw = FakeLinkWatch()
+    agent = make_agent(api, dp, routes, lw, coalesce_seconds=3600, rescan_seconds=3600, resync_seconds=3600)
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    try:
+        _wait(lambda: bool(dp.synced))
+        lw.appeared[9] = 0.0
+        agent.wake()
+        _wait(lambda: unclaimed_key(9) in dp.last[1])
+        # the pod of veth 9 reaches the API (after its route, as a CNI does it)
+        routes.by_ip["10.244.1.9"] = 9
+        api.items["Pod"].append(pod("x", "b", "10.244.1.9"))
+        api.rv = 3
+        relist(agent.sources)  # type: ignore[arg-type]
+        _wait(lambda: dp.last[1].get("x/b") == 9)
+        assert dp.last[1] == {"x/a": 2, "x/b": 9}
+        assert metric(agent, "vethguard_endpoint_enforce_latency_seconds_count") == 1
+    finally:
+        agent.stop()
+        thread.join(5)
+        agent.close()
+
+
+def test_only_a_pod_event_of_this_node_while_a_veth_is_pending_skips_the_coalescing_window():
+    api = StaticApi()
+    dp = CountingDatapath()
+    lw = FakeLinkWatch()
+    agent = make_agent(api, dp, Routes(), lw)
+    here, elsewhere = pod("x", "b", "10.244.1.9"), pod("x", "c", "10.244.2.9", node="node-2")
+    agent._note_claim(_event("Pod", "ADDED", "x/b", here, "2"))
+    assert not agent._claim_waiting  # nothing pending
+    lw.appeared[9] = 0.0
+    assert agent.reconcile()
+    for ev in (
+        _event("Pod", "ADDED", "x/c", elsewhere, "3"),
+        _event("Pod", "DELETED", "x/b", here, "3"),
+        _event("NetworkPolicy", "ADDED", "x/p", {"spec": {"nodeName": "node-1"}}, "3"),
+    ):
+        agent._note_claim(ev)
+        assert not agent._claim_waiting, ev
+    agent._note_claim(_event("Pod", "MODIFIED", "x/b", here, "4"))
+    assert agent._claim_waiting
+
+
+def _event(kind: str, type_: str, key: str, obj: dict[str, Any], rv: str) -> Event:
+    return Event(kind, type_, key, cast(KubeObject, obj), rv)  # type: ignore[arg-type]
+
+
+def _wait(cond: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if cond():
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("not within 5 s")
