@@ -6,13 +6,15 @@ needs a handful of attributes, so this module reads them straight from the bytes
 same dumps) and builds the few requests it sends (clsact, bpf filters) by hand.
 
 One socket per `Rtnl` object, opened in the network namespace of the thread that creates it;
-not thread-safe (each user keeps its own, or opens one per call: opening costs ~20 us).
+not thread-safe (each user keeps its own, or opens one per call: opening costs ~20 us). The
+netlink watch of the agent (controller.linkwatch) reads its multicast messages the same way.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 import struct
 from collections.abc import Iterator
@@ -29,9 +31,16 @@ NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
 NLA_F_NESTED = 1 << 15
 NLA_TYPE_MASK = 0x3FFF
+SO_RCVBUFFORCE = 33
 
+RTM_NEWLINK = 16
+RTM_DELLINK = 17
 RTM_GETLINK = 18
+RTM_NEWROUTE = 24
+RTM_DELROUTE = 25
 RTM_GETROUTE = 26
+RTM_NEWNEIGH = 28
+RTM_DELNEIGH = 29
 RTM_GETNEIGH = 30
 RTM_NEWQDISC = 36
 RTM_NEWTFILTER = 44
@@ -43,7 +52,25 @@ RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, pro
 NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
 TCMSG = struct.Struct("=BxxxiIII")  # family, ifindex, handle, parent, info
 
+# multicast groups (linux/rtnetlink.h RTMGRP_*)
+RTMGRP_LINK = 0x1
+RTMGRP_NEIGH = 0x4
+RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_IPV6_ROUTE = 0x400
+
 _RECV_BUFFER = 1 << 18
+_EVENT_SOCKET_BUFFER = 4 << 20  # a burst of pods is a few hundred messages of < 2 KiB
+
+
+def header_size(msg_type: int) -> int:
+    """Size of the fixed header of a link, route or neighbour message (0 for other types)."""
+    if msg_type in (RTM_NEWLINK, RTM_DELLINK):
+        return IFINFOMSG.size
+    if msg_type in (RTM_NEWROUTE, RTM_DELROUTE):
+        return RTMSG.size
+    if msg_type in (RTM_NEWNEIGH, RTM_DELNEIGH):
+        return NDMSG.size
+    return 0
 
 
 class NetlinkError(OSError):
@@ -116,17 +143,45 @@ def as_mac(payload: bytes | None) -> str | None:
 
 
 class Rtnl:
-    """A NETLINK_ROUTE socket of the current network namespace."""
+    """A NETLINK_ROUTE socket of the current network namespace; with `groups`, also a member of
+    those multicast groups (read their messages with `events`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, groups: int = 0) -> None:
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         try:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            self._sock.bind((0, 0))
+            size = _EVENT_SOCKET_BUFFER if groups else 1 << 20
+            try:  # beyond net.core.rmem_max (needs CAP_NET_ADMIN)
+                self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+            except OSError:
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+            self._sock.bind((0, groups))
         except OSError:
             self._sock.close()
             raise
         self._seq = 0
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def events(self, timeout: float) -> list[Message]:
+        """The multicast messages of one read, waiting up to `timeout` seconds ([] if none came).
+        Raises OSError(ENOBUFS) when the kernel dropped messages because the socket was full."""
+        readable, _, _ = select.select([self._sock], [], [], timeout)
+        if not readable:
+            return []
+        data = memoryview(self._sock.recv(_RECV_BUFFER))
+        out: list[Message] = []
+        offset = 0
+        while offset + _NLMSGHDR.size <= len(data):
+            length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+            if length < _NLMSGHDR.size:
+                break
+            size = header_size(kind)
+            payload = data[offset + _NLMSGHDR.size : offset + length]
+            offset += (length + 3) & ~3
+            if size and len(payload) >= size:
+                out.append(Message(kind, bytes(payload[:size]), bytes(payload[size:])))
+        return out
 
     def close(self) -> None:
         self._sock.close()
