@@ -4,6 +4,8 @@
  *
  *   from_pod    tc ingress: traffic leaving the pod  (the pod's EGRESS,  DIR_EGRESS)
  *   to_pod      tc egress:  traffic entering the pod (the pod's INGRESS, DIR_INGRESS)
+ *   to_uplink   tc egress of the node's uplinks: judges deferred Service flows leaving the
+ *               node after DNAT (lib/service.h); everything else passes untouched
  *   passthrough returns TC_ACT_OK; the floor for benchmarks
  *
  * One compiled set per node; per-endpoint behaviour comes from maps keyed by ifindex.
@@ -20,16 +22,20 @@
  *   6. conntrack hit                            -> ALLOW_CT / ALLOW_REPLY / DROP_REVOKED
  *   7. peer identity HOST (ipcache lookup only   -> ALLOW_HOST
  *      on a CT miss: host flows are never tracked)
+ *   7b. from the pod to a Service frontend      -> ALLOW_DEFERRED, CT_DEFERRED entry, skb->mark
+ *       (CT miss)                                  (the verdict is given after DNAT)
  *   8. new flow: isolation + policy             -> ALLOW_NOT_ISOLATED / ALLOW_POLICY /
  *                                                  DROP_POLICY / DROP_PENDING, CT entry created
  *                                                  (ALLOW_AUDIT instead of DROP_POLICY when only
  *                                                  audit-mode policies isolate the direction)
+ * to_pod first judges a deferred packet (mark set) for its client's egress, then as above.
  */
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/parse.h"
 #include "lib/policy.h"
 #include "lib/conntrack.h"
+#include "lib/service.h"
 #include "lib/events.h"
 
 /* Count, maybe emit an event, and turn the reason into a tc verdict. */
@@ -115,12 +121,29 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir)
 	v = vg_ct.lookup(&k);
 	if (v && v->expires_ns > now) {
 		reason = vg_ct_hit(ep, &k, v, &p, 0, revision, len, now, &rule_ref);
+		if (v->state == CT_DEFERRED && !REASON_IS_DROP(reason))
+			reason = vg_mark_deferred(skb, ep) ? ALLOW_DEFERRED : DROP_DEFERRED_UNKNOWN;
 	} else {
 		vg_ct_fill(&k, &p, ep->ep_id, dir, 1);
 		v = vg_ct.lookup(&k);
 		if (v && v->expires_ns > now) {
 			reason = vg_ct_hit(ep, &k, v, &p, 1, revision, len, now, &rule_ref);
 		} else {
+			/* To a Service: judged after DNAT, by the backend it reaches (lib/service.h). */
+			if (dir == DIR_EGRESS && vg_svc_frontend(&p)) {
+				if (!vg_mark_deferred(skb, ep))
+					return vg_finish(skb, ep->ep_id, dir, DROP_DEFERRED_UNKNOWN, &p, &peer, 0,
+							 0, now);
+				vg_ct_fill(&k, &p, ep->ep_id, dir, 0);
+				if (vg_ct_create(&k, &p, revision, 0, len, now, CT_DEFERRED) != 0) {
+					skb->mark &= ~VG_MARK_MASK;
+					return vg_finish(skb, ep->ep_id, dir, DROP_CT_FULL, &p, &peer, 0, 0, now);
+				}
+				reason = ALLOW_DEFERRED;
+				if (p.frag == VG_FRAG_NONE)
+					return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, 0, 1, now);
+				goto tracked;
+			}
 			/*
 			 * The peer identity is needed only here: established packets skip the
 			 * ipcache LPM lookup. Host traffic is never tracked, so it always gets here.
@@ -133,13 +156,14 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir)
 				return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, 0, 0, now);
 			/* Track every allowed flow so its replies pass an isolated direction. */
 			vg_ct_fill(&k, &p, ep->ep_id, dir, 0);
-			if (vg_ct_create(&k, &p, revision, rule_ref, len, now) != 0 && isolated)
+			if (vg_ct_create(&k, &p, revision, rule_ref, len, now, CT_ALLOWED) != 0 && isolated)
 				return vg_finish(skb, ep->ep_id, dir, DROP_CT_FULL, &p, &peer, 0, 0, now);
 			if (p.frag == VG_FRAG_NONE)
 				return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, rule_ref, 1, now);
 		}
 	}
 
+tracked:
 	if (!REASON_IS_DROP(reason)) {
 		if (p.frag == VG_FRAG_FIRST) {
 			/* Remember the ports so the later fragments of this datagram can be judged. */
@@ -157,14 +181,107 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir)
 	return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, rule_ref, 0, now);
 }
 
+/*
+ * The judge of a deferred packet (lib/service.h): the client's egress policy against the
+ * post-DNAT destination, with its own conntrack entry (nat = 1). Counted and reported under the
+ * client endpoint, direction egress. Returns a tc verdict.
+ */
+static __always_inline int vg_judge(struct __sk_buff *skb, __u64 now)
+{
+	__u32 len = skb->len;
+	struct vg_pkt p = {};
+	struct ipcache_value peer = {};
+	struct endpoint_info *ep;
+	struct config *cfg;
+	struct ct_key k = {};
+	struct ct_value *v;
+	__u32 zero = 0, revision = 0, rule_ref = 0;
+	int isolated, ret, new_flow = 0;
+	__u8 reason;
+
+	ep = vg_deferred_client(skb);
+	if (!ep)
+		return vg_finish(skb, skb->ifindex, DIR_EGRESS, DROP_DEFERRED_UNKNOWN, &p, &peer, 0, 0, now);
+	isolated = vg_dir_isolated(ep, DIR_EGRESS);
+	ret = vg_parse(skb, &p);
+	if (ret != PARSE_OK) /* from_pod parsed it: only our own bug or a rewrite gets here */
+		return vg_finish(skb, ep->ep_id, DIR_EGRESS, isolated ? DROP_MALFORMED : ALLOW_NOT_ISOLATED, &p,
+				 &peer, 0, 0, now);
+	if (p.frag == VG_FRAG_LATER) {
+		/* conntrack reassembled and re-fragmented the datagram: the ports come from its first
+		 * fragment as judged here (post-DNAT addresses). */
+		struct frag_key fk;
+		struct frag_value *fv;
+
+		vg_frag_key(&fk, &p);
+		fv = vg_frag.lookup(&fk);
+		if (!fv || fv->expires_ns < now)
+			return vg_finish(skb, ep->ep_id, DIR_EGRESS, isolated ? DROP_FRAG_UNKNOWN : ALLOW_NOT_ISOLATED,
+					 &p, &peer, 0, 0, now);
+		p.sport = fv->sport;
+		p.dport = fv->dport;
+	}
+	cfg = vg_config.lookup(&zero);
+	if (cfg)
+		revision = cfg->revision;
+
+	vg_ct_fill(&k, &p, ep->ep_id, DIR_EGRESS, 0);
+	k.nat = 1;
+	v = vg_ct.lookup(&k);
+	if (v && v->expires_ns > now) {
+		reason = vg_ct_hit(ep, &k, v, &p, 0, revision, len, now, &rule_ref);
+	} else {
+		vg_ipcache_lookup(p.family, p.daddr, &peer);
+		if (peer.identity == ID_HOST)
+			return vg_finish(skb, ep->ep_id, DIR_EGRESS, ALLOW_HOST, &p, &peer, 0, 0, now);
+		reason = vg_policy_verdict(ep, DIR_EGRESS, p.proto, p.dport, &peer, &rule_ref);
+		if (REASON_IS_DROP(reason))
+			return vg_finish(skb, ep->ep_id, DIR_EGRESS, reason, &p, &peer, 0, 0, now);
+		if (vg_ct_create(&k, &p, revision, rule_ref, len, now, CT_ALLOWED) != 0 && isolated)
+			return vg_finish(skb, ep->ep_id, DIR_EGRESS, DROP_CT_FULL, &p, &peer, 0, 0, now);
+		new_flow = 1;
+	}
+	if (!REASON_IS_DROP(reason)) {
+		if (p.frag == VG_FRAG_FIRST) {
+			struct frag_key fk;
+			struct frag_value fv = {.sport = p.sport, .dport = p.dport, .expires_ns = now + FRAG_TIMEOUT};
+
+			vg_frag_key(&fk, &p);
+			vg_frag.update(&fk, &fv);
+		} else if (p.frag == VG_FRAG_LATER) {
+			reason = ALLOW_FRAG;
+		}
+	} else {
+		vg_ipcache_lookup(p.family, p.daddr, &peer); /* a revoked flow: name the peer */
+	}
+	return vg_finish(skb, ep->ep_id, DIR_EGRESS, reason, &p, &peer, rule_ref, new_flow, now);
+}
+
 int from_pod(struct __sk_buff *skb)
 {
+	/* The upper mark bits are ours (lib/service.h): start clean. */
+	if (skb->mark & VG_MARK_MASK)
+		skb->mark &= ~VG_MARK_MASK;
 	return vg_handle(skb, DIR_EGRESS);
 }
 
 int to_pod(struct __sk_buff *skb)
 {
+	if ((skb->mark & VG_MARK_DEFERRED) && vg_judge(skb, bpf_ktime_get_ns()) == TC_ACT_SHOT)
+		return TC_ACT_SHOT;
 	return vg_handle(skb, DIR_INGRESS);
+}
+
+int to_uplink(struct __sk_buff *skb)
+{
+	/*
+	 * The uplink carries all of the node's traffic; only deferred packets are ours. The others
+	 * pass uncounted: a per-CPU map update per packet on the node's main interface would cost
+	 * every workload on the node, for a figure the interface counters already give.
+	 */
+	if (!(skb->mark & VG_MARK_DEFERRED))
+		return TC_ACT_OK;
+	return vg_judge(skb, bpf_ktime_get_ns());
 }
 
 int passthrough(struct __sk_buff *skb)

@@ -45,6 +45,7 @@ from typing import Any, Protocol
 from controller import endpoints as endpoints_mod
 from controller.endpoints import Discovered, Discovery, interface_exists
 from controller.errors import VethguardError
+from controller.frontends import frontends_of
 from controller.health import HealthProbes, HealthServer
 from controller.linkwatch import LinkWatch
 from controller.log import configure as configure_logging
@@ -127,6 +128,9 @@ class AgentConfig:
     retry_cap_seconds: float = 10.0
     fail_closed: bool = True
     datapath_metrics_seconds: float = 10.0  # map entry counts and drop counters refresh period
+    # Interfaces whose tc egress judges deferred Service flows leaving the node
+    # (controller/datapath/uplink.py); empty: every interface with a route through a gateway.
+    uplinks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -280,6 +284,8 @@ class Agent:
         self._claim_waiting = False  # a Pod event of this node came while a new veth was PENDING
         self._enforce_reported: set[int] = set()
         self._counter_totals: dict[tuple[int, int, int], int] = {}
+        self._uplinks: dict[int, str] = {}  # ifindex -> name: to_uplink attached
+        self._uplinks_checked = False
 
     # ------------------------------------------------------------------ status
 
@@ -403,6 +409,10 @@ class Agent:
                 compute = self._compute or _default_compute()
                 cluster = build(snap.namespaces, snap.pods, snap.policies, snap.nodes)
                 desired = compute(cluster, self.node)
+                fronts, front_errors = frontends_of(getattr(snap, "services", ()), snap.nodes, self.node)
+                desired = dataclasses.replace(
+                    desired, frontends=fronts, errors=(*getattr(desired, "errors", ()), *front_errors)
+                )
             except Exception as exc:
                 self._fail("compute", exc)
                 return False
@@ -441,6 +451,8 @@ class Agent:
         t0 = time.perf_counter()
         if not self._attach_detach(dp, pod_ifindex, full):
             pass  # failures are recorded; the sync still runs for what is attached
+        if full or not self._uplinks_checked:
+            self._attach_uplinks(dp)
         attached_at = time.monotonic()
 
         # 5. sync the maps when anything they depend on changed (always on a full resync)
@@ -577,6 +589,44 @@ class Agent:
             self._enforce_reported.discard(ifindex)
         self.metrics.attached.set(len(self._attached))
         return not failed
+
+    def _attach_uplinks(self, dp: DatapathLike) -> None:
+        """to_uplink on every uplink (re-checked on each full resync: routes change)."""
+        attach = getattr(dp, "attach_uplink", None)
+        if not callable(attach):
+            return
+        from controller.datapath.uplink import find_uplinks
+
+        try:
+            found = find_uplinks(self.config.uplinks)
+        except Exception as exc:
+            self._fail("uplink", exc)
+            return
+        failed = False
+        for ifindex, name in sorted(found.items()):
+            try:
+                attach(ifindex)
+            except Exception as exc:
+                failed = True
+                self._fail("uplink", exc, interface=name)
+                continue
+            if ifindex not in self._uplinks:
+                log.info("uplink attached", interface=name, ifindex=ifindex)
+        detach = getattr(dp, "detach_uplink", None)
+        for ifindex, name in sorted(self._uplinks.items()):
+            if ifindex in found or not callable(detach):
+                continue
+            if self.interface_exists(ifindex):
+                try:
+                    detach(ifindex)
+                except Exception as exc:
+                    self._fail("uplink", exc, interface=name)
+                    continue
+            log.info("uplink detached", interface=name, ifindex=ifindex)
+        self._uplinks = dict(found)
+        self._uplinks_checked = True
+        if not failed:
+            self._clear("uplink")
 
     # ------------------------------------------------------------------ capacity
 
@@ -1000,6 +1050,15 @@ def register(sub: Any) -> None:
         help="let a new veth pass traffic until its pod's policy is known (default: a veth no known "
         "pod claims yet carries a PENDING endpoint: only ARP/ND and node traffic pass)",
     )
+    p.add_argument(
+        "--uplink",
+        action="append",
+        default=[u for u in os.environ.get("VETHGUARD_UPLINKS", "").split(",") if u],
+        metavar="IFACE",
+        help="an interface by which traffic leaves the node for other nodes; Service flows going "
+        "there are judged on its tc egress after DNAT (repeatable; default: $VETHGUARD_UPLINKS, "
+        "else every interface with a route through a gateway)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run_cli)
 
@@ -1044,6 +1103,7 @@ def run_cli(args: argparse.Namespace) -> int:
                 health_addr=args.health_addr,
                 resync_seconds=args.resync_seconds,
                 fail_closed=getattr(args, "fail_closed", True),
+                uplinks=tuple(getattr(args, "uplink", None) or ()),
             ),
             sources,
             metrics=metrics,

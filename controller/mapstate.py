@@ -97,6 +97,17 @@ class PolicyError:
         return f"{self.object}: {self.field}: {self.message}"
 
 
+@dataclass(frozen=True, order=True)
+class SvcFrontend:
+    """An address + port kube-proxy DNATs on this node (a ClusterIP, an external IP, or one of
+    this node's addresses with a NodePort): a pod's flow to it is judged after DNAT."""
+
+    family: int  # 4 or 6
+    address: str  # canonical
+    proto: int  # IPPROTO_TCP / UDP / SCTP
+    port: int
+
+
 @dataclass(frozen=True)
 class NodeDesired:
     endpoints: Mapping[str, EndpointDesired]
@@ -104,6 +115,7 @@ class NodeDesired:
     rules: Mapping[int, RuleRef]
     identities: Mapping[int, IdentityInfo]
     errors: Sequence[PolicyError] = ()
+    frontends: frozenset[SvcFrontend] = frozenset()
 
 
 def compute(cluster: ClusterState, node: str) -> NodeDesired:

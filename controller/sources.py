@@ -131,6 +131,11 @@ class Snapshot:
         return self.kinds["Node"].objects
 
     @property
+    def services(self) -> tuple[KubeObject, ...]:
+        kind = self.kinds.get("Service")
+        return kind.objects if kind is not None else ()
+
+    @property
     def content_versions(self) -> tuple[int, ...]:
         return tuple(self.kinds[k].content_version for k in sorted(self.kinds))
 
@@ -223,6 +228,8 @@ KINDS: tuple[KindSpec, ...] = (
         lambda a: _networking(a).list_network_policy_for_all_namespaces,
     ),
     KindSpec("Node", "v1", False, lambda a: _core(a).list_node),
+    # Services: the frontends whose flows are judged after DNAT (controller/frontends.py).
+    KindSpec("Service", "v1", True, lambda a: _core(a).list_service_for_all_namespaces),
 )
 
 

@@ -34,7 +34,7 @@ static __always_inline void vg_ct_fill(struct ct_key *k, const struct vg_pkt *p,
 	k->ep_id = ep_id;
 	k->proto = p->proto;
 	k->family = p->family;
-	k->pad = 0;
+	k->nat = 0;
 }
 
 static __always_inline __u64 vg_ct_timeout(__u8 proto, __u8 seen)
@@ -82,6 +82,9 @@ static __always_inline int vg_ct_recheck(const struct endpoint_info *ep, const s
 static __always_inline int vg_ct_current(const struct endpoint_info *ep, const struct ct_key *k,
 					 struct ct_value *v, __u32 revision)
 {
+	/* A deferred flow's verdict lives in the judge's entry (nat = 1), re-checked there. */
+	if (v->state == CT_DEFERRED)
+		return 1;
 	if (v->revision != revision) {
 		__u32 ref = 0;
 
@@ -172,7 +175,7 @@ static __always_inline int vg_ct_related(const struct endpoint_info *ep, const s
 	k->proto = p->inner_proto;
 	k->dir = !dir;
 	k->family = p->family;
-	k->pad = 0;
+	k->nat = 0;
 	v = vg_ct.lookup(k);
 	if (!v || v->expires_ns <= now) {
 		vg_copy16(k->saddr, p->inner_daddr);
@@ -190,22 +193,30 @@ static __always_inline int vg_ct_related(const struct endpoint_info *ep, const s
 	return 1;
 }
 
-/* Create the entry of a new allowed flow. Returns 0 on success. */
+/*
+ * Create the entry of a new allowed (state CT_ALLOWED) or deferred (CT_DEFERRED) flow.
+ * Returns 0 on success.
+ */
 static __always_inline int vg_ct_create(const struct ct_key *k, const struct vg_pkt *p, __u32 revision,
-					__u32 rule_ref, __u32 len, __u64 now)
+					__u32 rule_ref, __u32 len, __u64 now, __u8 state)
 {
 	struct ct_value v = {};
 
 	v.seen = vg_tcp_seen(p);
-	/* Only a SYN opens a TCP connection; anything else starts tracking in the middle of one. */
-	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (VG_TCP_SYN | VG_TCP_ACK)) != VG_TCP_SYN)
+	/*
+	 * Only a SYN opens a TCP connection; anything else starts tracking in the middle of one.
+	 * Not for deferred entries: their replies come from the frontend address, and the flow's
+	 * verdict is re-judged on every forward packet at the judge anyway.
+	 */
+	if (state != CT_DEFERRED && p->proto == IPPROTO_TCP &&
+	    (p->tcp_flags & (VG_TCP_SYN | VG_TCP_ACK)) != VG_TCP_SYN)
 		v.seen |= CT_SEEN_MIDSTREAM;
 	v.expires_ns = now + vg_ct_timeout(p->proto, v.seen);
 	v.packets = 1;
 	v.bytes = len;
 	v.revision = revision;
 	v.rule_ref = rule_ref;
-	v.state = CT_ALLOWED;
+	v.state = state;
 	/* A compile-time constant (0 unless a test build sets it): a store, no extra lookup. */
 	v.marker = VG_UPGRADE_MARKER;
 	return vg_ct.update((struct ct_key *)k, &v);

@@ -41,6 +41,9 @@
 #ifndef VG_MAX_COUNTERS
 #define VG_MAX_COUNTERS 16384
 #endif
+#ifndef VG_MAX_SVC
+#define VG_MAX_SVC 16384
+#endif
 #ifndef VG_EVENTS_PAGES
 #define VG_EVENTS_PAGES 64 /* 256 KiB */
 #endif
@@ -58,6 +61,12 @@ BPF_TABLE_PINNED7("lpm_trie", struct ipcache6_key, struct ipcache_value, vg_ipca
 /* (ep, peer identity, dir, proto, dport prefix) -> verdict */
 BPF_TABLE_PINNED7("lpm_trie", struct policy_key, struct policy_value, vg_policy, VG_MAX_POLICY,
 		  VG_PIN(vg_policy), BPF_F_NO_PREALLOC);
+
+/* endpoint slot (in skb->mark of deferred packets) -> ep_id */
+BPF_TABLE_PINNED7("hash", __u32, __u32, vg_slots, VG_MAX_ENDPOINTS, VG_PIN(vg_slots), 0);
+
+/* Service frontends DNATed on this node: a pod's flow to one is judged after DNAT */
+BPF_TABLE_PINNED7("hash", struct svc_key, struct svc_value, vg_svc, VG_MAX_SVC, VG_PIN(vg_svc), 0);
 
 /* conntrack: per endpoint and hook direction */
 BPF_TABLE_PINNED7("lru_hash", struct ct_key, struct ct_value, vg_ct, VG_MAX_CT, VG_PIN(vg_ct), 0);

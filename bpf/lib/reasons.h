@@ -19,6 +19,8 @@ enum vg_reason {
 	                         * audit-mode policies (vethguard.dev/audit): passed and reported */
 	ALLOW_RELATED = 9,      /* ICMP error about a tracked allowed flow (port unreachable,
 	                         * fragmentation needed / packet too big, time exceeded ...) */
+	ALLOW_DEFERRED = 10,    /* from_pod: to a Service frontend; the egress verdict is given after
+	                         * DNAT by the judge (to_pod of a local backend or to_uplink) */
 
 	DROP_POLICY = 64,       /* no policy entry allows it */
 	DROP_MALFORMED = 65,    /* truncated or unparsable headers from/to an isolated pod */
@@ -28,6 +30,7 @@ enum vg_reason {
 	DROP_NO_ENDPOINT = 69,  /* program attached to an interface with no endpoint entry */
 	DROP_CT_FULL = 70,      /* conntrack insert failed */
 	DROP_SPOOFED = 71,      /* from a pod with a source address that is not the pod's own */
+	DROP_DEFERRED_UNKNOWN = 72, /* deferred packet whose client endpoint (mark slot) is unknown */
 };
 
 #define REASON_IS_DROP(r) ((r) >= 64)

@@ -33,8 +33,19 @@
 #define VERDICT_ALLOW 1
 #define VERDICT_DENY  2 /* reserved for tiers */
 
-#define CT_ALLOWED 1
-#define CT_DENIED  2 /* revoked tombstone */
+#define CT_ALLOWED  1
+#define CT_DENIED   2 /* revoked tombstone */
+/* A pod's flow to a Service frontend, seen before kube-proxy's DNAT: its verdict is given after
+ * DNAT by the judge (to_pod of a local backend, or to_uplink), on a ct_key with nat = 1. The
+ * entry only lets the flow's replies (from the frontend address) back into the pod. */
+#define CT_DEFERRED 3
+
+/* skb->mark bits set by from_pod on a packet whose egress verdict is deferred past DNAT. The
+ * upper half of the mark: kube-proxy uses 0x4000/0x8000, flannel and kindnet none. */
+#define VG_MARK_DEFERRED   0x80000000U
+#define VG_MARK_SLOT_MASK  0x7fff0000U
+#define VG_MARK_SLOT_SHIFT 16
+#define VG_MARK_MASK       (VG_MARK_DEFERRED | VG_MARK_SLOT_MASK)
 
 #define CT_SEEN_REPLY 1
 #define CT_SEEN_FIN   2
@@ -57,6 +68,23 @@ struct endpoint_info {
 	__u32 flags;    /* EP_F_* */
 	__be32 ipv4;    /* pod IPv4 (0 if none) */
 	__u8 ipv6[16];  /* pod IPv6 (zero if none) */
+	__u32 slot;     /* 1..32767, this endpoint in skb->mark (vg_slots); 0 = none */
+};
+
+/* vg_slots: __u32 slot -> __u32 ep_id. A mark has 15 bits for the client of a deferred packet;
+ * an ifindex does not fit, so the agent gives each endpoint a small stable slot. */
+
+/* vg_svc: Service frontends kube-proxy DNATs on this node (ClusterIPs, external IPs, this
+ * node's addresses with a NodePort). A pod's new flow to one is judged after DNAT. */
+struct svc_key {
+	__u8 addr[16]; /* IPv4 in the first 4 bytes, rest zero */
+	__be16 port;
+	__u8 proto;
+	__u8 family; /* 4 or 6 */
+};
+
+struct svc_value {
+	__u32 flags; /* reserved */
 };
 
 /* vg_ipcache4 / vg_ipcache6 (LPM tries) */
@@ -102,7 +130,7 @@ struct ct_key {
 	__u8 proto;
 	__u8 dir; /* the hook direction where the flow was first seen */
 	__u8 family; /* 4 or 6 */
-	__u8 pad;
+	__u8 nat;    /* 1: an egress entry judged after DNAT (the judge's), 0 otherwise */
 };
 
 struct ct_value {
@@ -111,7 +139,7 @@ struct ct_value {
 	__u64 bytes;
 	__u32 revision; /* config revision the verdict was computed at */
 	__u32 rule_ref;
-	__u8 state; /* CT_ALLOWED / CT_DENIED */
+	__u8 state; /* CT_ALLOWED / CT_DENIED / CT_DEFERRED */
 	__u8 seen;  /* CT_SEEN_* */
 	__u16 pad;
 	__u32 marker; /* VG_UPGRADE_MARKER of the program that created the entry (0 in normal

@@ -14,12 +14,22 @@ from controller.datapath import loader, maps, sync
 from controller.datapath.attach import Attacher
 from controller.datapath.maps import Event, ProgId
 from controller.datapath.sync import GcResult, KernelState, MapFullError, SyncResult
+from controller.datapath.uplink import UplinkAttacher
 from controller.mapstate import NodeDesired
 
 __all__ = ["Datapath", "GcResult", "KernelState", "MapFullError", "ProgId", "SyncResult"]
 
 # Maps whose fill level means something (arrays are always "full"; the ring buffer has no keys).
-SIZED_MAPS = ("vg_endpoints", "vg_ipcache4", "vg_ipcache6", "vg_policy", "vg_ct", "vg_frag", "vg_counters")
+SIZED_MAPS = (
+    "vg_endpoints",
+    "vg_ipcache4",
+    "vg_ipcache6",
+    "vg_policy",
+    "vg_svc",
+    "vg_ct",
+    "vg_frag",
+    "vg_counters",
+)
 
 
 class Datapath:
@@ -36,6 +46,7 @@ class Datapath:
         self.pin_root = pin_root
         self._loaded = loader.load(node, pin_root, extra_cflags)
         self._attacher = Attacher()
+        self._uplinks = UplinkAttacher()
         self._event_cb: Callable[[object, int, int], None] | None = None
         self._event_sink: Callable[[Event], None] | None = None
 
@@ -95,6 +106,16 @@ class Datapath:
 
     def attached(self, ifindex: int) -> bool:
         return self._attacher.attached(ifindex)
+
+    def attach_uplink(self, ifindex: int) -> None:
+        """to_uplink on the tc egress of a node uplink (judges deferred Service flows); idempotent."""
+        self._uplinks.attach(ifindex, self.prog_fd("to_uplink"))
+
+    def detach_uplink(self, ifindex: int) -> None:
+        self._uplinks.detach(ifindex)
+
+    def uplink_attached(self, ifindex: int) -> bool:
+        return self._uplinks.attached(ifindex)
 
     def sync(self, desired: NodeDesired, pod_ifindex: Mapping[str, int]) -> SyncResult:
         """Diff desired vs kernel, add/update before delete, then bump the revision.

@@ -36,6 +36,7 @@ VERDICT_DENY = 2
 
 CT_ALLOWED = 1
 CT_DENIED = 2
+CT_DEFERRED = 3  # a pod's flow to a Service frontend: its egress verdict is given after DNAT
 CT_SEEN_REPLY = 1
 CT_SEEN_FIN = 2
 CT_SEEN_RST = 4
@@ -46,11 +47,19 @@ POLICY_PLEN_ANY_PROTO = 72
 POLICY_PLEN_ANY_PORT = 80
 POLICY_PLEN_FULL = 96
 
+# skb->mark bits of a packet whose egress verdict is deferred past DNAT (bpf/lib/service.h)
+VG_MARK_DEFERRED = 0x80000000
+VG_MARK_SLOT_MASK = 0x7FFF0000
+VG_MARK_SLOT_SHIFT = 16
+MAX_SLOT = VG_MARK_SLOT_MASK >> VG_MARK_SLOT_SHIFT
+
 MAP_NAMES = (
     "vg_endpoints",
     "vg_ipcache4",
     "vg_ipcache6",
     "vg_policy",
+    "vg_slots",
+    "vg_svc",
     "vg_ct",
     "vg_frag",
     "vg_config",
@@ -73,6 +82,7 @@ class Reason(IntEnum):
     ALLOW_FRAG = 7
     ALLOW_AUDIT = 8  # a would-be DROP_POLICY passed in audit mode
     ALLOW_RELATED = 9  # ICMP error about a tracked allowed flow
+    ALLOW_DEFERRED = 10  # to a Service frontend: judged after DNAT
     DROP_POLICY = 64
     DROP_MALFORMED = 65
     DROP_FRAG_UNKNOWN = 66
@@ -81,6 +91,7 @@ class Reason(IntEnum):
     DROP_NO_ENDPOINT = 69
     DROP_CT_FULL = 70
     DROP_SPOOFED = 71  # source address is not the pod's own
+    DROP_DEFERRED_UNKNOWN = 72  # deferred packet whose client endpoint is unknown
 
     @property
     def is_drop(self) -> bool:
@@ -115,7 +126,21 @@ class EndpointInfo(_Struct):
         ("flags", ctypes.c_uint32),
         ("ipv4", ctypes.c_uint8 * 4),  # __be32: kept as bytes
         ("ipv6", U8x16),
+        ("slot", ctypes.c_uint32),  # this endpoint in the mark of deferred packets (vg_slots)
     ]
+
+
+class SvcKey(_Struct):
+    _fields_: ClassVar = [
+        ("addr", U8x16),
+        ("port", ctypes.c_uint8 * 2),  # __be16: kept as bytes
+        ("proto", ctypes.c_uint8),
+        ("family", ctypes.c_uint8),
+    ]
+
+
+class SvcValue(_Struct):
+    _fields_: ClassVar = [("flags", ctypes.c_uint32)]
 
 
 class Ipcache4Key(_Struct):
@@ -160,7 +185,7 @@ class CtKey(_Struct):
         ("proto", ctypes.c_uint8),
         ("dir", ctypes.c_uint8),
         ("family", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8),
+        ("nat", ctypes.c_uint8),  # 1: egress entry judged after DNAT
     ]
 
 
@@ -244,6 +269,8 @@ class EvrateState(_Struct):
 # Name in structs.h -> mirror, for the layout test.
 C_STRUCTS: dict[str, type[_Struct]] = {
     "endpoint_info": EndpointInfo,
+    "svc_key": SvcKey,
+    "svc_value": SvcValue,
     "ipcache4_key": Ipcache4Key,
     "ipcache6_key": Ipcache6Key,
     "ipcache_value": IpcacheValue,
@@ -288,14 +315,28 @@ def addr_from16(raw: bytes | ctypes.Array[ctypes.c_uint8], family: int) -> str:
 
 
 def encode_endpoint(
-    ep_id: int, identity: int, flags: int, ipv4: str | None, ipv6: str | None
+    ep_id: int, identity: int, flags: int, ipv4: str | None, ipv6: str | None, slot: int = 0
 ) -> tuple[bytes, bytes]:
-    v = EndpointInfo(ep_id=ep_id, identity=identity, flags=flags)
+    v = EndpointInfo(ep_id=ep_id, identity=identity, flags=flags, slot=slot)
     if ipv4:
         v.ipv4[:] = list(ipaddress.IPv4Address(ipv4).packed)
     if ipv6:
         v.ipv6[:] = list(ipaddress.IPv6Address(ipv6).packed)
     return u32_key(ep_id), bytes(v)
+
+
+def encode_svc(family: int, address: str, proto: int, port: int) -> tuple[bytes, bytes]:
+    """vg_svc key/value of one Service frontend."""
+    k = SvcKey(proto=proto, family=family)
+    k.addr[:] = list(addr16(address))
+    k.port = be16(port)
+    return bytes(k), bytes(SvcValue(flags=0))
+
+
+def decode_svc(kb: bytes) -> tuple[int, str, int, int]:
+    """(family, address, proto, port) of a vg_svc key."""
+    k = SvcKey.from_bytes(kb)
+    return int(k.family), addr_from16(k.addr, k.family), int(k.proto), from_be16(k.port)
 
 
 def u32_key(n: int) -> bytes:
@@ -380,6 +421,7 @@ class Endpoint:
     flags: int
     ipv4: str | None
     ipv6: str | None
+    slot: int = 0
 
 
 def decode_endpoint(kb: bytes, vb: bytes) -> Endpoint:
@@ -393,6 +435,7 @@ def decode_endpoint(kb: bytes, vb: bytes) -> Endpoint:
         flags=v.flags,
         ipv4=str(ipaddress.IPv4Address(v4)) if any(v4) else None,
         ipv6=str(ipaddress.IPv6Address(v6)) if any(v6) else None,
+        slot=v.slot,
     )
 
 
@@ -414,6 +457,7 @@ class CtEntry:
     state: int
     seen: int
     marker: int = 0  # VG_UPGRADE_MARKER of the program that created the entry
+    nat: int = 0  # 1: the judge's entry of a deferred flow (post-DNAT tuple)
 
 
 def encode_ct_key(
@@ -448,6 +492,7 @@ def decode_ct(kb: bytes, vb: bytes) -> CtEntry:
         state=v.state,
         seen=v.seen,
         marker=v.marker,
+        nat=k.nat,
     )
 
 

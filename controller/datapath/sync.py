@@ -25,8 +25,10 @@ from controller.mapstate import NodeDesired, PolicyEntryKey, PolicyEntryValue
 
 log = logging.getLogger(__name__)
 
-# Maps managed by sync, in dependency order (what must exist before what refers to it).
-SYNCED_MAPS = ("vg_ipcache4", "vg_ipcache6", "vg_policy", "vg_endpoints")
+# Maps managed by sync, in dependency order (what must exist before what refers to it): an
+# endpoint's slot maps to it (vg_slots) before the endpoint carries the slot, and frontends are
+# deferred only once every endpoint can be named in a mark.
+SYNCED_MAPS = ("vg_ipcache4", "vg_ipcache6", "vg_policy", "vg_slots", "vg_endpoints", "vg_svc")
 
 OpKind = Literal["add", "update", "delete"]
 
@@ -113,7 +115,51 @@ def desired_maps(desired: NodeDesired, pod_ifindex: Mapping[str, int]) -> dict[s
     for net, (identity, cidr_identity) in desired.ipcache.items():
         kb, vb = maps.encode_ipcache(net, identity, cidr_identity)
         out["vg_ipcache4" if net.version == 4 else "vg_ipcache6"][kb] = vb
+    for fe in getattr(desired, "frontends", ()):
+        kb, vb = maps.encode_svc(fe.family, fe.address, fe.proto, fe.port)
+        out["vg_svc"][kb] = vb
     return out
+
+
+def assign_slots(
+    desired_endpoints: KV, current_endpoints: KV
+) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+    """(vg_endpoints with slots, vg_slots) for the desired endpoints (pure).
+
+    A slot names an endpoint in the mark of a deferred packet (bpf/lib/service.h). Slots are
+    stable: an endpoint keeps the slot the kernel map already gives it, so a packet marked just
+    before a sync is still judged for the right client after it; new endpoints take the lowest
+    free slots. Slots come from the kernel map, so an agent restart reproduces them.
+    """
+    kept: dict[bytes, int] = {}
+    used: set[int] = set()
+    for key in sorted(desired_endpoints):
+        raw = current_endpoints.get(key)
+        if raw is None:
+            continue
+        slot = maps.EndpointInfo.from_bytes(raw).slot
+        if 0 < slot <= maps.MAX_SLOT and slot not in used:
+            kept[key] = slot
+            used.add(slot)
+    endpoints: dict[bytes, bytes] = {}
+    slots: dict[bytes, bytes] = {}
+    free = 1
+    for key in sorted(desired_endpoints):
+        info = maps.EndpointInfo.from_bytes(desired_endpoints[key])
+        slot = kept.get(key)
+        if slot is None:
+            while free in used:
+                free += 1
+            if free > maps.MAX_SLOT:
+                slot = 0  # no slot: its flows to Services are dropped (fail closed)
+            else:
+                slot = free
+                used.add(free)
+        info.slot = slot
+        endpoints[key] = bytes(info)
+        if slot:
+            slots[maps.u32_key(slot)] = maps.u32_key(info.ep_id)
+    return endpoints, slots
 
 
 class MapLike(Protocol):
@@ -196,6 +242,8 @@ def _op_ep_id(op: Op) -> int | None:
         return int(maps.PolicyKey.from_bytes(op.key).ep_id)
     if op.map == "vg_endpoints":
         return int.from_bytes(op.key[:4], sys.byteorder)
+    if op.map == "vg_slots" and op.value is not None:
+        return int.from_bytes(op.value[:4], sys.byteorder)
     return None
 
 
@@ -215,6 +263,7 @@ class _FullTracker:
         self.failed: dict[int, str] = {}
         self.node_wide: str | None = None
         self.skipped = 0
+        self.svc_skipped = 0
 
     def is_failed(self, ep_id: int | None) -> bool:
         return self.node_wide is not None or (ep_id is not None and ep_id in self.failed)
@@ -250,6 +299,17 @@ def _apply_upsert(op: Op, m: MapLike, full: _FullTracker) -> None:
     value = op.value
     if op.map == "vg_endpoints" and full.is_failed(ep_id):
         value = pending_value(value)  # never lift PENDING of an endpoint whose entries are missing
+    elif op.map == "vg_svc":
+        # A frontend that does not fit is judged before DNAT, on its own address, like any
+        # other destination: no endpoint has to close for it.
+        try:
+            m.update(op.key, value)
+        except maps.BpfError as e:
+            if e.errno not in MAP_FULL_ERRNOS:
+                raise
+            full.skipped += 1
+            full.svc_skipped += 1
+        return
     elif op.map == "vg_policy" and full.is_failed(ep_id) and full.node_wide is None:
         full.skipped += 1  # its map is full already: do not spend syscalls failing again
         return
@@ -273,6 +333,8 @@ def apply(
     was closed. Datapath.sync turns that into MapFullError.
     """
     current = {name: kernel[name].items() for name in SYNCED_MAPS}
+    endpoints, slots = assign_slots(desired.get("vg_endpoints", {}), current["vg_endpoints"])
+    desired = {**desired, "vg_endpoints": endpoints, "vg_slots": slots}
     ops = plan(desired, current)
     full = _FullTracker(desired.get("vg_endpoints", {}), kernel["vg_endpoints"])
     for op in ops:
@@ -329,6 +391,7 @@ class KernelState:
     ipcache: dict[maps.IPNetwork, tuple[int, int]]
     policy: dict[tuple[int, PolicyEntryKey], PolicyEntryValue]  # (ep_id, key) -> value
     ct: list[maps.CtEntry]
+    frontends: tuple[tuple[int, str, int, int], ...] = ()  # vg_svc: (family, address, proto, port)
 
 
 def dump(kernel: Mapping[str, MapLike]) -> KernelState:
@@ -346,12 +409,16 @@ def dump(kernel: Mapping[str, MapLike]) -> KernelState:
         ep_id, pk, pv = maps.decode_policy(kb, vb)
         policy[(ep_id, pk)] = pv
     ct = [maps.decode_ct(kb, vb) for kb, vb in kernel["vg_ct"].items().items()]
+    frontends = (
+        tuple(sorted(maps.decode_svc(kb) for kb in kernel["vg_svc"].items())) if "vg_svc" in kernel else ()
+    )
     return KernelState(
         revision=read_revision(kernel["vg_config"]),
         endpoints=endpoints,
         ipcache=ipcache,
         policy=policy,
         ct=ct,
+        frontends=frontends,
     )
 
 

@@ -44,6 +44,7 @@ class RunResult:
     retval: int  # the program's return value (TC_ACT_OK 0, TC_ACT_SHOT 2)
     duration_ns: int  # kernel-measured average per repeat
     data_out: bytes
+    mark: int = 0  # skb->mark after the program (with a __sk_buff context)
 
 
 def skb_ctx(ifindex: int = 0, mark: int = 0) -> bytes:
@@ -54,8 +55,10 @@ def skb_ctx(ifindex: int = 0, mark: int = 0) -> bytes:
     return bytes(buf)
 
 
-def test_run(prog_fd: int, packet: bytes, *, ifindex: int | None = None, repeat: int = 1) -> RunResult:
-    """Run prog_fd once (or `repeat` times) on `packet` (an Ethernet frame)."""
+def test_run(
+    prog_fd: int, packet: bytes, *, ifindex: int | None = None, repeat: int = 1, mark: int = 0
+) -> RunResult:
+    """Run prog_fd once (or `repeat` times) on `packet` (an Ethernet frame), with skb->mark = mark."""
     data_in = ctypes.create_string_buffer(packet, len(packet))
     out_len = max(len(packet), 64) + 256
     data_out = ctypes.create_string_buffer(out_len)
@@ -67,9 +70,9 @@ def test_run(prog_fd: int, packet: bytes, *, ifindex: int | None = None, repeat:
         data_out=ctypes.addressof(data_out),
         repeat=repeat,
     )
-    if ifindex is not None:
-        ctx = ctypes.create_string_buffer(skb_ctx(ifindex), SKB_CTX_SIZE)
-        ctx_out = ctypes.create_string_buffer(SKB_CTX_SIZE)
+    ctx_out = ctypes.create_string_buffer(SKB_CTX_SIZE)
+    if ifindex is not None or mark:
+        ctx = ctypes.create_string_buffer(skb_ctx(ifindex or 0, mark), SKB_CTX_SIZE)
         attr.ctx_in = ctypes.addressof(ctx)
         attr.ctx_size_in = SKB_CTX_SIZE
         attr.ctx_out = ctypes.addressof(ctx_out)
@@ -79,6 +82,9 @@ def test_run(prog_fd: int, packet: bytes, *, ifindex: int | None = None, repeat:
         retval=int(attr.retval),
         duration_ns=int(attr.duration),
         data_out=data_out.raw[: attr.data_size_out],
+        mark=int.from_bytes(ctx_out.raw[SKB_CTX_MARK_OFF : SKB_CTX_MARK_OFF + 4], "little")
+        if attr.ctx_size_out
+        else 0,
     )
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 
 import pytest
 
 from controller.datapath import Datapath, maps
-from controller.mapstate import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue
+from controller.mapstate import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue, SvcFrontend
 from tests.kernel import packets as P
 from tests.kernel.conftest import EP, ID_B, POD_A, POD_B, TC_ACT_OK, TC_ACT_SHOT, Harness
 
@@ -44,7 +45,16 @@ def _desired(
 
 
 def _empty(dp: Datapath) -> None:
-    for name in ("vg_endpoints", "vg_policy", "vg_ipcache4", "vg_ipcache6", "vg_ct", "vg_counters"):
+    for name in (
+        "vg_endpoints",
+        "vg_slots",
+        "vg_svc",
+        "vg_policy",
+        "vg_ipcache4",
+        "vg_ipcache6",
+        "vg_ct",
+        "vg_counters",
+    ):
         dp.maps[name].clear()
 
 
@@ -52,8 +62,10 @@ def test_sync_writes_the_desired_state_and_a_second_sync_changes_nothing(h: Harn
     _empty(h.dp)
     want = _desired({PolicyEntryKey(0, ID_B, P.TCP, 80, 16): ALLOW})
     first = h.dp.sync(want, {"x/a": EP})
-    assert (first.adds, first.updates, first.deletes) == (5, 0, 0)
+    assert (first.adds, first.updates, first.deletes) == (6, 0, 0)  # 3 ipcache, policy, slot, endpoint
     state = h.dp.dump()
+    assert state.endpoints[EP].slot == 1
+    assert h.dp.maps["vg_slots"].items() == {maps.u32_key(1): maps.u32_key(EP)}
     assert state.revision == first.revision
     assert state.endpoints[EP].flags == maps.EP_F_INGRESS_ISOLATED
     assert state.policy == {(EP, PolicyEntryKey(0, ID_B, P.TCP, 80, 16)): ALLOW}
@@ -83,3 +95,21 @@ def test_removing_an_endpoint_deletes_its_conntrack_entries(h: Harness) -> None:
     state = h.dp.dump()
     assert state.ct == [] and state.endpoints == {} and state.policy == {}
     assert h.dp.counters() == {}
+
+
+def test_sync_writes_the_frontends_and_keeps_every_endpoints_slot_when_others_come_and_go(h: Harness) -> None:
+    _empty(h.dp)
+    base = _desired({})
+    fronts = frozenset({SvcFrontend(4, "10.245.0.10", P.UDP, 53), SvcFrontend(4, "10.244.1.1", P.TCP, 30080)})
+    h.dp.sync(dataclasses.replace(base, frontends=fronts), {"x/a": 7})
+    assert set(h.dp.dump().frontends) == {(4, "10.245.0.10", P.UDP, 53), (4, "10.244.1.1", P.TCP, 30080)}
+    assert h.dp.dump().endpoints[7].slot == 1
+    # A pod with a lower ifindex arrives: x/a keeps slot 1, the newcomer takes the next free one.
+    h.dp.sync(dataclasses.replace(base, frontends=fronts), {"x/a": 7, "x/b": 3})
+    state = h.dp.dump()
+    assert (state.endpoints[7].slot, state.endpoints[3].slot) == (1, 2)
+    # x/a goes: its slot is freed and x/b keeps its own.
+    h.dp.sync(base, {"x/b": 3})
+    state = h.dp.dump()
+    assert state.endpoints[3].slot == 2 and state.frontends == ()
+    assert h.dp.maps["vg_slots"].items() == {maps.u32_key(2): maps.u32_key(3)}

@@ -118,12 +118,12 @@ def test_loading_a_new_program_set_leaves_the_attached_filters_alone_until_attac
     old = opened(node)
     with veth_pair() as v:
         in_netns(v.node_ns, lambda: old.attach(v.ifindex))
-        running = {n: old.prog_id(n).id for n in loader.PINNED_PROGRAMS}
+        running = {n: old.prog_id(n).id for n in ("from_pod", "to_pod")}
         assert in_netns(v.node_ns, lambda: old.attached_progs(v.ifindex)) == running
         new = opened(node, UPGRADE)
         assert in_netns(v.node_ns, lambda: new.attached_progs(v.ifindex)) == running, "load must not touch tc"
         in_netns(v.node_ns, lambda: new.attach(v.ifindex))
-        upgraded = {n: new.prog_id(n).id for n in loader.PINNED_PROGRAMS}
+        upgraded = {n: new.prog_id(n).id for n in ("from_pod", "to_pod")}
         # Exactly one filter of ours per hook (attached_progs gives None otherwise), now the new one.
         assert in_netns(v.node_ns, lambda: new.attached_progs(v.ifindex)) == upgraded
 

@@ -19,7 +19,13 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 # Oldest and newest Kubernetes minor we claim: appArmorProfile (GA in 1.30) sets the floor.
 K8S_VERSIONS = ("1.30.0", "1.35.0")
 NAMESPACE = "vethguard-system"
-AGENT_READS = {("", "pods"), ("", "namespaces"), ("", "nodes"), ("networking.k8s.io", "networkpolicies")}
+AGENT_READS = {
+    ("", "pods"),
+    ("", "namespaces"),
+    ("", "nodes"),
+    ("", "services"),
+    ("networking.k8s.io", "networkpolicies"),
+}
 
 
 def manifest_files() -> list[Path]:

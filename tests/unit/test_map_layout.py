@@ -77,7 +77,7 @@ def test_every_field_has_the_same_offset_and_width_in_c_and_python(
 
 def test_the_documented_sizes_hold() -> None:
     # docs/INTERNALS.md states these; a change is a map layout break for pinned maps.
-    assert ctypes.sizeof(maps.EndpointInfo) == 32
+    assert ctypes.sizeof(maps.EndpointInfo) == 36
     assert ctypes.sizeof(maps.PolicyKey) == 16
     assert ctypes.sizeof(maps.CtKey) == 44
     assert ctypes.sizeof(maps.CtValue) == 40
@@ -103,6 +103,8 @@ def test_the_constants_match_structs_h() -> None:
         "VERDICT_ALLOW",
         "CT_ALLOWED",
         "CT_DENIED",
+        "CT_DEFERRED",
+        "VG_MARK_SLOT_SHIFT",
         "POLICY_PLEN_ANY_PROTO",
         "POLICY_PLEN_ANY_PORT",
         "POLICY_PLEN_FULL",

@@ -30,6 +30,7 @@ PATHS = {
     "/api/v1/pods": "Pod",
     "/apis/networking.k8s.io/v1/networkpolicies": "NetworkPolicy",
     "/api/v1/nodes": "Node",
+    "/api/v1/services": "Service",
 }
 
 
@@ -296,7 +297,7 @@ def test_initial_list_fills_every_cache_and_records_the_list_resource_version(se
 def test_watch_events_after_the_list_update_the_cache_and_the_event_stream(server, make_sources):
     src = make_sources()
     drain(src.events)
-    wait_for(lambda: server.open_watches == 4)
+    wait_for(lambda: server.open_watches == len(KINDS))
     server.write("Pod", pod("x", "a", "10.244.1.2"))
     server.write("Pod", pod("x", "a", "10.244.1.2"), delete=True)
     server.write("Pod", pod("x", "b", "10.244.1.3"))
@@ -309,7 +310,7 @@ def test_watch_events_after_the_list_update_the_cache_and_the_event_stream(serve
 
 def test_a_bookmark_advances_the_resource_version_without_changing_the_cache(server, make_sources):
     src = make_sources()
-    wait_for(lambda: server.open_watches == 4)
+    wait_for(lambda: server.open_watches == len(KINDS))
     before = src.snapshot()
     server.write("Pod", pod("x", "a", "10.244.1.2"))
     server.bookmark()
@@ -326,7 +327,7 @@ def test_a_410_mid_watch_triggers_a_relist_and_the_cache_converges(server, make_
     server.write("Pod", pod("x", "a", "10.244.1.2"))
     server.write("Pod", pod("x", "b", "10.244.1.3"))
     src = make_sources(metrics)
-    wait_for(lambda: server.open_watches == 4)
+    wait_for(lambda: server.open_watches == len(KINDS))
     drain(src.events)
     # changes the watch never delivers (compacted away), then expiry
     server.write("Pod", pod("x", "a", "10.244.1.2"), delete=True, notify=False)
@@ -345,7 +346,7 @@ def test_a_410_mid_watch_triggers_a_relist_and_the_cache_converges(server, make_
 
 def test_an_http_410_on_rewatch_also_relists(server, make_sources):
     src = make_sources()
-    wait_for(lambda: server.open_watches == 4)
+    wait_for(lambda: server.open_watches == len(KINDS))
     lists_before = src.informers["Node"].lists
     server.gone_status = True
     server.write("Node", {"metadata": {"name": "node-9"}}, notify=False)
@@ -358,7 +359,7 @@ def test_a_dropped_connection_reconnects_from_the_last_version_without_losing_th
     server.write("Pod", pod("x", "a", "10.244.1.2"))
     metrics = Metrics()
     src = make_sources(metrics)
-    wait_for(lambda: server.open_watches == 4)
+    wait_for(lambda: server.open_watches == len(KINDS))
     lists = server.count(watch=False)
     server.fail_requests = True
     server.drop_watches()
@@ -377,13 +378,13 @@ def test_a_watch_ended_by_the_server_is_resumed_at_once(server, make_sources):
     src = make_sources(options=opts)
     server.write("Namespace", ns("late"))
     wait_for(lambda: src.informers["Namespace"].keys() == ["late"], timeout=5)
-    wait_for(lambda: server.count(watch=True) >= 8, timeout=5)  # every kind re-watched after 1 s
-    assert server.count(watch=False) == 4
+    wait_for(lambda: server.count(watch=True) >= 2 * len(KINDS), timeout=5)  # every kind re-watched after 1 s
+    assert server.count(watch=False) == len(KINDS)
 
 
 def test_stop_returns_promptly_even_with_open_watches(server, make_sources):
     src = make_sources()
-    wait_for(lambda: server.open_watches == 4)
+    wait_for(lambda: server.open_watches == len(KINDS))
     t = time.monotonic()
     src.stop()
     assert time.monotonic() - t < 2
@@ -404,4 +405,4 @@ def test_full_jitter_never_exceeds_the_cap():
 def test_object_keys_are_namespace_slash_name_for_namespaced_kinds():
     assert object_key({"metadata": {"namespace": "x", "name": "a"}}, True) == "x/a"
     assert object_key({"metadata": {"name": "node-1"}}, False) == "node-1"
-    assert [k.kind for k in KINDS] == ["Namespace", "Pod", "NetworkPolicy", "Node"]
+    assert [k.kind for k in KINDS] == ["Namespace", "Pod", "NetworkPolicy", "Node", "Service"]
