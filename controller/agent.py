@@ -280,7 +280,9 @@ class Agent:
         self._arrivals: list[float] = []  # arrival times of cluster events not realized yet
         self._attach_reported: dict[int, float] = {}  # ifindex -> when its programs were attached
         self._attach_times: dict[int, float] = {}  # ifindex -> when this agent attached its programs
+        self._early_lock = threading.Lock()  # attach_new_veths() runs on the netlink thread
         self._early_tried: set[int] = set()  # new veths attach_new_veths() tried (once each)
+        self._early_attached: dict[int, float] = {}  # attached by it, not yet in _attached: -> when
         self._claim_waiting = False  # a Pod event of this node came while a new veth was PENDING
         self._enforce_reported: set[int] = set()
         self._counter_totals: dict[tuple[int, int, int], int] = {}
@@ -529,33 +531,45 @@ class Agent:
         return pod_ifindex
 
     def attach_new_veths(self) -> bool:
-        """Attach the veths netlink saw appear that no pass attached yet, before the rest of a pass
-        (compute, discovery) runs: a burst of new pods then waits on nothing but the attach (~0.3 ms
+        """Attach the veths netlink saw appear that no pass attached yet. Runs on the netlink
+        thread (wake()), so neither a pass in progress (a bridge probe waits up to 0.3 s) nor the
+        coalescing window delays it: a burst of new pods waits on nothing but the attach (~0.3 ms
         each). Only when failing closed: until the pass that follows writes their endpoint (PENDING,
         or their pod's), the programs drop every packet of the unknown endpoint. Each veth is tried
-        once here; a failure is left to the pass, which records and retries it.
-        Returns whether there was a new veth (the caller then runs a pass without coalescing)."""
+        once here; a failure is left to the pass, which records and retries it. The loop takes the
+        attached veths over (_take_early_attached). Returns whether there was a new veth."""
         dp, lw = self.dp, self.linkwatch
         if dp is None or lw is None or not self.fail_closed:
             return False
-        appeared = lw.new_veths()
-        self._early_tried &= set(appeared)
-        fresh = sorted(set(appeared) - self._attached - self._early_tried)
-        for ifindex in fresh:
-            self._early_tried.add(ifindex)
-            try:
-                dp.attach(ifindex)
-            except Exception as exc:  # gone already, or a real failure: the pass decides
-                log.debug("early attach failed, left to the pass", ifindex=ifindex, error=str(exc))
-                continue
-            self._attach_times[ifindex] = time.monotonic()
-            self._attached.add(ifindex)
-            log.info("attached", ifindex=ifindex, pods=[], before_discovery=True)
-        if fresh:
-            self.metrics.attached.set(len(self._attached))
+        with self._early_lock:
+            appeared = lw.new_veths()
+            self._early_tried &= set(appeared)
+            fresh = sorted(i for i in appeared if i not in self._early_tried and i not in self._attached)
+            for ifindex in fresh:
+                self._early_tried.add(ifindex)
+                try:
+                    dp.attach(ifindex)
+                except Exception as exc:  # gone already, or a real failure: the pass decides
+                    log.debug("early attach failed, left to the pass", ifindex=ifindex, error=str(exc))
+                    continue
+                self._early_attached[ifindex] = time.monotonic()
+                log.info("attached", ifindex=ifindex, pods=[], before_discovery=True)
         return bool(fresh)
 
+    def _take_early_attached(self) -> bool:
+        """(loop thread) Adopt the veths attach_new_veths() attached. True if there were any."""
+        with self._early_lock:
+            taken, self._early_attached = self._early_attached, {}
+        for ifindex, at in taken.items():
+            if ifindex not in self._attached:
+                self._attach_times[ifindex] = at
+                self._attached.add(ifindex)
+        if taken:
+            self.metrics.attached.set(len(self._attached))
+        return bool(taken)
+
     def _attach_detach(self, dp: DatapathLike, pod_ifindex: Mapping[str, int], full: bool) -> bool:
+        self._take_early_attached()
         want = set(pod_ifindex.values())
         failed: set[int] = set()
         for ifindex in sorted(want if full else want - self._attached):
@@ -585,7 +599,8 @@ class Agent:
             self._attached.discard(ifindex)
             self._attach_reported.pop(ifindex, None)
             self._attach_times.pop(ifindex, None)
-            self._early_tried.discard(ifindex)
+            with self._early_lock:
+                self._early_tried.discard(ifindex)
             self._enforce_reported.discard(ifindex)
         self.metrics.attached.set(len(self._attached))
         return not failed
@@ -860,8 +875,12 @@ class Agent:
         self.sources.events.put(_WAKE)
 
     def wake(self) -> None:
-        """Run a pass now (called from the netlink thread when links/routes/neighbours change)."""
-        self.sources.events.put(_LINK)
+        """Run a pass now (called from the netlink thread when links/routes/neighbours change);
+        new veths are attached first, right on the calling thread."""
+        try:
+            self.attach_new_veths()
+        finally:
+            self.sources.events.put(_LINK)
 
     def run(self) -> None:
         cfg = self.config
@@ -906,7 +925,7 @@ class Agent:
                 pass
             if stop.is_set():
                 break
-            new_veth = self.attach_new_veths()
+            new_veth = self._take_early_attached()
             pending = pending or new_veth
             now = time.monotonic()
             ran = False

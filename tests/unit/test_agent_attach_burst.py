@@ -180,3 +180,49 @@ def _wait(cond: Callable[[], bool]) -> None:
             return
         threading.Event().wait(0.01)
     raise AssertionError("not within 5 s")
+
+
+class BlockingRoutes(Routes):
+    """Discovery that can be held in the middle of a pass (as a bridge probe waits up to 0.3 s)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = threading.Event()
+        self.inside = threading.Event()
+        self.release = threading.Event()
+
+    def discover(self, pod_ips: Mapping[str, Sequence[str]]) -> Discovered:
+        if self.hold.is_set():
+            self.inside.set()
+            self.release.wait(10)
+        return super().discover(pod_ips)
+
+
+def test_a_veth_appearing_during_a_slow_pass_is_attached_on_the_netlink_thread_without_waiting_for_it():
+    api = StaticApi()
+    dp = CountingDatapath()
+    routes = BlockingRoutes()
+    lw = FakeLinkWatch()
+    agent = make_agent(api, dp, routes, lw, rescan_seconds=3600, resync_seconds=3600)
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    try:
+        _wait(lambda: bool(dp.synced))
+        routes.hold.set()
+        lw.appeared[5] = 0.0
+        agent.wake()  # attaches 5, then the pass it starts is held in discovery
+        assert 5 in dp.attached
+        _wait(routes.inside.is_set)
+        lw.appeared[6] = 0.0
+        agent.wake()  # the netlink thread, while the pass is held
+        assert 6 in dp.attached and not routes.release.is_set()
+        routes.hold.clear()
+        routes.release.set()
+        _wait(lambda: {unclaimed_key(5), unclaimed_key(6)} <= set(dp.last[1]))
+        assert dp.attach_calls.count(5) == 1 and dp.attach_calls.count(6) == 1
+        assert agent.status()["attached"] == 2
+    finally:
+        routes.release.set()
+        agent.stop()
+        thread.join(5)
+        agent.close()
