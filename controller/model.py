@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypedDict
@@ -164,7 +165,7 @@ class RawNetworkPolicy(TypedDict, total=False):
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Namespace:
     name: str
     labels: Mapping[str, str]  # always includes kubernetes.io/metadata.name=<name>
@@ -176,20 +177,24 @@ class ContainerPort(NamedTuple):
     protocol: str  # TCP / UDP / SCTP
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pod:
+    """Slotted, and built by from_objects with shared label maps / port tuples / strings: a
+    cluster holds one per pod, so its per-object size is most of the model's memory."""
+
     namespace: str
     name: str
-    labels: Mapping[str, str]
+    labels: Mapping[str, str]  # shared between pods with equal labels: never mutate
     node: str | None
     ips: tuple[str, ...]  # canonical strings; at most one IPv4 and one IPv6
     ports: tuple[ContainerPort, ...] = ()
     host_network: bool = False
     phase: str | None = None
+    # "ns/name", built once: every table keyed by pod then shares this one string.
+    key: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.namespace}/{self.name}")
 
     @property
     def ipv4(self) -> str | None:
@@ -213,7 +218,7 @@ class Pod:
         return tuple(sorted({p.port for p in self.ports if p.name == name and p.protocol == protocol}))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Node:
     name: str
     addresses: tuple[str, ...]  # InternalIP addresses, canonical strings
@@ -313,6 +318,7 @@ class ClusterState:
         nodes: Iterable[dict[str, Any]],
     ) -> ClusterState:
         errors: list[PolicyError] = []
+        interner = _Interner()
         ns_map: dict[str, Namespace] = {}
         for raw in namespaces:
             ns = _parse_namespace(raw, errors)
@@ -320,7 +326,7 @@ class ClusterState:
                 ns_map[ns.name] = ns
         pod_map: dict[str, Pod] = {}
         for raw in pods:
-            pod = _parse_pod(raw, errors)
+            pod = _parse_pod(raw, errors, interner)
             if pod is not None:
                 pod_map[pod.key] = pod
         pol_map: dict[str, NetworkPolicy] = {}
@@ -379,6 +385,39 @@ def _labels(raw: Any, obj: str, fld: str, errors: list[PolicyError]) -> dict[str
     return out
 
 
+class _Interner:
+    """Shares equal values between the objects of one ClusterState build.
+
+    Most pods repeat a few label sets and container port lists, and their namespace, node,
+    label key and value strings: one shared object each instead of one per pod (JSON decoding
+    gives every pod its own copies). Strings go through sys.intern, so consecutive builds (the
+    agent's previous cluster is alive while the next is built) share them as well. Shared
+    label maps are read-only by contract (Pod.labels is a Mapping).
+    """
+
+    def __init__(self) -> None:
+        self._labels: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+        self._ports: dict[tuple[ContainerPort, ...], tuple[ContainerPort, ...]] = {}
+
+    def labels(self, labels: dict[str, str]) -> dict[str, str]:
+        items = tuple(labels.items())
+        hit = self._labels.get(items)
+        if hit is None:
+            hit = {sys.intern(k): sys.intern(v) for k, v in items}
+            self._labels[items] = hit
+        return hit
+
+    def ports(self, ports: list[ContainerPort]) -> tuple[ContainerPort, ...]:
+        if not ports:
+            return ()
+        key = tuple(ports)
+        return self._ports.setdefault(key, key)
+
+    @staticmethod
+    def string(s: str) -> str:
+        return sys.intern(s)
+
+
 def _parse_namespace(raw: Any, errors: list[PolicyError]) -> Namespace | None:
     meta = _meta(raw)
     name = meta.get("name")
@@ -399,7 +438,8 @@ def _parse_ip(s: Any) -> IPAddress | None:
         return None
 
 
-def _parse_pod(raw: Any, errors: list[PolicyError]) -> Pod | None:
+def _parse_pod(raw: Any, errors: list[PolicyError], interner: _Interner | None = None) -> Pod | None:
+    shared = interner if interner is not None else _Interner()
     meta = _meta(raw)
     name = meta.get("name")
     namespace = meta.get("namespace", "default")
@@ -432,7 +472,8 @@ def _parse_pod(raw: Any, errors: list[PolicyError]) -> Pod | None:
         if addr.version in families:
             continue
         families.add(addr.version)
-        ips.append(str(addr))
+        canonical = str(addr)
+        ips.append(value if canonical == value else canonical)  # keep the API's string when canonical
     ports: list[ContainerPort] = []
     containers = spec.get("containers") or []
     if not isinstance(containers, list):
@@ -467,14 +508,14 @@ def _parse_pod(raw: Any, errors: list[PolicyError]) -> Pod | None:
             ports.append(ContainerPort(pname or None, num, proto))
     phase = status.get("phase")
     return Pod(
-        namespace=namespace,
+        namespace=shared.string(namespace),
         name=name,
-        labels=labels,
-        node=node or None,
+        labels=shared.labels(labels),
+        node=shared.string(node) if node else None,
         ips=tuple(ips),
-        ports=tuple(ports),
+        ports=shared.ports(ports),
         host_network=bool(spec.get("hostNetwork", False)),
-        phase=phase if isinstance(phase, str) else None,
+        phase=shared.string(phase) if isinstance(phase, str) else None,
     )
 
 

@@ -154,6 +154,41 @@ class _PrefixTable:
         return out
 
 
+class _PodPrefixes:
+    """The pods' /32 and /128 ipcache keys, shared with the previous compilation.
+
+    An IPv4Network/IPv6Network costs ~550 bytes (ipaddress keeps an address, a netmask and a
+    hosts() closure per object). The agent recompiles the cluster on every event while the
+    previous compilation is still alive, so without sharing every pod address exists twice at
+    the peak and each event allocates and frees 10k+ of them. begin() starts a generation that
+    reuses the last published one's objects; publish() makes it the one the next compilation
+    reuses, so the table never holds more than one compilation's addresses. Published tables
+    are never mutated (safe to read from another thread's compilation).
+    """
+
+    _published: dict[str, IPNetwork] = {}
+
+    def __init__(self, previous: dict[str, IPNetwork]) -> None:
+        self.previous = previous
+        self.current: dict[str, IPNetwork] = {}
+
+    @classmethod
+    def begin(cls) -> _PodPrefixes:
+        return cls(cls._published)
+
+    def get(self, ip: str) -> IPNetwork:
+        net = self.current.get(ip)
+        if net is None:
+            net = self.previous.get(ip)
+            if net is None:
+                net = host_prefix(ipaddress.ip_address(ip))
+            self.current[ip] = net
+        return net
+
+    def publish(self) -> None:
+        type(self)._published = self.current
+
+
 @dataclass(frozen=True)
 class _Target:
     """A destination of an egress named port: a pod identity or an exact per-pod prefix."""
@@ -166,10 +201,17 @@ class CompiledCluster:
     """Node-independent compilation of a ClusterState (see the module docstring)."""
 
     def __init__(self, cluster: ClusterState) -> None:
-        self.cluster = cluster
+        # The cluster's parts, not the ClusterState: the cluster caches this object (see
+        # compile_cluster), and a reference back would make a cycle that keeps every replaced
+        # cluster and its compilation alive until a full garbage collection (the agent would
+        # hold two or three generations of the whole model at 10k pods).
+        self.pods: Mapping[str, Pod] = cluster.pods
+        self.nodes = cluster.nodes
+        self.policy_map: Mapping[str, NetworkPolicy] = cluster.policies
+        self.errors = tuple(cluster.errors)
         self.policies: list[NetworkPolicy] = sorted(cluster.policies.values(), key=lambda p: p.key)
         self._build_identities()
-        self._build_namespace_index()
+        self._build_namespace_index(cluster)
         self._selector_cache: dict[tuple[Any, ...], frozenset[int]] = {}
         self._build_selection()
         exact = self._resolve_egress_named_ports()
@@ -190,7 +232,7 @@ class CompiledCluster:
     # -- identities ---------------------------------------------------------------------------
 
     def _build_identities(self) -> None:
-        active = [p for p in self.cluster.pods.values() if p.active]
+        active = [p for p in self.pods.values() if p.active]
         keys = {p.key: pod_identity_key(p.namespace, p.labels) for p in active}
         alloc = allocate_pod_identities(keys.values())
         self.pod_identity: dict[str, int] = {k: alloc[v] for k, v in keys.items()}
@@ -208,12 +250,12 @@ class CompiledCluster:
             ns = self.identity_namespace[ident]
             self.ns_index.setdefault(ns, LabelIndex()).add(ident, labels)
 
-    def _build_namespace_index(self) -> None:
-        names = set(self.cluster.namespaces) | set(self.identity_namespace.values())
+    def _build_namespace_index(self, cluster: ClusterState) -> None:
+        names = set(cluster.namespaces) | set(self.identity_namespace.values())
         names |= {p.namespace for p in self.policies}
         self.ns_names = sorted(names)
         self.ns_label_index = LabelIndex(
-            (i, self.cluster.namespace_labels(n)) for i, n in enumerate(self.ns_names)
+            (i, cluster.namespace_labels(n)) for i, n in enumerate(self.ns_names)
         )
 
     # -- selectors ----------------------------------------------------------------------------
@@ -393,19 +435,22 @@ class CompiledCluster:
         for net, ident in self.cidr_identity.items():
             base[net] = (ID_WORLD, ident)
         self.node_addresses: dict[str, list[IPAddress]] = {
-            name: [ipaddress.ip_address(a) for a in node.addresses]
-            for name, node in self.cluster.nodes.items()
+            name: [ipaddress.ip_address(a) for a in node.addresses] for name, node in self.nodes.items()
         }
         self._node_cidr: dict[IPAddress, int] = {}
         for addrs in self.node_addresses.values():
             for addr in addrs:
                 self._node_cidr[addr] = self.longest_cidr_identity(addr)
         pod_entries: dict[IPNetwork, tuple[int, int]] = {}
+        values: dict[tuple[int, int], tuple[int, int]] = {}  # one tuple per distinct value
+        prefixes = _PodPrefixes.begin()
         for ident, pods in self.pods_by_identity.items():
             for pod in pods:
                 for ip in pod.ips:
-                    addr = ipaddress.ip_address(ip)
-                    pod_entries[host_prefix(addr)] = (ident, self.longest_cidr_identity(addr))
+                    net = prefixes.get(ip)
+                    value = (ident, self.longest_cidr_identity(net.network_address))
+                    pod_entries[net] = values.setdefault(value, value)
+        prefixes.publish()
         self.pod_ipcache = pod_entries
         self.prefix_ipcache = base
 
@@ -533,7 +578,7 @@ class CompiledCluster:
 
     def _audit_only(self, policy_keys: Sequence[str]) -> tuple[bool, bool]:
         """Per direction: every policy that isolates it is in audit mode (vacuously true if none)."""
-        pols = [self.cluster.policies[k] for k in policy_keys]
+        pols = [self.policy_map[k] for k in policy_keys]
         return (
             all(p.audit for p in pols if p.isolates_ingress),
             all(p.audit for p in pols if p.isolates_egress),
@@ -543,7 +588,7 @@ class CompiledCluster:
 
     def node_desired(self, node: str) -> NodeDesired:
         endpoints: dict[str, EndpointDesired] = {}
-        for pod in sorted(self.cluster.pods.values(), key=lambda p: p.key):
+        for pod in sorted(self.pods.values(), key=lambda p: p.key):
             if pod.node != node or not pod.active or not pod.ips:
                 continue
             ing, egr, entries, pols = self.endpoint_entries(pod)
@@ -565,14 +610,18 @@ class CompiledCluster:
             ipcache=self.ipcache_for(node),
             rules=dict(self.rules),
             identities=self.identities,
-            errors=tuple(self.cluster.errors),
+            errors=self.errors,
         )
 
 
 def compile_cluster(cluster: ClusterState) -> CompiledCluster:
     """Node-independent compilation, cached on the (immutable) ClusterState."""
     compiled = cluster.cache.get("compiled")
-    if not isinstance(compiled, CompiledCluster) or compiled.cluster is not cluster:
+    if (
+        not isinstance(compiled, CompiledCluster)
+        or compiled.pods is not cluster.pods
+        or compiled.policy_map is not cluster.policies
+    ):
         compiled = CompiledCluster(cluster)
         cluster.cache["compiled"] = compiled
     return compiled

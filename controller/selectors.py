@@ -68,22 +68,42 @@ class Requirement:
 
 
 class LabelIndex:
-    """Inverted index over labelled objects identified by hashable ids (ints in practice)."""
+    """Inverted index over labelled objects identified by hashable ids (ints in practice).
+
+    Only (key, value) -> ids is kept up to date; key -> ids (for Exists, DoesNotExist, NotIn)
+    is derived from it on first use, since most selectors never need it (the compiler keeps one
+    index per namespace, so every set held counts).
+    """
+
+    __slots__ = ("_by_key", "all", "by_kv")
 
     def __init__(self, items: Iterable[tuple[int, Mapping[str, str]]] = ()) -> None:
         self.all: set[int] = set()
-        self.labels: dict[int, Mapping[str, str]] = {}
         self.by_kv: dict[tuple[str, str], set[int]] = {}
-        self.by_key: dict[str, set[int]] = {}
+        self._by_key: dict[str, set[int]] | None = None
         for ident, labels in items:
             self.add(ident, labels)
 
     def add(self, ident: int, labels: Mapping[str, str]) -> None:
         self.all.add(ident)
-        self.labels[ident] = labels
-        for k, v in labels.items():
-            self.by_kv.setdefault((k, v), set()).add(ident)
-            self.by_key.setdefault(k, set()).add(ident)
+        for kv in labels.items():
+            self.by_kv.setdefault(kv, set()).add(ident)
+        self._by_key = None
+
+    @property
+    def by_key(self) -> dict[str, set[int]]:
+        """key -> ids of the objects that have the key (any value); do not mutate."""
+        by_key = self._by_key
+        if by_key is None:
+            by_key = {}
+            for (k, _v), ids in self.by_kv.items():
+                got = by_key.get(k)
+                if got is None:
+                    by_key[k] = set(ids)
+                else:
+                    got |= ids
+            self._by_key = by_key
+        return by_key
 
     def __len__(self) -> int:
         return len(self.all)
