@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from controller import endpoints as endpoints_mod
+from controller.datapath.loader import release_free_heap
 from controller.endpoints import Discovered, Discovery, interface_exists
 from controller.errors import VethguardError
 from controller.frontends import frontends_of
@@ -388,7 +389,12 @@ class Agent:
 
     def reconcile(self, full: bool = False) -> bool:
         """Bring the datapath to the state of the caches. Returns whether the maps now reflect them."""
+        versions_before = self._desired_versions
         ok = self._reconcile(full)
+        if full or self._desired_versions is not versions_before:
+            # The previous model and this pass's scratch (sync diff, kernel dump) are garbage
+            # now; glibc would keep their pages in its arenas (~25 MB at 10k pods).
+            release_free_heap()
         if not ok:
             with self._lock:
                 self.ready = False
