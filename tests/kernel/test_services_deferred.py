@@ -42,7 +42,9 @@ def uplink(h: Harness, frame: bytes, mark: int = MARK) -> RunResult:
     return run(h.dp.prog_fd("to_uplink"), frame, mark=mark)
 
 
-def test_a_flow_to_a_frontend_leaves_the_pod_marked_even_when_no_rule_allows_the_clusterip(h: Harness) -> None:
+def test_a_flow_to_a_frontend_leaves_the_pod_marked_even_when_no_rule_allows_the_clusterip(
+    h: Harness,
+) -> None:
     client(h)
     r = run(h.dp.prog_fd("from_pod"), to_vip(40000), ifindex=EP)
     assert r.retval == TC_ACT_OK

@@ -237,8 +237,6 @@ spec:
         lab.cli("delete", "-f", "-", stdin=policy)
 
 
-@pytest.mark.xfail(strict=True, reason="egress after DNAT (issue #6 step 4) is not implemented: "
-                   "from_pod judges egress on the ClusterIP, which no pod selector matches")
 def test_an_egress_rule_allowing_dns_to_kube_system_lets_names_resolve(lab: Lab) -> None:
     policy = """
 apiVersion: networking.k8s.io/v1
