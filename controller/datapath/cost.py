@@ -8,6 +8,19 @@ Packets are driven by BPF_PROG_TEST_RUN against ifindex 1 (lo) with an endpoint 
 The three are measured alternately in the same run (these machines are noisy) and reported
 as medians over rounds and as ratios to passthrough. kernel.bpf_stats_enabled is restored.
 
+Egress to a Service (judged after DNAT, bpf/lib/service.h) is measured in the same rounds:
+  uplink pass         to_uplink on a packet without our mark: what every other packet leaving
+                      the node pays
+  deferred est.       from_pod on an established flow to a ClusterIP (CT hit, mark)
+  judge est.          to_uplink on that flow's marked packet after DNAT (slot, CT hit). The
+                      judge clears the mark and test_run's repeats reuse one skb, so it is
+                      driven one test_run per packet, which costs more per packet (cold
+                      caches): compare it with `direct egress est. (single runs)`, the direct
+                      flow driven the same way
+  deferred new        from_pod on a new flow to a ClusterIP (frontend lookup, CT insert, event)
+  judge new           to_uplink on its first marked packet (policy lookups, CT insert, event)
+  direct egress est.  from_pod on an established flow straight to a pod, for comparison
+
 Run: python -m controller.datapath.cost [--rounds 9] [--packets 20000]
 """
 
@@ -70,6 +83,11 @@ POD = "10.244.1.10"
 PEER = "10.244.1.20"
 PEER_ID = 257
 EP = 1
+VIP = "10.245.0.20"  # a Service frontend (port 80)
+BACKEND = "10.244.2.30"  # the pod behind it after DNAT (port 8080)
+BACKEND_ID = 258
+SLOT = 1
+MARK = maps.VG_MARK_DEFERRED | (SLOT << maps.VG_MARK_SLOT_SHIFT)
 
 
 @dataclass(frozen=True)
@@ -81,12 +99,31 @@ class CostReport:
     new_flow_ratio: float
     rounds: int
     packets_per_round: int
+    uplink_unmarked_ns: float | None = None
+    direct_egress_established_ns: float | None = None
+    deferred_established_ns: float | None = None
+    judge_established_ns: float | None = None
+    direct_egress_established_single_run_ns: float | None = None
+    deferred_new_ns: float | None = None
+    judge_new_ns: float | None = None
 
 
 def _setup(dp: Datapath) -> None:
-    k, v = maps.encode_endpoint(EP, 256, maps.EP_F_INGRESS_ISOLATED, POD, None)
+    flags = maps.EP_F_INGRESS_ISOLATED | maps.EP_F_EGRESS_ISOLATED
+    k, v = maps.encode_endpoint(EP, 256, flags, POD, None, slot=SLOT)
     dp.maps["vg_endpoints"].update(k, v)
-    for prefix, ident in ((f"{PEER}/32", PEER_ID), (f"{POD}/32", 256), ("0.0.0.0/0", 2)):
+    dp.maps["vg_slots"].update(maps.u32_key(SLOT), maps.u32_key(EP))
+    kb, vb = maps.encode_svc(4, VIP, 6, 80)
+    dp.maps["vg_svc"].update(kb, vb)
+    for key in (PolicyEntryKey(1, BACKEND_ID, 6, 8080, 16), PolicyEntryKey(1, PEER_ID, 6, 80, 16)):
+        k, v = maps.encode_policy(EP, key, PolicyEntryValue(1, 0, 3))
+        dp.maps["vg_policy"].update(k, v)
+    for prefix, ident in (
+        (f"{PEER}/32", PEER_ID),
+        (f"{POD}/32", 256),
+        (f"{BACKEND}/32", BACKEND_ID),
+        ("0.0.0.0/0", 2),
+    ):
         import ipaddress
 
         k, v = maps.encode_ipcache(ipaddress.ip_network(prefix), ident, 0)
@@ -130,6 +167,7 @@ def measure(dp: Datapath, rounds: int = 9, packets: int = 20000) -> CostReport:
                 run(to_pod, f, ifindex=EP)
 
         samples["new"].append(_measure(to_pod, drive_new))
+    svc = _measure_services(dp, rounds, packets, new_flows)
     p, e, n = (statistics.median(samples[k]) for k in ("pass", "est", "new"))
     return CostReport(
         passthrough_ns=round(p, 1),
@@ -139,7 +177,61 @@ def measure(dp: Datapath, rounds: int = 9, packets: int = 20000) -> CostReport:
         new_flow_ratio=round(n / p, 2) if p else float("inf"),
         rounds=rounds,
         packets_per_round=packets,
+        **svc,
     )
+
+
+def drive(fd: int, frames: list[bytes], **kw: int) -> Callable[[], None]:
+    """One test_run per frame (each starts from a fresh skb: mark and all)."""
+
+    def go() -> None:
+        for f in frames:
+            run(fd, f, **kw)
+
+    return go
+
+
+def _measure_services(dp: Datapath, rounds: int, packets: int, new_flows: int) -> dict[str, float]:
+    """Medians of the Service kinds (module doc), alternated round by round."""
+    from_pod, uplink = dp.prog_fd("from_pod"), dp.prog_fd("to_uplink")
+    direct = _frame(POD, PEER, 40002, 80, 0x10)
+    to_vip = _frame(POD, VIP, 40001, 80, 0x10)
+    judged = _frame(POD, BACKEND, 40001, 8080, 0x10)
+    kinds = ("pass", "direct", "direct1", "dest", "jest", "dnew", "jnew")
+    samples: dict[str, list[float]] = {k: [] for k in kinds}
+    sport = 1024
+    for _ in range(rounds):
+        # (re)create the established entries: the new-flow drive below clears the table
+        run(from_pod, _frame(POD, PEER, 40002, 80, 0x02), ifindex=EP)
+        run(from_pod, _frame(POD, VIP, 40001, 80, 0x02), ifindex=EP)
+        run(uplink, _frame(POD, BACKEND, 40001, 8080, 0x02), mark=MARK)
+        samples["pass"].append(_measure(uplink, lambda: run(uplink, direct, repeat=packets)))
+        samples["direct"].append(
+            _measure(from_pod, lambda: run(from_pod, direct, ifindex=EP, repeat=packets))
+        )
+        samples["dest"].append(_measure(from_pod, lambda: run(from_pod, to_vip, ifindex=EP, repeat=packets)))
+        # The judge clears the mark, and test_run repeats reuse one skb: one run per packet.
+        samples["jest"].append(_measure(uplink, drive(uplink, [judged] * new_flows, mark=MARK)))
+        samples["direct1"].append(_measure(from_pod, drive(from_pod, [direct] * new_flows, ifindex=EP)))
+        vip_frames, backend_frames = [], []
+        for _ in range(new_flows):
+            sport = sport + 1 if sport < 65535 else 1024
+            vip_frames.append(_frame(POD, VIP, sport, 80, 0x02))
+            backend_frames.append(_frame(POD, BACKEND, sport, 8080, 0x02))
+        dp.maps["vg_ct"].clear()
+        samples["dnew"].append(_measure(from_pod, drive(from_pod, vip_frames, ifindex=EP)))
+        samples["jnew"].append(_measure(uplink, drive(uplink, backend_frames, mark=MARK)))
+        dp.maps["vg_ct"].clear()
+    med = {k: round(statistics.median(v), 1) for k, v in samples.items()}
+    return {
+        "uplink_unmarked_ns": med["pass"],
+        "direct_egress_established_ns": med["direct"],
+        "deferred_established_ns": med["dest"],
+        "judge_established_ns": med["jest"],
+        "direct_egress_established_single_run_ns": med["direct1"],
+        "deferred_new_ns": med["dnew"],
+        "judge_new_ns": med["jnew"],
+    }
 
 
 def with_stats_enabled(fn: Callable[[], CostReport]) -> CostReport:

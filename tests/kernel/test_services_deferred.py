@@ -135,3 +135,21 @@ def test_to_pod_judges_a_deferred_packet_for_its_client_before_the_backends_ingr
     assert h.count(Reason.ALLOW_NOT_ISOLATED, DIR_INGRESS) == 0
     # Without the mark the same packet is only the backend's ingress, which is open.
     assert run(h.dp.prog_fd("to_pod"), hairpin, ifindex=EP).retval == TC_ACT_OK
+
+
+def test_the_cost_tool_measures_every_service_path_and_the_judge_really_ran(h: Harness) -> None:
+    from controller.datapath import cost
+
+    report = cost.with_stats_enabled(lambda: cost.measure(h.dp, rounds=1, packets=200))
+    figures = [
+        report.uplink_unmarked_ns,
+        report.deferred_established_ns,
+        report.judge_established_ns,
+        report.deferred_new_ns,
+        report.judge_new_ns,
+    ]
+    assert all(f is not None and f > 0 for f in figures), report
+    # The judge really judged: its 200 new flows were allowed by policy (from_pod adds one SYN),
+    # and the deferred ones passed from_pod as ALLOW_DEFERRED.
+    assert h.count(Reason.ALLOW_POLICY, DIR_EGRESS) >= 200
+    assert h.count(Reason.ALLOW_DEFERRED, DIR_EGRESS) >= 200
