@@ -562,8 +562,8 @@ class Agent:
                 log.info("attached", ifindex=ifindex, pods=[], before_discovery=True)
         return bool(fresh)
 
-    def _take_early_attached(self) -> bool:
-        """(loop thread) Adopt the veths attach_new_veths() attached. True if there were any."""
+    def _take_early_attached(self) -> set[int]:
+        """(loop thread) Adopt the veths attach_new_veths() attached; returns them."""
         with self._early_lock:
             taken, self._early_attached = self._early_attached, {}
         for ifindex, at in taken.items():
@@ -572,10 +572,11 @@ class Agent:
                 self._attached.add(ifindex)
         if taken:
             self.metrics.attached.set(len(self._attached))
-        return bool(taken)
+        return set(taken)
 
     def _attach_detach(self, dp: DatapathLike, pod_ifindex: Mapping[str, int], full: bool) -> bool:
-        self._take_early_attached()
+        # attached on the netlink thread after this pass listed the veths: not unwanted, only newer
+        early = self._take_early_attached()
         want = set(pod_ifindex.values())
         failed: set[int] = set()
         for ifindex in sorted(want if full else want - self._attached):
@@ -594,7 +595,7 @@ class Agent:
         self._attach_failed = failed
         if not failed:
             self._clear("attach")
-        for ifindex in sorted(self._attached - want):
+        for ifindex in sorted(self._attached - want - early):
             if self.interface_exists(ifindex):
                 try:
                     dp.detach(ifindex)
@@ -931,7 +932,7 @@ class Agent:
                 pass
             if stop.is_set():
                 break
-            new_veth = self._take_early_attached()
+            new_veth = bool(self._take_early_attached())
             pending = pending or new_veth
             now = time.monotonic()
             ran = False

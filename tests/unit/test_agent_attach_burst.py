@@ -226,3 +226,36 @@ def test_a_veth_appearing_during_a_slow_pass_is_attached_on_the_netlink_thread_w
         agent.stop()
         thread.join(5)
         agent.close()
+
+
+class RacingLinkWatch(FakeLinkWatch):
+    """Runs `then` right after the pass listed the new veths (the netlink thread acting mid-pass)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.then: Callable[[], None] | None = None
+
+    def new_veths(self) -> dict[int, float]:
+        listed = super().new_veths()
+        then, self.then = self.then, None
+        if then is not None:
+            then()
+        return listed
+
+
+def test_a_veth_attached_on_the_netlink_thread_after_the_pass_listed_the_veths_is_not_detached_by_it():
+    api = StaticApi()
+    dp = CountingDatapath()
+    lw = RacingLinkWatch()
+    agent = make_agent(api, dp, Routes(), lw)
+    assert agent.reconcile()
+
+    def netlink_thread() -> None:
+        lw.appeared[7] = 0.0
+        assert agent.attach_new_veths()
+
+    lw.then = netlink_thread
+    assert agent.reconcile()
+    assert 7 in dp.attached and unclaimed_key(7) not in dp.last[1]  # listed by the next pass
+    assert agent.reconcile()
+    assert unclaimed_key(7) in dp.last[1] and dp.attach_calls == [7]
