@@ -231,7 +231,11 @@ def ct_rows(view: ClusterView, node: str, state: KernelState, now_ns: int) -> li
                 # An expired entry stays in the LRU map until reused; the datapath ignores it.
                 "state": "expired"
                 if ct.expires_ns <= now_ns
-                else {maps.CT_ALLOWED: "allowed", maps.CT_DENIED: "revoked"}.get(ct.state, str(ct.state)),
+                else {
+                    maps.CT_ALLOWED: "allowed after DNAT" if ct.nat else "allowed",
+                    maps.CT_DENIED: "revoked",
+                    maps.CT_DEFERRED: "deferred to DNAT",
+                }.get(ct.state, str(ct.state)),
                 "seen": [n for bit, n in SEEN_NAMES if ct.seen & bit],
                 "expires_in_s": round((ct.expires_ns - now_ns) / 1e9, 1),
                 "packets": ct.packets,
