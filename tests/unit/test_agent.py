@@ -18,7 +18,7 @@ from controller.mapstate import EndpointDesired, NodeDesired, PolicyError
 from controller.metrics import Metrics
 from controller.sources import Event, KindSnapshot, Snapshot
 
-KINDS = ("Namespace", "Pod", "NetworkPolicy", "Node")
+KINDS = ("Namespace", "Pod", "NetworkPolicy", "Node", "Service")
 
 
 class FakeSources:
@@ -457,3 +457,55 @@ def test_logs_are_json_lines_when_stdout_is_not_a_terminal():
         assert "timestamp" in line and buf.getvalue().count("\n") == 1
     finally:
         structlog.reset_defaults()
+
+
+class UplinkDatapath(FakeDatapath):
+    def attach_uplink(self, ifindex: int) -> None:
+        self.calls.append(("attach_uplink", ifindex))
+
+    def detach_uplink(self, ifindex: int) -> None:
+        self.calls.append(("detach_uplink", ifindex))
+
+
+def test_services_become_frontends_of_the_synced_state_and_bad_fields_are_reported(rig: Rig):
+    rig.sources.put("Pod", "x/a", pod("a", "10.244.1.2"), 3)
+    node = {
+        "metadata": {"name": "node-1"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "10.1.0.1"}]},
+    }
+    rig.sources.put("Node", "node-1", node, 4)
+    svc = {
+        "metadata": {"namespace": "x", "name": "api"},
+        "spec": {"clusterIP": "10.245.0.9", "ports": [{"port": 80, "nodePort": 30080}, {"port": "eighty"}]},
+    }
+    rig.sources.put("Service", "x/api", svc, 5)
+    agent = rig.open()
+    assert agent.reconcile(full=True)
+    desired, _ = rig.dp.syncs[-1]
+    assert {(f.address, f.port) for f in desired.frontends} == {("10.245.0.9", 80), ("10.1.0.1", 30080)}
+    assert [(e["object"], e["field"]) for e in agent.status()["errors"]] == [
+        ("Service x/api", "spec.ports[1].port")
+    ]
+    rig.sources.put("Service", "x/api", None, 6)  # deleted: its frontends go with the next sync
+    assert agent.reconcile()
+    assert rig.dp.syncs[-1][0].frontends == frozenset()
+
+
+def test_the_uplink_program_is_attached_at_the_first_pass_and_follows_the_routes_on_full_resyncs(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+):
+    from controller.datapath import uplink
+
+    rig.dp = UplinkDatapath()
+    found = {7: "eth0"}
+    monkeypatch.setattr(uplink, "find_uplinks", lambda names: dict(found))
+    agent = rig.open()
+    assert agent.reconcile()
+    assert ("attach_uplink", 7) in rig.dp.calls
+    found.clear()
+    found[9] = "vxlan0"
+    rig.dp.calls.clear()
+    assert agent.reconcile()  # not a full pass: routes are re-read on full resyncs only
+    assert not [c for c in rig.dp.calls if "uplink" in c[0]]
+    assert agent.reconcile(full=True)
+    assert ("attach_uplink", 9) in rig.dp.calls and ("detach_uplink", 7) in rig.dp.calls
