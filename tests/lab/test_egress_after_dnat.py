@@ -55,6 +55,8 @@ spec: {{nodeName: node-1, containers: [{{name: c}}]}}
 
 MODEL = (
     "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n"
+    "---\napiVersion: lab.vethguard.dev/v1alpha1\nkind: ExternalHost\nmetadata: {name: outside}\n"
+    "spec: {ip: 198.51.100.9}\n"
     + backend("api-near", "node-1", "api")
     + backend("api-far", "node-2", "api")
     + backend("secret-near", "node-1", "secret")
@@ -204,3 +206,32 @@ def test_changing_the_egress_policy_changes_what_the_clusterip_reaches(lab: Lab)
         lab.cli("apply", "-f", "-", stdin=EGRESS)
     result = lab.probe(80, "TCP", 4, "--from", "shop/elsewhere", "--to", *SINGLE)
     assert not any(result.values())
+
+
+def test_node_port_traffic_masqueraded_to_a_node_address_is_judged_as_that_node(lab: Lab) -> None:
+    nodes = lab.status()["nodes"]
+    node1, node2 = nodes["node-1"]["ips"][0], nodes["node-2"]["ips"][0]
+    only_node1 = f"""
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: api-far-from-node-1, namespace: shop}}
+spec:
+  podSelector: {{matchLabels: {{name-is: api-far}}}}
+  ingress: [{{from: [{{ipBlock: {{cidr: {node1}/32}}}}]}}]
+"""
+    lab.cli("apply", "-f", "-", stdin=only_node1)
+    try:
+        # api-far lives on node-2. Through node-1's NodePort it arrives from node-1's address,
+        # which the rule allows; straight from the external host it is not allowed.
+        result = lab.probe(30102, "TCP", 4, "--from", "ext/outside", "--to", node1)
+        assert result == {("ext/outside", node1): True}
+        assert lab.probe(8080, "TCP", 4, "--from", "ext/outside", "--to", "shop/api-far") == {
+            ("ext/outside", "shop/api-far"): False
+        }
+        lab.cli("apply", "-f", "-", stdin=only_node1.replace(f"{node1}/32", "192.0.2.1/32"))
+        # Now node-1 is not allowed; through node-2's own NodePort it comes from its own node,
+        # which is always allowed (kubelet probes and the node's own traffic).
+        result = lab.probe(30102, "TCP", 4, "--from", "ext/outside", "--to", node1, node2)
+        assert result == {("ext/outside", node1): False, ("ext/outside", node2): True}
+    finally:
+        lab.cli("delete", "-f", "-", stdin=only_node1)
