@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +38,7 @@ READ_TIMEOUT = 0.2  # how often the thread looks at stop()
 IFLA_LINKINFO = 18
 IFLA_INFO_KIND = 1
 NDA_DST = 1
+NDA_LLADDR = 2
 
 
 def _index_kind(msg: rtnl.Message) -> tuple[int, str | None]:
@@ -56,7 +58,7 @@ class LinkWatch:
         self._lock = threading.Lock()
         self._baseline: set[int] = set()
         self._appeared: dict[int, float] = {}  # new veths: ifindex -> first RTM_NEWLINK time
-        self._neighbours: set[tuple[int, str]] = set()
+        self._neighbours: set[tuple[int, str]] = set()  # (interface, address or FDB MAC) seen
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -174,9 +176,15 @@ class LinkWatch:
             return True
         if msg.type in (rtnl.RTM_NEWNEIGH, rtnl.RTM_DELNEIGH):
             # Neighbour entries change state (REACHABLE/STALE/...) all the time under traffic; only
-            # a new or removed (interface, address) pair can map a pod to an interface.
-            _family, ifindex, _state, _flags, _type = rtnl.NDMSG.unpack(msg.header)
-            key = (ifindex, rtnl.as_ip(msg.attributes().get(NDA_DST)) or "")
+            # a new or removed (interface, address) pair can map a pod to an interface. A bridge
+            # FDB entry (AF_BRIDGE) has no address: its MAC is the key (a port learning the pod's
+            # MAC must wake the agent even though the port's own MAC was known already).
+            family, ifindex, _state, _flags, _type = rtnl.NDMSG.unpack(msg.header)
+            attrs = msg.attributes()
+            if family == socket.AF_BRIDGE:
+                key = (ifindex, rtnl.as_mac(attrs.get(NDA_LLADDR)) or "")
+            else:
+                key = (ifindex, rtnl.as_ip(attrs.get(NDA_DST)) or "")
             with self._lock:
                 if msg.type == rtnl.RTM_DELNEIGH:
                     self._neighbours.discard(key)

@@ -14,7 +14,7 @@ import pytest
 
 from controller import rtnl
 from controller.lab import netns
-from controller.linkwatch import IFLA_INFO_KIND, IFLA_LINKINFO, NDA_DST, LinkWatch
+from controller.linkwatch import IFLA_INFO_KIND, IFLA_LINKINFO, NDA_DST, NDA_LLADDR, LinkWatch
 
 needs_root = [
     pytest.mark.root,
@@ -107,7 +107,15 @@ def _neigh(event: int, index: int, ip: str) -> rtnl.Message:
     )
 
 
-def test_raw_messages_mark_new_veths_forget_deleted_links_and_ignore_neighbour_state_changes():
+def _fdb(index: int, mac: str) -> rtnl.Message:
+    return rtnl.Message(
+        rtnl.RTM_NEWNEIGH,
+        rtnl.NDMSG.pack(socket.AF_BRIDGE, index, 2, 0, 0),
+        rtnl.attr(NDA_LLADDR, bytes.fromhex(mac.replace(":", ""))),
+    )
+
+
+def test_raw_messages_mark_new_veths_forget_deleted_links_and_wake_only_for_new_neighbours_or_macs():
     lw = LinkWatch(lambda: None)
     lw._baseline = {2}
     assert lw._handle(_link(rtnl.RTM_NEWLINK, 7, "veth"), 1.0)
@@ -120,6 +128,10 @@ def test_raw_messages_mark_new_veths_forget_deleted_links_and_ignore_neighbour_s
     route = rtnl.Message(rtnl.RTM_NEWROUTE, rtnl.RTMSG.pack(2, 32, 0, 0, 254, 3, 0, 1, 0), b"")
     assert lw._handle(route, 3.0)
     assert not lw._handle(rtnl.Message(rtnl.RTM_NEWQDISC, b"", b""), 3.0)
+    # the bridge learns MACs on a port: each new MAC wakes, the port's own known one does not
+    assert lw._handle(_fdb(7, "02:00:00:00:00:07"), 3.0)
+    assert lw._handle(_fdb(7, "0a:58:0a:f4:01:02"), 3.0)
+    assert not lw._handle(_fdb(7, "0a:58:0a:f4:01:02"), 3.0)
     assert lw._handle(_link(rtnl.RTM_DELLINK, 7, "veth"), 4.0)
     assert lw.new_veths() == {} and lw.appeared_at(7) is None
     assert lw._handle(_neigh(rtnl.RTM_NEWNEIGH, 7, "10.0.0.2"), 5.0)  # index reused: new again
