@@ -6,6 +6,9 @@
       -> Datapath.attach(new veths) / detach(gone veths) -> Datapath.sync(desired, pod_ifindex)
       -> realized_generation = min over kinds of the resourceVersion the caches held at compute time
 
+A new veth is attached by the netlink thread as soon as it appears (before any pass: fail closed),
+and the pass that writes its endpoint, and later its pod's policy, is not coalesced.
+
 Also: a full resync (re-attach + sync) every --resync-seconds, a route rescan every second (a veth
 that appears after its pod is attached within a second), and /livez /readyz /metrics /status on
 --health-addr. A bad object or a failed step is logged, counted and retried; the loop never dies
