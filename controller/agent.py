@@ -94,9 +94,9 @@ Compute = Callable[[Any, str], Any]
 
 
 def _default_build_cluster() -> BuildCluster:
-    from controller.model import ClusterState
+    from controller.model import ClusterBuilder
 
-    return ClusterState.from_objects
+    return ClusterBuilder().build  # reuses unchanged objects' parses (uid + resourceVersion)
 
 
 def _default_compute() -> Compute:
@@ -416,7 +416,9 @@ class Agent:
         if self._desired is None or versions != self._desired_versions:
             t0 = time.perf_counter()
             try:
-                build = self._build_cluster or _default_build_cluster()
+                if self._build_cluster is None:
+                    self._build_cluster = _default_build_cluster()  # kept: its parse cache
+                build = self._build_cluster
                 compute = self._compute or _default_compute()
                 cluster = build(snap.namespaces, snap.pods, snap.policies, snap.nodes)
                 desired = compute(cluster, self.node)
@@ -474,7 +476,10 @@ class Agent:
             or pod_ifindex != self._synced_pod_ifindex
         ):
             try:
-                result = dp.sync(fit.desired, fit.pod_ifindex)
+                # An incremental pass diffs against what the last sync wrote; a full resync
+                # reads the kernel maps and so repairs entries changed behind the agent's back.
+                incremental = None if full else getattr(dp, "sync_incremental", None)
+                result = (incremental or dp.sync)(fit.desired, fit.pod_ifindex)
             except Exception as exc:
                 self._last_sync_ok = False
                 self.metrics.sync_operations_total.labels(kind=kind, result="error").inc()

@@ -317,38 +317,103 @@ class ClusterState:
         policies: Iterable[dict[str, Any]],
         nodes: Iterable[dict[str, Any]],
     ) -> ClusterState:
-        errors: list[PolicyError] = []
-        interner = _Interner()
-        ns_map: dict[str, Namespace] = {}
-        for raw in namespaces:
-            ns = _parse_namespace(raw, errors)
-            if ns is not None:
-                ns_map[ns.name] = ns
-        pod_map: dict[str, Pod] = {}
-        for raw in pods:
-            pod = _parse_pod(raw, errors, interner)
-            if pod is not None:
-                pod_map[pod.key] = pod
-        pol_map: dict[str, NetworkPolicy] = {}
-        for raw in policies:
-            pol = _parse_policy(raw)
-            if pol is None:
-                errors.append(
-                    PolicyError("NetworkPolicy ?", "metadata.name", "missing name or namespace; skipped")
-                )
-                continue
-            errors.extend(pol.errors)
-            pol_map[pol.key] = pol
-        node_map: dict[str, Node] = {}
-        for raw in nodes:
-            node = _parse_node(raw, errors)
-            if node is not None:
-                node_map[node.name] = node
-        return cls(ns_map, pod_map, pol_map, node_map, tuple(errors))
+        return ClusterBuilder(reuse=False).build(namespaces, pods, policies, nodes)
 
     def namespace_labels(self, name: str) -> Mapping[str, str]:
         ns = self.namespaces.get(name)
         return ns.labels if ns is not None else {NS_NAME_LABEL: name}
+
+
+class _Parsed(NamedTuple):
+    """One object's parse: reused while its uid and resourceVersion stay the same."""
+
+    uid: str
+    resource_version: str
+    value: Any  # Namespace | Pod | NetworkPolicy | Node | None (skipped)
+    errors: tuple[PolicyError, ...]
+
+
+def _version(raw: Any) -> tuple[str, str, str] | None:
+    """(namespace/name, uid, resourceVersion) of an object that has a resourceVersion."""
+    meta = _meta(raw)
+    rv = meta.get("resourceVersion")
+    name = meta.get("name")
+    if not isinstance(rv, str) or not rv or not isinstance(name, str):
+        return None
+    uid = meta.get("uid")
+    return f"{meta.get('namespace', '')}/{name}", uid if isinstance(uid, str) else "", rv
+
+
+class ClusterBuilder:
+    """ClusterState.from_objects that reuses the parsed objects of its previous build.
+
+    The agent rebuilds the model from its informer caches on every event; almost every object
+    is the one it parsed last time. An object whose metadata.uid and metadata.resourceVersion
+    (the API server changes it with every write) equal those of the previous build's object of
+    the same kind, namespace and name is not parsed again: its typed object and its errors are
+    reused. Objects without a resourceVersion are always parsed. The cache holds the previous
+    build's objects only; a build's result is the same as from_objects on the same input.
+    """
+
+    def __init__(self, reuse: bool = True) -> None:
+        self.reuse = reuse
+        self._previous: dict[str, dict[str, _Parsed]] = {}
+        self.parsed = 0  # objects parsed by the last build (the others were reused)
+
+    def build(
+        self,
+        namespaces: Iterable[dict[str, Any]],
+        pods: Iterable[dict[str, Any]],
+        policies: Iterable[dict[str, Any]],
+        nodes: Iterable[dict[str, Any]],
+    ) -> ClusterState:
+        errors: list[PolicyError] = []
+        interner = _Interner()
+        current: dict[str, dict[str, _Parsed]] = {}
+        self.parsed = 0
+
+        def each(kind: str, raws: Iterable[Any], parse: Any) -> Iterable[Any]:
+            previous = self._previous.get(kind, {})
+            seen: dict[str, _Parsed] = {}
+            if self.reuse:
+                current[kind] = seen
+            for raw in raws:
+                version = _version(raw) if self.reuse else None
+                if version is not None:
+                    hit = previous.get(version[0])
+                    if hit is not None and hit.uid == version[1] and hit.resource_version == version[2]:
+                        if kind == "Pod" and hit.value is not None:
+                            interner.adopt(hit.value)
+                        seen[version[0]] = hit
+                        errors.extend(hit.errors)
+                        yield hit.value
+                        continue
+                self.parsed += 1
+                errs: list[PolicyError] = []
+                value = parse(raw, errs)
+                errors.extend(errs)
+                if version is not None:
+                    seen[version[0]] = _Parsed(version[1], version[2], value, tuple(errs))
+                yield value
+
+        ns_map: dict[str, Namespace] = {}
+        for ns in each("Namespace", namespaces, _parse_namespace):
+            if ns is not None:
+                ns_map[ns.name] = ns
+        pod_map: dict[str, Pod] = {}
+        for pod in each("Pod", pods, lambda raw, errs: _parse_pod(raw, errs, interner)):
+            if pod is not None:
+                pod_map[pod.key] = pod
+        pol_map: dict[str, NetworkPolicy] = {}
+        for pol in each("NetworkPolicy", policies, _parse_policy_collecting):
+            if pol is not None:
+                pol_map[pol.key] = pol
+        node_map: dict[str, Node] = {}
+        for node in each("Node", nodes, _parse_node):
+            if node is not None:
+                node_map[node.name] = node
+        self._previous = current
+        return ClusterState(ns_map, pod_map, pol_map, node_map, tuple(errors))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,6 +471,12 @@ class _Interner:
             hit = {sys.intern(k): sys.intern(v) for k, v in items}
             self._labels[items] = hit
         return hit
+
+    def adopt(self, pod: Pod) -> None:
+        """Share a reused pod's label map and port tuple with the pods parsed after it."""
+        self._labels.setdefault(tuple(pod.labels.items()), pod.labels)  # type: ignore[arg-type]
+        if pod.ports:
+            self._ports.setdefault(pod.ports, pod.ports)
 
     def ports(self, ports: list[ContainerPort]) -> tuple[ContainerPort, ...]:
         if not ports:
@@ -675,6 +746,16 @@ def _parse_rules(raw: Any, fld: str, peer_key: str, obj: str, errors: list[Polic
         except _Invalid as e:
             errors.append(PolicyError(obj, e.field, f"{e.message}; rule {fld}[{i}] ignored (fail closed)"))
     return tuple(rules)
+
+
+def _parse_policy_collecting(raw: Any, errors: list[PolicyError]) -> NetworkPolicy | None:
+    """_parse_policy for ClusterState: its errors (or the skip) recorded in `errors`."""
+    pol = _parse_policy(raw)
+    if pol is None:
+        errors.append(PolicyError("NetworkPolicy ?", "metadata.name", "missing name or namespace; skipped"))
+        return None
+    errors.extend(pol.errors)
+    return pol
 
 
 def _parse_policy(raw: Any) -> NetworkPolicy | None:

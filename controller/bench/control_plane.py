@@ -86,7 +86,11 @@ class _Snapshot:
 
 
 class MemorySources:
-    """In-memory informer caches: change() replaces a kind's objects and bumps its version."""
+    """In-memory informer caches: change() replaces a kind's objects and bumps its version.
+
+    Like the API server, every object carries a metadata.resourceVersion: the objects given at
+    the start and every new or replaced object (one without a resourceVersion) get the next one.
+    """
 
     has_synced = True
 
@@ -99,6 +103,16 @@ class MemorySources:
         }
         self.versions = dict.fromkeys(self.kinds, 1)
         self.generation = 1
+        self.resource_version = 0
+        for objects in self.kinds.values():
+            self._stamp(objects)
+
+    def _stamp(self, objects: list[Any]) -> None:
+        for obj in objects:
+            meta = obj.setdefault("metadata", {})
+            if not meta.get("resourceVersion"):
+                self.resource_version += 1
+                meta["resourceVersion"] = str(self.resource_version)
 
     def start(self) -> None:
         pass
@@ -107,6 +121,7 @@ class MemorySources:
         pass
 
     def change(self, kind: str, objects: list[Any]) -> None:
+        self._stamp(objects)
         self.kinds[kind] = objects
         self.versions[kind] += 1
         self.generation += 1
@@ -143,6 +158,9 @@ class Unattached:
 
     def sync(self, desired: Any, pod_ifindex: Mapping[str, int]) -> Any:
         return self.dp.sync(desired, pod_ifindex)
+
+    def sync_incremental(self, desired: Any, pod_ifindex: Mapping[str, int]) -> Any:
+        return self.dp.sync_incremental(desired, pod_ifindex)
 
     def capacity(self) -> dict[str, int]:
         return dict(self.dp.capacity())

@@ -49,6 +49,10 @@ class Datapath:
         self._uplinks = UplinkAttacher()
         self._event_cb: Callable[[object, int, int], None] | None = None
         self._event_sink: Callable[[Event], None] | None = None
+        # What the synced maps hold after this object's last sync, if it completed (None: not
+        # known, read the kernel), and that sync's ipcache encoding (reused by the next one).
+        self._written: dict[str, dict[bytes, bytes]] | None = None
+        self._ipcache_encoded: sync.IpcacheEncoded = {}
 
     # -- properties used by tests, benchmarks and the event reader
     @property
@@ -124,7 +128,22 @@ class Datapath:
         applied, the affected endpoints are left PENDING (failed closed), and calling sync
         again later (the agent's retry) completes them once there is room.
         """
-        result = sync.apply(sync.desired_maps(desired, pod_ifindex), self._loaded.maps)
+        return self._sync(desired, pod_ifindex, incremental=False)
+
+    def sync_incremental(self, desired: NodeDesired, pod_ifindex: Mapping[str, int]) -> SyncResult:
+        """sync(), diffing against what this object's last sync wrote instead of reading every
+        entry of the kernel maps (two bpf syscalls per entry). Falls back to reading them when
+        that is not known (first sync, a failed or partial sync). Entries changed behind this
+        object's back are not seen: the agent's periodic full resync calls sync(), which reads
+        the kernel maps and repairs them.
+        """
+        return self._sync(desired, pod_ifindex, incremental=True)
+
+    def _sync(self, desired: NodeDesired, pod_ifindex: Mapping[str, int], incremental: bool) -> SyncResult:
+        current = self._written if incremental else None
+        self._written = None  # unknown until this sync completes
+        want = sync.desired_maps(desired, pod_ifindex, self._ipcache_encoded)
+        result, self._written = sync.apply_diff(want, self._loaded.maps, current=current)
         if result.full:
             by_ifindex: dict[int, list[str]] = {}
             for pod, ifindex in pod_ifindex.items():

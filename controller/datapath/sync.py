@@ -88,11 +88,18 @@ def endpoint_flags(
 PENDING_FLAGS = maps.EP_F_PENDING | maps.EP_F_INGRESS_ISOLATED | maps.EP_F_EGRESS_ISOLATED
 
 
-def desired_maps(desired: NodeDesired, pod_ifindex: Mapping[str, int]) -> dict[str, dict[bytes, bytes]]:
+IpcacheEncoded = dict[maps.IPNetwork, tuple[tuple[int, int], bytes, bytes]]
+
+
+def desired_maps(
+    desired: NodeDesired, pod_ifindex: Mapping[str, int], ipcache_encoded: IpcacheEncoded | None = None
+) -> dict[str, dict[bytes, bytes]]:
     """Concrete key/value bytes per map. Endpoints are keyed by ifindex, with ep_id == ifindex.
 
     Pods of `desired` without an ifindex (no veth yet) are skipped; pods with an ifindex but no
     desired entry get a PENDING endpoint (fail closed until their policy is computed).
+    `ipcache_encoded` (prefix -> (value, key bytes, value bytes)), when given, is the previous
+    call's encoding of the ipcache: reused where the value is the same, and replaced by this one's.
     """
     out: dict[str, dict[bytes, bytes]] = {name: {} for name in SYNCED_MAPS}
     for pod, ifindex in pod_ifindex.items():
@@ -112,9 +119,23 @@ def desired_maps(desired: NodeDesired, pod_ifindex: Mapping[str, int]) -> dict[s
         for pk, pv in ep.entries.items():
             kb, vb = maps.encode_policy(ifindex, pk, pv)
             out["vg_policy"][kb] = vb
-    for net, (identity, cidr_identity) in desired.ipcache.items():
-        kb, vb = maps.encode_ipcache(net, identity, cidr_identity)
-        out["vg_ipcache4" if net.version == 4 else "vg_ipcache6"][kb] = vb
+    v4, v6 = out["vg_ipcache4"], out["vg_ipcache6"]
+    if ipcache_encoded is None:
+        for net, (identity, cidr_identity) in desired.ipcache.items():
+            kb, vb = maps.encode_ipcache(net, identity, cidr_identity)
+            (v4 if net.version == 4 else v6)[kb] = vb
+    else:
+        # Reuse the previous sync's bytes of every prefix whose value did not change (the
+        # ipcache has an entry per pod of the cluster; an event changes a handful).
+        previous = dict(ipcache_encoded)
+        ipcache_encoded.clear()
+        for net, value in desired.ipcache.items():
+            hit = previous.get(net)
+            if hit is None or hit[0] != value:
+                kb, vb = maps.encode_ipcache(net, value[0], value[1])
+                hit = (value, kb, vb)
+            ipcache_encoded[net] = hit
+            (v4 if net.version == 4 else v6)[hit[1]] = hit[2]
     for fe in getattr(desired, "frontends", ()):
         kb, vb = maps.encode_svc(fe.family, fe.address, fe.proto, fe.port)
         out["vg_svc"][kb] = vb
@@ -332,8 +353,32 @@ def apply(
     operations still run (deletes free room for the next attempt), and result.full says who
     was closed. Datapath.sync turns that into MapFullError.
     """
-    current = {name: kernel[name].items() for name in SYNCED_MAPS}
-    endpoints, slots = assign_slots(desired.get("vg_endpoints", {}), current["vg_endpoints"])
+    return apply_diff(desired, kernel, cleanup_removed=cleanup_removed)[0]
+
+
+def read_current(kernel: Mapping[str, MapLike]) -> dict[str, dict[bytes, bytes]]:
+    """What the synced maps hold now (one bpf syscall per key and per value)."""
+    return {name: kernel[name].items() for name in SYNCED_MAPS}
+
+
+def apply_diff(
+    desired: Mapping[str, KV],
+    kernel: Mapping[str, MapLike],
+    *,
+    current: Mapping[str, KV] | None = None,
+    cleanup_removed: bool = True,
+) -> tuple[SyncResult, dict[str, dict[bytes, bytes]] | None]:
+    """apply(), diffing against `current` when given (what the synced maps are known to hold,
+    e.g. what the previous apply wrote) instead of reading every entry of the kernel maps.
+
+    Also returns what the synced maps hold afterwards (the desired maps with their slots), or
+    None when that is not known: an insert found its map full, so some operations were skipped
+    or rewritten PENDING. Endpoint slots come from `current`'s vg_endpoints values, so `current`
+    must carry the values written, slots included.
+    """
+    if current is None:
+        current = read_current(kernel)
+    endpoints, slots = assign_slots(desired.get("vg_endpoints", {}), current.get("vg_endpoints", {}))
     desired = {**desired, "vg_endpoints": endpoints, "vg_slots": slots}
     ops = plan(desired, current)
     full = _FullTracker(desired.get("vg_endpoints", {}), kernel["vg_endpoints"])
@@ -343,6 +388,9 @@ def apply(
             m.delete(op.key)
         else:
             _apply_upsert(op, m, full)
+    written: dict[str, dict[bytes, bytes]] | None = None
+    if not full.failed and not full.skipped:
+        written = {name: dict(desired.get(name, {})) for name in SYNCED_MAPS}
     removed_eps = {
         maps.EndpointInfo.from_bytes(current["vg_endpoints"][op.key]).ep_id
         for op in ops
@@ -379,7 +427,7 @@ def apply(
             result.revision,
             result.ct_deleted,
         )
-    return result
+    return result, written
 
 
 @dataclass(frozen=True)

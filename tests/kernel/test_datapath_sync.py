@@ -113,3 +113,41 @@ def test_sync_writes_the_frontends_and_keeps_every_endpoints_slot_when_others_co
     state = h.dp.dump()
     assert state.endpoints[3].slot == 2 and state.frontends == ()
     assert h.dp.maps["vg_slots"].items() == {maps.u32_key(2): maps.u32_key(3)}
+
+
+def test_an_incremental_sync_writes_what_a_full_sync_writes_and_keeps_the_slots(h: Harness) -> None:
+    _empty(h.dp)
+    want = _desired({PolicyEntryKey(0, ID_B, P.TCP, 80, 16): ALLOW})
+    first = h.dp.sync(want, {"x/a": 7})  # the maps were emptied behind its back: read them
+    assert (first.adds, first.updates, first.deletes) == (6, 0, 0)
+    assert not h.dp.sync_incremental(want, {"x/a": 7}).changed
+    # x/b arrives with a lower ifindex, x/a's entry changes, then x/a goes: the diffs against
+    # what the last sync wrote give the slots and entries a sync reading the kernel gives.
+    more = _desired({PolicyEntryKey(0, ID_B, P.TCP, 443, 16): ALLOW}, pods=("x/a", "x/b"))
+    step = h.dp.sync_incremental(more, {"x/a": 7, "x/b": 3})
+    assert (step.adds, step.updates, step.deletes) == (4, 0, 1)  # 2 policy, slot, endpoint; old policy
+    state = h.dp.dump()
+    assert (state.endpoints[7].slot, state.endpoints[3].slot) == (1, 2)
+    assert set(state.policy) == {(ep, PolicyEntryKey(0, ID_B, P.TCP, 443, 16)) for ep in (3, 7)}
+    h.dp.sync_incremental(_desired({}, pods=("x/b",)), {"x/b": 3})
+    state = h.dp.dump()
+    assert set(state.endpoints) == {3} and state.endpoints[3].slot == 2 and state.policy == {}
+    assert h.dp.maps["vg_slots"].items() == {maps.u32_key(2): maps.u32_key(3)}
+    assert not h.dp.sync(_desired({}, pods=("x/b",)), {"x/b": 3}).changed  # the kernel agrees
+
+
+def test_an_incremental_sync_misses_entries_deleted_behind_its_back_and_a_full_sync_restores_them(
+    h: Harness,
+) -> None:
+    _empty(h.dp)
+    want = _desired({PolicyEntryKey(0, ID_B, P.TCP, 80, 16): ALLOW})
+    h.dp.sync(want, {"x/a": EP})
+    key = maps.encode_policy(EP, PolicyEntryKey(0, ID_B, P.TCP, 80, 16), ALLOW)[0]
+    h.dp.maps["vg_policy"].delete(key)
+    h.dp.maps["vg_ipcache4"].clear()
+    assert not h.dp.sync_incremental(want, {"x/a": EP}).changed  # diffs against what it wrote
+    repaired = h.dp.sync(want, {"x/a": EP})  # reads the kernel maps
+    assert (repaired.adds, repaired.updates, repaired.deletes) == (4, 0, 0)
+    state = h.dp.dump()
+    assert (EP, PolicyEntryKey(0, ID_B, P.TCP, 80, 16)) in state.policy and len(state.ipcache) == 3
+    assert not h.dp.sync_incremental(want, {"x/a": EP}).changed

@@ -256,3 +256,66 @@ def test_from_objects_never_raises_and_collects_every_error(k8s: Any) -> None:
     assert objects.count("Namespace ?") == 2 and objects.count("Node ?") == 1
     assert "NetworkPolicy ?" in objects and "Pod ?" in objects
     assert "x/bad" in c.policies and c.policies["x/bad"].isolates_ingress
+
+
+# -- ClusterBuilder: reuse of unchanged objects ---------------------------------------------
+
+
+def _versioned(raw: dict[str, Any], rv: int, uid: str | None = None) -> dict[str, Any]:
+    meta = {**raw.get("metadata", {}), "resourceVersion": str(rv)}
+    if uid is not None:
+        meta["uid"] = uid
+    return {**raw, "metadata": meta}
+
+
+def _same_state(a: ClusterState, b: ClusterState) -> None:
+    assert (a.namespaces, a.pods, a.policies, a.nodes, a.errors) == (
+        b.namespaces,
+        b.pods,
+        b.policies,
+        b.nodes,
+        b.errors,
+    )
+
+
+def test_a_builder_reuses_unchanged_objects_and_builds_what_from_objects_builds(k8s: Any) -> None:
+    from controller.model import ClusterBuilder
+
+    nss = [
+        _versioned({"metadata": {"name": n, "labels": {"team": n}}}, i) for i, n in enumerate(("x", "y"), 1)
+    ]
+    pods = [
+        _versioned(k8s.pod("x/a", {"app": "web"}, ["10.0.0.1"], "n1"), 10, "u-a"),
+        _versioned(k8s.pod("x/b", {"app": "web"}, ["10.0.0.2"], "n1"), 11, "u-b"),
+        _versioned({"metadata": {"name": "bad", "namespace": "x"}, "status": {"podIP": "nope"}}, 12, "u-bad"),
+    ]
+    pols = [_versioned(k8s.policy("x/bad", {"podSelector": {}, "ingress": [{"ports": [{"port": -1}]}]}), 20)]
+    nodes = [_versioned({"metadata": {"name": "n1"}, "status": {}}, 30)]
+    builder = ClusterBuilder()
+    first = builder.build(nss, pods, pols, nodes)
+    _same_state(first, ClusterState.from_objects(nss, pods, pols, nodes))
+    assert builder.parsed == 7 and first.errors  # the bad pod's IP and the bad policy's port
+
+    again = builder.build(nss, pods, pols, nodes)
+    _same_state(again, first)
+    assert builder.parsed == 0
+    assert again.pods["x/a"] is first.pods["x/a"] and again.policies["x/bad"] is first.policies["x/bad"]
+
+    # A relabel (new resourceVersion), a recreated pod (same name, new uid), a new pod without
+    # a resourceVersion: those three are parsed again, everything else is reused.
+    changed = [
+        _versioned(k8s.pod("x/a", {"app": "db"}, ["10.0.0.1"], "n1"), 40, "u-a"),
+        _versioned(k8s.pod("x/b", {"app": "api"}, ["10.0.0.3"], "n1"), 11, "u-b2"),
+        pods[2],
+        k8s.pod("y/c", {"app": "web"}, ["10.0.0.4"], "n1"),
+    ]
+    third = builder.build(nss, changed, pols, nodes)
+    _same_state(third, ClusterState.from_objects(nss, changed, pols, nodes))
+    assert builder.parsed == 3
+    assert third.pods["x/a"].labels == {"app": "db"} and third.pods["x/b"].ips == ("10.0.0.3",)
+    assert third.pods["x/bad"] is first.pods["x/bad"]
+
+    # A deleted object is gone; put back with its old resourceVersion it is parsed again.
+    builder.build(nss, changed[1:], pols, nodes)
+    builder.build(nss, changed, pols, nodes)
+    assert builder.parsed == 2  # x/a, and y/c (no resourceVersion) as every time
