@@ -48,9 +48,12 @@ from types import MappingProxyType
 from typing import Any
 
 from controller.identity import (
+    POD_ID_MAX,
     RESERVED_NAMES,
+    PodIdentityKey,
+    _encode_pod_key,
+    allocate,
     allocate_cidr_identities,
-    allocate_pod_identities,
     pod_identity_key,
 )
 from controller.mapstate import (
@@ -60,6 +63,7 @@ from controller.mapstate import (
     ID_HOST,
     ID_REMOTE_NODE,
     ID_WORLD,
+    POD_ID_MIN,
     VERDICT_ALLOW,
     EndpointDesired,
     IdentityInfo,
@@ -189,6 +193,47 @@ class _PodPrefixes:
         type(self)._published = self.current
 
 
+class _PodKeys:
+    """Each pod's identity key and each key's encoding, shared with the previous compilation.
+
+    The agent recompiles on every event; nearly every Pod object is the one of the previous
+    build (controller.model.ClusterBuilder reuses unchanged objects), so its identity key
+    (sorted labels) and the key's encoding (what allocation sorts and hashes) are looked up
+    instead of computed again. Like _PodPrefixes: begin() reuses the last published generation,
+    publish() replaces it, and published tables are never mutated.
+    """
+
+    _published: tuple[dict[str, tuple[Pod, PodIdentityKey]], dict[PodIdentityKey, bytes]] = ({}, {})
+
+    def __init__(
+        self, previous: tuple[dict[str, tuple[Pod, PodIdentityKey]], dict[PodIdentityKey, bytes]]
+    ) -> None:
+        self.previous_keys, self.previous_bytes = previous
+        self.keys: dict[str, tuple[Pod, PodIdentityKey]] = {}
+        self.encoded: dict[PodIdentityKey, bytes] = {}
+
+    @classmethod
+    def begin(cls) -> _PodKeys:
+        return cls(cls._published)
+
+    def key(self, pod: Pod) -> PodIdentityKey:
+        hit = self.previous_keys.get(pod.key)
+        if hit is None or hit[0] is not pod:
+            hit = (pod, pod_identity_key(pod.namespace, pod.labels))
+        self.keys[pod.key] = hit
+        return hit[1]
+
+    def encode(self, key: PodIdentityKey) -> bytes:
+        data = self.previous_bytes.get(key)
+        if data is None:
+            data = _encode_pod_key(key)
+        self.encoded[key] = data
+        return data
+
+    def publish(self) -> None:
+        type(self)._published = (self.keys, self.encoded)
+
+
 @dataclass(frozen=True)
 class _Target:
     """A destination of an egress named port: a pod identity or an exact per-pod prefix."""
@@ -233,8 +278,11 @@ class CompiledCluster:
 
     def _build_identities(self) -> None:
         active = [p for p in self.pods.values() if p.active]
-        keys = {p.key: pod_identity_key(p.namespace, p.labels) for p in active}
-        alloc = allocate_pod_identities(keys.values())
+        memo = _PodKeys.begin()
+        keys = {p.key: memo.key(p) for p in active}
+        # = allocate_pod_identities(keys.values()), each distinct key encoded once
+        alloc = allocate(set(keys.values()), POD_ID_MIN, POD_ID_MAX, memo.encode)
+        memo.publish()
         self.pod_identity: dict[str, int] = {k: alloc[v] for k, v in keys.items()}
         self.identity_namespace: dict[int, str] = {}
         self.identity_labels: dict[int, Mapping[str, str]] = {}

@@ -868,3 +868,29 @@ def test_random_policies_agree_with_a_direct_reading_of_the_api_semantics(
                     proto,
                     port,
                 )
+
+
+def test_recompiling_reused_and_relabeled_pods_gives_the_identities_a_fresh_allocation_gives() -> None:
+    from controller.identity import allocate_pod_identities, pod_identity_key
+    from controller.model import ClusterBuilder
+
+    def versioned(raw: dict[str, Any], rv: int) -> dict[str, Any]:
+        return {
+            **raw,
+            "metadata": {**raw["metadata"], "resourceVersion": str(rv), "uid": raw["metadata"]["name"]},
+        }
+
+    pods = [versioned(p, i) for i, p in enumerate(three_pods(), 1)]
+    builder = ClusterBuilder()
+    steps = [
+        pods,
+        pods,  # every Pod object reused
+        [versioned(K.pod("x/a", {"app": "b"}, [A_IP], "node-1"), 10), *pods[1:]],  # x/a takes b's labels
+        [*pods, versioned(K.pod("y/d", {"app": "d"}, [D_IP], "node-2"), 11)],  # a new identity
+    ]
+    for step in steps:
+        cluster = builder.build([K.ns("x"), K.ns("y")], step, [], [])
+        keys = {p.key: pod_identity_key(p.namespace, p.labels) for p in cluster.pods.values() if p.active}
+        fresh = allocate_pod_identities(keys.values())
+        assert compile_cluster(cluster).pod_identity == {k: fresh[v] for k, v in keys.items()}
+    assert compile_cluster(cluster).pod_identity["x/a"] != compile_cluster(cluster).pod_identity["y/d"]
