@@ -335,7 +335,9 @@ class _Parsed(NamedTuple):
 
 def _version(raw: Any) -> tuple[str, str, str] | None:
     """(namespace/name, uid, resourceVersion) of an object that has a resourceVersion."""
-    meta = _meta(raw)
+    meta = raw.get("metadata") if type(raw) is dict else None  # JSON objects: skip the ABC check
+    if type(meta) is not dict:
+        meta = _meta(raw)
     rv = meta.get("resourceVersion")
     name = meta.get("name")
     if not isinstance(rv, str) or not rv or not isinstance(name, str):
@@ -463,6 +465,7 @@ class _Interner:
     def __init__(self) -> None:
         self._labels: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
         self._ports: dict[tuple[ContainerPort, ...], tuple[ContainerPort, ...]] = {}
+        self._adopted: dict[int, Mapping[str, str]] = {}  # id -> the map (kept: ids stay unique)
 
     def labels(self, labels: dict[str, str]) -> dict[str, str]:
         items = tuple(labels.items())
@@ -474,7 +477,9 @@ class _Interner:
 
     def adopt(self, pod: Pod) -> None:
         """Share a reused pod's label map and port tuple with the pods parsed after it."""
-        self._labels.setdefault(tuple(pod.labels.items()), pod.labels)  # type: ignore[arg-type]
+        if id(pod.labels) not in self._adopted:  # label maps are shared: most were seen already
+            self._adopted[id(pod.labels)] = pod.labels
+            self._labels.setdefault(tuple(pod.labels.items()), pod.labels)  # type: ignore[arg-type]
         if pod.ports:
             self._ports.setdefault(pod.ports, pod.ports)
 

@@ -171,14 +171,28 @@ class _PodPrefixes:
     """
 
     _published: dict[str, IPNetwork] = {}
+    # The CIDR identities of the last published generation and each pod address's longest
+    # containing prefix under them (reused while the CIDR identities are the same).
+    _published_cidr: tuple[Mapping[IPNetwork, int], dict[str, int]] = ({}, {})
 
-    def __init__(self, previous: dict[str, IPNetwork]) -> None:
+    def __init__(
+        self, previous: dict[str, IPNetwork], previous_cidr: tuple[Mapping[IPNetwork, int], dict[str, int]]
+    ) -> None:
         self.previous = previous
         self.current: dict[str, IPNetwork] = {}
+        self.previous_cidr = previous_cidr
+        self.cidr: tuple[Mapping[IPNetwork, int], dict[str, int]] = ({}, {})
 
     @classmethod
     def begin(cls) -> _PodPrefixes:
-        return cls(cls._published)
+        return cls(cls._published, cls._published_cidr)
+
+    def known_cidr(self, cidr_identity: Mapping[IPNetwork, int]) -> tuple[dict[str, int], dict[str, int]]:
+        """(ip -> CIDR identity of its longest containing prefix as the last published generation
+        found it, or {} if that was under other CIDR identities; the table to fill for this one)."""
+        known = self.previous_cidr[1] if self.previous_cidr[0] == cidr_identity else {}
+        self.cidr = (cidr_identity, {})
+        return known, self.cidr[1]
 
     def get(self, ip: str) -> IPNetwork:
         net = self.current.get(ip)
@@ -191,6 +205,7 @@ class _PodPrefixes:
 
     def publish(self) -> None:
         type(self)._published = self.current
+        type(self)._published_cidr = self.cidr
 
 
 class _PodKeys:
@@ -492,11 +507,16 @@ class CompiledCluster:
         pod_entries: dict[IPNetwork, tuple[int, int]] = {}
         values: dict[tuple[int, int], tuple[int, int]] = {}  # one tuple per distinct value
         prefixes = _PodPrefixes.begin()
+        known, found = prefixes.known_cidr(self.cidr_identity)
         for ident, pods in self.pods_by_identity.items():
             for pod in pods:
                 for ip in pod.ips:
                     net = prefixes.get(ip)
-                    value = (ident, self.longest_cidr_identity(net.network_address))
+                    cidr = known.get(ip)
+                    if cidr is None:
+                        cidr = self.longest_cidr_identity(net.network_address)
+                    found[ip] = cidr
+                    value = (ident, cidr)
                     pod_entries[net] = values.setdefault(value, value)
         prefixes.publish()
         self.pod_ipcache = pod_entries

@@ -88,7 +88,7 @@ def endpoint_flags(
 PENDING_FLAGS = maps.EP_F_PENDING | maps.EP_F_INGRESS_ISOLATED | maps.EP_F_EGRESS_ISOLATED
 
 
-IpcacheEncoded = dict[maps.IPNetwork, tuple[tuple[int, int], bytes, bytes]]
+IpcacheEncoded = dict[int, tuple[maps.IPNetwork, tuple[int, int], bytes, bytes]]
 
 
 def desired_maps(
@@ -98,8 +98,9 @@ def desired_maps(
 
     Pods of `desired` without an ifindex (no veth yet) are skipped; pods with an ifindex but no
     desired entry get a PENDING endpoint (fail closed until their policy is computed).
-    `ipcache_encoded` (prefix -> (value, key bytes, value bytes)), when given, is the previous
-    call's encoding of the ipcache: reused where the value is the same, and replaced by this one's.
+    `ipcache_encoded` (id(prefix) -> (prefix, value, key bytes, value bytes)), when given, is the
+    previous call's encoding of the ipcache: reused where the prefix object and its value are the
+    same, and replaced by this one's.
     """
     out: dict[str, dict[bytes, bytes]] = {name: {} for name in SYNCED_MAPS}
     for pod, ifindex in pod_ifindex.items():
@@ -127,15 +128,17 @@ def desired_maps(
     else:
         # Reuse the previous sync's bytes of every prefix whose value did not change (the
         # ipcache has an entry per pod of the cluster; an event changes a handful).
+        # Keyed by the prefix object's id (the compiler reuses the pods' prefix objects between
+        # compilations; hashing an ip_network runs Python code), the object kept in the value.
         previous = dict(ipcache_encoded)
         ipcache_encoded.clear()
         for net, value in desired.ipcache.items():
-            hit = previous.get(net)
-            if hit is None or hit[0] != value:
+            hit = previous.get(id(net))
+            if hit is None or hit[0] is not net or hit[1] != value:
                 kb, vb = maps.encode_ipcache(net, value[0], value[1])
-                hit = (value, kb, vb)
-            ipcache_encoded[net] = hit
-            (v4 if net.version == 4 else v6)[hit[1]] = hit[2]
+                hit = (net, value, kb, vb)
+            ipcache_encoded[id(net)] = hit
+            (v4 if net.version == 4 else v6)[hit[2]] = hit[3]
     for fe in getattr(desired, "frontends", ()):
         kb, vb = maps.encode_svc(fe.family, fe.address, fe.proto, fe.port)
         out["vg_svc"][kb] = vb

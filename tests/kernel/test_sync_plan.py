@@ -104,3 +104,20 @@ def test_a_pod_without_a_veth_is_not_written() -> None:
     got = desired_maps(_node({PolicyEntryKey(0, 257, 6, 80, 16): ALLOW}), {})
     assert got["vg_endpoints"] == {} and got["vg_policy"] == {}
     assert len(got["vg_ipcache4"]) == 1 and len(got["vg_ipcache6"]) == 1
+
+
+def test_the_ipcache_bytes_reused_from_the_previous_call_are_those_a_fresh_encoding_gives() -> None:
+    cache: dict[int, tuple[maps.IPNetwork, tuple[int, int], bytes, bytes]] = {}
+    node = _node({})
+    nets = list(node.ipcache)
+    steps = [
+        node.ipcache,
+        node.ipcache,  # same objects, same values: every entry reused
+        {nets[0]: (301, 0), nets[1]: (2, 0)},  # a value changed
+        {ipaddress.ip_network("10.244.1.10/32"): (301, 0), nets[1]: (2, 0)},  # an equal, new object
+        {nets[1]: (2, 0)},  # an entry gone
+    ]
+    for ipcache in steps:
+        step = NodeDesired(endpoints=node.endpoints, ipcache=ipcache, rules={}, identities={})
+        assert desired_maps(step, {"x/a": 7}, cache) == desired_maps(step, {"x/a": 7})
+        assert len(cache) == len(ipcache)

@@ -894,3 +894,18 @@ def test_recompiling_reused_and_relabeled_pods_gives_the_identities_a_fresh_allo
         fresh = allocate_pod_identities(keys.values())
         assert compile_cluster(cluster).pod_identity == {k: fresh[v] for k, v in keys.items()}
     assert compile_cluster(cluster).pod_identity["x/a"] != compile_cluster(cluster).pod_identity["y/d"]
+
+
+def test_a_pods_ipcache_entry_follows_an_ip_block_added_or_removed_between_compilations() -> None:
+    from controller.model import ClusterBuilder
+
+    block = K.policy("x/to-a", {"podSelector": {}, "egress": [{"to": [{"ipBlock": {"cidr": f"{A_IP}/31"}}]}]})
+    builder = ClusterBuilder()
+    nss = [K.ns("x"), K.ns("y")]
+    a_net = ipaddress.ip_network(f"{A_IP}/32")
+    for pols in ([], [block], [block], []):
+        cluster = builder.build(nss, three_pods(), pols, [])
+        fresh = ClusterState.from_objects(nss, three_pods(), pols, [])
+        got = compute(cluster, "node-1").ipcache
+        assert got == compute(fresh, "node-1").ipcache
+        assert is_cidr_identity(got[a_net][1]) == bool(pols)
