@@ -45,7 +45,7 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 from controller.identity import (
     POD_ID_MAX,
@@ -250,6 +250,23 @@ class _PodKeys:
 
 
 @dataclass(frozen=True)
+class _Identities:
+    """The identity tables of the last compilation that built them, with the active pods they
+    were built from (CompiledCluster._build_identities shares them while those are the same
+    objects). One generation is kept, as in _PodPrefixes; never mutated once published."""
+
+    active: Mapping[str, Pod]
+    pod_identity: dict[str, int]
+    identity_namespace: dict[int, str]
+    identity_labels: dict[int, Mapping[str, str]]
+    pods_by_identity: dict[int, list[Pod]]
+    index: LabelIndex
+    ns_index: dict[str, LabelIndex]
+
+    published: ClassVar[_Identities | None] = None
+
+
+@dataclass(frozen=True)
 class _Target:
     """A destination of an egress named port: a pod identity or an exact per-pod prefix."""
 
@@ -293,25 +310,49 @@ class CompiledCluster:
 
     def _build_identities(self) -> None:
         active = [p for p in self.pods.values() if p.active]
+        previous = _Identities.published
+        if (
+            previous is not None
+            and len(previous.active) == len(active)
+            and all(previous.active.get(p.key) is p for p in active)
+        ):
+            # The very Pod objects of the last compilation (a policy or namespace event): its
+            # identities, identity tables and label indexes, which nothing mutates, are shared.
+            self.pod_identity: dict[str, int] = previous.pod_identity
+            self.identity_namespace: dict[int, str] = previous.identity_namespace
+            self.identity_labels: dict[int, Mapping[str, str]] = previous.identity_labels
+            self.pods_by_identity: dict[int, list[Pod]] = previous.pods_by_identity
+            self.index: LabelIndex = previous.index
+            self.ns_index: dict[str, LabelIndex] = previous.ns_index
+            return
         memo = _PodKeys.begin()
         keys = {p.key: memo.key(p) for p in active}
         # = allocate_pod_identities(keys.values()), each distinct key encoded once
         alloc = allocate(set(keys.values()), POD_ID_MIN, POD_ID_MAX, memo.encode)
         memo.publish()
-        self.pod_identity: dict[str, int] = {k: alloc[v] for k, v in keys.items()}
-        self.identity_namespace: dict[int, str] = {}
-        self.identity_labels: dict[int, Mapping[str, str]] = {}
-        self.pods_by_identity: dict[int, list[Pod]] = {}
+        self.pod_identity = {k: alloc[v] for k, v in keys.items()}
+        self.identity_namespace = {}
+        self.identity_labels = {}
+        self.pods_by_identity = {}
         for pod in sorted(active, key=lambda p: p.key):
             ident = self.pod_identity[pod.key]
             self.identity_namespace[ident] = pod.namespace
             self.identity_labels[ident] = pod.labels
             self.pods_by_identity.setdefault(ident, []).append(pod)
         self.index = LabelIndex(self.identity_labels.items())
-        self.ns_index: dict[str, LabelIndex] = {}
+        self.ns_index = {}
         for ident, labels in self.identity_labels.items():
             ns = self.identity_namespace[ident]
             self.ns_index.setdefault(ns, LabelIndex()).add(ident, labels)
+        _Identities.published = _Identities(
+            {p.key: p for p in active},
+            self.pod_identity,
+            self.identity_namespace,
+            self.identity_labels,
+            self.pods_by_identity,
+            self.index,
+            self.ns_index,
+        )
 
     def _build_namespace_index(self, cluster: ClusterState) -> None:
         names = set(cluster.namespaces) | set(self.identity_namespace.values())

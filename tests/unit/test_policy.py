@@ -909,3 +909,26 @@ def test_a_pods_ipcache_entry_follows_an_ip_block_added_or_removed_between_compi
         got = compute(cluster, "node-1").ipcache
         assert got == compute(fresh, "node-1").ipcache
         assert is_cidr_identity(got[a_net][1]) == bool(pols)
+
+
+def test_a_policy_event_shares_the_identity_tables_and_computes_what_a_fresh_build_computes() -> None:
+    from controller.model import ClusterBuilder
+
+    nss = [K.ns("x"), K.ns("y")]
+    allow_b = K.policy("x/to-a", {"podSelector": {"matchLabels": {"app": "a"}}, "ingress": [{"from": [{}]}]})
+    builder = ClusterBuilder()
+    pods = [{**p, "metadata": {**p["metadata"], "resourceVersion": "1"}} for p in three_pods()]
+    first = compile_cluster(builder.build(nss, pods, [], []))
+    for pols in ([allow_b], []):
+        cluster = builder.build(nss, pods, pols, [])
+        compiled = compile_cluster(cluster)
+        assert compiled.pod_identity is first.pod_identity and compiled.ns_index is first.ns_index
+        got = compute(cluster, "node-1")
+        # (a compilation of other Pod objects in between only costs the next one its reuse)
+        assert got == compute(ClusterState.from_objects(nss, pods, pols, []), "node-1")
+        first = compile_cluster(builder.build(nss, pods, pols, []))
+    moved = [pods[0], {**pods[1], "metadata": {**pods[1]["metadata"], "resourceVersion": "2", "labels": {}}}]
+    cluster = builder.build(nss, moved, [allow_b], [])
+    assert compile_cluster(cluster).pod_identity is not first.pod_identity
+    fresh = ClusterState.from_objects(nss, moved, [allow_b], [])
+    assert compute(cluster, "node-1") == compute(fresh, "node-1")
