@@ -47,17 +47,12 @@ KV = Mapping[bytes, bytes]
 def diff(map_name: str, desired: KV, current: KV) -> tuple[list[Op], list[Op]]:
     """(adds+updates, deletes) turning `current` into `desired` for one map; sorted for determinism."""
     upserts: list[Op] = []
-    deletes: list[Op] = []
-    for k in sorted(desired):
+    get = current.get
+    # Only the changed keys are sorted (an event changes a few of the ipcache's entries).
+    for k in sorted(k for k, v in desired.items() if get(k) != v):
         v = desired[k]
-        old = current.get(k)
-        if old is None:
-            upserts.append(Op("add", map_name, k, v))
-        elif old != v:
-            upserts.append(Op("update", map_name, k, v))
-    for k in sorted(current):
-        if k not in desired:
-            deletes.append(Op("delete", map_name, k))
+        upserts.append(Op("add" if get(k) is None else "update", map_name, k, v))
+    deletes = [Op("delete", map_name, k) for k in sorted(k for k in current if k not in desired)]
     return upserts, deletes
 
 
