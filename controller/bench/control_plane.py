@@ -258,9 +258,10 @@ def _full_compile(cluster: synth.Cluster, settings: Settings, pods: int) -> dict
 
 
 def worker(pods: int, settings: Settings) -> dict[str, Any]:
-    from controller.agent import Agent, AgentConfig
+    from controller.agent import Agent, AgentConfig, tune_gc
     from controller.datapath import Datapath
 
+    tune_gc()  # as `vethguard agent` does for its process
     cluster = synth.control_plane_cluster(pods, settings.namespaces, settings.policies)
     # The agent compiles and loads its programs while its informers list the cluster: same
     # order here, so the peak (VmHWM) has bcc's compile on top of the raw API objects.
