@@ -142,6 +142,8 @@ def test_the_pod_event_that_claims_a_pending_veth_is_realized_without_the_coales
         relist(agent.sources)  # type: ignore[arg-type]
         _wait(lambda: dp.last[1].get("x/b") == 9)
         assert dp.last[1] == {"x/a": 2, "x/b": 9}
+        # The pass records the latency after its sync returned: wait for it, do not race it.
+        _wait(lambda: metric(agent, "vethguard_endpoint_enforce_latency_seconds_count") >= 1)
         assert metric(agent, "vethguard_endpoint_enforce_latency_seconds_count") == 1
     finally:
         agent.stop()
