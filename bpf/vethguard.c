@@ -59,6 +59,39 @@ static __always_inline void vg_frag_key(struct frag_key *k, const struct vg_pkt 
 	k->pad = 0;
 }
 
+/* A non-first fragment takes its ports from its datagram's first fragment. 0: none known. */
+static __always_inline int vg_frag_ports(struct vg_pkt *p, __u64 now)
+{
+	struct frag_key fk;
+	struct frag_value *fv;
+
+	vg_frag_key(&fk, p);
+	fv = vg_frag.lookup(&fk);
+	if (!fv || fv->expires_ns < now)
+		return 0;
+	p->sport = fv->sport;
+	p->dport = fv->dport;
+	return 1;
+}
+
+/*
+ * After a passing verdict: a first fragment's ports are remembered so the later fragments of
+ * its datagram can be judged; a later fragment passes as ALLOW_FRAG. Returns the reason to count.
+ */
+static __always_inline __u8 vg_frag_passed(const struct vg_pkt *p, __u8 reason, __u64 now)
+{
+	if (p->frag == VG_FRAG_FIRST) {
+		struct frag_key fk;
+		struct frag_value fv = {.sport = p->sport, .dport = p->dport, .expires_ns = now + FRAG_TIMEOUT};
+
+		vg_frag_key(&fk, p);
+		vg_frag.update(&fk, &fv);
+	} else if (p->frag == VG_FRAG_LATER) {
+		return ALLOW_FRAG;
+	}
+	return reason;
+}
+
 static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir)
 {
 	__u32 ifindex = skb->ifindex;
@@ -91,21 +124,12 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir)
 	if (vg_is_icmp6_ctrl(&p))
 		return vg_finish(skb, ep->ep_id, dir, ALLOW_ICMP6_CTRL, &p, &peer, 0, 0, now);
 
-	if (p.frag == VG_FRAG_LATER) {
-		struct frag_key fk;
-		struct frag_value *fv;
-
-		vg_frag_key(&fk, &p);
-		fv = vg_frag.lookup(&fk);
-		if (!fv || fv->expires_ns < now) {
-			vg_ipcache_lookup(p.family, dir == DIR_EGRESS ? p.daddr : p.saddr, &peer);
-			if (peer.identity == ID_HOST)
-				return vg_finish(skb, ep->ep_id, dir, ALLOW_HOST, &p, &peer, 0, 0, now);
-			return vg_finish(skb, ep->ep_id, dir, isolated ? DROP_FRAG_UNKNOWN : ALLOW_NOT_ISOLATED,
-					 &p, &peer, 0, 0, now);
-		}
-		p.sport = fv->sport;
-		p.dport = fv->dport;
+	if (p.frag == VG_FRAG_LATER && !vg_frag_ports(&p, now)) {
+		vg_ipcache_lookup(p.family, dir == DIR_EGRESS ? p.daddr : p.saddr, &peer);
+		if (peer.identity == ID_HOST)
+			return vg_finish(skb, ep->ep_id, dir, ALLOW_HOST, &p, &peer, 0, 0, now);
+		return vg_finish(skb, ep->ep_id, dir, isolated ? DROP_FRAG_UNKNOWN : ALLOW_NOT_ISOLATED, &p,
+				 &peer, 0, 0, now);
 	}
 
 	cfg = vg_config.lookup(&zero);
@@ -164,19 +188,9 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir)
 	}
 
 tracked:
-	if (!REASON_IS_DROP(reason)) {
-		if (p.frag == VG_FRAG_FIRST) {
-			/* Remember the ports so the later fragments of this datagram can be judged. */
-			struct frag_key fk;
-			struct frag_value fv = {.sport = p.sport, .dport = p.dport, .expires_ns = now + FRAG_TIMEOUT};
-
-			vg_frag_key(&fk, &p);
-			vg_frag.update(&fk, &fv);
-		} else if (p.frag == VG_FRAG_LATER) {
-			reason = ALLOW_FRAG;
-		}
-	}
-	if (REASON_IS_DROP(reason)) /* a revoked flow: name the peer in the drop event */
+	if (!REASON_IS_DROP(reason))
+		reason = vg_frag_passed(&p, reason, now);
+	else /* a revoked flow: name the peer in the drop event */
 		vg_ipcache_lookup(p.family, dir == DIR_EGRESS ? p.daddr : p.saddr, &peer);
 	return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, rule_ref, 0, now);
 }
@@ -207,20 +221,11 @@ static __always_inline int vg_judge(struct __sk_buff *skb, __u64 now)
 	if (ret != PARSE_OK) /* from_pod parsed it: only our own bug or a rewrite gets here */
 		return vg_finish(skb, ep->ep_id, DIR_EGRESS, isolated ? DROP_MALFORMED : ALLOW_NOT_ISOLATED, &p,
 				 &peer, 0, 0, now);
-	if (p.frag == VG_FRAG_LATER) {
-		/* conntrack reassembled and re-fragmented the datagram: the ports come from its first
-		 * fragment as judged here (post-DNAT addresses). */
-		struct frag_key fk;
-		struct frag_value *fv;
-
-		vg_frag_key(&fk, &p);
-		fv = vg_frag.lookup(&fk);
-		if (!fv || fv->expires_ns < now)
-			return vg_finish(skb, ep->ep_id, DIR_EGRESS, isolated ? DROP_FRAG_UNKNOWN : ALLOW_NOT_ISOLATED,
-					 &p, &peer, 0, 0, now);
-		p.sport = fv->sport;
-		p.dport = fv->dport;
-	}
+	/* conntrack reassembled and re-fragmented the datagram: the ports come from its first
+	 * fragment as judged here (post-DNAT addresses). */
+	if (p.frag == VG_FRAG_LATER && !vg_frag_ports(&p, now))
+		return vg_finish(skb, ep->ep_id, DIR_EGRESS, isolated ? DROP_FRAG_UNKNOWN : ALLOW_NOT_ISOLATED, &p,
+				 &peer, 0, 0, now);
 	cfg = vg_config.lookup(&zero);
 	if (cfg)
 		revision = cfg->revision;
@@ -241,19 +246,10 @@ static __always_inline int vg_judge(struct __sk_buff *skb, __u64 now)
 			return vg_finish(skb, ep->ep_id, DIR_EGRESS, DROP_CT_FULL, &p, &peer, 0, 0, now);
 		new_flow = 1;
 	}
-	if (!REASON_IS_DROP(reason)) {
-		if (p.frag == VG_FRAG_FIRST) {
-			struct frag_key fk;
-			struct frag_value fv = {.sport = p.sport, .dport = p.dport, .expires_ns = now + FRAG_TIMEOUT};
-
-			vg_frag_key(&fk, &p);
-			vg_frag.update(&fk, &fv);
-		} else if (p.frag == VG_FRAG_LATER) {
-			reason = ALLOW_FRAG;
-		}
-	} else {
-		vg_ipcache_lookup(p.family, p.daddr, &peer); /* a revoked flow: name the peer */
-	}
+	if (!REASON_IS_DROP(reason))
+		reason = vg_frag_passed(&p, reason, now);
+	else /* a revoked flow: name the peer */
+		vg_ipcache_lookup(p.family, p.daddr, &peer);
 	return vg_finish(skb, ep->ep_id, DIR_EGRESS, reason, &p, &peer, rule_ref, new_flow, now);
 }
 

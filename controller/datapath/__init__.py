@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from controller.datapath import loader, maps, sync
-from controller.datapath.attach import Attacher
+from controller.datapath.attach import PARENT_EGRESS, Attacher
 from controller.datapath.maps import Event, ProgId
 from controller.datapath.sync import GcResult, KernelState, MapFullError, SyncResult
-from controller.datapath.uplink import UplinkAttacher
+from controller.datapath.uplink import uplink_attacher
 from controller.mapstate import NodeDesired
 
 __all__ = ["Datapath", "GcResult", "KernelState", "MapFullError", "ProgId", "SyncResult"]
@@ -46,7 +46,7 @@ class Datapath:
         self.pin_root = pin_root
         self._loaded = loader.load(node, pin_root, extra_cflags)
         self._attacher = Attacher()
-        self._uplinks = UplinkAttacher()
+        self._uplinks = uplink_attacher()
         self._event_cb: Callable[[object, int, int], None] | None = None
         self._event_sink: Callable[[Event], None] | None = None
         # What the synced maps hold after this object's last sync, if it completed (None: not
@@ -113,7 +113,7 @@ class Datapath:
 
     def attach_uplink(self, ifindex: int) -> None:
         """to_uplink on the tc egress of a node uplink (judges deferred Service flows); idempotent."""
-        self._uplinks.attach(ifindex, self.prog_fd("to_uplink"))
+        self._uplinks.attach_programs(ifindex, {PARENT_EGRESS: self.prog_fd("to_uplink")})
 
     def detach_uplink(self, ifindex: int) -> None:
         self._uplinks.detach(ifindex)

@@ -52,13 +52,13 @@ def _clsact_msg(ifindex: int) -> bytes:
     )
 
 
-def _filter_msg(ifindex: int, parent: str, fd: int) -> bytes:
+def _filter_msg(ifindex: int, parent: str, fd: int, name: str) -> bytes:
     """`tc filter replace dev IF parent P handle 1 prio 10 protocol all bpf da fd FD name N
     classid 1`, as pyroute2 and tc send it (the same protocol: a replace of either's filter)."""
     options = (
         rtnl.attr(TCA_BPF_CLASSID, rtnl.u32(1))
         + rtnl.attr(TCA_BPF_FD, rtnl.u32(fd))
-        + rtnl.attr(TCA_BPF_NAME, rtnl.asciiz(FILTER_NAME[parent]))
+        + rtnl.attr(TCA_BPF_NAME, rtnl.asciiz(name))
         + rtnl.attr(TCA_BPF_FLAGS, rtnl.u32(TCA_BPF_FLAG_ACT_DIRECT))
     )
     info = (FILTER_PRIO << 16) | socket.htons(ETH_P_ALL)
@@ -81,13 +81,19 @@ def _nla_prog_id(opts: Any) -> int | None:
 
 @dataclass
 class Attacher:
-    """Tracks which clsact qdiscs this process created so detach never removes anyone else's."""
+    """Our filters on the hooks of `names` (parent -> filter name; default: both pod hooks).
+    Tracks which clsact qdiscs this process created so detach never removes anyone else's."""
 
     created_clsact: set[int] = field(default_factory=set)
+    names: dict[str, str] = field(default_factory=lambda: dict(FILTER_NAME))
 
     def attach(self, ifindex: int, from_pod_fd: int, to_pod_fd: int) -> None:
-        """Three acknowledged netlink requests on a fresh socket (~0.3 ms; pyroute2 took ~7 ms):
-        add clsact exclusively (EEXIST: someone, maybe us earlier, has one), replace both filters."""
+        """from_pod on the tc ingress hook, to_pod on the tc egress hook of a pod's veth."""
+        self.attach_programs(ifindex, {PARENT_INGRESS: from_pod_fd, PARENT_EGRESS: to_pod_fd})
+
+    def attach_programs(self, ifindex: int, fds: dict[str, int]) -> None:
+        """Acknowledged netlink requests on a fresh socket (~0.3 ms; pyroute2 took ~7 ms): add
+        clsact exclusively (EEXIST: someone, maybe us earlier, has one), replace each filter."""
         with rtnl.Rtnl() as nl:
             try:
                 nl.request(rtnl.RTM_NEWQDISC, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL, _clsact_msg(ifindex))
@@ -99,12 +105,12 @@ class Attacher:
                     ) from e
                 if e.code != EEXIST:  # EEXIST: already there (or lost a race with another adder)
                     raise VethguardError(f"cannot add clsact on ifindex {ifindex}: {e}") from e
-            for parent, fd in ((PARENT_INGRESS, from_pod_fd), (PARENT_EGRESS, to_pod_fd)):
+            for parent, fd in fds.items():
                 try:
                     nl.request(
                         rtnl.RTM_NEWTFILTER,
                         rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE,
-                        _filter_msg(ifindex, parent, fd),
+                        _filter_msg(ifindex, parent, fd, self.names[parent]),
                     )
                 except rtnl.NetlinkError as e:
                     if e.code == ENODEV:
@@ -112,7 +118,7 @@ class Attacher:
                             f"no interface with ifindex {ifindex} in this network namespace"
                         ) from e
                     raise VethguardError(
-                        f"cannot install the {FILTER_NAME[parent]} filter on ifindex {ifindex}: {e}"
+                        f"cannot install the {self.names[parent]} filter on ifindex {ifindex}: {e}"
                     ) from e
 
     def _our_filters(self, ipr: Any, ifindex: int, parent: str) -> list[Any]:
@@ -121,15 +127,15 @@ class Attacher:
             opts = f.get_attr("TCA_OPTIONS")
             if f["handle"] != FILTER_HANDLE or (f["info"] >> 16) != FILTER_PRIO or not opts:
                 continue
-            if opts.get_attr("TCA_BPF_NAME") == FILTER_NAME[parent]:
+            if opts.get_attr("TCA_BPF_NAME") == self.names[parent]:
                 ours.append(f)
         return ours
 
     def attached(self, ifindex: int) -> bool:
-        """Both of our filters are present on ifindex."""
+        """All of our filters are present on ifindex."""
         with IPRoute() as ipr:
             try:
-                return all(self._our_filters(ipr, ifindex, p) for p in (PARENT_INGRESS, PARENT_EGRESS))
+                return all(self._our_filters(ipr, ifindex, p) for p in self.names)
             except NetlinkError:
                 return False
 
@@ -148,7 +154,7 @@ class Attacher:
     def detach(self, ifindex: int) -> None:
         """Remove our filters (identified by handle, prio and name); idempotent."""
         with IPRoute() as ipr:
-            for parent in (PARENT_INGRESS, PARENT_EGRESS):
+            for parent in self.names:
                 try:
                     present = bool(self._our_filters(ipr, ifindex, parent))
                 except NetlinkError as e:

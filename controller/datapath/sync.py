@@ -282,7 +282,6 @@ class _FullTracker:
         self.failed: dict[int, str] = {}
         self.node_wide: str | None = None
         self.skipped = 0
-        self.svc_skipped = 0
 
     def is_failed(self, ep_id: int | None) -> bool:
         return self.node_wide is not None or (ep_id is not None and ep_id in self.failed)
@@ -318,17 +317,6 @@ def _apply_upsert(op: Op, m: MapLike, full: _FullTracker) -> None:
     value = op.value
     if op.map == "vg_endpoints" and full.is_failed(ep_id):
         value = pending_value(value)  # never lift PENDING of an endpoint whose entries are missing
-    elif op.map == "vg_svc":
-        # A frontend that does not fit is judged before DNAT, on its own address, like any
-        # other destination: no endpoint has to close for it.
-        try:
-            m.update(op.key, value)
-        except maps.BpfError as e:
-            if e.errno not in MAP_FULL_ERRNOS:
-                raise
-            full.skipped += 1
-            full.svc_skipped += 1
-        return
     elif op.map == "vg_policy" and full.is_failed(ep_id) and full.node_wide is None:
         full.skipped += 1  # its map is full already: do not spend syscalls failing again
         return
@@ -338,7 +326,10 @@ def _apply_upsert(op: Op, m: MapLike, full: _FullTracker) -> None:
         if e.errno not in MAP_FULL_ERRNOS:
             raise
         full.skipped += 1
-        full.fail(op.map, ep_id)
+        # A frontend that does not fit is judged before DNAT, on its own address, like any
+        # other destination: no endpoint has to close for it.
+        if op.map != "vg_svc":
+            full.fail(op.map, ep_id)
 
 
 def apply(

@@ -10,27 +10,22 @@ and routes to other nodes' pod CIDRs: `via` a next hop, as with direct routing, 
 vxlan or Calico's IPIP), in both families, or the ones given explicitly (`--uplink`). Pod veths
 have link-scope routes without a gateway, so they never qualify.
 
-Attach is idempotent: clsact is added only when absent and the filter is replaced on a fixed
-handle and priority, the same as for pod veths; detach removes our filter only, and the clsact
-only if this process added it.
+Attach and detach are those of pod veths (controller/datapath/attach.py `Attacher`, with one
+filter on the egress hook): idempotent, our filter only, a clsact only if this process added it.
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
-from controller.datapath.attach import EEXIST, EINVAL, ENOENT, FILTER_HANDLE, FILTER_PRIO, PARENT_EGRESS
+from controller.datapath.attach import PARENT_EGRESS, Attacher
 from controller.errors import VethguardError
 
 UPLINK_FILTER_NAME = "vethguard-uplink"
-_PARENT_EGRESS_ID = 0xFFFFFFF3
-_PARENT_INGRESS_ID = 0xFFFFFFF2
 RT_TABLE_MAIN = 254
 
 
@@ -67,80 +62,6 @@ def find_uplinks(names: Iterable[str] = ()) -> dict[int, str]:
     return {i: links[i] for i in sorted(gateway_interfaces(routes)) if i in links}
 
 
-@dataclass
-class UplinkAttacher:
-    created_clsact: set[int] = field(default_factory=set)
-
-    def attach(self, ifindex: int, prog_fd: int) -> None:
-        with IPRoute() as ipr:
-            try:
-                if not any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index=ifindex)):
-                    try:
-                        ipr.tc("add", "clsact", ifindex)
-                        self.created_clsact.add(ifindex)
-                    except NetlinkError as e:
-                        if e.code != EEXIST:
-                            raise
-                ipr.tc(
-                    "replace-filter",
-                    "bpf",
-                    ifindex,
-                    f":{FILTER_HANDLE}",
-                    fd=prog_fd,
-                    name=UPLINK_FILTER_NAME,
-                    parent=PARENT_EGRESS,
-                    classid=1,
-                    direct_action=True,
-                    prio=FILTER_PRIO,
-                )
-            except NetlinkError as e:
-                raise VethguardError(f"cannot attach the uplink filter to ifindex {ifindex}: {e}") from e
-
-    def attached(self, ifindex: int) -> bool:
-        with IPRoute() as ipr:
-            try:
-                return bool(self._ours(ipr, ifindex))
-            except NetlinkError:
-                return False
-
-    def _ours(self, ipr: Any, ifindex: int) -> list[Any]:
-        out = []
-        for f in ipr.get_filters(index=ifindex, parent=_PARENT_EGRESS_ID):
-            opts = f.get_attr("TCA_OPTIONS")
-            ours = f["handle"] == FILTER_HANDLE and (f["info"] >> 16) == FILTER_PRIO and opts
-            if ours and opts.get_attr("TCA_BPF_NAME") == UPLINK_FILTER_NAME:
-                out.append(f)
-        return out
-
-    def detach(self, ifindex: int) -> None:
-        with IPRoute() as ipr:
-            try:
-                if self._ours(ipr, ifindex):
-                    ipr.tc(
-                        "del-filter",
-                        "bpf",
-                        ifindex,
-                        f":{FILTER_HANDLE}",
-                        parent=PARENT_EGRESS,
-                        prio=FILTER_PRIO,
-                    )
-            except NetlinkError as e:
-                if e.code not in (ENOENT, EINVAL):
-                    raise VethguardError(
-                        f"cannot remove the uplink filter from ifindex {ifindex}: {e}"
-                    ) from e
-                return
-            if ifindex in self.created_clsact:
-                self.created_clsact.discard(ifindex)
-                remaining = [
-                    f
-                    for parent in (_PARENT_EGRESS_ID, _PARENT_INGRESS_ID)
-                    for f in ipr.get_filters(index=ifindex, parent=parent)
-                    if f.get_attr("TCA_OPTIONS")
-                ]
-                if not remaining:  # we created it and nobody else uses it
-                    try:
-                        ipr.tc("del", "clsact", ifindex)
-                    except NetlinkError as e:
-                        if e.code not in (ENOENT, EINVAL):
-                            raise
+def uplink_attacher() -> Attacher:
+    """The Attacher of to_uplink: one filter, on the tc egress hook."""
+    return Attacher(names={PARENT_EGRESS: UPLINK_FILTER_NAME})

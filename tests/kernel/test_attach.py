@@ -174,3 +174,18 @@ def test_real_traffic_is_enforced_on_an_attached_veth(dp: Datapath, lab: dict[st
         in_netns(ns, lambda: dp.detach(ifindex))
         dp.maps["vg_endpoints"].delete(maps.u32_key(ifindex))
         dp.maps["vg_ipcache4"].clear()
+
+
+def test_the_uplink_filter_sits_on_the_egress_hook_alone_and_leaves_pod_filters_alone(
+    dp: Datapath, lab: dict[str, object]
+) -> None:
+    ns, ifindex = str(lab["node"]), int(str(lab["ifindex"]))
+    in_netns(ns, lambda: dp.attach_uplink(ifindex))
+    in_netns(ns, lambda: dp.attach_uplink(ifindex))  # idempotent
+    assert in_netns(ns, lambda: dp.uplink_attached(ifindex))
+    assert _filters(ns, "egress").count("vethguard-uplink") == 1
+    assert "vethguard" not in _filters(ns, "ingress")
+    assert not in_netns(ns, lambda: dp.attached(ifindex))  # not a pod's filters
+    in_netns(ns, lambda: dp.detach_uplink(ifindex))
+    assert not in_netns(ns, lambda: dp.uplink_attached(ifindex))
+    assert "clsact" not in _qdiscs(ns)  # this Datapath added it, nobody else uses it
