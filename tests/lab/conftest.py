@@ -6,11 +6,13 @@ through `teardown` even when the test or `lab up` failed.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,17 +133,23 @@ def lab_factory(tmp_path: Path) -> Iterator[Callable[..., Lab]]:
             teardown(name)
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    """One two-node lab (agents off) shared by a module's tests that do not change it much."""
-    import tempfile
-
+@contextlib.contextmanager
+def lab_up(model: str, *up_args: str, timeout: float = 300) -> Iterator[Lab]:
+    """`vethguard lab up` of `model` (YAML text) with `up_args`, torn down on exit whatever
+    happened; for module-scoped fixtures."""
     name = unique_lab_name()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.yaml"
-        path.write_text(model_text())
+        path.write_text(model)
         try:
-            run_cli("up", "--name", name, "-f", str(path), "--nodes", "2", "--no-agents")
+            run_cli("up", "--name", name, "-f", str(path), *up_args, timeout=timeout)
             yield Lab(name)
         finally:
             teardown(name)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    """One two-node lab (agents off) shared by a module's tests that do not change it much."""
+    with lab_up(model_text(), "--nodes", "2", "--no-agents", timeout=120) as made:
+        yield made

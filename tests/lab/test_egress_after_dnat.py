@@ -6,14 +6,11 @@ partly allowed, and ingress still judged on the backend."""
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from controller.lab.cli import teardown
-from tests.lab.conftest import Lab, run_cli, unique_lab_name
+from tests.lab.conftest import Lab, lab_up
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -125,20 +122,10 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     reaches a same-node backend through cni0 and the bridge, not a host route."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    name = unique_lab_name()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.yaml"
-        path.write_text(MODEL)
-        try:
-            run_cli(
-                "up", "--name", name, "-f", str(path), "--nodes", "2", "--cni", request.param, timeout=300
-            )
-            lab = Lab(name)
-            CNI[name] = request.param
-            lab.cli("apply", "-f", "-", stdin=EGRESS)
-            yield lab
-        finally:
-            teardown(name)
+    with lab_up(MODEL, "--nodes", "2", "--cni", request.param) as made:
+        CNI[made.name] = request.param
+        made.cli("apply", "-f", "-", stdin=EGRESS)
+        yield made
 
 
 def expected(source: str, target: str) -> bool:

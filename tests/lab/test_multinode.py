@@ -8,15 +8,12 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from controller.lab.cli import teardown
 from controller.lab.state import LabPaths
-from tests.lab.conftest import Lab, run_cli, unique_lab_name
+from tests.lab.conftest import Lab, lab_up
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -52,22 +49,18 @@ spec: {{podSelector: {{matchLabels: {{pod: {pod}}}}}, policyTypes: [{kind}]}}
 def lab() -> Iterator[Lab]:
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    name = unique_lab_name()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.yaml"
-        path.write_text(MODEL)
-        try:
-            run_cli("up", "--name", name, "-f", str(path), "--nodes", "3", timeout=300)
-            yield Lab(name)
-        finally:
-            teardown(name)
+    with lab_up(MODEL, "--nodes", "3") as made:
+        yield made
 
 
 def drops(lab: Lab) -> dict[tuple[str, str, str], int]:
     """(node, pod, direction) -> DROP_POLICY packets."""
     out = subprocess.run(
         [sys.executable, "-m", "controller.cli", "bpf", "counters", "--lab", lab.name, "-o", "json"],
-        capture_output=True, text=True, timeout=120, check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     ).stdout
     found: dict[tuple[str, str, str], int] = {}
     for item in json.loads(out)["items"]:

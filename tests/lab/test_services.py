@@ -7,15 +7,13 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from controller.lab.cli import teardown
-from tests.lab.conftest import Lab, run_cli, unique_lab_name
+from tests.lab.conftest import Lab, lab_up
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -75,22 +73,18 @@ CLIENTS = ["development/frontend", "development/remote"]
 def lab() -> Iterator[Lab]:
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    name = unique_lab_name()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.yaml"
-        path.write_text(MODEL)
-        try:
-            run_cli("up", "--name", name, "-f", str(path), "--nodes", "2", "--dns", timeout=300)
-            yield Lab(name)
-        finally:
-            teardown(name)
-    assert not list(Path("/etc/netns").glob(f"vg-{name}-*")), "resolv.conf files left behind"
+    with lab_up(MODEL, "--nodes", "2", "--dns") as made:
+        yield made
+    assert not list(Path("/etc/netns").glob(f"vg-{made.name}-*")), "resolv.conf files left behind"
 
 
 def api_get(lab: Lab, path: str) -> dict:
     proc = subprocess.run(
         ["curl", "-s", "--unix-socket", f"/run/vethguard/labs/{lab.name}/api.sock", f"http://lab{path}"],
-        capture_output=True, text=True, check=True, timeout=30,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
     )
     return json.loads(proc.stdout)
 
@@ -98,13 +92,17 @@ def api_get(lab: Lab, path: str) -> dict:
 def lab_exec(lab: Lab, pod: str, *command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "controller.cli", "lab", "exec", "--name", lab.name, pod, "--", *command],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
 def slice_addresses(lab: Lab, service: str) -> list[str]:
     doc = api_get(
-        lab, "/apis/discovery.k8s.io/v1/namespaces/development/endpointslices"
+        lab,
+        "/apis/discovery.k8s.io/v1/namespaces/development/endpointslices"
         f"?labelSelector=kubernetes.io/service-name%3D{service}",
     )
     return sorted(a for s in doc["items"] for e in s["endpoints"] for a in e["addresses"])
@@ -151,8 +149,9 @@ def test_the_node_port_answers_on_every_node_address_for_pods_and_external_hosts
 
 def test_a_service_without_endpoints_refuses_connections_at_once(lab: Lab) -> None:
     started = time.monotonic()
-    result = lab.probe(80, "TCP", 4, "--from", "development/frontend", "--to", "svc/development/nobody",
-                       "--timeout", "5")
+    result = lab.probe(
+        80, "TCP", 4, "--from", "development/frontend", "--to", "svc/development/nobody", "--timeout", "5"
+    )
     assert result == {("development/frontend", "svc/development/nobody"): False}
     assert time.monotonic() - started < 4.5, "a rejected connection should fail fast, not time out"
 
@@ -190,7 +189,9 @@ def test_unknown_cluster_names_do_not_resolve(lab: Lab) -> None:
 
 
 def test_wget_and_curl_reach_a_backend_by_service_name(lab: Lab) -> None:
-    wget = lab_exec(lab, "development/remote", "wget", "-q", "-T", "5", "-O-", "http://backend.development:8080/")
+    wget = lab_exec(
+        lab, "development/remote", "wget", "-q", "-T", "5", "-O-", "http://backend.development:8080/"
+    )
     assert wget.returncode == 0 and "vethguard lab responder" in wget.stdout, wget.stderr
     curl = lab_exec(lab, "development/frontend", "curl", "-s", "-m", "5", "http://backend:8080/")
     assert curl.returncode == 0 and "vethguard lab responder" in curl.stdout, curl.stderr
@@ -266,6 +267,16 @@ def test_a_killed_daemon_comes_back_with_services_and_dns(lab: Lab) -> None:
         time.sleep(0.05)
     status = lab.status()  # the CLI starts the daemon again from the saved state
     assert status["services"]["development/backend"]["clusterIP"].startswith("10.245.")
-    out = lab_exec(lab, "development/remote", "wget", "-q", "-T", "5", "-t", "2", "-O-",
-                   "http://backend.development:8080/")
+    out = lab_exec(
+        lab,
+        "development/remote",
+        "wget",
+        "-q",
+        "-T",
+        "5",
+        "-t",
+        "2",
+        "-O-",
+        "http://backend.development:8080/",
+    )
     assert out.returncode == 0 and "vethguard lab responder" in out.stdout, out.stderr
