@@ -50,9 +50,9 @@ class Datapath:
         self._event_cb: Callable[[object, int, int], None] | None = None
         self._event_sink: Callable[[Event], None] | None = None
         # What the synced maps hold after this object's last sync, if it completed (None: not
-        # known, read the kernel), and that sync's ipcache encoding (reused by the next one).
-        self._written: dict[str, dict[bytes, bytes]] | None = None
-        self._ipcache_encoded: sync.IpcacheEncoded = {}
+        # known, read the kernel), and the encoder that reuses the bytes of what did not change.
+        self._written: sync.Written | None = None
+        self._encoder = sync.Encoder()
 
     # -- properties used by tests, benchmarks and the event reader
     @property
@@ -132,18 +132,21 @@ class Datapath:
 
     def sync_incremental(self, desired: NodeDesired, pod_ifindex: Mapping[str, int]) -> SyncResult:
         """sync(), diffing against what this object's last sync wrote instead of reading every
-        entry of the kernel maps (two bpf syscalls per entry). Falls back to reading them when
-        that is not known (first sync, a failed or partial sync). Entries changed behind this
+        entry of the kernel maps (two bpf syscalls per entry), and only over the parts of
+        `desired` that are not the very objects that sync wrote (sync.apply_encoding): an event
+        costs what it changed, not the size of the maps. Falls back to reading them when that
+        is not known (first sync, a failed or partial sync). Entries changed behind this
         object's back are not seen: the agent's periodic full resync calls sync(), which reads
-        the kernel maps and repairs them.
+        the kernel maps and repairs them. `desired`'s mappings must not be mutated after a sync
+        (the compiler builds new ones): an unchanged object is taken for unchanged contents.
         """
         return self._sync(desired, pod_ifindex, incremental=True)
 
     def _sync(self, desired: NodeDesired, pod_ifindex: Mapping[str, int], incremental: bool) -> SyncResult:
-        current = self._written if incremental else None
+        previous = self._written if incremental else None
         self._written = None  # unknown until this sync completes
-        want = sync.desired_maps(desired, pod_ifindex, self._ipcache_encoded)
-        result, self._written = sync.apply_diff(want, self._loaded.maps, current=current)
+        encoding = self._encoder.encode(desired, pod_ifindex)
+        result, self._written = sync.apply_encoding(encoding, self._loaded.maps, previous)
         if result.full:
             by_ifindex: dict[int, list[str]] = {}
             for pod, ifindex in pod_ifindex.items():

@@ -11,17 +11,20 @@ and the new policy. Everything up to `plan()` is pure and tested without root.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import ipaddress
 import logging
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from itertools import chain, compress, count, islice
+from operator import is_not, ne
+from typing import Any, Literal, Protocol
 
 from controller.datapath import maps
 from controller.errors import VethguardError
-from controller.mapstate import NodeDesired, PolicyEntryKey, PolicyEntryValue
+from controller.mapstate import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,8 @@ KV = Mapping[bytes, bytes]
 def diff(map_name: str, desired: KV, current: KV) -> tuple[list[Op], list[Op]]:
     """(adds+updates, deletes) turning `current` into `desired` for one map; sorted for determinism."""
     upserts: list[Op] = []
+    if desired is current:
+        return upserts, []
     get = current.get
     # Only the changed keys are sorted (an event changes a few of the ipcache's entries).
     for k in sorted(k for k, v in desired.items() if get(k) != v):
@@ -58,9 +63,13 @@ def diff(map_name: str, desired: KV, current: KV) -> tuple[list[Op], list[Op]]:
 
 def plan(desired: Mapping[str, KV], current: Mapping[str, KV]) -> list[Op]:
     """All operations for all synced maps, in the safe order (see module doc)."""
+    return _ordered({name: diff(name, desired.get(name, {}), current.get(name, {})) for name in SYNCED_MAPS})
+
+
+def _ordered(per_map: Mapping[str, tuple[list[Op], list[Op]]]) -> list[Op]:
+    """Every map's upserts in dependency order, then every map's deletes in reverse order."""
     upserts: list[Op] = []
     deletes: list[Op] = []
-    per_map = {name: diff(name, desired.get(name, {}), current.get(name, {})) for name in SYNCED_MAPS}
     for name in SYNCED_MAPS:
         upserts += per_map[name][0]
     for name in reversed(SYNCED_MAPS):
@@ -83,61 +92,224 @@ def endpoint_flags(
 PENDING_FLAGS = maps.EP_F_PENDING | maps.EP_F_INGRESS_ISOLATED | maps.EP_F_EGRESS_ISOLATED
 
 
-IpcacheEncoded = dict[int, tuple[maps.IPNetwork, tuple[int, int], bytes, bytes]]
+IPCACHE4_KEY_SIZE = ctypes.sizeof(maps.Ipcache4Key)
+_serials = count(1)
+
+
+@dataclass(frozen=True, eq=False)
+class IpcacheEncoding:
+    """The vg_ipcache4/6 bytes of one NodeDesired.ipcache mapping, and per position of that
+    mapping (in its iteration order) the prefix object, its value and its key bytes.
+
+    `touched` lists the keys whose entry may differ from those of the encoding numbered
+    `base` (None: unknown, diff it all). Never mutated once built: a sync's record of what it
+    wrote may share it.
+    """
+
+    source: Mapping[maps.IPNetwork, tuple[int, int]]
+    prefixes: list[maps.IPNetwork]
+    values: list[tuple[int, int]]
+    keys: list[bytes]
+    v4: dict[bytes, bytes]
+    v6: dict[bytes, bytes]
+    serial: int
+    base: int | None = None
+    touched: frozenset[bytes] = frozenset()
+
+
+@dataclass(frozen=True, eq=False)
+class Encoding:
+    """Concrete map contents of one NodeDesired, grouped by what changes together, so that an
+    incremental sync diffs only the parts that are not the very objects it wrote last time.
+    Never mutated once built (see Encoder)."""
+
+    endpoints: dict[bytes, bytes]  # vg_endpoints, slots not assigned yet (0)
+    policy: dict[int, Mapping[bytes, bytes]]  # ep_id -> that endpoint's vg_policy entries
+    ipcache: IpcacheEncoding
+    svc: dict[bytes, bytes]
+
+    def maps(self) -> dict[str, dict[bytes, bytes]]:
+        """Key/value bytes per synced map (vg_slots empty: apply assigns the slots). The
+        ipcache dicts are the encoding's own: read them, never change them."""
+        policy: dict[bytes, bytes] = {}
+        for entries in self.policy.values():
+            policy.update(entries)
+        return {
+            "vg_ipcache4": self.ipcache.v4,
+            "vg_ipcache6": self.ipcache.v6,
+            "vg_policy": policy,
+            "vg_slots": {},
+            "vg_endpoints": dict(self.endpoints),
+            "vg_svc": dict(self.svc),
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class _EndpointEncoding:
+    """One pod's vg_endpoints entry and vg_policy entries, and what they were encoded from."""
+
+    ep: EndpointDesired | None
+    ifindex: int
+    key: bytes
+    value: bytes
+    entries: Mapping[PolicyEntryKey, PolicyEntryValue] | None
+    policy: Mapping[bytes, bytes] | None  # None: no policy entries (a PENDING endpoint)
+
+
+class Encoder:
+    """desired_maps() that reuses its previous call's bytes for what did not change.
+
+    The compiler hands out the same objects for what it did not recompute, and NodeDesired's
+    mappings are never mutated, so "the same object as last time" means "the same contents":
+    - a pod whose EndpointDesired object and ifindex are those of the previous call keeps its
+      encoded endpoint and policy entries; one whose `entries` mapping is the same object (and
+      ifindex the same) keeps its policy entries;
+    - the ipcache: the same mapping object keeps the whole encoding; otherwise the prefixes
+      whose (prefix object, value) pair is new are encoded, found by comparing id(prefix) ->
+      value tables with set operations (C loops: no Python code per entry), and the result
+      records which keys it touched, so the sync diffs only those;
+    - equal frontends keep their encoding.
+    """
+
+    def __init__(self) -> None:
+        self._endpoints: dict[str, _EndpointEncoding] = {}
+        self._ipcache: IpcacheEncoding | None = None
+        self._frontends: tuple[Any, dict[bytes, bytes]] | None = None
+
+    def encode(self, desired: NodeDesired, pod_ifindex: Mapping[str, int]) -> Encoding:
+        endpoints: dict[bytes, bytes] = {}
+        policy: dict[int, Mapping[bytes, bytes]] = {}
+        previous = self._endpoints
+        kept: dict[str, _EndpointEncoding] = {}
+        desired_eps = desired.endpoints
+        for pod, ifindex in pod_ifindex.items():
+            ep = desired_eps.get(pod)
+            hit = previous.get(pod)
+            if hit is None or hit.ep is not ep or hit.ifindex != ifindex:
+                hit = _encode_endpoint(ep, ifindex, hit)
+            kept[pod] = hit
+            endpoints[hit.key] = hit.value
+            if hit.policy is not None:
+                had = policy.get(ifindex)
+                # Two pods claiming one ifindex: later pods' entries win, as in one flat map.
+                policy[ifindex] = hit.policy if had is None else {**had, **hit.policy}
+        self._endpoints = kept
+        self._ipcache = ipcache = self._encode_ipcache(desired.ipcache)
+        frontends = getattr(desired, "frontends", ())
+        if self._frontends is None or self._frontends[0] != frontends:
+            svc: dict[bytes, bytes] = {}
+            for fe in frontends:
+                kb, vb = maps.encode_svc(fe.family, fe.address, fe.proto, fe.port)
+                svc[kb] = vb
+            self._frontends = (frontends, svc)
+        return Encoding(endpoints, policy, ipcache, self._frontends[1])
+
+    def _encode_ipcache(self, ipcache: Mapping[maps.IPNetwork, tuple[int, int]]) -> IpcacheEncoding:
+        last = self._ipcache
+        if last is not None and ipcache is last.source:
+            return last
+        nets = list(ipcache)
+        values = list(ipcache.values())
+        if last is None:
+            return _encode_ipcache_fully(ipcache, nets, values)
+        # The compiler keeps the prefix objects, and their order, of what it did not change:
+        # the longest common head and tail of identical objects are aligned position by
+        # position (C loops), and only the window between them is matched by object.
+        old_nets, old_values, old_keys = last.prefixes, last.values, last.keys
+        shortest = min(len(nets), len(old_nets))
+        head = next(compress(count(), map(is_not, nets, old_nets)), shortest)
+        tail = next(compress(count(), map(is_not, reversed(nets), reversed(old_nets))), shortest)
+        tail = min(tail, shortest - head)
+        old_end, new_end = len(old_nets) - tail, len(nets) - tail
+        v4, v6 = dict(last.v4), dict(last.v6)
+        touched: set[bytes] = set()
+        window: list[bytes] = []
+        if head < old_end or head < new_end:
+            new_ids = set(map(id, islice(nets, head, new_end)))
+            old_at = {id(old_nets[j]): j for j in range(head, old_end)}
+            # Removals first: a new prefix object may take over the key of a removed equal one.
+            for j in range(head, old_end):
+                if id(old_nets[j]) not in new_ids:
+                    kb = old_keys[j]
+                    (v4 if len(kb) == IPCACHE4_KEY_SIZE else v6).pop(kb, None)
+                    touched.add(kb)
+            for j in range(head, new_end):
+                o = old_at.get(id(nets[j]))
+                if o is not None and old_values[o] == values[j]:
+                    window.append(old_keys[o])
+                    continue
+                kb, vb = maps.encode_ipcache(nets[j], values[j][0], values[j][1])
+                (v4 if len(kb) == IPCACHE4_KEY_SIZE else v6)[kb] = vb
+                touched.add(kb)
+                window.append(kb)
+        # Same prefix object at the same place: its key stays, its value may have changed.
+        changed = chain(
+            compress(range(head), map(ne, values, old_values)),
+            compress(
+                count(new_end), map(ne, islice(values, new_end, None), islice(old_values, old_end, None))
+            ),
+        )
+        for j in changed:
+            kb, vb = maps.encode_ipcache(nets[j], values[j][0], values[j][1])
+            (v4 if len(kb) == IPCACHE4_KEY_SIZE else v6)[kb] = vb
+            touched.add(kb)
+        keys = old_keys[:head] + window + old_keys[old_end:]
+        return IpcacheEncoding(
+            ipcache, nets, values, keys, v4, v6, next(_serials), last.serial, frozenset(touched)
+        )
+
+
+def _encode_ipcache_fully(
+    ipcache: Mapping[maps.IPNetwork, tuple[int, int]],
+    nets: list[maps.IPNetwork],
+    values: list[tuple[int, int]],
+) -> IpcacheEncoding:
+    keys: list[bytes] = []
+    v4: dict[bytes, bytes] = {}
+    v6: dict[bytes, bytes] = {}
+    for net, (identity, cidr_identity) in zip(nets, values, strict=True):
+        kb, vb = maps.encode_ipcache(net, identity, cidr_identity)
+        keys.append(kb)
+        (v4 if len(kb) == IPCACHE4_KEY_SIZE else v6)[kb] = vb
+    return IpcacheEncoding(ipcache, nets, values, keys, v4, v6, next(_serials))
+
+
+def _encode_endpoint(
+    ep: EndpointDesired | None, ifindex: int, previous: _EndpointEncoding | None
+) -> _EndpointEncoding:
+    if ep is None:
+        k, v = maps.encode_endpoint(ifindex, 0, PENDING_FLAGS, None, None)
+        return _EndpointEncoding(None, ifindex, k, v, None, None)
+    k, v = maps.encode_endpoint(
+        ifindex,
+        ep.identity,
+        endpoint_flags(ep.ingress_isolated, ep.egress_isolated, ep.ingress_audit, ep.egress_audit),
+        ep.ipv4,
+        ep.ipv6,
+    )
+    entries = ep.entries
+    if previous is not None and previous.entries is entries and previous.ifindex == ifindex:
+        policy = previous.policy
+    else:
+        encoded: dict[bytes, bytes] = {}
+        for pk, pv in entries.items():
+            kb, vb = maps.encode_policy(ifindex, pk, pv)
+            encoded[kb] = vb
+        policy = encoded
+    return _EndpointEncoding(ep, ifindex, k, v, entries, policy)
 
 
 def desired_maps(
-    desired: NodeDesired, pod_ifindex: Mapping[str, int], ipcache_encoded: IpcacheEncoded | None = None
+    desired: NodeDesired, pod_ifindex: Mapping[str, int], encoder: Encoder | None = None
 ) -> dict[str, dict[bytes, bytes]]:
     """Concrete key/value bytes per map. Endpoints are keyed by ifindex, with ep_id == ifindex.
 
     Pods of `desired` without an ifindex (no veth yet) are skipped; pods with an ifindex but no
     desired entry get a PENDING endpoint (fail closed until their policy is computed).
-    `ipcache_encoded` (id(prefix) -> (prefix, value, key bytes, value bytes)), when given, is the
-    previous call's encoding of the ipcache: reused where the prefix object and its value are the
-    same, and replaced by this one's.
+    `encoder`, when given, reuses its previous call's bytes for the parts of `desired` that are
+    the same objects (see Encoder); the result is the same as without it.
     """
-    out: dict[str, dict[bytes, bytes]] = {name: {} for name in SYNCED_MAPS}
-    for pod, ifindex in pod_ifindex.items():
-        ep = desired.endpoints.get(pod)
-        if ep is None:
-            k, v = maps.encode_endpoint(ifindex, 0, PENDING_FLAGS, None, None)
-            out["vg_endpoints"][k] = v
-            continue
-        k, v = maps.encode_endpoint(
-            ifindex,
-            ep.identity,
-            endpoint_flags(ep.ingress_isolated, ep.egress_isolated, ep.ingress_audit, ep.egress_audit),
-            ep.ipv4,
-            ep.ipv6,
-        )
-        out["vg_endpoints"][k] = v
-        for pk, pv in ep.entries.items():
-            kb, vb = maps.encode_policy(ifindex, pk, pv)
-            out["vg_policy"][kb] = vb
-    v4, v6 = out["vg_ipcache4"], out["vg_ipcache6"]
-    if ipcache_encoded is None:
-        for net, (identity, cidr_identity) in desired.ipcache.items():
-            kb, vb = maps.encode_ipcache(net, identity, cidr_identity)
-            (v4 if net.version == 4 else v6)[kb] = vb
-    else:
-        # Reuse the previous sync's bytes of every prefix whose value did not change (the
-        # ipcache has an entry per pod of the cluster; an event changes a handful).
-        # Keyed by the prefix object's id (the compiler reuses the pods' prefix objects between
-        # compilations; hashing an ip_network runs Python code), the object kept in the value.
-        previous = dict(ipcache_encoded)
-        ipcache_encoded.clear()
-        for net, value in desired.ipcache.items():
-            hit = previous.get(id(net))
-            if hit is None or hit[0] is not net or hit[1] != value:
-                kb, vb = maps.encode_ipcache(net, value[0], value[1])
-                hit = (net, value, kb, vb)
-            ipcache_encoded[id(net)] = hit
-            (v4 if net.version == 4 else v6)[hit[2]] = hit[3]
-    for fe in getattr(desired, "frontends", ()):
-        kb, vb = maps.encode_svc(fe.family, fe.address, fe.proto, fe.port)
-        out["vg_svc"][kb] = vb
-    return out
+    return (encoder or Encoder()).encode(desired, pod_ifindex).maps()
 
 
 def assign_slots(
@@ -370,18 +542,131 @@ def apply_diff(
     endpoints, slots = assign_slots(desired.get("vg_endpoints", {}), current.get("vg_endpoints", {}))
     desired = {**desired, "vg_endpoints": endpoints, "vg_slots": slots}
     ops = plan(desired, current)
-    full = _FullTracker(desired.get("vg_endpoints", {}), kernel["vg_endpoints"])
+    result = _execute(ops, endpoints, current.get("vg_endpoints", {}), kernel, cleanup_removed)
+    written: dict[str, dict[bytes, bytes]] | None = None
+    if not result.full and not result.skipped:
+        written = {name: dict(desired.get(name, {})) for name in SYNCED_MAPS}
+    return result, written
+
+
+@dataclass(frozen=True, eq=False)
+class Written:
+    """What the synced maps hold after a sync that applied everything: `encoding`, with the
+    endpoints' slots assigned (`endpoints`) and vg_slots (`slots`)."""
+
+    encoding: Encoding
+    endpoints: dict[bytes, bytes]
+    slots: dict[bytes, bytes]
+
+
+def apply_encoding(
+    encoding: Encoding,
+    kernel: Mapping[str, MapLike],
+    previous: Written | None = None,
+    *,
+    cleanup_removed: bool = True,
+) -> tuple[SyncResult, Written | None]:
+    """apply() of an Encoder's output. Without `previous` it is apply_diff(): the diff is
+    against what the kernel maps hold (read entry by entry). With `previous` (what an earlier
+    apply_encoding wrote, all of it) the diff is against that, and only over what differs:
+    the parts of `encoding` that are the very objects `previous` wrote are skipped (an
+    endpoint's policy entries, the ipcache, the frontends), and a changed ipcache is compared
+    on the keys the Encoder touched since `previous` when it was derived from it. The
+    operations, their order and the result are those apply_diff gives for the same contents.
+
+    Returns the result and what the maps hold afterwards (None after a map-full sync).
+    """
+    if previous is None:
+        current = read_current(kernel)
+        endpoints, slots = assign_slots(encoding.endpoints, current.get("vg_endpoints", {}))
+        desired = {**encoding.maps(), "vg_endpoints": endpoints, "vg_slots": slots}
+        ops = plan(desired, current)
+        current_endpoints = current.get("vg_endpoints", {})
+    else:
+        old = previous.encoding
+        if encoding.endpoints == old.endpoints:
+            endpoints, slots = previous.endpoints, previous.slots  # assign_slots would repeat them
+        else:
+            endpoints, slots = assign_slots(encoding.endpoints, previous.endpoints)
+        ops = _ordered(
+            {
+                "vg_ipcache4": _diff_ipcache("vg_ipcache4", encoding.ipcache, old.ipcache),
+                "vg_ipcache6": _diff_ipcache("vg_ipcache6", encoding.ipcache, old.ipcache),
+                "vg_policy": _diff_policy(encoding.policy, old.policy),
+                "vg_slots": diff("vg_slots", slots, previous.slots),
+                "vg_endpoints": diff("vg_endpoints", endpoints, previous.endpoints),
+                "vg_svc": diff("vg_svc", encoding.svc, old.svc),
+            }
+        )
+        current_endpoints = previous.endpoints
+    result = _execute(ops, endpoints, current_endpoints, kernel, cleanup_removed)
+    if result.full or result.skipped:
+        return result, None
+    return result, Written(encoding, endpoints, slots)
+
+
+def _diff_ipcache(name: str, new: IpcacheEncoding, old: IpcacheEncoding) -> tuple[list[Op], list[Op]]:
+    """diff() of one ipcache map; over `new.touched` only when `new` was derived from `old`."""
+    want, had = (new.v4, old.v4) if name == "vg_ipcache4" else (new.v6, old.v6)
+    if want is had:
+        return [], []
+    if new.base is None or new.base != old.serial:
+        return diff(name, want, had)
+    get = had.get
+    upserts = [
+        Op("add" if get(k) is None else "update", name, k, want[k])
+        for k in sorted(k for k in new.touched if k in want and get(k) != want[k])
+    ]
+    deletes = [Op("delete", name, k) for k in sorted(k for k in new.touched if k in had and k not in want)]
+    return upserts, deletes
+
+
+def _diff_policy(
+    new: Mapping[int, Mapping[bytes, bytes]], old: Mapping[int, Mapping[bytes, bytes]]
+) -> tuple[list[Op], list[Op]]:
+    """diff() of vg_policy, endpoint by endpoint (every key holds its ep_id, so the endpoints'
+    keys are disjoint); an endpoint whose entries are the very mapping written is skipped."""
+    changed: list[bytes] = []
+    removed: list[bytes] = []
+    merged_want: dict[bytes, bytes] = {}
+    merged_had: dict[bytes, bytes] = {}
+    for ep_id, want in new.items():
+        had = old.get(ep_id)
+        if had is want:
+            continue
+        if had is None:
+            had = {}
+        get = had.get
+        changed.extend(k for k, v in want.items() if get(k) != v)
+        removed.extend(k for k in had if k not in want)
+        merged_want.update(want)
+        merged_had.update(had)
+    for ep_id, had in old.items():
+        if ep_id not in new:
+            removed.extend(had)
+            merged_had.update(had)
+    get = merged_had.get
+    upserts = [
+        Op("add" if get(k) is None else "update", "vg_policy", k, merged_want[k]) for k in sorted(changed)
+    ]
+    return upserts, [Op("delete", "vg_policy", k) for k in sorted(removed)]
+
+
+def _execute(
+    ops: list[Op], endpoints: KV, current_endpoints: KV, kernel: Mapping[str, MapLike], cleanup_removed: bool
+) -> SyncResult:
+    """Run the planned operations (`endpoints`: the desired vg_endpoints, slots assigned;
+    `current_endpoints`: what vg_endpoints held), bump the revision if anything changed and
+    remove the conntrack entries and counters of removed endpoints."""
+    full = _FullTracker(endpoints, kernel["vg_endpoints"])
     for op in ops:
         m = kernel[op.map]
         if op.kind == "delete":
             m.delete(op.key)
         else:
             _apply_upsert(op, m, full)
-    written: dict[str, dict[bytes, bytes]] | None = None
-    if not full.failed and not full.skipped:
-        written = {name: dict(desired.get(name, {})) for name in SYNCED_MAPS}
     removed_eps = {
-        maps.EndpointInfo.from_bytes(current["vg_endpoints"][op.key]).ep_id
+        maps.EndpointInfo.from_bytes(current_endpoints[op.key]).ep_id
         for op in ops
         if op.kind == "delete" and op.map == "vg_endpoints"
     }
@@ -416,7 +701,7 @@ def apply_diff(
             result.revision,
             result.ct_deleted,
         )
-    return result, written
+    return result
 
 
 @dataclass(frozen=True)
