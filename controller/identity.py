@@ -70,6 +70,59 @@ def allocate(keys: Iterable[K], lo: int, hi: int, encode: Callable[[K], bytes]) 
     return out
 
 
+def allocate_update(
+    current: Mapping[K, int],
+    owner: Mapping[int, K],
+    removed: Iterable[K],
+    added: Iterable[K],
+    lo: int,
+    hi: int,
+    encode: Callable[[K], bytes],
+) -> tuple[dict[K, int], dict[int, K]] | None:
+    """allocate() of (current's keys - removed + added), derived from `current` (= allocate()'s
+    result for its keys; `owner` = its inverse) when that stays local, else None (call allocate).
+
+    Local means no other key moves, which holds when every removed key is the end of every
+    probe run through its slot (no later key of its cluster probed past it) and every added key
+    finds its home slot free. With 10k keys in 16M slots nearly every change is local. Keys are
+    removed, then added, one at a time; each step is again an allocate() result, so the whole
+    is. Returns new (key -> number, number -> key) maps; the inputs are not modified.
+    """
+    size = hi - lo + 1
+    out = dict(current)
+    inverse = dict(owner)
+    for key in removed:
+        num = out.pop(key, None)
+        if num is None:
+            continue
+        slot = num - lo
+        # A key in the occupied run after `slot` whose home is not in (slot, its own slot]
+        # probed through `slot`: removing this key would move it.
+        nxt = (slot + 1) % size
+        while lo + nxt in inverse:
+            home = _hash64(encode(inverse[lo + nxt])) % size
+            if not _in_cyclic(home, slot, nxt, size):
+                return None
+            nxt = (nxt + 1) % size
+        del inverse[num]
+    for key in added:
+        if key in out:
+            continue
+        home = _hash64(encode(key)) % size
+        if lo + home in inverse:
+            return None
+        if len(out) >= size:
+            raise IdentitySpaceExhausted(f"{len(out) + 1} keys do not fit in [{lo}, {hi}]")
+        out[key] = lo + home
+        inverse[lo + home] = key
+    return out, inverse
+
+
+def _in_cyclic(x: int, after: int, upto: int, size: int) -> bool:
+    """x in the cyclic interval (after, upto] of [0, size)."""
+    return 0 < (x - after) % size <= (upto - after) % size
+
+
 def pod_identity_key(namespace: str, labels: Mapping[str, str]) -> PodIdentityKey:
     return (namespace, tuple(sorted(labels.items())))
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import weakref
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ from controller.identity import (
     _encode_pod_key,
     allocate,
     allocate_cidr_identities,
+    allocate_update,
     pod_identity_key,
 )
 from controller.mapstate import (
@@ -72,7 +74,7 @@ from controller.mapstate import (
     PolicyEntryValue,
     RuleRef,
 )
-from controller.model import PROTOCOLS, ClusterState, IPBlock, NetworkPolicy, Peer, Pod, Rule
+from controller.model import PROTOCOLS, ClusterDelta, ClusterState, IPBlock, NetworkPolicy, Peer, Pod, Rule
 from controller.portrange import range_to_prefixes
 from controller.selectors import LabelIndex, LabelSelector
 
@@ -262,6 +264,8 @@ class _Identities:
     pods_by_identity: dict[int, list[Pod]]
     index: LabelIndex
     ns_index: dict[str, LabelIndex]
+    identity_of_key: dict[PodIdentityKey, int]
+    key_of_identity: dict[int, PodIdentityKey]
 
     published: ClassVar[_Identities | None] = None
 
@@ -277,34 +281,371 @@ class _Target:
 class CompiledCluster:
     """Node-independent compilation of a ClusterState (see the module docstring)."""
 
-    def __init__(self, cluster: ClusterState) -> None:
+    # Tables (set by _full or _update; see the module docstring)
+    pods: Mapping[str, Pod]
+    policy_map: Mapping[str, NetworkPolicy]
+    _rule_cache: dict[tuple[Any, ...], dict[PolicyEntryKey, PolicyEntryValue]]
+    _templates: dict[tuple[Any, ...], dict[PolicyEntryKey, None]]
+    _merge_cache: dict[tuple[Any, ...], Entries]
+    _selector_cache: dict[tuple[Any, ...], frozenset[int]]
+    _node_ipcache: dict[str, dict[IPNetwork, tuple[int, int]]]
+    _node_endpoints: dict[str, dict[str, EndpointDesired]]
+    _previous_nodes: tuple[Any, Any, Any, Any]
+    policies: list[NetworkPolicy]
+    _keys: dict[tuple[int, int, int, int, int], PolicyEntryKey]
+    _block_cache: dict[IPBlock, frozenset[int]]
+    _policy_rules: dict[str, tuple[NetworkPolicy, tuple[tuple[int, RuleRef], ...]]]
+    policies_by_ns: dict[str, list[NetworkPolicy]]
+    rules: dict[int, RuleRef]
+    pod_identity: dict[str, int]
+    identity_namespace: dict[int, str]
+    identity_labels: dict[int, Mapping[str, str]]
+    pods_by_identity: dict[int, list[Pod]]
+    index: LabelIndex
+    ns_index: dict[str, LabelIndex]
+    identity_of_key: dict[PodIdentityKey, int]
+    key_of_identity: dict[int, PodIdentityKey]
+    selected: dict[str, frozenset[int]]
+    policies_for_identity: dict[int, list[NetworkPolicy]]
+    egress_named: dict[tuple[str, int], tuple[int, ...]]
+    named_targets: list[tuple[tuple[_Target, int, int], ...]]
+    _named_cache: dict[tuple[str, str], dict[int, tuple[int, ...] | None]]
+    cidr_identity: dict[IPNetwork, int]
+    node_addresses: dict[str, list[IPAddress]]
+    _node_cidr: dict[IPAddress, int]
+    identities: Mapping[int, IdentityInfo]
+    ns_names: list[str]
+    ns_label_index: LabelIndex
+    tables: dict[int, _PrefixTable]
+    _cidr_prefix_set: frozenset[IPNetwork]
+    prefix_ipcache: dict[IPNetwork, tuple[int, int]]
+    _info: dict[int, IdentityInfo]
+    _ip_pod: dict[str, tuple[str, IPNetwork]]
+    _shared_ips: frozenset[str]
+    pod_ipcache: dict[IPNetwork, tuple[int, int]]
+    _named_base: Mapping[tuple[str, str], dict[int, tuple[int, ...] | None]]
+    _touched: frozenset[int]
+
+    def __init__(self, cluster: ClusterState, previous: CompiledCluster | None = None) -> None:
+        """Compile `cluster`. With `previous` (the compilation of the build cluster.delta is
+        relative to), only what the delta touches is recomputed and the rest is shared with
+        `previous`, which is never modified (see _update); the result is the same."""
         # The cluster's parts, not the ClusterState: the cluster caches this object (see
         # compile_cluster), and a reference back would make a cycle that keeps every replaced
         # cluster and its compilation alive until a full garbage collection (the agent would
         # hold two or three generations of the whole model at 10k pods).
-        self.pods: Mapping[str, Pod] = cluster.pods
+        self.pods = cluster.pods
         self.nodes = cluster.nodes
-        self.policy_map: Mapping[str, NetworkPolicy] = cluster.policies
+        self.policy_map = cluster.policies
         self.errors = tuple(cluster.errors)
-        self.policies: list[NetworkPolicy] = sorted(cluster.policies.values(), key=lambda p: p.key)
+        self._namespace_labels = {n: ns.labels for n, ns in cluster.namespaces.items()}
+        self._rule_cache = {}
+        self._templates = {}
+        self._merge_cache = {}
+        self._selector_cache = {}
+        self._node_ipcache = {}
+        self._node_endpoints = {}
+        self.incremental = False  # whether this compilation was derived from a previous one
+        # (node -> ipcache, node -> endpoints, prefix_ipcache, pod_ipcache) of the previous
+        # compilation, for node_desired to hand out unchanged ones again
+        self._previous_nodes = ({}, {}, None, None)
+        delta = cluster.delta
+        if (
+            previous is not None
+            and delta is not None
+            and not delta.namespaces
+            and not delta.nodes
+            and self._update(cluster, previous, delta)
+        ):
+            self.incremental = True
+            return
+        self._full(cluster)
+
+    def _full(self, cluster: ClusterState) -> None:
+        self.policies = sorted(cluster.policies.values(), key=lambda p: p.key)
+        self._build_policies_by_ns()
         self._build_identities()
         self._build_namespace_index(cluster)
-        self._selector_cache: dict[tuple[Any, ...], frozenset[int]] = {}
+        self._selector_cache = {}
         self._build_selection()
         exact = self._resolve_egress_named_ports()
         self._build_cidr_identities(exact)
         self._build_ipcache_base()
-        self._rule_cache: dict[tuple[Any, ...], dict[PolicyEntryKey, PolicyEntryValue]] = {}
-        self._templates: dict[tuple[Any, ...], dict[PolicyEntryKey, None]] = {}
-        self._keys: dict[tuple[int, int, int, int, int], PolicyEntryKey] = {}
-        self._merge_cache: dict[tuple[Any, ...], Entries] = {}
-        self._block_cache: dict[IPBlock, frozenset[int]] = {}
-        self.rules: dict[int, RuleRef] = {}
+        self._keys = {}
+        self._block_cache = {}
+        self._policy_rules = {}
+        self._build_rules()
+
+    def _build_policies_by_ns(self) -> None:
+        self.policies_by_ns = {}
         for pol in self.policies:
-            for direction, rules in ((DIR_INGRESS, pol.ingress), (DIR_EGRESS, pol.egress)):
-                for rule in rules:
-                    ref = rule_ref(pol.namespace, pol.name, direction, rule.index)
-                    self.rules.setdefault(ref, RuleRef(pol.namespace, pol.name, direction, rule.index))
+            self.policies_by_ns.setdefault(pol.namespace, []).append(pol)
+
+    def _build_rules(self, previous: CompiledCluster | None = None) -> None:
+        """rule_ref -> RuleRef of every rule (the first rule in policy order keeps a reference)."""
+        old = previous._policy_rules if previous is not None else {}
+        self.rules = {}
+        for pol in self.policies:
+            hit = old.get(pol.key)
+            if hit is None or hit[0] is not pol:
+                refs: list[tuple[int, RuleRef]] = []
+                for direction, rules in ((DIR_INGRESS, pol.ingress), (DIR_EGRESS, pol.egress)):
+                    for rule in rules:
+                        ref = rule_ref(pol.namespace, pol.name, direction, rule.index)
+                        refs.append((ref, RuleRef(pol.namespace, pol.name, direction, rule.index)))
+                hit = (pol, tuple(refs))
+            self._policy_rules[pol.key] = hit
+            for ref, rr in hit[1]:
+                self.rules.setdefault(ref, rr)
+
+    # -- incremental compilation ------------------------------------------------------------
+
+    def _update(self, cluster: ClusterState, prev: CompiledCluster, delta: ClusterDelta) -> bool:
+        """Compile from `prev` and the pods and policies `delta` names (namespaces and nodes
+        unchanged). Every table is either prev's own object (nothing it depends on changed) or a
+        copy with the changes applied; prev is never modified, so it stays valid for whoever
+        still holds it. False (nothing usable set) when a step cannot be done locally; the
+        caller then compiles in full. tests/unit/test_policy_incremental.py checks the result
+        against a full compilation over random event sequences."""
+        if delta.policies:
+            self.policies = sorted(cluster.policies.values(), key=lambda p: p.key)
+            self._build_policies_by_ns()
+        else:
+            self.policies = prev.policies
+            self.policies_by_ns = prev.policies_by_ns
+        changes = self._update_identities(prev, delta.pods)
+        if changes is None:
+            return False
+        touched, added, removed = changes
+        # namespaces whose set of identities changed
+        ns_changed = {
+            self.identity_namespace.get(i) or prev.identity_namespace[i] for i in (*added, *removed)
+        }
+
+        names = self._namespace_names() if (added or removed or delta.policies) else prev.ns_names
+        if names == prev.ns_names:
+            self.ns_names, self.ns_label_index = prev.ns_names, prev.ns_label_index
+        else:
+            self._build_namespace_index(cluster)
+
+        self._update_selection(prev, delta.policies, ns_changed, added | removed)
+
+        exact = self._resolve_egress_named_ports(prev, touched)
+        prefixes = self._cidr_prefixes(exact)
+        if prefixes == prev._cidr_prefix_set:
+            self.cidr_identity, self.tables = prev.cidr_identity, prev.tables
+            self._cidr_prefix_set = prev._cidr_prefix_set
+            self._block_cache = prev._block_cache  # a function of the tables only
+            self.prefix_ipcache = prev.prefix_ipcache
+            self.node_addresses, self._node_cidr = prev.node_addresses, prev._node_cidr
+            if not self._update_pod_ipcache(prev, delta.pods):
+                self._build_pod_ipcache()
+            if added or removed:
+                info = dict(prev._info)
+                for ident in removed:
+                    info.pop(ident, None)
+                for ident in added:
+                    info[ident] = IdentityInfo(
+                        ident,
+                        "pod",
+                        namespace=self.identity_namespace[ident],
+                        labels=self.identity_labels[ident],
+                    )
+                self._info = info
+                self.identities = MappingProxyType(info)
+            else:
+                self._info, self.identities = prev._info, prev.identities
+        else:
+            self._build_cidr_identities(exact)
+            self._build_ipcache_base()
+            self._block_cache = {}
+        self._keys = prev._keys  # interned keys: a pure function of their fields
+        self._policy_rules = {}
+        if delta.policies:
+            self._build_rules(prev)
+        else:
+            self.rules, self._policy_rules = prev.rules, prev._policy_rules
+        self._previous_nodes = (
+            prev._node_ipcache,
+            prev._node_endpoints,
+            prev.prefix_ipcache,
+            prev.pod_ipcache,
+        )
+        return True
+
+    def _update_identities(
+        self, prev: CompiledCluster, changed: frozenset[str]
+    ) -> tuple[frozenset[int], set[int], set[int]] | None:
+        """Identity tables from prev's and the changed pods: (identities whose pods changed,
+        identities added, identities removed), or None when allocation moved other keys."""
+        names = (
+            "pod_identity", "identity_namespace", "identity_labels", "pods_by_identity",
+            "index", "ns_index", "identity_of_key", "key_of_identity",
+        )  # fmt: skip
+        if not changed:
+            for name in names:
+                setattr(self, name, getattr(prev, name))
+            return frozenset(), set(), set()
+        pods = self.pods
+        pod_identity = dict(prev.pod_identity)
+        lists: dict[int, list[Pod]] = {}  # identity -> its new pod list (copies)
+
+        def pods_of(ident: int) -> list[Pod]:
+            got = lists.get(ident)
+            if got is None:
+                got = list(prev.pods_by_identity.get(ident, ()))
+                lists[ident] = got
+            return got
+
+        for key in changed:
+            old = prev.pods.get(key)
+            if old is not None and old.active:
+                ident = pod_identity.pop(key)
+                members = pods_of(ident)
+                members[:] = [p for p in members if p.key != key]
+        new_keys: dict[str, PodIdentityKey] = {}
+        for key in changed:
+            pod = pods.get(key)
+            if pod is not None and pod.active:
+                new_keys[key] = pod_identity_key(pod.namespace, pod.labels)
+        of_key = prev.identity_of_key
+        emptied = [i for i, members in lists.items() if not members]
+        wanted = set(new_keys.values())
+        gone = [prev.key_of_identity[i] for i in emptied if prev.key_of_identity[i] not in wanted]
+        fresh = sorted({k for k in wanted if k not in of_key}, key=_encode_pod_key)
+        if gone or fresh:
+            update = allocate_update(
+                of_key, prev.key_of_identity, sorted(gone, key=_encode_pod_key), fresh,
+                POD_ID_MIN, POD_ID_MAX, _encode_pod_key,
+            )  # fmt: skip
+            if update is None:
+                return None
+            self.identity_of_key, self.key_of_identity = update
+        else:
+            self.identity_of_key, self.key_of_identity = of_key, prev.key_of_identity
+        for key, ikey in new_keys.items():
+            ident = self.identity_of_key[ikey]
+            pod_identity[key] = ident
+            pods_of(ident).append(pods[key])
+        self.pod_identity = pod_identity
+        pods_by_identity = dict(prev.pods_by_identity)
+        identity_namespace = dict(prev.identity_namespace)
+        identity_labels = dict(prev.identity_labels)
+        added: set[int] = set()
+        removed: set[int] = set()
+        for ident, members in lists.items():
+            if members:
+                members.sort(key=lambda p: p.key)
+                pods_by_identity[ident] = members
+                if ident not in prev.pods_by_identity:
+                    added.add(ident)
+                    identity_namespace[ident] = members[0].namespace
+                    identity_labels[ident] = members[-1].labels
+            elif ident in prev.pods_by_identity:
+                removed.add(ident)
+                del pods_by_identity[ident]
+                del identity_namespace[ident]
+                del identity_labels[ident]
+        self.pods_by_identity = pods_by_identity
+        self.identity_namespace = identity_namespace
+        self.identity_labels = identity_labels
+        if added or removed:
+            gone_items = [(i, prev.identity_labels[i]) for i in sorted(removed)]
+            new_items = [(i, identity_labels[i]) for i in sorted(added)]
+            self.index = prev.index.updated(gone_items, new_items)
+            ns_index = dict(prev.ns_index)
+            for ns in {prev.identity_namespace[i] for i in removed} | {identity_namespace[i] for i in added}:
+                old_idx = ns_index.get(ns) or LabelIndex()
+                idx = old_idx.updated(
+                    [(i, lab) for i, lab in gone_items if prev.identity_namespace[i] == ns],
+                    [(i, lab) for i, lab in new_items if identity_namespace[i] == ns],
+                )
+                if idx.all:
+                    ns_index[ns] = idx
+                else:
+                    ns_index.pop(ns, None)
+            self.ns_index = ns_index
+        else:
+            self.index, self.ns_index = prev.index, prev.ns_index
+        return frozenset(lists), added, removed
+
+    def _update_selection(
+        self, prev: CompiledCluster, changed_policies: frozenset[str], ns_changed: set[str], idents: set[int]
+    ) -> None:
+        """selected / policies_for_identity from prev's: the changed policies and those of the
+        namespaces whose identities changed are evaluated again."""
+        redo = set(changed_policies)
+        for ns in ns_changed:
+            redo.update(p.key for p in self.policies_by_ns.get(ns, ()))
+        if not redo and not idents:
+            self.selected, self.policies_for_identity = prev.selected, prev.policies_for_identity
+            return
+        selected = dict(prev.selected)
+        affected = set(idents)
+        for key in redo:
+            old = prev.selected.get(key, frozenset())
+            pol = self.policy_map.get(key)
+            if pol is None:
+                selected.pop(key, None)
+                affected |= old
+                continue
+            idx = self.ns_index.get(pol.namespace)
+            new = frozenset(pol.pod_selector.select(idx)) if idx is not None else frozenset()
+            selected[key] = new
+            # a replaced policy object must replace the old one in every list that has it
+            affected |= (old | new) if prev.policy_map.get(key) is not pol else (old ^ new)
+        pfi = dict(prev.policies_for_identity)
+        for ident in affected:
+            ident_ns = self.identity_namespace.get(ident)
+            members = (
+                [p for p in self.policies_by_ns.get(ident_ns, ()) if ident in selected[p.key]]
+                if ident_ns is not None
+                else []
+            )
+            if members:
+                pfi[ident] = members
+            else:
+                pfi.pop(ident, None)
+        self.selected, self.policies_for_identity = selected, pfi
+
+    def _update_pod_ipcache(self, prev: CompiledCluster, changed: frozenset[str]) -> bool:
+        """pod_ipcache from prev's (same CIDR identities) and the changed pods; False when an
+        address is or becomes shared by two pods (then rebuilt in full, as the order decides)."""
+        if not changed:
+            self.pod_ipcache, self._ip_pod, self._shared_ips = (
+                prev.pod_ipcache,
+                prev._ip_pod,
+                prev._shared_ips,
+            )
+            return True
+        if prev._shared_ips:
+            return False
+        pod_ipcache = dict(prev.pod_ipcache)
+        ip_pod = dict(prev._ip_pod)
+        nets: dict[str, IPNetwork] = {}
+        for key in changed:
+            old = prev.pods.get(key)
+            if old is None or not old.active:
+                continue
+            for ip in old.ips:
+                owner = ip_pod.pop(ip, None)
+                if owner is None or owner[0] != key:
+                    return False
+                nets[ip] = owner[1]
+                del pod_ipcache[owner[1]]
+        for key in changed:
+            pod = self.pods.get(key)
+            if pod is None or not pod.active:
+                continue
+            ident = self.pod_identity[key]
+            for ip in pod.ips:
+                if ip in ip_pod:
+                    return False
+                net = nets.get(ip) or host_prefix(ipaddress.ip_address(ip))
+                pod_ipcache[net] = (ident, self.longest_cidr_identity(net.network_address))
+                ip_pod[ip] = (key, net)
+        self.pod_ipcache, self._ip_pod, self._shared_ips = pod_ipcache, ip_pod, frozenset()
+        return True
 
     # -- identities ---------------------------------------------------------------------------
 
@@ -316,20 +657,24 @@ class CompiledCluster:
             and len(previous.active) == len(active)
             and all(previous.active.get(p.key) is p for p in active)
         ):
+            self.identity_of_key = previous.identity_of_key
+            self.key_of_identity = previous.key_of_identity
             # The very Pod objects of the last compilation (a policy or namespace event): its
             # identities, identity tables and label indexes, which nothing mutates, are shared.
-            self.pod_identity: dict[str, int] = previous.pod_identity
-            self.identity_namespace: dict[int, str] = previous.identity_namespace
-            self.identity_labels: dict[int, Mapping[str, str]] = previous.identity_labels
-            self.pods_by_identity: dict[int, list[Pod]] = previous.pods_by_identity
-            self.index: LabelIndex = previous.index
-            self.ns_index: dict[str, LabelIndex] = previous.ns_index
+            self.pod_identity = previous.pod_identity
+            self.identity_namespace = previous.identity_namespace
+            self.identity_labels = previous.identity_labels
+            self.pods_by_identity = previous.pods_by_identity
+            self.index = previous.index
+            self.ns_index = previous.ns_index
             return
         memo = _PodKeys.begin()
         keys = {p.key: memo.key(p) for p in active}
         # = allocate_pod_identities(keys.values()), each distinct key encoded once
         alloc = allocate(set(keys.values()), POD_ID_MIN, POD_ID_MAX, memo.encode)
         memo.publish()
+        self.identity_of_key = alloc
+        self.key_of_identity = {v: k for k, v in alloc.items()}
         self.pod_identity = {k: alloc[v] for k, v in keys.items()}
         self.identity_namespace = {}
         self.identity_labels = {}
@@ -352,12 +697,16 @@ class CompiledCluster:
             self.pods_by_identity,
             self.index,
             self.ns_index,
+            self.identity_of_key,
+            self.key_of_identity,
         )
 
+    def _namespace_names(self) -> list[str]:
+        # ns_index has a namespace for each namespace with an identity
+        return sorted(set(self._namespace_labels) | set(self.ns_index) | set(self.policies_by_ns))
+
     def _build_namespace_index(self, cluster: ClusterState) -> None:
-        names = set(cluster.namespaces) | set(self.identity_namespace.values())
-        names |= {p.namespace for p in self.policies}
-        self.ns_names = sorted(names)
+        self.ns_names = self._namespace_names()
         self.ns_label_index = LabelIndex(
             (i, cluster.namespace_labels(n)) for i, n in enumerate(self.ns_names)
         )
@@ -404,8 +753,8 @@ class CompiledCluster:
 
     def _build_selection(self) -> None:
         """Which policies select which identities (and which policies select nothing at all)."""
-        self.selected: dict[str, frozenset[int]] = {}
-        self.policies_for_identity: dict[int, list[NetworkPolicy]] = {}
+        self.selected = {}
+        self.policies_for_identity = {}
         for pol in self.policies:
             idx = self.ns_index.get(pol.namespace)
             sel = frozenset(pol.pod_selector.select(idx)) if idx is not None else frozenset()
@@ -423,17 +772,33 @@ class CompiledCluster:
         hit = self._named_cache.get(key)
         if hit is not None:
             return hit
-        res: dict[int, tuple[int, ...] | None] = {}
-        for ident, pods in self.pods_by_identity.items():
-            resolved = {p.resolve_named_port(name, protocol) for p in pods if p.ips}
-            if len(resolved) > 1:
-                res[ident] = None
-            elif resolved:
-                nums = next(iter(resolved))
-                if nums:
-                    res[ident] = nums
+        base = self._named_base.get(key)
+        if base is not None:
+            # Derived from the previous compilation's: only the touched identities are redone.
+            res = dict(base)
+            for ident in self._touched:
+                res.pop(ident, None)
+                self._name_identity(res, ident, name, protocol)
+        else:
+            res = {}
+            for ident in self.pods_by_identity:
+                self._name_identity(res, ident, name, protocol)
         self._named_cache[key] = res
         return res
+
+    def _name_identity(
+        self, res: dict[int, tuple[int, ...] | None], ident: int, name: str, protocol: str
+    ) -> None:
+        pods = self.pods_by_identity.get(ident)
+        if not pods:
+            return
+        resolved = {p.resolve_named_port(name, protocol) for p in pods if p.ips}
+        if len(resolved) > 1:
+            res[ident] = None
+        elif resolved:
+            nums = next(iter(resolved))
+            if nums:
+                res[ident] = nums
 
     def _named_targets(
         self,
@@ -472,14 +837,24 @@ class CompiledCluster:
                             out.extend((_Target(prefix=pfx), proto, n) for n in pod_nums)
         return tuple(out)
 
-    def _resolve_egress_named_ports(self) -> set[IPNetwork]:
+    def _resolve_egress_named_ports(
+        self, previous: CompiledCluster | None = None, touched: frozenset[int] = frozenset()
+    ) -> set[IPNetwork]:
         """Resolve named ports of egress rules; returns the exact per-pod prefixes needed.
 
         Each distinct (destination identities, ipBlocks, name, protocol) is resolved once and
-        numbered (a token); `egress_named[(policy, rule index)]` holds the rule's tokens."""
-        self.egress_named: dict[tuple[str, int], tuple[int, ...]] = {}
-        self.named_targets: list[tuple[tuple[_Target, int, int], ...]] = []
-        self._named_cache: dict[tuple[str, str], dict[int, tuple[int, ...] | None]] = {}
+        numbered (a token); `egress_named[(policy, rule index)]` holds the rule's tokens.
+        With `previous`, a resolution it made is reused unless a `touched` identity (one whose
+        pods changed) could be among its destinations (any, for an ipBlock)."""
+        self.egress_named = {}
+        self.named_targets = []
+        self._named_cache = {}
+        self._named_base = previous._named_cache if previous is not None else {}
+        self._touched = touched
+        old_resolved = previous._resolved if previous is not None else {}
+        self._resolved: dict[
+            tuple[Any, ...], tuple[tuple[tuple[_Target, int, int], ...], frozenset[IPNetwork]]
+        ] = {}
         token_of: dict[tuple[Any, ...], int] = {}
         exact: set[IPNetwork] = set()
         for pol in self.policies:
@@ -506,16 +881,21 @@ class CompiledCluster:
                     if tok is None:
                         tok = len(self.named_targets)
                         token_of[tkey] = tok
-                        self.named_targets.append(
-                            self._named_targets(idents, blocks, pport.port, pport.protocol, exact)
-                        )
+                        hit = old_resolved.get(tkey)
+                        if hit is None or (blocks and touched) or not idents.isdisjoint(touched):
+                            mine: set[IPNetwork] = set()
+                            targets = self._named_targets(idents, blocks, pport.port, pport.protocol, mine)
+                            hit = (targets, frozenset(mine))
+                        self._resolved[tkey] = hit
+                        self.named_targets.append(hit[0])
+                        exact |= hit[1]
                     tokens.append(tok)
                 self.egress_named[(pol.key, rule.index)] = tuple(tokens)
         return exact
 
     # -- CIDR identities and the ipcache ----------------------------------------------------
 
-    def _build_cidr_identities(self, exact: set[IPNetwork]) -> None:
+    def _cidr_prefixes(self, exact: set[IPNetwork]) -> frozenset[IPNetwork]:
         prefixes: set[IPNetwork] = set(exact)
         for pol in self.policies:
             for rule in (*pol.ingress, *pol.egress):
@@ -523,7 +903,12 @@ class CompiledCluster:
                     if peer.ip_block is not None:
                         prefixes.add(peer.ip_block.cidr)
                         prefixes.update(peer.ip_block.excepts)
-        self.cidr_identity: dict[IPNetwork, int] = allocate_cidr_identities(prefixes)
+        return frozenset(prefixes)
+
+    def _build_cidr_identities(self, exact: set[IPNetwork]) -> None:
+        prefixes = self._cidr_prefixes(exact)
+        self._cidr_prefix_set = prefixes
+        self.cidr_identity = allocate_cidr_identities(prefixes)
         self.tables = {
             4: _PrefixTable(32, {n: i for n, i in self.cidr_identity.items() if n.version == 4}),
             6: _PrefixTable(128, {n: i for n, i in self.cidr_identity.items() if n.version == 6}),
@@ -538,18 +923,38 @@ class CompiledCluster:
         base[WORLD_V6] = (ID_WORLD, self.cidr_identity.get(WORLD_V6, 0))
         for net, ident in self.cidr_identity.items():
             base[net] = (ID_WORLD, ident)
-        self.node_addresses: dict[str, list[IPAddress]] = {
+        self.node_addresses = {
             name: [ipaddress.ip_address(a) for a in node.addresses] for name, node in self.nodes.items()
         }
-        self._node_cidr: dict[IPAddress, int] = {}
+        self._node_cidr = {}
         for addrs in self.node_addresses.values():
             for addr in addrs:
                 self._node_cidr[addr] = self.longest_cidr_identity(addr)
+        self.prefix_ipcache = base
+        self._build_pod_ipcache()
+        info: dict[int, IdentityInfo] = {
+            i: IdentityInfo(i, "reserved", name=n) for i, n in RESERVED_NAMES.items()
+        }
+        for ident, labels in self.identity_labels.items():
+            info[ident] = IdentityInfo(ident, "pod", namespace=self.identity_namespace[ident], labels=labels)
+        for net, ident in self.cidr_identity.items():
+            info[ident] = IdentityInfo(ident, "cidr", cidr=str(net))
+        self._info = info
+        self.identities = MappingProxyType(info)
+
+    def _build_pod_ipcache(self) -> None:
+        """Every active pod address -> (pod identity, CIDR identity of its longest prefix)."""
         pod_entries: dict[IPNetwork, tuple[int, int]] = {}
         values: dict[tuple[int, int], tuple[int, int]] = {}  # one tuple per distinct value
+        # ip -> (the pod whose entry it is, its prefix object); ips of more than one pod (a
+        # stale pod's address reused) make later updates rebuild (_update_pod_ipcache)
+        ip_pod: dict[str, tuple[str, IPNetwork]] = {}
+        shared: set[str] = set()
         prefixes = _PodPrefixes.begin()
         known, found = prefixes.known_cidr(self.cidr_identity)
-        for ident, pods in self.pods_by_identity.items():
+        # Identities in the order of their first pod (a full build's order, whatever order an
+        # incremental one added them in): where two pods share an address the last one wins.
+        for ident, pods in sorted(self.pods_by_identity.items(), key=lambda item: item[1][0].key):
             for pod in pods:
                 for ip in pod.ips:
                     net = prefixes.get(ip)
@@ -559,20 +964,27 @@ class CompiledCluster:
                     found[ip] = cidr
                     value = (ident, cidr)
                     pod_entries[net] = values.setdefault(value, value)
+                    if ip in ip_pod:
+                        shared.add(ip)
+                    ip_pod[ip] = (pod.key, net)
         prefixes.publish()
         self.pod_ipcache = pod_entries
-        self.prefix_ipcache = base
-
-        info: dict[int, IdentityInfo] = {
-            i: IdentityInfo(i, "reserved", name=n) for i, n in RESERVED_NAMES.items()
-        }
-        for ident, labels in self.identity_labels.items():
-            info[ident] = IdentityInfo(ident, "pod", namespace=self.identity_namespace[ident], labels=labels)
-        for net, ident in self.cidr_identity.items():
-            info[ident] = IdentityInfo(ident, "cidr", cidr=str(net))
-        self.identities: Mapping[int, IdentityInfo] = MappingProxyType(info)
+        self._ip_pod = ip_pod
+        self._shared_ips = frozenset(shared)
 
     def ipcache_for(self, node: str) -> dict[IPNetwork, tuple[int, int]]:
+        """The ipcache of `node` (shared by every caller for this node: do not mutate)."""
+        out = self._node_ipcache.get(node)
+        if out is not None:
+            return out
+        prev_ipcache, _eps, prefix_ipcache, pod_ipcache = self._previous_nodes
+        out = prev_ipcache.get(node)
+        if out is None or prefix_ipcache is not self.prefix_ipcache or pod_ipcache is not self.pod_ipcache:
+            out = self._ipcache_for(node)
+        self._node_ipcache[node] = out
+        return out
+
+    def _ipcache_for(self, node: str) -> dict[IPNetwork, tuple[int, int]]:
         out = dict(self.prefix_ipcache)
         for name, addrs in self.node_addresses.items():
             ident = ID_HOST if name == node else ID_REMOTE_NODE
@@ -697,12 +1109,14 @@ class CompiledCluster:
 
     def node_desired(self, node: str) -> NodeDesired:
         endpoints: dict[str, EndpointDesired] = {}
-        for pod in sorted(self.pods.values(), key=lambda p: p.key):
-            if pod.node != node or not pod.active or not pod.ips:
-                continue
+        # An endpoint equal to the one the previous compilation gave is that very object, so
+        # the sync layer can tell unchanged endpoints by identity.
+        before = self._previous_nodes[1].get(node, {})
+        local = [p for p in self.pods.values() if p.node == node and p.active and p.ips]
+        for pod in sorted(local, key=lambda p: p.key):
             ing, egr, entries, pols = self.endpoint_entries(pod)
             ing_audit, egr_audit = self._audit_only(pols)
-            endpoints[pod.key] = EndpointDesired(
+            ep = EndpointDesired(
                 pod=pod.key,
                 identity=self.pod_identity[pod.key],
                 ingress_isolated=ing,
@@ -714,6 +1128,9 @@ class CompiledCluster:
                 ingress_audit=ing and ing_audit,
                 egress_audit=egr and egr_audit,
             )
+            old = before.get(pod.key)
+            endpoints[pod.key] = old if old is not None and old == ep else ep
+        self._node_endpoints[node] = endpoints
         return NodeDesired(
             endpoints=endpoints,
             ipcache=self.ipcache_for(node),
@@ -723,16 +1140,31 @@ class CompiledCluster:
         )
 
 
+class _Latest:
+    """The compilation of the newest ClusterBuilder build compiled so far: (build id, weak
+    reference). A cluster whose delta is relative to that build is compiled from it (weak: the
+    module keeps nothing alive; whoever holds the cluster holds its compilation)."""
+
+    entry: ClassVar[tuple[int, weakref.ref[CompiledCluster]] | None] = None
+
+
 def compile_cluster(cluster: ClusterState) -> CompiledCluster:
-    """Node-independent compilation, cached on the (immutable) ClusterState."""
+    """Node-independent compilation, cached on the (immutable) ClusterState. A cluster from a
+    ClusterBuilder whose previous build was compiled last is compiled incrementally from it."""
     compiled = cluster.cache.get("compiled")
     if (
         not isinstance(compiled, CompiledCluster)
         or compiled.pods is not cluster.pods
         or compiled.policy_map is not cluster.policies
     ):
-        compiled = CompiledCluster(cluster)
+        previous = None
+        latest = _Latest.entry
+        if cluster.delta is not None and latest is not None and latest[0] == cluster.delta.base:
+            previous = latest[1]()
+        compiled = CompiledCluster(cluster, previous)
         cluster.cache["compiled"] = compiled
+        if cluster.build_id is not None:
+            _Latest.entry = (cluster.build_id, weakref.ref(compiled))
     return compiled
 
 

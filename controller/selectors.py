@@ -90,6 +90,57 @@ class LabelIndex:
             self.by_kv.setdefault(kv, set()).add(ident)
         self._by_key = None
 
+    def updated(
+        self, removed: Iterable[tuple[int, Mapping[str, str]]], added: Iterable[tuple[int, Mapping[str, str]]]
+    ) -> LabelIndex:
+        """A new index with `removed` taken out and `added` put in (each with the labels it was
+        or is indexed under). This one is not modified: the new one shares every id set that
+        did not change, so the cost is that of the change (plus copying the outer dicts)."""
+        out = LabelIndex.__new__(LabelIndex)
+        out.all = set(self.all)
+        out.by_kv = dict(self.by_kv)
+        by_key = None if self._by_key is None else dict(self._by_key)
+        copied: set[tuple[str, str]] = set()
+        copied_keys: set[str] = set()
+
+        def own_kv(kv: tuple[str, str]) -> set[int]:
+            if kv not in copied:
+                copied.add(kv)
+                out.by_kv[kv] = set(out.by_kv.get(kv, ()))
+            return out.by_kv[kv]
+
+        def own_key(k: str) -> set[int] | None:
+            if by_key is None:
+                return None
+            if k not in copied_keys:
+                copied_keys.add(k)
+                by_key[k] = set(by_key.get(k, ()))
+            return by_key[k]
+
+        for ident, labels in removed:
+            out.all.discard(ident)
+            for kv in labels.items():
+                ids = own_kv(kv)
+                ids.discard(ident)
+                if not ids:
+                    del out.by_kv[kv]
+                    copied.discard(kv)
+                key_ids = own_key(kv[0])
+                if key_ids is not None:
+                    key_ids.discard(ident)  # an object has one value per key
+                    if not key_ids and by_key is not None:
+                        del by_key[kv[0]]
+                        copied_keys.discard(kv[0])
+        for ident, labels in added:
+            out.all.add(ident)
+            for kv in labels.items():
+                own_kv(kv).add(ident)
+                key_ids = own_key(kv[0])
+                if key_ids is not None:
+                    key_ids.add(ident)
+        out._by_key = by_key
+        return out
+
     @property
     def by_key(self) -> dict[str, set[int]]:
         """key -> ids of the objects that have the key (any value); do not mutate."""
