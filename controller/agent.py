@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 import queue
 import signal
@@ -43,6 +44,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, Protocol
 
 from controller import endpoints as endpoints_mod
@@ -188,7 +190,7 @@ def fit_capacity(
     """
     overflow: dict[str, Overflow] = {}
     endpoints = dict(desired.endpoints)
-    ipcache = dict(desired.ipcache)
+    ipcache = desired.ipcache  # copied before the first change (nothing to do when it fits)
     pods = dict(pod_ifindex)
     cap_eps = capacity.get("vg_endpoints")
     if cap_eps is not None and len(pods) > cap_eps:
@@ -197,11 +199,16 @@ def fit_capacity(
             overflow[pod] = Overflow(pod, "vg_endpoints", len(pod_ifindex), cap_eps)
             pods.pop(pod)
             endpoints.pop(pod, None)
+    counts = _ipcache_counts(ipcache, capacity)
     for version, name in IPCACHE_MAPS.items():
         cap = capacity.get(name)
-        nets = [n for n in ipcache if n.version == version]
-        if cap is None or len(nets) <= cap:
+        if cap is None or counts.get(version, cap + 1) <= cap:
             continue
+        nets = [n for n in ipcache if n.version == version]
+        if len(nets) <= cap:
+            continue
+        if ipcache is desired.ipcache:
+            ipcache = dict(ipcache)
         for pod in pods:
             overflow.setdefault(pod, Overflow(pod, name, len(nets), cap))
         endpoints = {}
@@ -225,6 +232,30 @@ def fit_capacity(
         return Fit(desired, dict(pod_ifindex), {})
     fitted = dataclasses.replace(desired, endpoints=endpoints, ipcache=ipcache)
     return Fit(fitted, pods, overflow)
+
+
+def _ipcache_counts(ipcache: Mapping[Any, Any], capacity: Mapping[str, int]) -> dict[int, int]:
+    """Prefixes per IP version, when it can be told without Python code per prefix: all of
+    them when even that fits every ipcache map, else counted by type (C loops); {} when the
+    prefixes are not all ipaddress networks (fit_capacity then counts them one by one)."""
+    caps = [capacity[name] for name in IPCACHE_MAPS.values() if name in capacity]
+    total = len(ipcache)
+    if not caps or total <= min(caps):
+        return {4: total, 6: total}  # upper bounds, enough to tell that both fit
+    v4 = sum(map(isinstance, ipcache, repeat(ipaddress.IPv4Network)))
+    v6 = sum(map(isinstance, ipcache, repeat(ipaddress.IPv6Network)))
+    return {4: v4, 6: v6} if v4 + v6 == total else {}
+
+
+@dataclass(frozen=True, eq=False)
+class _StatusMemo:
+    """What Agent._policy_status computed its last result from, and that result."""
+
+    cluster: Any
+    versions: Any
+    errors: list[AgentError]
+    overflow: dict[str, Overflow]
+    status: dict[str, dict[str, Any]]
 
 
 class Agent:
@@ -281,6 +312,7 @@ class Agent:
         self._overflow: dict[str, Overflow] = {}
         self._capacity: dict[str, int] | None = None
         self._policies: dict[str, dict[str, Any]] = {}
+        self._policy_status_memo: _StatusMemo | None = None  # _policy_status's last result
         self._arrivals: list[float] = []  # arrival times of cluster events not realized yet
         self._attach_reported: dict[int, float] = {}  # ifindex -> when its programs were attached
         self._attach_times: dict[int, float] = {}  # ifindex -> when this agent attached its programs
@@ -758,7 +790,29 @@ class Agent:
             self.metrics.realization_lag_seconds.observe(max(0.0, done - t))
 
     def _policy_status(self, snap: Snapshot, fit: Fit) -> dict[str, dict[str, Any]]:
-        """Per policy: generation realized, local pods selected, its errors (and overflow)."""
+        """Per policy: generation realized, local pods selected, its errors (and overflow).
+
+        It depends on the cluster, the snapshot's policies, the policy errors and the overflow
+        only: the previous pass's status is returned while they are the same (the caches'
+        content versions say the snapshot's objects are)."""
+        versions = getattr(snap, "content_versions", None)
+        last = self._policy_status_memo
+        if (
+            last is not None
+            and versions is not None
+            and last.cluster is self._cluster
+            and last.versions == versions
+            and last.errors is self._policy_errors
+            and last.overflow == fit.overflow
+        ):
+            return last.status
+        out = self._compute_policy_status(snap, fit)
+        self._policy_status_memo = _StatusMemo(
+            self._cluster, versions, self._policy_errors, dict(fit.overflow), out
+        )
+        return out
+
+    def _compute_policy_status(self, snap: Snapshot, fit: Fit) -> dict[str, dict[str, Any]]:
         cluster = self._cluster
         pols = getattr(cluster, "policies", None)
         pods = getattr(cluster, "pods", None)
@@ -780,16 +834,20 @@ class Agent:
         local = [
             p for p in pods.values() if getattr(p, "node", None) == self.node and getattr(p, "active", True)
         ]
+        by_policy = _selected_by_policy(cluster, local)
         out: dict[str, dict[str, Any]] = {}
         for key, pol in sorted(pols.items()):
-            try:
-                selected = [
-                    p.key
-                    for p in local
-                    if p.namespace == pol.namespace and pol.pod_selector.matches(p.labels)
-                ]
-            except Exception:  # a policy the model could not make sense of selects nothing we can count
-                selected = []
+            if by_policy is not None:
+                selected = by_policy.get(key, [])
+            else:
+                try:
+                    selected = [
+                        p.key
+                        for p in local
+                        if p.namespace == pol.namespace and pol.pod_selector.matches(p.labels)
+                    ]
+                except Exception:  # a policy the model could not make sense of selects nothing we can count
+                    selected = []
             errs = list(errors.get(key, []))
             for pod in selected:
                 o = fit.overflow.get(pod)
@@ -1003,6 +1061,32 @@ class Agent:
                 self.dp.close()
             except Exception as exc:
                 log.warning("datapath close failed", error=str(exc))
+
+
+def _selected_by_policy(cluster: Any, local: Sequence[Any]) -> dict[str, list[str]] | None:
+    """policy key -> keys of the `local` pods it selects (in their order), from the compiled
+    cluster's identity -> policies table: a policy selects an active pod iff it selects the
+    pod's identity (same namespace, matching labels). None when `cluster` is not a ClusterState
+    (the caller then evaluates every selector on every local pod)."""
+    from controller.model import ClusterState
+
+    if not isinstance(cluster, ClusterState):
+        return None
+    from controller.policy import compile_cluster
+
+    try:
+        compiled = compile_cluster(cluster)  # cached on the cluster: the pass's compute made it
+        pod_identity = compiled.pod_identity
+        policies_for_identity = compiled.policies_for_identity
+    except Exception as exc:
+        log.warning("cannot compile the cluster for the policy status; matching selectors", error=str(exc))
+        return None
+    out: dict[str, list[str]] = {}
+    for pod in local:
+        ident = pod_identity.get(pod.key)
+        for pol in policies_for_identity.get(ident, ()) if ident is not None else ():
+            out.setdefault(pol.key, []).append(pod.key)
+    return out
 
 
 def _overflow_message(o: Overflow) -> str:

@@ -1,0 +1,260 @@
+"""The agent's per-pass work outside the compiler: the policy status from the compiled
+identity -> policies table gives what matching every selector on every local pod gives, is
+recomputed only when its inputs change, and fit_capacity gives the results of a fit that
+counts every prefix, without copying anything when everything fits."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import random
+from typing import Any, cast
+
+import pytest
+
+from controller import agent as agent_mod
+from controller.agent import (
+    IPCACHE_MAPS,
+    RESERVED_IDENTITIES,
+    UNCLAIMED,
+    Agent,
+    AgentConfig,
+    Fit,
+    Overflow,
+    fit_capacity,
+)
+from controller.bench import synth
+from controller.mapstate import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue
+from controller.model import ClusterState
+from controller.sources import Snapshot
+
+# ------------------------------------------------------------------------------ policy status
+
+
+class _Snap:
+    def __init__(self, policies: list[dict[str, Any]], versions: tuple[int, ...]) -> None:
+        self.policies = policies
+        self.content_versions = versions
+
+
+def snap_of(policies: list[dict[str, Any]], versions: tuple[int, ...]) -> Snapshot:
+    """A snapshot's policies and content versions: all the policy status reads of it."""
+    return cast(Snapshot, _Snap(policies, versions))
+
+
+def _cluster() -> synth.Cluster:
+    c = synth.control_plane_cluster(600, namespaces=12, policies=80, pods_per_node=100)
+    extra = [
+        synth.pod("ns-000", "hostnet", {"app": "app-0", "tier": "web"}, "10.250.0.1", "node-1", []),
+        synth.pod("ns-000", "done", {"app": "app-0", "tier": "web"}, "10.250.0.2", "node-1", []),
+        synth.pod("ns-000", "no-ip", {"app": "app-0", "tier": "web"}, "10.250.0.3", "node-1", []),
+        synth.pod("ns-001", "other-node", {"app": "app-1"}, "10.250.0.4", "node-2", []),
+    ]
+    extra[0]["spec"]["hostNetwork"] = True
+    extra[1]["status"]["phase"] = "Succeeded"
+    del extra[2]["status"]["podIP"], extra[2]["status"]["podIPs"]
+    c.pods = [*c.pods, *extra]
+    for i, raw in enumerate(c.policies):
+        raw["metadata"]["generation"] = i % 4 + 1
+    c.policies = [
+        *c.policies,
+        synth.policy(
+            "ns-000",
+            "expressions",
+            {
+                "podSelector": {
+                    "matchExpressions": [
+                        {"key": "tier", "operator": "NotIn", "values": ["db"]},
+                        {"key": "app", "operator": "Exists"},
+                    ]
+                }
+            },
+        ),
+        synth.policy("empty-ns", "nobody", {"podSelector": {}}),
+        synth.policy("ns-002", "none-match", {"podSelector": {"matchLabels": {"app": "nope"}}}),
+    ]
+    return c
+
+
+def _agent(raw: synth.Cluster) -> tuple[Agent, Snapshot]:
+    agent = Agent(AgentConfig(node="node-1", health_addr=None), sources=object(), discovery=object())  # type: ignore[arg-type]
+    cluster = ClusterState.from_objects(raw.namespaces, raw.pods, raw.policies, raw.nodes)
+    agent._cluster = cluster
+    agent._record_policy_errors(list(cluster.errors))
+    return agent, snap_of(raw.policies, (1, 1, 1, 1))
+
+
+def _fit(overflow: dict[str, Overflow] | None = None) -> Fit:
+    return Fit(desired=None, pod_ifindex={}, overflow=overflow or {})
+
+
+def test_the_policy_status_from_the_compiled_cluster_is_the_one_matching_every_selector_gives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent, snap = _agent(_cluster())
+    local = sorted(p for p, pod in agent._cluster.pods.items() if pod.node == "node-1")
+    overflow = {p: Overflow(p, "vg_policy", 10, 5) for p in local[::7]}
+    fast = agent._compute_policy_status(snap, _fit(overflow))
+    monkeypatch.setattr(agent_mod, "_selected_by_policy", lambda cluster, local: None)
+    slow = agent._compute_policy_status(snap, _fit(overflow))
+    assert fast == slow
+    assert sum(s["selected_pods"] for s in fast.values()) > 50  # the premise: policies select pods
+    assert fast["ns-000/expressions"]["selected_pods"] >= 1
+    assert fast["empty-ns/nobody"]["selected_pods"] == 0
+    assert any(e["field"] == "map vg_policy" for s in fast.values() for e in s["errors"])
+    assert {s["generation"] for s in fast.values()} >= {1, 2, 3, 4}
+
+
+def test_a_cluster_that_is_not_a_cluster_state_gets_its_selectors_matched() -> None:
+    agent, snap = _agent(_cluster())
+    cluster = agent._cluster
+    want = agent._compute_policy_status(snap, _fit())
+
+    @dataclasses.dataclass
+    class Other:  # what a test's own compute function may hand the agent
+        pods: Any
+        policies: Any
+
+    agent._cluster = Other(cluster.pods, cluster.policies)
+    assert agent_mod._selected_by_policy(agent._cluster, []) is None
+    assert agent._compute_policy_status(snap, _fit()) == want
+
+
+def test_the_policy_status_is_recomputed_only_when_its_inputs_change() -> None:
+    raw = _cluster()
+    agent, snap = _agent(raw)
+    first = agent._policy_status(snap, _fit())
+    assert agent._policy_status(snap_of(raw.policies, (1, 1, 1, 1)), _fit()) is first
+    local = [p for p in agent._cluster.pods.values() if p.node == "node-1" and p.active]
+    selected = agent_mod._selected_by_policy(agent._cluster, local)
+    assert selected is not None
+    pod = selected["ns-000/expressions"][0]
+    overflowed = agent._policy_status(snap, _fit({pod: Overflow(pod, "vg_endpoints", 3, 2)}))
+    assert overflowed is not first and overflowed != first
+    assert agent._policy_status(snap, _fit()) == first
+    newer = [dict(p, metadata={**p["metadata"], "generation": 9}) for p in raw.policies]
+    regenerated = agent._policy_status(snap_of(newer, (1, 1, 2, 1)), _fit())
+    assert {s["generation"] for s in regenerated.values()} == {9}
+    agent._record_policy_errors([])  # new errors: a new list
+    assert agent._policy_status(snap_of(newer, (1, 1, 2, 1)), _fit()) is not regenerated
+
+
+# ------------------------------------------------------------------------------ fit_capacity
+
+
+def _reference_fit(desired: Any, pod_ifindex: Any, capacity: Any, prefer: frozenset[str]) -> Fit:
+    """fit_capacity as it was before it skipped counting: every prefix counted per family."""
+    overflow: dict[str, Overflow] = {}
+    endpoints = dict(desired.endpoints)
+    ipcache = dict(desired.ipcache)
+    pods = dict(pod_ifindex)
+    cap_eps = capacity.get("vg_endpoints")
+    if cap_eps is not None and len(pods) > cap_eps:
+        order = sorted(pods, key=lambda p: (p not in prefer, p.startswith(UNCLAIMED), p))
+        for pod in order[cap_eps:]:
+            overflow[pod] = Overflow(pod, "vg_endpoints", len(pod_ifindex), cap_eps)
+            pods.pop(pod)
+            endpoints.pop(pod, None)
+    for version, name in IPCACHE_MAPS.items():
+        cap = capacity.get(name)
+        nets = [n for n in ipcache if n.version == version]
+        if cap is None or len(nets) <= cap:
+            continue
+        for pod in pods:
+            overflow.setdefault(pod, Overflow(pod, name, len(nets), cap))
+        endpoints = {}
+        nets.sort(key=lambda n: (ipcache[n][0] not in RESERVED_IDENTITIES, -n.prefixlen, str(n)))
+        for net in nets[cap:]:
+            del ipcache[net]
+    cap_pol = capacity.get("vg_policy")
+    if cap_pol is not None:
+        with_veth = [p for p in endpoints if p in pods]
+        needed = sum(len(endpoints[p].entries) for p in with_veth)
+        if needed > cap_pol:
+            used = 0
+            for pod in sorted(with_veth, key=lambda p: (p not in prefer, p)):
+                n = len(endpoints[pod].entries)
+                if used + n <= cap_pol:
+                    used += n
+                    continue
+                overflow[pod] = Overflow(pod, "vg_policy", needed, cap_pol)
+                del endpoints[pod]
+    if not overflow:
+        return Fit(desired, dict(pod_ifindex), {})
+    return Fit(dataclasses.replace(desired, endpoints=endpoints, ipcache=ipcache), pods, overflow)
+
+
+def _random_node(rng: random.Random) -> tuple[NodeDesired, dict[str, int]]:
+    value = PolicyEntryValue(1, 0, 1)
+    endpoints = {}
+    pod_ifindex = {}
+    for i in range(rng.randrange(1, 8)):
+        pod = f"x/p{i}"
+        keys = [PolicyEntryKey(0, 256 + k, 6, 80, 16) for k in range(rng.randrange(4))]
+        endpoints[pod] = EndpointDesired(
+            pod, 256 + i, True, False, f"10.244.1.{i + 2}", None, dict.fromkeys(keys, value)
+        )
+        if rng.random() < 0.85:
+            pod_ifindex[pod] = 10 + i
+    ipcache: dict[Any, tuple[int, int]] = {}
+    for i in range(rng.randrange(1, 12)):
+        ipcache[ipaddress.ip_network(f"10.{i}.0.0/{rng.choice((8, 16, 32))}", strict=False)] = (
+            rng.choice((1, 2, 3, 300)),
+            0,
+        )
+    for i in range(rng.randrange(0, 12)):
+        ipcache[ipaddress.ip_network(f"fd00:{i:x}::/{rng.choice((48, 64, 128))}", strict=False)] = (
+            rng.choice((1, 2, 300)),
+            0,
+        )
+    return NodeDesired(endpoints=endpoints, ipcache=ipcache, rules={}, identities={}), pod_ifindex
+
+
+def test_fit_capacity_gives_the_results_of_counting_every_prefix_and_shares_the_state_when_it_fits() -> None:
+    rng = random.Random(5)
+    fitted = overflowed = 0
+    for _ in range(3000):
+        desired, pod_ifindex = _random_node(rng)
+        capacity = {
+            name: rng.randrange(1, 16)
+            for name in ("vg_endpoints", "vg_ipcache4", "vg_ipcache6", "vg_policy")
+            if rng.random() < 0.8
+        }
+        prefer = frozenset(p for p in pod_ifindex if rng.random() < 0.3)
+        got = fit_capacity(desired, pod_ifindex, capacity, prefer)
+        want = _reference_fit(desired, pod_ifindex, capacity, prefer)
+        assert (got.overflow, got.pod_ifindex) == (want.overflow, want.pod_ifindex)
+        assert got.desired.endpoints == want.desired.endpoints and got.desired.ipcache == want.desired.ipcache
+        if got.overflow:
+            overflowed += 1
+        else:
+            fitted += 1
+            assert got.desired is desired
+    assert fitted > 300 and overflowed > 300  # both outcomes were exercised
+
+
+@dataclasses.dataclass(frozen=True)
+class DuckPrefix:
+    """A prefix that is not an ipaddress network (fit_capacity then counts by .version)."""
+
+    version: int
+    prefixlen: int
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def test_fit_capacity_counts_prefixes_that_are_not_ipaddress_networks_by_their_version() -> None:
+    rng = random.Random(6)
+    for _ in range(300):
+        desired, pod_ifindex = _random_node(rng)
+        ipcache: dict[Any, tuple[int, int]] = {
+            DuckPrefix(rng.choice((4, 6)), 32, f"p{i}"): (300, 0) for i in range(rng.randrange(1, 10))
+        }
+        desired = dataclasses.replace(desired, ipcache=ipcache)
+        capacity = {"vg_ipcache4": rng.randrange(1, 6), "vg_ipcache6": rng.randrange(1, 6)}
+        got = fit_capacity(desired, pod_ifindex, capacity)
+        want = _reference_fit(desired, pod_ifindex, capacity, frozenset())
+        assert (got.overflow, got.pod_ifindex) == (want.overflow, want.pod_ifindex)
+        assert got.desired.ipcache == want.desired.ipcache
