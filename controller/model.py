@@ -395,6 +395,8 @@ class ClusterBuilder:
         self._raws: dict[str, list[Any]] = {}
         self._maps: dict[str, tuple[dict[str, Any], tuple[PolicyError, ...]]] = {}
         self._interner: _Interner | None = None
+        # kinds whose last build had an object without a resourceVersion or two with one key
+        self._slow_only: dict[str, bool] = {}
         self._build_id: int | None = None
         self.parsed = 0  # objects parsed by the last build (the others were reused)
 
@@ -414,32 +416,41 @@ class ClusterBuilder:
             interner = _Interner()
         self.parsed = 0
         previous_maps = dict(self._maps)  # build_kind replaces entries of self._maps
-        changed: dict[str, bool] = {}
+        # per kind: the keys that changed since the previous build (None: not known, compare)
+        changed: dict[str, frozenset[str] | None] = {}
 
         def build_kind(kind: str, raws: Iterable[Any], parse: Any, key_of: Any) -> dict[str, Any]:
             raw_list = raws if isinstance(raws, list) else list(raws)
             last = self._raws.get(kind)
-            if (
-                self.reuse
-                and not fresh_interner
-                and last is not None
-                and len(last) == len(raw_list)
-                and all(a is b for a, b in zip(last, raw_list, strict=True))
-            ):
+            reusable = self.reuse and not fresh_interner and last is not None
+            # (list == list compares elements by identity first: C speed when all are the same)
+            if reusable and last == raw_list:
                 out, errs = previous_maps[kind]
                 errors.extend(errs)
-                changed[kind] = False
+                changed[kind] = frozenset()
                 return out
+            if reusable:
+                fast = self._apply_changes(kind, raw_list, parse, key_of)
+                if fast is not None:
+                    out, keys = fast
+                    errors.extend(self._maps[kind][1])
+                    self._raws[kind] = raw_list
+                    changed[kind] = keys
+                    return out
             kind_errors: list[PolicyError] = []
             out = {}
+            values = 0
             for value in self._each(kind, raw_list, parse, kind_errors, interner, fresh_interner):
                 if value is not None:
                     out[key_of(value)] = value
+                    values += 1
+            if values != len(out):  # one key twice: the last object wins, which only this pass does
+                self._slow_only[kind] = True
             errors.extend(kind_errors)
             if self.reuse:
                 self._raws[kind] = raw_list
                 self._maps[kind] = (out, tuple(kind_errors))
-            changed[kind] = True
+            changed[kind] = None
             return out
 
         ns_map = build_kind("Namespace", namespaces, _parse_namespace, lambda v: v.name)
@@ -458,16 +469,82 @@ class ClusterBuilder:
                 "delta",
                 ClusterDelta(
                     base=self._build_id,
-                    pods=_changed_keys(previous_maps.get("Pod"), pod_map) if changed["Pod"] else frozenset(),
-                    policies=_changed_keys(previous_maps.get("NetworkPolicy"), pol_map)
-                    if changed["NetworkPolicy"]
-                    else frozenset(),
-                    namespaces=changed["Namespace"] and _differs(previous_maps.get("Namespace"), ns_map),
-                    nodes=changed["Node"] and _differs(previous_maps.get("Node"), node_map),
+                    pods=_changed_keys(changed["Pod"], previous_maps.get("Pod"), pod_map),
+                    policies=_changed_keys(
+                        changed["NetworkPolicy"], previous_maps.get("NetworkPolicy"), pol_map
+                    ),
+                    namespaces=bool(
+                        _changed_keys(changed["Namespace"], previous_maps.get("Namespace"), ns_map)
+                    ),
+                    nodes=bool(_changed_keys(changed["Node"], previous_maps.get("Node"), node_map)),
                 ),
             )
         self._build_id = build_id
         return state
+
+    # More changed objects than this and the per-object pass is as cheap.
+    _FEW = 256
+
+    def _apply_changes(
+        self, kind: str, raws: list[Any], parse: Any, key_of: Any
+    ) -> tuple[dict[str, Any], frozenset[str]] | None:
+        """The previous build's map of `kind` with the few raw objects that are not the previous
+        build's removed and the new ones parsed (or reused by uid + resourceVersion), and the keys
+        that changed; None when that is not simpler than the per-object pass (many changes, an
+        object without a resourceVersion, one object twice, two objects with one key)."""
+        prev_ids = self._by_id.get(kind)
+        if prev_ids is None or self._slow_only.get(kind, True):
+            return None
+        by_id = dict(zip(map(id, raws), raws, strict=True))
+        if len(by_id) != len(raws):
+            return None
+        gone = prev_ids.keys() - by_id.keys()
+        new = by_id.keys() - prev_ids.keys()
+        if len(gone) + len(new) > self._FEW:
+            return None
+        out_prev, errs_prev = self._maps[kind]
+        out = dict(out_prev)
+        seen = dict(self._previous[kind])
+        ids = dict(prev_ids)
+        keys: set[str] = set()
+        errors_changed = False
+        parsed_here = 0
+        for i in gone:
+            parsed = ids.pop(i)[1]
+            keys.add(parsed.key)
+            errors_changed |= bool(parsed.errors)
+            if seen.get(parsed.key) is parsed:
+                del seen[parsed.key]
+            if parsed.value is not None:
+                key = key_of(parsed.value)
+                if out.get(key) is parsed.value:
+                    del out[key]
+        for i in new:
+            raw = by_id[i]
+            version = _version(raw)
+            if version is None:
+                return None
+            hit = self._previous[kind].get(version[0])
+            if hit is None or hit.uid != version[1] or hit.resource_version != version[2]:
+                parsed_here += 1
+                errs: list[PolicyError] = []
+                hit = _Parsed(version[0], version[1], version[2], parse(raw, errs), tuple(errs))
+            keys.add(hit.key)
+            errors_changed |= bool(hit.errors)
+            seen[hit.key] = hit
+            ids[i] = (raw, hit)
+            if hit.value is not None:
+                key = key_of(hit.value)
+                if key in out:
+                    return None
+                out[key] = hit.value
+        if errors_changed:  # in the objects' order, as the per-object pass gives them
+            errs_prev = tuple(e for raw in raws for e in ids[id(raw)][1].errors)
+        self._previous[kind] = seen
+        self._by_id[kind] = ids
+        self._maps[kind] = (out, errs_prev)
+        self.parsed += parsed_here
+        return out, frozenset(keys)
 
     def _each(
         self,
@@ -485,6 +562,7 @@ class ClusterBuilder:
         if self.reuse:
             self._previous[kind] = seen
             self._by_id[kind] = ids
+            self._slow_only[kind] = False
         adopt = kind == "Pod" and fresh_interner
         for raw in raws:
             if not self.reuse:
@@ -514,6 +592,8 @@ class ClusterBuilder:
                 parsed = _Parsed(version[0], version[1], version[2], value, tuple(errs))
                 seen[version[0]] = parsed
                 ids[id(raw)] = (raw, parsed)
+            else:
+                self._slow_only[kind] = True
             yield value
 
     @staticmethod
@@ -532,17 +612,17 @@ class ClusterBuilder:
         errors.extend(parsed.errors)
 
 
-def _changed_keys(before: tuple[dict[str, Any], Any] | None, after: Mapping[str, Any]) -> frozenset[str]:
-    """Keys added, removed or bound to another object between two builds' maps."""
+def _changed_keys(
+    known: frozenset[str] | None, before: tuple[dict[str, Any], Any] | None, after: Mapping[str, Any]
+) -> frozenset[str]:
+    """Keys added, removed or bound to another object between two builds' maps (`known` when
+    the build already knows them)."""
+    if known is not None:
+        return known
     old = before[0] if before is not None else {}
     out = {k for k, v in after.items() if old.get(k) is not v}
     out.update(k for k in old if k not in after)
     return frozenset(out)
-
-
-def _differs(before: tuple[dict[str, Any], Any] | None, after: Mapping[str, Any]) -> bool:
-    old = before[0] if before is not None else {}
-    return len(old) != len(after) or any(old.get(k) is not v for k, v in after.items())
 
 
 # ---------------------------------------------------------------------------------------------

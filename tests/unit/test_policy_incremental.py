@@ -129,6 +129,8 @@ class World:
         ports: list[dict[str, Any]] = []
         if r.random() < 0.6:
             ports.append({"port": r.choice(["http", "db", 80, 443])})
+        if r.random() < 0.1:
+            ports.append({"port": 80, "endPort": 10})  # invalid: the rule is dropped, an error kept
         rule: dict[str, Any] = {"ports": ports} if ports else {}
         direction = r.choice(["ingress", "egress", "both"])
         spec: dict[str, Any] = {"podSelector": selector}
@@ -223,7 +225,9 @@ def test_every_incremental_compilation_equals_a_full_compilation_of_the_same_obj
         state = builder.build(*objects)
         got = summary(state)
         incremental += compile_cluster(state).incremental
-        want = summary(ClusterState.from_objects(*objects))
+        fresh = ClusterState.from_objects(*objects)
+        assert state == fresh and state.errors == fresh.errors, f"step {n} ({event}): the models differ"
+        want = summary(fresh)
         assert got == want, f"step {n} ({event}) differs (seed {seed})"
         del previous
     assert incremental > 0
@@ -274,3 +278,23 @@ def test_a_build_whose_previous_build_was_not_compiled_is_compiled_in_full() -> 
     builder.build(*world.objects())  # never compiled (say the agent's compute failed)
     world.add_pod("x2")
     assert not compile_cluster(builder.build(*world.objects())).incremental
+
+
+def test_a_build_names_exactly_the_pods_and_policies_that_changed_and_parses_only_them() -> None:
+    world = World(random.Random(11))
+    builder = ClusterBuilder()
+    first = builder.build(*world.objects())
+    assert first.delta is None
+    world.change_pod()  # one pod replaced by a new object
+    world.add_pod("new")
+    world.add_policy("newpol")
+    second = builder.build(*world.objects())
+    assert second.delta is not None and second.delta.base == first.build_id
+    replaced = {k for k, p in second.pods.items() if first.pods.get(k) is not p}
+    assert second.delta.pods == replaced and len(replaced) == 2
+    assert second.delta.policies == {k for k in second.policies if k not in first.policies}
+    assert not second.delta.namespaces and not second.delta.nodes
+    assert builder.parsed == 3
+    third = builder.build(*world.objects())
+    assert third.delta is not None and not third.delta.pods and not third.delta.policies
+    assert third.pods is second.pods and builder.parsed == 0
