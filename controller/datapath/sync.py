@@ -16,10 +16,10 @@ import errno
 import ipaddress
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, compress, count, islice
-from operator import is_not, ne
+from itertools import compress, count, islice
+from operator import is_, ne, not_
 from typing import Any, Literal, Protocol
 
 from controller.datapath import maps
@@ -213,50 +213,115 @@ class Encoder:
         if last is None:
             return _encode_ipcache_fully(ipcache, nets, values)
         # The compiler keeps the prefix objects, and their order, of what it did not change:
-        # the longest common head and tail of identical objects are aligned position by
-        # position (C loops), and only the window between them is matched by object.
+        # runs of identical objects are aligned position by position (C loops), and only the
+        # positions outside them are matched by object (see align()).
         old_nets, old_values, old_keys = last.prefixes, last.values, last.keys
-        shortest = min(len(nets), len(old_nets))
-        head = next(compress(count(), map(is_not, nets, old_nets)), shortest)
-        tail = next(compress(count(), map(is_not, reversed(nets), reversed(old_nets))), shortest)
-        tail = min(tail, shortest - head)
-        old_end, new_end = len(old_nets) - tail, len(nets) - tail
+        runs, new_gaps, old_gaps = align(nets, old_nets)
         v4, v6 = dict(last.v4), dict(last.v6)
         touched: set[bytes] = set()
-        window: list[bytes] = []
-        if head < old_end or head < new_end:
-            new_ids = set(map(id, islice(nets, head, new_end)))
-            old_at = {id(old_nets[j]): j for j in range(head, old_end)}
+        gap_keys: dict[int, bytes] = {}  # new position outside the runs -> its key
+        if new_gaps or old_gaps:
+            new_ids = {id(nets[j]) for a, b in new_gaps for j in range(a, b)}
+            old_at = {id(old_nets[j]): j for a, b in old_gaps for j in range(a, b)}
             # Removals first: a new prefix object may take over the key of a removed equal one.
-            for j in range(head, old_end):
+            for j in old_at.values():
                 if id(old_nets[j]) not in new_ids:
                     kb = old_keys[j]
                     (v4 if len(kb) == IPCACHE4_KEY_SIZE else v6).pop(kb, None)
                     touched.add(kb)
-            for j in range(head, new_end):
-                o = old_at.get(id(nets[j]))
-                if o is not None and old_values[o] == values[j]:
-                    window.append(old_keys[o])
-                    continue
+            for a, b in new_gaps:
+                for j in range(a, b):
+                    o = old_at.get(id(nets[j]))
+                    if o is not None and old_values[o] == values[j]:
+                        gap_keys[j] = old_keys[o]
+                        continue
+                    kb, vb = maps.encode_ipcache(nets[j], values[j][0], values[j][1])
+                    (v4 if len(kb) == IPCACHE4_KEY_SIZE else v6)[kb] = vb
+                    touched.add(kb)
+                    gap_keys[j] = kb
+        # Same prefix object in a run: its key stays, its value may have changed.
+        for a, b, offset in runs:
+            for j in compress(count(a), map(ne, values[a:b], old_values[a - offset : b - offset])):
                 kb, vb = maps.encode_ipcache(nets[j], values[j][0], values[j][1])
                 (v4 if len(kb) == IPCACHE4_KEY_SIZE else v6)[kb] = vb
                 touched.add(kb)
-                window.append(kb)
-        # Same prefix object at the same place: its key stays, its value may have changed.
-        changed = chain(
-            compress(range(head), map(ne, values, old_values)),
-            compress(
-                count(new_end), map(ne, islice(values, new_end, None), islice(old_values, old_end, None))
-            ),
-        )
-        for j in changed:
-            kb, vb = maps.encode_ipcache(nets[j], values[j][0], values[j][1])
-            (v4 if len(kb) == IPCACHE4_KEY_SIZE else v6)[kb] = vb
-            touched.add(kb)
-        keys = old_keys[:head] + window + old_keys[old_end:]
+        segments: list[tuple[int, int, int | None]] = [*runs, *((a, b, None) for a, b in new_gaps)]
+        keys: list[bytes] = []
+        for a, b, shift in sorted(segments, key=lambda seg: seg[0]):
+            if shift is None:
+                keys += [gap_keys[j] for j in range(a, b)]
+            else:
+                keys += old_keys[a - shift : b - shift]
         return IpcacheEncoding(
             ipcache, nets, values, keys, v4, v6, next(_serials), last.serial, frozenset(touched)
         )
+
+
+# align(): at most this many mismatched stretches are stepped over before the rest is left to
+# matching by object, and how far ahead a stretch's end is looked for by object.
+MAX_ALIGN_GAPS = 32
+ALIGN_LOOKAHEAD = 64
+
+
+def align(
+    new: Sequence[Any], old: Sequence[Any]
+) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]], list[tuple[int, int]]]:
+    """Positions of `new` that hold the very object `old` holds at an aligned position.
+
+    Returns (runs, new_gaps, old_gaps): runs (a, b, offset) say new[j] is old[j - offset] for
+    a <= j < b; new_gaps and old_gaps are the [a, b) ranges of positions in no run. Runs are
+    found with identity tests in C loops; after a mismatch the next common object is looked
+    for within ALIGN_LOOKAHEAD positions of both (an entry added, removed or replaced), else
+    at the same offset further on (a block of replaced entries); after MAX_ALIGN_GAPS such
+    stretches the rest is aligned from the back only. So the positions outside the runs are
+    about those an event added, removed or replaced, not the size of the lists. An object is
+    in at most one run (positions advance in both lists).
+    """
+    n_new, n_old = len(new), len(old)
+    runs: list[tuple[int, int, int]] = []
+    new_gaps: list[tuple[int, int]] = []
+    old_gaps: list[tuple[int, int]] = []
+    i = j = 0  # next unaligned position in new, old
+    for _ in range(MAX_ALIGN_GAPS):
+        same = map(is_, islice(new, i, None), islice(old, j, None))
+        k = next(compress(count(), map(not_, same)), min(n_new - i, n_old - j))
+        if k:
+            runs.append((i, i + k, i - j))
+            i, j = i + k, j + k
+        if i >= n_new or j >= n_old:
+            break
+        ahead = {id(old[x]): x for x in range(j, min(n_old, j + ALIGN_LOOKAHEAD))}
+        found = next(
+            (
+                (y, ahead[id(new[y])])
+                for y in range(i, min(n_new, i + ALIGN_LOOKAHEAD))
+                if id(new[y]) in ahead
+            ),
+            None,
+        )
+        if found is None:
+            again = map(is_, islice(new, i + 1, None), islice(old, j + 1, None))
+            k = next(compress(count(1), again), 0)
+            if not k:
+                break
+            found = (i + k, j + k)
+        y, x = found
+        if y > i:
+            new_gaps.append((i, y))
+        if x > j:
+            old_gaps.append((j, x))
+        i, j = y, x
+    # The rest, from the back: new[n_new - 1 - k] against old[n_old - 1 - k].
+    limit = min(n_new - i, n_old - j)
+    back = map(is_, islice(reversed(new), limit), islice(reversed(old), limit))
+    k = next(compress(count(), map(not_, back)), limit)
+    if k:
+        runs.append((n_new - k, n_new, n_new - n_old))
+    if i < n_new - k:
+        new_gaps.append((i, n_new - k))
+    if j < n_old - k:
+        old_gaps.append((j, n_old - k))
+    return runs, new_gaps, old_gaps
 
 
 def _encode_ipcache_fully(

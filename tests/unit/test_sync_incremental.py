@@ -8,12 +8,14 @@ import dataclasses
 import errno
 import ipaddress
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from controller.datapath import maps
 from controller.datapath.sync import (
+    MAX_ALIGN_GAPS,
     Encoder,
     Written,
+    align,
     apply_diff,
     apply_encoding,
     desired_maps,
@@ -125,6 +127,7 @@ class World:
                 "prefix_add",
                 "reorder",
                 "prefix_insert",
+                "block_replace",
                 "frontends",
                 "nothing",
                 "no_veth",
@@ -186,6 +189,12 @@ class World:
             items[at:at] = fresh
             for j in (0, len(items) - 1):
                 items[j] = (items[j][0], (rng.randrange(256, 270), 0))
+            self.ipcache = dict(items)
+        elif kind == "block_replace":  # equal, new objects for a block (node addresses), in place
+            items = list(self.ipcache.items())
+            at = rng.randrange(len(items))
+            for j in range(at, min(len(items), at + rng.randrange(1, 8))):
+                items[j] = (ipaddress.ip_network(str(items[j][0])), items[j][1])
             self.ipcache = dict(items)
         elif kind == "prefix_add":
             self.ipcache = {
@@ -295,3 +304,78 @@ def test_two_pods_claiming_one_ifindex_merge_their_entries_as_a_flat_encoding_do
     encoder = Encoder()
     encoder.encode(world.desired(), world.pod_ifindex)
     assert encoder.encode(desired, pod_ifindex).maps() == desired_maps(desired, pod_ifindex)
+
+
+def _check_alignment(new: Sequence[object], old: Sequence[object]) -> int:
+    """align()'s contract; returns how many new positions it left outside the runs."""
+    runs, new_gaps, old_gaps = align(new, old)
+    covered_new = sorted([*((a, b) for a, b, _ in runs), *new_gaps])
+    covered_old = sorted([*((a - off, b - off) for a, b, off in runs), *old_gaps])
+    for covered, n in ((covered_new, len(new)), (covered_old, len(old))):
+        assert all(a < b for a, b in covered)
+        assert [a for a, _ in covered] == [0, *(b for _, b in covered[:-1])] if covered else n == 0
+        assert (covered[-1][1] if covered else 0) == n
+    for a, b, off in runs:
+        assert all(new[j] is old[j - off] for j in range(a, b))
+    return sum(b - a for a, b in new_gaps)
+
+
+def test_alignment_leaves_only_the_edited_positions_outside_its_runs() -> None:
+    rng = random.Random(9)
+    for _ in range(400):
+        old = [object() for _ in range(rng.randrange(0, 300))]
+        new = list(old)
+        edited = 0
+        for _ in range(rng.randrange(0, 5)):
+            kind = rng.choice(("replace", "insert", "delete", "block"))
+            at = rng.randrange(len(new) + 1)
+            if kind == "insert":
+                new[at:at] = [object()]
+            elif at < len(new) and kind == "delete":
+                del new[at]
+            elif at < len(new):
+                width = 1 if kind == "replace" else rng.randrange(1, 150)
+                new[at : at + width] = [object() for _ in new[at : at + width]]
+            edited += 1 if kind != "block" else 150
+        outside = _check_alignment(new, old)
+        replaced_or_inserted = sum(1 for o in new if all(o is not p for p in old))
+        assert outside <= replaced_or_inserted + edited  # few edits: about their own size
+
+
+def test_alignment_of_unrelated_or_shuffled_lists_keeps_its_contract() -> None:
+    rng = random.Random(10)
+    for _ in range(200):
+        old = [object() for _ in range(rng.randrange(0, 200))]
+        new = list(old)
+        rng.shuffle(new)
+        new += [object() for _ in range(rng.randrange(3))]
+        _check_alignment(new, old)
+        _check_alignment([object() for _ in old], old)
+    # a long stretch replaced by a longer one: what follows is aligned from the back
+    common = [object() for _ in range(50)]
+    old = [object() for _ in range(100)] + common
+    new = [object() for _ in range(130)] + common
+    assert _check_alignment(new, old) == 130
+    # more mismatched stretches than it steps over: the rest is left to matching by object
+    old = [object() for _ in range(10 * MAX_ALIGN_GAPS)]
+    new = [o if j % 5 else object() for j, o in enumerate(old)]
+    assert _check_alignment(new, old) < len(new)
+
+
+def test_a_block_of_replaced_prefixes_and_an_appended_one_are_all_that_is_encoded_again() -> None:
+    """The shape of a pod event at 10k pods: node address prefixes rebuilt (new objects, same
+    place), the new pod's prefix appended, every other prefix object kept in its place."""
+    cidrs = {ipaddress.ip_network(f"192.168.{i}.0/24"): (2, (1 << 24) + i) for i in range(20)}
+    nodes = {ipaddress.ip_network(f"172.20.0.{i}/32"): (3, 0) for i in range(30)}
+    pods = {ipaddress.ip_network(f"10.244.{i // 250}.{i % 250}/32"): (256 + i % 9, 0) for i in range(2000)}
+    encoder = Encoder()
+    desired = NodeDesired(endpoints={}, ipcache={**cidrs, **nodes, **pods}, rules={}, identities={})
+    first = encoder.encode(desired, {}).ipcache
+    rebuilt = {ipaddress.ip_network(str(n)): v for n, v in nodes.items()}
+    pods = {**pods, ipaddress.ip_network("10.244.99.1/32"): (300, 0)}
+    second = encoder.encode(dataclasses.replace(desired, ipcache={**cidrs, **rebuilt, **pods}), {}).ipcache
+    assert _check_alignment(second.prefixes, first.prefixes) == 31
+    node_keys = {maps.encode_ipcache(n, 0, 0)[0] for n in nodes}
+    added = maps.encode_ipcache(ipaddress.ip_network("10.244.99.1/32"), 0, 0)[0]
+    assert second.touched == node_keys | {added}  # re-encoded: the rebuilt prefixes and the new one
+    assert second.v4 == {**first.v4, added: second.v4[added]}
