@@ -44,7 +44,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import compress, repeat
+from operator import attrgetter, eq
 from typing import Any, Protocol
 
 from controller import endpoints as endpoints_mod
@@ -831,10 +832,9 @@ class Agent:
                 errors.setdefault(e.object.removeprefix("NetworkPolicy "), []).append(
                     {"field": e.field, "message": e.message}
                 )
-        local = [
-            p for p in pods.values() if getattr(p, "node", None) == self.node and getattr(p, "active", True)
-        ]
+        local = _local_pods(pods, self.node)
         by_policy = _selected_by_policy(cluster, local)
+        overflow = fit.overflow
         out: dict[str, dict[str, Any]] = {}
         for key, pol in sorted(pols.items()):
             if by_policy is not None:
@@ -849,8 +849,8 @@ class Agent:
                 except Exception:  # a policy the model could not make sense of selects nothing we can count
                     selected = []
             errs = list(errors.get(key, []))
-            for pod in selected:
-                o = fit.overflow.get(pod)
+            for pod in selected if overflow else ():
+                o = overflow.get(pod)
                 if o is not None:
                     errs.append({"field": f"map {o.map}", "message": f"pod {pod}: {_overflow_message(o)}"})
             out[key] = {"generation": generations.get(key), "selected_pods": len(selected), "errors": errs}
@@ -1061,6 +1061,16 @@ class Agent:
                 self.dp.close()
             except Exception as exc:
                 log.warning("datapath close failed", error=str(exc))
+
+
+def _local_pods(pods: Mapping[str, Any], node: str) -> list[Any]:
+    """The active pods of `pods` on `node`, in their order (the node test in C loops)."""
+    values = pods.values()
+    try:
+        on_node = list(compress(values, map(eq, repeat(node), map(attrgetter("node"), values))))
+    except AttributeError:  # not every object has a node
+        on_node = [p for p in values if getattr(p, "node", None) == node]
+    return [p for p in on_node if getattr(p, "active", True)]
 
 
 def _selected_by_policy(cluster: Any, local: Sequence[Any]) -> dict[str, list[str]] | None:

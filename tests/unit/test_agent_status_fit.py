@@ -258,3 +258,25 @@ def test_fit_capacity_counts_prefixes_that_are_not_ipaddress_networks_by_their_v
         want = _reference_fit(desired, pod_ifindex, capacity, frozenset())
         assert (got.overflow, got.pod_ifindex) == (want.overflow, want.pod_ifindex)
         assert got.desired.ipcache == want.desired.ipcache
+
+
+def test_the_local_pods_are_the_active_ones_on_the_node_whatever_objects_the_cluster_holds() -> None:
+    @dataclasses.dataclass
+    class P:
+        node: Any
+        active: bool = True
+
+    class NoNode:
+        active = True
+
+    class NoActive:
+        node = "node-1"
+
+    objects: list[Any] = [P("node-1"), P(None), P("node-2"), P("node-1", active=False), NoActive(), P(1)]
+    for pods in (objects, [o for o in objects if not isinstance(o, NoActive)], [*objects, NoNode()]):
+        by_key = {str(i): p for i, p in enumerate(pods)}
+        want = [
+            p for p in by_key.values() if getattr(p, "node", None) == "node-1" and getattr(p, "active", True)
+        ]
+        got = agent_mod._local_pods(by_key, "node-1")
+        assert len(got) == len(want) and all(a is b for a, b in zip(got, want, strict=True))
