@@ -44,7 +44,7 @@ import ipaddress
 import weakref
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -278,10 +278,29 @@ class _Target:
     prefix: IPNetwork | None = None
 
 
+@dataclass(frozen=True)
+class _PreviousNodes:
+    """What node_desired reuses from the previous compilation (never the compilation itself:
+    each would keep the one before it alive)."""
+
+    ipcache: Mapping[str, dict[IPNetwork, tuple[int, int]]] = field(default_factory=dict)
+    endpoints: Mapping[str, dict[str, EndpointDesired]] = field(default_factory=dict)
+    local_pods: Mapping[str, list[Pod]] = field(default_factory=dict)
+    prefix_ipcache: Mapping[IPNetwork, tuple[int, int]] | None = None
+    pod_ipcache: Mapping[IPNetwork, tuple[int, int]] | None = None
+    node_addresses: Mapping[str, list[IPAddress]] | None = None
+    changed_pods: frozenset[str] | None = None
+
+
 class CompiledCluster:
     """Node-independent compilation of a ClusterState (see the module docstring)."""
 
     # Tables (set by _full or _update; see the module docstring)
+    _policy_facts: dict[str, tuple[NetworkPolicy, tuple[Rule, ...], frozenset[IPNetwork]]]
+    _named_rules: list[tuple[NetworkPolicy, Rule]]
+    _block_prefixes: frozenset[IPNetwork]
+    _exact: frozenset[IPNetwork]
+    _resolved: dict[tuple[Any, ...], tuple[tuple[tuple[_Target, int, int], ...], frozenset[IPNetwork]]]
     pods: Mapping[str, Pod]
     policy_map: Mapping[str, NetworkPolicy]
     _rule_cache: dict[tuple[Any, ...], dict[PolicyEntryKey, PolicyEntryValue]]
@@ -290,7 +309,7 @@ class CompiledCluster:
     _selector_cache: dict[tuple[Any, ...], frozenset[int]]
     _node_ipcache: dict[str, dict[IPNetwork, tuple[int, int]]]
     _node_endpoints: dict[str, dict[str, EndpointDesired]]
-    _previous_nodes: tuple[Any, Any, Any, Any]
+    _previous_nodes: _PreviousNodes
     policies: list[NetworkPolicy]
     _keys: dict[tuple[int, int, int, int, int], PolicyEntryKey]
     _block_cache: dict[IPBlock, frozenset[int]]
@@ -348,7 +367,11 @@ class CompiledCluster:
         self.incremental = False  # whether this compilation was derived from a previous one
         # (node -> ipcache, node -> endpoints, prefix_ipcache, pod_ipcache) of the previous
         # compilation, for node_desired to hand out unchanged ones again
-        self._previous_nodes = ({}, {}, None, None)
+        self._previous_nodes = _PreviousNodes()
+        self._local_pods: dict[str, list[Pod]] = {}
+        # (prefixes removed, entries added or changed) of the pod ipcache since the previous
+        # compilation, when it was updated rather than rebuilt
+        self._pod_ipcache_changes: tuple[list[IPNetwork], dict[IPNetwork, tuple[int, int]]] | None = None
         delta = cluster.delta
         if (
             previous is not None
@@ -368,18 +391,42 @@ class CompiledCluster:
         self._build_namespace_index(cluster)
         self._selector_cache = {}
         self._build_selection()
-        exact = self._resolve_egress_named_ports()
-        self._build_cidr_identities(exact)
+        self._exact = frozenset(self._resolve_egress_named_ports())
+        self._build_cidr_identities(self._exact)
         self._build_ipcache_base()
         self._keys = {}
         self._block_cache = {}
         self._policy_rules = {}
         self._build_rules()
 
-    def _build_policies_by_ns(self) -> None:
+    def _build_policies_by_ns(self, previous: CompiledCluster | None = None) -> None:
+        """Tables that depend on the policies only: policies by namespace, the egress rules
+        with named ports, and the ipBlock prefixes (per policy, reused while it is the same object)."""
         self.policies_by_ns = {}
+        old = previous._policy_facts if previous is not None else {}
+        facts: dict[str, tuple[NetworkPolicy, tuple[Rule, ...], frozenset[IPNetwork]]] = {}
+        named: list[tuple[NetworkPolicy, Rule]] = []
+        blocks: set[IPNetwork] = set()
         for pol in self.policies:
             self.policies_by_ns.setdefault(pol.namespace, []).append(pol)
+            hit = old.get(pol.key)
+            if hit is None or hit[0] is not pol:
+                egress_named = (
+                    tuple(r for r in pol.egress if r.has_named_ports) if pol.isolates_egress else ()
+                )
+                prefixes: set[IPNetwork] = set()
+                for rule in (*pol.ingress, *pol.egress):
+                    for peer in rule.peers:
+                        if peer.ip_block is not None:
+                            prefixes.add(peer.ip_block.cidr)
+                            prefixes.update(peer.ip_block.excepts)
+                hit = (pol, egress_named, frozenset(prefixes))
+            facts[pol.key] = hit
+            named.extend((pol, rule) for rule in hit[1])
+            blocks |= hit[2]
+        self._policy_facts = facts
+        self._named_rules = named
+        self._block_prefixes = frozenset(blocks)
 
     def _build_rules(self, previous: CompiledCluster | None = None) -> None:
         """rule_ref -> RuleRef of every rule (the first rule in policy order keeps a reference)."""
@@ -409,10 +456,11 @@ class CompiledCluster:
         against a full compilation over random event sequences."""
         if delta.policies:
             self.policies = sorted(cluster.policies.values(), key=lambda p: p.key)
-            self._build_policies_by_ns()
+            self._build_policies_by_ns(prev)
         else:
             self.policies = prev.policies
-            self.policies_by_ns = prev.policies_by_ns
+            self.policies_by_ns, self._policy_facts = prev.policies_by_ns, prev._policy_facts
+            self._named_rules, self._block_prefixes = prev._named_rules, prev._block_prefixes
         changes = self._update_identities(prev, delta.pods)
         if changes is None:
             return False
@@ -429,8 +477,22 @@ class CompiledCluster:
             self._build_namespace_index(cluster)
 
         self._update_selection(prev, delta.policies, ns_changed, added | removed)
-
-        exact = self._resolve_egress_named_ports(prev, touched)
+        if (
+            not touched
+            and not delta.policies
+            and self.ns_index is prev.ns_index
+            and self.ns_label_index is prev.ns_label_index
+        ):
+            # Same selection inputs: every selector evaluation and named-port resolution holds.
+            self._selector_cache = prev._selector_cache
+            self.egress_named, self.named_targets = prev.egress_named, prev.named_targets
+            self._named_cache, self._resolved = prev._named_cache, prev._resolved
+            self._exact = prev._exact
+        else:
+            if self.ns_index is prev.ns_index and self.ns_label_index is prev.ns_label_index:
+                self._selector_cache = dict(prev._selector_cache)  # (only this one adds to it)
+            self._exact = frozenset(self._resolve_egress_named_ports(prev, touched))
+        exact = self._exact
         prefixes = self._cidr_prefixes(exact)
         if prefixes == prev._cidr_prefix_set:
             self.cidr_identity, self.tables = prev.cidr_identity, prev.tables
@@ -465,11 +527,14 @@ class CompiledCluster:
             self._build_rules(prev)
         else:
             self.rules, self._policy_rules = prev.rules, prev._policy_rules
-        self._previous_nodes = (
+        self._previous_nodes = _PreviousNodes(
             prev._node_ipcache,
             prev._node_endpoints,
+            prev._local_pods,
             prev.prefix_ipcache,
             prev.pod_ipcache,
+            prev.node_addresses,
+            delta.pods,
         )
         return True
 
@@ -623,6 +688,8 @@ class CompiledCluster:
         pod_ipcache = dict(prev.pod_ipcache)
         ip_pod = dict(prev._ip_pod)
         nets: dict[str, IPNetwork] = {}
+        removed: list[IPNetwork] = []
+        added: dict[IPNetwork, tuple[int, int]] = {}
         for key in changed:
             old = prev.pods.get(key)
             if old is None or not old.active:
@@ -633,6 +700,7 @@ class CompiledCluster:
                     return False
                 nets[ip] = owner[1]
                 del pod_ipcache[owner[1]]
+                removed.append(owner[1])
         for key in changed:
             pod = self.pods.get(key)
             if pod is None or not pod.active:
@@ -642,9 +710,11 @@ class CompiledCluster:
                 if ip in ip_pod:
                     return False
                 net = nets.get(ip) or host_prefix(ipaddress.ip_address(ip))
-                pod_ipcache[net] = (ident, self.longest_cidr_identity(net.network_address))
+                value = (ident, self.longest_cidr_identity(net.network_address))
+                pod_ipcache[net] = added[net] = value
                 ip_pod[ip] = (key, net)
         self.pod_ipcache, self._ip_pod, self._shared_ips = pod_ipcache, ip_pod, frozenset()
+        self._pod_ipcache_changes = ([n for n in removed if n not in added], added)
         return True
 
     # -- identities ---------------------------------------------------------------------------
@@ -852,60 +922,46 @@ class CompiledCluster:
         self._named_base = previous._named_cache if previous is not None else {}
         self._touched = touched
         old_resolved = previous._resolved if previous is not None else {}
-        self._resolved: dict[
-            tuple[Any, ...], tuple[tuple[tuple[_Target, int, int], ...], frozenset[IPNetwork]]
-        ] = {}
+        self._resolved = {}
         token_of: dict[tuple[Any, ...], int] = {}
         exact: set[IPNetwork] = set()
-        for pol in self.policies:
-            if not pol.isolates_egress:
-                continue
-            for rule in pol.egress:
-                if not rule.has_named_ports:
+        for pol, rule in self._named_rules:
+            if not rule.peers:
+                idents: frozenset[int] = frozenset(self.pods_by_identity)
+            else:
+                acc: set[int] = set()
+                for peer in rule.peers:
+                    if peer.ip_block is None:
+                        acc |= self.peer_identities(pol.namespace, peer)
+                idents = frozenset(acc)
+            blocks = tuple(peer.ip_block for peer in rule.peers if peer.ip_block is not None)
+            tokens: list[int] = []
+            for pport in rule.ports:
+                if not isinstance(pport.port, str):
                     continue
-                if not rule.peers:
-                    idents: frozenset[int] = frozenset(self.pods_by_identity)
-                else:
-                    acc: set[int] = set()
-                    for peer in rule.peers:
-                        if peer.ip_block is None:
-                            acc |= self.peer_identities(pol.namespace, peer)
-                    idents = frozenset(acc)
-                blocks = tuple(peer.ip_block for peer in rule.peers if peer.ip_block is not None)
-                tokens: list[int] = []
-                for pport in rule.ports:
-                    if not isinstance(pport.port, str):
-                        continue
-                    tkey = (idents, blocks, pport.port, pport.protocol)
-                    tok = token_of.get(tkey)
-                    if tok is None:
-                        tok = len(self.named_targets)
-                        token_of[tkey] = tok
-                        hit = old_resolved.get(tkey)
-                        if hit is None or (blocks and touched) or not idents.isdisjoint(touched):
-                            mine: set[IPNetwork] = set()
-                            targets = self._named_targets(idents, blocks, pport.port, pport.protocol, mine)
-                            hit = (targets, frozenset(mine))
-                        self._resolved[tkey] = hit
-                        self.named_targets.append(hit[0])
-                        exact |= hit[1]
-                    tokens.append(tok)
-                self.egress_named[(pol.key, rule.index)] = tuple(tokens)
+                tkey = (idents, blocks, pport.port, pport.protocol)
+                tok = token_of.get(tkey)
+                if tok is None:
+                    tok = len(self.named_targets)
+                    token_of[tkey] = tok
+                    hit = old_resolved.get(tkey)
+                    if hit is None or (blocks and touched) or not idents.isdisjoint(touched):
+                        mine: set[IPNetwork] = set()
+                        targets = self._named_targets(idents, blocks, pport.port, pport.protocol, mine)
+                        hit = (targets, frozenset(mine))
+                    self._resolved[tkey] = hit
+                    self.named_targets.append(hit[0])
+                    exact |= hit[1]
+                tokens.append(tok)
+            self.egress_named[(pol.key, rule.index)] = tuple(tokens)
         return exact
 
     # -- CIDR identities and the ipcache ----------------------------------------------------
 
-    def _cidr_prefixes(self, exact: set[IPNetwork]) -> frozenset[IPNetwork]:
-        prefixes: set[IPNetwork] = set(exact)
-        for pol in self.policies:
-            for rule in (*pol.ingress, *pol.egress):
-                for peer in rule.peers:
-                    if peer.ip_block is not None:
-                        prefixes.add(peer.ip_block.cidr)
-                        prefixes.update(peer.ip_block.excepts)
-        return frozenset(prefixes)
+    def _cidr_prefixes(self, exact: Iterable[IPNetwork]) -> frozenset[IPNetwork]:
+        return self._block_prefixes.union(exact)
 
-    def _build_cidr_identities(self, exact: set[IPNetwork]) -> None:
+    def _build_cidr_identities(self, exact: Iterable[IPNetwork]) -> None:
         prefixes = self._cidr_prefixes(exact)
         self._cidr_prefix_set = prefixes
         self.cidr_identity = allocate_cidr_identities(prefixes)
@@ -977,19 +1033,45 @@ class CompiledCluster:
         out = self._node_ipcache.get(node)
         if out is not None:
             return out
-        prev_ipcache, _eps, prefix_ipcache, pod_ipcache = self._previous_nodes
-        out = prev_ipcache.get(node)
-        if out is None or prefix_ipcache is not self.prefix_ipcache or pod_ipcache is not self.pod_ipcache:
+        before = self._previous_nodes
+        out = before.ipcache.get(node)
+        if (
+            out is None
+            or before.prefix_ipcache is not self.prefix_ipcache
+            or before.node_addresses is not self.node_addresses
+        ):
             out = self._ipcache_for(node)
+        elif before.pod_ipcache is not self.pod_ipcache:
+            changes = self._pod_ipcache_changes
+            if changes is None:
+                out = self._ipcache_for(node)
+            else:
+                # The previous node ipcache with the pod entries that changed: a removed pod
+                # address falls back to what lies under it (a node address, a policy prefix).
+                out = dict(out)
+                removed, added = changes
+                nodes = self._node_entries(node)
+                for net in removed:
+                    lower = nodes.get(net) or self.prefix_ipcache.get(net)
+                    if lower is None:
+                        out.pop(net, None)
+                    else:
+                        out[net] = lower
+                out.update(added)
         self._node_ipcache[node] = out
         return out
 
-    def _ipcache_for(self, node: str) -> dict[IPNetwork, tuple[int, int]]:
-        out = dict(self.prefix_ipcache)
+    def _node_entries(self, node: str) -> dict[IPNetwork, tuple[int, int]]:
+        out: dict[IPNetwork, tuple[int, int]] = {}
         for name, addrs in self.node_addresses.items():
             ident = ID_HOST if name == node else ID_REMOTE_NODE
             for addr in addrs:
                 out[host_prefix(addr)] = (ident, self._node_cidr[addr])
+        return out
+
+    def _ipcache_for(self, node: str) -> dict[IPNetwork, tuple[int, int]]:
+        out = dict(self.prefix_ipcache)
+        out.update(self._node_entries(node))
         out.update(self.pod_ipcache)
         return out
 
@@ -1107,13 +1189,33 @@ class CompiledCluster:
 
     # -- per node -----------------------------------------------------------------------------
 
+    def _local(self, node: str) -> list[Pod]:
+        """The node's active pods with an address, by key (from the previous compilation's
+        list and the changed pods when there is one)."""
+        got = self._local_pods.get(node)
+        if got is not None:
+            return got
+        before = self._previous_nodes
+        old = before.local_pods.get(node)
+        if old is not None and before.changed_pods is not None:
+            changed = before.changed_pods
+            got = [p for p in old if p.key not in changed]
+            for key in changed:
+                pod = self.pods.get(key)
+                if pod is not None and pod.node == node and pod.active and pod.ips:
+                    got.append(pod)
+        else:
+            got = [p for p in self.pods.values() if p.node == node and p.active and p.ips]
+        got.sort(key=lambda p: p.key)
+        self._local_pods[node] = got
+        return got
+
     def node_desired(self, node: str) -> NodeDesired:
         endpoints: dict[str, EndpointDesired] = {}
         # An endpoint equal to the one the previous compilation gave is that very object, so
         # the sync layer can tell unchanged endpoints by identity.
-        before = self._previous_nodes[1].get(node, {})
-        local = [p for p in self.pods.values() if p.node == node and p.active and p.ips]
-        for pod in sorted(local, key=lambda p: p.key):
+        before = self._previous_nodes.endpoints.get(node, {})
+        for pod in self._local(node):
             ing, egr, entries, pols = self.endpoint_entries(pod)
             ing_audit, egr_audit = self._audit_only(pols)
             ep = EndpointDesired(

@@ -176,7 +176,8 @@ class World:
             name = r.choice(NAMESPACES)
             self.namespaces[name] = self._stamp(K.ns(name, team=r.choice(NAMESPACES)))
         elif choice == "node~":
-            self.nodes["node-2"] = self._stamp(K.node("node-2", f"192.168.0.{r.randrange(2, 5)}"))
+            # (sometimes an address a pod may also have: the pod's entry wins while it exists)
+            self.nodes["node-2"] = self._stamp(K.node("node-2", r.choice(["192.168.0.2", "10.0.1.11"])))
         elif choice == "pod+pol":
             self.add_pod(f"q{n}")
             self.add_policy(f"m{n}")
