@@ -19,7 +19,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress, count, islice
-from operator import is_, ne, not_
+from operator import is_
 from typing import Any, Literal, Protocol
 
 from controller.datapath import maps
@@ -212,9 +212,9 @@ class Encoder:
         values = list(ipcache.values())
         if last is None:
             return _encode_ipcache_fully(ipcache, nets, values)
-        # The compiler keeps the prefix objects, and their order, of what it did not change:
-        # runs of identical objects are aligned position by position (C loops), and only the
-        # positions outside them are matched by object (see align()).
+        # The compiler keeps the prefixes, and their order, of what it did not change: runs
+        # of equal prefixes are aligned position by position (slice compares, C loops), and
+        # only the positions outside them are matched by object (see align()).
         old_nets, old_values, old_keys = last.prefixes, last.values, last.keys
         runs, new_gaps, old_gaps = align(nets, old_nets)
         v4, v6 = dict(last.v4), dict(last.v6)
@@ -239,9 +239,10 @@ class Encoder:
                     (v4 if len(kb) == IPCACHE4_KEY_SIZE else v6)[kb] = vb
                     touched.add(kb)
                     gap_keys[j] = kb
-        # Same prefix object in a run: its key stays, its value may have changed.
+        # An equal prefix in a run: its key stays, its value may have changed.
         for a, b, offset in runs:
-            for j in compress(count(a), map(ne, values[a:b], old_values[a - offset : b - offset])):
+            for x in _unequal_positions(values, a, old_values, a - offset, b - a):
+                j = a + x
                 kb, vb = maps.encode_ipcache(nets[j], values[j][0], values[j][1])
                 (v4 if len(kb) == IPCACHE4_KEY_SIZE else v6)[kb] = vb
                 touched.add(kb)
@@ -263,19 +264,48 @@ MAX_ALIGN_GAPS = 32
 ALIGN_LOOKAHEAD = 64
 
 
+def equal_run(new: Sequence[Any], i: int, old: Sequence[Any], j: int, limit: int, step: int = 1) -> int:
+    """How many positions from new[i] and old[j] on (step 1) or back (step -1: new[i - 1 - x]
+    against old[j - 1 - x]) hold equal items, at most `limit`. Compares slices (C loops, an
+    identity test before any __eq__), doubling their length, then bisects the unequal one."""
+    lo, width = 0, 16
+    while lo < limit:
+        hi = min(limit, lo + width)
+        if _slices_equal(new, i, old, j, lo, hi, step):
+            lo, width = hi, width * 2
+            continue
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if _slices_equal(new, i, old, j, lo, mid, step):
+                lo = mid
+            else:
+                hi = mid
+        return lo
+    return lo
+
+
+def _slices_equal(
+    new: Sequence[Any], i: int, old: Sequence[Any], j: int, lo: int, hi: int, step: int
+) -> bool:
+    if step > 0:
+        return new[i + lo : i + hi] == old[j + lo : j + hi]
+    return new[i - hi : i - lo] == old[j - hi : j - lo]
+
+
 def align(
     new: Sequence[Any], old: Sequence[Any]
 ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]], list[tuple[int, int]]]:
-    """Positions of `new` that hold the very object `old` holds at an aligned position.
+    """Positions of `new` that hold an item equal to the one `old` holds at an aligned position.
 
-    Returns (runs, new_gaps, old_gaps): runs (a, b, offset) say new[j] is old[j - offset] for
+    Returns (runs, new_gaps, old_gaps): runs (a, b, offset) say new[j] == old[j - offset] for
     a <= j < b; new_gaps and old_gaps are the [a, b) ranges of positions in no run. Runs are
-    found with identity tests in C loops; after a mismatch the next common object is looked
+    found by comparing slices (equal_run); after a mismatch the next common object is looked
     for within ALIGN_LOOKAHEAD positions of both (an entry added, removed or replaced), else
     at the same offset further on (a block of replaced entries); after MAX_ALIGN_GAPS such
     stretches the rest is aligned from the back only. So the positions outside the runs are
-    about those an event added, removed or replaced, not the size of the lists. An object is
-    in at most one run (positions advance in both lists).
+    about those an event added, removed or replaced, not the size of the lists. Positions
+    advance in both lists, so with distinct items (a mapping's keys) an item is in at most
+    one run.
     """
     n_new, n_old = len(new), len(old)
     runs: list[tuple[int, int, int]] = []
@@ -283,8 +313,7 @@ def align(
     old_gaps: list[tuple[int, int]] = []
     i = j = 0  # next unaligned position in new, old
     for _ in range(MAX_ALIGN_GAPS):
-        same = map(is_, islice(new, i, None), islice(old, j, None))
-        k = next(compress(count(), map(not_, same)), min(n_new - i, n_old - j))
+        k = equal_run(new, i, old, j, min(n_new - i, n_old - j))
         if k:
             runs.append((i, i + k, i - j))
             i, j = i + k, j + k
@@ -312,9 +341,7 @@ def align(
             old_gaps.append((j, x))
         i, j = y, x
     # The rest, from the back: new[n_new - 1 - k] against old[n_old - 1 - k].
-    limit = min(n_new - i, n_old - j)
-    back = map(is_, islice(reversed(new), limit), islice(reversed(old), limit))
-    k = next(compress(count(), map(not_, back)), limit)
+    k = equal_run(new, n_new, old, n_old, min(n_new - i, n_old - j), step=-1)
     if k:
         runs.append((n_new - k, n_new, n_new - n_old))
     if i < n_new - k:
@@ -322,6 +349,18 @@ def align(
     if j < n_old - k:
         old_gaps.append((j, n_old - k))
     return runs, new_gaps, old_gaps
+
+
+def _unequal_positions(new: Sequence[Any], a: int, old: Sequence[Any], b: int, n: int) -> list[int]:
+    """Positions x < n where new[a + x] != old[b + x] (equal_run from each mismatch on)."""
+    out: list[int] = []
+    x = 0
+    while x < n:
+        x += equal_run(new, a + x, old, b + x, n - x)
+        if x < n:
+            out.append(x)
+            x += 1
+    return out
 
 
 def _encode_ipcache_fully(

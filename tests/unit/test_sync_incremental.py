@@ -15,10 +15,12 @@ from controller.datapath.sync import (
     MAX_ALIGN_GAPS,
     Encoder,
     Written,
+    _unequal_positions,
     align,
     apply_diff,
     apply_encoding,
     desired_maps,
+    equal_run,
 )
 from controller.mapstate import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue, SvcFrontend
 
@@ -316,7 +318,7 @@ def _check_alignment(new: Sequence[object], old: Sequence[object]) -> int:
         assert [a for a, _ in covered] == [0, *(b for _, b in covered[:-1])] if covered else n == 0
         assert (covered[-1][1] if covered else 0) == n
     for a, b, off in runs:
-        assert all(new[j] is old[j - off] for j in range(a, b))
+        assert all(new[j] == old[j - off] for j in range(a, b))
     return sum(b - a for a, b in new_gaps)
 
 
@@ -362,9 +364,9 @@ def test_alignment_of_unrelated_or_shuffled_lists_keeps_its_contract() -> None:
     assert _check_alignment(new, old) < len(new)
 
 
-def test_a_block_of_replaced_prefixes_and_an_appended_one_are_all_that_is_encoded_again() -> None:
-    """The shape of a pod event at 10k pods: node address prefixes rebuilt (new objects, same
-    place), the new pod's prefix appended, every other prefix object kept in its place."""
+def test_a_block_of_rebuilt_prefixes_and_an_appended_one_cost_only_the_appended_one() -> None:
+    """The shape of a pod event at 10k pods: node address prefixes rebuilt (new, equal objects,
+    same place), the new pod's prefix appended, every other prefix object kept in its place."""
     cidrs = {ipaddress.ip_network(f"192.168.{i}.0/24"): (2, (1 << 24) + i) for i in range(20)}
     nodes = {ipaddress.ip_network(f"172.20.0.{i}/32"): (3, 0) for i in range(30)}
     pods = {ipaddress.ip_network(f"10.244.{i // 250}.{i % 250}/32"): (256 + i % 9, 0) for i in range(2000)}
@@ -372,10 +374,27 @@ def test_a_block_of_replaced_prefixes_and_an_appended_one_are_all_that_is_encode
     desired = NodeDesired(endpoints={}, ipcache={**cidrs, **nodes, **pods}, rules={}, identities={})
     first = encoder.encode(desired, {}).ipcache
     rebuilt = {ipaddress.ip_network(str(n)): v for n, v in nodes.items()}
-    pods = {**pods, ipaddress.ip_network("10.244.99.1/32"): (300, 0)}
+    pod = ipaddress.ip_network("10.244.99.1/32")
+    moved = next(iter(pods))
+    pods = {**pods, moved: (300, 0), pod: (300, 0)}  # one pod relabeled, one added
     second = encoder.encode(dataclasses.replace(desired, ipcache={**cidrs, **rebuilt, **pods}), {}).ipcache
-    assert _check_alignment(second.prefixes, first.prefixes) == 31
-    node_keys = {maps.encode_ipcache(n, 0, 0)[0] for n in nodes}
-    added = maps.encode_ipcache(ipaddress.ip_network("10.244.99.1/32"), 0, 0)[0]
-    assert second.touched == node_keys | {added}  # re-encoded: the rebuilt prefixes and the new one
-    assert second.v4 == {**first.v4, added: second.v4[added]}
+    assert _check_alignment(second.prefixes, first.prefixes) == 1
+    assert second.touched == {maps.encode_ipcache(n, 0, 0)[0] for n in (pod, moved)}
+    assert second.v4 == {**first.v4, **{k: second.v4[k] for k in second.touched}}
+
+
+def test_equal_runs_and_unequal_positions_are_those_a_position_by_position_comparison_finds() -> None:
+    rng = random.Random(11)
+    for _ in range(2000):
+        n = rng.randrange(0, 120)
+        old = [rng.randrange(3) for _ in range(n)]
+        new = [v if rng.random() < 0.9 else rng.randrange(3) for v in old]
+        i = rng.randrange(n + 1)
+        limit = rng.randrange(n - i + 1)
+        forward = next((x for x in range(limit) if new[i + x] != old[i + x]), limit)
+        assert equal_run(new, i, old, i, limit) == forward
+        backward = next((x for x in range(limit) if new[n - i - 1 - x] != old[n - i - 1 - x]), limit)
+        assert equal_run(new, n - i, old, n - i, limit, step=-1) == backward
+        assert _unequal_positions(new, i, old, i, limit) == [
+            x for x in range(limit) if new[i + x] != old[i + x]
+        ]
