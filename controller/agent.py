@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import compress, repeat
-from operator import attrgetter, eq
+from operator import attrgetter, eq, is_
 from typing import Any, Protocol
 
 from controller import endpoints as endpoints_mod
@@ -259,6 +259,20 @@ class _StatusMemo:
     status: dict[str, dict[str, Any]]
 
 
+@dataclass(frozen=True, eq=False)
+class _StatusParts:
+    """The inputs of the last policy status computed from the compiled cluster, by policy,
+    and that status: the next one redoes only the policies whose inputs differ."""
+
+    raws: Sequence[Any]  # the snapshot's policy objects
+    generations: dict[str, Any]
+    errors: dict[str, list[dict[str, str]]]
+    policies: Mapping[str, Any]  # the cluster's
+    selected: dict[str, list[str]]  # policy -> local pods it selects
+    overflow: dict[str, Overflow]
+    status: dict[str, dict[str, Any]]
+
+
 class Agent:
     def __init__(
         self,
@@ -314,6 +328,7 @@ class Agent:
         self._capacity: dict[str, int] | None = None
         self._policies: dict[str, dict[str, Any]] = {}
         self._policy_status_memo: _StatusMemo | None = None  # _policy_status's last result
+        self._status_parts: _StatusParts | None = None
         self._arrivals: list[float] = []  # arrival times of cluster events not realized yet
         self._attach_reported: dict[int, float] = {}  # ifindex -> when its programs were attached
         self._attach_times: dict[int, float] = {}  # ifindex -> when this agent attached its programs
@@ -814,19 +829,20 @@ class Agent:
         return out
 
     def _compute_policy_status(self, snap: Snapshot, fit: Fit) -> dict[str, dict[str, Any]]:
+        """The status of every policy; from the compiled cluster, only the policies whose
+        generation, selected local pods or errors changed since the last call are redone."""
         cluster = self._cluster
         pols = getattr(cluster, "policies", None)
         pods = getattr(cluster, "pods", None)
         if not isinstance(pols, Mapping) or not isinstance(pods, Mapping):
             return {}
-        generations: dict[str, Any] = {}
-        for raw in snap.policies:
-            # type() first: the API's objects are dicts, and the ABC test costs ~1 us each
-            meta = raw.get("metadata") if type(raw) is dict or isinstance(raw, Mapping) else None
-            if type(meta) is dict or isinstance(meta, Mapping):
-                key = f"{meta.get('namespace', 'default')}/{meta.get('name', '')}"
-                gen = meta.get("generation")
-                generations[key] = gen if isinstance(gen, int) else None
+        last = self._status_parts
+        self._status_parts = None
+        raws = snap.policies if isinstance(snap.policies, list | tuple) else list(snap.policies)
+        if last is not None and len(raws) == len(last.raws) and all(map(is_, raws, last.raws)):
+            generations = last.generations  # the very objects: the same generations
+        else:
+            generations = _generations(raws)
         errors: dict[str, list[dict[str, str]]] = {}
         for e in self._policy_errors:
             if e.object.startswith("NetworkPolicy "):
@@ -836,25 +852,35 @@ class Agent:
         local = _local_pods(pods, self.node)
         by_policy = _selected_by_policy(cluster, local)
         overflow = fit.overflow
-        out: dict[str, dict[str, Any]] = {}
-        for key, pol in sorted(pols.items()):
-            if by_policy is not None:
-                selected = by_policy.get(key, [])
+        if by_policy is None:
+            return {
+                key: _policy_entry(generations.get(key), _matching(pol, local), errors.get(key, ()), overflow)
+                for key, pol in sorted(pols.items())
+            }
+
+        def entry(key: str) -> dict[str, Any]:
+            return _policy_entry(generations.get(key), by_policy.get(key, []), errors.get(key, ()), overflow)
+
+        if last is None or last.overflow != overflow:
+            out = {key: entry(key) for key in sorted(pols)}
+        else:
+            changed = {
+                k for k in by_policy.keys() | last.selected.keys() if by_policy.get(k) != last.selected.get(k)
+            }
+            if generations is not last.generations:
+                changed.update(k for k, _ in generations.items() ^ last.generations.items())
+            if errors != last.errors:
+                changed.update(
+                    k for k in errors.keys() | last.errors.keys() if errors.get(k) != last.errors.get(k)
+                )
+            previous = last.status
+            if pols.keys() == last.policies.keys():
+                out = {**previous, **{k: entry(k) for k in changed if k in pols}} if changed else previous
             else:
-                try:
-                    selected = [
-                        p.key
-                        for p in local
-                        if p.namespace == pol.namespace and pol.pod_selector.matches(p.labels)
-                    ]
-                except Exception:  # a policy the model could not make sense of selects nothing we can count
-                    selected = []
-            errs = list(errors.get(key, []))
-            for pod in selected if overflow else ():
-                o = overflow.get(pod)
-                if o is not None:
-                    errs.append({"field": f"map {o.map}", "message": f"pod {pod}: {_overflow_message(o)}"})
-            out[key] = {"generation": generations.get(key), "selected_pods": len(selected), "errors": errs}
+                out = {
+                    k: previous[k] if k in previous and k not in changed else entry(k) for k in sorted(pols)
+                }
+        self._status_parts = _StatusParts(raws, generations, errors, pols, by_policy, dict(overflow), out)
         return out
 
     def refresh_datapath_metrics(self) -> None:
@@ -1072,6 +1098,43 @@ def _local_pods(pods: Mapping[str, Any], node: str) -> list[Any]:
     except AttributeError:  # not every object has a node
         on_node = [p for p in values if getattr(p, "node", None) == node]
     return [p for p in on_node if getattr(p, "active", True)]
+
+
+def _generations(raws: Sequence[Any]) -> dict[str, Any]:
+    """Policy key ("ns/name") -> metadata.generation (None: absent or not an int) of raw policies."""
+    generations: dict[str, Any] = {}
+    for raw in raws:
+        # type() first: the API's objects are dicts, and the ABC test costs ~1 us each
+        meta = raw.get("metadata") if type(raw) is dict or isinstance(raw, Mapping) else None
+        if type(meta) is dict or isinstance(meta, Mapping):
+            key = f"{meta.get('namespace', 'default')}/{meta.get('name', '')}"
+            gen = meta.get("generation")
+            generations[key] = gen if isinstance(gen, int) else None
+    return generations
+
+
+def _matching(pol: Any, local: Sequence[Any]) -> list[str]:
+    """Keys of the `local` pods a policy selects, by evaluating its selector on each."""
+    try:
+        return [p.key for p in local if p.namespace == pol.namespace and pol.pod_selector.matches(p.labels)]
+    except Exception:  # a policy the model could not make sense of selects nothing we can count
+        return []
+
+
+def _policy_entry(
+    generation: Any,
+    selected: Sequence[str],
+    errors: Sequence[dict[str, str]],
+    overflow: Mapping[str, Overflow],
+) -> dict[str, Any]:
+    """One policy's status: its generation, how many local pods it selects, its errors and
+    those of its selected pods that did not fit a map."""
+    errs = list(errors)
+    for pod in selected if overflow else ():
+        o = overflow.get(pod)
+        if o is not None:
+            errs.append({"field": f"map {o.map}", "message": f"pod {pod}: {_overflow_message(o)}"})
+    return {"generation": generation, "selected_pods": len(selected), "errors": errs}
 
 
 def _selected_by_policy(cluster: Any, local: Sequence[Any]) -> dict[str, list[str]] | None:

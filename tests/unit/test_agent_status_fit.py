@@ -24,7 +24,7 @@ from controller.agent import (
     fit_capacity,
 )
 from controller.bench import synth
-from controller.mapstate import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue
+from controller.mapstate import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue, PolicyError
 from controller.model import ClusterState
 from controller.sources import Snapshot
 
@@ -135,8 +135,13 @@ def test_the_policy_status_is_recomputed_only_when_its_inputs_change() -> None:
     newer = [dict(p, metadata={**p["metadata"], "generation": 9}) for p in raw.policies]
     regenerated = agent._policy_status(snap_of(newer, (1, 1, 2, 1)), _fit())
     assert {s["generation"] for s in regenerated.values()} == {9}
-    agent._record_policy_errors([])  # new errors: a new list
-    assert agent._policy_status(snap_of(newer, (1, 1, 2, 1)), _fit()) is not regenerated
+    bad = PolicyError("NetworkPolicy ns-001/pol-1", "spec.ingress[0]", "bad")
+    agent._record_policy_errors([bad])  # new errors, same snapshot
+    erred = agent._policy_status(snap_of(newer, (1, 1, 2, 1)), _fit())
+    assert erred["ns-001/pol-1"]["errors"] == [{"field": "spec.ingress[0]", "message": "bad"}]
+    assert {k: v for k, v in erred.items() if k != "ns-001/pol-1"} == {
+        k: v for k, v in regenerated.items() if k != "ns-001/pol-1"
+    }
 
 
 # ------------------------------------------------------------------------------ fit_capacity
@@ -280,3 +285,74 @@ def test_the_local_pods_are_the_active_ones_on_the_node_whatever_objects_the_clu
         ]
         got = agent_mod._local_pods(by_key, "node-1")
         assert len(got) == len(want) and all(a is b for a, b in zip(got, want, strict=True))
+
+
+def test_the_policy_status_redone_for_what_changed_is_the_one_computed_afresh_over_random_events() -> None:
+    rng = random.Random(12)
+    raw = _cluster()
+    agent, _ = _agent(raw)
+    policies, pods = list(raw.policies), list(raw.pods)
+    overflow: dict[str, Overflow] = {}
+    errors: list[PolicyError] = []
+    for step in range(60):
+        kind = rng.choice(
+            [
+                "relabel",
+                "pod_add",
+                "pod_del",
+                "pol_add",
+                "pol_del",
+                "generation",
+                "same",
+                "errors",
+                "overflow",
+            ]
+        )
+        if kind == "relabel":
+            at = rng.randrange(len(pods))
+            pods[at] = dict(
+                pods[at], metadata={**pods[at]["metadata"], "labels": {"app": f"app-{rng.randrange(5)}"}}
+            )
+        elif kind == "pod_add":
+            pods.append(
+                synth.pod(
+                    "ns-000", f"new-{step}", {"app": "app-0", "tier": "web"}, f"10.251.0.{step}", "node-1", []
+                )
+            )
+        elif kind == "pod_del":
+            del pods[rng.randrange(len(pods))]
+        elif kind == "pol_add":
+            policies.append(synth.policy(f"ns-00{rng.randrange(3)}", f"added-{step}", {"podSelector": {}}))
+        elif kind == "pol_del" and policies:
+            del policies[rng.randrange(len(policies))]
+        elif kind in ("generation", "same") and policies:
+            at = rng.randrange(len(policies))
+            meta = dict(policies[at]["metadata"])
+            meta["generation"] = meta.get("generation", 0) + (kind == "generation")
+            policies[at] = dict(policies[at], metadata=meta)
+        elif kind == "errors":
+            keys = [f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in policies]
+            errors = [
+                PolicyError(f"NetworkPolicy {k}", "spec", f"e{step}")
+                for k in rng.sample(keys, min(3, len(keys)))
+            ]
+        else:
+            local = sorted(
+                p["metadata"]["namespace"] + "/" + p["metadata"]["name"]
+                for p in pods
+                if p["spec"]["nodeName"] == "node-1"
+            )
+            overflow = {
+                p: Overflow(p, "vg_policy", 9, 3)
+                for p in rng.sample(local, min(len(local), rng.randrange(3)))
+            }
+        cluster = ClusterState.from_objects(raw.namespaces, pods, policies, raw.nodes)
+        snap = snap_of(list(policies), (step,))
+        agent._cluster = cluster
+        agent._record_policy_errors([*cluster.errors, *errors])
+        got = agent._compute_policy_status(snap, _fit(overflow))
+        fresh, _ = _agent(raw)
+        fresh._cluster = cluster
+        fresh._record_policy_errors([*cluster.errors, *errors])
+        want = fresh._compute_policy_status(snap, _fit(overflow))
+        assert got == want and list(got) == list(want), f"step {step} ({kind})"
