@@ -265,8 +265,11 @@ class _StatusParts:
     and that status: the next one redoes only the policies whose inputs differ."""
 
     raws: Sequence[Any]  # the snapshot's policy objects
+    parsed: dict[int, tuple[Any, str | None, Any]]  # id(raw) -> (raw, key, generation)
     generations: dict[str, Any]
     errors: dict[str, list[dict[str, str]]]
+    pods: Mapping[str, Any]  # the cluster's
+    local: list[Any]  # its active pods on this node
     policies: Mapping[str, Any]  # the cluster's
     selected: dict[str, list[str]]  # policy -> local pods it selects
     overflow: dict[str, Overflow]
@@ -840,16 +843,16 @@ class Agent:
         self._status_parts = None
         raws = snap.policies if isinstance(snap.policies, list | tuple) else list(snap.policies)
         if last is not None and len(raws) == len(last.raws) and all(map(is_, raws, last.raws)):
-            generations = last.generations  # the very objects: the same generations
+            generations, parsed = last.generations, last.parsed  # the very objects: the same
         else:
-            generations = _generations(raws)
+            generations, parsed = _generations(raws, last.parsed if last is not None else {})
         errors: dict[str, list[dict[str, str]]] = {}
         for e in self._policy_errors:
             if e.object.startswith("NetworkPolicy "):
                 errors.setdefault(e.object.removeprefix("NetworkPolicy "), []).append(
                     {"field": e.field, "message": e.message}
                 )
-        local = _local_pods(pods, self.node)
+        local = last.local if last is not None and last.pods is pods else _local_pods(pods, self.node)
         by_policy = _selected_by_policy(cluster, local)
         overflow = fit.overflow
         if by_policy is None:
@@ -880,7 +883,9 @@ class Agent:
                 out = {
                     k: previous[k] if k in previous and k not in changed else entry(k) for k in sorted(pols)
                 }
-        self._status_parts = _StatusParts(raws, generations, errors, pols, by_policy, dict(overflow), out)
+        self._status_parts = _StatusParts(
+            raws, parsed, generations, errors, pods, local, pols, by_policy, dict(overflow), out
+        )
         return out
 
     def refresh_datapath_metrics(self) -> None:
@@ -1100,17 +1105,33 @@ def _local_pods(pods: Mapping[str, Any], node: str) -> list[Any]:
     return [p for p in on_node if getattr(p, "active", True)]
 
 
-def _generations(raws: Sequence[Any]) -> dict[str, Any]:
-    """Policy key ("ns/name") -> metadata.generation (None: absent or not an int) of raw policies."""
+def _generations(
+    raws: Sequence[Any], previous: Mapping[int, tuple[Any, str | None, Any]]
+) -> tuple[dict[str, Any], dict[int, tuple[Any, str | None, Any]]]:
+    """Policy key ("ns/name") -> metadata.generation (None: absent or not an int) of raw
+    policies, and id(raw) -> (raw, key, generation): `previous`, such a table of an earlier
+    call, gives those of the very objects it holds."""
     generations: dict[str, Any] = {}
+    parsed: dict[int, tuple[Any, str | None, Any]] = {}
     for raw in raws:
-        # type() first: the API's objects are dicts, and the ABC test costs ~1 us each
-        meta = raw.get("metadata") if type(raw) is dict or isinstance(raw, Mapping) else None
-        if type(meta) is dict or isinstance(meta, Mapping):
-            key = f"{meta.get('namespace', 'default')}/{meta.get('name', '')}"
-            gen = meta.get("generation")
-            generations[key] = gen if isinstance(gen, int) else None
-    return generations
+        hit = previous.get(id(raw))
+        if hit is None or hit[0] is not raw:
+            hit = (raw, *_generation_of(raw))
+        parsed[id(raw)] = hit
+        if hit[1] is not None:
+            generations[hit[1]] = hit[2]
+    return generations, parsed
+
+
+def _generation_of(raw: Any) -> tuple[str | None, Any]:
+    """(policy key, generation) of a raw policy; key None: no metadata."""
+    # type() first: the API's objects are dicts, and the ABC test costs ~1 us each
+    meta = raw.get("metadata") if type(raw) is dict or isinstance(raw, Mapping) else None
+    if type(meta) is dict or isinstance(meta, Mapping):
+        gen = meta.get("generation")
+        key = f"{meta.get('namespace', 'default')}/{meta.get('name', '')}"
+        return key, gen if isinstance(gen, int) else None
+    return None, None
 
 
 def _matching(pol: Any, local: Sequence[Any]) -> list[str]:

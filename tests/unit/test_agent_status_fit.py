@@ -25,7 +25,7 @@ from controller.agent import (
 )
 from controller.bench import synth
 from controller.mapstate import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue, PolicyError
-from controller.model import ClusterState
+from controller.model import ClusterBuilder, ClusterState
 from controller.sources import Snapshot
 
 # ------------------------------------------------------------------------------ policy status
@@ -291,6 +291,10 @@ def test_the_policy_status_redone_for_what_changed_is_the_one_computed_afresh_ov
     rng = random.Random(12)
     raw = _cluster()
     agent, _ = _agent(raw)
+    versions = iter(range(1, 1 << 30))
+    for obj in [*raw.namespaces, *raw.pods, *raw.policies, *raw.nodes]:  # as the API server does
+        obj["metadata"]["resourceVersion"] = str(next(versions))
+    builder = ClusterBuilder()  # the agent's: unchanged kinds keep their maps (same objects)
     policies, pods = list(raw.policies), list(raw.pods)
     overflow: dict[str, Overflow] = {}
     errors: list[PolicyError] = []
@@ -310,9 +314,8 @@ def test_the_policy_status_redone_for_what_changed_is_the_one_computed_afresh_ov
         )
         if kind == "relabel":
             at = rng.randrange(len(pods))
-            pods[at] = dict(
-                pods[at], metadata={**pods[at]["metadata"], "labels": {"app": f"app-{rng.randrange(5)}"}}
-            )
+            meta = {k: v for k, v in pods[at]["metadata"].items() if k != "resourceVersion"}
+            pods[at] = dict(pods[at], metadata={**meta, "labels": {"app": f"app-{rng.randrange(5)}"}})
         elif kind == "pod_add":
             pods.append(
                 synth.pod(
@@ -327,7 +330,7 @@ def test_the_policy_status_redone_for_what_changed_is_the_one_computed_afresh_ov
             del policies[rng.randrange(len(policies))]
         elif kind in ("generation", "same") and policies:
             at = rng.randrange(len(policies))
-            meta = dict(policies[at]["metadata"])
+            meta = {k: v for k, v in policies[at]["metadata"].items() if k != "resourceVersion"}
             meta["generation"] = meta.get("generation", 0) + (kind == "generation")
             policies[at] = dict(policies[at], metadata=meta)
         elif kind == "errors":
@@ -346,13 +349,15 @@ def test_the_policy_status_redone_for_what_changed_is_the_one_computed_afresh_ov
                 p: Overflow(p, "vg_policy", 9, 3)
                 for p in rng.sample(local, min(len(local), rng.randrange(3)))
             }
-        cluster = ClusterState.from_objects(raw.namespaces, pods, policies, raw.nodes)
+        for obj in (*pods, *policies):
+            obj["metadata"].setdefault("resourceVersion", str(next(versions)))
+        cluster = builder.build(raw.namespaces, list(pods), list(policies), raw.nodes)  # a snapshot's lists
         snap = snap_of(list(policies), (step,))
         agent._cluster = cluster
         agent._record_policy_errors([*cluster.errors, *errors])
         got = agent._compute_policy_status(snap, _fit(overflow))
         fresh, _ = _agent(raw)
-        fresh._cluster = cluster
+        fresh._cluster = ClusterState.from_objects(raw.namespaces, pods, policies, raw.nodes)
         fresh._record_policy_errors([*cluster.errors, *errors])
         want = fresh._compute_policy_status(snap, _fit(overflow))
         assert got == want and list(got) == list(want), f"step {step} ({kind})"
