@@ -411,22 +411,51 @@ class CompiledCluster:
             self.policies_by_ns.setdefault(pol.namespace, []).append(pol)
             hit = old.get(pol.key)
             if hit is None or hit[0] is not pol:
-                egress_named = (
-                    tuple(r for r in pol.egress if r.has_named_ports) if pol.isolates_egress else ()
-                )
-                prefixes: set[IPNetwork] = set()
-                for rule in (*pol.ingress, *pol.egress):
-                    for peer in rule.peers:
-                        if peer.ip_block is not None:
-                            prefixes.add(peer.ip_block.cidr)
-                            prefixes.update(peer.ip_block.excepts)
-                hit = (pol, egress_named, frozenset(prefixes))
+                hit = self._policy_fact(pol)
             facts[pol.key] = hit
             named.extend((pol, rule) for rule in hit[1])
             blocks |= hit[2]
         self._policy_facts = facts
         self._named_rules = named
         self._block_prefixes = frozenset(blocks)
+
+    def _update_policy_tables(self, prev: CompiledCluster, changed: frozenset[str]) -> None:
+        """_build_policies_by_ns's tables from prev's: only the changed policies' facts and
+        namespaces are redone."""
+        facts = dict(prev._policy_facts)
+        by_ns = dict(prev.policies_by_ns)
+        blocks_changed = False
+        for key in changed:
+            old = facts.pop(key, None)
+            pol = self.policy_map.get(key)
+            namespace = key.split("/", 1)[0]
+            members = [p for p in by_ns.get(namespace, ()) if p.key != key]
+            if pol is not None:
+                facts[key] = self._policy_fact(pol)
+                members.append(pol)
+                members.sort(key=lambda p: p.key)
+            if members:
+                by_ns[namespace] = members
+            else:
+                by_ns.pop(namespace, None)
+            blocks_changed |= bool(old is not None and old[2]) or bool(pol is not None and facts[key][2])
+        self._policy_facts, self.policies_by_ns = facts, by_ns
+        self._named_rules = [(pol, rule) for pol in self.policies for rule in facts[pol.key][1]]
+        if blocks_changed:
+            self._block_prefixes = frozenset().union(*(f[2] for f in facts.values()))
+        else:
+            self._block_prefixes = prev._block_prefixes
+
+    @staticmethod
+    def _policy_fact(pol: NetworkPolicy) -> tuple[NetworkPolicy, tuple[Rule, ...], frozenset[IPNetwork]]:
+        egress_named = tuple(r for r in pol.egress if r.has_named_ports) if pol.isolates_egress else ()
+        prefixes: set[IPNetwork] = set()
+        for rule in (*pol.ingress, *pol.egress):
+            for peer in rule.peers:
+                if peer.ip_block is not None:
+                    prefixes.add(peer.ip_block.cidr)
+                    prefixes.update(peer.ip_block.excepts)
+        return (pol, egress_named, frozenset(prefixes))
 
     def _build_rules(self, previous: CompiledCluster | None = None) -> None:
         """rule_ref -> RuleRef of every rule (the first rule in policy order keeps a reference)."""
@@ -456,7 +485,7 @@ class CompiledCluster:
         against a full compilation over random event sequences."""
         if delta.policies:
             self.policies = sorted(cluster.policies.values(), key=lambda p: p.key)
-            self._build_policies_by_ns(prev)
+            self._update_policy_tables(prev, delta.policies)
         else:
             self.policies = prev.policies
             self.policies_by_ns, self._policy_facts = prev.policies_by_ns, prev._policy_facts

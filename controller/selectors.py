@@ -18,6 +18,7 @@ the compiler uses that to translate selectors into identity sets quickly.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -216,9 +217,9 @@ class LabelSelector:
     def is_everything(self) -> bool:
         return not self.nothing and not self.requirements
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
-        """A canonical string, usable as a cache key."""
+        """A canonical string, usable as a cache key (formatted once per selector)."""
         if self.nothing:
             return "<nothing>"
         return json.dumps([[r.key, r.operator, list(r.values)] for r in self.requirements])

@@ -184,9 +184,12 @@ class World:
         return choice
 
     def objects(self) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+        pods = list(self.pods.values())
+        if self.rnd.random() < 0.15:  # a source that orders its objects otherwise, now and then
+            pods = pods[::-1] if self.rnd.random() < 0.5 else pods[3:] + pods[:3]
         return (
             list(self.namespaces.values()),
-            list(self.pods.values()),
+            pods,
             list(self.policies.values()),
             list(self.nodes.values()),
         )
