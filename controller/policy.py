@@ -290,6 +290,7 @@ class _PreviousNodes:
     pod_ipcache: Mapping[IPNetwork, tuple[int, int]] | None = None
     node_addresses: Mapping[str, list[IPAddress]] | None = None
     changed_pods: frozenset[str] | None = None
+    node_entries: Mapping[str, dict[IPNetwork, tuple[int, int]]] = field(default_factory=dict)
 
 
 class CompiledCluster:
@@ -369,6 +370,7 @@ class CompiledCluster:
         # compilation, for node_desired to hand out unchanged ones again
         self._previous_nodes = _PreviousNodes()
         self._local_pods: dict[str, list[Pod]] = {}
+        self._node_entry_cache: dict[str, dict[IPNetwork, tuple[int, int]]] = {}
         # (prefixes removed, entries added or changed) of the pod ipcache since the previous
         # compilation, when it was updated rather than rebuilt
         self._pod_ipcache_changes: tuple[list[IPNetwork], dict[IPNetwork, tuple[int, int]]] | None = None
@@ -564,6 +566,7 @@ class CompiledCluster:
             prev.pod_ipcache,
             prev.node_addresses,
             delta.pods,
+            prev._node_entry_cache,
         )
         return True
 
@@ -1091,6 +1094,18 @@ class CompiledCluster:
         return out
 
     def _node_entries(self, node: str) -> dict[IPNetwork, tuple[int, int]]:
+        """The node addresses' ipcache entries as `node` sees them (shared: do not mutate)."""
+        out = self._node_entry_cache.get(node)
+        if out is None:
+            before = self._previous_nodes
+            if before.node_addresses is self.node_addresses and node in before.node_entries:
+                out = before.node_entries[node]
+            else:
+                out = self._build_node_entries(node)
+            self._node_entry_cache[node] = out
+        return out
+
+    def _build_node_entries(self, node: str) -> dict[IPNetwork, tuple[int, int]]:
         out: dict[IPNetwork, tuple[int, int]] = {}
         for name, addrs in self.node_addresses.items():
             ident = ID_HOST if name == node else ID_REMOTE_NODE
