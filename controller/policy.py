@@ -291,6 +291,7 @@ class _PreviousNodes:
     node_addresses: Mapping[str, list[IPAddress]] | None = None
     changed_pods: frozenset[str] | None = None
     node_entries: Mapping[str, dict[IPNetwork, tuple[int, int]]] = field(default_factory=dict)
+    endpoints_stable: bool = False  # every unchanged pod's endpoint is the previous one
 
 
 class CompiledCluster:
@@ -345,6 +346,7 @@ class CompiledCluster:
     pod_ipcache: dict[IPNetwork, tuple[int, int]]
     _named_base: Mapping[tuple[str, str], dict[int, tuple[int, ...] | None]]
     _touched: frozenset[int]
+    _named_changed: bool
 
     def __init__(self, cluster: ClusterState, previous: CompiledCluster | None = None) -> None:
         """Compile `cluster`. With `previous` (the compilation of the build cluster.delta is
@@ -519,6 +521,7 @@ class CompiledCluster:
             self.egress_named, self.named_targets = prev.egress_named, prev.named_targets
             self._named_cache, self._resolved = prev._named_cache, prev._resolved
             self._exact = prev._exact
+            self._named_changed = False
         else:
             if self.ns_index is prev.ns_index and self.ns_label_index is prev.ns_label_index:
                 self._selector_cache = dict(prev._selector_cache)  # (only this one adds to it)
@@ -558,6 +561,16 @@ class CompiledCluster:
             self._build_rules(prev)
         else:
             self.rules, self._policy_rules = prev.rules, prev._policy_rules
+        # Nothing an endpoint's entries depend on changed but its own pod: node_desired hands
+        # out the previous EndpointDesired of every unchanged pod.
+        stable = (
+            not delta.policies
+            and self.ns_index is prev.ns_index
+            and self.ns_label_index is prev.ns_label_index
+            and self.policies_for_identity is prev.policies_for_identity
+            and self.cidr_identity is prev.cidr_identity
+            and not self._named_changed
+        )
         self._previous_nodes = _PreviousNodes(
             prev._node_ipcache,
             prev._node_endpoints,
@@ -567,6 +580,7 @@ class CompiledCluster:
             prev.node_addresses,
             delta.pods,
             prev._node_entry_cache,
+            stable,
         )
         return True
 
@@ -957,6 +971,8 @@ class CompiledCluster:
         self._resolved = {}
         token_of: dict[tuple[Any, ...], int] = {}
         exact: set[IPNetwork] = set()
+        # whether any resolution differs from the previous compilation's (or is new)
+        self._named_changed = previous is None
         for pol, rule in self._named_rules:
             if not rule.peers:
                 idents: frozenset[int] = frozenset(self.pods_by_identity)
@@ -980,12 +996,14 @@ class CompiledCluster:
                     if hit is None or (blocks and touched) or not idents.isdisjoint(touched):
                         mine: set[IPNetwork] = set()
                         targets = self._named_targets(idents, blocks, pport.port, pport.protocol, mine)
+                        self._named_changed |= hit is None or hit[0] != targets
                         hit = (targets, frozenset(mine))
                     self._resolved[tkey] = hit
                     self.named_targets.append(hit[0])
                     exact |= hit[1]
                 tokens.append(tok)
             self.egress_named[(pol.key, rule.index)] = tuple(tokens)
+        self._named_changed |= len(self._resolved) != len(old_resolved)
         return exact
 
     # -- CIDR identities and the ipcache ----------------------------------------------------
@@ -1258,8 +1276,15 @@ class CompiledCluster:
         endpoints: dict[str, EndpointDesired] = {}
         # An endpoint equal to the one the previous compilation gave is that very object, so
         # the sync layer can tell unchanged endpoints by identity.
-        before = self._previous_nodes.endpoints.get(node, {})
+        previous = self._previous_nodes
+        before = previous.endpoints.get(node, {})
+        stable = previous.endpoints_stable and previous.changed_pods is not None
         for pod in self._local(node):
+            if stable and previous.changed_pods is not None and pod.key not in previous.changed_pods:
+                kept = before.get(pod.key)
+                if kept is not None:
+                    endpoints[pod.key] = kept
+                    continue
             ing, egr, entries, pols = self.endpoint_entries(pod)
             ing_audit, egr_audit = self._audit_only(pols)
             ep = EndpointDesired(
