@@ -309,6 +309,8 @@ class Agent:
         self._desired: Any = None
         self._cluster: Any = None
         self._desired_versions: tuple[int, ...] | None = None
+        # (services, nodes, their frontends and errors) of the last pass that computed them
+        self._frontends_of: tuple[Any, Any, frozenset[Any], list[Any]] | None = None
         self._synced_versions: tuple[int, ...] | None = None
         self._synced_pod_ifindex: dict[str, int] | None = None
         self._last_sync_ok = False
@@ -473,7 +475,7 @@ class Agent:
                 compute = self._compute or _default_compute()
                 cluster = build(snap.namespaces, snap.pods, snap.policies, snap.nodes)
                 desired = compute(cluster, self.node)
-                fronts, front_errors = frontends_of(getattr(snap, "services", ()), snap.nodes, self.node)
+                fronts, front_errors = self._frontends(getattr(snap, "services", ()), snap.nodes)
                 desired = dataclasses.replace(
                     desired, frontends=fronts, errors=(*getattr(desired, "errors", ()), *front_errors)
                 )
@@ -574,6 +576,17 @@ class Agent:
         self._observe_realized(pass_started, done)
         self._failures = 0
         return True
+
+    def _frontends(self, services: Any, nodes: Any) -> tuple[frozenset[Any], list[Any]]:
+        """frontends_of(), again only when the Services or Nodes are not the very objects of
+        the last pass (sequence equality compares elements by identity first: C speed)."""
+        services, nodes = list(services), list(nodes)
+        last = self._frontends_of
+        if last is not None and last[0] == services and last[1] == nodes:
+            return last[2], last[3]
+        fronts, errors = frontends_of(services, nodes, self.node)
+        self._frontends_of = (services, nodes, fronts, errors)
+        return fronts, errors
 
     def _attachments(self, found: Discovered) -> dict[str, int]:
         """pod -> ifindex to attach and sync, with a placeholder key for each veth that must be

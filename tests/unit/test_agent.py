@@ -509,3 +509,32 @@ def test_the_uplink_program_is_attached_at_the_first_pass_and_follows_the_routes
     assert not [c for c in rig.dp.calls if "uplink" in c[0]]
     assert agent.reconcile(full=True)
     assert ("attach_uplink", 9) in rig.dp.calls and ("detach_uplink", 7) in rig.dp.calls
+
+
+def test_frontends_are_computed_again_only_when_services_or_nodes_change(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+):
+    import controller.agent as agent_mod
+
+    calls: list[int] = []
+    real = agent_mod.frontends_of
+
+    def counting(services: Any, nodes: Any, node: str) -> Any:
+        calls.append(len(list(services)))
+        return real(services, nodes, node)
+
+    monkeypatch.setattr(agent_mod, "frontends_of", counting)
+    svc = {
+        "metadata": {"namespace": "x", "name": "api"},
+        "spec": {"clusterIP": "10.245.0.9", "ports": [{"port": 80}]},
+    }
+    rig.sources.put("Service", "x/api", svc, 3)
+    agent = rig.open()
+    assert agent.reconcile(full=True) and calls == [1]
+    rig.sources.put("Pod", "x/a", pod("a", "10.244.1.2"), 4)  # a pod event: the same Services
+    assert agent.reconcile() and calls == [1]
+    assert {f.address for f in rig.dp.syncs[-1][0].frontends} == {"10.245.0.9"}
+    changed = {**svc, "spec": {"clusterIP": "10.245.0.10", "ports": [{"port": 80}]}}
+    rig.sources.put("Service", "x/api", changed, 5)
+    assert agent.reconcile() and calls == [1, 1]
+    assert {f.address for f in rig.dp.syncs[-1][0].frontends} == {"10.245.0.10"}
