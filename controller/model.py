@@ -43,6 +43,7 @@ import ipaddress
 import itertools
 import re
 import sys
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypedDict
@@ -336,13 +337,15 @@ class ClusterState:
 class ClusterDelta:
     """What a ClusterBuilder build changed since the builder's build number `base`: the keys
     ("ns/name") of pods and policies added, removed or replaced by another object, and whether
-    any namespace or node did."""
+    any namespace or node did. `previous` weakly references that build's ClusterState (alive
+    while its holder, the agent, keeps it: the compiler then starts from its compilation)."""
 
     base: int
     pods: frozenset[str]
     policies: frozenset[str]
     namespaces: bool
     nodes: bool
+    previous: Callable[[], ClusterState | None] = field(default=lambda: None, compare=False, repr=False)
 
 
 _build_ids = itertools.count(1)
@@ -399,6 +402,7 @@ class ClusterBuilder:
         # kinds whose last build had an object without a resourceVersion or two with one key
         self._slow_only: dict[str, bool] = {}
         self._build_id: int | None = None
+        self._previous_state: Callable[[], ClusterState | None] = lambda: None
         self.parsed = 0  # objects parsed by the last build (the others were reused)
 
     def build(
@@ -478,9 +482,11 @@ class ClusterBuilder:
                         _changed_keys(changed["Namespace"], previous_maps.get("Namespace"), ns_map)
                     ),
                     nodes=bool(_changed_keys(changed["Node"], previous_maps.get("Node"), node_map)),
+                    previous=self._previous_state,
                 ),
             )
         self._build_id = build_id
+        self._previous_state = weakref.ref(state)
         return state
 
     # More changed objects than this and the per-object pass is as cheap.

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
-import weakref
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -1311,17 +1310,10 @@ class CompiledCluster:
         )
 
 
-class _Latest:
-    """The compilation of the newest ClusterBuilder build compiled so far: (build id, weak
-    reference). A cluster whose delta is relative to that build is compiled from it (weak: the
-    module keeps nothing alive; whoever holds the cluster holds its compilation)."""
-
-    entry: ClassVar[tuple[int, weakref.ref[CompiledCluster]] | None] = None
-
-
 def compile_cluster(cluster: ClusterState) -> CompiledCluster:
     """Node-independent compilation, cached on the (immutable) ClusterState. A cluster from a
-    ClusterBuilder whose previous build was compiled last is compiled incrementally from it."""
+    ClusterBuilder whose previous build is still alive and compiled is compiled from that
+    compilation (incrementally, see CompiledCluster._update)."""
     compiled = cluster.cache.get("compiled")
     if (
         not isinstance(compiled, CompiledCluster)
@@ -1329,13 +1321,13 @@ def compile_cluster(cluster: ClusterState) -> CompiledCluster:
         or compiled.policy_map is not cluster.policies
     ):
         previous = None
-        latest = _Latest.entry
-        if cluster.delta is not None and latest is not None and latest[0] == cluster.delta.base:
-            previous = latest[1]()
+        before = cluster.delta.previous() if cluster.delta is not None else None
+        if before is not None:
+            hit = before.cache.get("compiled")
+            if isinstance(hit, CompiledCluster) and hit.pods is before.pods:
+                previous = hit
         compiled = CompiledCluster(cluster, previous)
         cluster.cache["compiled"] = compiled
-        if cluster.build_id is not None:
-            _Latest.entry = (cluster.build_id, weakref.ref(compiled))
     return compiled
 
 

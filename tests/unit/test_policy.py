@@ -918,7 +918,9 @@ def test_a_policy_event_shares_the_identity_tables_and_computes_what_a_fresh_bui
     allow_b = K.policy("x/to-a", {"podSelector": {"matchLabels": {"app": "a"}}, "ingress": [{"from": [{}]}]})
     builder = ClusterBuilder()
     pods = [{**p, "metadata": {**p["metadata"], "resourceVersion": "1"}} for p in three_pods()]
-    first = compile_cluster(builder.build(nss, pods, [], []))
+    # (the previous cluster is held while the next one is compiled, as the agent does)
+    held = builder.build(nss, pods, [], [])
+    first = compile_cluster(held)
     for pols in ([allow_b], []):
         cluster = builder.build(nss, pods, pols, [])
         compiled = compile_cluster(cluster)
@@ -926,7 +928,8 @@ def test_a_policy_event_shares_the_identity_tables_and_computes_what_a_fresh_bui
         got = compute(cluster, "node-1")
         # (a compilation of other Pod objects in between only costs the next one its reuse)
         assert got == compute(ClusterState.from_objects(nss, pods, pols, []), "node-1")
-        first = compile_cluster(builder.build(nss, pods, pols, []))
+        held = builder.build(nss, pods, pols, [])
+        first = compile_cluster(held)
     moved = [pods[0], {**pods[1], "metadata": {**pods[1]["metadata"], "resourceVersion": "2", "labels": {}}}]
     cluster = builder.build(nss, moved, [allow_b], [])
     assert compile_cluster(cluster).pod_identity is not first.pod_identity

@@ -302,3 +302,20 @@ def test_a_build_names_exactly_the_pods_and_policies_that_changed_and_parses_onl
     third = builder.build(*world.objects())
     assert third.delta is not None and not third.delta.pods and not third.delta.policies
     assert third.pods is second.pods and builder.parsed == 0
+
+
+def test_two_builders_in_one_process_each_compile_from_their_own_previous_build() -> None:
+    worlds = [World(random.Random(21)), World(random.Random(22))]
+    builders = [ClusterBuilder(), ClusterBuilder()]
+    states = [b.build(*w.objects()) for b, w in zip(builders, worlds, strict=True)]
+    for s in states:
+        compile_cluster(s)
+    for n in range(6):
+        for i in (0, 1):  # interleaved, as two agents in one process would
+            worlds[i].add_pod(f"i{n}")
+            previous = states[i]
+            states[i] = builders[i].build(*worlds[i].objects())
+            compiled = compile_cluster(states[i])
+            assert compiled.incremental
+            assert summary(states[i]) == summary(ClusterState.from_objects(*worlds[i].objects()))
+            del previous
