@@ -57,6 +57,7 @@ from controller.identity import (
     allocate_update,
     pod_identity_key,
 )
+from controller.log import get_logger
 from controller.mapstate import (
     DIR_EGRESS,
     DIR_INGRESS,
@@ -79,6 +80,8 @@ from controller.selectors import LabelIndex, LabelSelector
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+log = get_logger("vethguard.policy")
 
 DIRECTION_NAMES = {DIR_INGRESS: "ingress", DIR_EGRESS: "egress"}
 DEFAULT_PRECEDENCE = 0
@@ -376,15 +379,15 @@ class CompiledCluster:
         # compilation, when it was updated rather than rebuilt
         self._pod_ipcache_changes: tuple[list[IPNetwork], dict[IPNetwork, tuple[int, int]]] | None = None
         delta = cluster.delta
-        if (
-            previous is not None
-            and delta is not None
-            and not delta.namespaces
-            and not delta.nodes
-            and self._update(cluster, previous, delta)
-        ):
-            self.incremental = True
-            return
+        if previous is not None and delta is not None and not delta.namespaces and not delta.nodes:
+            try:
+                if self._update(cluster, previous, delta):
+                    self.incremental = True
+                    return
+            except Exception:  # a bug here must not stop enforcement: the full path is the reference
+                log.exception("incremental compilation failed; compiling in full")
+                self._previous_nodes = _PreviousNodes()
+                self._pod_ipcache_changes = None
         self._full(cluster)
 
     def _full(self, cluster: ClusterState) -> None:

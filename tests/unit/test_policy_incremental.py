@@ -319,3 +319,23 @@ def test_two_builders_in_one_process_each_compile_from_their_own_previous_build(
             assert compiled.incremental
             assert summary(states[i]) == summary(ClusterState.from_objects(*worlds[i].objects()))
             del previous
+
+
+def test_a_failing_incremental_step_falls_back_to_a_full_compilation(monkeypatch: Any) -> None:
+    from controller.policy import CompiledCluster
+
+    world = World(random.Random(31))
+    builder = ClusterBuilder()
+    first = builder.build(*world.objects())
+    compile_cluster(first)
+
+    def broken(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("a bug in an incremental step")
+
+    monkeypatch.setattr(CompiledCluster, "_update_selection", broken)
+    world.add_pod("late")
+    world.add_policy("late")
+    second = builder.build(*world.objects())
+    compiled = compile_cluster(second)
+    assert not compiled.incremental
+    assert summary(second) == summary(ClusterState.from_objects(*world.objects()))
