@@ -343,7 +343,6 @@ class CompiledCluster:
     _cidr_prefix_set: frozenset[IPNetwork]
     prefix_ipcache: dict[IPNetwork, tuple[int, int]]
     _info: dict[int, IdentityInfo]
-    _ip_pod: dict[str, tuple[str, IPNetwork]]
     _shared_ips: frozenset[str]
     pod_ipcache: dict[IPNetwork, tuple[int, int]]
     _named_base: Mapping[tuple[str, str], dict[int, tuple[int, ...] | None]]
@@ -723,46 +722,44 @@ class CompiledCluster:
 
     def _update_pod_ipcache(self, prev: CompiledCluster, changed: frozenset[str]) -> bool:
         """pod_ipcache from prev's (same CIDR identities) and the changed pods; False when an
-        address is or becomes shared by two pods (then rebuilt in full, as the order decides)."""
+        address is or becomes shared by two pods (then rebuilt in full, as the order decides).
+        An address no two pods share is its pod's entry, so no address -> pod table is needed."""
         if not changed:
-            self.pod_ipcache, self._ip_pod, self._shared_ips = (
-                prev.pod_ipcache,
-                prev._ip_pod,
-                prev._shared_ips,
-            )
+            self.pod_ipcache, self._shared_ips = prev.pod_ipcache, prev._shared_ips
             return True
         if prev._shared_ips:
             return False
-        pod_ipcache = dict(prev.pod_ipcache)
-        ip_pod = dict(prev._ip_pod)
-        nets: dict[str, IPNetwork] = {}
-        removed: list[IPNetwork] = []
-        added: dict[IPNetwork, tuple[int, int]] = {}
+        old_ips: set[str] = set()
         for key in changed:
             old = prev.pods.get(key)
-            if old is None or not old.active:
-                continue
-            for ip in old.ips:
-                owner = ip_pod.pop(ip, None)
-                if owner is None or owner[0] != key:
-                    return False
-                nets[ip] = owner[1]
-                del pod_ipcache[owner[1]]
-                removed.append(owner[1])
+            if old is not None and old.active:
+                old_ips.update(old.ips)
+        new_entries: dict[str, tuple[int, int]] = {}
         for key in changed:
             pod = self.pods.get(key)
             if pod is None or not pod.active:
                 continue
             ident = self.pod_identity[key]
             for ip in pod.ips:
-                if ip in ip_pod:
-                    return False
-                net = nets.get(ip) or host_prefix(ipaddress.ip_address(ip))
-                value = (ident, self.longest_cidr_identity(net.network_address))
-                pod_ipcache[net] = added[net] = value
-                ip_pod[ip] = (key, net)
-        self.pod_ipcache, self._ip_pod, self._shared_ips = pod_ipcache, ip_pod, frozenset()
-        self._pod_ipcache_changes = ([n for n in removed if n not in added], added)
+                if ip in new_entries:
+                    return False  # two changed pods with one address
+                new_entries[ip] = (ident, 0)
+        pod_ipcache = dict(prev.pod_ipcache)
+        removed: list[IPNetwork] = []
+        added: dict[IPNetwork, tuple[int, int]] = {}
+        for ip in old_ips - new_entries.keys():
+            net = host_prefix(ipaddress.ip_address(ip))
+            del pod_ipcache[net]
+            removed.append(net)
+        for ip, (ident, _) in new_entries.items():
+            net = host_prefix(ipaddress.ip_address(ip))
+            if ip not in old_ips and net in pod_ipcache:
+                return False  # an unchanged pod has this address too
+            value = (ident, self.longest_cidr_identity(net.network_address))
+            # (an equal key already there stays: the ipcache keeps its prefix objects)
+            pod_ipcache[net] = added[net] = value
+        self.pod_ipcache, self._shared_ips = pod_ipcache, frozenset()
+        self._pod_ipcache_changes = (removed, added)
         return True
 
     # -- identities ---------------------------------------------------------------------------
@@ -1054,9 +1051,8 @@ class CompiledCluster:
         """Every active pod address -> (pod identity, CIDR identity of its longest prefix)."""
         pod_entries: dict[IPNetwork, tuple[int, int]] = {}
         values: dict[tuple[int, int], tuple[int, int]] = {}  # one tuple per distinct value
-        # ip -> (the pod whose entry it is, its prefix object); ips of more than one pod (a
-        # stale pod's address reused) make later updates rebuild (_update_pod_ipcache)
-        ip_pod: dict[str, tuple[str, IPNetwork]] = {}
+        # addresses of more than one pod (a stale pod's address reused): later updates rebuild
+        # (_update_pod_ipcache), as only this order decides which entry wins
         shared: set[str] = set()
         prefixes = _PodPrefixes.begin()
         known, found = prefixes.known_cidr(self.cidr_identity)
@@ -1069,15 +1065,13 @@ class CompiledCluster:
                     cidr = known.get(ip)
                     if cidr is None:
                         cidr = self.longest_cidr_identity(net.network_address)
+                    if ip in found:
+                        shared.add(ip)
                     found[ip] = cidr
                     value = (ident, cidr)
                     pod_entries[net] = values.setdefault(value, value)
-                    if ip in ip_pod:
-                        shared.add(ip)
-                    ip_pod[ip] = (pod.key, net)
         prefixes.publish()
         self.pod_ipcache = pod_entries
-        self._ip_pod = ip_pod
         self._shared_ips = frozenset(shared)
 
     def ipcache_for(self, node: str) -> dict[IPNetwork, tuple[int, int]]:
