@@ -50,6 +50,7 @@ from typing import Any, NamedTuple, TypedDict
 
 from controller.mapstate import PolicyError
 from controller.selectors import LabelSelector, SelectorError
+from controller.seqdiff import equal_run
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -506,10 +507,9 @@ class ClusterBuilder:
         # place and a new one is appended, so the lists differ in a short middle stretch. Found
         # with list comparisons (identity first, C speed); an id() per object costs more.
         last = self._raws[kind]
-        head = _common_run(len(last), len(raws), lambda i, j: last[i:j] == raws[i:j])
-        limit = min(len(last), len(raws)) - head
         na, nb = len(last), len(raws)
-        tail = _common_run(limit, limit, lambda i, j: last[na - j : na - i] == raws[nb - j : nb - i])
+        head = equal_run(last, 0, raws, 0, min(na, nb))
+        tail = equal_run(last, na, raws, nb, min(na, nb) - head, step=-1)
         old_mid = {id(r): r for r in last[head : na - tail]}
         new_mid = {id(r): r for r in raws[head : nb - tail]}
         if len(old_mid) + len(new_mid) > 2 * self._FEW or len(new_mid) != nb - tail - head:
@@ -627,26 +627,6 @@ class ClusterBuilder:
         seen[parsed.key] = parsed
         ids[id(raw)] = (raw, parsed)
         errors.extend(parsed.errors)
-
-
-def _common_run(na: int, nb: int, equal: Callable[[int, int], bool]) -> int:
-    """The largest n <= min(na, nb) with equal(0, n), where equal(i, j) says positions i..j-1 of
-    two sequences match: windows doubling from 64 while they match, then bisection."""
-    n = min(na, nb)
-    lo, step = 0, 64
-    while lo < n:
-        hi = min(n, lo + step)
-        if equal(lo, hi):
-            lo, step = hi, step * 2
-            continue
-        while hi - lo > 1:  # positions lo..hi-1 hold a difference
-            mid = (lo + hi) // 2
-            if equal(lo, mid):
-                lo = mid
-            else:
-                hi = mid
-        return lo
-    return n
 
 
 def _changed_keys(

@@ -25,6 +25,7 @@ from typing import Any, Literal, Protocol
 from controller.datapath import maps
 from controller.errors import VethguardError
 from controller.mapstate import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue
+from controller.seqdiff import equal_run
 
 log = logging.getLogger(__name__)
 
@@ -164,10 +165,10 @@ class Encoder:
     - a pod whose EndpointDesired object and ifindex are those of the previous call keeps its
       encoded endpoint and policy entries; one whose `entries` mapping is the same object (and
       ifindex the same) keeps its policy entries;
-    - the ipcache: the same mapping object keeps the whole encoding; otherwise the prefixes
-      whose (prefix object, value) pair is new are encoded, found by comparing id(prefix) ->
-      value tables with set operations (C loops: no Python code per entry), and the result
-      records which keys it touched, so the sync diffs only those;
+    - the ipcache: the same mapping object keeps the whole encoding; otherwise it is aligned
+      with the previous one (align(): runs of equal prefixes found by slice comparisons, C
+      loops), only the prefixes outside the runs or with a changed value are encoded, and the
+      result records which keys it touched, so the sync diffs only those;
     - equal frontends keep their encoding.
     """
 
@@ -262,34 +263,6 @@ class Encoder:
 # matching by object, and how far ahead a stretch's end is looked for by object.
 MAX_ALIGN_GAPS = 32
 ALIGN_LOOKAHEAD = 64
-
-
-def equal_run(new: Sequence[Any], i: int, old: Sequence[Any], j: int, limit: int, step: int = 1) -> int:
-    """How many positions from new[i] and old[j] on (step 1) or back (step -1: new[i - 1 - x]
-    against old[j - 1 - x]) hold equal items, at most `limit`. Compares slices (C loops, an
-    identity test before any __eq__), doubling their length, then bisects the unequal one."""
-    lo, width = 0, 16
-    while lo < limit:
-        hi = min(limit, lo + width)
-        if _slices_equal(new, i, old, j, lo, hi, step):
-            lo, width = hi, width * 2
-            continue
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if _slices_equal(new, i, old, j, lo, mid, step):
-                lo = mid
-            else:
-                hi = mid
-        return lo
-    return lo
-
-
-def _slices_equal(
-    new: Sequence[Any], i: int, old: Sequence[Any], j: int, lo: int, hi: int, step: int
-) -> bool:
-    if step > 0:
-        return new[i + lo : i + hi] == old[j + lo : j + hi]
-    return new[i - hi : i - lo] == old[j - hi : j - lo]
 
 
 def align(
@@ -618,7 +591,7 @@ def apply(
     operations still run (deletes free room for the next attempt), and result.full says who
     was closed. Datapath.sync turns that into MapFullError.
     """
-    return apply_diff(desired, kernel, cleanup_removed=cleanup_removed)[0]
+    return _apply_read(desired, kernel, cleanup_removed)[0]
 
 
 def read_current(kernel: Mapping[str, MapLike]) -> dict[str, dict[bytes, bytes]]:
@@ -626,31 +599,19 @@ def read_current(kernel: Mapping[str, MapLike]) -> dict[str, dict[bytes, bytes]]
     return {name: kernel[name].items() for name in SYNCED_MAPS}
 
 
-def apply_diff(
-    desired: Mapping[str, KV],
-    kernel: Mapping[str, MapLike],
-    *,
-    current: Mapping[str, KV] | None = None,
-    cleanup_removed: bool = True,
-) -> tuple[SyncResult, dict[str, dict[bytes, bytes]] | None]:
-    """apply(), diffing against `current` when given (what the synced maps are known to hold,
-    e.g. what the previous apply wrote) instead of reading every entry of the kernel maps.
-
-    Also returns what the synced maps hold afterwards (the desired maps with their slots), or
-    None when that is not known: an insert found its map full, so some operations were skipped
-    or rewritten PENDING. Endpoint slots come from `current`'s vg_endpoints values, so `current`
-    must carry the values written, slots included.
-    """
-    if current is None:
-        current = read_current(kernel)
+def _apply_read(
+    desired: Mapping[str, KV], kernel: Mapping[str, MapLike], cleanup_removed: bool
+) -> tuple[SyncResult, dict[bytes, bytes], dict[bytes, bytes]]:
+    """apply(): the diff against the kernel maps as read now; also the endpoints (slots
+    assigned) and vg_slots written."""
+    current = read_current(kernel)
     endpoints, slots = assign_slots(desired.get("vg_endpoints", {}), current.get("vg_endpoints", {}))
-    desired = {**desired, "vg_endpoints": endpoints, "vg_slots": slots}
-    ops = plan(desired, current)
-    result = _execute(ops, endpoints, current.get("vg_endpoints", {}), kernel, cleanup_removed)
-    written: dict[str, dict[bytes, bytes]] | None = None
-    if not result.full and not result.skipped:
-        written = {name: dict(desired.get(name, {})) for name in SYNCED_MAPS}
-    return result, written
+    ops = plan({**desired, "vg_endpoints": endpoints, "vg_slots": slots}, current)
+    return (
+        _execute(ops, endpoints, current.get("vg_endpoints", {}), kernel, cleanup_removed),
+        endpoints,
+        slots,
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -670,22 +631,18 @@ def apply_encoding(
     *,
     cleanup_removed: bool = True,
 ) -> tuple[SyncResult, Written | None]:
-    """apply() of an Encoder's output. Without `previous` it is apply_diff(): the diff is
-    against what the kernel maps hold (read entry by entry). With `previous` (what an earlier
+    """apply() of an Encoder's output. Without `previous` it is apply(): the diff is against
+    what the kernel maps hold (read entry by entry). With `previous` (what an earlier
     apply_encoding wrote, all of it) the diff is against that, and only over what differs:
     the parts of `encoding` that are the very objects `previous` wrote are skipped (an
     endpoint's policy entries, the ipcache, the frontends), and a changed ipcache is compared
     on the keys the Encoder touched since `previous` when it was derived from it. The
-    operations, their order and the result are those apply_diff gives for the same contents.
+    operations, their order and the result are those apply() gives for the same contents.
 
     Returns the result and what the maps hold afterwards (None after a map-full sync).
     """
     if previous is None:
-        current = read_current(kernel)
-        endpoints, slots = assign_slots(encoding.endpoints, current.get("vg_endpoints", {}))
-        desired = {**encoding.maps(), "vg_endpoints": endpoints, "vg_slots": slots}
-        ops = plan(desired, current)
-        current_endpoints = current.get("vg_endpoints", {})
+        result, endpoints, slots = _apply_read(encoding.maps(), kernel, cleanup_removed)
     else:
         old = previous.encoding
         if encoding.endpoints == old.endpoints:
@@ -702,8 +659,7 @@ def apply_encoding(
                 "vg_svc": diff("vg_svc", encoding.svc, old.svc),
             }
         )
-        current_endpoints = previous.endpoints
-    result = _execute(ops, endpoints, current_endpoints, kernel, cleanup_removed)
+        result = _execute(ops, endpoints, previous.endpoints, kernel, cleanup_removed)
     if result.full or result.skipped:
         return result, None
     return result, Written(encoding, endpoints, slots)

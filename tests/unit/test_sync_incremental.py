@@ -17,7 +17,7 @@ from controller.datapath.sync import (
     Written,
     _unequal_positions,
     align,
-    apply_diff,
+    apply,
     apply_encoding,
     desired_maps,
     equal_run,
@@ -228,7 +228,7 @@ def _run(seed: int, steps: int, policy_capacity: int | None = None) -> None:
         assert ipcache.prefixes == list(desired.ipcache) and ipcache.values == list(desired.ipcache.values())
         assert ipcache.keys == [maps.encode_ipcache(net, 0, 0)[0] for net in ipcache.prefixes]
         got, written = apply_encoding(encoding, incremental, written)
-        want, _ = apply_diff(desired_maps(desired, pod_ifindex), reference)
+        want = apply(desired_maps(desired, pod_ifindex), reference)
         assert got.ops == want.ops, f"seed {seed} step {n}"
         assert (got.revision, got.full, got.skipped) == (want.revision, want.full, want.skipped)
         assert _contents(incremental) == _contents(reference), f"seed {seed} step {n}"
