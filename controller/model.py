@@ -416,10 +416,8 @@ class ClusterBuilder:
         errors: list[PolicyError] = []
         # The interner outlives a build (the unchanged pods already share its label maps), but
         # is started afresh once it holds mostly label sets no pod has any more.
-        interner = self._interner
-        fresh_interner = interner is None or not self.reuse
-        if interner is None or not self.reuse:
-            interner = _Interner()
+        fresh_interner = self._interner is None or not self.reuse
+        interner = _Interner() if self._interner is None or fresh_interner else self._interner
         self.parsed = 0
         previous_maps = dict(self._maps)  # build_kind replaces entries of self._maps
         # per kind: the keys that changed since the previous build (None: not known, compare)

@@ -361,7 +361,7 @@ class CompiledCluster:
         self.nodes = cluster.nodes
         self.policy_map = cluster.policies
         self.errors = tuple(cluster.errors)
-        self._namespace_labels = {n: ns.labels for n, ns in cluster.namespaces.items()}
+        self._namespaces = frozenset(cluster.namespaces)
         self._rule_cache = {}
         self._templates = {}
         self._merge_cache = {}
@@ -369,8 +369,7 @@ class CompiledCluster:
         self._node_ipcache = {}
         self._node_endpoints = {}
         self.incremental = False  # whether this compilation was derived from a previous one
-        # (node -> ipcache, node -> endpoints, prefix_ipcache, pod_ipcache) of the previous
-        # compilation, for node_desired to hand out unchanged ones again
+        # what the previous compilation computed per node, for node_desired to hand out again
         self._previous_nodes = _PreviousNodes()
         self._local_pods: dict[str, list[Pod]] = {}
         self._node_entry_cache: dict[str, dict[IPNetwork, tuple[int, int]]] = {}
@@ -818,7 +817,7 @@ class CompiledCluster:
 
     def _namespace_names(self) -> list[str]:
         # ns_index has a namespace for each namespace with an identity
-        return sorted(set(self._namespace_labels) | set(self.ns_index) | set(self.policies_by_ns))
+        return sorted(self._namespaces.union(self.ns_index, self.policies_by_ns))
 
     def _build_namespace_index(self, cluster: ClusterState) -> None:
         self.ns_names = self._namespace_names()
@@ -1274,9 +1273,9 @@ class CompiledCluster:
         # the sync layer can tell unchanged endpoints by identity.
         previous = self._previous_nodes
         before = previous.endpoints.get(node, {})
-        stable = previous.endpoints_stable and previous.changed_pods is not None
+        unchanged_but = previous.changed_pods if previous.endpoints_stable else None
         for pod in self._local(node):
-            if stable and previous.changed_pods is not None and pod.key not in previous.changed_pods:
+            if unchanged_but is not None and pod.key not in unchanged_but:
                 kept = before.get(pod.key)
                 if kept is not None:
                     endpoints[pod.key] = kept
