@@ -11,11 +11,13 @@ daemon starts it again. The upgrade restarts both agents with a program built wi
 -DVG_UPGRADE_MARKER=2 (through the lab's agent.env), which must replace the program on every
 veth while the pinned maps, conntrack included, stay.
 
-Evidence asserted: no reset or EOF, zero TCP retransmissions on both ends of every connection
-(any dropped segment would be retransmitted), no round trip slower than 1 s, every UDP datagram
-echoed, no intruder connection or echo, identical probe tables, an unchanged policy revision on
-both nodes (the first sync after every restart changed nothing), the long-lived flows' conntrack
-entries still those created by the first program, and new flows created by the upgraded one.
+Evidence asserted: no reset or EOF, no lost TCP segment on either end of any connection (a dropped
+data segment is retransmitted without the peer reporting a duplicate, see tests/lab/tcpstats.py; a
+retransmission only because a loaded machine delayed an ACK is not a loss; both ends send data, so a
+drop in either direction shows), no round trip slower than 1 s, every UDP datagram echoed, no
+intruder connection or echo, identical probe tables, an unchanged policy revision on both nodes (the
+first sync after every restart changed nothing), the long-lived flows' conntrack entries still those
+created by the first program, and new flows created by the upgraded one.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from controller.lab import netns, topology
 from controller.lab.daemon import AGENT_ENV_FILE, query_agent
 from controller.lab.state import LabPaths
 from tests.lab.conftest import Lab
+from tests.lab.tcpstats import Retransmissions, retransmissions
 
 pytestmark = [
     pytest.mark.root,
@@ -55,7 +58,6 @@ UDP_PORT = 80  # the lab's UDP responder echoes
 ROUND_TRIP_EVERY = 0.05
 STALL_LIMIT = 1.0
 READY_TIMEOUT = 120.0
-TCP_INFO_TOTAL_RETRANS = 100  # offsetof(struct tcp_info, tcpi_total_retrans)
 
 MODEL = """
 apiVersion: v1
@@ -145,7 +147,7 @@ class Traffic:
     round_trips: int = 0
     max_gap: float = 0.0
     stalls: list[str] = field(default_factory=list)
-    retransmits: dict[str, int] = field(default_factory=dict)
+    retransmits: dict[str, Retransmissions] = field(default_factory=dict)
     udp_sent: dict[str, int] = field(default_factory=dict)
     udp_echoed: dict[str, set[int]] = field(default_factory=dict)
     intruder_attempts: int = 0
@@ -177,11 +179,6 @@ class Traffic:
                 s.close()
 
 
-def total_retrans(sock: socket.socket) -> int:
-    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
-    return int(struct.unpack_from("I", info, TCP_INFO_TOTAL_RETRANS)[0])
-
-
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
     buf = b""
     while len(buf) < n:
@@ -206,7 +203,7 @@ def start_echo_server(t: Traffic, ns: str, ready: threading.Event) -> None:
                 conn.sendall(data)
         finally:
             with t.lock:
-                t.retransmits[name] = total_retrans(conn)
+                t.retransmits[name] = retransmissions(conn)
 
     def body() -> None:
         srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -256,7 +253,7 @@ def start_tcp_client(t: Traffic, name: str, ns: str, server_ip: str, connected: 
                 time.sleep(ROUND_TRIP_EVERY)
         finally:
             with t.lock:
-                t.retransmits[name] = total_retrans(sock)
+                t.retransmits[name] = retransmissions(sock)
 
     t.spawn(name, ns, body)
 
@@ -516,7 +513,8 @@ def test_ten_agent_kills_and_an_upgrade_drop_nothing_and_let_nothing_through(res
         sum(1 for k in t.retransmits if "server" in k),
     )
     assert sides[0] == 4 and sides[1] >= 4, t.retransmits
-    assert not any(t.retransmits.values()), f"segments lost: {t.retransmits}"
+    lost = {name: r.lost for name, r in t.retransmits.items() if r.lost}
+    assert not lost, f"segments lost: {lost} of {t.retransmits}"
     assert t.round_trips > 100
     for name, sent in t.udp_sent.items():
         missing = sorted(set(range(sent)) - t.udp_echoed[name])
