@@ -329,14 +329,17 @@ def test_a_policy_deleted_and_recreated_under_the_same_name_enforces_its_new_con
 
 # A UDP flow to x/c's echo responder on 9001: one datagram every 50 ms; each line of output is
 # "<seconds since start> <1 if the echo came back within 200 ms else 0>".
+FLOW_LIMIT = 60.0  # seconds; the flow stops earlier when the test writes a line to its stdin
 FLOW = """
-import socket, sys, time
+import select, socket, sys, time
 fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
 s = socket.socket(fam, socket.SOCK_DGRAM)
 s.settimeout(0.2)
 s.bind(("", 40123))
 start = time.monotonic()
 while time.monotonic() - start < float(sys.argv[2]):
+    if select.select([sys.stdin], [], [], 0)[0]:
+        break  # the test says stop
     t = time.monotonic()
     s.sendto(b"x", (sys.argv[1], 9001))
     try:
@@ -349,9 +352,11 @@ while time.monotonic() - start < float(sys.argv[2]):
 
 
 def run_flow(
-    lab: EdgeLab, family: int, seconds: float, change_at: float, change: dict[str, Any]
+    lab: EdgeLab, family: int, change_at: float, change: dict[str, Any], after: float = 5.0
 ) -> tuple[list[tuple[float, bool]], float]:
-    """Run the UDP flow from x/client to x/c and apply `change` after `change_at` seconds.
+    """Run the UDP flow from x/client to x/c, apply `change` after `change_at` seconds, and stop
+    the flow `after` seconds after `lab apply` returned (however long the apply took on a loaded
+    machine, the flow is watched as long after it).
 
     Returns the samples and when `lab apply` returned, on the flow's clock or later (the
     flow's clock starts after the exec, so a sample at t happened at least t after launch)."""
@@ -372,8 +377,9 @@ def run_flow(
             "-c",
             FLOW,
             target,
-            str(seconds),
+            str(FLOW_LIMIT),
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -382,7 +388,11 @@ def run_flow(
         time.sleep(change_at)
         lab.apply(change)
         applied = time.monotonic() - launched
-        out, err = proc.communicate(timeout=seconds + 60)
+        time.sleep(after)
+        assert proc.stdin is not None
+        proc.stdin.write("stop\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=FLOW_LIMIT + 60)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -403,7 +413,7 @@ ONLY_CLIENTS = policy(
 @pytest.mark.parametrize("family", [4, 6])
 def test_a_relabelled_pod_that_stays_allowed_keeps_its_open_flow(lab: EdgeLab, family: int) -> None:
     lab.apply(ONLY_CLIENTS)
-    samples, _ = run_flow(lab, family, 8.0, 2.0, relabel("x/client", {**CLIENT_LABELS, "extra": "1"}))
+    samples, _ = run_flow(lab, family, 2.0, relabel("x/client", {**CLIENT_LABELS, "extra": "1"}))
     lost = [t for t, ok in samples[5:] if not ok]  # the first few absorb start-up
     assert len(samples) > 40 and len(lost) <= 2, lost
 
@@ -413,7 +423,7 @@ def test_a_relabelled_pod_that_loses_its_allowance_loses_its_open_flow_within_a_
     lab: EdgeLab, family: int
 ) -> None:
     lab.apply(ONLY_CLIENTS)
-    samples, applied = run_flow(lab, family, 10.0, 2.0, relabel("x/client", {"pod": "client"}))
+    samples, applied = run_flow(lab, family, 2.0, relabel("x/client", {"pod": "client"}))
     assert any(ok for t, ok in samples if t < 1.5), "the flow never worked before the change"
     after = [(t, ok) for t, ok in samples if t > applied + 1.0]
     assert len(after) > 10, f"the flow ended too soon after the change (apply returned at {applied:.1f}s)"
