@@ -41,11 +41,11 @@
 /* Count, maybe emit an event, and turn the reason into a tc verdict. */
 static __always_inline int vg_finish(struct __sk_buff *skb, __u32 ep_id, __u8 dir, __u8 reason,
 				     const struct vg_pkt *p, const struct ipcache_value *peer, __u32 rule_ref,
-				     int new_flow, __u64 now)
+				     int new_flow)
 {
 	vg_count(ep_id, reason, dir, skb->len);
 	if (new_flow || REASON_IS_DROP(reason))
-		vg_emit(p, ep_id, dir, reason, peer, rule_ref, now);
+		vg_emit(p, ep_id, dir, reason, peer, rule_ref);
 	return REASON_IS_DROP(reason) ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
@@ -96,7 +96,7 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir)
 {
 	__u32 ifindex = skb->ifindex;
 	__u32 len = skb->len;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = vg_now();
 	struct vg_pkt p = {};
 	struct ipcache_value peer = {};
 	struct endpoint_info *ep;
@@ -109,27 +109,27 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir)
 
 	ep = vg_endpoints.lookup(&ifindex);
 	if (!ep)
-		return vg_finish(skb, ifindex, dir, DROP_NO_ENDPOINT, &p, &peer, 0, 0, now);
+		return vg_finish(skb, ifindex, dir, DROP_NO_ENDPOINT, &p, &peer, 0, 0);
 	isolated = vg_dir_isolated(ep, dir);
 
 	ret = vg_parse(skb, &p);
 	if (ret == PARSE_NON_IP)
-		return vg_finish(skb, ep->ep_id, dir, ALLOW_NON_IP, &p, &peer, 0, 0, now);
+		return vg_finish(skb, ep->ep_id, dir, ALLOW_NON_IP, &p, &peer, 0, 0);
 	/* No pod may borrow another's identity, isolated or not, well-formed or not. */
 	if (dir == DIR_EGRESS && p.family && !vg_source_is_own(ep, &p))
-		return vg_finish(skb, ep->ep_id, dir, DROP_SPOOFED, &p, &peer, 0, 0, now);
+		return vg_finish(skb, ep->ep_id, dir, DROP_SPOOFED, &p, &peer, 0, 0);
 	if (ret != PARSE_OK)
 		return vg_finish(skb, ep->ep_id, dir, isolated ? DROP_MALFORMED : ALLOW_NOT_ISOLATED, &p, &peer,
-				 0, 0, now);
+				 0, 0);
 	if (vg_is_icmp6_ctrl(&p))
-		return vg_finish(skb, ep->ep_id, dir, ALLOW_ICMP6_CTRL, &p, &peer, 0, 0, now);
+		return vg_finish(skb, ep->ep_id, dir, ALLOW_ICMP6_CTRL, &p, &peer, 0, 0);
 
 	if (p.frag == VG_FRAG_LATER && !vg_frag_ports(&p, now)) {
 		vg_ipcache_lookup(p.family, dir == DIR_EGRESS ? p.daddr : p.saddr, &peer);
 		if (peer.identity == ID_HOST)
-			return vg_finish(skb, ep->ep_id, dir, ALLOW_HOST, &p, &peer, 0, 0, now);
+			return vg_finish(skb, ep->ep_id, dir, ALLOW_HOST, &p, &peer, 0, 0);
 		return vg_finish(skb, ep->ep_id, dir, isolated ? DROP_FRAG_UNKNOWN : ALLOW_NOT_ISOLATED, &p,
-				 &peer, 0, 0, now);
+				 &peer, 0, 0);
 	}
 
 	cfg = vg_config.lookup(&zero);
@@ -138,7 +138,7 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir)
 
 	/* An ICMP error about a tracked allowed flow passes wherever the flow itself would. */
 	if (p.icmp_err && vg_ct_related(ep, &p, dir, revision, now, &k, &rule_ref))
-		return vg_finish(skb, ep->ep_id, dir, ALLOW_RELATED, &p, &peer, rule_ref, 0, now);
+		return vg_finish(skb, ep->ep_id, dir, ALLOW_RELATED, &p, &peer, rule_ref, 0);
 
 	/* Forward entry (established flow), then reverse entry (reply), else a new flow. */
 	vg_ct_fill(&k, &p, ep->ep_id, dir, 0);
@@ -157,15 +157,15 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir)
 			if (dir == DIR_EGRESS && vg_svc_frontend(&p)) {
 				if (!vg_mark_deferred(skb, ep))
 					return vg_finish(skb, ep->ep_id, dir, DROP_DEFERRED_UNKNOWN, &p, &peer, 0,
-							 0, now);
+							 0);
 				vg_ct_fill(&k, &p, ep->ep_id, dir, 0);
 				if (vg_ct_create(&k, &p, revision, 0, len, now, CT_DEFERRED) != 0) {
 					skb->mark &= ~VG_MARK_MASK;
-					return vg_finish(skb, ep->ep_id, dir, DROP_CT_FULL, &p, &peer, 0, 0, now);
+					return vg_finish(skb, ep->ep_id, dir, DROP_CT_FULL, &p, &peer, 0, 0);
 				}
 				reason = ALLOW_DEFERRED;
 				if (p.frag == VG_FRAG_NONE)
-					return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, 0, 1, now);
+					return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, 0, 1);
 				goto tracked;
 			}
 			/*
@@ -174,16 +174,16 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir)
 			 */
 			vg_ipcache_lookup(p.family, dir == DIR_EGRESS ? p.daddr : p.saddr, &peer);
 			if (peer.identity == ID_HOST)
-				return vg_finish(skb, ep->ep_id, dir, ALLOW_HOST, &p, &peer, 0, 0, now);
+				return vg_finish(skb, ep->ep_id, dir, ALLOW_HOST, &p, &peer, 0, 0);
 			reason = vg_policy_verdict(ep, dir, p.proto, p.dport, &peer, &rule_ref);
 			if (REASON_IS_DROP(reason))
-				return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, 0, 0, now);
+				return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, 0, 0);
 			/* Track every allowed flow so its replies pass an isolated direction. */
 			vg_ct_fill(&k, &p, ep->ep_id, dir, 0);
 			if (vg_ct_create(&k, &p, revision, rule_ref, len, now, CT_ALLOWED) != 0 && isolated)
-				return vg_finish(skb, ep->ep_id, dir, DROP_CT_FULL, &p, &peer, 0, 0, now);
+				return vg_finish(skb, ep->ep_id, dir, DROP_CT_FULL, &p, &peer, 0, 0);
 			if (p.frag == VG_FRAG_NONE)
-				return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, rule_ref, 1, now);
+				return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, rule_ref, 1);
 		}
 	}
 
@@ -192,7 +192,7 @@ tracked:
 		reason = vg_frag_passed(&p, reason, now);
 	else /* a revoked flow: name the peer in the drop event */
 		vg_ipcache_lookup(p.family, dir == DIR_EGRESS ? p.daddr : p.saddr, &peer);
-	return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, rule_ref, 0, now);
+	return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, rule_ref, 0);
 }
 
 /*
@@ -215,17 +215,17 @@ static __always_inline int vg_judge(struct __sk_buff *skb, __u64 now)
 
 	ep = vg_deferred_client(skb);
 	if (!ep)
-		return vg_finish(skb, skb->ifindex, DIR_EGRESS, DROP_DEFERRED_UNKNOWN, &p, &peer, 0, 0, now);
+		return vg_finish(skb, skb->ifindex, DIR_EGRESS, DROP_DEFERRED_UNKNOWN, &p, &peer, 0, 0);
 	isolated = vg_dir_isolated(ep, DIR_EGRESS);
 	ret = vg_parse(skb, &p);
 	if (ret != PARSE_OK) /* from_pod parsed it: only our own bug or a rewrite gets here */
 		return vg_finish(skb, ep->ep_id, DIR_EGRESS, isolated ? DROP_MALFORMED : ALLOW_NOT_ISOLATED, &p,
-				 &peer, 0, 0, now);
+				 &peer, 0, 0);
 	/* conntrack reassembled and re-fragmented the datagram: the ports come from its first
 	 * fragment as judged here (post-DNAT addresses). */
 	if (p.frag == VG_FRAG_LATER && !vg_frag_ports(&p, now))
 		return vg_finish(skb, ep->ep_id, DIR_EGRESS, isolated ? DROP_FRAG_UNKNOWN : ALLOW_NOT_ISOLATED, &p,
-				 &peer, 0, 0, now);
+				 &peer, 0, 0);
 	cfg = vg_config.lookup(&zero);
 	if (cfg)
 		revision = cfg->revision;
@@ -238,19 +238,19 @@ static __always_inline int vg_judge(struct __sk_buff *skb, __u64 now)
 	} else {
 		vg_ipcache_lookup(p.family, p.daddr, &peer);
 		if (peer.identity == ID_HOST)
-			return vg_finish(skb, ep->ep_id, DIR_EGRESS, ALLOW_HOST, &p, &peer, 0, 0, now);
+			return vg_finish(skb, ep->ep_id, DIR_EGRESS, ALLOW_HOST, &p, &peer, 0, 0);
 		reason = vg_policy_verdict(ep, DIR_EGRESS, p.proto, p.dport, &peer, &rule_ref);
 		if (REASON_IS_DROP(reason))
-			return vg_finish(skb, ep->ep_id, DIR_EGRESS, reason, &p, &peer, 0, 0, now);
+			return vg_finish(skb, ep->ep_id, DIR_EGRESS, reason, &p, &peer, 0, 0);
 		if (vg_ct_create(&k, &p, revision, rule_ref, len, now, CT_ALLOWED) != 0 && isolated)
-			return vg_finish(skb, ep->ep_id, DIR_EGRESS, DROP_CT_FULL, &p, &peer, 0, 0, now);
+			return vg_finish(skb, ep->ep_id, DIR_EGRESS, DROP_CT_FULL, &p, &peer, 0, 0);
 		new_flow = 1;
 	}
 	if (!REASON_IS_DROP(reason))
 		reason = vg_frag_passed(&p, reason, now);
 	else /* a revoked flow: name the peer */
 		vg_ipcache_lookup(p.family, p.daddr, &peer);
-	return vg_finish(skb, ep->ep_id, DIR_EGRESS, reason, &p, &peer, rule_ref, new_flow, now);
+	return vg_finish(skb, ep->ep_id, DIR_EGRESS, reason, &p, &peer, rule_ref, new_flow);
 }
 
 int from_pod(struct __sk_buff *skb)
@@ -263,7 +263,7 @@ int from_pod(struct __sk_buff *skb)
 
 int to_pod(struct __sk_buff *skb)
 {
-	if ((skb->mark & VG_MARK_DEFERRED) && vg_judge(skb, bpf_ktime_get_ns()) == TC_ACT_SHOT)
+	if ((skb->mark & VG_MARK_DEFERRED) && vg_judge(skb, vg_now()) == TC_ACT_SHOT)
 		return TC_ACT_SHOT;
 	return vg_handle(skb, DIR_INGRESS);
 }
@@ -277,7 +277,7 @@ int to_uplink(struct __sk_buff *skb)
 	 */
 	if (!(skb->mark & VG_MARK_DEFERRED))
 		return TC_ACT_OK;
-	return vg_judge(skb, bpf_ktime_get_ns());
+	return vg_judge(skb, vg_now());
 }
 
 int passthrough(struct __sk_buff *skb)

@@ -50,9 +50,14 @@ static __always_inline int vg_event_allowed(__u64 now)
 	return 1;
 }
 
+/*
+ * Events are stamped with the precise clock, not vg_now()'s tick: they come only with new flows
+ * and drops, which cost a microsecond anyway, and a reader orders and correlates them by time.
+ */
 static __always_inline void vg_emit(const struct vg_pkt *p, __u32 ep_id, __u8 dir, __u8 reason,
-				    const struct ipcache_value *peer, __u32 rule_ref, __u64 now)
+				    const struct ipcache_value *peer, __u32 rule_ref)
 {
+	__u64 now = bpf_ktime_get_ns();
 	struct flow_event *e;
 
 	if (!vg_event_allowed(now))

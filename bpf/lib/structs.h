@@ -134,7 +134,7 @@ struct ct_key {
 };
 
 struct ct_value {
-	__u64 expires_ns; /* bpf_ktime_get_ns() deadline */
+	__u64 expires_ns; /* vg_now() deadline: CLOCK_MONOTONIC, tick resolution */
 	__u64 packets;
 	__u64 bytes;
 	__u32 revision; /* config revision the verdict was computed at */
@@ -185,7 +185,7 @@ struct counter_value {
 
 /* vg_events (ring buffer): new flows and drops only, rate limited per CPU. */
 struct flow_event {
-	__u64 ts_ns; /* bpf_ktime_get_ns() */
+	__u64 ts_ns; /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
 	__u32 ep_id;
 	__u32 peer_identity;
 	__u32 peer_cidr_identity;

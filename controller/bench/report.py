@@ -50,6 +50,18 @@ def datapath_markdown(doc: dict[str, Any]) -> str:
         figures = [f"{c[k]:.1f}" for k in ("passthrough_ns", "established_ns")]
         figures += [f"{c['established_ratio']:.2f}", f"{c['new_flow_ns']:.1f}", f"{c['new_flow_ratio']:.2f}"]
         lines.append(_row([what, *figures]))
+    steps = {label: c.get("established_steps_ns") for label, c in doc["per_packet_cost"].items()}
+    if all(steps.values()):
+        lines += [
+            "",
+            "Where an established packet's time goes (bpf/bench_parts.c: programs running the first N "
+            "steps of to_pod's established path on the same maps; each step is part N - part N-1), ns:",
+            "",
+            _row(["step", *(label.replace("_", " ") for label in steps)]),
+            "|---|" + "---:|" * len(steps),
+        ]
+        for step in next(iter(steps.values())):
+            lines.append(_row([step, *(f"{s[step]:.1f}" for s in steps.values())]))
     lines += [
         "",
         "Programming the rules (one node):",

@@ -44,6 +44,7 @@ class Datapath:
     ) -> None:
         self.node = node
         self.pin_root = pin_root
+        self.extra_cflags = extra_cflags
         self._loaded = loader.load(node, pin_root, extra_cflags)
         self._attacher = Attacher()
         self._uplinks = uplink_attacher()
@@ -170,7 +171,7 @@ class Datapath:
     def gc_conntrack(self, now_ns: int | None = None) -> GcResult:
         """Delete expired vg_ct / vg_frag entries (the agent calls this on every full resync).
 
-        `now_ns` defaults to CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns(). Walks the maps
+        `now_ns` defaults to CLOCK_MONOTONIC, the clock of the deadlines (vg_now()). Walks the maps
         (~1-2 us per entry); expired entries are already misses for the programs, so this only
         frees room before the LRU would evict live flows to make it.
         """

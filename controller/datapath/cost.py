@@ -21,6 +21,10 @@ Egress to a Service (judged after DNAT, bpf/lib/service.h) is measured in the sa
   judge new           to_uplink on its first marked packet (policy lookups, CT insert, event)
   direct egress est.  from_pod on an established flow straight to a pod, for comparison
 
+Where an established packet's time goes (bpf/bench_parts.c): programs that run the first N
+steps of to_pod's established path on the same maps, measured in the same rounds; the report
+gives each step's cost (part_N - part_(N-1)) and what to_pod adds beyond them.
+
 Run: python -m controller.datapath.cost [--rounds 9] [--packets 20000]
 """
 
@@ -28,18 +32,20 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import json
 import statistics
 import struct
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
-from controller.datapath import Datapath, maps
+from controller.datapath import Datapath, loader, maps
 from controller.datapath.testrun import run
 from controller.mapstate import PolicyEntryKey, PolicyEntryValue
 
+T = TypeVar("T")
 STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
 RUN_TIME_OFF = 192  # offsetof(struct bpf_prog_info, run_time_ns) (UAPI, stable)
 
@@ -106,6 +112,8 @@ class CostReport:
     direct_egress_established_single_run_ns: float | None = None
     deferred_new_ns: float | None = None
     judge_new_ns: float | None = None
+    # step -> ns it adds to an established packet (bpf/bench_parts.c), in to_pod's order
+    established_steps_ns: dict[str, float] | None = None
 
 
 def _setup(dp: Datapath) -> None:
@@ -168,6 +176,7 @@ def measure(dp: Datapath, rounds: int = 9, packets: int = 20000) -> CostReport:
 
         samples["new"].append(_measure(to_pod, drive_new))
     svc = _measure_services(dp, rounds, packets, new_flows)
+    steps = measure_steps(dp, rounds, packets)
     p, e, n = (statistics.median(samples[k]) for k in ("pass", "est", "new"))
     return CostReport(
         passthrough_ns=round(p, 1),
@@ -178,7 +187,48 @@ def measure(dp: Datapath, rounds: int = 9, packets: int = 20000) -> CostReport:
         rounds=rounds,
         packets_per_round=packets,
         **svc,
+        established_steps_ns=steps,
     )
+
+
+# bpf/bench_parts.c: part_N runs the first N steps of to_pod's established path
+STEPS = ("clock", "endpoint", "parse", "config", "ct lookup", "ct hit", "counter")
+
+
+def measure_steps(dp: Datapath, rounds: int, packets: int) -> dict[str, float]:
+    """Medians of what each step of the established path adds, plus "rest of to_pod" (what
+    to_pod does beyond the steps) and "program floor" (passthrough), which sum to to_pod.
+
+    The parts are compiled against dp's pinned maps (the entries _setup wrote), and every
+    round runs passthrough, each part and to_pod on the same established packet.
+    """
+    names = tuple(f"part_{i}" for i in range(1, len(STEPS) + 1))
+    b, fds = loader.compile_programs("bench_parts.c", dp.pin_dir, names, dp.extra_cflags)
+    try:
+        pass_fd, to_pod = dp.prog_fd("passthrough"), dp.prog_fd("to_pod")
+        est = _frame(PEER, POD, 40000, 80, 0x10)
+        run(to_pod, est, ifindex=EP)  # the flow (earlier measurements cleared the table)
+        order = [("pass", pass_fd), *((n, fds[n]) for n in names), ("to_pod", to_pod)]
+        for name, fd in order:
+            got = run(fd, est, ifindex=EP).retval
+            if got != 0:  # TC_ACT_OK: a part that fails early would measure less than its steps
+                raise RuntimeError(f"{name} returned {got} on an established packet, not TC_ACT_OK")
+        samples: dict[str, list[float]] = {name: [] for name, _ in order}
+        for _ in range(rounds):
+            for name, fd in order:
+                samples[name].append(
+                    _measure(fd, functools.partial(run, fd, est, ifindex=EP, repeat=packets))
+                )
+    finally:
+        b.cleanup()
+    med = {name: statistics.median(v) for name, v in samples.items()}
+    out = {"program floor": round(med["pass"], 1)}
+    prev = med["pass"]
+    for step, name in zip(STEPS, names, strict=True):
+        out[step] = round(med[name] - prev, 1)
+        prev = med[name]
+    out["rest of to_pod"] = round(med["to_pod"] - prev, 1)
+    return out
 
 
 def drive(fd: int, frames: list[bytes], **kw: int) -> Callable[[], None]:
@@ -234,7 +284,7 @@ def _measure_services(dp: Datapath, rounds: int, packets: int, new_flows: int) -
     }
 
 
-def with_stats_enabled(fn: Callable[[], CostReport]) -> CostReport:
+def with_stats_enabled(fn: Callable[[], T]) -> T:
     with open(STATS_SYSCTL) as f:
         old = f.read().strip()
     try:

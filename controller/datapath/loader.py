@@ -227,17 +227,16 @@ class Loaded:
         self.bpf.cleanup()
 
 
-def load(node: str, pin_root: str = "/sys/fs/bpf/vethguard", extra_cflags: tuple[str, ...] = ()) -> Loaded:
-    """Compile once with bcc, pin/reuse the node's maps, load the three SCHED_CLS programs."""
-    bcc = import_bcc()
-    check_kernel_headers()
-    check_bpffs()
-    pin_dir = pin_dir_for(node, pin_root)
-    pin_dir.mkdir(parents=True, exist_ok=True)
-    check_pinned_layout(pin_dir)
+def compile_programs(
+    entry: str, pin_dir: Path, names: tuple[str, ...], extra_cflags: tuple[str, ...] = ()
+) -> tuple[Any, dict[str, int]]:
+    """Compile bpf/<entry> with bcc against the maps pinned in pin_dir; load `names` as SCHED_CLS.
 
+    Returns (the bcc.BPF object, name -> program fd). The caller cleans the object up.
+    """
+    bcc = import_bcc()
     src_dir = bpf_source_dir()
-    text = inline_sources(src_dir / "vethguard.c", src_dir)
+    text = inline_sources(src_dir / entry, src_dir)
     cflags = [
         f'-DPIN_DIR="{pin_dir}"',
         f"-I{src_dir}",
@@ -250,12 +249,25 @@ def load(node: str, pin_root: str = "/sys/fs/bpf/vethguard", extra_cflags: tuple
     try:
         b = bcc.BPF(text=text.encode(), cflags=cflags)
     except Exception as e:  # bcc raises bare Exception with the compiler output on stderr
-        raise VethguardError(f"compiling the tc programs failed (see compiler output above): {e}") from e
+        raise VethguardError(f"compiling {entry} failed (see compiler output above): {e}") from e
     try:
-        fds = {name: b.load_func(name.encode(), bcc.BPF.SCHED_CLS).fd for name in PROGRAMS}
+        fds = {name: b.load_func(name.encode(), bcc.BPF.SCHED_CLS).fd for name in names}
     except Exception as e:
         b.cleanup()
-        raise VethguardError(f"the kernel refused the tc programs (verifier log above): {e}") from e
+        raise VethguardError(f"the kernel refused the programs of {entry} (verifier log above): {e}") from e
+    return b, fds
+
+
+def load(node: str, pin_root: str = "/sys/fs/bpf/vethguard", extra_cflags: tuple[str, ...] = ()) -> Loaded:
+    """Compile once with bcc, pin/reuse the node's maps, load the three SCHED_CLS programs."""
+    import_bcc()
+    check_kernel_headers()
+    check_bpffs()
+    pin_dir = pin_dir_for(node, pin_root)
+    pin_dir.mkdir(parents=True, exist_ok=True)
+    check_pinned_layout(pin_dir)
+
+    b, fds = compile_programs("vethguard.c", pin_dir, PROGRAMS, extra_cflags)
     loaded = Loaded(bpf=b, pin_dir=pin_dir, prog_fds=fds)
     try:
         pin_programs(pin_dir, fds)

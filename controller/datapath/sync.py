@@ -839,7 +839,7 @@ def _expires_ns(map_name: str, value: bytes) -> int:
 
 
 def collect_expired(kernel: Mapping[str, MapLike], now_ns: int) -> GcResult:
-    """Delete vg_ct and vg_frag entries whose deadline (bpf_ktime_get_ns, CLOCK_MONOTONIC) passed.
+    """Delete vg_ct and vg_frag entries whose deadline (vg_now(): CLOCK_MONOTONIC, tick resolution) passed.
 
     The programs already treat an expired entry as a miss, so this only returns the memory (an
     LRU map evicts by age of use, not by deadline). Each entry is read again right before its

@@ -50,6 +50,23 @@ def test_the_l4_header_behind_an_ipv6_extension_header_chain_is_found(h: Harness
     assert h.count(Reason.DROP_POLICY, DIR_INGRESS) == 1
 
 
+def test_ports_beyond_the_direct_read_bound_are_read_with_the_helper_and_judged_alike(h: Harness) -> None:
+    # parse.h reads headers straight from the skb below VG_DIRECT_MAX_OFF (1024) and with
+    # bpf_skb_load_bytes() beyond it: a 1,040-byte destination options header puts the TCP
+    # header at offset 1,094, so its ports and flags take the helper path.
+    h.endpoint(ingress_isolated=True, egress_isolated=True)
+    h.allow(DIR_INGRESS, ID_B, P.TCP, 80)
+    far = P.ext_hdr(P.TCP, 129)
+    assert 14 + 40 + len(far) > 1024
+    for dport, verdict in ((80, TC_ACT_OK), (81, TC_ACT_SHOT)):
+        assert h.to_pod(P.ipv6(POD_B6, POD_A6, 60, far + P.tcp(40000, dport))) == verdict
+    assert h.count(Reason.DROP_POLICY, DIR_INGRESS) == 1
+    # the flags came through too: only a flow opened by a SYN lets its reply out of an isolated
+    # egress (one tracked from mid-stream must pass the reply direction's own policy)
+    assert h.from_pod(P.ipv6(POD_A6, POD_B6, 60, far + P.tcp(80, 40000, P.SYN | P.ACK))) == TC_ACT_OK
+    assert h.count(Reason.ALLOW_REPLY, DIR_EGRESS) == 1
+
+
 def test_an_extension_header_chain_longer_than_the_parser_follows_is_malformed(h: Harness) -> None:
     h.endpoint(ingress_isolated=True)
     h.allow(DIR_INGRESS, ID_B)

@@ -212,6 +212,16 @@ def test_datapath_table_has_a_row_per_configuration_and_the_cost_ratios(tmp_path
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in written)
 
 
+def test_datapath_table_shows_where_an_established_packets_time_goes_when_measured() -> None:
+    doc = _datapath_doc()
+    assert "Where an established packet" not in report.datapath_markdown(doc)  # older results
+    for i, c in enumerate(doc["per_packet_cost"].values()):
+        c["established_steps_ns"] = {"program floor": 30.0, "clock": 5.0, "ct lookup": 20.0 + i}
+    md = report.datapath_markdown(doc)
+    assert "| step | small maps | large maps |" in md
+    assert "| ct lookup | 20.0 | 21.0 |" in md and "| clock | 5.0 | 5.0 |" in md
+
+
 def test_control_plane_table_and_plot_cover_every_size(tmp_path: Path) -> None:
     events = {
         k: {"p50_ms": 10.0, "p99_ms": 20.0, "n": 3}

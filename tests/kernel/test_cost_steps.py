@@ -1,0 +1,27 @@
+"""The established-path profile (bpf/bench_parts.c) runs its steps on the real maps."""
+
+from __future__ import annotations
+
+import pytest
+
+from controller.datapath import cost, maps
+from controller.datapath.maps import DIR_INGRESS, Reason
+from tests.kernel.conftest import Harness
+
+pytestmark = pytest.mark.root
+
+PACKETS = 300
+
+
+def test_the_step_programs_run_to_pods_established_path_on_the_real_maps_and_add_up_to_it(h: Harness) -> None:
+    cost._setup(h.dp)
+    steps = cost.with_stats_enabled(lambda: cost.measure_steps(h.dp, rounds=2, packets=PACKETS))
+    assert list(steps) == ["program floor", *cost.STEPS, "rest of to_pod"]
+    assert steps["program floor"] > 0
+    # part_7 (all steps) and to_pod each count every packet as an established one on the real
+    # counter map, and parts 6 and 7 and to_pod bump the flow's own conntrack counters.
+    allowed = h.count(Reason.ALLOW_CT, DIR_INGRESS)
+    assert allowed >= 2 * 2 * PACKETS, allowed
+    flow = [e for e in h.dp.dump().ct if e.dport == 80 and e.dir == DIR_INGRESS]
+    assert len(flow) == 1 and flow[0].packets >= 3 * 2 * PACKETS, flow
+    assert all(e.state == maps.CT_ALLOWED for e in flow)
