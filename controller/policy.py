@@ -733,24 +733,24 @@ class CompiledCluster:
             old = prev.pods.get(key)
             if old is not None and old.active:
                 old_ips.update(old.ips)
-        new_entries: dict[str, tuple[int, int]] = {}
+        new_idents: dict[str, int] = {}  # address -> identity of the changed pod that has it
         for key in changed:
             pod = self.pods.get(key)
             if pod is None or not pod.active:
                 continue
             ident = self.pod_identity[key]
             for ip in pod.ips:
-                if ip in new_entries:
+                if ip in new_idents:
                     return False  # two changed pods with one address
-                new_entries[ip] = (ident, 0)
+                new_idents[ip] = ident
         pod_ipcache = dict(prev.pod_ipcache)
         removed: list[IPNetwork] = []
         added: dict[IPNetwork, tuple[int, int]] = {}
-        for ip in old_ips - new_entries.keys():
+        for ip in old_ips - new_idents.keys():
             net = host_prefix(ipaddress.ip_address(ip))
             del pod_ipcache[net]
             removed.append(net)
-        for ip, (ident, _) in new_entries.items():
+        for ip, ident in new_idents.items():
             net = host_prefix(ipaddress.ip_address(ip))
             if ip not in old_ips and net in pod_ipcache:
                 return False  # an unchanged pod has this address too

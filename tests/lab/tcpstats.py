@@ -1,4 +1,5 @@
-"""Tell a lost TCP segment from a spurious retransmission, from the sender's TCP_INFO.
+"""TCP helpers of the lab tests: tell a lost segment from a spurious retransmission (the
+sender's TCP_INFO), and read an exact number of bytes.
 
 A retransmission alone does not prove a drop. On a loaded machine the sender's timers can fire
 before an ACK that is merely late arrives: the tail loss probe fires after about 2 x RTT plus
@@ -45,3 +46,14 @@ def parse_tcp_info(info: bytes) -> Retransmissions:
 
 def retransmissions(sock: socket.socket) -> Retransmissions:
     return parse_tcp_info(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LEN))
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    """Exactly n bytes from a stream socket; ConnectionError if the peer closes first."""
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("connection closed by the peer")
+        buf += chunk
+    return buf

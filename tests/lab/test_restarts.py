@@ -43,7 +43,7 @@ from controller.lab import netns, topology
 from controller.lab.daemon import AGENT_ENV_FILE, query_agent
 from controller.lab.state import LabPaths
 from tests.lab.conftest import Lab
-from tests.lab.tcpstats import Retransmissions, retransmissions
+from tests.lab.tcpstats import Retransmissions, recv_exact, retransmissions
 
 pytestmark = [
     pytest.mark.root,
@@ -179,16 +179,6 @@ class Traffic:
                 s.close()
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("connection closed by the peer")
-        buf += chunk
-    return buf
-
-
 def start_echo_server(t: Traffic, ns: str, ready: threading.Event) -> None:
     def serve_one(conn: socket.socket, name: str) -> None:
         conn.settimeout(1.0)
@@ -239,7 +229,7 @@ def start_tcp_client(t: Traffic, name: str, ns: str, server_ip: str, connected: 
             while not t.stop.is_set():
                 msg = struct.pack("!Q", seq)
                 sock.sendall(msg)
-                if _recv_exact(sock, 8) != msg:
+                if recv_exact(sock, 8) != msg:
                     raise AssertionError(f"echo of {seq} is wrong")
                 now = time.monotonic()
                 with t.lock:

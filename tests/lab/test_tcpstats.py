@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import pytest
 
 from tests.kernel.netns_util import VethPair, in_netns, veth_pair
-from tests.lab.tcpstats import Retransmissions, retransmissions
+from tests.lab.tcpstats import Retransmissions, recv_exact, retransmissions
 
 pytestmark = [
     pytest.mark.root,
@@ -63,15 +63,6 @@ def iptables(ns: str, action: str, *rule: str) -> None:
     """Rules go on INPUT: a packet dropped on arrival is lost in the network for its sender (a
     local OUTPUT drop is reported back to TCP, which then neither counts nor retransmits it)."""
     subprocess.run(["ip", "netns", "exec", ns, "iptables", action, "INPUT", *rule], check=True)
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        assert chunk, "connection closed"
-        buf += chunk
-    return buf
 
 
 def test_a_data_segment_dropped_on_the_way_counts_as_lost() -> None:
