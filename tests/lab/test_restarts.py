@@ -14,7 +14,7 @@ veth while the pinned maps, conntrack included, stay.
 Evidence asserted: no reset or EOF, no lost TCP segment on either end of any connection (a dropped
 data segment is retransmitted without the peer reporting a duplicate, see tests/lab/tcpstats.py; a
 retransmission only because a loaded machine delayed an ACK is not a loss; both ends send data, so a
-drop in either direction shows), no round trip slower than 1 s, every UDP datagram echoed, no
+drop in either direction shows), no round trip slower than STALL_LIMIT (3 s), every UDP datagram echoed, no
 intruder connection or echo, identical probe tables, an unchanged policy revision on both nodes (the
 first sync after every restart changed nothing), the long-lived flows' conntrack entries still those
 created by the first program, and new flows created by the upgraded one.
@@ -56,7 +56,13 @@ KILLS = 10
 ECHO_PORT = 9000  # our own TCP echo server (not a declared container port)
 UDP_PORT = 80  # the lab's UDP responder echoes
 ROUND_TRIP_EVERY = 0.05
-STALL_LIMIT = 1.0
+# A round trip slower than this fails the test. Traffic the datapath drops shows as lost segments
+# (asserted separately, with TCP's 200 ms minimum retransmission timeout); this limit catches
+# traffic held up for longer without a drop. It is above the whole-machine stalls this 2-CPU VM
+# has in its slow phases: every connection at once, 1.1-1.9 s, while the agents restarting
+# compile with bcc (restart gaps 11-20 s instead of 6-10 s), with every retransmission
+# reported by the receiver as a duplicate.
+STALL_LIMIT = 3.0
 READY_TIMEOUT = 120.0
 
 MODEL = """
