@@ -4,13 +4,36 @@
 #   link bcc looks for, bpffs, and the vethguard package with its Python dependencies in a
 #   virtualenv at /opt/vethguard/venv (linked as /usr/local/bin/vethguard).
 # Used by README.md, .ci/run and the Dockerfile, so CI proves the image's install steps.
-#   --image   building a container image: skip host-only steps (headers link, bpffs mount)
+# The Debian packages are the `deb` rows of scripts/packages.tsv (which also names the programs
+# the code starts from each; tests/unit/test_install_programs.py keeps the two in step).
+#   --image          building a container image: only the agent's packages, and no host-only
+#                    steps (headers link, bpffs mount) or test tools
+#   --list-packages  print the Debian packages this run would install, and stop (no root needed)
 set -euo pipefail
 
 image=0
-[ "${1:-}" = "--image" ] && image=1
+list=0
+for arg in "$@"; do
+  case "$arg" in
+    --image) image=1 ;;
+    --list-packages) list=1 ;;
+    *) echo "install.sh: unknown option $arg (use --image, --list-packages)" >&2; exit 2 ;;
+  esac
+done
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=/opt/vethguard/venv
+
+# deb rows of the table, in order; the image takes only the agent's
+packages=()
+while read -r pkg role _; do
+  case "$pkg" in deb:*) ;; *) continue ;; esac
+  if [ "$image" = 1 ] && [ "$role" != agent ]; then continue; fi
+  packages+=("${pkg#deb:}")
+done < <(sed 's/#.*//' "$repo/scripts/packages.tsv")
+if [ "$list" = 1 ]; then
+  printf '%s\n' "${packages[@]}"
+  exit 0
+fi
 
 if [ "$(id -u)" != 0 ]; then
   echo "install.sh: run as root (it installs system packages and mounts bpffs)" >&2
@@ -20,15 +43,7 @@ fi
 echo "==> system packages"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends \
-  python3 python3-venv python3-pip python3-bpfcc libbpfcc \
-  linux-headers-amd64 gcc libc6-dev \
-  iproute2 util-linux procps iperf3 sockperf iptables ipset ca-certificates \
-  dnsmasq-base curl wget >/dev/null
-if [ "$image" = 0 ]; then
-  # `vethguard bench` draws its PNG plots with matplotlib (host only: the image runs the agent)
-  apt-get install -y -qq --no-install-recommends python3-matplotlib >/dev/null
-fi
+apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 
 if [ "$image" = 0 ]; then
   echo "==> kernel headers for bcc"

@@ -8,6 +8,8 @@ machine that must run them.
 from __future__ import annotations
 
 import os
+from collections.abc import Generator
+from typing import Any
 
 import pytest
 
@@ -15,7 +17,7 @@ REQUIRE_ROOT = os.environ.get("VETHGUARD_REQUIRE_ROOT") == "1"
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
     outcome = yield
     report = outcome.get_result()
     needs_root = item.get_closest_marker("root") or item.get_closest_marker("lab")

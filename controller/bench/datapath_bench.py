@@ -36,6 +36,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from controller import programs
 from controller.bench import synth
 from controller.bench.common import (
     lab_cli,
@@ -152,12 +153,11 @@ def start_servers(lab: str, server: str) -> list[subprocess.Popen[bytes]]:
     """iperf3 and sockperf servers in the server pod (lab exec execs nsenter: the pid is the server)."""
     target = f"{synth.BENCH_NS}/{server}"
     base = [sys.executable, "-m", "controller.cli", "lab", "exec", "--name", lab, target, "--"]
-    commands = [
-        ["iperf3", "-s", "-p", str(synth.IPERF_PORT)],
-        ["sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p", str(synth.SOCKPERF_PORT)],
-    ]
+    iperf3 = [*base, "iperf3", "-s", "-p", str(synth.IPERF_PORT)]
+    sockperf = [*base, "sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p", str(synth.SOCKPERF_PORT)]
     return [
-        subprocess.Popen(base + c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for c in commands
+        subprocess.Popen(iperf3, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        subprocess.Popen(sockperf, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
     ]
 
 
@@ -473,6 +473,7 @@ def per_packet_cost(bench: Bench) -> dict[str, Any]:
 
 
 def run(settings: Settings) -> dict[str, Any]:
+    programs.require(*programs.role_programs("lab", "bench"), purpose="vethguard bench datapath")
     doc: dict[str, Any] = {"benchmark": "datapath", "machine": machine(), "settings": asdict(settings)}
     doc["tools"] = {
         "iperf3": tool_version(["iperf3", "--version"]),

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from controller import programs
 from controller.errors import VethguardError
 from controller.lab import dns, netns, probe, topology
 from controller.lab import manifests as manifest_io
@@ -272,6 +273,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise VethguardError(f"--nodes must be between 1 and {topology.MAX_NODES}")
     if paths.root.exists() or topology.LabNames(lab).owned():
         raise VethguardError(f"lab {lab!r} already exists (remove it with: vethguard lab down --name {lab})")
+    require_lab_programs(dns=args.dns)
     paths.write_config(LabConfig(lab, args.nodes, args.cni, agents=not args.no_agents, dns=args.dns))
     try:
         start_daemon(paths)
@@ -430,6 +432,12 @@ def exec_netns(lab: str, target: str) -> str:
     return ns_name
 
 
+def require_lab_programs(dns: bool) -> None:
+    """Every program the lab itself starts (scripts/packages.tsv, role lab), before it creates anything."""
+    needed = [p for p in programs.role_programs("lab") if dns or p != "dnsmasq"]
+    programs.require(*needed, purpose="lab up")
+
+
 def cmd_exec(args: argparse.Namespace) -> int:
     command = list(args.command)
     if command[:1] == ["--"]:
@@ -437,6 +445,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if not command:
         raise VethguardError("lab exec: give a command after --, e.g. vethguard lab exec x/a -- ip addr")
     ns_name = exec_netns(args.name, args.target)
+    if "/" not in command[0]:
+        programs.require(command[0], purpose="lab exec")
     sys.stdout.flush()
     if (dns.NETNS_ETC / ns_name / "resolv.conf").exists():
         # the pod's resolv.conf (cluster DNS): `ip netns exec` bind-mounts /etc/netns/<ns>/* over

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from controller import services
+from controller import programs, services
 from controller.lab import netns
 
 log = logging.getLogger("vethguard.lab.dns")
@@ -147,6 +147,7 @@ class DnsServer:
         ]
 
     def start(self) -> DnsServer:
+        programs.require_command(self.command(), purpose="cluster DNS (lab up --dns)")
         self.hosts_dir.mkdir(parents=True, exist_ok=True)
         self._stop_stale()
         self._spawn()

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
+from controller import programs
 from controller.errors import VethguardError
 
 NETNS_DIR = Path("/run/netns")
@@ -84,6 +85,8 @@ def run_in_netns(name: str, func: Callable[[], T]) -> T:
 
 
 def _run(argv: list[str], stdin: str | None = None) -> str:
+    # a missing program is named with its package, not as nsenter's "failed to execute nft"
+    programs.require_command(argv)
     proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip()
@@ -116,12 +119,18 @@ def ip_batch(name: str, commands: Iterable[str]) -> None:
     _run(["ip", "-n", name, "-batch", "-"], stdin=script)
 
 
-def sysctl(name: str, settings: dict[str, str]) -> None:
-    """Set sysctls inside the named namespace only (never the caller's namespace)."""
+def run_in(name: str, argv: list[str], stdin: str | None = None) -> str:
+    """Run a program inside the named namespace only (never the caller's); its stdout."""
+    programs.require_command(argv)
     if not exists(name):
         raise NetnsError(f"network namespace {name} does not exist")
+    return _run(["nsenter", f"--net={netns_path(name)}", "--", *argv], stdin=stdin)
+
+
+def sysctl(name: str, settings: dict[str, str]) -> None:
+    """Set sysctls inside the named namespace only (never the caller's namespace)."""
     assignments = [f"{key}={value}" for key, value in settings.items()]
-    _run(["nsenter", f"--net={netns_path(name)}", "--", "sysctl", "-q", "-w", *assignments])
+    run_in(name, ["sysctl", "-q", "-w", *assignments])
 
 
 def pids_in(names: Iterable[str]) -> list[int]:

@@ -11,7 +11,6 @@ file follows the Services too (controller.lab.dns).
 from __future__ import annotations
 
 import logging
-import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -133,11 +132,4 @@ class ServiceController:
 
 def apply_nft(namespace: str, script: str) -> None:
     """Run an nft script inside a lab namespace (never the caller's)."""
-    if not netns.exists(namespace):
-        raise netns.NetnsError(f"network namespace {namespace} does not exist")
-    proc = subprocess.run(
-        ["nsenter", f"--net={netns.netns_path(namespace)}", "--", "nft", "-f", "-"],
-        input=script, capture_output=True, text=True, check=False,
-    )
-    if proc.returncode != 0:
-        raise netns.NetnsError(f"nft in {namespace} failed: {proc.stderr.strip()}")
+    netns.run_in(namespace, ["nft", "-f", "-"], stdin=script)

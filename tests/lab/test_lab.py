@@ -189,6 +189,16 @@ def test_up_of_an_existing_lab_fails_clearly(lab: Lab, tmp_path: Path) -> None:
     assert "already exists" in result.stderr
 
 
+def test_exec_of_a_program_that_is_not_installed_says_so_instead_of_an_nsenter_error(lab: Lab) -> None:
+    result = lab.cli("exec", "x/a", "--", "vethguard-no-such-program", "-v", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: lab exec: vethguard-no-such-program is not installed (no package vethguard knows of provides it)"
+    )
+    control = lab.cli("exec", "x/a", "--", "ip", "-brief", "addr", "show", "eth0")
+    assert "eth0" in control.stdout
+
+
 def test_delete_removes_the_pod_and_its_namespace(lab_factory: Callable[..., Lab]) -> None:
     lab = lab_factory()
     pod_netns = LabNames(lab.name).pod("y", "a")

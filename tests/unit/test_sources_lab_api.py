@@ -183,7 +183,7 @@ class Api:
     def __init__(self, tmp: Path, window: int = 1000) -> None:
         self.store = CompactingStore(window=window)
         self.server: ServerThread = serve_tcp(self.store)
-        self.proxy = ChaosProxy(self.server.server.server_address[:2])  # type: ignore[arg-type]
+        self.proxy = ChaosProxy(self.server.server.server_address[:2])  # type: ignore[arg-type,index]
         self.kubeconfig = tmp / "kubeconfig"
         self.kubeconfig.write_text(kubeconfig_text(self.proxy.url))
         self.metrics = Metrics()
