@@ -6,6 +6,8 @@
  *   to_pod      tc egress:  traffic entering the pod (the pod's INGRESS, DIR_INGRESS)
  *   to_uplink   tc egress of the node's uplinks: judges deferred Service flows leaving the
  *               node after DNAT (lib/service.h); everything else passes untouched
+ *   from_uplink tc ingress of the node's uplinks: drops packets from outside that claim an
+ *               address of this node or of its pods (lib/trust.h); everything else passes
  *   passthrough returns TC_ACT_OK; the floor for benchmarks
  *
  * One compiled set per node; per-endpoint behaviour comes from maps keyed by ifindex.
@@ -15,11 +17,17 @@
  *   3. from the pod with a source address that  -> DROP_SPOOFED (IPv6 link-local and :: exempt)
  *      is not the pod's own
  *   3b. truncated / unparsable                  -> DROP_MALFORMED if d is isolated, else pass
- *   4. ICMPv6 ND / router / MLD                 -> ALLOW_ICMP6_CTRL
+ *   4. ICMPv6 ND / router / MLD, only as the    -> ALLOW_ICMP6_CTRL (else judged as ICMP)
+ *      link allows (hop limit, scope, size)
  *   5. non-first fragment: ports from vg_frag   (unknown -> ALLOW_HOST for the node, else
  *                                                  DROP_FRAG_UNKNOWN if isolated)
  *   5b. ICMP error about a tracked allowed flow -> ALLOW_RELATED
- *   6. conntrack hit                            -> ALLOW_CT / ALLOW_REPLY / DROP_REVOKED
+ *       from its peer, a node or (flow to outside) an outside router
+ *   6. conntrack hit (not for non-echo ICMP,    -> ALLOW_CT / ALLOW_REPLY / DROP_REVOKED
+ *      which is never tracked)
+ *   6b. entering the pod: who really sent it    -> DROP_SPOOFED (a local pod's address from
+ *       (lib/trust.h)                              elsewhere); a forwarded node address is
+ *                                                  judged as its real sender, not the host
  *   7. peer identity HOST (ipcache lookup only   -> ALLOW_HOST
  *      on a CT miss: host flows are never tracked)
  *   7b. from the pod to a Service frontend      -> ALLOW_DEFERRED, CT_DEFERRED entry, skb->mark
@@ -36,6 +44,7 @@
 #include "lib/policy.h"
 #include "lib/conntrack.h"
 #include "lib/service.h"
+#include "lib/trust.h"
 #include "lib/events.h"
 
 /* Count, maybe emit an event, and turn the reason into a tc verdict. */
@@ -104,7 +113,8 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir)
 	struct ct_key k = {};
 	struct ct_value *v;
 	__u32 zero = 0, revision = 0, rule_ref = 0;
-	int isolated, ret;
+	__u16 origin = 0;
+	int isolated, untracked, ret;
 	__u8 reason;
 
 	ep = vg_endpoints.lookup(&ifindex);
@@ -121,11 +131,14 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir)
 	if (ret != PARSE_OK)
 		return vg_finish(skb, ep->ep_id, dir, isolated ? DROP_MALFORMED : ALLOW_NOT_ISOLATED, &p, &peer,
 				 0, 0);
-	if (vg_is_icmp6_ctrl(&p))
+	/* Only as the link allows it (lib/trust.h); any other ICMPv6 is judged by policy below. */
+	if (vg_is_icmp6_ctrl(&p) && vg_icmp6_ctrl_ok(skb, &p, dir))
 		return vg_finish(skb, ep->ep_id, dir, ALLOW_ICMP6_CTRL, &p, &peer, 0, 0);
 
 	if (p.frag == VG_FRAG_LATER && !vg_frag_ports(&p, now)) {
 		vg_ipcache_lookup(p.family, dir == DIR_EGRESS ? p.daddr : p.saddr, &peer);
+		if (dir == DIR_INGRESS && (reason = vg_ingress_origin(skb, &p, &peer, &origin)))
+			return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, 0, 0);
 		if (peer.identity == ID_HOST)
 			return vg_finish(skb, ep->ep_id, dir, ALLOW_HOST, &p, &peer, 0, 0);
 		return vg_finish(skb, ep->ep_id, dir, isolated ? DROP_FRAG_UNKNOWN : ALLOW_NOT_ISOLATED, &p,
@@ -136,56 +149,64 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir)
 	if (cfg)
 		revision = cfg->revision;
 
-	/* An ICMP error about a tracked allowed flow passes wherever the flow itself would. */
-	if (p.icmp_err && vg_ct_related(ep, &p, dir, revision, now, &k, &rule_ref))
+	/* An ICMP error about a tracked allowed flow, from a source that could have sent it,
+	 * passes wherever the flow itself would. */
+	if (p.icmp_err && vg_ct_related(skb, ep, &p, dir, revision, now, &k, &rule_ref))
 		return vg_finish(skb, ep->ep_id, dir, ALLOW_RELATED, &p, &peer, rule_ref, 0);
 
 	/* Forward entry (established flow), then reverse entry (reply), else a new flow. */
-	vg_ct_fill(&k, &p, ep->ep_id, dir, 0);
-	v = vg_ct.lookup(&k);
-	if (v && v->expires_ns > now) {
-		reason = vg_ct_hit(ep, &k, v, &p, 0, revision, len, now, &rule_ref);
-		if (v->state == CT_DEFERRED && !REASON_IS_DROP(reason))
-			reason = vg_mark_deferred(skb, ep) ? ALLOW_DEFERRED : DROP_DEFERRED_UNKNOWN;
-	} else {
+	untracked = vg_icmp_untracked(&p);
+	if (!untracked) {
+		vg_ct_fill(&k, &p, ep->ep_id, dir, 0);
+		v = vg_ct.lookup(&k);
+		if (v && v->expires_ns > now) {
+			reason = vg_ct_hit(ep, &k, v, &p, 0, revision, len, now, &rule_ref);
+			if (v->state == CT_DEFERRED && !REASON_IS_DROP(reason))
+				reason = vg_mark_deferred(skb, ep) ? ALLOW_DEFERRED : DROP_DEFERRED_UNKNOWN;
+			goto tracked;
+		}
 		vg_ct_fill(&k, &p, ep->ep_id, dir, 1);
 		v = vg_ct.lookup(&k);
 		if (v && v->expires_ns > now) {
 			reason = vg_ct_hit(ep, &k, v, &p, 1, revision, len, now, &rule_ref);
-		} else {
-			/* To a Service: judged after DNAT, by the backend it reaches (lib/service.h). */
-			if (dir == DIR_EGRESS && vg_svc_frontend(&p)) {
-				if (!vg_mark_deferred(skb, ep))
-					return vg_finish(skb, ep->ep_id, dir, DROP_DEFERRED_UNKNOWN, &p, &peer, 0,
-							 0);
-				vg_ct_fill(&k, &p, ep->ep_id, dir, 0);
-				if (vg_ct_create(&k, &p, revision, 0, len, now, CT_DEFERRED) != 0) {
-					skb->mark &= ~VG_MARK_MASK;
-					return vg_finish(skb, ep->ep_id, dir, DROP_CT_FULL, &p, &peer, 0, 0);
-				}
-				reason = ALLOW_DEFERRED;
-				if (p.frag == VG_FRAG_NONE)
-					return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, 0, 1);
-				goto tracked;
-			}
-			/*
-			 * The peer identity is needed only here: established packets skip the
-			 * ipcache LPM lookup. Host traffic is never tracked, so it always gets here.
-			 */
-			vg_ipcache_lookup(p.family, dir == DIR_EGRESS ? p.daddr : p.saddr, &peer);
-			if (peer.identity == ID_HOST)
-				return vg_finish(skb, ep->ep_id, dir, ALLOW_HOST, &p, &peer, 0, 0);
-			reason = vg_policy_verdict(ep, dir, p.proto, p.dport, &peer, &rule_ref);
-			if (REASON_IS_DROP(reason))
-				return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, 0, 0);
-			/* Track every allowed flow so its replies pass an isolated direction. */
+			goto tracked;
+		}
+		/* To a Service: judged after DNAT, by the backend it reaches (lib/service.h). */
+		if (dir == DIR_EGRESS && vg_svc_frontend(&p)) {
+			if (!vg_mark_deferred(skb, ep))
+				return vg_finish(skb, ep->ep_id, dir, DROP_DEFERRED_UNKNOWN, &p, &peer, 0, 0);
 			vg_ct_fill(&k, &p, ep->ep_id, dir, 0);
-			if (vg_ct_create(&k, &p, revision, rule_ref, len, now, CT_ALLOWED) != 0 && isolated)
+			if (vg_ct_create(&k, &p, revision, 0, len, now, CT_DEFERRED, 0) != 0) {
+				skb->mark &= ~VG_MARK_MASK;
 				return vg_finish(skb, ep->ep_id, dir, DROP_CT_FULL, &p, &peer, 0, 0);
+			}
+			reason = ALLOW_DEFERRED;
 			if (p.frag == VG_FRAG_NONE)
-				return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, rule_ref, 1);
+				return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, 0, 1);
+			goto tracked;
 		}
 	}
+	/*
+	 * A new flow. The peer identity is needed only here: established packets skip the ipcache
+	 * LPM lookup. Host traffic is never tracked, so it always gets here; entering the pod, the
+	 * node's own address counts as the host only on packets the node sent (lib/trust.h).
+	 */
+	vg_ipcache_lookup(p.family, dir == DIR_EGRESS ? p.daddr : p.saddr, &peer);
+	if (dir == DIR_INGRESS && (reason = vg_ingress_origin(skb, &p, &peer, &origin)))
+		return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, 0, 0);
+	if (peer.identity == ID_HOST)
+		return vg_finish(skb, ep->ep_id, dir, ALLOW_HOST, &p, &peer, 0, 0);
+	reason = vg_policy_verdict(ep, dir, p.proto, p.dport, &peer, &rule_ref);
+	if (REASON_IS_DROP(reason))
+		return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, 0, 0);
+	if (!untracked) {
+		/* Track every allowed flow so its replies pass an isolated direction. */
+		vg_ct_fill(&k, &p, ep->ep_id, dir, 0);
+		if (vg_ct_create(&k, &p, revision, rule_ref, len, now, CT_ALLOWED, origin) != 0 && isolated)
+			return vg_finish(skb, ep->ep_id, dir, DROP_CT_FULL, &p, &peer, 0, 0);
+	}
+	if (p.frag == VG_FRAG_NONE)
+		return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, rule_ref, 1);
 
 tracked:
 	if (!REASON_IS_DROP(reason))
@@ -242,7 +263,7 @@ static __always_inline int vg_judge(struct __sk_buff *skb, __u64 now)
 		reason = vg_policy_verdict(ep, DIR_EGRESS, p.proto, p.dport, &peer, &rule_ref);
 		if (REASON_IS_DROP(reason))
 			return vg_finish(skb, ep->ep_id, DIR_EGRESS, reason, &p, &peer, 0, 0);
-		if (vg_ct_create(&k, &p, revision, rule_ref, len, now, CT_ALLOWED) != 0 && isolated)
+		if (vg_ct_create(&k, &p, revision, rule_ref, len, now, CT_ALLOWED, 0) != 0 && isolated)
 			return vg_finish(skb, ep->ep_id, DIR_EGRESS, DROP_CT_FULL, &p, &peer, 0, 0);
 		new_flow = 1;
 	}
@@ -278,6 +299,25 @@ int to_uplink(struct __sk_buff *skb)
 	if (!(skb->mark & VG_MARK_DEFERRED))
 		return TC_ACT_OK;
 	return vg_judge(skb, vg_now());
+}
+
+int from_uplink(struct __sk_buff *skb)
+{
+	struct vg_pkt p = {};
+	struct ipcache_value peer = {};
+
+	/*
+	 * A packet arriving from outside the node with the source address of this node or of one
+	 * of its pods is forged (lib/trust.h): dropped and counted here, before kube-proxy's DNAT.
+	 * Everything else passes uncounted and unparsed beyond the IP header. The node's own
+	 * multicast looped back to it arrives here too, with its own address: not a forgery.
+	 */
+	if (skb->pkt_type == VG_PACKET_LOOPBACK)
+		return TC_ACT_OK;
+	vg_parse(skb, &p);
+	if (!p.family || !vg_local_lookup(p.family, p.saddr))
+		return TC_ACT_OK;
+	return vg_finish(skb, skb->ifindex, DIR_INGRESS, DROP_SPOOFED, &p, &peer, 0, 0);
 }
 
 int passthrough(struct __sk_buff *skb)

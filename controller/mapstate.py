@@ -116,6 +116,9 @@ class NodeDesired:
     identities: Mapping[int, IdentityInfo]
     errors: Sequence[PolicyError] = ()
     frontends: frozenset[SvcFrontend] = frozenset()
+    # This node's own addresses (its Node object's): believed only on packets it sends itself
+    # (vg_local, bpf/lib/trust.h).
+    host_addresses: tuple[str, ...] = ()
 
 
 def compute(cluster: ClusterState, node: str) -> NodeDesired:

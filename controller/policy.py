@@ -1303,6 +1303,7 @@ class CompiledCluster:
             rules=dict(self.rules),
             identities=self.identities,
             errors=self.errors,
+            host_addresses=tuple(str(a) for a in self.node_addresses.get(node, ())),
         )
 
 

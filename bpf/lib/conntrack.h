@@ -14,6 +14,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "policy.h"
+#include "trust.h"
 
 static __always_inline void vg_ct_fill(struct ct_key *k, const struct vg_pkt *p, __u32 ep_id, __u8 dir,
 				       int reverse)
@@ -61,14 +62,17 @@ static __always_inline __u8 vg_tcp_seen(const struct vg_pkt *p)
 	return seen;
 }
 
-/* Re-run the ORIGINAL direction's policy for a tracked flow (after a revision change). */
+/* Re-run the ORIGINAL direction's policy for a tracked flow (after a revision change). A flow
+ * masqueraded to a node address (origin) is judged by its real sender again (lib/trust.h). */
 static __always_inline int vg_ct_recheck(const struct endpoint_info *ep, const struct ct_key *k,
-					 __u32 *rule_ref)
+					 __u16 origin, __u32 *rule_ref)
 {
 	struct ipcache_value peer;
 	const __u8 *addr = k->dir == DIR_EGRESS ? k->daddr : k->saddr;
 
 	vg_ipcache_lookup(k->family, addr, &peer);
+	if (origin && peer.identity == ID_HOST)
+		vg_origin_peer(origin, k->family, &peer);
 	if (peer.identity == ID_HOST)
 		return 1;
 	return !REASON_IS_DROP(vg_policy_verdict(ep, k->dir, k->proto, k->dport, &peer, rule_ref));
@@ -88,7 +92,7 @@ static __always_inline int vg_ct_current(const struct endpoint_info *ep, const s
 	if (v->revision != revision) {
 		__u32 ref = 0;
 
-		v->state = vg_ct_recheck(ep, k, &ref) ? CT_ALLOWED : CT_DENIED;
+		v->state = vg_ct_recheck(ep, k, v->origin, &ref) ? CT_ALLOWED : CT_DENIED;
 		v->rule_ref = ref;
 		v->seen &= ~CT_SEEN_REPLY_OK;
 		v->revision = revision;
@@ -158,14 +162,16 @@ static __always_inline __u8 vg_ct_hit(const struct endpoint_info *ep, const stru
  * An ICMP error (p->icmp_err) about a tracked allowed flow of this endpoint: the embedded packet
  * went through this endpoint in the other hook direction, so it is the forward key
  * (ep, !dir, inner tuple) or the reverse key (ep, dir, swapped inner tuple). The error must go
- * back to the embedded packet's sender. Returns 1 (rule_ref set) when related; uses *k as scratch.
+ * back to the embedded packet's sender, from a source that could have sent it
+ * (vg_related_source_ok). Returns 1 (rule_ref set) when related; uses *k as scratch.
  */
-static __always_inline int vg_ct_related(const struct endpoint_info *ep, const struct vg_pkt *p, __u8 dir,
-					 __u32 revision, __u64 now, struct ct_key *k, __u32 *rule_ref)
+static __always_inline int vg_ct_related(struct __sk_buff *skb, const struct endpoint_info *ep,
+					 const struct vg_pkt *p, __u8 dir, __u32 revision, __u64 now,
+					 struct ct_key *k, __u32 *rule_ref)
 {
 	struct ct_value *v;
 
-	if (!vg_addr_eq(p->inner_saddr, p->daddr))
+	if (!vg_addr_eq(p->inner_saddr, p->daddr) || !vg_related_source_ok(skb, p, dir))
 		return 0;
 	vg_copy16(k->saddr, p->inner_saddr);
 	vg_copy16(k->daddr, p->inner_daddr);
@@ -198,7 +204,7 @@ static __always_inline int vg_ct_related(const struct endpoint_info *ep, const s
  * Returns 0 on success.
  */
 static __always_inline int vg_ct_create(const struct ct_key *k, const struct vg_pkt *p, __u32 revision,
-					__u32 rule_ref, __u32 len, __u64 now, __u8 state)
+					__u32 rule_ref, __u32 len, __u64 now, __u8 state, __u16 origin)
 {
 	struct ct_value v = {};
 
@@ -217,6 +223,7 @@ static __always_inline int vg_ct_create(const struct ct_key *k, const struct vg_
 	v.revision = revision;
 	v.rule_ref = rule_ref;
 	v.state = state;
+	v.origin = origin;
 	/* A compile-time constant (0 unless a test build sets it): a store, no extra lookup. */
 	v.marker = VG_UPGRADE_MARKER;
 	return vg_ct.update((struct ct_key *)k, &v);

@@ -44,6 +44,9 @@
 #ifndef VG_MAX_SVC
 #define VG_MAX_SVC 16384
 #endif
+#ifndef VG_MAX_LOCAL
+#define VG_MAX_LOCAL (2 * VG_MAX_ENDPOINTS + 256) /* two addresses per pod, the node's */
+#endif
 #ifndef VG_EVENTS_PAGES
 #define VG_EVENTS_PAGES 64 /* 256 KiB */
 #endif
@@ -67,6 +70,9 @@ BPF_TABLE_PINNED7("hash", __u32, __u32, vg_slots, VG_MAX_ENDPOINTS, VG_PIN(vg_sl
 
 /* Service frontends DNATed on this node: a pod's flow to one is judged after DNAT */
 BPF_TABLE_PINNED7("hash", struct svc_key, struct svc_value, vg_svc, VG_MAX_SVC, VG_PIN(vg_svc), 0);
+
+/* addresses of this node (-> 0) and of its pods (-> host-side veth): where each is believed */
+BPF_TABLE_PINNED7("hash", struct local_key, struct local_value, vg_local, VG_MAX_LOCAL, VG_PIN(vg_local), 0);
 
 /* conntrack: per endpoint and hook direction */
 BPF_TABLE_PINNED7("lru_hash", struct ct_key, struct ct_value, vg_ct, VG_MAX_CT, VG_PIN(vg_ct), 0);

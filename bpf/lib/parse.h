@@ -60,7 +60,7 @@ struct vg_pkt {
 	__u8 icmp_type;
 	__u8 icmp_err;    /* an ICMP error whose embedded header was parsed into inner_* */
 	__u8 inner_proto; /* the embedded packet: the one this error answers */
-	__u8 pad;
+	__u8 hop_limit;   /* IPv6 hop limit / IPv4 TTL */
 	__u32 end; /* offset just past the IP datagram: every read after the IP header stays below */
 	__be16 inner_sport;
 	__be16 inner_dport;
@@ -153,6 +153,7 @@ static __always_inline int vg_parse_ip4(struct __sk_buff *skb, struct vg_pkt *p)
 	p->family = 4;
 	__builtin_memcpy(p->saddr, &ip.saddr, 4);
 	__builtin_memcpy(p->daddr, &ip.daddr, 4);
+	p->hop_limit = ip.ttl;
 	ihl = ip.ver_ihl & 0x0f;
 	if (ihl < 5) /* a header shorter than 20 bytes cannot be valid */
 		return PARSE_MALFORMED;
@@ -188,6 +189,7 @@ static __always_inline int vg_parse_ip6(struct __sk_buff *skb, struct vg_pkt *p)
 	p->family = 6;
 	vg_copy16(p->saddr, ip.saddr);
 	vg_copy16(p->daddr, ip.daddr);
+	p->hop_limit = ip.hop_limit;
 	p->end = off + bpf_ntohs(ip.payload_len);
 	if (p->end > skb->len)
 		return PARSE_MALFORMED;
@@ -414,12 +416,22 @@ static __always_inline __be16 vg_policy_port(__u8 proto, __be16 dport)
 	return (proto == IPPROTO_ICMP || proto == VG_IPPROTO_ICMPV6) ? 0 : dport;
 }
 
-/* IPv6 neighbour discovery, router messages and MLD (130-137, 143) always pass. */
+/* IPv6 neighbour discovery, router messages and MLD (130-137, 143), unfragmented (RFC 6980):
+ * candidates for ALLOW_ICMP6_CTRL, which lib/trust.h grants only as the link allows them. */
 static __always_inline int vg_is_icmp6_ctrl(const struct vg_pkt *p)
 {
-	if (p->family != 6 || p->proto != VG_IPPROTO_ICMPV6 || p->frag == VG_FRAG_LATER)
+	if (p->family != 6 || p->proto != VG_IPPROTO_ICMPV6 || p->frag != VG_FRAG_NONE)
 		return 0;
 	return (p->icmp_type >= 130 && p->icmp_type <= 137) || p->icmp_type == 143;
+}
+
+/* Non-echo ICMP (errors, control, unknown types): no ports, no connection. It never creates a
+ * conntrack entry, and none lets it pass: an entry with ports 0 would let any ICMP of the
+ * peer back in as a "reply". Errors about tracked flows are ALLOW_RELATED (lib/trust.h);
+ * everything else is judged by policy, packet by packet. */
+static __always_inline int vg_icmp_untracked(const struct vg_pkt *p)
+{
+	return (p->proto == IPPROTO_ICMP || p->proto == VG_IPPROTO_ICMPV6) && !vg_is_icmp_echo(p);
 }
 
 /*

@@ -13,7 +13,8 @@ enum vg_reason {
 	ALLOW_NOT_ISOLATED = 3, /* direction not isolated */
 	ALLOW_HOST = 4,         /* pod <-> its own node */
 	ALLOW_NON_IP = 5,       /* ARP and other non-IP */
-	ALLOW_ICMP6_CTRL = 6,   /* IPv6 neighbour discovery / router / MLD messages */
+	ALLOW_ICMP6_CTRL = 6,   /* IPv6 neighbour discovery / router / MLD messages, only as the
+	                         * link allows them (lib/trust.h) */
 	ALLOW_FRAG = 7,         /* non-first fragment of a tracked flow */
 	ALLOW_AUDIT = 8,        /* would be DROP_POLICY, but the direction is isolated only by
 	                         * audit-mode policies (vethguard.dev/audit): passed and reported */
@@ -29,7 +30,9 @@ enum vg_reason {
 	DROP_PENDING = 68,      /* endpoint's policy not realized yet */
 	DROP_NO_ENDPOINT = 69,  /* program attached to an interface with no endpoint entry */
 	DROP_CT_FULL = 70,      /* conntrack insert failed */
-	DROP_SPOOFED = 71,      /* from a pod with a source address that is not the pod's own */
+	DROP_SPOOFED = 71,      /* a source address where it does not belong: from a pod, not the
+	                         * pod's own; to a pod or on an uplink, a local pod's or the node's
+	                         * address arriving from another interface (lib/trust.h) */
 	DROP_DEFERRED_UNKNOWN = 72, /* deferred packet whose client endpoint (mark slot) is unknown */
 };
 

@@ -47,6 +47,9 @@
 #define VG_MARK_SLOT_SHIFT 16
 #define VG_MARK_MASK       (VG_MARK_DEFERRED | VG_MARK_SLOT_MASK)
 
+/* ct_value.origin of a flow masqueraded to a node address by the node for a sender outside it. */
+#define CT_ORIGIN_OUTSIDE 0xffff
+
 #define CT_SEEN_REPLY 1
 #define CT_SEEN_FIN   2
 #define CT_SEEN_RST   4
@@ -85,6 +88,19 @@ struct svc_key {
 
 struct svc_value {
 	__u32 flags; /* reserved */
+};
+
+/* vg_local: the addresses that belong to this node (its Node addresses) and to its pods. Such an
+ * address is believed only where it belongs (lib/trust.h): a local pod's only on its own veth,
+ * the node's only on packets the node itself sends. */
+struct local_key {
+	__u8 addr[16]; /* IPv4 in the first 4 bytes, rest zero */
+	__u8 family;   /* 4 or 6 */
+	__u8 pad[3];
+};
+
+struct local_value {
+	__u32 ifindex; /* host-side veth of the local pod; 0: an address of the node */
 };
 
 /* vg_ipcache4 / vg_ipcache6 (LPM tries) */
@@ -141,7 +157,9 @@ struct ct_value {
 	__u32 rule_ref;
 	__u8 state; /* CT_ALLOWED / CT_DENIED / CT_DEFERRED */
 	__u8 seen;  /* CT_SEEN_* */
-	__u16 pad;
+	__u16 origin; /* ingress flow whose source is a node address forwarded for someone else
+		       * (masquerade): the slot of the local pod that really sent it, or
+		       * CT_ORIGIN_OUTSIDE; 0 for every other flow (lib/trust.h) */
 	__u32 marker; /* VG_UPGRADE_MARKER of the program that created the entry (0 in normal
 		       * builds): lets upgrade tests tell flows of the old and new program apart */
 };

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.datapath import loader, maps, sync
-from controller.datapath.attach import PARENT_EGRESS, Attacher
+from controller.datapath.attach import PARENT_EGRESS, PARENT_INGRESS, Attacher
 from controller.datapath.maps import Event, ProgId
 from controller.datapath.sync import GcResult, KernelState, MapFullError, SyncResult
 from controller.datapath.uplink import uplink_attacher
@@ -26,6 +26,7 @@ SIZED_MAPS = (
     "vg_ipcache6",
     "vg_policy",
     "vg_svc",
+    "vg_local",
     "vg_ct",
     "vg_frag",
     "vg_counters",
@@ -113,8 +114,11 @@ class Datapath:
         return self._attacher.attached(ifindex)
 
     def attach_uplink(self, ifindex: int) -> None:
-        """to_uplink on the tc egress of a node uplink (judges deferred Service flows); idempotent."""
-        self._uplinks.attach_programs(ifindex, {PARENT_EGRESS: self.prog_fd("to_uplink")})
+        """to_uplink on the tc egress of a node uplink (judges deferred Service flows) and
+        from_uplink on its tc ingress (drops forged local sources); idempotent."""
+        self._uplinks.attach_programs(
+            ifindex, {PARENT_EGRESS: self.prog_fd("to_uplink"), PARENT_INGRESS: self.prog_fd("from_uplink")}
+        )
 
     def detach_uplink(self, ifindex: int) -> None:
         self._uplinks.detach(ifindex)

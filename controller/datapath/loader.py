@@ -24,10 +24,10 @@ from controller.errors import VethguardError
 log = logging.getLogger(__name__)
 
 BPFFS = "/sys/fs/bpf"
-PROGRAMS = ("from_pod", "to_pod", "to_uplink", "passthrough")
+PROGRAMS = ("from_pod", "to_pod", "to_uplink", "from_uplink", "passthrough")
 # The programs attached to pod veths are also pinned, as <pin dir>/prog_<name>, so tools
 # (bpftool, `vethguard` debug commands) can tell which program a veth's filter runs.
-PINNED_PROGRAMS = ("from_pod", "to_pod", "to_uplink")
+PINNED_PROGRAMS = ("from_pod", "to_pod", "to_uplink", "from_uplink")
 # Extra compiler flags from the environment (e.g. -DVG_MAX_POLICY=64 for a tiny map,
 # -DVG_UPGRADE_MARKER=2 for a program with different code in upgrade tests).
 ENV_EXTRA_CFLAGS = "VETHGUARD_EXTRA_CFLAGS"
@@ -41,6 +41,7 @@ EXPECTED_LAYOUT: dict[str, tuple[int, int]] = {
     "vg_policy": (ctypes.sizeof(maps.PolicyKey), ctypes.sizeof(maps.PolicyValue)),
     "vg_slots": (4, 4),
     "vg_svc": (ctypes.sizeof(maps.SvcKey), ctypes.sizeof(maps.SvcValue)),
+    "vg_local": (ctypes.sizeof(maps.LocalKey), ctypes.sizeof(maps.LocalValue)),
     "vg_ct": (ctypes.sizeof(maps.CtKey), ctypes.sizeof(maps.CtValue)),
     "vg_frag": (ctypes.sizeof(maps.FragKey), ctypes.sizeof(maps.FragValue)),
     "vg_config": (4, ctypes.sizeof(maps.Config)),

@@ -37,6 +37,8 @@ VERDICT_DENY = 2
 CT_ALLOWED = 1
 CT_DENIED = 2
 CT_DEFERRED = 3  # a pod's flow to a Service frontend: its egress verdict is given after DNAT
+# ct_value.origin of a flow the node masqueraded to its own address for a sender outside it
+CT_ORIGIN_OUTSIDE = 0xFFFF
 CT_SEEN_REPLY = 1
 CT_SEEN_FIN = 2
 CT_SEEN_RST = 4
@@ -60,6 +62,7 @@ MAP_NAMES = (
     "vg_policy",
     "vg_slots",
     "vg_svc",
+    "vg_local",
     "vg_ct",
     "vg_frag",
     "vg_config",
@@ -143,6 +146,14 @@ class SvcValue(_Struct):
     _fields_: ClassVar = [("flags", ctypes.c_uint32)]
 
 
+class LocalKey(_Struct):
+    _fields_: ClassVar = [("addr", U8x16), ("family", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3)]
+
+
+class LocalValue(_Struct):
+    _fields_: ClassVar = [("ifindex", ctypes.c_uint32)]
+
+
 class Ipcache4Key(_Struct):
     _fields_: ClassVar = [("prefixlen", ctypes.c_uint32), ("addr", ctypes.c_uint8 * 4)]
 
@@ -198,7 +209,7 @@ class CtValue(_Struct):
         ("rule_ref", ctypes.c_uint32),
         ("state", ctypes.c_uint8),
         ("seen", ctypes.c_uint8),
-        ("pad", ctypes.c_uint16),
+        ("origin", ctypes.c_uint16),  # slot of a masqueraded flow's real sender (bpf/lib/trust.h)
         ("marker", ctypes.c_uint32),
     ]
 
@@ -271,6 +282,8 @@ C_STRUCTS: dict[str, type[_Struct]] = {
     "endpoint_info": EndpointInfo,
     "svc_key": SvcKey,
     "svc_value": SvcValue,
+    "local_key": LocalKey,
+    "local_value": LocalValue,
     "ipcache4_key": Ipcache4Key,
     "ipcache6_key": Ipcache6Key,
     "ipcache_value": IpcacheValue,
@@ -331,6 +344,19 @@ def encode_svc(family: int, address: str, proto: int, port: int) -> tuple[bytes,
     k.addr[:] = list(addr16(address))
     k.port = be16(port)
     return bytes(k), bytes(SvcValue(flags=0))
+
+
+def encode_local(address: str, ifindex: int) -> tuple[bytes, bytes]:
+    """vg_local key/value: an address of this node (ifindex 0) or of a local pod (its veth)."""
+    k = LocalKey(family=ipaddress.ip_address(address).version)
+    k.addr[:] = list(addr16(address))
+    return bytes(k), bytes(LocalValue(ifindex=ifindex))
+
+
+def decode_local(kb: bytes, vb: bytes) -> tuple[str, int]:
+    """(address, ifindex) of a vg_local entry."""
+    k = LocalKey.from_bytes(kb)
+    return addr_from16(k.addr, k.family), int(LocalValue.from_bytes(vb).ifindex)
 
 
 def decode_svc(kb: bytes) -> tuple[int, str, int, int]:
@@ -458,6 +484,7 @@ class CtEntry:
     seen: int
     marker: int = 0  # VG_UPGRADE_MARKER of the program that created the entry
     nat: int = 0  # 1: the judge's entry of a deferred flow (post-DNAT tuple)
+    origin: int = 0  # masqueraded ingress flow: its real sender's slot, or CT_ORIGIN_OUTSIDE
 
 
 def encode_ct_key(
@@ -493,6 +520,7 @@ def decode_ct(kb: bytes, vb: bytes) -> CtEntry:
         seen=v.seen,
         marker=v.marker,
         nat=k.nat,
+        origin=v.origin,
     )
 
 

@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 # Maps managed by sync, in dependency order (what must exist before what refers to it): an
 # endpoint's slot maps to it (vg_slots) before the endpoint carries the slot, and frontends are
 # deferred only once every endpoint can be named in a mark.
-SYNCED_MAPS = ("vg_ipcache4", "vg_ipcache6", "vg_policy", "vg_slots", "vg_endpoints", "vg_svc")
+# The addresses to believe only where they belong (vg_local) come first and go last: a new pod's
+# address is never a remote one's for an instant.
+SYNCED_MAPS = ("vg_local", "vg_ipcache4", "vg_ipcache6", "vg_policy", "vg_slots", "vg_endpoints", "vg_svc")
 
 OpKind = Literal["add", "update", "delete"]
 
@@ -128,6 +130,7 @@ class Encoding:
     policy: dict[int, Mapping[bytes, bytes]]  # ep_id -> that endpoint's vg_policy entries
     ipcache: IpcacheEncoding
     svc: dict[bytes, bytes]
+    local: dict[bytes, bytes]  # vg_local: the node's addresses and its pods'
 
     def maps(self) -> dict[str, dict[bytes, bytes]]:
         """Key/value bytes per synced map (vg_slots empty: apply assigns the slots). The
@@ -136,6 +139,7 @@ class Encoding:
         for entries in self.policy.values():
             policy.update(entries)
         return {
+            "vg_local": dict(self.local),
             "vg_ipcache4": self.ipcache.v4,
             "vg_ipcache6": self.ipcache.v6,
             "vg_policy": policy,
@@ -155,6 +159,7 @@ class _EndpointEncoding:
     value: bytes
     entries: Mapping[PolicyEntryKey, PolicyEntryValue] | None
     policy: Mapping[bytes, bytes] | None  # None: no policy entries (a PENDING endpoint)
+    local: tuple[tuple[bytes, bytes], ...] = ()  # its addresses' vg_local entries
 
 
 class Encoder:
@@ -176,10 +181,15 @@ class Encoder:
         self._endpoints: dict[str, _EndpointEncoding] = {}
         self._ipcache: IpcacheEncoding | None = None
         self._frontends: tuple[Any, dict[bytes, bytes]] | None = None
+        self._host: tuple[tuple[str, ...], dict[bytes, bytes]] | None = None
 
     def encode(self, desired: NodeDesired, pod_ifindex: Mapping[str, int]) -> Encoding:
         endpoints: dict[bytes, bytes] = {}
         policy: dict[int, Mapping[bytes, bytes]] = {}
+        host = tuple(getattr(desired, "host_addresses", ()))
+        if self._host is None or self._host[0] != host:
+            self._host = (host, dict(maps.encode_local(a, 0) for a in host))
+        local = dict(self._host[1])
         previous = self._endpoints
         kept: dict[str, _EndpointEncoding] = {}
         desired_eps = desired.endpoints
@@ -190,6 +200,7 @@ class Encoder:
                 hit = _encode_endpoint(ep, ifindex, hit)
             kept[pod] = hit
             endpoints[hit.key] = hit.value
+            local.update(hit.local)
             if hit.policy is not None:
                 had = policy.get(ifindex)
                 # Two pods claiming one ifindex: later pods' entries win, as in one flat map.
@@ -203,7 +214,7 @@ class Encoder:
                 kb, vb = maps.encode_svc(fe.family, fe.address, fe.proto, fe.port)
                 svc[kb] = vb
             self._frontends = (frontends, svc)
-        return Encoding(endpoints, policy, ipcache, self._frontends[1])
+        return Encoding(endpoints, policy, ipcache, self._frontends[1], local)
 
     def _encode_ipcache(self, ipcache: Mapping[maps.IPNetwork, tuple[int, int]]) -> IpcacheEncoding:
         last = self._ipcache
@@ -364,6 +375,7 @@ def _encode_endpoint(
         ep.ipv4,
         ep.ipv6,
     )
+    local = tuple(maps.encode_local(a, ifindex) for a in (ep.ipv4, ep.ipv6) if a)
     entries = ep.entries
     if previous is not None and previous.entries is entries and previous.ifindex == ifindex:
         policy = previous.policy
@@ -373,7 +385,7 @@ def _encode_endpoint(
             kb, vb = maps.encode_policy(ifindex, pk, pv)
             encoded[kb] = vb
         policy = encoded
-    return _EndpointEncoding(ep, ifindex, k, v, entries, policy)
+    return _EndpointEncoding(ep, ifindex, k, v, entries, policy, local)
 
 
 def desired_maps(
@@ -651,6 +663,7 @@ def apply_encoding(
             endpoints, slots = assign_slots(encoding.endpoints, previous.endpoints)
         ops = _ordered(
             {
+                "vg_local": diff("vg_local", encoding.local, old.local),
                 "vg_ipcache4": _diff_ipcache("vg_ipcache4", encoding.ipcache, old.ipcache),
                 "vg_ipcache6": _diff_ipcache("vg_ipcache6", encoding.ipcache, old.ipcache),
                 "vg_policy": _diff_policy(encoding.policy, old.policy),

@@ -15,6 +15,7 @@ from controller.datapath.maps import BPF_PROG_TEST_RUN, bpf
 
 SKB_CTX_SIZE = 192  # sizeof(struct __sk_buff) on 6.x
 SKB_CTX_IFINDEX_OFF = 40  # offsetof(struct __sk_buff, ifindex)
+SKB_CTX_INGRESS_IFINDEX_OFF = 36  # offsetof(struct __sk_buff, ingress_ifindex): skb->skb_iif
 SKB_CTX_MARK_OFF = 8
 
 
@@ -47,18 +48,26 @@ class RunResult:
     mark: int = 0  # skb->mark after the program (with a __sk_buff context)
 
 
-def skb_ctx(ifindex: int = 0, mark: int = 0) -> bytes:
+def skb_ctx(ifindex: int = 0, mark: int = 0, ingress_ifindex: int = 0) -> bytes:
     """A __sk_buff with only the fields test_run accepts set (the rest must be zero)."""
     buf = bytearray(SKB_CTX_SIZE)
     buf[SKB_CTX_IFINDEX_OFF : SKB_CTX_IFINDEX_OFF + 4] = ifindex.to_bytes(4, "little")
+    buf[SKB_CTX_INGRESS_IFINDEX_OFF : SKB_CTX_INGRESS_IFINDEX_OFF + 4] = ingress_ifindex.to_bytes(4, "little")
     buf[SKB_CTX_MARK_OFF : SKB_CTX_MARK_OFF + 4] = mark.to_bytes(4, "little")
     return bytes(buf)
 
 
 def test_run(
-    prog_fd: int, packet: bytes, *, ifindex: int | None = None, repeat: int = 1, mark: int = 0
+    prog_fd: int,
+    packet: bytes,
+    *,
+    ifindex: int | None = None,
+    repeat: int = 1,
+    mark: int = 0,
+    ingress_ifindex: int = 0,
 ) -> RunResult:
-    """Run prog_fd once (or `repeat` times) on `packet` (an Ethernet frame), with skb->mark = mark."""
+    """Run prog_fd once (or `repeat` times) on `packet` (an Ethernet frame), with skb->mark = mark
+    and skb->skb_iif = ingress_ifindex (the interface it arrived on; 0: the node sent it)."""
     data_in = ctypes.create_string_buffer(packet, len(packet))
     out_len = max(len(packet), 64) + 256
     data_out = ctypes.create_string_buffer(out_len)
@@ -71,8 +80,8 @@ def test_run(
         repeat=repeat,
     )
     ctx_out = ctypes.create_string_buffer(SKB_CTX_SIZE)
-    if ifindex is not None or mark:
-        ctx = ctypes.create_string_buffer(skb_ctx(ifindex or 0, mark), SKB_CTX_SIZE)
+    if ifindex is not None or mark or ingress_ifindex:
+        ctx = ctypes.create_string_buffer(skb_ctx(ifindex or 0, mark, ingress_ifindex), SKB_CTX_SIZE)
         attr.ctx_in = ctypes.addressof(ctx)
         attr.ctx_size_in = SKB_CTX_SIZE
         attr.ctx_out = ctypes.addressof(ctx_out)

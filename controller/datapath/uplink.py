@@ -22,10 +22,11 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from controller.datapath.attach import PARENT_EGRESS, Attacher
+from controller.datapath.attach import PARENT_EGRESS, PARENT_INGRESS, Attacher
 from controller.errors import VethguardError
 
 UPLINK_FILTER_NAME = "vethguard-uplink"
+UPLINK_INGRESS_FILTER_NAME = "vethguard-from-uplink"
 RT_TABLE_MAIN = 254
 
 
@@ -63,5 +64,5 @@ def find_uplinks(names: Iterable[str] = ()) -> dict[int, str]:
 
 
 def uplink_attacher() -> Attacher:
-    """The Attacher of to_uplink: one filter, on the tc egress hook."""
-    return Attacher(names={PARENT_EGRESS: UPLINK_FILTER_NAME})
+    """The Attacher of to_uplink (tc egress) and from_uplink (tc ingress)."""
+    return Attacher(names={PARENT_EGRESS: UPLINK_FILTER_NAME, PARENT_INGRESS: UPLINK_INGRESS_FILTER_NAME})

@@ -112,9 +112,18 @@ class Harness:
         """The pod sends `frame` (tc ingress of the host veth). Returns the tc verdict."""
         return run(self.dp.prog_fd("from_pod"), frame, ifindex=ifindex).retval
 
-    def to_pod(self, frame: bytes, ifindex: int = EP) -> int:
-        """`frame` is delivered to the pod (tc egress of the host veth)."""
-        return run(self.dp.prog_fd("to_pod"), frame, ifindex=ifindex).retval
+    def to_pod(self, frame: bytes, ifindex: int = EP, *, arrived_on: int = 0) -> int:
+        """`frame` is delivered to the pod (tc egress of the host veth), having arrived on the
+        interface `arrived_on` (skb->skb_iif; 0: sent by the node itself)."""
+        return run(self.dp.prog_fd("to_pod"), frame, ifindex=ifindex, ingress_ifindex=arrived_on).retval
+
+    def from_uplink(self, frame: bytes, uplink: int = EP) -> int:
+        """`frame` arrives from outside the node on an uplink (tc ingress)."""
+        return run(self.dp.prog_fd("from_uplink"), frame, ifindex=uplink).retval
+
+    def local(self, address: str, ifindex: int = 0) -> None:
+        """vg_local: an address of this node (ifindex 0) or of a local pod (its veth)."""
+        self.dp.maps["vg_local"].update(*maps.encode_local(address, ifindex))
 
     def counters(self) -> dict[tuple[int, int, int], tuple[int, int]]:
         return self.dp.counters()

@@ -93,14 +93,14 @@ def frag_hdr(nexthdr: int, offset: int, more: bool, ident: int) -> bytes:
     return struct.pack("!BBHI", nexthdr, 0, (offset // 8) << 3 | int(more), ident)
 
 
-def ipv6(src: str, dst: str, nexthdr: int, payload: bytes) -> bytes:
+def ipv6(src: str, dst: str, nexthdr: int, payload: bytes, *, hop_limit: int = 64) -> bytes:
     """An Ethernet frame with an IPv6 packet; `payload` starts with the header `nexthdr` names."""
     hdr = struct.pack(
         "!IHBB16s16s",
         6 << 28,
         len(payload),
         nexthdr,
-        64,
+        hop_limit,
         ipaddress.IPv6Address(src).packed,
         ipaddress.IPv6Address(dst).packed,
     )

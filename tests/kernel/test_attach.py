@@ -176,15 +176,17 @@ def test_real_traffic_is_enforced_on_an_attached_veth(dp: Datapath, lab: dict[st
         dp.maps["vg_ipcache4"].clear()
 
 
-def test_the_uplink_filter_sits_on_the_egress_hook_alone_and_leaves_pod_filters_alone(
+def test_the_uplink_filters_are_one_per_hook_and_leave_pod_filters_alone(
     dp: Datapath, lab: dict[str, object]
 ) -> None:
     ns, ifindex = str(lab["node"]), int(str(lab["ifindex"]))
     in_netns(ns, lambda: dp.attach_uplink(ifindex))
     in_netns(ns, lambda: dp.attach_uplink(ifindex))  # idempotent
     assert in_netns(ns, lambda: dp.uplink_attached(ifindex))
+    assert _filters(ns, "egress").count("vethguard-") == 1
     assert _filters(ns, "egress").count("vethguard-uplink") == 1
-    assert "vethguard" not in _filters(ns, "ingress")
+    assert _filters(ns, "ingress").count("vethguard-") == 1
+    assert _filters(ns, "ingress").count("vethguard-from-uplink") == 1
     assert not in_netns(ns, lambda: dp.attached(ifindex))  # not a pod's filters
     in_netns(ns, lambda: dp.detach_uplink(ifindex))
     assert not in_netns(ns, lambda: dp.uplink_attached(ifindex))

@@ -21,7 +21,7 @@ SCENARIOS: dict[Reason, tuple[int, Callable[[Harness], object]]] = {
     Reason.ALLOW_NON_IP: (DIR_INGRESS, lambda h: h.to_pod(P.arp())),
     Reason.ALLOW_ICMP6_CTRL: (
         DIR_INGRESS,
-        lambda h: h.to_pod(P.ipv6(POD_B6, POD_A6, P.ICMPV6, P.icmp6(135))),
+        lambda h: h.to_pod(P.ipv6(POD_B6, POD_A6, P.ICMPV6, P.icmp6(135), hop_limit=255)),
     ),
     Reason.DROP_POLICY: (DIR_INGRESS, lambda h: h.to_pod(P.ipv4(POD_C, POD_A, P.TCP, P.tcp(1, 80)))),
     Reason.DROP_MALFORMED: (DIR_INGRESS, lambda h: h.to_pod(P.ipv4(POD_B, POD_A, P.UDP, b"\x00"))),

@@ -26,11 +26,11 @@ def _desired(
             identity=256,
             ingress_isolated=True,
             egress_isolated=False,
-            ipv4=POD_A,
+            ipv4=POD_A if i == 0 else f"10.244.1.{100 + i}",
             ipv6=None,
             entries=entries,
         )
-        for pod in pods
+        for i, pod in enumerate(pods)
     }
     return NodeDesired(
         endpoints=eps,
@@ -49,6 +49,7 @@ def _empty(dp: Datapath) -> None:
         "vg_endpoints",
         "vg_slots",
         "vg_svc",
+        "vg_local",
         "vg_policy",
         "vg_ipcache4",
         "vg_ipcache6",
@@ -62,7 +63,8 @@ def test_sync_writes_the_desired_state_and_a_second_sync_changes_nothing(h: Harn
     _empty(h.dp)
     want = _desired({PolicyEntryKey(0, ID_B, P.TCP, 80, 16): ALLOW})
     first = h.dp.sync(want, {"x/a": EP})
-    assert (first.adds, first.updates, first.deletes) == (6, 0, 0)  # 3 ipcache, policy, slot, endpoint
+    # 3 ipcache, policy, slot, endpoint, and the pod's address in vg_local
+    assert (first.adds, first.updates, first.deletes) == (7, 0, 0)
     state = h.dp.dump()
     assert state.endpoints[EP].slot == 1
     assert h.dp.maps["vg_slots"].items() == {maps.u32_key(1): maps.u32_key(EP)}
@@ -119,13 +121,14 @@ def test_an_incremental_sync_writes_what_a_full_sync_writes_and_keeps_the_slots(
     _empty(h.dp)
     want = _desired({PolicyEntryKey(0, ID_B, P.TCP, 80, 16): ALLOW})
     first = h.dp.sync(want, {"x/a": 7})  # the maps were emptied behind its back: read them
-    assert (first.adds, first.updates, first.deletes) == (6, 0, 0)
+    assert (first.adds, first.updates, first.deletes) == (7, 0, 0)
     assert not h.dp.sync_incremental(want, {"x/a": 7}).changed
     # x/b arrives with a lower ifindex, x/a's entry changes, then x/a goes: the diffs against
     # what the last sync wrote give the slots and entries a sync reading the kernel gives.
     more = _desired({PolicyEntryKey(0, ID_B, P.TCP, 443, 16): ALLOW}, pods=("x/a", "x/b"))
     step = h.dp.sync_incremental(more, {"x/a": 7, "x/b": 3})
-    assert (step.adds, step.updates, step.deletes) == (4, 0, 1)  # 2 policy, slot, endpoint; old policy
+    # 2 policy, slot, endpoint, x/b's address in vg_local; x/a's old policy entry
+    assert (step.adds, step.updates, step.deletes) == (5, 0, 1)
     state = h.dp.dump()
     assert (state.endpoints[7].slot, state.endpoints[3].slot) == (1, 2)
     assert set(state.policy) == {(ep, PolicyEntryKey(0, ID_B, P.TCP, 443, 16)) for ep in (3, 7)}

@@ -127,7 +127,7 @@ def test_the_pods_own_addresses_pass_and_incoming_packets_are_not_checked(h: Har
 @pytest.mark.parametrize("src", ["fe80::1234", "::"], ids=["link_local", "unspecified"])
 def test_ipv6_link_local_and_unspecified_sources_are_exempt(h: Harness, src: str) -> None:
     h.endpoint(egress_isolated=True)
-    ns = P.ipv6(src, "ff02::1:ff00:10", P.ICMPV6, P.icmp6(135))  # neighbour solicitation / DAD
+    ns = P.ipv6(src, "ff02::1:ff00:10", P.ICMPV6, P.icmp6(135), hop_limit=255)  # neighbour solicitation / DAD
     assert h.from_pod(ns) == TC_ACT_OK
     assert h.count(Reason.ALLOW_ICMP6_CTRL, DIR_EGRESS) == 1
 
@@ -171,12 +171,16 @@ def test_a_port_unreachable_about_an_allowed_flow_reaches_the_isolated_sender(h:
     assert h.count(Reason.ALLOW_RELATED, DIR_INGRESS) == 1
 
 
-def test_fragmentation_needed_from_a_router_about_an_allowed_flow_passes(h: Harness) -> None:
+OUTSIDE = "203.0.113.7"  # a server outside the cluster (WORLD)
+ROUTER = "198.51.100.1"  # a router on the internet path to it (WORLD)
+
+
+def test_fragmentation_needed_from_a_router_about_a_flow_to_outside_passes(h: Harness) -> None:
     h.endpoint(ingress_isolated=True)
-    sent = P.ipv4(POD_A, POD_C, P.TCP, P.tcp(40000, 443))
+    sent = P.ipv4(POD_A, OUTSIDE, P.TCP, P.tcp(40000, 443))
     assert h.from_pod(sent) == TC_ACT_OK
-    # a router somewhere (WORLD) says the next hop takes 1300 bytes
-    err = P.ipv4("198.51.100.1", POD_A, P.ICMP, icmp4_error(3, 4, ip_of(sent)[:28], 1300))
+    # a router on the way says the next hop takes 1300 bytes: path MTU discovery
+    err = P.ipv4(ROUTER, POD_A, P.ICMP, icmp4_error(3, 4, ip_of(sent)[:28], 1300))
     assert h.to_pod(err) == TC_ACT_OK
     assert h.count(Reason.ALLOW_RELATED, DIR_INGRESS) == 1
 
@@ -243,9 +247,9 @@ def test_an_icmp_error_about_a_revoked_flow_is_not_related(h: Harness) -> None:
 
 def test_an_error_about_an_icmp_echo_is_related_by_identifier(h: Harness) -> None:
     h.endpoint(ingress_isolated=True)
-    echo = P.ipv4(POD_A, POD_C, P.ICMP, P.icmp_echo(4321))
+    echo = P.ipv4(POD_A, OUTSIDE, P.ICMP, P.icmp_echo(4321))
     assert h.from_pod(echo) == TC_ACT_OK
-    err = P.ipv4("198.51.100.1", POD_A, P.ICMP, icmp4_error(11, 0, ip_of(echo)[:28]))
+    err = P.ipv4(ROUTER, POD_A, P.ICMP, icmp4_error(11, 0, ip_of(echo)[:28]))
     assert h.to_pod(err) == TC_ACT_OK
     assert h.count(Reason.ALLOW_RELATED, DIR_INGRESS) == 1
 

@@ -90,7 +90,8 @@ def test_an_upgraded_build_has_a_different_program_and_the_pins_name_the_newest_
     old = opened(node)
     new = opened(node, UPGRADE)
     for name in loader.PINNED_PROGRAMS:
-        assert new.prog_id(name).tag != old.prog_id(name).tag, f"{name}: the marker must change the code"
+        if name != "from_uplink":  # the only program that creates no conntrack entry
+            assert new.prog_id(name).tag != old.prog_id(name).tag, f"{name}: the marker must change the code"
         fd = maps.obj_get(str(new.pin_dir / f"prog_{name}"))
         try:
             assert maps.prog_id(fd) == new.prog_id(name)

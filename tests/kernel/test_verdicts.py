@@ -132,12 +132,31 @@ def test_non_ip_frames_pass_an_isolated_pod(h: Harness) -> None:
     assert h.count(Reason.ALLOW_NON_IP, DIR_INGRESS) == 1
 
 
-@pytest.mark.parametrize("icmp_type", [133, 134, 135, 136, 143])
-def test_ipv6_neighbour_discovery_and_mld_pass_an_isolated_pod(h: Harness, icmp_type: int) -> None:
+GATEWAY_LL = "fe80::1"  # the node's link-local address on the pod's veth
+SOLICITED = "ff02::1:ff00:1"  # solicited-node multicast of the gateway
+
+
+@pytest.mark.parametrize(
+    ("icmp_type", "src", "dst", "hop_limit"),
+    [
+        (133, "fe80::10", "ff02::2", 255),  # router solicitation to all routers
+        (135, POD_A6, SOLICITED, 255),  # neighbour solicitation for the gateway
+        (136, "fe80::10", GATEWAY_LL, 255),  # neighbour advertisement to the gateway
+        (143, "fe80::10", "ff02::16", 1),  # MLDv2 report
+    ],
+    ids=["rs", "ns", "na", "mld"],
+)
+def test_ipv6_neighbour_discovery_and_mld_on_the_link_pass_an_isolated_pod(
+    h: Harness, icmp_type: int, src: str, dst: str, hop_limit: int
+) -> None:
     h.endpoint(ingress_isolated=True, egress_isolated=True)
-    assert h.to_pod(P.ipv6(POD_C6 := "fd00:10:244:2::30", POD_A6, P.ICMPV6, P.icmp6(icmp_type))) == TC_ACT_OK
-    assert h.from_pod(P.ipv6(POD_A6, POD_C6, P.ICMPV6, P.icmp6(icmp_type))) == TC_ACT_OK
+    out = P.ipv6(src, dst, P.ICMPV6, P.icmp6(icmp_type), hop_limit=hop_limit)
+    back = P.ipv6(GATEWAY_LL, src if icmp_type != 143 else "ff02::1", P.ICMPV6,
+                  P.icmp6(134 if icmp_type == 133 else icmp_type), hop_limit=hop_limit)
+    assert h.from_pod(out) == TC_ACT_OK
+    assert h.to_pod(back) == TC_ACT_OK  # the node answers over the link
     assert h.count(Reason.ALLOW_ICMP6_CTRL, DIR_EGRESS) == 1
+    assert h.count(Reason.ALLOW_ICMP6_CTRL, DIR_INGRESS) == 1
 
 
 def test_an_icmpv6_echo_is_not_control_traffic(h: Harness) -> None:

@@ -222,7 +222,9 @@ def test_changing_the_egress_policy_changes_what_the_clusterip_reaches(lab: Lab)
     assert not any(result.values())
 
 
-def test_node_port_traffic_masqueraded_to_a_node_address_is_judged_as_that_node(lab: Lab) -> None:
+def test_node_port_traffic_masqueraded_to_a_node_address_is_judged_by_that_address_not_as_the_node(
+    lab: Lab,
+) -> None:
     nodes = lab.status()["nodes"]
     node1, node2 = nodes["node-1"]["ips"][0], nodes["node-2"]["ips"][0]
     only_node1 = f"""
@@ -243,9 +245,11 @@ spec:
             ("ext/outside", "shop/api-far"): False
         }
         lab.cli("apply", "-f", "-", stdin=only_node1.replace(f"{node1}/32", "192.0.2.1/32"))
-        # Now node-1 is not allowed; through node-2's own NodePort it comes from its own node,
-        # which is always allowed (kubelet probes and the node's own traffic).
+        # Now node-1 is not allowed. Through node-2's own NodePort it arrives from node-2's own
+        # address, but the node only forwarded it for an outside client: the node exemption
+        # (kubelet probes, the node's own traffic) is for what the node itself sends, so this
+        # is judged as outside traffic and denied too (bpf/lib/trust.h).
         result = lab.probe(30102, "TCP", 4, "--from", "ext/outside", "--to", node1, node2)
-        assert result == {("ext/outside", node1): False, ("ext/outside", node2): True}
+        assert result == {("ext/outside", node1): False, ("ext/outside", node2): False}
     finally:
         lab.cli("delete", "-f", "-", stdin=only_node1)

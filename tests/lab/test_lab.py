@@ -193,7 +193,8 @@ def test_exec_of_a_program_that_is_not_installed_says_so_instead_of_an_nsenter_e
     result = lab.cli("exec", "x/a", "--", "vethguard-no-such-program", "-v", check=False)
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        "error: lab exec: vethguard-no-such-program is not installed (no package vethguard knows of provides it)"
+        "error: lab exec: vethguard-no-such-program is not installed "
+        "(no package vethguard knows of provides it)"
     )
     control = lab.cli("exec", "x/a", "--", "ip", "-brief", "addr", "show", "eth0")
     assert "eth0" in control.stdout

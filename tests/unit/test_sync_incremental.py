@@ -53,7 +53,8 @@ class DictMap:
 
 
 def _kernel(policy_capacity: int | None = None) -> dict[str, DictMap]:
-    names = ("vg_ipcache4", "vg_ipcache6", "vg_slots", "vg_endpoints", "vg_svc", "vg_config", "vg_ct")
+    names = ("vg_local", "vg_ipcache4", "vg_ipcache6", "vg_slots", "vg_endpoints", "vg_svc", "vg_config",
+             "vg_ct")
     kernel = {name: DictMap() for name in names}
     kernel["vg_policy"] = DictMap(policy_capacity)
     return kernel
