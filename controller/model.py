@@ -41,13 +41,13 @@ from __future__ import annotations
 import functools
 import ipaddress
 import itertools
-import re
 import sys
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypedDict
 
+from controller.apisyntax import PORT_NAME_NEEDS_A_LETTER, port_name_problems
 from controller.mapstate import PolicyError
 from controller.selectors import LabelSelector, SelectorError
 from controller.seqdiff import equal_run
@@ -59,7 +59,6 @@ NS_NAME_LABEL = "kubernetes.io/metadata.name"
 PROTOCOLS: Mapping[str, int] = {"TCP": 6, "UDP": 17, "SCTP": 132}
 INGRESS = "Ingress"
 EGRESS = "Egress"
-_PORT_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -920,9 +919,10 @@ def _parse_port(raw: Any, fld: str) -> PolicyPort:
             if not 1 <= port <= 65535:
                 raise _Invalid(f"{fld}.port", f"must be between 1 and 65535, got {port}")
         elif isinstance(port, str):
-            if not port or len(port) > 15 or not _PORT_NAME_RE.match(port) or "--" in port:
+            problems = port_name_problems(port)
+            if problems and problems != [PORT_NAME_NEEDS_A_LETTER]:
                 raise _Invalid(f"{fld}.port", f"invalid port name {port!r} (IANA service name: 1-15 a-z0-9-)")
-            if not re.search(r"[a-z]", port):
+            if problems:
                 raise _Invalid(
                     f"{fld}.port",
                     f"port name {port!r} must contain a letter (write numeric ports as numbers, not strings)",

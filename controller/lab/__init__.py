@@ -56,7 +56,14 @@ an agent that exits is started again within 0.2 s. The daemon reads each agent's
 resourceVersion of the last write (or fail after --timeout naming the lagging agents, with the
 tail of their logs). `up` removes the half-built lab when it fails.
 
-API-server behaviour worth knowing: namespaces get kubernetes.io/metadata.name; pods get
+API-server behaviour worth knowing: writes are validated as kube-apiserver validates them
+(validation.py: names, labels, selectors, NetworkPolicy ports/peers/CIDRs/policyTypes, Pod and
+Service ports): 422 Invalid with kube-apiserver's Status (details.causes) for what a cluster would
+not admit, 400 for a body it could not decode or a NetworkPolicy field it does not know (strict,
+as for kubectl); `lab apply` prints the message and exits 1 after applying the other objects.
+POST /lab/v1/unvalidated stores an object without that validation, as an API server of another
+version could have admitted it (tests use it to show agents such objects). Namespaces get
+kubernetes.io/metadata.name; pods get
 spec.nodeName (given, or the node with the fewest pods), status.podIP(s) (IPv4 first), hostIP(s),
 phase Running; NetworkPolicies get the kube-apiserver defaults (podSelector {}, port protocol TCP,
 policyTypes); generation is bumped when anything but metadata/status changes; deleting a

@@ -11,6 +11,11 @@ existing object; a resourceVersion older than the retained window gets one ERROR
 watch receives a BOOKMARK with the current global resourceVersion after every write (and when it
 starts, and every few seconds), whatever kind was written. Agents use these to report
 `realized_generation` (see docs/INTERNALS.md).
+
+Writes are decoded, defaulted and validated as kube-apiserver does (controller.lab.validation):
+400 BadRequest for a body it could not decode, 422 Invalid with the causes for one it would not
+admit. POST /lab/v1/unvalidated stores an object without field validation, as an API server of
+another version could have admitted it: the way tests put such an object in front of the agents.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ KUBE_VERSION = {
     "compiler": "gc",
     "platform": "linux/amd64",
 }
+UNVALIDATED_PATH = "/lab/v1/unvalidated"  # POST an object: stored without field validation
 DEFAULT_WATCH_TIMEOUT = 1800.0
 BOOKMARK_INTERVAL = 5.0
 
@@ -359,6 +365,9 @@ class ApiHandler(BaseHTTPRequestHandler):
             raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on {path}")
 
     def _lab(self, method: str, path: str) -> None:
+        if method == "POST" and path == UNVALIDATED_PATH:
+            self._send_json(200, self.server.store.write_unvalidated(self._read_body()))
+            return
         handler = self.server.lab_handler
         if handler is None:
             raise ApiError(404, "NotFound", f"no lab endpoint {path}")

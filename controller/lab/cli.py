@@ -161,9 +161,18 @@ def object_path(manifest: Manifest) -> str:
 
 
 def _message(body: Any) -> str:
-    if isinstance(body, dict) and body.get("message"):
-        return str(body["message"])
-    return str(body)
+    """The API server's message; a 422 with several causes gets one line per cause, as kubectl
+    prints it."""
+    if not isinstance(body, dict) or not body.get("message"):
+        return str(body)
+    message = str(body["message"])
+    details = body.get("details")
+    causes = details.get("causes") if isinstance(details, dict) else None
+    if body.get("reason") != "Invalid" or not isinstance(causes, list) or len(causes) < 2:
+        return message
+    lines = [message.split(" is invalid: ")[0] + " is invalid:"]
+    lines += [f"  * {c.get('field')}: {c.get('message')}" for c in causes if isinstance(c, dict)]
+    return "\n".join(lines)
 
 
 def _write_one(client: LabClient, manifest: Manifest) -> tuple[str, int]:

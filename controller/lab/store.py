@@ -6,6 +6,11 @@ resume from any resourceVersion inside the window; older ones get 410 Gone (reas
 The objects and the counter are persisted to a JSON file after every write, so a restarted lab
 daemon serves the same objects and versions (its event window starts empty, as a restarted
 kube-apiserver's watch cache does).
+
+Writes go through kube-apiserver's steps: decoding (400 BadRequest for a wrong JSON type or an
+unknown NetworkPolicy field), defaulting, validation (422 Invalid with the causes; see
+controller.lab.validation), then the lab's admission hooks. `validate=False` (write_unvalidated)
+skips validation, as an API server of another version could have admitted the object.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from controller.lab import validation
 
 Obj = dict[str, Any]
 Key = tuple[str, str]  # (namespace or "", name)
@@ -58,26 +65,40 @@ BY_KIND: dict[str, Resource] = {r.kind: r for r in RESOURCES.values()}
 class ApiError(Exception):
     """A failure reported to API clients as a Kubernetes Status object."""
 
-    def __init__(self, code: int, reason: str, message: str) -> None:
+    def __init__(self, code: int, reason: str, message: str, details: Obj | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
         self.message = message
+        self.details = details
 
     def status(self) -> Obj:
-        return status_object(self.code, self.reason, self.message)
+        return status_object(self.code, self.reason, self.message, self.details)
 
 
-def status_object(code: int, reason: str, message: str) -> Obj:
-    return {
+def status_object(code: int, reason: str, message: str, details: Obj | None = None) -> Obj:
+    status: Obj = {
         "kind": "Status",
         "apiVersion": "v1",
         "metadata": {},
         "status": "Success" if code < 400 else "Failure",
         "message": message,
         "reason": reason,
-        "code": code,
     }
+    if details is not None:
+        status["details"] = details
+    status["code"] = code
+    return status
+
+
+def invalid(resource: Resource, name: str, errors: validation.Errors) -> ApiError:
+    """422 Invalid, worded and detailed as kube-apiserver does."""
+    return ApiError(
+        422,
+        "Invalid",
+        validation.invalid_message(resource.kind, resource.group, name, errors),
+        validation.invalid_details(resource.kind, resource.group, name, errors),
+    )
 
 
 def not_found(resource: Resource, name: str) -> ApiError:
@@ -118,7 +139,7 @@ def object_key(resource: Resource, obj: Obj) -> Key:
     meta = obj.get("metadata") or {}
     name = meta.get("name")
     if not isinstance(name, str) or not name:
-        raise ApiError(422, "Invalid", f"{resource.kind}: metadata.name: Required value")
+        raise invalid(resource, "", [validation.required("metadata.name", validation.NAME_REQUIRED)])
     namespace = ""
     if resource.namespaced:
         namespace = meta.get("namespace") or "default"
@@ -175,7 +196,8 @@ def _default_pod(obj: Obj) -> None:
 def _default_namespace(obj: Obj) -> None:
     meta = obj["metadata"]
     labels = meta.get("labels") or {}
-    labels["kubernetes.io/metadata.name"] = meta["name"]
+    if meta.get("name"):
+        labels["kubernetes.io/metadata.name"] = meta["name"]
     meta["labels"] = labels
     obj.setdefault("spec", {"finalizers": ["kubernetes"]})
     obj["status"] = {"phase": "Active"}
@@ -191,7 +213,8 @@ def _default_service(obj: Obj) -> None:
         if isinstance(port, dict):
             if port.get("protocol") is None:
                 port["protocol"] = "TCP"
-            port.setdefault("targetPort", port.get("port"))
+            if port.get("targetPort") in (None, 0, ""):
+                port["targetPort"] = port.get("port")
 
 
 DEFAULTERS: dict[str, Callable[[Obj], None]] = {
@@ -200,6 +223,12 @@ DEFAULTERS: dict[str, Callable[[Obj], None]] = {
     "pods": _default_pod,
     "namespaces": _default_namespace,
 }
+
+
+def _validate(resource: Resource, obj: Obj, old: Obj | None) -> None:
+    errors = validation.validate(resource.kind, resource.namespaced, obj, old)
+    if errors:
+        raise invalid(resource, str(obj["metadata"].get("name") or ""), errors)
 
 
 class Store:
@@ -258,9 +287,13 @@ class Store:
 
     # --- writes ----------------------------------------------------------------------------
 
-    def create(self, plural: str, obj: Obj, namespace: str | None = None) -> Obj:
+    def create(self, plural: str, obj: Obj, namespace: str | None = None, *, validate: bool = True) -> Obj:
+        """Store a new object. validate=False skips field validation (not decoding): see
+        write_unvalidated."""
         resource = RESOURCES[plural]
-        obj = self._normalize(resource, obj, namespace)
+        obj = self._normalize(resource, obj, namespace, validate)
+        if validate:
+            _validate(resource, obj, None)
         key = object_key(resource, obj)
         with self._write_lock:
             if self.get(plural, *key) is not None:
@@ -277,9 +310,17 @@ class Store:
                 self.admission.committed("create", resource, stored, None)
             return stored
 
-    def replace(self, plural: str, obj: Obj, namespace: str | None = None, name: str | None = None) -> Obj:
+    def replace(
+        self,
+        plural: str,
+        obj: Obj,
+        namespace: str | None = None,
+        name: str | None = None,
+        *,
+        validate: bool = True,
+    ) -> Obj:
         resource = RESOURCES[plural]
-        obj = self._normalize(resource, obj, namespace)
+        obj = self._normalize(resource, obj, namespace, validate)
         key = object_key(resource, obj)
         if name is not None and name != key[1]:
             raise ApiError(
@@ -297,6 +338,8 @@ class Store:
                     f'Operation cannot be fulfilled on {plural} "{key[1]}": the object has been modified; '
                     "please apply your changes to the latest version and try again",
                 )
+            if validate:
+                _validate(resource, obj, old)
             if self.admission is not None:
                 obj = self.admission.admit("replace", resource, obj, old)
             meta = obj["metadata"]
@@ -310,6 +353,22 @@ class Store:
             if self.admission is not None:
                 self.admission.committed("replace", resource, stored, old)
             return stored
+
+    def write_unvalidated(self, obj: Any) -> Obj:
+        """Create or replace `obj` (found by its kind) without field validation, as an API
+        server of another version could have admitted it; undecodable bodies are still refused
+        (400). The lab serves this as POST /lab/v1/unvalidated, so that tests can show agents
+        objects that this server answers 422 to."""
+        kind = obj.get("kind") if isinstance(obj, dict) else None
+        resource = BY_KIND.get(kind) if isinstance(kind, str) else None
+        if resource is None:
+            raise ApiError(400, "BadRequest", f"unknown kind {kind!r}")
+        try:
+            return self.replace(resource.plural, obj, validate=False)
+        except ApiError as err:
+            if err.code != 404:
+                raise
+        return self.create(resource.plural, obj, validate=False)
 
     def delete(self, plural: str, namespace: str, name: str) -> Obj:
         resource = RESOURCES[plural]
@@ -338,7 +397,9 @@ class Store:
         if resource.namespaced and self.get("namespaces", "", key[0]) is None:
             raise ApiError(404, "NotFound", f'namespaces "{key[0]}" not found')
 
-    def _normalize(self, resource: Resource, obj: Obj, namespace: str | None) -> Obj:
+    def _normalize(self, resource: Resource, obj: Obj, namespace: str | None, validate: bool) -> Obj:
+        """Decoded (400 when impossible) and defaulted, as kube-apiserver does before validation.
+        Unknown fields count as undecodable only when validating: a newer API server knows them."""
         if not isinstance(obj, dict):
             raise ApiError(400, "BadRequest", f"{resource.kind}: the body must be a JSON object")
         obj = copy.deepcopy(obj)
@@ -347,9 +408,14 @@ class Store:
             raise ApiError(400, "BadRequest", f"kind {kind} does not match the resource {resource.plural}")
         obj["kind"] = resource.kind
         obj["apiVersion"] = resource.api_version
-        meta = obj.get("metadata")
-        if not isinstance(meta, dict):
-            raise ApiError(422, "Invalid", f"{resource.kind}: metadata: Required value")
+        if obj.get("metadata") is None:
+            obj["metadata"] = {}
+        problems = validation.validate(resource.kind, resource.namespaced, obj)
+        decoding = validation.decode_problems(problems, unknown_fields=validate)
+        if decoding:
+            message = validation.decode_message(resource.kind, resource.version, decoding[0])
+            raise ApiError(400, "BadRequest", message)
+        meta = obj["metadata"]
         if resource.namespaced:
             body_ns = meta.get("namespace")
             if namespace is not None and body_ns not in (None, namespace):
@@ -361,17 +427,6 @@ class Store:
             meta["namespace"] = body_ns or namespace or "default"
         else:
             meta.pop("namespace", None)
-        object_key(resource, obj)
-        for field in ("labels", "annotations"):
-            value = meta.get(field)
-            if value is not None and not (
-                isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
-            ):
-                raise ApiError(
-                    422,
-                    "Invalid",
-                    f"{resource.kind} {meta['name']}: metadata.{field} must map strings to strings",
-                )
         defaulter = DEFAULTERS.get(resource.plural)
         if defaulter is not None:
             defaulter(obj)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from controller.lab.apiserver import ServerThread, kubeconfig_text, merge_patch, serve_tcp
+from controller.lab.apiserver import UNVALIDATED_PATH, ServerThread, kubeconfig_text, merge_patch, serve_tcp
 from controller.lab.store import Store
 
 
@@ -296,3 +297,131 @@ def test_merge_patch_removes_null_fields_and_merges_maps() -> None:
     assert merge_patch({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": None, "e": 4}, "d": None}) == {
         "a": {"c": 2, "e": 4}
     }
+
+
+# --- validation: what kube-apiserver would not admit ------------------------------------------
+
+ISSUE_POLICY_SPEC = {"podSelector": {"matchLabels": {"bad key!": "db"}}, "policyTypes": ["Bogus"]}
+
+
+def raw_request(server: ServerThread, method: str, path: str, body: Any) -> tuple[int, Any]:
+    host, port = server_address(server)
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        conn.request(method, path, json.dumps(body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_the_issue_s_malformed_policy_gets_422_invalid_with_kube_apiserver_s_status(
+    store: Store, api_client: client.ApiClient
+) -> None:
+    """podSelector with an invalid label key and policyTypes [Bogus]: the lab's server once stored
+    it and the agents isolated the namespace; kube-apiserver answers 422, and so does the lab."""
+    store.create("namespaces", namespace("x"))
+    rv = store.resource_version
+    with pytest.raises(ApiException) as info:
+        net_api(api_client).create_namespaced_network_policy("x", policy("x", "deny", ISSUE_POLICY_SPEC))
+    assert info.value.status == 422
+    status = json.loads(info.value.body or "{}")
+    assert {k: status[k] for k in ("kind", "apiVersion", "status", "reason", "code")} == {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "reason": "Invalid",
+        "code": 422,
+    }
+    assert status["message"].startswith(
+        'NetworkPolicy.networking.k8s.io "deny" is invalid: [spec.podSelector.matchLabels: Invalid value: '
+        "\"bad key!\": name part must consist of alphanumeric characters, '-', '_' or '.', and must start "
+        "and end with an alphanumeric character"
+    )
+    details = status["details"]
+    assert (details["name"], details["group"], details["kind"]) == (
+        "deny",
+        "networking.k8s.io",
+        "NetworkPolicy",
+    )
+    assert [(c["reason"], c["field"]) for c in details["causes"]] == [
+        ("FieldValueInvalid", "spec.podSelector.matchLabels"),
+        ("FieldValueNotSupported", "spec.policyTypes[0]"),
+    ]
+    assert (
+        details["causes"][1]["message"] == 'Unsupported value: "Bogus": supported values: "Ingress", "Egress"'
+    )
+    assert store.list("networkpolicies")[0] == [] and store.resource_version == rv  # nothing written
+
+
+def test_a_replace_or_a_merge_patch_that_would_break_a_policy_is_refused_and_the_stored_one_kept(
+    store: Store, api_client: client.ApiClient
+) -> None:
+    store.create("namespaces", namespace("x"))
+    net = net_api(api_client)
+    created = net.create_namespaced_network_policy("x", policy("x", "p", {"podSelector": {}}))
+    for attempt in (
+        lambda: net.replace_namespaced_network_policy("p", "x", policy("x", "p", ISSUE_POLICY_SPEC)),
+        lambda: net.patch_namespaced_network_policy(
+            "p", "x", {"spec": {"ingress": [{"ports": [{"port": 0}]}]}}
+        ),
+    ):
+        with pytest.raises(ApiException) as info:
+            attempt()
+        assert info.value.status == 422
+    stored = net.read_namespaced_network_policy("p", "x")
+    assert stored.metadata.resource_version == created.metadata.resource_version
+    assert stored.spec.ingress is None
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"policyTypes": "Ingress"}, "cannot unmarshal string into Go struct field spec.policyTypes"),
+        (
+            {"ingress": [{"from": [{"podSelecter": {}}]}]},
+            'unknown field "spec.ingress[0].from[0].podSelecter"',
+        ),
+    ],
+)
+def test_a_body_kube_apiserver_could_not_decode_gets_400_bad_request(
+    store: Store, server: ServerThread, spec: dict[str, Any], message: str
+) -> None:
+    store.create("namespaces", namespace("x"))
+    path = "/apis/networking.k8s.io/v1/namespaces/x/networkpolicies"
+    code, status = raw_request(server, "POST", path, policy("x", "p", spec))
+    assert (code, status["reason"]) == (400, "BadRequest")
+    assert message in status["message"]
+
+
+def test_invalid_names_and_labels_of_other_kinds_get_422(store: Store, api_client: client.ApiClient) -> None:
+    core = core_api(api_client)
+    with pytest.raises(ApiException) as info:
+        core.create_namespace(namespace("Team-A"))
+    assert info.value.status == 422
+    assert json.loads(info.value.body or "{}")["message"].startswith(
+        'Namespace "Team-A" is invalid: metadata.name'
+    )
+    store.create("namespaces", namespace("x"))
+    with pytest.raises(ApiException) as info:
+        core.create_namespaced_pod("x", pod("x", "a", tier="front end"))
+    assert info.value.status == 422
+    assert json.loads(info.value.body or "{}")["details"]["causes"][0]["field"] == "metadata.labels"
+
+
+def test_an_object_posted_unvalidated_is_stored_as_another_api_server_could_have_admitted_it(
+    store: Store, server: ServerThread, api_client: client.ApiClient
+) -> None:
+    store.create("namespaces", namespace("x"))
+    code, stored = raw_request(server, "POST", UNVALIDATED_PATH, policy("x", "deny", ISSUE_POLICY_SPEC))
+    assert code == 200 and stored["spec"]["policyTypes"] == ["Bogus"]
+    listed = net_api(api_client).list_namespaced_network_policy("x").items
+    assert [p.metadata.name for p in listed] == ["deny"]
+    code, replaced = raw_request(
+        server, "POST", UNVALIDATED_PATH, policy("x", "deny", {"policyTypes": ["Nope"]})
+    )
+    assert code == 200 and replaced["metadata"]["generation"] == 2
+    code, status = raw_request(
+        server, "POST", UNVALIDATED_PATH, policy("x", "deny", {"policyTypes": "Ingress"})
+    )
+    assert (code, status["reason"]) == (400, "BadRequest")  # undecodable by any version
