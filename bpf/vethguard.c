@@ -101,7 +101,12 @@ static __always_inline __u8 vg_frag_passed(const struct vg_pkt *p, __u8 reason, 
 	return reason;
 }
 
-static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir)
+/*
+ * `sender`: entering a pod (to_pod), the endpoint the judge found in a deferred packet's mark (0:
+ * none). It sent the packet whatever interface it arrives from: on a bridge, a Service hairpin is
+ * routed up through the bridge device and back, so skb->ingress_ifindex names the bridge.
+ */
+static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir, __u32 sender)
 {
 	__u32 ifindex = skb->ifindex;
 	__u32 len = skb->len;
@@ -137,7 +142,7 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir)
 
 	if (p.frag == VG_FRAG_LATER && !vg_frag_ports(&p, now)) {
 		vg_ipcache_lookup(p.family, dir == DIR_EGRESS ? p.daddr : p.saddr, &peer);
-		if (dir == DIR_INGRESS && (reason = vg_ingress_origin(skb, &p, &peer, &origin)))
+		if (dir == DIR_INGRESS && (reason = vg_ingress_origin(skb, sender, &p, &peer, &origin)))
 			return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, 0, 0);
 		if (peer.identity == ID_HOST)
 			return vg_finish(skb, ep->ep_id, dir, ALLOW_HOST, &p, &peer, 0, 0);
@@ -192,7 +197,7 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir)
 	 * node's own address counts as the host only on packets the node sent (lib/trust.h).
 	 */
 	vg_ipcache_lookup(p.family, dir == DIR_EGRESS ? p.daddr : p.saddr, &peer);
-	if (dir == DIR_INGRESS && (reason = vg_ingress_origin(skb, &p, &peer, &origin)))
+	if (dir == DIR_INGRESS && (reason = vg_ingress_origin(skb, sender, &p, &peer, &origin)))
 		return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, 0, 0);
 	if (peer.identity == ID_HOST)
 		return vg_finish(skb, ep->ep_id, dir, ALLOW_HOST, &p, &peer, 0, 0);
@@ -221,7 +226,7 @@ tracked:
  * post-DNAT destination, with its own conntrack entry (nat = 1). Counted and reported under the
  * client endpoint, direction egress. Returns a tc verdict.
  */
-static __always_inline int vg_judge(struct __sk_buff *skb, __u64 now)
+static __always_inline int vg_judge(struct __sk_buff *skb, __u64 now, __u32 *client)
 {
 	__u32 len = skb->len;
 	struct vg_pkt p = {};
@@ -237,6 +242,7 @@ static __always_inline int vg_judge(struct __sk_buff *skb, __u64 now)
 	ep = vg_deferred_client(skb);
 	if (!ep)
 		return vg_finish(skb, skb->ifindex, DIR_EGRESS, DROP_DEFERRED_UNKNOWN, &p, &peer, 0, 0);
+	*client = ep->ep_id;
 	isolated = vg_dir_isolated(ep, DIR_EGRESS);
 	ret = vg_parse(skb, &p);
 	if (ret != PARSE_OK) /* from_pod parsed it: only our own bug or a rewrite gets here */
@@ -279,14 +285,16 @@ int from_pod(struct __sk_buff *skb)
 	/* The upper mark bits are ours (lib/service.h): start clean. */
 	if (skb->mark & VG_MARK_MASK)
 		skb->mark &= ~VG_MARK_MASK;
-	return vg_handle(skb, DIR_EGRESS);
+	return vg_handle(skb, DIR_EGRESS, 0);
 }
 
 int to_pod(struct __sk_buff *skb)
 {
-	if ((skb->mark & VG_MARK_DEFERRED) && vg_judge(skb, vg_now()) == TC_ACT_SHOT)
+	__u32 client = 0;
+
+	if ((skb->mark & VG_MARK_DEFERRED) && vg_judge(skb, vg_now(), &client) == TC_ACT_SHOT)
 		return TC_ACT_SHOT;
-	return vg_handle(skb, DIR_INGRESS);
+	return vg_handle(skb, DIR_INGRESS, client);
 }
 
 int to_uplink(struct __sk_buff *skb)
@@ -298,7 +306,9 @@ int to_uplink(struct __sk_buff *skb)
 	 */
 	if (!(skb->mark & VG_MARK_DEFERRED))
 		return TC_ACT_OK;
-	return vg_judge(skb, vg_now());
+	__u32 client = 0;
+
+	return vg_judge(skb, vg_now(), &client);
 }
 
 int from_uplink(struct __sk_buff *skb)

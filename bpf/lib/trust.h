@@ -108,20 +108,22 @@ static __always_inline void vg_endpoint_peer(const struct endpoint_info *ep, __u
 
 /*
  * Who really sent a packet entering a pod (to_pod, new flow), given *peer = the ipcache entry of
- * its source address. Returns DROP_SPOOFED, or 0 with *peer corrected and *origin set for a
- * masqueraded flow (ct_value.origin):
- *   sent by the node itself (ingress_ifindex 0): its source is the truth;
- *   from a local pod's veth: from_pod checked the source; if the node masqueraded it to its own
- *     address (a Service hairpin), the pod is the sender;
+ * its source address and `sender`, the client endpoint of a deferred Service packet (0: none).
+ * Returns DROP_SPOOFED, or 0 with *peer corrected and *origin set for a masqueraded flow
+ * (ct_value.origin):
+ *   sent by the node itself (ingress_ifindex 0, no sender): its source is the truth;
+ *   from a local pod (its veth, or the deferred mark its from_pod set): from_pod checked the
+ *     source; if the node masqueraded it to its own address (a Service hairpin), the pod is
+ *     the sender;
  *   from anywhere else (an uplink, another interface): a local pod's address is a forgery; the
  *     node's address is a masquerade for an outside sender (or a forgery on an interface
  *     from_uplink does not watch): judged as outside the cluster, with the ipBlocks that
  *     contain the address, not as the node.
  */
-static __always_inline int vg_ingress_origin(struct __sk_buff *skb, const struct vg_pkt *p,
+static __always_inline int vg_ingress_origin(struct __sk_buff *skb, __u32 sender, const struct vg_pkt *p,
 					     struct ipcache_value *peer, __u16 *origin)
 {
-	__u32 iif = skb->ingress_ifindex;
+	__u32 iif = sender ? sender : skb->ingress_ifindex;
 	struct endpoint_info *src_ep;
 	struct local_value *local;
 

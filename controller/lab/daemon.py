@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from controller.health import fetch_status
-from controller.lab import dns, netns, topology
+from controller.lab import cni_runtime, dns, netns, topology
 from controller.lab.apiserver import (
     ApiHTTPServer,
     ApiUnixServer,
@@ -191,7 +191,20 @@ class LabAdmission:
         address4, address6 = topology.pod_addresses(node, self._free_host(node))
         meta = pod["metadata"]
         try:
-            self.topo.create_pod(meta["namespace"], meta["name"], node, address4, address6)
+            began = time.monotonic()
+            ifname = self.topo.create_pod(meta["namespace"], meta["name"], node, address4, address6)
+            if self.config.agents:  # chained vethguard-cni: closed before anything in it runs
+                cni_runtime.add(
+                    pin_root=LabPaths(self.config.name).pin_root,
+                    node=topology.node_name(node),
+                    node_netns=self.topo.names.node(node),
+                    pod_netns=self.topo.names.pod(meta["namespace"], meta["name"]),
+                    host_ifname=ifname,
+                    addresses=(address4, address6),
+                    container_id=str(meta.get("uid") or _pod_key(pod)),
+                )
+                log.info("pod %s: closed by vethguard-cni %.1f ms after the lab began creating its veth",
+                         _pod_key(pod), (time.monotonic() - began) * 1000)
             self.responders.add(
                 _pod_key(pod), self.topo.names.pod(meta["namespace"], meta["name"]), responder_ports(pod)
             )
@@ -481,17 +494,18 @@ class LabDaemon:
             self.admission.restore()
         self.services.last_script = ""  # node tables may be gone (a rebuilt lab): write them again
         self.services.realize()
-        if self.dns is not None:
-            if fresh:
-                self._create_dns_objects()
-            self.dns.start()
         self._serve()
         self.paths.kubeconfig.write_text(
             kubeconfig_text(f"http://{topology.API_ADDRESS}:{topology.API_PORT}")
         )
         if self.agents is not None:
+            # before any pod: a pod's vethguard-cni ADD waits for the programs its agent pins
             self.paths.pin_root.mkdir(parents=True, exist_ok=True)
             self.agents.start()
+        if self.dns is not None:
+            if fresh:
+                self._create_dns_objects()
+            self.dns.start()
         log.info("lab %s serving (resourceVersion %d)", self.config.name, self.store.resource_version)
 
     def _create_dns_objects(self) -> None:

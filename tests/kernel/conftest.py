@@ -112,10 +112,11 @@ class Harness:
         """The pod sends `frame` (tc ingress of the host veth). Returns the tc verdict."""
         return run(self.dp.prog_fd("from_pod"), frame, ifindex=ifindex).retval
 
-    def to_pod(self, frame: bytes, ifindex: int = EP, *, arrived_on: int = 0) -> int:
+    def to_pod(self, frame: bytes, ifindex: int = EP, *, arrived_on: int = 0, mark: int = 0) -> int:
         """`frame` is delivered to the pod (tc egress of the host veth), having arrived on the
-        interface `arrived_on` (skb->skb_iif; 0: sent by the node itself)."""
-        return run(self.dp.prog_fd("to_pod"), frame, ifindex=ifindex, ingress_ifindex=arrived_on).retval
+        interface `arrived_on` (skb->skb_iif; 0: sent by the node itself), with skb->mark."""
+        prog = self.dp.prog_fd("to_pod")
+        return run(prog, frame, ifindex=ifindex, ingress_ifindex=arrived_on, mark=mark).retval
 
     def from_uplink(self, frame: bytes, uplink: int = EP) -> int:
         """`frame` arrives from outside the node on an uplink (tc ingress)."""

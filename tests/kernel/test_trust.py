@@ -77,6 +77,18 @@ def test_a_local_pods_address_arriving_from_another_interface_is_spoofed(node: H
     assert node.count(Reason.ALLOW_POLICY, DIR_INGRESS) >= 1
 
 
+def test_a_service_hairpin_routed_through_a_bridge_is_its_client_not_a_forgery(node: Harness) -> None:
+    # on a bridge, pod B -> ClusterIP -> db is routed up through cni0 and back: it arrives from the
+    # bridge device, not B's veth, but carries the mark B's from_pod set (the deferred client)
+    bridge = UPLINK
+    deferred = maps.VG_MARK_DEFERRED | (VETH_B << maps.VG_MARK_SLOT_SHIFT)
+    assert node.to_pod(syn(POD_B), arrived_on=bridge, mark=deferred) == TC_ACT_OK
+    assert node.count(Reason.ALLOW_POLICY, DIR_INGRESS) == 1
+    # without the mark, the same packet from the bridge device claims a local pod's address
+    assert node.to_pod(syn(POD_B, 40001), arrived_on=bridge) == TC_ACT_SHOT
+    assert node.count(Reason.DROP_SPOOFED, DIR_INGRESS) == 1
+
+
 @pytest.mark.parametrize("src", [NODE_IP, NODE_IP6], ids=["v4", "v6"])
 def test_the_nodes_address_arriving_from_outside_is_not_the_node(node: Harness, src: str) -> None:
     assert node.to_pod(syn(src, dport=22), arrived_on=UPLINK) == TC_ACT_SHOT

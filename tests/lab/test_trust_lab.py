@@ -2,7 +2,8 @@
 sockets, captured by an AF_PACKET socket inside the victim's network namespace, each with a
 control that must arrive (so the capture works and the path is open for what is allowed).
 
-One node. prod/db accepts TCP 5432 only from app=api and from the external host's ipBlocks;
+One node, agents on (so every pod is created through the chained vethguard-cni, as in a
+cluster). prod/db accepts TCP 5432 only from app=api and from the external host's ipBlocks;
 prod/web and evil/x are not allowed; prod/egr may only send TCP 80 to the external host. A
 NodePort Service fronts db. Every frame carries a random marker in its payload, and "arrived"
 means a frame with that marker was captured on the victim's eth0 (before its own stack).
@@ -14,6 +15,7 @@ import functools
 import json
 import os
 import select
+import signal
 import socket
 import struct
 import tempfile
@@ -350,3 +352,56 @@ def test_a_pod_through_its_own_nodes_node_port_is_judged_as_itself(env: Env) -> 
     assert env.count(env.veth["db"], Reason.DROP_POLICY) > before
     assert env.count(env.veth["db"], Reason.ALLOW_HOST) == 0
     assert env.probe("prod/api", env.node4, env.node_port)  # control: api is allowed
+
+
+# -- 6. a pod created while its agent is down ----------------------------------------------------
+
+DB2 = """
+apiVersion: v1
+kind: Pod
+metadata: {name: db2, namespace: prod, labels: {app: db}}
+spec:
+  nodeName: node-1
+  containers: [{name: c, ports: [{containerPort: 5432, protocol: TCP}]}]
+"""
+
+
+def connects(netns_name: str, address: str, port: int, seconds: float) -> tuple[int, int]:
+    """(attempts, connections made) of back-to-back TCP connects from a namespace for `seconds`."""
+
+    def loop() -> tuple[int, int]:
+        tries = made = 0
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            tries += 1
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.settimeout(0.05)
+                try:
+                    s.connect((address, port))
+                    made += 1
+                except OSError:
+                    pass
+        return tries, made
+
+    return netns.run_in_netns(netns_name, loop)
+
+
+def test_a_pod_created_while_its_agent_is_stopped_is_closed_until_the_agent_realizes_it(env: Env) -> None:
+    status = json.loads(run_cli("status", "--name", env.lab, "-o", "json").stdout)
+    pid = int(status["agents"]["node-1"]["pid"])
+    os.kill(pid, signal.SIGSTOP)  # hung, not dead: the lab does not restart it
+    try:
+        out = run_cli("apply", "--name", env.lab, "-f", "-", "--timeout", "1", stdin=DB2, check=False)
+        assert "timed out" in out.stderr, out.stderr  # created; the stopped agent realized nothing
+        pods = json.loads(run_cli("status", "--name", env.lab, "-o", "json").stdout)["pods"]
+        db2 = next(ip for ip in pods["prod/db2"]["ips"] if ":" not in ip)
+        for client in ("x", "api"):  # policy or not: nothing reaches a pod whose policy is unknown
+            tries, made = connects(env.hosts[client].netns, db2, 5432, 1.5)
+            assert tries > 10 and made == 0, (client, tries, made)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # controls: once the agent runs, db's policy applies to db2 (app=db): api in, x still out
+    deadline = time.monotonic() + 30
+    while connects(env.hosts["api"].netns, db2, 5432, 0.3)[1] == 0:
+        assert time.monotonic() < deadline, "the resumed agent never realized db2"
+    assert connects(env.hosts["x"].netns, db2, 5432, 0.5)[1] == 0

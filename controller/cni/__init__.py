@@ -1,0 +1,1 @@
+"""The chained CNI plugin `vethguard-cni` (controller/cni/plugin.py)."""

@@ -1,0 +1,95 @@
+"""vethguard-cni against the real kernel, with no agent running: the plugin, executed as a
+container runtime executes it (environment, configuration on stdin, in the node's network
+namespace), attaches the pinned programs to a new veth and writes its endpoint PENDING, so the
+pod's first packet is already dropped."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controller.datapath import Datapath, maps
+from controller.datapath.maps import DIR_EGRESS, Reason
+from tests.kernel.netns_util import VethPair, in_netns, veth_pair
+
+pytestmark = pytest.mark.root
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cni(command: str, v: VethPair, dp: Datapath, **config: object) -> subprocess.CompletedProcess[str]:
+    prev = {
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "vgh0"}, {"name": "eth0", "sandbox": f"/run/netns/{v.pod_ns}"}],
+        "ips": [{"address": f"{v.pod_ip}/24", "interface": 1}],
+    }
+    conf = {"cniVersion": "1.0.0", "name": "k8s", "type": "vethguard-cni", "pinRoot": str(dp.pin_dir.parent),
+            "nodeName": dp.node, "prevResult": prev, **config}
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "CNI_COMMAND": command,
+           "CNI_CONTAINERID": "c0ffee", "CNI_NETNS": f"/run/netns/{v.pod_ns}", "CNI_IFNAME": "eth0"}
+    # nsenter, not `ip netns exec`: that remounts /sys and would hide the pins under /sys/fs/bpf
+    argv = ["nsenter", f"--net=/run/netns/{v.node_ns}", "--", sys.executable, "-m", "controller.cni"]
+    return subprocess.run(argv, input=json.dumps(conf), env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def pair(dp: Datapath) -> Iterator[VethPair]:
+    with veth_pair() as v:
+        try:
+            yield v
+        finally:
+            dp.maps["vg_endpoints"].delete(maps.u32_key(v.ifindex))
+            dp.maps["vg_local"].delete(maps.encode_local(v.pod_ip, 0)[0])
+
+
+def test_add_closes_a_new_veth_with_no_agent_running(dp: Datapath, pair: VethPair) -> None:
+    out = cni("ADD", pair, dp)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["ips"] == [{"address": f"{pair.pod_ip}/24", "interface": 1}]
+    assert in_netns(pair.node_ns, lambda: dp.attached(pair.ifindex))
+    ep = dp.dump().endpoints[pair.ifindex]
+    assert ep.flags & maps.EP_F_PENDING and ep.ipv4 == pair.pod_ip
+    assert dp.maps["vg_local"].lookup(maps.encode_local(pair.pod_ip, 0)[0]) == maps.encode_local(
+        pair.pod_ip, pair.ifindex
+    )[1]
+
+    def send() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for _ in range(3):
+                s.sendto(b"hello", (pair.node_ip, 9))
+
+    before = dp.counters().get((pair.ifindex, int(Reason.DROP_PENDING), DIR_EGRESS), (0, 0))[0]
+    in_netns(pair.pod_ns, send)
+    after = dp.counters().get((pair.ifindex, int(Reason.DROP_PENDING), DIR_EGRESS), (0, 0))[0]
+    assert after - before == 3  # the pod's first packets are dropped: nothing was open
+    assert cni("CHECK", pair, dp).returncode == 0
+    assert cni("ADD", pair, dp).returncode == 0  # a runtime's retry changes nothing
+
+
+def test_add_leaves_an_endpoint_the_agent_already_wrote(dp: Datapath, pair: VethPair) -> None:
+    realized = maps.encode_endpoint(pair.ifindex, 256, maps.EP_F_INGRESS_ISOLATED, pair.pod_ip, None, slot=3)
+    dp.maps["vg_endpoints"].update(*realized)
+    assert cni("ADD", pair, dp).returncode == 0
+    assert dp.maps["vg_endpoints"].lookup(realized[0]) == realized[1]
+
+
+def test_check_fails_on_a_veth_without_the_filters(dp: Datapath, pair: VethPair) -> None:
+    out = cni("CHECK", pair, dp)
+    assert out.returncode == 1
+    assert "filters are missing" in json.loads(out.stdout)["msg"]
+
+
+def test_add_on_a_node_without_pins_fails_so_the_pod_does_not_start(
+    dp: Datapath, pair: VethPair, tmp_path: Path
+) -> None:
+    out = cni("ADD", pair, dp, pinRoot=str(tmp_path), nodeName="nowhere")
+    assert out.returncode == 1
+    assert json.loads(out.stdout)["code"] == 100
+    assert not in_netns(pair.node_ns, lambda: dp.attached(pair.ifindex))
