@@ -9,6 +9,17 @@
 #     --security-opt apparmor=unconfined -v /sys/fs/bpf:/sys/fs/bpf:rslave \
 #     -v /lib/modules:/host/lib/modules:ro -v /usr/src:/host/usr/src:ro vethguard:0.1.0 --node NAME)
 # and the agent's preflight refuses to start when one is missing, naming it.
+# The chained CNI plugin deploy/ installs on nodes: a static binary from the Go standard library
+# (cni/), so a node needs nothing but its kernel to run it.
+FROM debian:bookworm-slim AS cni
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends golang-go=2:1.19~1 \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src/cni
+COPY cni /src/cni
+RUN CGO_ENABLED=0 GOFLAGS=-mod=mod GOPROXY=off go build -trimpath -ldflags=-s -o /out/vethguard-cni .
+
 FROM debian:bookworm-slim
 
 LABEL org.opencontainers.image.title="vethguard" \
@@ -28,6 +39,8 @@ COPY bpf /src/bpf
 # node's own headers are not mounted at /host (controller/preflight.py).
 ENV PIP_NO_CACHE_DIR=1
 RUN bash scripts/install.sh --image && rm -rf /var/lib/apt/lists/*
+# deploy/'s install-cni init container copies it to the node (vethguard cni-install)
+COPY --from=cni /out/vethguard-cni /opt/vethguard/cni/vethguard-cni
 
 # Where deploy/daemonset.yaml mounts the host's /lib/modules and /usr/src (read-only).
 ENV VETHGUARD_HOST_ROOT=/host

@@ -16,6 +16,7 @@ def build_parser(prog: str = "vethguard") -> argparse.ArgumentParser:
 
     from controller.agent import register as register_agent
     from controller.bench.cli import register as register_bench
+    from controller.cni.install import register as register_cni_install
     from controller.debug.cli import register as register_debug
     from controller.demo import register as register_demo
     from controller.lab.cli import register as register_lab
@@ -25,6 +26,7 @@ def build_parser(prog: str = "vethguard") -> argparse.ArgumentParser:
     register_demo(sub)
     register_debug(sub)
     register_bench(sub)
+    register_cni_install(sub)
     return parser
 
 

@@ -1,7 +1,8 @@
 """vethguard-cni against the real kernel, with no agent running: the plugin, executed as a
 container runtime executes it (environment, configuration on stdin, in the node's network
 namespace), attaches the pinned programs to a new veth and writes its endpoint PENDING, so the
-pod's first packet is already dropped."""
+pod's first packet is already dropped. Every case runs both builds: the Python module the lab
+calls and the static Go binary deploy/ installs on nodes (cni/, built here with `go build`)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,25 @@ pytestmark = pytest.mark.root
 REPO = Path(__file__).resolve().parents[2]
 
 
-def cni(command: str, v: VethPair, dp: Datapath, **config: object) -> subprocess.CompletedProcess[str]:
+@pytest.fixture(scope="session")
+def go_plugin(tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("cni") / "vethguard-cni"
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOPROXY": "off",
+           "GOCACHE": str(out.parent / "cache"), "GOPATH": str(out.parent / "gopath")}
+    subprocess.run(["go", "build", "-trimpath", "-o", str(out), "."], cwd=REPO / "cni", env=env, check=True,
+                   capture_output=True, timeout=600)
+    return str(out)
+
+
+@pytest.fixture(params=["python", "go"])
+def plugin(request: pytest.FixtureRequest) -> list[str]:
+    if request.param == "go":
+        return [request.getfixturevalue("go_plugin")]
+    return [sys.executable, "-m", "controller.cni"]
+
+
+def cni(command: str, v: VethPair, dp: Datapath, plugin: list[str], **config: object
+        ) -> subprocess.CompletedProcess[str]:
     prev = {
         "cniVersion": "1.0.0",
         "interfaces": [{"name": "vgh0"}, {"name": "eth0", "sandbox": f"/run/netns/{v.pod_ns}"}],
@@ -35,7 +54,7 @@ def cni(command: str, v: VethPair, dp: Datapath, **config: object) -> subprocess
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "CNI_COMMAND": command,
            "CNI_CONTAINERID": "c0ffee", "CNI_NETNS": f"/run/netns/{v.pod_ns}", "CNI_IFNAME": "eth0"}
     # nsenter, not `ip netns exec`: that remounts /sys and would hide the pins under /sys/fs/bpf
-    argv = ["nsenter", f"--net=/run/netns/{v.node_ns}", "--", sys.executable, "-m", "controller.cni"]
+    argv = ["nsenter", f"--net=/run/netns/{v.node_ns}", "--", *plugin]
     return subprocess.run(argv, input=json.dumps(conf), env=env, capture_output=True, text=True, timeout=60)
 
 
@@ -49,8 +68,8 @@ def pair(dp: Datapath) -> Iterator[VethPair]:
             dp.maps["vg_local"].delete(maps.encode_local(v.pod_ip, 0)[0])
 
 
-def test_add_closes_a_new_veth_with_no_agent_running(dp: Datapath, pair: VethPair) -> None:
-    out = cni("ADD", pair, dp)
+def test_add_closes_a_new_veth_with_no_agent_running(dp: Datapath, pair: VethPair, plugin: list[str]) -> None:
+    out = cni("ADD", pair, dp, plugin)
     assert out.returncode == 0, out.stdout + out.stderr
     assert json.loads(out.stdout)["ips"] == [{"address": f"{pair.pod_ip}/24", "interface": 1}]
     assert in_netns(pair.node_ns, lambda: dp.attached(pair.ifindex))
@@ -69,27 +88,29 @@ def test_add_closes_a_new_veth_with_no_agent_running(dp: Datapath, pair: VethPai
     in_netns(pair.pod_ns, send)
     after = dp.counters().get((pair.ifindex, int(Reason.DROP_PENDING), DIR_EGRESS), (0, 0))[0]
     assert after - before == 3  # the pod's first packets are dropped: nothing was open
-    assert cni("CHECK", pair, dp).returncode == 0
-    assert cni("ADD", pair, dp).returncode == 0  # a runtime's retry changes nothing
+    assert cni("CHECK", pair, dp, plugin).returncode == 0
+    assert cni("ADD", pair, dp, plugin).returncode == 0  # a runtime's retry changes nothing
 
 
-def test_add_leaves_an_endpoint_the_agent_already_wrote(dp: Datapath, pair: VethPair) -> None:
+def test_add_leaves_an_endpoint_the_agent_already_wrote(
+    dp: Datapath, pair: VethPair, plugin: list[str]
+) -> None:
     realized = maps.encode_endpoint(pair.ifindex, 256, maps.EP_F_INGRESS_ISOLATED, pair.pod_ip, None, slot=3)
     dp.maps["vg_endpoints"].update(*realized)
-    assert cni("ADD", pair, dp).returncode == 0
+    assert cni("ADD", pair, dp, plugin).returncode == 0
     assert dp.maps["vg_endpoints"].lookup(realized[0]) == realized[1]
 
 
-def test_check_fails_on_a_veth_without_the_filters(dp: Datapath, pair: VethPair) -> None:
-    out = cni("CHECK", pair, dp)
+def test_check_fails_on_a_veth_without_the_filters(dp: Datapath, pair: VethPair, plugin: list[str]) -> None:
+    out = cni("CHECK", pair, dp, plugin)
     assert out.returncode == 1
     assert "filters are missing" in json.loads(out.stdout)["msg"]
 
 
 def test_add_on_a_node_without_pins_fails_so_the_pod_does_not_start(
-    dp: Datapath, pair: VethPair, tmp_path: Path
+    dp: Datapath, pair: VethPair, tmp_path: Path, plugin: list[str]
 ) -> None:
-    out = cni("ADD", pair, dp, pinRoot=str(tmp_path), nodeName="nowhere")
+    out = cni("ADD", pair, dp, plugin, pinRoot=str(tmp_path), nodeName="nowhere")
     assert out.returncode == 1
     assert json.loads(out.stdout)["code"] == 100
     assert not in_netns(pair.node_ns, lambda: dp.attached(pair.ifindex))

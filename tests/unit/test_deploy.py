@@ -123,11 +123,26 @@ def test_the_binding_gives_that_role_to_the_daemonsets_service_account() -> None
 def test_only_the_bpffs_mount_init_container_is_privileged_and_the_agent_is_not() -> None:
     privileged = [c["name"] for c in all_containers() if c.get("securityContext", {}).get("privileged")]
     assert privileged == ["mount-bpffs"]
-    assert [c["name"] for c in pod_spec()["initContainers"]] == ["mount-bpffs"]
+    assert [c["name"] for c in pod_spec()["initContainers"]] == ["mount-bpffs", "install-cni"]
     assert agent_container()["securityContext"]["privileged"] is False
     # it only mounts bpffs when absent, then exits
     command = " ".join(pod_spec()["initContainers"][0]["command"])
     assert "mount -t bpf bpf /sys/fs/bpf" in command and "stat -f -c %T /sys/fs/bpf" in command
+
+
+def test_the_cni_plugin_is_installed_without_capabilities_into_the_hosts_cni_directories() -> None:
+    [install] = [c for c in pod_spec()["initContainers"] if c["name"] == "install-cni"]
+    assert install["command"][:2] == ["/opt/vethguard/venv/bin/vethguard", "cni-install"]
+    assert install["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert install["securityContext"]["allowPrivilegeEscalation"] is False
+    volumes = {v["name"]: v["hostPath"]["path"] for v in pod_spec()["volumes"] if "hostPath" in v}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in install["volumeMounts"]}
+    assert mounts == {"/host/opt/cni/bin": "/opt/cni/bin", "/host/etc/cni/net.d": "/etc/cni/net.d"}
+    args = install["command"]
+    assert args[args.index("--bin-dir") + 1] == "/host/opt/cni/bin"
+    assert args[args.index("--conf-dir") + 1] == "/host/etc/cni/net.d"
+    agent_args = agent_container()["args"]
+    assert args[args.index("--pin-root") + 1] == agent_args[agent_args.index("--pin-root") + 1]
 
 
 def test_bidirectional_propagation_only_on_privileged_containers_as_the_api_server_requires() -> None:

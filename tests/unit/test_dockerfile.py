@@ -58,9 +58,21 @@ def test_hadolint_does_flag_a_careless_dockerfile() -> None:
     assert {"DL3006", "DL3008", "DL3015"} <= codes
 
 
-def test_the_image_is_debian_bookworm() -> None:
-    [base] = [args for word, args in instructions() if word == "FROM"]
-    assert re.fullmatch(r"debian:bookworm(-slim)?(@sha256:[0-9a-f]{64})?", base)
+def test_the_image_and_its_build_stage_are_debian_bookworm() -> None:
+    bases = [args.split()[0] for word, args in instructions() if word == "FROM"]
+    assert len(bases) == 2  # the vethguard-cni build stage, then the image
+    for base in bases:
+        assert re.fullmatch(r"debian:bookworm(-slim)?(@sha256:[0-9a-f]{64})?", base)
+
+
+def test_the_image_carries_the_static_cni_plugin_built_from_cni() -> None:
+    copies = [args for word, args in instructions() if word == "COPY"]
+    assert "--from=cni /out/vethguard-cni /opt/vethguard/cni/vethguard-cni" in copies
+    from controller.cni.install import DEFAULT_BINARY
+
+    assert DEFAULT_BINARY == "/opt/vethguard/cni/vethguard-cni"
+    runs = " ".join(args for word, args in instructions() if word == "RUN")
+    assert "CGO_ENABLED=0" in runs and "-o /out/vethguard-cni" in runs
 
 
 def test_the_image_installs_with_the_readme_script_in_image_mode() -> None:
@@ -91,7 +103,7 @@ def test_the_host_root_the_image_announces_is_where_the_daemonset_mounts_headers
 def test_what_the_image_copies_is_enough_to_build_the_package(tmp_path: Path) -> None:
     context = tmp_path / "context"
     for word, args in instructions():
-        if word != "COPY":
+        if word != "COPY" or args.startswith("--from="):  # a build stage's output, not the context
             continue
         *sources, _dest = args.split()
         for src in sources:

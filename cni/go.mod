@@ -1,0 +1,3 @@
+module vethguard.dev/cni
+
+go 1.19

@@ -1,0 +1,112 @@
+"""`vethguard cni-install`: put vethguard-cni on a node and chain it after the node's CNI plugin.
+
+Run by the DaemonSet's install-cni init container with the host's CNI directories mounted:
+  1. copies the static plugin (the image's /opt/vethguard/cni/vethguard-cni, built from cni/)
+     into the CNI binary directory, atomically (a runtime never executes a half-written file);
+  2. in the network configuration the runtime uses (the first *.conflist / *.conf / *.json by
+     name, as containerd and CRI-O pick it), appends {"type": "vethguard-cni", "pinRoot": ...,
+     "nodeName": ...} to the plugin list, replacing an entry of ours from an earlier install, and
+     writes the file back atomically. A single-plugin .conf becomes a .conflist with it.
+Idempotent: a second run changes nothing. No configuration yet (the cluster's CNI is not
+installed) is an error, so the init container fails and kubelet retries it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from controller.errors import VethguardError
+
+PLUGIN = "vethguard-cni"
+DEFAULT_BINARY = "/opt/vethguard/cni/vethguard-cni"
+
+
+def network_config(conf_dir: Path) -> Path:
+    candidates = sorted(p for p in conf_dir.iterdir() if p.suffix in (".conflist", ".conf", ".json"))
+    if not candidates:
+        raise VethguardError(
+            f"no CNI network configuration in {conf_dir} yet: install the cluster's CNI plugin first "
+            "(this init container is retried)"
+        )
+    return candidates[0]
+
+
+def chained(config: dict[str, Any], node: str, pin_root: str) -> dict[str, Any]:
+    """The configuration list with our plugin last (pure)."""
+    if "plugins" in config:
+        out = dict(config)
+        plugins = [p for p in config["plugins"] if not (isinstance(p, dict) and p.get("type") == PLUGIN)]
+    else:  # a single-plugin .conf
+        out = {k: config[k] for k in ("cniVersion", "name") if k in config}
+        plugins = [{k: v for k, v in config.items() if k not in ("cniVersion", "name")}]
+    if not plugins:
+        raise VethguardError("the CNI configuration has no plugin to chain after")
+    out["plugins"] = [*plugins, {"type": PLUGIN, "pinRoot": pin_root, "nodeName": node}]
+    return out
+
+
+def _write_atomically(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.vethguard-tmp")
+    tmp.write_bytes(data)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def install(binary: Path, bin_dir: Path, conf_dir: Path, node: str, pin_root: str) -> Path:
+    """Install the plugin and chain it; returns the configuration file written."""
+    if not binary.is_file():
+        raise VethguardError(f"{binary}: no vethguard-cni binary in this image")
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    target = bin_dir / PLUGIN
+    if not target.exists() or target.read_bytes() != binary.read_bytes():
+        tmp = target.with_name(f".{PLUGIN}.vethguard-tmp")
+        shutil.copyfile(binary, tmp)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, target)
+    source = network_config(conf_dir)
+    try:
+        config = json.loads(source.read_text())
+    except ValueError as exc:
+        raise VethguardError(f"{source}: not JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise VethguardError(f"{source}: not a CNI network configuration")
+    new = chained(config, node, pin_root)
+    dest = source if source.suffix == ".conflist" else source.with_suffix(".conflist")
+    if new != config or dest != source:
+        _write_atomically(dest, (json.dumps(new, indent=2) + "\n").encode(), 0o644)
+        if dest != source:
+            source.unlink()
+    return dest
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    try:
+        written = install(
+            Path(args.binary), Path(args.bin_dir), Path(args.conf_dir), args.node, args.pin_root
+        )
+    except VethguardError as exc:
+        print(f"error: {exc}", flush=True)
+        return 1
+    print(f"{PLUGIN} installed in {args.bin_dir} and chained in {written}", flush=True)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "cni-install", help="install vethguard-cni on this node and chain it (init container)"
+    )
+    p.add_argument("--node", required=True, help="this node's name (the agent's --node)")
+    p.add_argument("--binary", default=DEFAULT_BINARY, help="the static plugin (default: %(default)s)")
+    p.add_argument("--bin-dir", default="/opt/cni/bin", help="CNI binary directory (default: %(default)s)")
+    p.add_argument(
+        "--conf-dir", default="/etc/cni/net.d", help="CNI configuration directory (default: %(default)s)"
+    )
+    p.add_argument(
+        "--pin-root", default="/sys/fs/bpf/vethguard", help="the agent's --pin-root (default: %(default)s)"
+    )
+    p.set_defaults(func=cmd_install)

@@ -1,0 +1,98 @@
+"""`vethguard cni-install` (the DaemonSet's install-cni init container) on temporary CNI
+directories: the plugin lands in the binary directory and is chained last in the runtime's
+network configuration, once, whatever was there before."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from controller.cli import main
+from controller.cni import install
+
+KINDNET = {
+    "cniVersion": "0.4.0",
+    "name": "kindnet",
+    "plugins": [
+        {"type": "ptp", "ipMasq": False, "ipam": {"type": "host-local"}},
+        {"type": "portmap", "capabilities": {"portMappings": True}},
+    ],
+}
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> dict[str, Path]:
+    dirs = {"bin": tmp_path / "opt-cni-bin", "conf": tmp_path / "etc-cni-net.d", "image": tmp_path / "image"}
+    for d in dirs.values():
+        d.mkdir()
+    (dirs["image"] / "vethguard-cni").write_bytes(b"\x7fELF static plugin")
+    return dirs
+
+
+def run(host: dict[str, Path], node: str = "node-1") -> Path:
+    plugin = host["image"] / "vethguard-cni"
+    return install.install(plugin, host["bin"], host["conf"], node, "/sys/fs/bpf/vethguard")
+
+
+def test_the_plugin_is_chained_last_in_the_runtimes_configuration_and_installed_executable(
+    host: dict[str, Path],
+) -> None:
+    (host["conf"] / "10-kindnet.conflist").write_text(json.dumps(KINDNET))
+    written = run(host)
+    assert written == host["conf"] / "10-kindnet.conflist"
+    conf = json.loads(written.read_text())
+    assert [p["type"] for p in conf["plugins"]] == ["ptp", "portmap", "vethguard-cni"]
+    ours = {"type": "vethguard-cni", "pinRoot": "/sys/fs/bpf/vethguard", "nodeName": "node-1"}
+    assert conf["plugins"][-1] == ours
+    assert conf["plugins"][:2] == KINDNET["plugins"] and conf["name"] == "kindnet"
+    plugin = host["bin"] / "vethguard-cni"
+    assert plugin.read_bytes() == b"\x7fELF static plugin" and plugin.stat().st_mode & 0o777 == 0o755
+    assert sorted(p.name for p in host["conf"].iterdir()) == ["10-kindnet.conflist"]  # no temp file left
+
+
+def test_a_second_install_changes_nothing_and_an_old_entry_of_ours_is_replaced(host: dict[str, Path]) -> None:
+    (host["conf"] / "10-kindnet.conflist").write_text(json.dumps(KINDNET))
+    first = run(host).read_text()
+    assert run(host).read_text() == first
+    run(host, node="renamed")
+    plugins = json.loads((host["conf"] / "10-kindnet.conflist").read_text())["plugins"]
+    assert [p.get("nodeName") for p in plugins if p["type"] == "vethguard-cni"] == ["renamed"]
+
+
+def test_a_single_plugin_configuration_becomes_a_list_with_ours_after_it(host: dict[str, Path]) -> None:
+    (host["conf"] / "10-bridge.conf").write_text(
+        json.dumps({"cniVersion": "1.0.0", "name": "cbr0", "type": "bridge", "bridge": "cni0"})
+    )
+    written = run(host)
+    assert written.name == "10-bridge.conflist" and not (host["conf"] / "10-bridge.conf").exists()
+    conf = json.loads(written.read_text())
+    assert conf["name"] == "cbr0" and conf["cniVersion"] == "1.0.0"
+    assert conf["plugins"][0] == {"type": "bridge", "bridge": "cni0"}
+    assert conf["plugins"][1]["type"] == "vethguard-cni"
+
+
+def test_the_runtimes_choice_is_the_first_configuration_by_name(host: dict[str, Path]) -> None:
+    (host["conf"] / "20-other.conflist").write_text(json.dumps(KINDNET))
+    (host["conf"] / "10-first.conflist").write_text(json.dumps(KINDNET))
+    assert run(host).name == "10-first.conflist"
+    assert "vethguard-cni" not in (host["conf"] / "20-other.conflist").read_text()
+
+
+def test_without_a_cluster_cni_configuration_the_init_container_fails_clearly(
+    host: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["cni-install", "--node", "n1", "--binary", str(host["image"] / "vethguard-cni"),
+            "--bin-dir", str(host["bin"]), "--conf-dir", str(host["conf"])]
+    assert main(args) == 1
+    assert "no CNI network configuration in" in capsys.readouterr().out
+    (host["conf"] / "10-kindnet.conflist").write_text(json.dumps(KINDNET))
+    assert main(args) == 0
+    assert "vethguard-cni installed in" in capsys.readouterr().out
+
+
+def test_a_configuration_that_is_not_json_is_named(host: dict[str, Path]) -> None:
+    (host["conf"] / "10-broken.conflist").write_text("{nope")
+    with pytest.raises(install.VethguardError, match=r"10-broken\.conflist: not JSON"):
+        run(host)
