@@ -315,18 +315,21 @@ int from_uplink(struct __sk_buff *skb)
 {
 	struct vg_pkt p = {};
 	struct ipcache_value peer = {};
+	__u8 saddr[16] = {};
+	__u8 family;
 
 	/*
 	 * A packet arriving from outside the node with the source address of this node or of one
 	 * of its pods is forged (lib/trust.h): dropped and counted here, before kube-proxy's DNAT.
-	 * Everything else passes uncounted and unparsed beyond the IP header. The node's own
+	 * Everything else passes uncounted, with only its source address read. The node's own
 	 * multicast looped back to it arrives here too, with its own address: not a forgery.
 	 */
 	if (skb->pkt_type == VG_PACKET_LOOPBACK)
 		return TC_ACT_OK;
-	vg_parse(skb, &p);
-	if (!p.family || !vg_local_lookup(p.family, p.saddr))
+	family = vg_source_addr(skb, saddr);
+	if (!family || !vg_local_lookup(family, saddr))
 		return TC_ACT_OK;
+	vg_parse(skb, &p); /* only for the drop event */
 	return vg_finish(skb, skb->ifindex, DIR_INGRESS, DROP_SPOOFED, &p, &peer, 0, 0);
 }
 

@@ -4,8 +4,6 @@
 #   link bcc looks for, bpffs, and the vethguard package with its Python dependencies in a
 #   virtualenv at /opt/vethguard/venv (linked as /usr/local/bin/vethguard).
 # Used by README.md, .ci/run and the Dockerfile, so CI proves the image's install steps.
-# The Debian packages are the `deb` rows of scripts/packages.tsv (which also names the programs
-# the code starts from each; tests/unit/test_install_programs.py keeps the two in step).
 #   --image          building a container image: only the agent's packages, and no host-only
 #                    steps (headers link, bpffs mount) or test tools
 #   --list-packages  print the Debian packages this run would install, and stop (no root needed)
@@ -23,13 +21,19 @@ done
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=/opt/vethguard/venv
 
-# deb rows of the table, in order; the image takes only the agent's
-packages=()
-while read -r pkg role _; do
-  case "$pkg" in deb:*) ;; *) continue ;; esac
-  if [ "$image" = 1 ] && [ "$role" != agent ]; then continue; fi
-  packages+=("${pkg#deb:}")
-done < <(sed 's/#.*//' "$repo/scripts/packages.tsv")
+# The agent's packages (all the image gets), then the host's: the lab, benchmarks and tests.
+# scripts/packages.tsv names the programs the code starts from each package and who needs it;
+# tests/unit/test_install_programs.py fails when these lists and that table disagree.
+agent_packages=(
+  python3 python3-venv python3-pip python3-bpfcc libbpfcc linux-headers-amd64 ca-certificates
+  coreutils dash mount
+)
+host_packages=(
+  bash iproute2 util-linux procps nftables dnsmasq-base libc-bin curl wget
+  iperf3 sockperf iptables ipset python3-matplotlib gcc golang-go libc6-dev
+)
+packages=("${agent_packages[@]}")
+[ "$image" = 1 ] || packages+=("${host_packages[@]}")
 if [ "$list" = 1 ]; then
   printf '%s\n' "${packages[@]}"
   exit 0

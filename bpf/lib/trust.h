@@ -42,6 +42,27 @@ static __always_inline struct local_value *vg_local_lookup(__u8 family, const __
 	return vg_local.lookup(&k);
 }
 
+/*
+ * The source address of an IP frame and its family (0: not IPv4/IPv6 or too short), reading only
+ * those bytes: from_uplink's fast path, on every packet that reaches the node.
+ */
+static __always_inline __u8 vg_source_addr(struct __sk_buff *skb, __u8 *addr)
+{
+	if (skb->protocol == bpf_htons(VG_ETH_P_IP)) {
+		if (!vg_fits_frame(skb, VG_ETH_HLEN, sizeof(struct vg_ip4)) ||
+		    vg_load(skb, VG_ETH_HLEN + 12, addr, 4) < 0)
+			return 0;
+		return 4;
+	}
+	if (skb->protocol == bpf_htons(VG_ETH_P_IPV6)) {
+		if (!vg_fits_frame(skb, VG_ETH_HLEN, sizeof(struct vg_ip6)) ||
+		    vg_load(skb, VG_ETH_HLEN + 8, addr, 16) < 0)
+			return 0;
+		return 6;
+	}
+	return 0;
+}
+
 static __always_inline int vg_is_link_local6(const __u8 *a)
 {
 	return a[0] == 0xfe && (a[1] & 0xc0) == 0x80;

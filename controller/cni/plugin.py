@@ -159,19 +159,16 @@ def add(req: Request) -> dict[str, Any]:
     return dict(req.config.get("prevResult") or {}, cniVersion=req.version)
 
 
-def write_pending_endpoint(pins: Path, ifindex: int, ipv4: str | None, ipv6: str | None) -> bool:
-    """PENDING endpoint entry unless one exists (the agent's); the addresses in vg_local. Returns
-    whether the entry was written."""
+def write_pending_endpoint(pins: Path, ifindex: int, ipv4: str | None, ipv6: str | None) -> None:
+    """PENDING endpoint entry unless one exists (the agent's); the addresses in vg_local."""
     endpoints = maps.BpfMap.open_pinned(str(pins / "vg_endpoints"))
     try:
         key, value = maps.encode_endpoint(ifindex, 0, maps.EP_F_PENDING, ipv4, ipv6)
         try:
             endpoints.update(key, value, maps.BPF_NOEXIST)
-            written = True
         except maps.BpfError as exc:
             if exc.errno != 17:  # EEXIST: the agent was faster, its entry stands
                 raise CniError(ERR_ATTACH, f"cannot write the endpoint entry: {exc}") from exc
-            written = False
     finally:
         endpoints.close()
     local = maps.BpfMap.open_pinned(str(pins / "vg_local"))
@@ -181,7 +178,6 @@ def write_pending_endpoint(pins: Path, ifindex: int, ipv4: str | None, ipv6: str
                 local.update(*maps.encode_local(address, ifindex))
     finally:
         local.close()
-    return written
 
 
 def check(req: Request) -> None:

@@ -84,9 +84,10 @@ def run_in_netns(name: str, func: Callable[[], T]) -> T:
     return result[0]
 
 
-def _run(argv: list[str], stdin: str | None = None) -> str:
+def _run(argv: list[str], stdin: str | None = None, checked: bool = False) -> str:
     # a missing program is named with its package, not as nsenter's "failed to execute nft"
-    programs.require_command(argv)
+    if not checked:
+        programs.require_command(argv)
     proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip()
@@ -120,11 +121,13 @@ def ip_batch(name: str, commands: Iterable[str]) -> None:
 
 
 def run_in(name: str, argv: list[str], stdin: str | None = None) -> str:
-    """Run a program inside the named namespace only (never the caller's); its stdout."""
-    programs.require_command(argv)
+    """Run a program inside the named namespace only (never the caller's); its stdout. A missing
+    program is named before a missing namespace."""
+    command = ["nsenter", f"--net={netns_path(name)}", "--", *argv]
+    programs.require_command(command)
     if not exists(name):
         raise NetnsError(f"network namespace {name} does not exist")
-    return _run(["nsenter", f"--net={netns_path(name)}", "--", *argv], stdin=stdin)
+    return _run(command, stdin=stdin, checked=True)
 
 
 def sysctl(name: str, settings: dict[str, str]) -> None:
