@@ -14,12 +14,12 @@ def build_parser(prog: str = "vethguard") -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from controller.agent import register as register_agent
+    from controller.agent.loop import register as register_agent
     from controller.bench.cli import register as register_bench
     from controller.cni.install import register as register_cni_install
     from controller.debug.cli import register as register_debug
-    from controller.demo import register as register_demo
     from controller.lab.cli import register as register_lab
+    from controller.lab.demo import register as register_demo
 
     register_agent(sub)
     register_lab(sub)

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Per-packet cost of several revisions side by side: runs `python -m controller.datapath.cost`
+# Per-packet cost of several revisions side by side: runs `python -m controller.bench.cost`
 # from a worktree of each revision in turn, RUNS times, and prints the medians per revision.
 # Alternating the revisions spreads this VM's speed drift over all of them.
 #   usage: scripts/cost-ab.sh REV [REV ...]      e.g. scripts/cost-ab.sh 6848666 HEAD
@@ -24,7 +24,7 @@ done
 for i in $(seq "$RUNS"); do
 	for rev in "$@"; do
 		echo "run $i: $rev" >&2
-		(cd "$work" && PYTHONPATH="$work/rev-$rev" "$PY" -m controller.datapath.cost --rounds "$ROUNDS" \
+		(cd "$work" && PYTHONPATH="$work/rev-$rev" "$PY" -m controller.bench.cost --rounds "$ROUNDS" \
 			>"$work/out-$rev-$i.json")
 	done
 done

@@ -2,7 +2,7 @@
 
   synth.py           synthetic clusters (raw API objects) for both benchmarks
   iptables.py        the kube-router-style iptables+ipset peer built from the same policies
-  datapath_bench.py  throughput/latency in a lab, per-packet cost (controller.datapath.cost)
+  datapath_bench.py  throughput/latency in a lab, per-packet cost (controller.bench.cost)
   control_plane.py   compile time, event -> map-updated latency, RSS, map memory, lab realization
   report.py          Markdown tables and PNG plots; cli.py the commands
 Method: ../../shared/DESIGN.md "Measuring performance" (same run, alternating, medians, ratios).

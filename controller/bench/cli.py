@@ -11,7 +11,7 @@ from typing import Any
 
 from controller.bench import control_plane, datapath_bench, report
 from controller.bench.common import log, results_dir, write_json
-from controller.errors import VethguardError
+from controller.core.errors import VethguardError
 
 
 def _write(

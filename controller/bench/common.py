@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from controller.errors import VethguardError
+from controller.core.errors import VethguardError
 
 
 def median(values: Sequence[float]) -> float:

@@ -5,9 +5,9 @@ Per cluster size a fresh worker process (`python -m controller.bench.control_pla
   * builds the synthetic cluster (controller.bench.synth.control_plane_cluster: 500 namespaces,
     1,000 policies of five shapes, 100 pods per node) as raw API objects, then compiles and loads
     the programs (bcc) as the agent does while its informers list;
-  * full compile = ClusterState.from_objects + mapstate.compute for node-1, timed separately
+  * full compile = ClusterState.from_objects + compute.compute for node-1, timed separately
     (its objects are dropped before the agent's pass, so they are not counted as the agent's);
-  * runs the real controller.agent.Agent reconcile pass (build + compute + fit + Datapath.sync)
+  * runs the real controller.agent.loop.Agent reconcile pass (build + compute + fit + Datapath.sync)
     against a real Datapath whose maps are pinned in a throwaway directory. The informers are
     replaced by an in-memory snapshot and veth discovery by a fixed pod -> ifindex table: the
     synthetic pods have no veths, so attach/detach are skipped (a real agent attaches once per
@@ -57,7 +57,7 @@ class Settings:
 
 
 class _Snapshot:
-    """Stands in for controller.sources.Snapshot: the four kinds' objects and content versions."""
+    """Stands in for controller.agent.informers.Snapshot: the four kinds' objects and content versions."""
 
     def __init__(self, kinds: dict[str, list[Any]], versions: dict[str, int], generation: int) -> None:
         self._kinds = kinds
@@ -137,7 +137,7 @@ class FixedDiscovery:
     table: dict[str, int]
 
     def discover(self, pod_ips: Mapping[str, Sequence[str]]) -> Any:
-        from controller.endpoints import Discovered
+        from controller.agent.discovery import Discovered
 
         for pod in pod_ips:
             self.table.setdefault(pod, 100000 + len(self.table))
@@ -230,14 +230,14 @@ def _events(
 
 
 def _full_compile(cluster: synth.Cluster, settings: Settings, pods: int) -> dict[str, Any]:
-    """Time ClusterState.from_objects + mapstate.compute for node-1; nothing of it outlives the call."""
-    from controller import mapstate
-    from controller.model import ClusterState
+    """Time ClusterState.from_objects + compute.compute for node-1; nothing of it outlives the call."""
+    from controller.compiler import compute
+    from controller.compiler.model import ClusterState
 
     t0 = time.perf_counter()
     state = ClusterState.from_objects(cluster.namespaces, cluster.pods, cluster.policies, cluster.nodes)
     t1 = time.perf_counter()
-    desired = mapstate.compute(state, "node-1")
+    desired = compute.compute(state, "node-1")
     t2 = time.perf_counter()
     entries = [len(ep.entries) for ep in desired.endpoints.values()]
     out: dict[str, Any] = {
@@ -258,7 +258,7 @@ def _full_compile(cluster: synth.Cluster, settings: Settings, pods: int) -> dict
 
 
 def worker(pods: int, settings: Settings) -> dict[str, Any]:
-    from controller.agent import Agent, AgentConfig, tune_gc
+    from controller.agent.loop import Agent, AgentConfig, tune_gc
     from controller.datapath import Datapath
 
     tune_gc()  # as `vethguard agent` does for its process

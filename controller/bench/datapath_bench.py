@@ -7,7 +7,7 @@ How (DESIGN.md "Measuring performance"):
     node-1 (and bench/server2 on node-2 with --nodes 2: the cross-node path). The benchmark
     itself plays the agent, so it can switch what is attached between runs.
   * one Datapath (its own pinned maps, under the lab's pin root) per node and level, synced once
-    with controller.mapstate.compute of a synthetic cluster (controller.bench.synth): `rules`
+    with controller.compiler.compute of a synthetic cluster (controller.bench.synth): `rules`
     synthetic ingress rules select the server, `ipcache` synthetic pods fill the ipcache, and one
     policy allows the client on the measured ports. Switching to a level = re-attaching that
     Datapath's programs (tc replace), so nothing is re-synced between runs.
@@ -18,7 +18,7 @@ How (DESIGN.md "Measuring performance"):
   * every round runs every configuration (order rotated by one each round), each doing an
     iperf3 single-stream TCP run and a sockperf TCP ping-pong run via `vethguard lab exec`;
     figures are medians over rounds, ratios are to the baseline of the same run.
-  * per-packet cost: controller.datapath.cost (BPF_PROG_TEST_RUN + kernel.bpf_stats_enabled) on
+  * per-packet cost: controller.bench.cost (BPF_PROG_TEST_RUN + kernel.bpf_stats_enabled) on
     the smallest and the largest level's Datapath (its big maps loaded).
 """
 
@@ -36,7 +36,6 @@ from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from controller import programs
 from controller.bench import synth
 from controller.bench.common import (
     lab_cli,
@@ -50,7 +49,8 @@ from controller.bench.common import (
     tool_version,
 )
 from controller.bench.iptables import Ruleset, build_ruleset
-from controller.errors import VethguardError
+from controller.core import programs
+from controller.core.errors import VethguardError
 from controller.lab import netns, topology
 from controller.lab.cli import teardown
 from controller.lab.state import LabPaths
@@ -334,7 +334,7 @@ def configured(bench: Bench, config: str) -> Iterator[None]:
 
 
 def desired_cluster(bench: Bench, level: Level) -> Any:
-    from controller.model import ClusterState
+    from controller.compiler.model import ClusterState
 
     pairs = [(p.client, bench.pod_ip[p.client], p.server, bench.pod_ip[p.server]) for p in bench.paths]
     placement = [(pod, topology.node_name(node)) for pod, node in bench.pod_node.items()]
@@ -343,7 +343,7 @@ def desired_cluster(bench: Bench, level: Level) -> Any:
 
 
 def prepare_level(bench: Bench, level: Level) -> dict[str, Any]:
-    from controller import mapstate
+    from controller.compiler import compute
     from controller.datapath import Datapath
 
     t0 = time.perf_counter()
@@ -355,7 +355,7 @@ def prepare_level(bench: Bench, level: Level) -> dict[str, Any]:
     for node in sorted(set(bench.pod_node.values())):
         node_name = topology.node_name(node)
         t_node = time.perf_counter()
-        desired = mapstate.compute(cluster, node_name)
+        desired = compute.compute(cluster, node_name)
         # What one agent spends: the cluster model plus its node's desired state (the first
         # node's; later nodes reuse the model's node-independent work, as agents do not).
         info.setdefault("compute_s", round(build_s + time.perf_counter() - t_node, 3))
@@ -460,7 +460,7 @@ def summarize(samples: dict[str, dict[str, Sample]], levels: tuple[Level, ...]) 
 
 
 def per_packet_cost(bench: Bench) -> dict[str, Any]:
-    from controller.datapath import cost
+    from controller.bench import cost
 
     s = bench.settings
     out: dict[str, Any] = {}

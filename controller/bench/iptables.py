@@ -27,8 +27,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from controller.model import ClusterState, NetworkPolicy, Peer, Pod, Rule
-from controller.policy import CompiledCluster, compile_cluster
+from controller.compiler.model import ClusterState, NetworkPolicy, Peer, Pod, Rule
+from controller.compiler.policy import CompiledCluster, compile_cluster
 
 MARK_MATCHED = "0x10000/0x10000"
 MARK_ACCEPT = "0x20000/0x20000"

@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from controller.errors import VethguardError
+from controller.core.errors import VethguardError
 
 PLUGIN = "vethguard-cni"
 DEFAULT_BINARY = "/opt/vethguard/cni/vethguard-cni"

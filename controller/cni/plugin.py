@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller.datapath import maps
+from controller.core.errors import VethguardError
+from controller.datapath import abi, bpfsys, codecs
 from controller.datapath.attach import PARENT_EGRESS, PARENT_INGRESS, Attacher
-from controller.errors import VethguardError
 
 SUPPORTED_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/vethguard"
@@ -77,10 +77,18 @@ def parse(env: Mapping[str, str], stdin: str) -> Request:
     if not isinstance(config, dict):
         raise CniError(ERR_INVALID_CONFIG, "network configuration must be a JSON object")
     if str(config.get("cniVersion", "1.0.0")) not in SUPPORTED_VERSIONS:
-        raise CniError(ERR_INCOMPATIBLE_VERSION, f"cniVersion {config.get('cniVersion')!r} is not supported",
-                       f"supported: {', '.join(SUPPORTED_VERSIONS)}")
-    return Request(command, env.get("CNI_CONTAINERID", ""), env.get("CNI_NETNS", ""),
-                   env.get("CNI_IFNAME", "eth0"), config)
+        raise CniError(
+            ERR_INCOMPATIBLE_VERSION,
+            f"cniVersion {config.get('cniVersion')!r} is not supported",
+            f"supported: {', '.join(SUPPORTED_VERSIONS)}",
+        )
+    return Request(
+        command,
+        env.get("CNI_CONTAINERID", ""),
+        env.get("CNI_NETNS", ""),
+        env.get("CNI_IFNAME", "eth0"),
+        config,
+    )
 
 
 def _version_of(stdin: str) -> str:
@@ -97,10 +105,15 @@ def pin_dir(config: Mapping[str, Any]) -> Path:
         return root / str(node)
     nodes = [p for p in root.iterdir() if (p / "prog_from_pod").exists()] if root.is_dir() else []
     if len(nodes) != 1:
-        raise CniError(ERR_NOT_READY if not nodes else ERR_INVALID_CONFIG,
-                       f"cannot tell this node's pins under {root}: "
-                       + ("none yet (the vethguard agent has not started on this node)" if not nodes
-                          else f"{len(nodes)} nodes; set nodeName in the network configuration"))
+        raise CniError(
+            ERR_NOT_READY if not nodes else ERR_INVALID_CONFIG,
+            f"cannot tell this node's pins under {root}: "
+            + (
+                "none yet (the vethguard agent has not started on this node)"
+                if not nodes
+                else f"{len(nodes)} nodes; set nodeName in the network configuration"
+            ),
+        )
     return nodes[0]
 
 
@@ -115,8 +128,11 @@ def host_interface(config: Mapping[str, Any], ifname: str) -> int:
                 return socket.if_nametoindex(str(iface["name"]))
             except OSError:
                 continue
-    raise CniError(ERR_INVALID_CONFIG, f"prevResult names no host-side interface for {ifname}",
-                   "the main plugin must list the host end of the pod's veth (no sandbox)")
+    raise CniError(
+        ERR_INVALID_CONFIG,
+        f"prevResult names no host-side interface for {ifname}",
+        "the main plugin must list the host end of the pod's veth (no sandbox)",
+    )
 
 
 def pod_addresses(config: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -143,10 +159,13 @@ def add(req: Request) -> dict[str, Any]:
     try:
         for parent, name in ((PARENT_INGRESS, "from_pod"), (PARENT_EGRESS, "to_pod")):
             try:
-                fds[parent] = maps.obj_get(str(pins / f"prog_{name}"))
+                fds[parent] = bpfsys.obj_get(str(pins / f"prog_{name}"))
             except OSError as exc:
-                raise CniError(ERR_NOT_READY, f"no pinned program {pins / ('prog_' + name)}: {exc}",
-                               "the vethguard agent has not started on this node yet") from exc
+                raise CniError(
+                    ERR_NOT_READY,
+                    f"no pinned program {pins / ('prog_' + name)}: {exc}",
+                    "the vethguard agent has not started on this node yet",
+                ) from exc
         # the endpoint first: the programs find it PENDING from their first packet
         write_pending_endpoint(pins, ifindex, ipv4, ipv6)
         try:
@@ -161,21 +180,21 @@ def add(req: Request) -> dict[str, Any]:
 
 def write_pending_endpoint(pins: Path, ifindex: int, ipv4: str | None, ipv6: str | None) -> None:
     """PENDING endpoint entry unless one exists (the agent's); the addresses in vg_local."""
-    endpoints = maps.BpfMap.open_pinned(str(pins / "vg_endpoints"))
+    endpoints = bpfsys.BpfMap.open_pinned(str(pins / "vg_endpoints"))
     try:
-        key, value = maps.encode_endpoint(ifindex, 0, maps.EP_F_PENDING, ipv4, ipv6)
+        key, value = codecs.encode_endpoint(ifindex, 0, abi.EP_F_PENDING, ipv4, ipv6)
         try:
-            endpoints.update(key, value, maps.BPF_NOEXIST)
-        except maps.BpfError as exc:
+            endpoints.update(key, value, bpfsys.BPF_NOEXIST)
+        except bpfsys.BpfError as exc:
             if exc.errno != 17:  # EEXIST: the agent was faster, its entry stands
                 raise CniError(ERR_ATTACH, f"cannot write the endpoint entry: {exc}") from exc
     finally:
         endpoints.close()
-    local = maps.BpfMap.open_pinned(str(pins / "vg_local"))
+    local = bpfsys.BpfMap.open_pinned(str(pins / "vg_local"))
     try:
         for address in (ipv4, ipv6):
             if address:
-                local.update(*maps.encode_local(address, ifindex))
+                local.update(*codecs.encode_local(address, ifindex))
     finally:
         local.close()
 

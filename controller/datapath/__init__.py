@@ -10,12 +10,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from controller.datapath import loader, maps, sync
+from controller.compiler.desired_state import NodeDesired
+from controller.datapath import bpfsys, codecs, loader, sync
 from controller.datapath.attach import PARENT_EGRESS, PARENT_INGRESS, Attacher
-from controller.datapath.maps import Event, ProgId
+from controller.datapath.bpfsys import ProgId
+from controller.datapath.codecs import Event
 from controller.datapath.sync import GcResult, KernelState, MapFullError, SyncResult
 from controller.datapath.uplink import uplink_attacher
-from controller.mapstate import NodeDesired
 
 __all__ = ["Datapath", "GcResult", "KernelState", "MapFullError", "ProgId", "SyncResult"]
 
@@ -62,7 +63,7 @@ class Datapath:
         return self._loaded.pin_dir
 
     @property
-    def maps(self) -> Mapping[str, maps.BpfMap]:
+    def maps(self) -> Mapping[str, bpfsys.BpfMap]:
         return self._loaded.maps
 
     def prog_fd(self, name: str) -> int:
@@ -71,7 +72,7 @@ class Datapath:
 
     def prog_id(self, name: str) -> ProgId:
         """Kernel id and tag of "from_pod", "to_pod" or "passthrough" as loaded by this object."""
-        return maps.prog_id(self.prog_fd(name))
+        return bpfsys.prog_id(self.prog_fd(name))
 
     def attached_progs(self, ifindex: int) -> dict[str, int | None]:
         """Program ids our filters on ifindex run now: {"from_pod": id, "to_pod": id} (None: absent)."""
@@ -93,7 +94,7 @@ class Datapath:
 
         def _raw(_ctx: object, data: int, size: int) -> None:
             if self._event_sink is not None:
-                self._event_sink(maps.decode_event(ctypes.string_at(data, size)))
+                self._event_sink(codecs.decode_event(ctypes.string_at(data, size)))
 
         self._event_cb = _raw  # bcc keeps only a weak reference to the callback
         self._loaded.bpf["vg_events"].open_ring_buffer(_raw)

@@ -1,5 +1,5 @@
 """Attach the tc programs to a host-side veth, in the current network namespace (the attach, on
-the path of every new pod, with controller.rtnl; the rest with pyroute2).
+the path of every new pod, with controller.datapath.rtnl; the rest with pyroute2).
 
 clsact is added only when absent (and only a clsact we added may be removed again); our
 filters have a fixed handle and priority and are installed with "replace", so swapping in a
@@ -16,8 +16,8 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from controller import rtnl
-from controller.errors import VethguardError
+from controller.core.errors import VethguardError
+from controller.datapath import rtnl
 
 PARENT_INGRESS = "ffff:fff2"  # tc ingress hook of clsact: packets leaving the pod
 PARENT_EGRESS = "ffff:fff3"  # tc egress hook of clsact: packets entering the pod

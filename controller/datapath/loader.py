@@ -17,9 +17,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from controller.datapath import maps
-from controller.datapath.sources import bpf_source_dir
-from controller.errors import VethguardError
+from controller.core.errors import VethguardError
+from controller.datapath import abi, bpfsys
+from controller.datapath.bpf_sources import bpf_source_dir
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +35,18 @@ _NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 # Expected (key_size, value_size) of every pinned map; an older layout must not be reused.
 EXPECTED_LAYOUT: dict[str, tuple[int, int]] = {
-    "vg_endpoints": (4, ctypes.sizeof(maps.EndpointInfo)),
-    "vg_ipcache4": (ctypes.sizeof(maps.Ipcache4Key), ctypes.sizeof(maps.IpcacheValue)),
-    "vg_ipcache6": (ctypes.sizeof(maps.Ipcache6Key), ctypes.sizeof(maps.IpcacheValue)),
-    "vg_policy": (ctypes.sizeof(maps.PolicyKey), ctypes.sizeof(maps.PolicyValue)),
+    "vg_endpoints": (4, ctypes.sizeof(abi.EndpointInfo)),
+    "vg_ipcache4": (ctypes.sizeof(abi.Ipcache4Key), ctypes.sizeof(abi.IpcacheValue)),
+    "vg_ipcache6": (ctypes.sizeof(abi.Ipcache6Key), ctypes.sizeof(abi.IpcacheValue)),
+    "vg_policy": (ctypes.sizeof(abi.PolicyKey), ctypes.sizeof(abi.PolicyValue)),
     "vg_slots": (4, 4),
-    "vg_svc": (ctypes.sizeof(maps.SvcKey), ctypes.sizeof(maps.SvcValue)),
-    "vg_local": (ctypes.sizeof(maps.LocalKey), ctypes.sizeof(maps.LocalValue)),
-    "vg_ct": (ctypes.sizeof(maps.CtKey), ctypes.sizeof(maps.CtValue)),
-    "vg_frag": (ctypes.sizeof(maps.FragKey), ctypes.sizeof(maps.FragValue)),
-    "vg_config": (4, ctypes.sizeof(maps.Config)),
-    "vg_counters": (ctypes.sizeof(maps.CounterKey), ctypes.sizeof(maps.CounterValue)),
-    "vg_evrate": (4, ctypes.sizeof(maps.EvrateState)),
+    "vg_svc": (ctypes.sizeof(abi.SvcKey), ctypes.sizeof(abi.SvcValue)),
+    "vg_local": (ctypes.sizeof(abi.LocalKey), ctypes.sizeof(abi.LocalValue)),
+    "vg_ct": (ctypes.sizeof(abi.CtKey), ctypes.sizeof(abi.CtValue)),
+    "vg_frag": (ctypes.sizeof(abi.FragKey), ctypes.sizeof(abi.FragValue)),
+    "vg_config": (4, ctypes.sizeof(abi.Config)),
+    "vg_counters": (ctypes.sizeof(abi.CounterKey), ctypes.sizeof(abi.CounterValue)),
+    "vg_evrate": (4, ctypes.sizeof(abi.EvrateState)),
 }
 
 
@@ -73,9 +73,9 @@ def check_kernel_headers(release: str | None = None, modules_root: str = "/lib/m
 
     /lib/modules/<release>/build first, then the host's headers mounted under /host (DaemonSet),
     then Debian's /usr/src/linux-headers-*-amd64 (+ -common) as in the image; a fallback is
-    handed to bcc through BCC_KERNEL_SOURCE. The search lives in controller.preflight.
+    handed to bcc through BCC_KERNEL_SOURCE. The search lives in controller.agent.preflight.
     """
-    from controller import preflight
+    from controller.agent import preflight
 
     env = preflight.Environment(modules_root=Path(modules_root), release=release or os.uname().release)
     return preflight.use_kernel_headers(env)
@@ -156,7 +156,7 @@ def check_pinned_layout(pin_dir: Path) -> None:
         path = pin_dir / name
         if not path.exists():
             continue
-        m = maps.BpfMap.open_pinned(str(path))
+        m = bpfsys.BpfMap.open_pinned(str(path))
         try:
             if (m.key_size, m.value_size) != (ks, vs):
                 raise VethguardError(
@@ -181,7 +181,7 @@ def pin_programs(pin_dir: Path, prog_fds: dict[str, int]) -> None:
         tmp = pin_dir / f"tmp_prog_{name}_{os.getpid()}"  # bpffs rejects names with dots
         tmp.unlink(missing_ok=True)
         try:
-            maps.obj_pin(prog_fds[name], str(tmp))
+            bpfsys.obj_pin(prog_fds[name], str(tmp))
             os.rename(tmp, final)
         except OSError as e:
             tmp.unlink(missing_ok=True)
@@ -219,7 +219,7 @@ class Loaded:
     bpf: Any  # bcc.BPF
     pin_dir: Path
     prog_fds: dict[str, int]
-    maps: dict[str, maps.BpfMap] = field(default_factory=dict)
+    maps: dict[str, bpfsys.BpfMap] = field(default_factory=dict)
 
     def close(self) -> None:
         for m in self.maps.values():
@@ -275,9 +275,9 @@ def load(node: str, pin_root: str = "/sys/fs/bpf/vethguard", extra_cflags: tuple
     except VethguardError:
         b.cleanup()
         raise
-    for name in maps.MAP_NAMES:
+    for name in abi.MAP_NAMES:
         if name == "vg_events":
             continue  # a ring buffer has no elements to read through bpf(2) map ops
-        loaded.maps[name] = maps.BpfMap.open_pinned(str(pin_dir / name))
+        loaded.maps[name] = bpfsys.BpfMap.open_pinned(str(pin_dir / name))
     release_free_heap()  # LLVM's freed compile heap (~30 MB) would otherwise stay resident
     return loaded

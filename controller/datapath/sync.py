@@ -22,10 +22,11 @@ from itertools import compress, count, islice
 from operator import is_
 from typing import Any, Literal, Protocol
 
-from controller.datapath import maps
-from controller.errors import VethguardError
-from controller.mapstate import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue
-from controller.seqdiff import equal_run
+from controller.compiler.desired_state import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue
+from controller.core.errors import VethguardError
+from controller.core.net import IPNetwork
+from controller.core.seqdiff import equal_run
+from controller.datapath import abi, bpfsys, codecs
 
 log = logging.getLogger(__name__)
 
@@ -84,18 +85,18 @@ def endpoint_flags(
     ingress_isolated: bool, egress_isolated: bool, ingress_audit: bool = False, egress_audit: bool = False
 ) -> int:
     return (
-        (maps.EP_F_INGRESS_ISOLATED if ingress_isolated else 0)
-        | (maps.EP_F_EGRESS_ISOLATED if egress_isolated else 0)
-        | (maps.EP_F_INGRESS_AUDIT if ingress_audit else 0)
-        | (maps.EP_F_EGRESS_AUDIT if egress_audit else 0)
+        (abi.EP_F_INGRESS_ISOLATED if ingress_isolated else 0)
+        | (abi.EP_F_EGRESS_ISOLATED if egress_isolated else 0)
+        | (abi.EP_F_INGRESS_AUDIT if ingress_audit else 0)
+        | (abi.EP_F_EGRESS_AUDIT if egress_audit else 0)
     )
 
 
 # A pod with a veth but no computed policy yet: drop everything but the always-allowed classes.
-PENDING_FLAGS = maps.EP_F_PENDING | maps.EP_F_INGRESS_ISOLATED | maps.EP_F_EGRESS_ISOLATED
+PENDING_FLAGS = abi.EP_F_PENDING | abi.EP_F_INGRESS_ISOLATED | abi.EP_F_EGRESS_ISOLATED
 
 
-IPCACHE4_KEY_SIZE = ctypes.sizeof(maps.Ipcache4Key)
+IPCACHE4_KEY_SIZE = ctypes.sizeof(abi.Ipcache4Key)
 _serials = count(1)
 
 
@@ -109,8 +110,8 @@ class IpcacheEncoding:
     wrote may share it.
     """
 
-    source: Mapping[maps.IPNetwork, tuple[int, int]]
-    prefixes: list[maps.IPNetwork]
+    source: Mapping[IPNetwork, tuple[int, int]]
+    prefixes: list[IPNetwork]
     values: list[tuple[int, int]]
     keys: list[bytes]
     v4: dict[bytes, bytes]
@@ -188,7 +189,7 @@ class Encoder:
         policy: dict[int, Mapping[bytes, bytes]] = {}
         host = tuple(getattr(desired, "host_addresses", ()))
         if self._host is None or self._host[0] != host:
-            self._host = (host, dict(maps.encode_local(a, 0) for a in host))
+            self._host = (host, dict(codecs.encode_local(a, 0) for a in host))
         local = dict(self._host[1])
         previous = self._endpoints
         kept: dict[str, _EndpointEncoding] = {}
@@ -211,12 +212,12 @@ class Encoder:
         if self._frontends is None or self._frontends[0] != frontends:
             svc: dict[bytes, bytes] = {}
             for fe in frontends:
-                kb, vb = maps.encode_svc(fe.family, fe.address, fe.proto, fe.port)
+                kb, vb = codecs.encode_svc(fe.family, fe.address, fe.proto, fe.port)
                 svc[kb] = vb
             self._frontends = (frontends, svc)
         return Encoding(endpoints, policy, ipcache, self._frontends[1], local)
 
-    def _encode_ipcache(self, ipcache: Mapping[maps.IPNetwork, tuple[int, int]]) -> IpcacheEncoding:
+    def _encode_ipcache(self, ipcache: Mapping[IPNetwork, tuple[int, int]]) -> IpcacheEncoding:
         last = self._ipcache
         if last is not None and ipcache is last.source:
             return last
@@ -247,7 +248,7 @@ class Encoder:
                     if o is not None and old_values[o] == values[j]:
                         gap_keys[j] = old_keys[o]
                         continue
-                    kb, vb = maps.encode_ipcache(nets[j], values[j][0], values[j][1])
+                    kb, vb = codecs.encode_ipcache(nets[j], values[j][0], values[j][1])
                     (v4 if len(kb) == IPCACHE4_KEY_SIZE else v6)[kb] = vb
                     touched.add(kb)
                     gap_keys[j] = kb
@@ -255,7 +256,7 @@ class Encoder:
         for a, b, offset in runs:
             for x in _unequal_positions(values, a, old_values, a - offset, b - a):
                 j = a + x
-                kb, vb = maps.encode_ipcache(nets[j], values[j][0], values[j][1])
+                kb, vb = codecs.encode_ipcache(nets[j], values[j][0], values[j][1])
                 (v4 if len(kb) == IPCACHE4_KEY_SIZE else v6)[kb] = vb
                 touched.add(kb)
         segments: list[tuple[int, int, int | None]] = [*runs, *((a, b, None) for a, b in new_gaps)]
@@ -348,15 +349,15 @@ def _unequal_positions(new: Sequence[Any], a: int, old: Sequence[Any], b: int, n
 
 
 def _encode_ipcache_fully(
-    ipcache: Mapping[maps.IPNetwork, tuple[int, int]],
-    nets: list[maps.IPNetwork],
+    ipcache: Mapping[IPNetwork, tuple[int, int]],
+    nets: list[IPNetwork],
     values: list[tuple[int, int]],
 ) -> IpcacheEncoding:
     keys: list[bytes] = []
     v4: dict[bytes, bytes] = {}
     v6: dict[bytes, bytes] = {}
     for net, (identity, cidr_identity) in zip(nets, values, strict=True):
-        kb, vb = maps.encode_ipcache(net, identity, cidr_identity)
+        kb, vb = codecs.encode_ipcache(net, identity, cidr_identity)
         keys.append(kb)
         (v4 if len(kb) == IPCACHE4_KEY_SIZE else v6)[kb] = vb
     return IpcacheEncoding(ipcache, nets, values, keys, v4, v6, next(_serials))
@@ -366,23 +367,23 @@ def _encode_endpoint(
     ep: EndpointDesired | None, ifindex: int, previous: _EndpointEncoding | None
 ) -> _EndpointEncoding:
     if ep is None:
-        k, v = maps.encode_endpoint(ifindex, 0, PENDING_FLAGS, None, None)
+        k, v = codecs.encode_endpoint(ifindex, 0, PENDING_FLAGS, None, None)
         return _EndpointEncoding(None, ifindex, k, v, None, None)
-    k, v = maps.encode_endpoint(
+    k, v = codecs.encode_endpoint(
         ifindex,
         ep.identity,
         endpoint_flags(ep.ingress_isolated, ep.egress_isolated, ep.ingress_audit, ep.egress_audit),
         ep.ipv4,
         ep.ipv6,
     )
-    local = tuple(maps.encode_local(a, ifindex) for a in (ep.ipv4, ep.ipv6) if a)
+    local = tuple(codecs.encode_local(a, ifindex) for a in (ep.ipv4, ep.ipv6) if a)
     entries = ep.entries
     if previous is not None and previous.entries is entries and previous.ifindex == ifindex:
         policy = previous.policy
     else:
         encoded: dict[bytes, bytes] = {}
         for pk, pv in entries.items():
-            kb, vb = maps.encode_policy(ifindex, pk, pv)
+            kb, vb = codecs.encode_policy(ifindex, pk, pv)
             encoded[kb] = vb
         policy = encoded
     return _EndpointEncoding(ep, ifindex, k, v, entries, policy, local)
@@ -417,20 +418,20 @@ def assign_slots(
         raw = current_endpoints.get(key)
         if raw is None:
             continue
-        slot = maps.EndpointInfo.from_bytes(raw).slot
-        if 0 < slot <= maps.MAX_SLOT and slot not in used:
+        slot = abi.EndpointInfo.from_bytes(raw).slot
+        if 0 < slot <= abi.MAX_SLOT and slot not in used:
             kept[key] = slot
             used.add(slot)
     endpoints: dict[bytes, bytes] = {}
     slots: dict[bytes, bytes] = {}
     free = 1
     for key in sorted(desired_endpoints):
-        info = maps.EndpointInfo.from_bytes(desired_endpoints[key])
+        info = abi.EndpointInfo.from_bytes(desired_endpoints[key])
         slot = kept.get(key)
         if slot is None:
             while free in used:
                 free += 1
-            if free > maps.MAX_SLOT:
+            if free > abi.MAX_SLOT:
                 slot = 0  # no slot: its flows to Services are dropped (fail closed)
             else:
                 slot = free
@@ -438,7 +439,7 @@ def assign_slots(
         info.slot = slot
         endpoints[key] = bytes(info)
         if slot:
-            slots[maps.u32_key(slot)] = maps.u32_key(info.ep_id)
+            slots[codecs.u32_key(slot)] = codecs.u32_key(info.ep_id)
     return endpoints, slots
 
 
@@ -496,30 +497,30 @@ class MapFullError(VethguardError):
 
 
 def read_revision(config: MapLike) -> int:
-    raw = config.lookup(maps.u32_key(0))
-    return maps.Config.from_bytes(raw).revision if raw else 0
+    raw = config.lookup(codecs.u32_key(0))
+    return abi.Config.from_bytes(raw).revision if raw else 0
 
 
 def bump_revision(config: MapLike) -> int:
-    raw = config.lookup(maps.u32_key(0))
-    cfg = maps.Config.from_bytes(raw) if raw else maps.Config()
+    raw = config.lookup(codecs.u32_key(0))
+    cfg = abi.Config.from_bytes(raw) if raw else abi.Config()
     cfg.revision = (cfg.revision + 1) & 0xFFFFFFFF or 1  # 0 is "never synced"
-    config.update(maps.u32_key(0), bytes(cfg))
+    config.update(codecs.u32_key(0), bytes(cfg))
     return int(cfg.revision)
 
 
 def _ep_id_of_ct_key(kb: bytes) -> int:
-    return int(maps.CtKey.from_bytes(kb).ep_id)
+    return int(abi.CtKey.from_bytes(kb).ep_id)
 
 
 def _ep_id_of_counter_key(kb: bytes) -> int:
-    return int(maps.CounterKey.from_bytes(kb).ep_id)
+    return int(abi.CounterKey.from_bytes(kb).ep_id)
 
 
 def _op_ep_id(op: Op) -> int | None:
     """The endpoint an operation belongs to (None: ipcache, shared by the node)."""
     if op.map == "vg_policy":
-        return int(maps.PolicyKey.from_bytes(op.key).ep_id)
+        return int(abi.PolicyKey.from_bytes(op.key).ep_id)
     if op.map == "vg_endpoints":
         return int.from_bytes(op.key[:4], sys.byteorder)
     if op.map == "vg_slots" and op.value is not None:
@@ -529,7 +530,7 @@ def _op_ep_id(op: Op) -> int | None:
 
 def pending_value(endpoint_value: bytes) -> bytes:
     """The endpoint with its identity and addresses kept but failed closed (PENDING)."""
-    info = maps.EndpointInfo.from_bytes(endpoint_value)
+    info = abi.EndpointInfo.from_bytes(endpoint_value)
     info.flags = PENDING_FLAGS
     return bytes(info)
 
@@ -559,13 +560,13 @@ class _FullTracker:
             self._close(ep)
 
     def _close(self, ep_id: int) -> None:
-        key = maps.u32_key(ep_id)
+        key = codecs.u32_key(ep_id)
         value = self.desired_endpoints.get(key)
         if value is None:
             return
         try:
             self.endpoints_map.update(key, pending_value(value))
-        except maps.BpfError as e:
+        except bpfsys.BpfError as e:
             # No room for the endpoint itself: an attached veth without an endpoint entry
             # drops everything (DROP_NO_ENDPOINT), which is failed closed as well.
             if e.errno not in MAP_FULL_ERRNOS:
@@ -583,7 +584,7 @@ def _apply_upsert(op: Op, m: MapLike, full: _FullTracker) -> None:
         return
     try:
         m.update(op.key, value)
-    except maps.BpfError as e:
+    except bpfsys.BpfError as e:
         if e.errno not in MAP_FULL_ERRNOS:
             raise
         full.skipped += 1
@@ -739,7 +740,7 @@ def _execute(
         else:
             _apply_upsert(op, m, full)
     removed_eps = {
-        maps.EndpointInfo.from_bytes(current_endpoints[op.key]).ep_id
+        abi.EndpointInfo.from_bytes(current_endpoints[op.key]).ep_id
         for op in ops
         if op.kind == "delete" and op.map == "vg_endpoints"
     }
@@ -782,30 +783,30 @@ class KernelState:
     """What the maps hold, decoded."""
 
     revision: int
-    endpoints: dict[int, maps.Endpoint]  # by ifindex
-    ipcache: dict[maps.IPNetwork, tuple[int, int]]
+    endpoints: dict[int, codecs.Endpoint]  # by ifindex
+    ipcache: dict[IPNetwork, tuple[int, int]]
     policy: dict[tuple[int, PolicyEntryKey], PolicyEntryValue]  # (ep_id, key) -> value
-    ct: list[maps.CtEntry]
+    ct: list[codecs.CtEntry]
     frontends: tuple[tuple[int, str, int, int], ...] = ()  # vg_svc: (family, address, proto, port)
 
 
 def dump(kernel: Mapping[str, MapLike]) -> KernelState:
     endpoints = {}
     for kb, vb in kernel["vg_endpoints"].items().items():
-        ep = maps.decode_endpoint(kb, vb)
+        ep = codecs.decode_endpoint(kb, vb)
         endpoints[ep.ifindex] = ep
-    ipcache: dict[maps.IPNetwork, tuple[int, int]] = {}
+    ipcache: dict[IPNetwork, tuple[int, int]] = {}
     for name in ("vg_ipcache4", "vg_ipcache6"):
         for kb, vb in kernel[name].items().items():
-            net, val = maps.decode_ipcache(kb, vb)
+            net, val = codecs.decode_ipcache(kb, vb)
             ipcache[net] = val
     policy = {}
     for kb, vb in kernel["vg_policy"].items().items():
-        ep_id, pk, pv = maps.decode_policy(kb, vb)
+        ep_id, pk, pv = codecs.decode_policy(kb, vb)
         policy[(ep_id, pk)] = pv
-    ct = [maps.decode_ct(kb, vb) for kb, vb in kernel["vg_ct"].items().items()]
+    ct = [codecs.decode_ct(kb, vb) for kb, vb in kernel["vg_ct"].items().items()]
     frontends = (
-        tuple(sorted(maps.decode_svc(kb) for kb in kernel["vg_svc"].items())) if "vg_svc" in kernel else ()
+        tuple(sorted(codecs.decode_svc(kb) for kb in kernel["vg_svc"].items())) if "vg_svc" in kernel else ()
     )
     return KernelState(
         revision=read_revision(kernel["vg_config"]),
@@ -817,24 +818,24 @@ def dump(kernel: Mapping[str, MapLike]) -> KernelState:
     )
 
 
-def counters(counter_map: maps.BpfMap) -> dict[tuple[int, int, int], tuple[int, int]]:
+def counters(counter_map: bpfsys.BpfMap) -> dict[tuple[int, int, int], tuple[int, int]]:
     """(ep_id, reason, dir) -> (packets, bytes), summed over CPUs."""
     out: dict[tuple[int, int, int], tuple[int, int]] = {}
     for kb in counter_map.key_list():
         per_cpu = counter_map.lookup_percpu(kb)
         if per_cpu is None:
             continue
-        k = maps.CounterKey.from_bytes(kb)
+        k = abi.CounterKey.from_bytes(kb)
         pk = by = 0
         for raw in per_cpu:
-            v = maps.CounterValue.from_bytes(raw)
+            v = abi.CounterValue.from_bytes(raw)
             pk += v.packets
             by += v.bytes
         out[(int(k.ep_id), int(k.reason), int(k.dir))] = (pk, by)
     return out
 
 
-def ipnet(s: str) -> maps.IPNetwork:
+def ipnet(s: str) -> IPNetwork:
     return ipaddress.ip_network(s, strict=False)
 
 
@@ -847,8 +848,8 @@ class GcResult:
 
 def _expires_ns(map_name: str, value: bytes) -> int:
     if map_name == "vg_ct":
-        return int(maps.CtValue.from_bytes(value).expires_ns)
-    return int(maps.FragValue.from_bytes(value).expires_ns)
+        return int(abi.CtValue.from_bytes(value).expires_ns)
+    return int(abi.FragValue.from_bytes(value).expires_ns)
 
 
 def collect_expired(kernel: Mapping[str, MapLike], now_ns: int) -> GcResult:

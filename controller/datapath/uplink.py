@@ -22,8 +22,8 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
+from controller.core.errors import VethguardError
 from controller.datapath.attach import PARENT_EGRESS, PARENT_INGRESS, Attacher
-from controller.errors import VethguardError
 
 UPLINK_FILTER_NAME = "vethguard-uplink"
 UPLINK_INGRESS_FILTER_NAME = "vethguard-from-uplink"

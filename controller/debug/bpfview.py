@@ -14,24 +14,28 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
-from controller.datapath import maps
+from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue
+from controller.core import verdicts
+from controller.core.identities import ID_ANY, ID_WORLD
+from controller.core.net import IPNetwork
+from controller.core.verdicts import DIR_EGRESS
+from controller.datapath import abi
 from controller.datapath.sync import KernelState
 from controller.debug.render import port_range, proto_name
+from controller.debug.verdict_model import policy_lpm
 from controller.debug.view import DIRECTION_NAMES, ClusterView
-from controller.lookup import policy_lpm
-from controller.mapstate import DIR_EGRESS, ID_ANY, ID_WORLD, PolicyEntryKey, PolicyEntryValue
 
 Row = dict[str, Any]
 
 FLAG_NAMES = (
-    (maps.EP_F_INGRESS_ISOLATED, "ingress-isolated"),
-    (maps.EP_F_EGRESS_ISOLATED, "egress-isolated"),
-    (maps.EP_F_INGRESS_AUDIT, "ingress-audit"),
-    (maps.EP_F_EGRESS_AUDIT, "egress-audit"),
-    (maps.EP_F_AUDIT, "audit"),
-    (maps.EP_F_PENDING, "pending"),
+    (abi.EP_F_INGRESS_ISOLATED, "ingress-isolated"),
+    (abi.EP_F_EGRESS_ISOLATED, "egress-isolated"),
+    (abi.EP_F_INGRESS_AUDIT, "ingress-audit"),
+    (abi.EP_F_EGRESS_AUDIT, "egress-audit"),
+    (abi.EP_F_AUDIT, "audit"),
+    (abi.EP_F_PENDING, "pending"),
 )
-SEEN_NAMES = ((maps.CT_SEEN_REPLY, "reply"), (maps.CT_SEEN_FIN, "fin"), (maps.CT_SEEN_RST, "rst"))
+SEEN_NAMES = ((abi.CT_SEEN_REPLY, "reply"), (abi.CT_SEEN_FIN, "fin"), (abi.CT_SEEN_RST, "rst"))
 
 
 def flag_names(flags: int) -> list[str]:
@@ -40,7 +44,7 @@ def flag_names(flags: int) -> list[str]:
 
 def reason_name(code: int) -> str:
     try:
-        return maps.Reason(code).name
+        return abi.Reason(code).name
     except ValueError:
         return f"REASON_{code}"
 
@@ -142,7 +146,7 @@ def ipcache_rows(view: ClusterView, node: str, state: KernelState) -> list[Row]:
     return rows
 
 
-def _ipcache_lpm(ipcache: Mapping[maps.IPNetwork, tuple[int, int]], addr: str) -> tuple[int, int]:
+def _ipcache_lpm(ipcache: Mapping[IPNetwork, tuple[int, int]], addr: str) -> tuple[int, int]:
     a = ipaddress.ip_address(addr)
     for plen in range(a.max_prefixlen, -1, -1):
         hit = ipcache.get(ipaddress.ip_network(f"{a}/{plen}", strict=False))
@@ -158,7 +162,7 @@ def ct_attribution(state: KernelState, now_ns: int) -> dict[tuple[int, PolicyEnt
         per_ep.setdefault(ep_id, {})[key] = value
     out: dict[tuple[int, PolicyEntryKey], tuple[int, int, int]] = {}
     for ct in state.ct:
-        if ct.state != maps.CT_ALLOWED or not ct.rule_ref or ct.expires_ns <= now_ns:
+        if ct.state != abi.CT_ALLOWED or not ct.rule_ref or ct.expires_ns <= now_ns:
             continue
         entries = per_ep.get(ct.ep_id)
         if not entries:
@@ -199,7 +203,7 @@ def policy_rows(
                 "peer": view.identity_text(key.identity),
                 "protocol": proto_name(key.proto),
                 "ports": port_range(key.port, key.port_plen) if key.proto else "*",
-                "verdict": {maps.VERDICT_ALLOW: "allow", maps.VERDICT_DENY: "deny"}.get(
+                "verdict": {verdicts.VERDICT_ALLOW: "allow", verdicts.VERDICT_DENY: "deny"}.get(
                     value.verdict, str(value.verdict)
                 ),
                 "policy": policy,
@@ -232,9 +236,9 @@ def ct_rows(view: ClusterView, node: str, state: KernelState, now_ns: int) -> li
                 "state": "expired"
                 if ct.expires_ns <= now_ns
                 else {
-                    maps.CT_ALLOWED: "allowed after DNAT" if ct.nat else "allowed",
-                    maps.CT_DENIED: "revoked",
-                    maps.CT_DEFERRED: "deferred to DNAT",
+                    abi.CT_ALLOWED: "allowed after DNAT" if ct.nat else "allowed",
+                    abi.CT_DENIED: "revoked",
+                    abi.CT_DEFERRED: "deferred to DNAT",
                 }.get(ct.state, str(ct.state)),
                 "seen": [n for bit, n in SEEN_NAMES if ct.seen & bit],
                 "expires_in_s": round((ct.expires_ns - now_ns) / 1e9, 1),

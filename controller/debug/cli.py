@@ -12,13 +12,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from controller.core.errors import VethguardError
 from controller.debug import bpfview, netpol, observe, reach
 from controller.debug import explain as explain_mod
+from controller.debug.inputs import DEFAULT_AGENT, DEFAULT_PIN_ROOT, LabTarget, LocalTarget, NodeRef, Target
 from controller.debug.kernel import LiveHalf, NodeMaps
 from controller.debug.render import dump, table
-from controller.debug.source import DEFAULT_AGENT, DEFAULT_PIN_ROOT, LabTarget, LocalTarget, NodeRef, Target
 from controller.debug.view import ClusterView
-from controller.errors import VethguardError
 
 EXIT_MISMATCH = 3  # explain / reachability --probe: the kernel disagrees with the compiled state
 

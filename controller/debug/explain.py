@@ -1,5 +1,5 @@
 """`vethguard explain FROM TO --port P`: the verdict of a new connection in both directions,
-with the deciding policies and rules, from the compiled state of the cluster (controller.lookup)
+with the deciding policies and rules, from the compiled state of the cluster (controller.debug.verdict_model)
 and cross-checked against the same lookup made in the node's live maps (pure here: the live
 lookup is passed in as a function).
 """
@@ -11,12 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller import lookup
+from controller.compiler.policy import rule_ref
+from controller.core.errors import VethguardError
+from controller.debug import verdict_model
 from controller.debug.kernel import LiveHalf
 from controller.debug.render import port_range, proto_name
 from controller.debug.view import DIRECTION_NAMES, ClusterView
-from controller.errors import VethguardError
-from controller.policy import rule_ref
 
 # (node, endpoint address, direction, peer address, proto, port) -> the live maps' answer
 LiveLookup = Callable[[str, str, int, str, int, int], LiveHalf | None]
@@ -139,7 +139,7 @@ def _join(names: list[str]) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1]
 
 
-def _half(view: ClusterView, hv: lookup.HalfVerdict, node: str | None, proto: int, port: int) -> Half:
+def _half(view: ClusterView, hv: verdict_model.HalfVerdict, node: str | None, proto: int, port: int) -> Half:
     direction = hv.direction
     pod = hv.endpoint
     isolated = view.isolating(pod, direction) if pod else []
@@ -148,16 +148,16 @@ def _half(view: ClusterView, hv: lookup.HalfVerdict, node: str | None, proto: in
     policies: list[str] = []
     rule = None
     ref = 0
-    if hv.reason == lookup.NOT_ENFORCED:
+    if hv.reason == verdict_model.NOT_ENFORCED:
         text = "not enforced: no pod of this cluster on this side"
-    elif hv.reason == lookup.ALLOW_HOST:
+    elif hv.reason == verdict_model.ALLOW_HOST:
         text = "allowed: the peer is this pod's own node (always allowed)"
-    elif hv.reason == lookup.ALLOW_NOT_ISOLATED:
+    elif hv.reason == verdict_model.ALLOW_NOT_ISOLATED:
         text = (
             f"allowed: not isolated for {dname} "
             f"(no policy selects {pod} with policyType {dname.capitalize()})"
         )
-    elif hv.reason == lookup.ALLOW_POLICY and hv.rule is not None:
+    elif hv.reason == verdict_model.ALLOW_POLICY and hv.rule is not None:
         policies = [f"{hv.rule.namespace}/{hv.rule.policy}"]
         rule = str(hv.rule)
         ref = rule_ref(hv.rule.namespace, hv.rule.policy, hv.rule.direction, hv.rule.index)
@@ -167,7 +167,7 @@ def _half(view: ClusterView, hv: lookup.HalfVerdict, node: str | None, proto: in
             what = f"{proto_name(m.proto)} {port_range(m.port, m.port_plen)}"
         peer = "any peer" if m is not None and m.identity == 0 else view.identity_text(m.identity if m else 0)
         text = f"allowed by {rule} (peer {peer}, {what})"
-    elif hv.reason == lookup.ALLOW_AUDIT:
+    elif hv.reason == verdict_model.ALLOW_AUDIT:
         policies = list(isolated)
         text = f"allowed in AUDIT mode: would be denied: isolated by {_join(isolated)} and no rule matches"
     else:
@@ -202,7 +202,7 @@ def explain(
 ) -> Explanation:
     """Explain a new connection src -> dst:port. `live` adds the kernel cross-check; agents_behind
     (node -> why) is quoted in mismatch messages when an agent has not realized the API state."""
-    proto = lookup.parse_proto(protocol)
+    proto = verdict_model.parse_proto(protocol)
     fam = family
     for spec in (src_spec, dst_spec):
         try:
@@ -214,7 +214,7 @@ def explain(
     dst = resolve(view, dst_spec, fam)
     src_desired = view.desired(src.node) if src.pod and src.node else None
     dst_desired = view.desired(dst.node) if dst.pod and dst.node else None
-    v = lookup.verdict(
+    v = verdict_model.verdict(
         src_desired, dst_desired, src.pod or src.address, dst.pod or dst.address, proto, port, fam
     )
     eg = _half(view, v.egress, src.node, proto, port)

@@ -13,10 +13,12 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.datapath import maps, sync
+from controller.core import verdicts
+from controller.core.errors import VethguardError
+from controller.core.identities import ID_ANY, ID_HOST, ID_WORLD
+from controller.core.verdicts import DIR_INGRESS
+from controller.datapath import abi, bpfsys, codecs, sync
 from controller.datapath.sync import KernelState
-from controller.errors import VethguardError
-from controller.mapstate import DIR_INGRESS, ID_ANY, ID_HOST, ID_WORLD
 
 READ_MAPS = ("vg_endpoints", "vg_ipcache4", "vg_ipcache6", "vg_policy", "vg_ct", "vg_config", "vg_counters")
 
@@ -26,7 +28,7 @@ class LiveHalf:
     """The kernel maps' answer for one hook of a new flow."""
 
     allowed: bool
-    reason: str  # a name of maps.Reason
+    reason: str  # a name of abi.Reason
     rule_ref: int = 0
     peer_identity: int = ID_WORLD
     peer_cidr_identity: int = 0
@@ -38,10 +40,10 @@ class NodeMaps:
 
     def __init__(self, pin_dir: Path) -> None:
         self.pin_dir = pin_dir
-        self.maps: dict[str, maps.BpfMap] = {}
+        self.maps: dict[str, bpfsys.BpfMap] = {}
         try:
             for name in READ_MAPS:
-                self.maps[name] = maps.BpfMap.open_pinned(str(pin_dir / name))
+                self.maps[name] = bpfsys.BpfMap.open_pinned(str(pin_dir / name))
         except OSError as exc:
             self.close()
             raise VethguardError(
@@ -68,10 +70,10 @@ class NodeMaps:
     def counters(self) -> dict[tuple[int, int, int], tuple[int, int]]:
         return sync.counters(self.maps["vg_counters"])
 
-    def endpoints(self) -> list[maps.Endpoint]:
-        return [maps.decode_endpoint(k, v) for k, v in self.maps["vg_endpoints"].items().items()]
+    def endpoints(self) -> list[codecs.Endpoint]:
+        return [codecs.decode_endpoint(k, v) for k, v in self.maps["vg_endpoints"].items().items()]
 
-    def endpoint_by_ip(self, ip: str) -> maps.Endpoint | None:
+    def endpoint_by_ip(self, ip: str) -> codecs.Endpoint | None:
         addr = str(ipaddress.ip_address(ip))
         for ep in self.endpoints():
             if addr in (ep.ipv4, ep.ipv6):
@@ -82,44 +84,44 @@ class NodeMaps:
     def ipcache(self, addr: str) -> tuple[int, int]:
         a = ipaddress.ip_address(addr)
         net = ipaddress.ip_network(f"{a}/{a.max_prefixlen}")
-        kb, _ = maps.encode_ipcache(net, 0, 0)
+        kb, _ = codecs.encode_ipcache(net, 0, 0)
         raw = self.maps["vg_ipcache4" if a.version == 4 else "vg_ipcache6"].lookup(kb)
         if raw is None:
             return (ID_WORLD, 0)
-        v = maps.IpcacheValue.from_bytes(raw)
+        v = abi.IpcacheValue.from_bytes(raw)
         return (int(v.identity), int(v.cidr_identity))
 
     def policy(
         self, ep_id: int, direction: int, identity: int, proto: int, port: int
-    ) -> maps.PolicyValue | None:
-        k = maps.PolicyKey(
-            prefixlen=maps.POLICY_PLEN_FULL, ep_id=ep_id, identity=identity, dir=direction, proto=proto
+    ) -> abi.PolicyValue | None:
+        k = abi.PolicyKey(
+            prefixlen=abi.POLICY_PLEN_FULL, ep_id=ep_id, identity=identity, dir=direction, proto=proto
         )
         # lib/parse.h vg_policy_port: ICMP and ICMPv6 look up port 0.
-        k.dport = maps.be16(0 if proto in (1, 58) else port)
+        k.dport = codecs.be16(0 if proto in (1, 58) else port)
         raw = self.maps["vg_policy"].lookup(bytes(k))
-        return None if raw is None else maps.PolicyValue.from_bytes(raw)
+        return None if raw is None else abi.PolicyValue.from_bytes(raw)
 
-    def verdict(self, ep: maps.Endpoint, direction: int, peer: str, proto: int, port: int) -> LiveHalf:
+    def verdict(self, ep: codecs.Endpoint, direction: int, peer: str, proto: int, port: int) -> LiveHalf:
         """lib/policy.h vg_policy_verdict after the HOST check of vethguard.c, on the live maps."""
         ident, cidr = self.ipcache(peer)
 
-        def half(allowed: bool, reason: maps.Reason, ref: int = 0) -> LiveHalf:
+        def half(allowed: bool, reason: abi.Reason, ref: int = 0) -> LiveHalf:
             return LiveHalf(allowed, reason.name, ref, ident, cidr, ep.ep_id)
 
         if ident == ID_HOST:
-            return half(True, maps.Reason.ALLOW_HOST)
-        if ep.flags & maps.EP_F_PENDING:
-            return half(False, maps.Reason.DROP_PENDING)
-        iso = maps.EP_F_INGRESS_ISOLATED if direction == DIR_INGRESS else maps.EP_F_EGRESS_ISOLATED
+            return half(True, abi.Reason.ALLOW_HOST)
+        if ep.flags & abi.EP_F_PENDING:
+            return half(False, abi.Reason.DROP_PENDING)
+        iso = abi.EP_F_INGRESS_ISOLATED if direction == DIR_INGRESS else abi.EP_F_EGRESS_ISOLATED
         if not ep.flags & iso:
-            return half(True, maps.Reason.ALLOW_NOT_ISOLATED)
+            return half(True, abi.Reason.ALLOW_NOT_ISOLATED)
         levels = [ident, *([cidr] if cidr else []), ID_ANY]
         for level in levels:
             v = self.policy(ep.ep_id, direction, level, proto, port)
-            if v is not None and v.verdict == maps.VERDICT_ALLOW:
-                return half(True, maps.Reason.ALLOW_POLICY, int(v.rule_ref))
-        audit = maps.EP_F_INGRESS_AUDIT if direction == DIR_INGRESS else maps.EP_F_EGRESS_AUDIT
+            if v is not None and v.verdict == verdicts.VERDICT_ALLOW:
+                return half(True, abi.Reason.ALLOW_POLICY, int(v.rule_ref))
+        audit = abi.EP_F_INGRESS_AUDIT if direction == DIR_INGRESS else abi.EP_F_EGRESS_AUDIT
         if ep.flags & audit:
-            return half(True, maps.Reason.ALLOW_AUDIT)
-        return half(False, maps.Reason.DROP_POLICY)
+            return half(True, abi.Reason.ALLOW_AUDIT)
+        return half(False, abi.Reason.DROP_POLICY)

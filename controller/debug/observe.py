@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from controller.datapath import maps
+from controller.core.verdicts import DIR_EGRESS
+from controller.datapath import abi, codecs
 from controller.debug.bpfview import reason_name
 from controller.debug.render import proto_name
 from controller.debug.view import DIRECTION_NAMES, ClusterView
-from controller.mapstate import DIR_EGRESS
 
 AUDIT_REASONS = {"ALLOW_AUDIT"}
 NO_PORTS = {1, 58}  # ICMP / ICMPv6: the "ports" are the echo identifier
@@ -49,7 +49,7 @@ class RawEvent:
 
 
 def decode(node: str, data: bytes) -> RawEvent:
-    e = maps.FlowEvent.from_bytes(data[: ctypes.sizeof(maps.FlowEvent)])
+    e = abi.FlowEvent.from_bytes(data[: ctypes.sizeof(abi.FlowEvent)])
     fam = int(e.family) or 4
     return RawEvent(
         node=node,
@@ -59,10 +59,10 @@ def decode(node: str, data: bytes) -> RawEvent:
         reason=int(e.reason),
         family=int(e.family),
         proto=int(e.proto),
-        saddr=maps.addr_from16(e.saddr, fam),
-        daddr=maps.addr_from16(e.daddr, fam),
-        sport=maps.from_be16(e.sport),
-        dport=maps.from_be16(e.dport),
+        saddr=codecs.addr_from16(e.saddr, fam),
+        daddr=codecs.addr_from16(e.daddr, fam),
+        sport=codecs.from_be16(e.sport),
+        dport=codecs.from_be16(e.dport),
         peer_identity=int(e.peer_identity),
         peer_cidr_identity=int(e.peer_cidr_identity),
         rule_ref=int(e.rule_ref),

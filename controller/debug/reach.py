@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from controller import lookup
+from controller.debug import verdict_model
 from controller.debug.view import ClusterView
 
 
@@ -21,7 +21,7 @@ def matrix(
     for src in pods:
         src_desired = view.desired_of(src)
         for dst in pods:
-            v = lookup.verdict(src_desired, view.desired_of(dst), src, dst, protocol, port, family)
+            v = verdict_model.verdict(src_desired, view.desired_of(dst), src, dst, protocol, port, family)
             out.append({"from": src, "to": dst, "allowed": v.allowed})
     return out
 

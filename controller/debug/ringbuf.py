@@ -19,7 +19,7 @@ import os
 import select
 import struct
 
-from controller.datapath import maps
+from controller.datapath import bpfsys
 
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
@@ -29,10 +29,10 @@ HDR_SIZE = 8
 class RingBuffer:
     def __init__(self, path: str) -> None:
         self.path = path
-        self.fd = maps.obj_get(path)
+        self.fd = bpfsys.obj_get(path)
         try:
-            info = maps.BpfMapInfo()
-            maps.obj_info(self.fd, info)
+            info = bpfsys.BpfMapInfo()
+            bpfsys.obj_info(self.fd, info)
             self.size = int(info.max_entries)
             if self.size <= 0 or self.size & (self.size - 1):
                 raise ValueError(f"{path}: not a ring buffer (max_entries {self.size})")

@@ -13,9 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.mapstate import DIR_EGRESS, DIR_INGRESS, NodeDesired, RuleRef, compute
-from controller.model import ClusterState, NetworkPolicy, Pod
-from controller.policy import CompiledCluster, compile_cluster
+from controller.compiler.compute import compute
+from controller.compiler.desired_state import NodeDesired, RuleRef
+from controller.compiler.model import ClusterState, NetworkPolicy, Pod
+from controller.compiler.policy import CompiledCluster, compile_cluster
+from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
 
 DIRECTION_NAMES: Mapping[int, str] = {DIR_INGRESS: "ingress", DIR_EGRESS: "egress"}
 

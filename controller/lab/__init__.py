@@ -36,7 +36,7 @@ Pieces:
                 store on every Pod/Service change, and an nftables table `ip vethguard_svc` in
                 every NODE namespace with kube-proxy iptables-mode semantics (random backend,
                 NodePort on any local address + masquerade, hairpin masquerade, reject without
-                endpoints); no table at all while there are no Services (controller.services)
+                endpoints); no table at all while there are no Services (controller.lab.kubeproxy)
   dns.py        `up --dns`: dnsmasq in pod kube-system/kube-dns (node-1) behind the Service
                 kube-dns 10.245.0.10; answers NAME.NS.svc.cluster.local from the Services, NXDOMAIN
                 for other cluster.local names, forwards nothing; pods' resolv.conf (search

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from controller import programs
-from controller.errors import VethguardError
+from controller.core import programs
+from controller.core.errors import VethguardError
 from controller.lab import dns, netns, probe, topology
 from controller.lab import manifests as manifest_io
 from controller.lab.manifests import Manifest

@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any
 
-from controller.health import fetch_status
+from controller.agent.health import fetch_status
 from controller.lab import cni_runtime, dns, netns, topology
 from controller.lab.apiserver import (
     ApiHTTPServer,
@@ -203,8 +203,11 @@ class LabAdmission:
                     addresses=(address4, address6),
                     container_id=str(meta.get("uid") or _pod_key(pod)),
                 )
-                log.info("pod %s: closed by vethguard-cni %.1f ms after the lab began creating its veth",
-                         _pod_key(pod), (time.monotonic() - began) * 1000)
+                log.info(
+                    "pod %s: closed by vethguard-cni %.1f ms after the lab began creating its veth",
+                    _pod_key(pod),
+                    (time.monotonic() - began) * 1000,
+                )
             self.responders.add(
                 _pod_key(pod), self.topo.names.pod(meta["namespace"], meta["name"]), responder_ports(pod)
             )
@@ -464,9 +467,13 @@ class LabDaemon:
         self.store = Store(self.paths.store)
         self.responders = Responders()
         self.dns = (
-            dns.DnsServer(self.paths.root / "dns", self.topo.names.pod(dns.NAMESPACE, dns.NAME),
-                          self.paths.root / "dns.log")
-            if self.config.dns else None
+            dns.DnsServer(
+                self.paths.root / "dns",
+                self.topo.names.pod(dns.NAMESPACE, dns.NAME),
+                self.paths.root / "dns.log",
+            )
+            if self.config.dns
+            else None
         )
         self.services = ServiceController(
             self.store,
@@ -511,8 +518,12 @@ class LabDaemon:
     def _create_dns_objects(self) -> None:
         plurals = {"Namespace": "namespaces", "Pod": "pods", "Service": "services"}
         for obj in dns.objects():
-            if self.store.get(plurals[obj["kind"]], obj["metadata"].get("namespace", ""),
-                              obj["metadata"]["name"]) is None:
+            if (
+                self.store.get(
+                    plurals[obj["kind"]], obj["metadata"].get("namespace", ""), obj["metadata"]["name"]
+                )
+                is None
+            ):
                 self.store.create(plurals[obj["kind"]], obj)
 
     def _build_network(self, fresh: bool) -> None:
@@ -580,8 +591,13 @@ class LabDaemon:
                 "type": spec.get("type"),
                 "clusterIP": spec.get("clusterIP"),
                 "ports": [
-                    {"name": p.get("name") or "", "port": p["port"], "protocol": p["protocol"],
-                     "targetPort": p.get("targetPort"), "nodePort": p.get("nodePort")}
+                    {
+                        "name": p.get("name") or "",
+                        "port": p["port"],
+                        "protocol": p["protocol"],
+                        "targetPort": p.get("targetPort"),
+                        "nodePort": p.get("nodePort"),
+                    }
                     for p in spec.get("ports") or []
                 ],
             }

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from controller import programs, services
-from controller.lab import netns
+from controller.core import programs
+from controller.lab import kubeproxy, netns
 
 log = logging.getLogger("vethguard.lab.dns")
 
@@ -53,13 +53,15 @@ def objects() -> list[dict[str, Any]]:
             },
             "spec": {
                 "nodeName": "node-1",
-                "containers": [{
-                    "name": "dnsmasq",
-                    "ports": [
-                        {"name": "dns", "containerPort": 53, "protocol": "UDP"},
-                        {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
-                    ],
-                }],
+                "containers": [
+                    {
+                        "name": "dnsmasq",
+                        "ports": [
+                            {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                            {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
+                        ],
+                    }
+                ],
             },
         },
         {
@@ -67,7 +69,7 @@ def objects() -> list[dict[str, Any]]:
             "kind": "Service",
             "metadata": {"name": NAME, "namespace": NAMESPACE, "labels": dict(LABELS)},
             "spec": {
-                "clusterIP": services.DNS_CLUSTER_IP,
+                "clusterIP": kubeproxy.DNS_CLUSTER_IP,
                 "selector": dict(LABELS),
                 "ports": [
                     {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": "dns"},
@@ -81,7 +83,7 @@ def objects() -> list[dict[str, Any]]:
 def resolv_conf(namespace: str) -> str:
     return (
         f"search {namespace}.svc.{DOMAIN} svc.{DOMAIN} {DOMAIN}\n"
-        f"nameserver {services.DNS_CLUSTER_IP}\n"
+        f"nameserver {kubeproxy.DNS_CLUSTER_IP}\n"
         "options ndots:5\n"
     )
 
@@ -140,10 +142,21 @@ class DnsServer:
 
     def command(self) -> list[str]:
         return [
-            "nsenter", f"--net={netns.netns_path(self.pod_netns)}", "--",
-            "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
-            f"--hostsdir={self.hosts_dir}", f"--local=/{DOMAIN}/", "--user=root", "--group=root",
-            f"--pid-file={self.hosts_dir.parent / 'dnsmasq.pid'}", "--log-facility=-", "--port=53",
+            "nsenter",
+            f"--net={netns.netns_path(self.pod_netns)}",
+            "--",
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            f"--hostsdir={self.hosts_dir}",
+            f"--local=/{DOMAIN}/",
+            "--user=root",
+            "--group=root",
+            f"--pid-file={self.hosts_dir.parent / 'dnsmasq.pid'}",
+            "--log-facility=-",
+            "--port=53",
         ]
 
     def start(self) -> DnsServer:
@@ -178,8 +191,12 @@ class DnsServer:
         log_file = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
             self.proc = subprocess.Popen(
-                self.command(), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd="/",
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd="/",
             )
         finally:
             log_file.close()

@@ -16,10 +16,10 @@ from typing import Any
 
 import yaml
 
-from controller.errors import VethguardError
+from controller.core.errors import VethguardError
+from controller.lab.kubeproxy import ServiceError, parse_service
 from controller.lab.store import BY_KIND, Resource
 from controller.lab.topology import check_external_address
-from controller.services import ServiceError, parse_service
 
 APPLY_ORDER = ("Namespace", "ExternalHost", "Pod", "Service", "NetworkPolicy")
 SUFFIXES = (".yaml", ".yml", ".json")

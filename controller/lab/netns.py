@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
-from controller import programs
-from controller.errors import VethguardError
+from controller.core import programs
+from controller.core.errors import VethguardError
 
 NETNS_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000

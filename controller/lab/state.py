@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from controller.errors import VethguardError
+from controller.core.errors import VethguardError
 
 LABS_DIR = Path("/run/vethguard/labs")
 BPF_ROOT = Path("/sys/fs/bpf/vethguard")

@@ -14,8 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from controller import services
-from controller.lab import netns
+from controller.lab import kubeproxy, netns
 from controller.lab.store import ApiError, Obj, Resource, Store
 
 log = logging.getLogger("vethguard.lab.svc")
@@ -27,8 +26,12 @@ def _spec(obj: Obj) -> dict[str, Any]:
 
 
 class ServiceController:
-    def __init__(self, store: Store, node_namespaces: Callable[[], list[str]],
-                 on_services: Callable[[list[Obj]], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        node_namespaces: Callable[[], list[str]],
+        on_services: Callable[[list[Obj]], None] | None = None,
+    ) -> None:
         self.store = store
         self.node_namespaces = node_namespaces
         self.on_services = on_services  # e.g. the DNS server's hosts file
@@ -42,14 +45,15 @@ class ServiceController:
         where = f"Service {obj['metadata'].get('namespace')}/{obj['metadata']['name']}"
         spec = _spec(obj)
         try:
-            services.parse_service(obj)
+            kubeproxy.parse_service(obj)
             others = [
-                s for s in self.store.list("services")[0]
+                s
+                for s in self.store.list("services")[0]
                 if old is None or s["metadata"]["uid"] != old["metadata"]["uid"]
             ]
             self._cluster_ip(spec, old, others)
             self._node_ports(spec, old, others)
-        except services.ServiceError as exc:
+        except kubeproxy.ServiceError as exc:
             raise ApiError(422, "Invalid", f"{where}: {exc}") from exc
         return obj
 
@@ -59,11 +63,11 @@ class ServiceController:
         requested = spec.get("clusterIP")
         if previous:
             if requested not in (None, "", previous):
-                raise services.ServiceError(f"spec.clusterIP is immutable ({previous})")
+                raise kubeproxy.ServiceError(f"spec.clusterIP is immutable ({previous})")
             address = previous
         else:
             used = [s["spec"].get("clusterIP") for s in others if s["spec"].get("clusterIP")]
-            address = services.allocate_cluster_ip(used, requested or None)
+            address = kubeproxy.allocate_cluster_ip(used, requested or None)
         spec["clusterIP"] = address
         spec["clusterIPs"] = [address]
         spec["ipFamilies"] = ["IPv4"]
@@ -82,7 +86,7 @@ class ServiceController:
         }
         for port in spec.get("ports") or []:
             requested = port.get("nodePort") or previous.get((port.get("name") or "", port.get("protocol")))
-            port["nodePort"] = services.allocate_node_port(used, requested)
+            port["nodePort"] = kubeproxy.allocate_node_port(used, requested)
             used.add(port["nodePort"])
 
     # --- after a commit ---
@@ -100,12 +104,12 @@ class ServiceController:
         pods = self.store.list("pods", namespace)[0]
         wanted: dict[str, Obj] = {}
         for service in self.store.list("services", namespace)[0]:
-            for item in services.endpoint_slices(service, pods):
+            for item in kubeproxy.endpoint_slices(service, pods):
                 wanted[item["metadata"]["name"]] = item
         current = {
             s["metadata"]["name"]: s
             for s in self.store.list("endpointslices", namespace)[0]
-            if (s["metadata"].get("labels") or {}).get(services.MANAGED_BY_LABEL) == services.MANAGED_BY
+            if (s["metadata"].get("labels") or {}).get(kubeproxy.MANAGED_BY_LABEL) == kubeproxy.MANAGED_BY
         }
         for name, item in wanted.items():
             have = current.get(name)
@@ -119,8 +123,8 @@ class ServiceController:
     def realize(self) -> None:
         """Replace the nftables table of every node with the current Services' DNAT rules."""
         all_services = self.store.list("services")[0]
-        table = services.service_table(all_services, self.store.list("endpointslices")[0])
-        script = services.render_nft(table)
+        table = kubeproxy.service_table(all_services, self.store.list("endpointslices")[0])
+        script = kubeproxy.render_nft(table)
         if self.on_services is not None:
             self.on_services(all_services)
         if script == self.last_script or (not table and not self.last_script):

@@ -14,7 +14,7 @@ bridge (flannel-like): the node's bridge `cni0` holds the gateway addresses 10.2
 fd00:10:244:i::1/64 and a fixed MAC; every pod's host-side veth is a port of it; pods have on-link
 10.244.i.k/24 and fd00:10:244:i::k/64 and default routes via 10.244.i.1 / fd00:10:244:i::1. There
 are no per-pod routes, so the agent finds a pod's veth through the neighbour table and the bridge
-FDB (controller.endpoints). Pod-to-pod traffic on one node is bridged (it still crosses both veths'
+FDB (controller.agent.discovery). Pod-to-pod traffic on one node is bridged (it still crosses both veths'
 tc hooks); cross-node and external traffic is routed by the node. Bridge netfilter stays out of
 the way: the bridge's nf_call_* options are off and, when the kernel has br_netfilter (module or
 built in), the node namespace's net.bridge.bridge-nf-call-* sysctls are set to 0; no module is
@@ -55,7 +55,7 @@ NODE_PREFIX4, NODE_PREFIX6 = 24, 64  # a node's pod networks; on-link for bridge
 ANNOUNCE_PORT = 9  # discard: the datagram a new bridge-mode pod sends to its gateway
 MAX_NODES = 254
 MAX_PODS_PER_NODE = 253  # host indexes 2..254
-SERVICE_CIDR4 = ipaddress.IPv4Network("10.245.0.0/16")  # ClusterIPs (controller.services)
+SERVICE_CIDR4 = ipaddress.IPv4Network("10.245.0.0/16")  # ClusterIPs (controller.lab.kubeproxy)
 RESERVED_NETWORKS = (
     POD_CIDR4,
     POD_CIDR6,

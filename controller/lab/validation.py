@@ -15,7 +15,7 @@ replace. The store answers:
   "Bogus": supported values: "Ingress", "Egress"`.
 
 Rules by kind (pkg/apis/*/validation in kubernetes; the syntax of names, labels, port names and
-CIDRs is in controller.apisyntax):
+CIDRs is in controller.compiler.apisyntax):
 
 - every kind: metadata.name (a DNS-1123 label for Namespaces, a DNS-1035 label for Services, a
   DNS-1123 subdomain for the others), metadata.namespace (a DNS-1123 label; required for
@@ -43,9 +43,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controller import apisyntax as syntax
-from controller.model import PROTOCOLS
-from controller.selectors import OP_DOES_NOT_EXIST, OP_EXISTS, OP_IN, OP_NOT_IN
+from controller.compiler import apisyntax as syntax
+from controller.compiler.model import PROTOCOLS
+from controller.compiler.selectors import OP_DOES_NOT_EXIST, OP_EXISTS, OP_IN, OP_NOT_IN
 
 Obj = dict[str, Any]
 

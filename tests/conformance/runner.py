@@ -58,8 +58,10 @@ class Lab:
         argv = [*self.cmd, "lab", *args, "--name", self.name]
         proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
-            raise LabError(f"{' '.join(argv[len(self.cmd):])} failed ({proc.returncode}): "
-                           f"{proc.stderr.strip() or proc.stdout.strip()}")
+            raise LabError(
+                f"{' '.join(argv[len(self.cmd) :])} failed ({proc.returncode}): "
+                f"{proc.stderr.strip() or proc.stdout.strip()}"
+            )
         return proc.stdout
 
     def up(self, manifests: list[dict[str, Any]]) -> None:
@@ -80,8 +82,9 @@ class Lab:
     def status(self) -> dict[str, Any]:
         return json.loads(self.run("status", "-o", "json"))
 
-    def probe(self, port: int, protocol: str, family: int, sources: Sequence[str],
-              targets: Sequence[str]) -> dict[tuple[str, str], bool]:
+    def probe(
+        self, port: int, protocol: str, family: int, sources: Sequence[str], targets: Sequence[str]
+    ) -> dict[tuple[str, str], bool]:
         args = ["probe", "--port", str(port), "--protocol", protocol, "--family", str(family), "-o", "json"]
         for s in sources:
             args += ["--from", s]
@@ -99,12 +102,16 @@ class Lab:
 
 
 def default_model() -> dict[str, Any]:
-    ports = [{"port": p, "protocol": proto, "name": f"serve-{p}-{proto.lower()}"}
-             for p in (80, 81) for proto in ("TCP", "UDP", "SCTP")]
+    ports = [
+        {"port": p, "protocol": proto, "name": f"serve-{p}-{proto.lower()}"}
+        for p in (80, 81)
+        for proto in ("TCP", "UDP", "SCTP")
+    ]
     return {
         "namespaces": [{"name": n, "labels": {"ns": n}} for n in "xyz"],
-        "pods": [{"namespace": n, "name": p, "labels": {"pod": p}, "ports": ports}
-                 for n in "xyz" for p in "abc"],
+        "pods": [
+            {"namespace": n, "name": p, "labels": {"pod": p}, "ports": ports} for n in "xyz" for p in "abc"
+        ],
         "externals": [],
     }
 
@@ -120,14 +127,19 @@ def pod_manifest(pod: dict[str, Any], labels: dict[str, str] | None = None) -> d
         spec: dict[str, Any] = {"containerPort": port["port"], "protocol": proto}
         if port.get("name"):
             spec["name"] = port["name"]
-        containers.append({"name": f"cont-{port['port']}-{proto.lower()}-{i}", "image": "agnhost",
-                           "ports": [spec]})
+        containers.append(
+            {"name": f"cont-{port['port']}-{proto.lower()}-{i}", "image": "agnhost", "ports": [spec]}
+        )
     if not containers:
         containers = [{"name": "main", "image": "agnhost"}]
     manifest: dict[str, Any] = {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": pod["name"], "namespace": pod["namespace"],
-                     "labels": dict(pod.get("labels") or {} if labels is None else labels)},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod["name"],
+            "namespace": pod["namespace"],
+            "labels": dict(pod.get("labels") or {} if labels is None else labels),
+        },
         "spec": {"containers": containers},
     }
     if pod.get("node"):
@@ -136,9 +148,12 @@ def pod_manifest(pod: dict[str, Any], labels: dict[str, str] | None = None) -> d
 
 
 def external_manifest(ext: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": "lab.vethguard.dev/v1alpha1", "kind": "ExternalHost",
-            "metadata": {"name": ext["name"]},
-            "spec": {"ip": ext["ip"], "ports": list(ext.get("ports") or [])}}
+    return {
+        "apiVersion": "lab.vethguard.dev/v1alpha1",
+        "kind": "ExternalHost",
+        "metadata": {"name": ext["name"]},
+        "spec": {"ip": ext["ip"], "ports": list(ext.get("ports") or [])},
+    }
 
 
 def model_manifests(model: dict[str, Any]) -> list[dict[str, Any]]:
@@ -161,6 +176,7 @@ def pod_ip(status: dict[str, Any], pod: str, family: int) -> str:
 
 def substitute(obj: Any, status: dict[str, Any], family: int) -> Any:
     if isinstance(obj, str):
+
         def repl(m: re.Match[str]) -> str:
             ip = pod_ip(status, m.group(1), family)
             mod = (m.group(2) or "").split()
@@ -169,6 +185,7 @@ def substitute(obj: Any, status: dict[str, Any], family: int) -> Any:
             if mod[0] == "host":
                 return f"{ip}/{32 if family == 4 else 128}"
             return str(ipaddress.ip_network(f"{ip}/{mod[1]}", strict=False))
+
         return PLACEHOLDER.sub(repl, obj)
     if isinstance(obj, list):
         return [substitute(v, status, family) for v in obj]
@@ -201,16 +218,24 @@ def render_matrix(cells: dict[tuple[str, str], bool], names: Sequence[str]) -> s
     width = max(len(n) for n in names)
     lines = [" " * width + " " + " ".join(names)]
     for s in names:
-        lines.append(s.ljust(width) + " " + " ".join(
-            ("." if cells.get((s, d)) else "X").center(len(d)) for d in names))
+        lines.append(
+            s.ljust(width) + " " + " ".join(("." if cells.get((s, d)) else "X").center(len(d)) for d in names)
+        )
     return "\n".join(lines)
 
 
 class Runner:
     """Replays scenarios; keeps one lab for the default 9-pod model and resets it between scenarios."""
 
-    def __init__(self, family: int = 4, nodes: int = 1, prefix: str = "conf", retries: int = 2,
-                 log: Any = print, cni: str = "routed") -> None:
+    def __init__(
+        self,
+        family: int = 4,
+        nodes: int = 1,
+        prefix: str = "conf",
+        retries: int = 2,
+        log: Any = print,
+        cni: str = "routed",
+    ) -> None:
         self.family = family
         self.nodes = nodes
         self.cni = cni
@@ -249,14 +274,22 @@ class Runner:
     def _reset_default(self) -> None:
         assert self.default_lab is not None
         if self._dirty_policies:
-            self.default_lab.delete([
-                {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-                 "metadata": {"namespace": ns, "name": name}} for ns, name in sorted(self._dirty_policies)],
-                ignore_not_found=True)
+            self.default_lab.delete(
+                [
+                    {
+                        "apiVersion": "networking.k8s.io/v1",
+                        "kind": "NetworkPolicy",
+                        "metadata": {"namespace": ns, "name": name},
+                    }
+                    for ns, name in sorted(self._dirty_policies)
+                ],
+                ignore_not_found=True,
+            )
         if self._dirty_labels:
             self.default_lab.apply(
                 [namespace_manifest(n["name"], n["labels"]) for n in self.default_model["namespaces"]]
-                + [pod_manifest(p) for p in self.default_model["pods"]])
+                + [pod_manifest(p) for p in self.default_model["pods"]]
+            )
         self._dirty_policies.clear()
         self._dirty_labels = False
 
@@ -319,8 +352,14 @@ class Runner:
                 return pod_manifest(pod, labels)
         raise LabError(f"label step names unknown pod {label['namespace']}/{label['name']}")
 
-    def _probe_until_stable(self, lab: Lab, port: int, protocol: str, expect: dict[tuple[str, str], bool],
-                            scored: Iterable[tuple[str, str]]) -> dict[tuple[str, str], bool]:
+    def _probe_until_stable(
+        self,
+        lab: Lab,
+        port: int,
+        protocol: str,
+        expect: dict[tuple[str, str], bool],
+        scored: Iterable[tuple[str, str]],
+    ) -> dict[tuple[str, str], bool]:
         """Probe, then re-probe only cells that look like packet loss (expected connected, got blocked)."""
         pairs = list(expect)
         sources = sorted({s for s, _ in pairs})
@@ -347,7 +386,9 @@ class Runner:
             out.failures.append(
                 f"step {step} {probe['protocol']}/{probe['port']}: {len(wrong)} cells wrong: "
                 + ", ".join(f"{s}->{t} expected {'.' if expect[(s, t)] else 'X'}" for s, t in wrong)
-                + "\n" + render_matrix(got, ORDER))
+                + "\n"
+                + render_matrix(got, ORDER)
+            )
 
     def _score_check(self, lab: Lab, check: dict[str, Any], step: int, out: Outcome) -> None:
         key = (check["from"], check["to"])
@@ -360,7 +401,8 @@ class Runner:
             out.failures.append(
                 f"step {step}: {key[0]} -> {key[1]} {check.get('protocol', 'TCP')}/{check['port']} "
                 f"expected {'connected' if expect[key] else 'blocked'}, got "
-                f"{'connected' if got.get(key) else 'blocked'}")
+                f"{'connected' if got.get(key) else 'blocked'}"
+            )
 
 
 def load_scenarios(files: Iterable[Path]) -> list[dict[str, Any]]:
@@ -375,8 +417,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("files", nargs="*", type=Path)
     ap.add_argument("--family", type=int, choices=(4, 6), default=4)
     ap.add_argument("--nodes", type=int, default=1)
-    ap.add_argument("--cni", choices=("routed", "bridge"), default="routed",
-                    help="the lab's pod networking (vethguard lab up --cni)")
+    ap.add_argument(
+        "--cni",
+        choices=("routed", "bridge"),
+        default="routed",
+        help="the lab's pod networking (vethguard lab up --cni)",
+    )
     ap.add_argument("--only", action="append", default=[])
     args = ap.parse_args(argv)
     files = args.files or sorted(shared_conformance_dir().glob("*.yaml"))

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from controller.datapath import Datapath, maps, sync
-from controller.datapath.testrun import run
-from controller.mapstate import PolicyEntryKey, PolicyEntryValue
+from controller.bench.testrun import run
+from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue
+from controller.datapath import Datapath, abi, codecs, sync
 
 TC_ACT_OK = 0
 TC_ACT_SHOT = 2
@@ -80,12 +80,12 @@ class Harness:
         identity: int = ID_A,
         ifindex: int = EP,
     ) -> None:
-        flags = sync.endpoint_flags(ingress_isolated, egress_isolated) | (maps.EP_F_PENDING if pending else 0)
-        k, v = maps.encode_endpoint(ifindex, identity, flags, POD_A, POD_A6)
+        flags = sync.endpoint_flags(ingress_isolated, egress_isolated) | (abi.EP_F_PENDING if pending else 0)
+        k, v = codecs.encode_endpoint(ifindex, identity, flags, POD_A, POD_A6)
         self.dp.maps["vg_endpoints"].update(k, v)
 
     def ipcache(self, prefix: str, identity: int, cidr_identity: int = 0) -> None:
-        k, v = maps.encode_ipcache(sync.ipnet(prefix), identity, cidr_identity)
+        k, v = codecs.encode_ipcache(sync.ipnet(prefix), identity, cidr_identity)
         name = "vg_ipcache4" if ":" not in prefix else "vg_ipcache6"
         self.dp.maps[name].update(k, v)
 
@@ -100,7 +100,7 @@ class Harness:
     ) -> bytes:
         plen = port_plen if port_plen is not None else (16 if port else 0)
         key = PolicyEntryKey(direction=direction, identity=identity, proto=proto, port=port, port_plen=plen)
-        k, v = maps.encode_policy(EP, key, PolicyEntryValue(verdict=1, precedence=0, rule_ref=rule_ref))
+        k, v = codecs.encode_policy(EP, key, PolicyEntryValue(verdict=1, precedence=0, rule_ref=rule_ref))
         self.dp.maps["vg_policy"].update(k, v)
         return k
 
@@ -124,12 +124,12 @@ class Harness:
 
     def local(self, address: str, ifindex: int = 0) -> None:
         """vg_local: an address of this node (ifindex 0) or of a local pod (its veth)."""
-        self.dp.maps["vg_local"].update(*maps.encode_local(address, ifindex))
+        self.dp.maps["vg_local"].update(*codecs.encode_local(address, ifindex))
 
     def counters(self) -> dict[tuple[int, int, int], tuple[int, int]]:
         return self.dp.counters()
 
-    def count(self, reason: maps.Reason, direction: int) -> int:
+    def count(self, reason: abi.Reason, direction: int) -> int:
         return self.counters().get((EP, int(reason), direction), (0, 0))[0]
 
 
@@ -139,7 +139,7 @@ def h(dp: Datapath) -> Harness:
         if name == "vg_evrate":
             continue
         if name == "vg_config":
-            m.update(maps.u32_key(0), bytes(maps.Config()))
+            m.update(codecs.u32_key(0), bytes(abi.Config()))
         else:
             m.clear()
     harness = Harness(dp)

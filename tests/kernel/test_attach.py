@@ -10,11 +10,12 @@ from collections.abc import Iterator
 import pytest
 from pyroute2 import IPRoute
 
-from controller.datapath import Datapath, maps, sync
+from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue
+from controller.core.errors import VethguardError
+from controller.core.verdicts import DIR_INGRESS
+from controller.datapath import Datapath, abi, codecs, sync
+from controller.datapath.abi import Reason
 from controller.datapath.attach import FILTER_NAME, FILTER_PRIO, PARENT_INGRESS
-from controller.datapath.maps import DIR_INGRESS, Reason
-from controller.errors import VethguardError
-from controller.mapstate import PolicyEntryKey, PolicyEntryValue
 from tests.kernel.netns_util import in_netns, sh
 
 pytestmark = pytest.mark.root
@@ -150,9 +151,9 @@ def test_real_traffic_is_enforced_on_an_attached_veth(dp: Datapath, lab: dict[st
     for m in ("vg_ct", "vg_counters", "vg_policy"):
         dp.maps[m].clear()
     # The node-side address plays another pod's role (identity 4000), so policy applies to it.
-    k, v = maps.encode_ipcache(sync.ipnet("10.99.0.1/32"), peer_id, 0)
+    k, v = codecs.encode_ipcache(sync.ipnet("10.99.0.1/32"), peer_id, 0)
     dp.maps["vg_ipcache4"].update(k, v)
-    k, v = maps.encode_endpoint(ifindex, 256, maps.EP_F_INGRESS_ISOLATED, "10.99.0.2", None)
+    k, v = codecs.encode_endpoint(ifindex, 256, abi.EP_F_INGRESS_ISOLATED, "10.99.0.2", None)
     dp.maps["vg_endpoints"].update(k, v)
     listeners = [_listen(ns, "10.99.0.1", 7000), _listen(pod, "10.99.0.2", 7001)]
     try:
@@ -163,7 +164,7 @@ def test_real_traffic_is_enforced_on_an_attached_veth(dp: Datapath, lab: dict[st
         assert c[(ifindex, int(Reason.ALLOW_REPLY), DIR_INGRESS)][0] >= 1
         assert c[(ifindex, int(Reason.DROP_POLICY), DIR_INGRESS)][0] >= 1
         assert c[(ifindex, int(Reason.ALLOW_NON_IP), DIR_INGRESS)][0] >= 1  # ARP
-        pk, pv = maps.encode_policy(
+        pk, pv = codecs.encode_policy(
             ifindex, PolicyEntryKey(DIR_INGRESS, peer_id, 6, 7001, 16), PolicyEntryValue(1, 0, 5)
         )
         dp.maps["vg_policy"].update(pk, pv)
@@ -172,7 +173,7 @@ def test_real_traffic_is_enforced_on_an_attached_veth(dp: Datapath, lab: dict[st
         for srv in listeners:
             srv.close()
         in_netns(ns, lambda: dp.detach(ifindex))
-        dp.maps["vg_endpoints"].delete(maps.u32_key(ifindex))
+        dp.maps["vg_endpoints"].delete(codecs.u32_key(ifindex))
         dp.maps["vg_ipcache4"].clear()
 
 

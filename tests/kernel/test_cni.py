@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.datapath import Datapath, maps
-from controller.datapath.maps import DIR_EGRESS, Reason
+from controller.core.verdicts import DIR_EGRESS
+from controller.datapath import Datapath, abi, codecs
+from controller.datapath.abi import Reason
 from tests.kernel.netns_util import VethPair, in_netns, veth_pair
 
 pytestmark = pytest.mark.root
@@ -28,10 +29,22 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="session")
 def go_plugin(tmp_path_factory: pytest.TempPathFactory) -> str:
     out = tmp_path_factory.mktemp("cni") / "vethguard-cni"
-    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOPROXY": "off",
-           "GOCACHE": str(out.parent / "cache"), "GOPATH": str(out.parent / "gopath")}
-    subprocess.run(["go", "build", "-trimpath", "-o", str(out), "."], cwd=REPO / "cni", env=env, check=True,
-                   capture_output=True, timeout=600)
+    env = {
+        **os.environ,
+        "CGO_ENABLED": "0",
+        "GOFLAGS": "-mod=mod",
+        "GOPROXY": "off",
+        "GOCACHE": str(out.parent / "cache"),
+        "GOPATH": str(out.parent / "gopath"),
+    }
+    subprocess.run(
+        ["go", "build", "-trimpath", "-o", str(out), "."],
+        cwd=REPO / "cni",
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     return str(out)
 
 
@@ -42,17 +55,31 @@ def plugin(request: pytest.FixtureRequest) -> list[str]:
     return [sys.executable, "-m", "controller.cni"]
 
 
-def cni(command: str, v: VethPair, dp: Datapath, plugin: list[str], **config: object
-        ) -> subprocess.CompletedProcess[str]:
+def cni(
+    command: str, v: VethPair, dp: Datapath, plugin: list[str], **config: object
+) -> subprocess.CompletedProcess[str]:
     prev = {
         "cniVersion": "1.0.0",
         "interfaces": [{"name": "vgh0"}, {"name": "eth0", "sandbox": f"/run/netns/{v.pod_ns}"}],
         "ips": [{"address": f"{v.pod_ip}/24", "interface": 1}],
     }
-    conf = {"cniVersion": "1.0.0", "name": "k8s", "type": "vethguard-cni", "pinRoot": str(dp.pin_dir.parent),
-            "nodeName": dp.node, "prevResult": prev, **config}
-    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "CNI_COMMAND": command,
-           "CNI_CONTAINERID": "c0ffee", "CNI_NETNS": f"/run/netns/{v.pod_ns}", "CNI_IFNAME": "eth0"}
+    conf = {
+        "cniVersion": "1.0.0",
+        "name": "k8s",
+        "type": "vethguard-cni",
+        "pinRoot": str(dp.pin_dir.parent),
+        "nodeName": dp.node,
+        "prevResult": prev,
+        **config,
+    }
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(REPO),
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": "c0ffee",
+        "CNI_NETNS": f"/run/netns/{v.pod_ns}",
+        "CNI_IFNAME": "eth0",
+    }
     # nsenter, not `ip netns exec`: that remounts /sys and would hide the pins under /sys/fs/bpf
     argv = ["nsenter", f"--net=/run/netns/{v.node_ns}", "--", *plugin]
     return subprocess.run(argv, input=json.dumps(conf), env=env, capture_output=True, text=True, timeout=60)
@@ -64,8 +91,8 @@ def pair(dp: Datapath) -> Iterator[VethPair]:
         try:
             yield v
         finally:
-            dp.maps["vg_endpoints"].delete(maps.u32_key(v.ifindex))
-            dp.maps["vg_local"].delete(maps.encode_local(v.pod_ip, 0)[0])
+            dp.maps["vg_endpoints"].delete(codecs.u32_key(v.ifindex))
+            dp.maps["vg_local"].delete(codecs.encode_local(v.pod_ip, 0)[0])
 
 
 def test_add_closes_a_new_veth_with_no_agent_running(dp: Datapath, pair: VethPair, plugin: list[str]) -> None:
@@ -74,10 +101,11 @@ def test_add_closes_a_new_veth_with_no_agent_running(dp: Datapath, pair: VethPai
     assert json.loads(out.stdout)["ips"] == [{"address": f"{pair.pod_ip}/24", "interface": 1}]
     assert in_netns(pair.node_ns, lambda: dp.attached(pair.ifindex))
     ep = dp.dump().endpoints[pair.ifindex]
-    assert ep.flags & maps.EP_F_PENDING and ep.ipv4 == pair.pod_ip
-    assert dp.maps["vg_local"].lookup(maps.encode_local(pair.pod_ip, 0)[0]) == maps.encode_local(
-        pair.pod_ip, pair.ifindex
-    )[1]
+    assert ep.flags & abi.EP_F_PENDING and ep.ipv4 == pair.pod_ip
+    assert (
+        dp.maps["vg_local"].lookup(codecs.encode_local(pair.pod_ip, 0)[0])
+        == codecs.encode_local(pair.pod_ip, pair.ifindex)[1]
+    )
 
     def send() -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -95,7 +123,7 @@ def test_add_closes_a_new_veth_with_no_agent_running(dp: Datapath, pair: VethPai
 def test_add_leaves_an_endpoint_the_agent_already_wrote(
     dp: Datapath, pair: VethPair, plugin: list[str]
 ) -> None:
-    realized = maps.encode_endpoint(pair.ifindex, 256, maps.EP_F_INGRESS_ISOLATED, pair.pod_ip, None, slot=3)
+    realized = codecs.encode_endpoint(pair.ifindex, 256, abi.EP_F_INGRESS_ISOLATED, pair.pod_ip, None, slot=3)
     dp.maps["vg_endpoints"].update(*realized)
     assert cni("ADD", pair, dp, plugin).returncode == 0
     assert dp.maps["vg_endpoints"].lookup(realized[0]) == realized[1]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from controller.datapath.maps import CT_ALLOWED, CT_SEEN_FIN, CT_SEEN_REPLY, DIR_EGRESS, DIR_INGRESS, Reason
+from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
+from controller.datapath import abi, codecs
+from controller.datapath.abi import CT_ALLOWED, CT_SEEN_FIN, CT_SEEN_REPLY, Reason
 from tests.kernel import packets as P
 from tests.kernel.conftest import ID_B, POD_A, POD_A6, POD_B, POD_B6, POD_C, TC_ACT_OK, TC_ACT_SHOT, Harness
 
@@ -100,14 +102,14 @@ def test_a_revoked_flow_resumes_when_the_policy_allows_it_again(h: Harness) -> N
 
 
 def test_an_expired_entry_is_a_miss(h: Harness) -> None:
-    from controller.datapath import maps
+    from controller.datapath import abi
 
     h.endpoint(ingress_isolated=True)
     key = h.allow(DIR_INGRESS, ID_B, P.TCP, 80)
     assert h.to_pod(b_to_a(40000, 80, P.SYN)) == TC_ACT_OK
     ct = h.dp.maps["vg_ct"]
     (kb,) = list(ct.key_list())
-    v = maps.CtValue.from_bytes(ct.lookup(kb) or b"")
+    v = abi.CtValue.from_bytes(ct.lookup(kb) or b"")
     v.expires_ns = 1
     ct.update(kb, bytes(v))
     h.dp.maps["vg_policy"].delete(key)
@@ -145,10 +147,9 @@ def test_an_ipv6_reply_passes_into_an_isolated_pod(h: Harness) -> None:
 
 def test_conntrack_entries_are_per_endpoint(h: Harness) -> None:
     # A flow tracked for another endpoint id does not open this one.
-    from controller.datapath import maps
 
     h.endpoint(ingress_isolated=True)
-    kb = maps.encode_ct_key(99, DIR_EGRESS, P.TCP, POD_A, POD_C, 40000, 80)
-    v = maps.CtValue(expires_ns=2**63, state=CT_ALLOWED)
+    kb = codecs.encode_ct_key(99, DIR_EGRESS, P.TCP, POD_A, POD_C, 40000, 80)
+    v = abi.CtValue(expires_ns=2**63, state=CT_ALLOWED)
     h.dp.maps["vg_ct"].update(kb, bytes(v))
     assert h.to_pod(P.ipv4(POD_C, POD_A, P.TCP, P.tcp(80, 40000, P.ACK))) == TC_ACT_SHOT

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from controller.datapath import cost, maps
-from controller.datapath.maps import DIR_INGRESS, Reason
+from controller.bench import cost
+from controller.core.verdicts import DIR_INGRESS
+from controller.datapath import abi
+from controller.datapath.abi import Reason
 from tests.kernel.conftest import Harness
 
 pytestmark = pytest.mark.root
@@ -24,4 +26,4 @@ def test_the_step_programs_run_to_pods_established_path_on_the_real_maps_and_add
     assert allowed >= 2 * 2 * PACKETS, allowed
     flow = [e for e in h.dp.dump().ct if e.dport == 80 and e.dir == DIR_INGRESS]
     assert len(flow) == 1 and flow[0].packets >= 3 * 2 * PACKETS, flow
-    assert all(e.state == maps.CT_ALLOWED for e in flow)
+    assert all(e.state == abi.CT_ALLOWED for e in flow)

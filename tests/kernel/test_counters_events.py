@@ -6,8 +6,10 @@ from collections.abc import Callable
 
 import pytest
 
-from controller.datapath import maps
-from controller.datapath.maps import DIR_EGRESS, DIR_INGRESS, Event, Reason
+from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
+from controller.datapath import abi, bpfsys
+from controller.datapath.abi import Reason
+from controller.datapath.codecs import Event
 from tests.kernel import packets as P
 from tests.kernel.conftest import EP, ID_B, NODE_IP, POD_A, POD_A6, POD_B, POD_B6, POD_C, Harness
 
@@ -109,12 +111,12 @@ def test_events_are_rate_limited_per_cpu(h: Harness) -> None:
     events = _collect(h)
     # A fresh bucket: tokens refill to the burst size from the last event time.
     for k in list(h.dp.maps["vg_evrate"].key_list()):
-        h.dp.maps["vg_evrate"].update(k, bytes(maps.EvrateState()))
+        h.dp.maps["vg_evrate"].update(k, bytes(abi.EvrateState()))
     h.endpoint(ingress_isolated=True)
-    from controller.datapath.testrun import run
+    from controller.bench.testrun import run
 
     frame = P.ipv4(POD_C, POD_A, P.TCP, P.tcp(40001, 22))
     run(h.dp.prog_fd("to_pod"), frame, ifindex=EP, repeat=5000)
     h.dp.poll_events(100)
     assert h.count(Reason.DROP_POLICY, DIR_INGRESS) == 5000
-    assert 900 <= len(events) <= 1000 * maps.possible_cpus() + 50
+    assert 900 <= len(events) <= 1000 * bpfsys.possible_cpus() + 50

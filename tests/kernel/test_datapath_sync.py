@@ -7,8 +7,14 @@ import ipaddress
 
 import pytest
 
-from controller.datapath import Datapath, maps
-from controller.mapstate import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue, SvcFrontend
+from controller.compiler.desired_state import (
+    EndpointDesired,
+    NodeDesired,
+    PolicyEntryKey,
+    PolicyEntryValue,
+    SvcFrontend,
+)
+from controller.datapath import Datapath, abi, codecs
 from tests.kernel import packets as P
 from tests.kernel.conftest import EP, ID_B, POD_A, POD_B, TC_ACT_OK, TC_ACT_SHOT, Harness
 
@@ -67,9 +73,9 @@ def test_sync_writes_the_desired_state_and_a_second_sync_changes_nothing(h: Harn
     assert (first.adds, first.updates, first.deletes) == (7, 0, 0)
     state = h.dp.dump()
     assert state.endpoints[EP].slot == 1
-    assert h.dp.maps["vg_slots"].items() == {maps.u32_key(1): maps.u32_key(EP)}
+    assert h.dp.maps["vg_slots"].items() == {codecs.u32_key(1): codecs.u32_key(EP)}
     assert state.revision == first.revision
-    assert state.endpoints[EP].flags == maps.EP_F_INGRESS_ISOLATED
+    assert state.endpoints[EP].flags == abi.EP_F_INGRESS_ISOLATED
     assert state.policy == {(EP, PolicyEntryKey(0, ID_B, P.TCP, 80, 16)): ALLOW}
     assert state.ipcache[ipaddress.ip_network(f"{POD_B}/32")] == (ID_B, 0)
     again = h.dp.sync(want, {"x/a": EP})
@@ -114,7 +120,7 @@ def test_sync_writes_the_frontends_and_keeps_every_endpoints_slot_when_others_co
     h.dp.sync(base, {"x/b": 3})
     state = h.dp.dump()
     assert state.endpoints[3].slot == 2 and state.frontends == ()
-    assert h.dp.maps["vg_slots"].items() == {maps.u32_key(2): maps.u32_key(3)}
+    assert h.dp.maps["vg_slots"].items() == {codecs.u32_key(2): codecs.u32_key(3)}
 
 
 def test_an_incremental_sync_writes_what_a_full_sync_writes_and_keeps_the_slots(h: Harness) -> None:
@@ -135,7 +141,7 @@ def test_an_incremental_sync_writes_what_a_full_sync_writes_and_keeps_the_slots(
     h.dp.sync_incremental(_desired({}, pods=("x/b",)), {"x/b": 3})
     state = h.dp.dump()
     assert set(state.endpoints) == {3} and state.endpoints[3].slot == 2 and state.policy == {}
-    assert h.dp.maps["vg_slots"].items() == {maps.u32_key(2): maps.u32_key(3)}
+    assert h.dp.maps["vg_slots"].items() == {codecs.u32_key(2): codecs.u32_key(3)}
     assert not h.dp.sync(_desired({}, pods=("x/b",)), {"x/b": 3}).changed  # the kernel agrees
 
 
@@ -145,7 +151,7 @@ def test_an_incremental_sync_misses_entries_deleted_behind_its_back_and_a_full_s
     _empty(h.dp)
     want = _desired({PolicyEntryKey(0, ID_B, P.TCP, 80, 16): ALLOW})
     h.dp.sync(want, {"x/a": EP})
-    key = maps.encode_policy(EP, PolicyEntryKey(0, ID_B, P.TCP, 80, 16), ALLOW)[0]
+    key = codecs.encode_policy(EP, PolicyEntryKey(0, ID_B, P.TCP, 80, 16), ALLOW)[0]
     h.dp.maps["vg_policy"].delete(key)
     h.dp.maps["vg_ipcache4"].clear()
     assert not h.dp.sync_incremental(want, {"x/a": EP}).changed  # diffs against what it wrote

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from controller.datapath import maps
-from controller.datapath.maps import CT_DENIED, CT_SEEN_MIDSTREAM, DIR_EGRESS, DIR_INGRESS, Reason
+from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
+from controller.datapath import abi, codecs
+from controller.datapath.abi import CT_DENIED, CT_SEEN_MIDSTREAM, Reason
 from tests.kernel import packets as P
 from tests.kernel.conftest import (
     ID_B,
@@ -133,7 +134,7 @@ def test_ipv6_link_local_and_unspecified_sources_are_exempt(h: Harness, src: str
 
 
 def test_a_pod_without_an_address_of_a_family_has_no_valid_source_in_it(h: Harness) -> None:
-    k, v = maps.encode_endpoint(1, 256, 0, None, POD_A6)  # IPv6-only pod
+    k, v = codecs.encode_endpoint(1, 256, 0, None, POD_A6)  # IPv6-only pod
     h.dp.maps["vg_endpoints"].update(k, v)
     assert h.from_pod(P.ipv4("0.0.0.0", POD_C, P.UDP, P.udp(68, 67))) == TC_ACT_SHOT
     assert h.from_pod(P.ipv4(POD_A, POD_C, P.UDP, P.udp(68, 67))) == TC_ACT_SHOT
@@ -282,7 +283,7 @@ def revoke_flow_from_b(h: Harness) -> bytes:
     assert h.to_pod(P.ipv4(POD_B, POD_A, P.TCP, P.tcp(40000, 80, P.ACK))) == TC_ACT_SHOT
     (entry,) = h.dp.dump().ct
     assert entry.state == CT_DENIED
-    return maps.encode_ct_key(1, DIR_INGRESS, P.TCP, POD_B, POD_A, 40000, 80)
+    return codecs.encode_ct_key(1, DIR_INGRESS, P.TCP, POD_B, POD_A, 40000, 80)
 
 
 def test_an_evicted_tombstone_does_not_let_the_revoked_peer_back_in(h: Harness) -> None:
@@ -342,8 +343,8 @@ def test_gc_removes_expired_entries_and_keeps_live_ones(h: Harness) -> None:
     first = P.ipv4(POD_A, POD_B, P.UDP, P.udp(1, 53, b"a" * 32), ident=9, more_fragments=True)
     assert h.from_pod(first) == TC_ACT_OK
     ct = h.dp.maps["vg_ct"]
-    stale = maps.encode_ct_key(1, DIR_EGRESS, P.UDP, POD_A, POD_B, 1000, 53)
-    v = maps.CtValue.from_bytes(ct.lookup(stale) or b"")
+    stale = codecs.encode_ct_key(1, DIR_EGRESS, P.UDP, POD_A, POD_B, 1000, 53)
+    v = abi.CtValue.from_bytes(ct.lookup(stale) or b"")
     v.expires_ns = time.monotonic_ns() - 1
     ct.update(stale, bytes(v))
     result = h.dp.gc_conntrack()

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from controller.datapath import Datapath, MapFullError, maps
-from controller.datapath.maps import Reason
-from controller.datapath.testrun import run
-from controller.mapstate import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue
+from controller.bench.testrun import run
+from controller.compiler.desired_state import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue
+from controller.datapath import Datapath, MapFullError, abi
+from controller.datapath.abi import Reason
 from tests.kernel import packets as P
 from tests.kernel.conftest import EP, ID_B, POD_A, POD_B, TC_ACT_OK, TC_ACT_SHOT
 
@@ -109,8 +109,8 @@ def test_an_endpoint_whose_entries_do_not_fit_is_left_pending_and_the_others_are
     assert (err.map_name, err.endpoint, err.endpoints) == ("vg_policy", "x/a", ("x/a",))
     assert "vg_policy is full" in str(err) and err.result.skipped > 0
     flags = _flags(dp)
-    assert flags[EP] & maps.EP_F_PENDING, "the endpoint that did not fit fails closed"
-    assert not flags[OTHER] & maps.EP_F_PENDING, "an endpoint whose entries fitted keeps its policy"
+    assert flags[EP] & abi.EP_F_PENDING, "the endpoint that did not fit fails closed"
+    assert not flags[OTHER] & abi.EP_F_PENDING, "an endpoint whose entries fitted keeps its policy"
     assert dp.entry_counts()["vg_policy"] <= POLICY_MAX
     # Neither new flows nor the flow established before get through a pending endpoint.
     assert run(dp.prog_fd("to_pod"), _syn(40001), ifindex=EP).retval == TC_ACT_SHOT
@@ -126,7 +126,7 @@ def test_a_retry_that_still_does_not_fit_keeps_the_endpoint_pending(dp: Datapath
     for _ in range(2):
         with pytest.raises(MapFullError):
             dp.sync(_desired(POLICY_MAX + 10), PODS)
-        assert _flags(dp)[EP] & maps.EP_F_PENDING
+        assert _flags(dp)[EP] & abi.EP_F_PENDING
 
 
 def test_the_endpoint_recovers_when_its_entries_fit_again_and_its_flow_resumes(dp: Datapath) -> None:
@@ -136,7 +136,7 @@ def test_the_endpoint_recovers_when_its_entries_fit_again_and_its_flow_resumes(d
         dp.sync(_desired(POLICY_MAX + 10), PODS)
     result = dp.sync(_desired(40), PODS)
     assert not result.full
-    assert _flags(dp) == {EP: maps.EP_F_INGRESS_ISOLATED, OTHER: maps.EP_F_INGRESS_ISOLATED}
+    assert _flags(dp) == {EP: abi.EP_F_INGRESS_ISOLATED, OTHER: abi.EP_F_INGRESS_ISOLATED}
     assert dp.entry_counts()["vg_policy"] == 45
     ack = P.ipv4(POD_B, POD_A, P.TCP, P.tcp(40000, 80, P.ACK))
     assert run(dp.prog_fd("to_pod"), ack, ifindex=EP).retval == TC_ACT_OK, "the revoked flow is allowed again"
@@ -150,7 +150,7 @@ def test_a_full_ipcache_fails_every_endpoint_closed_until_the_prefixes_fit(dp: D
     with pytest.raises(MapFullError) as info:
         dp.sync(_desired(3, extra_prefixes=IPCACHE_MAX), PODS)
     assert info.value.map_name == "vg_ipcache4" and info.value.endpoints == ("x/a", "x/b")
-    assert all(f & maps.EP_F_PENDING for f in _flags(dp).values())
+    assert all(f & abi.EP_F_PENDING for f in _flags(dp).values())
     dp.sync(_desired(3, extra_prefixes=4), PODS)
-    assert not any(f & maps.EP_F_PENDING for f in _flags(dp).values())
+    assert not any(f & abi.EP_F_PENDING for f in _flags(dp).values())
     assert run(dp.prog_fd("to_pod"), _syn(40010), ifindex=EP).retval == TC_ACT_OK

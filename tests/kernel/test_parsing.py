@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from controller.datapath.maps import DIR_EGRESS, DIR_INGRESS, Reason
+from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
+from controller.datapath.abi import Reason
 from tests.kernel import packets as P
 from tests.kernel.conftest import ID_B, POD_A, POD_A6, POD_B, POD_B6, TC_ACT_OK, TC_ACT_SHOT, Harness
 

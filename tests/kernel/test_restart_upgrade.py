@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from controller.datapath import Datapath, loader, maps, sync
-from controller.datapath.maps import DIR_EGRESS, Reason
-from controller.datapath.testrun import run
-from controller.errors import VethguardError
-from controller.mapstate import PolicyEntryKey, PolicyEntryValue
+from controller.bench.testrun import run
+from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue
+from controller.core.errors import VethguardError
+from controller.core.verdicts import DIR_EGRESS
+from controller.datapath import Datapath, abi, bpfsys, codecs, loader, sync
+from controller.datapath.abi import Reason
 from tests.kernel import packets as P
 from tests.kernel.conftest import EP, ID_B, POD_A, POD_B, TC_ACT_OK
 from tests.kernel.netns_util import VethPair, in_netns, veth_pair
@@ -57,7 +58,7 @@ def opened() -> Iterator[Callable[..., Datapath]]:
 
 
 def _map_ids(d: Datapath) -> dict[str, int]:
-    return {name: maps.map_id(m.fd) for name, m in d.maps.items()}
+    return {name: bpfsys.map_id(m.fd) for name, m in d.maps.items()}
 
 
 def test_a_restarted_datapath_reuses_every_pinned_map_and_its_first_sync_changes_nothing(
@@ -92,9 +93,9 @@ def test_an_upgraded_build_has_a_different_program_and_the_pins_name_the_newest_
     for name in loader.PINNED_PROGRAMS:
         if name != "from_uplink":  # the only program that creates no conntrack entry
             assert new.prog_id(name).tag != old.prog_id(name).tag, f"{name}: the marker must change the code"
-        fd = maps.obj_get(str(new.pin_dir / f"prog_{name}"))
+        fd = bpfsys.obj_get(str(new.pin_dir / f"prog_{name}"))
         try:
-            assert maps.prog_id(fd) == new.prog_id(name)
+            assert bpfsys.prog_id(fd) == new.prog_id(name)
         finally:
             os.close(fd)
 
@@ -106,7 +107,7 @@ def test_a_pinned_map_with_another_layout_is_refused_with_a_message_saying_what_
     pin_dir.mkdir(parents=True)
     try:
         # vg_frag's fd pinned under the name vg_ct: the sizes an older build might have left.
-        maps.obj_pin(dp.maps["vg_frag"].fd, str(pin_dir / "vg_ct"))
+        bpfsys.obj_pin(dp.maps["vg_frag"].fd, str(pin_dir / "vg_ct"))
         with pytest.raises(VethguardError, match=r"vg_ct has key/value sizes .* layout changed.*rm -r"):
             loader.check_pinned_layout(pin_dir)
     finally:
@@ -131,11 +132,11 @@ def test_loading_a_new_program_set_leaves_the_attached_filters_alone_until_attac
 
 def _policy_for_udp(d: Datapath, v: VethPair, port: int) -> None:
     """The pod is egress-isolated and may send UDP to the node-side address (identity PEER_ID)."""
-    k, val = maps.encode_ipcache(sync.ipnet(f"{v.node_ip}/32"), PEER_ID, 0)
+    k, val = codecs.encode_ipcache(sync.ipnet(f"{v.node_ip}/32"), PEER_ID, 0)
     d.maps["vg_ipcache4"].update(k, val)
-    k, val = maps.encode_endpoint(v.ifindex, 256, maps.EP_F_EGRESS_ISOLATED, v.pod_ip, None)
+    k, val = codecs.encode_endpoint(v.ifindex, 256, abi.EP_F_EGRESS_ISOLATED, v.pod_ip, None)
     d.maps["vg_endpoints"].update(k, val)
-    pk, pv = maps.encode_policy(v.ifindex, PolicyEntryKey(DIR_EGRESS, PEER_ID, P.UDP, port, 16), ALLOW)
+    pk, pv = codecs.encode_policy(v.ifindex, PolicyEntryKey(DIR_EGRESS, PEER_ID, P.UDP, port, 16), ALLOW)
     d.maps["vg_policy"].update(pk, pv)
 
 

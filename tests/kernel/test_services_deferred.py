@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from controller.datapath import maps
-from controller.datapath.maps import CT_DEFERRED, DIR_EGRESS, DIR_INGRESS, Reason
-from controller.datapath.testrun import RunResult, run
+from controller.bench.testrun import RunResult, run
+from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
+from controller.datapath import abi, codecs
+from controller.datapath.abi import CT_DEFERRED, Reason
 from tests.kernel import packets as P
 from tests.kernel.conftest import EP, ID_C, POD_A, POD_C, TC_ACT_OK, TC_ACT_SHOT, Harness
 
@@ -16,16 +17,16 @@ pytestmark = pytest.mark.root
 
 VIP = "10.245.0.20"
 SLOT = 5
-MARK = maps.VG_MARK_DEFERRED | (SLOT << maps.VG_MARK_SLOT_SHIFT)
+MARK = abi.VG_MARK_DEFERRED | (SLOT << abi.VG_MARK_SLOT_SHIFT)
 
 
 def client(h: Harness, *, egress_isolated: bool = True, ingress_isolated: bool = True) -> None:
     """The pod at EP is the client, with slot SLOT; VIP:80/TCP is a frontend."""
-    flags = maps.EP_F_EGRESS_ISOLATED * egress_isolated | maps.EP_F_INGRESS_ISOLATED * ingress_isolated
-    k, v = maps.encode_endpoint(EP, 256, flags, POD_A, None, slot=SLOT)
+    flags = abi.EP_F_EGRESS_ISOLATED * egress_isolated | abi.EP_F_INGRESS_ISOLATED * ingress_isolated
+    k, v = codecs.encode_endpoint(EP, 256, flags, POD_A, None, slot=SLOT)
     h.dp.maps["vg_endpoints"].update(k, v)
-    h.dp.maps["vg_slots"].update(maps.u32_key(SLOT), maps.u32_key(EP))
-    kb, vb = maps.encode_svc(4, VIP, P.TCP, 80)
+    h.dp.maps["vg_slots"].update(codecs.u32_key(SLOT), codecs.u32_key(EP))
+    kb, vb = codecs.encode_svc(4, VIP, P.TCP, 80)
     h.dp.maps["vg_svc"].update(kb, vb)
 
 
@@ -102,7 +103,7 @@ def test_a_policy_change_revokes_a_judged_flow_at_its_next_packet(h: Harness) ->
 
 def test_a_deferred_packet_whose_slot_names_no_endpoint_is_dropped(h: Harness) -> None:
     client(h, egress_isolated=False)
-    other = maps.VG_MARK_DEFERRED | (SLOT + 1) << maps.VG_MARK_SLOT_SHIFT
+    other = abi.VG_MARK_DEFERRED | (SLOT + 1) << abi.VG_MARK_SLOT_SHIFT
     assert uplink(h, to_backend(40000), mark=other).retval == TC_ACT_SHOT
 
 
@@ -138,7 +139,7 @@ def test_to_pod_judges_a_deferred_packet_for_its_client_before_the_backends_ingr
 
 
 def test_the_cost_tool_measures_every_service_path_and_the_judge_really_ran(h: Harness) -> None:
-    from controller.datapath import cost
+    from controller.bench import cost
 
     report = cost.with_stats_enabled(lambda: cost.measure(h.dp, rounds=1, packets=200))
     figures = [

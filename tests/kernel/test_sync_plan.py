@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from controller.datapath import maps
+from controller.compiler.desired_state import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue
+from controller.datapath import abi, codecs
 from controller.datapath.sync import PENDING_FLAGS, Encoder, desired_maps, diff, plan
-from controller.mapstate import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue
 
 ALLOW = PolicyEntryValue(verdict=1, precedence=0, rule_ref=11)
 
@@ -73,7 +73,7 @@ def test_policy_keys_use_the_documented_prefix_lengths_and_network_order_ports()
     got = desired_maps(_node(entries), {"x/a": 7})["vg_policy"]
     keys = sorted(
         (k.prefixlen, k.ep_id, k.identity, k.dir, k.proto, bytes(k.dport))
-        for k in map(maps.PolicyKey.from_bytes, got)
+        for k in map(abi.PolicyKey.from_bytes, got)
     )
     assert keys == [
         (72, 7, 0, 0, 0, b"\x00\x00"),
@@ -82,21 +82,21 @@ def test_policy_keys_use_the_documented_prefix_lengths_and_network_order_ports()
         (96, 7, 257, 1, 6, (443).to_bytes(2, "big")),
     ]
     for kb, vb in got.items():
-        ep_id, key, value = maps.decode_policy(kb, vb)
+        ep_id, key, value = codecs.decode_policy(kb, vb)
         assert ep_id == 7 and entries[key] == value
 
 
 def test_endpoints_are_keyed_by_ifindex_with_the_ifindex_as_endpoint_id() -> None:
     got = desired_maps(_node({}), {"x/a": 42})["vg_endpoints"]
     ((kb, vb),) = got.items()
-    ep = maps.decode_endpoint(kb, vb)
-    assert (ep.ifindex, ep.ep_id, ep.identity, ep.flags) == (42, 42, 300, maps.EP_F_INGRESS_ISOLATED)
+    ep = codecs.decode_endpoint(kb, vb)
+    assert (ep.ifindex, ep.ep_id, ep.identity, ep.flags) == (42, 42, 300, abi.EP_F_INGRESS_ISOLATED)
     assert (ep.ipv4, ep.ipv6) == ("10.244.1.10", "fd00:10:244:1::10")
 
 
 def test_a_pod_with_a_veth_but_no_desired_state_is_pending() -> None:
     got = desired_maps(_node({}), {"x/a": 42, "x/new": 43})["vg_endpoints"]
-    flags = {maps.decode_endpoint(k, v).ifindex: maps.decode_endpoint(k, v).flags for k, v in got.items()}
+    flags = {codecs.decode_endpoint(k, v).ifindex: codecs.decode_endpoint(k, v).flags for k, v in got.items()}
     assert flags[43] == PENDING_FLAGS
 
 

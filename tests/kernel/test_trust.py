@@ -12,8 +12,9 @@ import struct
 
 import pytest
 
-from controller.datapath import maps
-from controller.datapath.maps import DIR_EGRESS, DIR_INGRESS, Reason
+from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
+from controller.datapath import abi, codecs
+from controller.datapath.abi import Reason
 from tests.kernel import packets as P
 from tests.kernel.conftest import (
     EP,
@@ -48,8 +49,8 @@ def node(h: Harness) -> Harness:
     h.endpoint(ingress_isolated=True)
     h.allow(DIR_INGRESS, ID_B, P.TCP, 5432)
     for ifindex, identity, v4, v6 in ((VETH_B, ID_B, POD_B, POD_B6), (VETH_C, ID_C, POD_C, POD_C6)):
-        h.dp.maps["vg_endpoints"].update(*maps.encode_endpoint(ifindex, identity, 0, v4, v6, slot=ifindex))
-        h.dp.maps["vg_slots"].update(maps.u32_key(ifindex), maps.u32_key(ifindex))
+        h.dp.maps["vg_endpoints"].update(*codecs.encode_endpoint(ifindex, identity, 0, v4, v6, slot=ifindex))
+        h.dp.maps["vg_slots"].update(codecs.u32_key(ifindex), codecs.u32_key(ifindex))
         h.local(v4, ifindex)
         h.local(v6, ifindex)
     h.local(POD_A, EP)
@@ -81,7 +82,7 @@ def test_a_service_hairpin_routed_through_a_bridge_is_its_client_not_a_forgery(n
     # on a bridge, pod B -> ClusterIP -> db is routed up through cni0 and back: it arrives from the
     # bridge device, not B's veth, but carries the mark B's from_pod set (the deferred client)
     bridge = UPLINK
-    deferred = maps.VG_MARK_DEFERRED | (VETH_B << maps.VG_MARK_SLOT_SHIFT)
+    deferred = abi.VG_MARK_DEFERRED | (VETH_B << abi.VG_MARK_SLOT_SHIFT)
     assert node.to_pod(syn(POD_B), arrived_on=bridge, mark=deferred) == TC_ACT_OK
     assert node.count(Reason.ALLOW_POLICY, DIR_INGRESS) == 1
     # without the mark, the same packet from the bridge device claims a local pod's address
@@ -190,7 +191,7 @@ def test_an_icmp_error_a_pod_sends_lets_no_icmp_back(node: Harness, v6: bool) ->
     proto = P.ICMPV6 if v6 else P.ICMP
     probe = ip(c, a, P.UDP, P.udp(5000, 9))[14:]
     # db answers x's bad packet with an error (db's egress is not isolated)
-    assert node.from_pod(ip(a, c, proto, icmp_error(v6, probe[:48 if v6 else 28]))) == TC_ACT_OK
+    assert node.from_pod(ip(a, c, proto, icmp_error(v6, probe[: 48 if v6 else 28]))) == TC_ACT_OK
     assert node.dp.dump().ct == [], "non-echo ICMP is never tracked"
     # then x sends ICMP of an unknown type with a payload: no "reply" of anything
     data = struct.pack("!BBH", 200, 0, 0) + b"exfil" * 20
@@ -235,8 +236,10 @@ def test_an_outside_router_speaks_only_for_flows_to_outside(node: Harness) -> No
     assert node.from_pod(to_outside) == TC_ACT_OK
     frag_needed = struct.pack("!BBHHH", 3, 4, 0, 0, 1300)
     assert node.to_pod(P.ipv4(router, POD_A, P.ICMP, frag_needed + to_outside[14:42]), arrived_on=UPLINK) == 0
-    assert node.to_pod(P.ipv4(router, POD_A, P.ICMP, frag_needed + to_remote_pod[14:42]),
-                       arrived_on=UPLINK) == TC_ACT_SHOT
+    assert (
+        node.to_pod(P.ipv4(router, POD_A, P.ICMP, frag_needed + to_remote_pod[14:42]), arrived_on=UPLINK)
+        == TC_ACT_SHOT
+    )
     assert node.count(Reason.ALLOW_RELATED, DIR_INGRESS) == 1
 
 
@@ -271,4 +274,4 @@ def test_an_outside_client_masqueraded_to_the_node_address_is_judged_as_outside(
     node.allow(DIR_INGRESS, cidr, P.TCP, 5432)
     assert node.to_pod(syn(NODE_IP, 52001), arrived_on=UPLINK) == TC_ACT_OK
     [entry] = node.dp.dump().ct
-    assert entry.origin == maps.CT_ORIGIN_OUTSIDE
+    assert entry.origin == abi.CT_ORIGIN_OUTSIDE

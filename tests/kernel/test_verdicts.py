@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from controller.datapath.maps import DIR_EGRESS, DIR_INGRESS, Reason
-from controller.portrange import range_to_prefixes
+from controller.compiler.portrange import range_to_prefixes
+from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
+from controller.datapath.abi import Reason
 from tests.kernel import packets as P
 from tests.kernel.conftest import (
     ID_B,
@@ -151,8 +152,13 @@ def test_ipv6_neighbour_discovery_and_mld_on_the_link_pass_an_isolated_pod(
 ) -> None:
     h.endpoint(ingress_isolated=True, egress_isolated=True)
     out = P.ipv6(src, dst, P.ICMPV6, P.icmp6(icmp_type), hop_limit=hop_limit)
-    back = P.ipv6(GATEWAY_LL, src if icmp_type != 143 else "ff02::1", P.ICMPV6,
-                  P.icmp6(134 if icmp_type == 133 else icmp_type), hop_limit=hop_limit)
+    back = P.ipv6(
+        GATEWAY_LL,
+        src if icmp_type != 143 else "ff02::1",
+        P.ICMPV6,
+        P.icmp6(134 if icmp_type == 133 else icmp_type),
+        hop_limit=hop_limit,
+    )
     assert h.from_pod(out) == TC_ACT_OK
     assert h.to_pod(back) == TC_ACT_OK  # the node answers over the link
     assert h.count(Reason.ALLOW_ICMP6_CTRL, DIR_EGRESS) == 1
@@ -189,6 +195,6 @@ def test_a_pending_endpoint_drops_all_but_always_allowed_traffic(h: Harness) -> 
 
 
 def test_the_passthrough_program_passes_everything(h: Harness) -> None:
-    from controller.datapath.testrun import run
+    from controller.bench.testrun import run
 
     assert run(h.dp.prog_fd("passthrough"), P.arp(), ifindex=1).retval == TC_ACT_OK

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from controller.datapath import maps
+from controller.datapath import abi, bpfsys
 from controller.lab import netns
 from controller.lab.state import LabPaths
 from controller.lab.topology import LabNames
@@ -57,8 +57,8 @@ def agent_get(lab: Lab, path: str, node: int = 1) -> bytes:
     return netns.run_in_netns(LabNames(lab.name).node(node), fetch)
 
 
-def pinned(lab: Lab, name: str, node: str = "node-1") -> maps.BpfMap:
-    return maps.BpfMap.open_pinned(str(LabPaths(lab.name).pin_root / node / name))
+def pinned(lab: Lab, name: str, node: str = "node-1") -> bpfsys.BpfMap:
+    return bpfsys.BpfMap.open_pinned(str(LabPaths(lab.name).pin_root / node / name))
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ def test_the_periodic_resync_repairs_policy_and_endpoint_entries_changed_behind_
         victim = sorted(want_policy)[0]
         assert policy.delete(victim)
         ep_key = sorted(want_endpoints)[0]
-        info = maps.EndpointInfo.from_bytes(want_endpoints[ep_key])
+        info = abi.EndpointInfo.from_bytes(want_endpoints[ep_key])
         info.flags = 0  # "not isolated": what an attacker with map access would write
         endpoints.update(ep_key, bytes(info))
         wait_for(lambda: policy.items() == want_policy, 20, "policy entry restored")

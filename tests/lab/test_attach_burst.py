@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from controller.datapath import maps
+from controller.datapath import abi, bpfsys, codecs
 from controller.datapath.attach import Attacher
 from controller.lab import netns
 from controller.lab.state import LabPaths
@@ -108,7 +108,7 @@ def _pod_state(lab: Lab, pods: list[str]) -> dict[str, tuple[int, bool]]:
     node_ns = LabNames(lab.name).node(1)
 
     def read() -> dict[str, tuple[int, bool]]:
-        endpoints = maps.BpfMap.open_pinned(str(LabPaths(lab.name).pin_root / "node-1" / "vg_endpoints"))
+        endpoints = bpfsys.BpfMap.open_pinned(str(LabPaths(lab.name).pin_root / "node-1" / "vg_endpoints"))
         try:
             entries = endpoints.items()
         finally:
@@ -117,8 +117,8 @@ def _pod_state(lab: Lab, pods: list[str]) -> dict[str, tuple[int, bool]]:
         attacher = Attacher()
         for pod in pods:
             ifindex = socket.if_nametoindex(pod_ifname(*pod.split("/")))
-            value = entries.get(maps.u32_key(ifindex))
-            flags = maps.EndpointInfo.from_bytes(value).flags if value is not None else -1
+            value = entries.get(codecs.u32_key(ifindex))
+            flags = abi.EndpointInfo.from_bytes(value).flags if value is not None else -1
             out[pod] = (flags, attacher.attached(ifindex))
         return out
 
@@ -130,7 +130,7 @@ def _assert_enforced(lab: Lab, pods: list[str]) -> None:
     not_enforced = {
         pod: flags
         for pod, (flags, attached) in state.items()
-        if not attached or flags < 0 or flags & maps.EP_F_PENDING or not flags & maps.EP_F_INGRESS_ISOLATED
+        if not attached or flags < 0 or flags & abi.EP_F_PENDING or not flags & abi.EP_F_INGRESS_ISOLATED
     }
     assert not not_enforced, f"pods whose veth lacks our programs or their policy: {not_enforced}"
 

@@ -49,7 +49,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.datapath.maps import DIR_EGRESS, DIR_INGRESS, BpfMap, CounterKey, CounterValue, Reason
+from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
+from controller.datapath.abi import CounterKey, CounterValue, Reason
+from controller.datapath.bpfsys import BpfMap
 from controller.lab import netns, topology
 from controller.lab.cli import teardown
 from controller.lab.state import LabPaths

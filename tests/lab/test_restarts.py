@@ -37,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from controller.datapath import maps
+from controller.datapath import abi, bpfsys, codecs
 from controller.datapath.attach import Attacher
 from controller.lab import netns, topology
 from controller.lab.daemon import AGENT_ENV_FILE, query_agent
@@ -360,26 +360,26 @@ class LabView:
         raise AssertionError(f"agent {node} not ready {READY_TIMEOUT} s after a restart:\n{log}")
 
     def revision(self, node: str) -> int:
-        m = maps.BpfMap.open_pinned(str(self.pin_dir(node) / "vg_config"))
+        m = bpfsys.BpfMap.open_pinned(str(self.pin_dir(node) / "vg_config"))
         try:
-            raw = m.lookup(maps.u32_key(0))
-            return int(maps.Config.from_bytes(raw).revision) if raw else 0
+            raw = m.lookup(codecs.u32_key(0))
+            return int(abi.Config.from_bytes(raw).revision) if raw else 0
         finally:
             m.close()
 
-    def ct(self, node: str) -> list[maps.CtEntry]:
-        m = maps.BpfMap.open_pinned(str(self.pin_dir(node) / "vg_ct"))
+    def ct(self, node: str) -> list[codecs.CtEntry]:
+        m = bpfsys.BpfMap.open_pinned(str(self.pin_dir(node) / "vg_ct"))
         try:
-            return [maps.decode_ct(k, v) for k, v in m.items().items()]
+            return [codecs.decode_ct(k, v) for k, v in m.items().items()]
         finally:
             m.close()
 
-    def pinned_progs(self, node: str) -> dict[str, maps.ProgId]:
+    def pinned_progs(self, node: str) -> dict[str, bpfsys.ProgId]:
         out = {}
         for name in ("from_pod", "to_pod"):
-            fd = maps.obj_get(str(self.pin_dir(node) / f"prog_{name}"))
+            fd = bpfsys.obj_get(str(self.pin_dir(node) / f"prog_{name}"))
             try:
-                out[name] = maps.prog_id(fd)
+                out[name] = bpfsys.prog_id(fd)
             finally:
                 os.close(fd)
         return out
@@ -414,7 +414,7 @@ def _pod_ip(status: dict[str, Any], pod: str) -> str:
     return next(ip for ip in status["pods"][pod]["ips"] if ":" not in ip)
 
 
-def _flows_of_port(entries: list[maps.CtEntry], port: int, clients: set[str]) -> list[maps.CtEntry]:
+def _flows_of_port(entries: list[codecs.CtEntry], port: int, clients: set[str]) -> list[codecs.CtEntry]:
     """Conntrack entries of connections from `clients` to `port` (not the intruder's attempts)."""
     return [e for e in entries if e.dport == port and e.family == 4 and e.saddr in clients]
 

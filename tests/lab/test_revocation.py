@@ -36,7 +36,9 @@ from typing import Any
 
 import pytest
 
-from controller.datapath.maps import DIR_EGRESS, DIR_INGRESS, BpfMap, CounterKey, CounterValue, Reason
+from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
+from controller.datapath.abi import CounterKey, CounterValue, Reason
+from controller.datapath.bpfsys import BpfMap
 from controller.lab import netns
 from controller.lab.state import LabPaths
 from tests.lab.conftest import Lab

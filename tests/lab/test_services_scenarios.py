@@ -33,7 +33,10 @@ def lab_cli(lab: str, *args: str, stdin: str | None = None) -> str:
 def in_pod(lab: str, pod: str, *command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "controller.cli", "lab", "exec", "--name", lab, pod, "--", *command],
-        capture_output=True, text=True, timeout=90, check=False,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
     )
 
 
@@ -45,10 +48,24 @@ def observe(lab: str, check: dict[str, Any]) -> tuple[bool, bool]:
     if "resolve" in check:
         out = in_pod(lab, check["exec"], "getent", "hosts", check["resolve"])
         return bool(check["resolves"]), out.returncode == 0
-    doc = json.loads(lab_cli(
-        lab, "probe", "--port", str(check["port"]), "--protocol", check.get("protocol", "TCP"),
-        "--from", check["from"], "--to", check["to"], "--timeout", "2", "-o", "json",
-    ))
+    doc = json.loads(
+        lab_cli(
+            lab,
+            "probe",
+            "--port",
+            str(check["port"]),
+            "--protocol",
+            check.get("protocol", "TCP"),
+            "--from",
+            check["from"],
+            "--to",
+            check["to"],
+            "--timeout",
+            "2",
+            "-o",
+            "json",
+        )
+    )
     return bool(check["connected"]), bool(doc["results"][0]["connected"])
 
 

@@ -27,7 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.datapath.maps import DIR_INGRESS, BpfMap, CounterKey, CounterValue, Reason
+from controller.core.verdicts import DIR_INGRESS
+from controller.datapath.abi import CounterKey, CounterValue, Reason
+from controller.datapath.bpfsys import BpfMap
 from controller.lab import netns, topology
 from controller.lab.cli import teardown
 from controller.lab.state import LabPaths
@@ -63,8 +65,13 @@ spec:
   nodeName: node-1
   containers: [{{name: c, ports: [{{containerPort: {port}, protocol: TCP}}]}}]
 """
-    for ns, name, port in (("prod", "db", 5432), ("prod", "api", 80), ("prod", "web", 80),
-                           ("prod", "egr", 80), ("evil", "x", 80))
+    for ns, name, port in (
+        ("prod", "db", 5432),
+        ("prod", "api", 80),
+        ("prod", "web", 80),
+        ("prod", "egr", 80),
+        ("evil", "x", 80),
+    )
 )
 POLICY = f"""
 apiVersion: networking.k8s.io/v1
@@ -147,8 +154,23 @@ class Env:
         return sum(CounterValue.from_bytes(v).packets for v in values or [])
 
     def probe(self, source: str, target: str, port: int) -> bool:
-        out = run_cli("probe", "--name", self.lab, "--port", str(port), "--protocol", "TCP",
-                      "--from", source, "--to", target, "--timeout", "2", "-o", "json").stdout
+        out = run_cli(
+            "probe",
+            "--name",
+            self.lab,
+            "--port",
+            str(port),
+            "--protocol",
+            "TCP",
+            "--from",
+            source,
+            "--to",
+            target,
+            "--timeout",
+            "2",
+            "-o",
+            "json",
+        ).stdout
         [result] = json.loads(out)["results"]
         return bool(result["connected"])
 
@@ -192,8 +214,15 @@ def env() -> Iterator[Env]:
         def add(key: str, ns: str, ips: list[str], next_hop: dict[str, object]) -> None:
             tx, rx = netns.run_in_netns(ns, _sockets)
             opened.extend((tx, rx))
-            hosts[key] = Host(ns, next(i for i in ips if ":" not in i), next(i for i in ips if ":" in i),
-                              _mac(_link(ns, "eth0")), _mac(next_hop), tx, rx)
+            hosts[key] = Host(
+                ns,
+                next(i for i in ips if ":" not in i),
+                next(i for i in ips if ":" in i),
+                _mac(_link(ns, "eth0")),
+                _mac(next_hop),
+                tx,
+                rx,
+            )
 
         for key, info in status["pods"].items():
             pod_ns, pod_name = key.split("/")
@@ -255,11 +284,15 @@ def test_an_external_host_cannot_send_as_a_local_pod_or_as_the_node(env: Env) ->
     ext, db, api = env.hosts["outside"], env.hosts["db"], env.hosts["api"]
     before = env.count(env.uplink, Reason.DROP_SPOOFED)
     forged = {
-        "api v4": (api.ip4, db.ip4), "api v6": (api.ip6, db.ip6),
-        "node v4": (env.node4, db.ip4), "node v6": (env.node6, db.ip6),
+        "api v4": (api.ip4, db.ip4),
+        "api v6": (api.ip6, db.ip6),
+        "node v4": (env.node4, db.ip4),
+        "node v6": (env.node6, db.ip6),
     }
-    arrived = {what: sent_and_seen(ext, db, functools.partial(syn, src, dst, 5432), SETTLE)
-               for what, (src, dst) in forged.items()}
+    arrived = {
+        what: sent_and_seen(ext, db, functools.partial(syn, src, dst, 5432), SETTLE)
+        for what, (src, dst) in forged.items()
+    }
     assert arrived == dict.fromkeys(forged, False)
     # at least api v4/v6 and node v6; the v4 node address may meet the fabric's reverse-path filter
     assert env.count(env.uplink, Reason.DROP_SPOOFED) - before >= 3

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from controller.mapstate import NodeDesired, compute
-from controller.model import ClusterState
+from controller.compiler.compute import compute
+from controller.compiler.desired_state import NodeDesired
+from controller.compiler.model import ClusterState
 
 
 class K8s:

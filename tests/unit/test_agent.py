@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 
-from controller import agent as agent_mod
-from controller.agent import Agent, AgentConfig
-from controller.endpoints import Discovered
-from controller.mapstate import EndpointDesired, NodeDesired, PolicyError
-from controller.metrics import Metrics
-from controller.sources import Event, KindSnapshot, Snapshot
+from controller.agent import loop as agent_mod
+from controller.agent.discovery import Discovered
+from controller.agent.informers import Event, KindSnapshot, Snapshot
+from controller.agent.loop import Agent, AgentConfig
+from controller.agent.metrics import Metrics
+from controller.compiler.desired_state import EndpointDesired, NodeDesired
+from controller.core.errors import PolicyError
 
 KINDS = ("Namespace", "Pod", "NetworkPolicy", "Node", "Service")
 
@@ -445,7 +446,7 @@ def test_logs_are_json_lines_when_stdout_is_not_a_terminal():
 
     import structlog
 
-    from controller.log import configure, get_logger
+    from controller.core.log import configure, get_logger
 
     buf = io.StringIO()
     try:
@@ -514,7 +515,7 @@ def test_the_uplink_program_is_attached_at_the_first_pass_and_follows_the_routes
 def test_frontends_are_computed_again_only_when_services_or_nodes_change(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ):
-    import controller.agent as agent_mod
+    import controller.agent.loop as agent_mod
 
     calls: list[int] = []
     real = agent_mod.frontends_of

@@ -8,9 +8,9 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
-from controller.agent import unclaimed_key
-from controller.endpoints import Discovered
-from controller.sources import Event, KubeObject
+from controller.agent.discovery import Discovered
+from controller.agent.informers import Event, KubeObject
+from controller.agent.loop import unclaimed_key
 from tests.unit.test_agent_limits import (
     FakeDatapath,
     FakeLinkWatch,

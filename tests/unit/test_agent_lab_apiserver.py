@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from controller.agent import Agent, AgentConfig
-from controller.endpoints import Discovered
+from controller.agent.discovery import Discovered
+from controller.agent.informers import InformerOptions, Sources, load_api_client
+from controller.agent.loop import Agent, AgentConfig
+from controller.agent.metrics import Metrics
+from controller.compiler.desired_state import NodeDesired
 from controller.lab.apiserver import ServerThread, kubeconfig_text, serve_tcp, tcp_listener
 from controller.lab.store import Store
-from controller.mapstate import NodeDesired
-from controller.metrics import Metrics
-from controller.sources import InformerOptions, Sources, load_api_client
 
 
 class Routes:

@@ -13,12 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller.agent import Agent, AgentConfig, fit_capacity, unclaimed_key
-from controller.endpoints import Discovered
-from controller.errors import VethguardError
-from controller.mapstate import NodeDesired
-from controller.metrics import Metrics
-from controller.sources import KINDS, Informer, Sources
+from controller.agent.discovery import Discovered
+from controller.agent.informers import KINDS, Informer, Sources
+from controller.agent.loop import Agent, AgentConfig, fit_capacity, unclaimed_key
+from controller.agent.metrics import Metrics
+from controller.compiler.desired_state import NodeDesired
+from controller.core.errors import VethguardError
 
 # ------------------------------------------------------------------------------------------ fakes
 
@@ -409,7 +409,7 @@ def test_realization_lag_is_measured_from_event_arrival_to_the_sync_that_realize
     api = StaticApi()
     dp = FakeDatapath()
     agent = make_agent(api, dp, Routes())
-    from controller.sources import Event
+    from controller.agent.informers import Event
 
     agent.note_event(Event("Pod", "ADDED", "x/a", None, "5"), now=0.0)
     agent.note_event(Event("Pod", "BOOKMARK", "", None, "6"), now=0.0)  # bookmarks are not changes
@@ -441,7 +441,7 @@ def test_a_datapath_configuration_error_stops_the_agent_instead_of_retrying():
 def test_the_agent_command_has_a_fail_closed_switch_and_an_env_resync_default(argv, monkeypatch):
     import argparse
 
-    from controller import agent as agent_mod
+    from controller.agent import loop as agent_mod
 
     monkeypatch.setenv("VETHGUARD_RESYNC_SECONDS", "2.5")
     parser = argparse.ArgumentParser()

@@ -12,8 +12,9 @@ from typing import Any, cast
 
 import pytest
 
-from controller import agent as agent_mod
-from controller.agent import (
+from controller.agent import loop as agent_mod
+from controller.agent.informers import Snapshot
+from controller.agent.loop import (
     IPCACHE_MAPS,
     RESERVED_IDENTITIES,
     UNCLAIMED,
@@ -24,9 +25,9 @@ from controller.agent import (
     fit_capacity,
 )
 from controller.bench import synth
-from controller.mapstate import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue, PolicyError
-from controller.model import ClusterBuilder, ClusterState
-from controller.sources import Snapshot
+from controller.compiler.desired_state import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue
+from controller.compiler.model import ClusterBuilder, ClusterState
+from controller.core.errors import PolicyError
 
 # ------------------------------------------------------------------------------ policy status
 

@@ -1,6 +1,6 @@
 """Edges of the NetworkPolicy API (issue #5 item 6) through compile + the datapath lookup model.
 
-Every verdict is computed by `controller.lookup` over `controller.mapstate.compute` and is
+Every verdict is computed by `controller.debug.verdict_model` over `controller.compiler.compute` and is
 also checked against the reference evaluator (tests/reference/evaluator.py); the expected
 values are stated from the API semantics in each test.
 """
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from controller.lookup import verdict
-from controller.mapstate import compute
-from controller.model import ClusterState
+from controller.compiler.compute import compute
+from controller.compiler.model import ClusterState
+from controller.debug.verdict_model import verdict
 from tests.reference.evaluator import Evaluator, InvalidPolicy
 from tests.unit.conftest import K8s as K
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from controller import mapstate
 from controller.bench import common, datapath_bench, report, synth
 from controller.bench.iptables import build_ruleset
-from controller.model import ClusterState
+from controller.compiler import compute
+from controller.compiler.model import ClusterState
 
 PAIRS = [("client", "10.244.1.2", "server", "10.244.1.3")]
 NODES = [("client", "node-1"), ("server", "node-1")]
@@ -23,7 +23,7 @@ def state(c: synth.Cluster) -> ClusterState:
 
 
 def test_datapath_cluster_gives_the_server_one_entry_per_synthetic_rule_plus_the_allowing_ports() -> None:
-    desired = mapstate.compute(state(synth.datapath_cluster(30, 300, PAIRS, NODES)), "node-1")
+    desired = compute.compute(state(synth.datapath_cluster(30, 300, PAIRS, NODES)), "node-1")
     server = desired.endpoints["bench/server"]
     assert server.ingress_isolated
     assert len(server.entries) == 30 + 2
@@ -37,7 +37,7 @@ def test_datapath_cluster_gives_the_server_one_entry_per_synthetic_rule_plus_the
 
 
 def test_only_the_allowing_policy_admits_the_client_on_the_measured_ports() -> None:
-    desired = mapstate.compute(state(synth.datapath_cluster(20, 100, PAIRS, NODES)), "node-1")
+    desired = compute.compute(state(synth.datapath_cluster(20, 100, PAIRS, NODES)), "node-1")
     client_id = desired.endpoints["bench/client"].identity
     ports = sorted(k.port for k in desired.endpoints["bench/server"].entries if k.identity == client_id)
     assert ports == [synth.IPERF_PORT, synth.SOCKPERF_PORT]
@@ -48,7 +48,7 @@ def test_control_plane_cluster_has_the_requested_shape_and_compiles_without_erro
     assert (len(c.pods), len(c.namespaces), len(c.policies), len(c.nodes)) == (400, 20, 50, 4)
     cs = state(c)
     assert not cs.errors
-    desired = mapstate.compute(cs, "node-1")
+    desired = compute.compute(cs, "node-1")
     assert len(desired.endpoints) == 100
     assert sum(len(e.entries) for e in desired.endpoints.values()) > 0
 

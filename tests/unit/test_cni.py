@@ -30,12 +30,17 @@ def config(**extra: object) -> dict[str, object]:
 
 
 def env(command: str) -> dict[str, str]:
-    return {"CNI_COMMAND": command, "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/p",
-            "CNI_IFNAME": "eth0"}
+    return {
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": "c1",
+        "CNI_NETNS": "/run/netns/p",
+        "CNI_IFNAME": "eth0",
+    }
 
 
-def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str,
-             stdin: str) -> tuple[int, dict[str, object]]:
+def run_main(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str, stdin: str
+) -> tuple[int, dict[str, object]]:
     monkeypatch.setattr(plugin.os, "environ", env(command))
     monkeypatch.setattr(plugin.sys, "stdin", io.StringIO(stdin))
     code = plugin.main()
@@ -60,7 +65,11 @@ def test_version_lists_the_supported_spec_versions(
     ],
 )
 def test_a_bad_configuration_is_an_error_result_naming_it(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], stdin: str, code: int, message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    stdin: str,
+    code: int,
+    message: str,
     tmp_path: Path,
 ) -> None:
     (tmp_path / "node-1").mkdir()

@@ -83,8 +83,17 @@ def test_the_runtimes_choice_is_the_first_configuration_by_name(host: dict[str, 
 def test_without_a_cluster_cni_configuration_the_init_container_fails_clearly(
     host: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["cni-install", "--node", "n1", "--binary", str(host["image"] / "vethguard-cni"),
-            "--bin-dir", str(host["bin"]), "--conf-dir", str(host["conf"])]
+    args = [
+        "cni-install",
+        "--node",
+        "n1",
+        "--binary",
+        str(host["image"] / "vethguard-cni"),
+        "--bin-dir",
+        str(host["bin"]),
+        "--conf-dir",
+        str(host["conf"]),
+    ]
     assert main(args) == 1
     assert "no CNI network configuration in" in capsys.readouterr().out
     (host["conf"] / "10-kindnet.conflist").write_text(json.dumps(KINDNET))

@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.lookup import verdict
-from controller.mapstate import NodeDesired, compute
-from controller.model import ClusterState
+from controller.compiler.compute import compute
+from controller.compiler.desired_state import NodeDesired
+from controller.compiler.model import ClusterState
+from controller.debug.verdict_model import verdict
 
 CONFORMANCE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "conformance"
 ORDER = ["x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c"]

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.datapath import maps
+from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
+from controller.datapath import abi, codecs
 from controller.datapath.sync import KernelState, desired_maps, dump
 from controller.debug import bpfview, netpol, observe, reach, render
 from controller.debug.explain import explain, explain_text
 from controller.debug.kernel import LiveHalf
 from controller.debug.view import ClusterView, RawObjects
-from controller.mapstate import DIR_EGRESS, DIR_INGRESS
 from tests.conformance.runner import (
     ORDER,
     default_model,
@@ -80,7 +80,7 @@ def tcp03() -> tuple[ClusterView, dict[tuple[str, str], bool]]:
 
 
 def kernel_state(
-    view: ClusterView, node: str, ct: Sequence[maps.CtEntry] = ()
+    view: ClusterView, node: str, ct: Sequence[codecs.CtEntry] = ()
 ) -> tuple[KernelState, dict[str, int]]:
     """What a correct agent writes for `node`, decoded back: the maps without a kernel."""
     desired = view.desired(node)
@@ -213,10 +213,10 @@ def test_a_direction_isolated_only_by_audit_policies_lets_would_be_drops_through
     assert ep.ingress_isolated and ep.ingress_audit and not ep.egress_audit
     e = explain(view, "x/a", "y/a", 80, "TCP")
     assert e.allowed and e.ingress.reason == "ALLOW_AUDIT" and e.ingress.policies == ["y/audit-deny"]
-    flags = maps.EndpointInfo.from_bytes(
-        desired_maps(view.desired(view.node_of("y/a") or ""), {"y/a": 9})["vg_endpoints"][maps.u32_key(9)]
+    flags = abi.EndpointInfo.from_bytes(
+        desired_maps(view.desired(view.node_of("y/a") or ""), {"y/a": 9})["vg_endpoints"][codecs.u32_key(9)]
     ).flags
-    assert flags & maps.EP_F_INGRESS_AUDIT and not flags & maps.EP_F_EGRESS_AUDIT
+    assert flags & abi.EP_F_INGRESS_AUDIT and not flags & abi.EP_F_EGRESS_AUDIT
 
 
 def test_one_enforcing_policy_makes_the_direction_enforcing_again() -> None:
@@ -239,7 +239,7 @@ def test_policy_entries_name_their_policy_rule_and_count_conntrack_flows(tcp03: 
     ref = next(v.rule_ref for (ep, _), v in probe_state.policy.items() if ep == ifindex["x/a"])
     now = 10**12
     ct = [
-        maps.CtEntry(
+        codecs.CtEntry(
             ifindex["x/a"],
             DIR_INGRESS,
             4,
@@ -253,10 +253,10 @@ def test_policy_entries_name_their_policy_rule_and_count_conntrack_flows(tcp03: 
             700,
             1,
             ref,
-            maps.CT_ALLOWED,
+            abi.CT_ALLOWED,
             1,
         ),
-        maps.CtEntry(
+        codecs.CtEntry(
             ifindex["x/a"],
             DIR_INGRESS,
             4,
@@ -270,7 +270,7 @@ def test_policy_entries_name_their_policy_rule_and_count_conntrack_flows(tcp03: 
             500,
             1,
             ref,
-            maps.CT_ALLOWED,
+            abi.CT_ALLOWED,
             1,
         ),  # expired: not counted
     ]
@@ -327,20 +327,20 @@ def test_counters_translate_reasons_and_unknown_codes_do_not_crash(tcp03: Any) -
 
 
 def _event(src: str, dst: str, direction: int, reason: int, rule_ref: int = 0, ep_id: int = 3) -> bytes:
-    e = maps.FlowEvent(
+    e = abi.FlowEvent(
         ts_ns=5_000_000_000, ep_id=ep_id, dir=direction, reason=reason, family=4, proto=6, rule_ref=rule_ref
     )
-    e.saddr[:] = list(maps.addr16(src))
-    e.daddr[:] = list(maps.addr16(dst))
-    e.sport = maps.be16(40000)
-    e.dport = maps.be16(80)
+    e.saddr[:] = list(codecs.addr16(src))
+    e.daddr[:] = list(codecs.addr16(dst))
+    e.sport = codecs.be16(40000)
+    e.dport = codecs.be16(80)
     return bytes(e)
 
 
 def test_a_drop_event_names_the_isolating_policy(tcp03: Any) -> None:
     view, _ = tcp03
     xc, xa = view.cluster.pods["x/c"].ipv4, view.cluster.pods["x/a"].ipv4
-    ev = observe.decode("node-1", _event(xc or "", xa or "", DIR_INGRESS, maps.Reason.DROP_POLICY))
+    ev = observe.decode("node-1", _event(xc or "", xa or "", DIR_INGRESS, abi.Reason.DROP_POLICY))
     rec = observe.record(view, ev, boot_offset_ns=1_700_000_000 * 10**9)
     assert (rec["from"], rec["to"], rec["port"], rec["protocol"]) == ("x/c", "x/a", 80, "TCP")
     assert (rec["verdict"], rec["reason"], rec["policy"], rec["direction"]) == (
@@ -371,7 +371,7 @@ def test_an_audit_event_is_reported_as_audit() -> None:
     view = ClusterView(raw_cluster([_deny_all("y", "audit-deny", audit=True)]))
     src, dst = view.cluster.pods["x/a"].ipv4, view.cluster.pods["y/a"].ipv4
     rec = observe.record(
-        view, observe.decode("n", _event(src or "", dst or "", DIR_INGRESS, maps.Reason.ALLOW_AUDIT)), 0
+        view, observe.decode("n", _event(src or "", dst or "", DIR_INGRESS, abi.Reason.ALLOW_AUDIT)), 0
     )
     assert (rec["verdict"], rec["policy"], rec["policies"]) == ("audit", "y/audit-deny", ["y/audit-deny"])
 
@@ -384,7 +384,7 @@ def test_an_egress_event_is_attributed_to_the_source_pod(tcp03: Any) -> None:
 
 
 def test_the_flow_event_mirror_is_64_bytes() -> None:
-    assert ctypes.sizeof(maps.FlowEvent) == 64
+    assert ctypes.sizeof(abi.FlowEvent) == 64
 
 
 # -- reachability and netpol -----------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controller.demo import STAGES, model_manifests, render_table
+from controller.lab.demo import STAGES, model_manifests, render_table
 
 
 def test_the_table_marks_connected_blocked_and_self_cells_in_aligned_columns() -> None:

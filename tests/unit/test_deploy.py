@@ -13,7 +13,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from controller import agent, preflight
+from controller.agent import loop as agent
+from controller.agent import preflight
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 # Oldest and newest Kubernetes minor we claim: appArmorProfile (GA in 1.30) sets the floor.

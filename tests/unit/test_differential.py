@@ -1,8 +1,8 @@
 """Differential test: compiled map entries + the datapath lookup model vs the reference evaluator.
 
 For generated clusters and policies (tests/reference/cases.py), every (source, destination,
-port, protocol, family) question is answered twice: by `controller.lookup.verdict` over
-`controller.mapstate.compute` of the nodes involved, and by `tests.reference.evaluator`,
+port, protocol, family) question is answered twice: by `controller.debug.verdict_model.verdict` over
+`controller.compiler.compute` of the nodes involved, and by `tests.reference.evaluator`,
 written from the API documentation without any code of controller/. They must agree.
 
 CI runs a bounded number of examples; VETHGUARD_DIFF_EXAMPLES=2000 runs a long campaign
@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from controller.lookup import verdict
-from controller.mapstate import NodeDesired, compute
-from controller.model import ClusterState
+from controller.compiler.compute import compute
+from controller.compiler.desired_state import NodeDesired
+from controller.compiler.model import ClusterState
+from controller.debug.verdict_model import verdict
 from tests.reference.cases import (
     Case,
     Query,

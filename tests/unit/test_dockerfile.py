@@ -30,7 +30,12 @@ def lint(dockerfile: str) -> list[dict[str, object]]:
     """Every finding at any level (style and up), hadolint's JSON output."""
     out = subprocess.run(
         [hadolint(), "--no-color", "-f", "json", "--failure-threshold", "style", "-"],
-        input=dockerfile, capture_output=True, text=True, check=False, cwd=REPO, timeout=60,
+        input=dockerfile,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+        timeout=60,
     )
     findings: list[dict[str, object]] = json.loads(out.stdout or "[]")
     assert (out.returncode != 0) == bool(findings), out.stderr
@@ -92,7 +97,7 @@ def test_the_entrypoint_is_the_agent_and_the_image_stays_root() -> None:
 
 
 def test_the_host_root_the_image_announces_is_where_the_daemonset_mounts_headers() -> None:
-    from controller import preflight
+    from controller.agent import preflight
 
     envs = " ".join(args for word, args in instructions() if word == "ENV")
     assert f"{preflight.HOST_ROOT_ENV}={preflight.DEFAULT_HOST_ROOT}" in envs
@@ -116,8 +121,14 @@ def test_what_the_image_copies_is_enough_to_build_the_package(tmp_path: Path) ->
     assert (context / "scripts" / "install.sh").is_file()
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"), str(context)],
-        check=True, capture_output=True, timeout=300,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     (wheel,) = (tmp_path / "dist").glob("vethguard-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"controller/agent.py", "controller/preflight.py", "controller/_bpf/vethguard.c"} <= names
+    assert {
+        "controller/agent/loop.py",
+        "controller/agent/preflight.py",
+        "controller/_bpf/vethguard.c",
+    } <= names

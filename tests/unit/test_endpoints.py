@@ -7,8 +7,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from controller import rtnl
-from controller.endpoints import (
+from controller.agent.discovery import (
     IFLA_ADDRESS,
     IFLA_IFNAME,
     IFLA_LINKINFO,
@@ -43,6 +42,7 @@ from controller.endpoints import (
     route_from_msg,
     unclaimed_key,
 )
+from controller.datapath import rtnl
 
 LINKS = {
     1: Link(1, "lo", None),
@@ -306,7 +306,7 @@ def test_node_discovery_reads_the_current_namespace_without_root():
     assert got.pod_ifindex == {} and got.missing == ["x/a"]
 
 
-# ---- decoding rtnetlink messages (controller.rtnl: only the attributes discovery uses)
+# ---- decoding rtnetlink messages (controller.datapath.rtnl: only the attributes discovery uses)
 
 
 def _msg(header: bytes, *attrs: tuple[int, bytes]) -> rtnl.Message:

@@ -1,4 +1,4 @@
-"""Service frontends (controller/frontends.py) and endpoint slots (sync.assign_slots): pure."""
+"""Service frontends (controller/compiler/frontends.py) and endpoint slots (sync.assign_slots): pure."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.datapath import maps
+from controller.compiler.desired_state import SvcFrontend
+from controller.compiler.frontends import frontends_of
+from controller.datapath import abi, codecs
 from controller.datapath.sync import assign_slots
-from controller.frontends import frontends_of
-from controller.mapstate import SvcFrontend
 
 NODES = [
     {
@@ -101,16 +101,16 @@ def test_slots_are_unique_nonzero_stable_for_kept_endpoints_and_map_back_to_thei
     ifindexes: list[int], rnd: Any
 ) -> None:
     def endpoints(ids: list[int]) -> dict[bytes, bytes]:
-        return dict(maps.encode_endpoint(i, 256, 0, None, None) for i in ids)
+        return dict(codecs.encode_endpoint(i, 256, 0, None, None) for i in ids)
 
     first, slots = assign_slots(endpoints(ifindexes), {})
-    got = {i: maps.EndpointInfo.from_bytes(first[maps.u32_key(i)]).slot for i in ifindexes}
+    got = {i: abi.EndpointInfo.from_bytes(first[codecs.u32_key(i)]).slot for i in ifindexes}
     assert all(got.values()) and len(set(got.values())) == len(got)
-    assert {maps.u32_key(s): maps.u32_key(i) for i, s in got.items()} == slots
+    assert {codecs.u32_key(s): codecs.u32_key(i) for i, s in got.items()} == slots
     # Some endpoints go, new ones come: those that stay keep their slot.
     kept = [i for i in ifindexes if rnd.random() < 0.5]
     new = [i + 2**31 for i in ifindexes[:5]]
     second, _ = assign_slots(endpoints(kept + new), first)
-    again = {i: maps.EndpointInfo.from_bytes(second[maps.u32_key(i)]).slot for i in kept + new}
+    again = {i: abi.EndpointInfo.from_bytes(second[codecs.u32_key(i)]).slot for i in kept + new}
     assert all(again[i] == got[i] for i in kept)
     assert len(set(again.values())) == len(again) and all(again.values())

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from controller.errors import VethguardError
-from controller.health import HealthProbes, HealthServer, parse_addr
-from controller.metrics import Metrics
+from controller.agent.health import HealthProbes, HealthServer, parse_addr
+from controller.agent.metrics import Metrics
+from controller.core.errors import VethguardError
 
 
 class State:

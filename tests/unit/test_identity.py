@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.identity import (
+from controller.compiler.identity import (
     RESERVED_NAMES,
     allocate,
     allocate_cidr_identities,
@@ -16,7 +16,7 @@ from controller.identity import (
     is_pod_identity,
     pod_identity_key,
 )
-from controller.mapstate import CIDR_ID_MAX, CIDR_ID_MIN, POD_ID_MIN
+from controller.core.identities import CIDR_ID_MAX, CIDR_ID_MIN, POD_ID_MIN
 
 pod_keys = st.lists(
     st.tuples(

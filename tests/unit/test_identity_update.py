@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.identity import allocate, allocate_update
+from controller.compiler.identity import allocate, allocate_update
 
 
 def enc(k: str) -> bytes:

@@ -7,7 +7,7 @@ check_output/check_call/call, os.execv*, asyncio.create_subprocess_exec and shut
 through the project's own wrappers (a function that hands its parameter to one of those is a
 wrapper too, to a fixed point), with the argv resolved from literals, local and module names,
 `+` and `*` splices, and functions that return a command line. Wrappers of wrappers are unwrapped
-by controller.programs.started_programs (nsenter ... --, ip netns exec NS, setpriv, unshare,
+by controller.core.programs.started_programs (nsenter ... --, ip netns exec NS, setpriv, unshare,
 sh -c SCRIPT, `lab exec POD -- CMD`). A call whose program the scan cannot name must be listed in
 DYNAMIC with the reason, so a new one fails until someone looks at it."""
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller import programs
+from controller.core import programs
 
 REPO = Path(__file__).resolve().parents[2]
 SCANNED = ("controller", "tests")
@@ -32,18 +32,24 @@ INSTALL = REPO / "scripts" / "install.sh"
 
 # call sites whose program is chosen at run time: (file, enclosing function) -> why that is fine
 DYNAMIC = {
-    ("controller/lab/cli.py", "cmd_exec"):
-        "`vethguard lab exec POD -- CMD` runs the user's CMD; programs.require names its package first",
-    ("controller/programs.py", "missing"):
-        "looks up the programs its callers name",
-    ("tests/conformance/runner.py", "run"):
-        "the vethguard console script, or this interpreter with -m controller.cli",
-    ("tests/conformance/runner.py", "down"):
-        "the vethguard console script, or this interpreter with -m controller.cli",
-    ("tests/unit/test_dockerfile.py", "lint"):
-        "hadolint, found by hadolint() with shutil.which (scanned as such)",
-    ("tests/unit/test_map_layout.py", "c_layout"):
-        "runs the layout program gcc just built",
+    (
+        "controller/lab/cli.py",
+        "cmd_exec",
+    ): "`vethguard lab exec POD -- CMD` runs the user's CMD; programs.require names its package first",
+    ("controller/core/programs.py", "missing"): "looks up the programs its callers name",
+    (
+        "tests/conformance/runner.py",
+        "run",
+    ): "the vethguard console script, or this interpreter with -m controller.cli",
+    (
+        "tests/conformance/runner.py",
+        "down",
+    ): "the vethguard console script, or this interpreter with -m controller.cli",
+    (
+        "tests/unit/test_dockerfile.py",
+        "lint",
+    ): "hadolint, found by hadolint() with shutil.which (scanned as such)",
+    ("tests/unit/test_map_layout.py", "c_layout"): "runs the layout program gcc just built",
 }
 
 # Builtin sinks: dotted callee -> (parameter names, the argv template over them)
@@ -70,10 +76,14 @@ class Sink:
 
 
 BUILTIN_SINKS = {
-    **{f"subprocess.{f}": Sink(_ARGV, None, (Param("argv", True),))
-       for f in ("run", "Popen", "check_output", "check_call", "call")},
-    **{f"os.{f}": Sink(("file", "argv"), None, (Param("argv", True),))
-       for f in ("execv", "execvp", "execvpe")},
+    **{
+        f"subprocess.{f}": Sink(_ARGV, None, (Param("argv", True),))
+        for f in ("run", "Popen", "check_output", "check_call", "call")
+    },
+    **{
+        f"os.{f}": Sink(("file", "argv"), None, (Param("argv", True),))
+        for f in ("execv", "execvp", "execvpe")
+    },
     "asyncio.create_subprocess_exec": Sink(
         ("program",), "args", (Param("program", False), Param("args", True))
     ),
@@ -149,8 +159,10 @@ class Function:
         body = self.node.body if isinstance(self.node, ast.Module) else [self.node]
         for stmt in body:
             for sub in ast.walk(stmt):
-                if isinstance(sub, ast.Assign) and len(sub.targets) == 1 and isinstance(
-                    sub.targets[0], ast.Name
+                if (
+                    isinstance(sub, ast.Assign)
+                    and len(sub.targets) == 1
+                    and isinstance(sub.targets[0], ast.Name)
                 ):
                     self.local_names.setdefault(sub.targets[0].id, sub.value)
                 elif isinstance(sub, ast.AnnAssign) and isinstance(sub.target, ast.Name) and sub.value:
@@ -194,7 +206,8 @@ class Scanner:
                     params = tuple(a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs])
                     vararg = args.vararg.arg if args.vararg else None
                     self.functions.append(
-                        Function(rel, node.name, node, params, vararg, module_names, imported))
+                        Function(rel, node.name, node, params, vararg, module_names, imported)
+                    )
         for fn in self.functions:
             if isinstance(fn.node, ast.FunctionDef):
                 rets = [s.value for s in ast.walk(fn.node) if isinstance(s, ast.Return) and s.value]
@@ -298,14 +311,22 @@ class Scanner:
                     tpl = self.call_template(fn, call, sink)
                     words = [w if not isinstance(w, Param) else f"\0{w.name}" for w in tpl]
                     started = programs.started_programs(words)
-                    if fn.name != "<module>" and any(isinstance(w, Param) for w in tpl) and (
-                        any(p and p.startswith("\0") for p in started) or _runs_the_cli(words)
+                    if (
+                        fn.name != "<module>"
+                        and any(isinstance(w, Param) for w in tpl)
+                        and (any(p and p.startswith("\0") for p in started) or _runs_the_cli(words))
                     ):
                         # a wrapper: its caller's arguments name the program
                         new.setdefault((fn.file, fn.name), Sink(fn.params, fn.vararg, tpl))
                         continue
-                    sites.append(Site(fn.file, fn.name, call.lineno,
-                                      [None if p and p.startswith("\0") else p for p in started]))
+                    sites.append(
+                        Site(
+                            fn.file,
+                            fn.name,
+                            call.lineno,
+                            [None if p and p.startswith("\0") else p for p in started],
+                        )
+                    )
             if new.keys() <= derived.keys():
                 return sites
             derived.update(new)
@@ -330,8 +351,13 @@ def deploy_programs() -> list[tuple[str, list[str | None]]]:
 
 
 def install_packages(*flags: str) -> list[str]:
-    out = subprocess.run(["bash", str(INSTALL), "--list-packages", *flags],
-                         capture_output=True, text=True, check=True, timeout=30)
+    out = subprocess.run(
+        ["bash", str(INSTALL), "--list-packages", *flags],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
     return out.stdout.split()
 
 
@@ -344,8 +370,21 @@ def test_the_scan_finds_the_programs_the_lab_is_known_to_start(sites: list[Site]
     found = {p for s in sites for p in s.programs if p}
     # spot checks that the scanner follows wrappers: nft and dnsmasq run through nsenter,
     # iptables through `ip netns exec`, curl through `lab exec -- curl`, tc through a test helper
-    assert {"nft", "dnsmasq", "nsenter", "ip", "iptables-restore", "ipset", "curl", "getent", "tc",
-            "iperf3", "sysctl", "hadolint", "gcc"} <= found
+    assert {
+        "nft",
+        "dnsmasq",
+        "nsenter",
+        "ip",
+        "iptables-restore",
+        "ipset",
+        "curl",
+        "getent",
+        "tc",
+        "iperf3",
+        "sysctl",
+        "hadolint",
+        "gcc",
+    } <= found
 
 
 def test_every_program_the_code_and_tests_start_has_a_package_that_install_sh_installs(
@@ -357,19 +396,25 @@ def test_every_program_the_code_and_tests_start_has_a_package_that_install_sh_in
         for program in filter(None, site.programs):
             package = programs.package_for(program)
             if package is None:
-                missing.append(f"{site.file}:{site.line} ({site.function}) starts {program}: no row in "
-                               "scripts/packages.tsv")
+                missing.append(
+                    f"{site.file}:{site.line} ({site.function}) starts {program}: no row in "
+                    "scripts/packages.tsv"
+                )
             elif package.source == "deb" and package.name not in deb:
-                missing.append(f"{site.file}:{site.line} starts {program}: install.sh does not install "
-                               f"{package.name}")
+                missing.append(
+                    f"{site.file}:{site.line} starts {program}: install.sh does not install {package.name}"
+                )
     assert missing == []
 
 
 def test_no_call_site_starts_a_program_the_scan_cannot_name_unless_listed_with_its_reason(
     sites: list[Site],
 ) -> None:
-    unresolved = {(s.file, s.function) for s in sites if None in s.programs[:1] or (
-        len(s.programs) > 1 and s.programs[-1] is None)}
+    unresolved = {
+        (s.file, s.function)
+        for s in sites
+        if None in s.programs[:1] or (len(s.programs) > 1 and s.programs[-1] is None)
+    }
     assert unresolved - DYNAMIC.keys() == set(), "name the program literally, or add it to DYNAMIC with why"
     assert DYNAMIC.keys() - unresolved == set(), "DYNAMIC lists a call the scan now resolves: remove it"
 
@@ -401,8 +446,14 @@ def test_what_the_daemonset_containers_run_is_in_the_image() -> None:
 def test_the_agent_starts_no_program(sites: list[Site]) -> None:
     # The agent runs bcc, pyroute2 and the kubernetes client in-process: nothing to install for it
     # but libraries. A program started from the agent's modules would need an `agent` row.
-    agent_modules = {"controller/agent.py", "controller/sources.py", "controller/preflight.py",
-                     "controller/rtnl.py", "controller/linkwatch.py", "controller/health.py"}
+    agent_modules = {
+        "controller/agent/loop.py",
+        "controller/agent/informers.py",
+        "controller/agent/preflight.py",
+        "controller/datapath/rtnl.py",
+        "controller/agent/linkwatch.py",
+        "controller/agent/health.py",
+    }
     agent_modules |= {str(p.relative_to(REPO)) for p in (REPO / "controller" / "datapath").glob("*.py")}
     assert [s for s in sites if s.file in agent_modules] == []
 
@@ -423,8 +474,11 @@ def test_a_missing_program_is_named_with_its_package() -> None:
 
 def test_a_missing_program_in_the_table_names_its_debian_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(programs.shutil, "which", lambda name: None)
-    with pytest.raises(programs.MissingProgram, match=r"nft is not installed \(the Debian package nftables: "
-                       r"`apt-get install nftables`"):
+    with pytest.raises(
+        programs.MissingProgram,
+        match=r"nft is not installed \(the Debian package nftables: "
+        r"`apt-get install nftables`",
+    ):
         programs.require_command(["nsenter", "--net=/run/netns/x", "--", "nft", "-f", "-"])
 
 
@@ -443,8 +497,10 @@ def test_lab_up_names_a_missing_program_and_its_package_before_creating_anything
     without(monkeypatch, "nft", "dnsmasq")
     with pytest.raises(programs.MissingProgram) as info:
         cli.require_lab_programs(dns=False)
-    assert str(info.value) == ("lab up: nft is not installed (the Debian package nftables: "
-                               "`apt-get install nftables`, or `bash scripts/install.sh`)")
+    assert str(info.value) == (
+        "lab up: nft is not installed (the Debian package nftables: "
+        "`apt-get install nftables`, or `bash scripts/install.sh`)"
+    )
     with pytest.raises(programs.MissingProgram, match=r"dnsmasq is not installed .*dnsmasq-base"):
         cli.require_lab_programs(dns=True)
 
@@ -466,7 +522,10 @@ def test_cluster_dns_without_dnsmasq_names_dnsmasq_base(
 
     without(monkeypatch, "dnsmasq")
     server = dns.DnsServer(tmp_path, "vg-no-such-namespace", tmp_path / "dns.log")
-    with pytest.raises(programs.MissingProgram, match=r"cluster DNS \(lab up --dns\): dnsmasq is not "
-                       r"installed \(the Debian package dnsmasq-base"):
+    with pytest.raises(
+        programs.MissingProgram,
+        match=r"cluster DNS \(lab up --dns\): dnsmasq is not "
+        r"installed \(the Debian package dnsmasq-base",
+    ):
         server.start()
     assert not (tmp_path / "hosts.d").exists() and server.proc is None  # nothing started

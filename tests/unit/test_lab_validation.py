@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from controller.compiler.model import NetworkPolicy
 from controller.lab import validation as v
 from controller.lab.store import BY_KIND, DEFAULTERS
-from controller.model import NetworkPolicy
 
 
 def defaulted(obj: dict[str, Any]) -> dict[str, Any]:

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from controller import rtnl
+from controller.agent.linkwatch import IFLA_INFO_KIND, IFLA_LINKINFO, NDA_DST, NDA_LLADDR, LinkWatch
+from controller.datapath import rtnl
 from controller.lab import netns
-from controller.linkwatch import IFLA_INFO_KIND, IFLA_LINKINFO, NDA_DST, NDA_LLADDR, LinkWatch
 
 needs_root = [
     pytest.mark.root,

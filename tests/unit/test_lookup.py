@@ -4,7 +4,16 @@ import ipaddress
 
 import pytest
 
-from controller.lookup import (
+from controller.compiler.desired_state import (
+    EndpointDesired,
+    NodeDesired,
+    PolicyEntryKey,
+    PolicyEntryValue,
+    RuleRef,
+)
+from controller.core.identities import ID_ANY, ID_HOST, ID_REMOTE_NODE, ID_WORLD
+from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS, VERDICT_ALLOW, VERDICT_DENY
+from controller.debug.verdict_model import (
     ALLOW_HOST,
     ALLOW_NOT_ISOLATED,
     ALLOW_POLICY,
@@ -14,21 +23,6 @@ from controller.lookup import (
     ipcache_lookup,
     policy_lpm,
     verdict,
-)
-from controller.mapstate import (
-    DIR_EGRESS,
-    DIR_INGRESS,
-    ID_ANY,
-    ID_HOST,
-    ID_REMOTE_NODE,
-    ID_WORLD,
-    VERDICT_ALLOW,
-    VERDICT_DENY,
-    EndpointDesired,
-    NodeDesired,
-    PolicyEntryKey,
-    PolicyEntryValue,
-    RuleRef,
 )
 
 N = ipaddress.ip_network

@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 
-from controller import agent as agent_mod
-from controller import mapstate
-from controller.agent import Agent, AgentConfig
+from controller.agent import loop as agent_mod
+from controller.agent.loop import Agent, AgentConfig
 from controller.bench import synth
 from controller.bench.control_plane import FixedDiscovery, MemorySources
+from controller.compiler import compute
+from controller.compiler.model import ClusterState
+from controller.compiler.policy import compile_cluster
+from controller.compiler.selectors import LabelIndex, LabelSelector
 from controller.datapath import loader
-from controller.model import ClusterState
-from controller.policy import compile_cluster
-from controller.selectors import LabelIndex, LabelSelector
 
 
 def small_cluster(pods: int = 40) -> synth.Cluster:
@@ -101,7 +101,7 @@ def test_a_canonical_pod_ip_from_the_api_is_kept_and_a_non_canonical_one_is_norm
 def test_a_replaced_cluster_and_its_compilation_are_freed_without_the_garbage_collector(no_gc: None):
     c = small_cluster()
     state = build(c)
-    desired = mapstate.compute(state, "node-1")
+    desired = compute.compute(state, "node-1")
     assert desired.endpoints
     compiled = weakref.ref(compile_cluster(state))
     cluster_ref = weakref.ref(state)
@@ -113,14 +113,14 @@ def test_a_replaced_cluster_and_its_compilation_are_freed_without_the_garbage_co
 def test_the_compilation_cached_on_a_cluster_is_reused_for_every_node():
     state = build(small_cluster())
     first = compile_cluster(state)
-    mapstate.compute(state, "node-1")
+    compute.compute(state, "node-1")
     assert compile_cluster(state) is first
 
 
 def test_consecutive_compilations_share_the_pods_ipcache_prefix_objects():
     c = small_cluster()
-    old = mapstate.compute(build(c), "node-1")
-    new = mapstate.compute(build(c), "node-1")
+    old = compute.compute(build(c), "node-1")
+    new = compute.compute(build(c), "node-1")
     old_keys = {k: k for k in old.ipcache}
     pod_ips = {p["status"]["podIP"] for p in c.pods}
     pod_prefixes = [k for k in new.ipcache if k.prefixlen == 32 and str(k.network_address) in pod_ips]
@@ -133,10 +133,10 @@ def test_consecutive_compilations_share_the_pods_ipcache_prefix_objects():
 
 def test_the_ipcache_is_unchanged_when_pod_addresses_move_between_compilations():
     c = small_cluster()
-    before = mapstate.compute(build(c), "node-1")
+    before = compute.compute(build(c), "node-1")
     moved = synth.Cluster(c.namespaces, [dict(p) for p in c.pods], c.policies, c.nodes)
     moved.pods[0] = {**moved.pods[0], "status": {"phase": "Running", "podIP": "10.100.200.1"}}
-    after = mapstate.compute(build(moved), "node-1")
+    after = compute.compute(build(moved), "node-1")
     old_ip = c.pods[0]["status"]["podIP"]
     assert not any(str(k.network_address) == old_ip and k.prefixlen == 32 for k in after.ipcache)
     assert any(str(k.network_address) == "10.100.200.1" and k.prefixlen == 32 for k in after.ipcache)

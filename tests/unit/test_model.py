@@ -5,14 +5,14 @@ from typing import Any
 
 import pytest
 
-from controller.model import (
+from controller.compiler.model import (
     NS_NAME_LABEL,
     ClusterState,
     ContainerPort,
     NetworkPolicy,
     PolicyPort,
 )
-from controller.selectors import LabelSelector
+from controller.compiler.selectors import LabelSelector
 
 
 def pol(spec: Any, name: str = "p", ns: str = "x") -> NetworkPolicy:
@@ -279,7 +279,7 @@ def _same_state(a: ClusterState, b: ClusterState) -> None:
 
 
 def test_a_builder_reuses_unchanged_objects_and_builds_what_from_objects_builds(k8s: Any) -> None:
-    from controller.model import ClusterBuilder
+    from controller.compiler.model import ClusterBuilder
 
     nss = [
         _versioned({"metadata": {"name": n, "labels": {"team": n}}}, i) for i, n in enumerate(("x", "y"), 1)

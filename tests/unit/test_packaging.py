@@ -7,7 +7,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from controller.datapath.sources import bpf_source_dir
+from controller.datapath.bpf_sources import bpf_source_dir
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -20,16 +20,25 @@ def test_the_bpf_sources_resolve_from_the_package() -> None:
 
 def test_the_installed_interpreter_finds_the_sources_outside_the_checkout() -> None:
     out = subprocess.run(
-        [sys.executable, "-c",
-         "from controller.datapath.sources import bpf_source_dir; print(bpf_source_dir())"],
-        cwd="/", capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            "from controller.datapath.bpf_sources import bpf_source_dir; print(bpf_source_dir())",
+        ],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     assert (Path(out) / "vethguard.c").is_file()
 
 
 def test_the_wheel_ships_the_c_sources_next_to_the_package(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(REPO)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(REPO)],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = tmp_path.glob("vethguard-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {f"controller/_bpf/{p.relative_to(REPO / 'bpf')}" for p in (REPO / "bpf").rglob("*.[ch]")}

@@ -9,22 +9,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller.identity import is_cidr_identity, is_pod_identity
-from controller.lookup import verdict
-from controller.mapstate import (
-    DIR_EGRESS,
-    DIR_INGRESS,
-    ID_ANY,
-    ID_HOST,
-    ID_REMOTE_NODE,
-    ID_WORLD,
-    NodeDesired,
-    PolicyEntryKey,
-    RuleRef,
-    compute,
-)
-from controller.model import ClusterState
-from controller.policy import compile_cluster, rule_ref, selected_pods
+from controller.compiler.compute import compute
+from controller.compiler.desired_state import NodeDesired, PolicyEntryKey, RuleRef
+from controller.compiler.identity import is_cidr_identity, is_pod_identity
+from controller.compiler.model import ClusterState
+from controller.compiler.policy import compile_cluster, rule_ref, selected_pods
+from controller.core.identities import ID_ANY, ID_HOST, ID_REMOTE_NODE, ID_WORLD
+from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
+from controller.debug.verdict_model import verdict
 from tests.unit.conftest import K8s
 
 K = K8s
@@ -756,7 +748,7 @@ def _raw_rules(rules: list[dict[str, Any]], peer_key: str) -> list[dict[str, Any
 
 def reference_allowed(c: ClusterState, src: str, dst: str, proto: str, port: int) -> bool:
     """NetworkPolicy semantics read straight off the model, independent of identities and maps."""
-    from controller.model import Pod
+    from controller.compiler.model import Pod
 
     def addr(who: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         return ipaddress.ip_address(c.pods[who].ips[0] if who in c.pods else who)
@@ -871,8 +863,8 @@ def test_random_policies_agree_with_a_direct_reading_of_the_api_semantics(
 
 
 def test_recompiling_reused_and_relabeled_pods_gives_the_identities_a_fresh_allocation_gives() -> None:
-    from controller.identity import allocate_pod_identities, pod_identity_key
-    from controller.model import ClusterBuilder
+    from controller.compiler.identity import allocate_pod_identities, pod_identity_key
+    from controller.compiler.model import ClusterBuilder
 
     def versioned(raw: dict[str, Any], rv: int) -> dict[str, Any]:
         return {
@@ -897,7 +889,7 @@ def test_recompiling_reused_and_relabeled_pods_gives_the_identities_a_fresh_allo
 
 
 def test_a_pods_ipcache_entry_follows_an_ip_block_added_or_removed_between_compilations() -> None:
-    from controller.model import ClusterBuilder
+    from controller.compiler.model import ClusterBuilder
 
     block = K.policy("x/to-a", {"podSelector": {}, "egress": [{"to": [{"ipBlock": {"cidr": f"{A_IP}/31"}}]}]})
     builder = ClusterBuilder()
@@ -912,7 +904,7 @@ def test_a_pods_ipcache_entry_follows_an_ip_block_added_or_removed_between_compi
 
 
 def test_a_policy_event_shares_the_identity_tables_and_computes_what_a_fresh_build_computes() -> None:
-    from controller.model import ClusterBuilder
+    from controller.compiler.model import ClusterBuilder
 
     nss = [K.ns("x"), K.ns("y")]
     allow_b = K.policy("x/to-a", {"podSelector": {"matchLabels": {"app": "a"}}, "ingress": [{"from": [{}]}]})

@@ -16,9 +16,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller import mapstate
-from controller.model import ClusterBuilder, ClusterState
-from controller.policy import compile_cluster
+from controller.compiler import compute
+from controller.compiler.model import ClusterBuilder, ClusterState
+from controller.compiler.policy import compile_cluster
 from tests.unit.conftest import K8s as K
 
 NAMESPACES = ("a", "b", "c")
@@ -199,7 +199,7 @@ def summary(state: ClusterState) -> dict[str, Any]:
     """Everything the compiler hands out, for comparison."""
     c = compile_cluster(state)
     return {
-        "nodes": {n: mapstate.compute(state, n) for n in NODES},
+        "nodes": {n: compute.compute(state, n) for n in NODES},
         "pod_identity": dict(c.pod_identity),
         "selected": {k: v for k, v in c.selected.items()},
         "policies_for_identity": {i: [p.key for p in ps] for i, ps in c.policies_for_identity.items() if ps},
@@ -322,7 +322,7 @@ def test_two_builders_in_one_process_each_compile_from_their_own_previous_build(
 
 
 def test_a_failing_incremental_step_falls_back_to_a_full_compilation(monkeypatch: Any) -> None:
-    from controller.policy import CompiledCluster
+    from controller.compiler.policy import CompiledCluster
 
     world = World(random.Random(31))
     builder = ClusterBuilder()

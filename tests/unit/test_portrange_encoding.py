@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.portrange import range_to_prefixes
+from controller.compiler.portrange import range_to_prefixes
 
 
 def _expand(prefixes: list[tuple[int, int]]) -> list[int]:

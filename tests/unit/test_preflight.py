@@ -1,4 +1,4 @@
-"""controller.preflight: every check against a fake /proc and filesystem (no root), then the
+"""controller.agent.preflight: every check against a fake /proc and filesystem (no root), then the
 real node (root): the checks pass, the image's header fallback compiles the real programs with
 /lib/modules hidden, and the DaemonSet's capability set loads, pins, attaches and restarts."""
 
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from controller import preflight
-from controller.errors import VethguardError
-from controller.preflight import Environment, KernelHeaders, Problem
+from controller.agent import preflight
+from controller.agent.preflight import Environment, KernelHeaders, Problem
+from controller.core.errors import VethguardError
 
 RELEASE = "6.18.44-test"
 ALL_CAPS = "000001ffffffffff"
@@ -371,8 +371,9 @@ def test_a_ready_fake_node_has_no_problems(node: FakeNode) -> None:
     preflight.require(env)
 
 
-def test_main_prints_one_line_per_check(node: FakeNode, monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_prints_one_line_per_check(
+    node: FakeNode, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     node.mounts = []
     env = node.env()
     node.debian_headers(env.usr_src)
@@ -394,7 +395,11 @@ root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: bpffs, capabili
 def test_this_node_passes_every_check_and_the_module_prints_them() -> None:
     assert preflight.check() == []
     out = subprocess.run(
-        [sys.executable, "-m", "controller.preflight"], capture_output=True, text=True, check=False, cwd=REPO
+        [sys.executable, "-m", "controller.agent.preflight"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert [line.split()[:2] for line in out.stdout.splitlines()] == [
@@ -406,7 +411,7 @@ COMPILE = textwrap.dedent(
     """
     import os, sys
     from controller.datapath import loader
-    from controller.datapath.sources import bpf_source_dir
+    from controller.datapath.bpf_sources import bpf_source_dir
     headers = loader.check_kernel_headers()
     bcc = loader.import_bcc()
     src = bpf_source_dir()
@@ -426,13 +431,28 @@ COMPILE = textwrap.dedent(
 def test_with_lib_modules_hidden_the_packaged_headers_compile_the_real_programs() -> None:
     # A private mount namespace: the tmpfs over /lib/modules and /run (where the merged tree
     # goes) exists only for this child and vanishes with it; the host keeps its own.
-    script = "mount -t tmpfs none /lib/modules && mount -t tmpfs none /run && exec \"$0\" -c \"$1\" \"$2\""
+    script = 'mount -t tmpfs none /lib/modules && mount -t tmpfs none /run && exec "$0" -c "$1" "$2"'
     pin_dir = f"/sys/fs/bpf/vgthdr{os.getpid()}{uuid.uuid4().hex[:6]}"
     try:
         out = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
-             sys.executable, COMPILE, pin_dir],
-            capture_output=True, text=True, check=False, cwd=REPO, timeout=300, env=CLEAN_ENV,
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+                sys.executable,
+                COMPILE,
+                pin_dir,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=REPO,
+            timeout=300,
+            env=CLEAN_ENV,
         )
     finally:
         subprocess.run(["rm", "-rf", pin_dir], check=False)
@@ -443,7 +463,7 @@ def test_with_lib_modules_hidden_the_packaged_headers_compile_the_real_programs(
 CAPS_SCRIPT = textwrap.dedent(
     """
     import socket, sys
-    from controller import preflight
+    from controller.agent import preflight
     from controller.datapath import Datapath
     pin_root, node = sys.argv[1:3]
     problems = [p.check for p in preflight.check()]
@@ -469,10 +489,26 @@ class CapLab:
     def run(self, caps: str) -> subprocess.CompletedProcess[str]:
         """The script in the netns as root with only `caps` (setpriv: bounding and inheritable)."""
         return subprocess.run(
-            ["nsenter", f"--net=/run/netns/{self.netns}", "--",
-             "setpriv", "--inh-caps=-all", f"--bounding-set=-all,{caps}", "--",
-             sys.executable, "-c", CAPS_SCRIPT, self.pin_root, "n1"],
-            capture_output=True, text=True, check=False, cwd=REPO, timeout=300, env=CLEAN_ENV,
+            [
+                "nsenter",
+                f"--net=/run/netns/{self.netns}",
+                "--",
+                "setpriv",
+                "--inh-caps=-all",
+                f"--bounding-set=-all,{caps}",
+                "--",
+                sys.executable,
+                "-c",
+                CAPS_SCRIPT,
+                self.pin_root,
+                "n1",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=REPO,
+            timeout=300,
+            env=CLEAN_ENV,
         )
 
 
@@ -511,4 +547,3 @@ def test_the_daemonset_capabilities_load_pin_attach_and_restart_and_sys_admin_is
     again = cap_lab.run(daemonset)
     assert again.returncode == 0, again.stdout + again.stderr[-3000:]
     assert "attached" in again.stdout
-

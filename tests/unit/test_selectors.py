@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.selectors import LabelIndex, LabelSelector, SelectorError
+from controller.compiler.selectors import LabelIndex, LabelSelector, SelectorError
 
 KEYS = ["app", "tier", "env", "x"]
 VALUES = ["a", "b", "c"]

@@ -14,8 +14,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from controller.metrics import Metrics
-from controller.sources import (
+from controller.agent.informers import (
     KINDS,
     Event,
     InformerOptions,
@@ -24,6 +23,7 @@ from controller.sources import (
     generation_of,
     object_key,
 )
+from controller.agent.metrics import Metrics
 
 PATHS = {
     "/api/v1/namespaces": "Namespace",

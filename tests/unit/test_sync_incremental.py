@@ -10,7 +10,14 @@ import ipaddress
 import random
 from collections.abc import Mapping, Sequence
 
-from controller.datapath import maps
+from controller.compiler.desired_state import (
+    EndpointDesired,
+    NodeDesired,
+    PolicyEntryKey,
+    PolicyEntryValue,
+    SvcFrontend,
+)
+from controller.datapath import abi, bpfsys, codecs
 from controller.datapath.sync import (
     MAX_ALIGN_GAPS,
     Encoder,
@@ -22,7 +29,6 @@ from controller.datapath.sync import (
     desired_maps,
     equal_run,
 )
-from controller.mapstate import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue, SvcFrontend
 
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -39,7 +45,7 @@ class DictMap:
 
     def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
         if key not in self.data and self.capacity is not None and len(self.data) >= self.capacity:
-            raise maps.BpfError(errno.E2BIG, "full")
+            raise bpfsys.BpfError(errno.E2BIG, "full")
         self.data[key] = value
 
     def delete(self, key: bytes) -> bool:
@@ -53,8 +59,16 @@ class DictMap:
 
 
 def _kernel(policy_capacity: int | None = None) -> dict[str, DictMap]:
-    names = ("vg_local", "vg_ipcache4", "vg_ipcache6", "vg_slots", "vg_endpoints", "vg_svc", "vg_config",
-             "vg_ct")
+    names = (
+        "vg_local",
+        "vg_ipcache4",
+        "vg_ipcache6",
+        "vg_slots",
+        "vg_endpoints",
+        "vg_svc",
+        "vg_config",
+        "vg_ct",
+    )
     kernel = {name: DictMap() for name in names}
     kernel["vg_policy"] = DictMap(policy_capacity)
     return kernel
@@ -227,7 +241,7 @@ def _run(seed: int, steps: int, policy_capacity: int | None = None) -> None:
         assert encoding.maps() == desired_maps(desired, pod_ifindex), f"seed {seed} step {n}"
         ipcache = encoding.ipcache
         assert ipcache.prefixes == list(desired.ipcache) and ipcache.values == list(desired.ipcache.values())
-        assert ipcache.keys == [maps.encode_ipcache(net, 0, 0)[0] for net in ipcache.prefixes]
+        assert ipcache.keys == [codecs.encode_ipcache(net, 0, 0)[0] for net in ipcache.prefixes]
         got, written = apply_encoding(encoding, incremental, written)
         want = apply(desired_maps(desired, pod_ifindex), reference)
         assert got.ops == want.ops, f"seed {seed} step {n}"
@@ -273,8 +287,8 @@ def test_a_changed_ipcache_is_encoded_and_diffed_on_the_changed_prefixes_only() 
     second = encoder.encode(dataclasses.replace(world.desired(), ipcache=ipcache), world.pod_ifindex)
     assert second.ipcache.base == first.ipcache.serial
     assert second.ipcache.touched == {
-        maps.encode_ipcache(net, 0, 0)[0],
-        maps.encode_ipcache(ipaddress.ip_network("172.16.0.0/12"), 0, 0)[0],
+        codecs.encode_ipcache(net, 0, 0)[0],
+        codecs.encode_ipcache(ipaddress.ip_network("172.16.0.0/12"), 0, 0)[0],
     }
     result, _ = apply_encoding(second, kernel, written)
     assert [(op.kind, op.map) for op in result.ops] == [("add", "vg_ipcache4"), ("update", "vg_ipcache4")]
@@ -291,10 +305,10 @@ def test_an_endpoint_with_the_same_entries_mapping_keeps_its_encoded_policy_entr
     )
     ifindex = world.pod_ifindex[pod]
     assert second.policy[ifindex] is first.policy[ifindex]
-    assert second.endpoints[maps.u32_key(ifindex)] != first.endpoints[maps.u32_key(ifindex)]
+    assert second.endpoints[codecs.u32_key(ifindex)] != first.endpoints[codecs.u32_key(ifindex)]
     moved = encoder.encode(world.desired(), {**world.pod_ifindex, pod: 4000})
     assert moved.policy[4000] is not first.policy[ifindex]
-    assert {maps.PolicyKey.from_bytes(k).ep_id for k in moved.policy[4000]} == {4000}
+    assert {abi.PolicyKey.from_bytes(k).ep_id for k in moved.policy[4000]} == {4000}
 
 
 def test_two_pods_claiming_one_ifindex_merge_their_entries_as_a_flat_encoding_does() -> None:
@@ -380,7 +394,7 @@ def test_a_block_of_rebuilt_prefixes_and_an_appended_one_cost_only_the_appended_
     pods = {**pods, moved: (300, 0), pod: (300, 0)}  # one pod relabeled, one added
     second = encoder.encode(dataclasses.replace(desired, ipcache={**cidrs, **rebuilt, **pods}), {}).ipcache
     assert _check_alignment(second.prefixes, first.prefixes) == 1
-    assert second.touched == {maps.encode_ipcache(n, 0, 0)[0] for n in (pod, moved)}
+    assert second.touched == {codecs.encode_ipcache(n, 0, 0)[0] for n in (pod, moved)}
     assert second.v4 == {**first.v4, **{k: second.v4[k] for k in second.touched}}
 
 

@@ -3,7 +3,7 @@
 Entry point: `compile_cluster(cluster)` does the node-independent work once (identities,
 selector evaluation, ipBlock carving, named-port resolution, the cluster-wide ipcache) and is
 cached on the ClusterState; `CompiledCluster.node_desired(node)` then builds the NodeDesired
-for one node. `controller.mapstate.compute(cluster, node)` is the two together.
+for one node. `controller.compiler.compute(cluster, node)` is the two together.
 
 How NetworkPolicy maps onto the policy map (docs/INTERNALS.md):
 
@@ -47,8 +47,15 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-from controller.identity import (
-    POD_ID_MAX,
+from controller.compiler.desired_state import (
+    EndpointDesired,
+    IdentityInfo,
+    NodeDesired,
+    PolicyEntryKey,
+    PolicyEntryValue,
+    RuleRef,
+)
+from controller.compiler.identity import (
     RESERVED_NAMES,
     PodIdentityKey,
     _encode_pod_key,
@@ -57,28 +64,23 @@ from controller.identity import (
     allocate_update,
     pod_identity_key,
 )
-from controller.log import get_logger
-from controller.mapstate import (
-    DIR_EGRESS,
-    DIR_INGRESS,
-    ID_ANY,
-    ID_HOST,
-    ID_REMOTE_NODE,
-    ID_WORLD,
-    POD_ID_MIN,
-    VERDICT_ALLOW,
-    EndpointDesired,
-    IdentityInfo,
-    NodeDesired,
-    PolicyEntryKey,
-    PolicyEntryValue,
-    RuleRef,
+from controller.compiler.model import (
+    PROTOCOLS,
+    ClusterDelta,
+    ClusterState,
+    IPBlock,
+    NetworkPolicy,
+    Peer,
+    Pod,
+    Rule,
 )
-from controller.model import PROTOCOLS, ClusterDelta, ClusterState, IPBlock, NetworkPolicy, Peer, Pod, Rule
-from controller.portrange import range_to_prefixes
-from controller.selectors import LabelIndex, LabelSelector
+from controller.compiler.portrange import range_to_prefixes
+from controller.compiler.selectors import LabelIndex, LabelSelector
+from controller.core.identities import ID_ANY, ID_HOST, ID_REMOTE_NODE, ID_WORLD, POD_ID_MAX, POD_ID_MIN
+from controller.core.log import get_logger
+from controller.core.net import IPNetwork
+from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS, VERDICT_ALLOW
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 log = get_logger("vethguard.policy")
@@ -216,7 +218,7 @@ class _PodKeys:
     """Each pod's identity key and each key's encoding, shared with the previous compilation.
 
     The agent recompiles on every event; nearly every Pod object is the one of the previous
-    build (controller.model.ClusterBuilder reuses unchanged objects), so its identity key
+    build (controller.compiler.model.ClusterBuilder reuses unchanged objects), so its identity key
     (sorted labels) and the key's encoding (what allocation sorts and hashes) are looked up
     instead of computed again. Like _PodPrefixes: begin() reuses the last published generation,
     publish() replaces it, and published tables are never mutated.

@@ -5,7 +5,7 @@ appearing, so this thread subscribes to rtnetlink multicast groups (links, IPv4/
 neighbours) and calls `wake()` on every message: the agent loop then runs a pass at once
 (coalesced with other events). The rescan stays as a safety net for lost netlink messages
 (ENOBUFS on a burst: the links are then re-read, and veths created meanwhile count as new) and
-for anything this module does not understand. Messages are decoded by controller.rtnl (a few
+for anything this module does not understand. Messages are decoded by controller.datapath.rtnl (a few
 attributes straight from the bytes): pyroute2 spent ~0.5 ms of CPU per message, ~90 ms for a burst
 of 20 pods, holding the GIL the agent's attach needs.
 
@@ -27,8 +27,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from controller import rtnl
-from controller.log import get_logger
+from controller.core.log import get_logger
+from controller.datapath import rtnl
 
 log = get_logger("vethguard.linkwatch")
 

@@ -11,7 +11,7 @@ import ctypes
 from dataclasses import dataclass
 from typing import ClassVar
 
-from controller.datapath.maps import BPF_PROG_TEST_RUN, bpf
+from controller.datapath.bpfsys import BPF_PROG_TEST_RUN, bpf
 
 SKB_CTX_SIZE = 192  # sizeof(struct __sk_buff) on 6.x
 SKB_CTX_IFINDEX_OFF = 40  # offsetof(struct __sk_buff, ifindex)

@@ -47,12 +47,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypedDict
 
-from controller.apisyntax import PORT_NAME_NEEDS_A_LETTER, port_name_problems
-from controller.mapstate import PolicyError
-from controller.selectors import LabelSelector, SelectorError
-from controller.seqdiff import equal_run
+from controller.compiler.apisyntax import PORT_NAME_NEEDS_A_LETTER, port_name_problems
+from controller.compiler.selectors import LabelSelector, SelectorError
+from controller.core.errors import PolicyError
+from controller.core.net import IPNetwork
+from controller.core.seqdiff import equal_run
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 NS_NAME_LABEL = "kubernetes.io/metadata.name"
@@ -313,7 +313,7 @@ class ClusterState:
     cache: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
     # Set by a ClusterBuilder that reuses parses (the agent's): this build's number and what
     # changed since the builder's previous build. The compiler then updates the previous
-    # build's compilation instead of starting over (controller.policy.compile_cluster).
+    # build's compilation instead of starting over (controller.compiler.policy.compile_cluster).
     # init=False, like cache: a replace()d or hand-made ClusterState has neither.
     build_id: int | None = field(default=None, init=False, compare=False, repr=False)
     delta: ClusterDelta | None = field(default=None, init=False, compare=False, repr=False)

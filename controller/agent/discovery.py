@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from controller import rtnl
+from controller.datapath import rtnl
 
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
@@ -490,7 +490,7 @@ class TableReader(Protocol):
 
 
 class NetlinkReader:
-    """Reads the current network namespace with rtnetlink dumps (controller.rtnl: a few
+    """Reads the current network namespace with rtnetlink dumps (controller.datapath.rtnl: a few
     attributes decoded straight from the bytes; pyroute2 took ~45 ms for 20 pods' tables)."""
 
     def __init__(self, table: int = RT_TABLE_MAIN) -> None:

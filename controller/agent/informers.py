@@ -39,8 +39,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
-from controller.log import get_logger
-from controller.metrics import Metrics
+from controller.agent.metrics import Metrics
+from controller.core.log import get_logger
 
 log = get_logger("vethguard.sources")
 
@@ -228,7 +228,7 @@ KINDS: tuple[KindSpec, ...] = (
         lambda a: _networking(a).list_network_policy_for_all_namespaces,
     ),
     KindSpec("Node", "v1", False, lambda a: _core(a).list_node),
-    # Services: the frontends whose flows are judged after DNAT (controller/frontends.py).
+    # Services: the frontends whose flows are judged after DNAT (controller/compiler/frontends.py).
     KindSpec("Service", "v1", True, lambda a: _core(a).list_service_for_all_namespaces),
 )
 
@@ -238,7 +238,7 @@ def load_api_client(kubeconfig: str | None = None) -> Any:
     from kubernetes import client, config
     from kubernetes.config.config_exception import ConfigException
 
-    from controller.errors import VethguardError
+    from controller.core.errors import VethguardError
 
     cfg = client.Configuration()
     # The informer loop does its own retrying with backoff; urllib3's default Retry(3) would turn

@@ -3,7 +3,7 @@
 The agent calls require() before it compiles anything: missing kernel headers, a missing bpf
 filesystem, missing capabilities, a too small RLIMIT_MEMLOCK on old kernels or a missing bcc
 all stop it with one message listing every problem and the exact command or manifest line that
-fixes it. `python -m controller.preflight` prints every check.
+fixes it. `python -m controller.agent.preflight` prints every check.
 
 Kernel headers are searched in this order (find_kernel_headers):
   1. /lib/modules/$(uname -r)/build (+ source): what bcc uses by itself (bare hosts, install.sh);
@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from controller.errors import VethguardError
+from controller.core.errors import VethguardError
 
 BPFFS = "/sys/fs/bpf"
 HOST_ROOT_ENV = "VETHGUARD_HOST_ROOT"
@@ -196,9 +196,7 @@ def _packaged_headers(usr_src: Path, release: str) -> tuple[KernelHeaders | None
         if _complete(dirs):
             return KernelHeaders(dirs, native=False, origin=str(build)), ""
         if not common.is_dir():
-            notes.append(
-                f"{build}: its companion {common} is missing (`apt-get install {common.name}`)"
-            )
+            notes.append(f"{build}: its companion {common} is missing (`apt-get install {common.name}`)")
         else:
             notes.append(f"{build}: incomplete (no {KCONFIG_H} or {AUTOCONF_H})")
     return None, "; ".join(notes)
@@ -295,8 +293,11 @@ def use_kernel_headers(env: Environment | None = None, merged_root: Path = MERGE
             f"kernel headers found at {found.origin} but bcc needs them as one directory and "
             f"building it under {merged_root} failed: {e}. Link them instead: "
             f"`ln -sfn {found.dirs[0]} {env.modules_root / env.release / 'build'}`"
-            + (f" and `ln -sfn {found.dirs[1]} {env.modules_root / env.release / 'source'}`"
-               if len(found.dirs) > 1 else "")
+            + (
+                f" and `ln -sfn {found.dirs[1]} {env.modules_root / env.release / 'source'}`"
+                if len(found.dirs) > 1
+                else ""
+            )
         ) from e
     os.environ["BCC_KERNEL_SOURCE"] = str(merged)
     return merged

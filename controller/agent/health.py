@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from controller.errors import VethguardError
-from controller.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from controller.agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from controller.core.errors import VethguardError
 
 
 @dataclass

@@ -25,7 +25,7 @@ Where an established packet's time goes (bpf/bench_parts.c): programs that run t
 steps of to_pod's established path on the same maps, measured in the same rounds; the report
 gives each step's cost (part_N - part_(N-1)) and what to_pod adds beyond them.
 
-Run: python -m controller.datapath.cost [--rounds 9] [--packets 20000]
+Run: python -m controller.bench.cost [--rounds 9] [--packets 20000]
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import ClassVar, TypeVar
 
-from controller.datapath import Datapath, loader, maps
-from controller.datapath.testrun import run
-from controller.mapstate import PolicyEntryKey, PolicyEntryValue
+from controller.bench.testrun import run
+from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue
+from controller.datapath import Datapath, abi, bpfsys, codecs, loader
 
 T = TypeVar("T")
 STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
@@ -61,7 +61,7 @@ class _ProgInfo(ctypes.Structure):
 def prog_stats(fd: int) -> tuple[int, int]:
     """(run_time_ns, run_cnt) of a program."""
     info = _ProgInfo()
-    maps.obj_info(fd, info)
+    bpfsys.obj_info(fd, info)
     return int(info.run_time_ns), int(info.run_cnt)
 
 
@@ -93,7 +93,7 @@ VIP = "10.245.0.20"  # a Service frontend (port 80)
 BACKEND = "10.244.2.30"  # the pod behind it after DNAT (port 8080)
 BACKEND_ID = 258
 SLOT = 1
-MARK = maps.VG_MARK_DEFERRED | (SLOT << maps.VG_MARK_SLOT_SHIFT)
+MARK = abi.VG_MARK_DEFERRED | (SLOT << abi.VG_MARK_SLOT_SHIFT)
 
 
 @dataclass(frozen=True)
@@ -117,14 +117,14 @@ class CostReport:
 
 
 def _setup(dp: Datapath) -> None:
-    flags = maps.EP_F_INGRESS_ISOLATED | maps.EP_F_EGRESS_ISOLATED
-    k, v = maps.encode_endpoint(EP, 256, flags, POD, None, slot=SLOT)
+    flags = abi.EP_F_INGRESS_ISOLATED | abi.EP_F_EGRESS_ISOLATED
+    k, v = codecs.encode_endpoint(EP, 256, flags, POD, None, slot=SLOT)
     dp.maps["vg_endpoints"].update(k, v)
-    dp.maps["vg_slots"].update(maps.u32_key(SLOT), maps.u32_key(EP))
-    kb, vb = maps.encode_svc(4, VIP, 6, 80)
+    dp.maps["vg_slots"].update(codecs.u32_key(SLOT), codecs.u32_key(EP))
+    kb, vb = codecs.encode_svc(4, VIP, 6, 80)
     dp.maps["vg_svc"].update(kb, vb)
     for key in (PolicyEntryKey(1, BACKEND_ID, 6, 8080, 16), PolicyEntryKey(1, PEER_ID, 6, 80, 16)):
-        k, v = maps.encode_policy(EP, key, PolicyEntryValue(1, 0, 3))
+        k, v = codecs.encode_policy(EP, key, PolicyEntryValue(1, 0, 3))
         dp.maps["vg_policy"].update(k, v)
     for prefix, ident in (
         (f"{PEER}/32", PEER_ID),
@@ -134,13 +134,15 @@ def _setup(dp: Datapath) -> None:
     ):
         import ipaddress
 
-        k, v = maps.encode_ipcache(ipaddress.ip_network(prefix), ident, 0)
+        k, v = codecs.encode_ipcache(ipaddress.ip_network(prefix), ident, 0)
         dp.maps["vg_ipcache4"].update(k, v)
     # Some unrelated entries so the trie is not trivially small.
     for port in range(1000, 1064):
-        k, v = maps.encode_policy(EP, PolicyEntryKey(0, PEER_ID + 1, 6, port, 16), PolicyEntryValue(1, 0, 1))
+        k, v = codecs.encode_policy(
+            EP, PolicyEntryKey(0, PEER_ID + 1, 6, port, 16), PolicyEntryValue(1, 0, 1)
+        )
         dp.maps["vg_policy"].update(k, v)
-    k, v = maps.encode_policy(EP, PolicyEntryKey(0, PEER_ID, 6, 80, 16), PolicyEntryValue(1, 0, 2))
+    k, v = codecs.encode_policy(EP, PolicyEntryKey(0, PEER_ID, 6, 80, 16), PolicyEntryValue(1, 0, 2))
     dp.maps["vg_policy"].update(k, v)
 
 

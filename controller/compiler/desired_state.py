@@ -1,34 +1,21 @@
 """Desired BPF map contents for one node, computed purely from the cluster model.
 
-The types here are the hand-off between the policy compiler (controller.policy) and the
+The types here are the hand-off between the policy compiler (controller.compiler.policy) and the
 datapath sync layer (controller.datapath.sync). See docs/INTERNALS.md.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from controller.core.errors import PolicyError
+from controller.core.net import IPNetwork
+from controller.core.verdicts import DIR_INGRESS
+
 if TYPE_CHECKING:
-    from controller.model import ClusterState
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-DIR_INGRESS = 0  # traffic entering the pod (tc egress on the host-side veth)
-DIR_EGRESS = 1  # traffic leaving the pod (tc ingress on the host-side veth)
-
-ID_ANY = 0
-ID_HOST = 1
-ID_WORLD = 2
-ID_REMOTE_NODE = 3
-POD_ID_MIN = 256
-CIDR_ID_MIN = 1 << 24
-CIDR_ID_MAX = (1 << 25) - 1
-
-VERDICT_ALLOW = 1
-VERDICT_DENY = 2
+    pass
 
 
 @dataclass(frozen=True, order=True)
@@ -87,16 +74,6 @@ class EndpointDesired:
     egress_audit: bool = False
 
 
-@dataclass(frozen=True)
-class PolicyError:
-    object: str  # e.g. "NetworkPolicy x/deny-all"
-    field: str  # e.g. "spec.ingress[0].ports[1].port"
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.object}: {self.field}: {self.message}"
-
-
 @dataclass(frozen=True, order=True)
 class SvcFrontend:
     """An address + port kube-proxy DNATs on this node (a ClusterIP, an external IP, or one of
@@ -119,12 +96,3 @@ class NodeDesired:
     # This node's own addresses (its Node object's): believed only on packets it sends itself
     # (vg_local, bpf/lib/trust.h).
     host_addresses: tuple[str, ...] = ()
-
-
-def compute(cluster: ClusterState, node: str) -> NodeDesired:
-    """Desired map contents for `node`: its endpoints (active pods on it with an IP), the
-    ipcache and the rule/identity tables. Pure; node-independent work is cached on `cluster`,
-    so computing every node of one ClusterState costs little more than one."""
-    from controller.policy import compile_cluster
-
-    return compile_cluster(cluster).node_desired(node)

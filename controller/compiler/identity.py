@@ -15,22 +15,21 @@ cluster, and adding a key moves no other key unless it collides on the way.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
-from controller.mapstate import (
+from controller.core.identities import (
     CIDR_ID_MAX,
     CIDR_ID_MIN,
     ID_ANY,
     ID_HOST,
     ID_REMOTE_NODE,
     ID_WORLD,
+    POD_ID_MAX,
     POD_ID_MIN,
 )
-
-POD_ID_MAX = CIDR_ID_MIN - 1
+from controller.core.net import IPNetwork
 
 RESERVED_NAMES: Mapping[int, str] = {
     ID_ANY: "any",
@@ -42,7 +41,6 @@ RESERVED_NAMES: Mapping[int, str] = {
 K = TypeVar("K")
 
 PodIdentityKey = tuple[str, tuple[tuple[str, str], ...]]  # (namespace, sorted label items)
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class IdentitySpaceExhausted(RuntimeError):

@@ -21,7 +21,8 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from controller.mapstate import PolicyError, SvcFrontend
+from controller.compiler.desired_state import SvcFrontend
+from controller.core.errors import PolicyError
 
 PROTOCOLS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 NODE_ADDRESS_TYPES = ("InternalIP", "ExternalIP")

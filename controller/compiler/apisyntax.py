@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from controller.core.net import IPNetwork
 
 LABEL_KEY_NAME_MAX = 63
 LABEL_VALUE_MAX = 63

@@ -1,8 +1,8 @@
 """`vethguard agent --node NAME`: the per-node enforcement loop.
 
-    informers (controller.sources) --events--> coalesce (<= 1 pass per 50 ms)
-      -> ClusterState.from_objects(caches) -> mapstate.compute(cluster, node)    [pure]
-      -> discovery of local pod veths: host routes, or neighbours + bridge FDB (controller.endpoints)
+    informers (controller.agent.informers) --events--> coalesce (<= 1 pass per 50 ms)
+      -> ClusterState.from_objects(caches) -> compute.compute(cluster, node)    [pure]
+      -> discovery of local pod veths: host routes, or neighbours + bridge FDB (controller.agent.discovery)
       -> Datapath.attach(new veths) / detach(gone veths) -> Datapath.sync(desired, pod_ifindex)
       -> realized_generation = min over kinds of the resourceVersion the caches held at compute time
 
@@ -48,17 +48,17 @@ from itertools import compress, repeat
 from operator import attrgetter, eq, is_
 from typing import Any, Protocol
 
-from controller import endpoints as endpoints_mod
+from controller.agent import discovery as endpoints_mod
+from controller.agent.discovery import Discovered, Discovery, interface_exists
+from controller.agent.health import HealthProbes, HealthServer
+from controller.agent.informers import Event, Snapshot, Sources, load_api_client
+from controller.agent.linkwatch import LinkWatch
+from controller.agent.metrics import Metrics
+from controller.compiler.frontends import frontends_of
+from controller.core.errors import VethguardError
+from controller.core.log import configure as configure_logging
+from controller.core.log import get_logger
 from controller.datapath.loader import release_free_heap
-from controller.endpoints import Discovered, Discovery, interface_exists
-from controller.errors import VethguardError
-from controller.frontends import frontends_of
-from controller.health import HealthProbes, HealthServer
-from controller.linkwatch import LinkWatch
-from controller.log import configure as configure_logging
-from controller.log import get_logger
-from controller.metrics import Metrics
-from controller.sources import Event, Snapshot, Sources, load_api_client
 
 log = get_logger("vethguard.agent")
 
@@ -97,22 +97,19 @@ Compute = Callable[[Any, str], Any]
 
 
 def _default_build_cluster() -> BuildCluster:
-    from controller.model import ClusterBuilder
+    from controller.compiler.model import ClusterBuilder
 
     return ClusterBuilder().build  # reuses unchanged objects' parses (uid + resourceVersion)
 
 
 def _default_compute() -> Compute:
-    from controller import mapstate
+    from controller.compiler.compute import compute
 
-    fn = getattr(mapstate, "compute", None)
-    if fn is None:
-        raise VethguardError("controller.mapstate.compute is not available in this build")
-    return fn
+    return compute
 
 
 def _default_discovery() -> Discovery:
-    # Route + bridge discovery where controller.endpoints has it, host routes otherwise.
+    # Route + bridge discovery where controller.agent.discovery has it, host routes otherwise.
     factory = getattr(endpoints_mod, "NodeDiscovery", None) or endpoints_mod.RouteDiscovery
     found: Discovery = factory()
     return found
@@ -1176,11 +1173,11 @@ def _selected_by_policy(cluster: Any, local: Sequence[Any]) -> dict[str, list[st
     cluster's identity -> policies table: a policy selects an active pod iff it selects the
     pod's identity (same namespace, matching labels). None when `cluster` is not a ClusterState
     (the caller then evaluates every selector on every local pod)."""
-    from controller.model import ClusterState
+    from controller.compiler.model import ClusterState
 
     if not isinstance(cluster, ClusterState):
         return None
-    from controller.policy import compile_cluster
+    from controller.compiler.policy import compile_cluster
 
     try:
         compiled = compile_cluster(cluster)  # cached on the cluster: the pass's compute made it
@@ -1207,14 +1204,14 @@ def _is_placeholder(pod: str) -> bool:
 
 
 def unclaimed_key(ifindex: int) -> str:
-    """Placeholder endpoint name of a veth no pod claims yet (same form as controller.endpoints':
+    """Placeholder endpoint name of a veth no pod claims yet (same form as controller.agent.discovery':
     no Kubernetes namespace contains parentheses, so it never names a pod)."""
     return f"{UNCLAIMED}{ifindex}"
 
 
 def _reason_name(code: int) -> str:
     try:
-        from controller.datapath.maps import Reason
+        from controller.datapath.abi import Reason
 
         return Reason(code).name
     except (ImportError, ValueError):
@@ -1313,11 +1310,11 @@ def tune_gc() -> None:
 
 
 def _preflight() -> None:
-    """controller.preflight's checks (headers, bpffs, capabilities) when this build has them."""
+    """controller.agent.preflight's checks (headers, bpffs, capabilities) when this build has them."""
     import importlib
 
     try:
-        preflight = importlib.import_module("controller.preflight")
+        preflight = importlib.import_module("controller.agent.preflight")
     except ImportError:
         return  # the datapath loader's own VethguardErrors still stop the agent (see Agent.fatal)
     require = getattr(preflight, "require", None)

@@ -7,7 +7,7 @@ same dumps) and builds the few requests it sends (clsact, bpf filters) by hand.
 
 One socket per `Rtnl` object, opened in the network namespace of the thread that creates it;
 not thread-safe (each user keeps its own, or opens one per call: opening costs ~20 us). The
-netlink watch of the agent (controller.linkwatch) reads its multicast messages the same way.
+netlink watch of the agent (controller.agent.linkwatch) reads its multicast messages the same way.
 """
 
 from __future__ import annotations

@@ -32,22 +32,18 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from controller.mapstate import (
-    DIR_EGRESS,
-    DIR_INGRESS,
-    ID_ANY,
-    ID_HOST,
-    ID_WORLD,
-    VERDICT_ALLOW,
+from controller.compiler.desired_state import (
     EndpointDesired,
     NodeDesired,
     PolicyEntryKey,
     PolicyEntryValue,
     RuleRef,
 )
+from controller.core.identities import ID_ANY, ID_HOST, ID_WORLD
+from controller.core.net import IPNetwork
+from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS, VERDICT_ALLOW
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 PROTO_NUMBERS: Mapping[str, int] = {"ICMP": 1, "TCP": 6, "UDP": 17, "ICMPV6": 58, "SCTP": 132}
 

@@ -241,8 +241,12 @@ def endpoint_slices(service_obj: Obj, pods: Iterable[Obj]) -> list[Obj]:
                     "namespace": service.namespace,
                     "labels": {SERVICE_NAME_LABEL: service.name, MANAGED_BY_LABEL: MANAGED_BY},
                     "ownerReferences": [
-                        {"apiVersion": "v1", "kind": "Service", "name": service.name,
-                         "uid": (service_obj.get("metadata") or {}).get("uid", "")}
+                        {
+                            "apiVersion": "v1",
+                            "kind": "Service",
+                            "name": service.name,
+                            "uid": (service_obj.get("metadata") or {}).get("uid", ""),
+                        }
                     ],
                 },
                 "addressType": "IPv4",
@@ -256,9 +260,7 @@ def endpoint_slices(service_obj: Obj, pods: Iterable[Obj]) -> list[Obj]:
 # --- VIP tables -------------------------------------------------------------------------------
 
 
-def service_table(
-    services: Iterable[Obj], slices: Iterable[Obj]
-) -> dict[Frontend, tuple[Backend, ...]]:
+def service_table(services: Iterable[Obj], slices: Iterable[Obj]) -> dict[Frontend, tuple[Backend, ...]]:
     """Frontend -> ready backends, from Services and their EndpointSlices."""
     by_service: dict[tuple[str, str], list[Obj]] = {}
     for item in slices:
@@ -282,7 +284,8 @@ def _backends(port: ServicePort, slices: list[Obj]) -> tuple[Backend, ...]:
     found = set()
     for item in slices:
         numbers = [
-            p["port"] for p in item.get("ports") or []
+            p["port"]
+            for p in item.get("ports") or []
             if (p.get("name") or "") == port.name and p.get("protocol", "TCP") == port.protocol
         ]
         if not numbers:
@@ -327,13 +330,15 @@ def render_nft(table: Mapping[Frontend, tuple[Backend, ...]]) -> str:
             body.insert(0, f"meta mark set meta mark | {MASQ_MARK:#x}")  # NodePort: masquerade
         chains.append((service_chain, body))
         for backend in backends:
-            chains.append((
-                _chain("sep", f"{frontend}{backend}"),
-                [
-                    f"ip saddr {backend.ip} meta mark set meta mark | {MASQ_MARK:#x}",  # hairpin
-                    f"meta l4proto {proto} dnat ip to {backend.ip}:{backend.port}",
-                ],
-            ))
+            chains.append(
+                (
+                    _chain("sep", f"{frontend}{backend}"),
+                    [
+                        f"ip saddr {backend.ip} meta mark set meta mark | {MASQ_MARK:#x}",  # hairpin
+                        f"meta l4proto {proto} dnat ip to {backend.ip}:{backend.port}",
+                    ],
+                )
+            )
         if frontend.ip is None:
             node_ports.append(f"{proto} . {frontend.port} : goto {service_chain}")
         else:

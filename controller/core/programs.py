@@ -20,16 +20,39 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.errors import VethguardError
+from controller.core.errors import VethguardError
 
 ROLES = ("agent", "lab", "bench", "test")
 # options of the wrappers below that take a value (so the value is not taken for the program)
 _UNSHARE_VALUED = frozenset({"--propagation", "--setgroups", "--map-user", "--map-group", "-S", "-G"})
 # shell words: builtins and keywords that end a command's scan, and those whose next word is one
-_SHELL_BUILTINS = frozenset({
-    "[", "[[", "test", "echo", "true", "false", "set", "cd", "export", "exit", "read", "trap", "fi",
-    "for", "done", "case", "esac", "{", "}", ":", "wait", "kill", "printf",
-})
+_SHELL_BUILTINS = frozenset(
+    {
+        "[",
+        "[[",
+        "test",
+        "echo",
+        "true",
+        "false",
+        "set",
+        "cd",
+        "export",
+        "exit",
+        "read",
+        "trap",
+        "fi",
+        "for",
+        "done",
+        "case",
+        "esac",
+        "{",
+        "}",
+        ":",
+        "wait",
+        "kill",
+        "printf",
+    }
+)
 _SHELL_PREFIXES = frozenset({"exec", "!", "if", "then", "else", "elif", "do", "while", "until", "time"})
 
 
@@ -42,8 +65,9 @@ class Package:
 
     def install_hint(self) -> str:
         if self.source == "deb":
-            return (f"the Debian package {self.name}: `apt-get install {self.name}`, "
-                    "or `bash scripts/install.sh`")
+            return (
+                f"the Debian package {self.name}: `apt-get install {self.name}`, or `bash scripts/install.sh`"
+            )
         return f"the Python package {self.name}: `bash scripts/install.sh` (pip install)"
 
 
@@ -56,7 +80,7 @@ class PackageTableError(VethguardError):
 
 
 def table_path() -> Path:
-    here = Path(__file__).resolve().parent  # controller/
+    here = Path(__file__).resolve().parent.parent  # controller/
     for candidate in (here / "_data" / "packages.tsv", here.parent / "scripts" / "packages.tsv"):
         if candidate.is_file():
             return candidate
@@ -138,13 +162,13 @@ def started_programs(argv: Sequence[str | None]) -> list[str | None]:
         out.append(Path(program).name if program else None)
         rest = words[1:]
         if _is_lab_exec(words) and "--" in rest:  # `vethguard lab exec POD -- CMD`, any interpreter
-            words = rest[rest.index("--") + 1:]
+            words = rest[rest.index("--") + 1 :]
             continue
         if program is None:
             break
         name = Path(program).name
         if name in ("nsenter", "setpriv"):
-            words = rest[rest.index("--") + 1:] if "--" in rest else []
+            words = rest[rest.index("--") + 1 :] if "--" in rest else []
         elif name == "ip" and rest[:2] == ["netns", "exec"]:
             words = rest[3:]
         elif name == "unshare":
@@ -170,7 +194,7 @@ def _after_options(words: list[str | None], valued: frozenset[str]) -> list[str 
 
 def _is_lab_exec(words: Sequence[str | None]) -> bool:
     strings = [w for w in words if w is not None]
-    return any(strings[i:i + 2] == ["lab", "exec"] for i in range(len(strings)))
+    return any(strings[i : i + 2] == ["lab", "exec"] for i in range(len(strings)))
 
 
 def script_programs(script: str) -> list[str | None]:

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controller.agent.health import fetch_status
+from controller.core.errors import VethguardError
 from controller.debug.view import RawObjects
-from controller.errors import VethguardError
-from controller.health import fetch_status
 
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/vethguard"
 DEFAULT_AGENT = "127.0.0.1:9890"
@@ -91,7 +91,7 @@ class LocalTarget(Target):
         self.agent = agent
 
     def objects(self) -> RawObjects:
-        from controller.sources import KINDS, load_api_client
+        from controller.agent.informers import KINDS, load_api_client
 
         api = load_api_client(self.kubeconfig)
         fields = {"Namespace": "namespaces", "Pod": "pods", "NetworkPolicy": "policies", "Node": "nodes"}
@@ -164,5 +164,3 @@ class LabTarget(Target):
 def _node_sort_key(name: str) -> tuple[str, int]:
     base, _, num = name.rpartition("-")
     return (base, int(num)) if num.isdigit() else (name, 0)
-
-

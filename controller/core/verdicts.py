@@ -1,0 +1,11 @@
+"""Directions and policy verdicts, as the compiler writes them and the datapath reads them
+(bpf/lib/structs.h; tests/unit/test_map_layout.py checks them against the C headers)."""
+
+from __future__ import annotations
+
+DIR_INGRESS = 0  # traffic entering the pod (tc egress on the host-side veth)
+DIR_EGRESS = 1  # traffic leaving the pod (tc ingress on the host-side veth)
+DIRECTION_NAMES = {DIR_INGRESS: "ingress", DIR_EGRESS: "egress"}
+
+VERDICT_ALLOW = 1
+VERDICT_DENY = 2

@@ -1,0 +1,289 @@
+"""The datapath's ABI in Python: constants, the reasons table and ctypes mirrors of the BPF map
+structs (bpf/lib/structs.h, bpf/lib/reasons.h).
+
+tests/unit/test_map_layout.py compiles structs.h with gcc and checks every size, offset and
+constant here (and in controller.core) against it, so the two cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from enum import IntEnum
+from typing import ClassVar, TypeVar
+
+# ---------------------------------------------------------------------------------------------
+# Constants (bpf/lib/structs.h)
+
+EP_F_INGRESS_ISOLATED = 1 << 0
+EP_F_EGRESS_ISOLATED = 1 << 1
+EP_F_AUDIT = 1 << 2
+EP_F_PENDING = 1 << 3
+EP_F_INGRESS_AUDIT = 1 << 4  # isolated only by audit-mode policies: would-be drops pass
+EP_F_EGRESS_AUDIT = 1 << 5
+
+CT_ALLOWED = 1
+CT_DENIED = 2
+CT_DEFERRED = 3  # a pod's flow to a Service frontend: its egress verdict is given after DNAT
+# ct_value.origin of a flow the node masqueraded to its own address for a sender outside it
+CT_ORIGIN_OUTSIDE = 0xFFFF
+CT_SEEN_REPLY = 1
+CT_SEEN_FIN = 2
+CT_SEEN_RST = 4
+CT_SEEN_MIDSTREAM = 8  # created by a TCP packet other than a SYN: replies judged by their own policy
+CT_SEEN_REPLY_OK = 16  # a MIDSTREAM entry whose reply direction was allowed at its revision
+
+POLICY_PLEN_ANY_PROTO = 72
+POLICY_PLEN_ANY_PORT = 80
+POLICY_PLEN_FULL = 96
+
+# skb->mark bits of a packet whose egress verdict is deferred past DNAT (bpf/lib/service.h)
+VG_MARK_DEFERRED = 0x80000000
+VG_MARK_SLOT_MASK = 0x7FFF0000
+VG_MARK_SLOT_SHIFT = 16
+VG_MARK_MASK = VG_MARK_DEFERRED | VG_MARK_SLOT_MASK
+MAX_SLOT = VG_MARK_SLOT_MASK >> VG_MARK_SLOT_SHIFT
+
+MAP_NAMES = (
+    "vg_endpoints",
+    "vg_ipcache4",
+    "vg_ipcache6",
+    "vg_policy",
+    "vg_slots",
+    "vg_svc",
+    "vg_local",
+    "vg_ct",
+    "vg_frag",
+    "vg_config",
+    "vg_counters",
+    "vg_evrate",
+    "vg_events",
+)
+
+
+class Reason(IntEnum):
+    """bpf/lib/reasons.h: codes below 64 pass the packet, 64 and above drop it."""
+
+    ALLOW_POLICY = 0
+    ALLOW_CT = 1
+    ALLOW_REPLY = 2
+    ALLOW_NOT_ISOLATED = 3
+    ALLOW_HOST = 4
+    ALLOW_NON_IP = 5
+    ALLOW_ICMP6_CTRL = 6
+    ALLOW_FRAG = 7
+    ALLOW_AUDIT = 8  # a would-be DROP_POLICY passed in audit mode
+    ALLOW_RELATED = 9  # ICMP error about a tracked allowed flow
+    ALLOW_DEFERRED = 10  # to a Service frontend: judged after DNAT
+    DROP_POLICY = 64
+    DROP_MALFORMED = 65
+    DROP_FRAG_UNKNOWN = 66
+    DROP_REVOKED = 67
+    DROP_PENDING = 68
+    DROP_NO_ENDPOINT = 69
+    DROP_CT_FULL = 70
+    DROP_SPOOFED = 71  # source address is not the pod's own
+    DROP_DEFERRED_UNKNOWN = 72  # deferred packet whose client endpoint is unknown
+
+    @property
+    def is_drop(self) -> bool:
+        return self >= 64
+
+
+# ---------------------------------------------------------------------------------------------
+# Struct mirrors. Field order and widths follow structs.h exactly; byte arrays hold addresses
+# and network-order fields are kept as raw big-endian integers via c_uint16/32 of the bytes.
+
+U8x16 = ctypes.c_uint8 * 16
+
+
+class _Struct(ctypes.Structure):
+    """Base with byte (de)serialisation helpers."""
+
+    def to_bytes(self) -> bytes:
+        return bytes(self)
+
+    @classmethod
+    def from_bytes(cls: type[_S], data: bytes) -> _S:
+        return cls.from_buffer_copy(data)
+
+
+_S = TypeVar("_S", bound=_Struct)
+
+
+class EndpointInfo(_Struct):
+    _fields_: ClassVar = [
+        ("ep_id", ctypes.c_uint32),
+        ("identity", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("ipv4", ctypes.c_uint8 * 4),  # __be32: kept as bytes
+        ("ipv6", U8x16),
+        ("slot", ctypes.c_uint32),  # this endpoint in the mark of deferred packets (vg_slots)
+    ]
+
+
+class SvcKey(_Struct):
+    _fields_: ClassVar = [
+        ("addr", U8x16),
+        ("port", ctypes.c_uint8 * 2),  # __be16: kept as bytes
+        ("proto", ctypes.c_uint8),
+        ("family", ctypes.c_uint8),
+    ]
+
+
+class SvcValue(_Struct):
+    _fields_: ClassVar = [("flags", ctypes.c_uint32)]
+
+
+class LocalKey(_Struct):
+    _fields_: ClassVar = [("addr", U8x16), ("family", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3)]
+
+
+class LocalValue(_Struct):
+    _fields_: ClassVar = [("ifindex", ctypes.c_uint32)]
+
+
+class Ipcache4Key(_Struct):
+    _fields_: ClassVar = [("prefixlen", ctypes.c_uint32), ("addr", ctypes.c_uint8 * 4)]
+
+
+class Ipcache6Key(_Struct):
+    _fields_: ClassVar = [("prefixlen", ctypes.c_uint32), ("addr", U8x16)]
+
+
+class IpcacheValue(_Struct):
+    _fields_: ClassVar = [("identity", ctypes.c_uint32), ("cidr_identity", ctypes.c_uint32)]
+
+
+class PolicyKey(_Struct):
+    _fields_: ClassVar = [
+        ("prefixlen", ctypes.c_uint32),
+        ("ep_id", ctypes.c_uint32),
+        ("identity", ctypes.c_uint32),
+        ("dir", ctypes.c_uint8),
+        ("proto", ctypes.c_uint8),
+        ("dport", ctypes.c_uint8 * 2),  # __be16: kept as bytes
+    ]
+
+
+class PolicyValue(_Struct):
+    _fields_: ClassVar = [
+        ("verdict", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+        ("precedence", ctypes.c_uint16),
+        ("rule_ref", ctypes.c_uint32),
+    ]
+
+
+class CtKey(_Struct):
+    _fields_: ClassVar = [
+        ("saddr", U8x16),
+        ("daddr", U8x16),
+        ("sport", ctypes.c_uint8 * 2),
+        ("dport", ctypes.c_uint8 * 2),
+        ("ep_id", ctypes.c_uint32),
+        ("proto", ctypes.c_uint8),
+        ("dir", ctypes.c_uint8),
+        ("family", ctypes.c_uint8),
+        ("nat", ctypes.c_uint8),  # 1: egress entry judged after DNAT
+    ]
+
+
+class CtValue(_Struct):
+    _fields_: ClassVar = [
+        ("expires_ns", ctypes.c_uint64),
+        ("packets", ctypes.c_uint64),
+        ("bytes", ctypes.c_uint64),
+        ("revision", ctypes.c_uint32),
+        ("rule_ref", ctypes.c_uint32),
+        ("state", ctypes.c_uint8),
+        ("seen", ctypes.c_uint8),
+        ("origin", ctypes.c_uint16),  # slot of a masqueraded flow's real sender (bpf/lib/trust.h)
+        ("marker", ctypes.c_uint32),
+    ]
+
+
+class FragKey(_Struct):
+    _fields_: ClassVar = [
+        ("saddr", U8x16),
+        ("daddr", U8x16),
+        ("id", ctypes.c_uint32),
+        ("proto", ctypes.c_uint8),
+        ("family", ctypes.c_uint8),
+        ("pad", ctypes.c_uint16),
+    ]
+
+
+class FragValue(_Struct):
+    _fields_: ClassVar = [
+        ("sport", ctypes.c_uint8 * 2),
+        ("dport", ctypes.c_uint8 * 2),
+        ("pad", ctypes.c_uint32),
+        ("expires_ns", ctypes.c_uint64),
+    ]
+
+
+class Config(_Struct):
+    _fields_: ClassVar = [
+        ("revision", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint64),
+    ]
+
+
+class CounterKey(_Struct):
+    _fields_: ClassVar = [
+        ("ep_id", ctypes.c_uint32),
+        ("reason", ctypes.c_uint8),
+        ("dir", ctypes.c_uint8),
+        ("pad", ctypes.c_uint16),
+    ]
+
+
+class CounterValue(_Struct):
+    _fields_: ClassVar = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+
+
+class FlowEvent(_Struct):
+    _fields_: ClassVar = [
+        ("ts_ns", ctypes.c_uint64),
+        ("ep_id", ctypes.c_uint32),
+        ("peer_identity", ctypes.c_uint32),
+        ("peer_cidr_identity", ctypes.c_uint32),
+        ("rule_ref", ctypes.c_uint32),
+        ("dir", ctypes.c_uint8),
+        ("reason", ctypes.c_uint8),
+        ("family", ctypes.c_uint8),
+        ("proto", ctypes.c_uint8),
+        ("saddr", U8x16),
+        ("daddr", U8x16),
+        ("sport", ctypes.c_uint8 * 2),
+        ("dport", ctypes.c_uint8 * 2),
+    ]
+
+
+class EvrateState(_Struct):
+    _fields_: ClassVar = [("last_ns", ctypes.c_uint64), ("tokens", ctypes.c_uint64)]
+
+
+# Name in structs.h -> mirror, for the layout test.
+C_STRUCTS: dict[str, type[_Struct]] = {
+    "endpoint_info": EndpointInfo,
+    "svc_key": SvcKey,
+    "svc_value": SvcValue,
+    "local_key": LocalKey,
+    "local_value": LocalValue,
+    "ipcache4_key": Ipcache4Key,
+    "ipcache6_key": Ipcache6Key,
+    "ipcache_value": IpcacheValue,
+    "policy_key": PolicyKey,
+    "policy_value": PolicyValue,
+    "ct_key": CtKey,
+    "ct_value": CtValue,
+    "frag_key": FragKey,
+    "frag_value": FragValue,
+    "config": Config,
+    "counter_key": CounterKey,
+    "counter_value": CounterValue,
+    "flow_event": FlowEvent,
+    "evrate_state": EvrateState,
+}
