@@ -116,7 +116,7 @@ def _default_discovery() -> Discovery:
 
 
 def _default_datapath_factory(node: str, pin_root: str) -> DatapathLike:
-    from controller.datapath import Datapath
+    from controller.datapath.node import Datapath
 
     return Datapath(node=node, pin_root=pin_root)
 

@@ -259,7 +259,7 @@ def _full_compile(cluster: synth.Cluster, settings: Settings, pods: int) -> dict
 
 def worker(pods: int, settings: Settings) -> dict[str, Any]:
     from controller.agent.loop import Agent, AgentConfig, tune_gc
-    from controller.datapath import Datapath
+    from controller.datapath.node import Datapath
 
     tune_gc()  # as `vethguard agent` does for its process
     cluster = synth.control_plane_cluster(pods, settings.namespaces, settings.policies)

@@ -43,7 +43,8 @@ from typing import ClassVar, TypeVar
 
 from controller.bench.testrun import run
 from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue
-from controller.datapath import Datapath, abi, bpfsys, codecs, loader
+from controller.datapath import abi, bpfsys, codecs, loader
+from controller.datapath.node import Datapath
 
 T = TypeVar("T")
 STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"

@@ -344,7 +344,7 @@ def desired_cluster(bench: Bench, level: Level) -> Any:
 
 def prepare_level(bench: Bench, level: Level) -> dict[str, Any]:
     from controller.compiler import compute
-    from controller.datapath import Datapath
+    from controller.datapath.node import Datapath
 
     t0 = time.perf_counter()
     cluster = desired_cluster(bench, level)

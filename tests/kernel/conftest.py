@@ -13,7 +13,8 @@ import pytest
 
 from controller.bench.testrun import run
 from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue
-from controller.datapath import Datapath, abi, codecs, sync
+from controller.datapath import abi, codecs, sync
+from controller.datapath.node import Datapath
 
 TC_ACT_OK = 0
 TC_ACT_SHOT = 2

@@ -13,9 +13,10 @@ from pyroute2 import IPRoute
 from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue
 from controller.core.errors import VethguardError
 from controller.core.verdicts import DIR_INGRESS
-from controller.datapath import Datapath, abi, codecs, sync
+from controller.datapath import abi, codecs, sync
 from controller.datapath.abi import Reason
 from controller.datapath.attach import FILTER_NAME, FILTER_PRIO, PARENT_INGRESS
+from controller.datapath.node import Datapath
 from tests.kernel.netns_util import in_netns, sh
 
 pytestmark = pytest.mark.root

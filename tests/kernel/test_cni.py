@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from controller.core.verdicts import DIR_EGRESS
-from controller.datapath import Datapath, abi, codecs
+from controller.datapath import abi, codecs
 from controller.datapath.abi import Reason
+from controller.datapath.node import Datapath
 from tests.kernel.netns_util import VethPair, in_netns, veth_pair
 
 pytestmark = pytest.mark.root

@@ -14,7 +14,8 @@ from controller.compiler.desired_state import (
     PolicyEntryValue,
     SvcFrontend,
 )
-from controller.datapath import Datapath, abi, codecs
+from controller.datapath import abi, codecs
+from controller.datapath.node import Datapath
 from tests.kernel import packets as P
 from tests.kernel.conftest import EP, ID_B, POD_A, POD_B, TC_ACT_OK, TC_ACT_SHOT, Harness
 

@@ -14,8 +14,10 @@ import pytest
 
 from controller.bench.testrun import run
 from controller.compiler.desired_state import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue
-from controller.datapath import Datapath, MapFullError, abi
+from controller.datapath import abi
 from controller.datapath.abi import Reason
+from controller.datapath.node import Datapath
+from controller.datapath.sync import MapFullError
 from tests.kernel import packets as P
 from tests.kernel.conftest import EP, ID_B, POD_A, POD_B, TC_ACT_OK, TC_ACT_SHOT
 

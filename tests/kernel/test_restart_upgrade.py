@@ -18,8 +18,9 @@ from controller.bench.testrun import run
 from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue
 from controller.core.errors import VethguardError
 from controller.core.verdicts import DIR_EGRESS
-from controller.datapath import Datapath, abi, bpfsys, codecs, loader, sync
+from controller.datapath import abi, bpfsys, codecs, loader, sync
 from controller.datapath.abi import Reason
+from controller.datapath.node import Datapath
 from tests.kernel import packets as P
 from tests.kernel.conftest import EP, ID_B, POD_A, POD_B, TC_ACT_OK
 from tests.kernel.netns_util import VethPair, in_netns, veth_pair

@@ -464,7 +464,7 @@ CAPS_SCRIPT = textwrap.dedent(
     """
     import socket, sys
     from controller.agent import preflight
-    from controller.datapath import Datapath
+    from controller.datapath.node import Datapath
     pin_root, node = sys.argv[1:3]
     problems = [p.check for p in preflight.check()]
     print("problems", problems, flush=True)

@@ -1,0 +1,200 @@
+"""The kernel side of vethguard: load the tc programs once per node, attach them to pod veths,
+and keep the pinned maps equal to the desired state. See docs/INTERNALS.md (Datapath API)."""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from controller.compiler.desired_state import NodeDesired
+from controller.datapath import bpfsys, codecs, loader, sync
+from controller.datapath.attach import PARENT_EGRESS, PARENT_INGRESS, Attacher
+from controller.datapath.bpfsys import ProgId
+from controller.datapath.codecs import Event
+from controller.datapath.sync import GcResult, KernelState, MapFullError, SyncResult
+from controller.datapath.uplink import uplink_attacher
+
+# Maps whose fill level means something (arrays are always "full"; the ring buffer has no keys).
+SIZED_MAPS = (
+    "vg_endpoints",
+    "vg_ipcache4",
+    "vg_ipcache6",
+    "vg_policy",
+    "vg_svc",
+    "vg_local",
+    "vg_ct",
+    "vg_frag",
+    "vg_counters",
+)
+
+
+class Datapath:
+    """One node's program set and maps.
+
+    Datapath(node="node-1", pin_root="/sys/fs/bpf/vethguard") compiles and loads once (bcc,
+    ~1.3 s) and pins or reuses the maps under <pin_root>/<node>/.
+    """
+
+    def __init__(
+        self, node: str, pin_root: str = "/sys/fs/bpf/vethguard", extra_cflags: tuple[str, ...] = ()
+    ) -> None:
+        self.node = node
+        self.pin_root = pin_root
+        self.extra_cflags = extra_cflags
+        self._loaded = loader.load(node, pin_root, extra_cflags)
+        self._attacher = Attacher()
+        self._uplinks = uplink_attacher()
+        self._event_cb: Callable[[object, int, int], None] | None = None
+        self._event_sink: Callable[[Event], None] | None = None
+        # What the synced maps hold after this object's last sync, if it completed (None: not
+        # known, read the kernel), and the encoder that reuses the bytes of what did not change.
+        self._written: sync.Written | None = None
+        self._encoder = sync.Encoder()
+
+    # -- properties used by tests, benchmarks and the event reader
+    @property
+    def pin_dir(self) -> Path:
+        return self._loaded.pin_dir
+
+    @property
+    def maps(self) -> Mapping[str, bpfsys.BpfMap]:
+        return self._loaded.maps
+
+    def prog_fd(self, name: str) -> int:
+        """fd of "from_pod", "to_pod" or "passthrough"."""
+        return self._loaded.prog_fds[name]
+
+    def prog_id(self, name: str) -> ProgId:
+        """Kernel id and tag of "from_pod", "to_pod" or "passthrough" as loaded by this object."""
+        return bpfsys.prog_id(self.prog_fd(name))
+
+    def attached_progs(self, ifindex: int) -> dict[str, int | None]:
+        """Program ids our filters on ifindex run now: {"from_pod": id, "to_pod": id} (None: absent)."""
+        return self._attacher.attached_prog_ids(ifindex)
+
+    @property
+    def bcc(self) -> Any:
+        """The bcc BPF object (e.g. bcc["vg_events"].open_ring_buffer(callback))."""
+        return self._loaded.bpf
+
+    def open_events(self, callback: Callable[[Event], None]) -> None:
+        """Deliver vg_events records (new flows and drops) to callback from poll_events().
+
+        The ring is opened once; a later call only replaces the callback.
+        """
+        self._event_sink = callback
+        if self._event_cb is not None:
+            return
+
+        def _raw(_ctx: object, data: int, size: int) -> None:
+            if self._event_sink is not None:
+                self._event_sink(codecs.decode_event(ctypes.string_at(data, size)))
+
+        self._event_cb = _raw  # bcc keeps only a weak reference to the callback
+        self._loaded.bpf["vg_events"].open_ring_buffer(_raw)
+
+    def poll_events(self, timeout_ms: int = 0) -> None:
+        self._loaded.bpf.ring_buffer_poll(timeout_ms)
+
+    # -- the API of docs/INTERNALS.md
+    def attach(self, ifindex: int) -> None:
+        """clsact + from_pod (tc ingress) / to_pod (tc egress) filters; idempotent; this netns."""
+        self._attacher.attach(ifindex, self.prog_fd("from_pod"), self.prog_fd("to_pod"))
+
+    def detach(self, ifindex: int) -> None:
+        """Remove our filters only; a clsact is removed only if this process created it."""
+        self._attacher.detach(ifindex)
+
+    def attached(self, ifindex: int) -> bool:
+        return self._attacher.attached(ifindex)
+
+    def attach_uplink(self, ifindex: int) -> None:
+        """to_uplink on the tc egress of a node uplink (judges deferred Service flows) and
+        from_uplink on its tc ingress (drops forged local sources); idempotent."""
+        self._uplinks.attach_programs(
+            ifindex, {PARENT_EGRESS: self.prog_fd("to_uplink"), PARENT_INGRESS: self.prog_fd("from_uplink")}
+        )
+
+    def detach_uplink(self, ifindex: int) -> None:
+        self._uplinks.detach(ifindex)
+
+    def uplink_attached(self, ifindex: int) -> bool:
+        return self._uplinks.attached(ifindex)
+
+    def sync(self, desired: NodeDesired, pod_ifindex: Mapping[str, int]) -> SyncResult:
+        """Diff desired vs kernel, add/update before delete, then bump the revision.
+
+        Raises MapFullError when an insert found its map full: everything that fitted is
+        applied, the affected endpoints are left PENDING (failed closed), and calling sync
+        again later (the agent's retry) completes them once there is room.
+        """
+        return self._sync(desired, pod_ifindex, incremental=False)
+
+    def sync_incremental(self, desired: NodeDesired, pod_ifindex: Mapping[str, int]) -> SyncResult:
+        """sync(), diffing against what this object's last sync wrote instead of reading every
+        entry of the kernel maps (two bpf syscalls per entry), and only over the parts of
+        `desired` that are not the very objects that sync wrote (sync.apply_encoding): an event
+        costs what it changed, not the size of the maps. Falls back to reading them when that
+        is not known (first sync, a failed or partial sync). Entries changed behind this
+        object's back are not seen: the agent's periodic full resync calls sync(), which reads
+        the kernel maps and repairs them. `desired`'s mappings must not be mutated after a sync
+        (the compiler builds new ones): an unchanged object is taken for unchanged contents.
+        """
+        return self._sync(desired, pod_ifindex, incremental=True)
+
+    def _sync(self, desired: NodeDesired, pod_ifindex: Mapping[str, int], incremental: bool) -> SyncResult:
+        previous = self._written if incremental else None
+        self._written = None  # unknown until this sync completes
+        encoding = self._encoder.encode(desired, pod_ifindex)
+        result, self._written = sync.apply_encoding(encoding, self._loaded.maps, previous)
+        if result.full:
+            by_ifindex: dict[int, list[str]] = {}
+            for pod, ifindex in pod_ifindex.items():
+                by_ifindex.setdefault(ifindex, []).append(pod)
+            pods = tuple(sorted(p for ep in result.full for p in by_ifindex.get(ep, [f"ifindex {ep}"])))
+            map_name = min(result.full.values())  # deterministic when several maps overflowed
+            raise MapFullError(map_name, pods[0] if pods else None, pods, result)
+        return result
+
+    def capacity(self) -> dict[str, int]:
+        """max_entries of every sized map, as the kernel has it (a reused pin keeps its size)."""
+        return {name: int(self._loaded.maps[name].max_entries) for name in SIZED_MAPS}
+
+    def entry_counts(self) -> dict[str, int]:
+        """Current number of entries of every sized map (walks the keys: ~1 us per entry)."""
+        return {name: self._loaded.maps[name].count() for name in SIZED_MAPS}
+
+    def dump(self) -> KernelState:
+        return sync.dump(self._loaded.maps)
+
+    def gc_conntrack(self, now_ns: int | None = None) -> GcResult:
+        """Delete expired vg_ct / vg_frag entries (the agent calls this on every full resync).
+
+        `now_ns` defaults to CLOCK_MONOTONIC, the clock of the deadlines (vg_now()). Walks the maps
+        (~1-2 us per entry); expired entries are already misses for the programs, so this only
+        frees room before the LRU would evict live flows to make it.
+        """
+        return sync.collect_expired(self._loaded.maps, time.monotonic_ns() if now_ns is None else now_ns)
+
+    def counters(self) -> dict[tuple[int, int, int], tuple[int, int]]:
+        """(ep_id, reason, dir) -> (packets, bytes), summed over CPUs."""
+        return sync.counters(self._loaded.maps["vg_counters"])
+
+    def close(self) -> None:
+        """Release fds. Pinned maps and attached filters stay (restart reuses them)."""
+        self._loaded.close()
+
+    def __enter__(self) -> Datapath:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def remove_pins(node: str, pin_root: str = "/sys/fs/bpf/vethguard") -> None:
+        """Delete the node's pinned maps (lab down, tests). Attached programs keep their maps alive."""
+        shutil.rmtree(loader.pin_dir_for(node, pin_root), ignore_errors=True)
