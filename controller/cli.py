@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from controller.core.errors import VethguardError
+
 
 def build_parser(prog: str = "vethguard") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -31,13 +33,26 @@ def build_parser(prog: str = "vethguard") -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "vethguard") -> int:
+    """Run one subcommand. The one error handler of every subcommand: a VethguardError is printed
+    as `error: ...` on stderr (exit 1) without a traceback; a closed pipe (`observe -f | head`)
+    and Ctrl-C end quietly."""
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
         rc = args.func(args)
+    except VethguardError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
     except KeyboardInterrupt:
         return 130
     return int(rc or 0)
+
+
+def kubectl_main() -> int:
+    """`kubectl vethguard ...`: kubectl runs the kubectl-vethguard executable with the rest of the line."""
+    return main(sys.argv[1:], prog="kubectl vethguard")
 
 
 if __name__ == "__main__":

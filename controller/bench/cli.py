@@ -74,16 +74,13 @@ def _command(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
-def _run(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+def _as_root(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def wrapped(args: argparse.Namespace) -> int:
         if os.geteuid() != 0:
-            print("vethguard bench: run as root (labs, BPF programs, iptables in lab namespaces)")
-            return 1
-        try:
-            return func(args)
-        except VethguardError as exc:
-            print(f"vethguard bench: {exc}")
-            return 1
+            raise VethguardError(
+                "vethguard bench: run as root (labs, BPF programs, iptables in lab namespaces)"
+            )
+        return func(args)
 
     return wrapped
 
@@ -98,9 +95,9 @@ def register(subparsers: Any) -> None:
     )
     dp.add_argument("--nodes", type=int, choices=[1, 2], help="2 adds a cross-node pair (default 1)")
     dp.add_argument("--rounds", type=int, help="rounds of every configuration (default 5, --quick 1)")
-    dp.set_defaults(func=_run(cmd_datapath))
+    dp.set_defaults(func=_as_root(cmd_datapath))
     cp = sub.add_parser("control-plane", help="compile time, event latency, RSS, map memory; lab realization")
-    cp.set_defaults(func=_run(cmd_control_plane))
+    cp.set_defaults(func=_as_root(cmd_control_plane))
     for parser in (dp, cp):
         parser.add_argument("--quick", action="store_true", help="small configuration, about a minute (CI)")
         parser.add_argument(

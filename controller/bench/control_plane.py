@@ -354,7 +354,7 @@ def _probe_until(source_ns: str, address: str, want: bool, timeout: float = 30.0
 
 def realization(settings: Settings) -> dict[str, Any]:
     from controller.lab import manifests, topology
-    from controller.lab.cli import apply_manifests, connect, delete_manifests, teardown, wait_realized
+    from controller.lab.client import apply_manifests, connect, delete_manifests, teardown, wait_realized
 
     lab = lab_name("rz")
     model = REALIZE_MODEL + "".join(REALIZE_POD.format(i=i, node=1 + i % 3) for i in range(6))

@@ -52,7 +52,7 @@ from controller.bench.iptables import Ruleset, build_ruleset
 from controller.core import programs
 from controller.core.errors import VethguardError
 from controller.lab import netns, topology
-from controller.lab.cli import teardown
+from controller.lab.client import teardown
 from controller.lab.state import LabPaths
 
 

@@ -85,13 +85,7 @@ def install(binary: Path, bin_dir: Path, conf_dir: Path, node: str, pin_root: st
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    try:
-        written = install(
-            Path(args.binary), Path(args.bin_dir), Path(args.conf_dir), args.node, args.pin_root
-        )
-    except VethguardError as exc:
-        print(f"error: {exc}", flush=True)
-        return 1
+    written = install(Path(args.binary), Path(args.bin_dir), Path(args.conf_dir), args.node, args.pin_root)
     print(f"{PLUGIN} installed in {args.bin_dir} and chained in {written}", flush=True)
     return 0
 

@@ -23,8 +23,8 @@ from typing import Any
 
 from controller.compiler.desired_state import SvcFrontend
 from controller.core.errors import PolicyError
+from controller.core.net import L4_PROTOCOLS
 
-PROTOCOLS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 NODE_ADDRESS_TYPES = ("InternalIP", "ExternalIP")
 
 
@@ -106,7 +106,7 @@ def frontends_of(
             if not isinstance(port, Mapping):
                 errors.append(PolicyError(what, f"spec.ports[{i}]", "not a mapping; ignored"))
                 continue
-            proto = PROTOCOLS.get(str(port.get("protocol") or "TCP"))
+            proto = L4_PROTOCOLS.get(str(port.get("protocol") or "TCP"))
             if proto is None:
                 errors.append(
                     PolicyError(

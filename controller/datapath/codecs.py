@@ -23,7 +23,6 @@ from controller.datapath.abi import (
     LocalValue,
     PolicyKey,
     PolicyValue,
-    Reason,
     SvcKey,
     SvcValue,
 )
@@ -254,7 +253,7 @@ class Event:
     ts_ns: int
     ep_id: int
     dir: int
-    reason: Reason
+    reason: int  # a Reason code; kept as a number so that an unknown code cannot crash a reader
     family: int
     proto: int
     saddr: str
@@ -264,23 +263,26 @@ class Event:
     peer_identity: int
     peer_cidr_identity: int
     rule_ref: int
+    node: str = ""  # the node whose ring buffer delivered it, when the reader knows
 
 
-def decode_event(data: bytes) -> Event:
+def decode_event(data: bytes, node: str = "") -> Event:
+    """The one decoder of a vg_events record (struct flow_event)."""
     e = FlowEvent.from_bytes(data[: ctypes.sizeof(FlowEvent)])
-    fam = e.family or 4
+    fam = int(e.family) or 4
     return Event(
-        ts_ns=e.ts_ns,
-        ep_id=e.ep_id,
-        dir=e.dir,
-        reason=Reason(e.reason),
-        family=e.family,
-        proto=e.proto,
+        ts_ns=int(e.ts_ns),
+        ep_id=int(e.ep_id),
+        dir=int(e.dir),
+        reason=int(e.reason),
+        family=int(e.family),
+        proto=int(e.proto),
         saddr=addr_from16(e.saddr, fam),
         daddr=addr_from16(e.daddr, fam),
         sport=from_be16(e.sport),
         dport=from_be16(e.dport),
-        peer_identity=e.peer_identity,
-        peer_cidr_identity=e.peer_cidr_identity,
-        rule_ref=e.rule_ref,
+        peer_identity=int(e.peer_identity),
+        peer_cidr_identity=int(e.peer_cidr_identity),
+        rule_ref=int(e.rule_ref),
+        node=node,
     )

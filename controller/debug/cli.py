@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from controller.core.errors import VethguardError
+from controller.datapath import codecs
+from controller.datapath.codecs import Event
 from controller.debug import bpfview, netpol, observe, reach
 from controller.debug import explain as explain_mod
 from controller.debug.inputs import DEFAULT_AGENT, DEFAULT_PIN_ROOT, LabTarget, LocalTarget, NodeRef, Target
@@ -309,9 +311,9 @@ def cmd_observe(args: argparse.Namespace) -> int:
         deadline = None if args.timeout is None else time.monotonic() + args.timeout
         shown = 0
         while True:
-            batch: list[observe.RawEvent] = []
+            batch: list[Event] = []
             for name, ring in rings:
-                batch += [observe.decode(name, data) for data in ring.read()]
+                batch += [codecs.decode_event(data, name) for data in ring.read()]
             batch.sort(key=lambda ev: ev.ts_ns)
             for ev in batch:
                 rec = observe.record(view, ev, offset)
@@ -394,19 +396,6 @@ def _probe(
 # -- registration ------------------------------------------------------------------------------
 
 
-def _run(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def wrapped(args: argparse.Namespace) -> int:
-        try:
-            return int(func(args))
-        except VethguardError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        except BrokenPipeError:  # `vethguard observe -f | head`
-            return 0
-
-    return wrapped
-
-
 def register(sub: Any) -> None:
     p = sub.add_parser("bpf", help="show the BPF maps of a node, translated into pods, labels and policies")
     what = p.add_subparsers(dest="what", required=True, metavar="MAP")
@@ -422,14 +411,14 @@ def register(sub: Any) -> None:
         if name in ("policy", "ct", "counters"):
             q.add_argument("pod", nargs="?", metavar="NS/POD", help="only this pod")
         _target_args(q)
-        q.set_defaults(func=_run(cmd_bpf))
+        q.set_defaults(func=cmd_bpf)
 
     p = sub.add_parser("get", help="list NetworkPolicies like kubectl, with selected pods and realization")
     p.add_argument("kind", choices=NETPOL_NAMES, metavar="netpol")
     p.add_argument("-n", "--namespace", default="default")
     p.add_argument("-A", "--all-namespaces", action="store_true")
     _target_args(p, ("wide", "json", "yaml"))
-    p.set_defaults(func=_run(cmd_get))
+    p.set_defaults(func=cmd_get)
 
     p = sub.add_parser(
         "describe", help="describe NetworkPolicies like kubectl, plus what vethguard made of them"
@@ -438,7 +427,7 @@ def register(sub: Any) -> None:
     p.add_argument("name", nargs="?")
     p.add_argument("-n", "--namespace", default="default")
     _target_args(p, ())
-    p.set_defaults(func=_run(cmd_describe))
+    p.set_defaults(func=cmd_describe)
 
     p = sub.add_parser(
         "explain",
@@ -455,7 +444,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--no-kernel", action="store_true", help="skip the cross-check against the live maps")
     _target_args(p)
-    p.set_defaults(func=_run(cmd_explain))
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser(
         "observe", help="flow and drop events from the kernel, with the policy that decided them"
@@ -468,7 +457,7 @@ def register(sub: Any) -> None:
     p.add_argument("--timeout", type=float, help="with --follow: stop after this many seconds")
     p.add_argument("--count", type=int, help="stop after this many events")
     _target_args(p)
-    p.set_defaults(func=_run(cmd_observe))
+    p.set_defaults(func=cmd_observe)
 
     p = sub.add_parser(
         "reachability", help="the pod-to-pod matrix the policies imply (--probe: and what the kernel does)"
@@ -480,11 +469,4 @@ def register(sub: Any) -> None:
     p.add_argument("--probe", action="store_true", help="lab only: also try every cell for real")
     p.add_argument("--probe-timeout", type=float, default=1.0)
     _target_args(p)
-    p.set_defaults(func=_run(cmd_reachability))
-
-
-def kubectl_main() -> int:
-    """`kubectl vethguard ...`: kubectl runs the kubectl-vethguard executable with the rest of the line."""
-    from controller.cli import main
-
-    return main(sys.argv[1:], prog="kubectl vethguard")
+    p.set_defaults(func=cmd_reachability)

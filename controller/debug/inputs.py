@@ -113,7 +113,7 @@ class LocalTarget(Target):
 
 class LabTarget(Target):
     def __init__(self, lab: str, node: str | None = None) -> None:
-        from controller.lab.cli import connect
+        from controller.lab.client import connect
         from controller.lab.state import LabPaths
 
         self.lab = lab

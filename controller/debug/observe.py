@@ -12,14 +12,12 @@ all. Audit events (ALLOW_AUDIT) name the audit-mode policies the same way.
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from controller.core.verdicts import DIR_EGRESS
-from controller.datapath import abi, codecs
+from controller.datapath.codecs import Event
 from controller.debug.bpfview import reason_name
 from controller.debug.render import proto_name
 from controller.debug.view import DIRECTION_NAMES, ClusterView
@@ -28,48 +26,7 @@ AUDIT_REASONS = {"ALLOW_AUDIT"}
 NO_PORTS = {1, 58}  # ICMP / ICMPv6: the "ports" are the echo identifier
 
 
-@dataclass(frozen=True)
-class RawEvent:
-    """A decoded flow_event with the reason kept as a number (an unknown code must not crash)."""
-
-    node: str
-    ts_ns: int
-    ep_id: int
-    dir: int
-    reason: int
-    family: int
-    proto: int
-    saddr: str
-    daddr: str
-    sport: int
-    dport: int
-    peer_identity: int
-    peer_cidr_identity: int
-    rule_ref: int
-
-
-def decode(node: str, data: bytes) -> RawEvent:
-    e = abi.FlowEvent.from_bytes(data[: ctypes.sizeof(abi.FlowEvent)])
-    fam = int(e.family) or 4
-    return RawEvent(
-        node=node,
-        ts_ns=int(e.ts_ns),
-        ep_id=int(e.ep_id),
-        dir=int(e.dir),
-        reason=int(e.reason),
-        family=int(e.family),
-        proto=int(e.proto),
-        saddr=codecs.addr_from16(e.saddr, fam),
-        daddr=codecs.addr_from16(e.daddr, fam),
-        sport=codecs.from_be16(e.sport),
-        dport=codecs.from_be16(e.dport),
-        peer_identity=int(e.peer_identity),
-        peer_cidr_identity=int(e.peer_cidr_identity),
-        rule_ref=int(e.rule_ref),
-    )
-
-
-def record(view: ClusterView, ev: RawEvent, boot_offset_ns: int) -> dict[str, Any]:
+def record(view: ClusterView, ev: Event, boot_offset_ns: int) -> dict[str, Any]:
     """One JSON-able observe record. boot_offset_ns: wall clock minus CLOCK_MONOTONIC."""
     reason = reason_name(ev.reason)
     verdict = "denied" if ev.reason >= 64 else ("audit" if reason in AUDIT_REASONS else "allowed")

@@ -10,11 +10,11 @@ from typing import Any, TextIO
 
 import yaml
 
-PROTO_NAMES: Mapping[int, str] = {0: "ANY", 1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP"}
+from controller.core.net import PROTOCOL_NAMES
 
 
 def proto_name(proto: int) -> str:
-    return PROTO_NAMES.get(proto, str(proto))
+    return PROTOCOL_NAMES.get(proto, str(proto))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

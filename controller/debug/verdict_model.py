@@ -40,12 +40,11 @@ from controller.compiler.desired_state import (
     RuleRef,
 )
 from controller.core.identities import ID_ANY, ID_HOST, ID_WORLD
-from controller.core.net import IPNetwork
+from controller.core.net import PROTOCOL_NUMBERS, IPNetwork
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS, VERDICT_ALLOW
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-PROTO_NUMBERS: Mapping[str, int] = {"ICMP": 1, "TCP": 6, "UDP": 17, "ICMPV6": 58, "SCTP": 132}
 
 ALLOW_POLICY = "ALLOW_POLICY"
 ALLOW_NOT_ISOLATED = "ALLOW_NOT_ISOLATED"
@@ -88,7 +87,7 @@ def parse_proto(proto: int | str) -> int:
     if isinstance(proto, int):
         return proto
     try:
-        return PROTO_NUMBERS[proto.upper()]
+        return PROTOCOL_NUMBERS[proto.upper()]
     except KeyError:
         raise ValueError(f"unknown protocol {proto!r}") from None
 

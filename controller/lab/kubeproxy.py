@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from controller.core.net import L4_PROTOCOL_NAMES
+
 SERVICE_CIDR4 = ipaddress.IPv4Network("10.245.0.0/16")
 DNS_CLUSTER_IP = "10.245.0.10"  # kubelet's --cluster-dns; the kube-dns Service asks for it
 NODE_PORT_RANGE = (30000, 32767)
@@ -27,7 +29,6 @@ NFT_TABLE = "vethguard_svc"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
 MANAGED_BY = "vethguard-lab"
-PROTOCOLS = ("TCP", "UDP", "SCTP")
 
 Obj = dict[str, Any]
 
@@ -103,7 +104,7 @@ def parse_service(obj: Obj) -> Service:
             raise ServiceError(f"{field} must be a mapping")
         port = _port_number(raw.get("port"), f"{field}.port")
         protocol = raw.get("protocol") or "TCP"
-        if protocol not in PROTOCOLS:
+        if protocol not in L4_PROTOCOL_NAMES:
             raise ServiceError(f"{field}.protocol must be TCP, UDP or SCTP, got {protocol!r}")
         target = raw.get("targetPort", port)
         if isinstance(target, str) and target.isdigit():

@@ -17,13 +17,13 @@ from typing import Any
 import yaml
 
 from controller.core.errors import VethguardError
+from controller.core.net import L4_PROTOCOL_NAMES
 from controller.lab.kubeproxy import ServiceError, parse_service
 from controller.lab.store import BY_KIND, Resource
 from controller.lab.topology import check_external_address
 
 APPLY_ORDER = ("Namespace", "ExternalHost", "Pod", "Service", "NetworkPolicy")
 SUFFIXES = (".yaml", ".yml", ".json")
-PROTOCOLS = ("TCP", "UDP", "SCTP")
 
 
 class ManifestError(VethguardError):
@@ -95,7 +95,7 @@ def _check_ports(where: str, ports: Any, port_key: str) -> None:
         if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= 65535:
             raise ManifestError(f"{where}: {port_key} must be a number from 1 to 65535, got {number!r}")
         protocol = port.get("protocol", "TCP")
-        if protocol not in PROTOCOLS:
+        if protocol not in L4_PROTOCOL_NAMES:
             raise ManifestError(f"{where}: protocol must be TCP, UDP or SCTP, got {protocol!r}")
 
 

@@ -26,7 +26,6 @@ from controller.lab import netns, sctp
 log = logging.getLogger(__name__)
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
-PROTOCOLS = ("TCP", "UDP", "SCTP")
 Port = tuple[int, str]  # (port, protocol)
 Handler = Callable[[socket.socket], object]
 

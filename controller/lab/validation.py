@@ -44,8 +44,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.compiler import apisyntax as syntax
-from controller.compiler.model import PROTOCOLS
 from controller.compiler.selectors import OP_DOES_NOT_EXIST, OP_EXISTS, OP_IN, OP_NOT_IN
+from controller.core.net import L4_PROTOCOLS
 
 Obj = dict[str, Any]
 
@@ -275,8 +275,8 @@ def _policy_port(raw: Any, fld: str, errs: Errors) -> None:
     port_obj = _object(raw, fld, errs)
     _known(port_obj, fld, ("protocol", "port", "endPort"), errs)
     protocol = port_obj.get("protocol")
-    if protocol is not None and _string(protocol, f"{fld}.protocol", errs) not in PROTOCOLS:
-        errs.append(not_supported(f"{fld}.protocol", protocol, tuple(PROTOCOLS)))
+    if protocol is not None and _string(protocol, f"{fld}.protocol", errs) not in L4_PROTOCOLS:
+        errs.append(not_supported(f"{fld}.protocol", protocol, tuple(L4_PROTOCOLS)))
     port = _int_or_string(port_obj.get("port"), f"{fld}.port", errs)
     end = _int32(port_obj.get("endPort"), f"{fld}.endPort", errs)
     if isinstance(port, int):
@@ -369,14 +369,14 @@ def _selector_problems(raw: Any) -> bool:
 
 # --- Pod and Service ------------------------------------------------------------------------
 
-CORE_PROTOCOLS = tuple(sorted(PROTOCOLS))  # kube lists them sorted for core kinds
+CORE_PROTOCOLS = tuple(sorted(L4_PROTOCOLS))  # kube lists them sorted for core kinds
 
 
 def _core_protocol(raw: Any, fld: str, errs: Errors) -> str:
     protocol = _string(raw, fld, errs)
     if not protocol:
         errs.append(required(fld))
-    elif protocol not in PROTOCOLS:
+    elif protocol not in L4_PROTOCOLS:
         errs.append(not_supported(fld, protocol, CORE_PROTOCOLS))
     return protocol
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from controller.lab.cli import teardown
+from controller.lab.client import teardown
 
 MODEL = """
 apiVersion: v1

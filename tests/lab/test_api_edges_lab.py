@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from controller.lab.apiserver import UNVALIDATED_PATH
-from controller.lab.cli import LabClient, teardown, wait_realized
+from controller.lab.client import LabClient, teardown, wait_realized
 from controller.lab.state import LabPaths
 from tests.lab.conftest import run_cli, unique_lab_name
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from controller.lab.cli import teardown
+from controller.lab.client import teardown
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.slow]
 

@@ -43,7 +43,7 @@ AUDIT_POLICY = {
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    from controller.lab.cli import teardown
+    from controller.lab.client import teardown
 
     name = unique_lab_name()
     with tempfile.TemporaryDirectory() as tmp:
@@ -226,7 +226,7 @@ def test_the_kubectl_plugin_and_the_local_node_mode_work(lab: Lab) -> None:
         [
             sys.executable,
             "-c",
-            "import sys; from controller.debug.cli import kubectl_main; sys.exit(kubectl_main())",
+            "import sys; from controller.cli import kubectl_main; sys.exit(kubectl_main())",
             "get",
             "netpol",
             "-A",

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
-from controller.lab.cli import teardown
+from controller.lab.client import teardown
 from tests.lab.conftest import run_cli, unique_lab_name
 from tests.reference.cases import (
     Case,

@@ -137,7 +137,7 @@ def env() -> Iterator[Env]:
     import tempfile
     from pathlib import Path
 
-    from controller.lab.cli import teardown
+    from controller.lab.client import teardown
     from tests.lab.conftest import run_cli, unique_lab_name
 
     name = unique_lab_name()

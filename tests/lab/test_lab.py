@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from controller.lab import netns
-from controller.lab.cli import LabClient
+from controller.lab.client import LabClient
 from controller.lab.state import LabPaths
 from controller.lab.topology import LabNames
 from tests.lab.conftest import PODS, Lab, run_cli

@@ -53,7 +53,7 @@ from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
 from controller.datapath.abi import CounterKey, CounterValue, Reason
 from controller.datapath.bpfsys import BpfMap
 from controller.lab import netns, topology
-from controller.lab.cli import teardown
+from controller.lab.client import teardown
 from controller.lab.state import LabPaths
 
 pytestmark = [

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.lab.cli import teardown
+from controller.lab.client import teardown
 from tests.conformance.runner import model_manifests
 from tests.lab.conftest import run_cli, unique_lab_name
 

@@ -30,7 +30,7 @@ from controller.core.verdicts import DIR_EGRESS
 from controller.datapath.abi import CounterKey, CounterValue, Reason
 from controller.datapath.bpfsys import BpfMap
 from controller.lab import netns, topology
-from controller.lab.cli import teardown
+from controller.lab.client import teardown
 from controller.lab.state import LabPaths
 from tests.lab.test_raw_packets import (
     ETH_P_IP,

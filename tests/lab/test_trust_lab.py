@@ -31,7 +31,7 @@ from controller.core.verdicts import DIR_INGRESS
 from controller.datapath.abi import CounterKey, CounterValue, Reason
 from controller.datapath.bpfsys import BpfMap
 from controller.lab import netns, topology
-from controller.lab.cli import teardown
+from controller.lab.client import teardown
 from controller.lab.state import LabPaths
 from tests.kernel import packets as P
 from tests.lab.conftest import run_cli

@@ -95,7 +95,7 @@ def test_without_a_cluster_cni_configuration_the_init_container_fails_clearly(
         str(host["conf"]),
     ]
     assert main(args) == 1
-    assert "no CNI network configuration in" in capsys.readouterr().out
+    assert "no CNI network configuration in" in capsys.readouterr().err
     (host["conf"] / "10-kindnet.conflist").write_text(json.dumps(KINDNET))
     assert main(args) == 0
     assert "vethguard-cni installed in" in capsys.readouterr().out

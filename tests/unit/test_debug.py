@@ -340,7 +340,9 @@ def _event(src: str, dst: str, direction: int, reason: int, rule_ref: int = 0, e
 def test_a_drop_event_names_the_isolating_policy(tcp03: Any) -> None:
     view, _ = tcp03
     xc, xa = view.cluster.pods["x/c"].ipv4, view.cluster.pods["x/a"].ipv4
-    ev = observe.decode("node-1", _event(xc or "", xa or "", DIR_INGRESS, abi.Reason.DROP_POLICY))
+    ev = codecs.decode_event(
+        node="node-1", data=_event(xc or "", xa or "", DIR_INGRESS, abi.Reason.DROP_POLICY)
+    )
     rec = observe.record(view, ev, boot_offset_ns=1_700_000_000 * 10**9)
     assert (rec["from"], rec["to"], rec["port"], rec["protocol"]) == ("x/c", "x/a", 80, "TCP")
     assert (rec["verdict"], rec["reason"], rec["policy"], rec["direction"]) == (
@@ -357,7 +359,9 @@ def test_an_allowed_event_names_the_rule_from_its_rule_reference(tcp03: Any) -> 
     view, _ = tcp03
     xb, xa = view.cluster.pods["x/b"].ipv4, view.cluster.pods["x/a"].ipv4
     ref = next(iter(view.compiled.rules))
-    rec = observe.record(view, observe.decode("n", _event(xb or "", xa or "", DIR_INGRESS, 0, ref)), 0)
+    rec = observe.record(
+        view, codecs.decode_event(node="n", data=_event(xb or "", xa or "", DIR_INGRESS, 0, ref)), 0
+    )
     assert (rec["verdict"], rec["policy"], rec["rule"]) == (
         "allowed",
         "x/x-a-allows-x-b",
@@ -371,7 +375,9 @@ def test_an_audit_event_is_reported_as_audit() -> None:
     view = ClusterView(raw_cluster([_deny_all("y", "audit-deny", audit=True)]))
     src, dst = view.cluster.pods["x/a"].ipv4, view.cluster.pods["y/a"].ipv4
     rec = observe.record(
-        view, observe.decode("n", _event(src or "", dst or "", DIR_INGRESS, abi.Reason.ALLOW_AUDIT)), 0
+        view,
+        codecs.decode_event(node="n", data=_event(src or "", dst or "", DIR_INGRESS, abi.Reason.ALLOW_AUDIT)),
+        0,
     )
     assert (rec["verdict"], rec["policy"], rec["policies"]) == ("audit", "y/audit-deny", ["y/audit-deny"])
 
@@ -379,7 +385,9 @@ def test_an_audit_event_is_reported_as_audit() -> None:
 def test_an_egress_event_is_attributed_to_the_source_pod(tcp03: Any) -> None:
     view, _ = tcp03
     xc, xa = view.cluster.pods["x/c"].ipv4, view.cluster.pods["x/a"].ipv4
-    rec = observe.record(view, observe.decode("n", _event(xc or "", xa or "", DIR_EGRESS, 3)), 0)
+    rec = observe.record(
+        view, codecs.decode_event(node="n", data=_event(xc or "", xa or "", DIR_EGRESS, 3)), 0
+    )
     assert (rec["endpoint"], rec["verdict"], rec["policy"]) == ("x/c", "allowed", None)
 
 
