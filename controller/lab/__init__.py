@@ -27,10 +27,15 @@ Pieces:
   daemon.py     one per lab (python -m controller.lab.daemon --name LAB, detached): API server on
                 10.244.0.1:6443 in vg-<lab>-fabric and on <state>/api.sock; admission hooks that
                 build a Pod's namespace/veth/routes/responders BEFORE it is written (and remove
-                them after it is deleted); agent supervisor; GET /lab/v1/status
+                them after it is deleted); GET /lab/v1/status
+  agents.py     the agent supervisor (one agent per node, restarted when it exits) and /status
+  client.py     the client library (daemon start, apply/delete, wait until realized, teardown)
+                that the CLI, the debug commands, the benchmarks and the tests use
+  kubeproxy.py  kube-proxy emulation (pure): Service parsing, allocation, EndpointSlices, nft rules
+  demo.py       `vethguard demo`: the README's walkthrough in one command
   responders.py TCP accept, UDP echo, SCTP INIT -> INIT-ACK (raw sockets; sctp.py) per namespace
   probe.py      parallel probes from threads that setns into the source namespace
-  manifests.py  YAML/directory/stdin loading and validation; cli.py: the commands
+  manifests.py  YAML/directory/stdin loading and validation; cli.py: the `vethguard lab` commands
   svc.py        Services: ClusterIPs from 10.245.0.0/16 (reserved: no ExternalHost may use it),
                 NodePorts 30000-32767, EndpointSlices (discovery.k8s.io/v1) written through the
                 store on every Pod/Service change, and an nftables table `ip vethguard_svc` in

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from controller.lab import netns, topology
+from controller.lab.agents import query_agent
 from controller.lab.client import teardown
-from controller.lab.daemon import query_agent
 from tests.lab.conftest import Lab, run_cli, unique_lab_name
 
 pytestmark = [

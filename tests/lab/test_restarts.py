@@ -40,7 +40,7 @@ import pytest
 from controller.datapath import abi, bpfsys, codecs
 from controller.datapath.attach import Attacher
 from controller.lab import netns, topology
-from controller.lab.daemon import AGENT_ENV_FILE, query_agent
+from controller.lab.agents import AGENT_ENV_FILE, query_agent
 from controller.lab.state import LabPaths
 from tests.lab.conftest import Lab
 from tests.lab.tcpstats import Retransmissions, recv_exact, retransmissions
