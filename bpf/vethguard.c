@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * vethguard tc programs, attached to the host side of every pod veth (clsact, direct-action):
+ * vethguard tc programs (clsact, direct-action), on the host side of every pod veth and on the
+ * node's uplinks:
  *
  *   from_pod    tc ingress: traffic leaving the pod  (the pod's EGRESS,  DIR_EGRESS)
  *   to_pod      tc egress:  traffic entering the pod (the pod's INGRESS, DIR_INGRESS)
@@ -25,18 +26,22 @@
  *       from its peer, a node or (flow to outside) an outside router
  *   6. conntrack hit (not for non-echo ICMP,    -> ALLOW_CT / ALLOW_REPLY / DROP_REVOKED
  *      which is never tracked)
- *   6b. entering the pod: who really sent it    -> DROP_SPOOFED (a local pod's address from
- *       (lib/trust.h)                              elsewhere); a forwarded node address is
+ *   7. from the pod to a Service frontend       -> ALLOW_DEFERRED, CT_DEFERRED entry, skb->mark
+ *      (CT miss)                                   (the verdict is given after DNAT)
+ *   8. new flow (lib/newflow.h, vg_new_flow):
+ *      a. entering the pod: who really sent it  -> DROP_SPOOFED (a local pod's address from
+ *         (lib/trust.h)                            elsewhere); a forwarded node address is
  *                                                  judged as its real sender, not the host
- *   7. peer identity HOST (ipcache lookup only   -> ALLOW_HOST
- *      on a CT miss: host flows are never tracked)
- *   7b. from the pod to a Service frontend      -> ALLOW_DEFERRED, CT_DEFERRED entry, skb->mark
- *       (CT miss)                                  (the verdict is given after DNAT)
- *   8. new flow: isolation + policy             -> ALLOW_NOT_ISOLATED / ALLOW_POLICY /
+ *      b. peer identity HOST (ipcache lookup    -> ALLOW_HOST
+ *         only here: host flows are never tracked)
+ *      c. isolation + policy                    -> ALLOW_NOT_ISOLATED / ALLOW_POLICY /
  *                                                  DROP_POLICY / DROP_PENDING, CT entry created
  *                                                  (ALLOW_AUDIT instead of DROP_POLICY when only
- *                                                  audit-mode policies isolate the direction)
- * to_pod first judges a deferred packet (mark set) for its client's egress, then as above.
+ *                                                  audit-mode policies isolate the direction;
+ *                                                  DROP_CT_FULL if isolated and the entry
+ *                                                  cannot be created)
+ * to_pod first judges a deferred packet (mark set) for its client's egress (vg_judge: the same
+ * new-flow decision on the post-DNAT tuple), then as above.
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -45,6 +50,7 @@
 #include "lib/conntrack.h"
 #include "lib/service.h"
 #include "lib/trust.h"
+#include "lib/newflow.h"
 #include "lib/events.h"
 
 /* Count, maybe emit an event, and turn the reason into a tc verdict. */
@@ -102,6 +108,22 @@ static __always_inline __u8 vg_frag_passed(const struct vg_pkt *p, __u8 reason, 
 }
 
 /*
+ * The end of a packet of a flow past the flow checks: established (a CT hit) or new and allowed.
+ * A passing packet does its fragment bookkeeping; a drop is a revoked flow, whose peer the
+ * established path did not look up: named now, for the drop event.
+ */
+static __always_inline int vg_finish_flow(struct __sk_buff *skb, __u32 ep_id, __u8 dir, __u8 reason,
+					  const struct vg_pkt *p, struct ipcache_value *peer, __u32 rule_ref,
+					  int new_flow, __u64 now)
+{
+	if (!REASON_IS_DROP(reason))
+		reason = vg_frag_passed(p, reason, now);
+	else
+		vg_peer_lookup(p, dir, peer);
+	return vg_finish(skb, ep_id, dir, reason, p, peer, rule_ref, new_flow);
+}
+
+/*
  * `sender`: entering a pod (to_pod), the endpoint the judge found in a deferred packet's mark (0:
  * none). It sent the packet whatever interface it arrives from: on a bridge, a Service hairpin is
  * routed up through the bridge device and back, so skb->ingress_ifindex names the bridge.
@@ -141,7 +163,7 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir, __u32 send
 		return vg_finish(skb, ep->ep_id, dir, ALLOW_ICMP6_CTRL, &p, &peer, 0, 0);
 
 	if (p.frag == VG_FRAG_LATER && !vg_frag_ports(&p, now)) {
-		vg_ipcache_lookup(p.family, dir == DIR_EGRESS ? p.daddr : p.saddr, &peer);
+		vg_peer_lookup(&p, dir, &peer);
 		if (dir == DIR_INGRESS && (reason = vg_ingress_origin(skb, sender, &p, &peer, &origin)))
 			return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, 0, 0);
 		if (peer.identity == ID_HOST)
@@ -191,34 +213,15 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir, __u32 send
 			goto tracked;
 		}
 	}
-	/*
-	 * A new flow. The peer identity is needed only here: established packets skip the ipcache
-	 * LPM lookup. Host traffic is never tracked, so it always gets here; entering the pod, the
-	 * node's own address counts as the host only on packets the node sent (lib/trust.h).
-	 */
-	vg_ipcache_lookup(p.family, dir == DIR_EGRESS ? p.daddr : p.saddr, &peer);
-	if (dir == DIR_INGRESS && (reason = vg_ingress_origin(skb, sender, &p, &peer, &origin)))
+	/* A new flow (lib/newflow.h). A drop or the host ends here, reported without a rule. */
+	reason = vg_new_flow(skb, ep, &p, dir, sender, !untracked, 0, revision, len, now, &k, &peer, &rule_ref);
+	if (!vg_new_flow_allowed(reason))
 		return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, 0, 0);
-	if (peer.identity == ID_HOST)
-		return vg_finish(skb, ep->ep_id, dir, ALLOW_HOST, &p, &peer, 0, 0);
-	reason = vg_policy_verdict(ep, dir, p.proto, p.dport, &peer, &rule_ref);
-	if (REASON_IS_DROP(reason))
-		return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, 0, 0);
-	if (!untracked) {
-		/* Track every allowed flow so its replies pass an isolated direction. */
-		vg_ct_fill(&k, &p, ep->ep_id, dir, 0);
-		if (vg_ct_create(&k, &p, revision, rule_ref, len, now, CT_ALLOWED, origin) != 0 && isolated)
-			return vg_finish(skb, ep->ep_id, dir, DROP_CT_FULL, &p, &peer, 0, 0);
-	}
 	if (p.frag == VG_FRAG_NONE)
 		return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, rule_ref, 1);
 
 tracked:
-	if (!REASON_IS_DROP(reason))
-		reason = vg_frag_passed(&p, reason, now);
-	else /* a revoked flow: name the peer in the drop event */
-		vg_ipcache_lookup(p.family, dir == DIR_EGRESS ? p.daddr : p.saddr, &peer);
-	return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, rule_ref, 0);
+	return vg_finish_flow(skb, ep->ep_id, dir, reason, &p, &peer, rule_ref, 0, now);
 }
 
 /*
@@ -263,21 +266,15 @@ static __always_inline int vg_judge(struct __sk_buff *skb, __u64 now, __u32 *cli
 	if (v && v->expires_ns > now) {
 		reason = vg_ct_hit(ep, &k, v, &p, 0, revision, len, now, &rule_ref);
 	} else {
-		vg_ipcache_lookup(p.family, p.daddr, &peer);
-		if (peer.identity == ID_HOST)
-			return vg_finish(skb, ep->ep_id, DIR_EGRESS, ALLOW_HOST, &p, &peer, 0, 0);
-		reason = vg_policy_verdict(ep, DIR_EGRESS, p.proto, p.dport, &peer, &rule_ref);
-		if (REASON_IS_DROP(reason))
+		/* A new flow of the client's egress (lib/newflow.h), always tracked: from_pod marks
+		 * only packets it tracks, never non-echo ICMP. */
+		reason = vg_new_flow(skb, ep, &p, DIR_EGRESS, 0, 1, 1, revision, len, now, &k, &peer,
+				     &rule_ref);
+		if (!vg_new_flow_allowed(reason))
 			return vg_finish(skb, ep->ep_id, DIR_EGRESS, reason, &p, &peer, 0, 0);
-		if (vg_ct_create(&k, &p, revision, rule_ref, len, now, CT_ALLOWED, 0) != 0 && isolated)
-			return vg_finish(skb, ep->ep_id, DIR_EGRESS, DROP_CT_FULL, &p, &peer, 0, 0);
 		new_flow = 1;
 	}
-	if (!REASON_IS_DROP(reason))
-		reason = vg_frag_passed(&p, reason, now);
-	else /* a revoked flow: name the peer */
-		vg_ipcache_lookup(p.family, p.daddr, &peer);
-	return vg_finish(skb, ep->ep_id, DIR_EGRESS, reason, &p, &peer, rule_ref, new_flow);
+	return vg_finish_flow(skb, ep->ep_id, DIR_EGRESS, reason, &p, &peer, rule_ref, new_flow, now);
 }
 
 int from_pod(struct __sk_buff *skb)

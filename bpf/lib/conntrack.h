@@ -108,7 +108,7 @@ static __always_inline int vg_ct_reply_allowed(const struct endpoint_info *ep, c
 	__u32 ref = 0;
 	__u8 rdir = !k->dir;
 
-	vg_ipcache_lookup(k->family, rdir == DIR_EGRESS ? p->daddr : p->saddr, &peer);
+	vg_peer_lookup(p, rdir, &peer);
 	if (peer.identity == ID_HOST)
 		return 1;
 	return !REASON_IS_DROP(vg_policy_verdict(ep, rdir, p->proto, p->dport, &peer, &ref));

@@ -427,7 +427,7 @@ static __always_inline int vg_is_icmp6_ctrl(const struct vg_pkt *p)
 
 /* Non-echo ICMP (errors, control, unknown types): no ports, no connection. It never creates a
  * conntrack entry, and none lets it pass: an entry with ports 0 would let any ICMP of the
- * peer back in as a "reply". Errors about tracked flows are ALLOW_RELATED (lib/trust.h);
+ * peer back in as a "reply". Errors about tracked flows are ALLOW_RELATED (lib/conntrack.h);
  * everything else is judged by policy, packet by packet. */
 static __always_inline int vg_icmp_untracked(const struct vg_pkt *p)
 {

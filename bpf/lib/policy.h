@@ -32,6 +32,13 @@ static __always_inline void vg_ipcache_lookup(__u8 family, const __u8 *addr, str
 	}
 }
 
+/* The identity of a packet's peer: the destination of what leaves the pod, the source of what
+ * enters it. */
+static __always_inline void vg_peer_lookup(const struct vg_pkt *p, __u8 dir, struct ipcache_value *out)
+{
+	vg_ipcache_lookup(p->family, dir == DIR_EGRESS ? p->daddr : p->saddr, out);
+}
+
 /* One LPM lookup for one peer identity; only an ALLOW verdict allows. */
 static __always_inline int vg_policy_try(struct policy_key *k, __u32 identity, __u32 *rule_ref)
 {

@@ -9,9 +9,10 @@
  *              with VG_MARK_DEFERRED | slot << VG_MARK_SLOT_SHIFT in skb->mark; every later
  *              forward packet of the flow gets the same mark.
  *   judge      after DNAT and routing the packet meets either to_pod of a backend on this node
- *              or to_uplink on the way to another node. Both read the client from the slot
- *              and run the client's egress policy against the post-DNAT destination (conntrack
- *              key with nat = 1, revision-stamped like any other entry), then clear the mark.
+ *              or to_uplink on the way to another node. Both clear the mark, find the client
+ *              by its slot and judge the packet by the client's egress policy on the post-DNAT
+ *              tuple (vethguard.c vg_judge: its own conntrack entry, key with nat = 1 and
+ *              revision-stamped like any other; a miss is a new flow, lib/newflow.h).
  *
  * The mark survives nftables/iptables (they OR in their own low bits) and is scrubbed when the
  * packet enters the pod's namespace, so a pod can never forge it.
