@@ -1,7 +1,7 @@
 """Read a node's pinned maps with bpf(2), without compiling anything: dumps for `vethguard bpf`
 and the live verdict lookup `explain` cross-checks against.
 
-The live lookup repeats the tc program's new-flow decision (bpf/vethguard.c, lib/policy.h)
+The live lookup repeats the tc programs' new-flow decision (bpf/lib/newflow.h, lib/policy.h)
 with the kernel doing the longest-prefix matches: a BPF_MAP_LOOKUP_ELEM on an LPM trie with a
 full-length key returns the longest matching entry, the same lookup the program makes.
 """
@@ -103,7 +103,7 @@ class NodeMaps:
         return None if raw is None else abi.PolicyValue.from_bytes(raw)
 
     def verdict(self, ep: codecs.Endpoint, direction: int, peer: str, proto: int, port: int) -> LiveHalf:
-        """lib/policy.h vg_policy_verdict after the HOST check of vethguard.c, on the live maps."""
+        """lib/policy.h vg_policy_verdict after the HOST check of lib/newflow.h, on the live maps."""
         ident, cidr = self.ipcache(peer)
 
         def half(allowed: bool, reason: abi.Reason, ref: int = 0) -> LiveHalf:
