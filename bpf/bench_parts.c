@@ -1,7 +1,10 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * Benchmark only, never attached: the established-flow path of to_pod (vethguard.c) cut into
- * its steps, to measure where an established packet's time goes (controller/datapath/cost.py).
+ * Benchmark only, never loaded by the agent (controller/bench/bpf_parts.py compiles it):
+ *   passthrough  returns TC_ACT_OK: the floor every cost is compared with, and the program the
+ *                throughput benchmark attaches for its "passthrough" configuration;
+ *   part_N       the established-flow path of to_pod (vethguard.c) cut into its steps, to
+ *                measure where an established packet's time goes (controller/bench/cost.py).
  *
  * part_N runs the first N steps, in to_pod's order, on the same pinned maps the measured
  * to_pod uses; part_N - part_(N-1) is the cost of step N. The steps:
@@ -77,3 +80,8 @@ VG_PART(4)
 VG_PART(5)
 VG_PART(6)
 VG_PART(7)
+
+int passthrough(struct __sk_buff *skb)
+{
+	return TC_ACT_OK;
+}

@@ -9,7 +9,7 @@
  *               node after DNAT (lib/service.h); everything else passes untouched
  *   from_uplink tc ingress of the node's uplinks: drops packets from outside that claim an
  *               address of this node or of its pods (lib/trust.h); everything else passes
- *   passthrough returns TC_ACT_OK; the floor for benchmarks
+ * (the benchmarks' pass-through program is in bench_parts.c, which the agent never loads)
  *
  * One compiled set per node; per-endpoint behaviour comes from maps keyed by ifindex.
  * Order of decisions for a packet at endpoint E, direction d:
@@ -328,9 +328,4 @@ int from_uplink(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	vg_parse(skb, &p); /* only for the drop event */
 	return vg_finish(skb, skb->ifindex, DIR_INGRESS, DROP_SPOOFED, &p, &peer, 0, 0);
-}
-
-int passthrough(struct __sk_buff *skb)
-{
-	return TC_ACT_OK;
 }

@@ -41,9 +41,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import ClassVar, TypeVar
 
+from controller.bench.bpf_parts import PASSTHROUGH, bench_programs
 from controller.bench.testrun import run
 from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue
-from controller.datapath import abi, bpfsys, codecs, loader
+from controller.datapath import abi, bpfsys, codecs
 from controller.datapath.node import Datapath
 
 T = TypeVar("T")
@@ -157,7 +158,12 @@ def _measure(fd: int, drive: Callable[[], object]) -> float:
 def measure(dp: Datapath, rounds: int = 9, packets: int = 20000) -> CostReport:
     """Medians over `rounds` of each kind; `packets` per kind per round."""
     _setup(dp)
-    pass_fd, to_pod = dp.prog_fd("passthrough"), dp.prog_fd("to_pod")
+    with bench_programs(dp) as bench:
+        return _measure_all(dp, bench[PASSTHROUGH], rounds, packets)
+
+
+def _measure_all(dp: Datapath, pass_fd: int, rounds: int, packets: int) -> CostReport:
+    to_pod = dp.prog_fd("to_pod")
     est = _frame(PEER, POD, 40000, 80, 0x10)
     run(to_pod, est, ifindex=EP)  # creates the flow
     new_flows = min(packets, 5000)  # one test_run per packet: keep rounds short
@@ -206,9 +212,8 @@ def measure_steps(dp: Datapath, rounds: int, packets: int) -> dict[str, float]:
     round runs passthrough, each part and to_pod on the same established packet.
     """
     names = tuple(f"part_{i}" for i in range(1, len(STEPS) + 1))
-    b, fds = loader.compile_programs("bench_parts.c", dp.pin_dir, names, dp.extra_cflags)
-    try:
-        pass_fd, to_pod = dp.prog_fd("passthrough"), dp.prog_fd("to_pod")
+    with bench_programs(dp, (PASSTHROUGH, *names)) as fds:
+        pass_fd, to_pod = fds[PASSTHROUGH], dp.prog_fd("to_pod")
         est = _frame(PEER, POD, 40000, 80, 0x10)
         run(to_pod, est, ifindex=EP)  # the flow (earlier measurements cleared the table)
         order = [("pass", pass_fd), *((n, fds[n]) for n in names), ("to_pod", to_pod)]
@@ -222,8 +227,6 @@ def measure_steps(dp: Datapath, rounds: int, packets: int) -> dict[str, float]:
                 samples[name].append(
                     _measure(fd, functools.partial(run, fd, est, ifindex=EP, repeat=packets))
                 )
-    finally:
-        b.cleanup()
     med = {name: statistics.median(v) for name, v in samples.items()}
     out = {"program floor": round(med["pass"], 1)}
     prev = med["pass"]

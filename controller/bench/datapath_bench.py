@@ -32,11 +32,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from controller.bench import synth
+from controller.bench.bpf_parts import PASSTHROUGH, bench_programs
 from controller.bench.common import (
     lab_cli,
     lab_name,
@@ -301,11 +302,12 @@ EMPTY_FILTER = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACC
 def configured(bench: Bench, config: str) -> Iterator[None]:
     """Make `config` the only thing between the pods for the duration of the block."""
     nodes = sorted(set(bench.pod_node.values()))
+    cleanup = ExitStack()  # the pass-through program, unloaded after the block
     if config == "baseline":
         _detach_all(bench)
     elif config == "passthrough":
         any_dp = next(iter(bench.datapaths.values()))
-        fd = any_dp.prog_fd("passthrough")
+        fd = cleanup.enter_context(bench_programs(any_dp))[PASSTHROUGH]
         _attach(bench, lambda _n: (fd, fd))
     elif config.startswith("vethguard-"):
         rules = int(config.split("-", 1)[1])
@@ -325,6 +327,7 @@ def configured(bench: Bench, config: str) -> Iterator[None]:
     try:
         yield
     finally:
+        cleanup.close()
         if config.startswith("iptables-"):
             for n in nodes:
                 _iptables(bench, n, EMPTY_FILTER)

@@ -24,10 +24,10 @@ from controller.datapath.bpf_sources import bpf_source_dir
 log = logging.getLogger(__name__)
 
 BPFFS = "/sys/fs/bpf"
-PROGRAMS = ("from_pod", "to_pod", "to_uplink", "from_uplink", "passthrough")
+PROGRAMS = ("from_pod", "to_pod", "to_uplink", "from_uplink")
 # The programs attached to pod veths are also pinned, as <pin dir>/prog_<name>, so tools
 # (bpftool, `vethguard` debug commands) can tell which program a veth's filter runs.
-PINNED_PROGRAMS = ("from_pod", "to_pod", "to_uplink", "from_uplink")
+PINNED_PROGRAMS = PROGRAMS  # every program is pinned: a pod veth or uplink may run it without an agent
 # Extra compiler flags from the environment (e.g. -DVG_MAX_POLICY=64 for a tiny map,
 # -DVG_UPGRADE_MARKER=2 for a program with different code in upgrade tests).
 ENV_EXTRA_CFLAGS = "VETHGUARD_EXTRA_CFLAGS"

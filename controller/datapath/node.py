@@ -65,11 +65,11 @@ class Datapath:
         return self._loaded.maps
 
     def prog_fd(self, name: str) -> int:
-        """fd of "from_pod", "to_pod" or "passthrough"."""
+        """fd of one of loader.PROGRAMS (e.g. "from_pod", "to_pod")."""
         return self._loaded.prog_fds[name]
 
     def prog_id(self, name: str) -> ProgId:
-        """Kernel id and tag of "from_pod", "to_pod" or "passthrough" as loaded by this object."""
+        """Kernel id and tag of one of loader.PROGRAMS as loaded by this object."""
         return bpfsys.prog_id(self.prog_fd(name))
 
     def attached_progs(self, ifindex: int) -> dict[str, int | None]:

@@ -85,7 +85,7 @@ def test_attach_replaces_the_filter_an_older_agent_installed_with_our_handle_and
     # second protocol at that prio or leave two programs running.
     ns, ifindex = str(lab["node"]), int(str(lab["ifindex"]))
     sh("tc", "-n", ns, "qdisc", "add", "dev", "vgh0", "clsact")
-    passthrough = dp.prog_id("passthrough").id
+    older = dp.prog_id("to_uplink").id  # any program of ours that is not from_pod
 
     def older_agent() -> None:  # what the agent did before it spoke raw netlink
         with IPRoute() as ipr:
@@ -94,7 +94,7 @@ def test_attach_replaces_the_filter_an_older_agent_installed_with_our_handle_and
                 "bpf",
                 ifindex,
                 ":1",
-                fd=dp.prog_fd("passthrough"),
+                fd=dp.prog_fd("to_uplink"),
                 name=FILTER_NAME[PARENT_INGRESS],
                 parent=PARENT_INGRESS,
                 classid=1,
@@ -103,7 +103,7 @@ def test_attach_replaces_the_filter_an_older_agent_installed_with_our_handle_and
             )
 
     in_netns(ns, older_agent)
-    assert in_netns(ns, lambda: dp.attached_progs(ifindex))["from_pod"] == passthrough
+    assert in_netns(ns, lambda: dp.attached_progs(ifindex))["from_pod"] == older
     in_netns(ns, lambda: dp.attach(ifindex))
     progs = in_netns(ns, lambda: dp.attached_progs(ifindex))
     assert progs == {"from_pod": dp.prog_id("from_pod").id, "to_pod": dp.prog_id("to_pod").id}

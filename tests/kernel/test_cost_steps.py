@@ -5,10 +5,13 @@ from __future__ import annotations
 import pytest
 
 from controller.bench import cost
+from controller.bench.bpf_parts import PASSTHROUGH, bench_programs
+from controller.bench.testrun import run
 from controller.core.verdicts import DIR_INGRESS
-from controller.datapath import abi
+from controller.datapath import abi, loader
 from controller.datapath.abi import Reason
-from tests.kernel.conftest import Harness
+from tests.kernel import packets as P
+from tests.kernel.conftest import POD_A, POD_B, TC_ACT_OK, Harness
 
 pytestmark = pytest.mark.root
 
@@ -27,3 +30,12 @@ def test_the_step_programs_run_to_pods_established_path_on_the_real_maps_and_add
     flow = [e for e in h.dp.dump().ct if e.dport == 80 and e.dir == DIR_INGRESS]
     assert len(flow) == 1 and flow[0].packets >= 3 * 2 * PACKETS, flow
     assert all(e.state == abi.CT_ALLOWED for e in flow)
+
+
+def test_the_benchmarks_passthrough_program_passes_everything_and_the_agent_never_loads_it(
+    h: Harness,
+) -> None:
+    with bench_programs(h.dp) as fds:
+        for frame in (P.arp(), P.ipv4(POD_B, POD_A, P.TCP, P.tcp(40000, 80))):
+            assert run(fds[PASSTHROUGH], frame, ifindex=1).retval == TC_ACT_OK
+    assert PASSTHROUGH not in loader.PROGRAMS

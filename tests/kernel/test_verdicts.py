@@ -192,9 +192,3 @@ def test_a_pending_endpoint_drops_all_but_always_allowed_traffic(h: Harness) -> 
     assert h.count(Reason.DROP_PENDING, DIR_INGRESS) == 1
     assert h.to_pod(P.arp()) == TC_ACT_OK
     assert h.to_pod(to_a(NODE_IP, 40000, 80)) == TC_ACT_OK
-
-
-def test_the_passthrough_program_passes_everything(h: Harness) -> None:
-    from controller.bench.testrun import run
-
-    assert run(h.dp.prog_fd("passthrough"), P.arp(), ifindex=1).retval == TC_ACT_OK
