@@ -24,7 +24,9 @@ done
 for i in $(seq "$RUNS"); do
 	for rev in "$@"; do
 		echo "run $i: $rev" >&2
-		(cd "$work" && PYTHONPATH="$work/rev-$rev" "$PY" -m controller.bench.cost --rounds "$ROUNDS" \
+		module=controller.bench.cost  # controller.datapath.cost before the layers became packages
+		[ -f "$work/rev-$rev/controller/bench/cost.py" ] || module=controller.datapath.cost
+		(cd "$work" && PYTHONPATH="$work/rev-$rev" "$PY" -m "$module" --rounds "$ROUNDS" \
 			>"$work/out-$rev-$i.json")
 	done
 done
