@@ -1,4 +1,4 @@
-"""Benchmarks: `vethguard bench datapath` and `vethguard bench control-plane` (issue 7).
+"""Benchmarks: `vethguard bench datapath` and `vethguard bench control-plane`.
 
   synth.py           synthetic clusters (raw API objects) for both benchmarks
   iptables.py        the kube-router-style iptables+ipset peer built from the same policies
