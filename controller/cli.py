@@ -16,7 +16,7 @@ def build_parser(prog: str = "vethguard") -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from controller.agent.loop import register as register_agent
+    from controller.agent.cli import register as register_agent
     from controller.bench.cli import register as register_bench
     from controller.cni.install import register as register_cni_install
     from controller.debug.cli import register as register_debug

@@ -131,10 +131,19 @@ class Discovered:
         return out
 
 
+UNCLAIMED = "(unclaimed)/"  # pod_ifindex key prefix of a veth no known pod claims (PENDING)
+
+
 def unclaimed_key(ifindex: int) -> str:
-    """Placeholder endpoint name of an unclaimed bridge port (no Kubernetes namespace contains
-    parentheses, so it never names a pod)."""
-    return f"(unclaimed)/{ifindex}"
+    """Placeholder endpoint name of a veth no pod claims yet: an unclaimed bridge port, or a new
+    veth failed closed by the agent (no Kubernetes namespace contains parentheses, so it never
+    names a pod)."""
+    return f"{UNCLAIMED}{ifindex}"
+
+
+def is_placeholder(pod: str) -> bool:
+    """Whether a pod_ifindex key is an unclaimed_key()."""
+    return pod.startswith(UNCLAIMED)
 
 
 class Discovery(Protocol):

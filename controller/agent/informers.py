@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
+from urllib3.exceptions import MaxRetryError, ProtocolError, ReadTimeoutError
+
 from controller.agent.metrics import Metrics
 from controller.core.log import get_logger
 
@@ -614,10 +616,6 @@ class Informer:
 
 
 def _is_read_timeout(exc: BaseException) -> bool:
-    try:
-        from urllib3.exceptions import MaxRetryError, ProtocolError, ReadTimeoutError
-    except ImportError:  # pragma: no cover
-        return False
     if isinstance(exc, MaxRetryError):  # a client built with retries enabled wraps the timeout
         return isinstance(exc.reason, ReadTimeoutError)
     if isinstance(exc, ReadTimeoutError):

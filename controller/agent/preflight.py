@@ -278,7 +278,8 @@ def merged_headers_dir(headers: KernelHeaders, root: Path = MERGED_HEADERS_ROOT)
 
 
 def use_kernel_headers(env: Environment | None = None, merged_root: Path = MERGED_HEADERS_ROOT) -> Path:
-    """Find headers and make bcc use them; the loader's header search. Raises with the fix."""
+    """Find headers and make bcc use them (the agent calls this before it opens the datapath;
+    the benchmarks before theirs). Raises with the fix."""
     env = env or Environment()
     found = find_kernel_headers(env)
     if isinstance(found, Problem):

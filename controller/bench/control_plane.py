@@ -34,9 +34,13 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller.bench import synth
+
+if TYPE_CHECKING:
+    from controller.datapath.sync import GcResult, KernelState
+
 from controller.bench.common import lab_cli, lab_name, lab_status, loadavg, log, machine, median, percentile
 
 
@@ -79,6 +83,10 @@ class _Snapshot:
     @property
     def nodes(self) -> list[Any]:
         return self._kinds["Node"]
+
+    @property
+    def services(self) -> list[Any]:
+        return self._kinds.get("Service", [])
 
     @property
     def content_versions(self) -> tuple[int, ...]:
@@ -126,6 +134,9 @@ class MemorySources:
         self.versions[kind] += 1
         self.generation += 1
 
+    def resource_versions(self) -> dict[str, str]:
+        return {}
+
     def snapshot(self) -> _Snapshot:
         return _Snapshot({k: list(v) for k, v in self.kinds.items()}, dict(self.versions), self.generation)
 
@@ -164,6 +175,27 @@ class Unattached:
 
     def capacity(self) -> dict[str, int]:
         return dict(self.dp.capacity())
+
+    def find_uplinks(self, names: Sequence[str]) -> dict[int, str]:
+        return {}  # the host's interfaces are not the benchmark's
+
+    def attach_uplink(self, ifindex: int) -> None:
+        pass
+
+    def detach_uplink(self, ifindex: int) -> None:
+        pass
+
+    def entry_counts(self) -> dict[str, int]:
+        return dict(self.dp.entry_counts())
+
+    def counters(self) -> dict[tuple[int, int, int], tuple[int, int]]:
+        return dict(self.dp.counters())
+
+    def gc_conntrack(self) -> GcResult:
+        return self.dp.gc_conntrack()
+
+    def dump(self) -> KernelState:
+        return self.dp.dump()
 
     def close(self) -> None:
         self.dp.close()
@@ -258,7 +290,9 @@ def _full_compile(cluster: synth.Cluster, settings: Settings, pods: int) -> dict
 
 
 def worker(pods: int, settings: Settings) -> dict[str, Any]:
-    from controller.agent.loop import Agent, AgentConfig, tune_gc
+    from controller.agent import preflight
+    from controller.agent.cli import tune_gc
+    from controller.agent.loop import Agent, AgentConfig
     from controller.datapath.node import Datapath
 
     tune_gc()  # as `vethguard agent` does for its process
@@ -267,6 +301,7 @@ def worker(pods: int, settings: Settings) -> dict[str, Any]:
     # order here, so the peak (VmHWM) has bcc's compile on top of the raw API objects.
     node = f"bench-cp-{uuid.uuid4().hex[:8]}"
     pin_root = "/sys/fs/bpf/vethguard"
+    preflight.use_kernel_headers()  # as the agent does: bcc compiles with the headers found
     dp = Datapath(node=node, pin_root=pin_root, extra_cflags=(f"-DVG_MAX_IPCACHE={max(65536, 2 * pods)}",))
     try:
         # The timed full compile is the benchmark's, not the agent's (which builds and keeps its

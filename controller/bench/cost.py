@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import ClassVar, TypeVar
 
+from controller.agent import preflight
 from controller.bench.bpf_parts import PASSTHROUGH, bench_programs
 from controller.bench.testrun import run
 from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue
@@ -309,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pin-root", default="/sys/fs/bpf/vethguard")
     args = ap.parse_args(argv)
     node = f"test-dp-cost-{uuid.uuid4().hex[:8]}"  # throwaway maps, removed below
+    preflight.use_kernel_headers()  # as the agent does: bcc compiles with the headers found
     dp = Datapath(node=node, pin_root=args.pin_root)
     try:
         report = with_stats_enabled(lambda: measure(dp, args.rounds, args.packets))

@@ -36,6 +36,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from controller.agent import preflight
 from controller.bench import synth
 from controller.bench.bpf_parts import PASSTHROUGH, bench_programs
 from controller.bench.common import (
@@ -362,6 +363,7 @@ def prepare_level(bench: Bench, level: Level) -> dict[str, Any]:
         # What one agent spends: the cluster model plus its node's desired state (the first
         # node's; later nodes reuse the model's node-independent work, as agents do not).
         info.setdefault("compute_s", round(build_s + time.perf_counter() - t_node, 3))
+        preflight.use_kernel_headers()  # as the agent does: bcc compiles with the headers found
         dp = Datapath(
             node=f"bench-{level.rules}-n{node}", pin_root=pin_root, extra_cflags=(f"-DVG_MAX_IPCACHE={cap}",)
         )

@@ -45,7 +45,7 @@ import sys
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypedDict
+from typing import Any, NamedTuple
 
 from controller.compiler.apisyntax import PORT_NAME_NEEDS_A_LETTER, port_name_problems
 from controller.compiler.selectors import LabelSelector, SelectorError
@@ -59,108 +59,6 @@ NS_NAME_LABEL = "kubernetes.io/metadata.name"
 PROTOCOLS: Mapping[str, int] = {"TCP": 6, "UDP": 17, "SCTP": 132}
 INGRESS = "Ingress"
 EGRESS = "Egress"
-
-
-# ---------------------------------------------------------------------------------------------
-# Raw API JSON shapes (documentation for readers and mypy; nothing is trusted to match them)
-# ---------------------------------------------------------------------------------------------
-
-
-class RawMetadata(TypedDict, total=False):
-    name: str
-    namespace: str
-    labels: dict[str, str]
-    resourceVersion: str
-
-
-class RawContainerPort(TypedDict, total=False):
-    name: str
-    containerPort: int
-    protocol: str
-
-
-class RawContainer(TypedDict, total=False):
-    name: str
-    ports: list[RawContainerPort]
-
-
-class RawPodSpec(TypedDict, total=False):
-    nodeName: str
-    hostNetwork: bool
-    containers: list[RawContainer]
-
-
-class RawPodIP(TypedDict):
-    ip: str
-
-
-class RawPodStatus(TypedDict, total=False):
-    phase: str
-    podIP: str
-    podIPs: list[RawPodIP]
-
-
-class RawPod(TypedDict, total=False):
-    metadata: RawMetadata
-    spec: RawPodSpec
-    status: RawPodStatus
-
-
-class RawNamespace(TypedDict, total=False):
-    metadata: RawMetadata
-
-
-class RawNodeAddress(TypedDict):
-    type: str
-    address: str
-
-
-class RawNodeStatus(TypedDict, total=False):
-    addresses: list[RawNodeAddress]
-
-
-class RawNode(TypedDict, total=False):
-    metadata: RawMetadata
-    status: RawNodeStatus
-
-
-class RawIPBlock(TypedDict, total=False):
-    cidr: str
-    # "except" is a Python keyword: the key is read as raw["except"]
-
-
-class RawPeer(TypedDict, total=False):
-    podSelector: dict[str, Any]
-    namespaceSelector: dict[str, Any]
-    ipBlock: RawIPBlock
-
-
-class RawPolicyPort(TypedDict, total=False):
-    protocol: str
-    port: int | str
-    endPort: int
-
-
-class RawIngressRule(TypedDict, total=False):
-    # "from" is a keyword: read as raw["from"]
-    ports: list[RawPolicyPort]
-
-
-class RawEgressRule(TypedDict, total=False):
-    to: list[RawPeer]
-    ports: list[RawPolicyPort]
-
-
-class RawPolicySpec(TypedDict, total=False):
-    podSelector: dict[str, Any]
-    policyTypes: list[str]
-    ingress: list[RawIngressRule]
-    egress: list[RawEgressRule]
-
-
-class RawNetworkPolicy(TypedDict, total=False):
-    metadata: RawMetadata
-    spec: RawPolicySpec
 
 
 # ---------------------------------------------------------------------------------------------

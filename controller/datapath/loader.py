@@ -1,7 +1,10 @@
 """Compile and load the tc programs once per node with bcc, maps pinned under the node's dir.
 
-Environment checks come first and fail with a message that says exactly what to do: kernel
-headers (bcc needs /lib/modules/$(uname -r)/build), bpffs at /sys/fs/bpf, and bcc itself.
+bcc compiles against the kernel headers of /lib/modules/$(uname -r)/build, or of
+$BCC_KERNEL_SOURCE. Checking the node (headers, bpffs, capabilities, bcc) and pointing bcc at
+headers found elsewhere is controller.agent.preflight's job, done before a Datapath is made
+(the agent: preflight.require() and preflight.use_kernel_headers()); this module only says
+clearly when bcc itself is missing, or its compile or the kernel's verifier fails.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from controller.datapath.bpf_sources import bpf_source_dir
 
 log = logging.getLogger(__name__)
 
-BPFFS = "/sys/fs/bpf"
 PROGRAMS = ("from_pod", "to_pod", "to_uplink", "from_uplink")
 # The programs attached to pod veths are also pinned, as <pin dir>/prog_<name>, so tools
 # (bpftool, `vethguard` debug commands) can tell which program a veth's filter runs.
@@ -66,34 +68,6 @@ def import_bcc() -> ModuleType:
                 f"(looked in sys.path and {dist}): {e}"
             ) from e
     return bcc
-
-
-def check_kernel_headers(release: str | None = None, modules_root: str = "/lib/modules") -> Path:
-    """Return the kernel headers bcc will compile with, or explain exactly what is missing.
-
-    /lib/modules/<release>/build first, then the host's headers mounted under /host (DaemonSet),
-    then Debian's /usr/src/linux-headers-*-amd64 (+ -common) as in the image; a fallback is
-    handed to bcc through BCC_KERNEL_SOURCE. The search lives in controller.agent.preflight.
-    """
-    from controller.agent import preflight
-
-    env = preflight.Environment(modules_root=Path(modules_root), release=release or os.uname().release)
-    return preflight.use_kernel_headers(env)
-
-
-def check_bpffs(path: str = BPFFS) -> None:
-    """Pinning needs a bpf filesystem mounted at /sys/fs/bpf in this mount namespace."""
-    try:
-        with open("/proc/self/mounts") as f:
-            mounts = [line.split() for line in f]
-    except OSError as e:
-        raise VethguardError(f"cannot read /proc/self/mounts: {e}") from e
-    if not any(len(m) > 2 and m[1] == path and m[2] == "bpf" for m in mounts):
-        raise VethguardError(
-            f"no bpf filesystem is mounted at {path}; pinned maps need it. Mount it with "
-            f"`mount -t bpf bpf {path}` (in Kubernetes: a hostPath volume of {path} with "
-            "mountPropagation: Bidirectional)"
-        )
 
 
 def pin_dir_for(node: str, pin_root: str) -> Path:
@@ -260,10 +234,8 @@ def compile_programs(
 
 
 def load(node: str, pin_root: str = "/sys/fs/bpf/vethguard", extra_cflags: tuple[str, ...] = ()) -> Loaded:
-    """Compile once with bcc, pin/reuse the node's maps, load the three SCHED_CLS programs."""
+    """Compile once with bcc, pin/reuse the node's maps, load the SCHED_CLS programs."""
     import_bcc()
-    check_kernel_headers()
-    check_bpffs()
     pin_dir = pin_dir_for(node, pin_root)
     pin_dir.mkdir(parents=True, exist_ok=True)
     check_pinned_layout(pin_dir)

@@ -6,17 +6,17 @@ from __future__ import annotations
 import ctypes
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from controller.compiler.desired_state import NodeDesired
-from controller.datapath import bpfsys, codecs, loader, sync
+from controller.datapath import bpfsys, codecs, loader, sync, uplink
 from controller.datapath.attach import PARENT_EGRESS, PARENT_INGRESS, Attacher
 from controller.datapath.bpfsys import ProgId
 from controller.datapath.codecs import Event
+from controller.datapath.interface import NodeDatapath
 from controller.datapath.sync import GcResult, KernelState, MapFullError, SyncResult
-from controller.datapath.uplink import uplink_attacher
 
 # Maps whose fill level means something (arrays are always "full"; the ring buffer has no keys).
 SIZED_MAPS = (
@@ -47,7 +47,7 @@ class Datapath:
         self.extra_cflags = extra_cflags
         self._loaded = loader.load(node, pin_root, extra_cflags)
         self._attacher = Attacher()
-        self._uplinks = uplink_attacher()
+        self._uplinks = uplink.uplink_attacher()
         self._event_cb: Callable[[object, int, int], None] | None = None
         self._event_sink: Callable[[Event], None] | None = None
         # What the synced maps hold after this object's last sync, if it completed (None: not
@@ -111,6 +111,11 @@ class Datapath:
 
     def attached(self, ifindex: int) -> bool:
         return self._attacher.attached(ifindex)
+
+    def find_uplinks(self, names: Sequence[str] = ()) -> dict[int, str]:
+        """ifindex -> name of this network namespace's uplinks (`names`, else every interface with
+        a route through a gateway): where attach_uplink() belongs."""
+        return uplink.find_uplinks(names)
 
     def attach_uplink(self, ifindex: int) -> None:
         """to_uplink on the tc egress of a node uplink (judges deferred Service flows) and
@@ -198,3 +203,7 @@ class Datapath:
     def remove_pins(node: str, pin_root: str = "/sys/fs/bpf/vethguard") -> None:
         """Delete the node's pinned maps (lab down, tests). Attached programs keep their maps alive."""
         shutil.rmtree(loader.pin_dir_for(node, pin_root), ignore_errors=True)
+
+
+def _implements_node_datapath(dp: Datapath) -> NodeDatapath:
+    return dp  # mypy: Datapath has every method of the agent's datapath interface

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from controller.agent import cli as agent_cli
 from controller.agent import loop as agent_mod
 from controller.agent.discovery import Discovered
 from controller.agent.informers import Event, KindSnapshot, Snapshot
@@ -18,6 +19,7 @@ from controller.agent.loop import Agent, AgentConfig
 from controller.agent.metrics import Metrics
 from controller.compiler.desired_state import EndpointDesired, NodeDesired
 from controller.core.errors import PolicyError
+from controller.datapath.sync import GcResult, KernelState
 
 KINDS = ("Namespace", "Pod", "NetworkPolicy", "Node", "Service")
 
@@ -41,6 +43,10 @@ class FakeSources:
     @property
     def has_synced(self) -> bool:
         return self.synced
+
+    def resource_versions(self) -> dict[str, str]:
+        with self.lock:
+            return dict(self.rv)
 
     def snapshot(self) -> Snapshot:
         with self.lock:
@@ -146,6 +152,33 @@ class FakeDatapath:
             raise OSError("map update failed: E2BIG")
         self.syncs.append((desired, dict(pod_ifindex)))
         return {"added": len(desired.endpoints)}
+
+    def sync_incremental(self, desired: NodeDesired, pod_ifindex: Mapping[str, int]) -> dict[str, int]:
+        return self.sync(desired, pod_ifindex)
+
+    def find_uplinks(self, names: Sequence[str]) -> dict[int, str]:
+        return {}
+
+    def attach_uplink(self, ifindex: int) -> None:
+        pass
+
+    def detach_uplink(self, ifindex: int) -> None:
+        pass
+
+    def capacity(self) -> dict[str, int]:
+        return {}
+
+    def entry_counts(self) -> dict[str, int]:
+        return {}
+
+    def counters(self) -> dict[tuple[int, int, int], tuple[int, int]]:
+        return {}
+
+    def gc_conntrack(self) -> GcResult:
+        return GcResult(0, 0, 0)
+
+    def dump(self) -> KernelState:
+        return KernelState(0, {}, {}, {}, [])
 
     def close(self) -> None:
         self.closed = True
@@ -397,9 +430,9 @@ def test_a_failing_sync_in_the_loop_is_retried_with_backoff_and_recovers():
 def test_the_agent_subcommand_registers_its_options_and_a_func():
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
-    agent_mod.register(sub)
+    agent_cli.register(sub)
     args = parser.parse_args(["agent", "--node", "node-1", "--resync-seconds", "5"])
-    assert args.func is agent_mod.run_cli
+    assert args.func is agent_cli.run_cli
     assert args.node == "node-1" and args.resync_seconds == 5.0
     assert args.pin_root == "/sys/fs/bpf/vethguard" and args.health_addr == "127.0.0.1:9890"
     assert args.kubeconfig is None
@@ -408,17 +441,18 @@ def test_the_agent_subcommand_registers_its_options_and_a_func():
 def test_the_agent_command_without_a_node_exits_with_a_clear_message(capsys, monkeypatch):
     monkeypatch.delenv("NODE_NAME", raising=False)
     parser = argparse.ArgumentParser()
-    agent_mod.register(parser.add_subparsers(dest="command"))
+    agent_cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["agent"])
-    assert agent_mod.run_cli(args) == 2
+    assert agent_cli.run_cli(args) == 2
     assert "--node" in capsys.readouterr().err
 
 
 def test_after_a_restart_veths_of_pods_gone_meanwhile_are_detached_and_live_ones_kept(rig: Rig):
-    class Dump:
-        endpoints = {12: object(), 30: object()}  # what the pinned map says a previous agent attached
+    from controller.datapath.codecs import Endpoint
 
-    rig.dp.dump = lambda: Dump()  # type: ignore[attr-defined]
+    # what the pinned map says a previous agent attached
+    pinned = KernelState(0, {i: Endpoint(i, i, 256, 0, None, None) for i in (12, 30)}, {}, {}, [])
+    rig.dp.dump = lambda: pinned  # type: ignore[method-assign]
     rig.sources.put("Pod", "x/a", pod("a", "10.244.1.2"), 3)
     rig.disc.routes = {"10.244.1.2": 12}
     agent = rig.open()
@@ -461,6 +495,11 @@ def test_logs_are_json_lines_when_stdout_is_not_a_terminal():
 
 
 class UplinkDatapath(FakeDatapath):
+    def find_uplinks(self, names: Sequence[str]) -> dict[int, str]:
+        from controller.datapath import uplink
+
+        return uplink.find_uplinks(names)
+
     def attach_uplink(self, ifindex: int) -> None:
         self.calls.append(("attach_uplink", ifindex))
 

@@ -8,9 +8,8 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
-from controller.agent.discovery import Discovered
+from controller.agent.discovery import Discovered, unclaimed_key
 from controller.agent.informers import Event, KubeObject
-from controller.agent.loop import unclaimed_key
 from tests.unit.test_agent_limits import (
     FakeDatapath,
     FakeLinkWatch,

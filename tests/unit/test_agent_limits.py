@@ -13,12 +13,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller.agent.discovery import Discovered
+from controller.agent.capacity import fit_capacity
+from controller.agent.discovery import Discovered, unclaimed_key
 from controller.agent.informers import KINDS, Informer, Sources
-from controller.agent.loop import Agent, AgentConfig, fit_capacity, unclaimed_key
+from controller.agent.loop import Agent, AgentConfig
 from controller.agent.metrics import Metrics
 from controller.compiler.desired_state import NodeDesired
 from controller.core.errors import VethguardError
+from controller.datapath.sync import GcResult, KernelState
 
 # ------------------------------------------------------------------------------------------ fakes
 
@@ -99,6 +101,27 @@ class FakeDatapath:
 
     def counters(self) -> dict[tuple[int, int, int], tuple[int, int]]:
         return dict(self.counter_values)
+
+    def sync_incremental(self, desired: NodeDesired, pod_ifindex: Mapping[str, int]) -> None:
+        return self.sync(desired, pod_ifindex)
+
+    def find_uplinks(self, names: Sequence[str]) -> dict[int, str]:
+        return {}
+
+    def attach_uplink(self, ifindex: int) -> None:
+        pass
+
+    def detach_uplink(self, ifindex: int) -> None:
+        pass
+
+    def entry_counts(self) -> dict[str, int]:
+        return {}
+
+    def gc_conntrack(self) -> GcResult:
+        return GcResult(0, 0, 0)
+
+    def dump(self) -> KernelState:
+        return KernelState(0, {}, {}, {}, [])
 
     def close(self) -> None:
         pass
@@ -382,7 +405,7 @@ def test_drops_by_reason_stay_monotonic_when_an_endpoint_and_its_counters_go_awa
     agent.refresh_datapath_metrics()
     assert metric(agent, "vethguard_datapath_drops_total", reason="DROP_PENDING") == 1
     assert metric(agent, "vethguard_datapath_drops_total", reason="DROP_POLICY") == 9
-    agent._capacities()
+    agent.capacity.limits(dp)
     assert metric(agent, "vethguard_datapath_map_capacity", map="vg_policy") == 0  # no capacity given
 
 
@@ -441,10 +464,10 @@ def test_a_datapath_configuration_error_stops_the_agent_instead_of_retrying():
 def test_the_agent_command_has_a_fail_closed_switch_and_an_env_resync_default(argv, monkeypatch):
     import argparse
 
-    from controller.agent import loop as agent_mod
+    from controller.agent import cli as agent_cli
 
     monkeypatch.setenv("VETHGUARD_RESYNC_SECONDS", "2.5")
     parser = argparse.ArgumentParser()
-    agent_mod.register(parser.add_subparsers(dest="command"))
+    agent_cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["agent", "--node", "n", *argv])
     assert args.fail_closed is (argv == []) and args.resync_seconds == 2.5

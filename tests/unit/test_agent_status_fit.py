@@ -12,18 +12,11 @@ from typing import Any, cast
 
 import pytest
 
-from controller.agent import loop as agent_mod
+from controller.agent import policy_status as status_mod
+from controller.agent.capacity import IPCACHE_MAPS, RESERVED_IDENTITIES, Fit, Overflow, fit_capacity
+from controller.agent.discovery import UNCLAIMED
 from controller.agent.informers import Snapshot
-from controller.agent.loop import (
-    IPCACHE_MAPS,
-    RESERVED_IDENTITIES,
-    UNCLAIMED,
-    Agent,
-    AgentConfig,
-    Fit,
-    Overflow,
-    fit_capacity,
-)
+from controller.agent.loop import Agent, AgentConfig
 from controller.bench import synth
 from controller.compiler.desired_state import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue
 from controller.compiler.model import ClusterBuilder, ClusterState
@@ -81,8 +74,13 @@ def _agent(raw: synth.Cluster) -> tuple[Agent, Snapshot]:
     agent = Agent(AgentConfig(node="node-1", health_addr=None), sources=object(), discovery=object())  # type: ignore[arg-type]
     cluster = ClusterState.from_objects(raw.namespaces, raw.pods, raw.policies, raw.nodes)
     agent._cluster = cluster
-    agent._record_policy_errors(list(cluster.errors))
+    agent.errors.record_policy_errors(list(cluster.errors))
     return agent, snap_of(raw.policies, (1, 1, 1, 1))
+
+
+def _compute_status(agent: Agent, snap: Snapshot, fit: Fit) -> dict[str, dict[str, Any]]:
+    """The policy status of the agent's cluster and errors, computed (not the memo's)."""
+    return agent.policy_status.compute(agent._cluster, snap, agent.errors.policy, fit.overflow)
 
 
 def _fit(overflow: dict[str, Overflow] | None = None) -> Fit:
@@ -95,9 +93,9 @@ def test_the_policy_status_from_the_compiled_cluster_is_the_one_matching_every_s
     agent, snap = _agent(_cluster())
     local = sorted(p for p, pod in agent._cluster.pods.items() if pod.node == "node-1")
     overflow = {p: Overflow(p, "vg_policy", 10, 5) for p in local[::7]}
-    fast = agent._compute_policy_status(snap, _fit(overflow))
-    monkeypatch.setattr(agent_mod, "_selected_by_policy", lambda cluster, local: None)
-    slow = agent._compute_policy_status(snap, _fit(overflow))
+    fast = _compute_status(agent, snap, _fit(overflow))
+    monkeypatch.setattr(status_mod, "_selected_by_policy", lambda cluster, local: None)
+    slow = _compute_status(agent, snap, _fit(overflow))
     assert fast == slow
     assert sum(s["selected_pods"] for s in fast.values()) > 50  # the premise: policies select pods
     assert fast["ns-000/expressions"]["selected_pods"] >= 1
@@ -109,7 +107,7 @@ def test_the_policy_status_from_the_compiled_cluster_is_the_one_matching_every_s
 def test_a_cluster_that_is_not_a_cluster_state_gets_its_selectors_matched() -> None:
     agent, snap = _agent(_cluster())
     cluster = agent._cluster
-    want = agent._compute_policy_status(snap, _fit())
+    want = _compute_status(agent, snap, _fit())
 
     @dataclasses.dataclass
     class Other:  # what a test's own compute function may hand the agent
@@ -117,8 +115,8 @@ def test_a_cluster_that_is_not_a_cluster_state_gets_its_selectors_matched() -> N
         policies: Any
 
     agent._cluster = Other(cluster.pods, cluster.policies)
-    assert agent_mod._selected_by_policy(agent._cluster, []) is None
-    assert agent._compute_policy_status(snap, _fit()) == want
+    assert status_mod._selected_by_policy(agent._cluster, []) is None
+    assert _compute_status(agent, snap, _fit()) == want
 
 
 def test_the_policy_status_is_recomputed_only_when_its_inputs_change() -> None:
@@ -127,7 +125,7 @@ def test_the_policy_status_is_recomputed_only_when_its_inputs_change() -> None:
     first = agent._policy_status(snap, _fit())
     assert agent._policy_status(snap_of(raw.policies, (1, 1, 1, 1)), _fit()) is first
     local = [p for p in agent._cluster.pods.values() if p.node == "node-1" and p.active]
-    selected = agent_mod._selected_by_policy(agent._cluster, local)
+    selected = status_mod._selected_by_policy(agent._cluster, local)
     assert selected is not None
     pod = selected["ns-000/expressions"][0]
     overflowed = agent._policy_status(snap, _fit({pod: Overflow(pod, "vg_endpoints", 3, 2)}))
@@ -137,7 +135,7 @@ def test_the_policy_status_is_recomputed_only_when_its_inputs_change() -> None:
     regenerated = agent._policy_status(snap_of(newer, (1, 1, 2, 1)), _fit())
     assert {s["generation"] for s in regenerated.values()} == {9}
     bad = PolicyError("NetworkPolicy ns-001/pol-1", "spec.ingress[0]", "bad")
-    agent._record_policy_errors([bad])  # new errors, same snapshot
+    agent.errors.record_policy_errors([bad])  # new errors, same snapshot
     erred = agent._policy_status(snap_of(newer, (1, 1, 2, 1)), _fit())
     assert erred["ns-001/pol-1"]["errors"] == [{"field": "spec.ingress[0]", "message": "bad"}]
     assert {k: v for k, v in erred.items() if k != "ns-001/pol-1"} == {
@@ -284,7 +282,7 @@ def test_the_local_pods_are_the_active_ones_on_the_node_whatever_objects_the_clu
         want = [
             p for p in by_key.values() if getattr(p, "node", None) == "node-1" and getattr(p, "active", True)
         ]
-        got = agent_mod._local_pods(by_key, "node-1")
+        got = status_mod._local_pods(by_key, "node-1")
         assert len(got) == len(want) and all(a is b for a, b in zip(got, want, strict=True))
 
 
@@ -355,10 +353,10 @@ def test_the_policy_status_redone_for_what_changed_is_the_one_computed_afresh_ov
         cluster = builder.build(raw.namespaces, list(pods), list(policies), raw.nodes)  # a snapshot's lists
         snap = snap_of(list(policies), (step,))
         agent._cluster = cluster
-        agent._record_policy_errors([*cluster.errors, *errors])
-        got = agent._compute_policy_status(snap, _fit(overflow))
+        agent.errors.record_policy_errors([*cluster.errors, *errors])
+        got = _compute_status(agent, snap, _fit(overflow))
         fresh, _ = _agent(raw)
         fresh._cluster = ClusterState.from_objects(raw.namespaces, pods, policies, raw.nodes)
-        fresh._record_policy_errors([*cluster.errors, *errors])
-        want = fresh._compute_policy_status(snap, _fit(overflow))
+        fresh.errors.record_policy_errors([*cluster.errors, *errors])
+        want = _compute_status(fresh, snap, _fit(overflow))
         assert got == want and list(got) == list(want), f"step {step} ({kind})"

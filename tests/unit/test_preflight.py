@@ -410,9 +410,10 @@ def test_this_node_passes_every_check_and_the_module_prints_them() -> None:
 COMPILE = textwrap.dedent(
     """
     import os, sys
+    from controller.agent import preflight
     from controller.datapath import loader
     from controller.datapath.bpf_sources import bpf_source_dir
-    headers = loader.check_kernel_headers()
+    headers = preflight.use_kernel_headers()
     bcc = loader.import_bcc()
     src = bpf_source_dir()
     text = loader.inline_sources(src / "vethguard.c", src)

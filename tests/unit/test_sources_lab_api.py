@@ -25,6 +25,7 @@ from controller.agent.informers import InformerOptions, Sources, load_api_client
 from controller.agent.loop import Agent, AgentConfig
 from controller.agent.metrics import Metrics
 from controller.compiler.desired_state import NodeDesired
+from controller.datapath.sync import GcResult, KernelState
 from controller.lab.apiserver import ServerThread, kubeconfig_text, serve_tcp
 from controller.lab.store import RESOURCES, Store, object_key
 
@@ -323,6 +324,33 @@ class RecordingDatapath:
     def sync(self, desired: NodeDesired, pod_ifindex: Mapping[str, int]) -> None:
         with self.lock:
             self.synced.append((desired, dict(pod_ifindex)))
+
+    def sync_incremental(self, desired: NodeDesired, pod_ifindex: Mapping[str, int]) -> None:
+        return self.sync(desired, pod_ifindex)
+
+    def find_uplinks(self, names: Sequence[str]) -> dict[int, str]:
+        return {}
+
+    def attach_uplink(self, ifindex: int) -> None:
+        pass
+
+    def detach_uplink(self, ifindex: int) -> None:
+        pass
+
+    def capacity(self) -> dict[str, int]:
+        return {}
+
+    def entry_counts(self) -> dict[str, int]:
+        return {}
+
+    def counters(self) -> dict[tuple[int, int, int], tuple[int, int]]:
+        return {}
+
+    def gc_conntrack(self) -> GcResult:
+        return GcResult(0, 0, 0)
+
+    def dump(self) -> KernelState:
+        return KernelState(0, {}, {}, {}, [])
 
     def close(self) -> None:
         pass
