@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from controller.bench import synth
 
 if TYPE_CHECKING:
-    from controller.datapath.sync import GcResult, KernelState
+    from controller.datapath.readback import GcResult, KernelState
 
 from controller.bench.common import lab_cli, lab_name, lab_status, loadavg, log, machine, median, percentile
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from controller.compiler.desired_state import NodeDesired
-from controller.datapath.sync import GcResult, KernelState
+from controller.datapath.readback import GcResult, KernelState
 
 
 class NodeDatapath(Protocol):

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from controller.compiler.desired_state import NodeDesired
-from controller.datapath import bpfsys, codecs, loader, sync, uplink
+from controller.datapath import bpfsys, codecs, encoding, loader, readback, sync, uplink
 from controller.datapath.attach import PARENT_EGRESS, PARENT_INGRESS, Attacher
 from controller.datapath.bpfsys import ProgId
 from controller.datapath.codecs import Event
 from controller.datapath.interface import NodeDatapath
-from controller.datapath.sync import GcResult, KernelState, MapFullError, SyncResult
+from controller.datapath.readback import GcResult, KernelState
+from controller.datapath.sync import MapFullError, SyncResult
 
 # Maps whose fill level means something (arrays are always "full"; the ring buffer has no keys).
 SIZED_MAPS = (
@@ -53,7 +54,7 @@ class Datapath:
         # What the synced maps hold after this object's last sync, if it completed (None: not
         # known, read the kernel), and the encoder that reuses the bytes of what did not change.
         self._written: sync.Written | None = None
-        self._encoder = sync.Encoder()
+        self._encoder = encoding.Encoder()
 
     # -- properties used by tests, benchmarks and the event reader
     @property
@@ -174,7 +175,7 @@ class Datapath:
         return {name: self._loaded.maps[name].count() for name in SIZED_MAPS}
 
     def dump(self) -> KernelState:
-        return sync.dump(self._loaded.maps)
+        return readback.dump(self._loaded.maps)
 
     def gc_conntrack(self, now_ns: int | None = None) -> GcResult:
         """Delete expired vg_ct / vg_frag entries (the agent calls this on every full resync).
@@ -183,11 +184,11 @@ class Datapath:
         (~1-2 us per entry); expired entries are already misses for the programs, so this only
         frees room before the LRU would evict live flows to make it.
         """
-        return sync.collect_expired(self._loaded.maps, time.monotonic_ns() if now_ns is None else now_ns)
+        return readback.collect_expired(self._loaded.maps, time.monotonic_ns() if now_ns is None else now_ns)
 
     def counters(self) -> dict[tuple[int, int, int], tuple[int, int]]:
         """(ep_id, reason, dir) -> (packets, bytes), summed over CPUs."""
-        return sync.counters(self._loaded.maps["vg_counters"])
+        return readback.counters(self._loaded.maps["vg_counters"])
 
     def close(self) -> None:
         """Release fds. Pinned maps and attached filters stay (restart reuses them)."""

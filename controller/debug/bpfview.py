@@ -20,7 +20,7 @@ from controller.core.identities import ID_ANY, ID_WORLD
 from controller.core.net import IPNetwork
 from controller.core.verdicts import DIR_EGRESS
 from controller.datapath import abi
-from controller.datapath.sync import KernelState
+from controller.datapath.readback import KernelState
 from controller.debug.render import port_range, proto_name
 from controller.debug.verdict_model import policy_lpm
 from controller.debug.view import DIRECTION_NAMES, ClusterView

@@ -17,8 +17,8 @@ from controller.core import verdicts
 from controller.core.errors import VethguardError
 from controller.core.identities import ID_ANY, ID_HOST, ID_WORLD
 from controller.core.verdicts import DIR_INGRESS
-from controller.datapath import abi, bpfsys, codecs, sync
-from controller.datapath.sync import KernelState
+from controller.datapath import abi, bpfsys, codecs, readback
+from controller.datapath.readback import KernelState
 
 READ_MAPS = ("vg_endpoints", "vg_ipcache4", "vg_ipcache6", "vg_policy", "vg_ct", "vg_config", "vg_counters")
 
@@ -65,10 +65,10 @@ class NodeMaps:
 
     # -- dumps
     def dump(self) -> KernelState:
-        return sync.dump(self.maps)
+        return readback.dump(self.maps)
 
     def counters(self) -> dict[tuple[int, int, int], tuple[int, int]]:
-        return sync.counters(self.maps["vg_counters"])
+        return readback.counters(self.maps["vg_counters"])
 
     def endpoints(self) -> list[codecs.Endpoint]:
         return [codecs.decode_endpoint(k, v) for k, v in self.maps["vg_endpoints"].items().items()]

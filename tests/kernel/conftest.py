@@ -13,7 +13,7 @@ import pytest
 
 from controller.bench.testrun import run
 from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue
-from controller.datapath import abi, codecs, sync
+from controller.datapath import abi, codecs, encoding, readback, sync
 from controller.datapath.node import Datapath
 
 TC_ACT_OK = 0
@@ -81,12 +81,14 @@ class Harness:
         identity: int = ID_A,
         ifindex: int = EP,
     ) -> None:
-        flags = sync.endpoint_flags(ingress_isolated, egress_isolated) | (abi.EP_F_PENDING if pending else 0)
+        flags = encoding.endpoint_flags(ingress_isolated, egress_isolated) | (
+            abi.EP_F_PENDING if pending else 0
+        )
         k, v = codecs.encode_endpoint(ifindex, identity, flags, POD_A, POD_A6)
         self.dp.maps["vg_endpoints"].update(k, v)
 
     def ipcache(self, prefix: str, identity: int, cidr_identity: int = 0) -> None:
-        k, v = codecs.encode_ipcache(sync.ipnet(prefix), identity, cidr_identity)
+        k, v = codecs.encode_ipcache(readback.ipnet(prefix), identity, cidr_identity)
         name = "vg_ipcache4" if ":" not in prefix else "vg_ipcache6"
         self.dp.maps[name].update(k, v)
 

@@ -13,7 +13,7 @@ from pyroute2 import IPRoute
 from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue
 from controller.core.errors import VethguardError
 from controller.core.verdicts import DIR_INGRESS
-from controller.datapath import abi, codecs, sync
+from controller.datapath import abi, codecs, readback
 from controller.datapath.abi import Reason
 from controller.datapath.attach import FILTER_NAME, FILTER_PRIO, PARENT_INGRESS
 from controller.datapath.node import Datapath
@@ -152,7 +152,7 @@ def test_real_traffic_is_enforced_on_an_attached_veth(dp: Datapath, lab: dict[st
     for m in ("vg_ct", "vg_counters", "vg_policy"):
         dp.maps[m].clear()
     # The node-side address plays another pod's role (identity 4000), so policy applies to it.
-    k, v = codecs.encode_ipcache(sync.ipnet("10.99.0.1/32"), peer_id, 0)
+    k, v = codecs.encode_ipcache(readback.ipnet("10.99.0.1/32"), peer_id, 0)
     dp.maps["vg_ipcache4"].update(k, v)
     k, v = codecs.encode_endpoint(ifindex, 256, abi.EP_F_INGRESS_ISOLATED, "10.99.0.2", None)
     dp.maps["vg_endpoints"].update(k, v)

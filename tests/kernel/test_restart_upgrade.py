@@ -18,7 +18,7 @@ from controller.bench.testrun import run
 from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue
 from controller.core.errors import VethguardError
 from controller.core.verdicts import DIR_EGRESS
-from controller.datapath import abi, bpfsys, codecs, loader, sync
+from controller.datapath import abi, bpfsys, codecs, loader, readback
 from controller.datapath.abi import Reason
 from controller.datapath.node import Datapath
 from tests.kernel import packets as P
@@ -133,7 +133,7 @@ def test_loading_a_new_program_set_leaves_the_attached_filters_alone_until_attac
 
 def _policy_for_udp(d: Datapath, v: VethPair, port: int) -> None:
     """The pod is egress-isolated and may send UDP to the node-side address (identity PEER_ID)."""
-    k, val = codecs.encode_ipcache(sync.ipnet(f"{v.node_ip}/32"), PEER_ID, 0)
+    k, val = codecs.encode_ipcache(readback.ipnet(f"{v.node_ip}/32"), PEER_ID, 0)
     d.maps["vg_ipcache4"].update(k, val)
     k, val = codecs.encode_endpoint(v.ifindex, 256, abi.EP_F_EGRESS_ISOLATED, v.pod_ip, None)
     d.maps["vg_endpoints"].update(k, val)

@@ -6,7 +6,8 @@ import ipaddress
 
 from controller.compiler.desired_state import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue
 from controller.datapath import abi, codecs
-from controller.datapath.sync import PENDING_FLAGS, Encoder, desired_maps, diff, plan
+from controller.datapath.encoding import PENDING_FLAGS, Encoder, desired_maps
+from controller.datapath.sync import diff, plan
 
 ALLOW = PolicyEntryValue(verdict=1, precedence=0, rule_ref=11)
 

@@ -19,7 +19,7 @@ from controller.agent.loop import Agent, AgentConfig
 from controller.agent.metrics import Metrics
 from controller.compiler.desired_state import EndpointDesired, NodeDesired
 from controller.core.errors import PolicyError
-from controller.datapath.sync import GcResult, KernelState
+from controller.datapath.readback import GcResult, KernelState
 
 KINDS = ("Namespace", "Pod", "NetworkPolicy", "Node", "Service")
 

@@ -16,7 +16,7 @@ from controller.agent.informers import InformerOptions, Sources, load_api_client
 from controller.agent.loop import Agent, AgentConfig
 from controller.agent.metrics import Metrics
 from controller.compiler.desired_state import NodeDesired
-from controller.datapath.sync import GcResult, KernelState
+from controller.datapath.readback import GcResult, KernelState
 from controller.lab.apiserver import ServerThread, kubeconfig_text, serve_tcp, tcp_listener
 from controller.lab.store import Store
 

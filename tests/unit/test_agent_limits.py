@@ -20,7 +20,7 @@ from controller.agent.loop import Agent, AgentConfig
 from controller.agent.metrics import Metrics
 from controller.compiler.desired_state import NodeDesired
 from controller.core.errors import VethguardError
-from controller.datapath.sync import GcResult, KernelState
+from controller.datapath.readback import GcResult, KernelState
 
 # ------------------------------------------------------------------------------------------ fakes
 

@@ -13,7 +13,8 @@ import yaml
 
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
 from controller.datapath import abi, codecs
-from controller.datapath.sync import KernelState, desired_maps, dump
+from controller.datapath.encoding import desired_maps
+from controller.datapath.readback import KernelState, dump
 from controller.debug import bpfview, netpol, observe, reach, render
 from controller.debug.explain import explain, explain_text
 from controller.debug.kernel import LiveHalf

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from controller.compiler.desired_state import SvcFrontend
 from controller.compiler.frontends import frontends_of
 from controller.datapath import abi, codecs
-from controller.datapath.sync import assign_slots
+from controller.datapath.encoding import assign_slots
 
 NODES = [
     {

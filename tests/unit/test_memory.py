@@ -22,7 +22,7 @@ from controller.compiler.model import ClusterState
 from controller.compiler.policy import compile_cluster
 from controller.compiler.selectors import LabelIndex, LabelSelector
 from controller.datapath import loader
-from controller.datapath.sync import GcResult, KernelState
+from controller.datapath.readback import GcResult, KernelState
 
 
 def small_cluster(pods: int = 40) -> synth.Cluster:

@@ -1,4 +1,4 @@
-"""The incremental sync (sync.Encoder + apply_encoding against what the last sync wrote) plans
+"""The incremental sync (encoding.Encoder + sync.apply_encoding against what the last sync wrote) plans
 exactly the operations of a sync that encodes everything afresh and reads the maps, while
 reusing what did not change (pure: in-memory maps, no root)."""
 
@@ -17,18 +17,10 @@ from controller.compiler.desired_state import (
     PolicyEntryValue,
     SvcFrontend,
 )
+from controller.core.seqdiff import equal_run
 from controller.datapath import abi, bpfsys, codecs
-from controller.datapath.sync import (
-    MAX_ALIGN_GAPS,
-    Encoder,
-    Written,
-    _unequal_positions,
-    align,
-    apply,
-    apply_encoding,
-    desired_maps,
-    equal_run,
-)
+from controller.datapath.encoding import MAX_ALIGN_GAPS, Encoder, _unequal_positions, align, desired_maps
+from controller.datapath.sync import Written, apply, apply_encoding
 
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 
