@@ -12,7 +12,8 @@ from typing import Any
 
 from controller.agent import preflight
 from controller.agent.health import HealthServer
-from controller.agent.informers import Sources, load_api_client
+from controller.agent.informers import Sources
+from controller.agent.kube_api import load_api_client
 from controller.agent.linkwatch import LinkWatch
 from controller.agent.loop import DEFAULT_HEALTH_ADDR, DEFAULT_PIN_ROOT, Agent, AgentConfig
 from controller.agent.metrics import Metrics

@@ -29,153 +29,34 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import queue
 import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from typing import Any
 
 from urllib3.exceptions import MaxRetryError, ProtocolError, ReadTimeoutError
 
+from controller.agent.cluster_events import (
+    Event,
+    KindSnapshot,
+    KubeList,
+    KubeObject,
+    Snapshot,
+    WatchEventJSON,
+    generation_of,
+    has_name,
+    object_key,
+    resource_version_of,
+)
+from controller.agent.kube_api import KINDS, KindSpec, ListFn
 from controller.agent.metrics import Metrics
 from controller.core.log import get_logger
 
 log = get_logger("vethguard.sources")
-
-
-# --------------------------------------------------------------------------------------------
-# Raw API JSON shapes (only the fields this module reads)
-
-
-class ObjectMeta(TypedDict, total=False):
-    name: str
-    namespace: str
-    resourceVersion: str
-    uid: str
-    labels: dict[str, str]
-    annotations: dict[str, str]
-
-
-class KubeObject(TypedDict, total=False):
-    apiVersion: str
-    kind: str
-    metadata: ObjectMeta
-    spec: dict[str, Any]
-    status: dict[str, Any]
-
-
-class ListMeta(TypedDict, total=False):
-    resourceVersion: str
-    # `continue` is a keyword: read it with .get("continue")
-
-
-class KubeList(TypedDict, total=False):
-    apiVersion: str
-    kind: str
-    metadata: ListMeta
-    items: list[KubeObject]
-
-
-class WatchEventJSON(TypedDict):
-    type: str  # ADDED MODIFIED DELETED BOOKMARK ERROR
-    object: dict[str, Any]
-
-
-EventType = Literal["ADDED", "MODIFIED", "DELETED", "BOOKMARK", "SYNCED"]
-
-
-@dataclass(frozen=True)
-class Event:
-    """One change in an informer cache.
-
-    SYNCED is emitted after every (re)list has replaced the cache (after the diff events).
-    """
-
-    kind: str  # "Namespace", "Pod", "NetworkPolicy", "Node"
-    type: EventType
-    key: str  # "ns/name" for namespaced kinds, "name" otherwise; "" for BOOKMARK/SYNCED
-    obj: KubeObject | None
-    resource_version: str
-
-
-@dataclass(frozen=True)
-class KindSnapshot:
-    objects: tuple[KubeObject, ...]
-    resource_version: str
-    content_version: int  # bumps on every cache content change (not on bookmarks)
-    synced: bool
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """A consistent view of every cache (each kind read atomically)."""
-
-    kinds: Mapping[str, KindSnapshot]
-
-    @property
-    def namespaces(self) -> tuple[KubeObject, ...]:
-        return self.kinds["Namespace"].objects
-
-    @property
-    def pods(self) -> tuple[KubeObject, ...]:
-        return self.kinds["Pod"].objects
-
-    @property
-    def policies(self) -> tuple[KubeObject, ...]:
-        return self.kinds["NetworkPolicy"].objects
-
-    @property
-    def nodes(self) -> tuple[KubeObject, ...]:
-        return self.kinds["Node"].objects
-
-    @property
-    def services(self) -> tuple[KubeObject, ...]:
-        kind = self.kinds.get("Service")
-        return kind.objects if kind is not None else ()
-
-    @property
-    def content_versions(self) -> tuple[int, ...]:
-        return tuple(self.kinds[k].content_version for k in sorted(self.kinds))
-
-    @property
-    def generation(self) -> int | None:
-        """min over kinds of the last resourceVersion seen, or None if one is not an integer."""
-        return generation_of(k.resource_version for k in self.kinds.values())
-
-
-def generation_of(resource_versions: Iterable[str]) -> int | None:
-    values: list[int] = []
-    for rv in resource_versions:
-        try:
-            values.append(int(rv))
-        except (TypeError, ValueError):
-            return None
-    return min(values) if values else None
-
-
-def object_key(obj: Mapping[str, Any], namespaced: bool) -> str:
-    meta = obj.get("metadata") or {}
-    name = str(meta.get("name", ""))
-    if namespaced:
-        return f"{meta.get('namespace', '')}/{name}"
-    return name
-
-
-def _rv_of(obj: Mapping[str, Any]) -> str:
-    meta = obj.get("metadata")
-    if not isinstance(meta, Mapping):
-        return ""
-    return str(meta.get("resourceVersion", "") or "")
-
-
-def _has_name(obj: Any) -> bool:
-    """Whether a raw object can be keyed at all (everything else is left to the model)."""
-    meta = obj.get("metadata") if isinstance(obj, dict) else None
-    return isinstance(meta, dict) and isinstance(meta.get("name"), str) and bool(meta["name"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,79 +73,6 @@ class WatchFailed(Exception):
 
 def _is_gone(exc: BaseException) -> bool:
     return getattr(exc, "status", None) == 410
-
-
-# --------------------------------------------------------------------------------------------
-# The kinds and how to reach them with the official client
-
-ListFn = Callable[..., Any]  # kubernetes client list_* method (kwargs in, urllib3 response out)
-
-
-@dataclass(frozen=True)
-class KindSpec:
-    kind: str
-    api_version: str
-    namespaced: bool
-    list_fn_of: Callable[[Any], ListFn]  # ApiClient -> bound list method
-
-
-def _core(api_client: Any) -> Any:
-    from kubernetes import client
-
-    return client.CoreV1Api(api_client)
-
-
-def _networking(api_client: Any) -> Any:
-    from kubernetes import client
-
-    return client.NetworkingV1Api(api_client)
-
-
-KINDS: tuple[KindSpec, ...] = (
-    KindSpec("Namespace", "v1", False, lambda a: _core(a).list_namespace),
-    KindSpec("Pod", "v1", True, lambda a: _core(a).list_pod_for_all_namespaces),
-    KindSpec(
-        "NetworkPolicy",
-        "networking.k8s.io/v1",
-        True,
-        lambda a: _networking(a).list_network_policy_for_all_namespaces,
-    ),
-    KindSpec("Node", "v1", False, lambda a: _core(a).list_node),
-    # Services: the frontends whose flows are judged after DNAT (controller/compiler/frontends.py).
-    KindSpec("Service", "v1", True, lambda a: _core(a).list_service_for_all_namespaces),
-)
-
-
-def load_api_client(kubeconfig: str | None = None) -> Any:
-    """ApiClient from --kubeconfig, else $KUBECONFIG, else in-cluster config, else ~/.kube/config."""
-    from kubernetes import client, config
-    from kubernetes.config.config_exception import ConfigException
-
-    from controller.core.errors import VethguardError
-
-    cfg = client.Configuration()
-    # The informer loop does its own retrying with backoff; urllib3's default Retry(3) would turn
-    # one stall into four read timeouts in a row before the informer even notices.
-    cfg.retries = False
-    explicit = kubeconfig or os.environ.get("KUBECONFIG")
-    try:
-        if explicit:
-            config.load_kube_config(config_file=explicit, client_configuration=cfg)
-        else:
-            try:
-                config.load_incluster_config(client_configuration=cfg)
-            except ConfigException:
-                default = os.path.expanduser("~/.kube/config")
-                if not os.path.exists(default):
-                    raise VethguardError(
-                        "no Kubernetes configuration: pass --kubeconfig, set $KUBECONFIG, run in a pod "
-                        f"with a service account, or create {default}"
-                    ) from None
-                config.load_kube_config(config_file=default, client_configuration=cfg)
-    except (ConfigException, OSError, ValueError) as exc:
-        where = explicit or "default locations"
-        raise VethguardError(f"cannot load Kubernetes configuration ({where}): {exc}") from exc
-    return client.ApiClient(cfg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -497,7 +305,7 @@ class Informer:
                 list_rv = str(meta.get("resourceVersion", "") or "")
             raw_items = body.get("items") if isinstance(body, dict) else None
             for item in raw_items if isinstance(raw_items, list) else []:
-                if not _has_name(item):
+                if not has_name(item):
                     log.warning(
                         "ignoring a listed object without metadata.name", kind=self.kind, item=str(item)[:200]
                     )
@@ -515,12 +323,12 @@ class Informer:
             for key, obj in items.items():
                 prev = old.get(key)
                 if prev is None:
-                    events.append(Event(self.kind, "ADDED", key, obj, _rv_of(obj)))
+                    events.append(Event(self.kind, "ADDED", key, obj, resource_version_of(obj)))
                 elif prev != obj:
-                    events.append(Event(self.kind, "MODIFIED", key, obj, _rv_of(obj)))
+                    events.append(Event(self.kind, "MODIFIED", key, obj, resource_version_of(obj)))
             for key, prev in old.items():
                 if key not in items:
-                    events.append(Event(self.kind, "DELETED", key, prev, _rv_of(prev)))
+                    events.append(Event(self.kind, "DELETED", key, prev, resource_version_of(prev)))
             self._cache = items
             self._rv = list_rv
             if events:
@@ -587,7 +395,7 @@ class Informer:
             if code == 410:
                 raise WatchExpired(msg)
             raise WatchFailed(f"watch ERROR {code} {msg}")
-        rv = _rv_of(obj)
+        rv = resource_version_of(obj)
         if etype == "BOOKMARK":
             with self._lock:
                 if rv:
@@ -597,7 +405,7 @@ class Informer:
         if etype not in ("ADDED", "MODIFIED", "DELETED"):
             log.warning("ignoring unknown watch event type", kind=self.kind, type=etype)
             return
-        if not _has_name(obj):
+        if not has_name(obj):
             log.warning("ignoring a watch event without metadata.name", kind=self.kind, type=etype)
             return
         obj.setdefault("kind", self.kind)

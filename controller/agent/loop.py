@@ -50,10 +50,10 @@ from typing import Any
 from controller.agent import preflight
 from controller.agent.attachments import Attachments
 from controller.agent.capacity import Fit, MapCapacity
+from controller.agent.cluster_events import Event, Snapshot
 from controller.agent.discovery import Discovered, Discovery, NodeDiscovery, interface_exists, is_placeholder
 from controller.agent.errors import ErrorBook
 from controller.agent.health import HealthProbes
-from controller.agent.informers import Event, Snapshot
 from controller.agent.metrics import Metrics
 from controller.agent.policy_status import PolicyStatus
 from controller.agent.protocols import LinkWatchLike, SourcesLike

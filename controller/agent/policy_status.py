@@ -13,8 +13,8 @@ from operator import attrgetter, eq, is_
 from typing import Any
 
 from controller.agent.capacity import Overflow, overflow_message
+from controller.agent.cluster_events import Snapshot
 from controller.agent.errors import AgentError
-from controller.agent.informers import Snapshot
 from controller.compiler.model import ClusterState
 from controller.compiler.policy import compile_cluster
 from controller.core.log import get_logger

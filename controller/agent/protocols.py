@@ -6,7 +6,7 @@ from __future__ import annotations
 import queue
 from typing import Protocol
 
-from controller.agent.informers import Event, Snapshot
+from controller.agent.cluster_events import Event, Snapshot
 
 
 class SourcesLike(Protocol):

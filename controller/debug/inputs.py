@@ -91,7 +91,7 @@ class LocalTarget(Target):
         self.agent = agent
 
     def objects(self) -> RawObjects:
-        from controller.agent.informers import KINDS, load_api_client
+        from controller.agent.kube_api import KINDS, load_api_client
 
         api = load_api_client(self.kubeconfig)
         fields = {"Namespace": "namespaces", "Pod": "pods", "NetworkPolicy": "policies", "Node": "nodes"}

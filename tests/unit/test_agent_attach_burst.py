@@ -8,8 +8,8 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
+from controller.agent.cluster_events import Event, KubeObject
 from controller.agent.discovery import Discovered, unclaimed_key
-from controller.agent.informers import Event, KubeObject
 from tests.unit.test_agent_limits import (
     FakeDatapath,
     FakeLinkWatch,

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from controller.agent.capacity import fit_capacity
 from controller.agent.discovery import Discovered, unclaimed_key
-from controller.agent.informers import KINDS, Informer, Sources
+from controller.agent.informers import Informer, Sources
+from controller.agent.kube_api import KINDS
 from controller.agent.loop import Agent, AgentConfig
 from controller.agent.metrics import Metrics
 from controller.compiler.desired_state import NodeDesired
@@ -432,7 +433,7 @@ def test_realization_lag_is_measured_from_event_arrival_to_the_sync_that_realize
     api = StaticApi()
     dp = FakeDatapath()
     agent = make_agent(api, dp, Routes())
-    from controller.agent.informers import Event
+    from controller.agent.cluster_events import Event
 
     agent.note_event(Event("Pod", "ADDED", "x/a", None, "5"), now=0.0)
     agent.note_event(Event("Pod", "BOOKMARK", "", None, "6"), now=0.0)  # bookmarks are not changes

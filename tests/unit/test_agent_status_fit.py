@@ -14,8 +14,8 @@ import pytest
 
 from controller.agent import policy_status as status_mod
 from controller.agent.capacity import IPCACHE_MAPS, RESERVED_IDENTITIES, Fit, Overflow, fit_capacity
+from controller.agent.cluster_events import Snapshot
 from controller.agent.discovery import UNCLAIMED
-from controller.agent.informers import Snapshot
 from controller.agent.loop import Agent, AgentConfig
 from controller.bench import synth
 from controller.compiler.desired_state import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue

@@ -14,15 +14,9 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from controller.agent.informers import (
-    KINDS,
-    Event,
-    InformerOptions,
-    Sources,
-    full_jitter,
-    generation_of,
-    object_key,
-)
+from controller.agent.cluster_events import Event, generation_of, object_key
+from controller.agent.informers import InformerOptions, Sources, full_jitter
+from controller.agent.kube_api import KINDS
 from controller.agent.metrics import Metrics
 
 PATHS = {

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from controller.agent.discovery import Discovered
-from controller.agent.informers import InformerOptions, Sources, load_api_client
+from controller.agent.informers import InformerOptions, Sources
+from controller.agent.kube_api import load_api_client
 from controller.agent.loop import Agent, AgentConfig
 from controller.agent.metrics import Metrics
 from controller.compiler.desired_state import NodeDesired

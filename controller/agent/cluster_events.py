@@ -1,0 +1,142 @@
+"""What the informers deliver: raw API JSON shapes, events, per-kind snapshots of the cache,
+object keys and the resourceVersion bookkeeping the agent's realized generation comes from."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, TypedDict
+
+from controller.core.log import get_logger
+
+log = get_logger("vethguard.sources")
+
+# --------------------------------------------------------------------------------------------
+# Raw API JSON shapes (only the fields this module reads)
+
+
+class ObjectMeta(TypedDict, total=False):
+    name: str
+    namespace: str
+    resourceVersion: str
+    uid: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+
+
+class KubeObject(TypedDict, total=False):
+    apiVersion: str
+    kind: str
+    metadata: ObjectMeta
+    spec: dict[str, Any]
+    status: dict[str, Any]
+
+
+class ListMeta(TypedDict, total=False):
+    resourceVersion: str
+    # `continue` is a keyword: read it with .get("continue")
+
+
+class KubeList(TypedDict, total=False):
+    apiVersion: str
+    kind: str
+    metadata: ListMeta
+    items: list[KubeObject]
+
+
+class WatchEventJSON(TypedDict):
+    type: str  # ADDED MODIFIED DELETED BOOKMARK ERROR
+    object: dict[str, Any]
+
+
+EventType = Literal["ADDED", "MODIFIED", "DELETED", "BOOKMARK", "SYNCED"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """One change in an informer cache.
+
+    SYNCED is emitted after every (re)list has replaced the cache (after the diff events).
+    """
+
+    kind: str  # "Namespace", "Pod", "NetworkPolicy", "Node"
+    type: EventType
+    key: str  # "ns/name" for namespaced kinds, "name" otherwise; "" for BOOKMARK/SYNCED
+    obj: KubeObject | None
+    resource_version: str
+
+
+@dataclass(frozen=True)
+class KindSnapshot:
+    objects: tuple[KubeObject, ...]
+    resource_version: str
+    content_version: int  # bumps on every cache content change (not on bookmarks)
+    synced: bool
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A consistent view of every cache (each kind read atomically)."""
+
+    kinds: Mapping[str, KindSnapshot]
+
+    @property
+    def namespaces(self) -> tuple[KubeObject, ...]:
+        return self.kinds["Namespace"].objects
+
+    @property
+    def pods(self) -> tuple[KubeObject, ...]:
+        return self.kinds["Pod"].objects
+
+    @property
+    def policies(self) -> tuple[KubeObject, ...]:
+        return self.kinds["NetworkPolicy"].objects
+
+    @property
+    def nodes(self) -> tuple[KubeObject, ...]:
+        return self.kinds["Node"].objects
+
+    @property
+    def services(self) -> tuple[KubeObject, ...]:
+        kind = self.kinds.get("Service")
+        return kind.objects if kind is not None else ()
+
+    @property
+    def content_versions(self) -> tuple[int, ...]:
+        return tuple(self.kinds[k].content_version for k in sorted(self.kinds))
+
+    @property
+    def generation(self) -> int | None:
+        """min over kinds of the last resourceVersion seen, or None if one is not an integer."""
+        return generation_of(k.resource_version for k in self.kinds.values())
+
+
+def generation_of(resource_versions: Iterable[str]) -> int | None:
+    values: list[int] = []
+    for rv in resource_versions:
+        try:
+            values.append(int(rv))
+        except (TypeError, ValueError):
+            return None
+    return min(values) if values else None
+
+
+def object_key(obj: Mapping[str, Any], namespaced: bool) -> str:
+    meta = obj.get("metadata") or {}
+    name = str(meta.get("name", ""))
+    if namespaced:
+        return f"{meta.get('namespace', '')}/{name}"
+    return name
+
+
+def resource_version_of(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping):
+        return ""
+    return str(meta.get("resourceVersion", "") or "")
+
+
+def has_name(obj: Any) -> bool:
+    """Whether a raw object can be keyed at all (everything else is left to the model)."""
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    return isinstance(meta, dict) and isinstance(meta.get("name"), str) and bool(meta["name"])

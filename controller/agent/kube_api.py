@@ -1,0 +1,85 @@
+"""The kinds the agent watches and how to reach them with the official kubernetes client, and
+the ApiClient from a kubeconfig or the in-cluster configuration."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from controller.core.log import get_logger
+
+log = get_logger("vethguard.sources")
+
+# --------------------------------------------------------------------------------------------
+# The kinds and how to reach them with the official client
+
+ListFn = Callable[..., Any]  # kubernetes client list_* method (kwargs in, urllib3 response out)
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    kind: str
+    api_version: str
+    namespaced: bool
+    list_fn_of: Callable[[Any], ListFn]  # ApiClient -> bound list method
+
+
+def _core(api_client: Any) -> Any:
+    from kubernetes import client
+
+    return client.CoreV1Api(api_client)
+
+
+def _networking(api_client: Any) -> Any:
+    from kubernetes import client
+
+    return client.NetworkingV1Api(api_client)
+
+
+KINDS: tuple[KindSpec, ...] = (
+    KindSpec("Namespace", "v1", False, lambda a: _core(a).list_namespace),
+    KindSpec("Pod", "v1", True, lambda a: _core(a).list_pod_for_all_namespaces),
+    KindSpec(
+        "NetworkPolicy",
+        "networking.k8s.io/v1",
+        True,
+        lambda a: _networking(a).list_network_policy_for_all_namespaces,
+    ),
+    KindSpec("Node", "v1", False, lambda a: _core(a).list_node),
+    # Services: the frontends whose flows are judged after DNAT (controller/compiler/frontends.py).
+    KindSpec("Service", "v1", True, lambda a: _core(a).list_service_for_all_namespaces),
+)
+
+
+def load_api_client(kubeconfig: str | None = None) -> Any:
+    """ApiClient from --kubeconfig, else $KUBECONFIG, else in-cluster config, else ~/.kube/config."""
+    from kubernetes import client, config
+    from kubernetes.config.config_exception import ConfigException
+
+    from controller.core.errors import VethguardError
+
+    cfg = client.Configuration()
+    # The informer loop does its own retrying with backoff; urllib3's default Retry(3) would turn
+    # one stall into four read timeouts in a row before the informer even notices.
+    cfg.retries = False
+    explicit = kubeconfig or os.environ.get("KUBECONFIG")
+    try:
+        if explicit:
+            config.load_kube_config(config_file=explicit, client_configuration=cfg)
+        else:
+            try:
+                config.load_incluster_config(client_configuration=cfg)
+            except ConfigException:
+                default = os.path.expanduser("~/.kube/config")
+                if not os.path.exists(default):
+                    raise VethguardError(
+                        "no Kubernetes configuration: pass --kubeconfig, set $KUBECONFIG, run in a pod "
+                        f"with a service account, or create {default}"
+                    ) from None
+                config.load_kube_config(config_file=default, client_configuration=cfg)
+    except (ConfigException, OSError, ValueError) as exc:
+        where = explicit or "default locations"
+        raise VethguardError(f"cannot load Kubernetes configuration ({where}): {exc}") from exc
+    return client.ApiClient(cfg)
