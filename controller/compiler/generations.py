@@ -41,7 +41,3 @@ class GenerationCache:
     def publish(self, generation: object) -> None:
         """Make `generation` the one the next compilation reuses (replaces the last of its type)."""
         self._published[type(generation)] = generation
-
-    def kinds(self) -> list[str]:
-        """Names of the kinds published so far (for tests and debugging)."""
-        return sorted(k.__name__ for k in self._published)
