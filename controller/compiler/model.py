@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from controller.compiler.apisyntax import PORT_NAME_NEEDS_A_LETTER, port_name_problems
+from controller.compiler.generations import GenerationCache
 from controller.compiler.selectors import LabelSelector, SelectorError
 from controller.core.errors import PolicyError
 from controller.core.net import IPNetwork
@@ -215,6 +216,10 @@ class ClusterState:
     # init=False, like cache: a replace()d or hand-made ClusterState has neither.
     build_id: int | None = field(default=None, init=False, compare=False, repr=False)
     delta: ClusterDelta | None = field(default=None, init=False, compare=False, repr=False)
+    # The generation caches of the builder that built this cluster (the compiler's tables
+    # carried from one compilation to the next, controller.compiler.generations); None for a
+    # cluster without a reusing builder, which is then compiled with a fresh cache.
+    generations: GenerationCache | None = field(default=None, init=False, compare=False, repr=False)
 
     @classmethod
     def from_objects(
@@ -302,6 +307,8 @@ class ClusterBuilder:
         self._build_id: int | None = None
         self._previous_state: Callable[[], ClusterState | None] = lambda: None
         self.parsed = 0  # objects parsed by the last build (the others were reused)
+        # The compiler's generation caches for this builder's clusters (each build carries it)
+        self.generations = GenerationCache()
 
     def build(
         self,
@@ -364,6 +371,7 @@ class ClusterBuilder:
         self._interner = interner if len(interner) <= 2 * len(pod_map) + 1024 else None
         build_id = next(_build_ids)
         object.__setattr__(state, "build_id", build_id)
+        object.__setattr__(state, "generations", self.generations)
         if self._build_id is not None and previous_maps:
             object.__setattr__(
                 state,

@@ -18,7 +18,7 @@ from controller.agent.loop import Agent, AgentConfig
 from controller.bench import synth
 from controller.bench.control_plane import FixedDiscovery, MemorySources
 from controller.compiler import compute
-from controller.compiler.model import ClusterState
+from controller.compiler.model import ClusterBuilder, ClusterState
 from controller.compiler.policy import compile_cluster
 from controller.compiler.selectors import LabelIndex, LabelSelector
 from controller.datapath import loader
@@ -119,9 +119,12 @@ def test_the_compilation_cached_on_a_cluster_is_reused_for_every_node():
 
 
 def test_consecutive_compilations_share_the_pods_ipcache_prefix_objects():
+    # (one builder, as the agent has: the prefix objects are carried in its generation cache;
+    # clusters of different builders share nothing)
     c = small_cluster()
-    old = compute.compute(build(c), "node-1")
-    new = compute.compute(build(c), "node-1")
+    builder = ClusterBuilder()
+    old = compute.compute(builder.build(c.namespaces, c.pods, c.policies, c.nodes), "node-1")
+    new = compute.compute(builder.build(c.namespaces, c.pods, c.policies, c.nodes), "node-1")
     old_keys = {k: k for k in old.ipcache}
     pod_ips = {p["status"]["podIP"] for p in c.pods}
     pod_prefixes = [k for k in new.ipcache if k.prefixlen == 32 and str(k.network_address) in pod_ips]

@@ -322,7 +322,7 @@ def test_two_builders_in_one_process_each_compile_from_their_own_previous_build(
 
 
 def test_a_failing_incremental_step_falls_back_to_a_full_compilation(monkeypatch: Any) -> None:
-    from controller.compiler.policy import CompiledCluster
+    from controller.compiler.stages.selection import Selection
 
     world = World(random.Random(31))
     builder = ClusterBuilder()
@@ -332,10 +332,87 @@ def test_a_failing_incremental_step_falls_back_to_a_full_compilation(monkeypatch
     def broken(*_args: Any, **_kwargs: Any) -> None:
         raise RuntimeError("a bug in an incremental step")
 
-    monkeypatch.setattr(CompiledCluster, "_update_selection", broken)
+    monkeypatch.setattr(Selection, "update", broken)
     world.add_pod("late")
     world.add_policy("late")
     second = builder.build(*world.objects())
     compiled = compile_cluster(second)
     assert not compiled.incremental
     assert summary(second) == summary(ClusterState.from_objects(*world.objects()))
+
+
+def _namespace_event(world: World, name: str) -> None:
+    world.namespaces[name] = world._stamp(K.ns(name, team=f"{name}-moved"))
+
+
+def test_two_builders_keep_their_own_generation_caches() -> None:
+    """A full compilation (a namespace event) over the very Pod objects of its builder's last
+    full build shares that build's identity tables, whatever another builder compiled in between
+    (with process-wide caches, the other builder's compilation replaced them)."""
+    worlds = [World(random.Random(41)), World(random.Random(42))]
+    builders = [ClusterBuilder(), ClusterBuilder()]
+    assert builders[0].generations is not builders[1].generations
+    states = [b.build(*w.objects()) for b, w in zip(builders, worlds, strict=True)]
+    firsts = [compile_cluster(s) for s in states]
+    for s, b in zip(states, builders, strict=True):
+        assert s.generations is b.generations
+    for n in range(4):
+        for i in (0, 1):  # interleaved: the other builder compiled since this one's last build
+            _namespace_event(worlds[i], NAMESPACES[n % len(NAMESPACES)])
+            previous = states[i]
+            states[i] = builders[i].build(*worlds[i].objects())
+            compiled = compile_cluster(states[i])
+            assert not compiled.incremental  # (a namespace event)
+            assert compiled.identity_tables is firsts[i].identity_tables
+            assert summary(states[i]) == summary(ClusterState.from_objects(*worlds[i].objects()))
+            del previous
+    # each cache holds its own builder's generations: pods of its own world only
+    from controller.compiler.stages.identities import IdentityGeneration
+
+    for i in (0, 1):
+        last = builders[i].generations.last(IdentityGeneration)
+        assert last is not None and last.tables is firsts[i].identity_tables
+        assert set(last.active) == {k for k, p in states[i].pods.items() if p.active}
+
+
+def test_clusters_without_a_builder_share_no_generations() -> None:
+    world = World(random.Random(43))
+    a = ClusterState.from_objects(*world.objects())
+    b = ClusterState.from_objects(*world.objects())
+    assert a.generations is None and b.generations is None
+    ca, cb = compile_cluster(a), compile_cluster(b)
+    assert ca.generations is not cb.generations
+    assert ca.identity_tables is not cb.identity_tables
+    assert summary(a) == summary(b)
+
+
+def test_two_builders_compiling_in_two_threads_each_match_a_full_compilation() -> None:
+    """Two compile pipelines at once, events interleaved by the scheduler: each compilation equals
+    a fresh full compilation of its own objects."""
+    import threading
+
+    failures: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def run(seed: int) -> None:
+        world = World(random.Random(seed))
+        builder = ClusterBuilder()
+        state = builder.build(*world.objects())
+        compile_cluster(state)
+        barrier.wait()
+        for n in range(40):
+            event = world.step(n)
+            previous = state
+            state = builder.build(*world.objects())
+            got = summary(state)
+            want = summary(ClusterState.from_objects(*world.objects()))
+            if got != want:
+                failures.append(f"seed {seed} step {n} ({event})")
+            del previous
+
+    threads = [threading.Thread(target=run, args=(seed,)) for seed in (51, 52)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures
