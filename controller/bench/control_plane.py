@@ -61,7 +61,7 @@ class Settings:
 
 
 class _Snapshot:
-    """Stands in for controller.agent.cluster_events.Snapshot: the four kinds' objects and content versions."""
+    """Stands in for controller.agent.cluster_events.Snapshot: the kinds' objects and content versions."""
 
     def __init__(self, kinds: dict[str, list[Any]], versions: dict[str, int], generation: int) -> None:
         self._kinds = kinds

@@ -51,13 +51,12 @@ from controller.compiler.apisyntax import PORT_NAME_NEEDS_A_LETTER, port_name_pr
 from controller.compiler.generations import GenerationCache
 from controller.compiler.selectors import LabelSelector, SelectorError
 from controller.core.errors import PolicyError
-from controller.core.net import IPNetwork
+from controller.core.net import L4_PROTOCOLS, IPNetwork
 from controller.core.seqdiff import equal_run
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 NS_NAME_LABEL = "kubernetes.io/metadata.name"
-PROTOCOLS: Mapping[str, int] = {"TCP": 6, "UDP": 17, "SCTP": 132}
 INGRESS = "Ingress"
 EGRESS = "Egress"
 
@@ -705,7 +704,7 @@ def _parse_pod(raw: Any, errors: list[PolicyError], interner: _Interner | None =
                     PolicyError(obj, f"{fld}.containerPort", f"must be 1..65535, got {num!r}; ignored")
                 )
                 continue
-            if proto not in PROTOCOLS:
+            if proto not in L4_PROTOCOLS:
                 errors.append(PolicyError(obj, f"{fld}.protocol", f"unknown protocol {proto!r}; ignored"))
                 continue
             if pname is not None and not isinstance(pname, str):
@@ -816,7 +815,7 @@ def _parse_port(raw: Any, fld: str) -> PolicyPort:
     proto = raw.get("protocol")
     if proto is None:
         proto = "TCP"
-    if proto not in PROTOCOLS:
+    if proto not in L4_PROTOCOLS:
         raise _Invalid(f"{fld}.protocol", f"unknown protocol {proto!r}; expected TCP, UDP or SCTP")
     port = raw.get("port")
     end = raw.get("endPort")

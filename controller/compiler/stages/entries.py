@@ -26,7 +26,7 @@ from types import MappingProxyType
 from typing import Any
 
 from controller.compiler.desired_state import EndpointDesired, PolicyEntryKey, PolicyEntryValue
-from controller.compiler.model import PROTOCOLS, NetworkPolicy, Pod, Rule
+from controller.compiler.model import NetworkPolicy, Pod, Rule
 from controller.compiler.portrange import range_to_prefixes
 from controller.compiler.stages.cidr import CidrTables
 from controller.compiler.stages.identities import IdentityTables
@@ -34,6 +34,7 @@ from controller.compiler.stages.named_ports import NamedPorts
 from controller.compiler.stages.policies import rule_ref
 from controller.compiler.stages.selection import PeerSelector, Selection
 from controller.core.identities import ID_ANY
+from controller.core.net import L4_PROTOCOLS
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS, VERDICT_ALLOW
 
 DEFAULT_PRECEDENCE = 0
@@ -49,7 +50,7 @@ def numeric_port_specs(rule: Rule) -> list[PortSpec]:
         return [(0, 0, 0)]
     out: list[PortSpec] = []
     for p in rule.ports:
-        proto = PROTOCOLS[p.protocol]
+        proto = L4_PROTOCOLS[p.protocol]
         if p.port is None:
             out.append((proto, 0, 0))
         elif isinstance(p.port, int):
@@ -65,7 +66,7 @@ def ingress_named(rule: Rule, pod: Pod) -> tuple[PortSpec, ...]:
     out: list[PortSpec] = []
     for p in rule.ports:
         if isinstance(p.port, str):
-            proto = PROTOCOLS[p.protocol]
+            proto = L4_PROTOCOLS[p.protocol]
             out.extend((proto, n, 16) for n in pod.resolve_named_port(p.port, p.protocol))
     return tuple(sorted(set(out)))
 

@@ -21,11 +21,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from controller.compiler.model import PROTOCOLS, IPBlock, NetworkPolicy, Rule
+from controller.compiler.model import IPBlock, NetworkPolicy, Rule
 from controller.compiler.stages.cidr import host_prefix
 from controller.compiler.stages.identities import IdentityTables
 from controller.compiler.stages.selection import PeerSelector
-from controller.core.net import IPNetwork
+from controller.core.net import L4_PROTOCOLS, IPNetwork
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class _Resolver:
         exact: set[IPNetwork],
     ) -> Targets:
         """Destinations of one egress named port; the per-pod prefixes used are added to `exact`."""
-        proto = PROTOCOLS[protocol]
+        proto = L4_PROTOCOLS[protocol]
         by_ident = self.by_identity(name, protocol)
         out: list[tuple[Target, int, int]] = []
         for ident in sorted(idents.intersection(by_ident)):
