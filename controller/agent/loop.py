@@ -7,7 +7,7 @@ policy_status.PolicyStatus. It reaches the kernel only through
 controller.datapath.interface.NodeDatapath.
 
     informers (controller.agent.informers) --events--> coalesce (<= 1 pass per 50 ms)
-      -> ClusterState.from_objects(caches) -> compute.compute(cluster, node)    [pure]
+      -> cluster_from_objects(caches) -> compute.compute(cluster, node)    [pure]
       -> discovery of local pod veths: host routes, or neighbours + bridge FDB (controller.agent.discovery)
       -> Datapath.attach(new veths) / detach(gone veths) -> Datapath.sync(desired, pod_ifindex)
       -> realized_generation = min over kinds of the resourceVersion the caches held at compute time
@@ -78,7 +78,7 @@ Compute = Callable[[Any, str], Any]
 
 
 def _default_build_cluster() -> BuildCluster:
-    from controller.compiler.model import ClusterBuilder
+    from controller.compiler.builder import ClusterBuilder
 
     return ClusterBuilder().build  # reuses unchanged objects' parses (uid + resourceVersion)
 

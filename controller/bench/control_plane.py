@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from controller.bench import synth
+from controller.compiler.builder import cluster_from_objects
 
 if TYPE_CHECKING:
     from controller.datapath.readback import GcResult, KernelState
@@ -264,10 +265,9 @@ def _events(
 def _full_compile(cluster: synth.Cluster, settings: Settings, pods: int) -> dict[str, Any]:
     """Time ClusterState.from_objects + compute.compute for node-1; nothing of it outlives the call."""
     from controller.compiler import compute
-    from controller.compiler.model import ClusterState
 
     t0 = time.perf_counter()
-    state = ClusterState.from_objects(cluster.namespaces, cluster.pods, cluster.policies, cluster.nodes)
+    state = cluster_from_objects(cluster.namespaces, cluster.pods, cluster.policies, cluster.nodes)
     t1 = time.perf_counter()
     desired = compute.compute(state, "node-1")
     t2 = time.perf_counter()

@@ -51,6 +51,7 @@ from controller.bench.common import (
     tool_version,
 )
 from controller.bench.iptables import Ruleset, build_ruleset
+from controller.compiler.builder import cluster_from_objects
 from controller.core import programs
 from controller.core.errors import VethguardError
 from controller.lab import netns, topology
@@ -338,12 +339,11 @@ def configured(bench: Bench, config: str) -> Iterator[None]:
 
 
 def desired_cluster(bench: Bench, level: Level) -> Any:
-    from controller.compiler.model import ClusterState
 
     pairs = [(p.client, bench.pod_ip[p.client], p.server, bench.pod_ip[p.server]) for p in bench.paths]
     placement = [(pod, topology.node_name(node)) for pod, node in bench.pod_node.items()]
     c = synth.datapath_cluster(level.rules, level.ipcache, pairs, placement)
-    return ClusterState.from_objects(c.namespaces, c.pods, c.policies, c.nodes)
+    return cluster_from_objects(c.namespaces, c.pods, c.policies, c.nodes)
 
 
 def prepare_level(bench: Bench, level: Level) -> dict[str, Any]:

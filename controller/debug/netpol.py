@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from controller.compiler.model import AUDIT_ANNOTATION
+from controller.compiler.parse import AUDIT_ANNOTATION
 from controller.debug.render import age, labels_text, selector_text, table
 from controller.debug.view import ClusterView
 

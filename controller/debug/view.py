@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.compiler.builder import cluster_from_objects
 from controller.compiler.compute import compute
 from controller.compiler.desired_state import NodeDesired, RuleRef
 from controller.compiler.model import ClusterState, NetworkPolicy, Pod
@@ -44,7 +45,7 @@ class ClusterView:
 
     def __post_init__(self) -> None:
         r = self.raw
-        self.cluster = ClusterState.from_objects(r.namespaces, r.pods, r.policies, r.nodes)
+        self.cluster = cluster_from_objects(r.namespaces, r.pods, r.policies, r.nodes)
         self.compiled = compile_cluster(self.cluster)
         for pod in self.cluster.pods.values():
             if pod.active:

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from controller.compiler.builder import cluster_from_objects
 from controller.compiler.compute import compute
 from controller.compiler.desired_state import NodeDesired
 from controller.compiler.model import ClusterState
@@ -81,7 +82,7 @@ class K8s:
             namespaces = [K8s.ns(n) for n in names]
         if nodes is None:
             nodes = [K8s.node("node-1", "192.168.0.1"), K8s.node("node-2", "192.168.0.2")]
-        return ClusterState.from_objects(namespaces, pods, list(policies), nodes)
+        return cluster_from_objects(namespaces, pods, list(policies), nodes)
 
     @staticmethod
     def compute_all(cluster: ClusterState) -> dict[str, NodeDesired]:

@@ -18,8 +18,8 @@ from controller.agent.cluster_events import Snapshot
 from controller.agent.discovery import UNCLAIMED
 from controller.agent.loop import Agent, AgentConfig
 from controller.bench import synth
+from controller.compiler.builder import ClusterBuilder, cluster_from_objects
 from controller.compiler.desired_state import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue
-from controller.compiler.model import ClusterBuilder, ClusterState
 from controller.core.errors import PolicyError
 
 # ------------------------------------------------------------------------------ policy status
@@ -72,7 +72,7 @@ def _cluster() -> synth.Cluster:
 
 def _agent(raw: synth.Cluster) -> tuple[Agent, Snapshot]:
     agent = Agent(AgentConfig(node="node-1", health_addr=None), sources=object(), discovery=object())  # type: ignore[arg-type]
-    cluster = ClusterState.from_objects(raw.namespaces, raw.pods, raw.policies, raw.nodes)
+    cluster = cluster_from_objects(raw.namespaces, raw.pods, raw.policies, raw.nodes)
     agent._cluster = cluster
     agent.errors.record_policy_errors(list(cluster.errors))
     return agent, snap_of(raw.policies, (1, 1, 1, 1))
@@ -356,7 +356,7 @@ def test_the_policy_status_redone_for_what_changed_is_the_one_computed_afresh_ov
         agent.errors.record_policy_errors([*cluster.errors, *errors])
         got = _compute_status(agent, snap, _fit(overflow))
         fresh, _ = _agent(raw)
-        fresh._cluster = ClusterState.from_objects(raw.namespaces, pods, policies, raw.nodes)
+        fresh._cluster = cluster_from_objects(raw.namespaces, pods, policies, raw.nodes)
         fresh.errors.record_policy_errors([*cluster.errors, *errors])
         want = _compute_status(fresh, snap, _fit(overflow))
         assert got == want and list(got) == list(want), f"step {step} ({kind})"

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from controller.compiler.builder import cluster_from_objects
 from controller.compiler.compute import compute
 from controller.compiler.model import ClusterState
 from controller.debug.verdict_model import verdict
@@ -36,7 +37,7 @@ class World:
     policies: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def cluster(self) -> ClusterState:
-        return ClusterState.from_objects(self.namespaces, self.pods, self.policies, NODES)
+        return cluster_from_objects(self.namespaces, self.pods, self.policies, NODES)
 
     def allowed(
         self,

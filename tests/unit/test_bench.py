@@ -12,6 +12,7 @@ import pytest
 from controller.bench import common, datapath_bench, report, synth
 from controller.bench.iptables import build_ruleset
 from controller.compiler import compute
+from controller.compiler.builder import cluster_from_objects
 from controller.compiler.model import ClusterState
 
 PAIRS = [("client", "10.244.1.2", "server", "10.244.1.3")]
@@ -19,7 +20,7 @@ NODES = [("client", "node-1"), ("server", "node-1")]
 
 
 def state(c: synth.Cluster) -> ClusterState:
-    return ClusterState.from_objects(c.namespaces, c.pods, c.policies, c.nodes)
+    return cluster_from_objects(c.namespaces, c.pods, c.policies, c.nodes)
 
 
 def test_datapath_cluster_gives_the_server_one_entry_per_synthetic_rule_plus_the_allowing_ports() -> None:

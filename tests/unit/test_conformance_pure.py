@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from controller.compiler.builder import cluster_from_objects
 from controller.compiler.compute import compute
 from controller.compiler.desired_state import NodeDesired
 from controller.compiler.model import ClusterState
@@ -205,7 +206,7 @@ class Sim:
             self.pods[f"{spec['namespace']}/{spec['name']}"]["metadata"]["labels"] = labels
 
     def compile(self) -> ClusterState:
-        cluster = ClusterState.from_objects(
+        cluster = cluster_from_objects(
             copy.deepcopy(list(self.namespaces.values())),
             copy.deepcopy(list(self.pods.values())),
             copy.deepcopy(list(self.policies.values())),

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from controller.compiler.builder import cluster_from_objects
 from controller.compiler.compute import compute
 from controller.compiler.desired_state import NodeDesired
-from controller.compiler.model import ClusterState
 from controller.debug.verdict_model import verdict
 from tests.reference.cases import (
     Case,
@@ -52,7 +52,7 @@ def compile_and_evaluate(case: Case) -> tuple[Callable[[Query], bool], Evaluator
     ns_objs = namespace_objects(case)
     pod_objs = [pod_object(p, addresses[p.key]) for p in case.pods]
     pol_objs = [materialize_policy(p, addresses) for p in case.policies]
-    cluster = ClusterState.from_objects(ns_objs, pod_objs, pol_objs, node_objects())
+    cluster = cluster_from_objects(ns_objs, pod_objs, pol_objs, node_objects())
     desired: dict[str, NodeDesired] = {n: compute(cluster, n) for n in cluster.nodes}
     node_of = {p.key: f"node-{p.node}" for p in case.pods}
 

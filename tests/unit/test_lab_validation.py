@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.compiler.model import NetworkPolicy
+from controller.compiler.parse import parse_network_policy
 from controller.lab import validation as v
 from controller.lab.store import BY_KIND, DEFAULTERS
 
@@ -86,7 +86,7 @@ def test_the_issue_s_policy_is_invalid_in_two_places_in_kube_apiserver_s_words()
 
 def test_the_agent_reads_that_policy_fail_closed_in_both_directions() -> None:
     """Why the server must refuse it: the agent's fail-closed reading of `policyTypes: [Bogus]`."""
-    parsed = NetworkPolicy.from_dict(defaulted(ISSUE_POLICY))
+    parsed = parse_network_policy(defaulted(ISSUE_POLICY))
     assert parsed.errors
     assert parsed.isolates_ingress and parsed.isolates_egress
 
@@ -556,7 +556,7 @@ def test_every_policy_the_server_admits_the_agent_reads_without_an_error(spec: d
     obj = defaulted(policy(spec))
     if v.validate("NetworkPolicy", True, obj):
         return
-    assert NetworkPolicy.from_dict(obj).errors == ()
+    assert parse_network_policy(obj).errors == ()
 
 
 def test_a_legacy_cidr_the_server_admits_is_a_rule_the_agent_drops_fail_closed() -> None:
@@ -565,5 +565,5 @@ def test_a_legacy_cidr_the_server_admits_is_a_rule_the_agent_drops_fail_closed()
     API server admits and the agent cannot enforce stays on the fail-closed path."""
     obj = defaulted(policy({"ingress": [{"from": [{"ipBlock": {"cidr": "010.0.0.0/8"}}]}]}))
     assert v.validate("NetworkPolicy", True, obj) == []
-    parsed = NetworkPolicy.from_dict(obj)
+    parsed = parse_network_policy(obj)
     assert parsed.errors and parsed.ingress == () and parsed.isolates_ingress

@@ -18,7 +18,8 @@ from controller.agent.loop import Agent, AgentConfig
 from controller.bench import synth
 from controller.bench.control_plane import FixedDiscovery, MemorySources
 from controller.compiler import compute
-from controller.compiler.model import ClusterBuilder, ClusterState
+from controller.compiler.builder import ClusterBuilder, cluster_from_objects
+from controller.compiler.model import ClusterState
 from controller.compiler.policy import compile_cluster
 from controller.compiler.selectors import LabelIndex, LabelSelector
 from controller.datapath import loader
@@ -30,7 +31,7 @@ def small_cluster(pods: int = 40) -> synth.Cluster:
 
 
 def build(c: synth.Cluster) -> ClusterState:
-    return ClusterState.from_objects(c.namespaces, c.pods, c.policies, c.nodes)
+    return cluster_from_objects(c.namespaces, c.pods, c.policies, c.nodes)
 
 
 @pytest.fixture
@@ -68,7 +69,7 @@ def test_shared_label_maps_do_not_mix_up_pods_with_different_labels():
         {"metadata": {"namespace": "y", "name": "c", "labels": {"app": "web"}}},
         {"metadata": {"namespace": "y", "name": "d"}},
     ]
-    state = ClusterState.from_objects([], raw, [], [])
+    state = cluster_from_objects([], raw, [], [])
     assert dict(state.pods["x/a"].labels) == {"app": "web"}
     assert dict(state.pods["x/b"].labels) == {"app": "db"}
     assert state.pods["y/c"].labels is state.pods["x/a"].labels
@@ -90,7 +91,7 @@ def test_a_canonical_pod_ip_from_the_api_is_kept_and_a_non_canonical_one_is_norm
         {"metadata": {"namespace": "x", "name": "a"}, "status": {"podIP": "10.0.0.1"}},
         {"metadata": {"namespace": "x", "name": "b"}, "status": {"podIPs": [{"ip": "fd00:0::1"}]}},
     ]
-    state = ClusterState.from_objects([], raw, [], [])
+    state = cluster_from_objects([], raw, [], [])
     assert state.pods["x/a"].ips == ("10.0.0.1",)
     assert state.pods["x/a"].ips[0] is raw[0]["status"]["podIP"]
     assert state.pods["x/b"].ips == ("fd00::1",)

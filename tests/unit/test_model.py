@@ -5,18 +5,14 @@ from typing import Any
 
 import pytest
 
-from controller.compiler.model import (
-    NS_NAME_LABEL,
-    ClusterState,
-    ContainerPort,
-    NetworkPolicy,
-    PolicyPort,
-)
+from controller.compiler.builder import cluster_from_objects
+from controller.compiler.model import NS_NAME_LABEL, ClusterState, ContainerPort, NetworkPolicy, PolicyPort
+from controller.compiler.parse import parse_network_policy
 from controller.compiler.selectors import LabelSelector
 
 
 def pol(spec: Any, name: str = "p", ns: str = "x") -> NetworkPolicy:
-    return NetworkPolicy.from_dict({"metadata": {"namespace": ns, "name": name}, "spec": spec})
+    return parse_network_policy({"metadata": {"namespace": ns, "name": name}, "spec": spec})
 
 
 def error_fields(p: NetworkPolicy) -> list[str]:
@@ -191,7 +187,7 @@ def test_rule_lists_that_are_not_lists_give_no_rules_but_keep_isolation() -> Non
 
 
 def test_namespaces_always_carry_the_metadata_name_label() -> None:
-    c = ClusterState.from_objects([{"metadata": {"name": "x", "labels": {"team": "a"}}}], [], [], [])
+    c = cluster_from_objects([{"metadata": {"name": "x", "labels": {"team": "a"}}}], [], [], [])
     assert c.namespaces["x"].labels == {"team": "a", NS_NAME_LABEL: "x"}
     assert c.namespace_labels("unknown") == {NS_NAME_LABEL: "unknown"}
 
@@ -200,7 +196,7 @@ def test_pods_take_ips_from_pod_ips_then_pod_ip(k8s: Any) -> None:
     dual = k8s.pod("x/a", ips=["10.0.0.1", "fd00::1"])
     single = {"metadata": {"namespace": "x", "name": "b"}, "status": {"podIP": "10.0.0.2"}}
     bad = k8s.pod("x/c", ips=["not-an-ip", "10.0.0.3"])
-    c = ClusterState.from_objects([], [dual, single, bad], [], [])
+    c = cluster_from_objects([], [dual, single, bad], [], [])
     assert c.pods["x/a"].ips == ("10.0.0.1", "fd00::1")
     assert c.pods["x/a"].ipv4 == "10.0.0.1" and c.pods["x/a"].ipv6 == "fd00::1"
     assert c.pods["x/b"].ips == ("10.0.0.2",) and c.pods["x/b"].ipv6 is None
@@ -210,7 +206,7 @@ def test_pods_take_ips_from_pod_ips_then_pod_ip(k8s: Any) -> None:
 
 def test_pods_keep_their_named_container_ports(k8s: Any) -> None:
     raw = k8s.pod("x/a", ports=[("http", 8080, "TCP"), (None, 53, "UDP"), ("bad", 0, "TCP")])
-    c = ClusterState.from_objects([], [raw], [], [])
+    c = cluster_from_objects([], [raw], [], [])
     pod = c.pods["x/a"]
     assert pod.ports == (ContainerPort("http", 8080, "TCP"), ContainerPort(None, 53, "UDP"))
     assert pod.named_ports == (("http", 8080, "TCP"),)
@@ -220,7 +216,7 @@ def test_pods_keep_their_named_container_ports(k8s: Any) -> None:
 
 
 def test_host_network_and_finished_pods_are_not_active(k8s: Any) -> None:
-    c = ClusterState.from_objects(
+    c = cluster_from_objects(
         [],
         [
             k8s.pod("x/a", ips=["10.0.0.1"]),
@@ -237,12 +233,12 @@ def test_nodes_keep_only_internal_ip_addresses(k8s: Any) -> None:
     raw = k8s.node("n1", "192.168.0.1", "fd00::1")
     raw["status"]["addresses"].append({"type": "Hostname", "address": "n1"})
     raw["status"]["addresses"].append({"type": "ExternalIP", "address": "203.0.113.1"})
-    c = ClusterState.from_objects([], [], [], [raw])
+    c = cluster_from_objects([], [], [], [raw])
     assert c.nodes["n1"].addresses == ("192.168.0.1", "fd00::1")
 
 
 def test_from_objects_never_raises_and_collects_every_error(k8s: Any) -> None:
-    c = ClusterState.from_objects(
+    c = cluster_from_objects(
         [{"metadata": {}}, "junk"],  # type: ignore[list-item]
         [{"metadata": {"name": "p"}}, 42],  # type: ignore[list-item]
         [
@@ -279,7 +275,7 @@ def _same_state(a: ClusterState, b: ClusterState) -> None:
 
 
 def test_a_builder_reuses_unchanged_objects_and_builds_what_from_objects_builds(k8s: Any) -> None:
-    from controller.compiler.model import ClusterBuilder
+    from controller.compiler.builder import ClusterBuilder
 
     nss = [
         _versioned({"metadata": {"name": n, "labels": {"team": n}}}, i) for i, n in enumerate(("x", "y"), 1)
@@ -293,7 +289,7 @@ def test_a_builder_reuses_unchanged_objects_and_builds_what_from_objects_builds(
     nodes = [_versioned({"metadata": {"name": "n1"}, "status": {}}, 30)]
     builder = ClusterBuilder()
     first = builder.build(nss, pods, pols, nodes)
-    _same_state(first, ClusterState.from_objects(nss, pods, pols, nodes))
+    _same_state(first, cluster_from_objects(nss, pods, pols, nodes))
     assert builder.parsed == 7 and first.errors  # the bad pod's IP and the bad policy's port
 
     again = builder.build(nss, pods, pols, nodes)
@@ -310,7 +306,7 @@ def test_a_builder_reuses_unchanged_objects_and_builds_what_from_objects_builds(
         k8s.pod("y/c", {"app": "web"}, ["10.0.0.4"], "n1"),
     ]
     third = builder.build(nss, changed, pols, nodes)
-    _same_state(third, ClusterState.from_objects(nss, changed, pols, nodes))
+    _same_state(third, cluster_from_objects(nss, changed, pols, nodes))
     assert builder.parsed == 3
     assert third.pods["x/a"].labels == {"app": "db"} and third.pods["x/b"].ips == ("10.0.0.3",)
     assert third.pods["x/bad"] is first.pods["x/bad"]

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from controller.compiler.builder import cluster_from_objects
 from controller.compiler.compute import compute
 from controller.compiler.desired_state import NodeDesired, PolicyEntryKey, RuleRef
 from controller.compiler.identity import is_cidr_identity, is_pod_identity
@@ -619,7 +620,7 @@ def synthetic_cluster(
         }
         pols.append(K.policy(f"ns-{p % n_ns}/pol-{p}", spec))
     nodes = [K.node(f"node-{i}", f"192.0.2.{i + 1}") for i in range(n_nodes)]
-    return ClusterState.from_objects(nss, pods, pols, nodes)
+    return cluster_from_objects(nss, pods, pols, nodes)
 
 
 @pytest.mark.slow
@@ -863,8 +864,8 @@ def test_random_policies_agree_with_a_direct_reading_of_the_api_semantics(
 
 
 def test_recompiling_reused_and_relabeled_pods_gives_the_identities_a_fresh_allocation_gives() -> None:
+    from controller.compiler.builder import ClusterBuilder
     from controller.compiler.identity import allocate_pod_identities, pod_identity_key
-    from controller.compiler.model import ClusterBuilder
 
     def versioned(raw: dict[str, Any], rv: int) -> dict[str, Any]:
         return {
@@ -889,7 +890,7 @@ def test_recompiling_reused_and_relabeled_pods_gives_the_identities_a_fresh_allo
 
 
 def test_a_pods_ipcache_entry_follows_an_ip_block_added_or_removed_between_compilations() -> None:
-    from controller.compiler.model import ClusterBuilder
+    from controller.compiler.builder import ClusterBuilder
 
     block = K.policy("x/to-a", {"podSelector": {}, "egress": [{"to": [{"ipBlock": {"cidr": f"{A_IP}/31"}}]}]})
     builder = ClusterBuilder()
@@ -897,14 +898,14 @@ def test_a_pods_ipcache_entry_follows_an_ip_block_added_or_removed_between_compi
     a_net = ipaddress.ip_network(f"{A_IP}/32")
     for pols in ([], [block], [block], []):
         cluster = builder.build(nss, three_pods(), pols, [])
-        fresh = ClusterState.from_objects(nss, three_pods(), pols, [])
+        fresh = cluster_from_objects(nss, three_pods(), pols, [])
         got = compute(cluster, "node-1").ipcache
         assert got == compute(fresh, "node-1").ipcache
         assert is_cidr_identity(got[a_net][1]) == bool(pols)
 
 
 def test_a_policy_event_shares_the_identity_tables_and_computes_what_a_fresh_build_computes() -> None:
-    from controller.compiler.model import ClusterBuilder
+    from controller.compiler.builder import ClusterBuilder
 
     nss = [K.ns("x"), K.ns("y")]
     allow_b = K.policy("x/to-a", {"podSelector": {"matchLabels": {"app": "a"}}, "ingress": [{"from": [{}]}]})
@@ -919,11 +920,11 @@ def test_a_policy_event_shares_the_identity_tables_and_computes_what_a_fresh_bui
         assert compiled.pod_identity is first.pod_identity and compiled.ns_index is first.ns_index
         got = compute(cluster, "node-1")
         # (a compilation of other Pod objects in between only costs the next one its reuse)
-        assert got == compute(ClusterState.from_objects(nss, pods, pols, []), "node-1")
+        assert got == compute(cluster_from_objects(nss, pods, pols, []), "node-1")
         held = builder.build(nss, pods, pols, [])
         first = compile_cluster(held)
     moved = [pods[0], {**pods[1], "metadata": {**pods[1]["metadata"], "resourceVersion": "2", "labels": {}}}]
     cluster = builder.build(nss, moved, [allow_b], [])
     assert compile_cluster(cluster).pod_identity is not first.pod_identity
-    fresh = ClusterState.from_objects(nss, moved, [allow_b], [])
+    fresh = cluster_from_objects(nss, moved, [allow_b], [])
     assert compute(cluster, "node-1") == compute(fresh, "node-1")

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controller.compiler import compute
-from controller.compiler.model import ClusterBuilder, ClusterState
+from controller.compiler.builder import ClusterBuilder, cluster_from_objects
+from controller.compiler.model import ClusterState
 from controller.compiler.policy import compile_cluster
 from tests.unit.conftest import K8s as K
 
@@ -229,7 +230,7 @@ def test_every_incremental_compilation_equals_a_full_compilation_of_the_same_obj
         state = builder.build(*objects)
         got = summary(state)
         incremental += compile_cluster(state).incremental
-        fresh = ClusterState.from_objects(*objects)
+        fresh = cluster_from_objects(*objects)
         assert state == fresh and state.errors == fresh.errors, f"step {n} ({event}): the models differ"
         want = summary(fresh)
         assert got == want, f"step {n} ({event}) differs (seed {seed})"
@@ -260,7 +261,7 @@ def test_a_cluster_built_from_objects_is_never_compiled_from_another() -> None:
     builder = ClusterBuilder()
     compile_cluster(builder.build(*world.objects()))
     world.step(1)
-    fresh = ClusterState.from_objects(*world.objects())
+    fresh = cluster_from_objects(*world.objects())
     assert fresh.delta is None
     assert not compile_cluster(fresh).incremental
 
@@ -317,7 +318,7 @@ def test_two_builders_in_one_process_each_compile_from_their_own_previous_build(
             states[i] = builders[i].build(*worlds[i].objects())
             compiled = compile_cluster(states[i])
             assert compiled.incremental
-            assert summary(states[i]) == summary(ClusterState.from_objects(*worlds[i].objects()))
+            assert summary(states[i]) == summary(cluster_from_objects(*worlds[i].objects()))
             del previous
 
 
@@ -338,7 +339,7 @@ def test_a_failing_incremental_step_falls_back_to_a_full_compilation(monkeypatch
     second = builder.build(*world.objects())
     compiled = compile_cluster(second)
     assert not compiled.incremental
-    assert summary(second) == summary(ClusterState.from_objects(*world.objects()))
+    assert summary(second) == summary(cluster_from_objects(*world.objects()))
 
 
 def _namespace_event(world: World, name: str) -> None:
@@ -364,7 +365,7 @@ def test_two_builders_keep_their_own_generation_caches() -> None:
             compiled = compile_cluster(states[i])
             assert not compiled.incremental  # (a namespace event)
             assert compiled.identity_tables is firsts[i].identity_tables
-            assert summary(states[i]) == summary(ClusterState.from_objects(*worlds[i].objects()))
+            assert summary(states[i]) == summary(cluster_from_objects(*worlds[i].objects()))
             del previous
     # each cache holds its own builder's generations: pods of its own world only
     from controller.compiler.stages.identities import IdentityGeneration
@@ -377,8 +378,8 @@ def test_two_builders_keep_their_own_generation_caches() -> None:
 
 def test_clusters_without_a_builder_share_no_generations() -> None:
     world = World(random.Random(43))
-    a = ClusterState.from_objects(*world.objects())
-    b = ClusterState.from_objects(*world.objects())
+    a = cluster_from_objects(*world.objects())
+    b = cluster_from_objects(*world.objects())
     assert a.generations is None and b.generations is None
     ca, cb = compile_cluster(a), compile_cluster(b)
     assert ca.generations is not cb.generations
@@ -405,7 +406,7 @@ def test_two_builders_compiling_in_two_threads_each_match_a_full_compilation() -
             previous = state
             state = builder.build(*world.objects())
             got = summary(state)
-            want = summary(ClusterState.from_objects(*world.objects()))
+            want = summary(cluster_from_objects(*world.objects()))
             if got != want:
                 failures.append(f"seed {seed} step {n} ({event})")
             del previous
