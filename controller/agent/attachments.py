@@ -10,10 +10,10 @@ import time
 from collections.abc import Callable, Mapping
 
 from controller.agent.capacity import Fit
-from controller.agent.discovery import Discovered, is_placeholder, unclaimed_key
 from controller.agent.errors import ErrorBook
 from controller.agent.metrics import Metrics
 from controller.agent.protocols import LinkWatchLike
+from controller.agent.veth_match import Discovered, is_placeholder, unclaimed_key
 from controller.core.log import get_logger
 from controller.datapath.abi import EP_F_PENDING
 from controller.datapath.interface import NodeDatapath

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
 
-from controller.agent.discovery import UNCLAIMED
 from controller.agent.errors import AgentError
 from controller.agent.metrics import Metrics
+from controller.agent.veth_match import UNCLAIMED
 from controller.core.log import get_logger
 from controller.datapath.interface import NodeDatapath
 from controller.datapath.sync import MapFullError

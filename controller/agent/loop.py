@@ -51,13 +51,14 @@ from controller.agent import preflight
 from controller.agent.attachments import Attachments
 from controller.agent.capacity import Fit, MapCapacity
 from controller.agent.cluster_events import Event, Snapshot
-from controller.agent.discovery import Discovered, Discovery, NodeDiscovery, interface_exists, is_placeholder
+from controller.agent.discovery import NodeDiscovery, interface_exists
 from controller.agent.errors import ErrorBook
 from controller.agent.health import HealthProbes
 from controller.agent.metrics import Metrics
 from controller.agent.policy_status import PolicyStatus
 from controller.agent.protocols import LinkWatchLike, SourcesLike
 from controller.agent.uplinks import Uplinks
+from controller.agent.veth_match import Discovered, Discovery, is_placeholder
 from controller.compiler.frontends import frontends_of
 from controller.core.errors import VethguardError
 from controller.core.log import get_logger

@@ -149,7 +149,7 @@ class FixedDiscovery:
     table: dict[str, int]
 
     def discover(self, pod_ips: Mapping[str, Sequence[str]]) -> Any:
-        from controller.agent.discovery import Discovered
+        from controller.agent.veth_match import Discovered
 
         for pod in pod_ips:
             self.table.setdefault(pod, 100000 + len(self.table))

@@ -14,9 +14,9 @@ import pytest
 from controller.agent import cli as agent_cli
 from controller.agent import loop as agent_mod
 from controller.agent.cluster_events import Event, KindSnapshot, Snapshot
-from controller.agent.discovery import Discovered
 from controller.agent.loop import Agent, AgentConfig
 from controller.agent.metrics import Metrics
+from controller.agent.veth_match import Discovered
 from controller.compiler.desired_state import EndpointDesired, NodeDesired
 from controller.core.errors import PolicyError
 from controller.datapath.readback import GcResult, KernelState

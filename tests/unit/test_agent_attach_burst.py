@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from controller.agent.cluster_events import Event, KubeObject
-from controller.agent.discovery import Discovered, unclaimed_key
+from controller.agent.veth_match import Discovered, unclaimed_key
 from tests.unit.test_agent_limits import (
     FakeDatapath,
     FakeLinkWatch,

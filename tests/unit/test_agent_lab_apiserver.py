@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from controller.agent.discovery import Discovered
 from controller.agent.informers import InformerOptions, Sources
 from controller.agent.kube_api import load_api_client
 from controller.agent.loop import Agent, AgentConfig
 from controller.agent.metrics import Metrics
+from controller.agent.veth_match import Discovered
 from controller.compiler.desired_state import NodeDesired
 from controller.datapath.readback import GcResult, KernelState
 from controller.lab.apiserver import ServerThread, kubeconfig_text, serve_tcp, tcp_listener

@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controller.agent.capacity import fit_capacity
-from controller.agent.discovery import Discovered, unclaimed_key
 from controller.agent.informers import Informer, Sources
 from controller.agent.kube_api import KINDS
 from controller.agent.loop import Agent, AgentConfig
 from controller.agent.metrics import Metrics
+from controller.agent.veth_match import Discovered, unclaimed_key
 from controller.compiler.desired_state import NodeDesired
 from controller.core.errors import VethguardError
 from controller.datapath.readback import GcResult, KernelState

@@ -15,8 +15,8 @@ import pytest
 from controller.agent import policy_status as status_mod
 from controller.agent.capacity import IPCACHE_MAPS, RESERVED_IDENTITIES, Fit, Overflow, fit_capacity
 from controller.agent.cluster_events import Snapshot
-from controller.agent.discovery import UNCLAIMED
 from controller.agent.loop import Agent, AgentConfig
+from controller.agent.veth_match import UNCLAIMED
 from controller.bench import synth
 from controller.compiler.builder import ClusterBuilder, cluster_from_objects
 from controller.compiler.desired_state import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue
