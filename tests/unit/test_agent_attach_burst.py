@@ -1,6 +1,6 @@
 """New veths are attached as soon as netlink reports them, before the pass computes or discovers
 anything, and the pass that writes their endpoint runs without waiting for the coalescing window.
-Real model and compiler, fake kernel (the fakes of test_agent_limits)."""
+Real model and compiler, fake kernel (the fakes of tests/support/agent_fakes.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any, cast
 from controller.agent.discovery import Discovered
 from controller.agent.informers import Event, KubeObject
 from controller.agent.loop import unclaimed_key
-from tests.unit.test_agent_limits import (
+from tests.support.agent_fakes import (
     FakeDatapath,
     FakeLinkWatch,
     Routes,
