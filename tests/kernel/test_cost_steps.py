@@ -8,9 +8,9 @@ from controller.bench import cost
 from controller.core.verdicts import DIR_INGRESS
 from controller.datapath import abi
 from controller.datapath.abi import Reason
-from tests.kernel.conftest import Harness
+from tests.support.kernel import Harness
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.bcc]
 
 PACKETS = 300
 

@@ -18,6 +18,7 @@ from controller.agent.loop import Agent, AgentConfig
 from controller.agent.metrics import Metrics
 from controller.compiler.desired_state import EndpointDesired, NodeDesired
 from controller.core.errors import PolicyError
+from tests.support.waiting import wait_for
 
 KINDS = ("Namespace", "Pod", "NetworkPolicy", "Node", "Service")
 
@@ -192,15 +193,6 @@ class Rig:
             self.thread.join(5)
             assert not self.thread.is_alive()
         self.agent.close()
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition not reached in time")
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from controller.compiler import compute
 from controller.compiler.model import ClusterBuilder, ClusterState
 from controller.compiler.policy import compile_cluster
-from tests.unit.conftest import K8s as K
+from tests.support.k8s import K8s as K
 
 NAMESPACES = ("a", "b", "c")
 NODES = ("node-1", "node-2")
