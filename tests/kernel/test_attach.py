@@ -17,9 +17,9 @@ from controller.datapath import abi, codecs, readback
 from controller.datapath.abi import Reason
 from controller.datapath.attach import FILTER_NAME, FILTER_PRIO, PARENT_INGRESS
 from controller.datapath.node import Datapath
-from tests.kernel.netns_util import in_netns, sh
+from tests.support.netns_util import in_netns, sh
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.bcc]
 
 
 @pytest.fixture

@@ -20,9 +20,9 @@ from controller.core.verdicts import DIR_EGRESS
 from controller.datapath import abi, codecs
 from controller.datapath.abi import Reason
 from controller.datapath.node import Datapath
-from tests.kernel.netns_util import VethPair, in_netns, veth_pair
+from tests.support.netns_util import VethPair, in_netns, veth_pair
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.bcc]
 
 REPO = Path(__file__).resolve().parents[2]
 

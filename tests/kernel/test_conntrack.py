@@ -7,10 +7,10 @@ import pytest
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
 from controller.datapath import abi, codecs
 from controller.datapath.abi import CT_ALLOWED, CT_SEEN_FIN, CT_SEEN_REPLY, Reason
-from tests.kernel import packets as P
-from tests.kernel.conftest import ID_B, POD_A, POD_A6, POD_B, POD_B6, POD_C, TC_ACT_OK, TC_ACT_SHOT, Harness
+from tests.support import packets as P
+from tests.support.kernel import ID_B, POD_A, POD_A6, POD_B, POD_B6, POD_C, TC_ACT_OK, TC_ACT_SHOT, Harness
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.bcc]
 
 
 def a_to_b(sport: int, dport: int, flags: int = P.SYN) -> bytes:

@@ -10,10 +10,10 @@ from controller.bench.testrun import run
 from controller.core.verdicts import DIR_INGRESS
 from controller.datapath import abi, loader
 from controller.datapath.abi import Reason
-from tests.kernel import packets as P
-from tests.kernel.conftest import POD_A, POD_B, TC_ACT_OK, Harness
+from tests.support import packets as P
+from tests.support.kernel import POD_A, POD_B, TC_ACT_OK, Harness
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.bcc]
 
 PACKETS = 300
 

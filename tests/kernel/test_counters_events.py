@@ -10,10 +10,10 @@ from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
 from controller.datapath import abi, bpfsys
 from controller.datapath.abi import Reason
 from controller.datapath.codecs import Event
-from tests.kernel import packets as P
-from tests.kernel.conftest import EP, ID_B, NODE_IP, POD_A, POD_A6, POD_B, POD_B6, POD_C, Harness
+from tests.support import packets as P
+from tests.support.kernel import EP, ID_B, NODE_IP, POD_A, POD_A6, POD_B, POD_B6, POD_C, Harness
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.bcc]
 
 
 SCENARIOS: dict[Reason, tuple[int, Callable[[Harness], object]]] = {

@@ -8,47 +8,18 @@ import ipaddress
 import pytest
 
 from controller.compiler.desired_state import (
-    EndpointDesired,
-    NodeDesired,
     PolicyEntryKey,
     PolicyEntryValue,
     SvcFrontend,
 )
 from controller.datapath import abi, codecs
 from controller.datapath.node import Datapath
-from tests.kernel import packets as P
-from tests.kernel.conftest import EP, ID_B, POD_A, POD_B, TC_ACT_OK, TC_ACT_SHOT, Harness
+from tests.support import packets as P
+from tests.support.kernel import EP, ID_B, POD_A, POD_B, TC_ACT_OK, TC_ACT_SHOT, Harness, desired_node
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.bcc]
 
 ALLOW = PolicyEntryValue(verdict=1, precedence=0, rule_ref=99)
-
-
-def _desired(
-    entries: dict[PolicyEntryKey, PolicyEntryValue], pods: tuple[str, ...] = ("x/a",)
-) -> NodeDesired:
-    eps = {
-        pod: EndpointDesired(
-            pod=pod,
-            identity=256,
-            ingress_isolated=True,
-            egress_isolated=False,
-            ipv4=POD_A if i == 0 else f"10.244.1.{100 + i}",
-            ipv6=None,
-            entries=entries,
-        )
-        for i, pod in enumerate(pods)
-    }
-    return NodeDesired(
-        endpoints=eps,
-        ipcache={
-            ipaddress.ip_network(f"{POD_B}/32"): (ID_B, 0),
-            ipaddress.ip_network(f"{POD_A}/32"): (256, 0),
-            ipaddress.ip_network("0.0.0.0/0"): (2, 0),
-        },
-        rules={},
-        identities={},
-    )
 
 
 def _empty(dp: Datapath) -> None:
@@ -68,7 +39,7 @@ def _empty(dp: Datapath) -> None:
 
 def test_sync_writes_the_desired_state_and_a_second_sync_changes_nothing(h: Harness) -> None:
     _empty(h.dp)
-    want = _desired({PolicyEntryKey(0, ID_B, P.TCP, 80, 16): ALLOW})
+    want = desired_node({PolicyEntryKey(0, ID_B, P.TCP, 80, 16): ALLOW})
     first = h.dp.sync(want, {"x/a": EP})
     # 3 ipcache, policy, slot, endpoint, and the pod's address in vg_local
     assert (first.adds, first.updates, first.deletes) == (7, 0, 0)
@@ -85,10 +56,10 @@ def test_sync_writes_the_desired_state_and_a_second_sync_changes_nothing(h: Harn
 
 def test_a_synced_policy_is_enforced_and_a_synced_removal_revokes_the_flow(h: Harness) -> None:
     _empty(h.dp)
-    h.dp.sync(_desired({PolicyEntryKey(0, ID_B, P.TCP, 80, 16): ALLOW}), {"x/a": EP})
+    h.dp.sync(desired_node({PolicyEntryKey(0, ID_B, P.TCP, 80, 16): ALLOW}), {"x/a": EP})
     syn = P.ipv4(POD_B, POD_A, P.TCP, P.tcp(40000, 80))
     assert h.to_pod(syn) == TC_ACT_OK
-    result = h.dp.sync(_desired({PolicyEntryKey(0, ID_B, P.TCP, 443, 16): ALLOW}), {"x/a": EP})
+    result = h.dp.sync(desired_node({PolicyEntryKey(0, ID_B, P.TCP, 443, 16): ALLOW}), {"x/a": EP})
     assert (result.adds, result.updates, result.deletes) == (1, 0, 1)
     assert h.to_pod(P.ipv4(POD_B, POD_A, P.TCP, P.tcp(40000, 80, P.ACK))) == TC_ACT_SHOT
     assert h.to_pod(P.ipv4(POD_B, POD_A, P.TCP, P.tcp(40001, 443))) == TC_ACT_OK
@@ -96,10 +67,10 @@ def test_a_synced_policy_is_enforced_and_a_synced_removal_revokes_the_flow(h: Ha
 
 def test_removing_an_endpoint_deletes_its_conntrack_entries(h: Harness) -> None:
     _empty(h.dp)
-    h.dp.sync(_desired({PolicyEntryKey(0, ID_B, P.TCP, 80, 16): ALLOW}), {"x/a": EP})
+    h.dp.sync(desired_node({PolicyEntryKey(0, ID_B, P.TCP, 80, 16): ALLOW}), {"x/a": EP})
     assert h.to_pod(P.ipv4(POD_B, POD_A, P.TCP, P.tcp(40000, 80))) == TC_ACT_OK
     assert len(h.dp.dump().ct) == 1
-    result = h.dp.sync(_desired({}, pods=()), {})
+    result = h.dp.sync(desired_node({}, pods=()), {})
     assert result.ct_deleted == 1
     state = h.dp.dump()
     assert state.ct == [] and state.endpoints == {} and state.policy == {}
@@ -108,7 +79,7 @@ def test_removing_an_endpoint_deletes_its_conntrack_entries(h: Harness) -> None:
 
 def test_sync_writes_the_frontends_and_keeps_every_endpoints_slot_when_others_come_and_go(h: Harness) -> None:
     _empty(h.dp)
-    base = _desired({})
+    base = desired_node({})
     fronts = frozenset({SvcFrontend(4, "10.245.0.10", P.UDP, 53), SvcFrontend(4, "10.244.1.1", P.TCP, 30080)})
     h.dp.sync(dataclasses.replace(base, frontends=fronts), {"x/a": 7})
     assert set(h.dp.dump().frontends) == {(4, "10.245.0.10", P.UDP, 53), (4, "10.244.1.1", P.TCP, 30080)}
@@ -126,31 +97,31 @@ def test_sync_writes_the_frontends_and_keeps_every_endpoints_slot_when_others_co
 
 def test_an_incremental_sync_writes_what_a_full_sync_writes_and_keeps_the_slots(h: Harness) -> None:
     _empty(h.dp)
-    want = _desired({PolicyEntryKey(0, ID_B, P.TCP, 80, 16): ALLOW})
+    want = desired_node({PolicyEntryKey(0, ID_B, P.TCP, 80, 16): ALLOW})
     first = h.dp.sync(want, {"x/a": 7})  # the maps were emptied behind its back: read them
     assert (first.adds, first.updates, first.deletes) == (7, 0, 0)
     assert not h.dp.sync_incremental(want, {"x/a": 7}).changed
     # x/b arrives with a lower ifindex, x/a's entry changes, then x/a goes: the diffs against
     # what the last sync wrote give the slots and entries a sync reading the kernel gives.
-    more = _desired({PolicyEntryKey(0, ID_B, P.TCP, 443, 16): ALLOW}, pods=("x/a", "x/b"))
+    more = desired_node({PolicyEntryKey(0, ID_B, P.TCP, 443, 16): ALLOW}, pods=("x/a", "x/b"))
     step = h.dp.sync_incremental(more, {"x/a": 7, "x/b": 3})
     # 2 policy, slot, endpoint, x/b's address in vg_local; x/a's old policy entry
     assert (step.adds, step.updates, step.deletes) == (5, 0, 1)
     state = h.dp.dump()
     assert (state.endpoints[7].slot, state.endpoints[3].slot) == (1, 2)
     assert set(state.policy) == {(ep, PolicyEntryKey(0, ID_B, P.TCP, 443, 16)) for ep in (3, 7)}
-    h.dp.sync_incremental(_desired({}, pods=("x/b",)), {"x/b": 3})
+    h.dp.sync_incremental(desired_node({}, pods=("x/b",)), {"x/b": 3})
     state = h.dp.dump()
     assert set(state.endpoints) == {3} and state.endpoints[3].slot == 2 and state.policy == {}
     assert h.dp.maps["vg_slots"].items() == {codecs.u32_key(2): codecs.u32_key(3)}
-    assert not h.dp.sync(_desired({}, pods=("x/b",)), {"x/b": 3}).changed  # the kernel agrees
+    assert not h.dp.sync(desired_node({}, pods=("x/b",)), {"x/b": 3}).changed  # the kernel agrees
 
 
 def test_an_incremental_sync_misses_entries_deleted_behind_its_back_and_a_full_sync_restores_them(
     h: Harness,
 ) -> None:
     _empty(h.dp)
-    want = _desired({PolicyEntryKey(0, ID_B, P.TCP, 80, 16): ALLOW})
+    want = desired_node({PolicyEntryKey(0, ID_B, P.TCP, 80, 16): ALLOW})
     h.dp.sync(want, {"x/a": EP})
     key = codecs.encode_policy(EP, PolicyEntryKey(0, ID_B, P.TCP, 80, 16), ALLOW)[0]
     h.dp.maps["vg_policy"].delete(key)

@@ -11,8 +11,8 @@ import pytest
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
 from controller.datapath import abi, codecs
 from controller.datapath.abi import CT_DENIED, CT_SEEN_MIDSTREAM, Reason
-from tests.kernel import packets as P
-from tests.kernel.conftest import (
+from tests.support import packets as P
+from tests.support.kernel import (
     ID_B,
     NODE_IP,
     POD_A,
@@ -26,7 +26,7 @@ from tests.kernel.conftest import (
     Harness,
 )
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.bcc]
 
 CIDR_ID = 1 << 24  # a CIDR identity standing for an ipBlock the policy allows
 

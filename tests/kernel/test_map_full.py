@@ -18,10 +18,10 @@ from controller.datapath import abi
 from controller.datapath.abi import Reason
 from controller.datapath.node import Datapath
 from controller.datapath.sync import MapFullError
-from tests.kernel import packets as P
-from tests.kernel.conftest import EP, ID_B, POD_A, POD_B, TC_ACT_OK, TC_ACT_SHOT
+from tests.support import packets as P
+from tests.support.kernel import EP, ID_B, POD_A, POD_B, TC_ACT_OK, TC_ACT_SHOT
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.bcc]
 
 POLICY_MAX = 64
 IPCACHE_MAX = 16

@@ -6,10 +6,10 @@ import pytest
 
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
 from controller.datapath.abi import Reason
-from tests.kernel import packets as P
-from tests.kernel.conftest import ID_B, POD_A, POD_A6, POD_B, POD_B6, TC_ACT_OK, TC_ACT_SHOT, Harness
+from tests.support import packets as P
+from tests.support.kernel import ID_B, POD_A, POD_A6, POD_B, POD_B6, TC_ACT_OK, TC_ACT_SHOT, Harness
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.bcc]
 
 NOP4 = bytes([1, 1, 1, 0])  # four NOP/EOL option bytes
 

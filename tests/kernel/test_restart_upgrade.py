@@ -21,12 +21,11 @@ from controller.core.verdicts import DIR_EGRESS
 from controller.datapath import abi, bpfsys, codecs, loader, readback
 from controller.datapath.abi import Reason
 from controller.datapath.node import Datapath
-from tests.kernel import packets as P
-from tests.kernel.conftest import EP, ID_B, POD_A, POD_B, TC_ACT_OK
-from tests.kernel.netns_util import VethPair, in_netns, veth_pair
-from tests.kernel.test_datapath_sync import _desired
+from tests.support import packets as P
+from tests.support.kernel import EP, ID_B, POD_A, POD_B, TC_ACT_OK, desired_node
+from tests.support.netns_util import VethPair, in_netns, veth_pair
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.bcc]
 
 UPGRADE = ("-DVG_UPGRADE_MARKER=2",)
 ALLOW = PolicyEntryValue(verdict=1, precedence=0, rule_ref=99)
@@ -66,7 +65,7 @@ def test_a_restarted_datapath_reuses_every_pinned_map_and_its_first_sync_changes
     node: str, opened: Callable[..., Datapath]
 ) -> None:
     old = opened(node)
-    want = _desired({PolicyEntryKey(0, ID_B, P.TCP, 80, 16): ALLOW})
+    want = desired_node({PolicyEntryKey(0, ID_B, P.TCP, 80, 16): ALLOW})
     first = old.sync(want, {"x/a": EP})
     syn = P.ipv4(POD_B, POD_A, P.TCP, P.tcp(40000, 80))
     assert old.maps["vg_ct"].count() == 0

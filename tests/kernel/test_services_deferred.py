@@ -10,10 +10,10 @@ from controller.bench.testrun import RunResult, run
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
 from controller.datapath import abi, codecs
 from controller.datapath.abi import CT_DEFERRED, Reason
-from tests.kernel import packets as P
-from tests.kernel.conftest import EP, ID_C, POD_A, POD_C, TC_ACT_OK, TC_ACT_SHOT, Harness
+from tests.support import packets as P
+from tests.support.kernel import EP, ID_C, POD_A, POD_C, TC_ACT_OK, TC_ACT_SHOT, Harness
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.bcc]
 
 VIP = "10.245.0.20"
 SLOT = 5

@@ -8,10 +8,10 @@ import random
 
 import pytest
 
-from tests.kernel.conftest import Harness
-from tests.unit.test_sync_incremental import World
+from tests.support.kernel import Harness
+from tests.support.sync_world import World
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.bcc]
 
 
 def test_after_every_incremental_sync_a_sync_reading_the_maps_finds_nothing_to_change(h: Harness) -> None:

@@ -15,8 +15,8 @@ import pytest
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
 from controller.datapath import abi, codecs
 from controller.datapath.abi import Reason
-from tests.kernel import packets as P
-from tests.kernel.conftest import (
+from tests.support import packets as P
+from tests.support.kernel import (
     EP,
     ID_B,
     ID_C,
@@ -33,7 +33,7 @@ from tests.kernel.conftest import (
     Harness,
 )
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.bcc]
 
 VETH_B = 77  # pod B ("api"), on this node
 VETH_C = 78  # pod C ("x", the attacker), on this node

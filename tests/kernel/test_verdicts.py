@@ -7,8 +7,8 @@ import pytest
 from controller.compiler.portrange import range_to_prefixes
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
 from controller.datapath.abi import Reason
-from tests.kernel import packets as P
-from tests.kernel.conftest import (
+from tests.support import packets as P
+from tests.support.kernel import (
     ID_B,
     ID_C,
     NODE_IP,
@@ -23,7 +23,7 @@ from tests.kernel.conftest import (
     Harness,
 )
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.bcc]
 
 CIDR_ID = (1 << 24) + 7
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,13 +15,13 @@ from controller.datapath import abi, bpfsys
 from controller.lab import netns
 from controller.lab.state import LabPaths
 from controller.lab.topology import LabNames
-from tests.lab.conftest import Lab
+from tests.support.labs import Lab
+from tests.support.waiting import wait_for
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.lab,
     pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root (network namespaces, bpf)"),
 ]
 
 ISOLATE_X = """
@@ -34,15 +32,6 @@ spec:
   podSelector: {}
   ingress: [{ports: [{port: 80, protocol: TCP}, {port: 8080, protocol: UDP}]}]
 """
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout} s")
 
 
 def agent_get(lab: Lab, path: str, node: int = 1) -> bytes:
@@ -82,8 +71,8 @@ def test_the_periodic_resync_repairs_policy_and_endpoint_entries_changed_behind_
         info = abi.EndpointInfo.from_bytes(want_endpoints[ep_key])
         info.flags = 0  # "not isolated": what an attacker with map access would write
         endpoints.update(ep_key, bytes(info))
-        wait_for(lambda: policy.items() == want_policy, 20, "policy entry restored")
-        wait_for(lambda: endpoints.items() == want_endpoints, 20, "endpoint entry restored")
+        wait_for(lambda: policy.items() == want_policy, 20, "policy entry restored", interval=0.1)
+        wait_for(lambda: endpoints.items() == want_endpoints, 20, "endpoint entry restored", interval=0.1)
     finally:
         policy.close()
         endpoints.close()
@@ -122,7 +111,7 @@ spec: {{containers: [{{name: c, ports: [{{containerPort: 80}}]}}]}}
                 enforced[rec["pod"]] = rec
         return all(f"x/n{i}" in enforced for i in range(20))
 
-    wait_for(read_log, 30, "an 'endpoint enforced' log line for every new pod")
+    wait_for(read_log, 30, "an 'endpoint enforced' log line for every new pod", interval=0.1)
     attach = [enforced[f"x/n{i}"]["veth_to_attached_ms"] for i in range(20)]
     enforce = [enforced[f"x/n{i}"]["veth_to_enforced_ms"] for i in range(20)]
     for what, values in (("attached", attach), ("enforced", enforce)):

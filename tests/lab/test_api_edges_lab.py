@@ -8,28 +8,24 @@ tests/unit/test_api_edges.py; here the question is whether the kernel agrees.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from controller.lab.apiserver import UNVALIDATED_PATH
-from controller.lab.client import LabClient, teardown, wait_realized
+from controller.lab.client import LabClient, wait_realized
 from controller.lab.state import LabPaths
-from tests.lab.conftest import run_cli, unique_lab_name
+from tests.support.labs import lab_up, run_cli
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.lab,
     pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root (network namespaces, bpf)"),
 ]
 
 
@@ -185,15 +181,8 @@ class EdgeLab:
 
 @pytest.fixture(scope="module")
 def edge_lab() -> Iterator[EdgeLab]:
-    name = unique_lab_name()
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model.yaml"
-            path.write_text(yaml.safe_dump_all(MODEL, sort_keys=False))
-            run_cli("up", "--name", name, "-f", str(path), "--nodes", "2", timeout=600)
-        yield EdgeLab(name)
-    finally:
-        teardown(name)
+    with lab_up(yaml.safe_dump_all(MODEL, sort_keys=False), "--nodes", "2", timeout=600) as made:
+        yield EdgeLab(made.name)
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import json
 import os
 import socket
 import statistics
-import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -26,13 +25,13 @@ from controller.datapath.attach import Attacher
 from controller.lab import netns
 from controller.lab.state import LabPaths
 from controller.lab.topology import LabNames, pod_ifname
-from tests.lab.conftest import Lab
+from tests.support.labs import Lab
+from tests.support.waiting import wait_for
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.lab,
     pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root (network namespaces, bpf)"),
 ]
 
 ISOLATE_X = """
@@ -53,15 +52,6 @@ spec: {{containers: [{{name: c, ports: [{{containerPort: 80}}]}}]}}
 BURST = 20
 
 
-def _wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout} s")
-
-
 def _quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -80,7 +70,7 @@ def _enforced_lines(lab: Lab, pods: list[str], timeout: float = 60) -> dict[str,
                     found[rec["pod"]] = rec
         return all(p in found for p in pods)
 
-    _wait_for(read, timeout, f"an 'endpoint enforced' log line for {len(pods)} new pods")
+    wait_for(read, timeout, f"an 'endpoint enforced' log line for {len(pods)} new pods", interval=0.1)
     return found
 
 

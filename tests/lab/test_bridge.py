@@ -13,8 +13,7 @@ import os
 import signal
 import socket
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,14 @@ import pytest
 from controller.lab import netns, topology
 from controller.lab.agents import query_agent
 from controller.lab.client import teardown
-from tests.lab.conftest import Lab, run_cli, unique_lab_name
+from tests.support.labs import Lab, lab_up
+from tests.support.waiting import wait_for
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.lab,
+    pytest.mark.bcc,
     pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root (network namespaces, bpf)"),
 ]
 
 MODEL = """
@@ -83,38 +83,11 @@ spec:
 BLOCKED_WITH_POLICY = {("y/a", "x/b"), ("y/a", "ext/web"), ("ext/web", "x/b")}
 
 
-def _bcc_missing() -> str | None:
-    try:
-        from controller.datapath.loader import import_bcc
-
-        import_bcc()
-    except Exception as exc:
-        return f"bcc is not usable here: {exc}"
-    return None
-
-
 @pytest.fixture(scope="module")
-def bridge_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    reason = _bcc_missing()
-    if reason:
-        pytest.skip(reason)
-    name = unique_lab_name()
-    path = tmp_path_factory.mktemp("bridge") / "model.yaml"
-    path.write_text(MODEL + "".join(POD.format(ns=ns, name=n, node=node) for ns, n, node in PODS))
-    try:
-        run_cli("up", "--name", name, "-f", str(path), "--nodes", "2", "--cni", "bridge", timeout=400)
-        yield Lab(name)
-    finally:
-        teardown(name)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return condition()
+def bridge_lab() -> Iterator[Lab]:
+    model = MODEL + "".join(POD.format(ns=ns, name=n, node=node) for ns, n, node in PODS)
+    with lab_up(model, "--nodes", "2", "--cni", "bridge", timeout=400) as made:
+        yield made
 
 
 def ip_json(namespace: str, *args: str) -> Any:
@@ -230,9 +203,18 @@ def test_a_restarted_agent_that_lost_the_pods_macs_finds_them_again_by_probing(b
             assert _pod_neighbours(node_ns) == set()
         finally:
             os.kill(pid, signal.SIGKILL)
-        assert wait_for(lambda: bridge_lab.status()["agents"]["node-1"]["pid"] != pid, 10)
-        assert wait_for(lambda: bool(agent_status(bridge_lab, 1).get("ready")), 120)
-        assert wait_for(lambda: agent_status(bridge_lab, 1).get("pod_ifindex") == before, 10)
+        wait_for(
+            lambda: bridge_lab.status()["agents"]["node-1"]["pid"] != pid, 10, "a new agent pid", interval=0.2
+        )
+        wait_for(
+            lambda: bool(agent_status(bridge_lab, 1).get("ready")), 120, "the new agent ready", interval=0.2
+        )
+        wait_for(
+            lambda: agent_status(bridge_lab, 1).get("pod_ifindex") == before,
+            10,
+            "every pod mapped to its bridge port again",
+            interval=0.2,
+        )
         # only the node's probes can have brought the idle pods back into its neighbour table
         pods = bridge_lab.status()["pods"]
         assert {pods["x/a"]["ips"][0], pods["x/b"]["ips"][0]} <= _pod_neighbours(node_ns)
@@ -276,7 +258,7 @@ def test_a_bridge_port_no_pod_claims_is_failed_closed_until_it_goes(bridge_lab: 
         def pending() -> bool:
             return ifindex in agent_status(bridge_lab, 1).get("pod_ifindex", {}).values()
 
-        assert wait_for(pending, 30)
+        wait_for(pending, 30, "the unclaimed port pending", interval=0.2)
         keys = [p for p, i in agent_status(bridge_lab, 1)["pod_ifindex"].items() if i == ifindex]
         assert keys == [f"(unclaimed)/{ifindex}"]
         # IP to a pod is dropped, but ARP passes both ways: the stray resolved x/a, and the
@@ -290,7 +272,7 @@ def test_a_bridge_port_no_pod_claims_is_failed_closed_until_it_goes(bridge_lab: 
         assert any(e["mac"] == mac and e["ifname"] == port for e in learned)
     finally:
         netns.delete(stray)
-    assert wait_for(lambda: not pending(), 30)
+    wait_for(lambda: not pending(), 30, "the unclaimed port gone", interval=0.2)
 
 
 BRIDGE_SCENARIOS = ["tcp-01", "tcp-35", "seed-aks-walkthrough"]  # plain, ipBlock with except, a walkthrough
@@ -300,8 +282,6 @@ BRIDGE_SCENARIOS = ["tcp-01", "tcp-35", "seed-aks-walkthrough"]  # plain, ipBloc
 def bridge_runner() -> Iterator[Any]:
     from tests.conformance.runner import Runner
 
-    if _bcc_missing():
-        pytest.skip(_bcc_missing() or "")
     runner = Runner(family=4, prefix=f"cb{os.getpid() % 1000}", cni="bridge")
     try:
         yield runner

@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +20,7 @@ import yaml
 
 from controller.cli import main as vethguard
 from tests.conformance.runner import ORDER, default_model, model_manifests, shared_conformance_dir
-from tests.lab.conftest import Lab, run_cli, unique_lab_name
+from tests.support.labs import Lab, lab_up
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -43,19 +41,10 @@ AUDIT_POLICY = {
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    from controller.lab.client import teardown
-
-    name = unique_lab_name()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.yaml"
-        path.write_text(yaml.safe_dump_all(model_manifests(default_model()), sort_keys=False))
-        try:
-            run_cli("up", "--name", name, "-f", str(path), "--nodes", "2", timeout=600)
-            lab = Lab(name)
-            lab.cli("apply", "-f", "-", stdin=yaml.safe_dump_all(_tcp03_policy()))
-            yield lab
-        finally:
-            teardown(name)
+    model = yaml.safe_dump_all(model_manifests(default_model()), sort_keys=False)
+    with lab_up(model, "--nodes", "2", timeout=600) as lab:
+        lab.cli("apply", "-f", "-", stdin=yaml.safe_dump_all(_tcp03_policy()))
+        yield lab
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:

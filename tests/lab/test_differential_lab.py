@@ -16,17 +16,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
-from controller.lab.client import teardown
-from tests.lab.conftest import run_cli, unique_lab_name
 from tests.reference.cases import (
     Case,
     cases,
@@ -36,12 +32,12 @@ from tests.reference.cases import (
     pod_object,
 )
 from tests.reference.evaluator import Evaluator
+from tests.support.labs import lab_up, run_cli
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.lab,
     pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root (network namespaces, bpf)"),
 ]
 
 CASES = int(os.environ.get("LAB_DIFF_CASES", "3"))
@@ -86,13 +82,9 @@ class Tally:
 
 def replay(case: Case, tally: Tally) -> list[str]:
     """Run one case in its own lab; return the cells where packets and evaluator disagree."""
-    name = unique_lab_name()
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            model = Path(tmp) / "model.yaml"
-            docs = [*namespace_objects(case), *(pod_object(p) for p in case.pods), *external_objects(case)]
-            model.write_text(yaml.safe_dump_all(docs, sort_keys=False))
-            lab_cli(name, "up", "-f", str(model), "--nodes", "2", timeout=600)
+    docs = [*namespace_objects(case), *(pod_object(p) for p in case.pods), *external_objects(case)]
+    with lab_up(yaml.safe_dump_all(docs, sort_keys=False), "--nodes", "2", timeout=600) as lab:
+        name = lab.name
         status: dict[str, Any] = json.loads(lab_cli(name, "status", "-o", "json"))
         addresses = {key: list(status["pods"][key]["ips"]) for key in (p.key for p in case.pods)}
         policies = [materialize_policy(p, addresses) for p in case.policies]
@@ -101,8 +93,6 @@ def replay(case: Case, tally: Tally) -> list[str]:
             namespace_objects(case), [pod_object(p, addresses[p.key]) for p in case.pods], policies
         )
         return compare(name, case, ref, addresses, tally)
-    finally:
-        teardown(name)
 
 
 def compare(

@@ -5,12 +5,11 @@ partly allowed, and ingress still judged on the backend."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
-from tests.lab.conftest import Lab, lab_up
+from tests.support.labs import Lab, lab_up
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -120,8 +119,6 @@ CLIENTS = ["shop/by-name", "shop/by-number", "shop/elsewhere", "shop/open"]
 def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     """A 2-node lab per pod networking mode: with a bridge (flannel-like) the deferred packet
     reaches a same-node backend through cni0 and the bridge, not a host route."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
     with lab_up(MODEL, "--nodes", "2", "--cni", request.param) as made:
         CNI[made.name] = request.param
         made.cli("apply", "-f", "-", stdin=EGRESS)

@@ -22,7 +22,6 @@ Both IP families throughout.
 from __future__ import annotations
 
 import json
-import os
 import select
 import socket
 import struct
@@ -39,13 +38,12 @@ from controller.datapath.abi import CounterKey, CounterValue, Reason
 from controller.datapath.bpfsys import BpfMap
 from controller.lab import netns
 from controller.lab.state import LabPaths
-from tests.lab.conftest import Lab
-from tests.lab.test_raw_packets import checksum
+from tests.support.labs import Lab, lab_up
+from tests.support.packets import checksum
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.lab,
-    pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root (network namespaces, bpf)"),
 ]
 
 MODEL = """
@@ -134,22 +132,8 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    import tempfile
-    from pathlib import Path
-
-    from controller.lab.client import teardown
-    from tests.lab.conftest import run_cli, unique_lab_name
-
-    name = unique_lab_name()
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model.yaml"
-            path.write_text(MODEL)
-            run_cli("up", "--name", name, "-f", str(path), "--nodes", "2")
-        lab = Lab(name)
+    with lab_up(MODEL, "--nodes", "2", timeout=120) as lab:
         yield Env(lab, lab.status())
-    finally:
-        teardown(name)
 
 
 def af(family: int) -> socket.AddressFamily:

@@ -15,12 +15,11 @@ from controller.lab import netns
 from controller.lab.client import LabClient
 from controller.lab.state import LabPaths
 from controller.lab.topology import LabNames
-from tests.lab.conftest import PODS, Lab, run_cli
+from tests.support.labs import PODS, Lab, run_cli
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.lab,
-    pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root (network namespaces, raw sockets)"),
 ]
 
 POD_NAMES = [f"{ns}/{name}" for ns, name in PODS]

@@ -4,30 +4,19 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.lab.conftest import Lab
-
-
-def _bcc_missing() -> str | None:
-    try:
-        from controller.datapath.loader import import_bcc
-
-        import_bcc()
-    except Exception as exc:
-        return f"bcc is not usable here: {exc}"
-    return None
-
+from tests.support.labs import Lab
+from tests.support.waiting import wait_for
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.lab,
+    pytest.mark.bcc,
     pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root (network namespaces, bpf)"),
 ]
 
 DENY_Y = """
@@ -40,19 +29,7 @@ spec: {podSelector: {}, ingress: []}
 
 @pytest.fixture
 def agent_lab(lab_factory: Callable[..., Lab]) -> Lab:
-    reason = _bcc_missing()
-    if reason:
-        pytest.skip(reason)
     return lab_factory(agents=True)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 def test_up_returns_with_every_agent_healthy_and_caught_up(agent_lab: Lab) -> None:
@@ -76,8 +53,12 @@ def test_apply_returns_once_the_policy_is_enforced(agent_lab: Lab) -> None:
 def test_an_agent_that_dies_is_started_again_with_the_same_node_name(agent_lab: Lab) -> None:
     first = agent_lab.status()["agents"]["node-1"]["pid"]
     os.kill(first, signal.SIGKILL)
-    assert wait_for(lambda: agent_lab.status()["agents"]["node-1"]["pid"] != first, 1.5)
-    assert wait_for(lambda: agent_lab.status()["agents"]["node-1"]["healthy"], 60)
+    wait_for(
+        lambda: agent_lab.status()["agents"]["node-1"]["pid"] != first, 1.5, "a new agent pid", interval=0.1
+    )
+    wait_for(
+        lambda: agent_lab.status()["agents"]["node-1"]["healthy"], 60, "the new agent healthy", interval=0.1
+    )
     agent = agent_lab.status()["agents"]["node-1"]
     assert agent["restarts"] == 1
     assert "node-1" in Path(f"/proc/{agent['pid']}/cmdline").read_text()

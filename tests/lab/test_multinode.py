@@ -5,7 +5,6 @@ BPF drop counters through `vethguard bpf counters --lab`)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from controller.lab.state import LabPaths
-from tests.lab.conftest import Lab, lab_up
+from tests.support.labs import Lab, lab_up
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -47,8 +46,6 @@ spec: {{podSelector: {{matchLabels: {{pod: {pod}}}}}, policyTypes: [{kind}]}}
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
     with lab_up(MODEL, "--nodes", "3") as made:
         yield made
 

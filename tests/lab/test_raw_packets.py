@@ -32,20 +32,12 @@ its IP length still matches by prefix). Every frame carries a fresh IPv4 id / IP
 
 from __future__ import annotations
 
-import ipaddress
-import json
-import os
 import random
-import select
 import socket
 import struct
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -53,32 +45,36 @@ from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
 from controller.datapath.abi import CounterKey, CounterValue, Reason
 from controller.datapath.bpfsys import BpfMap
 from controller.lab import netns, topology
-from controller.lab.client import teardown
 from controller.lab.state import LabPaths
+from tests.support.labs import ip_link, lab_up, load_model, run_cli
+from tests.support.packets import (
+    ETH_P_IP,
+    ETH_P_IPV6,
+    NEXTHDR_DEST,
+    NEXTHDR_FRAGMENT,
+    NEXTHDR_HOP,
+    TCP,
+    UDP,
+    drain,
+    frag_hdr,
+    incoming,
+    ipv4_packet,
+    ipv6_packet,
+    is_copy,
+    l4_checksummed,
+    open_rx,
+    open_tx,
+    padn,
+    tcp,
+)
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.lab,
-    pytest.mark.skipif(os.geteuid() != 0, reason="raw-packet lab tests need root (netns, AF_PACKET, bpf)"),
+    pytest.mark.bcc,
 ]
 
-MODEL = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: t, labels: {ns: t}}
-"""
-POD = """
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, namespace: t, labels: {{app: {name}}}}}
-spec:
-  containers:
-  - name: serve
-    ports:
-    - {{containerPort: 80, protocol: TCP}}
-    - {{containerPort: 80, protocol: UDP}}
-"""
+MODEL = load_model("raw-namespace.yaml") + "".join(load_model("raw-pod.yaml", name=n) for n in ("src", "dst"))
 POLICIES = {
     "egress": """
 apiVersion: networking.k8s.io/v1
@@ -104,103 +100,11 @@ spec:
 """,
 }
 
-ETH_P_ALL = 0x0003
-ETH_P_IP = 0x0800
-ETH_P_IPV6 = 0x86DD
-PACKET_OUTGOING = 4
-TCP, UDP = 6, 17
-NEXTHDR_HOP, NEXTHDR_FRAGMENT, NEXTHDR_DEST = 0, 44, 60
-SYN = 0x02
 ALLOWED_PORT, DENIED_PORT = 80, 81
 
 SETTLE = 0.25  # seconds to keep listening at dst after the drop was counted
 DEADLINE = 3.0  # seconds to wait for a counter to grow / a frame to arrive
 GRACE = 0.2  # seconds to wait for the expected reason once the hook counted something else
-
-
-# ---------------------------------------------------------------------------------------------
-# Packet builders (checksums are real: the node's IP stack verifies the IPv4 header checksum
-# before it forwards anything).
-
-
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def ipv4(
-    src: str,
-    dst: str,
-    proto: int,
-    payload: bytes,
-    *,
-    ident: int,
-    ihl: int = 5,
-    options: bytes = b"",
-    frag_offset: int = 0,  # bytes, multiple of 8
-    more_fragments: bool = False,
-    total_length: int | None = None,
-) -> bytes:
-    """A header whose IHL, total length and checksum are as given/computed; options are padded
-    to ihl words unless the caller wants them cut (then pass fewer option bytes than IHL says)."""
-    frag = (frag_offset // 8) | (0x2000 if more_fragments else 0)
-    length = total_length if total_length is not None else 20 + len(options) + len(payload)
-    head = struct.pack(
-        "!BBHHHBBH4s4s",
-        (4 << 4) | ihl,
-        0,
-        length,
-        ident,
-        frag,
-        64,
-        proto,
-        0,
-        ipaddress.IPv4Address(src).packed,
-        ipaddress.IPv4Address(dst).packed,
-    )
-    head = head[:10] + struct.pack("!H", checksum(head + options)) + head[12:]
-    return head + options + payload
-
-
-def ipv6(
-    src: str, dst: str, nexthdr: int, payload: bytes, *, flow: int, payload_length: int | None = None
-) -> bytes:
-    length = payload_length if payload_length is not None else len(payload)
-    return (
-        struct.pack("!IHBB", (6 << 28) | (flow & 0xFFFFF), length, nexthdr, 64)
-        + ipaddress.IPv6Address(src).packed
-        + ipaddress.IPv6Address(dst).packed
-        + payload
-    )
-
-
-def tcp(sport: int, dport: int, flags: int = SYN, payload: bytes = b"") -> bytes:
-    return (
-        struct.pack("!HHIIBBHHH", sport, dport, random.getrandbits(32), 0, 5 << 4, flags, 65535, 0, 0)
-        + payload
-    )
-
-
-def tcp4_checksummed(src: str, dst: str, segment: bytes) -> bytes:
-    pseudo = (
-        ipaddress.IPv4Address(src).packed
-        + ipaddress.IPv4Address(dst).packed
-        + struct.pack("!BBH", 0, TCP, len(segment))
-    )
-    return segment[:16] + struct.pack("!H", checksum(pseudo + segment)) + segment[18:]
-
-
-def padn(length: int) -> bytes:
-    """An IPv6 PadN option filling `length` (>= 2) bytes."""
-    return bytes([1, length - 2]) + bytes(length - 2)
-
-
-def frag6(nexthdr: int, offset: int, more: bool, ident: int) -> bytes:
-    return struct.pack("!BBHI", nexthdr, 0, (offset // 8) << 3 | int(more), ident)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,137 +138,52 @@ class Env:
         return sum(CounterValue.from_bytes(v).packets for v in values)
 
     def drain(self) -> None:
-        while select.select([self.rx], [], [], 0)[0]:
-            self.rx.recv(65535)
+        drain(self.rx)
 
     def received(self, seconds: float, stop: Callable[[list[bytes]], bool] | None = None) -> list[bytes]:
         """Frames that arrived at dst's eth0 (incoming only) within `seconds` (or until stop())."""
-        frames: list[bytes] = []
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            if not select.select([self.rx], [], [], left)[0]:
-                break
-            data, addr = self.rx.recvfrom(65535)
-            if addr[2] != PACKET_OUTGOING:
-                frames.append(data)
-                if stop is not None and stop(frames):
-                    break
-        return frames
-
-
-def _masked(frame: bytes) -> bytes:
-    """EtherType + L3 with the fields a forwarding node rewrites zeroed (TTL, IPv4 checksum,
-    hop limit); the MAC addresses are rewritten too and are not part of it."""
-    body = bytearray(frame[12:])
-    ethertype = struct.unpack("!H", body[:2])[0] if len(body) >= 2 else 0
-    if ethertype == ETH_P_IP:
-        for i in (2 + 8, 2 + 10, 2 + 11):
-            if i < len(body):
-                body[i] = 0
-    elif ethertype == ETH_P_IPV6 and len(body) > 2 + 7:
-        body[2 + 7] = 0
-    return bytes(body)
-
-
-def is_copy(received: bytes, sent: bytes) -> bool:
-    got, want = _masked(received), _masked(sent)
-    n = min(len(got), len(want))
-    return n >= 2 + 8 and got[:n] == want[:n]
-
-
-def _json(argv: list[str]) -> list[dict[str, object]]:
-    doc: list[dict[str, object]] = json.loads(
-        subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    )
-    return doc
-
-
-def run_cli(*args: str, stdin: str | None = None) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "controller.cli", "lab", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise AssertionError(
-            f"vethguard lab {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}{proc.stdout}"
-        )
-    return proc.stdout
-
-
-def _bcc_missing() -> str | None:
-    try:
-        from controller.datapath.loader import import_bcc
-
-        import_bcc()
-    except Exception as exc:
-        return f"bcc is not usable here: {exc}"
-    return None
-
-
-def _open_tx() -> socket.socket:
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: send only, receive nothing
-    s.bind(("eth0", 0))
-    return s
-
-
-def _open_rx() -> socket.socket:
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-    s.bind(("eth0", ETH_P_ALL))
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    return s
+        return incoming(self.rx, seconds, stop)
 
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    reason = _bcc_missing()
-    if reason:
-        pytest.skip(reason)
-    name = f"raw{os.getpid()}"
     opened: list[socket.socket] = []
     counters: BpfMap | None = None
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            model = Path(tmp) / "model.yaml"
-            model.write_text(MODEL + POD.format(name="src") + POD.format(name="dst"))
-            run_cli("up", "--name", name, "-f", str(model))
-        status = json.loads(run_cli("status", "--name", name, "-o", "json"))
-        src, dst = status["pods"]["t/src"], status["pods"]["t/dst"]
-        node_ns = status["nodes"][src["node"]]["netns"]
-        # The sockets are created on threads that entered the pods' namespaces; a socket stays
-        # in the namespace it was created in, so the test thread can use them afterwards.
-        tx = netns.run_in_netns(src["netns"], _open_tx)
-        opened.append(tx)
-        rx = netns.run_in_netns(dst["netns"], _open_rx)
-        opened.append(rx)
-        (src_eth0,) = _json(["ip", "-n", src["netns"], "-j", "link", "show", "eth0"])
-        (dst_eth0,) = _json(["ip", "-n", dst["netns"], "-j", "link", "show", "eth0"])
-        (host_side,) = _json(["ip", "-n", node_ns, "-j", "link", "show", topology.pod_ifname("t", "src")])
-        assert host_side["ifindex"] == src_eth0["link_index"], "host-side veth of t/src not found"
-        counters = BpfMap.open_pinned(str(LabPaths(name).pin_root / src["node"] / "vg_counters"))
-        yield Env(
-            lab=name,
-            src4=next(ip for ip in src["ips"] if ":" not in ip),
-            dst4=next(ip for ip in dst["ips"] if ":" not in ip),
-            src6=next(ip for ip in src["ips"] if ":" in ip),
-            dst6=next(ip for ip in dst["ips"] if ":" in ip),
-            src_ep=int(str(src_eth0["link_index"])),
-            dst_ep=int(str(dst_eth0["link_index"])),
-            src_mac=bytes.fromhex(str(src_eth0["address"]).replace(":", "")),
-            gw_mac=bytes.fromhex(str(host_side["address"]).replace(":", "")),
-            tx=tx,
-            rx=rx,
-            counters=counters,
-        )
-    finally:
-        for s in opened:
-            s.close()
-        if counters is not None:
-            counters.close()
-        teardown(name)
+    with lab_up(MODEL, timeout=180) as lab:
+        try:
+            status = lab.status()
+            src, dst = status["pods"]["t/src"], status["pods"]["t/dst"]
+            node_ns = status["nodes"][src["node"]]["netns"]
+            # The sockets are created on threads that entered the pods' namespaces; a socket stays
+            # in the namespace it was created in, so the test thread can use them afterwards.
+            tx = netns.run_in_netns(src["netns"], open_tx)
+            opened.append(tx)
+            rx = netns.run_in_netns(dst["netns"], open_rx)
+            opened.append(rx)
+            src_eth0 = ip_link(src["netns"], "eth0")
+            dst_eth0 = ip_link(dst["netns"], "eth0")
+            host_side = ip_link(node_ns, topology.pod_ifname("t", "src"))
+            assert host_side["ifindex"] == src_eth0["link_index"], "host-side veth of t/src not found"
+            counters = BpfMap.open_pinned(str(LabPaths(lab.name).pin_root / src["node"] / "vg_counters"))
+            yield Env(
+                lab=lab.name,
+                src4=next(ip for ip in src["ips"] if ":" not in ip),
+                dst4=next(ip for ip in dst["ips"] if ":" not in ip),
+                src6=next(ip for ip in src["ips"] if ":" in ip),
+                dst6=next(ip for ip in dst["ips"] if ":" in ip),
+                src_ep=int(str(src_eth0["link_index"])),
+                dst_ep=int(str(dst_eth0["link_index"])),
+                src_mac=bytes.fromhex(str(src_eth0["address"]).replace(":", "")),
+                gw_mac=bytes.fromhex(str(host_side["address"]).replace(":", "")),
+                tx=tx,
+                rx=rx,
+                counters=counters,
+            )
+        finally:
+            for s in opened:
+                s.close()
+            if counters is not None:
+                counters.close()
 
 
 @dataclass(frozen=True)
@@ -446,69 +265,77 @@ class Case:
 
 
 def _a_ipv4_header_truncated(e: Env) -> list[bytes]:
-    full = ipv4(e.src4, e.dst4, TCP, tcp(40000, 80), ident=fresh_id())
+    full = ipv4_packet(e.src4, e.dst4, TCP, tcp(40000, 80, seq=None), ident=fresh_id())
     return [e.frame(ETH_P_IP, full[:16]), e.frame(ETH_P_IP, full[:19])]
 
 
 def _b_ipv4_options_cut(e: Env) -> list[bytes]:
     nops = b"\x01" * 12  # IHL 15 promises 40 option bytes; the frame ends after 12 of them
-    return [e.frame(ETH_P_IP, ipv4(e.src4, e.dst4, TCP, b"", ident=fresh_id(), ihl=15, options=nops))]
+    return [e.frame(ETH_P_IP, ipv4_packet(e.src4, e.dst4, TCP, b"", ident=fresh_id(), ihl=15, options=nops))]
 
 
 def _c_tcp_2_bytes(e: Env) -> list[bytes]:
-    return [e.frame(ETH_P_IP, ipv4(e.src4, e.dst4, TCP, tcp(40001, 80)[:2], ident=fresh_id()))]
+    return [
+        e.frame(ETH_P_IP, ipv4_packet(e.src4, e.dst4, TCP, tcp(40001, 80, seq=None)[:2], ident=fresh_id()))
+    ]
 
 
 def _d_udp_4_bytes(e: Env) -> list[bytes]:
-    return [e.frame(ETH_P_IP, ipv4(e.src4, e.dst4, UDP, struct.pack("!HH", 40002, 80), ident=fresh_id()))]
+    return [
+        e.frame(ETH_P_IP, ipv4_packet(e.src4, e.dst4, UDP, struct.pack("!HH", 40002, 80), ident=fresh_id()))
+    ]
 
 
 def _e_ipv4_nonfirst_fragment(e: Env) -> list[bytes]:
-    return [e.frame(ETH_P_IP, ipv4(e.src4, e.dst4, TCP, b"f" * 16, ident=fresh_id(), frag_offset=24))]
+    return [e.frame(ETH_P_IP, ipv4_packet(e.src4, e.dst4, TCP, b"f" * 16, ident=fresh_id(), frag_offset=24))]
 
 
 def _f_ipv6_ext_chain_cut(e: Env) -> list[bytes]:
     hop = bytes([NEXTHDR_DEST, 0]) + padn(6)  # 8 bytes, complete
     dest = bytes([TCP, 1]) + padn(6)  # says 16 bytes; only 8 follow
-    return [e.frame(ETH_P_IPV6, ipv6(e.src6, e.dst6, NEXTHDR_HOP, hop + dest, flow=fresh_id()))]
+    return [e.frame(ETH_P_IPV6, ipv6_packet(e.src6, e.dst6, NEXTHDR_HOP, hop + dest, flow=fresh_id()))]
 
 
 def _f2_ipv6_ext_hdr_cut_inside_first_two_bytes(e: Env) -> list[bytes]:
     hop = bytes([NEXTHDR_DEST, 0]) + padn(6)
-    return [e.frame(ETH_P_IPV6, ipv6(e.src6, e.dst6, NEXTHDR_HOP, hop + bytes([TCP]), flow=fresh_id()))]
+    return [
+        e.frame(ETH_P_IPV6, ipv6_packet(e.src6, e.dst6, NEXTHDR_HOP, hop + bytes([TCP]), flow=fresh_id()))
+    ]
 
 
 def _g_ipv6_nonfirst_fragment(e: Env) -> list[bytes]:
-    payload = frag6(TCP, 24, False, fresh_id()) + b"f" * 16
-    return [e.frame(ETH_P_IPV6, ipv6(e.src6, e.dst6, NEXTHDR_FRAGMENT, payload, flow=fresh_id()))]
+    payload = frag_hdr(TCP, 24, False, fresh_id()) + b"f" * 16
+    return [e.frame(ETH_P_IPV6, ipv6_packet(e.src6, e.dst6, NEXTHDR_FRAGMENT, payload, flow=fresh_id()))]
 
 
 def _h_ipv4_first_fragment_too_short(e: Env) -> list[bytes]:
-    l4 = tcp(40003, 80)[:8]  # ports and sequence number, no flags: 8 bytes, MF set
-    return [e.frame(ETH_P_IP, ipv4(e.src4, e.dst4, TCP, l4, ident=fresh_id(), more_fragments=True))]
+    l4 = tcp(40003, 80, seq=None)[:8]  # ports and sequence number, no flags: 8 bytes, MF set
+    return [e.frame(ETH_P_IP, ipv4_packet(e.src4, e.dst4, TCP, l4, ident=fresh_id(), more_fragments=True))]
 
 
 def _h6_ipv6_first_fragment_too_short(e: Env) -> list[bytes]:
-    payload = frag6(TCP, 0, True, fresh_id()) + tcp(40004, 80)[:8]
-    return [e.frame(ETH_P_IPV6, ipv6(e.src6, e.dst6, NEXTHDR_FRAGMENT, payload, flow=fresh_id()))]
+    payload = frag_hdr(TCP, 0, True, fresh_id()) + tcp(40004, 80, seq=None)[:8]
+    return [e.frame(ETH_P_IPV6, ipv6_packet(e.src6, e.dst6, NEXTHDR_FRAGMENT, payload, flow=fresh_id()))]
 
 
 def _i_tcp_2_bytes_behind_link_padding(e: Env) -> list[bytes]:
     """(c) again, but the frame goes on after the IP datagram's end (total length 22) with
     link-layer padding that looks like the rest of a TCP header to port 80."""
-    segment = tcp(40005, 80)
-    packet = ipv4(e.src4, e.dst4, TCP, segment, ident=fresh_id(), total_length=22)
+    segment = tcp(40005, 80, seq=None)
+    packet = ipv4_packet(e.src4, e.dst4, TCP, segment, ident=fresh_id(), total_length=22)
     return [e.frame(ETH_P_IP, packet)]
 
 
 def _i6_ipv6_tcp_2_bytes_behind_link_padding(e: Env) -> list[bytes]:
-    segment = tcp(40006, 80)
-    return [e.frame(ETH_P_IPV6, ipv6(e.src6, e.dst6, TCP, segment, flow=fresh_id(), payload_length=2))]
+    segment = tcp(40006, 80, seq=None)
+    return [e.frame(ETH_P_IPV6, ipv6_packet(e.src6, e.dst6, TCP, segment, flow=fresh_id(), payload_length=2))]
 
 
 def _i_first_fragment_too_short_behind_link_padding(e: Env) -> list[bytes]:
     """(h) again: 8 bytes of TCP in a first fragment, the rest of the header in padding."""
-    packet = ipv4(e.src4, e.dst4, TCP, tcp(40007, 80), ident=fresh_id(), more_fragments=True, total_length=28)
+    packet = ipv4_packet(
+        e.src4, e.dst4, TCP, tcp(40007, 80, seq=None), ident=fresh_id(), more_fragments=True, total_length=28
+    )
     return [e.frame(ETH_P_IP, packet)]
 
 
@@ -578,8 +405,8 @@ def test_a_malformed_frame_does_not_get_past_the_isolated_direction(
 
 
 def _syn(env: Env, dport: int) -> bytes:
-    segment = tcp4_checksummed(env.src4, env.dst4, tcp(random.randrange(20000, 60000), dport))
-    return env.frame(ETH_P_IP, ipv4(env.src4, env.dst4, TCP, segment, ident=fresh_id()))
+    segment = l4_checksummed(env.src4, env.dst4, TCP, tcp(random.randrange(20000, 60000), dport, seq=None))
+    return env.frame(ETH_P_IP, ipv4_packet(env.src4, env.dst4, TCP, segment, ident=fresh_id()))
 
 
 def test_a_well_formed_syn_to_the_allowed_port_arrives(env: Env, phase: Phase) -> None:
@@ -606,9 +433,11 @@ def test_a_well_formed_syn_to_a_denied_port_does_not_arrive(env: Env, phase: Pha
 def test_a_later_fragment_of_an_allowed_first_fragment_arrives(env: Env, phase: Phase) -> None:
     """Control for (e)/(g): a non-first fragment is deliverable when its first fragment was allowed."""
     ident = fresh_id()
-    segment = tcp(random.randrange(20000, 60000), ALLOWED_PORT, payload=b"p" * 4)  # 24 bytes
-    first = env.frame(ETH_P_IP, ipv4(env.src4, env.dst4, TCP, segment, ident=ident, more_fragments=True))
-    later = env.frame(ETH_P_IP, ipv4(env.src4, env.dst4, TCP, b"q" * 16, ident=ident, frag_offset=24))
+    segment = tcp(random.randrange(20000, 60000), ALLOWED_PORT, payload=b"p" * 4, seq=None)  # 24 bytes
+    first = env.frame(
+        ETH_P_IP, ipv4_packet(env.src4, env.dst4, TCP, segment, ident=ident, more_fragments=True)
+    )
+    later = env.frame(ETH_P_IP, ipv4_packet(env.src4, env.dst4, TCP, b"q" * 16, ident=ident, frag_offset=24))
     before = hook_counts(env, phase.ep, phase.direction)
     send(env, [first, later])
     arrived = env.received(

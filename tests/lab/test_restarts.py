@@ -12,7 +12,7 @@ daemon starts it again. The upgrade restarts both agents with a program built wi
 veth while the pinned maps, conntrack included, stay.
 
 Evidence asserted: no reset or EOF, no lost TCP segment on either end of any connection (a dropped
-data segment is retransmitted without the peer reporting a duplicate, see tests/lab/tcpstats.py; a
+data segment is retransmitted without the peer reporting a duplicate, see tests/support/tcpstats.py; a
 retransmission only because a loaded machine delayed an ACK is not a loss; both ends send data, so a
 drop in either direction shows), no round trip slower than STALL_LIMIT (3 s), every UDP datagram echoed, no
 intruder connection or echo, identical probe tables, an unchanged policy revision on both nodes (the
@@ -42,14 +42,14 @@ from controller.datapath.attach import Attacher
 from controller.lab import netns, topology
 from controller.lab.agents import AGENT_ENV_FILE, query_agent
 from controller.lab.state import LabPaths
-from tests.lab.conftest import Lab
-from tests.lab.tcpstats import Retransmissions, recv_exact, retransmissions
+from tests.support.labs import Lab
+from tests.support.tcpstats import Retransmissions, recv_exact, retransmissions
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.lab,
+    pytest.mark.bcc,
     pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root (network namespaces, bpf)"),
 ]
 
 KILLS = 10
@@ -129,16 +129,6 @@ spec:
 """
 SERVER, FAR, NEAR, INTRUDER = "x/server", "x/far", "x/near", "y/intruder"
 NODES = ("node-1", "node-2")
-
-
-def _bcc_missing() -> str | None:
-    try:
-        from controller.datapath.loader import import_bcc
-
-        import_bcc()
-    except Exception as exc:
-        return f"bcc is not usable here: {exc}"
-    return None
 
 
 # ------------------------------------------------------------------------------- traffic
@@ -396,9 +386,6 @@ class LabView:
 
 @pytest.fixture
 def restart_lab(lab_factory: Callable[..., Lab]) -> Iterator[LabView]:
-    reason = _bcc_missing()
-    if reason:
-        pytest.skip(reason)
     lab = lab_factory("--nodes", "2", model=MODEL, agents=True)
     view = LabView(lab)
     try:

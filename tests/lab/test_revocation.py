@@ -14,7 +14,7 @@ Measured and asserted, from the moment `lab apply` returned (every agent has rea
     before the apply started (non-vacuous), and the server's hooks counted DROP_REVOKED in both
     directions;
   - the keep flows: no gap between arrivals longer than GAP_LIMIT around the update, arrivals
-    continue after it, and no lost TCP segment on either end (tests/lab/tcpstats.py).
+    continue after it, and no lost TCP segment on either end (tests/support/tcpstats.py).
 The figures are printed (pytest -s).
 """
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import os
 import select
 import socket
 import struct
@@ -41,13 +40,12 @@ from controller.datapath.abi import CounterKey, CounterValue, Reason
 from controller.datapath.bpfsys import BpfMap
 from controller.lab import netns
 from controller.lab.state import LabPaths
-from tests.lab.conftest import Lab
-from tests.lab.tcpstats import retransmissions
+from tests.support.labs import Lab
+from tests.support.tcpstats import retransmissions
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.lab,
-    pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root (network namespaces, bpf)"),
 ]
 
 PERIOD = 0.02

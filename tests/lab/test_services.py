@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.conftest import Lab, lab_up
+from tests.support.labs import Lab, lab_up
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -71,8 +71,6 @@ CLIENTS = ["development/frontend", "development/remote"]
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
     with lab_up(MODEL, "--nodes", "2", "--dns") as made:
         yield made
     assert not list(Path("/etc/netns").glob(f"vg-{made.name}-*")), "resolv.conf files left behind"

@@ -4,21 +4,18 @@ the source documents' walkthroughs by Service name (wget/getent inside pods, Clu
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from controller.lab.client import teardown
 from tests.conformance.runner import model_manifests
-from tests.lab.conftest import run_cli, unique_lab_name
+from tests.support.labs import lab_up, run_cli
 
-pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 SCENARIO_FILE = Path(__file__).resolve().parents[1] / "scenarios" / "services.yaml"
 SCENARIOS: list[dict[str, Any]] = yaml.safe_load(SCENARIO_FILE.read_text())
@@ -84,30 +81,24 @@ def test_the_scenario_file_has_the_source_walkthroughs() -> None:
         assert scenario["steps"] and all(step.get("checks") for step in scenario["steps"])
 
 
+@pytest.mark.root
+@pytest.mark.lab
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s["id"] for s in SCENARIOS])
 def test_scenario_by_service_name(scenario: dict[str, Any]) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    lab = unique_lab_name()
     manifests = model_manifests(scenario["model"]) + list(scenario["model"].get("services") or [])
     failures, gaps_met = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.yaml"
-        path.write_text(yaml.safe_dump_all(manifests, sort_keys=False))
-        try:
-            run_cli("up", "--name", lab, "-f", str(path), "--nodes", "2", "--dns", timeout=300)
-            for number, step in enumerate(scenario["steps"], start=1):
-                if step.get("apply"):
-                    lab_cli(lab, "apply", "-f", "-", stdin=yaml.safe_dump_all(step["apply"]))
-                for check in step["checks"]:
-                    expected, observed = observe(lab, check)
-                    line = f"step {number}: {describe(check)}: expected {expected}, got {observed}"
-                    if check.get("known_gap"):
-                        if observed == expected:
-                            gaps_met.append(f"{line} (known_gap now met: remove the marker)")
-                    elif observed != expected:
-                        failures.append(line)
-        finally:
-            teardown(lab)
+    with lab_up(yaml.safe_dump_all(manifests, sort_keys=False), "--nodes", "2", "--dns", timeout=300) as made:
+        lab = made.name
+        for number, step in enumerate(scenario["steps"], start=1):
+            if step.get("apply"):
+                lab_cli(lab, "apply", "-f", "-", stdin=yaml.safe_dump_all(step["apply"]))
+            for check in step["checks"]:
+                expected, observed = observe(lab, check)
+                line = f"step {number}: {describe(check)}: expected {expected}, got {observed}"
+                if check.get("known_gap"):
+                    if observed == expected:
+                        gaps_met.append(f"{line} (known_gap now met: remove the marker)")
+                elif observed != expected:
+                    failures.append(line)
     assert not failures, "\n".join(failures)
     assert not gaps_met, "\n".join(gaps_met)

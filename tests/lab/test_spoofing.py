@@ -12,17 +12,11 @@ works and the forged identity would have been let in), and evil's own address pa
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import select
 import socket
 import struct
-import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -30,47 +24,36 @@ from controller.core.verdicts import DIR_EGRESS
 from controller.datapath.abi import CounterKey, CounterValue, Reason
 from controller.datapath.bpfsys import BpfMap
 from controller.lab import netns, topology
-from controller.lab.client import teardown
 from controller.lab.state import LabPaths
-from tests.lab.test_raw_packets import (
+from tests.support.labs import ip_link, lab_up, load_model
+from tests.support.packets import (
     ETH_P_IP,
     ETH_P_IPV6,
     TCP,
     UDP,
-    _json,
-    _open_rx,
-    _open_tx,
-    checksum,
-    ipv4,
-    ipv6,
+    drain,
+    eth,
+    incoming,
+    ipv4_packet,
+    ipv6_packet,
     is_copy,
-    run_cli,
+    l4_checksummed,
+    open_rx,
+    open_tx,
     tcp,
 )
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.lab,
-    pytest.mark.skipif(os.geteuid() != 0, reason="raw-packet lab tests need root (netns, AF_PACKET, bpf)"),
+    pytest.mark.bcc,
 ]
 
 CIDR4, CIDR6 = "198.51.100.0/24", "2001:db8:5::/64"
 IN_CIDR4, IN_CIDR6 = "198.51.100.7", "2001:db8:5::7"
-MODEL = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: t, labels: {ns: t}}
-"""
-POD = """
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, namespace: t, labels: {{app: {name}}}}}
-spec:
-  containers:
-  - name: serve
-    ports: [{{containerPort: 80, protocol: TCP}}, {{containerPort: 80, protocol: UDP}}]
-"""
+MODEL = load_model("raw-namespace.yaml") + "".join(
+    load_model("raw-pod.yaml", name=n) for n in ("evil", "friend", "dst")
+)
 POLICY = f"""
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -115,115 +98,86 @@ class Env:
         return sum(CounterValue.from_bytes(v).packets for v in values or [])
 
 
-def _link(ns: str, ifname: str) -> dict[str, object]:
-    (link,) = _json(["ip", "-n", ns, "-j", "link", "show", ifname])
-    return link
-
-
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    name = f"spoof{os.getpid()}"
     opened: list[socket.socket] = []
     counters: BpfMap | None = None
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            model = Path(tmp) / "model.yaml"
-            model.write_text(MODEL + "".join(POD.format(name=n) for n in ("evil", "friend", "dst")))
-            run_cli("up", "--name", name, "-f", str(model))
-        run_cli("apply", "--name", name, "-f", "-", stdin=POLICY)
-        status = json.loads(run_cli("status", "--name", name, "-o", "json"))
-        node_ns = status["nodes"][status["pods"]["t/dst"]["node"]]["netns"]
+    with lab_up(MODEL, timeout=180) as lab:
+        try:
+            lab.cli("apply", "-f", "-", stdin=POLICY)
+            status = lab.status()
+            node_ns = status["nodes"][status["pods"]["t/dst"]["node"]]["netns"]
 
-        def pod(pod_name: str) -> Pod:
-            info = status["pods"][f"t/{pod_name}"]
-            eth0 = _link(info["netns"], "eth0")
-            host = _link(node_ns, topology.pod_ifname("t", pod_name))
-            tx = netns.run_in_netns(info["netns"], _open_tx)
-            opened.append(tx)
-            return Pod(
-                ip4=next(ip for ip in info["ips"] if ":" not in ip),
-                ip6=next(ip for ip in info["ips"] if ":" in ip),
-                ep=int(str(eth0["link_index"])),
-                mac=bytes.fromhex(str(eth0["address"]).replace(":", "")),
-                gw_mac=bytes.fromhex(str(host["address"]).replace(":", "")),
-                tx=tx,
+            def pod(pod_name: str) -> Pod:
+                info = status["pods"][f"t/{pod_name}"]
+                eth0 = ip_link(info["netns"], "eth0")
+                host = ip_link(node_ns, topology.pod_ifname("t", pod_name))
+                tx = netns.run_in_netns(info["netns"], open_tx)
+                opened.append(tx)
+                return Pod(
+                    ip4=next(ip for ip in info["ips"] if ":" not in ip),
+                    ip6=next(ip for ip in info["ips"] if ":" in ip),
+                    ep=int(str(eth0["link_index"])),
+                    mac=bytes.fromhex(str(eth0["address"]).replace(":", "")),
+                    gw_mac=bytes.fromhex(str(host["address"]).replace(":", "")),
+                    tx=tx,
+                )
+
+            evil, friend = pod("evil"), pod("friend")
+            dst = status["pods"]["t/dst"]
+            rx = netns.run_in_netns(dst["netns"], open_rx)
+            opened.append(rx)
+            counters = BpfMap.open_pinned(str(LabPaths(lab.name).pin_root / dst["node"] / "vg_counters"))
+            yield Env(
+                evil=evil,
+                friend=friend,
+                dst4=next(ip for ip in dst["ips"] if ":" not in ip),
+                dst6=next(ip for ip in dst["ips"] if ":" in ip),
+                rx=rx,
+                counters=counters,
             )
-
-        evil, friend = pod("evil"), pod("friend")
-        dst = status["pods"]["t/dst"]
-        rx = netns.run_in_netns(dst["netns"], _open_rx)
-        opened.append(rx)
-        counters = BpfMap.open_pinned(str(LabPaths(name).pin_root / dst["node"] / "vg_counters"))
-        yield Env(
-            evil=evil,
-            friend=friend,
-            dst4=next(ip for ip in dst["ips"] if ":" not in ip),
-            dst6=next(ip for ip in dst["ips"] if ":" in ip),
-            rx=rx,
-            counters=counters,
-        )
-    finally:
-        for s in opened:
-            s.close()
-        if counters is not None:
-            counters.close()
-        teardown(name)
+        finally:
+            for s in opened:
+                s.close()
+            if counters is not None:
+                counters.close()
 
 
 def frames_from(sender: Pod, src4: str, src6: str, env: Env) -> list[bytes]:
     """TCP SYN and UDP datagram to dst:80, IPv4 and IPv6, with the given source addresses."""
 
-    def eth(ethertype: int, l3: bytes) -> bytes:
-        return sender.gw_mac + sender.mac + struct.pack("!H", ethertype) + l3
-
-    def seg4(proto: int, body: bytes) -> bytes:
-        pseudo = (
-            socket.inet_aton(src4) + socket.inet_aton(env.dst4) + struct.pack("!BBH", 0, proto, len(body))
-        )
-        at = 16 if proto == TCP else 6
-        return body[:at] + struct.pack("!H", checksum(pseudo + body)) + body[at + 2 :]
-
-    def seg6(proto: int, body: bytes) -> bytes:
-        pseudo = (
-            socket.inet_pton(socket.AF_INET6, src6)
-            + socket.inet_pton(socket.AF_INET6, env.dst6)
-            + struct.pack("!IxxxB", len(body), proto)
-        )
-        at = 16 if proto == TCP else 6
-        return body[:at] + struct.pack("!H", checksum(pseudo + body)) + body[at + 2 :]
+    def frame(ethertype: int, l3: bytes) -> bytes:
+        return eth(ethertype, l3, dst=sender.gw_mac, src=sender.mac)
 
     sport = random.randrange(20000, 60000)
-    syn = tcp(sport, 80)
+    syn = tcp(sport, 80, seq=None)
     udp = struct.pack("!HHHH", sport, 80, 12, 0) + b"spof"
     ident = random.randrange(0x100, 0xFFFF)
     return [
-        eth(ETH_P_IP, ipv4(src4, env.dst4, TCP, seg4(TCP, syn), ident=ident)),
-        eth(ETH_P_IP, ipv4(src4, env.dst4, UDP, seg4(UDP, udp), ident=ident + 1)),
-        eth(ETH_P_IPV6, ipv6(src6, env.dst6, TCP, seg6(TCP, syn), flow=ident)),
-        eth(ETH_P_IPV6, ipv6(src6, env.dst6, UDP, seg6(UDP, udp), flow=ident + 1)),
+        frame(
+            ETH_P_IP, ipv4_packet(src4, env.dst4, TCP, l4_checksummed(src4, env.dst4, TCP, syn), ident=ident)
+        ),
+        frame(
+            ETH_P_IP,
+            ipv4_packet(src4, env.dst4, UDP, l4_checksummed(src4, env.dst4, UDP, udp), ident=ident + 1),
+        ),
+        frame(
+            ETH_P_IPV6, ipv6_packet(src6, env.dst6, TCP, l4_checksummed(src6, env.dst6, TCP, syn), flow=ident)
+        ),
+        frame(
+            ETH_P_IPV6,
+            ipv6_packet(src6, env.dst6, UDP, l4_checksummed(src6, env.dst6, UDP, udp), flow=ident + 1),
+        ),
     ]
 
 
 def arrived(env: Env, frames: list[bytes], seconds: float) -> list[bool]:
-    got: list[bytes] = []
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0 and not all(
-        any(is_copy(g, f) for g in got) for f in frames
-    ):
-        if select.select([env.rx], [], [], left)[0]:
-            data, addr = env.rx.recvfrom(65535)
-            if addr[2] != 4:  # PACKET_OUTGOING
-                got.append(data)
+    got = incoming(env.rx, seconds, stop=lambda got: all(any(is_copy(g, f) for g in got) for f in frames))
     return [any(is_copy(g, f) for g in got) for f in frames]
 
 
-def drain(env: Env) -> None:
-    while select.select([env.rx], [], [], 0)[0]:
-        env.rx.recv(65535)
-
-
 def send_and_watch(env: Env, sender: Pod, frames: list[bytes], seconds: float) -> tuple[list[bool], int]:
-    drain(env)
+    drain(env.rx)
     before = env.count(sender.ep, Reason.DROP_SPOOFED)
     for f in frames:
         sender.tx.send(f)

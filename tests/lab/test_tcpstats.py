@@ -10,7 +10,6 @@ same to the sender whether it was dropped or is only late, as on a loaded machin
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import time
@@ -19,12 +18,11 @@ from contextlib import contextmanager
 
 import pytest
 
-from tests.kernel.netns_util import VethPair, in_netns, veth_pair
-from tests.lab.tcpstats import Retransmissions, recv_exact, retransmissions
+from tests.support.netns_util import VethPair, in_netns, veth_pair
+from tests.support.tcpstats import Retransmissions, recv_exact, retransmissions
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, iptables)"),
 ]
 
 PORT = 9411

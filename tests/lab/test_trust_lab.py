@@ -18,12 +18,10 @@ import select
 import signal
 import socket
 import struct
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -31,15 +29,13 @@ from controller.core.verdicts import DIR_INGRESS
 from controller.datapath.abi import CounterKey, CounterValue, Reason
 from controller.datapath.bpfsys import BpfMap
 from controller.lab import netns, topology
-from controller.lab.client import teardown
 from controller.lab.state import LabPaths
-from tests.kernel import packets as P
-from tests.lab.conftest import run_cli
+from tests.support import packets as P
+from tests.support.labs import ip_link, lab_up, run_cli
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.lab,
-    pytest.mark.skipif(os.geteuid() != 0, reason="raw-packet lab tests need root (netns, AF_PACKET, bpf)"),
 ]
 
 EXT4, EXT6 = "203.0.113.5", "2001:db8::5"
@@ -175,99 +171,74 @@ class Env:
         return bool(result["connected"])
 
 
-def _link(ns: str, ifname: str) -> dict[str, object]:
-    out = netns.ip(ns, "-j", "link", "show", ifname)
-    (link,) = json.loads(out)
-    return dict(link)
-
-
 def _mac(link: dict[str, object]) -> bytes:
     return bytes.fromhex(str(link["address"]).replace(":", ""))
 
 
 def _sockets() -> tuple[socket.socket, socket.socket]:
-    tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-    tx.bind(("eth0", 0))
-    rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-    rx.bind(("eth0", 0x0003))
-    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    return tx, rx
+    return P.open_tx(), P.open_rx()
 
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    name = f"trust{os.getpid()}"
     opened: list[socket.socket] = []
     counters: BpfMap | None = None
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            model = Path(tmp) / "model.yaml"
-            model.write_text(MODEL)
-            run_cli("up", "--name", name, "-f", str(model))
-        run_cli("apply", "--name", name, "-f", "-", stdin=POLICY)
-        status = json.loads(run_cli("status", "--name", name, "-o", "json").stdout)
-        node = status["nodes"]["node-1"]
-        names = topology.LabNames(name)
-        hosts: dict[str, Host] = {}
-        veth: dict[str, int] = {}
+    with lab_up(MODEL, timeout=120) as lab:
+        try:
+            lab.cli("apply", "-f", "-", stdin=POLICY)
+            status = lab.status()
+            node = status["nodes"]["node-1"]
+            names = topology.LabNames(lab.name)
+            hosts: dict[str, Host] = {}
+            veth: dict[str, int] = {}
 
-        def add(key: str, ns: str, ips: list[str], next_hop: dict[str, object]) -> None:
-            tx, rx = netns.run_in_netns(ns, _sockets)
-            opened.extend((tx, rx))
-            hosts[key] = Host(
-                ns,
-                next(i for i in ips if ":" not in i),
-                next(i for i in ips if ":" in i),
-                _mac(_link(ns, "eth0")),
-                _mac(next_hop),
-                tx,
-                rx,
+            def add(key: str, ns: str, ips: list[str], next_hop: dict[str, object]) -> None:
+                tx, rx = netns.run_in_netns(ns, _sockets)
+                opened.extend((tx, rx))
+                hosts[key] = Host(
+                    ns,
+                    next(i for i in ips if ":" not in i),
+                    next(i for i in ips if ":" in i),
+                    _mac(ip_link(ns, "eth0")),
+                    _mac(next_hop),
+                    tx,
+                    rx,
+                )
+
+            for key, info in status["pods"].items():
+                pod_ns, pod_name = key.split("/")
+                host_side = ip_link(node["netns"], topology.pod_ifname(pod_ns, pod_name))
+                veth[pod_name] = int(str(host_side["ifindex"]))
+                add(pod_name, info["netns"], info["ips"], host_side)
+            ext = status["externals"]["outside"]
+            add("outside", ext["netns"], ext["ips"], ip_link(names.fabric, topology.ext_ifname("outside")))
+            counters = BpfMap.open_pinned(str(LabPaths(lab.name).pin_root / "node-1" / "vg_counters"))
+            yield Env(
+                lab=lab.name,
+                hosts=hosts,
+                node4=node["ips"][0],
+                node6=node["ips"][1],
+                uplink=int(str(ip_link(node["netns"], "eth0")["ifindex"])),
+                veth=veth,
+                node_port=int(status["services"]["prod/db"]["ports"][0]["nodePort"]),
+                counters=counters,
             )
-
-        for key, info in status["pods"].items():
-            pod_ns, pod_name = key.split("/")
-            host_side = _link(node["netns"], topology.pod_ifname(pod_ns, pod_name))
-            veth[pod_name] = int(str(host_side["ifindex"]))
-            add(pod_name, info["netns"], info["ips"], host_side)
-        ext = status["externals"]["outside"]
-        add("outside", ext["netns"], ext["ips"], _link(names.fabric, topology.ext_ifname("outside")))
-        counters = BpfMap.open_pinned(str(LabPaths(name).pin_root / "node-1" / "vg_counters"))
-        yield Env(
-            lab=name,
-            hosts=hosts,
-            node4=node["ips"][0],
-            node6=node["ips"][1],
-            uplink=int(str(_link(node["netns"], "eth0")["ifindex"])),
-            veth=veth,
-            node_port=int(status["services"]["prod/db"]["ports"][0]["nodePort"]),
-            counters=counters,
-        )
-    finally:
-        for s in opened:
-            s.close()
-        if counters is not None:
-            counters.close()
-        teardown(name)
+        finally:
+            for s in opened:
+                s.close()
+            if counters is not None:
+                counters.close()
 
 
 def marker() -> bytes:
     return b"VGMARK" + os.urandom(10)
 
 
-def ip4(src: str, dst: str, proto: int, l4: bytes) -> bytes:
-    """P.ipv4 with its header checksum (routers drop IPv4 headers with a bad one)."""
-    frame = bytearray(P.ipv4(src, dst, proto, l4))
-    words = struct.unpack("!10H", bytes(frame[14:34]))
-    total = sum(words)
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    frame[24:26] = struct.pack("!H", ~total & 0xFFFF)
-    return bytes(frame)
-
-
 def syn(src: str, dst: str, dport: int, mark: bytes, sport: int = 41000) -> bytes:
     segment = P.tcp(sport, dport, payload=mark)
-    return P.ipv6(src, dst, P.TCP, segment) if ":" in src else ip4(src, dst, P.TCP, segment)
+    return (
+        P.ipv6(src, dst, P.TCP, segment) if ":" in src else P.ipv4(src, dst, P.TCP, segment, checksummed=True)
+    )
 
 
 def sent_and_seen(sender: Host, victim: Host, frame_of: Callable[[bytes], bytes], seconds: float) -> bool:
@@ -367,10 +338,12 @@ def api_connection(env: Env) -> Iterator[int]:
 
 def test_an_icmp_error_about_a_tracked_flow_counts_only_from_its_peer(env: Env, api_connection: int) -> None:
     x, api, db = env.hosts["x"], env.hosts["api"], env.hosts["db"]
-    embedded = ip4(db.ip4, api.ip4, P.TCP, P.tcp(5432, api_connection))[14:42]
+    embedded = P.ipv4(db.ip4, api.ip4, P.TCP, P.tcp(5432, api_connection), checksummed=True)[14:42]
 
     def error(src: str) -> Callable[[bytes], bytes]:
-        return lambda m: ip4(src, db.ip4, P.ICMP, struct.pack("!BBHI", 3, 3, 0, 0) + embedded + m)
+        return lambda m: P.ipv4(
+            src, db.ip4, P.ICMP, struct.pack("!BBHI", 3, 3, 0, 0) + embedded + m, checksummed=True
+        )
 
     assert not sent_and_seen(x, db, error(x.ip4), SETTLE)  # x speaks for api
     assert sent_and_seen(api, db, error(api.ip4), ARRIVE)  # control: api itself

@@ -20,6 +20,7 @@ from controller.agent.veth_match import Discovered
 from controller.compiler.desired_state import EndpointDesired, NodeDesired
 from controller.core.errors import PolicyError
 from controller.datapath.readback import GcResult, KernelState
+from tests.support.waiting import wait_for
 
 KINDS = ("Namespace", "Pod", "NetworkPolicy", "Node", "Service")
 
@@ -225,15 +226,6 @@ class Rig:
             self.thread.join(5)
             assert not self.thread.is_alive()
         self.agent.close()
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition not reached in time")
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """New veths are attached as soon as netlink reports them, before the pass computes or discovers
 anything, and the pass that writes their endpoint runs without waiting for the coalescing window.
-Real model and compiler, fake kernel (the fakes of test_agent_limits)."""
+Real model and compiler, fake kernel (the fakes of tests/support/agent_fakes.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, cast
 
 from controller.agent.cluster_events import Event, KubeObject
 from controller.agent.veth_match import Discovered, unclaimed_key
-from tests.unit.test_agent_limits import (
+from tests.support.agent_fakes import (
     FakeDatapath,
     FakeLinkWatch,
     Routes,
@@ -20,6 +20,7 @@ from tests.unit.test_agent_limits import (
     pod,
     relist,
 )
+from tests.support.waiting import wait_for
 
 
 class CountingDatapath(FakeDatapath):
@@ -130,19 +131,19 @@ def test_the_pod_event_that_claims_a_pending_veth_is_realized_without_the_coales
     thread = threading.Thread(target=agent.run, daemon=True)
     thread.start()
     try:
-        _wait(lambda: bool(dp.synced))
+        wait_for(lambda: bool(dp.synced))
         lw.appeared[9] = 0.0
         agent.wake()
-        _wait(lambda: unclaimed_key(9) in dp.last[1])
+        wait_for(lambda: unclaimed_key(9) in dp.last[1])
         # the pod of veth 9 reaches the API (after its route, as a CNI does it)
         routes.by_ip["10.244.1.9"] = 9
         api.items["Pod"].append(pod("x", "b", "10.244.1.9"))
         api.rv = 3
         relist(agent.sources)  # type: ignore[arg-type]
-        _wait(lambda: dp.last[1].get("x/b") == 9)
+        wait_for(lambda: dp.last[1].get("x/b") == 9)
         assert dp.last[1] == {"x/a": 2, "x/b": 9}
         # The pass records the latency after its sync returned: wait for it, do not race it.
-        _wait(lambda: metric(agent, "vethguard_endpoint_enforce_latency_seconds_count") >= 1)
+        wait_for(lambda: metric(agent, "vethguard_endpoint_enforce_latency_seconds_count") >= 1)
         assert metric(agent, "vethguard_endpoint_enforce_latency_seconds_count") == 1
     finally:
         agent.stop()
@@ -175,14 +176,6 @@ def _event(kind: str, type_: str, key: str, obj: dict[str, Any], rv: str) -> Eve
     return Event(kind, type_, key, cast(KubeObject, obj), rv)  # type: ignore[arg-type]
 
 
-def _wait(cond: Callable[[], bool]) -> None:
-    for _ in range(500):
-        if cond():
-            return
-        threading.Event().wait(0.01)
-    raise AssertionError("not within 5 s")
-
-
 class BlockingRoutes(Routes):
     """Discovery that can be held in the middle of a pass (as a bridge probe waits up to 0.3 s)."""
 
@@ -208,18 +201,18 @@ def test_a_veth_appearing_during_a_slow_pass_is_attached_on_the_netlink_thread_w
     thread = threading.Thread(target=agent.run, daemon=True)
     thread.start()
     try:
-        _wait(lambda: bool(dp.synced))
+        wait_for(lambda: bool(dp.synced))
         routes.hold.set()
         lw.appeared[5] = 0.0
         agent.wake()  # attaches 5, then the pass it starts is held in discovery
         assert 5 in dp.attached
-        _wait(routes.inside.is_set)
+        wait_for(routes.inside.is_set)
         lw.appeared[6] = 0.0
         agent.wake()  # the netlink thread, while the pass is held
         assert 6 in dp.attached and not routes.release.is_set()
         routes.hold.clear()
         routes.release.set()
-        _wait(lambda: {unclaimed_key(5), unclaimed_key(6)} <= set(dp.last[1]))
+        wait_for(lambda: {unclaimed_key(5), unclaimed_key(6)} <= set(dp.last[1]))
         assert dp.attach_calls.count(5) == 1 and dp.attach_calls.count(6) == 1
         assert agent.status()["attached"] == 2
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from controller.compiler.desired_state import NodeDesired
 from controller.datapath.readback import GcResult, KernelState
 from controller.lab.apiserver import ServerThread, kubeconfig_text, serve_tcp, tcp_listener
 from controller.lab.store import Store
+from tests.support.waiting import wait_for
 
 
 class Routes:
@@ -110,15 +111,6 @@ def deny_all(namespace: str) -> dict[str, Any]:
     }
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
-
-
 class Env:
     def __init__(self, tmp: Path) -> None:
         self.store = Store(window=5)
@@ -173,7 +165,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
 
 
 def test_the_agent_realizes_the_initial_state_of_the_api_server(env: Env):
-    wait_for(lambda: env.agent.status()["ready"])
+    wait_for(lambda: env.agent.status()["ready"], 10)
     wait_for(env.caught_up)
     desired, pod_ifindex = env.dp.last  # type: ignore[misc]
     assert list(desired.endpoints) == ["x/a"] and pod_ifindex == {"x/a": 21}
@@ -182,21 +174,21 @@ def test_the_agent_realizes_the_initial_state_of_the_api_server(env: Env):
 
 
 def test_every_write_is_realized_and_reported_through_realized_generation(env: Env):
-    wait_for(env.caught_up)
+    wait_for(env.caught_up, 10)
     env.store.create("networkpolicies", deny_all("x"))
     target = env.store.resource_version
-    wait_for(lambda: env.realized() >= target)
+    wait_for(lambda: env.realized() >= target, 10)
     desired, _ = env.dp.last  # type: ignore[misc]
     assert desired.endpoints["x/a"].ingress_isolated
     env.routes.by_ip["10.244.1.3"] = 22
     env.store.create("pods", pod("x", "b", "10.244.1.3"))
-    wait_for(lambda: env.realized() >= env.store.resource_version and env.dp.attached == {21, 22})
+    wait_for(lambda: env.realized() >= env.store.resource_version and env.dp.attached == {21, 22}, 10)
     env.store.delete("pods", "x", "a")
-    wait_for(lambda: env.realized() >= env.store.resource_version and env.dp.attached == {22})
+    wait_for(lambda: env.realized() >= env.store.resource_version and env.dp.attached == {22}, 10)
 
 
 def test_an_api_server_outage_keeps_enforcing_then_relists_when_history_is_gone(env: Env):
-    wait_for(env.caught_up)
+    wait_for(env.caught_up, 10)
     before = env.realized()
     env.server.stop()
     # more writes than the watch window keeps: resuming the watch will get 410 Gone
@@ -207,7 +199,7 @@ def test_an_api_server_outage_keeps_enforcing_then_relists_when_history_is_gone(
     st = env.agent.status()
     assert st["ready"] and st["realized_generation"] == before and st["endpoints"] == 1  # still enforcing
     env.restart_server()
-    wait_for(env.caught_up)
+    wait_for(env.caught_up, 10)
     desired, _ = env.dp.last  # type: ignore[misc]
     assert desired.endpoints["x/a"].ingress_isolated
     assert env.metrics.watch_restarts_total.labels(kind="NetworkPolicy", reason="expired")._value.get() >= 1

@@ -17,7 +17,7 @@ from controller.compiler.compute import compute
 from controller.compiler.model import ClusterState
 from controller.debug.verdict_model import verdict
 from tests.reference.evaluator import Evaluator, InvalidPolicy
-from tests.unit.conftest import K8s as K
+from tests.support.k8s import K8s as K
 
 NODES = [
     K.node("node-1", "10.244.1.1", "fd00:10:244:1::1"),

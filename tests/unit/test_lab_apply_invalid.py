@@ -13,6 +13,7 @@ import pytest
 
 from controller import cli
 from controller.lab import cli as lab_cli
+from controller.lab import client
 from controller.lab.apiserver import ApiUnixServer, ServerThread
 from controller.lab.store import Store
 
@@ -46,7 +47,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
 
     server = ServerThread(ApiUnixServer(tmp_path / "api.sock", store, lab_endpoint)).start()
     paths = SimpleNamespace(socket=tmp_path / "api.sock", lab="t")
-    monkeypatch.setattr(lab_cli, "connect", lambda lab: lab_cli.LabClient(paths))  # type: ignore[arg-type]
+    monkeypatch.setattr(lab_cli, "connect", lambda lab: client.LabClient(paths))  # type: ignore[arg-type]
     try:
         yield store
     finally:

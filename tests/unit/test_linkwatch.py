@@ -8,27 +8,14 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from controller.agent.linkwatch import IFLA_INFO_KIND, IFLA_LINKINFO, NDA_DST, NDA_LLADDR, LinkWatch
 from controller.datapath import rtnl
 from controller.lab import netns
-
-needs_root = [
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="creating network namespaces needs root"),
-]
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.005)
-    raise AssertionError("condition not reached in time")
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture
@@ -46,8 +33,7 @@ def ifindex(ns: str, dev: str) -> int:
     return int(netns.run_in_netns(ns, lambda: __import__("socket").if_nametoindex(dev)))
 
 
-@needs_root[0]
-@needs_root[1]
+@pytest.mark.root
 def test_a_new_veth_wakes_the_watcher_at_once_and_is_timed_while_old_links_are_not_new(ns: str):
     wakes: list[float] = []
     woke = threading.Event()
@@ -80,8 +66,7 @@ def test_a_new_veth_wakes_the_watcher_at_once_and_is_timed_while_old_links_are_n
         lw.stop()
 
 
-@needs_root[0]
-@needs_root[1]
+@pytest.mark.root
 def test_after_lost_messages_veths_created_meanwhile_are_new_and_removed_ones_forgotten(ns: str):
     lw = LinkWatch(lambda: None)  # no thread: drive the re-read by hand, as ENOBUFS does
     netns.run_in_netns(ns, lambda: lw._refresh(blind=False))

@@ -18,7 +18,7 @@ from controller.compiler.policy import compile_cluster, rule_ref, selected_pods
 from controller.core.identities import ID_ANY, ID_HOST, ID_REMOTE_NODE, ID_WORLD
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
 from controller.debug.verdict_model import verdict
-from tests.unit.conftest import K8s
+from tests.support.k8s import K8s
 
 K = K8s
 A_IP, B_IP, C_IP, D_IP = "10.244.1.10", "10.244.2.10", "10.244.1.11", "10.244.2.11"

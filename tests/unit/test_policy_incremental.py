@@ -20,7 +20,7 @@ from controller.compiler import compute
 from controller.compiler.builder import ClusterBuilder, cluster_from_objects
 from controller.compiler.model import ClusterState
 from controller.compiler.policy import compile_cluster
-from tests.unit.conftest import K8s as K
+from tests.support.k8s import K8s as K
 
 NAMESPACES = ("a", "b", "c")
 NODES = ("node-1", "node-2")

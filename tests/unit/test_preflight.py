@@ -387,11 +387,8 @@ def test_main_prints_one_line_per_check(
 
 # ------------------------------------------------------------------------------ the real node (root)
 
-root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: bpffs, capabilities, netns")
-
 
 @pytest.mark.root
-@root
 def test_this_node_passes_every_check_and_the_module_prints_them() -> None:
     assert preflight.check() == []
     out = subprocess.run(
@@ -427,8 +424,8 @@ COMPILE = textwrap.dedent(
 
 
 @pytest.mark.root
+@pytest.mark.bcc
 @pytest.mark.slow
-@root
 def test_with_lib_modules_hidden_the_packaged_headers_compile_the_real_programs() -> None:
     # A private mount namespace: the tmpfs over /lib/modules and /run (where the merged tree
     # goes) exists only for this child and vanishes with it; the host keeps its own.
@@ -529,8 +526,8 @@ def cap_lab() -> Iterator[CapLab]:
 
 
 @pytest.mark.root
+@pytest.mark.bcc
 @pytest.mark.slow
-@root
 def test_the_daemonset_capabilities_load_pin_attach_and_restart_and_sys_admin_is_what_restart_needs(
     cap_lab: CapLab,
 ) -> None:

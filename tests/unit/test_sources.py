@@ -18,6 +18,7 @@ from controller.agent.cluster_events import Event, generation_of, object_key
 from controller.agent.informers import InformerOptions, Sources, full_jitter
 from controller.agent.kube_api import KINDS
 from controller.agent.metrics import Metrics
+from tests.support.waiting import wait_for
 
 PATHS = {
     "/api/v1/namespaces": "Namespace",
@@ -225,15 +226,6 @@ def pod(namespace: str, name: str, ip: str, node: str = "node-1") -> dict[str, A
         "spec": {"nodeName": node, "containers": [{"name": "c"}]},
         "status": {"podIP": ip, "podIPs": [{"ip": ip}]},
     }
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition not reached in time")
 
 
 def drain(q: queue.Queue[Event]) -> list[Event]:

@@ -14,7 +14,7 @@ import copy
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from controller.compiler.desired_state import NodeDesired
 from controller.datapath.readback import GcResult, KernelState
 from controller.lab.apiserver import ServerThread, kubeconfig_text, serve_tcp
 from controller.lab.store import RESOURCES, Store, object_key
+from tests.support.waiting import wait_for
 
 # ------------------------------------------------------------------------------------------ faults
 
@@ -162,15 +163,6 @@ def deny_ingress(namespace: str, name: str = "deny") -> dict[str, Any]:
     }
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{what} not reached within {timeout} s")
-
-
 def restarts(metrics: Metrics, kind: str, reason: str) -> float:
     return float(metrics.watch_restarts_total.labels(kind=kind, reason=reason)._value.get())
 
@@ -213,7 +205,9 @@ def api(tmp_path: Path) -> Iterator[Api]:
 def start(api: Api) -> None:
     api.sources.start()
     assert api.sources.wait_synced(15), "informers did not sync"
-    wait_for(lambda: api.sources.generation() == api.store.resource_version, what="initial generation")
+    wait_for(
+        lambda: api.sources.generation() == api.store.resource_version, timeout=15, what="initial generation"
+    )
 
 
 # ------------------------------------------------------------------------------------------ informers
@@ -227,11 +221,15 @@ def test_a_410_in_the_middle_of_a_watch_relists_and_the_cache_converges(api: Api
     api.store.silent_write("pods", changed, "x", "b")
     api.store.silent_write("pods", pod("x", "c", "10.244.1.4"), "x", "c")
     api.store.compact()
-    wait_for(lambda: api.pods() == ["x/b", "x/c"], what="relisted pods")
+    wait_for(lambda: api.pods() == ["x/b", "x/c"], timeout=15, what="relisted pods")
     assert api.sources.informers["Pod"].get("x/b")["metadata"]["labels"] == {"app": "db"}  # type: ignore[index]
     assert api.sources.informers["Pod"].lists > lists
     assert restarts(api.metrics, "Pod", "expired") >= 1
-    wait_for(lambda: api.sources.generation() == api.store.resource_version, what="generation after relist")
+    wait_for(
+        lambda: api.sources.generation() == api.store.resource_version,
+        timeout=15,
+        what="generation after relist",
+    )
 
 
 def test_dropped_connections_resume_from_the_last_version_without_a_relist(api: Api):
@@ -240,7 +238,9 @@ def test_dropped_connections_resume_from_the_last_version_without_a_relist(api: 
     for round_ in range(3):
         api.proxy.drop()
         api.store.create("pods", pod("x", f"d{round_}", f"10.244.1.{10 + round_}"))
-    wait_for(lambda: {"x/d0", "x/d1", "x/d2"} <= set(api.pods()), what="pods written around drops")
+    wait_for(
+        lambda: {"x/d0", "x/d1", "x/d2"} <= set(api.pods()), timeout=15, what="pods written around drops"
+    )
     assert {k: inf.lists for k, inf in api.sources.informers.items()} == lists  # watch resumed, no relist
 
 
@@ -258,7 +258,7 @@ def test_objects_changed_while_disconnected_beyond_the_history_window_converge_a
         time.sleep(0.5)
         assert api.pods() == ["x/a"]  # disconnected: the last known state is kept, not emptied
         api.proxy.refuse = False
-        wait_for(lambda: api.pods() == [f"x/n{i}" for i in range(6)], what="converged pods")
+        wait_for(lambda: api.pods() == [f"x/n{i}" for i in range(6)], timeout=15, what="converged pods")
         assert restarts(api.metrics, "Pod", "error") >= 1
         assert restarts(api.metrics, "Pod", "expired") >= 1
     finally:
@@ -277,7 +277,7 @@ def test_a_stalled_watch_is_noticed_by_the_read_timeout_and_rewatched(api: Api):
     api.store.create("pods", pod("x", "late", "10.244.1.9"))
     api.proxy.resume()
     api.proxy.drop()  # connections held during the stall are dead anyway
-    wait_for(lambda: "x/late" in api.pods(), what="write made during the stall")
+    wait_for(lambda: "x/late" in api.pods(), timeout=15, what="write made during the stall")
 
 
 def test_a_stalled_list_is_retried_until_the_server_answers(api: Api):
@@ -376,11 +376,15 @@ def test_the_agent_keeps_enforcing_through_410_drops_and_stalls_and_converges_af
     thread = threading.Thread(target=agent.run, daemon=True)
     thread.start()
     try:
-        wait_for(lambda: agent.realized_generation >= api.store.resource_version, what="initial realization")
+        wait_for(
+            lambda: agent.realized_generation >= api.store.resource_version,
+            timeout=15,
+            what="initial realization",
+        )
         # 1. a 410 mid-watch: a new pod appears only through the relist
         api.store.silent_write("pods", pod("x", "c", "10.244.1.4"), "x", "c")
         api.store.compact()
-        wait_for(lambda: "x/c" in dp.last().endpoints, what="pod seen through the relist")
+        wait_for(lambda: "x/c" in dp.last().endpoints, timeout=15, what="pod seen through the relist")
         # 2. dropped connections and a refusing server, with a change made meanwhile
         api.proxy.refuse = True
         api.proxy.drop()
@@ -388,15 +392,23 @@ def test_the_agent_keeps_enforcing_through_410_drops_and_stalls_and_converges_af
         time.sleep(1.2)  # at least two full resyncs run on the cached state
         assert dp.last().endpoints["x/a"].ingress_isolated  # still the last known state
         api.proxy.refuse = False
-        wait_for(lambda: not dp.last().endpoints["x/a"].ingress_isolated, what="change made while away")
+        wait_for(
+            lambda: not dp.last().endpoints["x/a"].ingress_isolated, timeout=15, what="change made while away"
+        )
         # 3. a stall, with a policy created during it
         api.proxy.stall()
         api.store.create("networkpolicies", deny_ingress("x", "again"))
         wait_for(lambda: restarts(api.metrics, "NetworkPolicy", "timeout") >= 1, timeout=20, what="stall")
         api.proxy.resume()
         api.proxy.drop()
-        wait_for(lambda: dp.last().endpoints["x/a"].ingress_isolated, what="policy created during the stall")
-        wait_for(lambda: agent.realized_generation >= api.store.resource_version, what="caught up")
+        wait_for(
+            lambda: dp.last().endpoints["x/a"].ingress_isolated,
+            timeout=15,
+            what="policy created during the stall",
+        )
+        wait_for(
+            lambda: agent.realized_generation >= api.store.resource_version, timeout=15, what="caught up"
+        )
     finally:
         agent.stop()
         thread.join(5)

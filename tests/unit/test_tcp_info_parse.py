@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from tests.lab.tcpstats import DSACK_DUPS_OFFSET, TCP_INFO_LEN, TOTAL_RETRANS_OFFSET, parse_tcp_info
+from tests.support.tcpstats import DSACK_DUPS_OFFSET, TCP_INFO_LEN, TOTAL_RETRANS_OFFSET, parse_tcp_info
 
 
 def info(total: int, dups: int) -> bytes:

@@ -1,0 +1,124 @@
+"""Labs built through the real `vethguard lab` CLI, always torn down, and the models they are
+built from (tests/support/models/*.yaml). tests/lab/conftest.py makes the fixtures `lab` and
+`lab_factory` from these.
+
+Each lab gets a name unique to this test run (t<pid>n<n>); `lab_up` and the fixtures remove it
+through `teardown` even when the test or `lab up` failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import string
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from controller.lab.client import teardown
+
+MODELS = Path(__file__).parent / "models"
+_counter = itertools.count()
+
+
+def load_model(filename: str, /, **fields: str) -> str:
+    """The YAML text of models/`filename`; with `fields`, its $placeholders filled in."""
+    text = (MODELS / filename).read_text()
+    return string.Template(text).substitute(fields) if fields else text
+
+
+def model_text() -> str:
+    """The default lab model: namespaces x and y, ext/web, pods x/a, x/b, y/a (see PODS)."""
+    return load_model("default.yaml")
+
+
+PODS: list[tuple[str, str]] = [
+    (doc["metadata"]["namespace"], doc["metadata"]["name"])
+    for doc in yaml.safe_load_all(model_text())
+    if doc and doc["kind"] == "Pod"
+]
+
+
+def unique_lab_name() -> str:
+    return f"t{os.getpid()}n{next(_counter)}"
+
+
+def run_cli(
+    *args: str, stdin: str | None = None, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`vethguard lab *args`; unless check=False, an AssertionError with its output if it fails."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "controller.cli", "lab", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"vethguard lab {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}{proc.stdout}"
+        )
+    return proc
+
+
+def ip_link(netns: str, ifname: str) -> dict[str, Any]:
+    """`ip -j link show ifname` in the namespace `netns`."""
+    argv = ["ip", "-n", netns, "-j", "link", "show", ifname]
+    (link,) = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+    return dict(link)
+
+
+@dataclass
+class Lab:
+    name: str
+
+    def cli(
+        self, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        command, *rest = args
+        return run_cli(command, "--name", self.name, *rest, stdin=stdin, check=check)
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(self.cli("status", "-o", "json").stdout)
+        return result
+
+    def probe(self, port: int, protocol: str, family: int = 4, *extra: str) -> dict[tuple[str, str], bool]:
+        out = self.cli(
+            "probe",
+            "--port",
+            str(port),
+            "--protocol",
+            protocol,
+            "--family",
+            str(family),
+            "-o",
+            "json",
+            *extra,
+        )
+        doc = json.loads(out.stdout)
+        assert (doc["port"], doc["protocol"], doc["family"]) == (port, protocol, family)
+        return {(r["from"], r["to"]): r["connected"] for r in doc["results"]}
+
+
+@contextlib.contextmanager
+def lab_up(model: str, *up_args: str, timeout: float = 300) -> Iterator[Lab]:
+    """`vethguard lab up` of `model` (YAML text) with `up_args`, torn down on exit whatever
+    happened; for module-scoped fixtures."""
+    name = unique_lab_name()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.yaml"
+        path.write_text(model)
+        try:
+            run_cli("up", "--name", name, "-f", str(path), *up_args, timeout=timeout)
+            yield Lab(name)
+        finally:
+            teardown(name)
