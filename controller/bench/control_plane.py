@@ -302,7 +302,13 @@ def worker(pods: int, settings: Settings) -> dict[str, Any]:
     node = f"bench-cp-{uuid.uuid4().hex[:8]}"
     pin_root = "/sys/fs/bpf/vethguard"
     preflight.use_kernel_headers()  # as the agent does: bcc compiles with the headers found
-    dp = Datapath(node=node, pin_root=pin_root, extra_cflags=(f"-DVG_MAX_IPCACHE={max(65536, 2 * pods)}",))
+    try:
+        dp = Datapath(
+            node=node, pin_root=pin_root, extra_cflags=(f"-DVG_MAX_IPCACHE={max(65536, 2 * pods)}",)
+        )
+    except BaseException:
+        Datapath.remove_pins(node, pin_root)  # a failed compile or load leaves its pin directory
+        raise
     try:
         # The timed full compile is the benchmark's, not the agent's (which builds and keeps its
         # own): done after the load and dropped on return, so the RSS below is the agent's.
