@@ -67,7 +67,50 @@ class Routes:
         return out
 
 
-class FakeDatapath:
+class NullDatapath:
+    """A NodeDatapath that does nothing: fakes subclass it and override what they record."""
+
+    def attach(self, ifindex: int) -> None:
+        pass
+
+    def detach(self, ifindex: int) -> None:
+        pass
+
+    def sync(self, desired: NodeDesired, pod_ifindex: Mapping[str, int]) -> object:
+        return None
+
+    def sync_incremental(self, desired: NodeDesired, pod_ifindex: Mapping[str, int]) -> object:
+        return self.sync(desired, pod_ifindex)
+
+    def find_uplinks(self, names: Sequence[str]) -> dict[int, str]:
+        return {}
+
+    def attach_uplink(self, ifindex: int) -> None:
+        pass
+
+    def detach_uplink(self, ifindex: int) -> None:
+        pass
+
+    def capacity(self) -> dict[str, int]:
+        return {}
+
+    def entry_counts(self) -> dict[str, int]:
+        return {}
+
+    def counters(self) -> dict[tuple[int, int, int], tuple[int, int]]:
+        return {}
+
+    def gc_conntrack(self) -> GcResult:
+        return GcResult(0, 0, 0)
+
+    def dump(self) -> KernelState:
+        return KernelState(0, {}, {}, {}, [])
+
+    def close(self) -> None:
+        pass
+
+
+class FakeDatapath(NullDatapath):
     def __init__(self, capacity: dict[str, int] | None = None) -> None:
         self.cap = capacity or {}
         self.attached: set[int] = set()
@@ -94,30 +137,6 @@ class FakeDatapath:
 
     def counters(self) -> dict[tuple[int, int, int], tuple[int, int]]:
         return dict(self.counter_values)
-
-    def sync_incremental(self, desired: NodeDesired, pod_ifindex: Mapping[str, int]) -> None:
-        return self.sync(desired, pod_ifindex)
-
-    def find_uplinks(self, names: Sequence[str]) -> dict[int, str]:
-        return {}
-
-    def attach_uplink(self, ifindex: int) -> None:
-        pass
-
-    def detach_uplink(self, ifindex: int) -> None:
-        pass
-
-    def entry_counts(self) -> dict[str, int]:
-        return {}
-
-    def gc_conntrack(self) -> GcResult:
-        return GcResult(0, 0, 0)
-
-    def dump(self) -> KernelState:
-        return KernelState(0, {}, {}, {}, [])
-
-    def close(self) -> None:
-        pass
 
     @property
     def last(self) -> tuple[NodeDesired, dict[str, int]]:

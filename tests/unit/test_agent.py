@@ -19,7 +19,8 @@ from controller.agent.metrics import Metrics
 from controller.agent.veth_match import Discovered
 from controller.compiler.desired_state import EndpointDesired, NodeDesired
 from controller.core.errors import PolicyError
-from controller.datapath.readback import GcResult, KernelState
+from controller.datapath.readback import KernelState
+from tests.support.agent_fakes import NullDatapath
 from tests.support.waiting import wait_for
 
 KINDS = ("Namespace", "Pod", "NetworkPolicy", "Node", "Service")
@@ -132,7 +133,7 @@ class FakeDiscovery:
         return out
 
 
-class FakeDatapath:
+class FakeDatapath(NullDatapath):
     def __init__(self) -> None:
         self.attached: set[int] = set()
         self.calls: list[tuple[str, Any]] = []
@@ -153,33 +154,6 @@ class FakeDatapath:
             raise OSError("map update failed: E2BIG")
         self.syncs.append((desired, dict(pod_ifindex)))
         return {"added": len(desired.endpoints)}
-
-    def sync_incremental(self, desired: NodeDesired, pod_ifindex: Mapping[str, int]) -> dict[str, int]:
-        return self.sync(desired, pod_ifindex)
-
-    def find_uplinks(self, names: Sequence[str]) -> dict[int, str]:
-        return {}
-
-    def attach_uplink(self, ifindex: int) -> None:
-        pass
-
-    def detach_uplink(self, ifindex: int) -> None:
-        pass
-
-    def capacity(self) -> dict[str, int]:
-        return {}
-
-    def entry_counts(self) -> dict[str, int]:
-        return {}
-
-    def counters(self) -> dict[tuple[int, int, int], tuple[int, int]]:
-        return {}
-
-    def gc_conntrack(self) -> GcResult:
-        return GcResult(0, 0, 0)
-
-    def dump(self) -> KernelState:
-        return KernelState(0, {}, {}, {}, [])
 
     def close(self) -> None:
         self.closed = True

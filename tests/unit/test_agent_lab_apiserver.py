@@ -17,9 +17,9 @@ from controller.agent.loop import Agent, AgentConfig
 from controller.agent.metrics import Metrics
 from controller.agent.veth_match import Discovered
 from controller.compiler.desired_state import NodeDesired
-from controller.datapath.readback import GcResult, KernelState
 from controller.lab.apiserver import ServerThread, kubeconfig_text, serve_tcp, tcp_listener
 from controller.lab.store import Store
+from tests.support.agent_fakes import NullDatapath
 from tests.support.waiting import wait_for
 
 
@@ -38,7 +38,7 @@ class Routes:
         return out
 
 
-class RecordingDatapath:
+class RecordingDatapath(NullDatapath):
     def __init__(self) -> None:
         self.attached: set[int] = set()
         self.last: tuple[NodeDesired, dict[str, int]] | None = None
@@ -53,33 +53,6 @@ class RecordingDatapath:
 
     def sync(self, desired: NodeDesired, pod_ifindex: Mapping[str, int]) -> None:
         self.last = (desired, dict(pod_ifindex))
-
-    def sync_incremental(self, desired: NodeDesired, pod_ifindex: Mapping[str, int]) -> None:
-        return self.sync(desired, pod_ifindex)
-
-    def find_uplinks(self, names: Sequence[str]) -> dict[int, str]:
-        return {}
-
-    def attach_uplink(self, ifindex: int) -> None:
-        pass
-
-    def detach_uplink(self, ifindex: int) -> None:
-        pass
-
-    def capacity(self) -> dict[str, int]:
-        return {}
-
-    def entry_counts(self) -> dict[str, int]:
-        return {}
-
-    def counters(self) -> dict[tuple[int, int, int], tuple[int, int]]:
-        return {}
-
-    def gc_conntrack(self) -> GcResult:
-        return GcResult(0, 0, 0)
-
-    def dump(self) -> KernelState:
-        return KernelState(0, {}, {}, {}, [])
 
     def close(self) -> None:
         pass

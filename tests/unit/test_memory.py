@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from controller.compiler.model import ClusterState
 from controller.compiler.policy import compile_cluster
 from controller.compiler.selectors import LabelIndex, LabelSelector
 from controller.datapath import loader
-from controller.datapath.readback import GcResult, KernelState
+from tests.support.agent_fakes import NullDatapath
 
 
 def small_cluster(pods: int = 40) -> synth.Cluster:
@@ -192,46 +192,13 @@ def test_release_free_heap_hands_freed_malloc_pages_back_to_the_kernel():
     assert len(keep) == 512
 
 
-class _CountingDatapath:
+class _CountingDatapath(NullDatapath):
     def __init__(self) -> None:
         self.syncs = 0
-
-    def attach(self, ifindex: int) -> None:
-        pass
-
-    def detach(self, ifindex: int) -> None:
-        pass
 
     def sync(self, desired: Any, pod_ifindex: Mapping[str, int]) -> dict[str, int]:
         self.syncs += 1
         return {"added": len(desired.endpoints)}
-
-    def sync_incremental(self, desired: Any, pod_ifindex: Mapping[str, int]) -> dict[str, int]:
-        return self.sync(desired, pod_ifindex)
-
-    def find_uplinks(self, names: Sequence[str]) -> dict[int, str]:
-        return {}
-
-    def attach_uplink(self, ifindex: int) -> None:
-        pass
-
-    def detach_uplink(self, ifindex: int) -> None:
-        pass
-
-    def capacity(self) -> dict[str, int]:
-        return {}
-
-    def entry_counts(self) -> dict[str, int]:
-        return {}
-
-    def counters(self) -> dict[tuple[int, int, int], tuple[int, int]]:
-        return {}
-
-    def gc_conntrack(self) -> GcResult:
-        return GcResult(0, 0, 0)
-
-    def dump(self) -> KernelState:
-        return KernelState(0, {}, {}, {}, [])
 
     def close(self) -> None:
         pass
