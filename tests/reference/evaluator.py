@@ -32,6 +32,25 @@ Pods are running pods with their addresses in status.podIPs (hostNetwork and fin
 are out of scope and rejected). A pod talking to itself never crosses the datapath and is
 not a question this evaluator answers.
 
+ClusterNetworkPolicy (policy.networking.k8s.io/v1alpha2, network-policy-api v0.2.0), restated
+from the API's type documentation and ../../../shared/DESIGN.md "Cluster-wide, ordered policy":
+
+- Per connection and per direction the tiers are consulted in order: Admin ClusterNetworkPolicies,
+  then NetworkPolicy, then Baseline ClusterNetworkPolicies, then the default (allowed).
+- Within a tier: policies by ascending spec.priority, ties by metadata.name; in a policy, the
+  rules of the direction in written order. A policy applies to a pod its subject selects
+  (`namespaces`: the pod's namespace labels; `pods`: namespaceSelector AND podSelector). The
+  first rule whose peers (any of them) and protocols (any entry; none = everything, ICMP too)
+  match decides: Accept (the direction is allowed), Deny (refused), Pass (the rest of this tier
+  is skipped). No rule matching = no decision in this tier.
+- NetworkPolicy tier: a pod NetworkPolicy isolates for the direction gets its decision; else on.
+- Peers: `namespaces` (pods in matching namespaces), `pods` (namespaceSelector AND podSelector),
+  egress also `networks` (any address in a CIDR, pods included). Protocol entries: tcp / udp /
+  sctp with destinationPort {number} or {range: start..end inclusive} or no port (any port), or
+  destinationNamedPort (the destination pod's container port of that name).
+- Only valid objects (what the CRD admits) are evaluated; `nodes` and `domainNames` peers are
+  not modelled here and raise InvalidPolicy.
+
 Deliberately plain: no indexes, no caching beyond parsing, nothing shared with controller/.
 """
 
@@ -157,6 +176,62 @@ def _contains(
     )
 
 
+CNP_TIERS = ("Admin", "Baseline")
+CNP_ACTIONS = ("Accept", "Deny", "Pass")
+CNP_PROTOCOLS = {"tcp": "TCP", "udp": "UDP", "sctp": "SCTP"}
+
+
+def _one_field(obj: Any, known: tuple[str, ...], what: str) -> str:
+    if not isinstance(obj, Mapping) or len(obj) != 1 or next(iter(obj)) not in known:
+        raise InvalidPolicy(f"{what}: exactly one of {', '.join(known)} must be set, got {obj!r}")
+    return str(next(iter(obj)))
+
+
+def _validate_cluster_policy(raw: Mapping[str, Any]) -> None:
+    spec = raw.get("spec") or {}
+    name = raw.get("metadata", {}).get("name")
+    if not name:
+        raise InvalidPolicy("ClusterNetworkPolicy without a name")
+    if spec.get("tier") not in CNP_TIERS:
+        raise InvalidPolicy(f"{name}: tier {spec.get('tier')!r}")
+    priority = spec.get("priority")
+    if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 1000:
+        raise InvalidPolicy(f"{name}: priority {priority!r}")
+    _one_field(spec.get("subject"), ("namespaces", "pods"), f"{name}: subject")
+    for direction, peers_key, kinds in (
+        ("ingress", "from", ("namespaces", "pods")),
+        ("egress", "to", ("namespaces", "pods", "networks")),
+    ):
+        rules = spec.get(direction) or []
+        if len(rules) > 25:
+            raise InvalidPolicy(f"{name}: more than 25 {direction} rules")
+        for rule in rules:
+            if rule.get("action") not in CNP_ACTIONS:
+                raise InvalidPolicy(f"{name}: action {rule.get('action')!r}")
+            peers = rule.get(peers_key) or []
+            if not 1 <= len(peers) <= 25:
+                raise InvalidPolicy(f"{name}: a rule needs 1..25 peers")
+            for peer in peers:
+                kind = _one_field(peer, kinds, f"{name}: peer")
+                if kind == "networks":
+                    for cidr in peer["networks"]:
+                        _network(cidr)
+            for entry in rule.get("protocols") or []:
+                kind = _one_field(entry, (*CNP_PROTOCOLS, "destinationNamedPort"), f"{name}: protocol")
+                port = entry[kind].get("destinationPort") if kind in CNP_PROTOCOLS else None
+                if port is not None:
+                    form = _one_field(port, ("number", "range"), f"{name}: destinationPort")
+                    bounds = (
+                        [port["number"]]
+                        if form == "number"
+                        else [port["range"]["start"], port["range"]["end"]]
+                    )
+                    if not all(1 <= b <= 65535 for b in bounds) or (
+                        form == "range" and bounds[0] >= bounds[1]
+                    ):
+                        raise InvalidPolicy(f"{name}: destinationPort {port!r}")
+
+
 class Evaluator:
     """Answers allowed(src, dst, port, protocol, family) for one cluster snapshot."""
 
@@ -165,6 +240,7 @@ class Evaluator:
         namespaces: Iterable[Mapping[str, Any]],
         pods: Iterable[Mapping[str, Any]],
         policies: Iterable[Mapping[str, Any]],
+        cluster_policies: Iterable[Mapping[str, Any]] = (),
     ) -> None:
         self.namespace_labels: dict[str, dict[str, str]] = {}
         for ns in namespaces:
@@ -179,6 +255,10 @@ class Evaluator:
         for raw in policies:
             _validate_policy(raw)
             self.policies.append(raw)
+        self.cluster_policies: list[Mapping[str, Any]] = []
+        for raw in cluster_policies:
+            _validate_cluster_policy(raw)
+            self.cluster_policies.append(raw)
 
     # -- who is who -------------------------------------------------------------------------
 
@@ -261,6 +341,89 @@ class Evaluator:
                 return True
         return False
 
+    # -- ClusterNetworkPolicy ----------------------------------------------------------------
+
+    def _subject_selects(self, raw: Mapping[str, Any], pod: RefPod) -> bool:
+        subject = raw["spec"]["subject"]
+        ns_labels = self.namespace_labels[pod.namespace]
+        if "namespaces" in subject:
+            return labels_match_selector(subject["namespaces"], ns_labels)
+        pods = subject["pods"]
+        return labels_match_selector(
+            pods.get("namespaceSelector") or {}, ns_labels
+        ) and labels_match_selector(pods.get("podSelector") or {}, pod.labels)
+
+    def _cnp_peer_matches(self, peer: Mapping[str, Any], who: str, family: int) -> bool:
+        if "networks" in peer:
+            addr = self._address(who, family)
+            return addr is not None and any(
+                addr.version == _network(c).version and addr in _network(c) for c in peer["networks"]
+            )
+        pod = self._pod_at(who)
+        if pod is None:
+            return False
+        ns_labels = self.namespace_labels[pod.namespace]
+        if "namespaces" in peer:
+            return labels_match_selector(peer["namespaces"], ns_labels)
+        sel = peer["pods"]
+        return labels_match_selector(sel.get("namespaceSelector") or {}, ns_labels) and labels_match_selector(
+            sel.get("podSelector") or {}, pod.labels
+        )
+
+    @staticmethod
+    def _cnp_protocols_match(
+        entries: list[Mapping[str, Any]] | None, destination: RefPod | None, port: int, protocol: str
+    ) -> bool:
+        if not entries:
+            return True  # every port and protocol, ICMP included
+        for entry in entries:
+            if "destinationNamedPort" in entry:
+                if destination is not None and any(
+                    name == entry["destinationNamedPort"] and (number, proto) == (port, protocol)
+                    for name, number, proto in destination.container_ports
+                ):
+                    return True
+                continue
+            (kind,) = entry
+            if CNP_PROTOCOLS[kind] != protocol:
+                continue
+            dport = (entry[kind] or {}).get("destinationPort")
+            if dport is None:
+                return True
+            if "number" in dport and dport["number"] == port:
+                return True
+            if "range" in dport and dport["range"]["start"] <= port <= dport["range"]["end"]:
+                return True
+        return False
+
+    def _tier_decision(
+        self,
+        tier: str,
+        pod: RefPod,
+        policy_type: str,
+        peer: str,
+        destination: RefPod | None,
+        port: int,
+        protocol: str,
+        family: int,
+    ) -> str | None:
+        """ "Accept" or "Deny" when a rule of this tier decides; None when none does (or a Pass)."""
+        rules_key, peers_key = ("ingress", "from") if policy_type == "Ingress" else ("egress", "to")
+        ordered = sorted(
+            (p for p in self.cluster_policies if p["spec"]["tier"] == tier),
+            key=lambda p: (p["spec"]["priority"], p["metadata"]["name"]),
+        )
+        for raw in ordered:
+            if not self._subject_selects(raw, pod):
+                continue
+            for rule in raw["spec"].get(rules_key) or []:
+                if not any(self._cnp_peer_matches(p, peer, family) for p in rule[peers_key]):
+                    continue
+                if not self._cnp_protocols_match(rule.get("protocols"), destination, port, protocol):
+                    continue
+                return None if rule["action"] == "Pass" else str(rule["action"])
+        return None
+
     def _direction_allows(
         self,
         pod: RefPod,
@@ -271,9 +434,15 @@ class Evaluator:
         protocol: str,
         family: int,
     ) -> bool:
+        admin = self._tier_decision("Admin", pod, policy_type, peer, destination, port, protocol, family)
+        if admin is not None:
+            return admin == "Accept"
         policies = self._selecting(pod, policy_type)
-        if not policies:
-            return True  # not isolated in this direction
+        if not policies:  # not isolated by NetworkPolicy in this direction: Baseline, then allowed
+            baseline = self._tier_decision(
+                "Baseline", pod, policy_type, peer, destination, port, protocol, family
+            )
+            return baseline != "Deny"
         rules_key, peers_key = ("ingress", "from") if policy_type == "Ingress" else ("egress", "to")
         for raw in policies:
             ns = raw["metadata"].get("namespace", "default")
