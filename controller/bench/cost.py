@@ -37,7 +37,7 @@ import json
 import statistics
 import struct
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import ClassVar, TypeVar
 
@@ -159,12 +159,12 @@ def _measure(fd: int, drive: Callable[[], object]) -> float:
 def measure(dp: Datapath, rounds: int = 9, packets: int = 20000) -> CostReport:
     """Medians over `rounds` of each kind; `packets` per kind per round."""
     _setup(dp)
-    with bench_programs(dp) as bench:
-        return _measure_all(dp, bench[PASSTHROUGH], rounds, packets)
+    with bench_programs(dp, (PASSTHROUGH, *PARTS)) as fds:  # one compile for the floor and the steps
+        return _measure_all(dp, fds, rounds, packets)
 
 
-def _measure_all(dp: Datapath, pass_fd: int, rounds: int, packets: int) -> CostReport:
-    to_pod = dp.prog_fd("to_pod")
+def _measure_all(dp: Datapath, fds: Mapping[str, int], rounds: int, packets: int) -> CostReport:
+    pass_fd, to_pod = fds[PASSTHROUGH], dp.prog_fd("to_pod")
     est = _frame(PEER, POD, 40000, 80, 0x10)
     run(to_pod, est, ifindex=EP)  # creates the flow
     new_flows = min(packets, 5000)  # one test_run per packet: keep rounds short
@@ -186,7 +186,7 @@ def _measure_all(dp: Datapath, pass_fd: int, rounds: int, packets: int) -> CostR
 
         samples["new"].append(_measure(to_pod, drive_new))
     svc = _measure_services(dp, rounds, packets, new_flows)
-    steps = measure_steps(dp, rounds, packets)
+    steps = _measure_steps(dp, fds, rounds, packets)
     p, e, n = (statistics.median(samples[k]) for k in ("pass", "est", "new"))
     return CostReport(
         passthrough_ns=round(p, 1),
@@ -203,6 +203,7 @@ def _measure_all(dp: Datapath, pass_fd: int, rounds: int, packets: int) -> CostR
 
 # bpf/bench_parts.c: part_N runs the first N steps of to_pod's established path
 STEPS = ("clock", "endpoint", "parse", "config", "ct lookup", "ct hit", "counter")
+PARTS = tuple(f"part_{i}" for i in range(1, len(STEPS) + 1))
 
 
 def measure_steps(dp: Datapath, rounds: int, packets: int) -> dict[str, float]:
@@ -212,26 +213,27 @@ def measure_steps(dp: Datapath, rounds: int, packets: int) -> dict[str, float]:
     The parts are compiled against dp's pinned maps (the entries _setup wrote), and every
     round runs passthrough, each part and to_pod on the same established packet.
     """
-    names = tuple(f"part_{i}" for i in range(1, len(STEPS) + 1))
-    with bench_programs(dp, (PASSTHROUGH, *names)) as fds:
-        pass_fd, to_pod = fds[PASSTHROUGH], dp.prog_fd("to_pod")
-        est = _frame(PEER, POD, 40000, 80, 0x10)
-        run(to_pod, est, ifindex=EP)  # the flow (earlier measurements cleared the table)
-        order = [("pass", pass_fd), *((n, fds[n]) for n in names), ("to_pod", to_pod)]
+    with bench_programs(dp, (PASSTHROUGH, *PARTS)) as fds:
+        return _measure_steps(dp, fds, rounds, packets)
+
+
+def _measure_steps(dp: Datapath, fds: Mapping[str, int], rounds: int, packets: int) -> dict[str, float]:
+    pass_fd, to_pod = fds[PASSTHROUGH], dp.prog_fd("to_pod")
+    est = _frame(PEER, POD, 40000, 80, 0x10)
+    run(to_pod, est, ifindex=EP)  # the flow (earlier measurements cleared the table)
+    order = [("pass", pass_fd), *((n, fds[n]) for n in PARTS), ("to_pod", to_pod)]
+    for name, fd in order:
+        got = run(fd, est, ifindex=EP).retval
+        if got != 0:  # TC_ACT_OK: a part that fails early would measure less than its steps
+            raise RuntimeError(f"{name} returned {got} on an established packet, not TC_ACT_OK")
+    samples: dict[str, list[float]] = {name: [] for name, _ in order}
+    for _ in range(rounds):
         for name, fd in order:
-            got = run(fd, est, ifindex=EP).retval
-            if got != 0:  # TC_ACT_OK: a part that fails early would measure less than its steps
-                raise RuntimeError(f"{name} returned {got} on an established packet, not TC_ACT_OK")
-        samples: dict[str, list[float]] = {name: [] for name, _ in order}
-        for _ in range(rounds):
-            for name, fd in order:
-                samples[name].append(
-                    _measure(fd, functools.partial(run, fd, est, ifindex=EP, repeat=packets))
-                )
+            samples[name].append(_measure(fd, functools.partial(run, fd, est, ifindex=EP, repeat=packets)))
     med = {name: statistics.median(v) for name, v in samples.items()}
     out = {"program floor": round(med["pass"], 1)}
     prev = med["pass"]
-    for step, name in zip(STEPS, names, strict=True):
+    for step, name in zip(STEPS, PARTS, strict=True):
         out[step] = round(med[name] - prev, 1)
         prev = med[name]
     out["rest of to_pod"] = round(med["to_pod"] - prev, 1)

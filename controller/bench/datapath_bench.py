@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -200,6 +200,7 @@ class Bench:
     rulesets: dict[tuple[int, int], Ruleset] = field(default_factory=dict)
     programming: dict[str, dict[str, float]] = field(default_factory=dict)
     attacher: Any = None
+    passthrough_fd: int | None = None  # bench_parts.c's pass-through program, while measuring
 
     @property
     def names(self) -> topology.LabNames:
@@ -304,12 +305,12 @@ EMPTY_FILTER = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACC
 def configured(bench: Bench, config: str) -> Iterator[None]:
     """Make `config` the only thing between the pods for the duration of the block."""
     nodes = sorted(set(bench.pod_node.values()))
-    cleanup = ExitStack()  # the pass-through program, unloaded after the block
     if config == "baseline":
         _detach_all(bench)
     elif config == "passthrough":
-        any_dp = next(iter(bench.datapaths.values()))
-        fd = cleanup.enter_context(bench_programs(any_dp))[PASSTHROUGH]
+        fd = bench.passthrough_fd
+        if fd is None:
+            raise RuntimeError("the pass-through program is loaded only while measure_rounds runs")
         _attach(bench, lambda _n: (fd, fd))
     elif config.startswith("vethguard-"):
         rules = int(config.split("-", 1)[1])
@@ -329,7 +330,6 @@ def configured(bench: Bench, config: str) -> Iterator[None]:
     try:
         yield
     finally:
-        cleanup.close()
         if config.startswith("iptables-"):
             for n in nodes:
                 _iptables(bench, n, EMPTY_FILTER)
@@ -410,6 +410,18 @@ def measure_rounds(bench: Bench) -> dict[str, dict[str, Sample]]:
     s = bench.settings
     configs = configs_for(s.levels)
     samples: dict[str, dict[str, Sample]] = {p.name: {c: Sample() for c in configs} for p in bench.paths}
+    with bench_programs(next(iter(bench.datapaths.values()))) as fds:  # compiled once, not per round
+        bench.passthrough_fd = fds[PASSTHROUGH]
+        try:
+            _measure_rounds(bench, configs, samples)
+        finally:
+            _detach_all(bench)  # nothing of ours stays attached once the program is unloaded
+            bench.passthrough_fd = None
+    return samples
+
+
+def _measure_rounds(bench: Bench, configs: list[str], samples: dict[str, dict[str, Sample]]) -> None:
+    s = bench.settings
     for rnd in range(s.rounds):
         for config in rotated(configs, rnd):
             with configured(bench, config):
@@ -428,8 +440,6 @@ def measure_rounds(bench: Bench) -> dict[str, dict[str, Sample]]:
                     for p, smp in ((p, samples[p][config]) for p in samples)
                 )
             )
-    _detach_all(bench)
-    return samples
 
 
 def summarize(samples: dict[str, dict[str, Sample]], levels: tuple[Level, ...]) -> list[dict[str, Any]]:

@@ -34,7 +34,6 @@ from controller.core.errors import PolicyError
 from controller.core.net import IPNetwork
 
 KIND = "ClusterNetworkPolicy"
-API_VERSION = "policy.networking.k8s.io/v1alpha2"
 TIERS = ("Admin", "Baseline")  # evaluation order: Admin, then NetworkPolicy, then Baseline
 ACCEPT, DENY, PASS = "Accept", "Deny", "Pass"
 ACTIONS = (ACCEPT, DENY, PASS)
@@ -76,10 +75,6 @@ class CnpRule:
     ports: tuple[CnpPort, ...] | None  # None: every port and protocol, ICMP included
     matches_nothing: bool = False  # a failed-closed Accept rule
     deny_all: bool = False  # a failed-closed Deny or Pass rule: every peer, port and protocol
-
-    @property
-    def effective(self) -> bool:
-        return not self.matches_nothing
 
 
 @dataclass(frozen=True)

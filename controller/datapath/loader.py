@@ -26,10 +26,10 @@ from controller.datapath.bpf_sources import bpf_source_dir
 
 log = logging.getLogger(__name__)
 
+# The programs the agent loads. Each is also pinned, as <pin dir>/prog_<name>, so tools (bpftool,
+# `vethguard` debug commands, vethguard-cni) can tell which program a filter runs or attach it.
 PROGRAMS = ("from_pod", "to_pod", "to_uplink", "from_uplink")
-# The programs attached to pod veths are also pinned, as <pin dir>/prog_<name>, so tools
-# (bpftool, `vethguard` debug commands) can tell which program a veth's filter runs.
-PINNED_PROGRAMS = PROGRAMS  # every program is pinned: a pod veth or uplink may run it without an agent
+
 # Extra compiler flags from the environment (e.g. -DVG_MAX_POLICY=64 for a tiny map,
 # -DVG_UPGRADE_MARKER=2 for a program with different code in upgrade tests).
 ENV_EXTRA_CFLAGS = "VETHGUARD_EXTRA_CFLAGS"
@@ -150,7 +150,7 @@ def pin_programs(pin_dir: Path, prog_fds: dict[str, int]) -> None:
     Pinned under a temporary name first, then renamed over the old pin, so a reader never
     finds the path missing. The old program stays alive as long as a filter uses it.
     """
-    for name in PINNED_PROGRAMS:
+    for name in PROGRAMS:
         final = pin_dir / f"prog_{name}"
         tmp = pin_dir / f"tmp_prog_{name}_{os.getpid()}"  # bpffs rejects names with dots
         tmp.unlink(missing_ok=True)

@@ -90,7 +90,7 @@ def test_an_upgraded_build_has_a_different_program_and_the_pins_name_the_newest_
 ) -> None:
     old = opened(node)
     new = opened(node, UPGRADE)
-    for name in loader.PINNED_PROGRAMS:
+    for name in loader.PROGRAMS:
         if name != "from_uplink":  # the only program that creates no conntrack entry
             assert new.prog_id(name).tag != old.prog_id(name).tag, f"{name}: the marker must change the code"
         fd = bpfsys.obj_get(str(new.pin_dir / f"prog_{name}"))

@@ -7,7 +7,6 @@ tests/unit/test_api_edges.py; here the question is whether the kernel agrees.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import yaml
 from controller.lab.apiserver import UNVALIDATED_PATH
 from controller.lab.client import LabClient, wait_realized
 from controller.lab.state import LabPaths
-from tests.support.labs import lab_up, run_cli
+from tests.support.labs import Lab, lab_up
 
 pytestmark = [
     pytest.mark.root,
@@ -111,13 +110,9 @@ MODEL = [
 class EdgeLab:
     def __init__(self, name: str) -> None:
         self.name = name
+        self.lab = Lab(name, timeout=300)
+        self.cli = self.lab.cli
         self.applied: list[dict[str, Any]] = []
-
-    def cli(
-        self, *args: str, stdin: str | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        command, *rest = args
-        return run_cli(command, "--name", self.name, *rest, stdin=stdin, check=check, timeout=300)
 
     def apply(self, *docs: dict[str, Any]) -> None:
         self.cli("apply", "-f", "-", stdin=yaml.safe_dump_all(list(docs), sort_keys=False))
@@ -152,30 +147,14 @@ class EdgeLab:
         for s in src:
             for d in dst:
                 for _ in range(2):
-                    doc = json.loads(
-                        self.cli(
-                            "probe",
-                            "--port",
-                            str(port),
-                            "--protocol",
-                            protocol,
-                            "--family",
-                            str(family),
-                            "--from",
-                            s,
-                            "--to",
-                            d,
-                            "-o",
-                            "json",
-                        ).stdout
-                    )
-                    out[f"{s}>{d}"] = connected = bool(doc["results"][0]["connected"])
+                    (connected,) = self.lab.probe(port, protocol, family, "--from", s, "--to", d).values()
+                    out[f"{s}>{d}"] = connected
                     if connected:
                         break
         return out
 
     def ip(self, key: str, family: int) -> str:
-        ips = json.loads(self.cli("status", "-o", "json").stdout)["pods"][key]["ips"]
+        ips = self.lab.status()["pods"][key]["ips"]
         return next(ip for ip in ips if (":" in ip) == (family == 6))
 
 

@@ -343,12 +343,13 @@ class Evaluator:
 
     # -- ClusterNetworkPolicy ----------------------------------------------------------------
 
-    def _subject_selects(self, raw: Mapping[str, Any], pod: RefPod) -> bool:
-        subject = raw["spec"]["subject"]
+    def _cnp_selects(self, selector: Mapping[str, Any], pod: RefPod) -> bool:
+        """A subject or a peer of kind `namespaces` (namespace labels) or `pods` (namespace
+        labels AND pod labels) selects this pod."""
         ns_labels = self.namespace_labels[pod.namespace]
-        if "namespaces" in subject:
-            return labels_match_selector(subject["namespaces"], ns_labels)
-        pods = subject["pods"]
+        if "namespaces" in selector:
+            return labels_match_selector(selector["namespaces"], ns_labels)
+        pods = selector["pods"]
         return labels_match_selector(
             pods.get("namespaceSelector") or {}, ns_labels
         ) and labels_match_selector(pods.get("podSelector") or {}, pod.labels)
@@ -360,15 +361,7 @@ class Evaluator:
                 addr.version == _network(c).version and addr in _network(c) for c in peer["networks"]
             )
         pod = self._pod_at(who)
-        if pod is None:
-            return False
-        ns_labels = self.namespace_labels[pod.namespace]
-        if "namespaces" in peer:
-            return labels_match_selector(peer["namespaces"], ns_labels)
-        sel = peer["pods"]
-        return labels_match_selector(sel.get("namespaceSelector") or {}, ns_labels) and labels_match_selector(
-            sel.get("podSelector") or {}, pod.labels
-        )
+        return pod is not None and self._cnp_selects(peer, pod)
 
     @staticmethod
     def _cnp_protocols_match(
@@ -414,7 +407,7 @@ class Evaluator:
             key=lambda p: (p["spec"]["priority"], p["metadata"]["name"]),
         )
         for raw in ordered:
-            if not self._subject_selects(raw, pod):
+            if not self._cnp_selects(raw["spec"]["subject"], pod):
                 continue
             for rule in raw["spec"].get(rules_key) or []:
                 if not any(self._cnp_peer_matches(p, peer, family) for p in rule[peers_key]):

@@ -80,12 +80,13 @@ def ip_link(netns: str, ifname: str) -> dict[str, Any]:
 @dataclass
 class Lab:
     name: str
+    timeout: float = 120  # per CLI command
 
     def cli(
         self, *args: str, stdin: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         command, *rest = args
-        return run_cli(command, "--name", self.name, *rest, stdin=stdin, check=check)
+        return run_cli(command, "--name", self.name, *rest, stdin=stdin, check=check, timeout=self.timeout)
 
     def status(self) -> dict[str, Any]:
         result: dict[str, Any] = json.loads(self.cli("status", "-o", "json").stdout)
