@@ -9,6 +9,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
+from controller.compiler.cnp import parse_cluster_network_policy
 from controller.compiler.generations import GenerationCache
 from controller.compiler.model import (
     ClusterDelta,
@@ -92,6 +93,7 @@ class ClusterBuilder:
         pods: Iterable[dict[str, Any]],
         policies: Iterable[dict[str, Any]],
         nodes: Iterable[dict[str, Any]],
+        cluster_policies: Iterable[dict[str, Any]] = (),
     ) -> ClusterState:
         errors: list[PolicyError] = []
         # The interner outlives a build (the unchanged pods already share its label maps), but
@@ -141,7 +143,10 @@ class ClusterBuilder:
         pod_map = build_kind("Pod", pods, lambda raw, errs: _parse_pod(raw, errs, interner), lambda v: v.key)
         pol_map = build_kind("NetworkPolicy", policies, _parse_policy_collecting, lambda v: v.key)
         node_map = build_kind("Node", nodes, _parse_node, lambda v: v.name)
-        state = ClusterState(ns_map, pod_map, pol_map, node_map, tuple(errors))
+        cnp_map = build_kind(
+            "ClusterNetworkPolicy", cluster_policies, parse_cluster_network_policy, lambda v: v.name
+        )
+        state = ClusterState(ns_map, pod_map, pol_map, node_map, tuple(errors), cnp_map)
         if not self.reuse:
             return state
         self._interner = interner if len(interner) <= 2 * len(pod_map) + 1024 else None
@@ -162,6 +167,13 @@ class ClusterBuilder:
                         _changed_keys(changed["Namespace"], previous_maps.get("Namespace"), ns_map)
                     ),
                     nodes=bool(_changed_keys(changed["Node"], previous_maps.get("Node"), node_map)),
+                    cluster_policies=bool(
+                        _changed_keys(
+                            changed["ClusterNetworkPolicy"],
+                            previous_maps.get("ClusterNetworkPolicy"),
+                            cnp_map,
+                        )
+                    ),
                     previous=self._previous_state,
                 ),
             )
@@ -326,6 +338,7 @@ def cluster_from_objects(
     pods: Iterable[dict[str, Any]],
     policies: Iterable[dict[str, Any]],
     nodes: Iterable[dict[str, Any]],
+    cluster_policies: Iterable[dict[str, Any]] = (),
 ) -> ClusterState:
     """One build without reuse: the ClusterState of these raw objects. Never raises on bad input."""
-    return ClusterBuilder(reuse=False).build(namespaces, pods, policies, nodes)
+    return ClusterBuilder(reuse=False).build(namespaces, pods, policies, nodes, cluster_policies)

@@ -44,6 +44,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from controller.compiler.cnp import ClusterNetworkPolicy
 from controller.compiler.generations import GenerationCache
 from controller.compiler.selectors import LabelSelector
 from controller.core.errors import PolicyError
@@ -118,6 +119,7 @@ class Pod:
 class Node:
     name: str
     addresses: tuple[str, ...]  # InternalIP addresses, canonical strings
+    labels: Mapping[str, str] = field(default_factory=dict)  # ClusterNetworkPolicy `nodes` peers
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,8 @@ class ClusterState:
     policies: Mapping[str, NetworkPolicy]  # by "ns/name"
     nodes: Mapping[str, Node]
     errors: tuple[PolicyError, ...] = ()
+    # ClusterNetworkPolicies (policy.networking.k8s.io/v1alpha2) by metadata.name
+    cluster_policies: Mapping[str, ClusterNetworkPolicy] = field(default_factory=dict)
     # Scratch space for derived data (the compiler caches its node-independent work here).
     # init=False: dataclasses.replace() starts a fresh cache instead of sharing a stale one.
     cache: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
@@ -224,4 +228,5 @@ class ClusterDelta:
     policies: frozenset[str]
     namespaces: bool
     nodes: bool
+    cluster_policies: bool = False  # any ClusterNetworkPolicy changed (the compiler then starts over)
     previous: Callable[[], ClusterState | None] = field(default=lambda: None, compare=False, repr=False)

@@ -227,7 +227,8 @@ def _parse_node(raw: Any, errors: list[PolicyError]) -> Node | None:
             continue
         if str(addr) not in addrs:
             addrs.append(str(addr))
-    return Node(name, tuple(addrs))
+    labels = _labels(meta.get("labels"), f"Node {name}", "metadata.labels", errors)
+    return Node(name, tuple(addrs), labels)
 
 
 def _is_int(v: Any) -> bool:

@@ -86,7 +86,13 @@ class CompiledCluster:
         self.generations = generations if generations is not None else GenerationCache()
         self.incremental = False  # whether this compilation was derived from a previous one
         delta = cluster.delta
-        if previous is not None and delta is not None and not delta.namespaces and not delta.nodes:
+        if (
+            previous is not None
+            and delta is not None
+            and not delta.namespaces
+            and not delta.nodes
+            and not delta.cluster_policies
+        ):
             try:
                 if self._update(cluster, previous, delta):
                     self.incremental = True
