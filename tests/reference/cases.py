@@ -16,6 +16,21 @@ families); matchLabels and matchExpressions In/NotIn/Exists/DoesNotExist; every 
 (none, protocol only, `{}`, numeric, named, a name no pod has, endPort ranges including
 1..65535, 65535..65535 and single-port ranges); policyTypes explicit, empty or omitted;
 rules and peer/port lists omitted, empty or given; several policies per namespace.
+
+With `cluster_policies` / `host_network` (issue 15), a case also has ClusterNetworkPolicies
+(policy.networking.k8s.io/v1alpha2) and host-network pods, and its nodes get labels
+(kubernetes.io/hostname, kubernetes.io/os and a random `role`). The CNPs cover both tiers,
+priorities from a small set (equal priorities occur, so the metadata.name tie-break decides;
+names do not sort in creation order), Accept/Deny/Pass, subjects `namespaces` and `pods`
+(namespaceSelector given or omitted), one to three rules per direction (or none, or the key
+omitted), rule names given or not, peers `namespaces`, `pods`, `networks` (CIDRs around pod
+addresses, host-network pods' and nodes' addresses, and literal ones covering pods, nodes and
+outside hosts) and `nodes` (node label selectors), and protocols omitted or tcp/udp/sctp
+destinationPort number or range, or destinationNamedPort (the names pods declare, with
+different numbers on different pods, and a name no pod has; only beside `namespaces` / `pods`
+peers, as the CRD requires). Networks placeholders `node:<number>:<family>:<prefixlen>` stand for
+the network around a node's address. `queries` adds node addresses and host-network pods as
+sources and destinations.
 """
 
 from __future__ import annotations
@@ -80,10 +95,36 @@ class PodShape:
     node: int
     ports: tuple[tuple[str | None, int, str], ...]  # (name, number, protocol)
     families: tuple[int, ...] = (4, 6)
+    host_network: bool = False  # its addresses are its node's (families: the node's)
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class NodeShape:
+    number: int  # node-<number>, addresses 10.244.<number>.1 and fd00:10:244:<number>::1
+    labels: tuple[tuple[str, str], ...]
+
+    @property
+    def name(self) -> str:
+        return f"node-{self.number}"
+
+
+def node_ips(number: int, families: tuple[int, ...] = (4, 6)) -> list[str]:
+    """A node's addresses in the unit plan (and the lab's): the .1 / ::1 of its pod networks."""
+    return [a for a, f in ((f"10.244.{number}.1", 4), (f"fd00:10:244:{number}::1", 6)) if f in families]
+
+
+def _node_labels(number: int, role: str | None = None) -> tuple[tuple[str, str], ...]:
+    labels = {"kubernetes.io/hostname": f"node-{number}", "kubernetes.io/os": "linux"}
+    if role is not None:
+        labels["role"] = role
+    return tuple(sorted(labels.items()))
+
+
+DEFAULT_NODES = tuple(NodeShape(n, _node_labels(n)) for n in NODES)
 
 
 @dataclass(frozen=True)
@@ -107,16 +148,21 @@ class Case:
     policies: tuple[dict[str, Any], ...]
     externals: tuple[ExternalShape, ...] = EXTERNALS
     notes: list[str] = field(default_factory=list)
+    cluster_policies: tuple[dict[str, Any], ...] = ()
+    nodes: tuple[NodeShape, ...] = DEFAULT_NODES
 
     def describe(self) -> str:
-        lines = [f"namespace {n} {dict(labels)}" for n, labels in self.namespaces]
+        lines = [f"node {n.name} {dict(n.labels)} {node_ips(n.number)}" for n in self.nodes]
+        lines += [f"namespace {n} {dict(labels)}" for n, labels in self.namespaces]
         lines += [
-            f"pod {p.key} node-{p.node} {dict(p.labels)} ports={list(p.ports)} ipv{p.families}"
+            f"pod {p.key} node-{p.node} {dict(p.labels)} ports={list(p.ports)} "
+            + ("hostNetwork" if p.host_network else f"ipv{p.families}")
             for p in self.pods
         ]
         lines += [
             f"policy {p['metadata']['namespace']}/{p['metadata']['name']}: {p['spec']}" for p in self.policies
         ]
+        lines += [f"cluster policy {p['metadata']['name']}: {p['spec']}" for p in self.cluster_policies]
         return "\n".join(lines)
 
 
@@ -301,9 +347,15 @@ CONTAINER_PORT_LISTS = st.lists(
 
 
 @st.composite
-def pod_shapes(draw: st.DrawFn, namespaces: tuple[str, ...], index: int, single_stack: bool) -> PodShape:
+def pod_shapes(
+    draw: st.DrawFn, namespaces: tuple[str, ...], index: int, single_stack: bool, host_network: bool = False
+) -> PodShape:
     # () = a pod not yet given addresses: it still shapes identities and named-port resolution.
-    families = draw(st.sampled_from(((4, 6), (4, 6), (4, 6), (4,), (6,), ()))) if single_stack else (4, 6)
+    families = (
+        draw(st.sampled_from(((4, 6), (4, 6), (4, 6), (4,), (6,), ())))
+        if single_stack and not host_network
+        else (4, 6)
+    )
     return PodShape(
         namespace=draw(st.sampled_from(namespaces)),
         name=f"p{index}",
@@ -311,7 +363,157 @@ def pod_shapes(draw: st.DrawFn, namespaces: tuple[str, ...], index: int, single_
         node=draw(st.sampled_from(NODES)),
         ports=tuple(draw(CONTAINER_PORT_LISTS)),
         families=families,
+        host_network=host_network,
     )
+
+
+# -- ClusterNetworkPolicy (policy.networking.k8s.io/v1alpha2) ------------------------------------
+
+CNP_API_VERSION = "policy.networking.k8s.io/v1alpha2"
+CNP_PRIORITIES = (0, 5, 5, 1000)  # few values: equal priorities are common, names break the tie
+CNP_NAME_PREFIXES = ("a", "b", "c")  # "c0" sorts after "a1": name order is not creation order
+NODE_ROLES = ("worker", "infra", None)
+
+
+def broad_selectors(
+    pairs: tuple[tuple[str, str], ...], general: st.SearchStrategy[dict[str, Any]]
+) -> st.SearchStrategy[dict[str, Any]]:
+    """Selectors that often select something: `{}`, one label the cluster uses, or any selector.
+    (With `selectors` alone, a subject AND a peer AND a protocol rarely all matched, and most
+    generated ClusterNetworkPolicies changed no answer.)"""
+    return st.sampled_from(("everything", "everything", "label", "label", "general")).flatmap(
+        lambda form: (
+            st.just({})
+            if form == "everything"
+            else st.sampled_from(pairs).map(lambda kv: {"matchLabels": {kv[0]: kv[1]}})
+            if form == "label"
+            else general
+        )
+    )
+
+
+CNP_NS_SELECTORS = broad_selectors(
+    (
+        ("kubernetes.io/metadata.name", "x"),
+        ("kubernetes.io/metadata.name", "y"),
+        ("team", "a"),
+        ("team", "b"),
+        ("env", "prod"),
+    ),
+    NS_SELECTORS,
+)
+CNP_POD_SELECTORS = broad_selectors((("app", "a"), ("app", "b"), ("tier", "a"), ("tier", "b")), POD_SELECTORS)
+NODE_SELECTORS = broad_selectors(
+    (
+        ("kubernetes.io/hostname", "node-1"),
+        ("kubernetes.io/hostname", "node-2"),
+        ("role", "worker"),
+        ("role", "infra"),
+    ),
+    selectors(
+        st.sampled_from(("kubernetes.io/hostname", "role", "kubernetes.io/os")),
+        st.sampled_from(("node-1", "node-2", "worker", "infra", "linux")),
+    ),
+)
+CNP_RANGES = tuple((lo, hi) for lo, hi in RANGES if lo < hi)  # the CRD wants start < end
+
+
+@st.composite
+def node_shapes(draw: st.DrawFn) -> tuple[NodeShape, ...]:
+    return tuple(NodeShape(n, _node_labels(n, draw(st.sampled_from(NODE_ROLES)))) for n in NODES)
+
+
+@st.composite
+def namespaced_pods(draw: st.DrawFn) -> dict[str, Any]:
+    """A `pods` subject or peer: podSelector (required) and namespaceSelector (optional)."""
+    out = {"podSelector": draw(CNP_POD_SELECTORS)}
+    if draw(st.sampled_from((True, True, False))):
+        out = {"namespaceSelector": draw(CNP_NS_SELECTORS), **out}
+    return out
+
+
+@st.composite
+def network_cidrs(draw: st.DrawFn, pod_keys: tuple[str, ...]) -> str:
+    """A CIDR around a pod's (or host-network pod's) address, around a node's, or a literal one
+    (pods' and nodes' networks, outside hosts, everything)."""
+    family = draw(st.sampled_from((4, 6)))
+    form = draw(st.sampled_from(("pod", "node", "literal", "literal")))
+    if form == "node":
+        lengths = POD_PREFIX_LENGTHS[family]
+        return f"node:{draw(st.sampled_from(NODES))}:{family}:{draw(st.sampled_from(lengths))}"
+    return str(draw(cidrs(pod_keys if form == "pod" else (), family)))
+
+
+@st.composite
+def cnp_peers(draw: st.DrawFn, egress: bool, pod_keys: tuple[str, ...]) -> dict[str, Any]:
+    kinds = ("namespaces", "pods", "pods", *(("networks", "networks", "nodes") if egress else ()))
+    kind = draw(st.sampled_from(kinds))
+    if kind == "namespaces":
+        return {"namespaces": draw(CNP_NS_SELECTORS)}
+    if kind == "pods":
+        return {"pods": draw(namespaced_pods())}
+    if kind == "nodes":
+        return {"nodes": draw(NODE_SELECTORS)}
+    return {"networks": draw(st.lists(network_cidrs(pod_keys), min_size=1, max_size=3, unique=True))}
+
+
+@st.composite
+def cnp_protocols(draw: st.DrawFn, named: bool) -> dict[str, Any]:
+    form = draw(st.sampled_from(("number", "range", *(("name", "name") if named else ()))))
+    if form == "name":
+        return {"destinationNamedPort": draw(st.sampled_from((*PORT_NAMES, MISSING_PORT_NAME)))}
+    protocol = draw(st.sampled_from(("tcp", "udp", "sctp")))
+    if form == "number":
+        return {protocol: {"destinationPort": {"number": draw(st.sampled_from(POLICY_PORTS))}}}
+    if draw(st.booleans()):
+        start, end = draw(st.sampled_from(CNP_RANGES))
+    else:
+        start, end = sorted(
+            draw(st.lists(st.sampled_from(POLICY_PORTS), min_size=2, max_size=2, unique=True))
+        )
+    return {protocol: {"destinationPort": {"range": {"start": start, "end": end}}}}
+
+
+@st.composite
+def cnp_rules(draw: st.DrawFn, egress: bool, pod_keys: tuple[str, ...], index: int) -> dict[str, Any]:
+    rule: dict[str, Any] = {}
+    if draw(st.booleans()):
+        rule["name"] = f"rule-{index}"
+    rule["action"] = draw(st.sampled_from(("Accept", "Deny", "Pass")))
+    peers = draw(st.lists(cnp_peers(egress, pod_keys), min_size=1, max_size=3))
+    rule["to" if egress else "from"] = peers
+    if draw(st.sampled_from((False, True, True))):
+        # a named port only beside pod peers: the CRD refuses it with networks or nodes peers
+        named = not any("networks" in p or "nodes" in p for p in peers)
+        rule["protocols"] = draw(st.lists(cnp_protocols(named), min_size=1, max_size=3))
+    return rule
+
+
+@st.composite
+def cluster_network_policies(draw: st.DrawFn, pod_keys: tuple[str, ...], index: int) -> dict[str, Any]:
+    if draw(st.booleans()):
+        subject: dict[str, Any] = {"namespaces": draw(CNP_NS_SELECTORS)}
+    else:
+        subject = {"pods": draw(namespaced_pods())}
+    spec: dict[str, Any] = {
+        "tier": draw(st.sampled_from(("Admin", "Baseline"))),
+        "priority": draw(st.sampled_from(CNP_PRIORITIES)),
+        "subject": subject,
+    }
+    for direction, egress in (("ingress", False), ("egress", True)):
+        shape = draw(st.sampled_from(("omitted", "empty", "rules", "rules", "rules")))
+        if shape != "omitted":
+            spec[direction] = (
+                []
+                if shape == "empty"
+                else [draw(cnp_rules(egress, pod_keys, i)) for i in range(draw(st.integers(1, 3)))]
+            )
+    return {
+        "apiVersion": CNP_API_VERSION,
+        "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": f"{draw(st.sampled_from(CNP_NAME_PREFIXES))}{index}"},
+        "spec": spec,
+    }
 
 
 @st.composite
@@ -321,7 +523,11 @@ def cases(
     max_policies: int = 4,
     single_stack: bool = True,
     min_policies: int = 1,
+    cluster_policies: int = 0,
+    host_network: int = 0,
 ) -> Case:
+    """cluster_policies / host_network: at most that many ClusterNetworkPolicies (at least one
+    when non-zero) and host-network pods; with either, the nodes get a random role label."""
     ns_count = draw(st.integers(2, 3))
     namespaces = tuple(
         (name, tuple(sorted(draw(st.sampled_from(NS_LABEL_SETS)).items()))) for name in NAMESPACES[:ns_count]
@@ -329,10 +535,17 @@ def cases(
     names = tuple(n for n, _ in namespaces)
     n_pods = draw(st.integers(2, max_pods))
     pods = tuple(draw(pod_shapes(names, i, single_stack)) for i in range(n_pods))
+    if host_network:
+        n_host = draw(st.integers(0, host_network))
+        pods += tuple(draw(pod_shapes(names, n_pods + i, False, host_network=True)) for i in range(n_host))
     keys = tuple(p.key for p in pods)
     n_pol = draw(st.integers(min_policies, max_policies))
     pols = tuple(draw(policies(names, keys, i)) for i in range(n_pol))
-    return Case(namespaces, pods, pols)
+    if not (cluster_policies or host_network):
+        return Case(namespaces, pods, pols)
+    n_cnp = draw(st.sampled_from(range(1, cluster_policies + 1))) if cluster_policies else 0
+    cnps = tuple(draw(cluster_network_policies(keys, i)) for i in range(n_cnp))
+    return Case(namespaces, pods, pols, cluster_policies=cnps, nodes=draw(node_shapes()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,9 +553,13 @@ def cases(
 
 
 def unit_addresses(case: Case) -> dict[str, list[str]]:
-    """The address plan without a lab: node i = 10.244.i.0/24 and fd00:10:244:i::/64."""
+    """The address plan without a lab: node i = 10.244.i.0/24 and fd00:10:244:i::/64, its own
+    address .1 / ::1 (also its host-network pods')."""
     out: dict[str, list[str]] = {}
     for i, pod in enumerate(case.pods):
+        if pod.host_network:
+            out[pod.key] = node_ips(pod.node)
+            continue
         host = 10 + i
         ips = []
         if 4 in pod.families:
@@ -354,10 +571,10 @@ def unit_addresses(case: Case) -> dict[str, list[str]]:
 
 
 def _resolve_cidr(text: str, addresses: dict[str, list[str]]) -> str:
-    if not text.startswith("pod:"):
+    if not text.startswith(("pod:", "node:")):
         return text
-    _, key, family, plen = text.split(":")
-    for ip in addresses.get(key, []):
+    kind, who, family, plen = text.split(":")
+    for ip in addresses.get(who, []) if kind == "pod" else node_ips(int(who)):
         if ipaddress.ip_address(ip).version == int(family):
             return str(ipaddress.ip_network(f"{ip}/{plen}", strict=False))
     return NOWHERE[int(family)]
@@ -385,6 +602,16 @@ def materialize_policy(raw: dict[str, Any], addresses: dict[str, list[str]]) -> 
     return out
 
 
+def materialize_cluster_policy(raw: dict[str, Any], addresses: dict[str, list[str]]) -> dict[str, Any]:
+    """Substitute `networks` placeholders; drop repeats (the list is a set: the CRD refuses them)."""
+    out = copy.deepcopy(raw)
+    for rule in out["spec"].get("egress") or []:
+        for peer in rule["to"]:
+            if "networks" in peer:
+                peer["networks"] = list(dict.fromkeys(_resolve_cidr(c, addresses) for c in peer["networks"]))
+    return out
+
+
 def namespace_objects(case: Case) -> list[dict[str, Any]]:
     return [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": dict(labels)}}
@@ -406,7 +633,11 @@ def pod_object(pod: PodShape, ips: list[str] | None = None) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"namespace": pod.namespace, "name": pod.name, "labels": dict(pod.labels)},
-        "spec": {"nodeName": f"node-{pod.node}", "containers": containers},
+        "spec": {
+            "nodeName": f"node-{pod.node}",
+            **({"hostNetwork": True} if pod.host_network else {}),
+            "containers": containers,
+        },
     }
     if ips is not None:
         obj["status"] = {
@@ -429,17 +660,23 @@ def external_objects(case: Case) -> list[dict[str, Any]]:
     ]
 
 
-def node_objects(families: tuple[int, ...] = (4, 6)) -> list[dict[str, Any]]:
-    out = []
-    for n in NODES:
-        addrs = [a for a, f in ((f"10.244.{n}.1", 4), (f"fd00:10:244:{n}::1", 6)) if f in families]
-        out.append(
-            {
-                "metadata": {"name": f"node-{n}"},
-                "status": {"addresses": [{"type": "InternalIP", "address": a} for a in addrs]},
-            }
-        )
-    return out
+def node_objects(
+    families: tuple[int, ...] = (4, 6), nodes: tuple[NodeShape, ...] = DEFAULT_NODES
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": n.name, "labels": dict(n.labels)},
+            "status": {
+                "addresses": [
+                    *({"type": "InternalIP", "address": a} for a in node_ips(n.number, families)),
+                    {"type": "Hostname", "address": n.name},
+                ]
+            },
+        }
+        for n in nodes
+    ]
 
 
 @dataclass(frozen=True)
@@ -457,18 +694,22 @@ def queries(
     ports: tuple[int, ...] = QUERY_PORTS,
     protocols: tuple[str, ...] = PROTOCOLS,
 ) -> Iterator[Query]:
-    """Every pod/external pair (not a pod with itself, not outside to outside), every port,
+    """Every pair of ends where at least one is a pod with its own network (the others: host-network
+    pods as "ns/name", node addresses, outside addresses), not a pod with itself, every port,
     protocol and family where both ends have an address; plus one ICMP query per pair."""
     for family in (4, 6):
-        ends: list[str] = [
-            p.key
-            for p in case.pods
-            if any(ipaddress.ip_address(a).version == family for a in addresses[p.key])
-        ]
+
+        def has(key: str, family: int = family) -> bool:
+            return any(ipaddress.ip_address(a).version == family for a in addresses[key])
+
+        pods = [p.key for p in case.pods if not p.host_network and has(p.key)]
+        host_network = [p.key for p in case.pods if p.host_network and has(p.key)]
+        nodes = [ip for n in case.nodes for ip in node_ips(n.number, (family,))]
         outside = [ip for e in case.externals for ip in e.ips if ipaddress.ip_address(ip).version == family]
-        for src in ends + outside:
-            for dst in ends + outside:
-                if src == dst or (src in outside and dst in outside):
+        ends = pods + host_network + nodes + outside
+        for src in ends:
+            for dst in ends:
+                if src == dst or (src not in pods and dst not in pods):
                     continue
                 for protocol in protocols:
                     for port in ports:

@@ -1,4 +1,5 @@
-"""Reference evaluator of networking.k8s.io/v1 NetworkPolicy, written from the API documentation.
+"""Reference evaluator of networking.k8s.io/v1 NetworkPolicy and policy.networking.k8s.io/v1alpha2
+ClusterNetworkPolicy, with nodes and host-network pods, written from the API documentation.
 
 Sources, restated (the API reference of NetworkPolicy and the "Network Policies" concept
 page, as ../../../shared/DESIGN.md "Policy semantics" summarises them):
@@ -28,9 +29,9 @@ page, as ../../../shared/DESIGN.md "Policy semantics" summarises them):
 Only valid objects are evaluated: what the API server would reject (an except that is not
 a strict subset of its cidr, endPort below port or with a named port, a port outside
 1..65535, an unknown protocol, ipBlock mixed with selectors) raises InvalidPolicy.
-Pods are running pods with their addresses in status.podIPs (hostNetwork and finished pods
-are out of scope and rejected). A pod talking to itself never crosses the datapath and is
-not a question this evaluator answers.
+Pods are running pods with their addresses in status.podIPs (finished pods are out of scope
+and rejected). A pod talking to itself never crosses the datapath and is not a question this
+evaluator answers.
 
 ClusterNetworkPolicy (policy.networking.k8s.io/v1alpha2, network-policy-api v0.2.0), restated
 from the API's type documentation and ../../../shared/DESIGN.md "Cluster-wide, ordered policy":
@@ -45,11 +46,40 @@ from the API's type documentation and ../../../shared/DESIGN.md "Cluster-wide, o
   is skipped). No rule matching = no decision in this tier.
 - NetworkPolicy tier: a pod NetworkPolicy isolates for the direction gets its decision; else on.
 - Peers: `namespaces` (pods in matching namespaces), `pods` (namespaceSelector AND podSelector),
-  egress also `networks` (any address in a CIDR, pods included). Protocol entries: tcp / udp /
-  sctp with destinationPort {number} or {range: start..end inclusive} or no port (any port), or
-  destinationNamedPort (the destination pod's container port of that name).
-- Only valid objects (what the CRD admits) are evaluated; `nodes` and `domainNames` peers are
-  not modelled here and raise InvalidPolicy.
+  egress also `networks` (any address in a CIDR: pods, nodes, outside hosts; ICMP included) and
+  `nodes` (a node label selector: any address in the status.addresses of a matching node).
+  Protocol entries: tcp / udp / sctp with destinationPort {number} or {range: start..end
+  inclusive}, or destinationNamedPort (the destination pod's container port of that name and
+  protocol; an address that is not a pod's has none).
+- Only valid objects (what the CRD admits) are evaluated, anything else raises InvalidPolicy:
+  not exactly one field in a subject, peer, protocol entry or destinationPort; a tcp/udp/sctp
+  entry without destinationPort (minProperties 1); ports outside 1..65535, range start >= end;
+  more than 25 rules, peers, protocol entries or networks; an empty from/to, protocols or
+  networks list; a rule name over 100 characters; an unknown action or tier; a priority
+  outside 0..1000; `pods` without podSelector; a destinationNamedPort in an egress rule with a
+  networks, nodes or domainNames peer (the CRD's CEL rule). `domainNames` peers are valid API
+  but not supported here (nor by vethguard): they raise InvalidPolicy too.
+
+Nodes and host-network pods (the API text, ../../../shared/DESIGN.md "Datapath" and
+"Cluster-wide, ordered policy", and the decisions of issue 15):
+
+- A node has a name, labels and addresses (every IP in status.addresses). A host-network pod
+  (spec.hostNetwork) has its node's addresses; traffic from it is traffic from its node and
+  traffic to it is traffic to its node. It is never a NetworkPolicy or ClusterNetworkPolicy
+  subject, and never matched by podSelector / namespaceSelector / `namespaces` / `pods` peers;
+  only address peers (ipBlock, `networks`) and `nodes` peers match its (the node's) address.
+  Node addresses have no named ports.
+- A node (or a host-network pod) to a pod ON THAT SAME NODE: always allowed (kubelet probes);
+  neither NetworkPolicy nor ClusterNetworkPolicy ingress applies.
+- A pod to an address of ITS OWN node: the Admin tier first (its `nodes` and `networks` rules
+  apply: Deny blocks, Accept allows); then, when NetworkPolicy isolates the pod's egress,
+  NetworkPolicy decides, and it never blocks a pod's traffic to its own node: allowed;
+  otherwise the Baseline tier (Deny blocks; Accept, Pass or no match: allowed). The node's
+  side is not policed (nodes have no policy here).
+- A pod to another node's address, and a remote node (or remote host-network pod) to a pod:
+  ordinary evaluation (Admin -> NetworkPolicy -> Baseline -> allowed) for the pod's side, where
+  only ipBlock, `networks` and `nodes` peers can match a node's address. Nothing polices a node's
+  own side.
 
 Deliberately plain: no indexes, no caching beyond parsing, nothing shared with controller/.
 """
@@ -71,23 +101,39 @@ class InvalidPolicy(ValueError):
     """The API server would have rejected this object."""
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
 @dataclass(frozen=True)
 class RefPod:
     namespace: str
     name: str
     labels: Mapping[str, str]
-    addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]
+    addresses: tuple[IPAddress, ...]
     container_ports: tuple[tuple[str, int, str], ...]  # (name, number, protocol), named ones only
+    node: str | None = None  # spec.nodeName
+    host_network: bool = False
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
-    def address(self, family: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-        for a in self.addresses:
-            if a.version == family:
-                return a
-        return None
+    def address(self, family: int) -> IPAddress | None:
+        return _of_family(self.addresses, family)
+
+
+@dataclass(frozen=True)
+class RefNode:
+    name: str
+    labels: Mapping[str, str]
+    addresses: tuple[IPAddress, ...]  # every IP of status.addresses
+
+
+def _of_family(addresses: Iterable[IPAddress], family: int) -> IPAddress | None:
+    for a in addresses:
+        if a.version == family:
+            return a
+    return None
 
 
 def labels_match_selector(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
@@ -113,13 +159,17 @@ def labels_match_selector(selector: Mapping[str, Any], labels: Mapping[str, str]
     return True
 
 
-def _parse_pod(raw: Mapping[str, Any]) -> RefPod:
+def _parse_pod(raw: Mapping[str, Any], nodes: Mapping[str, RefNode]) -> RefPod:
     meta = raw["metadata"]
     spec = raw.get("spec") or {}
     status = raw.get("status") or {}
-    if spec.get("hostNetwork") or status.get("phase") in ("Succeeded", "Failed"):
-        raise InvalidPolicy(f"pod {meta['name']}: hostNetwork and finished pods are out of scope")
+    if status.get("phase") in ("Succeeded", "Failed"):
+        raise InvalidPolicy(f"pod {meta['name']}: finished pods are out of scope")
+    node = spec.get("nodeName")
+    host_network = bool(spec.get("hostNetwork"))
     addresses = tuple(ipaddress.ip_address(e["ip"]) for e in status.get("podIPs") or [])
+    if host_network and isinstance(node, str) and node in nodes:
+        addresses = nodes[node].addresses  # a host-network pod has its node's addresses
     ports: list[tuple[str, int, str]] = []
     for container in spec.get("containers") or []:
         for p in container.get("ports") or []:
@@ -131,7 +181,22 @@ def _parse_pod(raw: Mapping[str, Any]) -> RefPod:
         dict(meta.get("labels") or {}),
         addresses,
         tuple(ports),
+        node,
+        host_network,
     )
+
+
+def _parse_node(raw: Mapping[str, Any]) -> RefNode:
+    meta = raw["metadata"]
+    addresses: list[IPAddress] = []
+    for entry in (raw.get("status") or {}).get("addresses") or []:
+        try:
+            addr = ipaddress.ip_address(entry.get("address", ""))
+        except ValueError:
+            continue  # Hostname, InternalDNS, ...: not an IP
+        if addr not in addresses:
+            addresses.append(addr)
+    return RefNode(meta["name"], dict(meta.get("labels") or {}), tuple(addresses))
 
 
 def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -179,12 +244,56 @@ def _contains(
 CNP_TIERS = ("Admin", "Baseline")
 CNP_ACTIONS = ("Accept", "Deny", "Pass")
 CNP_PROTOCOLS = {"tcp": "TCP", "udp": "UDP", "sctp": "SCTP"}
+MAX_ITEMS = 25  # rules per direction, peers and protocol entries per rule, networks per peer
 
 
 def _one_field(obj: Any, known: tuple[str, ...], what: str) -> str:
     if not isinstance(obj, Mapping) or len(obj) != 1 or next(iter(obj)) not in known:
         raise InvalidPolicy(f"{what}: exactly one of {', '.join(known)} must be set, got {obj!r}")
     return str(next(iter(obj)))
+
+
+def _items(value: Any, what: str, least: int = 1) -> list[Any]:
+    """A list the CRD bounds to least..25 items."""
+    if not isinstance(value, list) or not least <= len(value) <= MAX_ITEMS:
+        raise InvalidPolicy(f"{what}: a list of {least}..{MAX_ITEMS} items, got {value!r}")
+    return value
+
+
+def _validate_selector(value: Any, what: str) -> None:
+    if not isinstance(value, Mapping):
+        raise InvalidPolicy(f"{what}: a label selector, got {value!r}")
+    labels_match_selector(value, {})  # raises on an unknown operator
+
+
+def _validate_selects(value: Mapping[str, Any], kind: str, what: str) -> None:
+    """A `namespaces` (label selector) or `pods` (namespaceSelector + podSelector) subject or peer."""
+    if kind == "namespaces":
+        _validate_selector(value["namespaces"], what)
+        return
+    pods = value["pods"]
+    if not isinstance(pods, Mapping) or "podSelector" not in pods:
+        raise InvalidPolicy(f"{what}: pods needs a podSelector, got {pods!r}")
+    _validate_selector(pods.get("namespaceSelector") or {}, what)
+    _validate_selector(pods["podSelector"], what)
+
+
+def _validate_protocol(entry: Any, what: str) -> str:
+    kind = _one_field(entry, (*CNP_PROTOCOLS, "destinationNamedPort"), what)
+    if kind == "destinationNamedPort":
+        if not isinstance(entry[kind], str) or not entry[kind]:
+            raise InvalidPolicy(f"{what}: destinationNamedPort {entry[kind]!r}")
+        return kind
+    # minProperties 1: a tcp/udp/sctp entry names its destinationPort (and nothing else)
+    port = _one_field(entry[kind], ("destinationPort",), f"{what}.{kind}")
+    form = _one_field(entry[kind][port], ("number", "range"), f"{what}: destinationPort")
+    value = entry[kind][port][form]
+    bounds = [value] if form == "number" else [value.get("start"), value.get("end")]
+    if not all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 65535 for b in bounds) or (
+        form == "range" and (set(value) != {"start", "end"} or bounds[0] >= bounds[1])
+    ):
+        raise InvalidPolicy(f"{what}: destinationPort {entry[kind][port]!r}")
+    return kind
 
 
 def _validate_cluster_policy(raw: Mapping[str, Any]) -> None:
@@ -197,39 +306,38 @@ def _validate_cluster_policy(raw: Mapping[str, Any]) -> None:
     priority = spec.get("priority")
     if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 1000:
         raise InvalidPolicy(f"{name}: priority {priority!r}")
-    _one_field(spec.get("subject"), ("namespaces", "pods"), f"{name}: subject")
+    subject: Any = spec.get("subject")
+    _validate_selects(subject, _one_field(subject, ("namespaces", "pods"), f"{name}: subject"), name)
     for direction, peers_key, kinds in (
         ("ingress", "from", ("namespaces", "pods")),
-        ("egress", "to", ("namespaces", "pods", "networks")),
+        ("egress", "to", ("namespaces", "pods", "networks", "nodes", "domainNames")),
     ):
-        rules = spec.get(direction) or []
-        if len(rules) > 25:
-            raise InvalidPolicy(f"{name}: more than 25 {direction} rules")
-        for rule in rules:
+        rules = _items(spec.get(direction) or [], f"{name}: {direction}", least=0)
+        for i, rule in enumerate(rules):
+            what = f"{name}: {direction}[{i}]"
             if rule.get("action") not in CNP_ACTIONS:
-                raise InvalidPolicy(f"{name}: action {rule.get('action')!r}")
-            peers = rule.get(peers_key) or []
-            if not 1 <= len(peers) <= 25:
-                raise InvalidPolicy(f"{name}: a rule needs 1..25 peers")
-            for peer in peers:
-                kind = _one_field(peer, kinds, f"{name}: peer")
-                if kind == "networks":
-                    for cidr in peer["networks"]:
+                raise InvalidPolicy(f"{what}: action {rule.get('action')!r}")
+            if not isinstance(rule.get("name", ""), str) or len(rule.get("name", "")) > 100:
+                raise InvalidPolicy(f"{what}: name {rule.get('name')!r}")
+            peer_kinds = set()
+            for peer in _items(rule.get(peers_key), f"{what}.{peers_key}"):
+                kind = _one_field(peer, kinds, f"{what}: peer")
+                peer_kinds.add(kind)
+                if kind in ("namespaces", "pods"):
+                    _validate_selects(peer, kind, what)
+                elif kind == "nodes":
+                    _validate_selector(peer["nodes"], what)
+                elif kind == "networks":
+                    for cidr in _items(peer["networks"], f"{what}.networks"):
                         _network(cidr)
-            for entry in rule.get("protocols") or []:
-                kind = _one_field(entry, (*CNP_PROTOCOLS, "destinationNamedPort"), f"{name}: protocol")
-                port = entry[kind].get("destinationPort") if kind in CNP_PROTOCOLS else None
-                if port is not None:
-                    form = _one_field(port, ("number", "range"), f"{name}: destinationPort")
-                    bounds = (
-                        [port["number"]]
-                        if form == "number"
-                        else [port["range"]["start"], port["range"]["end"]]
-                    )
-                    if not all(1 <= b <= 65535 for b in bounds) or (
-                        form == "range" and bounds[0] >= bounds[1]
-                    ):
-                        raise InvalidPolicy(f"{name}: destinationPort {port!r}")
+                else:
+                    raise InvalidPolicy(f"{what}: domainNames peers are not supported")
+            protocol_kinds = {
+                _validate_protocol(entry, f"{what}.protocols")
+                for entry in (_items(rule["protocols"], f"{what}.protocols") if "protocols" in rule else [])
+            }
+            if "destinationNamedPort" in protocol_kinds and peer_kinds & {"networks", "nodes"}:
+                raise InvalidPolicy(f"{what}: a destinationNamedPort with networks or nodes peers")
 
 
 class Evaluator:
@@ -241,15 +349,21 @@ class Evaluator:
         pods: Iterable[Mapping[str, Any]],
         policies: Iterable[Mapping[str, Any]],
         cluster_policies: Iterable[Mapping[str, Any]] = (),
+        nodes: Iterable[Mapping[str, Any]] = (),
     ) -> None:
+        self.nodes: dict[str, RefNode] = {}
+        for raw in nodes:
+            node = _parse_node(raw)
+            self.nodes[node.name] = node
         self.namespace_labels: dict[str, dict[str, str]] = {}
         for ns in namespaces:
             name = ns["metadata"]["name"]
             self.namespace_labels[name] = {**(ns["metadata"].get("labels") or {}), NAMESPACE_NAME_LABEL: name}
-        self.pods: dict[str, RefPod] = {}
+        self.pods: dict[str, RefPod] = {}  # pods with their own network: the ones policy is about
+        self.host_network_pods: dict[str, RefPod] = {}
         for raw in pods:
-            pod = _parse_pod(raw)
-            self.pods[pod.key] = pod
+            pod = _parse_pod(raw, self.nodes)
+            (self.host_network_pods if pod.host_network else self.pods)[pod.key] = pod
             self.namespace_labels.setdefault(pod.namespace, {NAMESPACE_NAME_LABEL: pod.namespace})
         self.policies: list[Mapping[str, Any]] = []
         for raw in policies:
@@ -261,22 +375,34 @@ class Evaluator:
             self.cluster_policies.append(raw)
 
     # -- who is who -------------------------------------------------------------------------
+    # `who` is a pod's key "namespace/name" or an address; host-network pods are replaced by
+    # their (node's) address before any of these is asked.
 
-    def _address(self, who: str, family: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-        pod = self.pods.get(who)
+    def _address(self, who: str, family: int) -> IPAddress | None:
+        pod = self.pods.get(who) or self.host_network_pods.get(who)
         if pod is not None:
             return pod.address(family)
         addr = ipaddress.ip_address(who)
         return addr if addr.version == family else None
 
     def _pod_at(self, who: str) -> RefPod | None:
-        """The pod `who` names, by key or by one of its addresses."""
+        """The pod `who` names, by key or by one of its addresses (never a host-network pod)."""
         if who in self.pods:
             return self.pods[who]
         addr = ipaddress.ip_address(who)
         for pod in self.pods.values():
             if addr in pod.addresses:
                 return pod
+        return None
+
+    def _node_at(self, who: str) -> RefNode | None:
+        """The node owning the address `who` (a pod key is never a node)."""
+        if who in self.pods:
+            return None
+        addr = ipaddress.ip_address(who)
+        for node in self.nodes.values():
+            if addr in node.addresses:
+                return node
         return None
 
     # -- policy semantics -------------------------------------------------------------------
@@ -360,6 +486,9 @@ class Evaluator:
             return addr is not None and any(
                 addr.version == _network(c).version and addr in _network(c) for c in peer["networks"]
             )
+        if "nodes" in peer:
+            node = self._node_at(who)
+            return node is not None and labels_match_selector(peer["nodes"], node.labels)
         pod = self._pod_at(who)
         return pod is not None and self._cnp_selects(peer, pod)
 
@@ -426,7 +555,11 @@ class Evaluator:
         port: int,
         protocol: str,
         family: int,
+        own_node: bool = False,
     ) -> bool:
+        """Admin tier -> NetworkPolicy -> Baseline tier -> allowed, for one direction of `pod`.
+        own_node: `peer` is an address of the pod's own node (egress), which NetworkPolicy
+        never blocks."""
         admin = self._tier_decision("Admin", pod, policy_type, peer, destination, port, protocol, family)
         if admin is not None:
             return admin == "Accept"
@@ -436,6 +569,8 @@ class Evaluator:
                 "Baseline", pod, policy_type, peer, destination, port, protocol, family
             )
             return baseline != "Deny"
+        if own_node:
+            return True
         rules_key, peers_key = ("ingress", "from") if policy_type == "Ingress" else ("egress", "to")
         for raw in policies:
             ns = raw["metadata"].get("namespace", "default")
@@ -447,12 +582,24 @@ class Evaluator:
                     return True
         return False
 
+    def _as_address(self, who: str, family: int) -> str:
+        """`who` with a host-network pod replaced by its (node's) address of that family."""
+        pod = self.host_network_pods.get(who)
+        if pod is None:
+            return who
+        addr = pod.address(family)
+        if addr is None:
+            raise ValueError(f"{who}: host-network pod without an IPv{family} address")
+        return str(addr)
+
     def allowed(self, src: str, dst: str, port: int, protocol: str, family: int) -> bool:
         """Is a new connection src -> dst:port/protocol over IPv<family> allowed?
 
-        src / dst: a pod as "namespace/name", or an IP address (of a pod or an outside host).
+        src / dst: a pod as "namespace/name" (a host-network pod stands for its node), or an
+        IP address (of a pod, of a node or of an outside host).
         protocol: TCP, UDP, SCTP, or ICMP / ICMPv6 (port ignored: only port-less rules match).
         """
+        src, dst = self._as_address(src, family), self._as_address(dst, family)
         if self._address(src, family) is None or self._address(dst, family) is None:
             raise ValueError(f"{src} -> {dst}: no IPv{family} address on one side")
         if protocol in PORTLESS:
@@ -460,8 +607,19 @@ class Evaluator:
         src_pod, dst_pod = self._pod_at(src), self._pod_at(dst)
         if src_pod is not None and src_pod is dst_pod:
             raise ValueError(f"{src} -> {dst}: a pod talking to itself does not cross the datapath")
+        src_node = self._node_at(src) if src_pod is None else None
+        dst_node = self._node_at(dst) if dst_pod is None else None
+        if dst_pod is not None and src_node is not None and src_node.name == dst_pod.node:
+            return True  # a node to its own pods (kubelet probes): no policy applies
         if src_pod is not None and not self._direction_allows(
-            src_pod, "Egress", dst, dst_pod, port, protocol, family
+            src_pod,
+            "Egress",
+            dst,
+            dst_pod,
+            port,
+            protocol,
+            family,
+            own_node=dst_node is not None and dst_node.name == src_pod.node,
         ):
             return False
         return dst_pod is None or self._direction_allows(
