@@ -32,9 +32,11 @@
  *      a. entering the pod: who really sent it  -> DROP_SPOOFED (a local pod's address from
  *         (lib/trust.h)                            elsewhere); a forwarded node address is
  *                                                  judged as its real sender, not the host
- *      b. peer identity HOST (ipcache lookup    -> ALLOW_HOST
- *         only here: host flows are never tracked)
- *      c. isolation + policy                    -> ALLOW_NOT_ISOLATED / ALLOW_POLICY /
+ *      b. peer identity HOST (ipcache lookup    -> ALLOW_HOST (a pod's egress to its node:
+ *         only here: host flows are never tracked)  DROP_ADMIN / DROP_BASELINE if a tier denies)
+ *      c. tiers / isolation + policy            -> ALLOW_NOT_ISOLATED / ALLOW_POLICY /
+ *         (lib/policy.h)                           ALLOW_ADMIN / ALLOW_BASELINE / DROP_ADMIN /
+ *                                                  DROP_BASELINE /
  *                                                  DROP_POLICY / DROP_PENDING, CT entry created
  *                                                  (ALLOW_AUDIT instead of DROP_POLICY when only
  *                                                  audit-mode policies isolate the direction;
@@ -213,10 +215,11 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir, __u32 send
 			goto tracked;
 		}
 	}
-	/* A new flow (lib/newflow.h). A drop or the host ends here, reported without a rule. */
+	/* A new flow (lib/newflow.h). A drop or the host ends here (a drop names the tier's rule
+	 * that denied it, if one did). */
 	reason = vg_new_flow(skb, ep, &p, dir, sender, !untracked, 0, revision, len, now, &k, &peer, &rule_ref);
 	if (!vg_new_flow_allowed(reason))
-		return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, 0, 0);
+		return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, REASON_IS_DROP(reason) ? rule_ref : 0, 0);
 	if (p.frag == VG_FRAG_NONE)
 		return vg_finish(skb, ep->ep_id, dir, reason, &p, &peer, rule_ref, 1);
 
@@ -271,7 +274,8 @@ static __always_inline int vg_judge(struct __sk_buff *skb, __u64 now, __u32 *cli
 		reason = vg_new_flow(skb, ep, &p, DIR_EGRESS, 0, 1, 1, revision, len, now, &k, &peer,
 				     &rule_ref);
 		if (!vg_new_flow_allowed(reason))
-			return vg_finish(skb, ep->ep_id, DIR_EGRESS, reason, &p, &peer, 0, 0);
+			return vg_finish(skb, ep->ep_id, DIR_EGRESS, reason, &p, &peer,
+					 REASON_IS_DROP(reason) ? rule_ref : 0, 0);
 		new_flow = 1;
 	}
 	return vg_finish_flow(skb, ep->ep_id, DIR_EGRESS, reason, &p, &peer, rule_ref, new_flow, now);

@@ -63,10 +63,19 @@ static __always_inline __u32 vg_audit_flag(__u8 dir)
 	return dir == DIR_EGRESS ? EP_F_EGRESS_AUDIT : EP_F_INGRESS_AUDIT;
 }
 
-/* A pending endpoint counts as isolated in both directions: fail closed until realized. */
+static __always_inline __u32 vg_tiered_flag(__u8 dir)
+{
+	return dir == DIR_EGRESS ? EP_F_EGRESS_TIERED : EP_F_INGRESS_TIERED;
+}
+
+/*
+ * Is the direction policed: isolated by NetworkPolicy, or selected by a ClusterNetworkPolicy
+ * (whose Deny rules must not be passed by a malformed packet or an unknown fragment)? A pending
+ * endpoint counts as policed in both directions: fail closed until realized.
+ */
 static __always_inline int vg_dir_isolated(const struct endpoint_info *ep, __u8 dir)
 {
-	return (ep->flags & (vg_isolated_flag(dir) | EP_F_PENDING)) != 0;
+	return (ep->flags & (vg_isolated_flag(dir) | vg_tiered_flag(dir) | EP_F_PENDING)) != 0;
 }
 
 static __always_inline void vg_copy16(__u8 *dst, const __u8 *src)

@@ -9,8 +9,10 @@
  *   1. the peer's identity (ipcache LPM). Only here: established packets skip the lookup;
  *   2. entering a pod, who really sent it (lib/trust.h): a local pod's address from the wrong
  *      interface is DROP_SPOOFED, a packet the node masqueraded is judged as its real sender;
- *   3. the node itself: ALLOW_HOST. Never tracked, so host traffic always comes back here;
- *   4. the endpoint's policy for the direction (lib/policy.h);
+ *   3. the node itself: ALLOW_HOST, unless (a pod's egress to it) a ClusterNetworkPolicy tier
+ *      denies it. Never tracked, so host traffic always comes back here;
+ *   4. the endpoint's policy for the direction (lib/policy.h): the tiers where a
+ *      ClusterNetworkPolicy selects the pod, else NetworkPolicy;
  *   5. allowed: a conntrack entry, so replies pass an isolated direction and later packets
  *      take the established path. Failing to create one fails closed where isolated.
  */
@@ -26,12 +28,13 @@
 
 /*
  * Decide a new flow of endpoint `ep` in direction `dir`. Returns the reason:
- *   DROP_SPOOFED, DROP_PENDING, DROP_POLICY, DROP_CT_FULL   drop it
+ *   DROP_SPOOFED, DROP_PENDING, DROP_POLICY, DROP_ADMIN,     drop it
+ *   DROP_BASELINE, DROP_CT_FULL
  *   ALLOW_HOST                                               pass it, untracked
- *   ALLOW_POLICY, ALLOW_NOT_ISOLATED, ALLOW_AUDIT            a flow allowed by policy
- *                                                            (vg_new_flow_allowed)
- * *peer: the peer as judged, for the event; *rule_ref: the policy entry that allowed it (set
- * only for ALLOW_POLICY, and meant to be reported only for an allowed flow).
+ *   ALLOW_POLICY, ALLOW_ADMIN, ALLOW_BASELINE,               a flow allowed by policy
+ *   ALLOW_NOT_ISOLATED, ALLOW_AUDIT                          (vg_new_flow_allowed)
+ * *peer: the peer as judged, for the event; *rule_ref: the rule that decided (an allowing
+ * NetworkPolicy rule, or the ClusterNetworkPolicy rule that accepted or denied), else untouched.
  *
  *   sender  to_pod: the client endpoint of a deferred packet, 0 if none (vg_ingress_origin)
  *   track   0 for packets that are never tracked (vg_icmp_untracked): judged packet by packet
@@ -51,9 +54,16 @@ static __always_inline __u8 vg_new_flow(struct __sk_buff *skb, const struct endp
 	vg_peer_lookup(p, dir, peer);
 	if (dir == DIR_INGRESS && (reason = vg_ingress_origin(skb, sender, p, peer, &origin)))
 		return reason;
-	if (peer->identity == ID_HOST)
-		return ALLOW_HOST;
-	reason = vg_policy_verdict(ep, dir, p->proto, p->dport, peer, rule_ref);
+	if (peer->identity == ID_HOST) {
+		/* The node's traffic to its pods always passes. A pod's own traffic to its node passes
+		 * unless a ClusterNetworkPolicy tier denies it (NetworkPolicy never does). Either way
+		 * untracked, so every packet is judged again and a policy change applies at once. */
+		if (dir == DIR_INGRESS)
+			return ALLOW_HOST;
+		reason = vg_policy_verdict(ep, dir, p->proto, p->dport, peer, 1, rule_ref);
+		return REASON_IS_DROP(reason) ? reason : ALLOW_HOST;
+	}
+	reason = vg_policy_verdict(ep, dir, p->proto, p->dport, peer, 0, rule_ref);
 	if (REASON_IS_DROP(reason) || !track)
 		return reason;
 	/* Track every allowed flow, isolated direction or not: its replies may enter an isolated one. */
@@ -68,9 +78,10 @@ static __always_inline __u8 vg_new_flow(struct __sk_buff *skb, const struct endp
 }
 
 /*
- * Did the policy allow the new flow (ALLOW_POLICY, ALLOW_NOT_ISOLATED, ALLOW_AUDIT)? Then it is
- * reported as a new flow, with its rule. A drop or ALLOW_HOST is the packet's whole story:
- * counted, an event for a drop only, no rule and no fragment bookkeeping.
+ * Did the policy allow the new flow (ALLOW_POLICY, ALLOW_ADMIN, ALLOW_BASELINE,
+ * ALLOW_NOT_ISOLATED, ALLOW_AUDIT)? Then it is reported as a new flow, with its rule. A drop or
+ * ALLOW_HOST is the packet's whole story: counted, an event for a drop only (with the tier's rule
+ * that denied it, if one did), no fragment bookkeeping.
  */
 static __always_inline int vg_new_flow_allowed(__u8 reason)
 {

@@ -53,26 +53,115 @@ static __always_inline int vg_policy_try(struct policy_key *k, __u32 identity, _
 	return 0;
 }
 
+/* The three tiers' answers for one packet, merged over its lookups. */
+struct vg_tiers {
+	__u32 np_ref;
+	__u32 admin_rank, admin_ref;
+	__u32 base_rank, base_ref;
+	__u8 np, admin, base;
+};
+
+/*
+ * One LPM lookup for one peer identity, merged into *t: NetworkPolicy allows if any lookup
+ * allows; in each ClusterNetworkPolicy tier the lowest rank (the rule first in the tier's
+ * order) wins. Each entry already holds its own identity's whole answer (the compiler folded
+ * the shorter prefixes in), so three lookups answer for every policy, tier and rule.
+ */
+static __always_inline void vg_tiers_try(struct policy_key *k, __u32 identity, struct vg_tiers *t)
+{
+	struct policy_value *v;
+
+	k->identity = identity;
+	v = vg_policy.lookup(k);
+	if (!v)
+		return;
+	if (v->verdict == VERDICT_ALLOW && !t->np) {
+		t->np = 1;
+		t->np_ref = v->rule_ref;
+	}
+	if (v->admin != TIER_NONE && v->admin_rank < t->admin_rank) {
+		t->admin = v->admin;
+		t->admin_rank = v->admin_rank;
+		t->admin_ref = v->admin_ref;
+	}
+	if (v->baseline != TIER_NONE && v->baseline_rank < t->base_rank) {
+		t->base = v->baseline;
+		t->base_rank = v->baseline_rank;
+		t->base_ref = v->baseline_ref;
+	}
+}
+
+/* What NetworkPolicy says where it isolates the direction: allow, audit, or drop. */
+static __always_inline __u8 vg_np_verdict(const struct endpoint_info *ep, __u8 dir, int allowed)
+{
+	if (allowed)
+		return ALLOW_POLICY;
+	/* Audit mode: the flow is tracked like an allowed one, so only its first packet is reported. */
+	if (ep->flags & vg_audit_flag(dir))
+		return ALLOW_AUDIT;
+	return DROP_POLICY;
+}
+
+/*
+ * The tiers, per direction (docs/INTERNALS.md "Tiers"): the Admin tier's first matching rule
+ * decides on Accept or Deny; Pass, or no match, hands over to NetworkPolicy, which decides if it
+ * isolates the direction; otherwise the Baseline tier's first matching rule decides on Accept or
+ * Deny; else the direction is open. `host`: the destination is the pod's own node, which
+ * NetworkPolicy never blocks (it allows it wherever it isolates), ALLOW_HOST for an open one.
+ */
+static __always_inline __u8 vg_tiers_verdict(const struct endpoint_info *ep, __u8 dir, struct policy_key *k,
+					     const struct ipcache_value *peer, int host, __u32 *rule_ref)
+{
+	struct vg_tiers t = {.admin_rank = 0xffffffff, .base_rank = 0xffffffff};
+
+	vg_tiers_try(k, peer->identity, &t);
+	if (peer->cidr_identity)
+		vg_tiers_try(k, peer->cidr_identity, &t);
+	vg_tiers_try(k, ID_ANY, &t);
+	if (t.admin == TIER_ACCEPT || t.admin == TIER_DENY) {
+		*rule_ref = t.admin_ref;
+		return t.admin == TIER_ACCEPT ? ALLOW_ADMIN : DROP_ADMIN;
+	}
+	if (ep->flags & vg_isolated_flag(dir)) {
+		if (host)
+			return ALLOW_HOST;
+		*rule_ref = t.np_ref;
+		return vg_np_verdict(ep, dir, t.np);
+	}
+	if (t.base == TIER_ACCEPT || t.base == TIER_DENY) {
+		*rule_ref = t.base_ref;
+		return t.base == TIER_ACCEPT ? ALLOW_BASELINE : DROP_BASELINE;
+	}
+	return host ? ALLOW_HOST : ALLOW_NOT_ISOLATED;
+}
+
 /*
  * Verdict for a new flow (or a re-check of a tracked one) in direction `dir` of endpoint `ep`.
- * Returns a reason; the rule that allowed it goes to *rule_ref.
+ * Returns a reason; the deciding rule goes to *rule_ref (left alone when no rule decided).
+ * `host`: the peer is this node (only an egress flow of a tiered endpoint gets here with it).
+ * An endpoint no ClusterNetworkPolicy selects keeps NetworkPolicy's path: the first lookup
+ * that allows decides, no tier work.
  */
 static __always_inline __u8 vg_policy_verdict(const struct endpoint_info *ep, __u8 dir, __u8 proto,
-					      __be16 dport, const struct ipcache_value *peer,
+					      __be16 dport, const struct ipcache_value *peer, int host,
 					      __u32 *rule_ref)
 {
 	struct policy_key k = {};
 
 	if (ep->flags & EP_F_PENDING)
 		return DROP_PENDING;
-	if (!(ep->flags & vg_isolated_flag(dir)))
-		return ALLOW_NOT_ISOLATED;
+	if (!(ep->flags & (vg_isolated_flag(dir) | vg_tiered_flag(dir))))
+		return host ? ALLOW_HOST : ALLOW_NOT_ISOLATED;
 
 	k.prefixlen = POLICY_PLEN_FULL;
 	k.ep_id = ep->ep_id;
 	k.dir = dir;
 	k.proto = proto;
 	k.dport = vg_policy_port(proto, dport);
+	if (ep->flags & vg_tiered_flag(dir))
+		return vg_tiers_verdict(ep, dir, &k, peer, host, rule_ref);
+	if (host)
+		return ALLOW_HOST;
 	/* The peer's own identity, then the longest policy prefix containing it, then ANY. */
 	if (vg_policy_try(&k, peer->identity, rule_ref))
 		return ALLOW_POLICY;
@@ -80,10 +169,7 @@ static __always_inline __u8 vg_policy_verdict(const struct endpoint_info *ep, __
 		return ALLOW_POLICY;
 	if (vg_policy_try(&k, ID_ANY, rule_ref))
 		return ALLOW_POLICY;
-	/* Audit mode: the flow is tracked like an allowed one, so only its first packet is reported. */
-	if (ep->flags & vg_audit_flag(dir))
-		return ALLOW_AUDIT;
-	return DROP_POLICY;
+	return vg_np_verdict(ep, dir, 0);
 }
 
 #endif /* VG_POLICY_H */

@@ -22,6 +22,8 @@ enum vg_reason {
 	                         * fragmentation needed / packet too big, time exceeded ...) */
 	ALLOW_DEFERRED = 10,    /* from_pod: to a Service frontend; the egress verdict is given after
 	                         * DNAT by the judge (to_pod of a local backend or to_uplink) */
+	ALLOW_ADMIN = 11,       /* new flow accepted by an Admin-tier ClusterNetworkPolicy rule */
+	ALLOW_BASELINE = 12,    /* new flow accepted by a Baseline-tier ClusterNetworkPolicy rule */
 
 	DROP_POLICY = 64,       /* no policy entry allows it */
 	DROP_MALFORMED = 65,    /* truncated or unparsable headers from/to an isolated pod */
@@ -34,6 +36,8 @@ enum vg_reason {
 	                         * pod's own; to a pod or on an uplink, a local pod's or the node's
 	                         * address arriving from another interface (lib/trust.h) */
 	DROP_DEFERRED_UNKNOWN = 72, /* deferred packet whose client endpoint (mark slot) is unknown */
+	DROP_ADMIN = 73,        /* denied by an Admin-tier ClusterNetworkPolicy rule */
+	DROP_BASELINE = 74,     /* denied by a Baseline-tier ClusterNetworkPolicy rule */
 };
 
 #define REASON_IS_DROP(r) ((r) >= 64)

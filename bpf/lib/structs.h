@@ -29,9 +29,19 @@
 /* The direction is isolated only by audit-mode policies: would-be policy drops pass (ALLOW_AUDIT). */
 #define EP_F_INGRESS_AUDIT    (1 << 4)
 #define EP_F_EGRESS_AUDIT     (1 << 5)
+/* A ClusterNetworkPolicy with rules in that direction selects the pod: its new flows are decided
+ * by the tiers (Admin -> NetworkPolicy -> Baseline), lib/policy.h. */
+#define EP_F_INGRESS_TIERED   (1 << 6)
+#define EP_F_EGRESS_TIERED    (1 << 7)
 
-#define VERDICT_ALLOW 1
-#define VERDICT_DENY  2 /* reserved for tiers */
+#define VERDICT_ALLOW 1 /* policy_value.verdict: a NetworkPolicy rule allows it */
+#define VERDICT_DENY  2 /* reserved */
+
+/* policy_value.admin / .baseline: the action of the tier's first matching rule. */
+#define TIER_NONE   0 /* no rule of the tier matches */
+#define TIER_ACCEPT 1
+#define TIER_DENY   2
+#define TIER_PASS   3 /* skip the rest of the tier */
 
 #define CT_ALLOWED  1
 #define CT_DENIED   2 /* revoked tombstone */
@@ -129,11 +139,23 @@ struct policy_key {
 	__be16 dport;   /* network order so the prefix covers the high bits first */
 };
 
+/*
+ * One entry answers for all three tiers at once: what NetworkPolicy says, and which rule of each
+ * ClusterNetworkPolicy tier matches first. The compiler folds into every entry the rules of the
+ * shorter prefixes (same endpoint, direction and peer identity) that cover it, so the longest
+ * match alone is complete for its identity; the program combines its three lookups (peer
+ * identity, CIDR identity, ANY) by taking each tier's lowest rank (lib/policy.h).
+ */
 struct policy_value {
-	__u8 verdict; /* VERDICT_* */
-	__u8 flags;
-	__u16 precedence; /* reserved for tiers */
-	__u32 rule_ref;   /* names the rule in events */
+	__u8 verdict;       /* VERDICT_ALLOW: a NetworkPolicy rule allows it; 0: none does */
+	__u8 admin;         /* TIER_*: the first matching Admin-tier rule's action */
+	__u8 baseline;      /* TIER_*: the first matching Baseline-tier rule's action */
+	__u8 flags;         /* reserved */
+	__u32 rule_ref;     /* the NetworkPolicy rule (when verdict) */
+	__u32 admin_rank;   /* that Admin rule's place in the tier's order: lower decides */
+	__u32 admin_ref;    /* and its reference (events name it) */
+	__u32 baseline_rank;
+	__u32 baseline_ref;
 };
 
 /* vg_ct (LRU hash) */
@@ -207,7 +229,7 @@ struct flow_event {
 	__u32 ep_id;
 	__u32 peer_identity;
 	__u32 peer_cidr_identity;
-	__u32 rule_ref; /* 0 unless allowed by a policy entry */
+	__u32 rule_ref; /* the deciding rule: NetworkPolicy or ClusterNetworkPolicy; 0 if none */
 	__u8 dir;
 	__u8 reason;
 	__u8 family;

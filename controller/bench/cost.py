@@ -127,7 +127,7 @@ def _setup(dp: Datapath) -> None:
     kb, vb = codecs.encode_svc(4, VIP, 6, 80)
     dp.maps["vg_svc"].update(kb, vb)
     for key in (PolicyEntryKey(1, BACKEND_ID, 6, 8080, 16), PolicyEntryKey(1, PEER_ID, 6, 80, 16)):
-        k, v = codecs.encode_policy(EP, key, PolicyEntryValue(1, 0, 3))
+        k, v = codecs.encode_policy(EP, key, PolicyEntryValue(1, 3))
         dp.maps["vg_policy"].update(k, v)
     for prefix, ident in (
         (f"{PEER}/32", PEER_ID),
@@ -141,11 +141,9 @@ def _setup(dp: Datapath) -> None:
         dp.maps["vg_ipcache4"].update(k, v)
     # Some unrelated entries so the trie is not trivially small.
     for port in range(1000, 1064):
-        k, v = codecs.encode_policy(
-            EP, PolicyEntryKey(0, PEER_ID + 1, 6, port, 16), PolicyEntryValue(1, 0, 1)
-        )
+        k, v = codecs.encode_policy(EP, PolicyEntryKey(0, PEER_ID + 1, 6, port, 16), PolicyEntryValue(1, 1))
         dp.maps["vg_policy"].update(k, v)
-    k, v = codecs.encode_policy(EP, PolicyEntryKey(0, PEER_ID, 6, 80, 16), PolicyEntryValue(1, 0, 2))
+    k, v = codecs.encode_policy(EP, PolicyEntryKey(0, PEER_ID, 6, 80, 16), PolicyEntryValue(1, 2))
     dp.maps["vg_policy"].update(k, v)
 
 

@@ -31,20 +31,38 @@ class PolicyEntryKey:
 
 @dataclass(frozen=True)
 class PolicyEntryValue:
-    verdict: int
-    precedence: int
-    rule_ref: int
+    """What one entry answers for all three tiers (bpf/lib/structs.h, struct policy_value): the
+    compiler folds into it every rule of the same endpoint, direction and peer identity whose
+    (protocol, port) prefix covers it, so the longest match alone is complete."""
+
+    verdict: int  # VERDICT_ALLOW: a NetworkPolicy rule allows it; 0: none does
+    rule_ref: int  # that NetworkPolicy rule
+    admin: int = 0  # TIER_*: the action of the first matching Admin-tier rule
+    admin_rank: int = 0  # its place in the Admin tier's order (lower decides)
+    admin_ref: int = 0
+    baseline: int = 0  # TIER_*: the same for the Baseline tier
+    baseline_rank: int = 0
+    baseline_ref: int = 0
 
 
 @dataclass(frozen=True)
 class RuleRef:
-    namespace: str
+    namespace: str  # "" for a ClusterNetworkPolicy
     policy: str
     direction: int
     index: int  # index of the rule in spec.ingress / spec.egress
+    tier: str = ""  # ClusterNetworkPolicy: "Admin" | "Baseline"; "" for a NetworkPolicy
+    name: str = ""  # ClusterNetworkPolicy: the rule's `name`
+
+    @property
+    def is_cluster(self) -> bool:
+        return bool(self.tier)
 
     def __str__(self) -> str:
         d = "ingress" if self.direction == DIR_INGRESS else "egress"
+        if self.tier:
+            named = f" ({self.name})" if self.name else ""
+            return f"{self.tier}:{self.policy} {d}[{self.index}]{named}"
         return f"{self.namespace}/{self.policy} {d}[{self.index}]"
 
 
@@ -72,6 +90,11 @@ class EndpointDesired:
     # "true"): would-be policy drops pass and are reported as ALLOW_AUDIT.
     ingress_audit: bool = False
     egress_audit: bool = False
+    # Selected by a ClusterNetworkPolicy with rules in that direction: new flows are decided by
+    # the tiers (EP_F_*_TIERED).
+    ingress_tiered: bool = False
+    egress_tiered: bool = False
+    cluster_policies: Sequence[str] = ()  # names of the ClusterNetworkPolicies that select it
 
 
 @dataclass(frozen=True, order=True)

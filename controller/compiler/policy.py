@@ -44,6 +44,7 @@ from controller.compiler.stages.ipcache import Ipcache, IpcacheMap, NodeIpcaches
 from controller.compiler.stages.named_ports import NamedPorts
 from controller.compiler.stages.policies import PolicyTables, rule_ref
 from controller.compiler.stages.selection import NamespaceIndex, PeerSelector, Selection
+from controller.compiler.stages.tiers import CnpTables, Tiers
 from controller.core.log import get_logger
 from controller.core.net import IPNetwork
 
@@ -68,6 +69,7 @@ class CompiledCluster:
     ipcache: Ipcache
     catalogue: IdentityCatalogue
     entries: RuleEntries
+    tiers: Tiers
     node_ipcaches: NodeIpcaches
     node_endpoints: NodeEndpoints
 
@@ -109,13 +111,15 @@ class CompiledCluster:
         selection = Selection.build(policies, identities)
         selector = PeerSelector.build(identities, namespaces)
         named = NamedPorts.build(policies.named_rules, identities, selector)
-        cidr = CidrTables.build(policies.block_prefixes | named.exact)
+        cnp = CnpTables(cluster.cluster_policies, identities, selector, cluster.nodes)
+        cidr = CidrTables.build(policies.block_prefixes | named.exact | cnp.prefixes)
         ipcache = Ipcache.build(cluster.nodes, identities, cidr, self.generations)
         catalogue = IdentityCatalogue.build(identities, cidr.cidr_identity)
         self._set(policies, identities, namespaces, selection, selector, named, ipcache, catalogue)
         self.entries = RuleEntries(identities, selection, selector, cidr, named)
+        self.tiers = Tiers(cnp, cidr)
         self.node_ipcaches = NodeIpcaches(ipcache)
-        self.node_endpoints = NodeEndpoints(self.entries, self.pods, self.policy_map)
+        self.node_endpoints = NodeEndpoints(self.entries, self.pods, self.policy_map, self.tiers)
 
     def _update(self, cluster: ClusterState, prev: CompiledCluster, delta: ClusterDelta) -> bool:
         """Every stage from prev's and the pods and policies `delta` names (namespaces and nodes
@@ -147,7 +151,8 @@ class CompiledCluster:
             changes.touched,
             inputs_changed=bool(changes.touched or delta.policies or not same_indexes),
         )
-        cidr = prev.cidr.update(policies.block_prefixes | named.exact)
+        cnp = CnpTables(cluster.cluster_policies, identities, selector, cluster.nodes)
+        cidr = prev.cidr.update(policies.block_prefixes | named.exact | cnp.prefixes)
         ipcache = prev.ipcache.update(
             prev.pods, cluster.pods, delta.pods, cluster.nodes, identities, cidr, self.generations
         )
@@ -163,12 +168,14 @@ class CompiledCluster:
             and selection.policies_for_identity is prev.selection.policies_for_identity
             and cidr is prev.cidr
             and not named.changed
+            and not cluster.cluster_policies  # (what the tiers give an endpoint may have changed)
         )
         self._set(policies, identities, namespaces, selection, selector, named, ipcache, catalogue)
         self.entries = RuleEntries(identities, selection, selector, cidr, named, keys=prev.entries.keys)
+        self.tiers = Tiers(cnp, cidr)
         self.node_ipcaches = NodeIpcaches(ipcache, prev.node_ipcaches)
         self.node_endpoints = NodeEndpoints(
-            self.entries, self.pods, self.policy_map, prev.node_endpoints, delta.pods, stable
+            self.entries, self.pods, self.policy_map, self.tiers, prev.node_endpoints, delta.pods, stable
         )
         return True
 
@@ -289,7 +296,7 @@ class CompiledCluster:
         return NodeDesired(
             endpoints=self.node_endpoints.for_node(node),
             ipcache=self.ipcache_for(node),
-            rules=dict(self.rules),
+            rules={**self.rules, **self.tiers.rules},
             identities=self.identities,
             errors=self.errors,
             host_addresses=tuple(str(a) for a in self.node_addresses.get(node, ())),

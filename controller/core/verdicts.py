@@ -9,3 +9,10 @@ DIRECTION_NAMES = {DIR_INGRESS: "ingress", DIR_EGRESS: "egress"}
 
 VERDICT_ALLOW = 1
 VERDICT_DENY = 2
+
+# The action of a ClusterNetworkPolicy tier's first matching rule in a policy entry
+TIER_NONE = 0
+TIER_ACCEPT = 1
+TIER_DENY = 2
+TIER_PASS = 3
+TIER_ACTION_NAMES = {TIER_ACCEPT: "Accept", TIER_DENY: "Deny", TIER_PASS: "Pass"}

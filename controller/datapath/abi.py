@@ -20,6 +20,8 @@ EP_F_AUDIT = 1 << 2
 EP_F_PENDING = 1 << 3
 EP_F_INGRESS_AUDIT = 1 << 4  # isolated only by audit-mode policies: would-be drops pass
 EP_F_EGRESS_AUDIT = 1 << 5
+EP_F_INGRESS_TIERED = 1 << 6  # a ClusterNetworkPolicy with rules in that direction selects it
+EP_F_EGRESS_TIERED = 1 << 7
 
 CT_ALLOWED = 1
 CT_DENIED = 2
@@ -74,6 +76,8 @@ class Reason(IntEnum):
     ALLOW_AUDIT = 8  # a would-be DROP_POLICY passed in audit mode
     ALLOW_RELATED = 9  # ICMP error about a tracked allowed flow
     ALLOW_DEFERRED = 10  # to a Service frontend: judged after DNAT
+    ALLOW_ADMIN = 11  # accepted by an Admin-tier ClusterNetworkPolicy rule
+    ALLOW_BASELINE = 12  # accepted by a Baseline-tier ClusterNetworkPolicy rule
     DROP_POLICY = 64
     DROP_MALFORMED = 65
     DROP_FRAG_UNKNOWN = 66
@@ -83,6 +87,8 @@ class Reason(IntEnum):
     DROP_CT_FULL = 70
     DROP_SPOOFED = 71  # source address is not the pod's own
     DROP_DEFERRED_UNKNOWN = 72  # deferred packet whose client endpoint is unknown
+    DROP_ADMIN = 73  # denied by an Admin-tier ClusterNetworkPolicy rule
+    DROP_BASELINE = 74  # denied by a Baseline-tier ClusterNetworkPolicy rule
 
     @property
     def is_drop(self) -> bool:
@@ -168,9 +174,14 @@ class PolicyKey(_Struct):
 class PolicyValue(_Struct):
     _fields_: ClassVar = [
         ("verdict", ctypes.c_uint8),
+        ("admin", ctypes.c_uint8),
+        ("baseline", ctypes.c_uint8),
         ("flags", ctypes.c_uint8),
-        ("precedence", ctypes.c_uint16),
         ("rule_ref", ctypes.c_uint32),
+        ("admin_rank", ctypes.c_uint32),
+        ("admin_ref", ctypes.c_uint32),
+        ("baseline_rank", ctypes.c_uint32),
+        ("baseline_ref", ctypes.c_uint32),
     ]
 
 

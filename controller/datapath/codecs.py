@@ -120,7 +120,17 @@ def encode_policy(ep_id: int, key: PolicyEntryKey, value: PolicyEntryValue) -> t
         proto=key.proto,
         dport=be16(key.port & mask),
     )
-    v = PolicyValue(verdict=value.verdict, flags=0, precedence=value.precedence, rule_ref=value.rule_ref)
+    v = PolicyValue(
+        verdict=value.verdict,
+        admin=value.admin,
+        baseline=value.baseline,
+        flags=0,
+        rule_ref=value.rule_ref,
+        admin_rank=value.admin_rank,
+        admin_ref=value.admin_ref,
+        baseline_rank=value.baseline_rank,
+        baseline_ref=value.baseline_ref,
+    )
     return bytes(k), bytes(v)
 
 
@@ -136,7 +146,16 @@ def decode_policy(kb: bytes, vb: bytes) -> tuple[int, PolicyEntryKey, PolicyEntr
     return (
         k.ep_id,
         PolicyEntryKey(direction=k.dir, identity=k.identity, proto=proto, port=port, port_plen=plen),
-        PolicyEntryValue(verdict=v.verdict, precedence=v.precedence, rule_ref=v.rule_ref),
+        PolicyEntryValue(
+            verdict=v.verdict,
+            rule_ref=v.rule_ref,
+            admin=v.admin,
+            admin_rank=v.admin_rank,
+            admin_ref=v.admin_ref,
+            baseline=v.baseline,
+            baseline_rank=v.baseline_rank,
+            baseline_ref=v.baseline_ref,
+        ),
     )
 
 

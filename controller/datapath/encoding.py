@@ -23,13 +23,20 @@ KV = Mapping[bytes, bytes]  # one map's contents: key bytes -> value bytes
 
 
 def endpoint_flags(
-    ingress_isolated: bool, egress_isolated: bool, ingress_audit: bool = False, egress_audit: bool = False
+    ingress_isolated: bool,
+    egress_isolated: bool,
+    ingress_audit: bool = False,
+    egress_audit: bool = False,
+    ingress_tiered: bool = False,
+    egress_tiered: bool = False,
 ) -> int:
     return (
         (abi.EP_F_INGRESS_ISOLATED if ingress_isolated else 0)
         | (abi.EP_F_EGRESS_ISOLATED if egress_isolated else 0)
         | (abi.EP_F_INGRESS_AUDIT if ingress_audit else 0)
         | (abi.EP_F_EGRESS_AUDIT if egress_audit else 0)
+        | (abi.EP_F_INGRESS_TIERED if ingress_tiered else 0)
+        | (abi.EP_F_EGRESS_TIERED if egress_tiered else 0)
     )
 
 
@@ -313,7 +320,14 @@ def _encode_endpoint(
     k, v = codecs.encode_endpoint(
         ifindex,
         ep.identity,
-        endpoint_flags(ep.ingress_isolated, ep.egress_isolated, ep.ingress_audit, ep.egress_audit),
+        endpoint_flags(
+            ep.ingress_isolated,
+            ep.egress_isolated,
+            ep.ingress_audit,
+            ep.egress_audit,
+            ep.ingress_tiered,
+            ep.egress_tiered,
+        ),
         ep.ipv4,
         ep.ipv6,
     )

@@ -7,8 +7,14 @@ address P, protocol `proto`, destination port `port`:
 
 1. (identity, cidr_identity) = LPM of P in the ipcache of E's node (vg_ipcache4/6); no match
    (cannot happen: 0.0.0.0/0 and ::/0 are always present) = (WORLD, 0).
-2. identity == HOST (P is an address of E's own node) -> ALLOW_HOST.
-3. E not isolated for d -> ALLOW_NOT_ISOLATED.
+2. identity == HOST (P is an address of E's own node) -> ALLOW_HOST, unless d is EGRESS and a
+   ClusterNetworkPolicy selects E for it: then the tiers below decide (a drop stays a drop,
+   anything allowed is ALLOW_HOST; NetworkPolicy, where it isolates, allows the node).
+3. E neither isolated nor tiered for d -> ALLOW_NOT_ISOLATED.
+3b. E tiered for d (EndpointDesired.ingress_tiered / egress_tiered): the three lookups of step 4
+   are all made and merged, per tier the lowest rank: the Admin rule decides on Accept/Deny
+   (ALLOW_ADMIN / DROP_ADMIN); else NetworkPolicy if it isolates E for d (step 4-5); else the
+   Baseline rule on Accept/Deny (ALLOW_BASELINE / DROP_BASELINE); else ALLOW_NOT_ISOLATED.
 4. For peer id in (identity, cidr_identity if non-zero, ANY): LPM on vg_policy with key
    (E, id, d, proto, port): the longest of (proto, port/16 .. port/0) and then the
    (any protocol) entry. The first identity level with a match decides by its verdict
@@ -31,6 +37,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from controller.compiler.desired_state import (
     EndpointDesired,
@@ -41,7 +48,14 @@ from controller.compiler.desired_state import (
 )
 from controller.core.identities import ID_ANY, ID_HOST, ID_WORLD
 from controller.core.net import PROTOCOL_NUMBERS, IPNetwork
-from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS, VERDICT_ALLOW
+from controller.core.verdicts import (
+    DIR_EGRESS,
+    DIR_INGRESS,
+    TIER_ACCEPT,
+    TIER_DENY,
+    TIER_NONE,
+    VERDICT_ALLOW,
+)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -51,6 +65,10 @@ ALLOW_NOT_ISOLATED = "ALLOW_NOT_ISOLATED"
 ALLOW_HOST = "ALLOW_HOST"
 DROP_POLICY = "DROP_POLICY"
 ALLOW_AUDIT = "ALLOW_AUDIT"  # a would-be DROP_POLICY passed because only audit-mode policies isolate
+ALLOW_ADMIN = "ALLOW_ADMIN"
+ALLOW_BASELINE = "ALLOW_BASELINE"
+DROP_ADMIN = "DROP_ADMIN"
+DROP_BASELINE = "DROP_BASELINE"
 NOT_ENFORCED = "NOT_ENFORCED"  # not a datapath reason: the side is not an endpoint at all
 
 
@@ -66,7 +84,8 @@ class HalfVerdict:
     peer_identity: int = ID_WORLD
     peer_cidr_identity: int = 0
     matched: PolicyEntryKey | None = None
-    rule: RuleRef | None = None
+    rule: RuleRef | None = None  # the deciding rule (NetworkPolicy or a tier's)
+    passed: tuple[RuleRef, ...] = ()  # the tiers' Pass rules that handed the decision on
 
 
 @dataclass(frozen=True)
@@ -153,31 +172,96 @@ def endpoint_verdict(
     ident, cidr_ident = ipcache_lookup(desired, addr)
 
     def half(
-        allowed: bool, reason: str, matched: PolicyEntryKey | None = None, rule: RuleRef | None = None
+        allowed: bool,
+        reason: str,
+        matched: PolicyEntryKey | None = None,
+        rule: RuleRef | None = None,
+        passed: tuple[RuleRef, ...] = (),
     ) -> HalfVerdict:
-        return HalfVerdict(allowed, reason, direction, endpoint, str(addr), ident, cidr_ident, matched, rule)
+        return HalfVerdict(
+            allowed, reason, direction, endpoint, str(addr), ident, cidr_ident, matched, rule, passed
+        )
 
-    if ident == ID_HOST:
-        return half(True, ALLOW_HOST)
     isolated = ep.ingress_isolated if direction == DIR_INGRESS else ep.egress_isolated
-    if not isolated:
+    tiered = ep.ingress_tiered if direction == DIR_INGRESS else ep.egress_tiered
+    host = ident == ID_HOST
+    if host and (direction == DIR_INGRESS or not tiered):
+        return half(True, ALLOW_HOST)
+    if not isolated and not tiered:
         return half(True, ALLOW_NOT_ISOLATED)
     levels = [ident]
     if cidr_ident and cidr_ident not in levels:
         levels.append(cidr_ident)
     if ID_ANY not in levels:
         levels.append(ID_ANY)
-    for level in levels:
-        hit = policy_lpm(ep.entries, direction, level, p, port)
-        if hit is not None:
-            key, value = hit
-            allowed = value.verdict == VERDICT_ALLOW
-            return half(
-                allowed, ALLOW_POLICY if allowed else DROP_POLICY, key, desired.rules.get(value.rule_ref)
-            )
+    hits = [h for h in (policy_lpm(ep.entries, direction, lv, p, port) for lv in levels) if h is not None]
+    if tiered:
+        return _tiers(desired, ep, direction, hits, host, half)
+    if host:
+        return half(True, ALLOW_HOST)
+    for key, value in hits:
+        allowed = value.verdict == VERDICT_ALLOW
+        return half(allowed, ALLOW_POLICY if allowed else DROP_POLICY, key, desired.rules.get(value.rule_ref))
     if ep.ingress_audit if direction == DIR_INGRESS else ep.egress_audit:
         return half(True, ALLOW_AUDIT)
     return half(False, DROP_POLICY)
+
+
+class _Half(Protocol):
+    def __call__(
+        self,
+        allowed: bool,
+        reason: str,
+        matched: PolicyEntryKey | None = None,
+        rule: RuleRef | None = None,
+        passed: tuple[RuleRef, ...] = (),
+    ) -> HalfVerdict: ...
+
+
+def _tiers(
+    desired: NodeDesired,
+    ep: EndpointDesired,
+    direction: int,
+    hits: list[tuple[PolicyEntryKey, PolicyEntryValue]],
+    host: bool,
+    half: _Half,
+) -> HalfVerdict:
+    """The tiers over the lookups' hits, as lib/policy.h vg_tiers_verdict merges them: per tier
+    the lowest rank wins; NetworkPolicy allows if any hit allows."""
+    admin: tuple[int, int, int, PolicyEntryKey] | None = None  # (rank, action, ref, key)
+    base: tuple[int, int, int, PolicyEntryKey] | None = None
+    np: tuple[int, PolicyEntryKey] | None = None
+    for key, v in hits:
+        if v.verdict == VERDICT_ALLOW and np is None:
+            np = (v.rule_ref, key)
+        if v.admin != TIER_NONE and (admin is None or v.admin_rank < admin[0]):
+            admin = (v.admin_rank, v.admin, v.admin_ref, key)
+        if v.baseline != TIER_NONE and (base is None or v.baseline_rank < base[0]):
+            base = (v.baseline_rank, v.baseline, v.baseline_ref, key)
+    passed: tuple[RuleRef, ...] = ()
+    if admin is not None:
+        rule = desired.rules.get(admin[2])
+        if admin[1] == TIER_ACCEPT:
+            return half(True, ALLOW_HOST if host else ALLOW_ADMIN, admin[3], rule)
+        if admin[1] == TIER_DENY:
+            return half(False, DROP_ADMIN, admin[3], rule)
+        passed = (rule,) if rule is not None else ()
+    if ep.ingress_isolated if direction == DIR_INGRESS else ep.egress_isolated:
+        if host:
+            return half(True, ALLOW_HOST, passed=passed)
+        if np is not None:
+            return half(True, ALLOW_POLICY, np[1], desired.rules.get(np[0]), passed)
+        if ep.ingress_audit if direction == DIR_INGRESS else ep.egress_audit:
+            return half(True, ALLOW_AUDIT, passed=passed)
+        return half(False, DROP_POLICY, passed=passed)
+    if base is not None:
+        rule = desired.rules.get(base[2])
+        if base[1] == TIER_ACCEPT:
+            return half(True, ALLOW_HOST if host else ALLOW_BASELINE, base[3], rule, passed)
+        if base[1] == TIER_DENY:
+            return half(False, DROP_BASELINE, base[3], rule, passed)
+        passed = (*passed, rule) if rule is not None else passed
+    return half(True, ALLOW_HOST if host else ALLOW_NOT_ISOLATED, passed=passed)
 
 
 def _resolve(desired: NodeDesired | None, who: str, family: int) -> tuple[EndpointDesired | None, IPAddress]:

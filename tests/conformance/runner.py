@@ -37,6 +37,12 @@ def shared_conformance_dir() -> Path:
     return Path(__file__).resolve().parents[3] / "shared" / "conformance"
 
 
+def scenario_files() -> list[Path]:
+    """The NetworkPolicy files, then the ClusterNetworkPolicy ones (cnp/)."""
+    root = shared_conformance_dir()
+    return sorted(root.glob("*.yaml")) + sorted(root.glob("cnp/*.yaml"))
+
+
 def vethguard_command() -> list[str]:
     """The installed CLI when present, else this checkout's module (same code)."""
     exe = shutil.which("vethguard")
@@ -144,6 +150,8 @@ def pod_manifest(pod: dict[str, Any], labels: dict[str, str] | None = None) -> d
     }
     if pod.get("node"):
         manifest["spec"]["nodeName"] = pod["node"]
+    if pod.get("hostNetwork"):
+        manifest["spec"]["hostNetwork"] = True
     return manifest
 
 
@@ -224,8 +232,31 @@ def render_matrix(cells: dict[tuple[str, str], bool], names: Sequence[str]) -> s
     return "\n".join(lines)
 
 
+API_VERSIONS = {
+    "NetworkPolicy": "networking.k8s.io/v1",
+    "ClusterNetworkPolicy": "policy.networking.k8s.io/v1alpha2",
+}
+
+
+def object_ref(kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+    """A manifest naming one object (for `lab delete`)."""
+    meta = {"name": name, **({"namespace": namespace} if namespace else {})}
+    return {"apiVersion": API_VERSIONS.get(kind, "v1"), "kind": kind, "metadata": meta}
+
+
+@dataclass
+class ModelLab:
+    """A lab up with one model, and what scenarios changed in it since (undone by reset)."""
+
+    lab: Lab
+    model: dict[str, Any]
+    dirty_objects: set[tuple[str, str, str]] = field(default_factory=set)  # (kind, namespace, name)
+    dirty_labels: bool = False
+
+
 class Runner:
-    """Replays scenarios; keeps one lab for the default 9-pod model and resets it between scenarios."""
+    """Replays scenarios; keeps one lab per distinct model (the default 9-pod model, the
+    ClusterNetworkPolicy scenarios' houses) and resets it between scenarios."""
 
     def __init__(
         self,
@@ -242,105 +273,80 @@ class Runner:
         self.prefix = prefix
         self.retries = retries
         self.log = log
-        self.default_lab: Lab | None = None
         self.default_model = default_model()
-        self._dirty_policies: set[tuple[str, str]] = set()
-        self._dirty_labels = False
+        self.labs: dict[str, ModelLab] = {}
 
     def close(self) -> None:
-        if self.default_lab is not None:
-            self.default_lab.down()
-            self.default_lab = None
+        for ml in self.labs.values():
+            ml.lab.down()
+        self.labs.clear()
 
     # -- lab lifecycle --------------------------------------------------------------------
 
-    def _lab_for(self, scenario: dict[str, Any]) -> tuple[Lab, dict[str, Any], bool]:
-        if scenario.get("model") is None:
-            if self.default_lab is None:
-                lab = Lab(f"{self.prefix}{os.getpid() % 10000}d", nodes=self.nodes, cni=self.cni)
-                lab.down()
-                lab.up(model_manifests(self.default_model))
-                self.default_lab = lab
-            else:
-                self._reset_default()
-            return self.default_lab, self.default_model, False
-        model = copy.deepcopy(scenario["model"])
+    def _lab_for(self, scenario: dict[str, Any]) -> ModelLab:
+        model = copy.deepcopy(scenario.get("model") or self.default_model)
         model.setdefault("externals", [])
-        lab = Lab(f"{self.prefix}{os.getpid() % 10000}s", nodes=self.nodes, cni=self.cni)
+        key = json.dumps(model, sort_keys=True)
+        ml = self.labs.get(key)
+        if ml is not None:
+            self._reset(ml)
+            return ml
+        nodes = len(model["nodes"]) if model.get("nodes") else self.nodes
+        lab = Lab(f"{self.prefix}{os.getpid() % 10000}m{len(self.labs)}", nodes=nodes, cni=self.cni)
         lab.down()
         lab.up(model_manifests(model))
-        return lab, model, True
+        ml = self.labs[key] = ModelLab(lab, model)
+        return ml
 
-    def _reset_default(self) -> None:
-        assert self.default_lab is not None
-        if self._dirty_policies:
-            self.default_lab.delete(
-                [
-                    {
-                        "apiVersion": "networking.k8s.io/v1",
-                        "kind": "NetworkPolicy",
-                        "metadata": {"namespace": ns, "name": name},
-                    }
-                    for ns, name in sorted(self._dirty_policies)
-                ],
-                ignore_not_found=True,
+    def _reset(self, ml: ModelLab) -> None:
+        if ml.dirty_objects:
+            refs = [object_ref(kind, name, ns or None) for kind, ns, name in sorted(ml.dirty_objects)]
+            ml.lab.delete(refs, ignore_not_found=True)
+        if ml.dirty_labels:
+            ml.lab.apply(
+                [namespace_manifest(n["name"], n.get("labels") or {}) for n in ml.model["namespaces"]]
+                + [pod_manifest(p) for p in ml.model["pods"]]
             )
-        if self._dirty_labels:
-            self.default_lab.apply(
-                [namespace_manifest(n["name"], n["labels"]) for n in self.default_model["namespaces"]]
-                + [pod_manifest(p) for p in self.default_model["pods"]]
-            )
-        self._dirty_policies.clear()
-        self._dirty_labels = False
+        ml.dirty_objects.clear()
+        ml.dirty_labels = False
 
     # -- one scenario ---------------------------------------------------------------------
 
     def run_scenario(self, scenario: dict[str, Any]) -> Outcome:
         start = time.monotonic()
         out = Outcome(scenario["id"], passed=True)
-        lab, model, own = self._lab_for(scenario)
         try:
-            status = lab.status()
+            ml = self._lab_for(scenario)
+            status = ml.lab.status()
             for n, step in enumerate(scenario.get("steps") or [], start=1):
-                self._act(lab, model, step, status)
+                self._act(ml, step, status)
                 if "probe" in step:
-                    self._score_matrix(lab, step["probe"], n, out)
+                    self._score_matrix(ml.lab, step["probe"], n, out)
                 for check in step.get("checks") or []:
-                    self._score_check(lab, check, n, out)
+                    self._score_check(ml.lab, check, n, out)
         except Exception as exc:  # a broken lab or CLI is a failed scenario, with the reason
             out.passed = False
             out.failures.append(f"error: {exc}")
-        finally:
-            if own:
-                lab.down()
-                # what that scenario applied lives and dies with its own lab
-                self._dirty_policies.clear()
-                self._dirty_labels = False
         out.seconds = time.monotonic() - start
         out.passed = out.passed and not out.failures
         return out
 
-    def _act(self, lab: Lab, model: dict[str, Any], step: dict[str, Any], status: dict[str, Any]) -> None:
+    def _act(self, ml: ModelLab, step: dict[str, Any], status: dict[str, Any]) -> None:
         if step.get("delete"):
-            docs = []
-            for ref in step["delete"]:
-                api = "networking.k8s.io/v1" if ref["kind"] == "NetworkPolicy" else "v1"
-                meta = {"name": ref["name"]}
-                if ref.get("namespace"):
-                    meta["namespace"] = ref["namespace"]
-                docs.append({"apiVersion": api, "kind": ref["kind"], "metadata": meta})
-                self._dirty_policies.discard((ref.get("namespace", ""), ref["name"]))
-            lab.delete(docs)
+            refs = [object_ref(r["kind"], r["name"], r.get("namespace")) for r in step["delete"]]
+            for r in step["delete"]:
+                ml.dirty_objects.discard((r["kind"], r.get("namespace", ""), r["name"]))
+            ml.lab.delete(refs)
         if step.get("apply"):
             docs = substitute(step["apply"], status, self.family)
             for d in docs:
-                if d.get("kind") == "NetworkPolicy":
-                    meta = d["metadata"]
-                    self._dirty_policies.add((meta.get("namespace", "default"), meta["name"]))
-            lab.apply(docs)
+                meta = d["metadata"]
+                namespace = meta.get("namespace", "default") if d.get("kind") == "NetworkPolicy" else ""
+                ml.dirty_objects.add((d["kind"], namespace, meta["name"]))
+            ml.lab.apply(docs)
         if step.get("label"):
-            lab.apply([self._relabel(model, step["label"])])
-            self._dirty_labels = True
+            ml.lab.apply([self._relabel(ml.model, step["label"])])
+            ml.dirty_labels = True
 
     @staticmethod
     def _relabel(model: dict[str, Any], label: dict[str, Any]) -> dict[str, Any]:
@@ -425,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--only", action="append", default=[])
     args = ap.parse_args(argv)
-    files = args.files or sorted(shared_conformance_dir().glob("*.yaml"))
+    files = args.files or scenario_files()
     scenarios = [s for s in load_scenarios(files) if not args.only or s["id"] in args.only]
     runner = Runner(family=args.family, nodes=args.nodes, cni=args.cni)
     passed = failed = 0

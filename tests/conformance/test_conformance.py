@@ -6,11 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conformance.runner import Runner, load_scenarios, shared_conformance_dir
+from tests.conformance.runner import Runner, load_scenarios, scenario_files, shared_conformance_dir
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.slow]
 
-FILES = sorted(shared_conformance_dir().glob("*.yaml"))
+FILES = scenario_files()
 SCENARIOS = load_scenarios(FILES) if FILES else []
 
 
@@ -25,7 +25,7 @@ def runner() -> Iterator[Runner]:
 
 def test_the_shared_conformance_files_are_present() -> None:
     assert FILES, f"no scenario files in {shared_conformance_dir()}"
-    assert len(SCENARIOS) >= 28
+    assert len(SCENARIOS) >= 34
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s["id"] for s in SCENARIOS])

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conformance.runner import Runner, load_scenarios, shared_conformance_dir
+from tests.conformance.runner import Runner, load_scenarios, scenario_files
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.slow]
 
-FILES = sorted(shared_conformance_dir().glob("*.yaml"))
+FILES = scenario_files()
 SCENARIOS = load_scenarios(FILES) if FILES else []
 
 
@@ -29,7 +29,7 @@ def runner() -> Iterator[Runner]:
 
 def test_the_runner_spreads_pods_over_three_nodes(runner: Runner) -> None:
     assert runner.nodes == 3
-    assert len(SCENARIOS) >= 28
+    assert len(SCENARIOS) >= 34
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s["id"] for s in SCENARIOS])

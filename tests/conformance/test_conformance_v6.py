@@ -11,11 +11,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conformance.runner import Runner, load_scenarios, shared_conformance_dir
+from tests.conformance.runner import Runner, load_scenarios, scenario_files, shared_conformance_dir
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.slow]
 
-FILES = sorted(shared_conformance_dir().glob("*.yaml"))
+FILES = scenario_files()
 SCENARIOS = load_scenarios(FILES) if FILES else []
 
 

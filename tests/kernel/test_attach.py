@@ -166,7 +166,7 @@ def test_real_traffic_is_enforced_on_an_attached_veth(dp: Datapath, lab: dict[st
         assert c[(ifindex, int(Reason.DROP_POLICY), DIR_INGRESS)][0] >= 1
         assert c[(ifindex, int(Reason.ALLOW_NON_IP), DIR_INGRESS)][0] >= 1  # ARP
         pk, pv = codecs.encode_policy(
-            ifindex, PolicyEntryKey(DIR_INGRESS, peer_id, 6, 7001, 16), PolicyEntryValue(1, 0, 5)
+            ifindex, PolicyEntryKey(DIR_INGRESS, peer_id, 6, 7001, 16), PolicyEntryValue(1, 5)
         )
         dp.maps["vg_policy"].update(pk, pv)
         assert _connects(ns, "10.99.0.2", 7001), "an allow entry must open the pod"

@@ -19,7 +19,7 @@ from tests.support.kernel import EP, ID_B, POD_A, POD_B, TC_ACT_OK, TC_ACT_SHOT,
 
 pytestmark = [pytest.mark.root, pytest.mark.bcc]
 
-ALLOW = PolicyEntryValue(verdict=1, precedence=0, rule_ref=99)
+ALLOW = PolicyEntryValue(verdict=1, rule_ref=99)
 
 
 def _empty(dp: Datapath) -> None:

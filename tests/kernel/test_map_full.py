@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.root, pytest.mark.bcc]
 POLICY_MAX = 64
 IPCACHE_MAX = 16
 OTHER = 2  # a second endpoint's ifindex (never sees packets here)
-ALLOW = PolicyEntryValue(verdict=1, precedence=0, rule_ref=7)
+ALLOW = PolicyEntryValue(verdict=1, rule_ref=7)
 
 
 @pytest.fixture(scope="module")

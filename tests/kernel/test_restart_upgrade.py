@@ -28,7 +28,7 @@ from tests.support.netns_util import VethPair, in_netns, veth_pair
 pytestmark = [pytest.mark.root, pytest.mark.bcc]
 
 UPGRADE = ("-DVG_UPGRADE_MARKER=2",)
-ALLOW = PolicyEntryValue(verdict=1, precedence=0, rule_ref=99)
+ALLOW = PolicyEntryValue(verdict=1, rule_ref=99)
 PEER_ID = 4000
 
 

@@ -9,7 +9,7 @@ from controller.datapath import abi, codecs
 from controller.datapath.encoding import PENDING_FLAGS, Encoder, desired_maps
 from controller.datapath.sync import diff, plan
 
-ALLOW = PolicyEntryValue(verdict=1, precedence=0, rule_ref=11)
+ALLOW = PolicyEntryValue(verdict=1, rule_ref=11)
 
 
 def _node(entries: dict[PolicyEntryKey, PolicyEntryValue], ingress_isolated: bool = True) -> NodeDesired:

@@ -60,9 +60,9 @@ class K8s:
         }
 
     @staticmethod
-    def node(name: str, *addresses: str) -> dict[str, Any]:
+    def node(name: str, *addresses: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
         return {
-            "metadata": {"name": name},
+            "metadata": {"name": name, **({"labels": labels} if labels else {})},
             "status": {"addresses": [{"type": "InternalIP", "address": a} for a in addresses]},
         }
 

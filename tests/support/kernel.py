@@ -63,7 +63,7 @@ class Harness:
     ) -> bytes:
         plen = port_plen if port_plen is not None else (16 if port else 0)
         key = PolicyEntryKey(direction=direction, identity=identity, proto=proto, port=port, port_plen=plen)
-        k, v = codecs.encode_policy(EP, key, PolicyEntryValue(verdict=1, precedence=0, rule_ref=rule_ref))
+        k, v = codecs.encode_policy(EP, key, PolicyEntryValue(verdict=1, rule_ref=rule_ref))
         self.dp.maps["vg_policy"].update(k, v)
         return k
 

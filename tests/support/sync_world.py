@@ -25,7 +25,7 @@ class World:
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
-        self.values = [PolicyEntryValue(1, 0, r) for r in (11, 12, 13)]
+        self.values = [PolicyEntryValue(1, r) for r in (11, 12, 13)]
         self.entry_sets = [self._entries() for _ in range(6)]
         self.endpoints: dict[str, EndpointDesired] = {}
         self.pod_ifindex: dict[str, int] = {}

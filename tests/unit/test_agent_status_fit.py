@@ -189,7 +189,7 @@ def _reference_fit(desired: Any, pod_ifindex: Any, capacity: Any, prefer: frozen
 
 
 def _random_node(rng: random.Random) -> tuple[NodeDesired, dict[str, int]]:
-    value = PolicyEntryValue(1, 0, 1)
+    value = PolicyEntryValue(1, 1)
     endpoints = {}
     pod_ifindex = {}
     for i in range(rng.randrange(1, 8)):

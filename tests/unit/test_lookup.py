@@ -27,7 +27,7 @@ from controller.debug.verdict_model import (
 
 N = ipaddress.ip_network
 POD_A, POD_B, CIDR_X = 300, 301, (1 << 24) + 5
-ALLOW = PolicyEntryValue(VERDICT_ALLOW, 0, 7)
+ALLOW = PolicyEntryValue(VERDICT_ALLOW, 7)
 
 
 def desired(
@@ -63,9 +63,9 @@ def test_the_ipcache_lookup_is_longest_prefix_match() -> None:
 
 def test_the_policy_lookup_prefers_the_longest_port_prefix_then_any_protocol() -> None:
     e = {
-        PolicyEntryKey(DIR_INGRESS, POD_B, 6, 0x1F00, 8): PolicyEntryValue(VERDICT_ALLOW, 0, 1),
-        PolicyEntryKey(DIR_INGRESS, POD_B, 6, 0x1F90, 16): PolicyEntryValue(VERDICT_ALLOW, 0, 2),
-        PolicyEntryKey(DIR_INGRESS, POD_B, 0, 0, 0): PolicyEntryValue(VERDICT_ALLOW, 0, 3),
+        PolicyEntryKey(DIR_INGRESS, POD_B, 6, 0x1F00, 8): PolicyEntryValue(VERDICT_ALLOW, 1),
+        PolicyEntryKey(DIR_INGRESS, POD_B, 6, 0x1F90, 16): PolicyEntryValue(VERDICT_ALLOW, 2),
+        PolicyEntryKey(DIR_INGRESS, POD_B, 0, 0, 0): PolicyEntryValue(VERDICT_ALLOW, 3),
     }
     assert policy_lpm(e, DIR_INGRESS, POD_B, 6, 0x1F90)[1].rule_ref == 2  # type: ignore[index]
     assert policy_lpm(e, DIR_INGRESS, POD_B, 6, 0x1F42)[1].rule_ref == 1  # type: ignore[index]
@@ -90,9 +90,9 @@ def test_a_direction_that_is_not_isolated_allows_everything() -> None:
 
 
 def test_the_peer_identity_is_tried_before_its_cidr_identity_and_then_any() -> None:
-    by_id = {PolicyEntryKey(DIR_INGRESS, POD_B + 1, 6, 80, 16): PolicyEntryValue(VERDICT_ALLOW, 0, 7)}
-    by_cidr = {PolicyEntryKey(DIR_INGRESS, CIDR_X, 6, 80, 16): PolicyEntryValue(VERDICT_ALLOW, 0, 7)}
-    by_any = {PolicyEntryKey(DIR_INGRESS, ID_ANY, 6, 80, 16): PolicyEntryValue(VERDICT_ALLOW, 0, 7)}
+    by_id = {PolicyEntryKey(DIR_INGRESS, POD_B + 1, 6, 80, 16): PolicyEntryValue(VERDICT_ALLOW, 7)}
+    by_cidr = {PolicyEntryKey(DIR_INGRESS, CIDR_X, 6, 80, 16): PolicyEntryValue(VERDICT_ALLOW, 7)}
+    by_any = {PolicyEntryKey(DIR_INGRESS, ID_ANY, 6, 80, 16): PolicyEntryValue(VERDICT_ALLOW, 7)}
     for entries, level in ((by_id, POD_B + 1), (by_cidr, CIDR_X), (by_any, ID_ANY)):
         h = endpoint_verdict(desired(entries), "x/a", DIR_INGRESS, "192.168.1.7", "TCP", 80)
         assert (
@@ -104,7 +104,7 @@ def test_the_peer_identity_is_tried_before_its_cidr_identity_and_then_any() -> N
 
 def test_the_first_identity_level_that_matches_decides_a_deny_verdict() -> None:
     entries = {
-        PolicyEntryKey(DIR_INGRESS, POD_B + 1, 6, 80, 16): PolicyEntryValue(VERDICT_DENY, 0, 7),
+        PolicyEntryKey(DIR_INGRESS, POD_B + 1, 6, 80, 16): PolicyEntryValue(VERDICT_DENY, 7),
         PolicyEntryKey(DIR_INGRESS, ID_ANY, 0, 0, 0): ALLOW,
     }
     h = endpoint_verdict(desired(entries), "x/a", DIR_INGRESS, "192.168.1.7", "TCP", 80)

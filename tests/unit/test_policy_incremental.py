@@ -43,15 +43,18 @@ class World:
         self.rv = 0
         self.namespaces: dict[str, dict[str, Any]] = {n: self._stamp(K.ns(n, team=n)) for n in NAMESPACES}
         self.nodes: dict[str, dict[str, Any]] = {
-            "node-1": self._stamp(K.node("node-1", "192.168.0.1")),
-            "node-2": self._stamp(K.node("node-2", "192.168.0.2")),
+            "node-1": self._stamp(K.node("node-1", "192.168.0.1", labels={"role": "a"})),
+            "node-2": self._stamp(K.node("node-2", "192.168.0.2", labels={"role": "b"})),
         }
         self.pods: dict[str, dict[str, Any]] = {}
         self.policies: dict[str, dict[str, Any]] = {}
+        self.cnps: dict[str, dict[str, Any]] = {}
         for i in range(8):
             self.add_pod(f"p{i}")
         for i in range(3):
             self.add_policy(f"n{i}")
+        if rnd.random() < 0.7:
+            self.add_cnp("c0")
 
     def _stamp(self, raw: dict[str, Any]) -> dict[str, Any]:
         self.rv += 1
@@ -151,11 +154,81 @@ class World:
             pol["metadata"]["annotations"] = {"vethguard.dev/audit": "true"}
         self.policies[key] = self._stamp(pol)
 
+    def cnp_rule(self, egress: bool) -> dict[str, Any]:
+        r = self.rnd
+        kinds = ["namespaces", "pods", "networks", "nodes"] if egress else ["namespaces", "pods"]
+        peers: list[dict[str, Any]] = []
+        for _ in range(r.randrange(1, 3)):
+            kind = r.choice(kinds)
+            if kind == "namespaces":
+                peers.append({"namespaces": {"matchLabels": {"team": r.choice(NAMESPACES)}}})
+            elif kind == "pods":
+                pods = {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": r.choice(APPS)}}}
+                peers.append({"pods": pods})
+            elif kind == "networks":
+                peers.append({"networks": [r.choice(["10.0.0.0/24", "10.0.1.8/29", "192.168.0.0/16"])]})
+            else:
+                peers.append({"nodes": {"matchLabels": {"role": r.choice("ab")}}})
+        rule: dict[str, Any] = {
+            "action": r.choice(["Accept", "Deny", "Pass"]),
+            ("to" if egress else "from"): peers,
+        }
+        if r.random() < 0.5:
+            named = r.random() < 0.3 and all(next(iter(p)) in ("namespaces", "pods") for p in peers)
+            port: dict[str, Any] = (
+                {"destinationNamedPort": r.choice(["http", "db"])}
+                if named
+                else {
+                    "tcp": {
+                        "destinationPort": r.choice([{"number": 80}, {"range": {"start": 80, "end": 5432}}])
+                    }
+                }
+            )
+            rule["protocols"] = [port]
+        return rule
+
+    def add_cnp(self, name: str) -> None:
+        r = self.rnd
+        subject: dict[str, Any] = (
+            {"namespaces": {"matchLabels": {"team": r.choice(NAMESPACES)}}}
+            if r.random() < 0.5
+            else {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": r.choice(APPS)}}}}
+        )
+        spec: dict[str, Any] = {
+            "tier": r.choice(["Admin", "Baseline"]),
+            "priority": r.randrange(3),
+            "subject": subject,
+        }
+        if r.random() < 0.7:
+            spec["ingress"] = [self.cnp_rule(False) for _ in range(r.randrange(1, 3))]
+        if r.random() < 0.7:
+            spec["egress"] = [self.cnp_rule(True) for _ in range(r.randrange(1, 3))]
+        raw = {
+            "apiVersion": "policy.networking.k8s.io/v1alpha2",
+            "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+        self.cnps[name] = self._stamp(raw)
+
     def step(self, n: int) -> str:
         r = self.rnd
         choice = r.choices(
-            ["pod+", "pod-", "pod~", "pods~", "pol+", "pol-", "pol~", "ns~", "node~", "pod+pol"],
-            weights=[4, 3, 6, 2, 3, 2, 2, 1, 1, 1],
+            [
+                "pod+",
+                "pod-",
+                "pod~",
+                "pods~",
+                "pol+",
+                "pol-",
+                "pol~",
+                "ns~",
+                "node~",
+                "pod+pol",
+                "cnp+",
+                "cnp-",
+            ],
+            weights=[4, 3, 6, 2, 3, 2, 2, 1, 1, 1, 1, 1],
         )[0]
         if choice == "pod+":
             self.add_pod(f"q{n}")
@@ -182,9 +255,13 @@ class World:
         elif choice == "pod+pol":
             self.add_pod(f"q{n}")
             self.add_policy(f"m{n}")
+        elif choice == "cnp+":
+            self.add_cnp(r.choice(["c0", "c1", f"c{n}"]))  # (a new one, or a changed one)
+        elif choice == "cnp-" and self.cnps:
+            del self.cnps[r.choice(sorted(self.cnps))]
         return choice
 
-    def objects(self) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+    def objects(self) -> tuple[list[Any], list[Any], list[Any], list[Any], list[Any]]:
         pods = list(self.pods.values())
         if self.rnd.random() < 0.15:  # a source that orders its objects otherwise, now and then
             pods = pods[::-1] if self.rnd.random() < 0.5 else pods[3:] + pods[:3]
@@ -193,6 +270,7 @@ class World:
             pods,
             list(self.policies.values()),
             list(self.nodes.values()),
+            list(self.cnps.values()),
         )
 
 
@@ -212,6 +290,7 @@ def summary(state: ClusterState) -> dict[str, Any]:
         },
         "index": (set(c.index.all), {k: set(v) for k, v in c.index.by_kv.items()}, c.index.by_key),
         "rules": dict(c.rules),
+        "tier_rules": dict(c.tiers.rules),
         "cidr_identity": dict(c.cidr_identity),
     }
 

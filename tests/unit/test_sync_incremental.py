@@ -154,7 +154,7 @@ def test_an_endpoint_with_the_same_entries_mapping_keeps_its_encoded_policy_entr
 def test_two_pods_claiming_one_ifindex_merge_their_entries_as_a_flat_encoding_does() -> None:
     world = World(random.Random(4))
     a, b = sorted(world.endpoints)[:2]
-    other = {PolicyEntryKey(0, 999, 17, 53, 16): PolicyEntryValue(1, 0, 5)}
+    other = {PolicyEntryKey(0, 999, 17, 53, 16): PolicyEntryValue(1, 5)}
     endpoints = {**world.endpoints, b: dataclasses.replace(world.endpoints[b], entries=other)}
     pod_ifindex = {**world.pod_ifindex, b: world.pod_ifindex[a]}
     desired = dataclasses.replace(world.desired(), endpoints=endpoints)

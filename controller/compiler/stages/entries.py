@@ -33,11 +33,10 @@ from controller.compiler.stages.identities import IdentityTables
 from controller.compiler.stages.named_ports import NamedPorts
 from controller.compiler.stages.policies import rule_ref
 from controller.compiler.stages.selection import PeerSelector, Selection
+from controller.compiler.stages.tiers import Contribution, Tiers, fold
 from controller.core.identities import ID_ANY
 from controller.core.net import L4_PROTOCOLS
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS, VERDICT_ALLOW
-
-DEFAULT_PRECEDENCE = 0
 
 PortSpec = tuple[int, int, int]  # (proto, port, port_plen)
 Entries = Mapping[PolicyEntryKey, PolicyEntryValue]
@@ -105,7 +104,7 @@ class RuleEntries:
                 out |= self.selector.peer_identities(pol.namespace, peer)
         return out
 
-    def _key(self, direction: int, ident: int, proto: int, port: int, plen: int) -> PolicyEntryKey:
+    def entry_key(self, direction: int, ident: int, proto: int, port: int, plen: int) -> PolicyEntryKey:
         """Interned PolicyEntryKey: equal keys are one object, so dict merges compare by identity."""
         t = (direction, ident, proto, port, plen)
         k = self.keys.get(t)
@@ -124,9 +123,7 @@ class RuleEntries:
         hit = self._rules.get(key)
         if hit is not None:
             return hit
-        value = PolicyEntryValue(
-            VERDICT_ALLOW, DEFAULT_PRECEDENCE, rule_ref(pol.namespace, pol.name, direction, rule.index)
-        )
+        value = PolicyEntryValue(VERDICT_ALLOW, rule_ref(pol.namespace, pol.name, direction, rule.index))
         specs = tuple(numeric_port_specs(rule)) + named
         peer_ids = frozenset(self.rule_peer_identities(pol, rule)) if specs else frozenset()
         tokens = self.named.egress_named.get((pol.key, rule.index), ()) if direction == DIR_EGRESS else ()
@@ -136,7 +133,7 @@ class RuleEntries:
             template = {}
             for ident in sorted(peer_ids):
                 for proto, port, plen in specs:
-                    template[self._key(direction, ident, proto, port, plen)] = None
+                    template[self.entry_key(direction, ident, proto, port, plen)] = None
             for tok in tokens:
                 for target, proto, port in self.named.targets[tok]:
                     if target.identity is not None:
@@ -144,7 +141,7 @@ class RuleEntries:
                     else:
                         assert target.prefix is not None
                         dest = self.cidr.cidr_identity[target.prefix]
-                    template[self._key(direction, dest, proto, port, 16)] = None
+                    template[self.entry_key(direction, dest, proto, port, 16)] = None
             self._templates[tkey] = template
         out = dict.fromkeys(template, value)  # reuses the template's stored hashes
         self._rules[key] = out
@@ -203,6 +200,7 @@ class NodeEndpoints:
         entries: RuleEntries,
         pods: Mapping[str, Pod],
         policy_map: Mapping[str, NetworkPolicy],
+        tiers: Tiers,
         previous: NodeEndpoints | None = None,
         changed_pods: frozenset[str] | None = None,
         stable: bool = False,
@@ -210,6 +208,8 @@ class NodeEndpoints:
         self.entries = entries
         self.pods = pods
         self.policy_map = policy_map
+        self.tiers = tiers
+        self._folded: dict[tuple[int, int], tuple[Entries, tuple[Contribution, ...], Entries]] = {}
         self._endpoints: dict[str, dict[str, EndpointDesired]] = {}
         self._local: dict[str, list[Pod]] = {}
         if previous is None:
@@ -246,6 +246,17 @@ class NodeEndpoints:
             all(p.audit for p in pols if p.isolates_egress),
         )
 
+    def _fold(self, entries: Entries, contributions: tuple[Contribution, ...]) -> Entries:
+        """NetworkPolicy's entries with the tiers folded in (shared by endpoints with the same
+        inputs; the inputs are kept with the result so their ids stay theirs)."""
+        key = (id(entries), id(contributions))
+        hit = self._folded.get(key)
+        if hit is None:
+            folded = fold(entries, contributions, self.entries.entry_key)
+            hit = (entries, contributions, MappingProxyType(folded))
+            self._folded[key] = hit
+        return hit[2]
+
     def for_node(self, node: str) -> dict[str, EndpointDesired]:
         endpoints: dict[str, EndpointDesired] = {}
         before = self._before
@@ -259,9 +270,13 @@ class NodeEndpoints:
                     continue
             ing, egr, entries, pols = self.entries.endpoint_entries(pod)
             ing_audit, egr_audit = self._audit_only(pols)
+            identity = self.entries.pod_identity[pod.key]
+            ing_tiered, egr_tiered, contributions = self.tiers.endpoint(identity, pod)
+            if ing_tiered or egr_tiered:
+                entries = self._fold(entries, contributions)
             ep = EndpointDesired(
                 pod=pod.key,
-                identity=self.entries.pod_identity[pod.key],
+                identity=identity,
                 ingress_isolated=ing,
                 egress_isolated=egr,
                 ipv4=pod.ipv4,
@@ -270,6 +285,9 @@ class NodeEndpoints:
                 policies=tuple(pols),
                 ingress_audit=ing and ing_audit,
                 egress_audit=egr and egr_audit,
+                ingress_tiered=ing_tiered,
+                egress_tiered=egr_tiered,
+                cluster_policies=tuple(p.name for p in self.tiers.policies_for(identity)),
             )
             old = old_endpoints.get(pod.key)
             endpoints[pod.key] = old if old is not None and old == ep else ep

@@ -1,0 +1,345 @@
+"""ClusterNetworkPolicy tiers (a stage of the compiler): the ordered decision, precomputed per
+endpoint into its policy entries, so the datapath decides with three lookups whatever the
+number of policies, tiers and rules (docs/INTERNALS.md "Tiers").
+
+- Order: Admin policies, then Baseline; within a tier ascending priority, ties by name, then
+  rules in written order. Every rule gets a rank (its place in its tier's order) and a rule
+  reference; a packet's answer in a tier is its matching rule of lowest rank.
+- A rule contributes (peer identity x port spec) keys with its tier, action, rank and reference:
+  `namespaces` / `pods` peers -> the pod identities they select (host-network pods have none);
+  `networks` -> the CIDR identities of every policy prefix inside them (pod and node addresses
+  carry theirs too); `nodes` -> the exact prefixes of the selected nodes' addresses. Ports: none
+  -> every protocol and port; a port or range -> its aligned prefixes; a named port -> resolved
+  on the endpoint for ingress, on each destination pod for egress (keyed by that pod's exact
+  prefix). A failed-closed Deny/Pass rule is a Deny of every peer and port; an Accept that
+  matches nothing contributes nothing.
+- fold(): the LPM map returns only the longest match of one identity, so every key carries, per
+  tier, the best rule among the keys of the same identity that cover it (and NetworkPolicy's
+  allow), computed here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from controller.compiler.cnp import ACCEPT, DENY, PASS, TIERS, ClusterNetworkPolicy, CnpPeer, CnpRule
+from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue, RuleRef
+from controller.compiler.model import IPBlock, Node, Peer, Pod
+from controller.compiler.portrange import range_to_prefixes
+from controller.compiler.selectors import LabelIndex
+from controller.compiler.stages.cidr import CidrTables, IPAddress, host_prefix
+from controller.compiler.stages.identities import IdentityTables
+from controller.compiler.stages.selection import PeerSelector
+from controller.core.identities import ID_ANY
+from controller.core.net import L4_PROTOCOLS, IPNetwork
+from controller.core.verdicts import (
+    DIR_EGRESS,
+    DIR_INGRESS,
+    DIRECTION_NAMES,
+    TIER_ACCEPT,
+    TIER_DENY,
+    TIER_PASS,
+    VERDICT_ALLOW,
+)
+
+ADMIN, BASELINE = 0, 1  # tier indexes (TIERS order)
+_ACTIONS = {ACCEPT: TIER_ACCEPT, DENY: TIER_DENY, PASS: TIER_PASS}
+
+KeyTuple = tuple[int, int, int, int, int]  # (direction, identity, proto, port, port_plen)
+PortSpec = tuple[int, int, int]  # (proto, port, port_plen)
+ALL_PORTS: tuple[PortSpec, ...] = ((0, 0, 0),)
+
+
+@dataclass(frozen=True, slots=True)
+class Contribution:
+    """One key of one rule: in `tier`, `action` at `rank` (lower decides), named by `ref`."""
+
+    key: KeyTuple
+    tier: int
+    action: int
+    rank: int
+    ref: int
+
+
+EndpointTiers = tuple[bool, bool, tuple[Contribution, ...]]  # (ingress tiered, egress tiered, contributions)
+
+
+def cnp_rule_ref(name: str, direction: int, index: int) -> int:
+    """The rule reference of a ClusterNetworkPolicy rule (no NetworkPolicy's: those have a namespace)."""
+    return zlib.crc32(f"/{name}/{DIRECTION_NAMES[direction]}/{index}".encode()) & 0x7FFFFFFF
+
+
+def ordered(policies: Iterable[ClusterNetworkPolicy]) -> list[ClusterNetworkPolicy]:
+    return sorted(policies, key=lambda p: p.order)
+
+
+def _port_specs(rule: CnpRule) -> tuple[PortSpec, ...]:
+    """Numeric port specs of a rule (ALL_PORTS without `protocols`; named ports excluded)."""
+    if rule.ports is None:
+        return ALL_PORTS
+    out: list[PortSpec] = []
+    for p in rule.ports:
+        if p.named is not None:
+            continue
+        proto = L4_PROTOCOLS[p.protocol]
+        if p.start == 0:
+            out.append((proto, 0, 0))
+        elif p.start == p.end:
+            out.append((proto, p.start, 16))
+        else:
+            out.extend((proto, port, plen) for port, plen in range_to_prefixes(p.start, p.end))
+    return tuple(out)
+
+
+def _named(rule: CnpRule) -> tuple[str, ...]:
+    return tuple(p.named for p in rule.ports or () if p.named is not None)
+
+
+def resolve_named(pod: Pod, names: Sequence[str]) -> tuple[PortSpec, ...]:
+    """`destinationNamedPort` names resolved on a pod: every container port of that name, with
+    its own protocol."""
+    return tuple(sorted({(L4_PROTOCOLS[c.protocol], c.port, 16) for c in pod.ports if c.name in names}))
+
+
+class CnpTables:
+    """The node-independent part: policies in order, ranks and references, each rule's peers as
+    identities, and the prefixes the tiers need as CIDR identities (known before the CIDR
+    stage runs: `prefixes`)."""
+
+    def __init__(
+        self,
+        policies: Mapping[str, ClusterNetworkPolicy],
+        identities: IdentityTables,
+        selector: PeerSelector,
+        nodes: Mapping[str, Node],
+    ) -> None:
+        self.policies = ordered(policies.values())
+        self.selector = selector
+        self.pods_by_identity = identities.pods_by_identity
+        self.nodes = nodes
+        self.rules: dict[int, RuleRef] = {}
+        # (policy name, direction, rule index) -> (rank, ref)
+        self.place: dict[tuple[str, int, int], tuple[int, int]] = {}
+        ranks = [0, 0]
+        for pol in self.policies:
+            tier = TIERS.index(pol.tier)
+            for direction, rules in ((DIR_INGRESS, pol.ingress), (DIR_EGRESS, pol.egress)):
+                for rule in rules:
+                    ref = cnp_rule_ref(pol.name, direction, rule.index)
+                    rr = RuleRef("", pol.name, direction, rule.index, pol.tier, rule.name)
+                    self.rules.setdefault(ref, rr)
+                    self.place[(pol.name, direction, rule.index)] = (ranks[tier], ref)
+                    ranks[tier] += 1
+        self._node_addresses: dict[object, tuple[IPAddress, ...]] = {}
+        self._subjects: dict[str, frozenset[int]] = {}
+        self.prefixes = frozenset(self._prefixes())
+
+    # -- selection -----------------------------------------------------------------------------
+
+    def subject_identities(self, pol: ClusterNetworkPolicy) -> frozenset[int]:
+        """Pod identities the policy's subject selects (every pod when the subject is unusable)."""
+        hit = self._subjects.get(pol.name)
+        if hit is None:
+            if pol.subject_pods is not None:
+                hit = self.select(CnpPeer("pods", namespaces=pol.subject_pods[0], pods=pol.subject_pods[1]))
+            else:
+                hit = self.select(CnpPeer("namespaces", namespaces=pol.subject_namespaces))
+            self._subjects[pol.name] = hit
+        return hit
+
+    def select(self, peer: CnpPeer) -> frozenset[int]:
+        if peer.namespaces is None:  # an unusable subject: every pod
+            return frozenset(self.pods_by_identity)
+        peer_as_np = Peer(pod_selector=peer.pods, namespace_selector=peer.namespaces)
+        return self.selector.peer_identities("", peer_as_np)
+
+    def node_addresses(self, peer: CnpPeer) -> tuple[IPAddress, ...]:
+        """Addresses of the nodes a `nodes` peer selects."""
+        hit = self._node_addresses.get(peer.nodes)
+        if hit is None:
+            assert peer.nodes is not None
+            sel = peer.nodes
+            index = LabelIndex((i, n.labels) for i, n in enumerate(self.nodes.values()))
+            chosen = set(sel.select(index))
+            hit = tuple(
+                _address(a) for i, n in enumerate(self.nodes.values()) if i in chosen for a in n.addresses
+            )
+            self._node_addresses[peer.nodes] = hit
+        return hit
+
+    def named_targets(self, rule: CnpRule) -> list[tuple[Pod, tuple[PortSpec, ...]]]:
+        """Egress named ports: (destination pod, its resolution) for every pod the peers select."""
+        names = _named(rule)
+        out: list[tuple[Pod, tuple[PortSpec, ...]]] = []
+        for peer in rule.peers:
+            if peer.kind not in ("namespaces", "pods"):
+                continue
+            for ident in sorted(self.select(peer)):
+                for pod in self.pods_by_identity.get(ident, ()):
+                    specs = resolve_named(pod, names)
+                    if specs and pod.ips:
+                        out.append((pod, specs))
+        return out
+
+    def _prefixes(self) -> Iterable[IPNetwork]:
+        for pol in self.policies:
+            for rule in pol.egress:
+                if rule.matches_nothing or rule.deny_all:
+                    continue
+                for peer in rule.peers:
+                    if peer.kind == "networks":
+                        yield from peer.networks
+                    elif peer.kind == "nodes":
+                        yield from (host_prefix(a) for a in self.node_addresses(peer))
+                if _named(rule):
+                    for pod, _ in self.named_targets(rule):
+                        yield from (host_prefix(_address(ip)) for ip in pod.ips)
+
+
+def _address(text: str) -> IPAddress:
+    return ipaddress.ip_address(text)
+
+
+class Tiers:
+    """Per endpoint: which directions the tiers police and the contributions of every rule of
+    every policy that selects it (cached per identity and named-port resolution)."""
+
+    def __init__(self, tables: CnpTables, cidr: CidrTables) -> None:
+        self.tables = tables
+        self.cidr = cidr
+        self.rules = tables.rules
+        self._by_identity: dict[int, list[ClusterNetworkPolicy]] = {}
+        for pol in tables.policies:
+            for ident in tables.subject_identities(pol):
+                self._by_identity.setdefault(ident, []).append(pol)
+        self._rule_cache: dict[tuple[str, int, int], tuple[Contribution, ...]] = {}
+        self._endpoint_cache: dict[tuple[int, tuple[PortSpec, ...]], EndpointTiers] = {}
+
+    def policies_for(self, identity: int) -> list[ClusterNetworkPolicy]:
+        return self._by_identity.get(identity, [])
+
+    def _peer_identities(self, peer: CnpPeer) -> frozenset[int]:
+        if peer.kind == "networks":
+            out: set[int] = set()
+            for net in peer.networks:
+                out |= self.cidr.block_identities(IPBlock(net))
+            return frozenset(out)
+        if peer.kind == "nodes":
+            addresses = self.tables.node_addresses(peer)
+            return frozenset(self.cidr.cidr_identity[host_prefix(a)] for a in addresses)
+        return self.tables.select(peer)
+
+    def _contributions(
+        self, pol: ClusterNetworkPolicy, direction: int, rule: CnpRule, own_named: tuple[PortSpec, ...]
+    ) -> tuple[Contribution, ...]:
+        tier = TIERS.index(pol.tier)
+        rank, ref = self.tables.place[(pol.name, direction, rule.index)]
+        action = _ACTIONS[rule.action]
+        if rule.matches_nothing:
+            return ()
+        if rule.deny_all:
+            return (Contribution((direction, ID_ANY, 0, 0, 0), tier, TIER_DENY, rank, ref),)
+        specs = _port_specs(rule)
+        if direction == DIR_INGRESS:
+            specs = specs + own_named
+        keys: list[KeyTuple] = []
+        if specs:
+            for peer in rule.peers:
+                for ident in sorted(self._peer_identities(peer)):
+                    keys.extend((direction, ident, *s) for s in specs)
+        if direction == DIR_EGRESS and _named(rule):
+            for pod, resolved in self.tables.named_targets(rule):
+                for ip in pod.ips:
+                    dest = self.cidr.cidr_identity[host_prefix(_address(ip))]
+                    keys.extend((direction, dest, *s) for s in resolved)
+        return tuple(Contribution(k, tier, action, rank, ref) for k in dict.fromkeys(keys))
+
+    def endpoint(self, identity: int, pod: Pod) -> tuple[bool, bool, tuple[Contribution, ...]]:
+        """(ingress tiered, egress tiered, contributions) of an endpoint with this identity."""
+        pols = self.policies_for(identity)
+        if not pols:
+            return False, False, ()
+        names = tuple(n for pol in pols for r in pol.ingress for n in _named(r))
+        own = resolve_named(pod, names) if names else ()
+        key = (identity, own)
+        hit = self._endpoint_cache.get(key)
+        if hit is not None:
+            return hit
+        out: list[Contribution] = []
+        for pol in pols:
+            for direction, rules in ((DIR_INGRESS, pol.ingress), (DIR_EGRESS, pol.egress)):
+                for rule in rules:
+                    own_named = resolve_named(pod, _named(rule)) if direction == DIR_INGRESS else ()
+                    ckey = (pol.name, direction, rule.index) if not own_named else None
+                    cached = self._rule_cache.get(ckey) if ckey is not None else None
+                    if cached is None:
+                        cached = self._contributions(pol, direction, rule, own_named)
+                        if ckey is not None:
+                            self._rule_cache[ckey] = cached
+                    out.extend(cached)
+        hit = (any(p.ingress for p in pols), any(p.egress for p in pols), tuple(out))
+        self._endpoint_cache[key] = hit
+        return hit
+
+
+def _ancestors(key: KeyTuple) -> list[KeyTuple]:
+    """The key and every shorter (protocol, port) prefix covering it, longest first."""
+    direction, ident, proto, port, plen = key
+    out = [key]
+    for length in range(plen - 1, 0, -1):
+        mask = (0xFFFF << (16 - length)) & 0xFFFF
+        out.append((direction, ident, proto, port & mask, length))
+    if plen > 0:
+        out.append((direction, ident, proto, 0, 0))
+    if proto != 0:
+        out.append((direction, ident, 0, 0, 0))
+    return out
+
+
+def fold(
+    np_entries: Mapping[PolicyEntryKey, PolicyEntryValue],
+    contributions: Sequence[Contribution],
+    intern: Callable[[int, int, int, int, int], PolicyEntryKey],
+) -> dict[PolicyEntryKey, PolicyEntryValue]:
+    """Every key of NetworkPolicy's entries and of the contributions, each with the whole answer
+    for its identity: NetworkPolicy's allow from the longest covering key that has one, and per
+    tier the lowest-ranked rule among the covering keys. `intern(direction, identity, proto,
+    port, plen)` returns the shared PolicyEntryKey."""
+    np_at: dict[KeyTuple, PolicyEntryValue] = {}
+    for k, v in np_entries.items():
+        np_at[(k.direction, k.identity, k.proto, k.port, k.port_plen)] = v
+    best: dict[KeyTuple, list[Contribution | None]] = {}
+    for c in contributions:
+        at = best.setdefault(c.key, [None, None])
+        cur = at[c.tier]
+        if cur is None or c.rank < cur.rank:
+            at[c.tier] = c
+    out: dict[PolicyEntryKey, PolicyEntryValue] = {}
+    for key in dict.fromkeys([*np_at, *best]):
+        np_value: PolicyEntryValue | None = None
+        tiers: list[Contribution | None] = [None, None]
+        for anc in _ancestors(key):
+            if np_value is None:
+                np_value = np_at.get(anc)
+            found = best.get(anc)
+            if found is not None:
+                for t in (ADMIN, BASELINE):
+                    got = found[t]
+                    have = tiers[t]
+                    if got is not None and (have is None or got.rank < have.rank):
+                        tiers[t] = got
+        admin, base = tiers
+        out[intern(*key)] = PolicyEntryValue(
+            verdict=VERDICT_ALLOW if np_value is not None else 0,
+            rule_ref=np_value.rule_ref if np_value is not None else 0,
+            admin=admin.action if admin else 0,
+            admin_rank=admin.rank if admin else 0,
+            admin_ref=admin.ref if admin else 0,
+            baseline=base.action if base else 0,
+            baseline_rank=base.rank if base else 0,
+            baseline_ref=base.ref if base else 0,
+        )
+    return out
