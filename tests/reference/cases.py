@@ -20,8 +20,9 @@ rules and peer/port lists omitted, empty or given; several policies per namespac
 With `cluster_policies` / `host_network` (issue 15), a case also has ClusterNetworkPolicies
 (policy.networking.k8s.io/v1alpha2) and host-network pods, and its nodes get labels
 (kubernetes.io/hostname, kubernetes.io/os and a random `role`). The CNPs cover both tiers,
-priorities from a small set (equal priorities occur, so the metadata.name tie-break decides;
-names do not sort in creation order), Accept/Deny/Pass, subjects `namespaces` and `pods`
+priorities from a small set and twins of earlier policies (same tier and priority, often the
+same subject: the metadata.name tie-break and a Pass across policies decide answers; names do
+not sort in creation order), Accept/Deny/Pass, subjects `namespaces` and `pods`
 (namespaceSelector given or omitted), one to three rules per direction (or none, or the key
 omitted), rule names given or not, peers `namespaces`, `pods`, `networks` (CIDRs around pod
 addresses, host-network pods' and nodes' addresses, and literal ones covering pods, nodes and
@@ -490,14 +491,23 @@ def cnp_rules(draw: st.DrawFn, egress: bool, pod_keys: tuple[str, ...], index: i
 
 
 @st.composite
-def cluster_network_policies(draw: st.DrawFn, pod_keys: tuple[str, ...], index: int) -> dict[str, Any]:
-    if draw(st.booleans()):
-        subject: dict[str, Any] = {"namespaces": draw(CNP_NS_SELECTORS)}
+def cluster_network_policies(
+    draw: st.DrawFn, pod_keys: tuple[str, ...], index: int, earlier: tuple[dict[str, Any], ...] = ()
+) -> dict[str, Any]:
+    """A ClusterNetworkPolicy; often a twin of an earlier one (same tier and priority, and often
+    the same subject), so that the name tie-break and a Pass across policies decide answers."""
+    twin: dict[str, Any] | None = None
+    if len(earlier) > 0 and draw(st.booleans()):
+        twin = draw(st.sampled_from(earlier))
+    if twin is not None and draw(st.booleans()):
+        subject: dict[str, Any] = copy.deepcopy(twin["spec"]["subject"])
+    elif draw(st.booleans()):
+        subject = {"namespaces": draw(CNP_NS_SELECTORS)}
     else:
         subject = {"pods": draw(namespaced_pods())}
     spec: dict[str, Any] = {
-        "tier": draw(st.sampled_from(("Admin", "Baseline"))),
-        "priority": draw(st.sampled_from(CNP_PRIORITIES)),
+        "tier": twin["spec"]["tier"] if twin else draw(st.sampled_from(("Admin", "Baseline"))),
+        "priority": twin["spec"]["priority"] if twin else draw(st.sampled_from(CNP_PRIORITIES)),
         "subject": subject,
     }
     for direction, egress in (("ingress", False), ("egress", True)):
@@ -544,7 +554,9 @@ def cases(
     if not (cluster_policies or host_network):
         return Case(namespaces, pods, pols)
     n_cnp = draw(st.sampled_from(range(1, cluster_policies + 1))) if cluster_policies else 0
-    cnps = tuple(draw(cluster_network_policies(keys, i)) for i in range(n_cnp))
+    cnps: tuple[dict[str, Any], ...] = ()
+    for i in range(n_cnp):
+        cnps += (draw(cluster_network_policies(keys, i, cnps)),)
     return Case(namespaces, pods, pols, cluster_policies=cnps, nodes=draw(node_shapes()))
 
 

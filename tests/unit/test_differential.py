@@ -47,7 +47,7 @@ from tests.reference.cases import (
 from tests.reference.evaluator import Evaluator
 
 EXAMPLES = int(os.environ.get("VETHGUARD_DIFF_EXAMPLES", "40"))
-CNP_EXAMPLES = int(os.environ.get("VETHGUARD_DIFF_CNP_EXAMPLES", "20"))
+CNP_EXAMPLES = int(os.environ.get("VETHGUARD_DIFF_CNP_EXAMPLES", "30"))
 # Shrinking a failing case with ClusterNetworkPolicies takes minutes: only when asked for.
 CNP_SHRINK = os.environ.get("VETHGUARD_DIFF_SHRINK", "") == "1"
 CNP_CASES = cases(cluster_policies=4, host_network=2)
@@ -150,11 +150,6 @@ def test_the_compiled_maps_give_the_reference_evaluators_verdict_on_generated_cl
     report(capsys, "differential", totals)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="the compiler does not compile ClusterNetworkPolicies into the maps yet (issue 15, "
-    "step 4: controller/compiler/compute.py and the tier decision in verdict_model)",
-)
 def test_the_compiled_maps_give_the_reference_evaluators_verdict_with_cluster_network_policies(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
