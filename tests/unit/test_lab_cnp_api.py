@@ -7,19 +7,15 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from controller import cli
-from controller.lab import cli as lab_cli
-from controller.lab import client, manifests, topology
-from controller.lab.apiserver import ApiUnixServer, ServerThread, kubeconfig_text, serve_tcp, tcp_listener
+from controller.lab import manifests, topology
+from controller.lab.apiserver import serve_tcp, tcp_listener
 from controller.lab.daemon import LabAdmission, node_object
 from controller.lab.responders import Responders
 from controller.lab.state import LabConfig
@@ -58,28 +54,26 @@ spec:
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[tuple[Store, Any, Path]]:
-    """A store served over TCP; the official client's CustomObjectsApi; a kubeconfig."""
+def api() -> Iterator[tuple[Store, Any]]:
+    """A store served over TCP and the official client's CustomObjectsApi on it."""
     from kubernetes import client as kube
 
     store = Store(window=50)
     sock = tcp_listener("127.0.0.1", 0)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     server = serve_tcp(store, sock=sock)
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(kubeconfig_text(url))
     cfg = kube.Configuration()
     cfg.host = url
     try:
-        yield store, kube.CustomObjectsApi(kube.ApiClient(cfg)), kubeconfig
+        yield store, kube.CustomObjectsApi(kube.ApiClient(cfg))
     finally:
         server.stop()
 
 
 def test_cluster_network_policies_are_created_read_listed_replaced_and_deleted_cluster_wide(
-    api: tuple[Store, Any, Path],
+    api: tuple[Store, Any],
 ) -> None:
-    store, objects, _ = api
+    store, objects = api
     created = objects.create_cluster_custom_object(GROUP, VERSION, PLURAL, cnp("a"))
     assert created["metadata"]["resourceVersion"] and "namespace" not in created["metadata"]
     objects.create_cluster_custom_object(GROUP, VERSION, PLURAL, cnp("b", priority=5))
@@ -95,9 +89,9 @@ def test_cluster_network_policies_are_created_read_listed_replaced_and_deleted_c
 
 
 def test_a_cluster_network_policy_watch_from_a_resource_version_streams_changes_and_bookmarks(
-    api: tuple[Store, Any, Path],
+    api: tuple[Store, Any],
 ) -> None:
-    store, objects, _ = api
+    store, objects = api
     store.create("namespaces", {"metadata": {"name": "x"}})
     rv = store.create(PLURAL, cnp("a"))["metadata"]["resourceVersion"]
     store.replace(PLURAL, cnp("a", priority=3))
@@ -122,9 +116,9 @@ def test_a_cluster_network_policy_watch_from_a_resource_version_streams_changes_
 
 
 def test_an_invalid_cluster_network_policy_is_refused_naming_its_fields_and_can_be_stored_unvalidated(
-    api: tuple[Store, Any, Path],
+    api: tuple[Store, Any],
 ) -> None:
-    store, _, _ = api
+    store, _ = api
     bad = cnp("bad", priority=1001, action="Drop")
     with pytest.raises(ApiError) as refused:
         store.create(PLURAL, bad)
@@ -145,45 +139,40 @@ def test_an_invalid_cluster_network_policy_is_refused_naming_its_fields_and_can_
     assert store.list(PLURAL)[0][0]["metadata"]["name"] == "bad"
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
-def test_kubectl_finds_cluster_network_policies_through_the_lab_s_discovery(
-    api: tuple[Store, Any, Path],
+def test_discovery_names_the_group_and_the_cluster_scoped_resource_as_kubectl_reads_them(
+    api: tuple[Store, Any],
 ) -> None:
-    store, _, kubeconfig = api
-    store.create(PLURAL, cnp("deny-y"))
-    argv = ["kubectl", f"--kubeconfig={kubeconfig}", "get", "clusternetworkpolicies", "-o", "name"]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout
-    assert out.split() == ["clusternetworkpolicy.policy.networking.k8s.io/deny-y"]
+    _, objects = api
+    call = objects.api_client.call_api
 
+    def get(path: str) -> Any:
+        response = call("GET", objects.api_client.configuration.host + path)
+        response.read()
+        return json.loads(response.data)
 
-@pytest.fixture
-def unix_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
-    """A store behind a unix socket that `vethguard lab --name t` talks to (no agents)."""
-    store = Store()
-
-    def lab_endpoint(method: str, path: str, body: Any) -> tuple[int, Any]:
-        return 200, {"agentsEnabled": False, "resourceVersion": store.resource_version}
-
-    server = ServerThread(ApiUnixServer(tmp_path / "api.sock", store, lab_endpoint)).start()
-    paths = SimpleNamespace(socket=tmp_path / "api.sock", lab="t")
-    monkeypatch.setattr(lab_cli, "connect", lambda lab: client.LabClient(paths))  # type: ignore[arg-type]
-    try:
-        yield store
-    finally:
-        server.stop()
+    groups = {g["name"]: g["preferredVersion"]["groupVersion"] for g in get("/apis")["groups"]}
+    assert groups[GROUP] == f"{GROUP}/{VERSION}"
+    (resource,) = get(f"/apis/{GROUP}/{VERSION}")["resources"]
+    assert (resource["name"], resource["kind"], resource["namespaced"]) == (
+        PLURAL,
+        "ClusterNetworkPolicy",
+        False,
+    )
+    assert {"list", "watch", "get", "create", "update", "delete"} <= set(resource["verbs"])
 
 
 def test_lab_apply_creates_and_configures_a_cluster_network_policy_and_lab_delete_removes_it(
-    unix_lab: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cli_store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = tmp_path / "cnp.yaml"
-    path.write_text(MANIFEST)
-    assert cli.main(["lab", "apply", "--name", "t", "-f", str(path)]) == 0
-    path.write_text(MANIFEST.replace("priority: 10", "priority: 7"))
-    assert cli.main(["lab", "apply", "--name", "t", "-f", str(path)]) == 0
-    assert unix_lab.get(PLURAL, "", "deny-y")["spec"]["priority"] == 7  # type: ignore[index]
-    assert cli.main(["lab", "delete", "--name", "t", "-f", str(path)]) == 0
-    assert unix_lab.list(PLURAL)[0] == []
+    def lab(verb: str, text: str) -> int:
+        (tmp_path / "cnp.yaml").write_text(text)
+        return cli.main(["lab", verb, "--name", "t", "-f", str(tmp_path / "cnp.yaml")])
+
+    assert lab("apply", MANIFEST) == 0
+    assert lab("apply", MANIFEST.replace("priority: 10", "priority: 7")) == 0
+    assert cli_store.get(PLURAL, "", "deny-y")["spec"]["priority"] == 7  # type: ignore[index]
+    assert lab("delete", MANIFEST) == 0
+    assert cli_store.list(PLURAL)[0] == []
     assert capsys.readouterr().out.splitlines() == [
         "clusternetworkpolicy/deny-y created",
         "clusternetworkpolicy/deny-y configured",
