@@ -4,6 +4,9 @@ ClusterNetworkPolicy is not tested here: only that the lab serves it and the age
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -132,3 +135,12 @@ def test_lab_apply_of_a_cluster_network_policy_reaches_the_api_and_every_agent(l
     lab.cli("delete", "-f", "-", stdin=CNP)
     assert api(lab, "GET", CNP_PATH)[1]["items"] == []
     assert {a["cluster_policies"] for a in lab.status()["agents"].values()} == {0}
+
+
+def test_a_restarted_daemon_serves_the_host_network_pods_ports_again(lab: Lab) -> None:
+    before = lab.status()["pods"]
+    os.kill(int(LabPaths(lab.name).daemon_pid.read_text()), signal.SIGKILL)
+    time.sleep(0.2)
+    assert lab.status()["pods"] == before  # the CLI resumes the daemon from the saved state
+    assert lab.probe(8080, "UDP", 6, "--from", "x/b", "--to", "x/host") == {("x/b", "x/host"): True}
+    assert lab.probe(8081, "TCP", 4, "--from", "x/a", "--to", "x/host2") == {("x/a", "x/host2"): True}
