@@ -32,6 +32,8 @@ class RawObjects:
     policies: Sequence[dict[str, Any]] = ()
     nodes: Sequence[dict[str, Any]] = ()
     resource_version: int | None = None
+    cluster_policies: Sequence[dict[str, Any]] = ()  # ClusterNetworkPolicy (none without the CRD)
+    warnings: Sequence[str] = ()  # what could not be listed, said once by the command
 
 
 @dataclass
@@ -45,7 +47,7 @@ class ClusterView:
 
     def __post_init__(self) -> None:
         r = self.raw
-        self.cluster = cluster_from_objects(r.namespaces, r.pods, r.policies, r.nodes)
+        self.cluster = cluster_from_objects(r.namespaces, r.pods, r.policies, r.nodes, r.cluster_policies)
         self.compiled = compile_cluster(self.cluster)
         for pod in self.cluster.pods.values():
             if pod.active:
@@ -97,7 +99,10 @@ class ClusterView:
         return [p.key for p in self.compiled.pods_by_identity.get(ident, [])]
 
     def rule(self, ref: int) -> RuleRef | None:
-        return self.compiled.rules.get(ref) if ref else None
+        """A NetworkPolicy's or a ClusterNetworkPolicy's rule by its reference."""
+        if not ref:
+            return None
+        return self.compiled.rules.get(ref) or self.compiled.tiers.rules.get(ref)
 
     def policy(self, key: str) -> NetworkPolicy | None:
         return self.cluster.policies.get(key)
