@@ -244,9 +244,14 @@ def cmd_describe(args: argparse.Namespace) -> int:
 # -- explain -----------------------------------------------------------------------------------
 
 
+def _open_pinned(ref: NodeRef) -> NodeMaps:
+    return NodeMaps(ref.pin_dir)
+
+
 def live_lookup(
-    nodes: dict[str, NodeRef],
+    nodes: dict[str, NodeRef], open_maps: Callable[[NodeRef], NodeMaps] = _open_pinned
 ) -> tuple[Callable[[str, str, int, str, int, int], LiveHalf | None], Callable[[], None]]:
+    """explain's live lookup over the maps of `nodes` (opened on first use), and a closer."""
     opened: dict[str, NodeMaps] = {}
 
     def live(node: str, ep_ip: str, direction: int, peer: str, proto: int, port: int) -> LiveHalf | None:
@@ -255,7 +260,7 @@ def live_lookup(
             return None  # another node's maps are not visible from here
         nm = opened.get(node)
         if nm is None:
-            nm = opened[node] = NodeMaps(ref.pin_dir)
+            nm = opened[node] = open_maps(ref)
         ep = nm.endpoint_by_ip(ep_ip)
         if ep is None:
             raise VethguardError(f"no endpoint entry for {ep_ip} in {ref.pin_dir}/vg_endpoints")

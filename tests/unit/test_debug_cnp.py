@@ -1,0 +1,246 @@
+"""The debug CLI names ClusterNetworkPolicy tiers, policies and rules (issue 15, item 3): explain
+(and its live-map cross-check over fake maps that answer LPM lookups as the kernel does),
+observe records, bpf tables, get/describe cnp, reachability, and the API inputs. No root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
+from controller.datapath import abi
+from controller.debug.cli import live_lookup
+from controller.debug.explain import explain, explain_text
+from controller.debug.inputs import NodeRef
+from controller.debug.kernel import NodeMaps
+from controller.debug.view import ClusterView
+from tests.support.debug_views import NODES, FakeMap, fake_maps, node_maps, raw_cluster
+
+CNP = "policy.networking.k8s.io/v1alpha2"
+
+
+def cnp(name: str, tier: str, priority: int, subject: dict[str, Any], **rules: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": CNP,
+        "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": name, "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"tier": tier, "priority": priority, "subject": subject, **rules},
+    }
+
+
+def ns(name: str) -> dict[str, Any]:
+    return {"namespaces": {"matchLabels": {"ns": name}}}
+
+
+def pods(namespace: str, pod: str) -> dict[str, Any]:
+    return {
+        "pods": {
+            "namespaceSelector": {"matchLabels": {"ns": namespace}},
+            "podSelector": {"matchLabels": {"pod": pod}},
+        }
+    }
+
+
+# x/a (node-1): Admin accepts y/b, passes z, denies everyone else. Every pod: Baseline denies z
+# (y/c is isolated by a NetworkPolicy allowing z, so NetworkPolicy decides there). Pods of y:
+# Admin denies TCP 10250 to the nodes (their own node too).
+POLICIES = [
+    cnp(
+        "protect-x-a",
+        "Admin",
+        10,
+        {
+            "pods": {
+                "namespaceSelector": {"matchLabels": {"ns": "x"}},
+                "podSelector": {"matchLabels": {"pod": "a"}},
+            }
+        },
+        ingress=[
+            {
+                "name": "allow-y-b",
+                "action": "Accept",
+                "from": [
+                    {
+                        "pods": {
+                            "namespaceSelector": {"matchLabels": {"ns": "y"}},
+                            "podSelector": {"matchLabels": {"pod": "b"}},
+                        }
+                    }
+                ],
+            },
+            {"name": "pass-z", "action": "Pass", "from": [ns("z")]},
+            {"name": "deny-others", "action": "Deny", "from": [{"namespaces": {}}]},
+        ],
+    ),
+    cnp(
+        "default-deny-z",
+        "Baseline",
+        5,
+        {"namespaces": {}},
+        ingress=[{"name": "deny-from-z", "action": "Deny", "from": [ns("z")]}],
+    ),
+    cnp(
+        "no-kubelet",
+        "Admin",
+        20,
+        ns("y"),
+        egress=[
+            {
+                "name": "deny-node-10250",
+                "action": "Deny",
+                "to": [{"nodes": {"matchLabels": {"kubernetes.io/os": "linux"}}}],
+                "protocols": [{"tcp": {"destinationPort": {"number": 10250}}}],
+            }
+        ],
+    ),
+]
+NETPOLS = [
+    {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "y-c-from-z", "namespace": "y"},
+        "spec": {
+            "podSelector": {"matchLabels": {"pod": "c"}},
+            "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "z"}}}]}],
+        },
+    }
+]
+
+
+@pytest.fixture(scope="module")
+def view() -> ClusterView:
+    return ClusterView(raw_cluster(NETPOLS, cluster_policies=POLICIES))
+
+
+def _live(view: ClusterView) -> Any:
+    refs = {n: NodeRef(n, Path(f"/fake/{n}")) for n in NODES}
+    return live_lookup(refs, lambda ref: node_maps(view, ref.name))
+
+
+# -- explain -----------------------------------------------------------------------------------
+
+
+def test_explain_names_the_admin_tier_policy_rule_and_action_that_accept(view: ClusterView) -> None:
+    e = explain(view, "y/b", "x/a", 80)
+    ing = e.ingress.as_json()
+    assert e.allowed and ing["reason"] == "ALLOW_ADMIN"
+    assert (ing["tier"], ing["policy"], ing["rule_index"], ing["rule_name"], ing["action"]) == (
+        "Admin",
+        "protect-x-a",
+        0,
+        "allow-y-b",
+        "Accept",
+    )
+    assert ing["rule"] == "Admin:protect-x-a ingress[0] (allow-y-b)" and ing["passed"] == []
+    assert "allowed by Admin tier: ClusterNetworkPolicy protect-x-a ingress[0] (allow-y-b): Accept" in (
+        explain_text(e)
+    )
+
+
+def test_explain_names_the_admin_rule_that_denies_over_an_open_pod(view: ClusterView) -> None:
+    e = explain(view, "x/b", "x/a", 80)
+    assert not e.allowed and e.ingress.reason == "DROP_ADMIN"
+    doc = e.as_json()["ingress"]
+    assert (doc["tier"], doc["policy"], doc["rule_index"], doc["rule_name"], doc["action"]) == (
+        "Admin",
+        "protect-x-a",
+        2,
+        "deny-others",
+        "Deny",
+    )
+    assert (
+        "denied by Admin tier: ClusterNetworkPolicy protect-x-a ingress[2] (deny-others): Deny"
+        in e.ingress.text
+    )
+
+
+def test_explain_says_which_pass_handed_the_decision_to_the_baseline_deny(view: ClusterView) -> None:
+    e = explain(view, "z/a", "x/a", 80)
+    assert not e.allowed and e.ingress.reason == "DROP_BASELINE"
+    doc = e.as_json()["ingress"]
+    assert (doc["tier"], doc["policy"], doc["rule_name"]) == ("Baseline", "default-deny-z", "deny-from-z")
+    assert [(p["tier"], p["policy"], p["rule_index"], p["rule_name"]) for p in doc["passed"]] == [
+        ("Admin", "protect-x-a", 1, "pass-z")
+    ]
+    passed = "Admin tier: ClusterNetworkPolicy protect-x-a ingress[1] (pass-z): Pass handed it on; "
+    assert e.ingress.text.startswith(passed + "denied by Baseline tier: ClusterNetworkPolicy default-deny-z")
+
+
+def test_a_networkpolicy_that_isolates_decides_before_the_baseline(view: ClusterView) -> None:
+    e = explain(view, "z/a", "y/c", 80)
+    doc = e.as_json()["ingress"]
+    assert e.allowed and (doc["reason"], doc["tier"], doc["policy"], doc["action"]) == (
+        "ALLOW_POLICY",
+        "NetworkPolicy",
+        "y/y-c-from-z",
+        "Allow",
+    )
+    assert not explain(view, "z/a", "y/a", 80).allowed  # no NetworkPolicy there: Baseline's Deny
+
+
+def test_explain_judges_a_tiered_pods_egress_to_its_own_node_by_the_tiers(view: ClusterView) -> None:
+    own = view.cluster.nodes[view.node_of("y/b") or ""].addresses[0]
+    denied = explain(view, "y/b", own, 10250)
+    assert not denied.allowed and denied.egress.reason == "DROP_ADMIN"
+    assert denied.as_json()["egress"]["rule"] == "Admin:no-kubelet egress[0] (deny-node-10250)"
+    other = explain(view, "y/b", own, 80)
+    assert other.allowed and other.egress.reason == "ALLOW_HOST"
+    assert "no ClusterNetworkPolicy rule denies it" in other.egress.text
+
+
+def test_the_live_maps_agree_with_the_compiled_tiers_for_every_pair_and_port(view: ClusterView) -> None:
+    live, close = _live(view)
+    try:
+        checked = 0
+        for src in view.pods():
+            for dst in [*view.pods(), "10.244.1.1", "10.244.2.1"]:
+                for port in (80, 10250):
+                    if src == dst:
+                        continue
+                    e = explain(view, src, dst, port, live=live)
+                    assert e.mismatches == [], (src, dst, port)
+                    checked += sum(h.kernel is not None for h in (e.egress, e.ingress))
+        assert checked > 300
+    finally:
+        close()
+    e = explain(view, "z/a", "x/a", 80, live=_live(view)[0])
+    assert e.ingress.kernel is not None and e.ingress.kernel.reason == "DROP_BASELINE"
+    assert [view.rule(r) for r in e.ingress.kernel.passed] == list(e.ingress.passed)
+
+
+def test_a_kernel_missing_the_admin_entries_is_a_mismatch_naming_the_tier_rule(view: ClusterView) -> None:
+    node = view.node_of("x/a") or ""
+    maps, ifindex = fake_maps(view, node)
+    stale = NodeMaps(Path("/fake"), maps)
+    # The map before the Admin policy: every entry of x/a without its Admin answer.
+    items = {}
+    for k, v in maps["vg_policy"].items().items():
+        value = abi.PolicyValue.from_bytes(v)
+        value.admin = value.admin_rank = value.admin_ref = 0
+        items[k] = bytes(value)
+    stale.maps["vg_policy"] = FakeMap(items, lpm=True)
+    refs = {n: NodeRef(n, Path("/fake")) for n in NODES}
+    live, close = live_lookup(refs, lambda ref: stale if ref.name == node else node_maps(view, ref.name))
+    e = explain(view, "x/b", "x/a", 80, live=live)
+    close()
+    assert len(e.mismatches) == 1 and ifindex
+    assert (
+        "compiled state says denied (DROP_ADMIN Admin:protect-x-a ingress[2] (deny-others))"
+        in e.mismatches[0]
+    )
+    assert "live maps say allowed (ALLOW_NOT_ISOLATED)" in e.mismatches[0]
+
+
+def test_the_live_lookup_reports_the_pass_rules_it_went_through(view: ClusterView) -> None:
+    nm = node_maps(view, view.node_of("x/a") or "")
+    xa = view.cluster.pods["x/a"]
+    ep = nm.endpoint_by_ip(xa.ipv4 or "")
+    assert ep is not None
+    za = view.cluster.pods["z/a"].ipv4 or ""
+    half = nm.verdict(ep, DIR_INGRESS, za, 6, 80)
+    assert half.reason == "DROP_BASELINE"
+    assert [str(view.rule(r)) for r in half.passed] == ["Admin:protect-x-a ingress[1] (pass-z)"]
+    assert str(view.rule(half.rule_ref)) == "Baseline:default-deny-z ingress[0] (deny-from-z)"
+    assert nm.verdict(ep, DIR_EGRESS, za, 6, 80).reason == "ALLOW_NOT_ISOLATED"
