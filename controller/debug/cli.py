@@ -74,7 +74,8 @@ def _behind(view: ClusterView, agents: dict[str, dict[str, Any] | None]) -> dict
 
 # -- bpf -------------------------------------------------------------------------------------
 
-BPF_COLUMNS: dict[str, list[tuple[str, str]]] = {
+# (header, row key or a function of the row) per table
+BPF_COLUMNS: dict[str, list[tuple[str, str | Callable[[dict[str, Any]], Any]]]] = {
     "endpoints": [
         ("NODE", "node"),
         ("IFINDEX", "ifindex"),
@@ -113,6 +114,8 @@ BPF_COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("VERDICT", "verdict"),
         ("POLICY", "policy"),
         ("RULE", "rule"),
+        ("ADMIN", lambda r: bpfview.tier_cell(r, "admin")),
+        ("BASELINE", lambda r: bpfview.tier_cell(r, "baseline")),
         ("FLOWS", "flows"),
         ("PACKETS", "packets"),
         ("BYTES", "bytes"),
@@ -185,7 +188,9 @@ def cmd_bpf(args: argparse.Namespace) -> int:
         dump({"kind": f"vethguard.bpf.{args.what}", "items": rows}, "json")
         return 0
     cols = BPF_COLUMNS[args.what]
-    print(table([c for c, _ in cols], [[_cell(r[k]) for _, k in cols] for r in rows]))
+    print(
+        table([c for c, _ in cols], [[_cell(k(r) if callable(k) else r[k]) for _, k in cols] for r in rows])
+    )
     if args.what == "policy":
         print("(FLOWS/PACKETS/BYTES: conntrack entries alive now that each entry allowed; both directions)")
     return 0

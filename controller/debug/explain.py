@@ -17,7 +17,7 @@ from controller.core.verdicts import DIR_INGRESS
 from controller.debug import verdict_model
 from controller.debug.kernel import LiveHalf
 from controller.debug.render import port_range, proto_name
-from controller.debug.view import DIRECTION_NAMES, ClusterView
+from controller.debug.view import DIRECTION_NAMES, ClusterView, rule_json, rule_policy
 
 # (node, endpoint address, direction, peer address, proto, port) -> the live maps' answer
 LiveLookup = Callable[[str, str, int, str, int, int], LiveHalf | None]
@@ -150,22 +150,6 @@ def _join(names: list[str]) -> str:
     if len(names) <= 1:
         return "".join(names)
     return ", ".join(names[:-1]) + " and " + names[-1]
-
-
-def rule_policy(rule: RuleRef) -> str:
-    """The policy of a rule as the CLI names it: ns/name, or a ClusterNetworkPolicy's name."""
-    return rule.policy if rule.is_cluster else f"{rule.namespace}/{rule.policy}"
-
-
-def rule_json(rule: RuleRef) -> dict[str, Any]:
-    return {
-        "tier": rule.tier or "NetworkPolicy",
-        "policy": rule_policy(rule),
-        "direction": DIRECTION_NAMES[rule.direction],
-        "rule_index": rule.index,
-        "rule_name": rule.name or None,
-        "rule": str(rule),
-    }
 
 
 TIER_REASONS = {

@@ -130,6 +130,23 @@ class ClusterView:
         )
 
 
+def rule_policy(rule: RuleRef) -> str:
+    """The policy of a rule as the CLI names it: ns/name, or a ClusterNetworkPolicy's name."""
+    return rule.policy if rule.is_cluster else f"{rule.namespace}/{rule.policy}"
+
+
+def rule_json(rule: RuleRef) -> dict[str, Any]:
+    """A rule for -o json: tier (NetworkPolicy for a namespace's policy), policy, index, name."""
+    return {
+        "tier": rule.tier or "NetworkPolicy",
+        "policy": rule_policy(rule),
+        "direction": DIRECTION_NAMES[rule.direction],
+        "rule_index": rule.index,
+        "rule_name": rule.name or None,
+        "rule": str(rule),
+    }
+
+
 def _canon(ip: str) -> str:
     try:
         return str(ipaddress.ip_address(ip))

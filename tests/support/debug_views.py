@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from controller.datapath import codecs
+from controller.datapath import abi, codecs
 from controller.datapath.encoding import desired_maps
 from controller.datapath.readback import KernelState, dump
 from controller.debug.kernel import NodeMaps
@@ -62,6 +62,18 @@ def raw_cluster(
     return RawObjects(
         namespaces, pods, stamped(policies), nodes, rv, cluster_policies=stamped(cluster_policies)
     )
+
+
+def flow_event(src: str, dst: str, direction: int, reason: int, rule_ref: int = 0, ep_id: int = 3) -> bytes:
+    """A vg_events record of an IPv4 TCP flow src:40000 -> dst:80, as the datapath writes it."""
+    e = abi.FlowEvent(
+        ts_ns=5_000_000_000, ep_id=ep_id, dir=direction, reason=reason, family=4, proto=6, rule_ref=rule_ref
+    )
+    e.saddr[:] = list(codecs.addr16(src))
+    e.daddr[:] = list(codecs.addr16(dst))
+    e.sport = codecs.be16(40000)
+    e.dport = codecs.be16(80)
+    return bytes(e)
 
 
 class FakeMap:

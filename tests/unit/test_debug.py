@@ -17,7 +17,7 @@ from controller.debug.explain import explain, explain_text
 from controller.debug.kernel import LiveHalf
 from controller.debug.view import ClusterView
 from tests.conformance.runner import ORDER, parse_matrix, shared_conformance_dir
-from tests.support.debug_views import NODES, kernel_state, raw_cluster
+from tests.support.debug_views import NODES, flow_event, kernel_state, raw_cluster
 
 
 def _scenario_step(scenario: str) -> tuple[list[dict[str, Any]], dict[tuple[str, str], bool]]:
@@ -257,22 +257,11 @@ def test_counters_translate_reasons_and_unknown_codes_do_not_crash(tcp03: Any) -
 # -- observe ---------------------------------------------------------------------------------
 
 
-def _event(src: str, dst: str, direction: int, reason: int, rule_ref: int = 0, ep_id: int = 3) -> bytes:
-    e = abi.FlowEvent(
-        ts_ns=5_000_000_000, ep_id=ep_id, dir=direction, reason=reason, family=4, proto=6, rule_ref=rule_ref
-    )
-    e.saddr[:] = list(codecs.addr16(src))
-    e.daddr[:] = list(codecs.addr16(dst))
-    e.sport = codecs.be16(40000)
-    e.dport = codecs.be16(80)
-    return bytes(e)
-
-
 def test_a_drop_event_names_the_isolating_policy(tcp03: Any) -> None:
     view, _ = tcp03
     xc, xa = view.cluster.pods["x/c"].ipv4, view.cluster.pods["x/a"].ipv4
     ev = codecs.decode_event(
-        node="node-1", data=_event(xc or "", xa or "", DIR_INGRESS, abi.Reason.DROP_POLICY)
+        node="node-1", data=flow_event(xc or "", xa or "", DIR_INGRESS, abi.Reason.DROP_POLICY)
     )
     rec = observe.record(view, ev, boot_offset_ns=1_700_000_000 * 10**9)
     assert (rec["from"], rec["to"], rec["port"], rec["protocol"]) == ("x/c", "x/a", 80, "TCP")
@@ -291,7 +280,7 @@ def test_an_allowed_event_names_the_rule_from_its_rule_reference(tcp03: Any) -> 
     xb, xa = view.cluster.pods["x/b"].ipv4, view.cluster.pods["x/a"].ipv4
     ref = next(iter(view.compiled.rules))
     rec = observe.record(
-        view, codecs.decode_event(node="n", data=_event(xb or "", xa or "", DIR_INGRESS, 0, ref)), 0
+        view, codecs.decode_event(node="n", data=flow_event(xb or "", xa or "", DIR_INGRESS, 0, ref)), 0
     )
     assert (rec["verdict"], rec["policy"], rec["rule"]) == (
         "allowed",
@@ -307,7 +296,9 @@ def test_an_audit_event_is_reported_as_audit() -> None:
     src, dst = view.cluster.pods["x/a"].ipv4, view.cluster.pods["y/a"].ipv4
     rec = observe.record(
         view,
-        codecs.decode_event(node="n", data=_event(src or "", dst or "", DIR_INGRESS, abi.Reason.ALLOW_AUDIT)),
+        codecs.decode_event(
+            node="n", data=flow_event(src or "", dst or "", DIR_INGRESS, abi.Reason.ALLOW_AUDIT)
+        ),
         0,
     )
     assert (rec["verdict"], rec["policy"], rec["policies"]) == ("audit", "y/audit-deny", ["y/audit-deny"])
@@ -317,7 +308,7 @@ def test_an_egress_event_is_attributed_to_the_source_pod(tcp03: Any) -> None:
     view, _ = tcp03
     xc, xa = view.cluster.pods["x/c"].ipv4, view.cluster.pods["x/a"].ipv4
     rec = observe.record(
-        view, codecs.decode_event(node="n", data=_event(xc or "", xa or "", DIR_EGRESS, 3)), 0
+        view, codecs.decode_event(node="n", data=flow_event(xc or "", xa or "", DIR_EGRESS, 3)), 0
     )
     assert (rec["endpoint"], rec["verdict"], rec["policy"]) == ("x/c", "allowed", None)
 

@@ -10,13 +10,22 @@ from typing import Any
 import pytest
 
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
-from controller.datapath import abi
+from controller.datapath import abi, codecs
+from controller.debug import bpfview, observe
 from controller.debug.cli import live_lookup
 from controller.debug.explain import explain, explain_text
 from controller.debug.inputs import NodeRef
 from controller.debug.kernel import NodeMaps
 from controller.debug.view import ClusterView
-from tests.support.debug_views import NODES, FakeMap, fake_maps, node_maps, raw_cluster
+from tests.support.debug_views import (
+    NODES,
+    FakeMap,
+    fake_maps,
+    flow_event,
+    kernel_state,
+    node_maps,
+    raw_cluster,
+)
 
 CNP = "policy.networking.k8s.io/v1alpha2"
 
@@ -244,3 +253,119 @@ def test_the_live_lookup_reports_the_pass_rules_it_went_through(view: ClusterVie
     assert [str(view.rule(r)) for r in half.passed] == ["Admin:protect-x-a ingress[1] (pass-z)"]
     assert str(view.rule(half.rule_ref)) == "Baseline:default-deny-z ingress[0] (deny-from-z)"
     assert nm.verdict(ep, DIR_EGRESS, za, 6, 80).reason == "ALLOW_NOT_ISOLATED"
+
+
+# -- observe -----------------------------------------------------------------------------------
+
+
+def _record(view: ClusterView, src: str, dst: str, direction: int, reason: int, ref: int) -> dict[str, Any]:
+    ips = [view.cluster.pods[p].ipv4 or "" for p in (src, dst)]
+    data = flow_event(ips[0], ips[1], direction, reason, ref)
+    return observe.record(view, codecs.decode_event(node="node-1", data=data), 0)
+
+
+def _ref(view: ClusterView, text: str) -> int:
+    return next(ref for ref, r in view.compiled.tiers.rules.items() if str(r) == text)
+
+
+def test_a_tier_drop_event_names_the_tier_policy_and_rule(view: ClusterView) -> None:
+    ref = _ref(view, "Admin:protect-x-a ingress[2] (deny-others)")
+    rec = _record(view, "x/b", "x/a", DIR_INGRESS, abi.Reason.DROP_ADMIN, ref)
+    assert (rec["verdict"], rec["reason"], rec["tier"], rec["policy"], rec["rule_name"]) == (
+        "denied",
+        "DROP_ADMIN",
+        "Admin",
+        "protect-x-a",
+        "deny-others",
+    )
+    assert rec["policies"] == ["protect-x-a"] and rec["rule"] == "Admin:protect-x-a ingress[2] (deny-others)"
+    assert observe.line(rec).endswith(
+        "(DROP_ADMIN at ingress of x/a)  by Admin:protect-x-a ingress[2] (deny-others)"
+    )
+
+
+def test_tier_accept_events_name_their_rule(view: ClusterView) -> None:
+    ref = _ref(view, "Admin:protect-x-a ingress[0] (allow-y-b)")
+    rec = _record(view, "y/b", "x/a", DIR_INGRESS, abi.Reason.ALLOW_ADMIN, ref)
+    assert (rec["verdict"], rec["tier"], rec["policy"], rec["rule_name"]) == (
+        "allowed",
+        "Admin",
+        "protect-x-a",
+        "allow-y-b",
+    )
+    ref = _ref(view, "Baseline:default-deny-z ingress[0] (deny-from-z)")
+    rec = _record(view, "z/a", "y/a", DIR_INGRESS, abi.Reason.DROP_BASELINE, ref)
+    assert (rec["verdict"], rec["tier"], rec["policy"]) == ("denied", "Baseline", "default-deny-z")
+
+
+def test_an_established_flow_cut_by_a_tier_names_the_denying_rule(view: ClusterView) -> None:
+    ref = _ref(view, "Baseline:default-deny-z ingress[0] (deny-from-z)")
+    rec = _record(view, "z/a", "x/a", DIR_INGRESS, abi.Reason.DROP_REVOKED, ref)
+    assert (rec["verdict"], rec["reason"], rec["tier"], rec["policy"], rec["rule_name"]) == (
+        "denied",
+        "DROP_REVOKED",
+        "Baseline",
+        "default-deny-z",
+        "deny-from-z",
+    )
+
+
+def test_a_networkpolicy_drop_event_is_in_the_networkpolicy_tier_without_a_rule_name(
+    view: ClusterView,
+) -> None:
+    rec = _record(view, "x/a", "y/c", DIR_INGRESS, abi.Reason.DROP_POLICY, 0)
+    assert (rec["tier"], rec["policy"], rec["rule"], rec["rule_name"]) == (
+        "NetworkPolicy",
+        "y/y-c-from-z",
+        None,
+        None,
+    )
+
+
+# -- bpf ---------------------------------------------------------------------------------------
+
+
+def test_bpf_policy_shows_each_entrys_networkpolicy_verdict_and_tier_rules(view: ClusterView) -> None:
+    node = view.node_of("x/a") or ""
+    state, _ = kernel_state(view, node)
+    rows = bpfview.policy_rows(view, node, state, 0, pod="x/a")
+    zb = view.compiled.pod_identity["z/b"]
+    [row] = [r for r in rows if r["peer_identity"] == zb]
+    assert (row["verdict"], row["policy"], row["admin"], row["admin_policy"], row["admin_rule"]) == (
+        None,
+        None,
+        "Pass",
+        "protect-x-a",
+        "ingress[1] (pass-z)",
+    )
+    assert (row["baseline"], row["baseline_policy"], row["baseline_rule"]) == (
+        "Deny",
+        "default-deny-z",
+        "ingress[0] (deny-from-z)",
+    )
+    assert row["admin_rank"] == 1 and row["baseline_rank"] == 0
+    assert bpfview.tier_cell(row, "admin") == "Pass(rank 1) protect-x-a ingress[1] (pass-z)"
+    assert bpfview.tier_cell(row, "baseline") == "Deny(rank 0) default-deny-z ingress[0] (deny-from-z)"
+    yc = [
+        r
+        for r in bpfview.policy_rows(
+            view, view.node_of("y/c") or "", kernel_state(view, view.node_of("y/c") or "")[0], 0, pod="y/c"
+        )
+        if r["peer_identity"] == zb
+    ]
+    assert (
+        yc
+        and yc[0]["verdict"] == "allow"
+        and yc[0]["policy"] == "y/y-c-from-z"
+        and yc[0]["baseline"] == "Deny"
+    )
+
+
+def test_endpoint_flags_show_which_directions_the_tiers_police(view: ClusterView) -> None:
+    flags: dict[str, list[str]] = {}
+    for node in NODES:
+        state, _ = kernel_state(view, node)
+        flags |= {r["pod"]: r["flags"] for r in bpfview.endpoint_rows(view, node, state)}
+    assert flags["x/a"] == ["ingress-tiered"]
+    assert flags["y/b"] == ["ingress-tiered", "egress-tiered"]
+    assert flags["y/c"] == ["ingress-isolated", "ingress-tiered", "egress-tiered"]
