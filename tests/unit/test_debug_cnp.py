@@ -268,16 +268,14 @@ def _ref(view: ClusterView, text: str) -> int:
     return next(ref for ref, r in view.compiled.tiers.rules.items() if str(r) == text)
 
 
+def _named(rec: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(rec[k] for k in ("verdict", "reason", "tier", "policy", "rule_name"))
+
+
 def test_a_tier_drop_event_names_the_tier_policy_and_rule(view: ClusterView) -> None:
     ref = _ref(view, "Admin:protect-x-a ingress[2] (deny-others)")
     rec = _record(view, "x/b", "x/a", DIR_INGRESS, abi.Reason.DROP_ADMIN, ref)
-    assert (rec["verdict"], rec["reason"], rec["tier"], rec["policy"], rec["rule_name"]) == (
-        "denied",
-        "DROP_ADMIN",
-        "Admin",
-        "protect-x-a",
-        "deny-others",
-    )
+    assert _named(rec) == ("denied", "DROP_ADMIN", "Admin", "protect-x-a", "deny-others")
     assert rec["policies"] == ["protect-x-a"] and rec["rule"] == "Admin:protect-x-a ingress[2] (deny-others)"
     assert observe.line(rec).endswith(
         "(DROP_ADMIN at ingress of x/a)  by Admin:protect-x-a ingress[2] (deny-others)"
@@ -287,12 +285,7 @@ def test_a_tier_drop_event_names_the_tier_policy_and_rule(view: ClusterView) -> 
 def test_tier_accept_events_name_their_rule(view: ClusterView) -> None:
     ref = _ref(view, "Admin:protect-x-a ingress[0] (allow-y-b)")
     rec = _record(view, "y/b", "x/a", DIR_INGRESS, abi.Reason.ALLOW_ADMIN, ref)
-    assert (rec["verdict"], rec["tier"], rec["policy"], rec["rule_name"]) == (
-        "allowed",
-        "Admin",
-        "protect-x-a",
-        "allow-y-b",
-    )
+    assert _named(rec) == ("allowed", "ALLOW_ADMIN", "Admin", "protect-x-a", "allow-y-b")
     ref = _ref(view, "Baseline:default-deny-z ingress[0] (deny-from-z)")
     rec = _record(view, "z/a", "y/a", DIR_INGRESS, abi.Reason.DROP_BASELINE, ref)
     assert (rec["verdict"], rec["tier"], rec["policy"]) == ("denied", "Baseline", "default-deny-z")
@@ -301,13 +294,7 @@ def test_tier_accept_events_name_their_rule(view: ClusterView) -> None:
 def test_an_established_flow_cut_by_a_tier_names_the_denying_rule(view: ClusterView) -> None:
     ref = _ref(view, "Baseline:default-deny-z ingress[0] (deny-from-z)")
     rec = _record(view, "z/a", "x/a", DIR_INGRESS, abi.Reason.DROP_REVOKED, ref)
-    assert (rec["verdict"], rec["reason"], rec["tier"], rec["policy"], rec["rule_name"]) == (
-        "denied",
-        "DROP_REVOKED",
-        "Baseline",
-        "default-deny-z",
-        "deny-from-z",
-    )
+    assert _named(rec) == ("denied", "DROP_REVOKED", "Baseline", "default-deny-z", "deny-from-z")
 
 
 def test_a_networkpolicy_drop_event_is_in_the_networkpolicy_tier_without_a_rule_name(
