@@ -15,7 +15,7 @@ from typing import Any
 from controller.core.errors import VethguardError
 from controller.datapath import codecs
 from controller.datapath.codecs import Event
-from controller.debug import bpfview, netpol, observe, reach
+from controller.debug import bpfview, cnp, netpol, observe, reach
 from controller.debug import explain as explain_mod
 from controller.debug.inputs import DEFAULT_AGENT, DEFAULT_PIN_ROOT, LabTarget, LocalTarget, NodeRef, Target
 from controller.debug.kernel import LiveHalf, NodeMaps
@@ -177,7 +177,7 @@ def bpf_rows(what: str, view: ClusterView, node: NodeRef, pod: str | None) -> li
 
 def cmd_bpf(args: argparse.Namespace) -> int:
     target = make_target(args)
-    view = ClusterView(target.objects())
+    view = _view(target)
     pod = getattr(args, "pod", None)
     if pod is not None and pod not in view.cluster.pods:
         raise VethguardError(f"{pod}: no such pod")
@@ -209,11 +209,29 @@ def _policies(view: ClusterView, namespace: str | None) -> list[dict[str, Any]]:
     ]
 
 
+def _view(target: Target) -> ClusterView:
+    """The compiled view of the target's objects; what could not be listed is said on stderr."""
+    raw = target.objects()
+    for w in raw.warnings:
+        print(f"vethguard: warning: {w}", file=sys.stderr)
+    return ClusterView(raw)
+
+
 def cmd_get(args: argparse.Namespace) -> int:
     target = make_target(args)
-    view = ClusterView(target.objects())
+    view = _view(target)
     nodes = target.nodes()
     agents = _agents(target, nodes)
+    if args.kind in cnp.NAMES:
+        objs = sorted(view.raw.cluster_policies, key=cnp.name)
+        if args.output in ("json", "yaml"):
+            dump({"apiVersion": "v1", "kind": "List", "items": [dict(o) for o in objs]}, args.output)
+        elif not objs:
+            print("No resources found", file=sys.stderr)
+        else:
+            rows = cnp.get_rows(view, objs, [n.name for n in nodes], agents)
+            print(cnp.get_text(rows, wide=args.output == "wide"))
+        return 0
     ns = None if args.all_namespaces else args.namespace
     pols = _policies(view, ns)
     if args.output in ("json", "yaml"):
@@ -229,9 +247,21 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 def cmd_describe(args: argparse.Namespace) -> int:
     target = make_target(args)
-    view = ClusterView(target.objects())
+    view = _view(target)
     nodes = target.nodes()
     agents = _agents(target, nodes)
+    if args.kind in cnp.NAMES:
+        objs = [o for o in view.raw.cluster_policies if args.name is None or cnp.name(o) == args.name]
+        if not objs and args.name is not None:
+            raise VethguardError(f'{cnp.RESOURCE} "{args.name}" not found')
+        if not objs:
+            print("No resources found", file=sys.stderr)
+        texts = [
+            cnp.describe_text(view, o, [n.name for n in nodes], agents) for o in sorted(objs, key=cnp.name)
+        ]
+        if texts:
+            print("\n\n".join(texts))
+        return 0
     pols = [
         p for p in _policies(view, args.namespace) if args.name is None or p["metadata"]["name"] == args.name
     ]
@@ -280,7 +310,7 @@ def live_lookup(
 
 def cmd_explain(args: argparse.Namespace) -> int:
     target = make_target(args)
-    view = ClusterView(target.objects())
+    view = _view(target)
     nodes = {n.name: n for n in target.nodes()}
     live, close = (None, lambda: None) if args.no_kernel else live_lookup(nodes)
     try:
@@ -308,7 +338,7 @@ def cmd_observe(args: argparse.Namespace) -> int:
     from controller.debug.ringbuf import RingBuffer, wait_any
 
     target = make_target(args)
-    view = ClusterView(target.objects())
+    view = _view(target)
     refreshed = time.monotonic()
     rings: list[tuple[str, RingBuffer]] = []
     try:
@@ -358,7 +388,7 @@ def cmd_observe(args: argparse.Namespace) -> int:
 
 def cmd_reachability(args: argparse.Namespace) -> int:
     target = make_target(args)
-    view = ClusterView(target.objects())
+    view = _view(target)
     pods = view.pods(args.namespace)
     if not pods:
         raise VethguardError(
@@ -423,17 +453,23 @@ def register(sub: Any) -> None:
         _target_args(q)
         q.set_defaults(func=cmd_bpf)
 
-    p = sub.add_parser("get", help="list NetworkPolicies like kubectl, with selected pods and realization")
-    p.add_argument("kind", choices=NETPOL_NAMES, metavar="netpol")
+    p = sub.add_parser(
+        "get",
+        help="list NetworkPolicies or ClusterNetworkPolicies (cnp) like kubectl, with selected pods "
+        "and realization",
+    )
+    p.add_argument("kind", choices=NETPOL_NAMES + cnp.NAMES, metavar="netpol|cnp")
     p.add_argument("-n", "--namespace", default="default")
     p.add_argument("-A", "--all-namespaces", action="store_true")
     _target_args(p, ("wide", "json", "yaml"))
     p.set_defaults(func=cmd_get)
 
     p = sub.add_parser(
-        "describe", help="describe NetworkPolicies like kubectl, plus what vethguard made of them"
+        "describe",
+        help="describe NetworkPolicies or ClusterNetworkPolicies (cnp) like kubectl, plus what "
+        "vethguard made of them",
     )
-    p.add_argument("kind", choices=NETPOL_NAMES, metavar="netpol")
+    p.add_argument("kind", choices=NETPOL_NAMES + cnp.NAMES, metavar="netpol|cnp")
     p.add_argument("name", nargs="?")
     p.add_argument("-n", "--namespace", default="default")
     _target_args(p, ())

@@ -4,19 +4,31 @@ observe records, bpf tables, get/describe cnp, reachability, and the API inputs.
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from kubernetes import client as k8s_client
+from kubernetes.client.exceptions import ApiException
 
+from controller.cli import main
+from controller.core.errors import VethguardError
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
 from controller.datapath import abi, codecs
 from controller.debug import bpfview, observe
+from controller.debug import cnp as cnp_mod
 from controller.debug.cli import live_lookup
 from controller.debug.explain import explain, explain_text
-from controller.debug.inputs import NodeRef
+from controller.debug.inputs import CNP_PATH, LabTarget, LocalTarget, NodeRef
 from controller.debug.kernel import NodeMaps
 from controller.debug.view import ClusterView
+from controller.lab.apiserver import kubeconfig_text, serve_tcp
+from controller.lab.store import Store
 from tests.support.debug_views import (
     NODES,
     FakeMap,
@@ -356,3 +368,189 @@ def test_endpoint_flags_show_which_directions_the_tiers_police(view: ClusterView
     assert flags["x/a"] == ["ingress-tiered"]
     assert flags["y/b"] == ["ingress-tiered", "egress-tiered"]
     assert flags["y/c"] == ["ingress-isolated", "ingress-tiered", "egress-tiered"]
+
+
+# -- get / describe cnp --------------------------------------------------------------------------
+
+AGENTS = {
+    "node-1": {"ready": True, "realized_generation": 10},
+    "node-2": {"ready": True, "realized_generation": 9},
+}
+NOW = datetime(2026, 1, 1, 0, 5, tzinfo=UTC)
+BROKEN = cnp(
+    "broken",
+    "Admin",
+    7,
+    {"namespaces": {}},
+    egress=[
+        {"name": "bad-pass", "action": "Pass", "to": [{"domainNames": ["example.com"]}]},
+        {"action": "Accept", "to": [{"networks": ["10.0.0.0/33"]}]},
+    ],
+)
+
+
+def test_get_cnp_lists_tier_priority_selected_pods_and_realization_like_kubectl(view: ClusterView) -> None:
+    rows = cnp_mod.get_rows(view, view.raw.cluster_policies, list(NODES), AGENTS, NOW)
+    lines = cnp_mod.get_text(rows, wide=False).splitlines()
+    assert lines[0].split() == ["NAME", "TIER", "PRIORITY", "PODS", "REALIZED", "AGE"]
+    assert [line.split() for line in lines[1:]] == [
+        ["default-deny-z", "Baseline", "5", "9", "1/2", "5m"],
+        ["no-kubelet", "Admin", "20", "3", "1/2", "5m"],
+        ["protect-x-a", "Admin", "10", "1", "1/2", "5m"],
+    ]
+    wide = cnp_mod.get_text(rows, wide=True).splitlines()
+    assert wide[0].split()[6:] == ["SUBJECT", "INGRESS", "EGRESS", "ERRORS", "SELECTED-PODS"]
+    assert re.split(r"\s{3,}", wide[3])[6:] == ["pods: namespaces ns=x, pods pod=a", "3", "0", "0", "x/a"]
+    assert rows[1]["realized"] == {"node-1": True, "node-2": False}
+
+
+def test_describe_cnp_shows_each_rule_its_order_selected_pods_and_realization(view: ClusterView) -> None:
+    obj = next(o for o in view.raw.cluster_policies if o["metadata"]["name"] == "protect-x-a")
+    lines = cnp_mod.describe_text(view, obj, list(NODES), AGENTS).splitlines()
+    for line in (
+        "  Tier:      Admin",
+        "  Priority:  10",
+        "  Subject:   pods: namespaces ns=x, pods pod=a",
+        "    [0] allow-y-b: Accept",
+        "        PodSelector: pod=b",
+        "    [1] pass-z: Pass",
+        "      Namespaces: ns=z",
+        "    [2] deny-others: Deny",
+        "      Namespaces: <none> (every namespace)",
+        "    Protocols: <any> (every port and protocol, ICMP included)",
+        "  Egress: <none>",
+        "  Order:           Admin tier, priority 10: policy 1 of 2 (ascending priority, then name)",
+        "    node-1: x/a",
+        "    node-2: <none>",
+        "    node-1: yes (agent realized generation 10)",
+        "    node-2: NO (agent realized generation 9)",
+        "  Errors:          <none>",
+    ):
+        assert line in lines, line
+
+
+def test_describe_cnp_names_invalid_fields_and_the_rules_failed_closed() -> None:
+    view = ClusterView(raw_cluster([], cluster_policies=[BROKEN]))
+    text = cnp_mod.describe_text(view, view.raw.cluster_policies[0], list(NODES), AGENTS)
+    lines = text.splitlines()
+    assert (
+        "    [0] bad-pass: Deny (failed closed: Pass written; denies every peer, port and protocol)" in lines
+    )
+    assert "    [1]: Accept (failed closed: matches nothing)" in lines
+    assert "    Protocols: <any> (every port and protocol, ICMP included)" in lines
+    errors = lines[lines.index("  Errors:") + 1 :]
+    assert [e.split(":")[0].strip() for e in errors] == [
+        "spec.egress[0].to[0].domainNames",
+        "spec.egress[1].to[0].networks[0]",
+    ]
+    [row] = cnp_mod.get_rows(view, view.raw.cluster_policies, list(NODES), AGENTS, NOW)
+    assert (row["errors"], row["pods"]) == (2, 9)
+
+
+# -- inputs: the API, with and without the CRD -------------------------------------------------
+
+
+@pytest.fixture
+def kubeconfig(tmp_path: Path) -> Iterator[Path]:
+    """A kubeconfig of a Kubernetes API server (the lab's, in this process) with no pods, no
+    policies, and no ClusterNetworkPolicy CRD unless the lab serves one."""
+    thread = serve_tcp(Store(window=50))
+    address: Any = thread.server.server_address
+    path = tmp_path / "kubeconfig"
+    path.write_text(kubeconfig_text(f"http://{address[0]}:{address[1]}"))
+    try:
+        yield path
+    finally:
+        thread.stop()
+
+
+class _CustomObjects:
+    """kubernetes.client.CustomObjectsApi answering the ClusterNetworkPolicy list."""
+
+    answer: tuple[int, list[dict[str, Any]]] = (200, [])
+
+    def __init__(self, api_client: Any) -> None:
+        pass
+
+    def list_cluster_custom_object(self, group: str, version: str, plural: str, **kw: Any) -> Any:
+        assert (group, version, plural, kw) == (
+            "policy.networking.k8s.io",
+            "v1alpha2",
+            "clusternetworkpolicies",
+            {"_preload_content": False},
+        )
+        code, items = self.answer
+        if code != 200:
+            raise ApiException(status=code, reason="Forbidden" if code == 403 else "Internal")
+        return SimpleNamespace(data=json.dumps({"items": items, "metadata": {"resourceVersion": "7"}}))
+
+
+def _run(kubeconfig: Path, *argv: str) -> int:
+    local = [
+        "--kubeconfig",
+        str(kubeconfig),
+        "--node",
+        "node-1",
+        "--agent",
+        "127.0.0.1:9",
+        "--pin-root",
+        "/nonexistent",
+    ]
+    return main([*argv, *local])
+
+
+def test_get_cnp_on_a_cluster_without_the_crd_says_no_resources_found(
+    kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run(kubeconfig, "get", "cnp") == 0
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", "No resources found\n")
+    assert _run(kubeconfig, "get", "clusternetworkpolicies", "-o", "json") == 0
+    assert json.loads(capsys.readouterr().out) == {"apiVersion": "v1", "kind": "List", "items": []}
+    assert _run(kubeconfig, "describe", "cnp", "nope") == 1
+    err = capsys.readouterr().err
+    assert err == 'error: clusternetworkpolicies.policy.networking.k8s.io "nope" not found\n'
+
+
+def test_the_local_target_lists_cluster_network_policies_through_the_custom_objects_api(
+    kubeconfig: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(k8s_client, "CustomObjectsApi", _CustomObjects)
+    items = [{"metadata": {"name": p["metadata"]["name"]}, "spec": p["spec"]} for p in POLICIES]
+    monkeypatch.setattr(_CustomObjects, "answer", (200, items))
+    raw = LocalTarget("node-1", "/nonexistent", str(kubeconfig), "127.0.0.1:9").objects()
+    names = sorted(o["metadata"]["name"] for o in raw.cluster_policies)
+    assert names == ["default-deny-z", "no-kubelet", "protect-x-a"]
+    assert {(o["kind"], o["apiVersion"]) for o in raw.cluster_policies} == {("ClusterNetworkPolicy", CNP)}
+    assert _run(kubeconfig, "get", "cnp") == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:3] == ["default-deny-z", "Baseline", "5"]
+    monkeypatch.setattr(_CustomObjects, "answer", (403, []))
+    raw = LocalTarget("node-1", "/nonexistent", str(kubeconfig), "127.0.0.1:9").objects()
+    assert (
+        list(raw.cluster_policies) == [] and "not allowed to list clusternetworkpolicies" in raw.warnings[0]
+    )
+    monkeypatch.setattr(_CustomObjects, "answer", (500, []))
+    with pytest.raises(VethguardError, match=r"listing clusternetworkpolicies.* failed \(500\)"):
+        LocalTarget("node-1", "/nonexistent", str(kubeconfig), "127.0.0.1:9").objects()
+
+
+class _LabClient:
+    def __init__(self, cnp_answer: tuple[int, Any]) -> None:
+        self.cnp_answer = cnp_answer
+
+    def request(self, method: str, path: str) -> tuple[int, Any]:
+        if path == CNP_PATH:
+            return self.cnp_answer
+        return 200, {"items": [], "metadata": {"resourceVersion": "3"}}
+
+
+def test_a_lab_that_does_not_serve_cluster_network_policies_has_none() -> None:
+    lab = LabTarget.__new__(LabTarget)
+    lab.lab = "t"
+    lab.client = _LabClient((404, {"kind": "Status"}))  # type: ignore[assignment]
+    raw = lab.objects()
+    assert (list(raw.cluster_policies), list(raw.warnings), raw.resource_version) == ([], [], 3)
+    lab.client = _LabClient((200, {"items": [POLICIES[0]], "metadata": {"resourceVersion": "4"}}))  # type: ignore[assignment]
+    raw = lab.objects()
+    assert [o["metadata"]["name"] for o in raw.cluster_policies] == ["protect-x-a"]
+    assert ClusterView(raw).cluster.cluster_policies["protect-x-a"].tier == "Admin"
