@@ -414,6 +414,10 @@ def cmd_reachability(args: argparse.Namespace) -> int:
             "'.' allowed  'X' denied"
             + ("  '!' the kernel disagreed (shown: what the probe saw)" if args.probe else "")
         )
+        tiers = reach.tier_lines(results)
+        if tiers:
+            print("decided by ClusterNetworkPolicy rules (cells):")
+            print("\n".join(tiers))
         for r in disagree:
             print(
                 f"MISMATCH: {r['from']} -> {r['to']}: policy says {'allowed' if r['allowed'] else 'denied'}, "

@@ -20,7 +20,7 @@ from controller.cli import main
 from controller.core.errors import VethguardError
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
 from controller.datapath import abi, codecs
-from controller.debug import bpfview, observe
+from controller.debug import bpfview, observe, reach
 from controller.debug import cnp as cnp_mod
 from controller.debug.cli import live_lookup
 from controller.debug.explain import explain, explain_text
@@ -554,3 +554,32 @@ def test_a_lab_that_does_not_serve_cluster_network_policies_has_none() -> None:
     raw = lab.objects()
     assert [o["metadata"]["name"] for o in raw.cluster_policies] == ["protect-x-a"]
     assert ClusterView(raw).cluster.cluster_policies["protect-x-a"].tier == "Admin"
+
+
+# -- reachability ---------------------------------------------------------------------------------
+
+
+def test_reachability_cells_name_the_tier_policy_and_rule_that_decided(view: ClusterView) -> None:
+    pods = view.pods()
+    cells = {(r["from"], r["to"]): r for r in reach.matrix(view, pods, 80, "TCP")}
+    assert {k: cells[("x/b", "x/a")][k] for k in ("allowed", "direction", "reason", "tier", "policy")} == {
+        "allowed": False,
+        "direction": "ingress",
+        "reason": "DROP_ADMIN",
+        "tier": "Admin",
+        "policy": "protect-x-a",
+    }
+    assert (cells[("y/b", "x/a")]["rule_name"], cells[("z/a", "y/a")]["rule_name"]) == (
+        "allow-y-b",
+        "deny-from-z",
+    )
+    assert (cells[("z/a", "y/c")]["tier"], cells[("z/a", "y/c")]["policy"]) == (
+        "NetworkPolicy",
+        "y/y-c-from-z",
+    )
+    assert cells[("x/a", "y/a")]["tier"] is None and cells[("x/a", "y/a")]["reason"] == "ALLOW_NOT_ISOLATED"
+    assert reach.tier_lines(list(cells.values())) == [
+        "  Admin:protect-x-a ingress[0] (allow-y-b): 1 allowed",
+        "  Admin:protect-x-a ingress[2] (deny-others): 5 denied",
+        "  Baseline:default-deny-z ingress[0] (deny-from-z): 24 denied",
+    ]
