@@ -35,9 +35,8 @@ A pod and itself, and both pods on one node, work the same way (pass the same No
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 from controller.compiler.desired_state import (
     EndpointDesired,
@@ -86,6 +85,7 @@ class HalfVerdict:
     matched: PolicyEntryKey | None = None
     rule: RuleRef | None = None  # the deciding rule (NetworkPolicy or a tier's)
     passed: tuple[RuleRef, ...] = ()  # the tiers' Pass rules that handed the decision on
+    rule_ref: int = 0  # the deciding rule's reference (what the datapath reports)
 
 
 @dataclass(frozen=True)
@@ -160,6 +160,95 @@ def policy_lpm(
     return None
 
 
+@dataclass(frozen=True)
+class Decision:
+    """One hook's decision in the datapath's own terms: what the tc program returns and the rule
+    reference it reports (an event's rule_ref), plus what only a debugger wants to know."""
+
+    allowed: bool
+    reason: str
+    rule_ref: int = 0  # the deciding rule: NetworkPolicy's allow, or a tier's Accept/Deny
+    matched: PolicyEntryKey | None = None  # the entry of that rule (None when not known)
+    passed: tuple[int, ...] = ()  # the tiers' Pass rules that handed the decision on, in order
+
+
+# peer identity -> the longest vg_policy match for it: (matched key or None, value), or None
+PolicyLookup = Callable[[int], tuple[PolicyEntryKey | None, PolicyEntryValue] | None]
+
+
+def decide(
+    direction: int,
+    identity: int,
+    cidr_identity: int,
+    isolated: bool,
+    tiered: bool,
+    audit: bool,
+    lookup: PolicyLookup,
+) -> Decision:
+    """Steps 2-5 of the module docstring (lib/newflow.h's HOST check, lib/policy.h
+    vg_policy_verdict and vg_tiers_verdict) for an endpoint with those flags and a peer with
+    those identities; `lookup` does the LPM (the model's dict or the kernel's live map). The
+    compiled model and the live-map check share it, so they cannot drift apart."""
+    host = identity == ID_HOST
+    if host and (direction == DIR_INGRESS or not tiered):
+        return Decision(True, ALLOW_HOST)
+    if not isolated and not tiered:
+        return Decision(True, ALLOW_NOT_ISOLATED)
+    levels = [identity]
+    if cidr_identity and cidr_identity not in levels:
+        levels.append(cidr_identity)
+    if ID_ANY not in levels:
+        levels.append(ID_ANY)
+    hits = [h for h in (lookup(lv) for lv in levels) if h is not None]
+    if tiered:
+        return _tiers(hits, isolated, audit, host)
+    if host:
+        return Decision(True, ALLOW_HOST)
+    for key, value in hits:
+        if value.verdict == VERDICT_ALLOW:
+            return Decision(True, ALLOW_POLICY, value.rule_ref, key)
+    return Decision(True, ALLOW_AUDIT) if audit else Decision(False, DROP_POLICY)
+
+
+def _tiers(
+    hits: list[tuple[PolicyEntryKey | None, PolicyEntryValue]], isolated: bool, audit: bool, host: bool
+) -> Decision:
+    """The tiers over the lookups' hits, as lib/policy.h vg_tiers_verdict merges them: per tier
+    the lowest rank wins; NetworkPolicy allows if any hit allows (the first one names the rule)."""
+    admin: tuple[int, int, int, PolicyEntryKey | None] | None = None  # (rank, action, ref, key)
+    base: tuple[int, int, int, PolicyEntryKey | None] | None = None
+    np: tuple[int, PolicyEntryKey | None] | None = None
+    for key, v in hits:
+        if v.verdict == VERDICT_ALLOW and np is None:
+            np = (v.rule_ref, key)
+        if v.admin != TIER_NONE and (admin is None or v.admin_rank < admin[0]):
+            admin = (v.admin_rank, v.admin, v.admin_ref, key)
+        if v.baseline != TIER_NONE and (base is None or v.baseline_rank < base[0]):
+            base = (v.baseline_rank, v.baseline, v.baseline_ref, key)
+    passed: tuple[int, ...] = ()
+    if admin is not None:
+        if admin[1] == TIER_ACCEPT:
+            return Decision(True, ALLOW_HOST if host else ALLOW_ADMIN, admin[2], admin[3])
+        if admin[1] == TIER_DENY:
+            return Decision(False, DROP_ADMIN, admin[2], admin[3])
+        passed = (admin[2],)
+    if isolated:
+        if host:
+            return Decision(True, ALLOW_HOST, passed=passed)
+        if np is not None:
+            return Decision(True, ALLOW_POLICY, np[0], np[1], passed)
+        if audit:
+            return Decision(True, ALLOW_AUDIT, passed=passed)
+        return Decision(False, DROP_POLICY, passed=passed)
+    if base is not None:
+        if base[1] == TIER_ACCEPT:
+            return Decision(True, ALLOW_HOST if host else ALLOW_BASELINE, base[2], base[3], passed)
+        if base[1] == TIER_DENY:
+            return Decision(False, DROP_BASELINE, base[2], base[3], passed)
+        passed = (*passed, base[2])
+    return Decision(True, ALLOW_HOST if host else ALLOW_NOT_ISOLATED, passed=passed)
+
+
 def endpoint_verdict(
     desired: NodeDesired, endpoint: str, direction: int, peer: IPAddress | str, proto: int | str, port: int
 ) -> HalfVerdict:
@@ -170,98 +259,30 @@ def endpoint_verdict(
     p = parse_proto(proto)
     addr = ipaddress.ip_address(peer) if isinstance(peer, str) else peer
     ident, cidr_ident = ipcache_lookup(desired, addr)
-
-    def half(
-        allowed: bool,
-        reason: str,
-        matched: PolicyEntryKey | None = None,
-        rule: RuleRef | None = None,
-        passed: tuple[RuleRef, ...] = (),
-    ) -> HalfVerdict:
-        return HalfVerdict(
-            allowed, reason, direction, endpoint, str(addr), ident, cidr_ident, matched, rule, passed
-        )
-
-    isolated = ep.ingress_isolated if direction == DIR_INGRESS else ep.egress_isolated
-    tiered = ep.ingress_tiered if direction == DIR_INGRESS else ep.egress_tiered
-    host = ident == ID_HOST
-    if host and (direction == DIR_INGRESS or not tiered):
-        return half(True, ALLOW_HOST)
-    if not isolated and not tiered:
-        return half(True, ALLOW_NOT_ISOLATED)
-    levels = [ident]
-    if cidr_ident and cidr_ident not in levels:
-        levels.append(cidr_ident)
-    if ID_ANY not in levels:
-        levels.append(ID_ANY)
-    hits = [h for h in (policy_lpm(ep.entries, direction, lv, p, port) for lv in levels) if h is not None]
-    if tiered:
-        return _tiers(desired, ep, direction, hits, host, half)
-    if host:
-        return half(True, ALLOW_HOST)
-    for key, value in hits:
-        allowed = value.verdict == VERDICT_ALLOW
-        return half(allowed, ALLOW_POLICY if allowed else DROP_POLICY, key, desired.rules.get(value.rule_ref))
-    if ep.ingress_audit if direction == DIR_INGRESS else ep.egress_audit:
-        return half(True, ALLOW_AUDIT)
-    return half(False, DROP_POLICY)
-
-
-class _Half(Protocol):
-    def __call__(
-        self,
-        allowed: bool,
-        reason: str,
-        matched: PolicyEntryKey | None = None,
-        rule: RuleRef | None = None,
-        passed: tuple[RuleRef, ...] = (),
-    ) -> HalfVerdict: ...
-
-
-def _tiers(
-    desired: NodeDesired,
-    ep: EndpointDesired,
-    direction: int,
-    hits: list[tuple[PolicyEntryKey, PolicyEntryValue]],
-    host: bool,
-    half: _Half,
-) -> HalfVerdict:
-    """The tiers over the lookups' hits, as lib/policy.h vg_tiers_verdict merges them: per tier
-    the lowest rank wins; NetworkPolicy allows if any hit allows."""
-    admin: tuple[int, int, int, PolicyEntryKey] | None = None  # (rank, action, ref, key)
-    base: tuple[int, int, int, PolicyEntryKey] | None = None
-    np: tuple[int, PolicyEntryKey] | None = None
-    for key, v in hits:
-        if v.verdict == VERDICT_ALLOW and np is None:
-            np = (v.rule_ref, key)
-        if v.admin != TIER_NONE and (admin is None or v.admin_rank < admin[0]):
-            admin = (v.admin_rank, v.admin, v.admin_ref, key)
-        if v.baseline != TIER_NONE and (base is None or v.baseline_rank < base[0]):
-            base = (v.baseline_rank, v.baseline, v.baseline_ref, key)
-    passed: tuple[RuleRef, ...] = ()
-    if admin is not None:
-        rule = desired.rules.get(admin[2])
-        if admin[1] == TIER_ACCEPT:
-            return half(True, ALLOW_HOST if host else ALLOW_ADMIN, admin[3], rule)
-        if admin[1] == TIER_DENY:
-            return half(False, DROP_ADMIN, admin[3], rule)
-        passed = (rule,) if rule is not None else ()
-    if ep.ingress_isolated if direction == DIR_INGRESS else ep.egress_isolated:
-        if host:
-            return half(True, ALLOW_HOST, passed=passed)
-        if np is not None:
-            return half(True, ALLOW_POLICY, np[1], desired.rules.get(np[0]), passed)
-        if ep.ingress_audit if direction == DIR_INGRESS else ep.egress_audit:
-            return half(True, ALLOW_AUDIT, passed=passed)
-        return half(False, DROP_POLICY, passed=passed)
-    if base is not None:
-        rule = desired.rules.get(base[2])
-        if base[1] == TIER_ACCEPT:
-            return half(True, ALLOW_HOST if host else ALLOW_BASELINE, base[3], rule, passed)
-        if base[1] == TIER_DENY:
-            return half(False, DROP_BASELINE, base[3], rule, passed)
-        passed = (*passed, rule) if rule is not None else passed
-    return half(True, ALLOW_HOST if host else ALLOW_NOT_ISOLATED, passed=passed)
+    ingress = direction == DIR_INGRESS
+    d = decide(
+        direction,
+        ident,
+        cidr_ident,
+        ep.ingress_isolated if ingress else ep.egress_isolated,
+        ep.ingress_tiered if ingress else ep.egress_tiered,
+        ep.ingress_audit if ingress else ep.egress_audit,
+        lambda level: policy_lpm(ep.entries, direction, level, p, port),
+    )
+    rules = desired.rules
+    return HalfVerdict(
+        d.allowed,
+        d.reason,
+        direction,
+        endpoint,
+        str(addr),
+        ident,
+        cidr_ident,
+        d.matched,
+        rules.get(d.rule_ref) if d.rule_ref else None,
+        tuple(r for r in (rules.get(ref) for ref in d.passed) if r is not None),
+        d.rule_ref,
+    )
 
 
 def _resolve(desired: NodeDesired | None, who: str, family: int) -> tuple[EndpointDesired | None, IPAddress]:
