@@ -217,14 +217,23 @@ def policy_rows(
     view: ClusterView, node: str, state: KernelState, now_ns: int, pod: str | None = None
 ) -> list[Row]:
     pods = endpoint_pods(view, state)
+    # A tier profile's entries (keyed by its id, TIER_PROFILE_BIT set) belong to every endpoint
+    # that uses it: shown as "tier-profile 0x...", or as the pod's own rows when asking for one.
+    users: dict[int, list[str]] = {}
+    for ep in state.endpoints.values():
+        if ep.tier_profile:
+            users.setdefault(ep.tier_profile, []).append(_ep_name(pods, ep.ep_id))
     counts = ct_attribution(state, now_ns)
     rows = []
     for (ep_id, key), value in sorted(
         state.policy.items(), key=lambda kv: (_ep_name(pods, kv[0][0]), kv[0][1])
     ):
-        name = _ep_name(pods, ep_id)
-        if pod is not None and name != pod:
-            continue
+        profile = ep_id & verdicts.TIER_PROFILE_BIT
+        name = f"tier-profile {ep_id:#x}" if profile else _ep_name(pods, ep_id)
+        if pod is not None:
+            if (pod not in users.get(ep_id, ())) if profile else name != pod:
+                continue
+            name = pod
         policy, rule = rule_text(view, value.rule_ref)
         flows, packets, nbytes = counts.get((ep_id, key), (0, 0, 0))
         rows.append(
@@ -243,6 +252,7 @@ def policy_rows(
                 "policy": policy,
                 "rule": rule,
                 "rule_ref": value.rule_ref,
+                "tier_profile": ep_id if profile else 0,
                 **tier_fields(view, "admin", value.admin, value.admin_rank, value.admin_ref),
                 **tier_fields(view, "baseline", value.baseline, value.baseline_rank, value.baseline_ref),
                 "flows": flows,

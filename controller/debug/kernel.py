@@ -120,6 +120,10 @@ class NodeMaps:
             v = self.policy(ep.ep_id, direction, level, proto, port)
             return None if v is None else (None, v)
 
+        def tier_lookup(level: int) -> tuple[None, PolicyEntryValue] | None:
+            v = self.policy(ep.tier_profile, direction, level, proto, port)
+            return None if v is None else (None, v)
+
         ingress = direction == DIR_INGRESS
         if ident == ID_HOST and ingress:
             d = verdict_model.Decision(True, abi.Reason.ALLOW_HOST.name)
@@ -134,5 +138,6 @@ class NodeMaps:
                 bool(ep.flags & (abi.EP_F_INGRESS_TIERED if ingress else abi.EP_F_EGRESS_TIERED)),
                 bool(ep.flags & (abi.EP_F_INGRESS_AUDIT if ingress else abi.EP_F_EGRESS_AUDIT)),
                 lookup,
+                tier_lookup,
             )
         return LiveHalf(d.allowed, d.reason, d.rule_ref, ident, cidr, ep.ep_id, d.passed)

@@ -12,9 +12,10 @@ address P, protocol `proto`, destination port `port`:
    anything allowed is ALLOW_HOST; NetworkPolicy, where it isolates, allows the node).
 3. E neither isolated nor tiered for d -> ALLOW_NOT_ISOLATED.
 3b. E tiered for d (EndpointDesired.ingress_tiered / egress_tiered): the three lookups of step 4
-   are all made and merged, per tier the lowest rank: the Admin rule decides on Accept/Deny
-   (ALLOW_ADMIN / DROP_ADMIN); else NetworkPolicy if it isolates E for d (step 4-5); else the
-   Baseline rule on Accept/Deny (ALLOW_BASELINE / DROP_BASELINE); else ALLOW_NOT_ISOLATED.
+   are made in E's tier profile (NodeDesired.tier_profiles[E.tier_profile]) and merged, per tier
+   the lowest rank: the Admin rule decides on Accept/Deny (ALLOW_ADMIN / DROP_ADMIN); else
+   NetworkPolicy if it isolates E for d (step 4-5, E's own entries); else the Baseline rule on
+   Accept/Deny (ALLOW_BASELINE / DROP_BASELINE); else ALLOW_NOT_ISOLATED.
 4. For peer id in (identity, cidr_identity if non-zero, ANY): LPM on vg_policy with key
    (E, id, d, proto, port): the longest of (proto, port/16 .. port/0) and then the
    (any protocol) entry. The first identity level with a match decides by its verdict
@@ -184,11 +185,13 @@ def decide(
     tiered: bool,
     audit: bool,
     lookup: PolicyLookup,
+    tier_lookup: PolicyLookup | None = None,
 ) -> Decision:
     """Steps 2-5 of the module docstring (lib/newflow.h's HOST check, lib/policy.h
     vg_policy_verdict and vg_tiers_verdict) for an endpoint with those flags and a peer with
-    those identities; `lookup` does the LPM (the model's dict or the kernel's live map). The
-    compiled model and the live-map check share it, so they cannot drift apart."""
+    those identities; `lookup` does the LPM in the endpoint's own entries, `tier_lookup` in its
+    tier profile's (the model's dicts or the kernel's live map). The compiled model and the
+    live-map check share it, so they cannot drift apart."""
     host = identity == ID_HOST
     if host and (direction == DIR_INGRESS or not tiered):
         return Decision(True, ALLOW_HOST)
@@ -199,28 +202,35 @@ def decide(
         levels.append(cidr_identity)
     if ID_ANY not in levels:
         levels.append(ID_ANY)
-    hits = [h for h in (lookup(lv) for lv in levels) if h is not None]
     if tiered:
-        return _tiers(hits, isolated, audit, host)
+        tier_hits = [h for h in (tier_lookup(lv) for lv in levels) if h is not None] if tier_lookup else []
+        return _tiers(tier_hits, isolated, audit, host, lambda: _networkpolicy(levels, audit, lookup))
     if host:
         return Decision(True, ALLOW_HOST)
-    for key, value in hits:
-        if value.verdict == VERDICT_ALLOW:
-            return Decision(True, ALLOW_POLICY, value.rule_ref, key)
+    return _networkpolicy(levels, audit, lookup)
+
+
+def _networkpolicy(levels: list[int], audit: bool, lookup: PolicyLookup) -> Decision:
+    """lib/policy.h vg_np_verdict: the first level whose entry allows decides."""
+    for level in levels:
+        hit = lookup(level)
+        if hit is not None and hit[1].verdict == VERDICT_ALLOW:
+            return Decision(True, ALLOW_POLICY, hit[1].rule_ref, hit[0])
     return Decision(True, ALLOW_AUDIT) if audit else Decision(False, DROP_POLICY)
 
 
 def _tiers(
-    hits: list[tuple[PolicyEntryKey | None, PolicyEntryValue]], isolated: bool, audit: bool, host: bool
+    hits: list[tuple[PolicyEntryKey | None, PolicyEntryValue]],
+    isolated: bool,
+    audit: bool,
+    host: bool,
+    networkpolicy: Callable[[], Decision],
 ) -> Decision:
-    """The tiers over the lookups' hits, as lib/policy.h vg_tiers_verdict merges them: per tier
-    the lowest rank wins; NetworkPolicy allows if any hit allows (the first one names the rule)."""
+    """The tiers over the tier profile's hits, as lib/policy.h vg_tiers_verdict merges them: per
+    tier the lowest rank wins; NetworkPolicy decides in between where it isolates."""
     admin: tuple[int, int, int, PolicyEntryKey | None] | None = None  # (rank, action, ref, key)
     base: tuple[int, int, int, PolicyEntryKey | None] | None = None
-    np: tuple[int, PolicyEntryKey | None] | None = None
     for key, v in hits:
-        if v.verdict == VERDICT_ALLOW and np is None:
-            np = (v.rule_ref, key)
         if v.admin != TIER_NONE and (admin is None or v.admin_rank < admin[0]):
             admin = (v.admin_rank, v.admin, v.admin_ref, key)
         if v.baseline != TIER_NONE and (base is None or v.baseline_rank < base[0]):
@@ -235,11 +245,8 @@ def _tiers(
     if isolated:
         if host:
             return Decision(True, ALLOW_HOST, passed=passed)
-        if np is not None:
-            return Decision(True, ALLOW_POLICY, np[0], np[1], passed)
-        if audit:
-            return Decision(True, ALLOW_AUDIT, passed=passed)
-        return Decision(False, DROP_POLICY, passed=passed)
+        d = networkpolicy()
+        return Decision(d.allowed, d.reason, d.rule_ref, d.matched, passed)
     if base is not None:
         if base[1] == TIER_ACCEPT:
             return Decision(True, ALLOW_HOST if host else ALLOW_BASELINE, base[2], base[3], passed)
@@ -268,6 +275,7 @@ def endpoint_verdict(
         ep.ingress_tiered if ingress else ep.egress_tiered,
         ep.ingress_audit if ingress else ep.egress_audit,
         lambda level: policy_lpm(ep.entries, direction, level, p, port),
+        lambda level: policy_lpm(desired.tier_profiles.get(ep.tier_profile, {}), direction, level, p, port),
     )
     rules = desired.rules
     return HalfVerdict(

@@ -17,6 +17,7 @@ from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 
 from controller.cli import main
+from controller.core import verdicts
 from controller.core.errors import VethguardError
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
 from controller.datapath import abi, codecs
@@ -352,12 +353,13 @@ def test_bpf_policy_shows_each_entrys_networkpolicy_verdict_and_tier_rules(view:
         )
         if r["peer_identity"] == zb
     ]
-    assert (
-        yc
-        and yc[0]["verdict"] == "allow"
-        and yc[0]["policy"] == "y/y-c-from-z"
-        and yc[0]["baseline"] == "Deny"
-    )
+    # the pod's own NetworkPolicy entry, and its tier profile's entry (shared with every pod
+    # the same ClusterNetworkPolicies select) for the same peer
+    own = [r for r in yc if not r["tier_profile"]]
+    tiers = [r for r in yc if r["tier_profile"]]
+    assert [(r["verdict"], r["policy"], r["baseline"]) for r in own] == [("allow", "y/y-c-from-z", None)]
+    assert [(r["verdict"], r["baseline"]) for r in tiers] == [(None, "Deny")]
+    assert tiers[0]["tier_profile"] & verdicts.TIER_PROFILE_BIT
 
 
 def test_endpoint_flags_show_which_directions_the_tiers_police(view: ClusterView) -> None:
