@@ -86,7 +86,8 @@ def datapath_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-TIERS_HEADER = ["ClusterNetworkPolicies", "NetworkPolicies", "path", "policy entries", "policy lookups"]
+TIERS_HEADER = ["ClusterNetworkPolicies", "NetworkPolicies", "path", "pod's + tier profile's entries"]
+TIERS_HEADER += ["policy lookups"]
 TIERS_HEADER += ["established ns", "x pass", "x no CNP", "new flow ns", "x pass", "x no CNP"]
 
 
@@ -95,7 +96,8 @@ def tiers_markdown(cost: dict[str, Any]) -> str:
     lines = [_row(TIERS_HEADER), "|---:|---:|---|" + "---:|" * (len(TIERS_HEADER) - 3)]
     for c in cost["configs"]:
         cells: list[Any] = [c["cluster_policies"], c["networkpolicies"]]
-        cells += ["tiered" if c["tiered"] else "first hit", c["server_policy_entries"], c["policy_lookups"]]
+        entries = f"{c['server_policy_entries']} + {c.get('tier_profile_entries', 0)}"
+        cells += ["tiered" if c["tiered"] else "first hit", entries, c["policy_lookups"]]
         for kind in ("established", "new_flow"):
             cells += [f"{c[f'{kind}_ns']:.1f}", _r(c[f"{kind}_ratio"]), _r(c[f"{kind}_vs_no_cnp"])]
         lines.append(_row(cells))

@@ -19,9 +19,11 @@ Before measuring, the first new-flow packet's counted reason must be the lookup 
 flow to NetworkPolicy through Admin Pass rules), so the counts differ only by the tiers'
 lookups. `policy_lookups` is the number of vg_policy LPM lookups of that new flow, from the
 model: NetworkPolicy's path stops at the first allowing lookup (here the client's identity: 1);
-the tiered path always makes three (the peer's identity, its CIDR identity, ANY; two when the
-peer address has no CIDR identity), whatever the number of policies, tiers and rules. Both also
-make one endpoint hash lookup and one ipcache LPM lookup.
+the tiered path always makes three in the endpoint's tier profile (the peer's identity, its CIDR
+identity, ANY; two when the peer address has no CIDR identity), then, where the Admin tier
+passes and NetworkPolicy isolates, NetworkPolicy's own (here 1): at most six, whatever the
+number of policies, tiers and rules. Both also make one endpoint hash lookup and one ipcache
+LPM lookup.
 
 Run: python -m controller.bench.tier_cost [--rounds 9] [--packets 20000] [--counts 0,10,100]
 """
@@ -90,13 +92,17 @@ def policy_lookups(desired: NodeDesired) -> tuple[str, int, bool]:
     v = verdict_model.endpoint_verdict(desired, SERVER, DIR_INGRESS, CLIENT_IP, "TCP", PORT)
     ident, cidr = verdict_model.ipcache_lookup(desired, CLIENT_IP)
     levels = [ident, *([cidr] if cidr else []), ID_ANY]
-    if ep.ingress_tiered:
-        return v.reason, len(levels), True
+    np_lookups = len(levels)
     for n, level in enumerate(levels, 1):
         hit = verdict_model.policy_lpm(ep.entries, DIR_INGRESS, level, 6, PORT)
         if hit is not None and hit[1].verdict == VERDICT_ALLOW:
-            return v.reason, n, False
-    return v.reason, len(levels), False
+            np_lookups = n
+            break
+    if ep.ingress_tiered:
+        # the tier profile's lookups, then NetworkPolicy's where it decided (Admin passed)
+        np_decided = v.reason in ("ALLOW_POLICY", "DROP_POLICY", "ALLOW_AUDIT")
+        return v.reason, len(levels) + (np_lookups if np_decided else 0), True
+    return v.reason, np_lookups, False
 
 
 def desired_for(s: TierSettings, cnps: int) -> tuple[NodeDesired, dict[str, Any]]:
@@ -114,6 +120,7 @@ def desired_for(s: TierSettings, cnps: int) -> tuple[NodeDesired, dict[str, Any]
         "ipcache_pods": s.ipcache,
         "tiered": tiered,
         "server_policy_entries": len(ep.entries),
+        "tier_profile_entries": len(desired.tier_profiles.get(ep.tier_profile, {})),
         "cluster_policies_selecting_server": len(ep.cluster_policies),
         "reason": reason,
         "policy_lookups": lookups,
@@ -234,9 +241,11 @@ def summarize(
         "packets_per_round": packets,
         "new_flows_per_round": new_flows,
         "new_flow_lookups": (
-            "tiered: 1 endpoint hash + 1 ipcache LPM + 3 policy LPM (identity, CIDR identity, ANY), "
-            "whatever the number of policies, tiers and rules; NetworkPolicy only: 1 endpoint hash "
-            "+ 1 ipcache LPM + policy LPM lookups up to the first that allows (1-3)"
+            "tiered: 1 endpoint hash + 1 ipcache LPM + 3 policy LPM in the tier profile (identity, "
+            "CIDR identity, ANY), then NetworkPolicy's lookups where the Admin tier passes and it "
+            "isolates (1-3): at most 6, whatever the number of policies, tiers and rules; "
+            "NetworkPolicy only: 1 endpoint hash + 1 ipcache LPM + policy LPM lookups up to the "
+            "first that allows (1-3)"
         ),
         "configs": rows,
     }

@@ -287,13 +287,14 @@ def test_the_cnp_mix_covers_tiers_actions_peers_and_protocol_forms_and_parses_wi
 
 
 def test_the_measured_server_is_tiered_with_cnps_and_its_flow_stays_allowed_by_networkpolicy() -> None:
-    for cnps, tiered, lookups in ((0, False, 1), (10, True, 3), (100, True, 3)):
+    for cnps, tiered, lookups in ((0, False, 1), (10, True, 4), (100, True, 4)):
         desired = compute.compute(_tiered(100, cnps)[0], synth_cnp.MEASURED_NODE)
         server = desired.endpoints[tier_cost.SERVER]
         assert (server.ingress_tiered, server.egress_tiered) == (tiered, tiered)
         assert server.ingress_isolated
         # NetworkPolicy decides the measured flow either way (an Admin Pass hands it over), and
-        # the client's address carries a CIDR identity with CNPs: all three policy lookups.
+        # the client's address carries a CIDR identity with CNPs: all three lookups in the tier
+        # profile, then NetworkPolicy's first (which allows).
         assert tier_cost.policy_lookups(desired) == ("ALLOW_POLICY", lookups, tiered)
     assert len(server.cluster_policies) >= 90
 
@@ -329,7 +330,7 @@ def test_tier_cost_summary_gives_ratios_to_the_floor_and_to_no_cnp() -> None:
 def test_datapath_report_has_the_cnp_table_and_plot_when_measured(tmp_path: Path) -> None:
     doc = {**_datapath_doc(), "cluster_policy_cost": _tier_doc()}
     md = report.datapath_markdown(doc)
-    assert "| 0 | 100 | first hit | 10 | 1 | 61.0 | 2.03 | 1.00 | 305.0 | 10.17 | 1.00 |" in md
-    assert "| 100 | 100 | tiered | 110 | 3 | 60.0 | 2.00 | 0.98 | 330.0 | 11.00 | 1.08 |" in md
+    assert "| 0 | 100 | first hit | 10 + 0 | 1 | 61.0 | 2.03 | 1.00 | 305.0 | 10.17 | 1.00 |" in md
+    assert "| 100 | 100 | tiered | 110 + 0 | 3 | 60.0 | 2.00 | 0.98 | 330.0 | 11.00 | 1.08 |" in md
     written = report.datapath_plots(doc, tmp_path)
     assert written[-1].name == "cluster-policy-cost.png" and written[-1].read_bytes()[:4] == b"\x89PNG"
