@@ -401,7 +401,7 @@ def _execute(
         revision=revision,
         ct_deleted=ct_deleted,
         ops=tuple(ops),
-        full=dict(full.failed),
+        full={ep: m for ep, m in full.failed.items() if not ep & TIER_PROFILE_BIT},
         skipped=full.skipped,
     )
     if result.changed:
