@@ -57,7 +57,7 @@ from controller.agent.discovery import NodeDiscovery, interface_exists
 from controller.agent.errors import ErrorBook
 from controller.agent.health import HealthProbes
 from controller.agent.metrics import DatapathStats, Metrics
-from controller.agent.policy_status import PolicyStatus
+from controller.agent.policy_status import PolicyStatus, cluster_policy_status
 from controller.agent.protocols import LinkWatchLike, SourcesLike
 from controller.agent.uplinks import Uplinks
 from controller.agent.veth_match import Discovered, Discovery, is_placeholder
@@ -221,6 +221,9 @@ class Agent:
                 "errors": errors,
                 "policy_errors": len(self.errors.policy),
                 "cluster_policies": len(getattr(self._cluster, "cluster_policies", ())),
+                "cluster_policy_status": cluster_policy_status(
+                    self._cluster, self._desired, self.errors.policy, self.capacity.overflow
+                ),
                 "policies": {k: dict(v) for k, v in self._policies.items()},
                 "overflow": [dataclasses.asdict(o) for o in overflow],
                 "fail_closed": self.fail_closed,

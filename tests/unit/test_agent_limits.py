@@ -350,3 +350,45 @@ def test_the_agent_command_has_a_fail_closed_switch_and_an_env_resync_default(ar
     agent_cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["agent", "--node", "n", *argv])
     assert args.fail_closed is (argv == []) and args.resync_seconds == 2.5
+
+
+def test_the_status_reports_each_cluster_network_policy_with_its_tier_selected_pods_and_errors():
+    api = StaticApi()
+    api.items["Pod"] = [pod("x", n, f"10.244.1.{i + 2}") for i, n in enumerate("ab")]
+
+    def cnp(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "apiVersion": "policy.networking.k8s.io/v1alpha2",
+            "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": name, "resourceVersion": "1"},
+            "spec": spec,
+        }
+
+    api.items["ClusterNetworkPolicy"] = [
+        cnp(
+            "all-x",
+            {
+                "tier": "Baseline",
+                "priority": 3,
+                "subject": {"namespaces": {}},
+                "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}],
+            },
+        ),
+        cnp(
+            "broken",
+            {
+                "tier": "Admin",
+                "priority": 1,
+                "subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "a"}}}},
+                "egress": [{"action": "Deny", "to": [{"networks": ["10.0.0.0/33"]}]}],
+            },
+        ),
+    ]
+    dp = FakeDatapath()
+    agent = make_agent(api, dp, Routes({"10.244.1.2": 2, "10.244.1.3": 3}))
+    assert agent.reconcile()
+    status = json.loads(json.dumps(agent.status()))["cluster_policy_status"]
+    assert status["all-x"] == {"tier": "Baseline", "priority": 3, "selected_pods": 2, "errors": []}
+    broken = status["broken"]
+    assert (broken["tier"], broken["priority"]) == ("Admin", 1)
+    assert [e["field"] for e in broken["errors"]] == ["spec.egress[0].to[0].networks[0]"]
