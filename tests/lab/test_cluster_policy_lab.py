@@ -79,6 +79,38 @@ def test_the_readme_walkthrough_holds_step_by_step(lab: Lab) -> None:
         ("dev/tool", "monitoring/metrics"): False,
         ("monitoring/prometheus", "monitoring/metrics"): True,
     }
+    # observe names the deciding tier and rule of a drop
+    argv = [
+        sys.executable,
+        "-m",
+        "controller.cli",
+        "observe",
+        "--lab",
+        lab.name,
+        "--pod",
+        "monitoring/metrics",
+    ]
+    argv += ["--verdict", "denied", "-f", "--count", "1", "--timeout", "60", "-o", "json"]
+    observer = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+
+    def dropped_and_seen() -> bool:
+        # (drops are sent until the observer, which may still be starting, has reported one)
+        probe(lab, 9090, ["dev/tool"], ["monitoring/metrics"])
+        return observer.poll() is not None
+
+    try:
+        wait_for(dropped_and_seen, timeout=60, what="observe reporting a drop", interval=0.5)
+        out, _ = observer.communicate(timeout=30)
+    finally:
+        if observer.poll() is None:
+            observer.kill()
+    event = json.loads(out.splitlines()[0])
+    assert (event["reason"], event["tier"], event["policy"], event["rule_name"]) == (
+        "DROP_ADMIN",
+        "Admin",
+        "protect-monitoring",
+        "deny-everyone-else",
+    )
     apply(lab, (EXAMPLES / "baseline.yaml").read_text())
     assert probe(lab, 80, ["dev/tool", "shop/api"], ["shop/api", "shop/web"]) == {
         ("dev/tool", "shop/api"): False,
