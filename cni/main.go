@@ -5,7 +5,7 @@
 // the pod's containers start. tests/kernel/test_cni.py runs both builds through the same cases.
 //
 // Map layouts (bpf/lib/structs.h): endpoint_info {u32 ep_id, identity, flags; be32 ipv4;
-// u8 ipv6[16]; u32 slot} (36 bytes), local_key {u8 addr[16]; u8 family; u8 pad[3]} -> u32 ifindex.
+// u8 ipv6[16]; u32 slot; u32 tier_profile} (40 bytes), local_key {u8 addr[16]; u8 family; u8 pad[3]} -> u32 ifindex.
 // The tc filters are the agent's (controller/datapath/attach.py): clsact, handle 1, prio 10,
 // protocol all, direct-action, names vethguard-from-pod / vethguard-to-pod.
 package main
@@ -274,7 +274,7 @@ func writePendingEndpoint(pins string, ifindex int, v4, v6 net.IP) error {
 	defer syscall.Close(endpoints)
 	key := make([]byte, 4)
 	binary.LittleEndian.PutUint32(key, uint32(ifindex))
-	value := make([]byte, 36)
+	value := make([]byte, 40)
 	binary.LittleEndian.PutUint32(value[0:], uint32(ifindex))
 	binary.LittleEndian.PutUint32(value[8:], epFPending)
 	copy(value[12:16], v4)

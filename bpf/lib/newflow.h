@@ -58,7 +58,7 @@ static __always_inline __u8 vg_new_flow(struct __sk_buff *skb, const struct endp
 		/* The node's traffic to its pods always passes. A pod's own traffic to its node passes
 		 * unless a ClusterNetworkPolicy tier denies it (NetworkPolicy never does). Either way
 		 * untracked, so every packet is judged again and a policy change applies at once. */
-		if (dir == DIR_INGRESS)
+		if (dir == DIR_INGRESS || !(ep->flags & EP_F_EGRESS_TIERED))
 			return ALLOW_HOST;
 		reason = vg_policy_verdict(ep, dir, p->proto, p->dport, peer, 1, rule_ref);
 		return REASON_IS_DROP(reason) ? reason : ALLOW_HOST;

@@ -53,19 +53,18 @@ static __always_inline int vg_policy_try(struct policy_key *k, __u32 identity, _
 	return 0;
 }
 
-/* The three tiers' answers for one packet, merged over its lookups. */
+/* The two tiers' answers for one packet, merged over its lookups. */
 struct vg_tiers {
-	__u32 np_ref;
 	__u32 admin_rank, admin_ref;
 	__u32 base_rank, base_ref;
-	__u8 np, admin, base;
+	__u8 admin, base;
 };
 
 /*
- * One LPM lookup for one peer identity, merged into *t: NetworkPolicy allows if any lookup
- * allows; in each ClusterNetworkPolicy tier the lowest rank (the rule first in the tier's
- * order) wins. Each entry already holds its own identity's whole answer (the compiler folded
- * the shorter prefixes in), so three lookups answer for every policy, tier and rule.
+ * One LPM lookup in the endpoint's tier profile for one peer identity, merged into *t: in each
+ * tier the lowest rank (the rule first in the tier's order) wins. Each entry already holds its
+ * identity's whole answer (the compiler folded the shorter prefixes in), so three lookups
+ * answer for every policy, tier and rule.
  */
 static __always_inline void vg_tiers_try(struct policy_key *k, __u32 identity, struct vg_tiers *t)
 {
@@ -75,10 +74,6 @@ static __always_inline void vg_tiers_try(struct policy_key *k, __u32 identity, s
 	v = vg_policy.lookup(k);
 	if (!v)
 		return;
-	if (v->verdict == VERDICT_ALLOW && !t->np) {
-		t->np = 1;
-		t->np_ref = v->rule_ref;
-	}
 	if (v->admin != TIER_NONE && v->admin_rank < t->admin_rank) {
 		t->admin = v->admin;
 		t->admin_rank = v->admin_rank;
@@ -91,10 +86,19 @@ static __always_inline void vg_tiers_try(struct policy_key *k, __u32 identity, s
 	}
 }
 
-/* What NetworkPolicy says where it isolates the direction: allow, audit, or drop. */
-static __always_inline __u8 vg_np_verdict(const struct endpoint_info *ep, __u8 dir, int allowed)
+/*
+ * NetworkPolicy where it isolates the direction: the peer's own identity, then the longest
+ * policy prefix containing it, then ANY; the first that allows decides. Else audit or drop.
+ */
+static __always_inline __u8 vg_np_verdict(const struct endpoint_info *ep, __u8 dir, struct policy_key *k,
+					  const struct ipcache_value *peer, __u32 *rule_ref)
 {
-	if (allowed)
+	k->ep_id = ep->ep_id;
+	if (vg_policy_try(k, peer->identity, rule_ref))
+		return ALLOW_POLICY;
+	if (peer->cidr_identity && vg_policy_try(k, peer->cidr_identity, rule_ref))
+		return ALLOW_POLICY;
+	if (vg_policy_try(k, ID_ANY, rule_ref))
 		return ALLOW_POLICY;
 	/* Audit mode: the flow is tracked like an allowed one, so only its first packet is reported. */
 	if (ep->flags & vg_audit_flag(dir))
@@ -103,17 +107,19 @@ static __always_inline __u8 vg_np_verdict(const struct endpoint_info *ep, __u8 d
 }
 
 /*
- * The tiers, per direction (docs/INTERNALS.md "Tiers"): the Admin tier's first matching rule
- * decides on Accept or Deny; Pass, or no match, hands over to NetworkPolicy, which decides if it
- * isolates the direction; otherwise the Baseline tier's first matching rule decides on Accept or
- * Deny; else the direction is open. `host`: the destination is the pod's own node, which
- * NetworkPolicy never blocks (it allows it wherever it isolates), ALLOW_HOST for an open one.
+ * The tiers, per direction (docs/INTERNALS.md "Tiers"): three lookups in the endpoint's tier
+ * profile; the Admin tier's first matching rule decides on Accept or Deny; Pass, or no match,
+ * hands over to NetworkPolicy, which decides if it isolates the direction (up to three more
+ * lookups, the endpoint's own entries); otherwise the Baseline tier's first matching rule
+ * decides on Accept or Deny; else the direction is open. `host`: the destination is the pod's
+ * own node, which NetworkPolicy never blocks (ALLOW_HOST where it isolates or nothing decides).
  */
 static __always_inline __u8 vg_tiers_verdict(const struct endpoint_info *ep, __u8 dir, struct policy_key *k,
 					     const struct ipcache_value *peer, int host, __u32 *rule_ref)
 {
 	struct vg_tiers t = {.admin_rank = 0xffffffff, .base_rank = 0xffffffff};
 
+	k->ep_id = ep->tier_profile;
 	vg_tiers_try(k, peer->identity, &t);
 	if (peer->cidr_identity)
 		vg_tiers_try(k, peer->cidr_identity, &t);
@@ -122,12 +128,8 @@ static __always_inline __u8 vg_tiers_verdict(const struct endpoint_info *ep, __u
 		*rule_ref = t.admin_ref;
 		return t.admin == TIER_ACCEPT ? ALLOW_ADMIN : DROP_ADMIN;
 	}
-	if (ep->flags & vg_isolated_flag(dir)) {
-		if (host)
-			return ALLOW_HOST;
-		*rule_ref = t.np_ref;
-		return vg_np_verdict(ep, dir, t.np);
-	}
+	if (ep->flags & vg_isolated_flag(dir))
+		return host ? ALLOW_HOST : vg_np_verdict(ep, dir, k, peer, rule_ref);
 	if (t.base == TIER_ACCEPT || t.base == TIER_DENY) {
 		*rule_ref = t.base_ref;
 		return t.base == TIER_ACCEPT ? ALLOW_BASELINE : DROP_BASELINE;
@@ -139,8 +141,7 @@ static __always_inline __u8 vg_tiers_verdict(const struct endpoint_info *ep, __u
  * Verdict for a new flow (or a re-check of a tracked one) in direction `dir` of endpoint `ep`.
  * Returns a reason; the deciding rule goes to *rule_ref (left alone when no rule decided).
  * `host`: the peer is this node (only an egress flow of a tiered endpoint gets here with it).
- * An endpoint no ClusterNetworkPolicy selects keeps NetworkPolicy's path: the first lookup
- * that allows decides, no tier work.
+ * An endpoint no ClusterNetworkPolicy selects keeps NetworkPolicy's path, no tier work.
  */
 static __always_inline __u8 vg_policy_verdict(const struct endpoint_info *ep, __u8 dir, __u8 proto,
 					      __be16 dport, const struct ipcache_value *peer, int host,
@@ -154,7 +155,6 @@ static __always_inline __u8 vg_policy_verdict(const struct endpoint_info *ep, __
 		return host ? ALLOW_HOST : ALLOW_NOT_ISOLATED;
 
 	k.prefixlen = POLICY_PLEN_FULL;
-	k.ep_id = ep->ep_id;
 	k.dir = dir;
 	k.proto = proto;
 	k.dport = vg_policy_port(proto, dport);
@@ -162,14 +162,7 @@ static __always_inline __u8 vg_policy_verdict(const struct endpoint_info *ep, __
 		return vg_tiers_verdict(ep, dir, &k, peer, host, rule_ref);
 	if (host)
 		return ALLOW_HOST;
-	/* The peer's own identity, then the longest policy prefix containing it, then ANY. */
-	if (vg_policy_try(&k, peer->identity, rule_ref))
-		return ALLOW_POLICY;
-	if (peer->cidr_identity && vg_policy_try(&k, peer->cidr_identity, rule_ref))
-		return ALLOW_POLICY;
-	if (vg_policy_try(&k, ID_ANY, rule_ref))
-		return ALLOW_POLICY;
-	return vg_np_verdict(ep, dir, 0);
+	return vg_np_verdict(ep, dir, &k, peer, rule_ref);
 }
 
 #endif /* VG_POLICY_H */

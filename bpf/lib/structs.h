@@ -82,7 +82,16 @@ struct endpoint_info {
 	__be32 ipv4;    /* pod IPv4 (0 if none) */
 	__u8 ipv6[16];  /* pod IPv6 (zero if none) */
 	__u32 slot;     /* 1..32767, this endpoint in skb->mark (vg_slots); 0 = none */
+	__u32 tier_profile; /* TIERED: the policy_key.ep_id of its ClusterNetworkPolicy entries */
 };
+
+/*
+ * The ClusterNetworkPolicy entries of every endpoint selected by the same policies (with the same
+ * named-port resolution) are one set, a tier profile, keyed in vg_policy by a pseudo endpoint id
+ * with this bit set (ifindexes never have it): a cluster-wide policy costs its entries once per
+ * node, not once per endpoint it selects.
+ */
+#define TIER_PROFILE_BIT 0x80000000U
 
 /* vg_slots: __u32 slot -> __u32 ep_id. A mark has 15 bits for the client of a deferred packet;
  * an ifindex does not fit, so the agent gives each endpoint a small stable slot. */

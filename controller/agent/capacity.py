@@ -84,21 +84,33 @@ def fit_capacity(
         for net in nets[cap:]:
             del ipcache[net]
     cap_pol = capacity.get("vg_policy")
+    profiles = desired.tier_profiles
     if cap_pol is not None:
         with_veth = [p for p in endpoints if p in pods]
-        needed = sum(len(endpoints[p].entries) for p in with_veth)
+        used_profiles = {endpoints[p].tier_profile for p in with_veth} - {0}
+        needed = sum(len(endpoints[p].entries) for p in with_veth) + sum(
+            len(profiles.get(t, ())) for t in used_profiles
+        )
         if needed > cap_pol:
             used = 0
+            admitted: set[int] = set()
             for pod in sorted(with_veth, key=lambda p: (p not in prefer, p)):
-                n = len(endpoints[pod].entries)
+                ep = endpoints[pod]
+                # an endpoint needs its own entries and, unless another admitted endpoint
+                # brought it, its tier profile's
+                n = len(ep.entries)
+                if ep.tier_profile and ep.tier_profile not in admitted:
+                    n += len(profiles.get(ep.tier_profile, ()))
                 if used + n <= cap_pol:
                     used += n
+                    admitted.add(ep.tier_profile)
                     continue
                 overflow[pod] = Overflow(pod, "vg_policy", needed, cap_pol)
                 del endpoints[pod]
+            profiles = {t: e for t, e in profiles.items() if t in admitted}
     if not overflow:
         return Fit(desired, dict(pod_ifindex), {})
-    fitted = dataclasses.replace(desired, endpoints=endpoints, ipcache=ipcache)
+    fitted = dataclasses.replace(desired, endpoints=endpoints, ipcache=ipcache, tier_profiles=profiles)
     return Fit(fitted, pods, overflow)
 
 

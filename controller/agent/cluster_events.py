@@ -59,7 +59,7 @@ class Event:
     SYNCED is emitted after every (re)list has replaced the cache (after the diff events).
     """
 
-    kind: str  # "Namespace", "Pod", "NetworkPolicy", "Node"
+    kind: str  # "Namespace", "Pod", "NetworkPolicy", "Node", "Service", "ClusterNetworkPolicy"
     type: EventType
     key: str  # "ns/name" for namespaced kinds, "name" otherwise; "" for BOOKMARK/SYNCED
     obj: KubeObject | None
@@ -72,6 +72,7 @@ class KindSnapshot:
     resource_version: str
     content_version: int  # bumps on every cache content change (not on bookmarks)
     synced: bool
+    absent: bool = False  # an optional API the server does not serve (404): no objects
 
 
 @dataclass(frozen=True)
@@ -102,13 +103,19 @@ class Snapshot:
         return kind.objects if kind is not None else ()
 
     @property
+    def cluster_policies(self) -> tuple[KubeObject, ...]:
+        kind = self.kinds.get("ClusterNetworkPolicy")
+        return kind.objects if kind is not None else ()
+
+    @property
     def content_versions(self) -> tuple[int, ...]:
         return tuple(self.kinds[k].content_version for k in sorted(self.kinds))
 
     @property
     def generation(self) -> int | None:
-        """min over kinds of the last resourceVersion seen, or None if one is not an integer."""
-        return generation_of(k.resource_version for k in self.kinds.values())
+        """min over kinds of the last resourceVersion seen, or None if one is not an integer;
+        an API the server does not serve has no resourceVersion and is left out."""
+        return generation_of(k.resource_version for k in self.kinds.values() if not k.absent)
 
 
 def generation_of(resource_versions: Iterable[str]) -> int | None:

@@ -1,6 +1,7 @@
 """Informers: list+watch of the cluster objects the agent needs, kept as raw API JSON dicts.
 
-One `Informer` per kind (Namespaces, Pods, NetworkPolicies, Nodes) runs a tiny loop in a thread:
+One `Informer` per kind (Namespaces, Pods, NetworkPolicies, Nodes, Services,
+ClusterNetworkPolicies) runs a tiny loop in a thread:
 
     list (paginated)  ->  replace the cache, emit the diff as events, remember resourceVersion
     watch from that resourceVersion (allowWatchBookmarks)  ->  apply events to the cache
@@ -15,6 +16,12 @@ meanwhile) and reads with a timeout of timeoutSeconds + read_slack, so a silent 
 given up within that bound; a list reads with list_read_timeout. urllib3's own retries are
 switched off (`retries=False`) so a timeout surfaces at once instead of after 3 silent retries.
 Malformed objects (not a JSON object, no metadata) are skipped with a warning, never raised.
+
+An optional kind (KindSpec.optional: ClusterNetworkPolicy, a CRD a cluster may not have) whose
+list is answered 404 (the API is not served) or 403 (our RBAC does not cover it yet) is "absent":
+one warning, an empty cache that counts as synced, no resourceVersion (it is left out of the
+generation), and another list every absent_retry_seconds; a later list that succeeds brings it
+back (logged). A 404 on its watch (the CRD was removed) leads to such a list at once.
 
 The cache is never dropped on a disconnect, so the agent keeps enforcing the last known state.
 Every kind tracks the last resourceVersion it has seen (from events and BOOKMARKs); the agent's
@@ -73,6 +80,11 @@ class WatchFailed(Exception):
 
 def _is_gone(exc: BaseException) -> bool:
     return getattr(exc, "status", None) == 410
+
+
+def _is_unserved(exc: BaseException) -> bool:
+    """404 (no such API: a CRD not installed) or 403 (not allowed to list it)."""
+    return getattr(exc, "status", None) in (403, 404)
 
 
 # --------------------------------------------------------------------------------------------
@@ -138,6 +150,7 @@ class InformerOptions:
     page_size: int = 500
     backoff_base: float = 0.2
     backoff_cap: float = 10.0
+    absent_retry_seconds: float = 60.0  # an optional kind the server does not serve: list again
 
 
 class Informer:
@@ -168,6 +181,7 @@ class Informer:
         self._resp: Any = None
         self._thread: threading.Thread | None = None
         self.lists = 0  # number of completed (re)lists, for tests and status
+        self.absent = False  # an optional kind the server does not serve (see the module doc)
         self.last_error: str | None = None
 
     # ---- public
@@ -191,6 +205,7 @@ class Informer:
                 resource_version=self._rv,
                 content_version=self._content_version,
                 synced=self._synced.is_set(),
+                absent=self.absent,
             )
 
     def get(self, key: str) -> KubeObject | None:
@@ -243,6 +258,12 @@ class Informer:
             except Exception as exc:
                 if self._stop.is_set():
                     break
+                if self.spec.optional and _is_unserved(exc):
+                    if need_list:  # the list itself: run without this kind, ask again later
+                        self._mark_absent(exc)
+                        self._stop.wait(self._opts.absent_retry_seconds)
+                    need_list = True  # a watch's 404: the API went away, the list finds out
+                    continue
                 if _is_gone(exc):
                     log.info("resourceVersion gone, relisting", kind=self.kind, resource_version=self._rv)
                     self._restart("expired")
@@ -334,11 +355,14 @@ class Informer:
             if events:
                 self._content_version += 1
             self.lists += 1
+            was_absent, self.absent = self.absent, False
             self.last_error = None
             first = not self._synced.is_set()
             self._synced.set()
         if self._metrics is not None:
             self._metrics.relists_total.labels(kind=self.kind).inc()
+        if was_absent:
+            log.info("the API server serves this kind now", kind=self.kind, api_version=self.spec.api_version)
         log.info(
             "listed" if first else "relisted",
             kind=self.kind,
@@ -349,6 +373,32 @@ class Informer:
         for ev in events:
             self._out.put(ev)
         self._out.put(Event(self.kind, "SYNCED", "", None, list_rv))
+
+    def _mark_absent(self, exc: BaseException) -> None:
+        """The server does not serve this optional kind (or we may not list it): no objects (any
+        cached ones are deleted), synced, no resourceVersion. Warns once per absence."""
+        with self._lock:
+            gone = [Event(self.kind, "DELETED", k, o, resource_version_of(o)) for k, o in self._cache.items()]
+            self._cache = {}
+            self._rv = ""
+            if gone:
+                self._content_version += 1
+            first, self.absent = not self.absent, True
+            self.last_error = f"not served: {getattr(exc, 'status', '')} {getattr(exc, 'reason', '')}".strip()
+            self._synced.set()
+        if first:
+            log.warning(
+                "the API server does not serve this kind, or does not let us list it: running without it "
+                "and listing it again now and then (install its CRD, or update the RBAC rules)",
+                kind=self.kind,
+                api_version=self.spec.api_version,
+                status=getattr(exc, "status", None),
+                retry_seconds=self._opts.absent_retry_seconds,
+            )
+        for ev in gone:
+            self._out.put(ev)
+        if first or gone:
+            self._out.put(Event(self.kind, "SYNCED", "", None, ""))
 
     def _watch_once(self) -> bool:
         """One watch request, until the server ends it. Returns whether any event arrived."""
@@ -488,4 +538,5 @@ class Sources:
         return {kind: inf.resource_version for kind, inf in self.informers.items()}
 
     def generation(self) -> int | None:
-        return generation_of(self.resource_versions().values())
+        """min over the served kinds of the last resourceVersion seen (absent kinds left out)."""
+        return generation_of(inf.resource_version for inf in self.informers.values() if not inf.absent)

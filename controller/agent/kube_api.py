@@ -1,8 +1,13 @@
 """The kinds the agent watches and how to reach them with the official kubernetes client, and
-the ApiClient from a kubeconfig or the in-cluster configuration."""
+the ApiClient from a kubeconfig or the in-cluster configuration.
+
+ClusterNetworkPolicy (policy.networking.k8s.io/v1alpha2) is a CRD that a cluster may not have
+installed: its KindSpec is `optional`, and a 404 on its list means "no such API" (the informer
+then serves an empty cache and lists again now and then; controller.agent.informers)."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +29,10 @@ class KindSpec:
     api_version: str
     namespaced: bool
     list_fn_of: Callable[[Any], ListFn]  # ApiClient -> bound list method
+    optional: bool = False  # an API that may not be installed (a CRD): 404 = no objects
+
+
+CNP_GROUP, CNP_VERSION, CNP_PLURAL = "policy.networking.k8s.io", "v1alpha2", "clusternetworkpolicies"
 
 
 def _core(api_client: Any) -> Any:
@@ -38,6 +47,14 @@ def _networking(api_client: Any) -> Any:
     return client.NetworkingV1Api(api_client)
 
 
+def _cluster_network_policies(api_client: Any) -> ListFn:
+    from kubernetes import client
+
+    return functools.partial(
+        client.CustomObjectsApi(api_client).list_cluster_custom_object, CNP_GROUP, CNP_VERSION, CNP_PLURAL
+    )
+
+
 KINDS: tuple[KindSpec, ...] = (
     KindSpec("Namespace", "v1", False, lambda a: _core(a).list_namespace),
     KindSpec("Pod", "v1", True, lambda a: _core(a).list_pod_for_all_namespaces),
@@ -50,6 +67,13 @@ KINDS: tuple[KindSpec, ...] = (
     KindSpec("Node", "v1", False, lambda a: _core(a).list_node),
     # Services: the frontends whose flows are judged after DNAT (controller/compiler/frontends.py).
     KindSpec("Service", "v1", True, lambda a: _core(a).list_service_for_all_namespaces),
+    KindSpec(
+        "ClusterNetworkPolicy",
+        f"{CNP_GROUP}/{CNP_VERSION}",
+        False,
+        _cluster_network_policies,
+        optional=True,
+    ),
 )
 
 

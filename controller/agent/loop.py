@@ -24,14 +24,16 @@ anything: programs stay attached and maps stay pinned, so enforcement continues 
 realized_generation: each informer records the last resourceVersion it has seen (list, events,
 BOOKMARKs) atomically with its cache contents. A pass snapshots all caches, and only after
 Datapath.sync succeeded (or was unnecessary because neither the cache contents nor the pod ->
-ifindex map changed since the last successful sync) publishes min(int(rv) over the four kinds) of
-that snapshot. A failed pass never advances it.
+ifindex map changed since the last successful sync) publishes min(int(rv) over the kinds) of
+that snapshot (a kind the API server does not serve, such as ClusterNetworkPolicy without its
+CRD, is left out). A failed pass never advances it.
 
 /status JSON (docs/INTERNALS.md fields first, then extras):
   node, ready, realized_generation, endpoints (local pods in the desired state), attached (veths
   with our programs), errors ([{object, field, message}]: agent failures by stage, then invalid
   objects), last_sync_seconds (duration of the last successful sync), last_sync_at (unix time),
-  syncs, pod_ifindex, pods_without_veth, policy_errors (count), resource_versions (per kind).
+  syncs, pod_ifindex, pods_without_veth, policy_errors (count), cluster_policies (count of the
+  ClusterNetworkPolicies in the model), resource_versions (per kind).
 
 After a restart the agent adopts the veths listed in the pinned endpoints map, so veths of pods
 deleted while it was down are detached by the first pass.
@@ -43,7 +45,7 @@ import dataclasses
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,15 +56,15 @@ from controller.agent.cluster_events import Event, Snapshot
 from controller.agent.discovery import NodeDiscovery, interface_exists
 from controller.agent.errors import ErrorBook
 from controller.agent.health import HealthProbes
-from controller.agent.metrics import Metrics
-from controller.agent.policy_status import PolicyStatus
+from controller.agent.metrics import DatapathStats, Metrics
+from controller.agent.policy_status import PolicyStatus, cluster_policy_status
 from controller.agent.protocols import LinkWatchLike, SourcesLike
 from controller.agent.uplinks import Uplinks
 from controller.agent.veth_match import Discovered, Discovery, is_placeholder
 from controller.compiler.frontends import frontends_of
 from controller.core.errors import VethguardError
 from controller.core.log import get_logger
-from controller.datapath.abi import Reason
+from controller.core.log import scalar_fields as _summarize
 from controller.datapath.interface import NodeDatapath
 from controller.datapath.loader import release_free_heap
 from controller.datapath.sync import MapFullError
@@ -74,7 +76,8 @@ DEFAULT_HEALTH_ADDR = "127.0.0.1:9890"
 LIVENESS_STALL_SECONDS = 60.0
 MAX_ERRORS_REPORTED = 200
 
-BuildCluster = Callable[[Sequence[Any], Sequence[Any], Sequence[Any], Sequence[Any]], Any]
+# (namespaces, pods, policies, nodes, cluster_policies=...) -> ClusterState
+BuildCluster = Callable[..., Any]
 Compute = Callable[[Any, str], Any]
 
 
@@ -180,7 +183,7 @@ class Agent:
         self._policies: dict[str, dict[str, Any]] = {}
         self._arrivals: list[float] = []  # arrival times of cluster events not realized yet
         self._claim_waiting = False  # a Pod event of this node came while a new veth was PENDING
-        self._counter_totals: dict[tuple[int, int, int], int] = {}
+        self.datapath_stats = DatapathStats(self.metrics)
 
     # ------------------------------------------------------------------ status
 
@@ -217,6 +220,10 @@ class Agent:
                 "pods_without_veth": list(self._discovered.missing),
                 "errors": errors,
                 "policy_errors": len(self.errors.policy),
+                "cluster_policies": len(getattr(self._cluster, "cluster_policies", ())),
+                "cluster_policy_status": cluster_policy_status(
+                    self._cluster, self._desired, self.errors.policy, self.capacity.overflow
+                ),
                 "policies": {k: dict(v) for k, v in self._policies.items()},
                 "overflow": [dataclasses.asdict(o) for o in overflow],
                 "fail_closed": self.fail_closed,
@@ -266,7 +273,13 @@ class Agent:
                     self._build_cluster = _default_build_cluster()  # kept: its parse cache
                 build = self._build_cluster
                 compute = self._compute or _default_compute()
-                cluster = build(snap.namespaces, snap.pods, snap.policies, snap.nodes)
+                cluster = build(
+                    snap.namespaces,
+                    snap.pods,
+                    snap.policies,
+                    snap.nodes,
+                    cluster_policies=snap.cluster_policies,
+                )
                 desired = compute(cluster, self.node)
                 fronts, front_errors = self._frontends(snap.services, snap.nodes)
                 desired = dataclasses.replace(
@@ -413,16 +426,9 @@ class Agent:
             self.metrics.realization_lag_seconds.observe(max(0.0, done - t))
 
     def refresh_datapath_metrics(self) -> None:
-        """Map entries per map and drops by reason (kept monotonic across endpoint removal)."""
-        dp = self.dp
-        if dp is None:
-            return
-        try:
-            for name, n in dp.entry_counts().items():
-                self.metrics.map_entries.labels(map=name).set(n)
-            self._account_drops(dp.counters())
-        except Exception as exc:
-            log.warning("cannot read datapath statistics", error=str(exc))
+        """Map entries per map and drops by reason (metrics.DatapathStats)."""
+        if self.dp is not None:
+            self.datapath_stats.refresh(self.dp)
 
     def collect_conntrack(self) -> None:
         """Free expired conntrack/fragment entries (an LRU map never drops them by deadline)."""
@@ -435,18 +441,6 @@ class Agent:
             return
         if result.ct_deleted or result.frag_deleted:
             log.info("expired conntrack entries removed", ct=result.ct_deleted, frag=result.frag_deleted)
-
-    def _account_drops(self, counters: Mapping[tuple[int, int, int], tuple[int, int]]) -> None:
-        for key, (packets, _bytes) in counters.items():
-            reason = key[1]
-            if reason < 64:
-                continue
-            before = self._counter_totals.get(key, 0)
-            # a smaller value means the key was deleted and re-created (endpoint gone, index reused)
-            delta = packets - before if packets >= before else packets
-            if delta:
-                self.metrics.drops_total.labels(reason=_reason_name(reason)).inc(delta)
-        self._counter_totals = {k: v[0] for k, v in counters.items() if k[1] >= 64}
 
     # ------------------------------------------------------------------ the loop
 
@@ -594,26 +588,3 @@ class Agent:
                 self.dp.close()
             except Exception as exc:
                 log.warning("datapath close failed", error=str(exc))
-
-
-def _reason_name(code: int) -> str:
-    try:
-        return Reason(code).name
-    except ValueError:
-        return str(code)
-
-
-def _summarize(result: Any) -> Any:
-    """The scalar fields of a SyncResult-like object, for the log line (never its op list)."""
-    if result is None:
-        return None
-    if dataclasses.is_dataclass(result) and not isinstance(result, type):
-        out = {}
-        for f in dataclasses.fields(result):
-            v = getattr(result, f.name)
-            if isinstance(v, (int, float, str, bool)) or v is None:
-                out[f.name] = v
-        return out
-    if isinstance(result, Mapping):
-        return {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
-    return str(result)[:200]

@@ -5,14 +5,21 @@ Names follow vethguard_<subsystem>_<name>_{seconds,bytes,total}.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from controller.core.log import get_logger
+from controller.datapath.abi import Reason
+from controller.datapath.interface import NodeDatapath
 
 _COMPUTE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 # Event -> kernel latencies: the agent aims at well under 100 ms, so resolve that range finely.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
+log = get_logger("vethguard.agent")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -145,3 +152,39 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class DatapathStats:
+    """Map entry counts per map and drops by reason, read from a datapath into `metrics`; drop
+    totals stay monotonic when a counter key is deleted and re-created (endpoint gone, index
+    reused)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._totals: dict[tuple[int, int, int], int] = {}
+
+    def refresh(self, dp: NodeDatapath) -> None:
+        try:
+            for name, n in dp.entry_counts().items():
+                self.metrics.map_entries.labels(map=name).set(n)
+            self._account_drops(dp.counters())
+        except Exception as exc:
+            log.warning("cannot read datapath statistics", error=str(exc))
+
+    def _account_drops(self, counters: Mapping[tuple[int, int, int], tuple[int, int]]) -> None:
+        for key, (packets, _bytes) in counters.items():
+            reason = key[1]
+            if reason < 64:
+                continue
+            before = self._totals.get(key, 0)
+            delta = packets - before if packets >= before else packets
+            if delta:
+                self.metrics.drops_total.labels(reason=_reason_name(reason)).inc(delta)
+        self._totals = {k: v[0] for k, v in counters.items() if k[1] >= 64}
+
+
+def _reason_name(code: int) -> str:
+    try:
+        return Reason(code).name
+    except ValueError:
+        return str(code)

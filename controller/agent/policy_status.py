@@ -225,3 +225,31 @@ def _selected_by_policy(cluster: Any, local: Sequence[Any]) -> dict[str, list[st
         for pol in policies_for_identity.get(ident, ()) if ident is not None else ():
             out.setdefault(pol.key, []).append(pod.key)
     return out
+
+
+def cluster_policy_status(
+    cluster: Any, desired: Any, errors: Sequence[AgentError], overflow: Mapping[str, Overflow]
+) -> dict[str, dict[str, Any]]:
+    """Per ClusterNetworkPolicy (/status `cluster_policy_status`): its tier and priority as
+    enforced (an unusable place is enforced as Admin 0), how many of this node's endpoints it
+    selects, its errors and those of its selected pods that did not fit a map. Computed when
+    /status is asked for, from the last desired state (no memo: a few policies, a node's pods)."""
+    pols = getattr(cluster, "cluster_policies", None)
+    if not isinstance(pols, Mapping):
+        return {}
+    selected: dict[str, list[str]] = {}
+    for ep in getattr(desired, "endpoints", {}).values():
+        for name in getattr(ep, "cluster_policies", ()):
+            selected.setdefault(name, []).append(ep.pod)
+    errs: dict[str, list[dict[str, str]]] = {}
+    for e in errors:
+        if e.object.startswith("ClusterNetworkPolicy "):
+            errs.setdefault(e.object.removeprefix("ClusterNetworkPolicy "), []).append(
+                {"field": e.field, "message": e.message}
+            )
+    out: dict[str, dict[str, Any]] = {}
+    for name, pol in sorted(pols.items()):
+        entry = _policy_entry(None, selected.get(name, []), errs.get(name, ()), overflow)
+        del entry["generation"]
+        out[name] = {"tier": pol.tier, "priority": pol.priority, **entry}
+    return out

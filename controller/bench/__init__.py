@@ -1,8 +1,10 @@
 """Benchmarks: `vethguard bench datapath` and `vethguard bench control-plane`.
 
   synth.py           synthetic clusters (raw API objects) for both benchmarks
+  synth_cnp.py       synthetic ClusterNetworkPolicies beside the datapath benchmark's policies
   iptables.py        the kube-router-style iptables+ipset peer built from the same policies
-  datapath_bench.py  throughput/latency in a lab, per-packet cost (controller.bench.cost)
+  datapath_bench.py  throughput/latency in a lab, per-packet cost (controller.bench.cost), and
+                     with ClusterNetworkPolicies (controller.bench.tier_cost)
   control_plane.py   compile time, event -> map-updated latency, RSS, map memory, lab realization
   report.py          Markdown tables and PNG plots; cli.py the commands
 Method: ../../shared/DESIGN.md "Measuring performance" (same run, alternating, medians, ratios).

@@ -12,9 +12,11 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from controller.core.errors import VethguardError
+
+T = TypeVar("T")
 
 
 def median(values: Sequence[float]) -> float:
@@ -34,6 +36,12 @@ def ratio(value: float | None, base: float | None) -> float | None:
     if value is None or base is None or not base or math.isnan(value) or math.isnan(base):
         return None
     return round(value / base, 3)
+
+
+def rotated(items: Sequence[T], k: int) -> list[T]:
+    """items rotated left by k: round k of an alternating run starts with a different one."""
+    k %= len(items)
+    return [*items[k:], *items[:k]]
 
 
 def loadavg() -> list[float]:

@@ -90,6 +90,10 @@ class _Snapshot:
         return self._kinds.get("Service", [])
 
     @property
+    def cluster_policies(self) -> list[Any]:
+        return self._kinds.get("ClusterNetworkPolicy", [])
+
+    @property
     def content_versions(self) -> tuple[int, ...]:
         return tuple(self._versions[k] for k in sorted(self._versions))
 

@@ -68,7 +68,7 @@ def prog_stats(fd: int) -> tuple[int, int]:
     return int(info.run_time_ns), int(info.run_cnt)
 
 
-def _frame(src: str, dst: str, sport: int, dport: int, flags: int) -> bytes:
+def tcp_frame(src: str, dst: str, sport: int, dport: int, flags: int) -> bytes:
     import ipaddress
 
     tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, flags, 65535, 0, 0)
@@ -147,7 +147,7 @@ def _setup(dp: Datapath) -> None:
     dp.maps["vg_policy"].update(k, v)
 
 
-def _measure(fd: int, drive: Callable[[], object]) -> float:
+def per_packet_ns(fd: int, drive: Callable[[], object]) -> float:
     t0, c0 = prog_stats(fd)
     drive()
     t1, c1 = prog_stats(fd)
@@ -163,18 +163,18 @@ def measure(dp: Datapath, rounds: int = 9, packets: int = 20000) -> CostReport:
 
 def _measure_all(dp: Datapath, fds: Mapping[str, int], rounds: int, packets: int) -> CostReport:
     pass_fd, to_pod = fds[PASSTHROUGH], dp.prog_fd("to_pod")
-    est = _frame(PEER, POD, 40000, 80, 0x10)
+    est = tcp_frame(PEER, POD, 40000, 80, 0x10)
     run(to_pod, est, ifindex=EP)  # creates the flow
     new_flows = min(packets, 5000)  # one test_run per packet: keep rounds short
     samples: dict[str, list[float]] = {"pass": [], "est": [], "new": []}
     sport = 1024
     for _ in range(rounds):
-        samples["pass"].append(_measure(pass_fd, lambda: run(pass_fd, est, ifindex=EP, repeat=packets)))
-        samples["est"].append(_measure(to_pod, lambda: run(to_pod, est, ifindex=EP, repeat=packets)))
+        samples["pass"].append(per_packet_ns(pass_fd, lambda: run(pass_fd, est, ifindex=EP, repeat=packets)))
+        samples["est"].append(per_packet_ns(to_pod, lambda: run(to_pod, est, ifindex=EP, repeat=packets)))
         frames = []
         for _ in range(new_flows):
             sport = sport + 1 if sport < 65535 else 1024
-            frames.append(_frame(PEER, POD, sport, 80, 0x02))
+            frames.append(tcp_frame(PEER, POD, sport, 80, 0x02))
         dp.maps["vg_ct"].clear()  # every frame below is a miss, and the table never fills
         run(to_pod, est, ifindex=EP)
 
@@ -182,7 +182,7 @@ def _measure_all(dp: Datapath, fds: Mapping[str, int], rounds: int, packets: int
             for f in fr:
                 run(to_pod, f, ifindex=EP)
 
-        samples["new"].append(_measure(to_pod, drive_new))
+        samples["new"].append(per_packet_ns(to_pod, drive_new))
     svc = _measure_services(dp, rounds, packets, new_flows)
     steps = _measure_steps(dp, fds, rounds, packets)
     p, e, n = (statistics.median(samples[k]) for k in ("pass", "est", "new"))
@@ -217,7 +217,7 @@ def measure_steps(dp: Datapath, rounds: int, packets: int) -> dict[str, float]:
 
 def _measure_steps(dp: Datapath, fds: Mapping[str, int], rounds: int, packets: int) -> dict[str, float]:
     pass_fd, to_pod = fds[PASSTHROUGH], dp.prog_fd("to_pod")
-    est = _frame(PEER, POD, 40000, 80, 0x10)
+    est = tcp_frame(PEER, POD, 40000, 80, 0x10)
     run(to_pod, est, ifindex=EP)  # the flow (earlier measurements cleared the table)
     order = [("pass", pass_fd), *((n, fds[n]) for n in PARTS), ("to_pod", to_pod)]
     for name, fd in order:
@@ -227,7 +227,9 @@ def _measure_steps(dp: Datapath, fds: Mapping[str, int], rounds: int, packets: i
     samples: dict[str, list[float]] = {name: [] for name, _ in order}
     for _ in range(rounds):
         for name, fd in order:
-            samples[name].append(_measure(fd, functools.partial(run, fd, est, ifindex=EP, repeat=packets)))
+            samples[name].append(
+                per_packet_ns(fd, functools.partial(run, fd, est, ifindex=EP, repeat=packets))
+            )
     med = {name: statistics.median(v) for name, v in samples.items()}
     out = {"program floor": round(med["pass"], 1)}
     prev = med["pass"]
@@ -251,33 +253,35 @@ def drive(fd: int, frames: list[bytes], **kw: int) -> Callable[[], None]:
 def _measure_services(dp: Datapath, rounds: int, packets: int, new_flows: int) -> dict[str, float]:
     """Medians of the Service kinds (module doc), alternated round by round."""
     from_pod, uplink = dp.prog_fd("from_pod"), dp.prog_fd("to_uplink")
-    direct = _frame(POD, PEER, 40002, 80, 0x10)
-    to_vip = _frame(POD, VIP, 40001, 80, 0x10)
-    judged = _frame(POD, BACKEND, 40001, 8080, 0x10)
+    direct = tcp_frame(POD, PEER, 40002, 80, 0x10)
+    to_vip = tcp_frame(POD, VIP, 40001, 80, 0x10)
+    judged = tcp_frame(POD, BACKEND, 40001, 8080, 0x10)
     kinds = ("pass", "direct", "direct1", "dest", "jest", "dnew", "jnew")
     samples: dict[str, list[float]] = {k: [] for k in kinds}
     sport = 1024
     for _ in range(rounds):
         # (re)create the established entries: the new-flow drive below clears the table
-        run(from_pod, _frame(POD, PEER, 40002, 80, 0x02), ifindex=EP)
-        run(from_pod, _frame(POD, VIP, 40001, 80, 0x02), ifindex=EP)
-        run(uplink, _frame(POD, BACKEND, 40001, 8080, 0x02), mark=MARK)
-        samples["pass"].append(_measure(uplink, lambda: run(uplink, direct, repeat=packets)))
+        run(from_pod, tcp_frame(POD, PEER, 40002, 80, 0x02), ifindex=EP)
+        run(from_pod, tcp_frame(POD, VIP, 40001, 80, 0x02), ifindex=EP)
+        run(uplink, tcp_frame(POD, BACKEND, 40001, 8080, 0x02), mark=MARK)
+        samples["pass"].append(per_packet_ns(uplink, lambda: run(uplink, direct, repeat=packets)))
         samples["direct"].append(
-            _measure(from_pod, lambda: run(from_pod, direct, ifindex=EP, repeat=packets))
+            per_packet_ns(from_pod, lambda: run(from_pod, direct, ifindex=EP, repeat=packets))
         )
-        samples["dest"].append(_measure(from_pod, lambda: run(from_pod, to_vip, ifindex=EP, repeat=packets)))
+        samples["dest"].append(
+            per_packet_ns(from_pod, lambda: run(from_pod, to_vip, ifindex=EP, repeat=packets))
+        )
         # The judge clears the mark, and test_run repeats reuse one skb: one run per packet.
-        samples["jest"].append(_measure(uplink, drive(uplink, [judged] * new_flows, mark=MARK)))
-        samples["direct1"].append(_measure(from_pod, drive(from_pod, [direct] * new_flows, ifindex=EP)))
+        samples["jest"].append(per_packet_ns(uplink, drive(uplink, [judged] * new_flows, mark=MARK)))
+        samples["direct1"].append(per_packet_ns(from_pod, drive(from_pod, [direct] * new_flows, ifindex=EP)))
         vip_frames, backend_frames = [], []
         for _ in range(new_flows):
             sport = sport + 1 if sport < 65535 else 1024
-            vip_frames.append(_frame(POD, VIP, sport, 80, 0x02))
-            backend_frames.append(_frame(POD, BACKEND, sport, 8080, 0x02))
+            vip_frames.append(tcp_frame(POD, VIP, sport, 80, 0x02))
+            backend_frames.append(tcp_frame(POD, BACKEND, sport, 8080, 0x02))
         dp.maps["vg_ct"].clear()
-        samples["dnew"].append(_measure(from_pod, drive(from_pod, vip_frames, ifindex=EP)))
-        samples["jnew"].append(_measure(uplink, drive(uplink, backend_frames, mark=MARK)))
+        samples["dnew"].append(per_packet_ns(from_pod, drive(from_pod, vip_frames, ifindex=EP)))
+        samples["jnew"].append(per_packet_ns(uplink, drive(uplink, backend_frames, mark=MARK)))
         dp.maps["vg_ct"].clear()
     med = {k: round(statistics.median(v), 1) for k, v in samples.items()}
     return {

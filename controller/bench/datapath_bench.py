@@ -20,6 +20,9 @@ How (DESIGN.md "Measuring performance"):
     figures are medians over rounds, ratios are to the baseline of the same run.
   * per-packet cost: controller.bench.cost (BPF_PROG_TEST_RUN + kernel.bpf_stats_enabled) on
     the smallest and the largest level's Datapath (its big maps loaded).
+  * ClusterNetworkPolicy cost: controller.bench.tier_cost, new-flow and established packets of
+    a pod selected by 1,000 NetworkPolicies with 0, 10 and 100 ClusterNetworkPolicies (its own
+    Datapaths, pinned under the lab's pin root), alternated in the same rounds.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from controller.agent import preflight
-from controller.bench import synth
+from controller.bench import synth, tier_cost
 from controller.bench.bpf_parts import PASSTHROUGH, bench_programs
 from controller.bench.common import (
     lab_cli,
@@ -48,9 +51,11 @@ from controller.bench.common import (
     machine,
     median,
     ratio,
+    rotated,
     tool_version,
 )
 from controller.bench.iptables import Ruleset, build_ruleset
+from controller.bench.tier_cost import TierSettings
 from controller.compiler.builder import cluster_from_objects
 from controller.core import programs
 from controller.core.errors import VethguardError
@@ -81,10 +86,19 @@ class Settings:
     nodes: int = 1
     cost_rounds: int = 7
     cost_packets: int = 20000
+    tiers: TierSettings = field(default_factory=TierSettings)
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(levels=QUICK_LEVELS, rounds=1, seconds=1.0, nodes=1, cost_rounds=3, cost_packets=5000)
+        return cls(
+            levels=QUICK_LEVELS,
+            rounds=1,
+            seconds=1.0,
+            nodes=1,
+            cost_rounds=3,
+            cost_packets=5000,
+            tiers=TierSettings.quick(),
+        )
 
 
 @dataclass
@@ -401,11 +415,6 @@ def configs_for(levels: tuple[Level, ...]) -> list[str]:
     )
 
 
-def rotated(items: list[str], k: int) -> list[str]:
-    k %= len(items)
-    return items[k:] + items[:k]
-
-
 def measure_rounds(bench: Bench) -> dict[str, dict[str, Sample]]:
     s = bench.settings
     configs = configs_for(s.levels)
@@ -509,6 +518,8 @@ def run(settings: Settings) -> dict[str, Any]:
         doc["results"] = summarize(samples, settings.levels)
         doc["programming"] = bench.programming
         doc["per_packet_cost"] = per_packet_cost(bench)
+        log("per-packet cost with ClusterNetworkPolicies")
+        doc["cluster_policy_cost"] = tier_cost.run_all(settings.tiers, str(LabPaths(bench.lab).pin_root))
         doc["lab"] = {"name": bench.lab, "pods": bench.pod_ip, "paths": [asdict(p) for p in bench.paths]}
     doc["machine"]["loadavg_end"] = loadavg()
     return doc

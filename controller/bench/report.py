@@ -62,6 +62,15 @@ def datapath_markdown(doc: dict[str, Any]) -> str:
         ]
         for step in next(iter(steps.values())):
             lines.append(_row([step, *(f"{s[step]:.1f}" for s in steps.values())]))
+    if "cluster_policy_cost" in doc:
+        lines += [
+            "",
+            "Per-packet cost with ClusterNetworkPolicies (controller.bench.tier_cost: one pod selected "
+            "by the NetworkPolicies, with 0 and more ClusterNetworkPolicies beside them; same rounds), "
+            "ns per packet:",
+            "",
+            tiers_markdown(doc["cluster_policy_cost"]).rstrip("\n"),
+        ]
     lines += [
         "",
         "Programming the rules (one node):",
@@ -74,6 +83,29 @@ def datapath_markdown(doc: dict[str, Any]) -> str:
         cells = [lv["rules"], lv["compute_s"], lv["vethguard_sync_s_node1"], lv["ipset_restore_s_node1"]]
         lines.append(_row([*cells, ipt if ipt is not None else "-"]))
     lines += ["", f"Machine: {machine_line(doc)}."]
+    return "\n".join(lines) + "\n"
+
+
+TIERS_HEADER = ["ClusterNetworkPolicies", "NetworkPolicies", "path", "pod's + tier profile's entries"]
+TIERS_HEADER += ["policy lookups"]
+TIERS_HEADER += ["established ns", "x pass", "x no CNP", "new flow ns", "x pass", "x no CNP"]
+
+
+def tiers_markdown(cost: dict[str, Any]) -> str:
+    """controller.bench.tier_cost's figures: one row per ClusterNetworkPolicy count."""
+    lines = [_row(TIERS_HEADER), "|---:|---:|---|" + "---:|" * (len(TIERS_HEADER) - 3)]
+    for c in cost["configs"]:
+        cells: list[Any] = [c["cluster_policies"], c["networkpolicies"]]
+        entries = f"{c['server_policy_entries']} + {c.get('tier_profile_entries', 0)}"
+        cells += ["tiered" if c["tiered"] else "first hit", entries, c["policy_lookups"]]
+        for kind in ("established", "new_flow"):
+            cells += [f"{c[f'{kind}_ns']:.1f}", _r(c[f"{kind}_ratio"]), _r(c[f"{kind}_vs_no_cnp"])]
+        lines.append(_row(cells))
+    lines += [
+        "",
+        f"Pass-through program {cost['passthrough_ns']:.1f} ns; medians of {cost['rounds']} rounds. "
+        f"Map lookups of a new flow: {cost['new_flow_lookups']}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -118,7 +150,7 @@ def control_plane_markdown(doc: dict[str, Any]) -> str:
 # --- plots --------------------------------------------------------------------------------------
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")  # no display: files only
@@ -128,7 +160,7 @@ def _pyplot() -> Any:
 
 
 def datapath_plots(doc: dict[str, Any], out: Path) -> list[Path]:
-    plt = _pyplot()
+    plt = pyplot()
     written = []
     for path in sorted({r["path"] for r in doc["results"]}):
         rows = [r for r in doc["results"] if r["path"] == path]
@@ -161,7 +193,6 @@ def datapath_plots(doc: dict[str, Any], out: Path) -> list[Path]:
         fig.savefig(target, dpi=100)
         plt.close(fig)
         written.append(target)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     cost = doc["per_packet_cost"]
     labels = list(cost)
     kinds = (
@@ -169,31 +200,61 @@ def datapath_plots(doc: dict[str, Any], out: Path) -> list[Path]:
         ("established_ns", "established flow"),
         ("new_flow_ns", "new flow"),
     )
-    width = 0.8 / len(kinds)
-    for i, (key, name) in enumerate(kinds):
-        xs = [j + i * width for j in range(len(labels))]
-        bars = ax.bar(xs, [cost[label][key] for label in labels], width, label=name)
-        ax.bar_label(bars, fmt="%.0f", fontsize=8)
-    ax.set_xticks([j + width for j in range(len(labels))])
-    ax.set_xticklabels(
-        [
-            f"{label.replace('_', ' ')}\n{cost[label]['rules']} rules, {cost[label]['ipcache_pods']} ipcache"
-            for label in labels
-        ]
-    )
-    ax.set_ylabel("ns per packet (kernel BPF stats)")
-    ax.set_title("per-packet program cost")
-    ax.legend()
-    fig.tight_layout()
-    target = out / "per-packet-cost.png"
-    fig.savefig(target, dpi=100)
-    plt.close(fig)
-    written.append(target)
+    groups = [
+        f"{label.replace('_', ' ')}\n{cost[label]['rules']} rules, {cost[label]['ipcache_pods']} ipcache"
+        for label in labels
+    ]
+    series = [(name, [cost[label][key] for label in labels]) for key, name in kinds]
+    written.append(_bars(plt, groups, series, "per-packet program cost", out / "per-packet-cost.png"))
+    if "cluster_policy_cost" in doc:
+        written.append(tiers_plot(plt, doc["cluster_policy_cost"], out))
     return written
 
 
+def tiers_plot(plt: Any, cost: dict[str, Any], out: Path) -> Path:
+    configs = cost["configs"]
+    groups = [
+        f"{c['cluster_policies']} CNPs + {c['networkpolicies']} NPs\n"
+        f"{'tiered' if c['tiered'] else 'first hit'}, policy lookups: {c['policy_lookups']}"
+        for c in configs
+    ]
+    series = [
+        (name, [c[key] for c in configs])
+        for key, name in (("established_ns", "established flow"), ("new_flow_ns", "new flow"))
+    ]
+    title = "per-packet cost with ClusterNetworkPolicies"
+    return _bars(plt, groups, series, title, out / "cluster-policy-cost.png", floor=cost["passthrough_ns"])
+
+
+def _bars(
+    plt: Any,
+    groups: list[str],
+    series: list[tuple[str, list[float]]],
+    title: str,
+    target: Path,
+    floor: float | None = None,
+) -> Path:
+    """Grouped bars: one group per label, one bar per series, in ns per packet."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    width = 0.8 / len(series)
+    for i, (name, values) in enumerate(series):
+        bars = ax.bar([j + i * width for j in range(len(groups))], values, width, label=name)
+        ax.bar_label(bars, fmt="%.0f", fontsize=8)
+    if floor is not None:
+        ax.axhline(floor, color="grey", linestyle=":", label="pass-through program")
+    ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(groups))])
+    ax.set_xticklabels(groups)
+    ax.set_ylabel("ns per packet (kernel BPF stats)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(target, dpi=100)
+    plt.close(fig)
+    return target
+
+
 def control_plane_plots(doc: dict[str, Any], out: Path) -> list[Path]:
-    plt = _pyplot()
+    plt = pyplot()
     sizes = doc["sizes"]
     pods = [s["pods"] for s in sizes]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))

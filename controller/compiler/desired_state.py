@@ -95,6 +95,7 @@ class EndpointDesired:
     ingress_tiered: bool = False
     egress_tiered: bool = False
     cluster_policies: Sequence[str] = ()  # names of the ClusterNetworkPolicies that select it
+    tier_profile: int = 0  # TIER_PROFILE_BIT | n: the key of its tier entries (NodeDesired.tier_profiles)
 
 
 @dataclass(frozen=True, order=True)
@@ -119,3 +120,6 @@ class NodeDesired:
     # This node's own addresses (its Node object's): believed only on packets it sends itself
     # (vg_local, bpf/lib/trust.h).
     host_addresses: tuple[str, ...] = ()
+    # The tier profiles its endpoints use: profile id -> ClusterNetworkPolicy entries (keyed in
+    # vg_policy by the profile id instead of an endpoint's)
+    tier_profiles: Mapping[int, Mapping[PolicyEntryKey, PolicyEntryValue]] = field(default_factory=dict)

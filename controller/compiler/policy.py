@@ -293,8 +293,13 @@ class CompiledCluster:
         return self.node_ipcaches.for_node(node)
 
     def node_desired(self, node: str) -> NodeDesired:
+        endpoints = self.node_endpoints.for_node(node)
+        profiles = self.tiers.profiles
         return NodeDesired(
-            endpoints=self.node_endpoints.for_node(node),
+            endpoints=endpoints,
+            tier_profiles={
+                ep.tier_profile: profiles[ep.tier_profile] for ep in endpoints.values() if ep.tier_profile
+            },
             ipcache=self.ipcache_for(node),
             rules={**self.rules, **self.tiers.rules},
             identities=self.identities,

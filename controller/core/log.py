@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 import structlog
@@ -60,3 +62,19 @@ def configure(level: str = "info", *, json: bool | None = None, stream: TextIO |
 
 def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
+
+
+def scalar_fields(result: Any) -> Any:
+    """The scalar fields of a dataclass- or mapping-like result, for a log line (never its lists)."""
+    if result is None:
+        return None
+    if dataclasses.is_dataclass(result) and not isinstance(result, type):
+        out = {}
+        for f in dataclasses.fields(result):
+            v = getattr(result, f.name)
+            if isinstance(v, (int, float, str, bool)) or v is None:
+                out[f.name] = v
+        return out
+    if isinstance(result, Mapping):
+        return {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
+    return str(result)[:200]

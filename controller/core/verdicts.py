@@ -15,4 +15,6 @@ TIER_NONE = 0
 TIER_ACCEPT = 1
 TIER_DENY = 2
 TIER_PASS = 3
+# policy_key.ep_id of a tier profile's entries (bpf/lib/structs.h): never an ifindex
+TIER_PROFILE_BIT = 0x80000000
 TIER_ACTION_NAMES = {TIER_ACCEPT: "Accept", TIER_DENY: "Deny", TIER_PASS: "Pass"}

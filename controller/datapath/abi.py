@@ -124,6 +124,7 @@ class EndpointInfo(_Struct):
         ("ipv4", ctypes.c_uint8 * 4),  # __be32: kept as bytes
         ("ipv6", U8x16),
         ("slot", ctypes.c_uint32),  # this endpoint in the mark of deferred packets (vg_slots)
+        ("tier_profile", ctypes.c_uint32),  # TIERED: policy_key.ep_id of its tier entries
     ]
 
 

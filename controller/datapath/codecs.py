@@ -55,9 +55,15 @@ def addr_from16(raw: bytes | ctypes.Array[ctypes.c_uint8], family: int) -> str:
 
 
 def encode_endpoint(
-    ep_id: int, identity: int, flags: int, ipv4: str | None, ipv6: str | None, slot: int = 0
+    ep_id: int,
+    identity: int,
+    flags: int,
+    ipv4: str | None,
+    ipv6: str | None,
+    slot: int = 0,
+    tier_profile: int = 0,
 ) -> tuple[bytes, bytes]:
-    v = EndpointInfo(ep_id=ep_id, identity=identity, flags=flags, slot=slot)
+    v = EndpointInfo(ep_id=ep_id, identity=identity, flags=flags, slot=slot, tier_profile=tier_profile)
     if ipv4:
         v.ipv4[:] = list(ipaddress.IPv4Address(ipv4).packed)
     if ipv6:
@@ -191,6 +197,7 @@ class Endpoint:
     ipv4: str | None
     ipv6: str | None
     slot: int = 0
+    tier_profile: int = 0
 
 
 def decode_endpoint(kb: bytes, vb: bytes) -> Endpoint:
@@ -205,6 +212,7 @@ def decode_endpoint(kb: bytes, vb: bytes) -> Endpoint:
         ipv4=str(ipaddress.IPv4Address(v4)) if any(v4) else None,
         ipv6=str(ipaddress.IPv6Address(v6)) if any(v6) else None,
         slot=v.slot,
+        tier_profile=v.tier_profile,
     )
 
 

@@ -131,6 +131,8 @@ class Encoder:
         self._ipcache: IpcacheEncoding | None = None
         self._frontends: tuple[Any, dict[bytes, bytes]] | None = None
         self._host: tuple[tuple[str, ...], dict[bytes, bytes]] | None = None
+        # tier profile id -> (its entries mapping, their encoding)
+        self._profiles: dict[int, tuple[Mapping[PolicyEntryKey, PolicyEntryValue], dict[bytes, bytes]]] = {}
 
     def encode(self, desired: NodeDesired, pod_ifindex: Mapping[str, int]) -> Encoding:
         endpoints: dict[bytes, bytes] = {}
@@ -155,6 +157,15 @@ class Encoder:
                 # Two pods claiming one ifindex: later pods' entries win, as in one flat map.
                 policy[ifindex] = hit.policy if had is None else {**had, **hit.policy}
         self._endpoints = kept
+        # Tier profiles: keyed in vg_policy by their id (TIER_PROFILE_BIT set) like an endpoint.
+        profiles: dict[int, tuple[Mapping[PolicyEntryKey, PolicyEntryValue], dict[bytes, bytes]]] = {}
+        for pid, entries in getattr(desired, "tier_profiles", {}).items():
+            got = self._profiles.get(pid)
+            if got is None or got[0] is not entries:
+                got = (entries, dict(codecs.encode_policy(pid, k, v) for k, v in entries.items()))
+            profiles[pid] = got
+            policy[pid] = got[1]
+        self._profiles = profiles
         self._ipcache = ipcache = self._encode_ipcache(desired.ipcache)
         frontends = getattr(desired, "frontends", ())
         if self._frontends is None or self._frontends[0] != frontends:
@@ -330,6 +341,7 @@ def _encode_endpoint(
         ),
         ep.ipv4,
         ep.ipv6,
+        tier_profile=ep.tier_profile,
     )
     local = tuple(codecs.encode_local(a, ifindex) for a in (ep.ipv4, ep.ipv6) if a)
     entries = ep.entries

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from controller.core.errors import VethguardError
+from controller.core.verdicts import TIER_PROFILE_BIT
 from controller.datapath import abi, bpfsys, codecs
 from controller.datapath.encoding import KV, PENDING_FLAGS, Encoding, IpcacheEncoding, assign_slots
 
@@ -182,6 +183,14 @@ class _FullTracker:
         if ep_id is None:
             self.node_wide = self.node_wide or map_name
             targets = [int.from_bytes(k[:4], sys.byteorder) for k in self.desired_endpoints]
+        elif ep_id & TIER_PROFILE_BIT:
+            # A tier profile's entries did not fit: every endpoint that uses it closes.
+            self.failed.setdefault(ep_id, map_name)
+            targets = [
+                int.from_bytes(k[:4], sys.byteorder)
+                for k, v in self.desired_endpoints.items()
+                if abi.EndpointInfo.from_bytes(v).tier_profile == ep_id
+            ]
         else:
             targets = [ep_id]
         for ep in targets:
@@ -392,7 +401,7 @@ def _execute(
         revision=revision,
         ct_deleted=ct_deleted,
         ops=tuple(ops),
-        full=dict(full.failed),
+        full={ep: m for ep, m in full.failed.items() if not ep & TIER_PROFILE_BIT},
         skipped=full.skipped,
     )
     if result.changed:

@@ -2,7 +2,9 @@
 
     vethguard bpf endpoints|identities|ipcache|policy [NS/POD]|ct [NS/POD]|counters [NS/POD]
     vethguard get netpol [-A|-n NS] [-o wide|json|yaml]
+    vethguard get cnp [-o wide|json|yaml]           (ClusterNetworkPolicy, cluster-scoped)
     vethguard describe netpol [NAME] -n NS
+    vethguard describe cnp [NAME]
     vethguard explain FROM TO --port P [--protocol X] [--family 4|6] [--no-kernel] [-o json]
     vethguard observe [--pod NS/POD] [--verdict allowed|denied|audit] [-f] [--timeout S] [--count N] [-o json]
     vethguard reachability [-n NS] [--port P] [--protocol X] [--probe] [-o json]
@@ -14,7 +16,12 @@ node (`--node NAME --pin-root DIR --kubeconfig FILE`), and `-o json`. The same c
 Pieces: source.py (API objects, pinned map dirs, agent /status), view.py (the compiled cluster
 every number is translated with), kernel.py (bpf(2) dumps and live LPM lookups), ringbuf.py
 (mmap consumer of the pinned vg_events ring), and the pure per-command modules bpfview,
-netpol, explain, observe, reach; cli.py wires them.
+netpol, cnp, explain, observe, reach; cli.py wires them.
+
+ClusterNetworkPolicy tiers: explain, observe, reachability and `bpf policy` name the tier
+(Admin, NetworkPolicy, Baseline), the policy, the rule (index and `name`) and its action, and
+explain the Pass rules that handed a decision on. ClusterNetworkPolicies are listed like the
+other kinds; a cluster without their CRD (404) simply has none.
 
 Decisions where the issue was silent:
 - Translation uses the cluster objects listed from the API at the time of the command,

@@ -23,7 +23,7 @@ from controller.datapath import abi
 from controller.datapath.readback import KernelState
 from controller.debug.render import port_range, proto_name
 from controller.debug.verdict_model import policy_lpm
-from controller.debug.view import DIRECTION_NAMES, ClusterView
+from controller.debug.view import DIRECTION_NAMES, ClusterView, rule_policy
 
 Row = dict[str, Any]
 
@@ -34,7 +34,11 @@ FLAG_NAMES = (
     (abi.EP_F_EGRESS_AUDIT, "egress-audit"),
     (abi.EP_F_AUDIT, "audit"),
     (abi.EP_F_PENDING, "pending"),
+    (abi.EP_F_INGRESS_TIERED, "ingress-tiered"),
+    (abi.EP_F_EGRESS_TIERED, "egress-tiered"),
 )
+
+NP_VERDICTS = {verdicts.VERDICT_ALLOW: "allow", verdicts.VERDICT_DENY: "deny"}
 SEEN_NAMES = ((abi.CT_SEEN_REPLY, "reply"), (abi.CT_SEEN_FIN, "fin"), (abi.CT_SEEN_RST, "rst"))
 
 
@@ -66,13 +70,42 @@ def _ep_name(pods: Mapping[int, str], ep_id: int) -> str:
 
 
 def rule_text(view: ClusterView, ref: int) -> tuple[str | None, str | None]:
-    """(policy ns/name, rule like ingress[0]) of a rule reference; (None, None) for 0/unknown."""
+    """(policy: ns/name or a ClusterNetworkPolicy's name, rule like ingress[0] or, for a
+    ClusterNetworkPolicy's named rule, ingress[0] (name)) of a rule reference; (None, None) for 0."""
     if not ref:
         return None, None
     rule = view.rule(ref)
     if rule is None:
         return None, f"unknown-rule({ref:#x})"
-    return f"{rule.namespace}/{rule.policy}", f"{DIRECTION_NAMES[rule.direction]}[{rule.index}]"
+    named = f" ({rule.name})" if rule.name else ""
+    return rule_policy(rule), f"{DIRECTION_NAMES[rule.direction]}[{rule.index}]{named}"
+
+
+def tier_fields(view: ClusterView, tier: str, action: int, rank: int, ref: int) -> Row:
+    """One tier's answer of a policy entry: action, rank, rule (None when the tier has none)."""
+    if action == verdicts.TIER_NONE:
+        return {
+            tier: None,
+            f"{tier}_rank": None,
+            f"{tier}_policy": None,
+            f"{tier}_rule": None,
+            f"{tier}_ref": 0,
+        }
+    policy, rule = rule_text(view, ref)
+    return {
+        tier: verdicts.TIER_ACTION_NAMES.get(action, str(action)),
+        f"{tier}_rank": rank,
+        f"{tier}_policy": policy,
+        f"{tier}_rule": rule,
+        f"{tier}_ref": ref,
+    }
+
+
+def tier_cell(row: Row, tier: str) -> str | None:
+    """`Deny(rank 2) protect-x-a ingress[2] (deny-others)` for the text table."""
+    if row.get(tier) is None:
+        return None
+    return f"{row[tier]}(rank {row[tier + '_rank']}) {row[tier + '_policy']} {row[tier + '_rule']}"
 
 
 def endpoint_rows(view: ClusterView, node: str, state: KernelState) -> list[Row]:
@@ -184,14 +217,23 @@ def policy_rows(
     view: ClusterView, node: str, state: KernelState, now_ns: int, pod: str | None = None
 ) -> list[Row]:
     pods = endpoint_pods(view, state)
+    # A tier profile's entries (keyed by its id, TIER_PROFILE_BIT set) belong to every endpoint
+    # that uses it: shown as "tier-profile 0x...", or as the pod's own rows when asking for one.
+    users: dict[int, list[str]] = {}
+    for ep in state.endpoints.values():
+        if ep.tier_profile:
+            users.setdefault(ep.tier_profile, []).append(_ep_name(pods, ep.ep_id))
     counts = ct_attribution(state, now_ns)
     rows = []
     for (ep_id, key), value in sorted(
         state.policy.items(), key=lambda kv: (_ep_name(pods, kv[0][0]), kv[0][1])
     ):
-        name = _ep_name(pods, ep_id)
-        if pod is not None and name != pod:
-            continue
+        profile = ep_id & verdicts.TIER_PROFILE_BIT
+        name = f"tier-profile {ep_id:#x}" if profile else _ep_name(pods, ep_id)
+        if pod is not None:
+            if (pod not in users.get(ep_id, ())) if profile else name != pod:
+                continue
+            name = pod
         policy, rule = rule_text(view, value.rule_ref)
         flows, packets, nbytes = counts.get((ep_id, key), (0, 0, 0))
         rows.append(
@@ -203,12 +245,16 @@ def policy_rows(
                 "peer": view.identity_text(key.identity),
                 "protocol": proto_name(key.proto),
                 "ports": port_range(key.port, key.port_plen) if key.proto else "*",
+                # NetworkPolicy's answer: allow, or None (no NetworkPolicy rule allows it)
                 "verdict": {verdicts.VERDICT_ALLOW: "allow", verdicts.VERDICT_DENY: "deny"}.get(
-                    value.verdict, str(value.verdict)
+                    value.verdict
                 ),
                 "policy": policy,
                 "rule": rule,
                 "rule_ref": value.rule_ref,
+                "tier_profile": ep_id if profile else 0,
+                **tier_fields(view, "admin", value.admin, value.admin_rank, value.admin_ref),
+                **tier_fields(view, "baseline", value.baseline, value.baseline_rank, value.baseline_ref),
                 "flows": flows,
                 "packets": packets,
                 "bytes": nbytes,

@@ -15,7 +15,7 @@ from typing import Any
 from controller.core.errors import VethguardError
 from controller.datapath import codecs
 from controller.datapath.codecs import Event
-from controller.debug import bpfview, netpol, observe, reach
+from controller.debug import bpfview, cnp, netpol, observe, reach
 from controller.debug import explain as explain_mod
 from controller.debug.inputs import DEFAULT_AGENT, DEFAULT_PIN_ROOT, LabTarget, LocalTarget, NodeRef, Target
 from controller.debug.kernel import LiveHalf, NodeMaps
@@ -74,7 +74,8 @@ def _behind(view: ClusterView, agents: dict[str, dict[str, Any] | None]) -> dict
 
 # -- bpf -------------------------------------------------------------------------------------
 
-BPF_COLUMNS: dict[str, list[tuple[str, str]]] = {
+# (header, row key or a function of the row) per table
+BPF_COLUMNS: dict[str, list[tuple[str, str | Callable[[dict[str, Any]], Any]]]] = {
     "endpoints": [
         ("NODE", "node"),
         ("IFINDEX", "ifindex"),
@@ -113,6 +114,8 @@ BPF_COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("VERDICT", "verdict"),
         ("POLICY", "policy"),
         ("RULE", "rule"),
+        ("ADMIN", lambda r: bpfview.tier_cell(r, "admin")),
+        ("BASELINE", lambda r: bpfview.tier_cell(r, "baseline")),
         ("FLOWS", "flows"),
         ("PACKETS", "packets"),
         ("BYTES", "bytes"),
@@ -174,7 +177,7 @@ def bpf_rows(what: str, view: ClusterView, node: NodeRef, pod: str | None) -> li
 
 def cmd_bpf(args: argparse.Namespace) -> int:
     target = make_target(args)
-    view = ClusterView(target.objects())
+    view = _view(target)
     pod = getattr(args, "pod", None)
     if pod is not None and pod not in view.cluster.pods:
         raise VethguardError(f"{pod}: no such pod")
@@ -185,7 +188,9 @@ def cmd_bpf(args: argparse.Namespace) -> int:
         dump({"kind": f"vethguard.bpf.{args.what}", "items": rows}, "json")
         return 0
     cols = BPF_COLUMNS[args.what]
-    print(table([c for c, _ in cols], [[_cell(r[k]) for _, k in cols] for r in rows]))
+    print(
+        table([c for c, _ in cols], [[_cell(k(r) if callable(k) else r[k]) for _, k in cols] for r in rows])
+    )
     if args.what == "policy":
         print("(FLOWS/PACKETS/BYTES: conntrack entries alive now that each entry allowed; both directions)")
     return 0
@@ -204,11 +209,29 @@ def _policies(view: ClusterView, namespace: str | None) -> list[dict[str, Any]]:
     ]
 
 
+def _view(target: Target) -> ClusterView:
+    """The compiled view of the target's objects; what could not be listed is said on stderr."""
+    raw = target.objects()
+    for w in raw.warnings:
+        print(f"vethguard: warning: {w}", file=sys.stderr)
+    return ClusterView(raw)
+
+
 def cmd_get(args: argparse.Namespace) -> int:
     target = make_target(args)
-    view = ClusterView(target.objects())
+    view = _view(target)
     nodes = target.nodes()
     agents = _agents(target, nodes)
+    if args.kind in cnp.NAMES:
+        objs = sorted(view.raw.cluster_policies, key=cnp.name)
+        if args.output in ("json", "yaml"):
+            dump({"apiVersion": "v1", "kind": "List", "items": [dict(o) for o in objs]}, args.output)
+        elif not objs:
+            print("No resources found", file=sys.stderr)
+        else:
+            rows = cnp.get_rows(view, objs, [n.name for n in nodes], agents)
+            print(cnp.get_text(rows, wide=args.output == "wide"))
+        return 0
     ns = None if args.all_namespaces else args.namespace
     pols = _policies(view, ns)
     if args.output in ("json", "yaml"):
@@ -224,9 +247,21 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 def cmd_describe(args: argparse.Namespace) -> int:
     target = make_target(args)
-    view = ClusterView(target.objects())
+    view = _view(target)
     nodes = target.nodes()
     agents = _agents(target, nodes)
+    if args.kind in cnp.NAMES:
+        objs = [o for o in view.raw.cluster_policies if args.name is None or cnp.name(o) == args.name]
+        if not objs and args.name is not None:
+            raise VethguardError(f'{cnp.RESOURCE} "{args.name}" not found')
+        if not objs:
+            print("No resources found", file=sys.stderr)
+        texts = [
+            cnp.describe_text(view, o, [n.name for n in nodes], agents) for o in sorted(objs, key=cnp.name)
+        ]
+        if texts:
+            print("\n\n".join(texts))
+        return 0
     pols = [
         p for p in _policies(view, args.namespace) if args.name is None or p["metadata"]["name"] == args.name
     ]
@@ -244,9 +279,14 @@ def cmd_describe(args: argparse.Namespace) -> int:
 # -- explain -----------------------------------------------------------------------------------
 
 
+def _open_pinned(ref: NodeRef) -> NodeMaps:
+    return NodeMaps(ref.pin_dir)
+
+
 def live_lookup(
-    nodes: dict[str, NodeRef],
+    nodes: dict[str, NodeRef], open_maps: Callable[[NodeRef], NodeMaps] = _open_pinned
 ) -> tuple[Callable[[str, str, int, str, int, int], LiveHalf | None], Callable[[], None]]:
+    """explain's live lookup over the maps of `nodes` (opened on first use), and a closer."""
     opened: dict[str, NodeMaps] = {}
 
     def live(node: str, ep_ip: str, direction: int, peer: str, proto: int, port: int) -> LiveHalf | None:
@@ -255,7 +295,7 @@ def live_lookup(
             return None  # another node's maps are not visible from here
         nm = opened.get(node)
         if nm is None:
-            nm = opened[node] = NodeMaps(ref.pin_dir)
+            nm = opened[node] = open_maps(ref)
         ep = nm.endpoint_by_ip(ep_ip)
         if ep is None:
             raise VethguardError(f"no endpoint entry for {ep_ip} in {ref.pin_dir}/vg_endpoints")
@@ -270,7 +310,7 @@ def live_lookup(
 
 def cmd_explain(args: argparse.Namespace) -> int:
     target = make_target(args)
-    view = ClusterView(target.objects())
+    view = _view(target)
     nodes = {n.name: n for n in target.nodes()}
     live, close = (None, lambda: None) if args.no_kernel else live_lookup(nodes)
     try:
@@ -298,7 +338,7 @@ def cmd_observe(args: argparse.Namespace) -> int:
     from controller.debug.ringbuf import RingBuffer, wait_any
 
     target = make_target(args)
-    view = ClusterView(target.objects())
+    view = _view(target)
     refreshed = time.monotonic()
     rings: list[tuple[str, RingBuffer]] = []
     try:
@@ -348,7 +388,7 @@ def cmd_observe(args: argparse.Namespace) -> int:
 
 def cmd_reachability(args: argparse.Namespace) -> int:
     target = make_target(args)
-    view = ClusterView(target.objects())
+    view = _view(target)
     pods = view.pods(args.namespace)
     if not pods:
         raise VethguardError(
@@ -374,6 +414,10 @@ def cmd_reachability(args: argparse.Namespace) -> int:
             "'.' allowed  'X' denied"
             + ("  '!' the kernel disagreed (shown: what the probe saw)" if args.probe else "")
         )
+        tiers = reach.tier_lines(results)
+        if tiers:
+            print("decided by ClusterNetworkPolicy rules (cells):")
+            print("\n".join(tiers))
         for r in disagree:
             print(
                 f"MISMATCH: {r['from']} -> {r['to']}: policy says {'allowed' if r['allowed'] else 'denied'}, "
@@ -413,17 +457,23 @@ def register(sub: Any) -> None:
         _target_args(q)
         q.set_defaults(func=cmd_bpf)
 
-    p = sub.add_parser("get", help="list NetworkPolicies like kubectl, with selected pods and realization")
-    p.add_argument("kind", choices=NETPOL_NAMES, metavar="netpol")
+    p = sub.add_parser(
+        "get",
+        help="list NetworkPolicies or ClusterNetworkPolicies (cnp) like kubectl, with selected pods "
+        "and realization",
+    )
+    p.add_argument("kind", choices=NETPOL_NAMES + cnp.NAMES, metavar="netpol|cnp")
     p.add_argument("-n", "--namespace", default="default")
     p.add_argument("-A", "--all-namespaces", action="store_true")
     _target_args(p, ("wide", "json", "yaml"))
     p.set_defaults(func=cmd_get)
 
     p = sub.add_parser(
-        "describe", help="describe NetworkPolicies like kubectl, plus what vethguard made of them"
+        "describe",
+        help="describe NetworkPolicies or ClusterNetworkPolicies (cnp) like kubectl, plus what "
+        "vethguard made of them",
     )
-    p.add_argument("kind", choices=NETPOL_NAMES, metavar="netpol")
+    p.add_argument("kind", choices=NETPOL_NAMES + cnp.NAMES, metavar="netpol|cnp")
     p.add_argument("name", nargs="?")
     p.add_argument("-n", "--namespace", default="default")
     _target_args(p, ())

@@ -11,12 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.compiler.policy import rule_ref
+from controller.compiler.desired_state import PolicyEntryKey, RuleRef
 from controller.core.errors import VethguardError
+from controller.core.verdicts import DIR_INGRESS
 from controller.debug import verdict_model
 from controller.debug.kernel import LiveHalf
 from controller.debug.render import port_range, proto_name
-from controller.debug.view import DIRECTION_NAMES, ClusterView
+from controller.debug.view import DIRECTION_NAMES, ClusterView, rule_json, rule_policy
 
 # (node, endpoint address, direction, peer address, proto, port) -> the live maps' answer
 LiveLookup = Callable[[str, str, int, str, int, int], LiveHalf | None]
@@ -39,26 +40,37 @@ class Half:
     allowed: bool
     reason: str
     policies: list[str]  # the deciding policies
-    rule: str | None  # "ns/name ingress[0]" of an allowing rule
+    rule: str | None  # the deciding rule: "ns/name ingress[0]", "Admin:name ingress[0] (rule name)"
     rule_ref: int
     isolated_by: list[str]
     peer: str
     peer_identity: int
     peer_labels: str
     text: str
+    deciding: RuleRef | None = None
+    tier: str | None = None  # "Admin", "NetworkPolicy", "Baseline": the tier that decided, if any
+    action: str | None = None  # the deciding rule's action: Accept / Deny (tiers), Allow (NetworkPolicy)
+    passed: tuple[RuleRef, ...] = ()  # the tiers' Pass rules that handed the decision on
     kernel: LiveHalf | None = None
     kernel_error: str | None = None
     mismatch: str | None = None
 
     def as_json(self) -> dict[str, Any]:
+        d = self.deciding
         return {
             "direction": DIRECTION_NAMES[self.direction],
             "endpoint": self.endpoint,
             "node": self.node,
             "allowed": self.allowed,
             "reason": self.reason,
+            "tier": self.tier,
+            "policy": rule_policy(d) if d else (self.policies[0] if self.policies else None),
             "policies": self.policies,
             "rule": self.rule,
+            "rule_index": d.index if d else None,
+            "rule_name": (d.name or None) if d else None,
+            "action": self.action,
+            "passed": [rule_json(r) for r in self.passed],
             "isolated_by": self.isolated_by,
             "peer": self.peer,
             "peer_identity": self.peer_identity,
@@ -69,6 +81,7 @@ class Half:
                 "allowed": self.kernel.allowed,
                 "reason": self.kernel.reason,
                 "rule_ref": self.kernel.rule_ref,
+                "passed_refs": list(self.kernel.passed),
             },
             "kernel_error": self.kernel_error,
             "mismatch": self.mismatch,
@@ -139,6 +152,29 @@ def _join(names: list[str]) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1]
 
 
+TIER_REASONS = {
+    verdict_model.ALLOW_ADMIN: ("Admin", "Accept"),
+    verdict_model.DROP_ADMIN: ("Admin", "Deny"),
+    verdict_model.ALLOW_BASELINE: ("Baseline", "Accept"),
+    verdict_model.DROP_BASELINE: ("Baseline", "Deny"),
+}
+
+
+def _matched_text(view: ClusterView, m: PolicyEntryKey | None, port: int) -> str:
+    what = "any port and protocol"
+    if m is not None and m.proto:
+        what = f"{proto_name(m.proto)} {port_range(m.port, m.port_plen)}"
+    peer = "any peer" if m is not None and m.identity == 0 else view.identity_text(m.identity if m else 0)
+    return f"peer {peer}, {what}"
+
+
+def _tier_rule_text(rule: RuleRef, action: str) -> str:
+    """Admin tier: ClusterNetworkPolicy NAME ingress[0] (rule name): Accept"""
+    named = f" ({rule.name})" if rule.name else ""
+    where = f"{DIRECTION_NAMES[rule.direction]}[{rule.index}]{named}"
+    return f"{rule.tier} tier: ClusterNetworkPolicy {rule.policy} {where}: {action}"
+
+
 def _half(view: ClusterView, hv: verdict_model.HalfVerdict, node: str | None, proto: int, port: int) -> Half:
     direction = hv.direction
     pod = hv.endpoint
@@ -146,33 +182,54 @@ def _half(view: ClusterView, hv: verdict_model.HalfVerdict, node: str | None, pr
     dname = DIRECTION_NAMES[direction]
     peer_labels = view.identity_text(hv.peer_identity)
     policies: list[str] = []
-    rule = None
-    ref = 0
+    rule = str(hv.rule) if hv.rule is not None else None
+    tier: str | None = None
+    action: str | None = None
+    passed = "".join(f"{_tier_rule_text(r, 'Pass')} handed it on; " for r in hv.passed)
     if hv.reason == verdict_model.NOT_ENFORCED:
         text = "not enforced: no pod of this cluster on this side"
+    elif hv.reason in TIER_REASONS and hv.rule is not None:
+        tier, action = TIER_REASONS[hv.reason]
+        policies = [hv.rule.policy]
+        verb = "allowed" if hv.allowed else "denied"
+        text = (
+            f"{passed}{verb} by {_tier_rule_text(hv.rule, action)} ({_matched_text(view, hv.matched, port)})"
+        )
     elif hv.reason == verdict_model.ALLOW_HOST:
         text = "allowed: the peer is this pod's own node (always allowed)"
+        if hv.rule is not None and hv.rule.is_cluster:
+            tier, action, policies = hv.rule.tier, "Accept", [hv.rule.policy]
+            text = (
+                f"allowed: the peer is this pod's own node, accepted by {_tier_rule_text(hv.rule, 'Accept')}"
+            )
+        elif direction != DIR_INGRESS and pod is not None and _tiered(view, node, pod, direction):
+            text = (
+                f"{passed}allowed: the peer is this pod's own node "
+                "(no ClusterNetworkPolicy rule denies it; NetworkPolicy never blocks it)"
+            )
     elif hv.reason == verdict_model.ALLOW_NOT_ISOLATED:
         text = (
-            f"allowed: not isolated for {dname} "
+            f"{passed}allowed: not isolated for {dname} "
             f"(no policy selects {pod} with policyType {dname.capitalize()})"
         )
+        if pod is not None and _tiered(view, node, pod, direction):
+            text = (
+                f"{passed}allowed: no ClusterNetworkPolicy rule decides and not isolated for {dname} "
+                f"(no policy selects {pod} with policyType {dname.capitalize()})"
+            )
     elif hv.reason == verdict_model.ALLOW_POLICY and hv.rule is not None:
         policies = [f"{hv.rule.namespace}/{hv.rule.policy}"]
-        rule = str(hv.rule)
-        ref = rule_ref(hv.rule.namespace, hv.rule.policy, hv.rule.direction, hv.rule.index)
-        m = hv.matched
-        what = "any port and protocol"
-        if m is not None and m.proto:
-            what = f"{proto_name(m.proto)} {port_range(m.port, m.port_plen)}"
-        peer = "any peer" if m is not None and m.identity == 0 else view.identity_text(m.identity if m else 0)
-        text = f"allowed by {rule} (peer {peer}, {what})"
+        tier, action = "NetworkPolicy", "Allow"
+        text = f"{passed}allowed by {rule} ({_matched_text(view, hv.matched, port)})"
     elif hv.reason == verdict_model.ALLOW_AUDIT:
         policies = list(isolated)
-        text = f"allowed in AUDIT mode: would be denied: isolated by {_join(isolated)} and no rule matches"
+        tier = "NetworkPolicy"
+        why = f"isolated by {_join(isolated)} and no rule matches"
+        text = f"{passed}allowed in AUDIT mode: would be denied: {why}"
     else:
         policies = list(isolated)
-        text = f"denied: isolated by {_join(isolated)} and no rule matches"
+        tier = "NetworkPolicy" if isolated else None
+        text = f"{passed}denied: isolated by {_join(isolated)} and no rule matches"
     return Half(
         direction=direction,
         endpoint=pod,
@@ -181,13 +238,24 @@ def _half(view: ClusterView, hv: verdict_model.HalfVerdict, node: str | None, pr
         reason=hv.reason,
         policies=policies,
         rule=rule,
-        rule_ref=ref,
+        rule_ref=hv.rule_ref,
         isolated_by=isolated,
         peer=view.who(hv.peer),
         peer_identity=hv.peer_identity,
         peer_labels=peer_labels,
         text=text,
+        deciding=hv.rule,
+        tier=tier,
+        action=action,
+        passed=hv.passed,
     )
+
+
+def _tiered(view: ClusterView, node: str | None, pod: str, direction: int) -> bool:
+    ep = view.desired(node).endpoints.get(pod) if node else None
+    if ep is None:
+        return False
+    return ep.ingress_tiered if direction == DIR_INGRESS else ep.egress_tiered
 
 
 def explain(
@@ -251,10 +319,13 @@ def explain(
 def _compare(view: ClusterView, half: Half, node: str, behind: str | None) -> None:
     k = half.kernel
     assert k is not None
-    if (k.allowed, k.reason, k.rule_ref) == (half.allowed, half.reason, half.rule_ref):
+    kpassed = tuple(view.rule(ref) for ref in k.passed)
+    if (k.allowed, k.reason, k.rule_ref, kpassed) == (half.allowed, half.reason, half.rule_ref, half.passed):
         return
     krule = view.rule(k.rule_ref)
     ktext = f"{k.reason} {krule}" if krule else k.reason
+    if kpassed != half.passed:
+        ktext += ", passed by " + (", ".join(str(r or "an unknown rule") for r in kpassed) or "no rule")
     msg = (
         f"{DIRECTION_NAMES[half.direction]} of {half.endpoint} on {node}: compiled state says "
         f"{'allowed' if half.allowed else 'denied'} ({half.reason}{' ' + half.rule if half.rule else ''}), "

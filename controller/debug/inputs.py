@@ -5,6 +5,9 @@ a lab (`--lab NAME`).
 Local node: objects through the official client (--kubeconfig / $KUBECONFIG / in-cluster),
 maps under <pin-root>/<node>/, agent status from http://127.0.0.1:9890/status (the agent runs
 with hostNetwork, so the node's loopback is ours).
+ClusterNetworkPolicies (policy.networking.k8s.io/v1alpha2, a CRD a cluster may not have) are
+listed with the client's CustomObjectsApi: a 404 (the CRD is not installed) means none; a 403
+(not allowed to list them) means none too, with a warning that tier decisions are missing.
 Lab: objects over the lab's unix socket (/run/vethguard/labs/<lab>/api.sock, the same
 Kubernetes protocol), maps under /sys/fs/bpf/vethguard/lab-<lab>/node-<i>/ (bpffs is not
 per network namespace), agent status fetched inside each node's network namespace.
@@ -34,7 +37,18 @@ LIST_PATHS = (
     ("policies", "/apis/networking.k8s.io/v1/networkpolicies"),
     ("nodes", "/api/v1/nodes"),
 )
-LIST_KINDS = {"namespaces": "Namespace", "pods": "Pod", "policies": "NetworkPolicy", "nodes": "Node"}
+LIST_KINDS = {
+    "namespaces": "Namespace",
+    "pods": "Pod",
+    "policies": "NetworkPolicy",
+    "nodes": "Node",
+    "cluster_policies": "ClusterNetworkPolicy",
+}
+CNP_GROUP, CNP_VERSION, CNP_PLURAL = "policy.networking.k8s.io", "v1alpha2", "clusternetworkpolicies"
+CNP_PATH = f"/apis/{CNP_GROUP}/{CNP_VERSION}/{CNP_PLURAL}"
+CNP_API_VERSION = f"{CNP_GROUP}/{CNP_VERSION}"
+
+Lists = dict[str, tuple[list[dict[str, Any]], int | None]]
 
 
 @dataclass(frozen=True)
@@ -52,12 +66,26 @@ def _items(kind_field: str, body: Any) -> tuple[list[dict[str, Any]], int | None
         # List items carry no kind; the model does not need it, `get -o yaml` prints it.
         item = dict(item)
         item.setdefault("kind", LIST_KINDS[kind_field])
+        if kind_field == "cluster_policies":
+            item.setdefault("apiVersion", CNP_API_VERSION)
         items.append(item)
     rv = (body.get("metadata") or {}).get("resourceVersion")
     return items, int(rv) if isinstance(rv, str) and rv.isdigit() else None
 
 
-def _raw_objects(lists: Mapping[str, tuple[list[dict[str, Any]], int | None]]) -> RawObjects:
+def _cnp_unlisted(code: int, source: str, detail: Any) -> tuple[list[dict[str, Any]], str | None]:
+    """No ClusterNetworkPolicies after a failed list: (no items, a warning or None), or raise."""
+    if code == 404:
+        return [], None  # the CRD is not installed: no ClusterNetworkPolicies, not an error
+    if code == 403:
+        return [], (
+            f"not allowed to list {CNP_PLURAL}.{CNP_GROUP} ({source}): "
+            "decisions of ClusterNetworkPolicy tiers are not shown"
+        )
+    raise VethguardError(f"listing {CNP_PLURAL}.{CNP_GROUP} ({source}) failed ({code}): {str(detail)[:200]}")
+
+
+def _raw_objects(lists: Lists, warnings: tuple[str, ...] = ()) -> RawObjects:
     versions = [rv for _, rv in lists.values() if rv is not None]
     return RawObjects(
         namespaces=lists["namespaces"][0],
@@ -65,7 +93,27 @@ def _raw_objects(lists: Mapping[str, tuple[list[dict[str, Any]], int | None]]) -
         policies=lists["policies"][0],
         nodes=lists["nodes"][0],
         resource_version=min(versions) if versions else None,
+        cluster_policies=lists.get("cluster_policies", ([], None))[0],
+        warnings=warnings,
     )
+
+
+def list_cluster_policies(api: Any, lists: Lists) -> str | None:
+    """Add the ClusterNetworkPolicies to `lists` through the official client's CustomObjectsApi
+    (ApiClient `api`); returns a warning when they could not be listed but that is no error."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        resp: Any = client.CustomObjectsApi(api).list_cluster_custom_object(
+            CNP_GROUP, CNP_VERSION, CNP_PLURAL, _preload_content=False
+        )
+    except ApiException as exc:
+        items, warning = _cnp_unlisted(int(exc.status or 0), "the API server", exc.reason)
+        lists["cluster_policies"] = (items, None)
+        return warning
+    lists["cluster_policies"] = _items("cluster_policies", json.loads(resp.data))
+    return None
 
 
 class Target:
@@ -95,13 +143,14 @@ class LocalTarget(Target):
 
         api = load_api_client(self.kubeconfig)
         fields = {"Namespace": "namespaces", "Pod": "pods", "NetworkPolicy": "policies", "Node": "nodes"}
-        lists = {}
+        lists: Lists = {}
         for spec in KINDS:
             if spec.kind not in fields:
                 continue  # Services: the debug views explain pod-to-pod verdicts only
             resp = spec.list_fn_of(api)(_preload_content=False)
             lists[fields[spec.kind]] = _items(fields[spec.kind], json.loads(resp.data))
-        return _raw_objects(lists)
+        warning = list_cluster_policies(api, lists)
+        return _raw_objects(lists, (warning,) if warning else ())
 
     def nodes(self) -> list[NodeRef]:
         return [NodeRef(self.node, Path(self.pin_root) / self.node)]
@@ -128,13 +177,20 @@ class LabTarget(Target):
         return self._status
 
     def objects(self) -> RawObjects:
-        lists = {}
+        lists: Lists = {}
         for kind_field, path in LIST_PATHS:
             code, body = self.client.request("GET", path)
             if code != 200:
                 raise VethguardError(f"lab {self.lab}: GET {path} failed ({code}): {body}")
             lists[kind_field] = _items(kind_field, body)
-        return _raw_objects(lists)
+        code, body = self.client.request("GET", CNP_PATH)
+        warning = None
+        if code == 200:
+            lists["cluster_policies"] = _items("cluster_policies", body)
+        else:
+            items, warning = _cnp_unlisted(code, f"lab {self.lab}", body)
+            lists["cluster_policies"] = (items, None)
+        return _raw_objects(lists, (warning,) if warning else ())
 
     def nodes(self) -> list[NodeRef]:
         nodes = self.lab_status().get("nodes") or {}

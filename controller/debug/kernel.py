@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from controller.core import verdicts
+from controller.compiler.desired_state import PolicyEntryValue
 from controller.core.errors import VethguardError
-from controller.core.identities import ID_ANY, ID_HOST, ID_WORLD
+from controller.core.identities import ID_HOST, ID_WORLD
 from controller.core.verdicts import DIR_INGRESS
 from controller.datapath import abi, bpfsys, codecs, readback
 from controller.datapath.readback import KernelState
+from controller.debug import verdict_model
 
 READ_MAPS = ("vg_endpoints", "vg_ipcache4", "vg_ipcache6", "vg_policy", "vg_ct", "vg_config", "vg_counters")
 
@@ -33,14 +36,19 @@ class LiveHalf:
     peer_identity: int = ID_WORLD
     peer_cidr_identity: int = 0
     ep_id: int | None = None
+    passed: tuple[int, ...] = ()  # rule references of the tiers' Pass rules that handed it on
 
 
 class NodeMaps:
     """The pinned maps of one node, opened read-only in spirit (nothing here writes)."""
 
-    def __init__(self, pin_dir: Path) -> None:
+    def __init__(self, pin_dir: Path, maps: Mapping[str, Any] | None = None) -> None:
+        """Open the maps pinned in pin_dir, or use `maps` (name -> an object with the BpfMap
+        methods used here: items, lookup, close; tests pass fakes)."""
         self.pin_dir = pin_dir
-        self.maps: dict[str, bpfsys.BpfMap] = {}
+        self.maps: dict[str, Any] = dict(maps or {})
+        if maps is not None:
+            return
         try:
             for name in READ_MAPS:
                 self.maps[name] = bpfsys.BpfMap.open_pinned(str(pin_dir / name))
@@ -93,35 +101,43 @@ class NodeMaps:
 
     def policy(
         self, ep_id: int, direction: int, identity: int, proto: int, port: int
-    ) -> abi.PolicyValue | None:
+    ) -> PolicyEntryValue | None:
+        """The longest vg_policy match for a full key (what the tc program's lookup returns)."""
         k = abi.PolicyKey(
             prefixlen=abi.POLICY_PLEN_FULL, ep_id=ep_id, identity=identity, dir=direction, proto=proto
         )
         # lib/parse.h vg_policy_port: ICMP and ICMPv6 look up port 0.
         k.dport = codecs.be16(0 if proto in (1, 58) else port)
         raw = self.maps["vg_policy"].lookup(bytes(k))
-        return None if raw is None else abi.PolicyValue.from_bytes(raw)
+        return None if raw is None else codecs.decode_policy(bytes(k), raw)[2]
 
     def verdict(self, ep: codecs.Endpoint, direction: int, peer: str, proto: int, port: int) -> LiveHalf:
-        """lib/policy.h vg_policy_verdict after the HOST check of lib/newflow.h, on the live maps."""
+        """lib/newflow.h's HOST check and lib/policy.h vg_policy_verdict on the live maps: the
+        kernel answers each LPM lookup, verdict_model.decide (the model's own code) merges them."""
         ident, cidr = self.ipcache(peer)
 
-        def half(allowed: bool, reason: abi.Reason, ref: int = 0) -> LiveHalf:
-            return LiveHalf(allowed, reason.name, ref, ident, cidr, ep.ep_id)
-
-        if ident == ID_HOST:
-            return half(True, abi.Reason.ALLOW_HOST)
-        if ep.flags & abi.EP_F_PENDING:
-            return half(False, abi.Reason.DROP_PENDING)
-        iso = abi.EP_F_INGRESS_ISOLATED if direction == DIR_INGRESS else abi.EP_F_EGRESS_ISOLATED
-        if not ep.flags & iso:
-            return half(True, abi.Reason.ALLOW_NOT_ISOLATED)
-        levels = [ident, *([cidr] if cidr else []), ID_ANY]
-        for level in levels:
+        def lookup(level: int) -> tuple[None, PolicyEntryValue] | None:
             v = self.policy(ep.ep_id, direction, level, proto, port)
-            if v is not None and v.verdict == verdicts.VERDICT_ALLOW:
-                return half(True, abi.Reason.ALLOW_POLICY, int(v.rule_ref))
-        audit = abi.EP_F_INGRESS_AUDIT if direction == DIR_INGRESS else abi.EP_F_EGRESS_AUDIT
-        if ep.flags & audit:
-            return half(True, abi.Reason.ALLOW_AUDIT)
-        return half(False, abi.Reason.DROP_POLICY)
+            return None if v is None else (None, v)
+
+        def tier_lookup(level: int) -> tuple[None, PolicyEntryValue] | None:
+            v = self.policy(ep.tier_profile, direction, level, proto, port)
+            return None if v is None else (None, v)
+
+        ingress = direction == DIR_INGRESS
+        if ident == ID_HOST and ingress:
+            d = verdict_model.Decision(True, abi.Reason.ALLOW_HOST.name)
+        elif ep.flags & abi.EP_F_PENDING:
+            d = verdict_model.Decision(False, abi.Reason.DROP_PENDING.name)
+        else:
+            d = verdict_model.decide(
+                direction,
+                ident,
+                cidr,
+                bool(ep.flags & (abi.EP_F_INGRESS_ISOLATED if ingress else abi.EP_F_EGRESS_ISOLATED)),
+                bool(ep.flags & (abi.EP_F_INGRESS_TIERED if ingress else abi.EP_F_EGRESS_TIERED)),
+                bool(ep.flags & (abi.EP_F_INGRESS_AUDIT if ingress else abi.EP_F_EGRESS_AUDIT)),
+                lookup,
+                tier_lookup,
+            )
+        return LiveHalf(d.allowed, d.reason, d.rule_ref, ident, cidr, ep.ep_id, d.passed)

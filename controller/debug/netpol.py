@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from controller.compiler.parse import AUDIT_ANNOTATION
+from controller.core.errors import PolicyError
 from controller.debug.render import age, labels_text, selector_text, table
 from controller.debug.view import ClusterView
 
@@ -199,11 +200,25 @@ def describe_text(
     lines.append("vethguard:")
     mode = f"audit ({AUDIT_ANNOTATION}: would-be drops pass and are reported)" if is_audit(obj) else "enforce"
     lines.append(f"  Mode:            {mode}")
-    lines.append("  Selected pods:")
-    selected = selected_on(view, k, nodes)
-    for node in nodes:
-        lines.append(f"    {node}: {', '.join(selected[node]) or '<none>'}")
-    lines.append(f"  Resource version: {m.get('resourceVersion')}")
+    errors = [e for e in view.cluster.errors if e.object == f"NetworkPolicy {k}"]
+    pol = view.policy(k)
+    if pol is not None:
+        errors += [e for e in pol.errors if e not in errors]
+    lines += status_lines(obj, selected_on(view, k, nodes), agents, errors)
+    return "\n".join(lines)
+
+
+def status_lines(
+    obj: Obj,
+    selected: Mapping[str, Sequence[str]],
+    agents: Mapping[str, Mapping[str, Any] | None],
+    errors: Sequence[PolicyError],
+) -> list[str]:
+    """describe's vethguard part after the policy's own: selected pods per node, resource
+    version, realization per node, problems."""
+    lines = ["  Selected pods:"]
+    lines += [f"    {node}: {', '.join(pods) or '<none>'}" for node, pods in selected.items()]
+    lines.append(f"  Resource version: {_meta(obj).get('resourceVersion')}")
     lines.append("  Realized:")
     for node, ok in realized_on(obj, agents).items():
         gen = (agents.get(node) or {}).get("realized_generation")
@@ -211,10 +226,6 @@ def describe_text(
         lines.append(
             f"    {node}: {state} (agent realized generation {gen if gen is not None else 'unknown'})"
         )
-    errors = [e for e in view.cluster.errors if e.object == f"NetworkPolicy {k}"]
-    pol = view.policy(k)
-    if pol is not None:
-        errors += [e for e in pol.errors if e not in errors]
     lines.append("  Errors:" + ("" if errors else "          <none>"))
     lines += [f"    {e.field}: {e.message}" for e in errors]
-    return "\n".join(lines)
+    return lines

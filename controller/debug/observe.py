@@ -7,7 +7,10 @@ egress, the destination's ingress), each naming the rule that allowed that half.
 
 The deciding policy of a drop is the policy that isolates the endpoint in that direction (no
 rule of any selecting policy matched): `policy` names the first of them and `policies` lists
-all. Audit events (ALLOW_AUDIT) name the audit-mode policies the same way.
+all. Audit events (ALLOW_AUDIT) name the audit-mode policies the same way. A ClusterNetworkPolicy
+rule that accepted or denied (ALLOW_ADMIN, ALLOW_BASELINE, DROP_ADMIN, DROP_BASELINE, and an
+established flow a tier cut, DROP_REVOKED) comes with the event's rule reference: `tier`,
+`policy` (its name), `rule` and `rule_name` name it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from controller.core.verdicts import DIR_EGRESS
 from controller.datapath.codecs import Event
 from controller.debug.bpfview import reason_name
 from controller.debug.render import proto_name
-from controller.debug.view import DIRECTION_NAMES, ClusterView
+from controller.debug.view import DIRECTION_NAMES, ClusterView, rule_policy
 
 AUDIT_REASONS = {"ALLOW_AUDIT"}
 NO_PORTS = {1, 58}  # ICMP / ICMPv6: the "ports" are the echo identifier
@@ -36,13 +39,16 @@ def record(view: ClusterView, ev: Event, boot_offset_ns: int) -> dict[str, Any]:
     policies: list[str] = []
     policy: str | None = None
     rule_text = None
+    tier = None
     if rule is not None:
-        policy = f"{rule.namespace}/{rule.policy}"
+        policy = rule_policy(rule)
         policies = [policy]
         rule_text = str(rule)
+        tier = rule.tier or "NetworkPolicy"
     elif verdict in ("denied", "audit") and view.pod_by_ip(endpoint_ip) is not None:
         policies = view.isolating(endpoint, ev.dir)
         policy = policies[0] if policies else None
+        tier = "NetworkPolicy" if policies else None
     when = datetime.fromtimestamp((ev.ts_ns + boot_offset_ns) / 1e9, UTC)
     has_ports = ev.proto not in NO_PORTS
     return {
@@ -59,9 +65,11 @@ def record(view: ClusterView, ev: Event, boot_offset_ns: int) -> dict[str, Any]:
         "protocol": proto_name(ev.proto),
         "verdict": verdict,
         "reason": reason,
+        "tier": tier,
         "policy": policy,
         "policies": policies,
         "rule": rule_text,
+        "rule_name": (rule.name or None) if rule is not None else None,
         "rule_ref": ev.rule_ref,
         "peer_identity": ev.peer_identity,
         "peer_labels": view.identity_text(ev.peer_identity),

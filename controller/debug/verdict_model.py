@@ -12,9 +12,10 @@ address P, protocol `proto`, destination port `port`:
    anything allowed is ALLOW_HOST; NetworkPolicy, where it isolates, allows the node).
 3. E neither isolated nor tiered for d -> ALLOW_NOT_ISOLATED.
 3b. E tiered for d (EndpointDesired.ingress_tiered / egress_tiered): the three lookups of step 4
-   are all made and merged, per tier the lowest rank: the Admin rule decides on Accept/Deny
-   (ALLOW_ADMIN / DROP_ADMIN); else NetworkPolicy if it isolates E for d (step 4-5); else the
-   Baseline rule on Accept/Deny (ALLOW_BASELINE / DROP_BASELINE); else ALLOW_NOT_ISOLATED.
+   are made in E's tier profile (NodeDesired.tier_profiles[E.tier_profile]) and merged, per tier
+   the lowest rank: the Admin rule decides on Accept/Deny (ALLOW_ADMIN / DROP_ADMIN); else
+   NetworkPolicy if it isolates E for d (step 4-5, E's own entries); else the Baseline rule on
+   Accept/Deny (ALLOW_BASELINE / DROP_BASELINE); else ALLOW_NOT_ISOLATED.
 4. For peer id in (identity, cidr_identity if non-zero, ANY): LPM on vg_policy with key
    (E, id, d, proto, port): the longest of (proto, port/16 .. port/0) and then the
    (any protocol) entry. The first identity level with a match decides by its verdict
@@ -35,9 +36,8 @@ A pod and itself, and both pods on one node, work the same way (pass the same No
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 from controller.compiler.desired_state import (
     EndpointDesired,
@@ -86,6 +86,7 @@ class HalfVerdict:
     matched: PolicyEntryKey | None = None
     rule: RuleRef | None = None  # the deciding rule (NetworkPolicy or a tier's)
     passed: tuple[RuleRef, ...] = ()  # the tiers' Pass rules that handed the decision on
+    rule_ref: int = 0  # the deciding rule's reference (what the datapath reports)
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,101 @@ def policy_lpm(
     return None
 
 
+@dataclass(frozen=True)
+class Decision:
+    """One hook's decision in the datapath's own terms: what the tc program returns and the rule
+    reference it reports (an event's rule_ref), plus what only a debugger wants to know."""
+
+    allowed: bool
+    reason: str
+    rule_ref: int = 0  # the deciding rule: NetworkPolicy's allow, or a tier's Accept/Deny
+    matched: PolicyEntryKey | None = None  # the entry of that rule (None when not known)
+    passed: tuple[int, ...] = ()  # the tiers' Pass rules that handed the decision on, in order
+
+
+# peer identity -> the longest vg_policy match for it: (matched key or None, value), or None
+PolicyLookup = Callable[[int], tuple[PolicyEntryKey | None, PolicyEntryValue] | None]
+
+
+def decide(
+    direction: int,
+    identity: int,
+    cidr_identity: int,
+    isolated: bool,
+    tiered: bool,
+    audit: bool,
+    lookup: PolicyLookup,
+    tier_lookup: PolicyLookup | None = None,
+) -> Decision:
+    """Steps 2-5 of the module docstring (lib/newflow.h's HOST check, lib/policy.h
+    vg_policy_verdict and vg_tiers_verdict) for an endpoint with those flags and a peer with
+    those identities; `lookup` does the LPM in the endpoint's own entries, `tier_lookup` in its
+    tier profile's (the model's dicts or the kernel's live map). The compiled model and the
+    live-map check share it, so they cannot drift apart."""
+    host = identity == ID_HOST
+    if host and (direction == DIR_INGRESS or not tiered):
+        return Decision(True, ALLOW_HOST)
+    if not isolated and not tiered:
+        return Decision(True, ALLOW_NOT_ISOLATED)
+    levels = [identity]
+    if cidr_identity and cidr_identity not in levels:
+        levels.append(cidr_identity)
+    if ID_ANY not in levels:
+        levels.append(ID_ANY)
+    if tiered:
+        tier_hits = [h for h in (tier_lookup(lv) for lv in levels) if h is not None] if tier_lookup else []
+        return _tiers(tier_hits, isolated, audit, host, lambda: _networkpolicy(levels, audit, lookup))
+    if host:
+        return Decision(True, ALLOW_HOST)
+    return _networkpolicy(levels, audit, lookup)
+
+
+def _networkpolicy(levels: list[int], audit: bool, lookup: PolicyLookup) -> Decision:
+    """lib/policy.h vg_np_verdict: the first level whose entry allows decides."""
+    for level in levels:
+        hit = lookup(level)
+        if hit is not None and hit[1].verdict == VERDICT_ALLOW:
+            return Decision(True, ALLOW_POLICY, hit[1].rule_ref, hit[0])
+    return Decision(True, ALLOW_AUDIT) if audit else Decision(False, DROP_POLICY)
+
+
+def _tiers(
+    hits: list[tuple[PolicyEntryKey | None, PolicyEntryValue]],
+    isolated: bool,
+    audit: bool,
+    host: bool,
+    networkpolicy: Callable[[], Decision],
+) -> Decision:
+    """The tiers over the tier profile's hits, as lib/policy.h vg_tiers_verdict merges them: per
+    tier the lowest rank wins; NetworkPolicy decides in between where it isolates."""
+    admin: tuple[int, int, int, PolicyEntryKey | None] | None = None  # (rank, action, ref, key)
+    base: tuple[int, int, int, PolicyEntryKey | None] | None = None
+    for key, v in hits:
+        if v.admin != TIER_NONE and (admin is None or v.admin_rank < admin[0]):
+            admin = (v.admin_rank, v.admin, v.admin_ref, key)
+        if v.baseline != TIER_NONE and (base is None or v.baseline_rank < base[0]):
+            base = (v.baseline_rank, v.baseline, v.baseline_ref, key)
+    passed: tuple[int, ...] = ()
+    if admin is not None:
+        if admin[1] == TIER_ACCEPT:
+            return Decision(True, ALLOW_HOST if host else ALLOW_ADMIN, admin[2], admin[3])
+        if admin[1] == TIER_DENY:
+            return Decision(False, DROP_ADMIN, admin[2], admin[3])
+        passed = (admin[2],)
+    if isolated:
+        if host:
+            return Decision(True, ALLOW_HOST, passed=passed)
+        d = networkpolicy()
+        return Decision(d.allowed, d.reason, d.rule_ref, d.matched, passed)
+    if base is not None:
+        if base[1] == TIER_ACCEPT:
+            return Decision(True, ALLOW_HOST if host else ALLOW_BASELINE, base[2], base[3], passed)
+        if base[1] == TIER_DENY:
+            return Decision(False, DROP_BASELINE, base[2], base[3], passed)
+        passed = (*passed, base[2])
+    return Decision(True, ALLOW_HOST if host else ALLOW_NOT_ISOLATED, passed=passed)
+
+
 def endpoint_verdict(
     desired: NodeDesired, endpoint: str, direction: int, peer: IPAddress | str, proto: int | str, port: int
 ) -> HalfVerdict:
@@ -170,98 +266,31 @@ def endpoint_verdict(
     p = parse_proto(proto)
     addr = ipaddress.ip_address(peer) if isinstance(peer, str) else peer
     ident, cidr_ident = ipcache_lookup(desired, addr)
-
-    def half(
-        allowed: bool,
-        reason: str,
-        matched: PolicyEntryKey | None = None,
-        rule: RuleRef | None = None,
-        passed: tuple[RuleRef, ...] = (),
-    ) -> HalfVerdict:
-        return HalfVerdict(
-            allowed, reason, direction, endpoint, str(addr), ident, cidr_ident, matched, rule, passed
-        )
-
-    isolated = ep.ingress_isolated if direction == DIR_INGRESS else ep.egress_isolated
-    tiered = ep.ingress_tiered if direction == DIR_INGRESS else ep.egress_tiered
-    host = ident == ID_HOST
-    if host and (direction == DIR_INGRESS or not tiered):
-        return half(True, ALLOW_HOST)
-    if not isolated and not tiered:
-        return half(True, ALLOW_NOT_ISOLATED)
-    levels = [ident]
-    if cidr_ident and cidr_ident not in levels:
-        levels.append(cidr_ident)
-    if ID_ANY not in levels:
-        levels.append(ID_ANY)
-    hits = [h for h in (policy_lpm(ep.entries, direction, lv, p, port) for lv in levels) if h is not None]
-    if tiered:
-        return _tiers(desired, ep, direction, hits, host, half)
-    if host:
-        return half(True, ALLOW_HOST)
-    for key, value in hits:
-        allowed = value.verdict == VERDICT_ALLOW
-        return half(allowed, ALLOW_POLICY if allowed else DROP_POLICY, key, desired.rules.get(value.rule_ref))
-    if ep.ingress_audit if direction == DIR_INGRESS else ep.egress_audit:
-        return half(True, ALLOW_AUDIT)
-    return half(False, DROP_POLICY)
-
-
-class _Half(Protocol):
-    def __call__(
-        self,
-        allowed: bool,
-        reason: str,
-        matched: PolicyEntryKey | None = None,
-        rule: RuleRef | None = None,
-        passed: tuple[RuleRef, ...] = (),
-    ) -> HalfVerdict: ...
-
-
-def _tiers(
-    desired: NodeDesired,
-    ep: EndpointDesired,
-    direction: int,
-    hits: list[tuple[PolicyEntryKey, PolicyEntryValue]],
-    host: bool,
-    half: _Half,
-) -> HalfVerdict:
-    """The tiers over the lookups' hits, as lib/policy.h vg_tiers_verdict merges them: per tier
-    the lowest rank wins; NetworkPolicy allows if any hit allows."""
-    admin: tuple[int, int, int, PolicyEntryKey] | None = None  # (rank, action, ref, key)
-    base: tuple[int, int, int, PolicyEntryKey] | None = None
-    np: tuple[int, PolicyEntryKey] | None = None
-    for key, v in hits:
-        if v.verdict == VERDICT_ALLOW and np is None:
-            np = (v.rule_ref, key)
-        if v.admin != TIER_NONE and (admin is None or v.admin_rank < admin[0]):
-            admin = (v.admin_rank, v.admin, v.admin_ref, key)
-        if v.baseline != TIER_NONE and (base is None or v.baseline_rank < base[0]):
-            base = (v.baseline_rank, v.baseline, v.baseline_ref, key)
-    passed: tuple[RuleRef, ...] = ()
-    if admin is not None:
-        rule = desired.rules.get(admin[2])
-        if admin[1] == TIER_ACCEPT:
-            return half(True, ALLOW_HOST if host else ALLOW_ADMIN, admin[3], rule)
-        if admin[1] == TIER_DENY:
-            return half(False, DROP_ADMIN, admin[3], rule)
-        passed = (rule,) if rule is not None else ()
-    if ep.ingress_isolated if direction == DIR_INGRESS else ep.egress_isolated:
-        if host:
-            return half(True, ALLOW_HOST, passed=passed)
-        if np is not None:
-            return half(True, ALLOW_POLICY, np[1], desired.rules.get(np[0]), passed)
-        if ep.ingress_audit if direction == DIR_INGRESS else ep.egress_audit:
-            return half(True, ALLOW_AUDIT, passed=passed)
-        return half(False, DROP_POLICY, passed=passed)
-    if base is not None:
-        rule = desired.rules.get(base[2])
-        if base[1] == TIER_ACCEPT:
-            return half(True, ALLOW_HOST if host else ALLOW_BASELINE, base[3], rule, passed)
-        if base[1] == TIER_DENY:
-            return half(False, DROP_BASELINE, base[3], rule, passed)
-        passed = (*passed, rule) if rule is not None else passed
-    return half(True, ALLOW_HOST if host else ALLOW_NOT_ISOLATED, passed=passed)
+    ingress = direction == DIR_INGRESS
+    d = decide(
+        direction,
+        ident,
+        cidr_ident,
+        ep.ingress_isolated if ingress else ep.egress_isolated,
+        ep.ingress_tiered if ingress else ep.egress_tiered,
+        ep.ingress_audit if ingress else ep.egress_audit,
+        lambda level: policy_lpm(ep.entries, direction, level, p, port),
+        lambda level: policy_lpm(desired.tier_profiles.get(ep.tier_profile, {}), direction, level, p, port),
+    )
+    rules = desired.rules
+    return HalfVerdict(
+        d.allowed,
+        d.reason,
+        direction,
+        endpoint,
+        str(addr),
+        ident,
+        cidr_ident,
+        d.matched,
+        rules.get(d.rule_ref) if d.rule_ref else None,
+        tuple(r for r in (rules.get(ref) for ref in d.passed) if r is not None),
+        d.rule_ref,
+    )
 
 
 def _resolve(desired: NodeDesired | None, who: str, family: int) -> tuple[EndpointDesired | None, IPAddress]:

@@ -32,6 +32,8 @@ class RawObjects:
     policies: Sequence[dict[str, Any]] = ()
     nodes: Sequence[dict[str, Any]] = ()
     resource_version: int | None = None
+    cluster_policies: Sequence[dict[str, Any]] = ()  # ClusterNetworkPolicy (none without the CRD)
+    warnings: Sequence[str] = ()  # what could not be listed, said once by the command
 
 
 @dataclass
@@ -45,7 +47,7 @@ class ClusterView:
 
     def __post_init__(self) -> None:
         r = self.raw
-        self.cluster = cluster_from_objects(r.namespaces, r.pods, r.policies, r.nodes)
+        self.cluster = cluster_from_objects(r.namespaces, r.pods, r.policies, r.nodes, r.cluster_policies)
         self.compiled = compile_cluster(self.cluster)
         for pod in self.cluster.pods.values():
             if pod.active:
@@ -97,7 +99,10 @@ class ClusterView:
         return [p.key for p in self.compiled.pods_by_identity.get(ident, [])]
 
     def rule(self, ref: int) -> RuleRef | None:
-        return self.compiled.rules.get(ref) if ref else None
+        """A NetworkPolicy's or a ClusterNetworkPolicy's rule by its reference."""
+        if not ref:
+            return None
+        return self.compiled.rules.get(ref) or self.compiled.tiers.rules.get(ref)
 
     def policy(self, key: str) -> NetworkPolicy | None:
         return self.cluster.policies.get(key)
@@ -123,6 +128,23 @@ class ClusterView:
             for p in self.cluster.pods.values()
             if p.active and p.ips and (namespace is None or p.namespace == namespace)
         )
+
+
+def rule_policy(rule: RuleRef) -> str:
+    """The policy of a rule as the CLI names it: ns/name, or a ClusterNetworkPolicy's name."""
+    return rule.policy if rule.is_cluster else f"{rule.namespace}/{rule.policy}"
+
+
+def rule_json(rule: RuleRef) -> dict[str, Any]:
+    """A rule for -o json: tier (NetworkPolicy for a namespace's policy), policy, index, name."""
+    return {
+        "tier": rule.tier or "NetworkPolicy",
+        "policy": rule_policy(rule),
+        "direction": DIRECTION_NAMES[rule.direction],
+        "rule_index": rule.index,
+        "rule_name": rule.name or None,
+        "rule": str(rule),
+    }
 
 
 def _canon(ip: str) -> str:

@@ -118,6 +118,7 @@ class AgentSupervisor:
             "restarts": self.restarts.get(node, 0),
             "errors": (report or {}).get("errors") or [],
             "policies": (report or {}).get("policies") or {},  # per policy: generation, selected pods
+            "cluster_policies": (report or {}).get("cluster_policies"),  # ClusterNetworkPolicies seen
         }
 
 

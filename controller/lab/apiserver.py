@@ -1,7 +1,9 @@
 """A small Kubernetes API server over the lab's object store (JSON over plain http).
 
 It serves what the official Kubernetes client needs to list and watch the kinds the agent reads
-(Pods, Namespaces, Nodes, NetworkPolicies) plus the lab's ExternalHost kind: discovery
+(Pods, Namespaces, Nodes, NetworkPolicies, Services, EndpointSlices, and the cluster-scoped
+ClusterNetworkPolicies of policy.networking.k8s.io/v1alpha2, served as if their CRD were
+installed) plus the lab's ExternalHost kind: discovery
 (/version, /api, /apis), list with a resourceVersion, GET of one object, create (POST), replace
 (PUT), merge patch (PATCH) and DELETE, and watches streamed as newline-delimited JSON events.
 

@@ -2,7 +2,14 @@
 
 It owns the lab's API server (10.244.0.1:6443 in the fabric namespace, and a unix socket for the
 CLI), the object store, the responders and the agents. Admission hooks build a pod's namespace
-and veth before the Pod is written, and remove them after it is deleted. Agents run one per node
+and veth before the Pod is written, and remove them after it is deleted.
+
+A Pod with `spec.hostNetwork: true` gets no namespace, veth or CNI call: it runs in its node's
+namespace, its podIP/podIPs are the node's addresses, and the ports it declares are served
+there by one responder endpoint per node (`node/<node>`, the union of the ports of the node's
+host-network pods: one set of SCTP raw sockets per namespace, so two endpoints would answer the
+same INIT twice). Two host-network pods of one node may not declare the same port and protocol
+(kubelet's host-port rule; refused 422), nor the node agent's status port. Agents run one per node
 inside the node namespace, supervised like a kubelet would: one that exits is started again
 within a second with the same node name and pin root.
 
@@ -22,7 +29,7 @@ import time
 from typing import Any
 
 from controller.lab import cni_runtime, dns, netns, topology
-from controller.lab.agents import AgentSupervisor
+from controller.lab.agents import AGENT_STATUS_PORT, AgentSupervisor
 from controller.lab.apiserver import (
     ApiHTTPServer,
     ApiUnixServer,
@@ -72,6 +79,15 @@ def _pod_key(pod: Obj) -> str:
     return f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
 
 
+def is_host_network(pod: Obj) -> bool:
+    return bool((pod.get("spec") or {}).get("hostNetwork"))
+
+
+def node_labels(name: str) -> dict[str, str]:
+    """The labels every lab Node carries (kubelet sets the same two)."""
+    return {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}
+
+
 class LabAdmission:
     """Store admission hooks: the lab's network follows the Pods and ExternalHosts written."""
 
@@ -98,21 +114,22 @@ class LabAdmission:
             return self._admit_external(op, obj, old)
         if resource.plural == "services" and self.services is not None:
             return self.services.admit(op, obj, old)
-        if resource.plural == "nodes" and op != "replace":
-            raise ApiError(
-                405, "MethodNotAllowed", "lab nodes are fixed when the lab is created (lab up --nodes N)"
-            )
+        if resource.plural == "nodes":
+            return _admit_node(op, obj, old)
         return obj
 
     def committed(self, op: str, resource: Resource, obj: Obj, old: Obj | None) -> None:
         meta = obj["metadata"]
-        if resource.plural == "pods" and op == "create" and self.config.dns:
+        host_network = resource.plural == "pods" and is_host_network(obj)
+        if resource.plural == "pods" and op == "create" and self.config.dns and not host_network:
             dns.write_resolv_conf(self.topo.names.pod(meta["namespace"], meta["name"]), meta["namespace"])
         if self.services is not None:
             self.services.committed(resource, obj)
         if op != "delete":
             return
-        if resource.plural == "pods":
+        if host_network:
+            self._serve_host_ports(obj["spec"]["nodeName"])
+        elif resource.plural == "pods":
             self.responders.remove(_pod_key(obj))
             self.topo.delete_pod(meta["namespace"], meta["name"])
             dns.remove_resolv_conf(self.topo.names.pod(meta["namespace"], meta["name"]))
@@ -140,6 +157,10 @@ class LabAdmission:
                 422, "Invalid", f"{where}: spec.nodeName is fixed once created ({old['spec']['nodeName']})"
             )
         spec["nodeName"] = old["spec"]["nodeName"]
+        if is_host_network(obj) != is_host_network(old):
+            raise ApiError(
+                422, "Invalid", f"{where}: spec.hostNetwork is fixed once created ({is_host_network(old)})"
+            )
         if _port_signature(obj) != _port_signature(old):
             raise ApiError(
                 422,
@@ -183,6 +204,8 @@ class LabAdmission:
 
     def _create_pod(self, pod: Obj) -> Obj:
         node = self._pick_node(pod)
+        if is_host_network(pod):
+            return self._create_host_network_pod(pod, node)
         address4, address6 = topology.pod_addresses(node, self._free_host(node))
         meta = pod["metadata"]
         try:
@@ -215,6 +238,52 @@ class LabAdmission:
         pod["spec"]["nodeName"] = topology.node_name(node)
         pod["status"] = pod_status(node, address4, address6)
         return pod
+
+    # --- host-network pods ---
+
+    def _host_network_pods(self, node: str) -> list[Obj]:
+        return [
+            p for p in self.store.list("pods")[0] if is_host_network(p) and p["spec"].get("nodeName") == node
+        ]
+
+    def _create_host_network_pod(self, pod: Obj, index: int) -> Obj:
+        node = topology.node_name(index)
+        where = f"Pod {_pod_key(pod)}"
+        ports = responder_ports(pod)
+        taken: dict[Port, str] = {(AGENT_STATUS_PORT, "TCP"): "the node agent's status port"}
+        for other in self._host_network_pods(node):
+            taken.update(dict.fromkeys(responder_ports(other), f"host-network pod {_pod_key(other)}"))
+        clashes = [
+            f"{port}/{protocol} ({taken[(port, protocol)]})"
+            for port, protocol in ports
+            if (port, protocol) in taken
+        ]
+        if clashes:
+            raise ApiError(
+                422,
+                "Invalid",
+                f"{where}: hostNetwork ports already in use on {node}: {', '.join(clashes)}",
+            )
+        pod["spec"]["nodeName"] = node
+        try:
+            self._serve_host_ports(node, extra=ports)
+        except Exception as exc:
+            self._serve_host_ports(node)
+            raise ApiError(
+                500, "InternalError", f"{where}: serving its ports on {node} failed: {exc}"
+            ) from exc
+        pod["status"] = pod_status(index, *topology.node_addresses(index))
+        return pod
+
+    def _serve_host_ports(self, node: str, extra: list[Port] | None = None) -> None:
+        """The responders of `node`'s namespace: every port of its host-network pods (+ extra)."""
+        pods = self._host_network_pods(node)
+        key = f"node/{node}"
+        if not pods and extra is None:
+            self.responders.remove(key)
+            return
+        ports = [p for pod in pods for p in responder_ports(pod)] + (extra or [])
+        self.responders.add(key, self.topo.names.node(topology.node_index(node) or 1), ports)
 
     # --- external hosts ---
 
@@ -263,7 +332,11 @@ class LabAdmission:
 
     def restore(self) -> None:
         """After a daemon restart: rebuild what is missing and serve every declared port again."""
+        for node in {p["spec"]["nodeName"] for p in self.store.list("pods")[0] if is_host_network(p)}:
+            self._serve_host_ports(node)
         for pod in self.store.list("pods")[0]:
+            if is_host_network(pod):
+                continue
             meta = pod["metadata"]
             ns_name = self.topo.names.pod(meta["namespace"], meta["name"])
             if not netns.exists(ns_name):
@@ -278,6 +351,19 @@ class LabAdmission:
             if not netns.exists(self.topo.names.ext(name)):
                 self.topo.create_external(name, external_addresses(ext))
             self.responders.add(f"ext/{name}", self.topo.names.ext(name), external_ports(ext))
+
+
+def _admit_node(op: str, obj: Obj, old: Obj | None) -> Obj:
+    """Lab nodes come and go with the lab; a replace may change their labels and annotations
+    only (the two kubelet labels stay)."""
+    if op != "replace" or old is None:
+        raise ApiError(
+            405, "MethodNotAllowed", "lab nodes are fixed when the lab is created (lab up --nodes N)"
+        )
+    meta = obj["metadata"]
+    meta["labels"] = {**(meta.get("labels") or {}), **node_labels(meta["name"])}
+    obj["spec"], obj["status"] = old["spec"], old["status"]
+    return obj
 
 
 def pod_status(node: int, address4: str, address6: str) -> Obj:
@@ -306,10 +392,7 @@ def node_object(index: int) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {
-            "name": name,
-            "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"},
-        },
+        "metadata": {"name": name, "labels": node_labels(name)},
         "spec": {"podCIDR": cidr4, "podCIDRs": [cidr4, cidr6]},
         "status": {
             "addresses": [
@@ -417,10 +500,16 @@ class LabDaemon:
         pods = {}
         for pod in self.store.list("pods")[0]:
             meta = pod["metadata"]
+            node = pod["spec"].get("nodeName") or ""
             pods[_pod_key(pod)] = {
-                "node": pod["spec"].get("nodeName"),
+                "node": node,
                 "ips": [entry["ip"] for entry in pod.get("status", {}).get("podIPs") or []],
-                "netns": self.topo.names.pod(meta["namespace"], meta["name"]),
+                "netns": (
+                    self.topo.names.node(topology.node_index(node) or 1)
+                    if is_host_network(pod)
+                    else self.topo.names.pod(meta["namespace"], meta["name"])
+                ),
+                "hostNetwork": is_host_network(pod),
                 "ports": [{"port": p, "protocol": proto} for p, proto in pod_ports(pod)],
             }
         externals = {}

@@ -1,7 +1,8 @@
 """Lab manifests: multi-document YAML files, directories of them, or standard input.
 
-Kinds: Namespace (v1), Pod (v1), Service (v1: ClusterIP or NodePort with a selector),
-NetworkPolicy (networking.k8s.io/v1) and the lab's
+Kinds: Namespace (v1), Node (v1: the labels of an existing lab node), Pod (v1), Service (v1:
+ClusterIP or NodePort with a selector), NetworkPolicy (networking.k8s.io/v1),
+ClusterNetworkPolicy (policy.networking.k8s.io/v1alpha2, cluster-scoped) and the lab's
 ExternalHost (lab.vethguard.dev/v1alpha1: metadata.name, spec.ip one or a list, spec.ports
 [{port, protocol}]). `kind: List` documents are flattened. Errors name the file and document.
 """
@@ -22,7 +23,15 @@ from controller.lab.kubeproxy import ServiceError, parse_service
 from controller.lab.store import BY_KIND, Resource
 from controller.lab.topology import check_external_address
 
-APPLY_ORDER = ("Namespace", "ExternalHost", "Pod", "Service", "NetworkPolicy")
+APPLY_ORDER = (
+    "Namespace",
+    "Node",
+    "ExternalHost",
+    "Pod",
+    "Service",
+    "NetworkPolicy",
+    "ClusterNetworkPolicy",
+)
 SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -140,7 +149,7 @@ def parse(origin: str, doc: Any) -> Manifest:
         raise ManifestError(f"{origin}: a manifest must be a mapping, got {type(doc).__name__}")
     kind = doc.get("kind")
     resource = BY_KIND.get(kind) if isinstance(kind, str) else None
-    if resource is None or kind in ("Node", "EndpointSlice"):  # the lab manages both
+    if resource is None or kind == "EndpointSlice":  # the lab manages them
         supported = ", ".join(APPLY_ORDER)
         raise ManifestError(f"{origin}: unknown kind {kind!r} (the lab supports {supported})")
     if doc.get("apiVersion") != resource.api_version:

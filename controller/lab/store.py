@@ -8,7 +8,7 @@ daemon serves the same objects and versions (its event window starts empty, as a
 kube-apiserver's watch cache does).
 
 Writes go through kube-apiserver's steps: decoding (400 BadRequest for a wrong JSON type or an
-unknown NetworkPolicy field), defaulting, validation (422 Invalid with the causes; see
+unknown NetworkPolicy or ClusterNetworkPolicy field), defaulting, validation (422 Invalid with the causes; see
 controller.lab.validation), then the lab's admission hooks. `validate=False` (write_unvalidated)
 skips validation, as an API server of another version could have admitted the object.
 """
@@ -57,6 +57,13 @@ RESOURCES: dict[str, Resource] = {
         Resource("externalhosts", "ExternalHost", "lab.vethguard.dev", "v1alpha1", namespaced=False),
         Resource("services", "Service", "", "v1", namespaced=True),
         Resource("endpointslices", "EndpointSlice", "discovery.k8s.io", "v1", namespaced=True),
+        Resource(
+            "clusternetworkpolicies",
+            "ClusterNetworkPolicy",
+            "policy.networking.k8s.io",
+            "v1alpha2",
+            namespaced=False,
+        ),
     )
 }
 BY_KIND: dict[str, Resource] = {r.kind: r for r in RESOURCES.values()}

@@ -33,6 +33,13 @@ CIDRs is in controller.compiler.apisyntax):
 - Service: type, sessionAffinity, selector labels, ports (a DNS-1123 label name, required and
   unique when there are several; port; protocol; targetPort a number or a port name; no
   repeated port+protocol);
+- ClusterNetworkPolicy (a CRD's schema and CEL rules, network-policy-api v0.2.0): unknown
+  fields at the top and in spec are refused as for NetworkPolicy (strict decoding); everything
+  the compiler's parser (controller.compiler.cnp) reports -- tier, priority 0..1000, exactly one
+  subject / peer / protocol field, port ranges, actions, more than 25 rules, peers or protocol
+  entries, domainNames (not supported) -- is a 422 cause on the field it names. An object the
+  CRD would have admitted but the agents cannot use reaches them only through
+  write_unvalidated, as for NetworkPolicy;
 - Node, ExternalHost, EndpointSlice: metadata only.
 """
 
@@ -44,7 +51,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.compiler import apisyntax as syntax
+from controller.compiler.cnp import parse_cluster_network_policy
 from controller.compiler.selectors import OP_DOES_NOT_EXIST, OP_EXISTS, OP_IN, OP_NOT_IN
+from controller.core.errors import PolicyError
 from controller.core.net import L4_PROTOCOLS
 
 Obj = dict[str, Any]
@@ -367,6 +376,36 @@ def _selector_problems(raw: Any) -> bool:
     return bool(errs)
 
 
+# --- ClusterNetworkPolicy -------------------------------------------------------------------
+
+CNP_SPEC_FIELDS = ("tier", "priority", "subject", "ingress", "egress")
+
+
+def value_at(obj: Any, fld: str) -> Any:
+    """The value at a field path such as `spec.ingress[0].to[1]` (None when absent)."""
+    node = obj
+    for part in fld.replace("[", ".[").split("."):
+        if part.startswith("[") and part.endswith("]") and part[1:-1].isdigit():
+            index = int(part[1:-1])
+            node = node[index] if isinstance(node, list) and index < len(node) else None
+        elif part:
+            node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def _cluster_network_policy(obj: Obj, old: Obj | None, errs: Errors) -> None:
+    _known(obj, "", ("apiVersion", "kind", "metadata", "spec", "status"), errs)
+    spec = _object(obj.get("spec"), "spec", errs)
+    _known(spec, "spec", CNP_SPEC_FIELDS, errs)
+    if not (obj.get("metadata") or {}).get("name"):
+        return  # reported with the metadata
+    problems: list[PolicyError] = []
+    parse_cluster_network_policy(obj, problems)
+    for problem in problems:
+        detail = problem.message.split("; ")[0]  # what follows says how the agents fail closed
+        errs.append(invalid(problem.field, value_at(obj, problem.field), detail))
+
+
 # --- Pod and Service ------------------------------------------------------------------------
 
 CORE_PROTOCOLS = tuple(sorted(L4_PROTOCOLS))  # kube lists them sorted for core kinds
@@ -465,6 +504,7 @@ RULES: dict[str, KindRules] = {
     "NetworkPolicy": KindRules(syntax.dns1123_subdomain_problems, _network_policy),
     "ExternalHost": KindRules(syntax.dns1123_subdomain_problems),
     "EndpointSlice": KindRules(syntax.dns1123_subdomain_problems),
+    "ClusterNetworkPolicy": KindRules(syntax.dns1123_subdomain_problems, _cluster_network_policy),
 }
 
 

@@ -156,3 +156,56 @@ def test_a_full_ipcache_fails_every_endpoint_closed_until_the_prefixes_fit(dp: D
     dp.sync(_desired(3, extra_prefixes=4), PODS)
     assert not any(f & abi.EP_F_PENDING for f in _flags(dp).values())
     assert run(dp.prog_fd("to_pod"), _syn(40010), ifindex=EP).retval == TC_ACT_OK
+
+
+PROFILE = 0x80000000 | 77  # TIER_PROFILE_BIT | n
+
+
+def _profiled(profile_entries: int) -> NodeDesired:
+    """x/a and x/b share one tier profile of `profile_entries` Admin Deny entries (peer B);
+    x/c (ifindex 3) has none."""
+    deny = PolicyEntryValue(verdict=0, rule_ref=0, admin=2, admin_rank=0, admin_ref=9)
+    profile = {PolicyEntryKey(0, ID_B, P.TCP, 3000 + i, 16): deny for i in range(profile_entries)}
+
+    def ep(pod: str, ip: str, tiered: bool) -> EndpointDesired:
+        return EndpointDesired(
+            pod,
+            256,
+            True,
+            False,
+            ip,
+            None,
+            _ports(3, 1000),
+            ingress_tiered=tiered,
+            tier_profile=PROFILE if tiered else 0,
+        )
+
+    return NodeDesired(
+        endpoints={
+            "x/a": ep("x/a", POD_A, True),
+            "x/b": ep("x/b", "10.244.1.30", True),
+            "x/c": ep("x/c", "10.244.1.31", False),
+        },
+        ipcache={ipaddress.ip_network(f"{POD_B}/32"): (ID_B, 0), ipaddress.ip_network("0.0.0.0/0"): (2, 0)},
+        rules={},
+        identities={},
+        tier_profiles={PROFILE: profile},
+    )
+
+
+def test_a_tier_profile_that_does_not_fit_closes_every_endpoint_that_uses_it(dp: Datapath) -> None:
+    pods = {"x/a": EP, "x/b": OTHER, "x/c": 3}
+    dp.sync(_profiled(5), pods)
+    assert run(dp.prog_fd("to_pod"), _syn(40020, 3001), ifindex=EP).retval == TC_ACT_SHOT  # the Admin Deny
+    assert run(dp.prog_fd("to_pod"), _syn(40021, 80), ifindex=EP).retval == TC_ACT_OK
+    with pytest.raises(MapFullError) as info:
+        dp.sync(_profiled(POLICY_MAX + 5), pods)
+    assert info.value.map_name == "vg_policy"
+    assert set(info.value.endpoints) == {"x/a", "x/b"}
+    flags = _flags(dp)
+    assert flags[EP] & abi.EP_F_PENDING and flags[OTHER] & abi.EP_F_PENDING
+    assert not flags[3] & abi.EP_F_PENDING
+    # a new flow the profile would have denied does not get through a closed endpoint
+    assert run(dp.prog_fd("to_pod"), _syn(40022, 3070), ifindex=EP).retval == TC_ACT_SHOT
+    dp.sync(_profiled(5), pods)
+    assert not any(f & abi.EP_F_PENDING for f in _flags(dp).values())

@@ -78,9 +78,34 @@ def test_quick_datapath_benchmark_reports_every_configuration_with_positive_figu
     for level in doc["levels"]:
         assert level["policy_entries_node1"] >= level["rules"]
         assert level["iptables_rules_node1"] >= 2 * level["rules"]
+    _assert_tier_cost(doc["cluster_policy_cost"], [0, 100])
     names = {Path(f).name for f in doc["files"]}
     assert {"datapath.json", "datapath.md", "datapath-same-node.png", "per-packet-cost.png"} <= names
+    assert "cluster-policy-cost.png" in names
     assert json.loads((tmp_path / "datapath.json").read_text())["results"] == doc["results"]
+
+
+def _assert_tier_cost(cost: dict[str, Any], counts: list[int]) -> None:
+    assert [c["cluster_policies"] for c in cost["configs"]] == counts
+    assert _positive(cost["passthrough_ns"])
+    for c in cost["configs"]:
+        for key in ("established_ns", "new_flow_ns", "established_ratio", "new_flow_ratio"):
+            assert _positive(c[key]), (c["cluster_policies"], key)
+        assert c["tiered"] == (c["cluster_policies"] > 0)
+        assert c["kernel_reason"] == c["reason"] == "ALLOW_POLICY"
+        assert c["policy_lookups"] == (3 if c["tiered"] else 1)
+        assert c["policy_map_entries"] >= c["server_policy_entries"] > 0
+
+
+def test_tier_cost_alone_measures_every_count_and_removes_its_pins() -> None:
+    from controller.bench import tier_cost
+
+    pin_root = "/sys/fs/bpf/vethguard"
+    before = set(Path(pin_root).iterdir()) if Path(pin_root).exists() else set()
+    settings = tier_cost.TierSettings(networkpolicies=20, ipcache=100, counts=(0, 10), rounds=1, packets=200)
+    _assert_tier_cost(tier_cost.run_all(settings, pin_root), [0, 10])
+    after = set(Path(pin_root).iterdir()) if Path(pin_root).exists() else set()
+    assert not {p for p in after - before if p.name.startswith("bench-cnp")}
 
 
 def test_quick_control_plane_benchmark_reports_every_size_and_event_kind_with_positive_figures(

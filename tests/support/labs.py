@@ -19,11 +19,17 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import yaml
 
+from controller.lab import cli as lab_cli
+from controller.lab import client
+from controller.lab.apiserver import ApiUnixServer, ServerThread
 from controller.lab.client import teardown
+from controller.lab.store import Store
 
 MODELS = Path(__file__).parent / "models"
 _counter = itertools.count()
@@ -123,3 +129,21 @@ def lab_up(model: str, *up_args: str, timeout: float = 300) -> Iterator[Lab]:
             yield Lab(name)
         finally:
             teardown(name)
+
+
+@contextlib.contextmanager
+def cli_on_store(directory: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
+    """A lab API server on a unix socket in `directory` (no daemon, agents or namespaces; no
+    root) that `vethguard lab ... --name t` talks to: its lab_cli.connect is patched."""
+    store = Store()
+
+    def lab_endpoint(method: str, path: str, body: Any) -> tuple[int, Any]:
+        return 200, {"agentsEnabled": False, "resourceVersion": store.resource_version}
+
+    server = ServerThread(ApiUnixServer(directory / "api.sock", store, lab_endpoint)).start()
+    paths = SimpleNamespace(socket=directory / "api.sock", lab="t")
+    monkeypatch.setattr(lab_cli, "connect", lambda lab: client.LabClient(paths))  # type: ignore[arg-type]
+    try:
+        yield store
+    finally:
+        server.stop()

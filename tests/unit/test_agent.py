@@ -82,7 +82,14 @@ def pod(name: str, ip: str, node: str = "node-1", ns: str = "x") -> dict[str, An
 
 
 class FakeCluster:
-    def __init__(self, ns: Sequence[Any], pods: Sequence[Any], pols: Sequence[Any], nodes: Sequence[Any]):
+    def __init__(
+        self,
+        ns: Sequence[Any],
+        pods: Sequence[Any],
+        pols: Sequence[Any],
+        nodes: Sequence[Any],
+        cluster_policies: Sequence[Any] = (),
+    ):
         self.pods = list(pods)
         self.policies = list(pols)
         self.errors = [

@@ -177,3 +177,28 @@ def test_an_api_server_outage_keeps_enforcing_then_relists_when_history_is_gone(
     assert desired.endpoints["x/a"].ingress_isolated
     assert env.metrics.watch_restarts_total.labels(kind="NetworkPolicy", reason="expired")._value.get() >= 1
     assert env.dp.detaches == 0
+
+
+def test_the_agent_lists_and_watches_cluster_network_policies_and_passes_them_to_the_model(env: Env):
+    wait_for(env.caught_up, 10)
+    assert env.agent.status()["cluster_policies"] == 0
+    policy = {
+        "apiVersion": "policy.networking.k8s.io/v1alpha2",
+        "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": "deny-y"},
+        "spec": {
+            "tier": "Baseline",
+            "priority": 5,
+            "subject": {"namespaces": {}},
+            "ingress": [{"action": "Deny", "from": [{"namespaces": {"matchLabels": {"team": "y"}}}]}],
+        },
+    }
+    env.store.create("clusternetworkpolicies", policy)
+    wait_for(env.caught_up, 10)
+    status = env.agent.status()
+    assert status["cluster_policies"] == 1
+    assert status["resource_versions"]["ClusterNetworkPolicy"] == str(env.store.resource_version)
+    (parsed,) = env.agent._cluster.cluster_policies.values()
+    assert (parsed.name, parsed.tier, parsed.priority) == ("deny-y", "Baseline", 5)
+    env.store.delete("clusternetworkpolicies", "", "deny-y")
+    wait_for(lambda: env.caught_up() and env.agent.status()["cluster_policies"] == 0, 10)

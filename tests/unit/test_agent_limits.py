@@ -147,6 +147,46 @@ def test_fitting_keeps_endpoints_that_were_enforced_before_newcomers():
     assert fit.pod_ifindex == pod_ifindex  # x/a stays attached, as a PENDING endpoint
 
 
+def test_fitting_counts_a_shared_tier_profile_once_and_keeps_only_the_profiles_of_admitted_endpoints():
+    api = StaticApi()
+    api.items["Pod"] = [pod("x", n, f"10.244.1.{i + 2}") for i, n in enumerate("abc")]
+    api.items["NetworkPolicy"] = [allow_ports("x", "p", [80])]
+    cnp = {
+        "apiVersion": "policy.networking.k8s.io/v1alpha2",
+        "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": "deny-many", "resourceVersion": "1"},
+        "spec": {
+            "tier": "Admin",
+            "priority": 1,
+            "subject": {"namespaces": {}},
+            "ingress": [
+                {
+                    "action": "Deny",
+                    "from": [{"namespaces": {}}],
+                    "protocols": [{"tcp": {"destinationPort": {"number": p}}} for p in range(1000, 1020)],
+                }
+            ],
+        },
+    }
+    api.items["ClusterNetworkPolicy"] = [cnp]
+    dp = FakeDatapath()
+    agent = make_agent(api, dp, Routes({"10.244.1.2": 2, "10.244.1.3": 3, "10.244.1.4": 4}))
+    assert agent.reconcile()
+    desired, pod_ifindex = dp.last
+    profiles = {ep.tier_profile for ep in desired.endpoints.values()}
+    assert len(profiles) == 1 and 0 not in profiles  # one profile for the three pods
+    [profile] = profiles
+    own = sum(len(ep.entries) for ep in desired.endpoints.values())
+    shared = len(desired.tier_profiles[profile])
+    everything = fit_capacity(desired, pod_ifindex, {"vg_policy": own + shared})
+    assert not everything.overflow  # the profile counted once, not once per pod
+    a_only = fit_capacity(desired, pod_ifindex, {"vg_policy": len(desired.endpoints["x/a"].entries) + shared})
+    assert list(a_only.desired.endpoints) == ["x/a"] and set(a_only.overflow) == {"x/b", "x/c"}
+    assert set(a_only.desired.tier_profiles) == {profile}
+    none = fit_capacity(desired, pod_ifindex, {"vg_policy": shared - 1})
+    assert not none.desired.endpoints and not none.desired.tier_profiles
+
+
 def test_an_endpoints_map_overflow_leaves_the_extra_veths_without_an_entry():
     api = StaticApi()
     api.items["Pod"] = [pod("x", n, f"10.244.1.{i + 2}") for i, n in enumerate("abc")]
@@ -310,3 +350,45 @@ def test_the_agent_command_has_a_fail_closed_switch_and_an_env_resync_default(ar
     agent_cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["agent", "--node", "n", *argv])
     assert args.fail_closed is (argv == []) and args.resync_seconds == 2.5
+
+
+def test_the_status_reports_each_cluster_network_policy_with_its_tier_selected_pods_and_errors():
+    api = StaticApi()
+    api.items["Pod"] = [pod("x", n, f"10.244.1.{i + 2}") for i, n in enumerate("ab")]
+
+    def cnp(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "apiVersion": "policy.networking.k8s.io/v1alpha2",
+            "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": name, "resourceVersion": "1"},
+            "spec": spec,
+        }
+
+    api.items["ClusterNetworkPolicy"] = [
+        cnp(
+            "all-x",
+            {
+                "tier": "Baseline",
+                "priority": 3,
+                "subject": {"namespaces": {}},
+                "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}],
+            },
+        ),
+        cnp(
+            "broken",
+            {
+                "tier": "Admin",
+                "priority": 1,
+                "subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "a"}}}},
+                "egress": [{"action": "Deny", "to": [{"networks": ["10.0.0.0/33"]}]}],
+            },
+        ),
+    ]
+    dp = FakeDatapath()
+    agent = make_agent(api, dp, Routes({"10.244.1.2": 2, "10.244.1.3": 3}))
+    assert agent.reconcile()
+    status = json.loads(json.dumps(agent.status()))["cluster_policy_status"]
+    assert status["all-x"] == {"tier": "Baseline", "priority": 3, "selected_pods": 2, "errors": []}
+    broken = status["broken"]
+    assert (broken["tier"], broken["priority"]) == ("Admin", 1)
+    assert [e["field"] for e in broken["errors"]] == ["spec.egress[0].to[0].networks[0]"]

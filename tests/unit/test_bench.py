@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from controller.bench import common, datapath_bench, report, synth
+from controller.bench import common, datapath_bench, report, synth, synth_cnp, tier_cost
 from controller.bench.iptables import build_ruleset
 from controller.compiler import compute
 from controller.compiler.builder import cluster_from_objects
@@ -136,8 +136,8 @@ def test_sockperf_without_percentiles_is_an_error_naming_it() -> None:
 def test_rounds_rotate_the_configuration_order() -> None:
     configs = datapath_bench.configs_for(datapath_bench.QUICK_LEVELS)
     assert configs[:2] == ["baseline", "passthrough"]
-    assert datapath_bench.rotated(configs, 1)[0] == configs[1]
-    assert sorted(datapath_bench.rotated(configs, 3)) == sorted(configs)
+    assert common.rotated(configs, 1)[0] == configs[1]
+    assert sorted(common.rotated(configs, 3)) == sorted(configs)
 
 
 def _samples(tput: float, p50: float) -> datapath_bench.Sample:
@@ -208,6 +208,7 @@ def test_datapath_table_has_a_row_per_configuration_and_the_cost_ratios(tmp_path
     md = report.datapath_markdown(_datapath_doc())
     assert md.count("| same-node |") == 6
     assert "| 60.0 | 2.00 | 300.0 | 10.00 |" in md
+    assert "ClusterNetworkPolicies" not in md  # results from before the tiers were measured
     written = report.datapath_plots(_datapath_doc(), tmp_path)
     assert [p.name for p in written] == ["datapath-same-node.png", "per-packet-cost.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in written)
@@ -254,3 +255,82 @@ def test_control_plane_table_and_plot_cover_every_size(tmp_path: Path) -> None:
     assert "| 1000 | 5 | 5 | 0.50 | 10 / 20 |" in md and "2.0 |" in md
     assert "p50 150 ms" in md
     assert report.control_plane_plots(doc, tmp_path)[0].read_bytes()[:4] == b"\x89PNG"
+
+
+# --- ClusterNetworkPolicies beside NetworkPolicies (synth_cnp, tier_cost) ------------------------
+
+
+def _tiered(nps: int, cnps: int) -> tuple[ClusterState, list[dict[str, Any]]]:
+    c, cluster_policies = synth_cnp.tiered_cluster(nps, 300, cnps)
+    return cluster_from_objects(c.namespaces, c.pods, c.policies, c.nodes, cluster_policies), c.policies
+
+
+def test_the_cnp_mix_covers_tiers_actions_peers_and_protocol_forms_and_parses_without_errors() -> None:
+    cnps = synth_cnp.cluster_policies(100, groups=990)
+    assert len(cnps) == len({p["metadata"]["name"] for p in cnps}) == 100
+    specs = [p["spec"] for p in cnps]
+    assert {s["tier"] for s in specs} == {"Admin", "Baseline"}
+    assert len({s["priority"] for s in specs}) < len(specs)  # equal priorities: the name decides
+    rules = [r for s in specs for d in ("ingress", "egress") for r in s.get(d, [])]
+    assert {r["action"] for r in rules} == {"Accept", "Deny", "Pass"}
+    peers = {k for r in rules for p in r.get("from", r.get("to", [])) for k in p}
+    assert peers == {"namespaces", "pods", "networks", "nodes"}
+    forms = {
+        k for r in rules for p in r.get("protocols", []) for k in p.get("tcp", {}).get("destinationPort", {})
+    }
+    assert forms == {"number", "range"}
+    assert any("destinationNamedPort" in p for r in rules for p in r.get("protocols", []))
+    assert any("protocols" not in r for r in rules)
+    cs, nps = _tiered(100, 100)
+    assert not cs.errors
+    assert len(nps) == 100 and len(cs.cluster_policies) == 100
+
+
+def test_the_measured_server_is_tiered_with_cnps_and_its_flow_stays_allowed_by_networkpolicy() -> None:
+    for cnps, tiered, lookups in ((0, False, 1), (10, True, 4), (100, True, 4)):
+        desired = compute.compute(_tiered(100, cnps)[0], synth_cnp.MEASURED_NODE)
+        server = desired.endpoints[tier_cost.SERVER]
+        assert (server.ingress_tiered, server.egress_tiered) == (tiered, tiered)
+        assert server.ingress_isolated
+        # NetworkPolicy decides the measured flow either way (an Admin Pass hands it over), and
+        # the client's address carries a CIDR identity with CNPs: all three lookups in the tier
+        # profile, then NetworkPolicy's first (which allows).
+        assert tier_cost.policy_lookups(desired) == ("ALLOW_POLICY", lookups, tiered)
+    assert len(server.cluster_policies) >= 90
+
+
+def test_the_servers_policy_entries_stay_well_inside_the_policy_map() -> None:
+    desired = compute.compute(_tiered(1000, 100)[0], synth_cnp.MEASURED_NODE)
+    assert len(desired.endpoints[tier_cost.SERVER].entries) < 262144 // 4  # VG_MAX_POLICY
+
+
+def _tier_doc() -> dict[str, Any]:
+    infos = [
+        {"cluster_policies": n, "networkpolicies": 100, "tiered": n > 0, "server_policy_entries": 10 + n}
+        | {"policy_lookups": 3 if n else 1}
+        for n in (0, 100)
+    ]
+    samples = {0: {"est": [60.0, 62.0, 61.0], "new": [300.0, 310.0]}, 100: {"est": [60.0], "new": [330.0]}}
+    return tier_cost.summarize(infos, [30.0, 31.0, 29.0], samples, 3, 100, 50)
+
+
+def test_tier_cost_summary_gives_ratios_to_the_floor_and_to_no_cnp() -> None:
+    doc = _tier_doc()
+    rows = {c["cluster_policies"]: c for c in doc["configs"]}
+    assert doc["passthrough_ns"] == 30.0
+    assert rows[100]["new_flow_ns"] == 330.0 and rows[100]["new_flow_vs_no_cnp"] == 1.082
+    assert rows[0]["established_ns"] == 61.0 and rows[0]["established_ratio"] == 2.033
+    assert rows[100]["new_flow_ratio"] == 11.0
+    assert "3 policy LPM" in doc["new_flow_lookups"]
+    infos = [{"cluster_policies": 10}]  # no count 0 measured: no ratio to it
+    only = tier_cost.summarize(infos, [30.0], {10: {"est": [60.0], "new": [300.0]}}, 1, 1, 1)
+    assert only["configs"][0]["new_flow_vs_no_cnp"] is None
+
+
+def test_datapath_report_has_the_cnp_table_and_plot_when_measured(tmp_path: Path) -> None:
+    doc = {**_datapath_doc(), "cluster_policy_cost": _tier_doc()}
+    md = report.datapath_markdown(doc)
+    assert "| 0 | 100 | first hit | 10 + 0 | 1 | 61.0 | 2.03 | 1.00 | 305.0 | 10.17 | 1.00 |" in md
+    assert "| 100 | 100 | tiered | 110 + 0 | 3 | 60.0 | 2.00 | 0.98 | 330.0 | 11.00 | 1.08 |" in md
+    written = report.datapath_plots(doc, tmp_path)
+    assert written[-1].name == "cluster-policy-cost.png" and written[-1].read_bytes()[:4] == b"\x89PNG"

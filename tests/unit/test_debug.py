@@ -3,9 +3,7 @@ reachability, kubectl-like describe, and audit-mode compilation. No root, no ker
 
 from __future__ import annotations
 
-import copy
 import ctypes
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -14,20 +12,12 @@ import yaml
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
 from controller.datapath import abi, codecs
 from controller.datapath.encoding import desired_maps
-from controller.datapath.readback import KernelState, dump
 from controller.debug import bpfview, netpol, observe, reach, render
 from controller.debug.explain import explain, explain_text
 from controller.debug.kernel import LiveHalf
-from controller.debug.view import ClusterView, RawObjects
-from tests.conformance.runner import (
-    ORDER,
-    default_model,
-    model_manifests,
-    parse_matrix,
-    shared_conformance_dir,
-)
-
-NODES = ("node-1", "node-2")
+from controller.debug.view import ClusterView
+from tests.conformance.runner import ORDER, parse_matrix, shared_conformance_dir
+from tests.support.debug_views import NODES, flow_event, kernel_state, raw_cluster
 
 
 def _scenario_step(scenario: str) -> tuple[list[dict[str, Any]], dict[tuple[str, str], bool]]:
@@ -39,70 +29,10 @@ def _scenario_step(scenario: str) -> tuple[list[dict[str, Any]], dict[tuple[str,
     return step["apply"], parse_matrix(step["probe"]["expect"])
 
 
-def raw_cluster(policies: list[dict[str, Any]], rv: int = 10) -> RawObjects:
-    """The conformance 9-pod model as API objects, pods spread over two nodes."""
-    docs = model_manifests(default_model())
-    namespaces, pods = [], []
-    for d in docs:
-        d = copy.deepcopy(d)
-        d["metadata"]["resourceVersion"] = "1"
-        if d["kind"] == "Namespace":
-            d["metadata"]["labels"]["kubernetes.io/metadata.name"] = d["metadata"]["name"]
-            namespaces.append(d)
-        else:
-            i = ORDER.index(f"{d['metadata']['namespace']}/{d['metadata']['name']}")
-            node = NODES[i % 2]
-            d["spec"]["nodeName"] = node
-            ip4 = f"10.244.{1 + i % 2}.{10 + i}"
-            d["status"] = {
-                "phase": "Running",
-                "podIPs": [{"ip": ip4}, {"ip": f"fd00:10:244:{1 + i % 2}::{10 + i}"}],
-            }
-            pods.append(d)
-    nodes = [
-        {
-            "metadata": {"name": n},
-            "status": {"addresses": [{"type": "InternalIP", "address": f"10.244.{k}.1"}]},
-        }
-        for k, n in enumerate(NODES, 1)
-    ]
-    pols = []
-    for p in policies:
-        p = copy.deepcopy(p)
-        p["metadata"].setdefault("resourceVersion", str(rv))
-        pols.append(p)
-    return RawObjects(namespaces, pods, pols, nodes, rv)
-
-
 @pytest.fixture(scope="module")
 def tcp03() -> tuple[ClusterView, dict[tuple[str, str], bool]]:
     policies, expect = _scenario_step("tcp-03")
     return ClusterView(raw_cluster(policies)), expect
-
-
-def kernel_state(
-    view: ClusterView, node: str, ct: Sequence[codecs.CtEntry] = ()
-) -> tuple[KernelState, dict[str, int]]:
-    """What a correct agent writes for `node`, decoded back: the maps without a kernel."""
-    desired = view.desired(node)
-    ifindex = {pod: 10 + i for i, pod in enumerate(sorted(desired.endpoints))}
-    wanted = desired_maps(desired, ifindex)
-    wanted["vg_ct"] = {}
-    wanted["vg_config"] = {}
-
-    class FakeMap:
-        def __init__(self, items: dict[bytes, bytes]) -> None:
-            self._items = items
-
-        def items(self) -> dict[bytes, bytes]:
-            return self._items
-
-        def lookup(self, key: bytes) -> bytes | None:
-            return self._items.get(key)
-
-    fakes: dict[str, Any] = {k: FakeMap(v) for k, v in wanted.items()}
-    state = dump(fakes)
-    return KernelState(state.revision, state.endpoints, state.ipcache, state.policy, list(ct)), ifindex
 
 
 # -- render --------------------------------------------------------------------------------
@@ -327,22 +257,11 @@ def test_counters_translate_reasons_and_unknown_codes_do_not_crash(tcp03: Any) -
 # -- observe ---------------------------------------------------------------------------------
 
 
-def _event(src: str, dst: str, direction: int, reason: int, rule_ref: int = 0, ep_id: int = 3) -> bytes:
-    e = abi.FlowEvent(
-        ts_ns=5_000_000_000, ep_id=ep_id, dir=direction, reason=reason, family=4, proto=6, rule_ref=rule_ref
-    )
-    e.saddr[:] = list(codecs.addr16(src))
-    e.daddr[:] = list(codecs.addr16(dst))
-    e.sport = codecs.be16(40000)
-    e.dport = codecs.be16(80)
-    return bytes(e)
-
-
 def test_a_drop_event_names_the_isolating_policy(tcp03: Any) -> None:
     view, _ = tcp03
     xc, xa = view.cluster.pods["x/c"].ipv4, view.cluster.pods["x/a"].ipv4
     ev = codecs.decode_event(
-        node="node-1", data=_event(xc or "", xa or "", DIR_INGRESS, abi.Reason.DROP_POLICY)
+        node="node-1", data=flow_event(xc or "", xa or "", DIR_INGRESS, abi.Reason.DROP_POLICY)
     )
     rec = observe.record(view, ev, boot_offset_ns=1_700_000_000 * 10**9)
     assert (rec["from"], rec["to"], rec["port"], rec["protocol"]) == ("x/c", "x/a", 80, "TCP")
@@ -361,7 +280,7 @@ def test_an_allowed_event_names_the_rule_from_its_rule_reference(tcp03: Any) -> 
     xb, xa = view.cluster.pods["x/b"].ipv4, view.cluster.pods["x/a"].ipv4
     ref = next(iter(view.compiled.rules))
     rec = observe.record(
-        view, codecs.decode_event(node="n", data=_event(xb or "", xa or "", DIR_INGRESS, 0, ref)), 0
+        view, codecs.decode_event(node="n", data=flow_event(xb or "", xa or "", DIR_INGRESS, 0, ref)), 0
     )
     assert (rec["verdict"], rec["policy"], rec["rule"]) == (
         "allowed",
@@ -377,7 +296,9 @@ def test_an_audit_event_is_reported_as_audit() -> None:
     src, dst = view.cluster.pods["x/a"].ipv4, view.cluster.pods["y/a"].ipv4
     rec = observe.record(
         view,
-        codecs.decode_event(node="n", data=_event(src or "", dst or "", DIR_INGRESS, abi.Reason.ALLOW_AUDIT)),
+        codecs.decode_event(
+            node="n", data=flow_event(src or "", dst or "", DIR_INGRESS, abi.Reason.ALLOW_AUDIT)
+        ),
         0,
     )
     assert (rec["verdict"], rec["policy"], rec["policies"]) == ("audit", "y/audit-deny", ["y/audit-deny"])
@@ -387,7 +308,7 @@ def test_an_egress_event_is_attributed_to_the_source_pod(tcp03: Any) -> None:
     view, _ = tcp03
     xc, xa = view.cluster.pods["x/c"].ipv4, view.cluster.pods["x/a"].ipv4
     rec = observe.record(
-        view, codecs.decode_event(node="n", data=_event(xc or "", xa or "", DIR_EGRESS, 3)), 0
+        view, codecs.decode_event(node="n", data=flow_event(xc or "", xa or "", DIR_EGRESS, 3)), 0
     )
     assert (rec["endpoint"], rec["verdict"], rec["policy"]) == ("x/c", "allowed", None)
 

@@ -15,6 +15,7 @@ import yaml
 
 from controller.agent import loop as agent
 from controller.agent import preflight
+from controller.agent.kube_api import KINDS
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 # Oldest and newest Kubernetes minor we claim: appArmorProfile (GA in 1.30) sets the floor.
@@ -26,6 +27,7 @@ AGENT_READS = {
     ("", "nodes"),
     ("", "services"),
     ("networking.k8s.io", "networkpolicies"),
+    ("policy.networking.k8s.io", "clusternetworkpolicies"),
 }
 
 
@@ -107,6 +109,12 @@ def test_the_cluster_role_only_lists_and_watches_what_the_agent_reads() -> None:
         assert set(rule) == {"apiGroups", "resources", "verbs"}  # no resourceNames, no nonResourceURLs
         granted |= {(g, r) for g in rule["apiGroups"] for r in rule["resources"]}
     assert granted == AGENT_READS
+
+
+def test_the_role_covers_the_api_group_of_every_kind_the_agent_watches() -> None:
+    groups = {spec.api_version.rpartition("/")[0] for spec in KINDS}
+    assert groups == {group for group, _ in AGENT_READS}
+    assert {spec.kind for spec in KINDS if spec.optional} == {"ClusterNetworkPolicy"}
 
 
 def test_the_binding_gives_that_role_to_the_daemonsets_service_account() -> None:

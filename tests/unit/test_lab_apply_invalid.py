@@ -4,17 +4,11 @@ talk over a unix socket in a temporary directory (no root, no namespaces, no age
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
 from controller import cli
-from controller.lab import cli as lab_cli
-from controller.lab import client
-from controller.lab.apiserver import ApiUnixServer, ServerThread
 from controller.lab.store import Store
 
 MANIFESTS = """\
@@ -38,24 +32,8 @@ spec:
 """
 
 
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
-    store = Store()
-
-    def lab_endpoint(method: str, path: str, body: Any) -> tuple[int, Any]:
-        return 200, {"agentsEnabled": False, "resourceVersion": store.resource_version}
-
-    server = ServerThread(ApiUnixServer(tmp_path / "api.sock", store, lab_endpoint)).start()
-    paths = SimpleNamespace(socket=tmp_path / "api.sock", lab="t")
-    monkeypatch.setattr(lab_cli, "connect", lambda lab: client.LabClient(paths))  # type: ignore[arg-type]
-    try:
-        yield store
-    finally:
-        server.stop()
-
-
 def test_lab_apply_prints_the_api_server_s_422_applies_the_rest_and_exits_non_zero(
-    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cli_store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "m.yaml"
     path.write_text(MANIFESTS)
@@ -73,11 +51,11 @@ def test_lab_apply_prints_the_api_server_s_422_applies_the_rest_and_exits_non_ze
         lines[2]
         == '  * spec.policyTypes[0]: Unsupported value: "Bogus": supported values: "Ingress", "Egress"'
     )
-    assert [p["metadata"]["name"] for p in store.list("networkpolicies")[0]] == ["allow"]
+    assert [p["metadata"]["name"] for p in cli_store.list("networkpolicies")[0]] == ["allow"]
 
 
 def test_a_single_cause_is_printed_as_the_api_server_words_it(
-    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cli_store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "m.yaml"
     path.write_text(MANIFESTS.split("---\n")[0] + "---\n" + MANIFESTS.split("---\n")[2].replace("5432", "0"))

@@ -102,12 +102,18 @@ def test_the_peer_identity_is_tried_before_its_cidr_identity_and_then_any() -> N
     assert not endpoint_verdict(desired(by_id), "x/a", DIR_INGRESS, "192.168.1.7", "TCP", 81).allowed
 
 
-def test_the_first_identity_level_that_matches_decides_a_deny_verdict() -> None:
+def test_only_an_allow_verdict_stops_the_identity_levels_as_in_the_kernel() -> None:
+    # lib/policy.h vg_policy_try: an entry whose verdict is not ALLOW (VERDICT_DENY is reserved,
+    # the compiler never writes it) does not decide; the next level's allow does.
     entries = {
         PolicyEntryKey(DIR_INGRESS, POD_B + 1, 6, 80, 16): PolicyEntryValue(VERDICT_DENY, 7),
         PolicyEntryKey(DIR_INGRESS, ID_ANY, 0, 0, 0): ALLOW,
     }
     h = endpoint_verdict(desired(entries), "x/a", DIR_INGRESS, "192.168.1.7", "TCP", 80)
+    assert h.allowed and h.reason == ALLOW_POLICY
+    assert h.matched == PolicyEntryKey(DIR_INGRESS, ID_ANY, 0, 0, 0)
+    alone = {PolicyEntryKey(DIR_INGRESS, POD_B + 1, 6, 80, 16): PolicyEntryValue(VERDICT_DENY, 7)}
+    h = endpoint_verdict(desired(alone), "x/a", DIR_INGRESS, "192.168.1.7", "TCP", 80)
     assert not h.allowed and h.reason == DROP_POLICY
 
 

@@ -26,6 +26,7 @@ PATHS = {
     "/apis/networking.k8s.io/v1/networkpolicies": "NetworkPolicy",
     "/api/v1/nodes": "Node",
     "/api/v1/services": "Service",
+    "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies": "ClusterNetworkPolicy",
 }
 
 
@@ -44,6 +45,7 @@ class FakeApiServer:
         self.drop_epoch = 0
         self.fail_requests = False  # answer 500 to everything
         self.gone_status = False  # answer an expired watch with HTTP 410 instead of an ERROR event
+        self.refused: dict[str, int] = {}  # path -> status (404: an API not served, 403: no RBAC)
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.open_watches = 0
         server = self
@@ -123,8 +125,9 @@ class FakeApiServer:
         kind = PATHS.get(url.path)
         if self.fail_requests:
             return self._json(h, 500, {"kind": "Status", "code": 500, "message": "injected failure"})
-        if kind is None:
-            return self._json(h, 404, {"kind": "Status", "code": 404, "message": "not found"})
+        code = 404 if kind is None else self.refused.get(url.path)
+        if code is not None or kind is None:
+            return self._json(h, code or 404, {"kind": "Status", "code": code, "message": "refused"})
         if q.get("watch") == "true":
             return self._watch(h, kind, q)
         with self.cond:
@@ -397,7 +400,56 @@ def test_full_jitter_never_exceeds_the_cap():
     assert full_jitter(0, 0.2, 10.0) <= 0.2
 
 
+CNP_PATH = "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies"
+
+
+def cnp(name: str) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "spec": {"tier": "Admin", "priority": 1}}
+
+
+@pytest.mark.parametrize("status", [404, 403])
+def test_without_the_cluster_network_policy_api_the_agent_syncs_without_it_and_lists_it_again_later(
+    server, make_sources, status, capsys
+):
+    server.refused[CNP_PATH] = status
+    server.write("Namespace", ns("x"))
+    src = make_sources(options=InformerOptions(absent_retry_seconds=0.2, backoff_base=0.01, backoff_cap=0.05))
+    informer = src.informers["ClusterNetworkPolicy"]
+    assert src.has_synced and informer.absent
+    snap = src.snapshot()
+    assert snap.cluster_policies == () and snap.generation == 2 and src.generation() == 2
+    wait_for(lambda: server.count(watch=False) >= len(KINDS) + 2)  # listed again, never watched
+    assert not any(p == CNP_PATH and q.get("watch") == "true" for p, q in server.requests)
+    assert capsys.readouterr().out.count("does not serve this kind") == 1  # one warning, not one per list
+    del server.refused[CNP_PATH]  # the CRD is installed
+    server.write("ClusterNetworkPolicy", cnp("deny-y"))
+    wait_for(lambda: [o["metadata"]["name"] for o in src.snapshot().cluster_policies] == ["deny-y"])
+    assert not informer.absent
+    assert src.snapshot().kinds["ClusterNetworkPolicy"].resource_version == "3"
+    server.write("ClusterNetworkPolicy", cnp("deny-z"))  # and watched from then on
+    wait_for(lambda: len(src.snapshot().cluster_policies) == 2)
+
+
+def test_a_cluster_network_policy_api_that_goes_away_empties_the_cache(server, make_sources):
+    server.write("ClusterNetworkPolicy", cnp("deny-y"))
+    src = make_sources(options=InformerOptions(absent_retry_seconds=0.2, backoff_base=0.01, backoff_cap=0.05))
+    assert len(src.snapshot().cluster_policies) == 1
+    server.refused[CNP_PATH] = 404  # the CRD was deleted: its watches end, lists answer 404
+    server.drop_watches()
+    wait_for(lambda: src.informers["ClusterNetworkPolicy"].absent)
+    assert src.snapshot().cluster_policies == ()
+    deleted = [e for e in drain(src.events) if e.kind == "ClusterNetworkPolicy" and e.type == "DELETED"]
+    assert [e.key for e in deleted] == ["deny-y"]
+
+
 def test_object_keys_are_namespace_slash_name_for_namespaced_kinds():
     assert object_key({"metadata": {"namespace": "x", "name": "a"}}, True) == "x/a"
     assert object_key({"metadata": {"name": "node-1"}}, False) == "node-1"
-    assert [k.kind for k in KINDS] == ["Namespace", "Pod", "NetworkPolicy", "Node", "Service"]
+    assert [k.kind for k in KINDS] == [
+        "Namespace",
+        "Pod",
+        "NetworkPolicy",
+        "Node",
+        "Service",
+        "ClusterNetworkPolicy",
+    ]

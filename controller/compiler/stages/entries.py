@@ -33,7 +33,7 @@ from controller.compiler.stages.identities import IdentityTables
 from controller.compiler.stages.named_ports import NamedPorts
 from controller.compiler.stages.policies import rule_ref
 from controller.compiler.stages.selection import PeerSelector, Selection
-from controller.compiler.stages.tiers import Contribution, Tiers, fold
+from controller.compiler.stages.tiers import Tiers
 from controller.core.identities import ID_ANY
 from controller.core.net import L4_PROTOCOLS
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS, VERDICT_ALLOW
@@ -209,7 +209,6 @@ class NodeEndpoints:
         self.pods = pods
         self.policy_map = policy_map
         self.tiers = tiers
-        self._folded: dict[tuple[int, int], tuple[Entries, tuple[Contribution, ...], Entries]] = {}
         self._endpoints: dict[str, dict[str, EndpointDesired]] = {}
         self._local: dict[str, list[Pod]] = {}
         if previous is None:
@@ -246,17 +245,6 @@ class NodeEndpoints:
             all(p.audit for p in pols if p.isolates_egress),
         )
 
-    def _fold(self, entries: Entries, contributions: tuple[Contribution, ...]) -> Entries:
-        """NetworkPolicy's entries with the tiers folded in (shared by endpoints with the same
-        inputs; the inputs are kept with the result so their ids stay theirs)."""
-        key = (id(entries), id(contributions))
-        hit = self._folded.get(key)
-        if hit is None:
-            folded = fold(entries, contributions, self.entries.entry_key)
-            hit = (entries, contributions, MappingProxyType(folded))
-            self._folded[key] = hit
-        return hit[2]
-
     def for_node(self, node: str) -> dict[str, EndpointDesired]:
         endpoints: dict[str, EndpointDesired] = {}
         before = self._before
@@ -271,9 +259,7 @@ class NodeEndpoints:
             ing, egr, entries, pols = self.entries.endpoint_entries(pod)
             ing_audit, egr_audit = self._audit_only(pols)
             identity = self.entries.pod_identity[pod.key]
-            ing_tiered, egr_tiered, contributions = self.tiers.endpoint(identity, pod)
-            if ing_tiered or egr_tiered:
-                entries = self._fold(entries, contributions)
+            ing_tiered, egr_tiered, profile = self.tiers.endpoint(identity, pod, self.entries.entry_key)
             ep = EndpointDesired(
                 pod=pod.key,
                 identity=identity,
@@ -288,6 +274,7 @@ class NodeEndpoints:
                 ingress_tiered=ing_tiered,
                 egress_tiered=egr_tiered,
                 cluster_policies=tuple(p.name for p in self.tiers.policies_for(identity)),
+                tier_profile=profile,
             )
             old = old_endpoints.get(pod.key)
             endpoints[pod.key] = old if old is not None and old == ep else ep

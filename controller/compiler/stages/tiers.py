@@ -13,9 +13,12 @@ number of policies, tiers and rules (docs/INTERNALS.md "Tiers").
   on the endpoint for ingress, on each destination pod for egress (keyed by that pod's exact
   prefix). A failed-closed Deny/Pass rule is a Deny of every peer and port; an Accept that
   matches nothing contributes nothing.
+- Tier profiles: the entries of every rule of the policies selecting an endpoint are keyed by a
+  profile id (TIER_PROFILE_BIT | hash) instead of the endpoint's, and shared by every endpoint
+  the same policies select (with the same named-port resolution): a cluster-wide policy costs
+  its entries once per node. NetworkPolicy's entries stay the endpoint's own.
 - fold(): the LPM map returns only the longest match of one identity, so every key carries, per
-  tier, the best rule among the keys of the same identity that cover it (and NetworkPolicy's
-  allow), computed here.
+  tier, the best rule among the keys of the same identity that cover it, computed here.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import ipaddress
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from controller.compiler.cnp import ACCEPT, DENY, PASS, TIERS, ClusterNetworkPolicy, CnpPeer, CnpRule
 from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue, RuleRef
@@ -42,7 +46,7 @@ from controller.core.verdicts import (
     TIER_ACCEPT,
     TIER_DENY,
     TIER_PASS,
-    VERDICT_ALLOW,
+    TIER_PROFILE_BIT,
 )
 
 ADMIN, BASELINE = 0, 1  # tier indexes (TIERS order)
@@ -62,9 +66,6 @@ class Contribution:
     action: int
     rank: int
     ref: int
-
-
-EndpointTiers = tuple[bool, bool, tuple[Contribution, ...]]  # (ingress tiered, egress tiered, contributions)
 
 
 def cnp_rule_ref(name: str, direction: int, index: int) -> int:
@@ -203,9 +204,14 @@ def _address(text: str) -> IPAddress:
     return ipaddress.ip_address(text)
 
 
+ProfileKey = tuple[tuple[str, ...], tuple[PortSpec, ...]]  # (selecting policies, own named ports)
+EndpointTiers = tuple[bool, bool, int]  # (ingress tiered, egress tiered, tier profile id)
+
+
 class Tiers:
-    """Per endpoint: which directions the tiers police and the contributions of every rule of
-    every policy that selects it (cached per identity and named-port resolution)."""
+    """Per endpoint: which directions the tiers police and its tier profile, the entries of
+    every rule of every policy that selects it, shared by every endpoint selected by the same
+    policies with the same named-port resolution (computed on first use)."""
 
     def __init__(self, tables: CnpTables, cidr: CidrTables) -> None:
         self.tables = tables
@@ -217,6 +223,9 @@ class Tiers:
                 self._by_identity.setdefault(ident, []).append(pol)
         self._rule_cache: dict[tuple[str, int, int], tuple[Contribution, ...]] = {}
         self._endpoint_cache: dict[tuple[int, tuple[PortSpec, ...]], EndpointTiers] = {}
+        self._profile_ids: dict[ProfileKey, int] = {}
+        self._taken: set[int] = set()
+        self.profiles: dict[int, Mapping[PolicyEntryKey, PolicyEntryValue]] = {}
 
     def policies_for(self, identity: int) -> list[ClusterNetworkPolicy]:
         return self._by_identity.get(identity, [])
@@ -257,32 +266,51 @@ class Tiers:
                     keys.extend((direction, dest, *s) for s in resolved)
         return tuple(Contribution(k, tier, action, rank, ref) for k in dict.fromkeys(keys))
 
-    def endpoint(self, identity: int, pod: Pod) -> tuple[bool, bool, tuple[Contribution, ...]]:
-        """(ingress tiered, egress tiered, contributions) of an endpoint with this identity."""
+    def endpoint(
+        self, identity: int, pod: Pod, intern: Callable[[int, int, int, int, int], PolicyEntryKey]
+    ) -> EndpointTiers:
+        """(ingress tiered, egress tiered, tier profile id) of an endpoint with this identity;
+        the profile's entries are in `profiles` (interned keys from `intern`)."""
         pols = self.policies_for(identity)
         if not pols:
-            return False, False, ()
+            return False, False, 0
         names = tuple(n for pol in pols for r in pol.ingress for n in _named(r))
         own = resolve_named(pod, names) if names else ()
         key = (identity, own)
         hit = self._endpoint_cache.get(key)
         if hit is not None:
             return hit
-        out: list[Contribution] = []
-        for pol in pols:
-            for direction, rules in ((DIR_INGRESS, pol.ingress), (DIR_EGRESS, pol.egress)):
-                for rule in rules:
-                    own_named = resolve_named(pod, _named(rule)) if direction == DIR_INGRESS else ()
-                    ckey = (pol.name, direction, rule.index) if not own_named else None
-                    cached = self._rule_cache.get(ckey) if ckey is not None else None
-                    if cached is None:
-                        cached = self._contributions(pol, direction, rule, own_named)
-                        if ckey is not None:
-                            self._rule_cache[ckey] = cached
-                    out.extend(cached)
-        hit = (any(p.ingress for p in pols), any(p.egress for p in pols), tuple(out))
+        pkey: ProfileKey = (tuple(p.name for p in pols), own)
+        profile = self._profile_ids.get(pkey)
+        if profile is None:
+            profile = self._allocate(pkey)
+            out: list[Contribution] = []
+            for pol in pols:
+                for direction, rules in ((DIR_INGRESS, pol.ingress), (DIR_EGRESS, pol.egress)):
+                    for rule in rules:
+                        own_named = resolve_named(pod, _named(rule)) if direction == DIR_INGRESS else ()
+                        ckey = (pol.name, direction, rule.index) if not own_named else None
+                        cached = self._rule_cache.get(ckey) if ckey is not None else None
+                        if cached is None:
+                            cached = self._contributions(pol, direction, rule, own_named)
+                            if ckey is not None:
+                                self._rule_cache[ckey] = cached
+                        out.extend(cached)
+            self.profiles[profile] = MappingProxyType(fold(out, intern))
+        hit = (any(p.ingress for p in pols), any(p.egress for p in pols), profile)
         self._endpoint_cache[key] = hit
         return hit
+
+    def _allocate(self, pkey: ProfileKey) -> int:
+        """A profile id from a hash of its key (an agent restart reproduces it), probing past a
+        collision."""
+        n = zlib.crc32(repr(pkey).encode()) & ~TIER_PROFILE_BIT & 0xFFFFFFFF
+        while (TIER_PROFILE_BIT | n) in self._taken or n == 0:
+            n = (n + 1) & ~TIER_PROFILE_BIT & 0xFFFFFFFF
+        profile = TIER_PROFILE_BIT | n
+        self._taken.add(profile)
+        self._profile_ids[pkey] = profile
+        return profile
 
 
 def _ancestors(key: KeyTuple) -> list[KeyTuple]:
@@ -300,17 +328,12 @@ def _ancestors(key: KeyTuple) -> list[KeyTuple]:
 
 
 def fold(
-    np_entries: Mapping[PolicyEntryKey, PolicyEntryValue],
     contributions: Sequence[Contribution],
     intern: Callable[[int, int, int, int, int], PolicyEntryKey],
 ) -> dict[PolicyEntryKey, PolicyEntryValue]:
-    """Every key of NetworkPolicy's entries and of the contributions, each with the whole answer
-    for its identity: NetworkPolicy's allow from the longest covering key that has one, and per
-    tier the lowest-ranked rule among the covering keys. `intern(direction, identity, proto,
-    port, plen)` returns the shared PolicyEntryKey."""
-    np_at: dict[KeyTuple, PolicyEntryValue] = {}
-    for k, v in np_entries.items():
-        np_at[(k.direction, k.identity, k.proto, k.port, k.port_plen)] = v
+    """Every key of the contributions with the whole answer for its identity: per tier the
+    lowest-ranked rule among the keys that cover it. `intern(direction, identity, proto, port,
+    plen)` returns the shared PolicyEntryKey."""
     best: dict[KeyTuple, list[Contribution | None]] = {}
     for c in contributions:
         at = best.setdefault(c.key, [None, None])
@@ -318,12 +341,9 @@ def fold(
         if cur is None or c.rank < cur.rank:
             at[c.tier] = c
     out: dict[PolicyEntryKey, PolicyEntryValue] = {}
-    for key in dict.fromkeys([*np_at, *best]):
-        np_value: PolicyEntryValue | None = None
+    for key in best:
         tiers: list[Contribution | None] = [None, None]
         for anc in _ancestors(key):
-            if np_value is None:
-                np_value = np_at.get(anc)
             found = best.get(anc)
             if found is not None:
                 for t in (ADMIN, BASELINE):
@@ -333,8 +353,8 @@ def fold(
                         tiers[t] = got
         admin, base = tiers
         out[intern(*key)] = PolicyEntryValue(
-            verdict=VERDICT_ALLOW if np_value is not None else 0,
-            rule_ref=np_value.rule_ref if np_value is not None else 0,
+            verdict=0,
+            rule_ref=0,
             admin=admin.action if admin else 0,
             admin_rank=admin.rank if admin else 0,
             admin_ref=admin.ref if admin else 0,

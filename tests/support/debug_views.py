@@ -1,0 +1,130 @@
+"""Inputs of the debug CLI's pure parts without a cluster or a kernel: the conformance 9-pod
+model as raw API objects (ClusterView input) and the maps a correct agent writes for a node,
+as fake maps (dumped like the pinned ones, and answering LPM lookups as the kernel's tries do)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from controller.datapath import abi, codecs
+from controller.datapath.encoding import desired_maps
+from controller.datapath.readback import KernelState, dump
+from controller.debug.kernel import NodeMaps
+from controller.debug.view import ClusterView, RawObjects
+from tests.conformance.runner import ORDER, default_model, model_manifests
+
+NODES = ("node-1", "node-2")
+LPM_MAPS = ("vg_ipcache4", "vg_ipcache6", "vg_policy")
+
+
+def raw_cluster(
+    policies: list[dict[str, Any]], rv: int = 10, cluster_policies: Sequence[dict[str, Any]] = ()
+) -> RawObjects:
+    """The conformance 9-pod model (namespaces x, y, z labelled ns=<name>, pods a, b, c labelled
+    pod=<name>) as API objects, pods spread over two nodes, with these (Cluster)NetworkPolicies."""
+    docs = model_manifests(default_model())
+    namespaces, pods = [], []
+    for d in docs:
+        d = copy.deepcopy(d)
+        d["metadata"]["resourceVersion"] = "1"
+        if d["kind"] == "Namespace":
+            d["metadata"]["labels"]["kubernetes.io/metadata.name"] = d["metadata"]["name"]
+            namespaces.append(d)
+        else:
+            i = ORDER.index(f"{d['metadata']['namespace']}/{d['metadata']['name']}")
+            node = NODES[i % 2]
+            d["spec"]["nodeName"] = node
+            ip4 = f"10.244.{1 + i % 2}.{10 + i}"
+            d["status"] = {
+                "phase": "Running",
+                "podIPs": [{"ip": ip4}, {"ip": f"fd00:10:244:{1 + i % 2}::{10 + i}"}],
+            }
+            pods.append(d)
+    nodes = [
+        {
+            "metadata": {"name": n, "labels": {"kubernetes.io/hostname": n, "kubernetes.io/os": "linux"}},
+            "status": {"addresses": [{"type": "InternalIP", "address": f"10.244.{k}.1"}]},
+        }
+        for k, n in enumerate(NODES, 1)
+    ]
+
+    def stamped(objs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for p in objs:
+            p = copy.deepcopy(p)
+            p["metadata"].setdefault("resourceVersion", str(rv))
+            out.append(p)
+        return out
+
+    return RawObjects(
+        namespaces, pods, stamped(policies), nodes, rv, cluster_policies=stamped(cluster_policies)
+    )
+
+
+def flow_event(src: str, dst: str, direction: int, reason: int, rule_ref: int = 0, ep_id: int = 3) -> bytes:
+    """A vg_events record of an IPv4 TCP flow src:40000 -> dst:80, as the datapath writes it."""
+    e = abi.FlowEvent(
+        ts_ns=5_000_000_000, ep_id=ep_id, dir=direction, reason=reason, family=4, proto=6, rule_ref=rule_ref
+    )
+    e.saddr[:] = list(codecs.addr16(src))
+    e.daddr[:] = list(codecs.addr16(dst))
+    e.sport = codecs.be16(40000)
+    e.dport = codecs.be16(80)
+    return bytes(e)
+
+
+class FakeMap:
+    """A map's items; lookups exact (hash maps) or longest-prefix (LPM tries: a key is a host
+    __u32 prefix length then the data, matched on its leading bits as the kernel does)."""
+
+    def __init__(self, items: dict[bytes, bytes], lpm: bool = False) -> None:
+        self._items = items
+        self.lpm = lpm
+
+    def items(self) -> dict[bytes, bytes]:
+        return self._items
+
+    def lookup(self, key: bytes) -> bytes | None:
+        if not self.lpm:
+            return self._items.get(key)
+        plen, data = int.from_bytes(key[:4], "little"), int.from_bytes(key[4:], "big")
+        bits = 8 * (len(key) - 4)
+        best: tuple[int, bytes] | None = None
+        for k, v in self._items.items():
+            kp = int.from_bytes(k[:4], "little")
+            if kp > plen or (best is not None and kp <= best[0]):
+                continue
+            if (int.from_bytes(k[4:], "big") ^ data) >> (bits - kp) == 0:
+                best = (kp, v)
+        return best[1] if best else None
+
+    def close(self) -> None:
+        pass
+
+
+def fake_maps(view: ClusterView, node: str) -> tuple[dict[str, FakeMap], dict[str, int]]:
+    """The maps a correct agent writes for `node` (ifindex 10, 11, ... by pod key)."""
+    desired = view.desired(node)
+    ifindex = {pod: 10 + i for i, pod in enumerate(sorted(desired.endpoints))}
+    wanted = desired_maps(desired, ifindex)
+    wanted["vg_ct"] = {}
+    wanted["vg_config"] = {}
+    return {k: FakeMap(v, lpm=k in LPM_MAPS) for k, v in wanted.items()}, ifindex
+
+
+def node_maps(view: ClusterView, node: str) -> NodeMaps:
+    """NodeMaps over the fake maps of `node`: the live lookups of `explain` without a kernel."""
+    return NodeMaps(Path(f"/fake/{node}"), fake_maps(view, node)[0])
+
+
+def kernel_state(
+    view: ClusterView, node: str, ct: Sequence[codecs.CtEntry] = ()
+) -> tuple[KernelState, dict[str, int]]:
+    """What a correct agent writes for `node`, decoded back: the maps without a kernel."""
+    fakes, ifindex = fake_maps(view, node)
+    maps: dict[str, Any] = dict(fakes)  # FakeMap has what dump reads of a MapLike
+    state = dump(maps)
+    return KernelState(state.revision, state.endpoints, state.ipcache, state.policy, list(ct)), ifindex
