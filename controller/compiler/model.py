@@ -120,6 +120,10 @@ class Node:
     name: str
     addresses: tuple[str, ...]  # InternalIP addresses, canonical strings
     labels: Mapping[str, str] = field(default_factory=dict)  # ClusterNetworkPolicy `nodes` peers
+    # ExternalIP addresses: a `nodes` peer matches them too (every IP of status.addresses, as the
+    # API says), but they are not the node's own (not HOST / REMOTE_NODE): often a cloud's NAT
+    # address that no packet on the node carries
+    external_addresses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -213,11 +213,12 @@ def _parse_node(raw: Any, errors: list[PolicyError]) -> Node | None:
         return None
     status = raw.get("status") if isinstance(raw.get("status"), Mapping) else {}
     addrs: list[str] = []
+    external: list[str] = []
     raw_addrs = status.get("addresses") or []
     if not isinstance(raw_addrs, list):
         raw_addrs = []
     for i, a in enumerate(raw_addrs):
-        if not isinstance(a, Mapping) or a.get("type") != "InternalIP":
+        if not isinstance(a, Mapping) or a.get("type") not in ("InternalIP", "ExternalIP"):
             continue
         addr = _parse_ip(a.get("address"))
         if addr is None:
@@ -225,10 +226,11 @@ def _parse_node(raw: Any, errors: list[PolicyError]) -> Node | None:
                 PolicyError(f"Node {name}", f"status.addresses[{i}].address", "invalid IP address; ignored")
             )
             continue
-        if str(addr) not in addrs:
-            addrs.append(str(addr))
+        into = addrs if a.get("type") == "InternalIP" else external
+        if str(addr) not in into:
+            into.append(str(addr))
     labels = _labels(meta.get("labels"), f"Node {name}", "metadata.labels", errors)
-    return Node(name, tuple(addrs), labels)
+    return Node(name, tuple(addrs), labels, tuple(a for a in external if a not in addrs))
 
 
 def _is_int(v: Any) -> bool:

@@ -113,6 +113,11 @@ class NodeShape:
         return f"node-{self.number}"
 
 
+def node_external_ips(number: int, families: tuple[int, ...] = (4, 6)) -> list[str]:
+    """A node's ExternalIP: matched by `nodes` peers, but not one of the node's own addresses."""
+    return [f"198.51.100.{number}"] if 4 in families else []
+
+
 def node_ips(number: int, families: tuple[int, ...] = (4, 6)) -> list[str]:
     """A node's addresses in the unit plan (and the lab's): the .1 / ::1 of its pod networks."""
     return [a for a, f in ((f"10.244.{number}.1", 4), (f"fd00:10:244:{number}::1", 6)) if f in families]
@@ -683,6 +688,7 @@ def node_objects(
             "status": {
                 "addresses": [
                     *({"type": "InternalIP", "address": a} for a in node_ips(n.number, families)),
+                    *({"type": "ExternalIP", "address": a} for a in node_external_ips(n.number, families)),
                     {"type": "Hostname", "address": n.name},
                 ]
             },
@@ -717,6 +723,7 @@ def queries(
         pods = [p.key for p in case.pods if not p.host_network and has(p.key)]
         host_network = [p.key for p in case.pods if p.host_network and has(p.key)]
         nodes = [ip for n in case.nodes for ip in node_ips(n.number, (family,))]
+        nodes += [ip for n in case.nodes for ip in node_external_ips(n.number, (family,))]
         outside = [ip for e in case.externals for ip in e.ips if ipaddress.ip_address(ip).version == family]
         ends = pods + host_network + nodes + outside
         for src in ends:

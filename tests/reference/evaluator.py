@@ -63,7 +63,10 @@ from the API's type documentation and ../../../shared/DESIGN.md "Cluster-wide, o
 Nodes and host-network pods (the API text, ../../../shared/DESIGN.md "Datapath" and
 "Cluster-wide, ordered policy", and the decisions of issue 15):
 
-- A node has a name, labels and addresses (every IP in status.addresses). A host-network pod
+- A node has a name, labels and addresses: a `nodes` peer matches every IP in its
+  status.addresses (the API's words), but the node's own addresses, where its traffic comes from
+  and what "the pod's own node" means, are its InternalIP addresses (vethguard's decision: an
+  ExternalIP is often not configured on the node at all, a cloud's NAT address). A host-network pod
   (spec.hostNetwork) has its node's addresses; traffic from it is traffic from its node and
   traffic to it is traffic to its node. It is never a NetworkPolicy or ClusterNetworkPolicy
   subject, and never matched by podSelector / namespaceSelector / `namespaces` / `pods` peers;
@@ -126,7 +129,8 @@ class RefPod:
 class RefNode:
     name: str
     labels: Mapping[str, str]
-    addresses: tuple[IPAddress, ...]  # every IP of status.addresses
+    addresses: tuple[IPAddress, ...]  # every IP of status.addresses (what `nodes` peers match)
+    internal: tuple[IPAddress, ...] = ()  # its InternalIP addresses: the node's own (see below)
 
 
 def _of_family(addresses: Iterable[IPAddress], family: int) -> IPAddress | None:
@@ -169,7 +173,7 @@ def _parse_pod(raw: Mapping[str, Any], nodes: Mapping[str, RefNode]) -> RefPod:
     host_network = bool(spec.get("hostNetwork"))
     addresses = tuple(ipaddress.ip_address(e["ip"]) for e in status.get("podIPs") or [])
     if host_network and isinstance(node, str) and node in nodes:
-        addresses = nodes[node].addresses  # a host-network pod has its node's addresses
+        addresses = nodes[node].internal  # a host-network pod has its node's addresses
     ports: list[tuple[str, int, str]] = []
     for container in spec.get("containers") or []:
         for p in container.get("ports") or []:
@@ -189,6 +193,7 @@ def _parse_pod(raw: Mapping[str, Any], nodes: Mapping[str, RefNode]) -> RefPod:
 def _parse_node(raw: Mapping[str, Any]) -> RefNode:
     meta = raw["metadata"]
     addresses: list[IPAddress] = []
+    internal: list[IPAddress] = []
     for entry in (raw.get("status") or {}).get("addresses") or []:
         try:
             addr = ipaddress.ip_address(entry.get("address", ""))
@@ -196,7 +201,9 @@ def _parse_node(raw: Mapping[str, Any]) -> RefNode:
             continue  # Hostname, InternalDNS, ...: not an IP
         if addr not in addresses:
             addresses.append(addr)
-    return RefNode(meta["name"], dict(meta.get("labels") or {}), tuple(addresses))
+        if entry.get("type") == "InternalIP" and addr not in internal:
+            internal.append(addr)
+    return RefNode(meta["name"], dict(meta.get("labels") or {}), tuple(addresses), tuple(internal))
 
 
 def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -401,7 +408,7 @@ class Evaluator:
             return None
         addr = ipaddress.ip_address(who)
         for node in self.nodes.values():
-            if addr in node.addresses:
+            if addr in node.internal:
                 return node
         return None
 
@@ -486,9 +493,14 @@ class Evaluator:
             return addr is not None and any(
                 addr.version == _network(c).version and addr in _network(c) for c in peer["networks"]
             )
-        if "nodes" in peer:
-            node = self._node_at(who)
-            return node is not None and labels_match_selector(peer["nodes"], node.labels)
+        if "nodes" in peer:  # every IP of the node's status.addresses, ExternalIP included
+            if who in self.pods:
+                return False
+            addr = ipaddress.ip_address(who)
+            return any(
+                addr in node.addresses and labels_match_selector(peer["nodes"], node.labels)
+                for node in self.nodes.values()
+            )
         pod = self._pod_at(who)
         return pod is not None and self._cnp_selects(peer, pod)
 

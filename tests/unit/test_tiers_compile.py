@@ -175,3 +175,35 @@ def test_host_network_pods_are_never_subjects_nor_peers() -> None:
     # the host-network pod's address is the node's: from the node, always allowed
     assert verdict(desired, desired, "192.168.50.1", "x/a", "TCP", 80).ingress.reason == "ALLOW_HOST"
     assert verdict(desired, desired, "x/b", "x/a", "TCP", 80).ingress.reason == "DROP_ADMIN"
+
+
+def test_a_nodes_peer_matches_a_nodes_external_ip_but_only_internal_ips_are_the_pods_own_node() -> None:
+    node = {
+        "metadata": {"name": NODE, "labels": {"kubernetes.io/hostname": NODE}},
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": "192.168.50.1"},
+                {"type": "ExternalIP", "address": "198.51.100.9"},
+                {"type": "Hostname", "address": NODE},
+            ]
+        },
+    }
+    deny_nodes = _cnp(
+        "no-nodes",
+        {
+            "egress": [
+                {
+                    "action": "Deny",
+                    "to": [{"nodes": {}}],
+                    "protocols": [{"tcp": {"destinationPort": {"number": 10250}}}],
+                }
+            ]
+        },
+    )
+    cluster = cluster_from_objects(SMALL_NS, SMALL_PODS, [], [node], [deny_nodes])
+    assert not cluster.errors
+    desired = compute(cluster, NODE)
+    for address in ("192.168.50.1", "198.51.100.9"):
+        assert verdict(desired, desired, "x/a", address, "TCP", 10250).egress.reason == "DROP_ADMIN", address
+    assert verdict(desired, desired, "x/a", "192.168.50.1", "TCP", 22).egress.reason == "ALLOW_HOST"
+    assert verdict(desired, desired, "x/a", "198.51.100.9", "TCP", 22).egress.reason == "ALLOW_NOT_ISOLATED"

@@ -8,7 +8,8 @@ number of policies, tiers and rules (docs/INTERNALS.md "Tiers").
 - A rule contributes (peer identity x port spec) keys with its tier, action, rank and reference:
   `namespaces` / `pods` peers -> the pod identities they select (host-network pods have none);
   `networks` -> the CIDR identities of every policy prefix inside them (pod and node addresses
-  carry theirs too); `nodes` -> the exact prefixes of the selected nodes' addresses. Ports: none
+  carry theirs too); `nodes` -> the exact prefixes of the selected nodes' addresses (InternalIP and
+  ExternalIP: every IP of status.addresses). Ports: none
   -> every protocol and port; a port or range -> its aligned prefixes; a named port -> resolved
   on the endpoint for ingress, on each destination pod for egress (keyed by that pod's exact
   prefix). A failed-closed Deny/Pass rule is a Deny of every peer and port; an Accept that
@@ -166,7 +167,10 @@ class CnpTables:
             index = LabelIndex((i, n.labels) for i, n in enumerate(self.nodes.values()))
             chosen = set(sel.select(index))
             hit = tuple(
-                _address(a) for i, n in enumerate(self.nodes.values()) if i in chosen for a in n.addresses
+                _address(a)
+                for i, n in enumerate(self.nodes.values())
+                if i in chosen
+                for a in (*n.addresses, *n.external_addresses)
             )
             self._node_addresses[peer.nodes] = hit
         return hit
