@@ -93,8 +93,11 @@ def _assert_tier_cost(cost: dict[str, Any], counts: list[int]) -> None:
             assert _positive(c[key]), (c["cluster_policies"], key)
         assert c["tiered"] == (c["cluster_policies"] > 0)
         assert c["kernel_reason"] == c["reason"] == "ALLOW_POLICY"
-        assert c["policy_lookups"] == (3 if c["tiered"] else 1)
-        assert c["policy_map_entries"] >= c["server_policy_entries"] > 0
+        # tiered: three in the tier profile, then NetworkPolicy's first (an Admin Pass hands the
+        # measured flow to the NetworkPolicy that allows it)
+        assert c["policy_lookups"] == (4 if c["tiered"] else 1)
+        assert c["policy_map_entries"] >= c["server_policy_entries"] + c["tier_profile_entries"] > 0
+        assert (c["tier_profile_entries"] > 0) == c["tiered"]
 
 
 def test_tier_cost_alone_measures_every_count_and_removes_its_pins() -> None:
