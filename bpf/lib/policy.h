@@ -140,8 +140,9 @@ static __always_inline __u8 vg_tiers_verdict(const struct endpoint_info *ep, __u
 /*
  * Verdict for a new flow (or a re-check of a tracked one) in direction `dir` of endpoint `ep`.
  * Returns a reason; the deciding rule goes to *rule_ref (left alone when no rule decided).
- * `host`: the peer is this node (only an egress flow of a tiered endpoint gets here with it).
- * An endpoint no ClusterNetworkPolicy selects keeps NetworkPolicy's path, no tier work.
+ * `host`: the peer is this node; only an egress flow of a tiered endpoint gets here with it
+ * (lib/newflow.h passes the others as ALLOW_HOST), so only the tiers read it. An endpoint no
+ * ClusterNetworkPolicy selects keeps NetworkPolicy's path, no tier work.
  */
 static __always_inline __u8 vg_policy_verdict(const struct endpoint_info *ep, __u8 dir, __u8 proto,
 					      __be16 dport, const struct ipcache_value *peer, int host,
@@ -152,7 +153,7 @@ static __always_inline __u8 vg_policy_verdict(const struct endpoint_info *ep, __
 	if (ep->flags & EP_F_PENDING)
 		return DROP_PENDING;
 	if (!(ep->flags & (vg_isolated_flag(dir) | vg_tiered_flag(dir))))
-		return host ? ALLOW_HOST : ALLOW_NOT_ISOLATED;
+		return ALLOW_NOT_ISOLATED;
 
 	k.prefixlen = POLICY_PLEN_FULL;
 	k.dir = dir;
@@ -160,8 +161,6 @@ static __always_inline __u8 vg_policy_verdict(const struct endpoint_info *ep, __
 	k.dport = vg_policy_port(proto, dport);
 	if (ep->flags & vg_tiered_flag(dir))
 		return vg_tiers_verdict(ep, dir, &k, peer, host, rule_ref);
-	if (host)
-		return ALLOW_HOST;
 	return vg_np_verdict(ep, dir, &k, peer, rule_ref);
 }
 

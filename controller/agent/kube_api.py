@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from controller.compiler import cnp
 from controller.core.log import get_logger
 
 log = get_logger("vethguard.sources")
@@ -32,9 +33,6 @@ class KindSpec:
     optional: bool = False  # an API that may not be installed (a CRD): 404 = no objects
 
 
-CNP_GROUP, CNP_VERSION, CNP_PLURAL = "policy.networking.k8s.io", "v1alpha2", "clusternetworkpolicies"
-
-
 def _core(api_client: Any) -> Any:
     from kubernetes import client
 
@@ -51,7 +49,7 @@ def _cluster_network_policies(api_client: Any) -> ListFn:
     from kubernetes import client
 
     return functools.partial(
-        client.CustomObjectsApi(api_client).list_cluster_custom_object, CNP_GROUP, CNP_VERSION, CNP_PLURAL
+        client.CustomObjectsApi(api_client).list_cluster_custom_object, cnp.GROUP, cnp.VERSION, cnp.PLURAL
     )
 
 
@@ -68,8 +66,8 @@ KINDS: tuple[KindSpec, ...] = (
     # Services: the frontends whose flows are judged after DNAT (controller/compiler/frontends.py).
     KindSpec("Service", "v1", True, lambda a: _core(a).list_service_for_all_namespaces),
     KindSpec(
-        "ClusterNetworkPolicy",
-        f"{CNP_GROUP}/{CNP_VERSION}",
+        cnp.KIND,
+        cnp.API_VERSION,
         False,
         _cluster_network_policies,
         optional=True,

@@ -28,10 +28,10 @@ from __future__ import annotations
 from typing import Any
 
 from controller.bench import synth
+from controller.compiler import cnp as cnp_api
 
 Raw = dict[str, Any]
 
-API_VERSION = "policy.networking.k8s.io/v1alpha2"
 MONITORING_NS = "monitoring"
 MEASURED_NODE = "node-1"
 METRICS_PORT = 9100  # the server's named port "metrics" (destinationNamedPort rules)
@@ -46,7 +46,7 @@ PAIRS = [("client", "10.244.1.2", "server", "10.244.1.3")]
 
 def cluster_network_policy(name: str, tier: str, priority: int, subject: Raw, **rules: list[Raw]) -> Raw:
     return {
-        "apiVersion": API_VERSION,
+        "apiVersion": cnp_api.API_VERSION,
         "kind": "ClusterNetworkPolicy",
         "metadata": {"name": name},
         "spec": {"tier": tier, "priority": priority, "subject": subject, **rules},

@@ -100,7 +100,11 @@ def policy_lookups(desired: NodeDesired) -> tuple[str, int, bool]:
             break
     if ep.ingress_tiered:
         # the tier profile's lookups, then NetworkPolicy's where it decided (Admin passed)
-        np_decided = v.reason in ("ALLOW_POLICY", "DROP_POLICY", "ALLOW_AUDIT")
+        np_decided = v.reason in (
+            verdict_model.ALLOW_POLICY,
+            verdict_model.DROP_POLICY,
+            verdict_model.ALLOW_AUDIT,
+        )
         return v.reason, len(levels) + (np_lookups if np_decided else 0), True
     return v.reason, np_lookups, False
 

@@ -34,6 +34,9 @@ from controller.core.errors import PolicyError
 from controller.core.net import IPNetwork
 
 KIND = "ClusterNetworkPolicy"
+GROUP, VERSION, PLURAL = "policy.networking.k8s.io", "v1alpha2", "clusternetworkpolicies"
+API_VERSION = f"{GROUP}/{VERSION}"
+PATH = f"/apis/{GROUP}/{VERSION}/{PLURAL}"  # the list/watch path of the API
 TIERS = ("Admin", "Baseline")  # evaluation order: Admin, then NetworkPolicy, then Baseline
 ACCEPT, DENY, PASS = "Accept", "Deny", "Pass"
 ACTIONS = (ACCEPT, DENY, PASS)

@@ -4,6 +4,7 @@ one definition of each key, value and event layout."""
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import ipaddress
 from dataclasses import dataclass
 
@@ -110,6 +111,10 @@ def policy_prefixlen(key: PolicyEntryKey) -> int:
     return POLICY_PLEN_ANY_PORT + key.port_plen
 
 
+# PolicyEntryValue's fields: the same names in struct policy_value (which adds `flags`)
+_POLICY_VALUE_FIELDS = tuple(f.name for f in dataclasses.fields(PolicyEntryValue))
+
+
 def encode_policy(ep_id: int, key: PolicyEntryKey, value: PolicyEntryValue) -> tuple[bytes, bytes]:
     if key.proto == 0 and (key.port or key.port_plen):
         raise ValueError(f"policy entry {key}: a port needs a protocol")
@@ -126,17 +131,7 @@ def encode_policy(ep_id: int, key: PolicyEntryKey, value: PolicyEntryValue) -> t
         proto=key.proto,
         dport=be16(key.port & mask),
     )
-    v = PolicyValue(
-        verdict=value.verdict,
-        admin=value.admin,
-        baseline=value.baseline,
-        flags=0,
-        rule_ref=value.rule_ref,
-        admin_rank=value.admin_rank,
-        admin_ref=value.admin_ref,
-        baseline_rank=value.baseline_rank,
-        baseline_ref=value.baseline_ref,
-    )
+    v = PolicyValue(flags=0, **{f: getattr(value, f) for f in _POLICY_VALUE_FIELDS})
     return bytes(k), bytes(v)
 
 
@@ -152,16 +147,7 @@ def decode_policy(kb: bytes, vb: bytes) -> tuple[int, PolicyEntryKey, PolicyEntr
     return (
         k.ep_id,
         PolicyEntryKey(direction=k.dir, identity=k.identity, proto=proto, port=port, port_plen=plen),
-        PolicyEntryValue(
-            verdict=v.verdict,
-            rule_ref=v.rule_ref,
-            admin=v.admin,
-            admin_rank=v.admin_rank,
-            admin_ref=v.admin_ref,
-            baseline=v.baseline,
-            baseline_rank=v.baseline_rank,
-            baseline_ref=v.baseline_ref,
-        ),
+        PolicyEntryValue(**{f: getattr(v, f) for f in _POLICY_VALUE_FIELDS}),
     )
 
 

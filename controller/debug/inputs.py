@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.agent.health import fetch_status
+from controller.compiler import cnp
 from controller.core.errors import VethguardError
 from controller.debug.view import RawObjects
 
@@ -44,9 +45,7 @@ LIST_KINDS = {
     "nodes": "Node",
     "cluster_policies": "ClusterNetworkPolicy",
 }
-CNP_GROUP, CNP_VERSION, CNP_PLURAL = "policy.networking.k8s.io", "v1alpha2", "clusternetworkpolicies"
-CNP_PATH = f"/apis/{CNP_GROUP}/{CNP_VERSION}/{CNP_PLURAL}"
-CNP_API_VERSION = f"{CNP_GROUP}/{CNP_VERSION}"
+CNP_PATH = cnp.PATH
 
 Lists = dict[str, tuple[list[dict[str, Any]], int | None]]
 
@@ -67,7 +66,7 @@ def _items(kind_field: str, body: Any) -> tuple[list[dict[str, Any]], int | None
         item = dict(item)
         item.setdefault("kind", LIST_KINDS[kind_field])
         if kind_field == "cluster_policies":
-            item.setdefault("apiVersion", CNP_API_VERSION)
+            item.setdefault("apiVersion", cnp.API_VERSION)
         items.append(item)
     rv = (body.get("metadata") or {}).get("resourceVersion")
     return items, int(rv) if isinstance(rv, str) and rv.isdigit() else None
@@ -79,10 +78,10 @@ def _cnp_unlisted(code: int, source: str, detail: Any) -> tuple[list[dict[str, A
         return [], None  # the CRD is not installed: no ClusterNetworkPolicies, not an error
     if code == 403:
         return [], (
-            f"not allowed to list {CNP_PLURAL}.{CNP_GROUP} ({source}): "
+            f"not allowed to list {cnp.PLURAL}.{cnp.GROUP} ({source}): "
             "decisions of ClusterNetworkPolicy tiers are not shown"
         )
-    raise VethguardError(f"listing {CNP_PLURAL}.{CNP_GROUP} ({source}) failed ({code}): {str(detail)[:200]}")
+    raise VethguardError(f"listing {cnp.PLURAL}.{cnp.GROUP} ({source}) failed ({code}): {str(detail)[:200]}")
 
 
 def _raw_objects(lists: Lists, warnings: tuple[str, ...] = ()) -> RawObjects:
@@ -99,15 +98,16 @@ def _raw_objects(lists: Lists, warnings: tuple[str, ...] = ()) -> RawObjects:
 
 
 def list_cluster_policies(api: Any, lists: Lists) -> str | None:
-    """Add the ClusterNetworkPolicies to `lists` through the official client's CustomObjectsApi
-    (ApiClient `api`); returns a warning when they could not be listed but that is no error."""
-    from kubernetes import client
+    """Add the ClusterNetworkPolicies to `lists` with the agent's list function for them (the
+    official client's CustomObjectsApi, ApiClient `api`); returns a warning when they could not
+    be listed but that is no error."""
     from kubernetes.client.exceptions import ApiException
 
+    from controller.agent.kube_api import KINDS
+
+    [spec] = [s for s in KINDS if s.kind == cnp.KIND]
     try:
-        resp: Any = client.CustomObjectsApi(api).list_cluster_custom_object(
-            CNP_GROUP, CNP_VERSION, CNP_PLURAL, _preload_content=False
-        )
+        resp: Any = spec.list_fn_of(api)(_preload_content=False)
     except ApiException as exc:
         items, warning = _cnp_unlisted(int(exc.status or 0), "the API server", exc.reason)
         lists["cluster_policies"] = (items, None)

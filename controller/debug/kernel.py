@@ -116,13 +116,14 @@ class NodeMaps:
         kernel answers each LPM lookup, verdict_model.decide (the model's own code) merges them."""
         ident, cidr = self.ipcache(peer)
 
-        def lookup(level: int) -> tuple[None, PolicyEntryValue] | None:
-            v = self.policy(ep.ep_id, direction, level, proto, port)
-            return None if v is None else (None, v)
+        def lookup_in(ep_id: int) -> verdict_model.PolicyLookup:
+            """LPM lookups in the entries keyed by `ep_id`: the endpoint's own, or its tier profile's."""
 
-        def tier_lookup(level: int) -> tuple[None, PolicyEntryValue] | None:
-            v = self.policy(ep.tier_profile, direction, level, proto, port)
-            return None if v is None else (None, v)
+            def lookup(level: int) -> tuple[None, PolicyEntryValue] | None:
+                v = self.policy(ep_id, direction, level, proto, port)
+                return None if v is None else (None, v)
+
+            return lookup
 
         ingress = direction == DIR_INGRESS
         if ident == ID_HOST and ingress:
@@ -137,7 +138,7 @@ class NodeMaps:
                 bool(ep.flags & (abi.EP_F_INGRESS_ISOLATED if ingress else abi.EP_F_EGRESS_ISOLATED)),
                 bool(ep.flags & (abi.EP_F_INGRESS_TIERED if ingress else abi.EP_F_EGRESS_TIERED)),
                 bool(ep.flags & (abi.EP_F_INGRESS_AUDIT if ingress else abi.EP_F_EGRESS_AUDIT)),
-                lookup,
-                tier_lookup,
+                lookup_in(ep.ep_id),
+                lookup_in(ep.tier_profile),
             )
         return LiveHalf(d.allowed, d.reason, d.rule_ref, ident, cidr, ep.ep_id, d.passed)

@@ -18,8 +18,8 @@ address P, protocol `proto`, destination port `port`:
    Accept/Deny (ALLOW_BASELINE / DROP_BASELINE); else ALLOW_NOT_ISOLATED.
 4. For peer id in (identity, cidr_identity if non-zero, ANY): LPM on vg_policy with key
    (E, id, d, proto, port): the longest of (proto, port/16 .. port/0) and then the
-   (any protocol) entry. The first identity level with a match decides by its verdict
-   (ALLOW_POLICY, or DROP_POLICY for a DENY verdict, reserved for tiers).
+   (any protocol) entry. The first identity level whose match has an ALLOW verdict decides
+   (ALLOW_POLICY); any other match moves on to the next level, as lib/policy.h vg_policy_try.
 5. No match at any level -> DROP_POLICY, or ALLOW_AUDIT when only audit-mode policies isolate
    E for d (EndpointDesired.ingress_audit / egress_audit).
 
@@ -205,8 +205,6 @@ def decide(
     if tiered:
         tier_hits = [h for h in (tier_lookup(lv) for lv in levels) if h is not None] if tier_lookup else []
         return _tiers(tier_hits, isolated, audit, host, lambda: _networkpolicy(levels, audit, lookup))
-    if host:
-        return Decision(True, ALLOW_HOST)
     return _networkpolicy(levels, audit, lookup)
 
 

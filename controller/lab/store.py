@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from controller.compiler import cnp
 from controller.lab import validation
 
 Obj = dict[str, Any]
@@ -57,13 +58,7 @@ RESOURCES: dict[str, Resource] = {
         Resource("externalhosts", "ExternalHost", "lab.vethguard.dev", "v1alpha1", namespaced=False),
         Resource("services", "Service", "", "v1", namespaced=True),
         Resource("endpointslices", "EndpointSlice", "discovery.k8s.io", "v1", namespaced=True),
-        Resource(
-            "clusternetworkpolicies",
-            "ClusterNetworkPolicy",
-            "policy.networking.k8s.io",
-            "v1alpha2",
-            namespaced=False,
-        ),
+        Resource(cnp.PLURAL, cnp.KIND, cnp.GROUP, cnp.VERSION, namespaced=False),
     )
 }
 BY_KIND: dict[str, Resource] = {r.kind: r for r in RESOURCES.values()}

@@ -37,13 +37,13 @@ from controller.compiler.portrange import range_to_prefixes
 from controller.compiler.selectors import LabelIndex
 from controller.compiler.stages.cidr import CidrTables, IPAddress, host_prefix
 from controller.compiler.stages.identities import IdentityTables
+from controller.compiler.stages.policies import rule_ref
 from controller.compiler.stages.selection import PeerSelector
 from controller.core.identities import ID_ANY
 from controller.core.net import L4_PROTOCOLS, IPNetwork
 from controller.core.verdicts import (
     DIR_EGRESS,
     DIR_INGRESS,
-    DIRECTION_NAMES,
     TIER_ACCEPT,
     TIER_DENY,
     TIER_PASS,
@@ -70,8 +70,9 @@ class Contribution:
 
 
 def cnp_rule_ref(name: str, direction: int, index: int) -> int:
-    """The rule reference of a ClusterNetworkPolicy rule (no NetworkPolicy's: those have a namespace)."""
-    return zlib.crc32(f"/{name}/{DIRECTION_NAMES[direction]}/{index}".encode()) & 0x7FFFFFFF
+    """The rule reference of a ClusterNetworkPolicy rule: NetworkPolicy's formula with no
+    namespace, so the two never name the same string."""
+    return rule_ref("", name, direction, index)
 
 
 def ordered(policies: Iterable[ClusterNetworkPolicy]) -> list[ClusterNetworkPolicy]:
