@@ -126,9 +126,9 @@ class NodeMaps:
             return lookup
 
         ingress = direction == DIR_INGRESS
-        if ident == ID_HOST and ingress:
-            d = verdict_model.Decision(True, abi.Reason.ALLOW_HOST.name)
-        elif ep.flags & abi.EP_F_PENDING:
+        # lib/newflow.h: the node's own traffic is decided before the endpoint's policy, so a
+        # pending endpoint (never tiered) passes it like any other (decide's HOST step)
+        if ep.flags & abi.EP_F_PENDING and ident != ID_HOST:
             d = verdict_model.Decision(False, abi.Reason.DROP_PENDING.name)
         else:
             d = verdict_model.decide(

@@ -4,6 +4,7 @@ observe records, bpf tables, get/describe cnp, reachability, and the API inputs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -266,6 +267,26 @@ def test_the_live_lookup_reports_the_pass_rules_it_went_through(view: ClusterVie
     assert [str(view.rule(r)) for r in half.passed] == ["Admin:protect-x-a ingress[1] (pass-z)"]
     assert str(view.rule(half.rule_ref)) == "Baseline:default-deny-z ingress[0] (deny-from-z)"
     assert nm.verdict(ep, DIR_EGRESS, za, 6, 80).reason == "ALLOW_NOT_ISOLATED"
+
+
+def test_the_live_lookup_of_a_pending_endpoint_drops_all_but_its_nodes_traffic_as_the_kernel_does(
+    view: ClusterView,
+) -> None:
+    node = view.node_of("x/a") or ""
+    nm = node_maps(view, node)
+    xa = view.cluster.pods["x/a"]
+    ep = nm.endpoint_by_ip(xa.ipv4 or "")
+    assert ep is not None
+    pending = dataclasses.replace(
+        ep, flags=abi.EP_F_PENDING | abi.EP_F_INGRESS_ISOLATED | abi.EP_F_EGRESS_ISOLATED
+    )
+    za = view.cluster.pods["z/a"].ipv4 or ""
+    host = str(view.compiled.node_addresses[node][0])
+    assert nm.verdict(pending, DIR_INGRESS, za, 6, 80).reason == "DROP_PENDING"
+    assert nm.verdict(pending, DIR_EGRESS, za, 6, 80).reason == "DROP_PENDING"
+    # lib/newflow.h: the node itself passes before the endpoint's policy (pending or not)
+    assert nm.verdict(pending, DIR_EGRESS, host, 6, 80).reason == "ALLOW_HOST"
+    assert nm.verdict(pending, DIR_INGRESS, host, 6, 80).reason == "ALLOW_HOST"
 
 
 # -- observe -----------------------------------------------------------------------------------
