@@ -4,11 +4,14 @@ the compiler can update its previous compilation instead of starting over."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
+from controller.compiler import calico as calico_model
+from controller.compiler.calico import EMPTY_CALICO, CalicoObjects, CalicoPolicy
 from controller.compiler.cnp import parse_cluster_network_policy
 from controller.compiler.generations import GenerationCache
 from controller.compiler.model import (
@@ -94,6 +97,7 @@ class ClusterBuilder:
         policies: Iterable[dict[str, Any]],
         nodes: Iterable[dict[str, Any]],
         cluster_policies: Iterable[dict[str, Any]] = (),
+        calico: CalicoObjects = EMPTY_CALICO,
     ) -> ClusterState:
         errors: list[PolicyError] = []
         # The interner outlives a build (the unchanged pods already share its label maps), but
@@ -146,7 +150,20 @@ class ClusterBuilder:
         cnp_map = build_kind(
             "ClusterNetworkPolicy", cluster_policies, parse_cluster_network_policy, lambda v: v.name
         )
-        state = ClusterState(ns_map, pod_map, pol_map, node_map, tuple(errors), cnp_map)
+        calico_map: dict[str, CalicoPolicy] = {}
+        for kind, raws in (
+            (calico_model.GLOBAL_KIND, calico.global_policies),
+            (calico_model.NAMESPACED_KIND, calico.namespaced_policies),
+        ):
+            parse = functools.partial(_parse_calico, kind=kind)
+            calico_map.update(build_kind(calico_model.KIND_KEYS[kind], raws, parse, lambda v: v.object))
+        hep_map = build_kind(
+            calico_model.KIND_KEYS[calico_model.HEP_KIND],
+            calico.host_endpoints,
+            calico_model.parse_host_endpoint,
+            lambda v: v.name,
+        )
+        state = ClusterState(ns_map, pod_map, pol_map, node_map, tuple(errors), cnp_map, calico_map, hep_map)
         if not self.reuse:
             return state
         self._interner = interner if len(interner) <= 2 * len(pod_map) + 1024 else None
@@ -173,6 +190,10 @@ class ClusterBuilder:
                             previous_maps.get("ClusterNetworkPolicy"),
                             cnp_map,
                         )
+                    )
+                    or any(
+                        _changed_keys(changed[k], previous_maps.get(k), self._maps.get(k, ({}, ()))[0])
+                        for k in calico_model.KIND_KEYS.values()
                     ),
                     previous=self._previous_state,
                 ),
@@ -339,6 +360,11 @@ def cluster_from_objects(
     policies: Iterable[dict[str, Any]],
     nodes: Iterable[dict[str, Any]],
     cluster_policies: Iterable[dict[str, Any]] = (),
+    calico: CalicoObjects = EMPTY_CALICO,
 ) -> ClusterState:
     """One build without reuse: the ClusterState of these raw objects. Never raises on bad input."""
-    return ClusterBuilder(reuse=False).build(namespaces, pods, policies, nodes, cluster_policies)
+    return ClusterBuilder(reuse=False).build(namespaces, pods, policies, nodes, cluster_policies, calico)
+
+
+def _parse_calico(raw: Any, errors: list[PolicyError], kind: str) -> CalicoPolicy | None:
+    return calico_model.parse_calico_policy(raw, kind, errors)

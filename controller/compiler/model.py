@@ -44,6 +44,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from controller.compiler.calico import CalicoPolicy, HostEndpoint
 from controller.compiler.cnp import ClusterNetworkPolicy
 from controller.compiler.generations import GenerationCache
 from controller.compiler.selectors import LabelSelector
@@ -201,6 +202,9 @@ class ClusterState:
     errors: tuple[PolicyError, ...] = ()
     # ClusterNetworkPolicies (policy.networking.k8s.io/v1alpha2) by metadata.name
     cluster_policies: Mapping[str, ClusterNetworkPolicy] = field(default_factory=dict)
+    # Calico GlobalNetworkPolicies and NetworkPolicies by CalicoPolicy.object; HostEndpoints by name
+    calico_policies: Mapping[str, CalicoPolicy] = field(default_factory=dict)
+    host_endpoints: Mapping[str, HostEndpoint] = field(default_factory=dict)
     # Scratch space for derived data (the compiler caches its node-independent work here).
     # init=False: dataclasses.replace() starts a fresh cache instead of sharing a stale one.
     cache: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
@@ -232,5 +236,5 @@ class ClusterDelta:
     policies: frozenset[str]
     namespaces: bool
     nodes: bool
-    cluster_policies: bool = False  # any ClusterNetworkPolicy changed (the compiler then starts over)
+    cluster_policies: bool = False  # any ClusterNetworkPolicy or Calico object changed (starts over)
     previous: Callable[[], ClusterState | None] = field(default=lambda: None, compare=False, repr=False)
