@@ -68,6 +68,11 @@ static __always_inline __u32 vg_tiered_flag(__u8 dir)
 	return dir == DIR_EGRESS ? EP_F_EGRESS_TIERED : EP_F_INGRESS_TIERED;
 }
 
+static __always_inline __u32 vg_calico_flag(__u8 dir)
+{
+	return dir == DIR_EGRESS ? EP_F_EGRESS_CALICO : EP_F_INGRESS_CALICO;
+}
+
 /*
  * Is the direction policed: isolated by NetworkPolicy, or selected by a ClusterNetworkPolicy
  * (whose Deny rules must not be passed by a malformed packet or an unknown fragment)? A pending

@@ -58,6 +58,7 @@ struct vg_pkt {
 	__u8 frag; /* VG_FRAG_* */
 	__u8 tcp_flags;
 	__u8 icmp_type;
+	__u8 icmp_code;
 	__u8 icmp_err;    /* an ICMP error whose embedded header was parsed into inner_* */
 	__u8 inner_proto; /* the embedded packet: the one this error answers */
 	__u8 hop_limit;   /* IPv6 hop limit / IPv4 TTL */
@@ -367,11 +368,12 @@ static __always_inline int vg_parse_l4(struct __sk_buff *skb, struct vg_pkt *p)
 		break;
 	case IPPROTO_ICMP:
 	case VG_IPPROTO_ICMPV6: {
-		__u8 type;
+		__u8 tc[2];
 
-		if (!vg_fits(p, off, 4) || vg_load(skb, off, &type, 1) < 0)
+		if (!vg_fits(p, off, 4) || vg_load(skb, off, tc, 2) < 0)
 			return PARSE_MALFORMED;
-		p->icmp_type = type;
+		p->icmp_type = tc[0];
+		p->icmp_code = tc[1];
 		if (vg_is_icmp_echo(p)) {
 			__be16 id;
 
@@ -411,9 +413,21 @@ static __always_inline int vg_parse(struct __sk_buff *skb, struct vg_pkt *p)
 }
 
 /* Port used for policy lookups: ICMP identifiers are not ports. */
-static __always_inline __be16 vg_policy_port(__u8 proto, __be16 dport)
+/* The policy key's port of a packet: the destination port, or for ICMP its type and code
+ * (type << 8 | code, so a type is a /8 prefix: Calico's icmp {type, code} rules). */
+static __always_inline __be16 vg_policy_port(const struct vg_pkt *p)
 {
-	return (proto == IPPROTO_ICMP || proto == VG_IPPROTO_ICMPV6) ? 0 : dport;
+	if (p->proto == IPPROTO_ICMP || p->proto == VG_IPPROTO_ICMPV6)
+		return bpf_htons(((__u16)p->icmp_type << 8) | p->icmp_code);
+	return p->dport;
+}
+
+/* The same for a tracked flow's key: only echo requests open ICMP flows (code 0). */
+static __always_inline __be16 vg_ct_policy_port(__u8 proto, __u8 family, __be16 dport)
+{
+	if (proto == IPPROTO_ICMP || proto == VG_IPPROTO_ICMPV6)
+		return bpf_htons((family == 4 ? 8 : 128) << 8);
+	return dport;
 }
 
 /* IPv6 neighbour discovery, router messages and MLD (130-137, 143), unfragmented (RFC 6980):

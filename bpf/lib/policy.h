@@ -53,11 +53,12 @@ static __always_inline int vg_policy_try(struct policy_key *k, __u32 identity, _
 	return 0;
 }
 
-/* The two tiers' answers for one packet, merged over its lookups. */
+/* The tiers' answers for one packet, merged over its lookups. */
 struct vg_tiers {
 	__u32 admin_rank, admin_ref;
 	__u32 base_rank, base_ref;
-	__u8 admin, base;
+	__u32 calico_rank, calico_ref;
+	__u8 admin, base, calico;
 };
 
 /*
@@ -84,6 +85,11 @@ static __always_inline void vg_tiers_try(struct policy_key *k, __u32 identity, s
 		t->base_rank = v->baseline_rank;
 		t->base_ref = v->baseline_ref;
 	}
+	if (v->calico != TIER_NONE && v->calico_rank < t->calico_rank) {
+		t->calico = v->calico;
+		t->calico_rank = v->calico_rank;
+		t->calico_ref = v->calico_ref;
+	}
 }
 
 /*
@@ -109,15 +115,17 @@ static __always_inline __u8 vg_np_verdict(const struct endpoint_info *ep, __u8 d
 /*
  * The tiers, per direction (docs/INTERNALS.md "Tiers"): three lookups in the endpoint's tier
  * profile; the Admin tier's first matching rule decides on Accept or Deny; Pass, or no match,
- * hands over to NetworkPolicy, which decides if it isolates the direction (up to three more
- * lookups, the endpoint's own entries); otherwise the Baseline tier's first matching rule
- * decides on Accept or Deny; else the direction is open. `host`: the destination is the pod's
- * own node, which NetworkPolicy never blocks (ALLOW_HOST where it isolates or nothing decides).
+ * hands over to Calico's tier where a Calico policy selects the pod (its first matching rule,
+ * NetworkPolicies' among them, decides on Allow or Deny; no match is the end-of-tier drop; Pass
+ * goes on to Baseline), else to NetworkPolicy, which decides if it isolates the direction (up to
+ * three more lookups, the endpoint's own entries); otherwise the Baseline tier's first matching
+ * rule decides on Accept or Deny; else the direction is open. `host`: the destination is the
+ * pod's own node, which only a Deny rule blocks (ALLOW_HOST where anything else decides).
  */
 static __always_inline __u8 vg_tiers_verdict(const struct endpoint_info *ep, __u8 dir, struct policy_key *k,
 					     const struct ipcache_value *peer, int host, __u32 *rule_ref)
 {
-	struct vg_tiers t = {.admin_rank = 0xffffffff, .base_rank = 0xffffffff};
+	struct vg_tiers t = {.admin_rank = 0xffffffff, .base_rank = 0xffffffff, .calico_rank = 0xffffffff};
 
 	k->ep_id = ep->tier_profile;
 	vg_tiers_try(k, peer->identity, &t);
@@ -128,8 +136,20 @@ static __always_inline __u8 vg_tiers_verdict(const struct endpoint_info *ep, __u
 		*rule_ref = t.admin_ref;
 		return t.admin == TIER_ACCEPT ? ALLOW_ADMIN : DROP_ADMIN;
 	}
-	if (ep->flags & vg_isolated_flag(dir))
+	if (ep->flags & vg_calico_flag(dir)) {
+		if (t.calico == TIER_ACCEPT) {
+			*rule_ref = t.calico_ref;
+			return host ? ALLOW_HOST : ALLOW_CALICO;
+		}
+		if (t.calico == TIER_DENY) {
+			*rule_ref = t.calico_ref;
+			return DROP_CALICO;
+		}
+		if (t.calico != TIER_PASS)
+			return host ? ALLOW_HOST : DROP_CALICO_END;
+	} else if (ep->flags & vg_isolated_flag(dir)) {
 		return host ? ALLOW_HOST : vg_np_verdict(ep, dir, k, peer, rule_ref);
+	}
 	if (t.base == TIER_ACCEPT || t.base == TIER_DENY) {
 		*rule_ref = t.base_ref;
 		return t.base == TIER_ACCEPT ? ALLOW_BASELINE : DROP_BASELINE;
@@ -158,7 +178,7 @@ static __always_inline __u8 vg_policy_verdict(const struct endpoint_info *ep, __
 	k.prefixlen = POLICY_PLEN_FULL;
 	k.dir = dir;
 	k.proto = proto;
-	k.dport = vg_policy_port(proto, dport);
+	k.dport = dport; /* the policy port: vg_policy_port / vg_ct_policy_port */
 	if (ep->flags & vg_tiered_flag(dir))
 		return vg_tiers_verdict(ep, dir, &k, peer, host, rule_ref);
 	return vg_np_verdict(ep, dir, &k, peer, rule_ref);

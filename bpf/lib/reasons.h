@@ -24,6 +24,8 @@ enum vg_reason {
 	                         * DNAT by the judge (to_pod of a local backend or to_uplink) */
 	ALLOW_ADMIN = 11,       /* new flow accepted by an Admin-tier ClusterNetworkPolicy rule */
 	ALLOW_BASELINE = 12,    /* new flow accepted by a Baseline-tier ClusterNetworkPolicy rule */
+	ALLOW_CALICO = 13,      /* new flow allowed by a rule of Calico's tier (a Calico Allow rule, or
+	                         * a NetworkPolicy's rule at order 1000) */
 
 	DROP_POLICY = 64,       /* no policy entry allows it */
 	DROP_MALFORMED = 65,    /* truncated or unparsable headers from/to an isolated pod */
@@ -38,6 +40,8 @@ enum vg_reason {
 	DROP_DEFERRED_UNKNOWN = 72, /* deferred packet whose client endpoint (mark slot) is unknown */
 	DROP_ADMIN = 73,        /* denied by an Admin-tier ClusterNetworkPolicy rule */
 	DROP_BASELINE = 74,     /* denied by a Baseline-tier ClusterNetworkPolicy rule */
+	DROP_CALICO = 75,       /* denied by a Calico Deny rule */
+	DROP_CALICO_END = 76,   /* Calico's tier selects the pod and none of its rules matched */
 };
 
 #define REASON_IS_DROP(r) ((r) >= 64)

@@ -33,6 +33,11 @@
  * by the tiers (Admin -> NetworkPolicy -> Baseline), lib/policy.h. */
 #define EP_F_INGRESS_TIERED   (1 << 6)
 #define EP_F_EGRESS_TIERED    (1 << 7)
+/* A Calico policy selects the pod for that direction: Calico's tier decides after the Admin
+ * tier, with NetworkPolicy inside it; nothing matching there is a drop (end of tier). Always set
+ * with the direction's TIERED flag. */
+#define EP_F_INGRESS_CALICO   (1 << 8)
+#define EP_F_EGRESS_CALICO    (1 << 9)
 
 #define VERDICT_ALLOW 1 /* policy_value.verdict: a NetworkPolicy rule allows it */
 #define VERDICT_DENY  2 /* reserved */
@@ -165,6 +170,13 @@ struct policy_value {
 	__u32 admin_ref;    /* and its reference (events name it) */
 	__u32 baseline_rank;
 	__u32 baseline_ref;
+	__u8 calico;        /* TIER_*: the first matching rule of Calico's tier (NetworkPolicies in it) */
+	__u8 log;           /* 1: a Calico Log rule matches: the lowest-ranked one is log_rank/log_ref */
+	__u8 pad[2];
+	__u32 calico_rank;
+	__u32 calico_ref;
+	__u32 log_rank;
+	__u32 log_ref;
 };
 
 /* vg_ct (LRU hash) */

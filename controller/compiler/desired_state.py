@@ -43,6 +43,12 @@ class PolicyEntryValue:
     baseline: int = 0  # TIER_*: the same for the Baseline tier
     baseline_rank: int = 0
     baseline_ref: int = 0
+    calico: int = 0  # TIER_*: the first matching rule of Calico's tier (with NetworkPolicies at order 1000)
+    calico_rank: int = 0
+    calico_ref: int = 0
+    log: int = 0  # 1: a Calico Log rule matches; the lowest-ranked one:
+    log_rank: int = 0
+    log_ref: int = 0
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,8 @@ class RuleRef:
     direction: int
     index: int  # index of the rule in spec.ingress / spec.egress
     tier: str = ""  # ClusterNetworkPolicy: "Admin" | "Baseline"; "" for a NetworkPolicy
-    name: str = ""  # ClusterNetworkPolicy: the rule's `name`
+    name: str = ""  # ClusterNetworkPolicy: the rule's `name`; Calico: the rule's action
+    kind: str = ""  # Calico: GlobalNetworkPolicy | NetworkPolicy.projectcalico.org; "" otherwise
 
     @property
     def is_cluster(self) -> bool:
@@ -60,6 +67,9 @@ class RuleRef:
 
     def __str__(self) -> str:
         d = "ingress" if self.direction == DIR_INGRESS else "egress"
+        if self.kind:
+            where = f"{self.namespace}/{self.policy}" if self.namespace else self.policy
+            return f"{self.tier}:{self.kind} {where} {d}[{self.index}] ({self.name})"
         if self.tier:
             named = f" ({self.name})" if self.name else ""
             return f"{self.tier}:{self.policy} {d}[{self.index}]{named}"
@@ -96,6 +106,11 @@ class EndpointDesired:
     egress_tiered: bool = False
     cluster_policies: Sequence[str] = ()  # names of the ClusterNetworkPolicies that select it
     tier_profile: int = 0  # TIER_PROFILE_BIT | n: the key of its tier entries (NodeDesired.tier_profiles)
+    # Selected by a Calico policy for that direction: Calico's tier decides, NetworkPolicies
+    # inside it at order 1000, and a pod it selects that no rule matches is denied (EP_F_*_CALICO).
+    ingress_calico: bool = False
+    egress_calico: bool = False
+    calico_policies: Sequence[str] = ()  # the Calico policies that select it (CalicoPolicy.object)
 
 
 @dataclass(frozen=True, order=True)

@@ -37,6 +37,7 @@ from controller.compiler.model import (
     Rule,
 )
 from controller.compiler.selectors import LabelIndex
+from controller.compiler.stages.calico_tier import CalicoTables, CalicoTier
 from controller.compiler.stages.cidr import CidrTables, IPAddress, host_prefix
 from controller.compiler.stages.entries import Entries, NodeEndpoints, RuleEntries, numeric_port_specs
 from controller.compiler.stages.identities import IdentityCatalogue, IdentityTables
@@ -94,6 +95,7 @@ class CompiledCluster:
             and not delta.namespaces
             and not delta.nodes
             and not delta.cluster_policies
+            and not cluster.calico_policies  # (Calico's tier is compiled in full; see INTERNALS)
         ):
             try:
                 if self._update(cluster, previous, delta):
@@ -112,12 +114,13 @@ class CompiledCluster:
         selector = PeerSelector.build(identities, namespaces)
         named = NamedPorts.build(policies.named_rules, identities, selector)
         cnp = CnpTables(cluster.cluster_policies, identities, selector, cluster.nodes)
-        cidr = CidrTables.build(policies.block_prefixes | named.exact | cnp.prefixes)
+        calico = CalicoTables(cluster.calico_policies, cluster.policies, identities, cluster.namespace_labels)
+        cidr = CidrTables.build(policies.block_prefixes | named.exact | cnp.prefixes | calico.prefixes)
         ipcache = Ipcache.build(cluster.nodes, identities, cidr, self.generations)
         catalogue = IdentityCatalogue.build(identities, cidr.cidr_identity)
         self._set(policies, identities, namespaces, selection, selector, named, ipcache, catalogue)
         self.entries = RuleEntries(identities, selection, selector, cidr, named)
-        self.tiers = Tiers(cnp, cidr)
+        self.tiers = Tiers(cnp, cidr, CalicoTier(calico, cidr) if calico.policies else None, policies.rules)
         self.node_ipcaches = NodeIpcaches(ipcache)
         self.node_endpoints = NodeEndpoints(self.entries, self.pods, self.policy_map, self.tiers)
 

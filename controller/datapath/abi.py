@@ -22,6 +22,8 @@ EP_F_INGRESS_AUDIT = 1 << 4  # isolated only by audit-mode policies: would-be dr
 EP_F_EGRESS_AUDIT = 1 << 5
 EP_F_INGRESS_TIERED = 1 << 6  # a ClusterNetworkPolicy with rules in that direction selects it
 EP_F_EGRESS_TIERED = 1 << 7
+EP_F_INGRESS_CALICO = 1 << 8  # Calico's tier polices that direction (end-of-tier deny)
+EP_F_EGRESS_CALICO = 1 << 9
 
 CT_ALLOWED = 1
 CT_DENIED = 2
@@ -78,6 +80,7 @@ class Reason(IntEnum):
     ALLOW_DEFERRED = 10  # to a Service frontend: judged after DNAT
     ALLOW_ADMIN = 11  # accepted by an Admin-tier ClusterNetworkPolicy rule
     ALLOW_BASELINE = 12  # accepted by a Baseline-tier ClusterNetworkPolicy rule
+    ALLOW_CALICO = 13  # allowed by a rule of Calico's tier (a Calico policy's, or a NetworkPolicy's in it)
     DROP_POLICY = 64
     DROP_MALFORMED = 65
     DROP_FRAG_UNKNOWN = 66
@@ -89,6 +92,8 @@ class Reason(IntEnum):
     DROP_DEFERRED_UNKNOWN = 72  # deferred packet whose client endpoint is unknown
     DROP_ADMIN = 73  # denied by an Admin-tier ClusterNetworkPolicy rule
     DROP_BASELINE = 74  # denied by a Baseline-tier ClusterNetworkPolicy rule
+    DROP_CALICO = 75  # denied by a Calico Deny rule
+    DROP_CALICO_END = 76  # Calico's tier selects the pod and none of its rules matched (end of tier)
 
     @property
     def is_drop(self) -> bool:
@@ -183,6 +188,13 @@ class PolicyValue(_Struct):
         ("admin_ref", ctypes.c_uint32),
         ("baseline_rank", ctypes.c_uint32),
         ("baseline_ref", ctypes.c_uint32),
+        ("calico", ctypes.c_uint8),
+        ("log", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 2),
+        ("calico_rank", ctypes.c_uint32),
+        ("calico_ref", ctypes.c_uint32),
+        ("log_rank", ctypes.c_uint32),
+        ("log_ref", ctypes.c_uint32),
     ]
 
 

@@ -131,7 +131,7 @@ def encode_policy(ep_id: int, key: PolicyEntryKey, value: PolicyEntryValue) -> t
         proto=key.proto,
         dport=be16(key.port & mask),
     )
-    v = PolicyValue(flags=0, **{f: getattr(value, f) for f in _POLICY_VALUE_FIELDS})
+    v = PolicyValue(flags=0, **{f: getattr(value, f) for f in _POLICY_VALUE_FIELDS})  # pad stays zero
     return bytes(k), bytes(v)
 
 

@@ -29,6 +29,8 @@ def endpoint_flags(
     egress_audit: bool = False,
     ingress_tiered: bool = False,
     egress_tiered: bool = False,
+    ingress_calico: bool = False,
+    egress_calico: bool = False,
 ) -> int:
     return (
         (abi.EP_F_INGRESS_ISOLATED if ingress_isolated else 0)
@@ -37,6 +39,8 @@ def endpoint_flags(
         | (abi.EP_F_EGRESS_AUDIT if egress_audit else 0)
         | (abi.EP_F_INGRESS_TIERED if ingress_tiered else 0)
         | (abi.EP_F_EGRESS_TIERED if egress_tiered else 0)
+        | (abi.EP_F_INGRESS_CALICO if ingress_calico else 0)
+        | (abi.EP_F_EGRESS_CALICO if egress_calico else 0)
     )
 
 
@@ -338,6 +342,8 @@ def _encode_endpoint(
             ep.egress_audit,
             ep.ingress_tiered,
             ep.egress_tiered,
+            ep.ingress_calico,
+            ep.egress_calico,
         ),
         ep.ipv4,
         ep.ipv6,

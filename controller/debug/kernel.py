@@ -140,5 +140,6 @@ class NodeMaps:
                 bool(ep.flags & (abi.EP_F_INGRESS_AUDIT if ingress else abi.EP_F_EGRESS_AUDIT)),
                 lookup_in(ep.ep_id),
                 lookup_in(ep.tier_profile),
+                bool(ep.flags & (abi.EP_F_INGRESS_CALICO if ingress else abi.EP_F_EGRESS_CALICO)),
             )
         return LiveHalf(d.allowed, d.reason, d.rule_ref, ident, cidr, ep.ep_id, d.passed)

@@ -47,13 +47,14 @@ from controller.compiler.desired_state import (
     RuleRef,
 )
 from controller.core.identities import ID_ANY, ID_HOST, ID_WORLD
-from controller.core.net import PROTOCOL_NUMBERS, IPNetwork
+from controller.core.net import IPPROTO_ICMP, IPPROTO_ICMPV6, PROTOCOL_NUMBERS, IPNetwork
 from controller.core.verdicts import (
     DIR_EGRESS,
     DIR_INGRESS,
     TIER_ACCEPT,
     TIER_DENY,
     TIER_NONE,
+    TIER_PASS,
     VERDICT_ALLOW,
 )
 
@@ -69,6 +70,9 @@ ALLOW_ADMIN = "ALLOW_ADMIN"
 ALLOW_BASELINE = "ALLOW_BASELINE"
 DROP_ADMIN = "DROP_ADMIN"
 DROP_BASELINE = "DROP_BASELINE"
+ALLOW_CALICO = "ALLOW_CALICO"
+DROP_CALICO = "DROP_CALICO"
+DROP_CALICO_END = "DROP_CALICO_END"
 NOT_ENFORCED = "NOT_ENFORCED"  # not a datapath reason: the side is not an endpoint at all
 
 
@@ -101,6 +105,11 @@ class Verdict:
         if not self.egress.allowed:
             return self.egress
         return self.ingress
+
+
+def icmp_policy_port(icmp_type: int, code: int) -> int:
+    """The policy key's port of an ICMP packet (lib/parse.h vg_policy_port)."""
+    return (icmp_type << 8) | code
 
 
 def parse_proto(proto: int | str) -> int:
@@ -186,6 +195,7 @@ def decide(
     audit: bool,
     lookup: PolicyLookup,
     tier_lookup: PolicyLookup | None = None,
+    calico: bool = False,
 ) -> Decision:
     """Steps 2-5 of the module docstring (lib/newflow.h's HOST check, lib/policy.h
     vg_policy_verdict and vg_tiers_verdict) for an endpoint with those flags and a peer with
@@ -204,7 +214,7 @@ def decide(
         levels.append(ID_ANY)
     if tiered:
         tier_hits = [h for h in (tier_lookup(lv) for lv in levels) if h is not None] if tier_lookup else []
-        return _tiers(tier_hits, isolated, audit, host, lambda: _networkpolicy(levels, audit, lookup))
+        return _tiers(tier_hits, isolated, audit, host, lambda: _networkpolicy(levels, audit, lookup), calico)
     return _networkpolicy(levels, audit, lookup)
 
 
@@ -223,12 +233,17 @@ def _tiers(
     audit: bool,
     host: bool,
     networkpolicy: Callable[[], Decision],
+    calico: bool = False,
 ) -> Decision:
     """The tiers over the tier profile's hits, as lib/policy.h vg_tiers_verdict merges them: per
-    tier the lowest rank wins; NetworkPolicy decides in between where it isolates."""
+    tier the lowest rank wins; Calico's tier (NetworkPolicies in it) where it selects the pod,
+    else NetworkPolicy where it isolates, decides in between."""
     admin: tuple[int, int, int, PolicyEntryKey | None] | None = None  # (rank, action, ref, key)
     base: tuple[int, int, int, PolicyEntryKey | None] | None = None
+    cal: tuple[int, int, int, PolicyEntryKey | None] | None = None
     for key, v in hits:
+        if v.calico != TIER_NONE and (cal is None or v.calico_rank < cal[0]):
+            cal = (v.calico_rank, v.calico, v.calico_ref, key)
         if v.admin != TIER_NONE and (admin is None or v.admin_rank < admin[0]):
             admin = (v.admin_rank, v.admin, v.admin_ref, key)
         if v.baseline != TIER_NONE and (base is None or v.baseline_rank < base[0]):
@@ -240,7 +255,19 @@ def _tiers(
         if admin[1] == TIER_DENY:
             return Decision(False, DROP_ADMIN, admin[2], admin[3])
         passed = (admin[2],)
-    if isolated:
+    if calico:
+        if cal is not None and cal[1] == TIER_ACCEPT:
+            return Decision(True, ALLOW_HOST if host else ALLOW_CALICO, cal[2], cal[3], passed)
+        if cal is not None and cal[1] == TIER_DENY:
+            return Decision(False, DROP_CALICO, cal[2], cal[3], passed)
+        if cal is None or cal[1] != TIER_PASS:
+            return (
+                Decision(True, ALLOW_HOST, passed=passed)
+                if host
+                else Decision(False, DROP_CALICO_END, passed=passed)
+            )
+        passed = (*passed, cal[2])
+    elif isolated:
         if host:
             return Decision(True, ALLOW_HOST, passed=passed)
         d = networkpolicy()
@@ -263,6 +290,8 @@ def endpoint_verdict(
         raise LookupError(f"{endpoint} is not an endpoint of this node")
     p = parse_proto(proto)
     addr = ipaddress.ip_address(peer) if isinstance(peer, str) else peer
+    if p in (IPPROTO_ICMP, IPPROTO_ICMPV6) and port == 0:
+        port = icmp_policy_port(8 if p == IPPROTO_ICMP else 128, 0)  # an echo request
     ident, cidr_ident = ipcache_lookup(desired, addr)
     ingress = direction == DIR_INGRESS
     d = decide(
@@ -274,6 +303,7 @@ def endpoint_verdict(
         ep.ingress_audit if ingress else ep.egress_audit,
         lambda level: policy_lpm(ep.entries, direction, level, p, port),
         lambda level: policy_lpm(desired.tier_profiles.get(ep.tier_profile, {}), direction, level, p, port),
+        ep.ingress_calico if ingress else ep.egress_calico,
     )
     rules = desired.rules
     return HalfVerdict(

@@ -81,7 +81,7 @@ def test_the_documented_sizes_hold() -> None:
     # docs/INTERNALS.md states these; a change is a map layout break for pinned maps.
     assert ctypes.sizeof(abi.EndpointInfo) == 40
     assert ctypes.sizeof(abi.PolicyKey) == 16
-    assert ctypes.sizeof(abi.PolicyValue) == 24
+    assert ctypes.sizeof(abi.PolicyValue) == 44
     assert ctypes.sizeof(abi.CtKey) == 44
     assert ctypes.sizeof(abi.CtValue) == 40
 

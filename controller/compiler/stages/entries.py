@@ -259,7 +259,7 @@ class NodeEndpoints:
             ing, egr, entries, pols = self.entries.endpoint_entries(pod)
             ing_audit, egr_audit = self._audit_only(pols)
             identity = self.entries.pod_identity[pod.key]
-            ing_tiered, egr_tiered, profile = self.tiers.endpoint(identity, pod, self.entries.entry_key)
+            tiers = self.tiers.endpoint(identity, pod, self.entries.entry_key, entries)
             ep = EndpointDesired(
                 pod=pod.key,
                 identity=identity,
@@ -271,10 +271,13 @@ class NodeEndpoints:
                 policies=tuple(pols),
                 ingress_audit=ing and ing_audit,
                 egress_audit=egr and egr_audit,
-                ingress_tiered=ing_tiered,
-                egress_tiered=egr_tiered,
+                ingress_tiered=tiers.ingress,
+                egress_tiered=tiers.egress,
                 cluster_policies=tuple(p.name for p in self.tiers.policies_for(identity)),
-                tier_profile=profile,
+                tier_profile=tiers.profile,
+                ingress_calico=tiers.ingress_calico,
+                egress_calico=tiers.egress_calico,
+                calico_policies=self.tiers.calico_policies_for(identity),
             )
             old = old_endpoints.get(pod.key)
             endpoints[pod.key] = old if old is not None and old == ep else ep

@@ -29,12 +29,14 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import NamedTuple
 
 from controller.compiler.cnp import ACCEPT, DENY, PASS, TIERS, ClusterNetworkPolicy, CnpPeer, CnpRule
 from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue, RuleRef
 from controller.compiler.model import IPBlock, Node, Peer, Pod
 from controller.compiler.portrange import range_to_prefixes
 from controller.compiler.selectors import LabelIndex
+from controller.compiler.stages.calico_tier import LOG_ACTION, CalicoTier
 from controller.compiler.stages.cidr import CidrTables, IPAddress, host_prefix
 from controller.compiler.stages.identities import IdentityTables
 from controller.compiler.stages.policies import rule_ref
@@ -48,9 +50,11 @@ from controller.core.verdicts import (
     TIER_DENY,
     TIER_PASS,
     TIER_PROFILE_BIT,
+    VERDICT_ALLOW,
 )
 
-ADMIN, BASELINE = 0, 1  # tier indexes (TIERS order)
+ADMIN, BASELINE, CALICO, LOG = 0, 1, 2, 3  # slots of a folded value (CnP tiers, Calico's, its Log rules)
+SLOTS = 4
 _ACTIONS = {ACCEPT: TIER_ACCEPT, DENY: TIER_DENY, PASS: TIER_PASS}
 
 KeyTuple = tuple[int, int, int, int, int]  # (direction, identity, proto, port, port_plen)
@@ -209,8 +213,19 @@ def _address(text: str) -> IPAddress:
     return ipaddress.ip_address(text)
 
 
-ProfileKey = tuple[tuple[str, ...], tuple[PortSpec, ...]]  # (selecting policies, own named ports)
-EndpointTiers = tuple[bool, bool, int]  # (ingress tiered, egress tiered, tier profile id)
+ProfileKey = tuple[object, ...]  # what a profile's entries are a function of (hashed to its id)
+
+
+class EndpointTiers(NamedTuple):
+    ingress: bool  # the tiers decide the direction's new flows (EP_F_*_TIERED)
+    egress: bool
+    profile: int  # tier profile id, 0 without one
+    ingress_calico: bool = False  # Calico's tier polices the direction (EP_F_*_CALICO)
+    egress_calico: bool = False
+
+
+NOT_TIERED = EndpointTiers(False, False, 0)
+Entries = Mapping[PolicyEntryKey, PolicyEntryValue]
 
 
 class Tiers:
@@ -218,22 +233,36 @@ class Tiers:
     every rule of every policy that selects it, shared by every endpoint selected by the same
     policies with the same named-port resolution (computed on first use)."""
 
-    def __init__(self, tables: CnpTables, cidr: CidrTables) -> None:
+    def __init__(
+        self,
+        tables: CnpTables,
+        cidr: CidrTables,
+        calico: CalicoTier | None = None,
+        np_rules: Mapping[int, RuleRef] | None = None,
+    ) -> None:
         self.tables = tables
+        self.np_rules = np_rules or {}
         self.cidr = cidr
-        self.rules = tables.rules
+        self.calico = calico
+        self.rules = {**tables.rules, **(calico.tables.rules if calico is not None else {})}
+        self._np_sigs: dict[int, tuple[Entries, int]] = {}
         self._by_identity: dict[int, list[ClusterNetworkPolicy]] = {}
         for pol in tables.policies:
             for ident in tables.subject_identities(pol):
                 self._by_identity.setdefault(ident, []).append(pol)
         self._rule_cache: dict[tuple[str, int, int], tuple[Contribution, ...]] = {}
-        self._endpoint_cache: dict[tuple[int, tuple[PortSpec, ...]], EndpointTiers] = {}
+        self._endpoint_cache: dict[tuple[object, ...], EndpointTiers] = {}
         self._profile_ids: dict[ProfileKey, int] = {}
         self._taken: set[int] = set()
         self.profiles: dict[int, Mapping[PolicyEntryKey, PolicyEntryValue]] = {}
 
     def policies_for(self, identity: int) -> list[ClusterNetworkPolicy]:
         return self._by_identity.get(identity, [])
+
+    def calico_policies_for(self, identity: int) -> tuple[str, ...]:
+        if self.calico is None:
+            return ()
+        return tuple(p.object for p in self.calico.tables.selecting(identity))
 
     def _peer_identities(self, peer: CnpPeer) -> frozenset[int]:
         if peer.kind == "networks":
@@ -272,20 +301,37 @@ class Tiers:
         return tuple(Contribution(k, tier, action, rank, ref) for k in dict.fromkeys(keys))
 
     def endpoint(
-        self, identity: int, pod: Pod, intern: Callable[[int, int, int, int, int], PolicyEntryKey]
+        self,
+        identity: int,
+        pod: Pod,
+        intern: Callable[[int, int, int, int, int], PolicyEntryKey],
+        np_entries: Entries | None = None,
     ) -> EndpointTiers:
-        """(ingress tiered, egress tiered, tier profile id) of an endpoint with this identity;
-        the profile's entries are in `profiles` (interned keys from `intern`)."""
+        """The tiers of an endpoint with this identity; the profile's entries are in `profiles`
+        (interned keys from `intern`). `np_entries`: the endpoint's NetworkPolicy entries, which
+        join Calico's tier at their policies' rank where Calico polices a direction."""
         pols = self.policies_for(identity)
-        if not pols:
-            return False, False, 0
+        cal_in, cal_eg = self.calico.directions(identity) if self.calico is not None else (False, False)
+        if not pols and not cal_in and not cal_eg:
+            return NOT_TIERED
         names = tuple(n for pol in pols for r in pol.ingress for n in _named(r))
         own = resolve_named(pod, names) if names else ()
-        key = (identity, own)
+        cal_own = (
+            self.calico.named_own(identity, pod) if self.calico is not None and (cal_in or cal_eg) else ()
+        )
+        np_sig = self._np_signature(np_entries) if np_entries and (cal_in or cal_eg) else 0
+        key: tuple[object, ...] = (identity, own, cal_own, np_sig)
         hit = self._endpoint_cache.get(key)
         if hit is not None:
             return hit
-        pkey: ProfileKey = (tuple(p.name for p in pols), own)
+        cal_pols = self.calico.tables.selecting(identity) if self.calico is not None else ()
+        pkey: ProfileKey = (
+            tuple(p.name for p in pols),
+            own,
+            tuple(p.object for p in cal_pols),
+            cal_own,
+            (identity, np_sig) if np_sig else (),
+        )
         profile = self._profile_ids.get(pkey)
         if profile is None:
             profile = self._allocate(pkey)
@@ -301,10 +347,47 @@ class Tiers:
                             if ckey is not None:
                                 self._rule_cache[ckey] = cached
                         out.extend(cached)
+            if self.calico is not None and (cal_in or cal_eg):
+                got, _ = self.calico.contributions(identity, pod)
+                out.extend(
+                    Contribution(c.key, LOG if c.action == LOG_ACTION else CALICO, c.action, c.rank, c.ref)
+                    for c in got
+                )
+                for k, v in (np_entries or {}).items():
+                    if (cal_in if k.direction == DIR_INGRESS else cal_eg) and v.verdict == VERDICT_ALLOW:
+                        rank = self._np_rank(v.rule_ref)
+                        key5 = (k.direction, k.identity, k.proto, k.port, k.port_plen)
+                        out.append(Contribution(key5, CALICO, TIER_ACCEPT, rank, v.rule_ref))
             self.profiles[profile] = MappingProxyType(fold(out, intern))
-        hit = (any(p.ingress for p in pols), any(p.egress for p in pols), profile)
+        hit = EndpointTiers(
+            any(p.ingress for p in pols) or cal_in,
+            any(p.egress for p in pols) or cal_eg,
+            profile,
+            cal_in,
+            cal_eg,
+        )
         self._endpoint_cache[key] = hit
         return hit
+
+    def _np_rank(self, ref: int) -> int:
+        """The rank of the NetworkPolicy of a rule in Calico's tier."""
+        rr = self.np_rules[ref]
+        assert self.calico is not None
+        return self.calico.tables.np_rank[f"{rr.namespace}/{rr.policy}"]
+
+    def _np_signature(self, entries: Entries) -> int:
+        """A stable digest of an endpoint's NetworkPolicy entries (part of its profile's key:
+        they join Calico's tier). Endpoints share their entries object: computed once each."""
+        got = self._np_sigs.get(id(entries))
+        if got is not None and got[0] is entries:
+            return got[1]
+        rows = sorted(
+            (k.direction, k.identity, k.proto, k.port, k.port_plen, v.verdict, v.rule_ref)
+            for k, v in entries.items()
+        )
+        sig = zlib.crc32(repr(rows).encode()) | 1
+        self._np_sigs[id(entries)] = (entries, sig)
+        return sig
 
     def _allocate(self, pkey: ProfileKey) -> int:
         """A profile id from a hash of its key (an agent restart reproduces it), probing past a
@@ -341,22 +424,22 @@ def fold(
     plen)` returns the shared PolicyEntryKey."""
     best: dict[KeyTuple, list[Contribution | None]] = {}
     for c in contributions:
-        at = best.setdefault(c.key, [None, None])
+        at = best.setdefault(c.key, [None] * SLOTS)
         cur = at[c.tier]
         if cur is None or c.rank < cur.rank:
             at[c.tier] = c
     out: dict[PolicyEntryKey, PolicyEntryValue] = {}
     for key in best:
-        tiers: list[Contribution | None] = [None, None]
+        slots: list[Contribution | None] = [None] * SLOTS
         for anc in _ancestors(key):
             found = best.get(anc)
             if found is not None:
-                for t in (ADMIN, BASELINE):
+                for t in range(SLOTS):
                     got = found[t]
-                    have = tiers[t]
+                    have = slots[t]
                     if got is not None and (have is None or got.rank < have.rank):
-                        tiers[t] = got
-        admin, base = tiers
+                        slots[t] = got
+        admin, base, calico, log = slots
         out[intern(*key)] = PolicyEntryValue(
             verdict=0,
             rule_ref=0,
@@ -366,5 +449,11 @@ def fold(
             baseline=base.action if base else 0,
             baseline_rank=base.rank if base else 0,
             baseline_ref=base.ref if base else 0,
+            calico=calico.action if calico else 0,
+            calico_rank=calico.rank if calico else 0,
+            calico_ref=calico.ref if calico else 0,
+            log=1 if log else 0,
+            log_rank=log.rank if log else 0,
+            log_ref=log.ref if log else 0,
         )
     return out
