@@ -255,6 +255,8 @@ def policy_rows(
                 "tier_profile": ep_id if profile else 0,
                 **tier_fields(view, "admin", value.admin, value.admin_rank, value.admin_ref),
                 **tier_fields(view, "baseline", value.baseline, value.baseline_rank, value.baseline_ref),
+                **tier_fields(view, "calico", value.calico, value.calico_rank, value.calico_ref),
+                "log_rule": rule_text(view, value.log_ref)[1] if value.log else None,
                 "flows": flows,
                 "packets": packets,
                 "bytes": nbytes,

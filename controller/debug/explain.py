@@ -157,6 +157,8 @@ TIER_REASONS = {
     verdict_model.DROP_ADMIN: ("Admin", "Deny"),
     verdict_model.ALLOW_BASELINE: ("Baseline", "Accept"),
     verdict_model.DROP_BASELINE: ("Baseline", "Deny"),
+    verdict_model.ALLOW_CALICO: ("Calico", "Allow"),
+    verdict_model.DROP_CALICO: ("Calico", "Deny"),
 }
 
 
@@ -169,7 +171,12 @@ def _matched_text(view: ClusterView, m: PolicyEntryKey | None, port: int) -> str
 
 
 def _tier_rule_text(rule: RuleRef, action: str) -> str:
-    """Admin tier: ClusterNetworkPolicy NAME ingress[0] (rule name): Accept"""
+    """Admin tier: ClusterNetworkPolicy NAME ingress[0] (rule name): Accept; Calico tier:
+    GlobalNetworkPolicy NAME ingress[0]: Allow (a NetworkPolicy's rule in it: NetworkPolicy ns/name)"""
+    if rule.kind or not rule.tier:
+        kind = rule.kind or "NetworkPolicy"
+        where = f"{DIRECTION_NAMES[rule.direction]}[{rule.index}]"
+        return f"Calico tier: {kind} {rule_policy(rule)} {where}: {action}"
     named = f" ({rule.name})" if rule.name else ""
     where = f"{DIRECTION_NAMES[rule.direction]}[{rule.index}]{named}"
     return f"{rule.tier} tier: ClusterNetworkPolicy {rule.policy} {where}: {action}"
@@ -190,7 +197,7 @@ def _half(view: ClusterView, hv: verdict_model.HalfVerdict, node: str | None, pr
         text = "not enforced: no pod of this cluster on this side"
     elif hv.reason in TIER_REASONS and hv.rule is not None:
         tier, action = TIER_REASONS[hv.reason]
-        policies = [hv.rule.policy]
+        policies = [rule_policy(hv.rule)]
         verb = "allowed" if hv.allowed else "denied"
         text = (
             f"{passed}{verb} by {_tier_rule_text(hv.rule, action)} ({_matched_text(view, hv.matched, port)})"
@@ -221,6 +228,14 @@ def _half(view: ClusterView, hv: verdict_model.HalfVerdict, node: str | None, pr
         policies = [f"{hv.rule.namespace}/{hv.rule.policy}"]
         tier, action = "NetworkPolicy", "Allow"
         text = f"{passed}allowed by {rule} ({_matched_text(view, hv.matched, port)})"
+    elif hv.reason == verdict_model.DROP_CALICO_END:
+        ep = view.desired(node).endpoints.get(pod) if node and pod else None
+        policies = list(ep.calico_policies) if ep is not None else []
+        tier, action = "Calico", "Deny"
+        text = (
+            f"{passed}denied at the end of Calico's tier: selected by {_join(policies)} "
+            "and no rule of the tier (NetworkPolicies' included) matches"
+        )
     elif hv.reason == verdict_model.ALLOW_AUDIT:
         policies = list(isolated)
         tier = "NetworkPolicy"

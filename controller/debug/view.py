@@ -131,14 +131,15 @@ class ClusterView:
 
 
 def rule_policy(rule: RuleRef) -> str:
-    """The policy of a rule as the CLI names it: ns/name, or a ClusterNetworkPolicy's name."""
-    return rule.policy if rule.is_cluster else f"{rule.namespace}/{rule.policy}"
+    """The policy of a rule as the CLI names it: ns/name, or a cluster-wide policy's name."""
+    return f"{rule.namespace}/{rule.policy}" if rule.namespace else rule.policy
 
 
 def rule_json(rule: RuleRef) -> dict[str, Any]:
     """A rule for -o json: tier (NetworkPolicy for a namespace's policy), policy, index, name."""
     return {
         "tier": rule.tier or "NetworkPolicy",
+        "kind": rule.kind or ("ClusterNetworkPolicy" if rule.tier else "NetworkPolicy"),
         "policy": rule_policy(rule),
         "direction": DIRECTION_NAMES[rule.direction],
         "rule_index": rule.index,
