@@ -53,6 +53,7 @@
 #include "lib/service.h"
 #include "lib/trust.h"
 #include "lib/newflow.h"
+#include "lib/hostep.h"
 #include "lib/events.h"
 
 /* Count, maybe emit an event, and turn the reason into a tc verdict. */
@@ -298,6 +299,65 @@ int to_pod(struct __sk_buff *skb)
 	return vg_handle(skb, DIR_INGRESS, client);
 }
 
+/*
+ * A packet through a node interface with a Calico host endpoint (lib/hostep.h), direction
+ * DIR_INGRESS arriving, DIR_EGRESS leaving. Counted and reported under the interface's ifindex.
+ * What it does not police passes: non-IP, neighbour discovery, later fragments (the node
+ * reassembles them only with their judged first fragment). Flows are tracked like an endpoint's
+ * (ep_id = ifindex) and never revoked: a host endpoint's established connections survive a policy
+ * change, as with Calico's conntrack.
+ */
+static __always_inline int vg_hep_handle(struct __sk_buff *skb, const struct hostep_info *hep, __u8 dir)
+{
+	struct endpoint_info ep = {.ep_id = skb->ifindex}; /* no flags: tracked flows stay allowed */
+	__u32 len = skb->len, zero = 0, revision = 0, rule_ref = 0;
+	__u64 now = vg_now();
+	struct vg_pkt p = {};
+	struct ipcache_value peer = {};
+	struct config *cfg;
+	struct ct_key k = {};
+	struct ct_value *v;
+	int untracked, track = 0, ret;
+	__u8 reason;
+
+	ret = vg_parse(skb, &p);
+	if (ret == PARSE_NON_IP || (ret == PARSE_OK && (vg_is_icmp6_ctrl(&p) || p.frag == VG_FRAG_LATER)))
+		return TC_ACT_OK;
+	if (ret != PARSE_OK)
+		return vg_finish(skb, ep.ep_id, dir, DROP_MALFORMED, &p, &peer, 0, 0);
+	cfg = vg_config.lookup(&zero);
+	if (cfg)
+		revision = cfg->revision;
+	if (p.icmp_err && vg_ct_related(skb, &ep, &p, dir, revision, now, &k, &rule_ref))
+		return vg_finish(skb, ep.ep_id, dir, ALLOW_RELATED, &p, &peer, rule_ref, 0);
+	untracked = vg_icmp_untracked(&p);
+	if (!untracked) {
+		vg_ct_fill(&k, &p, ep.ep_id, dir, 0);
+		v = vg_ct.lookup(&k);
+		if (v && v->expires_ns > now)
+			return vg_finish(skb, ep.ep_id, dir, vg_ct_hit(&ep, &k, v, &p, 0, revision, len, now, &rule_ref),
+					 &p, &peer, rule_ref, 0);
+		vg_ct_fill(&k, &p, ep.ep_id, dir, 1);
+		v = vg_ct.lookup(&k);
+		if (v && v->expires_ns > now)
+			return vg_finish(skb, ep.ep_id, dir, vg_ct_hit(&ep, &k, v, &p, 1, revision, len, now, &rule_ref),
+					 &p, &peer, rule_ref, 0);
+	}
+	if (vg_failsafe_port(&p, dir)) {
+		reason = ALLOW_FAILSAFE;
+		track = 1;
+	} else {
+		reason = vg_hep_verdict(skb, hep, &p, dir, &peer, &rule_ref, &track);
+		if (REASON_IS_DROP(reason))
+			return vg_finish(skb, ep.ep_id, dir, reason, &p, &peer, rule_ref, 0);
+	}
+	if (track && !untracked) {
+		vg_ct_fill(&k, &p, ep.ep_id, dir, 0);
+		vg_ct_create(&k, &p, revision, rule_ref, len, now, CT_ALLOWED, 0);
+	}
+	return vg_finish(skb, ep.ep_id, dir, reason, &p, &peer, rule_ref, 1);
+}
+
 int to_uplink(struct __sk_buff *skb)
 {
 	/*
@@ -305,11 +365,18 @@ int to_uplink(struct __sk_buff *skb)
 	 * pass uncounted: a per-CPU map update per packet on the node's main interface would cost
 	 * every workload on the node, for a figure the interface counters already give.
 	 */
-	if (!(skb->mark & VG_MARK_DEFERRED))
-		return TC_ACT_OK;
-	__u32 client = 0;
+	__u32 ifindex = skb->ifindex;
+	struct hostep_info *hep;
 
-	return vg_judge(skb, vg_now(), &client);
+	if (skb->mark & VG_MARK_DEFERRED) {
+		__u32 client = 0;
+
+		if (vg_judge(skb, vg_now(), &client) == TC_ACT_SHOT)
+			return TC_ACT_SHOT;
+	}
+	/* A host endpoint polices what leaves the node through it (one hash lookup otherwise). */
+	hep = vg_hosteps.lookup(&ifindex);
+	return hep ? vg_hep_handle(skb, hep, DIR_EGRESS) : TC_ACT_OK;
 }
 
 int from_uplink(struct __sk_buff *skb)
@@ -325,11 +392,17 @@ int from_uplink(struct __sk_buff *skb)
 	 * Everything else passes uncounted, with only its source address read. The node's own
 	 * multicast looped back to it arrives here too, with its own address: not a forgery.
 	 */
+	__u32 ifindex = skb->ifindex;
+	struct hostep_info *hep;
+
 	if (skb->pkt_type == VG_PACKET_LOOPBACK)
 		return TC_ACT_OK;
 	family = vg_source_addr(skb, saddr);
-	if (!family || !vg_local_lookup(family, saddr))
-		return TC_ACT_OK;
-	vg_parse(skb, &p); /* only for the drop event */
-	return vg_finish(skb, skb->ifindex, DIR_INGRESS, DROP_SPOOFED, &p, &peer, 0, 0);
+	if (family && vg_local_lookup(family, saddr)) {
+		vg_parse(skb, &p); /* only for the drop event */
+		return vg_finish(skb, skb->ifindex, DIR_INGRESS, DROP_SPOOFED, &p, &peer, 0, 0);
+	}
+	/* A host endpoint polices what arrives through it, before kube-proxy's DNAT. */
+	hep = vg_hosteps.lookup(&ifindex);
+	return hep ? vg_hep_handle(skb, hep, DIR_INGRESS) : TC_ACT_OK;
 }

@@ -65,6 +65,12 @@ BPF_TABLE_PINNED7("lpm_trie", struct ipcache6_key, struct ipcache_value, vg_ipca
 BPF_TABLE_PINNED7("lpm_trie", struct policy_key, struct policy_value, vg_policy, VG_MAX_POLICY,
 		  VG_PIN(vg_policy), BPF_F_NO_PREALLOC);
 
+/* node interface ifindex -> its Calico host endpoint's policy profiles */
+BPF_TABLE_PINNED7("hash", __u32, struct hostep_info, vg_hosteps, 64, VG_PIN(vg_hosteps), 0);
+
+/* failsafe (port, protocol, direction) of host endpoints -> 1 */
+BPF_TABLE_PINNED7("hash", struct failsafe_key, __u8, vg_failsafe, 256, VG_PIN(vg_failsafe), 0);
+
 /* endpoint slot (in skb->mark of deferred packets) -> ep_id */
 BPF_TABLE_PINNED7("hash", __u32, __u32, vg_slots, VG_MAX_ENDPOINTS, VG_PIN(vg_slots), 0);
 

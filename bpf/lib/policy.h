@@ -92,6 +92,26 @@ static __always_inline void vg_tiers_try(struct policy_key *k, __u32 identity, s
 	}
 }
 
+static __always_inline void vg_tiers_init(struct vg_tiers *t)
+{
+	__builtin_memset(t, 0, sizeof(*t));
+	t->admin_rank = t->base_rank = t->calico_rank = 0xffffffff;
+}
+
+/* The three lookups of a tier profile (peer identity, CIDR identity, ANY), merged into *t. */
+static __always_inline void vg_tiers_lookup(__u32 profile, __u8 dir, __u8 proto, __be16 port,
+					    const struct ipcache_value *peer, struct vg_tiers *t)
+{
+	struct policy_key k = {.prefixlen = POLICY_PLEN_FULL, .ep_id = profile, .dir = dir, .proto = proto,
+			       .dport = port};
+
+	vg_tiers_init(t);
+	vg_tiers_try(&k, peer->identity, t);
+	if (peer->cidr_identity)
+		vg_tiers_try(&k, peer->cidr_identity, t);
+	vg_tiers_try(&k, ID_ANY, t);
+}
+
 /*
  * NetworkPolicy where it isolates the direction: the peer's own identity, then the longest
  * policy prefix containing it, then ANY; the first that allows decides. Else audit or drop.
@@ -125,13 +145,9 @@ static __always_inline __u8 vg_np_verdict(const struct endpoint_info *ep, __u8 d
 static __always_inline __u8 vg_tiers_verdict(const struct endpoint_info *ep, __u8 dir, struct policy_key *k,
 					     const struct ipcache_value *peer, int host, __u32 *rule_ref)
 {
-	struct vg_tiers t = {.admin_rank = 0xffffffff, .base_rank = 0xffffffff, .calico_rank = 0xffffffff};
+	struct vg_tiers t;
 
-	k->ep_id = ep->tier_profile;
-	vg_tiers_try(k, peer->identity, &t);
-	if (peer->cidr_identity)
-		vg_tiers_try(k, peer->cidr_identity, &t);
-	vg_tiers_try(k, ID_ANY, &t);
+	vg_tiers_lookup(ep->tier_profile, dir, k->proto, k->dport, peer, &t);
 	if (t.admin == TIER_ACCEPT || t.admin == TIER_DENY) {
 		*rule_ref = t.admin_ref;
 		return t.admin == TIER_ACCEPT ? ALLOW_ADMIN : DROP_ADMIN;

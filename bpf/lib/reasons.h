@@ -26,6 +26,10 @@ enum vg_reason {
 	ALLOW_BASELINE = 12,    /* new flow accepted by a Baseline-tier ClusterNetworkPolicy rule */
 	ALLOW_CALICO = 13,      /* new flow allowed by a rule of Calico's tier (a Calico Allow rule, or
 	                         * a NetworkPolicy's rule at order 1000) */
+	ALLOW_FAILSAFE = 14,    /* host endpoint: a failsafe port (never locked out) */
+	ALLOW_PREDNAT = 15,     /* host endpoint: allowed by a preDNAT policy rule */
+	ALLOW_HOSTEP = 16,      /* host endpoint: allowed by a normal (or applyOnForward) policy rule, or
+	                         * forwarded traffic no applyOnForward policy polices */
 
 	DROP_POLICY = 64,       /* no policy entry allows it */
 	DROP_MALFORMED = 65,    /* truncated or unparsable headers from/to an isolated pod */
@@ -42,6 +46,10 @@ enum vg_reason {
 	DROP_BASELINE = 74,     /* denied by a Baseline-tier ClusterNetworkPolicy rule */
 	DROP_CALICO = 75,       /* denied by a Calico Deny rule */
 	DROP_CALICO_END = 76,   /* Calico's tier selects the pod and none of its rules matched */
+	DROP_PREDNAT = 77,      /* host endpoint: denied by a preDNAT policy rule (original destination) */
+	DROP_HOSTEP = 78,       /* host endpoint: denied by a normal or applyOnForward policy rule */
+	DROP_HOSTEP_END = 79,   /* host endpoint: no rule allowed traffic to/from the node itself (or
+	                         * forwarded traffic its applyOnForward policies police) */
 };
 
 #define REASON_IS_DROP(r) ((r) >= 64)

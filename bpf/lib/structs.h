@@ -98,6 +98,31 @@ struct endpoint_info {
  */
 #define TIER_PROFILE_BIT 0x80000000U
 
+/*
+ * vg_hosteps: __u32 ifindex of a node interface -> hostep_info. A Calico HostEndpoint on that
+ * interface (lib/hostep.h): traffic arriving is judged by its preDNAT policies (original
+ * destination), then, to the node itself, by its normal policies (none selecting it: denied, as
+ * Calico does), forwarded, by its applyOnForward policies (none: allowed); traffic leaving the
+ * node likewise. Each policy set is a tier profile in vg_policy (its Calico slot). Failsafe ports
+ * (vg_failsafe) and replies of tracked flows always pass.
+ */
+struct hostep_info {
+	__u32 flags;        /* HEP_F_* */
+	__u32 profile_host; /* tier profile of the policies judging traffic to and from the node */
+	__u32 profile_fwd;  /* of the applyOnForward ones (forwarded traffic) */
+	__u32 profile_pre;  /* of the preDNAT ones (arrivals, before kube-proxy's DNAT) */
+};
+#define HEP_F_INGRESS_FWD (1 << 0) /* applyOnForward policies select it for ingress */
+#define HEP_F_EGRESS_FWD  (1 << 1) /* ... for egress */
+#define HEP_F_PREDNAT     (1 << 2) /* preDNAT policies select it */
+
+/* vg_failsafe: ports that always pass a host endpoint (Calico's failsafe ports) -> 1 */
+struct failsafe_key {
+	__be16 port;
+	__u8 proto;
+	__u8 dir; /* DIR_INGRESS: to the node (its destination port); DIR_EGRESS: from it */
+};
+
 /* vg_slots: __u32 slot -> __u32 ep_id. A mark has 15 bits for the client of a deferred packet;
  * an ifindex does not fit, so the agent gives each endpoint a small stable slot. */
 

@@ -125,6 +125,51 @@ class SvcFrontend:
 
 
 @dataclass(frozen=True)
+class HostEndpointDesired:
+    """A Calico HostEndpoint of this node (vg_hosteps, bpf/lib/hostep.h): where it is and the
+    tier profiles of its three policy sets (0: none selects it)."""
+
+    name: str
+    interface: str | None  # interfaceName ("*": every uplink); None: the one holding expected_ips
+    expected_ips: tuple[str, ...]
+    profile_host: int  # normal policies: traffic to and from the node itself
+    profile_fwd: int  # applyOnForward policies: forwarded traffic
+    profile_pre: int  # preDNAT policies: arrivals, before DNAT
+    ingress_fwd: bool  # applyOnForward policies select it for ingress (else forwarded passes)
+    egress_fwd: bool
+    pre_dnat: bool  # preDNAT policies select it
+    policies: tuple[str, ...] = ()  # the Calico policies that select it (CalicoPolicy.object)
+
+
+# Calico's default failsafe ports (FelixConfiguration failsafeInboundHostPorts /
+# failsafeOutboundHostPorts): (protocol, port) always allowed to (inbound) or from (outbound) a
+# host endpoint, so a wrong policy cannot lock an administrator out. SSH, DHCP, BGP, etcd,
+# Typha, the API server, DNS.
+FAILSAFE_INBOUND: tuple[tuple[str, int], ...] = (
+    ("TCP", 22),
+    ("UDP", 68),
+    ("TCP", 179),
+    ("TCP", 2379),
+    ("TCP", 2380),
+    ("TCP", 5473),
+    ("TCP", 6443),
+    ("TCP", 6666),
+    ("TCP", 6667),
+)
+FAILSAFE_OUTBOUND: tuple[tuple[str, int], ...] = (
+    ("UDP", 53),
+    ("UDP", 67),
+    ("TCP", 179),
+    ("TCP", 2379),
+    ("TCP", 2380),
+    ("TCP", 5473),
+    ("TCP", 6443),
+    ("TCP", 6666),
+    ("TCP", 6667),
+)
+
+
+@dataclass(frozen=True)
 class NodeDesired:
     endpoints: Mapping[str, EndpointDesired]
     ipcache: Mapping[IPNetwork, tuple[int, int]]  # prefix -> (identity, cidr_identity)
@@ -138,3 +183,9 @@ class NodeDesired:
     # The tier profiles its endpoints use: profile id -> ClusterNetworkPolicy entries (keyed in
     # vg_policy by the profile id instead of an endpoint's)
     tier_profiles: Mapping[int, Mapping[PolicyEntryKey, PolicyEntryValue]] = field(default_factory=dict)
+    # Calico HostEndpoints of this node, by name (their profiles are in tier_profiles)
+    host_endpoints: Mapping[str, HostEndpointDesired] = field(default_factory=dict)
+    # (protocol, port) that always pass a host endpoint, inbound and outbound (the agent's
+    # --failsafe-inbound / --failsafe-outbound replace Calico's defaults)
+    failsafe_inbound: tuple[tuple[str, int], ...] = FAILSAFE_INBOUND
+    failsafe_outbound: tuple[tuple[str, int], ...] = FAILSAFE_OUTBOUND

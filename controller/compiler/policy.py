@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
+from controller.compiler.calico import HostEndpoint
 from controller.compiler.desired_state import EndpointDesired, IdentityInfo, NodeDesired, RuleRef
 from controller.compiler.generations import GenerationCache
 from controller.compiler.identity import PodIdentityKey
@@ -85,6 +86,7 @@ class CompiledCluster:
         self.pods: Mapping[str, Pod] = cluster.pods
         self.nodes: Mapping[str, Node] = cluster.nodes
         self.policy_map: Mapping[str, NetworkPolicy] = cluster.policies
+        self.host_endpoints: Mapping[str, HostEndpoint] = cluster.host_endpoints
         self.errors = tuple(cluster.errors)
         self.generations = generations if generations is not None else GenerationCache()
         self.incremental = False  # whether this compilation was derived from a previous one
@@ -297,12 +299,18 @@ class CompiledCluster:
 
     def node_desired(self, node: str) -> NodeDesired:
         endpoints = self.node_endpoints.for_node(node)
+        heps = {
+            h.name: self.tiers.host_endpoint(h, self.entries.entry_key)
+            for h in self.host_endpoints.values()
+            if h.node == node
+        }
         profiles = self.tiers.profiles
+        used = {ep.tier_profile for ep in endpoints.values()}
+        used.update(p for h in heps.values() for p in (h.profile_host, h.profile_fwd, h.profile_pre))
         return NodeDesired(
             endpoints=endpoints,
-            tier_profiles={
-                ep.tier_profile: profiles[ep.tier_profile] for ep in endpoints.values() if ep.tier_profile
-            },
+            tier_profiles={p: profiles[p] for p in sorted(used) if p},
+            host_endpoints=heps,
             ipcache=self.ipcache_for(node),
             rules={**self.rules, **self.tiers.rules},
             identities=self.identities,

@@ -24,6 +24,9 @@ EP_F_INGRESS_TIERED = 1 << 6  # a ClusterNetworkPolicy with rules in that direct
 EP_F_EGRESS_TIERED = 1 << 7
 EP_F_INGRESS_CALICO = 1 << 8  # Calico's tier polices that direction (end-of-tier deny)
 EP_F_EGRESS_CALICO = 1 << 9
+HEP_F_INGRESS_FWD = 1 << 0  # hostep_info.flags: applyOnForward policies select it for ingress
+HEP_F_EGRESS_FWD = 1 << 1
+HEP_F_PREDNAT = 1 << 2  # preDNAT policies select it
 
 CT_ALLOWED = 1
 CT_DENIED = 2
@@ -55,6 +58,8 @@ MAP_NAMES = (
     "vg_slots",
     "vg_svc",
     "vg_local",
+    "vg_hosteps",
+    "vg_failsafe",
     "vg_ct",
     "vg_frag",
     "vg_config",
@@ -80,6 +85,9 @@ class Reason(IntEnum):
     ALLOW_DEFERRED = 10  # to a Service frontend: judged after DNAT
     ALLOW_ADMIN = 11  # accepted by an Admin-tier ClusterNetworkPolicy rule
     ALLOW_BASELINE = 12  # accepted by a Baseline-tier ClusterNetworkPolicy rule
+    ALLOW_FAILSAFE = 14  # host endpoint: a failsafe port
+    ALLOW_PREDNAT = 15  # host endpoint: allowed by a preDNAT policy rule
+    ALLOW_HOSTEP = 16  # host endpoint: allowed by a normal/applyOnForward rule, or forwarded and unpoliced
     ALLOW_CALICO = 13  # allowed by a rule of Calico's tier (a Calico policy's, or a NetworkPolicy's in it)
     DROP_POLICY = 64
     DROP_MALFORMED = 65
@@ -93,6 +101,9 @@ class Reason(IntEnum):
     DROP_ADMIN = 73  # denied by an Admin-tier ClusterNetworkPolicy rule
     DROP_BASELINE = 74  # denied by a Baseline-tier ClusterNetworkPolicy rule
     DROP_CALICO = 75  # denied by a Calico Deny rule
+    DROP_PREDNAT = 77  # host endpoint: denied by a preDNAT policy rule (original destination)
+    DROP_HOSTEP = 78  # host endpoint: denied by a normal or applyOnForward policy rule
+    DROP_HOSTEP_END = 79  # host endpoint: no rule allowed traffic to/from the node (or policed forwarded)
     DROP_CALICO_END = 76  # Calico's tier selects the pod and none of its rules matched (end of tier)
 
     @property
@@ -198,6 +209,23 @@ class PolicyValue(_Struct):
     ]
 
 
+class HostepInfo(_Struct):
+    _fields_: ClassVar = [
+        ("flags", ctypes.c_uint32),
+        ("profile_host", ctypes.c_uint32),
+        ("profile_fwd", ctypes.c_uint32),
+        ("profile_pre", ctypes.c_uint32),
+    ]
+
+
+class FailsafeKey(_Struct):
+    _fields_: ClassVar = [
+        ("port", ctypes.c_uint8 * 2),  # __be16: kept as bytes
+        ("proto", ctypes.c_uint8),
+        ("dir", ctypes.c_uint8),
+    ]
+
+
 class CtKey(_Struct):
     _fields_: ClassVar = [
         ("saddr", U8x16),
@@ -300,6 +328,8 @@ C_STRUCTS: dict[str, type[_Struct]] = {
     "ipcache6_key": Ipcache6Key,
     "ipcache_value": IpcacheValue,
     "policy_key": PolicyKey,
+    "hostep_info": HostepInfo,
+    "failsafe_key": FailsafeKey,
     "policy_value": PolicyValue,
     "ct_key": CtKey,
     "ct_value": CtValue,

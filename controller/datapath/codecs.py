@@ -8,8 +8,9 @@ import dataclasses
 import ipaddress
 from dataclasses import dataclass
 
-from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue
+from controller.compiler.desired_state import HostEndpointDesired, PolicyEntryKey, PolicyEntryValue
 from controller.core.net import IPNetwork
+from controller.datapath import abi
 from controller.datapath.abi import (
     POLICY_PLEN_ANY_PORT,
     POLICY_PLEN_ANY_PROTO,
@@ -85,6 +86,26 @@ def encode_local(address: str, ifindex: int) -> tuple[bytes, bytes]:
     k = LocalKey(family=ipaddress.ip_address(address).version)
     k.addr[:] = list(addr16(address))
     return bytes(k), bytes(LocalValue(ifindex=ifindex))
+
+
+def encode_hostep(ifindex: int, hep: HostEndpointDesired) -> tuple[bytes, bytes]:
+    """vg_hosteps key/value of a host endpoint on one interface."""
+    flags = (
+        (abi.HEP_F_INGRESS_FWD if hep.ingress_fwd else 0)
+        | (abi.HEP_F_EGRESS_FWD if hep.egress_fwd else 0)
+        | (abi.HEP_F_PREDNAT if hep.pre_dnat else 0)
+    )
+    v = abi.HostepInfo(
+        flags=flags, profile_host=hep.profile_host, profile_fwd=hep.profile_fwd, profile_pre=hep.profile_pre
+    )
+    return u32_key(ifindex), bytes(v)
+
+
+def encode_failsafe(proto: int, port: int, direction: int) -> tuple[bytes, bytes]:
+    """vg_failsafe key/value of one failsafe (protocol, port) in one direction."""
+    k = abi.FailsafeKey(proto=proto, dir=direction)
+    k.port[:] = list(be16(port))
+    return bytes(k), b"\x01"
 
 
 def decode_local(kb: bytes, vb: bytes) -> tuple[str, int]:

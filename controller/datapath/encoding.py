@@ -5,6 +5,7 @@ its last encoding (aligning the new policy entry sequence with the old one)."""
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -13,8 +14,9 @@ from operator import is_
 from typing import Any
 
 from controller.compiler.desired_state import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue
-from controller.core.net import IPNetwork
+from controller.core.net import L4_PROTOCOLS, IPNetwork
 from controller.core.seqdiff import equal_run
+from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
 from controller.datapath import abi, codecs
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,8 @@ class Encoding:
     ipcache: IpcacheEncoding
     svc: dict[bytes, bytes]
     local: dict[bytes, bytes]  # vg_local: the node's addresses and its pods'
+    hosteps: dict[bytes, bytes] = dataclasses.field(default_factory=dict)  # vg_hosteps
+    failsafe: dict[bytes, bytes] = dataclasses.field(default_factory=dict)  # vg_failsafe
 
     def maps(self) -> dict[str, dict[bytes, bytes]]:
         """Key/value bytes per synced map (vg_slots empty: apply assigns the slots). The
@@ -99,6 +103,8 @@ class Encoding:
             "vg_slots": {},
             "vg_endpoints": dict(self.endpoints),
             "vg_svc": dict(self.svc),
+            "vg_hosteps": dict(self.hosteps),
+            "vg_failsafe": dict(self.failsafe),
         }
 
 
@@ -138,7 +144,13 @@ class Encoder:
         # tier profile id -> (its entries mapping, their encoding)
         self._profiles: dict[int, tuple[Mapping[PolicyEntryKey, PolicyEntryValue], dict[bytes, bytes]]] = {}
 
-    def encode(self, desired: NodeDesired, pod_ifindex: Mapping[str, int]) -> Encoding:
+    def encode(
+        self,
+        desired: NodeDesired,
+        pod_ifindex: Mapping[str, int],
+        hep_ifindexes: Mapping[str, Sequence[int]] | None = None,
+    ) -> Encoding:
+        """`hep_ifindexes`: the interfaces each host endpoint of `desired` is on (by name)."""
         endpoints: dict[bytes, bytes] = {}
         policy: dict[int, Mapping[bytes, bytes]] = {}
         host = tuple(getattr(desired, "host_addresses", ()))
@@ -178,7 +190,20 @@ class Encoder:
                 kb, vb = codecs.encode_svc(fe.family, fe.address, fe.proto, fe.port)
                 svc[kb] = vb
             self._frontends = (frontends, svc)
-        return Encoding(endpoints, policy, ipcache, self._frontends[1], local)
+        hosteps: dict[bytes, bytes] = {}
+        for name, hep in sorted(getattr(desired, "host_endpoints", {}).items()):
+            for ifindex in (hep_ifindexes or {}).get(name, ()):
+                kb, vb = codecs.encode_hostep(ifindex, hep)
+                hosteps[kb] = vb
+        failsafe: dict[bytes, bytes] = {}
+        for direction, ports in (
+            (DIR_INGRESS, getattr(desired, "failsafe_inbound", ())),
+            (DIR_EGRESS, getattr(desired, "failsafe_outbound", ())),
+        ):
+            for proto, port in ports:
+                kb, vb = codecs.encode_failsafe(L4_PROTOCOLS[proto], port, direction)
+                failsafe[kb] = vb
+        return Encoding(endpoints, policy, ipcache, self._frontends[1], local, hosteps, failsafe)
 
     def _encode_ipcache(self, ipcache: Mapping[IPNetwork, tuple[int, int]]) -> IpcacheEncoding:
         last = self._ipcache

@@ -44,6 +44,8 @@ EXPECTED_LAYOUT: dict[str, tuple[int, int]] = {
     "vg_slots": (4, 4),
     "vg_svc": (ctypes.sizeof(abi.SvcKey), ctypes.sizeof(abi.SvcValue)),
     "vg_local": (ctypes.sizeof(abi.LocalKey), ctypes.sizeof(abi.LocalValue)),
+    "vg_hosteps": (4, ctypes.sizeof(abi.HostepInfo)),
+    "vg_failsafe": (ctypes.sizeof(abi.FailsafeKey), 1),
     "vg_ct": (ctypes.sizeof(abi.CtKey), ctypes.sizeof(abi.CtValue)),
     "vg_frag": (ctypes.sizeof(abi.FragKey), ctypes.sizeof(abi.FragValue)),
     "vg_config": (4, ctypes.sizeof(abi.Config)),

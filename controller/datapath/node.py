@@ -27,6 +27,8 @@ SIZED_MAPS = (
     "vg_policy",
     "vg_svc",
     "vg_local",
+    "vg_hosteps",
+    "vg_failsafe",
     "vg_ct",
     "vg_frag",
     "vg_counters",
@@ -155,7 +157,7 @@ class Datapath:
     def _sync(self, desired: NodeDesired, pod_ifindex: Mapping[str, int], incremental: bool) -> SyncResult:
         previous = self._written if incremental else None
         self._written = None  # unknown until this sync completes
-        encoding = self._encoder.encode(desired, pod_ifindex)
+        encoding = self._encoder.encode(desired, pod_ifindex, self.host_endpoint_interfaces(desired))
         result, self._written = sync.apply_encoding(encoding, self._loaded.maps, previous)
         if result.full:
             by_ifindex: dict[int, list[str]] = {}
@@ -165,6 +167,16 @@ class Datapath:
             map_name = min(result.full.values())  # deterministic when several maps overflowed
             raise MapFullError(map_name, pods[0] if pods else None, pods, result)
         return result
+
+    def host_endpoint_interfaces(self, desired: NodeDesired) -> dict[str, list[int]]:
+        """The interfaces of this network namespace each host endpoint of `desired` is on: its
+        interfaceName, every uplink for "*", else the interface holding one of its expectedIPs.
+        Only uplinks carry the host endpoint programs (from_uplink / to_uplink)."""
+        heps = getattr(desired, "host_endpoints", {})
+        if not heps:
+            return {}
+        uplinks = self.find_uplinks()
+        return {name: uplink.host_endpoint_ifindexes(hep, uplinks) for name, hep in heps.items()}
 
     def capacity(self) -> dict[str, int]:
         """max_entries of every sized map, as the kernel has it (a reused pin keeps its size)."""

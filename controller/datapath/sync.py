@@ -30,7 +30,19 @@ log = logging.getLogger(__name__)
 # deferred only once every endpoint can be named in a mark.
 # The addresses to believe only where they belong (vg_local) come first and go last: a new pod's
 # address is never a remote one's for an instant.
-SYNCED_MAPS = ("vg_local", "vg_ipcache4", "vg_ipcache6", "vg_policy", "vg_slots", "vg_endpoints", "vg_svc")
+# A host endpoint names its profiles in vg_policy: it comes after them (vg_hosteps); failsafe
+# ports come before any host endpoint that relies on them.
+SYNCED_MAPS = (
+    "vg_local",
+    "vg_failsafe",
+    "vg_ipcache4",
+    "vg_ipcache6",
+    "vg_policy",
+    "vg_slots",
+    "vg_endpoints",
+    "vg_hosteps",
+    "vg_svc",
+)
 
 OpKind = Literal["add", "update", "delete"]
 
@@ -309,6 +321,8 @@ def apply_encoding(
                 "vg_slots": diff("vg_slots", slots, previous.slots),
                 "vg_endpoints": diff("vg_endpoints", endpoints, previous.endpoints),
                 "vg_svc": diff("vg_svc", encoding.svc, old.svc),
+                "vg_hosteps": diff("vg_hosteps", encoding.hosteps, old.hosteps),
+                "vg_failsafe": diff("vg_failsafe", encoding.failsafe, old.failsafe),
             }
         )
         result = _execute(ops, endpoints, previous.endpoints, kernel, cleanup_removed)

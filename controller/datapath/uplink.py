@@ -17,11 +17,12 @@ filter on the egress hook): idempotent, our filter only, a clsact only if this p
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pyroute2 import IPRoute
 
+from controller.compiler.desired_state import HostEndpointDesired
 from controller.core.errors import VethguardError
 from controller.datapath.attach import PARENT_EGRESS, PARENT_INGRESS, Attacher
 
@@ -66,3 +67,17 @@ def find_uplinks(names: Iterable[str] = ()) -> dict[int, str]:
 def uplink_attacher() -> Attacher:
     """The Attacher of to_uplink (tc egress) and from_uplink (tc ingress)."""
     return Attacher(names={PARENT_EGRESS: UPLINK_FILTER_NAME, PARENT_INGRESS: UPLINK_INGRESS_FILTER_NAME})
+
+
+def host_endpoint_ifindexes(hep: HostEndpointDesired, uplinks: Mapping[int, str]) -> list[int]:
+    """The uplinks a host endpoint is on: its interfaceName, every uplink for "*", else the
+    uplinks holding one of its expectedIPs. An interface that is not an uplink carries no
+    host endpoint program, so it is left out (the agent reports host endpoints it cannot place)."""
+    if hep.interface == "*":
+        return sorted(uplinks)
+    if hep.interface is not None:
+        return [i for i, name in sorted(uplinks.items()) if name == hep.interface]
+    wanted = set(hep.expected_ips)
+    with IPRoute() as ipr:
+        held = {int(a["index"]) for a in ipr.get_addr() if a.get_attr("IFA_ADDRESS") in wanted}
+    return sorted(i for i in uplinks if i in held)

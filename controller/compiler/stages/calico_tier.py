@@ -35,6 +35,7 @@ from controller.compiler.calico import (
     CalicoPolicy,
     CalicoRule,
     EntityRule,
+    HostEndpoint,
     PortRange,
     pod_calico_labels,
 )
@@ -146,7 +147,8 @@ class CalicoTables:
         identities: IdentityTables,
         namespace_labels: Callable[[str], Mapping[str, str]],
     ) -> None:
-        self.policies = sorted((p for p in policies.values() if not p.pre_dnat), key=lambda p: p.sort_key)
+        # every policy (preDNAT ones select host endpoints only: CalicoPolicy.selects)
+        self.policies = sorted(policies.values(), key=lambda p: p.sort_key)
         self.identities = identities
         self.namespace_labels = namespace_labels
         self.rules: dict[int, RuleRef] = {}
@@ -214,6 +216,15 @@ class CalicoTables:
         if e.namespace_selector is not None and not e.namespace_selector.matches(ns_labels):
             return False
         return not (e.not_selector is not None and e.not_selector.matches(labels))
+
+    def hep_selecting(self, hep: HostEndpoint) -> tuple[CalicoPolicy, ...]:
+        """The policies that select a host endpoint, in order: GlobalNetworkPolicies whose selector
+        matches its labels (a namespaceSelector selects namespaced endpoints only)."""
+        return tuple(
+            p
+            for p in self.policies
+            if p.namespace is None and p.namespace_selector is None and p.selector.matches(hep.labels)
+        )
 
     def pods_of(self, identity: int) -> list[Pod]:
         return list(self.identities.pods_by_identity.get(identity, ()))
@@ -383,6 +394,25 @@ class CalicoTier:
                                 for s in own
                             )
         return out, self.directions(identity)
+
+    def hep_contributions(self, pols: Iterable[CalicoPolicy], hep: HostEndpoint) -> list[CalicoContribution]:
+        """Every rule's contributions for a host endpoint (its own side's selectors checked
+        against its labels; it has no named ports)."""
+        out: list[CalicoContribution] = []
+        for pol in pols:
+            for direction, rules in ((DIR_INGRESS, pol.ingress), (DIR_EGRESS, pol.egress)):
+                egress = direction == DIR_EGRESS
+                for rule in rules:
+                    local = rule.local(egress)
+                    if not rule.deny_all and not rule.matches_nothing and local.selects:
+                        if local.namespace_selector is not None:
+                            continue  # a host endpoint has no namespace
+                        if local.selector is not None and not local.selector.matches(hep.labels):
+                            continue
+                        if local.not_selector is not None and local.not_selector.matches(hep.labels):
+                            continue
+                    out.extend(self._peer_contributions(pol, direction, rule))
+        return out
 
     def named_own(self, identity: int, pod: Pod) -> tuple[PortSpec, ...]:
         """The endpoint's own resolution of every ingress named port of its policies (part of

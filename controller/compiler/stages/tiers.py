@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
 
+from controller.compiler.calico import CalicoPolicy, HostEndpoint
 from controller.compiler.cnp import ACCEPT, DENY, PASS, TIERS, ClusterNetworkPolicy, CnpPeer, CnpRule
-from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue, RuleRef
+from controller.compiler.desired_state import HostEndpointDesired, PolicyEntryKey, PolicyEntryValue, RuleRef
 from controller.compiler.model import IPBlock, Node, Peer, Pod
 from controller.compiler.portrange import range_to_prefixes
 from controller.compiler.selectors import LabelIndex
@@ -368,6 +369,49 @@ class Tiers:
         )
         self._endpoint_cache[key] = hit
         return hit
+
+    def host_endpoint(
+        self, hep: HostEndpoint, intern: Callable[[int, int, int, int, int], PolicyEntryKey]
+    ) -> HostEndpointDesired:
+        """A host endpoint's three policy sets as tier profiles (Calico slot only): its normal
+        policies (traffic to and from the node), the applyOnForward ones, the preDNAT ones."""
+        pols = self.calico.tables.hep_selecting(hep) if self.calico is not None else ()
+        normal = tuple(p for p in pols if not p.pre_dnat)
+        fwd = tuple(p for p in normal if p.apply_on_forward)
+        pre = tuple(p for p in pols if p.pre_dnat)
+
+        def profile(kind: str, subset: tuple[CalicoPolicy, ...]) -> int:
+            if not subset or self.calico is None:
+                return 0
+            pkey: ProfileKey = (
+                "hostendpoint",
+                kind,
+                tuple(p.object for p in subset),
+                tuple(sorted(hep.labels.items())),
+            )
+            pid = self._profile_ids.get(pkey)
+            if pid is None:
+                pid = self._allocate(pkey)
+                got = self.calico.hep_contributions(subset, hep)
+                out = [
+                    Contribution(c.key, LOG if c.action == LOG_ACTION else CALICO, c.action, c.rank, c.ref)
+                    for c in got
+                ]
+                self.profiles[pid] = MappingProxyType(fold(out, intern))
+            return pid
+
+        return HostEndpointDesired(
+            name=hep.name,
+            interface=hep.interface_name,
+            expected_ips=hep.expected_ips,
+            profile_host=profile("host", normal),
+            profile_fwd=profile("forward", fwd),
+            profile_pre=profile("preDNAT", pre),
+            ingress_fwd=any("Ingress" in p.types for p in fwd),
+            egress_fwd=any("Egress" in p.types for p in fwd),
+            pre_dnat=bool(pre),
+            policies=tuple(p.object for p in pols),
+        )
 
     def _np_rank(self, ref: int) -> int:
         """The rank of the NetworkPolicy of a rule in Calico's tier."""
