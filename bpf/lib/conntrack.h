@@ -77,7 +77,7 @@ static __always_inline int vg_ct_recheck(const struct endpoint_info *ep, const s
 		return 1;
 	__be16 port = vg_ct_policy_port(k->proto, k->family, k->dport);
 
-	return !REASON_IS_DROP(vg_policy_verdict(ep, k->dir, k->proto, port, &peer, 0, rule_ref));
+	return !REASON_IS_DROP(vg_policy_verdict(ep, k->dir, k->proto, port, &peer, 0, rule_ref, 0));
 }
 
 /*
@@ -113,7 +113,7 @@ static __always_inline int vg_ct_reply_allowed(const struct endpoint_info *ep, c
 	vg_peer_lookup(p, rdir, &peer);
 	if (peer.identity == ID_HOST)
 		return 1;
-	return !REASON_IS_DROP(vg_policy_verdict(ep, rdir, p->proto, vg_policy_port(p), &peer, 0, &ref));
+	return !REASON_IS_DROP(vg_policy_verdict(ep, rdir, p->proto, vg_policy_port(p), &peer, 0, &ref, 0));
 }
 
 /*

@@ -60,10 +60,10 @@ static __always_inline __u8 vg_new_flow(struct __sk_buff *skb, const struct endp
 		 * untracked, so every packet is judged again and a policy change applies at once. */
 		if (dir == DIR_INGRESS || !(ep->flags & EP_F_EGRESS_TIERED))
 			return ALLOW_HOST;
-		reason = vg_policy_verdict(ep, dir, p->proto, vg_policy_port(p), peer, 1, rule_ref);
+		reason = vg_policy_verdict(ep, dir, p->proto, vg_policy_port(p), peer, 1, rule_ref, p);
 		return REASON_IS_DROP(reason) ? reason : ALLOW_HOST;
 	}
-	reason = vg_policy_verdict(ep, dir, p->proto, vg_policy_port(p), peer, 0, rule_ref);
+	reason = vg_policy_verdict(ep, dir, p->proto, vg_policy_port(p), peer, 0, rule_ref, p);
 	if (REASON_IS_DROP(reason) || !track)
 		return reason;
 	/* Track every allowed flow, isolated direction or not: its replies may enter an isolated one. */

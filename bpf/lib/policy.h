@@ -6,6 +6,7 @@
 #include "common.h"
 #include "maps.h"
 #include "parse.h"
+#include "events.h"
 
 /* Identity of a peer address; an address no prefix covers is WORLD without a CIDR identity. */
 static __always_inline void vg_ipcache_lookup(__u8 family, const __u8 *addr, struct ipcache_value *out)
@@ -58,7 +59,8 @@ struct vg_tiers {
 	__u32 admin_rank, admin_ref;
 	__u32 base_rank, base_ref;
 	__u32 calico_rank, calico_ref;
-	__u8 admin, base, calico;
+	__u32 log_rank, log_ref;
+	__u8 admin, base, calico, log;
 };
 
 /*
@@ -90,12 +92,17 @@ static __always_inline void vg_tiers_try(struct policy_key *k, __u32 identity, s
 		t->calico_rank = v->calico_rank;
 		t->calico_ref = v->calico_ref;
 	}
+	if (v->log && v->log_rank < t->log_rank) {
+		t->log = 1;
+		t->log_rank = v->log_rank;
+		t->log_ref = v->log_ref;
+	}
 }
 
 static __always_inline void vg_tiers_init(struct vg_tiers *t)
 {
 	__builtin_memset(t, 0, sizeof(*t));
-	t->admin_rank = t->base_rank = t->calico_rank = 0xffffffff;
+	t->admin_rank = t->base_rank = t->calico_rank = t->log_rank = 0xffffffff;
 }
 
 /* The three lookups of a tier profile (peer identity, CIDR identity, ANY), merged into *t. */
@@ -143,7 +150,8 @@ static __always_inline __u8 vg_np_verdict(const struct endpoint_info *ep, __u8 d
  * pod's own node, which only a Deny rule blocks (ALLOW_HOST where anything else decides).
  */
 static __always_inline __u8 vg_tiers_verdict(const struct endpoint_info *ep, __u8 dir, struct policy_key *k,
-					     const struct ipcache_value *peer, int host, __u32 *rule_ref)
+					     const struct ipcache_value *peer, int host, __u32 *rule_ref,
+					     const struct vg_pkt *log_pkt)
 {
 	struct vg_tiers t;
 
@@ -153,6 +161,9 @@ static __always_inline __u8 vg_tiers_verdict(const struct endpoint_info *ep, __u
 		return t.admin == TIER_ACCEPT ? ALLOW_ADMIN : DROP_ADMIN;
 	}
 	if (ep->flags & vg_calico_flag(dir)) {
+		/* A Log rule before the deciding one: reported, and evaluation goes on. */
+		if (log_pkt && t.log && t.log_rank < t.calico_rank)
+			vg_emit(log_pkt, ep->ep_id, dir, LOG_CALICO, peer, t.log_ref);
 		if (t.calico == TIER_ACCEPT) {
 			*rule_ref = t.calico_ref;
 			return host ? ALLOW_HOST : ALLOW_CALICO;
@@ -182,7 +193,7 @@ static __always_inline __u8 vg_tiers_verdict(const struct endpoint_info *ep, __u
  */
 static __always_inline __u8 vg_policy_verdict(const struct endpoint_info *ep, __u8 dir, __u8 proto,
 					      __be16 dport, const struct ipcache_value *peer, int host,
-					      __u32 *rule_ref)
+					      __u32 *rule_ref, const struct vg_pkt *log_pkt)
 {
 	struct policy_key k = {};
 
@@ -196,7 +207,7 @@ static __always_inline __u8 vg_policy_verdict(const struct endpoint_info *ep, __
 	k.proto = proto;
 	k.dport = dport; /* the policy port: vg_policy_port / vg_ct_policy_port */
 	if (ep->flags & vg_tiered_flag(dir))
-		return vg_tiers_verdict(ep, dir, &k, peer, host, rule_ref);
+		return vg_tiers_verdict(ep, dir, &k, peer, host, rule_ref, log_pkt);
 	return vg_np_verdict(ep, dir, &k, peer, rule_ref);
 }
 

@@ -30,6 +30,8 @@ enum vg_reason {
 	ALLOW_PREDNAT = 15,     /* host endpoint: allowed by a preDNAT policy rule */
 	ALLOW_HOSTEP = 16,      /* host endpoint: allowed by a normal (or applyOnForward) policy rule, or
 	                         * forwarded traffic no applyOnForward policy polices */
+	LOG_CALICO = 17,        /* an event only, never a packet's verdict: a Calico Log rule matched the
+	                         * new flow before the rule that decided it (the event names the Log rule) */
 
 	DROP_POLICY = 64,       /* no policy entry allows it */
 	DROP_MALFORMED = 65,    /* truncated or unparsable headers from/to an isolated pod */

@@ -38,6 +38,8 @@
  * with the direction's TIERED flag. */
 #define EP_F_INGRESS_CALICO   (1 << 8)
 #define EP_F_EGRESS_CALICO    (1 << 9)
+/* Its tier profile has Calico Log rules: a new flow they match is reported (LOG_CALICO). */
+#define EP_F_CALICO_LOG       (1 << 10)
 
 #define VERDICT_ALLOW 1 /* policy_value.verdict: a NetworkPolicy rule allows it */
 #define VERDICT_DENY  2 /* reserved */

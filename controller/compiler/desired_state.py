@@ -111,6 +111,7 @@ class EndpointDesired:
     ingress_calico: bool = False
     egress_calico: bool = False
     calico_policies: Sequence[str] = ()  # the Calico policies that select it (CalicoPolicy.object)
+    calico_log: bool = False  # its tier profile has Calico Log rules (EP_F_CALICO_LOG)
 
 
 @dataclass(frozen=True, order=True)

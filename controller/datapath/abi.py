@@ -24,6 +24,7 @@ EP_F_INGRESS_TIERED = 1 << 6  # a ClusterNetworkPolicy with rules in that direct
 EP_F_EGRESS_TIERED = 1 << 7
 EP_F_INGRESS_CALICO = 1 << 8  # Calico's tier polices that direction (end-of-tier deny)
 EP_F_EGRESS_CALICO = 1 << 9
+EP_F_CALICO_LOG = 1 << 10  # its tier profile has Calico Log rules (LOG_CALICO events)
 HEP_F_INGRESS_FWD = 1 << 0  # hostep_info.flags: applyOnForward policies select it for ingress
 HEP_F_EGRESS_FWD = 1 << 1
 HEP_F_PREDNAT = 1 << 2  # preDNAT policies select it
@@ -88,6 +89,7 @@ class Reason(IntEnum):
     ALLOW_FAILSAFE = 14  # host endpoint: a failsafe port
     ALLOW_PREDNAT = 15  # host endpoint: allowed by a preDNAT policy rule
     ALLOW_HOSTEP = 16  # host endpoint: allowed by a normal/applyOnForward rule, or forwarded and unpoliced
+    LOG_CALICO = 17  # an event, never a verdict: a Calico Log rule matched the new flow
     ALLOW_CALICO = 13  # allowed by a rule of Calico's tier (a Calico policy's, or a NetworkPolicy's in it)
     DROP_POLICY = 64
     DROP_MALFORMED = 65

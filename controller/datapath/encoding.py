@@ -33,6 +33,7 @@ def endpoint_flags(
     egress_tiered: bool = False,
     ingress_calico: bool = False,
     egress_calico: bool = False,
+    calico_log: bool = False,
 ) -> int:
     return (
         (abi.EP_F_INGRESS_ISOLATED if ingress_isolated else 0)
@@ -43,6 +44,7 @@ def endpoint_flags(
         | (abi.EP_F_EGRESS_TIERED if egress_tiered else 0)
         | (abi.EP_F_INGRESS_CALICO if ingress_calico else 0)
         | (abi.EP_F_EGRESS_CALICO if egress_calico else 0)
+        | (abi.EP_F_CALICO_LOG if calico_log else 0)
     )
 
 
@@ -369,6 +371,7 @@ def _encode_endpoint(
             ep.egress_tiered,
             ep.ingress_calico,
             ep.egress_calico,
+            ep.calico_log,
         ),
         ep.ipv4,
         ep.ipv6,

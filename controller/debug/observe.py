@@ -33,6 +33,8 @@ def record(view: ClusterView, ev: Event, boot_offset_ns: int) -> dict[str, Any]:
     """One JSON-able observe record. boot_offset_ns: wall clock minus CLOCK_MONOTONIC."""
     reason = reason_name(ev.reason)
     verdict = "denied" if ev.reason >= 64 else ("audit" if reason in AUDIT_REASONS else "allowed")
+    if reason == "LOG_CALICO":
+        verdict = "log"  # a Calico Log rule matched; the flow's own event follows
     endpoint_ip = ev.saddr if ev.dir == DIR_EGRESS else ev.daddr
     endpoint = view.who(endpoint_ip)
     rule = view.rule(ev.rule_ref)

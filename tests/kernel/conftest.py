@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from controller.datapath import abi, codecs
+from controller.datapath.codecs import Event
 from controller.datapath.node import Datapath
 from tests.support.kernel import (
     ID_A,
@@ -64,3 +65,13 @@ def h(dp: Datapath) -> Harness:
     harness.ipcache("0.0.0.0/0", 2)
     harness.ipcache("::/0", 2)
     return harness
+
+
+@pytest.fixture
+def events(h: Harness) -> Iterator[list[Event]]:
+    """The flow events the programs emit from now on (poll with h.dp.poll_events)."""
+    got: list[Event] = []
+    h.dp.open_events(got.append)
+    h.dp.poll_events(0)
+    got.clear()
+    yield got

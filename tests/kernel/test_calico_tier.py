@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 
-from controller.compiler.calico import CalicoObjects
+from controller.compiler.calico import CalicoObjects, parse_calico_policy
+from controller.compiler.stages.calico_tier import calico_rule_ref
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
 from controller.datapath.abi import Reason
+from controller.datapath.codecs import Event
 from tests.support import packets as P
-from tests.support.kernel import NODE_IP, POD_A, POD_B, POD_C, Harness
+from tests.support.kernel import NODE_IP, POD_A, POD_B, POD_C, TC_ACT_OK, Harness
 from tests.support.tier_world import (
     assert_kernel_is_model,
     cnp,
@@ -182,3 +184,31 @@ def test_a_calico_deny_blocks_the_pods_own_node_and_a_namespaced_policy_stays_in
     assert egress(h, NODE_IP, 53) is Reason.ALLOW_HOST
     assert model(d, DIR_EGRESS, NODE_IP, 10250) == "DROP_CALICO"
     assert_kernel_is_model(h, d)
+
+
+def test_a_log_rule_reports_the_flow_and_the_next_rule_decides(h: Harness, events: list[Event]) -> None:
+    pol = gnp(
+        "audit-b",
+        1,
+        ingress=[
+            {"action": "Log", "source": {"selector": "app == 'b'"}},
+            {"action": "Deny", "protocol": "TCP", "destination": {"ports": [81]}},
+            {"action": "Allow"},
+        ],
+    )
+    d = synced(h, [], [], calico(pol))
+    assert d.endpoints["x/a"].calico_log
+    assert h.to_pod(P.ipv4(POD_B, POD_A, P.TCP, P.tcp(42100, 80))) == TC_ACT_OK
+    assert h.to_pod(P.ipv4(POD_B, POD_A, P.TCP, P.tcp(42101, 81))) != TC_ACT_OK
+    assert h.to_pod(P.ipv4(POD_C, POD_A, P.TCP, P.tcp(42102, 80))) == TC_ACT_OK  # no Log for y/c
+    h.dp.poll_events(100)
+    pol_obj = parse_calico_policy(pol, "GlobalNetworkPolicy", [])
+    assert pol_obj is not None
+    log_ref = calico_rule_ref(pol_obj, DIR_INGRESS, 0)
+    assert [(e.reason, e.rule_ref) for e in events] == [
+        (Reason.LOG_CALICO, log_ref),
+        (Reason.ALLOW_CALICO, calico_rule_ref(pol_obj, DIR_INGRESS, 2)),
+        (Reason.LOG_CALICO, log_ref),
+        (Reason.DROP_CALICO, calico_rule_ref(pol_obj, DIR_INGRESS, 1)),
+        (Reason.ALLOW_CALICO, calico_rule_ref(pol_obj, DIR_INGRESS, 2)),
+    ]

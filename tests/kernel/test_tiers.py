@@ -7,8 +7,6 @@ established flow, and the denying rule named in the drop event."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from controller.compiler.stages.tiers import cnp_rule_ref
@@ -170,15 +168,6 @@ def test_a_changed_policy_cuts_an_established_flow_at_its_next_packet(h: Harness
         ],
     )
     assert reason_of(h, h.to_pod, ack, DIR_INGRESS) is Reason.ALLOW_CT
-
-
-@pytest.fixture
-def events(h: Harness) -> Iterator[list[Event]]:
-    got: list[Event] = []
-    h.dp.open_events(got.append)
-    h.dp.poll_events(0)
-    got.clear()
-    yield got
 
 
 def test_the_drop_event_names_the_denying_tier_rule(h: Harness, events: list[Event]) -> None:

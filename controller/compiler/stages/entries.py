@@ -278,6 +278,7 @@ class NodeEndpoints:
                 ingress_calico=tiers.ingress_calico,
                 egress_calico=tiers.egress_calico,
                 calico_policies=self.tiers.calico_policies_for(identity),
+                calico_log=tiers.calico_log,
             )
             old = old_endpoints.get(pod.key)
             endpoints[pod.key] = old if old is not None and old == ep else ep

@@ -223,6 +223,7 @@ class EndpointTiers(NamedTuple):
     profile: int  # tier profile id, 0 without one
     ingress_calico: bool = False  # Calico's tier polices the direction (EP_F_*_CALICO)
     egress_calico: bool = False
+    calico_log: bool = False  # the profile has Calico Log rules (EP_F_CALICO_LOG)
 
 
 NOT_TIERED = EndpointTiers(False, False, 0)
@@ -366,6 +367,7 @@ class Tiers:
             profile,
             cal_in,
             cal_eg,
+            any(v.log for v in self.profiles[profile].values()),
         )
         self._endpoint_cache[key] = hit
         return hit
