@@ -496,6 +496,8 @@ class _CustomObjects:
         pass
 
     def list_cluster_custom_object(self, group: str, version: str, plural: str, **kw: Any) -> Any:
+        if group == "projectcalico.org":
+            raise ApiException(status=404, reason="Not Found")  # no Calico API server
         assert (group, version, plural, kw) == (
             "policy.networking.k8s.io",
             "v1alpha2",
