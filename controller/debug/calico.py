@@ -26,7 +26,7 @@ from typing import Any
 
 from controller.compiler import calico
 from controller.core.errors import PolicyError
-from controller.debug.render import table
+from controller.debug.render import meta_of, spec_of, table
 from controller.debug.view import ClusterView
 
 Obj = Mapping[str, Any]
@@ -86,18 +86,8 @@ BY_NAME = {name: k for k in KINDS for name in k.names}
 NAMES = tuple(BY_NAME)
 
 
-def _meta(obj: Obj) -> Mapping[str, Any]:
-    m = obj.get("metadata")
-    return m if isinstance(m, Mapping) else {}
-
-
-def _spec(obj: Obj) -> Mapping[str, Any]:
-    s = obj.get("spec")
-    return s if isinstance(s, Mapping) else {}
-
-
 def key(obj: Obj) -> tuple[str, str]:
-    m = _meta(obj)
+    m = meta_of(obj)
     return str(m.get("namespace") or ""), str(m.get("name") or "")
 
 
@@ -136,7 +126,7 @@ def _order(spec: Mapping[str, Any]) -> str:
 def _cells(kind: CalicoKind, obj: Obj) -> tuple[list[Any], list[Any]]:
     """(the default columns, the wide ones) of one object."""
     namespace, name = key(obj)
-    spec = _spec(obj)
+    spec = spec_of(obj)
     if kind.kind == calico.HEP_KIND:
         iface = spec.get("interfaceName")
         return [name, spec.get("node") or ""], [

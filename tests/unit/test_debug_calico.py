@@ -22,10 +22,10 @@ from controller.compiler.calico import CalicoObjects
 from controller.debug import calico as calico_view
 from controller.debug.inputs import LocalTarget, list_optional
 from controller.debug.view import ClusterView
-from controller.lab.apiserver import kubeconfig_text, serve_tcp
 from controller.lab.store import Store
 from tests.support.calico_objects import GNP_KEY, HEP_KEY, NETPOL_KEY, calico_netpol, gnp, hep
 from tests.support.debug_views import raw_cluster
+from tests.support.lab_api import served_kubeconfig
 
 BROKEN = gnp("broken", order=None, doNotTrack=True)
 
@@ -50,14 +50,8 @@ def store() -> Store:
 
 @pytest.fixture
 def kubeconfig(store: Store, tmp_path: Path) -> Iterator[Path]:
-    thread = serve_tcp(store)
-    address: Any = thread.server.server_address
-    path = tmp_path / "kubeconfig"
-    path.write_text(kubeconfig_text(f"http://{address[0]}:{address[1]}"))
-    try:
+    with served_kubeconfig(store, tmp_path) as path:
         yield path
-    finally:
-        thread.stop()
 
 
 def get(kubeconfig: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[str, str]:

@@ -14,9 +14,7 @@ from typing import Any
 
 import pytest
 
-from controller import cli
 from controller.lab import manifests, topology
-from controller.lab.apiserver import serve_tcp, tcp_listener
 from controller.lab.daemon import LabAdmission, node_object
 from controller.lab.responders import Responders
 from controller.lab.state import LabConfig
@@ -35,25 +33,18 @@ from tests.support.calico_objects import (
     gnp,
     hep,
 )
+from tests.support.lab_api import api_get, cluster_round_trip, custom_objects, lab_manifest, watch_events
 
 
 @pytest.fixture
 def api() -> Iterator[tuple[Store, Any]]:
     """A store with namespaces x and y, served over TCP, and the official client's
     CustomObjectsApi on it."""
-    from kubernetes import client as kube
-
     store = Store(window=50)
     for name in ("x", "y"):
         store.create("namespaces", {"metadata": {"name": name}})
-    sock = tcp_listener("127.0.0.1", 0)
-    server = serve_tcp(store, sock=sock)
-    cfg = kube.Configuration()
-    cfg.host = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    try:
-        yield store, kube.CustomObjectsApi(kube.ApiClient(cfg))
-    finally:
-        server.stop()
+    with custom_objects(store) as objects:
+        yield store, objects
 
 
 def causes(err: ApiError) -> dict[str, str]:
@@ -64,18 +55,8 @@ def test_global_network_policies_and_host_endpoints_are_created_read_listed_repl
     api: tuple[Store, Any],
 ) -> None:
     store, objects = api
-    created = objects.create_cluster_custom_object(GROUP, VERSION, GNP, gnp("a"))
-    assert created["metadata"]["resourceVersion"] and "namespace" not in created["metadata"]
-    objects.create_cluster_custom_object(GROUP, VERSION, GNP, gnp("b", order=5))
-    listed = objects.list_cluster_custom_object(GROUP, VERSION, GNP)
-    assert listed["kind"] == "GlobalNetworkPolicyList" and listed["apiVersion"] == f"{GROUP}/{VERSION}"
-    assert [i["metadata"]["name"] for i in listed["items"]] == ["a", "b"]
-    got = objects.get_cluster_custom_object(GROUP, VERSION, GNP, "a")
-    got["spec"]["order"] = 20
-    replaced = objects.replace_cluster_custom_object(GROUP, VERSION, GNP, "a", got)
-    assert replaced["spec"]["order"] == 20 and replaced["metadata"]["generation"] == 2
-    objects.delete_cluster_custom_object(GROUP, VERSION, GNP, "b")
-    assert [p["metadata"]["name"] for p in store.list(GNP_KEY)[0]] == ["a"]
+    pair = (gnp("a"), gnp("b", order=5))
+    cluster_round_trip(store, objects, (GROUP, VERSION, GNP), GNP_KEY, pair, "order")
     objects.create_cluster_custom_object(GROUP, VERSION, HEP, hep())
     assert objects.get_cluster_custom_object(GROUP, VERSION, HEP, "node-1-public")["spec"]["node"] == "node-1"
     objects.delete_cluster_custom_object(GROUP, VERSION, HEP, "node-1-public")
@@ -119,17 +100,7 @@ def test_a_watch_of_calico_network_policies_in_every_namespace_streams_their_cha
     store.create("networkpolicies", {"metadata": {"name": "a", "namespace": "x"}})  # a bookmark only
     store.create(NETPOL_KEY, calico_netpol("y", "b"))
     store.delete(NETPOL_KEY, "x", "a")
-    resp = objects.list_cluster_custom_object(
-        GROUP,
-        VERSION,
-        NETPOL,
-        watch=True,
-        resource_version=rv,
-        allow_watch_bookmarks=True,
-        timeout_seconds=1,
-        _preload_content=False,
-    )
-    events = [json.loads(line) for line in resp.data.splitlines() if line.strip()]
+    events = watch_events(objects, (GROUP, VERSION, NETPOL), rv)
     changes = [
         (e["type"], e["object"]["metadata"].get("namespace"), e["object"]["metadata"].get("name"))
         for e in events
@@ -192,18 +163,12 @@ def test_a_host_endpoint_without_a_node_or_an_interface_or_with_ports_is_refused
 
 def test_discovery_lists_projectcalico_org_v3_with_its_three_resources(api: tuple[Store, Any]) -> None:
     _, objects = api
-    call = objects.api_client.call_api
-
-    def get(path: str) -> Any:
-        response = call("GET", objects.api_client.configuration.host + path)
-        response.read()
-        return json.loads(response.data)
-
-    groups = {g["name"]: g["preferredVersion"]["groupVersion"] for g in get("/apis")["groups"]}
+    groups = {g["name"]: g["preferredVersion"]["groupVersion"] for g in api_get(objects, "/apis")["groups"]}
     assert groups[GROUP] == f"{GROUP}/{VERSION}"
     assert groups["networking.k8s.io"] == "networking.k8s.io/v1"
     resources = {
-        r["name"]: (r["kind"], r["namespaced"]) for r in get(f"/apis/{GROUP}/{VERSION}")["resources"]
+        r["name"]: (r["kind"], r["namespaced"])
+        for r in api_get(objects, f"/apis/{GROUP}/{VERSION}")["resources"]
     }
     assert resources == {
         GNP: ("GlobalNetworkPolicy", False),
@@ -218,8 +183,7 @@ def test_lab_apply_creates_and_configures_calico_s_kinds_and_lab_delete_removes_
     cli_store.create("namespaces", {"metadata": {"name": "x"}})
 
     def lab(verb: str, text: str) -> int:
-        (tmp_path / "calico.yaml").write_text(text)
-        return cli.main(["lab", verb, "--name", "t", "-f", str(tmp_path / "calico.yaml")])
+        return lab_manifest(tmp_path, verb, text)
 
     assert lab("apply", MANIFEST) == 0
     assert lab("apply", MANIFEST.replace("order: 100", "order: 50")) == 0
@@ -243,8 +207,7 @@ def test_lab_apply_creates_and_configures_calico_s_kinds_and_lab_delete_removes_
 def test_lab_apply_of_a_refused_calico_policy_says_which_fields(
     cli_store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "bad.yaml").write_text(json.dumps(gnp("bad", doNotTrack=True)))
-    assert cli.main(["lab", "apply", "--name", "t", "-f", str(tmp_path / "bad.yaml")]) != 0
+    assert lab_manifest(tmp_path, "apply", json.dumps(gnp("bad", doNotTrack=True))) != 0
     err = capsys.readouterr().err
     assert 'GlobalNetworkPolicy.projectcalico.org "bad" is invalid' in err and "spec.doNotTrack" in err
 
@@ -271,10 +234,8 @@ def test_lab_apply_of_a_node_sets_an_ibm_role_label_and_keeps_kubelet_s(
     responders = Responders()
     try:
         cli_store.admission = LabAdmission(LabConfig("t", 1), cli_store, topology.Topology("t"), responders)
-        (tmp_path / "node.yaml").write_text(
-            "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-1\n  labels: {ibm.role: worker_public}\n"
-        )
-        assert cli.main(["lab", "apply", "--name", "t", "-f", str(tmp_path / "node.yaml")]) == 0
+        node = "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-1\n  labels: {ibm.role: worker_public}\n"
+        assert lab_manifest(tmp_path, "apply", node) == 0
     finally:
         responders.close()
     labels = cli_store.get("nodes", "", "node-1")["metadata"]["labels"]  # type: ignore[index]
