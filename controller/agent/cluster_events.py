@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
+from controller.compiler.calico import GLOBAL_KIND, HEP_KIND, KIND_KEYS, NAMESPACED_KIND, CalicoObjects
 from controller.core.log import get_logger
 
 log = get_logger("vethguard.sources")
@@ -59,7 +60,8 @@ class Event:
     SYNCED is emitted after every (re)list has replaced the cache (after the diff events).
     """
 
-    kind: str  # "Namespace", "Pod", "NetworkPolicy", "Node", "Service", "ClusterNetworkPolicy"
+    kind: str  # "Namespace", "Pod", "NetworkPolicy", "Node", "Service", "ClusterNetworkPolicy",
+    # and Calico's by calico.KIND_KEYS: "GlobalNetworkPolicy.projectcalico.org", ...
     type: EventType
     key: str  # "ns/name" for namespaced kinds, "name" otherwise; "" for BOOKMARK/SYNCED
     obj: KubeObject | None
@@ -104,7 +106,19 @@ class Snapshot:
 
     @property
     def cluster_policies(self) -> tuple[KubeObject, ...]:
-        kind = self.kinds.get("ClusterNetworkPolicy")
+        return self._optional("ClusterNetworkPolicy")
+
+    @property
+    def calico(self) -> CalicoObjects:
+        """Calico's projectcalico.org/v3 objects (none where Calico's API is not served)."""
+        return CalicoObjects(
+            global_policies=self._optional(KIND_KEYS[GLOBAL_KIND]),
+            namespaced_policies=self._optional(KIND_KEYS[NAMESPACED_KIND]),
+            host_endpoints=self._optional(KIND_KEYS[HEP_KIND]),
+        )
+
+    def _optional(self, key: str) -> tuple[KubeObject, ...]:
+        kind = self.kinds.get(key)
         return kind.objects if kind is not None else ()
 
     @property

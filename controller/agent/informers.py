@@ -1,7 +1,8 @@
 """Informers: list+watch of the cluster objects the agent needs, kept as raw API JSON dicts.
 
 One `Informer` per kind (Namespaces, Pods, NetworkPolicies, Nodes, Services,
-ClusterNetworkPolicies) runs a tiny loop in a thread:
+ClusterNetworkPolicies, Calico's GlobalNetworkPolicies, NetworkPolicies and HostEndpoints) runs
+a tiny loop in a thread:
 
     list (paginated)  ->  replace the cache, emit the diff as events, remember resourceVersion
     watch from that resourceVersion (allowWatchBookmarks)  ->  apply events to the cache
@@ -17,7 +18,8 @@ given up within that bound; a list reads with list_read_timeout. urllib3's own r
 switched off (`retries=False`) so a timeout surfaces at once instead of after 3 silent retries.
 Malformed objects (not a JSON object, no metadata) are skipped with a warning, never raised.
 
-An optional kind (KindSpec.optional: ClusterNetworkPolicy, a CRD a cluster may not have) whose
+An optional kind (KindSpec.optional: ClusterNetworkPolicy, a CRD a cluster may not have, and
+Calico's projectcalico.org/v3 kinds, which a cluster without Calico's API server has not) whose
 list is answered 404 (the API is not served) or 403 (our RBAC does not cover it yet) is "absent":
 one warning, an empty cache that counts as synced, no resourceVersion (it is left out of the
 generation), and another list every absent_retry_seconds; a later list that succeeds brings it
@@ -331,7 +333,7 @@ class Informer:
                         "ignoring a listed object without metadata.name", kind=self.kind, item=str(item)[:200]
                     )
                     continue
-                item.setdefault("kind", self.kind)
+                item.setdefault("kind", self.spec.object_kind)
                 item.setdefault("apiVersion", self.spec.api_version)
                 items[object_key(item, self.spec.namespaced)] = item
             cont = meta.get("continue")  # type: ignore[assignment]
@@ -458,7 +460,7 @@ class Informer:
         if not has_name(obj):
             log.warning("ignoring a watch event without metadata.name", kind=self.kind, type=etype)
             return
-        obj.setdefault("kind", self.kind)
+        obj.setdefault("kind", self.spec.object_kind)
         obj.setdefault("apiVersion", self.spec.api_version)
         kobj: KubeObject = obj  # type: ignore[assignment]
         key = object_key(kobj, self.spec.namespaced)

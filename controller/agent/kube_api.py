@@ -3,7 +3,12 @@ the ApiClient from a kubeconfig or the in-cluster configuration.
 
 ClusterNetworkPolicy (policy.networking.k8s.io/v1alpha2) is a CRD that a cluster may not have
 installed: its KindSpec is `optional`, and a 404 on its list means "no such API" (the informer
-then serves an empty cache and lists again now and then; controller.agent.informers)."""
+then serves an empty cache and lists again now and then; controller.agent.informers). So are
+Calico's projectcalico.org/v3 GlobalNetworkPolicy, NetworkPolicy and HostEndpoint (served by
+Calico's API server, absent without Calico): the agent keys them by calico.KIND_KEYS
+("NetworkPolicy.projectcalico.org", as Kubernetes has a NetworkPolicy kind too) and lists each
+with CustomObjectsApi.list_cluster_custom_object (for the namespaced NetworkPolicy that is the
+list across every namespace)."""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from controller.compiler import cnp
+from controller.compiler import calico, cnp
 from controller.core.log import get_logger
 
 log = get_logger("vethguard.sources")
@@ -32,6 +37,11 @@ class KindSpec:
     list_fn_of: Callable[[Any], ListFn]  # ApiClient -> bound list method
     optional: bool = False  # an API that may not be installed (a CRD): 404 = no objects
 
+    @property
+    def object_kind(self) -> str:
+        """The objects' `kind` ("NetworkPolicy" for the key "NetworkPolicy.projectcalico.org")."""
+        return self.kind.partition(".")[0]
+
 
 def _core(api_client: Any) -> Any:
     from kubernetes import client
@@ -45,13 +55,29 @@ def _networking(api_client: Any) -> Any:
     return client.NetworkingV1Api(api_client)
 
 
-def _cluster_network_policies(api_client: Any) -> ListFn:
-    from kubernetes import client
+def _custom_objects(group: str, version: str, plural: str) -> Callable[[Any], ListFn]:
+    """The list function of a custom resource, across every namespace when it is namespaced."""
 
-    return functools.partial(
-        client.CustomObjectsApi(api_client).list_cluster_custom_object, cnp.GROUP, cnp.VERSION, cnp.PLURAL
+    def list_fn_of(api_client: Any) -> ListFn:
+        from kubernetes import client
+
+        return functools.partial(
+            client.CustomObjectsApi(api_client).list_cluster_custom_object, group, version, plural
+        )
+
+    return list_fn_of
+
+
+CALICO_KINDS: tuple[KindSpec, ...] = tuple(
+    KindSpec(
+        calico.KIND_KEYS[kind],
+        calico.API_VERSION,
+        kind == calico.NAMESPACED_KIND,
+        _custom_objects(calico.GROUP, calico.VERSION, plural),
+        optional=True,
     )
-
+    for kind, plural in calico.PLURALS.items()
+)
 
 KINDS: tuple[KindSpec, ...] = (
     KindSpec("Namespace", "v1", False, lambda a: _core(a).list_namespace),
@@ -69,9 +95,10 @@ KINDS: tuple[KindSpec, ...] = (
         cnp.KIND,
         cnp.API_VERSION,
         False,
-        _cluster_network_policies,
+        _custom_objects(cnp.GROUP, cnp.VERSION, cnp.PLURAL),
         optional=True,
     ),
+    *CALICO_KINDS,
 )
 
 

@@ -32,8 +32,9 @@ CRD, is left out). A failed pass never advances it.
   node, ready, realized_generation, endpoints (local pods in the desired state), attached (veths
   with our programs), errors ([{object, field, message}]: agent failures by stage, then invalid
   objects), last_sync_seconds (duration of the last successful sync), last_sync_at (unix time),
-  syncs, pod_ifindex, pods_without_veth, policy_errors (count), cluster_policies (count of the
-  ClusterNetworkPolicies in the model), resource_versions (per kind).
+  syncs, pod_ifindex, pods_without_veth, policy_errors (count), cluster_policies,
+  calico_policies and host_endpoints (counts of the ClusterNetworkPolicies, Calico's
+  GlobalNetworkPolicies + NetworkPolicies and HostEndpoints in the model), resource_versions (per kind).
 
 After a restart the agent adopts the veths listed in the pinned endpoints map, so veths of pods
 deleted while it was down are detached by the first pass.
@@ -57,7 +58,7 @@ from controller.agent.discovery import NodeDiscovery, interface_exists
 from controller.agent.errors import ErrorBook
 from controller.agent.health import HealthProbes
 from controller.agent.metrics import DatapathStats, Metrics
-from controller.agent.policy_status import PolicyStatus, cluster_policy_status
+from controller.agent.policy_status import PolicyStatus, cluster_policy_status, model_counts
 from controller.agent.protocols import LinkWatchLike, SourcesLike
 from controller.agent.uplinks import Uplinks
 from controller.agent.veth_match import Discovered, Discovery, is_placeholder
@@ -76,7 +77,7 @@ DEFAULT_HEALTH_ADDR = "127.0.0.1:9890"
 LIVENESS_STALL_SECONDS = 60.0
 MAX_ERRORS_REPORTED = 200
 
-# (namespaces, pods, policies, nodes, cluster_policies=...) -> ClusterState
+# (namespaces, pods, policies, nodes, cluster_policies=..., calico=...) -> ClusterState
 BuildCluster = Callable[..., Any]
 Compute = Callable[[Any, str], Any]
 
@@ -220,7 +221,7 @@ class Agent:
                 "pods_without_veth": list(self._discovered.missing),
                 "errors": errors,
                 "policy_errors": len(self.errors.policy),
-                "cluster_policies": len(getattr(self._cluster, "cluster_policies", ())),
+                **model_counts(self._cluster),
                 "cluster_policy_status": cluster_policy_status(
                     self._cluster, self._desired, self.errors.policy, self.capacity.overflow
                 ),
@@ -279,6 +280,7 @@ class Agent:
                     snap.policies,
                     snap.nodes,
                     cluster_policies=snap.cluster_policies,
+                    calico=snap.calico,
                 )
                 desired = compute(cluster, self.node)
                 fronts, front_errors = self._frontends(snap.services, snap.nodes)

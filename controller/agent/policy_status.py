@@ -253,3 +253,13 @@ def cluster_policy_status(
         del entry["generation"]
         out[name] = {"tier": pol.tier, "priority": pol.priority, **entry}
     return out
+
+
+def model_counts(cluster: Any) -> dict[str, int]:
+    """How many cluster-wide and Calico objects the last model holds (/status counts):
+    ClusterNetworkPolicies, Calico policies (GlobalNetworkPolicies and namespaced Calico
+    NetworkPolicies with a usable name) and HostEndpoints that can be placed on a node."""
+    return {
+        field: len(getattr(cluster, field, None) or ())
+        for field in ("cluster_policies", "calico_policies", "host_endpoints")
+    }

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from controller.bench import synth
 from controller.compiler.builder import cluster_from_objects
+from controller.compiler.calico import EMPTY_CALICO, CalicoObjects
 
 if TYPE_CHECKING:
     from controller.datapath.readback import GcResult, KernelState
@@ -92,6 +93,10 @@ class _Snapshot:
     @property
     def cluster_policies(self) -> list[Any]:
         return self._kinds.get("ClusterNetworkPolicy", [])
+
+    @property
+    def calico(self) -> CalicoObjects:
+        return EMPTY_CALICO  # the benchmark's clusters have no Calico objects
 
     @property
     def content_versions(self) -> tuple[int, ...]:

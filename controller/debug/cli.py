@@ -15,7 +15,7 @@ from typing import Any
 from controller.core.errors import VethguardError
 from controller.datapath import codecs
 from controller.datapath.codecs import Event
-from controller.debug import bpfview, cnp, netpol, observe, reach
+from controller.debug import bpfview, calico, cnp, netpol, observe, reach
 from controller.debug import explain as explain_mod
 from controller.debug.inputs import DEFAULT_AGENT, DEFAULT_PIN_ROOT, LabTarget, LocalTarget, NodeRef, Target
 from controller.debug.kernel import LiveHalf, NodeMaps
@@ -217,9 +217,27 @@ def _view(target: Target) -> ClusterView:
     return ClusterView(raw)
 
 
+def _get_calico(view: ClusterView, args: argparse.Namespace) -> int:
+    kind = calico.BY_NAME[args.kind]
+    ns = None if args.all_namespaces else args.namespace
+    objs = calico.objects(view, kind, ns)
+    if args.output in ("json", "yaml"):
+        dump({"apiVersion": "v1", "kind": "List", "items": [dict(o) for o in objs]}, args.output)
+    elif not objs:
+        where = f" in {ns} namespace" if kind.namespaced and ns is not None else ""
+        print(f"No resources found{where}.", file=sys.stderr)
+    else:
+        print(calico.get_text(view, kind, objs, wide=args.output == "wide"))
+        for note in calico.error_notes(view, kind, objs):
+            print(f"vethguard: {note}", file=sys.stderr)
+    return 0
+
+
 def cmd_get(args: argparse.Namespace) -> int:
     target = make_target(args)
     view = _view(target)
+    if args.kind in calico.NAMES:
+        return _get_calico(view, args)
     nodes = target.nodes()
     agents = _agents(target, nodes)
     if args.kind in cnp.NAMES:
@@ -460,9 +478,12 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "get",
         help="list NetworkPolicies or ClusterNetworkPolicies (cnp) like kubectl, with selected pods "
-        "and realization",
+        "and realization, or Calico's GlobalNetworkPolicies (gnp), NetworkPolicies (cnetpol) and "
+        "HostEndpoints (hep) like calicoctl",
     )
-    p.add_argument("kind", choices=NETPOL_NAMES + cnp.NAMES, metavar="netpol|cnp")
+    p.add_argument(
+        "kind", choices=NETPOL_NAMES + cnp.NAMES + calico.NAMES, metavar="netpol|cnp|gnp|cnetpol|hep"
+    )
     p.add_argument("-n", "--namespace", default="default")
     p.add_argument("-A", "--all-namespaces", action="store_true")
     _target_args(p, ("wide", "json", "yaml"))

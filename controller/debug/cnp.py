@@ -18,7 +18,7 @@ from typing import Any
 from controller.compiler.cnp import KIND, ClusterNetworkPolicy, CnpRule
 from controller.core.errors import PolicyError
 from controller.debug.netpol import realized_on, status_lines
-from controller.debug.render import age, labels_text, selector_text, table
+from controller.debug.render import age, labels_text, meta_of, selector_text, spec_of, table
 from controller.debug.view import ClusterView
 
 Obj = Mapping[str, Any]
@@ -34,18 +34,8 @@ NAMES = (
 RESOURCE = "clusternetworkpolicies.policy.networking.k8s.io"
 
 
-def _meta(obj: Obj) -> Mapping[str, Any]:
-    m = obj.get("metadata")
-    return m if isinstance(m, Mapping) else {}
-
-
-def _spec(obj: Obj) -> Mapping[str, Any]:
-    s = obj.get("spec")
-    return s if isinstance(s, Mapping) else {}
-
-
 def name(obj: Obj) -> str:
-    return str(_meta(obj).get("name") or "")
+    return str(meta_of(obj).get("name") or "")
 
 
 def selected_pods(view: ClusterView, policy: str) -> list[str]:
@@ -64,7 +54,7 @@ def _selects(sel: Any, every: str) -> str:
 
 
 def subject_text(obj: Obj) -> str:
-    subject = _spec(obj).get("subject")
+    subject = spec_of(obj).get("subject")
     if not isinstance(subject, Mapping) or len(subject) != 1:
         return "<invalid>"
     if isinstance(subject.get("namespaces"), Mapping):
@@ -95,7 +85,7 @@ def get_rows(
 ) -> list[dict[str, Any]]:
     rows = []
     for obj in sorted(objs, key=name):
-        m, spec = _meta(obj), _spec(obj)
+        m, spec = meta_of(obj), spec_of(obj)
         pods = selected_pods(view, name(obj))
         pol = view.cluster.cluster_policies.get(name(obj))
         rows.append(
@@ -188,7 +178,7 @@ def _enforced(rule: CnpRule | None, written: Any) -> str:
 
 def _rules_lines(view: ClusterView, pol: ClusterNetworkPolicy | None, obj: Obj, egress: bool) -> list[str]:
     key, peer_key, word = ("egress", "to", "To") if egress else ("ingress", "from", "From")
-    raw = _spec(obj).get(key)
+    raw = spec_of(obj).get(key)
     if not isinstance(raw, list) or not raw:
         return [f"  {key.capitalize()}: <none>"]
     parsed = {r.index: r for r in (pol.egress if egress else pol.ingress)} if pol else {}
@@ -226,7 +216,7 @@ def describe_text(
     nodes: Sequence[str],
     agents: Mapping[str, Mapping[str, Any] | None],
 ) -> str:
-    m, spec = _meta(obj), _spec(obj)
+    m, spec = meta_of(obj), spec_of(obj)
     n = name(obj)
     pol = view.cluster.cluster_policies.get(n)
     lines = [

@@ -8,6 +8,8 @@ with hostNetwork, so the node's loopback is ours).
 ClusterNetworkPolicies (policy.networking.k8s.io/v1alpha2, a CRD a cluster may not have) are
 listed with the client's CustomObjectsApi: a 404 (the CRD is not installed) means none; a 403
 (not allowed to list them) means none too, with a warning that tier decisions are missing.
+Calico's projectcalico.org/v3 GlobalNetworkPolicies, NetworkPolicies (every namespace) and
+HostEndpoints likewise, with the agent's list functions for them: none without Calico's API.
 Lab: objects over the lab's unix socket (/run/vethguard/labs/<lab>/api.sock, the same
 Kubernetes protocol), maps under /sys/fs/bpf/vethguard/lab-<lab>/node-<i>/ (bpffs is not
 per network namespace), agent status fetched inside each node's network namespace.
@@ -18,13 +20,14 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from controller.agent.health import fetch_status
-from controller.compiler import cnp
+from controller.compiler import calico, cnp
+from controller.compiler.calico import CalicoObjects
 from controller.core.errors import VethguardError
 from controller.debug.view import RawObjects
 
@@ -46,6 +49,19 @@ LIST_KINDS = {
     "cluster_policies": "ClusterNetworkPolicy",
 }
 CNP_PATH = cnp.PATH
+# Calico's kinds: (field of CalicoObjects, kind, plural)
+CALICO_FIELDS = (
+    ("global_policies", calico.GLOBAL_KIND, calico.PLURALS[calico.GLOBAL_KIND]),
+    ("namespaced_policies", calico.NAMESPACED_KIND, calico.PLURALS[calico.NAMESPACED_KIND]),
+    ("host_endpoints", calico.HEP_KIND, calico.PLURALS[calico.HEP_KIND]),
+)
+LIST_KINDS.update({fld: kind for fld, kind, _ in CALICO_FIELDS})
+CALICO_PATHS = tuple((fld, f"/apis/{calico.API_VERSION}/{plural}") for fld, _, plural in CALICO_FIELDS)
+# The apiVersion a listed item gets when its list left it out (the core kinds need none)
+API_VERSIONS = {
+    "cluster_policies": cnp.API_VERSION,
+    **{fld: calico.API_VERSION for fld, _, _ in CALICO_FIELDS},
+}
 
 Lists = dict[str, tuple[list[dict[str, Any]], int | None]]
 
@@ -65,26 +81,43 @@ def _items(kind_field: str, body: Any) -> tuple[list[dict[str, Any]], int | None
         # List items carry no kind; the model does not need it, `get -o yaml` prints it.
         item = dict(item)
         item.setdefault("kind", LIST_KINDS[kind_field])
-        if kind_field == "cluster_policies":
-            item.setdefault("apiVersion", cnp.API_VERSION)
+        if kind_field in API_VERSIONS:
+            item.setdefault("apiVersion", API_VERSIONS[kind_field])
         items.append(item)
     rv = (body.get("metadata") or {}).get("resourceVersion")
     return items, int(rv) if isinstance(rv, str) and rv.isdigit() else None
 
 
-def _cnp_unlisted(code: int, source: str, detail: Any) -> tuple[list[dict[str, Any]], str | None]:
-    """No ClusterNetworkPolicies after a failed list: (no items, a warning or None), or raise."""
-    if code == 404:
-        return [], None  # the CRD is not installed: no ClusterNetworkPolicies, not an error
-    if code == 403:
-        return [], (
-            f"not allowed to list {cnp.PLURAL}.{cnp.GROUP} ({source}): "
-            "decisions of ClusterNetworkPolicy tiers are not shown"
+# The optional kinds: field -> (the resource as kubectl names it, the agent's KindSpec key,
+# what is missing from the views when we may not list it)
+OPTIONAL = {
+    "cluster_policies": (
+        f"{cnp.PLURAL}.{cnp.GROUP}",
+        cnp.KIND,
+        "decisions of ClusterNetworkPolicy tiers are not shown",
+    ),
+    **{
+        fld: (
+            f"{plural}.{calico.GROUP}",
+            calico.KIND_KEYS[kind],
+            f"Calico's {kind.removesuffix('y') + 'ies' if kind.endswith('y') else kind + 's'} are not shown",
         )
-    raise VethguardError(f"listing {cnp.PLURAL}.{cnp.GROUP} ({source}) failed ({code}): {str(detail)[:200]}")
+        for fld, kind, plural in CALICO_FIELDS
+    },
+}
 
 
-def _raw_objects(lists: Lists, warnings: tuple[str, ...] = ()) -> RawObjects:
+def _unlisted(field: str, code: int, source: str, detail: Any) -> tuple[list[dict[str, Any]], str | None]:
+    """No objects of an optional kind after a failed list: (no items, a warning or None), or raise."""
+    resource, _, missing = OPTIONAL[field]
+    if code == 404:
+        return [], None  # the API is not served (no CRD, no Calico): none, not an error
+    if code == 403:
+        return [], f"not allowed to list {resource} ({source}): {missing}"
+    raise VethguardError(f"listing {resource} ({source}) failed ({code}): {str(detail)[:200]}")
+
+
+def _raw_objects(lists: Lists, warnings: Sequence[str] = ()) -> RawObjects:
     versions = [rv for _, rv in lists.values() if rv is not None]
     return RawObjects(
         namespaces=lists["namespaces"][0],
@@ -93,27 +126,31 @@ def _raw_objects(lists: Lists, warnings: tuple[str, ...] = ()) -> RawObjects:
         nodes=lists["nodes"][0],
         resource_version=min(versions) if versions else None,
         cluster_policies=lists.get("cluster_policies", ([], None))[0],
-        warnings=warnings,
+        calico=CalicoObjects(*(lists.get(fld, ([], None))[0] for fld, _, _ in CALICO_FIELDS)),
+        warnings=tuple(warnings),
     )
 
 
-def list_cluster_policies(api: Any, lists: Lists) -> str | None:
-    """Add the ClusterNetworkPolicies to `lists` with the agent's list function for them (the
-    official client's CustomObjectsApi, ApiClient `api`); returns a warning when they could not
-    be listed but that is no error."""
+def list_optional(api: Any, lists: Lists) -> list[str]:
+    """Add the ClusterNetworkPolicies and Calico's kinds to `lists` with the agent's list
+    functions for them (the official client's CustomObjectsApi, ApiClient `api`); returns
+    warnings for those that could not be listed but whose absence is no error."""
     from kubernetes.client.exceptions import ApiException
 
     from controller.agent.kube_api import KINDS
 
-    [spec] = [s for s in KINDS if s.kind == cnp.KIND]
-    try:
-        resp: Any = spec.list_fn_of(api)(_preload_content=False)
-    except ApiException as exc:
-        items, warning = _cnp_unlisted(int(exc.status or 0), "the API server", exc.reason)
-        lists["cluster_policies"] = (items, None)
-        return warning
-    lists["cluster_policies"] = _items("cluster_policies", json.loads(resp.data))
-    return None
+    specs = {s.kind: s for s in KINDS}
+    warnings = []
+    for fld, (_, key, _) in OPTIONAL.items():
+        try:
+            resp: Any = specs[key].list_fn_of(api)(_preload_content=False)
+        except ApiException as exc:
+            items, warning = _unlisted(fld, int(exc.status or 0), "the API server", exc.reason)
+            lists[fld] = (items, None)
+            warnings += [warning] if warning else []
+            continue
+        lists[fld] = _items(fld, json.loads(resp.data))
+    return warnings
 
 
 class Target:
@@ -149,8 +186,7 @@ class LocalTarget(Target):
                 continue  # Services: the debug views explain pod-to-pod verdicts only
             resp = spec.list_fn_of(api)(_preload_content=False)
             lists[fields[spec.kind]] = _items(fields[spec.kind], json.loads(resp.data))
-        warning = list_cluster_policies(api, lists)
-        return _raw_objects(lists, (warning,) if warning else ())
+        return _raw_objects(lists, list_optional(api, lists))
 
     def nodes(self) -> list[NodeRef]:
         return [NodeRef(self.node, Path(self.pin_root) / self.node)]
@@ -183,14 +219,16 @@ class LabTarget(Target):
             if code != 200:
                 raise VethguardError(f"lab {self.lab}: GET {path} failed ({code}): {body}")
             lists[kind_field] = _items(kind_field, body)
-        code, body = self.client.request("GET", CNP_PATH)
-        warning = None
-        if code == 200:
-            lists["cluster_policies"] = _items("cluster_policies", body)
-        else:
-            items, warning = _cnp_unlisted(code, f"lab {self.lab}", body)
-            lists["cluster_policies"] = (items, None)
-        return _raw_objects(lists, (warning,) if warning else ())
+        warnings = []
+        for fld, path in (("cluster_policies", CNP_PATH), *CALICO_PATHS):
+            code, body = self.client.request("GET", path)
+            if code == 200:
+                lists[fld] = _items(fld, body)
+                continue
+            items, warning = _unlisted(fld, code, f"lab {self.lab}", body)
+            lists[fld] = (items, None)
+            warnings += [warning] if warning else []
+        return _raw_objects(lists, warnings)
 
     def nodes(self) -> list[NodeRef]:
         nodes = self.lab_status().get("nodes") or {}

@@ -61,6 +61,18 @@ def age(created: str | None, now: datetime | None = None) -> str:
     return f"{seconds // 86400}d"
 
 
+def meta_of(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An API object's metadata (empty when it has none or it is not an object)."""
+    m = obj.get("metadata")
+    return m if isinstance(m, Mapping) else {}
+
+
+def spec_of(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An API object's spec (empty when it has none or it is not an object)."""
+    s = obj.get("spec")
+    return s if isinstance(s, Mapping) else {}
+
+
 def labels_text(labels: Mapping[str, str] | None) -> str:
     if not labels:
         return "<none>"

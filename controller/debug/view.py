@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.compiler.builder import cluster_from_objects
+from controller.compiler.calico import EMPTY_CALICO, CalicoObjects
 from controller.compiler.compute import compute
 from controller.compiler.desired_state import NodeDesired, RuleRef
 from controller.compiler.model import ClusterState, NetworkPolicy, Pod
@@ -33,6 +34,7 @@ class RawObjects:
     nodes: Sequence[dict[str, Any]] = ()
     resource_version: int | None = None
     cluster_policies: Sequence[dict[str, Any]] = ()  # ClusterNetworkPolicy (none without the CRD)
+    calico: CalicoObjects = EMPTY_CALICO  # Calico's projectcalico.org/v3 kinds (none without its API)
     warnings: Sequence[str] = ()  # what could not be listed, said once by the command
 
 
@@ -47,7 +49,9 @@ class ClusterView:
 
     def __post_init__(self) -> None:
         r = self.raw
-        self.cluster = cluster_from_objects(r.namespaces, r.pods, r.policies, r.nodes, r.cluster_policies)
+        self.cluster = cluster_from_objects(
+            r.namespaces, r.pods, r.policies, r.nodes, r.cluster_policies, calico=r.calico
+        )
         self.compiled = compile_cluster(self.cluster)
         for pod in self.cluster.pods.values():
             if pod.active:

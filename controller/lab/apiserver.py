@@ -1,9 +1,11 @@
 """A small Kubernetes API server over the lab's object store (JSON over plain http).
 
 It serves what the official Kubernetes client needs to list and watch the kinds the agent reads
-(Pods, Namespaces, Nodes, NetworkPolicies, Services, EndpointSlices, and the cluster-scoped
+(Pods, Namespaces, Nodes, NetworkPolicies, Services, EndpointSlices, the cluster-scoped
 ClusterNetworkPolicies of policy.networking.k8s.io/v1alpha2, served as if their CRD were
-installed) plus the lab's ExternalHost kind: discovery
+installed, and Calico's projectcalico.org/v3 GlobalNetworkPolicies, HostEndpoints (cluster
+scoped) and NetworkPolicies (namespaced), served as if Calico's API server were installed) plus
+the lab's ExternalHost kind: discovery
 (/version, /api, /apis), list with a resourceVersion, GET of one object, create (POST), replace
 (PUT), merge patch (PATCH) and DELETE, and watches streamed as newline-delimited JSON events.
 
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.lab.store import (
+    BY_PATH,
     RESOURCES,
     ApiError,
     Expired,
@@ -188,8 +191,8 @@ def parse_resource_path(path: str) -> Route | None:
         namespace, rest = rest[1], rest[2:]
     if not rest or len(rest) > 2:
         return None
-    resource = RESOURCES.get(rest[0])
-    if resource is None or resource.api_version != api_version:
+    resource = BY_PATH.get((api_version, rest[0]))
+    if resource is None:
         return None
     if namespace is not None and not resource.namespaced:
         return None
@@ -351,18 +354,18 @@ class ApiHandler(BaseHTTPRequestHandler):
             else:
                 self._list(route, query)
         elif method == "GET":
-            obj = store.get(resource.plural, namespace or "", name or "")
+            obj = store.get(resource.key, namespace or "", name or "")
             if obj is None:
-                raise ApiError(404, "NotFound", f'{resource.plural} "{name}" not found')
+                raise ApiError(404, "NotFound", f'{resource.key} "{name}" not found')
             self._send_json(200, obj)
         elif method == "POST" and name is None:
-            self._send_json(201, store.create(resource.plural, self._read_body(), namespace))
+            self._send_json(201, store.create(resource.key, self._read_body(), namespace))
         elif method == "PUT" and name is not None:
-            self._send_json(200, store.replace(resource.plural, self._read_body(), namespace, name))
+            self._send_json(200, store.replace(resource.key, self._read_body(), namespace, name))
         elif method == "PATCH" and name is not None:
             self._patch(route)
         elif method == "DELETE" and name is not None:
-            self._send_json(200, store.delete(resource.plural, namespace or "", name))
+            self._send_json(200, store.delete(resource.key, namespace or "", name))
         else:
             raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on {path}")
 
@@ -383,15 +386,13 @@ class ApiHandler(BaseHTTPRequestHandler):
             raise ApiError(415, "UnsupportedMediaType", "the lab API server supports merge patches only")
         body = self._read_body()
         for _ in range(5):
-            current = store.get(route.resource.plural, route.namespace or "", route.name or "")
+            current = store.get(route.resource.key, route.namespace or "", route.name or "")
             if current is None:
-                raise ApiError(404, "NotFound", f'{route.resource.plural} "{route.name}" not found')
+                raise ApiError(404, "NotFound", f'{route.resource.key} "{route.name}" not found')
             patched = merge_patch(current, body)
             patched.setdefault("metadata", {})["resourceVersion"] = current["metadata"]["resourceVersion"]
             try:
-                self._send_json(
-                    200, store.replace(route.resource.plural, patched, route.namespace, route.name)
-                )
+                self._send_json(200, store.replace(route.resource.key, patched, route.namespace, route.name))
                 return
             except ApiError as err:
                 if err.code != 409:
@@ -407,7 +408,7 @@ class ApiHandler(BaseHTTPRequestHandler):
 
     def _list(self, route: Route, query: dict[str, str]) -> None:
         selector = self._filter(route, query)
-        items, rv = self.server.store.list(route.resource.plural, route.namespace)
+        items, rv = self.server.store.list(route.resource.key, route.namespace)
         for item in items:
             item.pop("kind", None)
             item.pop("apiVersion", None)
@@ -463,7 +464,7 @@ class ApiHandler(BaseHTTPRequestHandler):
         self._start_stream()
         self.close_connection = True
         if since == 0:
-            items, since = store.list(resource.plural, route.namespace)
+            items, since = store.list(resource.key, route.namespace)
             for item in items:
                 if selector.matches(item):
                     self._emit("ADDED", item)
@@ -487,7 +488,7 @@ class ApiHandler(BaseHTTPRequestHandler):
         self._end_stream()
 
     def _send_event(self, resource: Resource, selector: Filter, event: WatchEvent) -> None:
-        if event.resource != resource.plural:
+        if event.resource != resource.key:
             return
         now_matches = event.type != "DELETED" and selector.matches(event.obj)
         was_matching = selector.matches(event.old)

@@ -2,9 +2,11 @@
 
 Kinds: Namespace (v1), Node (v1: the labels of an existing lab node), Pod (v1), Service (v1:
 ClusterIP or NodePort with a selector), NetworkPolicy (networking.k8s.io/v1),
-ClusterNetworkPolicy (policy.networking.k8s.io/v1alpha2, cluster-scoped) and the lab's
-ExternalHost (lab.vethguard.dev/v1alpha1: metadata.name, spec.ip one or a list, spec.ports
-[{port, protocol}]). `kind: List` documents are flattened. Errors name the file and document.
+ClusterNetworkPolicy (policy.networking.k8s.io/v1alpha2, cluster-scoped), Calico's
+GlobalNetworkPolicy, NetworkPolicy and HostEndpoint (projectcalico.org/v3: the apiVersion tells
+Calico's NetworkPolicy from Kubernetes') and the lab's ExternalHost (lab.vethguard.dev/v1alpha1:
+metadata.name, spec.ip one or a list, spec.ports [{port, protocol}]). `kind: List` documents
+are flattened. Errors name the file and document.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import yaml
 from controller.core.errors import VethguardError
 from controller.core.net import L4_PROTOCOL_NAMES
 from controller.lab.kubeproxy import ServiceError, parse_service
-from controller.lab.store import BY_KIND, Resource
+from controller.lab.store import Resource, resource_of, resources_of_kind
 from controller.lab.topology import check_external_address
 
 APPLY_ORDER = (
@@ -31,6 +33,8 @@ APPLY_ORDER = (
     "Service",
     "NetworkPolicy",
     "ClusterNetworkPolicy",
+    "GlobalNetworkPolicy",
+    "HostEndpoint",  # after the policies, as Calico advises: a host endpoint no policy allows
 )
 SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -58,7 +62,7 @@ class Manifest:
     @property
     def display(self) -> str:
         qualified = f"{self.namespace}/{self.name}" if self.namespace else self.name
-        return f"{self.resource.kind.lower()}/{qualified}"
+        return f"{self.resource.qualified_kind.lower()}/{qualified}"
 
 
 def _read_sources(path: str) -> list[tuple[str, str]]:
@@ -148,13 +152,14 @@ def parse(origin: str, doc: Any) -> Manifest:
     if not isinstance(doc, dict):
         raise ManifestError(f"{origin}: a manifest must be a mapping, got {type(doc).__name__}")
     kind = doc.get("kind")
-    resource = BY_KIND.get(kind) if isinstance(kind, str) else None
+    resource = resource_of(kind, doc.get("apiVersion"))
     if resource is None or kind == "EndpointSlice":  # the lab manages them
         supported = ", ".join(APPLY_ORDER)
         raise ManifestError(f"{origin}: unknown kind {kind!r} (the lab supports {supported})")
     if doc.get("apiVersion") != resource.api_version:
+        versions = " or ".join(r.api_version for r in resources_of_kind(kind))
         raise ManifestError(
-            f"{origin}: {kind} must have apiVersion {resource.api_version}, got {doc.get('apiVersion')!r}"
+            f"{origin}: {kind} must have apiVersion {versions}, got {doc.get('apiVersion')!r}"
         )
     meta = doc.get("metadata")
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:

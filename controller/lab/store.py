@@ -9,7 +9,12 @@ kube-apiserver's watch cache does).
 
 Writes go through kube-apiserver's steps: decoding (400 BadRequest for a wrong JSON type or an
 unknown NetworkPolicy or ClusterNetworkPolicy field), defaulting, validation (422 Invalid with the causes; see
-controller.lab.validation), then the lab's admission hooks. `validate=False` (write_unvalidated)
+controller.lab.validation), then the lab's admission hooks.
+
+Resources are named by `Resource.key`: the plural, except for Calico's projectcalico.org/v3 kinds
+(served as if Calico's API server were installed), which are plural.group
+(`networkpolicies.projectcalico.org`, as kubectl spells a resource it must tell apart from
+Kubernetes' NetworkPolicies). `validate=False` (write_unvalidated)
 skips validation, as an API server of another version could have admitted the object.
 """
 
@@ -28,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from controller.compiler import cnp
+from controller.compiler import calico, cnp
 from controller.lab import validation
 
 Obj = dict[str, Any]
@@ -42,14 +47,25 @@ class Resource:
     group: str  # "" for the core group
     version: str
     namespaced: bool
+    qualified: bool = False  # named plural.group: another group serves the same plural and kind
 
     @property
     def api_version(self) -> str:
         return f"{self.group}/{self.version}" if self.group else self.version
 
+    @property
+    def key(self) -> str:
+        """The store's name for the resource (Store.list(key), RESOURCES[key], WatchEvent.resource)."""
+        return f"{self.plural}.{self.group}" if self.qualified else self.plural
+
+    @property
+    def qualified_kind(self) -> str:
+        """The kind, group-qualified where it is ambiguous (validation's and manifests' name)."""
+        return f"{self.kind}.{self.group}" if self.qualified else self.kind
+
 
 RESOURCES: dict[str, Resource] = {
-    r.plural: r
+    r.key: r
     for r in (
         Resource("namespaces", "Namespace", "", "v1", namespaced=False),
         Resource("nodes", "Node", "", "v1", namespaced=False),
@@ -59,9 +75,28 @@ RESOURCES: dict[str, Resource] = {
         Resource("services", "Service", "", "v1", namespaced=True),
         Resource("endpointslices", "EndpointSlice", "discovery.k8s.io", "v1", namespaced=True),
         Resource(cnp.PLURAL, cnp.KIND, cnp.GROUP, cnp.VERSION, namespaced=False),
+        *(
+            Resource(plural, kind, calico.GROUP, calico.VERSION, kind == calico.NAMESPACED_KIND, True)
+            for kind, plural in calico.PLURALS.items()
+        ),
     )
 }
-BY_KIND: dict[str, Resource] = {r.kind: r for r in RESOURCES.values()}
+BY_PATH: dict[tuple[str, str], Resource] = {(r.api_version, r.plural): r for r in RESOURCES.values()}
+# A kind's resource; where two groups have the kind (NetworkPolicy), the unqualified one.
+BY_KIND: dict[str, Resource] = {r.kind: r for r in reversed(RESOURCES.values())}
+
+
+def resources_of_kind(kind: Any) -> list[Resource]:
+    return [r for r in RESOURCES.values() if r.kind == kind]
+
+
+def resource_of(kind: Any, api_version: Any = None) -> Resource | None:
+    """The resource of a kind: the one of `api_version` when two groups have the kind
+    (NetworkPolicy), else BY_KIND's (None for an unknown kind)."""
+    for r in resources_of_kind(kind):
+        if r.api_version == api_version:
+            return r
+    return BY_KIND.get(kind) if isinstance(kind, str) else None
 
 
 class ApiError(Exception):
@@ -104,7 +139,7 @@ def invalid(resource: Resource, name: str, errors: validation.Errors) -> ApiErro
 
 
 def not_found(resource: Resource, name: str) -> ApiError:
-    return ApiError(404, "NotFound", f'{resource.plural} "{name}" not found')
+    return ApiError(404, "NotFound", f'{resource.key} "{name}" not found')
 
 
 @dataclass(frozen=True)
@@ -228,7 +263,7 @@ DEFAULTERS: dict[str, Callable[[Obj], None]] = {
 
 
 def _validate(resource: Resource, obj: Obj, old: Obj | None) -> None:
-    errors = validation.validate(resource.kind, resource.namespaced, obj, old)
+    errors = validation.validate(resource.qualified_kind, resource.namespaced, obj, old)
     if errors:
         raise invalid(resource, str(obj["metadata"].get("name") or ""), errors)
 
@@ -299,7 +334,7 @@ class Store:
         key = object_key(resource, obj)
         with self._write_lock:
             if self.get(plural, *key) is not None:
-                raise ApiError(409, "AlreadyExists", f'{plural} "{key[1]}" already exists')
+                raise ApiError(409, "AlreadyExists", f'{resource.key} "{key[1]}" already exists')
             self._check_namespace(resource, key)
             if self.admission is not None:
                 obj = self.admission.admit("create", resource, obj, None)
@@ -349,7 +384,7 @@ class Store:
                 meta[field] = old["metadata"][field]
             generation = int(old["metadata"].get("generation", 1))
             meta["generation"] = generation + 1 if _spec_of(obj) != _spec_of(old) else generation
-            if resource.plural != "namespaces" and "status" not in obj and "status" in old:
+            if resource.key != "namespaces" and "status" not in obj and "status" in old:
                 obj["status"] = old["status"]
             stored = self._commit(resource, key, "MODIFIED", obj, old)
             if self.admission is not None:
@@ -362,15 +397,15 @@ class Store:
         (400). The lab serves this as POST /lab/v1/unvalidated, so that tests can show agents
         objects that this server answers 422 to."""
         kind = obj.get("kind") if isinstance(obj, dict) else None
-        resource = BY_KIND.get(kind) if isinstance(kind, str) else None
+        resource = resource_of(kind, obj.get("apiVersion")) if isinstance(obj, dict) else None
         if resource is None:
             raise ApiError(400, "BadRequest", f"unknown kind {kind!r}")
         try:
-            return self.replace(resource.plural, obj, validate=False)
+            return self.replace(resource.key, obj, validate=False)
         except ApiError as err:
             if err.code != 404:
                 raise
-        return self.create(resource.plural, obj, validate=False)
+        return self.create(resource.key, obj, validate=False)
 
     def delete(self, plural: str, namespace: str, name: str) -> Obj:
         resource = RESOURCES[plural]
@@ -407,12 +442,12 @@ class Store:
         obj = copy.deepcopy(obj)
         kind = obj.get("kind")
         if kind not in (None, resource.kind):
-            raise ApiError(400, "BadRequest", f"kind {kind} does not match the resource {resource.plural}")
+            raise ApiError(400, "BadRequest", f"kind {kind} does not match the resource {resource.key}")
         obj["kind"] = resource.kind
         obj["apiVersion"] = resource.api_version
         if obj.get("metadata") is None:
             obj["metadata"] = {}
-        problems = validation.validate(resource.kind, resource.namespaced, obj)
+        problems = validation.validate(resource.qualified_kind, resource.namespaced, obj)
         decoding = validation.decode_problems(problems, unknown_fields=validate)
         if decoding:
             message = validation.decode_message(resource.kind, resource.version, decoding[0])
@@ -429,7 +464,7 @@ class Store:
             meta["namespace"] = body_ns or namespace or "default"
         else:
             meta.pop("namespace", None)
-        defaulter = DEFAULTERS.get(resource.plural)
+        defaulter = DEFAULTERS.get(resource.key)
         if defaulter is not None:
             defaulter(obj)
         return obj
@@ -440,12 +475,12 @@ class Store:
             stored = copy.deepcopy(obj)
             stored["metadata"]["resourceVersion"] = str(self._rv)
             if event_type == "DELETED":
-                del self._objects[resource.plural][key]
+                del self._objects[resource.key][key]
             else:
-                self._objects[resource.plural][key] = stored
+                self._objects[resource.key][key] = stored
             if len(self._events) == self._window:
                 self._oldest_watchable = self._events[0].rv
-            self._events.append(WatchEvent(self._rv, resource.plural, event_type, stored, old))
+            self._events.append(WatchEvent(self._rv, resource.key, event_type, stored, old))
             self._save()
             self._cond.notify_all()
             return copy.deepcopy(stored)

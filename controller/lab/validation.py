@@ -40,6 +40,15 @@ CIDRs is in controller.compiler.apisyntax):
   entries, domainNames (not supported) -- is a 422 cause on the field it names. An object the
   CRD would have admitted but the agents cannot use reaches them only through
   write_unvalidated, as for NetworkPolicy;
+- Calico's projectcalico.org/v3 GlobalNetworkPolicy, NetworkPolicy and HostEndpoint (named
+  `Kind.projectcalico.org` here, as Kubernetes has a NetworkPolicy kind too): an unknown field
+  at the top (beside metadata and spec) is refused as for NetworkPolicy (strict decoding, 400);
+  everything the compiler's parsers (controller.compiler.calico) report -- unknown fields in
+  spec and in rules, doNotTrack: true, the refused fields (source ports, notProtocol, http,
+  serviceAccounts, services, tiers other than default, preDNAT with egress), selectors,
+  protocols, ports, ICMP, CIDRs, a host endpoint's node / interfaceName / expectedIPs / ports --
+  is a 422 cause on the field it names. What the parsers would enforce failed closed is
+  refused here, so that a lab write is never silently narrowed;
 - Node, ExternalHost, EndpointSlice: metadata only.
 """
 
@@ -51,6 +60,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.compiler import apisyntax as syntax
+from controller.compiler import calico
 from controller.compiler.cnp import parse_cluster_network_policy
 from controller.compiler.selectors import OP_DOES_NOT_EXIST, OP_EXISTS, OP_IN, OP_NOT_IN
 from controller.core.errors import PolicyError
@@ -393,6 +403,13 @@ def value_at(obj: Any, fld: str) -> Any:
     return node
 
 
+def _parser_problems(obj: Obj, problems: list[PolicyError], errs: Errors) -> None:
+    """What a compiler parser reported, each a 422 cause on the field it names."""
+    for problem in problems:
+        detail = problem.message.split("; ")[0]  # what follows says how the agents fail closed
+        errs.append(invalid(problem.field, value_at(obj, problem.field), detail))
+
+
 def _cluster_network_policy(obj: Obj, old: Obj | None, errs: Errors) -> None:
     _known(obj, "", ("apiVersion", "kind", "metadata", "spec", "status"), errs)
     spec = _object(obj.get("spec"), "spec", errs)
@@ -401,9 +418,25 @@ def _cluster_network_policy(obj: Obj, old: Obj | None, errs: Errors) -> None:
         return  # reported with the metadata
     problems: list[PolicyError] = []
     parse_cluster_network_policy(obj, problems)
-    for problem in problems:
-        detail = problem.message.split("; ")[0]  # what follows says how the agents fail closed
-        errs.append(invalid(problem.field, value_at(obj, problem.field), detail))
+    _parser_problems(obj, problems, errs)
+
+
+# --- Calico (projectcalico.org/v3) ----------------------------------------------------------
+
+
+def _calico(kind: str) -> Callable[[Obj, Obj | None, Errors], None]:
+    def check(obj: Obj, old: Obj | None, errs: Errors) -> None:
+        _known(obj, "", ("apiVersion", "kind", "metadata", "spec", "status"), errs)
+        if not (obj.get("metadata") or {}).get("name"):
+            return  # reported with the metadata
+        problems: list[PolicyError] = []
+        if kind == calico.HEP_KIND:
+            calico.parse_host_endpoint(obj, problems)
+        else:
+            calico.parse_calico_policy(obj, kind, problems)
+        _parser_problems(obj, problems, errs)
+
+    return check
 
 
 # --- Pod and Service ------------------------------------------------------------------------
@@ -505,11 +538,17 @@ RULES: dict[str, KindRules] = {
     "ExternalHost": KindRules(syntax.dns1123_subdomain_problems),
     "EndpointSlice": KindRules(syntax.dns1123_subdomain_problems),
     "ClusterNetworkPolicy": KindRules(syntax.dns1123_subdomain_problems, _cluster_network_policy),
+    **{
+        calico.KIND_KEYS[kind]: KindRules(syntax.dns1123_subdomain_problems, _calico(kind))
+        for kind in calico.PLURALS
+    },
 }
 
 
 def validate(kind: str, namespaced: bool, obj: Obj, old: Obj | None = None) -> Errors:
-    """Every problem kube-apiserver would find in `obj` (after defaulting), in its order."""
+    """Every problem kube-apiserver would find in `obj` (after defaulting), in its order. `kind`
+    is group-qualified where two groups have it (Resource.qualified_kind:
+    "NetworkPolicy.projectcalico.org")."""
     rules = RULES.get(kind, KindRules(syntax.dns1123_subdomain_problems))
     errs: Errors = []
     _metadata(obj, namespaced, rules.name, errs)

@@ -89,6 +89,7 @@ class FakeCluster:
         pols: Sequence[Any],
         nodes: Sequence[Any],
         cluster_policies: Sequence[Any] = (),
+        calico: Any = None,
     ):
         self.pods = list(pods)
         self.policies = list(pols)

@@ -19,6 +19,7 @@ from controller.agent.veth_match import Discovered
 from controller.compiler.desired_state import NodeDesired
 from controller.lab.apiserver import ServerThread, kubeconfig_text, serve_tcp, tcp_listener
 from controller.lab.store import Store
+from tests.support import calico_objects
 from tests.support.agent_fakes import NullDatapath
 from tests.support.waiting import wait_for
 
@@ -202,3 +203,28 @@ def test_the_agent_lists_and_watches_cluster_network_policies_and_passes_them_to
     assert (parsed.name, parsed.tier, parsed.priority) == ("deny-y", "Baseline", 5)
     env.store.delete("clusternetworkpolicies", "", "deny-y")
     wait_for(lambda: env.caught_up() and env.agent.status()["cluster_policies"] == 0, 10)
+
+
+def test_the_agent_lists_and_watches_calico_s_kinds_and_counts_them_in_its_status(env: Env):
+    wait_for(env.caught_up, 10)
+    status = env.agent.status()
+    assert (status["calico_policies"], status["host_endpoints"]) == (0, 0)
+    env.store.create(calico_objects.GNP_KEY, calico_objects.gnp())
+    env.store.create(calico_objects.NETPOL_KEY, calico_objects.calico_netpol("x"))
+    env.store.create(calico_objects.HEP_KEY, calico_objects.hep())
+    wait_for(env.caught_up, 10)
+    status = env.agent.status()
+    assert (status["calico_policies"], status["host_endpoints"]) == (2, 1)
+    assert status["ready"] and status["errors"] == []
+    for key in ("GlobalNetworkPolicy", "NetworkPolicy", "HostEndpoint"):
+        assert status["resource_versions"][f"{key}.projectcalico.org"] == str(env.store.resource_version)
+    assert sorted(env.agent._cluster.calico_policies) == [
+        "GlobalNetworkPolicy deny-nodeports",
+        "NetworkPolicy.projectcalico.org x/allow-web",
+    ]
+    (hep,) = env.agent._cluster.host_endpoints.values()
+    assert (hep.node, hep.labels) == ("node-1", {"ibm.role": "worker_public"})
+    env.store.delete(calico_objects.NETPOL_KEY, "x", "allow-web")
+    env.store.delete(calico_objects.HEP_KEY, "", "node-1-public")
+    wait_for(lambda: env.caught_up() and env.agent.status()["calico_policies"] == 1, 10)
+    assert env.agent.status()["host_endpoints"] == 0

@@ -29,7 +29,6 @@ from controller.debug.explain import explain, explain_text
 from controller.debug.inputs import CNP_PATH, LabTarget, LocalTarget, NodeRef
 from controller.debug.kernel import NodeMaps
 from controller.debug.view import ClusterView
-from controller.lab.apiserver import kubeconfig_text, serve_tcp
 from controller.lab.store import Store
 from tests.support.debug_views import (
     NODES,
@@ -40,6 +39,7 @@ from tests.support.debug_views import (
     node_maps,
     raw_cluster,
 )
+from tests.support.lab_api import served_kubeconfig
 
 CNP = "policy.networking.k8s.io/v1alpha2"
 
@@ -477,14 +477,8 @@ def test_describe_cnp_names_invalid_fields_and_the_rules_failed_closed() -> None
 def kubeconfig(tmp_path: Path) -> Iterator[Path]:
     """A kubeconfig of a Kubernetes API server (the lab's, in this process) with no pods, no
     policies, and no ClusterNetworkPolicy CRD unless the lab serves one."""
-    thread = serve_tcp(Store(window=50))
-    address: Any = thread.server.server_address
-    path = tmp_path / "kubeconfig"
-    path.write_text(kubeconfig_text(f"http://{address[0]}:{address[1]}"))
-    try:
+    with served_kubeconfig(Store(window=50), tmp_path) as path:
         yield path
-    finally:
-        thread.stop()
 
 
 class _CustomObjects:
@@ -496,6 +490,8 @@ class _CustomObjects:
         pass
 
     def list_cluster_custom_object(self, group: str, version: str, plural: str, **kw: Any) -> Any:
+        if group == "projectcalico.org":
+            raise ApiException(status=404, reason="Not Found")  # no Calico API server
         assert (group, version, plural, kw) == (
             "policy.networking.k8s.io",
             "v1alpha2",

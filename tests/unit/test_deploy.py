@@ -28,6 +28,9 @@ AGENT_READS = {
     ("", "services"),
     ("networking.k8s.io", "networkpolicies"),
     ("policy.networking.k8s.io", "clusternetworkpolicies"),
+    ("projectcalico.org", "globalnetworkpolicies"),
+    ("projectcalico.org", "networkpolicies"),
+    ("projectcalico.org", "hostendpoints"),
 }
 
 
@@ -114,7 +117,12 @@ def test_the_cluster_role_only_lists_and_watches_what_the_agent_reads() -> None:
 def test_the_role_covers_the_api_group_of_every_kind_the_agent_watches() -> None:
     groups = {spec.api_version.rpartition("/")[0] for spec in KINDS}
     assert groups == {group for group, _ in AGENT_READS}
-    assert {spec.kind for spec in KINDS if spec.optional} == {"ClusterNetworkPolicy"}
+    assert {spec.kind for spec in KINDS if spec.optional} == {
+        "ClusterNetworkPolicy",
+        "GlobalNetworkPolicy.projectcalico.org",
+        "NetworkPolicy.projectcalico.org",
+        "HostEndpoint.projectcalico.org",
+    }
 
 
 def test_the_binding_gives_that_role_to_the_daemonsets_service_account() -> None:

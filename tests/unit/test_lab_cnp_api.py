@@ -5,7 +5,6 @@ root, no namespaces, no agents)."""
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,13 +12,12 @@ from typing import Any
 
 import pytest
 
-from controller import cli
 from controller.lab import manifests, topology
-from controller.lab.apiserver import serve_tcp, tcp_listener
 from controller.lab.daemon import LabAdmission, node_object
 from controller.lab.responders import Responders
 from controller.lab.state import LabConfig
 from controller.lab.store import ApiError, Store
+from tests.support.lab_api import api_get, cluster_round_trip, custom_objects, lab_manifest, watch_events
 
 GROUP, VERSION, PLURAL = "policy.networking.k8s.io", "v1alpha2", "clusternetworkpolicies"
 
@@ -56,36 +54,17 @@ spec:
 @pytest.fixture
 def api() -> Iterator[tuple[Store, Any]]:
     """A store served over TCP and the official client's CustomObjectsApi on it."""
-    from kubernetes import client as kube
-
     store = Store(window=50)
-    sock = tcp_listener("127.0.0.1", 0)
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = serve_tcp(store, sock=sock)
-    cfg = kube.Configuration()
-    cfg.host = url
-    try:
-        yield store, kube.CustomObjectsApi(kube.ApiClient(cfg))
-    finally:
-        server.stop()
+    with custom_objects(store) as objects:
+        yield store, objects
 
 
 def test_cluster_network_policies_are_created_read_listed_replaced_and_deleted_cluster_wide(
     api: tuple[Store, Any],
 ) -> None:
     store, objects = api
-    created = objects.create_cluster_custom_object(GROUP, VERSION, PLURAL, cnp("a"))
-    assert created["metadata"]["resourceVersion"] and "namespace" not in created["metadata"]
-    objects.create_cluster_custom_object(GROUP, VERSION, PLURAL, cnp("b", priority=5))
-    listed = objects.list_cluster_custom_object(GROUP, VERSION, PLURAL)
-    assert listed["kind"] == "ClusterNetworkPolicyList" and listed["apiVersion"] == f"{GROUP}/{VERSION}"
-    assert [i["metadata"]["name"] for i in listed["items"]] == ["a", "b"]
-    got = objects.get_cluster_custom_object(GROUP, VERSION, PLURAL, "a")
-    got["spec"]["priority"] = 20
-    replaced = objects.replace_cluster_custom_object(GROUP, VERSION, PLURAL, "a", got)
-    assert replaced["spec"]["priority"] == 20 and replaced["metadata"]["generation"] == 2
-    objects.delete_cluster_custom_object(GROUP, VERSION, PLURAL, "b")
-    assert [p["metadata"]["name"] for p in store.list(PLURAL)[0]] == ["a"]
+    pair = (cnp("a"), cnp("b", priority=5))
+    cluster_round_trip(store, objects, (GROUP, VERSION, PLURAL), PLURAL, pair, "priority")
 
 
 def test_a_cluster_network_policy_watch_from_a_resource_version_streams_changes_and_bookmarks(
@@ -97,17 +76,7 @@ def test_a_cluster_network_policy_watch_from_a_resource_version_streams_changes_
     store.replace(PLURAL, cnp("a", priority=3))
     store.create("namespaces", {"metadata": {"name": "y"}})  # another kind: a bookmark only
     store.delete(PLURAL, "", "a")
-    resp = objects.list_cluster_custom_object(
-        GROUP,
-        VERSION,
-        PLURAL,
-        watch=True,
-        resource_version=rv,
-        allow_watch_bookmarks=True,
-        timeout_seconds=1,
-        _preload_content=False,
-    )
-    events = [json.loads(line) for line in resp.data.splitlines() if line.strip()]
+    events = watch_events(objects, (GROUP, VERSION, PLURAL), rv)
     changes = [(e["type"], e["object"]["metadata"].get("name")) for e in events if e["type"] != "BOOKMARK"]
     assert changes == [("MODIFIED", "a"), ("DELETED", "a")]
     bookmarks = [e["object"] for e in events if e["type"] == "BOOKMARK"]
@@ -143,16 +112,9 @@ def test_discovery_names_the_group_and_the_cluster_scoped_resource_as_kubectl_re
     api: tuple[Store, Any],
 ) -> None:
     _, objects = api
-    call = objects.api_client.call_api
-
-    def get(path: str) -> Any:
-        response = call("GET", objects.api_client.configuration.host + path)
-        response.read()
-        return json.loads(response.data)
-
-    groups = {g["name"]: g["preferredVersion"]["groupVersion"] for g in get("/apis")["groups"]}
+    groups = {g["name"]: g["preferredVersion"]["groupVersion"] for g in api_get(objects, "/apis")["groups"]}
     assert groups[GROUP] == f"{GROUP}/{VERSION}"
-    (resource,) = get(f"/apis/{GROUP}/{VERSION}")["resources"]
+    (resource,) = api_get(objects, f"/apis/{GROUP}/{VERSION}")["resources"]
     assert (resource["name"], resource["kind"], resource["namespaced"]) == (
         PLURAL,
         "ClusterNetworkPolicy",
@@ -165,8 +127,7 @@ def test_lab_apply_creates_and_configures_a_cluster_network_policy_and_lab_delet
     cli_store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     def lab(verb: str, text: str) -> int:
-        (tmp_path / "cnp.yaml").write_text(text)
-        return cli.main(["lab", verb, "--name", "t", "-f", str(tmp_path / "cnp.yaml")])
+        return lab_manifest(tmp_path, verb, text)
 
     assert lab("apply", MANIFEST) == 0
     assert lab("apply", MANIFEST.replace("priority: 10", "priority: 7")) == 0

@@ -27,6 +27,9 @@ PATHS = {
     "/api/v1/nodes": "Node",
     "/api/v1/services": "Service",
     "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies": "ClusterNetworkPolicy",
+    "/apis/projectcalico.org/v3/globalnetworkpolicies": "GlobalNetworkPolicy.projectcalico.org",
+    "/apis/projectcalico.org/v3/networkpolicies": "NetworkPolicy.projectcalico.org",
+    "/apis/projectcalico.org/v3/hostendpoints": "HostEndpoint.projectcalico.org",
 }
 
 
@@ -452,4 +455,7 @@ def test_object_keys_are_namespace_slash_name_for_namespaced_kinds():
         "Node",
         "Service",
         "ClusterNetworkPolicy",
+        "GlobalNetworkPolicy.projectcalico.org",
+        "NetworkPolicy.projectcalico.org",
+        "HostEndpoint.projectcalico.org",
     ]
