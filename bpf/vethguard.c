@@ -342,6 +342,11 @@ static __always_inline int vg_hep_handle(struct __sk_buff *skb, const struct hos
 		if (v && v->expires_ns > now)
 			return vg_finish(skb, ep.ep_id, dir, vg_ct_hit(&ep, &k, v, &p, 1, revision, len, now, &rule_ref),
 					 &p, &peer, rule_ref, 0);
+		/* Only a SYN opens a connection: a TCP segment of one this host endpoint never saw open
+		 * (opened before it existed, or its entry expired) passes untracked, as Calico's
+		 * conntrack lets established connections through. It cannot open anything. */
+		if (p.proto == IPPROTO_TCP && (p.tcp_flags & (VG_TCP_SYN | VG_TCP_ACK)) != VG_TCP_SYN)
+			return vg_finish(skb, ep.ep_id, dir, ALLOW_CT, &p, &peer, 0, 0);
 	}
 	if (vg_failsafe_port(&p, dir)) {
 		reason = ALLOW_FAILSAFE;

@@ -142,3 +142,13 @@ def test_an_interface_without_a_host_endpoint_is_untouched(h: Harness) -> None:
     frame = P.ipv4(OUTSIDE, NODE_IP, P.TCP, P.tcp(next(_SPORT), NODE_PORT))
     assert run(h.dp.prog_fd("from_uplink"), frame, ifindex=EP).retval == 0
     assert h.counters() == before
+
+
+def test_only_an_opening_syn_is_judged_so_connections_older_than_the_host_endpoint_survive(
+    h: Harness,
+) -> None:
+    host_endpoint(h, DENY_NODEPORTS)
+    ack = P.ipv4(OUTSIDE, NODE_IP, P.TCP, P.tcp(next(_SPORT), 8080, flags=P.ACK))
+    assert reason(h, "from_uplink", ack, DIR_INGRESS) is Reason.ALLOW_CT
+    syn = P.ipv4(OUTSIDE, NODE_IP, P.TCP, P.tcp(next(_SPORT), 8080))
+    assert reason(h, "from_uplink", syn, DIR_INGRESS) is Reason.DROP_HOSTEP_END
