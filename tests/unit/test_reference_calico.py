@@ -4,10 +4,14 @@ answer stated from that reading, never from the product."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, Phase, find, given, settings
 
+from tests.reference.calico_cases import CalicoCase, calico_cases, calico_manifests
+from tests.reference import cases as gen
 from tests.reference.evaluator import Evaluator, InvalidPolicy
 from tests.support.k8s import K8s as K
 
@@ -460,3 +464,79 @@ def test_valid_corner_forms_are_accepted() -> None:
     ]
     ev = world(ok)  # accepted; "ok" (order 10.5, no rules) selects every pod, nothing matches TCP/80
     assert len(ev.calico_policies) == 3 and not ev.allowed("x/web", "x/db", 80, "TCP", 4)
+
+
+# -- the generator of random Calico policies (tests/reference/calico_cases.py) ----------------------
+
+GENERATED = calico_cases(max_calico=3, max_pods=4, max_policies=2, cluster_policies=2, host_network=1)
+
+
+def reference_of(c: CalicoCase) -> tuple[Evaluator, dict[str, list[str]]]:
+    addresses = gen.unit_addresses(c.case)
+    ev = Evaluator(
+        gen.namespace_objects(c.case),
+        [gen.pod_object(p, addresses[p.key]) for p in c.case.pods],
+        [gen.materialize_policy(p, addresses) for p in c.case.policies],
+        [gen.materialize_cluster_policy(p, addresses) for p in c.case.cluster_policies],
+        gen.node_objects(nodes=c.case.nodes),
+        calico_policies=calico_manifests(c, addresses),
+    )
+    return ev, addresses
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(c=GENERATED)
+def test_generated_calico_policies_are_valid_and_every_question_has_an_answer(c: CalicoCase) -> None:
+    ev, addresses = reference_of(c)
+    assert len(ev.calico_policies) == len(c.calico_policies), c.describe()
+    for q in gen.queries(c.case, addresses, ports=(80, 8080), protocols=("TCP", "UDP")):
+        assert isinstance(ev.allowed(q.src, q.dst, q.port, q.protocol, q.family), bool)
+
+
+def _rules(c: CalicoCase) -> list[dict[str, Any]]:
+    return [r for p in c.calico_policies for d in ("ingress", "egress") for r in p["spec"].get(d) or []]
+
+
+FEATURES: dict[str, Callable[[CalicoCase], bool]] = {
+    "both kinds": lambda c: (
+        {p["kind"] for p in c.calico_policies} == {"GlobalNetworkPolicy", "NetworkPolicy"}
+    ),
+    "an order tie": lambda c: (
+        len({p["spec"].get("order", "absent") for p in c.calico_policies}) < len(c.calico_policies)
+    ),
+    "order 1000 and absent": lambda c: (
+        {1000, "absent"} <= {p["spec"].get("order", "absent") for p in c.calico_policies}
+    ),
+    "every action": lambda c: {r["action"] for r in _rules(c)} == {"Allow", "Deny", "Pass", "Log"},
+    "icmp and notICMP": lambda c: (
+        any("icmp" in r for r in _rules(c)) and any("notICMP" in r for r in _rules(c))
+    ),
+    "a named port and a range": lambda c: (
+        any(
+            isinstance(v, str) and not v[0].isdigit()
+            for r in _rules(c)
+            for v in r.get("destination", {}).get("ports", [])
+        )
+        and any(":" in str(v) for r in _rules(c) for v in r.get("destination", {}).get("notPorts", []))
+    ),
+    "notSelector and notNets on a peer": lambda c: any(
+        {"notSelector", "notNets"} <= set(r.get("source", {})) for r in _rules(c)
+    ),
+    "a pod-relative net": lambda c: any(
+        str(n).startswith("pod:")
+        for r in _rules(c)
+        for e in (r.get("source", {}), r.get("destination", {}))
+        for n in e.get("nets", [])
+    ),
+    "a global namespaceSelector": lambda c: any("namespaceSelector" in p["spec"] for p in c.calico_policies),
+}
+
+
+@pytest.mark.parametrize("feature", sorted(FEATURES))
+def test_the_generator_reaches_each_feature(feature: str) -> None:
+    found = find(
+        GENERATED,
+        FEATURES[feature],
+        settings=settings(max_examples=5000, database=None, phases=[Phase.generate]),
+    )
+    assert FEATURES[feature](found)
