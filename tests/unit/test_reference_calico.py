@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, Phase, find, given, settings
 
-from tests.reference.calico_cases import CalicoCase, calico_cases, calico_manifests
 from tests.reference import cases as gen
+from tests.reference.calico_cases import CalicoCase, calico_cases, calico_manifests
 from tests.reference.evaluator import Evaluator, InvalidPolicy
 from tests.support.k8s import K8s as K
 
