@@ -20,6 +20,7 @@ def build_parser(prog: str = "vethguard") -> argparse.ArgumentParser:
     from controller.bench.cli import register as register_bench
     from controller.cni.install import register as register_cni_install
     from controller.debug.cli import register as register_debug
+    from controller.debug.convert import register as register_convert
     from controller.lab.cli import register as register_lab
     from controller.lab.demo import register as register_demo
 
@@ -27,6 +28,7 @@ def build_parser(prog: str = "vethguard") -> argparse.ArgumentParser:
     register_lab(sub)
     register_demo(sub)
     register_debug(sub)
+    register_convert(sub)
     register_bench(sub)
     register_cni_install(sub)
     return parser

@@ -6,7 +6,7 @@ Grammar (Calico's documentation, the subset issue 16 asks for), lowest precedenc
     expr     := and ( "||" and )*
     and      := unary ( "&&" unary )*
     unary    := "!" unary | atom
-    atom     := "(" expr ")" | "all()" | "has(" key ")"
+    atom     := "(" expr ")" | "all(" ")" | "has(" key ")"   (no space before "(", as in Calico)
               | key "==" value | key "!=" value
               | key "in" "{" [ value ( "," value )* ] "}" | key "not" "in" "{" ... "}"
     key      := [A-Za-z0-9_./-]+
@@ -179,11 +179,10 @@ class _Parser:
             return inner
         if self.peek("global(") or self.peek("global ("):
             raise self.fail("'global()' is not supported by this version of vethguard")
-        if self.take("all()"):
+        if self.take("all("):  # Calico: no space before the parenthesis, any inside
+            self.expect(")")
             return All()
-        if self.peek("has(") or self.peek("has ("):
-            self.take("has")
-            self.expect("(")
+        if self.take("has("):
             key = self.key()
             self.expect(")")
             return Has(key)

@@ -91,123 +91,27 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+from tests.reference.calico import CalicoPolicy, Probe, parse_all, tier_decision
+from tests.reference.objects import (
+    NAMESPACE_NAME_LABEL,
+    InvalidPolicy,
+    IPAddress,
+    RefNode,
+    RefPod,
+    labels_match_selector,
+)
+from tests.reference.objects import contains as _contains
+from tests.reference.objects import network as _network
+from tests.reference.objects import parse_node as _parse_node
+from tests.reference.objects import parse_pod as _parse_pod
+
+__all__ = ["Evaluator", "InvalidPolicy", "RefNode", "RefPod", "labels_match_selector"]
+
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 # Protocols without ports: only a rule without a ports list allows them.
 PORTLESS = ("ICMP", "ICMPv6")
-
-
-class InvalidPolicy(ValueError):
-    """The API server would have rejected this object."""
-
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-@dataclass(frozen=True)
-class RefPod:
-    namespace: str
-    name: str
-    labels: Mapping[str, str]
-    addresses: tuple[IPAddress, ...]
-    container_ports: tuple[tuple[str, int, str], ...]  # (name, number, protocol), named ones only
-    node: str | None = None  # spec.nodeName
-    host_network: bool = False
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-    def address(self, family: int) -> IPAddress | None:
-        return _of_family(self.addresses, family)
-
-
-@dataclass(frozen=True)
-class RefNode:
-    name: str
-    labels: Mapping[str, str]
-    addresses: tuple[IPAddress, ...]  # every IP of status.addresses (what `nodes` peers match)
-    internal: tuple[IPAddress, ...] = ()  # its InternalIP addresses: the node's own (see below)
-
-
-def _of_family(addresses: Iterable[IPAddress], family: int) -> IPAddress | None:
-    for a in addresses:
-        if a.version == family:
-            return a
-    return None
-
-
-def labels_match_selector(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
-    """metav1.LabelSelector semantics; `{}` matches every label set."""
-    for key, value in (selector.get("matchLabels") or {}).items():
-        if labels.get(key) != value:
-            return False
-    for expr in selector.get("matchExpressions") or []:
-        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
-        present = key in labels
-        if op == "In":
-            ok = present and labels[key] in values
-        elif op == "NotIn":
-            ok = not present or labels[key] not in values
-        elif op == "Exists":
-            ok = present
-        elif op == "DoesNotExist":
-            ok = not present
-        else:
-            raise InvalidPolicy(f"unknown selector operator {op!r}")
-        if not ok:
-            return False
-    return True
-
-
-def _parse_pod(raw: Mapping[str, Any], nodes: Mapping[str, RefNode]) -> RefPod:
-    meta = raw["metadata"]
-    spec = raw.get("spec") or {}
-    status = raw.get("status") or {}
-    if status.get("phase") in ("Succeeded", "Failed"):
-        raise InvalidPolicy(f"pod {meta['name']}: finished pods are out of scope")
-    node = spec.get("nodeName")
-    host_network = bool(spec.get("hostNetwork"))
-    addresses = tuple(ipaddress.ip_address(e["ip"]) for e in status.get("podIPs") or [])
-    if host_network and isinstance(node, str) and node in nodes:
-        addresses = nodes[node].internal  # a host-network pod has its node's addresses
-    ports: list[tuple[str, int, str]] = []
-    for container in spec.get("containers") or []:
-        for p in container.get("ports") or []:
-            if p.get("name"):
-                ports.append((p["name"], int(p["containerPort"]), p.get("protocol") or "TCP"))
-    return RefPod(
-        meta.get("namespace", "default"),
-        meta["name"],
-        dict(meta.get("labels") or {}),
-        addresses,
-        tuple(ports),
-        node,
-        host_network,
-    )
-
-
-def _parse_node(raw: Mapping[str, Any]) -> RefNode:
-    meta = raw["metadata"]
-    addresses: list[IPAddress] = []
-    internal: list[IPAddress] = []
-    for entry in (raw.get("status") or {}).get("addresses") or []:
-        try:
-            addr = ipaddress.ip_address(entry.get("address", ""))
-        except ValueError:
-            continue  # Hostname, InternalDNS, ...: not an IP
-        if addr not in addresses:
-            addresses.append(addr)
-        if entry.get("type") == "InternalIP" and addr not in internal:
-            internal.append(addr)
-    return RefNode(meta["name"], dict(meta.get("labels") or {}), tuple(addresses), tuple(internal))
-
-
-def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    return ipaddress.ip_network(text, strict=False)
 
 
 def _validate_policy(raw: Mapping[str, Any]) -> None:
@@ -237,15 +141,6 @@ def _validate_policy(raw: Mapping[str, Any]) -> None:
                     raise InvalidPolicy(f"port {number} outside 1..65535")
                 if end is not None and (not isinstance(number, int) or end < number or end > 65535):
                     raise InvalidPolicy(f"endPort {end} needs a numeric port <= it (port {number!r})")
-
-
-def _contains(
-    outer: ipaddress.IPv4Network | ipaddress.IPv6Network, inner: ipaddress.IPv4Network | ipaddress.IPv6Network
-) -> bool:
-    """inner ⊆ outer, by comparing address ranges (no library subset helper)."""
-    return int(outer.network_address) <= int(inner.network_address) and int(inner.broadcast_address) <= int(
-        outer.broadcast_address
-    )
 
 
 CNP_TIERS = ("Admin", "Baseline")
@@ -357,7 +252,10 @@ class Evaluator:
         policies: Iterable[Mapping[str, Any]],
         cluster_policies: Iterable[Mapping[str, Any]] = (),
         nodes: Iterable[Mapping[str, Any]] = (),
+        calico_policies: Iterable[Mapping[str, Any]] = (),
     ) -> None:
+        """calico_policies: projectcalico.org/v3 GlobalNetworkPolicy and NetworkPolicy manifests
+        (their semantics: calico.py)."""
         self.nodes: dict[str, RefNode] = {}
         for raw in nodes:
             node = _parse_node(raw)
@@ -380,6 +278,7 @@ class Evaluator:
         for raw in cluster_policies:
             _validate_cluster_policy(raw)
             self.cluster_policies.append(raw)
+        self.calico_policies: list[CalicoPolicy] = parse_all(calico_policies)
 
     # -- who is who -------------------------------------------------------------------------
     # `who` is a pod's key "namespace/name" or an address; host-network pods are replaced by
@@ -569,22 +468,16 @@ class Evaluator:
         family: int,
         own_node: bool = False,
     ) -> bool:
-        """Admin tier -> NetworkPolicy -> Baseline tier -> allowed, for one direction of `pod`.
-        own_node: `peer` is an address of the pod's own node (egress), which NetworkPolicy
-        never blocks."""
+        """Admin tier -> NetworkPolicy (or the Calico tier, see calico.py) -> Baseline tier ->
+        allowed, for one direction of `pod`. own_node: `peer` is an address of the pod's own
+        node (egress), which NetworkPolicy never blocks (outside a Calico tier)."""
         admin = self._tier_decision("Admin", pod, policy_type, peer, destination, port, protocol, family)
         if admin is not None:
             return admin == "Accept"
-        policies = self._selecting(pod, policy_type)
-        if not policies:  # not isolated by NetworkPolicy in this direction: Baseline, then allowed
-            baseline = self._tier_decision(
-                "Baseline", pod, policy_type, peer, destination, port, protocol, family
-            )
-            return baseline != "Deny"
-        if own_node:
-            return True
         rules_key, peers_key = ("ingress", "from") if policy_type == "Ingress" else ("egress", "to")
-        for raw in policies:
+
+        def knp_allows(raw: Mapping[str, Any]) -> bool:
+            """A rule of this NetworkPolicy for the direction allows the connection."""
             ns = raw["metadata"].get("namespace", "default")
             for rule in (raw.get("spec") or {}).get(rules_key) or []:
                 peers = rule.get(peers_key)
@@ -592,7 +485,25 @@ class Evaluator:
                     continue
                 if self._port_matches(rule.get("ports"), destination, port, protocol):
                     return True
-        return False
+            return False
+
+        policies = self._selecting(pod, policy_type)
+        probe = Probe.of(protocol, port, family)
+        calico = tier_decision(
+            self, self.calico_policies, pod, policy_type, peer, destination, probe, policies, knp_allows
+        )
+        if calico in ("Allow", "Deny"):
+            return calico == "Allow"
+        if (
+            calico == "Pass" or not policies
+        ):  # not isolated by NetworkPolicy in this direction: Baseline, then allowed
+            baseline = self._tier_decision(
+                "Baseline", pod, policy_type, peer, destination, port, protocol, family
+            )
+            return baseline != "Deny"
+        if own_node:
+            return True
+        return any(knp_allows(raw) for raw in policies)
 
     def _as_address(self, who: str, family: int) -> str:
         """`who` with a host-network pod replaced by its (node's) address of that family."""
@@ -609,13 +520,14 @@ class Evaluator:
 
         src / dst: a pod as "namespace/name" (a host-network pod stands for its node), or an
         IP address (of a pod, of a node or of an outside host).
-        protocol: TCP, UDP, SCTP, or ICMP / ICMPv6 (port ignored: only port-less rules match).
+        protocol: TCP, UDP, SCTP, or ICMP / ICMPv6: an echo request of the family's ICMP (the port
+        is ignored; NetworkPolicy and ClusterNetworkPolicy rules match it only without ports).
         """
         src, dst = self._as_address(src, family), self._as_address(dst, family)
         if self._address(src, family) is None or self._address(dst, family) is None:
             raise ValueError(f"{src} -> {dst}: no IPv{family} address on one side")
         if protocol in PORTLESS:
-            protocol, port = f"<{protocol}>", 0  # matches no ports entry, only port-less rules
+            protocol, port = ("ICMP" if family == 4 else "ICMPv6"), 0  # matches no ports entry
         src_pod, dst_pod = self._pod_at(src), self._pod_at(dst)
         if src_pod is not None and src_pod is dst_pod:
             raise ValueError(f"{src} -> {dst}: a pod talking to itself does not cross the datapath")

@@ -74,6 +74,16 @@ def test_what_is_not_a_selector_or_not_supported_is_refused_at_its_position(text
     assert repr(text) in str(info.value)
 
 
+def test_all_and_has_take_spaces_inside_their_parentheses_but_not_before_them_as_calico_does() -> None:
+    # found by the reference parser (tests/unit/test_calico_selector_reference.py): `all( )` was
+    # refused and `has (k)` accepted with exactly one space (refused with two); Calico's tokenizer
+    # accepts the first and refuses the second.
+    assert sel("all( )") and sel("all(\t)") and sel("!all( ) || has( role )", role="x")
+    for text in ("has (role)", "has  (role)", "all ()"):
+        with pytest.raises(CalicoSelectorError):
+            parse_calico_selector(text)
+
+
 def test_label_keys_named_like_keywords_are_still_keys() -> None:
     assert sel("ends == 'x'", ends="x") and sel("has == 'y'", has="y") and sel("all == 'z'", all="z")
 
