@@ -13,39 +13,24 @@ from tests.support.labs import Lab, lab_up
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
-MODEL = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop}
----
-apiVersion: lab.vethguard.dev/v1alpha1
-kind: ExternalHost
-metadata: {name: client}
-spec: {ip: 198.51.100.7}
----
-apiVersion: lab.vethguard.dev/v1alpha1
-kind: ExternalHost
-metadata: {name: other}
-spec: {ip: 203.0.113.9}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: web1, namespace: shop, labels: {app: web}}
-spec: {nodeName: node-1, containers: [{name: c, ports: [{name: http, containerPort: 80}]}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: web2, namespace: shop, labels: {app: web}}
-spec: {nodeName: node-2, containers: [{name: c, ports: [{name: http, containerPort: 80}]}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: shop}
-spec:
-  type: LoadBalancer
-  selector: {app: web}
-  ports: [{port: 8080, targetPort: http}]
-"""
+EXTERNAL = (
+    "{apiVersion: lab.vethguard.dev/v1alpha1, kind: ExternalHost, metadata: {name: NAME}, spec: {ip: IP}}"
+)
+WEB = (
+    "{apiVersion: v1, kind: Pod, metadata: {name: NAME, namespace: shop, labels: {app: web}},"
+    " spec: {nodeName: NODE, containers: [{name: c, ports: [{name: http, containerPort: 80}]}]}}"
+)
+MODEL = "\n---\n".join(
+    [
+        "{apiVersion: v1, kind: Namespace, metadata: {name: shop}}",
+        EXTERNAL.replace("NAME", "client").replace("IP", "198.51.100.7"),
+        EXTERNAL.replace("NAME", "other").replace("IP", "203.0.113.9"),
+        WEB.replace("NAME", "web1").replace("NODE", "node-1"),
+        WEB.replace("NAME", "web2").replace("NODE", "node-2"),
+        "{apiVersion: v1, kind: Service, metadata: {name: web, namespace: shop},"
+        " spec: {type: LoadBalancer, selector: {app: web}, ports: [{port: 8080, targetPort: http}]}}",
+    ]
+)
 EXTERNALS = ["ext/client", "ext/other"]
 
 
