@@ -9,7 +9,8 @@ Commands (`vethguard lab SUBCOMMAND --name LAB`, default `default`; errors exit 
   delete -f FILE|DIR|- [--timeout 60] [--ignore-not-found]
   probe --port P --protocol TCP|UDP|SCTP [--family 4|6] [--from X ...] [--to Y ...]
         [--timeout 1.0] [-o json]           default: all pods -> all pods and ext/NAME hosts;
-                                            --to also takes svc/NS/NAME (its ClusterIP) or an IP
+                                            --to also takes svc/NS/NAME (its ClusterIP),
+                                            lb/NS/NAME (its load-balancer address) or an IP
   status [-o json]                          nodes, pods, externals, agents, resourceVersion
   exec NS/POD|ext/NAME|node/node-N -- CMD   nsenter --net into it; exit code passed through
                                             (`ip netns exec` for pods when the lab has --dns, so
@@ -37,11 +38,15 @@ Pieces:
   probe.py      parallel probes from threads that setns into the source namespace
   manifests.py  YAML/directory/stdin loading and validation; cli.py: the `vethguard lab` commands
   svc.py        Services: ClusterIPs from 10.245.0.0/16 (reserved: no ExternalHost may use it),
-                NodePorts 30000-32767, EndpointSlices (discovery.k8s.io/v1) written through the
-                store on every Pod/Service change, and an nftables table `ip vethguard_svc` in
-                every NODE namespace with kube-proxy iptables-mode semantics (random backend,
-                NodePort on any local address + masquerade, hairpin masquerade, reject without
-                endpoints); no table at all while there are no Services (controller.lab.kubeproxy)
+                NodePorts 30000-32767 (types NodePort and LoadBalancer), load-balancer addresses
+                from 10.246.0.0/24 (reserved too; status.loadBalancer.ingress[0].ip),
+                spec.externalIPs (outside the reserved ranges and ExternalHosts; the fabric routes
+                external and LB addresses to node-1; every node DNATs and masquerades them),
+                EndpointSlices (discovery.k8s.io/v1) written through the store on every
+                Pod/Service change, and an nftables table `ip vethguard_svc` in every NODE
+                namespace with kube-proxy iptables-mode semantics (random backend, NodePort on
+                any local address + masquerade, hairpin masquerade, reject without endpoints);
+                no table at all while there are no Services (controller.lab.kubeproxy)
   dns.py        `up --dns`: dnsmasq in pod kube-system/kube-dns (node-1) behind the Service
                 kube-dns 10.245.0.10; answers NAME.NS.svc.cluster.local from the Services, NXDOMAIN
                 for other cluster.local names, forwards nothing; pods' resolv.conf (search

@@ -102,6 +102,8 @@ def _targets(status: dict[str, Any]) -> dict[str, probe.Target]:
     for name, svc in sorted((status.get("services") or {}).items()):
         if svc.get("clusterIP"):  # the netns of a Service is never used: it is only a destination
             targets[f"svc/{name}"] = probe.Target(f"svc/{name}", "", (svc["clusterIP"],))
+        if svc.get("loadBalancerIP"):  # type LoadBalancer: its address in the lab's pool
+            targets[f"lb/{name}"] = probe.Target(f"lb/{name}", "", (svc["loadBalancerIP"],))
     return targets
 
 
@@ -133,7 +135,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     targets = _targets(status)
     pods = sorted(status["pods"])
     sources = _pick(targets, args.sources, pods)
-    defaults = [t for t in targets if not t.startswith("svc/")]  # Services only when named
+    defaults = [t for t in targets if not t.startswith(("svc/", "lb/"))]  # Services only when named
     destinations = _pick({**targets, **_address_targets(args.destinations)}, args.destinations, defaults)
     results = probe.run(sources, destinations, args.protocol, args.port, args.family, args.timeout)
     if args.output == "json":
@@ -292,7 +294,11 @@ def register(subparsers: Any) -> None:
     pr.add_argument("--family", type=int, choices=[4, 6], default=4)
     pr.add_argument("--from", dest="sources", action="extend", nargs="+", metavar="NS/POD|ext/NAME")
     pr.add_argument(
-        "--to", dest="destinations", action="extend", nargs="+", metavar="NS/POD|ext/NAME|svc/NS/NAME|IP"
+        "--to",
+        dest="destinations",
+        action="extend",
+        nargs="+",
+        metavar="NS/POD|ext/NAME|svc/NS/NAME|lb/NS/NAME|IP",
     )
     pr.add_argument("--timeout", type=float, default=1.0, help="seconds per probe (default: %(default)s)")
     pr.add_argument("-o", "--output", choices=["text", "json"], default="text")

@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Any
 
-from controller.lab import cni_runtime, dns, netns, topology
+from controller.lab import cni_runtime, dns, kubeproxy, netns, topology
 from controller.lab.agents import AGENT_STATUS_PORT, AgentSupervisor
 from controller.lab.apiserver import (
     ApiHTTPServer,
@@ -318,6 +318,16 @@ class LabAdmission:
         return obj
 
     def _check_unused(self, name: str, addresses: list[str]) -> None:
+        for service in self.store.list("services")[0]:
+            clash = set(addresses) & set(kubeproxy.parse_service(service).external_ips)
+            if clash:
+                meta = service["metadata"]
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    f"ExternalHost {name}: {', '.join(sorted(clash))} is an external IP of Service "
+                    f"{meta['namespace']}/{meta['name']} (the lab routes it to a node)",
+                )
         for other in self.store.list("externalhosts")[0]:
             clash = set(addresses) & set(external_addresses(other))
             if clash:
@@ -428,6 +438,7 @@ class LabDaemon:
             self.store,
             lambda: [self.topo.names.node(i) for i in range(1, self.config.nodes + 1)],
             self.dns.update if self.dns is not None else None,
+            self.topo.route_service_addresses,
         )
         self.admission = LabAdmission(self.config, self.store, self.topo, self.responders, self.services)
         self.servers: list[ServerThread] = []
@@ -545,6 +556,8 @@ class LabDaemon:
             svcs[f"{meta['namespace']}/{meta['name']}"] = {
                 "type": spec.get("type"),
                 "clusterIP": spec.get("clusterIP"),
+                "loadBalancerIP": next(iter(kubeproxy.parse_service(service).load_balancer_ips), None),
+                "externalIPs": list(spec.get("externalIPs") or []),
                 "ports": [
                     {
                         "name": p.get("name") or "",

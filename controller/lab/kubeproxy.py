@@ -9,6 +9,16 @@ and masqueraded to the node's address on the way out.
 ClusterIPs come from SERVICE_CIDR4 (10.245.0.0/16): outside every range manifests may give
 external hosts (the lab refuses external addresses inside it), so a VIP never shadows an
 external address. Services are single-stack IPv4 (spec.ipFamilies ["IPv4"]).
+
+External addresses, as kube-proxy programs them with externalTrafficPolicy Cluster: a
+LoadBalancer Service is a NodePort Service plus one address of LB_POOL4 (10.246.0.0/24, reserved
+like the Service range; spec.loadBalancerIP when it is inside and free), published in
+status.loadBalancer.ingress[0].ip; spec.externalIPs (any type) are more such addresses. Every
+node DNATs (address, protocol, port) to the Service's backends through the vips map, and marks
+the flow for masquerade as it does NodePort traffic (the backend sees the node's address, not
+the client's: kube-proxy does the same unless externalTrafficPolicy is Local, which the lab does
+not implement). A packet to an external address that no rule DNATs (another port, ICMP) is
+rejected instead of being routed on.
 """
 
 from __future__ import annotations
@@ -22,6 +32,9 @@ from typing import Any
 from controller.core.net import L4_PROTOCOL_NAMES
 
 SERVICE_CIDR4 = ipaddress.IPv4Network("10.245.0.0/16")
+LB_POOL4 = ipaddress.IPv4Network("10.246.0.0/24")  # load-balancer addresses of type LoadBalancer
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+NODE_PORT_TYPES = ("NodePort", "LoadBalancer")  # the types that get nodePorts
 DNS_CLUSTER_IP = "10.245.0.10"  # kubelet's --cluster-dns; the kube-dns Service asks for it
 NODE_PORT_RANGE = (30000, 32767)
 MASQ_MARK = 0x4000  # kube-proxy's KUBE-MARK-MASQ bit
@@ -54,10 +67,18 @@ class Service:
     type: str
     selector: tuple[tuple[str, str], ...]
     ports: tuple[ServicePort, ...]
+    external_ips: tuple[str, ...] = ()  # spec.externalIPs
+    load_balancer_ip: str | None = None  # spec.loadBalancerIP: the address asked for
+    load_balancer_ips: tuple[str, ...] = ()  # status.loadBalancer.ingress[].ip: the addresses given
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def external_addresses(self) -> tuple[str, ...]:
+        """The addresses outside the cluster that lead to this Service (external and LB IPs)."""
+        return tuple(dict.fromkeys((*self.external_ips, *self.load_balancer_ips)))
 
 
 @dataclass(frozen=True)
@@ -68,11 +89,17 @@ class Backend:
 
 @dataclass(frozen=True)
 class Frontend:
-    """What a client addresses: a ClusterIP port, or a NodePort on any node address (ip None)."""
+    """What a client addresses: a ClusterIP port, an external or load-balancer address port
+    (external: masqueraded like a NodePort), or a NodePort on any node address (ip None)."""
 
     ip: str | None
     protocol: str
     port: int
+    external: bool = False
+
+    @property
+    def masquerade(self) -> bool:
+        return self.ip is None or self.external
 
 
 def _port_number(value: Any, where: str) -> int:
@@ -89,8 +116,10 @@ def parse_service(obj: Obj) -> Service:
     if not isinstance(spec, dict):
         raise ServiceError(f"{where}: spec must be a mapping")
     kind = spec.get("type") or "ClusterIP"
-    if kind not in ("ClusterIP", "NodePort"):
-        raise ServiceError(f"{where}: spec.type {kind!r} is not supported (ClusterIP or NodePort)")
+    if kind not in SERVICE_TYPES:
+        raise ServiceError(
+            f"{where}: spec.type {kind!r} is not supported (ClusterIP, NodePort or LoadBalancer)"
+        )
     selector = spec.get("selector") or {}
     if not isinstance(selector, dict) or not all(isinstance(v, str) for v in selector.values()):
         raise ServiceError(f"{where}: spec.selector must map label names to strings")
@@ -120,6 +149,13 @@ def parse_service(obj: Obj) -> Service:
             raise ServiceError(f"{field}.name is required when a Service has several ports")
         ports.append(ServicePort(str(raw.get("name") or ""), protocol, port, target, node_port))
     cluster_ip = spec.get("clusterIP")
+    external_ips = spec.get("externalIPs") or []
+    if not isinstance(external_ips, list):
+        raise ServiceError(f"{where}: spec.externalIPs must be a list of IPv4 addresses")
+    requested = spec.get("loadBalancerIP") or None
+    status = obj.get("status") or {}
+    balancer = (status.get("loadBalancer") or {}) if isinstance(status, dict) else {}
+    ingress = (balancer.get("ingress") or []) if isinstance(balancer, dict) else []
     return Service(
         namespace,
         name,
@@ -127,7 +163,22 @@ def parse_service(obj: Obj) -> Service:
         kind,
         tuple(sorted(selector.items())),
         tuple(ports),
+        tuple(_ipv4(value, f"{where}: spec.externalIPs[{i}]") for i, value in enumerate(external_ips)),
+        _ipv4(requested, f"{where}: spec.loadBalancerIP") if requested is not None else None,
+        tuple(
+            _ipv4(entry["ip"], f"{where}: status.loadBalancer.ingress[{i}].ip")
+            for i, entry in enumerate(ingress)
+            if isinstance(entry, dict) and entry.get("ip")
+        ),
     )
+
+
+def _ipv4(value: Any, where: str) -> str:
+    """The canonical text of an IPv4 address (the lab's Services are IPv4 only)."""
+    try:
+        return str(ipaddress.IPv4Address(value if isinstance(value, str) else ""))
+    except ValueError:
+        raise ServiceError(f"{where}: must be an IPv4 address, got {value!r}") from None
 
 
 def allocate_cluster_ip(used: Iterable[str], requested: str | None = None) -> str:
@@ -146,6 +197,34 @@ def allocate_cluster_ip(used: Iterable[str], requested: str | None = None) -> st
         if text not in taken and text not in reserved:
             return text
     raise ServiceError(f"the service range {SERVICE_CIDR4} is full")
+
+
+def allocate_load_balancer_ip(used: Iterable[str], requested: str | None = None) -> str:
+    """A free address of LB_POOL4 (spec.loadBalancerIP when it is inside and free)."""
+    taken = set(used)
+    if requested:
+        if ipaddress.IPv4Address(requested) not in LB_POOL4:
+            raise ServiceError(
+                f"spec.loadBalancerIP {requested} is not in the lab's load-balancer pool {LB_POOL4}"
+            )
+        if requested in taken:
+            raise ServiceError(f"spec.loadBalancerIP {requested} is already allocated")
+        return requested
+    for address in LB_POOL4.hosts():
+        if str(address) not in taken:
+            return str(address)
+    raise ServiceError(f"the load-balancer pool {LB_POOL4} is full")
+
+
+def external_frontends(service: Service) -> set[tuple[str, str, int]]:
+    """(address, protocol, port) of every external and load-balancer address of a Service."""
+    return {(a, p.protocol, p.port) for a in service.external_addresses for p in service.ports}
+
+
+def routed_addresses(services: Iterable[Obj]) -> list[str]:
+    """The external and load-balancer addresses of all Services, which the fabric routes to a node."""
+    found = {a for obj in services for a in parse_service(obj).external_addresses}
+    return sorted(found, key=ipaddress.IPv4Address)
 
 
 def allocate_node_port(used: Iterable[int], requested: int | None = None) -> int:
@@ -276,7 +355,9 @@ def service_table(services: Iterable[Obj], slices: Iterable[Obj]) -> dict[Fronte
             backends = _backends(port, by_service.get((service.namespace, service.name), []))
             if service.cluster_ip:
                 table[Frontend(service.cluster_ip, port.protocol, port.port)] = backends
-            if service.type == "NodePort" and port.node_port:
+            for address in service.external_addresses:
+                table[Frontend(address, port.protocol, port.port, external=True)] = backends
+            if service.type in NODE_PORT_TYPES and port.node_port:
                 table[Frontend(None, port.protocol, port.node_port)] = backends
     return table
 
@@ -313,6 +394,7 @@ def render_nft(table: Mapping[Frontend, tuple[Backend, ...]]) -> str:
         return "\n".join(lines) + "\n"  # no table at all: no NAT hooks, no conntrack cost
     lines.append(f"table ip {NFT_TABLE} {{")
     vips, node_ports, dead, chains = [], [], [], []
+    externals = sorted({f.ip for f in table if f.ip and f.external}, key=ipaddress.IPv4Address)
     for frontend in sorted(table, key=lambda f: (f.ip or "", f.protocol, f.port)):
         backends = table[frontend]
         proto = frontend.protocol.lower()
@@ -327,8 +409,8 @@ def render_nft(table: Mapping[Frontend, tuple[Backend, ...]]) -> str:
                 ", ".join(f"{i} : goto {_chain('sep', f'{frontend}{b}')}" for i, b in enumerate(backends)),
             )
         ]
-        if frontend.ip is None:
-            body.insert(0, f"meta mark set meta mark | {MASQ_MARK:#x}")  # NodePort: masquerade
+        if frontend.masquerade:  # NodePort, external and LB addresses (externalTrafficPolicy Cluster)
+            body.insert(0, f"meta mark set meta mark | {MASQ_MARK:#x}")
         chains.append((service_chain, body))
         for backend in backends:
             chains.append(
@@ -367,10 +449,17 @@ def render_nft(table: Mapping[Frontend, tuple[Backend, ...]]) -> str:
     if dead:
         lines.append(f"    elements = {{ {', '.join(dead)} }}")
     lines.append("  }")
+    lines.append("  set externals {")  # still addressed to one after DNAT: nothing serves it
+    lines.append("    type ipv4_addr")
+    if externals:
+        lines.append(f"    elements = {{ {', '.join(externals)} }}")
+    lines.append("  }")
     for hook in ("forward", "output"):  # REJECT lives in filter chains, as kube-proxy's does
         lines.append(f"  chain {hook}_filter {{")
         lines.append(f"    type filter hook {hook} priority filter; policy accept;")
         lines.append("    ip daddr . meta l4proto . th dport @dead reject")
+        if hook == "forward":
+            lines.append("    ip daddr @externals reject")
         lines.append("  }")
     for hook, kind in (("prerouting", "dstnat"), ("output", "-100")):
         lines.append(f"  chain {hook} {{")

@@ -23,10 +23,16 @@ loaded. The node's eth0 then has no global address: the fabric reaches the node'
 address). Like the CNI bridge plugin, a new pod sends a gratuitous ARP for its IPv4 address, so a
 reused address never stays bound to a deleted pod's MAC in the node's neighbour table.
 
+Service external and load-balancer addresses (controller.lab.svc): the fabric routes each one
+to node-1 (`route_service_addresses`; routes marked with protocol SERVICE_ROUTE_PROTO so the lab
+finds its own again after a restart), as a cloud load balancer in front of the nodes would; every
+node DNATs them (controller.lab.kubeproxy), so the first node is as good as any.
+
 Every point-to-point link: the inner side routes default via 169.254.1.1 (answered by proxy ARP
 on a node's interfaces, by a local address in the fabric) and via fe80::1 (an address of the
 outer side). Nothing here touches the root namespace, and every address lives in 10.244.0.0/16,
-fd00:10:244::/56 or 169.254.1.1, plus the addresses manifests give external hosts.
+fd00:10:244::/56 or 169.254.1.1, plus the addresses manifests give external hosts (and the
+fabric's routes to Service addresses in 10.245.0.0/16, 10.246.0.0/24 and spec.externalIPs).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controller.lab import netns
+from controller.lab.kubeproxy import LB_POOL4, SERVICE_CIDR4
 
 POD_CIDR4 = ipaddress.IPv4Network("10.244.0.0/16")
 POD_CIDR6 = ipaddress.IPv6Network("fd00:10:244::/56")
@@ -55,11 +62,13 @@ NODE_PREFIX4, NODE_PREFIX6 = 24, 64  # a node's pod networks; on-link for bridge
 ANNOUNCE_PORT = 9  # discard: the datagram a new bridge-mode pod sends to its gateway
 MAX_NODES = 254
 MAX_PODS_PER_NODE = 253  # host indexes 2..254
-SERVICE_CIDR4 = ipaddress.IPv4Network("10.245.0.0/16")  # ClusterIPs (controller.lab.kubeproxy)
+SERVICE_ROUTE_PROTO = "118"  # the fabric's routes to Service external and load-balancer addresses
+SERVICE_ROUTE_NODE = 1  # the node the fabric sends them to
 RESERVED_NETWORKS = (
     POD_CIDR4,
     POD_CIDR6,
-    SERVICE_CIDR4,
+    SERVICE_CIDR4,  # ClusterIPs (controller.lab.kubeproxy)
+    LB_POOL4,  # load-balancer addresses of type LoadBalancer Services
     ipaddress.IPv4Network("169.254.0.0/16"),
     ipaddress.IPv4Network("127.0.0.0/8"),
     ipaddress.IPv4Network("0.0.0.0/8"),
@@ -210,6 +219,19 @@ class Topology:
             fabric,
             [f"addr add {API_ADDRESS}/32 dev lo", f"addr add {GATEWAY4}/32 dev lo"],
         )
+
+    def route_service_addresses(self, addresses: list[str]) -> None:
+        """The fabric routes exactly these addresses (/32) to node SERVICE_ROUTE_NODE."""
+        fabric, node = self.names.fabric, SERVICE_ROUTE_NODE
+        shown = netns.ip(fabric, "-4", "-j", "route", "show", "proto", SERVICE_ROUTE_PROTO)
+        current = {str(route["dst"]).removesuffix("/32") for route in json.loads(shown or "[]")}
+        commands = [f"route del {a}/32 proto {SERVICE_ROUTE_PROTO}" for a in sorted(current - set(addresses))]
+        commands += [
+            f"route replace {a}/32 via {node_addresses(node)[0]} dev node{node} proto {SERVICE_ROUTE_PROTO}"
+            for a in addresses
+        ]
+        if commands:
+            netns.ip_batch(fabric, commands)
 
     def create_node(self, index: int) -> None:
         node, fabric = self.names.node(index), self.names.fabric

@@ -89,7 +89,9 @@ def test_node_ports_are_allocated_in_range_and_never_twice() -> None:
 @pytest.mark.parametrize(
     "bad, message",
     [
-        ({"type": "LoadBalancer", "ports": [{"port": 80}]}, "not supported"),
+        ({"type": "ExternalName", "ports": [{"port": 80}]}, "not supported"),
+        ({"ports": [{"port": 80}], "externalIPs": ["fd00::1"]}, r"externalIPs\[0\]: must be an IPv4"),
+        ({"ports": [{"port": 80}], "loadBalancerIP": "nowhere"}, "loadBalancerIP: must be an IPv4"),
         ({"ports": []}, "at least one port"),
         ({"ports": [{"port": 80}, {"port": 81}]}, "name is required"),
         ({"ports": [{"port": 70000}]}, "from 1 to 65535"),
