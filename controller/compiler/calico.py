@@ -284,13 +284,11 @@ def _entity(raw: Any, fld: str, local: bool, is_destination: bool, namespaced: b
     _known(raw, fld, known, refused)
     nets = _nets(raw["nets"], f"{fld}.nets") if "nets" in raw else None
     not_nets = _nets(raw["notNets"], f"{fld}.notNets") if "notNets" in raw else ()
-    sel = _selector(raw["selector"], f"{fld}.selector") if "selector" in raw else None
-    not_sel = _selector(raw["notSelector"], f"{fld}.notSelector") if "notSelector" in raw else None
-    ns_sel = (
-        _selector(raw["namespaceSelector"], f"{fld}.namespaceSelector")
-        if "namespaceSelector" in raw
-        else None
-    )
+    # An empty string is Calico's unset selector (Go's zero value), not all().
+    sel = _selector(raw["selector"], f"{fld}.selector") if raw.get("selector") else None
+    not_sel = _selector(raw["notSelector"], f"{fld}.notSelector") if raw.get("notSelector") else None
+    ns_raw = raw.get("namespaceSelector")
+    ns_sel = _selector(ns_raw, f"{fld}.namespaceSelector") if ns_raw else None
     ports: tuple[PortRange, ...] | None = None
     named: tuple[str, ...] = ()
     not_ports: tuple[PortRange, ...] = ()
@@ -467,7 +465,7 @@ def parse_calico_policy(raw: Any, kind: str, errors: list[PolicyError]) -> Calic
         except _Unusable as e:
             fail(e.field, e.message)
     types = default_types(spec)
-    if "types" in spec:
+    if spec.get("types"):  # an empty list is unset, as Calico reads it
         raw_types = spec["types"]
         if not isinstance(raw_types, list) or not all(t in ("Ingress", "Egress") for t in raw_types):
             fail("spec.types", f"must be a list of Ingress and Egress, not {raw_types!r}")

@@ -68,7 +68,9 @@ API_VERSION = "projectcalico.org/v3"
 KINDS = ("GlobalNetworkPolicy", "NetworkPolicy")
 ACTIONS = ("Allow", "Deny", "Log", "Pass")
 PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17, "ICMP": 1, "ICMPv6": 58, "SCTP": 132, "UDPLite": 136}
-WITH_PORTS = ("TCP", "UDP", "SCTP", "UDPLite")
+# Protocols whose ports a rule may name: vethguard reads the ports of these only (UDPLite's are
+# refused, a documented decision).
+WITH_PORTS = ("TCP", "UDP", "SCTP")
 WITH_ICMP = ("ICMP", "ICMPv6")
 ECHO_REQUEST = {4: ("ICMP", 8), 6: ("ICMPv6", 128)}
 NAMESPACE_LABEL = "projectcalico.org/namespace"
@@ -188,9 +190,13 @@ def _port(value: Any, what: str, names: bool) -> PortSpec:
     return (lo, hi)
 
 
-def _entity(entity: Any, what: str, protocol: Any, source: bool) -> None:
+def _entity(entity: Any, what: str, protocol: Any, source: bool, local: bool) -> None:
+    """local: the side that is the selected pod itself, which vethguard matches by labels only
+    (nets/notNets there are refused, a documented decision)."""
     entity = _known(entity, ENTITY_FIELDS, what)
     for key in ("nets", "notNets"):
+        if key in entity and local:
+            raise InvalidPolicy(f"{what}.{key}: addresses of the selected pod itself are not supported")
         if key in entity:
             if not isinstance(entity[key], list):
                 raise InvalidPolicy(f"{what}.{key}: a list of CIDRs")
@@ -226,7 +232,7 @@ def _icmp(value: Any, what: str, protocol: Any) -> None:
         raise InvalidPolicy(f"{what}: a code needs a type")
 
 
-def _rule(rule: Any, what: str) -> None:
+def _rule(rule: Any, what: str, egress: bool) -> None:
     rule = _known(rule, RULE_FIELDS, what)
     if rule.get("action") not in ACTIONS:
         raise InvalidPolicy(f"{what}.action: {rule.get('action')!r} is not Allow, Deny, Log or Pass")
@@ -239,7 +245,8 @@ def _rule(rule: Any, what: str) -> None:
             _icmp(rule[key], f"{what}.{key}", protocol)
     for key in ("source", "destination"):
         if key in rule:
-            _entity(rule[key], f"{what}.{key}", protocol, source=key == "source")
+            local = key == ("source" if egress else "destination")
+            _entity(rule[key], f"{what}.{key}", protocol, source=key == "source", local=local)
 
 
 def parse_calico_policy(raw: Mapping[str, Any]) -> CalicoPolicy:
@@ -264,7 +271,7 @@ def parse_calico_policy(raw: Mapping[str, Any]) -> CalicoPolicy:
         if not isinstance(rules, list):
             raise InvalidPolicy(f"{what}.{direction}: a list of rules")
         for i, rule in enumerate(rules):
-            _rule(rule, f"{what}.{direction}[{i}]")
+            _rule(rule, f"{what}.{direction}[{i}]", egress=direction == "egress")
     types = spec.get("types") or []
     if not isinstance(types, list) or any(t not in DIRECTIONS for t in types):
         raise InvalidPolicy(f"{what}.types: {types!r}")
@@ -395,7 +402,9 @@ def tier_decision(
     knps: Iterable[Mapping[str, Any]],
     knp_allows: Callable[[Mapping[str, Any]], bool],
 ) -> str | None:
-    """None: the pod has no Calico tier for this direction. Otherwise "Allow", "Deny" or "Pass".
+    """None: the pod has no Calico tier for this direction. Otherwise "Allow", "Deny", "Pass" or
+    "End" (no rule matched: denied, except a pod's egress to its own node, which only an explicit
+    Deny rule blocks, vethguard's documented choice, docs/INTERNALS.md).
     knps: the Kubernetes NetworkPolicies selecting the pod for the direction; knp_allows(raw):
     a rule of that NetworkPolicy allows the connection (evaluator.py's NetworkPolicy matching)."""
     calico = [p for p in policies if policy_type in p.types and _selects(cluster, p, pod)]
@@ -418,7 +427,7 @@ def tier_decision(
             matched = _rule_matches(cluster, member, rule, policy_type, pod, peer, destination, probe)
             if matched and rule["action"] != "Log":
                 return str(rule["action"])
-    return "Deny"  # the end of a tier that selects the pod
+    return "End"  # the end of a tier that selects the pod: denied (the pod's own node aside)
 
 
 def parse_all(raws: Iterable[Mapping[str, Any]]) -> list[CalicoPolicy]:

@@ -494,6 +494,8 @@ class Evaluator:
         )
         if calico in ("Allow", "Deny"):
             return calico == "Allow"
+        if calico == "End":
+            return own_node
         if (
             calico == "Pass" or not policies
         ):  # not isolated by NetworkPolicy in this direction: Baseline, then allowed

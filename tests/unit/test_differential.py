@@ -27,11 +27,13 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from controller.compiler.builder import cluster_from_objects
+from controller.compiler.calico import CalicoObjects
 from controller.compiler.cnp import parse_cluster_network_policy
 from controller.compiler.compute import compute
 from controller.compiler.desired_state import NodeDesired
 from controller.core.errors import PolicyError
 from controller.debug.verdict_model import verdict
+from tests.reference.calico_cases import CalicoCase, calico_cases, calico_manifests
 from tests.reference.cases import (
     Case,
     Query,
@@ -62,15 +64,22 @@ class Totals:
     allowed: int = 0
 
 
-def compile_and_evaluate(case: Case) -> tuple[Callable[[Query], bool], Evaluator, list[str]]:
-    """(lookup-model verdict function, reference evaluator, compiler errors) for one case."""
+def compile_and_evaluate(
+    case: Case, calico: list[dict[str, Any]] | None = None
+) -> tuple[Callable[[Query], bool], Evaluator, list[str]]:
+    """(lookup-model verdict function, reference evaluator, compiler errors) for one case, with
+    `calico`: Calico policies (GlobalNetworkPolicy / NetworkPolicy manifests) besides."""
     addresses = unit_addresses(case)
     ns_objs = namespace_objects(case)
     pod_objs = [pod_object(p, addresses[p.key]) for p in case.pods]
     pol_objs = [materialize_policy(p, addresses) for p in case.policies]
     cnp_objs = [materialize_cluster_policy(p, addresses) for p in case.cluster_policies]
     node_objs = node_objects(nodes=case.nodes)
-    cluster = cluster_from_objects(ns_objs, pod_objs, pol_objs, node_objs, cnp_objs)
+    calico_objs = CalicoObjects(
+        global_policies=[c for c in calico or [] if c["kind"] == "GlobalNetworkPolicy"],
+        namespaced_policies=[c for c in calico or [] if c["kind"] == "NetworkPolicy"],
+    )
+    cluster = cluster_from_objects(ns_objs, pod_objs, pol_objs, node_objs, cnp_objs, calico_objs)
     desired: dict[str, NodeDesired] = {n: compute(cluster, n) for n in cluster.nodes}
     node_of = {p.key: f"node-{p.node}" for p in case.pods if not p.host_network}
     host_network = {p.key for p in case.pods if p.host_network}
@@ -85,13 +94,15 @@ def compile_and_evaluate(case: Case) -> tuple[Callable[[Query], bool], Evaluator
         (src_d, src), (dst_d, dst) = end(q.src, q.family), end(q.dst, q.family)
         return verdict(src_d, dst_d, src, dst, q.protocol, q.port, q.family).allowed
 
-    reference = Evaluator(ns_objs, pod_objs, pol_objs, cnp_objs, node_objs)
+    reference = Evaluator(ns_objs, pod_objs, pol_objs, cnp_objs, node_objs, calico_policies=calico or [])
     return lookup, reference, [str(e) for e in cluster.errors]
 
 
-def disagreements(case: Case, limit: int = 5) -> tuple[int, int, list[str]]:
+def disagreements(
+    case: Case, limit: int = 5, calico: list[dict[str, Any]] | None = None
+) -> tuple[int, int, list[str]]:
     """(questions asked, allowed count, first disagreements) for one case."""
-    lookup, ref, errors = compile_and_evaluate(case)
+    lookup, ref, errors = compile_and_evaluate(case, calico)
     assert not errors, errors  # generated policies are valid: the compiler must accept them
     asked = allowed = 0
     wrong: list[str] = []
@@ -156,6 +167,36 @@ def test_the_compiled_maps_give_the_reference_evaluators_verdict_with_cluster_ne
     totals = Totals()
     run_campaign(CNP_EXAMPLES, totals, CNP_CASES, shrink=CNP_SHRINK)
     report(capsys, "differential with cluster network policies", totals)
+
+
+CALICO_EXAMPLES = int(os.environ.get("VETHGUARD_DIFF_CALICO_EXAMPLES", "30"))
+
+
+def test_the_compiled_maps_give_the_reference_evaluators_verdict_with_calico_policies(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    totals = Totals()
+
+    @settings(
+        max_examples=CALICO_EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        phases=[Phase.explicit, Phase.reuse, Phase.generate, *([Phase.shrink] if CNP_SHRINK else [])],
+    )
+    @given(case=calico_cases(cluster_policies=2, host_network=1))
+    def check(case: CalicoCase) -> None:
+        manifests = calico_manifests(case, unit_addresses(case.case))
+        asked, allowed, wrong = disagreements(case.case, calico=manifests)
+        totals.clusters += 1
+        totals.policies += len(case.case.policies) + len(manifests)
+        totals.cluster_policies += len(case.case.cluster_policies)
+        totals.questions += asked
+        totals.allowed += allowed
+        assert not wrong, "\n".join([case.describe(), *wrong])
+
+    check()
+    report(capsys, "differential with calico policies", totals)
 
 
 def _features(raw: dict[str, Any]) -> set[str]:

@@ -215,7 +215,8 @@ class CalicoTables:
             return False
         if e.namespace_selector is not None and not e.namespace_selector.matches(ns_labels):
             return False
-        return not (e.not_selector is not None and e.not_selector.matches(labels))
+        # notSelector excludes the pods it matches within the same scope as selector's
+        return not (e.not_selector is not None and in_scope and e.not_selector.matches(labels))
 
     def hep_selecting(self, hep: HostEndpoint) -> tuple[CalicoPolicy, ...]:
         """The policies that select a host endpoint, in order: GlobalNetworkPolicies whose selector
@@ -364,6 +365,19 @@ class CalicoTier:
         hit = tuple(CalicoContribution(k, action, rank, ref) for k in dict.fromkeys(keys))
         self._peer_cache[ckey] = hit
         return hit
+
+    def excluded(self, identity: int) -> tuple[tuple[str, int, int], ...]:
+        """The rules of its policies whose own-side selectors do not match this identity (part
+        of its profile's key: two identities selected by the same policies may differ here)."""
+        out: list[tuple[str, int, int]] = []
+        t = self.tables
+        for pol in t.selecting(identity):
+            for direction, rules in ((DIR_INGRESS, pol.ingress), (DIR_EGRESS, pol.egress)):
+                for rule in rules:
+                    local = rule.local(direction == DIR_EGRESS)
+                    if local.selects and not t.entity_matches(pol, local, identity):
+                        out.append((pol.object, direction, rule.index))
+        return tuple(out)
 
     def contributions(self, identity: int, pod: Pod) -> tuple[list[CalicoContribution], tuple[bool, bool]]:
         """Every Calico rule's contributions for an endpoint of this identity (ingress named

@@ -331,6 +331,7 @@ class Tiers:
             tuple(p.name for p in pols),
             own,
             tuple(p.object for p in cal_pols),
+            self.calico.excluded(identity) if self.calico is not None and cal_pols else (),
             cal_own,
             (identity, np_sig) if np_sig else (),
         )
