@@ -197,12 +197,12 @@ class Encoder:
             for ifindex in (hep_ifindexes or {}).get(name, ()):
                 kb, vb = codecs.encode_hostep(ifindex, hep)
                 hosteps[kb] = vb
-        failsafe: dict[bytes, bytes] = {}
+        failsafe: dict[bytes, bytes] = {}  # only where a host endpoint needs them
         for direction, ports in (
             (DIR_INGRESS, getattr(desired, "failsafe_inbound", ())),
             (DIR_EGRESS, getattr(desired, "failsafe_outbound", ())),
         ):
-            for proto, port in ports:
+            for proto, port in ports if hosteps else ():
                 kb, vb = codecs.encode_failsafe(L4_PROTOCOLS[proto], port, direction)
                 failsafe[kb] = vb
         return Encoding(endpoints, policy, ipcache, self._frontends[1], local, hosteps, failsafe)

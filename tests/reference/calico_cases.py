@@ -112,7 +112,7 @@ def entities(draw: st.DrawFn, pod_keys: tuple[str, ...], peer: bool, ports: bool
     """An EntityRule: the peer's (rich) or the selected pod's own (sparse); ports: it is the
     destination of a rule whose protocol has ports."""
     # the selected pod's own side is matched by labels only (vethguard refuses nets there)
-    fields = ("nets", "notNets", "selector", "notSelector", "namespaceSelector")
+    fields: tuple[str, ...] = ("nets", "notNets", "selector", "notSelector", "namespaceSelector")
     if not peer:
         fields = fields[2:]
     chosen = draw(st.lists(st.sampled_from(fields), max_size=3 if peer else 1, unique=True))

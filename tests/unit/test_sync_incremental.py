@@ -18,7 +18,7 @@ from controller.compiler.desired_state import (
 from controller.core.seqdiff import equal_run
 from controller.datapath import abi, bpfsys, codecs
 from controller.datapath.encoding import MAX_ALIGN_GAPS, Encoder, _unequal_positions, align, desired_maps
-from controller.datapath.sync import Written, apply, apply_encoding
+from controller.datapath.sync import SYNCED_MAPS, Written, apply, apply_encoding
 from tests.support.sync_world import World
 
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -50,16 +50,7 @@ class DictMap:
 
 
 def _kernel(policy_capacity: int | None = None) -> dict[str, DictMap]:
-    names = (
-        "vg_local",
-        "vg_ipcache4",
-        "vg_ipcache6",
-        "vg_slots",
-        "vg_endpoints",
-        "vg_svc",
-        "vg_config",
-        "vg_ct",
-    )
+    names = (*SYNCED_MAPS, "vg_config", "vg_ct")
     kernel = {name: DictMap() for name in names}
     kernel["vg_policy"] = DictMap(policy_capacity)
     return kernel
