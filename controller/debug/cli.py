@@ -523,7 +523,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--pod", action="append", metavar="NS/POD", help="only flows from or to this pod (repeatable)"
     )
-    p.add_argument("--verdict", action="append", choices=["allowed", "denied", "audit"])
+    p.add_argument("--verdict", action="append", choices=["allowed", "denied", "audit", "log"])
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     p.add_argument("--timeout", type=float, help="with --follow: stop after this many seconds")
     p.add_argument("--count", type=int, help="stop after this many events")
