@@ -17,9 +17,11 @@ from controller.agent.kube_api import load_api_client
 from controller.agent.linkwatch import LinkWatch
 from controller.agent.loop import DEFAULT_HEALTH_ADDR, DEFAULT_PIN_ROOT, Agent, AgentConfig
 from controller.agent.metrics import Metrics
+from controller.compiler.desired_state import FAILSAFE_INBOUND, FAILSAFE_OUTBOUND
 from controller.core.errors import VethguardError
 from controller.core.log import configure as configure_logging
 from controller.core.log import get_logger
+from controller.core.net import L4_PROTOCOLS
 
 log = get_logger("vethguard.agent")
 
@@ -69,8 +71,37 @@ def register(sub: Any) -> None:
         "there are judged on its tc egress after DNAT (repeatable; default: $VETHGUARD_UPLINKS, "
         "else every interface with a route through a gateway)",
     )
+    for direction, default in (("inbound", FAILSAFE_INBOUND), ("outbound", FAILSAFE_OUTBOUND)):
+        env = f"VETHGUARD_FAILSAFE_{direction.upper()}"
+        p.add_argument(
+            f"--failsafe-{direction}",
+            type=parse_failsafe,
+            default=parse_failsafe(os.environ[env]) if os.environ.get(env) else None,
+            metavar="PROTO:PORT,...",
+            help=f"{direction} ports a Calico host endpoint always lets through, so a wrong policy "
+            f"cannot lock you out (Calico's failsafe{direction.capitalize()}HostPorts; 'none' for "
+            f"none; default: ${env}, else {format_failsafe(default)})",
+        )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run_cli)
+
+
+def parse_failsafe(text: str) -> tuple[tuple[str, int], ...]:
+    """'tcp:22,udp:68' (Calico's spelling; 'none': no port) -> (("TCP", 22), ("UDP", 68))."""
+    if text.strip().lower() == "none":
+        return ()
+    out: list[tuple[str, int]] = []
+    for item in (i.strip() for i in text.split(",") if i.strip()):
+        proto, _, port = item.rpartition(":")
+        proto = (proto or "tcp").upper()
+        if proto not in L4_PROTOCOLS or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected PROTO:PORT with PROTO tcp, udp or sctp")
+        out.append((proto, int(port)))
+    return tuple(out)
+
+
+def format_failsafe(ports: tuple[tuple[str, int], ...]) -> str:
+    return ",".join(f"{p.lower()}:{n}" for p, n in ports) or "none"
 
 
 def _env_float(name: str, default: float) -> float:
@@ -118,6 +149,8 @@ def run_cli(args: argparse.Namespace) -> int:
                 resync_seconds=args.resync_seconds,
                 fail_closed=args.fail_closed,
                 uplinks=tuple(args.uplink),
+                failsafe_inbound=args.failsafe_inbound,
+                failsafe_outbound=args.failsafe_outbound,
             ),
             sources,
             metrics=metrics,

@@ -115,6 +115,13 @@ class AgentConfig:
     # Interfaces whose tc egress judges deferred Service flows leaving the node
     # (controller/datapath/uplink.py); empty: every interface with a route through a gateway.
     uplinks: tuple[str, ...] = ()
+    # Host endpoints' failsafe ports, (protocol, port); None: Calico's defaults (desired_state)
+    failsafe_inbound: tuple[tuple[str, int], ...] | None = None
+    failsafe_outbound: tuple[tuple[str, int], ...] | None = None
+
+    def failsafe_overrides(self) -> dict[str, tuple[tuple[str, int], ...]]:
+        out = {"failsafe_inbound": self.failsafe_inbound, "failsafe_outbound": self.failsafe_outbound}
+        return {k: v for k, v in out.items() if v is not None}
 
 
 _WAKE = Event("agent", "SYNCED", "", None, "")  # put on the queue to wake the loop (stop)
@@ -285,7 +292,10 @@ class Agent:
                 desired = compute(cluster, self.node)
                 fronts, front_errors = self._frontends(snap.services, snap.nodes)
                 desired = dataclasses.replace(
-                    desired, frontends=fronts, errors=(*desired.errors, *front_errors)
+                    desired,
+                    frontends=fronts,
+                    errors=(*desired.errors, *front_errors),
+                    **self.config.failsafe_overrides(),
                 )
             except Exception as exc:
                 self.errors.fail("compute", exc)

@@ -4,6 +4,7 @@ and keep the pinned maps equal to the desired state. See docs/INTERNALS.md (Data
 from __future__ import annotations
 
 import ctypes
+import logging
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +19,8 @@ from controller.datapath.codecs import Event
 from controller.datapath.interface import NodeDatapath
 from controller.datapath.readback import GcResult, KernelState
 from controller.datapath.sync import MapFullError, SyncResult
+
+log = logging.getLogger(__name__)
 
 # Maps whose fill level means something (arrays are always "full"; the ring buffer has no keys).
 SIZED_MAPS = (
@@ -57,6 +60,7 @@ class Datapath:
         # known, read the kernel), and the encoder that reuses the bytes of what did not change.
         self._written: sync.Written | None = None
         self._encoder = encoding.Encoder()
+        self._unplaced_warned: set[str] = set()  # host endpoints already reported as not placed
 
     # -- properties used by tests, benchmarks and the event reader
     @property
@@ -176,7 +180,20 @@ class Datapath:
         if not heps:
             return {}
         uplinks = self.find_uplinks()
-        return {name: uplink.host_endpoint_ifindexes(hep, uplinks) for name, hep in heps.items()}
+        placed = {name: uplink.host_endpoint_ifindexes(hep, uplinks) for name, hep in heps.items()}
+        for name in sorted(n for n, where in placed.items() if not where):
+            if name not in self._unplaced_warned:
+                self._unplaced_warned.add(name)
+                hep = heps[name]
+                log.warning(
+                    "host endpoint %s is on no uplink of this node (interfaceName %s, expectedIPs %s; "
+                    "uplinks: %s): it is not enforced",
+                    name,
+                    hep.interface,
+                    ", ".join(hep.expected_ips) or "none",
+                    ", ".join(sorted(uplinks.values())) or "none",
+                )
+        return placed
 
     def capacity(self) -> dict[str, int]:
         """max_entries of every sized map, as the kernel has it (a reused pin keeps its size)."""
