@@ -466,14 +466,15 @@ def test_valid_corner_forms_are_accepted() -> None:
             {"preDNAT": False, "doNotTrack": False, "applyOnForward": True, "order": 10.5, "selector": ""},
         ),
         rule_with(
-            protocol="UDPLite",
+            protocol="SCTP",
             destination={"ports": [0, "65535", "1:65535"]},
             metadata={"annotations": {"a": "b"}},
         ),
+        rule_with(protocol="UDPLite"),  # ports of UDPLite are refused; the protocol alone is fine
         rule_with(protocol="ICMPv6", icmp={"type": 128, "code": 0}),
     ]
     ev = world(ok)  # accepted; "ok" (order 10.5, no rules) selects every pod, nothing matches TCP/80
-    assert len(ev.calico_policies) == 3 and not ev.allowed("x/web", "x/db", 80, "TCP", 4)
+    assert len(ev.calico_policies) == 4 and not ev.allowed("x/web", "x/db", 80, "TCP", 4)
 
 
 # -- the generator of random Calico policies (tests/reference/calico_cases.py) ----------------------

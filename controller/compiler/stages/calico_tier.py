@@ -244,30 +244,32 @@ class CalicoTables:
                         yield from e.not_nets
                         if e.nets is None:
                             yield from (_ROOTS[f] for f in _families(rule))
-                    for _pod, ip in self.host_prefix_pods(pol, rule, egress):
-                        yield host_prefix(ip)
+                    for named in (False, True):
+                        for _pod, ip in self.host_prefix_pods(pol, rule, egress, named):
+                            yield host_prefix(ip)
 
     def host_prefix_pods(
-        self, pol: CalicoPolicy, rule: CalicoRule, egress: bool
+        self, pol: CalicoPolicy, rule: CalicoRule, egress: bool, named: bool = False
     ) -> list[tuple[Pod, IPAddress]]:
-        """Pod addresses that need their own host prefix for this rule: where a rule has both label
-        and address conditions, the pods it matches (or, when addresses alone can match, the
-        pods it must not match); the destinations of egress named ports."""
+        """Pod addresses that need their own host prefix for this rule. named=False: where a rule
+        has both label and address conditions, the pods it matches (or, when addresses alone can
+        match, the pods it must not match: carved out); named=True: the destinations of its egress
+        named ports (pods it matches)."""
         e = rule.peer(egress)
         out: list[tuple[Pod, IPAddress]] = []
         ip_cond = _has_ip_condition(rule, e)
-        labels_only_pods = e.selector is not None or e.namespace_selector is not None
-        named = egress and bool(e.named_ports)
-        if not ip_cond and not named:
+        if (named and not (egress and e.named_ports)) or (not named and not ip_cond):
             return out
+        labels_only_pods = e.selector is not None or e.namespace_selector is not None
         for ident in self.identities.pods_by_identity:
             ok = self.entity_matches(pol, e, ident)
+            wanted = ok if named or labels_only_pods else not ok
+            if not wanted:
+                continue
             for pod in self.pods_of(ident):
                 for text in pod.ips:
                     ip = ipaddress.ip_address(text)
-                    inside = ip_matches(rule, e, ip)
-                    wanted = ok if labels_only_pods else not ok
-                    if inside and ((ip_cond and wanted) or (named and ok)):
+                    if ip_matches(rule, e, ip):
                         out.append((pod, ip))
         return out
 
@@ -356,7 +358,7 @@ class CalicoTier:
                 keys.extend((direction, ident, *s) for s in specs)
             e = rule.destination
             if egress and e.named_ports and rule.protocol is not None:
-                for pod, ip in self.tables.host_prefix_pods(pol, rule, egress):
+                for pod, ip in self.tables.host_prefix_pods(pol, rule, egress, named=True):
                     if _has_ip_condition(rule, e) and not ip_matches(rule, e, ip):
                         continue
                     resolved = resolve_named(pod, e.named_ports, rule.protocol, e.not_ports)
