@@ -152,3 +152,23 @@ def test_only_an_opening_syn_is_judged_so_connections_older_than_the_host_endpoi
     assert reason(h, "from_uplink", ack, DIR_INGRESS) is Reason.ALLOW_CT
     syn = P.ipv4(OUTSIDE, NODE_IP, P.TCP, P.tcp(next(_SPORT), 8080))
     assert reason(h, "from_uplink", syn, DIR_INGRESS) is Reason.DROP_HOSTEP_END
+
+
+def test_apply_on_forward_policies_judge_forwarded_traffic_and_normal_ones_do_not(h: Harness) -> None:
+    normal = gnp(
+        "node-only", 10, [{"action": "Deny", "source": {"nets": ["203.0.113.0/24"]}}], types=["Ingress"]
+    )
+    host_endpoint(h, normal)
+    assert arriving(h, OUTSIDE, "10.244.2.30", 8080) is Reason.ALLOW_HOSTEP  # forwarded: not judged
+    assert arriving(h, OUTSIDE, NODE_IP, 8080) is Reason.DROP_HOSTEP
+    forward = gnp(
+        "forwarded-too",
+        10,
+        [{"action": "Deny", "source": {"nets": ["203.0.113.0/24"]}}, {"action": "Allow"}],
+        types=["Ingress"],
+        applyOnForward=True,
+    )
+    host_endpoint(h, forward)
+    assert arriving(h, OUTSIDE, "10.244.2.30", 8080) is Reason.DROP_HOSTEP
+    assert arriving(h, OFFICE, "10.244.2.30", 8080) is Reason.ALLOW_HOSTEP
+    assert arriving(h, OFFICE, NODE_IP, 8080) is Reason.ALLOW_HOSTEP  # applyOnForward ones judge the node too

@@ -45,6 +45,13 @@ except socket.timeout:
 """
 
 
+# A TCP connection from a namespace (a node's, for its own traffic): exit 0 when it connects.
+CONNECT = """
+import socket, sys
+socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.5).close()
+"""
+
+
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     with lab_up((EXAMPLES / "model.yaml").read_text(), "--nodes", "2") as lab:
@@ -79,6 +86,12 @@ def web_ip(lab: Lab) -> str:
 def ping(lab: Lab, src: str, dst: str) -> bool:
     out = lab.cli("exec", src, "--", sys.executable, "-c", PING, dst, check=False)
     return out.returncode == 0
+
+
+def connects(lab: Lab, src: str, ip: str, port: int) -> bool:
+    return (
+        lab.cli("exec", src, "--", sys.executable, "-c", CONNECT, ip, str(port), check=False).returncode == 0
+    )
 
 
 def gnp(name: str, order: int, selector: str, ingress: list[dict[str, Any]]) -> str:
@@ -227,3 +240,37 @@ def test_a_log_rule_is_seen_in_observe_and_the_next_rule_decides(lab: Lab) -> No
         assert any(r["verdict"] == "allowed" and r["policy"] == "log-then-allow" for r in records), records
     finally:
         delete(lab, logged)
+
+
+def test_the_nodes_own_traffic_is_judged_by_its_host_endpoint_and_its_replies_pass(lab: Lab) -> None:
+    outside = "203.0.113.5"
+    assert connects(lab, "node/node-1", outside, 80)
+    egress = json.dumps(
+        {
+            "apiVersion": "projectcalico.org/v3",
+            "kind": "GlobalNetworkPolicy",
+            "metadata": {"name": "node-egress-web"},
+            "spec": {
+                "order": 100,
+                "selector": "ibm.role == 'worker_public'",
+                "types": ["Egress"],
+                "egress": [
+                    {
+                        "action": "Allow",
+                        "protocol": "TCP",
+                        "destination": {"nets": ["203.0.113.0/24"], "ports": [80]},
+                    }
+                ],
+            },
+        }
+    )
+    apply(lab, example("host-endpoints.yaml"))
+    try:
+        assert not connects(lab, "node/node-1", outside, 80)  # Calico's default deny for the node
+        apply(lab, egress)  # the agent's own API connection (a failsafe port) kept working
+        assert connects(lab, "node/node-1", outside, 80)  # and the reply passes the ingress side
+        assert probe(lab, 80, ["shop/client"], [WEB]) == {("shop/client", WEB): True}
+    finally:
+        delete(lab, egress)
+        delete(lab, *example("host-endpoints.yaml").split("---")[2:])
+    assert connects(lab, "node/node-1", outside, 80)
