@@ -6,6 +6,8 @@
   datapath_bench.py  throughput/latency in a lab, per-packet cost (controller.bench.cost), and
                      with ClusterNetworkPolicies (controller.bench.tier_cost)
   control_plane.py   compile time, event -> map-updated latency, RSS, map memory, lab realization
+  hostep_cost.py     per-packet cost of the node-interface programs with and without a Calico
+                     host endpoint (`python -m controller.bench.hostep_cost`, no lab)
   report.py          Markdown tables and PNG plots; cli.py the commands
 Method: ../../shared/DESIGN.md "Measuring performance" (same run, alternating, medians, ratios).
 """

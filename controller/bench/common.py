@@ -96,6 +96,11 @@ def results_dir(base: str | None, kind: str) -> Path:
     return path
 
 
+def command_line(module: str, argv: list[str] | None) -> str:
+    """How a `python -m module` benchmark was run (its arguments: argv, else the process's)."""
+    return " ".join(["python -m " + module, *(sys.argv[1:] if argv is None else argv)])
+
+
 def write_json(path: Path, doc: Any) -> None:
     path.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
 

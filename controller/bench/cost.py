@@ -240,6 +240,15 @@ def _measure_steps(dp: Datapath, fds: Mapping[str, int], rounds: int, packets: i
     return out
 
 
+def counted(dp: Datapath, prog: str, frame: bytes, **kw: int) -> tuple[int, list[tuple[abi.Reason, int]]]:
+    """One packet through dp's program `prog`: (its tc verdict, the (reason, direction) of every
+    counter that moved). Benchmarks check with it that a measured packet takes the path they name."""
+    before = dp.counters()
+    got = run(dp.prog_fd(prog), frame, **kw)
+    moved = [(abi.Reason(k[1]), k[2]) for k, v in dp.counters().items() if v != before.get(k)]
+    return got.retval, moved
+
+
 def drive(fd: int, frames: list[bytes], **kw: int) -> Callable[[], None]:
     """One test_run per frame (each starts from a fresh skb: mark and all)."""
 

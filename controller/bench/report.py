@@ -109,6 +109,25 @@ def tiers_markdown(cost: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+HOSTEP_HEADER = ["interface", "program", "packet", "counted as", "drive", "ns", "x pass", "x pass same drive"]
+
+
+def hostep_markdown(cost: dict[str, Any]) -> str:
+    """controller.bench.hostep_cost's figures: one row per case."""
+    lines = [_row(HOSTEP_HEADER), "|---|---|---|---|---|---:|---:|---:|"]
+    for c in cost["cases"]:
+        cells = [c["config"], c["program"], c["what"], c["reason"], c["drive"], f"{c['ns']:.1f}"]
+        lines.append(_row([*cells, _r(c["ratio"]), _r(c["ratio_same_drive"])]))
+    lines += [
+        "",
+        f"Pass-through program {cost['passthrough_ns']:.1f} ns (repeats), "
+        f"{cost['passthrough_single_run_ns']:.1f} ns (one run per packet); medians of {cost['rounds']} "
+        f"rounds of {cost['packets_per_round']} packets ({cost['new_flows_per_round']} new flows). "
+        f"Host endpoint: {cost['host_endpoint']}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 CP_HEADER = [
     "pods",
     "namespaces",

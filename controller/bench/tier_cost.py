@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -45,8 +44,8 @@ from typing import Any
 from controller.agent import preflight
 from controller.bench import report, synth, synth_cnp
 from controller.bench.bpf_parts import PASSTHROUGH, bench_programs
-from controller.bench.common import loadavg, log, machine, median, ratio, rotated, write_json
-from controller.bench.cost import per_packet_ns, tcp_frame, with_stats_enabled
+from controller.bench.common import command_line, loadavg, log, machine, median, ratio, rotated, write_json
+from controller.bench.cost import counted, per_packet_ns, tcp_frame, with_stats_enabled
 from controller.bench.testrun import run
 from controller.compiler import compute
 from controller.compiler.builder import cluster_from_objects
@@ -157,12 +156,10 @@ def prepared(s: TierSettings, pin_root: str) -> Iterator[list[Prepared]]:
 
 def kernel_reason(dp: Datapath, frame: bytes) -> Reason:
     """The reason to_pod counted for one packet (the ingress counter that moved)."""
-    before = dp.counters()
-    got = run(dp.prog_fd("to_pod"), frame, ifindex=EP)
-    moved = [k for k, v in dp.counters().items() if k[2] == DIR_INGRESS and v != before.get(k)]
-    if len(moved) != 1:
-        raise RuntimeError(f"expected one counter to move, got {moved} (retval {got.retval})")
-    return Reason(moved[0][1])
+    retval, moved = counted(dp, "to_pod", frame, ifindex=EP)
+    if len(moved) != 1 or moved[0][1] != DIR_INGRESS:
+        raise RuntimeError(f"expected one ingress counter to move, got {moved} (retval {retval})")
+    return moved[0][0]
 
 
 def check(p: Prepared) -> None:
@@ -281,7 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     counts = tuple(int(x) for x in args.counts.split(","))
     s = TierSettings(args.networkpolicies, args.ipcache, counts, args.rounds, args.packets)
     started = machine()
-    doc: dict[str, Any] = {"benchmark": "cluster-policy-cost", "command": _command(argv), "machine": started}
+    doc: dict[str, Any] = {
+        "benchmark": "cluster-policy-cost",
+        "command": command_line("controller.bench.tier_cost", argv),
+        "machine": started,
+    }
     doc |= run_all(s, args.pin_root)
     doc["machine"]["loadavg_end"] = loadavg()
     table = report.tiers_markdown(doc)
@@ -296,10 +297,6 @@ def main(argv: list[str] | None = None) -> int:
             log(f"no plot ({exc}); install python3-matplotlib")
     print(json.dumps(doc, indent=2) if args.output == "json" else table, end="")
     return 0
-
-
-def _command(argv: list[str] | None) -> str:
-    return " ".join(["python -m controller.bench.tier_cost", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

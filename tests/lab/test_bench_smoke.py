@@ -136,3 +136,43 @@ def test_quick_control_plane_benchmark_reports_every_size_and_event_kind_with_po
     assert {"control-plane.json", "control-plane.md", "control-plane.png"} <= {
         Path(f).name for f in doc["files"]
     }
+
+
+def test_host_endpoint_cost_checks_every_case_s_counted_reason_and_removes_its_pins(tmp_path: Path) -> None:
+    pin_root = Path("/sys/fs/bpf/vethguard")
+    before = set(pin_root.iterdir()) if pin_root.exists() else set()
+    args = ["--rounds", "1", "--packets", "50", "-o", "json", "--results", str(tmp_path)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "controller.bench.hostep_cost", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc: dict[str, Any] = json.loads(proc.stdout)
+    assert {c["case"]: (c["config"], c["program"], c["reason"], c["verdict"]) for c in doc["cases"]} == {
+        "passthrough": ("host endpoint", "passthrough", "-", "TC_ACT_OK"),
+        "passthrough_single": ("host endpoint", "passthrough", "-", "TC_ACT_OK"),
+        "plain_in": ("no host endpoint", "from_uplink", "uncounted", "TC_ACT_OK"),
+        "plain_out": ("no host endpoint", "to_uplink", "uncounted", "TC_ACT_OK"),
+        "hep_new_in": ("host endpoint", "from_uplink", "ALLOW_HOSTEP", "TC_ACT_OK"),
+        "hep_syn_in": ("host endpoint", "from_uplink", "ALLOW_HOSTEP", "TC_ACT_OK"),
+        "hep_ack_in": ("host endpoint", "from_uplink", "ALLOW_CT", "TC_ACT_OK"),
+        "hep_ack_out": ("host endpoint", "to_uplink", "ALLOW_CT", "TC_ACT_OK"),
+        "hep_nodeport": ("host endpoint", "from_uplink", "DROP_PREDNAT", "TC_ACT_SHOT"),
+        "hep_failsafe_in": ("host endpoint", "from_uplink", "ALLOW_FAILSAFE", "TC_ACT_OK"),
+        "hep_failsafe_out": ("host endpoint", "to_uplink", "ALLOW_FAILSAFE", "TC_ACT_OK"),
+        "hep_node_out": ("host endpoint", "to_uplink", "DROP_HOSTEP_END", "TC_ACT_SHOT"),
+    }
+    assert _positive(doc["passthrough_ns"]) and _positive(doc["passthrough_single_run_ns"])
+    assert doc["rounds"] == 1 and doc["packets_per_round"] == doc["new_flows_per_round"] == 50
+    for c in doc["cases"]:
+        assert len(c["samples"]) == 1 and _positive(c["ns"]), c["case"]
+        assert _positive(c["ratio"]) and _positive(c["ratio_same_drive"]), c["case"]
+    assert json.loads((tmp_path / "hostep-cost.json").read_text())["cases"] == doc["cases"]
+    table = (tmp_path / "hostep-cost.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert len(rows) == len(doc["cases"]) + 1 and "Machine:" in table  # the header and one per case
+    after = set(pin_root.iterdir()) if pin_root.exists() else set()
+    assert not {p for p in after - before if p.name.startswith("bench-hep")}
