@@ -313,4 +313,3 @@ def host_endpoint_verdict(
         default_deny_of=d.default_deny_of,
         policies=hep.policies,
     )
-

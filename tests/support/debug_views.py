@@ -176,3 +176,27 @@ def raw_host_endpoint_cluster(*calico_objects: dict[str, Any]) -> RawObjects:
         host_endpoints=[o for o in calico_objects if o["kind"] == "HostEndpoint"],
     )
     return dataclasses.replace(raw, nodes=nodes, calico=calico, services=[WEB_SERVICE])
+
+
+HEP_IFINDEX = 2  # the fake nodes' eth0
+
+
+def hep_node_maps(view: ClusterView, node: str, hep_ifindex: int = HEP_IFINDEX) -> NodeMaps:
+    """NodeMaps over the maps a correct agent writes for `node` with each of its host endpoints
+    on interface `hep_ifindex` (eth0 of hep_links)."""
+    from controller.datapath.encoding import Encoder
+
+    desired = view.desired(node)
+    ifindex = {pod: 10 + i for i, pod in enumerate(sorted(desired.endpoints))}
+    placed = {name: [hep_ifindex] for name in desired.host_endpoints}
+    wanted = Encoder().encode(desired, ifindex, placed).maps()
+    wanted["vg_ct"] = {}
+    wanted["vg_config"] = {}
+    return NodeMaps(Path(f"/fake/{node}"), {k: FakeMap(v, lpm=k in LPM_MAPS) for k, v in wanted.items()})
+
+
+def hep_links(view: ClusterView, node: str) -> dict[int, Any]:
+    """The fake node's interfaces: lo and eth0 (HEP_IFINDEX) with the node's addresses."""
+    from controller.debug.hostep import Link
+
+    return {1: Link("lo", ("127.0.0.1",)), HEP_IFINDEX: Link("eth0", view.desired(node).host_addresses)}
