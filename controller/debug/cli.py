@@ -15,7 +15,7 @@ from typing import Any
 from controller.core.errors import VethguardError
 from controller.datapath import codecs
 from controller.datapath.codecs import Event
-from controller.debug import bpfview, calico, cnp, netpol, observe, reach
+from controller.debug import bpfview, calico, cnp, hostep, hostep_cli, netpol, observe, reach
 from controller.debug import explain as explain_mod
 from controller.debug.inputs import DEFAULT_AGENT, DEFAULT_PIN_ROOT, LabTarget, LocalTarget, NodeRef, Target
 from controller.debug.kernel import LiveHalf, NodeMaps
@@ -136,6 +136,19 @@ BPF_COLUMNS: dict[str, list[tuple[str, str | Callable[[dict[str, Any]], Any]]]] 
         ("BYTES", "bytes"),
         ("RULE", "rule"),
     ],
+    "hosteps": [
+        ("NODE", "node"),
+        ("INTERFACE", "interface"),
+        ("HOSTENDPOINT", "host_endpoint"),
+        ("FLAGS", "flags"),
+        (
+            "PROFILES(host/fwd/pre)",
+            lambda r: f"{r['profile_host']:#x}/{r['profile_fwd']:#x}/{r['profile_pre']:#x}",
+        ),
+        ("PREDNAT", "policies_prednat"),
+        ("NORMAL", "policies_normal"),
+        ("FORWARD", "policies_forward"),
+    ],
     "counters": [
         ("NODE", "node"),
         ("POD", "pod"),
@@ -168,6 +181,10 @@ def bpf_rows(what: str, view: ClusterView, node: NodeRef, pod: str | None) -> li
             return bpfview.ipcache_rows(view, node.name, state)
         if what == "policy":
             return bpfview.policy_rows(view, node.name, state, time.monotonic_ns(), pod)
+        if what == "hosteps":
+            return hostep.hostep_rows(
+                view, node.name, nm.hosteps(), nm.failsafe(), state.policy, hostep.read_links(node.netns)
+            )
         if what == "ct":
             rows = bpfview.ct_rows(view, node.name, state, time.monotonic_ns())
             return [r for r in rows if pod is None or pod in (r["pod"], r["from"], r["to"])]
@@ -184,13 +201,28 @@ def cmd_bpf(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     for node in target.nodes():
         rows += bpf_rows(args.what, view, node, pod)
-    if args.output == "json":
-        dump({"kind": f"vethguard.bpf.{args.what}", "items": rows}, "json")
+    if args.output in ("json", "yaml"):
+        dump({"kind": f"vethguard.bpf.{args.what}", "items": rows}, args.output)
         return 0
-    cols = BPF_COLUMNS[args.what]
+    cols = list(BPF_COLUMNS[args.what])
+    if args.what == "hosteps" and args.output == "wide":
+        cols += [
+            ("IFINDEX", "ifindex"),
+            ("SELECTED-BY", "selected_by"),
+            ("AS-DESIRED", "matches_desired"),
+            ("FAILSAFE-IN", "failsafe_inbound"),
+            ("FAILSAFE-OUT", "failsafe_outbound"),
+        ]
     print(
         table([c for c, _ in cols], [[_cell(k(r) if callable(k) else r[k]) for _, k in cols] for r in rows])
     )
+    if args.what == "hosteps":
+        for node in sorted({r["node"] for r in rows}):
+            r = next(x for x in rows if x["node"] == node)
+            print(
+                f"failsafe on {node}: inbound {_cell(r['failsafe_inbound'])}, "
+                f"outbound {_cell(r['failsafe_outbound'])}"
+            )
     if args.what == "policy":
         print("(FLOWS/PACKETS/BYTES: conntrack entries alive now that each entry allowed; both directions)")
     return 0
@@ -331,13 +363,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
     view = _view(target)
     nodes = {n.name: n for n in target.nodes()}
     live, close = (None, lambda: None) if args.no_kernel else live_lookup(nodes)
+    live_hep, close_hep = (None, lambda: None) if args.no_kernel else hostep_cli.live_hep_lookup(view, nodes)
     try:
         behind = {} if args.no_kernel else _behind(view, _agents(target, list(nodes.values())))
         e = explain_mod.explain(
-            view, args.source, args.destination, args.port, args.protocol, args.family, live, behind
+            view, args.source, args.destination, args.port, args.protocol, args.family, live, behind, live_hep
         )
     finally:
         close()
+        close_hep()
     if args.output == "json":
         dump(e.as_json(), "json")
     else:
@@ -365,6 +399,7 @@ def cmd_observe(args: argparse.Namespace) -> int:
                 rings.append((node.name, RingBuffer(str(node.pin_dir / "vg_events"))))
             except OSError as exc:
                 raise VethguardError(f"cannot open {node.pin_dir / 'vg_events'}: {exc} (needs root)") from exc
+        heps = hostep_cli.observe_host_endpoints(view, target.nodes())
         offset = time.time_ns() - time.monotonic_ns()
         deadline = None if args.timeout is None else time.monotonic() + args.timeout
         shown = 0
@@ -374,14 +409,15 @@ def cmd_observe(args: argparse.Namespace) -> int:
                 batch += [codecs.decode_event(data, name) for data in ring.read()]
             batch.sort(key=lambda ev: ev.ts_ns)
             for ev in batch:
-                rec = observe.record(view, ev, offset)
+                rec = observe.record(view, ev, offset, heps)
                 if (
                     rec["endpoint"] == (ev.saddr if ev.dir == 1 else ev.daddr)
                     and time.monotonic() - refreshed > 1
                 ):
                     # A pod the view does not know yet (created after we listed): list again.
                     view, refreshed = ClusterView(target.objects()), time.monotonic()
-                    rec = observe.record(view, ev, offset)
+                    heps = hostep_cli.observe_host_endpoints(view, target.nodes())
+                    rec = observe.record(view, ev, offset, heps)
                 if not observe.matches(rec, args.pod or [], args.verdict or []):
                     continue
                 print(json.dumps(rec) if args.output == "json" else observe.line(rec), flush=True)
@@ -468,11 +504,12 @@ def register(sub: Any) -> None:
         ("policy", "policy entries with the policy and rule that produced them and conntrack counts"),
         ("ct", "conntrack entries"),
         ("counters", "per endpoint / reason / direction packet counters"),
+        ("hosteps", "Calico host endpoints on the node's interfaces: policy sets, profiles, failsafe ports"),
     ):
         q = what.add_parser(name, help=desc, description=desc)
         if name in ("policy", "ct", "counters"):
             q.add_argument("pod", nargs="?", metavar="NS/POD", help="only this pod")
-        _target_args(q)
+        _target_args(q, ("wide", "json", "yaml") if name == "hosteps" else ("json",))
         q.set_defaults(func=cmd_bpf)
 
     p = sub.add_parser(

@@ -14,7 +14,7 @@ from typing import Any
 from controller.compiler.desired_state import PolicyEntryKey, RuleRef
 from controller.core.errors import VethguardError
 from controller.core.verdicts import DIR_INGRESS
-from controller.debug import verdict_model
+from controller.debug import explain_hep, verdict_model
 from controller.debug.kernel import LiveHalf
 from controller.debug.render import port_range, proto_name
 from controller.debug.view import DIRECTION_NAMES, ClusterView, rule_json, rule_policy
@@ -99,14 +99,16 @@ class Explanation:
     ingress: Half
     same_pod: bool
     notes: list[str] = field(default_factory=list)
+    host: list[explain_hep.HostHalf] = field(default_factory=list)  # host endpoints on arrival
 
     @property
     def allowed(self) -> bool:
-        return self.egress.allowed and self.ingress.allowed
+        return self.egress.allowed and self.ingress.allowed and all(h.allowed for h in self.host)
 
     @property
     def mismatches(self) -> list[str]:
-        return [h.mismatch for h in (self.egress, self.ingress) if h.mismatch]
+        pods = [h.mismatch for h in (self.egress, self.ingress) if h.mismatch]
+        return pods + [h.mismatch for h in self.host if h.mismatch]
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -120,6 +122,7 @@ class Explanation:
             "allowed": self.allowed,
             "egress": self.egress.as_json(),
             "ingress": self.ingress.as_json(),
+            "host_endpoints": [h.as_json() for h in self.host],
             "same_pod": self.same_pod,
             "kernel_agrees": not self.mismatches,
             "notes": self.notes,
@@ -282,6 +285,7 @@ def explain(
     family: int | None = None,
     live: LiveLookup | None = None,
     agents_behind: dict[str, str] | None = None,
+    live_hep: explain_hep.HepLiveLookup | None = None,
 ) -> Explanation:
     """Explain a new connection src -> dst:port. `live` adds the kernel cross-check; agents_behind
     (node -> why) is quoted in mismatch messages when an agent has not realized the API state."""
@@ -305,6 +309,23 @@ def explain(
     result = Explanation(
         src, dst, proto_name(proto), port, fam, eg, ing, same_pod=bool(src.pod and src.pod == dst.pod)
     )
+    if dst.pod is None:
+        result.host = explain_hep.host_halves(
+            view,
+            src.address,
+            src.node if src.pod else None,
+            dst.address,
+            proto,
+            port,
+            live_hep,
+            agents_behind,
+            result.notes,
+        )
+        if result.host:
+            result.notes.append(
+                "the host endpoint half is judged on arrival at the node, before kube-proxy's DNAT; "
+                "a Service backend's own ingress is not shown (explain the pod itself)"
+            )
     if result.same_pod:
         result.notes.append(
             "a pod connecting to itself: the packets stay on its loopback and never reach its veth, "
@@ -359,14 +380,20 @@ def explain_text(e: Explanation) -> str:
     for label, half in (("egress ", e.egress), ("ingress", e.ingress)):
         where = f"{half.endpoint} ({half.node})" if half.endpoint else "-"
         lines.append(f"  {label} at {where}: {half.text}")
+    lines += explain_hep.host_lines(e.host)
     lines.append(f"verdict: {'ALLOWED' if e.allowed else 'DENIED'}")
     checked = [h for h in (e.egress, e.ingress) if h.kernel is not None]
+    checked_hep = [h for h in e.host if h.kernel]
     if e.mismatches:
         for m in e.mismatches:
             lines.append(f"KERNEL MISMATCH: {m}")
-    elif checked:
+    elif checked or checked_hep:
         detail = "; ".join(
             f"{h.node} {DIRECTION_NAMES[h.direction]} {h.kernel.reason}" for h in checked if h.kernel
+        )
+        detail = "; ".join(
+            [detail] * bool(detail)
+            + [f"{h.node} {iface} {k.reason}" for h in checked_hep for iface, k in h.kernel or []]
         )
         lines.append(f"kernel: agrees ({detail})")
     else:

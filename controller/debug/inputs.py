@@ -47,7 +47,10 @@ LIST_KINDS = {
     "policies": "NetworkPolicy",
     "nodes": "Node",
     "cluster_policies": "ClusterNetworkPolicy",
+    "services": "Service",
 }
+# Services: their frontends tell a host endpoint's traffic to the node from forwarded traffic
+SERVICES_PATH = "/api/v1/services"
 CNP_PATH = cnp.PATH
 # Calico's kinds: (field of CalicoObjects, kind, plural)
 CALICO_FIELDS = (
@@ -128,6 +131,7 @@ def _raw_objects(lists: Lists, warnings: Sequence[str] = ()) -> RawObjects:
         cluster_policies=lists.get("cluster_policies", ([], None))[0],
         calico=CalicoObjects(*(lists.get(fld, ([], None))[0] for fld, _, _ in CALICO_FIELDS)),
         warnings=tuple(warnings),
+        services=lists.get("services", ([], None))[0],
     )
 
 
@@ -179,11 +183,17 @@ class LocalTarget(Target):
         from controller.agent.kube_api import KINDS, load_api_client
 
         api = load_api_client(self.kubeconfig)
-        fields = {"Namespace": "namespaces", "Pod": "pods", "NetworkPolicy": "policies", "Node": "nodes"}
+        fields = {
+            "Namespace": "namespaces",
+            "Pod": "pods",
+            "NetworkPolicy": "policies",
+            "Node": "nodes",
+            "Service": "services",
+        }
         lists: Lists = {}
         for spec in KINDS:
             if spec.kind not in fields:
-                continue  # Services: the debug views explain pod-to-pod verdicts only
+                continue
             resp = spec.list_fn_of(api)(_preload_content=False)
             lists[fields[spec.kind]] = _items(fields[spec.kind], json.loads(resp.data))
         return _raw_objects(lists, list_optional(api, lists))
@@ -219,6 +229,8 @@ class LabTarget(Target):
             if code != 200:
                 raise VethguardError(f"lab {self.lab}: GET {path} failed ({code}): {body}")
             lists[kind_field] = _items(kind_field, body)
+        code, body = self.client.request("GET", SERVICES_PATH)
+        lists["services"] = _items("services", body) if code == 200 else ([], None)
         warnings = []
         for fld, path in (("cluster_policies", CNP_PATH), *CALICO_PATHS):
             code, body = self.client.request("GET", path)

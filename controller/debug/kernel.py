@@ -18,12 +18,18 @@ from typing import Any
 from controller.compiler.desired_state import PolicyEntryValue
 from controller.core.errors import VethguardError
 from controller.core.identities import ID_HOST, ID_WORLD
+from controller.core.net import L4_PROTOCOLS
 from controller.core.verdicts import DIR_INGRESS
 from controller.datapath import abi, bpfsys, codecs, readback
 from controller.datapath.readback import KernelState
-from controller.debug import verdict_model
+from controller.debug import hostep_model, verdict_model
+from controller.debug.hostep import decode_failsafe, decode_hosteps
+from controller.debug.hostep_model import HepFlags
 
 READ_MAPS = ("vg_endpoints", "vg_ipcache4", "vg_ipcache6", "vg_policy", "vg_ct", "vg_config", "vg_counters")
+# Read when pinned (an agent older than host endpoints has none): host endpoints and what their
+# decision reads besides vg_policy (bpf/lib/hostep.h)
+HOSTEP_MAPS = ("vg_hosteps", "vg_failsafe", "vg_svc", "vg_local")
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,9 @@ class NodeMaps:
         try:
             for name in READ_MAPS:
                 self.maps[name] = bpfsys.BpfMap.open_pinned(str(pin_dir / name))
+            for name in HOSTEP_MAPS:
+                with contextlib.suppress(OSError):
+                    self.maps[name] = bpfsys.BpfMap.open_pinned(str(pin_dir / name))
         except OSError as exc:
             self.close()
             raise VethguardError(
@@ -143,3 +152,63 @@ class NodeMaps:
                 bool(ep.flags & (abi.EP_F_INGRESS_CALICO if ingress else abi.EP_F_EGRESS_CALICO)),
             )
         return LiveHalf(d.allowed, d.reason, d.rule_ref, ident, cidr, ep.ep_id, d.passed)
+
+    # -- host endpoints
+    def hosteps(self) -> dict[int, HepFlags]:
+        """vg_hosteps: ifindex -> entry (empty when the map is not pinned)."""
+        m = self.maps.get("vg_hosteps")
+        return {} if m is None else decode_hosteps(m.items())
+
+    def failsafe(self) -> list[tuple[int, int, int]]:
+        """vg_failsafe: (direction, protocol, port)."""
+        m = self.maps.get("vg_failsafe")
+        return [] if m is None else decode_failsafe(m.items())
+
+    def _get(self, name: str, key: bytes) -> bytes | None:
+        m = self.maps.get(name)
+        if m is None:
+            raise VethguardError(f"{self.pin_dir}/{name} is not pinned: an agent without host endpoints?")
+        raw = m.lookup(key)
+        return None if raw is None else bytes(raw)
+
+    def _has(self, name: str, key: bytes) -> bool:
+        return self._get(name, key) is not None
+
+    def _node_address(self, addr: str) -> bool:
+        """lib/trust.h vg_local_lookup: an address of the node itself (ifindex 0, not a pod's)."""
+        raw = self._get("vg_local", codecs.encode_local(addr, 0)[0])
+        return raw is not None and codecs.decode_local(codecs.encode_local(addr, 0)[0], raw)[1] == 0
+
+    def hep_verdict(
+        self, ifindex: int, direction: int, src: str, dst: str, proto: int, port: int
+    ) -> LiveHalf:
+        """bpf/lib/hostep.h vg_hep_verdict and vg_hep_handle's failsafe check on the live maps
+        for a new flow through interface `ifindex`: the kernel answers each lookup,
+        hostep_model.decide (the model's own code) merges them. Leaving traffic is taken for the
+        node's own when its source is an address of the node (the kernel reads skb->sk)."""
+        hep = self.hosteps().get(ifindex)
+        if hep is None:
+            raise VethguardError(f"no vg_hosteps entry for ifindex {ifindex} in {self.pin_dir}")
+        ingress = direction == DIR_INGRESS
+        ident, cidr = self.ipcache(src if ingress else dst)
+        fam = ipaddress.ip_address(dst).version
+        failsafe_key = abi.FailsafeKey(proto=proto, dir=direction)
+        failsafe_key.port = codecs.be16(port)
+        failsafe = proto in L4_PROTOCOLS.values() and self._has("vg_failsafe", bytes(failsafe_key))
+        if ingress:
+            local = self._node_address(dst)
+            local = local and not self._has("vg_svc", codecs.encode_svc(fam, dst, proto, port)[0])
+        else:
+            local = self._node_address(src)
+        lport = hostep_model.policy_port(proto, port)
+
+        def lookup(profile: int, level: int) -> tuple[None, PolicyEntryValue] | None:
+            k = abi.PolicyKey(
+                prefixlen=abi.POLICY_PLEN_FULL, ep_id=profile, identity=level, dir=direction, proto=proto
+            )
+            k.dport = codecs.be16(lport)
+            raw = self.maps["vg_policy"].lookup(bytes(k))
+            return None if raw is None else (None, codecs.decode_policy(bytes(k), raw)[2])
+
+        d = hostep_model.decide(direction, hep, ident, cidr, local, failsafe, lookup)
+        return LiveHalf(d.allowed, d.reason, d.rule_ref, ident, cidr, ifindex)

@@ -8,6 +8,7 @@ deterministic in the set of objects).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from controller.compiler.builder import cluster_from_objects
 from controller.compiler.calico import EMPTY_CALICO, CalicoObjects
 from controller.compiler.compute import compute
 from controller.compiler.desired_state import NodeDesired, RuleRef
+from controller.compiler.frontends import frontends_of
 from controller.compiler.model import ClusterState, NetworkPolicy, Pod
 from controller.compiler.policy import CompiledCluster, compile_cluster
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
@@ -36,6 +38,9 @@ class RawObjects:
     cluster_policies: Sequence[dict[str, Any]] = ()  # ClusterNetworkPolicy (none without the CRD)
     calico: CalicoObjects = EMPTY_CALICO  # Calico's projectcalico.org/v3 kinds (none without its API)
     warnings: Sequence[str] = ()  # what could not be listed, said once by the command
+    # Services: only their frontends on each node (a host endpoint tells traffic to the node
+    # from traffic kube-proxy forwards by them)
+    services: Sequence[dict[str, Any]] = ()
 
 
 @dataclass
@@ -65,7 +70,11 @@ class ClusterView:
     def desired(self, node: str) -> NodeDesired:
         hit = self._desired.get(node)
         if hit is None:
-            hit = self._desired[node] = compute(self.cluster, node)
+            hit = compute(self.cluster, node)
+            if self.raw.services:  # as the agent adds them (controller/agent/loop.py)
+                fronts, _ = frontends_of(self.raw.services, self.raw.nodes, node)
+                hit = dataclasses.replace(hit, frontends=fronts)
+            self._desired[node] = hit
         return hit
 
     def node_of(self, pod: str) -> str | None:

@@ -5,6 +5,7 @@ as fake maps (dumped like the pinned ones, and answering LPM lookups as the kern
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -128,3 +129,74 @@ def kernel_state(
     maps: dict[str, Any] = dict(fakes)  # FakeMap has what dump reads of a MapLike
     state = dump(maps)
     return KernelState(state.revision, state.endpoints, state.ipcache, state.policy, list(ct)), ifindex
+
+
+# -- Calico host endpoints (the guide's NodePort scenario on the 9-pod model) --------------------
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples" / "calico"
+NODE_1_IP, NODE_PORT, LB_IP, OUTSIDE, OFFICE = (
+    "10.244.1.1",
+    30080,
+    "10.246.0.5",
+    "203.0.113.5",
+    "198.51.100.7",
+)
+WEB_SERVICE: dict[str, Any] = {
+    "apiVersion": "v1",
+    "kind": "Service",
+    "metadata": {"name": "web", "namespace": "x", "resourceVersion": "1"},
+    "spec": {
+        "type": "LoadBalancer",
+        "clusterIP": "10.96.0.10",
+        "selector": {"pod": "a"},
+        "ports": [{"port": 80, "targetPort": 80, "nodePort": NODE_PORT, "protocol": "TCP"}],
+    },
+    "status": {"loadBalancer": {"ingress": [{"ip": LB_IP}]}},
+}
+
+
+def example_objects(*names: str) -> list[dict[str, Any]]:
+    """The objects of docs/examples/calico files (by file name)."""
+    import yaml
+
+    return [d for n in names for d in yaml.safe_load_all((EXAMPLES / n).read_text()) if d]
+
+
+def raw_host_endpoint_cluster(*calico_objects: dict[str, Any]) -> RawObjects:
+    """The 9-pod model with a LoadBalancer Service (NodePort 30080, LB_IP), the nodes labelled
+    ibm.role=worker_public, and these Calico objects (GlobalNetworkPolicy / HostEndpoint)."""
+    from controller.compiler.calico import CalicoObjects
+
+    raw = raw_cluster([])
+    nodes = copy.deepcopy(list(raw.nodes))
+    for n in nodes:
+        n["metadata"]["labels"]["ibm.role"] = "worker_public"
+    calico = CalicoObjects(
+        global_policies=[o for o in calico_objects if o["kind"] == "GlobalNetworkPolicy"],
+        host_endpoints=[o for o in calico_objects if o["kind"] == "HostEndpoint"],
+    )
+    return dataclasses.replace(raw, nodes=nodes, calico=calico, services=[WEB_SERVICE])
+
+
+HEP_IFINDEX = 2  # the fake nodes' eth0
+
+
+def hep_node_maps(view: ClusterView, node: str, hep_ifindex: int = HEP_IFINDEX) -> NodeMaps:
+    """NodeMaps over the maps a correct agent writes for `node` with each of its host endpoints
+    on interface `hep_ifindex` (eth0 of hep_links)."""
+    from controller.datapath.encoding import Encoder
+
+    desired = view.desired(node)
+    ifindex = {pod: 10 + i for i, pod in enumerate(sorted(desired.endpoints))}
+    placed = {name: [hep_ifindex] for name in desired.host_endpoints}
+    wanted = Encoder().encode(desired, ifindex, placed).maps()
+    wanted["vg_ct"] = {}
+    wanted["vg_config"] = {}
+    return NodeMaps(Path(f"/fake/{node}"), {k: FakeMap(v, lpm=k in LPM_MAPS) for k, v in wanted.items()})
+
+
+def hep_links(view: ClusterView, node: str) -> dict[int, Any]:
+    """The fake node's interfaces: lo and eth0 (HEP_IFINDEX) with the node's addresses."""
+    from controller.debug.hostep import Link
+
+    return {1: Link("lo", ("127.0.0.1",)), HEP_IFINDEX: Link("eth0", view.desired(node).host_addresses)}
