@@ -8,19 +8,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from controller.agent.flow_server import DEFAULT_FLOW_SOCKET
+from controller.compiler.clusterview import ClusterView
 from controller.core.errors import VethguardError
-from controller.datapath import codecs
 from controller.datapath.codecs import Event
 from controller.debug import bpfview, calico, cnp, netpol, observe, reach
 from controller.debug import explain as explain_mod
 from controller.debug.inputs import DEFAULT_AGENT, DEFAULT_PIN_ROOT, LabTarget, LocalTarget, NodeRef, Target
 from controller.debug.kernel import LiveHalf, NodeMaps
 from controller.debug.render import dump, table
-from controller.debug.view import ClusterView
 
 EXIT_MISMATCH = 3  # explain / reachability --probe: the kernel disagrees with the compiled state
 
@@ -49,7 +50,13 @@ def _target_args(p: argparse.ArgumentParser, output: Sequence[str] = ("json",)) 
 def make_target(args: argparse.Namespace) -> Target:
     if args.lab:
         return LabTarget(args.lab, args.node)
-    return LocalTarget(args.node, args.pin_root, args.kubeconfig, args.agent)
+    return LocalTarget(
+        args.node,
+        args.pin_root,
+        args.kubeconfig,
+        args.agent,
+        getattr(args, "flow_socket", DEFAULT_FLOW_SOCKET),
+    )
 
 
 def _agents(target: Target, nodes: Sequence[NodeRef]) -> dict[str, dict[str, Any] | None]:
@@ -353,52 +360,104 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_observe(args: argparse.Namespace) -> int:
-    from controller.debug.ringbuf import RingBuffer, wait_any
+    """History and/or live flows of every node: from the agents' flow sockets, merged in time
+    order (controller.debug.flow_client); a node without one: its ring buffer, read here."""
+    from controller.agent.flows import FlowFilter, parse_since
 
     target = make_target(args)
-    view = _view(target)
-    refreshed = time.monotonic()
-    rings: list[tuple[str, RingBuffer]] = []
     try:
-        for node in target.nodes():
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        raise VethguardError(f"--since {exc}") from exc
+    flt = FlowFilter(
+        pods=tuple(args.pod or ()),
+        namespaces=tuple(args.namespace or ()),
+        verdicts=tuple(args.verdict or ()),
+        policies=tuple(args.policy or ()),
+        ports=tuple(args.port or ()),
+        protocols=tuple(args.protocol or ()),
+        since=since,
+    )
+    # Without --follow: what the agents kept. With it: new flows (and history since --since).
+    history = not args.follow or since is not None
+    request = {"follow": bool(args.follow), "history": history, "filter": flt.as_json()}
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    for shown, rec in enumerate(_observed(target, flt, request, deadline), 1):
+        print(json.dumps(rec) if args.output == "json" else observe.line(rec), flush=True)
+        if args.count is not None and shown >= args.count:
+            break
+    return 0
+
+
+def _observed(
+    target: Target, flt: Any, request: dict[str, Any], deadline: float | None
+) -> Iterator[dict[str, Any]]:
+    import queue
+
+    from controller.debug import flow_client
+
+    nodes = target.nodes()
+    out: queue.Queue[flow_client.Message] = queue.Queue()
+    feeds: list[flow_client.AgentFeed | flow_client.RingFeed] = []
+    ring_view = _RingView(target)
+    try:
+        for node in nodes:
+            if node.flow_socket is not None and node.flow_socket.exists():
+                feeds.append(flow_client.AgentFeed(node, request, out).start())
+                continue
+            print(
+                f"vethguard observe: no agent serves {node.name}'s flows here ({node.flow_socket}): "
+                "reading its ring buffer",
+                file=sys.stderr,
+            )
             try:
-                rings.append((node.name, RingBuffer(str(node.pin_dir / "vg_events"))))
+                feed = flow_client.RingFeed(node, ring_view.get, flt, bool(request["follow"]), out)
             except OSError as exc:
                 raise VethguardError(f"cannot open {node.pin_dir / 'vg_events'}: {exc} (needs root)") from exc
-        offset = time.time_ns() - time.monotonic_ns()
-        deadline = None if args.timeout is None else time.monotonic() + args.timeout
-        shown = 0
-        while True:
-            batch: list[Event] = []
-            for name, ring in rings:
-                batch += [codecs.decode_event(data, name) for data in ring.read()]
-            batch.sort(key=lambda ev: ev.ts_ns)
-            for ev in batch:
-                rec = observe.record(view, ev, offset)
-                if (
-                    rec["endpoint"] == (ev.saddr if ev.dir == 1 else ev.daddr)
-                    and time.monotonic() - refreshed > 1
-                ):
-                    # A pod the view does not know yet (created after we listed): list again.
-                    view, refreshed = ClusterView(target.objects()), time.monotonic()
-                    rec = observe.record(view, ev, offset)
-                if not observe.matches(rec, args.pod or [], args.verdict or []):
-                    continue
-                print(json.dumps(rec) if args.output == "json" else observe.line(rec), flush=True)
-                shown += 1
-                if args.count is not None and shown >= args.count:
-                    return 0
-            if not args.follow:
-                return 0
-            if deadline is not None and time.monotonic() >= deadline:
-                return 0
-            wait_any(
-                [r for _, r in rings],
-                0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic())),
+            feeds.append(feed.start())
+        merger = flow_client.Merger([n.name for n in nodes])
+        while merger.open:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            try:
+                merger.add(*out.get(timeout=0.2 if left is None else min(0.2, left)))
+                while True:
+                    merger.add(*out.get_nowait())
+            except queue.Empty:
+                pass
+            yield from merger.ready()
+        yield from merger.ready(flush=True)
+        for err in merger.errors:
+            print(f"vethguard observe: {err}", file=sys.stderr)
+        if merger.lost:
+            print(
+                f"vethguard observe: {merger.lost} events did not reach this reader in time", file=sys.stderr
             )
+        if merger.errors and len(merger.errors) == len(nodes):
+            raise VethguardError("no node's flows could be read")
     finally:
-        for _, ring in rings:
-            ring.close()
+        for f in feeds:
+            f.close()
+
+
+class _RingView:
+    """The view ring records are translated with, listed again (at most once a second) when an
+    event names an address no pod of it has (a pod created after we listed)."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.view: ClusterView | None = None
+        self.refreshed = 0.0
+        self._lock = threading.Lock()
+
+    def get(self, ev: Event) -> ClusterView:
+        with self._lock:
+            endpoint = ev.saddr if ev.dir == 1 else ev.daddr
+            stale = self.view is not None and self.view.pod_by_ip(endpoint) is None
+            if self.view is None or (stale and time.monotonic() - self.refreshed > 1):
+                self.view, self.refreshed = ClusterView(self.target.objects()), time.monotonic()
+            return self.view
 
 
 # -- reachability ------------------------------------------------------------------------------
@@ -524,7 +583,24 @@ def register(sub: Any) -> None:
         "--pod", action="append", metavar="NS/POD", help="only flows from or to this pod (repeatable)"
     )
     p.add_argument("--verdict", action="append", choices=["allowed", "denied", "audit", "log"])
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    p.add_argument("--namespace", action="append", metavar="NS", help="only flows from or to pods of NS")
+    p.add_argument("--policy", action="append", metavar="NS/NAME", help="only flows this policy decided")
+    p.add_argument("--port", action="append", type=int, help="only flows to this port (repeatable)")
+    p.add_argument(
+        "--protocol", action="append", type=str.upper, choices=["TCP", "UDP", "SCTP", "ICMP", "ICMPV6"]
+    )
+    p.add_argument("--since", help="only flows since: 30s, 5m, 2h ago, a unix or an ISO 8601 time")
+    p.add_argument(
+        "--flow-socket",
+        default=DEFAULT_FLOW_SOCKET,
+        help=f"the local agent's flow socket (default {DEFAULT_FLOW_SOCKET})",
+    )
+    p.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing new events (from now on, or from --since)",
+    )
     p.add_argument("--timeout", type=float, help="with --follow: stop after this many seconds")
     p.add_argument("--count", type=int, help="stop after this many events")
     _target_args(p)
