@@ -133,7 +133,7 @@ class Merger:
 
     def __init__(self, nodes: list[str]) -> None:
         self.marks = dict.fromkeys(nodes, "")
-        self._heap: list[tuple[str, int, float, dict[str, Any]]] = []
+        self._heap: list[tuple[str, str, int, float, dict[str, Any]]] = []
         self._seq = itertools.count()
         self.errors: list[str] = []
         self.lost = 0
@@ -145,7 +145,7 @@ class Merger:
     def add(self, node: str, msg: dict[str, Any]) -> None:
         kind = msg.get("_")
         if kind is None:
-            heapq.heappush(self._heap, (str(msg["time"]), next(self._seq), time.monotonic(), msg))
+            heapq.heappush(self._heap, (str(msg["time"]), node, next(self._seq), time.monotonic(), msg))
             self.marks[node] = max(self.marks.get(node, ""), str(msg["time"]))
         elif kind in ("tick", "history_end") and node in self.marks:
             self.marks[node] = max(self.marks[node], str(msg["time"]))
@@ -162,7 +162,7 @@ class Merger:
         stale = time.monotonic() - HOLD_SECONDS
         out = []
         while self._heap:
-            when, _, arrived, rec = self._heap[0]
+            when, _, _, arrived, rec = self._heap[0]
             if not (flush or mark is None or when <= mark or arrived <= stale):
                 break
             heapq.heappop(self._heap)
