@@ -93,8 +93,9 @@ def _flow_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--flow-capacity",
         type=int,
-        default=flows.DEFAULT_CAPACITY,
-        help=f"flow records kept in memory, repeats aggregated (default {flows.DEFAULT_CAPACITY})",
+        default=int(os.environ.get("VETHGUARD_FLOW_CAPACITY") or flows.DEFAULT_CAPACITY),
+        help="flow records kept in memory, repeats aggregated "
+        f"(default $VETHGUARD_FLOW_CAPACITY or {flows.DEFAULT_CAPACITY})",
     )
     g.add_argument(
         "--flow-window-seconds",
