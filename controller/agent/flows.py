@@ -14,10 +14,12 @@ Nothing is lost silently: vethguard_flows_lost_total{reason} counts events
   evicted      pushed out of the full store (a record counts for all the events it aggregated);
   reader_slow  not queued for one follower whose queue was full (once per follower and event);
   export       not written to the JSON lines file (a write error);
-  decode       a ring record too short or unreadable.
-Events the kernel never wrote are not visible here: the per-CPU rate limit (VG_EVENTS_PER_SEC)
-and a full ring make the programs skip the event without counting it; compare
-vethguard_flows_events_total with vethguard_datapath_drops_total / the vg_counters.
+  decode       a ring record too short or unreadable;
+and the events the programs could not write, from the pinned per-CPU vg_evlost (read every
+KERNEL_LOST_SECONDS; what it held when the agent started is not counted again):
+  kernel_rate_limited  over the per-CPU rate limit (VG_EVENTS_PER_SEC, burst as much);
+  kernel_ring_full     the ring had no room (the agent read too slowly).
+So every packet with an event path is accounted for: flows_events_total + kernel losses.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ DEFAULT_CAPACITY = 10_000
 DEFAULT_WINDOW_SECONDS = 5.0
 DEFAULT_FOLLOWER_QUEUE = 10_000
 VERDICTS = ("allowed", "denied", "audit", "log")
+KERNEL_LOST_SECONDS = 1.0
 
 
 def unix_time(rec: Mapping[str, Any]) -> float:
@@ -326,6 +329,7 @@ class FlowReader:
         self.out = out
         self.stop_event = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flows", daemon=True)
+        self._kernel_lost: tuple[int, int] | None = None  # (rate limited, ring full) last read
 
     def start(self) -> FlowReader:
         self._thread.start()
@@ -359,10 +363,38 @@ class FlowReader:
                 self.store.lost("export", len(recs))
                 log.warning("cannot write flows", path=str(self.out.path), error=str(exc))
 
+    def account_kernel_lost(self, now: tuple[int, int]) -> None:
+        """Add what vg_evlost gained since the last read to the lost counter (the first read is
+        the baseline)."""
+        before, self._kernel_lost = self._kernel_lost, now
+        if before is None:
+            return
+        for reason, was, new in zip(("kernel_rate_limited", "kernel_ring_full"), before, now, strict=True):
+            if new > was:
+                self.store.lost(reason, new - was)
+
+    def _read_kernel_lost(self) -> None:
+        from controller.datapath import abi, bpfsys
+        from controller.datapath.codecs import u32_key
+
+        try:
+            m = bpfsys.BpfMap.open_pinned(str(self.ring_path.parent / "vg_evlost"))
+        except OSError:
+            return  # programs older than vg_evlost
+        try:
+            per_cpu = m.lookup_percpu(u32_key(0)) or []
+        finally:
+            m.close()
+        values = [abi.EvlostState.from_bytes(raw) for raw in per_cpu]
+        self.account_kernel_lost(
+            (sum(int(v.rate_limited) for v in values), sum(int(v.ring_full) for v in values))
+        )
+
     def _run(self) -> None:
         from controller.datapath.ringbuf import RingBuffer, wait_any
 
         ring = None
+        next_lost = 0.0
         while not self.stop_event.is_set():
             if ring is None:
                 try:
@@ -373,6 +405,9 @@ class FlowReader:
                     continue
             offset = time.time_ns() - time.monotonic_ns()
             try:
+                if time.monotonic() >= next_lost:
+                    next_lost = time.monotonic() + KERNEL_LOST_SECONDS
+                    self._read_kernel_lost()
                 self.handle(ring.read(4096), offset)
             except Exception as exc:  # never let the thread die: the ring would fill up
                 log.warning("flow pipeline failed on a batch", error=str(exc))

@@ -8,15 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from controller.agent.flow_server import DEFAULT_FLOW_SOCKET
 from controller.compiler.clusterview import ClusterView
 from controller.core.errors import VethguardError
-from controller.datapath.codecs import Event
 from controller.debug import bpfview, calico, cnp, netpol, observe, reach
 from controller.debug import explain as explain_mod
 from controller.debug.inputs import DEFAULT_AGENT, DEFAULT_PIN_ROOT, LabTarget, LocalTarget, NodeRef, Target
@@ -363,6 +361,7 @@ def cmd_observe(args: argparse.Namespace) -> int:
     """History and/or live flows of every node: from the agents' flow sockets, merged in time
     order (controller.debug.flow_client); a node without one: its ring buffer, read here."""
     from controller.agent.flows import FlowFilter, parse_since
+    from controller.debug import flow_client
 
     target = make_target(args)
     try:
@@ -382,82 +381,11 @@ def cmd_observe(args: argparse.Namespace) -> int:
     history = not args.follow or since is not None
     request = {"follow": bool(args.follow), "history": history, "filter": flt.as_json()}
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
-    for shown, rec in enumerate(_observed(target, flt, request, deadline), 1):
+    for shown, rec in enumerate(flow_client.observed(target, flt, request, deadline), 1):
         print(json.dumps(rec) if args.output == "json" else observe.line(rec), flush=True)
         if args.count is not None and shown >= args.count:
             break
     return 0
-
-
-def _observed(
-    target: Target, flt: Any, request: dict[str, Any], deadline: float | None
-) -> Iterator[dict[str, Any]]:
-    import queue
-
-    from controller.debug import flow_client
-
-    nodes = target.nodes()
-    out: queue.Queue[flow_client.Message] = queue.Queue()
-    feeds: list[flow_client.AgentFeed | flow_client.RingFeed] = []
-    ring_view = _RingView(target)
-    try:
-        for node in nodes:
-            if node.flow_socket is not None and node.flow_socket.exists():
-                feeds.append(flow_client.AgentFeed(node, request, out).start())
-                continue
-            print(
-                f"vethguard observe: no agent serves {node.name}'s flows here ({node.flow_socket}): "
-                "reading its ring buffer",
-                file=sys.stderr,
-            )
-            try:
-                feed = flow_client.RingFeed(node, ring_view.get, flt, bool(request["follow"]), out)
-            except OSError as exc:
-                raise VethguardError(f"cannot open {node.pin_dir / 'vg_events'}: {exc} (needs root)") from exc
-            feeds.append(feed.start())
-        merger = flow_client.Merger([n.name for n in nodes])
-        while merger.open:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                break
-            try:
-                merger.add(*out.get(timeout=0.2 if left is None else min(0.2, left)))
-                while True:
-                    merger.add(*out.get_nowait())
-            except queue.Empty:
-                pass
-            yield from merger.ready()
-        yield from merger.ready(flush=True)
-        for err in merger.errors:
-            print(f"vethguard observe: {err}", file=sys.stderr)
-        if merger.lost:
-            print(
-                f"vethguard observe: {merger.lost} events did not reach this reader in time", file=sys.stderr
-            )
-        if merger.errors and len(merger.errors) == len(nodes):
-            raise VethguardError("no node's flows could be read")
-    finally:
-        for f in feeds:
-            f.close()
-
-
-class _RingView:
-    """The view ring records are translated with, listed again (at most once a second) when an
-    event names an address no pod of it has (a pod created after we listed)."""
-
-    def __init__(self, target: Target) -> None:
-        self.target = target
-        self.view: ClusterView | None = None
-        self.refreshed = 0.0
-        self._lock = threading.Lock()
-
-    def get(self, ev: Event) -> ClusterView:
-        with self._lock:
-            endpoint = ev.saddr if ev.dir == 1 else ev.daddr
-            stale = self.view is not None and self.view.pod_by_ip(endpoint) is None
-            if self.view is None or (stale and time.monotonic() - self.refreshed > 1):
-                self.view, self.refreshed = ClusterView(self.target.objects()), time.monotonic()
-            return self.view
 
 
 # -- reachability ------------------------------------------------------------------------------

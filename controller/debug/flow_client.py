@@ -20,17 +20,20 @@ import itertools
 import json
 import queue
 import socket
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from controller.agent.flow_server import now_text
 from controller.agent.flows import FlowFilter
 from controller.compiler.clusterview import ClusterView
+from controller.core.errors import VethguardError
+from controller.core.verdicts import DIR_EGRESS
 from controller.datapath import codecs
 from controller.debug import observe
-from controller.debug.inputs import NodeRef
+from controller.debug.inputs import NodeRef, Target
 
 HOLD_SECONDS = 1.0
 Message = tuple[str, dict[str, Any]]
@@ -168,3 +171,71 @@ class Merger:
             heapq.heappop(self._heap)
             out.append(rec)
         return out
+
+
+def observed(
+    target: Target, flt: Any, request: dict[str, Any], deadline: float | None
+) -> Iterator[dict[str, Any]]:
+    """The records of every node of `target` in time order (see the module docstring)."""
+    nodes = target.nodes()
+    out: queue.Queue[Message] = queue.Queue()
+    feeds: list[AgentFeed | RingFeed] = []
+    ring_view = RingView(target)
+    try:
+        for node in nodes:
+            if node.flow_socket is not None and node.flow_socket.exists():
+                feeds.append(AgentFeed(node, request, out).start())
+                continue
+            print(
+                f"vethguard observe: no agent serves {node.name}'s flows here ({node.flow_socket}): "
+                "reading its ring buffer",
+                file=sys.stderr,
+            )
+            try:
+                feed = RingFeed(node, ring_view.get, flt, bool(request["follow"]), out)
+            except OSError as exc:
+                raise VethguardError(f"cannot open {node.pin_dir / 'vg_events'}: {exc} (needs root)") from exc
+            feeds.append(feed.start())
+        merger = Merger([n.name for n in nodes])
+        while merger.open:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            try:
+                merger.add(*out.get(timeout=0.2 if left is None else min(0.2, left)))
+                while True:
+                    merger.add(*out.get_nowait())
+            except queue.Empty:
+                pass
+            yield from merger.ready()
+        yield from merger.ready(flush=True)
+        for err in merger.errors:
+            print(f"vethguard observe: {err}", file=sys.stderr)
+        if merger.lost:
+            print(
+                f"vethguard observe: {merger.lost} events did not reach this reader in time", file=sys.stderr
+            )
+        if merger.errors and len(merger.errors) == len(nodes):
+            raise VethguardError("no node's flows could be read")
+    finally:
+        for f in feeds:
+            f.close()
+
+
+class RingView:
+    """The view ring records are translated with, listed again (at most once a second) when an
+    event names an address no pod of it has (a pod created after we listed)."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.view: ClusterView | None = None
+        self.refreshed = 0.0
+        self._lock = threading.Lock()
+
+    def get(self, ev: codecs.Event) -> ClusterView:
+        with self._lock:
+            endpoint = ev.saddr if ev.dir == DIR_EGRESS else ev.daddr
+            stale = self.view is not None and self.view.pod_by_ip(endpoint) is None
+            if self.view is None or (stale and time.monotonic() - self.refreshed > 1):
+                self.view, self.refreshed = ClusterView(self.target.objects()), time.monotonic()
+            return self.view

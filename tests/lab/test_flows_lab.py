@@ -23,6 +23,7 @@ from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.bcc, pytest.mark.slow]
 
+KERNEL_REASONS = ("kernel_rate_limited", "kernel_ring_full")
 CAPACITY = 300  # the agents' --flow-capacity here, so a flood overflows the store
 X_A_ALLOWS_X_B = """
 apiVersion: networking.k8s.io/v1
@@ -143,8 +144,9 @@ def test_a_flood_while_nobody_reads_keeps_counters_and_lost_flows_consistent(lab
     """N denied UDP datagrams (each to a new port: a new flow, no aggregation) from y/a to x/a.
     The kernel counts all N drops; each datagram would make two events (y/a's egress allows it,
     x/a's ingress drops it), but the kernel emits at most its per-CPU rate limit
-    (VG_EVENTS_PER_SEC, burst 1000) and skips the others uncounted; the agent reads every emitted
-    event, keeps the last CAPACITY records and counts the evicted ones as lost."""
+    (VG_EVENTS_PER_SEC, burst 1000) and counts the others in vg_evlost, which the agent reports
+    as lost (kernel_rate_limited, kernel_ring_full); the agent reads every emitted event, keeps
+    the last CAPACITY records and counts the evicted ones as lost."""
     n = 5000
     node = int(lab.status()["pods"]["x/a"]["node"].rsplit("-", 1)[1])
     before = metrics(lab, node)
@@ -165,6 +167,12 @@ def test_a_flood_while_nobody_reads_keeps_counters_and_lost_flows_consistent(lab
     # the kernel counted every packet (and maybe a retransmitted SYN of the earlier denied probes)
     assert n <= drops <= n + 5
     assert 900 <= events <= 2 * n  # at least one CPU's burst; never more than two per packet
+
+    def kernel_lost(m: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> float:
+        return sum(m.get(("vethguard_flows_lost_total", (("reason", r),)), 0.0) for r in KERNEL_REASONS)
+
+    suppressed = kernel_lost(after) - kernel_lost(before)
+    assert 2 * n <= events + suppressed <= 2 * n + 10  # every packet's two events: read or counted
     assert after[("vethguard_flows_stored", ())] == CAPACITY  # the store is full, not larger
     assert ("vethguard_flows_lost_total", (("reason", "reader_slow"),)) not in after  # nobody followed
     kept = [r for r in observe(lab) if r["node"] == f"node-{node}"]
@@ -175,7 +183,7 @@ def test_a_flood_while_nobody_reads_keeps_counters_and_lost_flows_consistent(lab
     denied = [r for r in flood if r["verdict"] == "denied"]
     assert denied and all(r["policy"] == "x/a-allows-b" for r in denied)
     print(
-        f"flood: {n} packets denied (kernel counters), {int(events)} events emitted of {2 * n} "
-        f"(the rest suppressed by the kernel's rate limit), {CAPACITY} records kept, "
+        f"flood: {n} packets denied (kernel counters), {int(events)} events emitted of {2 * n}, "
+        f"{int(suppressed)} counted as not written by the kernel, {CAPACITY} records kept, "
         f"{int(evicted)} events evicted (lost, reason=evicted)"
     )

@@ -169,6 +169,15 @@ def test_the_reader_translates_ring_records_and_names_the_isolating_policy() -> 
     assert lost(m, "decode") == 1
 
 
+def test_the_kernels_own_losses_are_counted_from_the_second_read_of_vg_evlost() -> None:
+    m = Metrics()
+    reader = FlowReader("node-1", "/nonexistent", FlowStore(m), lambda: ClusterView(raw_cluster([])))
+    reader.account_kernel_lost((100, 7))  # before this agent: the baseline
+    reader.account_kernel_lost((130, 7))
+    reader.account_kernel_lost((150, 9))
+    assert (lost(m, "kernel_rate_limited"), lost(m, "kernel_ring_full")) == (50, 2)
+
+
 # -- who may read ------------------------------------------------------------------------------
 
 OWN = (1, 100)
