@@ -39,21 +39,34 @@ HOLD_SECONDS = 1.0
 Message = tuple[str, dict[str, Any]]
 
 
-class AgentFeed:
-    def __init__(self, node: NodeRef, request: dict[str, Any], out: queue.Queue[Message]) -> None:
+class Feed:
+    """One node's records on a thread of its own, put on `out` as (node, message)."""
+
+    def __init__(self, node: NodeRef, out: queue.Queue[Message]) -> None:
         self.node = node
-        self.request = request
         self.out = out
-        self._sock: socket.socket | None = None
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"flows-{node.name}", daemon=True)
 
-    def start(self) -> AgentFeed:
+    def start(self) -> Feed:
         self._thread.start()
         return self
 
     def close(self) -> None:
         self._closed.set()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class AgentFeed(Feed):
+    def __init__(self, node: NodeRef, request: dict[str, Any], out: queue.Queue[Message]) -> None:
+        super().__init__(node, out)
+        self.request = request
+        self._sock: socket.socket | None = None
+
+    def close(self) -> None:
+        super().close()
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
@@ -81,7 +94,7 @@ class AgentFeed:
             self.out.put((name, {"_": "closed"}))
 
 
-class RingFeed:
+class RingFeed(Feed):
     """The node's ring buffer read directly (no agent serves it), translated here."""
 
     def __init__(
@@ -94,21 +107,11 @@ class RingFeed:
     ) -> None:
         from controller.datapath.ringbuf import RingBuffer
 
-        self.node = node
+        super().__init__(node, out)
         self.ring = RingBuffer(str(node.pin_dir / "vg_events"))
         self.view = view
         self.filter = flt
         self.follow = follow
-        self.out = out
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"ring-{node.name}", daemon=True)
-
-    def start(self) -> RingFeed:
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self._closed.set()
 
     def _run(self) -> None:
         from controller.datapath.ringbuf import wait_any
@@ -179,7 +182,7 @@ def observed(
     """The records of every node of `target` in time order (see the module docstring)."""
     nodes = target.nodes()
     out: queue.Queue[Message] = queue.Queue()
-    feeds: list[AgentFeed | RingFeed] = []
+    feeds: list[Feed] = []
     ring_view = RingView(target)
     try:
         for node in nodes:
