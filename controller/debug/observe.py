@@ -33,4 +33,6 @@ def line(rec: dict[str, Any]) -> str:
         text += f"  by {rec['rule']}"
     elif rec["policies"]:
         text += f"  isolated by {', '.join(rec['policies'])}"
+    if (rec.get("count") or 1) > 1:  # an agent's record of repeats (controller.agent.flows)
+        text += f"  x{rec['count']} until {rec['last_time'][11:23]}"
     return text

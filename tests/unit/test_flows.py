@@ -19,6 +19,7 @@ from controller.agent.metrics import Metrics
 from controller.compiler.clusterview import ClusterView
 from controller.core.verdicts import DIR_INGRESS
 from controller.datapath import abi
+from controller.debug import observe
 from controller.debug.flow_client import Merger
 from tests.support.debug_views import flow_event, raw_cluster
 from tests.support.flows import flow_rec, read_flow_socket
@@ -53,6 +54,14 @@ def test_repeats_within_the_window_become_one_record_with_a_count() -> None:
     hist = store.history()
     assert [(r["count"], r["verdict"]) for r in hist] == [(4, "denied"), (1, "denied"), (1, "allowed")]
     assert hist[0]["time"] < hist[0]["last_time"]
+
+
+def test_observe_shows_how_often_a_kept_record_repeated() -> None:
+    store = FlowStore(Metrics(), capacity=10, window=5)
+    for i in range(3):
+        store.add(flow_rec(t=1000 + i))
+    assert observe.line(store.history()[0]).endswith("isolated by x/deny  x3 until 00:16:42.000")
+    assert " until " not in observe.line(flow_rec())
 
 
 def test_an_evicted_aggregate_counts_all_its_events_as_lost() -> None:
