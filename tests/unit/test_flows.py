@@ -4,15 +4,18 @@ and observe's merge of several nodes."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import stat
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from controller.agent import cli as agent_cli
 from controller.agent.flow_server import FlowServer, netns_id, process_netns, refusal
 from controller.agent.flows import FlowFile, FlowFilter, FlowReader, FlowStore, parse_since, unix_time
 from controller.agent.metrics import Metrics
@@ -275,6 +278,34 @@ def test_two_concurrent_followers_see_the_same_events(tmp_path: Path) -> None:
         assert [r["count"] for r in store.history()] == [5]
     finally:
         server.stop()
+
+
+def test_the_agent_command_starts_the_flow_reader_and_socket_from_its_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VETHGUARD_FLOW_CAPACITY", "42")
+    parser = argparse.ArgumentParser()
+    agent_cli.register(parser.add_subparsers(dest="command"))
+    sock, out = tmp_path / "flows.sock", tmp_path / "flows.jsonl"
+    argv = ["agent", "--node", "node-1", "--pin-root", str(tmp_path / "bpf"), "--flow-socket", str(sock)]
+    args = parser.parse_args([*argv, "--flow-file", str(out), "--flow-file-max-bytes", "4096"])
+    assert (args.flow_capacity, args.flow_window_seconds, args.flow_file_backups) == (42, 5.0, 5)
+    agent = SimpleNamespace(sources=SimpleNamespace(snapshot=lambda: None))
+    parts = agent_cli.start_flows(args, agent, Metrics())  # type: ignore[arg-type]
+    try:
+        reader, server = parts
+        assert isinstance(server, FlowServer)
+        assert reader.ring_path == tmp_path / "bpf" / "node-1" / "vg_events"  # opened once pinned
+        hello = read_flow_socket(sock, {})[0]
+        assert (hello["_"], hello["capacity"]) == ("hello", 42) and out.exists()
+    finally:
+        for part in parts:
+            part.stop()
+    assert not sock.exists()
+    no_socket = parser.parse_args([*argv[:-1], "none"])
+    parts = agent_cli.start_flows(no_socket, agent, Metrics())  # type: ignore[arg-type]
+    assert len(parts) == 1
+    parts[0].stop()
 
 
 def test_observe_merges_the_nodes_in_time_order() -> None:
