@@ -50,6 +50,20 @@ static __always_inline int vg_event_allowed(__u64 now)
 	return 1;
 }
 
+/* An event not written: counted where the flood happens, so the agent can say what it missed. */
+static __always_inline void vg_event_lost(int ring_full)
+{
+	__u32 zero = 0;
+	struct evlost_state *l = vg_evlost.lookup(&zero);
+
+	if (!l)
+		return;
+	if (ring_full)
+		l->ring_full += 1;
+	else
+		l->rate_limited += 1;
+}
+
 /*
  * Events are stamped with the precise clock, not vg_now()'s tick: they come only with new flows
  * and drops, which cost a microsecond anyway, and a reader orders and correlates them by time.
@@ -60,11 +74,15 @@ static __always_inline void vg_emit(const struct vg_pkt *p, __u32 ep_id, __u8 di
 	__u64 now = bpf_ktime_get_ns();
 	struct flow_event *e;
 
-	if (!vg_event_allowed(now))
+	if (!vg_event_allowed(now)) {
+		vg_event_lost(0);
 		return;
+	}
 	e = vg_events.ringbuf_reserve(sizeof(struct flow_event));
-	if (!e)
+	if (!e) {
+		vg_event_lost(1);
 		return;
+	}
 	e->ts_ns = now;
 	e->ep_id = ep_id;
 	e->peer_identity = peer->identity;

@@ -96,6 +96,9 @@ BPF_TABLE_PINNED7("percpu_hash", struct counter_key, struct counter_value, vg_co
 /* per-CPU token bucket for vg_events */
 BPF_TABLE_PINNED7("percpu_array", __u32, struct evrate_state, vg_evrate, 1, VG_PIN(vg_evrate), 0);
 
+/* per-CPU counts of the events vg_emit could not write */
+BPF_TABLE_PINNED7("percpu_array", __u32, struct evlost_state, vg_evlost, 1, VG_PIN(vg_evlost), 0);
+
 /*
  * Flow/drop events. bcc 0.26 has no pinned variant of BPF_RINGBUF_OUTPUT; its front end
  * accepts the "maps/<type>:<pin path>" section convention for every map type, so this is

@@ -294,4 +294,13 @@ struct evrate_state {
 	__u64 tokens;
 };
 
+/*
+ * vg_evlost (per-CPU array[1]): events the programs did not write, by why: over the rate limit
+ * or the ring full. Written only on those paths; the agent reads it (vethguard_flows_lost_total).
+ */
+struct evlost_state {
+	__u64 rate_limited;
+	__u64 ring_full;
+};
+
 #endif /* VG_STRUCTS_H */

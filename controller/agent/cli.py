@@ -10,7 +10,8 @@ import signal
 import sys
 from typing import Any
 
-from controller.agent import preflight
+from controller.agent import flows, preflight
+from controller.agent.flow_server import DEFAULT_FLOW_SOCKET, FlowServer
 from controller.agent.health import HealthServer
 from controller.agent.informers import Sources
 from controller.agent.kube_api import load_api_client
@@ -83,7 +84,60 @@ def register(sub: Any) -> None:
             f"none; default: ${env}, else {format_failsafe(default)})",
         )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _flow_args(p)
     p.set_defaults(func=run_cli)
+
+
+def _flow_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("flows (controller/agent/flows.py, flow_server.py)")
+    g.add_argument(
+        "--flow-capacity",
+        type=int,
+        default=int(os.environ.get("VETHGUARD_FLOW_CAPACITY") or flows.DEFAULT_CAPACITY),
+        help="flow records kept in memory, repeats aggregated "
+        f"(default $VETHGUARD_FLOW_CAPACITY or {flows.DEFAULT_CAPACITY})",
+    )
+    g.add_argument(
+        "--flow-window-seconds",
+        type=float,
+        default=flows.DEFAULT_WINDOW_SECONDS,
+        help="repeats of a flow (same endpoint, direction, peer, port, protocol, verdict, rule) "
+        "within this many seconds of its first event are one record with a count "
+        f"(default {flows.DEFAULT_WINDOW_SECONDS})",
+    )
+    g.add_argument(
+        "--flow-socket",
+        default=os.environ.get("VETHGUARD_FLOW_SOCKET", DEFAULT_FLOW_SOCKET),
+        help="unix socket serving the node's flows to readers in the node's network namespace "
+        f"('none': no socket; default $VETHGUARD_FLOW_SOCKET or {DEFAULT_FLOW_SOCKET})",
+    )
+    g.add_argument(
+        "--flow-file", help="also write every flow event as a JSON line to this file (rotated by size)"
+    )
+    g.add_argument(
+        "--flow-file-max-bytes",
+        type=int,
+        default=100 << 20,
+        help="rotate the flow file at this size (100 MiB)",
+    )
+    g.add_argument("--flow-file-backups", type=int, default=5, help="rotated flow files kept (default 5)")
+
+
+def start_flows(args: argparse.Namespace, agent: Agent, metrics: Metrics) -> tuple[Any, ...]:
+    """The ring buffer's reader (the agent is its only consumer), the store, the socket and the
+    file; returns what to stop."""
+    from controller.datapath.loader import pin_dir_for
+
+    store = flows.FlowStore(metrics, capacity=args.flow_capacity, window=args.flow_window_seconds)
+    out = None
+    if args.flow_file:
+        out = flows.FlowFile(args.flow_file, args.flow_file_max_bytes, args.flow_file_backups)
+    view = flows.ViewCache(agent.sources.snapshot)
+    ring = pin_dir_for(args.node, args.pin_root) / "vg_events"
+    started: list[Any] = [flows.FlowReader(args.node, ring, store, view.get, out).start()]
+    if args.flow_socket.lower() != "none":
+        started.append(FlowServer(args.flow_socket, store, args.node, metrics).start())
+    return tuple(started)
 
 
 def parse_failsafe(text: str) -> tuple[tuple[str, int], ...]:
@@ -134,6 +188,9 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.resync_seconds <= 0:
         print("vethguard agent: --resync-seconds must be positive", file=sys.stderr)
         return 2
+    if args.flow_capacity < 1:
+        print("vethguard agent: --flow-capacity must be at least 1", file=sys.stderr)
+        return 2
     configure_logging(args.log_level)
     tune_gc()
     metrics = Metrics()
@@ -157,7 +214,8 @@ def run_cli(args: argparse.Namespace) -> int:
         )
         agent.linkwatch = LinkWatch(agent.wake)
         health = HealthServer(args.health_addr, agent.probes()).start()
-    except VethguardError as exc:
+        flow_parts = start_flows(args, agent, metrics)
+    except (VethguardError, OSError, ValueError) as exc:
         print(f"vethguard agent: {exc}", file=sys.stderr)
         return 1
 
@@ -179,6 +237,8 @@ def run_cli(args: argparse.Namespace) -> int:
     try:
         agent.run()
     finally:
+        for part in flow_parts:
+            part.stop()
         health.stop()
         agent.close()
     if agent.fatal is not None:

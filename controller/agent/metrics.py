@@ -150,6 +150,34 @@ class Metrics:
             registry=r,
         )
 
+        self.flows_events_total = Counter(
+            "vethguard_flows_events_total",
+            "Flow events the agent read from the node's vg_events ring buffer.",
+            registry=r,
+        )
+        self.flows_lost_total = Counter(
+            "vethguard_flows_lost_total",
+            "Flow events the agent could not keep, by reason (evicted: pushed out of the full store; "
+            "reader_slow: a follower's queue was full; export: not written to the flow file; decode).",
+            ["reason"],
+            registry=r,
+        )
+        self.flows_stored = Gauge(
+            "vethguard_flows_stored", "Flow records in the agent's store (repeats aggregated).", registry=r
+        )
+        self.flows_capacity = Gauge(
+            "vethguard_flows_capacity", "Flow records the agent's store keeps at most.", registry=r
+        )
+        self.flows_followers = Gauge(
+            "vethguard_flows_followers", "Readers following the node's flows now.", registry=r
+        )
+        self.flows_readers_total = Counter(
+            "vethguard_flows_readers_total",
+            "Connections to the flow socket, by result (served, refused).",
+            ["result"],
+            registry=r,
+        )
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -66,6 +66,7 @@ MAP_NAMES = (
     "vg_config",
     "vg_counters",
     "vg_evrate",
+    "vg_evlost",
     "vg_events",
 )
 
@@ -319,6 +320,10 @@ class EvrateState(_Struct):
     _fields_: ClassVar = [("last_ns", ctypes.c_uint64), ("tokens", ctypes.c_uint64)]
 
 
+class EvlostState(_Struct):
+    _fields_: ClassVar = [("rate_limited", ctypes.c_uint64), ("ring_full", ctypes.c_uint64)]
+
+
 # Name in structs.h -> mirror, for the layout test.
 C_STRUCTS: dict[str, type[_Struct]] = {
     "endpoint_info": EndpointInfo,
@@ -342,4 +347,5 @@ C_STRUCTS: dict[str, type[_Struct]] = {
     "counter_value": CounterValue,
     "flow_event": FlowEvent,
     "evrate_state": EvrateState,
+    "evlost_state": EvlostState,
 }

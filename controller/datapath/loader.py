@@ -51,6 +51,7 @@ EXPECTED_LAYOUT: dict[str, tuple[int, int]] = {
     "vg_config": (4, ctypes.sizeof(abi.Config)),
     "vg_counters": (ctypes.sizeof(abi.CounterKey), ctypes.sizeof(abi.CounterValue)),
     "vg_evrate": (4, ctypes.sizeof(abi.EvrateState)),
+    "vg_evlost": (4, ctypes.sizeof(abi.EvlostState)),
 }
 
 

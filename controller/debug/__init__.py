@@ -13,9 +13,10 @@ Every command takes `--lab NAME` (every node of a lab; `--node` picks one) or ac
 node (`--node NAME --pin-root DIR --kubeconfig FILE`), and `-o json`. The same commands run as
 `kubectl vethguard ...` (console script kubectl-vethguard).
 
-Pieces: source.py (API objects, pinned map dirs, agent /status), view.py (the compiled cluster
-every number is translated with), kernel.py (bpf(2) dumps and live LPM lookups), ringbuf.py
-(mmap consumer of the pinned vg_events ring), and the pure per-command modules bpfview,
+Pieces: source.py (API objects, pinned map dirs, agent /status), compiler/clusterview.py (the
+compiled cluster every number is translated with), kernel.py (bpf(2) dumps and live LPM
+lookups), flow_client.py (the agents' flow servers; datapath/ringbuf.py where none serves a
+node), and the pure per-command modules bpfview,
 netpol, cnp, explain, observe, reach; cli.py wires them.
 
 ClusterNetworkPolicy tiers: explain, observe, reachability and `bpf policy` name the tier

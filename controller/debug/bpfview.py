@@ -14,6 +14,8 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
+from controller.agent.flow_record import reason_name as reason_name
+from controller.compiler.clusterview import DIRECTION_NAMES, ClusterView, rule_policy
 from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue
 from controller.core import verdicts
 from controller.core.identities import ID_ANY, ID_WORLD
@@ -23,7 +25,6 @@ from controller.datapath import abi
 from controller.datapath.readback import KernelState
 from controller.debug.render import port_range, proto_name
 from controller.debug.verdict_model import policy_lpm
-from controller.debug.view import DIRECTION_NAMES, ClusterView, rule_policy
 
 Row = dict[str, Any]
 
@@ -44,13 +45,6 @@ SEEN_NAMES = ((abi.CT_SEEN_REPLY, "reply"), (abi.CT_SEEN_FIN, "fin"), (abi.CT_SE
 
 def flag_names(flags: int) -> list[str]:
     return [name for bit, name in FLAG_NAMES if flags & bit]
-
-
-def reason_name(code: int) -> str:
-    try:
-        return abi.Reason(code).name
-    except ValueError:
-        return f"REASON_{code}"
 
 
 def endpoint_pods(view: ClusterView, state: KernelState) -> dict[int, str]:

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.compiler import calico
+from controller.compiler.clusterview import ClusterView
 from controller.core.errors import PolicyError
 from controller.debug.render import meta_of, spec_of, table
-from controller.debug.view import ClusterView
 
 Obj = Mapping[str, Any]
 

@@ -12,15 +12,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from controller.agent.flow_server import DEFAULT_FLOW_SOCKET
+from controller.compiler.clusterview import ClusterView
 from controller.core.errors import VethguardError
-from controller.datapath import codecs
-from controller.datapath.codecs import Event
 from controller.debug import bpfview, calico, cnp, hostep, hostep_cli, netpol, observe, reach
 from controller.debug import explain as explain_mod
 from controller.debug.inputs import DEFAULT_AGENT, DEFAULT_PIN_ROOT, LabTarget, LocalTarget, NodeRef, Target
 from controller.debug.kernel import LiveHalf, NodeMaps
 from controller.debug.render import dump, table
-from controller.debug.view import ClusterView
 
 EXIT_MISMATCH = 3  # explain / reachability --probe: the kernel disagrees with the compiled state
 
@@ -49,7 +48,13 @@ def _target_args(p: argparse.ArgumentParser, output: Sequence[str] = ("json",)) 
 def make_target(args: argparse.Namespace) -> Target:
     if args.lab:
         return LabTarget(args.lab, args.node)
-    return LocalTarget(args.node, args.pin_root, args.kubeconfig, args.agent)
+    return LocalTarget(
+        args.node,
+        args.pin_root,
+        args.kubeconfig,
+        args.agent,
+        getattr(args, "flow_socket", DEFAULT_FLOW_SOCKET),
+    )
 
 
 def _agents(target: Target, nodes: Sequence[NodeRef]) -> dict[str, dict[str, Any] | None]:
@@ -387,54 +392,37 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_observe(args: argparse.Namespace) -> int:
-    from controller.debug.ringbuf import RingBuffer, wait_any
+    """History and/or live flows of every node: from the agents' flow sockets, merged in time
+    order (controller.debug.flow_client); a node without one: its ring buffer, read here."""
+    from controller.agent.flows import FlowFilter, parse_since
+    from controller.debug import flow_client
 
     target = make_target(args)
-    view = _view(target)
-    refreshed = time.monotonic()
-    rings: list[tuple[str, RingBuffer]] = []
     try:
-        for node in target.nodes():
-            try:
-                rings.append((node.name, RingBuffer(str(node.pin_dir / "vg_events"))))
-            except OSError as exc:
-                raise VethguardError(f"cannot open {node.pin_dir / 'vg_events'}: {exc} (needs root)") from exc
-        heps = hostep_cli.observe_host_endpoints(view, target.nodes())
-        offset = time.time_ns() - time.monotonic_ns()
-        deadline = None if args.timeout is None else time.monotonic() + args.timeout
-        shown = 0
-        while True:
-            batch: list[Event] = []
-            for name, ring in rings:
-                batch += [codecs.decode_event(data, name) for data in ring.read()]
-            batch.sort(key=lambda ev: ev.ts_ns)
-            for ev in batch:
-                rec = observe.record(view, ev, offset, heps)
-                if (
-                    rec["endpoint"] == (ev.saddr if ev.dir == 1 else ev.daddr)
-                    and time.monotonic() - refreshed > 1
-                ):
-                    # A pod the view does not know yet (created after we listed): list again.
-                    view, refreshed = ClusterView(target.objects()), time.monotonic()
-                    heps = hostep_cli.observe_host_endpoints(view, target.nodes())
-                    rec = observe.record(view, ev, offset, heps)
-                if not observe.matches(rec, args.pod or [], args.verdict or []):
-                    continue
-                print(json.dumps(rec) if args.output == "json" else observe.line(rec), flush=True)
-                shown += 1
-                if args.count is not None and shown >= args.count:
-                    return 0
-            if not args.follow:
-                return 0
-            if deadline is not None and time.monotonic() >= deadline:
-                return 0
-            wait_any(
-                [r for _, r in rings],
-                0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic())),
-            )
-    finally:
-        for _, ring in rings:
-            ring.close()
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        raise VethguardError(f"--since {exc}") from exc
+    flt = FlowFilter(
+        pods=tuple(args.pod or ()),
+        namespaces=tuple(args.namespace or ()),
+        verdicts=tuple(args.verdict or ()),
+        policies=tuple(args.policy or ()),
+        ports=tuple(args.port or ()),
+        protocols=tuple(args.protocol or ()),
+        since=since,
+    )
+    # Without --follow: what the agents kept. With it: new flows (and history since --since).
+    history = not args.follow or since is not None
+    request = {"follow": bool(args.follow), "history": history, "filter": flt.as_json()}
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    view = _view(target)
+    heps = hostep_cli.observe_host_endpoints(view, target.nodes())  # their events, named for them
+    for shown, rec in enumerate(flow_client.observed(target, flt, request, deadline), 1):
+        rec = observe.name_host_endpoint(rec, view, heps)
+        print(json.dumps(rec) if args.output == "json" else observe.line(rec), flush=True)
+        if args.count is not None and shown >= args.count:
+            break
+    return 0
 
 
 # -- reachability ------------------------------------------------------------------------------
@@ -561,7 +549,24 @@ def register(sub: Any) -> None:
         "--pod", action="append", metavar="NS/POD", help="only flows from or to this pod (repeatable)"
     )
     p.add_argument("--verdict", action="append", choices=["allowed", "denied", "audit", "log"])
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    p.add_argument("--namespace", action="append", metavar="NS", help="only flows from or to pods of NS")
+    p.add_argument("--policy", action="append", metavar="NS/NAME", help="only flows this policy decided")
+    p.add_argument("--port", action="append", type=int, help="only flows to this port (repeatable)")
+    p.add_argument(
+        "--protocol", action="append", type=str.upper, choices=["TCP", "UDP", "SCTP", "ICMP", "ICMPV6"]
+    )
+    p.add_argument("--since", help="only flows since: 30s, 5m, 2h ago, a unix or an ISO 8601 time")
+    p.add_argument(
+        "--flow-socket",
+        default=DEFAULT_FLOW_SOCKET,
+        help=f"the local agent's flow socket (default {DEFAULT_FLOW_SOCKET})",
+    )
+    p.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing new events (from now on, or from --since)",
+    )
     p.add_argument("--timeout", type=float, help="with --follow: stop after this many seconds")
     p.add_argument("--count", type=int, help="stop after this many events")
     _target_args(p)

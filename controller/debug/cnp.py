@@ -15,11 +15,11 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from controller.compiler.clusterview import ClusterView
 from controller.compiler.cnp import KIND, ClusterNetworkPolicy, CnpRule
 from controller.core.errors import PolicyError
 from controller.debug.netpol import realized_on, status_lines
 from controller.debug.render import age, labels_text, meta_of, selector_text, spec_of, table
-from controller.debug.view import ClusterView
 
 Obj = Mapping[str, Any]
 

@@ -11,13 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.compiler.clusterview import DIRECTION_NAMES, ClusterView, rule_json, rule_policy
 from controller.compiler.desired_state import PolicyEntryKey, RuleRef
 from controller.core.errors import VethguardError
 from controller.core.verdicts import DIR_INGRESS
 from controller.debug import explain_hep, verdict_model
 from controller.debug.kernel import LiveHalf
 from controller.debug.render import port_range, proto_name
-from controller.debug.view import DIRECTION_NAMES, ClusterView, rule_json, rule_policy
 
 # (node, endpoint address, direction, peer address, proto, port) -> the live maps' answer
 LiveLookup = Callable[[str, str, int, str, int, int], LiveHalf | None]

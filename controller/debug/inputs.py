@@ -4,7 +4,8 @@ a lab (`--lab NAME`).
 
 Local node: objects through the official client (--kubeconfig / $KUBECONFIG / in-cluster),
 maps under <pin-root>/<node>/, agent status from http://127.0.0.1:9890/status (the agent runs
-with hostNetwork, so the node's loopback is ours).
+with hostNetwork, so the node's loopback is ours), flows from the agent's flow socket
+(--flow-socket, default /run/vethguard/flows.sock).
 ClusterNetworkPolicies (policy.networking.k8s.io/v1alpha2, a CRD a cluster may not have) are
 listed with the client's CustomObjectsApi: a 404 (the CRD is not installed) means none; a 403
 (not allowed to list them) means none too, with a warning that tier decisions are missing.
@@ -12,7 +13,8 @@ Calico's projectcalico.org/v3 GlobalNetworkPolicies, NetworkPolicies (every name
 HostEndpoints likewise, with the agent's list functions for them: none without Calico's API.
 Lab: objects over the lab's unix socket (/run/vethguard/labs/<lab>/api.sock, the same
 Kubernetes protocol), maps under /sys/fs/bpf/vethguard/lab-<lab>/node-<i>/ (bpffs is not
-per network namespace), agent status fetched inside each node's network namespace.
+per network namespace), agent status fetched inside each node's network namespace, flows from
+/run/vethguard/labs/<lab>/flows-<node>.sock read from inside the node's network namespace.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controller.agent.flow_server import DEFAULT_FLOW_SOCKET
 from controller.agent.health import fetch_status
 from controller.compiler import calico, cnp
 from controller.compiler.calico import CalicoObjects
+from controller.compiler.clusterview import RawObjects
 from controller.core.errors import VethguardError
-from controller.debug.view import RawObjects
 
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/vethguard"
 DEFAULT_AGENT = "127.0.0.1:9890"
@@ -74,6 +77,7 @@ class NodeRef:
     name: str
     pin_dir: Path
     netns: str | None = None  # the lab node's network namespace (None on a real node)
+    flow_socket: Path | None = None  # where the node's agent serves its flows
 
 
 def _items(kind_field: str, body: Any) -> tuple[list[dict[str, Any]], int | None]:
@@ -173,9 +177,17 @@ class Target:
 
 
 class LocalTarget(Target):
-    def __init__(self, node: str | None, pin_root: str, kubeconfig: str | None, agent: str) -> None:
+    def __init__(
+        self,
+        node: str | None,
+        pin_root: str,
+        kubeconfig: str | None,
+        agent: str,
+        flow_socket: str = DEFAULT_FLOW_SOCKET,
+    ) -> None:
         self.node = node or os.environ.get("NODE_NAME") or socket.gethostname()
         self.pin_root = pin_root
+        self.flow_socket = Path(flow_socket)
         self.kubeconfig = kubeconfig
         self.agent = agent
 
@@ -199,7 +211,7 @@ class LocalTarget(Target):
         return _raw_objects(lists, list_optional(api, lists))
 
     def nodes(self) -> list[NodeRef]:
-        return [NodeRef(self.node, Path(self.pin_root) / self.node)]
+        return [NodeRef(self.node, Path(self.pin_root) / self.node, flow_socket=self.flow_socket)]
 
     def agent_status(self, node: NodeRef) -> dict[str, Any] | None:
         host, _, port = self.agent.rpartition(":")
@@ -251,7 +263,10 @@ class LabTarget(Target):
                     f"lab {self.lab} has no node {self.only_node!r} (nodes: {', '.join(names)})"
                 )
             names = [self.only_node]
-        return [NodeRef(n, self.paths.pin_root / n, nodes[n].get("netns")) for n in names]
+        return [
+            NodeRef(n, self.paths.pin_root / n, nodes[n].get("netns"), self.paths.flow_socket(n))
+            for n in names
+        ]
 
     def agent_status(self, node: NodeRef) -> dict[str, Any] | None:
         from controller.lab import netns

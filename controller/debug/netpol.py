@@ -12,10 +12,10 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from controller.compiler.clusterview import ClusterView
 from controller.compiler.parse import AUDIT_ANNOTATION
 from controller.core.errors import PolicyError
 from controller.debug.render import age, labels_text, selector_text, table
-from controller.debug.view import ClusterView
 
 Obj = Mapping[str, Any]
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from controller.compiler.clusterview import DIRECTION_NAMES, ClusterView, rule_json
 from controller.debug import verdict_model
-from controller.debug.view import DIRECTION_NAMES, ClusterView, rule_json
 
 
 def matrix(

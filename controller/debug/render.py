@@ -10,11 +10,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from controller.core.net import PROTOCOL_NAMES
-
-
-def proto_name(proto: int) -> str:
-    return PROTOCOL_NAMES.get(proto, str(proto))
+from controller.agent.flow_record import proto_name as proto_name
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -53,6 +53,8 @@ class AgentSupervisor:
             str(self.paths.kubeconfig),
             "--pin-root",
             str(self.paths.pin_root),
+            "--flow-socket",
+            str(self.paths.flow_socket(node)),
         ]
 
     def start(self) -> AgentSupervisor:

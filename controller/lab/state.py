@@ -75,6 +75,10 @@ class LabPaths:
     def agent_log(self, node: str) -> Path:
         return self.root / f"agent-{node}.log"
 
+    def flow_socket(self, node: str) -> Path:
+        """The node's agent serves its flows here (controller.agent.flow_server)."""
+        return self.root / f"flows-{node}.sock"
+
     @property
     def pin_root(self) -> Path:
         return BPF_ROOT / f"lab-{self.lab}"

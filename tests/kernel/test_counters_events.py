@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
-from controller.datapath import abi, bpfsys
+from controller.datapath import abi, bpfsys, codecs
 from controller.datapath.abi import Reason
 from controller.datapath.codecs import Event
 from tests.support import packets as P
@@ -120,3 +120,26 @@ def test_events_are_rate_limited_per_cpu(h: Harness) -> None:
     h.dp.poll_events(100)
     assert h.count(Reason.DROP_POLICY, DIR_INGRESS) == 5000
     assert 900 <= len(events) <= 1000 * bpfsys.possible_cpus() + 50
+
+
+def _evlost(h: Harness) -> tuple[int, int]:
+    per_cpu = h.dp.maps["vg_evlost"].lookup_percpu(codecs.u32_key(0)) or []
+    values = [abi.EvlostState.from_bytes(raw) for raw in per_cpu]
+    return sum(v.rate_limited for v in values), sum(v.ring_full for v in values)
+
+
+def test_every_event_the_rate_limit_suppresses_is_counted_in_vg_evlost(h: Harness) -> None:
+    events = _collect(h)
+    for k in list(h.dp.maps["vg_evrate"].key_list()):
+        h.dp.maps["vg_evrate"].update(k, bytes(abi.EvrateState()))
+    limited_before, full_before = _evlost(h)
+    h.endpoint(ingress_isolated=True)
+    from controller.bench.testrun import run
+
+    frame = P.ipv4(POD_C, POD_A, P.TCP, P.tcp(40001, 22))
+    run(h.dp.prog_fd("to_pod"), frame, ifindex=EP, repeat=5000)
+    h.dp.poll_events(100)
+    limited, full = _evlost(h)
+    assert h.count(Reason.DROP_POLICY, DIR_INGRESS) == 5000
+    assert len(events) + (limited - limited_before) + (full - full_before) == 5000
+    assert limited - limited_before >= 5000 - 1000 * bpfsys.possible_cpus() - 50

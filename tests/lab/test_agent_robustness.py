@@ -3,7 +3,6 @@ veth's netlink event (latency printed, not asserted), and policy status reaches 
 
 from __future__ import annotations
 
-import http.client
 import json
 import statistics
 from collections.abc import Callable
@@ -12,10 +11,8 @@ from typing import Any
 import pytest
 
 from controller.datapath import abi, bpfsys
-from controller.lab import netns
 from controller.lab.state import LabPaths
-from controller.lab.topology import LabNames
-from tests.support.labs import Lab
+from tests.support.labs import Lab, agent_get
 from tests.support.waiting import wait_for
 
 pytestmark = [
@@ -32,18 +29,6 @@ spec:
   podSelector: {}
   ingress: [{ports: [{port: 80, protocol: TCP}, {port: 8080, protocol: UDP}]}]
 """
-
-
-def agent_get(lab: Lab, path: str, node: int = 1) -> bytes:
-    def fetch() -> bytes:
-        conn = http.client.HTTPConnection("127.0.0.1", 9890, timeout=5)
-        try:
-            conn.request("GET", path)
-            return conn.getresponse().read()
-        finally:
-            conn.close()
-
-    return netns.run_in_netns(LabNames(lab.name).node(node), fetch)
 
 
 def pinned(lab: Lab, name: str, node: str = "node-1") -> bpfsys.BpfMap:

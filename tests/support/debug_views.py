@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from controller.compiler.clusterview import ClusterView, RawObjects
 from controller.datapath import abi, codecs
 from controller.datapath.encoding import desired_maps
 from controller.datapath.readback import KernelState, dump
 from controller.debug.kernel import NodeMaps
-from controller.debug.view import ClusterView, RawObjects
 from tests.conformance.runner import ORDER, default_model, model_manifests
 
 NODES = ("node-1", "node-2")

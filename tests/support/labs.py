@@ -9,6 +9,7 @@ through `teardown` even when the test or `lab up` failed.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import itertools
 import json
 import os
@@ -26,10 +27,11 @@ import pytest
 import yaml
 
 from controller.lab import cli as lab_cli
-from controller.lab import client
+from controller.lab import client, netns
 from controller.lab.apiserver import ApiUnixServer, ServerThread
 from controller.lab.client import teardown
 from controller.lab.store import Store
+from controller.lab.topology import LabNames
 
 MODELS = Path(__file__).parent / "models"
 _counter = itertools.count()
@@ -114,6 +116,20 @@ class Lab:
         doc = json.loads(out.stdout)
         assert (doc["port"], doc["protocol"], doc["family"]) == (port, protocol, family)
         return {(r["from"], r["to"]): r["connected"] for r in doc["results"]}
+
+
+def agent_get(lab: Lab, path: str, node: int = 1) -> bytes:
+    """GET `path` of node-`node`'s agent health server (its loopback, inside the node's namespace)."""
+
+    def fetch() -> bytes:
+        conn = http.client.HTTPConnection("127.0.0.1", 9890, timeout=5)
+        try:
+            conn.request("GET", path)
+            return conn.getresponse().read()
+        finally:
+            conn.close()
+
+    return netns.run_in_netns(LabNames(lab.name).node(node), fetch)
 
 
 @contextlib.contextmanager

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 import yaml
 
+from controller.compiler.clusterview import ClusterView
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
 from controller.datapath import abi, codecs
 from controller.datapath.encoding import desired_maps
 from controller.debug import bpfview, netpol, observe, reach, render
 from controller.debug.explain import explain, explain_text
 from controller.debug.kernel import LiveHalf
-from controller.debug.view import ClusterView
 from tests.conformance.runner import ORDER, parse_matrix, shared_conformance_dir
 from tests.support.debug_views import NODES, flow_event, kernel_state, raw_cluster
 

@@ -19,9 +19,9 @@ from kubernetes.client.exceptions import ApiException
 
 from controller.cli import main
 from controller.compiler.calico import CalicoObjects
+from controller.compiler.clusterview import ClusterView
 from controller.debug import calico as calico_view
 from controller.debug.inputs import LocalTarget, list_optional
-from controller.debug.view import ClusterView
 from controller.lab.store import Store
 from tests.support.calico_objects import GNP_KEY, HEP_KEY, NETPOL_KEY, calico_netpol, gnp, hep
 from tests.support.debug_views import raw_cluster

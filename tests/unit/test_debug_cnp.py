@@ -18,6 +18,7 @@ from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 
 from controller.cli import main
+from controller.compiler.clusterview import ClusterView
 from controller.core import verdicts
 from controller.core.errors import VethguardError
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
@@ -28,7 +29,6 @@ from controller.debug.cli import live_lookup
 from controller.debug.explain import explain, explain_text
 from controller.debug.inputs import CNP_PATH, LabTarget, LocalTarget, NodeRef
 from controller.debug.kernel import NodeMaps
-from controller.debug.view import ClusterView
 from controller.lab.store import Store
 from tests.support.debug_views import (
     NODES,

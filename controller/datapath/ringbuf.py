@@ -7,8 +7,9 @@ Each record starts with an 8-byte header: u32 length with BUSY (bit 31: still be
 and DISCARD (bit 30) flags, and a u32 page offset; records are 8-byte aligned.
 
 There is one consumer position per ring: two readers of the same ring share the events between
-them (each event is delivered to one of them). The agent does not read the ring, so `observe`
-is the only reader.
+them (each event is delivered to one of them). So the agent is the ring's only reader
+(controller.agent.flows) and serves the events to any number of readers; `vethguard observe`
+reads a ring itself only where no agent serves its node.
 """
 
 from __future__ import annotations
