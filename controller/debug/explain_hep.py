@@ -17,12 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from controller.compiler.clusterview import ClusterView, rule_json, rule_policy
 from controller.compiler.desired_state import NodeDesired, RuleRef
 from controller.core.verdicts import DIR_INGRESS
 from controller.debug import hostep_model as hm
 from controller.debug.kernel import LiveHalf
 from controller.debug.render import port_range, proto_name
-from controller.debug.view import ClusterView, rule_json, rule_policy
 
 # (node, host endpoint, direction, src, dst, proto, port) -> the live maps' answers, one per
 # interface carrying that host endpoint ((interface, answer)), or None: not visible from here

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from controller.compiler.clusterview import ClusterView, rule_policy
 from controller.compiler.desired_state import (
     HostEndpointDesired,
     NodeDesired,
@@ -28,7 +29,6 @@ from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS, TIER_NONE
 from controller.datapath import abi, codecs
 from controller.debug import hostep_model
 from controller.debug.hostep_model import HepFlags
-from controller.debug.view import ClusterView, rule_policy
 
 Row = dict[str, Any]
 PROTO_NAMES = {n: name for name, n in PROTOCOL_NUMBERS.items()}

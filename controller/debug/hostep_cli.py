@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from controller.compiler.clusterview import ClusterView
 from controller.core.errors import VethguardError
 from controller.debug import hostep, observe
 from controller.debug.explain_hep import HepLiveLookup
 from controller.debug.inputs import NodeRef
 from controller.debug.kernel import LiveHalf, NodeMaps
-from controller.debug.view import ClusterView
 
 
 def _open_pinned(ref: NodeRef) -> NodeMaps:

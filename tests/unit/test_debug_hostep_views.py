@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
+from controller.compiler.clusterview import ClusterView
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
 from controller.datapath import abi
 from controller.datapath.codecs import decode_event
 from controller.debug import explain, hostep, hostep_cli, observe
 from controller.debug.inputs import NodeRef
 from controller.debug.kernel import NodeMaps
-from controller.debug.view import ClusterView
 from tests.support.debug_views import (
     HEP_IFINDEX,
     LB_IP,
