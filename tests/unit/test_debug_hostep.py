@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from controller.compiler.clusterview import ClusterView
 from controller.compiler.desired_state import NodeDesired
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
 from controller.debug import hostep_model as hm
-from controller.debug.view import ClusterView
 from tests.support.debug_views import (
     LB_IP,
     NODE_1_IP,
