@@ -211,3 +211,13 @@ def strictly_inside(inner: IPNetwork, outer: IPNetwork) -> bool:
     if start.version != container.version:
         return False
     return start in container and inner.prefixlen > outer.prefixlen
+
+
+class Unusable(Exception):
+    """A field of a policy object that cannot be enforced as written (the parsers catch it and
+    record a PolicyError naming the field, failing the rule or policy closed)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message

@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from controller.compiler.apisyntax import parse_cidr
+from controller.compiler.apisyntax import Unusable, parse_cidr
 from controller.compiler.calico_selector import All, CalicoSelectorError, Expr, parse_calico_selector
 from controller.core.errors import PolicyError
 from controller.core.net import (
@@ -198,51 +198,44 @@ def policy_object(kind: str, namespace: str | None, name: str) -> str:
     return f"{kind} {name}" if namespace is None else f"{kind}.projectcalico.org {namespace}/{name}"
 
 
-class _Unusable(Exception):
-    def __init__(self, fld: str, message: str) -> None:
-        super().__init__(f"{fld}: {message}")
-        self.field = fld
-        self.message = message
-
-
 def _selector(raw: Any, fld: str) -> Expr:
     try:
         return parse_calico_selector(raw)
     except CalicoSelectorError as e:
-        raise _Unusable(fld, str(e)) from None
+        raise Unusable(fld, str(e)) from None
 
 
 def _known(raw: Mapping[str, Any], fld: str, known: tuple[str, ...], refused: Mapping[str, str]) -> None:
     for key in raw:
         if key in refused:
-            raise _Unusable(f"{fld}.{key}" if fld else key, refused[key])
+            raise Unusable(f"{fld}.{key}" if fld else key, refused[key])
         if key not in known:
-            raise _Unusable(f"{fld}.{key}" if fld else key, "unknown field")
+            raise Unusable(f"{fld}.{key}" if fld else key, "unknown field")
 
 
 def _nets(raw: Any, fld: str) -> tuple[IPNetwork, ...]:
     if not isinstance(raw, list):
-        raise _Unusable(fld, "must be a list of CIDRs")
+        raise Unusable(fld, "must be a list of CIDRs")
     out = []
     for i, text in enumerate(raw):
         net = None
         if isinstance(text, str):
             net = parse_cidr(text if "/" in text else f"{text}/{128 if ':' in text else 32}")
         if net is None:
-            raise _Unusable(f"{fld}[{i}]", f"invalid CIDR {text!r}")
+            raise Unusable(f"{fld}[{i}]", f"invalid CIDR {text!r}")
         out.append(net)
     return tuple(out)
 
 
 def _port_number(raw: Any, fld: str) -> int:
     if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= 65535:
-        raise _Unusable(fld, f"must be a port in 0..65535, not {raw!r}")
+        raise Unusable(fld, f"must be a port in 0..65535, not {raw!r}")
     return raw
 
 
 def _ports(raw: Any, fld: str, named_ok: bool) -> tuple[tuple[PortRange, ...], tuple[str, ...]]:
     if not isinstance(raw, list):
-        raise _Unusable(fld, "must be a list of ports")
+        raise Unusable(fld, "must be a list of ports")
     ranges: list[PortRange] = []
     named: list[str] = []
     for i, item in enumerate(raw):
@@ -250,14 +243,14 @@ def _ports(raw: Any, fld: str, named_ok: bool) -> tuple[tuple[PortRange, ...], t
         if isinstance(item, str) and (m := _RANGE.match(item)):
             lo, hi = _port_number(int(m.group(1)), f), _port_number(int(m.group(2)), f)
             if lo > hi:
-                raise _Unusable(f, f"range start {lo} is above its end {hi}")
+                raise Unusable(f, f"range start {lo} is above its end {hi}")
             ranges.append((lo, hi))
         elif isinstance(item, str) and item.isdigit():
             n = _port_number(int(item), f)
             ranges.append((n, n))
         elif isinstance(item, str) and item:
             if not named_ok:
-                raise _Unusable(f, "named ports are not supported here")
+                raise Unusable(f, "named ports are not supported here")
             named.append(item)
         else:
             n = _port_number(item, f)
@@ -269,7 +262,7 @@ def _entity(raw: Any, fld: str, local: bool, is_destination: bool, namespaced: b
     if raw is None:
         return ANY_ENTITY
     if not isinstance(raw, Mapping):
-        raise _Unusable(fld, "must be an object")
+        raise Unusable(fld, "must be an object")
     refused = {
         "serviceAccounts": "service account matching is not supported by this version of vethguard",
         "services": "service matching is not supported by this version of vethguard",
@@ -306,22 +299,22 @@ def _protocol(raw: Any, fld: str) -> int:
         raw = int(raw)
     if isinstance(raw, int) and not isinstance(raw, bool) and 1 <= raw <= 255:
         return raw
-    raise _Unusable(fld, f"must be TCP, UDP, ICMP, ICMPv6, SCTP, UDPLite or 1..255, not {raw!r}")
+    raise Unusable(fld, f"must be TCP, UDP, ICMP, ICMPv6, SCTP, UDPLite or 1..255, not {raw!r}")
 
 
 def _icmp(raw: Any, fld: str) -> tuple[int, int | None]:
     if not isinstance(raw, Mapping):
-        raise _Unusable(fld, "must be an object with type and code")
+        raise Unusable(fld, "must be an object with type and code")
     _known(raw, fld, ("type", "code"), {})
     t, c = raw.get("type"), raw.get("code")
     if t is None:
         if c is not None:
-            raise _Unusable(f"{fld}.code", "needs a type")
-        raise _Unusable(f"{fld}.type", "required")
+            raise Unusable(f"{fld}.code", "needs a type")
+        raise Unusable(f"{fld}.type", "required")
     if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= 254:
-        raise _Unusable(f"{fld}.type", f"must be an integer in 0..254, not {t!r}")
+        raise Unusable(f"{fld}.type", f"must be an integer in 0..254, not {t!r}")
     if c is not None and (isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= 255):
-        raise _Unusable(f"{fld}.code", f"must be an integer in 0..255, not {c!r}")
+        raise Unusable(f"{fld}.code", f"must be an integer in 0..255, not {c!r}")
     return t, c
 
 
@@ -347,29 +340,29 @@ def _rule(
     action = raw.get("action") if isinstance(raw, Mapping) else None
     try:
         if not isinstance(raw, Mapping):
-            raise _Unusable(fld, "must be an object")
+            raise Unusable(fld, "must be an object")
         if action not in ACTIONS:
-            raise _Unusable(f"{fld}.action", f"must be one of {', '.join(ACTIONS)}, not {action!r}")
+            raise Unusable(f"{fld}.action", f"must be one of {', '.join(ACTIONS)}, not {action!r}")
         _known(raw, fld, _RULE_FIELDS, _RULE_REFUSED)
         proto = _protocol(raw["protocol"], f"{fld}.protocol") if raw.get("protocol") is not None else None
         icmp = _icmp(raw["icmp"], f"{fld}.icmp") if raw.get("icmp") is not None else None
         not_icmp = _icmp(raw["notICMP"], f"{fld}.notICMP") if raw.get("notICMP") is not None else None
         if (icmp or not_icmp) and proto not in ICMP_PROTOCOLS:
-            raise _Unusable(f"{fld}.icmp" if icmp else f"{fld}.notICMP", "needs protocol ICMP or ICMPv6")
+            raise Unusable(f"{fld}.icmp" if icmp else f"{fld}.notICMP", "needs protocol ICMP or ICMPv6")
         ipv = raw.get("ipVersion")
         if ipv is not None and ipv not in (4, 6):
-            raise _Unusable(f"{fld}.ipVersion", f"must be 4 or 6, not {ipv!r}")
+            raise Unusable(f"{fld}.ipVersion", f"must be 4 or 6, not {ipv!r}")
         if ipv is not None and proto in ICMP_PROTOCOLS and ipv != (4 if proto == IPPROTO_ICMP else 6):
-            raise _Unusable(f"{fld}.ipVersion", f"{ipv} does not carry that ICMP protocol")
+            raise Unusable(f"{fld}.ipVersion", f"{ipv} does not carry that ICMP protocol")
         src = _entity(raw.get("source"), f"{fld}.source", egress, False, namespaced)
         dst = _entity(raw.get("destination"), f"{fld}.destination", not egress, True, namespaced)
         if dst.has_ports and proto not in PORT_PROTOCOLS:
-            raise _Unusable(
+            raise Unusable(
                 f"{fld}.protocol",
                 "destination ports need protocol TCP, UDP or SCTP (the ones vethguard reads ports of)",
             )
         return CalicoRule(index, str(action), proto, icmp, not_icmp, ipv, src, dst)
-    except _Unusable as e:
+    except Unusable as e:
         errors.append(PolicyError(obj, e.field, e.message))
         if action in (ALLOW, LOG):
             return CalicoRule(index, str(action), matches_nothing=True)
@@ -456,13 +449,13 @@ def parse_calico_policy(raw: Any, kind: str, errors: list[PolicyError]) -> Calic
     selector: Expr = All()
     try:
         selector = _selector(spec.get("selector", ""), "spec.selector")
-    except _Unusable as e:
+    except Unusable as e:
         fail(e.field, e.message)
     ns_selector: Expr | None = None
     if not namespaced and spec.get("namespaceSelector") not in (None, ""):
         try:
             ns_selector = _selector(spec["namespaceSelector"], "spec.namespaceSelector")
-        except _Unusable as e:
+        except Unusable as e:
             fail(e.field, e.message)
     types = default_types(spec)
     if spec.get("types"):  # an empty list is unset, as Calico reads it

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controller.compiler.apisyntax import parse_cidr
+from controller.compiler.apisyntax import Unusable, parse_cidr
 from controller.compiler.selectors import LabelSelector, SelectorError
 from controller.core.errors import PolicyError
 from controller.core.net import IPNetwork
@@ -98,42 +98,35 @@ class ClusterNetworkPolicy:
         return (TIERS.index(self.tier), self.priority, self.name)
 
 
-class _Unusable(Exception):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
 def _selector(raw: Any, fld: str) -> LabelSelector:
     if not isinstance(raw, Mapping):
-        raise _Unusable(fld, "must be a label selector object")
+        raise Unusable(fld, "must be a label selector object")
     try:
         return LabelSelector.parse(raw)
     except SelectorError as e:
-        raise _Unusable(f"{fld}.{e.field}" if e.field else fld, e.message) from None
+        raise Unusable(f"{fld}.{e.field}" if e.field else fld, e.message) from None
 
 
 def _only_field(raw: Any, fld: str, known: tuple[str, ...]) -> str:
     """The one field set in `raw`: exactly one of `known` (anything else, an API newer than ours)."""
     if not isinstance(raw, Mapping):
-        raise _Unusable(fld, "must be an object")
+        raise Unusable(fld, "must be an object")
     fields = sorted(raw)
     if len(fields) != 1:
-        raise _Unusable(fld, f"exactly one field must be set, found {fields or 'none'}")
+        raise Unusable(fld, f"exactly one field must be set, found {fields or 'none'}")
     if fields[0] not in known:
-        raise _Unusable(f"{fld}.{fields[0]}", f"unknown field (supported: {', '.join(known)})")
+        raise Unusable(f"{fld}.{fields[0]}", f"unknown field (supported: {', '.join(known)})")
     return str(fields[0])
 
 
 def _pods(raw: Any, fld: str) -> tuple[LabelSelector, LabelSelector]:
     if not isinstance(raw, Mapping):
-        raise _Unusable(fld, "must be an object with namespaceSelector and podSelector")
+        raise Unusable(fld, "must be an object with namespaceSelector and podSelector")
     unknown = sorted(set(raw) - {"namespaceSelector", "podSelector"})
     if unknown:
-        raise _Unusable(f"{fld}.{unknown[0]}", "unknown field")
+        raise Unusable(f"{fld}.{unknown[0]}", "unknown field")
     if "podSelector" not in raw:
-        raise _Unusable(f"{fld}.podSelector", "required")
+        raise Unusable(f"{fld}.podSelector", "required")
     ns = _selector(raw.get("namespaceSelector", {}), f"{fld}.namespaceSelector")
     return ns, _selector(raw["podSelector"], f"{fld}.podSelector")
 
@@ -150,21 +143,21 @@ def _peer(raw: Any, fld: str, egress: bool) -> CnpPeer:
     if kind == "nodes":
         return CnpPeer(kind, nodes=_selector(value, f"{fld}.nodes"))
     if kind == "domainNames":
-        raise _Unusable(f"{fld}.domainNames", "not supported by this version of vethguard")
+        raise Unusable(f"{fld}.domainNames", "not supported by this version of vethguard")
     if not isinstance(value, list) or not value:
-        raise _Unusable(f"{fld}.networks", "must be a non-empty list of CIDRs")
+        raise Unusable(f"{fld}.networks", "must be a non-empty list of CIDRs")
     nets = []
     for i, cidr in enumerate(value):
         net = parse_cidr(cidr) if isinstance(cidr, str) else None
         if net is None:
-            raise _Unusable(f"{fld}.networks[{i}]", f"invalid CIDR {cidr!r}")
+            raise Unusable(f"{fld}.networks[{i}]", f"invalid CIDR {cidr!r}")
         nets.append(net)
     return CnpPeer(kind, networks=tuple(nets))
 
 
 def _port_number(raw: Any, fld: str) -> int:
     if not isinstance(raw, int) or isinstance(raw, bool) or not 1 <= raw <= 65535:
-        raise _Unusable(fld, f"must be an integer in 1..65535, not {raw!r}")
+        raise Unusable(fld, f"must be an integer in 1..65535, not {raw!r}")
     return raw
 
 
@@ -173,14 +166,14 @@ def _protocol(raw: Any, fld: str) -> CnpPort:
     value = raw[kind]
     if kind == "destinationNamedPort":
         if not isinstance(value, str) or not value:
-            raise _Unusable(f"{fld}.destinationNamedPort", "must be a port name")
+            raise Unusable(f"{fld}.destinationNamedPort", "must be a port name")
         return CnpPort("", named=value)
     proto = PROTOCOL_FIELDS[kind]
     if not isinstance(value, Mapping):
-        raise _Unusable(f"{fld}.{kind}", "must be an object")
+        raise Unusable(f"{fld}.{kind}", "must be an object")
     unknown = sorted(set(value) - {"destinationPort"})
     if unknown:
-        raise _Unusable(f"{fld}.{kind}.{unknown[0]}", "unknown field")
+        raise Unusable(f"{fld}.{kind}.{unknown[0]}", "unknown field")
     if "destinationPort" not in value:
         return CnpPort(proto)  # the protocol, any port
     pfld = f"{fld}.{kind}.destinationPort"
@@ -190,11 +183,11 @@ def _protocol(raw: Any, fld: str) -> CnpPort:
         return CnpPort(proto, n, n)
     rng = value["destinationPort"]["range"]
     if not isinstance(rng, Mapping) or set(rng) != {"start", "end"}:
-        raise _Unusable(f"{pfld}.range", "must have exactly start and end")
+        raise Unusable(f"{pfld}.range", "must have exactly start and end")
     start = _port_number(rng["start"], f"{pfld}.range.start")
     end = _port_number(rng["end"], f"{pfld}.range.end")
     if start >= end:
-        raise _Unusable(f"{pfld}.range", f"start ({start}) must be less than end ({end})")
+        raise Unusable(f"{pfld}.range", f"start ({start}) must be less than end ({end})")
     return CnpPort(proto, start, end)
 
 
@@ -202,7 +195,7 @@ def _list(raw: Any, fld: str, obj: str, errors: list[PolicyError]) -> list[Any]:
     if raw is None:
         return []
     if not isinstance(raw, list):
-        raise _Unusable(fld, "must be a list")
+        raise Unusable(fld, "must be a list")
     if len(raw) > MAX_ITEMS:
         errors.append(
             PolicyError(obj, fld, f"more than {MAX_ITEMS} entries ({len(raw)}); enforced as written")
@@ -215,34 +208,32 @@ def _rule(raw: Any, index: int, fld: str, egress: bool, obj: str, errors: list[P
     action = raw.get("action") if isinstance(raw, Mapping) else None
     try:
         if not isinstance(raw, Mapping):
-            raise _Unusable(fld, "must be an object")
+            raise Unusable(fld, "must be an object")
         name = raw.get("name", "")
         if not isinstance(name, str):
-            raise _Unusable(f"{fld}.name", "must be a string")
+            raise Unusable(f"{fld}.name", "must be a string")
         if len(name) > MAX_RULE_NAME:
             errors.append(PolicyError(obj, f"{fld}.name", f"longer than {MAX_RULE_NAME} characters"))
         if action not in ACTIONS:
-            raise _Unusable(f"{fld}.action", f"must be one of {', '.join(ACTIONS)}, not {action!r}")
+            raise Unusable(f"{fld}.action", f"must be one of {', '.join(ACTIONS)}, not {action!r}")
         peer_key = "to" if egress else "from"
         unknown = sorted(set(raw) - {"name", "action", peer_key, "protocols"})
         if unknown:
-            raise _Unusable(f"{fld}.{unknown[0]}", "unknown field")
+            raise Unusable(f"{fld}.{unknown[0]}", "unknown field")
         raw_peers = _list(raw.get(peer_key), f"{fld}.{peer_key}", obj, errors)
         if not raw_peers:
-            raise _Unusable(f"{fld}.{peer_key}", "must list at least one peer")
+            raise Unusable(f"{fld}.{peer_key}", "must list at least one peer")
         peers = tuple(_peer(p, f"{fld}.{peer_key}[{i}]", egress) for i, p in enumerate(raw_peers))
         ports: tuple[CnpPort, ...] | None = None
         if "protocols" in raw:
             raw_ports = _list(raw["protocols"], f"{fld}.protocols", obj, errors)
             if not raw_ports:
-                raise _Unusable(f"{fld}.protocols", "must list at least one entry when present")
+                raise Unusable(f"{fld}.protocols", "must list at least one entry when present")
             ports = tuple(_protocol(p, f"{fld}.protocols[{i}]") for i, p in enumerate(raw_ports))
             if any(p.named for p in ports) and any(p.kind in ("nodes", "networks") for p in peers):
-                raise _Unusable(
-                    f"{fld}.protocols", "a named port cannot be used with networks or nodes peers"
-                )
+                raise Unusable(f"{fld}.protocols", "a named port cannot be used with networks or nodes peers")
         return CnpRule(index, name, str(action), peers, ports)
-    except _Unusable as e:
+    except Unusable as e:
         errors.append(PolicyError(obj, e.field, e.message))
         if action == ACCEPT:
             return CnpRule(
@@ -295,14 +286,14 @@ def parse_cluster_network_policy(raw: Any, errors: list[PolicyError]) -> Cluster
             subject_ns = _selector(spec["subject"]["namespaces"], "spec.subject.namespaces")
         else:
             subject_pods = _pods(spec["subject"]["pods"], "spec.subject.pods")
-    except _Unusable as e:
+    except Unusable as e:
         own.append(PolicyError(obj, e.field, f"{e.message}; the policy applies to every pod, failed closed"))
         placed = False
     directions: dict[str, tuple[CnpRule, ...]] = {}
     for key, egress in (("ingress", False), ("egress", True)):
         try:
             raw_rules = _list(spec.get(key), f"spec.{key}", obj, own)
-        except _Unusable as e:
+        except Unusable as e:
             own.append(PolicyError(obj, e.field, f"{e.message}; no {key} rules"))
             raw_rules = []
         rules = tuple(_rule(r, i, f"spec.{key}[{i}]", egress, obj, own) for i, r in enumerate(raw_rules))

@@ -146,28 +146,11 @@ class HostEndpointDesired:
 # failsafeOutboundHostPorts): (protocol, port) always allowed to (inbound) or from (outbound) a
 # host endpoint, so a wrong policy cannot lock an administrator out. SSH, DHCP, BGP, etcd,
 # Typha, the API server, DNS.
-FAILSAFE_INBOUND: tuple[tuple[str, int], ...] = (
-    ("TCP", 22),
-    ("UDP", 68),
-    ("TCP", 179),
-    ("TCP", 2379),
-    ("TCP", 2380),
-    ("TCP", 5473),
-    ("TCP", 6443),
-    ("TCP", 6666),
-    ("TCP", 6667),
-)
-FAILSAFE_OUTBOUND: tuple[tuple[str, int], ...] = (
-    ("UDP", 53),
-    ("UDP", 67),
-    ("TCP", 179),
-    ("TCP", 2379),
-    ("TCP", 2380),
-    ("TCP", 5473),
-    ("TCP", 6443),
-    ("TCP", 6666),
-    ("TCP", 6667),
-)
+_FAILSAFE_BOTH: tuple[tuple[str, int], ...] = tuple(
+    ("TCP", port) for port in (179, 2379, 2380, 5473, 6443, 6666, 6667)
+)  # BGP, etcd, Typha, the API server, and Calico's 6666/6667, in both directions
+FAILSAFE_INBOUND: tuple[tuple[str, int], ...] = (("TCP", 22), ("UDP", 68), *_FAILSAFE_BOTH)
+FAILSAFE_OUTBOUND: tuple[tuple[str, int], ...] = (("UDP", 53), ("UDP", 67), *_FAILSAFE_BOTH)
 
 
 @dataclass(frozen=True)

@@ -40,14 +40,14 @@ from controller.compiler.desired_state import (
     RuleRef,
 )
 from controller.core.identities import ID_ANY, ID_WORLD
-from controller.core.net import IPPROTO_ICMP, IPPROTO_ICMPV6, L4_PROTOCOLS
+from controller.core.net import L4_PROTOCOLS
 from controller.core.verdicts import DIR_INGRESS, TIER_ACCEPT, TIER_DENY, TIER_NONE
 from controller.debug.verdict_model import (
     IPAddress,
-    icmp_policy_port,
     ipcache_lookup,
     parse_proto,
     policy_lpm,
+    policy_port,
 )
 
 ALLOW_FAILSAFE = "ALLOW_FAILSAFE"
@@ -201,41 +201,24 @@ def decide(
         if d is not None:
             return d
     if to_node:
-        d = _set(
-            hep.profile_host,
-            identity,
-            cidr_identity,
-            lookup,
-            SET_NORMAL,
-            traffic,
-            ALLOW_HOSTEP,
-            DROP_HOSTEP,
-            DROP_HOSTEP_END,
-        )
-        assert d is not None
-        return d
-    if hep.ingress_fwd if ingress else hep.egress_fwd:
-        d = _set(
-            hep.profile_fwd,
-            identity,
-            cidr_identity,
-            lookup,
-            SET_FORWARD,
-            traffic,
-            ALLOW_HOSTEP,
-            DROP_HOSTEP,
-            DROP_HOSTEP_END,
-        )
-        assert d is not None
-        return d
-    return HepDecision(ALLOW_HOSTEP, SET_UNPOLICED, traffic)
-
-
-def policy_port(proto: int, port: int) -> int:
-    """The policy key's port (lib/parse.h vg_policy_port); ICMP port 0 is an echo request."""
-    if proto in (IPPROTO_ICMP, IPPROTO_ICMPV6) and port == 0:
-        return icmp_policy_port(8 if proto == IPPROTO_ICMP else 128, 0)
-    return port
+        profile, policy_set = hep.profile_host, SET_NORMAL
+    elif hep.ingress_fwd if ingress else hep.egress_fwd:
+        profile, policy_set = hep.profile_fwd, SET_FORWARD
+    else:
+        return HepDecision(ALLOW_HOSTEP, SET_UNPOLICED, traffic)
+    d = _set(
+        profile,
+        identity,
+        cidr_identity,
+        lookup,
+        policy_set,
+        traffic,
+        ALLOW_HOSTEP,
+        DROP_HOSTEP,
+        DROP_HOSTEP_END,
+    )
+    assert d is not None  # a default is given: always a decision
+    return d
 
 
 def is_failsafe(desired: NodeDesired, direction: int, proto: int, port: int) -> bool:

@@ -200,7 +200,7 @@ class NodeMaps:
             local = local and not self._has("vg_svc", codecs.encode_svc(fam, dst, proto, port)[0])
         else:
             local = self._node_address(src)
-        lport = hostep_model.policy_port(proto, port)
+        lport = verdict_model.policy_port(proto, port)
 
         def lookup(profile: int, level: int) -> tuple[None, PolicyEntryValue] | None:
             k = abi.PolicyKey(

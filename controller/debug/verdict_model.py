@@ -112,6 +112,13 @@ def icmp_policy_port(icmp_type: int, code: int) -> int:
     return (icmp_type << 8) | code
 
 
+def policy_port(proto: int, port: int) -> int:
+    """The policy key's port (lib/parse.h vg_policy_port); ICMP port 0 is an echo request."""
+    if proto in (IPPROTO_ICMP, IPPROTO_ICMPV6) and port == 0:
+        return icmp_policy_port(8 if proto == IPPROTO_ICMP else 128, 0)
+    return port
+
+
 def parse_proto(proto: int | str) -> int:
     if isinstance(proto, int):
         return proto
@@ -290,8 +297,7 @@ def endpoint_verdict(
         raise LookupError(f"{endpoint} is not an endpoint of this node")
     p = parse_proto(proto)
     addr = ipaddress.ip_address(peer) if isinstance(peer, str) else peer
-    if p in (IPPROTO_ICMP, IPPROTO_ICMPV6) and port == 0:
-        port = icmp_policy_port(8 if p == IPPROTO_ICMP else 128, 0)  # an echo request
+    port = policy_port(p, port)
     ident, cidr_ident = ipcache_lookup(desired, addr)
     ingress = direction == DIR_INGRESS
     d = decide(

@@ -70,15 +70,6 @@ def example(name: str) -> str:
     return (EXAMPLES / name).read_text()
 
 
-def probe(lab: Lab, port: int, sources: list[str], targets: list[str]) -> dict[tuple[str, str], bool]:
-    args: list[str] = []
-    for s in sources:
-        args += ["--from", s]
-    for t in targets:
-        args += ["--to", t]
-    return lab.probe(port, "TCP", 4, *args)
-
-
 def web_ip(lab: Lab) -> str:
     return str(lab.status()["pods"][WEB]["ips"][0])
 
@@ -107,28 +98,28 @@ def gnp(name: str, order: int, selector: str, ingress: list[dict[str, Any]]) -> 
 
 def test_the_guides_nodeport_policy_closes_nodeports_and_keeps_the_load_balancer_and_pods(lab: Lab) -> None:
     entrances = [f"{NODE_1}", f"{NODE_2}"]
-    before = probe(lab, 30080, ["ext/outside"], entrances)
+    before = lab.probe_tcp(30080, ["ext/outside"], entrances)
     assert all(before.values()), before
     apply(lab, example("host-endpoints.yaml"), example("deny-nodeports.yaml"))
     try:
-        assert probe(lab, 30080, ["ext/outside", "ext/office"], entrances) == {
+        assert lab.probe_tcp(30080, ["ext/outside", "ext/office"], entrances) == {
             (src, dst): False for src in ("ext/outside", "ext/office") for dst in entrances
         }
-        assert probe(lab, 80, ["ext/outside"], ["lb/shop/web"]) == {("ext/outside", "lb/shop/web"): True}
-        assert probe(lab, 80, ["shop/client"], [WEB, "svc/shop/web"]) == {
+        assert lab.probe_tcp(80, ["ext/outside"], ["lb/shop/web"]) == {("ext/outside", "lb/shop/web"): True}
+        assert lab.probe_tcp(80, ["shop/client"], [WEB, "svc/shop/web"]) == {
             ("shop/client", WEB): True,
             ("shop/client", "svc/shop/web"): True,
         }
         # one of the IPs from the guide's CIDR allowed, before deny-nodeports in the order
         apply(lab, example("allow-office.yaml"))
-        assert probe(lab, 30080, ["ext/outside", "ext/office"], [NODE_1]) == {
+        assert lab.probe_tcp(30080, ["ext/outside", "ext/office"], [NODE_1]) == {
             ("ext/outside", NODE_1): False,
             ("ext/office", NODE_1): True,
         }
     finally:
         delete(lab, example("allow-office.yaml"), example("deny-nodeports.yaml"))
         delete(lab, *example("host-endpoints.yaml").split("---")[2:])
-    assert all(probe(lab, 30080, ["ext/outside"], entrances).values())
+    assert all(lab.probe_tcp(30080, ["ext/outside"], entrances).values())
 
 
 def test_a_deny_ordered_before_an_allow_decides(lab: Lab) -> None:
@@ -138,7 +129,7 @@ def test_a_deny_ordered_before_an_allow_decides(lab: Lab) -> None:
     allow = gnp("allow-all", 20, "app == 'web'", [{"action": "Allow"}])
     apply(lab, deny, allow)
     try:
-        assert probe(lab, 80, ["shop/client", "shop/other"], [WEB]) == {
+        assert lab.probe_tcp(80, ["shop/client", "shop/other"], [WEB]) == {
             ("shop/client", WEB): True,
             ("shop/other", WEB): False,
         }
@@ -176,7 +167,7 @@ def test_an_admin_pass_hands_the_decision_to_a_kubernetes_networkpolicy_in_calic
     default_deny = gnp("web-default-deny", 2000, "app == 'web'", [{"action": "Deny"}])
     apply(lab, admin, netpol, default_deny)
     try:
-        assert probe(lab, 80, ["shop/client", "shop/other"], [WEB]) == {
+        assert lab.probe_tcp(80, ["shop/client", "shop/other"], [WEB]) == {
             ("shop/client", WEB): True,  # Admin Pass -> Calico's tier: the NetworkPolicy at order 1000
             ("shop/other", WEB): False,  # nothing there until the Deny at order 2000
         }
@@ -223,7 +214,7 @@ def test_a_log_rule_is_seen_in_observe_and_the_next_rule_decides(lab: Lab) -> No
             text=True,
         )
         time.sleep(3)  # observe is reading the ring buffers
-        assert probe(lab, 80, ["shop/client"], [WEB]) == {("shop/client", WEB): True}
+        assert lab.probe_tcp(80, ["shop/client"], [WEB]) == {("shop/client", WEB): True}
         records: list[dict[str, Any]] = []
         assert observe.stdout is not None
         for line in observe.stdout:
@@ -269,7 +260,7 @@ def test_the_nodes_own_traffic_is_judged_by_its_host_endpoint_and_its_replies_pa
         assert not connects(lab, "node/node-1", outside, 80)  # Calico's default deny for the node
         apply(lab, egress)  # the agent's own API connection (a failsafe port) kept working
         assert connects(lab, "node/node-1", outside, 80)  # and the reply passes the ingress side
-        assert probe(lab, 80, ["shop/client"], [WEB]) == {("shop/client", WEB): True}
+        assert lab.probe_tcp(80, ["shop/client"], [WEB]) == {("shop/client", WEB): True}
     finally:
         delete(lab, egress)
         delete(lab, *example("host-endpoints.yaml").split("---")[2:])

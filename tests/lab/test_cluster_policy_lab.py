@@ -34,15 +34,6 @@ def apply(lab: Lab, text: str) -> None:
     lab.cli("apply", "-f", "-", stdin=text)
 
 
-def probe(lab: Lab, port: int, sources: list[str], targets: list[str]) -> dict[tuple[str, str], bool]:
-    args: list[str] = []
-    for s in sources:
-        args += ["--from", s]
-    for t in targets:
-        args += ["--to", t]
-    return lab.probe(port, "TCP", 4, *args)
-
-
 def explain(lab: Lab, src: str, dst: str, port: int) -> dict[str, Any]:
     out = subprocess.run(
         [
@@ -69,12 +60,12 @@ def explain(lab: Lab, src: str, dst: str, port: int) -> dict[str, Any]:
 
 
 def test_the_readme_walkthrough_holds_step_by_step(lab: Lab) -> None:
-    assert probe(lab, 9090, ["shop/web", "dev/tool"], ["monitoring/metrics"]) == {
+    assert lab.probe_tcp(9090, ["shop/web", "dev/tool"], ["monitoring/metrics"]) == {
         ("shop/web", "monitoring/metrics"): True,
         ("dev/tool", "monitoring/metrics"): True,
     }
     apply(lab, (EXAMPLES / "admin.yaml").read_text())
-    assert probe(lab, 9090, ["shop/web", "dev/tool", "monitoring/prometheus"], ["monitoring/metrics"]) == {
+    assert lab.probe_tcp(9090, ["shop/web", "dev/tool", "monitoring/prometheus"], ["monitoring/metrics"]) == {
         ("shop/web", "monitoring/metrics"): False,
         ("dev/tool", "monitoring/metrics"): False,
         ("monitoring/prometheus", "monitoring/metrics"): True,
@@ -95,7 +86,7 @@ def test_the_readme_walkthrough_holds_step_by_step(lab: Lab) -> None:
 
     def dropped_and_seen() -> bool:
         # (drops are sent until the observer, which may still be starting, has reported one)
-        probe(lab, 9090, ["dev/tool"], ["monitoring/metrics"])
+        lab.probe_tcp(9090, ["dev/tool"], ["monitoring/metrics"])
         return observer.poll() is not None
 
     try:
@@ -112,19 +103,19 @@ def test_the_readme_walkthrough_holds_step_by_step(lab: Lab) -> None:
         "deny-everyone-else",
     )
     apply(lab, (EXAMPLES / "baseline.yaml").read_text())
-    assert probe(lab, 80, ["dev/tool", "shop/api"], ["shop/api", "shop/web"]) == {
+    assert lab.probe_tcp(80, ["dev/tool", "shop/api"], ["shop/api", "shop/web"]) == {
         ("dev/tool", "shop/api"): False,
         ("dev/tool", "shop/web"): False,
         ("shop/api", "shop/api"): True,
         ("shop/api", "shop/web"): True,
     }
     apply(lab, (EXAMPLES / "shop-netpol.yaml").read_text())
-    got = probe(lab, 80, ["dev/tool", "shop/api"], ["shop/api", "shop/web"])
+    got = lab.probe_tcp(80, ["dev/tool", "shop/api"], ["shop/api", "shop/web"])
     assert (
         got[("dev/tool", "shop/web")] and not got[("dev/tool", "shop/api")] and got[("shop/api", "shop/web")]
     )
     # The NetworkPolicy isolates shop/web: port 9090 is closed to the scraper now, Baseline or not.
-    assert probe(lab, 9090, ["monitoring/prometheus"], ["shop/web"]) == {
+    assert lab.probe_tcp(9090, ["monitoring/prometheus"], ["shop/web"]) == {
         ("monitoring/prometheus", "shop/web"): False
     }
 

@@ -117,6 +117,11 @@ class Lab:
         assert (doc["port"], doc["protocol"], doc["family"]) == (port, protocol, family)
         return {(r["from"], r["to"]): r["connected"] for r in doc["results"]}
 
+    def probe_tcp(self, port: int, sources: list[str], targets: list[str]) -> dict[tuple[str, str], bool]:
+        """probe() over IPv4 TCP from `sources` to `targets` only."""
+        args = [a for s in sources for a in ("--from", s)] + [a for t in targets for a in ("--to", t)]
+        return self.probe(port, "TCP", 4, *args)
+
 
 def agent_get(lab: Lab, path: str, node: int = 1) -> bytes:
     """GET `path` of node-`node`'s agent health server (its loopback, inside the node's namespace)."""

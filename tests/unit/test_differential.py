@@ -120,8 +120,13 @@ def disagreements(
 
 
 def run_campaign(
-    examples: int, totals: Totals, strategy: st.SearchStrategy[Case], shrink: bool = True
+    examples: int,
+    totals: Totals,
+    strategy: st.SearchStrategy[Case] | st.SearchStrategy[CalicoCase],
+    shrink: bool = True,
 ) -> None:
+    """Every generated case answered by both sides; a CalicoCase adds its Calico policies."""
+
     @settings(
         max_examples=examples,
         deadline=None,
@@ -130,11 +135,13 @@ def run_campaign(
         phases=[Phase.explicit, Phase.reuse, Phase.generate, *([Phase.shrink] if shrink else [])],
     )
     @given(case=strategy)
-    def check(case: Case) -> None:
-        asked, allowed, wrong = disagreements(case)
+    def check(case: Case | CalicoCase) -> None:
+        base = case.case if isinstance(case, CalicoCase) else case
+        manifests = calico_manifests(case, unit_addresses(base)) if isinstance(case, CalicoCase) else []
+        asked, allowed, wrong = disagreements(base, calico=manifests)
         totals.clusters += 1
-        totals.policies += len(case.policies)
-        totals.cluster_policies += len(case.cluster_policies)
+        totals.policies += len(base.policies) + len(manifests)
+        totals.cluster_policies += len(base.cluster_policies)
         totals.questions += asked
         totals.allowed += allowed
         assert not wrong, "\n".join([case.describe(), *wrong])
@@ -176,26 +183,7 @@ def test_the_compiled_maps_give_the_reference_evaluators_verdict_with_calico_pol
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     totals = Totals()
-
-    @settings(
-        max_examples=CALICO_EXAMPLES,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-        phases=[Phase.explicit, Phase.reuse, Phase.generate, *([Phase.shrink] if CNP_SHRINK else [])],
-    )
-    @given(case=calico_cases(cluster_policies=2, host_network=1))
-    def check(case: CalicoCase) -> None:
-        manifests = calico_manifests(case, unit_addresses(case.case))
-        asked, allowed, wrong = disagreements(case.case, calico=manifests)
-        totals.clusters += 1
-        totals.policies += len(case.case.policies) + len(manifests)
-        totals.cluster_policies += len(case.case.cluster_policies)
-        totals.questions += asked
-        totals.allowed += allowed
-        assert not wrong, "\n".join([case.describe(), *wrong])
-
-    check()
+    run_campaign(CALICO_EXAMPLES, totals, calico_cases(cluster_policies=2, host_network=1), shrink=CNP_SHRINK)
     report(capsys, "differential with calico policies", totals)
 
 

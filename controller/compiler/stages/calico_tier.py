@@ -155,6 +155,7 @@ class CalicoTables:
         self.place: dict[tuple[str, int, int], tuple[int, int]] = {}  # (object, dir, index) -> (rank, ref)
         self.np_rank: dict[str, int] = {}  # NetworkPolicy key -> rank
         self._selecting: dict[int, tuple[CalicoPolicy, ...]] = {}
+        self._pod_addresses: dict[tuple[str, bool, int, bool], list[tuple[Pod, IPAddress]]] = {}
         if not self.policies:
             self.prefixes: frozenset[IPNetwork] = frozenset()
             return
@@ -254,7 +255,17 @@ class CalicoTables:
         """Pod addresses that need their own host prefix for this rule. named=False: where a rule
         has both label and address conditions, the pods it matches (or, when addresses alone can
         match, the pods it must not match: carved out); named=True: the destinations of its egress
-        named ports (pods it matches)."""
+        named ports (pods it matches). Computed once per rule: the prefixes and each endpoint's
+        contributions both ask."""
+        ckey = (pol.object, egress, rule.index, named)
+        hit = self._pod_addresses.get(ckey)
+        if hit is None:
+            hit = self._pod_addresses[ckey] = self._host_prefix_pods(pol, rule, egress, named)
+        return hit
+
+    def _host_prefix_pods(
+        self, pol: CalicoPolicy, rule: CalicoRule, egress: bool, named: bool
+    ) -> list[tuple[Pod, IPAddress]]:
         e = rule.peer(egress)
         out: list[tuple[Pod, IPAddress]] = []
         ip_cond = _has_ip_condition(rule, e)
@@ -309,13 +320,23 @@ class CalicoTier:
         self.tables = tables
         self.cidr = cidr
         self._peer_cache: dict[tuple[str, int, int], tuple[CalicoContribution, ...]] = {}
+        self._peer_idents: dict[tuple[str, int, int], frozenset[int]] = {}
 
     def directions(self, identity: int) -> tuple[bool, bool]:
         """(ingress, egress): a policy of the tier selects the identity for that direction."""
         pols = self.tables.selecting(identity)
         return any("Ingress" in p.types for p in pols), any("Egress" in p.types for p in pols)
 
-    def peer_identities(self, pol: CalicoPolicy, rule: CalicoRule, egress: bool) -> set[int]:
+    def peer_identities(self, pol: CalicoPolicy, rule: CalicoRule, egress: bool) -> frozenset[int]:
+        """The identities of the rule's peer side (once per rule: every endpoint it applies to
+        with its own named ports asks again)."""
+        ckey = (pol.object, int(egress), rule.index)
+        hit = self._peer_idents.get(ckey)
+        if hit is None:
+            hit = self._peer_idents[ckey] = frozenset(self._peer_identities(pol, rule, egress))
+        return hit
+
+    def _peer_identities(self, pol: CalicoPolicy, rule: CalicoRule, egress: bool) -> set[int]:
         e = rule.peer(egress)
         t = self.tables
         if not _has_ip_condition(rule, e):
