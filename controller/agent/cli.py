@@ -132,7 +132,7 @@ def start_flows(args: argparse.Namespace, agent: Agent, metrics: Metrics) -> tup
     out = None
     if args.flow_file:
         out = flows.FlowFile(args.flow_file, args.flow_file_max_bytes, args.flow_file_backups)
-    view = flows.ViewCache(agent.sources.snapshot)
+    view = flows.ViewCache(agent.sources.snapshot, agent.computed_versions)
     ring = pin_dir_for(args.node, args.pin_root) / "vg_events"
     started: list[Any] = [flows.FlowReader(args.node, ring, store, view.get, out).start()]
     if args.flow_socket.lower() != "none":

@@ -281,24 +281,27 @@ class FlowFile:
 
 
 class ViewCache:
-    """The ClusterView events are translated with, rebuilt from the agent's caches when their
-    contents changed (at most every `min_age` seconds: compiling the cluster costs)."""
+    """The ClusterView events are translated with.
 
-    def __init__(self, snapshot: Callable[[], Any], min_age: float = 1.0) -> None:
+    It is rebuilt when the agent computed from new cache contents (`computed()`: the versions of
+    its last compute, set before that compute's maps are written), never on a clock: an event the
+    kernel emitted under new maps is named with a view at least as new as those maps (a view one
+    second old named an audit drop right after a policy change without its policy). A rebuild
+    costs what the agent's own compute costs, at most once per compute."""
+
+    def __init__(self, snapshot: Callable[[], Any], computed: Callable[[], tuple[int, ...] | None]) -> None:
         self._snapshot = snapshot
-        self._min_age = min_age
+        self._computed = computed
         self._view: ClusterView | None = None
-        self._versions: tuple[int, ...] | None = None
-        self._built = 0.0
+        self._seen: tuple[int, ...] | None = None  # computed() when the view was built
 
     def get(self) -> ClusterView:
-        now = time.monotonic()
-        if self._view is not None and now - self._built < self._min_age:
+        seen = self._computed()
+        if self._view is not None and seen == self._seen:
             return self._view
-        snap = self._snapshot()
-        versions = snap.content_versions
-        if self._view is None or versions != self._versions:
-            raw = RawObjects(
+        snap = self._snapshot()  # as new as that compute's, or newer
+        self._view = ClusterView(
+            RawObjects(
                 namespaces=snap.namespaces,
                 pods=snap.pods,
                 policies=snap.policies,
@@ -306,8 +309,8 @@ class ViewCache:
                 cluster_policies=snap.cluster_policies,
                 calico=snap.calico,
             )
-            self._view, self._versions = ClusterView(raw), versions
-        self._built = now
+        )
+        self._seen = seen
         return self._view
 
 

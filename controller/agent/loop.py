@@ -198,6 +198,10 @@ class Agent:
     def live(self) -> bool:
         return not self.stop_event.is_set() and time.monotonic() - self._heartbeat < LIVENESS_STALL_SECONDS
 
+    def computed_versions(self) -> tuple[int, ...] | None:
+        """The cache versions of the last compute (set before its maps are written)."""
+        return self._desired_versions
+
     def is_ready(self) -> bool:
         """Synced (informers listed), attached (every discovered veth) and reconciled (last pass ok)."""
         return (

@@ -17,9 +17,17 @@ import pytest
 
 from controller.agent import cli as agent_cli
 from controller.agent.flow_server import FlowServer, netns_id, process_netns, refusal
-from controller.agent.flows import FlowFile, FlowFilter, FlowReader, FlowStore, parse_since, unix_time
+from controller.agent.flows import (
+    FlowFile,
+    FlowFilter,
+    FlowReader,
+    FlowStore,
+    ViewCache,
+    parse_since,
+    unix_time,
+)
 from controller.agent.metrics import Metrics
-from controller.compiler.clusterview import ClusterView
+from controller.compiler.clusterview import ClusterView, RawObjects
 from controller.core.verdicts import DIR_INGRESS
 from controller.datapath import abi
 from controller.debug import observe
@@ -181,6 +189,31 @@ def test_the_reader_translates_ring_records_and_names_the_isolating_policy() -> 
     assert lost(m, "decode") == 1
 
 
+def test_an_event_right_after_a_compute_is_named_with_the_policies_of_that_compute() -> None:
+    audit = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "deny", "namespace": "z", "annotations": {"vethguard.dev/audit": "true"}},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+    }
+    state = SimpleNamespace(raw=raw_cluster([]), computed=(1,), builds=0)
+
+    def snapshot() -> RawObjects:
+        state.builds += 1
+        return state.raw
+
+    cache = ViewCache(snapshot, lambda: state.computed)
+    store = FlowStore(Metrics(), capacity=10)
+    reader = FlowReader("node-1", "/nonexistent", store, cache.get)
+    first = cache.get()
+    xa, za = first.cluster.pods["x/a"].ips[0], first.cluster.pods["z/a"].ips[0]
+    assert cache.get() is first and state.builds == 1  # nothing computed since: no rebuild
+    state.raw, state.computed = raw_cluster([audit]), (2,)  # the agent computed the policy
+    reader.handle([flow_event(xa, za, DIR_INGRESS, abi.Reason.ALLOW_AUDIT)], 0)
+    (rec,) = store.history()
+    assert (rec["verdict"], rec["policy"]) == ("audit", "z/deny") and state.builds == 2
+
+
 def test_the_kernels_own_losses_are_counted_from_the_second_read_of_vg_evlost() -> None:
     m = Metrics()
     reader = FlowReader("node-1", "/nonexistent", FlowStore(m), lambda: ClusterView(raw_cluster([])))
@@ -290,7 +323,7 @@ def test_the_agent_command_starts_the_flow_reader_and_socket_from_its_flags(
     argv = ["agent", "--node", "node-1", "--pin-root", str(tmp_path / "bpf"), "--flow-socket", str(sock)]
     args = parser.parse_args([*argv, "--flow-file", str(out), "--flow-file-max-bytes", "4096"])
     assert (args.flow_capacity, args.flow_window_seconds, args.flow_file_backups) == (42, 5.0, 5)
-    agent = SimpleNamespace(sources=SimpleNamespace(snapshot=lambda: None))
+    agent = SimpleNamespace(sources=SimpleNamespace(snapshot=lambda: None), computed_versions=lambda: None)
     parts = agent_cli.start_flows(args, agent, Metrics())  # type: ignore[arg-type]
     try:
         reader, server = parts
