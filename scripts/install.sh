@@ -2,7 +2,8 @@
 # Installs everything vethguard needs on Debian 12 (bookworm), as root:
 #   system packages (bcc, kernel headers, iperf3, sockperf, iproute2 ...), the kernel-headers
 #   link bcc looks for, bpffs, and the vethguard package with its Python dependencies in a
-#   virtualenv at /opt/vethguard/venv (linked as /usr/local/bin/vethguard).
+#   virtualenv at /opt/vethguard/venv (linked as /usr/local/bin/vethguard and, for
+#   `kubectl vethguard`, /usr/local/bin/kubectl-vethguard).
 # Used by README.md, .ci/run and the Dockerfile, so CI proves the image's install steps.
 #   --image          building a container image: only the agent's packages, and no host-only
 #                    steps (headers link, bpffs mount) or test tools
@@ -93,6 +94,8 @@ sys.exit(0 if url.get("dir_info", {}).get("editable") and url.get("url") == "fil
 EOF
 "$venv/bin/pip" install -q "${mode[@]}" "$repo$extras"
 ln -sfn "$venv/bin/vethguard" /usr/local/bin/vethguard
+# kubectl finds plugins on PATH: `kubectl vethguard ...` runs kubectl-vethguard
+ln -sfn "$venv/bin/kubectl-vethguard" /usr/local/bin/kubectl-vethguard
 "$venv/bin/python" -c "import bcc, pyroute2, kubernetes, controller" \
   || { echo "install.sh: the virtualenv cannot import its dependencies" >&2; exit 1; }
 echo "==> done: $(command -v vethguard)"

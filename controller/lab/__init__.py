@@ -53,13 +53,14 @@ Pieces:
                 NS.svc.cluster.local svc.cluster.local cluster.local, ndots:5) in /etc/netns/<pod netns>/
                 Egress to a ClusterIP is still judged on the ClusterIP by from_pod (before DNAT).
 
-State: /run/vethguard/labs/<lab>/ {lab.json, store.json, api.sock, kubeconfig, daemon.pid,
+State: /run/vethguard/labs/<lab>/ {lab.json, store.json, api.sock, kubeconfig (this machine's
+clients: the API on a free port of 127.0.0.1), kubeconfig-nodes (the agents: 10.244.0.1:6443), daemon.pid,
 daemon.log, agent-node-<i>.pid, agent-node-<i>.log}; pins: /sys/fs/bpf/vethguard/lab-<lab>/.
 If the daemon dies, the next CLI command (not `down`) starts it again from lab.json/store.json;
 its watch window starts empty, so agents get 410 and relist, as after a kube-apiserver restart.
 
 Agents: per node, `nsenter --net=/run/netns/vg-<lab>-node-<i> -- <python> -m controller.cli agent
---node node-<i> --kubeconfig <state>/kubeconfig --pin-root /sys/fs/bpf/vethguard/lab-<lab>`;
+--node node-<i> --kubeconfig <state>/kubeconfig-nodes --pin-root /sys/fs/bpf/vethguard/lab-<lab>`;
 an agent that exits is started again within 0.2 s. The daemon reads each agent's /status from
 127.0.0.1:9890 inside the node namespace. `healthy` = process running and /status says ready.
 `up`, `apply` and `delete` return once every agent is healthy with realized_generation >= the

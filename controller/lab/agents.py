@@ -50,7 +50,7 @@ class AgentSupervisor:
             "--node",
             node,
             "--kubeconfig",
-            str(self.paths.kubeconfig),
+            str(self.paths.node_kubeconfig),
             "--pin-root",
             str(self.paths.pin_root),
             "--flow-socket",

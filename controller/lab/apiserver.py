@@ -5,9 +5,9 @@ It serves what the official Kubernetes client needs to list and watch the kinds 
 ClusterNetworkPolicies of policy.networking.k8s.io/v1alpha2, served as if their CRD were
 installed, and Calico's projectcalico.org/v3 GlobalNetworkPolicies, HostEndpoints (cluster
 scoped) and NetworkPolicies (namespaced), served as if Calico's API server were installed) plus
-the lab's ExternalHost kind: discovery
-(/version, /api, /apis), list with a resourceVersion, GET of one object, create (POST), replace
-(PUT), merge patch (PATCH) and DELETE, and watches streamed as newline-delimited JSON events.
+the lab's ExternalHost kind: discovery and OpenAPI stubs for kubectl (controller.lab.discovery),
+list with a resourceVersion, GET of one object, create (POST), replace (PUT), merge and strategic
+merge patch (PATCH) and DELETE, and watches streamed as newline-delimited JSON events.
 
 Watch semantics follow kube-apiserver: no resourceVersion (or "0") starts with an ADDED event per
 existing object; a resourceVersion older than the retained window gets one ERROR event carrying a
@@ -38,9 +38,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from controller.lab.discovery import discovery
 from controller.lab.store import (
     BY_PATH,
-    RESOURCES,
     ApiError,
     Expired,
     Obj,
@@ -50,17 +50,6 @@ from controller.lab.store import (
     status_object,
 )
 
-KUBE_VERSION = {
-    "major": "1",
-    "minor": "30",
-    "gitVersion": "v1.30.0-vethguard-lab",
-    "gitCommit": "0000000000000000000000000000000000000000",
-    "gitTreeState": "clean",
-    "buildDate": "2024-01-01T00:00:00Z",
-    "goVersion": "go1.22",
-    "compiler": "gc",
-    "platform": "linux/amd64",
-}
 UNVALIDATED_PATH = "/lab/v1/unvalidated"  # POST an object: stored without field validation
 DEFAULT_WATCH_TIMEOUT = 1800.0
 BOOKMARK_INTERVAL = 5.0
@@ -171,13 +160,6 @@ class Route:
     name: str | None
 
 
-def _groups() -> dict[str, list[Resource]]:
-    groups: dict[str, list[Resource]] = {}
-    for resource in RESOURCES.values():
-        groups.setdefault(resource.api_version, []).append(resource)
-    return groups
-
-
 def parse_resource_path(path: str) -> Route | None:
     parts = [urllib.parse.unquote(p) for p in path.strip("/").split("/")]
     if parts[:2] == ["api", "v1"]:
@@ -199,52 +181,17 @@ def parse_resource_path(path: str) -> Route | None:
     return Route(resource, namespace, rest[1] if len(rest) == 2 else None)
 
 
-def discovery(path: str) -> Any | None:
-    path = "/" + path.strip("/")
-    groups = _groups()
-    if path == "/version":
-        return KUBE_VERSION
-    if path == "/api":
-        return {
-            "kind": "APIVersions",
-            "versions": ["v1"],
-            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "10.244.0.1:6443"}],
-        }
-    if path == "/apis":
-        return {
-            "kind": "APIGroupList",
-            "apiVersion": "v1",
-            "groups": [
-                {
-                    "name": group_version.split("/")[0],
-                    "versions": [{"groupVersion": group_version, "version": group_version.split("/")[1]}],
-                    "preferredVersion": {
-                        "groupVersion": group_version,
-                        "version": group_version.split("/")[1],
-                    },
-                }
-                for group_version in groups
-                if "/" in group_version
-            ],
-        }
-    group_version = path.removeprefix("/api/").removeprefix("/apis/")
-    if group_version in groups and path in (f"/api/{group_version}", f"/apis/{group_version}"):
-        return {
-            "kind": "APIResourceList",
-            "apiVersion": "v1",
-            "groupVersion": group_version,
-            "resources": [
-                {
-                    "name": r.plural,
-                    "singularName": r.kind.lower(),
-                    "namespaced": r.namespaced,
-                    "kind": r.kind,
-                    "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
-                }
-                for r in groups[group_version]
-            ],
-        }
-    return None
+# A strategic merge patch (kubectl apply/edit/label) is applied as a merge patch without its
+# directives: lists are replaced whole, which is what it means for NetworkPolicy's lists (none has
+# a merge key); a Pod's containers would lose the merge by name (the lab never patches them).
+MERGE_PATCHES = ("application/merge-patch+json", "application/strategic-merge-patch+json", "")
+
+
+def without_directives(patch: Any) -> Any:
+    """A strategic merge patch's keys without `$patch`, `$retainKeys`, `$setElementOrder/...`."""
+    if isinstance(patch, dict):
+        return {k: without_directives(v) for k, v in patch.items() if not k.startswith("$")}
+    return patch
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -267,6 +214,7 @@ class ApiHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "vethguard-lab-apiserver"
     server: ApiHTTPServer | ApiUnixServer
+    _raw_body = b""  # this request's body (read by _dispatch)
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: the daemon logs errors itself
         return
@@ -293,8 +241,7 @@ class ApiHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _read_body(self) -> Any:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        raw = self._raw_body
         if not raw:
             return None
         try:
@@ -303,6 +250,10 @@ class ApiHandler(BaseHTTPRequestHandler):
             raise ApiError(400, "BadRequest", f"the request body is not valid JSON: {exc}") from exc
 
     def _dispatch(self, method: str) -> None:
+        # Every body is read, used or not: one left unread would be parsed as the next request
+        # of this keep-alive connection (kubectl sends DeleteOptions with DELETE).
+        length = int(self.headers.get("Content-Length") or 0)
+        self._raw_body = self.rfile.read(length) if length > 0 else b""
         url = urllib.parse.urlsplit(self.path)
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
         try:
@@ -382,9 +333,15 @@ class ApiHandler(BaseHTTPRequestHandler):
     def _patch(self, route: Route) -> None:
         store = self.server.store
         content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
-        if content_type == "application/json-patch+json":
-            raise ApiError(415, "UnsupportedMediaType", "the lab API server supports merge patches only")
+        if content_type not in MERGE_PATCHES:
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                f"the lab API server supports merge patches only, not {content_type}",
+            )
         body = self._read_body()
+        if content_type == "application/strategic-merge-patch+json":
+            body = without_directives(body)
         for _ in range(5):
             current = store.get(route.resource.key, route.namespace or "", route.name or "")
             if current is None:

@@ -66,8 +66,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise
     print(
         f"lab {lab} is up: {len(status['nodes'])} node(s), {len(status['pods'])} pod(s), "
-        f"{len(status['externals'])} external host(s); API {status['api']['url']} "
-        f"(kubeconfig {status['api']['kubeconfig']})"
+        f"{len(status['externals'])} external host(s); API {status['api']['url']} in the lab, "
+        f"{status['api'].get('localUrl')} here (kubectl --kubeconfig {status['api']['kubeconfig']})"
     )
     return 0
 
@@ -154,7 +154,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def _status_text(status: dict[str, Any]) -> str:
     lines = [f"lab {status['name']} (cni {status['cni']}, resourceVersion {status['resourceVersion']})"]
-    lines.append(f"API: {status['api']['url']}  kubeconfig: {status['api']['kubeconfig']}")
+    lines.append(
+        f"API: {status['api']['url']} in the lab, {status['api'].get('localUrl')} here  "
+        f"kubeconfig: {status['api']['kubeconfig']}"
+    )
     lines.append("NODES")
     for name, node in status["nodes"].items():
         agent = status["agents"].get(name)

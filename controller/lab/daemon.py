@@ -44,6 +44,7 @@ from controller.lab.store import ApiError, Obj, Resource, Store
 from controller.lab.svc import ServiceController
 
 log = logging.getLogger("vethguard.lab.daemon")
+NODE_API_URL = f"http://{topology.API_ADDRESS}:{topology.API_PORT}"  # from inside the nodes
 
 
 def responder_ports(pod: Obj) -> list[Port]:
@@ -424,6 +425,7 @@ class LabDaemon:
         self.config = self.paths.read_config()
         self.topo = topology.Topology(lab, self.config.cni)
         self.store = Store(self.paths.store)
+        self.local_api_url: str | None = None  # the API on this machine's 127.0.0.1 (once serving)
         self.responders = Responders()
         self.dns = (
             dns.DnsServer(
@@ -461,10 +463,9 @@ class LabDaemon:
             self.admission.restore()
         self.services.last_script = ""  # node tables may be gone (a rebuilt lab): write them again
         self.services.realize()
-        self._serve()
-        self.paths.kubeconfig.write_text(
-            kubeconfig_text(f"http://{topology.API_ADDRESS}:{topology.API_PORT}")
-        )
+        self.local_api_url = f"http://127.0.0.1:{self._serve()}"
+        self.paths.node_kubeconfig.write_text(kubeconfig_text(NODE_API_URL))
+        self.paths.kubeconfig.write_text(kubeconfig_text(self.local_api_url))
         if self.agents is not None:
             # before any pod: a pod's vethguard-cni ADD waits for the programs its agent pins
             self.paths.pin_root.mkdir(parents=True, exist_ok=True)
@@ -495,12 +496,18 @@ class LabDaemon:
         for index in nodes:
             self.topo.create_node(index)
 
-    def _serve(self) -> None:
+    def _serve(self) -> int:
+        """The API on the fabric (for the nodes), on the unix socket (for the CLI) and on a free
+        port of this machine's 127.0.0.1 (for kubectl: no route to the fabric is added to this
+        machine's namespace); returns that port."""
         fabric = self.topo.names.fabric
         sock = netns.run_in_netns(fabric, lambda: tcp_listener(topology.API_ADDRESS, topology.API_PORT))
         self.servers.append(ServerThread(ApiHTTPServer(sock, self.store, self.lab_endpoint)).start())
+        local = tcp_listener("127.0.0.1", 0)
+        self.servers.append(ServerThread(ApiHTTPServer(local, self.store, self.lab_endpoint)).start())
         unix = ApiUnixServer(self.paths.socket, self.store, self.lab_endpoint)
         self.servers.append(ServerThread(unix).start())
+        return int(local.getsockname()[1])
 
     def lab_endpoint(self, method: str, path: str, body: Any) -> tuple[int, Any]:
         if method == "GET" and path == "/lab/v1/status":
@@ -576,8 +583,10 @@ class LabDaemon:
             "services": svcs,
             "resourceVersion": self.store.resource_version,
             "api": {
-                "url": f"http://{topology.API_ADDRESS}:{topology.API_PORT}",
+                "url": NODE_API_URL,
+                "localUrl": self.local_api_url,
                 "kubeconfig": str(self.paths.kubeconfig),
+                "nodeKubeconfig": str(self.paths.node_kubeconfig),
             },
             "agentsEnabled": self.config.agents,
             "nodes": nodes,

@@ -59,7 +59,13 @@ class LabPaths:
 
     @property
     def kubeconfig(self) -> Path:
+        """For this machine's own clients (kubectl, the CLI): the API on 127.0.0.1."""
         return self.root / "kubeconfig"
+
+    @property
+    def node_kubeconfig(self) -> Path:
+        """For clients inside the lab's nodes (the agents): the API on the fabric's address."""
+        return self.root / "kubeconfig-nodes"
 
     @property
     def daemon_pid(self) -> Path:

@@ -48,6 +48,7 @@ class Resource:
     version: str
     namespaced: bool
     qualified: bool = False  # named plural.group: another group serves the same plural and kind
+    short_names: tuple[str, ...] = ()  # kubectl's (discovery): `kubectl get netpol`
 
     @property
     def api_version(self) -> str:
@@ -64,19 +65,37 @@ class Resource:
         return f"{self.kind}.{self.group}" if self.qualified else self.kind
 
 
+# Calico's own short names, except its NetworkPolicy's "cnp" (ClusterNetworkPolicy's here)
+CALICO_SHORT_NAMES = {"GlobalNetworkPolicy": ("gnp",), "HostEndpoint": ("hep", "heps")}
+
 RESOURCES: dict[str, Resource] = {
     r.key: r
     for r in (
-        Resource("namespaces", "Namespace", "", "v1", namespaced=False),
-        Resource("nodes", "Node", "", "v1", namespaced=False),
-        Resource("pods", "Pod", "", "v1", namespaced=True),
-        Resource("networkpolicies", "NetworkPolicy", "networking.k8s.io", "v1", namespaced=True),
+        Resource("namespaces", "Namespace", "", "v1", namespaced=False, short_names=("ns",)),
+        Resource("nodes", "Node", "", "v1", namespaced=False, short_names=("no",)),
+        Resource("pods", "Pod", "", "v1", namespaced=True, short_names=("po",)),
+        Resource(
+            "networkpolicies",
+            "NetworkPolicy",
+            "networking.k8s.io",
+            "v1",
+            namespaced=True,
+            short_names=("netpol",),
+        ),
         Resource("externalhosts", "ExternalHost", "lab.vethguard.dev", "v1alpha1", namespaced=False),
-        Resource("services", "Service", "", "v1", namespaced=True),
+        Resource("services", "Service", "", "v1", namespaced=True, short_names=("svc",)),
         Resource("endpointslices", "EndpointSlice", "discovery.k8s.io", "v1", namespaced=True),
-        Resource(cnp.PLURAL, cnp.KIND, cnp.GROUP, cnp.VERSION, namespaced=False),
+        Resource(cnp.PLURAL, cnp.KIND, cnp.GROUP, cnp.VERSION, namespaced=False, short_names=("cnp",)),
         *(
-            Resource(plural, kind, calico.GROUP, calico.VERSION, kind == calico.NAMESPACED_KIND, True)
+            Resource(
+                plural,
+                kind,
+                calico.GROUP,
+                calico.VERSION,
+                kind == calico.NAMESPACED_KIND,
+                True,
+                short_names=CALICO_SHORT_NAMES.get(kind, ()),
+            )
             for kind, plural in calico.PLURALS.items()
         ),
     )

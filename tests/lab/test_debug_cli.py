@@ -229,6 +229,14 @@ def test_the_kubectl_plugin_and_the_local_node_mode_work(lab: Lab) -> None:
     )
     assert plugin.returncode == 0, plugin.stderr
     assert plugin.stdout.splitlines()[1].split()[:2] == ["x", "x-a-allows-x-b"]
+    # The real kubectl: the lab's kubeconfig (the API on 127.0.0.1), and the plugin through PATH
+    kubeconfig = f"/run/vethguard/labs/{lab.name}/kubeconfig"
+    for argv, first in (
+        (["--kubeconfig", kubeconfig, "get", "networkpolicy", "-A"], ["x", "x-a-allows-x-b"]),
+        (["vethguard", "get", "netpol", "-A", "--lab", lab.name], ["x", "x-a-allows-x-b"]),
+    ):
+        done = subprocess.run(["kubectl", *argv], capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0 and done.stdout.splitlines()[1].split()[:2] == first, done
     # Inside node-1's namespace, like a DaemonSet pod: objects from the kubeconfig, maps by --node.
     node = lab.cli(
         "exec",
@@ -244,7 +252,7 @@ def test_the_kubectl_plugin_and_the_local_node_mode_work(lab: Lab) -> None:
         "--pin-root",
         f"/sys/fs/bpf/vethguard/lab-{lab.name}",
         "--kubeconfig",
-        f"/run/vethguard/labs/{lab.name}/kubeconfig",
+        f"/run/vethguard/labs/{lab.name}/kubeconfig-nodes",
         "-o",
         "json",
     )

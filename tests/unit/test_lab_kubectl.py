@@ -1,0 +1,140 @@
+"""The kubectl installed on this machine against the lab API server (on 127.0.0.1, no root): the
+seeds' walkthroughs (`kubectl apply`, `get networkpolicy`, `describe networkpolicy`, `delete`)
+work, as they do against a lab's kubeconfig; and the discovery and OpenAPI documents kubectl
+reads, checked directly."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.lab.apiserver import ServerThread, kubeconfig_text, serve_tcp
+from controller.lab.discovery import OPENAPI_ROOT, discovery
+from controller.lab.store import RESOURCES, Store
+
+KUBECTL = shutil.which("kubectl")
+POLICY = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: only-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {pod: b}}}]
+    ports: [{port: PORT, protocol: TCP}]
+"""
+
+
+@pytest.fixture
+def kubeconfig(tmp_path: Path) -> Iterator[Path]:
+    store = Store(window=50)
+    store.create("namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})
+    thread: ServerThread = serve_tcp(store)
+    address: Any = thread.server.server_address
+    path = tmp_path / "kubeconfig"
+    path.write_text(kubeconfig_text(f"http://{address[0]}:{address[1]}"))
+    try:
+        yield path
+    finally:
+        thread.stop()
+
+
+def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
+    assert KUBECTL, "kubectl is not on PATH (these machines have v1.32 in /usr/bin)"
+    done = subprocess.run(
+        [KUBECTL, "--kubeconfig", str(kubeconfig), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_kubectl_applies_gets_describes_changes_and_deletes_a_network_policy(kubeconfig: Path) -> None:
+    out = kubectl(kubeconfig, "apply", "-f", "-", stdin=POLICY.replace("PORT", "80"))
+    assert out.strip() == "networkpolicy.networking.k8s.io/only-b created"
+    assert "only-b" in kubectl(kubeconfig, "get", "netpol", "-A")
+    described = kubectl(kubeconfig, "describe", "networkpolicy", "-n", "x", "only-b")
+    assert "PodSelector:     pod=a" in described and "To Port: 80/TCP" in described
+    # a second apply is a strategic merge patch carrying kubectl's directives
+    out = kubectl(kubeconfig, "apply", "-f", "-", stdin=POLICY.replace("PORT", "81"))
+    assert out.strip() == "networkpolicy.networking.k8s.io/only-b configured"
+    got = json.loads(kubectl(kubeconfig, "get", "networkpolicy", "-n", "x", "only-b", "-o", "json"))
+    assert got["spec"]["ingress"][0]["ports"] == [{"port": 81, "protocol": "TCP"}]
+    assert "kubectl.kubernetes.io/last-applied-configuration" in got["metadata"]["annotations"]
+    # DELETE carries DeleteOptions on a keep-alive connection; the next request must still parse
+    out = kubectl(kubeconfig, "delete", "-f", "-", stdin=POLICY.replace("PORT", "81"))
+    assert out.strip() == 'networkpolicy.networking.k8s.io "only-b" deleted'
+    assert kubectl(kubeconfig, "get", "netpol", "-n", "x", "-o", "name") == ""
+
+
+def test_kubectl_rejects_what_the_lab_api_server_would_not_admit(kubeconfig: Path) -> None:
+    assert KUBECTL
+    bad = POLICY.replace("PORT", "80").replace("[Ingress]", "[Bogus]")
+    done = subprocess.run(
+        [KUBECTL, "--kubeconfig", str(kubeconfig), "apply", "-f", "-"],
+        input=bad,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0 and "Bogus" in done.stderr, done.stderr
+
+
+def document(path: str) -> Any:
+    doc = discovery(path)
+    assert doc is not None, path
+    return doc
+
+
+def test_every_resource_has_an_openapi_patch_that_takes_field_validation() -> None:
+    root = document(OPENAPI_ROOT)
+    for r in RESOURCES.values():
+        prefix = "api/v1" if not r.group else f"apis/{r.api_version}"
+        url = root["paths"][prefix]["serverRelativeURL"]
+        doc = document(url.split("?")[0])
+        scope = "namespaces/{namespace}/" if r.namespaced else ""
+        patch = doc["paths"][f"/{prefix}/{scope}{r.plural}/{{name}}"]["patch"]
+        assert patch["x-kubernetes-group-version-kind"] == {
+            "group": r.group,
+            "version": r.version,
+            "kind": r.kind,
+        }
+        assert {"name": "fieldValidation", "in": "query"}.items() <= patch["parameters"][0].items()
+
+
+def test_discovery_names_kubectl_s_short_names() -> None:
+    core = {r["name"]: r for r in document("/api/v1")["resources"]}
+    assert core["pods"]["shortNames"] == ["po"] and core["pods"]["categories"] == ["all"]
+    net = {r["name"]: r for r in document("/apis/networking.k8s.io/v1")["resources"]}
+    assert net["networkpolicies"]["shortNames"] == ["netpol"]
+
+
+def test_an_unread_body_never_becomes_the_next_request_on_a_kept_connection(kubeconfig: Path) -> None:
+    server = json.loads(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+    host, port = server.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        body = json.dumps({"propagationPolicy": "Background"})
+        conn.request(
+            "DELETE", "/api/v1/namespaces/x/pods/missing", body, {"Content-Type": "application/json"}
+        )
+        first = conn.getresponse()
+        assert first.status == 404 and json.loads(first.read())["reason"] == "NotFound"
+        conn.request("GET", "/api/v1/namespaces/x")
+        second = conn.getresponse()
+        assert second.status == 200 and json.loads(second.read())["metadata"]["name"] == "x"
+    finally:
+        conn.close()
