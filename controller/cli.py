@@ -9,11 +9,22 @@ from collections.abc import Sequence
 from controller.core.errors import VethguardError
 
 
+def version() -> str:
+    """The installed package's version (pyproject.toml), or "unknown" outside an install."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("vethguard")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser(prog: str = "vethguard") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Kubernetes NetworkPolicy enforced in the kernel with tc BPF programs on pod veths.",
     )
+    parser.add_argument("--version", action="version", version=f"{prog} {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from controller.agent.cli import register as register_agent
@@ -35,9 +46,10 @@ def build_parser(prog: str = "vethguard") -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "vethguard") -> int:
-    """Run one subcommand. The one error handler of every subcommand: a VethguardError is printed
-    as `error: ...` on stderr (exit 1) without a traceback; a closed pipe (`observe -f | head`)
-    and Ctrl-C end quietly."""
+    """Run one subcommand. The one error handler of every subcommand: a VethguardError, and a
+    failure of the Kubernetes API or kubeconfig (controller.agent.api_errors), is printed as
+    `error: ...` on stderr (exit 1) without a traceback; a closed pipe (`observe -f | head`) and
+    Ctrl-C end quietly."""
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
@@ -49,6 +61,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "vethguard") -> int:
         return 0
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        from controller.agent.api_errors import describe
+
+        line = describe(exc)
+        if line is None:
+            raise  # a bug: keep its traceback
+        print(f"error: {line}", file=sys.stderr)
+        return 1
     return int(rc or 0)
 
 

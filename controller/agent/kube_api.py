@@ -104,6 +104,7 @@ KINDS: tuple[KindSpec, ...] = (
 
 def load_api_client(kubeconfig: str | None = None) -> Any:
     """ApiClient from --kubeconfig, else $KUBECONFIG, else in-cluster config, else ~/.kube/config."""
+    import yaml
     from kubernetes import client, config
     from kubernetes.config.config_exception import ConfigException
 
@@ -128,7 +129,8 @@ def load_api_client(kubeconfig: str | None = None) -> Any:
                         f"with a service account, or create {default}"
                     ) from None
                 config.load_kube_config(config_file=default, client_configuration=cfg)
-    except (ConfigException, OSError, ValueError) as exc:
+    except (ConfigException, OSError, ValueError, yaml.YAMLError) as exc:
         where = explicit or "default locations"
-        raise VethguardError(f"cannot load Kubernetes configuration ({where}): {exc}") from exc
+        detail = " ".join(str(exc).split())  # YAML errors span lines: one line
+        raise VethguardError(f"cannot load Kubernetes configuration ({where}): {detail}") from exc
     return client.ApiClient(cfg)

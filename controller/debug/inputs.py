@@ -36,6 +36,7 @@ from controller.core.errors import VethguardError
 
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/vethguard"
 DEFAULT_AGENT = "127.0.0.1:9890"
+REQUEST_TIMEOUT = 30.0  # seconds for each list: a stalled API server is an error, not a hang
 
 # (field of RawObjects, API path) of the kinds the agent watches.
 LIST_PATHS = (
@@ -151,7 +152,7 @@ def list_optional(api: Any, lists: Lists) -> list[str]:
     warnings = []
     for fld, (_, key, _) in OPTIONAL.items():
         try:
-            resp: Any = specs[key].list_fn_of(api)(_preload_content=False)
+            resp: Any = specs[key].list_fn_of(api)(_preload_content=False, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as exc:
             items, warning = _unlisted(fld, int(exc.status or 0), "the API server", exc.reason)
             lists[fld] = (items, None)
@@ -206,7 +207,7 @@ class LocalTarget(Target):
         for spec in KINDS:
             if spec.kind not in fields:
                 continue
-            resp = spec.list_fn_of(api)(_preload_content=False)
+            resp = spec.list_fn_of(api)(_preload_content=False, _request_timeout=REQUEST_TIMEOUT)
             lists[fields[spec.kind]] = _items(fields[spec.kind], json.loads(resp.data))
         return _raw_objects(lists, list_optional(api, lists))
 

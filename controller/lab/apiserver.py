@@ -283,6 +283,9 @@ class ApiHandler(BaseHTTPRequestHandler):
     # --- routes ---
 
     def _route(self, method: str, path: str, query: dict[str, str]) -> None:
+        injected = self.server.fault(method, path) if self.server.fault is not None else None
+        if injected is not None:
+            raise injected
         if path in ("/livez", "/readyz", "/healthz"):
             self._send_text(200, "ok")
             return
@@ -463,10 +466,16 @@ class ApiHandler(BaseHTTPRequestHandler):
 # --- servers --------------------------------------------------------------------------------
 
 
+# A fault to inject (tests: the server made to fail as a real one can): (method, path) -> an
+# ApiError to answer with instead, or None to serve the request.
+Fault = Callable[[str, str], "ApiError | None"]
+
+
 class _ApiServerMixin:
     store: Store
     lab_handler: LabHandler | None
     stopping: threading.Event
+    fault: Fault | None = None
 
 
 class ApiHTTPServer(_ApiServerMixin, ThreadingHTTPServer):
