@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from controller.core.errors import VethguardError
 
@@ -19,13 +20,26 @@ def version() -> str:
         return "unknown"
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: it rejects arguments it does not know with its own usage line
+    (argparse would leave them to the top-level parser, whose usage says nothing useful)."""
+
+    def parse_known_args(  # type: ignore[override]  # typeshed overloads it on the namespace
+        self, args: Any = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extra = super().parse_known_args(args, namespace)
+        if extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed, extra
+
+
 def build_parser(prog: str = "vethguard") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Kubernetes NetworkPolicy enforced in the kernel with tc BPF programs on pod veths.",
     )
     parser.add_argument("--version", action="version", version=f"{prog} {version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser)
 
     from controller.agent.cli import register as register_agent
     from controller.bench.cli import register as register_bench

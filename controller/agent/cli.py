@@ -83,7 +83,9 @@ def register(sub: Any) -> None:
             f"cannot lock you out (Calico's failsafe{direction.capitalize()}HostPorts; 'none' for "
             f"none; default: ${env}, else {format_failsafe(default)})",
         )
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="(default: info)"
+    )
     _flow_args(p)
     p.set_defaults(func=run_cli)
 

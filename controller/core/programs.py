@@ -58,7 +58,9 @@ _SHELL_PREFIXES = frozenset({"exec", "!", "if", "then", "else", "elif", "do", "w
 
 @dataclass(frozen=True)
 class Package:
-    source: str  # "deb" (Debian, installed by scripts/install.sh) or "pip" (pyproject.toml)
+    # "deb" (Debian, installed by scripts/install.sh), "pip" (pyproject.toml), or "machine": on
+    # these machines already, not ours to install (kubectl, which Debian 12 ships only at 1.20)
+    source: str
     name: str
     needed_by: str  # one of ROLES
     programs: tuple[str, ...]
@@ -68,6 +70,8 @@ class Package:
             return (
                 f"the Debian package {self.name}: `apt-get install {self.name}`, or `bash scripts/install.sh`"
             )
+        if self.source == "machine":
+            return f"{self.name}, which these machines provide and vethguard does not install"
         return f"the Python package {self.name}: `bash scripts/install.sh` (pip install)"
 
 
@@ -100,8 +104,10 @@ def parse_table(text: str, origin: str = "packages.tsv") -> tuple[Package, ...]:
         if len(fields) < 3 or ":" not in fields[0]:
             raise PackageTableError(f"{origin}:{number}: expected 'source:package needed-by programs...'")
         source, _, name = fields[0].partition(":")
-        if source not in ("deb", "pip") or not name:
-            raise PackageTableError(f"{origin}:{number}: source must be deb: or pip:, got {fields[0]!r}")
+        if source not in ("deb", "pip", "machine") or not name:
+            raise PackageTableError(
+                f"{origin}:{number}: source must be deb:, pip: or machine:, got {fields[0]!r}"
+            )
         if fields[1] not in ROLES:
             raise PackageTableError(f"{origin}:{number}: needed-by must be one of {', '.join(ROLES)}")
         programs = tuple(p for p in fields[2:] if p != "-")

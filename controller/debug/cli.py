@@ -42,7 +42,8 @@ def _target_args(p: argparse.ArgumentParser, output: Sequence[str] = ("json",)) 
     g.add_argument(
         "--agent", default=DEFAULT_AGENT, help=f"the local agent's status address (default {DEFAULT_AGENT})"
     )
-    p.add_argument("-o", "--output", choices=list(output), help="output format")
+    if output:  # describe prints text only, as kubectl's does (get -o json|yaml has the data)
+        p.add_argument("-o", "--output", choices=list(output), help="output format")
 
 
 def make_target(args: argparse.Namespace) -> Target:
@@ -431,7 +432,7 @@ def cmd_observe(args: argparse.Namespace) -> int:
 def cmd_reachability(args: argparse.Namespace) -> int:
     target = make_target(args)
     view = _view(target)
-    pods = view.pods(args.namespace)
+    pods = view.pods(None if args.all_namespaces else args.namespace)
     if not pods:
         raise VethguardError(
             "no pods with an address" + (f" in namespace {args.namespace}" if args.namespace else "")
@@ -507,10 +508,13 @@ def register(sub: Any) -> None:
         "HostEndpoints (hep) like calicoctl",
     )
     p.add_argument(
-        "kind", choices=NETPOL_NAMES + cnp.NAMES + calico.NAMES, metavar="netpol|cnp|gnp|cnetpol|hep"
+        "kind",
+        choices=NETPOL_NAMES + cnp.NAMES + calico.NAMES,
+        metavar="netpol|cnp|gnp|cnetpol|hep",
+        help="the kind to list",
     )
-    p.add_argument("-n", "--namespace", default="default")
-    p.add_argument("-A", "--all-namespaces", action="store_true")
+    p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
     _target_args(p, ("wide", "json", "yaml"))
     p.set_defaults(func=cmd_get)
 
@@ -519,9 +523,9 @@ def register(sub: Any) -> None:
         help="describe NetworkPolicies or ClusterNetworkPolicies (cnp) like kubectl, plus what "
         "vethguard made of them",
     )
-    p.add_argument("kind", choices=NETPOL_NAMES + cnp.NAMES, metavar="netpol|cnp")
-    p.add_argument("name", nargs="?")
-    p.add_argument("-n", "--namespace", default="default")
+    p.add_argument("kind", choices=NETPOL_NAMES + cnp.NAMES, metavar="netpol|cnp", help="the kind")
+    p.add_argument("name", nargs="?", help="one object (default: every one)")
+    p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
     _target_args(p, ())
     p.set_defaults(func=cmd_describe)
 
@@ -531,9 +535,13 @@ def register(sub: Any) -> None:
     )
     p.add_argument("source", metavar="FROM", help="NS/POD or an IP address")
     p.add_argument("destination", metavar="TO", help="NS/POD or an IP address")
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=int, required=True, help="destination port (ICMP: type<<8|code)")
     p.add_argument(
-        "--protocol", default="TCP", type=str.upper, choices=["TCP", "UDP", "SCTP", "ICMP", "ICMPV6"]
+        "--protocol",
+        default="TCP",
+        type=str.upper,
+        choices=["TCP", "UDP", "SCTP", "ICMP", "ICMPV6"],
+        help="(default: TCP)",
     )
     p.add_argument(
         "--family", type=int, choices=[4, 6], help="address family of pods (default 4, or the IP's)"
@@ -548,12 +556,21 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--pod", action="append", metavar="NS/POD", help="only flows from or to this pod (repeatable)"
     )
-    p.add_argument("--verdict", action="append", choices=["allowed", "denied", "audit", "log"])
+    p.add_argument(
+        "--verdict",
+        action="append",
+        choices=["allowed", "denied", "audit", "log"],
+        help="only these (repeatable)",
+    )
     p.add_argument("--namespace", action="append", metavar="NS", help="only flows from or to pods of NS")
     p.add_argument("--policy", action="append", metavar="NS/NAME", help="only flows this policy decided")
     p.add_argument("--port", action="append", type=int, help="only flows to this port (repeatable)")
     p.add_argument(
-        "--protocol", action="append", type=str.upper, choices=["TCP", "UDP", "SCTP", "ICMP", "ICMPV6"]
+        "--protocol",
+        action="append",
+        type=str.upper,
+        choices=["TCP", "UDP", "SCTP", "ICMP", "ICMPV6"],
+        help="only flows of this protocol (repeatable)",
     )
     p.add_argument("--since", help="only flows since: 30s, 5m, 2h ago, a unix or an ISO 8601 time")
     p.add_argument(
@@ -576,10 +593,15 @@ def register(sub: Any) -> None:
         "reachability", help="the pod-to-pod matrix the policies imply (--probe: and what the kernel does)"
     )
     p.add_argument("-n", "--namespace", help="only pods of this namespace (default: all)")
-    p.add_argument("--port", type=int, default=80)
-    p.add_argument("--protocol", default="TCP", type=str.upper, choices=["TCP", "UDP", "SCTP"])
-    p.add_argument("--family", type=int, choices=[4, 6], default=4)
+    p.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="pods of every namespace (the default)"
+    )
+    p.add_argument("--port", type=int, default=80, help="destination port (default: 80)")
+    p.add_argument(
+        "--protocol", default="TCP", type=str.upper, choices=["TCP", "UDP", "SCTP"], help="(default: TCP)"
+    )
+    p.add_argument("--family", type=int, choices=[4, 6], default=4, help="IP family (default: 4)")
     p.add_argument("--probe", action="store_true", help="lab only: also try every cell for real")
-    p.add_argument("--probe-timeout", type=float, default=1.0)
+    p.add_argument("--probe-timeout", type=float, default=1.0, help="seconds per probed cell (default: 1.0)")
     _target_args(p)
     p.set_defaults(func=cmd_reachability)

@@ -242,7 +242,8 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def _with_name(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--name", default="default", help="lab name (default: %(default)s)")
+    # --lab as in the debug commands (`vethguard explain --lab NAME`): either spelling works
+    parser.add_argument("--name", "--lab", default="default", help="lab name (default: %(default)s)")
     return parser
 
 
@@ -292,28 +293,40 @@ def register(subparsers: Any) -> None:
         parser.set_defaults(func=func)
 
     pr = _with_name(sub.add_parser("probe", help="try connections from sources to destinations in parallel"))
-    pr.add_argument("--port", type=int, required=True)
-    pr.add_argument("--protocol", choices=["TCP", "UDP", "SCTP"], default="TCP", type=str.upper)
-    pr.add_argument("--family", type=int, choices=[4, 6], default=4)
-    pr.add_argument("--from", dest="sources", action="extend", nargs="+", metavar="NS/POD|ext/NAME")
+    pr.add_argument("--port", type=int, required=True, help="destination port (a nodePort for a node's IP)")
+    pr.add_argument(
+        "--protocol", choices=["TCP", "UDP", "SCTP"], default="TCP", type=str.upper, help="(default: TCP)"
+    )
+    pr.add_argument("--family", type=int, choices=[4, 6], default=4, help="IP family of pods (default: 4)")
+    pr.add_argument(
+        "--from",
+        dest="sources",
+        action="extend",
+        nargs="+",
+        metavar="NS/POD|ext/NAME",
+        help="sources (repeatable; default: every pod)",
+    )
     pr.add_argument(
         "--to",
         dest="destinations",
         action="extend",
         nargs="+",
         metavar="NS/POD|ext/NAME|svc/NS/NAME|lb/NS/NAME|IP",
+        help="destinations (repeatable; default: every pod and external host)",
     )
     pr.add_argument("--timeout", type=float, default=1.0, help="seconds per probe (default: %(default)s)")
-    pr.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    pr.add_argument("-o", "--output", choices=["text", "json"], default="text", help="a matrix, or JSON")
     pr.set_defaults(func=cmd_probe)
 
     st = _with_name(sub.add_parser("status", help="nodes, pods, external hosts and agents"))
-    st.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    st.add_argument("-o", "--output", choices=["text", "json"], default="text", help="output format")
     st.set_defaults(func=cmd_status)
 
     ex = _with_name(sub.add_parser("exec", help="run a command inside a pod's network namespace"))
     ex.add_argument("target", metavar="NS/POD", help="NAMESPACE/POD, ext/NAME or node/node-N")
-    ex.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    ex.add_argument(
+        "command", nargs=argparse.REMAINDER, metavar="-- CMD ...", help="the command and its arguments"
+    )
     ex.set_defaults(func=cmd_exec)
 
     down = _with_name(sub.add_parser("down", help="remove everything the lab created"))

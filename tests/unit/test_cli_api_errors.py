@@ -1,7 +1,7 @@
 """Every way the Kubernetes API or a kubeconfig can fail ends a CLI command with one `error:` line
 naming what is wrong and exit 1, never a traceback: the lab API server made to fail as a real one
 does (401, 403 with the verb and resource, 404, 410, 500, a stall), a server that refuses, TLS
-against a plain server, and kubeconfigs that are missing or not YAML. And `--version`."""
+against a plain server, and kubeconfigs that are missing or not YAML."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def url_of(thread: ServerThread, scheme: str = "http") -> str:
     return f"{scheme}://{address[0]}:{address[1]}"
 
 
-def run_cli(capsys: pytest.CaptureFixture[str], kubeconfig: Path, *args: str) -> tuple[int, str]:
+def cli_error(capsys: pytest.CaptureFixture[str], kubeconfig: Path, *args: str) -> tuple[int, str]:
     capsys.readouterr()
     rc = main([*(args or ("get", "netpol", "-A")), "--kubeconfig", str(kubeconfig)])
     err = capsys.readouterr().err
@@ -88,7 +88,7 @@ def test_an_api_server_error_is_one_line_naming_the_status_and_what_to_check(
     expect: str,
 ) -> None:
     lab_api.server.fault = fault
-    rc, err = run_cli(capsys, kubeconfig_for(tmp_path, url_of(lab_api)))
+    rc, err = cli_error(capsys, kubeconfig_for(tmp_path, url_of(lab_api)))
     assert rc == 1 and err.count("\n") == 1 and err.startswith("error: the API server "), err
     assert expect in err and "Traceback" not in err
 
@@ -102,7 +102,7 @@ def test_a_stalled_api_server_is_a_timeout_not_a_hang(
     monkeypatch.setattr(inputs, "REQUEST_TIMEOUT", 0.3)
     lab_api.server.fault = stall
     started = time.monotonic()
-    rc, err = run_cli(capsys, kubeconfig_for(tmp_path, url_of(lab_api)))
+    rc, err = cli_error(capsys, kubeconfig_for(tmp_path, url_of(lab_api)))
     assert rc == 1 and err == f"error: the API server at {url_of(lab_api)} did not answer in time\n"
     assert time.monotonic() - started < 2.0
 
@@ -113,7 +113,7 @@ def test_a_server_that_refuses_connections_is_named_with_its_address(
     with socket.socket() as s:  # a port nothing listens on once closed
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    rc, err = run_cli(capsys, kubeconfig_for(tmp_path, f"http://127.0.0.1:{port}"))
+    rc, err = cli_error(capsys, kubeconfig_for(tmp_path, f"http://127.0.0.1:{port}"))
     assert (
         rc == 1
         and err
@@ -124,7 +124,7 @@ def test_a_server_that_refuses_connections_is_named_with_its_address(
 def test_tls_against_a_plain_server_says_tls_failed(
     lab_api: ServerThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rc, err = run_cli(capsys, kubeconfig_for(tmp_path, url_of(lab_api, "https")))
+    rc, err = cli_error(capsys, kubeconfig_for(tmp_path, url_of(lab_api, "https")))
     assert rc == 1 and err.startswith("error: TLS with the API server failed: [SSL: WRONG_VERSION_NUMBER]"), (
         err
     )
@@ -152,7 +152,7 @@ def test_a_bad_kubeconfig_is_one_line_naming_the_file(
     path = tmp_path / "kubeconfig"
     if text is not None:
         path.write_text(text)
-    rc, err = run_cli(capsys, path)
+    rc, err = cli_error(capsys, path)
     assert rc == 1 and err.startswith("error: " + expect.format(path=path)) and err.count("\n") == 1, err
 
 
@@ -180,15 +180,3 @@ def test_transport_failures_without_a_server_are_described_and_bugs_are_not(
 ) -> None:
     line = api_errors.describe(make())
     assert (line is None) if expect is None else (line is not None and expect in line), line
-
-
-def test_version_prints_the_installed_version_for_the_cli_and_the_kubectl_plugin(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    from importlib import metadata
-
-    for prog in ("vethguard", "kubectl vethguard"):
-        with pytest.raises(SystemExit) as done:
-            main(["--version"], prog=prog)
-        assert done.value.code == 0
-        assert capsys.readouterr().out == f"{prog} {metadata.version('vethguard')}\n"

@@ -27,7 +27,7 @@ from controller.debug import bpfview, observe, reach
 from controller.debug import cnp as cnp_mod
 from controller.debug.cli import live_lookup
 from controller.debug.explain import explain, explain_text
-from controller.debug.inputs import CNP_PATH, LabTarget, LocalTarget, NodeRef
+from controller.debug.inputs import CNP_PATH, REQUEST_TIMEOUT, LabTarget, LocalTarget, NodeRef
 from controller.debug.kernel import NodeMaps
 from controller.lab.store import Store
 from tests.support.debug_views import (
@@ -496,7 +496,7 @@ class _CustomObjects:
             "policy.networking.k8s.io",
             "v1alpha2",
             "clusternetworkpolicies",
-            {"_preload_content": False},
+            {"_preload_content": False, "_request_timeout": REQUEST_TIMEOUT},
         )
         code, items = self.answer
         if code != 200:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,6 @@ from controller.lab.apiserver import ServerThread, kubeconfig_text, serve_tcp
 from controller.lab.discovery import OPENAPI_ROOT, discovery
 from controller.lab.store import RESOURCES, Store
 
-KUBECTL = shutil.which("kubectl")
 POLICY = """
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -48,9 +46,8 @@ def kubeconfig(tmp_path: Path) -> Iterator[Path]:
 
 
 def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
-    assert KUBECTL, "kubectl is not on PATH (these machines have v1.32 in /usr/bin)"
     done = subprocess.run(
-        [KUBECTL, "--kubeconfig", str(kubeconfig), *args],
+        ["kubectl", "--kubeconfig", str(kubeconfig), *args],
         input=stdin,
         capture_output=True,
         text=True,
@@ -80,10 +77,9 @@ def test_kubectl_applies_gets_describes_changes_and_deletes_a_network_policy(kub
 
 
 def test_kubectl_rejects_what_the_lab_api_server_would_not_admit(kubeconfig: Path) -> None:
-    assert KUBECTL
     bad = POLICY.replace("PORT", "80").replace("[Ingress]", "[Bogus]")
     done = subprocess.run(
-        [KUBECTL, "--kubeconfig", str(kubeconfig), "apply", "-f", "-"],
+        ["kubectl", "--kubeconfig", str(kubeconfig), "apply", "-f", "-"],
         input=bad,
         capture_output=True,
         text=True,
