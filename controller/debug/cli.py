@@ -236,7 +236,7 @@ def cmd_bpf(args: argparse.Namespace) -> int:
 
 # -- get / describe ----------------------------------------------------------------------------
 
-NETPOL_NAMES = ("netpol", "netpols", "networkpolicy", "networkpolicies", "networkpolicy.networking.k8s.io")
+NETPOL_NAMES = netpol.NAMES
 
 
 def _policies(view: ClusterView, namespace: str | None) -> list[dict[str, Any]]:

@@ -17,6 +17,9 @@ from controller.compiler.parse import AUDIT_ANNOTATION
 from controller.core.errors import PolicyError
 from controller.debug.render import age, labels_text, selector_text, table
 
+# What `vethguard get`, `describe` and `whatif --delete` take for a NetworkPolicy
+NAMES = ("netpol", "netpols", "networkpolicy", "networkpolicies", "networkpolicy.networking.k8s.io")
+
 Obj = Mapping[str, Any]
 
 
