@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import platform
 from dataclasses import dataclass
 from functools import cache
 from typing import ClassVar
@@ -13,7 +14,19 @@ from typing import ClassVar
 # ---------------------------------------------------------------------------------------------
 # bpf(2) through ctypes: bcc's table API needs its own compiled types; these work on any fd.
 
-SYS_BPF = 321  # x86_64
+# bpf(2)'s number differs by architecture (arch/*/syscall tables; arm64 and riscv64 use the
+# generic table). An architecture missing here gets a clear error on the first call.
+SYS_BPF_BY_MACHINE = {
+    "x86_64": 321,
+    "aarch64": 280,
+    "arm64": 280,
+    "riscv64": 280,
+    "ppc64le": 361,
+    "s390x": 351,
+    "i686": 357,
+    "armv7l": 386,
+}
+SYS_BPF: int | None = SYS_BPF_BY_MACHINE.get(platform.machine())
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
@@ -42,6 +55,8 @@ class BpfError(OSError):
 
 def bpf(cmd: int, attr: ctypes.Structure) -> int:
     """Call bpf(2); raise BpfError(errno) on failure."""
+    if SYS_BPF is None:
+        raise BpfError(errno.ENOSYS, f"bpf(2): no syscall number known for {platform.machine()}")
     ret = _libc.syscall(SYS_BPF, ctypes.c_int(cmd), ctypes.byref(attr), ctypes.c_uint(ctypes.sizeof(attr)))
     if ret < 0:
         err = ctypes.get_errno()
