@@ -200,6 +200,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kubeconfig(args: argparse.Namespace) -> int:
+    """The path of the kubeconfig for this machine's clients (`export KUBECONFIG=$(vethguard lab
+    kubeconfig)`), once the lab answers."""
+    print(connect(args.name).status()["api"]["kubeconfig"])
+    return 0
+
+
 def require_lab_programs(dns: bool) -> None:
     """Every program the lab itself starts (scripts/packages.tsv, role lab), before it creates anything."""
     needed = [p for p in programs.role_programs("lab") if dns or p != "dnsmasq"]
@@ -321,6 +328,13 @@ def register(subparsers: Any) -> None:
     st = _with_name(sub.add_parser("status", help="nodes, pods, external hosts and agents"))
     st.add_argument("-o", "--output", choices=["text", "json"], default="text", help="output format")
     st.set_defaults(func=cmd_status)
+
+    kc = _with_name(
+        sub.add_parser(
+            "kubeconfig", help="print the path of the lab's kubeconfig for kubectl on this machine"
+        )
+    )
+    kc.set_defaults(func=cmd_kubeconfig)
 
     ex = _with_name(sub.add_parser("exec", help="run a command inside a pod's network namespace"))
     ex.add_argument("target", metavar="NS/POD", help="NAMESPACE/POD, ext/NAME or node/node-N")

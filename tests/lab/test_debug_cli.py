@@ -230,7 +230,8 @@ def test_the_kubectl_plugin_and_the_local_node_mode_work(lab: Lab) -> None:
     assert plugin.returncode == 0, plugin.stderr
     assert plugin.stdout.splitlines()[1].split()[:2] == ["x", "x-a-allows-x-b"]
     # The real kubectl: the lab's kubeconfig (the API on 127.0.0.1), and the plugin through PATH
-    kubeconfig = f"/run/vethguard/labs/{lab.name}/kubeconfig"
+    kubeconfig = lab.cli("kubeconfig").stdout.strip()
+    assert kubeconfig == f"/run/vethguard/labs/{lab.name}/kubeconfig"
     for argv, first in (
         (["--kubeconfig", kubeconfig, "get", "networkpolicy", "-A"], ["x", "x-a-allows-x-b"]),
         (["vethguard", "get", "netpol", "-A", "--lab", lab.name], ["x", "x-a-allows-x-b"]),

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,10 @@ import pytest
 from controller.lab.apiserver import ServerThread, kubeconfig_text, serve_tcp
 from controller.lab.discovery import OPENAPI_ROOT, discovery
 from controller.lab.store import RESOURCES, Store
+
+# The tests run the kubectl found on the machine (these machines have v1.32); only where there
+# is none are they skipped.
+needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl on this machine")
 
 POLICY = """
 apiVersion: networking.k8s.io/v1
@@ -58,6 +64,7 @@ def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
     return done.stdout
 
 
+@needs_kubectl
 def test_kubectl_applies_gets_describes_changes_and_deletes_a_network_policy(kubeconfig: Path) -> None:
     out = kubectl(kubeconfig, "apply", "-f", "-", stdin=POLICY.replace("PORT", "80"))
     assert out.strip() == "networkpolicy.networking.k8s.io/only-b created"
@@ -76,6 +83,7 @@ def test_kubectl_applies_gets_describes_changes_and_deletes_a_network_policy(kub
     assert kubectl(kubeconfig, "get", "netpol", "-n", "x", "-o", "name") == ""
 
 
+@needs_kubectl
 def test_kubectl_rejects_what_the_lab_api_server_would_not_admit(kubeconfig: Path) -> None:
     bad = POLICY.replace("PORT", "80").replace("[Ingress]", "[Bogus]")
     done = subprocess.run(
@@ -93,6 +101,34 @@ def document(path: str) -> Any:
     doc = discovery(path)
     assert doc is not None, path
     return doc
+
+
+@needs_kubectl
+def test_kubectl_labels_a_pod_and_watches_policies_arrive(kubeconfig: Path) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "a", "namespace": "x", "labels": {"pod": "a"}},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "c"}]},
+    }
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=json.dumps(pod))
+    assert kubectl(kubeconfig, "label", "pod", "-n", "x", "a", "tier=web").strip() == "pod/a labeled"
+    labels = json.loads(kubectl(kubeconfig, "get", "po", "-n", "x", "a", "-o", "json"))["metadata"]["labels"]
+    assert labels == {"pod": "a", "tier": "web"}
+    watcher = subprocess.Popen(
+        ["kubectl", "--kubeconfig", str(kubeconfig), "get", "netpol", "-n", "x", "-w", "-o", "name"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(0.5)  # the watch is open (kubectl lists first, then watches)
+        kubectl(kubeconfig, "apply", "-f", "-", stdin=POLICY.replace("PORT", "80"))
+        assert watcher.stdout is not None
+        assert watcher.stdout.readline().strip() == "networkpolicy.networking.k8s.io/only-b"
+    finally:
+        watcher.kill()
+        watcher.communicate()
 
 
 def test_every_resource_has_an_openapi_patch_that_takes_field_validation() -> None:
