@@ -12,12 +12,12 @@ from typing import Any
 
 from controller.agent import flows, preflight
 from controller.agent.flow_server import DEFAULT_FLOW_SOCKET, FlowServer
-from controller.agent.health import HealthServer
+from controller.agent.health import METRICS_ONLY, HealthServer
 from controller.agent.informers import Sources
 from controller.agent.kube_api import load_api_client
 from controller.agent.linkwatch import LinkWatch
 from controller.agent.loop import DEFAULT_HEALTH_ADDR, DEFAULT_PIN_ROOT, Agent, AgentConfig
-from controller.agent.metrics import Metrics
+from controller.agent.metrics import Metrics, build_labels
 from controller.compiler.desired_state import FAILSAFE_INBOUND, FAILSAFE_OUTBOUND
 from controller.core.errors import VethguardError
 from controller.core.log import configure as configure_logging
@@ -48,6 +48,12 @@ def register(sub: Any) -> None:
         "--health-addr",
         default=DEFAULT_HEALTH_ADDR,
         help=f"HOST:PORT for /livez /readyz /metrics /status (default {DEFAULT_HEALTH_ADDR})",
+    )
+    p.add_argument(
+        "--metrics-addr",
+        default=os.environ.get("VETHGUARD_METRICS_ADDR", ""),
+        help="HOST:PORT serving /metrics alone, for Prometheus (deploy/ uses the node's address, "
+        "port 9891); default: $VETHGUARD_METRICS_ADDR, else /metrics only on --health-addr",
     )
     p.add_argument(
         "--resync-seconds",
@@ -216,6 +222,10 @@ def run_cli(args: argparse.Namespace) -> int:
         )
         agent.linkwatch = LinkWatch(agent.wake)
         health = HealthServer(args.health_addr, agent.probes()).start()
+        servers = [health]
+        if args.metrics_addr:
+            scrape = HealthServer(args.metrics_addr, agent.probes(), METRICS_ONLY, "--metrics-addr")
+            servers.append(scrape.start())
         flow_parts = start_flows(args, agent, metrics)
     except (VethguardError, OSError, ValueError) as exc:
         print(f"vethguard agent: {exc}", file=sys.stderr)
@@ -232,16 +242,19 @@ def run_cli(args: argparse.Namespace) -> int:
         node=args.node,
         pin_root=args.pin_root,
         health_addr=args.health_addr,
+        metrics_addr=args.metrics_addr or None,
         resync_seconds=args.resync_seconds,
         fail_closed=args.fail_closed,
         pid=os.getpid(),
+        **build_labels(),
     )
     try:
         agent.run()
     finally:
         for part in flow_parts:
             part.stop()
-        health.stop()
+        for server in servers:
+            server.stop()
         agent.close()
     if agent.fatal is not None:
         print(f"vethguard agent: {agent.fatal}", file=sys.stderr)

@@ -188,7 +188,9 @@ class FlowStore:
         key = aggregation_key(rec)
         with self._lock:
             self.events += 1
-            self.metrics.flows_events_total.inc()
+            self.metrics.flows_events_total.labels(
+                direction=rec["direction"], verdict=rec["verdict"], reason=rec["reason"]
+            ).inc()
             for f in self._followers:
                 if f.filter.matches(rec):
                     try:

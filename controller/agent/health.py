@@ -28,11 +28,15 @@ class HealthProbes:
     metrics: Callable[[], bytes]
 
 
-def parse_addr(addr: str) -> tuple[str, int]:
+ALL_PATHS = frozenset({"/livez", "/readyz", "/metrics", "/status"})
+METRICS_ONLY = frozenset({"/metrics"})  # --metrics-addr: what a scraper may see, not /status
+
+
+def parse_addr(addr: str, flag: str = "--health-addr") -> tuple[str, int]:
     """'127.0.0.1:9890', '[::1]:9890' or ':9890' -> (host, port)."""
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise VethguardError(f"invalid --health-addr {addr!r}: expected HOST:PORT, e.g. 127.0.0.1:9890")
+        raise VethguardError(f"invalid {flag} {addr!r}: expected HOST:PORT, e.g. 127.0.0.1:9890")
     host = host.strip("[]") or "127.0.0.1"
     return host, int(port)
 
@@ -41,12 +45,13 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, addr: tuple[str, int], probes: HealthProbes) -> None:
+    def __init__(self, addr: tuple[str, int], probes: HealthProbes, paths: frozenset[str]) -> None:
         import socket
 
         if ":" in addr[0]:
             self.address_family = socket.AF_INET6
         self.probes = probes
+        self.paths = paths
         super().__init__(addr, _Handler)
 
 
@@ -61,7 +66,9 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         probes = self.server.probes
         try:
-            if path == "/livez":
+            if path not in self.server.paths:
+                self._send(404, f"not found: try {' '.join(sorted(self.server.paths))}\n".encode())
+            elif path == "/livez":
                 ok = probes.live()
                 self._send(200 if ok else 503, b"ok\n" if ok else b"agent loop stalled\n")
             elif path == "/readyz":
@@ -72,8 +79,6 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/status":
                 body = json.dumps(probes.status(), indent=1, sort_keys=True, default=str).encode() + b"\n"
                 self._send(200, body, "application/json")
-            else:
-                self._send(404, b"not found: try /livez /readyz /metrics /status\n")
         except Exception as exc:  # never let a probe kill the server thread
             self._send(500, f"internal error: {type(exc).__name__}: {exc}\n".encode())
 
@@ -87,12 +92,17 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class HealthServer:
-    def __init__(self, addr: str, probes: HealthProbes) -> None:
-        host, port = parse_addr(addr)
+    """/livez /readyz /metrics /status on --health-addr (127.0.0.1), or only `paths` (the
+    scrape address, --metrics-addr, serves /metrics alone)."""
+
+    def __init__(
+        self, addr: str, probes: HealthProbes, paths: frozenset[str] = ALL_PATHS, flag: str = "--health-addr"
+    ) -> None:
+        host, port = parse_addr(addr, flag)
         try:
-            self._httpd = _Server((host, port), probes)
+            self._httpd = _Server((host, port), probes, paths)
         except OSError as exc:
-            raise VethguardError(f"cannot serve health/status on {addr}: {exc.strerror or exc}") from exc
+            raise VethguardError(f"cannot serve {flag} {addr}: {exc.strerror or exc}") from exc
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="health", daemon=True)
 
     @property

@@ -7,10 +7,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from controller.core.log import get_logger
+from controller.core.verdicts import DIRECTION_NAMES
 from controller.datapath.abi import Reason
 from controller.datapath.interface import NodeDatapath
 
@@ -144,15 +154,17 @@ class Metrics:
         )
         self.drops_total = Counter(
             "vethguard_datapath_drops_total",
-            "Packets dropped by the tc programs, by reason (sum of vg_counters over endpoints, directions "
-            "and CPUs; kept monotonic across endpoint removal).",
-            ["reason"],
+            "Packets dropped by the tc programs, by direction (of the endpoint: ingress, egress) and "
+            "reason (sum of vg_counters over endpoints and CPUs; kept monotonic across endpoint removal).",
+            ["direction", "reason"],
             registry=r,
         )
 
         self.flows_events_total = Counter(
             "vethguard_flows_events_total",
-            "Flow events the agent read from the node's vg_events ring buffer.",
+            "Flow events the agent read from the node's vg_events ring buffer, by direction, verdict "
+            "(allowed, denied, audit, log) and reason.",
+            ["direction", "verdict", "reason"],
             registry=r,
         )
         self.flows_lost_total = Counter(
@@ -178,6 +190,18 @@ class Metrics:
             registry=r,
         )
 
+        self.build_info = Gauge(
+            "vethguard_build_info",
+            "Always 1: the agent's version, Python, bcc and kernel release as labels.",
+            ["version", "python", "bcc", "kernel"],
+            registry=r,
+        )
+        self.build_info.labels(**build_labels()).set(1)
+        # process_* (CPU seconds, resident memory, open fds, start time) and python_info
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -201,14 +225,42 @@ class DatapathStats:
 
     def _account_drops(self, counters: Mapping[tuple[int, int, int], tuple[int, int]]) -> None:
         for key, (packets, _bytes) in counters.items():
-            reason = key[1]
+            _ep, reason, direction = key
             if reason < 64:
                 continue
             before = self._totals.get(key, 0)
             delta = packets - before if packets >= before else packets
             if delta:
-                self.metrics.drops_total.labels(reason=_reason_name(reason)).inc(delta)
+                self.metrics.drops_total.labels(
+                    direction=DIRECTION_NAMES.get(direction, str(direction)), reason=_reason_name(reason)
+                ).inc(delta)
         self._totals = {k: v[0] for k, v in counters.items() if k[1] >= 64}
+
+
+def build_labels() -> dict[str, str]:
+    """vethguard_build_info's labels: what a bug report needs to know about this agent."""
+    import platform
+    from importlib import metadata
+
+    def version_of(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "unknown"
+
+    bcc = "unknown"
+    try:
+        import bcc as bcc_module
+
+        bcc = str(getattr(bcc_module, "__version__", "unknown"))
+    except ImportError:
+        pass
+    return {
+        "version": version_of("vethguard"),
+        "python": platform.python_version(),
+        "bcc": bcc,
+        "kernel": platform.release(),
+    }
 
 
 def _reason_name(code: int) -> str:

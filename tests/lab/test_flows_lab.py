@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.lab.state import LabPaths
+from tests.support.flows import total
 from tests.support.labs import Lab, agent_get, lab_up, model_text
 from tests.support.waiting import wait_for
 
@@ -152,20 +153,20 @@ def test_a_flood_while_nobody_reads_keeps_counters_and_lost_flows_consistent(lab
     n = 100_000
     node = int(lab.status()["pods"]["x/a"]["node"].rsplit("-", 1)[1])
     before = metrics(lab, node)
-    dropped_before = before.get(("vethguard_datapath_drops_total", (("reason", "DROP_POLICY"),)), 0.0)
+    dropped_before = total(before, "vethguard_datapath_drops_total", reason="DROP_POLICY")
     x_a = lab.status()["pods"]["x/a"]["ips"][0]
     lab_exec(lab, "y/a", "python3", "-c", FLOOD, x_a, "20000", str(n))
 
     def settled() -> bool:  # the agent drained the ring and refreshed the drop counters (10 s)
         now = metrics(lab, node)
-        drops = now.get(("vethguard_datapath_drops_total", (("reason", "DROP_POLICY"),)), 0.0)
+        drops = total(now, "vethguard_datapath_drops_total", reason="DROP_POLICY")
         return drops - dropped_before >= n
 
     wait_for(settled, 30, "the agent's drop counters to include the flood", interval=0.5)
     after = metrics(lab, node)
-    events = after[("vethguard_flows_events_total", ())] - before[("vethguard_flows_events_total", ())]
+    events = total(after, "vethguard_flows_events_total") - total(before, "vethguard_flows_events_total")
     evicted = after[("vethguard_flows_lost_total", (("reason", "evicted"),))]
-    drops = after[("vethguard_datapath_drops_total", (("reason", "DROP_POLICY"),))] - dropped_before
+    drops = total(after, "vethguard_datapath_drops_total", reason="DROP_POLICY") - dropped_before
     # the kernel counted every packet (and maybe a retransmitted SYN of the earlier denied probes)
     assert n <= drops <= n + 5
     due = n + min(n, PORTS)
@@ -179,8 +180,8 @@ def test_a_flood_while_nobody_reads_keeps_counters_and_lost_flows_consistent(lab
     assert after[("vethguard_flows_stored", ())] == CAPACITY  # the store is full, not larger
     assert ("vethguard_flows_lost_total", (("reason", "reader_slow"),)) not in after  # nobody followed
     kept = [r for r in observe(lab) if r["node"] == f"node-{node}"]
-    total = after[("vethguard_flows_events_total", ())]
-    assert len(kept) == CAPACITY and sum(r["count"] for r in kept) + evicted == total
+    read = total(after, "vethguard_flows_events_total")
+    assert len(kept) == CAPACITY and sum(r["count"] for r in kept) + evicted == read
     flood = [r for r in kept if r["from"] == "y/a" and r["protocol"] == "UDP" and r["port"] >= 20000]
     assert len(flood) == CAPACITY  # the newest records are the flood's
     denied = [r for r in flood if r["verdict"] == "denied"]

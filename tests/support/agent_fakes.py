@@ -197,5 +197,10 @@ def allow_ports(ns: str, name: str, ports: list[int], generation: int = 1) -> di
 
 
 def metric(agent: Agent, name: str, **labels: str) -> float:
-    value = agent.metrics.registry.get_sample_value(name, labels)
-    return float(value or 0.0)
+    """The sum of `name`'s samples whose labels include `labels` (other labels summed over)."""
+    return sum(
+        s.value
+        for family in agent.metrics.registry.collect()
+        for s in family.samples
+        if s.name == name and labels.items() <= s.labels.items()
+    )

@@ -52,3 +52,11 @@ def read_flow_socket(path: str | Path, request: dict[str, Any], until: int = 0) 
             if until and sum(1 for m in out if "_" not in m) >= until:
                 break
     return out
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples (as parsed from /metrics) whose labels include `labels`."""
+    return sum(v for (n, have), v in samples.items() if n == name and labels.items() <= dict(have).items())

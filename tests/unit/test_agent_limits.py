@@ -277,6 +277,8 @@ def test_drops_by_reason_stay_monotonic_when_an_endpoint_and_its_counters_go_awa
     dp.counter_values = {(2, 64, 0): (5, 500), (3, 64, 1): (2, 200), (2, 1, 0): (99, 0)}
     agent.refresh_datapath_metrics()
     assert metric(agent, "vethguard_datapath_drops_total", reason="DROP_POLICY") == 7
+    assert metric(agent, "vethguard_datapath_drops_total", direction="ingress", reason="DROP_POLICY") == 5
+    assert metric(agent, "vethguard_datapath_drops_total", direction="egress", reason="DROP_POLICY") == 2
     dp.counter_values = {(3, 64, 1): (4, 400)}  # endpoint 2 removed
     agent.refresh_datapath_metrics()
     assert metric(agent, "vethguard_datapath_drops_total", reason="DROP_POLICY") == 9

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from controller.agent.health import HealthProbes, HealthServer, parse_addr
+from controller.agent.health import METRICS_ONLY, HealthProbes, HealthServer, parse_addr
 from controller.agent.metrics import Metrics
 from controller.core.errors import VethguardError
 
@@ -85,7 +85,7 @@ def test_metrics_are_the_prometheus_exposition_of_the_dedicated_registry(served)
     assert "vethguard_agent_realized_generation 42.0" in body
     assert 'vethguard_sources_watch_restarts_total{kind="Pod",reason="expired"} 1.0' in body
     assert "vethguard_policy_compute_seconds_bucket" in body
-    assert "python_gc" not in body  # not the global default registry
+    assert Metrics().registry is not Metrics().registry  # dedicated: a second agent's registers fine
 
 
 def test_an_unknown_path_is_404(served):
@@ -123,3 +123,77 @@ def test_a_busy_port_is_a_clear_error():
             HealthServer(f"127.0.0.1:{first.address[1]}", probes)
     finally:
         first.stop()
+
+
+def test_the_scrape_address_serves_metrics_alone_never_the_status(served):
+    st, _ = served
+    probes = HealthProbes(
+        live=lambda: st.live, ready=lambda: st.ready, status=lambda: st.status, metrics=st.metrics.exposition
+    )
+    scrape = HealthServer("127.0.0.1:0", probes, METRICS_ONLY, "--metrics-addr").start()
+    try:
+        host, port = scrape.address
+        code, ctype, body = get(f"http://{host}:{port}/metrics")
+        assert code == 200 and ctype.startswith("text/plain") and "vethguard_build_info{" in body
+        for path in ("/status", "/livez", "/readyz"):
+            assert get(f"http://{host}:{port}{path}")[:1] == (404,), path
+    finally:
+        scrape.stop()
+    with pytest.raises(VethguardError, match="invalid --metrics-addr 'nope'"):
+        HealthServer("nope", probes, METRICS_ONLY, "--metrics-addr")
+
+
+def test_metrics_carry_build_info_process_metrics_and_directions():
+    m = Metrics()
+    text = m.exposition().decode()
+    info = next(line for line in text.splitlines() if line.startswith("vethguard_build_info{"))
+    assert 'version="' in info and 'kernel="' in info and 'bcc="' in info and info.endswith(" 1.0")
+    assert "process_resident_memory_bytes " in text and "process_cpu_seconds_total " in text
+    m.drops_total.labels(direction="egress", reason="DROP_POLICY").inc(3)
+    assert (
+        'vethguard_datapath_drops_total{direction="egress",reason="DROP_POLICY"} 3.0'
+        in m.exposition().decode()
+    )
+
+
+def exported_series() -> dict[str, set[str]]:
+    """Every sample name the agent's registry exposes (counter _total, histogram _bucket/_sum/
+    _count, process_*) -> the labels it carries."""
+    import re
+
+    m = Metrics()
+    names: dict[str, set[str]] = {}
+    for family in m.registry.collect():
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(
+            family.type, ("",)
+        )
+        for suffix in suffixes:
+            names[family.name + suffix] = {"le"} if suffix == "_bucket" else set()
+        for s in family.samples:
+            names.setdefault(s.name, set()).update(s.labels)
+    for attr in vars(m).values():  # labelled metrics without samples yet: their label names
+        labelnames = getattr(attr, "_labelnames", ())
+        name = getattr(attr, "_name", "")
+        for key in list(names):
+            if re.fullmatch(rf"{re.escape(name)}(_total|_bucket|_sum|_count)?", key):
+                names[key].update(labelnames)
+    return names
+
+
+def test_the_grafana_dashboard_queries_only_metrics_and_labels_the_agent_exports():
+    import re
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "deploy" / "monitoring" / "grafana-dashboard.json"
+    exprs = [t["expr"] for p in json.loads(path.read_text())["panels"] for t in p["targets"]]
+    series = exported_series()
+    used = set()
+    for expr in exprs:
+        for name in re.findall(r"\b((?:vethguard|process)_[a-z0-9_]+)", expr):
+            assert name in series, f"{name} (in {expr}) is not exported"
+            used.add(name)
+            by = re.search(r"by \(([^)]*)\)", expr)
+            grouped = {x.strip() for x in by.group(1).split(",")} - {"le", "instance", "job"} if by else set()
+            metric_names = re.findall(r"\b(?:vethguard|process)_[a-z0-9_]+", expr)
+            assert grouped <= set().union(*(series[n] for n in metric_names)), (expr, grouped)
+    assert {"vethguard_datapath_drops_total", "vethguard_flows_lost_total", "vethguard_build_info"} <= used
