@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from controller.agent.flows import FlowFilter
-from controller.compiler.calico import HEP_KIND
+from controller.compiler.calico import GROUP, HEP_KIND
 from controller.compiler.clusterview import ClusterView
 from controller.core.errors import VethguardError
 from controller.debug import calico, cnp, netpol, reach
@@ -46,6 +46,11 @@ def _calico_selected(view: ClusterView, obj: Mapping[str, Any], kind: calico.Cal
         for p in view.cluster.pods.values()
         if p.active and pol.selects(p.namespace, p.labels, view.cluster.namespace_labels(p.namespace))
     )
+
+
+def calico_kind(kind: calico.CalicoKind) -> str:
+    """Calico's kinds as the page names them: group/kind (its NetworkPolicy is not Kubernetes')."""
+    return f"{GROUP}/{kind.kind}"
 
 
 def policies(view: ClusterView, nodes: Sequence[str], agents: Agents) -> dict[str, Any]:
@@ -103,7 +108,7 @@ def policies(view: ClusterView, nodes: Sequence[str], agents: Agents) -> dict[st
             selected = _calico_selected(view, obj, kind)
             items.append(
                 {
-                    "kind": kind.kind,
+                    "kind": calico_kind(kind),
                     "key": f"{namespace}/{name}" if kind.namespaced else name,
                     "namespace": namespace or None,
                     "name": name,
@@ -133,7 +138,7 @@ def describe(view: ClusterView, kind: str, key: str, nodes: Sequence[str], agent
             return {"kind": kind, "key": key, "text": cnp.describe_text(view, obj, nodes, agents)}
     else:
         for ck in calico.KINDS:
-            if ck.kind != kind:
+            if calico_kind(ck) != kind:
                 continue
             for cobj in calico.objects(view, ck, None):
                 namespace, name = calico.key(cobj)
