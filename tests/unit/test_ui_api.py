@@ -170,7 +170,7 @@ def test_the_graph_has_every_pod_and_an_edge_per_pair_with_allowed_and_denied_co
     recs = [
         flow_rec(verdict="denied", count=3),
         flow_rec(verdict="allowed", port=443, policy=None),
-        flow_rec(**{"from": "ext/web", "to": "x/b", "verdict": "allowed", "policy": None}),
+        {**flow_rec(verdict="allowed", policy=None), "from": "ext/web", "to": "x/b"},
     ]
     doc = api.graph(["x/a", "x/b", "x/c", "y/a"], recs)
     assert [n["id"] for n in doc["nodes"]] == ["ext/web", "x/a", "x/b", "x/c", "y/a"]
@@ -209,7 +209,7 @@ class FakeTarget(Target):
 
 def app(objects: RawObjects | Exception | None = None) -> server.App:
     buf = flows.FlowBuffer()
-    buf.add(flow_rec(verdict="allowed", **{"from": "x/b"}))
+    buf.add({**flow_rec(verdict="allowed"), "from": "x/b"})
     buf.add(flow_rec())
     source = server.Source(FakeTarget(raw() if objects is None else objects))
     return server.App(source, buf, "lab test", kernel=False)
@@ -242,7 +242,7 @@ def test_the_api_routes_answer_json_and_errors_are_json_the_page_shows() -> None
     info = get(a, "/api/info")
     assert (info["target"], info["probe"], len(info["pods"])) == ("lab test", False, 9)
     assert [n["name"] for n in info["nodes"]] == list(NODES)
-    assert [p["key"] for p in get(a, "/api/policies")["items"]][0] == "x/a-allows-b"
+    assert next(p["key"] for p in get(a, "/api/policies")["items"]) == "x/a-allows-b"
     heat = get(a, "/api/heatmap?port=80&protocol=tcp&namespace=x")
     assert heat["pods"] == ["x/a", "x/b", "x/c"] and len(heat["cells"]) == 9
     assert get(a, "/api/heatmap?probe=1", 400)["error"] == "probing needs a lab (vethguard ui --lab NAME)"
