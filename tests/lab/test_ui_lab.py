@@ -1,0 +1,207 @@
+"""`vethguard ui --lab NAME` in a real headless browser (issue 17, item 4): a two-node lab with
+agents, the conformance 9-pod model and one policy (x/a admits only x/b); the UI runs as a
+subprocess, as a user starts it, and chromium loads its pages. Every page renders, a filter
+narrows the flow table, a denied probe shows up in the live table within 2 s of the probe's end,
+the explain page names the deciding policy, and the UI's flow API and two `observe` readers see
+the same flows. Screenshots: docs/img/ui-*.png with VETHGUARD_UI_SCREENSHOTS=docs/img."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conformance.runner import default_model, model_manifests
+from tests.support.browser import headless_chromium, screenshot_dir
+from tests.support.labs import Lab, lab_up
+from tests.support.waiting import wait_for
+
+pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.bcc, pytest.mark.slow]
+
+X_A_ALLOWS_X_B = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-allows-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Ingress]
+  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]
+"""
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    model = yaml.safe_dump_all(model_manifests(default_model()), sort_keys=False)
+    with lab_up(model, "--nodes", "2", timeout=300) as made:
+        made.cli("apply", "-f", "-", stdin=X_A_ALLOWS_X_B)
+        yield made
+
+
+@pytest.fixture(scope="module")
+def url(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`vethguard ui --lab NAME`'s URL (the first line it prints); stopped at the end."""
+    errors = tmp_path_factory.mktemp("ui") / "stderr"
+    with errors.open("w") as err:
+        ui = subprocess.Popen(
+            [sys.executable, "-m", "controller.cli", "ui", "--lab", lab.name],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    try:
+        assert ui.stdout is not None
+        first = ui.stdout.readline().strip()
+        assert first.startswith("http://127.0.0.1:"), (first, errors.read_text())
+        yield first
+    finally:
+        ui.terminate()
+        ui.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser(url: str) -> Iterator[Any]:
+    with headless_chromium() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return screenshot_dir(tmp_path_factory.mktemp("screenshots"))
+
+
+def css(driver: Any, selector: str) -> list[Any]:
+    from selenium.webdriver.common.by import By
+
+    return list(driver.find_elements(By.CSS_SELECTOR, selector))
+
+
+def show(driver: Any, url: str, page: str) -> None:
+    driver.get(f"{url}#{page}")
+    wait_for(lambda: css(driver, f"#page-{page.split('?')[0]}.shown"), 10, f"page {page} shown")
+
+
+def api(url: str, path: str) -> Any:
+    with urllib.request.urlopen(url + path, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def test_every_page_renders_the_policies_the_heatmap_and_the_graph(
+    lab: Lab, url: str, browser: Any, shots: Path
+) -> None:
+    lab.probe_tcp(80, ["x/b", "y/a"], ["x/a", "y/b"])  # flows for the graph: allowed and denied
+    show(browser, url, "policies")
+    wait_for(lambda: css(browser, "#policies-table tr[data-key='x/a-allows-b']"), 10, "the policy's row")
+    row = css(browser, "#policies-table tr[data-key='x/a-allows-b']")[0]
+    assert "x/a" in css(row, "td.selected")[0].text
+    assert css(browser, "#error")[0].is_displayed() is False
+    css(row, "td.link")[0].click()
+    wait_for(lambda: "PodSelector:     pod=a" in css(browser, "#policy-detail")[0].text, 10, "describe")
+    browser.save_screenshot(str(shots / "ui-policies.png"))
+
+    show(browser, url, "heatmap")
+    wait_for(lambda: len(css(browser, "#heatmap-pods td.cell")) == 81, 10, "81 pod cells")
+    denied = css(browser, "#heatmap-pods td[data-from='y/a'][data-to='x/a']")[0]
+    allowed = css(browser, "#heatmap-pods td[data-from='x/b'][data-to='x/a']")[0]
+    assert "denied" in denied.get_attribute("class") and "allowed" in allowed.get_attribute("class")
+    assert len(css(browser, "#heatmap-ns td.cell")) == 9
+    css(browser, "#heatmap-form input[name=probe]")[0].click()
+    css(browser, "#heatmap-form button")[0].click()
+    wait_for(
+        lambda: "probe" in (css(browser, "#heatmap-pods td.cell")[1].get_attribute("title") or ""),
+        30,
+        "probed",
+    )
+    assert css(browser, "#heatmap-pods td.disagree") == []  # the kernel does what the policy says
+    browser.save_screenshot(str(shots / "ui-heatmap.png"))
+
+    show(browser, url, "graph")
+    wait_for(
+        lambda: css(browser, "#graph-svg path.edge.denied[data-from='y/a'][data-to='x/a']"), 10, "denied edge"
+    )
+    assert css(browser, "#graph-svg path.edge.allowed[data-from='x/b'][data-to='x/a']")
+    assert len(css(browser, "#graph-svg circle.pod")) >= 9
+    browser.save_screenshot(str(shots / "ui-graph.png"))
+
+
+def test_a_filter_narrows_the_flow_table_and_a_denied_probe_appears_within_two_seconds(
+    lab: Lab, url: str, browser: Any, shots: Path
+) -> None:
+    lab.probe_tcp(80, ["x/b", "y/a"], ["x/a"])  # one allowed, one denied
+    from selenium.webdriver.support.select import Select
+
+    show(browser, url, "flows")
+    rows = "#flows-table tbody tr"
+    wait_for(
+        lambda: {r.get_attribute("data-verdict") for r in css(browser, rows)} >= {"allowed", "denied"}, 10
+    )
+    before = len(css(browser, rows))
+    Select(css(browser, "#flow-filters select[name=verdict]")[0]).select_by_visible_text("denied")
+    css(browser, "#flow-filters input[name=port]")[0].send_keys("8123")
+    wait_for(lambda: css(browser, rows) == [], 5, "the filter narrows the table to nothing yet")
+    css(browser, "#flow-filters input[name=port]")[0].clear()
+    css(browser, "#flow-filters input[name=port]")[0].send_keys("8123")  # input event: refilter
+
+    assert lab.probe_tcp(8123, ["y/b"], ["x/a"]) == {("y/b", "x/a"): False}
+    ended = time.monotonic()
+    wanted = f"{rows}[data-from='y/b'][data-to='x/a']"
+    wait_for(lambda: css(browser, wanted), 2.0, "the denied probe in the live flow table")
+    seen = time.monotonic() - ended
+    shown = css(browser, rows)
+    assert 0 < len(shown) < before and all(r.get_attribute("data-verdict") == "denied" for r in shown)
+    cells = [c.text for c in css(shown[0], "td")]
+    assert cells[2:7] == ["y/b", "x/a", "8123", "TCP", "denied"]
+    assert cells[8:10] == ["NetworkPolicy", "x/a-allows-b"]
+    print(f"the denied probe appeared {seen:.2f} s after the probe ended")
+    css(browser, "#flow-filters input[name=port]")[0].clear()
+    css(browser, "#flow-filters input[name=port]")[0].send_keys("80")
+    wait_for(lambda: len(css(browser, rows)) > 0, 5, "denied flows to port 80")
+    browser.save_screenshot(str(shots / "ui-flows.png"))
+
+
+def test_the_explain_page_of_a_denied_pair_names_the_deciding_policy(
+    url: str, browser: Any, shots: Path
+) -> None:
+    show(browser, url, "explain?from=y/a&to=x/a&port=80&protocol=TCP")
+    wait_for(lambda: css(browser, "#explain-result .verdict"), 10, "the explain result")
+    assert css(browser, "#explain-result .verdict")[0].text == "y/a -> x/a TCP/80: DENIED"
+    halves = {
+        r.find_elements("css selector", "td")[0].text: r for r in css(browser, "#explain-halves tr")[1:]
+    }
+    ingress = [c.text for c in css(halves["ingress"], "td")]
+    assert ingress[3:8] == ["denied", "DROP_POLICY", "NetworkPolicy", "x/a-allows-b", ""]
+    assert ingress[8] == "agrees"  # checked against node's live maps
+    assert "isolated by x/a-allows-b" in css(browser, "#explain-text")[0].text
+    browser.save_screenshot(str(shots / "ui-explain.png"))
+
+
+def test_the_ui_flow_api_and_two_observe_readers_see_the_same_flows(lab: Lab, url: str) -> None:
+    command = [sys.executable, "-m", "controller.cli", "observe", "--lab", lab.name, "-o", "json"]
+    follow = ["-f", "--timeout", "10", "--port", "8124"]
+    readers = [subprocess.Popen([*command, *follow], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        time.sleep(3)  # both are following
+        lab.probe_tcp(8124, ["y/a", "x/b"], ["x/a"])
+        outs = [r.communicate(timeout=30)[0] for r in readers]
+    finally:
+        for r in readers:
+            r.kill()
+    seen = [[json.loads(line) for line in out.splitlines()] for out in outs]
+    assert seen[0] and seen[0] == seen[1]
+    assert {r["verdict"] for r in seen[0]} == {"allowed", "denied"}
+    assert {r["node"] for r in seen[0]} == {"node-1", "node-2"}
+
+    def ui_records() -> list[dict[str, Any]]:
+        return [
+            {k: v for k, v in r.items() if k != "seq"} for r in api(url, "/api/flows?port=8124")["records"]
+        ]
+
+    wait_for(lambda: len(ui_records()) >= len(seen[0]), 5, "the UI has them all")
+    assert ui_records() == seen[0]
