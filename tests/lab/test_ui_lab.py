@@ -83,9 +83,28 @@ def css(driver: Any, selector: str) -> list[Any]:
     return list(driver.find_elements(By.CSS_SELECTOR, selector))
 
 
+# The page redraws as data arrives: read what a selector matches in one step, in the page.
+READ = """
+return [...document.querySelectorAll(arguments[0])].map(e => ({
+  text: e.textContent, cls: e.getAttribute("class") || "", title: e.getAttribute("title") || "",
+  verdict: e.dataset.verdict || null, from: e.dataset.from || null, to: e.dataset.to || null,
+  cells: [...e.querySelectorAll("td")].map(c => c.textContent),
+}));
+"""
+
+
+def read(driver: Any, selector: str) -> list[dict[str, Any]]:
+    return list(driver.execute_script(READ, selector))
+
+
+def first(driver: Any, selector: str) -> dict[str, Any]:
+    found = read(driver, selector)
+    return found[0] if found else {"text": "", "cls": "", "title": "", "cells": []}
+
+
 def show(driver: Any, url: str, page: str) -> None:
     driver.get(f"{url}#{page}")
-    wait_for(lambda: css(driver, f"#page-{page.split('?')[0]}.shown"), 10, f"page {page} shown")
+    wait_for(lambda: read(driver, f"#page-{page.split('?')[0]}.shown"), 10, f"page {page} shown")
 
 
 def api(url: str, path: str) -> Any:
@@ -98,71 +117,64 @@ def test_every_page_renders_the_policies_the_heatmap_and_the_graph(
 ) -> None:
     lab.probe_tcp(80, ["x/b", "y/a"], ["x/a", "y/b"])  # flows for the graph: allowed and denied
     show(browser, url, "policies")
-    wait_for(lambda: css(browser, "#policies-table tr[data-key='x/a-allows-b']"), 10, "the policy's row")
-    row = css(browser, "#policies-table tr[data-key='x/a-allows-b']")[0]
-    assert "x/a" in css(row, "td.selected")[0].text
-    assert css(browser, "#error")[0].is_displayed() is False
-    css(row, "td.link")[0].click()
-    wait_for(lambda: "PodSelector:     pod=a" in css(browser, "#policy-detail")[0].text, 10, "describe")
+    row = "#policies-table tr[data-key='x/a-allows-b']"
+    wait_for(lambda: read(browser, row), 10, "the policy's row")
+    assert "x/a" in first(browser, f"{row} td.selected")["text"]
+    assert "yes" in first(browser, f"{row} td.realized")["text"]
+    assert not css(browser, "#error")[0].is_displayed()
+    css(browser, f"{row} td.link")[0].click()
+    wait_for(lambda: "PodSelector:     pod=a" in first(browser, "#policy-detail")["text"], 10, "describe")
     browser.save_screenshot(str(shots / "ui-policies.png"))
 
     show(browser, url, "heatmap")
-    wait_for(lambda: len(css(browser, "#heatmap-pods td.cell")) == 81, 10, "81 pod cells")
-    denied = css(browser, "#heatmap-pods td[data-from='y/a'][data-to='x/a']")[0]
-    allowed = css(browser, "#heatmap-pods td[data-from='x/b'][data-to='x/a']")[0]
-    assert "denied" in denied.get_attribute("class") and "allowed" in allowed.get_attribute("class")
-    assert len(css(browser, "#heatmap-ns td.cell")) == 9
+    wait_for(lambda: len(read(browser, "#heatmap-pods td.cell")) == 81, 10, "81 pod cells")
+    assert "denied" in first(browser, "#heatmap-pods td[data-from='y/a'][data-to='x/a']")["cls"]
+    assert "allowed" in first(browser, "#heatmap-pods td[data-from='x/b'][data-to='x/a']")["cls"]
+    assert len(read(browser, "#heatmap-ns td.cell")) == 9
     css(browser, "#heatmap-form input[name=probe]")[0].click()
     css(browser, "#heatmap-form button")[0].click()
-    wait_for(
-        lambda: "probe" in (css(browser, "#heatmap-pods td.cell")[1].get_attribute("title") or ""),
-        30,
-        "probed",
-    )
-    assert css(browser, "#heatmap-pods td.disagree") == []  # the kernel does what the policy says
+    cell = "#heatmap-pods td[data-from='x/a'][data-to='x/b']"
+    wait_for(lambda: "probe connected" in first(browser, cell)["title"], 30, "the probed heatmap")
+    assert read(browser, "#heatmap-pods td.disagree") == []  # the kernel does what the policy says
     browser.save_screenshot(str(shots / "ui-heatmap.png"))
 
     show(browser, url, "graph")
-    wait_for(
-        lambda: css(browser, "#graph-svg path.edge.denied[data-from='y/a'][data-to='x/a']"), 10, "denied edge"
-    )
-    assert css(browser, "#graph-svg path.edge.allowed[data-from='x/b'][data-to='x/a']")
-    assert len(css(browser, "#graph-svg circle.pod")) >= 9
+    denied_edge = "#graph-svg path.edge.denied[data-from='y/a'][data-to='x/a']"
+    wait_for(lambda: read(browser, denied_edge), 10, "the denied edge")
+    assert read(browser, "#graph-svg path.edge.allowed[data-from='x/b'][data-to='x/a']")
+    assert len(read(browser, "#graph-svg circle.pod")) >= 9
     browser.save_screenshot(str(shots / "ui-graph.png"))
 
 
 def test_a_filter_narrows_the_flow_table_and_a_denied_probe_appears_within_two_seconds(
     lab: Lab, url: str, browser: Any, shots: Path
 ) -> None:
-    lab.probe_tcp(80, ["x/b", "y/a"], ["x/a"])  # one allowed, one denied
     from selenium.webdriver.support.select import Select
 
+    lab.probe_tcp(80, ["x/b", "y/a"], ["x/a"])  # one allowed, one denied
     show(browser, url, "flows")
     rows = "#flows-table tbody tr"
     wait_for(
-        lambda: {r.get_attribute("data-verdict") for r in css(browser, rows)} >= {"allowed", "denied"}, 10
+        lambda: {r["verdict"] for r in read(browser, rows)} >= {"allowed", "denied"}, 10, "both verdicts"
     )
-    before = len(css(browser, rows))
+    before = len(read(browser, rows))
     Select(css(browser, "#flow-filters select[name=verdict]")[0]).select_by_visible_text("denied")
     css(browser, "#flow-filters input[name=port]")[0].send_keys("8123")
-    wait_for(lambda: css(browser, rows) == [], 5, "the filter narrows the table to nothing yet")
-    css(browser, "#flow-filters input[name=port]")[0].clear()
-    css(browser, "#flow-filters input[name=port]")[0].send_keys("8123")  # input event: refilter
+    wait_for(lambda: read(browser, rows) == [], 5, "the filter narrows the table to nothing yet")
 
     assert lab.probe_tcp(8123, ["y/b"], ["x/a"]) == {("y/b", "x/a"): False}
     ended = time.monotonic()
     wanted = f"{rows}[data-from='y/b'][data-to='x/a']"
-    wait_for(lambda: css(browser, wanted), 2.0, "the denied probe in the live flow table")
-    seen = time.monotonic() - ended
-    shown = css(browser, rows)
-    assert 0 < len(shown) < before and all(r.get_attribute("data-verdict") == "denied" for r in shown)
-    cells = [c.text for c in css(shown[0], "td")]
+    wait_for(lambda: read(browser, wanted), 2.0, "the denied probe in the live flow table")
+    print(f"the denied probe was in the table {time.monotonic() - ended:.2f} s after the probe ended")
+    shown = read(browser, rows)
+    assert 0 < len(shown) < before and {r["verdict"] for r in shown} == {"denied"}
+    cells = shown[0]["cells"]
     assert cells[2:7] == ["y/b", "x/a", "8123", "TCP", "denied"]
     assert cells[8:10] == ["NetworkPolicy", "x/a-allows-b"]
-    print(f"the denied probe appeared {seen:.2f} s after the probe ended")
     css(browser, "#flow-filters input[name=port]")[0].clear()
     css(browser, "#flow-filters input[name=port]")[0].send_keys("80")
-    wait_for(lambda: len(css(browser, rows)) > 0, 5, "denied flows to port 80")
+    wait_for(lambda: len(read(browser, rows)) > 1, 5, "denied flows to port 80")
     browser.save_screenshot(str(shots / "ui-flows.png"))
 
 
@@ -170,15 +182,12 @@ def test_the_explain_page_of_a_denied_pair_names_the_deciding_policy(
     url: str, browser: Any, shots: Path
 ) -> None:
     show(browser, url, "explain?from=y/a&to=x/a&port=80&protocol=TCP")
-    wait_for(lambda: css(browser, "#explain-result .verdict"), 10, "the explain result")
-    assert css(browser, "#explain-result .verdict")[0].text == "y/a -> x/a TCP/80: DENIED"
-    halves = {
-        r.find_elements("css selector", "td")[0].text: r for r in css(browser, "#explain-halves tr")[1:]
-    }
-    ingress = [c.text for c in css(halves["ingress"], "td")]
-    assert ingress[3:8] == ["denied", "DROP_POLICY", "NetworkPolicy", "x/a-allows-b", ""]
-    assert ingress[8] == "agrees"  # checked against node's live maps
-    assert "isolated by x/a-allows-b" in css(browser, "#explain-text")[0].text
+    wait_for(lambda: read(browser, "#explain-result .verdict"), 10, "the explain result")
+    assert first(browser, "#explain-result .verdict")["text"] == "y/a -> x/a TCP/80: DENIED"
+    halves = {r["cells"][0]: r["cells"] for r in read(browser, "#explain-halves tr")[1:]}
+    assert halves["ingress"][3:8] == ["denied", "DROP_POLICY", "NetworkPolicy", "x/a-allows-b", ""]
+    assert halves["ingress"][8] == halves["egress"][8] == "agrees"  # checked in the nodes' live maps
+    assert "isolated by x/a-allows-b" in first(browser, "#explain-text")["text"]
     browser.save_screenshot(str(shots / "ui-explain.png"))
 
 

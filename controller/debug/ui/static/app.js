@@ -97,7 +97,7 @@ async function loadPolicies() {
     el("td", {}, p.types.join(",")),
     el("td", { class: "selected" }, Object.entries(p.selected_by_node).filter(([, ps]) => ps.length)
       .map(([n, ps]) => el("div", {}, `${n}: ${ps.join(", ")}`)), p.selected.length ? "" : "<none>"),
-    el("td", {}, Object.entries(p.realized).map(([n, ok]) =>
+    el("td", { class: "realized" }, Object.entries(p.realized).map(([n, ok]) =>
       el("div", { class: ok ? "ok" : "bad" }, `${n}: ${ok ? "yes" : "no"}`))),
     el("td", {}, p.mode),
     el("td", { class: p.errors ? "bad" : "" }, String(p.errors))));
@@ -115,11 +115,14 @@ async function describe(kind, key) {
 
 // -- reachability heatmap -------------------------------------------------------------------------
 
+let heatmapAsked = 0;  // only the latest request is drawn (a probe takes longer than a plain load)
+
 async function loadHeatmap() {
   const params = query($("#heatmap-form"));
   if ($("#heatmap-form").probe.checked) params.set("probe", "1"); else params.delete("probe");
+  const asked = ++heatmapAsked;
   const doc = await api(`/api/heatmap?${params}`, "reachability");
-  if (!doc) return;
+  if (!doc || asked !== heatmapAsked) return;
   const nsCells = new Map(doc.namespace_cells.map(c => [`${c.from}>${c.to}`, c]));
   $("#heatmap-ns").replaceChildren(
     el("tr", {}, el("th", {}, "from \\ to"), doc.namespaces.map(n => el("th", { class: "col" }, n))),
@@ -201,10 +204,13 @@ function restartFlows() {
 
 // -- graph ----------------------------------------------------------------------------------------
 
+let graphAsked = 0;
+
 async function loadGraph() {
   const seconds = $("#graph-seconds").value || 300;
+  const asked = ++graphAsked;
   const doc = await api(`/api/graph?seconds=${seconds}`, "graph");
-  if (!doc) return;
+  if (!doc || asked !== graphAsked) return;
   const root = $("#graph-svg");
   const W = 900, H = 640, R = Math.min(W, H) / 2 - 110;
   const defs = svg("defs");
