@@ -21,20 +21,11 @@ import yaml
 
 from tests.conformance.runner import default_model, model_manifests
 from tests.support.browser import headless_chromium, screenshot_dir
-from tests.support.labs import Lab, lab_up
+from tests.support.flows import observe_sessions
+from tests.support.labs import X_A_ALLOWS_X_B, Lab, lab_up
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.bcc, pytest.mark.slow]
-
-X_A_ALLOWS_X_B = """
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: a-allows-b, namespace: x}
-spec:
-  podSelector: {matchLabels: {pod: a}}
-  policyTypes: [Ingress]
-  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]
-"""
 
 
 @pytest.fixture(scope="module")
@@ -192,17 +183,9 @@ def test_the_explain_page_of_a_denied_pair_names_the_deciding_policy(
 
 
 def test_the_ui_flow_api_and_two_observe_readers_see_the_same_flows(lab: Lab, url: str) -> None:
-    command = [sys.executable, "-m", "controller.cli", "observe", "--lab", lab.name, "-o", "json"]
-    follow = ["-f", "--timeout", "10", "--port", "8124"]
-    readers = [subprocess.Popen([*command, *follow], stdout=subprocess.PIPE, text=True) for _ in range(2)]
-    try:
-        time.sleep(3)  # both are following
-        lab.probe_tcp(8124, ["y/a", "x/b"], ["x/a"])
-        outs = [r.communicate(timeout=30)[0] for r in readers]
-    finally:
-        for r in readers:
-            r.kill()
-    seen = [[json.loads(line) for line in out.splitlines()] for out in outs]
+    seen = observe_sessions(
+        lab.name, 2, 10, "--port", "8124", act=lambda: lab.probe_tcp(8124, ["y/a", "x/b"], ["x/a"])
+    )
     assert seen[0] and seen[0] == seen[1]
     assert {r["verdict"] for r in seen[0]} == {"allowed", "denied"}
     assert {r["node"] for r in seen[0]} == {"node-1", "node-2"}
