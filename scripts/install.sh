@@ -32,6 +32,7 @@ agent_packages=(
 host_packages=(
   bash iproute2 util-linux procps nftables dnsmasq-base libc-bin curl wget
   iperf3 sockperf iptables ipset python3-matplotlib gcc golang-go libc6-dev
+  chromium chromium-driver
 )
 packages=("${agent_packages[@]}")
 [ "$image" = 1 ] || packages+=("${host_packages[@]}")

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,8 +17,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.lab.state import LabPaths
-from tests.support.flows import total
-from tests.support.labs import Lab, agent_get, lab_up, model_text
+from tests.support.flows import observe_sessions, total
+from tests.support.labs import X_A_ALLOWS_X_B, Lab, agent_get, lab_up, model_text
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.bcc, pytest.mark.slow]
@@ -27,15 +26,6 @@ pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.bcc, pytest.mark.sl
 KERNEL_REASONS = ("kernel_rate_limited", "kernel_ring_full")
 CAPACITY = 300  # the agents' --flow-capacity here, so a flood overflows the store
 PORTS = 40_000  # the flood's destination ports
-X_A_ALLOWS_X_B = """
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: a-allows-b, namespace: x}
-spec:
-  podSelector: {matchLabels: {pod: a}}
-  policyTypes: [Ingress]
-  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]
-"""
 # Connects to the flow socket given as argv[1] and prints the first line of the answer.
 READ_SOCKET = (
     "import socket, sys; s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1]); "
@@ -102,20 +92,13 @@ def test_a_pod_is_refused_and_the_node_is_served(lab: Lab) -> None:
 
 
 def test_two_observe_sessions_see_the_same_events_of_both_nodes(lab: Lab) -> None:
-    command = [sys.executable, "-m", "controller.cli", "observe", "--lab", lab.name, "-o", "json"]
-    follow = ["-f", "--timeout", "12", "--port", "80"]
-    sessions = [subprocess.Popen([*command, *follow], stdout=subprocess.PIPE, text=True) for _ in range(2)]
-    try:
-        time.sleep(3)  # both are following
-        assert lab.probe(80, "TCP", 4, "--from", "y/a", "--from", "x/b", "--to", "x/a") == {
-            ("y/a", "x/a"): False,
-            ("x/b", "x/a"): True,
-        }
-        outs = [s.communicate(timeout=30)[0] for s in sessions]
-    finally:
-        for s in sessions:
-            s.kill()
-    seen = [[json.loads(line) for line in out.splitlines()] for out in outs]
+    probed: dict[tuple[str, str], bool] = {}
+
+    def probe() -> None:
+        probed.update(lab.probe(80, "TCP", 4, "--from", "y/a", "--from", "x/b", "--to", "x/a"))
+
+    seen = observe_sessions(lab.name, 2, 12, "--port", "80", act=probe)
+    assert probed == {("y/a", "x/a"): False, ("x/b", "x/a"): True}
     assert seen[0] and seen[0] == seen[1]
     times = [r["time"] for r in seen[0]]
     assert times == sorted(times)

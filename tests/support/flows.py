@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -60,3 +64,23 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 def total(samples: Samples, name: str, **labels: str) -> float:
     """The sum of `name`'s samples (as parsed from /metrics) whose labels include `labels`."""
     return sum(v for (n, have), v in samples.items() if n == name and labels.items() <= dict(have).items())
+
+
+def observe_sessions(
+    lab: str, sessions: int, seconds: float, *args: str, act: Callable[[], object]
+) -> list[list[dict[str, Any]]]:
+    """The records each of `sessions` `vethguard observe --lab LAB -o json -f --timeout SECONDS
+    *args` printed, with `act()` run once they all follow (3 s after they start)."""
+    command = [sys.executable, "-m", "controller.cli", "observe", "--lab", lab, "-o", "json"]
+    follow = ["-f", "--timeout", str(seconds), *args]
+    procs = [
+        subprocess.Popen([*command, *follow], stdout=subprocess.PIPE, text=True) for _ in range(sessions)
+    ]
+    try:
+        time.sleep(3)  # all are following
+        act()
+        outs = [p.communicate(timeout=seconds + 30)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    return [[json.loads(line) for line in out.splitlines()] for out in outs]

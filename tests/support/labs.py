@@ -55,6 +55,18 @@ PODS: list[tuple[str, str]] = [
 ]
 
 
+# A NetworkPolicy that isolates x/a for ingress and admits only x/b: y/a -> x/a is denied.
+X_A_ALLOWS_X_B = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-allows-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Ingress]
+  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]
+"""
+
+
 def unique_lab_name() -> str:
     return f"t{os.getpid()}n{next(_counter)}"
 
