@@ -182,6 +182,31 @@ def test_the_explain_page_of_a_denied_pair_names_the_deciding_policy(
     browser.save_screenshot(str(shots / "ui-explain.png"))
 
 
+def test_the_whatif_page_lists_the_flows_a_change_would_deny_and_applies_nothing(
+    lab: Lab, url: str, browser: Any, shots: Path
+) -> None:
+    lab.probe_tcp(80, ["x/b"], ["x/a"])  # an allowed flow the page holds
+
+    def held() -> bool:
+        return any(r["from"] == "x/b" for r in api(url, "/api/flows?pod=x/a&verdict=allowed")["records"])
+
+    wait_for(held, 10, "the page holds x/b -> x/a")
+    show(browser, url, "whatif")
+    change = X_A_ALLOWS_X_B.replace("pod: b", "pod: c")  # x/a would take c instead of b
+    css(browser, "#whatif-form textarea[name=yaml]")[0].send_keys(change)
+    css(browser, "#whatif-form button")[0].click()
+    wait_for(lambda: read(browser, "#whatif-table tr"), 15, "the what-if result")
+    rows = {
+        (r["cells"][0], r["cells"][1], r["cells"][2]): r["cells"]
+        for r in read(browser, "#whatif-table tr")[1:]
+    }
+    assert rows[("x/b", "x/a", "80")][4].startswith("allowed: ")
+    assert rows[("x/b", "x/a", "80")][5].startswith("denied: ingress of x/a: isolated by x/a-allows-b")
+    assert "NetworkPolicy x/a-allows-b: replaced (not applied)" in first(browser, "#whatif-result ul")["text"]
+    browser.save_screenshot(str(shots / "ui-whatif.png"))
+    assert lab.probe_tcp(80, ["x/b"], ["x/a"]) == {("x/b", "x/a"): True}  # nothing was applied
+
+
 def test_the_ui_flow_api_and_two_observe_readers_see_the_same_flows(lab: Lab, url: str) -> None:
     seen = observe_sessions(
         lab.name, 2, 10, "--port", "8124", act=lambda: lab.probe_tcp(8124, ["y/a", "x/b"], ["x/a"])

@@ -283,3 +283,42 @@ def test_listen_takes_an_address_and_a_port_or_a_free_one(text: str, expected: t
 def test_listen_refuses_a_name_or_a_bad_port(text: str) -> None:
     with pytest.raises(VethguardError, match="--listen"):
         server.parse_listen(text)
+
+
+DENY_X_A = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: x}
+spec: {podSelector: {matchLabels: {pod: a}}, policyTypes: [Ingress]}
+"""
+
+
+def post(a: server.App, url: str, doc: Any, status: int = 200) -> Any:
+    resp = a.handle(url, json.dumps(doc).encode())
+    assert resp.status == status, resp.body
+    return json.loads(resp.body)
+
+
+def test_whatif_replays_the_flows_the_page_holds_against_a_change_without_applying_it() -> None:
+    a = app()
+    doc = post(a, "/api/whatif", {"yaml": DENY_X_A})
+    # the page held x/b -> x/a allowed (x/a-allows-b); deny-all adds no rule for it: still allowed
+    # by the other policy, so only flows from pods other than b would change (none held): none
+    assert doc["objects"] == [
+        {"kind": "NetworkPolicy", "namespace": "x", "name": "deny-all", "action": "created"}
+    ]
+    assert doc["flows"] >= 1 and "text" in doc and "not applied" in doc["text"]
+    deleted = post(a, "/api/whatif", {"delete": ["netpol/x/a-allows-b"]})
+    assert deleted["objects"][0]["action"] == "deleted"
+    assert get(a, "/api/policies")["items"]  # nothing applied: the live policy is still listed
+
+
+def test_whatif_names_the_problems_of_an_invalid_change_and_refuses_other_posts() -> None:
+    a = app()
+    bad = post(a, "/api/whatif", {"yaml": DENY_X_A.replace("[Ingress]", "[Sideways]")}, 422)
+    assert bad["problems"] and any("Sideways" in p for p in bad["problems"])
+    assert post(a, "/api/whatif", {"yaml": "- just\n- a list\n"}, 400)["error"].startswith(
+        "every YAML document"
+    )
+    assert post(a, "/api/whatif", {}, 400)["error"].startswith("give the change")
+    assert post(a, "/api/policies", {}, 405)["error"] == "POST is for /api/whatif, not /api/policies"

@@ -23,6 +23,7 @@ class FlowBuffer:
     """The newest `capacity` records, numbered from 1 in arrival order; thread-safe."""
 
     def __init__(self, capacity: int = CAPACITY) -> None:
+        self.capacity = capacity
         self._records: collections.deque[tuple[int, dict[str, Any]]] = collections.deque(maxlen=capacity)
         self._seq = 0
         self._lock = threading.Lock()

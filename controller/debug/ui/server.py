@@ -10,6 +10,8 @@ prints the URL as the first line of its output, and serves until Ctrl-C.
     GET /api/flows?after=SEQ&pod=&namespace=&verdict=&policy=&port=&protocol=
     GET /api/graph?seconds=300      pods and namespaces, edges of the flows of the last seconds
     GET /api/explain?from=&to=&port=&protocol=&family=&kernel=0|1
+    POST /api/whatif {"yaml": "policies to create or replace", "delete": ["KIND/NS/NAME", ...]}
+                                    `vethguard whatif` over the flows this page holds (not applied)
 
 An API error is answered {"error": "..."} (400 for a bad request, 502 when the cluster, lab or
 agents could not be read) and shown on the page. Flows reveal a cluster's traffic: the default
@@ -33,6 +35,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import yaml
+
 from controller.agent.flows import FlowFilter
 from controller.compiler.clusterview import ClusterView
 from controller.core.errors import VethguardError
@@ -42,10 +46,13 @@ from controller.debug.cli import _agents, _behind, _probe, _target_args, live_lo
 from controller.debug.inputs import LabTarget, Target
 from controller.debug.ui import api
 from controller.debug.ui.flows import FlowBuffer, Follower
+from controller.debug.whatif import Change, ChangeError, whatif
+from controller.debug.whatif_cli import report_text
 
 STATIC = Path(__file__).parent / "static"
 VIEW_SECONDS = 2.0  # a view (objects listed, compiled) and the agents' statuses are reused this long
 PROTOCOLS = ("TCP", "UDP", "SCTP", "ICMP", "ICMPV6")
+MAX_POST_BYTES = 1 << 20  # a what-if change: policies, not bulk data
 
 
 class BadRequest(VethguardError):
@@ -126,11 +133,16 @@ class App:
         self.probe = probe
         self.kernel = kernel
 
-    def handle(self, url: str) -> Response:
+    def handle(self, url: str, body: bytes | None = None) -> Response:
+        """GET `url`, or POST `body` to it (only /api/whatif takes one)."""
         parts = urlsplit(url)
         query = parse_qs(parts.query)
         path = parts.path
         try:
+            if body is not None:
+                if path != "/api/whatif":
+                    return json_response({"error": f"POST is for /api/whatif, not {path}"}, 405)
+                return json_response(self.api_whatif(body))
             if path in ("/", "/index.html"):
                 return self.static("index.html")
             if path.startswith("/static/"):
@@ -143,6 +155,8 @@ class App:
             return json_response(route(query))
         except BadRequest as exc:
             return json_response({"error": str(exc)}, 400)
+        except ChangeError as exc:  # the proposed change names its problems: the page lists them
+            return json_response({"error": str(exc), "problems": exc.problems}, 422)
         except VethguardError as exc:
             return json_response({"error": str(exc)}, 502)
         except Exception as exc:  # the page shows it; the server keeps serving
@@ -201,6 +215,27 @@ class App:
         _, records = self.flows.after(0, FlowFilter(since=time.time() - seconds), limit=100_000)
         return {"seconds": seconds, **api.graph(view.pods(), records)}
 
+    def api_whatif(self, body: bytes) -> dict[str, Any]:
+        """The proposed change (YAML documents and references to delete) replayed against the
+        flows this page holds, before and after, without applying it."""
+        try:
+            request = json.loads(body or b"{}")
+            docs = [d for d in yaml.safe_load_all(str(request.get("yaml") or "")) if d is not None]
+        except (ValueError, yaml.YAMLError, AttributeError) as exc:
+            raise BadRequest(f"expected {{'yaml': ..., 'delete': [...]}} with YAML documents: {exc}") from exc
+        if not all(isinstance(d, dict) for d in docs):
+            raise BadRequest("every YAML document must be an object (a policy, or a List of them)")
+        items = [i for d in docs for i in (d.get("items") or [] if d.get("kind") == "List" else [d])]
+        if not all(isinstance(i, dict) for i in items):
+            raise BadRequest("every YAML document must be an object (a policy, or a List of them)")
+        deletes = [str(x) for x in request.get("delete") or [] if str(x).strip()]
+        if not items and not deletes:
+            raise BadRequest("give the change: policies to create or replace, and/or objects to delete")
+        view, _ = self.source.get()
+        _, records = self.flows.after(0, FlowFilter(), limit=self.flows.capacity)
+        report = whatif(view.raw, Change(items, deletes), records)
+        return {**report.to_json(), "text": report_text(report)}
+
     def api_explain(self, query: Mapping[str, Sequence[str]]) -> dict[str, Any]:
         src, dst = _one(query, "from"), _one(query, "to")
         if not src or not dst:
@@ -234,7 +269,16 @@ class Handler(BaseHTTPRequestHandler):
     app: App  # set on the subclass serve() makes
 
     def do_GET(self) -> None:
-        resp = self.app.handle(self.path)
+        self._answer(self.app.handle(self.path))
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_POST_BYTES:
+            self._answer(json_response({"error": f"the change is over {MAX_POST_BYTES} bytes"}, 413))
+            return
+        self._answer(self.app.handle(self.path, self.rfile.read(length) if length > 0 else b""))
+
+    def _answer(self, resp: Response) -> None:
         self.send_response(resp.status)
         self.send_header("Content-Type", resp.content_type)
         self.send_header("Content-Length", str(len(resp.body)))

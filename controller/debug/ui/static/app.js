@@ -68,7 +68,10 @@ async function loadInfo() {
   setError("flows", info.flows.error);
 }
 
-const pages = { policies: loadPolicies, heatmap: loadHeatmap, flows: startFlows, graph: loadGraph, explain: showExplainFromHash };
+const pages = {
+  policies: loadPolicies, heatmap: loadHeatmap, flows: startFlows, graph: loadGraph,
+  explain: showExplainFromHash, whatif: () => {},
+};
 
 function route() {
   const [name] = (location.hash.slice(1) || "policies").split("?");
@@ -294,6 +297,42 @@ async function runExplain() {
     el("pre", { id: "explain-text" }, doc.text));
 }
 
+// -- what-if --------------------------------------------------------------------------------------
+
+async function runWhatif() {
+  const form = $("#whatif-form");
+  const box = $("#whatif-result");
+  const request = { yaml: form.yaml.value, delete: form.delete.value.split(/\s+/).filter(Boolean) };
+  let doc;
+  try {
+    const resp = await fetch("/api/whatif", { method: "POST", body: JSON.stringify(request), cache: "no-store" });
+    doc = await resp.json();
+    if (!resp.ok) {
+      setError("what-if", null);
+      box.replaceChildren(el("div", { class: "verdict denied" }, "The change is not valid"),
+        el("ul", { id: "whatif-problems" }, (doc.problems || [doc.error]).map(p => el("li", {}, p))));
+      return;
+    }
+    setError("what-if", null);
+  } catch (exc) {
+    setError("what-if", "vethguard ui does not answer (stopped?)");
+    return;
+  }
+  const side = d => `${d.verdict}: ${d.rule}`;
+  box.replaceChildren(
+    el("ul", {}, doc.objects.map(o => el("li", {}, `${o.kind} ${o.namespace ? o.namespace + "/" : ""}${o.name}: ${o.action} (not applied)`))),
+    el("p", { id: "whatif-count" }, `${doc.changed.length} of ${doc.flows} flows would change their verdict`),
+    el("table", { id: "whatif-table" },
+      el("tr", {}, ["From", "To", "Port", "Proto", "Before", "After"].map(h => el("th", {}, h))),
+      doc.changed.map(c => el("tr", { class: c.after.verdict === "denied" ? "denied" : "allowed" },
+        el("td", {}, c.from), el("td", {}, c.to), el("td", {}, c.port ?? "-"), el("td", {}, c.protocol),
+        el("td", {}, side(c.before)), el("td", {}, side(c.after))))),
+    el("table", { id: "whatif-summary" },
+      el("tr", {}, ["Namespace", "Newly denied", "Newly allowed", "Other"].map(h => el("th", {}, h))),
+      Object.entries(doc.summary).map(([ns, c]) => el("tr", {},
+        el("td", {}, ns), el("td", {}, c.newly_denied), el("td", {}, c.newly_allowed), el("td", {}, c.other)))));
+}
+
 // -- wiring ---------------------------------------------------------------------------------------
 
 window.addEventListener("hashchange", route);
@@ -303,6 +342,7 @@ $("#explain-form").addEventListener("submit", ev => {
   const hash = `#explain?${query($("#explain-form"))}`;
   if (location.hash === hash) runExplain(); else location.hash = hash;
 });
+$("#whatif-form").addEventListener("submit", ev => { ev.preventDefault(); runWhatif(); });
 $("#flow-filters").addEventListener("input", restartFlows);
 $("#flow-filters").addEventListener("reset", () => setTimeout(restartFlows, 0));
 $("#graph-seconds").addEventListener("change", loadGraph);
