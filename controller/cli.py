@@ -46,6 +46,7 @@ def build_parser(prog: str = "vethguard") -> argparse.ArgumentParser:
     from controller.cni.install import register as register_cni_install
     from controller.debug.cli import register as register_debug
     from controller.debug.convert import register as register_convert
+    from controller.debug.doctor import register as register_doctor
     from controller.debug.ui.server import register as register_ui
     from controller.debug.whatif_cli import register as register_whatif
     from controller.lab.cli import register as register_lab
@@ -56,6 +57,7 @@ def build_parser(prog: str = "vethguard") -> argparse.ArgumentParser:
     register_demo(sub)
     register_debug(sub)
     register_convert(sub)
+    register_doctor(sub)
     register_whatif(sub)
     register_ui(sub)
     register_bench(sub)

@@ -259,3 +259,14 @@ def test_the_kubectl_plugin_and_the_local_node_mode_work(lab: Lab) -> None:
     )
     rows = json.loads(node.stdout)["items"]
     assert rows and {r["node"] for r in rows} == {"node-1"} and all(r["pod"] in ORDER for r in rows)
+
+
+def test_doctor_finds_this_machine_ready_and_every_agent_caught_up(
+    lab: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, out = run(capsys, "doctor", "--lab", lab.name, "-o", "json")
+    checks = {c["name"]: c for c in json.loads(out)["items"]}
+    assert rc == 0, out
+    assert {checks[f"agent/node-{i}"]["status"] for i in (1, 2)} == {"ok"}
+    assert checks["api"]["status"] == "ok" and checks["node/bpffs"]["status"] == "ok"
+    assert checks["crd/clusternetworkpolicies.policy.networking.k8s.io"]["status"] == "ok"
