@@ -44,6 +44,7 @@ def build_parser(prog: str = "vethguard") -> argparse.ArgumentParser:
     from controller.agent.cli import register as register_agent
     from controller.bench.cli import register as register_bench
     from controller.cni.install import register as register_cni_install
+    from controller.completion import register as register_completion
     from controller.debug.cli import register as register_debug
     from controller.debug.convert import register as register_convert
     from controller.debug.doctor import register as register_doctor
@@ -62,6 +63,7 @@ def build_parser(prog: str = "vethguard") -> argparse.ArgumentParser:
     register_ui(sub)
     register_bench(sub)
     register_cni_install(sub)
+    register_completion(sub)
     return parser
 
 

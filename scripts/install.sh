@@ -97,6 +97,12 @@ EOF
 ln -sfn "$venv/bin/vethguard" /usr/local/bin/vethguard
 # kubectl finds plugins on PATH: `kubectl vethguard ...` runs kubectl-vethguard
 ln -sfn "$venv/bin/kubectl-vethguard" /usr/local/bin/kubectl-vethguard
+# shell completion, generated from the command line's parser (vethguard completion bash|zsh)
+if [ "$image" = 0 ]; then
+  mkdir -p /etc/bash_completion.d /usr/share/zsh/vendor-completions
+  "$venv/bin/vethguard" completion bash > /etc/bash_completion.d/vethguard
+  "$venv/bin/vethguard" completion zsh > /usr/share/zsh/vendor-completions/_vethguard
+fi
 "$venv/bin/python" -c "import bcc, pyroute2, kubernetes, controller" \
   || { echo "install.sh: the virtualenv cannot import its dependencies" >&2; exit 1; }
 echo "==> done: $(command -v vethguard)"
