@@ -1,38 +1,19 @@
-"""The parts of `vethguard uninstall` that need no root: the clsact ledger's format, unchaining
-vethguard-cni from the CNI configuration (the mirror of cni-install) with the other plugins and
-keys left as they were, and the report it prints."""
+"""The parts of `vethguard uninstall` that need no root: the clsact ledger's format, the report it
+prints, its refusal while an agent answers (unchaining vethguard-cni, the mirror of cni-install:
+tests/unit/test_cni_install.py)."""
 
 from __future__ import annotations
 
-import json
 import socket
 from pathlib import Path
 
 import pytest
 
 from controller.cli import main
-from controller.cni import install, uninstall
+from controller.cni import uninstall
 from controller.core.errors import VethguardError
 from controller.datapath import ledger
 from controller.datapath.cleanup import Step
-
-KINDNET = {
-    "cniVersion": "0.4.0",
-    "name": "kindnet",
-    "plugins": [
-        {"type": "ptp", "ipMasq": False, "ipam": {"type": "host-local"}},
-        {"type": "portmap", "capabilities": {"portMappings": True}},
-    ],
-}
-
-
-@pytest.fixture
-def host(tmp_path: Path) -> dict[str, Path]:
-    dirs = {"bin": tmp_path / "opt-cni-bin", "conf": tmp_path / "etc-cni-net.d", "image": tmp_path / "image"}
-    for d in dirs.values():
-        d.mkdir()
-    (dirs["image"] / "vethguard-cni").write_bytes(b"\x7fELF static plugin")
-    return dirs
 
 
 def test_the_ledger_keeps_the_last_name_per_ifindex_and_reports_torn_lines() -> None:
@@ -71,72 +52,6 @@ def test_a_ledger_that_cannot_be_written_does_not_fail_the_attach(
 def test_a_node_name_that_cannot_name_a_file_is_refused() -> None:
     with pytest.raises(VethguardError, match="node name"):
         ledger.ledger_path("/run/vethguard", "../etc")
-
-
-def test_unchaining_removes_only_our_entry_and_keeps_every_other_plugin_and_key() -> None:
-    ours = {"type": "vethguard-cni", "pinRoot": "/sys/fs/bpf/vethguard", "nodeName": "node-1"}
-    config = {**KINDNET, "disableCheck": True, "plugins": [*KINDNET["plugins"], ours]}
-    assert install.unchained(config) == {**KINDNET, "disableCheck": True}
-    assert install.unchained(KINDNET) is None  # nothing of ours: no change
-    single = {"cniVersion": "0.3.1", "name": "bridge", "type": "bridge", "bridge": "cni0"}
-    assert install.unchained(single) is None  # a single-plugin .conf is never chained
-
-
-def test_uninstall_undoes_cni_install_of_a_conflist(host: dict[str, Path]) -> None:
-    (host["conf"] / "10-kindnet.conflist").write_text(json.dumps(KINDNET))
-    (host["conf"] / "99-other.conf").write_text(json.dumps({"name": "x", "type": "bridge"}))
-    install.install(
-        host["image"] / "vethguard-cni", host["bin"], host["conf"], "node-1", "/sys/fs/bpf/vethguard"
-    )
-    (host["bin"] / "ptp").write_bytes(b"ptp")
-    removed, kept = install.uninstall(host["bin"], host["conf"])
-    assert [(s.kind, Path(s.name).name) for s in removed] == [
-        ("cni-config", "10-kindnet.conflist"),
-        ("cni-binary", "vethguard-cni"),
-    ]
-    assert kept == []
-    assert json.loads((host["conf"] / "10-kindnet.conflist").read_text()) == KINDNET
-    assert json.loads((host["conf"] / "99-other.conf").read_text()) == {"name": "x", "type": "bridge"}
-    assert sorted(p.name for p in host["bin"].iterdir()) == ["ptp"]
-    assert install.uninstall(host["bin"], host["conf"]) == ([], [])  # idempotent
-
-
-def test_a_conf_that_install_turned_into_a_conflist_keeps_its_one_plugin(host: dict[str, Path]) -> None:
-    single = {"cniVersion": "0.3.1", "name": "bridge", "type": "bridge", "bridge": "cni0"}
-    (host["conf"] / "10-bridge.conf").write_text(json.dumps(single))
-    install.install(
-        host["image"] / "vethguard-cni", host["bin"], host["conf"], "node-1", "/sys/fs/bpf/vethguard"
-    )
-    install.uninstall(host["bin"], host["conf"])
-    assert json.loads((host["conf"] / "10-bridge.conflist").read_text()) == {
-        "cniVersion": "0.3.1",
-        "name": "bridge",
-        "plugins": [{"type": "bridge", "bridge": "cni0"}],
-    }
-
-
-def test_a_list_with_only_our_plugin_is_left_to_its_owner_and_so_is_the_binary(host: dict[str, Path]) -> None:
-    lone = {"cniVersion": "1.0.0", "name": "odd", "plugins": [{"type": "vethguard-cni"}]}
-    (host["conf"] / "10-odd.conflist").write_text(json.dumps(lone))
-    (host["bin"] / "vethguard-cni").write_bytes(b"plugin")
-    removed, kept = install.uninstall(host["bin"], host["conf"])
-    assert removed == [] and [s.kind for s in kept] == ["cni-config", "cni-binary"]
-    assert (host["bin"] / "vethguard-cni").exists()
-
-
-def test_missing_cni_directories_are_noted_not_errors(tmp_path: Path) -> None:
-    removed, kept = install.uninstall(tmp_path / "no-bin", tmp_path / "no-conf")
-    assert removed == []
-    assert [(s.kind, s.detail) for s in kept] == [
-        ("cni-config", "no such directory: nothing to unchain"),
-        ("cni-binary", "no such directory"),
-    ]
-
-
-def test_a_configuration_that_is_not_json_is_an_error_naming_the_file(host: dict[str, Path]) -> None:
-    (host["conf"] / "10-broken.conflist").write_text("{not json")
-    with pytest.raises(VethguardError, match=r"10-broken\.conflist: not JSON"):
-        install.uninstall(host["bin"], host["conf"])
 
 
 def test_the_report_lists_what_was_removed_and_kept_and_says_when_there_was_nothing_to_do() -> None:
