@@ -103,7 +103,7 @@ def remove_clsacts(
             except NetlinkError as exc:
                 raise VethguardError(f"cannot list the filters of {where}: {exc}") from exc
             if others:
-                foreign = ", ".join(_describe(f) for f in others)
+                foreign = ", ".join(dict.fromkeys(_describe(f) for f in others))  # u32: table + filter
                 kept.append(
                     Step("clsact", where, f"created by vethguard, but other filters use it: {foreign}")
                 )
