@@ -8,6 +8,8 @@
 // u8 ipv6[16]; u32 slot; u32 tier_profile} (40 bytes), local_key {u8 addr[16]; u8 family; u8 pad[3]} -> u32 ifindex.
 // The tc filters are the agent's (controller/datapath/attach.py): clsact, handle 1, prio 10,
 // protocol all, direct-action, names vethguard-from-pod / vethguard-to-pod.
+// A clsact this plugin creates is recorded in the node's clsact ledger, <stateDir>/clsact-<node>
+// (controller/datapath/ledger.py): one "<ifindex> <ifname>\n" line, one O_APPEND write.
 package main
 
 import (
@@ -26,6 +28,7 @@ import (
 
 const (
 	defaultPinRoot   = "/sys/fs/bpf/vethguard"
+	defaultStateDir  = "/run/vethguard"
 	errIncompatible  = 1
 	errInvalidConfig = 7
 	errNotReady      = 100 // the agent has not pinned its programs on this node yet
@@ -79,6 +82,7 @@ type netConf struct {
 	CniVersion string          `json:"cniVersion"`
 	PinRoot    string          `json:"pinRoot"`
 	NodeName   string          `json:"nodeName"`
+	StateDir   string          `json:"stateDir"`
 	PrevResult json.RawMessage `json:"prevResult"`
 }
 
@@ -224,7 +228,15 @@ func add(conf *netConf) ([]byte, error) {
 	if err := writePendingEndpoint(pins, ifindex, v4, v6); err != nil {
 		return nil, err
 	}
-	if err := attach(ifindex, fds); err != nil {
+	created, err := attach(ifindex, fds)
+	if created {
+		stateDir := conf.StateDir
+		if stateDir == "" {
+			stateDir = defaultStateDir
+		}
+		recordClsact(filepath.Join(stateDir, "clsact-"+filepath.Base(pins)), ifindex)
+	}
+	if err != nil {
 		return nil, &cniError{Code: errAttach, Msg: "cannot attach the vethguard programs: " + err.Error()}
 	}
 	var result map[string]interface{}
@@ -233,6 +245,31 @@ func add(conf *netConf) ([]byte, error) {
 	}
 	result["cniVersion"] = conf.CniVersion
 	return json.Marshal(result)
+}
+
+// recordClsact appends "<ifindex> <ifname>" to the clsact ledger. A failure is reported on stderr
+// only: the clsact exists either way, and the pod must not fail because of the ledger.
+func recordClsact(path string, ifindex int) {
+	name := ""
+	if link, err := net.InterfaceByIndex(ifindex); err == nil {
+		name = link.Name
+	}
+	err := os.MkdirAll(filepath.Dir(path), 0o755)
+	if err == nil && name == "" {
+		err = fmt.Errorf("no interface with ifindex %d", ifindex)
+	}
+	if err == nil {
+		var f *os.File
+		if f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644); err == nil {
+			_, err = f.Write([]byte(fmt.Sprintf("%d %s\n", ifindex, name)))
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "vethguard-cni: cannot record the clsact of ifindex %d in %s: %v\n", ifindex, path, err)
+	}
 }
 
 // hostInterface is the ifindex of prevResult's interface without a sandbox: the pod's host end.
@@ -474,18 +511,21 @@ func ourFilter(ifindex int, parent uint32) (bool, error) {
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
-func attach(ifindex int, fds map[uint32]int) error {
+// attach adds clsact when absent (created: this call added it, not EEXIST) and replaces our filters.
+func attach(ifindex int, fds map[uint32]int) (created bool, err error) {
 	sock, err := syscall.Socket(syscall.AF_NETLINK, syscall.SOCK_RAW|syscall.SOCK_CLOEXEC, syscall.NETLINK_ROUTE)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer syscall.Close(sock)
 	if err := syscall.Bind(sock, &syscall.SockaddrNetlink{Family: syscall.AF_NETLINK}); err != nil {
-		return err
+		return false, err
 	}
 	clsact := append(tcmsg(ifindex, clsactHandle, tcHClsact, 0), rtattr(tcaKind, asciiz("clsact"))...)
-	if err := request(sock, 1, rtmNewQdisc, nlmFCreate|nlmFExcl, clsact); err != nil && !errors.Is(err, syscall.EEXIST) {
-		return fmt.Errorf("clsact on ifindex %d: %w", ifindex, err)
+	if err := request(sock, 1, rtmNewQdisc, nlmFCreate|nlmFExcl, clsact); err == nil {
+		created = true
+	} else if !errors.Is(err, syscall.EEXIST) {
+		return false, fmt.Errorf("clsact on ifindex %d: %w", ifindex, err)
 	}
 	names := map[uint32]string{parentIngress: "vethguard-from-pod", parentEgress: "vethguard-to-pod"}
 	seq := uint32(2)
@@ -497,9 +537,9 @@ func attach(ifindex int, fds map[uint32]int) error {
 		body = append(body, rtattr(tcaKind, asciiz("bpf"))...)
 		body = append(body, rtattr(tcaOptions, options)...)
 		if err := request(sock, seq, rtmNewTfilter, nlmFCreate|nlmFReplace, body); err != nil {
-			return fmt.Errorf("%s filter on ifindex %d: %w", names[parent], ifindex, err)
+			return created, fmt.Errorf("%s filter on ifindex %d: %w", names[parent], ifindex, err)
 		}
 		seq++
 	}
-	return nil
+	return created, nil
 }

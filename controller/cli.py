@@ -44,6 +44,7 @@ def build_parser(prog: str = "vethguard") -> argparse.ArgumentParser:
     from controller.agent.cli import register as register_agent
     from controller.bench.cli import register as register_bench
     from controller.cni.install import register as register_cni_install
+    from controller.cni.uninstall import register as register_uninstall
     from controller.completion import register as register_completion
     from controller.debug.cli import register as register_debug
     from controller.debug.convert import register as register_convert
@@ -64,6 +65,7 @@ def build_parser(prog: str = "vethguard") -> argparse.ArgumentParser:
     register_bench(sub)
     register_cni_install(sub)
     register_completion(sub)
+    register_uninstall(sub)
     return parser
 
 

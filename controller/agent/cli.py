@@ -5,6 +5,7 @@ signals that stop it (leaving programs and maps in place)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import sys
@@ -16,13 +17,20 @@ from controller.agent.health import METRICS_ONLY, HealthServer
 from controller.agent.informers import Sources
 from controller.agent.kube_api import load_api_client
 from controller.agent.linkwatch import LinkWatch
-from controller.agent.loop import DEFAULT_HEALTH_ADDR, DEFAULT_PIN_ROOT, Agent, AgentConfig
+from controller.agent.loop import (
+    DEFAULT_HEALTH_ADDR,
+    DEFAULT_PIN_ROOT,
+    Agent,
+    AgentConfig,
+    _default_datapath_factory,
+)
 from controller.agent.metrics import Metrics, build_labels
 from controller.compiler.desired_state import FAILSAFE_INBOUND, FAILSAFE_OUTBOUND
 from controller.core.errors import VethguardError
 from controller.core.log import configure as configure_logging
 from controller.core.log import get_logger
 from controller.core.net import L4_PROTOCOLS
+from controller.datapath.ledger import DEFAULT_STATE_DIR
 
 log = get_logger("vethguard.agent")
 
@@ -43,6 +51,12 @@ def register(sub: Any) -> None:
     p.add_argument("--kubeconfig", help="kubeconfig path (default: $KUBECONFIG, in-cluster, ~/.kube/config)")
     p.add_argument(
         "--pin-root", default=DEFAULT_PIN_ROOT, help=f"bpffs directory (default {DEFAULT_PIN_ROOT})"
+    )
+    p.add_argument(
+        "--state-dir",
+        default=DEFAULT_STATE_DIR,
+        help="where the clsact ledger lives: every clsact qdisc the agent creates is recorded in "
+        f"clsact-<node> there, for `vethguard uninstall` (default {DEFAULT_STATE_DIR}, a tmpfs)",
     )
     p.add_argument(
         "--health-addr",
@@ -219,6 +233,7 @@ def run_cli(args: argparse.Namespace) -> int:
             ),
             sources,
             metrics=metrics,
+            datapath_factory=functools.partial(_default_datapath_factory, state_dir=args.state_dir),
         )
         agent.linkwatch = LinkWatch(agent.wake)
         health = HealthServer(args.health_addr, agent.probes()).start()

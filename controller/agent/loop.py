@@ -94,11 +94,11 @@ def _default_compute() -> Compute:
     return compute
 
 
-def _default_datapath_factory(node: str, pin_root: str) -> NodeDatapath:
+def _default_datapath_factory(node: str, pin_root: str, state_dir: str | None = None) -> NodeDatapath:
     from controller.datapath.node import Datapath
 
     preflight.use_kernel_headers()  # points bcc at the headers preflight found (or raises the fix)
-    return Datapath(node=node, pin_root=pin_root)
+    return Datapath(node=node, pin_root=pin_root, state_dir=state_dir)  # state_dir: the clsact ledger
 
 
 @dataclass

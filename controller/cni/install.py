@@ -9,6 +9,11 @@ Run by the DaemonSet's install-cni init container with the host's CNI directorie
      writes the file back atomically. A single-plugin .conf becomes a .conflist with it.
 Idempotent: a second run changes nothing. No configuration yet (the cluster's CNI is not
 installed) is an error, so the init container fails and kubelet retries it.
+
+`uninstall` is its mirror (`vethguard uninstall` runs it first, so new pods stop needing the
+plugin): our entry leaves every configuration list that has one, the other plugins and keys as
+they were (a .conf that install turned into a .conflist stays a one-plugin .conflist, which
+runtimes read the same), then the binary goes.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.core.errors import VethguardError
+from controller.datapath.cleanup import Step
 
 PLUGIN = "vethguard-cni"
 DEFAULT_BINARY = "/opt/vethguard/cni/vethguard-cni"
@@ -50,6 +56,58 @@ def chained(config: dict[str, Any], node: str, pin_root: str) -> dict[str, Any]:
     return out
 
 
+def unchained(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The configuration list without our plugin; None when it has no entry of ours (pure). A
+    single-plugin .conf never has one (install makes it a list)."""
+    plugins = config.get("plugins")
+    if not isinstance(plugins, list):
+        return None
+    kept = [p for p in plugins if not (isinstance(p, dict) and p.get("type") == PLUGIN)]
+    if len(kept) == len(plugins):
+        return None
+    return {**config, "plugins": kept}
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as exc:
+        raise VethguardError(f"{path}: not JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise VethguardError(f"{path}: not a CNI network configuration")
+    return config
+
+
+def uninstall(bin_dir: Path, conf_dir: Path) -> tuple[list[Step], list[Step]]:
+    """Unchain the plugin from every network configuration in conf_dir, then remove it from
+    bin_dir: (removed, kept with why). A missing directory is a kept step, not an error."""
+    removed: list[Step] = []
+    kept: list[Step] = []
+    still_used = False
+    if not conf_dir.is_dir():
+        kept.append(Step("cni-config", str(conf_dir), "no such directory: nothing to unchain"))
+    else:
+        for path in sorted(p for p in conf_dir.iterdir() if p.suffix in (".conflist", ".conf", ".json")):
+            new = unchained(_read_config(path))
+            if new is None:
+                continue
+            if not new["plugins"]:
+                kept.append(Step("cni-config", str(path), f"{PLUGIN} is its only plugin: left for its owner"))
+                still_used = True
+                continue
+            _write_atomically(path, (json.dumps(new, indent=2) + "\n").encode(), 0o644)
+            removed.append(Step("cni-config", str(path), f"{PLUGIN} unchained"))
+    target = bin_dir / PLUGIN
+    if not bin_dir.is_dir():
+        kept.append(Step("cni-binary", str(bin_dir), "no such directory"))
+    elif still_used and target.exists():
+        kept.append(Step("cni-binary", str(target), "a network configuration still runs it"))
+    elif target.exists():
+        target.unlink()
+        removed.append(Step("cni-binary", str(target), "removed"))
+    return removed, kept
+
+
 def _write_atomically(path: Path, data: bytes, mode: int) -> None:
     tmp = path.with_name(f".{path.name}.vethguard-tmp")
     tmp.write_bytes(data)
@@ -69,12 +127,7 @@ def install(binary: Path, bin_dir: Path, conf_dir: Path, node: str, pin_root: st
         os.chmod(tmp, 0o755)
         os.replace(tmp, target)
     source = network_config(conf_dir)
-    try:
-        config = json.loads(source.read_text())
-    except ValueError as exc:
-        raise VethguardError(f"{source}: not JSON: {exc}") from exc
-    if not isinstance(config, dict):
-        raise VethguardError(f"{source}: not a CNI network configuration")
+    config = _read_config(source)
     new = chained(config, node, pin_root)
     dest = source if source.suffix == ".conflist" else source.with_suffix(".conflist")
     if new != config or dest != source:

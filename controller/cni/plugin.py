@@ -16,8 +16,10 @@ kubelet retries the sandbox. DEL and GC do nothing: the veth and its filters go 
 namespace and the agent removes the endpoint entry. CHECK verifies the filters. No bcc, no LLVM:
 only bpf(2) on pinned objects and rtnetlink, so it takes milliseconds.
 
-Network configuration keys: "pinRoot" (default /sys/fs/bpf/vethguard) and "nodeName" (the agent's
---node; may be left out when pinRoot holds exactly one node's pins).
+Network configuration keys: "pinRoot" (default /sys/fs/bpf/vethguard), "nodeName" (the agent's
+--node; may be left out when pinRoot holds exactly one node's pins) and "stateDir" (default
+/run/vethguard: a clsact the plugin creates is recorded in its clsact-<node> ledger there, for
+`vethguard uninstall`; controller/datapath/ledger.py).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.core.errors import VethguardError
-from controller.datapath import abi, bpfsys, codecs
+from controller.datapath import abi, bpfsys, codecs, ledger
 from controller.datapath.attach import PARENT_EGRESS, PARENT_INGRESS, Attacher
 
 SUPPORTED_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
@@ -169,7 +171,8 @@ def add(req: Request) -> dict[str, Any]:
         # the endpoint first: the programs find it PENDING from their first packet
         write_pending_endpoint(pins, ifindex, ipv4, ipv6)
         try:
-            Attacher().attach_programs(ifindex, fds)
+            state_dir = str(req.config.get("stateDir") or ledger.DEFAULT_STATE_DIR)
+            Attacher(ledger_file=ledger.ledger_path(state_dir, pins.name)).attach_programs(ifindex, fds)
         except VethguardError as exc:
             raise CniError(ERR_ATTACH, f"cannot attach the vethguard programs: {exc}") from exc
     finally:

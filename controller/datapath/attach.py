@@ -1,7 +1,8 @@
 """Attach the tc programs to a host-side veth, in the current network namespace (the attach, on
 the path of every new pod, with controller.datapath.rtnl; the rest with pyroute2).
 
-clsact is added only when absent (and only a clsact we added may be removed again); our
+clsact is added only when absent (and only a clsact we added may be removed again: the ones
+this process added, and across processes the node's ledger, controller/datapath/ledger.py); our
 filters have a fixed handle and priority and are installed with "replace", so swapping in a
 newly loaded program is atomic (no window without a program) and attaching twice is a no-op.
 """
@@ -11,13 +12,14 @@ from __future__ import annotations
 import socket
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from controller.core.errors import VethguardError
-from controller.datapath import rtnl
+from controller.datapath import ledger, rtnl
 
 PARENT_INGRESS = "ffff:fff2"  # tc ingress hook of clsact: packets leaving the pod
 PARENT_EGRESS = "ffff:fff3"  # tc egress hook of clsact: packets entering the pod
@@ -79,13 +81,26 @@ def _nla_prog_id(opts: Any) -> int | None:
     return None
 
 
+def remaining_filters(ipr: Any, ifindex: int) -> list[Any]:
+    """Every filter on both hooks of ifindex's clsact (a dump's per-priority chain entries,
+    which carry no options, left out); raises NetlinkError without clsact or interface."""
+    return [
+        f
+        for p in (PARENT_INGRESS, PARENT_EGRESS)
+        for f in ipr.get_filters(index=ifindex, parent=_PARENT_IDS[p])
+        if f.get_attr("TCA_OPTIONS")
+    ]
+
+
 @dataclass
 class Attacher:
     """Our filters on the hooks of `names` (parent -> filter name; default: both pod hooks).
-    Tracks which clsact qdiscs this process created so detach never removes anyone else's."""
+    Tracks which clsact qdiscs this process created so detach never removes anyone else's,
+    and appends each to the node's clsact ledger when given one (`vethguard uninstall` reads it)."""
 
     created_clsact: set[int] = field(default_factory=set)
     names: dict[str, str] = field(default_factory=lambda: dict(FILTER_NAME))
+    ledger_file: Path | None = None
 
     def attach(self, ifindex: int, from_pod_fd: int, to_pod_fd: int) -> None:
         """from_pod on the tc ingress hook, to_pod on the tc egress hook of a pod's veth."""
@@ -98,6 +113,8 @@ class Attacher:
             try:
                 nl.request(rtnl.RTM_NEWQDISC, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL, _clsact_msg(ifindex))
                 self.created_clsact.add(ifindex)
+                if self.ledger_file is not None:
+                    ledger.record(self.ledger_file, ifindex)
             except rtnl.NetlinkError as e:
                 if e.code == ENODEV:
                     raise VethguardError(
@@ -130,6 +147,18 @@ class Attacher:
             if opts.get_attr("TCA_BPF_NAME") == self.names[parent]:
                 ours.append(f)
         return ours
+
+    def hooks_with_ours(self, ifindex: int) -> list[str]:
+        """The hooks (parents) of ifindex that carry our filter (none: no clsact, no interface)."""
+        with IPRoute() as ipr:
+            out = []
+            for parent in self.names:
+                try:
+                    if self._our_filters(ipr, ifindex, parent):
+                        out.append(parent)
+                except NetlinkError:
+                    continue
+            return out
 
     def attached(self, ifindex: int) -> bool:
         """All of our filters are present on ifindex."""
@@ -170,13 +199,7 @@ class Attacher:
                         raise VethguardError(f"cannot remove our filter from ifindex {ifindex}: {e}") from e
             if ifindex in self.created_clsact:
                 self.created_clsact.discard(ifindex)
-                remaining = [
-                    f
-                    for p in (PARENT_INGRESS, PARENT_EGRESS)
-                    for f in ipr.get_filters(index=ifindex, parent=_PARENT_IDS[p])
-                    if f.get_attr("TCA_OPTIONS")
-                ]
-                if not remaining:  # we created it and nobody else uses it
+                if not remaining_filters(ipr, ifindex):  # we created it and nobody else uses it
                     try:
                         ipr.tc("del", "clsact", ifindex)
                     except NetlinkError as e:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.compiler.desired_state import NodeDesired
-from controller.datapath import bpfsys, codecs, encoding, loader, readback, sync, uplink
+from controller.datapath import bpfsys, codecs, encoding, ledger, loader, readback, sync, uplink
 from controller.datapath.attach import PARENT_EGRESS, PARENT_INGRESS, Attacher
 from controller.datapath.bpfsys import ProgId
 from controller.datapath.codecs import Event
@@ -42,18 +42,24 @@ class Datapath:
     """One node's program set and maps.
 
     Datapath(node="node-1", pin_root="/sys/fs/bpf/vethguard") compiles and loads once (bcc,
-    ~1.3 s) and pins or reuses the maps under <pin_root>/<node>/.
+    ~1.3 s) and pins or reuses the maps under <pin_root>/<node>/. With `state_dir`, every clsact
+    it creates is recorded in the node's clsact ledger there (controller/datapath/ledger.py).
     """
 
     def __init__(
-        self, node: str, pin_root: str = "/sys/fs/bpf/vethguard", extra_cflags: tuple[str, ...] = ()
+        self,
+        node: str,
+        pin_root: str = "/sys/fs/bpf/vethguard",
+        extra_cflags: tuple[str, ...] = (),
+        state_dir: str | None = None,
     ) -> None:
         self.node = node
         self.pin_root = pin_root
         self.extra_cflags = extra_cflags
         self._loaded = loader.load(node, pin_root, extra_cflags)
-        self._attacher = Attacher()
-        self._uplinks = uplink.uplink_attacher()
+        ledger_file = ledger.ledger_path(state_dir, node) if state_dir else None
+        self._attacher = Attacher(ledger_file=ledger_file)
+        self._uplinks = uplink.uplink_attacher(ledger_file)
         self._event_cb: Callable[[object, int, int], None] | None = None
         self._event_sink: Callable[[Event], None] | None = None
         # What the synced maps hold after this object's last sync, if it completed (None: not

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -64,9 +65,12 @@ def find_uplinks(names: Iterable[str] = ()) -> dict[int, str]:
     return {i: links[i] for i in sorted(gateway_interfaces(routes)) if i in links}
 
 
-def uplink_attacher() -> Attacher:
+def uplink_attacher(ledger_file: Path | None = None) -> Attacher:
     """The Attacher of to_uplink (tc egress) and from_uplink (tc ingress)."""
-    return Attacher(names={PARENT_EGRESS: UPLINK_FILTER_NAME, PARENT_INGRESS: UPLINK_INGRESS_FILTER_NAME})
+    return Attacher(
+        names={PARENT_EGRESS: UPLINK_FILTER_NAME, PARENT_INGRESS: UPLINK_INGRESS_FILTER_NAME},
+        ledger_file=ledger_file,
+    )
 
 
 def host_endpoint_ifindexes(hep: HostEndpointDesired, uplinks: Mapping[int, str]) -> list[int]:

@@ -53,6 +53,8 @@ class AgentSupervisor:
             str(self.paths.node_kubeconfig),
             "--pin-root",
             str(self.paths.pin_root),
+            "--state-dir",  # the lab's own clsact ledger, beside its other state
+            str(self.paths.root),
             "--flow-socket",
             str(self.paths.flow_socket(node)),
         ]

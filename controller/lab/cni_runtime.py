@@ -41,6 +41,7 @@ def prev_result(pod_netns: str, host_ifname: str, addresses: tuple[str, ...]) ->
 def add(
     *,
     pin_root: Path,
+    state_dir: Path,
     node: str,
     node_netns: str,
     pod_netns: str,
@@ -55,6 +56,7 @@ def add(
         "name": "lab",
         "type": "vethguard-cni",
         "pinRoot": str(pin_root),
+        "stateDir": str(state_dir),
         "nodeName": node,
         "prevResult": prev_result(pod_netns, host_ifname, addresses),
     }

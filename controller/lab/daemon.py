@@ -215,6 +215,7 @@ class LabAdmission:
             if self.config.agents:  # chained vethguard-cni: closed before anything in it runs
                 cni_runtime.add(
                     pin_root=LabPaths(self.config.name).pin_root,
+                    state_dir=LabPaths(self.config.name).root,
                     node=topology.node_name(node),
                     node_netns=self.topo.names.node(node),
                     pod_netns=self.topo.names.pod(meta["namespace"], meta["name"]),

@@ -25,6 +25,13 @@ from tests.support.netns_util import VethPair, in_netns, veth_pair
 pytestmark = [pytest.mark.root, pytest.mark.bcc]
 
 REPO = Path(__file__).resolve().parents[2]
+STATE: dict[str, Path] = {}  # the current test's stateDir (never this machine's /run/vethguard)
+
+
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path: Path) -> Path:
+    STATE["dir"] = tmp_path / "state"
+    return STATE["dir"]
 
 
 @pytest.fixture(scope="session")
@@ -70,6 +77,7 @@ def cni(
         "type": "vethguard-cni",
         "pinRoot": str(dp.pin_dir.parent),
         "nodeName": dp.node,
+        "stateDir": str(STATE["dir"]),
         "prevResult": prev,
         **config,
     }
@@ -143,3 +151,20 @@ def test_add_on_a_node_without_pins_fails_so_the_pod_does_not_start(
     assert out.returncode == 1
     assert json.loads(out.stdout)["code"] == 100
     assert not in_netns(pair.node_ns, lambda: dp.attached(pair.ifindex))
+
+
+def test_add_records_the_clsact_it_created_in_the_ledger_once(
+    dp: Datapath, pair: VethPair, plugin: list[str], state_dir: Path
+) -> None:
+    assert cni("ADD", pair, dp, plugin).returncode == 0
+    assert cni("ADD", pair, dp, plugin).returncode == 0  # the clsact exists now: no second line
+    assert (state_dir / f"clsact-{dp.node}").read_text() == f"{pair.ifindex} vgh0\n"
+
+
+def test_add_does_not_record_a_clsact_someone_else_created(
+    dp: Datapath, pair: VethPair, plugin: list[str], state_dir: Path
+) -> None:
+    subprocess.run(["tc", "-n", pair.node_ns, "qdisc", "add", "dev", "vgh0", "clsact"], check=True)
+    assert cni("ADD", pair, dp, plugin).returncode == 0
+    assert in_netns(pair.node_ns, lambda: dp.attached(pair.ifindex))
+    assert not (state_dir / f"clsact-{dp.node}").exists()

@@ -1,6 +1,7 @@
 """`vethguard cni-install` (the DaemonSet's install-cni init container) on temporary CNI
 directories: the plugin lands in the binary directory and is chained last in the runtime's
-network configuration, once, whatever was there before."""
+network configuration, once, whatever was there before; and its mirror, the unchaining step of
+`vethguard uninstall`, which takes out our entry and binary and leaves everything else."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from controller.cli import main
 from controller.cni import install
+from controller.core.errors import VethguardError
 
 KINDNET = {
     "cniVersion": "0.4.0",
@@ -105,3 +107,69 @@ def test_a_configuration_that_is_not_json_is_named(host: dict[str, Path]) -> Non
     (host["conf"] / "10-broken.conflist").write_text("{nope")
     with pytest.raises(install.VethguardError, match=r"10-broken\.conflist: not JSON"):
         run(host)
+
+
+def test_unchaining_removes_only_our_entry_and_keeps_every_other_plugin_and_key() -> None:
+    ours = {"type": "vethguard-cni", "pinRoot": "/sys/fs/bpf/vethguard", "nodeName": "node-1"}
+    config = {**KINDNET, "disableCheck": True, "plugins": [*KINDNET["plugins"], ours]}
+    assert install.unchained(config) == {**KINDNET, "disableCheck": True}
+    assert install.unchained(KINDNET) is None  # nothing of ours: no change
+    single = {"cniVersion": "0.3.1", "name": "bridge", "type": "bridge", "bridge": "cni0"}
+    assert install.unchained(single) is None  # a single-plugin .conf is never chained
+
+
+def test_uninstall_undoes_cni_install_of_a_conflist(host: dict[str, Path]) -> None:
+    (host["conf"] / "10-kindnet.conflist").write_text(json.dumps(KINDNET))
+    (host["conf"] / "99-other.conf").write_text(json.dumps({"name": "x", "type": "bridge"}))
+    install.install(
+        host["image"] / "vethguard-cni", host["bin"], host["conf"], "node-1", "/sys/fs/bpf/vethguard"
+    )
+    (host["bin"] / "ptp").write_bytes(b"ptp")
+    removed, kept = install.uninstall(host["bin"], host["conf"])
+    assert [(s.kind, Path(s.name).name) for s in removed] == [
+        ("cni-config", "10-kindnet.conflist"),
+        ("cni-binary", "vethguard-cni"),
+    ]
+    assert kept == []
+    assert json.loads((host["conf"] / "10-kindnet.conflist").read_text()) == KINDNET
+    assert json.loads((host["conf"] / "99-other.conf").read_text()) == {"name": "x", "type": "bridge"}
+    assert sorted(p.name for p in host["bin"].iterdir()) == ["ptp"]
+    assert install.uninstall(host["bin"], host["conf"]) == ([], [])  # idempotent
+
+
+def test_a_conf_that_install_turned_into_a_conflist_keeps_its_one_plugin(host: dict[str, Path]) -> None:
+    single = {"cniVersion": "0.3.1", "name": "bridge", "type": "bridge", "bridge": "cni0"}
+    (host["conf"] / "10-bridge.conf").write_text(json.dumps(single))
+    install.install(
+        host["image"] / "vethguard-cni", host["bin"], host["conf"], "node-1", "/sys/fs/bpf/vethguard"
+    )
+    install.uninstall(host["bin"], host["conf"])
+    assert json.loads((host["conf"] / "10-bridge.conflist").read_text()) == {
+        "cniVersion": "0.3.1",
+        "name": "bridge",
+        "plugins": [{"type": "bridge", "bridge": "cni0"}],
+    }
+
+
+def test_a_list_with_only_our_plugin_is_left_to_its_owner_and_so_is_the_binary(host: dict[str, Path]) -> None:
+    lone = {"cniVersion": "1.0.0", "name": "odd", "plugins": [{"type": "vethguard-cni"}]}
+    (host["conf"] / "10-odd.conflist").write_text(json.dumps(lone))
+    (host["bin"] / "vethguard-cni").write_bytes(b"plugin")
+    removed, kept = install.uninstall(host["bin"], host["conf"])
+    assert removed == [] and [s.kind for s in kept] == ["cni-config", "cni-binary"]
+    assert (host["bin"] / "vethguard-cni").exists()
+
+
+def test_missing_cni_directories_are_noted_not_errors(tmp_path: Path) -> None:
+    removed, kept = install.uninstall(tmp_path / "no-bin", tmp_path / "no-conf")
+    assert removed == []
+    assert [(s.kind, s.detail) for s in kept] == [
+        ("cni-config", "no such directory: nothing to unchain"),
+        ("cni-binary", "no such directory"),
+    ]
+
+
+def test_a_configuration_that_is_not_json_is_an_error_naming_the_file(host: dict[str, Path]) -> None:
+    (host["conf"] / "10-broken.conflist").write_text("{not json")
+    with pytest.raises(VethguardError, match=r"10-broken\.conflist: not JSON"):
+        install.uninstall(host["bin"], host["conf"])

@@ -1,7 +1,9 @@
 """deploy/: every manifest validates against the Kubernetes schemas (kubernetes-validate, offline,
 strict: unknown fields fail), the RBAC is list/watch of exactly what the agent reads, only the
 bpffs-mount init container is privileged (the API demands it for Bidirectional propagation),
-and the DaemonSet agrees with the agent (port, probes, pin root, capabilities preflight needs)."""
+and the DaemonSet agrees with the agent (port, probes, pin root, capabilities preflight needs).
+deploy/uninstall.yaml (applied after the kustomization is deleted, not part of it) passes the
+same schema checks and agrees with the agent's directories."""
 
 from __future__ import annotations
 
@@ -34,12 +36,20 @@ AGENT_READS = {
 }
 
 
+UNINSTALL = DEPLOY / "uninstall.yaml"
+
+
 def manifest_files() -> list[Path]:
-    return sorted(p for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml")
+    """The kustomization's manifests (uninstall.yaml is applied on its own, after them)."""
+    return sorted(p for p in DEPLOY.glob("*.yaml") if p.name not in ("kustomization.yaml", UNINSTALL.name))
 
 
 def documents() -> list[dict[str, Any]]:
     return [d for p in manifest_files() for d in yaml.safe_load_all(p.read_text()) if d]
+
+
+def uninstall_documents() -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(UNINSTALL.read_text()) if d]
 
 
 def one(kind: str) -> dict[str, Any]:
@@ -63,7 +73,9 @@ def all_containers() -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
-@pytest.mark.parametrize("doc", documents(), ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
+@pytest.mark.parametrize(
+    "doc", documents() + uninstall_documents(), ids=lambda d: f"{d['kind']}/{d['metadata']['name']}"
+)
 def test_every_manifest_validates_against_the_kubernetes_schema(doc: dict[str, Any], version: str) -> None:
     kubernetes_validate.validate(doc, version, strict=True)
 
@@ -244,3 +256,65 @@ def test_every_container_has_requests_and_limits_with_requests_within_limits() -
             assert qty(str(res["requests"][kind])) <= qty(str(res["limits"][kind])), (c["name"], kind)
     # the agent's request covers its measured peak resident set (VmHWM 233740 KiB, bcc/LLVM loaded)
     assert qty(agent_container()["resources"]["requests"]["memory"]) >= 233_740 * 1024
+
+
+def uninstall_pod_spec() -> dict[str, Any]:
+    [ds] = [d for d in uninstall_documents() if d["kind"] == "DaemonSet"]
+    spec: dict[str, Any] = ds["spec"]["template"]["spec"]
+    return spec
+
+
+def test_the_uninstall_daemonset_runs_everywhere_in_the_agents_namespace_with_its_labels() -> None:
+    kinds = sorted(d["kind"] for d in uninstall_documents())
+    assert kinds == ["DaemonSet", "Namespace"]  # the namespace went with `kubectl delete -k deploy/`
+    for doc in uninstall_documents():
+        assert doc["metadata"].get("namespace", NAMESPACE) == NAMESPACE
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "vethguard"
+    [ds] = [d for d in uninstall_documents() if d["kind"] == "DaemonSet"]
+    assert (
+        ds["spec"]["selector"]["matchLabels"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert ds["metadata"]["name"] != one("DaemonSet")["metadata"]["name"]
+    spec = uninstall_pod_spec()
+    assert spec["hostNetwork"] is True and {"operator": "Exists"} in spec["tolerations"]
+    assert spec["automountServiceAccountToken"] is False
+
+
+def test_the_uninstall_container_is_unprivileged_with_net_admin_only() -> None:
+    [c] = uninstall_pod_spec()["containers"]
+    ctx = c["securityContext"]
+    assert ctx["privileged"] is False and ctx["allowPrivilegeEscalation"] is False
+    assert ctx["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
+    for m in c["volumeMounts"]:
+        assert m.get("mountPropagation") != "Bidirectional"
+
+
+def test_uninstall_uses_the_agents_and_the_cni_installs_host_directories() -> None:
+    [c] = uninstall_pod_spec()["containers"]
+    script = " ".join(c["command"][2:]).split()
+    assert c["command"][:2] == ["/bin/sh", "-c"] and script[:2] == [
+        "/opt/vethguard/venv/bin/vethguard",
+        "uninstall",
+    ]
+
+    def arg(argv: list[str], flag: str) -> str:
+        return argv[argv.index(flag) + 1]
+
+    agent_args = agent_container()["args"]
+    [install_cni] = [i for i in pod_spec()["initContainers"] if i["name"] == "install-cni"]
+    assert arg(script, "--pin-root") == arg(agent_args, "--pin-root")
+    assert arg(script, "--state-dir") == arg(agent_args, "--state-dir") == "/run/vethguard"
+    assert arg(script, "--cni-bin-dir") == arg(install_cni["command"], "--bin-dir")
+    assert arg(script, "--cni-conf-dir") == arg(install_cni["command"], "--conf-dir")
+    host = {v["name"]: v["hostPath"]["path"] for v in uninstall_pod_spec()["volumes"]}
+    mounts = {m["mountPath"]: host[m["name"]] for m in c["volumeMounts"]}
+    agent_host = {v["name"]: v["hostPath"]["path"] for v in pod_spec()["volumes"] if "hostPath" in v}
+    agent_mounts = {m["mountPath"]: agent_host[m["name"]] for m in agent_container()["volumeMounts"]}
+    install_mounts = {m["mountPath"]: agent_host[m["name"]] for m in install_cni["volumeMounts"]}
+    for path in ("/sys/fs/bpf", "/run/vethguard"):
+        assert mounts[path] == agent_mounts[path] == path
+    for path in ("/host/opt/cni/bin", "/host/etc/cni/net.d"):
+        assert mounts[path] == install_mounts[path]
+    # ready only once the uninstall succeeded (the shell reached the marker and the sleep)
+    assert "&& : > /tmp/uninstalled && exec sleep infinity" in c["command"][2]
+    assert c["readinessProbe"]["exec"]["command"][-1] == "[ -e /tmp/uninstalled ]"

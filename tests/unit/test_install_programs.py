@@ -50,6 +50,11 @@ DYNAMIC = {
         "lint",
     ): "hadolint, found by hadolint() with shutil.which (scanned as such)",
     ("tests/unit/test_map_layout.py", "c_layout"): "runs the layout program gcc just built",
+    (
+        "tests/lab/test_uninstall_lab.py",
+        "agent",
+    ): "AgentSupervisor.command(node): the lab agent's command line (nsenter, this interpreter), "
+    "scanned where controller/lab/agents.py starts it",
 }
 
 # Builtin sinks: dotted callee -> (parameter names, the argv template over them)
