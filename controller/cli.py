@@ -45,7 +45,7 @@ def build_parser(prog: str = "vethguard") -> argparse.ArgumentParser:
     from controller.bench.cli import register as register_bench
     from controller.cni.install import register as register_cni_install
     from controller.cni.uninstall import register as register_uninstall
-    from controller.completion import register as register_completion
+    from controller.core.completion import register as register_completion
     from controller.debug.cli import register as register_debug
     from controller.debug.convert import register as register_convert
     from controller.debug.doctor import register as register_doctor
@@ -64,7 +64,7 @@ def build_parser(prog: str = "vethguard") -> argparse.ArgumentParser:
     register_ui(sub)
     register_bench(sub)
     register_cni_install(sub)
-    register_completion(sub)
+    register_completion(sub, parser)
     register_uninstall(sub)
     return parser
 

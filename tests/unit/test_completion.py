@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from controller.cli import build_parser
-from controller.completion import script
+from controller.core.completion import script
 
 
 def complete(line: str, tmp_path: Path) -> list[str]:

@@ -73,18 +73,12 @@ def script(shell: str, parser: argparse.ArgumentParser) -> str:
     return ZSH_HEADER + text if shell == "zsh" else text
 
 
-def register(sub: Any) -> None:
+def register(sub: Any, root: argparse.ArgumentParser) -> None:
+    """`vethguard completion`, completing the whole command line `root`."""
     p = sub.add_parser(
         "completion",
         help="print the shell completion script (bash: source it or put it in "
         "/etc/bash_completion.d/vethguard; zsh: a _vethguard file on $fpath)",
     )
     p.add_argument("shell", choices=["bash", "zsh"], help="the shell")
-    p.set_defaults(func=cmd_completion)
-
-
-def cmd_completion(args: argparse.Namespace) -> int:
-    from controller.cli import build_parser
-
-    print(script(args.shell, build_parser()), end="")
-    return 0
+    p.set_defaults(func=lambda args: print(script(args.shell, root), end="") or 0)
