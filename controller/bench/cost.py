@@ -117,6 +117,8 @@ class CostReport:
     judge_new_ns: float | None = None
     # step -> ns it adds to an established packet (bpf/bench_parts.c), in to_pod's order
     established_steps_ns: dict[str, float] | None = None
+    # figure -> its value in every round (passthrough_ns, established_ns, new_flow_ns): the plots' ranges
+    samples: dict[str, list[float]] | None = None
 
 
 def _setup(dp: Datapath) -> None:
@@ -196,6 +198,10 @@ def _measure_all(dp: Datapath, fds: Mapping[str, int], rounds: int, packets: int
         packets_per_round=packets,
         **svc,
         established_steps_ns=steps,
+        samples={
+            f"{name}_ns": [round(x, 1) for x in samples[k]]
+            for k, name in (("pass", "passthrough"), ("est", "established"), ("new", "new_flow"))
+        },
     )
 
 

@@ -238,6 +238,7 @@ def summarize(
         )
     return {
         "passthrough_ns": round(pass_ns, 1),
+        "passthrough_samples": [round(x, 1) for x in floor],
         "rounds": rounds,
         "packets_per_round": packets,
         "new_flows_per_round": new_flows,

@@ -334,3 +334,52 @@ def test_datapath_report_has_the_cnp_table_and_plot_when_measured(tmp_path: Path
     assert "| 100 | 100 | tiered | 110 + 0 | 3 | 60.0 | 2.00 | 0.98 | 330.0 | 11.00 | 1.08 |" in md
     written = report.datapath_plots(doc, tmp_path)
     assert written[-1].name == "cluster-policy-cost.png" and written[-1].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_range_spans_the_min_and_max_of_the_rounds_and_is_empty_without_rounds() -> None:
+    assert report.spread([3.0, 1.0, 7.0], 3.0) == (2.0, 4.0)
+    assert report.spread(None, 3.0) == report.spread([], 3.0) == (0.0, 0.0)
+    assert report.range_errors([3.0, 5.0], [[1.0, 3.0, 7.0], None]) == [[2.0, 0.0], [4.0, 0.0]]
+
+
+class _KeptFigures:
+    """matplotlib.pyplot, except that closed figures are kept for the test to look at."""
+
+    def __init__(self) -> None:
+        self.plt = report.pyplot()
+        self.figures: list[Any] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.plt, name)
+
+    def close(self, fig: Any) -> None:
+        self.figures.append(fig)
+
+
+def _bar_ranges(ax: Any) -> list[tuple[float, float]]:
+    """(low, high) of every error bar drawn on ax, left to right per series."""
+    from matplotlib.container import ErrorbarContainer
+
+    out = []
+    for container in ax.containers:
+        if isinstance(container, ErrorbarContainer):
+            (segments,) = container.lines[2]
+            out += [(float(seg[0][1]), float(seg[1][1])) for seg in segments.get_segments()]
+    return out
+
+
+def test_the_cost_plot_draws_each_bar_from_the_min_to_the_max_of_its_rounds(tmp_path: Path) -> None:
+    kept = _KeptFigures()
+    try:
+        report.tiers_plot(kept, _tier_doc(), tmp_path)
+        (fig,) = kept.figures
+        (ax,) = fig.axes
+        # established (count 0 then 100), then new flow; a single round spans nothing
+        assert _bar_ranges(ax) == [(60.0, 62.0), (60.0, 60.0), (300.0, 310.0), (330.0, 330.0)]
+        (band,) = [p for p in ax.patches if p.get_gid() == "floor-rounds"]
+        ys = [float(y) for _, y in band.get_xy()]
+        assert (min(ys), max(ys)) == (29.0, 31.0)  # the pass-through floor's rounds
+        assert "min-max of the rounds" in ax.get_title()
+    finally:
+        for fig in kept.figures:
+            kept.plt.close(fig)
