@@ -130,6 +130,35 @@ def hostep_markdown(cost: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+EVLOST_HEADER = [
+    "packet",
+    "counted as",
+    "before ns",
+    "after ns",
+    "after / before",
+    "x pass before",
+    "x pass after",
+]
+
+
+def evlost_markdown(cost: dict[str, Any]) -> str:
+    """controller.bench.evlost_cost's figures: one row per case, before and after vg_evlost."""
+    lines = [_row(EVLOST_HEADER), "|---|---|---:|---:|---:|---:|---:|"]
+    for c in cost["cases"]:
+        cells = [c["what"], c["reason"], f"{c['before_ns']:.1f}", f"{c['after_ns']:.1f}"]
+        lines.append(
+            _row([*cells, _r(c["after_vs_before"]), _r(c["before_vs_floor"]), _r(c["after_vs_floor"])])
+        )
+    lines += [
+        "",
+        f"to_pod of {cost['before']} (before) and of this checkout (after), same maps and packets; "
+        f"pass-through program {cost['passthrough_ns']:.1f} ns; medians of {cost['rounds']} rounds of "
+        f"{cost['packets_per_round']} packets ({cost['new_flows_per_round']} new flows; "
+        f"{cost['packets_with_room']} where events are written or the ring is full).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 CP_HEADER = [
     "pods",
     "namespaces",

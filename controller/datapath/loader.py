@@ -206,14 +206,20 @@ class Loaded:
 
 
 def compile_programs(
-    entry: str, pin_dir: Path, names: tuple[str, ...], extra_cflags: tuple[str, ...] = ()
+    entry: str,
+    pin_dir: Path,
+    names: tuple[str, ...],
+    extra_cflags: tuple[str, ...] = (),
+    src_dir: Path | None = None,
 ) -> tuple[Any, dict[str, int]]:
-    """Compile bpf/<entry> with bcc against the maps pinned in pin_dir; load `names` as SCHED_CLS.
+    """Compile <src_dir>/<entry> (default: this version's bpf/) with bcc against the maps pinned in
+    pin_dir; load `names` as SCHED_CLS. (Another src_dir: another version's sources, which a
+    benchmark compares with this one on the same maps.)
 
     Returns (the bcc.BPF object, name -> program fd). The caller cleans the object up.
     """
     bcc = import_bcc()
-    src_dir = bpf_source_dir()
+    src_dir = src_dir or bpf_source_dir()
     text = inline_sources(src_dir / entry, src_dir)
     cflags = [
         f'-DPIN_DIR="{pin_dir}"',

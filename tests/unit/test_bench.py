@@ -383,3 +383,23 @@ def test_the_cost_plot_draws_each_bar_from_the_min_to_the_max_of_its_rounds(tmp_
     finally:
         for fig in kept.figures:
             kept.plt.close(fig)
+
+
+def test_the_evlost_summary_compares_each_case_after_with_before_of_the_same_rounds() -> None:
+    from controller.bench import evlost_cost
+
+    samples = {"passthrough": [40.0, 50.0, 45.0]}
+    for n, c in enumerate(evlost_cost.CASES):
+        samples[f"{c.key}/before"] = [100.0 + n, 110.0 + n, 90.0 + n]
+        samples[f"{c.key}/after"] = [105.0 + n, 100.0 + n, 120.0 + n]
+    checked = {f"{c.key}/{v}": {"verdict": c.verdict} for c in evlost_cost.CASES for v in ("before", "after")}
+    doc = evlost_cost.summarize(samples, checked, 3, 1000, 500) | {"before": "abc^"}
+    rows = {r["case"]: r for r in doc["cases"]}
+    assert doc["passthrough_ns"] == 45.0
+    assert rows["established"]["before_ns"] == 100.0 and rows["established"]["after_ns"] == 105.0
+    assert rows["established"]["after_vs_before"] == 1.05 and rows["established"]["after_vs_floor"] == 2.333
+    assert rows["drop_ring_full"]["what"] == "drop, ring full"
+    assert rows["new_rate_limited"]["what"] == "new flow, over the rate limit"
+    md = report.evlost_markdown(doc)
+    assert "| established, no event | ALLOW_CT | 100.0 | 105.0 | 1.05 | 2.22 | 2.33 |" in md
+    assert "to_pod of abc^ (before)" in md
