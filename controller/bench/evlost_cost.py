@@ -35,12 +35,10 @@ import contextlib
 import functools
 import itertools
 import json
-import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +61,7 @@ from controller.bench.cost import (
 from controller.bench.testrun import run
 from controller.datapath import abi, codecs, loader
 from controller.datapath.abi import Reason
-from controller.datapath.bpf_sources import bpf_source_dir
+from controller.datapath.bpf_sources import sources_at
 from controller.datapath.node import Datapath
 from controller.datapath.ringbuf import RingBuffer
 
@@ -103,20 +101,6 @@ CASES = (
 )
 EST_FRAME = tcp_frame(PEER, POD, EST_SPORT, 80, ACK)
 DROP_FRAME = tcp_frame(PEER, POD, EST_SPORT, DROP_PORT, SYN)
-
-
-@contextmanager
-def sources_at(rev: str) -> Iterator[Path]:
-    """The bpf/ sources of commit `rev` of the checkout this module runs from, in a temp dir."""
-    repo = bpf_source_dir().parent
-    with tempfile.TemporaryDirectory(prefix="vg-bpf-") as tmp:
-        archive = subprocess.run(
-            ["git", "-C", str(repo), "archive", rev, "bpf"], capture_output=True, check=False
-        )
-        if archive.returncode != 0:
-            raise RuntimeError(f"git archive {rev} bpf in {repo}: {archive.stderr.decode().strip()}")
-        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
-        yield Path(tmp) / "bpf"
 
 
 @dataclass
