@@ -45,8 +45,8 @@ from typing import Any
 
 from controller.agent import preflight
 from controller.bench import report
-from controller.bench.bpf_parts import PASSTHROUGH, bench_programs
-from controller.bench.common import command_line, loadavg, log, machine, median, ratio, rotated, write_json
+from controller.bench.bpf_parts import PASSTHROUGH, bench_programs, sources_at
+from controller.bench.common import command_line, loadavg, log, machine, median, ratio, rotated
 from controller.bench.cost import (
     EP,
     PEER,
@@ -61,7 +61,6 @@ from controller.bench.cost import (
 from controller.bench.testrun import run
 from controller.datapath import abi, codecs, loader
 from controller.datapath.abi import Reason
-from controller.datapath.bpf_sources import sources_at
 from controller.datapath.node import Datapath
 from controller.datapath.ringbuf import RingBuffer
 
@@ -279,10 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     doc["machine"]["loadavg_end"] = loadavg()
     table = report.evlost_markdown(doc)
     if args.results:
-        out = Path(args.results)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / f"{RESULT}.json", doc)
-        (out / f"{RESULT}.md").write_text(f"{table}\nMachine: {report.machine_line(doc)}.\n")
+        report.write_results(Path(args.results), RESULT, doc, table)
     print(json.dumps(doc, indent=2) if args.output == "json" else table, end="")
     return 0
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controller.bench.common import write_json
+
 
 def _r(value: Any) -> str:
     return "-" if value is None else f"{value:.2f}"
@@ -18,6 +20,13 @@ def machine_line(doc: dict[str, Any]) -> str:
         f"{m['nproc']} CPUs ({m['cpu'] or 'unknown CPU'}), kernel {m['kernel']}, {m['memory_gb']} GB; "
         f"load average {m['loadavg_start']} at the start, {m.get('loadavg_end', '?')} at the end"
     )
+
+
+def write_results(out: Path, name: str, doc: dict[str, Any], table: str) -> None:
+    """<out>/<name>.json (the document) and <name>.md (the table and the machine line)."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{name}.json", doc)
+    (out / f"{name}.md").write_text(f"{table}\nMachine: {machine_line(doc)}.\n")
 
 
 def _row(cells: list[Any]) -> str:

@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -29,31 +29,6 @@ pytestmark = [pytest.mark.root, pytest.mark.bcc]
 UPGRADE = ("-DVG_UPGRADE_MARKER=2",)
 ALLOW = PolicyEntryValue(verdict=1, rule_ref=99)
 PEER_ID = 4000
-
-
-@pytest.fixture
-def node() -> Iterator[str]:
-    name = f"test-up-{uuid.uuid4().hex[:10]}"
-    try:
-        yield name
-    finally:
-        Datapath.remove_pins(name)
-
-
-@pytest.fixture
-def opened() -> Iterator[Callable[..., Datapath]]:
-    """Open Datapaths (closed at the end): each one is what a (re)started agent loads."""
-    dps: list[Datapath] = []
-
-    def open_(node: str, extra: tuple[str, ...] = ()) -> Datapath:
-        dps.append(Datapath(node=node, extra_cflags=extra))
-        return dps[-1]
-
-    try:
-        yield open_
-    finally:
-        for d in dps:
-            d.close()
 
 
 def _map_ids(d: Datapath) -> dict[str, int]:

@@ -8,20 +8,19 @@ reused, the old policy enforced without a moment of failing open, no stale pin l
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from controller.bench.bpf_parts import sources_at
 from controller.bench.testrun import run
 from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue
 from controller.core.errors import VethguardError
 from controller.core.verdicts import DIR_INGRESS
 from controller.datapath import bpfsys, codecs, encoding, loader, readback
 from controller.datapath.attach import Attacher
-from controller.datapath.bpf_sources import sources_at
 from controller.datapath.node import Datapath
 from tests.support import packets as P
 from tests.support.kernel import EP, ID_A, ID_B, POD_A, POD_B, TC_ACT_OK, TC_ACT_SHOT, desired_node
@@ -51,15 +50,6 @@ class Previous:
 
     def to_pod(self, frame: bytes) -> int:
         return run(self.fds["to_pod"], frame, ifindex=EP).retval
-
-
-@pytest.fixture
-def node() -> Iterator[str]:
-    name = f"test-old-{uuid.uuid4().hex[:10]}"
-    try:
-        yield name
-    finally:
-        Datapath.remove_pins(name, PIN_ROOT)
 
 
 def _map_ids(pin_dir: Path) -> dict[str, int]:
@@ -109,21 +99,6 @@ def previous(node: str) -> Iterator[Previous]:
         yield old
     finally:
         b.cleanup()
-
-
-@pytest.fixture
-def opened() -> Iterator[Callable[..., Datapath]]:
-    dps: list[Datapath] = []
-
-    def open_(node: str, extra: tuple[str, ...] = ()) -> Datapath:
-        dps.append(Datapath(node=node, pin_root=PIN_ROOT, extra_cflags=extra))
-        return dps[-1]
-
-    try:
-        yield open_
-    finally:
-        for d in dps:
-            d.close()
 
 
 def _pins(pin_dir: Path) -> set[str]:
