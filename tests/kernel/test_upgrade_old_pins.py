@@ -8,6 +8,7 @@ reused, the old policy enforced without a moment of failing open, no stale pin l
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from controller.datapath.attach import Attacher
 from controller.datapath.node import Datapath
 from tests.support import packets as P
 from tests.support.kernel import EP, ID_A, ID_B, POD_A, POD_B, TC_ACT_OK, TC_ACT_SHOT, desired_node
-from tests.support.netns_util import in_netns, veth_pair
+from tests.support.netns_util import in_netns, sh, veth_pair
 
 pytestmark = [pytest.mark.root, pytest.mark.bcc]
 
@@ -147,7 +148,7 @@ def test_a_failed_load_over_an_earlier_versions_pins_leaves_them_as_they_were(
     assert previous.to_pod(syn(1004)) == TC_ACT_OK and previous.to_pod(syn(1004, 81)) == TC_ACT_SHOT
 
 
-def test_a_veth_running_the_earlier_programs_keeps_them_until_the_replaced_map_is_synced(
+def test_a_veth_running_earlier_programs_keeps_them_until_the_replaced_map_is_synced_a_new_one_fails_closed(
     node: str, previous: Previous, opened: Callable[..., Datapath]
 ) -> None:
     with veth_pair() as v:
@@ -157,10 +158,15 @@ def test_a_veth_running_the_earlier_programs_keeps_them_until_the_replaced_map_i
             v.node_ns, lambda: attacher.attach(v.ifindex, previous.fds["from_pod"], previous.fds["to_pod"])
         )
         dp = opened(node)
+        new_ids = {n: dp.prog_id(n).id for n in ("from_pod", "to_pod")}
         in_netns(v.node_ns, lambda: dp.attach(v.ifindex))  # the agent's first pass attaches, then syncs
         assert in_netns(v.node_ns, lambda: dp.attached_progs(v.ifindex)) == old_ids, "not on an empty map"
+        # An interface without programs (a pod's veth created meanwhile) gets the new ones at once.
+        sh("ip", "-n", v.node_ns, "link", "add", "vgfresh", "type", "veth", "peer", "name", "vgfresh-p")
+        fresh = in_netns(v.node_ns, lambda: socket.if_nametoindex("vgfresh"))
+        in_netns(v.node_ns, lambda: dp.attach(fresh))
+        assert in_netns(v.node_ns, lambda: dp.attached_progs(fresh)) == new_ids, "fails closed at once"
         in_netns(v.node_ns, lambda: dp.sync(desired_node({ALLOWED: ALLOW}), {"x/a": v.ifindex}))
-        new_ids = {n: dp.prog_id(n).id for n in ("from_pod", "to_pod")}
         assert in_netns(v.node_ns, lambda: dp.attached_progs(v.ifindex)) == new_ids, "swapped after the sync"
         in_netns(v.node_ns, lambda: dp.attach(v.ifindex))
         assert in_netns(v.node_ns, lambda: dp.attached_progs(v.ifindex)) == new_ids
