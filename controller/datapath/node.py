@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -65,6 +66,7 @@ class Datapath:
         # interfaces already running programs of ours keep them (they enforce with their own, old
         # maps) until the first completed sync has filled the new maps: (pod veth?, ifindex).
         self._held: set[tuple[bool, int]] | None = set() if self._loaded.replaced else None
+        self._held_lock = threading.Lock()  # the agent attaches new veths from its netlink thread
 
     # -- properties used by tests, benchmarks and the event reader
     @property
@@ -120,16 +122,18 @@ class Datapath:
     def _held_back(self, pod: bool, ifindex: int) -> bool:
         """Whether (re-)attaching ifindex waits for the first sync (maps replaced, an older program
         set of ours runs there); a veth without our programs is attached at once (fail closed)."""
-        if self._held is None or (pod, ifindex) in self._held:
-            return self._held is not None
-        if not (self._attacher if pod else self._uplinks).attached(ifindex):
-            return False
-        self._held.add((pod, ifindex))
+        with self._held_lock:
+            if self._held is None or (pod, ifindex) in self._held:
+                return self._held is not None
+            if not (self._attacher if pod else self._uplinks).attached(ifindex):
+                return False
+            self._held.add((pod, ifindex))
         log.info("ifindex %s keeps its running programs until the replaced maps are synced", ifindex)
         return True
 
     def _attach_held(self) -> None:
-        held, self._held = self._held or set(), None
+        with self._held_lock:
+            held, self._held = self._held or set(), None
         for pod, ifindex in sorted(held):
             try:
                 (self.attach if pod else self.attach_uplink)(ifindex)
