@@ -8,6 +8,9 @@
   control_plane.py   compile time, event -> map-updated latency, RSS, map memory, lab realization
   hostep_cost.py     per-packet cost of the node-interface programs with and without a Calico
                      host endpoint (`python -m controller.bench.hostep_cost`, no lab)
-  report.py          Markdown tables and PNG plots; cli.py the commands
+  evlost_cost.py     per-packet cost of the event paths, to_pod of the commit before vg_evlost
+                     against this checkout's (`python -m controller.bench.evlost_cost`, no lab)
+  report.py          Markdown tables and PNG plots; cli.py the commands (`vethguard bench plot`
+                     redraws the plots from a results directory's JSON)
 Method: ../../shared/DESIGN.md "Measuring performance" (same run, alternating, medians, ratios).
 """

@@ -1,13 +1,20 @@
 """Benchmark-only BPF programs (bpf/bench_parts.c), compiled against a node's pinned maps: the
-pass-through floor every cost is compared with and the established-path parts. The agent never
-loads them."""
+pass-through floor every cost is compared with and the established-path parts; and an earlier
+commit's bpf/ sources (sources_at), whose programs benchmarks and upgrade tests load beside this
+version's. The agent never loads them."""
 
 from __future__ import annotations
 
+import io
+import subprocess
+import tarfile
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from controller.datapath import loader
+from controller.datapath.bpf_sources import bpf_source_dir
 from controller.datapath.node import Datapath
 
 PASSTHROUGH = "passthrough"
@@ -22,3 +29,23 @@ def bench_programs(dp: Datapath, names: tuple[str, ...] = (PASSTHROUGH,)) -> Ite
         yield fds
     finally:
         b.cleanup()
+
+
+@contextmanager
+def sources_at(rev: str) -> Iterator[Path]:
+    """The bpf/ sources of commit `rev` of the git checkout this package runs from, in a temp dir."""
+    repo = bpf_source_dir().parent
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", rev, "bpf"], capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        raise RuntimeError(f"git archive {rev} bpf in {repo}: {archive.stderr.decode().strip()}")
+    with (
+        tempfile.TemporaryDirectory(prefix="vg-bpf-") as tmp,
+        tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar,
+    ):
+        if hasattr(tarfile, "data_filter"):  # Python 3.11.4+: refuse links and paths out of tmp
+            tar.extractall(tmp, filter="data")
+        else:  # our own repository's files
+            tar.extractall(tmp)
+        yield Path(tmp) / "bpf"

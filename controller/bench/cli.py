@@ -1,4 +1,5 @@
-"""`vethguard bench datapath|control-plane [--quick] [-o json] [--results DIR]`."""
+"""`vethguard bench datapath|control-plane [--quick] [-o json] [--results DIR]`; `vethguard bench plot
+--results DIR` draws the plots again from the JSON results a directory holds (no root)."""
 
 from __future__ import annotations
 
@@ -64,6 +65,30 @@ def cmd_control_plane(args: argparse.Namespace) -> int:
     return _finish(args, doc, markdown)
 
 
+def _tiers_plots(doc: dict[str, Any], out: Path) -> list[Path]:
+    return [report.tiers_plot(report.pyplot(), doc, out)]
+
+
+# results file -> what draws its plots; a later file's plot replaces an earlier one of the same name
+PLOTS: tuple[tuple[str, Callable[[dict[str, Any], Path], list[Path]]], ...] = (
+    ("datapath.json", report.datapath_plots),
+    ("control-plane.json", report.control_plane_plots),
+    ("cluster-policy-cost.json", _tiers_plots),
+)
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    out = Path(args.results)
+    written: list[Path] = []
+    for name, plots in PLOTS:
+        if (out / name).is_file():
+            written += plots(json.loads((out / name).read_text()), out)
+    if not written:
+        raise VethguardError(f"vethguard bench plot: none of {', '.join(n for n, _ in PLOTS)} in {out}")
+    print("files: " + ", ".join(map(str, written)))
+    return 0
+
+
 def _command(args: argparse.Namespace) -> str:
     parts = ["vethguard", "bench", args.bench_command]
     if args.quick:
@@ -106,3 +131,6 @@ def register(subparsers: Any) -> None:
         parser.add_argument(
             "--results", metavar="DIR", help="results directory (default results/<timestamp>-<benchmark>/)"
         )
+    plot = sub.add_parser("plot", help="draw the plots again from the JSON results in a directory")
+    plot.add_argument("--results", metavar="DIR", required=True, help="a results directory (docs/bench)")
+    plot.set_defaults(func=cmd_plot)

@@ -117,9 +117,11 @@ class CostReport:
     judge_new_ns: float | None = None
     # step -> ns it adds to an established packet (bpf/bench_parts.c), in to_pod's order
     established_steps_ns: dict[str, float] | None = None
+    # figure -> its value in every round (passthrough_ns, established_ns, new_flow_ns): the plots' ranges
+    samples: dict[str, list[float]] | None = None
 
 
-def _setup(dp: Datapath) -> None:
+def setup_maps(dp: Datapath) -> None:
     flags = abi.EP_F_INGRESS_ISOLATED | abi.EP_F_EGRESS_ISOLATED
     k, v = codecs.encode_endpoint(EP, 256, flags, POD, None, slot=SLOT)
     dp.maps["vg_endpoints"].update(k, v)
@@ -156,7 +158,7 @@ def per_packet_ns(fd: int, drive: Callable[[], object]) -> float:
 
 def measure(dp: Datapath, rounds: int = 9, packets: int = 20000) -> CostReport:
     """Medians over `rounds` of each kind; `packets` per kind per round."""
-    _setup(dp)
+    setup_maps(dp)
     with bench_programs(dp, (PASSTHROUGH, *PARTS)) as fds:  # one compile for the floor and the steps
         return _measure_all(dp, fds, rounds, packets)
 
@@ -196,6 +198,10 @@ def _measure_all(dp: Datapath, fds: Mapping[str, int], rounds: int, packets: int
         packets_per_round=packets,
         **svc,
         established_steps_ns=steps,
+        samples={
+            f"{name}_ns": [round(x, 1) for x in samples[k]]
+            for k, name in (("pass", "passthrough"), ("est", "established"), ("new", "new_flow"))
+        },
     )
 
 
@@ -208,7 +214,7 @@ def measure_steps(dp: Datapath, rounds: int, packets: int) -> dict[str, float]:
     """Medians of what each step of the established path adds, plus "rest of to_pod" (what
     to_pod does beyond the steps) and "program floor" (passthrough), which sum to to_pod.
 
-    The parts are compiled against dp's pinned maps (the entries _setup wrote), and every
+    The parts are compiled against dp's pinned maps (the entries setup_maps wrote), and every
     round runs passthrough, each part and to_pod on the same established packet.
     """
     with bench_programs(dp, (PASSTHROUGH, *PARTS)) as fds:
@@ -240,11 +246,14 @@ def _measure_steps(dp: Datapath, fds: Mapping[str, int], rounds: int, packets: i
     return out
 
 
-def counted(dp: Datapath, prog: str, frame: bytes, **kw: int) -> tuple[int, list[tuple[abi.Reason, int]]]:
-    """One packet through dp's program `prog`: (its tc verdict, the (reason, direction) of every
-    counter that moved). Benchmarks check with it that a measured packet takes the path they name."""
+def counted(
+    dp: Datapath, prog: str | int, frame: bytes, **kw: int
+) -> tuple[int, list[tuple[abi.Reason, int]]]:
+    """One packet through dp's program `prog` (or a program fd using dp's maps): (its tc verdict,
+    the (reason, direction) of every counter that moved). Benchmarks check with it that a measured
+    packet takes the path they name."""
     before = dp.counters()
-    got = run(dp.prog_fd(prog), frame, **kw)
+    got = run(prog if isinstance(prog, int) else dp.prog_fd(prog), frame, **kw)
     moved = [(abi.Reason(k[1]), k[2]) for k, v in dp.counters().items() if v != before.get(k)]
     return got.retval, moved
 

@@ -54,7 +54,7 @@ from typing import Any
 from controller.agent import preflight
 from controller.bench import report
 from controller.bench.bpf_parts import PASSTHROUGH, bench_programs
-from controller.bench.common import command_line, loadavg, log, machine, median, ratio, rotated, write_json
+from controller.bench.common import command_line, loadavg, log, machine, median, ratio, rotated
 from controller.bench.cost import counted, drive, per_packet_ns, tcp_frame, with_stats_enabled
 from controller.bench.testrun import run
 from controller.compiler.builder import cluster_from_objects
@@ -359,10 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     doc |= run_all(args.pin_root, args.rounds, args.packets)
     doc["machine"]["loadavg_end"] = loadavg()
     table = report.hostep_markdown(doc)
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / f"{RESULT}.json", doc)
-    (out / f"{RESULT}.md").write_text(f"{table}\nMachine: {report.machine_line(doc)}.\n")
+    report.write_results(Path(args.results), RESULT, doc, table)
     print(json.dumps(doc, indent=2) if args.output == "json" else table, end="")
     return 0
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from controller.bench.common import write_json
 
 
 def _r(value: Any) -> str:
@@ -16,6 +20,13 @@ def machine_line(doc: dict[str, Any]) -> str:
         f"{m['nproc']} CPUs ({m['cpu'] or 'unknown CPU'}), kernel {m['kernel']}, {m['memory_gb']} GB; "
         f"load average {m['loadavg_start']} at the start, {m.get('loadavg_end', '?')} at the end"
     )
+
+
+def write_results(out: Path, name: str, doc: dict[str, Any], table: str) -> None:
+    """<out>/<name>.json (the document) and <name>.md (the table and the machine line)."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{name}.json", doc)
+    (out / f"{name}.md").write_text(f"{table}\nMachine: {machine_line(doc)}.\n")
 
 
 def _row(cells: list[Any]) -> str:
@@ -128,6 +139,35 @@ def hostep_markdown(cost: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+EVLOST_HEADER = [
+    "packet",
+    "counted as",
+    "before ns",
+    "after ns",
+    "after / before",
+    "x pass before",
+    "x pass after",
+]
+
+
+def evlost_markdown(cost: dict[str, Any]) -> str:
+    """controller.bench.evlost_cost's figures: one row per case, before and after vg_evlost."""
+    lines = [_row(EVLOST_HEADER), "|---|---|---:|---:|---:|---:|---:|"]
+    for c in cost["cases"]:
+        cells = [c["what"], c["reason"], f"{c['before_ns']:.1f}", f"{c['after_ns']:.1f}"]
+        lines.append(
+            _row([*cells, _r(c["after_vs_before"]), _r(c["before_vs_floor"]), _r(c["after_vs_floor"])])
+        )
+    lines += [
+        "",
+        f"to_pod of {cost['before']} (before) and of this checkout (after), same maps and packets; "
+        f"pass-through program {cost['passthrough_ns']:.1f} ns; medians of {cost['rounds']} rounds of "
+        f"{cost['packets_per_round']} packets ({cost['new_flows_per_round']} new flows; "
+        f"{cost['packets_with_room']} where events are written or the ring is full).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 CP_HEADER = [
     "pods",
     "namespaces",
@@ -169,6 +209,20 @@ def control_plane_markdown(doc: dict[str, Any]) -> str:
 # --- plots --------------------------------------------------------------------------------------
 
 
+def spread(rounds: Sequence[float] | None, value: float) -> tuple[float, float]:
+    """(value - min, max - value) of a figure's rounds: the error bar that spans them; (0, 0) when
+    the figure's results recorded no rounds (runs from before they did)."""
+    if not rounds:
+        return 0.0, 0.0
+    return max(0.0, value - min(rounds)), max(0.0, max(rounds) - value)
+
+
+def range_errors(values: Sequence[float], rounds: Sequence[Sequence[float] | None]) -> list[list[float]]:
+    """matplotlib's asymmetric yerr ([below...], [above...]) spanning each value's rounds."""
+    pairs = [spread(r, v) for v, r in zip(values, rounds, strict=True)]
+    return [[lo for lo, _ in pairs], [hi for _, hi in pairs]]
+
+
 def pyplot() -> Any:
     import matplotlib
 
@@ -191,12 +245,16 @@ def datapath_plots(doc: dict[str, Any], out: Path) -> list[Path]:
             strict=True,
         ):
             for engine, style in (("vethguard", "o-"), ("iptables", "s--")):
-                pts = sorted((r["rules"], r[key]) for r in rows if r["engine"] == engine)
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=engine)
+                pts = sorted((r for r in rows if r["engine"] == engine), key=lambda r: r["rules"])
+                values = [r[key] for r in pts]
+                yerr = range_errors(values, [r.get("samples", {}).get(key) for r in pts])
+                ax.errorbar([r["rules"] for r in pts], values, yerr=yerr, fmt=style, capsize=3, label=engine)
             for config, color in (("baseline", "black"), ("passthrough", "grey")):
-                ref = next((r[key] for r in rows if r["config"] == config), None)
+                ref = next((r for r in rows if r["config"] == config), None)
                 if ref is not None:
-                    ax.axhline(ref, color=color, linestyle=":", label=f"{config} (no rules)")
+                    ax.axhline(ref[key], color=color, linestyle=":", label=f"{config} (no rules)")
+                    lo, hi = spread(ref.get("samples", {}).get(key), ref[key])
+                    ax.axhspan(ref[key] - lo, ref[key] + hi, color=color, alpha=0.08)
             ax.set_xscale("log")
             ticks = sorted({r["rules"] for r in rows if r["rules"]})
             ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -206,7 +264,10 @@ def datapath_plots(doc: dict[str, Any], out: Path) -> list[Path]:
             ax.set_ylim(bottom=0)
             ax.grid(True, alpha=0.3)
         axes[0].legend(loc="lower left", fontsize=8)
-        fig.suptitle(f"pod -> pod ({path}): vethguard vs kube-router-style iptables+ipset")
+        fig.suptitle(
+            f"pod -> pod ({path}): vethguard vs kube-router-style iptables+ipset "
+            "(medians; bars and bands: min-max of the rounds)"
+        )
         fig.tight_layout()
         target = out / f"datapath-{path}.png"
         fig.savefig(target, dpi=100)
@@ -223,7 +284,14 @@ def datapath_plots(doc: dict[str, Any], out: Path) -> list[Path]:
         f"{label.replace('_', ' ')}\n{cost[label]['rules']} rules, {cost[label]['ipcache_pods']} ipcache"
         for label in labels
     ]
-    series = [(name, [cost[label][key] for label in labels]) for key, name in kinds]
+    series = [
+        Series(
+            name,
+            [cost[label][key] for label in labels],
+            [cost[label].get("samples", {}).get(key) for label in labels],
+        )
+        for key, name in kinds
+    ]
     written.append(_bars(plt, groups, series, "per-packet program cost", out / "per-packet-cost.png"))
     if "cluster_policy_cost" in doc:
         written.append(tiers_plot(plt, doc["cluster_policy_cost"], out))
@@ -238,38 +306,65 @@ def tiers_plot(plt: Any, cost: dict[str, Any], out: Path) -> Path:
         for c in configs
     ]
     series = [
-        (name, [c[key] for c in configs])
-        for key, name in (("established_ns", "established flow"), ("new_flow_ns", "new flow"))
+        Series(name, [c[key] for c in configs], [c.get("samples", {}).get(kind) for c in configs])
+        for key, kind, name in (
+            ("established_ns", "est", "established flow"),
+            ("new_flow_ns", "new", "new flow"),
+        )
     ]
     title = "per-packet cost with ClusterNetworkPolicies"
-    return _bars(plt, groups, series, title, out / "cluster-policy-cost.png", floor=cost["passthrough_ns"])
+    floor = Series("pass-through program", [cost["passthrough_ns"]], [cost.get("passthrough_samples")])
+    return _bars(plt, groups, series, title, out / "cluster-policy-cost.png", floor=floor)
+
+
+@dataclass(frozen=True)
+class Series:
+    """One bar per group: its medians and, per median, the rounds it is the median of (None: not recorded)."""
+
+    name: str
+    values: list[float]
+    rounds: list[list[float] | None]
 
 
 def _bars(
     plt: Any,
     groups: list[str],
-    series: list[tuple[str, list[float]]],
+    series: list[Series],
     title: str,
     target: Path,
-    floor: float | None = None,
+    floor: Series | None = None,
 ) -> Path:
-    """Grouped bars: one group per label, one bar per series, in ns per packet."""
+    """Grouped bars: one group per label, one bar per series, in ns per packet; error bars span
+    the min and max of each figure's rounds where the results recorded them."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     width = 0.8 / len(series)
-    for i, (name, values) in enumerate(series):
-        bars = ax.bar([j + i * width for j in range(len(groups))], values, width, label=name)
-        ax.bar_label(bars, fmt="%.0f", fontsize=8)
+    for i, s in enumerate(series):
+        xs = [j + i * width for j in range(len(groups))]
+        bars = ax.bar(xs, s.values, width, label=s.name)
+        ax.errorbar(
+            xs, s.values, yerr=range_errors(s.values, s.rounds), fmt="none", ecolor="black", capsize=3
+        )
+        ax.bar_label(bars, fmt="%.0f", fontsize=8, label_type="center")
     if floor is not None:
-        ax.axhline(floor, color="grey", linestyle=":", label="pass-through program")
+        value = floor.values[0]
+        ax.axhline(value, color="grey", linestyle=":", label=floor.name)
+        lo, hi = spread(floor.rounds[0], value)
+        ax.axhspan(value - lo, value + hi, color="grey", alpha=0.15, gid="floor-rounds")
     ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(groups))])
     ax.set_xticklabels(groups)
     ax.set_ylabel("ns per packet (kernel BPF stats)")
-    ax.set_title(title)
+    rounds = any(r for s in series for r in s.rounds)
+    ax.set_title(f"{title}\n(medians" + ("; bars: min-max of the rounds)" if rounds else ")"), fontsize=10)
     ax.legend()
     fig.tight_layout()
     fig.savefig(target, dpi=100)
     plt.close(fig)
     return target
+
+
+def _event_range(figures: dict[str, Any]) -> list[float] | None:
+    """The fastest and slowest event of a kind (min_ms/max_ms; older results lack them)."""
+    return [figures["min_ms"], figures["max_ms"]] if "min_ms" in figures else None
 
 
 def control_plane_plots(doc: dict[str, Any], out: Path) -> list[Path]:
@@ -282,14 +377,21 @@ def control_plane_plots(doc: dict[str, Any], out: Path) -> list[Path]:
     for kind, color in zip(
         ("pod_add", "label_change", "policy_add", "policy_delete"), ("C0", "C1", "C2", "C3"), strict=True
     ):
-        ax.plot(pods, [s["events"][kind]["p50_ms"] for s in sizes], "o-", color=color, label=f"{kind} p50")
+        p50 = [s["events"][kind]["p50_ms"] for s in sizes]
+        events = [_event_range(s["events"][kind]) for s in sizes]
+        ax.errorbar(
+            pods, p50, yerr=range_errors(p50, events), fmt="o-", color=color, capsize=3, label=f"{kind} p50"
+        )
         ax.plot(pods, [s["events"][kind]["p99_ms"] for s in sizes], "x:", color=color, label=f"{kind} p99")
     ax.set_xscale("log")
     ax.set_yscale("log")  # a full compile is ~50x an event pass
     ax.axhline(50, color="grey", linestyle="--", linewidth=0.8, label="50 ms target (p99)")
     ax.set_xlabel("pods in the cluster")
     ax.set_ylabel("ms (log)")
-    ax.set_title("event -> maps updated (agent reconcile)")
+    ranged = any(_event_range(s["events"][k]) for s in sizes for k in s["events"])
+    ax.set_title(
+        "event -> maps updated (agent reconcile)" + ("; bars: min-max of the events" if ranged else "")
+    )
     ax.set_xticks(pods, [str(p) for p in pods])
     ax.minorticks_off()
     ax.grid(True, alpha=0.3)

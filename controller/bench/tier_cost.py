@@ -44,7 +44,7 @@ from typing import Any
 from controller.agent import preflight
 from controller.bench import report, synth, synth_cnp
 from controller.bench.bpf_parts import PASSTHROUGH, bench_programs
-from controller.bench.common import command_line, loadavg, log, machine, median, ratio, rotated, write_json
+from controller.bench.common import command_line, loadavg, log, machine, median, ratio, rotated
 from controller.bench.cost import counted, per_packet_ns, tcp_frame, with_stats_enabled
 from controller.bench.testrun import run
 from controller.compiler import compute
@@ -238,6 +238,7 @@ def summarize(
         )
     return {
         "passthrough_ns": round(pass_ns, 1),
+        "passthrough_samples": [round(x, 1) for x in floor],
         "rounds": rounds,
         "packets_per_round": packets,
         "new_flows_per_round": new_flows,
@@ -288,9 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     table = report.tiers_markdown(doc)
     if args.results:
         out = Path(args.results)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "cluster-policy-cost.json", doc)
-        (out / "cluster-policy-cost.md").write_text(f"{table}\nMachine: {report.machine_line(doc)}.\n")
+        report.write_results(out, "cluster-policy-cost", doc, table)
         try:
             report.tiers_plot(report.pyplot(), doc, out)
         except ImportError as exc:

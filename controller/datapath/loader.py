@@ -15,6 +15,8 @@ import os
 import re
 import shlex
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -35,7 +37,8 @@ PROGRAMS = ("from_pod", "to_pod", "to_uplink", "from_uplink")
 ENV_EXTRA_CFLAGS = "VETHGUARD_EXTRA_CFLAGS"
 _NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
-# Expected (key_size, value_size) of every pinned map; an older layout must not be reused.
+# Expected (key_size, value_size) of every pinned map; an older layout must not be reused
+# (replacing_incompatible).
 EXPECTED_LAYOUT: dict[str, tuple[int, int]] = {
     "vg_endpoints": (4, ctypes.sizeof(abi.EndpointInfo)),
     "vg_ipcache4": (ctypes.sizeof(abi.Ipcache4Key), ctypes.sizeof(abi.IpcacheValue)),
@@ -120,15 +123,15 @@ def env_cflags() -> tuple[str, ...]:
     return tuple(shlex.split(os.environ.get(ENV_EXTRA_CFLAGS, "")))
 
 
-def check_pinned_layout(pin_dir: Path) -> None:
-    """Refuse to reuse pinned maps whose layout differs from this build's (silent corruption).
+REPLACED_PREFIX = "replaced_"  # a pin moved aside while a load replaces it (bpffs rejects dots)
 
-    Upgrades keep the pinned maps (that is what keeps conntrack and enforcement across the swap),
-    so a build that changes a struct must not run against them. We refuse rather than migrate:
-    the old programs stay attached and keep enforcing the last synced state with the old maps
-    until an operator removes the pins, which is the only moment connections can be disturbed.
+
+def incompatible_pins(pin_dir: Path) -> dict[str, str]:
+    """Pinned maps whose key or value size differs from this build's: name -> what differs.
+
     A different max_entries is not a layout change: the pinned map (and its size) is kept.
     """
+    out = {}
     for name, (ks, vs) in EXPECTED_LAYOUT.items():
         path = pin_dir / name
         if not path.exists():
@@ -136,15 +139,52 @@ def check_pinned_layout(pin_dir: Path) -> None:
         m = bpfsys.BpfMap.open_pinned(str(path))
         try:
             if (m.key_size, m.value_size) != (ks, vs):
-                raise VethguardError(
-                    f"pinned map {path} has key/value sizes {m.key_size}/{m.value_size}, this version "
-                    f"needs {ks}/{vs} (map layout changed). The programs already attached keep "
-                    f"enforcing with the old maps. To switch, remove the old pins with `rm -r {pin_dir}` "
-                    "and restart the agent (established connections of this node will then be "
-                    "re-evaluated as new flows; replies into isolated pods may be dropped)"
-                )
+                out[name] = f"key/value sizes {m.key_size}/{m.value_size}, this version needs {ks}/{vs}"
         finally:
             m.close()
+    return out
+
+
+def recover_set_aside(pin_dir: Path) -> None:
+    """Pins a load moved aside and did not finish with (the process died): back in place if
+    nothing replaced them, else removed (a program still using the old map keeps it alive)."""
+    for aside in pin_dir.glob(f"{REPLACED_PREFIX}*"):
+        final = pin_dir / aside.name.removeprefix(REPLACED_PREFIX)
+        if final.exists():
+            aside.unlink()
+        else:
+            os.rename(aside, final)
+
+
+@contextmanager
+def replacing_incompatible(pin_dir: Path) -> Iterator[tuple[str, ...]]:
+    """Move the pins of maps with another layout aside while the body compiles and loads (bcc
+    then creates and pins new, empty maps under their names); remove them when it succeeds, put
+    them back when it fails (the previous version's pins stay as they were). Yields the names.
+
+    Upgrades keep every compatible pinned map (that is what keeps conntrack and enforcement across
+    the swap); a map whose layout changed cannot be reused (silent corruption), and is not
+    migrated: the new one is filled by the agent's first sync, from the cluster. The programs
+    already attached hold their own references to the old maps and keep enforcing with them;
+    Datapath re-attaches them only after that first sync (no moment runs on an empty map). A
+    replaced vg_ct forgets the connections it tracked: they are judged again as new flows.
+    """
+    recover_set_aside(pin_dir)
+    replaced = incompatible_pins(pin_dir)
+    moved = []
+    try:
+        for name, why in sorted(replaced.items()):
+            os.rename(pin_dir / name, pin_dir / f"{REPLACED_PREFIX}{name}")
+            moved.append(name)
+            log.warning("pinned map %s has %s (map layout changed): replacing it with a new map", name, why)
+        yield tuple(moved)
+    except BaseException:
+        for name in moved:
+            (pin_dir / name).unlink(missing_ok=True)  # a new map the failed load pinned, if any
+            os.rename(pin_dir / f"{REPLACED_PREFIX}{name}", pin_dir / name)
+        raise
+    for name in moved:
+        (pin_dir / f"{REPLACED_PREFIX}{name}").unlink()
 
 
 def pin_programs(pin_dir: Path, prog_fds: dict[str, int]) -> None:
@@ -197,6 +237,7 @@ class Loaded:
     pin_dir: Path
     prog_fds: dict[str, int]
     maps: dict[str, bpfsys.BpfMap] = field(default_factory=dict)
+    replaced: tuple[str, ...] = ()  # pinned maps of another layout this load replaced (new, empty)
 
     def close(self) -> None:
         for m in self.maps.values():
@@ -206,14 +247,20 @@ class Loaded:
 
 
 def compile_programs(
-    entry: str, pin_dir: Path, names: tuple[str, ...], extra_cflags: tuple[str, ...] = ()
+    entry: str,
+    pin_dir: Path,
+    names: tuple[str, ...],
+    extra_cflags: tuple[str, ...] = (),
+    src_dir: Path | None = None,
 ) -> tuple[Any, dict[str, int]]:
-    """Compile bpf/<entry> with bcc against the maps pinned in pin_dir; load `names` as SCHED_CLS.
+    """Compile <src_dir>/<entry> (default: this version's bpf/) with bcc against the maps pinned in
+    pin_dir; load `names` as SCHED_CLS. (Another src_dir: another version's sources, which a
+    benchmark compares with this one on the same maps.)
 
     Returns (the bcc.BPF object, name -> program fd). The caller cleans the object up.
     """
     bcc = import_bcc()
-    src_dir = bpf_source_dir()
+    src_dir = src_dir or bpf_source_dir()
     text = inline_sources(src_dir / entry, src_dir)
     cflags = [
         f'-DPIN_DIR="{pin_dir}"',
@@ -241,10 +288,9 @@ def load(node: str, pin_root: str = "/sys/fs/bpf/vethguard", extra_cflags: tuple
     import_bcc()
     pin_dir = pin_dir_for(node, pin_root)
     pin_dir.mkdir(parents=True, exist_ok=True)
-    check_pinned_layout(pin_dir)
-
-    b, fds = compile_programs("vethguard.c", pin_dir, PROGRAMS, extra_cflags)
-    loaded = Loaded(bpf=b, pin_dir=pin_dir, prog_fds=fds)
+    with replacing_incompatible(pin_dir) as replaced:
+        b, fds = compile_programs("vethguard.c", pin_dir, PROGRAMS, extra_cflags)
+    loaded = Loaded(bpf=b, pin_dir=pin_dir, prog_fds=fds, replaced=replaced)
     try:
         pin_programs(pin_dir, fds)
     except VethguardError:

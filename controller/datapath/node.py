@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -67,6 +68,11 @@ class Datapath:
         self._written: sync.Written | None = None
         self._encoder = encoding.Encoder()
         self._unplaced_warned: set[str] = set()  # host endpoints already reported as not placed
+        # When this load replaced pinned maps (another layout, loader.replacing_incompatible), the
+        # interfaces already running programs of ours keep them (they enforce with their own, old
+        # maps) until the first completed sync has filled the new maps: (pod veth?, ifindex).
+        self._held: set[tuple[bool, int]] | None = set() if self._loaded.replaced else None
+        self._held_lock = threading.Lock()  # the agent attaches new veths from its netlink thread
 
     # -- properties used by tests, benchmarks and the event reader
     @property
@@ -114,8 +120,36 @@ class Datapath:
         self._loaded.bpf.ring_buffer_poll(timeout_ms)
 
     # -- the API of docs/INTERNALS.md
+    @property
+    def replaced_maps(self) -> tuple[str, ...]:
+        """The pinned maps of another layout this load replaced with new, empty ones."""
+        return self._loaded.replaced
+
+    def _held_back(self, pod: bool, ifindex: int) -> bool:
+        """Whether (re-)attaching ifindex waits for the first sync (maps replaced, an older program
+        set of ours runs there); a veth without our programs is attached at once (fail closed)."""
+        with self._held_lock:
+            if self._held is None or (pod, ifindex) in self._held:
+                return self._held is not None
+            if not (self._attacher if pod else self._uplinks).attached(ifindex):
+                return False
+            self._held.add((pod, ifindex))
+        log.info("ifindex %s keeps its running programs until the replaced maps are synced", ifindex)
+        return True
+
+    def _attach_held(self) -> None:
+        with self._held_lock:
+            held, self._held = self._held or set(), None
+        for pod, ifindex in sorted(held):
+            try:
+                (self.attach if pod else self.attach_uplink)(ifindex)
+            except Exception as exc:  # gone meanwhile, or a failure the agent's next full pass retries
+                log.warning("re-attaching ifindex %s after the replaced maps were synced: %s", ifindex, exc)
+
     def attach(self, ifindex: int) -> None:
         """clsact + from_pod (tc ingress) / to_pod (tc egress) filters; idempotent; this netns."""
+        if self._held_back(True, ifindex):
+            return
         self._attacher.attach(ifindex, self.prog_fd("from_pod"), self.prog_fd("to_pod"))
 
     def detach(self, ifindex: int) -> None:
@@ -133,6 +167,8 @@ class Datapath:
     def attach_uplink(self, ifindex: int) -> None:
         """to_uplink on the tc egress of a node uplink (judges deferred Service flows) and
         from_uplink on its tc ingress (drops forged local sources); idempotent."""
+        if self._held_back(False, ifindex):
+            return
         self._uplinks.attach_programs(
             ifindex, {PARENT_EGRESS: self.prog_fd("to_uplink"), PARENT_INGRESS: self.prog_fd("from_uplink")}
         )
@@ -176,6 +212,8 @@ class Datapath:
             pods = tuple(sorted(p for ep in result.full for p in by_ifindex.get(ep, [f"ifindex {ep}"])))
             map_name = min(result.full.values())  # deterministic when several maps overflowed
             raise MapFullError(map_name, pods[0] if pods else None, pods, result)
+        if self._held is not None:
+            self._attach_held()  # the replaced maps hold the desired state now
         return result
 
     def host_endpoint_interfaces(self, desired: NodeDesired) -> dict[str, list[int]]:

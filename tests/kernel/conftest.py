@@ -5,7 +5,7 @@ kernel test is marked `root` and `bcc` (tests/support/root.py)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -75,3 +75,29 @@ def events(h: Harness) -> Iterator[list[Event]]:
     h.dp.poll_events(0)
     got.clear()
     yield got
+
+
+@pytest.fixture
+def node() -> Iterator[str]:
+    """A node name of its own, whose pins are removed at the end."""
+    name = f"test-node-{uuid.uuid4().hex[:10]}"
+    try:
+        yield name
+    finally:
+        Datapath.remove_pins(name)
+
+
+@pytest.fixture
+def opened() -> Iterator[Callable[..., Datapath]]:
+    """Open Datapaths (closed at the end): each one is what a (re)started agent loads."""
+    dps: list[Datapath] = []
+
+    def open_(node: str, extra: tuple[str, ...] = ()) -> Datapath:
+        dps.append(Datapath(node=node, extra_cflags=extra))
+        return dps[-1]
+
+    try:
+        yield open_
+    finally:
+        for d in dps:
+            d.close()

@@ -19,7 +19,7 @@ PACKETS = 300
 
 
 def test_the_step_programs_run_to_pods_established_path_on_the_real_maps_and_add_up_to_it(h: Harness) -> None:
-    cost._setup(h.dp)
+    cost.setup_maps(h.dp)
     steps = cost.with_stats_enabled(lambda: cost.measure_steps(h.dp, rounds=2, packets=PACKETS))
     assert list(steps) == ["program floor", *cost.STEPS, "rest of to_pod"]
     assert steps["program floor"] > 0

@@ -334,3 +334,72 @@ def test_datapath_report_has_the_cnp_table_and_plot_when_measured(tmp_path: Path
     assert "| 100 | 100 | tiered | 110 + 0 | 3 | 60.0 | 2.00 | 0.98 | 330.0 | 11.00 | 1.08 |" in md
     written = report.datapath_plots(doc, tmp_path)
     assert written[-1].name == "cluster-policy-cost.png" and written[-1].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_range_spans_the_min_and_max_of_the_rounds_and_is_empty_without_rounds() -> None:
+    assert report.spread([3.0, 1.0, 7.0], 3.0) == (2.0, 4.0)
+    assert report.spread(None, 3.0) == report.spread([], 3.0) == (0.0, 0.0)
+    assert report.range_errors([3.0, 5.0], [[1.0, 3.0, 7.0], None]) == [[2.0, 0.0], [4.0, 0.0]]
+
+
+class _KeptFigures:
+    """matplotlib.pyplot, except that closed figures are kept for the test to look at."""
+
+    def __init__(self) -> None:
+        self.plt = report.pyplot()
+        self.figures: list[Any] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.plt, name)
+
+    def close(self, fig: Any) -> None:
+        self.figures.append(fig)
+
+
+def _bar_ranges(ax: Any) -> list[tuple[float, float]]:
+    """(low, high) of every error bar drawn on ax, left to right per series."""
+    from matplotlib.container import ErrorbarContainer
+
+    out = []
+    for container in ax.containers:
+        if isinstance(container, ErrorbarContainer):
+            (segments,) = container.lines[2]
+            out += [(float(seg[0][1]), float(seg[1][1])) for seg in segments.get_segments()]
+    return out
+
+
+def test_the_cost_plot_draws_each_bar_from_the_min_to_the_max_of_its_rounds(tmp_path: Path) -> None:
+    kept = _KeptFigures()
+    try:
+        report.tiers_plot(kept, _tier_doc(), tmp_path)
+        (fig,) = kept.figures
+        (ax,) = fig.axes
+        # established (count 0 then 100), then new flow; a single round spans nothing
+        assert _bar_ranges(ax) == [(60.0, 62.0), (60.0, 60.0), (300.0, 310.0), (330.0, 330.0)]
+        (band,) = [p for p in ax.patches if p.get_gid() == "floor-rounds"]
+        ys = [float(y) for _, y in band.get_xy()]
+        assert (min(ys), max(ys)) == (29.0, 31.0)  # the pass-through floor's rounds
+        assert "min-max of the rounds" in ax.get_title()
+    finally:
+        for fig in kept.figures:
+            kept.plt.close(fig)
+
+
+def test_the_evlost_summary_compares_each_case_after_with_before_of_the_same_rounds() -> None:
+    from controller.bench import evlost_cost
+
+    samples = {"passthrough": [40.0, 50.0, 45.0]}
+    for n, c in enumerate(evlost_cost.CASES):
+        samples[f"{c.key}/before"] = [100.0 + n, 110.0 + n, 90.0 + n]
+        samples[f"{c.key}/after"] = [105.0 + n, 100.0 + n, 120.0 + n]
+    checked = {f"{c.key}/{v}": {"verdict": c.verdict} for c in evlost_cost.CASES for v in ("before", "after")}
+    doc = evlost_cost.summarize(samples, checked, 3, 1000, 500) | {"before": "abc^"}
+    rows = {r["case"]: r for r in doc["cases"]}
+    assert doc["passthrough_ns"] == 45.0
+    assert rows["established"]["before_ns"] == 100.0 and rows["established"]["after_ns"] == 105.0
+    assert rows["established"]["after_vs_before"] == 1.05 and rows["established"]["after_vs_floor"] == 2.333
+    assert rows["drop_ring_full"]["what"] == "drop, ring full"
+    assert rows["new_rate_limited"]["what"] == "new flow, over the rate limit"
+    md = report.evlost_markdown(doc)
+    assert "| established, no event | ALLOW_CT | 100.0 | 105.0 | 1.05 | 2.22 | 2.33 |" in md
+    assert "to_pod of abc^ (before)" in md
