@@ -102,6 +102,19 @@ KINDS: tuple[KindSpec, ...] = (
 )
 
 
+# (API group, resource) of every kind above: what deploy/rbac.yaml's ClusterRole lets the agent
+# list and watch, and nothing more (tests/unit/test_deploy.py; `vethguard doctor` reviews it)
+AGENT_READS: tuple[tuple[str, str], ...] = (
+    ("", "pods"),
+    ("", "namespaces"),
+    ("", "nodes"),
+    ("", "services"),
+    ("networking.k8s.io", "networkpolicies"),
+    (cnp.GROUP, cnp.PLURAL),
+    *((calico.GROUP, plural) for plural in calico.PLURALS.values()),
+)
+
+
 def load_api_client(kubeconfig: str | None = None) -> Any:
     """ApiClient from --kubeconfig, else $KUBECONFIG, else in-cluster config, else ~/.kube/config."""
     import yaml

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from controller.agent.api_errors import describe
+from controller.agent.kube_api import AGENT_READS
 from controller.compiler import calico
 from controller.core.errors import VethguardError
 from controller.debug.inputs import CALICO_FIELDS, CNP_PATH, LabTarget, Target
@@ -31,18 +32,6 @@ from controller.debug.render import dump, table
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 AGENT_SERVICE_ACCOUNT = "system:serviceaccount:vethguard-system:vethguard-agent"  # deploy/rbac.yaml
-# (API group, resource) the agent lists and watches: deploy/rbac.yaml's ClusterRole
-WATCHED = (
-    ("", "pods"),
-    ("", "namespaces"),
-    ("", "nodes"),
-    ("", "services"),
-    ("networking.k8s.io", "networkpolicies"),
-    ("policy.networking.k8s.io", "clusternetworkpolicies"),
-    ("projectcalico.org", "globalnetworkpolicies"),
-    ("projectcalico.org", "networkpolicies"),
-    ("projectcalico.org", "hostendpoints"),
-)
 OPTIONAL_APIS = (
     ("clusternetworkpolicies.policy.networking.k8s.io", CNP_PATH),
     *((f"{plural}.{calico.GROUP}", f"/apis/{calico.API_VERSION}/{plural}") for _, _, plural in CALICO_FIELDS),
@@ -102,7 +91,7 @@ def rbac_checks(review: Reviewer | None) -> list[Check]:
     if review is None:
         return [Check("rbac", OK, "not applicable: the lab's API server has no RBAC")]
     out = []
-    for group, resource in WATCHED:
+    for group, resource in AGENT_READS:
         name = f"rbac/{resource}.{group}" if group else f"rbac/{resource}"
         try:
             missing = [verb for verb in ("list", "watch") if not review(group, resource, verb)]
