@@ -126,13 +126,18 @@ class FakeApiServer:
         q = {k: v[0] for k, v in parse_qs(url.query).items()}
         self.requests.append((url.path, q))
         kind = PATHS.get(url.path)
+        # The epochs as this request arrived: a drop or expiry from now on ends its watch, even
+        # one that happens before the watch below starts (a request in flight while the test
+        # refuses the path and drops the watches must not become a watch that never ends).
+        with self.cond:
+            epochs = (self.drop_epoch, self.expire_epoch)
         if self.fail_requests:
             return self._json(h, 500, {"kind": "Status", "code": 500, "message": "injected failure"})
         code = 404 if kind is None else self.refused.get(url.path)
         if code is not None or kind is None:
             return self._json(h, code or 404, {"kind": "Status", "code": code, "message": "refused"})
         if q.get("watch") == "true":
-            return self._watch(h, kind, q)
+            return self._watch(h, kind, q, epochs)
         with self.cond:
             items = [json.loads(json.dumps(o)) for o in self.objects[kind].values()]
             rv = self.rv
@@ -148,7 +153,9 @@ class FakeApiServer:
         h.end_headers()
         h.wfile.write(data)
 
-    def _watch(self, h: BaseHTTPRequestHandler, kind: str, q: dict[str, str]) -> None:
+    def _watch(
+        self, h: BaseHTTPRequestHandler, kind: str, q: dict[str, str], epochs: tuple[int, int]
+    ) -> None:
         from_rv = int(q.get("resourceVersion") or 0)
         timeout = float(q.get("timeoutSeconds") or 30)
         bookmarks = q.get("allowWatchBookmarks") == "true"
@@ -166,9 +173,9 @@ class FakeApiServer:
             h.wfile.flush()
 
         deadline = time.monotonic() + timeout
+        drop, expire = epochs
         with self.cond:
             self.open_watches += 1
-            drop, expire = self.drop_epoch, self.expire_epoch
         try:
             if from_rv < self.min_rv:
                 send({"type": "ERROR", "object": gone})
