@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from controller.lab.apiserver import ServerThread, kubeconfig_text, serve_tcp
 from controller.lab.discovery import OPENAPI_ROOT, discovery
 from controller.lab.store import RESOURCES, Store
+from tests.support.lab_api import served_kubeconfig
 
 # The tests run the kubectl found on the machine (these machines have v1.32); only where there
 # is none are they skipped.
@@ -41,14 +41,8 @@ spec:
 def kubeconfig(tmp_path: Path) -> Iterator[Path]:
     store = Store(window=50)
     store.create("namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})
-    thread: ServerThread = serve_tcp(store)
-    address: Any = thread.server.server_address
-    path = tmp_path / "kubeconfig"
-    path.write_text(kubeconfig_text(f"http://{address[0]}:{address[1]}"))
-    try:
+    with served_kubeconfig(store, tmp_path) as path:
         yield path
-    finally:
-        thread.stop()
 
 
 def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
