@@ -22,7 +22,7 @@ from controller.agent.loop import (
     DEFAULT_PIN_ROOT,
     Agent,
     AgentConfig,
-    _default_datapath_factory,
+    default_datapath_factory,
 )
 from controller.agent.metrics import Metrics, build_labels
 from controller.compiler.desired_state import FAILSAFE_INBOUND, FAILSAFE_OUTBOUND
@@ -233,7 +233,7 @@ def run_cli(args: argparse.Namespace) -> int:
             ),
             sources,
             metrics=metrics,
-            datapath_factory=functools.partial(_default_datapath_factory, state_dir=args.state_dir),
+            datapath_factory=functools.partial(default_datapath_factory, state_dir=args.state_dir),
         )
         agent.linkwatch = LinkWatch(agent.wake)
         health = HealthServer(args.health_addr, agent.probes()).start()

@@ -94,7 +94,7 @@ def _default_compute() -> Compute:
     return compute
 
 
-def _default_datapath_factory(node: str, pin_root: str, state_dir: str | None = None) -> NodeDatapath:
+def default_datapath_factory(node: str, pin_root: str, state_dir: str | None = None) -> NodeDatapath:
     from controller.datapath.node import Datapath
 
     preflight.use_kernel_headers()  # points bcc at the headers preflight found (or raises the fix)
@@ -138,7 +138,7 @@ class Agent:
         config: AgentConfig,
         sources: SourcesLike,
         *,
-        datapath_factory: Callable[[str, str], NodeDatapath] = _default_datapath_factory,
+        datapath_factory: Callable[[str, str], NodeDatapath] = default_datapath_factory,
         build_cluster: BuildCluster | None = None,
         compute: Compute | None = None,
         discovery: Discovery | None = None,

@@ -23,7 +23,7 @@ from controller.datapath import ledger, rtnl
 
 PARENT_INGRESS = "ffff:fff2"  # tc ingress hook of clsact: packets leaving the pod
 PARENT_EGRESS = "ffff:fff3"  # tc egress hook of clsact: packets entering the pod
-_PARENT_IDS = {PARENT_INGRESS: 0xFFFFFFF2, PARENT_EGRESS: 0xFFFFFFF3}
+PARENT_IDS = {PARENT_INGRESS: 0xFFFFFFF2, PARENT_EGRESS: 0xFFFFFFF3}
 FILTER_HANDLE = 1
 # Runs before filters added with tc's default priority (49152) and stays clear of prio 1,
 # which other datapaths (Cilium) use for their own programs.
@@ -65,7 +65,7 @@ def _filter_msg(ifindex: int, parent: str, fd: int, name: str) -> bytes:
     )
     info = (FILTER_PRIO << 16) | socket.htons(ETH_P_ALL)
     return (
-        rtnl.TCMSG.pack(socket.AF_UNSPEC, ifindex, FILTER_HANDLE, _PARENT_IDS[parent], info)
+        rtnl.TCMSG.pack(socket.AF_UNSPEC, ifindex, FILTER_HANDLE, PARENT_IDS[parent], info)
         + rtnl.attr(TCA_KIND, rtnl.asciiz("bpf"))
         + rtnl.attr(TCA_OPTIONS, options)
     )
@@ -87,7 +87,7 @@ def remaining_filters(ipr: Any, ifindex: int) -> list[Any]:
     return [
         f
         for p in (PARENT_INGRESS, PARENT_EGRESS)
-        for f in ipr.get_filters(index=ifindex, parent=_PARENT_IDS[p])
+        for f in ipr.get_filters(index=ifindex, parent=PARENT_IDS[p])
         if f.get_attr("TCA_OPTIONS")
     ]
 
@@ -140,7 +140,7 @@ class Attacher:
 
     def _our_filters(self, ipr: Any, ifindex: int, parent: str) -> list[Any]:
         ours = []
-        for f in ipr.get_filters(index=ifindex, parent=_PARENT_IDS[parent]):
+        for f in ipr.get_filters(index=ifindex, parent=PARENT_IDS[parent]):
             opts = f.get_attr("TCA_OPTIONS")
             if f["handle"] != FILTER_HANDLE or (f["info"] >> 16) != FILTER_PRIO or not opts:
                 continue

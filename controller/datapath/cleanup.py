@@ -17,11 +17,11 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from controller.core.errors import VethguardError
-from controller.datapath.attach import _PARENT_IDS, PARENT_EGRESS, PARENT_INGRESS, Attacher, remaining_filters
+from controller.datapath.attach import PARENT_EGRESS, PARENT_IDS, PARENT_INGRESS, Attacher, remaining_filters
 from controller.datapath.uplink import uplink_attacher
 
 HOOK_NAMES = {PARENT_INGRESS: "ingress", PARENT_EGRESS: "egress"}
-_HOOK_BY_ID = {_PARENT_IDS[p]: name for p, name in HOOK_NAMES.items()}
+_HOOK_BY_ID = {PARENT_IDS[p]: name for p, name in HOOK_NAMES.items()}
 
 
 class Step(NamedTuple):

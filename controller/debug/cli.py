@@ -27,7 +27,7 @@ EXIT_MISMATCH = 3  # explain / reachability --probe: the kernel disagrees with t
 # -- common arguments ------------------------------------------------------------------------
 
 
-def _target_args(p: argparse.ArgumentParser, output: Sequence[str] = ("json",)) -> None:
+def target_args(p: argparse.ArgumentParser, output: Sequence[str] = ("json",)) -> None:
     g = p.add_argument_group("where")
     g.add_argument("--lab", metavar="NAME", help="act on every node of this lab instead of the local node")
     g.add_argument(
@@ -498,7 +498,7 @@ def register(sub: Any) -> None:
         q = what.add_parser(name, help=desc, description=desc)
         if name in ("policy", "ct", "counters"):
             q.add_argument("pod", nargs="?", metavar="NS/POD", help="only this pod")
-        _target_args(q, ("wide", "json", "yaml") if name == "hosteps" else ("json",))
+        target_args(q, ("wide", "json", "yaml") if name == "hosteps" else ("json",))
         q.set_defaults(func=cmd_bpf)
 
     p = sub.add_parser(
@@ -515,7 +515,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
     p.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
-    _target_args(p, ("wide", "json", "yaml"))
+    target_args(p, ("wide", "json", "yaml"))
     p.set_defaults(func=cmd_get)
 
     p = sub.add_parser(
@@ -526,7 +526,7 @@ def register(sub: Any) -> None:
     p.add_argument("kind", choices=NETPOL_NAMES + cnp.NAMES, metavar="netpol|cnp", help="the kind")
     p.add_argument("name", nargs="?", help="one object (default: every one)")
     p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
-    _target_args(p, ())
+    target_args(p, ())
     p.set_defaults(func=cmd_describe)
 
     p = sub.add_parser(
@@ -547,7 +547,7 @@ def register(sub: Any) -> None:
         "--family", type=int, choices=[4, 6], help="address family of pods (default 4, or the IP's)"
     )
     p.add_argument("--no-kernel", action="store_true", help="skip the cross-check against the live maps")
-    _target_args(p)
+    target_args(p)
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser(
@@ -586,7 +586,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--timeout", type=float, help="with --follow: stop after this many seconds")
     p.add_argument("--count", type=int, help="stop after this many events")
-    _target_args(p)
+    target_args(p)
     p.set_defaults(func=cmd_observe)
 
     p = sub.add_parser(
@@ -603,5 +603,5 @@ def register(sub: Any) -> None:
     p.add_argument("--family", type=int, choices=[4, 6], default=4, help="IP family (default: 4)")
     p.add_argument("--probe", action="store_true", help="lab only: also try every cell for real")
     p.add_argument("--probe-timeout", type=float, default=1.0, help="seconds per probed cell (default: 1.0)")
-    _target_args(p)
+    target_args(p)
     p.set_defaults(func=cmd_reachability)

@@ -227,12 +227,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    from controller.debug.cli import _target_args
+    from controller.debug.cli import target_args
 
     p = sub.add_parser(
         "doctor",
         help="can vethguard enforce here, and is it: this node's preflight, the API, CRDs, the "
         "agent's RBAC, every agent ready and caught up",
     )
-    _target_args(p, ("text", "json", "yaml"))
+    target_args(p, ("text", "json", "yaml"))
     p.set_defaults(func=cmd_doctor)

@@ -16,7 +16,7 @@ from controller.agent.flow_server import DEFAULT_FLOW_SOCKET
 from controller.agent.flows import FlowFilter
 from controller.core.errors import VethguardError
 from controller.debug import flow_client
-from controller.debug.cli import _target_args, make_target
+from controller.debug.cli import make_target, target_args
 from controller.debug.render import dump, table
 from controller.debug.whatif import Change, WhatIfReport, kind_of, whatif
 from controller.lab import manifests
@@ -117,5 +117,5 @@ def register(sub: Any) -> None:
         help=f"the local agent's flow socket (default {DEFAULT_FLOW_SOCKET})",
     )
     p.add_argument("--timeout", type=float, default=30.0, help="give up reading the agents' flows after this")
-    _target_args(p, ("text", "json", "yaml"))
+    target_args(p, ("text", "json", "yaml"))
     p.set_defaults(func=cmd_whatif)

@@ -42,7 +42,7 @@ from controller.compiler.clusterview import ClusterView
 from controller.core.errors import VethguardError
 from controller.debug import explain as explain_mod
 from controller.debug import hostep_cli
-from controller.debug.cli import _agents, _behind, _probe, _target_args, live_lookup, make_target
+from controller.debug.cli import _agents, _behind, _probe, live_lookup, make_target, target_args
 from controller.debug.inputs import LabTarget, Target
 from controller.debug.ui import api
 from controller.debug.ui.flows import FlowBuffer, Follower
@@ -380,5 +380,5 @@ def register(sub: Any) -> None:
         default=DEFAULT_FLOW_SOCKET,
         help=f"the local agent's flow socket (default {DEFAULT_FLOW_SOCKET})",
     )
-    _target_args(p, ())
+    target_args(p, ())
     p.set_defaults(func=cmd_ui)
