@@ -275,5 +275,5 @@ def run_cli(args: argparse.Namespace) -> int:
         print(f"vethguard agent: {agent.fatal}", file=sys.stderr)
         log.error("agent cannot run, exiting", node=args.node, error=str(agent.fatal))
         return 1
-    log.info("agent stopped", node=args.node, realized_generation=agent.realized_generation)
+    log.info("agent stopped", node=args.node, realized=agent.status().get("realized"))
     return 0

@@ -1,9 +1,9 @@
-"""What the informers deliver: raw API JSON shapes, events, per-kind snapshots of the cache,
-object keys and the resourceVersion bookkeeping the agent's realized generation comes from."""
+"""What the informers deliver: raw API JSON shapes, events, per-kind snapshots of the cache
+(objects, last resourceVersion seen, content digest: controller.core.object_versions)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
@@ -75,6 +75,7 @@ class KindSnapshot:
     content_version: int  # bumps on every cache content change (not on bookmarks)
     synced: bool
     absent: bool = False  # an optional API the server does not serve (404): no objects
+    digest: int = 0  # object_versions.kind_digest of `objects`, kept up to date per event
 
 
 @dataclass(frozen=True)
@@ -124,37 +125,6 @@ class Snapshot:
     @property
     def content_versions(self) -> tuple[int, ...]:
         return tuple(self.kinds[k].content_version for k in sorted(self.kinds))
-
-    @property
-    def generation(self) -> int | None:
-        """min over kinds of the last resourceVersion seen, or None if one is not an integer;
-        an API the server does not serve has no resourceVersion and is left out."""
-        return generation_of(k.resource_version for k in self.kinds.values() if not k.absent)
-
-
-def generation_of(resource_versions: Iterable[str]) -> int | None:
-    values: list[int] = []
-    for rv in resource_versions:
-        try:
-            values.append(int(rv))
-        except (TypeError, ValueError):
-            return None
-    return min(values) if values else None
-
-
-def object_key(obj: Mapping[str, Any], namespaced: bool) -> str:
-    meta = obj.get("metadata") or {}
-    name = str(meta.get("name", ""))
-    if namespaced:
-        return f"{meta.get('namespace', '')}/{name}"
-    return name
-
-
-def resource_version_of(obj: Mapping[str, Any]) -> str:
-    meta = obj.get("metadata")
-    if not isinstance(meta, Mapping):
-        return ""
-    return str(meta.get("resourceVersion", "") or "")
 
 
 def has_name(obj: Any) -> bool:

@@ -21,13 +21,15 @@ Malformed objects (not a JSON object, no metadata) are skipped with a warning, n
 An optional kind (KindSpec.optional: ClusterNetworkPolicy, a CRD a cluster may not have, and
 Calico's projectcalico.org/v3 kinds, which a cluster without Calico's API server has not) whose
 list is answered 404 (the API is not served) or 403 (our RBAC does not cover it yet) is "absent":
-one warning, an empty cache that counts as synced, no resourceVersion (it is left out of the
-generation), and another list every absent_retry_seconds; a later list that succeeds brings it
+one warning, an empty cache that counts as synced, no resourceVersion (left out of what the
+agent reports as realized), and another list every absent_retry_seconds; a later list that succeeds brings it
 back (logged). A 404 on its watch (the CRD was removed) leads to such a list at once.
 
 The cache is never dropped on a disconnect, so the agent keeps enforcing the last known state.
-Every kind tracks the last resourceVersion it has seen (from events and BOOKMARKs); the agent's
-realized_generation is derived from those (docs/INTERNALS.md).
+Every kind tracks the last resourceVersion it has seen (from lists, events and BOOKMARKs, kept
+as the opaque string the server sent) and the digest of its cache (controller.core.object_versions,
+updated per event); the agent reports both for the caches its maps realize (docs/INTERNALS.md
+"Realization"). Nothing here compares or orders resourceVersions.
 
 All informers feed one thread-safe `queue.Queue[Event]`. Requests go through the official
 kubernetes client (CoreV1Api / NetworkingV1Api) with `_preload_content=False`, so objects stay
@@ -56,14 +58,18 @@ from controller.agent.cluster_events import (
     KubeObject,
     Snapshot,
     WatchEventJSON,
-    generation_of,
     has_name,
-    object_key,
-    resource_version_of,
 )
 from controller.agent.kube_api import KINDS, KindSpec, ListFn
 from controller.agent.metrics import Metrics
 from controller.core.log import get_logger
+from controller.core.object_versions import (
+    EMPTY_DIGEST,
+    kind_digest,
+    object_digest,
+    object_key,
+    resource_version_of,
+)
 
 log = get_logger("vethguard.sources")
 
@@ -178,6 +184,7 @@ class Informer:
         self._cache: dict[str, KubeObject] = {}
         self._rv = ""
         self._content_version = 0
+        self._digest = EMPTY_DIGEST  # object_versions.kind_digest of _cache
         self._synced = threading.Event()
         self._stop = threading.Event()
         self._resp: Any = None
@@ -208,6 +215,7 @@ class Informer:
                 content_version=self._content_version,
                 synced=self._synced.is_set(),
                 absent=self.absent,
+                digest=self._digest,
             )
 
     def get(self, key: str) -> KubeObject | None:
@@ -353,6 +361,7 @@ class Informer:
                 if key not in items:
                     events.append(Event(self.kind, "DELETED", key, prev, resource_version_of(prev)))
             self._cache = items
+            self._digest = kind_digest(items.values(), self.spec.namespaced)
             self._rv = list_rv
             if events:
                 self._content_version += 1
@@ -382,6 +391,7 @@ class Informer:
         with self._lock:
             gone = [Event(self.kind, "DELETED", k, o, resource_version_of(o)) for k, o in self._cache.items()]
             self._cache = {}
+            self._digest = EMPTY_DIGEST
             self._rv = ""
             if gone:
                 self._content_version += 1
@@ -465,10 +475,12 @@ class Informer:
         kobj: KubeObject = obj  # type: ignore[assignment]
         key = object_key(kobj, self.spec.namespaced)
         with self._lock:
-            if etype == "DELETED":
-                self._cache.pop(key, None)
-            else:
+            old = self._cache.pop(key, None) if etype == "DELETED" else self._cache.get(key)
+            if old is not None:
+                self._digest ^= object_digest(key, resource_version_of(old))
+            if etype != "DELETED":
                 self._cache[key] = kobj
+                self._digest ^= object_digest(key, rv)
             if rv:
                 self._rv = rv
             self._content_version += 1
@@ -538,7 +550,3 @@ class Sources:
 
     def resource_versions(self) -> dict[str, str]:
         return {kind: inf.resource_version for kind, inf in self.informers.items()}
-
-    def generation(self) -> int | None:
-        """min over the served kinds of the last resourceVersion seen (absent kinds left out)."""
-        return generation_of(inf.resource_version for inf in self.informers.values() if not inf.absent)

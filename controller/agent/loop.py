@@ -10,7 +10,7 @@ controller.datapath.interface.NodeDatapath.
       -> cluster_from_objects(caches) -> compute.compute(cluster, node)    [pure]
       -> discovery of local pod veths: host routes, or neighbours + bridge FDB (controller.agent.discovery)
       -> Datapath.attach(new veths) / detach(gone veths) -> Datapath.sync(desired, pod_ifindex)
-      -> realized_generation = min over kinds of the resourceVersion the caches held at compute time
+      -> realized = that snapshot's versions and digests (controller.agent.realization)
 
 A new veth is attached by the netlink thread as soon as it appears (before any pass: fail closed),
 and the pass that writes its endpoint, and later its pod's policy, is not coalesced.
@@ -21,15 +21,16 @@ that appears after its pod is attached within a second), and /livez /readyz /met
 on it and keeps enforcing the last synced state. SIGTERM/SIGINT stop the agent WITHOUT detaching
 anything: programs stay attached and maps stay pinned, so enforcement continues across restarts.
 
-realized_generation: each informer records the last resourceVersion it has seen (list, events,
-BOOKMARKs) atomically with its cache contents. A pass snapshots all caches, and only after
-Datapath.sync succeeded (or was unnecessary because neither the cache contents nor the pod ->
-ifindex map changed since the last successful sync) publishes min(int(rv) over the kinds) of
-that snapshot (a kind the API server does not serve, such as ClusterNetworkPolicy without its
-CRD, is left out). A failed pass never advances it.
+Realization: each informer records the last resourceVersion it has seen (list, events,
+BOOKMARKs) and its cache's digest atomically with its cache contents. A pass snapshots all
+caches, and only after Datapath.sync succeeded (or was unnecessary because neither the cache
+contents nor the pod -> ifindex map changed since the last successful sync) publishes that
+snapshot as realized (controller.agent.realization: per kind its resourceVersion, object count
+and digest, and the policies' own resourceVersions; a kind the API server does not serve is left
+out). A failed pass never publishes. resourceVersions stay opaque strings: nothing here orders them.
 
 /status JSON (docs/INTERNALS.md fields first, then extras):
-  node, ready, realized_generation, endpoints (local pods in the desired state), attached (veths
+  node, ready, realized, realized_objects, endpoints (local pods in the desired state), attached (veths
   with our programs), errors ([{object, field, message}]: agent failures by stage, then invalid
   objects), last_sync_seconds (duration of the last successful sync), last_sync_at (unix time),
   syncs, pod_ifindex, pods_without_veth, policy_errors (count), cluster_policies,
@@ -60,6 +61,7 @@ from controller.agent.health import HealthProbes
 from controller.agent.metrics import DatapathStats, Metrics
 from controller.agent.policy_status import PolicyStatus, cluster_policy_status, model_counts
 from controller.agent.protocols import LinkWatchLike, SourcesLike
+from controller.agent.realization import realized_kinds, realized_objects
 from controller.agent.uplinks import Uplinks
 from controller.agent.veth_match import Discovered, Discovery, is_placeholder
 from controller.compiler.frontends import frontends_of
@@ -180,7 +182,7 @@ class Agent:
         self._synced_pod_ifindex: dict[str, int] | None = None
         self._last_sync_ok = False
         self._discovered = Discovered()
-        self.realized_generation = 0
+        self._realized: Snapshot | None = None  # the last snapshot the maps reflect
         self.ready = False
         self.last_sync_seconds: float | None = None
         self.last_sync_at: float | None = None
@@ -224,7 +226,8 @@ class Agent:
             return {
                 "node": self.node,
                 "ready": self.is_ready(),
-                "realized_generation": self.realized_generation,
+                "realized": realized_kinds(self._realized),
+                "realized_objects": realized_objects(self._realized),
                 "endpoints": endpoints,
                 "attached": len(self.attachments.attached),
                 "pod_ifindex": pod_ifindex,
@@ -376,22 +379,19 @@ class Agent:
                 endpoints=len(desired.endpoints),
                 with_veth=len(pod_ifindex),
                 attached=len(self.attachments.attached),
-                generation=snap.generation,
                 duration_ms=round(elapsed * 1000, 2),
                 result=_summarize(result),
             )
         done = time.monotonic()
         self.attachments.observe_latencies(self.linkwatch, fit, self._last_sync_ok, attached_at, done)
 
-        # 6. the maps reflect this snapshot: publish its generation and the policies' status
-        gen = snap.generation
+        # 6. the maps reflect this snapshot: publish it and the policies' status
         policies = self._policy_status(snap, fit)
         with self._lock:
-            if gen is not None and gen > self.realized_generation:
-                self.realized_generation = gen
+            self._realized = snap
             self._policies = policies
             self.ready = True
-        self.metrics.realized_generation.set(self.realized_generation)
+        self.metrics.realized_timestamp.set(time.time())
         self._observe_realized(pass_started, done)
         self._failures = 0
         return True
@@ -515,7 +515,7 @@ class Agent:
             self._wait(0.05)
         if stop.is_set():
             return
-        log.info("informers synced", node=self.node, generation=self.sources.snapshot().generation)
+        log.info("informers synced", node=self.node, resource_versions=self.sources.resource_versions())
         self._drain_events()
 
         now = time.monotonic()

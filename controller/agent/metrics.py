@@ -76,9 +76,9 @@ class Metrics:
             ["kind"],
             registry=r,
         )
-        self.realized_generation = Gauge(
-            "vethguard_agent_realized_generation",
-            "Cluster resourceVersion the node's maps reflect (minimum over the watched kinds).",
+        self.realized_timestamp = Gauge(
+            "vethguard_agent_realized_timestamp_seconds",
+            "Unix time of the last pass after which the node's maps reflected the watched caches.",
             registry=r,
         )
         self.endpoints = Gauge(

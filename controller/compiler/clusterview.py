@@ -34,7 +34,9 @@ class RawObjects:
     pods: Sequence[dict[str, Any]] = ()
     policies: Sequence[dict[str, Any]] = ()
     nodes: Sequence[dict[str, Any]] = ()
-    resource_version: int | None = None
+    # agent kind name (controller.agent.kube_api.KINDS) -> digest of the listed objects
+    # (controller.core.object_versions), for the kinds listed: compared with what agents realized
+    digests: Mapping[str, str] = field(default_factory=dict)
     cluster_policies: Sequence[dict[str, Any]] = ()  # ClusterNetworkPolicy (none without the CRD)
     calico: CalicoObjects = EMPTY_CALICO  # Calico's projectcalico.org/v3 kinds (none without its API)
     warnings: Sequence[str] = ()  # what could not be listed, said once by the command

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from controller.agent.flow_server import DEFAULT_FLOW_SOCKET
+from controller.agent.realization import differing_kinds
 from controller.compiler.clusterview import ClusterView
 from controller.core.errors import VethguardError
 from controller.debug import bpfview, calico, cnp, hostep, hostep_cli, netpol, observe, reach
@@ -58,22 +59,24 @@ def make_target(args: argparse.Namespace) -> Target:
     )
 
 
-def _agents(target: Target, nodes: Sequence[NodeRef]) -> dict[str, dict[str, Any] | None]:
+def agent_statuses(target: Target, nodes: Sequence[NodeRef]) -> dict[str, dict[str, Any] | None]:
     return {n.name: target.agent_status(n) for n in nodes}
 
 
-def _behind(view: ClusterView, agents: dict[str, dict[str, Any] | None]) -> dict[str, str]:
-    """node -> why its maps may not reflect what the API says right now."""
-    want = view.raw.resource_version
+def agents_behind(view: ClusterView, agents: dict[str, dict[str, Any] | None]) -> dict[str, str]:
+    """node -> why its maps may not reflect what the API listed just now: the agent does not
+    answer, or the state it realized differs from the list for some kinds (compared by digest,
+    controller.agent.realization: it has not caught up yet, or the API changed since the list)."""
     out = {}
     for node, status in agents.items():
         if status is None:
             out[node] = f"the agent of {node} does not answer /status"
             continue
-        gen = status.get("realized_generation")
-        if want is not None and isinstance(gen, int) and gen < want:
+        kinds = differing_kinds(view.raw.digests, status)
+        if kinds:
             out[node] = (
-                f"the agent of {node} realized generation {gen}, the API is at {want}: not caught up yet"
+                f"the agent of {node} realized other {', '.join(kinds)} objects than the API lists now: "
+                "not caught up yet (or the API changed since the list)"
             )
     return out
 
@@ -277,7 +280,7 @@ def cmd_get(args: argparse.Namespace) -> int:
     if args.kind in calico.NAMES:
         return _get_calico(view, args)
     nodes = target.nodes()
-    agents = _agents(target, nodes)
+    agents = agent_statuses(target, nodes)
     if args.kind in cnp.NAMES:
         objs = sorted(view.raw.cluster_policies, key=cnp.name)
         if args.output in ("json", "yaml"):
@@ -305,7 +308,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
     target = make_target(args)
     view = _view(target)
     nodes = target.nodes()
-    agents = _agents(target, nodes)
+    agents = agent_statuses(target, nodes)
     if args.kind in cnp.NAMES:
         objs = [o for o in view.raw.cluster_policies if args.name is None or cnp.name(o) == args.name]
         if not objs and args.name is not None:
@@ -371,7 +374,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     live, close = (None, lambda: None) if args.no_kernel else live_lookup(nodes)
     live_hep, close_hep = (None, lambda: None) if args.no_kernel else hostep_cli.live_hep_lookup(view, nodes)
     try:
-        behind = {} if args.no_kernel else _behind(view, _agents(target, list(nodes.values())))
+        behind = {} if args.no_kernel else agents_behind(view, agent_statuses(target, list(nodes.values())))
         e = explain_mod.explain(
             view, args.source, args.destination, args.port, args.protocol, args.family, live, behind, live_hep
         )
@@ -443,7 +446,7 @@ def cmd_reachability(args: argparse.Namespace) -> int:
         if not isinstance(target, LabTarget):
             raise VethguardError("--probe needs --lab NAME (it sends real packets between lab pods)")
         results = reach.compare(
-            results, _probe(target, pods, args.port, args.protocol, args.family, args.probe_timeout)
+            results, probe_pods(target, pods, args.port, args.protocol, args.family, args.probe_timeout)
         )
         disagree = [r for r in results if not r["agrees"]]
     if args.output == "json":
@@ -469,7 +472,7 @@ def cmd_reachability(args: argparse.Namespace) -> int:
     return EXIT_MISMATCH if disagree else 0
 
 
-def _probe(
+def probe_pods(
     target: LabTarget, pods: Sequence[str], port: int, protocol: str, family: int, timeout: float
 ) -> dict[tuple[str, str], bool]:
     from controller.lab import probe

@@ -2,8 +2,8 @@
 
 ClusterNetworkPolicy (policy.networking.k8s.io/v1alpha2) is cluster-scoped. The columns follow
 kubectl's for the CRD (NAME, TIER, PRIORITY, AGE) plus what kubectl cannot know: how many pods
-the subject selects and on how many nodes the agent has realized the object (its /status
-realized_generation >= the object's resourceVersion, as for NetworkPolicy). `describe` adds each
+the subject selects and on how many nodes the agent has realized this version of the object
+(its /status realized_objects hold the object's resourceVersion, as for NetworkPolicy). `describe` adds each
 rule (index, name, action, peers, protocols), the policy's place in its tier's order, the
 selected pods per node, problems (invalid fields and the rules failed closed) and realization.
 """

@@ -19,12 +19,13 @@ reviewer) so tests drive them without a cluster.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from controller.agent.api_errors import describe
 from controller.agent.kube_api import AGENT_READS
+from controller.agent.realization import differing_kinds
 from controller.compiler import calico
 from controller.core.errors import VethguardError
 from controller.debug.inputs import CALICO_FIELDS, CNP_PATH, LabTarget, Target
@@ -115,8 +116,10 @@ def rbac_checks(review: Reviewer | None) -> list[Check]:
 
 
 def agent_checks(
-    nodes: Sequence[str], statuses: dict[str, dict[str, Any] | None], api_version: int | None
+    nodes: Sequence[str], statuses: dict[str, dict[str, Any] | None], listed: Mapping[str, str]
 ) -> list[Check]:
+    """Per node: the agent answers, is ready, has no errors, and realized the state the API
+    listed (`listed`: kind -> digest, RawObjects.digests; compared by equality only)."""
     out = []
     for node in nodes:
         status = statuses.get(node)
@@ -127,15 +130,22 @@ def agent_checks(
         if not status.get("ready"):
             out.append(Check(name, FAIL, "not ready: " + _errors(status)))
             continue
-        gen = status.get("realized_generation")
+        realized = status.get("realized") or {}
+        what = f"realized {sum(int(k.get('objects') or 0) for k in realized.values())} objects"
+        behind = differing_kinds(listed, status)
         if status.get("errors"):
-            out.append(Check(name, WARN, f"ready, realized {gen}, errors: " + _errors(status)))
-        elif api_version is not None and isinstance(gen, int) and gen < api_version:
+            out.append(Check(name, WARN, f"ready, {what}, errors: " + _errors(status)))
+        elif behind:
             out.append(
-                Check(name, WARN, f"ready, realized {gen}, the API is at {api_version}: not caught up yet")
+                Check(
+                    name,
+                    WARN,
+                    f"ready, {what}, but other {', '.join(behind)} objects than the API lists now: "
+                    "not caught up yet (or the API changed since the list)",
+                )
             )
         else:
-            out.append(Check(name, OK, f"ready, realized {gen}"))
+            out.append(Check(name, OK, f"ready, {what}: the state the API lists"))
     return out
 
 
@@ -207,7 +217,7 @@ def run(
     checks += rbac_checks(None if lab else cluster_reviewer(kubeconfig))
     nodes = target.nodes()
     statuses = {n.name: target.agent_status(n) for n in nodes}
-    checks += agent_checks([n.name for n in nodes], statuses, raw.resource_version)
+    checks += agent_checks([n.name for n in nodes], statuses, raw.digests)
     return checks
 
 

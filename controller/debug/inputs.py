@@ -29,10 +29,12 @@ from typing import Any
 
 from controller.agent.flow_server import DEFAULT_FLOW_SOCKET
 from controller.agent.health import fetch_status
+from controller.agent.kube_api import KINDS
 from controller.compiler import calico, cnp
 from controller.compiler.calico import CalicoObjects
 from controller.compiler.clusterview import RawObjects
 from controller.core.errors import VethguardError
+from controller.core.object_versions import digest_text, kind_digest
 
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/vethguard"
 DEFAULT_AGENT = "127.0.0.1:9890"
@@ -70,7 +72,8 @@ API_VERSIONS = {
     **{fld: calico.API_VERSION for fld, _, _ in CALICO_FIELDS},
 }
 
-Lists = dict[str, tuple[list[dict[str, Any]], int | None]]
+# field -> (items, the list's resourceVersion: None where the kind could not be listed)
+Lists = dict[str, tuple[list[dict[str, Any]], str | None]]
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ class NodeRef:
     flow_socket: Path | None = None  # where the node's agent serves its flows
 
 
-def _items(kind_field: str, body: Any) -> tuple[list[dict[str, Any]], int | None]:
+def _items(kind_field: str, body: Any) -> tuple[list[dict[str, Any]], str | None]:
     if not isinstance(body, Mapping) or not isinstance(body.get("items"), list):
         raise VethguardError(f"listing {kind_field}: unexpected answer {str(body)[:200]}")
     items = []
@@ -92,8 +95,7 @@ def _items(kind_field: str, body: Any) -> tuple[list[dict[str, Any]], int | None
         if kind_field in API_VERSIONS:
             item.setdefault("apiVersion", API_VERSIONS[kind_field])
         items.append(item)
-    rv = (body.get("metadata") or {}).get("resourceVersion")
-    return items, int(rv) if isinstance(rv, str) and rv.isdigit() else None
+    return items, str((body.get("metadata") or {}).get("resourceVersion") or "")
 
 
 # The optional kinds: field -> (the resource as kubectl names it, the agent's KindSpec key,
@@ -125,14 +127,29 @@ def _unlisted(field: str, code: int, source: str, detail: Any) -> tuple[list[dic
     raise VethguardError(f"listing {resource} ({source}) failed ({code}): {str(detail)[:200]}")
 
 
+def agent_kind(kind_field: str) -> str:
+    """The agent's name (kube_api.KINDS) for the kind a RawObjects field holds."""
+    return OPTIONAL[kind_field][1] if kind_field in OPTIONAL else LIST_KINDS[kind_field]
+
+
+def listed_digests(lists: Lists) -> dict[str, str]:
+    """Agent kind -> digest of the objects listed, for every kind that was listed."""
+    namespaced = {spec.kind: spec.namespaced for spec in KINDS}
+    out = {}
+    for fld, (items, rv) in lists.items():
+        kind = agent_kind(fld)
+        if rv is not None and kind in namespaced:
+            out[kind] = digest_text(kind_digest(items, namespaced[kind]))
+    return out
+
+
 def _raw_objects(lists: Lists, warnings: Sequence[str] = ()) -> RawObjects:
-    versions = [rv for _, rv in lists.values() if rv is not None]
     return RawObjects(
         namespaces=lists["namespaces"][0],
         pods=lists["pods"][0],
         policies=lists["policies"][0],
         nodes=lists["nodes"][0],
-        resource_version=min(versions) if versions else None,
+        digests=listed_digests(lists),
         cluster_policies=lists.get("cluster_policies", ([], None))[0],
         calico=CalicoObjects(*(lists.get(fld, ([], None))[0] for fld, _, _ in CALICO_FIELDS)),
         warnings=tuple(warnings),
@@ -145,8 +162,6 @@ def list_optional(api: Any, lists: Lists) -> list[str]:
     functions for them (the official client's CustomObjectsApi, ApiClient `api`); returns
     warnings for those that could not be listed but whose absence is no error."""
     from kubernetes.client.exceptions import ApiException
-
-    from controller.agent.kube_api import KINDS
 
     specs = {s.kind: s for s in KINDS}
     warnings = []
@@ -193,7 +208,7 @@ class LocalTarget(Target):
         self.agent = agent
 
     def objects(self) -> RawObjects:
-        from controller.agent.kube_api import KINDS, load_api_client
+        from controller.agent.kube_api import load_api_client
 
         api = load_api_client(self.kubeconfig)
         fields = {

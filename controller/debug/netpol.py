@@ -3,7 +3,8 @@
 The columns and the describe layout follow kubectl (NAME, POD-SELECTOR, AGE; "Allowing ingress
 traffic: To Port / From ..."), then what kubectl cannot know: which pods the policy selects on
 the target node(s), whether it runs in audit mode, and whether each node's agent has realized
-it (its /status realized_generation >= the policy's resourceVersion).
+this version of it (controller.agent.realization: the resourceVersion in its /status
+realized_objects equals the policy's).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from controller.agent.realization import realized_version
 from controller.compiler.clusterview import ClusterView
 from controller.compiler.parse import AUDIT_ANNOTATION
 from controller.core.errors import PolicyError
@@ -34,14 +36,28 @@ def key(obj: Obj) -> str:
 
 
 def realized_on(obj: Obj, agents: Mapping[str, Mapping[str, Any] | None]) -> dict[str, bool]:
-    """node -> whether that node's agent reports a realized generation covering this object."""
-    rv = str(_meta(obj).get("resourceVersion") or "0")
-    need = int(rv) if rv.isdigit() else 0
-    out = {}
-    for node, status in agents.items():
-        gen = (status or {}).get("realized_generation")
-        out[node] = isinstance(gen, int) and gen >= need and bool((status or {}).get("ready"))
-    return out
+    """node -> whether that node's agent is ready and its maps realize this very version of the
+    object (the resourceVersion in its /status realized_objects equals the object's)."""
+    rv = str(_meta(obj).get("resourceVersion") or "")
+    return {
+        node: bool(status and status.get("ready")) and bool(rv) and realized_version(status, obj) == rv
+        for node, status in agents.items()
+    }
+
+
+def realized_text(obj: Obj, status: Mapping[str, Any] | None) -> str:
+    """describe's words for one node's realization of the object."""
+    if status is None:
+        return "unknown (the agent does not answer /status)"
+    rv = str(_meta(obj).get("resourceVersion") or "")
+    have = realized_version(status, obj)
+    if not status.get("ready"):
+        return "NO (the agent is not ready)"
+    if have is None:
+        return "NO (not in the state the agent realized yet)"
+    if have != rv:
+        return f"NO (the agent realized resourceVersion {have})"
+    return "yes"
 
 
 def selected_on(view: ClusterView, policy: str, nodes: Sequence[str]) -> dict[str, list[str]]:
@@ -223,12 +239,7 @@ def status_lines(
     lines += [f"    {node}: {', '.join(pods) or '<none>'}" for node, pods in selected.items()]
     lines.append(f"  Resource version: {_meta(obj).get('resourceVersion')}")
     lines.append("  Realized:")
-    for node, ok in realized_on(obj, agents).items():
-        gen = (agents.get(node) or {}).get("realized_generation")
-        state = "yes" if ok else "NO"
-        lines.append(
-            f"    {node}: {state} (agent realized generation {gen if gen is not None else 'unknown'})"
-        )
+    lines += [f"    {node}: {realized_text(obj, status)}" for node, status in agents.items()]
     lines.append("  Errors:" + ("" if errors else "          <none>"))
     lines += [f"    {e.field}: {e.message}" for e in errors]
     return lines

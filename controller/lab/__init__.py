@@ -64,8 +64,10 @@ Agents: per node, `nsenter --net=/run/netns/vg-<lab>-node-<i> -- <python> -m con
 an agent that exits is started again within 0.2 s. The daemon reads each agent's /status from
 127.0.0.1:9890 inside the node namespace. `healthy` = process running and /status says ready.
 `up`, `apply` and `delete` return once every agent is healthy with realized_generation >= the
-resourceVersion of the last write (or fail after --timeout naming the lagging agents, with the
-tail of their logs). `up` removes the half-built lab when it fails.
+resourceVersion of the last write, or fail after --timeout naming the lagging agents, with the
+tail of their logs. The lab works realized_generation out from what each agent reports it
+realized, with no BOOKMARKs needed (controller.lab.agents, docs/INTERNALS.md "Realization").
+`up` removes the half-built lab when it fails.
 
 API-server behaviour worth knowing: writes are validated as kube-apiserver validates them
 (validation.py: names, labels, selectors, NetworkPolicy ports/peers/CIDRs/policyTypes, Pod and

@@ -1,5 +1,10 @@
 """The lab's agents: one `vethguard agent` process per lab node, run inside the node's network
-namespace, restarted when it dies, and queried for its /status on the node's loopback."""
+namespace, restarted when it dies, and queried for its /status on the node's loopback.
+
+An agent's realized_generation (the lab contract's) is worked out here, by the lab that issued
+the resourceVersions, from what the agent says it realized per kind (controller.agent.realization)
+and the store's record of when each kind was last written (Store.realized_generation); the agent
+itself never compares resourceVersions."""
 
 from __future__ import annotations
 
@@ -9,11 +14,14 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from controller.agent.health import fetch_status
+from controller.agent.kube_api import KINDS
 from controller.lab import netns, topology
 from controller.lab.state import LabConfig, LabPaths, is_agent, read_pid, terminate
+from controller.lab.store import RESOURCES, Store
 
 log = logging.getLogger("vethguard.lab.daemon")
 
@@ -24,10 +32,13 @@ SUPERVISE_INTERVAL = 0.2
 class AgentSupervisor:
     """Starts one agent per node inside its namespace and restarts any that exits."""
 
-    def __init__(self, config: LabConfig, paths: LabPaths, topo: topology.Topology) -> None:
+    def __init__(
+        self, config: LabConfig, paths: LabPaths, topo: topology.Topology, store: Store | None = None
+    ) -> None:
         self.config = config
         self.paths = paths
         self.topo = topo
+        self.store = store
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.restarts: dict[str, int] = {}
         self._stopping = threading.Event()
@@ -113,18 +124,47 @@ class AgentSupervisor:
         proc = self.procs.get(node)
         alive = proc is not None and proc.poll() is None
         report = query_agent(self.topo.names.node(topology.node_index(node) or 1)) if alive else None
-        realized = report.get("realized_generation") if report else None
+        realized = self.realized_generation(report) if report else None
         return {
             "pid": proc.pid if proc is not None else None,
             "running": alive,
             "healthy": bool(alive and report and report.get("ready")),
-            "realized_generation": realized if isinstance(realized, int) else None,
+            "realized_generation": realized,
             "restarts": self.restarts.get(node, 0),
             "errors": (report or {}).get("errors") or [],
             "policies": (report or {}).get("policies") or {},  # per policy: generation, selected pods
             "cluster_policies": (report or {}).get("cluster_policies"),  # ClusterNetworkPolicies seen
         }
 
+    def realized_generation(self, report: dict[str, Any]) -> int | None:
+        return realized_generation(self.store, report) if self.store is not None else None
+
+
+def realized_generation(store: Store, report: Mapping[str, Any]) -> int | None:
+    """The store's resourceVersion an agent's maps have caught up with, from its /status
+    (`realized`: per kind the last resourceVersion it had seen); None: unknown."""
+    realized = report.get("realized")
+    if not isinstance(realized, Mapping) or not realized:
+        return None
+    seen = {}
+    for kind, entry in realized.items():
+        key = STORE_KEYS.get(kind)
+        if key is not None and isinstance(entry, Mapping):
+            seen[key] = str(entry.get("resourceVersion") or "")
+    return store.realized_generation(seen)
+
+
+def _store_keys() -> dict[str, str]:
+    """The agent's kind names (kube_api.KINDS) -> the lab store's resource keys."""
+    by_kind = {(r.api_version, r.kind): key for key, r in RESOURCES.items()}
+    return {
+        spec.kind: by_kind[(spec.api_version, spec.object_kind)]
+        for spec in KINDS
+        if (spec.api_version, spec.object_kind) in by_kind
+    }
+
+
+STORE_KEYS = _store_keys()
 
 AGENT_ENV_FILE = "agent.env"
 

@@ -11,10 +11,11 @@ merge patch (PATCH) and DELETE, and watches streamed as newline-delimited JSON e
 
 Watch semantics follow kube-apiserver: no resourceVersion (or "0") starts with an ADDED event per
 existing object; a resourceVersion older than the retained window gets one ERROR event carrying a
-410 Gone Status (reason Expired). The lab adds one thing: with allowWatchBookmarks=true, every open
-watch receives a BOOKMARK with the current global resourceVersion after every write (and when it
-starts, and every few seconds), whatever kind was written. Agents use these to report
-`realized_generation` (see docs/INTERNALS.md).
+410 Gone Status (reason Expired). BOOKMARKs as kube-apiserver sends them: only to a watch that
+asked (allowWatchBookmarks=true), with the current resourceVersion, once every bookmark interval
+the watch stays open (server.bookmark_interval, default 60 s like kube-apiserver's watch cache;
+`lab up --bookmark-interval`, 0 = never), never after writes: no client may rely on them for
+promptness (the agents do not; see controller.agent.realization).
 
 Writes are decoded, defaulted and validated as kube-apiserver does (controller.lab.validation):
 400 BadRequest for a body it could not decode, 422 Invalid with the causes for one it would not
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.lab.discovery import discovery
+from controller.lab.state import BOOKMARK_INTERVAL
 from controller.lab.store import (
     BY_PATH,
     ApiError,
@@ -52,7 +54,6 @@ from controller.lab.store import (
 
 UNVALIDATED_PATH = "/lab/v1/unvalidated"  # POST an object: stored without field validation
 DEFAULT_WATCH_TIMEOUT = 1800.0
-BOOKMARK_INTERVAL = 5.0
 
 # A handler for the lab's own endpoints (/lab/...): (method, path, body) -> (code, json body).
 LabHandler = Callable[[str, str, Any], tuple[int, Any]]
@@ -428,7 +429,9 @@ class ApiHandler(BaseHTTPRequestHandler):
             for item in items:
                 if selector.matches(item):
                     self._emit("ADDED", item)
-        last_bookmark = float("-inf")  # the first pass sends one: the watch is at the current version
+        interval = self.server.bookmark_interval
+        bookmarks = bookmarks and interval > 0
+        last_bookmark = time.monotonic()
         while not self.server.stopping.is_set():
             try:
                 events, current = store.events_since(since)
@@ -437,14 +440,17 @@ class ApiHandler(BaseHTTPRequestHandler):
                 break
             for event in events:
                 self._send_event(resource, selector, event)
-            if bookmarks and (current > since or time.monotonic() - last_bookmark >= BOOKMARK_INTERVAL):
+            if bookmarks and time.monotonic() - last_bookmark >= interval:
                 self._bookmark(resource, current)
                 last_bookmark = time.monotonic()
             since = current
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            store.wait_for_change(since, min(remaining, BOOKMARK_INTERVAL, 1.0))
+            wait = min(remaining, 1.0)
+            if bookmarks:
+                wait = min(wait, max(0.0, last_bookmark + interval - time.monotonic()))
+            store.wait_for_change(since, wait)
         self._end_stream()
 
     def _send_event(self, resource: Resource, selector: Filter, event: WatchEvent) -> None:
@@ -476,6 +482,7 @@ class _ApiServerMixin:
     lab_handler: LabHandler | None
     stopping: threading.Event
     fault: Fault | None = None
+    bookmark_interval: float = BOOKMARK_INTERVAL  # seconds; 0: no BOOKMARKs at all
 
 
 class ApiHTTPServer(_ApiServerMixin, ThreadingHTTPServer):

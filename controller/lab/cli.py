@@ -30,10 +30,21 @@ from controller.lab.client import (
     wait_realized,
 )
 from controller.lab.state import (
+    BOOKMARK_INTERVAL,
     LabConfig,
     LabPaths,
     check_name,
 )
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
 
 
 def _fail_if(errors: list[str]) -> None:
@@ -53,7 +64,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     if paths.root.exists() or topology.LabNames(lab).owned():
         raise VethguardError(f"lab {lab!r} already exists (remove it with: vethguard lab down --name {lab})")
     require_lab_programs(dns=args.dns)
-    paths.write_config(LabConfig(lab, args.nodes, args.cni, agents=not args.no_agents, dns=args.dns))
+    paths.write_config(
+        LabConfig(
+            lab,
+            args.nodes,
+            args.cni,
+            agents=not args.no_agents,
+            dns=args.dns,
+            bookmark_interval=args.bookmark_interval,
+        )
+    )
     try:
         start_daemon(paths)
         client = LabClient(paths)
@@ -280,6 +300,14 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="cluster DNS: a dnsmasq pod kube-system/kube-dns behind the Service kube-dns "
         "(10.245.0.10); pods resolve Service names in `lab exec`",
+    )
+    up.add_argument(
+        "--bookmark-interval",
+        type=_non_negative,
+        default=BOOKMARK_INTERVAL,
+        metavar="SECONDS",
+        help="seconds between the BOOKMARKs the lab's API server sends a watch that asks for them, "
+        f"as kube-apiserver does about once a minute (default: {BOOKMARK_INTERVAL:g}; 0: none)",
     )
     up.add_argument("--no-agents", action="store_true", help=argparse.SUPPRESS)
     up.set_defaults(func=cmd_up)

@@ -445,7 +445,9 @@ class LabDaemon:
         )
         self.admission = LabAdmission(self.config, self.store, self.topo, self.responders, self.services)
         self.servers: list[ServerThread] = []
-        self.agents = AgentSupervisor(self.config, self.paths, self.topo) if self.config.agents else None
+        self.agents = (
+            AgentSupervisor(self.config, self.paths, self.topo, self.store) if self.config.agents else None
+        )
         self.stopped = threading.Event()
 
     def start(self) -> None:
@@ -503,11 +505,15 @@ class LabDaemon:
         machine's namespace); returns that port."""
         fabric = self.topo.names.fabric
         sock = netns.run_in_netns(fabric, lambda: tcp_listener(topology.API_ADDRESS, topology.API_PORT))
-        self.servers.append(ServerThread(ApiHTTPServer(sock, self.store, self.lab_endpoint)).start())
         local = tcp_listener("127.0.0.1", 0)
-        self.servers.append(ServerThread(ApiHTTPServer(local, self.store, self.lab_endpoint)).start())
-        unix = ApiUnixServer(self.paths.socket, self.store, self.lab_endpoint)
-        self.servers.append(ServerThread(unix).start())
+        servers = (
+            ApiHTTPServer(sock, self.store, self.lab_endpoint),
+            ApiHTTPServer(local, self.store, self.lab_endpoint),
+            ApiUnixServer(self.paths.socket, self.store, self.lab_endpoint),
+        )
+        for server in servers:
+            server.bookmark_interval = self.config.bookmark_interval
+            self.servers.append(ServerThread(server).start())
         return int(local.getsockname()[1])
 
     def lab_endpoint(self, method: str, path: str, body: Any) -> tuple[int, Any]:

@@ -28,6 +28,10 @@ def check_name(lab: str) -> str:
     return lab
 
 
+# kube-apiserver's watch cache sends a watch that asked for them a BOOKMARK about once a minute
+BOOKMARK_INTERVAL = 60.0
+
+
 @dataclass(frozen=True)
 class LabConfig:
     name: str
@@ -35,6 +39,7 @@ class LabConfig:
     cni: str = "routed"
     agents: bool = True
     dns: bool = False  # cluster DNS (controller.lab.dns): dnsmasq pod + kube-dns Service
+    bookmark_interval: float = BOOKMARK_INTERVAL  # seconds between a watch's BOOKMARKs (0: none)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import os
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -297,6 +297,7 @@ class Store:
         self._events: deque[WatchEvent] = deque(maxlen=window)
         self._rv = 0
         self._oldest_watchable = 0  # a watch from rv >= this value can resume
+        self._last_change: dict[str, int] = {}  # resource key -> resourceVersion of its last write
         self._cond = threading.Condition()
         self._write_lock = threading.RLock()
         self.admission: Admission | None = None
@@ -330,6 +331,22 @@ class Store:
             if rv < self._oldest_watchable:
                 raise Expired(rv, self._oldest_watchable)
             return [e for e in self._events if e.rv > rv], self._rv
+
+    def realized_generation(self, seen: Mapping[str, str]) -> int | None:
+        """The resourceVersion a reader has caught up with, from the last resourceVersion it has
+        seen per resource (resource key -> version, as this store issued it; an agent's
+        /status `realized`). A resource counts as current when nothing of it was written after
+        the version seen: without BOOKMARKs a resource nobody writes keeps its old version, and
+        the reader has still seen all of it. None: nothing seen, or a version not this store's.
+        (The store may order its own versions; readers compare them only for equality.)"""
+        with self._cond:
+            caught_up = []
+            for key, version in seen.items():
+                if not version.isdigit():
+                    return None
+                rv = int(version)
+                caught_up.append(self._rv if rv >= self._last_change.get(key, 0) else rv)
+            return min(caught_up) if caught_up else None
 
     def wait_for_change(self, rv: int, timeout: float) -> int:
         """Block until the resourceVersion passes rv (or timeout); return the current one."""
@@ -491,6 +508,7 @@ class Store:
     def _commit(self, resource: Resource, key: Key, event_type: str, obj: Obj, old: Obj | None) -> Obj:
         with self._cond:
             self._rv += 1
+            self._last_change[resource.key] = self._rv
             stored = copy.deepcopy(obj)
             stored["metadata"]["resourceVersion"] = str(self._rv)
             if event_type == "DELETED":
@@ -521,6 +539,8 @@ class Store:
         data = json.loads(path.read_text())
         self._rv = int(data["resourceVersion"])
         self._oldest_watchable = self._rv  # the event window starts empty after a restart
+        # what was written before is unknown: any kind counts as changed at the loaded version
+        self._last_change = dict.fromkeys(RESOURCES, self._rv)
         for plural, items in data.get("objects", {}).items():
             resource = RESOURCES.get(plural)
             if resource is None:

@@ -10,10 +10,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from controller.agent import realization
+from controller.agent.cluster_events import KindSnapshot, Snapshot
+from controller.compiler.calico import CalicoObjects
 from controller.compiler.clusterview import ClusterView, RawObjects
+from controller.core.object_versions import kind_digest
 from controller.datapath import abi, codecs
 from controller.datapath.encoding import desired_maps
 from controller.datapath.readback import KernelState, dump
+from controller.debug.inputs import CALICO_FIELDS, Lists, agent_kind, listed_digests
 from controller.debug.kernel import NodeMaps
 from tests.conformance.runner import ORDER, default_model, model_manifests
 
@@ -60,9 +65,58 @@ def raw_cluster(
             out.append(p)
         return out
 
-    return RawObjects(
-        namespaces, pods, stamped(policies), nodes, rv, cluster_policies=stamped(cluster_policies)
+    return with_digests(
+        RawObjects(namespaces, pods, stamped(policies), nodes, cluster_policies=stamped(cluster_policies))
     )
+
+
+def raw_lists(raw: RawObjects) -> Lists:
+    """The lists a debug command would have made to get `raw` (every kind listed)."""
+    lists: Lists = {
+        fld: (list(getattr(raw, fld)), "1")
+        for fld in ("namespaces", "pods", "policies", "nodes", "services", "cluster_policies")
+    }
+    for fld, _, _ in CALICO_FIELDS:
+        lists[fld] = (list(getattr(raw.calico, fld)), "1")
+    return lists
+
+
+def with_digests(raw: RawObjects) -> RawObjects:
+    """`raw` with the digests of what it holds, as a debug command's lists compute them."""
+    return dataclasses.replace(raw, digests=listed_digests(raw_lists(raw)))
+
+
+def realizing(raw: RawObjects, ready: bool = True) -> dict[str, Any]:
+    """The /status of a ready agent whose maps realize exactly the objects of `raw` (what it
+    reports comes from the agent's own controller.agent.realization over such caches)."""
+    kinds = {}
+    for fld, (items, _) in raw_lists(raw).items():
+        kind = agent_kind(fld)
+        namespaced = realization.NAMESPACED[kind]
+        kinds[kind] = KindSnapshot(
+            tuple(items),  # type: ignore[arg-type]
+            "1",
+            0,
+            True,
+            digest=kind_digest(items, namespaced),
+        )
+    snap = Snapshot(kinds)
+    return {
+        "ready": ready,
+        "errors": [],
+        "realized": realization.realized_kinds(snap),
+        "realized_objects": realization.realized_objects(snap),
+    }
+
+
+def restamped(objs: Sequence[dict[str, Any]], rv: str) -> list[dict[str, Any]]:
+    """Copies of `objs` at resourceVersion `rv` (an agent that saw an older or newer version)."""
+    out = []
+    for obj in objs:
+        obj = copy.deepcopy(obj)
+        obj["metadata"]["resourceVersion"] = rv
+        out.append(obj)
+    return out
 
 
 def flow_event(src: str, dst: str, direction: int, reason: int, rule_ref: int = 0, ep_id: int = 3) -> bytes:
@@ -200,3 +254,16 @@ def hep_links(view: ClusterView, node: str) -> dict[int, Any]:
     from controller.debug.hostep import Link
 
     return {1: Link("lo", ("127.0.0.1",)), HEP_IFINDEX: Link("eth0", view.desired(node).host_addresses)}
+
+
+def node_2_behind(raw: RawObjects) -> dict[str, dict[str, Any] | None]:
+    """Agents' /status: node-1's realized `raw`; node-2's realized every policy of it at an
+    older resourceVersion ("9"), so no policy counts as realized there."""
+    calico = CalicoObjects(*(restamped(getattr(raw.calico, fld), "9") for fld, _, _ in CALICO_FIELDS))
+    older = dataclasses.replace(
+        raw,
+        policies=restamped(raw.policies, "9"),
+        cluster_policies=restamped(raw.cluster_policies, "9"),
+        calico=calico,
+    )
+    return {"node-1": realizing(raw), "node-2": realizing(older)}

@@ -13,14 +13,19 @@ from typing import Any
 from controller.lab.apiserver import kubeconfig_text, serve_tcp, tcp_listener
 from controller.lab.store import Store
 
+# how often the served stores' watches get a BOOKMARK: several in watch_events' one second
+BOOKMARK_SECONDS = 0.3
+
 
 @contextlib.contextmanager
 def custom_objects(store: Store) -> Iterator[Any]:
-    """`store` served over TCP on 127.0.0.1 and the official client's CustomObjectsApi on it."""
+    """`store` served over TCP on 127.0.0.1 (a BOOKMARK every BOOKMARK_SECONDS) and the official
+    client's CustomObjectsApi on it."""
     from kubernetes import client as kube
 
     sock = tcp_listener("127.0.0.1", 0)
     server = serve_tcp(store, sock=sock)
+    server.server.bookmark_interval = BOOKMARK_SECONDS
     cfg = kube.Configuration()
     cfg.host = f"http://127.0.0.1:{sock.getsockname()[1]}"
     try:

@@ -112,6 +112,21 @@ class Lab:
         result: dict[str, Any] = json.loads(self.cli("status", "-o", "json").stdout)
         return result
 
+    def debug(self, *args: str) -> str:
+        """stdout of `vethguard *args --lab NAME` (a debug command: get, describe, explain ...)."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "controller.cli", *args, "--lab", self.name],
+            capture_output=True,
+            text=True,
+            timeout=self.timeout,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise AssertionError(
+                f"vethguard {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}{proc.stdout}"
+            )
+        return proc.stdout
+
     def probe(self, port: int, protocol: str, family: int = 4, *extra: str) -> dict[tuple[str, str], bool]:
         out = self.cli(
             "probe",

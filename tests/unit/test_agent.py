@@ -16,9 +16,11 @@ from controller.agent import loop as agent_mod
 from controller.agent.cluster_events import Event, KindSnapshot, Snapshot
 from controller.agent.loop import Agent, AgentConfig
 from controller.agent.metrics import Metrics
+from controller.agent.realization import NAMESPACED
 from controller.agent.veth_match import Discovered
 from controller.compiler.desired_state import EndpointDesired, NodeDesired
 from controller.core.errors import PolicyError
+from controller.core.object_versions import digest_text, kind_digest
 from controller.datapath.readback import KernelState
 from tests.support.agent_fakes import NullDatapath
 from tests.support.waiting import wait_for
@@ -54,7 +56,13 @@ class FakeSources:
         with self.lock:
             return Snapshot(
                 {
-                    k: KindSnapshot(tuple(self.objects[k].values()), self.rv[k], self.cv[k], self.synced)
+                    k: KindSnapshot(
+                        tuple(self.objects[k].values()),
+                        self.rv[k],
+                        self.cv[k],
+                        self.synced,
+                        digest=kind_digest(self.objects[k].values(), NAMESPACED[k]),
+                    )
                     for k in KINDS
                 }
             )
@@ -64,10 +72,10 @@ class FakeSources:
             if obj is None:
                 self.objects[kind].pop(key, None)
             else:
+                obj.setdefault("metadata", {})["resourceVersion"] = str(rv)
                 self.objects[kind][key] = obj
             self.cv[kind] += 1
-            for k in KINDS:  # the lab bookmarks every watch after each write
-                self.rv[k] = str(rv)
+            self.rv[kind] = str(rv)  # no BOOKMARKs: the other kinds keep their versions
         self.events.put(Event(kind, "DELETED" if obj is None else "ADDED", key, obj, str(rv)))  # type: ignore[arg-type]
 
     def bookmark(self, rv: int) -> None:
@@ -215,7 +223,12 @@ def rig() -> Rig:
     return Rig()
 
 
-def test_a_pass_attaches_local_pod_veths_syncs_and_publishes_the_generation(rig: Rig):
+def realized(agent: Agent, kind: str = "Pod") -> str:
+    """The resourceVersion of `kind` in the state the agent says its maps realize."""
+    return str(agent.status()["realized"][kind]["resourceVersion"])
+
+
+def test_a_pass_attaches_local_pod_veths_syncs_and_publishes_what_it_realized(rig: Rig):
     rig.sources.put("Pod", "x/a", pod("a", "10.244.1.2"), 5)
     rig.sources.put("Pod", "x/b", pod("b", "10.244.2.2", node="node-2"), 6)
     rig.disc.routes = {"10.244.1.2": 11}
@@ -225,19 +238,29 @@ def test_a_pass_attaches_local_pod_veths_syncs_and_publishes_the_generation(rig:
     desired, pod_ifindex = rig.dp.syncs[-1]
     assert list(desired.endpoints) == ["x/a"] and pod_ifindex == {"x/a": 11}
     st = agent.status()
-    assert st["ready"] and st["realized_generation"] == 6 and st["endpoints"] == 1 and st["attached"] == 1
+    assert st["ready"] and st["endpoints"] == 1 and st["attached"] == 1
+    pods = kind_digest(rig.sources.objects["Pod"].values(), True)
+    assert st["realized"]["Pod"] == {"resourceVersion": "6", "objects": 2, "digest": digest_text(pods)}
     assert st["node"] == "node-1" and st["errors"] == [] and st["last_sync_seconds"] is not None
 
 
-def test_the_generation_is_the_minimum_over_kinds_of_what_the_caches_held(rig: Rig):
+def test_what_is_realized_is_each_kind_as_the_caches_held_it_opaque_versions_untouched(rig: Rig):
     rig.sources.put("Pod", "x/a", pod("a", "10.244.1.2"), 9)
-    rig.sources.rv["Node"] = "7"  # the Node watch has not caught up yet
+    rig.sources.put("NetworkPolicy", "x/p", {"metadata": {"namespace": "x", "name": "p"}}, 10)
+    rig.sources.rv["Node"] = "etcd-7"  # opaque: never parsed, never ordered
     agent = rig.open()
-    agent.reconcile()
-    assert agent.realized_generation == 7
+    assert agent.reconcile()
+    st = agent.status()
+    assert (st["realized"]["Node"]["resourceVersion"], realized(agent), realized(agent, "Service")) == (
+        "etcd-7",
+        "9",
+        "1",
+    )
+    assert st["realized_objects"]["NetworkPolicy"] == {"x/p": "10"}  # per policy object
+    assert "Pod" not in st["realized_objects"]  # pods: only as a whole (a cluster has many)
 
 
-def test_a_failed_sync_does_not_advance_the_generation_and_is_retried(rig: Rig):
+def test_a_failed_sync_does_not_publish_its_state_and_is_retried(rig: Rig):
     agent = rig.open()
     rig.sources.put("Pod", "x/a", pod("a", "10.244.1.2"), 3)
     assert agent.reconcile()
@@ -245,22 +268,22 @@ def test_a_failed_sync_does_not_advance_the_generation_and_is_retried(rig: Rig):
     rig.sources.put("Pod", "x/b", pod("b", "10.244.1.3"), 4)
     assert not agent.reconcile()
     st = agent.status()
-    assert st["realized_generation"] == 3
+    assert realized(agent) == "3"
     assert st["errors"][0]["field"] == "sync" and "E2BIG" in st["errors"][0]["message"]
     assert rig.metrics.sync_operations_total.labels(kind="incremental", result="error")._value.get() == 1
     rig.dp.fail_sync = False
     assert agent.reconcile()
-    assert agent.status()["realized_generation"] == 4 and agent.status()["errors"] == []
+    assert realized(agent) == "4" and agent.status()["errors"] == []
 
 
-def test_a_bookmark_alone_advances_the_generation_without_recompute_or_sync(rig: Rig):
+def test_a_bookmark_alone_advances_the_realized_versions_without_recompute_or_sync(rig: Rig):
     agent = rig.open()
     rig.sources.put("Pod", "x/a", pod("a", "10.244.1.2"), 3)
     agent.reconcile()
     computes, syncs = len(rig.compute_calls), len(rig.dp.syncs)
     rig.sources.bookmark(8)
     agent.reconcile()
-    assert agent.realized_generation == 8
+    assert {k["resourceVersion"] for k in agent.status()["realized"].values()} == {"8"}
     assert (len(rig.compute_calls), len(rig.dp.syncs)) == (computes, syncs)
 
 
@@ -303,10 +326,11 @@ def test_a_compute_failure_is_reported_and_the_last_state_stays_enforced(rig: Ri
     rig.sources.put("NetworkPolicy", "x/p", {"metadata": {"name": "p"}, "explode": True}, 4)
     assert not agent.reconcile()
     st = agent.status()
-    assert st["realized_generation"] == 3 and st["errors"][0]["field"] == "compute"
+    assert realized(agent) == "3" and "x/p" not in agent.status()["realized_objects"]["NetworkPolicy"]
+    assert st["errors"][0]["field"] == "compute"
     assert ("detach", 12) not in rig.dp.calls
     rig.sources.put("NetworkPolicy", "x/p", None, 5)
-    assert agent.reconcile() and agent.status()["realized_generation"] == 5
+    assert agent.reconcile() and realized(agent, "NetworkPolicy") == "5"
 
 
 def test_invalid_objects_are_reported_with_object_and_field_and_counted(rig: Rig):
@@ -338,7 +362,7 @@ def test_the_loop_coalesces_events_and_stops_without_detaching(rig: Rig):
     for i in range(20):  # a burst
         rig.sources.put("Pod", f"x/p{i}", pod(f"p{i}", f"10.244.9.{i}"), 10 + i)
     rig.sources.put("Pod", "x/b", pod("b", "10.244.1.3"), 40)
-    wait_for(lambda: rig.agent.status()["realized_generation"] == 40)
+    wait_for(lambda: realized(rig.agent) == "40")
     assert len(rig.dp.syncs) - syncs <= 3
     assert rig.dp.attached == {12, 13}
     rig.stop()

@@ -3,6 +3,7 @@ real model and policy compiler), with only the kernel parts faked: no root neede
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -17,6 +18,7 @@ from controller.agent.loop import Agent, AgentConfig
 from controller.agent.metrics import Metrics
 from controller.agent.veth_match import Discovered
 from controller.compiler.desired_state import NodeDesired
+from controller.lab.agents import realized_generation
 from controller.lab.apiserver import ServerThread, kubeconfig_text, serve_tcp, tcp_listener
 from controller.lab.store import Store
 from tests.support import calico_objects
@@ -90,7 +92,7 @@ class Env:
         self.store = Store(window=5)
         self.sock = tcp_listener("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
-        self.server: ServerThread = serve_tcp(self.store, sock=self.sock)
+        self.server: ServerThread = self.serve(self.sock)
         kubeconfig = tmp / "kubeconfig"
         kubeconfig.write_text(kubeconfig_text(f"http://127.0.0.1:{self.port}"))
         self.metrics = Metrics()
@@ -108,15 +110,23 @@ class Env:
         self.agent.interface_exists = lambda ifindex: True
         self.thread = threading.Thread(target=self.agent.run, daemon=True)
 
+    def serve(self, sock: socket.socket) -> ServerThread:
+        """The lab's API server with BOOKMARKs turned off (`lab up --bookmark-interval 0`):
+        realization must not depend on them."""
+        server = serve_tcp(self.store, sock=sock)
+        server.server.bookmark_interval = 0
+        return server
+
     def realized(self) -> int:
-        return int(self.agent.status()["realized_generation"])
+        """The agent's realized_generation as the lab works it out from the agent's /status."""
+        return realized_generation(self.store, self.agent.status()) or 0
 
     def caught_up(self) -> bool:
         return self.realized() >= self.store.resource_version
 
     def restart_server(self) -> None:
         self.server.stop()
-        self.server = serve_tcp(self.store, sock=tcp_listener("127.0.0.1", self.port))
+        self.server = self.serve(tcp_listener("127.0.0.1", self.port))
 
     def close(self) -> None:
         self.agent.stop()
@@ -147,7 +157,7 @@ def test_the_agent_realizes_the_initial_state_of_the_api_server(env: Env):
     assert env.dp.attached == {21}
 
 
-def test_every_write_is_realized_and_reported_through_realized_generation(env: Env):
+def test_every_write_is_realized_and_reported_through_realized_generation_without_bookmarks(env: Env):
     wait_for(env.caught_up, 10)
     env.store.create("networkpolicies", deny_all("x"))
     target = env.store.resource_version
@@ -159,6 +169,11 @@ def test_every_write_is_realized_and_reported_through_realized_generation(env: E
     wait_for(lambda: env.realized() >= env.store.resource_version and env.dp.attached == {21, 22}, 10)
     env.store.delete("pods", "x", "a")
     wait_for(lambda: env.realized() >= env.store.resource_version and env.dp.attached == {22}, 10)
+    # a kind the agent does not watch: realized at once, nothing to wait for
+    env.store.create("endpointslices", {"metadata": {"namespace": "x", "name": "s"}, "addressType": "IPv4"})
+    wait_for(lambda: env.realized() == env.store.resource_version, 10)
+    bookmarks = env.metrics.watch_events_total.labels(kind="Pod", type="BOOKMARK")._value.get()
+    assert bookmarks == 0  # none was sent: the lab's API server had them turned off
 
 
 def test_an_api_server_outage_keeps_enforcing_then_relists_when_history_is_gone(env: Env):
@@ -171,7 +186,7 @@ def test_an_api_server_outage_keeps_enforcing_then_relists_when_history_is_gone(
         env.store.create("namespaces", ns(f"extra-{i}"))
     time.sleep(0.3)
     st = env.agent.status()
-    assert st["ready"] and st["realized_generation"] == before and st["endpoints"] == 1  # still enforcing
+    assert st["ready"] and env.realized() == before and st["endpoints"] == 1  # still enforcing
     env.restart_server()
     wait_for(env.caught_up, 10)
     desired, _ = env.dp.last  # type: ignore[misc]
@@ -209,21 +224,24 @@ def test_the_agent_lists_and_watches_calico_s_kinds_and_counts_them_in_its_statu
     wait_for(env.caught_up, 10)
     status = env.agent.status()
     assert (status["calico_policies"], status["host_endpoints"]) == (0, 0)
-    env.store.create(calico_objects.GNP_KEY, calico_objects.gnp())
-    env.store.create(calico_objects.NETPOL_KEY, calico_objects.calico_netpol("x"))
-    env.store.create(calico_objects.HEP_KEY, calico_objects.hep())
+    gnp = env.store.create(calico_objects.GNP_KEY, calico_objects.gnp())
+    netpol = env.store.create(calico_objects.NETPOL_KEY, calico_objects.calico_netpol("x"))
+    hep = env.store.create(calico_objects.HEP_KEY, calico_objects.hep())
     wait_for(env.caught_up, 10)
     status = env.agent.status()
     assert (status["calico_policies"], status["host_endpoints"]) == (2, 1)
     assert status["ready"] and status["errors"] == []
-    for key in ("GlobalNetworkPolicy", "NetworkPolicy", "HostEndpoint"):
-        assert status["resource_versions"][f"{key}.projectcalico.org"] == str(env.store.resource_version)
+    # each kind at the version of its own last write (no BOOKMARK moved them further)
+    for key, obj in (("GlobalNetworkPolicy", gnp), ("NetworkPolicy", netpol), ("HostEndpoint", hep)):
+        kind, rv = f"{key}.projectcalico.org", obj["metadata"]["resourceVersion"]
+        assert status["realized"][kind]["resourceVersion"] == status["resource_versions"][kind] == rv
+        assert list(status["realized_objects"][kind].values()) == [rv]
     assert sorted(env.agent._cluster.calico_policies) == [
         "GlobalNetworkPolicy deny-nodeports",
         "NetworkPolicy.projectcalico.org x/allow-web",
     ]
-    (hep,) = env.agent._cluster.host_endpoints.values()
-    assert (hep.node, hep.labels) == ("node-1", {"ibm.role": "worker_public"})
+    (endpoint,) = env.agent._cluster.host_endpoints.values()
+    assert (endpoint.node, endpoint.labels) == ("node-1", {"ibm.role": "worker_public"})
     env.store.delete(calico_objects.NETPOL_KEY, "x", "allow-web")
     env.store.delete(calico_objects.HEP_KEY, "", "node-1-public")
     wait_for(lambda: env.caught_up() and env.agent.status()["calico_policies"] == 1, 10)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,46 +157,57 @@ def test_label_and_field_selectors_filter_lists(store: Store, api_client: client
     assert names(core.list_pod_for_all_namespaces(field_selector="spec.nodeName=node-2")) == ["b"]
 
 
-def test_a_watch_sees_create_replace_and_delete_with_bookmarks(
-    store: Store, api_client: client.ApiClient, monkeypatch: pytest.MonkeyPatch
+def _watch_events(
+    net: Any, start: str, seconds: int, writer: Callable[[], None] | None = None, **kwargs: Any
+) -> list[tuple[str, str]]:
+    """(type, resourceVersion) of every event of a NetworkPolicy watch from `start` that the
+    server ends after `seconds`; `writer` runs once the watch is open."""
+    seen: list[tuple[str, str]] = []
+    stream = watch.Watch()
+    thread = threading.Thread(target=writer) if writer is not None else None
+    if thread is not None:
+        threading.Timer(0.3, thread.start).start()
+    for event in stream.stream(
+        net.list_network_policy_for_all_namespaces, resource_version=start, timeout_seconds=seconds, **kwargs
+    ):
+        raw = event["raw_object"]
+        seen.append((event["type"], raw["metadata"]["resourceVersion"]))
+    if thread is not None:
+        thread.join()
+    return seen
+
+
+def test_a_watch_sees_create_replace_and_delete_and_no_bookmark_after_a_write(
+    store: Store, api_client: client.ApiClient
 ) -> None:
-    monkeypatch.setattr("controller.lab.apiserver.BOOKMARK_INTERVAL", 0.2)
     store.create("namespaces", namespace("x"))
     net = net_api(api_client)
     start = net.list_network_policy_for_all_namespaces().metadata.resource_version
-    seen: list[tuple[str, str]] = []
-    done = threading.Event()
 
     def writer() -> None:
         net.create_namespaced_network_policy("x", policy("x", "p"))
         net.replace_namespaced_network_policy("p", "x", policy("x", "p", {"podSelector": {}}))
-        core_api(api_client).create_namespace(namespace("y"))
+        core_api(api_client).create_namespace(namespace("y"))  # another kind: nothing on this watch
         net.delete_namespaced_network_policy("p", "x")
-        done.set()
 
-    stream = watch.Watch()
-    thread = threading.Thread(target=writer)
-    for event in stream.stream(
-        net.list_network_policy_for_all_namespaces,
-        resource_version=start,
-        allow_watch_bookmarks=True,
-        timeout_seconds=10,
-    ):
-        if event["type"] == "BOOKMARK":
-            seen.append(("BOOKMARK", event["raw_object"]["metadata"]["resourceVersion"]))
-            if not thread.is_alive() and not done.is_set():
-                thread.start()
-        else:
-            seen.append((event["type"], event["object"].metadata.resource_version))
-        if done.is_set() and seen[-1][0] == "BOOKMARK" and int(seen[-1][1]) == store.resource_version:
-            stream.stop()
-    thread.join()
-    kinds = [kind for kind, _ in seen if kind != "BOOKMARK"]
-    assert kinds == ["ADDED", "MODIFIED", "DELETED"]
-    bookmark_versions = [int(v) for kind, v in seen if kind == "BOOKMARK"]
-    assert 4 in bookmark_versions  # the namespace write reached the policy watch as a bookmark
-    assert bookmark_versions == sorted(bookmark_versions)
-    assert stream.resource_version == str(store.resource_version)
+    seen = _watch_events(net, start, 2, writer, allow_watch_bookmarks=True)
+    assert [kind for kind, _ in seen] == ["ADDED", "MODIFIED", "DELETED"]  # kube-apiserver sends no BOOKMARK
+    assert [int(rv) for _, rv in seen] == [2, 3, 5]  # the namespace y was 4
+
+
+def test_bookmarks_come_once_per_interval_and_only_to_a_watch_that_asked(
+    store: Store, server: ServerThread, api_client: client.ApiClient
+) -> None:
+    net = net_api(api_client)
+    store.create("namespaces", namespace("x"))
+    start = net.list_network_policy_for_all_namespaces().metadata.resource_version
+    server.server.bookmark_interval = 0.5
+    bookmarks = _watch_events(net, start, 3, allow_watch_bookmarks=True)
+    # about one per 0.5 s of the 3 s watch (none at its start), each at the current version
+    assert 2 <= len(bookmarks) <= 6 and set(bookmarks) == {("BOOKMARK", start)}
+    assert _watch_events(net, start, 1) == []  # not asked for
+    server.server.bookmark_interval = 0  # the lab's --bookmark-interval 0
+    assert _watch_events(net, start, 1, allow_watch_bookmarks=True) == []
 
 
 def test_a_watch_without_resource_version_starts_with_the_current_objects(

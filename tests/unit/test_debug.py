@@ -17,7 +17,7 @@ from controller.debug import bpfview, netpol, observe, reach, render
 from controller.debug.explain import explain, explain_text
 from controller.debug.kernel import LiveHalf
 from tests.conformance.runner import ORDER, parse_matrix, shared_conformance_dir
-from tests.support.debug_views import NODES, flow_event, kernel_state, raw_cluster
+from tests.support.debug_views import NODES, flow_event, kernel_state, node_2_behind, raw_cluster
 
 
 def _scenario_step(scenario: str) -> tuple[list[dict[str, Any]], dict[tuple[str, str], bool]]:
@@ -338,10 +338,7 @@ def test_a_probe_disagreement_is_marked_but_the_diagonal_is_not() -> None:
 def test_get_and_describe_read_like_kubectl_plus_vethguard(tcp03: Any) -> None:
     view, _ = tcp03
     pols = [dict(p) for p in view.raw.policies]
-    agents = {
-        "node-1": {"ready": True, "realized_generation": 10},
-        "node-2": {"ready": True, "realized_generation": 9},
-    }
+    agents = node_2_behind(view.raw)
     rows = netpol.get_rows(view, pols, list(NODES), agents)
     assert rows[0]["pod_selector"] == "pod=a" and rows[0]["selected"] == ["x/a"]
     assert rows[0]["realized"] == {"node-1": True, "node-2": False}

@@ -21,6 +21,7 @@ from controller.cli import main
 from controller.compiler.clusterview import ClusterView
 from controller.core import verdicts
 from controller.core.errors import VethguardError
+from controller.core.object_versions import EMPTY_DIGEST, digest_text, kind_digest
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
 from controller.datapath import abi, codecs
 from controller.debug import bpfview, observe, reach
@@ -36,6 +37,7 @@ from tests.support.debug_views import (
     fake_maps,
     flow_event,
     kernel_state,
+    node_2_behind,
     node_maps,
     raw_cluster,
 )
@@ -395,10 +397,6 @@ def test_endpoint_flags_show_which_directions_the_tiers_police(view: ClusterView
 
 # -- get / describe cnp --------------------------------------------------------------------------
 
-AGENTS = {
-    "node-1": {"ready": True, "realized_generation": 10},
-    "node-2": {"ready": True, "realized_generation": 9},
-}
 NOW = datetime(2026, 1, 1, 0, 5, tzinfo=UTC)
 BROKEN = cnp(
     "broken",
@@ -413,7 +411,7 @@ BROKEN = cnp(
 
 
 def test_get_cnp_lists_tier_priority_selected_pods_and_realization_like_kubectl(view: ClusterView) -> None:
-    rows = cnp_mod.get_rows(view, view.raw.cluster_policies, list(NODES), AGENTS, NOW)
+    rows = cnp_mod.get_rows(view, view.raw.cluster_policies, list(NODES), node_2_behind(view.raw), NOW)
     lines = cnp_mod.get_text(rows, wide=False).splitlines()
     assert lines[0].split() == ["NAME", "TIER", "PRIORITY", "PODS", "REALIZED", "AGE"]
     assert [line.split() for line in lines[1:]] == [
@@ -429,7 +427,7 @@ def test_get_cnp_lists_tier_priority_selected_pods_and_realization_like_kubectl(
 
 def test_describe_cnp_shows_each_rule_its_order_selected_pods_and_realization(view: ClusterView) -> None:
     obj = next(o for o in view.raw.cluster_policies if o["metadata"]["name"] == "protect-x-a")
-    lines = cnp_mod.describe_text(view, obj, list(NODES), AGENTS).splitlines()
+    lines = cnp_mod.describe_text(view, obj, list(NODES), node_2_behind(view.raw)).splitlines()
     for line in (
         "  Tier:      Admin",
         "  Priority:  10",
@@ -445,8 +443,8 @@ def test_describe_cnp_shows_each_rule_its_order_selected_pods_and_realization(vi
         "  Order:           Admin tier, priority 10: policy 1 of 2 (ascending priority, then name)",
         "    node-1: x/a",
         "    node-2: <none>",
-        "    node-1: yes (agent realized generation 10)",
-        "    node-2: NO (agent realized generation 9)",
+        "    node-1: yes",
+        "    node-2: NO (the agent realized resourceVersion 9)",
         "  Errors:          <none>",
     ):
         assert line in lines, line
@@ -454,7 +452,7 @@ def test_describe_cnp_shows_each_rule_its_order_selected_pods_and_realization(vi
 
 def test_describe_cnp_names_invalid_fields_and_the_rules_failed_closed() -> None:
     view = ClusterView(raw_cluster([], cluster_policies=[BROKEN]))
-    text = cnp_mod.describe_text(view, view.raw.cluster_policies[0], list(NODES), AGENTS)
+    text = cnp_mod.describe_text(view, view.raw.cluster_policies[0], list(NODES), node_2_behind(view.raw))
     lines = text.splitlines()
     assert (
         "    [0] bad-pass: Deny (failed closed: Pass written; denies every peer, port and protocol)" in lines
@@ -466,7 +464,7 @@ def test_describe_cnp_names_invalid_fields_and_the_rules_failed_closed() -> None
         "spec.egress[0].to[0].domainNames",
         "spec.egress[1].to[0].networks[0]",
     ]
-    [row] = cnp_mod.get_rows(view, view.raw.cluster_policies, list(NODES), AGENTS, NOW)
+    [row] = cnp_mod.get_rows(view, view.raw.cluster_policies, list(NODES), node_2_behind(view.raw), NOW)
     assert (row["errors"], row["pods"]) == (2, 9)
 
 
@@ -568,10 +566,12 @@ def test_a_lab_that_does_not_serve_cluster_network_policies_has_none() -> None:
     lab.lab = "t"
     lab.client = _LabClient((404, {"kind": "Status"}))  # type: ignore[assignment]
     raw = lab.objects()
-    assert (list(raw.cluster_policies), list(raw.warnings), raw.resource_version) == ([], [], 3)
+    assert (list(raw.cluster_policies), list(raw.warnings)) == ([], [])
+    assert "ClusterNetworkPolicy" not in raw.digests and raw.digests["Pod"] == digest_text(EMPTY_DIGEST)
     lab.client = _LabClient((200, {"items": [POLICIES[0]], "metadata": {"resourceVersion": "4"}}))  # type: ignore[assignment]
     raw = lab.objects()
     assert [o["metadata"]["name"] for o in raw.cluster_policies] == ["protect-x-a"]
+    assert raw.digests["ClusterNetworkPolicy"] == digest_text(kind_digest(raw.cluster_policies, False))
     assert ClusterView(raw).cluster.cluster_policies["protect-x-a"].tier == "Admin"
 
 

@@ -4,6 +4,7 @@ SubjectAccessReview answers it, and agents missing, not ready, with errors or be
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from controller.compiler.clusterview import RawObjects
 from controller.core.errors import VethguardError
 from controller.debug import doctor
 from controller.debug.inputs import NodeRef, Target
+from tests.support.debug_views import raw_cluster, realizing, restamped
 
 
 def statuses(checks: list[doctor.Check]) -> dict[str, str]:
@@ -81,21 +83,29 @@ def test_rbac_fails_a_kind_the_agent_may_not_watch_and_says_where_to_fix_it() ->
 
 
 def test_agents_missing_not_ready_with_errors_or_behind_are_reported_per_node() -> None:
+    deny_all = {"metadata": {"namespace": "x", "name": "deny-all"}, "spec": {"podSelector": {}}}
+    listed = raw_cluster([deny_all])
+    older = dataclasses.replace(listed, policies=restamped(listed.policies, "9"))
     agents: dict[str, dict[str, Any] | None] = {
-        "node-1": {"ready": True, "realized_generation": 10, "errors": []},
+        "node-1": realizing(listed),
         "node-2": None,
         "node-3": {"ready": False, "errors": [{"object": "", "field": "sync", "message": "map full"}]},
-        "node-4": {"ready": True, "realized_generation": 4, "errors": []},
-        "node-5": {"ready": True, "realized_generation": 10, "errors": [{"object": "x/p", "message": "bad"}]},
+        "node-4": realizing(older),
+        "node-5": {**realizing(listed), "errors": [{"object": "x/p", "message": "bad"}]},
     }
-    checks = {c.name: c for c in doctor.agent_checks(list(agents), agents, 10)}
+    checks = {c.name: c for c in doctor.agent_checks(list(agents), agents, listed.digests)}
     assert checks["agent/node-1"].status == "ok"
+    assert checks["agent/node-1"].detail == "ready, realized 15 objects: the state the API lists"
     assert checks["agent/node-2"].detail == "the agent does not answer /status (not running?)"
     assert (checks["agent/node-3"].status, checks["agent/node-3"].detail) == (
         "FAIL",
         "not ready: sync: map full",
     )
-    assert checks["agent/node-4"].detail.endswith("the API is at 10: not caught up yet")
+    assert checks["agent/node-4"].status == "warn"
+    assert checks["agent/node-4"].detail.endswith(
+        "but other NetworkPolicy objects than the API lists now: "
+        "not caught up yet (or the API changed since the list)"
+    )
     assert checks["agent/node-5"].status == "warn" and "x/p" in checks["agent/node-5"].detail
 
 

@@ -20,12 +20,13 @@ class State:
         self.live = True
         self.ready = False
         self.metrics = Metrics()
-        self.metrics.realized_generation.set(42)
+        self.metrics.realized_timestamp.set(42)
         self.metrics.watch_restarts_total.labels(kind="Pod", reason="expired").inc()
         self.status: dict[str, Any] = {
             "node": "node-1",
             "ready": False,
-            "realized_generation": 0,
+            "realized": {},
+            "realized_objects": {},
             "endpoints": 0,
             "attached": 0,
             "errors": [],
@@ -69,20 +70,21 @@ def test_readyz_is_503_until_the_first_sync_then_200(served):
 
 def test_status_is_the_documented_json(served):
     st, url = served
-    st.status.update(ready=True, realized_generation=7, endpoints=3, attached=3)
+    realized = {"Pod": {"resourceVersion": "7", "objects": 3, "digest": "00000000000000ab"}}
+    st.status.update(ready=True, realized=realized, endpoints=3, attached=3)
     st.status["errors"] = [{"object": "NetworkPolicy x/p", "field": "spec.ingress[0]", "message": "bad"}]
     code, ctype, body = get(url + "/status")
     assert code == 200 and ctype == "application/json"
     doc = json.loads(body)
-    assert {"node", "ready", "realized_generation", "endpoints", "attached", "errors"} <= set(doc)
-    assert doc["realized_generation"] == 7 and doc["errors"][0]["field"] == "spec.ingress[0]"
+    assert {"node", "ready", "realized", "realized_objects", "endpoints", "attached", "errors"} <= set(doc)
+    assert doc["realized"] == realized and doc["errors"][0]["field"] == "spec.ingress[0]"
 
 
 def test_metrics_are_the_prometheus_exposition_of_the_dedicated_registry(served):
     _, url = served
     code, ctype, body = get(url + "/metrics")
     assert code == 200 and ctype.startswith("text/plain")
-    assert "vethguard_agent_realized_generation 42.0" in body
+    assert "vethguard_agent_realized_timestamp_seconds 42.0" in body
     assert 'vethguard_sources_watch_restarts_total{kind="Pod",reason="expired"} 1.0' in body
     assert "vethguard_policy_compute_seconds_bucket" in body
     assert Metrics().registry is not Metrics().registry  # dedicated: a second agent's registers fine

@@ -97,7 +97,7 @@ def test_a_watch_of_calico_network_policies_in_every_namespace_streams_their_cha
     store, objects = api
     rv = store.create(NETPOL_KEY, calico_netpol("x", "a"))["metadata"]["resourceVersion"]
     store.replace(NETPOL_KEY, calico_netpol("x", "a", order=3))
-    store.create("networkpolicies", {"metadata": {"name": "a", "namespace": "x"}})  # a bookmark only
+    store.create("networkpolicies", {"metadata": {"name": "a", "namespace": "x"}})  # not on this watch
     store.create(NETPOL_KEY, calico_netpol("y", "b"))
     store.delete(NETPOL_KEY, "x", "a")
     events = watch_events(objects, (GROUP, VERSION, NETPOL), rv)
@@ -107,7 +107,7 @@ def test_a_watch_of_calico_network_policies_in_every_namespace_streams_their_cha
         if e["type"] != "BOOKMARK"
     ]
     assert changes == [("MODIFIED", "x", "a"), ("ADDED", "y", "b"), ("DELETED", "x", "a")]
-    bookmarks = [e["object"] for e in events if e["type"] == "BOOKMARK"]
+    bookmarks = [e["object"] for e in events if e["type"] == "BOOKMARK"]  # one per BOOKMARK_SECONDS
     assert (bookmarks[-1]["kind"], bookmarks[-1]["apiVersion"]) == ("NetworkPolicy", f"{GROUP}/{VERSION}")
     assert bookmarks[-1]["metadata"]["resourceVersion"] == str(store.resource_version)
 

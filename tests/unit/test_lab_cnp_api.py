@@ -74,12 +74,12 @@ def test_a_cluster_network_policy_watch_from_a_resource_version_streams_changes_
     store.create("namespaces", {"metadata": {"name": "x"}})
     rv = store.create(PLURAL, cnp("a"))["metadata"]["resourceVersion"]
     store.replace(PLURAL, cnp("a", priority=3))
-    store.create("namespaces", {"metadata": {"name": "y"}})  # another kind: a bookmark only
+    store.create("namespaces", {"metadata": {"name": "y"}})  # another kind: not on this watch
     store.delete(PLURAL, "", "a")
     events = watch_events(objects, (GROUP, VERSION, PLURAL), rv)
     changes = [(e["type"], e["object"]["metadata"].get("name")) for e in events if e["type"] != "BOOKMARK"]
     assert changes == [("MODIFIED", "a"), ("DELETED", "a")]
-    bookmarks = [e["object"] for e in events if e["type"] == "BOOKMARK"]
+    bookmarks = [e["object"] for e in events if e["type"] == "BOOKMARK"]  # one per BOOKMARK_SECONDS
     assert bookmarks[-1]["kind"] == "ClusterNetworkPolicy"
     assert bookmarks[-1]["metadata"]["resourceVersion"] == str(store.resource_version)
 

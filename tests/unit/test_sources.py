@@ -14,10 +14,11 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from controller.agent.cluster_events import Event, generation_of, object_key
+from controller.agent.cluster_events import Event
 from controller.agent.informers import InformerOptions, Sources, full_jitter
 from controller.agent.kube_api import KINDS
 from controller.agent.metrics import Metrics
+from controller.core.object_versions import digest_text, kind_digest, object_key
 from tests.support.waiting import wait_for
 
 PATHS = {
@@ -290,7 +291,7 @@ def test_initial_list_fills_every_cache_and_records_the_list_resource_version(se
     assert snap.pods[0]["kind"] == "Pod"  # list items get their kind filled in
     assert snap.policies == () and snap.nodes == ()
     assert set(src.resource_versions().values()) == {"3"}
-    assert snap.generation == 3
+    assert snap.kinds["Pod"].digest == kind_digest(snap.pods, namespaced=True) != 0
 
 
 def test_watch_events_after_the_list_update_the_cache_and_the_event_stream(server, make_sources):
@@ -313,7 +314,7 @@ def test_a_bookmark_advances_the_resource_version_without_changing_the_cache(ser
     before = src.snapshot()
     server.write("Pod", pod("x", "a", "10.244.1.2"))
     server.bookmark()
-    wait_for(lambda: src.generation() == server.rv)
+    wait_for(lambda: set(src.resource_versions().values()) == {str(server.rv)})
     after = src.snapshot()
     # only the Pod cache changed content; all kinds moved to the bookmark's RV
     assert after.kinds["Namespace"].content_version == before.kinds["Namespace"].content_version
@@ -399,10 +400,20 @@ def test_stop_returns_promptly_even_with_open_watches(server, make_sources):
     assert not any(inf._thread.is_alive() for inf in src.informers.values())
 
 
-def test_the_generation_is_the_minimum_resource_version_over_kinds():
-    assert generation_of(["7", "5", "9"]) == 5
-    assert generation_of([]) is None
-    assert generation_of(["5", "abc"]) is None
+def test_the_cache_digest_follows_every_watch_event_as_a_fresh_list_would_compute_it(server, make_sources):
+    src = make_sources()
+    wait_for(lambda: server.open_watches == len(KINDS))
+    server.write("Pod", pod("x", "a", "10.244.1.2"))
+    server.write("Pod", pod("x", "b", "10.244.1.3"))
+    server.write("Pod", pod("x", "a", "10.244.1.4"))  # modified: the old version leaves the digest
+    server.write("Pod", pod("x", "b", "10.244.1.3"), delete=True)
+    wait_for(
+        lambda: src.informers["Pod"].keys() == ["x/a"] and src.resource_versions()["Pod"] == str(server.rv)
+    )
+    snap = src.snapshot().kinds["Pod"]
+    assert snap.digest == kind_digest(snap.objects, namespaced=True)
+    assert snap.digest == kind_digest(server.objects["Pod"].values(), namespaced=True)
+    assert digest_text(snap.digest) != digest_text(0)
 
 
 def test_full_jitter_never_exceeds_the_cap():
@@ -427,7 +438,8 @@ def test_without_the_cluster_network_policy_api_the_agent_syncs_without_it_and_l
     informer = src.informers["ClusterNetworkPolicy"]
     assert src.has_synced and informer.absent
     snap = src.snapshot()
-    assert snap.cluster_policies == () and snap.generation == 2 and src.generation() == 2
+    assert snap.cluster_policies == () and snap.kinds["ClusterNetworkPolicy"].absent
+    assert src.resource_versions()["ClusterNetworkPolicy"] == "" and src.resource_versions()["Pod"] == "2"
     wait_for(lambda: server.count(watch=False) >= len(KINDS) + 2)  # listed again, never watched
     assert not any(p == CNP_PATH and q.get("watch") == "true" for p, q in server.requests)
     assert capsys.readouterr().out.count("does not serve this kind") == 1  # one warning, not one per list

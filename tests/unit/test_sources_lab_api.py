@@ -26,6 +26,7 @@ from controller.agent.loop import Agent, AgentConfig
 from controller.agent.metrics import Metrics
 from controller.agent.veth_match import Discovered
 from controller.compiler.desired_state import NodeDesired
+from controller.lab.agents import STORE_KEYS, realized_generation
 from controller.lab.apiserver import ServerThread, kubeconfig_text, serve_tcp
 from controller.lab.store import RESOURCES, Store, object_key
 from tests.support.agent_fakes import NullDatapath
@@ -202,12 +203,16 @@ def api(tmp_path: Path) -> Iterator[Api]:
     a.close()
 
 
+def caught_up(api: Api) -> bool:
+    """Whether the informers have seen everything the store holds (as the lab works it out)."""
+    seen = {STORE_KEYS[kind]: rv for kind, rv in api.sources.resource_versions().items()}
+    return api.store.realized_generation(seen) == api.store.resource_version
+
+
 def start(api: Api) -> None:
     api.sources.start()
     assert api.sources.wait_synced(15), "informers did not sync"
-    wait_for(
-        lambda: api.sources.generation() == api.store.resource_version, timeout=15, what="initial generation"
-    )
+    wait_for(lambda: caught_up(api), timeout=15, what="initial versions")
 
 
 # ------------------------------------------------------------------------------------------ informers
@@ -225,11 +230,7 @@ def test_a_410_in_the_middle_of_a_watch_relists_and_the_cache_converges(api: Api
     assert api.sources.informers["Pod"].get("x/b")["metadata"]["labels"] == {"app": "db"}  # type: ignore[index]
     assert api.sources.informers["Pod"].lists > lists
     assert restarts(api.metrics, "Pod", "expired") >= 1
-    wait_for(
-        lambda: api.sources.generation() == api.store.resource_version,
-        timeout=15,
-        what="generation after relist",
-    )
+    wait_for(lambda: caught_up(api), timeout=15, what="versions after relist")
 
 
 def test_dropped_connections_resume_from_the_last_version_without_a_relist(api: Api):
@@ -344,7 +345,7 @@ def test_the_agent_keeps_enforcing_through_410_drops_and_stalls_and_converges_af
     thread.start()
     try:
         wait_for(
-            lambda: agent.realized_generation >= api.store.resource_version,
+            lambda: realized_generation(api.store, agent.status()) == api.store.resource_version,
             timeout=15,
             what="initial realization",
         )
@@ -374,7 +375,9 @@ def test_the_agent_keeps_enforcing_through_410_drops_and_stalls_and_converges_af
             what="policy created during the stall",
         )
         wait_for(
-            lambda: agent.realized_generation >= api.store.resource_version, timeout=15, what="caught up"
+            lambda: realized_generation(api.store, agent.status()) == api.store.resource_version,
+            timeout=15,
+            what="caught up",
         )
     finally:
         agent.stop()

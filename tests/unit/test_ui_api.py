@@ -22,7 +22,7 @@ from controller.debug import explain, reach
 from controller.debug.inputs import NodeRef, Target
 from controller.debug.ui import api, flows, server
 from tests.support.calico_objects import calico_netpol
-from tests.support.debug_views import NODES, raw_cluster
+from tests.support.debug_views import NODES, node_2_behind, raw_cluster, with_digests
 from tests.support.flows import flow_rec
 from tests.support.waiting import wait_for
 
@@ -49,18 +49,17 @@ ADMIN_DENY_Z = {
         ],
     },
 }
-# node-1's agent has realized everything (generation 100), node-2's is behind (generation 5)
-AGENTS: dict[str, dict[str, Any] | None] = {
-    "node-1": {"ready": True, "realized_generation": 100},
-    "node-2": {"ready": True, "realized_generation": 5},
-}
 
 
 def raw() -> RawObjects:
     objs = raw_cluster([X_A_ALLOWS_X_B], cluster_policies=[ADMIN_DENY_Z])
     web = calico_netpol("y", "allow-web", selector="pod == 'b'")
     web["metadata"]["resourceVersion"] = "10"
-    return dataclasses.replace(objs, calico=CalicoObjects(namespaced_policies=[web]))
+    return with_digests(dataclasses.replace(objs, calico=CalicoObjects(namespaced_policies=[web])))
+
+
+# node-1's agent has realized every policy as listed, node-2's older versions of them
+AGENTS = node_2_behind(raw())
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from controller.agent.flows import FlowFilter
+from controller.agent.realization import differing_kinds
 from controller.compiler.calico import GROUP, HEP_KIND
 from controller.compiler.clusterview import ClusterView
 from controller.core.errors import VethguardError
@@ -244,7 +245,8 @@ def info(view: ClusterView, target_text: str, agents: Agents, flows: Mapping[str
                 "name": n,
                 "agent": agents.get(n) is not None,
                 "ready": bool((agents.get(n) or {}).get("ready")),
-                "realized_generation": (agents.get(n) or {}).get("realized_generation"),
+                # kinds whose realized state differs from the list the page shows
+                "behind": differing_kinds(view.raw.digests, agents.get(n) or {}),
             }
             for n in nodes
         ],

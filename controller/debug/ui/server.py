@@ -42,7 +42,14 @@ from controller.compiler.clusterview import ClusterView
 from controller.core.errors import VethguardError
 from controller.debug import explain as explain_mod
 from controller.debug import hostep_cli
-from controller.debug.cli import _agents, _behind, _probe, live_lookup, make_target, target_args
+from controller.debug.cli import (
+    agent_statuses,
+    agents_behind,
+    live_lookup,
+    make_target,
+    probe_pods,
+    target_args,
+)
 from controller.debug.inputs import LabTarget, Target
 from controller.debug.ui import api
 from controller.debug.ui.flows import FlowBuffer, Follower
@@ -84,7 +91,7 @@ class Source:
         with self._lock:
             if self._view is None or time.monotonic() - self._at >= VIEW_SECONDS:
                 self._view = ClusterView(self.target.objects())
-                self._agents = _agents(self.target, self.target.nodes())
+                self._agents = agent_statuses(self.target, self.target.nodes())
                 self._at = time.monotonic()
             return self._view, self._agents
 
@@ -256,7 +263,7 @@ class App:
                 protocol,
                 int(family) if family in ("4", "6") else None,
                 live,
-                _behind(view, agents) if check else {},
+                agents_behind(view, agents) if check else {},
                 live_hep,
             )
         finally:
@@ -333,7 +340,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         lab = target
 
         def probe(pods: Sequence[str], port: int, protocol: str, family: int) -> dict[tuple[str, str], bool]:
-            return _probe(lab, pods, port, protocol, family, 1.0)
+            return probe_pods(lab, pods, port, protocol, family, 1.0)
 
     flows = FlowBuffer()
     Follower(lambda: make_target(args), flows).start()

@@ -58,7 +58,7 @@ async function loadInfo() {
   if (!info) return;
   $("#target").textContent = info.target;
   $("#nodes").replaceChildren(...info.nodes.map(n =>
-    el("span", { class: "node" + (n.ready ? "" : " down"), title: `realized generation ${n.realized_generation}` },
+    el("span", { class: "node" + (n.ready ? "" : " down"), title: n.behind.length ? `realized other ${n.behind.join(", ")} objects than listed: not caught up yet` : "realized the listed state" },
       `${n.name}: ${n.agent ? (n.ready ? "agent ready" : "agent not ready") : "no agent"}`)));
   $("#probe-label").hidden = !info.probe;
   if (info.pods.join() !== pods.join()) {
