@@ -7,7 +7,10 @@ installed, and Calico's projectcalico.org/v3 GlobalNetworkPolicies, HostEndpoint
 scoped) and NetworkPolicies (namespaced), served as if Calico's API server were installed) plus
 the lab's ExternalHost kind: discovery and OpenAPI stubs for kubectl (controller.lab.discovery),
 list with a resourceVersion, GET of one object, create (POST), replace (PUT), merge and strategic
-merge patch (PATCH) and DELETE, and watches streamed as newline-delimited JSON events.
+merge patch (PATCH) and DELETE, and watches streamed as newline-delimited JSON events. A GET whose
+Accept header asks for a `meta.k8s.io` Table (kubectl get) is answered with one, as kube-apiserver
+does (controller.lab.tables: list, get, and watch events of one-row Tables whose first carries the
+columns); every other client gets the objects.
 
 Watch semantics follow kube-apiserver: no resourceVersion (or "0") starts with an ADDED event per
 existing object; a resourceVersion older than the retained window gets one ERROR event carrying a

@@ -10,9 +10,10 @@ format, description, priority; priority 1 = only in `-o wide`) and one row per o
 The columns and cell values are kube-apiserver's (pkg/printers/internalversion/printers.go) for
 the built-in kinds, one small function per kind; custom resources get their CRD's
 additionalPrinterColumns (ClusterNetworkPolicy v1alpha2: Tier, Priority, Age, as
-network-policy-api's CRD declares them) or, like any CRD without them, Name and Age. Where the
-lab's objects lack what a kubelet would report (init containers, readiness gates' conditions),
-the cells say what kube-apiserver says of such an object.
+network-policy-api's CRD declares them) or, like any CRD without them, Name and Age (Calico's
+kinds, the lab's ExternalHost). Not modelled: a pod's init containers (the lab has none; their
+states do not change STATUS here as they would upstream) and Node address types other than
+InternalIP/ExternalIP.
 """
 
 from __future__ import annotations
