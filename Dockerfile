@@ -35,8 +35,10 @@ COPY scripts /src/scripts
 COPY controller /src/controller
 COPY bpf /src/bpf
 # --image: skip the host-only steps (kernel-headers link, bpffs mount) and the test tools. The
-# image keeps Debian's linux-headers-amd64 in /usr/src: the agent compiles with them when the
-# node's own headers are not mounted at /host (controller/agent/preflight.py).
+# image keeps Debian's headers for the build's architecture in /usr/src (linux-headers-amd64 or
+# linux-headers-arm64: install.sh picks linux-headers-$(dpkg --print-architecture)): the agent
+# compiles with them when the node's own headers are not mounted at /host
+# (controller/agent/preflight.py).
 ENV PIP_NO_CACHE_DIR=1
 RUN bash scripts/install.sh --image && rm -rf /var/lib/apt/lists/*
 # deploy/'s install-cni init container copies it to the node (vethguard cni-install)

@@ -8,17 +8,42 @@
 #   --image          building a container image: only the agent's packages, and no host-only
 #                    steps (headers link, bpffs mount) or test tools
 #   --list-packages  print the Debian packages this run would install, and stop (no root needed)
+#   --arch=ARCH      with --list-packages: list for this Debian architecture (amd64 or arm64)
+#                    instead of this machine's (`dpkg --print-architecture`); the architecture
+#                    picks the kernel-headers package (linux-headers-amd64, linux-headers-arm64)
 set -euo pipefail
 
 image=0
 list=0
+arch=
 for arg in "$@"; do
   case "$arg" in
     --image) image=1 ;;
     --list-packages) list=1 ;;
-    *) echo "install.sh: unknown option $arg (use --image, --list-packages)" >&2; exit 2 ;;
+    --arch=*) arch=${arg#--arch=} ;;
+    *) echo "install.sh: unknown option $arg (use --image, --list-packages, --arch=ARCH)" >&2; exit 2 ;;
   esac
 done
+if [ -n "$arch" ] && [ "$list" = 0 ]; then
+  echo "install.sh: --arch is for --list-packages; an install is for this machine's architecture" >&2
+  exit 2
+fi
+if [ -z "$arch" ]; then
+  arch=$(dpkg --print-architecture 2>/dev/null || true)
+fi
+if [ -z "$arch" ]; then  # no dpkg (listing from another distribution): the kernel's name for it
+  case "$(uname -m)" in
+    x86_64) arch=amd64 ;;
+    aarch64 | arm64) arch=arm64 ;;
+    *) arch=$(uname -m) ;;
+  esac
+fi
+# Debian's kernel-headers metapackage is named after the architecture's kernel flavour; for
+# amd64 and arm64 that is the architecture itself (linux-headers-amd64, linux-headers-arm64).
+case "$arch" in
+  amd64 | arm64) headers=linux-headers-$arch ;;
+  *) echo "install.sh: no kernel headers package known for architecture $arch (amd64 and arm64 are)" >&2; exit 2 ;;
+esac
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=/opt/vethguard/venv
 
@@ -26,7 +51,7 @@ venv=/opt/vethguard/venv
 # scripts/packages.tsv names the programs the code starts from each package and who needs it;
 # tests/unit/test_install_programs.py fails when these lists and that table disagree.
 agent_packages=(
-  python3 python3-venv python3-pip python3-bpfcc libbpfcc linux-headers-amd64 ca-certificates
+  python3 python3-venv python3-pip python3-bpfcc libbpfcc "$headers" ca-certificates
   coreutils dash mount
 )
 host_packages=(
@@ -55,15 +80,15 @@ if [ "$image" = 0 ]; then
   echo "==> kernel headers for bcc"
   kver=$(uname -r)
   mods=/lib/modules/$kver
-  # Debian splits headers: generated ones in build (-amd64), kconfig.h and the rest in source (-common)
+  # Debian splits headers: generated ones in build (-amd64/-arm64), kconfig.h and the rest in source (-common)
   if [ -e "$mods/build/include/generated/autoconf.h" ] \
      && { [ -e "$mods/build/include/linux/kconfig.h" ] || [ -e "$mods/source/include/linux/kconfig.h" ]; }; then
     echo "    /lib/modules/$kver/build already has headers"
   else
-    hdr=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1)
+    hdr=$(ls -d "/usr/src/linux-headers-"*"-$arch" 2>/dev/null | sort -V | tail -n 1)
     common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n 1)
     if [ -z "$hdr" ] || [ -z "$common" ]; then
-      echo "install.sh: linux-headers-amd64 installed no /usr/src/linux-headers-*-amd64 and -common" >&2
+      echo "install.sh: $headers installed no /usr/src/linux-headers-*-$arch and -common" >&2
       exit 1
     fi
     mkdir -p "/lib/modules/$kver"

@@ -9,8 +9,8 @@ Kernel headers are searched in this order (find_kernel_headers):
   1. /lib/modules/$(uname -r)/build (+ source): what bcc uses by itself (bare hosts, install.sh);
   2. the host's headers mounted by deploy/daemonset.yaml under $VETHGUARD_HOST_ROOT (/host):
      /host/lib/modules/$(uname -r)/build, its absolute symlink re-rooted under /host;
-  3. packaged headers in /usr/src (the image's linux-headers-amd64): Debian splits them into
-     linux-headers-<v>-amd64 (generated, config) and linux-headers-<v>-common (the rest).
+  3. packaged headers in /usr/src (the image's linux-headers-amd64 or -arm64): Debian splits them into
+     linux-headers-<v>-<arch> (generated, config) and linux-headers-<v>-common (the rest).
 The programs include UAPI headers only, so any recent kernel's headers compile them.
 use_kernel_headers() points bcc at cases 2 and 3 through BCC_KERNEL_SOURCE: bcc takes one
 directory there, so a split pair is merged into a symlink tree under /run/vethguard.
@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from controller.core import programs
 from controller.core.errors import VethguardError
 
 BPFFS = "/sys/fs/bpf"
@@ -106,6 +107,7 @@ class Environment:
     host_root: Path = field(default_factory=_host_root_default)
     bpffs: str = BPFFS
     release: str = field(default_factory=lambda: os.uname().release)
+    debian_arch: str = field(default_factory=programs.debian_arch)  # the packaged headers' flavour
     # an operator's explicit choice for bcc, honoured when it holds complete headers
     bcc_kernel_source: str | None = field(default_factory=lambda: os.environ.get("BCC_KERNEL_SOURCE"))
     memlock: Callable[[], tuple[int, int]] = field(
@@ -182,13 +184,13 @@ def _version_key(path: Path) -> list[int]:
     return [int(n) for n in re.findall(r"\d+", path.name)]
 
 
-def _packaged_headers(usr_src: Path, release: str) -> tuple[KernelHeaders | None, str]:
-    """Debian's linux-headers-<v>-<flavour> + linux-headers-<v>-common, exact release first."""
+def _packaged_headers(usr_src: Path, release: str, arch: str) -> tuple[KernelHeaders | None, str]:
+    """Debian's linux-headers-<v>-<arch> + linux-headers-<v>-common, exact release first."""
     exact = usr_src / f"linux-headers-{release}"
-    flavoured = sorted(usr_src.glob("linux-headers-*-amd64"), key=_version_key, reverse=True)
+    flavoured = sorted(usr_src.glob(f"linux-headers-*-{arch}"), key=_version_key, reverse=True)
     candidates = ([exact] if exact.is_dir() else []) + [p for p in flavoured if p != exact]
     if not candidates:
-        return None, f"{usr_src}/linux-headers-*-amd64: none installed"
+        return None, f"{usr_src}/linux-headers-*-{arch}: none installed"
     notes = []
     for build in candidates:
         common = build.with_name(re.sub(r"-[a-z0-9]+$", "-common", build.name))
@@ -220,7 +222,7 @@ def find_kernel_headers(env: Environment) -> KernelHeaders | Problem:
         if found:
             return found
         looked.append(f"{why} (the host's headers, mounted by deploy/daemonset.yaml)")
-    found, why = _packaged_headers(env.usr_src, env.release)
+    found, why = _packaged_headers(env.usr_src, env.release, env.debian_arch)
     if found:
         return found
     looked.append(why)
@@ -230,14 +232,16 @@ def find_kernel_headers(env: Environment) -> KernelHeaders | Problem:
         f"no kernel headers for {env.release}: bcc compiles the tc programs against them. Looked at:\n"
         + "".join(f"    - {w}\n" for w in looked)
         + "  Fix one of:\n"
-        "    - on the node: `apt-get install linux-headers-amd64` (Debian; Ubuntu: "
+        f"    - on the node: `apt-get install linux-headers-{env.debian_arch}` (Debian; Ubuntu: "
         f"`apt-get install linux-headers-{env.release}`), then if {build} is still missing:\n"
-        f"      `mkdir -p {build.parent} && ln -sfn /usr/src/linux-headers-<version>-amd64 {build} && "
+        f"      `mkdir -p {build.parent} && "
+        f"ln -sfn /usr/src/linux-headers-<version>-{env.debian_arch} {build} && "
         f"ln -sfn /usr/src/linux-headers-<version>-common {build.parent / 'source'}` "
         "(scripts/install.sh does both)\n"
         "    - in a container: mount the host's /lib/modules and /usr/src read-only at "
         f"{env.host_root}/lib/modules and {env.host_root}/usr/src (deploy/daemonset.yaml does), or "
-        "install linux-headers-amd64 in the image (the Dockerfile's `scripts/install.sh --image` does)",
+        f"install linux-headers-{env.debian_arch} in the image "
+        "(the Dockerfile's `scripts/install.sh --image` does)",
     )
 
 

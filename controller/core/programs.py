@@ -13,6 +13,7 @@ wrapper such as nsenter would fail with "failed to execute nft: No such file or 
 from __future__ import annotations
 
 import functools
+import platform
 import re
 import shlex
 import shutil
@@ -23,6 +24,11 @@ from pathlib import Path
 from controller.core.errors import VethguardError
 
 ROLES = ("agent", "lab", "bench", "test")
+# In a package's name, the Debian architecture install.sh installs for (`dpkg --print-architecture`):
+# Debian names the kernel-headers metapackage after it (linux-headers-amd64, linux-headers-arm64).
+ARCH = "{arch}"
+DEBIAN_ARCHES = ("amd64", "arm64")  # the architectures install.sh knows the headers package of
+_DEBIAN_ARCH_OF_MACHINE = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 # options of the wrappers below that take a value (so the value is not taken for the program)
 _UNSHARE_VALUED = frozenset({"--propagation", "--setgroups", "--map-user", "--map-group", "-S", "-G"})
 # shell words: builtins and keywords that end a command's scan, and those whose next word is one
@@ -67,12 +73,24 @@ class Package:
 
     def install_hint(self) -> str:
         if self.source == "deb":
-            return (
-                f"the Debian package {self.name}: `apt-get install {self.name}`, or `bash scripts/install.sh`"
-            )
+            name = self.name.replace(ARCH, "$(dpkg --print-architecture)")
+            return f"the Debian package {name}: `apt-get install {name}`, or `bash scripts/install.sh`"
         if self.source == "machine":
             return f"{self.name}, which these machines provide and vethguard does not install"
         return f"the Python package {self.name}: `bash scripts/install.sh` (pip install)"
+
+
+def debian_arch(machine: str | None = None) -> str:
+    """The Debian architecture of a machine (`uname -m`, default this one's): amd64, arm64, or
+    the machine's own name where vethguard knows no mapping."""
+    machine = machine or platform.machine()
+    return _DEBIAN_ARCH_OF_MACHINE.get(machine, machine)
+
+
+def debian_packages(arch: str, roles: Iterable[str] = ROLES) -> list[str]:
+    """The Debian packages scripts/install.sh installs on `arch` for `roles`, in table order."""
+    wanted = set(roles)
+    return [p.name.replace(ARCH, arch) for p in table() if p.source == "deb" and p.needed_by in wanted]
 
 
 class MissingProgram(VethguardError):
@@ -110,6 +128,8 @@ def parse_table(text: str, origin: str = "packages.tsv") -> tuple[Package, ...]:
             )
         if fields[1] not in ROLES:
             raise PackageTableError(f"{origin}:{number}: needed-by must be one of {', '.join(ROLES)}")
+        if set("{}") & set(name.replace(ARCH, "")):
+            raise PackageTableError(f"{origin}:{number}: the only placeholder a name takes is {ARCH}")
         programs = tuple(p for p in fields[2:] if p != "-")
         rows.append(Package(source, name, fields[1], programs))
     return tuple(rows)

@@ -7,7 +7,10 @@ installed, and Calico's projectcalico.org/v3 GlobalNetworkPolicies, HostEndpoint
 scoped) and NetworkPolicies (namespaced), served as if Calico's API server were installed) plus
 the lab's ExternalHost kind: discovery and OpenAPI stubs for kubectl (controller.lab.discovery),
 list with a resourceVersion, GET of one object, create (POST), replace (PUT), merge and strategic
-merge patch (PATCH) and DELETE, and watches streamed as newline-delimited JSON events.
+merge patch (PATCH) and DELETE, and watches streamed as newline-delimited JSON events. A GET whose
+Accept header asks for a `meta.k8s.io` Table (kubectl get) is answered with one, as kube-apiserver
+does (controller.lab.tables: list, get, and watch events of one-row Tables whose first carries the
+columns); every other client gets the objects.
 
 Watch semantics follow kube-apiserver: no resourceVersion (or "0") starts with an ADDED event per
 existing object; a resourceVersion older than the retained window gets one ERROR event carrying a
@@ -39,6 +42,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from controller.lab import tables
 from controller.lab.discovery import discovery
 from controller.lab.state import BOOKMARK_INTERVAL
 from controller.lab.store import (
@@ -216,6 +220,10 @@ class ApiHandler(BaseHTTPRequestHandler):
     server_version = "vethguard-lab-apiserver"
     server: ApiHTTPServer | ApiUnixServer
     _raw_body = b""  # this request's body (read by _dispatch)
+    # a request for a Table (kubectl get): its version and includeObject; None = plain objects
+    _table_version: str | None = None
+    _include_object = "Metadata"
+    _table_headers_sent = False  # a watch's first Table event carries the column definitions
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: the daemon logs errors itself
         return
@@ -301,6 +309,7 @@ class ApiHandler(BaseHTTPRequestHandler):
         route = parse_resource_path(path)
         if route is None:
             raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+        self._negotiate(query)
         store = self.server.store
         resource, namespace, name = route.resource, route.namespace, route.name
         if method == "GET" and name is None:
@@ -312,7 +321,7 @@ class ApiHandler(BaseHTTPRequestHandler):
             obj = store.get(resource.key, namespace or "", name or "")
             if obj is None:
                 raise ApiError(404, "NotFound", f'{resource.key} "{name}" not found')
-            self._send_json(200, obj)
+            self._send_json(200, self._as_table(resource, [obj]) if self._table_version else obj)
         elif method == "POST" and name is None:
             self._send_json(201, store.create(resource.key, self._read_body(), namespace))
         elif method == "PUT" and name is not None:
@@ -360,6 +369,33 @@ class ApiHandler(BaseHTTPRequestHandler):
                     raise
         raise ApiError(409, "Conflict", "the object keeps changing; try again")
 
+    def _negotiate(self, query: dict[str, str]) -> None:
+        """A GET that asks for a Table in its Accept header (kubectl get) gets one."""
+        self._table_version = tables.wants_table(self.headers.get("Accept"))
+        self._table_headers_sent = False
+        if self._table_version is None:
+            return
+        include = query.get("includeObject") or "Metadata"
+        if include not in tables.INCLUDE_OBJECT:
+            raise ApiError(
+                400,
+                "BadRequest",
+                f"includeObject must be one of {', '.join(tables.INCLUDE_OBJECT)}, not {include!r}",
+            )
+        self._include_object = include
+
+    def _as_table(
+        self, resource: Resource, objects: list[Obj], rv: int | None = None, headers: bool = True
+    ) -> Obj:
+        return tables.table(
+            resource.key,
+            [{"kind": resource.kind, "apiVersion": resource.api_version, **obj} for obj in objects],
+            resource_version=None if rv is None else str(rv),
+            include_object=self._include_object,
+            table_version=self._table_version or "v1",
+            headers=headers,
+        )
+
     def _filter(self, route: Route, query: dict[str, str]) -> Filter:
         return Filter(
             route.namespace,
@@ -370,6 +406,10 @@ class ApiHandler(BaseHTTPRequestHandler):
     def _list(self, route: Route, query: dict[str, str]) -> None:
         selector = self._filter(route, query)
         items, rv = self.server.store.list(route.resource.key, route.namespace)
+        items = [item for item in items if selector.matches(item)]
+        if self._table_version:
+            self._send_json(200, self._as_table(route.resource, items, rv))
+            return
         for item in items:
             item.pop("kind", None)
             item.pop("apiVersion", None)
@@ -379,7 +419,7 @@ class ApiHandler(BaseHTTPRequestHandler):
                 "kind": f"{route.resource.kind}List",
                 "apiVersion": route.resource.api_version,
                 "metadata": {"resourceVersion": str(rv)},
-                "items": [item for item in items if selector.matches(item)],
+                "items": items,
             },
         )
 
@@ -395,6 +435,15 @@ class ApiHandler(BaseHTTPRequestHandler):
         data = json.dumps({"type": event_type, "object": obj}).encode() + b"\n"
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
+
+    def _emit_object(self, event_type: str, resource: Resource, obj: Obj) -> None:
+        """An ADDED/MODIFIED/DELETED event: the object, or (kubectl get -w) its one-row Table,
+        as kube-apiserver sends it: the column definitions in the first event only."""
+        if self._table_version:
+            rv = int(obj["metadata"]["resourceVersion"])
+            obj = self._as_table(resource, [obj], rv, headers=not self._table_headers_sent)
+            self._table_headers_sent = True
+        self._emit(event_type, obj)
 
     def _end_stream(self) -> None:
         self.wfile.write(b"0\r\n\r\n")
@@ -428,7 +477,7 @@ class ApiHandler(BaseHTTPRequestHandler):
             items, since = store.list(resource.key, route.namespace)
             for item in items:
                 if selector.matches(item):
-                    self._emit("ADDED", item)
+                    self._emit_object("ADDED", resource, item)
         interval = self.server.bookmark_interval
         bookmarks = bookmarks and interval > 0
         last_bookmark = time.monotonic()
@@ -460,13 +509,13 @@ class ApiHandler(BaseHTTPRequestHandler):
         was_matching = selector.matches(event.old)
         if event.type == "DELETED":
             if was_matching:
-                self._emit("DELETED", event.obj)
+                self._emit_object("DELETED", resource, event.obj)
         elif now_matches and (was_matching or event.type == "ADDED"):
-            self._emit(event.type, event.obj)
+            self._emit_object(event.type, resource, event.obj)
         elif now_matches:
-            self._emit("ADDED", event.obj)
+            self._emit_object("ADDED", resource, event.obj)
         elif was_matching:
-            self._emit("DELETED", event.obj)
+            self._emit_object("DELETED", resource, event.obj)
 
 
 # --- servers --------------------------------------------------------------------------------

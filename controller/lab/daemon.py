@@ -28,6 +28,7 @@ import threading
 import time
 from typing import Any
 
+from controller.core import programs
 from controller.lab import cni_runtime, dns, kubeproxy, netns, topology
 from controller.lab.agents import AGENT_STATUS_PORT, AgentSupervisor
 from controller.lab.apiserver import (
@@ -37,6 +38,7 @@ from controller.lab.apiserver import (
     kubeconfig_text,
     tcp_listener,
 )
+from controller.lab.discovery import KUBE_VERSION
 from controller.lab.manifests import external_addresses
 from controller.lab.responders import Port, Responders
 from controller.lab.state import LabConfig, LabPaths
@@ -238,7 +240,7 @@ class LabAdmission:
                 500, "InternalError", f"Pod {_pod_key(pod)}: building its network failed: {exc}"
             ) from exc
         pod["spec"]["nodeName"] = topology.node_name(node)
-        pod["status"] = pod_status(node, address4, address6)
+        pod["status"] = pod_status(node, address4, address6, pod["spec"].get("containers") or [])
         return pod
 
     # --- host-network pods ---
@@ -274,7 +276,9 @@ class LabAdmission:
             raise ApiError(
                 500, "InternalError", f"{where}: serving its ports on {node} failed: {exc}"
             ) from exc
-        pod["status"] = pod_status(index, *topology.node_addresses(index))
+        pod["status"] = pod_status(
+            index, *topology.node_addresses(index), pod["spec"].get("containers") or []
+        )
         return pod
 
     def _serve_host_ports(self, node: str, extra: list[Port] | None = None) -> None:
@@ -378,7 +382,9 @@ def _admit_node(op: str, obj: Obj, old: Obj | None) -> Obj:
     return obj
 
 
-def pod_status(node: int, address4: str, address6: str) -> Obj:
+def pod_status(node: int, address4: str, address6: str, containers: list[Obj]) -> Obj:
+    """A running pod's status as its kubelet would report it: every container running and ready
+    (`kubectl get pods` counts READY from containerStatuses)."""
     host4, host6 = topology.node_addresses(node)
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return {
@@ -393,6 +399,18 @@ def pod_status(node: int, address4: str, address6: str) -> Obj:
             {"type": "Ready", "status": "True", "lastTransitionTime": now},
             {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
             {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+        ],
+        "containerStatuses": [
+            {
+                "name": c.get("name", ""),
+                "ready": True,
+                "started": True,
+                "restartCount": 0,
+                "image": c.get("image", ""),
+                "imageID": "",
+                "state": {"running": {"startedAt": now}},
+            }
+            for c in containers
         ],
     }
 
@@ -413,6 +431,15 @@ def node_object(index: int) -> Obj:
                 {"type": "Hostname", "address": name},
             ],
             "conditions": [{"type": "Ready", "status": "True"}],
+            # what `kubectl get nodes -o wide` shows: the lab's kubelet version is its API's
+            "nodeInfo": {
+                "kubeletVersion": KUBE_VERSION["gitVersion"],
+                "osImage": "vethguard lab (network namespace)",
+                "kernelVersion": os.uname().release,
+                "containerRuntimeVersion": "vethguard-lab://netns",
+                "operatingSystem": "linux",
+                "architecture": programs.debian_arch(),  # amd64 and arm64 as Kubernetes names them
+            },
         },
     }
 

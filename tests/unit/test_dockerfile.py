@@ -86,7 +86,7 @@ def test_the_image_installs_with_the_readme_script_in_image_mode() -> None:
     assert "bash scripts/install.sh" in (REPO / "README.md").read_text()
     assert "bash scripts/install.sh" in (REPO / ".ci" / "run").read_text()  # so CI runs those steps
     script = (REPO / "scripts" / "install.sh").read_text()
-    assert "linux-headers-amd64" in script  # the image's fallback kernel headers
+    assert "headers=linux-headers-$arch" in script  # the image's fallback kernel headers, per arch
 
 
 def test_the_entrypoint_is_the_agent_and_the_image_stays_root() -> None:

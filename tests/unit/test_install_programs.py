@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import platform
 import re
 import subprocess
 from collections.abc import Iterator
@@ -431,12 +432,59 @@ def test_pip_rows_name_packages_that_pyproject_installs() -> None:
             assert re.search(rf'"{re.escape(package.name)}[<>=~!]', pyproject), package.name
 
 
-def test_the_image_installs_the_agent_packages_and_no_more() -> None:
-    agent = [p.name for p in programs.table() if p.source == "deb" and p.needed_by == "agent"]
-    assert sorted(install_packages("--image")) == sorted(agent)
-    host = install_packages()
-    assert sorted(host) == sorted(p.name for p in programs.table() if p.source == "deb")
+@pytest.mark.parametrize("arch", programs.DEBIAN_ARCHES)
+def test_the_image_installs_the_agent_packages_and_no_more(arch: str) -> None:
+    image = install_packages("--image", f"--arch={arch}")
+    assert image == programs.debian_packages(arch, ["agent"])
+    host = install_packages(f"--arch={arch}")
+    assert sorted(host) == sorted(programs.debian_packages(arch))
     assert len(set(host)) == len(host)
+
+
+def test_the_kernel_headers_package_is_the_one_of_the_architecture() -> None:
+    headers = {
+        arch: [p for p in install_packages(f"--arch={arch}") if "headers" in p] for arch in ("amd64", "arm64")
+    }
+    assert headers == {"amd64": ["linux-headers-amd64"], "arm64": ["linux-headers-arm64"]}
+    # without --arch: this machine's (dpkg --print-architecture)
+    assert install_packages() == install_packages(f"--arch={programs.debian_arch()}")
+    if platform.machine() == "x86_64":
+        assert "linux-headers-amd64" in install_packages("--image")
+
+
+def test_install_sh_refuses_an_architecture_it_knows_no_headers_package_for() -> None:
+    done = subprocess.run(
+        ["bash", str(INSTALL), "--list-packages", "--arch=riscv64"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert "no kernel headers package known for architecture riscv64" in done.stderr
+
+
+def test_install_sh_takes_an_architecture_only_to_list_packages() -> None:
+    done = subprocess.run(
+        ["bash", str(INSTALL), "--arch=arm64"], capture_output=True, text=True, check=False, timeout=30
+    )
+    assert done.returncode == 2 and "--arch is for --list-packages" in done.stderr
+
+
+def test_the_machine_names_map_to_debian_architectures() -> None:
+    assert [programs.debian_arch(m) for m in ("x86_64", "aarch64", "riscv64")] == [
+        "amd64",
+        "arm64",
+        "riscv64",
+    ]
+
+
+def test_a_package_name_takes_only_the_architecture_placeholder() -> None:
+    [row] = programs.parse_table("deb:linux-headers-{arch}  agent  -\n")
+    assert row.name == "linux-headers-{arch}"
+    assert "apt-get install linux-headers-$(dpkg --print-architecture)" in row.install_hint()
+    with pytest.raises(programs.PackageTableError, match="placeholder"):
+        programs.parse_table("deb:linux-headers-{flavour}  agent  -\n")
 
 
 def test_what_the_daemonset_containers_run_is_in_the_image() -> None:

@@ -15,14 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from controller.lab.daemon import node_object, pod_status
 from controller.lab.discovery import OPENAPI_ROOT, discovery
 from controller.lab.store import RESOURCES, Store
 from tests.support.lab_api import served_kubeconfig
 
 # The tests run the kubectl found on the machine (these machines have v1.32); only where there
 # is none are they skipped.
-needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl on this machine")
+needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not on PATH")
 
 POLICY = """
 apiVersion: networking.k8s.io/v1
@@ -164,3 +166,124 @@ def test_an_unread_body_never_becomes_the_next_request_on_a_kept_connection(kube
         assert second.status == 200 and json.loads(second.read())["metadata"]["name"] == "x"
     finally:
         conn.close()
+
+
+# --- server-side Tables: what `kubectl get` prints --------------------------------------------
+
+
+@pytest.fixture
+def filled(tmp_path: Path) -> Iterator[Path]:
+    """A store with a lab node, a running pod, a policy, a NodePort Service and a
+    ClusterNetworkPolicy, served with a kubeconfig."""
+    store = Store(window=50)
+    for name in ("x", "y"):
+        store.create("namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    store.create("nodes", node_object(1))
+    containers = [{"name": "web", "ports": [{"containerPort": 80}]}]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "namespace": "x"}}
+    pod["spec"] = {"nodeName": "node-1", "containers": containers}
+    pod["status"] = pod_status(1, "10.244.1.5", "fd00:10:244:1::5", containers)
+    store.create("pods", pod)
+    store.create(
+        "pods",
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "b", "namespace": "y"},
+            "spec": {"containers": []},
+        },
+    )
+    store.create("networkpolicies", yaml_policy())
+    store.create(
+        "services",
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web", "namespace": "x"},
+            "spec": {
+                "type": "NodePort",
+                "clusterIP": "10.96.0.20",
+                "selector": {"app": "web"},
+                "ports": [{"port": 80, "nodePort": 30080}],
+            },
+        },
+    )
+    store.create(
+        "clusternetworkpolicies",
+        {
+            "apiVersion": "policy.networking.k8s.io/v1alpha2",
+            "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": "deny-x"},
+            "spec": {
+                "tier": "Admin",
+                "priority": 10,
+                "subject": {"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "x"}}},
+                "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}],
+            },
+        },
+    )
+    with served_kubeconfig(store, tmp_path) as path:
+        yield path
+
+
+def yaml_policy() -> dict[str, Any]:
+    return dict(yaml.safe_load(POLICY.replace("PORT", "80")))
+
+
+def printed(kubeconfig: Path, *args: str) -> list[list[str]]:
+    """kubectl get's lines, split into columns (no cell here holds a space)."""
+    return [line.split() for line in kubectl(kubeconfig, "get", *args).splitlines()]
+
+
+@needs_kubectl
+def test_kubectl_get_pods_prints_ready_status_restarts_and_age_from_the_server_s_table(
+    filled: Path,
+) -> None:
+    rows = printed(filled, "pods", "-A")
+    assert rows[0] == ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    assert rows[1][:5] == ["x", "a", "1/1", "Running", "0"]
+    assert rows[2][:4] == ["y", "b", "0/0", "0"]  # no phase: an empty STATUS, as kube-apiserver's
+    wide = printed(filled, "pods", "-n", "x", "-o", "wide")
+    assert wide[0] == [
+        "NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE", "NOMINATED", "NODE", "READINESS", "GATES"
+    ]  # fmt: skip
+    assert wide[1][:4] == ["a", "1/1", "Running", "0"]
+    assert wide[1][5:] == ["10.244.1.5", "node-1", "<none>", "<none>"]
+
+
+@needs_kubectl
+def test_kubectl_get_prints_the_columns_of_policies_nodes_services_and_cluster_policies(
+    filled: Path,
+) -> None:
+    netpol = printed(filled, "netpol", "-A")
+    assert netpol[0] == ["NAMESPACE", "NAME", "POD-SELECTOR", "AGE"]
+    assert netpol[1][:3] == ["x", "only-b", "pod=a"]
+    nodes = printed(filled, "nodes")
+    assert nodes[0] == ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]
+    assert nodes[1][:3] == ["node-1", "Ready", "<none>"] and nodes[1][4] == "v1.30.0-vethguard-lab"
+    svc = printed(filled, "svc", "-A")
+    assert svc[0] == ["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
+    assert svc[1][:6] == ["x", "web", "NodePort", "10.96.0.20", "<none>", "80:30080/TCP"]
+    assert printed(filled, "svc", "-n", "x", "-o", "wide")[1][-1] == "app=web"
+    cnp = printed(filled, "cnp")
+    assert cnp[0] == ["NAME", "TIER", "PRIORITY", "AGE"]
+    assert cnp[1][:3] == ["deny-x", "Admin", "10"]
+
+
+@needs_kubectl
+def test_kubectl_get_watch_prints_rows_of_objects_as_they_change(filled: Path) -> None:
+    watcher = subprocess.Popen(
+        ["kubectl", "--kubeconfig", str(filled), "get", "pods", "-n", "x", "-w"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watcher.stdout is not None
+        assert watcher.stdout.readline().split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+        assert watcher.stdout.readline().split()[:3] == ["a", "1/1", "Running"]
+        assert kubectl(filled, "label", "pod", "-n", "x", "a", "tier=web").strip() == "pod/a labeled"
+        assert watcher.stdout.readline().split()[:3] == ["a", "1/1", "Running"]
+    finally:
+        watcher.kill()
+        watcher.communicate()

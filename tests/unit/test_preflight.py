@@ -41,6 +41,7 @@ class FakeNode:
     release: str = RELEASE
     memlock: tuple[int, int] = (8 * 1024 * 1024, 8 * 1024 * 1024)
     bcc_error: Exception | None = None
+    arch: str = "amd64"
 
     def env(self) -> Environment:
         proc = self.root / "proc/self"
@@ -62,13 +63,14 @@ class FakeNode:
             usr_src=self.root / "usr/src",
             host_root=self.root / "host",
             release=self.release,
+            debian_arch=self.arch,
             memlock=lambda: self.memlock,
             import_bcc=import_bcc,
         )
 
     def debian_headers(self, base: Path, version: str = "6.1.0-56", common: bool = True) -> Path:
-        """Debian's split: -amd64 holds generated headers, -common the rest (kconfig.h)."""
-        amd64 = base / f"linux-headers-{version}-amd64"
+        """Debian's split: -amd64 (-arm64) holds generated headers, -common the rest (kconfig.h)."""
+        amd64 = base / f"linux-headers-{version}-{self.arch}"
         (amd64 / "include/generated").mkdir(parents=True)
         (amd64 / "include/generated/autoconf.h").write_text("#define CONFIG_BPF 1\n")
         (amd64 / "arch/x86/include/generated").mkdir(parents=True)
@@ -128,6 +130,27 @@ def test_without_a_modules_link_the_packaged_debian_headers_are_the_fallback(nod
     assert isinstance(found, KernelHeaders)
     assert not found.native
     assert found.dirs == (newest, newest.with_name("linux-headers-6.1.0-56-common"))
+
+
+def test_on_arm64_the_packaged_arm64_headers_are_the_fallback_and_amd64_ones_are_not(
+    node: FakeNode,
+) -> None:
+    node.arch = "arm64"
+    env = node.env()
+    arm64 = node.debian_headers(env.usr_src, "6.1.0-40")
+    node.arch = "amd64"
+    node.debian_headers(env.usr_src, "6.1.0-56")  # newer, but another architecture's
+    found = preflight.find_kernel_headers(env)
+    assert isinstance(found, KernelHeaders)
+    assert found.dirs == (arm64, arm64.with_name("linux-headers-6.1.0-40-common"))
+
+
+def test_on_arm64_without_headers_the_fix_names_linux_headers_arm64(node: FakeNode) -> None:
+    node.arch = "arm64"
+    found = preflight.find_kernel_headers(node.env())
+    assert isinstance(found, Problem)
+    assert "linux-headers-*-arm64: none installed" in found.message
+    assert "apt-get install linux-headers-arm64" in found.message
 
 
 def test_headers_named_after_the_running_release_win_over_newer_ones(node: FakeNode) -> None:
