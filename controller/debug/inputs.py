@@ -79,6 +79,7 @@ class NodeRef:
     pin_dir: Path
     netns: str | None = None  # the lab node's network namespace (None on a real node)
     flow_socket: Path | None = None  # where the node's agent serves its flows
+    agent_pod: str | None = None  # --all-nodes: the agent pod exec'd into (controller.debug.cluster_target)
 
 
 def _items(kind_field: str, body: Any) -> tuple[list[dict[str, Any]], int | None]:
@@ -257,7 +258,7 @@ class LabTarget(Target):
 
     def nodes(self) -> list[NodeRef]:
         nodes = self.lab_status().get("nodes") or {}
-        names = sorted(nodes, key=_node_sort_key)
+        names = sorted(nodes, key=node_sort_key)
         if self.only_node is not None:
             if self.only_node not in nodes:
                 raise VethguardError(
@@ -283,6 +284,6 @@ class LabTarget(Target):
         return {k: v["netns"] for k, v in (self.lab_status().get("pods") or {}).items()}
 
 
-def _node_sort_key(name: str) -> tuple[str, int]:
+def node_sort_key(name: str) -> tuple[str, int]:
     base, _, num = name.rpartition("-")
     return (base, int(num)) if num.isdigit() else (name, 0)

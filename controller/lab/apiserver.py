@@ -7,7 +7,10 @@ installed, and Calico's projectcalico.org/v3 GlobalNetworkPolicies, HostEndpoint
 scoped) and NetworkPolicies (namespaced), served as if Calico's API server were installed) plus
 the lab's ExternalHost kind: discovery and OpenAPI stubs for kubectl (controller.lab.discovery),
 list with a resourceVersion, GET of one object, create (POST), replace (PUT), merge and strategic
-merge patch (PATCH) and DELETE, and watches streamed as newline-delimited JSON events.
+merge patch (PATCH) and DELETE, and watches streamed as newline-delimited JSON events; pods/exec
+over WebSocket (controller.lab.exec_ws) where the server has an exec runner (the lab's agent pods,
+`lab up --agent-pods`: controller.lab.agent_pods). RBAC is not modelled: every client may do
+everything, exec included; tests make a request fail as RBAC would with the `fault` hook.
 
 Watch semantics follow kube-apiserver: no resourceVersion (or "0") starts with an ADDED event per
 existing object; a resourceVersion older than the retained window gets one ERROR event carrying a
@@ -38,6 +41,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from controller.lab import exec_ws
 from controller.lab.discovery import discovery
 from controller.lab.store import (
     BY_PATH,
@@ -51,6 +55,7 @@ from controller.lab.store import (
 )
 
 UNVALIDATED_PATH = "/lab/v1/unvalidated"  # POST an object: stored without field validation
+EXEC_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/exec$")
 DEFAULT_WATCH_TIMEOUT = 1800.0
 BOOKMARK_INTERVAL = 5.0
 
@@ -297,6 +302,10 @@ class ApiHandler(BaseHTTPRequestHandler):
             if doc is not None:
                 self._send_json(200, doc)
                 return
+        exec_path = EXEC_PATH.match(path)
+        if exec_path is not None and method in ("GET", "POST"):
+            self._exec(*(urllib.parse.unquote(p) for p in exec_path.groups()))
+            return
         route = parse_resource_path(path)
         if route is None:
             raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
@@ -332,6 +341,10 @@ class ApiHandler(BaseHTTPRequestHandler):
             raise ApiError(404, "NotFound", f"no lab endpoint {path}")
         code, body = handler(method, path, self._read_body() if method != "GET" else None)
         self._send_json(code, body)
+
+    def _exec(self, namespace: str, name: str) -> None:
+        self.close_connection = True
+        exec_ws.serve(self, self.server.store, self.server.exec_runner, namespace, name)
 
     def _patch(self, route: Route) -> None:
         store = self.server.store
@@ -476,6 +489,7 @@ class _ApiServerMixin:
     lab_handler: LabHandler | None
     stopping: threading.Event
     fault: Fault | None = None
+    exec_runner: exec_ws.ExecRunner | None = None  # pods/exec: None = refused (400)
 
 
 class ApiHTTPServer(_ApiServerMixin, ThreadingHTTPServer):

@@ -53,7 +53,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     if paths.root.exists() or topology.LabNames(lab).owned():
         raise VethguardError(f"lab {lab!r} already exists (remove it with: vethguard lab down --name {lab})")
     require_lab_programs(dns=args.dns)
-    paths.write_config(LabConfig(lab, args.nodes, args.cni, agents=not args.no_agents, dns=args.dns))
+    paths.write_config(
+        LabConfig(
+            lab, args.nodes, args.cni, agents=not args.no_agents, dns=args.dns, agent_pods=args.agent_pods
+        )
+    )
     try:
         start_daemon(paths)
         client = LabClient(paths)
@@ -280,6 +284,13 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="cluster DNS: a dnsmasq pod kube-system/kube-dns behind the Service kube-dns "
         "(10.245.0.10); pods resolve Service names in `lab exec`",
+    )
+    up.add_argument(
+        "--agent-pods",
+        action="store_true",
+        help="also serve the agents as pods vethguard-system/vethguard-<node> (read-only, container "
+        "agent) that pods/exec runs commands in, in the node's namespace: `observe --all-nodes` and "
+        "`kubectl exec` reach every agent as on a cluster",
     )
     up.add_argument("--no-agents", action="store_true", help=argparse.SUPPRESS)
     up.set_defaults(func=cmd_up)

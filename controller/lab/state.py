@@ -35,6 +35,7 @@ class LabConfig:
     cni: str = "routed"
     agents: bool = True
     dns: bool = False  # cluster DNS (controller.lab.dns): dnsmasq pod + kube-dns Service
+    agent_pods: bool = False  # the agents as pods one can exec into (controller.lab.agent_pods)
 
 
 @dataclass(frozen=True)
