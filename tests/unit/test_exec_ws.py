@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import struct
 import sys
 import urllib.error
@@ -22,38 +21,9 @@ import pytest
 from controller.agent.api_errors import describe
 from controller.lab import agent_pods, exec_ws
 from controller.lab.apiserver import ServerThread, serve_tcp
-from controller.lab.daemon import node_object, pod_status
-from controller.lab.store import Store
-from controller.lab.topology import node_addresses, node_name
+from tests.support.lab_api import agent_store, local_exec
 
 MASK = b"\x01\x02\x03\x04"
-
-
-def agent_store(nodes: int = 2) -> Store:
-    """A store as `lab up --agent-pods --nodes N` writes it, plus a pod x/a that is no agent."""
-    store = Store(window=100)
-    for ns in ("default", "x", agent_pods.NAMESPACE):
-        store.create("namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-    for index in range(1, nodes + 1):
-        store.create("nodes", node_object(index))
-        status = pod_status(index, *node_addresses(index))
-        store.create("pods", agent_pods.pod_object(node_name(index), status))
-    store.create(
-        "pods",
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "a", "namespace": "x", "labels": {"pod": "a"}},
-            "spec": {"nodeName": "node-1", "containers": [{"name": "c"}]},
-            "status": pod_status(1, "10.244.1.2", "fd00:10:244:1::2"),
-        },
-    )
-    return store
-
-
-def local_exec(env: dict[str, dict[str, str]] | None = None) -> agent_pods.AgentExec:
-    """The lab's exec runner with the node's namespace left out (commands run here)."""
-    return agent_pods.AgentExec(lambda node: None, lambda node: dict(os.environ) | (env or {}).get(node, {}))
 
 
 @pytest.fixture
@@ -245,7 +215,7 @@ def test_agent_pods_carry_the_daemonsets_pod_labels_and_are_host_network() -> No
     daemonset = yaml.safe_load(
         (Path(__file__).resolve().parents[2] / "deploy" / "daemonset.yaml").read_text()
     )
-    assert agent_pods.LABELS == daemonset["spec"]["template"]["metadata"]["labels"]
+    assert daemonset["spec"]["template"]["metadata"]["labels"] == agent_pods.LABELS
     assert daemonset["metadata"]["namespace"] == agent_pods.NAMESPACE
     assert [c["name"] for c in daemonset["spec"]["template"]["spec"]["containers"]] == [agent_pods.CONTAINER]
     pod = agent_pods.pod_object("node-2", {"phase": "Running"})
