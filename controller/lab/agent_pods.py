@@ -98,7 +98,7 @@ class AgentExec:
 
         return ["nsenter", f"--net={netns_path(netns)}", "--", *command]
 
-    def __call__(self, pod: Obj, container: str, command: list[str], stdin: bool) -> subprocess.Popen[bytes]:
+    def check(self, pod: Obj, container: str) -> None:
         meta = pod["metadata"]
         if not is_agent_pod(pod):
             raise ApiError(
@@ -107,6 +107,9 @@ class AgentExec:
                 f"the lab runs commands only in its agent pods ({NAMESPACE}/vethguard-<node>, container "
                 f"{CONTAINER}, lab up --agent-pods), not in {meta['namespace']}/{meta['name']}",
             )
+
+    def start(self, pod: Obj, container: str, command: list[str], stdin: bool) -> subprocess.Popen[bytes]:
+        self.check(pod, container)
         node = pod["spec"]["nodeName"]
         return subprocess.Popen(
             self.argv(node, command),

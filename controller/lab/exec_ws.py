@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from io import BufferedIOBase
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from controller.lab.store import ApiError, Store
 
@@ -51,10 +51,18 @@ MAX_MESSAGE = 16 << 20  # a client message larger than this ends the connection 
 CHUNK = 32 << 10
 
 Obj = dict[str, Any]
-# (the pod, the container, the command, whether stdin is wanted) -> the running command, with
-# pipes for stdout and stderr (and stdin when wanted); raises controller.lab.store.ApiError
-# for a pod or container it does not run commands in.
-ExecRunner = Callable[[Obj, str, list[str], bool], "subprocess.Popen[bytes]"]
+
+
+class ExecRunner(Protocol):
+    """Which commands run, and where."""
+
+    def check(self, pod: Obj, container: str) -> None:
+        """Raise controller.lab.store.ApiError for a pod or container it runs no commands in."""
+
+    def start(self, pod: Obj, container: str, command: list[str], stdin: bool) -> subprocess.Popen[bytes]:
+        """The running command in a new session (ended by its process group), with pipes for
+        stdout and stderr (and stdin when wanted); OSError when it cannot start."""
+        ...
 
 
 class ProtocolError(Exception):
@@ -354,6 +362,7 @@ def serve(
     container = container_of(pod, options)
     if runner is None:
         raise ApiError(400, "BadRequest", "this API server runs no commands (lab up --agent-pods)")
+    runner.check(pod, container)  # before the upgrade check: kubectl retries a failed upgrade with SPDY
     key = handler.headers.get("Sec-WebSocket-Key")
     if (handler.headers.get("Upgrade") or "").lower() != "websocket" or not key:
         raise ApiError(
@@ -365,8 +374,8 @@ def serve(
             400, "BadRequest", f"no supported subprotocol offered (supported: {', '.join(PROTOCOLS)})"
         )
     spawned: subprocess.Popen[bytes] | OSError
-    try:  # before the upgrade: a pod or container the runner refuses is an HTTP error
-        spawned = runner(pod, container, options.command, options.stdin)
+    try:
+        spawned = runner.start(pod, container, options.command, options.stdin)
     except OSError as exc:  # could not start: reported on channel 3, as kubelet's runtime does
         spawned = exc
     handler.send_response(101)
