@@ -1,6 +1,7 @@
 """Where the debug commands get their inputs: cluster objects from the API, the nodes' pinned
 maps and the agents' /status, either for the local node (a real cluster) or for every node of
-a lab (`--lab NAME`).
+a lab (`--lab NAME`); every node's agent of a real cluster through pods/exec (`--all-nodes`) is
+controller.debug.cluster_target's ClusterTarget.
 
 Local node: objects through the official client (--kubeconfig / $KUBECONFIG / in-cluster),
 maps under <pin-root>/<node>/, agent status from http://127.0.0.1:9890/status (the agent runs
