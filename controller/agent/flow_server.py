@@ -21,8 +21,9 @@ node's socket through pods/exec into the agent pod (controller.debug.cluster_tar
 relay (`vethguard agent-read flows`, controller.agent.agent_read) runs in the agent container,
 i.e. in the node's namespace, as the agent's user and in its PID namespace, so it passes these
 checks, and Kubernetes' RBAC (`create pods/exec` in the agents' namespace: cluster admins)
-decides who may start it. Nothing here trusts the API server: the kernel's checks stay the gate. A refused peer gets one JSON line {"_": "refused", "error": ...}
-and the connection is closed; vethguard_flows_readers_total{result} counts both outcomes.
+decides who may start it. Nothing here trusts the API server: the kernel's checks stay the gate.
+A refused peer gets one JSON line {"_": "refused", "error": ...} and the connection is closed;
+vethguard_flows_readers_total{result} counts both outcomes.
 
 Protocol (JSON lines both ways, UTF-8): the reader sends one request
     {"follow": false, "history": true, "filter": {FlowFilter fields}}

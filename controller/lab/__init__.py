@@ -4,7 +4,8 @@ Contract: shared DESIGN.md "Lab contract"; addressing: docs/INTERNALS.md "Lab ad
 What this package decided where those are silent:
 
 Commands (`vethguard lab SUBCOMMAND --name LAB`, default `default`; errors exit 1 with a message):
-  up -f MODEL... [--nodes N] [--cni routed|bridge] [--dns] [--agent-pods] [--timeout 180]  (hidden: --no-agents)
+  up -f MODEL... [--nodes N] [--cni routed|bridge] [--dns] [--agent-pods] [--timeout 180]
+                                            (hidden: --no-agents)
   apply -f FILE|DIR|- [--timeout 60]        create or replace, then wait for the agents
   delete -f FILE|DIR|- [--timeout 60] [--ignore-not-found]
   probe --port P --protocol TCP|UDP|SCTP [--family 4|6] [--from X ...] [--to Y ...]
