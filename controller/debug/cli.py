@@ -94,7 +94,7 @@ def make_target(args: argparse.Namespace) -> Target:
 
 
 def _agents(target: Target, nodes: Sequence[NodeRef]) -> dict[str, dict[str, Any] | None]:
-    return {n.name: target.agent_status(n) for n in nodes}
+    return target.agent_statuses(nodes)
 
 
 def _behind(view: ClusterView, agents: dict[str, dict[str, Any] | None]) -> dict[str, str]:

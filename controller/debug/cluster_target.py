@@ -261,6 +261,14 @@ class ClusterTarget(LocalTarget):
             argv += ["--flow-socket", self.relay_flow_socket]
         return self.open_exec(node, argv)
 
+    def agent_statuses(self, nodes: Sequence[NodeRef]) -> dict[str, dict[str, Any] | None]:
+        """Every node's status at once: one exec each, in parallel (a cluster has many nodes)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.agent_pods()  # listed once, before the threads
+        with ThreadPoolExecutor(max_workers=min(16, max(1, len(nodes)))) as pool:
+            return dict(zip([n.name for n in nodes], pool.map(self.agent_status, nodes), strict=True))
+
     def agent_status(self, node: NodeRef) -> dict[str, Any] | None:
         """The agent's /status through an exec, or None when it could not be read (why: problems)."""
         try:

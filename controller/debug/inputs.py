@@ -178,6 +178,10 @@ class Target:
     def agent_status(self, node: NodeRef) -> dict[str, Any] | None:
         raise NotImplementedError
 
+    def agent_statuses(self, nodes: Sequence[NodeRef]) -> dict[str, dict[str, Any] | None]:
+        """node -> agent_status(node), for every one of `nodes`."""
+        return {n.name: self.agent_status(n) for n in nodes}
+
 
 class LocalTarget(Target):
     def __init__(
