@@ -14,6 +14,11 @@ the agent's environment plus what its container would set: NODE_NAME and VETHGUA
 command is the lab's own (its interpreter and code, as its agents run it), whatever is on PATH.
 Any other pod: 400 naming the pods that can be exec'd. Off by default, so the lab contract's
 pod lists and the conformance models see no extra pods.
+
+Who may exec: the lab models no RBAC, so exec is served only to this machine's clients (the API
+on 127.0.0.1 and the lab's unix socket), not on the fabric address (10.244.0.1:6443) that the
+lab's nodes and pods reach: a lab pod cannot exec its way into a node. Any local user who can
+connect to the 127.0.0.1 port can, as with every other write to the lab's unauthenticated API.
 """
 
 from __future__ import annotations

@@ -515,9 +515,9 @@ class LabDaemon:
         self.servers.append(ServerThread(ApiHTTPServer(local, self.store, self.lab_endpoint)).start())
         unix = ApiUnixServer(self.paths.socket, self.store, self.lab_endpoint)
         self.servers.append(ServerThread(unix).start())
-        if self.config.agent_pods:
+        if self.config.agent_pods:  # this machine's clients only: not on the fabric, which pods reach
             runner = agent_pods.AgentExec(self._node_netns, self._agent_pod_env)
-            for server in self.servers:
+            for server in self.servers[1:]:
                 server.server.exec_runner = runner
         return int(local.getsockname()[1])
 

@@ -3,7 +3,8 @@
 `vethguard observe --kubeconfig <the lab's> --all-nodes` reads each node's flows through pods/exec
 (the relay runs in the node's namespace, so the agent's flow socket admits it): the denied probes
 of both nodes, the same events `observe --lab` sees, the same for two concurrent observers;
-kubectl's exec (WebSocket v5) works too, and the agent pods are read-only."""
+kubectl's exec (WebSocket v5) works too, the agent pods are read-only, and a lab pod cannot exec
+through the API address the pods reach."""
 
 from __future__ import annotations
 
@@ -140,3 +141,19 @@ def test_kubectl_exec_runs_vethguard_in_the_agent_pod_of_each_node(lab: Lab) -> 
     assert refused.returncode == 1 and "the lab runs commands only in its agent pods" in refused.stderr
     kept = kubectl("delete", "pod", "-n", "vethguard-system", "vethguard-node-1")
     assert kept.returncode == 1 and "is the lab's agent pod (lab up --agent-pods): read-only" in kept.stderr
+
+
+# From inside a lab pod: the API on the fabric address, as the agents use it (GET with an upgrade)
+FABRIC_EXEC = (
+    "import http.client, json; c = http.client.HTTPConnection('10.244.0.1', 6443, timeout=10); "
+    "c.request('GET', '/api/v1/namespaces/vethguard-system/pods/vethguard-node-1/exec"
+    "?command=id&container=agent&stdout=true', "
+    "headers={'Upgrade': 'websocket', 'Connection': 'Upgrade', 'Sec-WebSocket-Key': 'x', "
+    "'Sec-WebSocket-Protocol': 'v5.channel.k8s.io'}); r = c.getresponse(); "
+    "print(r.status, json.loads(r.read())['message'])"
+)
+
+
+def test_a_lab_pod_cannot_exec_into_an_agent_pod_through_the_fabric_api(lab: Lab) -> None:
+    out = lab.cli("exec", "x/a", "--", sys.executable, "-c", FABRIC_EXEC).stdout
+    assert out == "400 this API server runs no commands (lab up --agent-pods)\n"
