@@ -41,6 +41,7 @@ def build_parser(prog: str = "vethguard") -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{prog} {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser)
 
+    from controller.agent.agent_read import register as register_agent_read
     from controller.agent.cli import register as register_agent
     from controller.bench.cli import register as register_bench
     from controller.cni.install import register as register_cni_install
@@ -55,6 +56,7 @@ def build_parser(prog: str = "vethguard") -> argparse.ArgumentParser:
     from controller.lab.demo import register as register_demo
 
     register_agent(sub)
+    register_agent_read(sub)
     register_lab(sub)
     register_demo(sub)
     register_debug(sub)

@@ -4,7 +4,10 @@ The official client raises ApiException for an HTTP error status, urllib3's erro
 it could not talk to (refused, unresolvable, TLS, timeouts; wrapped in MaxRetryError), and
 ConfigException or a YAML error for a kubeconfig it could not read. `describe(exc)` turns each
 into the line a user needs (which server, what it said, what to check); None for anything else,
-which stays a bug with its traceback. The CLI prints it as `error: ...` (controller/cli.py)."""
+which stays a bug with its traceback. A WebSocket request (kubernetes.stream: pods/exec) the
+server refused is an ApiException without a status whose context is websocket-client's
+WebSocketBadStatusException: it is worded like any other status. The CLI prints the line as
+`error: ...` (controller/cli.py)."""
 
 from __future__ import annotations
 
@@ -21,9 +24,19 @@ HINTS = {
 }
 
 
-def _status_message(exc: Any) -> str:
+def handshake_status(exc: BaseException) -> tuple[int, str, str] | None:
+    """(status, reason, the Status's message) of a refused WebSocket upgrade (pods/exec), which
+    kubernetes.stream raises as ApiException(status=0) from a WebSocketBadStatusException."""
+    cause = exc.__cause__ or exc.__context__
+    status = getattr(cause, "status_code", None)
+    if not isinstance(status, int) or not hasattr(cause, "resp_body"):
+        return None
+    reason = str(getattr(cause, "status_message", "") or "")
+    return status, reason, _status_message(getattr(cause, "resp_body", None), reason)
+
+
+def _status_message(body: Any, reason: Any) -> str:
     """The Status object's message, or the raw body's first line, or the HTTP reason."""
-    body = getattr(exc, "body", None)
     if isinstance(body, bytes):
         body = body.decode("utf-8", "replace")
     if isinstance(body, str) and body.strip():
@@ -33,7 +46,7 @@ def _status_message(exc: Any) -> str:
             return body.strip().splitlines()[0][:300]
         if isinstance(doc, dict) and doc.get("message"):
             return str(doc["message"])
-    return str(getattr(exc, "reason", "") or "")
+    return str(reason or "")
 
 
 def _where(exc: Any) -> str:
@@ -85,13 +98,17 @@ def describe(exc: BaseException) -> str | None:
 
     if isinstance(exc, ApiException):
         status = int(exc.status or 0)
+        refused = handshake_status(exc) if status == 0 else None
+        if refused is not None:
+            line = f"the API server answered {refused[0]} {refused[1]}".rstrip() + f": {refused[2]}"
+            return f"{line} ({HINTS[refused[0]]})" if refused[0] in HINTS else line
         if status == 0:  # raised by the client itself: TLS failures, bad arguments
             reason = " ".join(str(exc.reason or "").split())
             if reason.startswith("SSLError"):
                 detail = reason.removeprefix("SSLError").strip()
                 return f"TLS with the API server failed: {detail} (check the kubeconfig's CA and server URL)"
             return f"Kubernetes client error: {reason}"
-        message = _status_message(exc)
+        message = _status_message(exc.body, exc.reason)
         hint = HINTS.get(status)
         line = f"the API server answered {status} {exc.reason or ''}".rstrip() + f": {message}"
         return f"{line} ({hint})" if hint else line

@@ -16,8 +16,14 @@ and each connection is authenticated by the kernel's view of the peer, not by an
      agent's PID namespace (pid 0) is refused as well.
 Where the agent runs with hostNetwork (deploy/daemonset.yaml) the node's namespace is the host's;
 in a lab each node's agent runs in the node's namespace, and `vethguard observe --lab` connects
-from a thread that entered it. A refused peer gets one JSON line {"_": "refused", "error": ...}
-and the connection is closed; vethguard_flows_readers_total{result} counts both outcomes.
+from a thread that entered it. From another machine, `vethguard observe --all-nodes` reaches each
+node's socket through pods/exec into the agent pod (controller.debug.cluster_target): the exec'd
+relay (`vethguard agent-read flows`, controller.agent.agent_read) runs in the agent container,
+i.e. in the node's namespace, as the agent's user and in its PID namespace, so it passes these
+checks, and Kubernetes' RBAC (`create pods/exec` in the agents' namespace: cluster admins)
+decides who may start it. Nothing here trusts the API server: the kernel's checks stay the gate.
+A refused peer gets one JSON line {"_": "refused", "error": ...} and the connection is closed;
+vethguard_flows_readers_total{result} counts both outcomes.
 
 Protocol (JSON lines both ways, UTF-8): the reader sends one request
     {"follow": false, "history": true, "filter": {FlowFilter fields}}

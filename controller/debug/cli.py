@@ -18,6 +18,7 @@ from controller.compiler.clusterview import ClusterView
 from controller.core.errors import VethguardError
 from controller.debug import bpfview, calico, cnp, hostep, hostep_cli, netpol, observe, reach
 from controller.debug import explain as explain_mod
+from controller.debug.cluster_target import DEFAULT_AGENT_NAMESPACE, DEFAULT_AGENT_SELECTOR, ClusterTarget
 from controller.debug.inputs import DEFAULT_AGENT, DEFAULT_PIN_ROOT, LabTarget, LocalTarget, NodeRef, Target
 from controller.debug.kernel import LiveHalf, NodeMaps
 from controller.debug.render import dump, table
@@ -28,7 +29,11 @@ EXIT_MISMATCH = 3  # explain / reachability --probe: the kernel disagrees with t
 # -- common arguments ------------------------------------------------------------------------
 
 
-def target_args(p: argparse.ArgumentParser, output: Sequence[str] = ("json",)) -> None:
+def target_args(
+    p: argparse.ArgumentParser, output: Sequence[str] = ("json",), all_nodes: bool = False
+) -> None:
+    """The options saying where the inputs are; `all_nodes`: the command reads agents (not maps),
+    so it takes --all-nodes (controller.debug.cluster_target)."""
     g = p.add_argument_group("where")
     g.add_argument("--lab", metavar="NAME", help="act on every node of this lab instead of the local node")
     g.add_argument(
@@ -41,13 +46,43 @@ def target_args(p: argparse.ArgumentParser, output: Sequence[str] = ("json",)) -
     )
     g.add_argument("--kubeconfig", help="kubeconfig (default: $KUBECONFIG, in-cluster, ~/.kube/config)")
     g.add_argument(
-        "--agent", default=DEFAULT_AGENT, help=f"the local agent's status address (default {DEFAULT_AGENT})"
+        "--agent",
+        default=DEFAULT_AGENT,
+        help=f"the agent's status address on its node (default {DEFAULT_AGENT})",
     )
+    if all_nodes:
+        g.add_argument(
+            "--all-nodes",
+            action="store_true",
+            help="with the kubeconfig's cluster: read every node's agent through pods/exec in its "
+            "agent pod (needs RBAC create pods/exec in --agent-namespace)",
+        )
+        g.add_argument(
+            "--agent-namespace",
+            default=DEFAULT_AGENT_NAMESPACE,
+            help=f"--all-nodes: the agents' namespace (default {DEFAULT_AGENT_NAMESPACE})",
+        )
+        g.add_argument(
+            "--agent-selector",
+            default=DEFAULT_AGENT_SELECTOR,
+            help=f"--all-nodes: the agent pods' label selector (default {DEFAULT_AGENT_SELECTOR})",
+        )
     if output:  # describe prints text only, as kubectl's does (get -o json|yaml has the data)
         p.add_argument("-o", "--output", choices=list(output), help="output format")
 
 
 def make_target(args: argparse.Namespace) -> Target:
+    if getattr(args, "all_nodes", False):
+        if args.lab or args.node:
+            raise VethguardError("--all-nodes reads a cluster's agents: it takes no --lab or --node")
+        return ClusterTarget(
+            args.kubeconfig,
+            args.agent,
+            args.agent_namespace,
+            args.agent_selector,
+            getattr(args, "flow_socket", None),
+            args.pin_root,
+        )
     if args.lab:
         return LabTarget(args.lab, args.node)
     return LocalTarget(
@@ -55,12 +90,12 @@ def make_target(args: argparse.Namespace) -> Target:
         args.pin_root,
         args.kubeconfig,
         args.agent,
-        getattr(args, "flow_socket", DEFAULT_FLOW_SOCKET),
+        getattr(args, "flow_socket", None) or DEFAULT_FLOW_SOCKET,
     )
 
 
 def agent_statuses(target: Target, nodes: Sequence[NodeRef]) -> dict[str, dict[str, Any] | None]:
-    return {n.name: target.agent_status(n) for n in nodes}
+    return target.agent_statuses(nodes)
 
 
 def agents_behind(view: ClusterView, agents: dict[str, dict[str, Any] | None]) -> dict[str, str]:
@@ -518,7 +553,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
     p.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
-    target_args(p, ("wide", "json", "yaml"))
+    target_args(p, ("wide", "json", "yaml"), all_nodes=True)
     p.set_defaults(func=cmd_get)
 
     p = sub.add_parser(
@@ -529,7 +564,7 @@ def register(sub: Any) -> None:
     p.add_argument("kind", choices=NETPOL_NAMES + cnp.NAMES, metavar="netpol|cnp", help="the kind")
     p.add_argument("name", nargs="?", help="one object (default: every one)")
     p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
-    target_args(p, ())
+    target_args(p, (), all_nodes=True)
     p.set_defaults(func=cmd_describe)
 
     p = sub.add_parser(
@@ -578,8 +613,8 @@ def register(sub: Any) -> None:
     p.add_argument("--since", help="only flows since: 30s, 5m, 2h ago, a unix or an ISO 8601 time")
     p.add_argument(
         "--flow-socket",
-        default=DEFAULT_FLOW_SOCKET,
-        help=f"the local agent's flow socket (default {DEFAULT_FLOW_SOCKET})",
+        help=f"the agent's flow socket (default {DEFAULT_FLOW_SOCKET}; --all-nodes: the agent "
+        "container's $VETHGUARD_FLOW_SOCKET or that)",
     )
     p.add_argument(
         "-f",
@@ -589,7 +624,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--timeout", type=float, help="with --follow: stop after this many seconds")
     p.add_argument("--count", type=int, help="stop after this many events")
-    target_args(p)
+    target_args(p, all_nodes=True)
     p.set_defaults(func=cmd_observe)
 
     p = sub.add_parser(

@@ -8,6 +8,9 @@ Each node has a feed on its own thread that puts (node, message) on one queue:
   RingFeed   where no agent serves the node (no socket: an agent older than the flow socket, or
              none), reads the node's pinned ring buffer itself as observe did before. It competes
              with any other ring reader: each event goes to one of them.
+  ExecFeed   --all-nodes on a cluster: the same protocol read through pods/exec in the node's
+             agent pod (controller.debug.cluster_target: `vethguard agent-read flows` relays the
+             flow socket there, so the agent checks the relay, not us; RBAC decides who may exec).
 Merge: a record is printed once every feed has reported a later time (a record, or the agents'
 ticks every 0.5 s), or when it is HOLD_SECONDS old, whichever comes first; history first.
 """
@@ -24,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from controller.agent.flow_server import now_text
 from controller.agent.flows import FlowFilter
@@ -33,6 +36,7 @@ from controller.core.errors import VethguardError
 from controller.core.verdicts import DIR_EGRESS
 from controller.datapath import codecs
 from controller.debug import observe
+from controller.debug.cluster_target import ClusterTarget
 from controller.debug.inputs import NodeRef, Target
 
 HOLD_SECONDS = 1.0
@@ -91,6 +95,52 @@ class AgentFeed(Feed):
             if not self._closed.is_set():
                 self.out.put((name, {"_": "error", "error": f"{self.node.flow_socket}: {exc}"}))
         finally:
+            self.out.put((name, {"_": "closed"}))
+
+
+class ExecStream(Protocol):
+    """A relay's output (controller.debug.cluster_target.PodExec): the flow socket's JSON lines."""
+
+    def lines(self) -> Iterator[bytes]: ...
+
+    def failure(self) -> str | None: ...
+
+    def close(self) -> None: ...
+
+
+class ExecFeed(Feed):
+    """The node's agent through an exec stream; `connect()` opens it (VethguardError: one line)."""
+
+    def __init__(self, node: NodeRef, connect: Callable[[], ExecStream], out: queue.Queue[Message]) -> None:
+        super().__init__(node, out)
+        self.connect = connect
+        self._stream: ExecStream | None = None
+
+    def close(self) -> None:
+        super().close()
+        if self._stream is not None:
+            self._stream.close()
+
+    def _run(self) -> None:
+        name = self.node.name
+        try:
+            self._stream = self.connect()
+            if self._closed.is_set():
+                self._stream.close()
+                return
+            for line in self._stream.lines():
+                if self._closed.is_set():
+                    break
+                self.out.put((name, json.loads(line)))
+            failure = None if self._closed.is_set() else self._stream.failure()
+            if failure is not None:
+                self.out.put((name, {"_": "error", "error": failure}))
+        except Exception as exc:
+            if not self._closed.is_set():
+                self.out.put((name, {"_": "error", "error": str(exc)}))
+        finally:
+            if self._stream is not None:
+                self._stream.close()
             self.out.put((name, {"_": "closed"}))
 
 
@@ -186,6 +236,9 @@ def observed(
     ring_view = RingView(target)
     try:
         for node in nodes:
+            if isinstance(target, ClusterTarget):
+                feeds.append(ExecFeed(node, _stream_of(target, node, request), out).start())
+                continue
             if node.flow_socket is not None and node.flow_socket.exists():
                 feeds.append(AgentFeed(node, request, out).start())
                 continue
@@ -223,6 +276,10 @@ def observed(
     finally:
         for f in feeds:
             f.close()
+
+
+def _stream_of(target: ClusterTarget, node: NodeRef, request: dict[str, Any]) -> Callable[[], ExecStream]:
+    return lambda: target.flow_stream(node, request)
 
 
 class RingView:

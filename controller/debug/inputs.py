@@ -1,6 +1,7 @@
 """Where the debug commands get their inputs: cluster objects from the API, the nodes' pinned
 maps and the agents' /status, either for the local node (a real cluster) or for every node of
-a lab (`--lab NAME`).
+a lab (`--lab NAME`); every node's agent of a real cluster through pods/exec (`--all-nodes`) is
+controller.debug.cluster_target's ClusterTarget.
 
 Local node: objects through the official client (--kubeconfig / $KUBECONFIG / in-cluster),
 maps under <pin-root>/<node>/, agent status from http://127.0.0.1:9890/status (the agent runs
@@ -82,6 +83,7 @@ class NodeRef:
     pin_dir: Path
     netns: str | None = None  # the lab node's network namespace (None on a real node)
     flow_socket: Path | None = None  # where the node's agent serves its flows
+    agent_pod: str | None = None  # --all-nodes: the agent pod exec'd into (controller.debug.cluster_target)
 
 
 def _items(kind_field: str, body: Any) -> tuple[list[dict[str, Any]], str | None]:
@@ -191,6 +193,10 @@ class Target:
     def agent_status(self, node: NodeRef) -> dict[str, Any] | None:
         raise NotImplementedError
 
+    def agent_statuses(self, nodes: Sequence[NodeRef]) -> dict[str, dict[str, Any] | None]:
+        """node -> agent_status(node), for every one of `nodes`."""
+        return {n.name: self.agent_status(n) for n in nodes}
+
 
 class LocalTarget(Target):
     def __init__(
@@ -272,7 +278,7 @@ class LabTarget(Target):
 
     def nodes(self) -> list[NodeRef]:
         nodes = self.lab_status().get("nodes") or {}
-        names = sorted(nodes, key=_node_sort_key)
+        names = sorted(nodes, key=node_sort_key)
         if self.only_node is not None:
             if self.only_node not in nodes:
                 raise VethguardError(
@@ -298,6 +304,6 @@ class LabTarget(Target):
         return {k: v["netns"] for k, v in (self.lab_status().get("pods") or {}).items()}
 
 
-def _node_sort_key(name: str) -> tuple[str, int]:
+def node_sort_key(name: str) -> tuple[str, int]:
     base, _, num = name.rpartition("-")
     return (base, int(num)) if num.isdigit() else (name, 0)

@@ -4,7 +4,8 @@ Contract: shared DESIGN.md "Lab contract"; addressing: docs/INTERNALS.md "Lab ad
 What this package decided where those are silent:
 
 Commands (`vethguard lab SUBCOMMAND --name LAB`, default `default`; errors exit 1 with a message):
-  up -f MODEL... [--nodes N] [--cni routed|bridge] [--dns] [--timeout 180]  (hidden: --no-agents)
+  up -f MODEL... [--nodes N] [--cni routed|bridge] [--dns] [--agent-pods] [--timeout 180]
+                                            (hidden: --no-agents)
   apply -f FILE|DIR|- [--timeout 60]        create or replace, then wait for the agents
   delete -f FILE|DIR|- [--timeout 60] [--ignore-not-found]
   probe --port P --protocol TCP|UDP|SCTP [--family 4|6] [--from X ...] [--to Y ...]
@@ -52,6 +53,9 @@ Pieces:
                 for other cluster.local names, forwards nothing; pods' resolv.conf (search
                 NS.svc.cluster.local svc.cluster.local cluster.local, ndots:5) in /etc/netns/<pod netns>/
                 Egress to a ClusterIP is still judged on the ClusterIP by from_pod (before DNAT).
+  agent_pods.py `up --agent-pods`: read-only pods vethguard-system/vethguard-<node> (the DaemonSet's
+                labels, container agent) whose pods/exec (exec_ws.py: WebSocket v5/v4) runs the
+                command in the node's namespace as root; no RBAC is modelled
 
 State: /run/vethguard/labs/<lab>/ {lab.json, store.json, api.sock, kubeconfig (this machine's
 clients: the API on a free port of 127.0.0.1), kubeconfig-nodes (the agents: 10.244.0.1:6443), daemon.pid,

@@ -10,7 +10,10 @@ list with a resourceVersion, GET of one object, create (POST), replace (PUT), me
 merge patch (PATCH) and DELETE, and watches streamed as newline-delimited JSON events. A GET whose
 Accept header asks for a `meta.k8s.io` Table (kubectl get) is answered with one, as kube-apiserver
 does (controller.lab.tables: list, get, and watch events of one-row Tables whose first carries the
-columns); every other client gets the objects.
+columns); every other client gets the objects. pods/exec over WebSocket (controller.lab.exec_ws)
+where the server has an exec runner (the lab's agent pods, `lab up --agent-pods`:
+controller.lab.agent_pods). RBAC is not modelled: every client may do everything, exec included;
+tests make a request fail as RBAC would with the `fault` hook.
 
 Watch semantics follow kube-apiserver: no resourceVersion (or "0") starts with an ADDED event per
 existing object; a resourceVersion older than the retained window gets one ERROR event carrying a
@@ -42,7 +45,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from controller.lab import tables
+from controller.lab import exec_ws, tables
 from controller.lab.discovery import discovery
 from controller.lab.state import BOOKMARK_INTERVAL
 from controller.lab.store import (
@@ -57,6 +60,7 @@ from controller.lab.store import (
 )
 
 UNVALIDATED_PATH = "/lab/v1/unvalidated"  # POST an object: stored without field validation
+EXEC_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/exec$")
 DEFAULT_WATCH_TIMEOUT = 1800.0
 
 # A handler for the lab's own endpoints (/lab/...): (method, path, body) -> (code, json body).
@@ -306,6 +310,10 @@ class ApiHandler(BaseHTTPRequestHandler):
             if doc is not None:
                 self._send_json(200, doc)
                 return
+        exec_path = EXEC_PATH.match(path)
+        if exec_path is not None and method in ("GET", "POST"):
+            self._exec(*(urllib.parse.unquote(p) for p in exec_path.groups()))
+            return
         route = parse_resource_path(path)
         if route is None:
             raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
@@ -342,6 +350,10 @@ class ApiHandler(BaseHTTPRequestHandler):
             raise ApiError(404, "NotFound", f"no lab endpoint {path}")
         code, body = handler(method, path, self._read_body() if method != "GET" else None)
         self._send_json(code, body)
+
+    def _exec(self, namespace: str, name: str) -> None:
+        self.close_connection = True
+        exec_ws.serve(self, self.server.store, self.server.exec_runner, namespace, name)
 
     def _patch(self, route: Route) -> None:
         store = self.server.store
@@ -532,6 +544,7 @@ class _ApiServerMixin:
     stopping: threading.Event
     fault: Fault | None = None
     bookmark_interval: float = BOOKMARK_INTERVAL  # seconds; 0: no BOOKMARKs at all
+    exec_runner: exec_ws.ExecRunner | None = None  # pods/exec: None = refused (400)
 
 
 class ApiHTTPServer(_ApiServerMixin, ThreadingHTTPServer):

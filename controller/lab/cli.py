@@ -72,6 +72,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             agents=not args.no_agents,
             dns=args.dns,
             bookmark_interval=args.bookmark_interval,
+            agent_pods=args.agent_pods,
         )
     )
     try:
@@ -308,6 +309,13 @@ def register(subparsers: Any) -> None:
         metavar="SECONDS",
         help="seconds between the BOOKMARKs the lab's API server sends a watch that asks for them, "
         f"as kube-apiserver does about once a minute (default: {BOOKMARK_INTERVAL:g}; 0: none)",
+    )
+    up.add_argument(
+        "--agent-pods",
+        action="store_true",
+        help="also serve the agents as pods vethguard-system/vethguard-<node> (read-only, container "
+        "agent) that pods/exec runs commands in, in the node's namespace: `observe --all-nodes` and "
+        "`kubectl exec` reach every agent as on a cluster",
     )
     up.add_argument("--no-agents", action="store_true", help=argparse.SUPPRESS)
     up.set_defaults(func=cmd_up)

@@ -29,8 +29,8 @@ import time
 from typing import Any
 
 from controller.core import programs
-from controller.lab import cni_runtime, dns, kubeproxy, netns, topology
-from controller.lab.agents import AGENT_STATUS_PORT, AgentSupervisor
+from controller.lab import agent_pods, cni_runtime, dns, kubeproxy, netns, topology
+from controller.lab.agents import AGENT_STATUS_PORT, AgentSupervisor, agent_env
 from controller.lab.apiserver import (
     ApiHTTPServer,
     ApiUnixServer,
@@ -111,6 +111,8 @@ class LabAdmission:
     # --- Admission protocol ---
 
     def admit(self, op: str, resource: Resource, obj: Obj, old: Obj | None) -> Obj:
+        if resource.plural == "pods" and (agent_pods.is_agent_pod(obj) or agent_pods.is_agent_pod(old)):
+            raise agent_pods.refuse_write(obj)
         if resource.plural == "pods":
             return self._admit_pod(op, obj, old)
         if resource.plural == "externalhosts":
@@ -488,6 +490,12 @@ class LabDaemon:
             self.store.create(
                 "namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}
             )
+            if self.config.agent_pods:  # written before admission: it refuses writes of them
+                self.store.create("namespaces", agent_pods.namespace_object())
+                for index in range(1, self.config.nodes + 1):
+                    addresses = topology.node_addresses(index)
+                    status = pod_status(index, *addresses, [{"name": agent_pods.CONTAINER}])
+                    self.store.create("pods", agent_pods.pod_object(topology.node_name(index), status))
         self.store.admission = self.admission
         if not fresh:
             self.admission.restore()
@@ -540,8 +548,20 @@ class LabDaemon:
         )
         for server in servers:
             server.bookmark_interval = self.config.bookmark_interval
+        if self.config.agent_pods:  # this machine's clients only: not on the fabric, which pods reach
+            runner = agent_pods.AgentExec(self._node_netns, self._agent_pod_env)
+            for server in servers[1:]:
+                server.exec_runner = runner
+        for server in servers:
             self.servers.append(ServerThread(server).start())
         return int(local.getsockname()[1])
+
+    def _node_netns(self, node: str) -> str:
+        return self.topo.names.node(topology.node_index(node) or 1)
+
+    def _agent_pod_env(self, node: str) -> dict[str, str]:
+        """What an exec in the node's agent pod sees: its agent's environment and container's."""
+        return agent_env(self.paths) | {"VETHGUARD_FLOW_SOCKET": str(self.paths.flow_socket(node))}
 
     def lab_endpoint(self, method: str, path: str, body: Any) -> tuple[int, Any]:
         if method == "GET" and path == "/lab/v1/status":

@@ -40,6 +40,7 @@ class LabConfig:
     agents: bool = True
     dns: bool = False  # cluster DNS (controller.lab.dns): dnsmasq pod + kube-dns Service
     bookmark_interval: float = BOOKMARK_INTERVAL  # seconds between a watch's BOOKMARKs (0: none)
+    agent_pods: bool = False  # the agents as pods one can exec into (controller.lab.agent_pods)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -67,11 +67,18 @@ def total(samples: Samples, name: str, **labels: str) -> float:
 
 
 def observe_sessions(
-    lab: str, sessions: int, seconds: float, *args: str, act: Callable[[], object]
+    lab: str,
+    sessions: int,
+    seconds: float,
+    *args: str,
+    act: Callable[[], object],
+    where: Sequence[str] | None = None,
 ) -> list[list[dict[str, Any]]]:
     """The records each of `sessions` `vethguard observe --lab LAB -o json -f --timeout SECONDS
-    *args` printed, with `act()` run once they all follow (3 s after they start)."""
-    command = [sys.executable, "-m", "controller.cli", "observe", "--lab", lab, "-o", "json"]
+    *args` printed, with `act()` run once they all follow (3 s after they start); `where`
+    replaces `--lab LAB` (e.g. --kubeconfig K --all-nodes)."""
+    place = ["--lab", lab] if where is None else list(where)
+    command = [sys.executable, "-m", "controller.cli", "observe", *place, "-o", "json"]
     follow = ["-f", "--timeout", str(seconds), *args]
     procs = [
         subprocess.Popen([*command, *follow], stdout=subprocess.PIPE, text=True) for _ in range(sessions)

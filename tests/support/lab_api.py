@@ -1,17 +1,22 @@
 """The lab's Kubernetes API server in this process, for unit tests of what it serves and of the
 clients that read it: the official client's CustomObjectsApi on a store, a kubeconfig of a
-served store, and a raw GET (discovery)."""
+served store, a raw GET (discovery), and a store with the agent pods of `lab up --agent-pods`
+with an exec runner that runs their commands here (pods/exec without root)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from controller.lab import agent_pods
 from controller.lab.apiserver import kubeconfig_text, serve_tcp, tcp_listener
+from controller.lab.daemon import node_object, pod_status
 from controller.lab.store import Store
+from controller.lab.topology import node_addresses, node_name
 
 # how often the served stores' watches get a BOOKMARK: several in watch_events' one second
 BOOKMARK_SECONDS = 0.3
@@ -97,3 +102,30 @@ def lab_manifest(directory: Path, verb: str, text: str) -> int:
     path = directory / "manifest.yaml"
     path.write_text(text)
     return cli.main(["lab", verb, "--name", "t", "-f", str(path)])
+
+
+def agent_store(nodes: int = 2) -> Store:
+    """A store as `lab up --agent-pods --nodes N` writes it, plus a pod x/a that is no agent."""
+    store = Store(window=100)
+    for ns in ("default", "x", agent_pods.NAMESPACE):
+        store.create("namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    for index in range(1, nodes + 1):
+        store.create("nodes", node_object(index))
+        status = pod_status(index, *node_addresses(index), [{"name": agent_pods.CONTAINER}])
+        store.create("pods", agent_pods.pod_object(node_name(index), status))
+    store.create(
+        "pods",
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "a", "namespace": "x", "labels": {"pod": "a"}},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "c"}]},
+            "status": pod_status(1, "10.244.1.2", "fd00:10:244:1::2", [{"name": "c"}]),
+        },
+    )
+    return store
+
+
+def local_exec(env: dict[str, dict[str, str]] | None = None) -> agent_pods.AgentExec:
+    """The lab's exec runner with the node's namespace left out (commands run here)."""
+    return agent_pods.AgentExec(lambda node: None, lambda node: dict(os.environ) | (env or {}).get(node, {}))

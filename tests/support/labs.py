@@ -165,10 +165,10 @@ def agent_get(lab: Lab, path: str, node: int = 1) -> bytes:
 
 
 @contextlib.contextmanager
-def lab_up(model: str, *up_args: str, timeout: float = 300) -> Iterator[Lab]:
+def lab_up(model: str, *up_args: str, timeout: float = 300, prefix: str = "t") -> Iterator[Lab]:
     """`vethguard lab up` of `model` (YAML text) with `up_args`, torn down on exit whatever
-    happened; for module-scoped fixtures."""
-    name = unique_lab_name()
+    happened; for module-scoped fixtures. `prefix` replaces the name's leading t."""
+    name = prefix + unique_lab_name()[1:]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.yaml"
         path.write_text(model)

@@ -39,6 +39,10 @@ DYNAMIC = {
     ): "`vethguard lab exec POD -- CMD` runs the user's CMD; programs.require names its package first",
     ("controller/core/programs.py", "missing"): "looks up the programs its callers name",
     (
+        "controller/lab/agent_pods.py",
+        "start",
+    ): "pods/exec in a lab agent pod runs the command the exec request names (nsenter into the node)",
+    (
         "tests/conformance/runner.py",
         "run",
     ): "the vethguard console script, or this interpreter with -m controller.cli",

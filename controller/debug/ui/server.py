@@ -344,7 +344,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     flows = FlowBuffer()
     Follower(lambda: make_target(args), flows).start()
-    text = f"lab {args.lab}" if args.lab else f"node {target.nodes()[0].name}"
+    if args.lab:
+        text = f"lab {args.lab}"
+    elif args.all_nodes:
+        text = f"cluster, {len(target.nodes())} nodes (pods/exec in {args.agent_namespace})"
+    else:
+        text = f"node {target.nodes()[0].name}"
     try:
         server = serve(App(source, flows, text, probe), host, port)
     except OSError as exc:
@@ -384,8 +389,8 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--flow-socket",
-        default=DEFAULT_FLOW_SOCKET,
-        help=f"the local agent's flow socket (default {DEFAULT_FLOW_SOCKET})",
+        help=f"the agent's flow socket (default {DEFAULT_FLOW_SOCKET}; --all-nodes: the agent "
+        "container's $VETHGUARD_FLOW_SOCKET or that)",
     )
-    target_args(p, ())
+    target_args(p, (), all_nodes=True)
     p.set_defaults(func=cmd_ui)
