@@ -17,7 +17,9 @@ Pieces: source.py (API objects, pinned map dirs, agent /status), compiler/cluste
 compiled cluster every number is translated with), kernel.py (bpf(2) dumps and live LPM
 lookups), flow_client.py (the agents' flow servers; datapath/ringbuf.py where none serves a
 node), and the pure per-command modules bpfview,
-netpol, cnp, explain, observe, reach; cli.py wires them.
+netpol, cnp, explain, observe, reach; commands.py runs them (one handler per command),
+target_options.py makes the Target from the "where" options, live_checks.py compares with the agents,
+the pinned maps and lab probes, and cli.py registers the parsers.
 
 ClusterNetworkPolicy tiers: explain, observe, reachability and `bpf policy` name the tier
 (Admin, NetworkPolicy, Baseline), the policy, the rule (index and `name`) and its action, and

@@ -223,7 +223,7 @@ def run(
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from controller.agent import preflight
-    from controller.debug.cli import make_target
+    from controller.debug.target_options import make_target
 
     checks = run(make_target(args), args.kubeconfig, preflight.run_checks)
     if args.output in ("json", "yaml"):
@@ -237,7 +237,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    from controller.debug.cli import target_args
+    from controller.debug.target_options import target_args
 
     p = sub.add_parser(
         "doctor",

@@ -16,8 +16,8 @@ from controller.agent.flow_server import DEFAULT_FLOW_SOCKET
 from controller.agent.flows import FlowFilter
 from controller.core.errors import VethguardError
 from controller.debug import flow_client
-from controller.debug.cli import make_target, target_args
 from controller.debug.render import dump, table
+from controller.debug.target_options import make_target, target_args
 from controller.debug.whatif import Change, WhatIfReport, kind_of, whatif
 from controller.lab import manifests
 

@@ -23,13 +23,15 @@ Lab names: 1-24 of [a-z0-9_] (no '-', so `vg-<lab>-` prefixes never overlap betw
 Pieces:
   store.py      objects + one global resourceVersion + watch window; persisted to store.json
   apiserver.py  the Kubernetes API over http (list/get/create/replace/merge-patch/delete/watch,
-                BOOKMARK after every write on every open watch, 410 Expired on old versions)
+                BOOKMARK after every write on every open watch, 410 Expired on old versions);
+                api_requests.py: its resource paths, label/field selectors and merge patches
   topology.py   namespaces and veths (routed, Calico-like, or a cni0 bridge per node,
                 flannel-like); netns.py: setns/ip/sysctl helpers
   daemon.py     one per lab (python -m controller.lab.daemon --name LAB, detached): API server on
                 10.244.0.1:6443 in vg-<lab>-fabric and on <state>/api.sock; admission hooks that
                 build a Pod's namespace/veth/routes/responders BEFORE it is written (and remove
-                them after it is deleted); GET /lab/v1/status
+                them after it is deleted: admission.py); GET /lab/v1/status; kubelet_objects.py:
+                the Node objects and running Pod statuses the lab writes in kubelet's place
   agents.py     the agent supervisor (one agent per node, restarted when it exits) and /status
   client.py     the client library (daemon start, apply/delete, wait until realized, teardown)
                 that the CLI, the debug commands, the benchmarks and the tests use

@@ -14,7 +14,7 @@ from typing import Any
 
 from controller.lab import agent_pods
 from controller.lab.apiserver import kubeconfig_text, serve_tcp, tcp_listener
-from controller.lab.daemon import node_object, pod_status
+from controller.lab.kubelet_objects import node_object, pod_status
 from controller.lab.store import Store
 from controller.lab.topology import node_addresses, node_name
 

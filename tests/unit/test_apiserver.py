@@ -13,7 +13,8 @@ import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from controller.lab.apiserver import UNVALIDATED_PATH, ServerThread, kubeconfig_text, merge_patch, serve_tcp
+from controller.lab.api_requests import merge_patch
+from controller.lab.apiserver import UNVALIDATED_PATH, ServerThread, kubeconfig_text, serve_tcp
 from controller.lab.store import Store
 
 

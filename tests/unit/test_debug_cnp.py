@@ -26,10 +26,10 @@ from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
 from controller.datapath import abi, codecs
 from controller.debug import bpfview, observe, reach
 from controller.debug import cnp as cnp_mod
-from controller.debug.cli import live_lookup
 from controller.debug.explain import explain, explain_text
 from controller.debug.inputs import CNP_PATH, REQUEST_TIMEOUT, LabTarget, LocalTarget, NodeRef
 from controller.debug.kernel import NodeMaps
+from controller.debug.live_checks import live_lookup
 from controller.lab.store import Store
 from tests.support.debug_views import (
     NODES,

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from controller.lab import manifests, topology
-from controller.lab.daemon import LabAdmission, node_object
+from controller.lab.admission import LabAdmission
+from controller.lab.kubelet_objects import node_object
 from controller.lab.responders import Responders
 from controller.lab.state import LabConfig
 from controller.lab.store import ApiError, Store

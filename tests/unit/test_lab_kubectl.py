@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.lab.daemon import node_object, pod_status
 from controller.lab.discovery import OPENAPI_ROOT, discovery
+from controller.lab.kubelet_objects import node_object, pod_status
 from controller.lab.store import RESOURCES, Store
 from tests.support.lab_api import served_kubeconfig
 

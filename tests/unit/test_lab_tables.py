@@ -14,7 +14,7 @@ import pytest
 
 from controller.lab import tables
 from controller.lab.apiserver import ServerThread, serve_tcp
-from controller.lab.daemon import node_object
+from controller.lab.kubelet_objects import node_object
 from controller.lab.store import RESOURCES, Store
 
 NOW = datetime.datetime(2024, 5, 1, 12, 0, 0, tzinfo=datetime.UTC)

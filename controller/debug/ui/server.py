@@ -42,15 +42,9 @@ from controller.compiler.clusterview import ClusterView
 from controller.core.errors import VethguardError
 from controller.debug import explain as explain_mod
 from controller.debug import hostep_cli
-from controller.debug.cli import (
-    agent_statuses,
-    agents_behind,
-    live_lookup,
-    make_target,
-    probe_pods,
-    target_args,
-)
 from controller.debug.inputs import LabTarget, Target
+from controller.debug.live_checks import agent_statuses, agents_behind, live_lookup, probe_pods
+from controller.debug.target_options import make_target, target_args
 from controller.debug.ui import api
 from controller.debug.ui.flows import FlowBuffer, Follower
 from controller.debug.whatif import Change, ChangeError, whatif

@@ -1,0 +1,76 @@
+"""What the debug commands check the compiled view against on the live system: the agents'
+statuses and whether they realized what the API lists (agents_behind), explain's lookups in a
+node's pinned maps (live_lookup), and real probes between lab pods (probe_pods)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from controller.agent.realization import differing_kinds
+from controller.compiler.clusterview import ClusterView
+from controller.core.errors import VethguardError
+from controller.debug.inputs import LabTarget, NodeRef, Target
+from controller.debug.kernel import LiveHalf, NodeMaps
+
+
+def agent_statuses(target: Target, nodes: Sequence[NodeRef]) -> dict[str, dict[str, Any] | None]:
+    return target.agent_statuses(nodes)
+
+
+def agents_behind(view: ClusterView, agents: dict[str, dict[str, Any] | None]) -> dict[str, str]:
+    """node -> why its maps may not reflect what the API listed just now: the agent does not
+    answer, or the state it realized differs from the list for some kinds (compared by digest,
+    controller.agent.realization: it has not caught up yet, or the API changed since the list)."""
+    out = {}
+    for node, status in agents.items():
+        if status is None:
+            out[node] = f"the agent of {node} does not answer /status"
+            continue
+        kinds = differing_kinds(view.raw.digests, status)
+        if kinds:
+            out[node] = (
+                f"the agent of {node} realized other {', '.join(kinds)} objects than the API lists now: "
+                "not caught up yet (or the API changed since the list)"
+            )
+    return out
+
+
+def _open_pinned(ref: NodeRef) -> NodeMaps:
+    return NodeMaps(ref.pin_dir)
+
+
+def live_lookup(
+    nodes: dict[str, NodeRef], open_maps: Callable[[NodeRef], NodeMaps] = _open_pinned
+) -> tuple[Callable[[str, str, int, str, int, int], LiveHalf | None], Callable[[], None]]:
+    """explain's live lookup over the maps of `nodes` (opened on first use), and a closer."""
+    opened: dict[str, NodeMaps] = {}
+
+    def live(node: str, ep_ip: str, direction: int, peer: str, proto: int, port: int) -> LiveHalf | None:
+        ref = nodes.get(node)
+        if ref is None:
+            return None  # another node's maps are not visible from here
+        nm = opened.get(node)
+        if nm is None:
+            nm = opened[node] = open_maps(ref)
+        ep = nm.endpoint_by_ip(ep_ip)
+        if ep is None:
+            raise VethguardError(f"no endpoint entry for {ep_ip} in {ref.pin_dir}/vg_endpoints")
+        return nm.verdict(ep, direction, peer, proto, port)
+
+    def close() -> None:
+        for nm in opened.values():
+            nm.close()
+
+    return live, close
+
+
+def probe_pods(
+    target: LabTarget, pods: Sequence[str], port: int, protocol: str, family: int, timeout: float
+) -> dict[tuple[str, str], bool]:
+    from controller.lab import probe
+
+    status = target.lab_status()["pods"]
+    targets = [probe.Target(p, status[p]["netns"], tuple(status[p]["ips"])) for p in pods if p in status]
+    results = probe.run(targets, targets, protocol, port, family, timeout)
+    return {(r.source, r.destination): r.connected for r in results}
