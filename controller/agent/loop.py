@@ -29,13 +29,7 @@ snapshot as realized (controller.agent.realization: per kind its resourceVersion
 and digest, and the policies' own resourceVersions; a kind the API server does not serve is left
 out). A failed pass never publishes. resourceVersions stay opaque strings: nothing here orders them.
 
-/status JSON (docs/INTERNALS.md fields first, then extras):
-  node, ready, realized, realized_objects, endpoints (local pods in the desired state), attached (veths
-  with our programs), errors ([{object, field, message}]: agent failures by stage, then invalid
-  objects), last_sync_seconds (duration of the last successful sync), last_sync_at (unix time),
-  syncs, pod_ifindex, pods_without_veth, policy_errors (count), cluster_policies,
-  calico_policies and host_endpoints (counts of the ClusterNetworkPolicies, Calico's
-  GlobalNetworkPolicies + NetworkPolicies and HostEndpoints in the model), resource_versions (per kind).
+/status JSON: Agent.status() (docs/INTERNALS.md "Agent status" names the fields the lab reads).
 
 After a restart the agent adopts the veths listed in the pinned endpoints map, so veths of pods
 deleted while it was down are detached by the first pass.
@@ -47,7 +41,7 @@ import dataclasses
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +57,7 @@ from controller.agent.policy_status import PolicyStatus, cluster_policy_status, 
 from controller.agent.protocols import LinkWatchLike, SourcesLike
 from controller.agent.realization import realized_kinds, realized_objects
 from controller.agent.uplinks import Uplinks
-from controller.agent.veth_match import Discovered, Discovery, is_placeholder
+from controller.agent.veth_match import Discovered, Discovery, is_placeholder, may_claim_pending
 from controller.compiler.frontends import frontends_of
 from controller.core.errors import VethguardError
 from controller.core.log import get_logger
@@ -215,6 +209,10 @@ class Agent:
         )
 
     def status(self) -> dict[str, Any]:
+        """node, ready, realized, realized_objects, endpoints (local pods in the desired state),
+        attached (veths with our programs), errors ([{object, field, message}]: failures by
+        stage, then invalid objects), counts of the model's cluster-wide and Calico objects,
+        last sync duration/time, pod_ifindex, pods_without_veth, resource_versions (per kind)."""
         resource_versions = self.sources.resource_versions()
         with self._lock:
             errors = [e.as_dict() for e in self.errors.by_stage.values()]
@@ -585,14 +583,11 @@ class Agent:
                 got = True
 
     def _note_claim(self, ev: Event) -> None:
-        """A Pod of this node was added or changed while a new veth waits PENDING for its pod: the
-        pass that can claim the veth and write the pod's policy runs without coalescing."""
-        if self._claim_waiting or ev.kind != "Pod" or ev.type not in ("ADDED", "MODIFIED"):
-            return
-        spec = ev.obj.get("spec") if isinstance(ev.obj, Mapping) else None
-        if not isinstance(spec, Mapping) or spec.get("nodeName") != self.node:
-            return
-        self._claim_waiting = any(is_placeholder(p) for p in self._synced_pod_ifindex or ())
+        """The pass that can claim a PENDING veth for its pod runs without coalescing."""
+        if not self._claim_waiting:
+            self._claim_waiting = may_claim_pending(
+                ev.kind, ev.type, ev.obj, self.node, self._synced_pod_ifindex
+            )
 
     def close(self) -> None:
         """Release resources WITHOUT detaching programs (enforcement continues across restarts)."""

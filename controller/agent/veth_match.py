@@ -9,7 +9,7 @@ import ipaddress
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
@@ -357,3 +357,16 @@ def probe_targets(
             if now - last_probe.get(ip, float("-inf")) >= interval:
                 out.append(ip)
     return out
+
+
+def may_claim_pending(
+    kind: str, event_type: str, obj: Any, node: str, synced_pod_ifindex: Mapping[str, int] | None
+) -> bool:
+    """Whether a cluster event may let a pass claim a new veth that waits PENDING for its pod: a
+    Pod of this node added or changed while the last synced state has a placeholder veth."""
+    if kind != "Pod" or event_type not in ("ADDED", "MODIFIED"):
+        return False
+    spec = obj.get("spec") if isinstance(obj, Mapping) else None
+    if not isinstance(spec, Mapping) or spec.get("nodeName") != node:
+        return False
+    return any(is_placeholder(p) for p in synced_pod_ifindex or ())
