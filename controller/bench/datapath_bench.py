@@ -16,7 +16,10 @@ How (DESIGN.md "Measuring performance"):
     per level; the filter table restored before and emptied after each run, so conntrack hooks are
     not active during the other configurations).
   * every round runs every configuration (order rotated by one each round), each doing an
-    iperf3 single-stream TCP run and a sockperf TCP ping-pong run via `vethguard lab exec`;
+    iperf3 single-stream TCP run (64 KB writes: throughput), a sockperf TCP ping-pong run (RTT
+    p50/p99, and its rate: TCP request/response transactions per second, one in flight) and an
+    iperf3 UDP run of 64-byte datagrams at full speed (datagrams the server received per
+    second): the small-packet figures, where per-packet cost shows, via `vethguard lab exec`;
     figures are medians over rounds, ratios are to the baseline of the same run.
   * per-packet cost: controller.bench.cost (BPF_PROG_TEST_RUN + kernel.bpf_stats_enabled) on
     the smallest and the largest level's Datapath (its big maps loaded).
@@ -55,6 +58,7 @@ from controller.bench.common import (
     tool_version,
 )
 from controller.bench.iptables import Ruleset, build_ruleset
+from controller.bench.report import DATAPATH_METRICS
 from controller.bench.tier_cost import TierSettings
 from controller.compiler.builder import cluster_from_objects
 from controller.core import programs
@@ -106,6 +110,18 @@ class Sample:
     throughput_gbps: list[float] = field(default_factory=list)
     p50_us: list[float] = field(default_factory=list)
     p99_us: list[float] = field(default_factory=list)
+    # small packets, where per-packet cost shows (64 KB TCP segments hide it)
+    udp64_kpps: list[float] = field(default_factory=list)  # 64-byte UDP datagrams received, k/s
+    tcp_rr_ktps: list[float] = field(default_factory=list)  # TCP request/response (1 in flight), k/s
+
+
+METRICS: tuple[tuple[str, str, str, str, bool], ...] = (
+    ("throughput_gbps", "Gbit/s", "{:.2f}", "TCP throughput (Gbit/s, 64 KB writes)", True),
+    ("p50_us", "p50 us", "{:.1f}", "latency p50 (us, RTT)", False),
+    ("p99_us", "p99 us", "{:.1f}", "latency p99 (us, RTT)", False),
+    ("udp64_kpps", "UDP 64 B kpps", "{:.1f}", "UDP 64-byte packets received (k/s)", True),
+    ("tcp_rr_ktps", "TCP RR k/s", "{:.1f}", "TCP request/response (k transactions/s)", True),
+)
 
 
 # --- traffic ---------------------------------------------------------------------------------
@@ -133,7 +149,36 @@ def iperf3(lab: str, client: str, server_ip: str, seconds: float) -> float:
     return float(doc["end"]["sum_received"]["bits_per_second"]) / 1e9
 
 
+def iperf3_udp64(lab: str, client: str, server_ip: str, seconds: float) -> float:
+    """64-byte UDP datagrams client -> server as fast as the client sends them (-b 0), in
+    thousands received per second (the receiver's count: sent minus lost)."""
+    out = lab_cli(
+        "exec",
+        "--name",
+        lab,
+        f"{synth.BENCH_NS}/{client}",
+        "--",
+        "iperf3",
+        *("-c", server_ip, "-p", str(synth.IPERF_PORT), "-u", "-l", "64", "-b", "0"),
+        *("-t", str(seconds), "-J"),
+        timeout=seconds + 60,
+    )
+    return udp_received_kpps(json.loads(out))
+
+
+def udp_received_kpps(doc: dict[str, Any]) -> float:
+    """Datagrams the server received per second (thousands) from iperf3 -u -J output: its
+    sum_received where this iperf3 reports one, else sum's packets minus lost_packets."""
+    end = doc.get("end") or {}
+    summary = end.get("sum_received") if "packets" in (end.get("sum_received") or {}) else end.get("sum")
+    if not summary or "packets" not in summary or not summary.get("seconds"):
+        raise VethguardError(f"iperf3 -u printed no packet counts: {json.dumps(end)[:500]}")
+    received = int(summary["packets"]) - int(summary.get("lost_packets") or 0)
+    return received / float(summary["seconds"]) / 1000
+
+
 PERCENTILE_RE = re.compile(r"percentile\s+(\d+\.\d+)\s*=\s*([\d.]+)")
+VALID_RE = re.compile(r"\[Valid Duration\] RunTime=([\d.]+) sec;.*?ReceivedMessages=(\d+)")
 
 
 def parse_sockperf(text: str) -> tuple[float, float]:
@@ -144,7 +189,17 @@ def parse_sockperf(text: str) -> tuple[float, float]:
     return found[50.0], found[99.0]
 
 
-def sockperf(lab: str, client: str, server_ip: str, seconds: float) -> tuple[float, float]:
+def parse_sockperf_rate(text: str) -> float:
+    """Request/response transactions per second (thousands) of a ping-pong run: one message in
+    flight, so the replies received in the valid duration are the transactions."""
+    found = VALID_RE.search(text)
+    if found is None or float(found.group(1)) <= 0:
+        raise VethguardError(f"sockperf printed no [Valid Duration] message counts:\n{text[-2000:]}")
+    return int(found.group(2)) / float(found.group(1)) / 1000
+
+
+def sockperf(lab: str, client: str, server_ip: str, seconds: float) -> tuple[float, float, float]:
+    """TCP ping-pong at the fastest rate (sockperf's default there): (p50 us, p99 us, k transactions/s)."""
     out = lab_cli(
         "exec",
         "--name",
@@ -163,7 +218,7 @@ def sockperf(lab: str, client: str, server_ip: str, seconds: float) -> tuple[flo
         "--full-rtt",
         timeout=seconds + 60,
     )
-    return parse_sockperf(out)
+    return (*parse_sockperf(out), parse_sockperf_rate(out))
 
 
 def start_servers(lab: str, server: str) -> list[subprocess.Popen[bytes]]:
@@ -439,13 +494,18 @@ def _measure_rounds(bench: Bench, configs: list[str], samples: dict[str, dict[st
                     smp.throughput_gbps.append(
                         iperf3(bench.lab, path.client, bench.pod_ip[path.server], s.seconds)
                     )
-                    p50, p99 = sockperf(bench.lab, path.client, bench.pod_ip[path.server], s.seconds)
+                    p50, p99, rr = sockperf(bench.lab, path.client, bench.pod_ip[path.server], s.seconds)
                     smp.p50_us.append(p50)
                     smp.p99_us.append(p99)
+                    smp.tcp_rr_ktps.append(rr)
+                    smp.udp64_kpps.append(
+                        iperf3_udp64(bench.lab, path.client, bench.pod_ip[path.server], s.seconds)
+                    )
             log(
                 f"round {rnd + 1}/{s.rounds} {config}: "
                 + ", ".join(
-                    f"{p}: {smp.throughput_gbps[-1]:.2f} Gbit/s p50 {smp.p50_us[-1]:.1f} us"
+                    f"{p}: {smp.throughput_gbps[-1]:.2f} Gbit/s p50 {smp.p50_us[-1]:.1f} us "
+                    f"udp64 {smp.udp64_kpps[-1]:.0f} kpps rr {smp.tcp_rr_ktps[-1]:.1f} k/s"
                     for p, smp in ((p, samples[p][config]) for p in samples)
                 )
             )
@@ -456,10 +516,8 @@ def summarize(samples: dict[str, dict[str, Sample]], levels: tuple[Level, ...]) 
     rows = []
     by_rules = {lv.rules: lv for lv in levels}
     for path, configs in samples.items():
-        med = {
-            c: {k: median(getattr(smp, k)) for k in ("throughput_gbps", "p50_us", "p99_us")}
-            for c, smp in configs.items()
-        }
+        keys = [m.key for m in DATAPATH_METRICS]
+        med = {c: {k: median(getattr(smp, k)) for k in keys} for c, smp in configs.items()}
         base = med["baseline"]
         for config, m in med.items():
             engine, _, rules_s = config.partition("-")
@@ -470,12 +528,10 @@ def summarize(samples: dict[str, dict[str, Sample]], levels: tuple[Level, ...]) 
                 "engine": engine,
                 "rules": rules,
                 "ipcache_pods": by_rules[rules].ipcache if rules else None,
-                "throughput_gbps": round(m["throughput_gbps"], 3),
-                "p50_us": round(m["p50_us"], 2),
-                "p99_us": round(m["p99_us"], 2),
+                **{k: round(m[k], 3) for k in keys},
                 "samples": asdict(configs[config]),
             }
-            for k in ("throughput_gbps", "p50_us", "p99_us"):
+            for k in keys:
                 row[f"{k}_vs_baseline"] = ratio(m[k], base[k])
                 ipt = med.get(f"iptables-{rules}") if engine == "vethguard" else None
                 row[f"{k}_vs_iptables"] = ratio(m[k], ipt[k]) if ipt else None

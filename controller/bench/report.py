@@ -33,23 +33,48 @@ def _row(cells: list[Any]) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-DATAPATH_HEADER = ["path", "config", "rules", "ipcache pods", "Gbit/s", "x base", "x ipt"]
-DATAPATH_HEADER += ["p50 us", "x base", "x ipt", "p99 us", "x base", "x ipt"]
+@dataclass(frozen=True)
+class Metric:
+    """One figure of every datapath run (a field of datapath_bench.Sample)."""
+
+    key: str
+    header: str
+    fmt: str
+    title: str
+
+
+DATAPATH_METRICS = (
+    Metric("throughput_gbps", "Gbit/s", "{:.2f}", "TCP throughput (Gbit/s, 64 KB writes)"),
+    Metric("p50_us", "p50 us", "{:.1f}", "latency p50 (us, RTT)"),
+    Metric("p99_us", "p99 us", "{:.1f}", "latency p99 (us, RTT)"),
+    # small packets, where per-packet cost shows (64 KB TCP writes hide it)
+    Metric("udp64_kpps", "UDP 64 B kpps", "{:.1f}", "UDP 64-byte datagrams received (k/s)"),
+    Metric("tcp_rr_ktps", "TCP RR k/s", "{:.1f}", "TCP request/response, 1 in flight (k/s)"),
+)
+
+
+def measured(rows: Sequence[dict[str, Any]]) -> list[Metric]:
+    """The metrics the results hold (results from before the small-packet runs lack two)."""
+    return [m for m in DATAPATH_METRICS if rows and all(m.key in r for r in rows)]
 
 
 def datapath_markdown(doc: dict[str, Any]) -> str:
     s = doc["settings"]
+    metrics = measured(doc["results"])
+    header = ["path", "config", "rules", "ipcache pods"]
+    for m in metrics:
+        header += [m.header, "x base", "x ipt"]
     lines = [
         f"Datapath: {s['rounds']} rounds, {s['seconds']} s per iperf3/sockperf run, medians. "
         "Ratios: x baseline (no program) and x iptables (kube-router-style rules, same policies).",
         "",
-        _row(DATAPATH_HEADER),
-        "|---|---|" + "---:|" * (len(DATAPATH_HEADER) - 2),
+        _row(header),
+        "|---|---|" + "---:|" * (len(header) - 2),
     ]
     for r in doc["results"]:
         cells: list[Any] = [r["path"], r["config"], r["rules"] or "-", r["ipcache_pods"] or "-"]
-        for key, fmt in (("throughput_gbps", "{:.2f}"), ("p50_us", "{:.1f}"), ("p99_us", "{:.1f}")):
-            cells += [fmt.format(r[key]), _r(r[f"{key}_vs_baseline"]), _r(r[f"{key}_vs_iptables"])]
+        for m in metrics:
+            cells += [m.fmt.format(r[m.key]), _r(r[f"{m.key}_vs_baseline"]), _r(r[f"{m.key}_vs_iptables"])]
         lines.append(_row(cells))
     lines += ["", "Per-packet program cost (kernel BPF stats, BPF_PROG_TEST_RUN), ns per packet:", ""]
     lines += [
@@ -237,13 +262,9 @@ def datapath_plots(doc: dict[str, Any], out: Path) -> list[Path]:
     written = []
     for path in sorted({r["path"] for r in doc["results"]}):
         rows = [r for r in doc["results"] if r["path"] == path]
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-        for ax, key, label in zip(
-            axes,
-            ("throughput_gbps", "p50_us", "p99_us"),
-            ("throughput (Gbit/s)", "latency p50 (us, RTT)", "latency p99 (us, RTT)"),
-            strict=True,
-        ):
+        metrics = measured(rows)
+        fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4.5))
+        for ax, key, label in ((ax, m.key, m.title) for ax, m in zip(axes, metrics, strict=True)):
             for engine, style in (("vethguard", "o-"), ("iptables", "s--")):
                 pts = sorted((r for r in rows if r["engine"] == engine), key=lambda r: r["rules"])
                 values = [r[key] for r in pts]

@@ -128,6 +128,28 @@ def test_sockperf_summary_parses_to_p50_and_p99() -> None:
     assert datapath_bench.parse_sockperf(SOCKPERF_TAIL) == (29.048, 81.598)
 
 
+SOCKPERF_COUNTS = """
+sockperf: [Total Run] RunTime=4.100 sec; Warm up time=400 msec; SentMessages=121000; ReceivedMessages=120999
+sockperf: ========= Printing statistics for Server No: 0
+sockperf: [Valid Duration] RunTime=3.990 sec; SentMessages=119700; ReceivedMessages=119700
+"""
+
+
+def test_a_ping_pong_run_gives_its_request_response_rate_from_the_valid_duration() -> None:
+    assert datapath_bench.parse_sockperf_rate(SOCKPERF_COUNTS + SOCKPERF_TAIL) == pytest.approx(30.0)
+    with pytest.raises(Exception, match="Valid Duration"):
+        datapath_bench.parse_sockperf_rate(SOCKPERF_TAIL)
+
+
+def test_udp_packets_per_second_are_those_the_server_received() -> None:
+    summed = {"end": {"sum": {"seconds": 4.0, "packets": 400_000, "lost_packets": 100_000}}}
+    assert datapath_bench.udp_received_kpps(summed) == 75.0
+    received = {"end": {"sum_received": {"seconds": 2.0, "packets": 50_000, "lost_packets": 0}, "sum": {}}}
+    assert datapath_bench.udp_received_kpps(received) == 25.0
+    with pytest.raises(Exception, match="packet counts"):
+        datapath_bench.udp_received_kpps({"end": {"sum": {"seconds": 4.0}}})
+
+
 def test_sockperf_without_percentiles_is_an_error_naming_it() -> None:
     with pytest.raises(Exception, match="percentiles"):
         datapath_bench.parse_sockperf("sockperf: no server")
@@ -141,7 +163,8 @@ def test_rounds_rotate_the_configuration_order() -> None:
 
 
 def _samples(tput: float, p50: float) -> datapath_bench.Sample:
-    return datapath_bench.Sample([tput, tput + 2, tput - 2], [p50] * 3, [p50 * 3] * 3)
+    udp, rr = [tput * 50] * 3, [1000 / p50] * 3
+    return datapath_bench.Sample([tput, tput + 2, tput - 2], [p50] * 3, [p50 * 3] * 3, udp, rr)
 
 
 def test_summary_gives_ratios_to_the_baseline_and_to_iptables_at_the_same_rule_count() -> None:
@@ -159,6 +182,8 @@ def test_summary_gives_ratios_to_the_baseline_and_to_iptables_at_the_same_rule_c
     assert rows["vethguard-10"]["throughput_gbps_vs_baseline"] == 0.8
     assert rows["vethguard-10"]["throughput_gbps_vs_iptables"] == 2.0
     assert rows["vethguard-10"]["p50_us_vs_iptables"] == 0.5
+    assert rows["vethguard-10"]["udp64_kpps_vs_baseline"] == 0.8
+    assert rows["vethguard-10"]["tcp_rr_ktps_vs_iptables"] == 2.0
     assert rows["iptables-10"]["throughput_gbps_vs_iptables"] is None
     assert rows["vethguard-10"]["ipcache_pods"] == 100
 
@@ -207,6 +232,7 @@ def _datapath_doc() -> dict[str, Any]:
 def test_datapath_table_has_a_row_per_configuration_and_the_cost_ratios(tmp_path: Path) -> None:
     md = report.datapath_markdown(_datapath_doc())
     assert md.count("| same-node |") == 6
+    assert "| UDP 64 B kpps | x base | x ipt | TCP RR k/s | x base | x ipt |" in md
     assert "| 60.0 | 2.00 | 300.0 | 10.00 |" in md
     assert "ClusterNetworkPolicies" not in md  # results from before the tiers were measured
     written = report.datapath_plots(_datapath_doc(), tmp_path)
@@ -403,3 +429,13 @@ def test_the_evlost_summary_compares_each_case_after_with_before_of_the_same_rou
     md = report.evlost_markdown(doc)
     assert "| established, no event | ALLOW_CT | 100.0 | 105.0 | 1.05 | 2.22 | 2.33 |" in md
     assert "to_pod of abc^ (before)" in md
+
+
+def test_results_from_before_the_small_packet_runs_still_make_their_table_and_plots(tmp_path: Path) -> None:
+    doc = _datapath_doc()
+    for row in doc["results"]:
+        for key in ("udp64_kpps", "tcp_rr_ktps"):
+            row.pop(key)
+    md = report.datapath_markdown(doc)
+    assert "| p99 us | x base | x ipt |" in md and "UDP 64 B" not in md
+    assert report.datapath_plots(doc, tmp_path)[0].read_bytes()[:4] == b"\x89PNG"
