@@ -172,7 +172,8 @@ def udp_received_kpps(doc: dict[str, Any]) -> float:
     end = doc.get("end") or {}
     summary = end.get("sum_received") if "packets" in (end.get("sum_received") or {}) else end.get("sum")
     if not summary or "packets" not in summary or not summary.get("seconds"):
-        raise VethguardError(f"iperf3 -u printed no packet counts: {json.dumps(end)[:500]}")
+        why = doc.get("error") or json.dumps(end)[:500]
+        raise VethguardError(f"iperf3 -u printed no packet counts: {why}")
     received = int(summary["packets"]) - int(summary.get("lost_packets") or 0)
     return received / float(summary["seconds"]) / 1000
 

@@ -243,6 +243,7 @@ def datapath_cluster(
                 "from": [{"podSelector": {"matchLabels": {"role": "client"}}}],
                 "ports": [
                     {"protocol": "TCP", "port": IPERF_PORT},
+                    {"protocol": "UDP", "port": IPERF_PORT},  # the 64-byte datagram runs
                     {"protocol": "TCP", "port": SOCKPERF_PORT},
                 ],
             }

@@ -23,11 +23,14 @@ def state(c: synth.Cluster) -> ClusterState:
     return cluster_from_objects(c.namespaces, c.pods, c.policies, c.nodes)
 
 
+MEASURED_PORTS = 3  # iperf3 TCP and UDP, sockperf TCP
+
+
 def test_datapath_cluster_gives_the_server_one_entry_per_synthetic_rule_plus_the_allowing_ports() -> None:
     desired = compute.compute(state(synth.datapath_cluster(30, 300, PAIRS, NODES)), "node-1")
     server = desired.endpoints["bench/server"]
     assert server.ingress_isolated
-    assert len(server.entries) == 30 + 2
+    assert len(server.entries) == 30 + MEASURED_PORTS
     assert not desired.endpoints["bench/client"].entries
     synthetic = [
         n
@@ -40,8 +43,10 @@ def test_datapath_cluster_gives_the_server_one_entry_per_synthetic_rule_plus_the
 def test_only_the_allowing_policy_admits_the_client_on_the_measured_ports() -> None:
     desired = compute.compute(state(synth.datapath_cluster(20, 100, PAIRS, NODES)), "node-1")
     client_id = desired.endpoints["bench/client"].identity
-    ports = sorted(k.port for k in desired.endpoints["bench/server"].entries if k.identity == client_id)
-    assert ports == [synth.IPERF_PORT, synth.SOCKPERF_PORT]
+    ports = sorted(
+        (k.proto, k.port) for k in desired.endpoints["bench/server"].entries if k.identity == client_id
+    )
+    assert ports == [(6, synth.IPERF_PORT), (6, synth.SOCKPERF_PORT), (17, synth.IPERF_PORT)]
 
 
 def test_control_plane_cluster_has_the_requested_shape_and_compiles_without_errors() -> None:
@@ -61,7 +66,7 @@ def test_iptables_peer_has_one_mark_and_return_pair_per_rule_and_port_and_ipsets
     policy_rules = [
         r for chain, rules in rs.chains.items() if chain.startswith("KUBE-NWPLCY-") for r in rules
     ]
-    assert len(policy_rules) == 2 * (10 + 2)
+    assert len(policy_rules) == 2 * (10 + MEASURED_PORTS)
     pod_chains = [c for c in rs.chains if c.startswith("KUBE-POD-FW-")]
     assert len(pod_chains) == 1  # only the server is selected
     assert rs.chains[pod_chains[0]][0] == "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
