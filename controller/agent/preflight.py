@@ -88,9 +88,11 @@ class KernelHeaders:
 
 
 def _import_bcc() -> object:
-    from controller.datapath.loader import import_bcc
+    """Find bcc where the compiling child will import it, without importing it here: the agent
+    itself never loads bcc and its LLVM (controller/datapath/build.py compiles in a child)."""
+    from controller.datapath.loader import find_bcc
 
-    return import_bcc()
+    return find_bcc()
 
 
 def _host_root_default() -> Path:
