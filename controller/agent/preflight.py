@@ -61,7 +61,7 @@ CAP_SYS_ADMIN = Capability(
     "SYS_ADMIN",
     21,
     "bcc 0.26 reopens pinned maps by id (BPF_MAP_GET_FD_BY_ID), which the kernel allows only with "
-    "CAP_SYS_ADMIN: without it every restart fails",
+    "CAP_SYS_ADMIN: without it every restart that compiles (an upgrade, other flags) fails",
 )
 CAP_SYS_RESOURCE = Capability("SYS_RESOURCE", 24, "raise RLIMIT_MEMLOCK for BPF maps (kernels before 5.11)")
 CAP_BPF = Capability("BPF", 39, "create, pin and open BPF maps and load programs")

@@ -211,9 +211,10 @@ class Unattached:
         self.dp.close()
 
 
-def rss_kb() -> dict[str, int]:
+def rss_kb(pid: int | str = "self") -> dict[str, int]:
+    """VmRSS and VmHWM (KiB) of process `pid` (default: this one), from /proc/<pid>/status."""
     out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key = line.split(":", 1)[0]
         if key in ("VmRSS", "VmHWM"):
             out[key] = int(line.split()[1])

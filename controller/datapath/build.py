@@ -34,6 +34,7 @@ load every other build dir is removed (attached filters keep their programs aliv
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import logging
@@ -94,8 +95,10 @@ def pinned_map_ids(pin_dir: Path) -> dict[str, int] | None:
     for name in abi.MAP_NAMES:
         try:
             fd = bpfsys.obj_get(str(pin_dir / name))
-        except FileNotFoundError:
-            return None
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return None
+            raise
         try:
             out[name] = bpfsys.map_id(fd)
         finally:
