@@ -37,7 +37,6 @@ import argparse
 import errno
 import hashlib
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -48,10 +47,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.core.errors import VethguardError
+from controller.core.log import get_logger
 from controller.datapath import abi, bpfsys, loader
 from controller.datapath.bpf_sources import bpf_source_dir
 
-log = logging.getLogger(__name__)
+log = get_logger("vethguard.datapath.build")  # structlog: the agent's log shows whether it compiled
 
 ENTRY = "vethguard.c"
 BUILD_PREFIX = "build-"
@@ -122,7 +122,7 @@ def open_build(pin_dir: Path, key: str) -> dict[str, int] | None:
         return None  # never built, or a child died before finishing
     maps = pinned_map_ids(pin_dir)
     if maps is None:
-        log.info("%s is stale: a map of %s is not pinned any more", where.name, pin_dir)
+        log.info("build stale: a map is not pinned any more", build=where.name, pin_dir=str(pin_dir))
         return None
     fds: dict[str, int] = {}
     try:
@@ -131,12 +131,12 @@ def open_build(pin_dir: Path, key: str) -> dict[str, int] | None:
         used = {i for fd in fds.values() for i in bpfsys.prog_map_ids(fd)}
     except OSError as e:
         _close_all(fds)
-        log.info("%s is unusable (%s): compiling again", where.name, e)
+        log.info("build unusable: compiling again", build=where.name, error=str(e))
         return None
     if used != set(maps.values()):
         _close_all(fds)
         gone = sorted(name for name, i in maps.items() if i not in used)
-        log.info("%s is stale: it does not use the maps pinned now as %s", where.name, ", ".join(gone) or "?")
+        log.info("build stale: its programs do not use the maps pinned now", build=where.name, maps=gone)
         return None
     return fds
 
@@ -234,9 +234,9 @@ def load(node: str, pin_root: str = "/sys/fs/bpf/vethguard", extra_cflags: tuple
         fds = open_build(pin_dir, key)
         if fds is None:
             raise VethguardError(f"the compiling child left no usable build at {where}")
-        log.info("compiled the programs in a child process in %.1f s (%s)", took, where.name)
+        log.info("programs compiled in a child process", build=where.name, seconds=round(took, 2))
     else:
-        log.info("the programs of %s are up to date: nothing compiled", where.name)
+        log.info("programs reused: nothing compiled", build=where.name)
     loaded = Loaded(pin_dir=pin_dir, prog_fds=fds, build_dir=where, compiled=compiled, replaced=replaced)
     try:
         loader.pin_programs(pin_dir, fds)

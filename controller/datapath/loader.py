@@ -243,11 +243,11 @@ _malloc_trim: Any = None
 def release_free_heap() -> bool:
     """Hand the C heap's free pages back to the kernel (glibc `malloc_trim(0)`).
 
-    glibc keeps freed memory in its arenas; after a bcc compile that is most of LLVM's
-    working heap (~30 MB), and after a compile pass of a large cluster the freed model of the
-    previous pass. Trimming returns whole free pages of every arena (threads included) to the
-    kernel, so they stop counting in the agent's RSS. Costs a few ms (a walk of the free
-    lists). Returns False where there is no glibc (nothing to do).
+    glibc keeps freed memory in its arenas; after a compile pass of a large cluster that is the
+    freed model of the previous pass (and after an in-process bcc compile, as benchmarks do,
+    most of LLVM's working heap, ~30 MB). Trimming returns whole free pages of every arena
+    (threads included) to the kernel, so they stop counting in the agent's RSS. Costs a few ms
+    (a walk of the free lists). Returns False where there is no glibc (nothing to do).
     """
     global _malloc_trim
     if _malloc_trim is None:
