@@ -45,6 +45,12 @@
  * to_pod first judges a deferred packet (mark set) for its client's egress (vg_judge: the same
  * new-flow decision on the post-DNAT tuple), then as above.
  */
+/* A compile failure on request (-DVG_SYNTAX_ERROR): tests check that a failed compile leaves the
+ * previous programs' pins as they were and names the compiler's message. */
+#ifdef VG_SYNTAX_ERROR
+#error "VG_SYNTAX_ERROR: this build was asked to fail"
+#endif
+
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/parse.h"

@@ -93,7 +93,8 @@ def _default_compute() -> Compute:
 def default_datapath_factory(node: str, pin_root: str, state_dir: str | None = None) -> NodeDatapath:
     from controller.datapath.node import Datapath
 
-    preflight.use_kernel_headers()  # points bcc at the headers preflight found (or raises the fix)
+    # points bcc at the headers preflight found (or raises the fix); the compiling child inherits it
+    preflight.use_kernel_headers()
     return Datapath(node=node, pin_root=pin_root, state_dir=state_dir)  # state_dir: the clsact ledger
 
 

@@ -23,6 +23,7 @@ from controller.core.log import get_logger
 from controller.core.verdicts import DIRECTION_NAMES
 from controller.datapath.abi import Reason
 from controller.datapath.interface import NodeDatapath
+from controller.datapath.loader import bcc_version
 
 _COMPUTE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -248,17 +249,10 @@ def build_labels() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             return "unknown"
 
-    bcc = "unknown"
-    try:
-        import bcc as bcc_module
-
-        bcc = str(getattr(bcc_module, "__version__", "unknown"))
-    except ImportError:
-        pass
     return {
         "version": version_of("vethguard"),
         "python": platform.python_version(),
-        "bcc": bcc,
+        "bcc": bcc_version(),  # read from bcc's files: the agent does not import bcc
         "kernel": platform.release(),
     }
 

@@ -61,7 +61,7 @@ CAP_SYS_ADMIN = Capability(
     "SYS_ADMIN",
     21,
     "bcc 0.26 reopens pinned maps by id (BPF_MAP_GET_FD_BY_ID), which the kernel allows only with "
-    "CAP_SYS_ADMIN: without it every restart fails",
+    "CAP_SYS_ADMIN: without it every restart that compiles (an upgrade, other flags) fails",
 )
 CAP_SYS_RESOURCE = Capability("SYS_RESOURCE", 24, "raise RLIMIT_MEMLOCK for BPF maps (kernels before 5.11)")
 CAP_BPF = Capability("BPF", 39, "create, pin and open BPF maps and load programs")
@@ -88,9 +88,11 @@ class KernelHeaders:
 
 
 def _import_bcc() -> object:
-    from controller.datapath.loader import import_bcc
+    """Find bcc where the compiling child will import it, without importing it here: the agent
+    itself never loads bcc and its LLVM (controller/datapath/build.py compiles in a child)."""
+    from controller.datapath.loader import find_bcc
 
-    return import_bcc()
+    return find_bcc()
 
 
 def _host_root_default() -> Path:

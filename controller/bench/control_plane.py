@@ -13,9 +13,10 @@ Per cluster size a fresh worker process (`python -m controller.bench.control_pla
     synthetic pods have no veths, so attach/detach are skipped (a real agent attaches once per
     new veth, not per event). Event latency = one reconcile after the change (the agent's 50 ms
     coalescing window is not included);
-  * RSS of that process (VmRSS after the events, VmHWM peak, which is bcc's compile on top of
-    the raw objects): the agent's footprint with bcc, the compiled cluster and the maps, with the
-    raw API objects held as the informers would hold them (not the kubernetes client's import);
+  * RSS of that process (VmRSS after the events, VmHWM peak): the agent's footprint with the
+    compiled cluster and the maps, with the raw API objects held as the informers would hold them
+    (not the kubernetes client's import); bcc compiles in a child process
+    (controller/datapath/build.py), so its LLVM is in neither figure;
   * map memory = sum of the kernel's `memlock` of every map (/proc/self/fdinfo).
 Realization: a 3-node lab with agents; a deny-all policy is applied and deleted alternately
 through the lab API (in-process client); apply->realized is the time until every agent reports the
@@ -211,9 +212,10 @@ class Unattached:
         self.dp.close()
 
 
-def rss_kb() -> dict[str, int]:
+def rss_kb(pid: int | str = "self") -> dict[str, int]:
+    """VmRSS and VmHWM (KiB) of process `pid` (default: this one), from /proc/<pid>/status."""
     out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key = line.split(":", 1)[0]
         if key in ("VmRSS", "VmHWM"):
             out[key] = int(line.split()[1])

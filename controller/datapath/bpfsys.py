@@ -105,7 +105,8 @@ class BpfMapInfo(ctypes.Structure):
 
 
 class BpfProgInfo(ctypes.Structure):
-    """The leading fields of struct bpf_prog_info (UAPI): enough to name a program."""
+    """The leading fields of struct bpf_prog_info (UAPI, include/uapi/linux/bpf.h): enough to name a
+    program and list its maps (map_ids: a user pointer to nr_map_ids u32s the kernel fills)."""
 
     _fields_: ClassVar = [
         ("type", ctypes.c_uint32),
@@ -135,6 +136,20 @@ def prog_id(fd: int) -> ProgId:
     info = BpfProgInfo()
     obj_info(fd, info)
     return ProgId(id=int(info.id), tag=bytes(info.tag).hex())
+
+
+def prog_map_ids(fd: int) -> tuple[int, ...]:
+    """Ids of the maps a loaded program uses (bpf_prog_info.nr_map_ids / map_ids): the kernel fills
+    at most nr_map_ids of them into the u32 array map_ids points to, and says how many there are."""
+    info = BpfProgInfo()
+    obj_info(fd, info)
+    while True:
+        n = int(info.nr_map_ids)
+        ids = (ctypes.c_uint32 * max(n, 1))()
+        info = BpfProgInfo(nr_map_ids=n, map_ids=ctypes.addressof(ids))
+        obj_info(fd, info)
+        if int(info.nr_map_ids) <= n:  # not grown meanwhile (a program's maps are fixed at load)
+            return tuple(int(i) for i in ids[: int(info.nr_map_ids)])
 
 
 def map_id(fd: int) -> int:

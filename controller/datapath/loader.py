@@ -10,6 +10,7 @@ clearly when bcc itself is missing, or its compile or the kernel's verifier fail
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import logging
 import os
 import re
@@ -17,7 +18,6 @@ import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -58,22 +58,54 @@ EXPECTED_LAYOUT: dict[str, tuple[int, int]] = {
 }
 
 
+_DIST_PACKAGES = "/usr/lib/python3/dist-packages"
+_BCC_MISSING = (
+    "bcc is not importable: install it with `apt-get install python3-bpfcc` (looked in sys.path and {})"
+)
+
+
 def import_bcc() -> ModuleType:
-    """Debian ships bcc for the system python only; a venv reaches it through dist-packages."""
+    """Debian ships bcc for the system python only; a venv reaches it through dist-packages.
+
+    Only the compiling child (controller.datapath.build) and benchmarks call this: importing bcc
+    maps libbcc and its LLVM (~30 MB) for the life of the process."""
     try:
         import bcc
     except ImportError:
-        dist = "/usr/lib/python3/dist-packages"
-        if dist not in sys.path:
-            sys.path.append(dist)
+        if _DIST_PACKAGES not in sys.path:
+            sys.path.append(_DIST_PACKAGES)
         try:
             import bcc
         except ImportError as e:
-            raise VethguardError(
-                "bcc is not importable: install it with `apt-get install python3-bpfcc` "
-                f"(looked in sys.path and {dist}): {e}"
-            ) from e
+            raise VethguardError(f"{_BCC_MISSING.format(_DIST_PACKAGES)}: {e}") from e
     return bcc
+
+
+def find_bcc() -> Path:
+    """The directory of the bcc package, found as import_bcc() would import it, without importing it
+    (the agent checks and names the bcc its compiling child will use, and stays free of LLVM)."""
+    spec = importlib.util.find_spec("bcc")
+    if spec is None:
+        if _DIST_PACKAGES not in sys.path:
+            sys.path.append(_DIST_PACKAGES)
+        spec = importlib.util.find_spec("bcc")
+    if spec is None or spec.origin is None:
+        raise VethguardError(_BCC_MISSING.format(_DIST_PACKAGES))
+    return Path(spec.origin).parent
+
+
+_VERSION_RE = re.compile(r"""^__version__\s*=\s*['"]([^'"]+)['"]""", re.M)
+
+
+def bcc_version() -> str:
+    """bcc's __version__ as its bcc/version.py states it (read, not imported); "unknown" when bcc
+    is missing or the file says nothing."""
+    try:
+        text = (find_bcc() / "version.py").read_text()
+    except (VethguardError, OSError):
+        return "unknown"
+    m = _VERSION_RE.search(text)
+    return m.group(1) if m else "unknown"
 
 
 def pin_dir_for(node: str, pin_root: str) -> Path:
@@ -211,11 +243,11 @@ _malloc_trim: Any = None
 def release_free_heap() -> bool:
     """Hand the C heap's free pages back to the kernel (glibc `malloc_trim(0)`).
 
-    glibc keeps freed memory in its arenas; after a bcc compile that is most of LLVM's
-    working heap (~30 MB), and after a compile pass of a large cluster the freed model of the
-    previous pass. Trimming returns whole free pages of every arena (threads included) to the
-    kernel, so they stop counting in the agent's RSS. Costs a few ms (a walk of the free
-    lists). Returns False where there is no glibc (nothing to do).
+    glibc keeps freed memory in its arenas; after a compile pass of a large cluster that is the
+    freed model of the previous pass (and after an in-process bcc compile, as benchmarks do,
+    most of LLVM's working heap, ~30 MB). Trimming returns whole free pages of every arena
+    (threads included) to the kernel, so they stop counting in the agent's RSS. Costs a few ms
+    (a walk of the free lists). Returns False where there is no glibc (nothing to do).
     """
     global _malloc_trim
     if _malloc_trim is None:
@@ -229,21 +261,16 @@ def release_free_heap() -> bool:
     return True
 
 
-@dataclass
-class Loaded:
-    """The compiled program set of one node."""
-
-    bpf: Any  # bcc.BPF
-    pin_dir: Path
-    prog_fds: dict[str, int]
-    maps: dict[str, bpfsys.BpfMap] = field(default_factory=dict)
-    replaced: tuple[str, ...] = ()  # pinned maps of another layout this load replaced (new, empty)
-
-    def close(self) -> None:
-        for m in self.maps.values():
-            m.close()
-        self.maps.clear()
-        self.bpf.cleanup()
+def program_cflags(pin_dir: Path, extra_cflags: tuple[str, ...], src_dir: Path) -> list[str]:
+    """The full compiler flags of a compile against the maps pinned in pin_dir: the pin dir, the
+    include dir, `extra_cflags`, then $VETHGUARD_EXTRA_CFLAGS."""
+    return [
+        f'-DPIN_DIR="{pin_dir}"',
+        f"-I{src_dir}",
+        "-Wno-unused-function",
+        *extra_cflags,
+        *env_cflags(),
+    ]
 
 
 def compile_programs(
@@ -262,13 +289,7 @@ def compile_programs(
     bcc = import_bcc()
     src_dir = src_dir or bpf_source_dir()
     text = inline_sources(src_dir / entry, src_dir)
-    cflags = [
-        f'-DPIN_DIR="{pin_dir}"',
-        f"-I{src_dir}",
-        "-Wno-unused-function",
-        *extra_cflags,
-        *env_cflags(),
-    ]
+    cflags = program_cflags(pin_dir, extra_cflags, src_dir)
     if len(cflags) > 3:
         log.info("compiling with extra flags: %s", " ".join(cflags[3:]))
     try:
@@ -281,24 +302,3 @@ def compile_programs(
         b.cleanup()
         raise VethguardError(f"the kernel refused the programs of {entry} (verifier log above): {e}") from e
     return b, fds
-
-
-def load(node: str, pin_root: str = "/sys/fs/bpf/vethguard", extra_cflags: tuple[str, ...] = ()) -> Loaded:
-    """Compile once with bcc, pin/reuse the node's maps, load the SCHED_CLS programs."""
-    import_bcc()
-    pin_dir = pin_dir_for(node, pin_root)
-    pin_dir.mkdir(parents=True, exist_ok=True)
-    with replacing_incompatible(pin_dir) as replaced:
-        b, fds = compile_programs("vethguard.c", pin_dir, PROGRAMS, extra_cflags)
-    loaded = Loaded(bpf=b, pin_dir=pin_dir, prog_fds=fds, replaced=replaced)
-    try:
-        pin_programs(pin_dir, fds)
-    except VethguardError:
-        b.cleanup()
-        raise
-    for name in abi.MAP_NAMES:
-        if name == "vg_events":
-            continue  # a ring buffer has no elements to read through bpf(2) map ops
-        loaded.maps[name] = bpfsys.BpfMap.open_pinned(str(pin_dir / name))
-    release_free_heap()  # LLVM's freed compile heap (~30 MB) would otherwise stay resident
-    return loaded

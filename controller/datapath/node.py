@@ -3,22 +3,21 @@ and keep the pinned maps equal to the desired state. See docs/INTERNALS.md (Data
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from controller.compiler.desired_state import NodeDesired
-from controller.datapath import bpfsys, codecs, encoding, ledger, loader, readback, sync, uplink
+from controller.datapath import bpfsys, build, codecs, encoding, ledger, loader, readback, sync, uplink
 from controller.datapath.attach import PARENT_EGRESS, PARENT_INGRESS, Attacher
 from controller.datapath.bpfsys import ProgId
 from controller.datapath.codecs import Event
 from controller.datapath.interface import NodeDatapath
 from controller.datapath.readback import GcResult, KernelState
+from controller.datapath.ringbuf import RingBuffer, wait_any
 from controller.datapath.sync import MapFullError, SyncResult
 
 log = logging.getLogger(__name__)
@@ -42,8 +41,10 @@ SIZED_MAPS = (
 class Datapath:
     """One node's program set and maps.
 
-    Datapath(node="node-1", pin_root="/sys/fs/bpf/vethguard") compiles and loads once (bcc,
-    ~1.3 s) and pins or reuses the maps under <pin_root>/<node>/. With `state_dir`, every clsact
+    Datapath(node="node-1", pin_root="/sys/fs/bpf/vethguard") opens the node's programs from the
+    build pinned under <pin_root>/<node>/ when its inputs did not change, else compiles them in a
+    child process (bcc, ~1.3 s; controller/datapath/build.py), and pins or reuses the maps there.
+    This process never imports bcc. With `state_dir`, every clsact
     it creates is recorded in the node's clsact ledger there (controller/datapath/ledger.py).
     """
 
@@ -57,11 +58,11 @@ class Datapath:
         self.node = node
         self.pin_root = pin_root
         self.extra_cflags = extra_cflags
-        self._loaded = loader.load(node, pin_root, extra_cflags)
+        self._loaded = build.load(node, pin_root, extra_cflags)
         ledger_file = ledger.ledger_path(state_dir, node) if state_dir else None
         self._attacher = Attacher(ledger_file=ledger_file)
         self._uplinks = uplink.uplink_attacher(ledger_file)
-        self._event_cb: Callable[[object, int, int], None] | None = None
+        self._events: RingBuffer | None = None
         self._event_sink: Callable[[Event], None] | None = None
         # What the synced maps hold after this object's last sync, if it completed (None: not
         # known, read the kernel), and the encoder that reuses the bytes of what did not change.
@@ -96,28 +97,35 @@ class Datapath:
         return self._attacher.attached_prog_ids(ifindex)
 
     @property
-    def bcc(self) -> Any:
-        """The bcc BPF object (e.g. bcc["vg_events"].open_ring_buffer(callback))."""
-        return self._loaded.bpf
+    def compiled(self) -> bool:
+        """Whether this load compiled the programs (False: it reused the pinned build)."""
+        return self._loaded.compiled
+
+    @property
+    def build_dir(self) -> Path:
+        """Where the programs this object runs are pinned: <pin_dir>/build-<key16>."""
+        return self._loaded.build_dir
 
     def open_events(self, callback: Callable[[Event], None]) -> None:
         """Deliver vg_events records (new flows and drops) to callback from poll_events().
 
-        The ring is opened once; a later call only replaces the callback.
+        The ring (<pin_dir>/vg_events, controller.datapath.ringbuf) is opened once; a later call
+        only replaces the callback. The ring has one consumer position: where the agent runs,
+        its flow reader is the ring's reader, not this (tests and benchmarks use this).
         """
         self._event_sink = callback
-        if self._event_cb is not None:
-            return
-
-        def _raw(_ctx: object, data: int, size: int) -> None:
-            if self._event_sink is not None:
-                self._event_sink(codecs.decode_event(ctypes.string_at(data, size)))
-
-        self._event_cb = _raw  # bcc keeps only a weak reference to the callback
-        self._loaded.bpf["vg_events"].open_ring_buffer(_raw)
+        if self._events is None:
+            self._events = RingBuffer(str(self.pin_dir / "vg_events"))
 
     def poll_events(self, timeout_ms: int = 0) -> None:
-        self._loaded.bpf.ring_buffer_poll(timeout_ms)
+        """Hand every record available to the callback, waiting up to timeout_ms for one."""
+        if self._events is None:
+            return
+        if timeout_ms > 0 and self._events.pending() == 0:
+            wait_any([self._events], timeout_ms / 1000)
+        for raw in self._events.read():
+            if self._event_sink is not None:
+                self._event_sink(codecs.decode_event(raw))
 
     # -- the API of docs/INTERNALS.md
     @property
@@ -265,6 +273,9 @@ class Datapath:
 
     def close(self) -> None:
         """Release fds. Pinned maps and attached filters stay (restart reuses them)."""
+        if self._events is not None:
+            self._events.close()
+            self._events = None
         self._loaded.close()
 
     def __enter__(self) -> Datapath:

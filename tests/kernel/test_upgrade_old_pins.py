@@ -111,7 +111,12 @@ def test_an_upgrade_over_earlier_pins_replaces_the_changed_map_adds_the_new_ones
 ) -> None:
     dp = opened(node)
     assert dp.replaced_maps == ("vg_policy",)
-    expected = {*loader.EXPECTED_LAYOUT, "vg_events", *(f"prog_{p}" for p in loader.PROGRAMS)}
+    expected = {
+        *loader.EXPECTED_LAYOUT,
+        "vg_events",
+        *(f"prog_{p}" for p in loader.PROGRAMS),
+        dp.build_dir.name,
+    }
     assert _pins(previous.pin_dir) == expected, "every map of this version, no pin set aside or left over"
     assert dp.maps["vg_policy"].value_size == 44
     ids = _map_ids(previous.pin_dir)
