@@ -115,35 +115,18 @@ class Sample:
     tcp_rr_ktps: list[float] = field(default_factory=list)  # TCP request/response (1 in flight), k/s
 
 
-METRICS: tuple[tuple[str, str, str, str, bool], ...] = (
-    ("throughput_gbps", "Gbit/s", "{:.2f}", "TCP throughput (Gbit/s, 64 KB writes)", True),
-    ("p50_us", "p50 us", "{:.1f}", "latency p50 (us, RTT)", False),
-    ("p99_us", "p99 us", "{:.1f}", "latency p99 (us, RTT)", False),
-    ("udp64_kpps", "UDP 64 B kpps", "{:.1f}", "UDP 64-byte packets received (k/s)", True),
-    ("tcp_rr_ktps", "TCP RR k/s", "{:.1f}", "TCP request/response (k transactions/s)", True),
-)
-
-
 # --- traffic ---------------------------------------------------------------------------------
+
+
+def in_client(lab: str, client: str, seconds: float, *argv: str) -> str:
+    """stdout of a measuring run of `seconds` in the client pod (`vethguard lab exec`)."""
+    return lab_cli("exec", "--name", lab, f"{synth.BENCH_NS}/{client}", "--", *argv, timeout=seconds + 60)
 
 
 def iperf3(lab: str, client: str, server_ip: str, seconds: float) -> float:
     """Single-stream TCP throughput client -> server in Gbit/s (receiver side)."""
-    out = lab_cli(
-        "exec",
-        "--name",
-        lab,
-        f"{synth.BENCH_NS}/{client}",
-        "--",
-        "iperf3",
-        "-c",
-        server_ip,
-        "-p",
-        str(synth.IPERF_PORT),
-        "-t",
-        str(seconds),
-        "-J",
-        timeout=seconds + 60,
+    out = in_client(
+        lab, client, seconds, "iperf3", "-c", server_ip, "-p", str(synth.IPERF_PORT), "-t", str(seconds), "-J"
     )
     doc = json.loads(out)
     return float(doc["end"]["sum_received"]["bits_per_second"]) / 1e9
@@ -152,16 +135,20 @@ def iperf3(lab: str, client: str, server_ip: str, seconds: float) -> float:
 def iperf3_udp64(lab: str, client: str, server_ip: str, seconds: float) -> float:
     """64-byte UDP datagrams client -> server as fast as the client sends them (-b 0), in
     thousands received per second (the receiver's count: sent minus lost)."""
-    out = lab_cli(
-        "exec",
-        "--name",
+    udp = ("-u", "-l", "64", "-b", "0")
+    out = in_client(
         lab,
-        f"{synth.BENCH_NS}/{client}",
-        "--",
+        client,
+        seconds,
         "iperf3",
-        *("-c", server_ip, "-p", str(synth.IPERF_PORT), "-u", "-l", "64", "-b", "0"),
-        *("-t", str(seconds), "-J"),
-        timeout=seconds + 60,
+        "-c",
+        server_ip,
+        "-p",
+        str(synth.IPERF_PORT),
+        *udp,
+        "-t",
+        str(seconds),
+        "-J",
     )
     return udp_received_kpps(json.loads(out))
 
@@ -201,23 +188,21 @@ def parse_sockperf_rate(text: str) -> float:
 
 def sockperf(lab: str, client: str, server_ip: str, seconds: float) -> tuple[float, float, float]:
     """TCP ping-pong at the fastest rate (sockperf's default there): (p50 us, p99 us, k transactions/s)."""
-    out = lab_cli(
-        "exec",
-        "--name",
+    port, run_seconds = str(synth.SOCKPERF_PORT), str(max(1, round(seconds)))
+    out = in_client(
         lab,
-        f"{synth.BENCH_NS}/{client}",
-        "--",
+        client,
+        seconds,
         "sockperf",
         "ping-pong",
         "--tcp",
         "-i",
         server_ip,
         "-p",
-        str(synth.SOCKPERF_PORT),
+        port,
         "-t",
-        str(max(1, round(seconds))),
+        run_seconds,
         "--full-rtt",
-        timeout=seconds + 60,
     )
     return (*parse_sockperf(out), parse_sockperf_rate(out))
 
