@@ -57,6 +57,10 @@ def cmd_datapath(args: argparse.Namespace) -> int:
 
 def cmd_control_plane(args: argparse.Namespace) -> int:
     settings = control_plane.Settings.quick() if args.quick else control_plane.Settings()
+    if args.sizes:
+        settings.sizes = tuple(args.sizes)
+    if args.events is not None:
+        settings.events = args.events
     out = results_dir(args.results, "control-plane")
     doc = control_plane.run(settings)
     doc["command"] = _command(args)
@@ -93,10 +97,19 @@ def _command(args: argparse.Namespace) -> str:
     parts = ["vethguard", "bench", args.bench_command]
     if args.quick:
         parts.append("--quick")
-    for flag in ("nodes", "rounds"):
+    for flag in ("nodes", "rounds", "events"):
         if getattr(args, flag, None) is not None:
             parts += [f"--{flag}", str(getattr(args, flag))]
+    if getattr(args, "sizes", None):
+        parts += ["--sizes", ",".join(s.label() for s in args.sizes)]
     return " ".join(parts)
+
+
+def _sizes(text: str) -> list[control_plane.Size]:
+    try:
+        return [control_plane.Size.parse(part) for part in text.split(",")]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _as_root(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -122,6 +135,16 @@ def register(subparsers: Any) -> None:
     dp.add_argument("--rounds", type=int, help="rounds of every configuration (default 5, --quick 1)")
     dp.set_defaults(func=_as_root(cmd_datapath))
     cp = sub.add_parser("control-plane", help="compile time, event latency, RSS, map memory; lab realization")
+    cp.add_argument(
+        "--sizes",
+        type=_sizes,
+        metavar="SIZE,...",
+        help="cluster sizes, each PODS (500 namespaces and 1,000 NetworkPolicies up to 10k pods; "
+        "beyond, a namespace per 20 pods, two NetworkPolicies per namespace and 200 "
+        "ClusterNetworkPolicies) or PODS:NAMESPACES:POLICIES:CNPS "
+        "(default 1000,10000,10000:500:1000:200,50000; --quick 200:50:100:0,1000:50:100:20)",
+    )
+    cp.add_argument("--events", type=int, help="changes of every event kind per size (default 50, --quick 3)")
     cp.set_defaults(func=_as_root(cmd_control_plane))
     for parser in (dp, cp):
         parser.add_argument("--quick", action="store_true", help="small configuration, about a minute (CI)")

@@ -2,9 +2,12 @@
 map sizes on synthetic clusters, and realization latency through a 3-node lab.
 
 Per cluster size a fresh worker process (`python -m controller.bench.control_plane --worker`):
-  * builds the synthetic cluster (controller.bench.synth.control_plane_cluster: 500 namespaces,
-    1,000 policies of five shapes, 100 pods per node) as raw API objects, then compiles and loads
-    the programs (bcc) as the agent does while its informers list;
+  * builds the synthetic cluster of its Size (pods, namespaces, NetworkPolicies of five shapes,
+    ClusterNetworkPolicies of five shapes: controller.bench.synth_cnp.control_plane_cluster; 100
+    pods per node; default sizes 1k and 10k pods with 500 namespaces and 1,000 policies, 10k with
+    200 CNPs, 50k with 2,500 / 5,000 / 200) as raw API objects, then compiles and loads the
+    programs (bcc) as the agent does while its informers list; the ipcache and policy maps are
+    sized for the cluster (at least the agent's defaults; recorded as *_map_capacity);
   * full compile = ClusterState.from_objects + compute.compute for node-1, timed separately
     (its objects are dropped before the agent's pass, so they are not counted as the agent's);
   * runs the real controller.agent.loop.Agent reconcile pass (build + compute + fit + Datapath.sync)
@@ -12,7 +15,8 @@ Per cluster size a fresh worker process (`python -m controller.bench.control_pla
     replaced by an in-memory snapshot and veth discovery by a fixed pod -> ifindex table: the
     synthetic pods have no veths, so attach/detach are skipped (a real agent attaches once per
     new veth, not per event). Event latency = one reconcile after the change (the agent's 50 ms
-    coalescing window is not included);
+    coalescing window is not included); the kinds: pod add, label change, NetworkPolicy add and
+    delete, and ClusterNetworkPolicy add and delete where the size has some;
   * RSS of that process (VmRSS after the events, VmHWM peak): the agent's footprint with the
     compiled cluster and the maps, with the raw API objects held as the informers would hold them
     (not the kubernetes client's import); bcc compiles in a child process
@@ -33,11 +37,11 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from controller.bench import synth
+from controller.bench import synth, synth_cnp
 from controller.compiler.builder import cluster_from_objects
 from controller.compiler.calico import EMPTY_CALICO, CalicoObjects
 
@@ -47,18 +51,53 @@ if TYPE_CHECKING:
 from controller.bench.common import lab_cli, lab_name, lab_status, loadavg, log, machine, median, percentile
 
 
+@dataclass(frozen=True)
+class Size:
+    """One synthetic cluster: pods, namespaces, NetworkPolicies, ClusterNetworkPolicies."""
+
+    pods: int
+    namespaces: int
+    policies: int
+    cluster_policies: int = 0
+
+    @classmethod
+    def of(cls, pods: int) -> Size:
+        """The issue's shape for `pods`: 500 namespaces and 1,000 NetworkPolicies up to 10k pods
+        (the sizes measured before), one namespace per 20 pods and two policies per namespace
+        beyond, and 200 ClusterNetworkPolicies beyond 10k pods (50k: 2,500 / 5,000 / 200)."""
+        namespaces = max(500, pods // 20)
+        return cls(pods, namespaces, 2 * namespaces, 200 if pods > 10000 else 0)
+
+    @classmethod
+    def parse(cls, text: str) -> Size:
+        """PODS (the shape of Size.of) or PODS:NAMESPACES:POLICIES:CNPS."""
+        parts = [int(p) for p in text.split(":")]
+        if len(parts) == 1:
+            return cls.of(parts[0])
+        if len(parts) != 4 or min(parts) < 0 or parts[0] < 1 or parts[1] < 1:
+            raise ValueError(f"size {text!r}: PODS or PODS:NAMESPACES:POLICIES:CNPS")
+        return cls(*parts)
+
+    def label(self) -> str:
+        return f"{self.pods}:{self.namespaces}:{self.policies}:{self.cluster_policies}"
+
+
+DEFAULT_SIZES = (Size(1000, 500, 1000), Size(10000, 500, 1000), Size(10000, 500, 1000, 200), Size.of(50000))
+QUICK_SIZES = (Size(200, 50, 100), Size(1000, 50, 100, 20))
+
+
 @dataclass
 class Settings:
-    sizes: tuple[int, ...] = (1000, 10000)
-    namespaces: int = 500
-    policies: int = 1000
+    sizes: tuple[Size, ...] = DEFAULT_SIZES
     events: int = 50  # per event kind and size (p99 of 50 lies between the two slowest)
     realization_rounds: int = 10
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(sizes=(200, 1000), namespaces=50, policies=100, events=3, realization_rounds=2)
+        return cls(sizes=QUICK_SIZES, events=3, realization_rounds=2)
 
+
+POLICY_MAP_DEFAULT = 262144  # bpf/lib/maps.h VG_MAX_POLICY
 
 # --- the worker ------------------------------------------------------------------------------
 
@@ -119,6 +158,7 @@ class MemorySources:
             "Pod": list(cluster.pods),
             "NetworkPolicy": list(cluster.policies),
             "Node": list(cluster.nodes),
+            "ClusterNetworkPolicy": list(cluster.cluster_policies),
         }
         self.versions = dict.fromkeys(self.kinds, 1)
         self.generation = 1
@@ -238,13 +278,14 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def _events(
-    sources: MemorySources, reconcile: Callable[[], bool], settings: Settings, pods: int
-) -> dict[str, Any]:
-    """p50/p99 (and the fastest and slowest) of change -> reconcile done, per event kind."""
-    namespaces, nodes = settings.namespaces, max(1, pods // 100)
+def _events(sources: MemorySources, reconcile: Callable[[], bool], events: int, size: Size) -> dict[str, Any]:
+    """p50/p99 (and the fastest and slowest) of change -> reconcile done, per event kind; the
+    ClusterNetworkPolicy kinds where the cluster has some."""
+    pods, namespaces, nodes = size.pods, size.namespaces, max(1, size.pods // 100)
     lat: dict[str, list[float]] = {"pod_add": [], "label_change": [], "policy_add": [], "policy_delete": []}
-    for k in range(settings.events):
+    if size.cluster_policies:
+        lat |= {"cnp_add": [], "cnp_delete": []}
+    for k in range(events):
         # a new pod on node-1 (index chosen so i % nodes == 0 puts it there)
         new = synth.cp_pod(pods + k * nodes, namespaces, nodes)
         sources.change("Pod", [*sources.kinds["Pod"], new])
@@ -257,12 +298,20 @@ def _events(
         sources.change("Pod", pod_list)
         lat["label_change"].append(_timed(reconcile))
         # add, then delete, a policy (every fifth shape is default-deny: pick a selecting one)
-        pol = synth.cp_policy(settings.policies + 5 * k, namespaces)
+        pol = synth.cp_policy(size.policies + 5 * k, namespaces)
         before = list(sources.kinds["NetworkPolicy"])
         sources.change("NetworkPolicy", [*before, pol])
         lat["policy_add"].append(_timed(reconcile))
         sources.change("NetworkPolicy", before)
         lat["policy_delete"].append(_timed(reconcile))
+        if size.cluster_policies:  # add, then delete, one of the mix (every shape in turn)
+            cnps = list(sources.kinds["ClusterNetworkPolicy"])
+            sources.change(
+                "ClusterNetworkPolicy", [*cnps, synth_cnp.cp_cnp(size.cluster_policies + k, namespaces)]
+            )
+            lat["cnp_add"].append(_timed(reconcile))
+            sources.change("ClusterNetworkPolicy", cnps)
+            lat["cnp_delete"].append(_timed(reconcile))
     return {
         kind: {
             "p50_ms": round(percentile(v, 50) * 1000, 1),
@@ -275,20 +324,28 @@ def _events(
     }
 
 
-def _full_compile(cluster: synth.Cluster, settings: Settings, pods: int) -> dict[str, Any]:
-    """Time ClusterState.from_objects + compute.compute for node-1; nothing of it outlives the call."""
+def _full_compile(cluster: synth.Cluster, size: Size) -> dict[str, Any]:
+    """Time ClusterState.from_objects + compute.compute for node-1; nothing of it outlives the call.
+    Entries per endpoint: its own (NetworkPolicy) entries, and its tier profile's (the
+    ClusterNetworkPolicies', shared by the endpoints the same policies select)."""
     from controller.compiler import compute
 
     t0 = time.perf_counter()
-    state = cluster_from_objects(cluster.namespaces, cluster.pods, cluster.policies, cluster.nodes)
+    state = cluster_from_objects(
+        cluster.namespaces, cluster.pods, cluster.policies, cluster.nodes, cluster.cluster_policies
+    )
     t1 = time.perf_counter()
     desired = compute.compute(state, "node-1")
     t2 = time.perf_counter()
+    if state.errors:
+        raise RuntimeError(f"the synthetic cluster has policy errors: {state.errors[:3]}")
     entries = [len(ep.entries) for ep in desired.endpoints.values()]
+    tiers = [len(desired.tier_profiles.get(ep.tier_profile, {})) for ep in desired.endpoints.values()]
     out: dict[str, Any] = {
-        "pods": pods,
-        "namespaces": settings.namespaces,
-        "policies": settings.policies,
+        "pods": size.pods,
+        "namespaces": size.namespaces,
+        "policies": size.policies,
+        "cluster_policies": size.cluster_policies,
         "nodes": len(cluster.nodes),
         "build_s": round(t1 - t0, 3),
         "compute_s": round(t2 - t1, 3),
@@ -297,27 +354,37 @@ def _full_compile(cluster: synth.Cluster, settings: Settings, pods: int) -> dict
         "policy_entries": sum(entries),
         "entries_per_endpoint_mean": round(sum(entries) / max(1, len(entries)), 1),
         "entries_per_endpoint_max": max(entries, default=0),
+        "tier_entries_per_endpoint_mean": round(sum(tiers) / max(1, len(tiers)), 1),
+        "tier_entries_per_endpoint_max": max(tiers, default=0),
+        "tier_profiles": len(desired.tier_profiles),
+        "tier_entries": sum(len(v) for v in desired.tier_profiles.values()),
         "ipcache_entries": len(desired.ipcache),
     }
     return out
 
 
-def worker(pods: int, settings: Settings) -> dict[str, Any]:
+def worker(size: Size, events: int) -> dict[str, Any]:
     from controller.agent import preflight
     from controller.agent.cli import tune_gc
     from controller.agent.loop import Agent, AgentConfig
     from controller.datapath.node import Datapath
 
     tune_gc()  # as `vethguard agent` does for its process
-    cluster = synth.control_plane_cluster(pods, settings.namespaces, settings.policies)
+    pods = size.pods
+    cluster = synth_cnp.control_plane_cluster(pods, size.namespaces, size.policies, size.cluster_policies)
     # The agent compiles and loads its programs while its informers list the cluster: same
     # order here, so the peak (VmHWM) has bcc's compile on top of the raw API objects.
     node = f"bench-cp-{uuid.uuid4().hex[:8]}"
+    # Maps sized for the cluster like an operator would (the agent's defaults: 65,536 ipcache,
+    # 262,144 policy entries); the 50k mix's tier profiles need ~347k policy entries.
+    ipcache, policy = max(65536, 2 * pods), max(POLICY_MAP_DEFAULT, 8 * pods)
     pin_root = "/sys/fs/bpf/vethguard"
     preflight.use_kernel_headers()  # as the agent does: bcc compiles with the headers found
     try:
         dp = Datapath(
-            node=node, pin_root=pin_root, extra_cflags=(f"-DVG_MAX_IPCACHE={max(65536, 2 * pods)}",)
+            node=node,
+            pin_root=pin_root,
+            extra_cflags=(f"-DVG_MAX_IPCACHE={ipcache}", f"-DVG_MAX_POLICY={policy}"),
         )
     except BaseException:
         Datapath.remove_pins(node, pin_root)  # a failed compile or load leaves its pin directory
@@ -325,7 +392,8 @@ def worker(pods: int, settings: Settings) -> dict[str, Any]:
     try:
         # The timed full compile is the benchmark's, not the agent's (which builds and keeps its
         # own): done after the load and dropped on return, so the RSS below is the agent's.
-        out = _full_compile(cluster, settings, pods)
+        out = _full_compile(cluster, size)
+        out |= {"ipcache_map_capacity": ipcache, "policy_map_capacity": policy}
         sources = MemorySources(cluster)
         agent = Agent(
             AgentConfig(node="node-1", pin_root=pin_root, health_addr=None),
@@ -339,7 +407,9 @@ def worker(pods: int, settings: Settings) -> dict[str, Any]:
         out["first_sync_s"] = round(_timed(lambda: agent.reconcile(full=True)), 3)
         if not agent.ready:
             raise RuntimeError(f"first reconcile failed: {agent.status()['errors']}")
-        out["events"] = _events(sources, agent.reconcile, settings, pods)
+        if agent.capacity.errors():  # e.g. a map too small: endpoints failed closed
+            raise RuntimeError(f"first reconcile: {[e.as_dict() for e in agent.capacity.errors()]}")
+        out["events"] = _events(sources, agent.reconcile, events, size)
         counts = dp.entry_counts()
         out["map_entries"] = {k: v for k, v in counts.items() if v}
         memory = map_memory(dp)
@@ -354,19 +424,12 @@ def worker(pods: int, settings: Settings) -> dict[str, Any]:
     return out
 
 
-def run_worker(pods: int, settings: Settings) -> dict[str, Any]:
-    args = [
-        sys.executable,
-        "-m",
-        "controller.bench.control_plane",
-        "--worker",
-        str(pods),
-        "--settings",
-        json.dumps(asdict(settings)),
-    ]
+def run_worker(size: Size, settings: Settings) -> dict[str, Any]:
+    args = [sys.executable, "-m", "controller.bench.control_plane", "--worker", size.label()]
+    args += ["--events", str(settings.events)]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=3600, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"control-plane worker for {pods} pods failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"control-plane worker for {size.label()} failed:\n{proc.stderr[-3000:]}")
     doc: dict[str, Any] = json.loads(proc.stdout)
     return doc
 
@@ -464,9 +527,12 @@ def realization(settings: Settings) -> dict[str, Any]:
 def run(settings: Settings) -> dict[str, Any]:
     doc: dict[str, Any] = {"benchmark": "control-plane", "machine": machine(), "settings": asdict(settings)}
     doc["sizes"] = []
-    for pods in settings.sizes:
-        log(f"control plane: {pods} pods, {settings.namespaces} namespaces, {settings.policies} policies")
-        doc["sizes"].append(run_worker(pods, settings))
+    for size in settings.sizes:
+        log(
+            f"control plane: {size.pods} pods, {size.namespaces} namespaces, {size.policies} "
+            f"NetworkPolicies, {size.cluster_policies} ClusterNetworkPolicies"
+        )
+        doc["sizes"].append(run_worker(size, settings))
         log(f"  -> {json.dumps({k: v for k, v in doc['sizes'][-1].items() if k != 'map_memory_by_map'})}")
     doc["realization"] = realization(settings)
     log(f"realization: {doc['realization']}")
@@ -476,17 +542,20 @@ def run(settings: Settings) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="control-plane benchmark worker (used by `vethguard bench`)")
-    ap.add_argument("--worker", type=int, required=True, metavar="PODS")
-    ap.add_argument("--settings", default="{}")
+    ap.add_argument(
+        "--worker",
+        type=Size.parse,
+        required=True,
+        metavar="SIZE",
+        help="PODS (the default shape for that many) or PODS:NAMESPACES:POLICIES:CNPS",
+    )
+    ap.add_argument("--events", type=int, default=Settings.events, help="events per kind")
     args = ap.parse_args(argv)
-    raw = json.loads(args.settings)
-    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-    settings = replace(Settings(), **fields)
     # The agent's log lines go to stdout; keep stdout for the one JSON document.
     real_stdout = sys.stdout
     sys.stdout = sys.stderr
     try:
-        doc = worker(args.worker, settings)
+        doc = worker(args.worker, args.events)
     finally:
         sys.stdout = real_stdout
     print(json.dumps(doc))

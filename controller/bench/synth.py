@@ -40,6 +40,7 @@ class Cluster:
     pods: list[Raw] = field(default_factory=list)
     policies: list[Raw] = field(default_factory=list)
     nodes: list[Raw] = field(default_factory=list)
+    cluster_policies: list[Raw] = field(default_factory=list)
 
 
 def namespace(name: str, labels: dict[str, str]) -> Raw:

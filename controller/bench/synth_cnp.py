@@ -215,3 +215,106 @@ def tiered_cluster(networkpolicies: int, ipcache: int, cnps: int) -> tuple[synth
     c.pods += [synth.pod(ns, name, labels, ip, synth.SYNTH_NODE) for ns, name, labels, ip in PEER_PODS]
     c.nodes = [node(MEASURED_NODE), node(synth.SYNTH_NODE)]
     return c, cluster_policies(cnps, max(1, rules))
+
+
+# --- the control-plane benchmark's cluster ---------------------------------------------------
+#
+# cp_cnp(i, namespaces) are ClusterNetworkPolicies for synth.control_plane_cluster (namespaces
+# ns-NNN labelled team/env, pods labelled app/tier with the named ports http and db): what a
+# platform team would write, in five shapes chosen by i % 5 (so any prefix mixes them):
+#   0 Admin, subject the pods of one tier in every namespace: Deny from dev namespaces to the
+#     database port, Accept from the api tier on the named port `db`;
+#   1 Admin, subject one team's namespaces: Pass the application ports (a range) to
+#     NetworkPolicy from every namespace, Deny egress to two networks, Deny egress to every
+#     node's kubelet port;
+#   2 Admin, subject one app's pods (pods: every namespace): Accept from three named
+#     namespaces on the named port `http`, Pass egress to the pod range on 443;
+#   3 Admin, subject the dev namespaces: Deny ingress from prod namespaces (every port);
+#   4 Baseline, subject one team's namespaces: Accept from the team's own namespaces, Deny from
+#     every namespace (the default NetworkPolicy overrides).
+# Priorities i % 50 (equal ones are broken by name).
+
+
+def _labels(**labels: str) -> Raw:
+    return {"matchLabels": labels}
+
+
+def _cp_subject(i: int) -> Raw:
+    kind = i % 5
+    team = _labels(team=f"team-{(i // 5) % synth.TEAMS}")
+    if kind == 0:
+        return {"pods": {"namespaceSelector": {}, "podSelector": _labels(tier=synth.TIERS[(i // 5) % 3])}}
+    if kind == 2:
+        return {"pods": {"namespaceSelector": {}, "podSelector": _labels(app=f"app-{i % synth.APPS}")}}
+    if kind == 3:
+        return {"namespaces": _labels(env="dev")}
+    return {"namespaces": team}
+
+
+def _cp_rules(i: int, namespaces: int) -> dict[str, list[Raw]]:
+    kind = i % 5
+    if kind == 0:
+        api = {"pods": {"namespaceSelector": {}, "podSelector": _labels(tier="api")}}
+        return {
+            "ingress": [
+                {"name": "no-dev-db", "action": "Deny", "from": [{"namespaces": _labels(env="dev")}]}
+                | {"protocols": [_tcp(5432)]},
+                {"name": "api-db", "action": "Accept", "from": [api]}
+                | {"protocols": [{"destinationNamedPort": "db"}]},
+            ]
+        }
+    if kind == 1:
+        return {
+            "ingress": [
+                {
+                    "name": "apps",
+                    "action": "Pass",
+                    "from": [{"namespaces": {}}],
+                    "protocols": [_tcp(8000, 8999)],
+                }
+            ],
+            "egress": [
+                {
+                    "name": "blocked",
+                    "action": "Deny",
+                    "to": [{"networks": [f"192.168.{i % 256}.0/24", f"10.{i % 200}.0.0/16"]}],
+                },
+                {"name": "kubelet", "action": "Deny", "to": [{"nodes": {}}], "protocols": [_tcp(10250)]},
+            ],
+        }
+    if kind == 2:
+        peers = [{"namespaces": _ns(f"ns-{(i + k) % namespaces:03d}")} for k in range(3)]
+        return {
+            "ingress": [
+                {"name": "frontends", "action": "Accept", "from": peers}
+                | {"protocols": [{"destinationNamedPort": "http"}]}
+            ],
+            "egress": [
+                {"name": "pods-https", "action": "Pass", "to": [{"networks": ["10.100.0.0/16"]}]}
+                | {"protocols": [_tcp(443)]}
+            ],
+        }
+    if kind == 3:
+        return {
+            "ingress": [{"name": "no-prod", "action": "Deny", "from": [{"namespaces": _labels(env="prod")}]}]
+        }
+    team = _labels(team=f"team-{(i // 5) % synth.TEAMS}")
+    return {
+        "ingress": [
+            {"name": "own-team", "action": "Accept", "from": [{"namespaces": team}]},
+            {"name": "default-deny", "action": "Deny", "from": [{"namespaces": {}}]},
+        ]
+    }
+
+
+def cp_cnp(i: int, namespaces: int) -> Raw:
+    """ClusterNetworkPolicy i of the control-plane mix (above); `namespaces`: ns-NNN in use."""
+    tier = "Baseline" if i % 5 == 4 else "Admin"
+    return cluster_network_policy(f"cp-cnp-{i:04d}", tier, i % 50, _cp_subject(i), **_cp_rules(i, namespaces))
+
+
+def control_plane_cluster(pods: int, namespaces: int, policies: int, cnps: int) -> synth.Cluster:
+    """synth.control_plane_cluster with `cnps` ClusterNetworkPolicies of the mix above."""
+    c = synth.control_plane_cluster(pods, namespaces, policies)
+    c.cluster_policies = [cp_cnp(i, namespaces) for i in range(cnps)]
+    return c

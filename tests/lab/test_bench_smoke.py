@@ -126,9 +126,14 @@ def test_quick_control_plane_benchmark_reports_every_size_and_event_kind_with_po
             "local_endpoints",
         ):
             assert _positive(size[key]), key
-        assert set(size["events"]) == {"pod_add", "label_change", "policy_add", "policy_delete"}
+        kinds = {"pod_add", "label_change", "policy_add", "policy_delete"}
+        if size["cluster_policies"]:  # the quick run's second size has some
+            kinds |= {"cnp_add", "cnp_delete"}
+            assert _positive(size["tier_entries_per_endpoint_max"])
+        assert set(size["events"]) == kinds
         for figures in size["events"].values():
             assert _positive(figures["p50_ms"]) and figures["p99_ms"] >= figures["p50_ms"]
+    assert any(size["cluster_policies"] for size in doc["sizes"])
     rz = doc["realization"]
     assert rz["changes"] > 0
     assert _positive(rz["apply_to_all_realized_ms"]["p50"])

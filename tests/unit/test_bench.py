@@ -255,32 +255,33 @@ def test_datapath_table_shows_where_an_established_packets_time_goes_when_measur
     assert "| ct lookup | 20.0 | 21.0 |" in md and "| clock | 5.0 | 5.0 |" in md
 
 
+CP_SIZE = {
+    "namespaces": 5,
+    "policies": 5,
+    "rss_mb": 150.0,
+    "peak_rss_mb": 160.0,
+    "entries_per_endpoint_mean": 2.0,
+    "entries_per_endpoint_max": 4,
+    "map_memory_bytes": 2**21,
+}
+REALIZATION = {
+    "nodes": 3,
+    "changes": 4,
+    "apply_to_all_realized_ms": {"p50": 100, "p99": 200},
+    "apply_to_probe_ms": {"p50": 150, "p99": 250},
+}
+
+
 def test_control_plane_table_and_plot_cover_every_size(tmp_path: Path) -> None:
     events = {
         k: {"p50_ms": 10.0, "p99_ms": 20.0, "n": 3}
         for k in ("pod_add", "label_change", "policy_add", "policy_delete")
     }
-    size = {
-        "pods": 100,
-        "namespaces": 5,
-        "policies": 5,
-        "full_compile_s": 0.5,
-        "events": events,
-        "rss_mb": 150.0,
-        "peak_rss_mb": 160.0,
-        "entries_per_endpoint_mean": 2.0,
-        "entries_per_endpoint_max": 4,
-        "map_memory_bytes": 2**21,
-    }
+    size = {**CP_SIZE, "pods": 100, "full_compile_s": 0.5, "events": events}
     doc = {
         "machine": {"nproc": 2, "cpu": "x", "kernel": "6", "memory_gb": 1, "loadavg_start": [1, 1, 1]},
         "sizes": [size, {**size, "pods": 1000}],
-        "realization": {
-            "nodes": 3,
-            "changes": 4,
-            "apply_to_all_realized_ms": {"p50": 100, "p99": 200},
-            "apply_to_probe_ms": {"p50": 150, "p99": 250},
-        },
+        "realization": REALIZATION,
     }
     md = report.control_plane_markdown(doc)
     assert "| 1000 | 5 | 5 | 0.50 | 10 / 20 |" in md and "2.0 |" in md
@@ -444,3 +445,119 @@ def test_results_from_before_the_small_packet_runs_still_make_their_table_and_pl
     md = report.datapath_markdown(doc)
     assert "| p99 us | x base | x ipt |" in md and "UDP 64 B" not in md
     assert report.datapath_plots(doc, tmp_path)[0].read_bytes()[:4] == b"\x89PNG"
+
+
+# --- the control-plane benchmark's sizes and ClusterNetworkPolicies ---------------------------
+
+
+def _cp_state(pods: int, namespaces: int, policies: int, cnps: int) -> tuple[synth.Cluster, ClusterState]:
+    c = synth_cnp.control_plane_cluster(pods, namespaces, policies, cnps)
+    return c, cluster_from_objects(c.namespaces, c.pods, c.policies, c.nodes, c.cluster_policies)
+
+
+def test_the_control_plane_cluster_has_its_cnps_and_they_compile_without_errors() -> None:
+    c, cs = _cp_state(1000, 50, 100, 40)
+    assert (len(c.pods), len(c.namespaces), len(c.policies), len(c.nodes)) == (1000, 50, 100, 10)
+    assert len(cs.cluster_policies) == len({p["metadata"]["name"] for p in c.cluster_policies}) == 40
+    assert not cs.errors
+    specs = [p["spec"] for p in c.cluster_policies]
+    assert {s["tier"] for s in specs} == {"Admin", "Baseline"}
+    assert {k for s in specs for k in s["subject"]} == {"namespaces", "pods"}
+    rules = [r for s in specs for d in ("ingress", "egress") for r in s.get(d, [])]
+    assert {r["action"] for r in rules} == {"Accept", "Deny", "Pass"}
+    assert {k for r in rules for p in r.get("from", r.get("to", [])) for k in p} == {
+        "namespaces",
+        "pods",
+        "networks",
+        "nodes",
+    }
+    assert any("destinationNamedPort" in p for r in rules for p in r.get("protocols", []))
+
+
+def test_a_tier_subject_cnp_selects_exactly_the_pods_of_that_tier_on_the_node() -> None:
+    c, cs = _cp_state(1000, 50, 100, 1)  # cp-cnp-0000: the pods of tier web, every namespace
+    desired = compute.compute(cs, "node-1")
+    local = [p for p in c.pods if p["spec"]["nodeName"] == "node-1"]
+    web = {
+        f"{p['metadata']['namespace']}/{p['metadata']['name']}"
+        for p in local
+        if p["metadata"]["labels"]["tier"] == "web"
+    }
+    selected = {key for key, ep in desired.endpoints.items() if "cp-cnp-0000" in ep.cluster_policies}
+    assert web and selected == web
+    assert all(desired.endpoints[k].ingress_tiered for k in web)
+
+
+def test_a_dev_namespaces_subject_selects_only_pods_in_dev_namespaces() -> None:
+    c, cs = _cp_state(1000, 50, 100, 4)  # cp-cnp-0003: subject env=dev namespaces
+    dev = {n["metadata"]["name"] for n in c.namespaces if n["metadata"]["labels"]["env"] == "dev"}
+    for key, ep in compute.compute(cs, "node-1").endpoints.items():
+        assert ("cp-cnp-0003" in ep.cluster_policies) == (key.split("/")[0] in dev)
+
+
+def test_a_size_is_the_issues_shape_for_its_pods_or_given_in_full() -> None:
+    from controller.bench.control_plane import DEFAULT_SIZES, Size
+
+    assert Size.parse("1000") == Size(1000, 500, 1000, 0)
+    assert Size.parse("50000") == Size(50000, 2500, 5000, 200)
+    assert Size.parse("10000:500:1000:200") == Size(10000, 500, 1000, 200)
+    assert [s.label() for s in DEFAULT_SIZES] == [
+        "1000:500:1000:0",
+        "10000:500:1000:0",
+        "10000:500:1000:200",
+        "50000:2500:5000:200",
+    ]
+    with pytest.raises(ValueError):
+        Size.parse("10:2")
+
+
+def _cp_doc(cnps: bool) -> dict[str, Any]:
+    kinds = ("pod_add", "label_change", "policy_add", "policy_delete") + (
+        ("cnp_add", "cnp_delete") if cnps else ()
+    )
+    events = {k: {"p50_ms": 10.0, "p99_ms": 20.0, "min_ms": 5.0, "max_ms": 60.0, "n": 3} for k in kinds}
+    size: dict[str, Any] = {**CP_SIZE, "pods": 10000, "full_compile_s": 6.5, "events": events}
+    if cnps:
+        size |= {
+            "cluster_policies": 200,
+            "tier_entries_per_endpoint_mean": 300.0,
+            "tier_entries_per_endpoint_max": 400,
+        }
+    return {
+        "machine": {"nproc": 2, "cpu": "x", "kernel": "6", "memory_gb": 1, "loadavg_start": [1, 1, 1]},
+        "sizes": [
+            size,
+            {
+                **size,
+                "pods": 50000,
+                "full_compile_s": 1.0,
+                "events": {**events, "pod_add": {**events["pod_add"], "p99_ms": 70.0}},
+            },
+        ],
+        "realization": REALIZATION,
+    }
+
+
+def test_the_control_plane_table_has_cnp_columns_and_marks_the_missed_targets(tmp_path: Path) -> None:
+    md = report.control_plane_markdown(_cp_doc(cnps=True))
+    assert "| CNPs |" in md and "cnp add p50/p99 (min-max) ms" in md and "CNP entries/endpoint" in md
+    assert "| 10000 | 5 | 5 | 200 | **6.50** (over) | 10 / 20 (5-60) |" in md
+    assert "| 50000 | 5 | 5 | 200 | 1.00 | **10 / 70 (5-60)** (over) |" in md
+    assert "**150 (160)** (over)" in md and "| 150 (160) |" in md  # RSS target up to 10k pods only
+    assert "300.0 (400)" in md
+    assert report.control_plane_plots(_cp_doc(cnps=True), tmp_path)[0].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_control_plane_table_without_cnps_has_no_cnp_columns(tmp_path: Path) -> None:
+    md = report.control_plane_markdown(_cp_doc(cnps=False))
+    assert "CNP" not in md and "cnp" not in md
+    assert "| 10000 | 5 | 5 | **6.50** (over) | 10 / 20 (5-60) |" in md
+    assert report.control_plane_plots(_cp_doc(cnps=False), tmp_path)[0].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_committed_control_plane_results_still_make_their_table_and_plot(tmp_path: Path) -> None:
+    import json
+
+    doc = json.loads((Path(__file__).parents[2] / "docs/bench/control-plane.json").read_text())
+    assert "| 10000 | 500 | 1000 |" in report.control_plane_markdown(doc)
+    assert report.control_plane_plots(doc, tmp_path)[0].is_file()
