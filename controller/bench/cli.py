@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.bench import control_plane, datapath_bench, report
-from controller.bench.common import log, results_dir, write_json
+from controller.bench.common import log, logs_to_stderr, results_dir, write_json
 from controller.core.errors import VethguardError
 
 
@@ -48,7 +48,8 @@ def cmd_datapath(args: argparse.Namespace) -> int:
     if args.rounds is not None:
         settings.rounds = args.rounds
     out = results_dir(args.results, "datapath")
-    doc = datapath_bench.run(settings)
+    with logs_to_stderr():
+        doc = datapath_bench.run(settings)
     doc["command"] = _command(args)
     markdown = report.datapath_markdown(doc)
     _write(doc, out, "datapath", markdown, report.datapath_plots)
@@ -62,7 +63,8 @@ def cmd_control_plane(args: argparse.Namespace) -> int:
     if args.events is not None:
         settings.events = args.events
     out = results_dir(args.results, "control-plane")
-    doc = control_plane.run(settings)
+    with logs_to_stderr():
+        doc = control_plane.run(settings)
     doc["command"] = _command(args)
     markdown = report.control_plane_markdown(doc)
     _write(doc, out, "control-plane", markdown, report.control_plane_plots)

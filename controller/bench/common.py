@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -10,7 +11,7 @@ import platform
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -138,3 +139,15 @@ def lab_status(lab: str) -> dict[str, Any]:
 def log(message: str) -> None:
     """Progress on stderr (stdout is reserved for -o json)."""
     print(f"[bench {_dt.datetime.now().strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def logs_to_stderr() -> Iterator[None]:
+    """While a benchmark measures, what the code it drives logs goes to stderr (a Datapath's
+    build lines go to stdout, as the agent's do): stdout carries only the results (`-o json`)."""
+    real_stdout = sys.stdout
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout = real_stdout

@@ -48,7 +48,17 @@ from controller.compiler.calico import EMPTY_CALICO, CalicoObjects
 if TYPE_CHECKING:
     from controller.datapath.readback import GcResult, KernelState
 
-from controller.bench.common import lab_cli, lab_name, lab_status, loadavg, log, machine, median, percentile
+from controller.bench.common import (
+    lab_cli,
+    lab_name,
+    lab_status,
+    loadavg,
+    log,
+    logs_to_stderr,
+    machine,
+    median,
+    percentile,
+)
 
 
 @dataclass(frozen=True)
@@ -551,13 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--events", type=int, default=Settings.events, help="events per kind")
     args = ap.parse_args(argv)
-    # The agent's log lines go to stdout; keep stdout for the one JSON document.
-    real_stdout = sys.stdout
-    sys.stdout = sys.stderr
-    try:
+    with logs_to_stderr():  # the agent's log lines go to stdout: keep it for the JSON document
         doc = worker(args.worker, args.events)
-    finally:
-        sys.stdout = real_stdout
     print(json.dumps(doc))
     return 0
 

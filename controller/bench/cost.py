@@ -43,6 +43,7 @@ from typing import ClassVar, TypeVar
 
 from controller.agent import preflight
 from controller.bench.bpf_parts import PASSTHROUGH, bench_programs
+from controller.bench.common import logs_to_stderr
 from controller.bench.testrun import run
 from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue
 from controller.datapath import abi, bpfsys, codecs
@@ -333,12 +334,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     node = f"test-dp-cost-{uuid.uuid4().hex[:8]}"  # throwaway maps, removed below
     preflight.use_kernel_headers()  # as the agent does: bcc compiles with the headers found
-    dp = Datapath(node=node, pin_root=args.pin_root)
-    try:
-        report = with_stats_enabled(lambda: measure(dp, args.rounds, args.packets))
-    finally:
-        dp.close()
-        Datapath.remove_pins(node, args.pin_root)
+    with logs_to_stderr():  # stdout: the results only (the Datapath logs its build)
+        dp = Datapath(node=node, pin_root=args.pin_root)
+        try:
+            report = with_stats_enabled(lambda: measure(dp, args.rounds, args.packets))
+        finally:
+            dp.close()
+            Datapath.remove_pins(node, args.pin_root)
     print(json.dumps(asdict(report), indent=2))
     return 0
 

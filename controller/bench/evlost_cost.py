@@ -46,7 +46,16 @@ from typing import Any
 from controller.agent import preflight
 from controller.bench import report
 from controller.bench.bpf_parts import PASSTHROUGH, bench_programs, sources_at
-from controller.bench.common import command_line, loadavg, log, machine, median, ratio, rotated
+from controller.bench.common import (
+    command_line,
+    loadavg,
+    log,
+    logs_to_stderr,
+    machine,
+    median,
+    ratio,
+    rotated,
+)
 from controller.bench.cost import (
     EP,
     PEER,
@@ -274,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": command_line("controller.bench.evlost_cost", argv),
         "machine": machine(),
     }
-    doc |= run_all(args.pin_root, args.before, args.rounds, args.packets)
+    with logs_to_stderr():  # stdout: the results only
+        doc |= run_all(args.pin_root, args.before, args.rounds, args.packets)
     doc["machine"]["loadavg_end"] = loadavg()
     table = report.evlost_markdown(doc)
     if args.results:

@@ -54,7 +54,16 @@ from typing import Any
 from controller.agent import preflight
 from controller.bench import report
 from controller.bench.bpf_parts import PASSTHROUGH, bench_programs
-from controller.bench.common import command_line, loadavg, log, machine, median, ratio, rotated
+from controller.bench.common import (
+    command_line,
+    loadavg,
+    log,
+    logs_to_stderr,
+    machine,
+    median,
+    ratio,
+    rotated,
+)
 from controller.bench.cost import counted, drive, per_packet_ns, tcp_frame, with_stats_enabled
 from controller.bench.testrun import run
 from controller.compiler.builder import cluster_from_objects
@@ -356,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": command_line("controller.bench.hostep_cost", argv),
         "machine": machine(),
     }
-    doc |= run_all(args.pin_root, args.rounds, args.packets)
+    with logs_to_stderr():  # stdout: the results only
+        doc |= run_all(args.pin_root, args.rounds, args.packets)
     doc["machine"]["loadavg_end"] = loadavg()
     table = report.hostep_markdown(doc)
     report.write_results(Path(args.results), RESULT, doc, table)

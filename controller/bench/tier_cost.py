@@ -44,7 +44,16 @@ from typing import Any
 from controller.agent import preflight
 from controller.bench import report, synth, synth_cnp
 from controller.bench.bpf_parts import PASSTHROUGH, bench_programs
-from controller.bench.common import command_line, loadavg, log, machine, median, ratio, rotated
+from controller.bench.common import (
+    command_line,
+    loadavg,
+    log,
+    logs_to_stderr,
+    machine,
+    median,
+    ratio,
+    rotated,
+)
 from controller.bench.cost import counted, per_packet_ns, tcp_frame, with_stats_enabled
 from controller.bench.testrun import run
 from controller.compiler import compute
@@ -284,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": command_line("controller.bench.tier_cost", argv),
         "machine": started,
     }
-    doc |= run_all(s, args.pin_root)
+    with logs_to_stderr():  # stdout: the results only
+        doc |= run_all(s, args.pin_root)
     doc["machine"]["loadavg_end"] = loadavg()
     table = report.tiers_markdown(doc)
     if args.results:
