@@ -272,6 +272,9 @@ REALIZATION = {
 }
 
 
+CP_MACHINE = {"nproc": 2, "cpu": "x", "kernel": "6", "memory_gb": 1, "loadavg_start": [1, 1, 1]}
+
+
 def test_control_plane_table_and_plot_cover_every_size(tmp_path: Path) -> None:
     events = {
         k: {"p50_ms": 10.0, "p99_ms": 20.0, "n": 3}
@@ -279,7 +282,7 @@ def test_control_plane_table_and_plot_cover_every_size(tmp_path: Path) -> None:
     }
     size = {**CP_SIZE, "pods": 100, "full_compile_s": 0.5, "events": events}
     doc = {
-        "machine": {"nproc": 2, "cpu": "x", "kernel": "6", "memory_gb": 1, "loadavg_start": [1, 1, 1]},
+        "machine": CP_MACHINE,
         "sizes": [size, {**size, "pods": 1000}],
         "realization": REALIZATION,
     }
@@ -524,7 +527,7 @@ def _cp_doc(cnps: bool) -> dict[str, Any]:
             "tier_entries_per_endpoint_max": 400,
         }
     return {
-        "machine": {"nproc": 2, "cpu": "x", "kernel": "6", "memory_gb": 1, "loadavg_start": [1, 1, 1]},
+        "machine": CP_MACHINE,
         "sizes": [
             size,
             {
