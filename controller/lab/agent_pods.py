@@ -15,10 +15,11 @@ command is the lab's own (its interpreter and code, as its agents run it), whate
 Any other pod: 400 naming the pods that can be exec'd. Off by default, so the lab contract's
 pod lists and the conformance models see no extra pods.
 
-Who may exec: the lab models no RBAC, so exec is served only to this machine's clients (the API
-on 127.0.0.1 and the lab's unix socket), not on the fabric address (10.244.0.1:6443) that the
-lab's nodes and pods reach: a lab pod cannot exec its way into a node. Any local user who can
-connect to the 127.0.0.1 port can, as with every other write to the lab's unauthenticated API.
+Who may exec: the lab models no RBAC, so exec is served only to this machine's root: on the
+lab's unix socket (mode 0600) and on its 127.0.0.1 port to a client whose socket the kernel
+lists as root's (controller.lab.local_peer: any local user can reach that port, and the command
+runs as root), never on the fabric address (10.244.0.1:6443) that the lab's nodes and pods
+reach: neither a lab pod nor an unprivileged user on this machine can exec their way into a node.
 """
 
 from __future__ import annotations

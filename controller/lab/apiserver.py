@@ -57,6 +57,7 @@ from controller.lab.api_requests import (
     without_directives,
 )
 from controller.lab.discovery import discovery
+from controller.lab.local_peer import tcp_peer_uid
 from controller.lab.state import BOOKMARK_INTERVAL
 from controller.lab.store import (
     ApiError,
@@ -213,6 +214,20 @@ class ApiHandler(BaseHTTPRequestHandler):
 
     def _exec(self, namespace: str, name: str) -> None:
         self.close_connection = True
+        if isinstance(self.server, ApiHTTPServer) and self.server.exec_runner is not None:
+            # a root command: on a TCP port any local user can reach, only for root (the unix
+            # socket is 0600 and root's already)
+            server = self.server.server_address
+            uid = tcp_peer_uid(
+                (str(self.client_address[0]), int(self.client_address[1])), (str(server[0]), int(server[1]))
+            )
+            if uid not in (0, os.geteuid()):
+                raise ApiError(
+                    403,
+                    "Forbidden",
+                    f"pods/exec runs commands as root in a lab node: served only to root on this machine "
+                    f"(the connection is uid {uid if uid is not None else 'unknown'}'s)",
+                )
         exec_ws.serve(self, self.server.store, self.server.exec_runner, namespace, name)
 
     def _patch(self, route: Route) -> None:

@@ -2,13 +2,17 @@
 RFC 6455 framing on its own, then exec through the official client's kubernetes.stream against
 the server in this process (no root: the agent pods' commands run here, not in a node's
 namespace): output, exit codes, stdin with v5's close signal, and the refusals before the
-upgrade (a pod that is not an agent pod, a wrong container, a missing pod, no WebSocket)."""
+upgrade (a pod that is not an agent pod, a wrong container, a missing pod, no WebSocket), and
+who may exec on the TCP port (root only, by the kernel's uid of the client's socket)."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import socket
 import struct
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -19,7 +23,7 @@ from typing import Any
 import pytest
 
 from controller.agent.api_errors import describe
-from controller.lab import agent_pods, exec_ws
+from controller.lab import agent_pods, exec_ws, local_peer
 from controller.lab.apiserver import ServerThread, serve_tcp
 from tests.support.lab_api import agent_store, local_exec
 
@@ -222,3 +226,56 @@ def test_agent_pods_carry_the_daemonsets_pod_labels_and_are_host_network() -> No
     assert pod["spec"] == {"nodeName": "node-2", "hostNetwork": True, "containers": [{"name": "agent"}]}
     assert agent_pods.is_agent_pod(pod) and not agent_pods.is_agent_pod({"metadata": {"namespace": "x"}})
     assert sys.executable in local_exec().argv("node-2", ["vethguard", "x"])
+
+
+def test_the_uid_of_a_local_tcp_client_is_the_one_the_kernel_lists_for_its_socket(tmp_path: Path) -> None:
+    table = (
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+        "   0: 0100007F:C350 0100007F:1F90 01 00000000:00000000 00:00000000 00000000  1000        0 1\n"
+    )
+    (tmp_path / "tcp").write_text(table)
+    six = (
+        "  sl  local_address                         remote_address                        st tx_queue"
+        " rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+        "   0: 00000000000000000000000001000000:C351 00000000000000000000000001000000:1F90 01"
+        " 00000000:00000000 00:00000000 00000000   0        0 2\n"
+    )
+    (tmp_path / "tcp6").write_text(six)
+    assert local_peer.tcp_peer_uid(("127.0.0.1", 50000), ("127.0.0.1", 8080), tmp_path) == 1000
+    assert local_peer.tcp_peer_uid(("::1", 50001), ("::1", 8080), tmp_path) == 0
+    assert local_peer.tcp_peer_uid(("127.0.0.1", 50002), ("127.0.0.1", 8080), tmp_path) is None
+    with (
+        socket.create_server(("127.0.0.1", 0)) as listener,
+        socket.create_connection(listener.getsockname()) as client,
+    ):
+        assert local_peer.tcp_peer_uid(client.getsockname(), listener.getsockname()) == os.getuid()
+
+
+UPGRADE = (
+    "GET /api/v1/namespaces/vethguard-system/pods/vethguard-node-1/exec?command=id&container=agent"
+    "&stdout=true HTTP/1.1\r\nHost: lab\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+    "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    "Sec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n"
+)
+
+
+@pytest.mark.root
+def test_a_local_user_who_is_not_root_cannot_exec_in_an_agent_pod_and_root_can(served: ServerThread) -> None:
+    address: Any = served.server.server_address
+    code = (
+        "import socket, sys\n"
+        f"s = socket.create_connection(({address[0]!r}, {address[1]}))\n"
+        "s.sendall(sys.stdin.read().encode())\n"
+        "print(s.recv(65536).decode(errors='replace'))\n"
+    )
+
+    def attempt(user: int) -> str:
+        run = [sys.executable, "-c", code]
+        return subprocess.run(
+            run, input=UPGRADE, user=user, capture_output=True, text=True, timeout=30
+        ).stdout
+
+    refused = attempt(65534)  # nobody: an unprivileged local user on the lab's 127.0.0.1 port
+    assert refused.startswith("HTTP/1.1 403"), refused
+    assert "served only to root on this machine (the connection is uid 65534's)" in refused
+    assert attempt(0).startswith("HTTP/1.1 101")  # the control: root gets the session
