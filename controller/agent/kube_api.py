@@ -102,6 +102,12 @@ KINDS: tuple[KindSpec, ...] = (
 )
 
 
+# Where deploy/ runs the agent (deploy/daemonset.yaml, deploy/rbac.yaml): what `--all-nodes`
+# reads, what the lab's agent pods imitate and whose access `vethguard doctor` reviews
+AGENT_NAMESPACE = "vethguard-system"
+AGENT_CONTAINER = "agent"
+AGENT_SERVICE_ACCOUNT = f"system:serviceaccount:{AGENT_NAMESPACE}:vethguard-agent"
+
 # (API group, resource) of every kind above: what deploy/rbac.yaml's ClusterRole lets the agent
 # list and watch, and nothing more (tests/unit/test_deploy.py; `vethguard doctor` reviews it)
 AGENT_READS: tuple[tuple[str, str], ...] = (

@@ -39,12 +39,12 @@ from pathlib import Path
 from typing import Any
 
 from controller.agent.flow_server import DEFAULT_FLOW_SOCKET
+from controller.agent.kube_api import AGENT_CONTAINER, AGENT_NAMESPACE
 from controller.core.errors import VethguardError
 from controller.debug.inputs import REQUEST_TIMEOUT, LocalTarget, NodeRef, node_sort_key
 
-DEFAULT_AGENT_NAMESPACE = "vethguard-system"
+DEFAULT_AGENT_NAMESPACE = AGENT_NAMESPACE
 DEFAULT_AGENT_SELECTOR = "app.kubernetes.io/name=vethguard,app.kubernetes.io/component=agent"
-AGENT_CONTAINER = "agent"
 RELAY = ("vethguard", "agent-read")
 STREAM_TIMEOUT = 30.0  # seconds without a message (the agents tick every 0.5 s when following)
 MAX_STDERR = 4096

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from controller.agent.api_errors import describe
-from controller.agent.kube_api import AGENT_READS
+from controller.agent.kube_api import AGENT_NAMESPACE, AGENT_READS, AGENT_SERVICE_ACCOUNT
 from controller.agent.realization import differing_kinds
 from controller.compiler import calico
 from controller.core.errors import VethguardError
@@ -32,7 +32,6 @@ from controller.debug.inputs import CALICO_FIELDS, CNP_PATH, LabTarget, Target
 from controller.debug.render import dump, table
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
-AGENT_SERVICE_ACCOUNT = "system:serviceaccount:vethguard-system:vethguard-agent"  # deploy/rbac.yaml
 OPTIONAL_APIS = (
     ("clusternetworkpolicies.policy.networking.k8s.io", CNP_PATH),
     *((f"{plural}.{calico.GROUP}", f"/apis/{calico.API_VERSION}/{plural}") for _, _, plural in CALICO_FIELDS),
@@ -194,7 +193,7 @@ def cluster_reviewer(kubeconfig: str | None) -> Reviewer:
         body = client.V1SubjectAccessReview(
             spec=client.V1SubjectAccessReviewSpec(
                 user=AGENT_SERVICE_ACCOUNT,
-                groups=["system:serviceaccounts", "system:serviceaccounts:vethguard-system"],
+                groups=["system:serviceaccounts", f"system:serviceaccounts:{AGENT_NAMESPACE}"],
                 resource_attributes=client.V1ResourceAttributes(group=group, resource=resource, verb=verb),
             )
         )

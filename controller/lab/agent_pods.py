@@ -29,10 +29,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from controller.agent.kube_api import AGENT_CONTAINER, AGENT_NAMESPACE
 from controller.lab.store import ApiError
 
-NAMESPACE = "vethguard-system"
-CONTAINER = "agent"
+NAMESPACE = AGENT_NAMESPACE
+CONTAINER = AGENT_CONTAINER
 # deploy/daemonset.yaml's pod template labels (tests/unit/test_cluster_observe.py compares them)
 LABELS = {
     "app.kubernetes.io/name": "vethguard",
