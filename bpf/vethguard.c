@@ -13,6 +13,10 @@
  *
  * One compiled set per node; per-endpoint behaviour comes from maps keyed by ifindex.
  * Order of decisions for a packet at endpoint E, direction d:
+ *   0. a conntrack hit on an entry of this      -> ALLOW_CT / ALLOW_REPLY, counted by slot
+ *      interface allowed at the current            (lib/conntrack.h, vg_ct_fast: no endpoint
+ *      revision (not fragments, ICMP errors,       lookup; what steps 1-3 check holds by
+ *      untracked ICMP)                             construction); anything else goes on to 1
  *   1. no endpoint entry                        -> DROP_NO_ENDPOINT (fail closed)
  *   2. non-IP                                   -> ALLOW_NON_IP
  *   3. from the pod with a source address that  -> DROP_SPOOFED (IPv6 link-local and :: exempt)
@@ -133,6 +137,35 @@ static __always_inline int vg_finish_flow(struct __sk_buff *skb, __u32 ep_id, __
 }
 
 /*
+ * Step 0, the established fast path (lib/conntrack.h, vg_ct_fast): a packet of a flow tracked on
+ * this interface and allowed at the current revision is decided by its conntrack entry alone,
+ * before and without the endpoint lookup. Returns 1 if it passed the packet (counted), 0 for the
+ * full path (vg_handle), which then decides the packet as if this had not run.
+ *
+ * Verifier workaround: a function of its own, called before vg_handle rather than inlined into
+ * it, with its own parse, so vg_handle is entered in the same state whatever happened here and is
+ * verified once (inside vg_handle it pushed to_pod past the verifier's 1M-instruction budget).
+ */
+static __always_inline int vg_fast(struct __sk_buff *skb, __u8 dir)
+{
+	__u32 zero = 0, revision = 0;
+	__u64 now = vg_now();
+	struct vg_pkt p = {};
+	struct ct_key k = {};
+	struct ct_value *v;
+	struct config *cfg;
+	int reply = 0;
+
+	cfg = vg_config.lookup(&zero);
+	if (cfg)
+		revision = cfg->revision;
+	if (vg_parse(skb, &p) != PARSE_OK || p.frag != VG_FRAG_NONE || p.icmp_err || vg_icmp_untracked(&p))
+		return 0;
+	v = vg_ct_find(&k, &p, skb->ifindex, dir, now, &reply);
+	return v && vg_ct_fast(skb, v, &p, reply, dir, revision, skb->len, now);
+}
+
+/*
  * `sender`: entering a pod (to_pod), the endpoint the judge found in a deferred packet's mark (0:
  * none). It sent the packet whatever interface it arrives from: on a bridge, a Service hairpin is
  * routed up through the bridge device and back, so skb->ingress_ifindex names the bridge.
@@ -197,14 +230,21 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir, __u32 send
 		v = vg_ct.lookup(&k);
 		if (v && v->expires_ns > now) {
 			reason = vg_ct_hit(ep, &k, v, &p, 0, revision, len, now, &rule_ref);
-			if (v->state == CT_DEFERRED && !REASON_IS_DROP(reason))
+			if (v->state == CT_DEFERRED && !REASON_IS_DROP(reason)) {
 				reason = vg_mark_deferred(skb, ep) ? ALLOW_DEFERRED : DROP_DEFERRED_UNKNOWN;
+				/* (vg_ct_current never re-judges a deferred entry: its judge's entry is) */
+				v->revision = revision;
+			}
+			if (dir == DIR_EGRESS && !REASON_IS_DROP(reason))
+				v->seen |= CT_SEEN_SRC_OWN; /* the source check above passed */
 			goto tracked;
 		}
 		vg_ct_fill(&k, &p, ep->ep_id, dir, 1);
 		v = vg_ct.lookup(&k);
 		if (v && v->expires_ns > now) {
 			reason = vg_ct_hit(ep, &k, v, &p, 1, revision, len, now, &rule_ref);
+			if (dir == DIR_EGRESS && !REASON_IS_DROP(reason))
+				v->seen |= CT_SEEN_SRC_OWN;
 			goto tracked;
 		}
 		/* To a Service: judged after DNAT, by the backend it reaches (lib/service.h). */
@@ -212,7 +252,7 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir, __u32 send
 			if (!vg_mark_deferred(skb, ep))
 				return vg_finish(skb, ep->ep_id, dir, DROP_DEFERRED_UNKNOWN, &p, &peer, 0, 0);
 			vg_ct_fill(&k, &p, ep->ep_id, dir, 0);
-			if (vg_ct_create(&k, &p, revision, 0, len, now, CT_DEFERRED, 0) != 0) {
+			if (vg_ct_create(&k, &p, revision, 0, len, now, CT_DEFERRED, 0, ep->slot) != 0) {
 				skb->mark &= ~VG_MARK_MASK;
 				return vg_finish(skb, ep->ep_id, dir, DROP_CT_FULL, &p, &peer, 0, 0);
 			}
@@ -293,6 +333,8 @@ int from_pod(struct __sk_buff *skb)
 	/* The upper mark bits are ours (lib/service.h): start clean. */
 	if (skb->mark & VG_MARK_MASK)
 		skb->mark &= ~VG_MARK_MASK;
+	if (vg_fast(skb, DIR_EGRESS))
+		return TC_ACT_OK;
 	return vg_handle(skb, DIR_EGRESS, 0);
 }
 
@@ -300,8 +342,11 @@ int to_pod(struct __sk_buff *skb)
 {
 	__u32 client = 0;
 
+	/* A deferred packet is judged for its client first; then it enters the pod like any other. */
 	if ((skb->mark & VG_MARK_DEFERRED) && vg_judge(skb, vg_now(), &client) == TC_ACT_SHOT)
 		return TC_ACT_SHOT;
+	if (vg_fast(skb, DIR_INGRESS))
+		return TC_ACT_OK;
 	return vg_handle(skb, DIR_INGRESS, client);
 }
 
@@ -364,7 +409,7 @@ static __always_inline int vg_hep_handle(struct __sk_buff *skb, const struct hos
 	}
 	if (track && !untracked) {
 		vg_ct_fill(&k, &p, ep.ep_id, dir, 0);
-		vg_ct_create(&k, &p, revision, rule_ref, len, now, CT_ALLOWED, 0);
+		vg_ct_create(&k, &p, revision, rule_ref, len, now, CT_ALLOWED, 0, 0);
 	}
 	return vg_finish(skb, ep.ep_id, dir, reason, &p, &peer, rule_ref, 1);
 }

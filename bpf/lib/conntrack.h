@@ -14,6 +14,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "policy.h"
+#include "service.h"
 #include "trust.h"
 
 static __always_inline void vg_ct_fill(struct ct_key *k, const struct vg_pkt *p, __u32 ep_id, __u8 dir,
@@ -62,6 +63,30 @@ static __always_inline __u8 vg_tcp_seen(const struct vg_pkt *p)
 	return seen;
 }
 
+/*
+ * The live entry of a packet's flow on endpoint (interface) ep_id: the forward key (established
+ * flow), else the reverse key (a reply: *reply = 1). NULL if neither; *k holds the last key tried.
+ */
+static __always_inline struct ct_value *vg_ct_find(struct ct_key *k, const struct vg_pkt *p, __u32 ep_id,
+						   __u8 dir, __u64 now, int *reply)
+{
+	struct ct_value *v;
+
+	vg_ct_fill(k, p, ep_id, dir, 0);
+	v = vg_ct.lookup(k);
+	if (v && v->expires_ns > now) {
+		*reply = 0;
+		return v;
+	}
+	vg_ct_fill(k, p, ep_id, dir, 1);
+	v = vg_ct.lookup(k);
+	if (v && v->expires_ns > now) {
+		*reply = 1;
+		return v;
+	}
+	return NULL;
+}
+
 /* Re-run the ORIGINAL direction's policy for a tracked flow (after a revision change). A flow
  * masqueraded to a node address (origin) is judged by its real sender again (lib/trust.h). */
 static __always_inline int vg_ct_recheck(const struct endpoint_info *ep, const struct ct_key *k,
@@ -96,7 +121,7 @@ static __always_inline int vg_ct_current(const struct endpoint_info *ep, const s
 
 		v->state = vg_ct_recheck(ep, k, v->origin, &ref) ? CT_ALLOWED : CT_DENIED;
 		v->rule_ref = ref;
-		v->seen &= ~CT_SEEN_REPLY_OK;
+		v->seen &= ~(CT_SEEN_REPLY_OK | CT_SEEN_SRC_OWN);
 		v->revision = revision;
 	}
 	return v->state == CT_ALLOWED;
@@ -116,6 +141,29 @@ static __always_inline int vg_ct_reply_allowed(const struct endpoint_info *ep, c
 	return !REASON_IS_DROP(vg_policy_verdict(ep, rdir, p->proto, vg_policy_port(p), &peer, 0, &ref, 0));
 }
 
+/* A packet of an allowed tracked flow: its counts, what it says of the TCP state, its deadline. */
+static __always_inline void vg_ct_touch(struct ct_value *v, const struct vg_pkt *p, int reply, __u32 len,
+					__u64 now)
+{
+	__u8 seen, old_seen;
+	__u64 deadline;
+
+	__sync_fetch_and_add(&v->packets, 1);
+	__sync_fetch_and_add(&v->bytes, len);
+
+	old_seen = v->seen;
+	seen = old_seen | vg_tcp_seen(p) | (reply ? CT_SEEN_REPLY : 0);
+	deadline = now + vg_ct_timeout(p->proto, seen);
+	if (seen != old_seen) {
+		/* A state change may shorten the deadline (FIN/RST): write it now. */
+		v->seen = seen;
+		v->expires_ns = deadline;
+	} else if (deadline > v->expires_ns + CT_REFRESH_SLACK) {
+		/* Otherwise refresh at most about once a second, not per packet. */
+		v->expires_ns = deadline;
+	}
+}
+
 /*
  * Established-flow handling for a CT hit. Returns ALLOW_CT / ALLOW_REPLY / DROP_REVOKED, or
  * DROP_POLICY for a reply its own direction does not allow on a MIDSTREAM entry.
@@ -124,9 +172,6 @@ static __always_inline __u8 vg_ct_hit(const struct endpoint_info *ep, const stru
 				      struct ct_value *v, const struct vg_pkt *p, int reply, __u32 revision,
 				      __u32 len, __u64 now, __u32 *rule_ref)
 {
-	__u8 seen, old_seen;
-	__u64 deadline;
-
 	if (!vg_ct_current(ep, k, v, revision)) {
 		*rule_ref = v->rule_ref;
 		return DROP_REVOKED;
@@ -143,21 +188,60 @@ static __always_inline __u8 vg_ct_hit(const struct endpoint_info *ep, const stru
 		v->seen |= CT_SEEN_REPLY_OK;
 	}
 
-	__sync_fetch_and_add(&v->packets, 1);
-	__sync_fetch_and_add(&v->bytes, len);
-
-	old_seen = v->seen;
-	seen = old_seen | vg_tcp_seen(p) | (reply ? CT_SEEN_REPLY : 0);
-	deadline = now + vg_ct_timeout(k->proto, seen);
-	if (seen != old_seen) {
-		/* A state change may shorten the deadline (FIN/RST): write it now. */
-		v->seen = seen;
-		v->expires_ns = deadline;
-	} else if (deadline > v->expires_ns + CT_REFRESH_SLACK) {
-		/* Otherwise refresh at most about once a second, not per packet. */
-		v->expires_ns = deadline;
-	}
+	vg_ct_touch(v, p, reply, len, now);
+	if (ep->slot != v->slot)
+		v->slot = ep->slot; /* for the fast path */
 	return reply ? ALLOW_REPLY : ALLOW_CT;
+}
+
+/*
+ * The established fast path (issue 19): a packet of a flow tracked on this interface and allowed
+ * at the current revision, decided with the conntrack lookup alone, before (without) the endpoint
+ * lookup. What the full path would check first holds by construction:
+ *   - an endpoint: the key carries the interface (ep_id == ifindex), and removing or changing an
+ *     endpoint bumps the revision (and deletes its entries), so only an entry judged by the full
+ *     path since then, on this interface, is at the current revision;
+ *   - the source, leaving the pod: CT_SEEN_SRC_OWN, set when this flow's packet passed the source
+ *     check at this revision (a reply's address is the entry's destination, which only the
+ *     full path's check vouches for), cleared by every revision change;
+ *   - a reply on an entry tracked from mid-stream: only once its own direction allowed it;
+ *   - fragments, ICMP errors and untracked ICMP never come here (the caller's test).
+ * A flow to a Service (CT_DEFERRED, leaving the pod) is marked for its judge with the slot the
+ * entry holds, as the full path marks it with the endpoint's (lib/service.h).
+ * Counted in vg_est_counters by the entry's slot (no hash lookup). Returns 1 if it decided the
+ * packet (ALLOW_CT / ALLOW_REPLY / ALLOW_DEFERRED, counted), 0 for the full path, which decides
+ * it as before.
+ */
+static __always_inline int vg_ct_fast(struct __sk_buff *skb, struct ct_value *v, const struct vg_pkt *p,
+				      int reply, __u8 dir, __u32 revision, __u32 len, __u64 now)
+{
+	struct counter_value *c;
+	__u32 idx, kind = reply;
+
+	if (v->revision != revision)
+		return 0;
+	if (dir == DIR_EGRESS && !(v->seen & CT_SEEN_SRC_OWN))
+		return 0;
+	if (!v->slot || v->slot > VG_MAX_ENDPOINTS)
+		return 0;
+	if (v->state == CT_DEFERRED) {
+		if (reply || dir != DIR_EGRESS || !vg_mark_slot(skb, v->slot))
+			return 0;
+		kind = 2;
+	} else if (v->state != CT_ALLOWED) {
+		return 0;
+	} else if (reply && (v->seen & (CT_SEEN_MIDSTREAM | CT_SEEN_REPLY_OK)) == CT_SEEN_MIDSTREAM) {
+		return 0;
+	}
+	idx = (__u32)v->slot * VG_EST_ROW + kind * 2 + dir;
+	c = vg_est_counters.lookup(&idx);
+	if (!c)
+		return 0;
+	vg_ct_touch(v, p, reply, len, now);
+	/* Per-CPU value: no other CPU writes it, a plain add is enough. */
+	c->packets += 1;
+	c->bytes += len;
+	return 1;
 }
 
 /*
@@ -206,11 +290,15 @@ static __always_inline int vg_ct_related(struct __sk_buff *skb, const struct end
  * Returns 0 on success.
  */
 static __always_inline int vg_ct_create(const struct ct_key *k, const struct vg_pkt *p, __u32 revision,
-					__u32 rule_ref, __u32 len, __u64 now, __u8 state, __u16 origin)
+					__u32 rule_ref, __u32 len, __u64 now, __u8 state, __u16 origin,
+					__u16 slot)
 {
 	struct ct_value v = {};
 
 	v.seen = vg_tcp_seen(p);
+	/* Leaving a pod, every caller has passed the source check (vg_handle) on this interface. */
+	if (k->dir == DIR_EGRESS && !k->nat && slot)
+		v.seen |= CT_SEEN_SRC_OWN;
 	/*
 	 * Only a SYN opens a TCP connection; anything else starts tracking in the middle of one.
 	 * Not for deferred entries: their replies come from the frontend address, and the flow's
@@ -228,6 +316,7 @@ static __always_inline int vg_ct_create(const struct ct_key *k, const struct vg_
 	v.origin = origin;
 	/* A compile-time constant (0 unless a test build sets it): a store, no extra lookup. */
 	v.marker = VG_UPGRADE_MARKER;
+	v.slot = slot;
 	return vg_ct.update((struct ct_key *)k, &v);
 }
 

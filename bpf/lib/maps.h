@@ -93,6 +93,10 @@ BPF_TABLE_PINNED7("array", __u32, struct config, vg_config, 1, VG_PIN(vg_config)
 BPF_TABLE_PINNED7("percpu_hash", struct counter_key, struct counter_value, vg_counters, VG_MAX_COUNTERS,
 		  VG_PIN(vg_counters), 0);
 
+/* per-CPU ALLOW_CT / ALLOW_REPLY counts of the established fast path, by endpoint slot (structs.h) */
+BPF_TABLE_PINNED7("percpu_array", __u32, struct counter_value, vg_est_counters, (VG_MAX_ENDPOINTS + 1) * VG_EST_ROW,
+		  VG_PIN(vg_est_counters), 0);
+
 /* per-CPU token bucket for vg_events */
 BPF_TABLE_PINNED7("percpu_array", __u32, struct evrate_state, vg_evrate, 1, VG_PIN(vg_evrate), 0);
 

@@ -71,7 +71,7 @@ static __always_inline __u8 vg_new_flow(struct __sk_buff *skb, const struct endp
 	k->nat = nat;
 	/* No entry (an allocation failure: the LRU map evicts rather than fails): fail closed where
 	 * the direction is isolated, DROP_CT_FULL (docs/INTERNALS.md, vg_ct). */
-	if (vg_ct_create(k, p, revision, *rule_ref, len, now, CT_ALLOWED, origin) != 0 &&
+	if (vg_ct_create(k, p, revision, *rule_ref, len, now, CT_ALLOWED, origin, ep->slot) != 0 &&
 	    vg_dir_isolated(ep, dir))
 		return DROP_CT_FULL;
 	return reason;

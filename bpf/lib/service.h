@@ -36,15 +36,19 @@ static __always_inline int vg_svc_frontend(const struct vg_pkt *p)
 	return vg_svc.lookup(&k) != NULL;
 }
 
-/* Tag a packet whose egress verdict is deferred; 0 if the endpoint has no slot (fail closed). */
-static __always_inline int vg_mark_deferred(struct __sk_buff *skb, const struct endpoint_info *ep)
+/* Tag a packet whose egress verdict is deferred with its client's slot; 0 if there is none
+ * (fail closed). */
+static __always_inline int vg_mark_slot(struct __sk_buff *skb, __u32 slot)
 {
-	__u32 slot = ep->slot;
-
 	if (slot == 0 || slot > (VG_MARK_SLOT_MASK >> VG_MARK_SLOT_SHIFT))
 		return 0;
 	skb->mark = (skb->mark & ~VG_MARK_MASK) | VG_MARK_DEFERRED | (slot << VG_MARK_SLOT_SHIFT);
 	return 1;
+}
+
+static __always_inline int vg_mark_deferred(struct __sk_buff *skb, const struct endpoint_info *ep)
+{
+	return vg_mark_slot(skb, ep->slot);
 }
 
 /* The client endpoint of a deferred packet (NULL: unknown, drop). Clears our mark bits. */

@@ -75,6 +75,10 @@
  * are not replies until that direction's own policy allows them (CT_SEEN_REPLY_OK). */
 #define CT_SEEN_MIDSTREAM 8
 #define CT_SEEN_REPLY_OK  16 /* MIDSTREAM entry: reply direction allowed at `revision` */
+/* Leaving the pod, this flow's packets passed the source check (the pod's own address) at
+ * `revision`: set when the egress entry is created and by the full path, cleared when the revision
+ * changes. The established fast path (vg_ct_fast) needs it, as it skips the endpoint lookup. */
+#define CT_SEEN_SRC_OWN   32
 
 /* LPM prefix lengths of the policy key, counted over the bytes after `prefixlen`. */
 #define POLICY_PLEN_ANY_PROTO 72 /* ep_id + identity + dir */
@@ -230,8 +234,11 @@ struct ct_value {
 	__u16 origin; /* ingress flow whose source is a node address forwarded for someone else
 		       * (masquerade): the slot of the local pod that really sent it, or
 		       * CT_ORIGIN_OUTSIDE; 0 for every other flow (lib/trust.h) */
-	__u32 marker; /* VG_UPGRADE_MARKER of the program that created the entry (0 in normal
+	__u16 marker; /* VG_UPGRADE_MARKER of the program that created the entry (0 in normal
 		       * builds): lets upgrade tests tell flows of the old and new program apart */
+	__u16 slot;   /* the endpoint's slot (vg_est_counters' row), set by the full path;
+		       * 0 (also in an entry of a program before it: the upper half of a 32-bit
+		       * marker that was 0 or 2) = not known yet, no fast path */
 };
 
 /* vg_frag (LRU hash): ports of a fragmented datagram, recorded from its first fragment. */
@@ -257,6 +264,14 @@ struct config {
 	__u32 flags;
 	__u64 reserved;
 };
+
+/*
+ * vg_est_counters (per-CPU array): the established fast path's counts, a row per endpoint slot,
+ * index slot * VG_EST_ROW + kind * 2 + dir, kind 0 ALLOW_CT, 1 ALLOW_REPLY, 2 ALLOW_DEFERRED. An
+ * array slot costs an index computation where vg_counters costs a hash lookup; readers add these
+ * rows to vg_counters' (ep_id, reason, dir) through vg_endpoints' slot -> ep_id.
+ */
+#define VG_EST_ROW 6
 
 /* vg_counters (per-CPU hash) */
 struct counter_key {

@@ -39,6 +39,8 @@ CT_SEEN_FIN = 2
 CT_SEEN_RST = 4
 CT_SEEN_MIDSTREAM = 8  # created by a TCP packet other than a SYN: replies judged by their own policy
 CT_SEEN_REPLY_OK = 16  # a MIDSTREAM entry whose reply direction was allowed at its revision
+CT_SEEN_SRC_OWN = 32  # leaving the pod, the flow passed the source check at its revision (fast path)
+VG_EST_ROW = 6  # vg_est_counters: entries per endpoint slot (bpf/lib/structs.h)
 
 POLICY_PLEN_ANY_PROTO = 72
 POLICY_PLEN_ANY_PORT = 80
@@ -65,6 +67,7 @@ MAP_NAMES = (
     "vg_frag",
     "vg_config",
     "vg_counters",
+    "vg_est_counters",
     "vg_evrate",
     "vg_evlost",
     "vg_events",
@@ -112,6 +115,11 @@ class Reason(IntEnum):
     @property
     def is_drop(self) -> bool:
         return self >= 64
+
+
+# vg_est_counters' kinds, in index order (slot * VG_EST_ROW + kind * 2 + dir): what the
+# established fast path counts (bpf/lib/conntrack.h, vg_ct_fast)
+EST_REASONS = (Reason.ALLOW_CT, Reason.ALLOW_REPLY, Reason.ALLOW_DEFERRED)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,7 +261,8 @@ class CtValue(_Struct):
         ("state", ctypes.c_uint8),
         ("seen", ctypes.c_uint8),
         ("origin", ctypes.c_uint16),  # slot of a masqueraded flow's real sender (bpf/lib/trust.h)
-        ("marker", ctypes.c_uint32),
+        ("marker", ctypes.c_uint16),
+        ("slot", ctypes.c_uint16),  # the endpoint's slot (vg_est_counters' row), 0 = not known yet
     ]
 
 

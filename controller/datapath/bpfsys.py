@@ -7,6 +7,7 @@ import ctypes
 import errno
 import os
 import platform
+import sys
 from dataclasses import dataclass
 from functools import cache
 from typing import ClassVar
@@ -40,6 +41,7 @@ BPF_ANY = 0
 BPF_NOEXIST = 1
 BPF_EXIST = 2
 
+BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_PERCPU_HASH = 5
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
@@ -312,6 +314,13 @@ class BpfMap:
         return out
 
     def clear(self) -> int:
+        """Delete every entry (an array's cannot be deleted: each is set to zeros). Returns how
+        many were deleted or zeroed."""
+        if self.type in (BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY):
+            zero = bytes(self.value_size)
+            for i in range(self.max_entries):
+                self.update(i.to_bytes(4, sys.byteorder), zero)
+            return self.max_entries
         n = 0
         for k in self.key_list():
             n += self.delete(k)

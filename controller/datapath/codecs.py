@@ -125,6 +125,12 @@ def u32_key(n: int) -> bytes:
     return bytes(ctypes.c_uint32(n))
 
 
+def est_key(slot: int, reason: int, direction: int) -> bytes:
+    """vg_est_counters' key of a slot's count of `reason` (one of abi.EST_REASONS) in a hook
+    direction (bpf/lib/conntrack.h, vg_ct_fast)."""
+    return u32_key(slot * abi.VG_EST_ROW + abi.EST_REASONS.index(abi.Reason(reason)) * 2 + direction)
+
+
 def policy_prefixlen(key: PolicyEntryKey) -> int:
     """72 = any protocol, 80 = protocol with any port, 80 + n = port prefix /n."""
     if key.proto == 0:
@@ -241,6 +247,7 @@ class CtEntry:
     state: int
     seen: int
     marker: int = 0  # VG_UPGRADE_MARKER of the program that created the entry
+    slot: int = 0  # the endpoint's slot, for the established fast path (0: not known yet)
     nat: int = 0  # 1: the judge's entry of a deferred flow (post-DNAT tuple)
     origin: int = 0  # masqueraded ingress flow: its real sender's slot, or CT_ORIGIN_OUTSIDE
 
@@ -277,6 +284,7 @@ def decode_ct(kb: bytes, vb: bytes) -> CtEntry:
         state=v.state,
         seen=v.seen,
         marker=v.marker,
+        slot=v.slot,
         nat=k.nat,
         origin=v.origin,
     )

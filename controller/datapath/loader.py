@@ -53,6 +53,7 @@ EXPECTED_LAYOUT: dict[str, tuple[int, int]] = {
     "vg_frag": (ctypes.sizeof(abi.FragKey), ctypes.sizeof(abi.FragValue)),
     "vg_config": (4, ctypes.sizeof(abi.Config)),
     "vg_counters": (ctypes.sizeof(abi.CounterKey), ctypes.sizeof(abi.CounterValue)),
+    "vg_est_counters": (4, ctypes.sizeof(abi.CounterValue)),
     "vg_evrate": (4, ctypes.sizeof(abi.EvrateState)),
     "vg_evlost": (4, ctypes.sizeof(abi.EvlostState)),
 }

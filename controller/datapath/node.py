@@ -269,7 +269,7 @@ class Datapath:
 
     def counters(self) -> dict[tuple[int, int, int], tuple[int, int]]:
         """(ep_id, reason, dir) -> (packets, bytes), summed over CPUs."""
-        return readback.counters(self._loaded.maps["vg_counters"])
+        return readback.counters(self._loaded.maps)
 
     def close(self) -> None:
         """Release fds. Pinned maps and attached filters stay (restart reuses them)."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue
 from controller.core.net import IPNetwork
+from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
 from controller.datapath import abi, bpfsys, codecs
 from controller.datapath.sync import MapLike, read_revision
 
@@ -56,20 +57,42 @@ def dump(kernel: Mapping[str, MapLike]) -> KernelState:
     )
 
 
-def counters(counter_map: bpfsys.BpfMap) -> dict[tuple[int, int, int], tuple[int, int]]:
-    """(ep_id, reason, dir) -> (packets, bytes), summed over CPUs."""
+def _per_cpu_sum(per_cpu: list[bytes]) -> tuple[int, int]:
+    pk = by = 0
+    for raw in per_cpu:
+        v = abi.CounterValue.from_bytes(raw)
+        pk += v.packets
+        by += v.bytes
+    return pk, by
+
+
+def counters(maps: Mapping[str, bpfsys.BpfMap]) -> dict[tuple[int, int, int], tuple[int, int]]:
+    """(ep_id, reason, dir) -> (packets, bytes), summed over CPUs: vg_counters, plus the
+    established fast path's vg_est_counters rows of every endpoint in vg_endpoints (by its slot)."""
+    counter_map = maps["vg_counters"]
     out: dict[tuple[int, int, int], tuple[int, int]] = {}
     for kb in counter_map.key_list():
         per_cpu = counter_map.lookup_percpu(kb)
         if per_cpu is None:
             continue
         k = abi.CounterKey.from_bytes(kb)
-        pk = by = 0
-        for raw in per_cpu:
-            v = abi.CounterValue.from_bytes(raw)
-            pk += v.packets
-            by += v.bytes
-        out[(int(k.ep_id), int(k.reason), int(k.dir))] = (pk, by)
+        out[(int(k.ep_id), int(k.reason), int(k.dir))] = _per_cpu_sum(per_cpu)
+    est = maps.get("vg_est_counters")
+    if est is None or "vg_endpoints" not in maps:
+        return out
+    for raw in maps["vg_endpoints"].items().values():
+        ep = abi.EndpointInfo.from_bytes(raw)
+        if not ep.slot:
+            continue
+        for reason in abi.EST_REASONS:
+            for direction in (DIR_INGRESS, DIR_EGRESS):
+                per_cpu = est.lookup_percpu(codecs.est_key(ep.slot, reason, direction))
+                pk, by = _per_cpu_sum(per_cpu or [])
+                if not pk:
+                    continue
+                key = (int(ep.ep_id), int(reason), direction)
+                had = out.get(key, (0, 0))
+                out[key] = (had[0] + pk, had[1] + by)
     return out
 
 

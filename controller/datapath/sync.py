@@ -11,6 +11,7 @@ and the new policy. Everything up to `plan()` is pure and tested without root.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import sys
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from controller.core.errors import VethguardError
-from controller.core.verdicts import TIER_PROFILE_BIT
+from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS, TIER_PROFILE_BIT
 from controller.datapath import abi, bpfsys, codecs
 from controller.datapath.encoding import KV, PENDING_FLAGS, Encoding, IpcacheEncoding, assign_slots
 
@@ -391,11 +392,12 @@ def _execute(
             m.delete(op.key)
         else:
             _apply_upsert(op, m, full)
-    removed_eps = {
-        abi.EndpointInfo.from_bytes(current_endpoints[op.key]).ep_id
+    removed = [
+        abi.EndpointInfo.from_bytes(current_endpoints[op.key])
         for op in ops
         if op.kind == "delete" and op.map == "vg_endpoints"
-    }
+    ]
+    removed_eps = {info.ep_id for info in removed}
     revision = bump_revision(kernel["vg_config"]) if ops else read_revision(kernel["vg_config"])
     ct_deleted = 0
     if removed_eps and cleanup_removed:
@@ -408,6 +410,12 @@ def _execute(
             for kb in kernel["vg_counters"].key_list():
                 if _ep_id_of_counter_key(kb) in removed_eps:
                     kernel["vg_counters"].delete(kb)
+        if "vg_est_counters" in kernel:  # an array: the slot's rows go back to zero for its next endpoint
+            zero, est = bytes(ctypes.sizeof(abi.CounterValue)), kernel["vg_est_counters"]
+            for info in (i for i in removed if i.slot):
+                for reason in abi.EST_REASONS:
+                    for direction in (DIR_INGRESS, DIR_EGRESS):
+                        est.update(codecs.est_key(info.slot, reason, direction), zero)
     result = SyncResult(
         adds=sum(op.kind == "add" for op in ops),
         updates=sum(op.kind == "update" for op in ops),

@@ -27,9 +27,10 @@ from controller.debug.hostep import decode_failsafe, decode_hosteps
 from controller.debug.hostep_model import HepFlags
 
 READ_MAPS = ("vg_endpoints", "vg_ipcache4", "vg_ipcache6", "vg_policy", "vg_ct", "vg_config", "vg_counters")
-# Read when pinned (an agent older than host endpoints has none): host endpoints and what their
-# decision reads besides vg_policy (bpf/lib/hostep.h)
-HOSTEP_MAPS = ("vg_hosteps", "vg_failsafe", "vg_svc", "vg_local")
+# Read when pinned (an agent older than host endpoints or the established fast path has none):
+# host endpoints and what their decision reads besides vg_policy (bpf/lib/hostep.h), and the fast
+# path's counts
+OPTIONAL_MAPS = ("vg_hosteps", "vg_failsafe", "vg_svc", "vg_local", "vg_est_counters")
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class NodeMaps:
         try:
             for name in READ_MAPS:
                 self.maps[name] = bpfsys.BpfMap.open_pinned(str(pin_dir / name))
-            for name in HOSTEP_MAPS:
+            for name in OPTIONAL_MAPS:
                 with contextlib.suppress(OSError):
                     self.maps[name] = bpfsys.BpfMap.open_pinned(str(pin_dir / name))
         except OSError as exc:
@@ -85,7 +86,7 @@ class NodeMaps:
         return readback.dump(self.maps)
 
     def counters(self) -> dict[tuple[int, int, int], tuple[int, int]]:
-        return readback.counters(self.maps["vg_counters"])
+        return readback.counters(self.maps)
 
     def endpoints(self) -> list[codecs.Endpoint]:
         return [codecs.decode_endpoint(k, v) for k, v in self.maps["vg_endpoints"].items().items()]

@@ -69,6 +69,9 @@ def test_removing_an_endpoint_deletes_its_conntrack_entries(h: Harness) -> None:
     _empty(h.dp)
     h.dp.sync(desired_node({PolicyEntryKey(0, ID_B, P.TCP, 80, 16): ALLOW}), {"x/a": EP})
     assert h.to_pod(P.ipv4(POD_B, POD_A, P.TCP, P.tcp(40000, 80))) == TC_ACT_OK
+    for _ in range(3):  # the fast path: counted in vg_est_counters by the endpoint's slot
+        assert h.to_pod(P.ipv4(POD_B, POD_A, P.TCP, P.tcp(40000, 80, P.ACK))) == TC_ACT_OK
+    assert h.dp.counters()[(EP, abi.Reason.ALLOW_CT, 0)][0] == 3
     assert len(h.dp.dump().ct) == 1
     result = h.dp.sync(desired_node({}, pods=()), {})
     assert result.ct_deleted == 1

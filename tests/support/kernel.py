@@ -40,11 +40,15 @@ class Harness:
         pending: bool = False,
         identity: int = ID_A,
         ifindex: int = EP,
+        slot: int = 1,
+        ipv4: str = POD_A,
     ) -> None:
+        """The endpoint on `ifindex`, with a slot as the agent gives every endpoint (so flows
+        take the established fast path once the full path has judged them)."""
         flags = encoding.endpoint_flags(ingress_isolated, egress_isolated) | (
             abi.EP_F_PENDING if pending else 0
         )
-        k, v = codecs.encode_endpoint(ifindex, identity, flags, POD_A, POD_A6)
+        k, v = codecs.encode_endpoint(ifindex, identity, flags, ipv4, POD_A6, slot=slot)
         self.dp.maps["vg_endpoints"].update(k, v)
 
     def ipcache(self, prefix: str, identity: int, cidr_identity: int = 0) -> None:
