@@ -118,6 +118,8 @@ class CostReport:
     judge_new_ns: float | None = None
     # step -> ns it adds to an established packet (bpf/bench_parts.c), in to_pod's order
     established_steps_ns: dict[str, float] | None = None
+    # the same for a new flow, every program driven one test_run per packet
+    new_flow_steps_ns: dict[str, float] | None = None
     # figure -> its value in every round (passthrough_ns, established_ns, new_flow_ns): the plots' ranges
     samples: dict[str, list[float]] | None = None
 
@@ -160,7 +162,9 @@ def per_packet_ns(fd: int, drive: Callable[[], object]) -> float:
 def measure(dp: Datapath, rounds: int = 9, packets: int = 20000) -> CostReport:
     """Medians over `rounds` of each kind; `packets` per kind per round."""
     setup_maps(dp)
-    with bench_programs(dp, (PASSTHROUGH, *PARTS)) as fds:  # one compile for the floor and the steps
+    with bench_programs(
+        dp, (PASSTHROUGH, *PARTS, *NEW_PARTS)
+    ) as fds:  # one compile for the floor and the steps
         return _measure_all(dp, fds, rounds, packets)
 
 
@@ -188,6 +192,7 @@ def _measure_all(dp: Datapath, fds: Mapping[str, int], rounds: int, packets: int
         samples["new"].append(per_packet_ns(to_pod, drive_new))
     svc = _measure_services(dp, rounds, packets, new_flows)
     steps = _measure_steps(dp, fds, rounds, packets)
+    new_steps = _measure_new_steps(dp, fds, rounds, new_flows)
     p, e, n = (statistics.median(samples[k]) for k in ("pass", "est", "new"))
     return CostReport(
         passthrough_ns=round(p, 1),
@@ -199,6 +204,7 @@ def _measure_all(dp: Datapath, fds: Mapping[str, int], rounds: int, packets: int
         packets_per_round=packets,
         **svc,
         established_steps_ns=steps,
+        new_flow_steps_ns=new_steps,
         samples={
             f"{name}_ns": [round(x, 1) for x in samples[k]]
             for k, name in (("pass", "passthrough"), ("est", "established"), ("new", "new_flow"))
@@ -209,6 +215,9 @@ def _measure_all(dp: Datapath, fds: Mapping[str, int], rounds: int, packets: int
 # bpf/bench_parts.c: part_N runs the first N steps of to_pod's established (fast) path
 STEPS = ("clock", "config", "parse", "ct lookup", "ct hit + count")
 PARTS = tuple(f"part_{i}" for i in range(1, len(STEPS) + 1))
+# ... and newpart_N the first N steps of a new flow's (a SYN its NetworkPolicy allows)
+NEW_STEPS = ("fast path", "full path", "peer", "policy", "ct create", "count", "event")
+NEW_PARTS = tuple(f"newpart_{i}" for i in range(1, len(NEW_STEPS) + 1))
 
 
 def measure_steps(dp: Datapath, rounds: int, packets: int) -> dict[str, float]:
@@ -241,6 +250,47 @@ def _measure_steps(dp: Datapath, fds: Mapping[str, int], rounds: int, packets: i
     out = {"program floor": round(med["pass"], 1)}
     prev = med["pass"]
     for step, name in zip(STEPS, PARTS, strict=True):
+        out[step] = round(med[name] - prev, 1)
+        prev = med[name]
+    out["rest of to_pod"] = round(med["to_pod"] - prev, 1)
+    return out
+
+
+def _new_frames(count: int, first_sport: int) -> list[bytes]:
+    """`count` SYNs from PEER to POD:80, each from its own source port from first_sport on."""
+    return [tcp_frame(PEER, POD, 1024 + (first_sport + i) % 64512, 80, 0x02) for i in range(count)]
+
+
+def measure_new_steps(dp: Datapath, rounds: int, new_flows: int) -> dict[str, float]:
+    """Medians of what each step of a new flow adds (bpf/bench_parts.c newpart_N), plus "rest of
+    to_pod" and "program floor" (passthrough), which sum to to_pod, every program driven one
+    test_run per packet with `new_flows` new flows per round (setup_maps first)."""
+    with bench_programs(dp, (PASSTHROUGH, *NEW_PARTS)) as fds:
+        return _measure_new_steps(dp, fds, rounds, new_flows)
+
+
+def _measure_new_steps(dp: Datapath, fds: Mapping[str, int], rounds: int, new_flows: int) -> dict[str, float]:
+    to_pod = dp.prog_fd("to_pod")
+    order = [("pass", fds[PASSTHROUGH]), *((n, fds[n]) for n in NEW_PARTS), ("to_pod", to_pod)]
+    dp.maps["vg_ct"].clear()
+    for name, fd in order:
+        got = run(fd, _new_frames(1, 0)[0], ifindex=EP).retval
+        if got != 0:  # TC_ACT_OK: a part that fails early would measure less than its steps
+            raise RuntimeError(f"{name} returned {got} on a new flow, not TC_ACT_OK")
+        dp.maps["vg_ct"].clear()
+    samples: dict[str, list[float]] = {name: [] for name, _ in order}
+    first = 1
+    for _ in range(rounds):
+        for name, fd in order:
+            frames = _new_frames(new_flows, first)
+            first += new_flows
+            dp.maps["vg_ct"].clear()  # every frame is a miss, and the table never fills
+            samples[name].append(per_packet_ns(fd, drive(fd, frames, ifindex=EP)))
+    dp.maps["vg_ct"].clear()
+    med = {name: statistics.median(v) for name, v in samples.items()}
+    out = {"program floor": round(med["pass"], 1)}
+    prev = med["pass"]
+    for step, name in zip(NEW_STEPS, NEW_PARTS, strict=True):
         out[step] = round(med[name] - prev, 1)
         prev = med[name]
     out["rest of to_pod"] = round(med["to_pod"] - prev, 1)
