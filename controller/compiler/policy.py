@@ -46,6 +46,7 @@ from controller.compiler.stages.ipcache import Ipcache, IpcacheMap, NodeIpcaches
 from controller.compiler.stages.named_ports import NamedPorts
 from controller.compiler.stages.policies import PolicyTables, rule_ref
 from controller.compiler.stages.selection import NamespaceIndex, PeerSelector, Selection
+from controller.compiler.stages.tier_profiles import TierMemo
 from controller.compiler.stages.tiers import CnpTables, Tiers
 from controller.core.log import get_logger
 from controller.core.net import IPNetwork
@@ -122,7 +123,9 @@ class CompiledCluster:
         catalogue = IdentityCatalogue.build(identities, cidr.cidr_identity)
         self._set(policies, identities, namespaces, selection, selector, named, ipcache, catalogue)
         self.entries = RuleEntries(identities, selection, selector, cidr, named)
-        self.tiers = Tiers(cnp, cidr, CalicoTier(calico, cidr) if calico.policies else None, policies.rules)
+        self.tiers = Tiers(
+            cnp, cidr, CalicoTier(calico, cidr) if calico.policies else None, policies.rules, self._tier_memo()
+        )
         self.node_ipcaches = NodeIpcaches(ipcache)
         self.node_endpoints = NodeEndpoints(self.entries, self.pods, self.policy_map, self.tiers)
 
@@ -177,12 +180,18 @@ class CompiledCluster:
         )
         self._set(policies, identities, namespaces, selection, selector, named, ipcache, catalogue)
         self.entries = RuleEntries(identities, selection, selector, cidr, named, keys=prev.entries.keys)
-        self.tiers = Tiers(cnp, cidr)
+        self.tiers = Tiers(cnp, cidr, memo=self._tier_memo())
         self.node_ipcaches = NodeIpcaches(ipcache, prev.node_ipcaches)
         self.node_endpoints = NodeEndpoints(
             self.entries, self.pods, self.policy_map, self.tiers, prev.node_endpoints, delta.pods, stable
         )
         return True
+
+    def _tier_memo(self) -> TierMemo:
+        """This compilation's tier memo, reading the last one's (published for the next)."""
+        memo = TierMemo(self.generations.last(TierMemo))
+        self.generations.publish(memo)
+        return memo
 
     def _set(
         self,

@@ -42,6 +42,7 @@ from controller.compiler.stages.cidr import CidrTables, IPAddress, host_prefix
 from controller.compiler.stages.identities import IdentityTables
 from controller.compiler.stages.policies import rule_ref
 from controller.compiler.stages.selection import PeerSelector
+from controller.compiler.stages.tier_profiles import RulePart, TierMemo
 from controller.core.identities import ID_ANY
 from controller.core.net import L4_PROTOCOLS, IPNetwork
 from controller.core.verdicts import (
@@ -241,6 +242,7 @@ class Tiers:
         cidr: CidrTables,
         calico: CalicoTier | None = None,
         np_rules: Mapping[int, RuleRef] | None = None,
+        memo: TierMemo | None = None,
     ) -> None:
         self.tables = tables
         self.np_rules = np_rules or {}
@@ -252,7 +254,8 @@ class Tiers:
         for pol in tables.policies:
             for ident in tables.subject_identities(pol):
                 self._by_identity.setdefault(ident, []).append(pol)
-        self._rule_cache: dict[tuple[str, int, int], tuple[Contribution, ...]] = {}
+        self.memo = memo if memo is not None else TierMemo()
+        self._part_cache: dict[tuple[str, int, int, tuple[PortSpec, ...]], RulePart | None] = {}
         self._endpoint_cache: dict[tuple[object, ...], EndpointTiers] = {}
         self._profile_ids: dict[ProfileKey, int] = {}
         self._taken: set[int] = set()
@@ -277,30 +280,51 @@ class Tiers:
             return frozenset(self.cidr.cidr_identity[host_prefix(a)] for a in addresses)
         return self.tables.select(peer)
 
-    def _contributions(
+    def _part(
         self, pol: ClusterNetworkPolicy, direction: int, rule: CnpRule, own_named: tuple[PortSpec, ...]
-    ) -> tuple[Contribution, ...]:
-        tier = TIERS.index(pol.tier)
+    ) -> RulePart | None:
+        """The rule's share of a profile (None: it matches nothing); once per compilation and
+        (rule, named-port resolution), interned in the memo."""
+        ckey = (pol.name, direction, rule.index, own_named)
+        if ckey in self._part_cache:
+            return self._part_cache[ckey]
         rank, ref = self.tables.place[(pol.name, direction, rule.index)]
-        action = _ACTIONS[rule.action]
+        head = (TIERS.index(pol.tier), _ACTIONS[rule.action], rank, ref)
+        part: RulePart | None = None
         if rule.matches_nothing:
-            return ()
-        if rule.deny_all:
-            return (Contribution((direction, ID_ANY, 0, 0, 0), tier, TIER_DENY, rank, ref),)
-        specs = _port_specs(rule)
-        if direction == DIR_INGRESS:
-            specs = specs + own_named
-        keys: list[KeyTuple] = []
-        if specs:
-            for peer in rule.peers:
-                for ident in sorted(self._peer_identities(peer)):
-                    keys.extend((direction, ident, *s) for s in specs)
-        if direction == DIR_EGRESS and _named(rule):
-            for pod, resolved in self.tables.named_targets(rule):
-                for ip in pod.ips:
-                    dest = self.cidr.cidr_identity[host_prefix(_address(ip))]
-                    keys.extend((direction, dest, *s) for s in resolved)
-        return tuple(Contribution(k, tier, action, rank, ref) for k in dict.fromkeys(keys))
+            pass
+        elif rule.deny_all:
+            part = RulePart(direction, (head[0], TIER_DENY, rank, ref), ALL_PORTS, frozenset((ID_ANY,)))
+        else:
+            specs = _port_specs(rule)
+            if direction == DIR_INGRESS:
+                specs = specs + own_named
+            idents: frozenset[int] = frozenset()
+            if specs:
+                peers = [self._peer_identities(peer) for peer in rule.peers]
+                idents = peers[0] if len(peers) == 1 else frozenset().union(*peers)
+            extra: list[tuple[int, tuple[PortSpec, ...]]] = []
+            if direction == DIR_EGRESS and _named(rule):
+                for pod, resolved in self.tables.named_targets(rule):
+                    for ip in pod.ips:
+                        extra.append((self.cidr.cidr_identity[host_prefix(_address(ip))], resolved))
+            if idents or extra:
+                part = RulePart(direction, head, specs, idents, tuple(extra))
+        if part is not None:
+            part = self.memo.part(part)
+        self._part_cache[ckey] = part
+        return part
+
+    def _parts(self, pols: Sequence[ClusterNetworkPolicy], pod: Pod) -> tuple[RulePart, ...]:
+        out: list[RulePart] = []
+        for pol in pols:
+            for direction, rules in ((DIR_INGRESS, pol.ingress), (DIR_EGRESS, pol.egress)):
+                for rule in rules:
+                    own_named = resolve_named(pod, _named(rule)) if direction == DIR_INGRESS else ()
+                    part = self._part(pol, direction, rule, own_named)
+                    if part is not None:
+                        out.append(part)
+        return tuple(out)
 
     def endpoint(
         self,
@@ -338,40 +362,40 @@ class Tiers:
         profile = self._profile_ids.get(pkey)
         if profile is None:
             profile = self._allocate(pkey)
-            out: list[Contribution] = []
-            for pol in pols:
-                for direction, rules in ((DIR_INGRESS, pol.ingress), (DIR_EGRESS, pol.egress)):
-                    for rule in rules:
-                        own_named = resolve_named(pod, _named(rule)) if direction == DIR_INGRESS else ()
-                        ckey = (pol.name, direction, rule.index) if not own_named else None
-                        cached = self._rule_cache.get(ckey) if ckey is not None else None
-                        if cached is None:
-                            cached = self._contributions(pol, direction, rule, own_named)
-                            if ckey is not None:
-                                self._rule_cache[ckey] = cached
-                        out.extend(cached)
-            if self.calico is not None and (cal_in or cal_eg):
-                got, _ = self.calico.contributions(identity, pod)
-                out.extend(
-                    Contribution(c.key, LOG if c.action == LOG_ACTION else CALICO, c.action, c.rank, c.ref)
-                    for c in got
-                )
-                for k, v in (np_entries or {}).items():
-                    if (cal_in if k.direction == DIR_INGRESS else cal_eg) and v.verdict == VERDICT_ALLOW:
-                        rank = self._np_rank(v.rule_ref)
-                        key5 = (k.direction, k.identity, k.proto, k.port, k.port_plen)
-                        out.append(Contribution(key5, CALICO, TIER_ACCEPT, rank, v.rule_ref))
-            self.profiles[profile] = MappingProxyType(fold(out, intern))
+            parts = self._parts(pols, pod)
+            if not cal_in and not cal_eg:
+                self.profiles[profile] = self.memo.profile(pkey, parts, intern).entries
+            else:
+                out = [c for part in parts for c in _part_contributions(part)]
+                out.extend(self._calico_contributions(identity, pod, np_entries, cal_in, cal_eg))
+                self.profiles[profile] = MappingProxyType(fold(out, intern))
         hit = EndpointTiers(
             any(p.ingress for p in pols) or cal_in,
             any(p.egress for p in pols) or cal_eg,
             profile,
             cal_in,
             cal_eg,
-            any(v.log for v in self.profiles[profile].values()),
+            (cal_in or cal_eg) and any(v.log for v in self.profiles[profile].values()),
         )
         self._endpoint_cache[key] = hit
         return hit
+
+    def _calico_contributions(
+        self, identity: int, pod: Pod, np_entries: Entries | None, cal_in: bool, cal_eg: bool
+    ) -> list[Contribution]:
+        """Calico's tier's contributions to a profile: its rules and the NetworkPolicy entries
+        of the directions it polices, at their policy's rank."""
+        assert self.calico is not None
+        got, _ = self.calico.contributions(identity, pod)
+        out = [
+            Contribution(c.key, LOG if c.action == LOG_ACTION else CALICO, c.action, c.rank, c.ref) for c in got
+        ]
+        for k, v in (np_entries or {}).items():
+            if (cal_in if k.direction == DIR_INGRESS else cal_eg) and v.verdict == VERDICT_ALLOW:
+                rank = self._np_rank(v.rule_ref)
+                key5 = (k.direction, k.identity, k.proto, k.port, k.port_plen)
+                out.append(Contribution(key5, CALICO, TIER_ACCEPT, rank, v.rule_ref))
+        return out
 
     def host_endpoint(
         self, hep: HostEndpoint, intern: Callable[[int, int, int, int, int], PolicyEntryKey]
@@ -446,6 +470,14 @@ class Tiers:
         self._taken.add(profile)
         self._profile_ids[pkey] = profile
         return profile
+
+
+def _part_contributions(part: RulePart) -> Iterable[Contribution]:
+    """A part's contributions, one per key (the fold's input)."""
+    tier, action, rank, ref = part.head
+    keys = [(part.direction, ident, *s) for ident in sorted(part.idents) for s in part.specs]
+    keys += [(part.direction, ident, *s) for ident, specs in part.extra for s in specs]
+    return (Contribution(k, tier, action, rank, ref) for k in dict.fromkeys(keys))
 
 
 def _ancestors(key: KeyTuple) -> list[KeyTuple]:

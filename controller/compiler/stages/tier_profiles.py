@@ -1,0 +1,247 @@
+"""Tier profile entries, folded by signature and carried from one compilation to the next
+(a part of the tiers stage, controller/compiler/stages/tiers.py; docs/INTERNALS.md "Tiers").
+
+Every contribution of one ClusterNetworkPolicy rule has the rule's tier, action, rank and
+reference, and its keys are (its peer identities x its port specs), plus, for egress named
+ports, each destination's own resolution. So a rule is a `RulePart` (those four, the specs and
+the identity set), and the folded value of a key depends only on the parts whose identities
+hold the key's identity: the identity's *signature* (one item per part: the head and the
+specs it gives that identity). Identities with the same signature fold to the same rows
+(proto, port, plen, value), so a profile is folded once per distinct signature and its entries
+are those rows under each identity, sharing the PolicyEntryValue objects. This is `fold()` of
+stages/tiers.py, the reference, computed per group (tests/unit/test_tier_profiles.py).
+
+Memo (`TierMemo`, one per compilation, published in the builder's GenerationCache): the rule
+parts (interned, so equal parts are one object), the rows of every signature, and per profile
+key its parts and entries. A compilation asks the memo for a profile's entries with its parts:
+the same parts give the very entries mapping of the previous compilation (the sync layer skips
+it by identity); other parts patch the previous entries only for the identities whose signature
+can have changed (those a changed part gains or loses, or every identity of a part whose
+head or specs changed). A memo reads the previous generation's tables and keeps only what its
+own compilation used; it is filled while its compilation runs and its values are never changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue
+
+PortSpec = tuple[int, int, int]  # (proto, port, port_plen)
+Head = tuple[int, int, int, int]  # (tier, action, rank, ref) of a rule
+SigItem = tuple[Head, tuple[PortSpec, ...]]
+Signature = tuple[SigItem, ...]
+Row = tuple[int, int, int, PolicyEntryValue]  # (proto, port, port_plen, value)
+Intern = Callable[[int, int, int, int, int], PolicyEntryKey]
+Entries = Mapping[PolicyEntryKey, PolicyEntryValue]
+SLOTS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class RulePart:
+    """One rule's share of a profile: in `direction`, `head` for every identity of `idents`
+    on every spec of `specs`, and for each (identity, specs) of `extra` on those specs
+    (egress named ports resolved per destination)."""
+
+    direction: int
+    head: Head
+    specs: tuple[PortSpec, ...]
+    idents: frozenset[int]
+    extra: tuple[tuple[int, tuple[PortSpec, ...]], ...] = ()
+
+    def identities(self) -> Iterable[int]:
+        yield from self.idents
+        yield from (i for i, _ in self.extra)
+
+    def item(self, ident: int) -> SigItem | None:
+        """What this part gives `ident` (None: nothing)."""
+        specs: tuple[PortSpec, ...] = self.specs if ident in self.idents else ()
+        for i, more in self.extra:
+            if i == ident:
+                specs = specs + more
+        return (self.head, specs) if specs else None
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileState:
+    """A profile's entries and what they were computed from."""
+
+    parts: tuple[RulePart, ...]
+    sigs: Mapping[tuple[int, int], Signature]  # (direction, identity) -> its signature
+    entries: Entries
+
+
+class TierMemo:
+    """What one compilation's tiers computed, read by the next (see the module doc)."""
+
+    def __init__(self, previous: TierMemo | None = None) -> None:
+        self.parts: dict[RulePart, RulePart] = {}
+        self.rows: dict[Signature, tuple[Row, ...]] = {}
+        self.profiles: dict[Any, ProfileState] = {}
+        # the previous generation's tables (not the previous memo: no chain of generations)
+        self._old_parts = previous.parts if previous is not None else {}
+        self._old_rows = previous.rows if previous is not None else {}
+        self._old_profiles = previous.profiles if previous is not None else {}
+
+    def part(self, part: RulePart) -> RulePart:
+        """The interned part equal to `part`."""
+        got = self.parts.get(part)
+        if got is None:
+            got = self._old_parts.get(part, part)
+            self.parts[part] = got
+        return got
+
+    def signature_rows(self, sig: Signature) -> tuple[Row, ...]:
+        got = self.rows.get(sig)
+        if got is None:
+            got = self._old_rows.get(sig)
+            if got is None:
+                got = fold_signature(sig)
+            self.rows[sig] = got
+        return got
+
+    def profile(self, pkey: Any, parts: tuple[RulePart, ...], intern: Intern) -> ProfileState:
+        """The profile of key `pkey` made of `parts` (the previous one's when its parts are these)."""
+        got = self.profiles.get(pkey)
+        if got is not None and got.parts == parts:
+            return got
+        old = self._old_profiles.get(pkey) if got is None else got
+        if old is not None and old.parts == parts:
+            got = old
+        else:
+            got = self._build(parts, intern, old)
+        self.profiles[pkey] = got
+        return got
+
+    def _build(self, parts: tuple[RulePart, ...], intern: Intern, old: ProfileState | None) -> ProfileState:
+        if old is None:
+            sigs = signatures(parts)
+            entries: dict[PolicyEntryKey, PolicyEntryValue] = {}
+            for (direction, ident), sig in sigs.items():
+                for proto, port, plen, value in self.signature_rows(sig):
+                    entries[intern(direction, ident, proto, port, plen)] = value
+            return ProfileState(parts, sigs, MappingProxyType(entries))
+        touched = _touched(old.parts, parts)
+        if 2 * len(touched) > len(old.sigs):  # most groups change (a rank shift): start over
+            return self._build(parts, intern, None)
+        sigs_new = dict(old.sigs)
+        entries = dict(old.entries)
+        for group in touched:
+            direction, ident = group
+            before = old.sigs.get(group)
+            items = [it for p in parts if p.direction == direction for it in (p.item(ident),) if it is not None]
+            after: Signature | None = tuple(items) if items else None
+            if after == before:
+                continue
+            if before is not None:
+                for proto, port, plen, _ in self.signature_rows(before):
+                    del entries[intern(direction, ident, proto, port, plen)]
+            if after is None:
+                del sigs_new[group]
+                continue
+            sigs_new[group] = after
+            for proto, port, plen, value in self.signature_rows(after):
+                entries[intern(direction, ident, proto, port, plen)] = value
+        return ProfileState(parts, sigs_new, MappingProxyType(entries))
+
+
+def _touched(old: Sequence[RulePart], new: Sequence[RulePart]) -> set[tuple[int, int]]:
+    """(direction, identity) groups whose signature may differ between two part lists: those
+    of a part in one list and not the other, less what an equal-headed part keeps."""
+    old_by = {(p.direction, p.head[3], p.head[0]): p for p in old}
+    new_by = {(p.direction, p.head[3], p.head[0]): p for p in new}
+    out: set[tuple[int, int]] = set()
+    for key in old_by.keys() | new_by.keys():
+        a, b = old_by.get(key), new_by.get(key)
+        if a is b:
+            continue
+        if a is not None and b is not None and a.head == b.head and a.specs == b.specs and a.extra == b.extra:
+            out.update((a.direction, i) for i in a.idents ^ b.idents)
+            continue
+        for p in (a, b):
+            if p is not None:
+                out.update((p.direction, i) for i in p.identities())
+    if len(old_by) != len(old) or len(new_by) != len(new):  # (never: a rule is one part) be safe
+        for p in (*old, *new):
+            out.update((p.direction, i) for i in p.identities())
+    return out
+
+
+def signatures(parts: Sequence[RulePart]) -> dict[tuple[int, int], Signature]:
+    """Every (direction, identity) group of the parts with its signature."""
+    acc: dict[tuple[int, int], list[SigItem]] = {}
+    for p in parts:
+        item: SigItem = (p.head, p.specs)
+        d = p.direction
+        for ident in p.idents:
+            got = acc.get((d, ident))
+            if got is None:
+                acc[(d, ident)] = [item]
+            else:
+                got.append(item)
+        for ident, more in p.extra:
+            acc.setdefault((d, ident), []).append((p.head, more))
+    return {g: tuple(items) for g, items in acc.items()}
+
+
+def _ancestors(proto: int, port: int, plen: int) -> list[PortSpec]:
+    """The spec and every shorter (protocol, port) prefix covering it, longest first."""
+    out = [(proto, port, plen)]
+    for length in range(plen - 1, 0, -1):
+        mask = (0xFFFF << (16 - length)) & 0xFFFF
+        out.append((proto, port & mask, length))
+    if plen > 0:
+        out.append((proto, 0, 0))
+    if proto != 0:
+        out.append((0, 0, 0))
+    return out
+
+
+def fold_signature(sig: Signature) -> tuple[Row, ...]:
+    """The folded rows of one identity's signature: per key, per tier the lowest-ranked rule
+    among the keys that cover it (stages/tiers.py fold(), for one identity)."""
+    best: dict[PortSpec, list[Head | None]] = {}
+    for head, specs in sig:
+        tier, rank = head[0], head[2]
+        for spec in specs:
+            at = best.get(spec)
+            if at is None:
+                at = best[spec] = [None] * SLOTS
+            cur = at[tier]
+            if cur is None or rank < cur[2]:
+                at[tier] = head
+    out: list[Row] = []
+    for spec in best:
+        slots: list[Head | None] = [None] * SLOTS
+        for anc in _ancestors(*spec):
+            found = best.get(anc)
+            if found is not None:
+                for t in range(SLOTS):
+                    got, have = found[t], slots[t]
+                    if got is not None and (have is None or got[2] < have[2]):
+                        slots[t] = got
+        out.append((*spec, _value(slots)))
+    return tuple(out)
+
+
+def _value(slots: Sequence[Head | None]) -> PolicyEntryValue:
+    admin, base, calico, log = slots
+    return PolicyEntryValue(
+        verdict=0,
+        rule_ref=0,
+        admin=admin[1] if admin else 0,
+        admin_rank=admin[2] if admin else 0,
+        admin_ref=admin[3] if admin else 0,
+        baseline=base[1] if base else 0,
+        baseline_rank=base[2] if base else 0,
+        baseline_ref=base[3] if base else 0,
+        calico=calico[1] if calico else 0,
+        calico_rank=calico[2] if calico else 0,
+        calico_ref=calico[3] if calico else 0,
+        log=1 if log else 0,
+        log_rank=log[2] if log else 0,
+        log_ref=log[3] if log else 0,
+    )
