@@ -97,8 +97,10 @@ class CompiledCluster:
             and delta is not None
             and not delta.namespaces
             and not delta.nodes
-            and not delta.cluster_policies
-            and not cluster.calico_policies  # (Calico's tier is compiled in full; see INTERNALS)
+            # (Calico's tier is compiled in full; see INTERNALS; ClusterNetworkPolicies are not)
+            and not cluster.calico_policies
+            and previous.tiers.calico is None
+            and not (delta.cluster_policies and (cluster.host_endpoints or previous.host_endpoints))
         ):
             try:
                 if self._update(cluster, previous, delta):
@@ -177,6 +179,7 @@ class CompiledCluster:
             and cidr is prev.cidr
             and not named.changed
             and not cluster.cluster_policies  # (what the tiers give an endpoint may have changed)
+            and not delta.cluster_policies
         )
         self._set(policies, identities, namespaces, selection, selector, named, ipcache, catalogue)
         self.entries = RuleEntries(identities, selection, selector, cidr, named, keys=prev.entries.keys)
@@ -319,6 +322,7 @@ class CompiledCluster:
         return NodeDesired(
             endpoints=endpoints,
             tier_profiles={p: profiles[p] for p in sorted(used) if p},
+            tier_profile_changes={p: self.tiers.changes[p] for p in used if p in self.tiers.changes},
             host_endpoints=heps,
             ipcache=self.ipcache_for(node),
             rules={**self.rules, **self.tiers.rules},

@@ -137,6 +137,10 @@ _POLICY_VALUE_FIELDS = tuple(f.name for f in dataclasses.fields(PolicyEntryValue
 
 
 def encode_policy(ep_id: int, key: PolicyEntryKey, value: PolicyEntryValue) -> tuple[bytes, bytes]:
+    return encode_policy_key(ep_id, key), encode_policy_value(value)
+
+
+def encode_policy_key(ep_id: int, key: PolicyEntryKey) -> bytes:
     if key.proto == 0 and (key.port or key.port_plen):
         raise ValueError(f"policy entry {key}: a port needs a protocol")
     if not 0 <= key.port_plen <= 16:
@@ -152,8 +156,12 @@ def encode_policy(ep_id: int, key: PolicyEntryKey, value: PolicyEntryValue) -> t
         proto=key.proto,
         dport=be16(key.port & mask),
     )
+    return bytes(k)
+
+
+def encode_policy_value(value: PolicyEntryValue) -> bytes:
     v = PolicyValue(flags=0, **{f: getattr(value, f) for f in _POLICY_VALUE_FIELDS})  # pad stays zero
-    return bytes(k), bytes(v)
+    return bytes(v)
 
 
 def decode_policy(kb: bytes, vb: bytes) -> tuple[int, PolicyEntryKey, PolicyEntryValue]:

@@ -13,7 +13,13 @@ from itertools import compress, count, islice
 from operator import is_
 from typing import Any
 
-from controller.compiler.desired_state import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue
+from controller.compiler.desired_state import (
+    EndpointDesired,
+    NodeDesired,
+    PolicyEntryKey,
+    PolicyEntryValue,
+    ProfileChange,
+)
 from controller.core.net import L4_PROTOCOLS, IPNetwork
 from controller.core.seqdiff import equal_run
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
@@ -177,10 +183,11 @@ class Encoder:
         self._endpoints = kept
         # Tier profiles: keyed in vg_policy by their id (TIER_PROFILE_BIT set) like an endpoint.
         profiles: dict[int, tuple[Mapping[PolicyEntryKey, PolicyEntryValue], dict[bytes, bytes]]] = {}
+        changes = getattr(desired, "tier_profile_changes", {})
         for pid, entries in getattr(desired, "tier_profiles", {}).items():
             got = self._profiles.get(pid)
             if got is None or got[0] is not entries:
-                got = (entries, dict(codecs.encode_policy(pid, k, v) for k, v in entries.items()))
+                got = (entries, _encode_profile(pid, entries, got, changes.get(pid)))
             profiles[pid] = got
             policy[pid] = got[1]
         self._profiles = profiles
@@ -388,6 +395,33 @@ def _encode_endpoint(
             encoded[kb] = vb
         policy = encoded
     return _EndpointEncoding(ep, ifindex, k, v, entries, policy, local)
+
+
+def _encode_profile(
+    pid: int,
+    entries: Mapping[PolicyEntryKey, PolicyEntryValue],
+    previous: tuple[Mapping[PolicyEntryKey, PolicyEntryValue], dict[bytes, bytes]] | None,
+    change: ProfileChange | None,
+) -> dict[bytes, bytes]:
+    """A tier profile's vg_policy entries; from the previous encoding and the compiler's
+    `change` when that encoding is of the change's base (only the changed keys encoded).
+    Entries with one value object share its encoding."""
+    values: dict[int, bytes] = {}
+
+    def value_bytes(v: PolicyEntryValue) -> bytes:
+        vb = values.get(id(v))
+        if vb is None:
+            vb = values[id(v)] = codecs.encode_policy_value(v)
+        return vb
+
+    if previous is not None and change is not None and previous[0] is change.base:
+        encoded = dict(previous[1])
+        for k in change.removed:
+            encoded.pop(codecs.encode_policy_key(pid, k), None)
+        for k in change.upserted:
+            encoded[codecs.encode_policy_key(pid, k)] = value_bytes(entries[k])
+        return encoded
+    return {codecs.encode_policy_key(pid, k): value_bytes(v) for k, v in entries.items()}
 
 
 def desired_maps(

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue
+from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue, ProfileChange
 
 PortSpec = tuple[int, int, int]  # (proto, port, port_plen)
 Head = tuple[int, int, int, int]  # (tier, action, rank, ref) of a rule
@@ -72,6 +72,7 @@ class ProfileState:
     parts: tuple[RulePart, ...]
     sigs: Mapping[tuple[int, int], Signature]  # (direction, identity) -> its signature
     entries: Entries
+    change: ProfileChange | None = None  # patched from an earlier state's entries: how
 
 
 class TierMemo:
@@ -129,6 +130,8 @@ class TierMemo:
             return self._build(parts, intern, None)
         sigs_new = dict(old.sigs)
         entries = dict(old.entries)
+        removed: list[PolicyEntryKey] = []
+        upserted: list[PolicyEntryKey] = []
         for group in touched:
             direction, ident = group
             before = old.sigs.get(group)
@@ -138,14 +141,19 @@ class TierMemo:
                 continue
             if before is not None:
                 for proto, port, plen, _ in self.signature_rows(before):
-                    del entries[intern(direction, ident, proto, port, plen)]
+                    k = intern(direction, ident, proto, port, plen)
+                    del entries[k]
+                    removed.append(k)
             if after is None:
                 del sigs_new[group]
                 continue
             sigs_new[group] = after
             for proto, port, plen, value in self.signature_rows(after):
-                entries[intern(direction, ident, proto, port, plen)] = value
-        return ProfileState(parts, sigs_new, MappingProxyType(entries))
+                k = intern(direction, ident, proto, port, plen)
+                entries[k] = value
+                upserted.append(k)
+        change = ProfileChange(old.entries, tuple(removed), tuple(upserted))
+        return ProfileState(parts, sigs_new, MappingProxyType(entries), change)
 
 
 def _touched(old: Sequence[RulePart], new: Sequence[RulePart]) -> set[tuple[int, int]]:

@@ -33,7 +33,13 @@ from typing import NamedTuple
 
 from controller.compiler.calico import CalicoPolicy, HostEndpoint
 from controller.compiler.cnp import ACCEPT, DENY, PASS, TIERS, ClusterNetworkPolicy, CnpPeer, CnpRule
-from controller.compiler.desired_state import HostEndpointDesired, PolicyEntryKey, PolicyEntryValue, RuleRef
+from controller.compiler.desired_state import (
+    HostEndpointDesired,
+    PolicyEntryKey,
+    PolicyEntryValue,
+    ProfileChange,
+    RuleRef,
+)
 from controller.compiler.model import IPBlock, Node, Peer, Pod
 from controller.compiler.portrange import range_to_prefixes
 from controller.compiler.selectors import LabelIndex
@@ -260,6 +266,7 @@ class Tiers:
         self._profile_ids: dict[ProfileKey, int] = {}
         self._taken: set[int] = set()
         self.profiles: dict[int, Mapping[PolicyEntryKey, PolicyEntryValue]] = {}
+        self.changes: dict[int, ProfileChange] = {}  # how some profiles' entries were derived
 
     def policies_for(self, identity: int) -> list[ClusterNetworkPolicy]:
         return self._by_identity.get(identity, [])
@@ -364,7 +371,10 @@ class Tiers:
             profile = self._allocate(pkey)
             parts = self._parts(pols, pod)
             if not cal_in and not cal_eg:
-                self.profiles[profile] = self.memo.profile(pkey, parts, intern).entries
+                state = self.memo.profile(pkey, parts, intern)
+                self.profiles[profile] = state.entries
+                if state.change is not None:
+                    self.changes[profile] = state.change
             else:
                 out = [c for part in parts for c in _part_contributions(part)]
                 out.extend(self._calico_contributions(identity, pod, np_entries, cal_in, cal_eg))
