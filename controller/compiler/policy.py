@@ -126,7 +126,11 @@ class CompiledCluster:
         self._set(policies, identities, namespaces, selection, selector, named, ipcache, catalogue)
         self.entries = RuleEntries(identities, selection, selector, cidr, named)
         self.tiers = Tiers(
-            cnp, cidr, CalicoTier(calico, cidr) if calico.policies else None, policies.rules, self._tier_memo()
+            cnp,
+            cidr,
+            CalicoTier(calico, cidr) if calico.policies else None,
+            policies.rules,
+            self._tier_memo(),
         )
         self.node_ipcaches = NodeIpcaches(ipcache)
         self.node_endpoints = NodeEndpoints(self.entries, self.pods, self.policy_map, self.tiers)

@@ -65,12 +65,15 @@ class RulePart:
         return (self.head, specs) if specs else None
 
 
+Groups = Mapping[int, Mapping[int, Signature]]  # direction -> identity -> its signature
+
+
 @dataclass(frozen=True, slots=True)
 class ProfileState:
     """A profile's entries and what they were computed from."""
 
     parts: tuple[RulePart, ...]
-    sigs: Mapping[tuple[int, int], Signature]  # (direction, identity) -> its signature
+    sigs: Groups
     entries: Entries
     change: ProfileChange | None = None  # patched from an earlier state's entries: how
 
@@ -110,89 +113,132 @@ class TierMemo:
         if got is not None and got.parts == parts:
             return got
         old = self._old_profiles.get(pkey) if got is None else got
-        if old is not None and old.parts == parts:
-            got = old
-        else:
-            got = self._build(parts, intern, old)
+        got = old if old is not None and old.parts == parts else self._build(parts, intern, old)
         self.profiles[pkey] = got
         return got
 
     def _build(self, parts: tuple[RulePart, ...], intern: Intern, old: ProfileState | None) -> ProfileState:
-        if old is None:
-            sigs = signatures(parts)
+        touched = _touched(old.parts, parts) if old is not None else None
+        if old is None or touched is None or 2 * sum(map(len, touched.values())) > _size(old.sigs):
+            # new, or most groups change (a rank shift): fold it all
+            classes = signature_classes(parts)
             entries: dict[PolicyEntryKey, PolicyEntryValue] = {}
-            for (direction, ident), sig in sigs.items():
-                for proto, port, plen, value in self.signature_rows(sig):
-                    entries[intern(direction, ident, proto, port, plen)] = value
-            return ProfileState(parts, sigs, MappingProxyType(entries))
-        touched = _touched(old.parts, parts)
-        if 2 * len(touched) > len(old.sigs):  # most groups change (a rank shift): start over
-            return self._build(parts, intern, None)
-        sigs_new = dict(old.sigs)
+            for direction, members in classes.items():
+                for sig, idents in members:
+                    rows = self.signature_rows(sig)
+                    for ident in idents:
+                        for proto, port, plen, value in rows:
+                            entries[intern(direction, ident, proto, port, plen)] = value
+            return ProfileState(parts, _groups(classes), MappingProxyType(entries))
+        new_groups = {d: dict(sigs) for d, sigs in old.sigs.items()}
         entries = dict(old.entries)
         removed: list[PolicyEntryKey] = []
         upserted: list[PolicyEntryKey] = []
-        for group in touched:
-            direction, ident = group
-            before = old.sigs.get(group)
-            items = [it for p in parts if p.direction == direction for it in (p.item(ident),) if it is not None]
-            after: Signature | None = tuple(items) if items else None
-            if after == before:
-                continue
-            if before is not None:
-                for proto, port, plen, _ in self.signature_rows(before):
+        for direction, idents in touched.items():
+            mine = [p for p in parts if p.direction == direction]
+            old_sigs = old.sigs.get(direction, {})
+            sigs = new_groups.setdefault(direction, {})
+            for ident in idents:
+                before = old_sigs.get(ident)
+                after = _signature(mine, ident)
+                if after == before:
+                    continue
+                if before is not None:
+                    for proto, port, plen, _ in self.signature_rows(before):
+                        k = intern(direction, ident, proto, port, plen)
+                        del entries[k]
+                        removed.append(k)
+                if after is None:
+                    del sigs[ident]
+                    continue
+                sigs[ident] = after
+                for proto, port, plen, value in self.signature_rows(after):
                     k = intern(direction, ident, proto, port, plen)
-                    del entries[k]
-                    removed.append(k)
-            if after is None:
-                del sigs_new[group]
-                continue
-            sigs_new[group] = after
-            for proto, port, plen, value in self.signature_rows(after):
-                k = intern(direction, ident, proto, port, plen)
-                entries[k] = value
-                upserted.append(k)
+                    entries[k] = value
+                    upserted.append(k)
         change = ProfileChange(old.entries, tuple(removed), tuple(upserted))
-        return ProfileState(parts, sigs_new, MappingProxyType(entries), change)
+        return ProfileState(parts, new_groups, MappingProxyType(entries), change)
 
 
-def _touched(old: Sequence[RulePart], new: Sequence[RulePart]) -> set[tuple[int, int]]:
-    """(direction, identity) groups whose signature may differ between two part lists: those
-    of a part in one list and not the other, less what an equal-headed part keeps."""
-    old_by = {(p.direction, p.head[3], p.head[0]): p for p in old}
-    new_by = {(p.direction, p.head[3], p.head[0]): p for p in new}
-    out: set[tuple[int, int]] = set()
+def _size(groups: Groups) -> int:
+    return sum(map(len, groups.values()))
+
+
+def _touched(old: Sequence[RulePart], new: Sequence[RulePart]) -> dict[int, set[int]] | None:
+    """Per direction, the identities whose signature may differ between two part lists: every
+    identity of a part in one list and not the other, and what a part of the same rule, head
+    and specs gains or loses. None: the lists do not name their rules once each."""
+    old_by = {(p.direction, p.head[0], p.head[3]): p for p in old}
+    new_by = {(p.direction, p.head[0], p.head[3]): p for p in new}
+    if len(old_by) != len(old) or len(new_by) != len(new):
+        return None
+    out: dict[int, set[int]] = {}
     for key in old_by.keys() | new_by.keys():
         a, b = old_by.get(key), new_by.get(key)
         if a is b:
             continue
+        at = out.setdefault(key[0], set())
         if a is not None and b is not None and a.head == b.head and a.specs == b.specs and a.extra == b.extra:
-            out.update((a.direction, i) for i in a.idents ^ b.idents)
+            at |= a.idents ^ b.idents
             continue
         for p in (a, b):
             if p is not None:
-                out.update((p.direction, i) for i in p.identities())
-    if len(old_by) != len(old) or len(new_by) != len(new):  # (never: a rule is one part) be safe
-        for p in (*old, *new):
-            out.update((p.direction, i) for i in p.identities())
+                at |= p.idents
+                at.update(i for i, _ in p.extra)
     return out
 
 
-def signatures(parts: Sequence[RulePart]) -> dict[tuple[int, int], Signature]:
-    """Every (direction, identity) group of the parts with its signature."""
-    acc: dict[tuple[int, int], list[SigItem]] = {}
-    for p in parts:
-        item: SigItem = (p.head, p.specs)
-        d = p.direction
-        for ident in p.idents:
-            got = acc.get((d, ident))
-            if got is None:
-                acc[(d, ident)] = [item]
-            else:
-                got.append(item)
-        for ident, more in p.extra:
-            acc.setdefault((d, ident), []).append((p.head, more))
-    return {g: tuple(items) for g, items in acc.items()}
+def _signature(parts: Sequence[RulePart], ident: int) -> Signature | None:
+    """The signature of `ident` among parts of one direction (None: no part gives it anything)."""
+    items = [it for p in parts for it in (p.item(ident),) if it is not None]
+    return tuple(items) if items else None
+
+
+Classes = dict[int, list[tuple[Signature, frozenset[int]]]]  # direction -> (signature, its identities)
+
+
+def signature_classes(parts: Sequence[RulePart]) -> Classes:
+    """Per direction, the identities the parts give something, in classes of equal signature:
+    split part by part with set operations; those of a part's `extra` get theirs one by one."""
+    out: Classes = {}
+    for direction in sorted({p.direction for p in parts}):
+        mine = [p for p in parts if p.direction == direction]
+        classes: list[tuple[Signature, frozenset[int]]] = []
+        for p in mine:
+            item: SigItem = (p.head, p.specs)
+            rest = p.idents
+            split: list[tuple[Signature, frozenset[int]]] = []
+            for sig, idents in classes:
+                inside = idents & rest if rest else frozenset()
+                if not inside:
+                    split.append((sig, idents))
+                    continue
+                rest = rest - inside
+                if len(inside) < len(idents):
+                    split.append((sig, idents - inside))
+                split.append(((*sig, item), inside))
+            if rest:
+                split.append(((item,), rest))
+            classes = split
+        special = frozenset(i for p in mine for i, _ in p.extra)
+        if special:
+            classes = [(sig, idents - special) for sig, idents in classes if idents - special]
+            for ident in sorted(special):
+                got = _signature(mine, ident)
+                if got is not None:
+                    classes.append((got, frozenset((ident,))))
+        if classes:
+            out[direction] = classes
+    return out
+
+
+def _groups(classes: Classes) -> dict[int, dict[int, Signature]]:
+    out: dict[int, dict[int, Signature]] = {}
+    for direction, members in classes.items():
+        sigs = out[direction] = {}
+        for sig, idents in members:
+            sigs.update(dict.fromkeys(idents, sig))
+    return out
 
 
 def _ancestors(proto: int, port: int, plen: int) -> list[PortSpec]:

@@ -149,6 +149,7 @@ class CnpTables:
                     self.place[(pol.name, direction, rule.index)] = (ranks[tier], ref)
                     ranks[tier] += 1
         self._node_addresses: dict[object, tuple[IPAddress, ...]] = {}
+        self._node_prefix_cache: dict[object, tuple[IPNetwork, ...]] = {}
         self._subjects: dict[str, frozenset[int]] = {}
         self.prefixes = frozenset(self._prefixes())
 
@@ -188,6 +189,15 @@ class CnpTables:
             self._node_addresses[peer.nodes] = hit
         return hit
 
+    def _node_prefixes(self, peer: CnpPeer) -> tuple[IPNetwork, ...]:
+        """The exact prefixes of the addresses of the nodes a `nodes` peer selects."""
+        hit = self._node_prefix_cache.get(peer.nodes)
+        if hit is None:
+            hit = self._node_prefix_cache[peer.nodes] = tuple(
+                host_prefix(a) for a in self.node_addresses(peer)
+            )
+        return hit
+
     def named_targets(self, rule: CnpRule) -> list[tuple[Pod, tuple[PortSpec, ...]]]:
         """Egress named ports: (destination pod, its resolution) for every pod the peers select."""
         names = _named(rule)
@@ -211,7 +221,7 @@ class CnpTables:
                     if peer.kind == "networks":
                         yield from peer.networks
                     elif peer.kind == "nodes":
-                        yield from (host_prefix(a) for a in self.node_addresses(peer))
+                        yield from self._node_prefixes(peer)
                 if _named(rule):
                     for pod, _ in self.named_targets(rule):
                         yield from (host_prefix(_address(ip)) for ip in pod.ips)
@@ -256,10 +266,7 @@ class Tiers:
         self.calico = calico
         self.rules = {**tables.rules, **(calico.tables.rules if calico is not None else {})}
         self._np_sigs: dict[int, tuple[Entries, int]] = {}
-        self._by_identity: dict[int, list[ClusterNetworkPolicy]] = {}
-        for pol in tables.policies:
-            for ident in tables.subject_identities(pol):
-                self._by_identity.setdefault(ident, []).append(pol)
+        self._by_identity: dict[int, list[ClusterNetworkPolicy]] = {}  # filled on use
         self.memo = memo if memo is not None else TierMemo()
         self._part_cache: dict[tuple[str, int, int, tuple[PortSpec, ...]], RulePart | None] = {}
         self._endpoint_cache: dict[tuple[object, ...], EndpointTiers] = {}
@@ -269,7 +276,12 @@ class Tiers:
         self.changes: dict[int, ProfileChange] = {}  # how some profiles' entries were derived
 
     def policies_for(self, identity: int) -> list[ClusterNetworkPolicy]:
-        return self._by_identity.get(identity, [])
+        """The policies whose subject selects the identity, in order."""
+        got = self._by_identity.get(identity)
+        if got is None:
+            subjects = self.tables.subject_identities
+            got = self._by_identity[identity] = [p for p in self.tables.policies if identity in subjects(p)]
+        return got
 
     def calico_policies_for(self, identity: int) -> tuple[str, ...]:
         if self.calico is None:
@@ -398,7 +410,8 @@ class Tiers:
         assert self.calico is not None
         got, _ = self.calico.contributions(identity, pod)
         out = [
-            Contribution(c.key, LOG if c.action == LOG_ACTION else CALICO, c.action, c.rank, c.ref) for c in got
+            Contribution(c.key, LOG if c.action == LOG_ACTION else CALICO, c.action, c.rank, c.ref)
+            for c in got
         ]
         for k, v in (np_entries or {}).items():
             if (cal_in if k.direction == DIR_INGRESS else cal_eg) and v.verdict == VERDICT_ALLOW:
