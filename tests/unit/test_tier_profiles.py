@@ -251,3 +251,48 @@ def test_the_benchmark_mix_of_cluster_policies_folds_to_the_reference_after_even
         for profile in compile_cluster(state).tiers.memo.profiles.values():
             assert dict(profile.entries) == _reference(list(profile.parts))
         del previous
+
+
+def _cnp(name: str, tier: str, priority: int, rules: int) -> Any:
+    from controller.compiler.cnp import parse_cluster_network_policy
+
+    raw = synth_cnp.cluster_network_policy(
+        name,
+        tier,
+        priority,
+        {"namespaces": {}},
+        ingress=[{"action": "Deny", "from": [{"namespaces": {}}]} for _ in range(rules)],
+    )
+    errors: list[Any] = []
+    pol = parse_cluster_network_policy(raw, errors)
+    assert pol is not None and not errors
+    return pol
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    specs=st.lists(
+        st.tuples(st.sampled_from(("Admin", "Baseline")), st.integers(0, 1000), st.integers(1, 3)),
+        min_size=1,
+        max_size=12,
+    ),
+    extra=st.tuples(st.sampled_from(("Admin", "Baseline")), st.integers(0, 1000)),
+)
+def test_rule_ranks_follow_the_tier_order_and_a_policy_of_another_priority_moves_none(
+    specs: list[tuple[str, int, int]], extra: tuple[str, int]
+) -> None:
+    from controller.compiler.stages.tiers import ordered, rule_ranks
+
+    pols = ordered(_cnp(f"p{i:02d}", tier, prio, n) for i, (tier, prio, n) in enumerate(specs))
+    ranks = rule_ranks(pols)
+    for tier in ("Admin", "Baseline"):
+        keys = [(p.name, 0, r.index) for p in pols if p.tier == tier for r in p.ingress]
+        got = [ranks[k] for k in keys]
+        assert got == sorted(got) and len(set(got)) == len(got)  # the order, one rank each
+        assert all(0 <= r < 0xFFFFFFFF for r in got)
+    added = _cnp("zz-new", extra[0], extra[1], 2)
+    again = rule_ranks(ordered([*pols, added]))
+    for p in pols:
+        if (p.tier, p.priority) != (added.tier, added.priority):
+            for r in p.ingress:
+                assert again[(p.name, 0, r.index)] == ranks[(p.name, 0, r.index)]

@@ -91,6 +91,44 @@ def ordered(policies: Iterable[ClusterNetworkPolicy]) -> list[ClusterNetworkPoli
     return sorted(policies, key=lambda p: p.order)
 
 
+# A rank from a rule's place that a policy added or removed elsewhere leaves alone, readable in
+# decimal: priority * RANK_PRIORITY + position among the tier's policies of that priority (by
+# name) * RANK_POSITION + the rule's index in its direction (ranks are compared only within one
+# direction). Priority 10, second policy, rule 1: 10_001_001.
+RANK_PRIORITY, RANK_POSITION = 1_000_000, 1_000
+
+
+def rule_ranks(policies: Sequence[ClusterNetworkPolicy]) -> dict[tuple[str, int, int], int]:
+    """(policy name, direction, rule index) -> rank, for policies in order: their order in the
+    tier, lower first, stable under changes to policies of other priorities (and to those of
+    the same priority that sort after it), so such an event leaves other profiles' entries as
+    they were. Beyond the fields' room (1,000 policies of one priority, 1,000 rules in one
+    direction), positions over the whole tier (every rule one rank)."""
+    position: dict[str, int] = {}
+    seen: dict[tuple[str, int], int] = {}
+    for pol in policies:
+        k = (pol.tier, pol.priority)
+        position[pol.name] = seen.get(k, 0)
+        seen[k] = position[pol.name] + 1
+    per = RANK_PRIORITY // RANK_POSITION
+    roomy = all(n <= per for n in seen.values()) and all(
+        r.index < RANK_POSITION for pol in policies for r in (*pol.ingress, *pol.egress)
+    )
+    out: dict[tuple[str, int, int], int] = {}
+    dense = [0, 0]
+    for pol in policies:
+        tier = TIERS.index(pol.tier)
+        for direction, rules in ((DIR_INGRESS, pol.ingress), (DIR_EGRESS, pol.egress)):
+            for rule in rules:
+                if roomy:
+                    rank = pol.priority * RANK_PRIORITY + position[pol.name] * RANK_POSITION + rule.index
+                else:
+                    rank = dense[tier]
+                    dense[tier] += 1
+                out[(pol.name, direction, rule.index)] = rank
+    return out
+
+
 def _port_specs(rule: CnpRule) -> tuple[PortSpec, ...]:
     """Numeric port specs of a rule (ALL_PORTS without `protocols`; named ports excluded)."""
     if rule.ports is None:
@@ -138,16 +176,17 @@ class CnpTables:
         self.rules: dict[int, RuleRef] = {}
         # (policy name, direction, rule index) -> (rank, ref)
         self.place: dict[tuple[str, int, int], tuple[int, int]] = {}
-        ranks = [0, 0]
+        ranks = rule_ranks(self.policies)
         for pol in self.policies:
-            tier = TIERS.index(pol.tier)
             for direction, rules in ((DIR_INGRESS, pol.ingress), (DIR_EGRESS, pol.egress)):
                 for rule in rules:
                     ref = cnp_rule_ref(pol.name, direction, rule.index)
                     rr = RuleRef("", pol.name, direction, rule.index, pol.tier, rule.name)
                     self.rules.setdefault(ref, rr)
-                    self.place[(pol.name, direction, rule.index)] = (ranks[tier], ref)
-                    ranks[tier] += 1
+                    self.place[(pol.name, direction, rule.index)] = (
+                        ranks[(pol.name, direction, rule.index)],
+                        ref,
+                    )
         self._node_addresses: dict[object, tuple[IPAddress, ...]] = {}
         self._node_prefix_cache: dict[object, tuple[IPNetwork, ...]] = {}
         self._subjects: dict[str, frozenset[int]] = {}
