@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     pass
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class PolicyEntryKey:
     """A policy map key without the endpoint id."""
 
@@ -29,7 +29,7 @@ class PolicyEntryKey:
     port_plen: int  # 0..16; 16 = one exact port
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PolicyEntryValue:
     """What one entry answers for all three tiers (bpf/lib/structs.h, struct policy_value): the
     compiler folds into it every rule of the same endpoint, direction and peer identity whose

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import ipaddress
+import struct
 from dataclasses import dataclass
 
 from controller.compiler.desired_state import HostEndpointDesired, PolicyEntryKey, PolicyEntryValue
@@ -148,15 +149,12 @@ def encode_policy_key(ep_id: int, key: PolicyEntryKey) -> bytes:
     plen = policy_prefixlen(key)
     # Zero the host bits beyond the prefix: the trie ignores them, but the diff compares bytes.
     mask = (0xFFFF << (16 - key.port_plen)) & 0xFFFF if key.port_plen else 0
-    k = PolicyKey(
-        prefixlen=plen,
-        ep_id=ep_id,
-        identity=key.identity,
-        dir=key.direction,
-        proto=key.proto,
-        dport=be16(key.port & mask),
-    )
-    return bytes(k)
+    # struct policy_key (abi.PolicyKey's layout, packed without ctypes: a profile has 10^5 keys)
+    dport = (key.port & mask).to_bytes(2, "big")
+    return _POLICY_KEY.pack(plen, ep_id, key.identity, key.direction, key.proto, dport)
+
+
+_POLICY_KEY = struct.Struct("=IIIBB2s")
 
 
 def encode_policy_value(value: PolicyEntryValue) -> bytes:

@@ -96,6 +96,11 @@ class Encoding:
     local: dict[bytes, bytes]  # vg_local: the node's addresses and its pods'
     hosteps: dict[bytes, bytes] = dataclasses.field(default_factory=dict)  # vg_hosteps
     failsafe: dict[bytes, bytes] = dataclasses.field(default_factory=dict)  # vg_failsafe
+    # ep_id -> (an earlier encoding of its entries, the keys that may differ from it): for the
+    # tier profiles the encoder patched, so the sync compares only those keys
+    policy_touched: dict[int, tuple[Mapping[bytes, bytes], frozenset[bytes]]] = dataclasses.field(
+        default_factory=dict
+    )
 
     def maps(self) -> dict[str, dict[bytes, bytes]]:
         """Key/value bytes per synced map (vg_slots empty: apply assigns the slots). The
@@ -184,10 +189,14 @@ class Encoder:
         # Tier profiles: keyed in vg_policy by their id (TIER_PROFILE_BIT set) like an endpoint.
         profiles: dict[int, tuple[Mapping[PolicyEntryKey, PolicyEntryValue], dict[bytes, bytes]]] = {}
         changes = getattr(desired, "tier_profile_changes", {})
+        touched: dict[int, tuple[Mapping[bytes, bytes], frozenset[bytes]]] = {}
         for pid, entries in getattr(desired, "tier_profiles", {}).items():
             got = self._profiles.get(pid)
             if got is None or got[0] is not entries:
-                got = (entries, _encode_profile(pid, entries, got, changes.get(pid)))
+                encoded, keys = _encode_profile(pid, entries, got, changes.get(pid))
+                if got is not None and keys is not None:
+                    touched[pid] = (got[1], keys)
+                got = (entries, encoded)
             profiles[pid] = got
             policy[pid] = got[1]
         self._profiles = profiles
@@ -212,7 +221,7 @@ class Encoder:
             for proto, port in ports if hosteps else ():
                 kb, vb = codecs.encode_failsafe(L4_PROTOCOLS[proto], port, direction)
                 failsafe[kb] = vb
-        return Encoding(endpoints, policy, ipcache, self._frontends[1], local, hosteps, failsafe)
+        return Encoding(endpoints, policy, ipcache, self._frontends[1], local, hosteps, failsafe, touched)
 
     def _encode_ipcache(self, ipcache: Mapping[IPNetwork, tuple[int, int]]) -> IpcacheEncoding:
         last = self._ipcache
@@ -402,9 +411,10 @@ def _encode_profile(
     entries: Mapping[PolicyEntryKey, PolicyEntryValue],
     previous: tuple[Mapping[PolicyEntryKey, PolicyEntryValue], dict[bytes, bytes]] | None,
     change: ProfileChange | None,
-) -> dict[bytes, bytes]:
-    """A tier profile's vg_policy entries; from the previous encoding and the compiler's
-    `change` when that encoding is of the change's base (only the changed keys encoded).
+) -> tuple[dict[bytes, bytes], frozenset[bytes] | None]:
+    """A tier profile's vg_policy entries, and the keys that may differ from the previous
+    encoding's when it was derived from it (None: encoded in full). Derived when the previous
+    encoding is of the base of the compiler's `change`: only the changed keys are encoded.
     Entries with one value object share its encoding."""
     values: dict[int, bytes] = {}
 
@@ -416,12 +426,17 @@ def _encode_profile(
 
     if previous is not None and change is not None and previous[0] is change.base:
         encoded = dict(previous[1])
+        touched: set[bytes] = set()
         for k in change.removed:
-            encoded.pop(codecs.encode_policy_key(pid, k), None)
+            kb = codecs.encode_policy_key(pid, k)
+            encoded.pop(kb, None)
+            touched.add(kb)
         for k in change.upserted:
-            encoded[codecs.encode_policy_key(pid, k)] = value_bytes(entries[k])
-        return encoded
-    return {codecs.encode_policy_key(pid, k): value_bytes(v) for k, v in entries.items()}
+            kb = codecs.encode_policy_key(pid, k)
+            encoded[kb] = value_bytes(entries[k])
+            touched.add(kb)
+        return encoded, frozenset(touched)
+    return {codecs.encode_policy_key(pid, k): value_bytes(v) for k, v in entries.items()}, None
 
 
 def desired_maps(

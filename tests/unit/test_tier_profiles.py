@@ -25,6 +25,7 @@ from controller.compiler.stages.tiers import _part_contributions, fold
 from controller.core.verdicts import TIER_ACCEPT, TIER_DENY, TIER_PASS, TIER_PROFILE_BIT
 from controller.datapath import codecs
 from controller.datapath.encoding import _encode_profile
+from controller.datapath.sync import _diff_policy
 from tests.unit.test_policy_incremental import NODES, World, summary
 
 PID = TIER_PROFILE_BIT | 7
@@ -144,17 +145,24 @@ def test_a_profile_patched_from_the_previous_compilations_equals_one_folded_from
 
 @settings(max_examples=200, deadline=None)
 @given(pair=part_list_pairs())
-def test_the_encoding_of_a_patched_profile_equals_its_full_encoding(
+def test_the_encoding_of_a_patched_profile_and_its_sync_diff_equal_the_full_ones(
     pair: tuple[list[RulePart], list[RulePart]],
 ) -> None:
     before, after = pair
     first = TierMemo()
     old = first.profile("p", tuple(before), _intern)
     got = TierMemo(first).profile("p", tuple(after), _intern)
-    previous = (old.entries, _encode_profile(PID, old.entries, None, None))
+    previous = (old.entries, _encode_profile(PID, old.entries, None, None)[0])
     full = dict(codecs.encode_policy(PID, k, v) for k, v in got.entries.items())
-    assert _encode_profile(PID, got.entries, previous, got.change) == full
-    assert _encode_profile(PID, got.entries, None, got.change) == full
+    patched, touched = _encode_profile(PID, got.entries, previous, got.change)
+    assert patched == full
+    assert _encode_profile(PID, got.entries, None, got.change) == (full, None)
+    # and the sync's diff over the touched keys is the diff over everything
+    if touched is not None:
+        hint = {PID: (previous[1], touched)}
+        assert _diff_policy({PID: patched}, {PID: previous[1]}, hint) == _diff_policy(
+            {PID: patched}, {PID: previous[1]}
+        )
 
 
 def _cnp_step(world: World, n: int) -> str:
@@ -296,3 +304,33 @@ def test_rule_ranks_follow_the_tier_order_and_a_policy_of_another_priority_moves
         if (p.tier, p.priority) != (added.tier, added.priority):
             for r in p.ingress:
                 assert again[(p.name, 0, r.index)] == ranks[(p.name, 0, r.index)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ep_id=st.integers(0, 0xFFFFFFFF),
+    direction=st.sampled_from((0, 1)),
+    identity=st.integers(0, 0xFFFFFFFF),
+    spec=st.sampled_from(SPECS),
+    low_bits=st.integers(0, 0xFFFF),
+)
+def test_a_policy_key_packed_with_struct_is_the_ctypes_struct_policy_key(
+    ep_id: int, direction: int, identity: int, spec: tuple[int, int, int], low_bits: int
+) -> None:
+    from controller.datapath import abi
+
+    proto, port, plen = spec
+    if plen:  # bits beyond the prefix are dropped in the encoding
+        port |= low_bits & (0xFFFF >> plen)
+    key = PolicyEntryKey(direction, identity, proto, port, plen)
+    mask = (0xFFFF << (16 - plen)) & 0xFFFF if plen else 0
+    want = abi.PolicyKey(
+        prefixlen=codecs.policy_prefixlen(key),
+        ep_id=ep_id,
+        identity=identity,
+        dir=direction,
+        proto=proto,
+        dport=codecs.be16(port & mask),
+    )
+    assert codecs.encode_policy_key(ep_id, key) == bytes(want)
+    assert codecs.decode_policy(bytes(want), codecs.encode_policy_value(PolicyEntryValue(1, 2)))[0] == ep_id

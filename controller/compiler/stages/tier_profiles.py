@@ -124,9 +124,9 @@ class TierMemo:
             classes = signature_classes(parts)
             entries: dict[PolicyEntryKey, PolicyEntryValue] = {}
             for direction, members in classes.items():
-                for sig, idents in members:
+                for sig, members_of in members:
                     rows = self.signature_rows(sig)
-                    for ident in idents:
+                    for ident in members_of:
                         for proto, port, plen, value in rows:
                             entries[intern(direction, ident, proto, port, plen)] = value
             return ProfileState(parts, _groups(classes), MappingProxyType(entries))
@@ -134,11 +134,11 @@ class TierMemo:
         entries = dict(old.entries)
         removed: list[PolicyEntryKey] = []
         upserted: list[PolicyEntryKey] = []
-        for direction, idents in touched.items():
+        for direction, changed in touched.items():
             mine = [p for p in parts if p.direction == direction]
             old_sigs = old.sigs.get(direction, {})
             sigs = new_groups.setdefault(direction, {})
-            for ident in idents:
+            for ident in changed:
                 before = old_sigs.get(ident)
                 after = _signature(mine, ident)
                 if after == before:

@@ -3,8 +3,8 @@ endpoint into its policy entries, so the datapath decides with three lookups wha
 number of policies, tiers and rules (docs/INTERNALS.md "Tiers").
 
 - Order: Admin policies, then Baseline; within a tier ascending priority, ties by name, then
-  rules in written order. Every rule gets a rank (its place in its tier's order) and a rule
-  reference; a packet's answer in a tier is its matching rule of lowest rank.
+  rules in written order. Every rule gets a rank (following its tier's order: rule_ranks) and a
+  rule reference; a packet's answer in a tier is its matching rule of lowest rank.
 - A rule contributes (peer identity x port spec) keys with its tier, action, rank and reference:
   `namespaces` / `pods` peers -> the pod identities they select (host-network pods have none);
   `networks` -> the CIDR identities of every policy prefix inside them (pod and node addresses
@@ -19,7 +19,9 @@ number of policies, tiers and rules (docs/INTERNALS.md "Tiers").
   the same policies select (with the same named-port resolution): a cluster-wide policy costs
   its entries once per node. NetworkPolicy's entries stay the endpoint's own.
 - fold(): the LPM map returns only the longest match of one identity, so every key carries, per
-  tier, the best rule among the keys of the same identity that cover it, computed here.
+  tier, the best rule among the keys of the same identity that cover it. ClusterNetworkPolicy
+  profiles are folded per identity signature and carried across compilations by
+  stages/tier_profiles.py (fold() is its reference, and folds Calico's profiles).
 """
 
 from __future__ import annotations
