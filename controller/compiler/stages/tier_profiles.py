@@ -131,7 +131,8 @@ class TierMemo:
                             entries[intern(direction, ident, proto, port, plen)] = value
             return ProfileState(parts, _groups(classes), MappingProxyType(entries))
         new_groups = {d: dict(sigs) for d, sigs in old.sigs.items()}
-        entries = dict(old.entries)
+        # (a MappingProxyType's copy() is its dict's: no key hashed again, unlike dict(proxy))
+        entries = old.entries.copy() if isinstance(old.entries, MappingProxyType) else dict(old.entries)
         removed: list[PolicyEntryKey] = []
         upserted: list[PolicyEntryKey] = []
         for direction, changed in touched.items():

@@ -230,7 +230,7 @@ class CnpTables:
             self._node_addresses[peer.nodes] = hit
         return hit
 
-    def _node_prefixes(self, peer: CnpPeer) -> tuple[IPNetwork, ...]:
+    def node_prefixes(self, peer: CnpPeer) -> tuple[IPNetwork, ...]:
         """The exact prefixes of the addresses of the nodes a `nodes` peer selects."""
         hit = self._node_prefix_cache.get(peer.nodes)
         if hit is None:
@@ -254,6 +254,7 @@ class CnpTables:
         return out
 
     def _prefixes(self) -> Iterable[IPNetwork]:
+        seen: set[object] = set()
         for pol in self.policies:
             for rule in pol.egress:
                 if rule.matches_nothing or rule.deny_all:
@@ -261,8 +262,9 @@ class CnpTables:
                 for peer in rule.peers:
                     if peer.kind == "networks":
                         yield from peer.networks
-                    elif peer.kind == "nodes":
-                        yield from self._node_prefixes(peer)
+                    elif peer.kind == "nodes" and peer.nodes not in seen:
+                        seen.add(peer.nodes)  # (many policies, one selector: every node)
+                        yield from self.node_prefixes(peer)
                 if _named(rule):
                     for pod, _ in self.named_targets(rule):
                         yield from (host_prefix(_address(ip)) for ip in pod.ips)
@@ -309,6 +311,7 @@ class Tiers:
         self._np_sigs: dict[int, tuple[Entries, int]] = {}
         self._by_identity: dict[int, list[ClusterNetworkPolicy]] = {}  # filled on use
         self.memo = memo if memo is not None else TierMemo()
+        self._node_idents: dict[object, frozenset[int]] = {}  # a `nodes` selector's CIDR identities
         self._part_cache: dict[tuple[str, int, int, tuple[PortSpec, ...]], RulePart | None] = {}
         self._endpoint_cache: dict[tuple[object, ...], EndpointTiers] = {}
         self._profile_ids: dict[ProfileKey, int] = {}
@@ -336,8 +339,13 @@ class Tiers:
                 out |= self.cidr.block_identities(IPBlock(net))
             return frozenset(out)
         if peer.kind == "nodes":
-            addresses = self.tables.node_addresses(peer)
-            return frozenset(self.cidr.cidr_identity[host_prefix(a)] for a in addresses)
+            got = self._node_idents.get(peer.nodes)
+            if got is None:
+                ids = self.cidr.cidr_identity
+                got = self._node_idents[peer.nodes] = frozenset(
+                    ids[n] for n in self.tables.node_prefixes(peer)
+                )
+            return got
         return self.tables.select(peer)
 
     def _part(
