@@ -26,7 +26,7 @@ from controller.core.verdicts import TIER_ACCEPT, TIER_DENY, TIER_PASS, TIER_PRO
 from controller.datapath import codecs
 from controller.datapath.encoding import _encode_profile
 from controller.datapath.sync import _diff_policy
-from tests.unit.test_policy_incremental import NODES, World, summary
+from tests.support.cluster_world import NODES, World, summary
 
 PID = TIER_PROFILE_BIT | 7
 # Port specs that cover one another in every way the fold has to look at.
