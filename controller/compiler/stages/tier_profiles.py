@@ -75,7 +75,6 @@ class ProfileState:
     parts: tuple[RulePart, ...]
     sigs: Groups
     entries: Entries
-    change: ProfileChange | None = None  # patched from an earlier state's entries: how
 
 
 class TierMemo:
@@ -85,6 +84,9 @@ class TierMemo:
         self.parts: dict[RulePart, RulePart] = {}
         self.rows: dict[Signature, tuple[Row, ...]] = {}
         self.profiles: dict[Any, ProfileState] = {}
+        # how this compilation patched a profile from the previous one's (not carried over: the
+        # base entries are dropped with the compilations that hand them out)
+        self.changes: dict[Any, ProfileChange] = {}
         # the previous generation's tables (not the previous memo: no chain of generations)
         self._old_parts = previous.parts if previous is not None else {}
         self._old_rows = previous.rows if previous is not None else {}
@@ -113,11 +115,18 @@ class TierMemo:
         if got is not None and got.parts == parts:
             return got
         old = self._old_profiles.get(pkey) if got is None else got
-        got = old if old is not None and old.parts == parts else self._build(parts, intern, old)
+        if old is not None and old.parts == parts:
+            got = old
+        else:
+            got, change = self._build(parts, intern, old)
+            if change is not None:
+                self.changes[pkey] = change
         self.profiles[pkey] = got
         return got
 
-    def _build(self, parts: tuple[RulePart, ...], intern: Intern, old: ProfileState | None) -> ProfileState:
+    def _build(
+        self, parts: tuple[RulePart, ...], intern: Intern, old: ProfileState | None
+    ) -> tuple[ProfileState, ProfileChange | None]:
         touched = _touched(old.parts, parts) if old is not None else None
         if old is None or touched is None or 2 * sum(map(len, touched.values())) > _size(old.sigs):
             # new, or most groups change (a rank shift): fold it all
@@ -129,7 +138,7 @@ class TierMemo:
                     for ident in members_of:
                         for proto, port, plen, value in rows:
                             entries[intern(direction, ident, proto, port, plen)] = value
-            return ProfileState(parts, _groups(classes), MappingProxyType(entries))
+            return ProfileState(parts, _groups(classes), MappingProxyType(entries)), None
         new_groups = {d: dict(sigs) for d, sigs in old.sigs.items()}
         # (a MappingProxyType's copy() is its dict's: no key hashed again, unlike dict(proxy))
         entries = old.entries.copy() if isinstance(old.entries, MappingProxyType) else dict(old.entries)
@@ -158,7 +167,7 @@ class TierMemo:
                     entries[k] = value
                     upserted.append(k)
         change = ProfileChange(old.entries, tuple(removed), tuple(upserted))
-        return ProfileState(parts, new_groups, MappingProxyType(entries), change)
+        return ProfileState(parts, new_groups, MappingProxyType(entries)), change
 
 
 def _size(groups: Groups) -> int:

@@ -434,8 +434,9 @@ class Tiers:
             if not cal_in and not cal_eg:
                 state = self.memo.profile(pkey, parts, intern)
                 self.profiles[profile] = state.entries
-                if state.change is not None:
-                    self.changes[profile] = state.change
+                change = self.memo.changes.get(pkey)
+                if change is not None:
+                    self.changes[profile] = change
             else:
                 out = [c for part in parts for c in _part_contributions(part)]
                 out.extend(self._calico_contributions(identity, pod, np_entries, cal_in, cal_eg))
