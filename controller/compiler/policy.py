@@ -118,7 +118,8 @@ class CompiledCluster:
         selection = Selection.build(policies, identities)
         selector = PeerSelector.build(identities, namespaces)
         named = NamedPorts.build(policies.named_rules, identities, selector)
-        cnp = CnpTables(cluster.cluster_policies, identities, selector, cluster.nodes)
+        memo = self._tier_memo()
+        cnp = CnpTables(cluster.cluster_policies, identities, selector, cluster.nodes, memo)
         calico = CalicoTables(cluster.calico_policies, cluster.policies, identities, cluster.namespace_labels)
         cidr = CidrTables.build(policies.block_prefixes | named.exact | cnp.prefixes | calico.prefixes)
         ipcache = Ipcache.build(cluster.nodes, identities, cidr, self.generations)
@@ -130,7 +131,7 @@ class CompiledCluster:
             cidr,
             CalicoTier(calico, cidr) if calico.policies else None,
             policies.rules,
-            self._tier_memo(),
+            memo,
         )
         self.node_ipcaches = NodeIpcaches(ipcache)
         self.node_endpoints = NodeEndpoints(self.entries, self.pods, self.policy_map, self.tiers)
@@ -165,7 +166,8 @@ class CompiledCluster:
             changes.touched,
             inputs_changed=bool(changes.touched or delta.policies or not same_indexes),
         )
-        cnp = CnpTables(cluster.cluster_policies, identities, selector, cluster.nodes)
+        memo = self._tier_memo()
+        cnp = CnpTables(cluster.cluster_policies, identities, selector, cluster.nodes, memo)
         cidr = prev.cidr.update(policies.block_prefixes | named.exact | cnp.prefixes)
         ipcache = prev.ipcache.update(
             prev.pods, cluster.pods, delta.pods, cluster.nodes, identities, cidr, self.generations
@@ -187,7 +189,7 @@ class CompiledCluster:
         )
         self._set(policies, identities, namespaces, selection, selector, named, ipcache, catalogue)
         self.entries = RuleEntries(identities, selection, selector, cidr, named, keys=prev.entries.keys)
-        self.tiers = Tiers(cnp, cidr, memo=self._tier_memo())
+        self.tiers = Tiers(cnp, cidr, memo=memo)
         self.node_ipcaches = NodeIpcaches(ipcache, prev.node_ipcaches)
         self.node_endpoints = NodeEndpoints(
             self.entries, self.pods, self.policy_map, self.tiers, prev.node_endpoints, delta.pods, stable

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue, ProfileChange
 
@@ -38,6 +38,7 @@ Row = tuple[int, int, int, PolicyEntryValue]  # (proto, port, port_plen, value)
 Intern = Callable[[int, int, int, int, int], PolicyEntryKey]
 Entries = Mapping[PolicyEntryKey, PolicyEntryValue]
 SLOTS = 4
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,20 @@ class TierMemo:
         self._old_parts = previous.parts if previous is not None else {}
         self._old_rows = previous.rows if previous is not None else {}
         self._old_profiles = previous.profiles if previous is not None else {}
+        # kind -> (the cluster mapping it was computed from, the value): see carried()
+        self._carried: dict[str, tuple[object, Any]] = {}
+        self._old_carried = previous._carried if previous is not None else {}
+
+    def carried(self, kind: str, source: object, make: Callable[[], T]) -> T:
+        """The value of `kind` computed by `make` from `source` (a cluster mapping, never mutated),
+        the previous compilation's while its source is the very same object. A value may be a
+        cache filled on use: an entry, once there, never changes."""
+        got = self._carried.get(kind)
+        if got is None or got[0] is not source:
+            old = self._old_carried.get(kind)
+            got = old if old is not None and old[0] is source else (source, make())
+            self._carried[kind] = got
+        return cast("T", got[1])
 
     def part(self, part: RulePart) -> RulePart:
         """The interned part equal to `part`."""

@@ -170,27 +170,20 @@ class CnpTables:
         identities: IdentityTables,
         selector: PeerSelector,
         nodes: Mapping[str, Node],
+        memo: TierMemo | None = None,
     ) -> None:
-        self.policies = ordered(policies.values())
+        memo = memo if memo is not None else TierMemo()
+        # (carried from the previous compilation while the policies / nodes are the same mapping)
+        self.policies, self.rules, self.place = memo.carried("order", policies, lambda: _order(policies))
         self.selector = selector
         self.pods_by_identity = identities.pods_by_identity
         self.nodes = nodes
-        self.rules: dict[int, RuleRef] = {}
-        # (policy name, direction, rule index) -> (rank, ref)
-        self.place: dict[tuple[str, int, int], tuple[int, int]] = {}
-        ranks = rule_ranks(self.policies)
-        for pol in self.policies:
-            for direction, rules in ((DIR_INGRESS, pol.ingress), (DIR_EGRESS, pol.egress)):
-                for rule in rules:
-                    ref = cnp_rule_ref(pol.name, direction, rule.index)
-                    rr = RuleRef("", pol.name, direction, rule.index, pol.tier, rule.name)
-                    self.rules.setdefault(ref, rr)
-                    self.place[(pol.name, direction, rule.index)] = (
-                        ranks[(pol.name, direction, rule.index)],
-                        ref,
-                    )
-        self._node_addresses: dict[object, tuple[IPAddress, ...]] = {}
-        self._node_prefix_cache: dict[object, tuple[IPNetwork, ...]] = {}
+        self._node_addresses: dict[object, tuple[IPAddress, ...]] = memo.carried(
+            "node addresses", nodes, dict
+        )
+        self._node_prefix_cache: dict[object, tuple[IPNetwork, ...]] = memo.carried(
+            "node prefixes", nodes, dict
+        )
         self._subjects: dict[str, frozenset[int]] = {}
         self.prefixes = frozenset(self._prefixes())
 
@@ -270,6 +263,24 @@ class CnpTables:
                         yield from (host_prefix(_address(ip)) for ip in pod.ips)
 
 
+def _order(
+    policies: Mapping[str, ClusterNetworkPolicy],
+) -> tuple[list[ClusterNetworkPolicy], dict[int, RuleRef], dict[tuple[str, int, int], tuple[int, int]]]:
+    """The policies in order, their rules by reference, and (policy name, direction, rule index)
+    -> (rank, ref)."""
+    ordered_policies = ordered(policies.values())
+    rules: dict[int, RuleRef] = {}
+    place: dict[tuple[str, int, int], tuple[int, int]] = {}
+    ranks = rule_ranks(ordered_policies)
+    for pol in ordered_policies:
+        for direction, written in ((DIR_INGRESS, pol.ingress), (DIR_EGRESS, pol.egress)):
+            for rule in written:
+                ref = cnp_rule_ref(pol.name, direction, rule.index)
+                rules.setdefault(ref, RuleRef("", pol.name, direction, rule.index, pol.tier, rule.name))
+                place[(pol.name, direction, rule.index)] = (ranks[(pol.name, direction, rule.index)], ref)
+    return ordered_policies, rules, place
+
+
 def _address(text: str) -> IPAddress:
     return ipaddress.ip_address(text)
 
@@ -311,6 +322,7 @@ class Tiers:
         self._np_sigs: dict[int, tuple[Entries, int]] = {}
         self._by_identity: dict[int, list[ClusterNetworkPolicy]] = {}  # filled on use
         self.memo = memo if memo is not None else TierMemo()
+        self._ingress_names: dict[int, tuple[str, ...]] = {}  # identity -> its policies' named ports
         self._node_idents: dict[object, frozenset[int]] = {}  # a `nodes` selector's CIDR identities
         self._part_cache: dict[tuple[str, int, int, tuple[PortSpec, ...]], RulePart | None] = {}
         self._endpoint_cache: dict[tuple[object, ...], EndpointTiers] = {}
@@ -408,7 +420,11 @@ class Tiers:
         cal_in, cal_eg = self.calico.directions(identity) if self.calico is not None else (False, False)
         if not pols and not cal_in and not cal_eg:
             return NOT_TIERED
-        names = tuple(n for pol in pols for r in pol.ingress for n in _named(r))
+        names = self._ingress_names.get(identity)
+        if names is None:
+            names = self._ingress_names[identity] = tuple(
+                n for pol in pols for r in pol.ingress for n in _named(r)
+            )
         own = resolve_named(pod, names) if names else ()
         cal_own = (
             self.calico.named_own(identity, pod) if self.calico is not None and (cal_in or cal_eg) else ()
