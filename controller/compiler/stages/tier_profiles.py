@@ -94,7 +94,16 @@ class TierMemo:
         self._old_profiles = previous.profiles if previous is not None else {}
         # kind -> (the cluster mapping it was computed from, the value): see carried()
         self._carried: dict[str, tuple[object, Any]] = {}
+        # (id, id) of two identity sets -> (them, their symmetric difference): many rules share
+        # a peer's set, and profiles share rules
+        self._xors: dict[tuple[int, int], tuple[frozenset[int], frozenset[int], frozenset[int]]] = {}
         self._old_carried = previous._carried if previous is not None else {}
+
+    def _xor(self, a: frozenset[int], b: frozenset[int]) -> frozenset[int]:
+        got = self._xors.get((id(a), id(b)))
+        if got is None or got[0] is not a or got[1] is not b:
+            got = self._xors[(id(a), id(b))] = (a, b, a ^ b)
+        return got[2]
 
     def carried(self, kind: str, source: object, make: Callable[[], T]) -> T:
         """The value of `kind` computed by `make` from `source` (a cluster mapping, never mutated),
@@ -142,7 +151,7 @@ class TierMemo:
     def _build(
         self, parts: tuple[RulePart, ...], intern: Intern, old: ProfileState | None
     ) -> tuple[ProfileState, ProfileChange | None]:
-        touched = _touched(old.parts, parts) if old is not None else None
+        touched = _touched(old.parts, parts, self._xor) if old is not None else None
         if old is None or touched is None or 2 * sum(map(len, touched.values())) > _size(old.sigs):
             # new, or most groups change (a rank shift): fold it all
             classes = signature_classes(parts)
@@ -189,10 +198,14 @@ def _size(groups: Groups) -> int:
     return sum(map(len, groups.values()))
 
 
-def _touched(old: Sequence[RulePart], new: Sequence[RulePart]) -> dict[int, set[int]] | None:
+def _touched(
+    old: Sequence[RulePart],
+    new: Sequence[RulePart],
+    xor: Callable[[frozenset[int], frozenset[int]], frozenset[int]],
+) -> dict[int, set[int]] | None:
     """Per direction, the identities whose signature may differ between two part lists: every
     identity of a part in one list and not the other, and what a part of the same rule, head
-    and specs gains or loses. None: the lists do not name their rules once each."""
+    and specs gains or loses (`xor`). None: the lists do not name their rules once each."""
     old_by = {(p.direction, p.head[0], p.head[3]): p for p in old}
     new_by = {(p.direction, p.head[0], p.head[3]): p for p in new}
     if len(old_by) != len(old) or len(new_by) != len(new):
@@ -204,7 +217,7 @@ def _touched(old: Sequence[RulePart], new: Sequence[RulePart]) -> dict[int, set[
             continue
         at = out.setdefault(key[0], set())
         if a is not None and b is not None and a.head == b.head and a.specs == b.specs and a.extra == b.extra:
-            at |= a.idents ^ b.idents
+            at |= xor(a.idents, b.idents)
             continue
         for p in (a, b):
             if p is not None:
