@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from controller.bench import synth, synth_cnp
 from controller.compiler import compute
 from controller.compiler.builder import ClusterBuilder, cluster_from_objects
-from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue
+from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue, ProfileChange
 from controller.compiler.policy import compile_cluster
 from controller.compiler.portrange import range_to_prefixes
-from controller.compiler.stages.tier_profiles import RulePart, TierMemo
+from controller.compiler.stages.tier_profiles import ProfileState, RulePart, TierMemo
 from controller.compiler.stages.tiers import _part_contributions, fold
 from controller.core.verdicts import TIER_ACCEPT, TIER_DENY, TIER_PASS, TIER_PROFILE_BIT
 from controller.datapath import codecs
@@ -124,20 +124,28 @@ def _apply(base: Any, removed: Any, upserted: Any, entries: Any) -> dict[PolicyE
     return out
 
 
+def _two_compilations(
+    before: list[RulePart], after: list[RulePart]
+) -> tuple[TierMemo, ProfileState, ProfileState, ProfileChange | None]:
+    """A profile made of `before` parts, then (the next compilation's memo) of `after` parts:
+    (that memo, the first state, the second, its patch)."""
+    first = TierMemo()
+    old = first.profile("p", tuple(before), _intern)
+    second = TierMemo(first)
+    got = second.profile("p", tuple(after), _intern)
+    return second, old, got, second.changes.get("p")
+
+
 @settings(max_examples=300, deadline=None)
 @given(pair=part_list_pairs())
 def test_a_profile_patched_from_the_previous_compilations_equals_one_folded_from_scratch(
     pair: tuple[list[RulePart], list[RulePart]],
 ) -> None:
     before, after = pair
-    first = TierMemo()
-    old = first.profile("p", tuple(before), _intern)
-    second = TierMemo(first)
-    got = second.profile("p", tuple(after), _intern)
+    second, old, got, change = _two_compilations(before, after)
     assert dict(got.entries) == _reference(after)
     if tuple(after) == tuple(before):
         assert got is old  # nothing it depends on changed: the very entries again
-    change = second.changes.get("p")
     if change is not None:
         assert change.base is old.entries
         assert _apply(old.entries, change.removed, change.upserted, got.entries) == dict(got.entries)
@@ -150,12 +158,7 @@ def test_a_profile_patched_from_the_previous_compilations_equals_one_folded_from
 def test_the_encoding_of_a_patched_profile_and_its_sync_diff_equal_the_full_ones(
     pair: tuple[list[RulePart], list[RulePart]],
 ) -> None:
-    before, after = pair
-    first = TierMemo()
-    old = first.profile("p", tuple(before), _intern)
-    second = TierMemo(first)
-    got = second.profile("p", tuple(after), _intern)
-    change = second.changes.get("p")
+    _, old, got, change = _two_compilations(*pair)
     previous = (old.entries, _encode_profile(PID, old.entries, None, None)[0])
     full = dict(codecs.encode_policy(PID, k, v) for k, v in got.entries.items())
     patched, touched = _encode_profile(PID, got.entries, previous, change)
@@ -293,7 +296,7 @@ def _cnp(name: str, tier: str, priority: int, rules: int) -> Any:
 def test_rule_ranks_follow_the_tier_order_and_a_policy_of_another_priority_moves_none(
     specs: list[tuple[str, int, int]], extra: tuple[str, int]
 ) -> None:
-    from controller.compiler.stages.tiers import ordered, rule_ranks
+    from controller.compiler.stages.cnp_tables import ordered, rule_ranks
 
     pols = ordered(_cnp(f"p{i:02d}", tier, prio, n) for i, (tier, prio, n) in enumerate(specs))
     ranks = rule_ranks(pols)
