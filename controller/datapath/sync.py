@@ -47,7 +47,7 @@ SYNCED_MAPS = (
 OpKind = Literal["add", "update", "delete"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Op:
     kind: OpKind
     map: str
