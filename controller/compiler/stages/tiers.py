@@ -4,7 +4,8 @@ number of policies, tiers and rules (docs/INTERNALS.md "Tiers").
 
 - Order: Admin policies, then Baseline; within a tier ascending priority, ties by name, then
   rules in written order. Every rule gets a rank (following its tier's order) and a rule
-  reference (stages/cnp_tables.py, with the other node-independent tables); a packet's answer in a tier is its matching rule of lowest rank.
+  reference (stages/cnp_tables.py, with the other node-independent tables); a packet's answer
+  in a tier is its matching rule of lowest rank.
 - A rule contributes (peer identity x port spec) keys with its tier, action, rank and reference:
   `namespaces` / `pods` peers -> the pod identities they select (host-network pods have none);
   `networks` -> the CIDR identities of every policy prefix inside them (pod and node addresses
