@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     pass
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class PolicyEntryKey:
     """A policy map key without the endpoint id."""
 
@@ -29,7 +29,7 @@ class PolicyEntryKey:
     port_plen: int  # 0..16; 16 = one exact port
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PolicyEntryValue:
     """What one entry answers for all three tiers (bpf/lib/structs.h, struct policy_value): the
     compiler folds into it every rule of the same endpoint, direction and peer identity whose
@@ -153,6 +153,17 @@ FAILSAFE_INBOUND: tuple[tuple[str, int], ...] = (("TCP", 22), ("UDP", 68), *_FAI
 FAILSAFE_OUTBOUND: tuple[tuple[str, int], ...] = (("UDP", 53), ("UDP", 67), *_FAILSAFE_BOTH)
 
 
+@dataclass(frozen=True, eq=False)
+class ProfileChange:
+    """How a tier profile's entries were derived from `base` (an earlier compilation's entries of
+    the same profile, never mutated): `removed` keys taken out, then `upserted` keys set. The
+    encoder re-encodes only those when it encoded `base` (the result is the same)."""
+
+    base: Mapping[PolicyEntryKey, PolicyEntryValue]
+    removed: tuple[PolicyEntryKey, ...]
+    upserted: tuple[PolicyEntryKey, ...]
+
+
 @dataclass(frozen=True)
 class NodeDesired:
     endpoints: Mapping[str, EndpointDesired]
@@ -169,6 +180,9 @@ class NodeDesired:
     tier_profiles: Mapping[int, Mapping[PolicyEntryKey, PolicyEntryValue]] = field(default_factory=dict)
     # Calico HostEndpoints of this node, by name (their profiles are in tier_profiles)
     host_endpoints: Mapping[str, HostEndpointDesired] = field(default_factory=dict)
+    # For some of tier_profiles: how their entries were derived from an earlier compilation's
+    # (a hint for the encoder; not part of the contents)
+    tier_profile_changes: Mapping[int, ProfileChange] = field(default_factory=dict, compare=False, repr=False)
     # (protocol, port) that always pass a host endpoint, inbound and outbound (the agent's
     # --failsafe-inbound / --failsafe-outbound replace Calico's defaults)
     failsafe_inbound: tuple[tuple[str, int], ...] = FAILSAFE_INBOUND

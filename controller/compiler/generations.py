@@ -7,7 +7,10 @@ pods' /32 and /128 prefix objects with the CIDR identity of each one's longest c
 prefix, and the identity tables of the last set of active Pod objects. A stage reads the
 last generation of its kind when it builds the next one and publishes what it built; only the
 last generation of each kind is kept, and a published value is never mutated (another thread's
-compilation may still be reading it).
+compilation may still be reading it). The one exception, the tier memo
+(controller/compiler/stages/tier_profiles.py), is published when its compilation starts and only
+gains entries while that compilation's nodes are computed: a reader only looks entries up, and
+an entry, once there, never changes.
 
 Ownership: a ClusterBuilder (controller.compiler.model) makes one GenerationCache and every
 ClusterState it builds carries it (ClusterState.generations); compile_cluster compiles a

@@ -46,6 +46,7 @@ from controller.compiler.stages.ipcache import Ipcache, IpcacheMap, NodeIpcaches
 from controller.compiler.stages.named_ports import NamedPorts
 from controller.compiler.stages.policies import PolicyTables, rule_ref
 from controller.compiler.stages.selection import NamespaceIndex, PeerSelector, Selection
+from controller.compiler.stages.tier_profiles import TierMemo
 from controller.compiler.stages.tiers import CnpTables, Tiers
 from controller.core.log import get_logger
 from controller.core.net import IPNetwork
@@ -96,8 +97,10 @@ class CompiledCluster:
             and delta is not None
             and not delta.namespaces
             and not delta.nodes
-            and not delta.cluster_policies
-            and not cluster.calico_policies  # (Calico's tier is compiled in full; see INTERNALS)
+            # (Calico's tier is compiled in full; see INTERNALS; ClusterNetworkPolicies are not)
+            and not cluster.calico_policies
+            and previous.tiers.calico is None
+            and not (delta.cluster_policies and (cluster.host_endpoints or previous.host_endpoints))
         ):
             try:
                 if self._update(cluster, previous, delta):
@@ -115,14 +118,21 @@ class CompiledCluster:
         selection = Selection.build(policies, identities)
         selector = PeerSelector.build(identities, namespaces)
         named = NamedPorts.build(policies.named_rules, identities, selector)
-        cnp = CnpTables(cluster.cluster_policies, identities, selector, cluster.nodes)
+        memo = self._tier_memo()
+        cnp = CnpTables(cluster.cluster_policies, identities, selector, cluster.nodes, memo)
         calico = CalicoTables(cluster.calico_policies, cluster.policies, identities, cluster.namespace_labels)
         cidr = CidrTables.build(policies.block_prefixes | named.exact | cnp.prefixes | calico.prefixes)
         ipcache = Ipcache.build(cluster.nodes, identities, cidr, self.generations)
         catalogue = IdentityCatalogue.build(identities, cidr.cidr_identity)
         self._set(policies, identities, namespaces, selection, selector, named, ipcache, catalogue)
         self.entries = RuleEntries(identities, selection, selector, cidr, named)
-        self.tiers = Tiers(cnp, cidr, CalicoTier(calico, cidr) if calico.policies else None, policies.rules)
+        self.tiers = Tiers(
+            cnp,
+            cidr,
+            CalicoTier(calico, cidr) if calico.policies else None,
+            policies.rules,
+            memo,
+        )
         self.node_ipcaches = NodeIpcaches(ipcache)
         self.node_endpoints = NodeEndpoints(self.entries, self.pods, self.policy_map, self.tiers)
 
@@ -156,7 +166,8 @@ class CompiledCluster:
             changes.touched,
             inputs_changed=bool(changes.touched or delta.policies or not same_indexes),
         )
-        cnp = CnpTables(cluster.cluster_policies, identities, selector, cluster.nodes)
+        memo = self._tier_memo()
+        cnp = CnpTables(cluster.cluster_policies, identities, selector, cluster.nodes, memo)
         cidr = prev.cidr.update(policies.block_prefixes | named.exact | cnp.prefixes)
         ipcache = prev.ipcache.update(
             prev.pods, cluster.pods, delta.pods, cluster.nodes, identities, cidr, self.generations
@@ -174,15 +185,22 @@ class CompiledCluster:
             and cidr is prev.cidr
             and not named.changed
             and not cluster.cluster_policies  # (what the tiers give an endpoint may have changed)
+            and not delta.cluster_policies
         )
         self._set(policies, identities, namespaces, selection, selector, named, ipcache, catalogue)
         self.entries = RuleEntries(identities, selection, selector, cidr, named, keys=prev.entries.keys)
-        self.tiers = Tiers(cnp, cidr)
+        self.tiers = Tiers(cnp, cidr, memo=memo)
         self.node_ipcaches = NodeIpcaches(ipcache, prev.node_ipcaches)
         self.node_endpoints = NodeEndpoints(
             self.entries, self.pods, self.policy_map, self.tiers, prev.node_endpoints, delta.pods, stable
         )
         return True
+
+    def _tier_memo(self) -> TierMemo:
+        """This compilation's tier memo, reading the last one's (published for the next)."""
+        memo = TierMemo(self.generations.last(TierMemo))
+        self.generations.publish(memo)
+        return memo
 
     def _set(
         self,
@@ -310,6 +328,7 @@ class CompiledCluster:
         return NodeDesired(
             endpoints=endpoints,
             tier_profiles={p: profiles[p] for p in sorted(used) if p},
+            tier_profile_changes={p: self.tiers.changes[p] for p in used if p in self.tiers.changes},
             host_endpoints=heps,
             ipcache=self.ipcache_for(node),
             rules={**self.rules, **self.tiers.rules},

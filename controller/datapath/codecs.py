@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import ipaddress
+import struct
 from dataclasses import dataclass
 
 from controller.compiler.desired_state import HostEndpointDesired, PolicyEntryKey, PolicyEntryValue
@@ -143,6 +144,10 @@ _POLICY_VALUE_FIELDS = tuple(f.name for f in dataclasses.fields(PolicyEntryValue
 
 
 def encode_policy(ep_id: int, key: PolicyEntryKey, value: PolicyEntryValue) -> tuple[bytes, bytes]:
+    return encode_policy_key(ep_id, key), encode_policy_value(value)
+
+
+def encode_policy_key(ep_id: int, key: PolicyEntryKey) -> bytes:
     if key.proto == 0 and (key.port or key.port_plen):
         raise ValueError(f"policy entry {key}: a port needs a protocol")
     if not 0 <= key.port_plen <= 16:
@@ -150,16 +155,17 @@ def encode_policy(ep_id: int, key: PolicyEntryKey, value: PolicyEntryValue) -> t
     plen = policy_prefixlen(key)
     # Zero the host bits beyond the prefix: the trie ignores them, but the diff compares bytes.
     mask = (0xFFFF << (16 - key.port_plen)) & 0xFFFF if key.port_plen else 0
-    k = PolicyKey(
-        prefixlen=plen,
-        ep_id=ep_id,
-        identity=key.identity,
-        dir=key.direction,
-        proto=key.proto,
-        dport=be16(key.port & mask),
-    )
+    # struct policy_key (abi.PolicyKey's layout, packed without ctypes: a profile has 10^5 keys)
+    dport = (key.port & mask).to_bytes(2, "big")
+    return _POLICY_KEY.pack(plen, ep_id, key.identity, key.direction, key.proto, dport)
+
+
+_POLICY_KEY = struct.Struct("=IIIBB2s")
+
+
+def encode_policy_value(value: PolicyEntryValue) -> bytes:
     v = PolicyValue(flags=0, **{f: getattr(value, f) for f in _POLICY_VALUE_FIELDS})  # pad stays zero
-    return bytes(k), bytes(v)
+    return bytes(v)
 
 
 def decode_policy(kb: bytes, vb: bytes) -> tuple[int, PolicyEntryKey, PolicyEntryValue]:

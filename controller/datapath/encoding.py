@@ -13,7 +13,13 @@ from itertools import compress, count, islice
 from operator import is_
 from typing import Any
 
-from controller.compiler.desired_state import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue
+from controller.compiler.desired_state import (
+    EndpointDesired,
+    NodeDesired,
+    PolicyEntryKey,
+    PolicyEntryValue,
+    ProfileChange,
+)
 from controller.core.net import L4_PROTOCOLS, IPNetwork
 from controller.core.seqdiff import equal_run
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
@@ -90,6 +96,11 @@ class Encoding:
     local: dict[bytes, bytes]  # vg_local: the node's addresses and its pods'
     hosteps: dict[bytes, bytes] = dataclasses.field(default_factory=dict)  # vg_hosteps
     failsafe: dict[bytes, bytes] = dataclasses.field(default_factory=dict)  # vg_failsafe
+    # ep_id -> (an earlier encoding of its entries, the keys that may differ from it): for the
+    # tier profiles the encoder patched, so the sync compares only those keys
+    policy_touched: dict[int, tuple[Mapping[bytes, bytes], frozenset[bytes]]] = dataclasses.field(
+        default_factory=dict
+    )
 
     def maps(self) -> dict[str, dict[bytes, bytes]]:
         """Key/value bytes per synced map (vg_slots empty: apply assigns the slots). The
@@ -177,10 +188,15 @@ class Encoder:
         self._endpoints = kept
         # Tier profiles: keyed in vg_policy by their id (TIER_PROFILE_BIT set) like an endpoint.
         profiles: dict[int, tuple[Mapping[PolicyEntryKey, PolicyEntryValue], dict[bytes, bytes]]] = {}
+        changes = getattr(desired, "tier_profile_changes", {})
+        touched: dict[int, tuple[Mapping[bytes, bytes], frozenset[bytes]]] = {}
         for pid, entries in getattr(desired, "tier_profiles", {}).items():
             got = self._profiles.get(pid)
             if got is None or got[0] is not entries:
-                got = (entries, dict(codecs.encode_policy(pid, k, v) for k, v in entries.items()))
+                encoded, keys = _encode_profile(pid, entries, got, changes.get(pid))
+                if got is not None and keys is not None:
+                    touched[pid] = (got[1], keys)
+                got = (entries, encoded)
             profiles[pid] = got
             policy[pid] = got[1]
         self._profiles = profiles
@@ -205,7 +221,7 @@ class Encoder:
             for proto, port in ports if hosteps else ():
                 kb, vb = codecs.encode_failsafe(L4_PROTOCOLS[proto], port, direction)
                 failsafe[kb] = vb
-        return Encoding(endpoints, policy, ipcache, self._frontends[1], local, hosteps, failsafe)
+        return Encoding(endpoints, policy, ipcache, self._frontends[1], local, hosteps, failsafe, touched)
 
     def _encode_ipcache(self, ipcache: Mapping[IPNetwork, tuple[int, int]]) -> IpcacheEncoding:
         last = self._ipcache
@@ -388,6 +404,39 @@ def _encode_endpoint(
             encoded[kb] = vb
         policy = encoded
     return _EndpointEncoding(ep, ifindex, k, v, entries, policy, local)
+
+
+def _encode_profile(
+    pid: int,
+    entries: Mapping[PolicyEntryKey, PolicyEntryValue],
+    previous: tuple[Mapping[PolicyEntryKey, PolicyEntryValue], dict[bytes, bytes]] | None,
+    change: ProfileChange | None,
+) -> tuple[dict[bytes, bytes], frozenset[bytes] | None]:
+    """A tier profile's vg_policy entries, and the keys that may differ from the previous
+    encoding's when it was derived from it (None: encoded in full). Derived when the previous
+    encoding is of the base of the compiler's `change`: only the changed keys are encoded.
+    Entries with one value object share its encoding."""
+    values: dict[int, bytes] = {}
+
+    def value_bytes(v: PolicyEntryValue) -> bytes:
+        vb = values.get(id(v))
+        if vb is None:
+            vb = values[id(v)] = codecs.encode_policy_value(v)
+        return vb
+
+    if previous is not None and change is not None and previous[0] is change.base:
+        encoded = dict(previous[1])
+        touched: set[bytes] = set()
+        for k in change.removed:
+            kb = codecs.encode_policy_key(pid, k)
+            encoded.pop(kb, None)
+            touched.add(kb)
+        for k in change.upserted:
+            kb = codecs.encode_policy_key(pid, k)
+            encoded[kb] = value_bytes(entries[k])
+            touched.add(kb)
+        return encoded, frozenset(touched)
+    return {codecs.encode_policy_key(pid, k): value_bytes(v) for k, v in entries.items()}, None
 
 
 def desired_maps(

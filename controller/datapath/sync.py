@@ -15,7 +15,7 @@ import ctypes
 import errno
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -48,7 +48,7 @@ SYNCED_MAPS = (
 OpKind = Literal["add", "update", "delete"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Op:
     kind: OpKind
     map: str
@@ -318,7 +318,7 @@ def apply_encoding(
                 "vg_local": diff("vg_local", encoding.local, old.local),
                 "vg_ipcache4": _diff_ipcache("vg_ipcache4", encoding.ipcache, old.ipcache),
                 "vg_ipcache6": _diff_ipcache("vg_ipcache6", encoding.ipcache, old.ipcache),
-                "vg_policy": _diff_policy(encoding.policy, old.policy),
+                "vg_policy": _diff_policy(encoding.policy, old.policy, encoding.policy_touched),
                 "vg_slots": diff("vg_slots", slots, previous.slots),
                 "vg_endpoints": diff("vg_endpoints", endpoints, previous.endpoints),
                 "vg_svc": diff("vg_svc", encoding.svc, old.svc),
@@ -349,14 +349,16 @@ def _diff_ipcache(name: str, new: IpcacheEncoding, old: IpcacheEncoding) -> tupl
 
 
 def _diff_policy(
-    new: Mapping[int, Mapping[bytes, bytes]], old: Mapping[int, Mapping[bytes, bytes]]
+    new: Mapping[int, Mapping[bytes, bytes]],
+    old: Mapping[int, Mapping[bytes, bytes]],
+    touched: Mapping[int, tuple[Mapping[bytes, bytes], frozenset[bytes]]] | None = None,
 ) -> tuple[list[Op], list[Op]]:
     """diff() of vg_policy, endpoint by endpoint (every key holds its ep_id, so the endpoints'
-    keys are disjoint); an endpoint whose entries are the very mapping written is skipped."""
-    changed: list[bytes] = []
+    keys are disjoint); an endpoint whose entries are the very mapping written is skipped, and
+    one the encoder derived from the mapping written (`touched`) is compared on the keys it
+    touched only."""
+    upserts: list[tuple[bytes, bytes, bool]] = []  # (key, value, whether it is new)
     removed: list[bytes] = []
-    merged_want: dict[bytes, bytes] = {}
-    merged_had: dict[bytes, bytes] = {}
     for ep_id, want in new.items():
         had = old.get(ep_id)
         if had is want:
@@ -364,19 +366,26 @@ def _diff_policy(
         if had is None:
             had = {}
         get = had.get
-        changed.extend(k for k, v in want.items() if get(k) != v)
-        removed.extend(k for k in had if k not in want)
-        merged_want.update(want)
-        merged_had.update(had)
+        hint = touched.get(ep_id) if touched else None
+        keys: Iterable[bytes] = hint[1] if hint is not None and hint[0] is had else want
+        for k in keys:
+            v = want.get(k)
+            if v is not None:
+                h = get(k)
+                if h != v:
+                    upserts.append((k, v, h is None))
+            elif k in had:
+                removed.append(k)
+        if keys is want:
+            removed.extend(k for k in had if k not in want)
     for ep_id, had in old.items():
         if ep_id not in new:
             removed.extend(had)
-            merged_had.update(had)
-    get = merged_had.get
-    upserts = [
-        Op("add" if get(k) is None else "update", "vg_policy", k, merged_want[k]) for k in sorted(changed)
-    ]
-    return upserts, [Op("delete", "vg_policy", k) for k in sorted(removed)]
+    upserts.sort(key=lambda u: u[0])
+    return (
+        [Op("add" if is_new else "update", "vg_policy", k, v) for k, v, is_new in upserts],
+        [Op("delete", "vg_policy", k) for k in sorted(removed)],
+    )
 
 
 def _execute(

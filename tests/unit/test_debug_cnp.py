@@ -366,9 +366,10 @@ def test_bpf_policy_shows_each_entrys_networkpolicy_verdict_and_tier_rules(view:
         "default-deny-z",
         "ingress[0] (deny-from-z)",
     )
-    assert row["admin_rank"] == 1 and row["baseline_rank"] == 0
-    assert bpfview.tier_cell(row, "admin") == "Pass(rank 1) protect-x-a ingress[1] (pass-z)"
-    assert bpfview.tier_cell(row, "baseline") == "Deny(rank 0) default-deny-z ingress[0] (deny-from-z)"
+    # rank: priority * 1,000,000 + place among the tier's policies of that priority * 1,000 + rule index
+    assert row["admin_rank"] == 10_000_001 and row["baseline_rank"] == 5_000_000
+    assert bpfview.tier_cell(row, "admin") == "Pass(rank 10000001) protect-x-a ingress[1] (pass-z)"
+    assert bpfview.tier_cell(row, "baseline") == "Deny(rank 5000000) default-deny-z ingress[0] (deny-from-z)"
     yc = [
         r
         for r in bpfview.policy_rows(

@@ -3,8 +3,9 @@ endpoint into its policy entries, so the datapath decides with three lookups wha
 number of policies, tiers and rules (docs/INTERNALS.md "Tiers").
 
 - Order: Admin policies, then Baseline; within a tier ascending priority, ties by name, then
-  rules in written order. Every rule gets a rank (its place in its tier's order) and a rule
-  reference; a packet's answer in a tier is its matching rule of lowest rank.
+  rules in written order. Every rule gets a rank (following its tier's order) and a rule
+  reference (stages/cnp_tables.py, with the other node-independent tables); a packet's answer
+  in a tier is its matching rule of lowest rank.
 - A rule contributes (peer identity x port spec) keys with its tier, action, rank and reference:
   `namespaces` / `pods` peers -> the pod identities they select (host-network pods have none);
   `networks` -> the CIDR identities of every policy prefix inside them (pod and node addresses
@@ -19,12 +20,13 @@ number of policies, tiers and rules (docs/INTERNALS.md "Tiers").
   the same policies select (with the same named-port resolution): a cluster-wide policy costs
   its entries once per node. NetworkPolicy's entries stay the endpoint's own.
 - fold(): the LPM map returns only the longest match of one identity, so every key carries, per
-  tier, the best rule among the keys of the same identity that cover it, computed here.
+  tier, the best rule among the keys of the same identity that cover it. ClusterNetworkPolicy
+  profiles are folded per identity signature and carried across compilations by
+  stages/tier_profiles.py (fold() is its reference, and folds Calico's profiles).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,17 +35,22 @@ from typing import NamedTuple
 
 from controller.compiler.calico import CalicoPolicy, HostEndpoint
 from controller.compiler.cnp import ACCEPT, DENY, PASS, TIERS, ClusterNetworkPolicy, CnpPeer, CnpRule
-from controller.compiler.desired_state import HostEndpointDesired, PolicyEntryKey, PolicyEntryValue, RuleRef
-from controller.compiler.model import IPBlock, Node, Peer, Pod
-from controller.compiler.portrange import range_to_prefixes
-from controller.compiler.selectors import LabelIndex
+from controller.compiler.desired_state import (
+    HostEndpointDesired,
+    PolicyEntryKey,
+    PolicyEntryValue,
+    ProfileChange,
+    RuleRef,
+)
+from controller.compiler.model import IPBlock, Pod
 from controller.compiler.stages.calico_tier import LOG_ACTION, CalicoTier
-from controller.compiler.stages.cidr import CidrTables, IPAddress, host_prefix
-from controller.compiler.stages.identities import IdentityTables
-from controller.compiler.stages.policies import rule_ref
-from controller.compiler.stages.selection import PeerSelector
+from controller.compiler.stages.cidr import CidrTables, host_prefix
+from controller.compiler.stages.cnp_tables import ALL_PORTS, CnpTables, PortSpec, ip_address, resolve_named
+from controller.compiler.stages.cnp_tables import cnp_rule_ref as cnp_rule_ref  # (re-exported)
+from controller.compiler.stages.cnp_tables import named_ports as _named
+from controller.compiler.stages.cnp_tables import port_specs as _port_specs
+from controller.compiler.stages.tier_profiles import RulePart, TierMemo
 from controller.core.identities import ID_ANY
-from controller.core.net import L4_PROTOCOLS, IPNetwork
 from controller.core.verdicts import (
     DIR_EGRESS,
     DIR_INGRESS,
@@ -59,8 +66,6 @@ SLOTS = 4
 _ACTIONS = {ACCEPT: TIER_ACCEPT, DENY: TIER_DENY, PASS: TIER_PASS}
 
 KeyTuple = tuple[int, int, int, int, int]  # (direction, identity, proto, port, port_plen)
-PortSpec = tuple[int, int, int]  # (proto, port, port_plen)
-ALL_PORTS: tuple[PortSpec, ...] = ((0, 0, 0),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,146 +77,6 @@ class Contribution:
     action: int
     rank: int
     ref: int
-
-
-def cnp_rule_ref(name: str, direction: int, index: int) -> int:
-    """The rule reference of a ClusterNetworkPolicy rule: NetworkPolicy's formula with no
-    namespace, so the two never name the same string."""
-    return rule_ref("", name, direction, index)
-
-
-def ordered(policies: Iterable[ClusterNetworkPolicy]) -> list[ClusterNetworkPolicy]:
-    return sorted(policies, key=lambda p: p.order)
-
-
-def _port_specs(rule: CnpRule) -> tuple[PortSpec, ...]:
-    """Numeric port specs of a rule (ALL_PORTS without `protocols`; named ports excluded)."""
-    if rule.ports is None:
-        return ALL_PORTS
-    out: list[PortSpec] = []
-    for p in rule.ports:
-        if p.named is not None:
-            continue
-        proto = L4_PROTOCOLS[p.protocol]
-        if p.start == 0:
-            out.append((proto, 0, 0))
-        elif p.start == p.end:
-            out.append((proto, p.start, 16))
-        else:
-            out.extend((proto, port, plen) for port, plen in range_to_prefixes(p.start, p.end))
-    return tuple(out)
-
-
-def _named(rule: CnpRule) -> tuple[str, ...]:
-    return tuple(p.named for p in rule.ports or () if p.named is not None)
-
-
-def resolve_named(pod: Pod, names: Sequence[str]) -> tuple[PortSpec, ...]:
-    """`destinationNamedPort` names resolved on a pod: every container port of that name, with
-    its own protocol."""
-    return tuple(sorted({(L4_PROTOCOLS[c.protocol], c.port, 16) for c in pod.ports if c.name in names}))
-
-
-class CnpTables:
-    """The node-independent part: policies in order, ranks and references, each rule's peers as
-    identities, and the prefixes the tiers need as CIDR identities (known before the CIDR
-    stage runs: `prefixes`)."""
-
-    def __init__(
-        self,
-        policies: Mapping[str, ClusterNetworkPolicy],
-        identities: IdentityTables,
-        selector: PeerSelector,
-        nodes: Mapping[str, Node],
-    ) -> None:
-        self.policies = ordered(policies.values())
-        self.selector = selector
-        self.pods_by_identity = identities.pods_by_identity
-        self.nodes = nodes
-        self.rules: dict[int, RuleRef] = {}
-        # (policy name, direction, rule index) -> (rank, ref)
-        self.place: dict[tuple[str, int, int], tuple[int, int]] = {}
-        ranks = [0, 0]
-        for pol in self.policies:
-            tier = TIERS.index(pol.tier)
-            for direction, rules in ((DIR_INGRESS, pol.ingress), (DIR_EGRESS, pol.egress)):
-                for rule in rules:
-                    ref = cnp_rule_ref(pol.name, direction, rule.index)
-                    rr = RuleRef("", pol.name, direction, rule.index, pol.tier, rule.name)
-                    self.rules.setdefault(ref, rr)
-                    self.place[(pol.name, direction, rule.index)] = (ranks[tier], ref)
-                    ranks[tier] += 1
-        self._node_addresses: dict[object, tuple[IPAddress, ...]] = {}
-        self._subjects: dict[str, frozenset[int]] = {}
-        self.prefixes = frozenset(self._prefixes())
-
-    # -- selection -----------------------------------------------------------------------------
-
-    def subject_identities(self, pol: ClusterNetworkPolicy) -> frozenset[int]:
-        """Pod identities the policy's subject selects (every pod when the subject is unusable)."""
-        hit = self._subjects.get(pol.name)
-        if hit is None:
-            if pol.subject_pods is not None:
-                hit = self.select(CnpPeer("pods", namespaces=pol.subject_pods[0], pods=pol.subject_pods[1]))
-            else:
-                hit = self.select(CnpPeer("namespaces", namespaces=pol.subject_namespaces))
-            self._subjects[pol.name] = hit
-        return hit
-
-    def select(self, peer: CnpPeer) -> frozenset[int]:
-        if peer.namespaces is None:  # an unusable subject: every pod
-            return frozenset(self.pods_by_identity)
-        peer_as_np = Peer(pod_selector=peer.pods, namespace_selector=peer.namespaces)
-        return self.selector.peer_identities("", peer_as_np)
-
-    def node_addresses(self, peer: CnpPeer) -> tuple[IPAddress, ...]:
-        """Addresses of the nodes a `nodes` peer selects."""
-        hit = self._node_addresses.get(peer.nodes)
-        if hit is None:
-            assert peer.nodes is not None
-            sel = peer.nodes
-            index = LabelIndex((i, n.labels) for i, n in enumerate(self.nodes.values()))
-            chosen = set(sel.select(index))
-            hit = tuple(
-                _address(a)
-                for i, n in enumerate(self.nodes.values())
-                if i in chosen
-                for a in (*n.addresses, *n.external_addresses)
-            )
-            self._node_addresses[peer.nodes] = hit
-        return hit
-
-    def named_targets(self, rule: CnpRule) -> list[tuple[Pod, tuple[PortSpec, ...]]]:
-        """Egress named ports: (destination pod, its resolution) for every pod the peers select."""
-        names = _named(rule)
-        out: list[tuple[Pod, tuple[PortSpec, ...]]] = []
-        for peer in rule.peers:
-            if peer.kind not in ("namespaces", "pods"):
-                continue
-            for ident in sorted(self.select(peer)):
-                for pod in self.pods_by_identity.get(ident, ()):
-                    specs = resolve_named(pod, names)
-                    if specs and pod.ips:
-                        out.append((pod, specs))
-        return out
-
-    def _prefixes(self) -> Iterable[IPNetwork]:
-        for pol in self.policies:
-            for rule in pol.egress:
-                if rule.matches_nothing or rule.deny_all:
-                    continue
-                for peer in rule.peers:
-                    if peer.kind == "networks":
-                        yield from peer.networks
-                    elif peer.kind == "nodes":
-                        yield from (host_prefix(a) for a in self.node_addresses(peer))
-                if _named(rule):
-                    for pod, _ in self.named_targets(rule):
-                        yield from (host_prefix(_address(ip)) for ip in pod.ips)
-
-
-def _address(text: str) -> IPAddress:
-    return ipaddress.ip_address(text)
 
 
 ProfileKey = tuple[object, ...]  # what a profile's entries are a function of (hashed to its id)
@@ -241,6 +106,7 @@ class Tiers:
         cidr: CidrTables,
         calico: CalicoTier | None = None,
         np_rules: Mapping[int, RuleRef] | None = None,
+        memo: TierMemo | None = None,
     ) -> None:
         self.tables = tables
         self.np_rules = np_rules or {}
@@ -248,18 +114,24 @@ class Tiers:
         self.calico = calico
         self.rules = {**tables.rules, **(calico.tables.rules if calico is not None else {})}
         self._np_sigs: dict[int, tuple[Entries, int]] = {}
-        self._by_identity: dict[int, list[ClusterNetworkPolicy]] = {}
-        for pol in tables.policies:
-            for ident in tables.subject_identities(pol):
-                self._by_identity.setdefault(ident, []).append(pol)
-        self._rule_cache: dict[tuple[str, int, int], tuple[Contribution, ...]] = {}
+        self._by_identity: dict[int, list[ClusterNetworkPolicy]] = {}  # filled on use
+        self.memo = memo if memo is not None else TierMemo()
+        self._ingress_names: dict[int, tuple[str, ...]] = {}  # identity -> its policies' named ports
+        self._node_idents: dict[object, frozenset[int]] = {}  # a `nodes` selector's CIDR identities
+        self._part_cache: dict[tuple[str, int, int, tuple[PortSpec, ...]], RulePart | None] = {}
         self._endpoint_cache: dict[tuple[object, ...], EndpointTiers] = {}
         self._profile_ids: dict[ProfileKey, int] = {}
         self._taken: set[int] = set()
         self.profiles: dict[int, Mapping[PolicyEntryKey, PolicyEntryValue]] = {}
+        self.changes: dict[int, ProfileChange] = {}  # how some profiles' entries were derived
 
     def policies_for(self, identity: int) -> list[ClusterNetworkPolicy]:
-        return self._by_identity.get(identity, [])
+        """The policies whose subject selects the identity, in order."""
+        got = self._by_identity.get(identity)
+        if got is None:
+            subjects = self.tables.subject_identities
+            got = self._by_identity[identity] = [p for p in self.tables.policies if identity in subjects(p)]
+        return got
 
     def calico_policies_for(self, identity: int) -> tuple[str, ...]:
         if self.calico is None:
@@ -273,34 +145,60 @@ class Tiers:
                 out |= self.cidr.block_identities(IPBlock(net))
             return frozenset(out)
         if peer.kind == "nodes":
-            addresses = self.tables.node_addresses(peer)
-            return frozenset(self.cidr.cidr_identity[host_prefix(a)] for a in addresses)
+            got = self._node_idents.get(peer.nodes)
+            if got is None:
+                ids = self.cidr.cidr_identity
+                got = self._node_idents[peer.nodes] = frozenset(
+                    ids[n] for n in self.tables.node_prefixes(peer)
+                )
+            return got
         return self.tables.select(peer)
 
-    def _contributions(
+    def _part(
         self, pol: ClusterNetworkPolicy, direction: int, rule: CnpRule, own_named: tuple[PortSpec, ...]
-    ) -> tuple[Contribution, ...]:
-        tier = TIERS.index(pol.tier)
+    ) -> RulePart | None:
+        """The rule's share of a profile (None: it matches nothing); once per compilation and
+        (rule, named-port resolution), interned in the memo."""
+        ckey = (pol.name, direction, rule.index, own_named)
+        if ckey in self._part_cache:
+            return self._part_cache[ckey]
         rank, ref = self.tables.place[(pol.name, direction, rule.index)]
-        action = _ACTIONS[rule.action]
+        head = (TIERS.index(pol.tier), _ACTIONS[rule.action], rank, ref)
+        part: RulePart | None = None
         if rule.matches_nothing:
-            return ()
-        if rule.deny_all:
-            return (Contribution((direction, ID_ANY, 0, 0, 0), tier, TIER_DENY, rank, ref),)
-        specs = _port_specs(rule)
-        if direction == DIR_INGRESS:
-            specs = specs + own_named
-        keys: list[KeyTuple] = []
-        if specs:
-            for peer in rule.peers:
-                for ident in sorted(self._peer_identities(peer)):
-                    keys.extend((direction, ident, *s) for s in specs)
-        if direction == DIR_EGRESS and _named(rule):
-            for pod, resolved in self.tables.named_targets(rule):
-                for ip in pod.ips:
-                    dest = self.cidr.cidr_identity[host_prefix(_address(ip))]
-                    keys.extend((direction, dest, *s) for s in resolved)
-        return tuple(Contribution(k, tier, action, rank, ref) for k in dict.fromkeys(keys))
+            pass
+        elif rule.deny_all:
+            part = RulePart(direction, (head[0], TIER_DENY, rank, ref), ALL_PORTS, frozenset((ID_ANY,)))
+        else:
+            specs = _port_specs(rule)
+            if direction == DIR_INGRESS:
+                specs = specs + own_named
+            idents: frozenset[int] = frozenset()
+            if specs:
+                peers = [self._peer_identities(peer) for peer in rule.peers]
+                idents = peers[0] if len(peers) == 1 else frozenset().union(*peers)
+            extra: list[tuple[int, tuple[PortSpec, ...]]] = []
+            if direction == DIR_EGRESS and _named(rule):
+                for pod, resolved in self.tables.named_targets(rule):
+                    for ip in pod.ips:
+                        extra.append((self.cidr.cidr_identity[host_prefix(ip_address(ip))], resolved))
+            if idents or extra:
+                part = RulePart(direction, head, specs, idents, tuple(extra))
+        if part is not None:
+            part = self.memo.part(part)
+        self._part_cache[ckey] = part
+        return part
+
+    def _parts(self, pols: Sequence[ClusterNetworkPolicy], pod: Pod) -> tuple[RulePart, ...]:
+        out: list[RulePart] = []
+        for pol in pols:
+            for direction, rules in ((DIR_INGRESS, pol.ingress), (DIR_EGRESS, pol.egress)):
+                for rule in rules:
+                    own_named = resolve_named(pod, _named(rule)) if direction == DIR_INGRESS else ()
+                    part = self._part(pol, direction, rule, own_named)
+                    if part is not None:
+                        out.append(part)
+        return tuple(out)
 
     def endpoint(
         self,
@@ -316,7 +214,11 @@ class Tiers:
         cal_in, cal_eg = self.calico.directions(identity) if self.calico is not None else (False, False)
         if not pols and not cal_in and not cal_eg:
             return NOT_TIERED
-        names = tuple(n for pol in pols for r in pol.ingress for n in _named(r))
+        names = self._ingress_names.get(identity)
+        if names is None:
+            names = self._ingress_names[identity] = tuple(
+                n for pol in pols for r in pol.ingress for n in _named(r)
+            )
         own = resolve_named(pod, names) if names else ()
         cal_own = (
             self.calico.named_own(identity, pod) if self.calico is not None and (cal_in or cal_eg) else ()
@@ -338,40 +240,45 @@ class Tiers:
         profile = self._profile_ids.get(pkey)
         if profile is None:
             profile = self._allocate(pkey)
-            out: list[Contribution] = []
-            for pol in pols:
-                for direction, rules in ((DIR_INGRESS, pol.ingress), (DIR_EGRESS, pol.egress)):
-                    for rule in rules:
-                        own_named = resolve_named(pod, _named(rule)) if direction == DIR_INGRESS else ()
-                        ckey = (pol.name, direction, rule.index) if not own_named else None
-                        cached = self._rule_cache.get(ckey) if ckey is not None else None
-                        if cached is None:
-                            cached = self._contributions(pol, direction, rule, own_named)
-                            if ckey is not None:
-                                self._rule_cache[ckey] = cached
-                        out.extend(cached)
-            if self.calico is not None and (cal_in or cal_eg):
-                got, _ = self.calico.contributions(identity, pod)
-                out.extend(
-                    Contribution(c.key, LOG if c.action == LOG_ACTION else CALICO, c.action, c.rank, c.ref)
-                    for c in got
-                )
-                for k, v in (np_entries or {}).items():
-                    if (cal_in if k.direction == DIR_INGRESS else cal_eg) and v.verdict == VERDICT_ALLOW:
-                        rank = self._np_rank(v.rule_ref)
-                        key5 = (k.direction, k.identity, k.proto, k.port, k.port_plen)
-                        out.append(Contribution(key5, CALICO, TIER_ACCEPT, rank, v.rule_ref))
-            self.profiles[profile] = MappingProxyType(fold(out, intern))
+            parts = self._parts(pols, pod)
+            if not cal_in and not cal_eg:
+                state = self.memo.profile(pkey, parts, intern)
+                self.profiles[profile] = state.entries
+                change = self.memo.changes.get(pkey)
+                if change is not None:
+                    self.changes[profile] = change
+            else:
+                out = [c for part in parts for c in _part_contributions(part)]
+                out.extend(self._calico_contributions(identity, pod, np_entries, cal_in, cal_eg))
+                self.profiles[profile] = MappingProxyType(fold(out, intern))
         hit = EndpointTiers(
             any(p.ingress for p in pols) or cal_in,
             any(p.egress for p in pols) or cal_eg,
             profile,
             cal_in,
             cal_eg,
-            any(v.log for v in self.profiles[profile].values()),
+            (cal_in or cal_eg) and any(v.log for v in self.profiles[profile].values()),
         )
         self._endpoint_cache[key] = hit
         return hit
+
+    def _calico_contributions(
+        self, identity: int, pod: Pod, np_entries: Entries | None, cal_in: bool, cal_eg: bool
+    ) -> list[Contribution]:
+        """Calico's tier's contributions to a profile: its rules and the NetworkPolicy entries
+        of the directions it polices, at their policy's rank."""
+        assert self.calico is not None
+        got, _ = self.calico.contributions(identity, pod)
+        out = [
+            Contribution(c.key, LOG if c.action == LOG_ACTION else CALICO, c.action, c.rank, c.ref)
+            for c in got
+        ]
+        for k, v in (np_entries or {}).items():
+            if (cal_in if k.direction == DIR_INGRESS else cal_eg) and v.verdict == VERDICT_ALLOW:
+                rank = self._np_rank(v.rule_ref)
+                key5 = (k.direction, k.identity, k.proto, k.port, k.port_plen)
+                out.append(Contribution(key5, CALICO, TIER_ACCEPT, rank, v.rule_ref))
+        return out
 
     def host_endpoint(
         self, hep: HostEndpoint, intern: Callable[[int, int, int, int, int], PolicyEntryKey]
@@ -446,6 +353,14 @@ class Tiers:
         self._taken.add(profile)
         self._profile_ids[pkey] = profile
         return profile
+
+
+def _part_contributions(part: RulePart) -> Iterable[Contribution]:
+    """A part's contributions, one per key (the fold's input)."""
+    tier, action, rank, ref = part.head
+    keys = [(part.direction, ident, *s) for ident in sorted(part.idents) for s in part.specs]
+    keys += [(part.direction, ident, *s) for ident, specs in part.extra for s in specs]
+    return (Contribution(k, tier, action, rank, ref) for k in dict.fromkeys(keys))
 
 
 def _ancestors(key: KeyTuple) -> list[KeyTuple]:
