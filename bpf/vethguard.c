@@ -161,6 +161,10 @@ static __always_inline int vg_fast(struct __sk_buff *skb, __u8 dir)
 		revision = cfg->revision;
 	if (vg_parse(skb, &p) != PARSE_OK || p.frag != VG_FRAG_NONE || p.icmp_err || vg_icmp_untracked(&p))
 		return 0;
+	/* A TCP SYN opens a new flow (or retransmits one): the full path's own lookups decide it, so
+	 * it does not pay two conntrack misses here first. */
+	if (p.proto == IPPROTO_TCP && (p.tcp_flags & (VG_TCP_SYN | VG_TCP_ACK)) == VG_TCP_SYN)
+		return 0;
 	v = vg_ct_find(&k, &p, skb->ifindex, dir, now, &reply);
 	return v && vg_ct_fast(skb, v, &p, reply, dir, revision, skb->len, now);
 }

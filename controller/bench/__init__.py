@@ -8,6 +8,8 @@
   control_plane.py   compile time, event -> map-updated latency, RSS, map memory, lab realization
   hostep_cost.py     per-packet cost of the node-interface programs with and without a Calico
                      host endpoint (`python -m controller.bench.hostep_cost`, no lab)
+  ab_cost.py         per-packet cost of to_pod/from_pod of a commit against this checkout's,
+                     same maps, alternating (`python -m controller.bench.ab_cost --before REV`)
   evlost_cost.py     per-packet cost of the event paths, to_pod of the commit before vg_evlost
                      against this checkout's (`python -m controller.bench.evlost_cost`, no lab)
   report.py          Markdown tables and PNG plots; cli.py the commands (`vethguard bench plot`
