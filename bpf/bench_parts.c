@@ -19,9 +19,11 @@
  * the difference between part_5 and to_pod itself.
  *   newpart_N   the same for a new flow: a SYN entering the pod that its NetworkPolicy allows,
  *               one test_run per packet with a new source port each (controller/bench/cost.py):
- *   1 fast path the fast path's attempt: clock, config, parse, two conntrack misses
- *   2 full path vg_handle up to the flow checks: endpoint lookup, the two conntrack misses
- *               again (its second parse, ~10 ns as in part_3, and config read are left to "rest")
+ *   1 fast path vg_fast's part for a SYN: clock, config, parse, the SYN test (a SYN skips its
+ *               conntrack lookups: they would miss)
+ *   2 full path vg_handle up to the flow checks: endpoint lookup, the forward and reverse
+ *               conntrack misses (its second parse, ~10 ns as in part_3, and config read are left
+ *               to "rest")
  *   3 peer      the peer's identity: vg_ipcache4 LPM trie lookup
  *   4 policy    the endpoint's NetworkPolicy entries: vg_policy LPM trie lookup (the peer's
  *               identity allows at once here; a peer allowed by a CIDR or ANY entry costs up to
@@ -89,15 +91,15 @@ static __always_inline int vg_newpart(struct __sk_buff *skb, const int steps)
 		revision = cfg->revision;
 	if (vg_parse(skb, &p) != PARSE_OK)
 		return TC_ACT_SHOT;
-	if (vg_ct_find(&k, &p, ifindex, DIR_INGRESS, now, &reply))
-		return TC_ACT_SHOT; /* not a new flow: the driver sends each tuple once */
+	if (p.proto != IPPROTO_TCP || (p.tcp_flags & (VG_TCP_SYN | VG_TCP_ACK)) != VG_TCP_SYN)
+		return TC_ACT_SHOT; /* the driver sends SYNs */
 	if (steps < 2)
 		return TC_ACT_OK;
 	ep = vg_endpoints.lookup(&ifindex);
 	if (!ep)
 		return TC_ACT_SHOT;
 	if (vg_ct_find(&k, &p, ep->ep_id, DIR_INGRESS, now, &reply))
-		return TC_ACT_SHOT;
+		return TC_ACT_SHOT; /* not a new flow: the driver sends each tuple once */
 	if (steps >= 3)
 		vg_peer_lookup(&p, DIR_INGRESS, &peer);
 	if (steps >= 4) {
