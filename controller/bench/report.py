@@ -86,16 +86,23 @@ def datapath_markdown(doc: dict[str, Any]) -> str:
         figures = [f"{c[k]:.1f}" for k in ("passthrough_ns", "established_ns")]
         figures += [f"{c['established_ratio']:.2f}", f"{c['new_flow_ns']:.1f}", f"{c['new_flow_ratio']:.2f}"]
         lines.append(_row([what, *figures]))
-    steps = {label: c.get("established_steps_ns") for label, c in doc["per_packet_cost"].items()}
-    if all(steps.values()):
-        lines += [
-            "",
+    for field, title in (
+        (
+            "established_steps_ns",
             "Where an established packet's time goes (bpf/bench_parts.c: programs running the first N "
             "steps of to_pod's established path on the same maps; each step is part N - part N-1), ns:",
-            "",
-            _row(["step", *(label.replace("_", " ") for label in steps)]),
-            "|---|" + "---:|" * len(steps),
-        ]
+        ),
+        (
+            "new_flow_steps_ns",
+            "Where a new flow's time goes (bpf/bench_parts.c newpart_N: the same for a SYN its "
+            "NetworkPolicy allows, every program driven one test_run per packet, new flows only), ns:",
+        ),
+    ):
+        steps = {label: c.get(field) for label, c in doc["per_packet_cost"].items()}
+        if not all(steps.values()):
+            continue
+        lines += ["", title, "", _row(["step", *(label.replace("_", " ") for label in steps)])]
+        lines.append("|---|" + "---:|" * len(steps))
         for step in next(iter(steps.values())):
             lines.append(_row([step, *(f"{s[step]:.1f}" for s in steps.values())]))
     if "cluster_policy_cost" in doc:

@@ -40,3 +40,13 @@ def test_the_benchmarks_passthrough_program_passes_everything_and_the_agent_neve
         for frame in (P.arp(), P.ipv4(POD_B, POD_A, P.TCP, P.tcp(40000, 80))):
             assert run(fds[PASSTHROUGH], frame, ifindex=1).retval == TC_ACT_OK
     assert PASSTHROUGH not in loader.PROGRAMS
+
+
+def test_the_new_flow_step_programs_run_to_pods_new_flow_path_and_create_its_entries(h: Harness) -> None:
+    cost.setup_maps(h.dp)
+    steps = cost.with_stats_enabled(lambda: cost.measure_new_steps(h.dp, rounds=1, new_flows=50))
+    assert list(steps) == ["program floor", *cost.NEW_STEPS, "rest of to_pod"]
+    # measure_new_steps checked that every part passes a new flow, and clears the table after
+    assert h.dp.dump().ct == []
+    allowed = h.count(Reason.ALLOW_POLICY, DIR_INGRESS)
+    assert allowed >= 2 * 50  # newpart_6 and newpart_7 count (ALLOW_POLICY), and to_pod does
