@@ -27,7 +27,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from controller.agent import preflight
-from controller.bench.bpf_parts import PASSTHROUGH, bench_programs, sources_at
+from controller.bench.bpf_parts import AFTER, BEFORE, PASSTHROUGH, before_and_after, bench_programs
 from controller.bench.common import (
     command_line,
     loadavg,
@@ -50,10 +50,8 @@ from controller.bench.cost import (
     with_stats_enabled,
 )
 from controller.bench.testrun import run
-from controller.datapath import loader
 from controller.datapath.node import Datapath
 
-BEFORE, AFTER = "before", "after"
 CASES = ("established", "egress est.", "service est.", "new flow")
 
 
@@ -136,13 +134,7 @@ def run_all(pin_root: str, before_rev: str, rounds: int, packets: int) -> dict[s
         dp = Datapath(node=node, pin_root=pin_root)
         stack.callback(dp.close)
         setup_maps(dp)
-        fds: dict[str, dict[str, int]] = {}
-        old_src = stack.enter_context(sources_at(before_rev))
-        for version, src in ((BEFORE, old_src), (AFTER, None)):
-            names = ("to_pod", "from_pod")
-            prog, got = loader.compile_programs("vethguard.c", dp.pin_dir, names, dp.extra_cflags, src)
-            stack.callback(prog.cleanup)
-            fds[version] = got
+        fds = stack.enter_context(before_and_after(dp, before_rev, ("to_pod", "from_pod")))
         fds[PASSTHROUGH] = stack.enter_context(bench_programs(dp))
         log(f"ab: to_pod and from_pod of {before_rev} and of this checkout loaded on {dp.pin_dir}")
         doc = with_stats_enabled(lambda: measure(dp, fds, rounds, packets))

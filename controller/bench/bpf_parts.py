@@ -10,7 +10,7 @@ import subprocess
 import tarfile
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from controller.datapath import loader
@@ -49,3 +49,23 @@ def sources_at(rev: str) -> Iterator[Path]:
         else:  # our own repository's files
             tar.extractall(tmp)
         yield Path(tmp) / "bpf"
+
+
+BEFORE, AFTER = "before", "after"
+
+
+@contextmanager
+def before_and_after(
+    dp: Datapath, before_rev: str, names: tuple[str, ...]
+) -> Iterator[dict[str, dict[str, int]]]:
+    """{"before": {name: fd}, "after": {name: fd}}: the programs `names` of vethguard.c compiled
+    from commit before_rev's bpf/ and from this checkout's, both against dp's pinned maps (so they
+    run on the same entries); unloaded on exit."""
+    with ExitStack() as stack:
+        old_src = stack.enter_context(sources_at(before_rev))
+        fds: dict[str, dict[str, int]] = {}
+        for version, src in ((BEFORE, old_src), (AFTER, None)):
+            prog, got = loader.compile_programs("vethguard.c", dp.pin_dir, names, dp.extra_cflags, src)
+            stack.callback(prog.cleanup)
+            fds[version] = got
+        yield fds

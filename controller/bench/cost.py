@@ -246,14 +246,7 @@ def _measure_steps(dp: Datapath, fds: Mapping[str, int], rounds: int, packets: i
             samples[name].append(
                 per_packet_ns(fd, functools.partial(run, fd, est, ifindex=EP, repeat=packets))
             )
-    med = {name: statistics.median(v) for name, v in samples.items()}
-    out = {"program floor": round(med["pass"], 1)}
-    prev = med["pass"]
-    for step, name in zip(STEPS, PARTS, strict=True):
-        out[step] = round(med[name] - prev, 1)
-        prev = med[name]
-    out["rest of to_pod"] = round(med["to_pod"] - prev, 1)
-    return out
+    return _step_costs(samples, STEPS, PARTS)
 
 
 def _new_frames(count: int, first_sport: int) -> list[bytes]:
@@ -287,10 +280,18 @@ def _measure_new_steps(dp: Datapath, fds: Mapping[str, int], rounds: int, new_fl
             dp.maps["vg_ct"].clear()  # every frame is a miss, and the table never fills
             samples[name].append(per_packet_ns(fd, drive(fd, frames, ifindex=EP)))
     dp.maps["vg_ct"].clear()
+    return _step_costs(samples, NEW_STEPS, NEW_PARTS)
+
+
+def _step_costs(
+    samples: Mapping[str, list[float]], steps: tuple[str, ...], parts: tuple[str, ...]
+) -> dict[str, float]:
+    """From the rounds of "pass", every part and "to_pod": the floor, what each part adds to the
+    one before (its step), and what to_pod adds to the last part; medians."""
     med = {name: statistics.median(v) for name, v in samples.items()}
     out = {"program floor": round(med["pass"], 1)}
     prev = med["pass"]
-    for step, name in zip(NEW_STEPS, NEW_PARTS, strict=True):
+    for step, name in zip(steps, parts, strict=True):
         out[step] = round(med[name] - prev, 1)
         prev = med[name]
     out["rest of to_pod"] = round(med["to_pod"] - prev, 1)

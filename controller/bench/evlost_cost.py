@@ -45,7 +45,7 @@ from typing import Any
 
 from controller.agent import preflight
 from controller.bench import report
-from controller.bench.bpf_parts import PASSTHROUGH, bench_programs, sources_at
+from controller.bench.bpf_parts import AFTER, BEFORE, PASSTHROUGH, before_and_after, bench_programs
 from controller.bench.common import (
     command_line,
     loadavg,
@@ -68,14 +68,13 @@ from controller.bench.cost import (
     with_stats_enabled,
 )
 from controller.bench.testrun import run
-from controller.datapath import abi, codecs, loader
+from controller.datapath import abi, codecs
 from controller.datapath.abi import Reason
 from controller.datapath.node import Datapath
 from controller.datapath.ringbuf import RingBuffer
 
 RESULT = "evlost-cost"
 BEFORE_REV = "6c8b965^"  # the commit before vg_evlost: git log -S vg_evlost -- bpf
-BEFORE, AFTER = "before", "after"
 ROOM, LIMITED, FULL, NONE = "room", "rate limited", "ring full", "-"
 EST, NEW, DROP = "established", "new flow", "drop"
 SYN, ACK = 0x02, 0x10
@@ -252,12 +251,8 @@ def run_all(pin_root: str, before_rev: str, rounds: int, packets: int) -> dict[s
         dp = Datapath(node=node, pin_root=pin_root)
         stack.callback(dp.close)
         setup_maps(dp)
-        fds: dict[str, int] = {}
-        old_src = stack.enter_context(sources_at(before_rev))
-        for version, src in ((BEFORE, old_src), (AFTER, None)):
-            prog, got = loader.compile_programs("vethguard.c", dp.pin_dir, ("to_pod",), dp.extra_cflags, src)
-            stack.callback(prog.cleanup)
-            fds[version] = got["to_pod"]
+        versions = stack.enter_context(before_and_after(dp, before_rev, ("to_pod",)))
+        fds = {version: got["to_pod"] for version, got in versions.items()}
         floor = stack.enter_context(bench_programs(dp))
         fds[PASSTHROUGH] = floor[PASSTHROUGH]
         ring = stack.enter_context(contextlib.closing(RingBuffer(str(dp.pin_dir / "vg_events"))))

@@ -50,3 +50,19 @@ def test_the_new_flow_step_programs_run_to_pods_new_flow_path_and_create_its_ent
     assert h.dp.dump().ct == []
     allowed = h.count(Reason.ALLOW_POLICY, DIR_INGRESS)
     assert allowed >= 2 * 50  # newpart_6 and newpart_7 count (ALLOW_POLICY), and to_pod does
+
+
+def test_the_ab_tool_runs_both_versions_programs_on_one_datapath_and_removes_its_pins() -> None:
+    """controller.bench.ab_cost against the commit before the established fast path: both versions
+    load on the same maps and pass every case's packet (it raises otherwise); figures are not
+    checked here (benchmarks print them)."""
+    from pathlib import Path
+
+    from controller.bench import ab_cost
+
+    root = "/sys/fs/bpf/vethguard"
+    before = set(Path(root).iterdir()) if Path(root).exists() else set()
+    doc = ab_cost.run_all(root, "1aa6f27", rounds=1, packets=100)
+    assert [c["case"] for c in doc["cases"]] == list(ab_cost.CASES)
+    assert all(c["before_ns"] > 0 and c["after_ns"] > 0 for c in doc["cases"])
+    assert (set(Path(root).iterdir()) if Path(root).exists() else set()) == before
