@@ -227,7 +227,9 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir, __u32 send
 	if (p.icmp_err && vg_ct_related(skb, ep, &p, dir, revision, now, &k, &rule_ref))
 		return vg_finish(skb, ep->ep_id, dir, ALLOW_RELATED, &p, &peer, rule_ref, 0);
 
-	/* Forward entry (established flow), then reverse entry (reply), else a new flow. */
+	/* Forward entry (established flow), then reverse entry (reply), else a new flow. Verifier
+	 * workaround: written out rather than vg_ct_find, so each vg_ct_hit below is inlined with a
+	 * constant `reply` (one copy with a variable one put to_pod over the 1M-instruction budget). */
 	untracked = vg_icmp_untracked(&p);
 	if (!untracked) {
 		vg_ct_fill(&k, &p, ep->ep_id, dir, 0);
