@@ -288,40 +288,54 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def _events(sources: MemorySources, reconcile: Callable[[], bool], events: int, size: Size) -> dict[str, Any]:
+def _events(
+    sources: MemorySources,
+    reconcile: Callable[[], bool],
+    events: int,
+    size: Size,
+    failed_closed: Callable[[], int] = lambda: 0,
+) -> dict[str, Any]:
     """p50/p99 (and the fastest and slowest) of change -> reconcile done, per event kind; the
-    ClusterNetworkPolicy kinds where the cluster has some."""
+    ClusterNetworkPolicy kinds where the cluster has some. `failed_closed()`: how many endpoints
+    the last reconcile left failed closed (a map full): counted per kind, since such an event's
+    time is not that of a realized change."""
     pods, namespaces, nodes = size.pods, size.namespaces, max(1, size.pods // 100)
     lat: dict[str, list[float]] = {"pod_add": [], "label_change": [], "policy_add": [], "policy_delete": []}
     if size.cluster_policies:
         lat |= {"cnp_add": [], "cnp_delete": []}
+    closed = dict.fromkeys(lat, 0)
+
+    def timed(kind: str) -> None:
+        lat[kind].append(_timed(reconcile))
+        closed[kind] += 1 if failed_closed() else 0
+
     for k in range(events):
         # a new pod on node-1 (index chosen so i % nodes == 0 puts it there)
         new = synth.cp_pod(pods + k * nodes, namespaces, nodes)
         sources.change("Pod", [*sources.kinds["Pod"], new])
-        lat["pod_add"].append(_timed(reconcile))
+        timed("pod_add")
         # relabel a pod of node-1
         victim = (k * nodes) % pods
         relabeled = synth.cp_pod(victim, namespaces, nodes, app_offset=k + 1)
         pod_list = list(sources.kinds["Pod"])
         pod_list[victim] = relabeled
         sources.change("Pod", pod_list)
-        lat["label_change"].append(_timed(reconcile))
+        timed("label_change")
         # add, then delete, a policy (every fifth shape is default-deny: pick a selecting one)
         pol = synth.cp_policy(size.policies + 5 * k, namespaces)
         before = list(sources.kinds["NetworkPolicy"])
         sources.change("NetworkPolicy", [*before, pol])
-        lat["policy_add"].append(_timed(reconcile))
+        timed("policy_add")
         sources.change("NetworkPolicy", before)
-        lat["policy_delete"].append(_timed(reconcile))
+        timed("policy_delete")
         if size.cluster_policies:  # add, then delete, one of the mix (every shape in turn)
             cnps = list(sources.kinds["ClusterNetworkPolicy"])
             sources.change(
                 "ClusterNetworkPolicy", [*cnps, synth_cnp.cp_cnp(size.cluster_policies + k, namespaces)]
             )
-            lat["cnp_add"].append(_timed(reconcile))
+            timed("cnp_add")
             sources.change("ClusterNetworkPolicy", cnps)
-            lat["cnp_delete"].append(_timed(reconcile))
+            timed("cnp_delete")
     return {
         kind: {
             "p50_ms": round(percentile(v, 50) * 1000, 1),
@@ -329,6 +343,7 @@ def _events(sources: MemorySources, reconcile: Callable[[], bool], events: int, 
             "min_ms": round(min(v) * 1000, 1),
             "max_ms": round(max(v) * 1000, 1),
             "n": len(v),
+            "failed_closed_events": closed[kind],
         }
         for kind, v in lat.items()
     }
@@ -386,8 +401,10 @@ def worker(size: Size, events: int) -> dict[str, Any]:
     # order here, so the peak (VmHWM) has bcc's compile on top of the raw API objects.
     node = f"bench-cp-{uuid.uuid4().hex[:8]}"
     # Maps sized for the cluster like an operator would (the agent's defaults: 65,536 ipcache,
-    # 262,144 policy entries); the 50k mix's tier profiles need ~347k policy entries.
-    ipcache, policy = max(65536, 2 * pods), max(POLICY_MAP_DEFAULT, 8 * pods)
+    # 262,144 policy entries). The 50k mix's entries are ~398k, and an event that gives endpoints
+    # a new tier profile needs room for the new profile beside the old one until the endpoints
+    # are switched (115k more at 50k): 400k (8 per pod) left them failed closed.
+    ipcache, policy = max(65536, 2 * pods), max(POLICY_MAP_DEFAULT, 12 * pods)
     pin_root = "/sys/fs/bpf/vethguard"
     preflight.use_kernel_headers()  # as the agent does: bcc compiles with the headers found
     try:
@@ -419,7 +436,7 @@ def worker(size: Size, events: int) -> dict[str, Any]:
             raise RuntimeError(f"first reconcile failed: {agent.status()['errors']}")
         if agent.capacity.errors():  # e.g. a map too small: endpoints failed closed
             raise RuntimeError(f"first reconcile: {[e.as_dict() for e in agent.capacity.errors()]}")
-        out["events"] = _events(sources, agent.reconcile, events, size)
+        out["events"] = _events(sources, agent.reconcile, events, size, lambda: len(agent.capacity.errors()))
         counts = dp.entry_counts()
         out["map_entries"] = {k: v for k, v in counts.items() if v}
         memory = map_memory(dp)

@@ -220,7 +220,9 @@ def _event_cell(figures: dict[str, Any] | None) -> str:
     cell = f"{figures['p50_ms']:.0f} / {figures['p99_ms']:.0f}"
     if "min_ms" in figures:
         cell += f" ({figures['min_ms']:.0f}-{figures['max_ms']:.0f})"
-    return _missed(cell, figures["p99_ms"] > EVENT_TARGET_MS)
+    if figures.get("failed_closed_events"):  # a map was full: not the time of a realized change
+        cell += f", {figures['failed_closed_events']} of {figures['n']} failed closed"
+    return _missed(cell, figures["p99_ms"] > EVENT_TARGET_MS or bool(figures.get("failed_closed_events")))
 
 
 def control_plane_markdown(doc: dict[str, Any]) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from controller.bench import common, datapath_bench, report, synth, synth_cnp, tier_cost
+from controller.bench import common, control_plane, datapath_bench, report, synth, synth_cnp, tier_cost
 from controller.bench.iptables import build_ruleset
 from controller.compiler import compute
 from controller.compiler.builder import cluster_from_objects
@@ -549,6 +549,24 @@ def test_the_control_plane_table_has_cnp_columns_and_marks_the_missed_targets(tm
     assert "**150 (160)** (over)" in md and "| 150 (160) |" in md  # RSS target up to 10k pods only
     assert "300.0 (400)" in md
     assert report.control_plane_plots(_cp_doc(cnps=True), tmp_path)[0].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_event_that_left_endpoints_failed_closed_is_marked_in_the_table() -> None:
+    doc = _cp_doc(cnps=True)
+    doc["sizes"][0]["events"]["cnp_add"] |= {"failed_closed_events": 2}
+    md = report.control_plane_markdown(doc)
+    assert "**10 / 20 (5-60), 2 of 3 failed closed** (over)" in md
+
+
+def test_the_event_benchmark_counts_the_events_a_full_map_failed_closed() -> None:
+    cluster = synth_cnp.control_plane_cluster(200, 4, 4, 2)
+    sources = control_plane.MemorySources(cluster)
+    changes = iter(range(100))
+    # the third reconcile of every three leaves an endpoint failed closed
+    got = control_plane._events(
+        sources, lambda: True, 2, control_plane.Size(200, 4, 4, 2), lambda: next(changes) % 3 == 2
+    )
+    assert [got[k]["failed_closed_events"] for k in report.EVENT_KINDS] == [0, 0, 2, 0, 0, 2]
 
 
 def test_the_control_plane_table_without_cnps_has_no_cnp_columns(tmp_path: Path) -> None:
