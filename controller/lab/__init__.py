@@ -52,7 +52,9 @@ Pieces:
                 no table at all while there are no Services (controller.lab.kubeproxy)
   dns.py        `up --dns`: dnsmasq in pod kube-system/kube-dns (node-1) behind the Service
                 kube-dns 10.245.0.10; answers NAME.NS.svc.cluster.local from the Services, NXDOMAIN
-                for other cluster.local names, forwards nothing; pods' resolv.conf (search
+                for other cluster.local names, answers ExternalHosts' spec.names with their
+                addresses and spec.ttl (host-records; restarted when they change), forwards
+                nothing; pods' resolv.conf (search
                 NS.svc.cluster.local svc.cluster.local cluster.local, ndots:5) in /etc/netns/<pod netns>/
                 Egress to a ClusterIP is still judged on the ClusterIP by from_pod (before DNAT).
   agent_pods.py `up --agent-pods`: read-only pods vethguard-system/vethguard-<node> (the DaemonSet's

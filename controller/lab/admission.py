@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from controller.lab import agent_pods, cni_runtime, dns, kubeproxy, netns, topology
 from controller.lab.agents import AGENT_STATUS_PORT
 from controller.lab.kubelet_objects import node_labels, pod_status
-from controller.lab.manifests import external_addresses
+from controller.lab.manifests import external_addresses, external_names
 from controller.lab.responders import Port, Responders
 from controller.lab.state import LabConfig, LabPaths
 from controller.lab.store import ApiError, Obj, Resource, Store
@@ -74,12 +75,14 @@ class LabAdmission:
         topo: topology.Topology,
         responders: Responders,
         services: ServiceController | None = None,
+        on_external_hosts: Callable[[list[Obj]], None] | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.topo = topo
         self.responders = responders
         self.services = services
+        self.on_external_hosts = on_external_hosts  # every ExternalHost, after each write of one
 
     # --- Admission protocol ---
 
@@ -103,6 +106,8 @@ class LabAdmission:
             dns.write_resolv_conf(self.topo.names.pod(meta["namespace"], meta["name"]), meta["namespace"])
         if self.services is not None:
             self.services.committed(resource, obj)
+        if resource.plural == "externalhosts" and self.on_external_hosts is not None:
+            self.on_external_hosts(self.store.list("externalhosts")[0])
         if op != "delete":
             return
         if host_network:
@@ -270,6 +275,11 @@ class LabAdmission:
 
     def _admit_external(self, op: str, obj: Obj, old: Obj | None) -> Obj:
         name = obj["metadata"]["name"]
+        if op in ("create", "replace"):
+            try:
+                external_names(obj)
+            except ValueError as exc:
+                raise ApiError(422, "Invalid", f"ExternalHost {name}: {exc}") from exc
         if op == "replace" and old is not None:
             if external_addresses(obj) != external_addresses(old) or external_ports(obj) != external_ports(
                 old

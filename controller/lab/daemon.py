@@ -66,7 +66,14 @@ class LabDaemon:
             self.dns.update if self.dns is not None else None,
             self.topo.route_service_addresses,
         )
-        self.admission = LabAdmission(self.config, self.store, self.topo, self.responders, self.services)
+        self.admission = LabAdmission(
+            self.config,
+            self.store,
+            self.topo,
+            self.responders,
+            self.services,
+            self.dns.update_external if self.dns is not None else None,
+        )
         self.servers: list[ServerThread] = []
         self.agents = (
             AgentSupervisor(self.config, self.paths, self.topo, self.store) if self.config.agents else None
@@ -95,6 +102,9 @@ class LabDaemon:
             self.admission.restore()
         self.services.last_script = ""  # node tables may be gone (a rebuilt lab): write them again
         self.services.realize()
+        if self.dns is not None and not fresh:  # its pod exists: answering before the API serves
+            self.dns.update_external(self.store.list("externalhosts")[0])
+            self.dns.start()
         self.local_api_url = f"http://127.0.0.1:{self._serve()}"
         self.paths.node_kubeconfig.write_text(kubeconfig_text(NODE_API_URL))
         self.paths.kubeconfig.write_text(kubeconfig_text(self.local_api_url))
@@ -102,9 +112,8 @@ class LabDaemon:
             # before any pod: a pod's vethguard-cni ADD waits for the programs its agent pins
             self.paths.pin_root.mkdir(parents=True, exist_ok=True)
             self.agents.start()
-        if self.dns is not None:
-            if fresh:
-                self._create_dns_objects()
+        if self.dns is not None and fresh:  # (its pod's CNI ADD waits for the agents' programs)
+            self._create_dns_objects()
             self.dns.start()
         log.info("lab %s serving (resourceVersion %d)", self.config.name, self.store.resource_version)
 

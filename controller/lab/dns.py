@@ -6,6 +6,12 @@ Services change (dnsmasq rereads it through inotify), answers NXDOMAIN for any o
 cluster.local and forwards nothing (the lab has no upstream). The pod is an ordinary lab pod: its
 traffic crosses its veth like any other, so NetworkPolicies apply to DNS as in a cluster.
 
+ExternalHosts' `spec.names` resolve to their addresses with their `spec.ttl`: one dnsmasq
+`host-record` per (name, address) in a conf file (a name several hosts share answers with all
+their addresses; over 512 octets dnsmasq sets TC and resolvers ask again over TCP). dnsmasq reads
+host-records only when it starts, so a change restarts it, and update_external() returns once the
+new one answers.
+
 Pods get a resolv.conf the way kubelet writes it (search <ns>.svc.cluster.local svc.cluster.local
 cluster.local, ndots:5), kept at /etc/netns/<pod netns>/resolv.conf: `ip netns exec` (used by
 `lab exec`) bind-mounts it over /etc/resolv.conf for the command only.
@@ -24,14 +30,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from controller.core import programs
+from controller.core import dnsnames, programs
 from controller.lab import kubeproxy, netns
+from controller.lab.manifests import external_addresses, external_names
 
 log = logging.getLogger("vethguard.lab.dns")
 
 NAMESPACE = "kube-system"
 NAME = "kube-dns"
-DOMAIN = "cluster.local"
+DOMAIN = dnsnames.CLUSTER_DOMAIN
 LABELS = {"k8s-app": "kube-dns"}
 NO_RESPONDERS_ANNOTATION = "lab.vethguard.dev/no-responders"  # dnsmasq owns port 53
 NETNS_ETC = Path("/etc/netns")
@@ -118,14 +125,36 @@ def hosts_text(all_services: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def external_conf(external_hosts: list[dict[str, Any]]) -> str:
+    """dnsmasq configuration lines answering every ExternalHost's names with its addresses."""
+    lines = []
+    for obj in sorted(external_hosts, key=lambda h: h["metadata"]["name"]):
+        names, ttl = external_names(obj)
+        for name in names:
+            lines += [f"host-record={name},{address},{ttl}" for address in external_addresses(obj)]
+    return "".join(f"{line}\n" for line in lines)
+
+
+def _is_live_dnsmasq(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # "<pid> (<comm>) <state> ...": a zombie (Z) holds no port any more
+    comm, _, rest = stat.partition("(")[2].rpartition(")")
+    return comm == "dnsmasq" and rest.split()[0] != "Z"
+
+
 class DnsServer:
     """dnsmasq inside the kube-dns pod's namespace, restarted when it exits."""
 
     def __init__(self, directory: Path, pod_netns: str, log_path: Path) -> None:
         self.hosts_dir = directory / "hosts.d"
+        self.external_conf = directory / "external.conf"
         self.pod_netns = pod_netns
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()  # one (re)start at a time: the supervisor or an update
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="dns", daemon=True)
 
@@ -140,6 +169,23 @@ class DnsServer:
         tmp.write_text(text)
         os.replace(tmp, target)
 
+    def update_external(self, external_hosts: list[dict[str, Any]]) -> None:
+        """Answer the ExternalHosts' names from now on (dnsmasq restarted if it runs)."""
+        text = external_conf(external_hosts)
+        with contextlib.suppress(FileNotFoundError):
+            if self.external_conf.read_text() == text:
+                return
+        self.external_conf.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.external_conf.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.external_conf)
+        with self._lock:
+            if self.proc is None or self._stopping.is_set():
+                return  # start() reads the file
+            self._terminate()
+            self._spawn()
+        self._wait_answering()
+
     def command(self) -> list[str]:
         return [
             "nsenter",
@@ -147,7 +193,7 @@ class DnsServer:
             "--",
             "dnsmasq",
             "--keep-in-foreground",
-            "--conf-file=/dev/null",
+            f"--conf-file={self.external_conf}",
             "--no-resolv",
             "--no-hosts",
             f"--hostsdir={self.hosts_dir}",
@@ -162,10 +208,29 @@ class DnsServer:
     def start(self) -> DnsServer:
         programs.require_command(self.command(), purpose="cluster DNS (lab up --dns)")
         self.hosts_dir.mkdir(parents=True, exist_ok=True)
+        if not self.external_conf.exists():
+            self.external_conf.write_text("")
         self._stop_stale()
-        self._spawn()
+        with self._lock:
+            self._spawn()
         self._thread.start()
+        self._wait_answering()
         return self
+
+    def _wait_answering(self, timeout: float = 5.0) -> None:
+        """Until dnsmasq has its UDP port 53 bound (read from its own /proc net view)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = self.proc
+            if proc is not None and proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    table = Path(f"/proc/{proc.pid}/net/udp").read_text()
+                    if any(line.split()[1].endswith(":0035") for line in table.splitlines()[1:]):
+                        return
+            time.sleep(0.01)
+        log.warning(
+            "dnsmasq in %s is not answering after %.0f s (see %s)", self.pod_netns, timeout, self.log_path
+        )
 
     def _stop_stale(self) -> None:
         """A dnsmasq left by a daemon that was killed would hold port 53: stop it first."""
@@ -174,15 +239,11 @@ class DnsServer:
             pid = int(pid_file.read_text().strip())
         except (OSError, ValueError):
             return
-        try:
-            running = Path(f"/proc/{pid}/comm").read_text().strip() == "dnsmasq"
-        except OSError:
-            running = False
-        if running:
+        if _is_live_dnsmasq(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
             for _ in range(50):
-                if not Path(f"/proc/{pid}").exists():
+                if not _is_live_dnsmasq(pid):  # (gone, or a zombie its dead parent left)
                     break
                 time.sleep(0.05)
         pid_file.unlink(missing_ok=True)
@@ -204,17 +265,25 @@ class DnsServer:
 
     def _loop(self) -> None:
         while not self._stopping.wait(SUPERVISE_INTERVAL):
-            if self.proc is not None and self.proc.poll() is not None and netns.exists(self.pod_netns):
-                log.warning("dnsmasq exited with %s; starting it again", self.proc.returncode)
-                self._spawn()
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                if self.proc is not None and self.proc.poll() is not None and netns.exists(self.pod_netns):
+                    log.warning("dnsmasq exited with %s; starting it again", self.proc.returncode)
+                    self._spawn()
 
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=2)
+    def _terminate(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=2)
             if self.proc.poll() is None:
                 self.proc.kill()
+                self.proc.wait()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+        with self._lock:
+            self._terminate()

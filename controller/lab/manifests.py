@@ -5,7 +5,8 @@ ClusterIP or NodePort with a selector), NetworkPolicy (networking.k8s.io/v1),
 ClusterNetworkPolicy (policy.networking.k8s.io/v1alpha2, cluster-scoped), Calico's
 GlobalNetworkPolicy, NetworkPolicy and HostEndpoint (projectcalico.org/v3: the apiVersion tells
 Calico's NetworkPolicy from Kubernetes') and the lab's ExternalHost (lab.vethguard.dev/v1alpha1:
-metadata.name, spec.ip one or a list, spec.ports [{port, protocol}]). `kind: List` documents
+metadata.name, spec.ip one or a list, spec.ports [{port, protocol}], spec.names: DNS names the
+lab's cluster DNS answers with spec.ip, spec.ttl their TTL in seconds, default 30). `kind: List` documents
 are flattened. Errors name the file and document.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from controller.core import dnsnames
 from controller.core.errors import VethguardError
 from controller.core.net import L4_PROTOCOL_NAMES
 from controller.lab.kubeproxy import ServiceError, parse_service
@@ -135,6 +137,35 @@ def external_addresses(obj: dict[str, Any]) -> list[str]:
     return [str(ipaddress.ip_address(str(v))) for v in values]
 
 
+EXTERNAL_TTL_DEFAULT = 30  # seconds, an ExternalHost's spec.ttl when not given
+EXTERNAL_TTL_MAX = 2**31 - 1  # RFC 2181 8
+
+
+def external_names(obj: dict[str, Any]) -> tuple[list[str], int]:
+    """An ExternalHost's DNS names (canonical, in order, once each) and their TTL; ValueError
+    naming the field for a bad one. Names under the cluster's own domain are the cluster DNS's."""
+    spec = obj.get("spec") or {}
+    raw = spec.get("names", [])
+    if not isinstance(raw, list):
+        raise ValueError(f"spec.names must be a list of DNS names, got {raw!r}")
+    names: list[str] = []
+    for index, name in enumerate(raw):
+        problems = dnsnames.problems(name) if isinstance(name, str) else ["must be a string"]
+        if problems:
+            raise ValueError(f"spec.names[{index}] {name!r}: {'; '.join(problems)}")
+        canonical = dnsnames.canonical(name)
+        if canonical == dnsnames.CLUSTER_DOMAIN or canonical.endswith("." + dnsnames.CLUSTER_DOMAIN):
+            raise ValueError(
+                f"spec.names[{index}] {name!r}: {dnsnames.CLUSTER_DOMAIN} is the cluster's own domain"
+            )
+        if canonical not in names:
+            names.append(canonical)
+    ttl = spec.get("ttl", EXTERNAL_TTL_DEFAULT)
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= EXTERNAL_TTL_MAX:
+        raise ValueError(f"spec.ttl must be a number of seconds from 0 to {EXTERNAL_TTL_MAX}, got {ttl!r}")
+    return names, ttl
+
+
 def _check_external(where: str, obj: dict[str, Any]) -> None:
     spec = obj.get("spec")
     if not isinstance(spec, dict) or not spec.get("ip"):
@@ -146,6 +177,10 @@ def _check_external(where: str, obj: dict[str, Any]) -> None:
         except ValueError as exc:
             raise ManifestError(f"{where}: spec.ip: {exc}") from exc
     _check_ports(f"{where}: spec.ports", spec.get("ports"), "port")
+    try:
+        external_names(obj)
+    except ValueError as exc:
+        raise ManifestError(f"{where}: {exc}") from exc
 
 
 def parse(origin: str, doc: Any) -> Manifest:

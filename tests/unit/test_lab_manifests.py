@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.lab import manifests
+from controller.lab import dns, manifests
 from controller.lab.manifests import ManifestError
 
 NAMESPACE = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n"
@@ -71,6 +71,30 @@ def test_external_addresses_accept_one_or_a_list() -> None:
     assert manifests.external_addresses(many) == ["10.0.0.5", "2001:db8::5"]
 
 
+def test_external_names_are_canonical_once_each_with_the_default_ttl() -> None:
+    host = {"spec": {"ip": "203.0.113.5", "names": ["API.example.com.", "api.example.com", "b.example.org"]}}
+    assert manifests.external_names(host) == (["api.example.com", "b.example.org"], 30)
+    assert manifests.external_names({"spec": {"ip": "203.0.113.5", "ttl": 2}}) == ([], 2)
+
+
+def test_the_cluster_dns_answers_every_name_of_a_host_with_each_of_its_addresses() -> None:
+    hosts = [
+        {"metadata": {"name": "b"}, "spec": {"ip": "203.0.113.6", "names": ["api.example.com"], "ttl": 5}},
+        {
+            "metadata": {"name": "a"},
+            "spec": {"ip": ["203.0.113.5", "2001:db8::5"], "names": ["api.example.com", "www.example.com"]},
+        },
+        {"metadata": {"name": "c"}, "spec": {"ip": "203.0.113.7"}},
+    ]
+    assert dns.external_conf(hosts).splitlines() == [
+        "host-record=api.example.com,203.0.113.5,30",
+        "host-record=api.example.com,2001:db8::5,30",
+        "host-record=www.example.com,203.0.113.5,30",
+        "host-record=www.example.com,2001:db8::5,30",
+        "host-record=api.example.com,203.0.113.6,5",
+    ]
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -107,6 +131,26 @@ def test_external_addresses_accept_one_or_a_list() -> None:
             "apiVersion: lab.vethguard.dev/v1alpha1\nkind: ExternalHost\nmetadata: {name: e}\n"
             "spec: {ip: nope}\n",
             "is not an IP address",
+        ),
+        (
+            "apiVersion: lab.vethguard.dev/v1alpha1\nkind: ExternalHost\nmetadata: {name: e}\n"
+            "spec: {ip: 203.0.113.5, names: [api.example.com, localhost]}\n",
+            r"spec.names\[1\] 'localhost': must have at least two labels",
+        ),
+        (
+            "apiVersion: lab.vethguard.dev/v1alpha1\nkind: ExternalHost\nmetadata: {name: e}\n"
+            "spec: {ip: 203.0.113.5, names: [db.default.svc.cluster.local]}\n",
+            "cluster.local is the cluster's own domain",
+        ),
+        (
+            "apiVersion: lab.vethguard.dev/v1alpha1\nkind: ExternalHost\nmetadata: {name: e}\n"
+            "spec: {ip: 203.0.113.5, names: [a.example.com], ttl: -1}\n",
+            "spec.ttl must be a number of seconds",
+        ),
+        (
+            "apiVersion: lab.vethguard.dev/v1alpha1\nkind: ExternalHost\nmetadata: {name: e}\n"
+            "spec: {ip: 203.0.113.5, names: a.example.com}\n",
+            "spec.names must be a list",
         ),
         ("", "no manifests found"),
     ],
