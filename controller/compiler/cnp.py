@@ -5,9 +5,10 @@ decision will be compiled from, with every problem reported and failed closed.
 
 What the API says about bad input, and what we decided where it is silent:
 - A peer or protocol entry that is unusable (not exactly one known field, a bad selector, CIDR or
-  port, a `domainNames` peer, which we do not support yet, or a named port beside a networks or
-  nodes peer): an Accept rule with it matches nothing; a Deny or Pass rule with it becomes a
-  Deny-all rule (every peer, port and protocol). That is the API's "fail closed".
+  port, a `domainNames` peer (checked, then refused: the API allows it only in Accept rules, and
+  we do not enforce it yet), or a named port beside a networks or nodes peer): an Accept rule
+  with it matches nothing; a Deny or Pass rule with it becomes a Deny-all rule (every peer, port
+  and protocol). That is the API's "fail closed".
 - A rule without `from` / `to` entries, or with an unknown action: an Accept rule matches nothing,
   anything else is a Deny-all rule.
 - A policy whose place in the order is unusable (tier not Admin or Baseline, priority not an
@@ -30,6 +31,7 @@ from typing import Any
 
 from controller.compiler.apisyntax import Unusable, parse_cidr
 from controller.compiler.selectors import LabelSelector, SelectorError
+from controller.core import dnsnames
 from controller.core.errors import PolicyError
 from controller.core.net import IPNetwork
 
@@ -131,7 +133,24 @@ def _pods(raw: Any, fld: str) -> tuple[LabelSelector, LabelSelector]:
     return ns, _selector(raw["podSelector"], f"{fld}.podSelector")
 
 
-def _peer(raw: Any, fld: str, egress: bool) -> CnpPeer:
+def _domain_names(value: Any, fld: str, action: str) -> None:
+    """Check a domainNames peer (names, or `*.` wildcards matching one or more labels), then
+    refuse it: in a Deny or Pass rule the API forbids it; in an Accept rule it is not enforced
+    yet (issue 20)."""
+    if not isinstance(value, list) or not value:
+        raise Unusable(fld, "must be a non-empty list of domain names")
+    if len(value) > MAX_ITEMS:
+        raise Unusable(fld, f"more than {MAX_ITEMS} entries ({len(value)})")
+    for i, name in enumerate(value):
+        problems = dnsnames.problems(name, wildcard=True) if isinstance(name, str) else ["must be a string"]
+        if problems:
+            raise Unusable(f"{fld}[{i}]", f"{name!r}: {'; '.join(problems)}")
+    if action != ACCEPT:
+        raise Unusable(fld, f"only allowed in Accept rules, not in a {action} rule")
+    raise Unusable(fld, "not supported by this version of vethguard")
+
+
+def _peer(raw: Any, fld: str, egress: bool, action: str) -> CnpPeer:
     known = ("namespaces", "pods", "nodes", "networks", "domainNames") if egress else ("namespaces", "pods")
     kind = _only_field(raw, fld, known)
     value = raw[kind]
@@ -143,7 +162,7 @@ def _peer(raw: Any, fld: str, egress: bool) -> CnpPeer:
     if kind == "nodes":
         return CnpPeer(kind, nodes=_selector(value, f"{fld}.nodes"))
     if kind == "domainNames":
-        raise Unusable(f"{fld}.domainNames", "not supported by this version of vethguard")
+        _domain_names(value, f"{fld}.domainNames", action)
     if not isinstance(value, list) or not value:
         raise Unusable(f"{fld}.networks", "must be a non-empty list of CIDRs")
     nets = []
@@ -223,7 +242,7 @@ def _rule(raw: Any, index: int, fld: str, egress: bool, obj: str, errors: list[P
         raw_peers = _list(raw.get(peer_key), f"{fld}.{peer_key}", obj, errors)
         if not raw_peers:
             raise Unusable(f"{fld}.{peer_key}", "must list at least one peer")
-        peers = tuple(_peer(p, f"{fld}.{peer_key}[{i}]", egress) for i, p in enumerate(raw_peers))
+        peers = tuple(_peer(p, f"{fld}.{peer_key}[{i}]", egress, action) for i, p in enumerate(raw_peers))
         ports: tuple[CnpPort, ...] | None = None
         if "protocols" in raw:
             raw_ports = _list(raw["protocols"], f"{fld}.protocols", obj, errors)

@@ -152,6 +152,31 @@ def test_domain_names_are_refused_with_a_clear_error_never_ignored() -> None:
     assert pol.egress[0].matches_nothing and not pol.egress[1].deny_all
 
 
+@pytest.mark.parametrize("action", [DENY, PASS])
+def test_domain_names_in_a_deny_or_pass_rule_are_refused_as_the_api_says(action: str) -> None:
+    pol, errors = parse(cnp(egress=[rule(action, {"domainNames": ["*.example.com"]}, key="to")]))
+    assert [(e.field, e.message) for e in errors] == [
+        ("spec.egress[0].to[0].domainNames", f"only allowed in Accept rules, not in a {action} rule")
+    ]
+    assert pol.egress[0].deny_all
+
+
+@pytest.mark.parametrize(
+    ("names", "field", "message"),
+    [
+        (["ok.example.com", "example"], "domainNames[1]", "'example': must have at least two labels"),
+        (["www.*.example.com"], "domainNames[0]", "a wildcard is only allowed as a whole first label"),
+        (["bad_-.example.com "], "domainNames[0]", "must consist of"),
+        ([], "domainNames", "must be a non-empty list of domain names"),
+    ],
+)
+def test_bad_domain_names_are_reported_by_name(names: list[str], field: str, message: str) -> None:
+    pol, errors = parse(cnp(egress=[rule(ACCEPT, {"domainNames": names}, key="to")]))
+    assert [e.field for e in errors] == [f"spec.egress[0].to[0].{field}"]
+    assert message in errors[0].message
+    assert pol.egress[0].matches_nothing
+
+
 def test_egress_peers_networks_and_nodes_and_their_limits() -> None:
     pol, errors = parse(
         cnp(
