@@ -107,7 +107,7 @@ static __always_inline void vg_tiers_init(struct vg_tiers *t)
 
 /* The three lookups of a tier profile (peer identity, CIDR identity, ANY), merged into *t. */
 static __always_inline void vg_tiers_lookup(__u32 profile, __u8 dir, __u8 proto, __be16 port,
-					    const struct ipcache_value *peer, struct vg_tiers *t)
+					    const struct ipcache_value *peer, __u32 fqdn, struct vg_tiers *t)
 {
 	struct policy_key k = {.prefixlen = POLICY_PLEN_FULL, .ep_id = profile, .dir = dir, .proto = proto,
 			       .dport = port};
@@ -116,6 +116,9 @@ static __always_inline void vg_tiers_lookup(__u32 profile, __u8 dir, __u8 proto,
 	vg_tiers_try(&k, peer->identity, t);
 	if (peer->cidr_identity)
 		vg_tiers_try(&k, peer->cidr_identity, t);
+	/* the domain identity the pod learned for this address (lib/dnslearned.h), if any */
+	if (fqdn)
+		vg_tiers_try(&k, fqdn, t);
 	vg_tiers_try(&k, ID_ANY, t);
 }
 
@@ -150,12 +153,12 @@ static __always_inline __u8 vg_np_verdict(const struct endpoint_info *ep, __u8 d
  * pod's own node, which only a Deny rule blocks (ALLOW_HOST where anything else decides).
  */
 static __always_inline __u8 vg_tiers_verdict(const struct endpoint_info *ep, __u8 dir, struct policy_key *k,
-					     const struct ipcache_value *peer, int host, __u32 *rule_ref,
+					     const struct ipcache_value *peer, __u32 fqdn, int host, __u32 *rule_ref,
 					     const struct vg_pkt *log_pkt)
 {
 	struct vg_tiers t;
 
-	vg_tiers_lookup(ep->tier_profile, dir, k->proto, k->dport, peer, &t);
+	vg_tiers_lookup(ep->tier_profile, dir, k->proto, k->dport, peer, fqdn, &t);
 	if (t.admin == TIER_ACCEPT || t.admin == TIER_DENY) {
 		*rule_ref = t.admin_ref;
 		return t.admin == TIER_ACCEPT ? ALLOW_ADMIN : DROP_ADMIN;
@@ -192,7 +195,7 @@ static __always_inline __u8 vg_tiers_verdict(const struct endpoint_info *ep, __u
  * ClusterNetworkPolicy selects keeps NetworkPolicy's path, no tier work.
  */
 static __always_inline __u8 vg_policy_verdict(const struct endpoint_info *ep, __u8 dir, __u8 proto,
-					      __be16 dport, const struct ipcache_value *peer, int host,
+					      __be16 dport, const struct ipcache_value *peer, __u32 fqdn, int host,
 					      __u32 *rule_ref, const struct vg_pkt *log_pkt)
 {
 	struct policy_key k = {};
@@ -207,7 +210,7 @@ static __always_inline __u8 vg_policy_verdict(const struct endpoint_info *ep, __
 	k.proto = proto;
 	k.dport = dport; /* the policy port: vg_policy_port / vg_ct_policy_port */
 	if (ep->flags & vg_tiered_flag(dir))
-		return vg_tiers_verdict(ep, dir, &k, peer, host, rule_ref, log_pkt);
+		return vg_tiers_verdict(ep, dir, &k, peer, fqdn, host, rule_ref, log_pkt);
 	return vg_np_verdict(ep, dir, &k, peer, rule_ref);
 }
 
