@@ -11,7 +11,7 @@
  * the pod cannot have the answer before the datapath knows the addresses: no first-connection
  * race. Parsing DNS stays in the agent: names, compression, CNAME chains, TCP streams.
  *
- * Fail closed, never stuck: while the agent does not release (its vg_config deadline passed),
+ * Fail closed, never stuck: while the agent does not release (its vg_dns_state deadline passed),
  * the ring is full or the frame is longer than VG_DNS_HELD_MAX, the answer passes unheld
  * (DNS_UNHELD): the pod resolves, and its new flows to those addresses stay denied.
  */
@@ -64,9 +64,9 @@ static __always_inline int vg_dns_copy(struct __sk_buff *skb, __u32 ep_id, __u8 
 static __always_inline int vg_dns_agent_releasing(__u64 now)
 {
 	__u32 zero = 0;
-	struct config *cfg = vg_config.lookup(&zero);
+	struct dns_state *s = vg_dns_state.lookup(&zero);
 
-	return cfg && now < cfg->dns_hold_until_ns;
+	return s && now < s->hold_until_ns;
 }
 
 /*

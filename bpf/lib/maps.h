@@ -107,6 +107,9 @@ BPF_TABLE_PINNED7("percpu_array", __u32, struct counter_value, vg_est_counters, 
 BPF_TABLE_PINNED7("lru_hash", struct dns_learned_key, struct dns_learned_value, vg_dns_learned, VG_MAX_DNS_LEARNED,
 		  VG_PIN(vg_dns_learned), 0);
 
+/* the agent's DNS thread's state (lib/dns.h) */
+BPF_TABLE_PINNED7("array", __u32, struct dns_state, vg_dns_state, 1, VG_PIN(vg_dns_state), 0);
+
 /* per-CPU scratch where a DNS frame is copied before it goes to vg_dns_held. Internal. */
 BPF_TABLE_PINNED7("percpu_array", __u32, struct dns_held, vg_dns_scratch, 1, VG_PIN(vg_dns_scratch), 0);
 

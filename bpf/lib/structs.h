@@ -270,8 +270,15 @@ struct frag_value {
 struct config {
 	__u32 revision; /* bumped by every sync that changed a map */
 	__u32 flags;
-	__u64 dns_hold_until_ns; /* vg_now() deadline the agent pushes forward every second while it
-				   * releases held DNS answers: past it, answers pass unheld */
+	__u64 reserved;
+};
+
+/* vg_dns_state (array[1]): written by the agent's DNS thread only (never by a sync, so neither
+ * overwrites the other's field). */
+struct dns_state {
+	__u64 hold_until_ns; /* vg_now() deadline the agent pushes forward every second while it
+			      * releases held DNS answers: past it, answers pass unheld */
+	__u64 reserved;
 };
 
 /* vg_dns_learned (LRU hash): an address a pod's DNS answers gave it for domainNames rules. */

@@ -77,6 +77,7 @@ MAP_NAMES = (
     "vg_evlost",
     "vg_events",
     "vg_dns_learned",
+    "vg_dns_state",
     "vg_dns_scratch",
     "vg_dns_held",
 )
@@ -301,7 +302,14 @@ class Config(_Struct):
     _fields_: ClassVar = [
         ("revision", ctypes.c_uint32),
         ("flags", ctypes.c_uint32),
-        ("dns_hold_until_ns", ctypes.c_uint64),  # the agent releases held DNS answers until then
+        ("reserved", ctypes.c_uint64),
+    ]
+
+
+class DnsState(_Struct):
+    _fields_: ClassVar = [
+        ("hold_until_ns", ctypes.c_uint64),  # the agent releases held DNS answers until then
+        ("reserved", ctypes.c_uint64),
     ]
 
 
@@ -395,6 +403,7 @@ C_STRUCTS: dict[str, type[_Struct]] = {
     "counter_key": CounterKey,
     "counter_value": CounterValue,
     "flow_event": FlowEvent,
+    "dns_state": DnsState,
     "dns_learned_key": DnsLearnedKey,
     "dns_learned_value": DnsLearnedValue,
     "dns_held": DnsHeld,

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from controller.agent.dns_learn import DomainMatcher
+from controller.agent.dns_service import DnsService
 from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue
 from controller.core import dnswire
 from controller.core.verdicts import DIR_EGRESS, TIER_ACCEPT, TIER_DENY, TIER_PROFILE_BIT
@@ -80,11 +82,7 @@ def dns_endpoint(h: Harness, dns: bool = True) -> None:
 
 
 def releasing(h: Harness, until_ns: int) -> None:
-    cfg = h.dp.maps["vg_config"]
-    raw = cfg.lookup(codecs.u32_key(0))
-    value = abi.Config.from_bytes(raw) if raw else abi.Config()
-    value.dns_hold_until_ns = until_ns
-    cfg.update(codecs.u32_key(0), bytes(value))
+    h.dp.maps["vg_dns_state"].update(codecs.u32_key(0), bytes(abi.DnsState(hold_until_ns=until_ns)))
 
 
 def learn(h: Harness, address: str, expires_ns: int, identity: int = FQDN_ID) -> None:
@@ -166,3 +164,49 @@ def test_after_the_ttl_new_flows_are_denied_and_established_ones_survive_a_polic
     h.dp.maps["vg_dns_learned"].delete(dns_codecs.encode_learned_key(EP, API))
     h.bump()  # the agent removed the entry: now nothing allows it
     assert h.from_pod(ack) == TC_ACT_SHOT
+
+
+class Released:
+    def __init__(self) -> None:
+        self.frames: list[tuple[int, bytes]] = []
+
+    def release(self, ifindex: int, frame: bytes) -> None:
+        self.frames.append((ifindex, frame))
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_agents_dns_thread_learns_before_it_releases_and_the_first_connection_passes(
+    h: Harness, ring: RingBuffer
+) -> None:
+    dns_endpoint(h)
+    matcher = DomainMatcher({"api.example.com": FQDN_ID}, {})
+    service = DnsService(h.dp.pin_dir, lambda: matcher)
+    service.push_deadline(h.dp.maps["vg_dns_state"])
+    assert h.from_pod(query()) == TC_ACT_OK
+    a = answer()
+    assert h.to_pod(a) == TC_ACT_SHOT
+    out = Released()
+    service.handle(ring.read(), h.dp.maps["vg_dns_learned"], out)
+    assert out.frames == [(EP, a)]
+    [(kb, vb)] = h.dp.maps["vg_dns_learned"].items().items()
+    ep_id, address, identity, expires = dns_codecs.decode_learned(kb, vb)
+    assert (ep_id, address, identity) == (EP, API, FQDN_ID)
+    assert 29 * 10**9 < expires - now_ns() <= 30 * 10**9  # the record's TTL
+    assert h.to_pod(a, mark=abi.VG_MARK_DNS_RELEASED) == TC_ACT_OK  # what the releaser sends
+    assert h.from_pod(syn(API)) == TC_ACT_OK  # right after the answer: no race
+    assert service.counts == {"released": 1, "learned": 1, "release_errors": 0, "queries": 1}
+
+
+def test_a_spoofed_answer_is_released_but_teaches_nothing(h: Harness, ring: RingBuffer) -> None:
+    dns_endpoint(h)
+    service = DnsService(h.dp.pin_dir, lambda: DomainMatcher({"api.example.com": FQDN_ID}, {}))
+    service.push_deadline(h.dp.maps["vg_dns_state"])
+    assert h.from_pod(query(qid=7)) == TC_ACT_OK
+    assert h.to_pod(answer(qid=8)) == TC_ACT_SHOT  # same flow, another DNS id: not an answer to it
+    out = Released()
+    service.handle(ring.read(), h.dp.maps["vg_dns_learned"], out)
+    assert len(out.frames) == 1 and h.dp.maps["vg_dns_learned"].items() == {}
+    assert service.learner.ignored == {"unasked": 1}
+    assert h.from_pod(syn(API)) == TC_ACT_SHOT
