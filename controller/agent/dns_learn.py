@@ -15,10 +15,11 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from controller.core import dnsnames, dnswire
+from controller.core import dnswire
 
 QUERY_WAIT = 10.0  # seconds an unanswered query is remembered
 MAX_PENDING = 4096  # queries remembered per node (the oldest are forgotten first)
@@ -92,26 +93,10 @@ def parse_frame(frame: bytes) -> Frame:
     return Frame(family, src, dst, proto, sport, dport, l4, payload)
 
 
-class DomainMatcher:
-    """The domain identity of a name: the identity of its class (compiled from every domainNames
-    pattern: the exact names, and for `*.suffix` the names with that suffix and no longer one
-    of another pattern), or None when no pattern matches it."""
+class DomainMatcher(Protocol):
+    """The domain identity of a name a pod asked for, or None (stages/domains.DomainClasses)."""
 
-    def __init__(self, exact: Mapping[str, int], wildcard: Mapping[str, int]) -> None:
-        self.exact = dict(exact)  # canonical name -> identity
-        self.wildcard = dict(wildcard)  # suffix (without "*.") -> identity
-
-    def identity(self, name: str) -> int | None:
-        name = dnsnames.canonical(name)
-        hit = self.exact.get(name)
-        if hit is not None:
-            return hit
-        labels = name.split(".")
-        for i in range(1, len(labels)):  # the longest proper suffix first
-            hit = self.wildcard.get(".".join(labels[i:]))
-            if hit is not None:
-                return hit
-        return None
+    def identity(self, name: str) -> int | None: ...
 
 
 @dataclass(frozen=True)

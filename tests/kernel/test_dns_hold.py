@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from controller.agent.dns_learn import DomainMatcher
 from controller.agent.dns_service import DnsService
 from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue
+from controller.compiler.stages.domains import DomainClasses
 from controller.core import dnswire
 from controller.core.verdicts import DIR_EGRESS, TIER_ACCEPT, TIER_DENY, TIER_PROFILE_BIT
 from controller.datapath import abi, codecs, dns_codecs, encoding
@@ -181,7 +181,7 @@ def test_the_agents_dns_thread_learns_before_it_releases_and_the_first_connectio
     h: Harness, ring: RingBuffer
 ) -> None:
     dns_endpoint(h)
-    matcher = DomainMatcher({"api.example.com": FQDN_ID}, {})
+    matcher = DomainClasses({(False, "api.example.com"): FQDN_ID}, {})
     service = DnsService(h.dp.pin_dir, lambda: matcher)
     service.push_deadline(h.dp.maps["vg_dns_state"])
     assert h.from_pod(query()) == TC_ACT_OK
@@ -201,7 +201,7 @@ def test_the_agents_dns_thread_learns_before_it_releases_and_the_first_connectio
 
 def test_a_spoofed_answer_is_released_but_teaches_nothing(h: Harness, ring: RingBuffer) -> None:
     dns_endpoint(h)
-    service = DnsService(h.dp.pin_dir, lambda: DomainMatcher({"api.example.com": FQDN_ID}, {}))
+    service = DnsService(h.dp.pin_dir, lambda: DomainClasses({(False, "api.example.com"): FQDN_ID}, {}))
     service.push_deadline(h.dp.maps["vg_dns_state"])
     assert h.from_pod(query(qid=7)) == TC_ACT_OK
     assert h.to_pod(answer(qid=8)) == TC_ACT_SHOT  # same flow, another DNS id: not an answer to it

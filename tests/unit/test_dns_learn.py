@@ -7,15 +7,21 @@ import socket
 import pytest
 
 from controller.agent import dns_learn
-from controller.agent.dns_learn import DomainMatcher, Learned, Learner
+from controller.agent.dns_learn import Learned, Learner
+from controller.compiler.stages.domains import DomainClasses
 from controller.core import dnswire
 from controller.core.dnswire import Question, Record
 from tests.support import packets as P
 
 POD, POD6, DNS, DNS6 = "10.244.1.10", "fd00:10:244:1::10", "10.245.0.10", "fd00:10:245::10"
-MATCHER = DomainMatcher(
-    exact={"api.stripe.com": 0x2000001, "latest.blog.kubernetes.io": 0x2000003},
-    wildcard={"kubernetes.io": 0x2000002, "s3.amazonaws.com": 0x2000004},
+MATCHER = DomainClasses.build(
+    ["api.stripe.com", "*.kubernetes.io", "latest.blog.kubernetes.io", "*.s3.amazonaws.com"]
+)
+STRIPE, K8S, LATEST, S3 = (
+    MATCHER.ids[(False, "api.stripe.com")],
+    MATCHER.ids[(True, "kubernetes.io")],
+    MATCHER.ids[(False, "latest.blog.kubernetes.io")],
+    MATCHER.ids[(True, "s3.amazonaws.com")],
 )
 
 
@@ -58,21 +64,45 @@ def rec(name: str, address: str, ttl: int = 30) -> Record:
 @pytest.mark.parametrize(
     ("name", "identity"),
     [
-        ("api.stripe.com", 0x2000001),
-        ("API.Stripe.com.", 0x2000001),
+        ("api.stripe.com", STRIPE),
+        ("API.Stripe.com.", STRIPE),
         ("www.stripe.com", None),
-        ("www.kubernetes.io", 0x2000002),
-        ("a.b.kubernetes.io", 0x2000002),
+        ("www.kubernetes.io", K8S),
+        ("a.b.kubernetes.io", K8S),
         ("kubernetes.io", None),
-        ("latest.blog.kubernetes.io", 0x2000003),  # an exact name's class includes its wildcards
-        ("bucket.s3.amazonaws.com", 0x2000004),
+        ("latest.blog.kubernetes.io", LATEST),
+        ("bucket.s3.amazonaws.com", S3),
         ("s3.amazonaws.com", None),
     ],
 )
 def test_a_name_gets_its_class_identity_exact_first_then_the_longest_wildcard(
-    name: str, identity: int
+    name: str, identity: int | None
 ) -> None:
     assert MATCHER.identity(name) == identity
+
+
+def test_a_pattern_selects_every_class_whose_names_it_matches() -> None:
+    assert MATCHER.identities("*.kubernetes.io") == {K8S, LATEST}  # latest.blog... matches it too
+    assert MATCHER.identities("latest.blog.kubernetes.io") == {LATEST}
+    assert MATCHER.identities("api.stripe.com") == {STRIPE}
+    assert MATCHER.identities("*.stripe.com") == frozenset()  # no policy names it
+    nested = DomainClasses.build(["*.example.com", "*.eu.example.com", "example.com"])
+    eu, top, bare = (
+        nested.ids[k] for k in ((True, "eu.example.com"), (True, "example.com"), (False, "example.com"))
+    )
+    assert nested.identities("*.example.com") == {top, eu}
+    assert nested.identities("*.eu.example.com") == {eu}
+    assert nested.identities("example.com") == {bare}  # *.example.com does not match example.com
+    assert (nested.identity("a.eu.example.com"), nested.identity("a.example.com")) == (eu, top)
+
+
+def test_a_class_keeps_its_identity_and_a_new_pattern_does_not_take_a_removed_ones() -> None:
+    again = DomainClasses.build(["*.s3.amazonaws.com", "new.example.org", "api.stripe.com"], MATCHER)
+    assert again.ids[(False, "api.stripe.com")] == STRIPE and again.ids[(True, "s3.amazonaws.com")] == S3
+    assert again.ids[(False, "new.example.org")] not in {STRIPE, K8S, LATEST, S3}
+    assert (False, "latest.blog.kubernetes.io") not in again.ids
+    # the same in another agent, or after a restart (no previous compilation)
+    assert DomainClasses.build(["api.stripe.com"]).ids == {(False, "api.stripe.com"): STRIPE}
 
 
 def test_an_answer_to_a_query_the_pod_sent_teaches_every_address_of_the_chain(learner: Learner) -> None:
@@ -89,8 +119,8 @@ def test_an_answer_to_a_query_the_pod_sent_teaches_every_address_of_the_chain(le
         ),
     )
     assert got == [
-        Learned(7, "203.0.113.5", 0x2000001, 20, "api.stripe.com"),
-        Learned(7, "203.0.113.6", 0x2000001, dns_learn.MIN_HOLD, "api.stripe.com"),
+        Learned(7, "203.0.113.5", STRIPE, 20, "api.stripe.com"),
+        Learned(7, "203.0.113.6", STRIPE, dns_learn.MIN_HOLD, "api.stripe.com"),
     ]
 
 
@@ -99,7 +129,7 @@ def test_ipv6_answers_are_learned_too(learner: Learner) -> None:
     got = learner.answer(
         7, a("www.kubernetes.io", [rec("www.kubernetes.io", "2001:db8::5")], src=DNS6, qtype=28)
     )
-    assert [(g.address, g.identity) for g in got] == [("2001:db8::5", 0x2000002)]
+    assert [(g.address, g.identity) for g in got] == [("2001:db8::5", K8S)]
 
 
 @pytest.mark.parametrize(
