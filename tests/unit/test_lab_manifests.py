@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,7 +79,7 @@ def test_external_names_are_canonical_once_each_with_the_default_ttl() -> None:
 
 
 def test_the_cluster_dns_answers_every_name_of_a_host_with_each_of_its_addresses() -> None:
-    hosts = [
+    hosts: list[dict[str, Any]] = [
         {"metadata": {"name": "b"}, "spec": {"ip": "203.0.113.6", "names": ["api.example.com"], "ttl": 5}},
         {
             "metadata": {"name": "a"},
