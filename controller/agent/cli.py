@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from controller.agent import flows, preflight
+from controller.agent.dns_service import DnsService
 from controller.agent.flow_server import DEFAULT_FLOW_SOCKET, FlowServer
 from controller.agent.health import METRICS_ONLY, HealthServer
 from controller.agent.informers import Sources
@@ -159,6 +160,8 @@ def start_flows(args: argparse.Namespace, agent: Agent, metrics: Metrics) -> tup
     started: list[Any] = [flows.FlowReader(args.node, ring, store, view.get, out).start()]
     if args.flow_socket.lower() != "none":
         started.append(FlowServer(args.flow_socket, store, args.node, metrics).start())
+    # DNS for domainNames rules: held answers learned from and released (the ring's only reader)
+    started.append(DnsService(pin_dir_for(args.node, args.pin_root), agent.domains).start())
     return tuple(started)
 
 
