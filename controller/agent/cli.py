@@ -160,8 +160,6 @@ def start_flows(args: argparse.Namespace, agent: Agent, metrics: Metrics) -> tup
     started: list[Any] = [flows.FlowReader(args.node, ring, store, view.get, out).start()]
     if args.flow_socket.lower() != "none":
         started.append(FlowServer(args.flow_socket, store, args.node, metrics).start())
-    # DNS for domainNames rules: held answers learned from and released (the ring's only reader)
-    started.append(DnsService(pin_dir_for(args.node, args.pin_root), agent.domains).start())
     return tuple(started)
 
 
@@ -216,6 +214,8 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.flow_capacity < 1:
         print("vethguard agent: --flow-capacity must be at least 1", file=sys.stderr)
         return 2
+    from controller.datapath.loader import pin_dir_for
+
     configure_logging(args.log_level)
     tune_gc()
     metrics = Metrics()
@@ -245,6 +245,8 @@ def run_cli(args: argparse.Namespace) -> int:
             scrape = HealthServer(args.metrics_addr, agent.probes(), METRICS_ONLY, "--metrics-addr")
             servers.append(scrape.start())
         flow_parts = start_flows(args, agent, metrics)
+        # DNS for domainNames rules: held answers learned from, then released (vg_dns_held's reader)
+        flow_parts += (DnsService(pin_dir_for(args.node, args.pin_root), agent.domains).start(),)
     except (VethguardError, OSError, ValueError) as exc:
         print(f"vethguard agent: {exc}", file=sys.stderr)
         return 1
