@@ -27,9 +27,11 @@ static __always_inline void vg_ipcache_lookup(__u8 family, const __u8 *addr, str
 	if (v) {
 		out->identity = v->identity;
 		out->cidr_identity = v->cidr_identity;
+		out->ns_identity = v->ns_identity;
 	} else {
 		out->identity = ID_WORLD;
 		out->cidr_identity = 0;
+		out->ns_identity = 0;
 	}
 }
 
@@ -105,7 +107,11 @@ static __always_inline void vg_tiers_init(struct vg_tiers *t)
 	t->admin_rank = t->base_rank = t->calico_rank = t->log_rank = 0xffffffff;
 }
 
-/* The three lookups of a tier profile (peer identity, CIDR identity, ANY), merged into *t. */
+/*
+ * The lookups of a tier profile, merged into *t: the peer's identity, its CIDR identity, its
+ * namespace identity (a pod address: the keys of rules selecting every pod of its namespace)
+ * and ANY. NetworkPolicy (vg_np_verdict) has no namespace keys and keeps its three.
+ */
 static __always_inline void vg_tiers_lookup(__u32 profile, __u8 dir, __u8 proto, __be16 port,
 					    const struct ipcache_value *peer, struct vg_tiers *t)
 {
@@ -116,6 +122,8 @@ static __always_inline void vg_tiers_lookup(__u32 profile, __u8 dir, __u8 proto,
 	vg_tiers_try(&k, peer->identity, t);
 	if (peer->cidr_identity)
 		vg_tiers_try(&k, peer->cidr_identity, t);
+	if (peer->ns_identity)
+		vg_tiers_try(&k, peer->ns_identity, t);
 	vg_tiers_try(&k, ID_ANY, t);
 }
 

@@ -21,6 +21,10 @@
 #define ID_HOST        1
 #define ID_WORLD       2
 #define ID_REMOTE_NODE 3
+/* Namespace identities (ipcache_value.ns_identity, and the peer of a ClusterNetworkPolicy key
+ * that selects every pod of a namespace); pod identities lie below CIDR ones, CIDR ones below. */
+#define NS_ID_MIN      (1 << 25)
+#define NS_ID_MAX      ((1 << 26) - 1)
 
 #define EP_F_INGRESS_ISOLATED (1 << 0)
 #define EP_F_EGRESS_ISOLATED  (1 << 1)
@@ -172,6 +176,7 @@ struct ipcache6_key {
 struct ipcache_value {
 	__u32 identity;      /* pod identity, HOST, REMOTE_NODE or WORLD */
 	__u32 cidr_identity; /* longest policy prefix containing the address, 0 if none */
+	__u32 ns_identity;   /* a pod address: its namespace's identity; 0 for any other address */
 };
 
 /* vg_policy (LPM trie) */
