@@ -264,7 +264,9 @@ def host_endpoint_verdict(
         local = to_node(desired, t, p, port)
     else:
         local = from_node if from_node is not None else str(s) in set(desired.host_addresses)
-    ident, cidr = ipcache_lookup(desired, peer)
+    # (its profiles are Calico's, which have no namespace keys: the kernel's lookup of the
+    # namespace identity, lib/policy.h vg_tiers_lookup, never answers for a host endpoint)
+    ident, cidr, _ = ipcache_lookup(desired, peer)
     lport = policy_port(p, port)
     failsafe = p in L4_PROTOCOLS.values() and is_failsafe(desired, direction, p, port)
     profiles = desired.tier_profiles
