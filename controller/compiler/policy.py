@@ -44,8 +44,8 @@ from controller.compiler.stages.entries import Entries, NodeEndpoints, RuleEntri
 from controller.compiler.stages.identities import IdentityCatalogue, IdentityTables
 from controller.compiler.stages.ipcache import Ipcache, IpcacheMap, NodeIpcaches
 from controller.compiler.stages.named_ports import NamedPorts
-from controller.compiler.stages.policies import PolicyTables, rule_ref
 from controller.compiler.stages.ns_identities import NamespaceIdentities
+from controller.compiler.stages.policies import PolicyTables, rule_ref
 from controller.compiler.stages.selection import NamespaceIndex, PeerSelector, Selection
 from controller.compiler.stages.tier_profiles import TierMemo
 from controller.compiler.stages.tiers import CnpTables, Tiers

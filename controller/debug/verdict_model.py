@@ -226,10 +226,9 @@ def decide(
         levels.append(ID_ANY)
     if tiered:
         # lib/policy.h vg_tiers_lookup: the namespace identity too (only tier profiles have such keys)
-        tier_levels = levels[:-1] + [ns_identity] + levels[-1:] if ns_identity else levels
-        tier_hits = (
-            [h for h in (tier_lookup(lv) for lv in tier_levels) if h is not None] if tier_lookup else []
-        )
+        tier_levels = [*levels[:-1], ns_identity, *levels[-1:]] if ns_identity else levels
+        found = (tier_lookup(lv) for lv in tier_levels) if tier_lookup else ()
+        tier_hits = [h for h in found if h is not None]
         return _tiers(tier_hits, isolated, audit, host, lambda: _networkpolicy(levels, audit, lookup), calico)
     return _networkpolicy(levels, audit, lookup)
 
