@@ -68,8 +68,8 @@ struct vg_tiers {
 /*
  * One LPM lookup in the endpoint's tier profile for one peer identity, merged into *t: in each
  * tier the lowest rank (the rule first in the tier's order) wins. Each entry already holds its
- * identity's whole answer (the compiler folded the shorter prefixes in), so three lookups
- * answer for every policy, tier and rule.
+ * identity's whole answer (the compiler folded the shorter prefixes in), so four lookups at
+ * most answer for every policy, tier and rule.
  */
 static __always_inline void vg_tiers_try(struct policy_key *k, __u32 identity, struct vg_tiers *t)
 {
@@ -148,7 +148,7 @@ static __always_inline __u8 vg_np_verdict(const struct endpoint_info *ep, __u8 d
 }
 
 /*
- * The tiers, per direction (docs/INTERNALS.md "Tiers"): three lookups in the endpoint's tier
+ * The tiers, per direction (docs/INTERNALS.md "Tiers"): four lookups in the endpoint's tier
  * profile; the Admin tier's first matching rule decides on Accept or Deny; Pass, or no match,
  * hands over to Calico's tier where a Calico policy selects the pod (its first matching rule,
  * NetworkPolicies' among them, decides on Allow or Deny; no match is the end-of-tier drop; Pass

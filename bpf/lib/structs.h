@@ -193,8 +193,9 @@ struct policy_key {
  * One entry answers for all three tiers at once: what NetworkPolicy says, and which rule of each
  * ClusterNetworkPolicy tier matches first. The compiler folds into every entry the rules of the
  * shorter prefixes (same endpoint, direction and peer identity) that cover it, so the longest
- * match alone is complete for its identity; the program combines its three lookups (peer
- * identity, CIDR identity, ANY) by taking each tier's lowest rank (lib/policy.h).
+ * match alone is complete for its identity; the program combines its lookups (peer identity,
+ * CIDR identity, a tier profile's namespace identity, ANY) by taking each tier's lowest rank
+ * (lib/policy.h).
  */
 struct policy_value {
 	__u8 verdict;       /* VERDICT_ALLOW: a NetworkPolicy rule allows it; 0: none does */

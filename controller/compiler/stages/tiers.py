@@ -1,5 +1,5 @@
 """ClusterNetworkPolicy tiers (a stage of the compiler): the ordered decision, precomputed per
-endpoint into its policy entries, so the datapath decides with three lookups whatever the
+endpoint into its policy entries, so the datapath decides with four lookups whatever the
 number of policies, tiers and rules (docs/INTERNALS.md "Tiers").
 
 - Order: Admin policies, then Baseline; within a tier ascending priority, ties by name, then
