@@ -134,7 +134,6 @@ class CnpTables:
             "node prefixes", nodes, dict
         )
         self._subjects: dict[str, frozenset[int]] = {}
-        self._namespace_peers: dict[object, frozenset[int]] = {}
         self.prefixes = frozenset(self._prefixes())
 
     # -- selection -----------------------------------------------------------------------------
@@ -164,10 +163,7 @@ class CnpTables:
         ns_sel = peer.namespaces
         if ns_sel is None or not (peer.kind == "namespaces" or peer.pods is None or peer.pods.is_everything):
             return self.select(peer)
-        hit = self._namespace_peers.get(ns_sel.key)
-        if hit is None:
-            hit = self._namespace_peers[ns_sel.key] = self.selector.namespaces.identities_matching(ns_sel)
-        return hit
+        return self.selector.namespace_identities(ns_sel)
 
     def node_addresses(self, peer: CnpPeer) -> tuple[IPAddress, ...]:
         """Addresses of the nodes a `nodes` peer selects."""

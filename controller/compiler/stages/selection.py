@@ -134,6 +134,7 @@ class PeerSelector:
         self.identity_namespace = identities.identity_namespace
         self.namespaces = namespaces
         self._cache: dict[tuple[Any, ...], frozenset[int]] = {}
+        self._ns_cache: dict[str, frozenset[int]] = {}
 
     @classmethod
     def build(cls, identities: IdentityTables, namespaces: NamespaceIndex) -> PeerSelector:
@@ -146,6 +147,13 @@ class PeerSelector:
         if identities.ns_index is self.ns_index and namespaces is self.namespaces:
             return self
         return PeerSelector(identities, namespaces)
+
+    def namespace_identities(self, sel: LabelSelector) -> frozenset[int]:
+        """The namespace identities of the namespaces `sel` selects (cached like peers)."""
+        hit = self._ns_cache.get(sel.key)
+        if hit is None:
+            hit = self._ns_cache[sel.key] = self.namespaces.identities_matching(sel)
+        return hit
 
     def _namespaces_matching(self, sel: LabelSelector) -> list[str]:
         names = self.namespaces.names
