@@ -15,7 +15,9 @@ from controller.compiler.desired_state import NodeDesired
 from controller.compiler.identity import is_namespace_identity, is_pod_identity
 from controller.compiler.policy import compile_cluster
 from controller.compiler.stages.ns_identities import NamespaceIdentities
-from controller.core.identities import NS_ID_MAX, NS_ID_MIN
+from controller.core.identities import ID_REMOTE_NODE, NS_ID_MAX, NS_ID_MIN
+from controller.core.verdicts import DIR_INGRESS
+from controller.debug import verdict_model
 from tests.support.k8s import K8s as K
 
 NODE = "node-1"
@@ -153,3 +155,17 @@ def test_a_namespace_deleted_and_recreated_keys_the_profile_as_before() -> None:
     back = compute(builder.build(_namespaces(), _pods(), [], nodes, cnps), NODE)
     assert _profile(back) == _profile(first)
     assert back.ipcache == first.ipcache
+
+
+def test_a_host_network_pod_of_a_selected_namespace_is_no_peer_and_has_no_namespace_identity() -> None:
+    nodes = [K.node(NODE, "10.9.0.1"), K.node("node-2", "10.9.0.2")]
+    host_pod = K.pod("ns3/agent", {"app": "agent"}, ["10.9.0.2"], "node-2", host_network=True)
+    cluster = cluster_from_objects(_namespaces(), [*_pods(), host_pod], [], nodes, [_cnp(FROM_B_NAMESPACES)])
+    d = compute(cluster, NODE)
+    assert d.ipcache[ipaddress.ip_network("10.9.0.2/32")] == (ID_REMOTE_NODE, 0, 0)
+    assert verdict_model.endpoint_verdict(d, "ns0/p0", DIR_INGRESS, "10.9.0.2", "TCP", 80).reason == (
+        "ALLOW_NOT_ISOLATED"
+    )
+    assert (
+        verdict_model.endpoint_verdict(d, "ns0/p0", DIR_INGRESS, "10.3.0.1", "TCP", 80).reason == "DROP_ADMIN"
+    )
