@@ -390,6 +390,17 @@ def test_bpf_policy_shows_each_entrys_networkpolicy_verdict_and_tier_rules(view:
     assert tiers[0]["tier_profile"] & verdicts.TIER_PROFILE_BIT
 
 
+def test_bpf_ipcache_and_identities_name_a_pod_addresss_namespace_identity(view: ClusterView) -> None:
+    node = view.node_of("x/a") or ""
+    state, _ = kernel_state(view, node)
+    nz = view.compiled.namespace_identity["z"]
+    ip = view.compiled.pods["z/b"].ips[0]
+    [row] = [r for r in bpfview.ipcache_rows(view, node, state) if r["prefix"].split("/")[0] == ip]
+    assert (row["ns_identity"], row["namespace"]) == (nz, "ns:z")
+    [ident] = [r for r in bpfview.identity_rows(view, node, state) if r["identity"] == nz]
+    assert (ident["kind"], ident["meaning"], ident["in_ipcache"]) == ("namespace", "ns:z", True)
+
+
 def test_endpoint_flags_show_which_directions_the_tiers_police(view: ClusterView) -> None:
     flags: dict[str, list[str]] = {}
     for node in NODES:
