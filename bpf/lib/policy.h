@@ -27,9 +27,11 @@ static __always_inline void vg_ipcache_lookup(__u8 family, const __u8 *addr, str
 	if (v) {
 		out->identity = v->identity;
 		out->cidr_identity = v->cidr_identity;
+		out->ns_identity = v->ns_identity;
 	} else {
 		out->identity = ID_WORLD;
 		out->cidr_identity = 0;
+		out->ns_identity = 0;
 	}
 }
 
@@ -66,8 +68,8 @@ struct vg_tiers {
 /*
  * One LPM lookup in the endpoint's tier profile for one peer identity, merged into *t: in each
  * tier the lowest rank (the rule first in the tier's order) wins. Each entry already holds its
- * identity's whole answer (the compiler folded the shorter prefixes in), so three lookups
- * answer for every policy, tier and rule.
+ * identity's whole answer (the compiler folded the shorter prefixes in), so four lookups at
+ * most answer for every policy, tier and rule.
  */
 static __always_inline void vg_tiers_try(struct policy_key *k, __u32 identity, struct vg_tiers *t)
 {
@@ -105,7 +107,11 @@ static __always_inline void vg_tiers_init(struct vg_tiers *t)
 	t->admin_rank = t->base_rank = t->calico_rank = t->log_rank = 0xffffffff;
 }
 
-/* The three lookups of a tier profile (peer identity, CIDR identity, ANY), merged into *t. */
+/*
+ * The lookups of a tier profile, merged into *t: the peer's identity, its CIDR identity, its
+ * namespace identity (a pod address: the keys of rules selecting every pod of its namespace)
+ * and ANY. NetworkPolicy (vg_np_verdict) has no namespace keys and keeps its three.
+ */
 static __always_inline void vg_tiers_lookup(__u32 profile, __u8 dir, __u8 proto, __be16 port,
 					    const struct ipcache_value *peer, __u32 fqdn, struct vg_tiers *t)
 {
@@ -116,6 +122,8 @@ static __always_inline void vg_tiers_lookup(__u32 profile, __u8 dir, __u8 proto,
 	vg_tiers_try(&k, peer->identity, t);
 	if (peer->cidr_identity)
 		vg_tiers_try(&k, peer->cidr_identity, t);
+	if (peer->ns_identity)
+		vg_tiers_try(&k, peer->ns_identity, t);
 	/* the domain identity the pod learned for this address (lib/dnslearned.h), if any */
 	if (fqdn)
 		vg_tiers_try(&k, fqdn, t);
@@ -143,7 +151,7 @@ static __always_inline __u8 vg_np_verdict(const struct endpoint_info *ep, __u8 d
 }
 
 /*
- * The tiers, per direction (docs/INTERNALS.md "Tiers"): three lookups in the endpoint's tier
+ * The tiers, per direction (docs/INTERNALS.md "Tiers"): four lookups in the endpoint's tier
  * profile; the Admin tier's first matching rule decides on Accept or Deny; Pass, or no match,
  * hands over to Calico's tier where a Calico policy selects the pod (its first matching rule,
  * NetworkPolicies' among them, decides on Allow or Deny; no match is the end-of-tier drop; Pass

@@ -21,6 +21,10 @@
 #define ID_HOST        1
 #define ID_WORLD       2
 #define ID_REMOTE_NODE 3
+/* Namespace identities (ipcache_value.ns_identity, and the peer of a ClusterNetworkPolicy key
+ * that selects every pod of a namespace); pod identities lie below CIDR ones, CIDR ones below. */
+#define NS_ID_MIN      (1 << 25)
+#define NS_ID_MAX      ((1 << 26) - 1)
 
 #define EP_F_INGRESS_ISOLATED (1 << 0)
 #define EP_F_EGRESS_ISOLATED  (1 << 1)
@@ -180,6 +184,7 @@ struct ipcache6_key {
 struct ipcache_value {
 	__u32 identity;      /* pod identity, HOST, REMOTE_NODE or WORLD */
 	__u32 cidr_identity; /* longest policy prefix containing the address, 0 if none */
+	__u32 ns_identity;   /* a pod address: its namespace's identity; 0 for any other address */
 };
 
 /* vg_policy (LPM trie) */
@@ -196,8 +201,9 @@ struct policy_key {
  * One entry answers for all three tiers at once: what NetworkPolicy says, and which rule of each
  * ClusterNetworkPolicy tier matches first. The compiler folds into every entry the rules of the
  * shorter prefixes (same endpoint, direction and peer identity) that cover it, so the longest
- * match alone is complete for its identity; the program combines its three lookups (peer
- * identity, CIDR identity, ANY) by taking each tier's lowest rank (lib/policy.h).
+ * match alone is complete for its identity; the program combines its lookups (peer identity,
+ * CIDR identity, a tier profile's namespace identity, ANY) by taking each tier's lowest rank
+ * (lib/policy.h).
  */
 struct policy_value {
 	__u8 verdict;       /* VERDICT_ALLOW: a NetworkPolicy rule allows it; 0: none does */

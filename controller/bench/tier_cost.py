@@ -98,7 +98,7 @@ def policy_lookups(desired: NodeDesired) -> tuple[str, int, bool]:
     """(the model's reason, vg_policy lookups, tiered) of the measured new flow (module doc)."""
     ep = desired.endpoints[SERVER]
     v = verdict_model.endpoint_verdict(desired, SERVER, DIR_INGRESS, CLIENT_IP, "TCP", PORT)
-    ident, cidr = verdict_model.ipcache_lookup(desired, CLIENT_IP)
+    ident, cidr, ns_ident = verdict_model.ipcache_lookup(desired, CLIENT_IP)
     levels = [ident, *([cidr] if cidr else []), ID_ANY]
     np_lookups = len(levels)
     for n, level in enumerate(levels, 1):
@@ -113,7 +113,9 @@ def policy_lookups(desired: NodeDesired) -> tuple[str, int, bool]:
             verdict_model.DROP_POLICY,
             verdict_model.ALLOW_AUDIT,
         )
-        return v.reason, len(levels) + (np_lookups if np_decided else 0), True
+        # (lib/policy.h vg_tiers_lookup: a pod peer's namespace identity is one more)
+        tier_lookups = len(levels) + (1 if ns_ident else 0)
+        return v.reason, tier_lookups + (np_lookups if np_decided else 0), True
     return v.reason, np_lookups, False
 
 

@@ -107,6 +107,8 @@ class ClusterView:
             return str(info.name)
         if info.kind == "cidr":
             return f"cidr:{info.cidr}"
+        if info.kind == "namespace":
+            return f"ns:{info.namespace}"
         labels = ",".join(f"{k}={v}" for k, v in sorted(info.labels.items())) or "<no labels>"
         return f"{info.namespace}:{labels}"
 

@@ -80,7 +80,7 @@ class RuleRef:
 @dataclass(frozen=True)
 class IdentityInfo:
     identity: int
-    kind: str  # "pod", "cidr", "reserved"
+    kind: str  # "pod", "cidr", "namespace", "reserved"
     namespace: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     cidr: str | None = None
@@ -169,7 +169,7 @@ class ProfileChange:
 @dataclass(frozen=True)
 class NodeDesired:
     endpoints: Mapping[str, EndpointDesired]
-    ipcache: Mapping[IPNetwork, tuple[int, int]]  # prefix -> (identity, cidr_identity)
+    ipcache: Mapping[IPNetwork, tuple[int, int, int]]  # prefix -> (identity, cidr_identity, ns_identity)
     rules: Mapping[int, RuleRef]
     identities: Mapping[int, IdentityInfo]
     errors: Sequence[PolicyError] = ()

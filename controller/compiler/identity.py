@@ -3,7 +3,10 @@
 - 0..255 are reserved (ANY, HOST, WORLD, REMOTE_NODE, the rest unused);
 - pod identities (256 .. 2^24-1): one per distinct (namespace, pod label set);
 - CIDR identities (2^24 .. 2^25-1): one per distinct prefix (ipBlock cidr/except, exact per-pod
-  prefixes for egress named ports).
+  prefixes for egress named ports);
+- namespace identities (2^25 .. 2^26-1): one per namespace the compiler knows of (a pod
+  address's ipcache entry carries its namespace's; ClusterNetworkPolicy peers that select every
+  pod of a namespace are keyed by it).
 
 Allocation: keys are encoded canonically to bytes, processed in sorted order of that encoding;
 each key's home slot is `lo + H(key) mod (hi - lo + 1)` (H = first 8 bytes of blake2b), and on
@@ -26,6 +29,8 @@ from controller.core.identities import (
     ID_HOST,
     ID_REMOTE_NODE,
     ID_WORLD,
+    NS_ID_MAX,
+    NS_ID_MIN,
     POD_ID_MAX,
     POD_ID_MIN,
 )
@@ -134,6 +139,14 @@ def _encode_prefix(net: IPNetwork) -> bytes:
     return bytes([net.version]) + net.network_address.packed + bytes([net.prefixlen])
 
 
+def encode_namespace(name: str) -> bytes:
+    return name.encode()
+
+
+def allocate_namespace_identities(names: Iterable[str]) -> dict[str, int]:
+    return allocate(names, NS_ID_MIN, NS_ID_MAX, encode_namespace)
+
+
 def allocate_pod_identities(keys: Iterable[PodIdentityKey]) -> dict[PodIdentityKey, int]:
     return allocate(keys, POD_ID_MIN, POD_ID_MAX, _encode_pod_key)
 
@@ -148,3 +161,7 @@ def is_pod_identity(ident: int) -> bool:
 
 def is_cidr_identity(ident: int) -> bool:
     return CIDR_ID_MIN <= ident <= CIDR_ID_MAX
+
+
+def is_namespace_identity(ident: int) -> bool:
+    return NS_ID_MIN <= ident <= NS_ID_MAX

@@ -44,6 +44,7 @@ from controller.compiler.stages.entries import Entries, NodeEndpoints, RuleEntri
 from controller.compiler.stages.identities import IdentityCatalogue, IdentityTables
 from controller.compiler.stages.ipcache import Ipcache, IpcacheMap, NodeIpcaches
 from controller.compiler.stages.named_ports import NamedPorts
+from controller.compiler.stages.ns_identities import NamespaceIdentities
 from controller.compiler.stages.policies import PolicyTables, rule_ref
 from controller.compiler.stages.selection import NamespaceIndex, PeerSelector, Selection
 from controller.compiler.stages.tier_profiles import TierMemo
@@ -114,7 +115,10 @@ class CompiledCluster:
         policies = PolicyTables.build(cluster.policies)
         identities = IdentityTables.build(cluster.pods, self.generations)
         names = NamespaceIndex.names_of(cluster.namespaces, identities, policies)
-        namespaces = NamespaceIndex.build(names, cluster.namespace_labels)
+        namespaces = NamespaceIndex.build(
+            names, cluster.namespace_labels, self.generations.last(NamespaceIdentities)
+        )
+        self.generations.publish(namespaces.ids)
         selection = Selection.build(policies, identities)
         selector = PeerSelector.build(identities, namespaces)
         named = NamedPorts.build(policies.named_rules, identities, selector)
@@ -122,8 +126,8 @@ class CompiledCluster:
         cnp = CnpTables(cluster.cluster_policies, identities, selector, cluster.nodes, memo)
         calico = CalicoTables(cluster.calico_policies, cluster.policies, identities, cluster.namespace_labels)
         cidr = CidrTables.build(policies.block_prefixes | named.exact | cnp.prefixes | calico.prefixes)
-        ipcache = Ipcache.build(cluster.nodes, identities, cidr, self.generations)
-        catalogue = IdentityCatalogue.build(identities, cidr.cidr_identity)
+        ipcache = Ipcache.build(cluster.nodes, identities, cidr, namespaces.ids, self.generations)
+        catalogue = IdentityCatalogue.build(identities, cidr.cidr_identity, namespaces.ids)
         self._set(policies, identities, namespaces, selection, selector, named, ipcache, catalogue)
         self.entries = RuleEntries(identities, selection, selector, cidr, named)
         self.tiers = Tiers(
@@ -154,6 +158,7 @@ class CompiledCluster:
             else prev.namespaces.names
         )
         namespaces = prev.namespaces.update(names, cluster.namespace_labels)
+        self.generations.publish(namespaces.ids)
         selection = prev.selection.update(
             prev.policy_map, cluster.policies, policies, identities, delta.policies, ns_changed, moved
         )
@@ -170,12 +175,19 @@ class CompiledCluster:
         cnp = CnpTables(cluster.cluster_policies, identities, selector, cluster.nodes, memo)
         cidr = prev.cidr.update(policies.block_prefixes | named.exact | cnp.prefixes)
         ipcache = prev.ipcache.update(
-            prev.pods, cluster.pods, delta.pods, cluster.nodes, identities, cidr, self.generations
+            prev.pods,
+            cluster.pods,
+            delta.pods,
+            cluster.nodes,
+            identities,
+            cidr,
+            namespaces.ids,
+            self.generations,
         )
-        if cidr is prev.cidr:
+        if cidr is prev.cidr and namespaces.ids is prev.namespaces.ids:
             catalogue = prev.catalogue.update(identities, changes)
         else:
-            catalogue = IdentityCatalogue.build(identities, cidr.cidr_identity)
+            catalogue = IdentityCatalogue.build(identities, cidr.cidr_identity, namespaces.ids)
         # Nothing an endpoint's entries depend on changed but its own pod: the previous
         # EndpointDesired of every unchanged pod is handed out again.
         stable = (
@@ -277,6 +289,11 @@ class CompiledCluster:
     @property
     def cidr_identity(self) -> dict[IPNetwork, int]:
         return self.cidr.cidr_identity
+
+    @property
+    def namespace_identity(self) -> Mapping[str, int]:
+        """namespace name -> its namespace identity (stages/ns_identities.py)."""
+        return self.namespaces.ids.of
 
     @property
     def node_addresses(self) -> dict[str, list[IPAddress]]:

@@ -197,7 +197,11 @@ class Ipcache6Key(_Struct):
 
 
 class IpcacheValue(_Struct):
-    _fields_: ClassVar = [("identity", ctypes.c_uint32), ("cidr_identity", ctypes.c_uint32)]
+    _fields_: ClassVar = [
+        ("identity", ctypes.c_uint32),
+        ("cidr_identity", ctypes.c_uint32),
+        ("ns_identity", ctypes.c_uint32),  # a pod address's namespace identity, else 0
+    ]
 
 
 class PolicyKey(_Struct):

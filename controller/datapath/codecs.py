@@ -184,8 +184,10 @@ def decode_policy(kb: bytes, vb: bytes) -> tuple[int, PolicyEntryKey, PolicyEntr
     )
 
 
-def encode_ipcache(net: IPNetwork, identity: int, cidr_identity: int) -> tuple[bytes, bytes]:
-    value = bytes(IpcacheValue(identity=identity, cidr_identity=cidr_identity))
+def encode_ipcache(
+    net: IPNetwork, identity: int, cidr_identity: int, ns_identity: int = 0
+) -> tuple[bytes, bytes]:
+    value = bytes(IpcacheValue(identity=identity, cidr_identity=cidr_identity, ns_identity=ns_identity))
     if net.version == 4:
         k4 = Ipcache4Key(prefixlen=net.prefixlen)
         k4.addr[:] = list(net.network_address.packed)
@@ -195,7 +197,7 @@ def encode_ipcache(net: IPNetwork, identity: int, cidr_identity: int) -> tuple[b
     return bytes(k6), value
 
 
-def decode_ipcache(kb: bytes, vb: bytes) -> tuple[IPNetwork, tuple[int, int]]:
+def decode_ipcache(kb: bytes, vb: bytes) -> tuple[IPNetwork, tuple[int, int, int]]:
     v = IpcacheValue.from_bytes(vb)
     net: IPNetwork
     if len(kb) == ctypes.sizeof(Ipcache4Key):
@@ -204,7 +206,7 @@ def decode_ipcache(kb: bytes, vb: bytes) -> tuple[IPNetwork, tuple[int, int]]:
     else:
         k6 = Ipcache6Key.from_bytes(kb)
         net = ipaddress.IPv6Network((bytes(k6.addr), k6.prefixlen), strict=False)
-    return net, (v.identity, v.cidr_identity)
+    return net, (v.identity, v.cidr_identity, v.ns_identity)
 
 
 @dataclass(frozen=True)

@@ -74,9 +74,9 @@ class IpcacheEncoding:
     wrote may share it.
     """
 
-    source: Mapping[IPNetwork, tuple[int, int]]
+    source: Mapping[IPNetwork, tuple[int, int, int]]
     prefixes: list[IPNetwork]
-    values: list[tuple[int, int]]
+    values: list[tuple[int, int, int]]
     keys: list[bytes]
     v4: dict[bytes, bytes]
     v6: dict[bytes, bytes]
@@ -225,7 +225,7 @@ class Encoder:
                 failsafe[kb] = vb
         return Encoding(endpoints, policy, ipcache, self._frontends[1], local, hosteps, failsafe, touched)
 
-    def _encode_ipcache(self, ipcache: Mapping[IPNetwork, tuple[int, int]]) -> IpcacheEncoding:
+    def _encode_ipcache(self, ipcache: Mapping[IPNetwork, tuple[int, int, int]]) -> IpcacheEncoding:
         last = self._ipcache
         if last is not None and ipcache is last.source:
             return last
@@ -256,7 +256,7 @@ class Encoder:
                     if o is not None and old_values[o] == values[j]:
                         gap_keys[j] = old_keys[o]
                         continue
-                    kb, vb = codecs.encode_ipcache(nets[j], values[j][0], values[j][1])
+                    kb, vb = codecs.encode_ipcache(nets[j], *values[j])
                     (v4 if len(kb) == IPCACHE4_KEY_SIZE else v6)[kb] = vb
                     touched.add(kb)
                     gap_keys[j] = kb
@@ -264,7 +264,7 @@ class Encoder:
         for a, b, offset in runs:
             for x in _unequal_positions(values, a, old_values, a - offset, b - a):
                 j = a + x
-                kb, vb = codecs.encode_ipcache(nets[j], values[j][0], values[j][1])
+                kb, vb = codecs.encode_ipcache(nets[j], *values[j])
                 (v4 if len(kb) == IPCACHE4_KEY_SIZE else v6)[kb] = vb
                 touched.add(kb)
         segments: list[tuple[int, int, int | None]] = [*runs, *((a, b, None) for a, b in new_gaps)]
@@ -357,15 +357,15 @@ def _unequal_positions(new: Sequence[Any], a: int, old: Sequence[Any], b: int, n
 
 
 def _encode_ipcache_fully(
-    ipcache: Mapping[IPNetwork, tuple[int, int]],
+    ipcache: Mapping[IPNetwork, tuple[int, int, int]],
     nets: list[IPNetwork],
-    values: list[tuple[int, int]],
+    values: list[tuple[int, int, int]],
 ) -> IpcacheEncoding:
     keys: list[bytes] = []
     v4: dict[bytes, bytes] = {}
     v6: dict[bytes, bytes] = {}
-    for net, (identity, cidr_identity) in zip(nets, values, strict=True):
-        kb, vb = codecs.encode_ipcache(net, identity, cidr_identity)
+    for net, value in zip(nets, values, strict=True):
+        kb, vb = codecs.encode_ipcache(net, *value)
         keys.append(kb)
         (v4 if len(kb) == IPCACHE4_KEY_SIZE else v6)[kb] = vb
     return IpcacheEncoding(ipcache, nets, values, keys, v4, v6, next(_serials))

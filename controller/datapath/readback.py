@@ -23,7 +23,7 @@ class KernelState:
 
     revision: int
     endpoints: dict[int, codecs.Endpoint]  # by ifindex
-    ipcache: dict[IPNetwork, tuple[int, int]]
+    ipcache: dict[IPNetwork, tuple[int, int, int]]
     policy: dict[tuple[int, PolicyEntryKey], PolicyEntryValue]  # (ep_id, key) -> value
     ct: list[codecs.CtEntry]
     frontends: tuple[tuple[int, str, int, int], ...] = ()  # vg_svc: (family, address, proto, port)
@@ -34,7 +34,7 @@ def dump(kernel: Mapping[str, MapLike]) -> KernelState:
     for kb, vb in kernel["vg_endpoints"].items().items():
         ep = codecs.decode_endpoint(kb, vb)
         endpoints[ep.ifindex] = ep
-    ipcache: dict[IPNetwork, tuple[int, int]] = {}
+    ipcache: dict[IPNetwork, tuple[int, int, int]] = {}
     for name in ("vg_ipcache4", "vg_ipcache6"):
         for kb, vb in kernel[name].items().items():
             net, val = codecs.decode_ipcache(kb, vb)

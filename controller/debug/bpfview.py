@@ -130,10 +130,12 @@ def endpoint_rows(view: ClusterView, node: str, state: KernelState) -> list[Row]
 
 def identity_rows(view: ClusterView, node: str, state: KernelState) -> list[Row]:
     in_ipcache: set[int] = set()
-    for ident, cidr in state.ipcache.values():
+    for ident, cidr, ns_ident in state.ipcache.values():
         in_ipcache.add(ident)
         if cidr:
             in_ipcache.add(cidr)
+        if ns_ident:
+            in_ipcache.add(ns_ident)
     refs: dict[int, int] = {}
     for _, key in state.policy:
         refs[key.identity] = refs.get(key.identity, 0) + 1
@@ -157,7 +159,7 @@ def identity_rows(view: ClusterView, node: str, state: KernelState) -> list[Row]
 
 def ipcache_rows(view: ClusterView, node: str, state: KernelState) -> list[Row]:
     rows = []
-    for net, (ident, cidr) in sorted(state.ipcache.items(), key=lambda kv: (kv[0].version, kv[0])):
+    for net, (ident, cidr, ns_ident) in sorted(state.ipcache.items(), key=lambda kv: (kv[0].version, kv[0])):
         single = net.prefixlen == net.max_prefixlen
         rows.append(
             {
@@ -168,18 +170,20 @@ def ipcache_rows(view: ClusterView, node: str, state: KernelState) -> list[Row]:
                 "labels": view.identity_text(ident),
                 "cidr_identity": cidr,
                 "cidr": view.identity_text(cidr) if cidr else None,
+                "ns_identity": ns_ident,
+                "namespace": view.identity_text(ns_ident) if ns_ident else None,
             }
         )
     return rows
 
 
-def _ipcache_lpm(ipcache: Mapping[IPNetwork, tuple[int, int]], addr: str) -> tuple[int, int]:
+def _ipcache_lpm(ipcache: Mapping[IPNetwork, tuple[int, int, int]], addr: str) -> tuple[int, int, int]:
     a = ipaddress.ip_address(addr)
     for plen in range(a.max_prefixlen, -1, -1):
         hit = ipcache.get(ipaddress.ip_network(f"{a}/{plen}", strict=False))
         if hit is not None:
             return hit
-    return (ID_WORLD, 0)
+    return (ID_WORLD, 0, 0)
 
 
 def ct_attribution(state: KernelState, now_ns: int) -> dict[tuple[int, PolicyEntryKey], tuple[int, int, int]]:
@@ -195,7 +199,8 @@ def ct_attribution(state: KernelState, now_ns: int) -> dict[tuple[int, PolicyEnt
         if not entries:
             continue
         peer = ct.daddr if ct.dir == DIR_EGRESS else ct.saddr
-        ident, cidr = _ipcache_lpm(state.ipcache, peer)
+        # (NetworkPolicy's entries only: their rule_ref; they have no namespace keys)
+        ident, cidr, _ = _ipcache_lpm(state.ipcache, peer)
         port = 0 if ct.proto in (1, 58) else ct.dport
         for level in (ident, *([cidr] if cidr else []), ID_ANY):
             hit = policy_lpm(entries, ct.dir, level, ct.proto, port)

@@ -55,6 +55,7 @@ BPF_COLUMNS: dict[str, list[tuple[str, str | Callable[[dict[str, Any]], Any]]]] 
         ("MEANING", "meaning"),
         ("CIDR-IDENTITY", "cidr_identity"),
         ("CIDR", "cidr"),
+        ("NAMESPACE", "namespace"),
     ],
     "policy": [
         ("NODE", "node"),

@@ -10,7 +10,8 @@ the node through it, tc ingress before kube-proxy's DNAT; EGRESS: leaving the no
    failsafe_outbound; TCP, UDP and SCTP only) -> ALLOW_FAILSAFE (set "failsafe").
 1. The peer (the source arriving, the destination leaving) is looked up in the node's ipcache:
    (identity, cidr_identity). A policy set's answer: three LPM lookups in its tier profile
-   (NodeDesired.tier_profiles[profile]) for identity, cidr_identity (if non-zero) and ANY, the
+   (NodeDesired.tier_profiles[profile]) for identity, cidr_identity (if non-zero) and ANY (the
+   kernel's fourth, the namespace identity, never answers: Calico's profiles have no such keys), the
    `calico` slot of the lowest `calico_rank` decides: Accept = Allow, Deny = Deny; anything
    else (Pass, no match) is no answer.
 2. INGRESS and H has preDNAT policies: the preDNAT set on the original destination: Allow ->
@@ -264,7 +265,9 @@ def host_endpoint_verdict(
         local = to_node(desired, t, p, port)
     else:
         local = from_node if from_node is not None else str(s) in set(desired.host_addresses)
-    ident, cidr = ipcache_lookup(desired, peer)
+    # (its profiles are Calico's, which have no namespace keys: the kernel's lookup of the
+    # namespace identity, lib/policy.h vg_tiers_lookup, never answers for a host endpoint)
+    ident, cidr, _ = ipcache_lookup(desired, peer)
     lport = policy_port(p, port)
     failsafe = p in L4_PROTOCOLS.values() and is_failsafe(desired, direction, p, port)
     profiles = desired.tier_profiles

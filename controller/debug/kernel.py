@@ -99,15 +99,16 @@ class NodeMaps:
         return None
 
     # -- live lookups
-    def ipcache(self, addr: str) -> tuple[int, int]:
+    def ipcache(self, addr: str) -> tuple[int, int, int]:
+        """(identity, cidr_identity, ns_identity) of an address: the trie's longest match."""
         a = ipaddress.ip_address(addr)
         net = ipaddress.ip_network(f"{a}/{a.max_prefixlen}")
         kb, _ = codecs.encode_ipcache(net, 0, 0)
         raw = self.maps["vg_ipcache4" if a.version == 4 else "vg_ipcache6"].lookup(kb)
         if raw is None:
-            return (ID_WORLD, 0)
+            return (ID_WORLD, 0, 0)
         v = abi.IpcacheValue.from_bytes(raw)
-        return (int(v.identity), int(v.cidr_identity))
+        return (int(v.identity), int(v.cidr_identity), int(v.ns_identity))
 
     def policy(
         self, ep_id: int, direction: int, identity: int, proto: int, port: int
@@ -124,7 +125,7 @@ class NodeMaps:
     def verdict(self, ep: codecs.Endpoint, direction: int, peer: str, proto: int, port: int) -> LiveHalf:
         """lib/newflow.h's HOST check and lib/policy.h vg_policy_verdict on the live maps: the
         kernel answers each LPM lookup, verdict_model.decide (the model's own code) merges them."""
-        ident, cidr = self.ipcache(peer)
+        ident, cidr, ns_ident = self.ipcache(peer)
 
         def lookup_in(ep_id: int) -> verdict_model.PolicyLookup:
             """LPM lookups in the entries keyed by `ep_id`: the endpoint's own, or its tier profile's."""
@@ -151,6 +152,7 @@ class NodeMaps:
                 lookup_in(ep.ep_id),
                 lookup_in(ep.tier_profile),
                 bool(ep.flags & (abi.EP_F_INGRESS_CALICO if ingress else abi.EP_F_EGRESS_CALICO)),
+                ns_ident,
             )
         return LiveHalf(d.allowed, d.reason, d.rule_ref, ident, cidr, ep.ep_id, d.passed)
 
@@ -191,7 +193,9 @@ class NodeMaps:
         if hep is None:
             raise VethguardError(f"no vg_hosteps entry for ifindex {ifindex} in {self.pin_dir}")
         ingress = direction == DIR_INGRESS
-        ident, cidr = self.ipcache(src if ingress else dst)
+        # (a host endpoint's profiles are Calico's, which have no namespace keys: the kernel's
+        # lookup of the namespace identity never answers there)
+        ident, cidr, _ = self.ipcache(src if ingress else dst)
         fam = ipaddress.ip_address(dst).version
         failsafe_key = abi.FailsafeKey(proto=proto, dir=direction)
         failsafe_key.port = codecs.be16(port)

@@ -5,14 +5,16 @@ It mirrors the tc programs' new-flow decision (bpf/, docs/INTERNALS.md), without
 At a hook of endpoint E, direction d (INGRESS = to the pod, EGRESS = from the pod), peer
 address P, protocol `proto`, destination port `port`:
 
-1. (identity, cidr_identity) = LPM of P in the ipcache of E's node (vg_ipcache4/6); no match
-   (cannot happen: 0.0.0.0/0 and ::/0 are always present) = (WORLD, 0).
+1. (identity, cidr_identity, ns_identity) = LPM of P in the ipcache of E's node
+   (vg_ipcache4/6); no match (cannot happen: 0.0.0.0/0 and ::/0 are always present) =
+   (WORLD, 0, 0). ns_identity: the namespace identity of a pod address, 0 for any other.
 2. identity == HOST (P is an address of E's own node) -> ALLOW_HOST, unless d is EGRESS and a
    ClusterNetworkPolicy selects E for it: then the tiers below decide (a drop stays a drop,
    anything allowed is ALLOW_HOST; NetworkPolicy, where it isolates, allows the node).
 3. E neither isolated nor tiered for d -> ALLOW_NOT_ISOLATED.
-3b. E tiered for d (EndpointDesired.ingress_tiered / egress_tiered): the three lookups of step 4
-   are made in E's tier profile (NodeDesired.tier_profiles[E.tier_profile]) and merged, per tier
+3b. E tiered for d (EndpointDesired.ingress_tiered / egress_tiered): the lookups of step 4, and
+   one for ns_identity if non-zero (keys of rules selecting every pod of a namespace), are made
+   in E's tier profile (NodeDesired.tier_profiles[E.tier_profile]) and merged, per tier
    the lowest rank: the Admin rule decides on Accept/Deny (ALLOW_ADMIN / DROP_ADMIN); else
    NetworkPolicy if it isolates E for d (step 4-5, E's own entries); else the Baseline rule on
    Accept/Deny (ALLOW_BASELINE / DROP_BASELINE); else ALLOW_NOT_ISOLATED.
@@ -91,6 +93,7 @@ class HalfVerdict:
     rule: RuleRef | None = None  # the deciding rule (NetworkPolicy or a tier's)
     passed: tuple[RuleRef, ...] = ()  # the tiers' Pass rules that handed the decision on
     rule_ref: int = 0  # the deciding rule's reference (what the datapath reports)
+    peer_ns_identity: int = 0
 
 
 @dataclass(frozen=True)
@@ -131,15 +134,16 @@ def parse_proto(proto: int | str) -> int:
 # ipcache -> per family, (prefix length, {network as int: value}) longest first. Built once per
 # ipcache mapping (NodeDesired is a value: its ipcache is not mutated after compute), so a
 # lookup costs one dict probe per distinct prefix length instead of building 129 networks.
-_LpmIndex = dict[int, list[tuple[int, dict[int, tuple[int, int]]]]]
-_LPM_INDEXES: dict[int, tuple[Mapping[IPNetwork, tuple[int, int]], int, _LpmIndex]] = {}
+IpcacheValue = tuple[int, int, int]  # (identity, cidr_identity, ns_identity)
+_LpmIndex = dict[int, list[tuple[int, dict[int, IpcacheValue]]]]
+_LPM_INDEXES: dict[int, tuple[Mapping[IPNetwork, IpcacheValue], int, _LpmIndex]] = {}
 
 
-def _lpm_index(ipcache: Mapping[IPNetwork, tuple[int, int]]) -> _LpmIndex:
+def _lpm_index(ipcache: Mapping[IPNetwork, IpcacheValue]) -> _LpmIndex:
     hit = _LPM_INDEXES.get(id(ipcache))
     if hit is not None and hit[0] is ipcache and hit[1] == len(ipcache):
         return hit[2]
-    by_len: dict[int, dict[int, dict[int, tuple[int, int]]]] = {4: {}, 6: {}}
+    by_len: dict[int, dict[int, dict[int, IpcacheValue]]] = {4: {}, 6: {}}
     for net, value in ipcache.items():
         by_len[net.version].setdefault(net.prefixlen, {})[int(net.network_address)] = value
     index = {v: sorted(lens.items(), reverse=True) for v, lens in by_len.items()}
@@ -149,15 +153,15 @@ def _lpm_index(ipcache: Mapping[IPNetwork, tuple[int, int]]) -> _LpmIndex:
     return index
 
 
-def ipcache_lookup(desired: NodeDesired, addr: IPAddress | str) -> tuple[int, int]:
-    """LPM of addr in the node's ipcache -> (identity, cidr_identity)."""
+def ipcache_lookup(desired: NodeDesired, addr: IPAddress | str) -> IpcacheValue:
+    """LPM of addr in the node's ipcache -> (identity, cidr_identity, ns_identity)."""
     a = ipaddress.ip_address(addr) if isinstance(addr, str) else addr
     bits, value = a.max_prefixlen, int(a)
     for plen, nets in _lpm_index(desired.ipcache)[a.version]:
         hit = nets.get(value & (((1 << plen) - 1) << (bits - plen)))
         if hit is not None:
             return hit
-    return (ID_WORLD, 0)
+    return (ID_WORLD, 0, 0)
 
 
 def policy_lpm(
@@ -203,6 +207,7 @@ def decide(
     lookup: PolicyLookup,
     tier_lookup: PolicyLookup | None = None,
     calico: bool = False,
+    ns_identity: int = 0,
 ) -> Decision:
     """Steps 2-5 of the module docstring (lib/newflow.h's HOST check, lib/policy.h
     vg_policy_verdict and vg_tiers_verdict) for an endpoint with those flags and a peer with
@@ -220,7 +225,10 @@ def decide(
     if ID_ANY not in levels:
         levels.append(ID_ANY)
     if tiered:
-        tier_hits = [h for h in (tier_lookup(lv) for lv in levels) if h is not None] if tier_lookup else []
+        # lib/policy.h vg_tiers_lookup: the namespace identity too (only tier profiles have such keys)
+        tier_levels = [*levels[:-1], ns_identity, *levels[-1:]] if ns_identity else levels
+        found = (tier_lookup(lv) for lv in tier_levels) if tier_lookup else ()
+        tier_hits = [h for h in found if h is not None]
         return _tiers(tier_hits, isolated, audit, host, lambda: _networkpolicy(levels, audit, lookup), calico)
     return _networkpolicy(levels, audit, lookup)
 
@@ -298,7 +306,7 @@ def endpoint_verdict(
     p = parse_proto(proto)
     addr = ipaddress.ip_address(peer) if isinstance(peer, str) else peer
     port = policy_port(p, port)
-    ident, cidr_ident = ipcache_lookup(desired, addr)
+    ident, cidr_ident, ns_ident = ipcache_lookup(desired, addr)
     ingress = direction == DIR_INGRESS
     d = decide(
         direction,
@@ -310,6 +318,7 @@ def endpoint_verdict(
         lambda level: policy_lpm(ep.entries, direction, level, p, port),
         lambda level: policy_lpm(desired.tier_profiles.get(ep.tier_profile, {}), direction, level, p, port),
         ep.ingress_calico if ingress else ep.egress_calico,
+        ns_ident,
     )
     rules = desired.rules
     return HalfVerdict(
@@ -324,6 +333,7 @@ def endpoint_verdict(
         rules.get(d.rule_ref) if d.rule_ref else None,
         tuple(r for r in (rules.get(ref) for ref in d.passed) if r is not None),
         d.rule_ref,
+        ns_ident,
     )
 
 

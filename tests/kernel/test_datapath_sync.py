@@ -49,7 +49,7 @@ def test_sync_writes_the_desired_state_and_a_second_sync_changes_nothing(h: Harn
     assert state.revision == first.revision
     assert state.endpoints[EP].flags == abi.EP_F_INGRESS_ISOLATED
     assert state.policy == {(EP, PolicyEntryKey(0, ID_B, P.TCP, 80, 16)): ALLOW}
-    assert state.ipcache[ipaddress.ip_network(f"{POD_B}/32")] == (ID_B, 0)
+    assert state.ipcache[ipaddress.ip_network(f"{POD_B}/32")] == (ID_B, 0, 0)
     again = h.dp.sync(want, {"x/a": EP})
     assert not again.changed and again.revision == first.revision
 

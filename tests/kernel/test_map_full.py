@@ -64,13 +64,13 @@ def _desired(a_entries: int, b_entries: int = 5, extra_prefixes: int = 0) -> Nod
     def ep(pod: str, n: int) -> EndpointDesired:
         return EndpointDesired(pod, 256, True, False, POD_A, None, _ports(n, 1000 if pod == "x/a" else 2000))
 
-    ipcache: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, tuple[int, int]] = {
-        ipaddress.ip_network(f"{POD_B}/32"): (ID_B, 0),
-        ipaddress.ip_network(f"{POD_A}/32"): (256, 0),
-        ipaddress.ip_network("0.0.0.0/0"): (2, 0),
+    ipcache: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, tuple[int, int, int]] = {
+        ipaddress.ip_network(f"{POD_B}/32"): (ID_B, 0, 0),
+        ipaddress.ip_network(f"{POD_A}/32"): (256, 0, 0),
+        ipaddress.ip_network("0.0.0.0/0"): (2, 0, 0),
     }
     for i in range(extra_prefixes):
-        ipcache[ipaddress.ip_network(f"198.18.{i}.0/24")] = (2, (1 << 24) + i)
+        ipcache[ipaddress.ip_network(f"198.18.{i}.0/24")] = (2, (1 << 24) + i, 0)
     return NodeDesired(
         endpoints={"x/a": ep("x/a", a_entries), "x/b": ep("x/b", b_entries)},
         ipcache=ipcache,
@@ -186,7 +186,10 @@ def _profiled(profile_entries: int) -> NodeDesired:
             "x/b": ep("x/b", "10.244.1.30", True),
             "x/c": ep("x/c", "10.244.1.31", False),
         },
-        ipcache={ipaddress.ip_network(f"{POD_B}/32"): (ID_B, 0), ipaddress.ip_network("0.0.0.0/0"): (2, 0)},
+        ipcache={
+            ipaddress.ip_network(f"{POD_B}/32"): (ID_B, 0, 0),
+            ipaddress.ip_network("0.0.0.0/0"): (2, 0, 0),
+        },
         rules={},
         identities={},
         tier_profiles={PROFILE: profile},

@@ -24,7 +24,10 @@ def _node(entries: dict[PolicyEntryKey, PolicyEntryValue], ingress_isolated: boo
     )
     return NodeDesired(
         endpoints={"x/a": ep},
-        ipcache={ipaddress.ip_network("10.244.1.10/32"): (300, 0), ipaddress.ip_network("::/0"): (2, 0)},
+        ipcache={
+            ipaddress.ip_network("10.244.1.10/32"): (300, 0, 0),
+            ipaddress.ip_network("::/0"): (2, 0, 0),
+        },
         rules={},
         identities={},
     )
@@ -114,9 +117,9 @@ def test_the_ipcache_bytes_reused_from_the_previous_call_are_those_a_fresh_encod
     steps = [
         node.ipcache,
         node.ipcache,  # same objects, same values: every entry reused
-        {nets[0]: (301, 0), nets[1]: (2, 0)},  # a value changed
-        {ipaddress.ip_network("10.244.1.10/32"): (301, 0), nets[1]: (2, 0)},  # an equal, new object
-        {nets[1]: (2, 0)},  # an entry gone
+        {nets[0]: (301, 0, 0), nets[1]: (2, 0, 0)},  # a value changed
+        {ipaddress.ip_network("10.244.1.10/32"): (301, 0, 0), nets[1]: (2, 0, 0)},  # an equal, new object
+        {nets[1]: (2, 0, 0)},  # an entry gone
     ]
     for ipcache in steps:
         step = NodeDesired(endpoints=node.endpoints, ipcache=ipcache, rules={}, identities={})

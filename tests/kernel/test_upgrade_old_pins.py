@@ -1,8 +1,9 @@
 """An upgrade over the pins an agent of an earlier version left: that version's programs compiled
 from its own bpf/ sources (git archive), pinned under the node's directory as its agent pins them,
 its maps holding a policy. Since then the Calico tier widened vg_policy's value from 24 to 44
-bytes, and vg_hosteps, vg_failsafe and vg_evlost were added. The current loader must start over
-them: new maps created, the incompatible one replaced, every compatible one (conntrack included)
+bytes, namespace identities widened the ipcache value from 8 to 12 bytes, and vg_hosteps,
+vg_failsafe and vg_evlost were added. The current loader must start over them: new maps created,
+the incompatible ones replaced, every compatible one (conntrack included)
 reused, the old policy enforced without a moment of failing open, no stale pin left."""
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ pytestmark = [pytest.mark.root, pytest.mark.bcc]
 PIN_ROOT = "/sys/fs/bpf/vethguard"
 PREVIOUS = "b67737f^"  # the commit before the Calico tier (policy_value 24 -> 44 bytes)
 OLD_POLICY_VALUE = 24
+OLD_IPCACHE_VALUE = 8  # (identity, cidr_identity), before ns_identity
+REPLACED = ("vg_ipcache4", "vg_ipcache6", "vg_policy")
 ALLOWED = PolicyEntryKey(DIR_INGRESS, ID_B, P.TCP, 80, 16)
 ALLOW = PolicyEntryValue(verdict=1, rule_ref=99)
 NEW_MAPS = ("vg_hosteps", "vg_failsafe", "vg_evlost")
@@ -67,17 +70,19 @@ def _map_ids(pin_dir: Path) -> dict[str, int]:
 
 def _write_previous_state(pin_dir: Path) -> None:
     """The earlier agent's sync, by hand: an ingress-isolated endpoint allowing TCP 80 from B
-    (vg_policy values of that version: the first 24 bytes of today's)."""
+    (vg_policy and ipcache values of that version: the first 24 and 8 bytes of today's)."""
     maps = {
         n: bpfsys.BpfMap.open_pinned(str(pin_dir / n)) for n in ("vg_endpoints", "vg_ipcache4", "vg_policy")
     }
     try:
         assert maps["vg_policy"].value_size == OLD_POLICY_VALUE
+        assert maps["vg_ipcache4"].value_size == OLD_IPCACHE_VALUE
         assert not set(NEW_MAPS) & set(os.listdir(pin_dir))
         flags = encoding.endpoint_flags(True, False)
         maps["vg_endpoints"].update(*codecs.encode_endpoint(EP, ID_A, flags, POD_A, None))
         for prefix, ident in ((f"{POD_B}/32", ID_B), (f"{POD_A}/32", ID_A), ("0.0.0.0/0", 2)):
-            maps["vg_ipcache4"].update(*codecs.encode_ipcache(readback.ipnet(prefix), ident, 0))
+            k, v = codecs.encode_ipcache(readback.ipnet(prefix), ident, 0)
+            maps["vg_ipcache4"].update(k, v[:OLD_IPCACHE_VALUE])
         k, v = codecs.encode_policy(EP, ALLOWED, ALLOW)
         maps["vg_policy"].update(k, v[:OLD_POLICY_VALUE])
     finally:
@@ -106,11 +111,11 @@ def _pins(pin_dir: Path) -> set[str]:
     return set(os.listdir(pin_dir))
 
 
-def test_an_upgrade_over_earlier_pins_replaces_the_changed_map_adds_the_new_ones_and_keeps_conntrack(
+def test_an_upgrade_over_earlier_pins_replaces_the_changed_maps_adds_the_new_ones_and_keeps_conntrack(
     node: str, previous: Previous, opened: Callable[..., Datapath]
 ) -> None:
     dp = opened(node)
-    assert dp.replaced_maps == ("vg_policy",)
+    assert sorted(dp.replaced_maps) == sorted(REPLACED)
     expected = {
         *loader.EXPECTED_LAYOUT,
         *abi.RING_NAMES,
@@ -120,9 +125,11 @@ def test_an_upgrade_over_earlier_pins_replaces_the_changed_map_adds_the_new_ones
     assert _pins(previous.pin_dir) == expected, "every map of this version, no pin set aside or left over"
     assert dp.maps["vg_policy"].value_size == 44
     ids = _map_ids(previous.pin_dir)
-    assert ids["vg_policy"] != previous.map_ids["vg_policy"], "a new map, not the 24-byte one"
+    assert dp.maps["vg_ipcache4"].value_size == 12
+    for name in REPLACED:
+        assert ids[name] != previous.map_ids[name], f"{name}: a new map, not the narrower one"
     for name, old_id in previous.map_ids.items():
-        if name != "vg_policy":
+        if name not in REPLACED:
             assert ids[name] == old_id, f"{name}: same layout, so the same kernel map is reused"
     # The earlier programs, still attached until the agent re-attaches, enforce with their own maps.
     assert previous.to_pod(syn(1001)) == TC_ACT_OK and previous.to_pod(syn(1001, 81)) == TC_ACT_SHOT

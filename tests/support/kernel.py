@@ -51,8 +51,8 @@ class Harness:
         k, v = codecs.encode_endpoint(ifindex, identity, flags, ipv4, POD_A6, slot=slot)
         self.dp.maps["vg_endpoints"].update(k, v)
 
-    def ipcache(self, prefix: str, identity: int, cidr_identity: int = 0) -> None:
-        k, v = codecs.encode_ipcache(readback.ipnet(prefix), identity, cidr_identity)
+    def ipcache(self, prefix: str, identity: int, cidr_identity: int = 0, ns_identity: int = 0) -> None:
+        k, v = codecs.encode_ipcache(readback.ipnet(prefix), identity, cidr_identity, ns_identity)
         name = "vg_ipcache4" if ":" not in prefix else "vg_ipcache6"
         self.dp.maps[name].update(k, v)
 
@@ -120,9 +120,9 @@ def desired_node(
     return NodeDesired(
         endpoints=eps,
         ipcache={
-            ipaddress.ip_network(f"{POD_B}/32"): (ID_B, 0),
-            ipaddress.ip_network(f"{POD_A}/32"): (256, 0),
-            ipaddress.ip_network("0.0.0.0/0"): (2, 0),
+            ipaddress.ip_network(f"{POD_B}/32"): (ID_B, 0, 0),
+            ipaddress.ip_network(f"{POD_A}/32"): (256, 0, 0),
+            ipaddress.ip_network("0.0.0.0/0"): (2, 0, 0),
         },
         rules={},
         identities={},

@@ -29,13 +29,13 @@ class World:
         self.entry_sets = [self._entries() for _ in range(6)]
         self.endpoints: dict[str, EndpointDesired] = {}
         self.pod_ifindex: dict[str, int] = {}
-        self.ipcache: dict[IPNet, tuple[int, int]] = {ipaddress.ip_network("0.0.0.0/0"): (2, 0)}
+        self.ipcache: dict[IPNet, tuple[int, int, int]] = {ipaddress.ip_network("0.0.0.0/0"): (2, 0, 0)}
         self.frontends: frozenset[SvcFrontend] = frozenset()
         for i in range(12):
             self._add_pod(i)
         self.next_pod = 12
         for i in range(60):
-            self.ipcache[self._remote(i)] = (300 + i % 7, 0)
+            self.ipcache[self._remote(i)] = (300 + i % 7, 0, 0)
 
     def _entries(self) -> dict[PolicyEntryKey, PolicyEntryValue]:
         rng = self.rng
@@ -52,8 +52,8 @@ class World:
         pod = f"x/p{i}"
         self.endpoints[pod] = self._endpoint(pod, i)
         self.pod_ifindex[pod] = 100 + i
-        self.ipcache[ipaddress.ip_network(f"10.244.1.{i + 10}/32")] = (256 + i % 5, 0)
-        self.ipcache[ipaddress.ip_network(f"fd00:10:244:1::{i + 10:x}/128")] = (256 + i % 5, 0)
+        self.ipcache[ipaddress.ip_network(f"10.244.1.{i + 10}/32")] = (256 + i % 5, 0, 0)
+        self.ipcache[ipaddress.ip_network(f"fd00:10:244:1::{i + 10:x}/128")] = (256 + i % 5, 0, 0)
 
     def _endpoint(
         self, pod: str, i: int, entries: Mapping[PolicyEntryKey, PolicyEntryValue] | None = None
@@ -123,10 +123,13 @@ class World:
             self.pod_ifindex = {**self.pod_ifindex, f"(unclaimed)/{rng.randrange(5)}": 900 + rng.randrange(5)}
         elif kind == "prefix_value":
             net = rng.choice(list(self.ipcache))
-            self.ipcache = {**self.ipcache, net: (rng.randrange(256, 270), rng.choice((0, 1 << 24)))}
+            self.ipcache = {
+                **self.ipcache,
+                net: (rng.randrange(256, 270), rng.choice((0, 1 << 24)), rng.choice((0, 1 << 25))),
+            }
         elif kind == "prefix_new_object":  # an equal prefix, a new object (same or other value)
             net = rng.choice(list(self.ipcache))
-            value = self.ipcache[net] if rng.random() < 0.5 else (2, 0)
+            value = self.ipcache[net] if rng.random() < 0.5 else (2, 0, 0)
             rebuilt = {n: v for n, v in self.ipcache.items() if n != net}
             rebuilt[ipaddress.ip_network(str(net))] = value
             self.ipcache = rebuilt
@@ -136,17 +139,17 @@ class World:
         elif kind == "reorder":  # the same prefix objects in another order, one value changed
             items = list(self.ipcache.items())
             rng.shuffle(items)
-            items[0] = (items[0][0], (rng.randrange(256, 270), 0))
+            items[0] = (items[0][0], (rng.randrange(256, 270), 0, (1 << 25) + 1))
             self.ipcache = dict(items)
         elif kind == "prefix_insert":  # new prefixes in the middle, a value changed near each end
             items = list(self.ipcache.items())
             at = rng.randrange(len(items) + 1)
             fresh = [
-                (ipaddress.ip_network(f"10.250.{rng.randrange(256)}.0/24"), (2, 1 << 24)) for _ in range(2)
+                (ipaddress.ip_network(f"10.250.{rng.randrange(256)}.0/24"), (2, 1 << 24, 0)) for _ in range(2)
             ]
             items[at:at] = fresh
             for j in (0, len(items) - 1):
-                items[j] = (items[j][0], (rng.randrange(256, 270), 0))
+                items[j] = (items[j][0], (rng.randrange(256, 270), 0, (1 << 25) + 1))
             self.ipcache = dict(items)
         elif kind == "block_replace":  # equal, new objects for a block (node addresses), in place
             items = list(self.ipcache.items())
@@ -157,7 +160,7 @@ class World:
         elif kind == "prefix_add":
             self.ipcache = {
                 **self.ipcache,
-                ipaddress.ip_network(f"192.168.{rng.randrange(256)}.0/24"): (2, 1 << 24),
+                ipaddress.ip_network(f"192.168.{rng.randrange(256)}.0/24"): (2, 1 << 24, 0),
             }
         elif kind == "frontends":
             self.frontends = frozenset(

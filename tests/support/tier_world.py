@@ -23,7 +23,7 @@ NAMESPACES = [
 ]
 
 
-def _pod(
+def pod(
     ns: str, name: str, ip: str, node: str, ports: tuple[tuple[str, int, str], ...] = ()
 ) -> dict[str, Any]:
     return {
@@ -42,9 +42,9 @@ def _pod(
 
 
 PODS = [
-    _pod("x", "a", POD_A, NODE, (("web", 8080, "TCP"),)),  # the endpoint under test (EP)
-    _pod("x", "b", POD_B, NODE),
-    _pod("y", "c", POD_C, "node-2"),
+    pod("x", "a", POD_A, NODE, (("web", 8080, "TCP"),)),  # the endpoint under test (EP)
+    pod("x", "b", POD_B, NODE),
+    pod("y", "c", POD_C, "node-2"),
 ]
 NODES = [
     {
@@ -115,9 +115,14 @@ def netpol(name: str, ingress: list[Any] | None = None, egress: list[Any] | None
 
 
 def synced(
-    h: Harness, nps: list[dict[str, Any]], cnps: list[dict[str, Any]], calico: CalicoObjects = EMPTY_CALICO
+    h: Harness,
+    nps: list[dict[str, Any]],
+    cnps: list[dict[str, Any]],
+    calico: CalicoObjects = EMPTY_CALICO,
+    namespaces: list[dict[str, Any]] = NAMESPACES,
+    pods: list[dict[str, Any]] = PODS,
 ) -> NodeDesired:
-    cluster = cluster_from_objects(NAMESPACES, PODS, nps, NODES, cnps, calico)
+    cluster = cluster_from_objects(namespaces, pods, nps, NODES, cnps, calico)
     assert all("futurePeer" in str(e) for e in cluster.errors), cluster.errors
     desired = compute(cluster, NODE)
     h.dp.sync(desired, {"x/a": EP})

@@ -200,15 +200,17 @@ def _random_node(rng: random.Random) -> tuple[NodeDesired, dict[str, int]]:
         )
         if rng.random() < 0.85:
             pod_ifindex[pod] = 10 + i
-    ipcache: dict[Any, tuple[int, int]] = {}
+    ipcache: dict[Any, tuple[int, int, int]] = {}
     for i in range(rng.randrange(1, 12)):
         ipcache[ipaddress.ip_network(f"10.{i}.0.0/{rng.choice((8, 16, 32))}", strict=False)] = (
             rng.choice((1, 2, 3, 300)),
+            0,
             0,
         )
     for i in range(rng.randrange(0, 12)):
         ipcache[ipaddress.ip_network(f"fd00:{i:x}::/{rng.choice((48, 64, 128))}", strict=False)] = (
             rng.choice((1, 2, 300)),
+            0,
             0,
         )
     return NodeDesired(endpoints=endpoints, ipcache=ipcache, rules={}, identities={}), pod_ifindex
@@ -253,8 +255,8 @@ def test_fit_capacity_counts_prefixes_that_are_not_ipaddress_networks_by_their_v
     rng = random.Random(6)
     for _ in range(300):
         desired, pod_ifindex = _random_node(rng)
-        ipcache: dict[Any, tuple[int, int]] = {
-            DuckPrefix(rng.choice((4, 6)), 32, f"p{i}"): (300, 0) for i in range(rng.randrange(1, 10))
+        ipcache: dict[Any, tuple[int, int, int]] = {
+            DuckPrefix(rng.choice((4, 6)), 32, f"p{i}"): (300, 0, 0) for i in range(rng.randrange(1, 10))
         }
         desired = dataclasses.replace(desired, ipcache=ipcache)
         capacity = {"vg_ipcache4": rng.randrange(1, 6), "vg_ipcache6": rng.randrange(1, 6)}

@@ -322,14 +322,14 @@ def test_the_cnp_mix_covers_tiers_actions_peers_and_protocol_forms_and_parses_wi
 
 
 def test_the_measured_server_is_tiered_with_cnps_and_its_flow_stays_allowed_by_networkpolicy() -> None:
-    for cnps, tiered, lookups in ((0, False, 1), (10, True, 4), (100, True, 4)):
+    for cnps, tiered, lookups in ((0, False, 1), (10, True, 5), (100, True, 5)):
         desired = compute.compute(_tiered(100, cnps)[0], synth_cnp.MEASURED_NODE)
         server = desired.endpoints[tier_cost.SERVER]
         assert (server.ingress_tiered, server.egress_tiered) == (tiered, tiered)
         assert server.ingress_isolated
         # NetworkPolicy decides the measured flow either way (an Admin Pass hands it over), and
-        # the client's address carries a CIDR identity with CNPs: all three lookups in the tier
-        # profile, then NetworkPolicy's first (which allows).
+        # the client's address carries a CIDR identity with CNPs and, a pod's, a namespace
+        # identity: all four lookups in the tier profile, then NetworkPolicy's first (which allows).
         assert tier_cost.policy_lookups(desired) == ("ALLOW_POLICY", lookups, tiered)
     assert len(server.cluster_policies) >= 90
 

@@ -353,7 +353,10 @@ def test_bpf_policy_shows_each_entrys_networkpolicy_verdict_and_tier_rules(view:
     state, _ = kernel_state(view, node)
     rows = bpfview.policy_rows(view, node, state, 0, pod="x/a")
     zb = view.compiled.pod_identity["z/b"]
-    [row] = [r for r in rows if r["peer_identity"] == zb]
+    # the tier rules select every pod of namespace z: keyed by its namespace identity
+    nz = view.compiled.namespace_identity["z"]
+    [row] = [r for r in rows if r["peer_identity"] == nz]
+    assert row["peer"] == "ns:z"
     assert (row["verdict"], row["policy"], row["admin"], row["admin_policy"], row["admin_rule"]) == (
         None,
         None,
@@ -375,15 +378,27 @@ def test_bpf_policy_shows_each_entrys_networkpolicy_verdict_and_tier_rules(view:
         for r in bpfview.policy_rows(
             view, view.node_of("y/c") or "", kernel_state(view, view.node_of("y/c") or "")[0], 0, pod="y/c"
         )
-        if r["peer_identity"] == zb
+        if r["peer_identity"] in (zb, nz)
     ]
-    # the pod's own NetworkPolicy entry, and its tier profile's entry (shared with every pod
-    # the same ClusterNetworkPolicies select) for the same peer
+    # the pod's own NetworkPolicy entry for z/b's identity, and its tier profile's entry
+    # (shared with every pod the same ClusterNetworkPolicies select) for z's namespace identity
     own = [r for r in yc if not r["tier_profile"]]
     tiers = [r for r in yc if r["tier_profile"]]
+    assert {r["peer_identity"] for r in own} == {zb} and {r["peer_identity"] for r in tiers} == {nz}
     assert [(r["verdict"], r["policy"], r["baseline"]) for r in own] == [("allow", "y/y-c-from-z", None)]
     assert [(r["verdict"], r["baseline"]) for r in tiers] == [(None, "Deny")]
     assert tiers[0]["tier_profile"] & verdicts.TIER_PROFILE_BIT
+
+
+def test_bpf_ipcache_and_identities_name_a_pod_addresss_namespace_identity(view: ClusterView) -> None:
+    node = view.node_of("x/a") or ""
+    state, _ = kernel_state(view, node)
+    nz = view.compiled.namespace_identity["z"]
+    ip = view.compiled.pods["z/b"].ips[0]
+    [row] = [r for r in bpfview.ipcache_rows(view, node, state) if r["prefix"].split("/")[0] == ip]
+    assert (row["ns_identity"], row["namespace"]) == (nz, "ns:z")
+    [ident] = [r for r in bpfview.identity_rows(view, node, state) if r["identity"] == nz]
+    assert (ident["kind"], ident["meaning"], ident["in_ipcache"]) == ("namespace", "ns:z", True)
 
 
 def test_endpoint_flags_show_which_directions_the_tiers_police(view: ClusterView) -> None:

@@ -26,7 +26,7 @@ from controller.debug.verdict_model import (
 )
 
 N = ipaddress.ip_network
-POD_A, POD_B, CIDR_X = 300, 301, (1 << 24) + 5
+POD_A, POD_B, CIDR_X, NS_X = 300, 301, (1 << 24) + 5, (1 << 25) + 9
 ALLOW = PolicyEntryValue(VERDICT_ALLOW, 7)
 
 
@@ -38,15 +38,15 @@ def desired(
     return NodeDesired(
         endpoints={"x/a": a, "x/b": b},
         ipcache={
-            N("0.0.0.0/0"): (ID_WORLD, 0),
-            N("::/0"): (ID_WORLD, 0),
-            N("192.168.0.0/16"): (ID_WORLD, CIDR_X),
-            N("10.0.0.1/32"): (POD_A, 0),
-            N("10.0.0.2/32"): (POD_B, 0),
-            N("fd00::1/128"): (POD_A, 0),
-            N("10.0.0.254/32"): (ID_HOST, 0),
-            N("10.0.1.254/32"): (ID_REMOTE_NODE, 0),
-            N("192.168.1.7/32"): (POD_B + 1, CIDR_X),
+            N("0.0.0.0/0"): (ID_WORLD, 0, 0),
+            N("::/0"): (ID_WORLD, 0, 0),
+            N("192.168.0.0/16"): (ID_WORLD, CIDR_X, 0),
+            N("10.0.0.1/32"): (POD_A, 0, NS_X),
+            N("10.0.0.2/32"): (POD_B, 0, NS_X),
+            N("fd00::1/128"): (POD_A, 0, NS_X),
+            N("10.0.0.254/32"): (ID_HOST, 0, 0),
+            N("10.0.1.254/32"): (ID_REMOTE_NODE, 0, 0),
+            N("192.168.1.7/32"): (POD_B + 1, CIDR_X, NS_X),
         },
         rules={7: RuleRef("x", "p", DIR_INGRESS, 0)},
         identities={},
@@ -55,10 +55,10 @@ def desired(
 
 def test_the_ipcache_lookup_is_longest_prefix_match() -> None:
     d = desired()
-    assert ipcache_lookup(d, "192.168.1.7") == (POD_B + 1, CIDR_X)
-    assert ipcache_lookup(d, "192.168.1.8") == (ID_WORLD, CIDR_X)
-    assert ipcache_lookup(d, "8.8.8.8") == (ID_WORLD, 0)
-    assert ipcache_lookup(d, "fd00::1") == (POD_A, 0)
+    assert ipcache_lookup(d, "192.168.1.7") == (POD_B + 1, CIDR_X, NS_X)
+    assert ipcache_lookup(d, "192.168.1.8") == (ID_WORLD, CIDR_X, 0)
+    assert ipcache_lookup(d, "8.8.8.8") == (ID_WORLD, 0, 0)
+    assert ipcache_lookup(d, "fd00::1") == (POD_A, 0, NS_X)
 
 
 def test_the_policy_lookup_prefers_the_longest_port_prefix_then_any_protocol() -> None:

@@ -93,13 +93,13 @@ def test_the_reason_table_matches_reasons_h() -> None:
 
 
 def _c_defines(text: str) -> dict[str, int]:
-    """Numeric #defines of a header: literals, (1 << n) and A | B of earlier ones."""
+    """Numeric #defines of a header: literals, (1 << n), A | B of earlier ones and x - 1."""
     values: dict[str, int] = {}
     for m in re.finditer(r"^#define (\w+)[ \t]+([^/\n]+?)\s*(?:/\*.*)?$", text, re.M):
         expr = re.sub(r"(0x[0-9a-fA-F]+|\d+)[uU]", r"\1", m.group(2))
         expr = re.sub(r"\b([A-Z_][A-Z0-9_]*)\b", lambda n: str(values[n.group(1)]), expr)
-        if re.fullmatch(r"[0-9a-fA-Fx()<| ]+", expr):
-            values[m.group(1)] = eval(expr)  # digits, shifts and ors only
+        if re.fullmatch(r"[0-9a-fA-Fx()<|\- ]+", expr):
+            values[m.group(1)] = eval(expr)  # digits, shifts, ors and minus only
     return values
 
 

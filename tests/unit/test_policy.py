@@ -213,10 +213,14 @@ def test_ip_block_prefixes_are_in_the_ipcache_as_world_with_their_cidr_identity(
     cc = compile_cluster(c)
     world4 = ipaddress.ip_network("0.0.0.0/0")
     ten = ipaddress.ip_network("10.0.0.0/8")
-    assert ic[world4] == (ID_WORLD, cc.cidr_identity[world4]) and is_cidr_identity(ic[world4][1])
-    assert ic[ten] == (ID_WORLD, cc.cidr_identity[ten])
-    assert ic[ipaddress.ip_network("::/0")] == (ID_WORLD, 0)
-    assert ic[ipaddress.ip_network(f"{A_IP}/32")] == (cc.pod_identity["x/a"], cc.cidr_identity[ten])
+    assert ic[world4] == (ID_WORLD, cc.cidr_identity[world4], 0) and is_cidr_identity(ic[world4][1])
+    assert ic[ten] == (ID_WORLD, cc.cidr_identity[ten], 0)
+    assert ic[ipaddress.ip_network("::/0")] == (ID_WORLD, 0, 0)
+    assert ic[ipaddress.ip_network(f"{A_IP}/32")] == (
+        cc.pod_identity["x/a"],
+        cc.cidr_identity[ten],
+        cc.namespace_identity["x"],
+    )
     assert ok(d, c, "x/a", "8.8.8.8") and not ok(d, c, "x/a", "y/c") and not ok(d, c, "x/a", "10.9.9.9")
 
 
@@ -438,6 +442,7 @@ def test_an_egress_named_port_is_exact_per_destination_pod_when_equal_labels_dis
     assert d["node-1"].ipcache[ipaddress.ip_network(f"{B_IP}/32")] == (
         cc.pod_identity["y/s1"],
         cc.cidr_identity[ipaddress.ip_network(f"{B_IP}/32")],
+        cc.namespace_identity["y"],
     )
 
 
@@ -534,11 +539,12 @@ def test_compute_is_deterministic_across_runs_and_object_order() -> None:
     assert d1.ipcache == d2.ipcache and dict(d1.identities) == dict(d2.identities)
 
 
-def test_identities_cover_reserved_pod_and_cidr_kinds() -> None:
+def test_identities_cover_reserved_pod_cidr_and_namespace_kinds() -> None:
     spec = {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "fd00::/64"}}]}]}
     _c, d = run(three_pods(), [K.policy("x/p", spec)])
     kinds = {i.kind for i in d["node-1"].identities.values()}
-    assert kinds == {"reserved", "pod", "cidr"}
+    assert kinds == {"reserved", "pod", "cidr", "namespace"}
+    assert {i.namespace for i in d["node-1"].identities.values() if i.kind == "namespace"} == {"x", "y"}
     assert d["node-1"].identities[ID_HOST].name == "host"
     (cidr_info,) = [i for i in d["node-1"].identities.values() if i.kind == "cidr"]
     assert cidr_info.cidr == "fd00::/64"

@@ -113,8 +113,8 @@ def test_a_changed_ipcache_is_encoded_and_diffed_on_the_changed_prefixes_only() 
     net = next(n for n in world.ipcache if n.prefixlen == 32)
     moved = ipaddress.ip_network(str(net))  # an equal prefix, new object, new value
     ipcache = {n: v for n, v in world.ipcache.items() if n is not net}
-    ipcache[moved] = (999, 0)
-    ipcache[ipaddress.ip_network("172.16.0.0/12")] = (2, 1 << 24)
+    ipcache[moved] = (999, 0, 0)
+    ipcache[ipaddress.ip_network("172.16.0.0/12")] = (2, 1 << 24, 0)
     second = encoder.encode(dataclasses.replace(world.desired(), ipcache=ipcache), world.pod_ifindex)
     assert second.ipcache.base == first.ipcache.serial
     assert second.ipcache.touched == {
@@ -213,16 +213,16 @@ def test_alignment_of_unrelated_or_shuffled_lists_keeps_its_contract() -> None:
 def test_a_block_of_rebuilt_prefixes_and_an_appended_one_cost_only_the_appended_one() -> None:
     """The shape of a pod event at 10k pods: node address prefixes rebuilt (new, equal objects,
     same place), the new pod's prefix appended, every other prefix object kept in its place."""
-    cidrs = {ipaddress.ip_network(f"192.168.{i}.0/24"): (2, (1 << 24) + i) for i in range(20)}
-    nodes = {ipaddress.ip_network(f"172.20.0.{i}/32"): (3, 0) for i in range(30)}
-    pods = {ipaddress.ip_network(f"10.244.{i // 250}.{i % 250}/32"): (256 + i % 9, 0) for i in range(2000)}
+    cidrs = {ipaddress.ip_network(f"192.168.{i}.0/24"): (2, (1 << 24) + i, 0) for i in range(20)}
+    nodes = {ipaddress.ip_network(f"172.20.0.{i}/32"): (3, 0, 0) for i in range(30)}
+    pods = {ipaddress.ip_network(f"10.244.{i // 250}.{i % 250}/32"): (256 + i % 9, 0, 0) for i in range(2000)}
     encoder = Encoder()
     desired = NodeDesired(endpoints={}, ipcache={**cidrs, **nodes, **pods}, rules={}, identities={})
     first = encoder.encode(desired, {}).ipcache
     rebuilt = {ipaddress.ip_network(str(n)): v for n, v in nodes.items()}
     pod = ipaddress.ip_network("10.244.99.1/32")
     moved = next(iter(pods))
-    pods = {**pods, moved: (300, 0), pod: (300, 0)}  # one pod relabeled, one added
+    pods = {**pods, moved: (300, 0, 0), pod: (300, 0, 0)}  # one pod relabeled, one added
     second = encoder.encode(dataclasses.replace(desired, ipcache={**cidrs, **rebuilt, **pods}), {}).ipcache
     assert _check_alignment(second.prefixes, first.prefixes) == 1
     assert second.touched == {codecs.encode_ipcache(n, 0, 0)[0] for n in (pod, moved)}

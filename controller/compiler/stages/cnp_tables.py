@@ -1,7 +1,8 @@
 """ClusterNetworkPolicy tables (a part of the tiers stage, controller/compiler/stages/tiers.py):
 the node-independent facts the tiers read. The policies in order (Admin, then Baseline; within a
 tier ascending priority, ties by name), every rule's rank and reference, the pod identities a
-subject or peer selects, the addresses of the nodes a `nodes` peer selects, egress named-port
+subject or peer selects (the namespace identities of a peer that selects every pod of its
+namespaces), the addresses of the nodes a `nodes` peer selects, egress named-port
 destinations, and the prefixes the tiers need as CIDR identities (`CnpTables.prefixes`).
 
 Ranks (rule_ranks): priority * RANK_PRIORITY + place among the tier's policies of that priority
@@ -160,6 +161,16 @@ class CnpTables:
             return frozenset(self.pods_by_identity)
         peer_as_np = Peer(pod_selector=peer.pods, namespace_selector=peer.namespaces)
         return self.selector.peer_identities("", peer_as_np)
+
+    def peer_identities(self, peer: CnpPeer) -> frozenset[int]:
+        """The identities a `namespaces` or `pods` peer's keys name: the namespace identities of
+        the namespaces it selects when it selects every pod of them (kind `namespaces`, or an
+        empty pod selector), else the pod identities it selects. A namespace's pods then match
+        by their ipcache entry, and a pod coming or going leaves the profile as it is."""
+        ns_sel = peer.namespaces
+        if ns_sel is None or not (peer.kind == "namespaces" or peer.pods is None or peer.pods.is_everything):
+            return self.select(peer)
+        return self.selector.namespace_identities(ns_sel)
 
     def node_addresses(self, peer: CnpPeer) -> tuple[IPAddress, ...]:
         """Addresses of the nodes a `nodes` peer selects."""

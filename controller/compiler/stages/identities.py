@@ -27,6 +27,7 @@ from controller.compiler.identity import (
 )
 from controller.compiler.model import Pod
 from controller.compiler.selectors import LabelIndex
+from controller.compiler.stages.ns_identities import NamespaceIdentities
 from controller.core.identities import POD_ID_MAX, POD_ID_MIN
 from controller.core.net import IPNetwork
 
@@ -228,17 +229,25 @@ class IdentityGeneration:
 
 
 class IdentityCatalogue:
-    """identity -> IdentityInfo of every identity in use: reserved, pod and CIDR identities."""
+    """identity -> IdentityInfo of every identity in use: reserved, pod, CIDR and namespace
+    identities."""
 
     def __init__(self, info: dict[int, IdentityInfo]) -> None:
         self._info = info
         self.view: Mapping[int, IdentityInfo] = MappingProxyType(info)
 
     @classmethod
-    def build(cls, tables: IdentityTables, cidr_identity: Mapping[IPNetwork, int]) -> IdentityCatalogue:
+    def build(
+        cls,
+        tables: IdentityTables,
+        cidr_identity: Mapping[IPNetwork, int],
+        ns_identity: NamespaceIdentities | None = None,
+    ) -> IdentityCatalogue:
         info: dict[int, IdentityInfo] = {
             i: IdentityInfo(i, "reserved", name=n) for i, n in RESERVED_NAMES.items()
         }
+        for ns, ident in (ns_identity.of if ns_identity is not None else {}).items():
+            info[ident] = IdentityInfo(ident, "namespace", namespace=ns)
         for ident, labels in tables.identity_labels.items():
             info[ident] = IdentityInfo(
                 ident, "pod", namespace=tables.identity_namespace[ident], labels=labels
@@ -248,7 +257,8 @@ class IdentityCatalogue:
         return cls(info)
 
     def update(self, tables: IdentityTables, changes: IdentityChanges) -> IdentityCatalogue:
-        """This catalogue with the pod identities `changes` added and removed (same CIDR identities)."""
+        """This catalogue with the pod identities `changes` added and removed (same CIDR and
+        namespace identities)."""
         if not changes.added and not changes.removed:
             return self
         info = dict(self._info)

@@ -1,8 +1,9 @@
-"""The ipcache (stage 6 of the compiler): address -> (identity, CIDR identity).
+"""The ipcache (stage 6 of the compiler): address -> (identity, CIDR identity, namespace identity).
 
 Cluster-wide: the policy prefixes and ::/0, 0.0.0.0/0 (identity world), the node addresses and
-every active pod address (its pod identity), each with the CIDR identity of its longest
-containing policy prefix. Per node: the same, with that node's own addresses as host and the
+every active pod address (its pod identity and its namespace's identity), each with the CIDR
+identity of its longest containing policy prefix; only pod addresses have a namespace identity
+(0 otherwise). Per node: the same, with that node's own addresses as host and the
 others' as remote-node; a pod address wins over a node address, a node address over a prefix.
 
 Across compilations (the builder's GenerationCache): the pods' /32 and /128 prefix objects and
@@ -22,13 +23,14 @@ from controller.compiler.generations import GenerationCache
 from controller.compiler.model import Node, Pod
 from controller.compiler.stages.cidr import CidrTables, IPAddress, host_prefix
 from controller.compiler.stages.identities import IdentityTables
+from controller.compiler.stages.ns_identities import NamespaceIdentities
 from controller.core.identities import ID_HOST, ID_REMOTE_NODE, ID_WORLD
 from controller.core.net import IPNetwork
 
 WORLD_V4 = ipaddress.ip_network("0.0.0.0/0")
 WORLD_V6 = ipaddress.ip_network("::/0")
 
-IpcacheValue = tuple[int, int]  # (identity, CIDR identity)
+IpcacheValue = tuple[int, int, int]  # (identity, CIDR identity, namespace identity)
 IpcacheMap = dict[IPNetwork, IpcacheValue]
 
 
@@ -65,10 +67,10 @@ class _PodPrefixMemo:
 
 
 def _pod_ipcache(
-    identities: IdentityTables, cidr: CidrTables, generations: GenerationCache
+    identities: IdentityTables, cidr: CidrTables, ns_ids: NamespaceIdentities, generations: GenerationCache
 ) -> tuple[IpcacheMap, frozenset[str]]:
-    """(every active pod address -> (pod identity, CIDR identity of its longest prefix),
-    the addresses more than one pod has)."""
+    """(every active pod address -> (pod identity, CIDR identity of its longest prefix, its
+    namespace's identity), the addresses more than one pod has)."""
     entries: IpcacheMap = {}
     values: dict[IpcacheValue, IpcacheValue] = {}  # one tuple per distinct value
     # addresses of more than one pod (a stale pod's address reused): later updates rebuild, as
@@ -78,7 +80,9 @@ def _pod_ipcache(
     known, found = memo.known, memo.longest
     # Identities in the order of their first pod (a full build's order, whatever order an
     # incremental one added them in): where two pods share an address the last one wins.
+    ns_of = identities.identity_namespace
     for ident, pods in sorted(identities.pods_by_identity.items(), key=lambda item: item[1][0].key):
+        ns_ident = ns_ids.of[ns_of[ident]]
         for pod in pods:
             for ip in pod.ips:
                 net = memo.prefix(ip)
@@ -88,7 +92,7 @@ def _pod_ipcache(
                 if ip in found:
                     shared.add(ip)
                 found[ip] = longest
-                value = (ident, longest)
+                value = (ident, longest, ns_ident)
                 entries[net] = values.setdefault(value, value)
     generations.publish(memo.generation())
     return entries, frozenset(shared)
@@ -97,6 +101,7 @@ def _pod_ipcache(
 @dataclass(frozen=True)
 class Ipcache:
     cidr: CidrTables  # the CIDR identities the entries carry
+    ns_ids: NamespaceIdentities  # the namespace identities the pod entries carry
     prefix_ipcache: IpcacheMap  # world and every policy prefix
     node_addresses: dict[str, list[IPAddress]]
     node_cidr: dict[IPAddress, int]  # node address -> its longest-prefix CIDR identity
@@ -112,19 +117,20 @@ class Ipcache:
         nodes: Mapping[str, Node],
         identities: IdentityTables,
         cidr: CidrTables,
+        ns_ids: NamespaceIdentities,
         generations: GenerationCache,
     ) -> Ipcache:
         base: IpcacheMap = {}
-        base[WORLD_V4] = (ID_WORLD, cidr.cidr_identity.get(WORLD_V4, 0))
-        base[WORLD_V6] = (ID_WORLD, cidr.cidr_identity.get(WORLD_V6, 0))
+        base[WORLD_V4] = (ID_WORLD, cidr.cidr_identity.get(WORLD_V4, 0), 0)
+        base[WORLD_V6] = (ID_WORLD, cidr.cidr_identity.get(WORLD_V6, 0), 0)
         for net, ident in cidr.cidr_identity.items():
-            base[net] = (ID_WORLD, ident)
+            base[net] = (ID_WORLD, ident, 0)
         node_addresses = {
             name: [ipaddress.ip_address(a) for a in node.addresses] for name, node in nodes.items()
         }
         node_cidr = {addr: cidr.longest(addr) for addrs in node_addresses.values() for addr in addrs}
-        pod_ipcache, shared = _pod_ipcache(identities, cidr, generations)
-        return cls(cidr, base, node_addresses, node_cidr, pod_ipcache, shared)
+        pod_ipcache, shared = _pod_ipcache(identities, cidr, ns_ids, generations)
+        return cls(cidr, ns_ids, base, node_addresses, node_cidr, pod_ipcache, shared)
 
     def update(
         self,
@@ -134,18 +140,40 @@ class Ipcache:
         nodes: Mapping[str, Node],
         identities: IdentityTables,
         cidr: CidrTables,
+        ns_ids: NamespaceIdentities,
         generations: GenerationCache,
     ) -> Ipcache:
-        """The ipcache from this one (built over `old_pods`, same nodes) and the changed pods."""
-        if cidr is not self.cidr:
-            return Ipcache.build(nodes, identities, cidr, generations)
+        """The ipcache from this one (built over `old_pods`, same nodes) and the changed pods.
+        Namespace identities added or removed leave the unchanged pods' entries as they are (a
+        namespace's first pod or last pod is a changed pod); one that moved rebuilds them."""
+        if cidr is not self.cidr or self.ns_ids.moved(ns_ids):
+            return Ipcache.build(nodes, identities, cidr, ns_ids, generations)
+        if ns_ids is not self.ns_ids:
+            return self._with_ns_ids(ns_ids)._update(old_pods, pods, changed, identities, generations)
+        return self._update(old_pods, pods, changed, identities, generations)
+
+    def _with_ns_ids(self, ns_ids: NamespaceIdentities) -> Ipcache:
+        return Ipcache(
+            self.cidr, ns_ids, self.prefix_ipcache, self.node_addresses, self.node_cidr,
+            self.pod_ipcache, self.shared_ips, self.pod_changes,
+        )  # fmt: skip
+
+    def _update(
+        self,
+        old_pods: Mapping[str, Pod],
+        pods: Mapping[str, Pod],
+        changed: frozenset[str],
+        identities: IdentityTables,
+        generations: GenerationCache,
+    ) -> Ipcache:
+        cidr = self.cidr
         if not changed:
             return (
                 self if self.pod_changes is None else self._with_pods(self.pod_ipcache, self.shared_ips, None)
             )
         got = self._update_pods(old_pods, pods, changed, identities)
         if got is None:
-            pod_ipcache, shared = _pod_ipcache(identities, cidr, generations)
+            pod_ipcache, shared = _pod_ipcache(identities, cidr, self.ns_ids, generations)
             return self._with_pods(pod_ipcache, shared, None)
         pod_ipcache, changes = got
         return self._with_pods(pod_ipcache, frozenset(), changes)
@@ -157,8 +185,9 @@ class Ipcache:
         changes: tuple[list[IPNetwork], IpcacheMap] | None,
     ) -> Ipcache:
         return Ipcache(
-            self.cidr, self.prefix_ipcache, self.node_addresses, self.node_cidr, pod_ipcache, shared, changes
-        )
+            self.cidr, self.ns_ids, self.prefix_ipcache, self.node_addresses, self.node_cidr,
+            pod_ipcache, shared, changes,
+        )  # fmt: skip
 
     def _update_pods(
         self,
@@ -178,6 +207,7 @@ class Ipcache:
             if old is not None and old.active:
                 old_ips.update(old.ips)
         new_idents: dict[str, int] = {}  # address -> identity of the changed pod that has it
+        ns_of, ns_ids = identities.identity_namespace, self.ns_ids.of
         for key in changed:
             pod = pods.get(key)
             if pod is None or not pod.active:
@@ -198,7 +228,7 @@ class Ipcache:
             net = host_prefix(ipaddress.ip_address(ip))
             if ip not in old_ips and net in pod_ipcache:
                 return None  # an unchanged pod has this address too
-            value = (ident, self.cidr.longest(net.network_address))
+            value = (ident, self.cidr.longest(net.network_address), ns_ids[ns_of[ident]])
             # (an equal key already there stays: the ipcache keeps its prefix objects)
             pod_ipcache[net] = added[net] = value
         return pod_ipcache, (removed, added)
@@ -209,7 +239,7 @@ class Ipcache:
         for name, addrs in self.node_addresses.items():
             ident = ID_HOST if name == node else ID_REMOTE_NODE
             for addr in addrs:
-                out[host_prefix(addr)] = (ident, self.node_cidr[addr])
+                out[host_prefix(addr)] = (ident, self.node_cidr[addr], 0)
         return out
 
 

@@ -15,16 +15,19 @@ from typing import Any
 from controller.compiler.model import NetworkPolicy, Peer
 from controller.compiler.selectors import LabelIndex, LabelSelector
 from controller.compiler.stages.identities import IdentityTables
+from controller.compiler.stages.ns_identities import NamespaceIdentities
 from controller.compiler.stages.policies import PolicyTables
 
 
 @dataclass(frozen=True)
 class NamespaceIndex:
     """Every namespace the compiler knows of (named by an object, a pod identity or a policy),
-    by name, with a label index over their labels (ids = positions in `names`)."""
+    by name, with a label index over their labels (ids = positions in `names`) and each one's
+    namespace identity (stages/ns_identities.py)."""
 
     names: list[str]
     label_index: LabelIndex
+    ids: NamespaceIdentities
 
     @staticmethod
     def names_of(
@@ -34,12 +37,28 @@ class NamespaceIndex:
         return sorted(frozenset(namespaces).union(identities.ns_index, policies.by_namespace))
 
     @classmethod
-    def build(cls, names: list[str], labels_of: Callable[[str], Mapping[str, str]]) -> NamespaceIndex:
-        return cls(names, LabelIndex((i, labels_of(n)) for i, n in enumerate(names)))
+    def build(
+        cls,
+        names: list[str],
+        labels_of: Callable[[str], Mapping[str, str]],
+        last_ids: NamespaceIdentities | None = None,
+    ) -> NamespaceIndex:
+        """`last_ids`: the previous compilation's namespace identities (kept where they can be)."""
+        return cls(
+            names,
+            LabelIndex((i, labels_of(n)) for i, n in enumerate(names)),
+            NamespaceIdentities.derive(names, last_ids),
+        )
 
     def update(self, names: list[str], labels_of: Callable[[str], Mapping[str, str]]) -> NamespaceIndex:
         """The index of `names` (namespace labels unchanged): this one while the names are the same."""
-        return self if names == self.names else NamespaceIndex.build(names, labels_of)
+        return self if names == self.names else NamespaceIndex.build(names, labels_of, self.ids)
+
+    def identities_matching(self, sel: LabelSelector) -> frozenset[int]:
+        """The namespace identities of the namespaces `sel` selects."""
+        of = self.ids.of
+        names = self.names
+        return frozenset(of[names[i]] for i in sel.select(self.label_index))
 
 
 @dataclass(frozen=True)
@@ -115,6 +134,7 @@ class PeerSelector:
         self.identity_namespace = identities.identity_namespace
         self.namespaces = namespaces
         self._cache: dict[tuple[Any, ...], frozenset[int]] = {}
+        self._ns_cache: dict[str, frozenset[int]] = {}
 
     @classmethod
     def build(cls, identities: IdentityTables, namespaces: NamespaceIndex) -> PeerSelector:
@@ -127,6 +147,13 @@ class PeerSelector:
         if identities.ns_index is self.ns_index and namespaces is self.namespaces:
             return self
         return PeerSelector(identities, namespaces)
+
+    def namespace_identities(self, sel: LabelSelector) -> frozenset[int]:
+        """The namespace identities of the namespaces `sel` selects (cached like peers)."""
+        hit = self._ns_cache.get(sel.key)
+        if hit is None:
+            hit = self._ns_cache[sel.key] = self.namespaces.identities_matching(sel)
+        return hit
 
     def _namespaces_matching(self, sel: LabelSelector) -> list[str]:
         names = self.namespaces.names

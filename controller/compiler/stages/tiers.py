@@ -1,5 +1,5 @@
 """ClusterNetworkPolicy tiers (a stage of the compiler): the ordered decision, precomputed per
-endpoint into its policy entries, so the datapath decides with three lookups whatever the
+endpoint into its policy entries, so the datapath decides with four lookups whatever the
 number of policies, tiers and rules (docs/INTERNALS.md "Tiers").
 
 - Order: Admin policies, then Baseline; within a tier ascending priority, ties by name, then
@@ -7,7 +7,10 @@ number of policies, tiers and rules (docs/INTERNALS.md "Tiers").
   reference (stages/cnp_tables.py, with the other node-independent tables); a packet's answer
   in a tier is its matching rule of lowest rank.
 - A rule contributes (peer identity x port spec) keys with its tier, action, rank and reference:
-  `namespaces` / `pods` peers -> the pod identities they select (host-network pods have none);
+  a peer selecting every pod of some namespaces (`namespaces`, or `pods` with an empty pod
+  selector) -> their namespace identities (a pod address's ipcache entry carries its
+  namespace's); other `pods` peers -> the pod identities they select (host-network pods have
+  neither);
   `networks` -> the CIDR identities of every policy prefix inside them (pod and node addresses
   carry theirs too); `nodes` -> the exact prefixes of the selected nodes' addresses (InternalIP and
   ExternalIP: every IP of status.addresses). Ports: none
@@ -155,7 +158,7 @@ class Tiers:
             return got
         if peer.kind == "domainNames":  # the classes of names each pattern matches
             return frozenset().union(*(self.tables.domains.identities(d) for d in peer.domains))
-        return self.tables.select(peer)
+        return self.tables.peer_identities(peer)
 
     def _part(
         self, pol: ClusterNetworkPolicy, direction: int, rule: CnpRule, own_named: tuple[PortSpec, ...]
