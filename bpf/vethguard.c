@@ -65,6 +65,7 @@
 #include "lib/newflow.h"
 #include "lib/hostep.h"
 #include "lib/events.h"
+#include "lib/dns.h"
 
 /* Count, maybe emit an event, and turn the reason into a tc verdict. */
 static __always_inline int vg_finish(struct __sk_buff *skb, __u32 ep_id, __u8 dir, __u8 reason,
@@ -161,6 +162,9 @@ static __always_inline int vg_fast(struct __sk_buff *skb, __u8 dir)
 		revision = cfg->revision;
 	if (vg_parse(skb, &p) != PARSE_OK || p.frag != VG_FRAG_NONE || p.icmp_err || vg_icmp_untracked(&p))
 		return 0;
+	/* DNS to or from a pod goes the full way (lib/dns.h). */
+	if (vg_dns_candidate(&p, dir))
+		return 0;
 	/* A TCP SYN opens a new flow (or retransmits one): the full path's own lookups decide it, so
 	 * it does not pay two conntrack misses here first. */
 	if (p.proto == IPPROTO_TCP && (p.tcp_flags & (VG_TCP_SYN | VG_TCP_ACK)) == VG_TCP_SYN)
@@ -227,6 +231,10 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir, __u32 send
 	if (p.icmp_err && vg_ct_related(skb, ep, &p, dir, revision, now, &k, &rule_ref))
 		return vg_finish(skb, ep->ep_id, dir, ALLOW_RELATED, &p, &peer, rule_ref, 0);
 
+	/* A DNS query of a pod that learns from DNS: a copy for the agent (lib/dns.h). */
+	if (dir == DIR_EGRESS && (ep->flags & EP_F_DNS) && vg_dns_candidate(&p, dir))
+		vg_dns_copy(skb, ep->ep_id, DNS_HELD_QUERY);
+
 	/* Forward entry (established flow), then reverse entry (reply), else a new flow. Verifier
 	 * workaround: written out rather than vg_ct_find, so each vg_ct_hit below is inlined with a
 	 * constant `reply` (one copy with a variable one put to_pod over the 1M-instruction budget). */
@@ -251,6 +259,9 @@ static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir, __u32 send
 			reason = vg_ct_hit(ep, &k, v, &p, 1, revision, len, now, &rule_ref);
 			if (dir == DIR_EGRESS && !REASON_IS_DROP(reason))
 				v->seen |= CT_SEEN_SRC_OWN;
+			/* A DNS answer to the pod's query: held until the agent learned it (lib/dns.h). */
+			if (dir == DIR_INGRESS && !REASON_IS_DROP(reason) && vg_dns_hold(skb, ep, &p, now))
+				return TC_ACT_SHOT;
 			goto tracked;
 		}
 		/* To a Service: judged after DNAT, by the backend it reaches (lib/service.h). */

@@ -16,6 +16,7 @@
 #include "policy.h"
 #include "service.h"
 #include "trust.h"
+#include "dnslearned.h"
 
 static __always_inline void vg_ct_fill(struct ct_key *k, const struct vg_pkt *p, __u32 ep_id, __u8 dir,
 				       int reverse)
@@ -101,8 +102,10 @@ static __always_inline int vg_ct_recheck(const struct endpoint_info *ep, const s
 	if (peer.identity == ID_HOST)
 		return 1;
 	__be16 port = vg_ct_policy_port(k->proto, k->family, k->dport);
+	/* an address learned from DNS keeps its established flows after the TTL (fresh = 0) */
+	__u32 fqdn = k->dir == DIR_EGRESS && !k->nat ? vg_dns_identity(ep, k->family, k->daddr, 0, 0) : 0;
 
-	return !REASON_IS_DROP(vg_policy_verdict(ep, k->dir, k->proto, port, &peer, 0, rule_ref, 0));
+	return !REASON_IS_DROP(vg_policy_verdict(ep, k->dir, k->proto, port, &peer, fqdn, 0, rule_ref, 0));
 }
 
 /*
@@ -138,7 +141,7 @@ static __always_inline int vg_ct_reply_allowed(const struct endpoint_info *ep, c
 	vg_peer_lookup(p, rdir, &peer);
 	if (peer.identity == ID_HOST)
 		return 1;
-	return !REASON_IS_DROP(vg_policy_verdict(ep, rdir, p->proto, vg_policy_port(p), &peer, 0, &ref, 0));
+	return !REASON_IS_DROP(vg_policy_verdict(ep, rdir, p->proto, vg_policy_port(p), &peer, 0, 0, &ref, 0));
 }
 
 /* A packet of an allowed tracked flow: its counts, what it says of the TCP state, its deadline. */

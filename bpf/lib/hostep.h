@@ -50,7 +50,7 @@ static __always_inline __u8 vg_hep_set(__u32 profile, __u8 dir, const struct vg_
 {
 	struct vg_tiers t;
 
-	vg_tiers_lookup(profile, dir, p->proto, vg_policy_port(p), peer, &t);
+	vg_tiers_lookup(profile, dir, p->proto, vg_policy_port(p), peer, 0, &t);
 	if (t.calico == TIER_ACCEPT || t.calico == TIER_DENY) {
 		*rule_ref = t.calico_ref;
 		return t.calico == TIER_ACCEPT ? allow : deny;

@@ -35,6 +35,12 @@
 #ifndef VG_MAX_CT
 #define VG_MAX_CT 65536
 #endif
+#ifndef VG_MAX_DNS_LEARNED
+#define VG_MAX_DNS_LEARNED 65536
+#endif
+#ifndef VG_DNS_HELD_PAGES
+#define VG_DNS_HELD_PAGES 256 /* 1 MiB: ~250 held frames of the longest kind */
+#endif
 #ifndef VG_MAX_FRAG
 #define VG_MAX_FRAG 8192
 #endif
@@ -97,6 +103,16 @@ BPF_TABLE_PINNED7("percpu_hash", struct counter_key, struct counter_value, vg_co
 BPF_TABLE_PINNED7("percpu_array", __u32, struct counter_value, vg_est_counters, (VG_MAX_ENDPOINTS + 1) * VG_EST_ROW,
 		  VG_PIN(vg_est_counters), 0);
 
+/* addresses pods learned from DNS answers, for domainNames rules (lib/dns.h) */
+BPF_TABLE_PINNED7("lru_hash", struct dns_learned_key, struct dns_learned_value, vg_dns_learned, VG_MAX_DNS_LEARNED,
+		  VG_PIN(vg_dns_learned), 0);
+
+/* the agent's DNS thread's state (lib/dns.h) */
+BPF_TABLE_PINNED7("array", __u32, struct dns_state, vg_dns_state, 1, VG_PIN(vg_dns_state), 0);
+
+/* per-CPU scratch where a DNS frame is copied before it goes to vg_dns_held. Internal. */
+BPF_TABLE_PINNED7("percpu_array", __u32, struct dns_held, vg_dns_scratch, 1, VG_PIN(vg_dns_scratch), 0);
+
 /* per-CPU token bucket for vg_events */
 BPF_TABLE_PINNED7("percpu_array", __u32, struct evrate_state, vg_evrate, 1, VG_PIN(vg_evrate), 0);
 
@@ -119,6 +135,10 @@ struct vg_events_table_t {
 };
 __attribute__((section("maps/ringbuf:" VG_PIN(vg_events))))
 struct vg_events_table_t vg_events = {.max_entries = ((VG_EVENTS_PAGES) * PAGE_SIZE)};
+
+/* DNS frames for the agent (lib/dns.h): queries copied, answers held. Pinned the same way. */
+__attribute__((section("maps/ringbuf:" VG_PIN(vg_dns_held))))
+struct vg_events_table_t vg_dns_held = {.max_entries = ((VG_DNS_HELD_PAGES) * PAGE_SIZE)};
 
 #endif /* BPF_TABLE */
 

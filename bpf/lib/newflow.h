@@ -25,6 +25,7 @@
 #include "policy.h"
 #include "conntrack.h"
 #include "trust.h"
+#include "dnslearned.h"
 
 /*
  * Decide a new flow of endpoint `ep` in direction `dir`. Returns the reason:
@@ -49,9 +50,13 @@ static __always_inline __u8 vg_new_flow(struct __sk_buff *skb, const struct endp
 					struct ipcache_value *peer, __u32 *rule_ref)
 {
 	__u16 origin = 0;
+	__u32 fqdn = 0;
 	__u8 reason;
 
 	vg_peer_lookup(p, dir, peer);
+	/* (not the judge's: a Service's backends are pods, never addresses learned from DNS) */
+	if (dir == DIR_EGRESS && !nat)
+		fqdn = vg_dns_identity(ep, p->family, p->daddr, now, 1);
 	if (dir == DIR_INGRESS && (reason = vg_ingress_origin(skb, sender, p, peer, &origin)))
 		return reason;
 	if (peer->identity == ID_HOST) {
@@ -60,10 +65,10 @@ static __always_inline __u8 vg_new_flow(struct __sk_buff *skb, const struct endp
 		 * untracked, so every packet is judged again and a policy change applies at once. */
 		if (dir == DIR_INGRESS || !(ep->flags & EP_F_EGRESS_TIERED))
 			return ALLOW_HOST;
-		reason = vg_policy_verdict(ep, dir, p->proto, vg_policy_port(p), peer, 1, rule_ref, p);
+		reason = vg_policy_verdict(ep, dir, p->proto, vg_policy_port(p), peer, 0, 1, rule_ref, p);
 		return REASON_IS_DROP(reason) ? reason : ALLOW_HOST;
 	}
-	reason = vg_policy_verdict(ep, dir, p->proto, vg_policy_port(p), peer, 0, rule_ref, p);
+	reason = vg_policy_verdict(ep, dir, p->proto, vg_policy_port(p), peer, fqdn, 0, rule_ref, p);
 	if (REASON_IS_DROP(reason) || !track)
 		return reason;
 	/* Track every allowed flow, isolated direction or not: its replies may enter an isolated one. */

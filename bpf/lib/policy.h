@@ -113,7 +113,7 @@ static __always_inline void vg_tiers_init(struct vg_tiers *t)
  * and ANY. NetworkPolicy (vg_np_verdict) has no namespace keys and keeps its three.
  */
 static __always_inline void vg_tiers_lookup(__u32 profile, __u8 dir, __u8 proto, __be16 port,
-					    const struct ipcache_value *peer, struct vg_tiers *t)
+					    const struct ipcache_value *peer, __u32 fqdn, struct vg_tiers *t)
 {
 	struct policy_key k = {.prefixlen = POLICY_PLEN_FULL, .ep_id = profile, .dir = dir, .proto = proto,
 			       .dport = port};
@@ -124,6 +124,9 @@ static __always_inline void vg_tiers_lookup(__u32 profile, __u8 dir, __u8 proto,
 		vg_tiers_try(&k, peer->cidr_identity, t);
 	if (peer->ns_identity)
 		vg_tiers_try(&k, peer->ns_identity, t);
+	/* the domain identity the pod learned for this address (lib/dnslearned.h), if any */
+	if (fqdn)
+		vg_tiers_try(&k, fqdn, t);
 	vg_tiers_try(&k, ID_ANY, t);
 }
 
@@ -158,12 +161,12 @@ static __always_inline __u8 vg_np_verdict(const struct endpoint_info *ep, __u8 d
  * pod's own node, which only a Deny rule blocks (ALLOW_HOST where anything else decides).
  */
 static __always_inline __u8 vg_tiers_verdict(const struct endpoint_info *ep, __u8 dir, struct policy_key *k,
-					     const struct ipcache_value *peer, int host, __u32 *rule_ref,
+					     const struct ipcache_value *peer, __u32 fqdn, int host, __u32 *rule_ref,
 					     const struct vg_pkt *log_pkt)
 {
 	struct vg_tiers t;
 
-	vg_tiers_lookup(ep->tier_profile, dir, k->proto, k->dport, peer, &t);
+	vg_tiers_lookup(ep->tier_profile, dir, k->proto, k->dport, peer, fqdn, &t);
 	if (t.admin == TIER_ACCEPT || t.admin == TIER_DENY) {
 		*rule_ref = t.admin_ref;
 		return t.admin == TIER_ACCEPT ? ALLOW_ADMIN : DROP_ADMIN;
@@ -200,7 +203,7 @@ static __always_inline __u8 vg_tiers_verdict(const struct endpoint_info *ep, __u
  * ClusterNetworkPolicy selects keeps NetworkPolicy's path, no tier work.
  */
 static __always_inline __u8 vg_policy_verdict(const struct endpoint_info *ep, __u8 dir, __u8 proto,
-					      __be16 dport, const struct ipcache_value *peer, int host,
+					      __be16 dport, const struct ipcache_value *peer, __u32 fqdn, int host,
 					      __u32 *rule_ref, const struct vg_pkt *log_pkt)
 {
 	struct policy_key k = {};
@@ -215,7 +218,7 @@ static __always_inline __u8 vg_policy_verdict(const struct endpoint_info *ep, __
 	k.proto = proto;
 	k.dport = dport; /* the policy port: vg_policy_port / vg_ct_policy_port */
 	if (ep->flags & vg_tiered_flag(dir))
-		return vg_tiers_verdict(ep, dir, &k, peer, host, rule_ref, log_pkt);
+		return vg_tiers_verdict(ep, dir, &k, peer, fqdn, host, rule_ref, log_pkt);
 	return vg_np_verdict(ep, dir, &k, peer, rule_ref);
 }
 

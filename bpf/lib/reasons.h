@@ -32,6 +32,10 @@ enum vg_reason {
 	                         * forwarded traffic no applyOnForward policy polices */
 	LOG_CALICO = 17,        /* an event only, never a packet's verdict: a Calico Log rule matched the
 	                         * new flow before the rule that decided it (the event names the Log rule) */
+	DNS_HELD = 18,          /* a count only: a DNS answer held for the agent (lib/dns.h); it enters the
+	                         * pod when released, counted then as any reply */
+	DNS_UNHELD = 19,        /* a count only: a DNS answer that could not be held (agent not releasing,
+	                         * ring full, frame too long) passes unlearned: its addresses stay denied */
 
 	DROP_POLICY = 64,       /* no policy entry allows it */
 	DROP_MALFORMED = 65,    /* truncated or unparsable headers from/to an isolated pod */

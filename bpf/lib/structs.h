@@ -44,6 +44,10 @@
 #define EP_F_EGRESS_CALICO    (1 << 9)
 /* Its tier profile has Calico Log rules: a new flow they match is reported (LOG_CALICO). */
 #define EP_F_CALICO_LOG       (1 << 10)
+/* A ClusterNetworkPolicy rule with domainNames peers polices the pod's egress: its DNS queries are
+ * copied to the agent and its DNS answers held until the agent has learned their addresses
+ * (lib/dns.h). */
+#define EP_F_DNS              (1 << 11)
 
 #define VERDICT_ALLOW 1 /* policy_value.verdict: a NetworkPolicy rule allows it */
 #define VERDICT_DENY  2 /* reserved */
@@ -67,6 +71,10 @@
 #define VG_MARK_SLOT_MASK  0x7fff0000U
 #define VG_MARK_SLOT_SHIFT 16
 #define VG_MARK_MASK       (VG_MARK_DEFERRED | VG_MARK_SLOT_MASK)
+/* A DNS answer the agent held and now releases into the pod (lib/dns.h): every slot bit without
+ * the deferred bit, which no deferred mark has. Only the node's root can set a mark; a packet
+ * crossing into the node from a pod or another namespace has it cleared. */
+#define VG_MARK_DNS_RELEASED VG_MARK_SLOT_MASK
 
 /* ct_value.origin of a flow masqueraded to a node address by the node for a sender outside it. */
 #define CT_ORIGIN_OUTSIDE 0xffff
@@ -269,6 +277,44 @@ struct config {
 	__u32 revision; /* bumped by every sync that changed a map */
 	__u32 flags;
 	__u64 reserved;
+};
+
+/* vg_dns_state (array[1]): written by the agent's DNS thread only (never by a sync, so neither
+ * overwrites the other's field). */
+struct dns_state {
+	__u64 hold_until_ns; /* vg_now() deadline the agent pushes forward every second while it
+			      * releases held DNS answers: past it, answers pass unheld */
+	__u64 reserved;
+};
+
+/* vg_dns_learned (LRU hash): an address a pod's DNS answers gave it for domainNames rules. */
+struct dns_learned_key {
+	__u32 ep_id;
+	__u8 family;
+	__u8 pad[3];
+	__u8 addr[16];
+};
+
+struct dns_learned_value {
+	__u64 expires_ns; /* vg_now() deadline for new flows (the answer's TTL, at least the hold
+			   * minimum); an established flow is re-checked with it even when expired */
+	__u32 identity;   /* the domain identity: its domainNames rules are keyed by it in the tier
+			   * profile (one per class of names that match the same patterns) */
+	__u32 pad;
+};
+
+/* vg_dns_held (ring buffer): a DNS packet for the agent, the frame from its Ethernet header. */
+#define VG_DNS_HELD_MAX 4096 /* a power of two; longer frames pass unheld */
+#define DNS_HELD_QUERY 1     /* leaving the pod: copied, the packet goes on */
+#define DNS_HELD_ANSWER 2    /* entering the pod: held, the agent releases it */
+struct dns_held {
+	__u64 ts_ns;
+	__u32 ifindex; /* the pod's host-side veth: where the agent releases an answer */
+	__u32 ep_id;
+	__u32 len;     /* bytes of data */
+	__u8 kind;     /* DNS_HELD_* */
+	__u8 pad[3];
+	__u8 data[VG_DNS_HELD_MAX];
 };
 
 /*

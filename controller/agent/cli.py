@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from controller.agent import flows, preflight
+from controller.agent.dns_service import DnsService
 from controller.agent.flow_server import DEFAULT_FLOW_SOCKET, FlowServer
 from controller.agent.health import METRICS_ONLY, HealthServer
 from controller.agent.informers import Sources
@@ -213,6 +214,8 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.flow_capacity < 1:
         print("vethguard agent: --flow-capacity must be at least 1", file=sys.stderr)
         return 2
+    from controller.datapath.loader import pin_dir_for
+
     configure_logging(args.log_level)
     tune_gc()
     metrics = Metrics()
@@ -242,6 +245,8 @@ def run_cli(args: argparse.Namespace) -> int:
             scrape = HealthServer(args.metrics_addr, agent.probes(), METRICS_ONLY, "--metrics-addr")
             servers.append(scrape.start())
         flow_parts = start_flows(args, agent, metrics)
+        # DNS for domainNames rules: held answers learned from, then released (vg_dns_held's reader)
+        flow_parts += (DnsService(pin_dir_for(args.node, args.pin_root), agent.domains).start(),)
     except (VethguardError, OSError, ValueError) as exc:
         print(f"vethguard agent: {exc}", file=sys.stderr)
         return 1

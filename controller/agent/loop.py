@@ -59,6 +59,7 @@ from controller.agent.realization import realized_kinds, realized_objects
 from controller.agent.uplinks import Uplinks
 from controller.agent.veth_match import Discovered, Discovery, is_placeholder, may_claim_pending
 from controller.compiler.frontends import frontends_of
+from controller.compiler.stages.domains import NO_DOMAINS, DomainClasses
 from controller.core.errors import VethguardError
 from controller.core.log import get_logger
 from controller.core.log import scalar_fields as _summarize
@@ -194,6 +195,11 @@ class Agent:
 
     def live(self) -> bool:
         return not self.stop_event.is_set() and time.monotonic() - self._heartbeat < LIVENESS_STALL_SECONDS
+
+    def domains(self) -> DomainClasses:
+        """The domainNames classes of the last compute (the DNS thread's matcher)."""
+        desired = self._desired
+        return desired.domains if desired is not None else NO_DOMAINS
 
     def computed_versions(self) -> tuple[int, ...] | None:
         """The cache versions of the last compute (set before its maps are written)."""

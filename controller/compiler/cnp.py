@@ -5,10 +5,10 @@ decision will be compiled from, with every problem reported and failed closed.
 
 What the API says about bad input, and what we decided where it is silent:
 - A peer or protocol entry that is unusable (not exactly one known field, a bad selector, CIDR or
-  port, a `domainNames` peer (checked, then refused: the API allows it only in Accept rules, and
-  we do not enforce it yet), or a named port beside a networks or nodes peer): an Accept rule
-  with it matches nothing; a Deny or Pass rule with it becomes a Deny-all rule (every peer, port
-  and protocol). That is the API's "fail closed".
+  port, a `domainNames` peer in a Deny or Pass rule (the API allows it only in Accept rules), or
+  a named port beside a networks or nodes peer): an Accept rule with it matches nothing; a Deny
+  or Pass rule with it becomes a Deny-all rule (every peer, port and protocol). That is the
+  API's "fail closed".
 - A rule without `from` / `to` entries, or with an unknown action: an Accept rule matches nothing,
   anything else is a Deny-all rule.
 - A policy whose place in the order is unusable (tier not Admin or Baseline, priority not an
@@ -51,13 +51,14 @@ PROTOCOL_FIELDS = {"tcp": "TCP", "udp": "UDP", "sctp": "SCTP"}
 @dataclass(frozen=True)
 class CnpPeer:
     """One peer: `namespaces` (namespace selector), `pods` (namespace + pod selectors), and for
-    egress `nodes` (node selector) or `networks` (CIDRs)."""
+    egress `nodes` (node selector), `networks` (CIDRs) or `domainNames` (Accept rules only)."""
 
-    kind: str  # "namespaces" | "pods" | "nodes" | "networks"
+    kind: str  # "namespaces" | "pods" | "nodes" | "networks" | "domainNames"
     namespaces: LabelSelector | None = None
     pods: LabelSelector | None = None
     nodes: LabelSelector | None = None
     networks: tuple[IPNetwork, ...] = ()
+    domains: tuple[str, ...] = ()  # domainNames: canonical names and `*.` wildcards
 
 
 @dataclass(frozen=True)
@@ -133,10 +134,9 @@ def _pods(raw: Any, fld: str) -> tuple[LabelSelector, LabelSelector]:
     return ns, _selector(raw["podSelector"], f"{fld}.podSelector")
 
 
-def _domain_names(value: Any, fld: str, action: str) -> None:
-    """Check a domainNames peer (names, or `*.` wildcards matching one or more labels), then
-    refuse it: in a Deny or Pass rule the API forbids it; in an Accept rule it is not enforced
-    yet (issue 20)."""
+def _domain_names(value: Any, fld: str, action: str) -> tuple[str, ...]:
+    """A domainNames peer's patterns (names, or `*.` wildcards matching one or more labels),
+    canonical, in order, once each; only in Accept rules, as the API says."""
     if not isinstance(value, list) or not value:
         raise Unusable(fld, "must be a non-empty list of domain names")
     if len(value) > MAX_ITEMS:
@@ -147,7 +147,7 @@ def _domain_names(value: Any, fld: str, action: str) -> None:
             raise Unusable(f"{fld}[{i}]", f"{name!r}: {'; '.join(problems)}")
     if action != ACCEPT:
         raise Unusable(fld, f"only allowed in Accept rules, not in a {action} rule")
-    raise Unusable(fld, "not supported by this version of vethguard")
+    return tuple(dict.fromkeys(dnsnames.canonical(n) for n in value))
 
 
 def _peer(raw: Any, fld: str, egress: bool, action: str) -> CnpPeer:
@@ -162,7 +162,7 @@ def _peer(raw: Any, fld: str, egress: bool, action: str) -> CnpPeer:
     if kind == "nodes":
         return CnpPeer(kind, nodes=_selector(value, f"{fld}.nodes"))
     if kind == "domainNames":
-        _domain_names(value, f"{fld}.domainNames", action)
+        return CnpPeer(kind, domains=_domain_names(value, f"{fld}.domainNames", action))
     if not isinstance(value, list) or not value:
         raise Unusable(f"{fld}.networks", "must be a non-empty list of CIDRs")
     nets = []

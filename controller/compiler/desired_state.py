@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from controller.compiler.stages.domains import NO_DOMAINS, DomainClasses
 from controller.core.errors import PolicyError
 from controller.core.net import IPNetwork
 from controller.core.verdicts import DIR_INGRESS
@@ -112,6 +113,7 @@ class EndpointDesired:
     egress_calico: bool = False
     calico_policies: Sequence[str] = ()  # the Calico policies that select it (CalicoPolicy.object)
     calico_log: bool = False  # its tier profile has Calico Log rules (EP_F_CALICO_LOG)
+    dns: bool = False  # domainNames rules police its egress: it learns from DNS (EP_F_DNS)
 
 
 @dataclass(frozen=True, order=True)
@@ -187,3 +189,5 @@ class NodeDesired:
     # --failsafe-inbound / --failsafe-outbound replace Calico's defaults)
     failsafe_inbound: tuple[tuple[str, int], ...] = FAILSAFE_INBOUND
     failsafe_outbound: tuple[tuple[str, int], ...] = FAILSAFE_OUTBOUND
+    # The domainNames classes: the agent's DNS thread asks it for the identity of each answered name
+    domains: DomainClasses = field(default=NO_DOMAINS, compare=False, repr=False)

@@ -352,6 +352,7 @@ class CompiledCluster:
             identities=self.identities,
             errors=self.errors,
             host_addresses=tuple(str(a) for a in self.node_addresses.get(node, ())),
+            domains=self.tiers.tables.domains,
         )
 
 

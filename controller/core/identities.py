@@ -19,3 +19,5 @@ CIDR_ID_MAX = (1 << 25) - 1
 POD_ID_MAX = CIDR_ID_MIN - 1
 NS_ID_MIN = 1 << 25
 NS_ID_MAX = (1 << 26) - 1
+DOMAIN_ID_MIN = 1 << 26  # domain identities (controller/compiler/stages/domains.py): an address a
+DOMAIN_ID_MAX = (1 << 27) - 1  # pod learned from DNS, keyed in tier profiles like a peer identity

@@ -25,6 +25,7 @@ EP_F_EGRESS_TIERED = 1 << 7
 EP_F_INGRESS_CALICO = 1 << 8  # Calico's tier polices that direction (end-of-tier deny)
 EP_F_EGRESS_CALICO = 1 << 9
 EP_F_CALICO_LOG = 1 << 10  # its tier profile has Calico Log rules (LOG_CALICO events)
+EP_F_DNS = 1 << 11  # domainNames rules police its egress: DNS queries copied, answers held (lib/dns.h)
 HEP_F_INGRESS_FWD = 1 << 0  # hostep_info.flags: applyOnForward policies select it for ingress
 HEP_F_EGRESS_FWD = 1 << 1
 HEP_F_PREDNAT = 1 << 2  # preDNAT policies select it
@@ -52,6 +53,10 @@ VG_MARK_SLOT_MASK = 0x7FFF0000
 VG_MARK_SLOT_SHIFT = 16
 VG_MARK_MASK = VG_MARK_DEFERRED | VG_MARK_SLOT_MASK
 MAX_SLOT = VG_MARK_SLOT_MASK >> VG_MARK_SLOT_SHIFT
+VG_MARK_DNS_RELEASED = VG_MARK_SLOT_MASK  # a held DNS answer the agent sends into the pod
+VG_DNS_HELD_MAX = 4096  # frame bytes in a dns_held record; longer frames pass unheld
+DNS_HELD_QUERY = 1
+DNS_HELD_ANSWER = 2
 
 MAP_NAMES = (
     "vg_endpoints",
@@ -71,7 +76,12 @@ MAP_NAMES = (
     "vg_evrate",
     "vg_evlost",
     "vg_events",
+    "vg_dns_learned",
+    "vg_dns_state",
+    "vg_dns_scratch",
+    "vg_dns_held",
 )
+RING_NAMES = ("vg_events", "vg_dns_held")  # ring buffers: no elements to read through bpf(2) map ops
 
 
 class Reason(IntEnum):
@@ -94,6 +104,8 @@ class Reason(IntEnum):
     ALLOW_PREDNAT = 15  # host endpoint: allowed by a preDNAT policy rule
     ALLOW_HOSTEP = 16  # host endpoint: allowed by a normal/applyOnForward rule, or forwarded and unpoliced
     LOG_CALICO = 17  # an event, never a verdict: a Calico Log rule matched the new flow
+    DNS_HELD = 18  # a count, never a verdict: a DNS answer held for the agent (released as a reply)
+    DNS_UNHELD = 19  # a count: a DNS answer that passed unheld (agent not releasing, ring full, too long)
     ALLOW_CALICO = 13  # allowed by a rule of Calico's tier (a Calico policy's, or a NetworkPolicy's in it)
     DROP_POLICY = 64
     DROP_MALFORMED = 65
@@ -298,6 +310,42 @@ class Config(_Struct):
     ]
 
 
+class DnsState(_Struct):
+    _fields_: ClassVar = [
+        ("hold_until_ns", ctypes.c_uint64),  # the agent releases held DNS answers until then
+        ("reserved", ctypes.c_uint64),
+    ]
+
+
+class DnsLearnedKey(_Struct):
+    _fields_: ClassVar = [
+        ("ep_id", ctypes.c_uint32),
+        ("family", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+        ("addr", U8x16),
+    ]
+
+
+class DnsLearnedValue(_Struct):
+    _fields_: ClassVar = [
+        ("expires_ns", ctypes.c_uint64),
+        ("identity", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    ]
+
+
+class DnsHeld(_Struct):
+    _fields_: ClassVar = [
+        ("ts_ns", ctypes.c_uint64),
+        ("ifindex", ctypes.c_uint32),
+        ("ep_id", ctypes.c_uint32),
+        ("len", ctypes.c_uint32),
+        ("kind", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+        ("data", ctypes.c_uint8 * VG_DNS_HELD_MAX),
+    ]
+
+
 class CounterKey(_Struct):
     _fields_: ClassVar = [
         ("ep_id", ctypes.c_uint32),
@@ -359,6 +407,10 @@ C_STRUCTS: dict[str, type[_Struct]] = {
     "counter_key": CounterKey,
     "counter_value": CounterValue,
     "flow_event": FlowEvent,
+    "dns_state": DnsState,
+    "dns_learned_key": DnsLearnedKey,
+    "dns_learned_value": DnsLearnedValue,
+    "dns_held": DnsHeld,
     "evrate_state": EvrateState,
     "evlost_state": EvlostState,
 }

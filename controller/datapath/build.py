@@ -241,7 +241,7 @@ def load(node: str, pin_root: str = "/sys/fs/bpf/vethguard", extra_cflags: tuple
     try:
         loader.pin_programs(pin_dir, fds)
         for name in abi.MAP_NAMES:
-            if name != "vg_events":  # a ring buffer has no elements to read through bpf(2) map ops
+            if name not in abi.RING_NAMES:
                 loaded.maps[name] = bpfsys.BpfMap.open_pinned(str(pin_dir / name))
     except BaseException:
         loaded.close()

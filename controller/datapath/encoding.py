@@ -40,6 +40,7 @@ def endpoint_flags(
     ingress_calico: bool = False,
     egress_calico: bool = False,
     calico_log: bool = False,
+    dns: bool = False,
 ) -> int:
     return (
         (abi.EP_F_INGRESS_ISOLATED if ingress_isolated else 0)
@@ -51,6 +52,7 @@ def endpoint_flags(
         | (abi.EP_F_INGRESS_CALICO if ingress_calico else 0)
         | (abi.EP_F_EGRESS_CALICO if egress_calico else 0)
         | (abi.EP_F_CALICO_LOG if calico_log else 0)
+        | (abi.EP_F_DNS if dns else 0)
     )
 
 
@@ -388,6 +390,7 @@ def _encode_endpoint(
             ep.ingress_calico,
             ep.egress_calico,
             ep.calico_log,
+            ep.dns,
         ),
         ep.ipv4,
         ep.ipv6,

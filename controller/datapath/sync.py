@@ -156,6 +156,10 @@ def _ep_id_of_ct_key(kb: bytes) -> int:
     return int(abi.CtKey.from_bytes(kb).ep_id)
 
 
+def _ep_id_of_learned_key(kb: bytes) -> int:
+    return int(abi.DnsLearnedKey.from_bytes(kb).ep_id)
+
+
 def _ep_id_of_counter_key(kb: bytes) -> int:
     return int(abi.CounterKey.from_bytes(kb).ep_id)
 
@@ -419,6 +423,10 @@ def _execute(
             for kb in kernel["vg_counters"].key_list():
                 if _ep_id_of_counter_key(kb) in removed_eps:
                     kernel["vg_counters"].delete(kb)
+        if "vg_dns_learned" in kernel:  # what a deleted pod learned is not its successor's
+            for kb in kernel["vg_dns_learned"].key_list():
+                if _ep_id_of_learned_key(kb) in removed_eps:
+                    kernel["vg_dns_learned"].delete(kb)
         if "vg_est_counters" in kernel:  # an array: the slot's rows go back to zero for its next endpoint
             zero, est = bytes(ctypes.sizeof(abi.CounterValue)), kernel["vg_est_counters"]
             for info in (i for i in removed if i.slot):

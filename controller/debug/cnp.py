@@ -146,6 +146,9 @@ def _peer_lines(peer: Any) -> list[str]:
         return [f"      Nodes: {_selects(value, 'every node')}"]
     if kind == "networks" and isinstance(value, list):
         return [f"      Networks: {', '.join(str(v) for v in value)}"]
+    if kind == "domainNames" and isinstance(value, list):
+        names = ", ".join(str(v) for v in value)
+        return [f"      DomainNames: {names} (addresses the pods learn from their DNS answers)"]
     return [f"      {kind}: {json.dumps(value, sort_keys=True)} (not supported)"]
 
 

@@ -12,7 +12,7 @@ from controller.compiler.desired_state import (
     PolicyEntryValue,
     SvcFrontend,
 )
-from controller.datapath import abi, codecs
+from controller.datapath import abi, codecs, dns_codecs
 from controller.datapath.node import Datapath
 from tests.support import packets as P
 from tests.support.kernel import EP, ID_B, POD_A, POD_B, TC_ACT_OK, TC_ACT_SHOT, Harness, desired_node
@@ -78,6 +78,16 @@ def test_removing_an_endpoint_deletes_its_conntrack_entries(h: Harness) -> None:
     state = h.dp.dump()
     assert state.ct == [] and state.endpoints == {} and state.policy == {}
     assert h.dp.counters() == {}
+
+
+def test_removing_an_endpoint_deletes_what_it_learned_from_dns(h: Harness) -> None:
+    _empty(h.dp)
+    h.dp.sync(desired_node({}, pods=("x/a", "x/b")), {"x/a": EP, "x/b": 2})
+    learned = h.dp.maps["vg_dns_learned"]
+    for ep in (EP, 2):  # (another pod's veth reusing ifindex 1 must not inherit EP's)
+        learned.update(*dns_codecs.encode_learned(ep, "203.0.113.5", 0x2000001, 1 << 62))
+    h.dp.sync(desired_node({}, pods=("x/b",)), {"x/b": 2})
+    assert [dns_codecs.decode_learned(k, v)[0] for k, v in learned.items().items()] == [2]
 
 
 def test_sync_writes_the_frontends_and_keeps_every_endpoints_slot_when_others_come_and_go(h: Harness) -> None:

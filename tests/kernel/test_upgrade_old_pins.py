@@ -21,7 +21,7 @@ from controller.bench.testrun import run
 from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue
 from controller.core.errors import VethguardError
 from controller.core.verdicts import DIR_INGRESS
-from controller.datapath import bpfsys, codecs, encoding, loader, readback
+from controller.datapath import abi, bpfsys, codecs, encoding, loader, readback
 from controller.datapath.attach import Attacher
 from controller.datapath.node import Datapath
 from tests.support import packets as P
@@ -118,7 +118,7 @@ def test_an_upgrade_over_earlier_pins_replaces_the_changed_maps_adds_the_new_one
     assert sorted(dp.replaced_maps) == sorted(REPLACED)
     expected = {
         *loader.EXPECTED_LAYOUT,
-        "vg_events",
+        *abi.RING_NAMES,
         *(f"prog_{p}" for p in loader.PROGRAMS),
         dp.build_dir.name,
     }

@@ -141,15 +141,14 @@ def test_an_unusable_protocol_entry_fails_the_rule_closed(protocols: Any, why: s
     assert len(errors) == 2 and all(why in e.message for e in errors), errors
 
 
-def test_domain_names_are_refused_with_a_clear_error_never_ignored() -> None:
-    peer = {"domainNames": ["api.example.com"]}
+def test_domain_names_in_an_accept_rule_are_canonical_patterns_once_each() -> None:
+    peer = {"domainNames": ["API.example.com.", "*.Example.com", "api.example.com"]}
     pol, errors = parse(
         cnp(egress=[rule(ACCEPT, peer, key="to"), rule(DENY, {"networks": ["0.0.0.0/0"]}, key="to")])
     )
-    assert [(e.field, e.message) for e in errors] == [
-        ("spec.egress[0].to[0].domainNames", "not supported by this version of vethguard")
-    ]
-    assert pol.egress[0].matches_nothing and not pol.egress[1].deny_all
+    assert errors == []
+    [parsed] = pol.egress[0].peers
+    assert (parsed.kind, parsed.domains) == ("domainNames", ("api.example.com", "*.example.com"))
 
 
 @pytest.mark.parametrize("action", [DENY, PASS])

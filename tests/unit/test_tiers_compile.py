@@ -11,6 +11,8 @@ import pytest
 
 from controller.compiler.builder import cluster_from_objects
 from controller.compiler.compute import compute
+from controller.compiler.stages.domains import DomainClasses
+from controller.core.verdicts import TIER_ACCEPT
 from controller.debug.verdict_model import verdict
 from tests.support.cnp_scenarios import NODE, replay, scenarios
 
@@ -133,23 +135,31 @@ def test_a_policy_with_an_unusable_priority_goes_first_with_its_accepts_matching
     assert reason("y/c", "x/a", 80) == "DROP_ADMIN"
 
 
-def test_domain_names_are_refused_with_an_error_and_the_rest_is_enforced() -> None:
-    reason, errors = _decide(
-        [
-            _cnp(
-                "dns",
-                {
-                    "egress": [
-                        {"action": "Accept", "to": [{"domainNames": ["example.com"]}]},
-                        {"action": "Deny", "to": [{"networks": ["10.244.1.4/32"]}]},
-                    ]
-                },
-            )
-        ]
-    )
-    assert any("domainNames" in e and "not supported" in e for e in errors), errors
-    assert reason("x/a", "y/c", 80) == "DROP_ADMIN"
+def test_domain_names_key_their_rule_by_domain_identity_and_make_the_pods_learn_from_dns() -> None:
+    cnps = [
+        _cnp(
+            "dns",
+            {
+                "egress": [
+                    {"action": "Accept", "to": [{"domainNames": ["example.com", "*.example.com"]}]},
+                    {"action": "Deny", "to": [{"networks": ["10.244.1.4/32"]}]},
+                ]
+            },
+        )
+    ]
+    reason, errors = _decide(cnps)
+    assert errors == []
+    assert reason("x/a", "y/c", 80) == "DROP_ADMIN"  # nothing learned: a pod address stays denied
     assert reason("x/a", "x/b", 80) == "ALLOW_NOT_ISOLATED"
+    cluster = cluster_from_objects(SMALL_NS, SMALL_PODS, [], NODES, cnps)
+    desired = compute(cluster, NODE)
+    ep = desired.endpoints["x/a"]
+    assert ep.dns and ep.egress_tiered
+    domains = DomainClasses.build(["example.com", "*.example.com"])
+    accepted = {
+        k.identity for k, v in desired.tier_profiles[ep.tier_profile].items() if v.admin == TIER_ACCEPT
+    }
+    assert accepted == set(domains.ids.values()) and len(accepted) == 2
 
 
 def test_host_network_pods_are_never_subjects_nor_peers() -> None:

@@ -21,6 +21,7 @@ from controller.compiler.model import Node, Peer, Pod
 from controller.compiler.portrange import range_to_prefixes
 from controller.compiler.selectors import LabelIndex
 from controller.compiler.stages.cidr import IPAddress, host_prefix
+from controller.compiler.stages.domains import DomainClasses
 from controller.compiler.stages.identities import IdentityTables
 from controller.compiler.stages.policies import rule_ref
 from controller.compiler.stages.selection import PeerSelector
@@ -135,6 +136,12 @@ class CnpTables:
         )
         self._subjects: dict[str, frozenset[int]] = {}
         self.prefixes = frozenset(self._prefixes())
+        # (the previous compilation's classes keep their identities; see stages/domains.py)
+        self.domains: DomainClasses = memo.carried(
+            "domains",
+            policies,
+            lambda: DomainClasses.build(_patterns(self.policies), memo.previous("domains")),
+        )
 
     # -- selection -----------------------------------------------------------------------------
 
@@ -238,6 +245,11 @@ def _order(
                 rules.setdefault(ref, RuleRef("", pol.name, direction, rule.index, pol.tier, rule.name))
                 place[(pol.name, direction, rule.index)] = (ranks[(pol.name, direction, rule.index)], ref)
     return ordered_policies, rules, place
+
+
+def _patterns(policies: Iterable[ClusterNetworkPolicy]) -> list[str]:
+    """Every domainNames pattern of every Accept rule."""
+    return [d for pol in policies for rule in pol.egress for peer in rule.peers for d in peer.domains]
 
 
 def ip_address(text: str) -> IPAddress:

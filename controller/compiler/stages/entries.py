@@ -279,6 +279,7 @@ class NodeEndpoints:
                 egress_calico=tiers.egress_calico,
                 calico_policies=self.tiers.calico_policies_for(identity),
                 calico_log=tiers.calico_log,
+                dns=tiers.dns,
             )
             old = old_endpoints.get(pod.key)
             endpoints[pod.key] = old if old is not None and old == ep else ep

@@ -105,6 +105,11 @@ class TierMemo:
             got = self._xors[(id(a), id(b))] = (a, b, a ^ b)
         return got[2]
 
+    def previous(self, kind: str) -> Any:
+        """The previous compilation's value of `kind` (whatever its source), or None."""
+        old = self._old_carried.get(kind)
+        return old[1] if old is not None else None
+
     def carried(self, kind: str, source: object, make: Callable[[], T]) -> T:
         """The value of `kind` computed by `make` from `source` (a cluster mapping, never mutated),
         the previous compilation's while its source is the very same object. A value may be a

@@ -92,6 +92,7 @@ class EndpointTiers(NamedTuple):
     ingress_calico: bool = False  # Calico's tier polices the direction (EP_F_*_CALICO)
     egress_calico: bool = False
     calico_log: bool = False  # the profile has Calico Log rules (EP_F_CALICO_LOG)
+    dns: bool = False  # the profile has domainNames rules: the pod learns from DNS (EP_F_DNS)
 
 
 NOT_TIERED = EndpointTiers(False, False, 0)
@@ -155,6 +156,8 @@ class Tiers:
                     ids[n] for n in self.tables.node_prefixes(peer)
                 )
             return got
+        if peer.kind == "domainNames":  # the classes of names each pattern matches
+            return frozenset().union(*(self.tables.domains.identities(d) for d in peer.domains))
         return self.tables.peer_identities(peer)
 
     def _part(
@@ -261,9 +264,13 @@ class Tiers:
             cal_in,
             cal_eg,
             (cal_in or cal_eg) and any(v.log for v in self.profiles[profile].values()),
+            self._learns_from_dns(pols),
         )
         self._endpoint_cache[key] = hit
         return hit
+
+    def _learns_from_dns(self, pols: Sequence[ClusterNetworkPolicy]) -> bool:
+        return any(peer.domains for pol in pols for rule in pol.egress for peer in rule.peers)
 
     def _calico_contributions(
         self, identity: int, pod: Pod, np_entries: Entries | None, cal_in: bool, cal_eg: bool
