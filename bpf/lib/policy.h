@@ -68,7 +68,7 @@ struct vg_tiers {
 /*
  * One LPM lookup in the endpoint's tier profile for one peer identity, merged into *t: in each
  * tier the lowest rank (the rule first in the tier's order) wins. Each entry already holds its
- * identity's whole answer (the compiler folded the shorter prefixes in), so four lookups at
+ * identity's whole answer (the compiler folded the shorter prefixes in), so five lookups at
  * most answer for every policy, tier and rule.
  */
 static __always_inline void vg_tiers_try(struct policy_key *k, __u32 identity, struct vg_tiers *t)
@@ -109,8 +109,9 @@ static __always_inline void vg_tiers_init(struct vg_tiers *t)
 
 /*
  * The lookups of a tier profile, merged into *t: the peer's identity, its CIDR identity, its
- * namespace identity (a pod address: the keys of rules selecting every pod of its namespace)
- * and ANY. NetworkPolicy (vg_np_verdict) has no namespace keys and keeps its three.
+ * namespace identity (a pod address: the keys of rules selecting every pod of its namespace),
+ * the domain identity `fqdn` the pod learned the address under (an egress peer: domainNames
+ * rules) and ANY. NetworkPolicy (vg_np_verdict) has neither and keeps its three.
  */
 static __always_inline void vg_tiers_lookup(__u32 profile, __u8 dir, __u8 proto, __be16 port,
 					    const struct ipcache_value *peer, __u32 fqdn, struct vg_tiers *t)
@@ -151,7 +152,7 @@ static __always_inline __u8 vg_np_verdict(const struct endpoint_info *ep, __u8 d
 }
 
 /*
- * The tiers, per direction (docs/INTERNALS.md "Tiers"): four lookups in the endpoint's tier
+ * The tiers, per direction (docs/INTERNALS.md "Tiers"): up to five lookups in the endpoint's tier
  * profile; the Admin tier's first matching rule decides on Accept or Deny; Pass, or no match,
  * hands over to Calico's tier where a Calico policy selects the pod (its first matching rule,
  * NetworkPolicies' among them, decides on Allow or Deny; no match is the end-of-tier drop; Pass
