@@ -93,9 +93,10 @@ def _assert_tier_cost(cost: dict[str, Any], counts: list[int]) -> None:
             assert _positive(c[key]), (c["cluster_policies"], key)
         assert c["tiered"] == (c["cluster_policies"] > 0)
         assert c["kernel_reason"] == c["reason"] == "ALLOW_POLICY"
-        # tiered: three in the tier profile, then NetworkPolicy's first (an Admin Pass hands the
-        # measured flow to the NetworkPolicy that allows it)
-        assert c["policy_lookups"] == (4 if c["tiered"] else 1)
+        # tiered: four in the tier profile (the client pod's identity, its namespace identity,
+        # ANY ...), then NetworkPolicy's first (an Admin Pass hands the measured flow to the
+        # NetworkPolicy that allows it)
+        assert c["policy_lookups"] == (5 if c["tiered"] else 1)
         assert c["policy_map_entries"] >= c["server_policy_entries"] + c["tier_profile_entries"] > 0
         assert (c["tier_profile_entries"] > 0) == c["tiered"]
 
