@@ -21,7 +21,6 @@ FLAG_TC = 0x0200  # truncated: ask again over TCP
 FLAG_RD = 0x0100
 FLAG_RA = 0x0080
 RCODE_MASK = 0x000F
-RCODE_NXDOMAIN = 3
 HEADER = struct.Struct("!HHHHHH")
 NAME_WIRE_MAX = 255
 _POINTER = 0xC0

@@ -29,13 +29,14 @@ def _key(pattern: str) -> ClassKey:
 
 
 def _matches(key: ClassKey, suffixes: Iterable[str]) -> set[str]:
-    """The patterns a class's names match: its own, and every wildcard whose suffix they end in."""
+    """The patterns a class's names match: its own, and every wildcard matching a name of it (the
+    exact name, or one label in front of the wildcard class's suffix)."""
     wildcard, text = key
-    out = {dnsnames.WILDCARD + text if wildcard else text}
-    for s in suffixes:
-        if text.endswith("." + s) or (wildcard and text == s):
-            out.add(dnsnames.WILDCARD + s)
-    return out
+    name = f"x.{text}" if wildcard else text
+    wildcards = {dnsnames.WILDCARD + s for s in suffixes}
+    return {dnsnames.WILDCARD + text if wildcard else text} | {
+        p for p in wildcards if dnsnames.matches(p, name)
+    }
 
 
 def _hashed_id(key: ClassKey, taken: set[int]) -> int:
@@ -89,13 +90,6 @@ class DomainClasses:
             hit = self.ids.get((True, ".".join(labels[i:])))
             if hit is not None:
                 return hit
-        return None
-
-    def name_of(self, identity: int) -> str | None:
-        """The pattern of the class `identity` (for explain, observe, bpf views)."""
-        for (wildcard, text), i in self.ids.items():
-            if i == identity:
-                return dnsnames.WILDCARD + text if wildcard else text
         return None
 
 
