@@ -38,6 +38,9 @@
 #ifndef VG_MAX_DNS_LEARNED
 #define VG_MAX_DNS_LEARNED 65536
 #endif
+#ifndef VG_MAX_DNS_NAMES
+#define VG_MAX_DNS_NAMES 8192 /* names kept for the debug views; an evicted one shows as unknown */
+#endif
 #ifndef VG_DNS_HELD_PAGES
 #define VG_DNS_HELD_PAGES 256 /* 1 MiB: ~250 held frames of the longest kind */
 #endif
@@ -106,6 +109,9 @@ BPF_TABLE_PINNED7("percpu_array", __u32, struct counter_value, vg_est_counters, 
 /* addresses pods learned from DNS answers, for domainNames rules (lib/dns.h) */
 BPF_TABLE_PINNED7("lru_hash", struct dns_learned_key, struct dns_learned_value, vg_dns_learned, VG_MAX_DNS_LEARNED,
 		  VG_PIN(vg_dns_learned), 0);
+
+/* the names of vg_dns_learned's entries (written by the agent, read by debug views only) */
+BPF_TABLE_PINNED7("lru_hash", __u32, struct dns_name, vg_dns_names, VG_MAX_DNS_NAMES, VG_PIN(vg_dns_names), 0);
 
 /* the agent's DNS thread's state (lib/dns.h) */
 BPF_TABLE_PINNED7("array", __u32, struct dns_state, vg_dns_state, 1, VG_PIN(vg_dns_state), 0);

@@ -300,7 +300,15 @@ struct dns_learned_value {
 			   * minimum); an established flow is re-checked with it even when expired */
 	__u32 identity;   /* the domain identity: its domainNames rules are keyed by it in the tier
 			   * profile (one per class of names that match the same patterns) */
-	__u32 pad;
+	__u32 name_id;    /* the name the pod asked for, in vg_dns_names (0: not recorded). Only
+			   * the debug views read it; the programs never do */
+};
+
+/* vg_dns_names (LRU hash, name_id -> name): the names behind vg_dns_learned's entries, written
+ * by the agent for `bpf dns`, explain and observe. No program reads it. */
+#define VG_DNS_NAME_MAX 256 /* a DNS name's 253 characters and a NUL, rounded */
+struct dns_name {
+	char name[VG_DNS_NAME_MAX];
 };
 
 /* vg_dns_held (ring buffer): a DNS packet for the agent, the frame from its Ethernet header. */

@@ -21,6 +21,7 @@ import structlog
 
 from controller.agent.dns_learn import DomainMatcher, Learned, Learner
 from controller.datapath import abi, codecs, dns_codecs
+from controller.datapath.dns_table import NameIds
 
 log = structlog.get_logger("vethguard.agent.dns")
 
@@ -56,7 +57,10 @@ class DnsService:
         self._thread = threading.Thread(target=self._run, name="dns", daemon=True)
 
     # -- one batch (the thread's body; tests call it directly)
-    def handle(self, records: Iterable[bytes], learned: MapLike, releaser: ReleaserLike) -> None:
+    def handle(
+        self, records: Iterable[bytes], learned: MapLike, releaser: ReleaserLike, names: NameIds | None = None
+    ) -> None:
+        """One batch of vg_dns_held records; `names` (vg_dns_names' keys) records the names asked."""
         for raw in records:
             try:
                 held = dns_codecs.decode_held(raw)
@@ -67,7 +71,7 @@ class DnsService:
                 self.counts["queries"] += 1
                 self.learner.query(held.ep_id, held.frame)
                 continue
-            self._learn(self.learner.answer(held.ep_id, held.frame), learned)
+            self._learn(self.learner.answer(held.ep_id, held.frame), learned, names)
             try:
                 releaser.release(held.ifindex, held.frame)
                 self.counts["released"] += 1
@@ -75,11 +79,19 @@ class DnsService:
                 self.counts["release_errors"] += 1
                 log.info("cannot release a DNS answer", ifindex=held.ifindex, error=str(exc))
 
-    def _learn(self, entries: list[Learned], learned: MapLike) -> None:
+    def _learn(self, entries: list[Learned], learned: MapLike, names: NameIds | None) -> None:
         now = self.clock()
+        name_ids: dict[str, int] = {}
         for e in entries:
             try:
-                learned.update(*dns_codecs.encode_learned(e.ep_id, e.address, e.identity, now + e.ttl * NS))
+                if names is not None and e.name not in name_ids:
+                    name_ids[e.name] = names.id_of(
+                        e.name
+                    )  # the name first: an entry never names a missing key
+                entry = dns_codecs.encode_learned(
+                    e.ep_id, e.address, e.identity, now + e.ttl * NS, name_ids.get(e.name, 0)
+                )
+                learned.update(*entry)
                 self.counts["learned"] += 1
             except OSError as exc:
                 log.warning("cannot write a learned address", address=e.address, error=str(exc))
@@ -103,6 +115,7 @@ class DnsService:
         from controller.datapath.ringbuf import RingBuffer, wait_any
 
         opened: dict[str, Any] = {}
+        name_ids: NameIds | None = None
         next_push = 0.0
         while not self.stop_event.is_set():
             if not opened:
@@ -110,6 +123,8 @@ class DnsService:
                     opened["ring"] = RingBuffer(str(self.pin_dir / "vg_dns_held"))
                     opened["learned"] = bpfsys.BpfMap.open_pinned(str(self.pin_dir / "vg_dns_learned"))
                     opened["state"] = bpfsys.BpfMap.open_pinned(str(self.pin_dir / "vg_dns_state"))
+                    opened["names"] = bpfsys.BpfMap.open_pinned(str(self.pin_dir / "vg_dns_names"))
+                    name_ids = NameIds(opened["names"])
                     opened["releaser"] = (self._releaser_factory or Releaser)()
                 except OSError:
                     for thing in opened.values():
@@ -121,7 +136,7 @@ class DnsService:
                 if time.monotonic() >= next_push:
                     next_push = time.monotonic() + PUSH_EVERY
                     self.push_deadline(opened["state"])
-                self.handle(opened["ring"].read(1024), opened["learned"], opened["releaser"])
+                self.handle(opened["ring"].read(1024), opened["learned"], opened["releaser"], name_ids)
             except Exception as exc:  # never let the thread die: held answers would wait for nobody
                 log.warning("DNS pipeline failed on a batch", error=str(exc))
             if opened["ring"].pending() == 0:

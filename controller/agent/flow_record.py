@@ -10,7 +10,9 @@ rule of any selecting policy matched): `policy` names the first of them and `pol
 all. Audit events (ALLOW_AUDIT) name the audit-mode policies the same way. A ClusterNetworkPolicy
 rule that accepted or denied (ALLOW_ADMIN, ALLOW_BASELINE, DROP_ADMIN, DROP_BASELINE, and an
 established flow a tier cut, DROP_REVOKED) comes with the event's rule reference: `tier`,
-`policy` (its name), `rule` and `rule_name` name it.
+`policy` (its name), `rule` and `rule_name` name it. An egress event to an address the pod
+learned from a DNS answer (domainNames rules) carries `domain`: the name asked, its domain
+class, and when the address expires for new connections.
 
 The agent translates the events it reads (controller.agent.flows) and `vethguard observe`
 prints these records (controller.debug.observe).
@@ -26,6 +28,7 @@ from controller.core.net import PROTOCOL_NAMES
 from controller.core.verdicts import DIR_EGRESS
 from controller.datapath import abi
 from controller.datapath.codecs import Event
+from controller.datapath.dns_codecs import LearnedEntry
 
 AUDIT_REASONS = {"ALLOW_AUDIT"}
 NO_PORTS = {1, 58}  # ICMP / ICMPv6: the "ports" are the echo identifier
@@ -42,8 +45,26 @@ def proto_name(proto: int) -> str:
     return PROTOCOL_NAMES.get(proto, str(proto))
 
 
-def record(view: ClusterView, ev: Event, boot_offset_ns: int) -> dict[str, Any]:
-    """One JSON-able observe record. boot_offset_ns: wall clock minus CLOCK_MONOTONIC."""
+def _time(mono_ns: int, boot_offset_ns: int) -> str:
+    when = datetime.fromtimestamp((mono_ns + boot_offset_ns) / 1e9, UTC)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def domain_field(view: ClusterView, ev: Event, entry: LearnedEntry, boot_offset_ns: int) -> dict[str, Any]:
+    """What the endpoint had learned about the event's destination from DNS (domainNames)."""
+    return {
+        "name": entry.name,
+        "domain": view.identity_text(entry.identity),
+        "expires": _time(entry.expires_ns, boot_offset_ns),
+        "expired": entry.expires_ns <= ev.ts_ns,  # at the event: only established flows use it then
+    }
+
+
+def record(
+    view: ClusterView, ev: Event, boot_offset_ns: int, learned: LearnedEntry | None = None
+) -> dict[str, Any]:
+    """One JSON-able observe record. boot_offset_ns: wall clock minus CLOCK_MONOTONIC; `learned`:
+    the endpoint's vg_dns_learned entry for the destination of an egress event, if any."""
     reason = reason_name(ev.reason)
     verdict = "denied" if ev.reason >= 64 else ("audit" if reason in AUDIT_REASONS else "allowed")
     if reason == "LOG_CALICO":
@@ -64,10 +85,9 @@ def record(view: ClusterView, ev: Event, boot_offset_ns: int) -> dict[str, Any]:
         policies = view.isolating(endpoint, ev.dir)
         policy = policies[0] if policies else None
         tier = "NetworkPolicy" if policies else None
-    when = datetime.fromtimestamp((ev.ts_ns + boot_offset_ns) / 1e9, UTC)
     has_ports = ev.proto not in NO_PORTS
     return {
-        "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "time": _time(ev.ts_ns, boot_offset_ns),
         "node": ev.node,
         "direction": DIRECTION_NAMES.get(ev.dir, str(ev.dir)),
         "endpoint": endpoint,
@@ -91,4 +111,5 @@ def record(view: ClusterView, ev: Event, boot_offset_ns: int) -> dict[str, Any]:
         "policy_set": None,
         "peer_identity": ev.peer_identity,
         "peer_labels": view.identity_text(ev.peer_identity),
+        "domain": domain_field(view, ev, learned, boot_offset_ns) if learned is not None else None,
     }

@@ -41,7 +41,10 @@ from controller.agent.flow_record import record
 from controller.agent.metrics import Metrics
 from controller.compiler.clusterview import ClusterView, RawObjects
 from controller.core.log import get_logger
+from controller.core.verdicts import DIR_EGRESS
 from controller.datapath.codecs import Event, decode_event
+from controller.datapath.dns_codecs import LearnedEntry
+from controller.datapath.dns_table import LearnedTable
 
 log = get_logger("vethguard.flows")
 
@@ -335,6 +338,7 @@ class FlowReader:
         self.stop_event = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flows", daemon=True)
         self._kernel_lost: tuple[int, int] | None = None  # (rate limited, ring full) last read
+        self.learned: LearnedTable | None = None  # what pods learned from DNS, named (if pinned)
 
     def start(self) -> FlowReader:
         self._thread.start()
@@ -358,7 +362,7 @@ class FlowReader:
                 log.warning("cannot decode a flow event", error=str(exc), size=len(data))
                 continue
             assert view is not None
-            rec = record(view, ev, boot_offset_ns)
+            rec = record(view, ev, boot_offset_ns, self._learned_entry(ev))
             self.store.add(rec)
             recs.append(rec)
         if self.out is not None and recs:
@@ -367,6 +371,15 @@ class FlowReader:
             except OSError as exc:
                 self.store.lost("export", len(recs))
                 log.warning("cannot write flows", path=str(self.out.path), error=str(exc))
+
+    def _learned_entry(self, ev: Event) -> LearnedEntry | None:
+        """The endpoint's vg_dns_learned entry for an egress event's destination (domainNames)."""
+        if self.learned is None or ev.dir != DIR_EGRESS:
+            return None
+        try:
+            return self.learned.lookup(ev.ep_id, ev.daddr)
+        except (OSError, ValueError):
+            return None
 
     def account_kernel_lost(self, now: tuple[int, int]) -> None:
         """Add what vg_evlost gained since the last read to the lost counter (the first read is
@@ -399,12 +412,14 @@ class FlowReader:
         from controller.datapath.ringbuf import RingBuffer, wait_any
 
         ring = None
+        dns_maps: list[Any] = []
         next_lost = 0.0
         while not self.stop_event.is_set():
             if ring is None:
                 try:
                     ring = RingBuffer(str(self.ring_path))
                     log.info("reading flow events", ring=str(self.ring_path))
+                    self.learned, dns_maps = _open_learned(self.ring_path.parent)
                 except OSError:
                     self.stop_event.wait(1.0)  # the datapath has not pinned it yet
                     continue
@@ -420,3 +435,21 @@ class FlowReader:
                 wait_any([ring], 0.2)
         if ring is not None:
             ring.close()
+        for m in dns_maps:
+            m.close()
+
+
+def _open_learned(pin_dir: Path) -> tuple[LearnedTable | None, list[Any]]:
+    """vg_dns_learned with vg_dns_names of the node (None: programs older than domainNames), and
+    the maps to close."""
+    from controller.datapath import bpfsys
+
+    maps = []
+    try:
+        for name in ("vg_dns_learned", "vg_dns_names"):
+            maps.append(bpfsys.BpfMap.open_pinned(str(pin_dir / name)))
+    except OSError:
+        for m in maps:
+            m.close()
+        return None, []
+    return LearnedTable(maps[0], maps[1]), maps

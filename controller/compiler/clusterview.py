@@ -21,6 +21,7 @@ from controller.compiler.desired_state import NodeDesired, RuleRef
 from controller.compiler.frontends import frontends_of
 from controller.compiler.model import ClusterState, NetworkPolicy, Pod
 from controller.compiler.policy import CompiledCluster, compile_cluster
+from controller.core.identities import DOMAIN_ID_MAX, DOMAIN_ID_MIN
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
 
 DIRECTION_NAMES: Mapping[int, str] = {DIR_INGRESS: "ingress", DIR_EGRESS: "egress"}
@@ -101,6 +102,9 @@ class ClusterView:
 
     def identity_text(self, ident: int) -> str:
         info = self.compiled.identities.get(ident)
+        if info is None and DOMAIN_ID_MIN <= ident <= DOMAIN_ID_MAX:
+            pattern = self.compiled.tiers.tables.domains.pattern_of(ident)
+            return f"domain:{pattern}" if pattern is not None else f"domain:unknown({ident})"
         if info is None:
             return f"unknown({ident})"
         if info.kind == "reserved":

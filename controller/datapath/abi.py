@@ -55,6 +55,7 @@ VG_MARK_MASK = VG_MARK_DEFERRED | VG_MARK_SLOT_MASK
 MAX_SLOT = VG_MARK_SLOT_MASK >> VG_MARK_SLOT_SHIFT
 VG_MARK_DNS_RELEASED = VG_MARK_SLOT_MASK  # a held DNS answer the agent sends into the pod
 VG_DNS_HELD_MAX = 4096  # frame bytes in a dns_held record; longer frames pass unheld
+VG_DNS_NAME_MAX = 256  # bytes of a vg_dns_names value (a name and its NUL)
 DNS_HELD_QUERY = 1
 DNS_HELD_ANSWER = 2
 
@@ -77,11 +78,13 @@ MAP_NAMES = (
     "vg_evlost",
     "vg_events",
     "vg_dns_learned",
+    "vg_dns_names",
     "vg_dns_state",
     "vg_dns_scratch",
     "vg_dns_held",
 )
 RING_NAMES = ("vg_events", "vg_dns_held")  # ring buffers: no elements to read through bpf(2) map ops
+AGENT_ONLY_MAPS = ("vg_dns_names",)  # pinned with the programs' maps but read by no program
 
 
 class Reason(IntEnum):
@@ -330,8 +333,12 @@ class DnsLearnedValue(_Struct):
     _fields_: ClassVar = [
         ("expires_ns", ctypes.c_uint64),
         ("identity", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
+        ("name_id", ctypes.c_uint32),
     ]
+
+
+class DnsName(_Struct):
+    _fields_: ClassVar = [("name", ctypes.c_char * VG_DNS_NAME_MAX)]
 
 
 class DnsHeld(_Struct):
@@ -410,6 +417,7 @@ C_STRUCTS: dict[str, type[_Struct]] = {
     "dns_state": DnsState,
     "dns_learned_key": DnsLearnedKey,
     "dns_learned_value": DnsLearnedValue,
+    "dns_name": DnsName,
     "dns_held": DnsHeld,
     "evrate_state": EvrateState,
     "evlost_state": EvlostState,

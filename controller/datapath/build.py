@@ -133,7 +133,7 @@ def open_build(pin_dir: Path, key: str) -> dict[str, int] | None:
         _close_all(fds)
         log.info("build unusable: compiling again", build=where.name, error=str(e))
         return None
-    if used != set(maps.values()):
+    if used != {i for name, i in maps.items() if name not in abi.AGENT_ONLY_MAPS}:
         _close_all(fds)
         gone = sorted(name for name, i in maps.items() if i not in used)
         log.info("build stale: its programs do not use the maps pinned now", build=where.name, maps=gone)

@@ -7,8 +7,8 @@ import ctypes
 import ipaddress
 from dataclasses import dataclass
 
-from controller.datapath.abi import DnsHeld, DnsLearnedKey, DnsLearnedValue
-from controller.datapath.codecs import addr16, addr_from16
+from controller.datapath.abi import VG_DNS_NAME_MAX, DnsHeld, DnsLearnedKey, DnsLearnedValue, DnsName
+from controller.datapath.codecs import addr16, addr_from16, u32_key
 
 HELD_HEADER = DnsHeld.data.offset  # bytes before the frame in a vg_dns_held record
 
@@ -40,16 +40,44 @@ def encode_learned_key(ep_id: int, address: str) -> bytes:
     return bytes(k)
 
 
-def encode_learned(ep_id: int, address: str, identity: int, expires_ns: int) -> tuple[bytes, bytes]:
+def encode_learned(
+    ep_id: int, address: str, identity: int, expires_ns: int, name_id: int = 0
+) -> tuple[bytes, bytes]:
     """vg_dns_learned key/value: `address` learned by endpoint `ep_id` for domain `identity`,
-    good for new flows until `expires_ns` (vg_now()'s clock: CLOCK_MONOTONIC)."""
+    good for new flows until `expires_ns` (vg_now()'s clock: CLOCK_MONOTONIC); `name_id`: the
+    asked name's key in vg_dns_names (0: none)."""
     return encode_learned_key(ep_id, address), bytes(
-        DnsLearnedValue(expires_ns=expires_ns, identity=identity)
+        DnsLearnedValue(expires_ns=expires_ns, identity=identity, name_id=name_id)
     )
 
 
-def decode_learned(kb: bytes, vb: bytes) -> tuple[int, str, int, int]:
-    """(ep_id, address, identity, expires_ns) of a vg_dns_learned entry."""
+@dataclass(frozen=True)
+class LearnedEntry:
+    """A vg_dns_learned entry: `address` learned by endpoint `ep_id` for domain `identity`, good
+    for new flows until `expires_ns`; `name`: the name the pod asked for (vg_dns_names), None
+    when not recorded or evicted there."""
+
+    ep_id: int
+    address: str
+    identity: int
+    expires_ns: int
+    name_id: int = 0
+    name: str | None = None
+
+
+def decode_learned(kb: bytes, vb: bytes) -> LearnedEntry:
     k = DnsLearnedKey.from_bytes(kb)
     v = DnsLearnedValue.from_bytes(vb)
-    return k.ep_id, addr_from16(k.addr, k.family), v.identity, v.expires_ns
+    return LearnedEntry(k.ep_id, addr_from16(k.addr, k.family), v.identity, v.expires_ns, v.name_id)
+
+
+def encode_name(name_id: int, name: str) -> tuple[bytes, bytes]:
+    """vg_dns_names key/value of a name (ASCII, canonical: at most 253 characters)."""
+    raw = name.encode("ascii")
+    if len(raw) >= VG_DNS_NAME_MAX:
+        raise ValueError(f"DNS name of {len(raw)} characters does not fit vg_dns_names")
+    return u32_key(name_id), bytes(DnsName(name=raw))
+
+
+def decode_name(vb: bytes) -> str:
+    return DnsName.from_bytes(vb).name.decode("ascii", "replace")

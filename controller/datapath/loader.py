@@ -57,6 +57,7 @@ EXPECTED_LAYOUT: dict[str, tuple[int, int]] = {
     "vg_evrate": (4, ctypes.sizeof(abi.EvrateState)),
     "vg_evlost": (4, ctypes.sizeof(abi.EvlostState)),
     "vg_dns_learned": (ctypes.sizeof(abi.DnsLearnedKey), ctypes.sizeof(abi.DnsLearnedValue)),
+    "vg_dns_names": (4, ctypes.sizeof(abi.DnsName)),
     "vg_dns_state": (4, ctypes.sizeof(abi.DnsState)),
     "vg_dns_scratch": (4, ctypes.sizeof(abi.DnsHeld)),
 }

@@ -22,6 +22,7 @@ from controller.core.identities import ID_ANY, ID_WORLD
 from controller.core.net import IPNetwork
 from controller.core.verdicts import DIR_EGRESS
 from controller.datapath import abi
+from controller.datapath.dns_codecs import LearnedEntry
 from controller.datapath.readback import KernelState
 from controller.debug.render import port_range, proto_name
 from controller.debug.verdict_model import policy_lpm
@@ -37,6 +38,7 @@ FLAG_NAMES = (
     (abi.EP_F_PENDING, "pending"),
     (abi.EP_F_INGRESS_TIERED, "ingress-tiered"),
     (abi.EP_F_EGRESS_TIERED, "egress-tiered"),
+    (abi.EP_F_DNS, "dns"),
 )
 
 NP_VERDICTS = {verdicts.VERDICT_ALLOW: "allow", verdicts.VERDICT_DENY: "deny"}
@@ -323,3 +325,36 @@ def counter_rows(
 
 def _hostport(addr: str, port: int) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def expiry_text(seconds: float) -> str:
+    """`25s`, or `expired 3s ago`."""
+    return f"{seconds:.0f}s" if seconds > 0 else f"expired {-seconds:.0f}s ago"
+
+
+def dns_rows(
+    view: ClusterView, node: str, state: KernelState, entries: list[LearnedEntry], now_ns: int
+) -> list[Row]:
+    """vg_dns_learned: the addresses pods learned from DNS answers for domainNames rules, with the
+    name asked, the domain class it counts for and the time left for new connections (negative:
+    expired; only flows already established still use it)."""
+    pods = endpoint_pods(view, state)
+    by_id = {ep.ep_id: ep for ep in state.endpoints.values()}
+    rows = []
+    for e in entries:
+        left = (e.expires_ns - now_ns) / 1e9
+        rows.append(
+            {
+                "node": node,
+                "pod": _ep_name(pods, e.ep_id),
+                "ep_id": e.ep_id,
+                "address": e.address,
+                "name": e.name,
+                "domain": view.identity_text(e.identity),
+                "domain_identity": e.identity,
+                "expires_in_s": round(left, 1),
+                "expired": left <= 0,
+                "endpoint_present": e.ep_id in by_id,
+            }
+        )
+    return rows

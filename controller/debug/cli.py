@@ -31,11 +31,12 @@ def register(sub: Any) -> None:
         ("ipcache", "ipcache LPM tries: prefix -> identity"),
         ("policy", "policy entries with the policy and rule that produced them and conntrack counts"),
         ("ct", "conntrack entries"),
+        ("dns", "addresses pods learned from DNS answers for domainNames rules, with name and expiry"),
         ("counters", "per endpoint / reason / direction packet counters"),
         ("hosteps", "Calico host endpoints on the node's interfaces: policy sets, profiles, failsafe ports"),
     ):
         q = what.add_parser(name, help=desc, description=desc)
-        if name in ("policy", "ct", "counters"):
+        if name in ("policy", "ct", "counters", "dns"):
             q.add_argument("pod", nargs="?", metavar="NS/POD", help="only this pod")
         target_args(q, ("wide", "json", "yaml") if name == "hosteps" else ("json",))
         q.set_defaults(func=cmd_bpf)

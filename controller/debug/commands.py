@@ -18,7 +18,13 @@ from controller.debug import bpfview, calico, cnp, hostep, hostep_cli, netpol, o
 from controller.debug import explain as explain_mod
 from controller.debug.inputs import LabTarget, NodeRef, Target
 from controller.debug.kernel import NodeMaps
-from controller.debug.live_checks import agent_statuses, agents_behind, live_lookup, probe_pods
+from controller.debug.live_checks import (
+    agent_statuses,
+    agents_behind,
+    learned_lookup,
+    live_lookup,
+    probe_pods,
+)
 from controller.debug.render import dump, table
 from controller.debug.target_options import make_target
 
@@ -103,6 +109,19 @@ BPF_COLUMNS: dict[str, list[tuple[str, str | Callable[[dict[str, Any]], Any]]]] 
         ("NORMAL", "policies_normal"),
         ("FORWARD", "policies_forward"),
     ],
+    "dns": [
+        ("NODE", "node"),
+        ("POD", "pod"),
+        ("ADDRESS", "address"),
+        ("NAME", "name"),
+        ("DOMAIN", "domain"),
+        (
+            "EXPIRES",
+            lambda r: (
+                f"expired {-r['expires_in_s']:.0f}s ago" if r["expired"] else f"{r['expires_in_s']:.0f}s"
+            ),
+        ),
+    ],
     "counters": [
         ("NODE", "node"),
         ("POD", "pod"),
@@ -142,6 +161,9 @@ def bpf_rows(what: str, view: ClusterView, node: NodeRef, pod: str | None) -> li
         if what == "ct":
             rows = bpfview.ct_rows(view, node.name, state, time.monotonic_ns())
             return [r for r in rows if pod is None or pod in (r["pod"], r["from"], r["to"])]
+        if what == "dns":
+            rows = bpfview.dns_rows(view, node.name, state, nm.learned().entries(), time.monotonic_ns())
+            return [r for r in rows if pod is None or r["pod"] == pod]
         rows = bpfview.counter_rows(view, node.name, state, nm.counters())
         return [r for r in rows if pod is None or r["pod"] == pod]
 
@@ -287,14 +309,25 @@ def cmd_explain(args: argparse.Namespace) -> int:
     nodes = {n.name: n for n in target.nodes()}
     live, close = (None, lambda: None) if args.no_kernel else live_lookup(nodes)
     live_hep, close_hep = (None, lambda: None) if args.no_kernel else hostep_cli.live_hep_lookup(view, nodes)
+    learned, close_learned = (None, lambda: None) if args.no_kernel else learned_lookup(nodes)
     try:
         behind = {} if args.no_kernel else agents_behind(view, agent_statuses(target, list(nodes.values())))
         e = explain_mod.explain(
-            view, args.source, args.destination, args.port, args.protocol, args.family, live, behind, live_hep
+            view,
+            args.source,
+            args.destination,
+            args.port,
+            args.protocol,
+            args.family,
+            live,
+            behind,
+            live_hep,
+            learned,
         )
     finally:
         close()
         close_hep()
+        close_learned()
     if args.output == "json":
         dump(e.as_json(), "json")
     else:

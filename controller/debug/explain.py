@@ -7,6 +7,7 @@ lookup is passed in as a function).
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,12 +16,15 @@ from controller.compiler.clusterview import DIRECTION_NAMES, ClusterView, rule_j
 from controller.compiler.desired_state import PolicyEntryKey, RuleRef
 from controller.core.errors import VethguardError
 from controller.core.verdicts import DIR_INGRESS
+from controller.datapath.dns_codecs import LearnedEntry
 from controller.debug import explain_hep, verdict_model
 from controller.debug.kernel import LiveHalf
 from controller.debug.render import port_range, proto_name
 
 # (node, endpoint address, direction, peer address, proto, port) -> the live maps' answer
 LiveLookup = Callable[[str, str, int, str, int, int], LiveHalf | None]
+# (node, endpoint address, peer address) -> what the endpoint learned about the peer from DNS
+LearnedLookup = Callable[[str, str, str], LearnedEntry | None]
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class Half:
     kernel: LiveHalf | None = None
     kernel_error: str | None = None
     mismatch: str | None = None
+    domain: dict[str, Any] | None = None  # egress: what the pod learned about the peer from DNS
 
     def as_json(self) -> dict[str, Any]:
         d = self.deciding
@@ -85,6 +90,7 @@ class Half:
             },
             "kernel_error": self.kernel_error,
             "mismatch": self.mismatch,
+            "domain": self.domain,
         }
 
 
@@ -286,9 +292,14 @@ def explain(
     live: LiveLookup | None = None,
     agents_behind: dict[str, str] | None = None,
     live_hep: explain_hep.HepLiveLookup | None = None,
+    learned: LearnedLookup | None = None,
+    now_ns: int | None = None,
 ) -> Explanation:
     """Explain a new connection src -> dst:port. `live` adds the kernel cross-check; agents_behind
-    (node -> why) is quoted in mismatch messages when an agent has not realized the API state."""
+    (node -> why) is quoted in mismatch messages when an agent has not realized the API state.
+    `learned` reads what a source pod that domainNames rules police learned about the
+    destination from DNS (its vg_dns_learned entry; unexpired at `now_ns`, default now: its
+    domain's rules apply)."""
     proto = verdict_model.parse_proto(protocol)
     fam = family
     for spec in (src_spec, dst_spec):
@@ -301,10 +312,26 @@ def explain(
     dst = resolve(view, dst_spec, fam)
     src_desired = view.desired(src.node) if src.pod and src.node else None
     dst_desired = view.desired(dst.node) if dst.pod and dst.node else None
+    src_ep = src_desired.endpoints.get(src.pod) if src_desired is not None and src.pod else None
+    entry = None
+    if learned is not None and src_ep is not None and src_ep.dns and src.node:
+        entry = learned(src.node, src.address, dst.address)
+    now = time.monotonic_ns() if now_ns is None else now_ns
+    fresh = entry is not None and entry.expires_ns > now
     v = verdict_model.verdict(
-        src_desired, dst_desired, src.pod or src.address, dst.pod or dst.address, proto, port, fam
+        src_desired,
+        dst_desired,
+        src.pod or src.address,
+        dst.pod or dst.address,
+        proto,
+        port,
+        fam,
+        entry.identity if entry is not None and fresh else 0,
     )
     eg = _half(view, v.egress, src.node, proto, port)
+    if src_ep is not None and src_ep.dns and learned is not None:
+        eg.domain, note = _domain(view, entry, now, src.pod or "", dst.address)
+        eg.text += f"; {note}"
     ing = _half(view, v.ingress, dst.node, proto, port)
     result = Explanation(
         src, dst, proto_name(proto), port, fam, eg, ing, same_pod=bool(src.pod and src.pod == dst.pod)
@@ -350,6 +377,34 @@ def explain(
             half.kernel = answer
             _compare(view, half, me.node, (agents_behind or {}).get(me.node))
     return result
+
+
+def _domain(
+    view: ClusterView, entry: LearnedEntry | None, now_ns: int, pod: str, address: str
+) -> tuple[dict[str, Any] | None, str]:
+    """What a pod that domainNames rules police learned about an address, as JSON and a phrase."""
+    if entry is None:
+        return None, (
+            f"{pod} has not learned {address} from a DNS answer (domainNames rules match only "
+            "addresses its own DNS answers gave it)"
+        )
+    left = (entry.expires_ns - now_ns) / 1e9
+    domain = view.identity_text(entry.identity)
+    name = entry.name or "an unrecorded name"
+    doc = {
+        "name": entry.name,
+        "address": entry.address,
+        "domain": domain,
+        "domain_identity": entry.identity,
+        "expires_in_s": round(left, 1),
+        "expired": left <= 0,
+    }
+    if left > 0:
+        return doc, f"{address} was learned from DNS as {name} ({domain}), for {left:.0f} s more"
+    return doc, (
+        f"{address} was learned from DNS as {name} ({domain}) but expired {-left:.0f} s ago: new "
+        "connections no longer match its domainNames rules (established ones stay allowed)"
+    )
 
 
 def _compare(view: ClusterView, half: Half, node: str, behind: str | None) -> None:

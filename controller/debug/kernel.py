@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from controller.core.identities import ID_HOST, ID_WORLD
 from controller.core.net import L4_PROTOCOLS
 from controller.core.verdicts import DIR_INGRESS
 from controller.datapath import abi, bpfsys, codecs, readback
+from controller.datapath.dns_table import LearnedTable
 from controller.datapath.readback import KernelState
 from controller.debug import hostep_model, verdict_model
 from controller.debug.hostep import decode_failsafe, decode_hosteps
@@ -28,9 +30,17 @@ from controller.debug.hostep_model import HepFlags
 
 READ_MAPS = ("vg_endpoints", "vg_ipcache4", "vg_ipcache6", "vg_policy", "vg_ct", "vg_config", "vg_counters")
 # Read when pinned (an agent older than host endpoints or the established fast path has none):
-# host endpoints and what their decision reads besides vg_policy (bpf/lib/hostep.h), and the fast
-# path's counts
-OPTIONAL_MAPS = ("vg_hosteps", "vg_failsafe", "vg_svc", "vg_local", "vg_est_counters")
+# host endpoints and what their decision reads besides vg_policy (bpf/lib/hostep.h), the fast
+# path's counts, and what pods learned from DNS (an agent older than domainNames has none)
+OPTIONAL_MAPS = (
+    "vg_hosteps",
+    "vg_failsafe",
+    "vg_svc",
+    "vg_local",
+    "vg_est_counters",
+    "vg_dns_learned",
+    "vg_dns_names",
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,17 @@ class LiveHalf:
     peer_cidr_identity: int = 0
     ep_id: int | None = None
     passed: tuple[int, ...] = ()  # rule references of the tiers' Pass rules that handed it on
+    peer_domain_identity: int = 0  # egress: the domain the endpoint learned the peer address under
+
+
+class _NoMap:
+    """An empty map, for a node whose agent pinned no vg_dns_learned."""
+
+    def lookup(self, key: bytes) -> bytes | None:
+        return None
+
+    def items(self) -> dict[bytes, bytes]:
+        return {}
 
 
 class NodeMaps:
@@ -98,6 +119,11 @@ class NodeMaps:
                 return ep
         return None
 
+    def learned(self) -> LearnedTable:
+        """vg_dns_learned with its names (empty when the map is not pinned)."""
+        m = self.maps.get("vg_dns_learned")
+        return LearnedTable(m if m is not None else _NoMap(), self.maps.get("vg_dns_names"))
+
     # -- live lookups
     def ipcache(self, addr: str) -> tuple[int, int, int]:
         """(identity, cidr_identity, ns_identity) of an address: the trie's longest match."""
@@ -122,10 +148,19 @@ class NodeMaps:
         raw = self.maps["vg_policy"].lookup(bytes(k))
         return None if raw is None else codecs.decode_policy(bytes(k), raw)[2]
 
-    def verdict(self, ep: codecs.Endpoint, direction: int, peer: str, proto: int, port: int) -> LiveHalf:
+    def verdict(
+        self, ep: codecs.Endpoint, direction: int, peer: str, proto: int, port: int, now_ns: int | None = None
+    ) -> LiveHalf:
         """lib/newflow.h's HOST check and lib/policy.h vg_policy_verdict on the live maps: the
-        kernel answers each LPM lookup, verdict_model.decide (the model's own code) merges them."""
+        kernel answers each LPM lookup, verdict_model.decide (the model's own code) merges them.
+        An egress peer the endpoint learned from DNS (lib/dnslearned.h: EP_F_DNS, not expired at
+        `now_ns`, default now) adds its domain identity."""
         ident, cidr, ns_ident = self.ipcache(peer)
+        fqdn = 0
+        if direction != DIR_INGRESS and ep.flags & abi.EP_F_DNS:
+            hit = self.learned().lookup(ep.ep_id, peer)
+            now = time.monotonic_ns() if now_ns is None else now_ns
+            fqdn = hit.identity if hit is not None and hit.expires_ns > now else 0
 
         def lookup_in(ep_id: int) -> verdict_model.PolicyLookup:
             """LPM lookups in the entries keyed by `ep_id`: the endpoint's own, or its tier profile's."""
@@ -153,8 +188,9 @@ class NodeMaps:
                 lookup_in(ep.tier_profile),
                 bool(ep.flags & (abi.EP_F_INGRESS_CALICO if ingress else abi.EP_F_EGRESS_CALICO)),
                 ns_ident,
+                fqdn,
             )
-        return LiveHalf(d.allowed, d.reason, d.rule_ref, ident, cidr, ep.ep_id, d.passed)
+        return LiveHalf(d.allowed, d.reason, d.rule_ref, ident, cidr, ep.ep_id, d.passed, fqdn)
 
     # -- host endpoints
     def hosteps(self) -> dict[int, HepFlags]:

@@ -10,6 +10,7 @@ from typing import Any
 from controller.agent.realization import differing_kinds
 from controller.compiler.clusterview import ClusterView
 from controller.core.errors import VethguardError
+from controller.datapath.dns_codecs import LearnedEntry
 from controller.debug.inputs import LabTarget, NodeRef, Target
 from controller.debug.kernel import LiveHalf, NodeMaps
 
@@ -63,6 +64,30 @@ def live_lookup(
             nm.close()
 
     return live, close
+
+
+def learned_lookup(
+    nodes: dict[str, NodeRef], open_maps: Callable[[NodeRef], NodeMaps] = _open_pinned
+) -> tuple[Callable[[str, str, str], LearnedEntry | None], Callable[[], None]]:
+    """explain's read of what a pod learned from DNS (vg_dns_learned of its node: None when that
+    node's maps are not visible from here or it learned nothing), and a closer."""
+    opened: dict[str, NodeMaps] = {}
+
+    def learned(node: str, ep_ip: str, peer: str) -> LearnedEntry | None:
+        ref = nodes.get(node)
+        if ref is None:
+            return None
+        nm = opened.get(node)
+        if nm is None:
+            nm = opened[node] = open_maps(ref)
+        ep = nm.endpoint_by_ip(ep_ip)
+        return None if ep is None else nm.learned().lookup(ep.ep_id, peer)
+
+    def close() -> None:
+        for nm in opened.values():
+            nm.close()
+
+    return learned, close
 
 
 def probe_pods(

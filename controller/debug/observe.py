@@ -88,6 +88,10 @@ def line(rec: dict[str, Any]) -> str:
     )
     if rec.get("policy_set"):
         text += f"  [{rec['policy_set']}]"
+    dom = rec.get("domain")
+    if dom:  # learned from DNS (domainNames)
+        until = "expired" if dom["expired"] else f"until {dom['expires'][11:19]}"
+        text += f"  [dns {dom['name'] or '?'} {dom['domain']} {until}]"
     if rec["rule"]:
         text += f"  by {rec['rule']}"
     elif rec.get("host_endpoint") is not None and rec["policies"]:

@@ -13,7 +13,9 @@ address P, protocol `proto`, destination port `port`:
    anything allowed is ALLOW_HOST; NetworkPolicy, where it isolates, allows the node).
 3. E neither isolated nor tiered for d -> ALLOW_NOT_ISOLATED.
 3b. E tiered for d (EndpointDesired.ingress_tiered / egress_tiered): the lookups of step 4, and
-   one for ns_identity if non-zero (keys of rules selecting every pod of a namespace), are made
+   one for ns_identity if non-zero (keys of rules selecting every pod of a namespace) and, for
+   an egress peer address E learned from a DNS answer (vg_dns_learned, not expired), one for
+   the domain identity it was learned under (domainNames rules), are made
    in E's tier profile (NodeDesired.tier_profiles[E.tier_profile]) and merged, per tier
    the lowest rank: the Admin rule decides on Accept/Deny (ALLOW_ADMIN / DROP_ADMIN); else
    NetworkPolicy if it isolates E for d (step 4-5, E's own entries); else the Baseline rule on
@@ -94,6 +96,7 @@ class HalfVerdict:
     passed: tuple[RuleRef, ...] = ()  # the tiers' Pass rules that handed the decision on
     rule_ref: int = 0  # the deciding rule's reference (what the datapath reports)
     peer_ns_identity: int = 0
+    peer_domain_identity: int = 0  # egress: the domain the pod learned the peer address under
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,7 @@ def decide(
     tier_lookup: PolicyLookup | None = None,
     calico: bool = False,
     ns_identity: int = 0,
+    fqdn: int = 0,
 ) -> Decision:
     """Steps 2-5 of the module docstring (lib/newflow.h's HOST check, lib/policy.h
     vg_policy_verdict and vg_tiers_verdict) for an endpoint with those flags and a peer with
@@ -225,8 +229,10 @@ def decide(
     if ID_ANY not in levels:
         levels.append(ID_ANY)
     if tiered:
-        # lib/policy.h vg_tiers_lookup: the namespace identity too (only tier profiles have such keys)
-        tier_levels = [*levels[:-1], ns_identity, *levels[-1:]] if ns_identity else levels
+        # lib/policy.h vg_tiers_lookup: the namespace and domain identities too (only tier
+        # profiles have such keys)
+        extra = [i for i in (ns_identity, fqdn) if i]
+        tier_levels = [*levels[:-1], *extra, *levels[-1:]]
         found = (tier_lookup(lv) for lv in tier_levels) if tier_lookup else ()
         tier_hits = [h for h in found if h is not None]
         return _tiers(tier_hits, isolated, audit, host, lambda: _networkpolicy(levels, audit, lookup), calico)
@@ -297,9 +303,16 @@ def _tiers(
 
 
 def endpoint_verdict(
-    desired: NodeDesired, endpoint: str, direction: int, peer: IPAddress | str, proto: int | str, port: int
+    desired: NodeDesired,
+    endpoint: str,
+    direction: int,
+    peer: IPAddress | str,
+    proto: int | str,
+    port: int,
+    fqdn: int = 0,
 ) -> HalfVerdict:
-    """The decision of one endpoint's hook for a new flow with `peer` (see the module docstring)."""
+    """The decision of one endpoint's hook for a new flow with `peer` (see the module docstring);
+    `fqdn`: the domain identity the endpoint learned `peer` under (egress, unexpired), or 0."""
     ep = desired.endpoints.get(endpoint)
     if ep is None:
         raise LookupError(f"{endpoint} is not an endpoint of this node")
@@ -308,6 +321,7 @@ def endpoint_verdict(
     port = policy_port(p, port)
     ident, cidr_ident, ns_ident = ipcache_lookup(desired, addr)
     ingress = direction == DIR_INGRESS
+    fqdn = fqdn if not ingress and ep.dns else 0  # lib/dnslearned.h: EP_F_DNS endpoints' egress only
     d = decide(
         direction,
         ident,
@@ -319,6 +333,7 @@ def endpoint_verdict(
         lambda level: policy_lpm(desired.tier_profiles.get(ep.tier_profile, {}), direction, level, p, port),
         ep.ingress_calico if ingress else ep.egress_calico,
         ns_ident,
+        fqdn,
     )
     rules = desired.rules
     return HalfVerdict(
@@ -334,6 +349,7 @@ def endpoint_verdict(
         tuple(r for r in (rules.get(ref) for ref in d.passed) if r is not None),
         d.rule_ref,
         ns_ident,
+        fqdn,
     )
 
 
@@ -368,11 +384,13 @@ def verdict(
     proto: int | str,
     port: int,
     family: int | None = None,
+    egress_domain: int = 0,
 ) -> Verdict:
     """Would a new connection src -> dst:port/proto be allowed? (module docstring has the rules)
 
     `family` (4 or 6) picks the pods' addresses; default: the family of an IP given as src or
-    dst, else 4.
+    dst, else 4. `egress_domain`: the domain identity src learned dst's address under (its
+    unexpired vg_dns_learned entry), or 0.
     """
     if family is None:
         family = 4
@@ -387,7 +405,7 @@ def verdict(
     if src_addr.version != dst_addr.version:
         raise ValueError(f"address families differ: {src_addr} -> {dst_addr}")
     if src_ep is not None and src_desired is not None:
-        eg = endpoint_verdict(src_desired, src_ep.pod, DIR_EGRESS, dst_addr, proto, port)
+        eg = endpoint_verdict(src_desired, src_ep.pod, DIR_EGRESS, dst_addr, proto, port, egress_domain)
     else:
         eg = HalfVerdict(True, NOT_ENFORCED, DIR_EGRESS, None, str(dst_addr))
     if dst_ep is not None and dst_desired is not None:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from controller.lab import agent_pods, cni_runtime, dns, kubeproxy, netns, topology
 from controller.lab.agents import AGENT_STATUS_PORT
 from controller.lab.kubelet_objects import node_labels, pod_status
-from controller.lab.manifests import external_addresses, external_names
+from controller.lab.manifests import external_addresses, external_aliases, external_names
 from controller.lab.responders import Port, Responders
 from controller.lab.state import LabConfig, LabPaths
 from controller.lab.store import ApiError, Obj, Resource, Store
@@ -278,6 +278,7 @@ class LabAdmission:
         if op in ("create", "replace"):
             try:
                 external_names(obj)
+                external_aliases(obj)
             except ValueError as exc:
                 raise ApiError(422, "Invalid", f"ExternalHost {name}: {exc}") from exc
         if op == "replace" and old is not None:

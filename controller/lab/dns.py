@@ -8,7 +8,8 @@ traffic crosses its veth like any other, so NetworkPolicies apply to DNS as in a
 
 ExternalHosts' `spec.names` resolve to their addresses with their `spec.ttl`: one dnsmasq
 `host-record` per (name, address) in a conf file (a name several hosts share answers with all
-their addresses; over 512 octets dnsmasq sets TC and resolvers ask again over TCP). dnsmasq reads
+their addresses; over 512 octets dnsmasq sets TC and resolvers ask again over TCP), and its
+`spec.aliases` as a chain of `cname` lines ending at its first name. dnsmasq reads
 host-records only when it starts, so a change restarts it, and update_external() returns once the
 new one answers.
 
@@ -20,6 +21,7 @@ cluster.local, ndots:5), kept at /etc/netns/<pod netns>/resolv.conf: `ip netns e
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import shutil
@@ -32,7 +34,7 @@ from typing import Any
 
 from controller.core import dnsnames, programs
 from controller.lab import kubeproxy, netns
-from controller.lab.manifests import external_addresses, external_names
+from controller.lab.manifests import external_addresses, external_aliases, external_names
 
 log = logging.getLogger("vethguard.lab.dns")
 
@@ -132,6 +134,8 @@ def external_conf(external_hosts: list[dict[str, Any]]) -> str:
         names, ttl = external_names(obj)
         for name in names:
             lines += [f"host-record={name},{address},{ttl}" for address in external_addresses(obj)]
+        chain = [*external_aliases(obj), *names[:1]]
+        lines += [f"cname={alias},{target},{ttl}" for alias, target in itertools.pairwise(chain)]
     return "".join(f"{line}\n" for line in lines)
 
 

@@ -6,7 +6,8 @@ ClusterNetworkPolicy (policy.networking.k8s.io/v1alpha2, cluster-scoped), Calico
 GlobalNetworkPolicy, NetworkPolicy and HostEndpoint (projectcalico.org/v3: the apiVersion tells
 Calico's NetworkPolicy from Kubernetes') and the lab's ExternalHost (lab.vethguard.dev/v1alpha1:
 metadata.name, spec.ip one or a list, spec.ports [{port, protocol}], spec.names: DNS names the
-lab's cluster DNS answers with spec.ip, spec.ttl their TTL in seconds, default 30). `kind: List` documents
+lab's cluster DNS answers with spec.ip, spec.ttl their TTL in seconds, default 30, spec.aliases:
+names answered as a CNAME chain ending at the first name). `kind: List` documents
 are flattened. Errors name the file and document.
 """
 
@@ -141,29 +142,50 @@ EXTERNAL_TTL_DEFAULT = 30  # seconds, an ExternalHost's spec.ttl when not given
 EXTERNAL_TTL_MAX = 2**31 - 1  # RFC 2181 8
 
 
-def external_names(obj: dict[str, Any]) -> tuple[list[str], int]:
-    """An ExternalHost's DNS names (canonical, in order, once each) and their TTL; ValueError
-    naming the field for a bad one. Names under the cluster's own domain are the cluster DNS's."""
-    spec = obj.get("spec") or {}
-    raw = spec.get("names", [])
+def _dns_names(spec: dict[str, Any], fld: str) -> list[str]:
+    """A list field of DNS names, canonical, in order, once each; ValueError naming the field.
+    Names under the cluster's own domain are the cluster DNS's."""
+    raw = spec.get(fld, [])
     if not isinstance(raw, list):
-        raise ValueError(f"spec.names must be a list of DNS names, got {raw!r}")
+        raise ValueError(f"spec.{fld} must be a list of DNS names, got {raw!r}")
     names: list[str] = []
     for index, name in enumerate(raw):
         problems = dnsnames.problems(name) if isinstance(name, str) else ["must be a string"]
         if problems:
-            raise ValueError(f"spec.names[{index}] {name!r}: {'; '.join(problems)}")
+            raise ValueError(f"spec.{fld}[{index}] {name!r}: {'; '.join(problems)}")
         canonical = dnsnames.canonical(name)
         if canonical == dnsnames.CLUSTER_DOMAIN or canonical.endswith("." + dnsnames.CLUSTER_DOMAIN):
             raise ValueError(
-                f"spec.names[{index}] {name!r}: {dnsnames.CLUSTER_DOMAIN} is the cluster's own domain"
+                f"spec.{fld}[{index}] {name!r}: {dnsnames.CLUSTER_DOMAIN} is the cluster's own domain"
             )
         if canonical not in names:
             names.append(canonical)
+    return names
+
+
+def external_names(obj: dict[str, Any]) -> tuple[list[str], int]:
+    """An ExternalHost's DNS names (canonical, in order, once each) and their TTL; ValueError
+    naming the field for a bad one."""
+    spec = obj.get("spec") or {}
+    names = _dns_names(spec, "names")
     ttl = spec.get("ttl", EXTERNAL_TTL_DEFAULT)
     if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= EXTERNAL_TTL_MAX:
         raise ValueError(f"spec.ttl must be a number of seconds from 0 to {EXTERNAL_TTL_MAX}, got {ttl!r}")
     return names, ttl
+
+
+def external_aliases(obj: dict[str, Any]) -> list[str]:
+    """An ExternalHost's `spec.aliases`: a CNAME chain ending at its first name (aliases[0] ->
+    aliases[1] -> ... -> names[0]); ValueError naming the field for a bad one."""
+    spec = obj.get("spec") or {}
+    aliases = _dns_names(spec, "aliases")
+    names, _ = external_names(obj)
+    if aliases and not names:
+        raise ValueError("spec.aliases needs spec.names: the chain ends at the first name")
+    for index, alias in enumerate(aliases):
+        if alias in names:
+            raise ValueError(f"spec.aliases[{index}] {alias!r} is also in spec.names")
+    return aliases
 
 
 def _check_external(where: str, obj: dict[str, Any]) -> None:
@@ -179,6 +201,7 @@ def _check_external(where: str, obj: dict[str, Any]) -> None:
     _check_ports(f"{where}: spec.ports", spec.get("ports"), "port")
     try:
         external_names(obj)
+        external_aliases(obj)
     except ValueError as exc:
         raise ManifestError(f"{where}: {exc}") from exc
 

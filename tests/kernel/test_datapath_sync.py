@@ -87,7 +87,7 @@ def test_removing_an_endpoint_deletes_what_it_learned_from_dns(h: Harness) -> No
     for ep in (EP, 2):  # (another pod's veth reusing ifindex 1 must not inherit EP's)
         learned.update(*dns_codecs.encode_learned(ep, "203.0.113.5", 0x2000001, 1 << 62))
     h.dp.sync(desired_node({}, pods=("x/b",)), {"x/b": 2})
-    assert [dns_codecs.decode_learned(k, v)[0] for k, v in learned.items().items()] == [2]
+    assert [dns_codecs.decode_learned(k, v).ep_id for k, v in learned.items().items()] == [2]
 
 
 def test_sync_writes_the_frontends_and_keeps_every_endpoints_slot_when_others_come_and_go(h: Harness) -> None:

@@ -191,9 +191,9 @@ def test_the_agents_dns_thread_learns_before_it_releases_and_the_first_connectio
     service.handle(ring.read(), h.dp.maps["vg_dns_learned"], out)
     assert out.frames == [(EP, a)]
     [(kb, vb)] = h.dp.maps["vg_dns_learned"].items().items()
-    ep_id, address, identity, expires = dns_codecs.decode_learned(kb, vb)
-    assert (ep_id, address, identity) == (EP, API, FQDN_ID)
-    assert 29 * 10**9 < expires - now_ns() <= 30 * 10**9  # the record's TTL
+    got = dns_codecs.decode_learned(kb, vb)
+    assert (got.ep_id, got.address, got.identity) == (EP, API, FQDN_ID)
+    assert 29 * 10**9 < got.expires_ns - now_ns() <= 30 * 10**9  # the record's TTL
     assert h.to_pod(a, mark=abi.VG_MARK_DNS_RELEASED) == TC_ACT_OK  # what the releaser sends
     assert h.from_pod(syn(API)) == TC_ACT_OK  # right after the answer: no race
     assert service.counts == {"released": 1, "learned": 1, "release_errors": 0, "queries": 1}

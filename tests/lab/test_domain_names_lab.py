@@ -1,23 +1,29 @@
-"""Egress by domain name (issue 20) in a two-node lab with agents and cluster DNS: a
-ClusterNetworkPolicy allows a namespace's pods DNS, one name, and denies everything else; the
-names resolve through the lab's dnsmasq and the agents learn their addresses from the answers
-they hold. The first connection right after an answer passes (no race), other names and
-addresses stay denied."""
+"""Egress by domain name (issue 20) in a two-node lab with agents and cluster DNS: an Admin
+ClusterNetworkPolicy allows a namespace's pods DNS and a list of names, a lower-precedence one
+denies everything else; the names resolve through the lab's dnsmasq and the agents learn their
+addresses from the answers they hold. The first connection right after an answer passes (no
+race), other names and addresses stay denied, a TTL's end stops new connections and not
+established ones, a CNAME chain counts for the name asked, forged answers on the wire teach
+nothing, and `bpf dns`, explain and observe name what was learned."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
 
 import pytest
 
+from controller.core import dnswire
 from controller.datapath import bpfsys, dns_codecs
+from controller.lab import kubeproxy, netns, topology
 from controller.lab.state import LabPaths
-from tests.support.labs import Lab, lab_up
+from tests.support import packets as P
+from tests.support.labs import Lab, ip_link, lab_up
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.bcc, pytest.mark.slow]
@@ -54,8 +60,27 @@ apiVersion: lab.vethguard.dev/v1alpha1
 kind: ExternalHost
 metadata: {name: v6}
 spec: {ip: "2001:db8::443", ports: [{port: 443}], names: [api.v6.example]}
+---
+apiVersion: lab.vethguard.dev/v1alpha1
+kind: ExternalHost
+metadata: {name: cdn}
+spec:
+  ip: 203.0.113.7
+  ports: [{port: 443}]
+  names: [edge.cdn.example]
+  aliases: [www.shop.example, shop.cdn.example]
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: other}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: mallory, namespace: other}
+spec: {nodeName: node-2, containers: [{name: c}]}
 """.replace("BUCKET_IPS", ", ".join(f"198.18.7.{i}" for i in range(1, 121)))
 
+# The allow-list, and a Deny-all after it in its own policy (the API's intended combination)
 POLICY = """
 apiVersion: policy.networking.k8s.io/v1alpha2
 kind: ClusterNetworkPolicy
@@ -74,7 +99,16 @@ spec:
     protocols: [{udp: {destinationPort: {number: 53}}}, {tcp: {destinationPort: {number: 53}}}]
   - name: stripe
     action: Accept
-    to: [{domainNames: [api.stripe.example, "*.s3.example", api.v6.example]}]
+    to: [{domainNames: [api.stripe.example, "*.s3.example", api.v6.example, www.shop.example]}]
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: payments-deny-all}
+spec:
+  tier: Admin
+  priority: 20
+  subject: {namespaces: {matchLabels: {kubernetes.io/metadata.name: payments}}}
+  egress:
   - name: the-rest
     action: Deny
     to: [{networks: [0.0.0.0/0, "::/0"]}]
@@ -132,12 +166,16 @@ def forget_learned(lab: Lab, node: str = "node-2") -> int:
         m.close()
 
 
-def learned(lab: Lab, node: str = "node-2") -> list[tuple[int, str, int, int]]:
+def learned(lab: Lab, node: str = "node-2") -> list[dns_codecs.LearnedEntry]:
     m = bpfsys.BpfMap.open_pinned(str(LabPaths(lab.name).pin_root / node / "vg_dns_learned"))
     try:
         return [dns_codecs.decode_learned(k, v) for k, v in m.items().items()]
     finally:
         m.close()
+
+
+def addresses(lab: Lab) -> list[str]:
+    return [e.address for e in learned(lab)]
 
 
 def test_nothing_is_reachable_by_address_before_its_name_was_resolved(lab: Lab) -> None:
@@ -153,20 +191,20 @@ def test_the_first_connection_right_after_the_answer_passes_every_time(lab: Lab)
         forget_learned(lab)
         got = resolve_connect(lab, "api.stripe.example")
         assert got["address"] == "203.0.113.5" and got["connected"], got
-    assert [(a, i) for _, a, i, _ in learned(lab)] == [("203.0.113.5", learned(lab)[0][2])]
+    assert addresses(lab) == ["203.0.113.5"]
 
 
 def test_a_name_no_rule_allows_resolves_but_its_address_stays_denied(lab: Lab) -> None:
     got = resolve_connect(lab, "evil.example")
     assert got["address"] == "203.0.113.9" and not got["connected"]
-    assert all(address != "203.0.113.9" for _, address, _, _ in learned(lab))
+    assert "203.0.113.9" not in addresses(lab)
 
 
 def test_a_wildcard_name_with_more_addresses_than_udp_holds_is_learned_whole_over_tcp(lab: Lab) -> None:
     forget_learned(lab)
     got = resolve_connect(lab, "eu.bucket.s3.example", pick=119)  # the resolver retried over TCP
     assert got["addresses"] == 120 and got["address"] == "198.18.7.120" and got["connected"], got
-    assert len([a for _, a, _, _ in learned(lab) if a.startswith("198.18.7.")]) == 120
+    assert len([a for a in addresses(lab) if a.startswith("198.18.7.")]) == 120
 
 
 def test_ipv6_answers_are_learned(lab: Lab) -> None:
@@ -182,7 +220,138 @@ def test_what_the_pods_learned_survives_an_agent_restart(lab: Lab) -> None:
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: lab.status()["agents"]["node-2"].get("pid") not in (None, pid), timeout=30)
     wait_for(lambda: lab.status()["agents"]["node-2"].get("healthy"), timeout=60)
-    assert ("203.0.113.5") in [a for _, a, _, _ in learned(lab)]
+    assert "203.0.113.5" in addresses(lab)
     assert lab.probe_tcp(443, ["payments/client"], ["ext/stripe"]) == {
         ("payments/client", "ext/stripe"): True
     }
+
+
+# In the pod: resolve NAME, hold a connection to it open, then after WAIT seconds (the learned
+# entry has expired) try a new connection and use the held one.
+TTL_SCRIPT = """
+import json, socket, sys, time
+name, wait = sys.argv[1], float(sys.argv[2])
+address = socket.getaddrinfo(name, 443, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+def new_connection():
+    try:
+        socket.create_connection((address, 443), timeout=2).close()
+        return True
+    except OSError:
+        return False
+held = socket.create_connection((address, 443), timeout=2)
+fresh = new_connection()
+time.sleep(wait)
+expired = new_connection()
+held.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+reply = held.recv(64).decode(errors="replace")
+print(json.dumps({"address": address, "fresh": fresh, "expired": expired, "held_reply": reply}))
+"""
+
+
+def in_client(lab: Lab, script: str, *args: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "controller.cli", "lab", "exec", "--name", lab.name, "payments/client", "--",
+         sys.executable, "-c", script, *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result: dict = json.loads(out.stdout)
+    return result
+
+
+def test_the_end_of_the_ttl_stops_new_connections_but_not_established_ones(lab: Lab) -> None:
+    forget_learned(lab)
+    # api.stripe.example has TTL 5 s (also the minimum hold): 6.5 s later the entry has expired
+    got = in_client(lab, TTL_SCRIPT, "api.stripe.example", "6.5")
+    assert got["address"] == "203.0.113.5" and got["fresh"], got
+    assert not got["expired"], "a new connection passed after the learned address expired"
+    assert got["held_reply"].startswith("HTTP/1.0 200"), got
+    doc = json.loads(lab.debug("explain", "payments/client", "203.0.113.5", "--port", "443", "-o", "json"))
+    assert not doc["allowed"] and doc["kernel_agrees"], doc
+    assert doc["egress"]["domain"]["expired"] and doc["egress"]["domain"]["name"] == "api.stripe.example"
+
+
+def test_a_cname_chain_counts_for_the_name_the_pod_asked(lab: Lab) -> None:
+    forget_learned(lab)
+    # www.shop.example -> shop.cdn.example -> edge.cdn.example -> 203.0.113.7; only the first is allowed
+    got = resolve_connect(lab, "www.shop.example")
+    assert got["address"] == "203.0.113.7" and got["connected"], got
+    rows = json.loads(lab.debug("bpf", "dns", "-o", "json"))["items"]
+    assert [(r["address"], r["name"]) for r in rows] == [("203.0.113.7", "www.shop.example")]
+    forget_learned(lab)
+    direct = resolve_connect(lab, "edge.cdn.example")  # the chain's end asked directly: no rule names it
+    assert direct["address"] == "203.0.113.7" and not direct["connected"], direct
+
+
+def test_bpf_explain_and_observe_name_the_learned_address_its_domain_and_expiry(lab: Lab) -> None:
+    forget_learned(lab)
+    assert resolve_connect(lab, "eu.bucket.s3.example", pick=3)["connected"]  # 198.18.7.4
+    rows = json.loads(lab.debug("bpf", "dns", "-o", "json"))["items"]
+    row = next(r for r in rows if r["address"] == "198.18.7.4")
+    assert (row["node"], row["pod"], row["name"], row["domain"], row["expired"]) == (
+        "node-2",
+        "payments/client",
+        "eu.bucket.s3.example",
+        "domain:*.s3.example",
+        False,
+    )
+    assert 0 < row["expires_in_s"] <= 30
+    assert "eu.bucket.s3.example" in lab.debug("bpf", "dns", "payments/client")
+    doc = json.loads(lab.debug("explain", "payments/client", "198.18.7.4", "--port", "443", "-o", "json"))
+    assert doc["allowed"] and doc["kernel_agrees"] and doc["egress"]["rule_name"] == "stripe", doc
+    assert doc["egress"]["domain"]["name"] == "eu.bucket.s3.example"
+    text = lab.debug("explain", "payments/client", "198.18.7.4", "--port", "443")
+    assert "198.18.7.4 was learned from DNS as eu.bucket.s3.example (domain:*.s3.example)" in text
+
+    def flows() -> list[dict]:
+        out = lab.debug("observe", "-o", "json", "--pod", "payments/client", "--port", "443")
+        return [f for f in map(json.loads, out.splitlines()) if f["dst_ip"] == "198.18.7.4"]
+
+    wait_for(lambda: any(f["direction"] == "egress" for f in flows()), timeout=10)
+    egress = [f for f in flows() if f["direction"] == "egress"][-1]
+    assert egress["verdict"] == "allowed" and egress["domain"]["name"] == "eu.bucket.s3.example", egress
+    assert "[dns eu.bucket.s3.example domain:*.s3.example until" in lab.debug(
+        "observe", "--pod", "payments/client", "--port", "443"
+    )
+
+
+def test_forged_dns_answers_on_the_wire_teach_nothing(lab: Lab) -> None:
+    """other/mallory (same node) sends the client answers naming evil's address for
+    api.stripe.example: with the cluster DNS's address (dropped at mallory's own hook: it is
+    not hers) and with her own (it arrives, the capture shows, but it answers no flow of the
+    client: not held, not learned). The address stays denied."""
+    forget_learned(lab)
+    status = lab.status()
+    client, mallory = status["pods"]["payments/client"], status["pods"]["other/mallory"]
+    client_ip = next(ip for ip in client["ips"] if ":" not in ip)
+    mallory_ip = next(ip for ip in mallory["ips"] if ":" not in ip)
+    eth0 = ip_link(mallory["netns"], "eth0")
+    host = ip_link(status["nodes"]["node-2"]["netns"], topology.pod_ifname("other", "mallory"))
+    mac, gw_mac = (bytes.fromhex(str(link["address"]).replace(":", "")) for link in (eth0, host))
+    body = dnswire.encode_response(
+        0x1234,
+        dnswire.Question("api.stripe.example", dnswire.TYPE_A),
+        [dnswire.Record("api.stripe.example", dnswire.TYPE_A, 300, "203.0.113.9")],
+    )
+
+    def forged(src: str, ident: int) -> bytes:
+        udp = struct.pack("!HHHH", 53, 33333, 8 + len(body), 0) + body
+        l3 = P.ipv4_packet(src, client_ip, P.UDP, P.l4_checksummed(src, client_ip, P.UDP, udp), ident=ident)
+        return P.eth(P.ETH_P_IP, l3, dst=gw_mac, src=mac)
+
+    spoofed, own = forged(kubeproxy.DNS_CLUSTER_IP, 0x4242), forged(mallory_ip, 0x4243)
+    tx = netns.run_in_netns(mallory["netns"], P.open_tx)
+    rx = netns.run_in_netns(client["netns"], P.open_rx)
+    try:
+        P.drain(rx)
+        for _ in range(20):
+            tx.send(spoofed)
+            tx.send(own)
+        got = P.incoming(rx, 3.0, stop=lambda got: any(P.is_copy(g, own) for g in got))
+    finally:
+        tx.close()
+        rx.close()
+    assert any(P.is_copy(g, own) for g in got), "control: mallory's own frame should arrive"
+    assert not any(P.is_copy(g, spoofed) for g in got), "a frame with the cluster DNS's address arrived"
+    assert "203.0.113.9" not in addresses(lab)
+    assert lab.probe_tcp(443, ["payments/client"], ["ext/evil"]) == {("payments/client", "ext/evil"): False}

@@ -156,6 +156,9 @@ class FakeMap:
                 best = (kp, v)
         return best[1] if best else None
 
+    def update(self, key: bytes, value: bytes) -> None:
+        self._items[key] = value
+
     def close(self) -> None:
         pass
 

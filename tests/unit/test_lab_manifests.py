@@ -96,6 +96,19 @@ def test_the_cluster_dns_answers_every_name_of_a_host_with_each_of_its_addresses
     ]
 
 
+def test_aliases_are_answered_as_a_cname_chain_ending_at_the_first_name() -> None:
+    aliases = ["www.shop.example", "shop.cdn.example"]
+    host = {
+        "metadata": {"name": "cdn"},
+        "spec": {"ip": "203.0.113.7", "names": ["edge.cdn.example"], "aliases": aliases, "ttl": 9},
+    }
+    assert dns.external_conf([host]).splitlines() == [
+        "host-record=edge.cdn.example,203.0.113.7,9",
+        "cname=www.shop.example,shop.cdn.example,9",
+        "cname=shop.cdn.example,edge.cdn.example,9",
+    ]
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -137,6 +150,16 @@ def test_the_cluster_dns_answers_every_name_of_a_host_with_each_of_its_addresses
             "apiVersion: lab.vethguard.dev/v1alpha1\nkind: ExternalHost\nmetadata: {name: e}\n"
             "spec: {ip: 203.0.113.5, names: [api.example.com, localhost]}\n",
             r"spec.names\[1\] 'localhost': must have at least two labels",
+        ),
+        (
+            "apiVersion: lab.vethguard.dev/v1alpha1\nkind: ExternalHost\nmetadata: {name: e}\n"
+            "spec: {ip: 203.0.113.5, aliases: [www.example.com]}\n",
+            "spec.aliases needs spec.names",
+        ),
+        (
+            "apiVersion: lab.vethguard.dev/v1alpha1\nkind: ExternalHost\nmetadata: {name: e}\n"
+            "spec: {ip: 203.0.113.5, names: [a.example.com], aliases: [a.example.com]}\n",
+            r"spec.aliases\[0\] 'a.example.com' is also in spec.names",
         ),
         (
             "apiVersion: lab.vethguard.dev/v1alpha1\nkind: ExternalHost\nmetadata: {name: e}\n"

@@ -78,6 +78,13 @@ class DomainClasses:
         """The domain identities a rule's `pattern` selects (empty for an unknown pattern)."""
         return self.of_pattern.get(dnsnames.canonical(pattern), frozenset())
 
+    def pattern_of(self, identity: int) -> str | None:
+        """The pattern a class is named by (`api.example`, `*.s3.example`), None if unknown."""
+        for (wildcard, text), ident in self.ids.items():
+            if ident == identity:
+                return dnsnames.WILDCARD + text if wildcard else text
+        return None
+
     def identity(self, name: str) -> int | None:
         """The class of a name a pod asked for: its exact pattern, else its longest wildcard
         suffix; None when no pattern matches it."""

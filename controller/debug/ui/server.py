@@ -43,7 +43,13 @@ from controller.core.errors import VethguardError
 from controller.debug import explain as explain_mod
 from controller.debug import hostep_cli
 from controller.debug.inputs import LabTarget, Target
-from controller.debug.live_checks import agent_statuses, agents_behind, live_lookup, probe_pods
+from controller.debug.live_checks import (
+    agent_statuses,
+    agents_behind,
+    learned_lookup,
+    live_lookup,
+    probe_pods,
+)
 from controller.debug.target_options import make_target, target_args
 from controller.debug.ui import api
 from controller.debug.ui.flows import FlowBuffer, Follower
@@ -248,6 +254,7 @@ class App:
         nodes = {n.name: n for n in self.source.target.nodes()}
         live, close = live_lookup(nodes) if check else (None, lambda: None)
         live_hep, close_hep = hostep_cli.live_hep_lookup(view, nodes) if check else (None, lambda: None)
+        learned, close_learned = learned_lookup(nodes) if check else (None, lambda: None)
         try:
             e = explain_mod.explain(
                 view,
@@ -259,10 +266,12 @@ class App:
                 live,
                 agents_behind(view, agents) if check else {},
                 live_hep,
+                learned,
             )
         finally:
             close()
             close_hep()
+            close_learned()
         return api.explained(e)
 
 
