@@ -11,31 +11,26 @@ from controller.debug import hostep, observe
 from controller.debug.explain_hep import HepLiveLookup
 from controller.debug.inputs import NodeRef
 from controller.debug.kernel import LiveHalf, NodeMaps
-
-
-def _open_pinned(ref: NodeRef) -> NodeMaps:
-    return NodeMaps(ref.pin_dir)
+from controller.debug.live_checks import OpenedNodes, open_pinned
 
 
 def live_hep_lookup(
     view: ClusterView,
     nodes: dict[str, NodeRef],
-    open_maps: Callable[[NodeRef], NodeMaps] = _open_pinned,
+    open_maps: Callable[[NodeRef], NodeMaps] = open_pinned,
     links: Callable[[NodeRef], dict[int, hostep.Link]] = lambda ref: hostep.read_links(ref.netns),
 ) -> tuple[HepLiveLookup, Callable[[], None]]:
     """explain's live lookup of a host endpoint: the vg_hosteps entries of the interfaces that
     carry it (by the node's interface names), each judged on the live maps; and a closer."""
-    opened: dict[str, NodeMaps] = {}
+    opened = OpenedNodes(nodes, open_maps)
 
     def live(
         node: str, name: str, direction: int, src: str, dst: str, proto: int, port: int
     ) -> list[tuple[str, LiveHalf]] | None:
-        ref = nodes.get(node)
-        if ref is None:
+        got = opened.get(node)
+        if got is None:
             return None
-        nm = opened.get(node)
-        if nm is None:
-            nm = opened[node] = open_maps(ref)
+        ref, nm = got
         ifaces = links(ref)
         placed = hostep.placement(view.desired(node), sorted(nm.hosteps()), ifaces)
         return [
@@ -44,17 +39,13 @@ def live_hep_lookup(
             if n == name
         ]
 
-    def close() -> None:
-        for nm in opened.values():
-            nm.close()
-
-    return live, close
+    return live, opened.close
 
 
 def observe_host_endpoints(
     view: ClusterView,
     nodes: Sequence[NodeRef],
-    open_maps: Callable[[NodeRef], NodeMaps] = _open_pinned,
+    open_maps: Callable[[NodeRef], NodeMaps] = open_pinned,
     links: Callable[[NodeRef], dict[int, hostep.Link]] = lambda ref: hostep.read_links(ref.netns),
 ) -> observe.HostEndpoints:
     """(node, ifindex) -> (host endpoint or None, interface) of every vg_hosteps entry; a node

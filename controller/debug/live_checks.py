@@ -37,57 +37,65 @@ def agents_behind(view: ClusterView, agents: dict[str, dict[str, Any] | None]) -
     return out
 
 
-def _open_pinned(ref: NodeRef) -> NodeMaps:
+def open_pinned(ref: NodeRef) -> NodeMaps:
     return NodeMaps(ref.pin_dir)
 
 
+class OpenedNodes:
+    """The pinned maps of `nodes`, each opened on first use; a node not among them is not
+    visible from here (another machine's)."""
+
+    def __init__(self, nodes: dict[str, NodeRef], open_maps: Callable[[NodeRef], NodeMaps] = open_pinned):
+        self.nodes = nodes
+        self.open_maps = open_maps
+        self.opened: dict[str, NodeMaps] = {}
+
+    def get(self, node: str) -> tuple[NodeRef, NodeMaps] | None:
+        ref = self.nodes.get(node)
+        if ref is None:
+            return None
+        nm = self.opened.get(node)
+        if nm is None:
+            nm = self.opened[node] = self.open_maps(ref)
+        return ref, nm
+
+    def close(self) -> None:
+        for nm in self.opened.values():
+            nm.close()
+
+
 def live_lookup(
-    nodes: dict[str, NodeRef], open_maps: Callable[[NodeRef], NodeMaps] = _open_pinned
+    nodes: dict[str, NodeRef], open_maps: Callable[[NodeRef], NodeMaps] = open_pinned
 ) -> tuple[Callable[[str, str, int, str, int, int], LiveHalf | None], Callable[[], None]]:
     """explain's live lookup over the maps of `nodes` (opened on first use), and a closer."""
-    opened: dict[str, NodeMaps] = {}
+    opened = OpenedNodes(nodes, open_maps)
 
     def live(node: str, ep_ip: str, direction: int, peer: str, proto: int, port: int) -> LiveHalf | None:
-        ref = nodes.get(node)
-        if ref is None:
+        got = opened.get(node)
+        if got is None:
             return None  # another node's maps are not visible from here
-        nm = opened.get(node)
-        if nm is None:
-            nm = opened[node] = open_maps(ref)
+        ref, nm = got
         ep = nm.endpoint_by_ip(ep_ip)
         if ep is None:
             raise VethguardError(f"no endpoint entry for {ep_ip} in {ref.pin_dir}/vg_endpoints")
         return nm.verdict(ep, direction, peer, proto, port)
 
-    def close() -> None:
-        for nm in opened.values():
-            nm.close()
-
-    return live, close
+    return live, opened.close
 
 
 def learned_lookup(
-    nodes: dict[str, NodeRef], open_maps: Callable[[NodeRef], NodeMaps] = _open_pinned
+    nodes: dict[str, NodeRef], open_maps: Callable[[NodeRef], NodeMaps] = open_pinned
 ) -> tuple[Callable[[str, str, str], LearnedEntry | None], Callable[[], None]]:
     """explain's read of what a pod learned from DNS (vg_dns_learned of its node: None when that
     node's maps are not visible from here or it learned nothing), and a closer."""
-    opened: dict[str, NodeMaps] = {}
+    opened = OpenedNodes(nodes, open_maps)
 
     def learned(node: str, ep_ip: str, peer: str) -> LearnedEntry | None:
-        ref = nodes.get(node)
-        if ref is None:
-            return None
-        nm = opened.get(node)
-        if nm is None:
-            nm = opened[node] = open_maps(ref)
-        ep = nm.endpoint_by_ip(ep_ip)
-        return None if ep is None else nm.learned().lookup(ep.ep_id, peer)
+        got = opened.get(node)
+        ep = got[1].endpoint_by_ip(ep_ip) if got is not None else None
+        return None if got is None or ep is None else got[1].learned().lookup(ep.ep_id, peer)
 
-    def close() -> None:
-        for nm in opened.values():
-            nm.close()
-
-    return learned, close
+    return learned, opened.close
 
 
 def probe_pods(

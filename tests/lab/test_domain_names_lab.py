@@ -144,9 +144,14 @@ def lab() -> Iterator[Lab]:
 
 def resolve_connect(lab: Lab, name: str, family: int = 4, pick: int = 0) -> dict:
     """Resolve `name` in the client pod and connect to its `pick`th address (in address order)."""
+    return in_client(lab, RESOLVE_CONNECT, name, str(family), str(pick))
+
+
+def in_client(lab: Lab, script: str, *args: str) -> dict:
+    """Run a Python script in the client pod; its stdout is one JSON document."""
     out = subprocess.run(
         [sys.executable, "-m", "controller.cli", "lab", "exec", "--name", lab.name, "payments/client", "--",
-         sys.executable, "-c", RESOLVE_CONNECT, name, str(family), str(pick)],
+         sys.executable, "-c", script, *args],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -246,17 +251,6 @@ held.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
 reply = held.recv(64).decode(errors="replace")
 print(json.dumps({"address": address, "fresh": fresh, "expired": expired, "held_reply": reply}))
 """
-
-
-def in_client(lab: Lab, script: str, *args: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", "controller.cli", "lab", "exec", "--name", lab.name, "payments/client", "--",
-         sys.executable, "-c", script, *args],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    result: dict = json.loads(out.stdout)
-    return result
 
 
 def test_the_end_of_the_ttl_stops_new_connections_but_not_established_ones(lab: Lab) -> None:
