@@ -59,6 +59,23 @@ def debian(packages: Sequence[str], run: Callable[[Sequence[str]], str] = apt) -
     return parse_sizes(run(["apt-cache", "show", "--no-all-versions", *names]))
 
 
+def _dist_bytes(dist: metadata.Distribution) -> int:
+    """Bytes of a distribution's files: as its RECORD lists them, else (a Debian package's
+    egg-info records none) the files of its top-level packages and modules."""
+    recorded = sum(f.size or 0 for f in dist.files or ())
+    if recorded:
+        return recorded
+    base = Path(str(dist.locate_file("")))
+    total = 0
+    for top in (dist.read_text("top_level.txt") or "").split():
+        for path in (base / top, base / f"{top}.py"):
+            if path.is_dir():
+                total += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            elif path.is_file():
+                total += path.stat().st_size
+    return total
+
+
 def python_closure(extras: Iterable[str] = ()) -> dict[str, int]:
     """vethguard's Python distributions (with these extras) -> bytes of their recorded files."""
     wanted = set(extras)
@@ -73,7 +90,7 @@ def python_closure(extras: Iterable[str] = ()) -> dict[str, int]:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
             continue  # a platform-conditional requirement not installed here
-        out[key] = sum(f.size or 0 for f in dist.files or ())
+        out[key] = _dist_bytes(dist)
         for req in dist.requires or ():
             spec, _, marker = req.partition(";")
             extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", marker)
