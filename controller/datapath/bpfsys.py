@@ -8,6 +8,7 @@ import errno
 import os
 import platform
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import ClassVar
@@ -36,6 +37,8 @@ BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_MAP_UPDATE_BATCH = 26
+BPF_MAP_DELETE_BATCH = 27
 
 BPF_ANY = 0
 BPF_NOEXIST = 1
@@ -74,6 +77,29 @@ class _MapElemAttr(ctypes.Structure):
         ("value", ctypes.c_uint64),  # or next_key
         ("flags", ctypes.c_uint64),
     ]
+
+
+class _BatchAttr(ctypes.Structure):
+    """bpf_attr's `batch` member (BPF_MAP_*_BATCH)."""
+
+    _fields_: ClassVar = [
+        ("in_batch", ctypes.c_uint64),
+        ("out_batch", ctypes.c_uint64),
+        ("keys", ctypes.c_uint64),
+        ("values", ctypes.c_uint64),
+        ("count", ctypes.c_uint32),  # in: elements given; out: elements done
+        ("map_fd", ctypes.c_uint32),
+        ("elem_flags", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+    ]
+
+
+class BatchError(BpfError):
+    """A batch operation stopped at element `done` (the ones before it were done)."""
+
+    def __init__(self, err: int, message: str, done: int) -> None:
+        super().__init__(err, message)
+        self.done = done
 
 
 class _ObjGetAttr(ctypes.Structure):
@@ -206,6 +232,7 @@ class BpfMap:
         self.name = info.name.decode()
         self.percpu = info.type in _PERCPU_TYPES
         self._slot = (self.value_size + 7) & ~7  # per-CPU values are 8-byte aligned
+        self.no_batch = False  # callers set it once the kernel refused this map's batch operations
 
     @classmethod
     def open_pinned(cls, path: str) -> BpfMap:
@@ -258,6 +285,45 @@ class BpfMap:
         vb = ctypes.create_string_buffer(value, len(value))
         attr = _MapElemAttr(map_fd=self.fd, key=ctypes.addressof(kb), value=ctypes.addressof(vb), flags=flags)
         bpf(BPF_MAP_UPDATE_ELEM, attr)
+
+    def update_batch(self, keys: Sequence[bytes], values: Sequence[bytes], flags: int = BPF_ANY) -> None:
+        """update() of every (key, value) in order, in one bpf(2) call (BPF_MAP_UPDATE_BATCH: the
+        kernel runs them one by one and stops at the first failure). Raises BatchError naming how
+        many were done; EINVAL or ENOTSUPP (errno 524) with none done: the map has no batch op.
+        Not for per-CPU maps."""
+        if self.percpu:
+            raise ValueError(f"{self.name}: update_batch does not take per-CPU values")
+        for k in keys:
+            self._check_key(k)
+        for v in values:
+            if len(v) != self.value_size:
+                raise ValueError(f"{self.name}: value is {len(v)} bytes, map wants {self.value_size}")
+        self._batch(BPF_MAP_UPDATE_BATCH, keys, b"".join(values), flags)
+
+    def delete_batch(self, keys: Sequence[bytes]) -> None:
+        """delete() of every key in order, in one bpf(2) call; a missing key stops the batch
+        there (BatchError, errno ENOENT)."""
+        for k in keys:
+            self._check_key(k)
+        self._batch(BPF_MAP_DELETE_BATCH, keys, None, 0)
+
+    def _batch(self, cmd: int, keys: Sequence[bytes], values: bytes | None, flags: int) -> None:
+        if not keys:
+            return
+        kb = ctypes.create_string_buffer(b"".join(keys), len(keys) * self.key_size)
+        vb = None if values is None else ctypes.create_string_buffer(values, len(values))
+        attr = _BatchAttr(
+            keys=ctypes.addressof(kb),
+            values=0 if vb is None else ctypes.addressof(vb),
+            count=len(keys),
+            map_fd=self.fd,
+            elem_flags=flags,
+        )
+        try:
+            bpf(cmd, attr)
+        except BpfError as e:
+            done = int(attr.count)
+            raise BatchError(e.errno or 0, f"{self.name}: batch stopped at {done}: {e.strerror}", done) from e
 
     def delete(self, key: bytes) -> bool:
         """Delete a key; False if it was not there."""

@@ -15,9 +15,10 @@ import ctypes
 import errno
 import logging
 import sys
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from controller.core.errors import VethguardError
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS, TIER_PROFILE_BIT
@@ -249,6 +250,72 @@ def _apply_upsert(op: Op, m: MapLike, full: _FullTracker) -> None:
             full.fail(op.map, ep_id)
 
 
+# A run of this many operations of one kind on one of these maps goes to the kernel in one bpf(2)
+# call (BPF_MAP_UPDATE_BATCH / BPF_MAP_DELETE_BATCH: the same operations in the same order, run by
+# the kernel one by one), where the map has batch operations. vg_endpoints stays one by one: each
+# of its writes depends on what failed before it (pending_value).
+BATCH_MIN = 16
+BATCHED_MAPS = frozenset({"vg_policy", "vg_ipcache4", "vg_ipcache6", "vg_local"})
+_NO_BATCH_ERRNOS = (errno.EINVAL, 524)  # 524: ENOTSUPP, a map type without the batch op
+
+
+def _runs(ops: list[Op]) -> Iterator[list[Op]]:
+    """Consecutive operations on one map that are all deletes or all upserts."""
+    start = 0
+    for i in range(1, len(ops) + 1):
+        first = ops[start]
+        if i == len(ops) or ops[i].map != first.map or (ops[i].kind == "delete") != (first.kind == "delete"):
+            yield ops[start:i]
+            start = i
+
+
+def _batches(m: MapLike) -> bool:
+    return callable(getattr(m, "update_batch", None)) and not getattr(m, "no_batch", False)
+
+
+def _delete_run(run: list[Op], m: Any) -> None:
+    """Deletes of a run in batches; a key already gone is skipped, as delete() does."""
+    rest = [op.key for op in run]
+    while rest:
+        try:
+            m.delete_batch(rest)
+            return
+        except bpfsys.BatchError as e:
+            if e.done == 0 and e.errno in _NO_BATCH_ERRNOS:
+                m.no_batch = True
+                for k in rest:
+                    m.delete(k)
+                return
+            if e.errno != errno.ENOENT:
+                raise
+            rest = rest[e.done + 1 :]
+
+
+def _upsert_run(run: list[Op], m: Any, full: _FullTracker) -> None:
+    """_apply_upsert() of every operation of a run, in batches: a batch stops at an insert that
+    does not fit; that one is applied alone (it fails its endpoint closed, as one by one would)
+    and the batch goes on with the rest, skipping what belongs to endpoints failed by now."""
+    rest = run
+    while rest:
+        todo = rest
+        if full.node_wide is None and full.failed:  # as _apply_upsert: none for an endpoint closed already
+            todo = [op for op in rest if not full.is_failed(_op_ep_id(op))]
+        full.skipped += len(rest) - len(todo)
+        if not todo:
+            return
+        try:
+            m.update_batch([op.key for op in todo], [op.value for op in todo])
+            return
+        except bpfsys.BatchError as e:
+            if e.done == 0 and e.errno in _NO_BATCH_ERRNOS:
+                m.no_batch = True
+                for op in todo:
+                    _apply_upsert(op, m, full)
+                return
+            _apply_upsert(todo[e.done], m, full)  # alone: raises unless the map was full
+            rest = todo[e.done + 1 :]
+
+
 def apply(
     desired: Mapping[str, KV], kernel: Mapping[str, MapLike], *, cleanup_removed: bool = True
 ) -> SyncResult:
@@ -399,12 +466,19 @@ def _execute(
     `current_endpoints`: what vg_endpoints held), bump the revision if anything changed and
     remove the conntrack entries and counters of removed endpoints."""
     full = _FullTracker(endpoints, kernel["vg_endpoints"])
-    for op in ops:
-        m = kernel[op.map]
-        if op.kind == "delete":
-            m.delete(op.key)
-        else:
-            _apply_upsert(op, m, full)
+    for run in _runs(ops):
+        m = kernel[run[0].map]
+        if len(run) >= BATCH_MIN and run[0].map in BATCHED_MAPS and _batches(m):
+            if run[0].kind == "delete":
+                _delete_run(run, m)
+            else:
+                _upsert_run(run, m, full)
+            continue
+        for op in run:
+            if op.kind == "delete":
+                m.delete(op.key)
+            else:
+                _apply_upsert(op, m, full)
     removed = [
         abi.EndpointInfo.from_bytes(current_endpoints[op.key])
         for op in ops
@@ -433,10 +507,11 @@ def _execute(
                 for reason in abi.EST_REASONS:
                     for direction in (DIR_INGRESS, DIR_EGRESS):
                         est.update(codecs.est_key(info.slot, reason, direction), zero)
+    kinds = Counter(op.kind for op in ops)
     result = SyncResult(
-        adds=sum(op.kind == "add" for op in ops),
-        updates=sum(op.kind == "update" for op in ops),
-        deletes=sum(op.kind == "delete" for op in ops),
+        adds=kinds["add"],
+        updates=kinds["update"],
+        deletes=kinds["delete"],
         revision=revision,
         ct_deleted=ct_deleted,
         ops=tuple(ops),

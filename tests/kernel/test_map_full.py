@@ -6,15 +6,17 @@ The maps are built tiny with compiler flags (VG_MAX_POLICY, VG_MAX_IPCACHE) on a
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from controller.bench.testrun import run
 from controller.compiler.desired_state import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue
-from controller.datapath import abi
+from controller.datapath import abi, bpfsys, codecs
 from controller.datapath.abi import Reason
 from controller.datapath.node import Datapath
 from controller.datapath.sync import MapFullError
@@ -212,3 +214,55 @@ def test_a_tier_profile_that_does_not_fit_closes_every_endpoint_that_uses_it(dp:
     assert run(dp.prog_fd("to_pod"), _syn(40022, 3070), ifindex=EP).retval == TC_ACT_SHOT
     dp.sync(_profiled(5), pods)
     assert not any(f & abi.EP_F_PENDING for f in _flags(dp).values())
+
+
+def _entries(n: int) -> tuple[list[bytes], list[bytes]]:
+    keys, values = [], []
+    for k, v in _ports(n).items():
+        kb, vb = codecs.encode_policy(EP, k, v)
+        keys.append(kb)
+        values.append(vb)
+    return keys, values
+
+
+def test_batch_operations_write_and_delete_in_order_and_stop_at_a_missing_key(dp: Datapath) -> None:
+    m = dp.maps["vg_policy"]
+    keys, values = _entries(20)
+    m.update_batch(keys, values)
+    assert m.items() == dict(zip(keys, values, strict=True))
+    missing = codecs.encode_policy(EP, PolicyEntryKey(0, ID_B, P.UDP, 9, 16), ALLOW)[0]
+    with pytest.raises(bpfsys.BatchError) as info:
+        m.delete_batch([keys[0], keys[1], missing, keys[2]])
+    assert (info.value.errno, info.value.done) == (errno.ENOENT, 2)
+    assert sorted(m.items()) == sorted(keys[2:])
+
+
+def test_a_sync_in_batches_fails_the_same_endpoint_closed_as_one_by_one(
+    dp: Datapath, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vg_policy's runs of operations go to the kernel in BPF_MAP_UPDATE_BATCH calls; when the
+    map fills in the middle of one, the outcome is the one-by-one outcome: same entries, same
+    endpoint failed closed, same count skipped."""
+    real_bpf, batches = bpfsys.bpf, []
+
+    def counting(cmd: int, attr: Any) -> int:
+        batches.extend([cmd] if cmd in (bpfsys.BPF_MAP_UPDATE_BATCH, bpfsys.BPF_MAP_DELETE_BATCH) else [])
+        return real_bpf(cmd, attr)
+
+    monkeypatch.setattr(bpfsys, "bpf", counting)
+    outcomes = []
+    for batched in (True, False):
+        for name in ("vg_endpoints", "vg_policy", "vg_ipcache4", "vg_ipcache6"):
+            dp.maps[name].clear()
+        dp.maps["vg_policy"].no_batch = not batched
+        batches.clear()
+        dp.sync(_desired(10), PODS)
+        with pytest.raises(MapFullError) as info:
+            dp.sync(_desired(POLICY_MAX + 10), PODS)
+        outcomes.append(
+            (dp.maps["vg_policy"].items(), _flags(dp), info.value.result.skipped, info.value.endpoints)
+        )
+        assert bool(batches) == batched
+    dp.maps["vg_policy"].no_batch = False
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][1][EP] & abi.EP_F_PENDING and outcomes[0][2] > 0
