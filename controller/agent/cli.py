@@ -15,6 +15,7 @@ from controller.agent import flows, preflight
 from controller.agent.dns_service import DnsService
 from controller.agent.flow_server import DEFAULT_FLOW_SOCKET, FlowServer
 from controller.agent.health import METRICS_ONLY, HealthServer
+from controller.agent.heap import Collector
 from controller.agent.informers import Sources
 from controller.agent.kube_api import load_api_client
 from controller.agent.linkwatch import LinkWatch
@@ -237,6 +238,7 @@ def run_cli(args: argparse.Namespace) -> int:
             sources,
             metrics=metrics,
             datapath_factory=functools.partial(default_datapath_factory, state_dir=args.state_dir),
+            collector=Collector(),
         )
         agent.linkwatch = LinkWatch(agent.wake)
         health = HealthServer(args.health_addr, agent.probes()).start()

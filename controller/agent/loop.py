@@ -52,6 +52,7 @@ from controller.agent.cluster_events import Event, Snapshot
 from controller.agent.discovery import NodeDiscovery, interface_exists
 from controller.agent.errors import ErrorBook
 from controller.agent.health import HealthProbes
+from controller.agent.heap import Collector
 from controller.agent.metrics import DatapathStats, Metrics
 from controller.agent.policy_status import PolicyStatus, cluster_policy_status, model_counts
 from controller.agent.protocols import LinkWatchLike, SourcesLike
@@ -142,8 +143,12 @@ class Agent:
         discovery: Discovery | None = None,
         metrics: Metrics | None = None,
         linkwatch: LinkWatchLike | None = None,
+        collector: Collector | None = None,
     ) -> None:
+        """`collector`: when the cyclic garbage collector scans everything (controller.agent.heap;
+        the agent's process passes one, a test's leaves it alone)."""
         self.config = config
+        self.collector = collector
         self.node = config.node
         self.sources = sources
         self.metrics = metrics or Metrics()
@@ -271,6 +276,8 @@ class Agent:
             # The previous model and this pass's scratch (sync diff, kernel dump) are garbage
             # now; glibc would keep their pages in its arenas (~25 MB at 10k pods).
             release_free_heap()
+        if self.collector is not None:
+            self.collector.after_pass(full)
         if not ok:
             with self._lock:
                 self.ready = False

@@ -391,6 +391,7 @@ def _full_compile(cluster: synth.Cluster, size: Size) -> dict[str, Any]:
 def worker(size: Size, events: int) -> dict[str, Any]:
     from controller.agent import preflight
     from controller.agent.cli import tune_gc
+    from controller.agent.heap import Collector
     from controller.agent.loop import Agent, AgentConfig
     from controller.datapath.node import Datapath
 
@@ -427,6 +428,7 @@ def worker(size: Size, events: int) -> dict[str, Any]:
             sources,  # type: ignore[arg-type]  # duck-typed like the informers
             datapath_factory=lambda _n, _p: Unattached(dp),
             discovery=FixedDiscovery({}),
+            collector=Collector(),  # as `vethguard agent` has
         )
         agent.interface_exists = lambda _i: False
         if not agent._open_datapath():

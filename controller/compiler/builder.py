@@ -44,6 +44,13 @@ class _Parsed(NamedTuple):
     errors: tuple[PolicyError, ...]
 
 
+def _parsed(version: tuple[str, str, str], value: Any, errs: list[PolicyError]) -> _Parsed:
+    """The parse of an object of that version; its key is the value's own "ns/name" string when
+    equal (a Pod's key: one string per pod instead of two)."""
+    key = getattr(value, "key", None)
+    return _Parsed(key if key == version[0] else version[0], version[1], version[2], value, tuple(errs))
+
+
 def _version(raw: Any) -> tuple[str, str, str] | None:
     """(namespace/name, uid, resourceVersion) of an object that has a resourceVersion."""
     meta = raw.get("metadata") if type(raw) is dict else None  # JSON objects: skip the ABC check
@@ -257,7 +264,7 @@ class ClusterBuilder:
             if hit is None or hit.uid != version[1] or hit.resource_version != version[2]:
                 parsed_here += 1
                 errs: list[PolicyError] = []
-                hit = _Parsed(version[0], version[1], version[2], parse(raw, errs), tuple(errs))
+                hit = _parsed(version, parse(raw, errs), errs)
             keys.add(hit.key)
             errors_changed |= bool(hit.errors)
             seen[hit.key] = hit
@@ -318,7 +325,7 @@ class ClusterBuilder:
             value = parse(raw, errs)
             errors.extend(errs)
             if version is not None:
-                parsed = _Parsed(version[0], version[1], version[2], value, tuple(errs))
+                parsed = _parsed(version, value, errs)
                 seen[version[0]] = parsed
                 ids[id(raw)] = (raw, parsed)
             else:

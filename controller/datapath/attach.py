@@ -15,11 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from controller.core.errors import VethguardError
 from controller.datapath import ledger, rtnl
+from controller.datapath.netlink import IPRoute, NetlinkError
 
 PARENT_INGRESS = "ffff:fff2"  # tc ingress hook of clsact: packets leaving the pod
 PARENT_EGRESS = "ffff:fff3"  # tc egress hook of clsact: packets entering the pod

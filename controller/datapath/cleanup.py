@@ -13,11 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from controller.core.errors import VethguardError
 from controller.datapath.attach import PARENT_EGRESS, PARENT_IDS, PARENT_INGRESS, Attacher, remaining_filters
+from controller.datapath.netlink import IPRoute, NetlinkError
 from controller.datapath.uplink import uplink_attacher
 
 HOOK_NAMES = {PARENT_INGRESS: "ingress", PARENT_EGRESS: "egress"}

@@ -21,11 +21,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute
-
 from controller.compiler.desired_state import HostEndpointDesired
 from controller.core.errors import VethguardError
 from controller.datapath.attach import PARENT_EGRESS, PARENT_INGRESS, Attacher
+from controller.datapath.netlink import IPRoute
 
 UPLINK_FILTER_NAME = "vethguard-uplink"
 UPLINK_INGRESS_FILTER_NAME = "vethguard-from-uplink"

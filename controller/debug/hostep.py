@@ -54,7 +54,7 @@ class Link:
 
 def read_links(netns: str | None) -> dict[int, Link]:
     """ifindex -> Link of the network namespace `netns` (a lab node's), or of this one."""
-    from pyroute2 import IPRoute
+    from controller.datapath.netlink import IPRoute
 
     def read() -> dict[int, Link]:
         with IPRoute() as ipr:

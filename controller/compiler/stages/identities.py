@@ -48,11 +48,18 @@ class _PodKeyMemo:
         self.last = last if last is not None else PodKeyGeneration({}, {})
         self.keys: dict[str, tuple[Pod, PodIdentityKey]] = {}
         self.encoded: dict[PodIdentityKey, bytes] = {}
+        self._by_labels: dict[tuple[str, int], tuple[Mapping[str, str], PodIdentityKey]] = {}
 
     def key(self, pod: Pod) -> PodIdentityKey:
         hit = self.last.keys.get(pod.key)
         if hit is None or hit[0] is not pod:
-            hit = (pod, pod_identity_key(pod.namespace, pod.labels))
+            # Pods of one namespace with one (shared, parse._Interner) label map share one key
+            # object: 10,000 pods hold ~6,000 keys instead of 10,000 (~1 MB).
+            ref = (pod.namespace, id(pod.labels))
+            shared = self._by_labels.get(ref)
+            if shared is None or shared[0] is not pod.labels:
+                shared = self._by_labels[ref] = (pod.labels, pod_identity_key(pod.namespace, pod.labels))
+            hit = (pod, shared[1])
         self.keys[pod.key] = hit
         return hit[1]
 
