@@ -163,7 +163,9 @@ function flowRow(r, fresh) {
     el("td", {}, (r.time || "").slice(11, 23)),
     el("td", {}, r.node),
     el("td", {}, r.from),
-    el("td", {}, r.to),
+    // an address the pod learned from DNS (domainNames): the name it asked for
+    el("td", { title: r.domain ? `${r.domain.domain}, ${r.domain.expired ? "expired" : "until " + r.domain.expires}` : "" },
+      r.domain ? `${r.to} (${r.domain.name ?? r.domain.domain})` : r.to),
     el("td", {}, r.port ?? ""),
     el("td", {}, r.protocol),
     el("td", { class: r.verdict === "denied" ? "bad" : "ok" }, r.verdict),
