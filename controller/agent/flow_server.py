@@ -30,8 +30,10 @@ Protocol (JSON lines both ways, UTF-8): the reader sends one request
 and receives {"_": "hello", "node", "capacity", "stored", "events"}, then the kept records that
 match (oldest first, aggregated: `count`, `last_time`), then {"_": "history_end", "time"}; with
 follow, every matching event from then on (count 1), a {"_": "tick", "time"} when idle for
-TICK_SECONDS (the reader merges nodes by time with it) and {"_": "lost", "count"} when its own
-queue overflowed. Messages with "_" are control messages; the others are flow records.
+TICK_SECONDS (the reader merges nodes by time with it: its time is the store's read mark, before
+which every event is in the store, not the clock, since an event stamped before a tick may still
+be in the ring then) and {"_": "lost", "count"} when its own queue overflowed. Messages with "_"
+are control messages; the others are flow records.
 """
 
 from __future__ import annotations
@@ -103,7 +105,20 @@ def refusal(
 
 
 def now_text() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return wall_text(time.time_ns())
+
+
+def wall_text(wall_ns: int) -> str:
+    return (
+        datetime.fromtimestamp(wall_ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+
+
+def mark_text(store: FlowStore) -> str:
+    """The time a tick promises: no event stamped earlier is still to come from this agent (the
+    store's read mark: events still in the ring are stamped later), else now."""
+    mark = store.read_mark_ns
+    return now_text() if mark is None else wall_text(mark)
 
 
 class FlowServer:
@@ -196,18 +211,18 @@ class FlowServer:
         if not follow:
             past = store.history(flt) if history else []
             _send_many(conn, past)
-            _send(conn, {"_": "history_end", "time": now_text()})
+            _send(conn, {"_": "history_end", "time": mark_text(store)})
             return
         past, follower = store.follow(flt, history)
         try:
             _send_many(conn, past)
-            _send(conn, {"_": "history_end", "time": now_text()})
+            _send(conn, {"_": "history_end", "time": mark_text(store)})
             reported = 0
             while not self._stop.is_set():
                 try:
                     first = follower.queue.get(timeout=TICK_SECONDS)
                 except queue.Empty:
-                    _send(conn, {"_": "tick", "time": now_text()})
+                    _send(conn, {"_": "tick", "time": mark_text(store)})
                     continue
                 batch = [first]
                 with contextlib.suppress(queue.Empty):

@@ -48,6 +48,11 @@ from controller.datapath.dns_table import LearnedTable
 
 log = get_logger("vethguard.flows")
 
+READ_BATCH = 4096  # ring records per read
+# An event is stamped by the program just before it is submitted to the ring (microseconds):
+# a read that started this much later has it.
+READ_MARGIN_NS = 5_000_000
+
 DEFAULT_CAPACITY = 10_000
 DEFAULT_WINDOW_SECONDS = 5.0
 DEFAULT_FOLLOWER_QUEUE = 10_000
@@ -180,6 +185,12 @@ class FlowStore:
     _latest: dict[tuple[Any, ...], _Entry] = field(default_factory=dict)
     _followers: list[Follower] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Wall-clock ns up to which every event is in the store: just before the last ring read that
+    # emptied the ring (less READ_MARGIN_NS). None: no reader marks it (then readers use now).
+    read_mark_ns: int | None = None
+
+    def mark_read(self, wall_ns: int) -> None:
+        self.read_mark_ns = max(self.read_mark_ns or 0, wall_ns)
 
     def __post_init__(self) -> None:
         if self.capacity < 1:
@@ -428,7 +439,11 @@ class FlowReader:
                 if time.monotonic() >= next_lost:
                     next_lost = time.monotonic() + KERNEL_LOST_SECONDS
                     self._read_kernel_lost()
-                self.handle(ring.read(4096), offset)
+                started = time.time_ns()
+                batch = ring.read(READ_BATCH)
+                self.handle(batch, offset)
+                if len(batch) < READ_BATCH:  # the ring was empty: every event stamped before is read
+                    self.store.mark_read(started - READ_MARGIN_NS)
             except Exception as exc:  # never let the thread die: the ring would fill up
                 log.warning("flow pipeline failed on a batch", error=str(exc))
             if ring.pending() == 0:

@@ -29,8 +29,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from controller.agent.flow_server import now_text
-from controller.agent.flows import FlowFilter
+from controller.agent.flow_server import wall_text
+from controller.agent.flows import READ_MARGIN_NS, FlowFilter
 from controller.compiler.clusterview import ClusterView
 from controller.core.errors import VethguardError
 from controller.core.verdicts import DIR_EGRESS
@@ -170,12 +170,13 @@ class RingFeed(Feed):
         offset = time.time_ns() - time.monotonic_ns()
         try:
             while not self._closed.is_set():
+                mark = wall_text(time.time_ns() - READ_MARGIN_NS)  # before the read: see FlowStore
                 for data in self.ring.read():
                     ev = codecs.decode_event(data, name)
                     rec = observe.record(self.view(ev), ev, offset)
                     if self.filter.matches(rec):
                         self.out.put((name, rec))
-                self.out.put((name, {"_": "tick", "time": now_text()}))
+                self.out.put((name, {"_": "tick", "time": mark}))
                 if not self.follow:
                     break
                 wait_any([self.ring], 0.2)

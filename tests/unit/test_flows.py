@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from controller.agent import cli as agent_cli
-from controller.agent.flow_server import FlowServer, netns_id, process_netns, refusal
+from controller.agent.flow_server import FlowServer, mark_text, netns_id, process_netns, refusal, wall_text
 from controller.agent.flows import (
     FlowFile,
     FlowFilter,
@@ -354,3 +354,15 @@ def test_observe_merges_the_nodes_in_time_order() -> None:
     merger.add("node-1", {"_": "closed"})
     merger.add("node-2", {"_": "closed"})
     assert not merger.open and merger.errors == ["node-1: no"]
+
+
+def test_a_tick_promises_the_store_s_read_mark_not_the_clock() -> None:
+    """An event stamped before a tick can still be in the ring when the tick is sent: the agent's
+    ticks carry the time up to which its reader has emptied the ring, so a merge never prints a
+    later node's record before an earlier one still on its way (a CI failure of 2026-12-06)."""
+    store = FlowStore(Metrics())
+    assert abs(unix_time({"time": mark_text(store)}) - time.time()) < 2  # nobody marks: now
+    mark = 1_800_000_000_123_000_000
+    store.mark_read(mark)
+    store.mark_read(mark - 10**9)  # a mark never goes back
+    assert mark_text(store) == wall_text(mark) == "2027-01-15T08:00:00.123Z"
