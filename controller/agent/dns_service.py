@@ -84,10 +84,8 @@ class DnsService:
         name_ids: dict[str, int] = {}
         for e in entries:
             try:
-                if names is not None and e.name not in name_ids:
-                    name_ids[e.name] = names.id_of(
-                        e.name
-                    )  # the name first: an entry never names a missing key
+                if names is not None and e.name not in name_ids:  # first: no entry names a missing key
+                    name_ids[e.name] = names.id_of(e.name)
                 entry = dns_codecs.encode_learned(
                     e.ep_id, e.address, e.identity, now + e.ttl * NS, name_ids.get(e.name, 0)
                 )

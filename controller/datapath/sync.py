@@ -286,7 +286,7 @@ def _delete_run(run: list[Op], m: Any) -> None:
                 for k in rest:
                     m.delete(k)
                 return
-            if e.errno != errno.ENOENT:
+            if e.errno != errno.ENOENT or e.done >= len(rest):
                 raise
             rest = rest[e.done + 1 :]
 
@@ -312,6 +312,8 @@ def _upsert_run(run: list[Op], m: Any, full: _FullTracker) -> None:
                 for op in todo:
                     _apply_upsert(op, m, full)
                 return
+            if e.done >= len(todo):  # failed after the last element: not an element's failure
+                raise
             _apply_upsert(todo[e.done], m, full)  # alone: raises unless the map was full
             rest = todo[e.done + 1 :]
 

@@ -24,6 +24,7 @@ from controller.debug.render import port_range, proto_name
 # (node, endpoint address, direction, peer address, proto, port) -> the live maps' answer
 LiveLookup = Callable[[str, str, int, str, int, int], LiveHalf | None]
 # (node, endpoint address, peer address) -> what the endpoint learned about the peer from DNS
+# (LookupError: that node's maps are not visible from here)
 LearnedLookup = Callable[[str, str, str], LearnedEntry | None]
 
 
@@ -313,9 +314,12 @@ def explain(
     src_desired = view.desired(src.node) if src.pod and src.node else None
     dst_desired = view.desired(dst.node) if dst.pod and dst.node else None
     src_ep = src_desired.endpoints.get(src.pod) if src_desired is not None and src.pod else None
-    entry = None
+    entry, unseen = None, None
     if learned is not None and src_ep is not None and src_ep.dns and src.node:
-        entry = learned(src.node, src.address, dst.address)
+        try:
+            entry = learned(src.node, src.address, dst.address)
+        except LookupError as exc:
+            unseen = f"{exc}: what {src.pod} learned from DNS is not known, taken as nothing"
     now = time.monotonic_ns() if now_ns is None else now_ns
     fresh = entry is not None and entry.expires_ns > now
     v = verdict_model.verdict(
@@ -331,7 +335,7 @@ def explain(
     eg = _half(view, v.egress, src.node, proto, port)
     if src_ep is not None and src_ep.dns and learned is not None:
         eg.domain, note = _domain(view, entry, now, src.pod or "", dst.address)
-        eg.text += f"; {note}"
+        eg.text += f"; {unseen or note}"
     ing = _half(view, v.ingress, dst.node, proto, port)
     result = Explanation(
         src, dst, proto_name(proto), port, fam, eg, ing, same_pod=bool(src.pod and src.pod == dst.pod)

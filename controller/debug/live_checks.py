@@ -86,14 +86,16 @@ def live_lookup(
 def learned_lookup(
     nodes: dict[str, NodeRef], open_maps: Callable[[NodeRef], NodeMaps] = open_pinned
 ) -> tuple[Callable[[str, str, str], LearnedEntry | None], Callable[[], None]]:
-    """explain's read of what a pod learned from DNS (vg_dns_learned of its node: None when that
-    node's maps are not visible from here or it learned nothing), and a closer."""
+    """explain's read of what a pod learned from DNS (vg_dns_learned of its node: None when it
+    learned nothing; LookupError when that node's maps are not visible from here), and a closer."""
     opened = OpenedNodes(nodes, open_maps)
 
     def learned(node: str, ep_ip: str, peer: str) -> LearnedEntry | None:
         got = opened.get(node)
-        ep = got[1].endpoint_by_ip(ep_ip) if got is not None else None
-        return None if got is None or ep is None else got[1].learned().lookup(ep.ep_id, peer)
+        if got is None:
+            raise LookupError(f"the maps of {node} are not visible from here")
+        ep = got[1].endpoint_by_ip(ep_ip)
+        return None if ep is None else got[1].learned().lookup(ep.ep_id, peer)
 
     return learned, opened.close
 

@@ -183,3 +183,15 @@ def test_a_flow_to_a_learned_address_carries_the_domain_into_observe() -> None:
     }
     assert "[dns api.example domain:api.example until 00:00:25]" in observe.line(rec)
     assert flow_record.record(v, ev, 0)["domain"] is None
+
+
+def test_explain_says_so_when_the_source_node_s_learned_table_is_not_visible() -> None:
+    def elsewhere(node: str, ip: str, peer: str) -> LearnedEntry | None:
+        raise LookupError(f"the maps of {node} are not visible from here")
+
+    e = explain(view(), POD, API, 443, learned=elsewhere, now_ns=NOW)
+    assert not e.allowed and e.egress.domain is None
+    assert (
+        "the maps of node-1 are not visible from here: what x/a learned from DNS is not known"
+        in e.egress.text
+    )
