@@ -12,6 +12,8 @@
                      same maps, alternating (`python -m controller.bench.ab_cost --before REV`)
   evlost_cost.py     per-packet cost of the event paths, to_pod of the commit before vg_evlost
                      against this checkout's (`python -m controller.bench.evlost_cost`, no lab)
+  dns_answer_cost.py DNS round trip of a pod whose answers are held for domainNames rules beside
+                     one whose are not, in a one-node lab (`python -m controller.bench.dns_answer_cost`)
   report.py          Markdown tables and PNG plots; cli.py the commands (`vethguard bench plot`
                      redraws the plots from a results directory's JSON)
 Method: ../../shared/DESIGN.md "Measuring performance" (same run, alternating, medians, ratios).
