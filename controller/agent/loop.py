@@ -582,6 +582,20 @@ class Agent:
                 last_pass = time.monotonic()
                 if not ok:
                     self._retry_at = last_pass + self._backoff()
+                else:
+                    self.use_idle_time()
+
+    def use_idle_time(self) -> None:
+        """After a pass, while no event waits: the datapath's idle work (spare copies of tier
+        profiles, one per call, so that an event waits for at most one)."""
+        dp = self.dp
+        while dp is not None and self.sources.events.empty() and not self.stop_event.is_set():
+            try:
+                if not dp.prepare_spares():
+                    return
+            except Exception as e:  # idle work: the next pass repairs whatever it left
+                log.warning("preparing spare tier profiles failed", node=self.node, error=str(e))
+                return
 
     def _drain_events(self) -> bool:
         """Empty the queue, noting arrivals. Returns whether it held a real event (not a stop wake-up)."""

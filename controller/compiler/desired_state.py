@@ -158,8 +158,9 @@ FAILSAFE_OUTBOUND: tuple[tuple[str, int], ...] = (("UDP", 53), ("UDP", 67), *_FA
 @dataclass(frozen=True, eq=False)
 class ProfileChange:
     """How a tier profile's entries were derived from `base` (an earlier compilation's entries of
-    the same profile, never mutated): `removed` keys taken out, then `upserted` keys set. The
-    encoder re-encodes only those when it encoded `base` (the result is the same)."""
+    the same profile, or of the profile its endpoints had when its key is new; never mutated):
+    `removed` keys taken out, then `upserted` keys set. The encoder re-encodes only those where
+    it wrote `base` (the result is the same; controller/datapath/profile_homes.py)."""
 
     base: Mapping[PolicyEntryKey, PolicyEntryValue]
     removed: tuple[PolicyEntryKey, ...]

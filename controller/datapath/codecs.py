@@ -7,6 +7,7 @@ import ctypes
 import dataclasses
 import ipaddress
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from controller.compiler.desired_state import HostEndpointDesired, PolicyEntryKey, PolicyEntryValue
@@ -89,15 +90,25 @@ def encode_local(address: str, ifindex: int) -> tuple[bytes, bytes]:
     return bytes(k), bytes(LocalValue(ifindex=ifindex))
 
 
-def encode_hostep(ifindex: int, hep: HostEndpointDesired) -> tuple[bytes, bytes]:
-    """vg_hosteps key/value of a host endpoint on one interface."""
+def encode_hostep(
+    ifindex: int, hep: HostEndpointDesired, homes: Mapping[int, int] | None = None
+) -> tuple[bytes, bytes]:
+    """vg_hosteps key/value of a host endpoint on one interface; `homes`: where each tier
+    profile is written (profile id -> home id, ProfileHomes), when not under its own id."""
+
+    def home(pid: int) -> int:
+        return homes.get(pid, pid) if homes is not None and pid else pid
+
     flags = (
         (abi.HEP_F_INGRESS_FWD if hep.ingress_fwd else 0)
         | (abi.HEP_F_EGRESS_FWD if hep.egress_fwd else 0)
         | (abi.HEP_F_PREDNAT if hep.pre_dnat else 0)
     )
     v = abi.HostepInfo(
-        flags=flags, profile_host=hep.profile_host, profile_fwd=hep.profile_fwd, profile_pre=hep.profile_pre
+        flags=flags,
+        profile_host=home(hep.profile_host),
+        profile_fwd=home(hep.profile_fwd),
+        profile_pre=home(hep.profile_pre),
     )
     return u32_key(ifindex), bytes(v)
 

@@ -18,12 +18,12 @@ from controller.compiler.desired_state import (
     NodeDesired,
     PolicyEntryKey,
     PolicyEntryValue,
-    ProfileChange,
 )
 from controller.core.net import L4_PROTOCOLS, IPNetwork
 from controller.core.seqdiff import equal_run
-from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
+from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS, TIER_PROFILE_BIT
 from controller.datapath import abi, codecs
+from controller.datapath.profile_homes import ProfileHomes
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,7 @@ class _EndpointEncoding:
     entries: Mapping[PolicyEntryKey, PolicyEntryValue] | None
     policy: Mapping[bytes, bytes] | None  # None: no policy entries (a PENDING endpoint)
     local: tuple[tuple[bytes, bytes], ...] = ()  # its addresses' vg_local entries
+    home: int = 0  # its tier profile's home id (the value's tier_profile)
 
 
 class Encoder:
@@ -156,8 +157,8 @@ class Encoder:
         self._ipcache: IpcacheEncoding | None = None
         self._frontends: tuple[Any, dict[bytes, bytes]] | None = None
         self._host: tuple[tuple[str, ...], dict[bytes, bytes]] | None = None
-        # tier profile id -> (its entries mapping, their encoding)
-        self._profiles: dict[int, tuple[Mapping[PolicyEntryKey, PolicyEntryValue], dict[bytes, bytes]]] = {}
+        # where each tier profile is written (its home id, spares: controller/datapath/profile_homes.py)
+        self.homes = ProfileHomes()
 
     def encode(
         self,
@@ -167,6 +168,11 @@ class Encoder:
     ) -> Encoding:
         """`hep_ifindexes`: the interfaces each host endpoint of `desired` is on (by name)."""
         endpoints: dict[bytes, bytes] = {}
+        # Tier profiles first: endpoints and host endpoints name their homes.
+        placed = self.homes.place(
+            getattr(desired, "tier_profiles", {}), getattr(desired, "tier_profile_changes", {})
+        )
+        homes = placed.homes
         policy: dict[int, Mapping[bytes, bytes]] = {}
         host = tuple(getattr(desired, "host_addresses", ()))
         if self._host is None or self._host[0] != host:
@@ -178,8 +184,9 @@ class Encoder:
         for pod, ifindex in pod_ifindex.items():
             ep = desired_eps.get(pod)
             hit = previous.get(pod)
-            if hit is None or hit.ep is not ep or hit.ifindex != ifindex:
-                hit = _encode_endpoint(ep, ifindex, hit)
+            home = homes.get(ep.tier_profile, 0) if ep is not None and ep.tier_profile else 0
+            if hit is None or hit.ep is not ep or hit.ifindex != ifindex or hit.home != home:
+                hit = _encode_endpoint(ep, ifindex, hit, home)
             kept[pod] = hit
             endpoints[hit.key] = hit.value
             local.update(hit.local)
@@ -188,20 +195,8 @@ class Encoder:
                 # Two pods claiming one ifindex: later pods' entries win, as in one flat map.
                 policy[ifindex] = hit.policy if had is None else {**had, **hit.policy}
         self._endpoints = kept
-        # Tier profiles: keyed in vg_policy by their id (TIER_PROFILE_BIT set) like an endpoint.
-        profiles: dict[int, tuple[Mapping[PolicyEntryKey, PolicyEntryValue], dict[bytes, bytes]]] = {}
-        changes = getattr(desired, "tier_profile_changes", {})
-        touched: dict[int, tuple[Mapping[bytes, bytes], frozenset[bytes]]] = {}
-        for pid, entries in getattr(desired, "tier_profiles", {}).items():
-            got = self._profiles.get(pid)
-            if got is None or got[0] is not entries:
-                encoded, keys = _encode_profile(pid, entries, got, changes.get(pid))
-                if got is not None and keys is not None:
-                    touched[pid] = (got[1], keys)
-                got = (entries, encoded)
-            profiles[pid] = got
-            policy[pid] = got[1]
-        self._profiles = profiles
+        # Tier profiles: keyed in vg_policy by their home id (TIER_PROFILE_BIT set) like an endpoint.
+        policy.update(placed.policy)
         self._ipcache = ipcache = self._encode_ipcache(desired.ipcache)
         frontends = getattr(desired, "frontends", ())
         if self._frontends is None or self._frontends[0] != frontends:
@@ -213,7 +208,7 @@ class Encoder:
         hosteps: dict[bytes, bytes] = {}
         for name, hep in sorted(getattr(desired, "host_endpoints", {}).items()):
             for ifindex in (hep_ifindexes or {}).get(name, ()):
-                kb, vb = codecs.encode_hostep(ifindex, hep)
+                kb, vb = codecs.encode_hostep(ifindex, hep, homes)
                 hosteps[kb] = vb
         failsafe: dict[bytes, bytes] = {}  # only where a host endpoint needs them
         for direction, ports in (
@@ -223,7 +218,18 @@ class Encoder:
             for proto, port in ports if hosteps else ():
                 kb, vb = codecs.encode_failsafe(L4_PROTOCOLS[proto], port, direction)
                 failsafe[kb] = vb
-        return Encoding(endpoints, policy, ipcache, self._frontends[1], local, hosteps, failsafe, touched)
+        return Encoding(
+            endpoints, policy, ipcache, self._frontends[1], local, hosteps, failsafe, placed.touched
+        )
+
+    def with_twins(self, last: Encoding, limit: int = 1) -> Encoding | None:
+        """`last` (this encoder's latest encoding) plus spare copies of up to `limit` tier
+        profiles (ProfileHomes.twins); None when none is made."""
+        if not self.homes.twins(limit):
+            return None
+        policy = {k: v for k, v in last.policy.items() if not k & TIER_PROFILE_BIT}
+        policy.update(self.homes.policy())
+        return dataclasses.replace(last, policy=policy, policy_touched={})
 
     def _encode_ipcache(self, ipcache: Mapping[IPNetwork, tuple[int, int, int]]) -> IpcacheEncoding:
         last = self._ipcache
@@ -372,8 +378,9 @@ def _encode_ipcache_fully(
 
 
 def _encode_endpoint(
-    ep: EndpointDesired | None, ifindex: int, previous: _EndpointEncoding | None
+    ep: EndpointDesired | None, ifindex: int, previous: _EndpointEncoding | None, home: int = 0
 ) -> _EndpointEncoding:
+    """`home`: where its tier profile is written (ProfileHomes), 0 for none."""
     if ep is None:
         k, v = codecs.encode_endpoint(ifindex, 0, PENDING_FLAGS, None, None)
         return _EndpointEncoding(None, ifindex, k, v, None, None)
@@ -394,7 +401,7 @@ def _encode_endpoint(
         ),
         ep.ipv4,
         ep.ipv6,
-        tier_profile=ep.tier_profile,
+        tier_profile=home,
     )
     local = tuple(codecs.encode_local(a, ifindex) for a in (ep.ipv4, ep.ipv6) if a)
     entries = ep.entries
@@ -406,40 +413,7 @@ def _encode_endpoint(
             kb, vb = codecs.encode_policy(ifindex, pk, pv)
             encoded[kb] = vb
         policy = encoded
-    return _EndpointEncoding(ep, ifindex, k, v, entries, policy, local)
-
-
-def _encode_profile(
-    pid: int,
-    entries: Mapping[PolicyEntryKey, PolicyEntryValue],
-    previous: tuple[Mapping[PolicyEntryKey, PolicyEntryValue], dict[bytes, bytes]] | None,
-    change: ProfileChange | None,
-) -> tuple[dict[bytes, bytes], frozenset[bytes] | None]:
-    """A tier profile's vg_policy entries, and the keys that may differ from the previous
-    encoding's when it was derived from it (None: encoded in full). Derived when the previous
-    encoding is of the base of the compiler's `change`: only the changed keys are encoded.
-    Entries with one value object share its encoding."""
-    values: dict[int, bytes] = {}
-
-    def value_bytes(v: PolicyEntryValue) -> bytes:
-        vb = values.get(id(v))
-        if vb is None:
-            vb = values[id(v)] = codecs.encode_policy_value(v)
-        return vb
-
-    if previous is not None and change is not None and previous[0] is change.base:
-        encoded = dict(previous[1])
-        touched: set[bytes] = set()
-        for k in change.removed:
-            kb = codecs.encode_policy_key(pid, k)
-            encoded.pop(kb, None)
-            touched.add(kb)
-        for k in change.upserted:
-            kb = codecs.encode_policy_key(pid, k)
-            encoded[kb] = value_bytes(entries[k])
-            touched.add(kb)
-        return encoded, frozenset(touched)
-    return {codecs.encode_policy_key(pid, k): value_bytes(v) for k, v in entries.items()}, None
+    return _EndpointEncoding(ep, ifindex, k, v, entries, policy, local, home)
 
 
 def desired_maps(

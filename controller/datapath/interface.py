@@ -39,6 +39,11 @@ class NodeDatapath(Protocol):
         """sync(), diffing against what the last sync wrote instead of the kernel maps."""
         ...
 
+    def prepare_spares(self) -> int:
+        """Idle work after a sync: give one tier profile a spare copy of itself, so that its next
+        re-key writes what changed (profile_homes.py). Returns how many it made (0: none due)."""
+        ...
+
     def capacity(self) -> Mapping[str, int]:
         """max_entries of every map whose fill level matters ({}: not known, nothing is fitted)."""
         ...

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from controller.compiler.desired_state import NodeDesired
+from controller.core.verdicts import TIER_PROFILE_BIT
 from controller.datapath import bpfsys, build, codecs, encoding, ledger, loader, readback, sync, uplink
 from controller.datapath.attach import PARENT_EGRESS, PARENT_INGRESS, Attacher
 from controller.datapath.bpfsys import ProgId
@@ -210,9 +211,15 @@ class Datapath:
 
     def _sync(self, desired: NodeDesired, pod_ifindex: Mapping[str, int], incremental: bool) -> SyncResult:
         previous = self._written if incremental else None
+        homes = self._encoder.homes
+        homes.room = self._spare_room(self._written.encoding) if self._written is not None else 0
         self._written = None  # unknown until this sync completes
         encoding = self._encoder.encode(desired, pod_ifindex, self.host_endpoint_interfaces(desired))
-        result, self._written = sync.apply_encoding(encoding, self._loaded.maps, previous)
+        try:
+            result, self._written = sync.apply_encoding(encoding, self._loaded.maps, previous)
+        finally:
+            if self._written is None:  # endpoints may still use a home this sync retired
+                homes.forget_spares()
         if result.full:
             by_ifindex: dict[int, list[str]] = {}
             for pod, ifindex in pod_ifindex.items():
@@ -223,6 +230,42 @@ class Datapath:
         if self._held is not None:
             self._attach_held()  # the replaced maps hold the desired state now
         return result
+
+    def forget_written(self) -> None:
+        """The maps were changed behind this object's back (tests clear them): the next sync
+        reads them, and encodes everything afresh (no spare tier profile homes)."""
+        self._written = None
+        self._encoder = encoding.Encoder()
+
+    def prepare_spares(self) -> int:
+        """Idle work: one tier profile gets a spare copy of itself written (ProfileHomes.twins),
+        so that the next change of its endpoints' policies writes only what changed. Returns
+        how many were made (0: every profile has one, or no room, or the last sync failed)."""
+        written = self._written
+        if written is None:
+            return 0
+        homes = self._encoder.homes
+        homes.room = self._spare_room(written.encoding)
+        twinned = self._encoder.with_twins(written.encoding)
+        if twinned is None:
+            return 0
+        self._written = None
+        try:
+            _, self._written = sync.apply_encoding(twinned, self._loaded.maps, written)
+        finally:
+            if self._written is None:
+                homes.forget_spares()
+        return 1
+
+    def _spare_room(self, enc: encoding.Encoding) -> int:
+        """vg_policy entries spare profile homes may hold: its capacity less what the rest
+        holds and one largest profile (the room a re-key needs to write one beside)."""
+        spares = self._encoder.homes.spares
+        rest = [len(v) for k, v in enc.policy.items() if k not in spares]
+        largest = max(
+            (len(v) for k, v in enc.policy.items() if k & TIER_PROFILE_BIT and k not in spares), default=0
+        )
+        return max(0, int(self._loaded.maps["vg_policy"].max_entries) - sum(rest) - largest)
 
     def host_endpoint_interfaces(self, desired: NodeDesired) -> dict[str, list[int]]:
         """The interfaces of this network namespace each host endpoint of `desired` is on: its

@@ -230,7 +230,9 @@ def policy_rows(
         state.policy.items(), key=lambda kv: (_ep_name(pods, kv[0][0]), kv[0][1])
     ):
         profile = ep_id & verdicts.TIER_PROFILE_BIT
-        name = f"tier-profile {ep_id:#x}" if profile else _ep_name(pods, ep_id)
+        name = _ep_name(pods, ep_id)
+        if profile:  # a home no endpoint uses is a spare copy (controller/datapath/profile_homes.py)
+            name = f"tier-profile {ep_id:#x}" + ("" if ep_id in users else " (spare)")
         if pod is not None:
             if (pod not in users.get(ep_id, ())) if profile else name != pod:
                 continue

@@ -52,6 +52,7 @@ def h(dp: Datapath) -> Harness:
             m.update(codecs.u32_key(0), bytes(abi.Config()))
         else:
             m.clear()
+    dp.forget_written()
     harness = Harness(dp)
     # The node itself and the peers every test uses.
     harness.ipcache(f"{NODE_IP}/32", 1)

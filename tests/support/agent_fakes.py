@@ -82,6 +82,9 @@ class NullDatapath:
     def sync_incremental(self, desired: NodeDesired, pod_ifindex: Mapping[str, int]) -> object:
         return self.sync(desired, pod_ifindex)
 
+    def prepare_spares(self) -> int:
+        return 0
+
     def find_uplinks(self, names: Sequence[str]) -> dict[int, str]:
         return {}
 

@@ -24,7 +24,7 @@ from controller.compiler.stages.tier_profiles import ProfileState, RulePart, Tie
 from controller.compiler.stages.tiers import _part_contributions, fold
 from controller.core.verdicts import TIER_ACCEPT, TIER_DENY, TIER_PASS, TIER_PROFILE_BIT
 from controller.datapath import codecs
-from controller.datapath.encoding import _encode_profile
+from controller.datapath.profile_homes import ProfileHomes
 from controller.datapath.sync import _diff_policy
 from tests.support.cluster_world import NODES, World, summary
 
@@ -155,20 +155,46 @@ def test_a_profile_patched_from_the_previous_compilations_equals_one_folded_from
 
 @settings(max_examples=200, deadline=None)
 @given(pair=part_list_pairs())
+def test_a_profile_under_a_new_key_is_patched_from_the_one_its_endpoints_had(
+    pair: tuple[list[RulePart], list[RulePart]],
+) -> None:
+    before, after = pair
+    first = TierMemo()
+    old = first.profile("old-key", tuple(before), _intern)
+    first.keys[PID] = "old-key"
+    second = TierMemo(first)
+    got = second.profile("new-key", tuple(after), _intern, predecessor=PID)
+    assert dict(got.entries) == _reference(after)
+    change = second.changes.get("new-key")
+    if tuple(after) == tuple(before):
+        assert got is old
+    else:  # derived from the predecessor's entries, by a patch or by comparing a full fold
+        assert change is not None and change.base is old.entries
+        assert _apply(old.entries, change.removed, change.upserted, got.entries) == dict(got.entries)
+    # without the predecessor it is folded whole: nothing to derive it from
+    alone = TierMemo(first)
+    alone.profile("new-key", tuple(after), _intern)
+    assert "new-key" not in alone.changes
+
+
+@settings(max_examples=200, deadline=None)
+@given(pair=part_list_pairs())
 def test_the_encoding_of_a_patched_profile_and_its_sync_diff_equal_the_full_ones(
     pair: tuple[list[RulePart], list[RulePart]],
 ) -> None:
     _, old, got, change = _two_compilations(*pair)
-    previous = (old.entries, _encode_profile(PID, old.entries, None, None)[0])
+    homes = ProfileHomes()
+    previous = homes.place({PID: old.entries}, {}).policy[PID]
+    placed = homes.place({PID: got.entries}, {PID: change} if change is not None else {})
+    assert placed.homes == {PID: PID}  # a profile keeps its home while its id stays
     full = dict(codecs.encode_policy(PID, k, v) for k, v in got.entries.items())
-    patched, touched = _encode_profile(PID, got.entries, previous, change)
-    assert patched == full
-    assert _encode_profile(PID, got.entries, None, change) == (full, None)
+    assert placed.policy[PID] == full
     # and the sync's diff over the touched keys is the diff over everything
-    if touched is not None:
-        hint = {PID: (previous[1], touched)}
-        assert _diff_policy({PID: patched}, {PID: previous[1]}, hint) == _diff_policy(
-            {PID: patched}, {PID: previous[1]}
+    hint = placed.touched.get(PID)
+    if hint is not None:
+        assert hint[0] is previous
+        assert _diff_policy({PID: full}, {PID: previous}, placed.touched) == _diff_policy(
+            {PID: full}, {PID: previous}
         )
 
 

@@ -259,7 +259,10 @@ class NodeEndpoints:
             ing, egr, entries, pols = self.entries.endpoint_entries(pod)
             ing_audit, egr_audit = self._audit_only(pols)
             identity = self.entries.pod_identity[pod.key]
-            tiers = self.tiers.endpoint(identity, pod, self.entries.entry_key, entries)
+            old = old_endpoints.get(pod.key)
+            tiers = self.tiers.endpoint(
+                identity, pod, self.entries.entry_key, entries, old.tier_profile if old is not None else 0
+            )
             ep = EndpointDesired(
                 pod=pod.key,
                 identity=identity,
@@ -281,7 +284,6 @@ class NodeEndpoints:
                 calico_log=tiers.calico_log,
                 dns=tiers.dns,
             )
-            old = old_endpoints.get(pod.key)
             endpoints[pod.key] = old if old is not None and old == ep else ep
         self._endpoints[node] = endpoints
         return endpoints

@@ -85,6 +85,7 @@ class TierMemo:
         self.parts: dict[RulePart, RulePart] = {}
         self.rows: dict[Signature, tuple[Row, ...]] = {}
         self.profiles: dict[Any, ProfileState] = {}
+        self.keys: dict[int, Any] = {}  # profile id -> its key, for the profiles of self.profiles
         # how this compilation patched a profile from the previous one's (not carried over: the
         # base entries are dropped with the compilations that hand them out)
         self.changes: dict[Any, ProfileChange] = {}
@@ -92,6 +93,7 @@ class TierMemo:
         self._old_parts = previous.parts if previous is not None else {}
         self._old_rows = previous.rows if previous is not None else {}
         self._old_profiles = previous.profiles if previous is not None else {}
+        self._old_keys = previous.keys if previous is not None else {}
         # kind -> (the cluster mapping it was computed from, the value): see carried()
         self._carried: dict[str, tuple[object, Any]] = {}
         # (id, id) of two identity sets -> (them, their symmetric difference): many rules share
@@ -138,12 +140,18 @@ class TierMemo:
             self.rows[sig] = got
         return got
 
-    def profile(self, pkey: Any, parts: tuple[RulePart, ...], intern: Intern) -> ProfileState:
-        """The profile of key `pkey` made of `parts` (the previous one's when its parts are these)."""
+    def profile(
+        self, pkey: Any, parts: tuple[RulePart, ...], intern: Intern, predecessor: int = 0
+    ) -> ProfileState:
+        """The profile of key `pkey` made of `parts` (the previous one's when its parts are these).
+        A key the previous compilation did not have is patched from the profile of id
+        `predecessor` (the one its endpoints had) when that is known and close to it."""
         got = self.profiles.get(pkey)
         if got is not None and got.parts == parts:
             return got
         old = self._old_profiles.get(pkey) if got is None else got
+        if old is None and predecessor:
+            old = self.state_of(predecessor)
         if old is not None and old.parts == parts:
             got = old
         else:
@@ -152,6 +160,14 @@ class TierMemo:
                 self.changes[pkey] = change
         self.profiles[pkey] = got
         return got
+
+    def state_of(self, pid: int) -> ProfileState | None:
+        """The state of profile id `pid` in this compilation or the previous one."""
+        pkey = self.keys.get(pid)
+        if pkey is not None:
+            return self.profiles.get(pkey)
+        pkey = self._old_keys.get(pid)
+        return self._old_profiles.get(pkey) if pkey is not None else None
 
     def _build(
         self, parts: tuple[RulePart, ...], intern: Intern, old: ProfileState | None
@@ -167,7 +183,8 @@ class TierMemo:
                     for ident in members_of:
                         for proto, port, plen, value in rows:
                             entries[intern(direction, ident, proto, port, plen)] = value
-            return ProfileState(parts, _groups(classes), MappingProxyType(entries)), None
+            state = ProfileState(parts, _groups(classes), MappingProxyType(entries))
+            return state, (_compared(old.entries, entries) if old is not None else None)
         new_groups = {d: dict(sigs) for d, sigs in old.sigs.items()}
         # (a MappingProxyType's copy() is its dict's: no key hashed again, unlike dict(proxy))
         entries = old.entries.copy() if isinstance(old.entries, MappingProxyType) else dict(old.entries)
@@ -182,8 +199,12 @@ class TierMemo:
                 after = _signature(mine, ident)
                 if after == before:
                     continue
-                if before is not None:
-                    for proto, port, plen, _ in self.signature_rows(before):
+                rows = self.signature_rows(after) if after is not None else ()
+                had: dict[PortSpec, PolicyEntryValue] = {}
+                if before is not None:  # only the rows `after` has not are removed
+                    had = {(proto, port, plen): v for proto, port, plen, v in self.signature_rows(before)}
+                    kept = {(proto, port, plen) for proto, port, plen, _ in rows}
+                    for proto, port, plen in had.keys() - kept:
                         k = intern(direction, ident, proto, port, plen)
                         del entries[k]
                         removed.append(k)
@@ -191,12 +212,23 @@ class TierMemo:
                     del sigs[ident]
                     continue
                 sigs[ident] = after
-                for proto, port, plen, value in self.signature_rows(after):
+                for proto, port, plen, value in rows:
+                    if had.get((proto, port, plen)) is value:
+                        continue
                     k = intern(direction, ident, proto, port, plen)
                     entries[k] = value
                     upserted.append(k)
         change = ProfileChange(old.entries, tuple(removed), tuple(upserted))
         return ProfileState(parts, new_groups, MappingProxyType(entries)), change
+
+
+def _compared(old: Entries, new: Entries) -> ProfileChange:
+    """`new` as a change of `old`, found by comparing them (rows of one signature are one object
+    from one compilation to the next, so an unchanged entry holds the very value)."""
+    get = old.get
+    removed = tuple(k for k in old if k not in new)
+    upserted = tuple(k for k, v in new.items() if get(k) is not v)
+    return ProfileChange(old, removed, upserted)
 
 
 def _size(groups: Groups) -> int:
@@ -233,7 +265,14 @@ def _touched(
 
 def _signature(parts: Sequence[RulePart], ident: int) -> Signature | None:
     """The signature of `ident` among parts of one direction (None: no part gives it anything)."""
-    items = [it for p in parts for it in (p.item(ident),) if it is not None]
+    items: list[SigItem] = []
+    for p in parts:
+        if p.extra:
+            it = p.item(ident)
+            if it is not None:
+                items.append(it)
+        elif p.specs and ident in p.idents:  # RulePart.item() without the call (many parts)
+            items.append((p.head, p.specs))
     return tuple(items) if items else None
 
 

@@ -212,10 +212,13 @@ class Tiers:
         pod: Pod,
         intern: Callable[[int, int, int, int, int], PolicyEntryKey],
         np_entries: Entries | None = None,
+        previous_profile: int = 0,
     ) -> EndpointTiers:
         """The tiers of an endpoint with this identity; the profile's entries are in `profiles`
         (interned keys from `intern`). `np_entries`: the endpoint's NetworkPolicy entries, which
-        join Calico's tier at their policies' rank where Calico polices a direction."""
+        join Calico's tier at their policies' rank where Calico polices a direction.
+        `previous_profile`: its profile id in the previous compilation (a new profile is patched
+        from that one's entries where it can be)."""
         pols = self.policies_for(identity)
         cal_in, cal_eg = self.calico.directions(identity) if self.calico is not None else (False, False)
         if not pols and not cal_in and not cal_eg:
@@ -248,7 +251,8 @@ class Tiers:
             profile = self._allocate(pkey)
             parts = self._parts(pols, pod)
             if not cal_in and not cal_eg:
-                state = self.memo.profile(pkey, parts, intern)
+                state = self.memo.profile(pkey, parts, intern, previous_profile)
+                self.memo.keys[profile] = pkey
                 self.profiles[profile] = state.entries
                 change = self.memo.changes.get(pkey)
                 if change is not None:
