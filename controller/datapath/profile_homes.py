@@ -29,7 +29,7 @@ read homes from the kernel (an endpoint's tier_profile), never from the compiler
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue, ProfileChange
@@ -45,7 +45,7 @@ class Home:
 
     home: int
     entries: Entries
-    encoded: dict[bytes, bytes]
+    encoded: Mapping[bytes, bytes]
     derived: ProfileChange | None = None  # how the compiler derived `entries`, if it did
 
 
@@ -55,7 +55,7 @@ class Placement:
     included), and for homes written by patching what they held: (that, the keys touched)."""
 
     homes: dict[int, int]
-    policy: dict[int, dict[bytes, bytes]]
+    policy: dict[int, Mapping[bytes, bytes]]
     touched: dict[int, tuple[Mapping[bytes, bytes], frozenset[bytes]]]
 
 
@@ -105,6 +105,30 @@ def patch(
             out[kb] = values(v)
         touched.add(kb)
     return out, frozenset(touched)
+
+
+class Rehomed(Mapping[bytes, bytes]):
+    """`source` (one home's encoded entries, never mutated) keyed by another home id, computed
+    on access: a spare copy costs no memory until it is used (then patch() copies it)."""
+
+    __slots__ = ("_from", "_source", "_to")
+
+    def __init__(self, source: Mapping[bytes, bytes], source_home: int, home: int) -> None:
+        self._source = source
+        self._from = source_home.to_bytes(4, sys.byteorder)
+        self._to = home.to_bytes(4, sys.byteorder)
+
+    def __getitem__(self, kb: bytes) -> bytes:
+        if kb[4:8] != self._to:
+            raise KeyError(kb)
+        return self._source[kb[:4] + self._from + kb[8:]]
+
+    def __iter__(self) -> Iterator[bytes]:
+        to = self._to
+        return (kb[:4] + to + kb[8:] for kb in self._source)
+
+    def __len__(self) -> int:
+        return len(self._source)
 
 
 def rehome(encoded: Mapping[bytes, bytes], home: int) -> dict[bytes, bytes]:
@@ -176,8 +200,14 @@ class ProfileHomes:
             if lid not in live and had.home not in used:
                 spares.pop(had.home, None)
                 spares[had.home] = had
-        self._live = live
-        self._spares = self._trim(spares)
+        self._spares = self._trim(spares, len(live))
+        # A derivation is kept only while a spare holds its base (the two-step lineage): it
+        # would otherwise keep an earlier compilation's entries alive for nothing.
+        held = {id(h.entries) for h in self._spares.values()}
+        self._live = {
+            lid: h if h.derived is None or id(h.derived.base) in held else Home(h.home, h.entries, h.encoded)
+            for lid, h in live.items()
+        }
         policy = {h.home: h.encoded for h in live.values()}
         policy.update((h.home, h.encoded) for h in self._spares.values())
         return Placement({lid: h.home for lid, h in live.items()}, policy, touched)
@@ -205,12 +235,12 @@ class ProfileHomes:
                 break
             home = self._free_id(lid ^ 0x5A5A5A5A, used, {})
             used.add(home)
-            made.append(Home(home, h.entries, rehome(h.encoded, home)))
+            made.append(Home(home, h.entries, Rehomed(h.encoded, h.home, home)))
         for h in made:
             self._spares[h.home] = h
         return made
 
-    def policy(self) -> dict[int, dict[bytes, bytes]]:
+    def policy(self) -> dict[int, Mapping[bytes, bytes]]:
         """Every home's entries (live and spare) as placed now."""
         out = {h.home: h.encoded for h in self._live.values()}
         out.update((h.home, h.encoded) for h in self._spares.values())
@@ -258,12 +288,12 @@ class ProfileHomes:
             return False
         return self.room is None or sum(len(h.encoded) for h in spares) + more <= self.room
 
-    def _trim(self, spares: dict[int, Home]) -> dict[int, Home]:
+    def _trim(self, spares: dict[int, Home], bound: int) -> dict[int, Home]:
         """The newest spares within the bounds."""
         kept: list[Home] = []
         total = 0
         for h in reversed(spares.values()):
-            if len(kept) >= len(self._live):
+            if len(kept) >= bound:
                 break
             if self.room is not None and total + len(h.encoded) > self.room:
                 continue

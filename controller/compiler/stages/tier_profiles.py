@@ -24,7 +24,7 @@ own compilation used; it is filled while its compilation runs and its values are
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeVar, cast
 
@@ -52,6 +52,11 @@ class RulePart:
     specs: tuple[PortSpec, ...]
     idents: frozenset[int]
     extra: tuple[tuple[int, tuple[PortSpec, ...]], ...] = ()
+    # (head, specs): what it gives an identity of `idents`, one object for every signature
+    plain: SigItem = field(init=False, compare=False, hash=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "plain", (self.head, self.specs))
 
     def identities(self) -> Iterable[int]:
         yield from self.idents
@@ -84,6 +89,7 @@ class TierMemo:
     def __init__(self, previous: TierMemo | None = None) -> None:
         self.parts: dict[RulePart, RulePart] = {}
         self.rows: dict[Signature, tuple[Row, ...]] = {}
+        self._sigs: dict[Signature, Signature] = {}  # signatures made by patches, interned
         self.profiles: dict[Any, ProfileState] = {}
         self.keys: dict[int, Any] = {}  # profile id -> its key, for the profiles of self.profiles
         # how this compilation patched a profile from the previous one's (not carried over: the
@@ -92,6 +98,7 @@ class TierMemo:
         # the previous generation's tables (not the previous memo: no chain of generations)
         self._old_parts = previous.parts if previous is not None else {}
         self._old_rows = previous.rows if previous is not None else {}
+        self._old_sigs = previous._sigs if previous is not None else {}
         self._old_profiles = previous.profiles if previous is not None else {}
         self._old_keys = previous.keys if previous is not None else {}
         # kind -> (the cluster mapping it was computed from, the value): see carried()
@@ -129,6 +136,16 @@ class TierMemo:
         if got is None:
             got = self._old_parts.get(part, part)
             self.parts[part] = got
+        return got
+
+    def _signature(self, parts: Sequence[RulePart], ident: int) -> Signature | None:
+        """_signature(), one object per distinct signature (many identities share one)."""
+        sig = _signature(parts, ident)
+        if sig is None:
+            return None
+        got = self._sigs.get(sig)
+        if got is None:
+            got = self._sigs[sig] = self._old_sigs.get(sig, sig)
         return got
 
     def signature_rows(self, sig: Signature) -> tuple[Row, ...]:
@@ -196,7 +213,7 @@ class TierMemo:
             sigs = new_groups.setdefault(direction, {})
             for ident in changed:
                 before = old_sigs.get(ident)
-                after = _signature(mine, ident)
+                after = self._signature(mine, ident)
                 if after == before:
                     continue
                 rows = self.signature_rows(after) if after is not None else ()
@@ -272,7 +289,7 @@ def _signature(parts: Sequence[RulePart], ident: int) -> Signature | None:
             if it is not None:
                 items.append(it)
         elif p.specs and ident in p.idents:  # RulePart.item() without the call (many parts)
-            items.append((p.head, p.specs))
+            items.append(p.plain)
     return tuple(items) if items else None
 
 
