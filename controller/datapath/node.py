@@ -251,7 +251,8 @@ class Datapath:
             return 0
         self._written = None
         try:
-            _, self._written = sync.apply_encoding(twinned, self._loaded.maps, written)
+            # no endpoint reads a spare: established flows need no re-check (no revision bump)
+            _, self._written = sync.apply_encoding(twinned, self._loaded.maps, written, bump=False)
         finally:
             if self._written is None:
                 homes.forget_spares()

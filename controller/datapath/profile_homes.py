@@ -176,6 +176,9 @@ class ProfileHomes:
                 encoded = encode_full(had.home, entries)
             live[lid] = Home(had.home, entries, encoded, change)
         used = {h.home for h in live.values()}
+        # homes of the previous placement stay out of reach of a new profile: endpoints use them
+        # until this sync switches them
+        taken = used | {h.home for h in self._live.values()}
         spares = dict(self._spares)
         for lid in fresh:
             entries = profiles[lid]
@@ -188,13 +191,14 @@ class ProfileHomes:
                 touched[spare.home] = (spare.encoded, kbs)
                 home = spare.home
             else:
-                home = self._free_id(lid, used, spares)
+                home = self._free_id(lid, taken, spares)
                 src = self._written(change.base) if change is not None else None
                 if change is not None and src is not None:  # its base's bytes, re-keyed and patched
                     encoded, _ = patch(home, rehome(src.encoded, home), entries, _keys(change), values, False)
                 else:
                     encoded = encode_full(home, entries)
             used.add(home)
+            taken.add(home)
             live[lid] = Home(home, entries, encoded, change)
         for lid, had in self._live.items():  # retired now: kept as spares (taken from the next sync)
             if lid not in live and had.home not in used:

@@ -367,6 +367,7 @@ def apply_encoding(
     previous: Written | None = None,
     *,
     cleanup_removed: bool = True,
+    bump: bool = True,
 ) -> tuple[SyncResult, Written | None]:
     """apply() of an Encoder's output. Without `previous` it is apply(): the diff is against
     what the kernel maps hold (read entry by entry). With `previous` (what an earlier
@@ -375,6 +376,8 @@ def apply_encoding(
     endpoint's policy entries, the ipcache, the frontends), and a changed ipcache is compared
     on the keys the Encoder touched since `previous` when it was derived from it. The
     operations, their order and the result are those apply() gives for the same contents.
+    `bump`: False only for writes no endpoint reads (spare tier profile homes): conntrack
+    entries need no re-check for them (with `previous` only).
 
     Returns the result and what the maps hold afterwards (None after a map-full sync).
     """
@@ -399,7 +402,7 @@ def apply_encoding(
                 "vg_failsafe": diff("vg_failsafe", encoding.failsafe, old.failsafe),
             }
         )
-        result = _execute(ops, endpoints, previous.endpoints, kernel, cleanup_removed)
+        result = _execute(ops, endpoints, previous.endpoints, kernel, cleanup_removed, bump)
     if result.full or result.skipped:
         return result, None
     return result, Written(encoding, endpoints, slots)
@@ -462,7 +465,12 @@ def _diff_policy(
 
 
 def _execute(
-    ops: list[Op], endpoints: KV, current_endpoints: KV, kernel: Mapping[str, MapLike], cleanup_removed: bool
+    ops: list[Op],
+    endpoints: KV,
+    current_endpoints: KV,
+    kernel: Mapping[str, MapLike],
+    cleanup_removed: bool,
+    bump: bool = True,
 ) -> SyncResult:
     """Run the planned operations (`endpoints`: the desired vg_endpoints, slots assigned;
     `current_endpoints`: what vg_endpoints held), bump the revision if anything changed and
@@ -487,7 +495,7 @@ def _execute(
         if op.kind == "delete" and op.map == "vg_endpoints"
     ]
     removed_eps = {info.ep_id for info in removed}
-    revision = bump_revision(kernel["vg_config"]) if ops else read_revision(kernel["vg_config"])
+    revision = bump_revision(kernel["vg_config"]) if ops and bump else read_revision(kernel["vg_config"])
     ct_deleted = 0
     if removed_eps and cleanup_removed:
         # Flows of a deleted pod must not be matched if its ifindex is reused by a new pod.

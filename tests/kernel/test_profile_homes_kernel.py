@@ -13,7 +13,7 @@ import pytest
 
 from controller.compiler.desired_state import NodeDesired, PolicyEntryKey, PolicyEntryValue, ProfileChange
 from controller.core.verdicts import DIR_INGRESS, TIER_ACCEPT, TIER_DENY, TIER_PROFILE_BIT
-from controller.datapath import readback
+from controller.datapath import readback, sync
 from controller.datapath.abi import Reason
 from tests.support import packets as P
 from tests.support.kernel import EP, ID_B, POD_A, POD_B, Harness, desired_node
@@ -75,7 +75,9 @@ def test_a_rekeyed_profile_is_written_into_its_spare_as_what_changed_and_undone_
     first_home = readback.dump(h.dp.maps).endpoints[EP].tier_profile
     assert _web(h) is Reason.ALLOW_ADMIN
 
+    revision = sync.read_revision(h.dp.maps["vg_config"])
     assert h.dp.prepare_spares() == 1  # idle: a copy of the profile under another id
+    assert sync.read_revision(h.dp.maps["vg_config"]) == revision  # no flow needs a re-check
     assert h.dp.prepare_spares() == 0  # one spare per live profile
     assert len(readback.dump(h.dp.maps).policy) == 2 * len(a)
 

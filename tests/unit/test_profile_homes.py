@@ -156,3 +156,15 @@ def test_an_idle_copy_of_a_live_profile_replaces_a_retired_home_when_spares_are_
     assert list(homes.spares) == [h1]
     (twin,) = homes.twins()
     assert twin.entries is b and list(homes.spares) == [twin.home]  # the retired one made way
+
+
+def test_a_new_profile_never_gets_the_home_of_one_its_placement_retires() -> None:
+    homes = ProfileHomes()
+    a = _profile(20)
+    homes.place({L1: a}, {})
+    (twin,) = homes.twins()
+    b, change = _derive(a, {_key(1000): DENY})
+    assert homes.place({L2: b}, {L2: change}).homes[L2] == twin.home
+    # a profile whose own id is that home's, while L2's endpoints still point at it
+    placed = homes.place({twin.home: _profile(5)}, {})
+    assert placed.homes[twin.home] != twin.home
