@@ -159,6 +159,7 @@ class Encoder:
         self._host: tuple[tuple[str, ...], dict[bytes, bytes]] | None = None
         # where each tier profile is written (its home id, spares: controller/datapath/profile_homes.py)
         self.homes = ProfileHomes()
+        self.policy_capacity: int | None = None  # vg_policy's max_entries: what spares may use
 
     def encode(
         self,
@@ -196,7 +197,13 @@ class Encoder:
                 policy[ifindex] = hit.policy if had is None else {**had, **hit.policy}
         self._endpoints = kept
         # Tier profiles: keyed in vg_policy by their home id (TIER_PROFILE_BIT set) like an endpoint.
-        policy.update(placed.policy)
+        # Spares use what the map has beyond everything else and one largest profile.
+        dropped: set[int] = set()
+        if self.policy_capacity is not None and self.homes.spares:
+            live, largest = self.homes.live_size()
+            others = sum(len(p) for p in policy.values())
+            dropped = self.homes.fit(self.policy_capacity - others - live - largest)
+        policy.update((k, v) for k, v in placed.policy.items() if k not in dropped)
         self._ipcache = ipcache = self._encode_ipcache(desired.ipcache)
         frontends = getattr(desired, "frontends", ())
         if self._frontends is None or self._frontends[0] != frontends:

@@ -68,7 +68,7 @@ class Datapath:
         # What the synced maps hold after this object's last sync, if it completed (None: not
         # known, read the kernel), and the encoder that reuses the bytes of what did not change.
         self._written: sync.Written | None = None
-        self._encoder = encoding.Encoder()
+        self._encoder = self._new_encoder()
         self._unplaced_warned: set[str] = set()  # host endpoints already reported as not placed
         # When this load replaced pinned maps (another layout, loader.replacing_incompatible), the
         # interfaces already running programs of ours keep them (they enforce with their own, old
@@ -212,7 +212,6 @@ class Datapath:
     def _sync(self, desired: NodeDesired, pod_ifindex: Mapping[str, int], incremental: bool) -> SyncResult:
         previous = self._written if incremental else None
         homes = self._encoder.homes
-        homes.room = self._spare_room(self._written.encoding) if self._written is not None else 0
         self._written = None  # unknown until this sync completes
         encoding = self._encoder.encode(desired, pod_ifindex, self.host_endpoint_interfaces(desired))
         try:
@@ -235,7 +234,12 @@ class Datapath:
         """The maps were changed behind this object's back (tests clear them): the next sync
         reads them, and encodes everything afresh (no spare tier profile homes)."""
         self._written = None
-        self._encoder = encoding.Encoder()
+        self._encoder = self._new_encoder()
+
+    def _new_encoder(self) -> encoding.Encoder:
+        enc = encoding.Encoder()
+        enc.policy_capacity = int(self._loaded.maps["vg_policy"].max_entries)
+        return enc
 
     def prepare_spares(self) -> int:
         """Idle work: one tier profile gets a spare copy of itself written (ProfileHomes.twins),
@@ -246,7 +250,10 @@ class Datapath:
             return 0
         homes = self._encoder.homes
         homes.room = self._spare_room(written.encoding)
-        twinned = self._encoder.with_twins(written.encoding)
+        try:
+            twinned = self._encoder.with_twins(written.encoding)
+        finally:
+            homes.room = None  # placements fit spares themselves (Encoder.encode)
         if twinned is None:
             return 0
         self._written = None

@@ -19,8 +19,9 @@ after another one was deleted, is written as what it changed. A spare is only ta
 after the one that retired it, so no endpoint can still point at it. While the agent is idle,
 `twins()` gives a live profile without one a spare copy of itself (the first re-key of it is
 then cheap too). Spares are bounded: at most as many as live profiles, and no more entries
-than `room` (the map's capacity less the live entries and one largest profile, the headroom
-any re-key needs).
+than the map's capacity less everything else it holds and one largest profile (the headroom any
+re-key needs): the encoder fits them after each placement (`fit()`), so spares never make a
+sync find the map full.
 
 Pure bookkeeping over bytes: the Encoder places profiles with `place()`, and the debug tools
 read homes from the kernel (an endpoint's tier_profile), never from the compiler's ids.
@@ -250,6 +251,18 @@ class ProfileHomes:
         out.update((h.home, h.encoded) for h in self._spares.values())
         return out
 
+    def live_size(self) -> tuple[int, int]:
+        """(entries of the live profiles, entries of the largest)."""
+        sizes = [len(h.encoded) for h in self._live.values()]
+        return sum(sizes), max(sizes, default=0)
+
+    def fit(self, room: int) -> set[int]:
+        """Keep the newest spares within `room` entries; returns the homes dropped."""
+        kept = self._trim(self._spares, len(self._spares), room)
+        dropped = set(self._spares) - set(kept)
+        self._spares = kept
+        return dropped
+
     def forget_spares(self) -> None:
         """After a sync that did not complete: endpoints may still point at a home retired by
         it, so no spare is taken (the next sync deletes them)."""
@@ -292,14 +305,15 @@ class ProfileHomes:
             return False
         return self.room is None or sum(len(h.encoded) for h in spares) + more <= self.room
 
-    def _trim(self, spares: dict[int, Home], bound: int) -> dict[int, Home]:
-        """The newest spares within the bounds."""
+    def _trim(self, spares: dict[int, Home], bound: int, room: int | None = None) -> dict[int, Home]:
+        """The newest spares within the bounds (`room`: entries, else self.room)."""
+        room = self.room if room is None else room
         kept: list[Home] = []
         total = 0
         for h in reversed(spares.values()):
             if len(kept) >= bound:
                 break
-            if self.room is not None and total + len(h.encoded) > self.room:
+            if room is not None and total + len(h.encoded) > room:
                 continue
             kept.append(h)
             total += len(h.encoded)

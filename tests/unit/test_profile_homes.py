@@ -4,16 +4,19 @@ never one an endpoint may still use; every home holds exactly its profile's enco
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Mapping
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue, ProfileChange
+from controller.compiler.desired_state import NodeDesired, PolicyEntryKey, PolicyEntryValue, ProfileChange
 from controller.core.verdicts import DIR_INGRESS, TIER_ACCEPT, TIER_DENY, TIER_PROFILE_BIT
+from controller.datapath.encoding import Encoder
 from controller.datapath.profile_homes import ProfileHomes, encode_full
 from controller.datapath.sync import _diff_policy
+from tests.support.kernel import desired_node
 
 ACCEPT = PolicyEntryValue(verdict=0, rule_ref=0, admin=TIER_ACCEPT, admin_rank=1, admin_ref=7)
 DENY = PolicyEntryValue(verdict=0, rule_ref=0, admin=TIER_DENY, admin_rank=2, admin_ref=8)
@@ -168,3 +171,26 @@ def test_a_new_profile_never_gets_the_home_of_one_its_placement_retires() -> Non
     # a profile whose own id is that home's, while L2's endpoints still point at it
     placed = homes.place({twin.home: _profile(5)}, {})
     assert placed.homes[twin.home] != twin.home
+
+
+def _node_with(profile: Entries, own: int) -> NodeDesired:
+    """x/a (ifindex 1) with `own` NetworkPolicy entries of its own, tiered by profile L1."""
+    base = desired_node({_key(7000 + i): ACCEPT for i in range(own)})
+    eps = {
+        p: dataclasses.replace(ep, ingress_tiered=True, tier_profile=L1) for p, ep in base.endpoints.items()
+    }
+    return dataclasses.replace(base, endpoints=eps, tier_profiles={L1: profile})
+
+
+def test_the_encoder_keeps_spares_only_in_the_room_left_beside_everything_else_and_one_largest_profile() -> (
+    None
+):
+    enc = Encoder()
+    enc.policy_capacity = 300  # a profile of 100, its copy, and 100 of headroom for a re-key
+    a = _profile(100)
+    first = enc.encode(_node_with(a, 0), {"x/a": 1})
+    (twin,) = enc.homes.twins()
+    assert enc.encode(_node_with(a, 0), {"x/a": 1}).policy.keys() == {1, *first.policy.keys(), twin.home}
+    grown = enc.encode(_node_with(a, 50), {"x/a": 1})  # the endpoint's own entries take 50 of it
+    assert twin.home not in grown.policy and not enc.homes.spares
+    assert sum(len(p) for p in grown.policy.values()) + 100 <= 300
