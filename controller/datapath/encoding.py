@@ -199,10 +199,9 @@ class Encoder:
         # Tier profiles: keyed in vg_policy by their home id (TIER_PROFILE_BIT set) like an endpoint.
         # Spares use what the map has beyond everything else and one largest profile.
         dropped: set[int] = set()
-        if self.policy_capacity is not None and self.homes.spares:
-            live, largest = self.homes.live_size()
-            others = sum(len(p) for p in policy.values())
-            dropped = self.homes.fit(self.policy_capacity - others - live - largest)
+        room = self._spare_room(sum(len(p) for p in policy.values()))
+        if room is not None and self.homes.spares:
+            dropped = self.homes.fit(room)
         policy.update((k, v) for k, v in placed.policy.items() if k not in dropped)
         self._ipcache = ipcache = self._encode_ipcache(desired.ipcache)
         frontends = getattr(desired, "frontends", ())
@@ -232,11 +231,21 @@ class Encoder:
     def with_twins(self, last: Encoding, limit: int = 1) -> Encoding | None:
         """`last` (this encoder's latest encoding) plus spare copies of up to `limit` tier
         profiles (ProfileHomes.twins); None when none is made."""
-        if not self.homes.twins(limit):
+        others = sum(len(v) for k, v in last.policy.items() if not k & TIER_PROFILE_BIT)
+        if not self.homes.twins(limit, self._spare_room(others)):
             return None
         policy = {k: v for k, v in last.policy.items() if not k & TIER_PROFILE_BIT}
         policy.update(self.homes.policy())
         return dataclasses.replace(last, policy=policy, policy_touched={})
+
+    def _spare_room(self, others: int) -> int | None:
+        """vg_policy entries spare profile homes may hold beside `others` (the endpoints' own
+        entries), the live profiles and one largest profile (the room a re-key written whole
+        needs); None: the capacity is not known."""
+        if self.policy_capacity is None:
+            return None
+        live, largest = self.homes.live_size()
+        return max(0, self.policy_capacity - others - live - largest)
 
     def _encode_ipcache(self, ipcache: Mapping[IPNetwork, tuple[int, int, int]]) -> IpcacheEncoding:
         last = self._ipcache

@@ -11,7 +11,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from controller.compiler.desired_state import NodeDesired
-from controller.core.verdicts import TIER_PROFILE_BIT
 from controller.datapath import bpfsys, build, codecs, encoding, ledger, loader, readback, sync, uplink
 from controller.datapath.attach import PARENT_EGRESS, PARENT_INGRESS, Attacher
 from controller.datapath.bpfsys import ProgId
@@ -249,11 +248,7 @@ class Datapath:
         if written is None:
             return 0
         homes = self._encoder.homes
-        homes.room = self._spare_room(written.encoding)
-        try:
-            twinned = self._encoder.with_twins(written.encoding)
-        finally:
-            homes.room = None  # placements fit spares themselves (Encoder.encode)
+        twinned = self._encoder.with_twins(written.encoding)
         if twinned is None:
             return 0
         self._written = None
@@ -264,16 +259,6 @@ class Datapath:
             if self._written is None:
                 homes.forget_spares()
         return 1
-
-    def _spare_room(self, enc: encoding.Encoding) -> int:
-        """vg_policy entries spare profile homes may hold: its capacity less what the rest
-        holds and one largest profile (the room a re-key needs to write one beside)."""
-        spares = self._encoder.homes.spares
-        rest = [len(v) for k, v in enc.policy.items() if k not in spares]
-        largest = max(
-            (len(v) for k, v in enc.policy.items() if k & TIER_PROFILE_BIT and k not in spares), default=0
-        )
-        return max(0, int(self._loaded.maps["vg_policy"].max_entries) - sum(rest) - largest)
 
     def host_endpoint_interfaces(self, desired: NodeDesired) -> dict[str, list[int]]:
         """The interfaces of this network namespace each host endpoint of `desired` is on: its

@@ -150,7 +150,6 @@ class ProfileHomes:
     def __init__(self) -> None:
         self._live: dict[int, Home] = {}  # logical id -> its home
         self._spares: dict[int, Home] = {}  # home id -> a home no endpoint uses (oldest first)
-        self.room: int | None = None  # entries spares may hold (None: no limit but their number)
 
     @property
     def spares(self) -> Mapping[int, Home]:
@@ -217,10 +216,11 @@ class ProfileHomes:
         policy.update((h.home, h.encoded) for h in self._spares.values())
         return Placement({lid: h.home for lid, h in live.items()}, policy, touched)
 
-    def twins(self, limit: int = 1) -> list[Home]:
+    def twins(self, limit: int = 1, room: int | None = None) -> list[Home]:
         """Give up to `limit` live profiles without a spare holding their entries one (their
-        content copied under a new home id), largest first, within the spares' bounds. Returns
-        the new spares (the next placement's policy has them)."""
+        content copied under a new home id), largest first, within the spares' bounds (`room`:
+        the entries all spares may hold, None: no limit but their number). Returns the new
+        spares (the next placement's policy has them)."""
         twinned = {id(h.entries) for h in self._spares.values()}
         used = {h.home for h in self._live.values()} | set(self._spares)
         made: list[Home] = []
@@ -230,13 +230,13 @@ class ProfileHomes:
             if id(h.entries) in twinned or not h.entries:
                 continue
             # a twin goes before a retired home (the oldest first): it serves the next re-key
-            while not self._fits([*self._spares.values(), *made], len(h.entries)):
+            while not self._fits([*self._spares.values(), *made], len(h.entries), room):
                 live_ids = {id(x.entries) for x in self._live.values()}
                 old = next((s for s in self._spares.values() if id(s.entries) not in live_ids), None)
                 if old is None:
                     break
                 del self._spares[old.home]
-            if not self._fits([*self._spares.values(), *made], len(h.entries)):
+            if not self._fits([*self._spares.values(), *made], len(h.entries), room):
                 break
             home = self._free_id(lid ^ 0x5A5A5A5A, used, {})
             used.add(home)
@@ -300,14 +300,13 @@ class ProfileHomes:
             n = (n + 1) & ~TIER_PROFILE_BIT & 0xFFFFFFFF
         return TIER_PROFILE_BIT | n
 
-    def _fits(self, spares: list[Home], more: int) -> bool:
+    def _fits(self, spares: list[Home], more: int, room: int | None) -> bool:
         if len(spares) + (1 if more else 0) > len(self._live):
             return False
-        return self.room is None or sum(len(h.encoded) for h in spares) + more <= self.room
+        return room is None or sum(len(h.encoded) for h in spares) + more <= room
 
     def _trim(self, spares: dict[int, Home], bound: int, room: int | None = None) -> dict[int, Home]:
-        """The newest spares within the bounds (`room`: entries, else self.room)."""
-        room = self.room if room is None else room
+        """The newest spares within the bounds (`room`: entries, None: no limit)."""
         kept: list[Home] = []
         total = 0
         for h in reversed(spares.values()):

@@ -86,11 +86,9 @@ def test_spares_are_no_more_than_live_profiles_and_stay_within_their_room() -> N
     homes.place(profiles, {})
     assert len(homes.twins(limit=5)) == 3 and not homes.twins()
     homes.forget_spares()
-    homes.room = 60  # one profile of 50 fits, the next would not
-    assert len(homes.twins(limit=5)) == 1
+    assert len(homes.twins(limit=5, room=60)) == 1  # one profile of 50 fits, the next would not
     assert sum(len(h.encoded) for h in homes.spares.values()) <= 60
     # a placement without two of them retires them, but keeps spares within the bounds
-    homes.room = None
     kept = {k: v for k, v in list(profiles.items())[:1]}
     placed = homes.place(kept, {})
     assert len(homes.spares) <= 1 and set(placed.policy) == {placed.homes[k] for k in kept} | set(
