@@ -231,10 +231,9 @@ class Encoder:
     def with_twins(self, last: Encoding, limit: int = 1) -> Encoding | None:
         """`last` (this encoder's latest encoding) plus spare copies of up to `limit` tier
         profiles (ProfileHomes.twins); None when none is made."""
-        others = sum(len(v) for k, v in last.policy.items() if not k & TIER_PROFILE_BIT)
-        if not self.homes.twins(limit, self._spare_room(others)):
-            return None
         policy = {k: v for k, v in last.policy.items() if not k & TIER_PROFILE_BIT}
+        if not self.homes.twins(limit, self._spare_room(sum(map(len, policy.values())))):
+            return None
         policy.update(self.homes.policy())
         return dataclasses.replace(last, policy=policy, policy_touched={})
 

@@ -91,11 +91,10 @@ def patch(
     entries: Entries,
     keys: tuple[PolicyEntryKey, ...],
     values: _Values,
-    copy: bool = True,
 ) -> tuple[dict[bytes, bytes], frozenset[bytes]]:
-    """`encoded` (of entries equal to `entries` outside `keys`) made `entries`' encoding (a
-    copy unless `copy` is false)."""
-    out = encoded if not copy and isinstance(encoded, dict) else dict(encoded)
+    """A copy of `encoded` (of entries equal to `entries` outside `keys`) made `entries`'
+    encoding, and the keys it touched."""
+    out = encoded.materialized() if isinstance(encoded, Rehomed) else dict(encoded)
     touched: set[bytes] = set()
     for k in keys:
         kb = codecs.encode_policy_key(home, k)
@@ -109,8 +108,9 @@ def patch(
 
 
 class Rehomed(Mapping[bytes, bytes]):
-    """`source` (one home's encoded entries, never mutated) keyed by another home id, computed
-    on access: a spare copy costs no memory until it is used (then patch() copies it)."""
+    """`source` (one home's encoded entries, never mutated) keyed by another home id (struct
+    policy_key: prefixlen, then ep_id), computed on access: a spare copy costs no memory until
+    it is used (then patch() copies it)."""
 
     __slots__ = ("_from", "_source", "_to")
 
@@ -131,12 +131,10 @@ class Rehomed(Mapping[bytes, bytes]):
     def __len__(self) -> int:
         return len(self._source)
 
-
-def rehome(encoded: Mapping[bytes, bytes], home: int) -> dict[bytes, bytes]:
-    """The same entries keyed by another pseudo endpoint id (struct policy_key: prefixlen, then
-    ep_id)."""
-    hb = home.to_bytes(4, sys.byteorder)
-    return {kb[:4] + hb + kb[8:]: vb for kb, vb in encoded.items()}
+    def materialized(self) -> dict[bytes, bytes]:
+        """The entries as a dict (one pass over the source, not a lookup per key)."""
+        to = self._to
+        return {kb[:4] + to + kb[8:]: vb for kb, vb in self._source.items()}
 
 
 def _keys(change: ProfileChange) -> tuple[PolicyEntryKey, ...]:
@@ -194,7 +192,9 @@ class ProfileHomes:
                 home = self._free_id(lid, taken, spares)
                 src = self._written(change.base) if change is not None else None
                 if change is not None and src is not None:  # its base's bytes, re-keyed and patched
-                    encoded, _ = patch(home, rehome(src.encoded, home), entries, _keys(change), values, False)
+                    encoded, _ = patch(
+                        home, Rehomed(src.encoded, src.home, home), entries, _keys(change), values
+                    )
                 else:
                     encoded = encode_full(home, entries)
             used.add(home)
