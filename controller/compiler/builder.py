@@ -239,45 +239,51 @@ class ClusterBuilder:
             return None
         by_id = new_mid
         out_prev, errs_prev = self._maps[kind]
-        out = dict(out_prev)
-        seen = dict(self._previous[kind])
-        ids = dict(prev_ids)
-        keys: set[str] = set()
-        errors_changed = False
+        previous = self._previous[kind]
+        # What the new objects are, before anything changes (a bail-out leaves this builder as it was).
+        hits: list[tuple[int, Any, _Parsed]] = []
         parsed_here = 0
-        for i in gone:
-            parsed = ids.pop(i)[1]
-            keys.add(parsed.key)
-            errors_changed |= bool(parsed.errors)
-            if seen.get(parsed.key) is parsed:
-                del seen[parsed.key]
-            if parsed.value is not None:
-                key = key_of(parsed.value)
-                if out.get(key) is parsed.value:
-                    del out[key]
         for i in new:
             raw = by_id[i]
             version = _version(raw)
             if version is None:
                 return None
-            hit = self._previous[kind].get(version[0])
+            hit = previous.get(version[0])
             if hit is None or hit.uid != version[1] or hit.resource_version != version[2]:
                 parsed_here += 1
                 errs: list[PolicyError] = []
                 hit = _parsed(version, parse(raw, errs), errs)
-            keys.add(hit.key)
-            errors_changed |= bool(hit.errors)
-            seen[hit.key] = hit
-            ids[i] = (raw, hit)
+            hits.append((i, raw, hit))
+        out = dict(out_prev)  # (the previous build's ClusterState keeps its map as it was)
+        for i in gone:
+            parsed = prev_ids[i][1]
+            if parsed.value is not None:
+                key = key_of(parsed.value)
+                if out.get(key) is parsed.value:
+                    del out[key]
+        for _, _, hit in hits:
             if hit.value is not None:
                 key = key_of(hit.value)
                 if key in out:
                     return None
                 out[key] = hit.value
+        # Committed: the builder's own indexes change in place (copying them cost ~5 ms per
+        # event at 50k pods).
+        keys: set[str] = set()
+        errors_changed = False
+        for i in gone:
+            parsed = prev_ids.pop(i)[1]
+            keys.add(parsed.key)
+            errors_changed |= bool(parsed.errors)
+            if previous.get(parsed.key) is parsed:
+                del previous[parsed.key]
+        for i, raw, hit in hits:
+            keys.add(hit.key)
+            errors_changed |= bool(hit.errors)
+            previous[hit.key] = hit
+            prev_ids[i] = (raw, hit)
         if errors_changed:  # in the objects' order, as the per-object pass gives them
-            errs_prev = tuple(e for raw in raws for e in ids[id(raw)][1].errors)
-        self._previous[kind] = seen
-        self._by_id[kind] = ids
+            errs_prev = tuple(e for raw in raws for e in prev_ids[id(raw)][1].errors)
         self._maps[kind] = (out, errs_prev)
         self.parsed += parsed_here
         return out, frozenset(keys)

@@ -162,7 +162,7 @@ class CompiledCluster:
         selection = prev.selection.update(
             prev.policy_map, cluster.policies, policies, identities, delta.policies, ns_changed, moved
         )
-        selector = prev.selector.update(identities, namespaces)
+        selector = prev.selector.update(identities, namespaces, changes)
         same_indexes = selector is prev.selector
         named = prev.named.update(
             policies.named_rules,

@@ -17,7 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controller.compiler.builder import ClusterBuilder, cluster_from_objects
+from controller.compiler.model import Peer
 from controller.compiler.policy import compile_cluster
+from controller.compiler.stages.selection import PeerSelector
 from tests.support.cluster_world import NAMESPACES, World, summary
 from tests.support.k8s import K8s as K
 
@@ -223,3 +225,30 @@ def test_two_builders_compiling_in_two_threads_each_match_a_full_compilation() -
     for t in threads:
         t.join()
     assert not failures, failures
+
+
+def test_identities_that_come_and_go_update_the_carried_peer_selections_to_what_a_fresh_one_finds() -> None:
+    world = World(random.Random(11))
+    builder = ClusterBuilder()
+    state = builder.build(*world.objects())
+    compiled = compile_cluster(state)
+    K.compute_all(state)  # every node: the peer selections get cached
+    carried = 0
+    for n in range(150):
+        world.step(n)
+        previous, before = state, compiled
+        state = builder.build(*world.objects())
+        compiled = compile_cluster(state)
+        sel = compiled.selector
+        if compiled.incremental and sel is not before.selector and compiled.namespaces is before.namespaces:
+            # carried over (before any query of this compilation), and exactly right
+            assert set(sel._cache) >= set(before.selector._cache), f"step {n}"
+            fresh = PeerSelector(compiled.identity_tables, compiled.namespaces)
+            for key, got in sel._cache.items():
+                policy_ns, ns_sel, pod_sel = sel._peers[key]
+                want = fresh.peer_identities(policy_ns, Peer(pod_selector=pod_sel, namespace_selector=ns_sel))
+                assert got == want, f"step {n}: {key}"
+            carried += 1
+        K.compute_all(state)
+        del previous, before
+    assert carried > 10
