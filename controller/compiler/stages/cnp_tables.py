@@ -109,6 +109,10 @@ def resolve_named(pod: Pod, names: Sequence[str]) -> tuple[PortSpec, ...]:
     return tuple(sorted({(L4_PROTOCOLS[c.protocol], c.port, 16) for c in pod.ports if c.name in names}))
 
 
+# the policies whose subject selects an identity, and the port names their ingress rules name
+_Selecting = tuple[list[ClusterNetworkPolicy], tuple[str, ...]]
+
+
 class CnpTables:
     """The node-independent part: policies in order, ranks and references, each rule's peers as
     identities, and the prefixes the tiers need as CIDR identities (known before the CIDR
@@ -135,6 +139,14 @@ class CnpTables:
             "node prefixes", nodes, dict
         )
         self._subjects: dict[str, frozenset[int]] = {}
+        self.key_of_identity = identities.key_of_identity
+        # identity key -> the policies whose subject selects it and their ingress rules' named
+        # ports. A subject selects an identity by its key (namespace, labels) alone, so this is
+        # carried while the policies and the namespaces are the same (at 50k pods recomputing it
+        # for a node's identities on every pod event cost ~9 ms).
+        self._policies_by_key: dict[object, tuple[list[ClusterNetworkPolicy], tuple[str, ...]]] = (
+            memo.carried("policies by identity key", (self.policies, selector.namespaces), dict)
+        )
         self.prefixes = frozenset(self._prefixes())
         # (the previous compilation's classes keep their identities; see stages/domains.py)
         self.domains: DomainClasses = memo.carried(
@@ -155,6 +167,18 @@ class CnpTables:
                 hit = self.select(CnpPeer("namespaces", namespaces=pol.subject_namespaces))
             self._subjects[pol.name] = hit
         return hit
+
+    def policies_selecting(self, identity: int) -> _Selecting:
+        """The policies whose subject selects the pod identity, in order, and the port names their
+        ingress rules name (`destinationNamedPort`), in order."""
+        ikey = self.key_of_identity.get(identity)
+        got = self._policies_by_key.get(ikey) if ikey is not None else None
+        if got is None:
+            pols = [p for p in self.policies if identity in self.subject_identities(p)]
+            got = (pols, tuple(n for pol in pols for r in pol.ingress for n in named_ports(r)))
+            if ikey is not None:
+                self._policies_by_key[ikey] = got
+        return got
 
     def select(self, peer: CnpPeer) -> frozenset[int]:
         if peer.namespaces is None:  # an unusable subject: every pod

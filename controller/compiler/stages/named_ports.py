@@ -176,11 +176,10 @@ def _resolve(
         if not rule.peers:
             idents: frozenset[int] = frozenset(identities.pods_by_identity)
         else:
-            acc: set[int] = set()
-            for peer in rule.peers:
-                if peer.ip_block is None:
-                    acc |= selector.peer_identities(pol.namespace, peer)
-            idents = frozenset(acc)
+            # One selector peer: its cached set itself, the same object while its selection is the
+            # same, so the lookup below hashes and compares nothing (a rebuilt set is O(size)).
+            sets = [selector.peer_identities(pol.namespace, p) for p in rule.peers if p.ip_block is None]
+            idents = sets[0] if len(sets) == 1 else frozenset().union(*sets)
         blocks = tuple(peer.ip_block for peer in rule.peers if peer.ip_block is not None)
         tokens: list[int] = []
         for pport in rule.ports:

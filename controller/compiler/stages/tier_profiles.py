@@ -23,6 +23,7 @@ own compilation used; it is filled while its compilation runs and its values are
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -120,13 +121,14 @@ class TierMemo:
         return old[1] if old is not None else None
 
     def carried(self, kind: str, source: object, make: Callable[[], T]) -> T:
-        """The value of `kind` computed by `make` from `source` (a cluster mapping, never mutated),
-        the previous compilation's while its source is the very same object. A value may be a
-        cache filled on use: an entry, once there, never changes."""
+        """The value of `kind` computed by `make` from `source` (a cluster mapping, never mutated,
+        or a tuple of such), the previous compilation's while its source is the very same object
+        (every member the same, for a tuple). A value may be a cache filled on use: an entry,
+        once there, never changes."""
         got = self._carried.get(kind)
-        if got is None or got[0] is not source:
+        if got is None or not _same(got[0], source):
             old = self._old_carried.get(kind)
-            got = old if old is not None and old[0] is source else (source, make())
+            got = old if old is not None and _same(old[0], source) else (source, make())
             self._carried[kind] = got
         return cast("T", got[1])
 
@@ -398,3 +400,10 @@ def _value(slots: Sequence[Head | None]) -> PolicyEntryValue:
         log_rank=log[2] if log else 0,
         log_ref=log[3] if log else 0,
     )
+
+
+def _same(a: object, b: object) -> bool:
+    """The very same object, or tuples of the very same objects."""
+    if a is b:
+        return True
+    return type(a) is tuple and type(b) is tuple and len(a) == len(b) and all(map(operator.is_, a, b))

@@ -118,9 +118,7 @@ class Tiers:
         self.calico = calico
         self.rules = {**tables.rules, **(calico.tables.rules if calico is not None else {})}
         self._np_sigs: dict[int, tuple[Entries, int]] = {}
-        self._by_identity: dict[int, list[ClusterNetworkPolicy]] = {}  # filled on use
         self.memo = memo if memo is not None else TierMemo()
-        self._ingress_names: dict[int, tuple[str, ...]] = {}  # identity -> its policies' named ports
         self._node_idents: dict[object, frozenset[int]] = {}  # a `nodes` selector's CIDR identities
         self._part_cache: dict[tuple[str, int, int, tuple[PortSpec, ...]], RulePart | None] = {}
         self._endpoint_cache: dict[tuple[object, ...], EndpointTiers] = {}
@@ -131,11 +129,7 @@ class Tiers:
 
     def policies_for(self, identity: int) -> list[ClusterNetworkPolicy]:
         """The policies whose subject selects the identity, in order."""
-        got = self._by_identity.get(identity)
-        if got is None:
-            subjects = self.tables.subject_identities
-            got = self._by_identity[identity] = [p for p in self.tables.policies if identity in subjects(p)]
-        return got
+        return self.tables.policies_selecting(identity)[0]
 
     def calico_policies_for(self, identity: int) -> tuple[str, ...]:
         if self.calico is None:
@@ -219,15 +213,10 @@ class Tiers:
         join Calico's tier at their policies' rank where Calico polices a direction.
         `previous_profile`: its profile id in the previous compilation (a new profile is patched
         from that one's entries where it can be)."""
-        pols = self.policies_for(identity)
+        pols, names = self.tables.policies_selecting(identity)
         cal_in, cal_eg = self.calico.directions(identity) if self.calico is not None else (False, False)
         if not pols and not cal_in and not cal_eg:
             return NOT_TIERED
-        names = self._ingress_names.get(identity)
-        if names is None:
-            names = self._ingress_names[identity] = tuple(
-                n for pol in pols for r in pol.ingress for n in _named(r)
-            )
         own = resolve_named(pod, names) if names else ()
         cal_own = (
             self.calico.named_own(identity, pod) if self.calico is not None and (cal_in or cal_eg) else ()
