@@ -32,6 +32,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from controller.compiler.desired_state import PolicyEntryKey, PolicyEntryValue, ProfileChange
 from controller.core.verdicts import TIER_PROFILE_BIT
@@ -123,6 +124,16 @@ class Rehomed(Mapping[bytes, bytes]):
         if kb[4:8] != self._to:
             raise KeyError(kb)
         return self._source[kb[:4] + self._from + kb[8:]]
+
+    # get and `in` without Mapping's __getitem__ and KeyError per key: the sync's diff reads a
+    # re-keyed spare once per key its patch touched (~26k at 50k pods)
+    def get(self, kb: bytes, default: Any = None) -> Any:
+        if kb[4:8] != self._to:
+            return default
+        return self._source.get(kb[:4] + self._from + kb[8:], default)
+
+    def __contains__(self, kb: object) -> bool:
+        return isinstance(kb, bytes) and kb[4:8] == self._to and kb[:4] + self._from + kb[8:] in self._source
 
     def __iter__(self) -> Iterator[bytes]:
         to = self._to

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from controller.compiler.desired_state import NodeDesired, PolicyEntryKey, PolicyEntryValue, ProfileChange
 from controller.core.verdicts import DIR_INGRESS, TIER_ACCEPT, TIER_DENY, TIER_PROFILE_BIT
 from controller.datapath.encoding import Encoder
-from controller.datapath.profile_homes import ProfileHomes, encode_full
+from controller.datapath.profile_homes import ProfileHomes, Rehomed, encode_full
 from controller.datapath.sync import _diff_policy
 from tests.support.kernel import desired_node
 
@@ -192,3 +192,15 @@ def test_the_encoder_keeps_spares_only_in_the_room_left_beside_everything_else_a
     grown = enc.encode(_node_with(a, 50), {"x/a": 1})  # the endpoint's own entries take 50 of it
     assert twin.home not in grown.policy and not enc.homes.spares
     assert sum(len(p) for p in grown.policy.values()) + 100 <= 300
+
+
+def test_a_rekeyed_spare_answers_get_and_in_exactly_as_its_materialized_entries() -> None:
+    src = encode_full(L1, _profile(5))
+    view = Rehomed(src, L1, L2)
+    flat = view.materialized()
+    probes = [*flat, *src, *encode_full(L3, _profile(5)), *encode_full(L2, _profile(7)), b"short"]
+    for kb in probes:
+        assert view.get(kb) == flat.get(kb), kb
+        assert view.get(kb, b"none") == flat.get(kb, b"none"), kb
+        assert (kb in view) == (kb in flat), kb
+    assert dict(view) == flat and len(view) == len(flat) == 5
