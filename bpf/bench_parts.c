@@ -21,9 +21,9 @@
  *               one test_run per packet with a new source port each (controller/bench/cost.py):
  *   1 fast path vg_fast's part for a SYN: clock, config, parse, the SYN test (a SYN skips its
  *               conntrack lookups: they would miss)
- *   2 full path vg_handle up to the flow checks: endpoint lookup, the forward and reverse
- *               conntrack misses (its second parse, ~10 ns as in part_3, and config read are left
- *               to "rest")
+ *   2 full path vg_handle up to the flow checks: endpoint lookup, the forward conntrack miss
+ *               (a SYN skips the reverse lookup: it is never a reply; its second parse, ~10 ns
+ *               as in part_3, and config read are left to "rest")
  *   3 peer      the peer's identity: vg_ipcache4 LPM trie lookup
  *   4 policy    the endpoint's NetworkPolicy entries: vg_policy LPM trie lookup (the peer's
  *               identity allows at once here; a peer allowed by a CIDR or ANY entry costs up to
@@ -84,21 +84,23 @@ static __always_inline int vg_newpart(struct __sk_buff *skb, const int steps)
 	struct config *cfg;
 	__u8 reason = ALLOW_POLICY;
 	__u64 now = vg_now();
-	int reply = 0;
 
 	cfg = vg_config.lookup(&zero);
 	if (cfg)
 		revision = cfg->revision;
 	if (vg_parse(skb, &p) != PARSE_OK)
 		return TC_ACT_SHOT;
-	if (p.proto != IPPROTO_TCP || (p.tcp_flags & (VG_TCP_SYN | VG_TCP_ACK)) != VG_TCP_SYN)
+	if (!vg_tcp_opens(&p))
 		return TC_ACT_SHOT; /* the driver sends SYNs */
 	if (steps < 2)
 		return TC_ACT_OK;
 	ep = vg_endpoints.lookup(&ifindex);
 	if (!ep)
 		return TC_ACT_SHOT;
-	if (vg_ct_find(&k, &p, ep->ep_id, DIR_INGRESS, now, &reply))
+	/* (a SYN: the forward key only, as vg_handle looks it up) */
+	vg_ct_fill(&k, &p, ep->ep_id, DIR_INGRESS, 0);
+	v = vg_ct.lookup(&k);
+	if (v && v->expires_ns > now)
 		return TC_ACT_SHOT; /* not a new flow: the driver sends each tuple once */
 	if (steps >= 3)
 		vg_peer_lookup(&p, DIR_INGRESS, &peer);

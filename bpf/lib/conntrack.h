@@ -307,8 +307,7 @@ static __always_inline int vg_ct_create(const struct ct_key *k, const struct vg_
 	 * Not for deferred entries: their replies come from the frontend address, and the flow's
 	 * verdict is re-judged on every forward packet at the judge anyway.
 	 */
-	if (state != CT_DEFERRED && p->proto == IPPROTO_TCP &&
-	    (p->tcp_flags & (VG_TCP_SYN | VG_TCP_ACK)) != VG_TCP_SYN)
+	if (state != CT_DEFERRED && p->proto == IPPROTO_TCP && !vg_tcp_opens(p))
 		v.seen |= CT_SEEN_MIDSTREAM;
 	v.expires_ns = now + vg_ct_timeout(p->proto, v.seen);
 	v.packets = 1;

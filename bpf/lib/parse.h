@@ -439,6 +439,12 @@ static __always_inline int vg_is_icmp6_ctrl(const struct vg_pkt *p)
 	return (p->icmp_type >= 130 && p->icmp_type <= 137) || p->icmp_type == 143;
 }
 
+/* A TCP segment that opens a connection: SYN without ACK. */
+static __always_inline int vg_tcp_opens(const struct vg_pkt *p)
+{
+	return p->proto == IPPROTO_TCP && (p->tcp_flags & (VG_TCP_SYN | VG_TCP_ACK)) == VG_TCP_SYN;
+}
+
 /* Non-echo ICMP (errors, control, unknown types): no ports, no connection. It never creates a
  * conntrack entry, and none lets it pass: an entry with ports 0 would let any ICMP of the
  * peer back in as a "reply". Errors about tracked flows are ALLOW_RELATED (lib/conntrack.h);

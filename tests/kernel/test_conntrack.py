@@ -38,6 +38,21 @@ def test_a_reply_of_an_allowed_ingress_flow_passes_out_of_an_egress_isolated_pod
     assert h.count(Reason.ALLOW_REPLY, DIR_EGRESS) == 1
 
 
+def test_a_syn_is_never_a_reply_so_a_peer_cannot_open_a_connection_back_on_a_flows_ports(
+    h: Harness,
+) -> None:
+    h.endpoint(ingress_isolated=True)  # egress open: the pod may connect out
+    assert h.from_pod(a_to_b(40000, 80)) == TC_ACT_OK
+    # The peer's SYN on the reverse tuple opens a connection into the isolated pod: a new flow,
+    # judged by ingress policy (and dropped), not a reply (a SYN skips the reverse lookup).
+    assert h.to_pod(b_to_a(80, 40000, P.SYN)) == TC_ACT_SHOT
+    assert h.count(Reason.DROP_POLICY, DIR_INGRESS) == 1
+    assert h.count(Reason.ALLOW_REPLY, DIR_INGRESS) == 0
+    # control: the flow's real reply passes
+    assert h.to_pod(b_to_a(80, 40000, P.SYN | P.ACK)) == TC_ACT_OK
+    assert h.count(Reason.ALLOW_REPLY, DIR_INGRESS) == 1
+
+
 def test_established_packets_take_the_conntrack_path_and_are_counted_in_the_entry(h: Harness) -> None:
     h.endpoint(ingress_isolated=True)
     h.allow(DIR_INGRESS, ID_B, P.TCP, 80)
