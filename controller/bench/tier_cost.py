@@ -254,9 +254,10 @@ def summarize(
         "packets_per_round": packets,
         "new_flows_per_round": new_flows,
         "new_flow_lookups": (
-            "tiered: 1 endpoint hash + 1 ipcache LPM + 3 policy LPM in the tier profile (identity, "
-            "CIDR identity, ANY), then NetworkPolicy's lookups where the Admin tier passes and it "
-            "isolates (1-3): at most 6, whatever the number of policies, tiers and rules; "
+            "tiered: 1 endpoint hash + 1 ipcache LPM + up to 4 policy LPM in the tier profile "
+            "(identity, CIDR identity, namespace identity, ANY), then NetworkPolicy's lookups where "
+            "the Admin tier passes and it isolates (1-3): at most 7, whatever the number of "
+            "policies, tiers and rules; "
             "NetworkPolicy only: 1 endpoint hash + 1 ipcache LPM + policy LPM lookups up to the "
             "first that allows (1-3)"
         ),
