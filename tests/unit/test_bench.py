@@ -356,7 +356,7 @@ def test_tier_cost_summary_gives_ratios_to_the_floor_and_to_no_cnp() -> None:
     assert rows[100]["new_flow_ns"] == 330.0 and rows[100]["new_flow_vs_no_cnp"] == 1.082
     assert rows[0]["established_ns"] == 61.0 and rows[0]["established_ratio"] == 2.033
     assert rows[100]["new_flow_ratio"] == 11.0
-    assert "3 policy LPM" in doc["new_flow_lookups"]
+    assert "up to 4 policy LPM" in doc["new_flow_lookups"]
     infos = [{"cluster_policies": 10}]  # no count 0 measured: no ratio to it
     only = tier_cost.summarize(infos, [30.0], {10: {"est": [60.0], "new": [300.0]}}, 1, 1, 1)
     assert only["configs"][0]["new_flow_vs_no_cnp"] is None
