@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from controller.compiler.builder import ClusterBuilder, cluster_from_objects
 from controller.compiler.model import Peer
 from controller.compiler.policy import compile_cluster
+from controller.compiler.stages import cnp_tables
 from controller.compiler.stages.selection import PeerSelector
 from tests.support.cluster_world import NAMESPACES, World, summary
 from tests.support.k8s import K8s as K
@@ -237,12 +238,17 @@ def test_identities_that_come_and_go_update_the_carried_peer_selections_to_what_
     for n in range(150):
         world.step(n)
         previous, before = state, compiled
+        planted = ("planted", None, f"never asked {n}")  # a selection no compilation asks for
+        before.selector._cache[planted] = frozenset({1})
+        before.selector._peers[planted] = ("planted", None, None)
         state = builder.build(*world.objects())
         compiled = compile_cluster(state)
         sel = compiled.selector
         if compiled.incremental and sel is not before.selector and compiled.namespaces is before.namespaces:
-            # carried over (before any query of this compilation), and exactly right
-            assert set(sel._cache) >= set(before.selector._cache), f"step {n}"
+            # what the previous selector was asked for is carried over, nothing else (bounded)
+            asked = set(before.selector._asked)
+            assert asked <= set(sel._cache) <= asked | sel._asked, f"step {n}"
+            assert planted not in sel._cache
             fresh = PeerSelector(compiled.identity_tables, compiled.namespaces)
             for key, got in sel._cache.items():
                 policy_ns, ns_sel, pod_sel = sel._peers[key]
@@ -252,3 +258,31 @@ def test_identities_that_come_and_go_update_the_carried_peer_selections_to_what_
         K.compute_all(state)
         del previous, before
     assert carried > 10
+
+
+def test_the_policies_carried_by_identity_key_keep_no_more_than_twice_the_live_identities(
+    monkeypatch: Any,
+) -> None:
+    monkeypatch.setattr(cnp_tables, "CARRIED_SLACK", 0)
+    world = World(random.Random(5))
+    builder = ClusterBuilder()
+    state = builder.build(*world.objects())
+    K.compute_all(state)
+    seen: set[object] = set()
+    for n in range(200):
+        # pod events only: the policies and namespaces stay, so the table is carried throughout
+        if n % 3 == 0 and len(world.pods) > 4:
+            del world.pods[world.rnd.choice(sorted(world.pods))]
+        elif n % 3 == 1:
+            world.add_pod(f"q{n}")
+        else:
+            world.change_pod()
+        previous = state
+        state = builder.build(*world.objects())
+        compiled = compile_cluster(state)
+        K.compute_all(state)
+        carried = compiled.tiers.tables._policies_by_key
+        seen |= set(carried)
+        assert len(carried) <= 2 * len(compiled.identity_tables.identity_of_key), f"step {n}"
+        del previous
+    assert len(seen) > 2 * len(compiled.identity_tables.identity_of_key)  # (keys did come and go)

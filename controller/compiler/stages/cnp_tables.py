@@ -113,6 +113,10 @@ def resolve_named(pod: Pod, names: Sequence[str]) -> tuple[PortSpec, ...]:
 _Selecting = tuple[list[ClusterNetworkPolicy], tuple[str, ...]]
 
 
+# entries beyond twice the live identities that the carried policies-by-identity-key may hold
+CARRIED_SLACK = 1024
+
+
 class CnpTables:
     """The node-independent part: policies in order, ranks and references, each rule's peers as
     identities, and the prefixes the tiers need as CIDR identities (known before the CIDR
@@ -144,9 +148,15 @@ class CnpTables:
         # ports. A subject selects an identity by its key (namespace, labels) alone, so this is
         # carried while the policies and the namespaces are the same (at 50k pods recomputing it
         # for a node's identities on every pod event cost ~9 ms).
-        self._policies_by_key: dict[object, tuple[list[ClusterNetworkPolicy], tuple[str, ...]]] = (
-            memo.carried("policies by identity key", (self.policies, selector.namespaces), dict)
+        self._policies_by_key: dict[object, _Selecting] = memo.carried(
+            "policies by identity key", (self.policies, selector.namespaces), dict
         )
+        if len(self._policies_by_key) > 2 * len(identities.identity_of_key) + CARRIED_SLACK:
+            # the keys of identities gone since (relabels, rollouts) leave it (a cache: an entry
+            # asked for again is computed again)
+            live = identities.identity_of_key
+            for gone in [k for k in self._policies_by_key if k not in live]:
+                del self._policies_by_key[gone]
         self.prefixes = frozenset(self._prefixes())
         # (the previous compilation's classes keep their identities; see stages/domains.py)
         self.domains: DomainClasses = memo.carried(

@@ -132,7 +132,9 @@ class PeerSelector:
     The cache outlives a compilation: while the namespaces are the same, the next compilation's
     selector starts from this one's selections with the identities that came and went applied
     (each new identity tested against each cached selector), instead of evaluating every selector
-    again over the whole index (issue 19: a relabelled pod at 50k pods re-ran ~1,250 of them)."""
+    again over the whole index (issue 19: a relabelled pod at 50k pods re-ran ~1,250 of them).
+    Only selections asked for while this selector was in use are carried, so the selectors of
+    deleted policies leave the cache with the next identity change."""
 
     def __init__(self, identities: IdentityTables, namespaces: NamespaceIndex) -> None:
         self.ns_index = identities.ns_index
@@ -144,6 +146,8 @@ class PeerSelector:
         self._peers: dict[tuple[Any, ...], tuple[str, LabelSelector | None, LabelSelector | None]] = {}
         self._ns_cache: dict[str, frozenset[int]] = {}
         self._ns_names: dict[str, frozenset[str]] = {}  # namespace selector key -> names it selects
+        self._asked: set[tuple[Any, ...]] = set()  # cache keys asked for (what update() carries)
+        self._ns_asked: set[str] = set()
 
     @classmethod
     def build(cls, identities: IdentityTables, namespaces: NamespaceIndex) -> PeerSelector:
@@ -161,13 +165,14 @@ class PeerSelector:
         out = PeerSelector(identities, namespaces)
         if namespaces is not self.namespaces or changes is None:
             return out
-        out._ns_cache = dict(self._ns_cache)  # (of the namespaces alone)
-        out._ns_names = dict(self._ns_names)
-        out._peers = dict(self._peers)
+        out._ns_cache = {k: self._ns_cache[k] for k in self._ns_asked}  # (of the namespaces alone)
         removed = changes.removed
         added = [(i, identities.identity_namespace[i], identities.identity_labels[i]) for i in changes.added]
-        for key, got in self._cache.items():
-            policy_ns, ns_sel, pod_sel = self._peers[key]
+        for key in self._asked:
+            got = self._cache[key]
+            policy_ns, ns_sel, pod_sel = out._peers[key] = self._peers[key]
+            if ns_sel is not None and ns_sel.key in self._ns_names:
+                out._ns_names[ns_sel.key] = self._ns_names[ns_sel.key]
             gained = [i for i, ns, labels in added if out._selects(policy_ns, ns_sel, pod_sel, ns, labels)]
             if gained or not removed.isdisjoint(got):
                 got = got.difference(removed).union(gained)
@@ -196,6 +201,7 @@ class PeerSelector:
         hit = self._ns_cache.get(sel.key)
         if hit is None:
             hit = self._ns_cache[sel.key] = self.namespaces.identities_matching(sel)
+        self._ns_asked.add(sel.key)
         return hit
 
     def _namespaces_matching(self, sel: LabelSelector) -> list[str]:
@@ -210,6 +216,7 @@ class PeerSelector:
             None if pod_sel is None else pod_sel.key,
         )
         hit = self._cache.get(key)
+        self._asked.add(key)
         if hit is not None:
             return hit
         result: set[int] = set()
