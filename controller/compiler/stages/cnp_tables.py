@@ -155,7 +155,7 @@ class CnpTables:
             # the keys of identities gone since (relabels, rollouts) leave it (a cache: an entry
             # asked for again is computed again)
             live = identities.identity_of_key
-            for gone in [k for k in self._policies_by_key if k not in live]:
+            for gone in [k for k in list(self._policies_by_key) if k not in live]:
                 del self._policies_by_key[gone]
         self.prefixes = frozenset(self._prefixes())
         # (the previous compilation's classes keep their identities; see stages/domains.py)

@@ -165,11 +165,17 @@ class PeerSelector:
         out = PeerSelector(identities, namespaces)
         if namespaces is not self.namespaces or changes is None:
             return out
-        out._ns_cache = {k: self._ns_cache[k] for k in self._ns_asked}  # (of the namespaces alone)
+        # (list(): a snapshot, taken at once, should another thread still ask this selector)
+        for k in list(self._ns_asked):
+            hit = self._ns_cache.get(k)
+            if hit is not None:
+                out._ns_cache[k] = hit  # (of the namespaces alone)
         removed = changes.removed
         added = [(i, identities.identity_namespace[i], identities.identity_labels[i]) for i in changes.added]
-        for key in self._asked:
-            got = self._cache[key]
+        for key in list(self._asked):
+            got = self._cache.get(key)
+            if got is None:
+                continue
             policy_ns, ns_sel, pod_sel = out._peers[key] = self._peers[key]
             if ns_sel is not None and ns_sel.key in self._ns_names:
                 out._ns_names[ns_sel.key] = self._ns_names[ns_sel.key]
@@ -240,6 +246,6 @@ class PeerSelector:
                 allowed = set(namespaces)
                 result = {i for i in pod_sel.select(self.index) if self.identity_namespace[i] in allowed}
         frozen = frozenset(result)
+        self._peers[key] = (policy_ns, ns_sel, pod_sel)  # (before the entry: update() reads both)
         self._cache[key] = frozen
-        self._peers[key] = (policy_ns, ns_sel, pod_sel)
         return frozen
