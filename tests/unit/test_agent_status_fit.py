@@ -285,10 +285,21 @@ def test_the_local_pods_are_the_active_ones_on_the_node_whatever_objects_the_clu
             p for p in by_key.values() if getattr(p, "node", None) == "node-1" and getattr(p, "active", True)
         ]
         got = status_mod._local_pods(by_key, "node-1")
-        assert len(got) == len(want) and all(a is b for a, b in zip(got, want, strict=True))
+        assert len(got) == len(want) and all(a is b for a, b in zip(got.values(), want, strict=True))
+        assert all(by_key[k] is p for k, p in got.items())
 
 
-def test_the_policy_status_redone_for_what_changed_is_the_one_computed_afresh_over_random_events() -> None:
+def test_the_policy_status_redone_for_what_changed_is_the_one_computed_afresh_over_random_events(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scans = [0]  # every pod scanned for the local ones: the fresh status's, once per step
+    scan = status_mod._local_pods
+
+    def counted(pods: Any, node: str) -> dict[str, Any]:
+        scans[0] += 1
+        return scan(pods, node)
+
+    monkeypatch.setattr(status_mod, "_local_pods", counted)
     rng = random.Random(12)
     raw = _cluster()
     agent, _ = _agent(raw)
@@ -299,11 +310,15 @@ def test_the_policy_status_redone_for_what_changed_is_the_one_computed_afresh_ov
     policies, pods = list(raw.policies), list(raw.pods)
     overflow: dict[str, Overflow] = {}
     errors: list[PolicyError] = []
+    unseen = 0
     for step in range(60):
         kind = rng.choice(
             [
                 "relabel",
                 "pod_add",
+                "pod_add_elsewhere",
+                "reschedule",
+                "unseen_build",
                 "pod_del",
                 "pol_add",
                 "pol_del",
@@ -323,6 +338,22 @@ def test_the_policy_status_redone_for_what_changed_is_the_one_computed_afresh_ov
                     "ns-000", f"new-{step}", {"app": "app-0", "tier": "web"}, f"10.251.0.{step}", "node-1", []
                 )
             )
+        elif kind == "pod_add_elsewhere":
+            pods.append(
+                synth.pod("ns-001", f"away-{step}", {"app": "app-1"}, f"10.252.0.{step}", "node-2", [])
+            )
+        elif kind == "reschedule":  # the same pod (key) replaced by one on another node
+            at = rng.randrange(len(pods))
+            meta = {k: v for k, v in pods[at]["metadata"].items() if k != "resourceVersion"}
+            node = "node-2" if pods[at]["spec"]["nodeName"] == "node-1" else "node-1"
+            pods[at] = dict(pods[at], metadata=meta, spec={**pods[at]["spec"], "nodeName": node})
+        elif kind == "unseen_build":  # a pod added in a build whose status was never asked
+            pods.append(
+                synth.pod("ns-000", f"unseen-{step}", {"app": "app-0"}, f"10.253.0.{step}", "node-1", [])
+            )
+            pods[-1]["metadata"]["resourceVersion"] = str(next(versions))
+            builder.build(raw.namespaces, list(pods), list(policies), raw.nodes)
+            unseen += 1
         elif kind == "pod_del":
             del pods[rng.randrange(len(pods))]
         elif kind == "pol_add":
@@ -362,3 +393,6 @@ def test_the_policy_status_redone_for_what_changed_is_the_one_computed_afresh_ov
         fresh.errors.record_policy_errors([*cluster.errors, *errors])
         want = _compute_status(fresh, snap, _fit(overflow))
         assert got == want and list(got) == list(want), f"step {step} ({kind})"
+    # the status kept up with every build takes the local pods from its last ones (a scan the
+    # first time and after a build it did not see)
+    assert unseen and scans[0] == 60 + 1 + unseen
