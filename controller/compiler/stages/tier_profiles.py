@@ -140,11 +140,8 @@ class TierMemo:
             self.parts[part] = got
         return got
 
-    def _signature(self, parts: Sequence[RulePart], ident: int) -> Signature | None:
-        """_signature(), one object per distinct signature (many identities share one)."""
-        sig = _signature(parts, ident)
-        if sig is None:
-            return None
+    def _interned(self, sig: Signature) -> Signature:
+        """The one object of a signature (many identities share one)."""
         got = self._sigs.get(sig)
         if got is None:
             got = self._sigs[sig] = self._old_sigs.get(sig, sig)
@@ -213,32 +210,46 @@ class TierMemo:
             mine = [p for p in parts if p.direction == direction]
             old_sigs = old.sigs.get(direction, {})
             sigs = new_groups.setdefault(direction, {})
-            for ident in changed:
-                before = old_sigs.get(ident)
-                after = self._signature(mine, ident)
-                if after == before:
-                    continue
+            groups: list[tuple[Signature | None, frozenset[int]]] = list(_split(mine, changed))
+            given = set().union(*(idents for _, idents in groups)) if groups else set()
+            groups.append((None, frozenset(changed.difference(given))))  # (no part gives them anything)
+            # per (signature before, after): the row specs to remove and the rows to write, once
+            steps: dict[tuple[int, int], tuple[list[PortSpec], list[Row]]] = {}
+            for raw, group in groups:
+                after = self._interned(raw) if raw is not None else None
                 rows = self.signature_rows(after) if after is not None else ()
-                had: dict[PortSpec, PolicyEntryValue] = {}
-                if before is not None:  # only the rows `after` has not are removed
-                    had = {(proto, port, plen): v for proto, port, plen, v in self.signature_rows(before)}
-                    kept = {(proto, port, plen) for proto, port, plen, _ in rows}
-                    for proto, port, plen in had.keys() - kept:
+                for ident in group:
+                    before = old_sigs.get(ident)
+                    if after == before:
+                        continue
+                    step = steps.get((id(before), id(after)))
+                    if step is None:
+                        step = steps[(id(before), id(after))] = _step(
+                            self.signature_rows(before) if before is not None else (), rows
+                        )
+                    for proto, port, plen in step[0]:
                         k = intern(direction, ident, proto, port, plen)
                         del entries[k]
                         removed.append(k)
-                if after is None:
-                    del sigs[ident]
-                    continue
-                sigs[ident] = after
-                for proto, port, plen, value in rows:
-                    if had.get((proto, port, plen)) is value:
+                    if after is None:
+                        del sigs[ident]
                         continue
-                    k = intern(direction, ident, proto, port, plen)
-                    entries[k] = value
-                    upserted.append(k)
+                    sigs[ident] = after
+                    for proto, port, plen, value in step[1]:
+                        k = intern(direction, ident, proto, port, plen)
+                        entries[k] = value
+                        upserted.append(k)
         change = ProfileChange(old.entries, tuple(removed), tuple(upserted))
         return ProfileState(parts, new_groups, MappingProxyType(entries)), change
+
+
+def _step(before: Sequence[Row], after: Sequence[Row]) -> tuple[list[PortSpec], list[Row]]:
+    """From an identity's rows `before` to `after`: the specs only `before` has (removed) and
+    the rows of `after` whose value is not the very one `before` had there (written)."""
+    had = {(proto, port, plen): v for proto, port, plen, v in before}
+    kept = {(proto, port, plen) for proto, port, plen, _ in after}
+    gone = [spec for spec in had if spec not in kept]
+    return gone, [row for row in after if had.get(row[:3]) is not row[3]]
 
 
 def _compared(old: Entries, new: Entries) -> ProfileChange:
@@ -303,34 +314,47 @@ def signature_classes(parts: Sequence[RulePart]) -> Classes:
     split part by part with set operations; those of a part's `extra` get theirs one by one."""
     out: Classes = {}
     for direction in sorted({p.direction for p in parts}):
-        mine = [p for p in parts if p.direction == direction]
-        classes: list[tuple[Signature, frozenset[int]]] = []
-        for p in mine:
-            item: SigItem = (p.head, p.specs)
-            rest = p.idents
-            split: list[tuple[Signature, frozenset[int]]] = []
-            for sig, idents in classes:
-                inside = idents & rest if rest else frozenset()
-                if not inside:
-                    split.append((sig, idents))
-                    continue
-                rest = rest - inside
-                if len(inside) < len(idents):
-                    split.append((sig, idents - inside))
-                split.append(((*sig, item), inside))
-            if rest:
-                split.append(((item,), rest))
-            classes = split
-        special = frozenset(i for p in mine for i, _ in p.extra)
-        if special:
-            classes = [(sig, idents - special) for sig, idents in classes if idents - special]
-            for ident in sorted(special):
-                got = _signature(mine, ident)
-                if got is not None:
-                    classes.append((got, frozenset((ident,))))
+        classes = _split([p for p in parts if p.direction == direction], None)
         if classes:
             out[direction] = classes
     return out
+
+
+def _split(
+    mine: Sequence[RulePart], within: frozenset[int] | set[int] | None
+) -> list[tuple[Signature, frozenset[int]]]:
+    """The identities parts of one direction give something (of `within` only, when given), in
+    classes of equal signature: split part by part with set operations (C loops over the sets,
+    not a Python test per identity and part); those of a part's `extra` get theirs one by one."""
+    classes: list[tuple[Signature, frozenset[int]]] = []
+    for p in mine:
+        item: SigItem = (p.head, p.specs)
+        rest = p.idents if within is None else p.idents.intersection(within)
+        if not rest:
+            continue
+        split: list[tuple[Signature, frozenset[int]]] = []
+        for sig, idents in classes:
+            inside = idents & rest if rest else frozenset()
+            if not inside:
+                split.append((sig, idents))
+                continue
+            rest = rest - inside
+            if len(inside) < len(idents):
+                split.append((sig, idents - inside))
+            split.append(((*sig, item), inside))
+        if rest:
+            split.append(((item,), frozenset(rest)))
+        classes = split
+    special = frozenset(i for p in mine for i, _ in p.extra)
+    if within is not None:
+        special = special.intersection(within)
+    if special:
+        classes = [(sig, idents - special) for sig, idents in classes if idents - special]
+        for ident in sorted(special):
+            got = _signature(mine, ident)
+            if got is not None:
+                classes.append((got, frozenset((ident,))))
+    return classes
 
 
 def _groups(classes: Classes) -> dict[int, dict[int, Signature]]:
