@@ -67,6 +67,7 @@ class Datapath:
         # What the synced maps hold after this object's last sync, if it completed (None: not
         # known, read the kernel), and the encoder that reuses the bytes of what did not change.
         self._written: sync.Written | None = None
+        self._retired: sync.Written | None = None  # the sync before: freed by idle work
         self._encoder = self._new_encoder()
         self._unplaced_warned: set[str] = set()  # host endpoints already reported as not placed
         # When this load replaced pinned maps (another layout, loader.replacing_incompatible), the
@@ -209,7 +210,8 @@ class Datapath:
         return self._sync(desired, pod_ifindex, incremental=True)
 
     def _sync(self, desired: NodeDesired, pod_ifindex: Mapping[str, int], incremental: bool) -> SyncResult:
-        previous = self._written if incremental else None
+        last = self._written
+        previous = last if incremental else None
         homes = self._encoder.homes
         self._written = None  # unknown until this sync completes
         encoding = self._encoder.encode(desired, pod_ifindex, self.host_endpoint_interfaces(desired))
@@ -218,6 +220,8 @@ class Datapath:
         finally:
             if self._written is None:  # endpoints may still use a home this sync retired
                 homes.forget_spares()
+        # what the last sync wrote is freed by the idle work (prepare_spares), not in this pass
+        self._retired = last
         if result.full:
             by_ifindex: dict[int, list[str]] = {}
             for pod, ifindex in pod_ifindex.items():
@@ -243,7 +247,9 @@ class Datapath:
     def prepare_spares(self) -> int:
         """Idle work: one tier profile gets a spare copy of itself written (ProfileHomes.twins),
         so that the next change of its endpoints' policies writes only what changed. Returns
-        how many were made (0: every profile has one, or no room, or the last sync failed)."""
+        how many were made (0: every profile has one, or no room, or the last sync failed).
+        First frees what the last sync replaced (a 50k-pod encoding takes ms to free)."""
+        self._retired = None
         written = self._written
         if written is None:
             return 0

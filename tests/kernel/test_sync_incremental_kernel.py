@@ -5,6 +5,7 @@ incremental sync, a sync that reads the kernel maps finds nothing to change."""
 from __future__ import annotations
 
 import random
+import weakref
 
 import pytest
 
@@ -39,3 +40,14 @@ def test_an_incremental_sync_after_a_full_one_diffs_against_what_the_full_one_wr
         desired, pod_ifindex = world.desired(), dict(world.pod_ifindex)
         h.dp.sync_incremental(desired, pod_ifindex)
         assert not h.dp.sync(desired, pod_ifindex).changed, f"step {step}"
+
+
+def test_what_a_sync_replaced_is_freed_by_the_idle_work_not_during_the_next_sync(h: Harness) -> None:
+    world = World(random.Random(9))
+    h.dp.sync(world.desired(), dict(world.pod_ifindex))
+    first = weakref.ref(h.dp._written)  # what the maps hold after it (with its encoding)
+    world.step()
+    h.dp.sync_incremental(world.desired(), dict(world.pod_ifindex))
+    assert first() is not None and first() is not h.dp._written  # replaced, still held
+    h.dp.prepare_spares()  # the agent's idle work
+    assert first() is None

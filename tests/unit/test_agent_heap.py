@@ -1,5 +1,6 @@
 """controller.agent.heap: passes freeze what is alive; a full resync collects everything once
-per period, so cyclic garbage frozen meanwhile is freed (uses the real gc; unfreezes after)."""
+per period, so cyclic garbage frozen meanwhile is freed (uses the real gc; unfreezes after).
+The agent frees what a pass replaced in its idle time."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from controller.agent.heap import FULL_COLLECT_SECONDS, Collector
+from tests.support.agent_fakes import FakeDatapath, Routes, StaticApi, make_agent, pod, relist
 
 
 class Node:
@@ -53,3 +55,19 @@ def test_a_cycle_frozen_while_alive_is_freed_by_the_next_full_collection(clock: 
     clock[0] += FULL_COLLECT_SECONDS
     c.after_pass(full=True)
     assert alive() is None
+
+
+def test_the_cluster_a_pass_replaced_is_freed_by_the_idle_work_not_during_the_pass() -> None:
+    api = StaticApi()
+    api.items["Namespace"] = [{"metadata": {"name": "x"}}]
+    api.items["Pod"] = [pod("x", "a", "10.244.1.2")]
+    dp = FakeDatapath()
+    agent = make_agent(api, dp, Routes({"10.244.1.2": 7}))
+    assert agent.reconcile(full=True)
+    first = weakref.ref(agent._cluster)
+    api.items["Pod"] = [pod("x", "a", "10.244.1.2", app="db")]
+    relist(agent.sources)
+    assert agent.reconcile()
+    assert first() is not None and first() is not agent._cluster  # replaced, still held
+    agent.use_idle_time()
+    assert first() is None
