@@ -66,7 +66,7 @@ def test_the_cluster_a_pass_replaced_is_freed_by_the_idle_work_not_during_the_pa
     assert agent.reconcile(full=True)
     first = weakref.ref(agent._cluster)
     api.items["Pod"] = [pod("x", "a", "10.244.1.2", app="db")]
-    relist(agent.sources)
+    relist(agent.sources)  # type: ignore[arg-type]
     assert agent.reconcile()
     assert first() is not None and first() is not agent._cluster  # replaced, still held
     agent.use_idle_time()
