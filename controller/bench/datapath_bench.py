@@ -20,7 +20,9 @@ How (DESIGN.md "Measuring performance"):
     p50/p99, and its rate: TCP request/response transactions per second, one in flight) and an
     iperf3 UDP run of 64-byte datagrams at full speed (datagrams the server received per
     second): the small-packet figures, where per-packet cost shows, via `vethguard lab exec`;
-    figures are medians over rounds, ratios are to the baseline of the same run.
+    figures are medians over rounds, ratios are to the baseline of the same run. With two or
+    more CPUs the clients run on one CPU and the servers on another (taskset): left to the
+    scheduler, a round's baseline small-packet rates spread by ~25% on a 2-CPU VM.
   * per-packet cost: controller.bench.cost (BPF_PROG_TEST_RUN + kernel.bpf_stats_enabled) on
     the smallest and the largest level's Datapath (its big maps loaded).
   * ClusterNetworkPolicy cost: controller.bench.tier_cost, new-flow and established packets of
@@ -32,12 +34,13 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -118,9 +121,20 @@ class Sample:
 # --- traffic ---------------------------------------------------------------------------------
 
 
+def pinned(role: str, argv: Sequence[str]) -> list[str]:
+    """`argv` run on the CPU of its role ("client" or "server"), one CPU each, the same in every
+    configuration and round; unpinned on a machine with one CPU usable."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return list(argv)
+    return ["taskset", "-c", str(cpus[0] if role == "client" else cpus[1]), *argv]
+
+
 def in_client(lab: str, client: str, seconds: float, *argv: str) -> str:
-    """stdout of a measuring run of `seconds` in the client pod (`vethguard lab exec`)."""
-    return lab_cli("exec", "--name", lab, f"{synth.BENCH_NS}/{client}", "--", *argv, timeout=seconds + 60)
+    """stdout of a measuring run of `seconds` in the client pod (`vethguard lab exec`), on the
+    clients' CPU."""
+    target = f"{synth.BENCH_NS}/{client}"
+    return lab_cli("exec", "--name", lab, target, "--", *pinned("client", argv), timeout=seconds + 60)
 
 
 def iperf3(lab: str, client: str, server_ip: str, seconds: float) -> float:
@@ -211,8 +225,9 @@ def start_servers(lab: str, server: str) -> list[subprocess.Popen[bytes]]:
     """iperf3 and sockperf servers in the server pod (lab exec execs nsenter: the pid is the server)."""
     target = f"{synth.BENCH_NS}/{server}"
     base = [sys.executable, "-m", "controller.cli", "lab", "exec", "--name", lab, target, "--"]
-    iperf3 = [*base, "iperf3", "-s", "-p", str(synth.IPERF_PORT)]
-    sockperf = [*base, "sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p", str(synth.SOCKPERF_PORT)]
+    iperf3 = [*base, *pinned("server", ["iperf3", "-s", "-p", str(synth.IPERF_PORT)])]
+    sockperf_argv = ["sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p", str(synth.SOCKPERF_PORT)]
+    sockperf = [*base, *pinned("server", sockperf_argv)]
     return [
         subprocess.Popen(iperf3, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
         subprocess.Popen(sockperf, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),

@@ -155,6 +155,29 @@ def test_udp_packets_per_second_are_those_the_server_received() -> None:
         datapath_bench.udp_received_kpps({"end": {"sum": {"seconds": 4.0}}})
 
 
+def test_clients_and_servers_run_on_one_cpu_each_where_two_are_usable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(datapath_bench.os, "sched_getaffinity", lambda _pid: {3, 1, 2})
+    assert datapath_bench.pinned("client", ["iperf3", "-c", "x"]) == [
+        "taskset",
+        "-c",
+        "1",
+        "iperf3",
+        "-c",
+        "x",
+    ]
+    assert datapath_bench.pinned("server", ("sockperf", "server")) == [
+        "taskset",
+        "-c",
+        "2",
+        "sockperf",
+        "server",
+    ]
+    monkeypatch.setattr(datapath_bench.os, "sched_getaffinity", lambda _pid: {0})
+    assert datapath_bench.pinned("server", ["iperf3", "-s"]) == ["iperf3", "-s"]
+
+
 def test_sockperf_without_percentiles_is_an_error_naming_it() -> None:
     with pytest.raises(Exception, match="percentiles"):
         datapath_bench.parse_sockperf("sockperf: no server")
