@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -121,20 +121,20 @@ class Sample:
 # --- traffic ---------------------------------------------------------------------------------
 
 
-def pinned(role: str, argv: Sequence[str]) -> list[str]:
-    """`argv` run on the CPU of its role ("client" or "server"), one CPU each, the same in every
-    configuration and round; unpinned on a machine with one CPU usable."""
+def role_cpu(role: str) -> str:
+    """The CPU a role's programs run on (taskset -c), the same in every configuration and round:
+    the first usable one for clients, the second for servers (the first when only one is
+    usable)."""
     cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return list(argv)
-    return ["taskset", "-c", str(cpus[0] if role == "client" else cpus[1]), *argv]
+    return str(cpus[1] if role == "server" and len(cpus) > 1 else cpus[0])
 
 
 def in_client(lab: str, client: str, seconds: float, *argv: str) -> str:
     """stdout of a measuring run of `seconds` in the client pod (`vethguard lab exec`), on the
     clients' CPU."""
     target = f"{synth.BENCH_NS}/{client}"
-    return lab_cli("exec", "--name", lab, target, "--", *pinned("client", argv), timeout=seconds + 60)
+    cpu = role_cpu("client")
+    return lab_cli("exec", "--name", lab, target, "--", "taskset", "-c", cpu, *argv, timeout=seconds + 60)
 
 
 def iperf3(lab: str, client: str, server_ip: str, seconds: float) -> float:
@@ -225,9 +225,10 @@ def start_servers(lab: str, server: str) -> list[subprocess.Popen[bytes]]:
     """iperf3 and sockperf servers in the server pod (lab exec execs nsenter: the pid is the server)."""
     target = f"{synth.BENCH_NS}/{server}"
     base = [sys.executable, "-m", "controller.cli", "lab", "exec", "--name", lab, target, "--"]
-    iperf3 = [*base, *pinned("server", ["iperf3", "-s", "-p", str(synth.IPERF_PORT)])]
-    sockperf_argv = ["sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p", str(synth.SOCKPERF_PORT)]
-    sockperf = [*base, *pinned("server", sockperf_argv)]
+    cpu = role_cpu("server")  # (taskset execs the server: the pid is still the server's)
+    iperf3 = [*base, "taskset", "-c", cpu, "iperf3", "-s", "-p", str(synth.IPERF_PORT)]
+    port = str(synth.SOCKPERF_PORT)
+    sockperf = [*base, "taskset", "-c", cpu, "sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p", port]
     return [
         subprocess.Popen(iperf3, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
         subprocess.Popen(sockperf, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),

@@ -178,8 +178,8 @@ def role_programs(*roles: str) -> tuple[str, ...]:
 
 def started_programs(argv: Sequence[str | None]) -> list[str | None]:
     """The programs a command line starts: its first word and, through the wrappers this project
-    uses (nsenter ... --, ip netns exec NS, setpriv ... --, unshare [opts], sh -c SCRIPT,
-    `vethguard lab exec POD -- CMD`), the program they run. None marks a word not known here (a
+    uses (nsenter ... --, ip netns exec NS, setpriv ... --, unshare [opts], taskset [opts] CPUS,
+    sh -c SCRIPT, `vethguard lab exec POD -- CMD`), the program they run. None marks a word not known here (a
     variable in a source scan); unwrapping stops at it."""
     out: list[str | None] = []
     words = list(argv)
@@ -199,6 +199,8 @@ def started_programs(argv: Sequence[str | None]) -> list[str | None]:
             words = rest[3:]
         elif name == "unshare":
             words = _after_options(rest, _UNSHARE_VALUED)
+        elif name == "taskset":  # taskset [-c] MASK|LIST CMD
+            words = _after_options(rest, frozenset())[1:]
         elif name in ("sh", "bash") and rest[:1] == ["-c"]:
             script = rest[1] if len(rest) > 1 else None
             out.extend(script_programs(script) if script is not None else [None])

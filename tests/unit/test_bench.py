@@ -159,23 +159,9 @@ def test_clients_and_servers_run_on_one_cpu_each_where_two_are_usable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(datapath_bench.os, "sched_getaffinity", lambda _pid: {3, 1, 2})
-    assert datapath_bench.pinned("client", ["iperf3", "-c", "x"]) == [
-        "taskset",
-        "-c",
-        "1",
-        "iperf3",
-        "-c",
-        "x",
-    ]
-    assert datapath_bench.pinned("server", ("sockperf", "server")) == [
-        "taskset",
-        "-c",
-        "2",
-        "sockperf",
-        "server",
-    ]
+    assert (datapath_bench.role_cpu("client"), datapath_bench.role_cpu("server")) == ("1", "2")
     monkeypatch.setattr(datapath_bench.os, "sched_getaffinity", lambda _pid: {0})
-    assert datapath_bench.pinned("server", ["iperf3", "-s"]) == ["iperf3", "-s"]
+    assert (datapath_bench.role_cpu("client"), datapath_bench.role_cpu("server")) == ("0", "0")
 
 
 def test_sockperf_without_percentiles_is_an_error_naming_it() -> None:

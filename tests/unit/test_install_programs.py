@@ -7,7 +7,7 @@ check_output/check_call/call, os.execv*, asyncio.create_subprocess_exec and shut
 through the project's own wrappers (a function that hands its parameter to one of those is a
 wrapper too, to a fixed point), with the argv resolved from literals, local and module names,
 `+` and `*` splices, and functions that return a command line. Wrappers of wrappers are unwrapped
-by controller.core.programs.started_programs (nsenter ... --, ip netns exec NS, setpriv, unshare,
+by controller.core.programs.started_programs (nsenter ... --, ip netns exec NS, setpriv, unshare, taskset,
 sh -c SCRIPT, `lab exec POD -- CMD`). A call whose program the scan cannot name must be listed in
 DYNAMIC with the reason, so a new one fails until someone looks at it."""
 
@@ -394,7 +394,15 @@ def test_the_scan_finds_the_programs_the_lab_is_known_to_start(sites: list[Site]
         "sysctl",
         "hadolint",
         "gcc",
+        "taskset",
+        "sockperf",
     } <= found
+
+
+def test_a_command_run_through_taskset_starts_taskset_and_the_command() -> None:
+    assert programs.started_programs(["taskset", "-c", "1", "iperf3", "-s"]) == ["taskset", "iperf3"]
+    assert programs.started_programs(["taskset", "0x2", "sockperf", "server"]) == ["taskset", "sockperf"]
+    assert programs.started_programs(["taskset", "-c", None, "iperf3"]) == ["taskset", "iperf3"]
 
 
 def test_every_program_the_code_and_tests_start_has_a_package_that_install_sh_installs(
