@@ -179,8 +179,8 @@ def role_programs(*roles: str) -> tuple[str, ...]:
 def started_programs(argv: Sequence[str | None]) -> list[str | None]:
     """The programs a command line starts: its first word and, through the wrappers this project
     uses (nsenter ... --, ip netns exec NS, setpriv ... --, unshare [opts], taskset [opts] CPUS,
-    sh -c SCRIPT, `vethguard lab exec POD -- CMD`), the program they run. None marks a word not known here (a
-    variable in a source scan); unwrapping stops at it."""
+    sh -c SCRIPT, `vethguard lab exec POD -- CMD`), the program they run. None marks a word not
+    known here (a variable in a source scan); unwrapping stops at it."""
     out: list[str | None] = []
     words = list(argv)
     while words:

@@ -7,8 +7,8 @@ check_output/check_call/call, os.execv*, asyncio.create_subprocess_exec and shut
 through the project's own wrappers (a function that hands its parameter to one of those is a
 wrapper too, to a fixed point), with the argv resolved from literals, local and module names,
 `+` and `*` splices, and functions that return a command line. Wrappers of wrappers are unwrapped
-by controller.core.programs.started_programs (nsenter ... --, ip netns exec NS, setpriv, unshare, taskset,
-sh -c SCRIPT, `lab exec POD -- CMD`). A call whose program the scan cannot name must be listed in
+by controller.core.programs.started_programs (nsenter ... --, ip netns exec NS, setpriv, unshare,
+taskset, sh -c SCRIPT, `lab exec POD -- CMD`). A call whose program the scan cannot name must be listed in
 DYNAMIC with the reason, so a new one fails until someone looks at it."""
 
 from __future__ import annotations
