@@ -21,8 +21,9 @@ How (DESIGN.md "Measuring performance"):
     iperf3 UDP run of 64-byte datagrams at full speed (datagrams the server received per
     second): the small-packet figures, where per-packet cost shows, via `vethguard lab exec`;
     figures are medians over rounds, ratios are to the baseline of the same run. With two or
-    more CPUs the clients run on one CPU and the servers on another (taskset): left to the
-    scheduler, a round's baseline small-packet rates spread by ~25% on a 2-CPU VM.
+    more CPUs the clients run on one CPU and the servers on another (taskset), so every
+    configuration and round has the same placement (left to the scheduler, same-node TCP
+    request/response ran at ~13 k/s with a bimodal p50 on a 2-CPU VM; pinned, ~34 k/s).
   * per-packet cost: controller.bench.cost (BPF_PROG_TEST_RUN + kernel.bpf_stats_enabled) on
     the smallest and the largest level's Datapath (its big maps loaded).
   * ClusterNetworkPolicy cost: controller.bench.tier_cost, new-flow and established packets of
