@@ -24,6 +24,8 @@ from controller.compiler.policy import CompiledCluster, compile_cluster
 from controller.core.identities import DOMAIN_ID_MAX, DOMAIN_ID_MIN
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
 
+NS_CLASS_SHOWN = 3  # the members of a namespace class an identity's text names
+
 DIRECTION_NAMES: Mapping[int, str] = {DIR_INGRESS: "ingress", DIR_EGRESS: "egress"}
 
 
@@ -111,8 +113,10 @@ class ClusterView:
             return str(info.name)
         if info.kind == "cidr":
             return f"cidr:{info.cidr}"
-        if info.kind == "namespace":
-            return f"ns:{info.namespace}"
+        if info.kind == "namespace":  # a class of namespaces (stages/ns_classes.py)
+            names = info.namespaces or (str(info.namespace),)
+            more = f" +{len(names) - NS_CLASS_SHOWN} more" if len(names) > NS_CLASS_SHOWN else ""
+            return f"ns:{','.join(names[:NS_CLASS_SHOWN])}{more}"
         labels = ",".join(f"{k}={v}" for k, v in sorted(info.labels.items())) or "<no labels>"
         return f"{info.namespace}:{labels}"
 

@@ -81,10 +81,11 @@ class RuleRef:
 class IdentityInfo:
     identity: int
     kind: str  # "pod", "cidr", "namespace", "reserved"
-    namespace: str | None = None
+    namespace: str | None = None  # a pod's; a namespace class's first member
     labels: Mapping[str, str] = field(default_factory=dict)
     cidr: str | None = None
     name: str | None = None  # reserved identity name
+    namespaces: tuple[str, ...] = ()  # a namespace class's members, sorted (stages/ns_classes.py)
 
 
 @dataclass(frozen=True)

@@ -126,8 +126,8 @@ class CompiledCluster:
         cnp = CnpTables(cluster.cluster_policies, identities, selector, cluster.nodes, memo)
         calico = CalicoTables(cluster.calico_policies, cluster.policies, identities, cluster.namespace_labels)
         cidr = CidrTables.build(policies.block_prefixes | named.exact | cnp.prefixes | calico.prefixes)
-        ipcache = Ipcache.build(cluster.nodes, identities, cidr, namespaces.ids, self.generations)
-        catalogue = IdentityCatalogue.build(identities, cidr.cidr_identity, namespaces.ids)
+        ipcache = Ipcache.build(cluster.nodes, identities, cidr, cnp.ns_classes, self.generations)
+        catalogue = IdentityCatalogue.build(identities, cidr.cidr_identity, cnp.ns_classes)
         self._set(policies, identities, namespaces, selection, selector, named, ipcache, catalogue)
         self.entries = RuleEntries(identities, selection, selector, cidr, named)
         self.tiers = Tiers(
@@ -181,13 +181,13 @@ class CompiledCluster:
             cluster.nodes,
             identities,
             cidr,
-            namespaces.ids,
+            cnp.ns_classes,
             self.generations,
         )
-        if cidr is prev.cidr and namespaces.ids is prev.namespaces.ids:
+        if cidr is prev.cidr and cnp.ns_classes is prev.ipcache.ns_classes:
             catalogue = prev.catalogue.update(identities, changes)
         else:
-            catalogue = IdentityCatalogue.build(identities, cidr.cidr_identity, namespaces.ids)
+            catalogue = IdentityCatalogue.build(identities, cidr.cidr_identity, cnp.ns_classes)
         # Nothing an endpoint's entries depend on changed but its own pod: the previous
         # EndpointDesired of every unchanged pod is handed out again.
         stable = (
@@ -292,8 +292,9 @@ class CompiledCluster:
 
     @property
     def namespace_identity(self) -> Mapping[str, int]:
-        """namespace name -> its namespace identity (stages/ns_identities.py)."""
-        return self.namespaces.ids.of
+        """namespace name -> the namespace identity its pods' addresses carry and the tier
+        profiles' keys name: its class's (stages/ns_classes.py)."""
+        return self.ipcache.ns_classes.of
 
     @property
     def node_addresses(self) -> dict[str, list[IPAddress]]:

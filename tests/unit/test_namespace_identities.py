@@ -1,8 +1,8 @@
 """Namespace identities (controller/compiler/stages/ns_identities.py): every namespace gets one,
-kept while it exists; a pod address's ipcache entry carries its namespace's; a
-ClusterNetworkPolicy peer that selects every pod of some namespaces is keyed by their namespace
-identities (far fewer entries than one key per pod identity), and a pod coming into a selected
-namespace changes the ipcache only, not the tier profile."""
+kept while it exists; a pod address's ipcache entry carries its namespace's class's
+(stages/ns_classes.py); a ClusterNetworkPolicy peer that selects every pod of some namespaces
+is keyed by their classes (far fewer entries than one key per pod identity), and a pod coming
+into a selected namespace changes the ipcache only, not the tier profile."""
 
 from __future__ import annotations
 
@@ -86,10 +86,12 @@ def _profile(d: NodeDesired) -> dict[Any, Any]:
 
 def test_every_namespace_gets_an_identity_in_the_namespace_range() -> None:
     cc = compile_cluster(cluster_from_objects(_namespaces(), _pods(), [], [K.node(NODE, "10.9.0.1")]))
-    ids = cc.namespace_identity
+    ids = cc.namespaces.ids.of
     assert set(ids) == set(NAMESPACES)
     assert len(set(ids.values())) == len(NAMESPACES)
     assert all(NS_ID_MIN <= i <= NS_ID_MAX and is_namespace_identity(i) for i in ids.values())
+    # no ClusterNetworkPolicy tells them apart: one class, named by its smallest member identity
+    assert set(cc.namespace_identity.values()) == {min(ids.values())}
 
 
 def test_a_namespace_added_or_removed_moves_no_other_and_one_recreated_gets_its_number_back() -> None:
@@ -104,8 +106,10 @@ def test_a_namespace_added_or_removed_moves_no_other_and_one_recreated_gets_its_
 
 
 def test_a_pod_address_carries_its_namespace_identity_and_other_addresses_none() -> None:
-    d = _desired(FROM_B_NAMESPACES)
-    cc = compile_cluster(cluster_from_objects(_namespaces(), _pods(), [], [K.node(NODE, "10.9.0.1")]))
+    cluster = cluster_from_objects(
+        _namespaces(), _pods(), [], [K.node(NODE, "10.9.0.1")], [_cnp(FROM_B_NAMESPACES)]
+    )
+    d, cc = compute(cluster, NODE), compile_cluster(cluster)
     pod = d.ipcache[ipaddress.ip_network("10.2.0.3/32")]
     assert pod[2] == cc.namespace_identity["ns2"] and is_pod_identity(pod[0])
     assert d.ipcache[ipaddress.ip_network("10.9.0.1/32")][2] == 0  # the node
@@ -116,13 +120,13 @@ def test_a_namespaces_peer_is_keyed_by_namespace_identities_with_far_fewer_entri
     by_ns = _profile(_desired(FROM_B_NAMESPACES))
     by_pod = _profile(_desired(FROM_B_LABELLED_PODS))
     d = _desired(FROM_B_NAMESPACES)
-    named = {
-        d.identities[k.identity].namespace for k in by_ns if d.identities[k.identity].kind == "namespace"
-    }
-    assert named == {"ns2", "ns3"}
+    named = [
+        d.identities[k.identity].namespaces for k in by_ns if d.identities[k.identity].kind == "namespace"
+    ]
+    assert named == [("ns2", "ns3")]  # selected alike by every namespace-wide peer: one class
     assert all(is_namespace_identity(k.identity) for k in by_ns)
     assert all(is_pod_identity(k.identity) for k in by_pod)
-    assert len(by_ns) == 2 and len(by_pod) == 20  # one key per namespace, one per pod identity
+    assert len(by_ns) == 1 and len(by_pod) == 20  # one key per class, one per pod identity
 
 
 def test_a_pods_peer_with_an_empty_pod_selector_is_keyed_like_a_namespaces_peer() -> None:

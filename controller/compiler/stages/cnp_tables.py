@@ -19,10 +19,11 @@ from controller.compiler.cnp import TIERS, ClusterNetworkPolicy, CnpPeer, CnpRul
 from controller.compiler.desired_state import RuleRef
 from controller.compiler.model import Node, Peer, Pod
 from controller.compiler.portrange import range_to_prefixes
-from controller.compiler.selectors import LabelIndex
+from controller.compiler.selectors import LabelIndex, LabelSelector
 from controller.compiler.stages.cidr import IPAddress, host_prefix
 from controller.compiler.stages.domains import DomainClasses
 from controller.compiler.stages.identities import IdentityTables
+from controller.compiler.stages.ns_classes import NamespaceClasses
 from controller.compiler.stages.policies import rule_ref
 from controller.compiler.stages.selection import PeerSelector
 from controller.compiler.stages.tier_profiles import TierMemo
@@ -157,6 +158,16 @@ class CnpTables:
             live = identities.identity_of_key
             for gone in [k for k in list(self._policies_by_key) if k not in live]:
                 del self._policies_by_key[gone]
+        # The classes of namespaces the namespace-wide peers select alike (stages/ns_classes.py),
+        # and per such peer's selector its classes: carried while the policies and the
+        # namespaces are the same.
+        ns_source = (policies, selector.namespaces)
+        self.ns_classes: NamespaceClasses = memo.carried(
+            "namespace classes",
+            ns_source,
+            lambda: NamespaceClasses.build(selector.namespaces.ids, self._namespace_selections()),
+        )
+        self._class_sets: dict[object, frozenset[int]] = memo.carried("namespace class sets", ns_source, dict)
         self.prefixes = frozenset(self._prefixes())
         # (the previous compilation's classes keep their identities; see stages/domains.py)
         self.domains: DomainClasses = memo.carried(
@@ -197,14 +208,27 @@ class CnpTables:
         return self.selector.peer_identities("", peer_as_np)
 
     def peer_identities(self, peer: CnpPeer) -> frozenset[int]:
-        """The identities a `namespaces` or `pods` peer's keys name: the namespace identities of
-        the namespaces it selects when it selects every pod of them (kind `namespaces`, or an
-        empty pod selector), else the pod identities it selects. A namespace's pods then match
-        by their ipcache entry, and a pod coming or going leaves the profile as it is."""
-        ns_sel = peer.namespaces
-        if ns_sel is None or not (peer.kind == "namespaces" or peer.pods is None or peer.pods.is_everything):
+        """The identities a `namespaces` or `pods` peer's keys name: the namespace classes of
+        the namespaces it selects when it selects every pod of them (`namespace_wide`), else the
+        pod identities it selects. A namespace's pods then match by their ipcache entry, and a
+        pod coming or going leaves the profile as it is."""
+        ns_sel = namespace_wide(peer)
+        if ns_sel is None:
             return self.select(peer)
-        return self.selector.namespace_identities(ns_sel)
+        hit = self._class_sets.get(ns_sel.key)
+        if hit is None:
+            selected = self.selector.namespace_identities(ns_sel)
+            hit = self._class_sets[ns_sel.key] = self.ns_classes.classes(selected)
+        return hit
+
+    def _namespace_selections(self) -> Iterable[frozenset[int]]:
+        """The namespace identities every namespace-wide peer of every rule selects."""
+        for pol in self.policies:
+            for rule in (*pol.ingress, *pol.egress):
+                for peer in rule.peers:
+                    ns_sel = namespace_wide(peer)
+                    if ns_sel is not None:
+                        yield self.selector.namespace_identities(ns_sel)
 
     def node_addresses(self, peer: CnpPeer) -> tuple[IPAddress, ...]:
         """Addresses of the nodes a `nodes` peer selects."""
@@ -261,6 +285,17 @@ class CnpTables:
                 if named_ports(rule):
                     for pod, _ in self.named_targets(rule):
                         yield from (host_prefix(ip_address(ip)) for ip in pod.ips)
+
+
+def namespace_wide(peer: CnpPeer) -> LabelSelector | None:
+    """The namespace selector of a peer that selects every pod of the namespaces it selects
+    (kind `namespaces`, or `pods` with an empty pod selector); None for any other peer."""
+    ns_sel = peer.namespaces
+    if ns_sel is None or peer.kind not in ("namespaces", "pods"):
+        return None
+    if peer.kind == "namespaces" or peer.pods is None or peer.pods.is_everything:
+        return ns_sel
+    return None
 
 
 def _order(

@@ -27,7 +27,7 @@ from controller.compiler.identity import (
 )
 from controller.compiler.model import Pod
 from controller.compiler.selectors import LabelIndex
-from controller.compiler.stages.ns_identities import NamespaceIdentities
+from controller.compiler.stages.ns_classes import NamespaceClasses
 from controller.core.identities import POD_ID_MAX, POD_ID_MIN
 from controller.core.net import IPNetwork
 
@@ -237,7 +237,7 @@ class IdentityGeneration:
 
 class IdentityCatalogue:
     """identity -> IdentityInfo of every identity in use: reserved, pod, CIDR and namespace
-    identities."""
+    (class) identities."""
 
     def __init__(self, info: dict[int, IdentityInfo]) -> None:
         self._info = info
@@ -248,13 +248,13 @@ class IdentityCatalogue:
         cls,
         tables: IdentityTables,
         cidr_identity: Mapping[IPNetwork, int],
-        ns_identity: NamespaceIdentities | None = None,
+        ns_classes: NamespaceClasses | None = None,
     ) -> IdentityCatalogue:
         info: dict[int, IdentityInfo] = {
             i: IdentityInfo(i, "reserved", name=n) for i, n in RESERVED_NAMES.items()
         }
-        for ns, ident in (ns_identity.of if ns_identity is not None else {}).items():
-            info[ident] = IdentityInfo(ident, "namespace", namespace=ns)
+        for ident, members in (ns_classes.members if ns_classes is not None else {}).items():
+            info[ident] = IdentityInfo(ident, "namespace", namespace=members[0], namespaces=members)
         for ident, labels in tables.identity_labels.items():
             info[ident] = IdentityInfo(
                 ident, "pod", namespace=tables.identity_namespace[ident], labels=labels

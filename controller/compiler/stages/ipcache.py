@@ -1,10 +1,11 @@
 """The ipcache (stage 6 of the compiler): address -> (identity, CIDR identity, namespace identity).
 
 Cluster-wide: the policy prefixes and ::/0, 0.0.0.0/0 (identity world), the node addresses and
-every active pod address (its pod identity and its namespace's identity), each with the CIDR
-identity of its longest containing policy prefix; only pod addresses have a namespace identity
-(0 otherwise). Per node: the same, with that node's own addresses as host and the
-others' as remote-node; a pod address wins over a node address, a node address over a prefix.
+every active pod address (its pod identity and the identity of its namespace's class,
+stages/ns_classes.py), each with the CIDR identity of its longest containing policy prefix;
+only pod addresses have a namespace identity (0 otherwise). Per node: the same, with that
+node's own addresses as host and the others' as remote-node; a pod address wins over a node
+address, a node address over a prefix.
 
 Across compilations (the builder's GenerationCache): the pods' /32 and /128 prefix objects and
 their longest-prefix CIDR identities (while the CIDR identities are the same) are reused. An
@@ -23,7 +24,7 @@ from controller.compiler.generations import GenerationCache
 from controller.compiler.model import Node, Pod
 from controller.compiler.stages.cidr import CidrTables, IPAddress, host_prefix
 from controller.compiler.stages.identities import IdentityTables
-from controller.compiler.stages.ns_identities import NamespaceIdentities
+from controller.compiler.stages.ns_classes import NamespaceClasses
 from controller.core.identities import ID_HOST, ID_REMOTE_NODE, ID_WORLD
 from controller.core.net import IPNetwork
 
@@ -67,10 +68,10 @@ class _PodPrefixMemo:
 
 
 def _pod_ipcache(
-    identities: IdentityTables, cidr: CidrTables, ns_ids: NamespaceIdentities, generations: GenerationCache
+    identities: IdentityTables, cidr: CidrTables, ns_classes: NamespaceClasses, generations: GenerationCache
 ) -> tuple[IpcacheMap, frozenset[str]]:
     """(every active pod address -> (pod identity, CIDR identity of its longest prefix, its
-    namespace's identity), the addresses more than one pod has)."""
+    namespace's class identity), the addresses more than one pod has)."""
     entries: IpcacheMap = {}
     values: dict[IpcacheValue, IpcacheValue] = {}  # one tuple per distinct value
     # addresses of more than one pod (a stale pod's address reused): later updates rebuild, as
@@ -82,7 +83,7 @@ def _pod_ipcache(
     # incremental one added them in): where two pods share an address the last one wins.
     ns_of = identities.identity_namespace
     for ident, pods in sorted(identities.pods_by_identity.items(), key=lambda item: item[1][0].key):
-        ns_ident = ns_ids.of[ns_of[ident]]
+        ns_ident = ns_classes.of[ns_of[ident]]
         for pod in pods:
             for ip in pod.ips:
                 net = memo.prefix(ip)
@@ -101,7 +102,7 @@ def _pod_ipcache(
 @dataclass(frozen=True)
 class Ipcache:
     cidr: CidrTables  # the CIDR identities the entries carry
-    ns_ids: NamespaceIdentities  # the namespace identities the pod entries carry
+    ns_classes: NamespaceClasses  # the namespace class identities the pod entries carry
     prefix_ipcache: IpcacheMap  # world and every policy prefix
     node_addresses: dict[str, list[IPAddress]]
     node_cidr: dict[IPAddress, int]  # node address -> its longest-prefix CIDR identity
@@ -117,7 +118,7 @@ class Ipcache:
         nodes: Mapping[str, Node],
         identities: IdentityTables,
         cidr: CidrTables,
-        ns_ids: NamespaceIdentities,
+        ns_classes: NamespaceClasses,
         generations: GenerationCache,
     ) -> Ipcache:
         base: IpcacheMap = {}
@@ -129,8 +130,8 @@ class Ipcache:
             name: [ipaddress.ip_address(a) for a in node.addresses] for name, node in nodes.items()
         }
         node_cidr = {addr: cidr.longest(addr) for addrs in node_addresses.values() for addr in addrs}
-        pod_ipcache, shared = _pod_ipcache(identities, cidr, ns_ids, generations)
-        return cls(cidr, ns_ids, base, node_addresses, node_cidr, pod_ipcache, shared)
+        pod_ipcache, shared = _pod_ipcache(identities, cidr, ns_classes, generations)
+        return cls(cidr, ns_classes, base, node_addresses, node_cidr, pod_ipcache, shared)
 
     def update(
         self,
@@ -140,21 +141,33 @@ class Ipcache:
         nodes: Mapping[str, Node],
         identities: IdentityTables,
         cidr: CidrTables,
-        ns_ids: NamespaceIdentities,
+        ns_classes: NamespaceClasses,
         generations: GenerationCache,
     ) -> Ipcache:
         """The ipcache from this one (built over `old_pods`, same nodes) and the changed pods.
-        Namespace identities added or removed leave the unchanged pods' entries as they are (a
-        namespace's first pod or last pod is a changed pod); one that moved rebuilds them."""
-        if cidr is not self.cidr or self.ns_ids.moved(ns_ids):
-            return Ipcache.build(nodes, identities, cidr, ns_ids, generations)
-        if ns_ids is not self.ns_ids:
-            return self._with_ns_ids(ns_ids)._update(old_pods, pods, changed, identities, generations)
+        Namespaces added or removed leave the unchanged pods' entries as they are (a
+        namespace's first pod or last pod is a changed pod); the pods of a namespace whose
+        class identity moved are changed pods too (all of them when most moved: rebuilt)."""
+        if cidr is not self.cidr:
+            return Ipcache.build(nodes, identities, cidr, ns_classes, generations)
+        if ns_classes is not self.ns_classes:
+            moved = self.ns_classes.moved(ns_classes)
+            if moved:
+                if 2 * len(moved) > len(ns_classes.of):
+                    return Ipcache.build(nodes, identities, cidr, ns_classes, generations)
+                ns_of = identities.identity_namespace
+                changed = changed.union(
+                    pod.key
+                    for ident, pods_of in identities.pods_by_identity.items()
+                    if ns_of[ident] in moved
+                    for pod in pods_of
+                )
+            return self._with_ns_classes(ns_classes)._update(old_pods, pods, changed, identities, generations)
         return self._update(old_pods, pods, changed, identities, generations)
 
-    def _with_ns_ids(self, ns_ids: NamespaceIdentities) -> Ipcache:
+    def _with_ns_classes(self, ns_classes: NamespaceClasses) -> Ipcache:
         return Ipcache(
-            self.cidr, ns_ids, self.prefix_ipcache, self.node_addresses, self.node_cidr,
+            self.cidr, ns_classes, self.prefix_ipcache, self.node_addresses, self.node_cidr,
             self.pod_ipcache, self.shared_ips, self.pod_changes,
         )  # fmt: skip
 
@@ -173,7 +186,7 @@ class Ipcache:
             )
         got = self._update_pods(old_pods, pods, changed, identities)
         if got is None:
-            pod_ipcache, shared = _pod_ipcache(identities, cidr, self.ns_ids, generations)
+            pod_ipcache, shared = _pod_ipcache(identities, cidr, self.ns_classes, generations)
             return self._with_pods(pod_ipcache, shared, None)
         pod_ipcache, changes = got
         return self._with_pods(pod_ipcache, frozenset(), changes)
@@ -185,7 +198,7 @@ class Ipcache:
         changes: tuple[list[IPNetwork], IpcacheMap] | None,
     ) -> Ipcache:
         return Ipcache(
-            self.cidr, self.ns_ids, self.prefix_ipcache, self.node_addresses, self.node_cidr,
+            self.cidr, self.ns_classes, self.prefix_ipcache, self.node_addresses, self.node_cidr,
             pod_ipcache, shared, changes,
         )  # fmt: skip
 
@@ -207,7 +220,7 @@ class Ipcache:
             if old is not None and old.active:
                 old_ips.update(old.ips)
         new_idents: dict[str, int] = {}  # address -> identity of the changed pod that has it
-        ns_of, ns_ids = identities.identity_namespace, self.ns_ids.of
+        ns_of, ns_ids = identities.identity_namespace, self.ns_classes.of
         for key in changed:
             pod = pods.get(key)
             if pod is None or not pod.active:

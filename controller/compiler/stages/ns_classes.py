@@ -1,0 +1,70 @@
+"""Namespace classes (part of the tiers stage, stages/cnp_tables.py): the namespaces that every
+namespace-wide ClusterNetworkPolicy peer selects alike.
+
+A peer that selects every pod of some namespaces is keyed in a tier profile by identities that
+a pod address's ipcache entry carries (`ns_identity`). Keyed per namespace, a rule denying
+from the 1,250 `env=prod` namespaces of a 2,500-namespace cluster is 1,250 keys (times its port
+pieces) in every profile it applies to, and every change to a rule such namespaces share
+rewrites all of them. But no rule can tell apart two namespaces that every namespace-wide peer
+selects alike, so such namespaces form one class, and the class is what the ipcache carries and
+the keys name: that rule is then one key per class (50 classes of namespaces in the control-plane
+benchmark's mix, plus one per namespace a rule names alone).
+
+The classes are the partition of the known namespaces by which of the namespace-wide peers'
+selections (`selections`) hold them. A class's identity is the smallest namespace identity
+(stages/ns_identities.py) of its members: it needs no allocation, it is unique (every namespace
+is in one class), it lies in the namespace range, it is the same after a restart for the same
+namespaces and policies, and it stays while the class keeps that member. When a policy adds a
+selection that splits a class, the part with that member keeps the identity and only the other
+part's pods get new ipcache values; the profiles' keys for the class stay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from controller.compiler.stages.ns_identities import NamespaceIdentities
+
+
+@dataclass(frozen=True)
+class NamespaceClasses:
+    """namespace name -> its class's identity, and each class's members."""
+
+    ids: NamespaceIdentities  # the namespace identities the classes are made of
+    of: Mapping[str, int]  # namespace name -> the identity of its class
+    members: Mapping[int, tuple[str, ...]]  # class identity -> its namespaces, sorted
+    _class_of: Mapping[int, int] = field(repr=False)  # namespace identity -> class identity
+
+    @classmethod
+    def build(cls, ids: NamespaceIdentities, selections: Iterable[frozenset[int]]) -> NamespaceClasses:
+        """The classes of `ids`' namespaces by the selections (sets of namespace identities) that
+        hold them."""
+        held: dict[int, list[int]] = {ident: [] for ident in ids.owner}
+        for k, selection in enumerate(frozenset(selections)):
+            for ident in selection:
+                held[ident].append(k)
+        classes: dict[tuple[int, ...], list[int]] = {}
+        for ident, ks in held.items():
+            classes.setdefault(tuple(ks), []).append(ident)
+        class_of: dict[int, int] = {}
+        members: dict[int, tuple[str, ...]] = {}
+        for idents in classes.values():
+            head = min(idents)
+            members[head] = tuple(sorted(ids.owner[i] for i in idents))
+            for ident in idents:
+                class_of[ident] = head
+        of = {name: class_of[ident] for name, ident in ids.of.items()}
+        return cls(ids, of, members, class_of)
+
+    def classes(self, selection: frozenset[int]) -> frozenset[int]:
+        """The class identities of a selection the classes were built from (its namespaces'
+        classes, each wholly inside it)."""
+        return frozenset(self._class_of[ident] for ident in selection)
+
+    def moved(self, other: NamespaceClasses) -> frozenset[str]:
+        """The namespaces both know whose class identity differs in `other`."""
+        if other is self:
+            return frozenset()
+        mine = self.of
+        return frozenset(name for name, ident in other.of.items() if mine.get(name, ident) != ident)
