@@ -184,8 +184,10 @@ class CompiledCluster:
             cnp.ns_classes,
             self.generations,
         )
-        if cidr is prev.cidr and cnp.ns_classes is prev.ipcache.ns_classes:
-            catalogue = prev.catalogue.update(identities, changes)
+        if cidr is prev.cidr:
+            catalogue = prev.catalogue.update(identities, changes).with_classes(
+                prev.ipcache.ns_classes, cnp.ns_classes
+            )
         else:
             catalogue = IdentityCatalogue.build(identities, cidr.cidr_identity, cnp.ns_classes)
         # Nothing an endpoint's entries depend on changed but its own pod: the previous

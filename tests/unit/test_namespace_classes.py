@@ -165,3 +165,20 @@ def test_a_class_identity_names_its_first_members_and_how_many_more() -> None:
     prod = [n for i, n in enumerate(NAMES) if i % 2]
     text = view.identity_text(view.compiled.namespace_identity[prod[0]])
     assert text == f"ns:{','.join(prod[:NS_CLASS_SHOWN])} +{len(prod) - NS_CLASS_SHOWN} more"
+
+
+def test_a_policy_event_that_tells_no_namespaces_apart_keeps_the_classes_and_the_ipcache() -> None:
+    nodes = [K.node(NODE, "10.9.0.1")]
+    builder = ClusterBuilder()
+    cnps = [_cnp("from-prod", 10, {"env": "prod"})]
+    first = builder.build(_ns(), _pods(), [], nodes, cnps)  # (held, as the agent does)
+    before = compile_cluster(first)
+    # the same selection at another priority and port; then one whose selection is another
+    # (every namespace but the prod ones) that splits nothing
+    for extra in (_cnp("prod-again", 20, {"env": "prod"}, 443), _cnp("from-dev", 30, {"env": "dev"})):
+        state = builder.build(_ns(), _pods(), [], nodes, [*cnps, extra])
+        after = compile_cluster(state)
+        assert after.incremental
+        assert after.ipcache.ns_classes is before.ipcache.ns_classes
+        assert after.ipcache.pod_ipcache is before.ipcache.pod_ipcache
+        first, before = state, after

@@ -144,6 +144,8 @@ class CnpTables:
             "node prefixes", nodes, dict
         )
         self._subjects: dict[str, frozenset[int]] = {}
+        # (policy, its subject's identities, its ingress rules' port names), in order
+        self._subject_sets: list[tuple[ClusterNetworkPolicy, frozenset[int], tuple[str, ...]]] | None = None
         self.key_of_identity = identities.key_of_identity
         # identity key -> the policies whose subject selects it and their ingress rules' named
         # ports. A subject selects an identity by its key (namespace, labels) alone, so this is
@@ -165,9 +167,13 @@ class CnpTables:
         self.ns_classes: NamespaceClasses = memo.carried(
             "namespace classes",
             ns_source,
-            lambda: NamespaceClasses.build(selector.namespaces.ids, self._namespace_selections()),
+            lambda: NamespaceClasses.build(
+                selector.namespaces.ids, self._namespace_selections(), memo.previous("namespace classes")
+            ),
         )
-        self._class_sets: dict[object, frozenset[int]] = memo.carried("namespace class sets", ns_source, dict)
+        self._class_sets: dict[object, frozenset[int]] = memo.carried(
+            "namespace class sets", (self.ns_classes, selector.namespaces), dict
+        )
         self.prefixes = frozenset(self._prefixes())
         # (the previous compilation's classes keep their identities; see stages/domains.py)
         self.domains: DomainClasses = memo.carried(
@@ -195,8 +201,13 @@ class CnpTables:
         ikey = self.key_of_identity.get(identity)
         got = self._policies_by_key.get(ikey) if ikey is not None else None
         if got is None:
-            pols = [p for p in self.policies if identity in self.subject_identities(p)]
-            got = (pols, tuple(n for pol in pols for r in pol.ingress for n in named_ports(r)))
+            if self._subject_sets is None:  # (once per compilation: 200 policies x ~100 identities)
+                self._subject_sets = [
+                    (p, self.subject_identities(p), tuple(n for r in p.ingress for n in named_ports(r)))
+                    for p in self.policies
+                ]
+            chosen = [(p, names) for p, subjects, names in self._subject_sets if identity in subjects]
+            got = ([p for p, _ in chosen], tuple(n for _, names in chosen for n in names))
             if ikey is not None:
                 self._policies_by_key[ikey] = got
         return got

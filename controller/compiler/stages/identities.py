@@ -253,8 +253,8 @@ class IdentityCatalogue:
         info: dict[int, IdentityInfo] = {
             i: IdentityInfo(i, "reserved", name=n) for i, n in RESERVED_NAMES.items()
         }
-        for ident, members in (ns_classes.members if ns_classes is not None else {}).items():
-            info[ident] = IdentityInfo(ident, "namespace", namespace=members[0], namespaces=members)
+        if ns_classes is not None:
+            _add_classes(info, ns_classes)
         for ident, labels in tables.identity_labels.items():
             info[ident] = IdentityInfo(
                 ident, "pod", namespace=tables.identity_namespace[ident], labels=labels
@@ -262,6 +262,16 @@ class IdentityCatalogue:
         for net, ident in cidr_identity.items():
             info[ident] = IdentityInfo(ident, "cidr", cidr=str(net))
         return cls(info)
+
+    def with_classes(self, before: NamespaceClasses, after: NamespaceClasses) -> IdentityCatalogue:
+        """This catalogue with the namespace class identities of `after` instead of `before`'s."""
+        if after is before:
+            return self
+        info = dict(self._info)
+        for ident in before.members:
+            del info[ident]
+        _add_classes(info, after)
+        return IdentityCatalogue(info)
 
     def update(self, tables: IdentityTables, changes: IdentityChanges) -> IdentityCatalogue:
         """This catalogue with the pod identities `changes` added and removed (same CIDR and
@@ -276,3 +286,8 @@ class IdentityCatalogue:
                 ident, "pod", namespace=tables.identity_namespace[ident], labels=tables.identity_labels[ident]
             )
         return IdentityCatalogue(info)
+
+
+def _add_classes(info: dict[int, IdentityInfo], ns_classes: NamespaceClasses) -> None:
+    for ident, members in ns_classes.members.items():
+        info[ident] = IdentityInfo(ident, "namespace", namespace=members[0], namespaces=members)

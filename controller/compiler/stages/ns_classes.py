@@ -32,16 +32,26 @@ class NamespaceClasses:
     """namespace name -> its class's identity, and each class's members."""
 
     ids: NamespaceIdentities  # the namespace identities the classes are made of
+    selections: frozenset[frozenset[int]]  # ... and the selections they tell apart
     of: Mapping[str, int]  # namespace name -> the identity of its class
     members: Mapping[int, tuple[str, ...]]  # class identity -> its namespaces, sorted
     _class_of: Mapping[int, int] = field(repr=False)  # namespace identity -> class identity
 
     @classmethod
-    def build(cls, ids: NamespaceIdentities, selections: Iterable[frozenset[int]]) -> NamespaceClasses:
+    def build(
+        cls,
+        ids: NamespaceIdentities,
+        selections: Iterable[frozenset[int]],
+        last: NamespaceClasses | None = None,
+    ) -> NamespaceClasses:
         """The classes of `ids`' namespaces by the selections (sets of namespace identities) that
-        hold them."""
+        hold them; `last` itself when it was built from the same (a ClusterNetworkPolicy event
+        that brings no new selection and leaves none unused changes no class)."""
+        wanted = frozenset(selections)
+        if last is not None and last.ids is ids and last.selections == wanted:
+            return last
         held: dict[int, list[int]] = {ident: [] for ident in ids.owner}
-        for k, selection in enumerate(frozenset(selections)):
+        for k, selection in enumerate(wanted):
             for ident in selection:
                 held[ident].append(k)
         classes: dict[tuple[int, ...], list[int]] = {}
@@ -55,7 +65,9 @@ class NamespaceClasses:
             for ident in idents:
                 class_of[ident] = head
         of = {name: class_of[ident] for name, ident in ids.of.items()}
-        return cls(ids, of, members, class_of)
+        if last is not None and last.of == of:
+            return last  # (other selections, the same partition)
+        return cls(ids, wanted, of, members, class_of)
 
     def classes(self, selection: frozenset[int]) -> frozenset[int]:
         """The class identities of a selection the classes were built from (its namespaces'
