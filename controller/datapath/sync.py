@@ -1,9 +1,12 @@
 """Turn NodeDesired into concrete map contents and apply the difference to the kernel.
 
 Ordering is what keeps allowed traffic flowing during an update:
-  1. adds and updates, dependencies first (ipcache, policy, then endpoints: an endpoint only
+  1. adds and updates, dependencies first (policy, ipcache, then endpoints: an address moves to
+     another identity - a relabelled pod, a namespace that leaves its class, an address under
+     a new policy prefix - only once that identity's entries are present, and an endpoint only
      becomes isolated once the entries that allow its traffic are present);
-  2. deletes, dependents first (endpoints, policy, ipcache);
+  2. deletes, dependents first (endpoints, ipcache, policy: an identity's entries go only once
+     no address has it);
   3. bump vg_config.revision, so established flows re-check against the final state only.
 An allowed flow therefore never sees an intermediate state that is narrower than both the old
 and the new policy. Everything up to `plan()` is pure and tested without root.
@@ -37,9 +40,9 @@ log = logging.getLogger(__name__)
 SYNCED_MAPS = (
     "vg_local",
     "vg_failsafe",
+    "vg_policy",
     "vg_ipcache4",
     "vg_ipcache6",
-    "vg_policy",
     "vg_slots",
     "vg_endpoints",
     "vg_hosteps",

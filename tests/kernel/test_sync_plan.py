@@ -64,7 +64,28 @@ def test_an_endpoint_is_removed_before_its_policy_entries() -> None:
     had = desired_maps(_node({PolicyEntryKey(0, 257, 6, 80, 16): ALLOW}), {"x/a": 7})
     ops = plan({}, had)
     order = [o.map for o in ops]
-    assert order.index("vg_endpoints") < order.index("vg_policy") < order.index("vg_ipcache4")
+    assert order.index("vg_endpoints") < order.index("vg_ipcache4") < order.index("vg_policy")
+
+
+def test_an_address_moves_to_a_new_identity_only_between_its_entries_added_and_the_old_ones_deleted() -> None:
+    """A relabelled pod (or a namespace leaving its class): the new identity's entries are
+    written before the address carries it, and the old identity's go once no address has it,
+    so a new flow never meets an identity without its entries."""
+    node = _node({PolicyEntryKey(0, 257, 6, 80, 16): ALLOW})
+    old = desired_maps(node, {"x/a": 7})
+    relabelled = dict(node.ipcache) | {ipaddress.ip_network("10.244.1.10/32"): (301, 0, 0)}
+    moved = NodeDesired(
+        endpoints=node.endpoints,
+        ipcache=relabelled,
+        rules={},
+        identities={},
+        tier_profiles={0x80000001: {PolicyEntryKey(0, 301, 6, 80, 16): ALLOW}},
+    )
+    new = desired_maps(moved, {"x/a": 7})
+    got = [(o.kind, o.map) for o in plan(new, old) if o.map in ("vg_policy", "vg_ipcache4")]
+    assert got == [("add", "vg_policy"), ("update", "vg_ipcache4")]
+    back = [(o.kind, o.map) for o in plan(old, new) if o.map in ("vg_policy", "vg_ipcache4")]
+    assert back == [("update", "vg_ipcache4"), ("delete", "vg_policy")]
 
 
 def test_policy_keys_use_the_documented_prefix_lengths_and_network_order_ports() -> None:
