@@ -1,8 +1,8 @@
 """ClusterNetworkPolicy tables (a part of the tiers stage, controller/compiler/stages/tiers.py):
 the node-independent facts the tiers read. The policies in order (Admin, then Baseline; within a
 tier ascending priority, ties by name), every rule's rank and reference, the pod identities a
-subject or peer selects (the namespace identities of a peer that selects every pod of its
-namespaces), the addresses of the nodes a `nodes` peer selects, egress named-port
+subject or peer selects (the namespace classes of a peer that selects every pod of its
+namespaces, stages/ns_classes.py), the addresses of the nodes a `nodes` peer selects, egress named-port
 destinations, and the prefixes the tiers need as CIDR identities (`CnpTables.prefixes`).
 
 Ranks (rule_ranks): priority * RANK_PRIORITY + place among the tier's policies of that priority

@@ -8,10 +8,11 @@ another namespace's number (a probe collision) allocates the whole set again, as
 are kept (stages/identities.py). A namespace deleted and created again gets its home slot back,
 the same number, unless another took it meanwhile.
 
-The ipcache entry of a pod address carries its namespace's identity (0 for every other
-address); a ClusterNetworkPolicy peer that selects every pod of some namespaces is keyed by their
-namespace identities instead of every pod identity in them (stages/tiers.py), so a profile does
-not change when a pod comes or goes in a selected namespace.
+The ipcache entry of a pod address carries the identity of its namespace's class, the smallest
+of its members' (stages/ns_classes.py; 0 for every other address); a ClusterNetworkPolicy peer
+that selects every pod of some namespaces is keyed by their classes instead of every pod identity
+in them (stages/tiers.py), so a profile does not change when a pod comes or goes in a selected
+namespace.
 """
 
 from __future__ import annotations
@@ -44,9 +45,3 @@ class NamespaceIdentities:
                 return cls(got[0], got[1])
         of = allocate(names, NS_ID_MIN, NS_ID_MAX, encode_namespace)
         return cls(of, {v: k for k, v in of.items()})
-
-    def moved(self, other: NamespaceIdentities) -> bool:
-        """Whether a namespace both have has another number in `other`."""
-        if other is self:
-            return False
-        return any(other.of.get(name, ident) != ident for name, ident in self.of.items())
