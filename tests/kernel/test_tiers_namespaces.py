@@ -1,6 +1,7 @@
 """ClusterNetworkPolicy peers that select every pod of some namespaces, in the kernel: the tier
-profile holds one key per namespace identity, and the ipcache entry of each pod address carries
-its namespace's identity (lib/policy.h vg_tiers_lookup's fourth lookup). A control pod in
+profile holds one key per namespace class (stages/ns_classes.py), and the ipcache entry of each
+pod address carries its namespace's class identity (lib/policy.h vg_tiers_lookup's fourth
+lookup); a policy that splits a class moves one part's pods to a new identity. A control pod in
 another namespace must not match; a pod added to a selected namespace after the profile was
 written, and a namespace deleted and created again, are covered by the ipcache entries alone:
 the profile's entries in the kernel are the ones first written."""
@@ -88,4 +89,28 @@ def test_a_namespace_deleted_and_created_again_is_keyed_by_the_same_entries(h: H
     d = synced(h, [], CNPS)
     assert _profile_entries(h) == written  # the namespace's identity came back with it
     assert ingress(h, POD_C, 81) is Reason.DROP_ADMIN
+    assert_kernel_is_model(h, d)
+
+
+def test_a_policy_that_tells_two_namespaces_of_a_class_apart_moves_one_and_both_keep_their_verdicts(
+    h: Harness,
+) -> None:
+    w_pod = "10.244.2.50"
+    namespaces = [*NAMESPACES, {"metadata": {"name": "w", "labels": {"team": "y"}}}]
+    pods = [*PODS, pod("w", "e", w_pod, "node-2")]
+    d = synced(h, [], CNPS, namespaces=namespaces, pods=pods)
+    assert _ipcache_ns(h, w_pod) == _ipcache_ns(h, POD_C) != 0  # y and w: one class
+    assert d.identities[_ipcache_ns(h, POD_C)].namespaces == ("w", "y")
+    assert len(_profile_entries(h)) == 2  # the class on 80 (accept) and on every port (deny)
+    # a rule naming w alone at a higher precedence: w's pods now differ from y's
+    only_w = {"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "w"}}}
+    split = [cnp("accept-w-81", "Admin", 0, ingress=[rule("Accept", [only_w], 81, name="w")]), *CNPS]
+    d = synced(h, [], split, namespaces=namespaces, pods=pods)
+    ns_w, ns_y = _ipcache_ns(h, w_pod), _ipcache_ns(h, POD_C)
+    assert ns_w != ns_y and {d.identities[ns_w].namespaces, d.identities[ns_y].namespaces} == {("w",), ("y",)}
+    assert ingress(h, w_pod, 81) is Reason.ALLOW_ADMIN
+    assert ingress(h, w_pod, 82) is Reason.DROP_ADMIN
+    assert ingress(h, POD_C, 81) is Reason.DROP_ADMIN
+    assert ingress(h, POD_C, 80) is Reason.ALLOW_ADMIN
+    assert ingress(h, POD_B, 81) is Reason.ALLOW_NOT_ISOLATED  # namespace x: selected by none
     assert_kernel_is_model(h, d)
