@@ -13,8 +13,9 @@ benchmark's mix, plus one per namespace a rule names alone).
 The classes are the partition of the known namespaces by which of the namespace-wide peers'
 selections (`selections`) hold them. A class's identity is the smallest namespace identity
 (stages/ns_identities.py) of its members: it needs no allocation, it is unique (every namespace
-is in one class), it lies in the namespace range, it is the same after a restart for the same
-namespaces and policies, and it stays while the class keeps that member. When a policy adds a
+is in one class), it lies in the namespace range, it is the same after a restart whenever the
+namespace identities are (they usually are: stages/ns_identities.py), and it stays while the
+class keeps that member. When a policy adds a
 selection that splits a class, the part with that member keeps the identity and only the other
 part's pods get new ipcache values; the profiles' keys for the class stay.
 """
