@@ -24,6 +24,11 @@ How (DESIGN.md "Measuring performance"):
     more CPUs the clients run on one CPU and the servers on another (taskset), so every
     configuration and round has the same placement (left to the scheduler, same-node TCP
     request/response ran at ~13 k/s with a bimodal p50 on a 2-CPU VM; pinned, ~34 k/s).
+  * then small packets in pairs (controller.bench.small_packets): rounds of short UDP 64 B and
+    TCP request/response runs of the baseline, the pass-through program and vethguard at the
+    largest level back to back, each figure a median of ratios to the same round's baseline (the
+    figure issue 19's small-packet target is read from); the UDP runs record the client's send
+    rate and both sides' CPU use beside what the server received.
   * per-packet cost: controller.bench.cost (BPF_PROG_TEST_RUN + kernel.bpf_stats_enabled) on
     the smallest and the largest level's Datapath (its big maps loaded).
   * ClusterNetworkPolicy cost: controller.bench.tier_cost, new-flow and established packets of
@@ -35,10 +40,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import re
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -47,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from controller.agent import preflight
-from controller.bench import synth, tier_cost
+from controller.bench import small_packets, synth, tier_cost, traffic
 from controller.bench.bpf_parts import PASSTHROUGH, bench_programs
 from controller.bench.common import (
     lab_cli,
@@ -66,7 +68,6 @@ from controller.bench.report import DATAPATH_METRICS
 from controller.bench.tier_cost import TierSettings
 from controller.compiler.builder import cluster_from_objects
 from controller.core import programs
-from controller.core.errors import VethguardError
 from controller.lab import netns, topology
 from controller.lab.client import teardown
 from controller.lab.state import LabPaths
@@ -94,6 +95,8 @@ class Settings:
     nodes: int = 1
     cost_rounds: int = 7
     cost_packets: int = 20000
+    pair_rounds: int = 10  # small packets in pairs (controller.bench.small_packets)
+    pair_seconds: float = 2.0
     tiers: TierSettings = field(default_factory=TierSettings)
 
     @classmethod
@@ -105,6 +108,8 @@ class Settings:
             nodes=1,
             cost_rounds=3,
             cost_packets=5000,
+            pair_rounds=1,
+            pair_seconds=1.0,
             tiers=TierSettings.quick(),
         )
 
@@ -117,137 +122,6 @@ class Sample:
     # small packets, where per-packet cost shows (64 KB TCP segments hide it)
     udp64_kpps: list[float] = field(default_factory=list)  # 64-byte UDP datagrams received, k/s
     tcp_rr_ktps: list[float] = field(default_factory=list)  # TCP request/response (1 in flight), k/s
-
-
-# --- traffic ---------------------------------------------------------------------------------
-
-
-def role_cpu(role: str) -> str:
-    """The CPU a role's programs run on (taskset -c), the same in every configuration and round:
-    the first usable one for clients, the second for servers (the first when only one is
-    usable)."""
-    cpus = sorted(os.sched_getaffinity(0))
-    return str(cpus[1] if role == "server" and len(cpus) > 1 else cpus[0])
-
-
-def in_client(lab: str, client: str, seconds: float, *argv: str) -> str:
-    """stdout of a measuring run of `seconds` in the client pod (`vethguard lab exec`), on the
-    clients' CPU."""
-    target = f"{synth.BENCH_NS}/{client}"
-    cpu = role_cpu("client")
-    return lab_cli("exec", "--name", lab, target, "--", "taskset", "-c", cpu, *argv, timeout=seconds + 60)
-
-
-def iperf3(lab: str, client: str, server_ip: str, seconds: float) -> float:
-    """Single-stream TCP throughput client -> server in Gbit/s (receiver side)."""
-    out = in_client(
-        lab, client, seconds, "iperf3", "-c", server_ip, "-p", str(synth.IPERF_PORT), "-t", str(seconds), "-J"
-    )
-    doc = json.loads(out)
-    return float(doc["end"]["sum_received"]["bits_per_second"]) / 1e9
-
-
-def iperf3_udp64(lab: str, client: str, server_ip: str, seconds: float) -> float:
-    """64-byte UDP datagrams client -> server as fast as the client sends them (-b 0), in
-    thousands received per second (the receiver's count: sent minus lost)."""
-    udp = ("-u", "-l", "64", "-b", "0")
-    out = in_client(
-        lab,
-        client,
-        seconds,
-        "iperf3",
-        "-c",
-        server_ip,
-        "-p",
-        str(synth.IPERF_PORT),
-        *udp,
-        "-t",
-        str(seconds),
-        "-J",
-    )
-    return udp_received_kpps(json.loads(out))
-
-
-def udp_received_kpps(doc: dict[str, Any]) -> float:
-    """Datagrams the server received per second (thousands) from iperf3 -u -J output: its
-    sum_received where this iperf3 reports one, else sum's packets minus lost_packets."""
-    end = doc.get("end") or {}
-    summary = end.get("sum_received") if "packets" in (end.get("sum_received") or {}) else end.get("sum")
-    if not summary or "packets" not in summary or not summary.get("seconds"):
-        why = doc.get("error") or json.dumps(end)[:500]
-        raise VethguardError(f"iperf3 -u printed no packet counts: {why}")
-    received = int(summary["packets"]) - int(summary.get("lost_packets") or 0)
-    return received / float(summary["seconds"]) / 1000
-
-
-PERCENTILE_RE = re.compile(r"percentile\s+(\d+\.\d+)\s*=\s*([\d.]+)")
-VALID_RE = re.compile(r"\[Valid Duration\] RunTime=([\d.]+) sec;.*?ReceivedMessages=(\d+)")
-
-
-def parse_sockperf(text: str) -> tuple[float, float]:
-    """(p50, p99) round-trip times in microseconds from sockperf's summary."""
-    found = {float(q): float(v) for q, v in PERCENTILE_RE.findall(text)}
-    if 50.0 not in found or 99.0 not in found:
-        raise VethguardError(f"sockperf printed no p50/p99 percentiles:\n{text[-2000:]}")
-    return found[50.0], found[99.0]
-
-
-def parse_sockperf_rate(text: str) -> float:
-    """Request/response transactions per second (thousands) of a ping-pong run: one message in
-    flight, so the replies received in the valid duration are the transactions."""
-    found = VALID_RE.search(text)
-    if found is None or float(found.group(1)) <= 0:
-        raise VethguardError(f"sockperf printed no [Valid Duration] message counts:\n{text[-2000:]}")
-    return int(found.group(2)) / float(found.group(1)) / 1000
-
-
-def sockperf(lab: str, client: str, server_ip: str, seconds: float) -> tuple[float, float, float]:
-    """TCP ping-pong at the fastest rate (sockperf's default there): (p50 us, p99 us, k transactions/s)."""
-    port, run_seconds = str(synth.SOCKPERF_PORT), str(max(1, round(seconds)))
-    out = in_client(
-        lab,
-        client,
-        seconds,
-        "sockperf",
-        "ping-pong",
-        "--tcp",
-        "-i",
-        server_ip,
-        "-p",
-        port,
-        "-t",
-        run_seconds,
-        "--full-rtt",
-    )
-    return (*parse_sockperf(out), parse_sockperf_rate(out))
-
-
-def start_servers(lab: str, server: str) -> list[subprocess.Popen[bytes]]:
-    """iperf3 and sockperf servers in the server pod (lab exec execs nsenter: the pid is the server)."""
-    target = f"{synth.BENCH_NS}/{server}"
-    base = [sys.executable, "-m", "controller.cli", "lab", "exec", "--name", lab, target, "--"]
-    cpu = role_cpu("server")  # (taskset execs the server: the pid is still the server's)
-    iperf3 = [*base, "taskset", "-c", cpu, "iperf3", "-s", "-p", str(synth.IPERF_PORT)]
-    port = str(synth.SOCKPERF_PORT)
-    sockperf = [*base, "taskset", "-c", cpu, "sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p", port]
-    return [
-        subprocess.Popen(iperf3, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        subprocess.Popen(sockperf, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-    ]
-
-
-def wait_listening(lab: str, server: str, timeout: float = 30.0) -> None:
-    pod_ns = topology.LabNames(lab).pod(synth.BENCH_NS, server)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = subprocess.run(
-            ["ip", "netns", "exec", pod_ns, "ss", "-Htln"], capture_output=True, text=True
-        ).stdout
-        ports = {line.split()[3].rsplit(":", 1)[-1] for line in out.splitlines() if len(line.split()) > 3}
-        if {str(synth.IPERF_PORT), str(synth.SOCKPERF_PORT)} <= ports:
-            return
-        time.sleep(0.2)
-    raise VethguardError(f"iperf3/sockperf servers did not start listening in {server}")
 
 
 # --- the lab ---------------------------------------------------------------------------------
@@ -327,8 +201,8 @@ def bench_lab(settings: Settings) -> Iterator[Bench]:
             bench.pod_node[pod] = node
             bench.veth[pod] = ifindex_in(bench.node_ns(node), topology.pod_ifname(synth.BENCH_NS, pod))
         for server in sorted({path.server for path in paths}):
-            servers += start_servers(lab, server)
-            wait_listening(lab, server)
+            servers += traffic.start_servers(lab, server)
+            traffic.wait_listening(lab, server)
         yield bench
     finally:
         for proc in servers:
@@ -473,7 +347,8 @@ def configs_for(levels: tuple[Level, ...]) -> list[str]:
     )
 
 
-def measure_rounds(bench: Bench) -> dict[str, dict[str, Sample]]:
+def measure_rounds(bench: Bench) -> tuple[dict[str, dict[str, Sample]], small_packets.Samples]:
+    """The main rounds (every configuration), then the small packets in pairs."""
     s = bench.settings
     configs = configs_for(s.levels)
     samples: dict[str, dict[str, Sample]] = {p.name: {c: Sample() for c in configs} for p in bench.paths}
@@ -481,10 +356,31 @@ def measure_rounds(bench: Bench) -> dict[str, dict[str, Sample]]:
         bench.passthrough_fd = fds[PASSTHROUGH]
         try:
             _measure_rounds(bench, configs, samples)
+            pairs = measure_pairs(bench)
         finally:
             _detach_all(bench)  # nothing of ours stays attached once the program is unloaded
             bench.passthrough_fd = None
-    return samples
+    return samples, pairs
+
+
+def measure_pairs(bench: Bench) -> small_packets.Samples:
+    s = bench.settings
+    by_name = {p.name: p for p in bench.paths}
+
+    def run_path(name: str) -> tuple[traffic.UdpRun, float]:
+        path = by_name[name]
+        server_ip = bench.pod_ip[path.server]
+        udp = traffic.iperf3_udp64(bench.lab, path.client, server_ip, s.pair_seconds)
+        return udp, traffic.sockperf(bench.lab, path.client, server_ip, s.pair_seconds)[2]
+
+    return small_packets.measure(
+        small_packets.paired_configs(s.levels[-1].rules),
+        list(by_name),
+        s.pair_rounds,
+        functools.partial(configured, bench),
+        run_path,
+        log,
+    )
 
 
 def _measure_rounds(bench: Bench, configs: list[str], samples: dict[str, dict[str, Sample]]) -> None:
@@ -494,15 +390,14 @@ def _measure_rounds(bench: Bench, configs: list[str], samples: dict[str, dict[st
             with configured(bench, config):
                 for path in bench.paths:
                     smp = samples[path.name][config]
-                    smp.throughput_gbps.append(
-                        iperf3(bench.lab, path.client, bench.pod_ip[path.server], s.seconds)
-                    )
-                    p50, p99, rr = sockperf(bench.lab, path.client, bench.pod_ip[path.server], s.seconds)
+                    server_ip = bench.pod_ip[path.server]
+                    smp.throughput_gbps.append(traffic.iperf3(bench.lab, path.client, server_ip, s.seconds))
+                    p50, p99, rr = traffic.sockperf(bench.lab, path.client, server_ip, s.seconds)
                     smp.p50_us.append(p50)
                     smp.p99_us.append(p99)
                     smp.tcp_rr_ktps.append(rr)
                     smp.udp64_kpps.append(
-                        iperf3_udp64(bench.lab, path.client, bench.pod_ip[path.server], s.seconds)
+                        traffic.iperf3_udp64(bench.lab, path.client, server_ip, s.seconds).received_kpps
                     )
             log(
                 f"round {rnd + 1}/{s.rounds} {config}: "
@@ -573,8 +468,13 @@ def run(settings: Settings) -> dict[str, Any]:
             log(f"preparing {level.rules} rules / {level.ipcache} ipcache pods")
             levels.append(prepare_level(bench, level))
         doc["levels"] = levels
-        samples = measure_rounds(bench)
+        samples, pairs = measure_rounds(bench)
         doc["results"] = summarize(samples, settings.levels)
+        doc["small_packets"] = {
+            "rounds": settings.pair_rounds,
+            "seconds": settings.pair_seconds,
+            "results": small_packets.summarize(pairs),
+        }
         doc["programming"] = bench.programming
         doc["per_packet_cost"] = per_packet_cost(bench)
         log("per-packet cost with ClusterNetworkPolicies")

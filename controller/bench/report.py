@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controller.bench import small_packets
 from controller.bench.common import write_json
 
 
@@ -76,6 +77,8 @@ def datapath_markdown(doc: dict[str, Any]) -> str:
         for m in metrics:
             cells += [m.fmt.format(r[m.key]), _r(r[f"{m.key}_vs_baseline"]), _r(r[f"{m.key}_vs_iptables"])]
         lines.append(_row(cells))
+    if "small_packets" in doc:
+        lines += ["", small_packets.markdown(doc["small_packets"]).rstrip("\n")]
     lines += ["", "Per-packet program cost (kernel BPF stats, BPF_PROG_TEST_RUN), ns per packet:", ""]
     lines += [
         "| maps loaded | passthrough | established | x pass | new flow | x pass |",
@@ -361,6 +364,8 @@ def datapath_plots(doc: dict[str, Any], out: Path) -> list[Path]:
     written.append(_bars(plt, groups, series, "per-packet program cost", out / "per-packet-cost.png"))
     if "cluster_policy_cost" in doc:
         written.append(tiers_plot(plt, doc["cluster_policy_cost"], out))
+    if "small_packets" in doc:
+        written.append(small_packets.plot(plt, doc["small_packets"], out / "small-packets.png"))
     return written
 
 

@@ -79,8 +79,22 @@ def test_quick_datapath_benchmark_reports_every_configuration_with_positive_figu
         assert level["policy_entries_node1"] >= level["rules"]
         assert level["iptables_rules_node1"] >= 2 * level["rules"]
     _assert_tier_cost(doc["cluster_policy_cost"], [0, 100])
+    paired = {r["config"]: r for r in doc["small_packets"]["results"]}
+    assert set(paired) == {"baseline", "passthrough", f"vethguard-{doc['levels'][-1]['rules']}"}
+    for row in paired.values():
+        for key in (
+            "udp64_kpps",
+            "udp64_sent_kpps",
+            "tcp_rr_ktps",
+            "udp64_kpps_vs_baseline",
+            "tcp_rr_ktps_vs_baseline",
+        ):
+            assert _positive(row[key]), (row["config"], key, row[key])
+        # the client sent what arrived (each side's rate over its own duration: 1% of slack)
+        assert row["udp64_sent_kpps"] >= 0.99 * row["udp64_kpps"]
     names = {Path(f).name for f in doc["files"]}
     assert {"datapath.json", "datapath.md", "datapath-same-node.png", "per-packet-cost.png"} <= names
+    assert "small-packets.png" in names
     assert "cluster-policy-cost.png" in names
     assert json.loads((tmp_path / "datapath.json").read_text())["results"] == doc["results"]
 

@@ -4,12 +4,24 @@ statistics, sockperf parsing, tables and plots (no root, no kernel)."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
-from controller.bench import common, control_plane, datapath_bench, report, synth, synth_cnp, tier_cost
+from controller.bench import (
+    common,
+    control_plane,
+    datapath_bench,
+    report,
+    small_packets,
+    synth,
+    synth_cnp,
+    tier_cost,
+    traffic,
+)
 from controller.bench.iptables import build_ruleset
 from controller.compiler import compute
 from controller.compiler.builder import cluster_from_objects
@@ -130,7 +142,7 @@ sockperf: ---> <MIN> observation =   19.510
 
 
 def test_sockperf_summary_parses_to_p50_and_p99() -> None:
-    assert datapath_bench.parse_sockperf(SOCKPERF_TAIL) == (29.048, 81.598)
+    assert traffic.parse_sockperf(SOCKPERF_TAIL) == (29.048, 81.598)
 
 
 SOCKPERF_COUNTS = """
@@ -141,32 +153,32 @@ sockperf: [Valid Duration] RunTime=3.990 sec; SentMessages=119700; ReceivedMessa
 
 
 def test_a_ping_pong_run_gives_its_request_response_rate_from_the_valid_duration() -> None:
-    assert datapath_bench.parse_sockperf_rate(SOCKPERF_COUNTS + SOCKPERF_TAIL) == pytest.approx(30.0)
+    assert traffic.parse_sockperf_rate(SOCKPERF_COUNTS + SOCKPERF_TAIL) == pytest.approx(30.0)
     with pytest.raises(Exception, match="Valid Duration"):
-        datapath_bench.parse_sockperf_rate(SOCKPERF_TAIL)
+        traffic.parse_sockperf_rate(SOCKPERF_TAIL)
 
 
 def test_udp_packets_per_second_are_those_the_server_received() -> None:
     summed = {"end": {"sum": {"seconds": 4.0, "packets": 400_000, "lost_packets": 100_000}}}
-    assert datapath_bench.udp_received_kpps(summed) == 75.0
+    assert traffic.udp_received_kpps(summed) == 75.0
     received = {"end": {"sum_received": {"seconds": 2.0, "packets": 50_000, "lost_packets": 0}, "sum": {}}}
-    assert datapath_bench.udp_received_kpps(received) == 25.0
+    assert traffic.udp_received_kpps(received) == 25.0
     with pytest.raises(Exception, match="packet counts"):
-        datapath_bench.udp_received_kpps({"end": {"sum": {"seconds": 4.0}}})
+        traffic.udp_received_kpps({"end": {"sum": {"seconds": 4.0}}})
 
 
 def test_clients_and_servers_run_on_one_cpu_each_where_two_are_usable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(datapath_bench.os, "sched_getaffinity", lambda _pid: {3, 1, 2})
-    assert (datapath_bench.role_cpu("client"), datapath_bench.role_cpu("server")) == ("1", "2")
-    monkeypatch.setattr(datapath_bench.os, "sched_getaffinity", lambda _pid: {0})
-    assert (datapath_bench.role_cpu("client"), datapath_bench.role_cpu("server")) == ("0", "0")
+    monkeypatch.setattr(traffic.os, "sched_getaffinity", lambda _pid: {3, 1, 2})
+    assert (traffic.role_cpu("client"), traffic.role_cpu("server")) == ("1", "2")
+    monkeypatch.setattr(traffic.os, "sched_getaffinity", lambda _pid: {0})
+    assert (traffic.role_cpu("client"), traffic.role_cpu("server")) == ("0", "0")
 
 
 def test_sockperf_without_percentiles_is_an_error_naming_it() -> None:
     with pytest.raises(Exception, match="percentiles"):
-        datapath_bench.parse_sockperf("sockperf: no server")
+        traffic.parse_sockperf("sockperf: no server")
 
 
 def test_rounds_rotate_the_configuration_order() -> None:
@@ -591,3 +603,113 @@ def test_the_committed_control_plane_results_still_make_their_table_and_plot(tmp
     doc = json.loads((Path(__file__).parents[2] / "docs/bench/control-plane.json").read_text())
     assert "| 10000 | 500 | 1000 |" in report.control_plane_markdown(doc)
     assert report.control_plane_plots(doc, tmp_path)[0].is_file()
+
+
+IPERF3_UDP = {
+    "end": {
+        "sum_sent": {"seconds": 2.0, "packets": 300_000, "lost_packets": 0},
+        "sum_received": {"seconds": 2.0, "packets": 300_000, "lost_packets": 60_000},
+        "cpu_utilization_percent": {"host_total": 99.5, "remote_total": 41.0},
+    }
+}
+
+
+def test_a_udp_run_records_what_the_client_sent_and_each_sides_cpu_beside_what_arrived() -> None:
+    run = traffic.udp_run(IPERF3_UDP)
+    assert run == traffic.UdpRun(
+        received_kpps=120.0, sent_kpps=150.0, client_cpu_pct=99.5, server_cpu_pct=41.0
+    )
+    # an iperf3 that reports no sender sum: sent is what arrived
+    older = {"end": {"sum": {"seconds": 4.0, "packets": 400_000, "lost_packets": 0}}}
+    assert traffic.udp_run(older).sent_kpps == traffic.udp_run(older).received_kpps == 100.0
+
+
+class _Drifting:
+    """A fake VM whose speed changes from round to round by up to +-30% (and by 0.5% between the
+    runs of one round); vethguard costs 4% and the pass-through program 1%."""
+
+    COST: ClassVar[dict[str, float]] = {"baseline": 1.0, "passthrough": 0.99, "vethguard": 0.96}
+    ROUND_SPEED = (1.3, 0.7, 1.0, 1.2, 0.8, 1.1, 0.9, 1.25, 0.75)
+
+    def __init__(self, configs: int = 3) -> None:
+        self.configs = configs
+        self.config = ""
+        self.calls = 0
+        self.active: list[str] = []
+
+    @contextmanager
+    def configured(self, config: str) -> Iterator[None]:
+        self.active.append(config)
+        self.config = config
+        yield
+        self.active.pop()
+
+    def run_path(self, path: str) -> tuple[traffic.UdpRun, float]:
+        assert self.active == [self.config], "traffic runs inside its configuration"
+        rnd = self.calls // self.configs
+        speed = self.ROUND_SPEED[rnd % len(self.ROUND_SPEED)] * (1 + 0.005 * (self.calls % 2))
+        self.calls += 1
+        factor = speed * self.COST[self.config.split("-")[0]]
+        return traffic.UdpRun(150 * factor, 165 * factor, 99.0, 50.0), 30 * factor
+
+
+def test_paired_small_packet_ratios_are_to_the_same_rounds_baseline_so_drift_cancels() -> None:
+    vm = _Drifting()
+    configs = small_packets.paired_configs(10000)
+    assert configs == ["baseline", "passthrough", "vethguard-10000"]
+    samples = small_packets.measure(configs, ["same-node"], 9, vm.configured, vm.run_path)
+    rows = {r["config"]: r for r in small_packets.summarize(samples)}
+    assert vm.calls == 27 and len(samples["same-node"]["baseline"].udp64_kpps) == 9
+    vg = rows["vethguard-10000"]
+    # the raw figures span the VM's drift (112-195 kpps) ...
+    assert max(vg["samples"]["udp64_kpps"]) / min(vg["samples"]["udp64_kpps"]) > 1.7
+    # ... the per-round ratios only the 0.5% between runs of a round
+    for key in ("udp64_kpps", "tcp_rr_ktps"):
+        assert vg[f"{key}_vs_baseline"] == pytest.approx(0.96, abs=0.006)
+        lo, hi = vg[f"{key}_vs_baseline_range"]
+        assert lo <= vg[f"{key}_vs_baseline"] <= hi and hi - lo <= 0.011
+    assert rows["passthrough"]["udp64_kpps_vs_baseline"] == pytest.approx(0.99, abs=0.006)
+    assert rows["baseline"]["udp64_kpps_vs_baseline"] == 1.0
+    assert vg["udp64_loss_pct"] == pytest.approx(100 * (1 - 150 / 165), abs=0.01)
+    assert vg["udp64_sent_kpps"] > vg["udp64_kpps"] and vg["udp64_client_cpu_pct"] == 99.0
+
+
+def test_paired_rounds_rotate_the_order_so_no_configuration_always_runs_first() -> None:
+    vm = _Drifting()
+    order: list[str] = []
+
+    @contextmanager
+    def configured(config: str) -> Iterator[None]:
+        order.append(config)
+        with vm.configured(config):
+            yield
+
+    small_packets.measure(small_packets.paired_configs(10), ["p"], 3, configured, vm.run_path)
+    firsts = {order[i] for i in range(0, 9, 3)}
+    assert firsts == {"baseline", "passthrough", "vethguard-10"}
+    with pytest.raises(ValueError, match="baseline"):
+        small_packets.measure(["passthrough"], ["p"], 1, configured, vm.run_path)
+
+
+def test_the_datapath_report_has_the_paired_small_packet_table_and_plot(tmp_path: Path) -> None:
+    vm = _Drifting(configs=6)  # two paths per configuration
+    samples = small_packets.measure(
+        small_packets.paired_configs(1000), ["same-node", "cross-node"], 3, vm.configured, vm.run_path
+    )
+    doc = {
+        **_datapath_doc(),
+        "small_packets": {"rounds": 3, "seconds": 2.0, "results": small_packets.summarize(samples)},
+    }
+    md = report.datapath_markdown(doc)
+    assert "Small packets in pairs: 3 rounds of 2.0 s runs" in md
+    vg = next(
+        r
+        for r in doc["small_packets"]["results"]
+        if r["config"] == "vethguard-1000" and r["path"] == "cross-node"
+    )
+    lo, hi = vg["udp64_kpps_vs_baseline_range"]
+    cells = f"{vg['udp64_kpps']:.1f} | {vg['udp64_kpps_vs_baseline']:.3f} ({lo:.2f}-{hi:.2f})"
+    assert f"| cross-node | vethguard-1000 | {cells} |" in md
+    written = {p.name: p for p in report.datapath_plots(doc, tmp_path)}
+    assert written["small-packets.png"].read_bytes()[:4] == b"\x89PNG"
+    assert "small-packets.png" not in {p.name for p in report.datapath_plots(_datapath_doc(), tmp_path)}
