@@ -47,6 +47,8 @@ def cmd_datapath(args: argparse.Namespace) -> int:
         settings.nodes = args.nodes
     if args.rounds is not None:
         settings.rounds = args.rounds
+    if args.pair_rounds is not None:
+        settings.pair_rounds = args.pair_rounds
     out = results_dir(args.results, "datapath")
     with logs_to_stderr():
         doc = datapath_bench.run(settings)
@@ -99,9 +101,9 @@ def _command(args: argparse.Namespace) -> str:
     parts = ["vethguard", "bench", args.bench_command]
     if args.quick:
         parts.append("--quick")
-    for flag in ("nodes", "rounds", "events"):
+    for flag in ("nodes", "rounds", "pair_rounds", "events"):
         if getattr(args, flag, None) is not None:
-            parts += [f"--{flag}", str(getattr(args, flag))]
+            parts += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     if getattr(args, "sizes", None):
         parts += ["--sizes", ",".join(s.label() for s in args.sizes)]
     return " ".join(parts)
@@ -135,6 +137,11 @@ def register(subparsers: Any) -> None:
     )
     dp.add_argument("--nodes", type=int, choices=[1, 2], help="2 adds a cross-node pair (default 1)")
     dp.add_argument("--rounds", type=int, help="rounds of every configuration (default 5, --quick 1)")
+    dp.add_argument(
+        "--pair-rounds",
+        type=int,
+        help="rounds of small packets in pairs: baseline, pass-through, vethguard (default 10, --quick 1)",
+    )
     dp.set_defaults(func=_as_root(cmd_datapath))
     cp = sub.add_parser("control-plane", help="compile time, event latency, RSS, map memory; lab realization")
     cp.add_argument(
