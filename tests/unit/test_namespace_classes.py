@@ -6,7 +6,9 @@ only the ipcache entries of the part without that member."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+from collections.abc import Iterator
 from typing import Any
 
 from hypothesis import given
@@ -182,3 +184,33 @@ def test_a_policy_event_that_tells_no_namespaces_apart_keeps_the_classes_and_the
         assert after.ipcache.ns_classes is before.ipcache.ns_classes
         assert after.ipcache.pod_ipcache is before.ipcache.pod_ipcache
         first, before = state, after
+
+
+class _CountedOwners(dict[int, str]):
+    """ids.owner that counts the partitions made from it (each walks it once)."""
+
+    walks = 0
+
+    def __iter__(self) -> Iterator[int]:
+        type(self).walks += 1
+        return super().__iter__()
+
+
+def test_selections_that_partition_alike_are_remembered_so_the_next_build_does_not_partition_again() -> None:
+    derived = NamespaceIdentities.derive(NS_NAMES, None)
+    ids = dataclasses.replace(derived, owner=_CountedOwners(derived.owner))
+    evens = frozenset(ids.of[n] for n in NS_NAMES[::2])
+    odds = frozenset(ids.of[n] for n in NS_NAMES[1::2])
+    first = NamespaceClasses.build(ids, [evens])
+    # the complement tells the same namespaces apart: partitioned once, the same classes
+    walks = _CountedOwners.walks
+    assert NamespaceClasses.build(ids, [odds], first) is first
+    assert _CountedOwners.walks == walks + 1
+    # ... and remembered: the next event with those selections does not partition again
+    assert NamespaceClasses.build(ids, [odds], first) is first
+    assert _CountedOwners.walks == walks + 1
+    # selections that split a class still do (one that is not its smallest member leaves it)
+    lone = max(NS_NAMES[1::2], key=lambda n: ids.of[n])
+    split = NamespaceClasses.build(ids, [odds, frozenset((ids.of[lone],))], first)
+    assert split is not first and split.of[lone] != first.of[lone]
+    assert _CountedOwners.walks == walks + 2

@@ -155,12 +155,13 @@ class Ipcache:
             if moved:
                 if 2 * len(moved) > len(ns_classes.of):
                     return Ipcache.build(nodes, identities, cidr, ns_classes, generations)
-                ns_of = identities.identity_namespace
+                by_ns, pods_of = identities.ns_index, identities.pods_by_identity
                 changed = changed.union(
                     pod.key
-                    for ident, pods_of in identities.pods_by_identity.items()
-                    if ns_of[ident] in moved
-                    for pod in pods_of
+                    for ns in moved
+                    if ns in by_ns
+                    for ident in by_ns[ns].all
+                    for pod in pods_of[ident]
                 )
             return self._with_ns_classes(ns_classes)._update(old_pods, pods, changed, identities, generations)
         return self._update(old_pods, pods, changed, identities, generations)

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 from controller.compiler.stages.ns_identities import NamespaceIdentities
 
+SAME_PARTITION_KEPT = 8  # selection sets remembered per classes object (NamespaceClasses._same)
+
 
 @dataclass(frozen=True)
 class NamespaceClasses:
@@ -37,6 +39,9 @@ class NamespaceClasses:
     of: Mapping[str, int]  # namespace name -> the identity of its class
     members: Mapping[int, tuple[str, ...]]  # class identity -> its namespaces, sorted
     _class_of: Mapping[int, int] = field(repr=False)  # namespace identity -> class identity
+    # Other selections found to make these same classes (from the same `ids`): a later build
+    # with one of them returns these classes without partitioning again. A cache, bounded.
+    _same: set[frozenset[frozenset[int]]] = field(default_factory=set, repr=False, compare=False)
 
     @classmethod
     def build(
@@ -47,9 +52,11 @@ class NamespaceClasses:
     ) -> NamespaceClasses:
         """The classes of `ids`' namespaces by the selections (sets of namespace identities) that
         hold them; `last` itself when it was built from the same (a ClusterNetworkPolicy event
-        that brings no new selection and leaves none unused changes no class)."""
+        that brings no new selection and leaves none unused changes no class), or from other
+        selections that partition them alike (then remembered: the next build with them does not
+        partition again)."""
         wanted = frozenset(selections)
-        if last is not None and last.ids is ids and last.selections == wanted:
+        if last is not None and last.ids is ids and (last.selections == wanted or wanted in last._same):
             return last
         held: dict[int, list[int]] = {ident: [] for ident in ids.owner}
         for k, selection in enumerate(wanted):
@@ -67,6 +74,9 @@ class NamespaceClasses:
                 class_of[ident] = head
         of = {name: class_of[ident] for name, ident in ids.of.items()}
         if last is not None and last.of == of:
+            if len(last._same) >= SAME_PARTITION_KEPT:
+                last._same.clear()
+            last._same.add(wanted)
             return last  # (other selections, the same partition)
         return cls(ids, wanted, of, members, class_of)
 
