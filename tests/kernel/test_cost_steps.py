@@ -66,3 +66,19 @@ def test_the_ab_tool_runs_both_versions_programs_on_one_datapath_and_removes_its
     assert [c["case"] for c in doc["cases"]] == list(ab_cost.CASES)
     assert all(c["before_ns"] > 0 and c["after_ns"] > 0 for c in doc["cases"])
     assert (set(Path(root).iterdir()) if Path(root).exists() else set()) == before
+
+
+def test_the_insert_cost_benchmark_shows_a_full_plain_hash_failing_where_the_lru_maps_evict() -> None:
+    from controller.bench import lru_cost
+
+    inserts = 200
+    got = cost.with_stats_enabled(lambda: lru_cost.measure(rounds=1, inserts=inserts))
+    assert got["filling"]["failed_inserts"] == {"lru": 0, "lru-percpu": 0, "hash": 0}
+    # full: every insert into the preallocated hash fails (a flood's new flows would fail
+    # closed); the LRU maps make room by evicting
+    assert got["full"]["failed_inserts"] == {"lru": 0, "lru-percpu": 0, "hash": inserts}
+    for regime in ("filling", "full"):
+        assert got[regime]["floor_ns"] > 0
+        assert all(len(v) == 1 for v in got[regime]["samples"].values())
+    md = lru_cost.markdown({"rounds": 1, "inserts": inserts, "results": got})
+    assert "| full |" in md and "hash: 200" in md
