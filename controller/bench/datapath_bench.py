@@ -223,7 +223,7 @@ def _in_node(bench: Bench, node: int, fn: Callable[[], object]) -> None:
     netns.run_in_netns(bench.node_ns(node), fn)
 
 
-def _detach_all(bench: Bench) -> None:
+def detach_all(bench: Bench) -> None:
     for pod in bench.pods():
         ifindex = bench.veth[pod]
         _in_node(bench, bench.pod_node[pod], functools.partial(bench.attacher.detach, ifindex))
@@ -252,7 +252,7 @@ def configured(bench: Bench, config: str) -> Iterator[None]:
     """Make `config` the only thing between the pods for the duration of the block."""
     nodes = sorted(set(bench.pod_node.values()))
     if config == "baseline":
-        _detach_all(bench)
+        detach_all(bench)
     elif config == "passthrough":
         fd = bench.passthrough_fd
         if fd is None:
@@ -269,7 +269,7 @@ def configured(bench: Bench, config: str) -> Iterator[None]:
         )
     elif config.startswith("iptables-"):
         rules = int(config.split("-", 1)[1])
-        _detach_all(bench)
+        detach_all(bench)
         for n in nodes:
             took = _iptables(bench, n, bench.rulesets[(n, rules)].iptables_restore())
             bench.programming.setdefault(config, {}).setdefault(f"iptables_restore_s_node{n}", round(took, 3))
@@ -358,7 +358,7 @@ def measure_rounds(bench: Bench) -> tuple[dict[str, dict[str, Sample]], small_pa
             _measure_rounds(bench, configs, samples)
             pairs = measure_pairs(bench)
         finally:
-            _detach_all(bench)  # nothing of ours stays attached once the program is unloaded
+            detach_all(bench)  # nothing of ours stays attached once the program is unloaded
             bench.passthrough_fd = None
     return samples, pairs
 

@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds,
             "inserts": args.inserts,
             "results": with_stats_enabled(lambda: measure(args.rounds, args.inserts)),
-            "command": command_line("python -m controller.bench.lru_cost", argv),
+            "command": command_line("controller.bench.lru_cost", argv),
         }
     table = markdown(doc)
     print(table)

@@ -713,3 +713,42 @@ def test_the_datapath_report_has_the_paired_small_packet_table_and_plot(tmp_path
     written = {p.name: p for p in report.datapath_plots(doc, tmp_path)}
     assert written["small-packets.png"].read_bytes()[:4] == b"\x89PNG"
     assert "small-packets.png" not in {p.name for p in report.datapath_plots(_datapath_doc(), tmp_path)}
+
+
+PERF_REPORT = """
+# Samples: 10K of event 'cpu-clock'
+#
+    12.22%  [k] _raw_spin_unlock_irqrestore
+     1.55%  [k] bpf_prog_7122c1766ae7c1c4_to_pod
+     1.52%  [k] bpf_prog_e0c4028c060445d8_from_pod
+     1.07%  [k] lookup_nulls_elem_raw
+     0.83%  [k] cls_bpf_classify
+     0.80%  [k] htab_map_hash
+     0.48%  [k] __tcf_classify.constprop.0
+     0.81%  [k] tc_run
+     0.40%  [k] bpf_ktime_get_coarse_ns
+     0.39%  [k] bpf_prog_59f4a931744dcdc6_passthrough
+     0.96%  [.] __GI___libc_write
+"""
+
+
+def test_the_udp_profile_groups_perf_symbols_into_programs_classifier_lookups_and_the_rest() -> None:
+    from controller.bench import udp_profile
+
+    shares = udp_profile.parse_report(PERF_REPORT)
+    assert shares["bpf_prog_7122c1766ae7c1c4_to_pod"] == 1.55 and shares["__GI___libc_write"] == 0.96
+    assert "Samples:" not in " ".join(shares)
+    groups = udp_profile.grouped(shares)
+    assert groups["vethguard programs"] == 3.07
+    assert groups["pass-through program"] == 0.39
+    assert groups["tc classifier (clsact, cls_bpf)"] == 2.12
+    assert groups["hash map lookups"] == 1.87
+    assert groups["clock helper"] == 0.4
+    assert groups[udp_profile.OTHER] == round(12.22 + 0.96, 2)
+    base = {"_raw_spin_unlock_irqrestore": 13.0, "lookup_nulls_elem_raw": 0.6}
+    assert udp_profile.added(shares, base, top=2) == [
+        ("bpf_prog_7122c1766ae7c1c4_to_pod", 1.55),
+        ("bpf_prog_e0c4028c060445d8_from_pod", 1.52),
+    ]
+    assert ("lookup_nulls_elem_raw", 0.47) in udp_profile.added(shares, base)
+    assert all(s != "_raw_spin_unlock_irqrestore" for s, _ in udp_profile.added(shares, base))
