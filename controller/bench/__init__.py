@@ -5,6 +5,12 @@
   iptables.py        the kube-router-style iptables+ipset peer built from the same policies
   datapath_bench.py  throughput/latency in a lab, per-packet cost (controller.bench.cost), and
                      with ClusterNetworkPolicies (controller.bench.tier_cost)
+  traffic.py         iperf3 / sockperf runs in the lab's pods and the parsers of their output
+  small_packets.py   the datapath benchmark's small packets in pairs (UDP 64 B, TCP request/
+                     response: ratios to the same round's baseline)
+  udp_profile.py     where a 64-byte UDP datagram's CPU time goes per configuration (perf
+                     samples; `python -m controller.bench.udp_profile`, needs perf)
+  lru_cost.py        conntrack insert cost by map flavour (`python -m controller.bench.lru_cost`)
   control_plane.py   compile time, event -> map-updated latency, RSS, map memory, lab realization
   hostep_cost.py     per-packet cost of the node-interface programs with and without a Calico
                      host endpoint (`python -m controller.bench.hostep_cost`, no lab)

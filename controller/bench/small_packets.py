@@ -158,7 +158,7 @@ def plot(plt: Any, section: dict[str, Any], target: Path) -> Path:
     paths = list(dict.fromkeys(r["path"] for r in rows))
     configs = list(dict.fromkeys(r["config"] for r in rows))
     groups = [(p, key, label) for p in paths for key, label in METRICS]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     width = 0.8 / max(1, len(configs))
     for i, config in enumerate(configs):
         by_path = {r["path"]: r for r in rows if r["config"] == config}
@@ -177,13 +177,14 @@ def plot(plt: Any, section: dict[str, Any], target: Path) -> Path:
     ax.set_xticks([j + width * (len(configs) - 1) / 2 for j in range(len(groups))])
     ax.set_xticklabels([f"{p}\n{label}" for p, _, label in groups], fontsize=8)
     ax.set_ylabel("x the same round's baseline")
-    ax.set_ylim(0.7, 1.15)
+    ends = [e for r in rows for key, _ in METRICS for e in (r[f"{key}_vs_baseline_range"] or ())]
+    ax.set_ylim(min([0.7, *ends]) - 0.02, max([1.15, *ends]) + 0.02)
     ax.set_title(
         f"small packets in pairs ({section['rounds']} rounds of {section['seconds']} s runs)\n"
         "(medians of per-round ratios; bars: min-max)",
         fontsize=10,
     )
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(target, dpi=100)
     plt.close(fig)
