@@ -56,7 +56,7 @@ agent_packages=(
 )
 host_packages=(
   bash iproute2 util-linux procps nftables dnsmasq-base libc-bin curl wget
-  iperf3 sockperf iptables ipset python3-matplotlib git gcc golang-go libc6-dev
+  iperf3 sockperf linux-perf iptables ipset python3-matplotlib git gcc golang-go libc6-dev
   chromium chromium-driver
 )
 packages=("${agent_packages[@]}")

@@ -28,8 +28,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from controller.bench.common import command_line, log, logs_to_stderr, machine, write_json
+from controller.bench.common import command_line, loadavg, log, logs_to_stderr, machine
 from controller.bench.cost import per_packet_ns, with_stats_enabled
+from controller.bench.report import write_results
 from controller.bench.testrun import run
 from controller.datapath.bpf_sources import bpf_source_dir
 from controller.datapath.loader import import_bcc
@@ -183,12 +184,11 @@ def main(argv: list[str] | None = None) -> int:
             "results": with_stats_enabled(lambda: measure(args.rounds, args.inserts)),
             "command": command_line("controller.bench.lru_cost", argv),
         }
+    doc["machine"]["loadavg_end"] = loadavg()
     table = markdown(doc)
     print(table)
     if args.results:
-        args.results.mkdir(parents=True, exist_ok=True)
-        write_json(args.results / "lru-cost.json", doc)
-        (args.results / "lru-cost.md").write_text(table)
+        write_results(args.results, "lru-cost", doc, table)
     return 0
 
 

@@ -13,14 +13,13 @@ where they are turned back on), so shares are of the sampled time: compare confi
 each other, not with the throughput figures' absolute values.
 
 Run: python -m controller.bench.udp_profile [--rules 10000] [--rounds 3] [--seconds 3]
-[--results DIR] (root; needs perf: apt-get install linux-perf).
+[--results DIR] (root; needs perf, which scripts/install.sh installs: linux-perf).
 """
 
 from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -31,8 +30,9 @@ from typing import Any
 
 from controller.bench import datapath_bench, traffic
 from controller.bench.bpf_parts import PASSTHROUGH, bench_programs
-from controller.bench.common import command_line, log, logs_to_stderr, machine, median, rotated, write_json
-from controller.core.errors import VethguardError
+from controller.bench.common import command_line, loadavg, log, logs_to_stderr, machine, median, rotated
+from controller.bench.report import write_results
+from controller.core import programs
 
 # group -> symbol patterns (re.match); the first group that matches a symbol takes it
 GROUPS: tuple[tuple[str, str], ...] = (
@@ -121,8 +121,8 @@ def _profile_run(bench: datapath_bench.Bench, seconds: float, data: Path) -> tup
 
 
 def measure(rules: int, rounds: int, seconds: float) -> dict[str, Any]:
-    if shutil.which("perf") is None:
-        raise VethguardError("the UDP profile needs perf: apt-get install linux-perf")
+    purpose = "python -m controller.bench.udp_profile"
+    programs.require(*programs.role_programs("lab", "bench"), purpose=purpose)
     level = datapath_bench.Level(rules, max(1000, rules * 10))
     settings = datapath_bench.Settings(levels=(level,), nodes=1)
     configs = ["baseline", "passthrough", f"vethguard-{rules}"]
@@ -203,12 +203,11 @@ def main(argv: list[str] | None = None) -> int:
             **measure(args.rules, args.rounds, args.seconds),
             "command": command_line("controller.bench.udp_profile", argv),
         }
+    doc["machine"]["loadavg_end"] = loadavg()
     table = markdown(doc)
     print(table)
     if args.results:
-        args.results.mkdir(parents=True, exist_ok=True)
-        write_json(args.results / "udp-profile.json", doc)
-        (args.results / "udp-profile.md").write_text(table)
+        write_results(args.results, "udp-profile", doc, table)
     return 0
 
 
