@@ -22,9 +22,9 @@ import argparse
 import re
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -83,15 +83,9 @@ def _mean(runs: list[dict[str, float]]) -> dict[str, float]:
 
 def _profile_run(bench: datapath_bench.Bench, seconds: float, data: Path) -> tuple[float, dict[str, float]]:
     """One flood of seconds + 2 s with perf sampling the clients' CPU for `seconds` in the middle."""
-    got: dict[str, traffic.UdpRun] = {}
     server_ip = bench.pod_ip["server"]
-    flood = threading.Thread(
-        target=lambda: got.setdefault(
-            "udp", traffic.iperf3_udp64(bench.lab, "client", server_ip, seconds + 2)
-        )
-    )
-    flood.start()
-    try:
+    with ThreadPoolExecutor(max_workers=1) as pool:  # its result() re-raises iperf3's error
+        flood = pool.submit(traffic.iperf3_udp64, bench.lab, "client", server_ip, seconds + 2)
         time.sleep(1)  # iperf3 is sending
         cpu = traffic.role_cpu("client")
         record = [
@@ -109,15 +103,14 @@ def _profile_run(bench: datapath_bench.Bench, seconds: float, data: Path) -> tup
             str(seconds),
         ]
         subprocess.run(record, check=True, capture_output=True)
-    finally:
-        flood.join()
+        udp = flood.result()
     report = subprocess.run(
         ["perf", "report", "-i", str(data), "--sort", "sym", "--stdio"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    return got["udp"].received_kpps, parse_report(report)
+    return udp.received_kpps, parse_report(report)
 
 
 def measure(rules: int, rounds: int, seconds: float) -> dict[str, Any]:
@@ -148,6 +141,7 @@ def measure(rules: int, rounds: int, seconds: float) -> dict[str, Any]:
                 bench.passthrough_fd = None
     mean = {c: _mean(runs) for c, runs in shares.items()}
     base = mean["baseline"]
+    groups = {c: grouped(m) for c, m in mean.items()}
     return {
         "rules": rules,
         "rounds": rounds,
@@ -157,9 +151,9 @@ def measure(rules: int, rounds: int, seconds: float) -> dict[str, Any]:
                 "config": c,
                 "udp64_kpps": round(median(kpps[c]), 1),
                 "udp64_kpps_samples": kpps[c],
-                "groups_pct": grouped(mean[c]),
+                "groups_pct": groups[c],
                 "added_vs_baseline_pct": {
-                    g: round(v - grouped(base)[g], 2) for g, v in grouped(mean[c]).items() if g != OTHER
+                    g: round(v - groups["baseline"][g], 2) for g, v in groups[c].items() if g != OTHER
                 },
                 "top_added_symbols": added(mean[c], base),
             }
