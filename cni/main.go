@@ -6,7 +6,8 @@
 //
 // Map layouts (bpf/lib/structs.h): endpoint_info {u32 ep_id, identity, flags; be32 ipv4;
 // u8 ipv6[16]; u32 slot; u32 tier_profile} (40 bytes), local_key {u8 addr[16]; u8 family; u8 pad[3]} -> u32 ifindex.
-// The tc filters are the agent's (controller/datapath/attach.py): clsact, handle 1, prio 10,
+// With "tcAttach": "tcx" the programs are attached as tcx links (cni/tcx.go); else as the
+// agent's tc filters (controller/datapath/attach.py): clsact, handle 1, prio 10,
 // protocol all, direct-action, names vethguard-from-pod / vethguard-to-pod.
 // A clsact this plugin creates is recorded in the node's clsact ledger, <stateDir>/clsact-<node>
 // (controller/datapath/ledger.py): one "<ifindex> <ifname>\n" line, one O_APPEND write.
@@ -83,6 +84,7 @@ type netConf struct {
 	PinRoot    string          `json:"pinRoot"`
 	NodeName   string          `json:"nodeName"`
 	StateDir   string          `json:"stateDir"`
+	TcAttach   string          `json:"tcAttach"`
 	PrevResult json.RawMessage `json:"prevResult"`
 }
 
@@ -228,6 +230,16 @@ func add(conf *netConf) ([]byte, error) {
 	if err := writePendingEndpoint(pins, ifindex, v4, v6); err != nil {
 		return nil, err
 	}
+	tcx, err := useTcx(conf.TcAttach)
+	if err != nil {
+		return nil, err
+	}
+	if tcx {
+		if err := attachTcx(pins, ifindex, fds); err != nil {
+			return nil, &cniError{Code: errAttach, Msg: "cannot attach the vethguard programs: " + err.Error()}
+		}
+		return resultOf(conf)
+	}
 	created, err := attach(ifindex, fds)
 	if created {
 		stateDir := conf.StateDir
@@ -239,6 +251,10 @@ func add(conf *netConf) ([]byte, error) {
 	if err != nil {
 		return nil, &cniError{Code: errAttach, Msg: "cannot attach the vethguard programs: " + err.Error()}
 	}
+	return resultOf(conf)
+}
+
+func resultOf(conf *netConf) ([]byte, error) {
 	var result map[string]interface{}
 	if err := json.Unmarshal(conf.PrevResult, &result); err != nil {
 		return nil, err
@@ -294,10 +310,24 @@ func check(conf *netConf) error {
 	if err != nil {
 		return err
 	}
+	tcx, err := useTcx(conf.TcAttach)
+	if err != nil {
+		return err
+	}
+	if tcx {
+		pins, err := pinDir(conf)
+		if err != nil {
+			return err
+		}
+		if !tcxAttached(pins, ifindex) {
+			return &cniError{Code: errAttach, Msg: fmt.Sprintf("the vethguard programs are missing on ifindex %d", ifindex)}
+		}
+		return nil
+	}
 	for _, parent := range []uint32{parentIngress, parentEgress} {
 		found, err := ourFilter(ifindex, parent)
 		if err != nil || !found {
-			return &cniError{Code: errAttach, Msg: fmt.Sprintf("the vethguard filters are missing on ifindex %d", ifindex)}
+			return &cniError{Code: errAttach, Msg: fmt.Sprintf("the vethguard programs are missing on ifindex %d", ifindex)}
 		}
 	}
 	return nil

@@ -473,6 +473,13 @@ class Agent:
             return
         if result.ct_deleted or result.frag_deleted:
             log.info("expired conntrack entries removed", ct=result.ct_deleted, frag=result.frag_deleted)
+        try:
+            swept = self.dp.sweep_links()
+        except Exception as exc:
+            log.warning("cannot remove the pinned links of deleted interfaces", error=str(exc))
+            return
+        if swept:
+            log.info("pinned links of deleted interfaces removed", links=swept)
 
     # ------------------------------------------------------------------ the loop
 
@@ -490,7 +497,9 @@ class Agent:
         self.errors.clear("datapath")
         self.attachments.adopt(self.dp)
         adopted = len(self.attachments.attached)
-        log.info("datapath ready", node=self.node, pin_root=self.config.pin_root, adopted=adopted)
+        mode = getattr(self.dp, "attach_mode", None)  # fakes have none
+        pins = self.config.pin_root
+        log.info("datapath ready", node=self.node, pin_root=pins, adopted=adopted, attach=mode)
         return True
 
     def _backoff(self) -> float:

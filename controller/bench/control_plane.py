@@ -260,6 +260,9 @@ class Unattached:
     def gc_conntrack(self) -> GcResult:
         return self.dp.gc_conntrack()
 
+    def sweep_links(self) -> int:
+        return self.dp.sweep_links()
+
     def dump(self) -> KernelState:
         return self.dp.dump()
 

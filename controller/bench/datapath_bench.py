@@ -459,10 +459,11 @@ def run(settings: Settings) -> dict[str, Any]:
         "iptables": tool_version(["iptables", "--version"]),
         "ipset": tool_version(["ipset", "--version"]),
     }
-    from controller.datapath.attach import Attacher
+    from controller.datapath.tcx import attach_mode, pod_attacher
 
+    doc["attach"] = attach_mode()  # how the programs run: as the agent attaches them on this kernel
     with bench_lab(settings) as bench:
-        bench.attacher = Attacher()
+        bench.attacher = pod_attacher(None)
         levels = []
         for level in settings.levels:
             log(f"preparing {level.rules} rules / {level.ipcache} ipcache pods")

@@ -121,10 +121,10 @@ def measure(rules: int, rounds: int, seconds: float) -> dict[str, Any]:
     configs = ["baseline", "passthrough", f"vethguard-{rules}"]
     kpps: dict[str, list[float]] = {c: [] for c in configs}
     shares: dict[str, list[dict[str, float]]] = {c: [] for c in configs}
-    from controller.datapath.attach import Attacher
+    from controller.datapath.tcx import pod_attacher
 
     with datapath_bench.bench_lab(settings) as bench, tempfile.TemporaryDirectory() as tmp:
-        bench.attacher = Attacher()
+        bench.attacher = pod_attacher(None)  # as the agent attaches them on this kernel
         datapath_bench.prepare_level(bench, level)
         with bench_programs(next(iter(bench.datapaths.values()))) as fds:
             bench.passthrough_fd = fds[PASSTHROUGH]
@@ -142,7 +142,10 @@ def measure(rules: int, rounds: int, seconds: float) -> dict[str, Any]:
     mean = {c: _mean(runs) for c, runs in shares.items()}
     base = mean["baseline"]
     groups = {c: grouped(m) for c, m in mean.items()}
+    from controller.datapath.tcx import attach_mode
+
     return {
+        "attach": attach_mode(),
         "rules": rules,
         "rounds": rounds,
         "seconds": seconds,

@@ -6,20 +6,25 @@ pod's containers start. ADD:
   1. the pod's host-side interface is the entry of prevResult.interfaces without a sandbox (what
      ptp, bridge and kindnet list), or else the peer of CNI_IFNAME inside CNI_NETNS;
   2. the programs the agent pinned (<pinRoot>/<node>/prog_from_pod, prog_to_pod) are attached to
-     it, the same filters the agent installs (clsact, direct-action, fixed handle and prio: the
-     agent's later attach is a replace, not a second filter);
+     it as the agent attaches them (controller/datapath/tcx.py): clsact filters (direct-action,
+     fixed handle and prio), or with "tcAttach": "tcx" tcx links pinned at
+     <pinRoot>/<node>/links/<netns inode>-<ifindex>-<ingress|egress>; either way the agent's
+     later attach swaps the program in place, never a second attachment;
   3. its endpoint entry is written PENDING with the pod's addresses from prevResult.ips, unless
      the agent wrote one first (BPF_NOEXIST), and its addresses go into vg_local. PENDING drops
      everything but the always-allowed paths until the agent realizes the pod's policy.
 Anything that fails is an error result: the runtime does not start the pod (fail closed), and
 kubelet retries the sandbox. DEL and GC do nothing: the veth and its filters go with the
-namespace and the agent removes the endpoint entry. CHECK verifies the filters. No bcc, no LLVM:
+namespace (a link's pin stays, defunct, until the agent sweeps it) and the agent removes the
+endpoint entry. CHECK verifies the programs are attached. No bcc, no LLVM:
 only bpf(2) on pinned objects and rtnetlink, so it takes milliseconds.
 
 Network configuration keys: "pinRoot" (default /sys/fs/bpf/vethguard), "nodeName" (the agent's
---node; may be left out when pinRoot holds exactly one node's pins) and "stateDir" (default
+--node; may be left out when pinRoot holds exactly one node's pins), "stateDir" (default
 /run/vethguard: a clsact the plugin creates is recorded in its clsact-<node> ledger there, for
-`vethguard uninstall`; controller/datapath/ledger.py).
+`vethguard uninstall`; controller/datapath/ledger.py) and "tcAttach" ("clsact", the default,
+or "tcx": set it as the agent's VETHGUARD_TC_ATTACH; without it the plugin reads the
+environment's VETHGUARD_TC_ATTACH, as the agent does).
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ from typing import Any
 
 from controller.core.errors import VethguardError
 from controller.datapath import abi, bpfsys, codecs, ledger
-from controller.datapath.attach import PARENT_EGRESS, PARENT_INGRESS, Attacher
+from controller.datapath.attach import PARENT_EGRESS, PARENT_INGRESS
+from controller.datapath.tcx import attach_mode, pod_attacher
 
 SUPPORTED_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/vethguard"
@@ -172,13 +178,22 @@ def add(req: Request) -> dict[str, Any]:
         write_pending_endpoint(pins, ifindex, ipv4, ipv6)
         try:
             state_dir = str(req.config.get("stateDir") or ledger.DEFAULT_STATE_DIR)
-            Attacher(ledger_file=ledger.ledger_path(state_dir, pins.name)).attach_programs(ifindex, fds)
+            mode = attach_mode(_tc_attach(req.config))
+            attacher = pod_attacher(pins, ledger.ledger_path(state_dir, pins.name), mode)
+            attacher.attach_programs(ifindex, fds)
         except VethguardError as exc:
             raise CniError(ERR_ATTACH, f"cannot attach the vethguard programs: {exc}") from exc
     finally:
         for fd in fds.values():
             os.close(fd)
     return dict(req.config.get("prevResult") or {}, cniVersion=req.version)
+
+
+def _tc_attach(config: Mapping[str, Any]) -> str | None:
+    value = config.get("tcAttach")
+    if value is not None and not isinstance(value, str):
+        raise CniError(ERR_INVALID_CONFIG, f"tcAttach must be a string (tcx or clsact), not {value!r}")
+    return value or None
 
 
 def write_pending_endpoint(pins: Path, ifindex: int, ipv4: str | None, ipv6: str | None) -> None:
@@ -204,8 +219,12 @@ def write_pending_endpoint(pins: Path, ifindex: int, ipv4: str | None, ipv6: str
 
 def check(req: Request) -> None:
     ifindex = host_interface(req.config, req.ifname)
-    if not Attacher().attached(ifindex):
-        raise CniError(ERR_ATTACH, f"the vethguard filters are missing on ifindex {ifindex}")
+    try:
+        mode = attach_mode(_tc_attach(req.config))
+    except VethguardError as exc:
+        raise CniError(ERR_INVALID_CONFIG, str(exc)) from exc
+    if not pod_attacher(None, mode=mode).attached(ifindex):
+        raise CniError(ERR_ATTACH, f"the vethguard programs are missing on ifindex {ifindex}")
 
 
 def handle(env: Mapping[str, str], stdin: str) -> dict[str, Any] | None:

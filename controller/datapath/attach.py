@@ -13,7 +13,7 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from controller.core.errors import VethguardError
 from controller.datapath import ledger, rtnl
@@ -69,6 +69,30 @@ def _filter_msg(ifindex: int, parent: str, fd: int, name: str) -> bytes:
     )
 
 
+RTM_GETTFILTER = 46
+
+
+def filters_named(ifindex: int, names: dict[str, str]) -> list[str]:
+    """The hooks (parents) of ifindex carrying a bpf filter with the name `names` gives that hook,
+    by one raw netlink dump per hook (~0.1 ms; none when ifindex has no clsact or is gone)."""
+    out = []
+    with rtnl.Rtnl() as nl:
+        for parent, name in names.items():
+            header = rtnl.TCMSG.pack(socket.AF_UNSPEC, ifindex, 0, PARENT_IDS[parent], 0)
+            try:
+                found = nl.dump(RTM_GETTFILTER, header, rtnl.TCMSG.size, "filters")
+            except rtnl.NetlinkError:
+                continue  # no clsact (EINVAL) or no interface
+            for msg in found:
+                a = msg.attributes()
+                if rtnl.as_str(a.get(TCA_KIND)) != "bpf" or TCA_OPTIONS not in a:
+                    continue
+                if rtnl.as_str(rtnl.parse_attrs(a[TCA_OPTIONS]).get(TCA_BPF_NAME)) == name:
+                    out.append(parent)
+                    break
+    return out
+
+
 def _nla_prog_id(opts: Any) -> int | None:
     """TCA_BPF_ID of a bpf filter's TCA_OPTIONS, read from the raw attribute."""
     for name, value in opts["attrs"]:
@@ -99,6 +123,7 @@ class Attacher:
     created_clsact: set[int] = field(default_factory=set)
     names: dict[str, str] = field(default_factory=lambda: dict(FILTER_NAME))
     ledger_file: Path | None = None
+    kind: ClassVar[str] = "filter"
 
     def attach(self, ifindex: int, from_pod_fd: int, to_pod_fd: int) -> None:
         """from_pod on the tc ingress hook, to_pod on the tc egress hook of a pod's veth."""
@@ -135,6 +160,19 @@ class Attacher:
                     raise VethguardError(
                         f"cannot install the {self.names[parent]} filter on ifindex {ifindex}: {e}"
                     ) from e
+        if self.names == FILTER_NAME:
+            self._drop_tcx(ifindex)
+
+    @staticmethod
+    def _drop_tcx(ifindex: int) -> None:
+        """Detach our pod programs' tcx links from ifindex (the filters already run): a node
+        switched from tcx back to clsact (controller/datapath/tcx.py). One query per hook."""
+        from controller.datapath import tcx  # tcx builds on this module
+
+        if tcx.tcx_supported():
+            links = tcx.TcxAttacher()
+            if links.hooks_with_ours(ifindex):
+                links.detach_links(ifindex)
 
     def _our_filters(self, ipr: Any, ifindex: int, parent: str) -> list[Any]:
         ours = []

@@ -1,8 +1,9 @@
 """Remove what vethguard attached in this network namespace, and only that (`vethguard uninstall`).
 
-1. our filters, on every interface: the exact handle, priority and name the Attachers install
-   (pod veths: vethguard-from-pod / vethguard-to-pod; uplinks: vethguard-from-uplink /
-   vethguard-uplink), each on its own hook; any other filter stays;
+1. our tcx links (pod programs, found by program name: from_pod / to_pod; controller/datapath/
+   tcx.py) and our filters, on every interface: the exact handle, priority and name the
+   Attachers install (pod veths: vethguard-from-pod / vethguard-to-pod; uplinks:
+   vethguard-from-uplink / vethguard-uplink), each on its own hook; any other link or filter stays;
 2. the clsact qdiscs the node's ledger lists (controller/datapath/ledger.py), each only when
    the interface still exists under the recorded name and no filter is left on either hook; a
    clsact someone else created (not in the ledger) is never deleted.
@@ -16,6 +17,7 @@ from typing import Any, NamedTuple
 from controller.core.errors import VethguardError
 from controller.datapath.attach import PARENT_EGRESS, PARENT_IDS, PARENT_INGRESS, Attacher, remaining_filters
 from controller.datapath.netlink import IPRoute, NetlinkError
+from controller.datapath.tcx import TcxAttacher, tcx_supported
 from controller.datapath.uplink import uplink_attacher
 
 HOOK_NAMES = {PARENT_INGRESS: "ingress", PARENT_EGRESS: "egress"}
@@ -23,7 +25,7 @@ _HOOK_BY_ID = {PARENT_IDS[p]: name for p, name in HOOK_NAMES.items()}
 
 
 class Step(NamedTuple):
-    """One thing removed or kept: kind (filter, clsact, pins, ledger, cni-binary, cni-config),
+    """One thing removed or kept: kind (tcx-link, filter, clsact, pins, ledger, cni-binary, cni-config),
     what (interface/hook, path) and why or how."""
 
     kind: str
@@ -42,15 +44,21 @@ def remove_filters(interfaces: Mapping[int, str]) -> tuple[list[Step], dict[int,
     and the interfaces it was removed from."""
     removed: list[Step] = []
     detached: dict[int, str] = {}
-    for attacher in (Attacher(), uplink_attacher()):
+    attachers: list[Attacher | TcxAttacher] = [Attacher(), uplink_attacher()]
+    if tcx_supported():
+        attachers.insert(0, TcxAttacher())  # links found by program name (their pins go with the pins)
+    for attacher in attachers:
         for ifindex, ifname in sorted(interfaces.items()):
             hooks = attacher.hooks_with_ours(ifindex)
             if not hooks:
                 continue
-            attacher.detach(ifindex)
+            if isinstance(attacher, TcxAttacher):
+                attacher.detach_links(ifindex)
+            else:
+                attacher.detach(ifindex)
             detached[ifindex] = ifname
             for parent in hooks:
-                removed.append(Step("filter", f"{ifname} {HOOK_NAMES[parent]}", attacher.names[parent]))
+                removed.append(Step(attacher.kind, f"{ifname} {HOOK_NAMES[parent]}", attacher.names[parent]))
     return removed, detached
 
 

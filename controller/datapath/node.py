@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from controller.compiler.desired_state import NodeDesired
-from controller.datapath import bpfsys, build, codecs, encoding, ledger, loader, readback, sync, uplink
-from controller.datapath.attach import PARENT_EGRESS, PARENT_INGRESS, Attacher
+from controller.datapath import bpfsys, build, codecs, encoding, ledger, loader, readback, sync, tcx, uplink
+from controller.datapath.attach import PARENT_EGRESS, PARENT_INGRESS
 from controller.datapath.bpfsys import ProgId
 from controller.datapath.codecs import Event
 from controller.datapath.interface import NodeDatapath
@@ -46,6 +46,8 @@ class Datapath:
     child process (bcc, ~1.3 s; controller/datapath/build.py), and pins or reuses the maps there.
     This process never imports bcc. With `state_dir`, every clsact
     it creates is recorded in the node's clsact ledger there (controller/datapath/ledger.py).
+    Pod programs are attached with tcx links where the kernel has tcx, else clsact filters
+    (`attach_mode` "tcx" / "clsact" forces one; controller/datapath/tcx.py).
     """
 
     def __init__(
@@ -54,13 +56,15 @@ class Datapath:
         pin_root: str = "/sys/fs/bpf/vethguard",
         extra_cflags: tuple[str, ...] = (),
         state_dir: str | None = None,
+        attach_mode: str | None = None,
     ) -> None:
         self.node = node
         self.pin_root = pin_root
         self.extra_cflags = extra_cflags
         self._loaded = build.load(node, pin_root, extra_cflags)
         ledger_file = ledger.ledger_path(state_dir, node) if state_dir else None
-        self._attacher = Attacher(ledger_file=ledger_file)
+        # pod veths: tcx links pinned under <pin_dir>/links where the kernel has tcx, else clsact
+        self._attacher = tcx.pod_attacher(self._loaded.pin_dir, ledger_file, attach_mode)
         self._uplinks = uplink.uplink_attacher(ledger_file)
         self._events: RingBuffer | None = None
         self._event_sink: Callable[[Event], None] | None = None
@@ -93,8 +97,13 @@ class Datapath:
         """Kernel id and tag of one of loader.PROGRAMS as loaded by this object."""
         return bpfsys.prog_id(self.prog_fd(name))
 
+    @property
+    def attach_mode(self) -> str:
+        """How the pod programs are attached: "tcx" or "clsact" (controller/datapath/tcx.py)."""
+        return "tcx" if isinstance(self._attacher, tcx.TcxAttacher) else "clsact"
+
     def attached_progs(self, ifindex: int) -> dict[str, int | None]:
-        """Program ids our filters on ifindex run now: {"from_pod": id, "to_pod": id} (None: absent)."""
+        """Program ids our links or filters on ifindex run: {"from_pod": id, "to_pod": id} (None: absent)."""
         return self._attacher.attached_prog_ids(ifindex)
 
     @property
@@ -156,13 +165,14 @@ class Datapath:
                 log.warning("re-attaching ifindex %s after the replaced maps were synced: %s", ifindex, exc)
 
     def attach(self, ifindex: int) -> None:
-        """clsact + from_pod (tc ingress) / to_pod (tc egress) filters; idempotent; this netns."""
+        """from_pod on the veth's tc ingress, to_pod on its tc egress (tcx links, or clsact filters:
+        tcx.attach_mode()); idempotent; this netns."""
         if self._held_back(True, ifindex):
             return
         self._attacher.attach(ifindex, self.prog_fd("from_pod"), self.prog_fd("to_pod"))
 
     def detach(self, ifindex: int) -> None:
-        """Remove our filters only; a clsact is removed only if this process created it."""
+        """Remove our links or filters only; a clsact is removed only if this process created it."""
         self._attacher.detach(ifindex)
 
     def attached(self, ifindex: int) -> bool:
@@ -308,6 +318,13 @@ class Datapath:
         frees room before the LRU would evict live flows to make it.
         """
         return readback.collect_expired(self._loaded.maps, time.monotonic_ns() if now_ns is None else now_ns)
+
+    def sweep_links(self) -> int:
+        """Remove the pins of tcx links whose interface was deleted (a pod's veth goes with its
+        netns; nobody detaches it): how many (0 with clsact filters, which go with the veth)."""
+        if not isinstance(self._attacher, tcx.TcxAttacher):
+            return 0
+        return len(self._attacher.sweep())
 
     def counters(self) -> dict[tuple[int, int, int], tuple[int, int]]:
         """(ep_id, reason, dir) -> (packets, bytes), summed over CPUs."""

@@ -12,6 +12,7 @@ import pytest
 from controller.datapath import abi, codecs
 from controller.datapath.codecs import Event
 from controller.datapath.node import Datapath
+from controller.datapath.tcx import tcx_supported
 from tests.support.kernel import (
     ID_A,
     ID_B,
@@ -41,6 +42,19 @@ def dp() -> Iterator[Datapath]:
     finally:
         d.close()
         Datapath.remove_pins(node)
+
+
+@pytest.fixture(scope="session")
+def dp_tcx(dp: Datapath) -> Iterator[Datapath]:
+    """The session's node programs (its pinned build: no compile) attached with tcx links
+    (controller/datapath/tcx.py) instead of the default clsact filters."""
+    if not tcx_supported():
+        pytest.skip("this kernel has no tcx hooks")
+    d = Datapath(node=dp.node, pin_root=dp.pin_root, attach_mode="tcx")
+    try:
+        yield d
+    finally:
+        d.close()
 
 
 @pytest.fixture

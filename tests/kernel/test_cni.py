@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from controller.core.verdicts import DIR_EGRESS
-from controller.datapath import abi, codecs
+from controller.datapath import abi, bpflinks, codecs
 from controller.datapath.abi import Reason
 from controller.datapath.node import Datapath
+from controller.datapath.tcx import netns_inode
 from tests.support.netns_util import VethPair, in_netns, veth_pair
 
 pytestmark = [pytest.mark.root, pytest.mark.bcc]
@@ -64,8 +65,9 @@ def plugin(request: pytest.FixtureRequest) -> list[str]:
 
 
 def cni(
-    command: str, v: VethPair, dp: Datapath, plugin: list[str], **config: object
+    command: str, v: VethPair, dp: Datapath, plugin: list[str], tc_attach: str = "", **config: object
 ) -> subprocess.CompletedProcess[str]:
+    """Run the plugin as a runtime does; tc_attach: VETHGUARD_TC_ATTACH (empty: the kernel's choice)."""
     prev = {
         "cniVersion": "1.0.0",
         "interfaces": [{"name": "vgh0"}, {"name": "eth0", "sandbox": f"/run/netns/{v.pod_ns}"}],
@@ -89,6 +91,8 @@ def cni(
         "CNI_NETNS": f"/run/netns/{v.pod_ns}",
         "CNI_IFNAME": "eth0",
     }
+    if tc_attach:
+        env["VETHGUARD_TC_ATTACH"] = tc_attach
     # nsenter, not `ip netns exec`: that remounts /sys and would hide the pins under /sys/fs/bpf
     argv = ["nsenter", f"--net=/run/netns/{v.node_ns}", "--", *plugin]
     return subprocess.run(argv, input=json.dumps(conf), env=env, capture_output=True, text=True, timeout=60)
@@ -104,8 +108,13 @@ def pair(dp: Datapath) -> Iterator[VethPair]:
             dp.maps["vg_local"].delete(codecs.encode_local(v.pod_ip, 0)[0])
 
 
-def test_add_closes_a_new_veth_with_no_agent_running(dp: Datapath, pair: VethPair, plugin: list[str]) -> None:
-    out = cni("ADD", pair, dp, plugin)
+@pytest.mark.parametrize("tc_attach", ["", "tcx"])
+def test_add_closes_a_new_veth_with_no_agent_running(
+    dp: Datapath, pair: VethPair, plugin: list[str], tc_attach: str, request: pytest.FixtureRequest
+) -> None:
+    if tc_attach == "tcx":
+        dp = request.getfixturevalue("dp_tcx")  # the same maps and programs, tcx links
+    out = cni("ADD", pair, dp, plugin, tc_attach)
     assert out.returncode == 0, out.stdout + out.stderr
     assert json.loads(out.stdout)["ips"] == [{"address": f"{pair.pod_ip}/24", "interface": 1}]
     assert in_netns(pair.node_ns, lambda: dp.attached(pair.ifindex))
@@ -125,8 +134,38 @@ def test_add_closes_a_new_veth_with_no_agent_running(dp: Datapath, pair: VethPai
     in_netns(pair.pod_ns, send)
     after = dp.counters().get((pair.ifindex, int(Reason.DROP_PENDING), DIR_EGRESS), (0, 0))[0]
     assert after - before == 3  # the pod's first packets are dropped: nothing was open
-    assert cni("CHECK", pair, dp, plugin).returncode == 0
-    assert cni("ADD", pair, dp, plugin).returncode == 0  # a runtime's retry changes nothing
+    assert cni("CHECK", pair, dp, plugin, tc_attach).returncode == 0
+    assert cni("ADD", pair, dp, plugin, tc_attach).returncode == 0  # a runtime's retry changes nothing
+
+
+def test_add_with_tc_attach_tcx_pins_links_the_agent_then_updates_in_place(
+    dp_tcx: Datapath, pair: VethPair, plugin: list[str]
+) -> None:
+    dp = dp_tcx
+    links = dp.pin_dir / "links"
+    assert cni("ADD", pair, dp, plugin, tcAttach="tcx").returncode == 0  # the configuration's key
+    netns = in_netns(pair.node_ns, netns_inode)
+    pins = sorted(links.glob(f"{netns}-{pair.ifindex}-*"))
+    # the plugin has exited: the pins hold its links
+    assert [p.name.split("-")[-1] for p in pins] == ["egress", "ingress"]
+
+    def link_ids() -> list[int]:
+        return [a.link_id for t in (46, 47) for a in bpflinks.tcx_query(pair.ifindex, t)]
+
+    before = in_netns(pair.node_ns, link_ids)
+    assert len(before) == 2
+    in_netns(pair.node_ns, lambda: dp.attach(pair.ifindex))  # the agent's pass: no second link
+    assert in_netns(pair.node_ns, link_ids) == before
+    assert (
+        "vethguard"
+        not in subprocess.run(
+            ["tc", "-n", pair.node_ns, "filter", "show", "dev", "vgh0", "ingress"],
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    in_netns(pair.node_ns, lambda: dp.detach(pair.ifindex))
+    assert not any(p.exists() for p in pins)
 
 
 def test_add_leaves_an_endpoint_the_agent_already_wrote(
@@ -141,7 +180,7 @@ def test_add_leaves_an_endpoint_the_agent_already_wrote(
 def test_check_fails_on_a_veth_without_the_filters(dp: Datapath, pair: VethPair, plugin: list[str]) -> None:
     out = cni("CHECK", pair, dp, plugin)
     assert out.returncode == 1
-    assert "filters are missing" in json.loads(out.stdout)["msg"]
+    assert "programs are missing" in json.loads(out.stdout)["msg"]
 
 
 def test_add_on_a_node_without_pins_fails_so_the_pod_does_not_start(
@@ -156,8 +195,8 @@ def test_add_on_a_node_without_pins_fails_so_the_pod_does_not_start(
 def test_add_records_the_clsact_it_created_in_the_ledger_once(
     dp: Datapath, pair: VethPair, plugin: list[str], state_dir: Path
 ) -> None:
-    assert cni("ADD", pair, dp, plugin).returncode == 0
-    assert cni("ADD", pair, dp, plugin).returncode == 0  # the clsact exists now: no second line
+    assert cni("ADD", pair, dp, plugin, "clsact").returncode == 0
+    assert cni("ADD", pair, dp, plugin, "clsact").returncode == 0  # the clsact exists now: no second line
     assert (state_dir / f"clsact-{dp.node}").read_text() == f"{pair.ifindex} vgh0\n"
 
 
@@ -165,6 +204,6 @@ def test_add_does_not_record_a_clsact_someone_else_created(
     dp: Datapath, pair: VethPair, plugin: list[str], state_dir: Path
 ) -> None:
     subprocess.run(["tc", "-n", pair.node_ns, "qdisc", "add", "dev", "vgh0", "clsact"], check=True)
-    assert cni("ADD", pair, dp, plugin).returncode == 0
+    assert cni("ADD", pair, dp, plugin, "clsact").returncode == 0
     assert in_netns(pair.node_ns, lambda: dp.attached(pair.ifindex))
     assert not (state_dir / f"clsact-{dp.node}").exists()

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from controller.datapath import abi, bpfsys, codecs
-from controller.datapath.attach import Attacher
+from controller.datapath.tcx import pod_attacher
 from controller.lab import netns
 from controller.lab.state import LabPaths
 from controller.lab.topology import LabNames, pod_ifname
@@ -104,7 +104,7 @@ def _pod_state(lab: Lab, pods: list[str]) -> dict[str, tuple[int, bool]]:
         finally:
             endpoints.close()
         out = {}
-        attacher = Attacher()
+        attacher = pod_attacher(None)
         for pod in pods:
             ifindex = socket.if_nametoindex(pod_ifname(*pod.split("/")))
             value = entries.get(codecs.u32_key(ifindex))

@@ -38,7 +38,7 @@ from typing import Any
 import pytest
 
 from controller.datapath import abi, bpfsys, codecs
-from controller.datapath.attach import Attacher
+from controller.datapath.tcx import pod_attacher
 from controller.lab import netns, topology
 from controller.lab.agents import AGENT_ENV_FILE, query_agent
 from controller.lab.state import LabPaths
@@ -375,7 +375,7 @@ class LabView:
         return out
 
     def attached_progs(self, node: str, ifindexes: list[int]) -> dict[int, dict[str, int | None]]:
-        attacher = Attacher()
+        attacher = pod_attacher(None)
         return netns.run_in_netns(
             self.node_ns(node), lambda: {i: attacher.attached_prog_ids(i) for i in ifindexes}
         )

@@ -1,9 +1,10 @@
-"""`vethguard uninstall --node` on a lab node where a real agent ran, beside someone else's tc
-state: a foreign u32 filter on one pod veth (sharing the clsact the agent created) and a foreign
-clsact on an interface of its own. Uninstall removes every filter of ours, the clsacts the ledger
-lists that nobody else uses, the pins and the ledger, and unchains vethguard-cni; the foreign
-filter and both clsacts they need stay, the policy stops applying, and a second run has
-nothing to do."""
+"""`vethguard uninstall --node` on a lab node where a real agent ran. With clsact filters,
+beside someone else's tc state: a foreign u32 filter on one pod veth (sharing the clsact the
+agent created) and a foreign clsact on an interface of its own. Uninstall removes every filter
+of ours, the clsacts the ledger lists that nobody else uses, the pins and the ledger, and
+unchains vethguard-cni; the foreign filter and both clsacts they need stay, the policy stops
+applying, and a second run has nothing to do. With tcx links (VETHGUARD_TC_ATTACH=tcx):
+uninstall detaches them, and no clsact was ever created."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from controller.datapath.tcx import ATTACH_ENV, TcxAttacher, tcx_supported
 from controller.lab import netns, topology
 from controller.lab.agents import AgentSupervisor
 from controller.lab.state import LabPaths
@@ -57,15 +59,26 @@ def has_clsact(node_ns: str, ifname: str) -> bool:
 
 
 @pytest.fixture
-def agent(lab_factory: Callable[..., Lab], tmp_path: Path) -> Iterator[tuple[Lab, subprocess.Popen[bytes]]]:
+def agent(
+    lab_factory: Callable[..., Lab], tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[Lab, subprocess.Popen[bytes]]]:
     """A one-node lab without lab agents, and a real agent started by hand in node-1's namespace
-    (AgentSupervisor's command line), stopped at the end whatever happened."""
+    (AgentSupervisor's command line), stopped at the end whatever happened. It attaches with
+    clsact filters unless the test asks for "tcx" (VETHGUARD_TC_ATTACH)."""
+    mode = getattr(request, "param", "clsact")
+    if mode == "tcx" and not tcx_supported():
+        pytest.skip("this kernel has no tcx hooks")
     lab = lab_factory("--nodes", "1")
     paths = LabPaths(lab.name)
     supervisor = AgentSupervisor(paths.read_config(), paths, topology.Topology(lab.name))
+    env = {**os.environ, ATTACH_ENV: mode}
     with open(tmp_path / "agent.log", "wb") as log:
         proc = subprocess.Popen(
-            supervisor.command("node-1"), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            supervisor.command("node-1"),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     try:
         yield lab, proc
@@ -173,3 +186,45 @@ def test_uninstall_removes_exactly_what_vethguard_attached_and_leaves_foreign_tc
 def ip_index(node_ns: str, ifname: str) -> int:
     (link,) = json.loads(ip(node_ns, "-j", "link", "show", ifname))
     return int(link["ifindex"])
+
+
+@pytest.mark.parametrize("agent", ["tcx"], indirect=True)
+def test_uninstall_detaches_the_tcx_links_an_agent_attached_and_creates_no_clsact(
+    agent: tuple[Lab, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    lab, proc = agent
+    node_ns = topology.LabNames(lab.name).node(1)
+    paths = LabPaths(lab.name)
+    veths = [topology.pod_ifname(ns, pod) for ns, pod in (("x", "a"), ("x", "b"), ("y", "a"))]
+    indexes = {v: ip_index(node_ns, v) for v in veths}
+
+    def ours() -> dict[str, list[str]]:
+        links = TcxAttacher()
+        return netns.run_in_netns(node_ns, lambda: {v: links.hooks_with_ours(i) for v, i in indexes.items()})
+
+    wait_for(
+        lambda: all(len(h) == 2 for h in ours().values()),
+        timeout=60,
+        what="tcx links on every pod veth",
+        interval=0.5,
+    )
+    lab.cli("apply", "-f", "-", stdin=DENY_X_A)
+    wait_for(
+        lambda: not lab.probe_tcp(80, ["x/b"], ["x/a"])[("x/b", "x/a")],
+        timeout=30,
+        what="the policy denies x/b -> x/a",
+        interval=0.5,
+    )
+    assert not any(has_clsact(node_ns, v) for v in veths)  # tcx needs no qdisc
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    (tmp_path / "cni" / "bin").mkdir(parents=True)
+    (tmp_path / "cni" / "net.d").mkdir()
+
+    done = uninstall(node_ns, lab, tmp_path / "cni", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    removed = {(s["kind"], s["name"]) for s in json.loads(done.stdout)["removed"]}
+    assert {("tcx-link", f"{v} {hook}") for v in veths for hook in ("ingress", "egress")} <= removed
+    assert ("pins", str(paths.pin_root / "node-1")) in removed
+    assert all(h == [] for h in ours().values())
+    assert lab.probe_tcp(80, ["x/b"], ["x/a"])[("x/b", "x/a")]  # the policy no longer applies

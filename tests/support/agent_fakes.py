@@ -106,6 +106,9 @@ class NullDatapath:
     def gc_conntrack(self) -> GcResult:
         return GcResult(0, 0, 0)
 
+    def sweep_links(self) -> int:
+        return 0
+
     def dump(self) -> KernelState:
         return KernelState(0, {}, {}, {}, [])
 
