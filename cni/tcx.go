@@ -70,13 +70,19 @@ type linkInfo struct {
 	rest                                       [2]uint64
 }
 
-func getLinkInfo(fd int) (linkInfo, error) {
-	var info linkInfo
+// objInfo fills info (a prefix of struct bpf_link_info or bpf_prog_info) for a link or program fd.
+func objInfo(fd int, info unsafe.Pointer, size uintptr) error {
 	attr := struct {
 		fd, infoLen uint32
 		info        uint64
-	}{fd: uint32(fd), infoLen: uint32(unsafe.Sizeof(info)), info: uint64(uintptr(unsafe.Pointer(&info)))}
+	}{fd: uint32(fd), infoLen: uint32(size), info: uint64(uintptr(info))}
 	_, err := bpf(bpfObjGetInfoByFd, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
+	return err
+}
+
+func getLinkInfo(fd int) (linkInfo, error) {
+	var info linkInfo
+	err := objInfo(fd, unsafe.Pointer(&info), unsafe.Sizeof(info))
 	runtime.KeepAlive(&info)
 	return info, err
 }
@@ -86,11 +92,7 @@ func progID(fd int) (uint32, error) {
 		kind, id uint32
 		rest     [26]uint64
 	}
-	attr := struct {
-		fd, infoLen uint32
-		info        uint64
-	}{fd: uint32(fd), infoLen: uint32(unsafe.Sizeof(info)), info: uint64(uintptr(unsafe.Pointer(&info)))}
-	_, err := bpf(bpfObjGetInfoByFd, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
+	err := objInfo(fd, unsafe.Pointer(&info), unsafe.Sizeof(info))
 	runtime.KeepAlive(&info)
 	return info.id, err
 }

@@ -145,7 +145,8 @@ class Bench:
     datapaths: dict[tuple[int, int], Any] = field(default_factory=dict)  # (node, rules) -> Datapath
     rulesets: dict[tuple[int, int], Ruleset] = field(default_factory=dict)
     programming: dict[str, dict[str, float]] = field(default_factory=dict)
-    attacher: Any = None
+    attacher: Any = None  # clsact filters, as the agent attaches by default
+    tcx_attacher: Any = None  # tcx links (the "+tcx" configurations; None: this kernel has no tcx)
     passthrough_fd: int | None = None  # bench_parts.c's pass-through program, while measuring
 
     @property
@@ -224,16 +225,25 @@ def _in_node(bench: Bench, node: int, fn: Callable[[], object]) -> None:
 
 
 def detach_all(bench: Bench) -> None:
-    for pod in bench.pods():
-        ifindex = bench.veth[pod]
-        _in_node(bench, bench.pod_node[pod], functools.partial(bench.attacher.detach, ifindex))
+    for attacher in (bench.attacher, bench.tcx_attacher):
+        if attacher is None:
+            continue
+        for pod in bench.pods():
+            ifindex = bench.veth[pod]
+            _in_node(bench, bench.pod_node[pod], functools.partial(attacher.detach, ifindex))
 
 
-def _attach(bench: Bench, fds: Callable[[int], tuple[int, int]]) -> None:
+def _attach(bench: Bench, fds: Callable[[int], tuple[int, int]], tcx: bool = False) -> None:
+    """Attach with one attacher only: switching from the other detaches it first (an attacher
+    converts the other's attachments too, but the bench says so explicitly)."""
+    attacher = bench.tcx_attacher if tcx else bench.attacher
+    if attacher is None:
+        raise RuntimeError("this kernel has no tcx hooks: no +tcx configurations")
+    detach_all(bench)
     for pod in bench.pods():
         node, ifindex = bench.pod_node[pod], bench.veth[pod]
         from_fd, to_fd = fds(node)
-        _in_node(bench, node, functools.partial(bench.attacher.attach, ifindex, from_fd, to_fd))
+        _in_node(bench, node, functools.partial(attacher.attach, ifindex, from_fd, to_fd))
 
 
 def _iptables(bench: Bench, node: int, text: str) -> float:
@@ -251,13 +261,15 @@ EMPTY_FILTER = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACC
 def configured(bench: Bench, config: str) -> Iterator[None]:
     """Make `config` the only thing between the pods for the duration of the block."""
     nodes = sorted(set(bench.pod_node.values()))
+    tcx = config.endswith(small_packets.TCX)
+    config = config.removesuffix(small_packets.TCX)
     if config == "baseline":
         detach_all(bench)
     elif config == "passthrough":
         fd = bench.passthrough_fd
         if fd is None:
             raise RuntimeError("the pass-through program is loaded only while measure_rounds runs")
-        _attach(bench, lambda _n: (fd, fd))
+        _attach(bench, lambda _n: (fd, fd), tcx)
     elif config.startswith("vethguard-"):
         rules = int(config.split("-", 1)[1])
         _attach(
@@ -266,6 +278,7 @@ def configured(bench: Bench, config: str) -> Iterator[None]:
                 bench.datapaths[(n, rules)].prog_fd("from_pod"),
                 bench.datapaths[(n, rules)].prog_fd("to_pod"),
             ),
+            tcx,
         )
     elif config.startswith("iptables-"):
         rules = int(config.split("-", 1)[1])
@@ -374,7 +387,7 @@ def measure_pairs(bench: Bench) -> small_packets.Samples:
         return udp, traffic.sockperf(bench.lab, path.client, server_ip, s.pair_seconds)[2]
 
     return small_packets.measure(
-        small_packets.paired_configs(s.levels[-1].rules),
+        small_packets.paired_configs(s.levels[-1].rules, tcx=bench.tcx_attacher is not None),
         list(by_name),
         s.pair_rounds,
         functools.partial(configured, bench),
@@ -459,11 +472,13 @@ def run(settings: Settings) -> dict[str, Any]:
         "iptables": tool_version(["iptables", "--version"]),
         "ipset": tool_version(["ipset", "--version"]),
     }
-    from controller.datapath.tcx import attach_mode, pod_attacher
+    from controller.datapath.attach import Attacher
+    from controller.datapath.tcx import TcxAttacher, tcx_supported
 
-    doc["attach"] = attach_mode()  # how the programs run: as the agent attaches them on this kernel
+    doc["attach"] = ["clsact", *(["tcx"] if tcx_supported() else [])]
     with bench_lab(settings) as bench:
-        bench.attacher = pod_attacher(None)
+        bench.attacher = Attacher()
+        bench.tcx_attacher = TcxAttacher() if tcx_supported() else None  # links held, not pinned
         levels = []
         for level in settings.levels:
             log(f"preparing {level.rules} rules / {level.ipcache} ipcache pods")

@@ -28,8 +28,14 @@ BASELINE = "baseline"
 METRICS = (("udp64_kpps", "UDP 64 B kpps"), ("tcp_rr_ktps", "TCP RR k/s"))
 
 
-def paired_configs(largest_rules: int) -> list[str]:
-    return [BASELINE, "passthrough", f"vethguard-{largest_rules}"]
+TCX = "+tcx"  # a configuration's programs attached with tcx links instead of clsact filters
+
+
+def paired_configs(largest_rules: int, tcx: bool = False) -> list[str]:
+    """The baseline, the pass-through program and vethguard at the largest level, attached as the
+    agent does by default (clsact); with `tcx`, both programs again attached with tcx links."""
+    configs = ["passthrough", f"vethguard-{largest_rules}"]
+    return [BASELINE, *configs, *([c + TCX for c in configs] if tcx else [])]
 
 
 @dataclass

@@ -7,10 +7,11 @@ the clients' CPU, which runs the whole same-node path of a datagram: the client'
 veths, the tc hooks and their programs, the node's routing and the server socket's enqueue (the
 server's CPU only reads). Every kernel symbol's share of the samples is averaged over rounds;
 each configuration's shares minus the baseline's are what attaching its programs adds, grouped
-(GROUPS): our programs' own code, the tc classifier path that runs them, the map lookups and
-helpers they call. cpu-clock in a VM cannot sample where interrupts are off (those samples land
-where they are turned back on), so shares are of the sampled time: compare configurations with
-each other, not with the throughput figures' absolute values.
+(GROUPS): our programs' own code, the tc hook path that runs them (clsact + cls_bpf, or tcx for
+the "+tcx" configurations), the map lookups and helpers they call. cpu-clock in a VM cannot
+sample where interrupts are off (those samples land where they are turned back on), so shares
+are of the sampled time: compare configurations with each other, not with the throughput
+figures' absolute values.
 
 Run: python -m controller.bench.udp_profile [--rules 10000] [--rounds 3] [--seconds 3]
 [--results DIR] (root; needs perf, which scripts/install.sh installs: linux-perf).
@@ -28,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from controller.bench import datapath_bench, traffic
+from controller.bench import datapath_bench, small_packets, traffic
 from controller.bench.bpf_parts import PASSTHROUGH, bench_programs
 from controller.bench.common import command_line, loadavg, log, logs_to_stderr, machine, median, rotated
 from controller.bench.report import write_results
@@ -39,7 +40,7 @@ GROUPS: tuple[tuple[str, str], ...] = (
     ("vethguard programs", r"bpf_prog_\w+_(from_pod|to_pod)$"),
     ("pass-through program", r"bpf_prog_\w+_passthrough$"),
     (
-        "tc classifier (clsact, cls_bpf)",
+        "tc hook (tcx, or clsact + cls_bpf)",
         r"(tc_run$|cls_bpf_classify|_*tcf_classify|sch_handle_(ingress|egress)|tcx_)",
     ),
     ("hash map lookups", r"(htab_map_hash|lookup_nulls_elem_raw|__htab_map_lookup_elem|htab_\w+|jhash)"),
@@ -118,13 +119,15 @@ def measure(rules: int, rounds: int, seconds: float) -> dict[str, Any]:
     programs.require(*programs.role_programs("lab", "bench"), purpose=purpose)
     level = datapath_bench.Level(rules, max(1000, rules * 10))
     settings = datapath_bench.Settings(levels=(level,), nodes=1)
-    configs = ["baseline", "passthrough", f"vethguard-{rules}"]
+    from controller.datapath.attach import Attacher
+    from controller.datapath.tcx import TcxAttacher, tcx_supported
+
+    configs = small_packets.paired_configs(rules, tcx=tcx_supported())
     kpps: dict[str, list[float]] = {c: [] for c in configs}
     shares: dict[str, list[dict[str, float]]] = {c: [] for c in configs}
-    from controller.datapath.tcx import pod_attacher
-
     with datapath_bench.bench_lab(settings) as bench, tempfile.TemporaryDirectory() as tmp:
-        bench.attacher = pod_attacher(None)  # as the agent attaches them on this kernel
+        bench.attacher = Attacher()
+        bench.tcx_attacher = TcxAttacher() if tcx_supported() else None
         datapath_bench.prepare_level(bench, level)
         with bench_programs(next(iter(bench.datapaths.values()))) as fds:
             bench.passthrough_fd = fds[PASSTHROUGH]
@@ -142,10 +145,7 @@ def measure(rules: int, rounds: int, seconds: float) -> dict[str, Any]:
     mean = {c: _mean(runs) for c, runs in shares.items()}
     base = mean["baseline"]
     groups = {c: grouped(m) for c, m in mean.items()}
-    from controller.datapath.tcx import attach_mode
-
     return {
-        "attach": attach_mode(),
         "rules": rules,
         "rounds": rounds,
         "seconds": seconds,

@@ -160,19 +160,6 @@ class Attacher:
                     raise VethguardError(
                         f"cannot install the {self.names[parent]} filter on ifindex {ifindex}: {e}"
                     ) from e
-        if self.names == FILTER_NAME:
-            self._drop_tcx(ifindex)
-
-    @staticmethod
-    def _drop_tcx(ifindex: int) -> None:
-        """Detach our pod programs' tcx links from ifindex (the filters already run): a node
-        switched from tcx back to clsact (controller/datapath/tcx.py). One query per hook."""
-        from controller.datapath import tcx  # tcx builds on this module
-
-        if tcx.tcx_supported():
-            links = tcx.TcxAttacher()
-            if links.hooks_with_ours(ifindex):
-                links.detach_links(ifindex)
 
     def _our_filters(self, ipr: Any, ifindex: int, parent: str) -> list[Any]:
         ours = []

@@ -20,7 +20,8 @@ one this object holds. New links go first on the hook (BPF_F_BEFORE), where our 
 ran before other tc filters; our verdict (TC_ACT_OK = TCX_PASS, TC_ACT_SHOT = TCX_DROP) ends the
 hook as it ended clsact's classification. Attaching also removes our clsact filters from the
 interface (an agent upgraded from a clsact-attaching version): the link runs first, then the
-filter goes, so no packet passes unjudged. The clsact attacher does the converse.
+filter goes, so no packet passes unjudged. The default pod attacher (ClsactPodAttacher) does
+the converse.
 
 Which attacher a node uses: attach_mode(). clsact unless VETHGUARD_TC_ATTACH=tcx (the agent's
 environment; the CNI plugins read their configuration's "tcAttach" first): the project's design
@@ -298,7 +299,19 @@ def _detach_fd(fd: int) -> None:
         os.close(fd)
 
 
-PodAttacher = Attacher | TcxAttacher
+class ClsactPodAttacher(Attacher):
+    """The default pod attacher: clsact filters (controller/datapath/attach.py) that, once they
+    run, take our tcx links off the interface (a node switched back from tcx). One query per hook."""
+
+    def attach_programs(self, ifindex: int, fds: dict[str, int]) -> None:
+        super().attach_programs(ifindex, fds)
+        if tcx_supported():
+            links = TcxAttacher()
+            if links.hooks_with_ours(ifindex):
+                links.detach_links(ifindex)
+
+
+PodAttacher = ClsactPodAttacher | TcxAttacher
 
 
 def pod_attacher(
@@ -309,4 +322,4 @@ def pod_attacher(
     in ledger_file)."""
     if (mode or attach_mode()) == "tcx":
         return TcxAttacher(links_dir=None if pin_dir is None else links_dir_of(pin_dir))
-    return Attacher(ledger_file=ledger_file)
+    return ClsactPodAttacher(ledger_file=ledger_file)

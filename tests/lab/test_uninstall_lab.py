@@ -88,6 +88,17 @@ def agent(
             proc.wait(timeout=10)
 
 
+def deny_x_a(lab: Lab) -> None:
+    """Apply a policy that isolates x/a and wait until it is enforced."""
+    lab.cli("apply", "-f", "-", stdin=DENY_X_A)
+    wait_for(
+        lambda: not lab.probe_tcp(80, ["x/b"], ["x/a"])[("x/b", "x/a")],
+        timeout=30,
+        what="the policy denies x/b -> x/a",
+        interval=0.5,
+    )
+
+
 def uninstall(node_ns: str, lab: Lab, cni: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     paths = LabPaths(lab.name)
     argv = [
@@ -130,13 +141,7 @@ def test_uninstall_removes_exactly_what_vethguard_attached_and_leaves_foreign_tc
         what="the agent attached to every pod veth",
         interval=0.5,
     )
-    lab.cli("apply", "-f", "-", stdin=DENY_X_A)
-    wait_for(
-        lambda: not lab.probe_tcp(80, ["x/b"], ["x/a"])[("x/b", "x/a")],
-        timeout=30,
-        what="the policy denies x/b -> x/a",
-        interval=0.5,
-    )
+    deny_x_a(lab)
     ledgered = (paths.root / "clsact-node-1").read_text().split()
     assert set(veths) <= set(ledgered[1::2]) and "vgfx0" not in ledgered  # ours only
     shared = veths[0]  # a foreign filter on the clsact the agent created
@@ -208,13 +213,7 @@ def test_uninstall_detaches_the_tcx_links_an_agent_attached_and_creates_no_clsac
         what="tcx links on every pod veth",
         interval=0.5,
     )
-    lab.cli("apply", "-f", "-", stdin=DENY_X_A)
-    wait_for(
-        lambda: not lab.probe_tcp(80, ["x/b"], ["x/a"])[("x/b", "x/a")],
-        timeout=30,
-        what="the policy denies x/b -> x/a",
-        interval=0.5,
-    )
+    deny_x_a(lab)
     assert not any(has_clsact(node_ns, v) for v in veths)  # tcx needs no qdisc
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0

@@ -674,6 +674,17 @@ def test_paired_small_packet_ratios_are_to_the_same_rounds_baseline_so_drift_can
     assert vg["udp64_sent_kpps"] > vg["udp64_kpps"] and vg["udp64_client_cpu_pct"] == 99.0
 
 
+def test_paired_configurations_add_the_tcx_attached_programs_only_when_asked() -> None:
+    assert small_packets.paired_configs(10, tcx=True) == [
+        "baseline",
+        "passthrough",
+        "vethguard-10",
+        "passthrough+tcx",
+        "vethguard-10+tcx",
+    ]
+    assert "passthrough+tcx".removesuffix(small_packets.TCX) == "passthrough"
+
+
 def test_paired_rounds_rotate_the_order_so_no_configuration_always_runs_first() -> None:
     vm = _Drifting()
     order: list[str] = []
@@ -741,7 +752,7 @@ def test_the_udp_profile_groups_perf_symbols_into_programs_classifier_lookups_an
     groups = udp_profile.grouped(shares)
     assert groups["vethguard programs"] == 3.07
     assert groups["pass-through program"] == 0.39
-    assert groups["tc classifier (clsact, cls_bpf)"] == 2.12
+    assert groups["tc hook (tcx, or clsact + cls_bpf)"] == 2.12
     assert groups["hash map lookups"] == 1.87
     assert groups["clock helper"] == 0.4
     assert groups[udp_profile.OTHER] == round(12.22 + 0.96, 2)
