@@ -27,6 +27,7 @@ from typing import Any
 
 from controller.core.errors import VethguardError
 from controller.datapath.cleanup import Step
+from controller.datapath.tcx import ATTACH_ENV, MODES
 
 PLUGIN = "vethguard-cni"
 DEFAULT_BINARY = "/opt/vethguard/cni/vethguard-cni"
@@ -42,8 +43,9 @@ def network_config(conf_dir: Path) -> Path:
     return candidates[0]
 
 
-def chained(config: dict[str, Any], node: str, pin_root: str) -> dict[str, Any]:
-    """The configuration list with our plugin last (pure)."""
+def chained(config: dict[str, Any], node: str, pin_root: str, tc_attach: str = "clsact") -> dict[str, Any]:
+    """The configuration list with our plugin last (pure); "tcAttach": "tcx" in our entry when the
+    agent attaches with tcx links (clsact, the default, needs no key)."""
     if "plugins" in config:
         out = dict(config)
         plugins = [p for p in config["plugins"] if not (isinstance(p, dict) and p.get("type") == PLUGIN)]
@@ -52,7 +54,10 @@ def chained(config: dict[str, Any], node: str, pin_root: str) -> dict[str, Any]:
         plugins = [{k: v for k, v in config.items() if k not in ("cniVersion", "name")}]
     if not plugins:
         raise VethguardError("the CNI configuration has no plugin to chain after")
-    out["plugins"] = [*plugins, {"type": PLUGIN, "pinRoot": pin_root, "nodeName": node}]
+    ours: dict[str, Any] = {"type": PLUGIN, "pinRoot": pin_root, "nodeName": node}
+    if tc_attach == "tcx":
+        ours["tcAttach"] = "tcx"
+    out["plugins"] = [*plugins, ours]
     return out
 
 
@@ -115,7 +120,9 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
-def install(binary: Path, bin_dir: Path, conf_dir: Path, node: str, pin_root: str) -> Path:
+def install(
+    binary: Path, bin_dir: Path, conf_dir: Path, node: str, pin_root: str, tc_attach: str = "clsact"
+) -> Path:
     """Install the plugin and chain it; returns the configuration file written."""
     if not binary.is_file():
         raise VethguardError(f"{binary}: no vethguard-cni binary in this image")
@@ -128,7 +135,7 @@ def install(binary: Path, bin_dir: Path, conf_dir: Path, node: str, pin_root: st
         os.replace(tmp, target)
     source = network_config(conf_dir)
     config = _read_config(source)
-    new = chained(config, node, pin_root)
+    new = chained(config, node, pin_root, tc_attach)
     dest = source if source.suffix == ".conflist" else source.with_suffix(".conflist")
     if new != config or dest != source:
         _write_atomically(dest, (json.dumps(new, indent=2) + "\n").encode(), 0o644)
@@ -138,7 +145,13 @@ def install(binary: Path, bin_dir: Path, conf_dir: Path, node: str, pin_root: st
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    written = install(Path(args.binary), Path(args.bin_dir), Path(args.conf_dir), args.node, args.pin_root)
+    # the flag, else VETHGUARD_TC_ATTACH, else clsact; not probed here (this container has no
+    # capabilities): the plugin checks the kernel when it attaches
+    mode = (args.tc_attach or os.environ.get(ATTACH_ENV, "") or "clsact").strip().lower()
+    if mode not in MODES:
+        raise VethguardError(f"{ATTACH_ENV}={mode!r}: expected one of {', '.join(MODES)}")
+    where = (Path(args.binary), Path(args.bin_dir), Path(args.conf_dir))
+    written = install(*where, args.node, args.pin_root, mode)
     print(f"{PLUGIN} installed in {args.bin_dir} and chained in {written}", flush=True)
     return 0
 
@@ -155,5 +168,11 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--pin-root", default="/sys/fs/bpf/vethguard", help="the agent's --pin-root (default: %(default)s)"
+    )
+    p.add_argument(
+        "--tc-attach",
+        choices=MODES,
+        help="how vethguard-cni attaches the programs: as the agent's VETHGUARD_TC_ATTACH "
+        "(default: that variable of this process, else clsact)",
     )
     p.set_defaults(func=cmd_install)

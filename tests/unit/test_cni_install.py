@@ -5,6 +5,7 @@ network configuration, once, whatever was there before; and its mirror, the unch
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -173,3 +174,27 @@ def test_a_configuration_that_is_not_json_is_an_error_naming_the_file(host: dict
     (host["conf"] / "10-broken.conflist").write_text("{not json")
     with pytest.raises(VethguardError, match=r"10-broken\.conflist: not JSON"):
         install.uninstall(host["bin"], host["conf"])
+
+
+def test_the_tcx_attach_mode_is_written_into_our_entry_and_clsact_needs_no_key(
+    host: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (host["conf"] / "10-kindnet.conflist").write_text(json.dumps(KINDNET))
+    plugin = host["image"] / "vethguard-cni"
+    written = install.install(plugin, host["bin"], host["conf"], "node-1", "/sys/fs/bpf/vethguard", "tcx")
+    assert json.loads(written.read_text())["plugins"][-1]["tcAttach"] == "tcx"
+    assert "tcAttach" not in json.loads(run(host).read_text())["plugins"][-1]  # back to the default
+    args = argparse.Namespace(
+        binary=str(plugin),
+        bin_dir=str(host["bin"]),
+        conf_dir=str(host["conf"]),
+        node="node-1",
+        pin_root="/p",
+        tc_attach=None,
+    )
+    monkeypatch.setenv("VETHGUARD_TC_ATTACH", "tcx")  # the agent's setting, shared in the DaemonSet
+    assert install.cmd_install(args) == 0
+    assert json.loads(written.read_text())["plugins"][-1]["tcAttach"] == "tcx"
+    monkeypatch.setenv("VETHGUARD_TC_ATTACH", "ebpf")
+    with pytest.raises(VethguardError, match="VETHGUARD_TC_ATTACH='ebpf'"):
+        install.cmd_install(args)
