@@ -114,7 +114,8 @@ class TcxAttacher:
     links_dir: Path | None = None
     programs: dict[str, str] = field(default_factory=lambda: dict(POD_PROGRAMS))
     legacy_names: dict[str, str] = field(default_factory=lambda: dict(FILTER_NAME))
-    held: dict[tuple[int, str], int] = field(default_factory=dict)  # (ifindex, hook) -> link fd
+    # (netns inode, ifindex, hook) -> link fd: an ifindex names an interface only within its netns
+    held: dict[tuple[int, int, str], int] = field(default_factory=dict)
     kind: ClassVar[str] = "tcx-link"
 
     @property
@@ -145,8 +146,9 @@ class TcxAttacher:
 
     def _current(self, ifindex: int, hook: str) -> int | None:
         """An fd of the link of ours already on this hook (ours to keep: pinned here or held)."""
-        if (ifindex, hook) in self.held:
-            return os.dup(self.held[(ifindex, hook)])
+        key = (netns_inode(), ifindex, hook)
+        if key in self.held:
+            return os.dup(self.held[key])
         pin = self._pin(ifindex, hook)
         if pin is None:
             return None
@@ -177,7 +179,7 @@ class TcxAttacher:
             link = bpflinks.tcx_link_create(prog_fd, ifindex, ATTACH_TYPE[hook])
             pin = self._pin(ifindex, hook)
             if pin is None:
-                self.held[(ifindex, hook)] = link
+                self.held[(netns_inode(), ifindex, hook)] = link
                 return
             try:
                 pin.parent.mkdir(parents=True, exist_ok=True)
@@ -203,7 +205,8 @@ class TcxAttacher:
             found = bpflinks.tcx_query(ifindex, ATTACH_TYPE[hook])
         except OSError:
             return []
-        mine = {bpflinks.link_info(fd).id for (i, h), fd in self.held.items() if i == ifindex and h == hook}
+        here = netns_inode()
+        mine = {bpflinks.link_info(fd).id for key, fd in self.held.items() if key == (here, ifindex, hook)}
         out = []
         for a in found:
             if not a.link_id:
@@ -249,7 +252,7 @@ class TcxAttacher:
     def detach_links(self, ifindex: int) -> None:
         """detach() without the clsact filters."""
         for hook in self.programs:
-            held = self.held.pop((ifindex, hook), None)
+            held = self.held.pop((netns_inode(), ifindex, hook), None)
             if held is not None:
                 _detach_fd(held)
             pin = self._pin(ifindex, hook)

@@ -19,7 +19,7 @@ from controller.datapath import abi, bpflinks, codecs, readback, tcx
 from controller.datapath.abi import Reason
 from controller.datapath.attach import FILTER_NAME, FILTER_PRIO, PARENT_EGRESS, PARENT_INGRESS
 from controller.datapath.node import Datapath
-from tests.support.netns_util import in_netns, sh
+from tests.support.netns_util import in_netns, sh, veth_pair
 
 pytestmark = [pytest.mark.root, pytest.mark.bcc]
 
@@ -343,3 +343,25 @@ def test_tcx_deleting_clsact_does_not_remove_enforcement(dp_tcx: Datapath, lab: 
         in_netns(ns, lambda: dp_tcx.detach(ifindex))
         dp_tcx.maps["vg_endpoints"].delete(codecs.u32_key(ifindex))
         dp_tcx.maps["vg_ipcache4"].clear()
+
+
+def test_tcx_links_held_by_one_attacher_in_two_netns_with_the_same_ifindex_stay_apart(
+    dp_tcx: Datapath,
+) -> None:
+    # The benchmark's attacher holds links for pods on two lab nodes; their veths can have the
+    # same ifindex. Each node's interface must keep its own program (a mix-up ran one node's
+    # program, with the other node's maps, on the wrong pod).
+    attacher = tcx.TcxAttacher()  # links held by fds, as the benchmarks use it
+    with veth_pair() as one, veth_pair() as two:
+        assert one.ifindex == two.ifindex
+        try:
+            in_netns(one.node_ns, lambda: attacher.attach(one.ifindex, *[dp_tcx.prog_fd("from_pod")] * 2))
+            in_netns(two.node_ns, lambda: attacher.attach(two.ifindex, *[dp_tcx.prog_fd("to_uplink")] * 2))
+            in_netns(one.node_ns, lambda: attacher.attach(one.ifindex, *[dp_tcx.prog_fd("to_pod")] * 2))
+            assert [n for _, n in _tcx(one.node_ns, one.ifindex, "ingress")] == ["to_pod"]
+            assert [n for _, n in _tcx(two.node_ns, two.ifindex, "ingress")] == ["to_uplink"]
+            in_netns(two.node_ns, lambda: attacher.detach(two.ifindex))
+            assert _tcx(two.node_ns, two.ifindex, "egress") == []
+            assert [n for _, n in _tcx(one.node_ns, one.ifindex, "egress")] == ["to_pod"]
+        finally:
+            in_netns(one.node_ns, lambda: attacher.detach(one.ifindex))
