@@ -5,7 +5,8 @@ DaemonSet), after the agent is gone, in this order:
   1. refuses while an agent answers on its health address (it would attach again), unless --force;
   2. unchains vethguard-cni from the CNI configuration and removes its binary
      (controller/cni/install.py `uninstall`), so new pods stop going through it (--keep-cni: not);
-  3. removes our tc filters, by handle, priority and name, from both hooks of every interface;
+  3. removes our tc filters, by handle, priority and name, from both hooks of every interface,
+     and our tcx links (opt-in attach mode), by program name;
   4. deletes the clsact qdiscs the node's ledger lists (controller/datapath/ledger.py) when the
      interface still has the recorded name and no filter is left on it; never any other clsact;
   5. removes the node's pin directory (maps, programs, conntrack) and the ledger.
