@@ -8,6 +8,7 @@ import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from pyroute2 import IPRoute
@@ -160,19 +161,36 @@ def _connects(ns: str, addr: str, port: int) -> bool:
     return in_netns(ns, attempt)
 
 
+PEER_ID = 4000  # the node-side address plays another pod's role, so policy applies to it
+
+
+@contextmanager
+def isolated_pod(dp: Datapath, lab: dict[str, object], ports: tuple[int, int]) -> Iterator[None]:
+    """The lab's pod isolated for ingress (no rule), its node side a peer of identity PEER_ID,
+    listeners on the node side (ports[0]) and in the pod (ports[1]), our programs attached;
+    everything undone at the end."""
+    ns, pod, ifindex = str(lab["node"]), str(lab["pod"]), int(str(lab["ifindex"]))
+    for m in ("vg_ct", "vg_counters", "vg_policy"):
+        dp.maps[m].clear()
+    k, v = codecs.encode_ipcache(readback.ipnet("10.99.0.1/32"), PEER_ID, 0)
+    dp.maps["vg_ipcache4"].update(k, v)
+    k, v = codecs.encode_endpoint(ifindex, 256, abi.EP_F_INGRESS_ISOLATED, "10.99.0.2", None)
+    dp.maps["vg_endpoints"].update(k, v)
+    listeners = [_listen(ns, "10.99.0.1", ports[0]), _listen(pod, "10.99.0.2", ports[1])]
+    try:
+        in_netns(ns, lambda: dp.attach(ifindex))
+        yield
+    finally:
+        for srv in listeners:
+            srv.close()
+        in_netns(ns, lambda: dp.detach(ifindex))
+        dp.maps["vg_endpoints"].delete(codecs.u32_key(ifindex))
+        dp.maps["vg_ipcache4"].clear()
+
+
 def test_real_traffic_is_enforced_on_an_attached_veth(any_dp: Datapath, lab: dict[str, object]) -> None:
     ns, pod, ifindex = str(lab["node"]), str(lab["pod"]), int(str(lab["ifindex"]))
-    peer_id = 4000
-    for m in ("vg_ct", "vg_counters", "vg_policy"):
-        any_dp.maps[m].clear()
-    # The node-side address plays another pod's role (identity 4000), so policy applies to it.
-    k, v = codecs.encode_ipcache(readback.ipnet("10.99.0.1/32"), peer_id, 0)
-    any_dp.maps["vg_ipcache4"].update(k, v)
-    k, v = codecs.encode_endpoint(ifindex, 256, abi.EP_F_INGRESS_ISOLATED, "10.99.0.2", None)
-    any_dp.maps["vg_endpoints"].update(k, v)
-    listeners = [_listen(ns, "10.99.0.1", 7000), _listen(pod, "10.99.0.2", 7001)]
-    try:
-        in_netns(ns, lambda: any_dp.attach(ifindex))
+    with isolated_pod(any_dp, lab, (7000, 7001)):
         assert _connects(pod, "10.99.0.1", 7000), "the pod's own connection and its replies must pass"
         assert not _connects(ns, "10.99.0.2", 7001), "an isolated pod must not be reachable without a rule"
         c = any_dp.counters()
@@ -180,16 +198,10 @@ def test_real_traffic_is_enforced_on_an_attached_veth(any_dp: Datapath, lab: dic
         assert c[(ifindex, int(Reason.DROP_POLICY), DIR_INGRESS)][0] >= 1
         assert c[(ifindex, int(Reason.ALLOW_NON_IP), DIR_INGRESS)][0] >= 1  # ARP
         pk, pv = codecs.encode_policy(
-            ifindex, PolicyEntryKey(DIR_INGRESS, peer_id, 6, 7001, 16), PolicyEntryValue(1, 5)
+            ifindex, PolicyEntryKey(DIR_INGRESS, PEER_ID, 6, 7001, 16), PolicyEntryValue(1, 5)
         )
         any_dp.maps["vg_policy"].update(pk, pv)
         assert _connects(ns, "10.99.0.2", 7001), "an allow entry must open the pod"
-    finally:
-        for srv in listeners:
-            srv.close()
-        in_netns(ns, lambda: any_dp.detach(ifindex))
-        any_dp.maps["vg_endpoints"].delete(codecs.u32_key(ifindex))
-        any_dp.maps["vg_ipcache4"].clear()
 
 
 def test_the_uplink_filters_are_one_per_hook_and_leave_pod_filters_alone(
@@ -323,26 +335,12 @@ def test_tcx_a_deleted_interfaces_pin_is_swept_and_a_reused_ifindex_gets_a_new_l
 def test_tcx_deleting_clsact_does_not_remove_enforcement(dp_tcx: Datapath, lab: dict[str, object]) -> None:
     # With clsact filters, `tc qdisc del dev X clsact` by any tool removes our programs: the pod
     # is open. A tcx link is not a qdisc's: the forged-open path must stay closed.
-    ns, pod, ifindex = str(lab["node"]), str(lab["pod"]), int(str(lab["ifindex"]))
-    for m in ("vg_ct", "vg_policy"):
-        dp_tcx.maps[m].clear()
-    k, v = codecs.encode_ipcache(readback.ipnet("10.99.0.1/32"), 4000, 0)
-    dp_tcx.maps["vg_ipcache4"].update(k, v)
-    k, v = codecs.encode_endpoint(ifindex, 256, abi.EP_F_INGRESS_ISOLATED, "10.99.0.2", None)
-    dp_tcx.maps["vg_endpoints"].update(k, v)
-    listeners = [_listen(ns, "10.99.0.1", 7010), _listen(pod, "10.99.0.2", 7011)]
-    try:
-        in_netns(ns, lambda: dp_tcx.attach(ifindex))
+    ns, pod = str(lab["node"]), str(lab["pod"])
+    with isolated_pod(dp_tcx, lab, (7010, 7011)):
         sh("tc", "-n", ns, "qdisc", "add", "dev", "vgh0", "clsact")
         sh("tc", "-n", ns, "qdisc", "del", "dev", "vgh0", "clsact")
         assert _connects(pod, "10.99.0.1", 7010), "control: the pod's own connection passes"
         assert not _connects(ns, "10.99.0.2", 7011), "the isolated pod must stay closed"
-    finally:
-        for srv in listeners:
-            srv.close()
-        in_netns(ns, lambda: dp_tcx.detach(ifindex))
-        dp_tcx.maps["vg_endpoints"].delete(codecs.u32_key(ifindex))
-        dp_tcx.maps["vg_ipcache4"].clear()
 
 
 def test_tcx_links_held_by_one_attacher_in_two_netns_with_the_same_ifindex_stay_apart(
