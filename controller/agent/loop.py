@@ -473,6 +473,11 @@ class Agent:
             return
         if result.ct_deleted or result.frag_deleted:
             log.info("expired conntrack entries removed", ct=result.ct_deleted, frag=result.frag_deleted)
+
+    def sweep_links(self) -> None:
+        """Remove the pins of tcx links whose interface is gone (a pod's veth goes with its netns)."""
+        if self.dp is None:
+            return
         try:
             swept = self.dp.sweep_links()
         except Exception as exc:
@@ -576,6 +581,7 @@ class Agent:
                 ran = True
                 next_full = now + cfg.resync_seconds
                 self.collect_conntrack()
+                self.sweep_links()
             else:
                 # a new veth's endpoint (PENDING, then its pod's) is written without coalescing
                 urgent = new_veth or self._claim_waiting

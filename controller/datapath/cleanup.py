@@ -46,16 +46,14 @@ def remove_filters(interfaces: Mapping[int, str]) -> tuple[list[Step], dict[int,
     detached: dict[int, str] = {}
     attachers: list[Attacher | TcxAttacher] = [Attacher(), uplink_attacher()]
     if tcx_supported():
-        attachers.insert(0, TcxAttacher())  # links found by program name (their pins go with the pins)
+        # links found by program name (their pins go with the pins); filters: the next attacher's
+        attachers.insert(0, TcxAttacher(legacy_names={}))
     for attacher in attachers:
         for ifindex, ifname in sorted(interfaces.items()):
             hooks = attacher.hooks_with_ours(ifindex)
             if not hooks:
                 continue
-            if isinstance(attacher, TcxAttacher):
-                attacher.detach_links(ifindex)
-            else:
-                attacher.detach(ifindex)
+            attacher.detach(ifindex)
             detached[ifindex] = ifname
             for parent in hooks:
                 removed.append(Step(attacher.kind, f"{ifname} {HOOK_NAMES[parent]}", attacher.names[parent]))

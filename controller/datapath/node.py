@@ -46,8 +46,8 @@ class Datapath:
     child process (bcc, ~1.3 s; controller/datapath/build.py), and pins or reuses the maps there.
     This process never imports bcc. With `state_dir`, every clsact
     it creates is recorded in the node's clsact ledger there (controller/datapath/ledger.py).
-    Pod programs are attached with tcx links where the kernel has tcx, else clsact filters
-    (`attach_mode` "tcx" / "clsact" forces one; controller/datapath/tcx.py).
+    Pod programs are attached with clsact filters, or with tcx links when `attach_mode` (else
+    VETHGUARD_TC_ATTACH) says "tcx" (controller/datapath/tcx.py).
     """
 
     def __init__(
@@ -63,7 +63,7 @@ class Datapath:
         self.extra_cflags = extra_cflags
         self._loaded = build.load(node, pin_root, extra_cflags)
         ledger_file = ledger.ledger_path(state_dir, node) if state_dir else None
-        # pod veths: tcx links pinned under <pin_dir>/links where the kernel has tcx, else clsact
+        # pod veths: clsact filters, or tcx links pinned under <pin_dir>/links (tcx.attach_mode)
         self._attacher = tcx.pod_attacher(self._loaded.pin_dir, ledger_file, attach_mode)
         self._uplinks = uplink.uplink_attacher(ledger_file)
         self._events: RingBuffer | None = None

@@ -109,7 +109,8 @@ def _unlink(path: Path) -> None:
 @dataclass
 class TcxAttacher:
     """Our programs on the tcx hooks of `programs` (hook -> program name; default: both pod
-    hooks). links_dir None: the links are held by this object's fds (benchmarks), not pinned."""
+    hooks). links_dir None: the links are held by this object's fds (benchmarks), not pinned.
+    legacy_names: our clsact filters this attacher replaces and removes ({}: leaves filters be)."""
 
     links_dir: Path | None = None
     programs: dict[str, str] = field(default_factory=lambda: dict(POD_PROGRAMS))
@@ -196,7 +197,7 @@ class TcxAttacher:
     def _drop_legacy(self, ifindex: int) -> None:
         """Remove our clsact filters from ifindex (the link already runs): an upgrade from the
         clsact attacher. One raw netlink dump per hook when there are none (a fresh veth)."""
-        if filters_named(ifindex, self.legacy_names):
+        if self.legacy_names and filters_named(ifindex, self.legacy_names):
             Attacher(names=dict(self.legacy_names)).detach(ifindex)
 
     def ours(self, ifindex: int, hook: str) -> list[bpflinks.Attached]:
@@ -230,7 +231,8 @@ class TcxAttacher:
         (an agent of before attached them; the next attach converts them)."""
         if all(self.ours(ifindex, hook) for hook in self.programs):
             return True
-        return len(filters_named(ifindex, self.legacy_names)) == len(self.legacy_names)
+        legacy = self.legacy_names
+        return bool(legacy) and len(filters_named(ifindex, legacy)) == len(legacy)
 
     def attached_prog_ids(self, ifindex: int) -> dict[str, int | None]:
         """{"from_pod": id, "to_pod": id} of the programs our links run (None: no link), or of
