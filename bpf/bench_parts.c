@@ -9,7 +9,7 @@
  * part_N runs the first N steps, in to_pod's order, on the same pinned maps the measured
  * to_pod uses; part_N - part_(N-1) is the cost of step N. The steps of the established fast path
  * (vethguard.c step 0, lib/conntrack.h vg_ct_fast):
- *   1 clock     vg_now() (conntrack expiry needs the time)
+ *   1 clock     vg_now() (conntrack expiry needs the time; lib/clock.h)
  *   2 config    vg_config array lookup (policy revision)
  *   3 parse     Ethernet/IP/TCP headers into struct vg_pkt
  *   4 ct        conntrack key (the interface, not the endpoint) and vg_ct LRU hash lookup
@@ -36,6 +36,7 @@
  */
 #include "lib/common.h"
 #include "lib/maps.h"
+#include "lib/clock.h"
 #include "lib/parse.h"
 #include "lib/policy.h"
 #include "lib/conntrack.h"

@@ -57,6 +57,7 @@
 
 #include "lib/common.h"
 #include "lib/maps.h"
+#include "lib/clock.h"
 #include "lib/parse.h"
 #include "lib/policy.h"
 #include "lib/conntrack.h"

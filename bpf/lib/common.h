@@ -41,18 +41,6 @@
 /* Linux keeps reassembly queues for 30 s (net.ipv4.ipfrag_time); so do we. */
 #define FRAG_TIMEOUT (30ULL * VG_NSEC_PER_SEC)
 
-/*
- * The time of conntrack and fragment deadlines: CLOCK_MONOTONIC at tick resolution (the clock
- * user space reads as CLOCK_MONOTONIC_COARSE; at most a tick behind CLOCK_MONOTONIC).
- * bpf_ktime_get_ns() reads the clocksource on every call, about 35 ns on these KVM machines,
- * a sixth of an established packet (bpf/bench_parts.c, step "clock"); the coarse clock reads
- * the time of the last tick. Deadlines are seconds to hours, so a tick (1-10 ms) is nothing.
- */
-static __always_inline __u64 vg_now(void)
-{
-	return bpf_ktime_get_coarse_ns();
-}
-
 static __always_inline __u32 vg_isolated_flag(__u8 dir)
 {
 	return dir == DIR_EGRESS ? EP_F_EGRESS_ISOLATED : EP_F_INGRESS_ISOLATED;

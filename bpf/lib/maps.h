@@ -119,6 +119,9 @@ BPF_TABLE_PINNED7("array", __u32, struct dns_state, vg_dns_state, 1, VG_PIN(vg_d
 /* per-CPU scratch where a DNS frame is copied before it goes to vg_dns_held. Internal. */
 BPF_TABLE_PINNED7("percpu_array", __u32, struct dns_held, vg_dns_scratch, 1, VG_PIN(vg_dns_scratch), 0);
 
+/* per-CPU tick clock reading of the current jiffy (lib/clock.h) */
+BPF_TABLE_PINNED7("percpu_array", __u32, struct clock_cache, vg_clock, 1, VG_PIN(vg_clock), 0);
+
 /* per-CPU token bucket for vg_events */
 BPF_TABLE_PINNED7("percpu_array", __u32, struct evrate_state, vg_evrate, 1, VG_PIN(vg_evrate), 0);
 

@@ -363,6 +363,15 @@ struct flow_event {
 	__be16 dport;
 };
 
+/*
+ * vg_clock (per-CPU array[1]): the tick clock's reading for the current jiffy (lib/clock.h).
+ * Internal: what vg_now() returns without a helper call while jiffies have not moved.
+ */
+struct clock_cache {
+	__u64 jiffies; /* bpf_jiffies64() when ns was read; 0: never */
+	__u64 ns;      /* bpf_ktime_get_coarse_ns() then */
+};
+
 /* vg_evrate (per-CPU array[1]): token bucket that rate-limits vg_events. Internal. */
 struct evrate_state {
 	__u64 last_ns;

@@ -76,6 +76,7 @@ MAP_NAMES = (
     "vg_est_counters",
     "vg_evrate",
     "vg_evlost",
+    "vg_clock",
     "vg_events",
     "vg_dns_learned",
     "vg_dns_names",
@@ -392,6 +393,10 @@ class EvlostState(_Struct):
     _fields_: ClassVar = [("rate_limited", ctypes.c_uint64), ("ring_full", ctypes.c_uint64)]
 
 
+class ClockCache(_Struct):
+    _fields_: ClassVar = [("jiffies", ctypes.c_uint64), ("ns", ctypes.c_uint64)]
+
+
 # Name in structs.h -> mirror, for the layout test.
 C_STRUCTS: dict[str, type[_Struct]] = {
     "endpoint_info": EndpointInfo,
@@ -421,4 +426,5 @@ C_STRUCTS: dict[str, type[_Struct]] = {
     "dns_held": DnsHeld,
     "evrate_state": EvrateState,
     "evlost_state": EvlostState,
+    "clock_cache": ClockCache,
 }

@@ -56,6 +56,7 @@ EXPECTED_LAYOUT: dict[str, tuple[int, int]] = {
     "vg_est_counters": (4, ctypes.sizeof(abi.CounterValue)),
     "vg_evrate": (4, ctypes.sizeof(abi.EvrateState)),
     "vg_evlost": (4, ctypes.sizeof(abi.EvlostState)),
+    "vg_clock": (4, ctypes.sizeof(abi.ClockCache)),
     "vg_dns_learned": (ctypes.sizeof(abi.DnsLearnedKey), ctypes.sizeof(abi.DnsLearnedValue)),
     "vg_dns_names": (4, ctypes.sizeof(abi.DnsName)),
     "vg_dns_state": (4, ctypes.sizeof(abi.DnsState)),

@@ -60,7 +60,7 @@ def dp_tcx(dp: Datapath) -> Iterator[Datapath]:
 @pytest.fixture
 def h(dp: Datapath) -> Harness:
     for name, m in dp.maps.items():
-        if name in ("vg_evrate", "vg_evlost"):  # arrays: nothing to delete
+        if name in ("vg_evrate", "vg_evlost", "vg_clock"):  # arrays: nothing to delete
             continue
         if name == "vg_config":
             m.update(codecs.u32_key(0), bytes(abi.Config()))
