@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
-from controller.datapath import abi, codecs
+from controller.datapath import abi, bpfsys, codecs
 from controller.datapath.abi import CT_ALLOWED, CT_SEEN_FIN, CT_SEEN_REPLY, Reason
 from tests.support import packets as P
 from tests.support.kernel import ID_B, POD_A, POD_A6, POD_B, POD_B6, POD_C, TC_ACT_OK, TC_ACT_SHOT, Harness
@@ -168,3 +170,56 @@ def test_conntrack_entries_are_per_endpoint(h: Harness) -> None:
     v = abi.CtValue(expires_ns=2**63, state=CT_ALLOWED)
     h.dp.maps["vg_ct"].update(kb, bytes(v))
     assert h.to_pod(P.ipv4(POD_C, POD_A, P.TCP, P.tcp(80, 40000, P.ACK))) == TC_ACT_SHOT
+
+
+SYN_TIMEOUT_NS = 60 * 10**9  # CT_TIMEOUT_TCP_SYN (bpf/lib/common.h): a flow before its reply
+
+
+def clock_readings(h: Harness) -> list[abi.ClockCache]:
+    per_cpu = h.dp.maps["vg_clock"].lookup_percpu(codecs.u32_key(0)) or []
+    return [abi.ClockCache.from_bytes(v) for v in per_cpu]
+
+
+def set_clock_readings(h: Harness, reading: abi.ClockCache) -> None:
+    h.dp.maps["vg_clock"].update(codecs.u32_key(0), bytes(reading) * bpfsys.possible_cpus())
+
+
+def deadline_of_new_flow(h: Harness, sport: int) -> int:
+    assert h.to_pod(b_to_a(sport, 80, P.SYN)) == TC_ACT_OK
+    (entry,) = [e for e in h.dp.dump().ct if e.sport == sport]
+    return entry.expires_ns
+
+
+def test_a_new_entrys_deadline_is_the_tick_clock_plus_its_timeout(h: Harness) -> None:
+    h.endpoint()
+    tick = 10**7  # HZ >= 100: the tick clock is at most 10 ms behind CLOCK_MONOTONIC
+    before = time.monotonic_ns()
+    deadline = deadline_of_new_flow(h, 40000)
+    after = time.monotonic_ns()
+    assert before - 2 * tick <= deadline - SYN_TIMEOUT_NS <= after
+    # the CPU that ran it keeps the reading (lib/clock.h)
+    assert any(before - 2 * tick <= r.ns <= after and r.jiffies for r in clock_readings(h))
+
+
+def test_a_reading_of_another_jiffy_is_never_used(h: Harness) -> None:
+    h.endpoint()
+    set_clock_readings(h, abi.ClockCache(jiffies=1, ns=5 * 10**9))  # a jiffy long gone
+    before = time.monotonic_ns()
+    deadline = deadline_of_new_flow(h, 40000)
+    assert deadline - SYN_TIMEOUT_NS >= before - 2 * 10**7
+    assert all(r.jiffies != 1 for r in clock_readings(h) if r.ns != 5 * 10**9)
+
+
+def test_the_reading_of_the_current_jiffy_saves_the_clock_helper(h: Harness) -> None:
+    """Within one jiffy the programs take the time from vg_clock, not from the helper: a marker
+    reading planted for the current jiffy shows up in a new entry's deadline. A jiffy is 1-10 ms,
+    so planting and sending may straddle a tick: tried until one attempt lands inside one."""
+    h.endpoint()
+    marker = 7 * 10**9
+    for attempt in range(500):
+        deadline_of_new_flow(h, 41000 + attempt)  # a reading of the current jiffy
+        jiffies = max(r.jiffies for r in clock_readings(h))
+        set_clock_readings(h, abi.ClockCache(jiffies=jiffies, ns=marker))
+        if deadline_of_new_flow(h, 51000 + attempt) == marker + SYN_TIMEOUT_NS:
+            return
+    pytest.fail("no new flow took its time from vg_clock's reading of the current jiffy")
