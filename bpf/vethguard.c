@@ -148,10 +148,9 @@ static __always_inline int vg_finish_flow(struct __sk_buff *skb, __u32 ep_id, __
  * it, with its own parse, so vg_handle is entered in the same state whatever happened here and is
  * verified once (inside vg_handle it pushed to_pod past the verifier's 1M-instruction budget).
  */
-static __always_inline int vg_fast(struct __sk_buff *skb, __u8 dir)
+static __always_inline int vg_fast(struct __sk_buff *skb, __u8 dir, __u64 now)
 {
 	__u32 zero = 0, revision = 0;
-	__u64 now = vg_now();
 	struct vg_pkt p = {};
 	struct ct_key k = {};
 	struct ct_value *v;
@@ -179,11 +178,10 @@ static __always_inline int vg_fast(struct __sk_buff *skb, __u8 dir)
  * none). It sent the packet whatever interface it arrives from: on a bridge, a Service hairpin is
  * routed up through the bridge device and back, so skb->ingress_ifindex names the bridge.
  */
-static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir, __u32 sender)
+static __always_inline int vg_handle(struct __sk_buff *skb, __u8 dir, __u32 sender, __u64 now)
 {
 	__u32 ifindex = skb->ifindex;
 	__u32 len = skb->len;
-	__u64 now = vg_now();
 	struct vg_pkt p = {};
 	struct ipcache_value peer = {};
 	struct endpoint_info *ep;
@@ -353,26 +351,34 @@ static __always_inline int vg_judge(struct __sk_buff *skb, __u64 now, __u32 *cli
 	return vg_finish_flow(skb, ep->ep_id, DIR_EGRESS, reason, &p, &peer, rule_ref, new_flow, now);
 }
 
+/*
+ * Each program reads the clock once, first, and hands the time down. Verifier workaround:
+ * vg_now() branches (lib/clock.h); read in vg_fast, vg_handle and vg_judge, its paths multiplied
+ * the states explored after each read and put to_pod at 999k of the 1M-instruction budget.
+ */
 int from_pod(struct __sk_buff *skb)
 {
+	__u64 now = vg_now();
+
 	/* The upper mark bits are ours (lib/service.h): start clean. */
 	if (skb->mark & VG_MARK_MASK)
 		skb->mark &= ~VG_MARK_MASK;
-	if (vg_fast(skb, DIR_EGRESS))
+	if (vg_fast(skb, DIR_EGRESS, now))
 		return TC_ACT_OK;
-	return vg_handle(skb, DIR_EGRESS, 0);
+	return vg_handle(skb, DIR_EGRESS, 0, now);
 }
 
 int to_pod(struct __sk_buff *skb)
 {
+	__u64 now = vg_now();
 	__u32 client = 0;
 
 	/* A deferred packet is judged for its client first; then it enters the pod like any other. */
-	if ((skb->mark & VG_MARK_DEFERRED) && vg_judge(skb, vg_now(), &client) == TC_ACT_SHOT)
+	if ((skb->mark & VG_MARK_DEFERRED) && vg_judge(skb, now, &client) == TC_ACT_SHOT)
 		return TC_ACT_SHOT;
-	if (vg_fast(skb, DIR_INGRESS))
+	if (vg_fast(skb, DIR_INGRESS, now))
 		return TC_ACT_OK;
-	return vg_handle(skb, DIR_INGRESS, client);
+	return vg_handle(skb, DIR_INGRESS, client, now);
 }
 
 /*
@@ -383,11 +389,11 @@ int to_pod(struct __sk_buff *skb)
  * (ep_id = ifindex) and never revoked: a host endpoint's established connections survive a policy
  * change, as with Calico's conntrack.
  */
-static __always_inline int vg_hep_handle(struct __sk_buff *skb, const struct hostep_info *hep, __u8 dir)
+static __always_inline int vg_hep_handle(struct __sk_buff *skb, const struct hostep_info *hep, __u8 dir,
+					 __u64 now)
 {
 	struct endpoint_info ep = {.ep_id = skb->ifindex}; /* no flags: tracked flows stay allowed */
 	__u32 len = skb->len, zero = 0, revision = 0, rule_ref = 0;
-	__u64 now = vg_now();
 	struct vg_pkt p = {};
 	struct ipcache_value peer = {};
 	struct config *cfg;
@@ -457,7 +463,7 @@ int to_uplink(struct __sk_buff *skb)
 	}
 	/* A host endpoint polices what leaves the node through it (one hash lookup otherwise). */
 	hep = vg_hosteps.lookup(&ifindex);
-	return hep ? vg_hep_handle(skb, hep, DIR_EGRESS) : TC_ACT_OK;
+	return hep ? vg_hep_handle(skb, hep, DIR_EGRESS, vg_now()) : TC_ACT_OK;
 }
 
 int from_uplink(struct __sk_buff *skb)
@@ -485,5 +491,5 @@ int from_uplink(struct __sk_buff *skb)
 	}
 	/* A host endpoint polices what arrives through it, before kube-proxy's DNAT. */
 	hep = vg_hosteps.lookup(&ifindex);
-	return hep ? vg_hep_handle(skb, hep, DIR_INGRESS) : TC_ACT_OK;
+	return hep ? vg_hep_handle(skb, hep, DIR_INGRESS, vg_now()) : TC_ACT_OK;
 }
