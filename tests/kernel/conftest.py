@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from controller.datapath import abi, bpfsys, codecs
+from controller.datapath import abi, codecs
 from controller.datapath.codecs import Event
 from controller.datapath.node import Datapath
 from controller.datapath.tcx import tcx_supported
@@ -63,7 +63,7 @@ def h(dp: Datapath) -> Harness:
         if name in ("vg_evrate", "vg_evlost"):  # arrays: nothing to delete
             continue
         if name == "vg_clock":  # no reading: a test may have planted one (test_conntrack.py)
-            m.update(codecs.u32_key(0), bytes(abi.ClockCache()) * bpfsys.possible_cpus())
+            Harness(dp).set_clock_readings(abi.ClockCache())
         elif name == "vg_config":
             m.update(codecs.u32_key(0), bytes(abi.Config()))
         else:

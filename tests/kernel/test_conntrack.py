@@ -7,7 +7,7 @@ import time
 import pytest
 
 from controller.core.verdicts import DIR_EGRESS, DIR_INGRESS
-from controller.datapath import abi, bpfsys, codecs
+from controller.datapath import abi, codecs
 from controller.datapath.abi import CT_ALLOWED, CT_SEEN_FIN, CT_SEEN_REPLY, Reason
 from tests.support import packets as P
 from tests.support.kernel import ID_B, POD_A, POD_A6, POD_B, POD_B6, POD_C, TC_ACT_OK, TC_ACT_SHOT, Harness
@@ -175,15 +175,6 @@ def test_conntrack_entries_are_per_endpoint(h: Harness) -> None:
 SYN_TIMEOUT_NS = 60 * 10**9  # CT_TIMEOUT_TCP_SYN (bpf/lib/common.h): a flow before its reply
 
 
-def clock_readings(h: Harness) -> list[abi.ClockCache]:
-    per_cpu = h.dp.maps["vg_clock"].lookup_percpu(codecs.u32_key(0)) or []
-    return [abi.ClockCache.from_bytes(v) for v in per_cpu]
-
-
-def set_clock_readings(h: Harness, reading: abi.ClockCache) -> None:
-    h.dp.maps["vg_clock"].update(codecs.u32_key(0), bytes(reading) * bpfsys.possible_cpus())
-
-
 def deadline_of_new_flow(h: Harness, sport: int) -> int:
     assert h.to_pod(b_to_a(sport, 80, P.SYN)) == TC_ACT_OK
     (entry,) = [e for e in h.dp.dump().ct if e.sport == sport]
@@ -198,16 +189,16 @@ def test_a_new_entrys_deadline_is_the_tick_clock_plus_its_timeout(h: Harness) ->
     after = time.monotonic_ns()
     assert before - 2 * tick <= deadline - SYN_TIMEOUT_NS <= after
     # the CPU that ran it keeps the reading (lib/clock.h)
-    assert any(before - 2 * tick <= r.ns <= after and r.jiffies for r in clock_readings(h))
+    assert any(before - 2 * tick <= r.ns <= after and r.jiffies for r in h.clock_readings())
 
 
 def test_a_reading_of_another_jiffy_is_never_used(h: Harness) -> None:
     h.endpoint()
-    set_clock_readings(h, abi.ClockCache(jiffies=1, ns=5 * 10**9))  # a jiffy long gone
+    h.set_clock_readings(abi.ClockCache(jiffies=1, ns=5 * 10**9))  # a jiffy long gone
     before = time.monotonic_ns()
     deadline = deadline_of_new_flow(h, 40000)
     assert deadline - SYN_TIMEOUT_NS >= before - 2 * 10**7
-    assert all(r.jiffies != 1 for r in clock_readings(h) if r.ns != 5 * 10**9)
+    assert all(r.jiffies != 1 for r in h.clock_readings() if r.ns != 5 * 10**9)
 
 
 def test_the_reading_of_the_current_jiffy_saves_the_clock_helper(h: Harness) -> None:
@@ -219,10 +210,10 @@ def test_the_reading_of_the_current_jiffy_saves_the_clock_helper(h: Harness) -> 
     try:
         for attempt in range(500):
             deadline_of_new_flow(h, 41000 + attempt)  # a reading of the current jiffy
-            jiffies = max(r.jiffies for r in clock_readings(h))
-            set_clock_readings(h, abi.ClockCache(jiffies=jiffies, ns=marker))
+            jiffies = max(r.jiffies for r in h.clock_readings())
+            h.set_clock_readings(abi.ClockCache(jiffies=jiffies, ns=marker))
             if deadline_of_new_flow(h, 51000 + attempt) == marker + SYN_TIMEOUT_NS:
                 return
         pytest.fail("no new flow took its time from vg_clock's reading of the current jiffy")
     finally:
-        set_clock_readings(h, abi.ClockCache())  # what follows must read the real clock
+        h.set_clock_readings(abi.ClockCache())  # what follows must read the real clock

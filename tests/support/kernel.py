@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from controller.bench.testrun import run
 from controller.compiler.desired_state import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue
-from controller.datapath import abi, codecs, encoding, readback, sync
+from controller.datapath import abi, bpfsys, codecs, encoding, readback, sync
 from controller.datapath.node import Datapath
 
 TC_ACT_OK = 0
@@ -32,6 +32,15 @@ class Harness:
     dp: Datapath
 
     # -- map setup
+    def clock_readings(self) -> list[abi.ClockCache]:
+        """vg_clock's reading on every CPU (bpf/lib/clock.h)."""
+        per_cpu = self.dp.maps["vg_clock"].lookup_percpu(codecs.u32_key(0)) or []
+        return [abi.ClockCache.from_bytes(v) for v in per_cpu]
+
+    def set_clock_readings(self, reading: abi.ClockCache) -> None:
+        """Plant `reading` on every CPU; ClockCache() is none (jiffies 0 never matches)."""
+        self.dp.maps["vg_clock"].update(codecs.u32_key(0), bytes(reading) * bpfsys.possible_cpus())
+
     def endpoint(
         self,
         *,
