@@ -9,6 +9,8 @@
  *               node after DNAT (lib/service.h); everything else passes untouched
  *   from_uplink tc ingress of the node's uplinks: drops packets from outside that claim an
  *               address of this node or of its pods (lib/trust.h); everything else passes
+ *   to_pod_judge, to_pod_judged   never attached: to_pod's tail-call targets (vg_tail) for a
+ *               deferred packet entering a pod, its judge and then to_pod's own decision
  * (the benchmarks' pass-through program is in bench_parts.c, which the agent never loads)
  *
  * One compiled set per node; per-endpoint behaviour comes from maps keyed by ifindex.
@@ -47,7 +49,10 @@
  *                                                  DROP_CT_FULL if isolated and the entry
  *                                                  cannot be created)
  * to_pod first judges a deferred packet (mark set) for its client's egress (vg_judge: the same
- * new-flow decision on the post-DNAT tuple), then as above.
+ * new-flow decision on the post-DNAT tuple), then as above. The judge runs in programs of its own,
+ * reached by tail call through vg_tail (to_pod_judge, then to_pod_judged: to_pod's decision with
+ * the client as the packet's sender); to_pod drops a deferred packet whose tail call fails
+ * (DROP_TAIL_CALL).
  */
 /* A compile failure on request (-DVG_SYNTAX_ERROR): tests check that a failed compile leaves the
  * previous programs' pins as they were and names the compiler's message. */
@@ -77,6 +82,20 @@ static __always_inline int vg_finish(struct __sk_buff *skb, __u32 ep_id, __u8 di
 	if (new_flow || REASON_IS_DROP(reason))
 		vg_emit(p, ep_id, dir, reason, peer, rule_ref);
 	return REASON_IS_DROP(reason) ? TC_ACT_SHOT : TC_ACT_OK;
+}
+
+/*
+ * After a tail call into vg_tail that did not happen (an empty slot): the packet was to be judged
+ * there, so it is dropped, counted under the interface (as DROP_NO_ENDPOINT is) and reported.
+ * Verifier workaround: the event carries no addresses; parsing for them cost to_pod ~78k of its
+ * budget for a path only a broken install takes.
+ */
+static __always_inline int vg_tail_failed(struct __sk_buff *skb)
+{
+	struct vg_pkt p = {};
+	struct ipcache_value peer = {};
+
+	return vg_finish(skb, skb->ifindex, DIR_INGRESS, DROP_TAIL_CALL, &p, &peer, 0, 0);
 }
 
 static __always_inline void vg_frag_key(struct frag_key *k, const struct vg_pkt *p)
@@ -368,17 +387,45 @@ int from_pod(struct __sk_buff *skb)
 	return vg_handle(skb, DIR_EGRESS, 0, now);
 }
 
-int to_pod(struct __sk_buff *skb)
+/* A packet entering the pod, `client` its sender if a judge passed it (0: none). */
+static __always_inline int vg_enter_pod(struct __sk_buff *skb, __u32 client, __u64 now)
 {
-	__u64 now = vg_now();
-	__u32 client = 0;
-
-	/* A deferred packet is judged for its client first; then it enters the pod like any other. */
-	if ((skb->mark & VG_MARK_DEFERRED) && vg_judge(skb, now, &client) == TC_ACT_SHOT)
-		return TC_ACT_SHOT;
 	if (vg_fast(skb, DIR_INGRESS, now))
 		return TC_ACT_OK;
 	return vg_handle(skb, DIR_INGRESS, client, now);
+}
+
+/*
+ * A deferred packet is judged for its client first (to_pod_judge); then it enters the pod like
+ * any other (to_pod_judged). Verifier workaround: the judge is a whole new-flow decision (~232k
+ * processed instructions); inlined here it put to_pod at 995,701 of the 1M budget, so it runs in
+ * programs of their own, reached by tail call. A tail call that finds its slot empty returns here.
+ */
+int to_pod(struct __sk_buff *skb)
+{
+	if (skb->mark & VG_MARK_DEFERRED) {
+		vg_tail.call(skb, VG_TAIL_JUDGE);
+		return vg_tail_failed(skb);
+	}
+	return vg_enter_pod(skb, 0, vg_now());
+}
+
+/* vg_tail[VG_TAIL_JUDGE], reached only from to_pod: the judge, then to_pod's own decision. */
+int to_pod_judge(struct __sk_buff *skb)
+{
+	__u32 client = 0;
+
+	if (vg_judge(skb, vg_now(), &client) == TC_ACT_SHOT)
+		return TC_ACT_SHOT;
+	skb->cb[VG_CB_CLIENT] = client;
+	vg_tail.call(skb, VG_TAIL_TO_POD);
+	return vg_tail_failed(skb);
+}
+
+/* vg_tail[VG_TAIL_TO_POD], reached only from to_pod_judge, which passed the packet for its client. */
+int to_pod_judged(struct __sk_buff *skb)
+{
+	return vg_enter_pod(skb, skb->cb[VG_CB_CLIENT], vg_now());
 }
 
 /*

@@ -122,6 +122,10 @@ BPF_TABLE_PINNED7("percpu_array", __u32, struct dns_held, vg_dns_scratch, 1, VG_
 /* per-CPU tick clock reading of the current jiffy (lib/clock.h) */
 BPF_TABLE_PINNED7("percpu_array", __u32, struct clock_cache, vg_clock, 1, VG_PIN(vg_clock), 0);
 
+/* to_pod's tail-call targets by slot (VG_TAIL_*, structs.h): filled by the agent's loader with
+ * the programs of the build it runs (controller/datapath/build.py), before any is attached */
+BPF_TABLE_PINNED7("prog", __u32, __u32, vg_tail, VG_TAIL_SLOTS, VG_PIN(vg_tail), 0);
+
 /* per-CPU token bucket for vg_events */
 BPF_TABLE_PINNED7("percpu_array", __u32, struct evrate_state, vg_evrate, 1, VG_PIN(vg_evrate), 0);
 

@@ -56,6 +56,9 @@ enum vg_reason {
 	DROP_HOSTEP = 78,       /* host endpoint: denied by a normal or applyOnForward policy rule */
 	DROP_HOSTEP_END = 79,   /* host endpoint: no rule allowed traffic to/from the node itself (or
 	                         * forwarded traffic its applyOnForward policies police) */
+	DROP_TAIL_CALL = 80,    /* to_pod could not tail-call a program of vg_tail (its slot empty: the
+	                         * loader had not filled it, or its pins were removed under attached
+	                         * programs): a deferred packet, dropped rather than let in unjudged */
 };
 
 #define REASON_IS_DROP(r) ((r) >= 64)

@@ -76,6 +76,17 @@
  * crossing into the node from a pod or another namespace has it cleared. */
 #define VG_MARK_DNS_RELEASED VG_MARK_SLOT_MASK
 
+/*
+ * vg_tail (maps.h, a prog array): the programs to_pod reaches by tail call, by slot. A deferred
+ * packet's judge is a program of its own so that to_pod's verification fits the verifier's
+ * 1M-instruction budget (vethguard.c). The slots and the cb word are an ABI between builds: during
+ * an upgrade a to_pod of the previous build, still attached, calls this build's judge.
+ */
+#define VG_TAIL_JUDGE  0 /* to_pod_judge: the judge of a deferred packet entering a pod */
+#define VG_TAIL_TO_POD 1 /* to_pod_judged: to_pod's own decision, after the judge passed it */
+#define VG_TAIL_SLOTS  2
+#define VG_CB_CLIENT   0 /* skb->cb[] word: the client's ep_id, from the judge to to_pod_judged */
+
 /* ct_value.origin of a flow masqueraded to a node address by the node for a sender outside it. */
 #define CT_ORIGIN_OUTSIDE 0xffff
 

@@ -54,6 +54,10 @@ VG_MARK_SLOT_SHIFT = 16
 VG_MARK_MASK = VG_MARK_DEFERRED | VG_MARK_SLOT_MASK
 MAX_SLOT = VG_MARK_SLOT_MASK >> VG_MARK_SLOT_SHIFT
 VG_MARK_DNS_RELEASED = VG_MARK_SLOT_MASK  # a held DNS answer the agent sends into the pod
+VG_TAIL_JUDGE = 0  # vg_tail slot: to_pod_judge, a deferred packet's judge (bpf/vethguard.c)
+VG_TAIL_TO_POD = 1  # vg_tail slot: to_pod_judged, to_pod's own decision after the judge
+VG_TAIL_SLOTS = 2
+VG_CB_CLIENT = 0  # skb->cb[] word in which the judge hands the client's ep_id to to_pod_judged
 VG_DNS_HELD_MAX = 4096  # frame bytes in a dns_held record; longer frames pass unheld
 VG_DNS_NAME_MAX = 256  # bytes of a vg_dns_names value (a name and its NUL)
 DNS_HELD_QUERY = 1
@@ -77,6 +81,7 @@ MAP_NAMES = (
     "vg_evrate",
     "vg_evlost",
     "vg_clock",
+    "vg_tail",
     "vg_events",
     "vg_dns_learned",
     "vg_dns_names",
@@ -126,6 +131,7 @@ class Reason(IntEnum):
     DROP_PREDNAT = 77  # host endpoint: denied by a preDNAT policy rule (original destination)
     DROP_HOSTEP = 78  # host endpoint: denied by a normal or applyOnForward policy rule
     DROP_HOSTEP_END = 79  # host endpoint: no rule allowed traffic to/from the node (or policed forwarded)
+    DROP_TAIL_CALL = 80  # a deferred packet to_pod could not tail-call its judge for (vg_tail slot empty)
     DROP_CALICO_END = 76  # Calico's tier selects the pod and none of its rules matched (end of tier)
 
     @property

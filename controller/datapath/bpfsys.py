@@ -139,8 +139,10 @@ class BpfMapInfo(ctypes.Structure):
 
 
 class BpfProgInfo(ctypes.Structure):
-    """The leading fields of struct bpf_prog_info (UAPI, include/uapi/linux/bpf.h): enough to name a
-    program and list its maps (map_ids: a user pointer to nr_map_ids u32s the kernel fills)."""
+    """The leading fields of struct bpf_prog_info (UAPI, include/uapi/linux/bpf.h), up to
+    verified_insns (kernel 5.16+; 0 before): enough to name a program, list its maps (map_ids: a
+    user pointer to nr_map_ids u32s the kernel fills) and read how much of the verifier's budget
+    its load took. Fields this code does not read are there for the offsets."""
 
     _fields_: ClassVar = [
         ("type", ctypes.c_uint32),
@@ -155,6 +157,31 @@ class BpfProgInfo(ctypes.Structure):
         ("nr_map_ids", ctypes.c_uint32),
         ("map_ids", ctypes.c_uint64),
         ("name", ctypes.c_char * 16),
+        ("ifindex", ctypes.c_uint32),
+        ("gpl_compatible", ctypes.c_uint32),
+        ("netns_dev", ctypes.c_uint64),
+        ("netns_ino", ctypes.c_uint64),
+        ("nr_jited_ksyms", ctypes.c_uint32),
+        ("nr_jited_func_lens", ctypes.c_uint32),
+        ("jited_ksyms", ctypes.c_uint64),
+        ("jited_func_lens", ctypes.c_uint64),
+        ("btf_id", ctypes.c_uint32),
+        ("func_info_rec_size", ctypes.c_uint32),
+        ("func_info", ctypes.c_uint64),
+        ("nr_func_info", ctypes.c_uint32),
+        ("nr_line_info", ctypes.c_uint32),
+        ("line_info", ctypes.c_uint64),
+        ("jited_line_info", ctypes.c_uint64),
+        ("nr_jited_line_info", ctypes.c_uint32),
+        ("line_info_rec_size", ctypes.c_uint32),
+        ("jited_line_info_rec_size", ctypes.c_uint32),
+        ("nr_prog_tags", ctypes.c_uint32),
+        ("prog_tags", ctypes.c_uint64),
+        ("run_time_ns", ctypes.c_uint64),
+        ("run_cnt", ctypes.c_uint64),
+        ("recursion_misses", ctypes.c_uint64),
+        ("verified_insns", ctypes.c_uint32),
+        ("attach_btf_obj_id", ctypes.c_uint32),
     ]
 
 
@@ -170,6 +197,13 @@ def prog_id(fd: int) -> ProgId:
     info = BpfProgInfo()
     obj_info(fd, info)
     return ProgId(id=int(info.id), tag=bytes(info.tag).hex())
+
+
+def prog_verified_insns(fd: int) -> int:
+    """Instructions the verifier processed to load the program (its budget: 1,000,000)."""
+    info = BpfProgInfo()
+    obj_info(fd, info)
+    return int(info.verified_insns)
 
 
 def prog_map_ids(fd: int) -> tuple[int, ...]:

@@ -9,7 +9,8 @@ What is where, under a node's pin dir `<pin_root>/<node>/` (bpffs):
     prog_<name>                 the programs the newest load uses, one per loader.PROGRAMS: stable
                                 names for bpftool, `vethguard` debug commands and vethguard-cni
                                 (loader.pin_programs re-pins them on every load)
-    build-<key16>/prog_<name>   the programs of one build, pinned by the compiling child
+    build-<key16>/prog_<name>   the programs of one build (loader.BUILD_PROGRAMS: the attached ones
+                                and to_pod's tail-call targets), pinned by the compiling child
     build-<key16>/done          a symlink whose target is the full build key, made last: the build
                                 is complete (bpffs holds no regular files; it does hold symlinks)
     replaced_<map>              a map of another layout set aside while a compile replaces it
@@ -29,6 +30,11 @@ which compiles with bcc against the pinned maps (loader.compile_programs), pins 
 through to the agent's, and a failure is a VethguardError naming the compiler's message; the
 previous version's pins (maps, prog_<name>, its build dir) stay as they were. After a successful
 load every other build dir is removed (attached filters keep their programs alive).
+
+`vg_tail` (a prog array, pinned like the maps: a prog array's slots are emptied when no pin or
+process holds it any more) holds to_pod's tail-call targets (loader.TAIL_PROGRAMS).
+place_tail_programs() puts the build's into it before anything of the build is attached: a to_pod
+still attached from the previous build then calls this build's judge, as the new to_pod will.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from pathlib import Path
 
 from controller.core.errors import VethguardError
 from controller.core.log import get_logger
-from controller.datapath import abi, bpfsys, loader
+from controller.datapath import abi, bpfsys, codecs, loader
 from controller.datapath.bpf_sources import bpf_source_dir
 
 log = get_logger("vethguard.datapath.build")  # structlog: the agent's log shows whether it compiled
@@ -126,7 +132,7 @@ def open_build(pin_dir: Path, key: str) -> dict[str, int] | None:
         return None
     fds: dict[str, int] = {}
     try:
-        for name in loader.PROGRAMS:
+        for name in loader.BUILD_PROGRAMS:
             fds[name] = bpfsys.obj_get(str(where / f"prog_{name}"))
         used = {i for fd in fds.values() for i in bpfsys.prog_map_ids(fd)}
     except OSError as e:
@@ -178,7 +184,7 @@ def pin_build(pin_dir: Path, key: str, extra_cflags: tuple[str, ...] = ()) -> Pa
     build-<key16>/ and make `done` last. Returns the build dir."""
     where = build_dir(pin_dir, key)
     shutil.rmtree(where, ignore_errors=True)  # an incomplete or stale build of the same key
-    b, fds = loader.compile_programs(ENTRY, pin_dir, loader.PROGRAMS, extra_cflags)
+    b, fds = loader.compile_programs(ENTRY, pin_dir, loader.BUILD_PROGRAMS, extra_cflags)
     try:
         where.mkdir()
         for name, fd in fds.items():
@@ -215,6 +221,35 @@ class Loaded:
         self.maps.clear()
         _close_all(self.prog_fds)
         self.prog_fds.clear()
+
+
+def tail_program_ids(tail: bpfsys.BpfMap) -> dict[int, int | None]:
+    """vg_tail's slots: slot -> id of the program in it (None: empty)."""
+    out: dict[int, int | None] = {}
+    for slot in range(tail.max_entries):
+        raw = tail.lookup(codecs.u32_key(slot))  # a prog array reads back its programs' ids
+        out[slot] = None if raw is None else int.from_bytes(raw, sys.byteorder)
+    return out
+
+
+def place_tail_programs(loaded: Loaded) -> tuple[int, ...]:
+    """Put the build's tail-call targets (loader.TAIL_PROGRAMS) into vg_tail where a slot holds
+    another program or none; returns the slots written (none when all were in place).
+
+    Every to_pod attached, of this build or (during an upgrade) of the previous one, then calls
+    this build's judge. Datapath calls this before it attaches anything of this build, and on
+    every full sync (a slot emptied or overwritten behind its back is put back)."""
+    tail = loaded.maps["vg_tail"]
+    current = tail_program_ids(tail)
+    written = []
+    for slot, name in sorted(loader.TAIL_PROGRAMS.items()):
+        fd = loaded.prog_fds[name]
+        if current.get(slot) != bpfsys.prog_id(fd).id:
+            tail.update(codecs.u32_key(slot), codecs.u32_key(fd))  # a prog array takes the fd
+            written.append(slot)
+    if written:
+        log.info("tail-call targets placed", build=loaded.build_dir.name, slots=written)
+    return tuple(written)
 
 
 def load(node: str, pin_root: str = "/sys/fs/bpf/vethguard", extra_cflags: tuple[str, ...] = ()) -> Loaded:

@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 # The programs the agent loads. Each is also pinned, as <pin dir>/prog_<name>, so tools (bpftool,
 # `vethguard` debug commands, vethguard-cni) can tell which program a filter runs or attach it.
 PROGRAMS = ("from_pod", "to_pod", "to_uplink", "from_uplink")
+# The programs to_pod reaches by tail call, by their slot in vg_tail (bpf/lib/structs.h): compiled,
+# loaded and pinned with each build, never attached; Datapath puts them into vg_tail.
+TAIL_PROGRAMS = {abi.VG_TAIL_JUDGE: "to_pod_judge", abi.VG_TAIL_TO_POD: "to_pod_judged"}
+BUILD_PROGRAMS = PROGRAMS + tuple(TAIL_PROGRAMS.values())  # what a build compiles and pins
 
 # Extra compiler flags from the environment (e.g. -DVG_MAX_POLICY=64 for a tiny map,
 # -DVG_UPGRADE_MARKER=2 for a program with different code in upgrade tests).
@@ -57,6 +61,7 @@ EXPECTED_LAYOUT: dict[str, tuple[int, int]] = {
     "vg_evrate": (4, ctypes.sizeof(abi.EvrateState)),
     "vg_evlost": (4, ctypes.sizeof(abi.EvlostState)),
     "vg_clock": (4, ctypes.sizeof(abi.ClockCache)),
+    "vg_tail": (4, 4),  # prog array: slot -> program fd (id when read)
     "vg_dns_learned": (ctypes.sizeof(abi.DnsLearnedKey), ctypes.sizeof(abi.DnsLearnedValue)),
     "vg_dns_names": (4, ctypes.sizeof(abi.DnsName)),
     "vg_dns_state": (4, ctypes.sizeof(abi.DnsState)),

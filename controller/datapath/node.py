@@ -79,6 +79,10 @@ class Datapath:
         # maps) until the first completed sync has filled the new maps: (pod veth?, ifindex).
         self._held: set[tuple[bool, int]] | None = set() if self._loaded.replaced else None
         self._held_lock = threading.Lock()  # the agent attaches new veths from its netlink thread
+        # to_pod's tail-call targets (vg_tail): this build's, at once, unless maps were replaced:
+        # then the previous programs' judge keeps its own, old maps until the first sync too.
+        if self._held is None:
+            self.place_tail_programs()
 
     # -- properties used by tests, benchmarks and the event reader
     @property
@@ -90,12 +94,22 @@ class Datapath:
         return self._loaded.maps
 
     def prog_fd(self, name: str) -> int:
-        """fd of one of loader.PROGRAMS (e.g. "from_pod", "to_pod")."""
+        """fd of one of loader.BUILD_PROGRAMS (e.g. "from_pod", "to_pod", "to_pod_judge")."""
         return self._loaded.prog_fds[name]
 
     def prog_id(self, name: str) -> ProgId:
-        """Kernel id and tag of one of loader.PROGRAMS as loaded by this object."""
+        """Kernel id and tag of one of loader.BUILD_PROGRAMS as loaded by this object."""
         return bpfsys.prog_id(self.prog_fd(name))
+
+    def tail_programs(self) -> dict[int, int | None]:
+        """vg_tail's slots: slot -> id of the program to_pod reaches there (None: empty)."""
+        return build.tail_program_ids(self.maps["vg_tail"])
+
+    def place_tail_programs(self) -> tuple[int, ...]:
+        """This build's tail-call targets into vg_tail where they are not (build.place_tail_programs);
+        returns the slots written. Done at load (or, when maps were replaced, at the first sync)
+        and on every full sync."""
+        return build.place_tail_programs(self._loaded)
 
     @property
     def attach_mode(self) -> str:
@@ -156,6 +170,7 @@ class Datapath:
         return True
 
     def _attach_held(self) -> None:
+        self.place_tail_programs()  # before any to_pod of this build runs
         with self._held_lock:
             held, self._held = self._held or set(), None
         for pod, ifindex in sorted(held):
@@ -241,6 +256,8 @@ class Datapath:
             raise MapFullError(map_name, pods[0] if pods else None, pods, result)
         if self._held is not None:
             self._attach_held()  # the replaced maps hold the desired state now
+        elif not incremental:
+            self.place_tail_programs()  # repairs a vg_tail slot changed behind our back
         return result
 
     def forget_written(self) -> None:

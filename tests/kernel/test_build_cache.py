@@ -25,7 +25,7 @@ UPGRADE = ("-DVG_UPGRADE_MARKER=2",)
 
 
 def _progs(d: Datapath) -> dict[str, bpfsys.ProgId]:
-    return {name: d.prog_id(name) for name in loader.PROGRAMS}
+    return {name: d.prog_id(name) for name in loader.BUILD_PROGRAMS}
 
 
 def _pinned(pin_dir: Path) -> dict[str, int]:
@@ -50,7 +50,10 @@ def test_a_first_load_compiles_in_a_child_and_a_restart_compiles_nothing_and_run
     assert first.build_dir.parent == first.pin_dir and first.build_dir.name.startswith("build-")
     key = os.readlink(first.build_dir / "done")
     assert first.build_dir.name == f"build-{key[:16]}"
-    assert {p.name for p in first.build_dir.iterdir()} == {"done", *(f"prog_{p}" for p in loader.PROGRAMS)}
+    assert {p.name for p in first.build_dir.iterdir()} == {
+        "done",
+        *(f"prog_{p}" for p in loader.BUILD_PROGRAMS),
+    }
     again = opened(node)
     assert not again.compiled
     assert again.build_dir == first.build_dir
@@ -84,7 +87,7 @@ def test_a_deleted_pinned_map_makes_the_build_stale_and_the_new_programs_use_the
     assert again.compiled, "its programs use a map no longer pinned: compiled again"
     new_id = bpfsys.map_id(again.maps["vg_counters"].fd)
     assert new_id != old_id
-    for name in loader.PROGRAMS:
+    for name in loader.BUILD_PROGRAMS:
         used = bpfsys.prog_map_ids(again.prog_fd(name))
         assert old_id not in used
     assert new_id in bpfsys.prog_map_ids(again.prog_fd("to_pod"))

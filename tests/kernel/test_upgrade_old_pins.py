@@ -136,8 +136,11 @@ def test_an_upgrade_over_earlier_pins_replaces_the_changed_maps_adds_the_new_one
     # The new programs before the first sync: the endpoint is isolated, its policy map empty.
     new_to_pod = dp.prog_fd("to_pod")
     assert run(new_to_pod, syn(1002), ifindex=EP).retval == TC_ACT_SHOT, "fails closed, never open"
+    # to_pod's tail-call targets (vg_tail, new here) wait for the first sync like its attaching.
+    assert dp.tail_programs() == dict.fromkeys(loader.TAIL_PROGRAMS)
     dp.sync(desired_node({ALLOWED: ALLOW}), {"x/a": EP})
     assert run(new_to_pod, syn(1003), ifindex=EP).retval == TC_ACT_OK
+    assert dp.tail_programs() == {slot: dp.prog_id(name).id for slot, name in loader.TAIL_PROGRAMS.items()}
     assert run(new_to_pod, syn(1003, 81), ifindex=EP).retval == TC_ACT_SHOT
     ack = P.ipv4(POD_B, POD_A, P.TCP, P.tcp(1000, 80, P.ACK))
     assert run(new_to_pod, ack, ifindex=EP).retval == TC_ACT_OK, "the earlier program's flow is still tracked"

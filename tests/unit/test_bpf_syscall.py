@@ -1,5 +1,6 @@
 """bpf(2)'s syscall number by architecture: the values of the kernel's syscall tables, this
-machine's entry, and a clear error (never another syscall) where the number is unknown."""
+machine's entry, and a clear error (never another syscall) where the number is unknown; the
+struct bpf_prog_info mirror's offsets."""
 
 from __future__ import annotations
 
@@ -43,3 +44,22 @@ def test_an_unknown_architecture_fails_with_enosys_instead_of_calling_another_sy
     with pytest.raises(bpfsys.BpfError) as failed:
         bpfsys.bpf(bpfsys.BPF_OBJ_GET, ctypes.c_uint64(0))  # type: ignore[arg-type]
     assert failed.value.errno == errno.ENOSYS and "mips64" in str(failed.value)
+
+
+def test_the_prog_info_mirror_puts_each_field_read_at_its_uapi_offset() -> None:
+    """struct bpf_prog_info (include/uapi/linux/bpf.h): the kernel fills fields by offset, so a
+    shifted mirror reads another field silently."""
+    info = bpfsys.BpfProgInfo
+    offsets = {
+        "id": 4,
+        "tag": 8,
+        "nr_map_ids": 52,
+        "map_ids": 56,
+        "name": 64,
+        "netns_dev": 88,
+        "btf_id": 128,
+        "prog_tags": 184,
+        "run_time_ns": 192,
+        "verified_insns": 216,
+    }
+    assert {name: getattr(info, name).offset for name in offsets} == offsets
