@@ -92,6 +92,13 @@ def test_the_reason_table_matches_reasons_h() -> None:
     assert in_c == {r.name: r.value for r in abi.Reason}
 
 
+def test_the_reason_table_of_internals_md_lists_every_reason_with_its_code() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "INTERNALS.md").read_text()
+    table = text.split("### Reasons (one table", 1)[1].split("\n## ", 1)[0]
+    rows = {m.group(2): int(m.group(1)) for m in re.finditer(r"^\| (\d+) \| (\w+) \|", table, re.M)}
+    assert rows == {r.name: r.value for r in abi.Reason}
+
+
 def _c_defines(text: str) -> dict[str, int]:
     """Numeric #defines of a header: literals, (1 << n), A | B of earlier ones and x - 1."""
     values: dict[str, int] = {}
