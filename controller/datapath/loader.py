@@ -28,7 +28,7 @@ from controller.datapath.bpf_sources import bpf_source_dir
 
 log = logging.getLogger(__name__)
 
-# The programs the agent loads. Each is also pinned, as <pin dir>/prog_<name>, so tools (bpftool,
+# The programs the agent attaches. Each is also pinned, as <pin dir>/prog_<name>, so tools (bpftool,
 # `vethguard` debug commands, vethguard-cni) can tell which program a filter runs or attach it.
 PROGRAMS = ("from_pod", "to_pod", "to_uplink", "from_uplink")
 # The programs to_pod reaches by tail call, by their slot in vg_tail (bpf/lib/structs.h): compiled,

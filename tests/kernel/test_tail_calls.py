@@ -16,7 +16,17 @@ from controller.datapath import abi, bpfsys, codecs, loader
 from controller.datapath.abi import Reason
 from controller.datapath.node import Datapath
 from tests.support import packets as P
-from tests.support.kernel import EP, ID_A, POD_A, POD_C, TC_ACT_OK, TC_ACT_SHOT, Harness, desired_node
+from tests.support.kernel import (
+    EP,
+    ID_A,
+    POD_A,
+    POD_C,
+    TC_ACT_OK,
+    TC_ACT_SHOT,
+    Harness,
+    build_tail_ids,
+    desired_node,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.bcc]
 
@@ -27,14 +37,15 @@ HEADROOM = 0.9  # a program past nine tenths leaves too little for the next chan
 
 
 def _hairpin_backend(d: Datapath, *, ingress_isolated: bool) -> None:
-    """The pod at EP is both the client (slot SLOT, egress isolated, allowed TCP 8080 to its own
-    identity) and the Service's backend, whose ingress is open unless `ingress_isolated`."""
+    """The pod at EP is both the client (slot SLOT, egress isolated) and the Service's backend,
+    whose ingress is open unless `ingress_isolated`."""
     flags = abi.EP_F_EGRESS_ISOLATED | abi.EP_F_INGRESS_ISOLATED * ingress_isolated
     d.maps["vg_endpoints"].update(*codecs.encode_endpoint(EP, 256, flags, POD_A, None, slot=SLOT))
     d.maps["vg_slots"].update(codecs.u32_key(SLOT), codecs.u32_key(EP))
 
 
 def _allow_client_to_itself(h: Harness) -> None:
+    """The client's egress allows TCP 8080 to its own identity (the backend after DNAT)."""
     h.allow(DIR_EGRESS, ID_A, P.TCP, 8080)
 
 
@@ -43,17 +54,14 @@ def hairpin(sport: int, flags: int = P.SYN) -> bytes:
     return P.ipv4(POD_C, POD_A, P.TCP, P.tcp(sport, 8080, flags))
 
 
-def _deferred_to_pod(d: Datapath, frame: bytes, prog: str = "to_pod") -> int:
-    return run(d.prog_fd(prog), frame, ifindex=EP, mark=MARK).retval
-
-
-def _tail_ids(d: Datapath) -> dict[int, int | None]:
-    return {slot: d.prog_id(name).id for slot, name in loader.TAIL_PROGRAMS.items()}
+def _deferred_to_pod(d: Datapath, frame: bytes) -> int:
+    """`frame` enters the pod at EP through d's to_pod with the client's deferred mark."""
+    return run(d.prog_fd("to_pod"), frame, ifindex=EP, mark=MARK).retval
 
 
 def test_the_load_puts_this_builds_judge_and_its_continuation_into_vg_tail(dp: Datapath) -> None:
     assert set(loader.TAIL_PROGRAMS) == set(range(abi.VG_TAIL_SLOTS))
-    assert dp.tail_programs() == _tail_ids(dp)
+    assert dp.tail_programs() == build_tail_ids(dp)
     assert dp.place_tail_programs() == (), "in place already: nothing written"
 
 
@@ -103,7 +111,7 @@ def test_a_full_sync_puts_back_a_slot_changed_behind_the_agents_back_and_an_incr
     h.dp.sync_incremental(want, {"x/a": EP})
     assert h.dp.tail_programs()[abi.VG_TAIL_JUDGE] == h.dp.prog_id("to_pod_judged").id
     h.dp.sync(want, {"x/a": EP})
-    assert h.dp.tail_programs() == _tail_ids(h.dp)
+    assert h.dp.tail_programs() == build_tail_ids(h.dp)
 
 
 def test_every_program_of_the_build_loads_within_nine_tenths_of_the_verifiers_budget(dp: Datapath) -> None:
@@ -120,7 +128,7 @@ def test_during_an_upgrade_the_previous_builds_to_pod_calls_the_new_builds_judge
 ) -> None:
     old = opened(node)
     new = opened(node, ("-DVG_UPGRADE_MARKER=2",))  # its conntrack entries carry marker 2
-    assert new.tail_programs() == _tail_ids(new) != _tail_ids(old)
+    assert new.tail_programs() == build_tail_ids(new) != build_tail_ids(old)
     new.maps["vg_endpoints"].update(*codecs.encode_endpoint(EP, 256, 0, POD_A, None, slot=SLOT))
     new.maps["vg_slots"].update(codecs.u32_key(SLOT), codecs.u32_key(EP))
     assert _deferred_to_pod(old, hairpin(40000)) == TC_ACT_OK  # still attached: the old to_pod

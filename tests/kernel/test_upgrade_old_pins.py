@@ -25,7 +25,17 @@ from controller.datapath import abi, bpfsys, codecs, encoding, loader, readback
 from controller.datapath.attach import Attacher
 from controller.datapath.node import Datapath
 from tests.support import packets as P
-from tests.support.kernel import EP, ID_A, ID_B, POD_A, POD_B, TC_ACT_OK, TC_ACT_SHOT, desired_node
+from tests.support.kernel import (
+    EP,
+    ID_A,
+    ID_B,
+    POD_A,
+    POD_B,
+    TC_ACT_OK,
+    TC_ACT_SHOT,
+    build_tail_ids,
+    desired_node,
+)
 from tests.support.netns_util import in_netns, sh, veth_pair
 
 pytestmark = [pytest.mark.root, pytest.mark.bcc]
@@ -140,7 +150,7 @@ def test_an_upgrade_over_earlier_pins_replaces_the_changed_maps_adds_the_new_one
     assert dp.tail_programs() == dict.fromkeys(loader.TAIL_PROGRAMS)
     dp.sync(desired_node({ALLOWED: ALLOW}), {"x/a": EP})
     assert run(new_to_pod, syn(1003), ifindex=EP).retval == TC_ACT_OK
-    assert dp.tail_programs() == {slot: dp.prog_id(name).id for slot, name in loader.TAIL_PROGRAMS.items()}
+    assert dp.tail_programs() == build_tail_ids(dp)
     assert run(new_to_pod, syn(1003, 81), ifindex=EP).retval == TC_ACT_SHOT
     ack = P.ipv4(POD_B, POD_A, P.TCP, P.tcp(1000, 80, P.ACK))
     assert run(new_to_pod, ack, ifindex=EP).retval == TC_ACT_OK, "the earlier program's flow is still tracked"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from controller.bench.testrun import run
 from controller.compiler.desired_state import EndpointDesired, NodeDesired, PolicyEntryKey, PolicyEntryValue
-from controller.datapath import abi, bpfsys, codecs, encoding, readback, sync
+from controller.datapath import abi, bpfsys, codecs, encoding, loader, readback, sync
 from controller.datapath.node import Datapath
 
 TC_ACT_OK = 0
@@ -107,6 +107,11 @@ class Harness:
 
     def count(self, reason: abi.Reason, direction: int) -> int:
         return self.counters().get((EP, int(reason), direction), (0, 0))[0]
+
+
+def build_tail_ids(d: Datapath) -> dict[int, int | None]:
+    """vg_tail as d's build fills it: slot -> id of that build's program (loader.TAIL_PROGRAMS)."""
+    return {slot: d.prog_id(name).id for slot, name in loader.TAIL_PROGRAMS.items()}
 
 
 def desired_node(
